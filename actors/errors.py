@@ -1,0 +1,13 @@
+"""Errors of the actor runtime. Root: ``ActorError``."""
+
+
+class ActorError(Exception):
+    """Root of the actor runtime's errors."""
+
+
+class SupervisorClosed(ActorError):
+    """``tell`` after shutdown began: the event was not accepted."""
+
+
+class InboxFull(ActorError):
+    """A chat's bounded inbox stayed full past the send timeout (back-pressure)."""

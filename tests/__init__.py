@@ -1,0 +1,1 @@
+"""Kith test-suite."""
