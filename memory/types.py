@@ -53,3 +53,23 @@ class MemoryHit:
     score: float
     kind: str = "message"
     parts: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One billed call (a turn's LLM call, an image, a transcription), as stored in ``usage``.
+
+    kind: ``"chat"`` | ``"image"`` | ``"transcription"``. model: the alias used (after fallback).
+    cost_usd: from litellm's price map; ``None`` when the model has no known price (unknown ≠ free).
+    latency_ms: wall time of the call, first byte to last.
+    """
+
+    ts: datetime
+    chat_id: int
+    user_id: int
+    kind: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    latency_ms: float

@@ -1,0 +1,224 @@
+"""Validated, frozen configuration models (pydantic v2).
+
+``kith.yaml`` → ``Settings``; ``tiers.yaml`` → ``TiersConfig``; both together → ``Config``. Every model
+forbids unknown keys, so a typo names the key instead of being ignored. Units are in the field names
+(``_s`` seconds, ``_ms`` milliseconds). ``-1`` means unlimited wherever a limit is an ``int``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+UNLIMITED = -1
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _limit(v: int) -> int:
+    if v < -1:
+        raise ValueError("must be -1 (unlimited) or a number ≥ 0")
+    return v
+
+
+# ---------------------------------------------------------------- kith.yaml
+
+
+class ModelSpec(Frozen):
+    """One LLM, addressed by its alias in ``models:``.
+
+    model: a litellm model string (``openai/gpt-4o-mini``, ``ollama/llama3``, ``kith/recall``).
+    api_base: the endpoint, for self-hosted or OpenAI-compatible servers. api_key_env: the name of the
+    environment variable holding the key (secrets never live in YAML); litellm's own variables such as
+    OPENAI_API_KEY work without it. fallbacks: aliases tried in order when this one fails.
+    context_tokens: the prompt budget; None asks litellm's model map, else 8192.
+    """
+
+    model: str
+    api_base: str | None = None
+    api_key_env: str | None = None
+    fallbacks: tuple[str, ...] = ()
+    timeout_s: float = Field(60.0, gt=0)
+    context_tokens: int | None = Field(None, gt=0)
+    max_output_tokens: int = Field(1024, gt=0)
+    temperature: float | None = Field(None, ge=0, le=2)
+    label: str | None = None  # shown in /model; defaults to the alias
+
+
+class BotSettings(Frozen):
+    """The bot's identity and default behaviour in chats."""
+
+    name: str = "Kith"
+    username: str | None = None  # filled from Telegram at start; used for @mention triggers
+    system_prompt: str = (
+        "You are {name}, a helpful assistant in a Telegram chat. You remember this chat's history: "
+        "relevant earlier messages are given to you with who said them and when. Answer concisely, "
+        "say who said what when you rely on a memory, and say so when you do not know."
+    )
+    language: str = "en"
+    keywords: tuple[str, ...] = ()  # group trigger words (case-insensitive, whole word)
+    always_on: bool = False  # answer every group message
+
+
+class LLMSettings(Frozen):
+    concurrency: int = Field(8, ge=1)  # global cap on in-flight LLM calls
+    num_retries: int = Field(1, ge=0)  # litellm retries per model before falling back
+    stream_edit_interval_s: float = Field(1.0, gt=0)  # min seconds between progress edits
+
+
+class ActorSettings(Frozen):
+    idle_ttl_s: float = Field(600.0, gt=0)  # evict a chat actor idle this long
+    drain_timeout_s: float = Field(30.0, gt=0)  # shutdown waits this long for inboxes to drain
+    inbox_size: int = Field(256, ge=1)  # bounded inbox per chat (back-pressure beyond)
+    max_restarts: int = Field(3, ge=0)  # restarts allowed per window before the chat is parked
+    restart_window_s: float = Field(60.0, gt=0)
+
+
+class MemorySettings(Frozen):
+    recall_k: int = Field(8, ge=0)  # memories injected per turn
+    recent_window: int = Field(30, ge=1)  # recent messages kept in context (per thread)
+    neighbours: int = Field(1, ge=0)  # turns before/after a recalled message shown with it
+    embed_batch: int = Field(128, ge=1)
+    embed_wait_ms: float = Field(5.0, ge=0)
+    flush_interval_ms: float = Field(50.0, gt=0)  # DuckDB writer: commit at least this often
+    flush_rows: int = Field(2000, ge=1)  # ... or when this many rows wait
+    optimize_every: int = Field(5000, ge=0)  # LanceDB optimize() after this many appended rows; 0 = never
+
+
+class TelegramSettings(Frozen):
+    require_channel: str | None = None  # @channel whose members alone are served
+    session_name: str = "kith"
+    per_chat_per_s: float = Field(1.0, gt=0)
+    per_group_per_min: float = Field(20.0, gt=0)
+    global_per_s: float = Field(30.0, gt=0)
+
+
+class Settings(Frozen):
+    """``kith.yaml``. ``models`` maps alias → ModelSpec; ``default_model`` is an alias."""
+
+    bot: BotSettings = BotSettings()
+    models: dict[str, ModelSpec] = Field(default_factory=lambda: {"recall": ModelSpec(model="kith/recall", label="Recall (offline)")})
+    default_model: str = "recall"
+    tiers_file: str | None = None  # path to tiers.yaml, relative to kith.yaml; None = beside it, else shipped
+    llm: LLMSettings = LLMSettings()
+    actors: ActorSettings = ActorSettings()
+    memory: MemorySettings = MemorySettings()
+    telegram: TelegramSettings = TelegramSettings()
+
+    @model_validator(mode="after")
+    def _check_aliases(self) -> "Settings":
+        if self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not an alias in models: ({', '.join(self.models)})")
+        for alias, spec in self.models.items():
+            for fb in spec.fallbacks:
+                if fb not in self.models:
+                    raise ValueError(f"models.{alias}.fallbacks: unknown model alias {fb!r}")
+        return self
+
+
+# ---------------------------------------------------------------- tiers.yaml
+
+
+class Quotas(Frozen):
+    """Daily quotas (UTC day). requests_per_day: per model alias, or ``"*"`` for any model."""
+
+    requests_per_day: dict[str, int] = Field(default_factory=dict)
+    tokens_per_day: int = UNLIMITED
+    chat_requests_per_day: int = UNLIMITED  # all members of a chat together
+    chat_tokens_per_day: int = UNLIMITED
+
+    _v = field_validator("tokens_per_day", "chat_requests_per_day", "chat_tokens_per_day")(classmethod(lambda cls, v: _limit(v)))
+
+    @field_validator("requests_per_day")
+    @classmethod
+    def _per_model(cls, v: dict[str, int]) -> dict[str, int]:
+        for alias, n in v.items():
+            if n < -1:
+                raise ValueError(f"{alias}: must be -1 (unlimited) or a number ≥ 0")
+        return v
+
+
+class StorageLimits(Frozen):
+    dialogue_limit: int = UNLIMITED  # stored messages
+    memory_limit: int = UNLIMITED  # embedded memories
+
+    _v = field_validator("dialogue_limit", "memory_limit")(classmethod(lambda cls, v: _limit(v)))
+
+
+class Features(Frozen):
+    vision: bool = False
+    documents: bool = False
+    image_generation: bool = False
+    custom_persona: bool = True
+    voice: bool = False
+
+
+class Tier(Frozen):
+    """One tier. models: aliases this tier may use (``["*"]`` = every configured model)."""
+
+    rank: int | None = None  # higher is better; default = position in the file
+    models: tuple[str, ...] = ("*",)
+    quotas: Quotas = Quotas()
+    user: StorageLimits = StorageLimits()
+    chat: StorageLimits = StorageLimits()
+    features: Features = Features()
+    fallback_model: str | None = None
+    member_messages_per_minute: int = UNLIMITED  # per member in a group
+
+    _v = field_validator("member_messages_per_minute")(classmethod(lambda cls, v: _limit(v)))
+
+
+class Plan(Frozen):
+    """What ``/billing`` sells: ``days`` of ``tier`` for ``price`` (in the currency's smallest unit; XTR = Stars)."""
+
+    tier: str
+    days: int = Field(gt=0)
+    price: int = Field(gt=0)
+    currency: str = "XTR"
+    title: str | None = None
+    description: str | None = None
+
+
+class AutoCleanup(Frozen):
+    enabled: bool = True
+    keep_percentage: float = Field(80.0, gt=0, le=100)
+    min_age_days: float = Field(30.0, ge=0)
+
+
+class TierMemory(Frozen):
+    auto_cleanup: AutoCleanup = AutoCleanup()
+
+
+class TiersConfig(Frozen):
+    """``tiers.yaml``: tiers in order (worst first unless ``rank`` is given), plans, cleanup policy."""
+
+    default_tier: str = "free"
+    tiers: dict[str, Tier] = Field(default_factory=lambda: {"free": Tier()})
+    plans: dict[str, Plan] = Field(default_factory=dict)
+    memory: TierMemory = TierMemory()
+
+    @model_validator(mode="after")
+    def _check_refs(self) -> "TiersConfig":
+        if self.default_tier not in self.tiers:
+            raise ValueError(f"default_tier {self.default_tier!r} is not a tier ({', '.join(self.tiers)})")
+        for name, plan in self.plans.items():
+            if plan.tier not in self.tiers:
+                raise ValueError(f"plans.{name}.tier: unknown tier {plan.tier!r}")
+        return self
+
+    def rank(self, tier: str) -> int:
+        """The tier's rank: its explicit ``rank`` or its position in the file. KeyError if unknown."""
+        t = self.tiers[tier]
+        return t.rank if t.rank is not None else list(self.tiers).index(tier)
+
+
+class Config(Frozen):
+    """Everything loaded at start: settings, tiers, and where they came from."""
+
+    settings: Settings
+    tiers: TiersConfig
+    settings_file: Path | None = None
+    tiers_file: Path | None = None
