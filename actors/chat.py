@@ -1,0 +1,268 @@
+"""ChatActor: one per chat; handles that chat's events strictly in order (DESIGN §2–3).
+
+The actor owns its chat's state (settings, recent windows per thread) and needs no locks: only its
+own ``run`` loop touches it. It speaks only through the ``Outbox`` and never imports a transport.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+from memory.service import Recall
+from memory.types import ROLE_ASSISTANT, StoredMessage, UsageRecord
+from providers.errors import ProviderError
+
+from .context import build_prompt
+from .events import PRIVATE, ButtonPress, ChatEvent, CommandEvent, ConfigChanged, Incoming
+from .outbox import Outbox
+from .services import Services, TurnReport
+from .triggers import should_respond, strip_mention
+
+log = logging.getLogger(__name__)
+
+REPLY_CHAIN_DEPTH = 3
+
+
+class ChatActor:
+    """The actor of chat ``chat_id``. Create, ``await start()``, then ``await run(inbox)``.
+
+    ``run`` returns when the inbox is closed and drained; an exception from a handler propagates
+    (the supervisor restarts the actor with the same inbox, so queued events are kept).
+    """
+
+    def __init__(self, chat_id: int, services: Services, outbox: Outbox) -> None:
+        self.chat_id = chat_id
+        self.svc = services
+        self.outbox = outbox
+        self.settings: dict = {}
+        self._windows: dict[int | None, deque[StoredMessage]] = {}
+        self._known_chat = False
+        self._user_settings: dict[int, dict] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load the chat's settings from the dialogue store."""
+        self.settings = await self.svc.memory.store.chat_settings(self.chat_id)
+
+    async def run(self, inbox: AsyncIterator[ChatEvent], on_handled: Callable[[], None] = lambda: None) -> None:
+        """Handle events from ``inbox`` in order until it is closed. ``on_handled`` after each."""
+        async for event in inbox:
+            try:
+                await self.handle(event)
+            finally:
+                on_handled()
+
+    async def handle(self, event: ChatEvent) -> None:
+        match event:
+            case Incoming():
+                await self._on_incoming(event)
+            case CommandEvent():
+                await self._on_command(event)
+            case ButtonPress():
+                await self.outbox.answer_button(event.query_id)
+            case ConfigChanged():
+                await self.start()
+            case _:
+                log.warning("chat %s: unknown event %r", self.chat_id, type(event).__name__)
+
+    # ------------------------------------------------------------------ state
+
+    async def _window(self, thread_id: int | None) -> deque[StoredMessage]:
+        win = self._windows.get(thread_id)
+        if win is None:
+            size = self.svc.config.settings.memory.recent_window
+            recent = await self.svc.memory.store.recent(self.chat_id, size, thread_id=thread_id)
+            win = self._windows[thread_id] = deque(recent, maxlen=size)
+        return win
+
+    async def _user(self, user_id: int) -> dict:
+        s = self._user_settings.get(user_id)
+        if s is None:
+            s = self._user_settings[user_id] = await self.svc.memory.store.user_settings(user_id)
+        return s
+
+    @property
+    def persist(self) -> bool:
+        return bool(self.settings.get("persist", True))
+
+    def _model_for(self, user_settings: dict) -> str:
+        models = self.svc.config.settings.models
+        for alias in (user_settings.get("model"), self.settings.get("model")):
+            if alias in models:
+                return alias
+        return self.svc.config.settings.default_model
+
+    def _system_prompt(self, ev: Incoming, user_settings: dict) -> str:
+        bot = self.svc.config.settings.bot
+        parts = [bot.system_prompt.replace("{name}", self.svc.bot.name)]
+        if ev.chat_type == PRIVATE:
+            parts.append(f"This is a private chat with {ev.sender.name}.")
+            persona = user_settings.get("role")
+        else:
+            title = ev.chat_title or self.settings.get("title")
+            parts.append(f"This is a group chat{f' titled {title!r}' if title else ''}; messages are prefixed with the speaker's name.")
+            persona = self.settings.get("persona")
+        if persona:
+            parts.append(f"Persona and instructions for this chat: {persona}")
+        parts.append(f"Current date: {ev.date:%Y-%m-%d %H:%M} UTC.")
+        return "\n".join(parts)
+
+    # ------------------------------------------------------------------ a turn
+
+    async def _on_incoming(self, ev: Incoming) -> None:
+        t0 = time.perf_counter()
+        store = self.svc.memory.store
+        if not self._known_chat:
+            await store.upsert_chat(self.chat_id, ev.chat_type, ev.chat_title)
+            self._known_chat = True
+        window = await self._window(ev.thread_id)
+        msg = StoredMessage(
+            chat_id=ev.chat_id,
+            message_id=ev.message_id,
+            user_id=ev.sender.user_id,
+            user_name=ev.sender.name,
+            text=ev.text,
+            date=ev.date,
+            reply_to=ev.reply_to,
+            thread_id=ev.thread_id,
+        )
+        # 1. store — always, before anything can fail
+        if self.persist:
+            self.svc.memory.remember(msg)
+        if any(m.message_id == msg.message_id for m in window):
+            log.info("chat %s: message %s re-delivered; already handled", self.chat_id, ev.message_id)
+            self.svc.report(TurnReport(self.chat_id, ev.message_id, False, _ms(t0)))
+            return
+        window.append(msg)
+
+        # 2. decide
+        bot = self.svc.config.settings.bot
+        keywords = tuple(self.settings.get("keywords", bot.keywords))
+        always_on = bool(self.settings.get("always_on", bot.always_on))
+        if not ev.text.strip() or not should_respond(ev, bot_username=self.svc.bot.username, keywords=keywords, always_on=always_on):
+            self.svc.report(TurnReport(self.chat_id, ev.message_id, False, _ms(t0)))
+            return
+
+        # 3. admit (tiers and quotas: see the tiers issue) — pick the model
+        user_settings = await self._user(ev.sender.user_id)
+        alias = self._model_for(user_settings)
+
+        # 4. assemble context: recalled memories of this chat only, reply chain, recent window
+        k = self.svc.config.settings.memory.recall_k
+        query = strip_mention(ev.text, self.svc.bot.username)
+        recall = await self.svc.memory.recall(self.chat_id, query, k, exclude_ids={m.message_id for m in window}) if query else Recall([])
+        chain = await self._reply_chain(ev, window)
+        llm = self.svc.llm
+        spec = self.svc.config.settings.models[alias]
+        prompt = build_prompt(
+            system=self._system_prompt(ev, user_settings),
+            window=list(window),
+            memories=recall.hits,
+            reply_chain=chain,
+            budget_tokens=max(256, llm.context_tokens(alias) - spec.max_output_tokens),
+        )
+
+        # 5. generate, streaming progress through the outbox
+        stream = await self.outbox.stream(self.chat_id, reply_to=ev.message_id, thread_id=ev.thread_id)
+        so_far: list[str] = []
+
+        async def on_delta(delta: str) -> None:
+            so_far.append(delta)
+            await stream.update("".join(so_far))
+
+        t_llm = time.perf_counter()
+        try:
+            completion = await llm.complete(alias, prompt.messages, on_delta=on_delta)
+        except ProviderError as exc:
+            llm_ms = _ms(t_llm)
+            log.warning("chat %s: LLM %s failed: %s", self.chat_id, alias, exc)
+            await stream.finish(exc.user_message)
+            self.svc.report(
+                TurnReport(self.chat_id, ev.message_id, True, _ms(t0), llm_ms, recall.embed_ms, recall.search_ms, alias, error=str(exc))
+            )
+            return
+        llm_ms = _ms(t_llm)
+        sent = await stream.finish(completion.text)
+
+        # 6. record the reply, the usage and the memories used
+        reply = StoredMessage(
+            chat_id=self.chat_id,
+            message_id=sent.message_id,
+            user_id=self.svc.bot.user_id,
+            user_name=self.svc.bot.name,
+            text=completion.text,
+            date=sent.date,
+            role=ROLE_ASSISTANT,
+            reply_to=ev.message_id,
+            thread_id=ev.thread_id,
+        )
+        window.append(reply)
+        if self.persist:
+            self.svc.memory.remember(reply)
+            if prompt.memories:
+                store.record_recall(self.chat_id, sent.message_id, prompt.memories)
+        store.record_usage(
+            UsageRecord(
+                ts=self.svc.clock(),
+                chat_id=self.chat_id,
+                user_id=ev.sender.user_id,
+                kind="chat",
+                model=completion.model,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                cost_usd=completion.cost_usd,
+                latency_ms=completion.latency_ms,
+            )
+        )
+        self.svc.report(
+            TurnReport(
+                self.chat_id,
+                ev.message_id,
+                True,
+                _ms(t0),
+                llm_ms,
+                recall.embed_ms,
+                recall.search_ms,
+                completion.model,
+                completion.prompt_tokens,
+                completion.completion_tokens,
+                completion.cost_usd,
+                prompt.memories,
+                completion.text,
+                sent.message_id,
+            )
+        )
+
+    async def _reply_chain(self, ev: Incoming, window) -> list[StoredMessage]:
+        """The messages ``ev`` replies to (up to 3 levels), oldest first, that are not in the window."""
+        in_window = {m.message_id: m for m in window}
+        chain: list[StoredMessage] = []
+        target = ev.reply_to
+        for _ in range(REPLY_CHAIN_DEPTH):
+            if target is None:
+                break
+            m = in_window.get(target)
+            if m is None:
+                found = await self.svc.memory.store.get_messages(self.chat_id, [target])
+                if not found:
+                    break
+                m = found[0]
+                chain.append(m)
+            target = m.reply_to
+        chain.reverse()
+        return chain
+
+    # ------------------------------------------------------------------ commands
+
+    async def _on_command(self, ev: CommandEvent) -> None:
+        """Commands are handled by ``actors.commands`` (see the Telegram issue); unknown ones get help."""
+        from .commands import handle_command
+
+        await handle_command(self, ev)
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000

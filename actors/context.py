@@ -1,0 +1,114 @@
+"""Context assembly: the prompt for one turn, within the model's token budget (DESIGN §3.4).
+
+Order: system prompt (persona) with the recalled memories of *this chat* → the reply chain that is
+not in the recent window → the recent window, oldest first, ending with the message being answered.
+Speakers are named (``alice: text``) so the model knows who said what in groups.
+
+Token counts are estimates (≈ 4 characters per token, +4 per message): cheap enough for every turn,
+and the budget keeps a safety margin for the error.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from memory.types import ROLE_ASSISTANT, MemoryHit, StoredMessage
+from providers.memory_block import render_memories
+
+CHARS_PER_TOKEN = 4
+MESSAGE_OVERHEAD = 4
+MEMORY_SHARE = 0.4  # at most this share of the budget goes to recalled memories
+SAFETY = 0.9  # use 90 % of the computed budget
+
+
+def estimate_tokens(text: str) -> int:
+    """Estimated tokens of ``text`` (≈ chars / 4, rounded up), plus per-message overhead."""
+    return -(-len(text) // CHARS_PER_TOKEN) + MESSAGE_OVERHEAD
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """The assembled prompt: OpenAI-style ``messages``, the memories that fit, and its token estimate."""
+
+    messages: list[dict]
+    memories: tuple[MemoryHit, ...]
+    tokens: int
+    dropped_window: int  # recent messages left out for lack of budget
+
+
+def _speaker_line(m: StoredMessage) -> dict:
+    if m.role == ROLE_ASSISTANT:
+        return {"role": "assistant", "content": m.text}
+    return {"role": "user", "content": f"{m.user_name}: {m.text}"}
+
+
+def _clip(text: str, tokens: int) -> str:
+    limit = max(0, (tokens - MESSAGE_OVERHEAD) * CHARS_PER_TOKEN)
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+
+
+def build_prompt(
+    *,
+    system: str,
+    window: Sequence[StoredMessage],
+    memories: Sequence[MemoryHit] = (),
+    reply_chain: Sequence[StoredMessage] = (),
+    budget_tokens: int,
+) -> Prompt:
+    """Assemble the prompt for the last message of ``window`` within ``budget_tokens``.
+
+    window: recent messages, oldest → newest; its last item is the message being answered and is
+    always kept (clipped if it alone exceeds the budget). memories: best first; they fill at most
+    40 % of the budget. Then older window messages fill the rest, newest first.
+    """
+    budget = int(budget_tokens * SAFETY)
+    sys_tokens = estimate_tokens(system)
+    current = window[-1] if window else None
+    used = sys_tokens
+    cur_msg = None
+    if current is not None:
+        cur_msg = _speaker_line(current)
+        room = max(64, budget - used - 64)
+        cur_msg["content"] = _clip(cur_msg["content"], room)
+        used += estimate_tokens(cur_msg["content"])
+
+    kept: list[MemoryHit] = []
+    mem_block = ""
+    mem_cap = int(budget * MEMORY_SHARE)
+    for hit in memories:
+        candidate = render_memories([*kept, hit])
+        if estimate_tokens(candidate) > mem_cap or used + estimate_tokens(candidate) > budget:
+            break
+        kept.append(hit)
+        mem_block = candidate
+    if mem_block:
+        used += estimate_tokens(mem_block)
+
+    window_ids = {m.message_id for m in window}
+    chain = [m for m in reply_chain if m.message_id not in window_ids]
+    chain_text = ""
+    if chain:
+        lines = "\n".join(f"{m.user_name}: {m.text}" for m in chain)
+        candidate = f"The message being answered replies to:\n{lines}"
+        if used + estimate_tokens(candidate) <= budget:
+            chain_text = candidate
+            used += estimate_tokens(candidate)
+
+    history: list[dict] = []
+    older = list(window[:-1]) if current is not None else list(window)
+    dropped = 0
+    for m in reversed(older):
+        msg = _speaker_line(m)
+        cost = estimate_tokens(msg["content"])
+        if used + cost > budget:
+            dropped = len(older) - len(history)
+            break
+        history.append(msg)
+        used += cost
+    history.reverse()
+
+    system_full = "\n\n".join(p for p in (system, mem_block, chain_text) if p)
+    messages = [{"role": "system", "content": system_full}, *history]
+    if cur_msg is not None:
+        messages.append(cur_msg)
+    return Prompt(messages, tuple(kept), used, dropped)

@@ -1,0 +1,113 @@
+"""An Outbox for transports without Telegram (console, replay, tests): keeps what the bot says.
+
+Message ids for the bot's messages come from ``IdAllocator``: per chat, above every id the store
+has seen, and never below ``LOCAL_ID_BASE`` (2**40) so they cannot collide with Telegram's or a
+transcript's ids (Telegram message ids fit in 31 bits).
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from .outbox import Button, ReplyStream, Sent
+
+LOCAL_ID_BASE = 2**40
+
+
+class IdAllocator:
+    """Next message id per chat: max(stored ids + 1, LOCAL_ID_BASE), then counting up."""
+
+    def __init__(self, max_stored: Callable[[int], Awaitable[int | None]]) -> None:
+        self._max_stored = max_stored
+        self._next: dict[int, int] = {}
+
+    async def next(self, chat_id: int) -> int:
+        n = self._next.get(chat_id)
+        if n is None:
+            stored = await self._max_stored(chat_id)
+            n = max(LOCAL_ID_BASE, (stored or 0) + 1)
+        self._next[chat_id] = n + 1
+        return n
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    """Something the bot sent: text or a document's file name, and buttons if any."""
+
+    chat_id: int
+    message_id: int
+    text: str
+    reply_to: int | None = None
+    thread_id: int | None = None
+    buttons: tuple[tuple[Button, ...], ...] = ()
+    document: bytes | None = None
+
+
+class _BufferedStream:
+    def __init__(self, outbox: "LocalOutbox", chat_id: int, reply_to: int | None, thread_id: int | None) -> None:
+        self._outbox, self._chat_id, self._reply_to, self._thread_id = outbox, chat_id, reply_to, thread_id
+        self.updates = 0
+        self._shown = ""
+
+    async def update(self, text: str) -> None:
+        self.updates += 1
+        await self._outbox.on_progress(self._chat_id, text[len(self._shown):] if text.startswith(self._shown) else text)
+        self._shown = text
+
+    async def finish(self, text: str) -> Sent:
+        rest = text[len(self._shown):] if self._shown and text.startswith(self._shown) else None
+        return await self._outbox.send(self._chat_id, text, reply_to=self._reply_to, thread_id=self._thread_id, streamed_rest=rest)
+
+
+@dataclass
+class LocalOutbox:
+    """Outbox that records every message in ``sent`` (and calls the display hooks of subclasses)."""
+
+    ids: IdAllocator
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    sent: list[OutMessage] = field(default_factory=list)
+    answered: list[tuple[str, str | None]] = field(default_factory=list)
+
+    async def on_progress(self, chat_id: int, delta: str) -> None:
+        """A streamed piece of a reply (display hook)."""
+
+    async def on_message(self, msg: OutMessage, streamed_rest: str | None) -> None:
+        """A message was sent (display hook). streamed_rest: the part not shown by on_progress yet."""
+
+    async def send(
+        self, chat_id: int, text: str, *, reply_to: int | None = None, thread_id: int | None = None, streamed_rest: str | None = None
+    ) -> Sent:
+        msg = OutMessage(chat_id, await self.ids.next(chat_id), text, reply_to, thread_id)
+        self.sent.append(msg)
+        await self.on_message(msg, streamed_rest)
+        return Sent(msg.message_id, self.clock())
+
+    async def edit(self, chat_id: int, message_id: int, text: str) -> None:
+        for i, m in enumerate(self.sent):
+            if m.chat_id == chat_id and m.message_id == message_id:
+                self.sent[i] = OutMessage(chat_id, message_id, text, m.reply_to, m.thread_id, m.buttons)
+                await self.on_message(self.sent[i], None)
+                return
+
+    async def send_buttons(
+        self, chat_id: int, text: str, rows: Sequence[Sequence[Button]], *, reply_to: int | None = None, thread_id: int | None = None
+    ) -> Sent:
+        msg = OutMessage(chat_id, await self.ids.next(chat_id), text, reply_to, thread_id, tuple(tuple(r) for r in rows))
+        self.sent.append(msg)
+        await self.on_message(msg, None)
+        return Sent(msg.message_id, self.clock())
+
+    async def answer_button(self, query_id: str, text: str | None = None, *, alert: bool = False) -> None:
+        self.answered.append((query_id, text))
+
+    async def send_document(
+        self, chat_id: int, filename: str, data: bytes, *, caption: str | None = None, reply_to: int | None = None, thread_id: int | None = None
+    ) -> Sent:
+        msg = OutMessage(chat_id, await self.ids.next(chat_id), caption or filename, reply_to, thread_id, document=data)
+        self.sent.append(msg)
+        await self.on_message(msg, None)
+        return Sent(msg.message_id, self.clock())
+
+    async def stream(self, chat_id: int, *, reply_to: int | None = None, thread_id: int | None = None) -> ReplyStream:
+        return _BufferedStream(self, chat_id, reply_to, thread_id)

@@ -1,0 +1,56 @@
+"""The Outbox: how an actor speaks. Telegram, console and replay each implement it.
+
+The actor never imports a transport. Texts are plain Markdown as the model wrote it; a transport
+renders and splits it for its medium (Telegram limit: 4096 UTF-16 code units per message).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, Sequence, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A message the bot sent: its id in the chat and its date (UTC). A split reply gives its first part."""
+
+    message_id: int
+    date: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Button:
+    """An inline-keyboard button: ``text`` shown, ``data`` returned in ``ButtonPress.data`` (≤ 64 bytes)."""
+
+    text: str
+    data: str
+
+
+@runtime_checkable
+class ReplyStream(Protocol):
+    """A reply being generated: progress shown with ``update``, the final text with ``finish``."""
+
+    async def update(self, text: str) -> None:
+        """The whole text so far (not a delta). Transports throttle as their medium needs."""
+
+    async def finish(self, text: str) -> Sent:
+        """Show the final text (formatted, split if long) and return the first message sent."""
+
+
+@runtime_checkable
+class Outbox(Protocol):
+    async def send(self, chat_id: int, text: str, *, reply_to: int | None = None, thread_id: int | None = None) -> Sent: ...
+
+    async def edit(self, chat_id: int, message_id: int, text: str) -> None: ...
+
+    async def send_buttons(
+        self, chat_id: int, text: str, rows: Sequence[Sequence[Button]], *, reply_to: int | None = None, thread_id: int | None = None
+    ) -> Sent: ...
+
+    async def answer_button(self, query_id: str, text: str | None = None, *, alert: bool = False) -> None: ...
+
+    async def send_document(
+        self, chat_id: int, filename: str, data: bytes, *, caption: str | None = None, reply_to: int | None = None, thread_id: int | None = None
+    ) -> Sent: ...
+
+    async def stream(self, chat_id: int, *, reply_to: int | None = None, thread_id: int | None = None) -> ReplyStream: ...

@@ -1,0 +1,153 @@
+"""The replay transport: feed a transcript through the full pipeline and report (DESIGN §9).
+
+Nobody in a real log addresses the bot, so a policy decides which messages do:
+``questions`` (messages ending with "?"), ``all``, ``none`` or ``nick:NAME`` (that speaker's messages).
+Every message is stored and remembered, as in a real group.
+"""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memory.errors import TranscriptLineError
+from memory.transcripts import read_transcript
+from memory.types import StoredMessage
+
+from .events import PRIVATE, Incoming, Sender
+from .runtime import Runtime
+from .services import TurnReport
+
+
+def respond_policy(spec: str) -> Callable[[StoredMessage], bool]:
+    """Parse a policy: ``questions`` | ``all`` | ``none`` | ``nick:NAME``. raises ValueError."""
+    if spec == "questions":
+        return lambda m: m.text.rstrip().endswith("?")
+    if spec == "all":
+        return lambda m: bool(m.text.strip())
+    if spec == "none":
+        return lambda m: False
+    if spec.startswith("nick:") and len(spec) > 5:
+        nick = spec[5:]
+        return lambda m: m.user_name == nick
+    raise ValueError(f"unknown respond policy {spec!r}: use questions, all, none or nick:NAME")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0–100) by linear interpolation; 0.0 for no values."""
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q) - 1))]
+
+
+@dataclass
+class ReplayReport:
+    """What a replay did. Latencies in ms; cost in USD (None when a model has no known price)."""
+
+    messages: int = 0
+    replies: int = 0
+    line_errors: list[TranscriptLineError] = field(default_factory=list)
+    turns: list[TurnReport] = field(default_factory=list)
+
+    @property
+    def answered(self) -> list[TurnReport]:
+        return [t for t in self.turns if t.responded]
+
+    def latency(self, q: float) -> float:
+        return percentile([t.total_ms for t in self.answered], q)
+
+    def overhead(self, q: float) -> float:
+        return percentile([t.overhead_ms for t in self.turns], q)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(t.prompt_tokens for t in self.turns)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(t.completion_tokens for t in self.turns)
+
+    @property
+    def cost_usd(self) -> float | None:
+        costs = [t.cost_usd for t in self.answered if t.error is None]
+        return None if any(c is None for c in costs) else sum(costs)  # type: ignore[arg-type]
+
+    @property
+    def memories_used(self) -> int:
+        return sum(len(t.hits) for t in self.turns)
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for t in self.turns if t.error)
+
+    def as_dict(self) -> dict:
+        return {
+            "messages": self.messages,
+            "replies": self.replies,
+            "line_errors": len(self.line_errors),
+            "llm_errors": self.errors,
+            "latency_ms": {"p50": round(self.latency(50), 2), "p99": round(self.latency(99), 2)},
+            "overhead_ms": {"p50": round(self.overhead(50), 3), "p99": round(self.overhead(99), 3)},
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
+            "memories_used": self.memories_used,
+        }
+
+
+async def replay(
+    rt: Runtime,
+    path: Path,
+    *,
+    policy: Callable[[StoredMessage], bool],
+    limit: int | None = None,
+    on_error: Callable[[TranscriptLineError], None] = lambda e: None,
+    on_message: Callable[[StoredMessage], None] = lambda m: None,
+) -> ReplayReport:
+    """Feed ``path`` (transcript JSONL or Telegram export) through ``rt``; wait for every turn.
+
+    Turn reports arrive through ``rt.services.on_turn``; the caller's hook is kept and chained.
+    A malformed line is reported through ``on_error`` (with its line number) and skipped.
+    """
+    report = ReplayReport()
+    previous = rt.services.on_turn
+
+    def collect(t: TurnReport) -> None:
+        report.turns.append(t)
+        if t.responded and t.error is None:
+            report.replies += 1
+        if previous is not None:
+            previous(t)
+
+    rt.services.on_turn = collect
+    try:
+        for item in read_transcript(path):
+            if isinstance(item, TranscriptLineError):
+                report.line_errors.append(item)
+                on_error(item)
+                continue
+            if limit is not None and report.messages >= limit:
+                break
+            m = item
+            report.messages += 1
+            on_message(m)
+            ev = Incoming(
+                chat_id=m.chat_id,
+                chat_type=PRIVATE if m.chat_id > 0 else "supergroup",
+                message_id=m.message_id,
+                sender=Sender(m.user_id, m.user_name),
+                text=m.text,
+                date=m.date,
+                reply_to=m.reply_to,
+                thread_id=m.thread_id,
+                respond=policy(m),
+            )
+            await rt.supervisor.tell(m.chat_id, ev)
+        await rt.supervisor.wait_all_idle()
+        await rt.memory.flush()
+    finally:
+        rt.services.on_turn = previous
+    return report

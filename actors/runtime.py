@@ -1,0 +1,86 @@
+"""Wiring: the shared services and the supervisor, owned by one task group (DESIGN §2).
+
+``open_memory`` opens the stores, the embedder and the indexer (enough for ``kith import`` and
+``kith memory``); ``open_runtime`` adds the LLM and the supervisor for transports that answer.
+Leaving either context drains in the right order: actors first, then the indexer, then the stores.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from config.models import Config
+from memory.dialogue import DialogueStore
+from memory.indexer import Indexer
+from memory.service import Memory
+from memory.vectors import VectorMemory
+from providers.embedder import Embedder
+
+from .outbox import Outbox
+from .services import BotIdentity, Services, TurnReport, utc_now
+from .supervisor import Supervisor
+
+DB_FILE = "kith.duckdb"
+VECTORS_DIR = "memory"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    config: Config
+    services: Services
+    supervisor: Supervisor
+
+    @property
+    def memory(self) -> Memory:
+        return self.services.memory
+
+
+@asynccontextmanager
+async def open_memory(config: Config, data_dir: Path, *, model=None) -> AsyncIterator[Memory]:
+    """Open DuckDB (``data_dir/kith.duckdb``), LanceDB (``data_dir/memory/``), the embedder and indexer.
+
+    model: an already loaded SentenceTransformer (tests share one); None loads the default.
+    raises memory.errors.StoreLocked when a running bot holds the database.
+    """
+    mem = config.settings.memory
+    data_dir.mkdir(parents=True, exist_ok=True)
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(
+            DialogueStore(data_dir / DB_FILE, flush_interval_s=mem.flush_interval_ms / 1000, flush_rows=mem.flush_rows)
+        )
+        vectors = await stack.enter_async_context(VectorMemory(data_dir / VECTORS_DIR))
+        embedder = await stack.enter_async_context(Embedder(model, max_batch=mem.embed_batch, max_wait_s=mem.embed_wait_ms / 1000))
+        indexer = await stack.enter_async_context(Indexer(vectors, embedder, optimize_every=mem.optimize_every))
+        yield Memory(store, vectors, indexer, embedder)
+
+
+@asynccontextmanager
+async def open_runtime(
+    config: Config,
+    data_dir: Path,
+    outbox: Outbox | Callable[[Memory], Outbox],
+    *,
+    model=None,
+    llm=None,
+    bot: BotIdentity | None = None,
+    on_turn: Callable[[TurnReport], None] | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> AsyncIterator[Runtime]:
+    """Everything a transport needs to answer: memory, LLM and the supervisor of chat actors.
+
+    outbox: the transport's Outbox, or a factory taking the opened Memory (for id allocation).
+    llm: an ``providers.llm.LLM``; None builds one from ``config.settings.models``.
+    """
+    from providers.llm import LLM  # imports litellm (slow): only when answering
+
+    async with open_memory(config, data_dir, model=model) as memory:
+        if llm is None:
+            llm = LLM(config.settings.models, config.settings.llm)
+        bot = bot or BotIdentity(0, config.settings.bot.name, config.settings.bot.username)
+        services = Services(config, memory, llm, bot, clock, on_turn)
+        box = outbox if isinstance(outbox, Outbox) else outbox(memory)
+        async with Supervisor(services, box, config.settings.actors) as supervisor:
+            yield Runtime(config, services, supervisor)

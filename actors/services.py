@@ -1,0 +1,69 @@
+"""What every chat actor shares: config, memory, the LLM, the bot's identity, the clock, metrics."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from config.models import Config
+from memory.service import Memory
+from memory.types import MemoryHit
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class BotIdentity:
+    """The bot as a chat member: its user id (Telegram's, or 0 offline), display name, @username."""
+
+    user_id: int
+    name: str
+    username: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnReport:
+    """One handled message, for replay reports and benchmarks. Times in milliseconds.
+
+    overhead_ms = total_ms − llm_ms − embed_ms: what Kith itself spent (store, recall search, prompt).
+    """
+
+    chat_id: int
+    message_id: int
+    responded: bool
+    total_ms: float
+    llm_ms: float = 0.0
+    embed_ms: float = 0.0
+    search_ms: float = 0.0
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    hits: tuple[MemoryHit, ...] = ()
+    reply_text: str | None = None
+    reply_id: int | None = None
+    error: str | None = None
+
+    @property
+    def overhead_ms(self) -> float:
+        return max(0.0, self.total_ms - self.llm_ms - self.embed_ms)
+
+
+@dataclass
+class Services:
+    """Shared services; owned by the runtime's task group (see ``actors.runtime``)."""
+
+    config: Config
+    memory: Memory
+    llm: object  # providers.llm.LLM (kept loose so tests can pass a fake at the outermost boundary)
+    bot: BotIdentity
+    clock: Callable[[], datetime] = utc_now
+    on_turn: Callable[[TurnReport], None] | None = None
+    turns: int = field(default=0)
+
+    def report(self, rep: TurnReport) -> None:
+        self.turns += 1
+        if self.on_turn is not None:
+            self.on_turn(rep)

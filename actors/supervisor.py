@@ -1,0 +1,230 @@
+"""Supervisor: spawns a ChatActor per chat on demand, evicts idle ones, restarts crashed ones,
+and drains every inbox on shutdown (DESIGN §2).
+
+Each chat has a record holding its bounded inbox (an anyio memory object stream). The inbox
+outlives the actor instance: when an actor crashes, the supervisor starts a fresh one on the same
+inbox, so events queued behind the failing one are kept. Restarts are bounded: after
+``max_restarts`` within ``restart_window_s`` the supervisor waits out the window before the next.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from config.models import ActorSettings
+
+from .errors import SupervisorClosed
+from .events import ChatEvent
+from .outbox import Outbox
+from .services import Services
+
+if TYPE_CHECKING:
+    from .chat import ChatActor
+
+log = logging.getLogger(__name__)
+
+ActorFactory = Callable[[int, Services, Outbox], "ChatActor"]
+
+
+@dataclass(eq=False)
+class _ActorRecord:
+    chat_id: int
+    send: MemoryObjectSendStream
+    receive: MemoryObjectReceiveStream
+    last_active: float
+    pending: int = 0  # told but not yet handled
+    closing: bool = False
+    idle: anyio.Event = field(default_factory=anyio.Event)
+    stopped: anyio.Event = field(default_factory=anyio.Event)
+    restarts: deque = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+
+@dataclass
+class SupervisorStats:
+    spawned: int = 0
+    evicted: int = 0
+    restarted: int = 0
+    handled: int = 0
+
+
+class Supervisor:
+    """Owns every chat actor. Use as ``async with Supervisor(services, outbox, settings) as sup:``.
+
+    ``await sup.tell(chat_id, event)`` queues an event (waits when the chat's inbox is full:
+    back-pressure); ``await sup.wait_idle(chat_id)`` / ``wait_all_idle()`` wait until handled.
+    Leaving the context closes every inbox and waits up to ``drain_timeout_s`` for the drain, then
+    cancels what is left. raises SupervisorClosed from ``tell`` once shutdown began.
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        outbox: Outbox,
+        settings: ActorSettings,
+        *,
+        factory: ActorFactory | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.svc = services
+        self.outbox = outbox
+        self.settings = settings
+        if factory is None:
+            from .chat import ChatActor
+
+            factory = ChatActor
+        self.factory = factory
+        self._now = monotonic
+        self._actors: dict[int, _ActorRecord] = {}
+        self._tg: TaskGroup | None = None
+        self._closed = False
+        self.stats = SupervisorStats()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> "Supervisor":
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._reaper, name="supervisor-reaper")
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool | None:
+        self._closed = True
+        assert self._tg is not None
+        for rec in list(self._actors.values()):
+            rec.closing = True
+            rec.send.close()
+        with anyio.move_on_after(self.settings.drain_timeout_s) as scope:
+            for rec in list(self._actors.values()):
+                await rec.stopped.wait()
+        if scope.cancelled_caught:
+            log.warning("shutdown: %d chat(s) did not drain within %.0f s", len(self._actors), self.settings.drain_timeout_s)
+        self._tg.cancel_scope.cancel()
+        return await self._tg.__aexit__(exc_type, exc, tb)
+
+    @property
+    def active(self) -> int:
+        """Number of live chat actors."""
+        return len(self._actors)
+
+    # ------------------------------------------------------------------ API
+
+    async def tell(self, chat_id: int, event: ChatEvent) -> None:
+        """Queue ``event`` for chat ``chat_id``, spawning its actor if needed. Order per chat is kept."""
+        while True:
+            if self._closed:
+                raise SupervisorClosed("the bot is shutting down")
+            rec = self._actors.get(chat_id)
+            if rec is None:
+                rec = self._spawn(chat_id)
+            elif rec.closing:
+                await rec.stopped.wait()  # an evicted actor finishing; spawn a fresh one
+                continue
+            rec.pending += 1
+            if rec.pending == 1:
+                rec.idle = anyio.Event()
+            rec.last_active = self._now()
+            try:
+                rec.send.send_nowait(event)
+            except anyio.WouldBlock:
+                try:
+                    await rec.send.send(event)
+                except BaseException:
+                    self._done_one(rec)
+                    raise
+            return
+
+    async def wait_idle(self, chat_id: int) -> None:
+        """Wait until every event told to ``chat_id`` so far has been handled."""
+        rec = self._actors.get(chat_id)
+        if rec is not None:
+            await rec.idle.wait()
+
+    async def wait_all_idle(self) -> None:
+        """Wait until every chat's inbox is drained and no turn is running."""
+        while True:
+            busy = [r for r in self._actors.values() if r.pending]
+            if not busy:
+                return
+            for rec in busy:
+                await rec.idle.wait()
+
+    # ------------------------------------------------------------------ internals
+
+    def _spawn(self, chat_id: int) -> _ActorRecord:
+        assert self._tg is not None
+        send, receive = anyio.create_memory_object_stream[ChatEvent](self.settings.inbox_size)
+        rec = _ActorRecord(chat_id, send, receive, self._now())
+        self._actors[chat_id] = rec
+        self.stats.spawned += 1
+        self._tg.start_soon(self._actor_main, rec, name=f"chat-{chat_id}")
+        return rec
+
+    def _done_one(self, rec: _ActorRecord) -> None:
+        rec.pending -= 1
+        rec.last_active = self._now()
+        self.stats.handled += 1
+        if rec.pending <= 0:
+            rec.pending = 0
+            rec.idle.set()
+
+    async def _actor_main(self, rec: _ActorRecord) -> None:
+        try:
+            while True:
+                actor = self.factory(rec.chat_id, self.svc, self.outbox)
+                try:
+                    await actor.start()
+                    async with rec.receive.clone() as inbox:
+                        await actor.run(inbox, on_handled=lambda: self._done_one(rec))
+                    return  # inbox closed and drained
+                except Exception:
+                    log.exception("chat %s: actor crashed; restarting", rec.chat_id)
+                    await self._before_restart(rec)
+                    self.stats.restarted += 1
+        finally:
+            rec.receive.close()
+            rec.idle.set()
+            rec.stopped.set()
+            if self._actors.get(rec.chat_id) is rec:
+                del self._actors[rec.chat_id]
+
+    async def _before_restart(self, rec: _ActorRecord) -> None:
+        now = self._now()
+        window = self.settings.restart_window_s
+        while rec.restarts and now - rec.restarts[0] > window:
+            rec.restarts.popleft()
+        if len(rec.restarts) >= self.settings.max_restarts:
+            wait = window - (now - rec.restarts[0])
+            log.error(
+                "chat %s: %d crashes within %.0f s; next restart in %.1f s (queued events kept)",
+                rec.chat_id, len(rec.restarts), window, wait,
+            )
+            await anyio.sleep(max(0.0, wait))
+            rec.restarts.clear()
+        rec.restarts.append(self._now())
+
+    async def _reaper(self) -> None:
+        ttl = self.settings.idle_ttl_s
+        period = max(0.05, min(ttl / 4, 5.0))
+        while True:
+            await anyio.sleep(period)
+            now = self._now()
+            for rec in list(self._actors.values()):
+                if not rec.closing and rec.pending == 0 and now - rec.last_active >= ttl:
+                    rec.closing = True
+                    rec.send.close()
+                    self.stats.evicted += 1
+                    log.debug("chat %s: evicted after %.0f s idle", rec.chat_id, now - rec.last_active)
+
+
+__all__ = ["Supervisor", "SupervisorStats"]

@@ -1,0 +1,515 @@
+"""``kith``: run the bot, chat in the terminal, replay and import transcripts, inspect memory.
+
+Every command takes ``--data-dir`` (env KITH_DATA_DIR, default ./data) and ``--config``
+(env KITH_CONFIG, default: the shipped config/kith.yaml). Exit codes: 0 ok, 1 failure, 2 usage.
+"""
+from __future__ import annotations
+
+import providers._offline  # noqa: F401  (offline env before any model library loads)
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import anyio
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from config import ConfigError, load_config
+
+app = typer.Typer(
+    help="Kith — a self-hosted Telegram LLM bot that remembers. Memory lives in DuckDB + LanceDB under --data-dir.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+memory_app = typer.Typer(help="Inspect and manage the bot's memory (stop the bot first: one process owns the database).", no_args_is_help=True)
+app.add_typer(memory_app, name="memory")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+DataDir = Annotated[
+    Path, typer.Option("--data-dir", envvar="KITH_DATA_DIR", help="Where the databases live.", file_okay=False)
+]
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", envvar="KITH_CONFIG", help="kith.yaml (default: the shipped one).", dir_okay=False)
+]
+Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-v info, -vv debug).")]
+
+
+def _setup(config_path: Path | None, verbose: int):
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("LiteLLM", "litellm", "httpx", "sentence_transformers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        err.print(f"[red]config error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/] {escape(message)}")
+    return typer.Exit(1)
+
+
+def _run(coro_fn, *args):
+    """Run an async entry point; turn our known errors into a clear message and exit code 1."""
+    from memory.errors import MemoryStoreError
+    from providers.errors import ProviderError
+
+    try:
+        return anyio.run(coro_fn, *args)
+    except (MemoryStoreError, ProviderError) as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+# ---------------------------------------------------------------------- chat
+
+
+@app.command()
+def chat(
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    message: Annotated[Optional[str], typer.Option("--message", "-m", help="Send one message, print the answer, exit.")] = None,
+    chat_id: Annotated[int, typer.Option(help="Chat to talk in (negative: a group, e.g. an imported one).")] = 1,
+    user: Annotated[str, typer.Option(help="Your display name in the chat.")] = "you",
+    user_id: Annotated[int, typer.Option(help="Your user id.")] = 1,
+    model: Annotated[Optional[str], typer.Option(help="Model alias (or litellm model string) for this session.")] = None,
+    sources: Annotated[bool, typer.Option(help="Print the memories each answer used.")] = True,
+    verbose: Verbose = 0,
+) -> None:
+    """Talk to the bot in the terminal, through the same pipeline as Telegram.
+
+    Reads lines from stdin (an interactive prompt on a terminal); lines starting with / are commands.
+    """
+    import os
+
+    if model:
+        os.environ["KITH_MODEL"] = model
+    cfg = _setup(config, verbose)
+    lines = [message] if message is not None else None
+    _run(_chat, cfg, data_dir, lines, chat_id, user, user_id, sources)
+
+
+async def _chat(cfg, data_dir: Path, lines, chat_id: int, user: str, user_id: int, sources: bool) -> None:
+    from actors.console import ConsoleOutbox, chat_turns, print_sources
+    from actors.events import Sender
+    from actors.local import IdAllocator
+    from actors.runtime import open_runtime
+
+    holder: dict = {}
+
+    def make_outbox(memory):
+        holder["ids"] = IdAllocator(memory.store.max_message_id)
+        return ConsoleOutbox(holder["ids"], out, cfg.settings.bot.name)
+
+    interactive = lines is None and sys.stdin.isatty()
+    if interactive:
+        err.print("[dim]loading the embedding model…[/]")
+    async with open_runtime(cfg, data_dir, make_outbox, on_turn=(lambda r: print_sources(out, r)) if sources else None) as rt:
+        sender = Sender(user_id, user)
+        if lines is not None:
+            await chat_turns(rt, holder["ids"], lines, chat_id=chat_id, user=sender)
+            return
+        if interactive:
+            err.print(f"[dim]chat {chat_id} · model {cfg.settings.default_model} · Ctrl-D to quit[/]")
+
+        async def stdin_lines():
+            while True:
+                line = await anyio.to_thread.run_sync(_read_line, interactive)
+                if line is None:
+                    return
+                yield line
+
+        await chat_turns(rt, holder["ids"], stdin_lines(), chat_id=chat_id, user=sender)
+
+
+def _read_line(interactive: bool) -> str | None:
+    try:
+        return input("> ") if interactive else (sys.stdin.readline() or None)
+    except EOFError:
+        return None
+
+
+# ---------------------------------------------------------------------- replay
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="Transcript JSONL or Telegram Desktop result.json.", exists=True, dir_okay=False)],
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    respond: Annotated[str, typer.Option(help="Which messages address the bot: questions | all | none | nick:NAME.")] = "questions",
+    limit: Annotated[Optional[int], typer.Option(help="Replay only the first N messages.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the report.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Feed a transcript through the full pipeline: print the bot's replies and a report.
+
+    The report has turns, replies, latency p50/p99, tokens, cost and the memories used.
+    """
+    from actors.replay import respond_policy
+
+    cfg = _setup(config, verbose)
+    try:
+        policy = respond_policy(respond)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    _run(_replay, cfg, data_dir, file, policy, limit, quiet, as_json)
+
+
+async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, as_json: bool) -> None:
+    from actors.console import format_hit
+    from actors.local import IdAllocator, LocalOutbox
+    from actors.replay import replay as run_replay
+    from actors.runtime import open_runtime
+
+    questions: dict[tuple[int, int], str] = {}
+
+    def remember_question(m) -> None:
+        if policy(m):
+            questions[(m.chat_id, m.message_id)] = f"{m.user_name}: {m.text}"
+
+    def show(turn) -> None:
+        if quiet or as_json or not turn.responded:
+            return
+        out.print(f"[bold]{escape(questions.get((turn.chat_id, turn.message_id), '?'))}[/]")
+        out.print(f"[cyan]  → {escape(turn.reply_text or turn.error or '')}[/]")
+        for h in turn.hits[:3]:
+            out.print(f"[dim]    · {escape(format_hit(h))}[/]")
+
+    async with open_runtime(cfg, data_dir, lambda mem: LocalOutbox(IdAllocator(mem.store.max_message_id)), on_turn=show) as rt:
+        report = await run_replay(
+            rt, file, policy=policy, limit=limit, on_message=remember_question,
+            on_error=lambda e: err.print(f"[yellow]skipped[/] {escape(str(e))}"),
+        )
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+        return
+    d = report.as_dict()
+    table = Table(title=f"replay of {file.name}", show_header=False)
+    table.add_row("messages", str(d["messages"]))
+    table.add_row("replies", str(d["replies"]))
+    table.add_row("bad lines skipped", str(d["line_errors"]))
+    table.add_row("LLM errors", str(d["llm_errors"]))
+    table.add_row("latency p50 / p99", f"{d['latency_ms']['p50']:.1f} / {d['latency_ms']['p99']:.1f} ms")
+    table.add_row("overhead p50 / p99 (excl. LLM, embedding)", f"{d['overhead_ms']['p50']:.2f} / {d['overhead_ms']['p99']:.2f} ms")
+    table.add_row("tokens (prompt / completion)", f"{d['prompt_tokens']} / {d['completion_tokens']}")
+    table.add_row("cost", "unknown (a model has no price)" if d["cost_usd"] is None else f"${d['cost_usd']:.4f}")
+    table.add_row("memories injected", str(d["memories_used"]))
+    out.print(table)
+
+
+# ---------------------------------------------------------------------- import
+
+
+@app.command("import")
+def import_(
+    files: Annotated[list[Path], typer.Argument(help="Transcript JSONL or Telegram Desktop result.json files.", exists=True, dir_okay=False)],
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Import chat history into memory (both stores), without replies. Safe to repeat."""
+    cfg = _setup(config, verbose)
+    _run(_import, cfg, data_dir, files)
+
+
+async def _import(cfg, data_dir: Path, files: list[Path]) -> None:
+    from actors.runtime import open_memory
+
+    async with open_memory(cfg, data_dir) as memory:
+        await _import_files(memory, files)
+
+
+async def _import_files(memory, files: list[Path]) -> None:
+    """Import each file with a progress bar; print a summary line per file."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from memory.importer import import_transcript
+
+    for file in files:
+        total = _count_lines(file)
+        t0 = time.perf_counter()
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=False
+        ) as progress:
+            task = progress.add_task(file.name, total=total)
+            report = await import_transcript(
+                memory, file,
+                on_progress=lambda n: progress.advance(task, n),
+                on_error=lambda e: progress.console.print(f"[yellow]skipped[/] {escape(str(e))}"),
+            )
+            progress.update(task, total=report.read, completed=report.read)
+        dt = time.perf_counter() - t0
+        out.print(
+            f"{file.name}: {report.read} messages in {len(report.chats)} chat(s), {report.embedded} embedded, "
+            f"{report.already_known} already known, {len(report.errors)} bad line(s) skipped "
+            f"({report.read / dt:.0f} msg/s)"
+        )
+
+
+def _count_lines(file: Path) -> int | None:
+    if file.suffix == ".jsonl":
+        with file.open("rb") as fh:
+            return sum(1 for _ in fh)
+    return None
+
+
+# ---------------------------------------------------------------------- memory
+
+
+@memory_app.command("search")
+def memory_search(
+    chat_id: Annotated[int, typer.Argument(help="The chat whose memory is searched (only this chat).")],
+    query: Annotated[Optional[str], typer.Argument(help="What to look for (omit with --queries).")] = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", help="Results per query.", min=1)] = 10,
+    mode: Annotated[str, typer.Option(help="hybrid | vector | fts")] = "hybrid",
+    queries: Annotated[Optional[Path], typer.Option(help='JSONL of {"id": ..., "query": ...}: many queries in one process.', exists=True, dir_okay=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per result line.")] = False,
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Search one chat's memory. With --json each line has message_id, chat_id, score, text (+ query_id, rank)."""
+    if mode not in ("hybrid", "vector", "fts"):
+        raise _fail(f"unknown mode {mode!r}: use hybrid, vector or fts")
+    if (query is None) == (queries is None):
+        raise _fail("give either a QUERY or --queries FILE")
+    cfg = _setup(config, verbose)
+    batch: list[tuple[object, str]] = []
+    if queries is not None:
+        for n, line in enumerate(queries.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                batch.append((obj["id"], str(obj["query"])))
+            except (ValueError, KeyError, TypeError) as exc:
+                err.print(f"[yellow]skipped[/] {queries}:{n}: {escape(str(exc))}")
+    else:
+        batch.append((None, query or ""))
+    _run(_memory_search, cfg, data_dir, chat_id, batch, k, mode, as_json)
+
+
+async def _memory_search(cfg, data_dir: Path, chat_id: int, batch, k: int, mode: str, as_json: bool) -> None:
+    from actors.runtime import open_memory
+
+    async with open_memory(cfg, data_dir) as memory:
+        for qid, q in batch:
+            recall = await memory.recall(chat_id, q, k, mode=mode)
+            if as_json:
+                for rank, h in enumerate(recall.hits, 1):
+                    row = {
+                        "chat_id": h.chat_id, "message_id": h.message_id, "score": round(h.score, 6), "text": h.text,
+                        "user": h.user_name, "date": h.date.isoformat(), "rank": rank, "parts": h.parts,
+                    }
+                    if qid is not None:
+                        row["query_id"] = qid
+                    sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+                continue
+            table = Table(title=f"chat {chat_id}: {q[:60]}")
+            for col in ("#", "score", "message", "date", "user", "text"):
+                table.add_column(col)
+            for rank, h in enumerate(recall.hits, 1):
+                table.add_row(str(rank), f"{h.score:.4f}", str(h.message_id), f"{h.date:%Y-%m-%d %H:%M}", escape(h.user_name), escape(h.text[:200]))
+            out.print(table)
+            if not recall.hits:
+                out.print("[dim]no memories match[/]")
+
+
+@memory_app.command("stats")
+def memory_stats(
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Messages and memories per chat, and the size of each store."""
+    cfg = _setup(config, verbose)
+    _run(_memory_stats, cfg, data_dir, as_json)
+
+
+async def _memory_stats(cfg, data_dir: Path, as_json: bool) -> None:
+    from actors.runtime import open_memory
+
+    async with open_memory(cfg, data_dir) as memory:
+        chats = await memory.store.chats()
+        rows = []
+        for c in chats:
+            rows.append({
+                "chat_id": c.chat_id, "type": c.type, "title": c.title, "messages": c.messages,
+                "memories": await memory.vectors.count(c.chat_id),
+                "first": c.first_date.isoformat() if c.first_date else None,
+                "last": c.last_date.isoformat() if c.last_date else None,
+            })
+        stats = await memory.store.stats()
+        total_mem = await memory.vectors.count()
+    if as_json:
+        out.print_json(json.dumps({"chats": rows, "dialogue": stats, "memories": total_mem}, default=str))
+        return
+    table = Table(title="memory")
+    for col in ("chat", "type", "title", "messages", "memories", "first", "last"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["chat_id"]), r["type"] or "", escape(r["title"] or ""), str(r["messages"]), str(r["memories"]),
+                      (r["first"] or "")[:16], (r["last"] or "")[:16])
+    out.print(table)
+    out.print(f"dialogue store: {escape(json.dumps(stats, default=str))}")
+    out.print(f"vector memories: {total_mem}")
+
+
+# ---------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    transcript: Annotated[Path, typer.Argument(help="A transcript to import first (e.g. a #ubuntu slice).", exists=True, dir_okay=False)],
+    questions: Annotated[Path, typer.Option(help="One question per line.", exists=True, dir_okay=False)] = Path("examples/ubuntu-questions.txt"),
+    data_dir: DataDir = Path("data/demo"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Import a real chat, then ask it questions: each answer with the messages (who, when) it came from."""
+    cfg = _setup(config, verbose)
+    qs = [q.strip() for q in questions.read_text(encoding="utf-8").splitlines() if q.strip()]
+    from memory.transcripts import read_transcript
+
+    first = next((m for m in read_transcript(transcript) if hasattr(m, "chat_id")), None)
+    if first is None:
+        raise _fail(f"{transcript} has no readable messages")
+    _run(_demo, cfg, data_dir, transcript, qs, first.chat_id)
+
+
+async def _demo(cfg, data_dir: Path, transcript: Path, qs: list[str], chat_id: int) -> None:
+    from actors.console import ConsoleOutbox, chat_turns, print_sources
+    from actors.events import Sender
+    from actors.local import IdAllocator
+    from actors.runtime import open_runtime
+
+    def show(r) -> None:
+        print_sources(out, r)
+        out.print()
+
+    holder: dict = {}
+
+    def make_outbox(memory):
+        holder["ids"] = IdAllocator(memory.store.max_message_id)
+        return ConsoleOutbox(holder["ids"], out, cfg.settings.bot.name)
+
+    async with open_runtime(cfg, data_dir, make_outbox, on_turn=show) as rt:
+        await _import_files(rt.memory, [transcript])
+        out.print(f"\n[bold]Asking {len(qs)} questions in chat {chat_id} with model {cfg.settings.default_model}[/]\n")
+        for q in qs:
+            out.print(f"[bold green]demo:[/] {escape(q)}")
+            await chat_turns(rt, holder["ids"], [q], chat_id=chat_id, user=Sender(1, "demo"))
+
+
+# ---------------------------------------------------------------------- doctor
+
+
+@app.command()
+def doctor(
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Check the config, the data dir, the embedding model and which LLM models answer."""
+    ok = True
+
+    def line(good: bool, what: str, detail: str = "") -> None:
+        nonlocal ok
+        ok &= good
+        out.print(f"{'[green]✓[/]' if good else '[red]✗[/]'} {what}{' — ' + escape(detail) if detail else ''}")
+
+    try:
+        cfg = load_config(config)
+        line(True, "config", f"{cfg.settings_file or 'shipped defaults'}; tiers {cfg.tiers_file or 'shipped defaults'}")
+    except ConfigError as exc:
+        line(False, "config", str(exc))
+        raise typer.Exit(1) from None
+    logging.basicConfig(level=logging.WARNING)
+    _run(_doctor, cfg, data_dir, line)
+    raise typer.Exit(0 if ok else 1)
+
+
+async def _doctor(cfg, data_dir: Path, line) -> None:
+    import os
+    import time
+
+    from memory.dialogue import DialogueStore
+    from memory.errors import MemoryStoreError
+    from providers.embedder import Embedder
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / ".kith-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+        line(True, "data dir", str(data_dir.resolve()))
+    except OSError as exc:
+        line(False, "data dir", str(exc))
+        return
+    try:
+        async with DialogueStore(data_dir / "kith.duckdb") as store:
+            s = await store.stats()
+        line(True, "dialogue store", f"{s.get('messages', 0)} messages")
+    except MemoryStoreError as exc:
+        line(False, "dialogue store", str(exc))
+    t0 = time.perf_counter()
+    try:
+        async with Embedder() as emb:
+            v = await emb.embed_one("hello")
+        line(v.shape == (384,), "embedding model", f"all-MiniLM-L6-v2, dim {v.shape[0]}, loaded in {time.perf_counter() - t0:.1f} s")
+    except Exception as exc:  # noqa: BLE001
+        line(False, "embedding model", str(exc))
+    from providers.llm import LLM
+
+    llm = LLM(cfg.settings.models, cfg.settings.llm)
+    for alias, spec in cfg.settings.models.items():
+        if spec.api_key_env and not os.environ.get(spec.api_key_env):
+            line(False, f"model {alias}", f"{spec.model}: environment variable {spec.api_key_env} is not set")
+            continue
+        good, detail = await llm.ping(alias)
+        line(good, f"model {alias}", f"{spec.model}: {detail}")
+    for var in ("TELEGRAM_API_ID", "TELEGRAM_API_HASH", "TELEGRAM_BOT_TOKEN"):
+        present = bool(os.environ.get(var))
+        out.print(f"{'[green]✓[/]' if present else '[yellow]–[/]'} {var} {'set' if present else 'not set (needed by kith run)'}")
+
+
+# ---------------------------------------------------------------------- bench
+
+
+@app.command()
+def bench(
+    which: Annotated[Optional[list[str]], typer.Argument(help="Benchmarks to run (default: all). See `python -m benchmarks --list`.")] = None,
+    quick: Annotated[bool, typer.Option(help="Smaller sizes, for a smoke run.")] = False,
+) -> None:
+    """Run the benchmarks and print their numbers (p50/p99, throughput, peak RSS)."""
+    from benchmarks.__main__ import main as bench_main
+
+    raise typer.Exit(bench_main([*(which or []), *(["--quick"] if quick else [])]))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

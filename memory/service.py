@@ -1,0 +1,79 @@
+"""``Memory``: the one object the actors use to remember and recall, per chat.
+
+Remembering writes the message to the dialogue store (DuckDB, batched) and queues it for embedding
+into vector memory (LanceDB, batched). Recalling searches *one chat only*: the chat id is a hard
+boundary, passed down to a pre-filtered search (DESIGN §5).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from typing import TYPE_CHECKING
+
+from .types import ROLE_USER, MemoryHit, StoredMessage
+
+if TYPE_CHECKING:
+    from .dialogue import DialogueStore
+    from .indexer import Indexer
+    from .vectors import VectorMemory
+
+
+@dataclass(frozen=True, slots=True)
+class Recall:
+    """What a recall returned and what it cost: hits best first; times in milliseconds."""
+
+    hits: list[MemoryHit]
+    embed_ms: float = 0.0
+    search_ms: float = 0.0
+
+
+class Memory:
+    """Facade over DialogueStore + Indexer + VectorMemory + the embedder.
+
+    Only user messages with non-blank text are embedded; the bot's own replies are stored in the
+    dialogue (and so in the recent context) but never recalled as memories, so the bot does not
+    quote itself back as a source.
+    """
+
+    def __init__(self, store: "DialogueStore", vectors: "VectorMemory", indexer: "Indexer", embedder) -> None:
+        self.store = store
+        self.vectors = vectors
+        self.indexer = indexer
+        self.embedder = embedder
+
+    def remember(self, msg: StoredMessage, *, index: bool = True) -> None:
+        """Store ``msg`` (idempotent on chat_id, message_id) and queue it for embedding. Non-blocking."""
+        self.store.add(msg)
+        if index and msg.role == ROLE_USER and msg.text.strip():
+            self.indexer.submit((msg,))
+
+    def remember_many(self, msgs: Iterable[StoredMessage], *, index: bool = True) -> None:
+        """Store many messages at once; user messages with text are queued for embedding."""
+        msgs = list(msgs)
+        self.store.add_many(msgs)
+        if index:
+            self.indexer.submit(m for m in msgs if m.role == ROLE_USER and m.text.strip())
+
+    async def recall(
+        self, chat_id: int, query: str, k: int, *, exclude_ids: Collection[int] = (), mode: str = "hybrid"
+    ) -> Recall:
+        """Top-``k`` memories of chat ``chat_id`` for ``query`` (never another chat's), best first.
+
+        exclude_ids: message ids already in the context (the recent window). Empty query or k=0 → no hits.
+        mode: ``"hybrid"`` (vector + full text, fused), ``"vector"`` or ``"fts"``.
+        """
+        if k <= 0 or not query.strip():
+            return Recall([])
+        t0 = time.perf_counter()
+        vector = None if mode == "fts" else await self.embedder.embed_one(query)
+        t1 = time.perf_counter()
+        hits = await self.vectors.search(chat_id, query, vector, k, mode=mode, exclude_ids=exclude_ids)
+        t2 = time.perf_counter()
+        return Recall(hits, (t1 - t0) * 1000, (t2 - t1) * 1000)
+
+    async def flush(self) -> None:
+        """Wait until everything remembered so far is committed and searchable."""
+        await self.store.flush()
+        await self.indexer.flush()
