@@ -1,0 +1,144 @@
+"""DuckDB schema of the dialogue store: DDL as forward migrations, and the code that applies them.
+
+``MIGRATIONS[i]`` upgrades a database from version ``i`` to version ``i + 1``; it is a tuple of SQL
+statements run in one transaction together with the ``schema_version`` row that records it. Never edit
+a released step: append a new one (``ALTER TABLE …``, ``CREATE TABLE …``, data fixes) instead.
+``SCHEMA_VERSION`` is the version this code writes and expects (``len(MIGRATIONS)``).
+
+Conventions: ids are ``BIGINT`` (Telegram ids are 64-bit); timestamps are ``TIMESTAMPTZ`` (the store
+writes and reads them as UTC microseconds, see ``memory.dialogue``); settings are ``JSON`` objects.
+
+Reserved for later steps (not created yet): ``subscriptions(scope 'user'|'chat', scope_id, tier,
+expires_at, source, updated_at)`` and ``payments(...)`` (DESIGN §4, §7) — add them as step 2+.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from .errors import MemoryStoreError
+
+# ---------------------------------------------------------------- migrations
+
+_V1 = (
+    """
+    CREATE TABLE chats (
+        chat_id     BIGINT PRIMARY KEY,
+        type        VARCHAR NOT NULL,            -- private | group | supergroup | channel | unknown
+        title       VARCHAR,
+        settings    JSON NOT NULL DEFAULT '{}',
+        created_at  TIMESTAMPTZ NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE users (
+        user_id     BIGINT PRIMARY KEY,
+        username    VARCHAR,
+        name        VARCHAR,
+        settings    JSON NOT NULL DEFAULT '{}',
+        created_at  TIMESTAMPTZ NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE messages (
+        chat_id     BIGINT NOT NULL,
+        message_id  BIGINT NOT NULL,
+        thread_id   BIGINT,
+        user_id     BIGINT NOT NULL,
+        user_name   VARCHAR NOT NULL,
+        role        VARCHAR NOT NULL,            -- user | assistant
+        text        VARCHAR NOT NULL,
+        reply_to    BIGINT,
+        date        TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (chat_id, message_id)
+    )
+    """,
+    """
+    CREATE TABLE usage (
+        ts                 TIMESTAMPTZ NOT NULL,
+        chat_id            BIGINT NOT NULL,
+        user_id            BIGINT NOT NULL,
+        kind               VARCHAR NOT NULL,     -- chat | image | transcription
+        model              VARCHAR NOT NULL,
+        prompt_tokens      BIGINT NOT NULL,
+        completion_tokens  BIGINT NOT NULL,
+        cost_usd           DOUBLE,               -- NULL = unknown price (not free)
+        latency_ms         DOUBLE NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE recalls (
+        chat_id            BIGINT NOT NULL,
+        reply_message_id   BIGINT NOT NULL,      -- the bot's reply the memories were injected into
+        memory_message_id  BIGINT NOT NULL,      -- the recalled message, same chat
+        score              DOUBLE NOT NULL,
+        PRIMARY KEY (chat_id, reply_message_id, memory_message_id)
+    )
+    """,
+)
+
+MIGRATIONS: list[tuple[str, ...]] = [
+    _V1,
+    # v2: subscriptions / payments go here.
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version     INTEGER PRIMARY KEY,
+    applied_at  TIMESTAMPTZ NOT NULL
+)
+"""
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+
+
+def to_us(ts: datetime) -> int:
+    """Microseconds since the Unix epoch of ``ts``; a naive ``ts`` is taken as UTC."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return (ts - _EPOCH) // _ONE_US
+
+
+def from_us(us: int) -> datetime:
+    """The tz-aware UTC datetime of ``us`` microseconds since the Unix epoch."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def current_version(con) -> int:
+    """The schema version of an open DuckDB connection (0 for an empty database). Blocking."""
+    con.execute(_VERSION_TABLE)
+    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def migrate(con, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> tuple[int, int]:
+    """Bring the database on ``con`` up to ``SCHEMA_VERSION``; return ``(from_version, to_version)``.
+
+    Blocking (call it in a worker thread). Each step runs in its own transaction, so a failure leaves
+    the database at the last complete version. raises MemoryStoreError when the file was written by a
+    newer Kith (its version is above ``SCHEMA_VERSION``) or a step fails.
+    """
+    start = current_version(con)
+    if start > SCHEMA_VERSION:
+        raise MemoryStoreError(
+            f"the database is at schema version {start}, newer than this Kith understands ({SCHEMA_VERSION}); "
+            "upgrade Kith"
+        )
+    for version in range(start + 1, SCHEMA_VERSION + 1):
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for stmt in MIGRATIONS[version - 1]:
+                con.execute(stmt)
+            con.execute(
+                "INSERT INTO schema_version VALUES (?, make_timestamp(?) AT TIME ZONE 'UTC')",
+                [version, to_us(clock())],
+            )
+            con.execute("COMMIT")
+        except Exception as exc:
+            con.execute("ROLLBACK")
+            raise MemoryStoreError(f"schema migration to version {version} failed: {exc}") from exc
+    return start, SCHEMA_VERSION
