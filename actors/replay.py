@@ -124,7 +124,8 @@ async def replay(
 
     rt.services.on_turn = collect
     try:
-        for item in read_transcript(path):
+        reader = read_transcript(path)
+        for item in reader:
             if isinstance(item, TranscriptLineError):
                 report.line_errors.append(item)
                 on_error(item)
@@ -134,9 +135,11 @@ async def replay(
             m = item
             report.messages += 1
             on_message(m)
+            meta = reader.chats.get(m.chat_id)
             ev = Incoming(
                 chat_id=m.chat_id,
-                chat_type=PRIVATE if m.chat_id > 0 else "supergroup",
+                chat_type=meta.type if meta else (PRIVATE if m.chat_id > 0 else "supergroup"),
+                chat_title=meta.title if meta else None,
                 message_id=m.message_id,
                 sender=Sender(m.user_id, m.user_name),
                 text=m.text,

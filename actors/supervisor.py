@@ -110,7 +110,8 @@ class Supervisor:
         if scope.cancelled_caught:
             log.warning("shutdown: %d chat(s) did not drain within %.0f s", len(self._actors), self.settings.drain_timeout_s)
         self._tg.cancel_scope.cancel()
-        return await self._tg.__aexit__(exc_type, exc, tb)
+        await self._tg.__aexit__(None, None, None)  # the body's exception propagates unwrapped
+        return None
 
     @property
     def active(self) -> int:

@@ -49,7 +49,8 @@ async def import_transcript(
             return
         for cid in {m.chat_id for m in chunk} - known.keys():
             known[cid] = await memory.vectors.message_ids(cid)
-            await memory.store.upsert_chat(cid, "private" if cid > 0 else "supergroup", None)
+            meta = reader.chats.get(cid)
+            await memory.store.upsert_chat(cid, meta.type if meta else ("private" if cid > 0 else "supergroup"), meta.title if meta else None)
         fresh = [m for m in chunk if m.message_id not in known[m.chat_id]]
         report.already_known += len(chunk) - len(fresh)
         memory.store.add_many(chunk)
@@ -61,7 +62,8 @@ async def import_transcript(
         on_progress(len(chunk))
         chunk.clear()
 
-    for item in read_transcript(path):
+    reader = read_transcript(path)
+    for item in reader:
         if isinstance(item, TranscriptLineError):
             report.errors.append(item)
             on_error(item)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from . import _offline  # noqa: F401  (must precede sentence_transformers)
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -83,7 +82,10 @@ class Embedder:
         self._closed = True
         self._wakeup.set()
         assert self._tg is not None
-        return await self._tg.__aexit__(*exc)
+        # the batcher finishes what is queued and returns; the body's own exception (if any)
+        # propagates unwrapped because it is not fed into the task group
+        await self._tg.__aexit__(None, None, None)
+        return None
 
     def encode_sync(self, texts: Sequence[str]) -> np.ndarray:
         """Blocking encode (call from a worker thread). float32[n, 384], L2-normalised."""
@@ -157,8 +159,3 @@ class Embedder:
             i += len(r.texts)
             r.done.set()
 
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two L2-normalised vectors (their dot product), in [-1, 1]."""
-    v = float(np.dot(a, b))
-    return v if math.isfinite(v) else 0.0
