@@ -1,0 +1,458 @@
+"""The LLM: a litellm ``Router`` over the configured model aliases, behind a global concurrency limit.
+
+Usage::
+
+    llm = LLM(settings.models, settings.llm)
+    c = await llm.complete("fast", messages, on_delta=show_progress)   # -> Completion
+    c.text, c.model, c.prompt_tokens, c.cost_usd, c.latency_ms, c.fell_back
+
+The only module that talks to litellm for chat (with ``recall_model``); every litellm / openai / httpx /
+aiohttp exception is translated here, once, into ``providers.errors`` (the original is ``__cause__``).
+
+Routing and failure behaviour (litellm 1.106.2):
+- One Router deployment per alias (``model_name`` = the alias) with its ``api_base``, key (from
+  ``os.environ[spec.api_key_env]`` when set, else litellm's own variables such as OPENAI_API_KEY),
+  ``timeout_s`` (also the streaming timeout), ``max_output_tokens`` and ``temperature``.
+- Each model is retried ``LLMSettings.num_retries`` times on 429, 5xx, connection errors and timeouts
+  (litellm backs off ≈1–3 s per retry; 400/401/403 are not retried), then the alias's ``fallbacks`` are
+  tried in order — on any error, 400/401 included (another model may have a bigger context or a
+  valid key). litellm follows fallbacks *transitively*: a fallback alias that fails goes on to its own
+  fallbacks (depth-first, no alias tried twice, at most 5 hops). When everything fails, the requested
+  model's error decides the type (429 → RateLimited even if a fallback answered 500); the message
+  names the fallbacks' errors too.
+- Streaming falls back only before the first chunk; a stream that breaks after text was delivered to
+  ``on_delta`` raises (``ProviderUnavailable``), so the caller never gets two answers spliced together.
+- Cooldowns are disabled: with one deployment per alias they would only turn a transient error into
+  "no deployments available" for the next calls (and make tests order-dependent).
+- No telemetry, no callbacks; litellm's own loggers are quieted (we log the outcome here), and
+  ``LITELLM_LOCAL_*`` keep its price map / header tables local. The only network traffic is to the
+  configured providers.
+
+Cost: ``prompt_tokens × input_cost_per_token + completion_tokens × output_cost_per_token`` from litellm's
+bundled price map (``litellm.model_cost``). A model the map does not price gives ``cost_usd=None``
+(unknown, never 0: litellm's own ``completion_cost`` returns 0.0 for unknown models, and its
+``get_model_info`` may call the provider — Ollama ``/api/show``, the Hugging Face hub — so neither is
+used). Cached-token discounts and long-context tiers are ignored (list price, an upper bound).
+"""
+from __future__ import annotations
+
+from . import _offline  # noqa: F401  (before litellm)
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
+os.environ.setdefault("LITELLM_LOCAL_BLOG_POSTS", "True")
+
+import anyio
+import litellm
+from litellm import Router
+
+from config.models import LLMSettings, ModelSpec
+
+from . import recall_model
+from .errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ModelNotConfigured,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+)
+from .recall_model import estimate_messages_tokens
+
+__all__ = ["Completion", "LLM", "DEFAULT_CONTEXT_TOKENS", "PING_TIMEOUT_S", "translate_error"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT_TOKENS = 8192
+PING_TIMEOUT_S = 10.0  # ping uses min(this, the model's timeout_s)
+_DETAIL_CHARS = 800
+
+
+def _configure_litellm() -> None:
+    """Process-wide litellm settings; idempotent."""
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners on stdout
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # fallback chatter at ERROR; we log outcomes
+    recall_model.register()
+
+
+_configure_litellm()
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One finished completion.
+
+    text: the whole answer. model: the alias that answered (after any fallback). litellm_model: its
+    litellm model string. prompt_tokens / completion_tokens: as reported by the provider (estimated,
+    ≈ UTF-8 bytes / 4, when it reports none). cost_usd: None when the model has no known price.
+    latency_ms: wall time from sending the request (after waiting for a concurrency slot) to the last
+    byte, retries and fallbacks included. fell_back: another alias than the requested one answered.
+    """
+
+    text: str
+    model: str
+    litellm_model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    latency_ms: float
+    fell_back: bool
+
+
+# ---------------------------------------------------------------- price map (offline, static)
+
+
+def _price_entry(litellm_model: str) -> dict[str, Any] | None:
+    """The entry of ``litellm.model_cost`` for a litellm model string, or None.
+
+    Tries the full string (``ollama/llama3``, ``kith/recall``), then without its provider prefix when
+    the entry belongs to that provider (``openai/gpt-4o-mini`` → ``gpt-4o-mini``).
+    """
+    table = litellm.model_cost
+    entry = table.get(litellm_model)
+    if isinstance(entry, dict):
+        return entry
+    if "/" in litellm_model:
+        provider, bare = litellm_model.split("/", 1)
+        entry = table.get(bare)
+        if isinstance(entry, dict) and str(entry.get("litellm_provider", "")).split("_")[0] in (provider, provider.split("_")[0]):
+            return entry
+    return None
+
+
+def _cost(litellm_model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    entry = _price_entry(litellm_model)
+    if entry is None:
+        return None
+    cin, cout = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
+    if cin is None or cout is None:
+        return None
+    return float(prompt_tokens) * float(cin) + float(completion_tokens) * float(cout)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _detail(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
+
+
+def translate_error(e: BaseException, where: str) -> ProviderError:
+    """The ``providers.errors`` type for a litellm/openai/httpx/aiohttp exception ``e``.
+
+    where: names the call for the message (e.g. ``"fast (fallbacks: slow)"``). Set ``__cause__`` by
+    raising ``translate_error(e, ...) from e``.
+    """
+    import httpx
+    import openai
+
+    if isinstance(e, ProviderError):
+        return e
+    msg = f"{where}: {type(e).__name__}: {_detail(e)}"
+    if isinstance(e, (litellm.Timeout, openai.APITimeoutError, httpx.TimeoutException, TimeoutError)):
+        return ProviderTimeout(msg)
+    if isinstance(e, litellm.RateLimitError):
+        return RateLimited(msg)
+    if type(e).__name__ in ("RouterRateLimitError", "RouterRateLimitErrorBasic"):  # no deployment available
+        return RateLimited(msg)
+    if isinstance(e, (litellm.AuthenticationError, litellm.PermissionDeniedError)):
+        return AuthenticationFailed(msg)
+    if isinstance(e, (litellm.BadRequestError, litellm.UnprocessableEntityError)):
+        return BadRequest(msg)
+    status = getattr(e, "status_code", None)
+    if not isinstance(status, int):
+        status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(status, int):
+        if status == 408:
+            return ProviderTimeout(msg)
+        if status == 429:
+            return RateLimited(msg)
+        if status in (401, 403):
+            return AuthenticationFailed(msg)
+        if status in (400, 413, 422):
+            return BadRequest(msg)
+    # 5xx, connection refused / reset, 404 (model unknown at the provider), anything unexpected
+    return ProviderUnavailable(msg)
+
+
+# ---------------------------------------------------------------- the LLM
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+    return ""
+
+
+def _usage_ints(usage: Any) -> tuple[int, int] | None:
+    if usage is None:
+        return None
+    p = getattr(usage, "prompt_tokens", None)
+    c = getattr(usage, "completion_tokens", None)
+    if p is None and isinstance(usage, Mapping):
+        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if p is None and c is None:
+        return None
+    return int(p or 0), int(c or 0)
+
+
+class LLM:
+    """Chat completions over the configured aliases, with fallbacks, streaming, usage and cost.
+
+    models: alias → ModelSpec (``Settings.models``); every alias named in a ``fallbacks`` must be in it
+    and every model string must name a provider litellm knows (else ``ModelNotConfigured``, at once). settings: concurrency (a global ``anyio.CapacityLimiter`` over every
+    call, including ``ping``) and ``num_retries`` per model.
+    """
+
+    def __init__(self, models: Mapping[str, ModelSpec], settings: LLMSettings) -> None:
+        self._models: dict[str, ModelSpec] = dict(models)
+        self._settings = settings
+        for alias, spec in self._models.items():
+            for fb in spec.fallbacks:
+                if fb not in self._models:
+                    raise ModelNotConfigured(f"models.{alias}.fallbacks: unknown model alias {fb!r}")
+            try:
+                litellm.get_llm_provider(model=spec.model, api_base=spec.api_base)
+            except Exception as e:
+                raise ModelNotConfigured(f"models.{alias}: litellm cannot use model {spec.model!r}: {_detail(e)}") from e
+        self._limiter = anyio.CapacityLimiter(settings.concurrency)
+        model_list = [{"model_name": alias, "litellm_params": self._litellm_params(spec)} for alias, spec in self._models.items()]
+        fallbacks = [{alias: list(spec.fallbacks)} for alias, spec in self._models.items() if spec.fallbacks]
+        try:
+            self._router = Router(
+                model_list=model_list,
+                fallbacks=fallbacks,
+                num_retries=settings.num_retries,
+                disable_cooldowns=True,
+                retry_after=0,
+            )
+        except Exception as e:
+            raise translate_error(e, "building the model router") from e
+
+    @staticmethod
+    def _litellm_params(spec: ModelSpec) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": spec.model,
+            "timeout": spec.timeout_s,
+            "stream_timeout": spec.timeout_s,
+            "max_tokens": spec.max_output_tokens,
+            "max_retries": 0,  # the openai SDK's own retries: off, the Router retries
+            "drop_params": True,  # a parameter a provider does not take is dropped, not an error
+        }
+        if spec.api_base:
+            params["api_base"] = spec.api_base
+        if spec.api_key_env and os.environ.get(spec.api_key_env):
+            params["api_key"] = os.environ[spec.api_key_env]
+        if spec.temperature is not None:
+            params["temperature"] = spec.temperature
+        return params
+
+    # ------------------------------------------------------------ lookup
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return tuple(self._models)
+
+    def _spec(self, alias: str) -> ModelSpec:
+        try:
+            return self._models[alias]
+        except KeyError:
+            known = ", ".join(self._models) or "none"
+            raise ModelNotConfigured(f"model alias {alias!r} is not configured (models: {known})") from None
+
+    def _where(self, alias: str) -> str:
+        spec = self._models[alias]
+        return f"{alias} [{spec.model}]" + (f" (fallbacks: {', '.join(spec.fallbacks)})" if spec.fallbacks else "")
+
+    def context_tokens(self, alias: str) -> int:
+        """The prompt budget of ``alias`` in tokens: ``spec.context_tokens``, else ``max_input_tokens``
+        of litellm's bundled price map (offline), else 8192. ModelNotConfigured for an unknown alias."""
+        spec = self._spec(alias)
+        if spec.context_tokens:
+            return spec.context_tokens
+        entry = _price_entry(spec.model) or {}
+        n = entry.get("max_input_tokens") or entry.get("max_tokens")
+        return int(n) if isinstance(n, (int, float)) and n > 0 else DEFAULT_CONTEXT_TOKENS
+
+    def count_tokens(self, alias: str, messages: Sequence[Mapping[str, Any]]) -> int:
+        """Estimated prompt tokens of ``messages`` for ``alias``: per message ceil(UTF-8 bytes / 4) + 4,
+        plus 3. Tokenizer-free and the same for every model (close to cl100k for English, low by up to
+        ~25 % for CJK and ~40 % for dense code: keep a margin). ModelNotConfigured for an unknown alias."""
+        self._spec(alias)
+        return estimate_messages_tokens(messages)
+
+    # ------------------------------------------------------------ calls
+
+    async def complete(
+        self,
+        alias: str,
+        messages: list[dict],
+        *,
+        on_delta: Callable[[str], Awaitable[None]] | None = None,
+        max_tokens: int | None = None,
+    ) -> Completion:
+        """Complete ``messages`` (OpenAI-style) with ``alias``, falling back along its fallbacks.
+
+        on_delta: when given, the answer is streamed and ``on_delta`` is awaited with each non-empty text
+        delta, in order (their concatenation is ``Completion.text``); an exception it raises propagates
+        unchanged and closes the stream. max_tokens: caps the answer (default ``spec.max_output_tokens``).
+        Raises ModelNotConfigured, RateLimited, ProviderUnavailable, ProviderTimeout, AuthenticationFailed,
+        BadRequest (all ``ProviderError``); never a litellm type.
+        """
+        self._spec(alias)
+        kwargs: dict[str, Any] = {"model": alias, "messages": messages}
+        if max_tokens is not None:
+            kwargs["max_tokens"] = max_tokens
+        async with self._limiter:
+            t0 = time.perf_counter()
+            if on_delta is None:
+                text, usage, hidden = await self._plain(alias, kwargs)
+            else:
+                text, usage, hidden = await self._stream(alias, kwargs, on_delta)
+            latency_ms = (time.perf_counter() - t0) * 1000.0
+        return self._finish(alias, messages, text, usage, hidden, latency_ms)
+
+    async def _plain(self, alias: str, kwargs: dict[str, Any]) -> tuple[str, Any, dict]:
+        try:
+            resp = await self._router.acompletion(**kwargs)
+        except Exception as e:
+            raise self._failed(alias, e) from e
+        choices = getattr(resp, "choices", None) or []
+        text = _text_of(choices[0].message.content) if choices else ""
+        return text, getattr(resp, "usage", None), dict(getattr(resp, "_hidden_params", None) or {})
+
+    async def _stream(self, alias: str, kwargs: dict[str, Any], on_delta: Callable[[str], Awaitable[None]]) -> tuple[str, Any, dict]:
+        try:
+            stream = await self._router.acompletion(**kwargs, stream=True, stream_options={"include_usage": True})
+        except Exception as e:
+            raise self._failed(alias, e) from e
+        parts: list[str] = []
+        usage = None
+        iterator = stream.__aiter__()
+        try:
+            while True:
+                try:
+                    chunk = await iterator.__anext__()
+                except StopAsyncIteration:
+                    break
+                except Exception as e:
+                    raise self._failed(alias, e, delivered=len(parts)) from e
+                if chunk is None:
+                    continue
+                if getattr(chunk, "usage", None) is not None:
+                    usage = chunk.usage
+                for choice in getattr(chunk, "choices", None) or []:
+                    delta = getattr(choice, "delta", None)
+                    text = _text_of(getattr(delta, "content", None)) if delta is not None else ""
+                    if text:
+                        parts.append(text)
+                        await on_delta(text)  # the caller's exception is not the provider's: not translated
+        finally:
+            await self._close(stream)
+        return "".join(parts), usage, dict(getattr(stream, "_hidden_params", None) or {})
+
+    @staticmethod
+    async def _close(stream: Any) -> None:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is None:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await aclose()
+            except Exception:  # noqa: BLE001  (closing a finished or broken stream)
+                log.debug("closing the stream failed", exc_info=True)
+
+    def _failed(self, alias: str, e: BaseException, *, delivered: int = 0) -> ProviderError:
+        where = self._where(alias) + (f" after {delivered} streamed chunks" if delivered else "")
+        err = translate_error(e, where)
+        log.info("LLM call failed: %s", err)
+        return err
+
+    def _finish(self, alias: str, messages: list[dict], text: str, usage: Any, hidden: dict, latency_ms: float) -> Completion:
+        headers = hidden.get("additional_headers") or {}
+        answered = headers.get("x-litellm-model-group")
+        if answered not in self._models:
+            answered = alias
+        litellm_model = str(hidden.get("litellm_model_name") or self._models[answered].model)
+        counts = _usage_ints(usage)
+        if counts is None or counts == (0, 0):
+            counts = (estimate_messages_tokens(messages), recall_model.estimate_tokens(text))
+        prompt_tokens, completion_tokens = counts
+        fell_back = answered != alias
+        if fell_back:
+            log.info("LLM %s answered for %s (fallback)", answered, alias)
+        return Completion(
+            text=text,
+            model=answered,
+            litellm_model=litellm_model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=_cost(litellm_model, prompt_tokens, completion_tokens),
+            latency_ms=latency_ms,
+            fell_back=fell_back,
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients litellm cached for the running event loop (call at shutdown).
+
+        litellm keeps one SDK client per provider/key/event loop in a process-wide cache; without this
+        their sockets stay open until the process exits. Calls after ``aclose`` still work (new clients).
+        """
+        import asyncio
+
+        suffix = f"-{id(asyncio.get_running_loop())}"
+        cache = litellm.in_memory_llm_clients_cache
+        for key in [k for k in list(cache.cache_dict) if str(k).endswith(suffix)]:
+            client = cache.cache_dict.get(key)
+            cache.delete_cache(key)
+            for name in ("aclose", "close"):
+                fn = getattr(client, name, None)
+                if fn is None:
+                    continue
+                with anyio.CancelScope(shield=True):
+                    try:
+                        result = fn()
+                        if hasattr(result, "__await__"):
+                            await result
+                    except Exception:  # noqa: BLE001
+                        log.debug("closing a litellm client failed", exc_info=True)
+                break
+
+    async def ping(self, alias: str) -> tuple[bool, str]:
+        """Is ``alias`` reachable? A 1-token completion, no retries, no fallbacks, timeout
+        min(10 s, timeout_s). Returns ``(ok, detail)``; never raises for a provider problem.
+        ``kith/*`` models are offline and always reachable; an unknown alias is ``(False, …)``."""
+        if alias not in self._models:
+            return False, f"model alias {alias!r} is not configured"
+        spec = self._models[alias]
+        if spec.model.startswith(f"{recall_model.PROVIDER}/"):
+            return True, "built-in offline model"
+        timeout = min(PING_TIMEOUT_S, spec.timeout_s)
+        async with self._limiter:
+            t0 = time.perf_counter()
+            try:
+                await self._router.acompletion(
+                    model=alias,
+                    messages=[{"role": "user", "content": "ping"}],
+                    max_tokens=1,
+                    timeout=timeout,
+                    num_retries=0,
+                    disable_fallbacks=True,
+                )
+            except Exception as e:  # noqa: BLE001
+                err = translate_error(e, self._where(alias))
+                return False, f"{err.user_message} ({type(err).__name__}: {_detail(e)})"
+            ms = (time.perf_counter() - t0) * 1000.0
+        return True, f"answered in {ms:.0f} ms"

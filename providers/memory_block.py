@@ -1,0 +1,116 @@
+"""The recalled-memories block of the system prompt: ``render_memories`` writes it, ``parse_memories`` reads it.
+
+The block, one memory per line, best first::
+
+    <memories>
+    [#1234 2009-03-03 10:01 UTC] ActionParsnip: exon: if he gets the grub error, reinstall grub
+    [#1240 2009-03-03 10:05 UTC] exon: thanks\\nthat worked
+    </memories>
+
+Each line is ``[#<message_id> <date>] <user_name>: <text>``. A line never breaks inside a memory:
+texts and names are escaped reversibly, so ``parse_memories(render_memories(hits))`` gives back every
+id, date string, name and text (texts longer than ``max_chars`` are shortened first, with "…"):
+
+- ``\\`` → ``\\\\``, newline → ``\\n``, carriage return → ``\\r``, tab → ``\\t`` (text and name);
+- ``</`` → ``<\\/`` (text and name), so no memory can close the block or open a fake tag;
+- ``:`` → ``\\:`` in the name only (the first unescaped ``": "`` ends the name).
+
+Dates are shown in ``tz`` (default UTC) as ``YYYY-MM-DD HH:MM <tzname>``; naive datetimes are taken as UTC.
+No network, no litellm: safe to import anywhere.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+
+from memory.types import MemoryHit
+
+__all__ = ["OPEN_TAG", "CLOSE_TAG", "MAX_MEMORY_CHARS", "QuotedMemory", "render_memories", "parse_memories", "format_date"]
+
+OPEN_TAG = "<memories>"
+CLOSE_TAG = "</memories>"
+MAX_MEMORY_CHARS = 500  # a memory's text is shortened to this many characters (before escaping)
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_UNESCAPES = {"n": "\n", "r": "\r", "t": "\t"}  # any other escaped char stands for itself
+_TEXT_RE = re.compile(r"[\\\n\r\t]|</")
+_NAME_RE = re.compile(r"[\\\n\r\t:]|</")
+_LINE_RE = re.compile(
+    r"^\[#(?P<id>-?\d+) (?P<date>[^\]]*)\] (?P<name>(?:[^\\:]|\\.)*): (?P<text>.*)$"
+)
+_BLOCK_RE = re.compile(re.escape(OPEN_TAG) + r"\n(.*?)(?:^|\n)" + re.escape(CLOSE_TAG), re.S | re.M)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotedMemory:
+    """One memory read back from a block: its message id, date as shown, sender name and text."""
+
+    message_id: int
+    date_str: str
+    user_name: str
+    text: str
+
+
+def _escape(s: str, pattern: re.Pattern[str]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        g = m.group(0)
+        if g == "</":
+            return "<\\/"
+        if g == ":":
+            return "\\:"
+        return _ESCAPES[g]
+
+    return pattern.sub(sub, s)
+
+
+def _unescape(s: str) -> str:
+    return re.sub(r"\\(.)", lambda m: _UNESCAPES.get(m.group(1), m.group(1)), s, flags=re.S)
+
+
+def _shorten(text: str, max_chars: int) -> str:
+    if max_chars <= 0 or len(text) <= max_chars:
+        return text
+    return text[: max(0, max_chars - 1)].rstrip() + "…"
+
+
+def format_date(d: datetime, tz: tzinfo = UTC) -> str:
+    """``YYYY-MM-DD HH:MM <tzname>`` of ``d`` in ``tz`` (naive ``d`` is taken as UTC)."""
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=UTC)
+    local = d.astimezone(tz)
+    return f"{local:%Y-%m-%d %H:%M} {local.tzname() or 'UTC'}"
+
+
+def render_memories(hits: Sequence[MemoryHit], *, tz: tzinfo = UTC, max_chars: int = MAX_MEMORY_CHARS) -> str:
+    """The ``<memories>`` block for ``hits`` in the given order (best first); ``""`` when there are none.
+
+    max_chars: each text is shortened to at most this many characters ("…" marks the cut; 0 = never).
+    The result has no trailing newline; roughly ``len(result) / 4`` tokens.
+    """
+    if not hits:
+        return ""
+    lines = [OPEN_TAG]
+    for h in hits:
+        name = _escape(h.user_name or "", _NAME_RE)
+        text = _escape(_shorten(h.text or "", max_chars), _TEXT_RE)
+        lines.append(f"[#{h.message_id} {format_date(h.date, tz)}] {name}: {text}")
+    lines.append(CLOSE_TAG)
+    return "\n".join(lines)
+
+
+def parse_memories(text: str) -> list[QuotedMemory]:
+    """Every memory line inside every ``<memories>`` … ``</memories>`` block of ``text``, in order.
+
+    Lines that do not have the memory shape are skipped; text outside a block is ignored. Texts and
+    names come back unescaped (the exact strings rendered, after shortening).
+    """
+    out: list[QuotedMemory] = []
+    for block in _BLOCK_RE.finditer(text or ""):
+        for line in block.group(1).split("\n"):
+            m = _LINE_RE.match(line.rstrip("\r"))
+            if m is None:
+                continue
+            out.append(QuotedMemory(int(m["id"]), m["date"], _unescape(m["name"]), _unescape(m["text"])))
+    return out
