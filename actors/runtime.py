@@ -77,10 +77,15 @@ async def open_runtime(
     from providers.llm import LLM  # imports litellm (slow): only when answering
 
     async with open_memory(config, data_dir, model=model) as memory:
+        own_llm = llm is None
         if llm is None:
             llm = LLM(config.settings.models, config.settings.llm)
         bot = bot or BotIdentity(0, config.settings.bot.name, config.settings.bot.username)
         services = Services(config, memory, llm, bot, clock, on_turn)
         box = outbox if isinstance(outbox, Outbox) else outbox(memory)
-        async with Supervisor(services, box, config.settings.actors) as supervisor:
-            yield Runtime(config, services, supervisor)
+        try:
+            async with Supervisor(services, box, config.settings.actors) as supervisor:
+                yield Runtime(config, services, supervisor)
+        finally:
+            if own_llm:
+                await llm.aclose()
