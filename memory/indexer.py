@@ -1,0 +1,195 @@
+"""Indexer: the background path from stored messages to searchable vector memory.
+
+``submit`` enqueues messages without blocking; one worker task takes up to ``batch`` messages at a
+time (waiting at most ``max_wait_s`` for a batch to fill), embeds them in one ``Embedder.embed`` call,
+and appends them to ``VectorMemory`` in one batched upsert (many small appends fragment LanceDB).
+After every ``optimize_every`` appended rows it starts ``VectorMemory.optimize()`` in its own task.
+
+A batch that fails (embedding or LanceDB error) is retried a few times, then logged and dropped
+(``failed`` counts its messages): vector memory is derived data, ``kith memory reindex`` rebuilds it.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+
+import anyio
+
+from providers.embedder import Embedder
+
+from .types import StoredMessage
+from .vectors import KIND_MESSAGE, MemoryRow, VectorMemory
+
+log = logging.getLogger(__name__)
+
+_RETRIES = 3
+
+
+class Indexer:
+    """Embeds and appends submitted messages in batches; use as ``async with Indexer(vm, emb) as ix``.
+
+    batch: messages per embedding call and per append. max_wait_s: how long a partial batch waits for
+    more messages (``flush`` and exit skip the wait). optimize_every: appended rows between two
+    ``VectorMemory.optimize()`` runs (0 disables them).
+
+    Counters: ``indexed`` (rows appended), ``skipped`` (empty/whitespace texts), ``failed`` (messages
+    of batches dropped after retries), ``optimizations`` (optimize runs finished).
+    """
+
+    def __init__(
+        self,
+        vectors: VectorMemory,
+        embedder: Embedder,
+        *,
+        batch: int = 256,
+        max_wait_s: float = 0.2,
+        optimize_every: int = 5000,
+    ) -> None:
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
+        self.vectors = vectors
+        self.embedder = embedder
+        self.batch = batch
+        self.max_wait_s = max_wait_s
+        self.optimize_every = optimize_every
+        self.indexed = 0
+        self.skipped = 0
+        self.failed = 0
+        self.optimizations = 0
+        self._queue: deque[tuple[int, StoredMessage]] = deque()
+        self._submitted = 0  # sequence number of the last submitted message
+        self._done = 0  # every message with a sequence number <= this has been handled
+        self._wakeup = anyio.Event()
+        self._progress = anyio.Event()
+        self._flush_target = 0  # messages up to this sequence number are wanted now: skip the wait
+        self._since_optimize = 0
+        self._optimizing = False
+        self._closed = False
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> "Indexer":
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._worker, name="indexer-worker")
+        return self
+
+    async def __aexit__(self, *exc) -> bool | None:
+        """Drain: everything queued is embedded and appended (and a running optimize finishes)."""
+        self._closed = True
+        self._flush_target = self._submitted
+        self._wakeup.set()
+        assert self._tg is not None
+        return await self._tg.__aexit__(*exc)
+
+    # ------------------------------------------------------------------ API
+
+    def submit(self, msgs: Iterable[StoredMessage]) -> None:
+        """Queue messages for indexing (never blocks). Empty or whitespace-only texts are skipped.
+
+        raises RuntimeError after the indexer was closed.
+        """
+        if self._closed:
+            raise RuntimeError("Indexer is closed")
+        added = False
+        for m in msgs:
+            if not m.text or not m.text.strip():
+                self.skipped += 1
+                continue
+            self._submitted += 1
+            self._queue.append((self._submitted, m))
+            added = True
+        if added:
+            self._wakeup.set()
+
+    @property
+    def pending(self) -> int:
+        """Messages submitted and not yet handled."""
+        return self._submitted - self._done
+
+    async def flush(self) -> None:
+        """Return once every message submitted before this call is appended (or counted as failed).
+
+        Skips the batching wait for those messages. raises RuntimeError if the indexer is not running.
+        """
+        target = self._submitted
+        if self._done >= target:
+            return
+        if self._tg is None:
+            raise RuntimeError("Indexer is not running (use `async with Indexer(...)`)")
+        self._flush_target = max(self._flush_target, target)
+        self._wakeup.set()
+        while self._done < target:
+            await self._progress.wait()
+
+    # ------------------------------------------------------------------ worker
+
+    async def _worker(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                await self._wakeup.wait()
+                self._wakeup = anyio.Event()
+                continue
+            # let a partial batch fill up, unless someone is waiting for it
+            if len(self._queue) < self.batch and self._flush_target < self._queue[0][0] and self.max_wait_s > 0:
+                with anyio.move_on_after(self.max_wait_s):
+                    while len(self._queue) < self.batch and not self._closed and self._flush_target < self._queue[0][0]:
+                        await self._wakeup.wait()
+                        self._wakeup = anyio.Event()
+            items = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
+            await self._index([m for _, m in items])
+            self._done = items[-1][0]
+            self._progress.set()
+            self._progress = anyio.Event()
+
+    async def _index(self, msgs: list[StoredMessage]) -> None:
+        for attempt in range(1, _RETRIES + 1):
+            try:
+                vecs = await self.embedder.embed([m.text for m in msgs])
+                rows = [
+                    MemoryRow(
+                        chat_id=m.chat_id,
+                        message_id=m.message_id,
+                        user_id=m.user_id,
+                        user_name=m.user_name,
+                        text=m.text,
+                        date=m.date,
+                        vector=vecs[i],
+                        kind=KIND_MESSAGE,
+                    )
+                    for i, m in enumerate(msgs)
+                ]
+                await self.vectors.add(rows)
+            except Exception:  # noqa: BLE001 - derived data: log, retry, then drop the batch
+                if attempt == _RETRIES:
+                    log.exception("indexing %d messages failed %d times; dropped", len(msgs), attempt)
+                    self.failed += len(msgs)
+                    return
+                log.warning("indexing %d messages failed (attempt %d), retrying", len(msgs), attempt, exc_info=True)
+                await anyio.sleep(0.1 * 2**attempt)
+                continue
+            self.indexed += len(rows)
+            self._since_optimize += len(rows)
+            self._maybe_optimize()
+            return
+
+    def _maybe_optimize(self) -> None:
+        if self.optimize_every <= 0 or self._since_optimize < self.optimize_every or self._optimizing:
+            return
+        self._since_optimize = 0
+        self._optimizing = True
+        assert self._tg is not None
+        self._tg.start_soon(self._optimize, name="indexer-optimize")
+
+    async def _optimize(self) -> None:
+        try:
+            await self.vectors.optimize()
+            self.optimizations += 1
+        except Exception:  # noqa: BLE001 - a failed optimize only costs speed
+            log.exception("vector memory optimize failed")
+        finally:
+            self._optimizing = False

@@ -1,0 +1,35 @@
+"""Shared pytest fixtures.
+
+Async tests run on anyio's pytest plugin with the asyncio backend (mark them ``@pytest.mark.anyio``).
+The embedding model is real (all-MiniLM-L6-v2, offline) and loaded once per session.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+
+from providers.embedder import Embedder, load_model
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """anyio's plugin runs every async test and fixture on asyncio (session scope, so async
+    fixtures of any scope can use it)."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def st_model():
+    """The real sentence-transformers model, loaded once (~5-8 s)."""
+    return load_model()
+
+
+@pytest.fixture
+async def embedder(st_model):
+    """A running micro-batching ``Embedder`` over the session's model."""
+    async with Embedder(st_model) as emb:
+        yield emb
