@@ -91,14 +91,16 @@ class Embedder:
         """Blocking encode (call from a worker thread). float32[n, 384], L2-normalised."""
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
-        clipped = [t[:MAX_CHARS] if t else " " for t in texts]
+        # identical texts ("thanks", "hi", "+1") are encoded once: chats repeat themselves a lot
+        slot: dict[str, int] = {}
+        index = [slot.setdefault(t[:MAX_CHARS] if t else " ", len(slot)) for t in texts]
         try:
             vecs = self._model.encode(
-                clipped, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+                list(slot), batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
             )
         except Exception as exc:  # noqa: BLE001
             raise EmbeddingError(f"embedding failed: {exc}") from exc
-        return np.asarray(vecs, dtype=np.float32)
+        return np.asarray(vecs, dtype=np.float32)[index]
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` (batched with other callers). float32[n, 384], L2-normalised."""
