@@ -40,6 +40,7 @@ class ChatActor:
         self._windows: dict[int | None, deque[StoredMessage]] = {}
         self._known_chat = False
         self._user_settings: dict[int, dict] = {}
+        self.awaiting_role: set[int] = set()  # users whose next message becomes their persona (/role)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -62,9 +63,13 @@ class ChatActor:
             case CommandEvent():
                 await self._on_command(event)
             case ButtonPress():
-                await self.outbox.answer_button(event.query_id)
+                from .commands import handle_button
+
+                await handle_button(self, event)
             case ConfigChanged():
                 await self.start()
+                self._windows.clear()
+                self._user_settings.clear()
             case _:
                 log.warning("chat %s: unknown event %r", self.chat_id, type(event).__name__)
 
@@ -75,8 +80,47 @@ class ChatActor:
         if win is None:
             size = self.svc.config.settings.memory.recent_window
             recent = await self.svc.memory.store.recent(self.chat_id, size, thread_id=thread_id)
+            since = self.settings.get("context_from")  # set by /reset: older messages leave the context
+            if since is not None:
+                recent = [m for m in recent if m.message_id > since]
             win = self._windows[thread_id] = deque(recent, maxlen=size)
         return win
+
+    async def save_chat_settings(self, settings: dict) -> None:
+        """Persist the chat's settings (a JSON object) and use them from now on."""
+        await self.svc.memory.store.set_chat_settings(self.chat_id, settings)
+        self.settings = settings
+
+    async def save_user_settings(self, user_id: int, settings: dict) -> None:
+        """Persist a user's settings (model, persona, ...), shared by every chat of that user."""
+        await self.svc.memory.store.set_user_settings(user_id, settings)
+        self._user_settings[user_id] = settings
+
+    async def reset_context(self) -> None:
+        """Forget the conversation context (recent windows); stored history stays searchable."""
+        last = max((m.message_id for w in self._windows.values() for m in w), default=None)
+        if last is None:
+            last = await self.svc.memory.store.max_message_id(self.chat_id)
+        self._windows.clear()
+        if last is not None:
+            await self.save_chat_settings({**self.settings, "context_from": last})
+
+    async def forget_user(self, user_id: int) -> int:
+        """Erase ``user_id``'s messages in this chat from both stores and from the context."""
+        n = await self.svc.memory.forget(self.chat_id, user_id=user_id)
+        for win in self._windows.values():
+            kept = [m for m in win if m.user_id != user_id]
+            win.clear()
+            win.extend(kept)
+        return n
+
+    async def delete_history(self) -> int:
+        """Delete every stored message and memory of this chat (``/reset all`` after confirmation)."""
+        n = await self.svc.memory.forget(self.chat_id)
+        self._windows.clear()
+        self.settings = {k: v for k, v in self.settings.items() if k != "context_from"}
+        await self.svc.memory.store.set_chat_settings(self.chat_id, self.settings)
+        return n
 
     async def _user(self, user_id: int) -> dict:
         s = self._user_settings.get(user_id)
@@ -118,6 +162,15 @@ class ChatActor:
         if not self._known_chat:
             await store.upsert_chat(self.chat_id, ev.chat_type, ev.chat_title)
             self._known_chat = True
+        if ev.sender.user_id in self.awaiting_role:
+            # /role: this message is the sender's new persona, not conversation
+            self.awaiting_role.discard(ev.sender.user_id)
+            from .commands import _save_role
+
+            await _save_role(self, ev.sender.user_id, ev.text.strip() or None)
+            await self.outbox.send(self.chat_id, "Persona saved.", reply_to=ev.message_id, thread_id=ev.thread_id)
+            self.svc.report(TurnReport(self.chat_id, ev.message_id, False, _ms(t0)))
+            return
         window = await self._window(ev.thread_id)
         msg = StoredMessage(
             chat_id=ev.chat_id,

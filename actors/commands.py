@@ -1,26 +1,330 @@
-"""Chat commands (``/start``, ``/help``, ...), handled inside the chat's actor."""
+"""Chat commands and inline-keyboard presses, handled inside the chat's actor (DESIGN §8).
+
+Commands change the actor's own state (settings, windows) without locks because they run in the
+actor's loop like every other event. Texts are Markdown; the transport renders them.
+Group settings and destructive group actions are for group admins only (``Outbox.is_admin``).
+"""
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
-from .events import CommandEvent
+from .events import PRIVATE, ButtonPress, CommandEvent, is_group
+from .outbox import Button
 
 if TYPE_CHECKING:
     from .chat import ChatActor
 
-HELP = (
-    "I'm {name}: I remember this chat and answer with what was said before.\n"
-    "In groups, mention me, reply to me, or use a keyword.\n"
-    "/help — this text"
-)
+HISTORY_DEFAULT = 20
+HISTORY_MAX = 100
+SETTINGS_KEYS = ("persona", "keywords", "always_on", "persist", "language", "model")
+ON = {"on", "yes", "true", "1", "enable", "enabled"}
+OFF = {"off", "no", "false", "0", "disable", "disabled"}
+
+HELP = """I'm **{name}**. I remember this chat and answer with what was said before.
+In groups I answer when you mention me, reply to me, or use a keyword; I remember everything else quietly.
+
+/model — choose the language model
+/role — set my persona for you (private chats)
+/profile — your tier, model and today's usage
+/memory — what I keep about this chat and you; `/memory words` shows what I would recall
+/forget — erase your messages in this chat
+/reset — clear the conversation context (history kept); `/reset all` deletes this chat's history
+/history — the last messages; /export — the conversation as a file
+/settings — group settings (admins): persona, keywords, always_on, persist, language, model"""
 
 
 async def handle_command(actor: "ChatActor", ev: CommandEvent) -> None:
-    name = actor.svc.bot.name
-    match ev.command:
-        case "start" | "help":
-            await actor.outbox.send(actor.chat_id, HELP.format(name=name), reply_to=ev.message_id, thread_id=ev.thread_id)
-        case _:
-            await actor.outbox.send(
-                actor.chat_id, f"Unknown command /{ev.command}. Try /help.", reply_to=ev.message_id, thread_id=ev.thread_id
-            )
+    """Run ``ev`` in ``actor``. Unknown commands get a pointer to /help."""
+    handler = COMMANDS.get(ev.command)
+    if handler is None:
+        await reply(actor, ev, f"Unknown command /{ev.command}. Try /help.")
+        return
+    await handler(actor, ev)
+
+
+async def reply(actor: "ChatActor", ev: CommandEvent, text: str, buttons=None) -> None:
+    if buttons:
+        await actor.outbox.send_buttons(actor.chat_id, text, buttons, reply_to=ev.message_id, thread_id=ev.thread_id)
+    else:
+        await actor.outbox.send(actor.chat_id, text, reply_to=ev.message_id, thread_id=ev.thread_id)
+
+
+# ---------------------------------------------------------------------- simple ones
+
+
+async def cmd_help(actor: "ChatActor", ev: CommandEvent) -> None:
+    await reply(actor, ev, HELP.format(name=actor.svc.bot.name))
+
+
+async def cmd_history(actor: "ChatActor", ev: CommandEvent) -> None:
+    try:
+        n = max(1, min(HISTORY_MAX, int(ev.args))) if ev.args.strip() else HISTORY_DEFAULT
+    except ValueError:
+        await reply(actor, ev, "Usage: /history [number of messages, up to 100]")
+        return
+    msgs = await actor.svc.memory.store.recent(actor.chat_id, n, thread_id=ev.thread_id)
+    if not msgs:
+        await reply(actor, ev, "Nothing stored in this chat yet.")
+        return
+    lines = [f"`{m.date:%Y-%m-%d %H:%M}` **{m.user_name}**: {_short(m.text, 300)}" for m in msgs]
+    await reply(actor, ev, f"Last {len(msgs)} messages:\n" + "\n".join(lines))
+
+
+async def cmd_export(actor: "ChatActor", ev: CommandEvent) -> None:
+    """The chat's stored conversation as transcript JSONL (re-importable with ``kith import``)."""
+    title = actor.settings.get("title") or ev.chat_title
+    lines: list[str] = []
+    async for batch in actor.svc.memory.store.iter_messages(actor.chat_id):
+        for m in batch:
+            row = {
+                "chat_id": m.chat_id, "message_id": m.message_id, "date": m.date.isoformat(), "user": m.user_name,
+                "user_id": m.user_id, "text": m.text, "role": m.role,
+            }
+            if m.reply_to is not None:
+                row["reply_to"] = m.reply_to
+            if m.thread_id is not None:
+                row["thread_id"] = m.thread_id
+            if title:
+                row["chat_title"] = title
+            lines.append(json.dumps(row, ensure_ascii=False))
+    if not lines:
+        await reply(actor, ev, "Nothing stored in this chat yet.")
+        return
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    await actor.outbox.send_document(
+        actor.chat_id, f"chat-{actor.chat_id}.jsonl", data,
+        caption=f"{len(lines)} messages (JSONL, one message per line)", reply_to=ev.message_id, thread_id=ev.thread_id,
+    )
+
+
+# ---------------------------------------------------------------------- model and role
+
+
+def _model_keyboard(actor: "ChatActor", current: str) -> list[list[Button]]:
+    rows = []
+    for alias, spec in actor.svc.config.settings.models.items():
+        label = spec.label or alias
+        mark = "✓ " if alias == current else ""
+        rows.append([Button(f"{mark}{label}", f"model:{alias}")])
+    return rows
+
+
+async def cmd_model(actor: "ChatActor", ev: CommandEvent) -> None:
+    user = await actor._user(ev.sender.user_id)
+    current = actor._model_for(user)
+    arg = ev.args.strip()
+    if arg:
+        await _set_model(actor, ev.sender.user_id, arg, lambda t: reply(actor, ev, t))
+        return
+    await reply(actor, ev, f"Current model: **{current}**. Choose one:", _model_keyboard(actor, current))
+
+
+async def _set_model(actor: "ChatActor", user_id: int, alias: str, say) -> None:
+    if alias not in actor.svc.config.settings.models:
+        await say(f"Unknown model {alias!r}. Send /model to pick from the list.")
+        return
+    settings = dict(await actor._user(user_id))
+    settings["model"] = alias
+    await actor.save_user_settings(user_id, settings)
+    await say(f"Model set to **{alias}**.")
+
+
+async def cmd_role(actor: "ChatActor", ev: CommandEvent) -> None:
+    if is_group(ev.chat_type):
+        await reply(actor, ev, "In groups the persona is a group setting: an admin can use `/settings persona <text>`.")
+        return
+    if ev.args.strip():
+        await _save_role(actor, ev.sender.user_id, ev.args.strip())
+        await reply(actor, ev, "Persona saved.")
+        return
+    user = await actor._user(ev.sender.user_id)
+    current = user.get("role")
+    actor.awaiting_role.add(ev.sender.user_id)
+    text = "Send me the persona as your next message (how I should behave and talk with you)."
+    if current:
+        text += f"\n\nCurrent persona: {_short(current, 500)}"
+    await reply(actor, ev, text, [[Button("Cancel", "role:cancel"), Button("Delete persona", "role:delete")]])
+
+
+async def _save_role(actor: "ChatActor", user_id: int, role: str | None) -> None:
+    settings = dict(await actor._user(user_id))
+    if role:
+        settings["role"] = role
+    else:
+        settings.pop("role", None)
+    await actor.save_user_settings(user_id, settings)
+
+
+# ---------------------------------------------------------------------- profile, memory, forget, reset
+
+
+async def cmd_profile(actor: "ChatActor", ev: CommandEvent) -> None:
+    user = await actor._user(ev.sender.user_id)
+    model = actor._model_for(user)
+    lines = [f"**{ev.sender.name}**", f"Model: {model}"]
+    if user.get("role"):
+        lines.append(f"Persona: {_short(user['role'], 200)}")
+    mine = await actor.svc.memory.store.count_messages(actor.chat_id, user_id=ev.sender.user_id)
+    lines.append(f"Your messages in this chat: {mine}")
+    await reply(actor, ev, "\n".join(lines))
+
+
+async def cmd_memory(actor: "ChatActor", ev: CommandEvent) -> None:
+    mem = actor.svc.memory
+    query = ev.args.strip()
+    if query:
+        recall = await mem.recall(actor.chat_id, query, 5)
+        if not recall.hits:
+            await reply(actor, ev, "Nothing in this chat's memory matches that.")
+            return
+        lines = [
+            f"{i}. `{h.date:%Y-%m-%d %H:%M}` **{h.user_name}**: {_short(h.text, 200)} "
+            f"(score {h.score:.3f}{''.join(f', {k} {v:.2f}' for k, v in h.parts.items() if k != 'rrf')})"
+            for i, h in enumerate(recall.hits, 1)
+        ]
+        await reply(actor, ev, "What I would recall:\n" + "\n".join(lines))
+        return
+    await mem.flush()
+    chat_msgs = await mem.store.count_messages(actor.chat_id)
+    chat_mems = await mem.vectors.count(actor.chat_id)
+    mine = await mem.store.count_messages(actor.chat_id, user_id=ev.sender.user_id)
+    recent_mine = [m for m in await mem.store.recent(actor.chat_id, 200) if m.user_id == ev.sender.user_id][-3:]
+    persist = "on" if actor.persist else "off (nothing new is stored)"
+    lines = [
+        f"**This chat**: {chat_msgs} messages stored, {chat_mems} searchable memories. Storing: {persist}.",
+        f"**About you here**: {mine} of your messages.",
+    ]
+    if recent_mine:
+        lines.append("Your latest:")
+        lines += [f"• `{m.date:%Y-%m-%d %H:%M}` {_short(m.text, 150)}" for m in recent_mine]
+    lines.append("Memory never crosses chats. /forget erases your messages here; `/memory words` shows what I'd recall.")
+    await reply(actor, ev, "\n".join(lines))
+
+
+async def cmd_forget(actor: "ChatActor", ev: CommandEvent) -> None:
+    n = await actor.forget_user(ev.sender.user_id)
+    await reply(actor, ev, f"Done: {n} of your messages in this chat were erased and will not be recalled again.")
+
+
+async def cmd_reset(actor: "ChatActor", ev: CommandEvent) -> None:
+    if ev.args.strip().lower() in ("all", "delete", "history"):
+        if is_group(ev.chat_type) and not await actor.outbox.is_admin(actor.chat_id, ev.sender.user_id):
+            await reply(actor, ev, "Only group admins can delete the group's history.")
+            return
+        await reply(
+            actor, ev, "Delete **all** of this chat's stored history and memories? This cannot be undone.",
+            [[Button("Delete everything", f"reset:confirm:{ev.sender.user_id}"), Button("Cancel", "reset:cancel")]],
+        )
+        return
+    await actor.reset_context()
+    await reply(actor, ev, "Context cleared: I start fresh from here (history is kept; `/reset all` deletes it).")
+
+
+# ---------------------------------------------------------------------- settings (group admins)
+
+
+def _describe_settings(actor: "ChatActor") -> str:
+    bot = actor.svc.config.settings.bot
+    s = actor.settings
+    keywords = s.get("keywords", list(bot.keywords))
+    return "\n".join([
+        f"persona: {_short(s['persona'], 200) if s.get('persona') else '(default)'}",
+        f"keywords: {', '.join(keywords) if keywords else '(none)'}",
+        f"always_on: {'on' if s.get('always_on', bot.always_on) else 'off'}",
+        f"persist: {'on' if actor.persist else 'off'}",
+        f"language: {s.get('language', bot.language)}",
+        f"model: {s.get('model', actor.svc.config.settings.default_model)}",
+    ])
+
+
+async def cmd_settings(actor: "ChatActor", ev: CommandEvent) -> None:
+    if ev.chat_type != PRIVATE and not await actor.outbox.is_admin(actor.chat_id, ev.sender.user_id):
+        await reply(actor, ev, "Sorry, only this group's admins can change its settings.")
+        return
+    key, _, value = ev.args.strip().partition(" ")
+    key, value = key.lower(), value.strip()
+    if not key:
+        await reply(actor, ev, "Settings of this chat:\n" + _describe_settings(actor) + "\n\nChange one with `/settings <key> <value>`; `/settings <key> default` resets it.")
+        return
+    if key not in SETTINGS_KEYS:
+        await reply(actor, ev, f"Unknown setting {key!r}. Settings: {', '.join(SETTINGS_KEYS)}.")
+        return
+    new = dict(actor.settings)
+    if value.lower() in ("default", "reset", "none"):
+        new.pop(key, None)
+    elif key in ("always_on", "persist"):
+        if value.lower() not in ON | OFF:
+            await reply(actor, ev, f"`/settings {key} on` or `/settings {key} off`.")
+            return
+        new[key] = value.lower() in ON
+    elif key == "keywords":
+        new[key] = [k.strip() for k in value.replace(";", ",").split(",") if k.strip()]
+    elif key == "model":
+        if value not in actor.svc.config.settings.models:
+            await reply(actor, ev, f"Unknown model {value!r}. Models: {', '.join(actor.svc.config.settings.models)}.")
+            return
+        new[key] = value
+    elif not value:
+        await reply(actor, ev, f"Usage: `/settings {key} <value>`")
+        return
+    else:
+        new[key] = value
+    await actor.save_chat_settings(new)
+    await reply(actor, ev, f"Saved. Settings of this chat:\n{_describe_settings(actor)}")
+
+
+# ---------------------------------------------------------------------- buttons
+
+
+async def handle_button(actor: "ChatActor", ev: ButtonPress) -> None:
+    """Inline-keyboard presses: ``model:<alias>``, ``role:cancel|delete``, ``reset:confirm:<uid>|cancel``."""
+    kind, _, rest = ev.data.partition(":")
+    uid = ev.sender.user_id
+
+    async def edit(text: str) -> None:
+        await actor.outbox.edit(actor.chat_id, ev.message_id, text)
+
+    if kind == "model":
+        await _set_model(actor, uid, rest, edit)
+        await actor.outbox.answer_button(ev.query_id, f"Model: {rest}")
+    elif kind == "role":
+        actor.awaiting_role.discard(uid)
+        if rest == "delete":
+            await _save_role(actor, uid, None)
+            await edit("Persona deleted; I use the default one again.")
+        else:
+            await edit("Cancelled.")
+        await actor.outbox.answer_button(ev.query_id)
+    elif kind == "reset" and rest.startswith("confirm:"):
+        if rest != f"confirm:{uid}":
+            await actor.outbox.answer_button(ev.query_id, "Only the person who asked can confirm.", alert=True)
+            return
+        n = await actor.delete_history()
+        await edit(f"Deleted {n} messages and their memories. This chat starts from nothing.")
+        await actor.outbox.answer_button(ev.query_id, "Deleted")
+    elif kind == "reset":
+        await edit("Cancelled: nothing was deleted.")
+        await actor.outbox.answer_button(ev.query_id)
+    else:
+        await actor.outbox.answer_button(ev.query_id, "This button has expired.")
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+COMMANDS = {
+    "start": cmd_help,
+    "help": cmd_help,
+    "history": cmd_history,
+    "export": cmd_export,
+    "model": cmd_model,
+    "role": cmd_role,
+    "profile": cmd_profile,
+    "memory": cmd_memory,
+    "forget": cmd_forget,
+    "reset": cmd_reset,
+    "settings": cmd_settings,
+}

@@ -68,6 +68,7 @@ class LocalOutbox:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     sent: list[OutMessage] = field(default_factory=list)
     answered: list[tuple[str, str | None]] = field(default_factory=list)
+    admins: set[tuple[int, int]] | None = None  # (chat_id, user_id); None: everyone administers (console)
 
     async def on_progress(self, chat_id: int, delta: str) -> None:
         """A streamed piece of a reply (display hook)."""
@@ -111,3 +112,6 @@ class LocalOutbox:
 
     async def stream(self, chat_id: int, *, reply_to: int | None = None, thread_id: int | None = None) -> ReplyStream:
         return _BufferedStream(self, chat_id, reply_to, thread_id)
+
+    async def is_admin(self, chat_id: int, user_id: int) -> bool:
+        return self.admins is None or (chat_id, user_id) in self.admins

@@ -73,6 +73,20 @@ class Memory:
         t2 = time.perf_counter()
         return Recall(hits, (t1 - t0) * 1000, (t2 - t1) * 1000)
 
+    async def forget(self, chat_id: int, *, user_id: int | None = None) -> int:
+        """Erase ``user_id``'s messages in ``chat_id`` (all of the chat's with no user) from both
+        stores; they are never recalled again. Returns how many messages were deleted.
+
+        Queued writes and embeddings are flushed first, so nothing in flight comes back afterwards.
+        """
+        await self.flush()
+        ids = await self.store.delete_messages(chat_id, user_id=user_id)
+        if user_id is None:
+            await self.vectors.delete(chat_id)
+        elif ids:
+            await self.vectors.delete(chat_id, message_ids=ids)
+        return len(ids)
+
     async def flush(self) -> None:
         """Wait until everything remembered so far is committed and searchable."""
         await self.store.flush()

@@ -1,0 +1,181 @@
+"""Commands and buttons through the real pipeline (stores in tmp_path, real model, kith/recall)."""
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from actors.events import ButtonPress, CommandEvent, Incoming, Sender
+from actors.local import IdAllocator, LocalOutbox
+from actors.runtime import open_runtime
+from config.models import Config, ModelSpec, Settings, TiersConfig
+from memory.transcripts import read_transcript
+
+pytestmark = pytest.mark.anyio
+
+GROUP = -1001
+ADMIN, MEMBER = Sender(10, "Ada"), Sender(11, "Bob")
+
+
+def cfg() -> Config:
+    models = {"recall": ModelSpec(model="kith/recall"), "other": ModelSpec(model="kith/recall", label="Other")}
+    return Config(settings=Settings(models=models), tiers=TiersConfig())
+
+
+class Chat:
+    """Drives one runtime: ``say`` a message, ``cmd`` a command, ``press`` a button; collects turns."""
+
+    def __init__(self, rt, outbox):
+        self.rt, self.outbox, self.turns, self.n = rt, outbox, [], 100
+        rt.services.on_turn = self.turns.append
+
+    async def _go(self, chat_id, ev):
+        await self.rt.supervisor.tell(chat_id, ev)
+        await self.rt.supervisor.wait_idle(chat_id)
+
+    async def say(self, chat_id, who, text, **kw):
+        self.n += 1
+        ctype = "private" if chat_id > 0 else "supergroup"
+        await self._go(chat_id, Incoming(chat_id, ctype, self.n, who, text, datetime.now(UTC), **kw))
+        return self.n
+
+    async def cmd(self, chat_id, who, command, args=""):
+        self.n += 1
+        ctype = "private" if chat_id > 0 else "supergroup"
+        await self._go(chat_id, CommandEvent(chat_id, ctype, self.n, who, command, args, datetime.now(UTC)))
+        return self.outbox.sent[-1]
+
+    async def press(self, chat_id, who, message_id, data):
+        await self._go(chat_id, ButtonPress(chat_id, message_id, who, data, f"q{self.n}"))
+
+
+def runtime(tmp_path, st_model, holder):
+    def make(memory):
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id), admins={(GROUP, ADMIN.user_id)})
+        return holder["outbox"]
+
+    return open_runtime(cfg(), tmp_path, make, model=st_model)
+
+
+async def test_model_keyboard_press_switches_the_model_for_the_next_turn(tmp_path, st_model):
+    holder: dict = {}
+    async with runtime(tmp_path, st_model, holder) as rt:
+        chat = Chat(rt, holder["outbox"])
+        await chat.say(5, MEMBER, "hello?")
+        assert chat.turns[-1].model == "recall"
+        menu = await chat.cmd(5, MEMBER, "model")
+        labels = [b.text for row in menu.buttons for b in row]
+        assert labels == ["✓ recall", "Other"]
+        await chat.press(5, MEMBER, menu.message_id, "model:other")
+        assert holder["outbox"].answered[-1][1] == "Model: other"
+        await chat.say(5, MEMBER, "and now?")
+        assert chat.turns[-1].model == "other"
+        menu = await chat.cmd(5, MEMBER, "model")
+        assert [b.text for row in menu.buttons for b in row] == ["recall", "✓ Other"]
+
+
+async def test_settings_refused_for_members_applied_for_admins_and_kept_across_restart(tmp_path, st_model):
+    holder: dict = {}
+    async with runtime(tmp_path, st_model, holder) as rt:
+        chat = Chat(rt, holder["outbox"])
+        refused = await chat.cmd(GROUP, MEMBER, "settings", "keywords linux")
+        assert "only this group's admins" in refused.text
+        await chat.say(GROUP, MEMBER, "anyone using linux here")
+        assert chat.turns[-1].responded is False
+        ok = await chat.cmd(GROUP, ADMIN, "settings", "keywords linux, kernel")
+        assert "keywords: linux, kernel" in ok.text
+        await chat.say(GROUP, MEMBER, "which linux kernel is best")
+        assert chat.turns[-1].responded is True
+    async with runtime(tmp_path, st_model, holder) as rt:  # a restart: settings come back from DuckDB
+        chat = Chat(rt, holder["outbox"])
+        await chat.say(GROUP, MEMBER, "my Kernel panics")
+        assert chat.turns[-1].responded is True
+        shown = await chat.cmd(GROUP, ADMIN, "settings")
+        assert "keywords: linux, kernel" in shown.text
+
+
+async def test_forget_erases_my_messages_from_both_stores_and_from_recall(tmp_path, st_model):
+    holder: dict = {}
+    async with runtime(tmp_path, st_model, holder) as rt:
+        chat = Chat(rt, holder["outbox"])
+        await chat.say(GROUP, MEMBER, "my secret recipe uses cardamom and saffron")
+        await chat.say(GROUP, ADMIN, "saffron is expensive though")
+        await rt.memory.flush()
+        hits = (await rt.memory.recall(GROUP, "cardamom saffron recipe", 10)).hits
+        assert MEMBER.user_id in {h.user_id for h in hits}
+        done = await chat.cmd(GROUP, MEMBER, "forget")
+        assert "1 of your messages" in done.text
+        hits = (await rt.memory.recall(GROUP, "cardamom saffron recipe", 10)).hits
+        assert MEMBER.user_id not in {h.user_id for h in hits}
+        assert ADMIN.user_id in {h.user_id for h in hits}
+        assert await rt.memory.store.count_messages(GROUP, user_id=MEMBER.user_id) == 0
+        # and the bot's next answer does not quote it
+        await chat.say(GROUP, ADMIN, "what was the secret recipe?", mentions_bot=True)
+        assert "cardamom" not in chat.turns[-1].reply_text
+
+
+async def test_role_flow_and_buttons(tmp_path, st_model):
+    holder: dict = {}
+    async with runtime(tmp_path, st_model, holder) as rt:
+        chat = Chat(rt, holder["outbox"])
+        prompt = await chat.cmd(7, MEMBER, "role")
+        assert [b.data for row in prompt.buttons for b in row] == ["role:cancel", "role:delete"]
+        await chat.say(7, MEMBER, "Speak like a pirate.")
+        assert holder["outbox"].sent[-1].text == "Persona saved."
+        assert (await rt.memory.store.user_settings(MEMBER.user_id))["role"] == "Speak like a pirate."
+        assert await rt.memory.store.count_messages(7) == 0  # the persona is not conversation
+        prompt = await chat.cmd(7, MEMBER, "role")
+        assert "Speak like a pirate." in prompt.text
+        await chat.press(7, MEMBER, prompt.message_id, "role:delete")
+        assert "role" not in await rt.memory.store.user_settings(MEMBER.user_id)
+
+
+async def test_reset_clears_context_and_reset_all_deletes_after_confirmation(tmp_path, st_model):
+    holder: dict = {}
+    async with runtime(tmp_path, st_model, holder) as rt:
+        chat = Chat(rt, holder["outbox"])
+        for i in range(3):
+            await chat.say(9, MEMBER, f"note {i}: the meeting is on Tuesday")
+        await chat.cmd(9, MEMBER, "reset")
+        await chat.say(9, MEMBER, "when is the meeting?")
+        # the old notes are no longer in the context window, so they can be recalled as memories
+        assert {h.text for h in chat.turns[-1].hits} & {f"note {i}: the meeting is on Tuesday" for i in range(3)}
+        confirm = await chat.cmd(9, MEMBER, "reset", "all")
+        assert [b.data for row in confirm.buttons for b in row] == [f"reset:confirm:{MEMBER.user_id}", "reset:cancel"]
+        await chat.press(9, ADMIN, confirm.message_id, f"reset:confirm:{MEMBER.user_id}")  # someone else
+        assert await rt.memory.store.count_messages(9) > 0
+        await chat.press(9, MEMBER, confirm.message_id, f"reset:confirm:{MEMBER.user_id}")
+        assert await rt.memory.store.count_messages(9) == 0
+        assert await rt.memory.vectors.count(9) == 0
+
+
+async def test_export_is_a_reimportable_transcript(tmp_path, st_model):
+    holder: dict = {}
+    async with runtime(tmp_path, st_model, holder) as rt:
+        chat = Chat(rt, holder["outbox"])
+        await chat.say(GROUP, MEMBER, "первое сообщение")
+        await chat.say(GROUP, ADMIN, "second one?", mentions_bot=True)
+        doc = await chat.cmd(GROUP, MEMBER, "export")
+    assert doc.document is not None
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(doc.document)
+    msgs = [m for m in read_transcript(path) if hasattr(m, "chat_id")]
+    assert [m.text for m in msgs][:2] == ["первое сообщение", "second one?"]
+    assert len(msgs) == 3 and msgs[2].role == "assistant"
+    assert all(json.loads(line)["chat_id"] == GROUP for line in doc.document.decode().splitlines())
+
+
+async def test_history_memory_and_unknown_commands(tmp_path, st_model):
+    holder: dict = {}
+    async with runtime(tmp_path, st_model, holder) as rt:
+        chat = Chat(rt, holder["outbox"])
+        await chat.say(GROUP, MEMBER, "the printer on floor 3 is broken")
+        hist = await chat.cmd(GROUP, MEMBER, "history", "5")
+        assert "the printer on floor 3 is broken" in hist.text
+        mem = await chat.cmd(GROUP, MEMBER, "memory")
+        assert "1 messages stored" in mem.text and "1 of your messages" in mem.text
+        why = await chat.cmd(GROUP, MEMBER, "memory", "printer broken")
+        assert "the printer on floor 3 is broken" in why.text and "score" in why.text
+        unknown = await chat.cmd(GROUP, MEMBER, "frobnicate")
+        assert "Unknown command /frobnicate" in unknown.text
