@@ -375,6 +375,81 @@ async def _memory_stats(cfg, data_dir: Path, as_json: bool) -> None:
     out.print(f"vector memories: {total_mem}")
 
 
+@memory_app.command("forget")
+def memory_forget(
+    chat: Annotated[int, typer.Option("--chat", help="The chat whose memory is erased.")],
+    user: Annotated[Optional[int], typer.Option("--user", help="Only this user's messages (default: the whole chat).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Erase a chat's messages (or one user's in that chat) from both stores; never recalled again."""
+    cfg = _setup(config, verbose)
+    what = f"user {user}'s messages in chat {chat}" if user is not None else f"ALL messages of chat {chat}"
+    if not yes and not typer.confirm(f"Erase {what}?"):
+        raise typer.Exit(1)
+    _run(_memory_forget, cfg, data_dir, chat, user)
+
+
+async def _memory_forget(cfg, data_dir: Path, chat: int, user: int | None) -> None:
+    from actors.runtime import open_memory
+
+    async with open_memory(cfg, data_dir) as memory:
+        n = await memory.forget(chat, user_id=user)
+    out.print(f"erased {n} messages")
+
+
+@memory_app.command("reindex")
+def memory_reindex(
+    chat: Annotated[Optional[int], typer.Option("--chat", help="Only this chat (default: every chat).")] = None,
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Rebuild vector memory (LanceDB) from the dialogue store (DuckDB), re-embedding every message."""
+    cfg = _setup(config, verbose)
+    _run(_memory_reindex, cfg, data_dir, chat)
+
+
+async def _memory_reindex(cfg, data_dir: Path, chat: int | None) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from actors.runtime import open_memory
+    from memory.maintenance import reindex
+
+    async with open_memory(cfg, data_dir) as memory:
+        total = await memory.store.count_messages(chat)
+        with Progress(TextColumn("reindex"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err) as progress:
+            task = progress.add_task("reindex", total=total)
+            n = await reindex(memory, chat_id=chat, on_progress=lambda k: progress.advance(task, k))
+    out.print(f"reindexed {n} memories from {total} stored messages")
+
+
+@memory_app.command("compact")
+def memory_compact(
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Compact vector memory and update its indexes (also done periodically by the bot)."""
+    cfg = _setup(config, verbose)
+    _run(_memory_compact, cfg, data_dir)
+
+
+async def _memory_compact(cfg, data_dir: Path) -> None:
+    import time
+
+    from actors.runtime import open_memory
+    from memory.maintenance import compact
+
+    async with open_memory(cfg, data_dir) as memory:
+        t0 = time.perf_counter()
+        await compact(memory)
+        n = await memory.vectors.count()
+    out.print(f"compacted {n} memories in {time.perf_counter() - t0:.1f} s")
+
+
 # ---------------------------------------------------------------------- demo
 
 
