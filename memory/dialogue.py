@@ -467,6 +467,14 @@ class DialogueStore:
 
         return await self._run(run)
 
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Run one SQL statement on the store's connection, after committing the queued writes, and
+        return its rows. For modules that keep their own tables in this file (``tiers``: subscriptions,
+        payments). Timestamps go in as ``make_timestamp(µs) AT TIME ZONE 'UTC'`` and come out with
+        ``epoch_us(col)`` (see ``to_us``/``from_us``). Each call is its own transaction."""
+        await self._sync()
+        return await self._query(sql, params)
+
     # ------------------------------------------------------------ messages: reads
 
     async def recent(

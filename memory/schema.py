@@ -8,8 +8,7 @@ a released step: append a new one (``ALTER TABLE …``, ``CREATE TABLE …``, da
 Conventions: ids are ``BIGINT`` (Telegram ids are 64-bit); timestamps are ``TIMESTAMPTZ`` (the store
 writes and reads them as UTC microseconds, see ``memory.dialogue``); settings are ``JSON`` objects.
 
-Reserved for later steps (not created yet): ``subscriptions(scope 'user'|'chat', scope_id, tier,
-expires_at, source, updated_at)`` and ``payments(...)`` (DESIGN §4, §7) — add them as step 2+.
+Step 2 adds ``subscriptions`` and ``payments`` (DESIGN §7; used by the ``tiers`` package).
 """
 from __future__ import annotations
 
@@ -77,9 +76,38 @@ _V1 = (
     """,
 )
 
+_V2 = (
+    """
+    CREATE TABLE subscriptions (
+        scope       VARCHAR NOT NULL CHECK (scope IN ('user', 'chat')),
+        scope_id    BIGINT NOT NULL,             -- a user id or a chat id
+        tier        VARCHAR NOT NULL,            -- a tier name of tiers.yaml
+        expires_at  TIMESTAMPTZ,                 -- NULL = never expires
+        source      VARCHAR NOT NULL,            -- cli | payment:<charge id> | ...
+        updated_at  TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (scope, scope_id)
+    )
+    """,
+    """
+    CREATE TABLE payments (
+        charge_id   VARCHAR PRIMARY KEY,         -- telegram_payment_charge_id: one row per payment
+        user_id     BIGINT NOT NULL,             -- who paid
+        chat_id     BIGINT NOT NULL,             -- where
+        plan        VARCHAR NOT NULL,
+        tier        VARCHAR NOT NULL,
+        days        INTEGER NOT NULL,
+        amount      BIGINT NOT NULL,             -- in the currency's smallest unit (XTR: Stars)
+        currency    VARCHAR NOT NULL,
+        scope       VARCHAR NOT NULL,            -- what was paid for: user | chat
+        scope_id    BIGINT NOT NULL,
+        paid_at     TIMESTAMPTZ NOT NULL         -- ("at" is a reserved word in DuckDB)
+    )
+    """,
+)
+
 MIGRATIONS: list[tuple[str, ...]] = [
     _V1,
-    # v2: subscriptions / payments go here.
+    _V2,  # subscriptions, payments
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

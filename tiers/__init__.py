@@ -1,0 +1,23 @@
+"""Tiers, subscriptions, quotas and payments (DESIGN §7).
+
+- ``resolve.effective_tier``: the better of a user's and a chat's active subscription.
+- ``subscriptions.SubscriptionStore``: the ``subscriptions`` table (grant/extend/revoke/list), cached.
+- ``quotas.QuotaTracker`` / ``quotas.RateLimiter``: daily quotas (UTC) per user and per chat, counted
+  from the ``usage`` table at start and in memory after; a sliding per-member message rate in groups.
+- ``admission.Admission``: the one object the chat actor asks before a turn (``admit``) and tells
+  after it (``record``).
+- ``payments``: Telegram invoices, pre-checkout checks and applying a successful payment once.
+- ``cli``: ``kith tiers``, ``kith sub …``, ``kith usage``.
+"""
+from __future__ import annotations
+
+from .admission import Admission, Admit
+from .errors import BadScope, PaymentError, TierError, UnknownTier
+from .quotas import QuotaDecision, QuotaTracker, RateLimiter
+from .resolve import effective_tier
+from .subscriptions import Subscription, SubscriptionStore
+
+__all__ = [
+    "Admission", "Admit", "BadScope", "PaymentError", "QuotaDecision", "QuotaTracker", "RateLimiter",
+    "Subscription", "SubscriptionStore", "TierError", "UnknownTier", "effective_tier",
+]

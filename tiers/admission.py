@@ -1,0 +1,221 @@
+"""Admission: may this member get an answer now, from which model? (DESIGN §7)
+
+The chat actor asks before each LLM call and tells after it::
+
+    admission = Admission(store, cfg.tiers, clock)           # once, shared by all chat actors
+    adm = await admission.admit(chat_id, chat_type, user_id, alias)
+    if not adm.allowed:
+        ...reply adm.refusal (or stay silent when adm.reason == "rate"), record no usage...
+    else:
+        ...call the LLM with adm.alias...; store.record_usage(rec); admission.record(rec)
+
+Only ``admit``'s first call touches the database (it loads the subscriptions and today's usage);
+after that everything is in memory.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from config.models import Features, Quotas, StorageLimits, Tier, TiersConfig
+from memory.dialogue import DialogueStore
+from memory.types import UsageRecord
+
+from .errors import UnknownTier
+from .quotas import ANY_MODEL, QuotaDecision, QuotaTracker, RateLimiter, TodayUsage
+from .resolve import effective_tier
+from .subscriptions import Subscription, SubscriptionStore
+
+GROUP_TYPES = frozenset({"group", "supergroup"})
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """The answer of ``Admission.admit``.
+
+    allowed: go ahead with model ``alias``. tier: the member's effective tier here.
+    downgraded: ``alias`` is not the requested one (the tier may not use it, or its quota is spent and
+    the tier's ``fallback_model`` is used); ``note`` says why, in one sentence, for the user.
+    When refused: ``refusal`` is a short polite text for the chat; ``reason`` is ``"quota"`` (with
+    ``quota`` the spent one) or ``"rate"`` (the member writes faster than the tier's
+    ``member_messages_per_minute``; ``retry_after`` seconds) or ``"model"`` (the tier allows no
+    model at all). A refusal costs nothing: record no usage for it.
+    """
+
+    allowed: bool
+    alias: str
+    tier: str
+    refusal: str | None = None
+    downgraded: bool = False
+    reason: str | None = None
+    note: str | None = None
+    retry_after: float | None = None
+    quota: QuotaDecision | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A member's standing in a chat, for /profile and /usage."""
+
+    tier: str
+    user_sub: Subscription | None  # the user's own (possibly expired)
+    chat_sub: Subscription | None  # this chat's (possibly expired)
+    quotas: Quotas
+    today: TodayUsage
+    features: Features
+    user_storage: StorageLimits
+    chat_storage: StorageLimits
+
+
+class Admission:
+    """Tiers, quotas and member rate limits for the chat actors; one per process.
+
+    store: the open dialogue store (its ``subscriptions`` and ``usage`` tables). cfg: ``config.tiers``.
+    clock: the current tz-aware UTC time (inject one in tests). ``subs``, ``quotas`` and ``rate`` are
+    the parts; change subscriptions in the bot only through ``subs`` (or ``apply_payment``) — it is the
+    cache ``admit`` reads.
+    """
+
+    def __init__(self, store: DialogueStore, cfg: TiersConfig, clock: Callable[[], datetime] = _utc_now) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.clock = clock
+        self.subs = SubscriptionStore(store, cfg, clock)
+        self.quotas = QuotaTracker(store, cfg, clock)
+        self.rate = RateLimiter(clock)
+
+    async def open(self) -> None:
+        """Load subscriptions and today's usage now (else the first ``admit`` does)."""
+        await self.subs.load()
+        await self.quotas.load()
+
+    # ------------------------------------------------------------ the questions
+
+    async def tier_of(self, chat_id: int, user_id: int) -> str:
+        """The effective tier of ``user_id`` in ``chat_id`` now."""
+        user_sub = await self.subs.get("user", user_id)
+        chat_sub = await self.subs.get("chat", chat_id)
+        return effective_tier(self.cfg, user_sub, chat_sub, self.clock())
+
+    async def admit(self, chat_id: int, chat_type: str, user_id: int, requested_alias: str) -> Admit:
+        """Decide whether ``user_id`` gets an answer in ``chat_id`` now, and from which model.
+
+        Order: the member rate (groups only), the model the tier may use (``requested_alias`` if its
+        ``models`` has it or ``"*"``, else its first listed model), then today's quotas for that
+        model; when one is spent, the tier's ``fallback_model`` if it is set and within quota, else a
+        refusal. An allowed admit counts toward the member rate; quotas count only via ``record``.
+        """
+        await self.open()
+        tier = await self.tier_of(chat_id, user_id)
+        t = self.cfg.tiers[tier]
+
+        if chat_type in GROUP_TYPES and t.member_messages_per_minute != -1:
+            wait = self.rate.hit(chat_id, user_id, t.member_messages_per_minute)
+            if wait is not None:
+                secs = max(1, round(wait))
+                return Admit(False, requested_alias, tier, reason="rate", retry_after=wait, refusal=(
+                    f"Slow down a little: here each member gets at most {t.member_messages_per_minute} answers a "
+                    f"minute. Try again in {secs} s."))
+
+        alias, note = self._model_for(t, tier, requested_alias)
+        if alias is None:
+            return Admit(False, requested_alias, tier, reason="model",
+                         refusal=f"The {tier} tier includes no models.{self._upgrade_hint(tier)}")
+
+        decision = self.quotas.check(tier, chat_id, user_id, alias)
+        if decision.allowed:
+            return Admit(True, alias, tier, downgraded=alias != requested_alias, note=note)
+
+        fb = t.fallback_model
+        if fb and fb != alias and self.quotas.check(tier, chat_id, user_id, fb).allowed:
+            return Admit(True, fb, tier, downgraded=True, quota=decision, note=(
+                f"{_spent_text(decision, tier, alias)} Answering with {fb} until {decision.resets_at:%H:%M} UTC."))
+
+        return Admit(False, alias, tier, reason="quota", quota=decision, refusal=self._refusal(decision, tier, alias))
+
+    def record(self, rec: UsageRecord) -> None:
+        """Count a billed call against today's quotas (call it next to ``store.record_usage(rec)``)."""
+        self.quotas.record(rec.chat_id, rec.user_id, rec.model, rec.prompt_tokens + rec.completion_tokens)
+
+    async def profile(self, chat_id: int, user_id: int) -> Profile:
+        """The member's tier, subscriptions, today's usage and limits here."""
+        await self.open()
+        tier = await self.tier_of(chat_id, user_id)
+        t = self.cfg.tiers[tier]
+        return Profile(tier, await self.subs.get("user", user_id), await self.subs.get("chat", chat_id), t.quotas,
+                       self.quotas.today(chat_id, user_id), t.features, t.user, t.chat)
+
+    async def apply_payment(self, charge_id: str, payload: str, amount: int, currency: str, user_id: int,
+                            chat_id: int) -> Subscription | None:
+        """``payments.apply_successful_payment`` through this object's subscription cache (use this, not
+        a second ``SubscriptionStore``, or ``admit`` would not see the new subscription until a restart)."""
+        from .payments import apply_successful_payment
+
+        return await apply_successful_payment(self.subs, self.store, charge_id, payload, amount, currency, user_id, chat_id)
+
+    def features(self, tier: str) -> Features:
+        """What ``tier`` may do (vision, documents, image generation, custom persona, voice)."""
+        return self._tier(tier).features
+
+    def storage_limits(self, tier: str) -> tuple[StorageLimits, StorageLimits]:
+        """``(per user, per chat)`` storage limits of ``tier`` (-1 = unlimited)."""
+        t = self._tier(tier)
+        return t.user, t.chat
+
+    def allowed_models(self, tier: str, configured: Iterable[str]) -> list[str]:
+        """The aliases among ``configured`` (``settings.models``) that ``tier`` may use, for /model."""
+        models = self._tier(tier).models
+        return [a for a in configured if ANY_MODEL in models or a in models]
+
+    # ------------------------------------------------------------ plumbing
+
+    def _tier(self, tier: str) -> Tier:
+        t = self.cfg.tiers.get(tier)
+        if t is None:
+            raise UnknownTier(f"unknown tier {tier!r}; tiers: {', '.join(self.cfg.tiers)}")
+        return t
+
+    @staticmethod
+    def _model_for(t: Tier, tier: str, requested: str) -> tuple[str | None, str | None]:
+        if ANY_MODEL in t.models or requested in t.models:
+            return requested, None
+        first = next((a for a in t.models if a != ANY_MODEL), None)
+        if first is None:
+            return None, None
+        return first, f"The {tier} tier can't use {requested}; answering with {first}."
+
+    def _upgrade_hint(self, tier: str) -> str:
+        rank = self.cfg.rank(tier)
+        if any(p.tier in self.cfg.tiers and self.cfg.rank(p.tier) > rank for p in self.cfg.plans.values()):
+            return " For more, upgrade with /billing."
+        return ""
+
+    def _refusal(self, d: QuotaDecision, tier: str, alias: str) -> str:
+        assert d.resets_at is not None
+        left = d.resets_at - self.clock()
+        mins = max(1, int(left.total_seconds() // 60 + (1 if left.total_seconds() % 60 else 0)))
+        when = f"{mins // 60} h {mins % 60} min" if mins >= 60 else f"{mins} min"
+        return (f"{_spent_text(d, tier, alias)} It resets at {d.resets_at:%H:%M} UTC (in {when})."
+                f"{self._upgrade_hint(tier)}")
+
+
+def _spent_text(d: QuotaDecision, tier: str, alias: str) -> str:
+    """One sentence: which quota is spent."""
+    where = f"on the {tier} tier"
+    if d.quota == "requests_per_day":
+        what = "requests" if d.model == ANY_MODEL else f"requests to {alias}"
+        if d.limit == 0:
+            return f"The {tier} tier includes no {what}."
+        return f"You've used all {d.limit} of today's {what} {where}."
+    if d.quota == "tokens_per_day":
+        return f"You've used today's {d.limit:,} tokens {where}."
+    if d.quota == "chat_requests_per_day":
+        return f"This chat has used all {d.limit} of today's requests {where}."
+    if d.quota == "chat_tokens_per_day":
+        return f"This chat has used today's {d.limit:,} tokens {where}."
+    return "Today's quota is used up."

@@ -1,0 +1,310 @@
+"""``kith tiers``, ``kith sub grant|revoke|list``, ``kith usage``.
+
+The work is done by plain functions that take an open ``DialogueStore`` (or the ``TiersConfig``) and a
+rich ``Console`` — testable without typer. The typer wrappers at the bottom open the store under
+``--data-dir`` and load ``--config`` like the rest of ``kith``; mount them in ``cli.py`` with::
+
+    from tiers.cli import sub_app, tiers_command, usage_command
+    app.command("tiers")(tiers_command)
+    app.command("usage")(usage_command)
+    app.add_typer(sub_app, name="sub")
+
+(This module imports ``cli`` only inside the commands, so the mount above causes no import cycle.)
+The bot must be stopped first: one process owns the database.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from config.models import UNLIMITED, TiersConfig
+from memory.dialogue import DialogueStore
+from memory.schema import to_us
+
+from .errors import TierError
+from .subscriptions import Subscription, SubscriptionStore, parse_target
+
+BY = ("user", "chat", "model", "day")
+_KEY_SQL = {
+    "user": "user_id::VARCHAR",
+    "chat": "chat_id::VARCHAR",
+    "model": "model",
+    "day": "strftime(ts AT TIME ZONE 'UTC', '%Y-%m-%d')",
+}
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _lim(n: int) -> str:
+    return "∞" if n == UNLIMITED else f"{n:,}"
+
+
+def _when(ts: datetime | None) -> str:
+    return "never" if ts is None else f"{ts:%Y-%m-%d %H:%M} UTC"
+
+
+# ---------------------------------------------------------------- kith tiers
+
+
+def print_tiers(cfg: TiersConfig, console: Console) -> None:
+    """Tiers (worst first) with models, quotas, storage, features, fallback and member rate; then plans."""
+    table = Table(title="tiers (∞ = unlimited; quotas per UTC day)")
+    for col in ("tier", "models", "requests/day", "tokens/day", "chat req/day", "chat tokens/day",
+                "user msgs / memories", "chat msgs / memories", "features", "fallback", "member msgs/min"):
+        table.add_column(col)
+    for name in sorted(cfg.tiers, key=cfg.rank):
+        t = cfg.tiers[name]
+        q = t.quotas
+        rpd = ", ".join(f"{'any' if a == '*' else a}: {_lim(n)}" for a, n in q.requests_per_day.items()) or "∞"
+        feats = ", ".join(k for k, v in t.features.model_dump().items() if v) or "—"
+        label = f"{name} (default)" if name == cfg.default_tier else name
+        table.add_row(
+            escape(label), escape(", ".join("all" if m == "*" else m for m in t.models) or "none"), escape(rpd),
+            _lim(q.tokens_per_day), _lim(q.chat_requests_per_day), _lim(q.chat_tokens_per_day),
+            f"{_lim(t.user.dialogue_limit)} / {_lim(t.user.memory_limit)}",
+            f"{_lim(t.chat.dialogue_limit)} / {_lim(t.chat.memory_limit)}",
+            escape(feats), escape(t.fallback_model or "— (refuse)"), _lim(t.member_messages_per_minute),
+        )
+    console.print(table)
+    if not cfg.plans:
+        console.print("[dim]no plans: /billing sells nothing[/]")
+        return
+    plans = Table(title="plans (/billing)")
+    for col in ("plan", "tier", "days", "price", "title"):
+        plans.add_column(col)
+    for name, p in cfg.plans.items():
+        price = f"{p.price} ⭐ (XTR)" if p.currency.upper() == "XTR" else f"{p.price} {p.currency} (smallest unit)"
+        plans.add_row(escape(name), escape(p.tier), str(p.days), escape(price), escape(p.title or ""))
+    console.print(plans)
+
+
+# ---------------------------------------------------------------- kith sub
+
+
+def _sub_json(s: Subscription, now: datetime) -> dict[str, Any]:
+    return {"scope": s.scope, "scope_id": s.scope_id, "target": s.target, "tier": s.tier,
+            "expires_at": s.expires_at.isoformat() if s.expires_at else None, "active": s.active(now),
+            "source": s.source, "updated_at": s.updated_at.isoformat()}
+
+
+async def grant(store: DialogueStore, cfg: TiersConfig, target: str, tier: str, days: float | None, console: Console,
+                *, source: str = "cli", clock: Callable[[], datetime] = _utc_now) -> Subscription:
+    """``kith sub grant user:ID|chat:ID TIER [--days N]``: set the tier (no days = never expires).
+    raises TierError (bad target, unknown tier, days ≤ 0)."""
+    scope, scope_id = parse_target(target)
+    sub = await SubscriptionStore(store, cfg, clock).grant(scope, scope_id, tier, days, source)
+    console.print(f"{escape(sub.target)}: {escape(sub.tier)} until {_when(sub.expires_at)}")
+    return sub
+
+
+async def revoke(store: DialogueStore, cfg: TiersConfig, target: str, console: Console,
+                 *, clock: Callable[[], datetime] = _utc_now) -> bool:
+    """``kith sub revoke user:ID|chat:ID``. True if there was a subscription. raises TierError (bad target)."""
+    scope, scope_id = parse_target(target)
+    gone = await SubscriptionStore(store, cfg, clock).revoke(scope, scope_id)
+    console.print(f"{escape(target)}: {'revoked' if gone else 'had no subscription'}")
+    return gone
+
+
+async def list_subs(store: DialogueStore, cfg: TiersConfig, console: Console, *, expired: bool = False,
+                    as_json: bool = False, clock: Callable[[], datetime] = _utc_now) -> list[Subscription]:
+    """``kith sub list [--expired] [--json]``: active subscriptions (with --expired, the expired ones too)."""
+    subs = await SubscriptionStore(store, cfg, clock).list(expired=expired)
+    now = clock()
+    if as_json:
+        console.print_json(json.dumps([_sub_json(s, now) for s in subs]))
+        return subs
+    table = Table(title="subscriptions" + (" (including expired)" if expired else ""))
+    for col in ("target", "tier", "expires", "status", "source", "updated"):
+        table.add_column(col)
+    for s in subs:
+        unknown = s.tier not in cfg.tiers
+        status = "expired" if not s.active(now) else ("unknown tier (default applies)" if unknown else "active")
+        table.add_row(escape(s.target), escape(s.tier), _when(s.expires_at), status, escape(s.source), _when(s.updated_at))
+    console.print(table)
+    if not subs:
+        console.print("[dim]no subscriptions[/]")
+    return subs
+
+
+# ---------------------------------------------------------------- kith usage
+
+
+def format_cost(known_usd: float, unpriced: int, requests: int) -> str:
+    """``$0.0123``; ``unknown`` when no call had a price; ``≥ $0.0123 + unknown`` when some had none."""
+    if not unpriced:
+        return f"${known_usd:.4f}"
+    if unpriced >= requests:
+        return "unknown"
+    return f"≥ ${known_usd:.4f} + unknown"
+
+
+def _group(key: str, n: int, prompt: int, completion: int, known: float, unpriced: int) -> dict[str, Any]:
+    return {"key": key, "requests": n, "prompt_tokens": prompt, "completion_tokens": completion,
+            "tokens": prompt + completion, "cost_usd": None if n and unpriced >= n else round(known, 10),
+            "unpriced_requests": unpriced, "cost": format_cost(known, unpriced, n)}
+
+
+async def usage_summary(store: DialogueStore, *, by: str = "model", since: datetime | None = None) -> dict[str, Any]:
+    """Requests, tokens and cost from the ``usage`` table, grouped ``by`` user|chat|model|day (UTC),
+    from ``since`` on. ``cost_usd`` sums the priced calls only (None when none was priced);
+    ``unpriced_requests`` counts the calls of models with no known price. raises TierError (bad ``by``)."""
+    if by not in BY:
+        raise TierError(f"--by must be one of {', '.join(BY)}, not {by!r}")
+    where, params = "", []
+    if since is not None:
+        where, params = " WHERE ts >= make_timestamp(?) AT TIME ZONE 'UTC'", [to_us(since)]
+    rows = await store.execute(
+        f"SELECT {_KEY_SQL[by]} AS k, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
+        f" coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL) FROM usage{where} GROUP BY k ORDER BY k",
+        params,
+    )
+    groups = [_group(str(k), int(n), int(p), int(c), float(usd), int(u)) for k, n, p, c, usd, u in rows]
+    total = _group("total", sum(g["requests"] for g in groups), sum(g["prompt_tokens"] for g in groups),
+                   sum(g["completion_tokens"] for g in groups), sum(float(r[4]) for r in rows),
+                   sum(g["unpriced_requests"] for g in groups))
+    return {"by": by, "since": since.isoformat() if since else None, "rows": groups, "total": total}
+
+
+async def usage_report(store: DialogueStore, console: Console, *, by: str = "model", since: datetime | None = None,
+                       as_json: bool = False) -> dict[str, Any]:
+    """``kith usage [--by user|chat|model|day] [--since DATE] [--json]``: print ``usage_summary`` and return it."""
+    rep = await usage_summary(store, by=by, since=since)
+    if as_json:
+        console.print_json(json.dumps(rep))
+        return rep
+    title = f"usage by {by}" + (f" since {since:%Y-%m-%d %H:%M} UTC" if since else "")
+    table = Table(title=title)
+    for col in (by, "requests", "prompt tokens", "completion tokens", "cost"):
+        table.add_column(col, justify="left" if col == by else "right")
+    for g in rep["rows"]:
+        table.add_row(escape(g["key"]), f"{g['requests']:,}", f"{g['prompt_tokens']:,}", f"{g['completion_tokens']:,}", g["cost"])
+    t = rep["total"]
+    table.add_section()
+    table.add_row("[bold]total[/]", f"{t['requests']:,}", f"{t['prompt_tokens']:,}", f"{t['completion_tokens']:,}", t["cost"])
+    console.print(table)
+    if t["unpriced_requests"]:
+        console.print(f"[dim]{t['unpriced_requests']} call(s) used a model with no known price: their cost is unknown, not 0.[/]")
+    return rep
+
+
+def parse_since(text: str | None) -> datetime | None:
+    """``YYYY-MM-DD`` (UTC midnight) or an ISO date-time (naive = UTC). raises ValueError."""
+    if text is None:
+        return None
+    ts = datetime.fromisoformat(text.strip())
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+# ---------------------------------------------------------------- typer wrappers
+
+DataDir = Annotated[
+    Path, typer.Option("--data-dir", envvar="KITH_DATA_DIR", help="Where the databases live.", file_okay=False)
+]
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", envvar="KITH_CONFIG", help="kith.yaml (default: the shipped one).", dir_okay=False)
+]
+Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-v info, -vv debug).")]
+Target = Annotated[str, typer.Argument(help="user:ID or chat:ID (a group's id is negative).", metavar="user:ID|chat:ID")]
+
+sub_app = typer.Typer(help="Manage subscriptions (stop the bot first: one process owns the database).",
+                      no_args_is_help=True)
+
+
+def _console() -> Console:
+    from cli import out
+
+    return out
+
+
+def _with_store(cfg, data_dir: Path, fn: Callable[[DialogueStore], Any]) -> None:
+    """Open the dialogue store under ``data_dir`` and run ``await fn(store)``, with cli's error handling."""
+    from actors.runtime import DB_FILE
+    from cli import _fail, _run
+
+    async def main() -> None:
+        async with DialogueStore(data_dir / DB_FILE) as store:
+            await fn(store)
+
+    try:
+        _run(main)
+    except TierError as exc:
+        raise _fail(str(exc)) from None
+
+
+def tiers_command(config: ConfigOpt = None, verbose: Verbose = 0) -> None:
+    """Show the tiers and their limits (models, quotas, storage, features, fallback, member rate) and the plans."""
+    from cli import _setup
+
+    print_tiers(_setup(config, verbose).tiers, _console())
+
+
+@sub_app.command("grant")
+def sub_grant(
+    target: Target,
+    tier: Annotated[str, typer.Argument(help="A tier of tiers.yaml.")],
+    days: Annotated[Optional[float], typer.Option("--days", help="How long; omit for never expiring.", min=0)] = None,
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Give user:ID or chat:ID a tier, replacing what it had (everyone in a chat gets the chat's tier there)."""
+    from cli import _setup
+
+    cfg = _setup(config, verbose)
+    _with_store(cfg, data_dir, lambda store: grant(store, cfg.tiers, target, tier, days, _console()))
+
+
+@sub_app.command("revoke")
+def sub_revoke(target: Target, data_dir: DataDir = Path("data"), config: ConfigOpt = None, verbose: Verbose = 0) -> None:
+    """Remove the subscription of user:ID or chat:ID (back to the default tier)."""
+    from cli import _setup
+
+    cfg = _setup(config, verbose)
+    _with_store(cfg, data_dir, lambda store: revoke(store, cfg.tiers, target, _console()))
+
+
+@sub_app.command("list")
+def sub_list(
+    expired: Annotated[bool, typer.Option("--expired", help="Include expired subscriptions.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """List the active subscriptions."""
+    from cli import _setup
+
+    cfg = _setup(config, verbose)
+    _with_store(cfg, data_dir, lambda store: list_subs(store, cfg.tiers, _console(), expired=expired, as_json=as_json))
+
+
+def usage_command(
+    by: Annotated[str, typer.Option("--by", help="Group by user | chat | model | day (UTC).")] = "model",
+    since: Annotated[Optional[str], typer.Option("--since", help="From this date (YYYY-MM-DD, UTC) or ISO date-time.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Requests, tokens and cost of the LLM calls (a model with no known price costs 'unknown', not 0)."""
+    from cli import _setup
+
+    if by not in BY:
+        raise typer.BadParameter(f"use one of {', '.join(BY)}", param_hint="--by")
+    try:
+        start = parse_since(since)
+    except ValueError:
+        raise typer.BadParameter(f"{since!r} is not a date (YYYY-MM-DD)", param_hint="--since") from None
+    cfg = _setup(config, verbose)
+    _with_store(cfg, data_dir, lambda store: usage_report(store, _console(), by=by, since=start, as_json=as_json))

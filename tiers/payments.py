@@ -1,0 +1,203 @@
+"""Telegram payments for the plans of tiers.yaml — pure logic, no Telegram calls.
+
+The flow (Bot API names; kurigram has the same methods):
+
+1. ``/billing`` → ``invoice_for(plan, cfg, scope="user", scope_id=user_id)`` → ``send_invoice(chat_id,
+   title, description, payload, currency, prices, provider_token)``. XTR (Telegram Stars) needs no
+   provider token; any other currency needs ``TELEGRAM_PAYMENT_PROVIDER_TOKEN``.
+2. ``pre_checkout_query`` → ``validate_pre_checkout(payload, total_amount, currency, cfg)`` → answer
+   ``ok=True`` when it returns None, else ``ok=False, error_message=<the text>``. Telegram needs the
+   answer within 10 s.
+3. ``successful_payment`` message → ``await apply_successful_payment(subs, store, charge_id, payload,
+   total_amount, currency, user_id, chat_id)`` with ``charge_id = telegram_payment_charge_id``.
+   Applied once per charge id: a re-delivered update gets the same subscription back and changes
+   nothing.
+
+Payload: ``kith:plan:<plan>:<scope>:<id>`` (≤ 128 bytes, Telegram's limit), e.g.
+``kith:plan:month:user:42`` or ``kith:plan:month:chat:-100123`` (premium for a whole group).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import anyio
+
+from config.models import Plan, TiersConfig
+from config.secrets import payment_provider_token
+from memory.dialogue import DialogueStore
+from memory.schema import from_us, to_us
+
+from .errors import PaymentError
+from .subscriptions import SCOPES, Subscription, SubscriptionStore
+
+log = logging.getLogger(__name__)
+
+STARS = "XTR"
+PAYLOAD_PREFIX = "kith:plan:"
+_TITLE_MAX, _DESCRIPTION_MAX, _PAYLOAD_MAX = 32, 255, 128  # Telegram's limits
+
+
+@dataclass(frozen=True, slots=True)
+class Invoice:
+    """Arguments for ``send_invoice``. prices: ``(label, amount)`` in the currency's smallest unit.
+    provider_token: ``""`` for Telegram Stars (XTR)."""
+
+    plan: str
+    title: str
+    description: str
+    payload: str
+    currency: str
+    prices: tuple[tuple[str, int], ...]
+    provider_token: str
+
+    @property
+    def total(self) -> int:
+        return sum(amount for _, amount in self.prices)
+
+
+def make_payload(plan_name: str, scope: str, scope_id: int) -> str:
+    """``kith:plan:<plan>:<scope>:<id>``. raises PaymentError (bad scope, a ':' in the plan name, too long)."""
+    if scope not in SCOPES:
+        raise PaymentError(f"scope must be 'user' or 'chat', not {scope!r}")
+    if ":" in plan_name or not plan_name:
+        raise PaymentError(f"plan name {plan_name!r} cannot be used in a payload")
+    payload = f"{PAYLOAD_PREFIX}{plan_name}:{scope}:{int(scope_id)}"
+    if len(payload.encode()) > _PAYLOAD_MAX:
+        raise PaymentError(f"plan name {plan_name!r} is too long for an invoice payload")
+    return payload
+
+
+def parse_payload(payload: str) -> tuple[str, str, int]:
+    """``(plan, scope, scope_id)`` of a payload made by ``make_payload``. raises PaymentError."""
+    if not isinstance(payload, str) or not payload.startswith(PAYLOAD_PREFIX):
+        raise PaymentError(f"not a Kith invoice payload: {payload!r}")
+    parts = payload[len(PAYLOAD_PREFIX):].split(":")
+    if len(parts) != 3 or not parts[0] or parts[1] not in SCOPES:
+        raise PaymentError(f"malformed invoice payload: {payload!r}")
+    try:
+        return parts[0], parts[1], int(parts[2])
+    except ValueError:
+        raise PaymentError(f"malformed invoice payload: {payload!r}") from None
+
+
+def _plan(cfg: TiersConfig, name: str) -> Plan:
+    plan = cfg.plans.get(name)
+    if plan is None:
+        raise PaymentError(f"unknown plan {name!r}; plans: {', '.join(cfg.plans) or 'none'}")
+    return plan
+
+
+def invoice_for(plan_name: str, cfg: TiersConfig, *, scope: str = "user", scope_id: int,
+                provider_token: str | None = None) -> Invoice:
+    """The invoice selling ``plan_name`` for ``scope:scope_id`` (a user, or a whole chat).
+
+    provider_token: for non-XTR currencies; default ``$TELEGRAM_PAYMENT_PROVIDER_TOKEN``.
+    raises PaymentError for an unknown plan, or a non-XTR plan with no provider token.
+    """
+    plan = _plan(cfg, plan_name)
+    currency = plan.currency.upper()
+    if currency == STARS:
+        token = ""
+    else:
+        token = provider_token if provider_token is not None else payment_provider_token()
+        if not token:
+            raise PaymentError(f"plan {plan_name!r} is priced in {currency}, which needs a payment provider: "
+                               "set TELEGRAM_PAYMENT_PROVIDER_TOKEN (or price it in XTR, Telegram Stars)")
+    for_whom = "this chat" if scope == "chat" else "you"
+    title = plan.title or f"{plan.tier.capitalize()} for {plan.days} days"
+    description = plan.description or f"{plan.days} days of the {plan.tier} tier for {for_whom}."
+    return Invoice(
+        plan=plan_name,
+        title=title[:_TITLE_MAX],
+        description=description[:_DESCRIPTION_MAX],
+        payload=make_payload(plan_name, scope, scope_id),
+        currency=currency,
+        prices=((title[:_TITLE_MAX], plan.price),),
+        provider_token=token,
+    )
+
+
+def validate_pre_checkout(payload: str, total_amount: int, currency: str, cfg: TiersConfig) -> str | None:
+    """None when the checkout matches a plan sold now; else a short text for the buyer (Telegram shows
+    it and cancels the payment)."""
+    try:
+        name, _, _ = parse_payload(payload)
+    except PaymentError:
+        return "This invoice is not valid. Please open /billing again."
+    plan = cfg.plans.get(name)
+    if plan is None:
+        return "This plan is no longer offered. Please open /billing again."
+    if (currency or "").upper() != plan.currency.upper() or total_amount != plan.price:
+        return "The price of this plan has changed. Please open /billing again."
+    return None
+
+
+async def apply_successful_payment(
+    subs: SubscriptionStore,
+    store: DialogueStore,
+    charge_id: str,
+    payload: str,
+    amount: int,
+    currency: str,
+    user_id: int,
+    chat_id: int,
+) -> Subscription | None:
+    """Record the payment and extend the paid-for subscription by the plan's days — once per
+    ``charge_id`` (``telegram_payment_charge_id``).
+
+    Returns the subscription after the payment; for a charge already applied, the current one
+    (nothing changes). Returns None when the payload is not a Kith plan or the plan no longer exists
+    (the payment is still recorded, with tier '' and 0 days, so the owner can refund it; log ERROR).
+    """
+    if not charge_id:
+        raise PaymentError("a successful payment without a charge id")
+    try:
+        name, scope, scope_id = parse_payload(payload)
+        plan: Plan | None = subs.cfg.plans.get(name)
+    except PaymentError:
+        name, scope, scope_id, plan = payload[:64], "user", user_id, None
+    tier_ok = plan is not None and plan.tier in subs.cfg.tiers
+    # Shielded: once the payment row is in, the extension must follow (a cancelled half would be lost).
+    async with subs.payment_lock:
+        with anyio.CancelScope(shield=True):
+            return await _apply(subs, store, charge_id, payload, amount, currency, user_id, chat_id,
+                                name, scope, scope_id, plan if tier_ok else None)
+
+
+async def _apply(subs: SubscriptionStore, store: DialogueStore, charge_id: str, payload: str, amount: int,
+                 currency: str, user_id: int, chat_id: int, name: str, scope: str, scope_id: int,
+                 plan: Plan | None) -> Subscription | None:
+    inserted = await store.execute(
+        """INSERT INTO payments (charge_id, user_id, chat_id, plan, tier, days, amount, currency, scope, scope_id, paid_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, make_timestamp(?) AT TIME ZONE 'UTC')
+        ON CONFLICT (charge_id) DO NOTHING RETURNING charge_id""",
+        [charge_id, user_id, chat_id, name, plan.tier if plan else "", plan.days if plan else 0,
+         int(amount), (currency or "").upper(), scope, scope_id, to_us(subs.clock())],
+    )
+    if not inserted:
+        log.info("payment %s already applied; ignoring the re-delivery", charge_id)
+        return await subs.get(scope, scope_id) if plan else None
+    if plan is None:
+        log.error("payment %s (%s %s by user %s) is for no known plan (payload %r): recorded, not applied; "
+                  "refund it or grant by hand", charge_id, amount, currency, user_id, payload)
+        return None
+    try:
+        return await subs.extend(scope, scope_id, plan.tier, plan.days, f"payment:{charge_id}")
+    except Exception:
+        # Not applied: forget the payment so that a re-delivery applies it.
+        await store.execute("DELETE FROM payments WHERE charge_id = ?", [charge_id])
+        raise
+
+
+async def payments(store: DialogueStore, *, user_id: int | None = None) -> list[dict]:
+    """Recorded payments (all, or by one payer), newest first, as dicts (for the CLI and /billing)."""
+    sql = ("SELECT charge_id, user_id, chat_id, plan, tier, days, amount, currency, scope, scope_id, epoch_us(paid_at)"
+           " FROM payments")
+    params: list = []
+    if user_id is not None:
+        sql += " WHERE user_id = ?"
+        params.append(user_id)
+    rows = await store.execute(sql + " ORDER BY paid_at DESC, charge_id", params)
+    keys = ("charge_id", "user_id", "chat_id", "plan", "tier", "days", "amount", "currency", "scope", "scope_id")
+    return [{**dict(zip(keys, r[:10])), "paid_at": from_us(r[10])} for r in rows]

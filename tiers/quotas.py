@@ -1,0 +1,249 @@
+"""Daily quotas (per UTC day, per user and per chat) and the per-member message rate in groups.
+
+Counting rules (``Quotas`` of tiers.yaml; -1 = unlimited):
+
+- ``requests_per_day``: an alias with its own entry is limited by that entry alone; every alias
+  without one shares the ``"*"`` entry (all of them together); no entry and no ``"*"`` = unlimited.
+  So ``{"*": 30}`` is 30 requests a day to any models, and ``{smart: 10, "*": 100}`` is 10 to smart
+  plus 100 to the others.
+- ``tokens_per_day``: prompt + completion tokens of the user, every model.
+- ``chat_requests_per_day`` / ``chat_tokens_per_day``: all members of a chat together, every model.
+
+Every billed call counts (each ``usage`` row: chat turns, images, transcriptions). A quota is spent
+when ``used >= limit``; the call that crosses a token limit is still served (tokens are known only
+afterwards), the next one is refused.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+
+import anyio
+
+from config.models import UNLIMITED, Quotas, TiersConfig
+from memory.dialogue import DialogueStore
+from memory.schema import to_us
+
+from .errors import TierError, UnknownTier
+
+log = logging.getLogger(__name__)
+
+ANY_MODEL = "*"
+
+
+def next_midnight(now: datetime) -> datetime:
+    """The next 00:00 UTC after ``now`` (when the daily quotas reset)."""
+    now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+    return datetime.combine(now.date() + timedelta(days=1), time(0), tzinfo=UTC)
+
+
+def _day(now: datetime) -> date:
+    return (now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)).date()
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaDecision:
+    """The answer of ``QuotaTracker.check``.
+
+    allowed: the call may go ahead. When not: ``quota`` names the spent quota (``"requests_per_day"``,
+    ``"tokens_per_day"``, ``"chat_requests_per_day"``, ``"chat_tokens_per_day"``), ``model`` the
+    alias whose request quota it is (``"*"`` = the shared one; None for the others), ``limit`` and
+    ``used`` today's numbers, ``resets_at`` the next 00:00 UTC.
+    """
+
+    allowed: bool
+    quota: str | None = None
+    model: str | None = None
+    limit: int = UNLIMITED
+    used: int = 0
+    resets_at: datetime | None = None
+
+    @property
+    def per_chat(self) -> bool:
+        """The spent quota is the whole chat's, not the user's."""
+        return bool(self.quota and self.quota.startswith("chat_"))
+
+
+@dataclass(frozen=True, slots=True)
+class TodayUsage:
+    """What a user and their chat used today (UTC), for /usage. requests: per alias."""
+
+    requests: dict[str, int]
+    tokens: int
+    chat_requests: int
+    chat_tokens: int
+    resets_at: datetime
+
+
+@dataclass
+class _User:
+    requests: Counter = field(default_factory=Counter)  # alias -> requests today
+    tokens: int = 0
+
+
+class QuotaTracker:
+    """Today's counters, read from the ``usage`` table by ``load()`` and kept in memory after.
+
+    Call ``record`` for every billed call (whenever a ``UsageRecord`` is written) so the counters
+    stay equal to the table; they reset by themselves when the UTC day turns.
+    """
+
+    def __init__(self, store: DialogueStore, cfg: TiersConfig, clock: Callable[[], datetime]) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.clock = clock
+        self._loaded = False
+        self._lock = anyio.Lock()
+        self._day: date | None = None
+        self._users: dict[int, _User] = {}
+        self._chat_requests: Counter = Counter()
+        self._chat_tokens: Counter = Counter()
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    async def load(self) -> None:
+        """Count today's (UTC) ``usage`` rows (once; later calls do nothing). Queued usage rows are
+        committed first, so nothing recorded before is missed."""
+        if self._loaded:
+            return
+        async with self._lock:
+            if self._loaded:
+                return
+            now = self.clock()
+            start = datetime.combine(_day(now), time(0), tzinfo=UTC)
+            rows = await self.store.execute(
+                "SELECT chat_id, user_id, model, count(*), sum(prompt_tokens + completion_tokens) FROM usage"
+                " WHERE ts >= make_timestamp(?) AT TIME ZONE 'UTC' AND ts < make_timestamp(?) AT TIME ZONE 'UTC'"
+                " GROUP BY ALL",
+                [to_us(start), to_us(start + timedelta(days=1))],
+            )
+            self._reset(_day(now))
+            for chat_id, user_id, model, n, tokens in rows:
+                self._add(chat_id, user_id, model, int(n), int(tokens or 0))
+            self._loaded = True
+
+    def record(self, chat_id: int, user_id: int, alias: str, tokens: int) -> None:
+        """Count one billed call of ``user_id`` in ``chat_id`` to model ``alias`` using ``tokens``
+        (prompt + completion). Before ``load()`` it does nothing: load reads the table itself."""
+        if not self._loaded:
+            log.debug("quota record before load ignored (the usage table is read at load)")
+            return
+        self._roll()
+        self._add(chat_id, user_id, alias, 1, max(0, int(tokens)))
+
+    def check(self, tier: str, chat_id: int, user_id: int, alias: str) -> QuotaDecision:
+        """May ``user_id`` in ``chat_id``, at ``tier``, make one more call to ``alias`` today?
+
+        Checks the user's request quota for ``alias``, their tokens, then the chat's requests and
+        tokens; the first spent one is returned. raises UnknownTier; TierError before ``load()``.
+        """
+        self._require_loaded()
+        t = self.cfg.tiers.get(tier)
+        if t is None:
+            raise UnknownTier(f"unknown tier {tier!r}")
+        self._roll()
+        q: Quotas = t.quotas
+        now = self.clock()
+        user = self._users.get(user_id) or _User()
+        resets = next_midnight(now)
+
+        def spent(quota: str, limit: int, used: int, model: str | None = None) -> QuotaDecision:
+            return QuotaDecision(False, quota, model, limit, used, resets)
+
+        key, limit = self._request_limit(q, alias)
+        if limit != UNLIMITED:
+            used = user.requests[alias] if key == alias else sum(
+                n for a, n in user.requests.items() if a not in q.requests_per_day)
+            if used >= limit:
+                return spent("requests_per_day", limit, used, key)
+        if q.tokens_per_day != UNLIMITED and user.tokens >= q.tokens_per_day:
+            return spent("tokens_per_day", q.tokens_per_day, user.tokens)
+        if q.chat_requests_per_day != UNLIMITED and self._chat_requests[chat_id] >= q.chat_requests_per_day:
+            return spent("chat_requests_per_day", q.chat_requests_per_day, self._chat_requests[chat_id])
+        if q.chat_tokens_per_day != UNLIMITED and self._chat_tokens[chat_id] >= q.chat_tokens_per_day:
+            return spent("chat_tokens_per_day", q.chat_tokens_per_day, self._chat_tokens[chat_id])
+        return QuotaDecision(True, resets_at=resets)
+
+    def today(self, chat_id: int, user_id: int) -> TodayUsage:
+        """Today's counts for ``user_id`` and for ``chat_id`` (for /usage). TierError before ``load()``."""
+        self._require_loaded()
+        self._roll()
+        user = self._users.get(user_id) or _User()
+        return TodayUsage(dict(user.requests), user.tokens, self._chat_requests[chat_id], self._chat_tokens[chat_id],
+                          next_midnight(self.clock()))
+
+    # ------------------------------------------------------------ plumbing
+
+    @staticmethod
+    def _request_limit(q: Quotas, alias: str) -> tuple[str | None, int]:
+        """(which entry limits ``alias``: the alias, ``"*"`` or None, its limit)."""
+        if alias in q.requests_per_day:
+            return alias, q.requests_per_day[alias]
+        if ANY_MODEL in q.requests_per_day:
+            return ANY_MODEL, q.requests_per_day[ANY_MODEL]
+        return None, UNLIMITED
+
+    def _require_loaded(self) -> None:
+        if not self._loaded:
+            raise TierError("QuotaTracker: await load() first")
+
+    def _roll(self) -> None:
+        today = _day(self.clock())
+        if today != self._day:
+            self._reset(today)
+
+    def _reset(self, day: date) -> None:
+        self._day = day
+        self._users = {}
+        self._chat_requests = Counter()
+        self._chat_tokens = Counter()
+
+    def _add(self, chat_id: int, user_id: int, alias: str, n: int, tokens: int) -> None:
+        user = self._users.get(user_id)
+        if user is None:
+            user = self._users[user_id] = _User()
+        user.requests[alias] += n
+        user.tokens += tokens
+        self._chat_requests[chat_id] += n
+        self._chat_tokens[chat_id] += tokens
+
+
+class RateLimiter:
+    """A sliding-window message rate per (chat, member): at most ``per_minute`` accepted messages in
+    any 60 s. A refused message is not counted, so a flooder is slowed to the rate, not locked out,
+    and other members of the chat are not affected."""
+
+    def __init__(self, clock: Callable[[], datetime], window_s: float = 60.0) -> None:
+        self.clock = clock
+        self.window_s = window_s
+        self._hits: dict[tuple[int, int], deque[float]] = {}
+        self._calls = 0
+
+    def hit(self, chat_id: int, user_id: int, per_minute: int) -> float | None:
+        """Count one message of ``user_id`` in ``chat_id`` if the rate allows it and return None;
+        else return the seconds until it would be allowed (the message is not counted).
+        ``per_minute`` -1 = unlimited (always None, nothing kept)."""
+        if per_minute == UNLIMITED:
+            return None
+        now = self.clock().timestamp()
+        self._calls += 1
+        if self._calls % 1024 == 0:
+            self._sweep(now)
+        q = self._hits.setdefault((chat_id, user_id), deque())
+        while q and q[0] <= now - self.window_s:
+            q.popleft()
+        if len(q) >= per_minute:
+            return max(0.0, q[0] + self.window_s - now) if q else self.window_s
+        q.append(now)
+        return None
+
+    def _sweep(self, now: float) -> None:
+        """Forget members with no message inside the window (keeps memory bounded)."""
+        stale = [k for k, q in self._hits.items() if not q or q[-1] <= now - self.window_s]
+        for k in stale:
+            del self._hits[k]

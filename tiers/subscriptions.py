@@ -1,0 +1,210 @@
+"""Subscriptions: which tier a user or a chat has, until when (the ``subscriptions`` table).
+
+One row per ``(scope, scope_id)``: ``scope`` is ``"user"`` (a Telegram user id) or ``"chat"`` (a chat
+id; everyone in that chat gets the tier there). ``expires_at`` None = never expires.
+
+``SubscriptionStore`` keeps every row in memory after the first read: one process owns the database
+file (DuckDB's lock), so every change goes through this object and the cache cannot go stale; the
+hot path (``get`` from ``Admission.admit``) therefore never touches the database — which matters,
+because a store query first commits the dialogue store's queued writes.
+"""
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import anyio
+
+from config.models import TiersConfig
+from memory.dialogue import DialogueStore
+from memory.schema import from_us, to_us
+
+from .errors import BadScope, TierError, UnknownTier
+
+SCOPES = ("user", "chat")
+_TS = "make_timestamp(?) AT TIME ZONE 'UTC'"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A tier held by a user or a chat. Times are tz-aware UTC; ``expires_at`` None = never.
+
+    source: who set it — ``"cli"`` (``kith sub grant``), ``"payment:<charge id>"``, or a caller's label.
+    """
+
+    scope: str
+    scope_id: int
+    tier: str
+    expires_at: datetime | None
+    source: str
+    updated_at: datetime
+
+    def active(self, now: datetime) -> bool:
+        """True when it has not expired at ``now`` (a never-expiring one is always active)."""
+        return self.expires_at is None or _utc(now) < self.expires_at
+
+    @property
+    def target(self) -> str:
+        """``"user:<id>"`` or ``"chat:<id>"`` (the CLI's notation)."""
+        return f"{self.scope}:{self.scope_id}"
+
+
+def parse_target(text: str) -> tuple[str, int]:
+    """``"user:123"`` → ``("user", 123)``; ``"chat:-100123"`` → ``("chat", -100123)``. raises BadScope."""
+    scope, sep, ident = text.strip().partition(":")
+    scope = scope.strip().lower()
+    if not sep or scope not in SCOPES:
+        raise BadScope(f"{text!r}: expected user:<id> or chat:<id>")
+    try:
+        return scope, int(ident.strip())
+    except ValueError:
+        raise BadScope(f"{text!r}: the id must be a whole number") from None
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _check_scope(scope: str, scope_id: int) -> None:
+    if scope not in SCOPES:
+        raise BadScope(f"scope must be 'user' or 'chat', not {scope!r}")
+    if not isinstance(scope_id, int) or isinstance(scope_id, bool):
+        raise BadScope(f"scope_id must be an int, not {scope_id!r}")
+
+
+class SubscriptionStore:
+    """Read and change subscriptions, through ``store``'s connection, cached in memory.
+
+    cfg: the tiers (for checking tier names and comparing tiers in ``extend``).
+    clock: the current tz-aware UTC time.
+    Every method is async and must run on the event loop that owns ``store``.
+    """
+
+    def __init__(self, store: DialogueStore, cfg: TiersConfig, clock: Callable[[], datetime]) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.clock = clock
+        self._cache: dict[tuple[str, int], Subscription] | None = None
+        self._lock = anyio.Lock()  # changes are read-modify-write: one at a time
+        self.payment_lock = anyio.Lock()  # payments.apply_successful_payment: one at a time
+
+    # ------------------------------------------------------------ reads
+
+    async def load(self) -> None:
+        """Read every subscription into memory (once; later calls do nothing)."""
+        if self._cache is None:
+            async with self._lock:
+                await self._cached()
+
+    async def get(self, scope: str, scope_id: int) -> Subscription | None:
+        """The subscription of ``scope:scope_id`` (expired ones too; check ``active(now)``), or None."""
+        await self.load()
+        assert self._cache is not None
+        return self._cache.get((scope, scope_id))
+
+    async def list(self, expired: bool = False) -> builtins.list[Subscription]:
+        """The active subscriptions (and the expired ones too when ``expired``), by scope and id."""
+        await self.load()
+        assert self._cache is not None
+        now = self.clock()
+        subs = [s for s in self._cache.values() if expired or s.active(now)]
+        return sorted(subs, key=lambda s: (s.scope, s.scope_id))
+
+    # ------------------------------------------------------------ changes
+
+    async def grant(self, scope: str, scope_id: int, tier: str, days: float | None, source: str) -> Subscription:
+        """Set ``scope:scope_id`` to ``tier`` for ``days`` from now (None = never expires), replacing
+        whatever it had. raises UnknownTier, BadScope, TierError (days ≤ 0)."""
+        self._check(scope, scope_id, tier, days)
+        async with self._lock:
+            now = _utc(self.clock())
+            expires = None if days is None else now + timedelta(days=days)
+            return await self._put(Subscription(scope, scope_id, tier, expires, source, now))
+
+    async def extend(self, scope: str, scope_id: int, tier: str, days: float, source: str) -> Subscription:
+        """Add ``days`` of ``tier`` (what a payment does).
+
+        - no subscription, or an expired one: ``tier`` from now for ``days``;
+        - an active one of the same or a worse tier: ``tier`` from its expiry + ``days`` (so paying
+          early loses nothing, and an upgrade keeps the time left); a never-expiring one of the same
+          tier stays never-expiring; a never-expiring one of a worse tier becomes ``tier`` from now;
+        - an active one of a *better* tier (or one not in tiers.yaml any more, which ranks lowest):
+          the better tier is kept — never worse off for paying — until the later of its expiry and
+          now + ``days``.
+
+        raises UnknownTier, BadScope, TierError (days ≤ 0 or None).
+        """
+        if days is None:
+            raise TierError("extend needs a number of days (use grant for a never-expiring subscription)")
+        self._check(scope, scope_id, tier, days)
+        async with self._lock:
+            now = _utc(self.clock())
+            cur = (await self._cached()).get((scope, scope_id))
+            span = timedelta(days=days)
+            if cur is None or not cur.active(now):
+                new = Subscription(scope, scope_id, tier, now + span, source, now)
+            elif self._rank(cur.tier) <= self.cfg.rank(tier):
+                if cur.expires_at is None:
+                    expires = None if cur.tier == tier else now + span
+                else:
+                    expires = cur.expires_at + span
+                new = Subscription(scope, scope_id, tier, expires, source, now)
+            else:  # a better tier is active: keep it
+                expires = None if cur.expires_at is None else max(cur.expires_at, now + span)
+                new = Subscription(scope, scope_id, cur.tier, expires, source, now)
+            return await self._put(new)
+
+    async def revoke(self, scope: str, scope_id: int) -> bool:
+        """Remove the subscription of ``scope:scope_id``; True if there was one."""
+        _check_scope(scope, scope_id)
+        async with self._lock:
+            cache = await self._cached()
+            await self.store.execute("DELETE FROM subscriptions WHERE scope = ? AND scope_id = ?", [scope, scope_id])
+            return cache.pop((scope, scope_id), None) is not None
+
+    # ------------------------------------------------------------ plumbing
+
+    def _rank(self, tier: str) -> float:
+        return self.cfg.rank(tier) if tier in self.cfg.tiers else float("-inf")
+
+    def _check(self, scope: str, scope_id: int, tier: str, days: float | None) -> None:
+        _check_scope(scope, scope_id)
+        if tier not in self.cfg.tiers:
+            raise UnknownTier(f"unknown tier {tier!r}; tiers: {', '.join(self.cfg.tiers)}")
+        if days is not None and not days > 0:
+            raise TierError(f"days must be more than 0, not {days!r}")
+
+    async def _cached(self) -> dict[tuple[str, int], Subscription]:
+        """The cache, loading it if needed (call with ``_lock`` held)."""
+        if self._cache is None:
+            rows = await self.store.execute(
+                "SELECT scope, scope_id, tier, epoch_us(expires_at), source, epoch_us(updated_at) FROM subscriptions"
+            )
+            self._cache = {(r[0], r[1]): _row(r) for r in rows}
+        return self._cache
+
+    async def _put(self, sub: Subscription) -> Subscription:
+        """Upsert ``sub`` (call with ``_lock`` held); the database first, then the cache."""
+        cache = await self._cached()
+        await self.store.execute(
+            f"""INSERT INTO subscriptions (scope, scope_id, tier, expires_at, source, updated_at)
+            VALUES (?, ?, ?, {_TS}, ?, {_TS})
+            ON CONFLICT (scope, scope_id) DO UPDATE SET tier = excluded.tier, expires_at = excluded.expires_at,
+                source = excluded.source, updated_at = excluded.updated_at""",
+            [sub.scope, sub.scope_id, sub.tier, None if sub.expires_at is None else to_us(sub.expires_at),
+             sub.source, to_us(sub.updated_at)],
+        )
+        # Keep exactly what the database holds (microsecond precision).
+        stored = Subscription(
+            sub.scope, sub.scope_id, sub.tier,
+            None if sub.expires_at is None else from_us(to_us(sub.expires_at)),
+            sub.source, from_us(to_us(sub.updated_at)),
+        )
+        cache[(sub.scope, sub.scope_id)] = stored
+        return stored
+
+
+def _row(r: tuple) -> Subscription:
+    return Subscription(r[0], int(r[1]), r[2], None if r[3] is None else from_us(r[3]), r[4], from_us(r[5]))
