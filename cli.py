@@ -175,6 +175,7 @@ def replay(
 async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, as_json: bool) -> None:
     from actors.console import format_hit
     from actors.local import IdAllocator, LocalOutbox
+    from actors.replay import TranscriptClock
     from actors.replay import replay as run_replay
     from actors.runtime import open_runtime
 
@@ -192,9 +193,11 @@ async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, a
         for h in turn.hits[:3]:
             out.print(f"[dim]    · {escape(format_hit(h))}[/]")
 
-    async with open_runtime(cfg, data_dir, lambda mem: LocalOutbox(IdAllocator(mem.store.max_message_id)), on_turn=show) as rt:
+    clock = TranscriptClock()
+    async with open_runtime(cfg, data_dir, lambda mem: LocalOutbox(IdAllocator(mem.store.max_message_id), clock=clock),
+                            on_turn=show, clock=clock) as rt:
         report = await run_replay(
-            rt, file, policy=policy, limit=limit, on_message=remember_question,
+            rt, file, policy=policy, limit=limit, on_message=remember_question, clock=clock,
             on_error=lambda e: err.print(f"[yellow]skipped[/] {escape(str(e))}"),
         )
     if as_json:
@@ -580,6 +583,17 @@ def bench(
     from benchmarks.__main__ import main as bench_main
 
     raise typer.Exit(bench_main([*(which or []), *(["--quick"] if quick else [])]))
+
+
+def _mount_tiers() -> None:
+    from tiers.cli import sub_app, tiers_command, usage_command
+
+    app.command("tiers")(tiers_command)
+    app.command("usage")(usage_command)
+    app.add_typer(sub_app, name="sub")
+
+
+_mount_tiers()
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from datetime import datetime, timedelta
 from collections.abc import AsyncIterator, Callable
 
 from memory.service import Recall
@@ -15,7 +16,7 @@ from memory.types import ROLE_ASSISTANT, StoredMessage, UsageRecord
 from providers.errors import ProviderError
 
 from .context import build_prompt
-from .events import PRIVATE, ButtonPress, ChatEvent, CommandEvent, ConfigChanged, Incoming
+from .events import PRIVATE, ButtonPress, ChatEvent, CommandEvent, ConfigChanged, Incoming, PaymentEvent, PreCheckout
 from .outbox import Outbox
 from .services import Services, TurnReport
 from .triggers import should_respond, strip_mention
@@ -40,7 +41,8 @@ class ChatActor:
         self._windows: dict[int | None, deque[StoredMessage]] = {}
         self._known_chat = False
         self._user_settings: dict[int, dict] = {}
-        self.awaiting_role: set[int] = set()  # users whose next message becomes their persona (/role)
+        self.awaiting_role: set[int] = set()
+        self._refused_until: dict[tuple[int, str | None], datetime] = {}  # users whose next message becomes their persona (/role)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -66,6 +68,14 @@ class ChatActor:
                 from .commands import handle_button
 
                 await handle_button(self, event)
+            case PreCheckout():
+                from .billing import handle_pre_checkout
+
+                await handle_pre_checkout(self, event)
+            case PaymentEvent():
+                from .billing import handle_payment
+
+                await handle_payment(self, event)
             case ConfigChanged():
                 await self.start()
                 self._windows.clear()
@@ -199,9 +209,18 @@ class ChatActor:
             self.svc.report(TurnReport(self.chat_id, ev.message_id, False, _ms(t0)))
             return
 
-        # 3. admit (tiers and quotas: see the tiers issue) — pick the model
+        # 3. admit: the member's tier, quotas and rate pick the model, or refuse (costing nothing)
         user_settings = await self._user(ev.sender.user_id)
         alias = self._model_for(user_settings)
+        note = None
+        if self.svc.admission is not None:
+            adm = await self.svc.admission.admit(self.chat_id, ev.chat_type, ev.sender.user_id, alias)
+            if not adm.allowed:
+                await self._refuse(ev, adm)
+                self.svc.report(TurnReport(self.chat_id, ev.message_id, False, _ms(t0), error=f"refused: {adm.reason}"))
+                return
+            alias = adm.alias
+            note = adm.note if adm.downgraded else None
 
         # 4. assemble context: recalled memories of this chat only, reply chain, recent window
         k = self.svc.config.settings.memory.recall_k
@@ -238,7 +257,7 @@ class ChatActor:
             )
             return
         llm_ms = _ms(t_llm)
-        sent = await stream.finish(completion.text)
+        sent = await stream.finish(f"_{note}_\n\n{completion.text}" if note else completion.text)
 
         # 6. record the reply, the usage and the memories used
         reply = StoredMessage(
@@ -257,19 +276,20 @@ class ChatActor:
             self.svc.memory.remember(reply)
             if prompt.memories:
                 store.record_recall(self.chat_id, sent.message_id, prompt.memories)
-        store.record_usage(
-            UsageRecord(
-                ts=self.svc.clock(),
-                chat_id=self.chat_id,
-                user_id=ev.sender.user_id,
-                kind="chat",
-                model=completion.model,
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-                cost_usd=completion.cost_usd,
-                latency_ms=completion.latency_ms,
-            )
+        usage = UsageRecord(
+            ts=self.svc.clock(),
+            chat_id=self.chat_id,
+            user_id=ev.sender.user_id,
+            kind="chat",
+            model=completion.model,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            cost_usd=completion.cost_usd,
+            latency_ms=completion.latency_ms,
         )
+        store.record_usage(usage)
+        if self.svc.admission is not None:
+            self.svc.admission.record(usage)
         self.svc.report(
             TurnReport(
                 self.chat_id,
@@ -288,6 +308,20 @@ class ChatActor:
                 sent.message_id,
             )
         )
+
+    async def _refuse(self, ev: Incoming, adm) -> None:
+        """Tell the member once why they are not served; repeated refusals stay silent until the
+        quota resets (or the rate window passes), so a flood does not get a flood of replies."""
+        now = self.svc.clock()
+        key = (ev.sender.user_id, adm.reason)
+        until = self._refused_until.get(key)
+        if until is not None and now < until:
+            return
+        if adm.reason == "rate" and adm.retry_after:
+            self._refused_until[key] = now + timedelta(seconds=adm.retry_after)
+        elif adm.quota is not None and adm.quota.resets_at is not None:
+            self._refused_until[key] = adm.quota.resets_at
+        await self.outbox.send(self.chat_id, adm.refusal or "Sorry, I can't answer right now.", reply_to=ev.message_id, thread_id=ev.thread_id)
 
     async def _reply_chain(self, ev: Incoming, window) -> list[StoredMessage]:
         """The messages ``ev`` replies to (up to 3 levels), oldest first, that are not in the window."""

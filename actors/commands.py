@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from . import billing
 from .events import PRIVATE, ButtonPress, CommandEvent, is_group
 from .outbox import Button
 
@@ -101,12 +102,24 @@ async def cmd_export(actor: "ChatActor", ev: CommandEvent) -> None:
 # ---------------------------------------------------------------------- model and role
 
 
-def _model_keyboard(actor: "ChatActor", current: str) -> list[list[Button]]:
+async def _model_keyboard(actor: "ChatActor", user_id: int, current: str) -> list[list[Button]]:
+    """One button per model: ✓ the current one, 🔒 those the member's tier lacks, today's quota."""
+    models = actor.svc.config.settings.models
+    allowed, quotas, used = set(models), {}, {}
+    adm = actor.svc.admission
+    if adm is not None:
+        p = await adm.profile(actor.chat_id, user_id)
+        allowed = set(adm.allowed_models(p.tier, models))
+        quotas, used = p.quotas.requests_per_day, p.today.requests
+    if current not in allowed and allowed:
+        current = next(a for a in models if a in allowed)  # what admission will actually use
     rows = []
-    for alias, spec in actor.svc.config.settings.models.items():
+    for alias, spec in models.items():
         label = spec.label or alias
-        mark = "✓ " if alias == current else ""
-        rows.append([Button(f"{mark}{label}", f"model:{alias}")])
+        mark = "✓ " if alias == current else ("🔒 " if alias not in allowed else "")
+        limit = quotas.get(alias, quotas.get("*", -1))
+        quota = f" ({max(0, limit - used.get(alias, 0))}/{limit} today)" if limit >= 0 and alias in allowed else ""
+        rows.append([Button(f"{mark}{label}{quota}", f"model:{alias}")])
     return rows
 
 
@@ -115,15 +128,21 @@ async def cmd_model(actor: "ChatActor", ev: CommandEvent) -> None:
     current = actor._model_for(user)
     arg = ev.args.strip()
     if arg:
-        await _set_model(actor, ev.sender.user_id, arg, lambda t: reply(actor, ev, t))
+        await _set_model(actor, ev.chat_id, ev.sender.user_id, arg, lambda t: reply(actor, ev, t))
         return
-    await reply(actor, ev, f"Current model: **{current}**. Choose one:", _model_keyboard(actor, current))
+    await reply(actor, ev, f"Current model: **{current}**. Choose one:", await _model_keyboard(actor, ev.sender.user_id, current))
 
 
-async def _set_model(actor: "ChatActor", user_id: int, alias: str, say) -> None:
+async def _set_model(actor: "ChatActor", chat_id: int, user_id: int, alias: str, say) -> None:
     if alias not in actor.svc.config.settings.models:
         await say(f"Unknown model {alias!r}. Send /model to pick from the list.")
         return
+    adm = actor.svc.admission
+    if adm is not None:
+        tier = await adm.tier_of(chat_id, user_id)
+        if alias not in adm.allowed_models(tier, actor.svc.config.settings.models):
+            await say(f"🔒 {alias} is not part of the {tier} tier. See /billing to upgrade.")
+            return
     settings = dict(await actor._user(user_id))
     settings["model"] = alias
     await actor.save_user_settings(user_id, settings)
@@ -157,17 +176,6 @@ async def _save_role(actor: "ChatActor", user_id: int, role: str | None) -> None
 
 
 # ---------------------------------------------------------------------- profile, memory, forget, reset
-
-
-async def cmd_profile(actor: "ChatActor", ev: CommandEvent) -> None:
-    user = await actor._user(ev.sender.user_id)
-    model = actor._model_for(user)
-    lines = [f"**{ev.sender.name}**", f"Model: {model}"]
-    if user.get("role"):
-        lines.append(f"Persona: {_short(user['role'], 200)}")
-    mine = await actor.svc.memory.store.count_messages(actor.chat_id, user_id=ev.sender.user_id)
-    lines.append(f"Your messages in this chat: {mine}")
-    await reply(actor, ev, "\n".join(lines))
 
 
 async def cmd_memory(actor: "ChatActor", ev: CommandEvent) -> None:
@@ -286,8 +294,16 @@ async def handle_button(actor: "ChatActor", ev: ButtonPress) -> None:
         await actor.outbox.edit(actor.chat_id, ev.message_id, text)
 
     if kind == "model":
-        await _set_model(actor, uid, rest, edit)
-        await actor.outbox.answer_button(ev.query_id, f"Model: {rest}")
+        said: list[str] = []
+
+        async def say(text: str) -> None:
+            said.append(text)
+            await edit(text)
+
+        await _set_model(actor, actor.chat_id, uid, rest, say)
+        await actor.outbox.answer_button(ev.query_id, f"Model: {rest}" if said and said[0].startswith("Model set") else None)
+    elif kind == "buy":
+        await billing.press_buy(actor, ev, rest)
     elif kind == "role":
         actor.awaiting_role.discard(uid)
         if rest == "delete":
@@ -322,7 +338,9 @@ COMMANDS = {
     "export": cmd_export,
     "model": cmd_model,
     "role": cmd_role,
-    "profile": cmd_profile,
+    "profile": billing.cmd_profile,
+    "usage": billing.cmd_usage,
+    "billing": billing.cmd_billing,
     "memory": cmd_memory,
     "forget": cmd_forget,
     "reset": cmd_reset,

@@ -78,7 +78,36 @@ class ConfigChanged:
     chat_id: int
 
 
-ChatEvent = Incoming | CommandEvent | ButtonPress | ConfigChanged
+@dataclass(frozen=True, slots=True)
+class PreCheckout:
+    """Telegram asks whether to accept a payment (answer within 10 s). Routed to the buyer's private chat.
+
+    total_amount: in the currency's smallest unit (Stars for XTR). payload: the invoice payload.
+    """
+
+    chat_id: int
+    sender: Sender
+    query_id: str
+    payload: str
+    total_amount: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentEvent:
+    """A successful payment (``charge_id`` = telegram_payment_charge_id; the same charge may arrive twice)."""
+
+    chat_id: int
+    message_id: int
+    sender: Sender
+    charge_id: str
+    payload: str
+    total_amount: int
+    currency: str
+    date: datetime
+
+
+ChatEvent = Incoming | CommandEvent | ButtonPress | ConfigChanged | PreCheckout | PaymentEvent
 
 
 def is_group(chat_type: str) -> bool:

@@ -42,6 +42,7 @@ class OutMessage:
     thread_id: int | None = None
     buttons: tuple[tuple[Button, ...], ...] = ()
     document: bytes | None = None
+    invoice: object | None = None
 
 
 class _BufferedStream:
@@ -68,6 +69,7 @@ class LocalOutbox:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     sent: list[OutMessage] = field(default_factory=list)
     answered: list[tuple[str, str | None]] = field(default_factory=list)
+    pre_checkouts: list[tuple[str, bool, str | None]] = field(default_factory=list)
     admins: set[tuple[int, int]] | None = None  # (chat_id, user_id); None: everyone administers (console)
 
     async def on_progress(self, chat_id: int, delta: str) -> None:
@@ -112,6 +114,17 @@ class LocalOutbox:
 
     async def stream(self, chat_id: int, *, reply_to: int | None = None, thread_id: int | None = None) -> ReplyStream:
         return _BufferedStream(self, chat_id, reply_to, thread_id)
+
+    async def send_invoice(self, chat_id: int, invoice, *, reply_to: int | None = None, thread_id: int | None = None) -> Sent:
+        prices = ", ".join(f"{label} {amount} {invoice.currency}" for label, amount in invoice.prices)
+        msg = OutMessage(chat_id, await self.ids.next(chat_id), f"[invoice] {invoice.title}: {prices}", reply_to, thread_id,
+                         invoice=invoice)
+        self.sent.append(msg)
+        await self.on_message(msg, None)
+        return Sent(msg.message_id, self.clock())
+
+    async def answer_pre_checkout(self, query_id: str, ok: bool, error: str | None = None) -> None:
+        self.pre_checkouts.append((query_id, ok, error))
 
     async def is_admin(self, chat_id: int, user_id: int) -> bool:
         return self.admins is None or (chat_id, user_id) in self.admins

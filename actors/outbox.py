@@ -55,6 +55,14 @@ class Outbox(Protocol):
 
     async def stream(self, chat_id: int, *, reply_to: int | None = None, thread_id: int | None = None) -> ReplyStream: ...
 
+    async def send_invoice(self, chat_id: int, invoice, *, reply_to: int | None = None, thread_id: int | None = None) -> Sent:
+        """Send a Telegram invoice (``tiers.payments.Invoice``: title, description, payload, currency, prices)."""
+        ...
+
+    async def answer_pre_checkout(self, query_id: str, ok: bool, error: str | None = None) -> None:
+        """Accept (ok) or refuse (with ``error`` shown to the buyer) a pre-checkout query."""
+        ...
+
     async def is_admin(self, chat_id: int, user_id: int) -> bool:
         """Whether ``user_id`` administers group ``chat_id`` (Telegram: owner or administrator)."""
         ...

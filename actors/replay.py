@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from memory.errors import TranscriptLineError
@@ -18,6 +19,20 @@ from memory.types import StoredMessage
 from .events import PRIVATE, Incoming, Sender
 from .runtime import Runtime
 from .services import TurnReport
+
+
+class TranscriptClock:
+    """A clock that follows the transcript: the date of the latest message fed in (UTC).
+
+    Pass it to ``open_runtime(clock=...)`` so quotas, rate limits and usage rows count transcript
+    time, not the wall clock of a replay that runs a day of chat in seconds.
+    """
+
+    def __init__(self, start: datetime = datetime(1970, 1, 1, tzinfo=UTC)) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
 
 
 def respond_policy(spec: str) -> Callable[[StoredMessage], bool]:
@@ -106,6 +121,7 @@ async def replay(
     limit: int | None = None,
     on_error: Callable[[TranscriptLineError], None] = lambda e: None,
     on_message: Callable[[StoredMessage], None] = lambda m: None,
+    clock: TranscriptClock | None = None,
 ) -> ReplayReport:
     """Feed ``path`` (transcript JSONL or Telegram export) through ``rt``; wait for every turn.
 
@@ -133,6 +149,8 @@ async def replay(
             if limit is not None and report.messages >= limit:
                 break
             m = item
+            if clock is not None:
+                clock.now = max(clock.now, m.date)
             report.messages += 1
             on_message(m)
             meta = reader.chats.get(m.chat_id)

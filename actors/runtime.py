@@ -18,6 +18,7 @@ from memory.indexer import Indexer
 from memory.service import Memory
 from memory.vectors import VectorMemory
 from providers.embedder import Embedder
+from tiers import Admission
 
 from .outbox import Outbox
 from .services import BotIdentity, Services, TurnReport, utc_now
@@ -81,7 +82,9 @@ async def open_runtime(
         if llm is None:
             llm = LLM(config.settings.models, config.settings.llm)
         bot = bot or BotIdentity(0, config.settings.bot.name, config.settings.bot.username)
-        services = Services(config, memory, llm, bot, clock, on_turn)
+        admission = Admission(memory.store, config.tiers, clock=clock)
+        await admission.open()
+        services = Services(config, memory, llm, bot, clock, admission, on_turn)
         box = outbox if isinstance(outbox, Outbox) else outbox(memory)
         try:
             async with Supervisor(services, box, config.settings.actors) as supervisor:

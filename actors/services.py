@@ -60,6 +60,7 @@ class Services:
     llm: object  # providers.llm.LLM (kept loose so tests can pass a fake at the outermost boundary)
     bot: BotIdentity
     clock: Callable[[], datetime] = utc_now
+    admission: object | None = None  # tiers.Admission; None = no tiers (every request admitted)
     on_turn: Callable[[TurnReport], None] | None = None
     turns: int = field(default=0)
 

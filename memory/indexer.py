@@ -82,7 +82,9 @@ class Indexer:
         self._flush_target = self._submitted
         self._wakeup.set()
         assert self._tg is not None
-        return await self._tg.__aexit__(*exc)
+        # drain; the body's own exception (if any) propagates unwrapped, not inside an ExceptionGroup
+        await self._tg.__aexit__(None, None, None)
+        return None
 
     # ------------------------------------------------------------------ API
 
