@@ -1,0 +1,218 @@
+"""The Telegram transport's run loop: client, handlers, runtime, shutdown (DESIGN §2, §8).
+
+``run_bot`` builds the ``pyrogram.Client`` (kurigram) inside the running loop from the environment's
+credentials and calls ``serve``, which:
+
+1. registers the handlers *before* the client starts, so nothing that arrives — including the
+   updates ``recover_gaps`` fetches at start for the time the bot was offline — is missed; they
+   wait in order until the router is attached;
+2. opens the runtime with the ``TelegramOutbox`` (a second bot on the same data directory stops
+   here, on the store's lock, before touching Telegram);
+3. starts the client (``skip_updates=False``: kurigram 2.2.26 recovers gaps at start and after a
+   silence; its default skips them), fills ``BotIdentity`` from ``get_me()``, attaches the router,
+   sets the command menu;
+4. runs until SIGINT/SIGTERM (or ``stop``); then stops taking updates (the ones already queued are
+   dropped and their pts rewound, new ones are not acknowledged), waits up to
+   ``actors.drain_timeout_s`` for the turns in flight (their replies still go out), rewinds the
+   update state and stops the client, then leaves the runtime — so every update not handled now is
+   delivered again at the next start. Re-delivered messages are stored and answered once (the
+   transport's LRU and the chat actor's recent window).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from config.models import Config
+from config.secrets import TelegramCredentials, telegram_credentials
+
+from ..runtime import Runtime, open_runtime
+from ..services import BotIdentity
+from .outbox import TelegramOutbox
+from .updates import UpdateRouter
+
+log = logging.getLogger(__name__)
+
+# One dispatcher worker: pyrogram hands updates to its workers from one queue, so with more than one
+# two messages of the same chat can overtake each other while being parsed. Handlers only convert
+# and queue (the work happens in the chat actors), so one worker keeps up (see the benchmark).
+WORKERS = 1
+
+# Client options Kith relies on (the test harness builds its client with the same ones).
+CLIENT_OPTIONS: dict[str, Any] = {
+    "workers": WORKERS,
+    "skip_updates": False,  # recover what was missed while offline (kurigram's default skips it)
+    "fetch_replies": False,  # no GetMessages round trip per reply; reply_to_bot uses the cache and the outbox's ids
+    "fetch_stickers": False,  # no sticker-set lookups while parsing
+}
+
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("start", "Start talking with me"),
+    ("help", "What I can do and how to address me"),
+    ("model", "Choose the model that answers you"),
+    ("role", "Set my role in our private chat"),
+    ("profile", "Your tier and settings"),
+    ("usage", "What you used today"),
+    ("billing", "Plans and payments"),
+    ("reset", "Start a fresh conversation context"),
+    ("history", "Recent messages I keep"),
+    ("export", "Export this chat's history"),
+    ("memory", "What I remember here"),
+    ("forget", "Forget what you said in this chat"),
+    ("settings", "Group settings (admins only)"),
+)
+
+
+@dataclass(frozen=True)
+class BotApp:
+    """A running bot (what ``serve`` reports once ready)."""
+
+    client: Any
+    runtime: Runtime
+    outbox: TelegramOutbox
+    router: UpdateRouter
+    identity: BotIdentity
+
+
+def build_client(config: Config, data_dir: Path, credentials: TelegramCredentials | None = None) -> Any:
+    """The kurigram client for ``config`` (session file ``data_dir/<session_name>.session``).
+
+    Call inside the running event loop (pyrogram binds its locks and queues to the current loop).
+    """
+    import pyrogram
+
+    creds = credentials or telegram_credentials()
+    return pyrogram.Client(
+        name=config.settings.telegram.session_name,
+        api_id=creds.api_id,
+        api_hash=creds.api_hash,
+        bot_token=creds.bot_token,
+        workdir=str(data_dir),
+        **CLIENT_OPTIONS,
+    )
+
+
+async def run_bot(config: Config, data_dir: Path, *, model=None) -> None:
+    """Run the Telegram bot until SIGINT/SIGTERM. raises config.errors.MissingSecret without credentials."""
+    creds = telegram_credentials()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    client = build_client(config, data_dir, creds)
+    await serve(client, config, data_dir, model=model)
+
+
+async def serve(
+    client: Any,
+    config: Config,
+    data_dir: Path,
+    *,
+    model=None,
+    llm=None,
+    outbox: TelegramOutbox | None = None,
+    stop: anyio.Event | None = None,
+    task_status: TaskStatus[BotApp] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the bot on ``client`` (not started yet) until ``stop`` is set (None: until SIGINT/SIGTERM).
+
+    model/llm: passed to ``open_runtime``; outbox: a prepared ``TelegramOutbox`` (tests pass one on a
+    fake clock). ``task_status.started(BotApp)`` once updates are being handled.
+    """
+    settings = config.settings
+    outbox = outbox or TelegramOutbox(client, settings.telegram, stream_interval_s=settings.llm.stream_edit_interval_s)
+    router = UpdateRouter(client, outbox, settings.telegram)
+    router.register(client)
+    await anyio.sleep(0)  # add_handler registers from a task: let it run before updates can flow
+
+    async with _stop_signal(stop) as stopped:
+        # The runtime first: a second bot on the same data directory fails here, on the store's lock,
+        # before it touches Telegram (and takes updates the running bot should get).
+        async with open_runtime(config, data_dir, outbox, model=model, llm=llm) as rt:
+            await client.start()
+            try:
+                me = client.me or await client.get_me()
+                name = " ".join(p for p in (me.first_name, me.last_name) if p) or settings.bot.name
+                identity = BotIdentity(me.id, name, me.username)
+                rt.services.bot = identity  # read by the actors at use time; none has run yet
+                async with anyio.create_task_group() as notices:
+                    router.attach(rt.supervisor, identity, can_read_all_group_messages=me.can_read_all_group_messages,
+                                  spawn=notices.start_soon)
+                    await set_commands(client)
+                    log.info("@%s (id %s) is running", identity.username, identity.user_id)
+                    task_status.started(BotApp(client, rt, outbox, router, identity))
+                    await stopped.wait()
+                    log.info("stopping: no new updates; draining the turns in flight")
+                    stop_receiving(client, router)
+                    drain = settings.actors.drain_timeout_s
+                    with anyio.move_on_after(drain) as scope:
+                        await rt.supervisor.wait_all_idle()  # their replies still go out
+                    if scope.cancelled_caught:
+                        log.warning("shutdown: turns still running after %.0f s; their replies are lost", drain)
+                    notices.cancel_scope.cancel()  # pending notices are not worth waiting for
+            finally:
+                stop_receiving(client, router)
+                with anyio.CancelScope(shield=True):
+                    await router.rewind(client.storage)
+                    await client.stop()
+        log.info("stopped")
+
+
+def stop_receiving(client: Any, router: UpdateRouter) -> None:
+    """Stop taking updates (idempotent): queued ones are dropped and rewound by the router; new ones
+    are not acknowledged (their state is not stored), so Telegram delivers them after the restart."""
+    if router.closing:
+        return
+    router.close()
+    client.skip_updates = True  # no gap recovery while draining
+
+    async def not_now(updates: Any) -> None:  # shadows Client.handle_updates on this instance
+        return None
+
+    client.handle_updates = not_now
+
+
+async def set_commands(client: Any) -> None:
+    """Register the command menu (a failure is logged: the bot works without it)."""
+    from pyrogram import types
+    from pyrogram.errors import RPCError
+
+    try:
+        await client.set_bot_commands([types.BotCommand(c, d) for c, d in COMMANDS])
+    except RPCError as e:
+        log.warning("could not set the command menu: %s", e)
+
+
+class _stop_signal:
+    """``async with _stop_signal(event) as ev``: ``ev`` is set on SIGINT/SIGTERM, or is ``event``."""
+
+    def __init__(self, event: anyio.Event | None) -> None:
+        self.event = event or anyio.Event()
+        self._external = event is not None
+        self._tg: Any = None
+
+    async def __aenter__(self) -> anyio.Event:
+        if not self._external:
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
+            self._tg.start_soon(self._watch)
+        return self.event
+
+    async def _watch(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                self.event.set()
+                return
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+        return None
+
+
+__all__ = ["BotApp", "CLIENT_OPTIONS", "COMMANDS", "WORKERS", "build_client", "run_bot", "serve", "set_commands", "stop_receiving"]

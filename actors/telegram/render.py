@@ -1,0 +1,257 @@
+"""Markdown from the model → Telegram text + entities, split into messages Telegram accepts.
+
+``telegramify-markdown`` (1.4.x) converts Markdown to plain text plus MessageEntity pairs (offsets in
+UTF-16 code units). Its own splitter cuts on newlines only and clips entities at every cut, so Kith
+splits itself (``split``): on a paragraph boundary, else a line, else a word, preferring cuts that do
+not fall inside an entity; an entity crossing a cut is clipped into both parts and each part's
+entities are re-based. The separator stays at the end of the earlier part, so the parts concatenate
+to exactly the rendered text.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+from dataclasses import dataclass, field
+
+from pyrogram import enums, types
+from telegramify_markdown import convert
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_UNITS = 4096  # Telegram's limit for a text message, in UTF-16 code units
+MAX_CAPTION_UNITS = 1024  # ... and for a media caption
+
+_ENTITY_TYPES: dict[str, enums.MessageEntityType] = {
+    "bold": enums.MessageEntityType.BOLD,
+    "italic": enums.MessageEntityType.ITALIC,
+    "underline": enums.MessageEntityType.UNDERLINE,
+    "strikethrough": enums.MessageEntityType.STRIKETHROUGH,
+    "spoiler": enums.MessageEntityType.SPOILER,
+    "code": enums.MessageEntityType.CODE,
+    "pre": enums.MessageEntityType.PRE,
+    "text_link": enums.MessageEntityType.TEXT_LINK,
+    "blockquote": enums.MessageEntityType.BLOCKQUOTE,
+    "expandable_blockquote": enums.MessageEntityType.BLOCKQUOTE,
+    "custom_emoji": enums.MessageEntityType.CUSTOM_EMOJI,
+    "url": enums.MessageEntityType.URL,
+    "email": enums.MessageEntityType.EMAIL,
+    "phone_number": enums.MessageEntityType.PHONE_NUMBER,
+    "mention": enums.MessageEntityType.MENTION,
+    "hashtag": enums.MessageEntityType.HASHTAG,
+    "cashtag": enums.MessageEntityType.CASHTAG,
+    "bot_command": enums.MessageEntityType.BOT_COMMAND,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """A formatting span; ``offset``/``length`` in UTF-16 code units of its part's text."""
+
+    type: str
+    offset: int
+    length: int
+    url: str | None = None
+    language: str | None = None
+    custom_emoji_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One Telegram message worth of text and its entities."""
+
+    text: str
+    entities: tuple[Entity, ...] = field(default=())
+
+    @property
+    def units(self) -> int:
+        return utf16_len(self.text)
+
+
+def utf16_len(text: str) -> int:
+    """Length of ``text`` in UTF-16 code units (what Telegram counts)."""
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def _offsets(text: str) -> list[int] | None:
+    """UTF-16 offset of every character index (length len+1); None when text is ASCII (offset = index)."""
+    if text.isascii():
+        return None
+    out = [0] * (len(text) + 1)
+    u = 0
+    for i, ch in enumerate(text):
+        out[i] = u
+        u += 2 if ord(ch) > 0xFFFF else 1
+    out[len(text)] = u
+    return out
+
+
+def render(markdown: str) -> Part:
+    """Markdown → plain text + entities. A renderer failure degrades to the raw text, unformatted."""
+    try:
+        text, ents = convert(markdown)
+    except Exception:  # noqa: BLE001  (a renderer bug must not cost the user the answer)
+        log.warning("markdown rendering failed; sending plain text", exc_info=True)
+        return Part(markdown)
+    entities = tuple(
+        Entity(e.type, e.offset, e.length, e.url, e.language, e.custom_emoji_id)
+        for e in ents
+        if e.length > 0 and e.type in _ENTITY_TYPES
+    )
+    return Part(text, entities)
+
+
+_LEVELS = ("\n\n", "\n", " ")
+
+
+def split(part: Part, limit: int = MAX_MESSAGE_UNITS, *, drop_blank: bool = True) -> list[Part]:
+    """Split ``part`` into parts of at most ``limit`` UTF-16 units; their texts concatenate to ``part.text``.
+
+    Cut preference: paragraph, line, word boundary outside every entity; then the same boundaries
+    inside an entity (clipped into both parts); then a hard cut. A cut is taken from the second half
+    of the window when one exists there, so parts stay large. Whitespace-only parts are dropped
+    (Telegram rejects an empty message; ``drop_blank=False`` keeps them), so only whitespace can be lost.
+    """
+    if limit < 2:
+        raise ValueError("limit must be at least 2 UTF-16 units")
+    text = part.text
+    n = len(text)
+    offs = _offsets(text)
+
+    def u(i: int) -> int:
+        return i if offs is None else offs[i]
+
+    total = u(n)
+    if total <= limit:
+        return [part] if text.strip() or not drop_blank else []
+
+    # units strictly inside some entity (a cut there would break it): difference array over unit positions
+    inside = bytearray(total + 1)
+    if part.entities:
+        marks = [0] * (total + 2)
+        for e in part.entities:
+            a, b = e.offset + 1, min(e.offset + e.length, total + 1)
+            if a < b:
+                marks[a] += 1
+                marks[b] -= 1
+        run = 0
+        for pos in range(total + 1):
+            run += marks[pos]
+            inside[pos] = 1 if run > 0 else 0
+
+    def max_end(start: int) -> int:
+        """Largest character index e with units(start..e) ≤ limit."""
+        budget = u(start) + limit
+        if offs is None:
+            return min(n, budget)
+        return bisect.bisect_right(offs, budget) - 1
+
+    def find(start: int, lo: int, hi: int, sep: str, respect: bool) -> int | None:
+        """Rightmost cut p in (lo, hi] right after ``sep`` (not inside an entity when ``respect``)."""
+        end = hi
+        while True:
+            i = text.rfind(sep, max(start, lo - len(sep) + 1), end)
+            if i < 0:
+                return None
+            p = i + len(sep)
+            if p <= lo:
+                return None
+            if not respect or not inside[u(p)]:
+                # keep a run of separators together at the end of the earlier part
+                while p < hi and text[p] in "\n " and (not respect or not inside[u(p + 1)]):
+                    p += 1
+                return p
+            end = i + len(sep) - 1
+
+    cuts: list[int] = []
+    start = 0
+    while total - u(start) > limit:
+        hi = max_end(start)
+        cut = None
+        for lo in (start + (hi - start) // 2, start):
+            for respect in (True, False):
+                for sep in _LEVELS:
+                    cut = find(start, lo, hi, sep, respect)
+                    if cut is not None:
+                        break
+                if cut is not None:
+                    break
+            if cut is not None:
+                break
+        if cut is None or cut <= start:
+            cut = max(hi, start + 1)  # hard cut (characters, never inside a surrogate pair)
+        cuts.append(cut)
+        start = cut
+
+    parts: list[Part] = []
+    bounds = [0, *cuts, n]
+    for a, b in zip(bounds, bounds[1:]):
+        chunk = text[a:b]
+        if drop_blank and not chunk.strip():
+            continue
+        ua, ub = u(a), u(b)
+        ents: list[Entity] = []
+        for e in part.entities:
+            s, t = max(e.offset, ua), min(e.offset + e.length, ub)
+            if t <= s:
+                continue
+            clipped = Entity(e.type, s - ua, t - s, e.url, e.language, e.custom_emoji_id)
+            if utf16_slice(chunk, clipped.offset, clipped.length).strip():
+                ents.append(clipped)
+        parts.append(Part(chunk, tuple(ents)))
+    return parts
+
+
+def utf16_slice(text: str, offset: int, length: int) -> str:
+    """``text[offset:offset+length]`` with offset and length in UTF-16 code units."""
+    if text.isascii():
+        return text[offset : offset + length]
+    raw = text.encode("utf-16-le", "surrogatepass")
+    return raw[2 * offset : 2 * (offset + length)].decode("utf-16-le", "surrogatepass")
+
+
+def render_parts(markdown: str, limit: int = MAX_MESSAGE_UNITS) -> list[Part]:
+    """Render ``markdown`` and split it into sendable parts (empty list for whitespace-only input)."""
+    return split(render(markdown), limit)
+
+
+def plain_parts(text: str, limit: int = MAX_MESSAGE_UNITS) -> list[Part]:
+    """``text`` as-is (no formatting), split into sendable parts."""
+    return split(Part(text), limit)
+
+
+def to_pyrogram(entities: tuple[Entity, ...] | list[Entity]) -> list[types.MessageEntity]:
+    """Our entities as pyrogram ``MessageEntity`` objects (for ``send_message(entities=...)``)."""
+    out = []
+    for e in entities:
+        kind = _ENTITY_TYPES.get(e.type)
+        if kind is None:
+            continue
+        out.append(
+            types.MessageEntity(
+                type=kind,
+                offset=e.offset,
+                length=e.length,
+                url=e.url if e.type == "text_link" else None,
+                language=e.language if e.type == "pre" else None,
+                custom_emoji_id=e.custom_emoji_id if e.type == "custom_emoji" else None,
+                expandable=True if e.type == "expandable_blockquote" else None,
+            )
+        )
+    return out
+
+
+__all__ = [
+    "MAX_CAPTION_UNITS",
+    "MAX_MESSAGE_UNITS",
+    "Entity",
+    "Part",
+    "plain_parts",
+    "render",
+    "render_parts",
+    "split",
+    "to_pyrogram",
+    "utf16_len",
+    "utf16_slice",
+]

@@ -1,0 +1,475 @@
+"""pyrogram updates → chat events (DESIGN §2, §8). Handlers are thin: convert, then ``supervisor.tell``.
+
+``UpdateRouter`` owns the handlers. It converts a text (or captioned) message into ``Incoming``, a
+``/command`` into ``CommandEvent`` (ignoring commands addressed to another bot), a button press
+into ``ButtonPress``, a pre-checkout query into ``PreCheckout`` (told to the buyer's private chat)
+and a successful payment into ``PaymentEvent``; it drops re-delivered updates (an LRU of (chat_id, message_id) seen), applies
+the optional channel gate, and, when the bot is added to a group where it cannot read every
+message, says once how to fix that. Sending those two notices is transport work, done in the
+background so the dispatcher never waits for a send budget.
+
+Until ``attach`` the handlers wait (updates queue up in order, e.g. those recovered at start);
+after ``close`` they drop updates and remember where each dropped update's sequence (pts) began,
+so ``rewind`` can make Telegram deliver them again after the restart.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from pyrogram import enums, utils
+from pyrogram.errors import FloodWait, RPCError, UserNotParticipant
+from pyrogram.handlers import CallbackQueryHandler, MessageHandler, PreCheckoutQueryHandler, RawUpdateHandler
+from pyrogram.storage import UpdateState
+
+from config.models import TelegramSettings
+
+from ..errors import SupervisorClosed
+from ..events import ButtonPress, ChatEvent, CommandEvent, Incoming, PaymentEvent, PreCheckout, Sender
+from ..services import BotIdentity
+from .limits import flood_seconds
+from .outbox import LRU, TelegramOutbox, to_utc
+from .render import plain_parts, utf16_slice
+
+log = logging.getLogger(__name__)
+
+SEEN_KEPT = 16_384  # (chat_id, message_id) pairs remembered to drop re-delivered updates
+GATE_TTL_S = 600.0  # channel membership is cached this long
+_COMMAND = re.compile(r"/([A-Za-z0-9_]{1,64})(?:@([A-Za-z0-9_]{1,64}))?(?=\s|$)(.*)", re.DOTALL)
+
+PRIVACY_NOTICE = (
+    "Hi! I can only see messages here that mention me, reply to me or start with a /command, "
+    "so I cannot remember this chat's conversation yet. To fix it, either make me an admin of this group, "
+    "or ask my owner to open @BotFather → /setprivacy → @{username} → Disable (then remove me from the group and add me again)."
+)
+GATE_NOTICE = "To talk with me, please join {link} first — then write to me again. Thank you!"
+
+_CHAT_TYPES = {
+    enums.ChatType.PRIVATE: "private",
+    enums.ChatType.BOT: "private",
+    enums.ChatType.GROUP: "group",
+    enums.ChatType.SUPERGROUP: "supergroup",
+    enums.ChatType.FORUM: "supergroup",
+    enums.ChatType.CHANNEL: "channel",
+}
+
+
+# ---------------------------------------------------------------------- pure conversions
+
+
+def chat_type_of(chat: Any) -> str | None:
+    """pyrogram chat → ``"private" | "group" | "supergroup" | "channel"`` (None: not handled)."""
+    return _CHAT_TYPES.get(getattr(chat, "type", None))
+
+
+def sender_of(message: Any) -> Sender | None:
+    """Who sent ``message``: the user, else the chat it was sent on behalf of (anonymous admins, channels)."""
+    u = message.from_user
+    if u is not None:
+        return user_sender(u)
+    c = message.sender_chat
+    if c is not None:
+        return Sender(c.id, c.title or c.username or str(c.id), c.username, False)
+    return None
+
+
+def user_sender(u: Any) -> Sender:
+    name = " ".join(p for p in (u.first_name, u.last_name) if p) or u.username or str(u.id)
+    return Sender(u.id, name, u.username, bool(u.is_bot))
+
+
+def mentions_bot(text: str, entities: Any, bot: BotIdentity) -> bool:
+    """True if an entity of ``text`` is ``@botusername`` or a text mention of the bot's user id."""
+    uname = ("@" + bot.username).lower() if bot.username else None
+    for e in entities or ():
+        if e.type == enums.MessageEntityType.MENTION and uname is not None:
+            if utf16_slice(text, e.offset, e.length).lower() == uname:
+                return True
+        elif e.type == enums.MessageEntityType.TEXT_MENTION and e.user is not None and e.user.id == bot.user_id:
+            return True
+    return False
+
+
+def parse_command(text: str, bot_username: str | None) -> tuple[str, str] | None | bool:
+    """``/cmd@bot args`` → (``cmd`` lower-cased, ``args`` stripped); None if not a command;
+    False if the command is addressed to another bot."""
+    m = _COMMAND.match(text)
+    if m is None:
+        return None
+    cmd, target, args = m.groups()
+    if target and bot_username and target.lower() != bot_username.lower():
+        return False
+    return cmd.lower(), args.strip()
+
+
+def thread_of(message: Any) -> int | None:
+    """The forum topic of ``message`` (None outside forums and in the General topic)."""
+    chat = message.chat
+    if chat is not None and getattr(chat, "is_forum", False) and getattr(message, "topic_message", False):
+        return message.message_thread_id
+    return None
+
+
+def message_to_event(message: Any, bot: BotIdentity, *, sent_by_bot: Callable[[int, int], bool] = lambda c, m: False) -> ChatEvent | None:
+    """A pyrogram ``Message`` → ``Incoming`` / ``CommandEvent``; None for anything else (service
+    messages, media without caption, the bot's own messages, commands for another bot)."""
+    chat_type = chat_type_of(message.chat)
+    if chat_type is None or message.outgoing:
+        return None
+    sender = sender_of(message)
+    if sender is None or sender.user_id == bot.user_id:
+        return None
+    payment = message.successful_payment
+    if payment is not None:
+        return PaymentEvent(
+            chat_id=message.chat.id,
+            message_id=message.id,
+            sender=sender,
+            charge_id=payment.telegram_payment_charge_id or "",
+            payload=_text(payment.invoice_payload),
+            total_amount=int(payment.total_amount),
+            currency=payment.currency,
+            date=to_utc(message.date),
+        )
+    text = message.text
+    entities = message.entities
+    if text is None:
+        text, entities = message.caption, message.caption_entities
+    if text is None:
+        return None
+    text = str(text)
+    chat_id = message.chat.id
+    thread_id = thread_of(message)
+    date = to_utc(message.date)
+    title = message.chat.title if chat_type != "private" else None
+    if message.text is not None and text.startswith("/"):
+        cmd = parse_command(text, bot.username)
+        if cmd is False:
+            return None
+        if cmd is not None:
+            return CommandEvent(chat_id, chat_type, message.id, sender, cmd[0], cmd[1], date, thread_id=thread_id, chat_title=title)
+    reply_to = message.reply_to_message_id
+    if thread_id is not None and reply_to == thread_id and not message.reply_to_top_message_id:
+        reply_to = None  # a plain message in a topic "replies" to the topic's first message
+    replied = message.reply_to_message
+    reply_to_bot = reply_to is not None and (
+        (replied is not None and replied.from_user is not None and replied.from_user.id == bot.user_id) or sent_by_bot(chat_id, reply_to)
+    )
+    return Incoming(
+        chat_id=chat_id,
+        chat_type=chat_type,
+        message_id=message.id,
+        sender=sender,
+        text=text,
+        date=date,
+        reply_to=reply_to,
+        reply_to_bot=reply_to_bot,
+        thread_id=thread_id,
+        mentions_bot=mentions_bot(text, entities, bot),
+        chat_title=title,
+    )
+
+
+def callback_to_event(query: Any) -> ButtonPress | None:
+    """A pyrogram ``CallbackQuery`` → ``ButtonPress`` (None for inline-mode presses without a message)."""
+    msg = query.message
+    if msg is None or msg.chat is None or query.from_user is None:
+        return None
+    return ButtonPress(msg.chat.id, msg.id, user_sender(query.from_user), _text(query.data), str(query.id))
+
+
+def pre_checkout_to_event(query: Any) -> PreCheckout:
+    """A pyrogram ``PreCheckoutQuery`` → ``PreCheckout`` for the buyer's private chat."""
+    u = query.from_user
+    return PreCheckout(u.id, user_sender(u), str(query.id), _text(query.invoice_payload), int(query.total_amount), query.currency)
+
+
+def _text(data: Any) -> str:
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "replace")
+    return data or ""
+
+
+# ---------------------------------------------------------------------- channel gate
+
+
+class ChannelGate:
+    """Serve only members of ``channel`` (membership via ``get_chat_member``, cached 10 minutes).
+
+    When Telegram cannot tell (the bot is not an admin of the channel, the channel is unknown, a
+    FloodWait) the gate lets the user through and logs a warning: a misconfigured gate must not
+    silence the bot.
+    """
+
+    def __init__(self, client: Any, channel: str, outbox: TelegramOutbox, *, ttl_s: float = GATE_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.channel = channel.strip().removeprefix("@").removeprefix("https://t.me/")
+        self.link = f"https://t.me/{self.channel}"
+        self.outbox = outbox
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._members: LRU = LRU(100_000)
+        self._told: LRU = LRU(100_000)
+        self.checks = 0
+
+    async def is_member(self, user_id: int) -> bool:
+        now = self.clock()
+        hit = self._members.get(user_id)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        limits = self.outbox.limits
+        if limits.blocked_for(None, now) > 0:
+            return True
+        self.checks += 1
+        try:
+            member = await self.client.get_chat_member(self.channel, user_id)
+        except UserNotParticipant:
+            ok = False
+        except FloodWait as e:
+            limits.flood(None, flood_seconds(e))
+            log.warning("channel gate: FloodWait %s s checking @%s; letting users through meanwhile", e.value, self.channel)
+            return True
+        except RPCError as e:
+            log.warning("channel gate: cannot check membership of @%s (%s); is the bot an admin there? letting user %s through",
+                        self.channel, e, user_id)
+            ok = True
+        else:
+            ok = member.status not in (enums.ChatMemberStatus.LEFT, enums.ChatMemberStatus.BANNED) and (
+                member.status != enums.ChatMemberStatus.RESTRICTED or member.is_member is not False
+            )
+        self._members.put(user_id, (ok, now + self.ttl_s))
+        return ok
+
+    def should_tell(self, user_id: int) -> bool:
+        """True once per user per TTL: the moment to send the join link."""
+        now = self.clock()
+        last = self._told.get(user_id)
+        if last is not None and now - last < self.ttl_s:
+            return False
+        self._told.put(user_id, now)
+        return True
+
+
+# ---------------------------------------------------------------------- the router
+
+
+@dataclass
+class RouterStats:
+    received: int = 0
+    told: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    gated: int = 0
+    dropped: int = 0  # arrived while shutting down (rewound: delivered again after the restart)
+
+
+class UpdateRouter:
+    """Registers the handlers on a client and routes its updates to the supervisor.
+
+    ``register(client)`` before ``client.start()``; ``attach(supervisor, bot)`` once the runtime is
+    open (handlers wait until then); ``close()`` at shutdown; ``await rewind(storage)`` before the
+    client stops. spawn: runs a notice send in the background (``task_group.start_soon``).
+    """
+
+    def __init__(self, client: Any, outbox: TelegramOutbox, settings: TelegramSettings | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.outbox = outbox
+        settings = settings or TelegramSettings()
+        self.gate = ChannelGate(client, settings.require_channel, outbox, clock=clock) if settings.require_channel else None
+        self.supervisor: Any = None
+        self.bot: BotIdentity | None = None
+        self.can_read_all: bool | None = None
+        self.spawn: Callable[..., Any] | None = None
+        self.stats = RouterStats()
+        self._ready = anyio.Event()
+        self._closing = False
+        self._seen: LRU = LRU(SEEN_KEPT)
+        self._notified: LRU = LRU(16_384)
+        self._last_raw: tuple[int, int] | None = None  # (state id, pts before) of the update being dispatched
+        self._rewind: dict[int, int] = {}
+        self.handlers: list[tuple[Any, int]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def register(self, client: Any | None = None, group: int = 0) -> None:
+        client = client or self.client
+        self.handlers = [
+            (RawUpdateHandler(self.on_raw), group - 1),
+            (MessageHandler(self.on_message), group),
+            (CallbackQueryHandler(self.on_callback), group),
+            (PreCheckoutQueryHandler(self.on_pre_checkout), group),
+        ]
+        for handler, g in self.handlers:
+            client.add_handler(handler, g)
+
+    def attach(self, supervisor: Any, bot: BotIdentity, *, can_read_all_group_messages: bool | None = None,
+               spawn: Callable[..., Any] | None = None) -> None:
+        """Start routing to ``supervisor``; waiting handlers proceed."""
+        self.supervisor = supervisor
+        self.bot = bot
+        self.can_read_all = can_read_all_group_messages
+        self.spawn = spawn
+        self._ready.set()
+
+    def close(self) -> None:
+        """Stop routing: updates from now on are dropped and rewound (see ``rewind``)."""
+        self._closing = True
+        self._ready.set()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    async def rewind(self, storage: Any) -> dict[int, int]:
+        """Move the stored update state back to before the first update dropped at shutdown, so
+        ``recover_gaps`` at the next start delivers it again. Returns {state id: pts}."""
+        if self._rewind:
+            await storage.set_update_state([UpdateState(sid, pts, None, None, None) for sid, pts in self._rewind.items()])
+            log.info("shutdown: %d update(s) not handled; they will be recovered at the next start", self.stats.dropped)
+        return dict(self._rewind)
+
+    # ------------------------------------------------------------------ handlers
+
+    async def on_raw(self, client: Any, update: Any, users: Any, chats: Any) -> None:
+        """Runs first for every update: remember where its pts sequence began (for ``rewind``)."""
+        pts, count = getattr(update, "pts", None), getattr(update, "pts_count", None)
+        if pts is None or count is None or count < 0:  # recovered updates carry pts_count = -1
+            self._last_raw = None
+            return
+        channel_id = getattr(getattr(getattr(update, "message", None), "peer_id", None), "channel_id", None) or getattr(update, "channel_id", None)
+        self._last_raw = (utils.get_channel_id(channel_id) if channel_id else 0, pts - count)
+
+    def _drop(self) -> None:
+        self.stats.dropped += 1
+        if self._last_raw is not None:
+            sid, pts = self._last_raw
+            if pts < self._rewind.get(sid, pts + 1):
+                self._rewind[sid] = pts
+
+    async def _enter(self) -> bool:
+        """Wait for ``attach``; False when the update must be dropped (shutting down)."""
+        if not self._ready.is_set():
+            await self._ready.wait()
+        if self._closing:
+            self._drop()
+            return False
+        return True
+
+    async def on_message(self, client: Any, message: Any) -> None:
+        if not await self._enter():
+            return
+        self.stats.received += 1
+        bot = self.bot
+        assert bot is not None
+        if message.new_chat_members or message.group_chat_created:
+            if message.group_chat_created or any(u.id == bot.user_id for u in message.new_chat_members or ()):
+                self._background(self._on_added(message.chat.id, message.message_thread_id if thread_of(message) else None))
+            return
+        key = (message.chat.id, message.id)
+        if key in self._seen:
+            self.stats.duplicates += 1
+            log.info("chat %s: message %s delivered again; dropped", key[0], key[1])
+            return
+        event = message_to_event(message, bot, sent_by_bot=self.outbox.sent_by_bot)
+        if event is None:
+            self.stats.ignored += 1
+            return
+        self._seen.put(key)
+        if (
+            self.gate is not None
+            and not isinstance(event, PaymentEvent)  # never refuse a payment that went through
+            and not event.sender.is_bot
+            and event.sender.user_id > 0
+            and not await self.gate.is_member(event.sender.user_id)
+        ):
+            self.stats.gated += 1
+            addressed = event.chat_type == "private" or isinstance(event, CommandEvent) or event.mentions_bot or event.reply_to_bot
+            if addressed and self.gate.should_tell(event.sender.user_id):
+                self._background(self._send_notice(event.chat_id, GATE_NOTICE.format(link=self.gate.link), message.id, event.thread_id))
+            return
+        await self._tell(event)
+
+    async def on_callback(self, client: Any, query: Any) -> None:
+        if not await self._enter():
+            return
+        self.stats.received += 1
+        event = callback_to_event(query)
+        if event is None:
+            self.stats.ignored += 1
+            self._background(self.outbox.answer_button(str(query.id)))
+            return
+        if self.gate is not None and not await self.gate.is_member(event.sender.user_id):
+            self.stats.gated += 1
+            self._background(self.outbox.answer_button(event.query_id, GATE_NOTICE.format(link=self.gate.link), alert=True))
+            return
+        await self._tell(event)
+
+    async def on_pre_checkout(self, client: Any, query: Any) -> None:
+        """Telegram waits at most 10 s for the answer: the buyer's chat actor gives it."""
+        if not await self._enter():
+            return
+        self.stats.received += 1
+        await self._tell(pre_checkout_to_event(query))
+
+    async def _tell(self, event: ChatEvent) -> None:
+        try:
+            await self.supervisor.tell(event.chat_id, event)
+        except SupervisorClosed:
+            self._drop()
+            return
+        self.stats.told += 1
+
+    # ------------------------------------------------------------------ transport-level notices
+
+    def _background(self, coro: Awaitable[Any]) -> None:
+        if self.spawn is not None:
+            self.spawn(_logged, coro)
+        else:  # no task group (tests of the pure parts): fire on the loop
+            import asyncio
+
+            asyncio.get_running_loop().create_task(_logged(coro))
+
+    async def _on_added(self, chat_id: int, thread_id: int | None) -> None:
+        """The bot joined a group: if privacy mode hides messages from it, say once how to fix it."""
+        if chat_id in self._notified:
+            return
+        self._notified.put(chat_id)
+        bot = self.bot
+        assert bot is not None
+        if self.can_read_all:
+            return
+        if await self.outbox.is_admin(chat_id, bot.user_id):
+            return
+        await self._send_notice(chat_id, PRIVACY_NOTICE.format(username=bot.username or "your_bot"), None, thread_id)
+
+    async def _send_notice(self, chat_id: int, text: str, reply_to: int | None, thread_id: int | None) -> None:
+        await self.outbox.send_parts(chat_id, plain_parts(text), reply_to=reply_to, thread_id=thread_id)
+
+
+async def _logged(coro: Awaitable[Any]) -> None:
+    try:
+        await coro
+    except Exception:  # noqa: BLE001  (a notice failing must not take the bot down)
+        log.warning("telegram notice failed", exc_info=True)
+
+
+__all__ = [
+    "ChannelGate",
+    "GATE_NOTICE",
+    "PRIVACY_NOTICE",
+    "RouterStats",
+    "UpdateRouter",
+    "callback_to_event",
+    "chat_type_of",
+    "mentions_bot",
+    "message_to_event",
+    "parse_command",
+    "pre_checkout_to_event",
+    "sender_of",
+    "thread_of",
+]
