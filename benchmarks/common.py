@@ -335,6 +335,12 @@ def load_model_timed():
     return model, time.perf_counter() - t0
 
 
+def torch_threads() -> int | None:
+    """torch's intra-op threads in this process (None when torch is not loaded)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
 def default_config():
     """The shipped defaults: ``Config(settings=Settings(), tiers=TiersConfig())`` (offline kith/recall)."""
     from config.models import Config, Settings, TiersConfig

@@ -40,6 +40,7 @@ def run(quick: bool) -> dict:
             "embedded": embedded,
             "texts_encoded": out["texts_encoded"],
             "model_calls": encode.calls,
+            "torch_threads": common.torch_threads(),
         },
         "metrics": [
             metric("throughput (open → import → close)", read / total_s if total_s else None, "msg/s", target=(">=", TARGET_MSG_S)),

@@ -68,6 +68,7 @@ def run(quick: bool) -> dict:
             "answered": len(answered),
             "llm_errors": errors,
             "replay_s": round(replay_s, 1),
+            "torch_threads": common.torch_threads(),
         },
         "metrics": [
             metric("overhead p50 (answered turns)", p["ans"][0], "ms", target=("<=", TARGET_OVERHEAD_P50_MS)),
