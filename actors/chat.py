@@ -195,6 +195,8 @@ class ChatActor:
         # 1. store — always, before anything can fail
         if self.persist:
             self.svc.memory.remember(msg)
+            if self.svc.janitor is not None:
+                self.svc.janitor.note_stored(self.chat_id, ev.sender.user_id)
         if any(m.message_id == msg.message_id for m in window):
             log.info("chat %s: message %s re-delivered; already handled", self.chat_id, ev.message_id)
             self.svc.report(TurnReport(self.chat_id, ev.message_id, False, _ms(t0)))
@@ -274,6 +276,8 @@ class ChatActor:
         window.append(reply)
         if self.persist:
             self.svc.memory.remember(reply)
+            if self.svc.janitor is not None:
+                self.svc.janitor.note_stored(self.chat_id, None)
             if prompt.memories:
                 store.record_recall(self.chat_id, sent.message_id, prompt.memories)
         usage = UsageRecord(

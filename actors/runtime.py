@@ -18,7 +18,8 @@ from memory.indexer import Indexer
 from memory.service import Memory
 from memory.vectors import VectorMemory
 from providers.embedder import Embedder
-from tiers import Admission
+from memory.cleanup import Janitor
+from tiers import Admission, effective_tier
 
 from .outbox import Outbox
 from .services import BotIdentity, Services, TurnReport, utc_now
@@ -84,11 +85,26 @@ async def open_runtime(
         bot = bot or BotIdentity(0, config.settings.bot.name, config.settings.bot.username)
         admission = Admission(memory.store, config.tiers, clock=clock)
         await admission.open()
-        services = Services(config, memory, llm, bot, clock, admission, on_turn)
         box = outbox if isinstance(outbox, Outbox) else outbox(memory)
         try:
-            async with Supervisor(services, box, config.settings.actors) as supervisor:
-                yield Runtime(config, services, supervisor)
+            async with Janitor(memory, storage_limits(admission, clock), config.tiers.memory.auto_cleanup, clock) as janitor:
+                services = Services(config, memory, llm, bot, clock, admission, janitor, on_turn)
+                async with Supervisor(services, box, config.settings.actors) as supervisor:
+                    yield Runtime(config, services, supervisor)
         finally:
             if own_llm:
                 await llm.aclose()
+
+
+def storage_limits(admission: Admission, clock: Callable[[], datetime]):
+    """``limits_of(scope, id)`` for the Janitor: a chat's limits come from the chat's own tier, a
+    user's from the user's own tier (a premium user's messages in a free group count against the
+    group's limits there, and against the user's premium limits overall)."""
+    cfg = admission.cfg
+
+    async def limits_of(scope: str, scope_id: int):
+        sub = await admission.subs.get(scope, scope_id)
+        tier = effective_tier(cfg, sub if scope == "user" else None, sub if scope == "chat" else None, clock())
+        return cfg.tiers[tier].chat if scope == "chat" else cfg.tiers[tier].user
+
+    return limits_of

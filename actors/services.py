@@ -61,6 +61,7 @@ class Services:
     bot: BotIdentity
     clock: Callable[[], datetime] = utc_now
     admission: object | None = None  # tiers.Admission; None = no tiers (every request admitted)
+    janitor: object | None = None  # memory.cleanup.Janitor; None = no capacity cleanup
     on_turn: Callable[[TurnReport], None] | None = None
     turns: int = field(default=0)
 

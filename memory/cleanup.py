@@ -1,0 +1,180 @@
+"""Capacity auto-cleanup per tier (DESIGN §4): keep each chat and each user within their limits.
+
+When a scope passes its tier's limit — ``chat.dialogue_limit`` / ``chat.memory_limit`` for a chat,
+``user.dialogue_limit`` / ``user.memory_limit`` for a user across all chats — the oldest entries
+beyond ``keep_percentage`` of the limit are deleted, never any younger than ``min_age_days``:
+
+- over a *dialogue* limit: the messages are deleted from DuckDB *and* their memories from LanceDB
+  (a deleted message is never recalled);
+- over a *memory* limit: only memories are deleted (the history stays readable, it is no longer
+  searchable).
+
+The ``Janitor`` runs cleanups in its own task, one at a time, so turns never wait for them; actors
+only ``request`` a check. Limits of -1 mean unlimited.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import anyio
+
+from config.models import AutoCleanup, StorageLimits
+
+from .schema import to_us
+from .service import Memory
+
+log = logging.getLogger(__name__)
+
+CHAT, USER = "chat", "user"
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupResult:
+    """What one cleanup deleted: messages (both stores) and memories (LanceDB only)."""
+
+    scope: str
+    scope_id: int
+    messages: int = 0
+    memories: int = 0
+
+
+def keep_count(limit: int, policy: AutoCleanup) -> int:
+    """How many entries survive a cleanup of a scope whose limit is ``limit`` (≥ 0)."""
+    return int(limit * policy.keep_percentage / 100)
+
+
+async def cleanup_scope(
+    memory: Memory, scope: str, scope_id: int, limits: StorageLimits, policy: AutoCleanup, now: datetime
+) -> CleanupResult:
+    """Bring ``scope:scope_id`` (``"chat"`` or ``"user"``) back within ``limits``. Returns what was deleted."""
+    await memory.flush()
+    store, cutoff = memory.store, to_us(now - timedelta(days=policy.min_age_days))
+    col = "chat_id" if scope == CHAT else "user_id"
+    messages = memories = 0
+
+    if limits.dialogue_limit >= 0:
+        (total,) = (await store.execute(f"SELECT count(*) FROM messages WHERE {col} = ?", [scope_id]))[0]
+        if total > limits.dialogue_limit:
+            excess = total - keep_count(limits.dialogue_limit, policy)
+            rows = await store.execute(
+                f"SELECT chat_id, message_id FROM messages WHERE {col} = ? AND epoch_us(date) < ? "
+                "ORDER BY date, message_id LIMIT ?",
+                [scope_id, cutoff, excess],
+            )
+            for chat_id, ids in _by_chat(rows).items():
+                deleted = await store.delete_messages(chat_id, message_ids=ids)
+                if deleted:
+                    await memory.vectors.delete(chat_id, message_ids=deleted)
+                messages += len(deleted)
+
+    if limits.memory_limit >= 0:
+        held = await _memories_held(memory, scope, scope_id)
+        total = sum(len(ids) for ids in held.values())
+        if total > limits.memory_limit:
+            excess = total - keep_count(limits.memory_limit, policy)
+            rows = await store.execute(
+                f"SELECT chat_id, message_id FROM messages WHERE {col} = ? AND epoch_us(date) < ? ORDER BY date, message_id",
+                [scope_id, cutoff],
+            )
+            oldest = [(c, m) for c, m in rows if m in held.get(c, ())][:excess]
+            for chat_id, ids in _by_chat(oldest).items():
+                memories += await memory.vectors.delete(chat_id, message_ids=ids)
+    if messages or memories:
+        log.info("cleanup %s:%s deleted %d messages and %d memories", scope, scope_id, messages, memories)
+    return CleanupResult(scope, scope_id, messages, memories)
+
+
+async def _memories_held(memory: Memory, scope: str, scope_id: int) -> dict[int, set[int]]:
+    """Message ids with a memory in LanceDB, per chat: a chat's all, or a user's in every chat."""
+    if scope == CHAT:
+        return {scope_id: await memory.vectors.message_ids(scope_id)}
+    rows = await memory.store.execute("SELECT chat_id, message_id FROM messages WHERE user_id = ?", [scope_id])
+    return {chat_id: set(ids) & await memory.vectors.message_ids(chat_id) for chat_id, ids in _by_chat(rows).items()}
+
+
+def _by_chat(rows) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for chat_id, message_id in rows:
+        out.setdefault(chat_id, []).append(message_id)
+    return out
+
+
+class Janitor:
+    """Runs capacity cleanups in the background, one at a time, never blocking a turn.
+
+    limits_of(scope, scope_id) → the scope's ``StorageLimits`` (from its tier). ``request`` is
+    non-blocking and coalesces repeated requests for the same scope. Use as ``async with``.
+    """
+
+    def __init__(
+        self,
+        memory: Memory,
+        limits_of: Callable[[str, int], "anyio.abc.Awaitable[StorageLimits]"],
+        policy: AutoCleanup,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.memory, self.limits_of, self.policy, self.clock = memory, limits_of, policy, clock
+        self._queue: dict[tuple[str, int], None] = {}
+        self._wakeup = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._closed = False
+        self._tg = None
+        self._counts: dict[tuple[str, int], int] = {}
+        self._every: dict[tuple[str, int], int] = {}  # check after this many new messages (from the limit)
+        self.results: list[CleanupResult] = []
+
+    async def __aenter__(self) -> "Janitor":
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._worker, name="janitor")
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._closed = True
+        self._wakeup.set()
+        await self._tg.__aexit__(None, None, None)
+
+    def note_stored(self, chat_id: int, user_id: int | None) -> None:
+        """A message was stored (``user_id`` None for the bot's own): check the chat and the user
+        once enough new messages arrived (every 5 % of the limit; a new scope is checked at once)."""
+        keys = [(CHAT, chat_id)] + ([(USER, user_id)] if user_id is not None else [])
+        for key in keys:
+            n = self._counts.get(key, 0) + 1
+            if n >= self._every.get(key, 1):
+                self.request(*key)
+                n = 0
+            self._counts[key] = n
+
+    def request(self, scope: str, scope_id: int) -> None:
+        """Ask for a capacity check of ``scope:scope_id`` (``"chat"`` or ``"user"``)."""
+        if not self.policy.enabled or self._closed:
+            return
+        self._queue[(scope, scope_id)] = None
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self._wakeup.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until every requested cleanup has run."""
+        await self._idle.wait()
+
+    async def _worker(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            while self._queue:
+                scope, scope_id = next(iter(self._queue))
+                del self._queue[(scope, scope_id)]
+                try:
+                    limits = await self.limits_of(scope, scope_id)
+                    smallest = min((x for x in (limits.dialogue_limit, limits.memory_limit) if x >= 0), default=-1)
+                    self._every[(scope, scope_id)] = max(1, smallest // 20) if smallest >= 0 else 1000
+                    self.results.append(await cleanup_scope(self.memory, scope, scope_id, limits, self.policy, self.clock()))
+                except Exception:  # noqa: BLE001 - a failed cleanup is retried at the next request
+                    log.exception("cleanup of %s:%s failed", scope, scope_id)
+            self._idle.set()
+            if self._closed:
+                return

@@ -1,0 +1,130 @@
+"""Capacity cleanup, forgetting and reindex: both stores agree, boundaries hold (real stores + model)."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from actors.events import Incoming, Sender
+from actors.local import IdAllocator, LocalOutbox
+from actors.runtime import open_memory, open_runtime
+from config.models import AutoCleanup, Config, Settings, StorageLimits, Tier, TierMemory, TiersConfig
+from memory.cleanup import cleanup_scope
+from memory.importer import import_transcript
+from memory.maintenance import reindex
+from memory.types import StoredMessage
+
+pytestmark = pytest.mark.anyio
+
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+POLICY = AutoCleanup(keep_percentage=80, min_age_days=30)
+TOPICS = ["grub bootloader", "wifi driver", "nvidia card", "apt sources", "samba share", "ssh keys", "disk partitions",
+          "sound mixer", "printer setup", "kernel update", "firewall rules", "cron jobs", "python venv", "java runtime",
+          "docker daemon", "vim config", "bash alias", "gnome panel", "usb stick", "locale settings"]
+
+
+def cfg(**tier_kw) -> Config:
+    tiers = TiersConfig(tiers={"free": Tier(**tier_kw)}, memory=TierMemory(auto_cleanup=AutoCleanup(keep_percentage=80, min_age_days=0)))
+    return Config(settings=Settings(), tiers=tiers)
+
+
+def msgs(chat_id: int, n: int, *, user_id: int = 1, days_old: float = 0, start: int = 1) -> list[StoredMessage]:
+    """n messages, oldest first, the newest ``days_old`` days before NOW, an hour apart."""
+    return [
+        StoredMessage(chat_id, start + i, user_id, f"user{user_id}", f"my question about the {TOPICS[(start + i) % len(TOPICS)]} number {start + i}",
+                      NOW - timedelta(days=days_old, hours=n - i))
+        for i in range(n)
+    ]
+
+
+async def agree(memory, chat_id: int) -> set[int]:
+    stored = {m.message_id for b in [x async for x in memory.store.iter_messages(chat_id)] for m in b}
+    assert await memory.vectors.message_ids(chat_id) <= stored
+    return stored
+
+
+async def test_cleanup_keeps_the_newest_share_and_never_younger_than_min_age(tmp_path, st_model):
+    async with open_memory(cfg(), tmp_path, model=st_model) as memory:
+        memory.remember_many(msgs(-1, 15, days_old=40))  # ids 1..15, old enough to go
+        memory.remember_many(msgs(-1, 5, days_old=1, start=16))  # ids 16..20, too young to go
+        await memory.flush()
+        res = await cleanup_scope(memory, "chat", -1, StorageLimits(dialogue_limit=10), POLICY, NOW)
+        assert res.messages == 12  # 20 − 80 % of 10
+        stored = await agree(memory, -1)
+        assert stored == set(range(13, 21))
+        assert await memory.vectors.message_ids(-1) == stored
+
+        memory.remember_many(msgs(-2, 20, days_old=1))  # all young: nothing may be deleted
+        await memory.flush()
+        res = await cleanup_scope(memory, "chat", -2, StorageLimits(dialogue_limit=10), POLICY, NOW)
+        assert res.messages == 0 and await memory.store.count_messages(-2) == 20
+
+
+async def test_memory_limit_removes_oldest_memories_but_keeps_history(tmp_path, st_model):
+    async with open_memory(cfg(), tmp_path, model=st_model) as memory:
+        memory.remember_many(msgs(-3, 20, days_old=40))
+        await memory.flush()
+        res = await cleanup_scope(memory, "chat", -3, StorageLimits(memory_limit=10), POLICY, NOW)
+        assert (res.messages, res.memories) == (0, 12)
+        assert await memory.store.count_messages(-3) == 20
+        assert await memory.vectors.message_ids(-3) == set(range(13, 21))
+        hits = (await memory.recall(-3, "grub bootloader", 20)).hits
+        assert all(h.message_id >= 13 for h in hits)
+
+
+async def test_user_limit_counts_across_chats_and_leaves_others_alone(tmp_path, st_model):
+    async with open_memory(cfg(), tmp_path, model=st_model) as memory:
+        memory.remember_many(msgs(-4, 8, user_id=7, days_old=50))
+        memory.remember_many(msgs(-5, 8, user_id=7, days_old=45, start=100))
+        memory.remember_many(msgs(-5, 8, user_id=8, days_old=60, start=200))  # another member, older still
+        await memory.flush()
+        res = await cleanup_scope(memory, "user", 7, StorageLimits(dialogue_limit=10), POLICY, NOW)
+        assert res.messages == 8  # 16 − 8
+        assert await memory.store.count_messages(-4, user_id=7) == 0  # the oldest were all in chat -4
+        assert await memory.store.count_messages(-5, user_id=7) == 8
+        assert await memory.store.count_messages(-5, user_id=8) == 8
+        await agree(memory, -4)
+        await agree(memory, -5)
+
+
+async def test_the_bot_cleans_up_in_the_background_as_a_chat_grows(tmp_path, st_model):
+    config = cfg(chat=StorageLimits(dialogue_limit=10))
+    async with open_runtime(config, tmp_path, lambda m: LocalOutbox(IdAllocator(m.store.max_message_id)), model=st_model) as rt:
+        for i in range(1, 16):
+            ev = Incoming(-9, "supergroup", i, Sender(3, "ann"), f"note {i} about the {TOPICS[i]}", datetime.now(UTC))
+            await rt.supervisor.tell(-9, ev)
+        await rt.supervisor.wait_all_idle()
+        await rt.services.janitor.wait_idle()
+        assert await rt.memory.store.count_messages(-9) <= 10
+        kept = await agree(rt.memory, -9)
+        assert max(kept) == 15  # the newest survive
+
+
+async def test_reindex_rebuilds_identical_results_and_isolation_holds(tmp_path, st_model):
+    data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ubuntu-irc"
+    queries = ["sound card driver", "which package has Python.h", "ext3 or ntfs", "smtp server", "compiz"]
+    async with open_memory(cfg(), tmp_path, model=st_model) as memory:
+        await import_transcript(memory, data / "2009-03-03_10.jsonl")
+        await import_transcript(memory, data / "2016-12-19_20.jsonl")
+        chats = [c.chat_id for c in await memory.store.chats()]
+
+        async def results():
+            # the same memories come back; their order may differ only among equal texts (tied scores)
+            return {(c, q): {h.message_id for h in (await memory.recall(c, q, 10)).hits} for c in chats for q in queries}
+
+        before = await results()
+        await reindex(memory)
+        assert await results() == before  # LanceDB is derived data: rebuilt from DuckDB, same answers
+
+        await cleanup_scope(memory, "chat", chats[0], StorageLimits(dialogue_limit=500), AutoCleanup(keep_percentage=80, min_age_days=0), NOW)
+        assert await memory.store.count_messages(chats[0]) == 400
+        stored0 = await agree(memory, chats[0])
+        after_cleanup = await results()
+        await reindex(memory)
+        assert await results() == after_cleanup
+        assert await memory.vectors.message_ids(chats[0]) == {m for m in stored0} & await memory.vectors.message_ids(chats[0])
+        for q in queries:
+            for c in chats:
+                assert all(h.chat_id == c for h in (await memory.recall(c, q, 25)).hits)
+            assert {h.message_id for h in (await memory.recall(chats[0], q, 25)).hits} <= stored0
