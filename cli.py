@@ -76,6 +76,36 @@ def _run(coro_fn, *args):
         raise typer.Exit(130) from None
 
 
+# ---------------------------------------------------------------------- run
+
+
+@app.command()
+def run(
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Run the Telegram bot (until Ctrl-C / SIGTERM, which finish the turns in flight first).
+
+    Needs TELEGRAM_API_ID and TELEGRAM_API_HASH (my.telegram.org) and TELEGRAM_BOT_TOKEN (@BotFather)
+    in the environment. The session and both databases live in --data-dir.
+    """
+    from config import MissingSecret, telegram_credentials
+
+    cfg = _setup(config, max(verbose, 1))
+    try:
+        telegram_credentials()
+    except MissingSecret as exc:
+        raise _fail(f"{exc}. Set them in the environment (see README: Telegram).") from None
+    _run(_run_bot, cfg, data_dir)
+
+
+async def _run_bot(cfg, data_dir: Path) -> None:
+    from actors.telegram.bot import run_bot
+
+    await run_bot(cfg, data_dir)
+
+
 # ---------------------------------------------------------------------- chat
 
 

@@ -10,12 +10,14 @@ import time
 from collections import deque
 from datetime import datetime, timedelta
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 from memory.service import Recall
 from memory.types import ROLE_ASSISTANT, StoredMessage, UsageRecord
 from providers.errors import ProviderError
 
 from .context import build_prompt
+from .errors import ActorError
 from .events import PRIVATE, ButtonPress, ChatEvent, CommandEvent, ConfigChanged, Incoming, PaymentEvent, PreCheckout
 from .outbox import Outbox
 from .services import Services, TurnReport
@@ -204,6 +206,8 @@ class ChatActor:
         window.append(msg)
 
         # 2. decide
+        if ev.reply_to is not None and not ev.reply_to_bot and await self._is_bot_message(ev.reply_to, window):
+            ev = replace(ev, reply_to_bot=True)
         bot = self.svc.config.settings.bot
         keywords = tuple(self.settings.get("keywords", bot.keywords))
         always_on = bool(self.settings.get("always_on", bot.always_on))
@@ -240,6 +244,16 @@ class ChatActor:
         )
 
         # 5. generate, streaming progress through the outbox
+        try:
+            await self._generate(ev, window, alias, prompt, recall, note, t0)
+        except ActorError as exc:  # the transport gave up for good (e.g. the user blocked the bot)
+            log.warning("chat %s: reply to %s not delivered: %s", self.chat_id, ev.message_id, exc)
+            self.svc.report(TurnReport(self.chat_id, ev.message_id, True, _ms(t0), error=f"undelivered: {exc}"))
+
+    async def _generate(self, ev: Incoming, window, alias: str, prompt, recall: Recall, note: str | None, t0: float) -> None:
+        """Steps 5–6 of a turn: stream the model's answer through the outbox, then record it."""
+        store = self.svc.memory.store
+        llm = self.svc.llm
         stream = await self.outbox.stream(self.chat_id, reply_to=ev.message_id, thread_id=ev.thread_id)
         so_far: list[str] = []
 
@@ -312,6 +326,14 @@ class ChatActor:
                 sent.message_id,
             )
         )
+
+    async def _is_bot_message(self, message_id: int, window) -> bool:
+        """Whether ``message_id`` of this chat was sent by the bot (window first, then the store)."""
+        for m in window:
+            if m.message_id == message_id:
+                return m.user_id == self.svc.bot.user_id and m.role == ROLE_ASSISTANT
+        found = await self.svc.memory.store.get_messages(self.chat_id, [message_id])
+        return bool(found) and found[0].role == ROLE_ASSISTANT
 
     async def _refuse(self, ev: Incoming, adm) -> None:
         """Tell the member once why they are not served; repeated refusals stay silent until the

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 PRIVATE = "private"
+PAYMENTS_DESK = 0  # the supervisor key that answers pre-checkout queries (Telegram never uses chat id 0):
+# Telegram wants an answer within 10 s, so they must not queue behind a turn of the buyer's chat
 GROUP_TYPES = frozenset({"group", "supergroup"})
 
 

@@ -7,8 +7,6 @@ forbids unknown keys, so a typo names the key instead of being ignored. Units ar
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 UNLIMITED = -1

@@ -248,3 +248,39 @@ async def test_shutdown_drains_every_queued_turn(tmp_path, st_model):
         assert await memory.store.count_messages() == 30
     assert len(holder["outbox"].sent) == 15
 
+
+
+class BlockedOutbox(LocalOutbox):
+    """A transport that can never deliver to this user (they blocked the bot)."""
+
+    async def stream(self, chat_id, *, reply_to=None, thread_id=None):
+        from actors.errors import ActorError
+
+        raise ActorError("Forbidden: the user blocked the bot")
+
+
+async def test_an_undeliverable_reply_is_logged_not_a_crash(tmp_path, st_model):
+    turns = []
+    async with open_runtime(config(), tmp_path, lambda m: BlockedOutbox(IdAllocator(m.store.max_message_id)), model=st_model,
+                            on_turn=turns.append) as rt:
+        await rt.supervisor.tell(4, Incoming(4, "private", 1, Sender(4, "x"), "hi?", datetime.now(UTC)))
+        await rt.supervisor.wait_all_idle()
+        assert rt.supervisor.stats.restarted == 0
+        await rt.memory.flush()
+        assert await rt.memory.store.count_messages(4) == 1
+    assert turns[0].error.startswith("undelivered")
+
+
+async def test_a_reply_to_the_bot_is_recognised_from_the_store_after_a_restart(tmp_path, st_model):
+    holder: dict = {}
+    async with open_runtime(config(), tmp_path, outbox_factory(holder), model=st_model) as rt:
+        await rt.supervisor.tell(-7, Incoming(-7, "supergroup", 1, Sender(1, "a"), "@kith ping?", datetime.now(UTC), mentions_bot=True))
+        await rt.supervisor.wait_all_idle()
+    bot_reply = holder["outbox"].sent[0].message_id
+    turns = []
+    async with open_runtime(config(), tmp_path, outbox_factory(holder), model=st_model, on_turn=turns.append) as rt:
+        # the transport no longer knows who sent bot_reply (a new process); the actor looks it up
+        await rt.supervisor.tell(-7, Incoming(-7, "supergroup", 2, Sender(2, "b"), "and what else", datetime.now(UTC), reply_to=bot_reply))
+        await rt.supervisor.tell(-7, Incoming(-7, "supergroup", 3, Sender(2, "b"), "unrelated chatter", datetime.now(UTC), reply_to=2))
+        await rt.supervisor.wait_all_idle()
+    assert [t.responded for t in turns] == [True, False]

@@ -583,7 +583,7 @@ async def test_invoices_and_pre_checkout_answers():
 
 
 async def test_pre_checkout_queries_and_payments_become_events():
-    from actors.events import PaymentEvent, PreCheckout
+    from actors.events import PAYMENTS_DESK, PaymentEvent, PreCheckout
 
     clock = FakeClock()
     async with outbox_on(clock) as (h, out):
@@ -607,7 +607,7 @@ async def test_pre_checkout_queries_and_payments_become_events():
         mid = await h.paid(ann, 42, "kith:plan:month:user:42", 250, "charge-1")
         await h.dispatched()
         (c1, pre), (c2, pay) = told
-        assert c1 == c2 == 42
+        assert (c1, c2) == (PAYMENTS_DESK, 42)  # pre-checkouts never wait behind the buyer's turns
         assert pre == PreCheckout(42, pre.sender, qid, "kith:plan:month:user:42", 250, "XTR") and pre.sender.user_id == 42
         assert isinstance(pay, PaymentEvent) and (pay.message_id, pay.charge_id, pay.payload, pay.total_amount) == (mid, "charge-1", "kith:plan:month:user:42", 250)
         assert h.count(raw.functions.channels.GetParticipant) == 0  # payments are never gated

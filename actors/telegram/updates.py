@@ -30,7 +30,7 @@ from pyrogram.storage import UpdateState
 from config.models import TelegramSettings
 
 from ..errors import SupervisorClosed
-from ..events import ButtonPress, ChatEvent, CommandEvent, Incoming, PaymentEvent, PreCheckout, Sender
+from ..events import PAYMENTS_DESK, ButtonPress, ChatEvent, CommandEvent, Incoming, PaymentEvent, PreCheckout, Sender
 from ..services import BotIdentity
 from .limits import flood_seconds
 from .outbox import LRU, TelegramOutbox, to_utc
@@ -414,7 +414,8 @@ class UpdateRouter:
         if not await self._enter():
             return
         self.stats.received += 1
-        await self._tell(pre_checkout_to_event(query))
+        event = pre_checkout_to_event(query)
+        await self.supervisor.tell(PAYMENTS_DESK, event)  # answered at once, not behind the buyer's turns
 
     async def _tell(self, event: ChatEvent) -> None:
         try:
