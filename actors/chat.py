@@ -44,6 +44,7 @@ class ChatActor:
         self._known_chat = False
         self._user_settings: dict[int, dict] = {}
         self.awaiting_role: set[int] = set()
+        self._whole_chat_in_window: set[int | None] = set()
         self._refused_until: dict[tuple[int, str | None], datetime] = {}  # users whose next message becomes their persona (/role)
 
     # ------------------------------------------------------------------ lifecycle
@@ -81,6 +82,7 @@ class ChatActor:
             case ConfigChanged():
                 await self.start()
                 self._windows.clear()
+                self._whole_chat_in_window.clear()
                 self._user_settings.clear()
             case _:
                 log.warning("chat %s: unknown event %r", self.chat_id, type(event).__name__)
@@ -95,8 +97,15 @@ class ChatActor:
             since = self.settings.get("context_from")  # set by /reset: older messages leave the context
             if since is not None:
                 recent = [m for m in recent if m.message_id > since]
+            elif thread_id is None and len(recent) < size:
+                self._whole_chat_in_window.add(thread_id)
             win = self._windows[thread_id] = deque(recent, maxlen=size)
         return win
+
+    def _nothing_to_recall(self, thread_id: int | None, window: deque) -> bool:
+        """True while the window still holds every message this chat ever stored: recall would find
+        nothing outside it (this spares a new chat the query embedding and the search)."""
+        return thread_id in self._whole_chat_in_window and len(window) < (window.maxlen or 0)
 
     async def save_chat_settings(self, settings: dict) -> None:
         """Persist the chat's settings (a JSON object) and use them from now on."""
@@ -109,11 +118,16 @@ class ChatActor:
         self._user_settings[user_id] = settings
 
     async def reset_context(self) -> None:
-        """Forget the conversation context (recent windows); stored history stays searchable."""
+        """Forget the conversation context (recent windows); stored history stays searchable.
+
+        Flushes memory first: what leaves the context must already be recallable.
+        """
+        await self.svc.memory.flush()
         last = max((m.message_id for w in self._windows.values() for m in w), default=None)
         if last is None:
             last = await self.svc.memory.store.max_message_id(self.chat_id)
         self._windows.clear()
+        self._whole_chat_in_window.clear()
         if last is not None:
             await self.save_chat_settings({**self.settings, "context_from": last})
 
@@ -130,6 +144,7 @@ class ChatActor:
         """Delete every stored message and memory of this chat (``/reset all`` after confirmation)."""
         n = await self.svc.memory.forget(self.chat_id)
         self._windows.clear()
+        self._whole_chat_in_window.clear()
         self.settings = {k: v for k, v in self.settings.items() if k != "context_from"}
         await self.svc.memory.store.set_chat_settings(self.chat_id, self.settings)
         return n
@@ -231,7 +246,10 @@ class ChatActor:
         # 4. assemble context: recalled memories of this chat only, reply chain, recent window
         k = self.svc.config.settings.memory.recall_k
         query = strip_mention(ev.text, self.svc.bot.username)
-        recall = await self.svc.memory.recall(self.chat_id, query, k, exclude_ids={m.message_id for m in window}) if query else Recall([])
+        if query and not self._nothing_to_recall(ev.thread_id, window):
+            recall = await self.svc.memory.recall(self.chat_id, query, k, exclude_ids={m.message_id for m in window})
+        else:
+            recall = Recall([])
         chain = await self._reply_chain(ev, window)
         llm = self.svc.llm
         spec = self.svc.config.settings.models[alias]

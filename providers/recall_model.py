@@ -146,7 +146,7 @@ def answer(messages: list[Mapping[str, Any]]) -> str:
     return "\n".join([HEADER, *(_quote(m) for m in chosen)])
 
 
-def _pieces(text: str, words_per_piece: int = 3) -> list[str]:
+def pieces(text: str, words_per_piece: int = 3) -> list[str]:
     """``text`` cut into several pieces that concatenate back to it exactly."""
     tokens = re.findall(r"\s*\S+\s*", text) or [text]
     return ["".join(tokens[i : i + words_per_piece]) for i in range(0, len(tokens), words_per_piece)]
@@ -184,7 +184,7 @@ class RecallLLM(CustomLLM):
 
     def _chunks(self, kwargs: dict[str, Any]) -> Iterator[GenericStreamingChunk]:
         text, usage = self._respond(kwargs)
-        for piece in _pieces(text):
+        for piece in pieces(text):
             yield {"text": piece, "is_finished": False, "finish_reason": "", "usage": None, "index": 0, "tool_use": None}
         yield {"text": "", "is_finished": True, "finish_reason": "stop", "usage": usage, "index": 0, "tool_use": None}  # type: ignore[typeddict-item]
 
