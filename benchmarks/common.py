@@ -349,15 +349,19 @@ def default_config():
 
 
 class Timed:
-    """Wrap a callable, accumulating its wall time (seconds) and calls; thread-safe enough for
-    counters updated from one worker thread at a time."""
+    """Wrap a callable, accumulating its wall time (seconds), calls, and ``items`` (the length of
+    the first argument when it has one, e.g. the texts of an encode call). Meant for a callable
+    used from one thread at a time."""
 
     def __init__(self, fn: Callable) -> None:
         self.fn = fn
         self.seconds = 0.0
         self.calls = 0
+        self.items = 0
 
     def __call__(self, *args, **kwargs):
+        if args and hasattr(args[0], "__len__"):
+            self.items += len(args[0])
         t0 = time.perf_counter()
         try:
             return self.fn(*args, **kwargs)

@@ -38,7 +38,8 @@ def run(quick: bool) -> dict:
             "files": len(files),
             "messages": read,
             "embedded": embedded,
-            "texts_encoded": out["texts_encoded"],
+            "texts_to_embedder": out["texts_to_embedder"],
+            "distinct_texts_encoded": encode.items,  # the Embedder encodes identical texts of a batch once
             "model_calls": encode.calls,
             "torch_threads": common.torch_threads(),
         },
@@ -79,7 +80,7 @@ async def _import_all(files: list[Path], data_dir: Path, model) -> dict:
             embedded += rep.embedded
             progress(f"  {f.name}: {rep.read} messages in {time.perf_counter() - t:.1f} s ({len(rep.errors)} bad lines)")
         t_imported = time.perf_counter()
-        texts_encoded = memory.embedder.texts
+        texts_to_embedder = memory.embedder.texts
     t_closed = time.perf_counter()
     # count what landed, outside the clock
     async with open_memory(common.default_config(), data_dir, model=model) as memory:
@@ -88,7 +89,7 @@ async def _import_all(files: list[Path], data_dir: Path, model) -> dict:
     return {
         "read": read,
         "embedded": embedded,
-        "texts_encoded": texts_encoded,
+        "texts_to_embedder": texts_to_embedder,
         "duck_rows": duck_rows,
         "lance_rows": lance_rows,
         "open_s": t_open - t0,

@@ -199,3 +199,9 @@ def test_single_benchmark_entry_point(capsys):
     assert doc["quick"] is True and doc["metrics"][0]["ok"] is True and doc["peak_rss_mib"] > 0
     assert common.main_single("solo", run, []) == 0
     assert "| solo | m | 1.50 ms | ≤ 2.00 ms | ✓ |" in capsys.readouterr().out
+
+
+def test_timed_wrapper_counts_time_calls_and_items():
+    t = common.Timed(lambda xs, k=0: len(xs) + k)
+    assert t(["a", "b", "c"], k=1) == 4 and t([]) == 0
+    assert t.calls == 2 and t.items == 3 and t.seconds >= 0
