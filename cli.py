@@ -316,11 +316,12 @@ def memory_search(
     mode: Annotated[str, typer.Option(help="hybrid | vector | fts")] = "hybrid",
     queries: Annotated[Optional[Path], typer.Option(help='JSONL of {"id": ..., "query": ...}: many queries in one process.', exists=True, dir_okay=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per result line.")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Show the score's parts (vector, full text, fusion, …).")] = False,
     data_dir: DataDir = Path("data"),
     config: ConfigOpt = None,
     verbose: Verbose = 0,
 ) -> None:
-    """Search one chat's memory. With --json each line has message_id, chat_id, score, text (+ query_id, rank)."""
+    """Search one chat's memory. With --json each line has message_id, chat_id, score, text, parts (+ query_id, rank)."""
     if mode not in ("hybrid", "vector", "fts"):
         raise _fail(f"unknown mode {mode!r}: use hybrid, vector or fts")
     if (query is None) == (queries is None):
@@ -338,10 +339,10 @@ def memory_search(
                 err.print(f"[yellow]skipped[/] {queries}:{n}: {escape(str(exc))}")
     else:
         batch.append((None, query or ""))
-    _run(_memory_search, cfg, data_dir, chat_id, batch, k, mode, as_json)
+    _run(_memory_search, cfg, data_dir, chat_id, batch, k, mode, as_json, explain)
 
 
-async def _memory_search(cfg, data_dir: Path, chat_id: int, batch, k: int, mode: str, as_json: bool) -> None:
+async def _memory_search(cfg, data_dir: Path, chat_id: int, batch, k: int, mode: str, as_json: bool, explain: bool = False) -> None:
     from actors.runtime import open_memory
 
     async with open_memory(cfg, data_dir) as memory:
@@ -358,10 +359,12 @@ async def _memory_search(cfg, data_dir: Path, chat_id: int, batch, k: int, mode:
                     sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
                 continue
             table = Table(title=f"chat {chat_id}: {q[:60]}")
-            for col in ("#", "score", "message", "date", "user", "text"):
+            for col in ("#", "score", "message", "date", "user", "text", *(("why",) if explain else ())):
                 table.add_column(col)
             for rank, h in enumerate(recall.hits, 1):
-                table.add_row(str(rank), f"{h.score:.4f}", str(h.message_id), f"{h.date:%Y-%m-%d %H:%M}", escape(h.user_name), escape(h.text[:200]))
+                why = (" ".join(f"{name}={value:.3f}" for name, value in h.parts.items()),) if explain else ()
+                table.add_row(str(rank), f"{h.score:.4f}", str(h.message_id), f"{h.date:%Y-%m-%d %H:%M}", escape(h.user_name),
+                              escape(h.text[:200]), *why)
             out.print(table)
             if not recall.hits:
                 out.print("[dim]no memories match[/]")
