@@ -79,7 +79,7 @@ class MemorySettings(Frozen):
     recall_k: int = Field(8, ge=0)  # memories injected per turn
     recent_window: int = Field(30, ge=1)  # recent messages kept in context (per thread)
     neighbours: int = Field(1, ge=0)  # turns before/after a recalled message shown with it
-    embed_batch: int = Field(128, ge=1)
+    embed_batch: int = Field(32, ge=1)  # texts per model call (a waiting query waits at most one call)
     embed_wait_ms: float = Field(5.0, ge=0)
     flush_interval_ms: float = Field(50.0, gt=0)  # DuckDB writer: commit at least this often
     flush_rows: int = Field(2000, ge=1)  # ... or when this many rows wait

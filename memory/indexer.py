@@ -24,6 +24,8 @@ from .vectors import KIND_MESSAGE, MemoryRow, VectorMemory
 log = logging.getLogger(__name__)
 
 _RETRIES = 3
+OPTIMIZE_AFTER_APPENDS = 64  # appends (fragments) between two optimize() runs at most
+OPTIMIZE_WHEN_IDLE_S = 5.0  # ... and optimize once the queue has been idle this long
 
 
 class Indexer:
@@ -64,6 +66,7 @@ class Indexer:
         self._progress = anyio.Event()
         self._flush_target = 0  # messages up to this sequence number are wanted now: skip the wait
         self._since_optimize = 0
+        self._appends_since_optimize = 0
         self._optimizing = False
         self._closed = False
         self._tg: anyio.abc.TaskGroup | None = None
@@ -133,7 +136,11 @@ class Indexer:
             if not self._queue:
                 if self._closed:
                     return
-                await self._wakeup.wait()
+                with anyio.move_on_after(OPTIMIZE_WHEN_IDLE_S) as idle:
+                    await self._wakeup.wait()
+                if idle.cancelled_caught:
+                    self._maybe_optimize(idle=True)
+                    continue
                 self._wakeup = anyio.Event()
                 continue
             # let a partial batch fill up, unless someone is waiting for it
@@ -176,12 +183,24 @@ class Indexer:
                 continue
             self.indexed += len(rows)
             self._since_optimize += len(rows)
+            self._appends_since_optimize += 1
             self._maybe_optimize()
             return
 
-    def _maybe_optimize(self) -> None:
-        if self.optimize_every <= 0 or self._since_optimize < self.optimize_every or self._optimizing:
+    def _maybe_optimize(self, *, idle: bool = False) -> None:
+        """Optimize after ``optimize_every`` rows, after ``OPTIMIZE_AFTER_APPENDS`` appends (each
+        append is a fragment, and fragments slow every search), or when the queue goes idle with
+        anything appended since the last optimize."""
+        if self.optimize_every <= 0 or self._optimizing or not self._appends_since_optimize:
             return
+        due = (
+            self._since_optimize >= self.optimize_every
+            or self._appends_since_optimize >= OPTIMIZE_AFTER_APPENDS
+            or idle
+        )
+        if not due:
+            return
+        self._appends_since_optimize = 0
         self._since_optimize = 0
         self._optimizing = True
         assert self._tg is not None

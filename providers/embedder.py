@@ -41,6 +41,9 @@ def load_model(path: str | None = None, device: str = "cpu"):
 @dataclass(eq=False)
 class _Request:
     texts: list[str]
+    urgent: bool = False
+    taken: int = 0  # texts handed to the model so far (a bulk request may span several calls)
+    parts: list[np.ndarray] = field(default_factory=list)
     done: anyio.Event = field(default_factory=anyio.Event)
     result: np.ndarray | None = None
     error: BaseException | None = None
@@ -52,11 +55,15 @@ class Embedder:
     Use as ``async with Embedder(model) as emb: vecs = await emb.embed(["a", "b"])``; the batcher
     task is owned by the context manager's task group. ``embed`` returns float32[len(texts), 384],
     L2-normalised; an empty input returns shape (0, 384). raises EmbeddingError.
+
+    Each model call takes at most ``max_batch`` texts. Urgent requests (``embed_one``: a turn's
+    recall query, someone is waiting) go first; bulk requests (the indexer) are split across calls,
+    so a query waits for at most one call, not for a whole indexing batch.
     """
 
     dim = DIM
 
-    def __init__(self, model=None, *, max_batch: int = 128, max_wait_s: float = 0.005, model_path: str | None = None) -> None:
+    def __init__(self, model=None, *, max_batch: int = 32, max_wait_s: float = 0.005, model_path: str | None = None) -> None:
         self._model = model
         self._model_path = model_path
         self.max_batch = max_batch
@@ -105,14 +112,16 @@ class Embedder:
             raise EmbeddingError(f"embedding failed: {exc}") from exc
         return np.asarray(vecs, dtype=np.float32)[index]
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed ``texts`` (batched with other callers). float32[n, 384], L2-normalised."""
+    async def embed(self, texts: Sequence[str], *, urgent: bool = False) -> np.ndarray:
+        """Embed ``texts`` (batched with other callers). float32[n, 384], L2-normalised.
+
+        urgent: served before bulk work (a user is waiting for this one)."""
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
         if self._tg is None or self._closed:
             # not running as a service: encode directly in a worker thread
             return await anyio.to_thread.run_sync(self.encode_sync, list(texts), limiter=self._limiter)
-        req = _Request(list(texts))
+        req = _Request(list(texts), urgent)
         self._pending.append(req)
         self._wakeup.set()
         await req.done.wait()
@@ -123,7 +132,7 @@ class Embedder:
 
     async def embed_one(self, text: str) -> np.ndarray:
         """Embed one text: float32[384], L2-normalised."""
-        return (await self.embed([text]))[0]
+        return (await self.embed([text], urgent=True))[0]
 
     async def _batcher(self) -> None:
         while True:
@@ -134,23 +143,39 @@ class Embedder:
                     return
                 continue
             # give other chats a moment to join the batch
-            if sum(len(r.texts) for r in self._pending) < self.max_batch and self.max_wait_s > 0:
+            if self._waiting() < self.max_batch and self.max_wait_s > 0:
                 await anyio.sleep(self.max_wait_s)
             while self._pending:
-                batch: list[_Request] = []
-                n = 0
-                while self._pending and (n == 0 or n + len(self._pending[0].texts) <= self.max_batch):
-                    req = self._pending.pop(0)
-                    batch.append(req)
-                    n += len(req.texts)
-                await self._run_batch(batch)
+                await self._run_batch(self._take())
 
-    async def _run_batch(self, batch: list[_Request]) -> None:
-        texts = [t for r in batch for t in r.texts]
+    def _waiting(self) -> int:
+        return sum(len(r.texts) - r.taken for r in self._pending)
+
+    def _take(self) -> list[tuple[_Request, int, int]]:
+        """The next model call: urgent requests first, then bulk ones, ≤ max_batch texts in all.
+        Returns (request, start, end) slices."""
+        order = sorted(self._pending, key=lambda r: not r.urgent)  # stable: FIFO within each class
+        picked: list[tuple[_Request, int, int]] = []
+        room = self.max_batch
+        for r in order:
+            if room <= 0:
+                break
+            n = min(room, len(r.texts) - r.taken)
+            picked.append((r, r.taken, r.taken + n))
+            r.taken += n
+            room -= n
+            if r.taken == len(r.texts):
+                self._pending.remove(r)
+        return picked
+
+    async def _run_batch(self, batch: list[tuple[_Request, int, int]]) -> None:
+        texts = [t for r, a, b in batch for t in r.texts[a:b]]
         try:
             vecs = await anyio.to_thread.run_sync(self.encode_sync, texts, limiter=self._limiter)
         except BaseException as exc:  # noqa: BLE001 - delivered to every waiting caller
-            for r in batch:
+            for r, _, _ in batch:
+                if r in self._pending:
+                    self._pending.remove(r)
                 r.error = exc if isinstance(exc, Exception) else EmbeddingError(str(exc))
                 r.done.set()
             if not isinstance(exc, Exception):
@@ -159,8 +184,9 @@ class Embedder:
         self.batches += 1
         self.texts += len(texts)
         i = 0
-        for r in batch:
-            r.result = vecs[i : i + len(r.texts)]
-            i += len(r.texts)
-            r.done.set()
-
+        for r, a, b in batch:
+            r.parts.append(vecs[i : i + (b - a)])
+            i += b - a
+            if b == len(r.texts):
+                r.result = r.parts[0] if len(r.parts) == 1 else np.concatenate(r.parts)
+                r.done.set()

@@ -1,0 +1,59 @@
+"""The micro-batching embedder: shapes, batching across callers, queries before bulk work."""
+from __future__ import annotations
+
+import anyio
+import numpy as np
+import pytest
+
+from providers.embedder import Embedder
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_vectors_are_normalised_and_identical_texts_share_one_encoding(st_model):
+    async with Embedder(st_model, max_batch=8) as emb:
+        v = await emb.embed(["apt-get install", "apt-get install", "", "日本語のテキスト"])
+        assert v.shape == (4, 384) and v.dtype == np.float32
+        assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+        assert np.array_equal(v[0], v[1])
+        assert (await emb.embed([])).shape == (0, 384)
+
+
+async def test_concurrent_callers_share_model_calls_and_get_their_own_rows(st_model):
+    async with Embedder(st_model, max_batch=64, max_wait_s=0.05) as emb:
+        texts = [f"message number {i} about grub" for i in range(40)]
+        out: dict[int, np.ndarray] = {}
+
+        async def one(i: int) -> None:
+            out[i] = await emb.embed([texts[i]])
+
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(one, i)
+        assert emb.batches <= 3
+        alone = emb.encode_sync(texts)
+        for i in range(40):
+            assert np.allclose(out[i][0], alone[i], atol=1e-5)
+
+
+async def test_a_query_overtakes_bulk_indexing_and_bulk_is_split_into_bounded_calls(st_model):
+    async with Embedder(st_model, max_batch=16, max_wait_s=0) as emb:
+        bulk_texts = [f"bulk text {i} on kernel modules" for i in range(160)]
+        order: list[str] = []
+
+        async def bulk() -> None:
+            vecs = await emb.embed(bulk_texts)
+            assert vecs.shape == (160, 384)
+            assert np.allclose(vecs, emb.encode_sync(bulk_texts), atol=1e-5)
+            order.append("bulk")
+
+        async def query() -> None:
+            await anyio.sleep(0.05)  # bulk work is already queued
+            await emb.embed_one("which package provides Python.h?")
+            order.append("query")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(bulk)
+            tg.start_soon(query)
+        assert order == ["query", "bulk"]
+        assert emb.batches >= 10  # 160 texts in calls of at most 16 (+ the query)
