@@ -135,24 +135,18 @@ def chat(
 
 
 async def _chat(cfg, data_dir: Path, lines, chat_id: int, user: str, user_id: int, sources: bool) -> None:
-    from actors.console import ConsoleOutbox, chat_turns, print_sources
+    from actors.console import chat_turns, console_outbox, print_sources
     from actors.events import Sender
-    from actors.local import IdAllocator
     from actors.runtime import open_runtime
-
-    holder: dict = {}
-
-    def make_outbox(memory):
-        holder["ids"] = IdAllocator(memory.store.max_message_id)
-        return ConsoleOutbox(holder["ids"], out, cfg.settings.bot.name)
 
     interactive = lines is None and sys.stdin.isatty()
     if interactive:
         err.print("[dim]loading the embedding model…[/]")
-    async with open_runtime(cfg, data_dir, make_outbox, on_turn=(lambda r: print_sources(out, r)) if sources else None) as rt:
+    async with open_runtime(cfg, data_dir, console_outbox(out, cfg.settings.bot.name),
+                            on_turn=(lambda r: print_sources(out, r)) if sources else None) as rt:
         sender = Sender(user_id, user)
         if lines is not None:
-            await chat_turns(rt, holder["ids"], lines, chat_id=chat_id, user=sender)
+            await chat_turns(rt, lines, chat_id=chat_id, user=sender)
             return
         if interactive:
             err.print(f"[dim]chat {chat_id} · model {cfg.settings.default_model} · Ctrl-D to quit[/]")
@@ -164,7 +158,7 @@ async def _chat(cfg, data_dir: Path, lines, chat_id: int, user: str, user_id: in
                     return
                 yield line
 
-        await chat_turns(rt, holder["ids"], stdin_lines(), chat_id=chat_id, user=sender)
+        await chat_turns(rt, stdin_lines(), chat_id=chat_id, user=sender)
 
 
 def _read_line(interactive: bool) -> str | None:
@@ -509,27 +503,20 @@ def demo(
 
 
 async def _demo(cfg, data_dir: Path, transcript: Path, qs: list[str], chat_id: int) -> None:
-    from actors.console import ConsoleOutbox, chat_turns, print_sources
+    from actors.console import chat_turns, console_outbox, print_sources
     from actors.events import Sender
-    from actors.local import IdAllocator
     from actors.runtime import open_runtime
 
     def show(r) -> None:
         print_sources(out, r)
         out.print()
 
-    holder: dict = {}
-
-    def make_outbox(memory):
-        holder["ids"] = IdAllocator(memory.store.max_message_id)
-        return ConsoleOutbox(holder["ids"], out, cfg.settings.bot.name)
-
-    async with open_runtime(cfg, data_dir, make_outbox, on_turn=show) as rt:
+    async with open_runtime(cfg, data_dir, console_outbox(out, cfg.settings.bot.name), on_turn=show) as rt:
         await _import_files(rt.memory, [transcript])
         out.print(f"\n[bold]Asking {len(qs)} questions in chat {chat_id} with model {cfg.settings.default_model}[/]\n")
         for q in qs:
             out.print(f"[bold green]demo:[/] {escape(q)}")
-            await chat_turns(rt, holder["ids"], [q], chat_id=chat_id, user=Sender(1, "demo"))
+            await chat_turns(rt, [q], chat_id=chat_id, user=Sender(1, "demo"))
 
 
 # ---------------------------------------------------------------------- doctor

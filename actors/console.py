@@ -58,9 +58,13 @@ def print_sources(console: Console, report: TurnReport) -> None:
             console.print(f"[dim]  · {escape(format_hit(hit))}[/]")
 
 
+def console_outbox(console: Console, name: str):
+    """An outbox factory for ``open_runtime``: a ConsoleOutbox numbering messages after the stored ones."""
+    return lambda memory: ConsoleOutbox(IdAllocator(memory.store.max_message_id), console, name)
+
+
 async def chat_turns(
     rt: Runtime,
-    ids: IdAllocator,
     lines: AsyncIterator[str] | Iterable[str],
     *,
     chat_id: int,
@@ -73,6 +77,7 @@ async def chat_turns(
     always addressing the bot. Returns the number of messages sent.
     """
     sup = rt.supervisor
+    ids = sup.outbox.ids  # a LocalOutbox: user messages and replies share one id sequence
     chat_type = PRIVATE if chat_id > 0 else "supergroup"
     n = 0
 

@@ -39,6 +39,12 @@ def test_memory_search_json_lines(imported):
     assert any("Python.h" in r["text"] for r in rows)
 
 
+def test_memory_search_explain_shows_score_parts(imported):
+    res = kith("memory", "search", "--data-dir", str(imported), "--explain", "-k", "3", "--", CHAT, "smtp server")
+    assert res.exit_code == 0, res.output
+    assert "why" in res.stdout and "vector=" in res.stdout.replace("\n", "")
+
+
 def test_memory_search_many_queries_in_one_process(imported, tmp_path):
     q = tmp_path / "q.jsonl"
     q.write_text('{"id": "a", "query": "smtp server"}\n{"id": 7, "query": "jaunty"}\nnot json\n', encoding="utf-8")
