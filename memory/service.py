@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
+from .retrieval import DEFAULT as DEFAULT_RETRIEVAL
+from .retrieval import RetrievalSettings, find_speakers
 from .types import ROLE_USER, MemoryHit, StoredMessage
 
 if TYPE_CHECKING:
@@ -56,22 +58,47 @@ class Memory:
         if index:
             self.indexer.submit(m for m in msgs if m.role == ROLE_USER and m.text.strip())
 
+    #: the recall stages (``memory.retrieval``); an instance may carry other settings (benchmark
+    #: ablations); None: the bare hybrid search (rank fusion of the two legs, no stages)
+    retrieval: RetrievalSettings | None = DEFAULT_RETRIEVAL
+
     async def recall(
         self, chat_id: int, query: str, k: int, *, exclude_ids: Collection[int] = (), mode: str = "hybrid"
     ) -> Recall:
         """Top-``k`` memories of chat ``chat_id`` for ``query`` (never another chat's), best first.
 
         exclude_ids: message ids already in the context (the recent window). Empty query or k=0 → no hits.
-        mode: ``"hybrid"`` (vector + full text, fused), ``"vector"`` or ``"fts"``.
+        mode: ``"hybrid"`` (the stages of ``memory.retrieval``: the question embedded without the
+        chat's speaker names, full text without stop words, score fusion, speaker boost,
+        neighbouring turns), ``"vector"`` or ``"fts"`` (one plain leg, for comparison).
+        ``Recall.embed_ms`` is the query embedding; ``search_ms`` the rest of the wall time (in hybrid
+        mode the full-text leg runs during the embedding, so it is mostly not counted).
         """
         if k <= 0 or not query.strip():
             return Recall([])
+        settings = self.retrieval
         t0 = time.perf_counter()
-        vector = None if mode == "fts" else await self.embedder.embed_one(query)
-        t1 = time.perf_counter()
-        hits = await self.vectors.search(chat_id, query, vector, k, mode=mode, exclude_ids=exclude_ids)
-        t2 = time.perf_counter()
-        return Recall(hits, (t1 - t0) * 1000, (t2 - t1) * 1000)
+        embed_ms = 0.0
+
+        async def embed(text: str):
+            nonlocal embed_ms
+            te = time.perf_counter()
+            try:
+                return await self.embedder.embed_one(text)
+            finally:
+                embed_ms = (time.perf_counter() - te) * 1000
+
+        if mode == "hybrid" and settings is not None:
+            text = query
+            if settings.strip_speakers:
+                text = find_speakers(query, await self.vectors.speakers(chat_id)).stripped or query
+            # the full-text leg runs while the question is embedded
+            hits = await self.vectors.recall(chat_id, query, embed(text), k, settings=settings, exclude_ids=exclude_ids)
+        else:
+            vector = None if mode == "fts" else await embed(query)
+            hits = await self.vectors.search(chat_id, query, vector, k, mode=mode, exclude_ids=exclude_ids)
+        total_ms = (time.perf_counter() - t0) * 1000
+        return Recall(hits, embed_ms, total_ms - embed_ms)
 
     async def forget(self, chat_id: int, *, user_id: int | None = None) -> int:
         """Erase ``user_id``'s messages in ``chat_id`` (all of the chat's with no user) from both

@@ -9,7 +9,8 @@ One table at ``<data_dir>/memory/``, one row per remembered item::
     user_name   string
     kind        string     "message" (later "document")
     text        string     the original text
-    content     string     "{user_name}: {text}" — what the full-text (FTS) index reads
+    content     string     "{user_name} {d Month yyyy}: {text}" — what the full-text (FTS) index reads
+                           (sender and day are searchable: "what did Caroline say in May 2023")
     date        timestamp[us, UTC]
     vector      fixed_size_list<float32>[384]   L2-normalised, cosine distance
 
@@ -39,14 +40,16 @@ Notes on lancedb 0.40 that shaped this module (measured here, 2 shared cores, 10
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import re
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import numpy as np
@@ -54,6 +57,9 @@ import pyarrow as pa
 
 from .errors import MemoryStoreError
 from .types import MemoryHit
+
+if TYPE_CHECKING:
+    from .retrieval import RetrievalSettings
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +140,20 @@ def fts_terms(text: str) -> list[str]:
             if len(seen) >= MAX_QUERY_TERMS:
                 break
     return list(seen)
+
+
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+           "November", "December")
+
+
+def content_text(user_name: str, text: str, date: datetime | None) -> str:
+    """What the full-text index reads for a row: ``"Caroline 8 May 2023: text"`` (sender, UTC day,
+    text). The sender and the date make "what did X say about Y" and "in May" searchable; the date
+    also evens out BM25's length normalisation, which otherwise favours one-word messages."""
+    if date is None:
+        return f"{user_name or ''}: {text}"
+    d = _utc(date)
+    return f"{user_name or ''} {d.day} {_MONTHS[d.month - 1]} {d.year}: {text}"
 
 
 def _utc(d: datetime) -> datetime:
@@ -224,6 +244,9 @@ class VectorMemory:
         self._tbl = None
         self._has_vector_index = False
         self._vector_index_rows = 0  # table size when the vector index was (re)built or first seen
+        # sender names per chat, for recall (``speakers``): loaded once per chat, plus every name added since
+        self._speakers_loaded: dict[int, frozenset[str]] = {}
+        self._speakers_added: dict[int, set[str]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -321,6 +344,9 @@ class VectorMemory:
                 # build the Arrow batch in a worker thread, not on the event loop nor the lance loop
                 data = await anyio.to_thread.run_sync(self._to_arrow, unique[i : i + _ADD_CHUNK], limiter=self._limiter)
                 await self._run(self._upsert, data)
+                for r in unique[i : i + _ADD_CHUNK]:
+                    if r.user_name:
+                        self._speakers_added.setdefault(int(r.chat_id), set()).add(r.user_name)
 
     def _to_arrow(self, rows: Sequence[MemoryRow]) -> pa.Table:
         n = len(rows)
@@ -338,7 +364,7 @@ class VectorMemory:
                 "user_name": pa.array([r.user_name or "" for r in rows], pa.string()),
                 "kind": pa.array([r.kind for r in rows], pa.string()),
                 "text": pa.array([r.text for r in rows], pa.string()),
-                "content": pa.array([f"{r.user_name or ''}: {r.text}" for r in rows], pa.string()),
+                "content": pa.array([content_text(r.user_name, r.text, r.date) for r in rows], pa.string()),
                 "date": pa.array([_utc(r.date) for r in rows], pa.timestamp("us", tz="UTC")),
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()), self.dim),
             },
@@ -362,14 +388,17 @@ class VectorMemory:
         if user_id is not None:
             where += f" AND user_id = {int(user_id)}"
         async with self._write_lock:
-            if message_ids is None:
-                return await self._run(self._delete, where)
-            ids = sorted({int(m) for m in message_ids})
-            total = 0
-            for i in range(0, len(ids), 1000):
-                chunk = ", ".join(map(str, ids[i : i + 1000]))
-                total += await self._run(self._delete, f"{where} AND message_id IN ({chunk})")
-            return total
+            try:
+                if message_ids is None:
+                    return await self._run(self._delete, where)
+                ids = sorted({int(m) for m in message_ids})
+                total = 0
+                for i in range(0, len(ids), 1000):
+                    chunk = ", ".join(map(str, ids[i : i + 1000]))
+                    total += await self._run(self._delete, f"{where} AND message_id IN ({chunk})")
+                return total
+            finally:
+                self._forget_speakers(int(chat_id))  # a sender may be gone: read the names again
 
     async def _delete(self, where: str) -> int:
         n = await self._table.count_rows(where)
@@ -420,6 +449,27 @@ class VectorMemory:
         tbl = await self._table.query().where(f"chat_id = {chat_id}").select(["message_id"]).to_arrow()
         return set(tbl.column("message_id").to_pylist())
 
+    async def speakers(self, chat_id: int) -> frozenset[str]:
+        """The sender names (``user_name``) of chat ``chat_id``'s rows. Read from the table once per
+        chat, then kept up to date by ``add`` (a delete makes the next call read again)."""
+        chat_id = int(chat_id)
+        loaded = self._speakers_loaded.get(chat_id)
+        if loaded is None:
+            loaded = await self._run(self._distinct_speakers, chat_id)
+            self._speakers_loaded[chat_id] = loaded
+        added = self._speakers_added.get(chat_id)
+        return loaded | added if added else loaded
+
+    async def _distinct_speakers(self, chat_id: int) -> frozenset[str]:
+        import pyarrow.compute as pc
+
+        tbl = await self._table.query().where(f"chat_id = {chat_id}").select(["user_name"]).to_arrow()
+        return frozenset(n for n in pc.unique(tbl.column("user_name")).to_pylist() if n)
+
+    def _forget_speakers(self, chat_id: int) -> None:
+        self._speakers_loaded.pop(chat_id, None)
+        self._speakers_added.pop(chat_id, None)
+
     async def search(
         self,
         chat_id: int,
@@ -429,17 +479,25 @@ class VectorMemory:
         *,
         mode: str = "hybrid",
         exclude_ids: Collection[int] = (),
+        retrieval: "RetrievalSettings | None" = None,
     ) -> list[MemoryHit]:
         """The ``k`` most relevant rows of chat ``chat_id`` only, best first.
 
         mode "vector": nearest by cosine to ``query_vector`` (float32[dim], L2-normalised);
         ``MemoryHit.score`` = cosine similarity in [-1, 1]. mode "fts": BM25 over ``content`` for the
         word terms of ``query_text`` (any text is accepted; see ``fts_terms``); score = BM25.
-        mode "hybrid": both legs (each pre-filtered to the chat, run concurrently) fused by
-        reciprocal rank, score = sum of 1/(60 + rank); ``parts`` = {"vector": cos, "fts": bm25,
-        "rrf": fused} for the legs that found the row. Hybrid without a vector (or without any word
-        term) degrades to the other leg. ``exclude_ids``: message ids never returned (e.g. the recent
-        window). raises ValueError (unknown mode; "vector" mode without a vector; bad vector shape).
+        mode "hybrid" without ``retrieval``: both legs (each pre-filtered to the chat, run
+        concurrently) fused by reciprocal rank, score = sum of 1/(60 + rank); ``parts`` =
+        {"vector": cos, "fts": bm25, "rrf": fused} for the legs that found the row.
+        mode "hybrid" with ``retrieval`` (``memory.retrieval.RetrievalSettings``; what
+        ``Memory.recall`` uses): the stages of ``memory.retrieval`` — stop words out of the
+        full-text query, score fusion, a boost for senders the question names, neighbouring turns;
+        ``parts`` = {"vector": cos, "fts": bm25 (when that leg found it), "speaker": boost,
+        "fused": fused score, "neighbour": inherited bonus}, score = fused + neighbour.
+        Hybrid without a vector (or without any word term) degrades to the other leg.
+        ``exclude_ids``: message ids never returned (e.g. the recent window); neighbours too are
+        only looked up among the chat's other rows. raises ValueError (unknown mode; "vector" mode
+        without a vector; bad vector shape).
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -449,15 +507,13 @@ class VectorMemory:
             return []
         vec = None
         if query_vector is not None and mode != "fts":
-            vec = np.asarray(query_vector, dtype=np.float32).reshape(-1)
-            if vec.shape[0] != self.dim:
-                raise ValueError(f"query_vector has {vec.shape[0]} dims, expected {self.dim}")
-            if not np.isfinite(vec).all():
-                raise ValueError("query_vector must be finite")
+            vec = self._query_vector(query_vector)
         terms = fts_terms(query_text) if mode != "vector" else []
         if vec is None and not terms:
             return []
         where = _chat_filter(chat_id, exclude_ids)
+        if mode == "hybrid" and retrieval is not None:
+            return await self.recall(chat_id, query_text, vec, k, settings=retrieval, exclude_ids=exclude_ids)
         depth = k if mode != "hybrid" else max(2 * k, 20)  # candidates per leg before fusion
         vrows, frows = await self._run(self._search, vec, terms, where, depth)
         if mode == "vector":
@@ -466,16 +522,122 @@ class VectorMemory:
             return [_hit(r, r["_score"], {"fts": r["_score"]}) for r in frows]
         return _fuse(vrows, frows, k)
 
-    async def _search(self, vec, terms, where, depth) -> tuple[list[dict], list[dict]]:
+    def _query_vector(self, query_vector) -> np.ndarray:
+        vec = np.asarray(query_vector, dtype=np.float32).reshape(-1)
+        if vec.shape[0] != self.dim:
+            raise ValueError(f"query_vector has {vec.shape[0]} dims, expected {self.dim}")
+        if not np.isfinite(vec).all():
+            raise ValueError("query_vector must be finite")
+        return vec
+
+    async def recall(
+        self,
+        chat_id: int,
+        query_text: str,
+        query_vector: "np.ndarray | Awaitable[np.ndarray | None] | None",
+        k: int = 10,
+        *,
+        settings: "RetrievalSettings",
+        exclude_ids: Collection[int] = (),
+    ) -> list[MemoryHit]:
+        """The staged hybrid search of ``memory.retrieval`` over chat ``chat_id`` only (what
+        ``search(mode="hybrid", retrieval=settings)`` runs; see there for scores and parts).
+
+        ``query_vector`` may also be an awaitable of it (the question's embedding in progress): the
+        full-text leg then runs while it is computed (the embedder's batching wait and the model call
+        hide it), and the vector leg, fusion and neighbour read follow. An error of the awaitable
+        propagates (the full-text leg is cancelled). raises ValueError (bad vector), VectorStoreError.
+        """
+        from .retrieval import find_speakers, query_terms
+
+        lance = self._lance
+        if lance is None or self._tbl is None:
+            if inspect.iscoroutine(query_vector):
+                query_vector.close()  # never started: no "never awaited" warning
+            raise VectorStoreError("VectorMemory is not open (use `async with VectorMemory(path) as vm`)")
+        if k <= 0:
+            if inspect.isawaitable(query_vector):
+                await query_vector
+            return []
+        where = _chat_filter(chat_id, exclude_ids)
+        terms = query_terms(fts_terms(query_text), settings.drop_stop_words)
+        pool = max(settings.pool, k)
+        # the full-text leg (and the read of the turns around its best hits) starts now, on the lance
+        # loop, without waiting for the query vector
+        fts = asyncio.run_coroutine_threadsafe(self._fts_stage(terms, where, pool, settings), lance.loop) if terms else None
+        try:
+            vec = await query_vector if inspect.isawaitable(query_vector) else query_vector
+            vec = self._query_vector(vec) if vec is not None else None
+            mentioned: frozenset[str] = frozenset()
+            if settings.speaker_boost:
+                mentioned = find_speakers(query_text, await self.speakers(chat_id)).names
+        except BaseException:
+            if fts is not None:
+                fts.cancel()
+            raise
+        if vec is None and fts is None:
+            return []
+        return await self._run(self._recall, vec, fts, where, k, settings, mentioned)
+
+    async def _search(self, vec, terms, where, depth, fts_vectors: bool = False) -> tuple[list[dict], list[dict]]:
         legs = []
         if vec is not None:
             legs.append(self._vector_leg(vec, where, depth))
         if terms:
-            legs.append(self._fts_leg(terms, where, depth))
+            legs.append(self._fts_leg(terms, where, depth, with_vectors=fts_vectors))
         done = await asyncio.gather(*legs)
         vrows = done.pop(0) if vec is not None else []
         frows = done.pop(0) if terms else []
         return vrows, frows
+
+    async def _fts_stage(self, terms, where, pool, settings) -> tuple[list[dict], list[dict]]:
+        """The full-text leg (with vectors) and the rows around its ``neighbour_sources`` best hits."""
+        from .retrieval import neighbour_ids
+
+        frows = await self._fts_leg(terms, where, pool, with_vectors=True)
+        nrows: list[dict] = []
+        if settings.neighbours and frows:
+            sources = [r["message_id"] for r in frows[: settings.neighbour_sources]]
+            ids = neighbour_ids(sources, settings.neighbour_span, {r["message_id"] for r in frows})
+            nrows = await self._rows_by_ids(where, ids, with_vectors=True)
+        return frows, nrows
+
+    async def _recall(self, vec, fts, where, k, settings, mentioned) -> list[MemoryHit]:
+        """The rest of ``recall`` in one go on the lance loop: the vector leg (and the result of
+        ``_fts_stage``, ``fts``: a future, or None), score fusion, neighbour bonus, top k.
+
+        The turns around the best full-text hits were read during the embedding; only when the
+        full-text leg found nothing are the turns around the best vector hits read here.
+        """
+        from .retrieval import Fusion, neighbour_ids, propagate, to_hit
+
+        pool = max(settings.pool, k)
+        legs = []
+        if vec is not None:
+            legs.append(self._vector_leg(vec, where, pool))
+        if fts is not None:
+            legs.append(asyncio.wrap_future(fts))
+        done = await asyncio.gather(*legs)
+        vrows = done.pop(0) if vec is not None else []
+        frows, nrows = done.pop(0) if fts is not None else ([], [])
+        fusion = Fusion(vrows, frows, vec, settings, mentioned)
+        if settings.neighbours and fusion.candidates:
+            if not frows:
+                sources = [c.row["message_id"] for c in fusion.best(settings.neighbour_sources)]
+                ids = neighbour_ids(sources, settings.neighbour_span, {mid for _, mid in fusion.candidates})
+                nrows = await self._rows_by_ids(where, ids, with_vectors=vec is not None)
+            fusion.add_rows(nrows)
+            propagate(fusion.candidates.values(), settings)
+        return [to_hit(c, _hit) for c in fusion.best(k)]
+
+    async def _rows_by_ids(self, where: str, ids: list[int], *, with_vectors: bool) -> list[dict]:
+        """The rows of ``where`` (one chat) with these message ids (an IN list: ~2x faster in lance
+        than the same ids as OR-ed ranges)."""
+        if not ids:
+            return []
+        cols = _RESULT_COLUMNS + (["vector"] if with_vectors else [])
+        q = self._table.query().where(f"{where} AND message_id IN ({', '.join(str(int(i)) for i in ids)})")
+        return _to_rows(await q.select(cols).limit(4 * len(ids)).to_arrow())
 
     async def _vector_leg(self, vec: np.ndarray, where: str, limit: int) -> list[dict]:
         q = (
@@ -496,20 +658,33 @@ class VectorMemory:
             r["_cos"] = 1.0 - float(d) if d is not None and math.isfinite(d) else 0.0
         return rows
 
-    async def _fts_leg(self, terms: list[str], where: str, limit: int) -> list[dict]:
+    async def _fts_leg(self, terms: list[str], where: str, limit: int, *, with_vectors: bool = False) -> list[dict]:
         from lancedb.query import MatchQuery
 
         q = (
             self._table.query()
             .nearest_to_text(MatchQuery(" ".join(terms), "content"))
             .where(where)
-            .select(_RESULT_COLUMNS + ["_score"])
+            .select(_RESULT_COLUMNS + (["vector"] if with_vectors else []) + ["_score"])
             .limit(limit)
         )
-        rows = (await q.to_arrow()).to_pylist()
+        rows = _to_rows(await q.to_arrow())
         for r in rows:
             r["_score"] = float(r["_score"] or 0.0)
         return rows
+
+
+def _to_rows(tbl: pa.Table) -> list[dict]:
+    """Arrow rows as dicts; a ``vector`` column becomes one float32 numpy row each (not a list of
+    Python floats: ~10x cheaper for a few hundred rows)."""
+    if "vector" not in tbl.column_names:
+        return tbl.to_pylist()
+    col = tbl.column("vector").combine_chunks()
+    vecs = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1) if len(col) else np.zeros((0, 0), np.float32)
+    rows = tbl.drop_columns(["vector"]).to_pylist()
+    for r, v in zip(rows, vecs):
+        r["vector"] = v
+    return rows
 
 
 def _hit(r: dict, score: float, parts: dict[str, float]) -> MemoryHit:

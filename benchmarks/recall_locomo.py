@@ -1,0 +1,363 @@
+"""Evidence recall@5/@10/@25 of ``Memory.recall`` on the LoCoMo development set, with ablations.
+
+Each LoCoMo conversation becomes one chat of a transcript JSONL (DESIGN §9): one message per dialog
+turn, ``user`` = the speaker, ``text`` = the turn's text (a shared photo is kept as the text the
+turn carries, ``[photo: <caption>]``, as a photo's caption would be), ``date`` = its session's
+``date_time`` (e.g. "1:56 pm on 8 May, 2023"), ``message_id`` = a running index (mapped back to the
+turn's ``dia_id``). Every conversation is imported with ``import_transcript`` into one fresh data
+dir (one chat each), then every question of categories 1-4 is asked through ``Memory.recall`` — the
+path the bot and ``kith memory search`` use, query embedding included — and scored::
+
+    recall@k = |top-k ∩ evidence| / |evidence|, averaged over the questions (overall and per category)
+
+Ablations: the same questions with one stage of ``memory.retrieval`` switched off, and the plain
+legs (``mode="fts"``: BM25 only; ``mode="vector"``: MiniLM cosine only). Search latency is per
+query, end to end through ``Memory.recall`` (embedding + search + every stage), measured for the
+full method after warm-up. Quick: the first conversation only.
+
+Development aid: ``KITH_BENCH_EMBED_CACHE=/tmp/dir`` caches the *corpus* embeddings between runs
+(query embeddings are always computed, so latency stays real).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import common
+from benchmarks.common import metric, percentile, progress
+
+DATA_ENV = "KITH_LOCOMO"  # path of locomo-dev.json; default ../shared/data/locomo-dev/locomo-dev.json
+CACHE_ENV = "KITH_BENCH_EMBED_CACHE"
+KS = (5, 10, 25)
+CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
+TARGET_R10 = 70.0
+TARGET_R25 = 82.0
+TARGET_P95_MS = 25.0
+CHAT_BASE = -1004200000000
+WARMUP = 20
+
+_DATE_RE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*([ap]m)\s+on\s+(\d{1,2})\s+([A-Za-z]+),?\s+(\d{4})\s*$", re.I)
+_MONTHS = {m: i for i, m in enumerate(
+    ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december"), 1)}
+
+
+def data_path() -> Path:
+    env = os.environ.get(DATA_ENV)
+    return Path(env) if env else common.REPO_ROOT.parent / "shared" / "data" / "locomo-dev" / "locomo-dev.json"
+
+
+def parse_session_date(s: str) -> datetime:
+    """``"1:56 pm on 8 May, 2023"`` → 2023-05-08 13:56 UTC. raises ValueError on another format."""
+    m = _DATE_RE.match(s or "")
+    if not m:
+        raise ValueError(f"unrecognised session date {s!r}")
+    hour, minute, ampm, day, month, year = m.groups()
+    h = int(hour) % 12 + (12 if ampm.lower() == "pm" else 0)
+    mon = _MONTHS.get(month.lower()) or _MONTHS.get(next((k for k in _MONTHS if k.startswith(month.lower()[:3])), ""), 0)
+    if not mon:
+        raise ValueError(f"unrecognised month in {s!r}")
+    return datetime(int(year), mon, int(day), h, int(minute), tzinfo=timezone.utc)
+
+
+def turn_text(turn: dict) -> str:
+    """The text a turn carries: its words, plus the caption of a photo it shared."""
+    text = (turn.get("text") or "").strip()
+    cap = (turn.get("blip_caption") or "").strip()
+    return f"{text} [photo: {cap}]" if cap else text
+
+
+def evidence_ids(evidence, known: set[str]) -> list[str]:
+    """Normalise a question's evidence list (a few entries are "D8:6; D9:17" or "D:11:26") to the
+    dia_ids of the conversation; unknown ids are dropped."""
+    out: list[str] = []
+    for e in evidence or []:
+        for part in re.split(r"[;,\s]+", str(e)):
+            part = re.sub(r"^D:(\d)", r"D\1", part.strip())
+            if part in known and part not in out:
+                out.append(part)
+    return out
+
+
+def conversation_transcript(conv: dict, chat_id: int) -> tuple[list[dict], dict[int, str]]:
+    """The transcript lines of one LoCoMo conversation and ``{message_id: dia_id}``."""
+    c = conv["conversation"]
+    sessions = sorted(
+        (int(k.split("_")[1]), k) for k in c if re.fullmatch(r"session_\d+", k) and isinstance(c[k], list) and c[k]
+    )
+    lines: list[dict] = []
+    ids: dict[int, str] = {}
+    mid = 0
+    for n, key in sessions:
+        date = parse_session_date(c[f"{key}_date_time"])
+        for turn in c[key]:
+            text = turn_text(turn)
+            if not text:
+                continue
+            mid += 1
+            ids[mid] = turn["dia_id"]
+            lines.append(
+                {
+                    "chat_id": chat_id,
+                    "chat_title": f"LoCoMo {conv.get('sample_id', chat_id)}",
+                    "message_id": mid,
+                    "date": date.isoformat().replace("+00:00", "Z"),
+                    "user": turn["speaker"],
+                    "text": text,
+                }
+            )
+    return lines, ids
+
+
+class CachedModel:
+    """Wraps the SentenceTransformer: ``encode`` serves texts from an on-disk cache while ``active``."""
+
+    def __init__(self, model, cache_dir: Path) -> None:
+        self.model = model
+        self.path = cache_dir / "locomo-embeddings.npz"
+        self.active = True
+        self.store: dict[str, np.ndarray] = {}
+        self.dirty = False
+        if self.path.exists():
+            with np.load(self.path) as z:
+                self.store = {k: z[k] for k in z.files}
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def encode(self, sentences, **kw):
+        if not self.active:
+            return self.model.encode(sentences, **kw)
+        keys = [hashlib.sha1(s.encode()).hexdigest() for s in sentences]
+        missing = [i for i, k in enumerate(keys) if k not in self.store]
+        if missing:
+            vecs = self.model.encode([sentences[i] for i in missing], **kw)
+            for i, v in zip(missing, vecs):
+                self.store[keys[i]] = np.asarray(v, dtype=np.float32)
+            self.dirty = True
+        return np.stack([self.store[k] for k in keys])
+
+    def save(self) -> None:
+        if self.dirty:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(self.path, **self.store)
+            self.dirty = False
+
+
+def ablations():
+    """``(name, mode, RetrievalSettings)`` per row of the report; the first is the full method."""
+    from memory.retrieval import DEFAULT
+
+    rows = [("full", "hybrid", DEFAULT)]
+    rows += [(f"- {label}", "hybrid", s) for label, s in DEFAULT.ablations()]
+    rows += [
+        ("score fusion alone (no stages)", "hybrid", DEFAULT.plain()),
+        ("RRF hybrid as before (no stages)", "hybrid", None),
+        ("BM25 only (fts)", "fts", DEFAULT),
+        ("vector only", "vector", DEFAULT),
+    ]
+    return rows
+
+
+def run(quick: bool) -> dict:
+    import anyio
+
+    convs = json.loads(data_path().read_text(encoding="utf-8"))
+    if quick:
+        convs = convs[:1]
+    progress(f"recall_locomo: {len(convs)} conversations; loading the model")
+    model, load_s = common.load_model_timed()
+    cache = os.environ.get(CACHE_ENV)
+    if cache:
+        model = CachedModel(model, Path(cache))
+    with tempfile.TemporaryDirectory(prefix="kith-bench-locomo-") as tmp:
+        out = anyio.run(_bench, Path(tmp), model, convs, backend="asyncio")
+    if cache:
+        model.save()
+
+    metrics = []
+    full = out["rows"][0][0]
+    for name, mode, _ in out["ablations"]:
+        res = out["results"][name]
+        for k in KS:
+            target = None
+            if name == full and k == 10:
+                target = (">=", TARGET_R10)
+            elif name == full and k == 25:
+                target = (">=", TARGET_R25)
+            metrics.append(metric(f"{name}: recall@{k}", res["all"][k], "%", target=target))
+        if name == full:
+            for cat, label in CATEGORIES.items():
+                if cat in res["cat"]:
+                    for k in KS:
+                        metrics.append(metric(f"{name}: cat {cat} {label} recall@{k}", res["cat"][cat][k], "%"))
+    lat = out["latency"]
+    metrics += [
+        metric("full: recall latency p50", percentile(lat["total"], 50), "ms"),
+        metric("full: recall latency p95", percentile(lat["total"], 95), "ms", target=("<=", TARGET_P95_MS)),
+        metric("full: query embedding p50", percentile(lat["embed"], 50), "ms"),
+        metric("full: search (after embedding) p50", percentile(lat["search"], 50), "ms"),
+        metric("full: search (after embedding) p95", percentile(lat["search"], 95), "ms"),
+        metric("foreign hits (must be 0)", out["foreign"], ""),
+        metric("model load (excluded)", load_s, "s"),
+    ]
+    return {
+        "description": "LoCoMo evidence recall@k through Memory.recall (categories 1-4), full method and ablations",
+        "params": {
+            "conversations": len(convs),
+            "turns": out["turns"],
+            "questions": out["questions"],
+            "dropped_questions": out["dropped"],
+            "per_category": {c: n for c, n in sorted(out["per_cat"].items())},
+        },
+        "metrics": metrics,
+        "table": out["table"],
+        "notes": [
+            "one chat per conversation, all imported into one data dir; recall is pre-filtered to the question's chat",
+            "recall@k = |top-k ∩ evidence| / |evidence| averaged over questions; evidence ids normalised, unknown ids dropped",
+            f"latency: per query through Memory.recall (query embedding + search + stages), after {WARMUP} warm-up queries; "
+            "load average is reported beside (2 shared cores)",
+            *out["table"],
+        ],
+    }
+
+
+async def _bench(tmp: Path, model, convs: list[dict]) -> dict:
+    from actors.runtime import open_memory
+
+    cfg = common.default_config()
+    chats: list[tuple[int, dict[int, str], list[tuple[str, int, list[str]]]]] = []
+    turns = 0
+    dropped = 0
+    transcript = tmp / "locomo.jsonl"
+    with transcript.open("w", encoding="utf-8") as f:
+        for i, conv in enumerate(convs):
+            chat_id = CHAT_BASE - i
+            lines, ids = conversation_transcript(conv, chat_id)
+            turns += len(lines)
+            for line in lines:
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+            known = set(ids.values())
+            qs = []
+            for qa in conv["qa"]:
+                cat = int(qa.get("category", 0))
+                if cat not in CATEGORIES:
+                    continue
+                ev = evidence_ids(qa.get("evidence"), known)
+                if not ev:
+                    dropped += 1
+                    continue
+                qs.append((str(qa["question"]), cat, ev))
+            chats.append((chat_id, ids, qs))
+    questions = sum(len(q) for _, _, q in chats)
+    per_cat: dict[int, int] = {}
+    for _, _, qs in chats:
+        for _, c, _ in qs:
+            per_cat[c] = per_cat.get(c, 0) + 1
+
+    results: dict[str, dict] = {}
+    lat = {"total": [], "embed": [], "search": []}
+    foreign = [0]
+    rows = ablations()
+    async with open_memory(cfg, tmp / "data", model=model) as memory:
+        await _import(memory, transcript, model)
+        for chat_id, _, qs in chats:  # warm-up (model, lance loop, caches)
+            for q, _, _ in qs[: WARMUP // len(chats) + 1]:
+                await memory.recall(chat_id, q, max(KS))
+        for name, mode, settings in rows:
+            memory.retrieval = settings
+            results[name] = await _evaluate(memory, chats, name, mode, lat if name == rows[0][0] else None, foreign)
+
+    # the same, with the full-text content as it was before (sender and text, no date): a fresh import
+    import memory.vectors as mv
+
+    name = "- no date in the full-text content"
+    dated = mv.content_text
+    mv.content_text = lambda user, text, date: dated(user, text, None)
+    try:
+        async with open_memory(cfg, tmp / "data-undated", model=model) as memory:
+            await _import(memory, transcript, model)
+            results[name] = await _evaluate(memory, chats, name, "hybrid", None, foreign)
+    finally:
+        mv.content_text = dated
+    rows.insert(1, (name, "hybrid", rows[0][2]))
+    table = _table(rows, results)
+    return {
+        "rows": rows,
+        "ablations": rows,
+        "results": results,
+        "latency": lat,
+        "foreign": foreign[0],
+        "turns": turns,
+        "questions": questions,
+        "dropped": dropped,
+        "per_cat": per_cat,
+        "table": table,
+    }
+
+
+async def _import(memory, transcript: Path, model) -> None:
+    from memory.importer import import_transcript
+
+    if isinstance(model, CachedModel):
+        model.active = True
+    t0 = time.perf_counter()
+    report = await import_transcript(memory, transcript)
+    await memory.vectors.optimize()
+    progress(f"recall_locomo: imported {report.read} turns ({report.embedded} embedded) in {time.perf_counter() - t0:.1f} s")
+    if isinstance(model, CachedModel):
+        model.save()
+        model.active = False  # queries are always embedded for real
+
+
+async def _evaluate(memory, chats, name: str, mode: str, lat: dict | None, foreign: list[int]) -> dict:
+    """recall@k of one configuration over every question; per-query latencies into ``lat``."""
+    t1 = time.perf_counter()
+    scores: dict[int, dict[int, list[float]]] = {}
+    kmax = max(KS)
+    for chat_id, ids, qs in chats:
+        for q, cat, ev in qs:
+            rec = await memory.recall(chat_id, q, kmax, mode=mode)
+            if lat is not None:
+                lat["total"].append(rec.embed_ms + rec.search_ms)
+                lat["embed"].append(rec.embed_ms)
+                lat["search"].append(rec.search_ms)
+            foreign[0] += sum(1 for h in rec.hits if h.chat_id != chat_id)
+            got = [ids.get(h.message_id) for h in rec.hits]
+            per_k = scores.setdefault(cat, {k: [] for k in KS})
+            for k in KS:
+                per_k[k].append(len(set(got[:k]) & set(ev)) / len(ev))
+    allk = {k: 100 * float(np.mean([v for c in scores.values() for v in c[k]])) for k in KS}
+    catk = {c: {k: 100 * float(np.mean(v[k])) for k in KS} for c, v in scores.items()}
+    progress(
+        f"recall_locomo: {name:<45} @5 {allk[5]:5.1f}  @10 {allk[10]:5.1f}  @25 {allk[25]:5.1f}"
+        f"   ({time.perf_counter() - t1:.1f} s)"
+    )
+    return {"all": allk, "cat": catk}
+
+
+def _table(rows, results) -> list[str]:
+    head = "| method | " + " | ".join(
+        [f"all @{k}" for k in KS] + [f"c{c} @{k}" for c in CATEGORIES for k in KS]
+    ) + " |"
+    out = [head, "|" + "---|" * (1 + len(KS) * (1 + len(CATEGORIES)))]
+    for name, _, _ in rows:
+        r = results[name]
+        cells = [f"{r['all'][k]:.1f}" for k in KS]
+        for c in CATEGORIES:
+            cells += [f"{r['cat'][c][k]:.1f}" if c in r["cat"] else "" for k in KS]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(common.main_single("recall_locomo", run))

@@ -1,0 +1,377 @@
+"""Retrieval stages of recall: query handling, score fusion, speaker mentions, neighbouring turns.
+
+``Memory.recall`` runs, for one chat (every LanceDB read pre-filtered to it):
+
+1. **query handling** — the question is embedded with the chat's speaker names taken out
+   (``strip_speakers``: messages are embedded without their sender, so "What did Caroline
+   research?" embedded with the name lands on greetings that say "Caroline" rather than on what she
+   said); the full-text query drops function and question words (``query_terms``).
+2. **candidates** — the vector leg (cosine) and the full-text leg (BM25 over ``content`` =
+   sender, date and text) each return ``pool`` rows; the full-text leg also returns the rows'
+   vectors, so every candidate has an exact cosine.
+3. **score fusion** (``fuse``) — ``bm25 / max bm25 + vector_weight · min-max(cos)`` over the
+   candidates (a row both legs like beats a row one leg loves; ranks would throw the margins away),
+   plus ``speaker_boost`` for a row whose sender the question names.
+4. **neighbouring turns** (``propagate``) — the turns around the ``neighbour_sources`` best
+   full-text hits are read while the question is still being embedded (``neighbour_ids``; around
+   the best vector hits instead, afterwards, when full text found nothing) and scored like the
+   candidates (cosine, sender); each row then inherits
+   ``neighbour_weight`` of the better fused score of the turns next to it (±1) or
+   ``neighbour_weight_2`` of the turns two away (±2): the answer to a question often only makes
+   sense next to the question ("what did you research?" — "adoption agencies"). A row keeps
+   ``neighbour_floor`` of that bonus whatever it says and the rest in proportion to its own
+   (normalised) similarity, so in an interleaved channel an unrelated line next to a strong hit is
+   not lifted as far as a related one.
+
+Measured on the LoCoMo development set (``python -m benchmarks.recall_locomo``), every stage pays;
+``RetrievalSettings.ablations()`` lists the switches the benchmark turns off one at a time.
+Nothing here knows about any data set: the same code serves Telegram groups and IRC logs.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+import numpy as np
+
+from .types import MemoryHit
+
+# English function words and question words: they carry no topic, and in a question they only add
+# noise to BM25 ("what did", "how does"). Applied to the query only; the index keeps its own list.
+STOP_WORDS = frozenset(
+    """a about above after again against all also am an and any are as at be because been before being
+    below between both but by can could did do does doing done down during each either else ever
+    every few for from further get got had has have having he her here hers herself him himself his
+    how i if in into is it its itself just kind like me might more most much must my myself no nor
+    not now of off on once one only or other ought our ours ourselves out over own per quite rather
+    s same shall she should since so some such t than that the their theirs them themselves then
+    there these they this those though through thus to too type under until up upon us very was we
+    were what whatever when whenever where whereas wherever whether which while who whoever whom
+    whose why will with would yet you your yours yourself yourselves ll re ve d m don didn doesn isn
+    wasn aren weren hasn haven hadn won wouldn couldn shouldn""".split()
+)
+
+_WORD_RE = re.compile(r"\w+", re.UNICODE)
+_MIN_NAME_LEN = 3  # a name term shorter than this is never taken as a mention
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievalSettings:
+    """Knobs of the recall stages (defaults: the measured best on the development set).
+
+    fusion: ``"score"`` (normalised scores, weighted sum) or ``"rrf"`` (reciprocal rank, scaled to
+    a best row of 1.0, for comparison). pool: candidates per leg. vector_weight: weight of the
+    min-max normalised cosine against BM25 / max BM25. speaker_boost: added when the row's sender
+    is named in the question. strip_speakers: embed the question without the chat's speaker names.
+    drop_stop_words: leave function/question words out of the full-text query.
+    neighbour_weight / neighbour_weight_2: share of the fused score of the turn ±1 / ±2 away that a
+    row inherits (0 and 0 switch the stage off). neighbour_floor: part of that bonus a row gets
+    even with no similarity of its own (the rest scales with its min-max cosine).
+    neighbour_sources: how many of the best full-text hits have their surrounding turns read
+    (measured: around the best 10 full-text hits is as good as around the best 20 fused ones, and
+    can be read during the embedding). neighbour_span: message ids searched on each side of them
+    (and the largest id gap still taken as adjacent; bot replies and deleted messages leave gaps).
+    """
+
+    fusion: str = "score"
+    pool: int = 30
+    vector_weight: float = 1.0
+    speaker_boost: float = 0.2
+    strip_speakers: bool = True
+    drop_stop_words: bool = True
+    neighbour_weight: float = 0.7
+    neighbour_weight_2: float = 0.5
+    neighbour_floor: float = 0.5
+    neighbour_sources: int = 10
+    neighbour_span: int = 4
+
+    def __post_init__(self) -> None:
+        if self.fusion not in ("score", "rrf"):
+            raise ValueError(f"fusion must be 'score' or 'rrf', not {self.fusion!r}")
+        if self.pool < 1 or self.neighbour_sources < 0 or self.neighbour_span < 1:
+            raise ValueError("pool >= 1, neighbour_sources >= 0 and neighbour_span >= 1 are required")
+        if not 0.0 <= self.neighbour_floor <= 1.0:
+            raise ValueError("neighbour_floor must be within 0..1")
+
+    @property
+    def neighbours(self) -> bool:
+        return self.neighbour_sources > 0 and (self.neighbour_weight > 0 or self.neighbour_weight_2 > 0)
+
+    def ablations(self) -> list[tuple[str, "RetrievalSettings"]]:
+        """``(label, settings)`` with one stage switched off each, for the benchmark's ablation rows."""
+        return [
+            ("rank fusion (RRF) instead of score fusion", replace(self, fusion="rrf")),
+            ("no neighbouring turns", replace(self, neighbour_weight=0.0, neighbour_weight_2=0.0)),
+            ("neighbours ±1 only", replace(self, neighbour_weight_2=0.0)),
+            ("neighbour bonus not scaled by own similarity", replace(self, neighbour_floor=1.0)),
+            ("no speaker boost", replace(self, speaker_boost=0.0)),
+            ("speaker names kept in the embedded query", replace(self, strip_speakers=False)),
+            ("stop words kept in the BM25 query", replace(self, drop_stop_words=False)),
+            ("pool 60 per leg", replace(self, pool=60)),
+        ]
+
+    def plain(self) -> "RetrievalSettings":
+        """Every stage off: the two legs fused by score alone."""
+        return replace(
+            self, speaker_boost=0.0, strip_speakers=False, drop_stop_words=False, neighbour_weight=0.0, neighbour_weight_2=0.0
+        )
+
+
+DEFAULT = RetrievalSettings()
+
+
+# ---------------------------------------------------------------------- query handling
+
+
+def query_terms(terms: Iterable[str], drop_stop_words: bool = True) -> list[str]:
+    """The full-text terms worth searching: ``terms`` (from ``vectors.fts_terms``) without stop
+    words — unless nothing else is left ("who is it?"), then all of them."""
+    terms = list(terms)
+    if not drop_stop_words:
+        return terms
+    kept = [t for t in terms if t not in STOP_WORDS]
+    return kept or terms
+
+
+def _name_forms(name: str) -> list[str]:
+    """Lower-cased ways a question can name a sender: the whole name and its first word (the
+    first name), when long enough and not a stop word."""
+    words = [w.lower() for w in _WORD_RE.findall(name or "")]
+    if not words:
+        return []
+    forms = []
+    full = " ".join(words)
+    if len(full) >= _MIN_NAME_LEN and full not in STOP_WORDS:
+        forms.append(full)
+    if len(words) > 1 and len(words[0]) >= _MIN_NAME_LEN and words[0] not in STOP_WORDS:
+        forms.append(words[0])
+    return forms
+
+
+@lru_cache(maxsize=256)
+def _speaker_index(speakers: frozenset[str]) -> tuple[dict[tuple[str, ...], frozenset[str]], int]:
+    """``{name form as a word tuple: the senders it names}`` and the longest form, per speaker set."""
+    by_form: dict[tuple[str, ...], set[str]] = {}
+    longest = 1
+    for sp in speakers:
+        for form in _name_forms(sp):
+            key = tuple(form.split())
+            by_form.setdefault(key, set()).add(sp)
+            longest = max(longest, len(key))
+    return {k: frozenset(v) for k, v in by_form.items()}, longest
+
+
+@dataclass(frozen=True, slots=True)
+class Mentions:
+    """Which of the chat's senders a question names, and the question with those names taken out."""
+
+    names: frozenset[str] = frozenset()  # the senders' names as stored (``user_name``)
+    stripped: str = ""  # the question without the name words ("" when nothing is left)
+
+
+def find_speakers(query: str, speakers: Collection[str]) -> Mentions:
+    """Find the chat's ``speakers`` named in ``query`` (whole words, case-insensitive, possessive
+    "'s" included; a multi-word name by its full form or its first word). Cost: one pass over the
+    question's words plus one dict lookup each; the speaker set may be large (an IRC channel)."""
+    if not query or not speakers:
+        return Mentions(frozenset(), query or "")
+    by_form, longest = _speaker_index(frozenset(speakers))
+    spans = [(m.start(), m.end(), m.group(0).lower()) for m in _WORD_RE.finditer(query)]
+    found: set[str] = set()
+    cut: list[tuple[int, int]] = []
+    i = 0
+    while i < len(spans):
+        for n in range(min(longest, len(spans) - i), 0, -1):
+            key = tuple(w for _, _, w in spans[i : i + n])
+            if key in by_form:
+                found |= by_form[key]
+                end = spans[i + n - 1][1]
+                if query[end : end + 2] in ("'s", "’s"):
+                    end += 2
+                cut.append((spans[i][0], end))
+                i += n
+                break
+        else:
+            i += 1
+    if not cut:
+        return Mentions(frozenset(), query)
+    out, pos = [], 0
+    for a, b in cut:
+        out.append(query[pos:a])
+        pos = b
+    out.append(query[pos:])
+    stripped = re.sub(r"\s+", " ", "".join(out)).strip()
+    return Mentions(frozenset(found), stripped if _WORD_RE.search(stripped) else "")
+
+
+# ---------------------------------------------------------------------- fusion
+
+
+@dataclass(slots=True)
+class Candidate:
+    """One row considered for a recall: the row (``_RESULT_COLUMNS``), its leg scores, its fused
+    score and the bonus it inherits from its neighbours."""
+
+    row: dict
+    cos: float | None = None
+    bm25: float | None = None
+    vector_rank: int | None = None
+    fts_rank: int | None = None
+    fused: float = 0.0
+    cos_norm: float = 0.0  # min-max normalised cosine within the query's candidates, 0..1
+    speaker: float = 0.0
+    neighbour: float = 0.0
+    parts: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.row["kind"], int(self.row["message_id"]))
+
+    @property
+    def score(self) -> float:
+        return self.fused + self.neighbour
+
+
+def _cos(query_vector: np.ndarray | None, vec) -> float | None:
+    if query_vector is None or vec is None:
+        return None
+    return float(np.dot(np.asarray(vec, dtype=np.float32), query_vector))
+
+
+class Fusion:
+    """Fuses the two legs of one query and scores any further row of the same query alike.
+
+    vector_rows: best first, each with ``_cos``. fts_rows: best first, each with ``_score`` (BM25)
+    and ``vector``. Normalisation constants come from the candidates: max BM25, min/max cosine.
+    """
+
+    def __init__(
+        self,
+        vector_rows: list[dict],
+        fts_rows: list[dict],
+        query_vector: np.ndarray | None,
+        settings: RetrievalSettings,
+        mentioned: Collection[str] = (),
+    ) -> None:
+        self.settings = settings
+        self.query_vector = query_vector
+        self.mentioned = frozenset(mentioned)
+        self.candidates: dict[tuple[str, int], Candidate] = {}
+        for rank, r in enumerate(vector_rows, start=1):
+            c = self._get(r)
+            c.cos, c.vector_rank = float(r["_cos"]), rank
+        for rank, r in enumerate(fts_rows, start=1):
+            c = self._get(r)
+            c.bm25, c.fts_rank = float(r["_score"]), rank
+            if c.cos is None:
+                c.cos = _cos(query_vector, r.get("vector"))
+        cos = [c.cos for c in self.candidates.values() if c.cos is not None]
+        self.cmin, self.cmax = (min(cos), max(cos)) if cos else (0.0, 0.0)
+        self.bmax = max((c.bm25 for c in self.candidates.values() if c.bm25), default=0.0)
+        self.rrf_max = max((self._rrf(c) for c in self.candidates.values()), default=0.0)
+        for c in self.candidates.values():
+            self._score(c)
+
+    def _get(self, r: dict) -> Candidate:
+        key = (r["kind"], int(r["message_id"]))
+        c = self.candidates.get(key)
+        if c is None:
+            row = {k: v for k, v in r.items() if k not in ("vector", "_cos", "_score")}
+            c = self.candidates[key] = Candidate(row)
+        return c
+
+    @staticmethod
+    def _rrf(c: Candidate) -> float:
+        from .vectors import RRF_K
+
+        return sum(1.0 / (RRF_K + r) for r in (c.vector_rank, c.fts_rank) if r is not None)
+
+    def cos_norm(self, cos: float | None) -> float:
+        if cos is None or self.cmax - self.cmin < 1e-9:
+            return 0.0
+        return min(1.0, max(0.0, (cos - self.cmin) / (self.cmax - self.cmin)))
+
+    def _score(self, c: Candidate) -> None:
+        s = self.settings
+        parts: dict[str, float] = {}
+        if c.cos is not None:
+            parts["vector"] = c.cos
+        if c.bm25 is not None:
+            parts["fts"] = c.bm25
+        c.cos_norm = self.cos_norm(c.cos)
+        if s.fusion == "rrf":
+            fused = self._rrf(c) / self.rrf_max if self.rrf_max > 0 else 0.0
+        else:
+            fused = (c.bm25 / self.bmax if c.bm25 and self.bmax > 0 else 0.0) + s.vector_weight * c.cos_norm
+        if s.speaker_boost and c.row.get("user_name") in self.mentioned:
+            c.speaker = s.speaker_boost
+            parts["speaker"] = s.speaker_boost
+        c.fused = fused + c.speaker
+        parts["fused"] = c.fused
+        c.parts = parts
+
+    def add_rows(self, rows: Iterable[dict]) -> None:
+        """Rows found only as neighbours (each with ``vector``): scored by cosine and sender alone."""
+        for r in rows:
+            key = (r["kind"], int(r["message_id"]))
+            if key in self.candidates:
+                continue
+            c = self._get(r)
+            c.cos = _cos(self.query_vector, r.get("vector"))
+            self._score(c)
+
+    def best(self, n: int) -> list[Candidate]:
+        return sorted(self.candidates.values(), key=_order)[:n]
+
+
+def _order(c: Candidate):
+    return (-c.score, -(c.cos if c.cos is not None else -2.0), c.row["message_id"])
+
+
+# ---------------------------------------------------------------------- neighbouring turns
+
+
+def neighbour_ids(sources: Iterable[int], span: int, known: Collection[int] = ()) -> list[int]:
+    """The message ids within ``span`` of any source id, minus the ``known`` ones (already
+    scored), sorted: what the neighbour stage reads. Each row read costs a random read in lance
+    (~20 us), so rows the legs already returned are not read again."""
+    want = {i for s in sources for i in range(int(s) - span, int(s) + span + 1)}
+    return sorted(want.difference(known))
+
+
+def propagate(candidates: Iterable[Candidate], settings: RetrievalSettings) -> None:
+    """Give every candidate ``neighbour_weight`` × the best fused score of the rows next to it (±1)
+    or ``neighbour_weight_2`` × that of the rows two away (±2), whichever is more, scaled by
+    ``neighbour_floor + (1 - neighbour_floor) × its own normalised cosine``.
+
+    Rows are ordered by message id per kind; adjacent known rows more than ``neighbour_span`` ids
+    apart are not neighbours (something unseen may lie between them).
+    """
+    w1, w2, gap = settings.neighbour_weight, settings.neighbour_weight_2, settings.neighbour_span
+    floor = settings.neighbour_floor
+    by_kind: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_kind.setdefault(c.row["kind"], []).append(c)
+    for rows in by_kind.values():
+        rows.sort(key=lambda c: c.row["message_id"])
+        ids = [int(c.row["message_id"]) for c in rows]
+        n = len(rows)
+        for p, c in enumerate(rows):
+            bonus = 0.0
+            for step, w in ((1, w1), (2, w2)):
+                if w <= 0:
+                    continue
+                for q in (p - step, p + step):
+                    if 0 <= q < n and abs(ids[q] - ids[p]) <= gap * step:
+                        bonus = max(bonus, w * rows[q].fused)
+            bonus *= floor + (1.0 - floor) * c.cos_norm
+            c.neighbour = bonus
+            if bonus > 0:
+                c.parts["neighbour"] = bonus
+
+
+def to_hit(c: Candidate, hit_factory) -> MemoryHit:
+    """The ``MemoryHit`` of a ranked candidate; ``parts`` keep every component of its score."""
+    return hit_factory(c.row, c.score, dict(c.parts))
