@@ -201,12 +201,16 @@ def run(quick: bool) -> dict:
                     for k in KS:
                         metrics.append(metric(f"{name}: cat {cat} {label} recall@{k}", res["cat"][cat][k], "%"))
     lat = out["latency"]
+    before = out["latency_before"]
     metrics += [
         metric("full: recall latency p50", percentile(lat["total"], 50), "ms"),
         metric("full: recall latency p95", percentile(lat["total"], 95), "ms", target=("<=", TARGET_P95_MS)),
         metric("full: query embedding p50", percentile(lat["embed"], 50), "ms"),
         metric("full: search (after embedding) p50", percentile(lat["search"], 50), "ms"),
         metric("full: search (after embedding) p95", percentile(lat["search"], 95), "ms"),
+        metric("RRF hybrid as before: recall latency p50", percentile(before["total"], 50), "ms"),
+        metric("RRF hybrid as before: recall latency p95", percentile(before["total"], 95), "ms"),
+        metric("RRF hybrid as before: query embedding p50", percentile(before["embed"], 50), "ms"),
         metric("foreign hits (must be 0)", out["foreign"], ""),
         metric("model load (excluded)", load_s, "s"),
     ]
@@ -218,6 +222,8 @@ def run(quick: bool) -> dict:
             "questions": out["questions"],
             "dropped_questions": out["dropped"],
             "per_category": {c: n for c, n in sorted(out["per_cat"].items())},
+            "k": max(KS),
+            "torch_threads": common.torch_threads(),
         },
         "metrics": metrics,
         "table": out["table"],
@@ -225,6 +231,7 @@ def run(quick: bool) -> dict:
             "one chat per conversation, all imported into one data dir; recall is pre-filtered to the question's chat",
             "recall@k = |top-k ∩ evidence| / |evidence| averaged over questions; evidence ids normalised, unknown ids dropped",
             f"latency: per query through Memory.recall (query embedding + search + stages), after {WARMUP} warm-up queries; "
+            "the RRF hybrid of before is timed right after the full method, under the same load; "
             "load average is reported beside (2 shared cores)",
             *out["table"],
         ],
@@ -266,6 +273,7 @@ async def _bench(tmp: Path, model, convs: list[dict]) -> dict:
 
     results: dict[str, dict] = {}
     lat = {"total": [], "embed": [], "search": []}
+    lat_before = {"total": [], "embed": [], "search": []}
     foreign = [0]
     rows = ablations()
     async with open_memory(cfg, tmp / "data", model=model) as memory:
@@ -276,6 +284,10 @@ async def _bench(tmp: Path, model, convs: list[dict]) -> dict:
         for name, mode, settings in rows:
             memory.retrieval = settings
             results[name] = await _evaluate(memory, chats, name, mode, lat if name == rows[0][0] else None, foreign)
+            # the bare hybrid of before, right after the full method: its latency under the same load
+            if name == rows[0][0]:
+                memory.retrieval = None
+                await _evaluate(memory, chats, "(latency of the RRF hybrid as before)", "hybrid", lat_before, foreign)
 
     # the same, with the full-text content as it was before (sender and text, no date): a fresh import
     import memory.vectors as mv
@@ -296,6 +308,7 @@ async def _bench(tmp: Path, model, convs: list[dict]) -> dict:
         "ablations": rows,
         "results": results,
         "latency": lat,
+        "latency_before": lat_before,
         "foreign": foreign[0],
         "turns": turns,
         "questions": questions,

@@ -10,9 +10,14 @@ One table at ``<data_dir>/memory/``, one row per remembered item::
     kind        string     "message" (later "document")
     text        string     the original text
     content     string     "{user_name} {d Month yyyy}: {text}" — what the full-text (FTS) index reads
-                           (sender and day are searchable: "what did Caroline say in May 2023")
+                           (sender and day are searchable: "what did Caroline say in May 2023").
+                           Rows written before this format hold "{user_name}: {text}": they are
+                           still found; ``kith memory reindex`` rewrites them (the schema is unchanged)
     date        timestamp[us, UTC]
     vector      fixed_size_list<float32>[384]   L2-normalised, cosine distance
+
+Recall (``search(..., retrieval=...)`` / ``recall``) runs the stages of ``memory.retrieval`` on top
+of the two legs: see there.
 
 LanceDB is derived data (rebuildable from DuckDB). Every LanceDB operation is a coroutine of lancedb's
 async API run on a private loop thread, waited for from a worker thread (``anyio.to_thread``) behind
