@@ -231,7 +231,7 @@ def run(quick: bool) -> dict:
             "one chat per conversation, all imported into one data dir; recall is pre-filtered to the question's chat",
             "recall@k = |top-k ∩ evidence| / |evidence| averaged over questions; evidence ids normalised, unknown ids dropped",
             f"latency: per query through Memory.recall (query embedding + search + stages), after {WARMUP} warm-up queries; "
-            "the RRF hybrid of before is timed right after the full method, under the same load; "
+            "the RRF hybrid of before is timed on each question right after the full method, under the same load; "
             "load average is reported beside (2 shared cores)",
             *out["table"],
         ],
@@ -283,11 +283,10 @@ async def _bench(tmp: Path, model, convs: list[dict]) -> dict:
                 await memory.recall(chat_id, q, max(KS))
         for name, mode, settings in rows:
             memory.retrieval = settings
-            results[name] = await _evaluate(memory, chats, name, mode, lat if name == rows[0][0] else None, foreign)
-            # the bare hybrid of before, right after the full method: its latency under the same load
-            if name == rows[0][0]:
-                memory.retrieval = None
-                await _evaluate(memory, chats, "(latency of the RRF hybrid as before)", "hybrid", lat_before, foreign)
+            first = name == rows[0][0]
+            results[name] = await _evaluate(
+                memory, chats, name, mode, lat if first else None, foreign, lat_before if first else None
+            )
 
     # the same, with the full-text content as it was before (sender and text, no date): a fresh import
     import memory.vectors as mv
@@ -332,8 +331,13 @@ async def _import(memory, transcript: Path, model) -> None:
         model.active = False  # queries are always embedded for real
 
 
-async def _evaluate(memory, chats, name: str, mode: str, lat: dict | None, foreign: list[int]) -> dict:
-    """recall@k of one configuration over every question; per-query latencies into ``lat``."""
+async def _evaluate(
+    memory, chats, name: str, mode: str, lat: dict | None, foreign: list[int], lat_before: dict | None = None
+) -> dict:
+    """recall@k of one configuration over every question; per-query latencies into ``lat``.
+
+    ``lat_before``: also time the bare RRF hybrid of before on each question, right after, so both
+    are measured under the same load (the machine is shared)."""
     t1 = time.perf_counter()
     scores: dict[int, dict[int, list[float]]] = {}
     kmax = max(KS)
@@ -344,6 +348,15 @@ async def _evaluate(memory, chats, name: str, mode: str, lat: dict | None, forei
                 lat["total"].append(rec.embed_ms + rec.search_ms)
                 lat["embed"].append(rec.embed_ms)
                 lat["search"].append(rec.search_ms)
+            if lat_before is not None:
+                settings, memory.retrieval = memory.retrieval, None
+                try:
+                    old = await memory.recall(chat_id, q, kmax, mode="hybrid")
+                finally:
+                    memory.retrieval = settings
+                lat_before["total"].append(old.embed_ms + old.search_ms)
+                lat_before["embed"].append(old.embed_ms)
+                lat_before["search"].append(old.search_ms)
             foreign[0] += sum(1 for h in rec.hits if h.chat_id != chat_id)
             got = [ids.get(h.message_id) for h in rec.hits]
             per_k = scores.setdefault(cat, {k: [] for k in KS})

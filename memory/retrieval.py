@@ -9,7 +9,7 @@
 2. **candidates** — the vector leg (cosine) and the full-text leg (BM25 over ``content`` =
    sender, date and text) each return ``pool`` rows; the full-text leg also returns the rows'
    vectors, so every candidate has an exact cosine.
-3. **score fusion** (``fuse``) — ``bm25 / max bm25 + vector_weight · min-max(cos)`` over the
+3. **score fusion** (``Fusion``) — ``bm25 / max bm25 + vector_weight · min-max(cos)`` over the
    candidates (a row both legs like beats a row one leg loves; ranks would throw the margins away),
    plus ``speaker_boost`` for a row whose sender the question names.
 4. **neighbouring turns** (``propagate``) — the turns around the ``neighbour_sources`` best
@@ -23,7 +23,11 @@
    (normalised) similarity, so in an interleaved channel an unrelated line next to a strong hit is
    not lifted as far as a related one.
 
-Measured on the LoCoMo development set (``python -m benchmarks.recall_locomo``), every stage pays;
+Measured on the LoCoMo development set (``python -m benchmarks.recall_locomo``; recall@10/@25 over
+760 questions): the legs fused by score alone 64.7/73.9; full method 76.0/86.2; without neighbours
+71.0/80.5; speaker names kept in the embedded question 72.8/82.2; without the speaker boost
+74.9/85.0; rank fusion instead of score fusion 73.0/84.5; no date in the content 74.3/84.9; the
+stop-word list is neutral there (76.0/85.8 without it) and only makes the full-text query shorter.
 ``RetrievalSettings.ablations()`` lists the switches the benchmark turns off one at a time.
 Nothing here knows about any data set: the same code serves Telegram groups and IRC logs.
 """
