@@ -12,7 +12,7 @@ from actors.runtime import open_memory, open_runtime
 from config.models import AutoCleanup, Config, Settings, StorageLimits, Tier, TierMemory, TiersConfig
 from memory.cleanup import cleanup_scope
 from memory.importer import import_transcript
-from memory.maintenance import reindex
+from memory.maintenance import compact, reindex
 from memory.types import StoredMessage
 
 pytestmark = pytest.mark.anyio
@@ -113,6 +113,7 @@ async def test_reindex_rebuilds_identical_results_and_isolation_holds(tmp_path, 
             # the same memories come back; their order may differ only among equal texts (tied scores)
             return {(c, q): {h.message_id for h in (await memory.recall(c, q, 10)).hits} for c in chats for q in queries}
 
+        await compact(memory)  # compare like with like: every row in the indexes (reindex ends compacted)
         before = await results()
         await reindex(memory)
         assert await results() == before  # LanceDB is derived data: rebuilt from DuckDB, same answers
@@ -120,6 +121,7 @@ async def test_reindex_rebuilds_identical_results_and_isolation_holds(tmp_path, 
         await cleanup_scope(memory, "chat", chats[0], StorageLimits(dialogue_limit=500), AutoCleanup(keep_percentage=80, min_age_days=0), NOW)
         assert await memory.store.count_messages(chats[0]) == 400
         stored0 = await agree(memory, chats[0])
+        await compact(memory)
         after_cleanup = await results()
         await reindex(memory)
         assert await results() == after_cleanup
