@@ -9,18 +9,11 @@ from actors.events import ButtonPress, CommandEvent, Incoming, PaymentEvent, Pre
 from actors.local import IdAllocator, LocalOutbox
 from actors.runtime import open_runtime
 from config.models import Config, ModelSpec, Plan, Quotas, Settings, Tier, TiersConfig
+from tests.clock import Clock
 
 pytestmark = pytest.mark.anyio
 
 USER = Sender(21, "Uma")
-
-
-class Clock:
-    def __init__(self, t: datetime) -> None:
-        self.t = t
-
-    def __call__(self) -> datetime:
-        return self.t
 
 
 def cfg(*, fallback: str | None = None) -> Config:

@@ -14,19 +14,15 @@ from tiers.errors import BadScope, UnknownTier
 from tiers.quotas import QuotaTracker, RateLimiter, next_midnight
 from tiers.subscriptions import parse_target
 
+from tests.clock import Clock as _Clock
+
 T0 = datetime(2025, 3, 14, 21, 30, tzinfo=UTC)
 GROUP, ALICE, BOB = -100500, 11, 22
 
 
-class Clock:
+class Clock(_Clock):
     def __init__(self, t: datetime = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> datetime:
-        return self.t
-
-    def advance(self, **kw) -> None:
-        self.t += timedelta(**kw)
+        super().__init__(t)
 
 
 CFG = TiersConfig(

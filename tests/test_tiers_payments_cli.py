@@ -19,18 +19,14 @@ from tiers.payments import (
     apply_successful_payment, invoice_for, make_payload, parse_payload, payments, validate_pre_checkout,
 )
 
+from tests.clock import Clock as _Clock
+
 T0 = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
 
 
-class Clock:
+class Clock(_Clock):
     def __init__(self, t: datetime = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> datetime:
-        return self.t
-
-    def advance(self, **kw) -> None:
-        self.t += timedelta(**kw)
+        super().__init__(t)
 
 
 CFG = TiersConfig(
