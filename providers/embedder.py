@@ -142,8 +142,9 @@ class Embedder:
                 if self._closed:
                     return
                 continue
-            # give other chats a moment to join the batch
-            if self._waiting() < self.max_batch and self.max_wait_s > 0:
+            # give other chats a moment to join the batch — unless someone is waiting for a query
+            # (queries that arrive while a model call runs are batched by the next call anyway)
+            if self._waiting() < self.max_batch and self.max_wait_s > 0 and not any(r.urgent for r in self._pending):
                 await anyio.sleep(self.max_wait_s)
             while self._pending:
                 await self._run_batch(self._take())
