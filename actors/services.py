@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from config.models import Config
@@ -63,9 +63,7 @@ class Services:
     admission: object | None = None  # tiers.Admission; None = no tiers (every request admitted)
     janitor: object | None = None  # memory.cleanup.Janitor; None = no capacity cleanup
     on_turn: Callable[[TurnReport], None] | None = None
-    turns: int = field(default=0)
 
     def report(self, rep: TurnReport) -> None:
-        self.turns += 1
         if self.on_turn is not None:
             self.on_turn(rep)
