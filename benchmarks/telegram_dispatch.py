@@ -151,7 +151,9 @@ async def _pipeline(quick: bool, profile: bool, tg, cfg, model) -> dict:
                 import pstats
 
                 out = io.StringIO()
-                pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(30)
+                st = pstats.Stats(prof, stream=out)
+                st.sort_stats("tottime").print_stats(30)
+                st.sort_stats("cumulative").print_stats(r"(actors|memory|providers|tiers)/", 40)
                 results["profile"] = out.getvalue()
             if not quick:
                 rate = max(5.0, results["pipeline"]["updates_per_s"] / 2)
@@ -246,7 +248,7 @@ def run(quick: bool = False, profile: bool = False) -> dict:
             "sending budgets raised for the runs (Telegram's 30 msg/s would cap replies at 30/s)",
             "dispatch_updates_per_s: updates through pyrogram's dispatcher and the router into the actors' inboxes",
             "pipeline, mean per answered turn (ms, queueing included): "
-            + ", ".join(f"{k.removesuffix('_ms')} {pipe[k]:.0f}" for k in ("turn_ms", "llm_ms", "embed_ms", "search_ms", "overhead_ms")),
+            + ", ".join(f"{k.removesuffix('_ms')} {pipe[k]:.2f}" for k in ("turn_ms", "llm_ms", "embed_ms", "search_ms", "overhead_ms")),
             f"transport bursts: {trans.get('runs_updates_per_s')} updates/s",
             f"outbox (pipeline): {r['outbox']}",
         ],

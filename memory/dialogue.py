@@ -24,8 +24,14 @@ Guarantees:
 - Timestamps are stored as ``TIMESTAMPTZ`` and returned as tz-aware UTC ``datetime``; a naive
   ``datetime`` given to the store is taken as UTC.
 
-Awaited writes (``upsert_chat``, ``set_chat_settings``, ``set_user_settings``, ``delete_messages``)
-commit before they return. ``add`` and friends must be called from the event-loop thread.
+Awaited writes (``set_chat_settings``, ``set_user_settings``, ``delete_messages``) commit before they
+return; ``upsert_chat`` is queued with the hot-path writes (it only names the chat).
+
+A directory of the small tables lives in memory, loaded at open and kept by every write (this process
+is the file's only writer): chat rows and settings, the non-empty user settings, and the set of chats
+that have messages. So a new chat's first turn reads nothing from DuckDB (its settings, its sender's
+settings and its empty recent window come from the directory), and a read of one chat waits only for
+that chat's queued rows, not for everyone's. ``add`` and friends must be called from the event-loop thread.
 
 Usage::
 
@@ -99,10 +105,11 @@ class _Batch:
     messages: list[StoredMessage]
     usage: list[UsageRecord]
     recalls: list[tuple[int, int, int, float]]
+    chats: list[tuple[int, str, str | None, int]]  # (chat_id, type, title, created_at µs)
     upto: int  # sequence number of the last enqueued row in this batch
 
     def __len__(self) -> int:
-        return len(self.messages) + len(self.usage) + len(self.recalls)
+        return len(self.messages) + len(self.usage) + len(self.recalls) + len(self.chats)
 
 
 @dataclass(eq=False)
@@ -146,6 +153,14 @@ class DialogueStore:
         self._q_messages: list[StoredMessage] = []
         self._q_usage: list[UsageRecord] = []
         self._q_recalls: list[tuple[int, int, int, float]] = []
+        self._q_chats: list[tuple[int, str, str | None, int]] = []
+        # the directory (see the module docstring): chat_id -> (type, title, settings JSON text);
+        # user_id -> settings JSON text (non-empty only); chats with stored or queued messages;
+        # chat_id -> sequence number of its newest queued message (until committed)
+        self._chat_rows: dict[int, tuple[str, str | None, str]] = {}
+        self._user_rows: dict[int, str] = {}
+        self._chats_with_messages: set[int] = set()
+        self._queued_for_chat: dict[int, int] = {}
         self._seq = 0  # rows enqueued so far
         self._done_seq = 0  # every row up to this one is committed (or dropped as unstorable)
         self._waiters: list[_Waiter] = []
@@ -208,12 +223,20 @@ class DialogueStore:
         try:
             con.execute("SET TimeZone = 'UTC'")
             _, self.schema_version = migrate(con, clock=self._clock)
+            self._load_directory(con)
         except BaseException:
             con.close()
             raise
         self._con = con
         self._key = key
         _OPEN_PATHS.add(key)
+
+    def _load_directory(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._chat_rows = {r[0]: (r[1], r[2], r[3] or "{}") for r in con.execute(
+            "SELECT chat_id, type, title, settings::VARCHAR FROM chats").fetchall()}
+        self._user_rows = {r[0]: r[1] for r in con.execute(
+            "SELECT user_id, settings::VARCHAR FROM users WHERE settings::VARCHAR NOT IN ('{}', 'null')").fetchall()}
+        self._chats_with_messages = {r[0] for r in con.execute("SELECT DISTINCT chat_id FROM messages").fetchall()}
 
     # ------------------------------------------------------------ enqueue (non-blocking)
 
@@ -226,6 +249,8 @@ class DialogueStore:
         self._check_writable()
         self._q_messages.append(msg)
         self._enqueued(1)
+        self._chats_with_messages.add(msg.chat_id)
+        self._queued_for_chat[msg.chat_id] = self._seq
 
     def add_many(self, msgs: Iterable[StoredMessage]) -> None:
         """Queue many messages (see ``add``)."""
@@ -233,6 +258,9 @@ class DialogueStore:
         batch = list(msgs)
         self._q_messages.extend(batch)
         self._enqueued(len(batch))
+        for m in batch:
+            self._chats_with_messages.add(m.chat_id)
+            self._queued_for_chat[m.chat_id] = self._seq
 
     def record_usage(self, rec: UsageRecord) -> None:
         """Queue one usage record (one billed call)."""
@@ -270,7 +298,7 @@ class DialogueStore:
     @property
     def pending(self) -> int:
         """Rows queued and not yet handed to the database."""
-        return len(self._q_messages) + len(self._q_usage) + len(self._q_recalls)
+        return len(self._q_messages) + len(self._q_usage) + len(self._q_recalls) + len(self._q_chats)
 
     # ------------------------------------------------------------ writer
 
@@ -295,6 +323,12 @@ class DialogueStore:
     async def _sync(self) -> None:
         """Read-your-writes: flush if anything is queued or being committed."""
         if self._seq > self._done_seq:
+            await self.flush()
+
+    async def _sync_chat(self, chat_id: int) -> None:
+        """Read-your-writes for one chat's messages: flush only if that chat has rows queued or being
+        committed (other chats' queued rows cannot change this chat's reads)."""
+        if self._queued_for_chat.get(chat_id, 0) > self._done_seq:
             await self.flush()
 
     async def _writer(self) -> None:
@@ -337,8 +371,9 @@ class DialogueStore:
                 backoff = min(_MAX_BACKOFF_S, max(0.1, backoff * 2))
 
     async def _commit_pending(self) -> bool:
-        batch = _Batch(self._q_messages, self._q_usage, self._q_recalls, self._seq)
-        self._q_messages, self._q_usage, self._q_recalls = [], [], []
+        batch = _Batch(self._q_messages, self._q_usage, self._q_recalls, self._q_chats, self._seq)
+        committed = batch.messages
+        self._q_messages, self._q_usage, self._q_recalls, self._q_chats = [], [], [], []
         try:
             await anyio.to_thread.run_sync(self._write_sync, batch, limiter=self._limiter)
         except Exception as exc:  # noqa: BLE001 - systemic: keep what is left of the batch queued
@@ -346,6 +381,7 @@ class DialogueStore:
             self._q_messages[:0] = batch.messages
             self._q_usage[:0] = batch.usage
             self._q_recalls[:0] = batch.recalls
+            self._q_chats[:0] = batch.chats
             self._write_error = exc
             err = MemoryStoreError(f"dialogue store cannot write ({len(batch)} rows kept queued): {exc}")
             waiters, self._waiters = self._waiters, []
@@ -355,6 +391,9 @@ class DialogueStore:
             return False
         self._write_error = None
         self._done_seq = batch.upto
+        for chat_id in {m.chat_id for m in committed}:
+            if self._queued_for_chat.get(chat_id, 0) <= self._done_seq:
+                self._queued_for_chat.pop(chat_id, None)
         still = []
         for w in self._waiters:
             if w.target <= self._done_seq:
@@ -377,6 +416,8 @@ class DialogueStore:
                     self._insert_arrow(con, "usage", _usage_table(batch.usage))
                 if batch.recalls:
                     self._insert_arrow(con, "recalls", _recalls_table(batch.recalls))
+                if batch.chats:
+                    self._insert_arrow(con, "chats", _chats_table(batch.chats))
                 con.execute("COMMIT")
             except BaseException:
                 try:
@@ -392,7 +433,7 @@ class DialogueStore:
             return
         self.commits += 1
         self.rows_written += len(batch)
-        batch.messages, batch.usage, batch.recalls = [], [], []
+        batch.messages, batch.usage, batch.recalls, batch.chats = [], [], [], []
 
     @staticmethod
     def _insert_arrow(con, table: str, tbl: pa.Table) -> None:
@@ -408,6 +449,7 @@ class DialogueStore:
             ("messages", _INSERT_ROW["messages"], _message_params),
             ("usage", _INSERT_ROW["usage"], _usage_params),
             ("recalls", _INSERT_ROW["recalls"], lambda r: list(r)),
+            ("chats", _INSERT_ROW["chats"], lambda r: list(r)),
         ):
             rows = getattr(batch, attr)
             i = 0
@@ -438,8 +480,10 @@ class DialogueStore:
                 with open(f"{base}.jsonl", "a", encoding="utf-8") as f:
                     for m in self._q_messages:
                         f.write(json.dumps(_message_json(m)) + "\n")
-            if self._q_usage or self._q_recalls:
+            if self._q_usage or self._q_recalls or self._q_chats:
                 with open(f"{base}.other.jsonl", "a", encoding="utf-8") as f:
+                    for c in self._q_chats:
+                        f.write(json.dumps({"record": "chat", "chat_id": c[0], "type": c[1], "title": c[2]}) + "\n")
                     for u in self._q_usage:
                         f.write(json.dumps({"record": "usage", **_usage_json(u)}) + "\n")
                     for r in self._q_recalls:
@@ -482,9 +526,9 @@ class DialogueStore:
     ) -> list[StoredMessage]:
         """The newest ``limit`` messages of ``chat_id`` (only thread ``thread_id`` if given; only ids
         below ``before_id`` if given), returned oldest → newest by message id."""
-        if limit <= 0:
+        if limit <= 0 or chat_id not in self._chats_with_messages:
             return []
-        await self._sync()
+        await self._sync_chat(chat_id)
         sql = f"SELECT {_MSG_COLS} FROM messages WHERE chat_id = ?"
         params: list[Any] = [chat_id]
         if thread_id is not None:
@@ -501,9 +545,9 @@ class DialogueStore:
     async def get_messages(self, chat_id: int, message_ids: Sequence[int]) -> list[StoredMessage]:
         """The stored messages of ``chat_id`` among ``message_ids``, ordered by message id (missing
         ids are skipped)."""
-        if not message_ids:
+        if not message_ids or chat_id not in self._chats_with_messages:
             return []
-        await self._sync()
+        await self._sync_chat(chat_id)
         rows = await self._query(
             f"SELECT {_MSG_COLS} FROM messages WHERE chat_id = ? AND message_id IN (SELECT unnest(?::BIGINT[]))"
             " ORDER BY message_id",
@@ -517,9 +561,9 @@ class DialogueStore:
         """For each stored id in ``message_ids``: up to ``before`` messages preceding it, itself, and up
         to ``after`` following it, by message-id order within ``chat_id``, oldest → newest.
         Ids that are not stored are absent from the result."""
-        if not message_ids:
+        if not message_ids or chat_id not in self._chats_with_messages:
             return {}
-        await self._sync()
+        await self._sync_chat(chat_id)
         before, after = max(0, before), max(0, after)
         rows = await self._query(
             f"""
@@ -541,7 +585,9 @@ class DialogueStore:
 
     async def max_message_id(self, chat_id: int) -> int | None:
         """The highest stored message id of ``chat_id``; None when the chat has no messages."""
-        await self._sync()
+        if chat_id not in self._chats_with_messages:
+            return None
+        await self._sync_chat(chat_id)
         rows = await self._query("SELECT max(message_id) FROM messages WHERE chat_id = ?", [chat_id])
         return rows[0][0]
 
@@ -623,17 +669,24 @@ class DialogueStore:
 
     async def upsert_chat(self, chat_id: int, type: str, title: str | None) -> None:
         """Create or update a chat (type: ``private|group|supergroup|channel``). A None title keeps
-        the stored one; settings and ``created_at`` are kept."""
-        await self._query(
-            f"""INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (?, ?, ?, '{{}}', {_TS.format('?')})
-            ON CONFLICT (chat_id) DO UPDATE SET type = excluded.type, title = coalesce(excluded.title, chats.title)""",
-            [chat_id, type, title, to_us(self._clock())],
-        )
+        the stored one; settings and ``created_at`` are kept. Queued with the hot-path writes (no
+        database round trip; an unchanged chat queues nothing)."""
+        self._check_writable()
+        row = self._chat_rows.get(chat_id)
+        if row is not None and row[0] == type and (title is None or title == row[1]):
+            return
+        settings = row[2] if row is not None else "{}"
+        self._chat_rows[chat_id] = (type, title if title is not None else (row[1] if row else None), settings)
+        self._q_chats.append((chat_id, type, title, to_us(self._clock())))
+        self._enqueued(1)
 
     async def chat_settings(self, chat_id: int) -> dict:
-        """The chat's settings object ({} when the chat or its settings are unknown)."""
-        rows = await self._query("SELECT settings::VARCHAR FROM chats WHERE chat_id = ?", [chat_id])
-        return json.loads(rows[0][0]) if rows and rows[0][0] else {}
+        """The chat's settings object ({} when the chat or its settings are unknown); from the
+        directory, no database round trip. raises MemoryStoreError when the store is not open."""
+        if not self._open:
+            raise MemoryStoreError("the dialogue store is not open")
+        row = self._chat_rows.get(chat_id)
+        return json.loads(row[2]) if row is not None else {}
 
     async def set_chat_settings(self, chat_id: int, settings: dict) -> None:
         """Replace the chat's settings with ``settings`` (JSON-serialisable dict). Creates the chat row
@@ -644,11 +697,16 @@ class DialogueStore:
             ON CONFLICT (chat_id) DO UPDATE SET settings = excluded.settings""",
             [chat_id, doc, to_us(self._clock())],
         )
+        row = self._chat_rows.get(chat_id)
+        self._chat_rows[chat_id] = (row[0], row[1], doc) if row is not None else ("unknown", None, doc)
 
     async def user_settings(self, user_id: int) -> dict:
-        """The user's settings object ({} when unknown)."""
-        rows = await self._query("SELECT settings::VARCHAR FROM users WHERE user_id = ?", [user_id])
-        return json.loads(rows[0][0]) if rows and rows[0][0] else {}
+        """The user's settings object ({} when unknown); from the directory, no database round trip.
+        raises MemoryStoreError when the store is not open."""
+        if not self._open:
+            raise MemoryStoreError("the dialogue store is not open")
+        doc = self._user_rows.get(user_id)
+        return json.loads(doc) if doc is not None else {}
 
     async def set_user_settings(
         self, user_id: int, settings: dict, *, username: str | None = None, name: str | None = None
@@ -662,6 +720,10 @@ class DialogueStore:
                 username = coalesce(excluded.username, users.username), name = coalesce(excluded.name, users.name)""",
             [user_id, username, name, doc, to_us(self._clock())],
         )
+        if settings:
+            self._user_rows[user_id] = doc
+        else:
+            self._user_rows.pop(user_id, None)
 
     async def chats(self) -> list[ChatInfo]:
         """Every chat with a chat row or stored messages, by chat id."""
@@ -757,6 +819,11 @@ _INSERT_SELECT = {
         "INSERT OR IGNORE INTO recalls (chat_id, reply_message_id, memory_message_id, score)"
         " SELECT chat_id, reply_message_id, memory_message_id, score FROM {src}"
     ),
+    "chats": (
+        "INSERT INTO chats (chat_id, type, title, settings, created_at)"
+        " SELECT chat_id, type, title, '{{}}', " + _TS.format("created_us") + " FROM {src}"
+        " ON CONFLICT (chat_id) DO UPDATE SET type = excluded.type, title = coalesce(excluded.title, chats.title)"
+    ),
 }
 
 _INSERT_ROW = {
@@ -770,6 +837,10 @@ _INSERT_ROW = {
     ),
     "recalls": (
         "INSERT OR IGNORE INTO recalls (chat_id, reply_message_id, memory_message_id, score) VALUES (?, ?, ?, ?)"
+    ),
+    "chats": (
+        "INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (?, ?, ?, '{}', " + _TS.format("?") + ")"
+        " ON CONFLICT (chat_id) DO UPDATE SET type = excluded.type, title = coalesce(excluded.title, chats.title)"
     ),
 }
 
@@ -830,6 +901,22 @@ def _recalls_table(rows: list[tuple[int, int, int, float]]) -> pa.Table:
             "reply_message_id": pa.array([r[1] for r in uniq], _I64),
             "memory_message_id": pa.array([r[2] for r in uniq], _I64),
             "score": pa.array([r[3] for r in uniq], _F64),
+        }
+    )
+
+
+def _chats_table(rows: list[tuple[int, str, str | None, int]]) -> pa.Table:
+    merged: dict[int, tuple[int, str, str | None, int]] = {}
+    for r in rows:  # one row per chat (ON CONFLICT cannot update a row twice): last type, last title
+        prev = merged.get(r[0])
+        merged[r[0]] = r if prev is None or r[2] is not None else (r[0], r[1], prev[2], prev[3])
+    rs = list(merged.values())
+    return pa.table(
+        {
+            "chat_id": pa.array([r[0] for r in rs], _I64),
+            "type": pa.array([r[1] for r in rs], _STR),
+            "title": pa.array([r[2] for r in rs], _STR),
+            "created_us": pa.array([r[3] for r in rs], _I64),
         }
     )
 

@@ -200,6 +200,43 @@ async def test_chat_and_user_settings_round_trip(db: Path) -> None:
         assert stats["users"] == 1 and stats["chats"] == 2
 
 
+
+@pytest.mark.anyio
+async def test_directory_of_chats_and_users_survives_restart_and_renames(db: Path) -> None:
+    async with DialogueStore(db) as store:
+        await store.upsert_chat(CHAT, "group", "Old name")
+        await store.upsert_chat(CHAT, "supergroup", "New name")  # same batch: merged into one row
+        await store.upsert_chat(CHAT, "supergroup", None)
+        await store.set_chat_settings(CHAT, {"always_on": True})
+        await store.set_user_settings(7, {"model": "smart"})
+        await store.set_user_settings(8, {"model": "fast"})
+        await store.set_user_settings(8, {})  # cleared
+        store.add(msg(1))
+    async with DialogueStore(db) as store:
+        assert await store.chat_settings(CHAT) == {"always_on": True}
+        assert await store.user_settings(7) == {"model": "smart"}
+        assert await store.user_settings(8) == {}
+        assert [m.message_id for m in await store.recent(CHAT, 5)] == [1]
+        info = {c.chat_id: c for c in await store.chats()}[CHAT]
+        assert (info.type, info.title, info.messages) == ("supergroup", "New name", 1)
+
+
+@pytest.mark.anyio
+async def test_a_read_of_one_chat_does_not_wait_for_another_chats_queued_rows(db: Path) -> None:
+    async with DialogueStore(db, flush_interval_s=3600) as store:  # the writer only commits when asked
+        store.add(msg(1))
+        await store.flush()
+        store.add_many(msg(i, chat=OTHER) for i in range(10))
+        with anyio.fail_after(5):
+            assert [m.message_id for m in await store.recent(CHAT, 5)] == [1]
+            assert await store.recent(555, 5) == []  # a chat never seen: no query at all
+        assert store.pending == 10  # nobody flushed OTHER's rows for those reads
+        store.add(msg(2))
+        with anyio.fail_after(5):  # but this chat's own queued row is read back (read-your-writes)
+            assert [m.message_id for m in await store.recent(CHAT, 5)] == [1, 2]
+            assert [m.message_id for m in await store.recent(OTHER, 3)] == [7, 8, 9]
+        assert store.pending == 0
+
 # ---------------------------------------------------------------- usage, recalls
 
 

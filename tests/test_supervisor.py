@@ -136,3 +136,18 @@ async def test_drain_timeout_cancels_a_stuck_actor():
             await sup.tell(1, ev(1))
             await anyio.sleep(0.05)
     assert Recorder.log == []
+
+
+def test_frozen_startup_heap_keeps_the_start_up_objects_out_of_collections_until_exit() -> None:
+    import gc
+
+    from actors.runtime import frozen_startup_heap
+
+    start_up = [object() for _ in range(1000)]  # noqa: F841 - alive across the freeze
+    with frozen_startup_heap() as frozen:
+        assert frozen >= 1000 and gc.get_freeze_count() >= 1000
+        cycle: list = []
+        cycle.append(cycle)  # garbage made after start-up is still collected
+        del cycle
+        assert gc.collect() >= 1
+    assert gc.get_freeze_count() == 0

@@ -32,7 +32,7 @@ from anyio.abc import TaskStatus
 from config.models import Config
 from config.secrets import TelegramCredentials, telegram_credentials
 
-from ..runtime import Runtime, open_runtime
+from ..runtime import Runtime, frozen_startup_heap, open_runtime
 from ..services import BotIdentity
 from .outbox import TelegramOutbox
 from .updates import UpdateRouter
@@ -143,8 +143,10 @@ async def serve(
                                   spawn=notices.start_soon)
                     await set_commands(client)
                     log.info("@%s (id %s) is running", identity.username, identity.user_id)
-                    task_status.started(BotApp(client, rt, outbox, router, identity))
-                    await stopped.wait()
+                    with frozen_startup_heap() as frozen:
+                        log.debug("start-up heap frozen: %d objects", frozen)
+                        task_status.started(BotApp(client, rt, outbox, router, identity))
+                        await stopped.wait()
                     log.info("stopping: no new updates; draining the turns in flight")
                     stop_receiving(client, router)
                     drain = settings.actors.drain_timeout_s
