@@ -17,7 +17,9 @@ One table at ``<data_dir>/memory/``, one row per remembered item::
     vector      fixed_size_list<float32>[384]   L2-normalised, cosine distance
 
 Recall (``search(..., retrieval=...)`` / ``recall``) runs the stages of ``memory.retrieval`` on top
-of the two legs: see there.
+of the two legs: see there. For a chat recalled recently (a *hot* chat, ``memory.hot``; opt-in with
+``hot_rows``) only the full-text leg reads LanceDB: the vector leg, the neighbouring turns and the
+vectors of the full-text hits come from RAM.
 
 LanceDB is derived data (rebuildable from DuckDB). Every LanceDB operation is a coroutine of lancedb's
 async API run on a private loop thread, waited for from a worker thread (``anyio.to_thread``) behind
@@ -50,7 +52,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Awaitable, Collection, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -61,6 +63,8 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import MemoryStoreError
+from .hot import COLUMNS as _HOT_COLUMNS
+from .hot import ChatRows, HotChats
 from .types import MemoryHit
 
 if TYPE_CHECKING:
@@ -222,6 +226,8 @@ class VectorMemory:
     (~4 s of CPU at 100k rows, about what embedding 40 messages costs).
     keep_versions_for: ``optimize()`` deletes table versions older than this.
     max_threads: concurrent LanceDB operations (worker threads).
+    hot_rows: rows of recently recalled chats held in RAM for ``recall`` (``memory.hot``; ~2 KB
+    each; 0 = off, every leg is read from LanceDB).
 
     Every method may raise VectorStoreError (a MemoryStoreError); arguments that are wrong by
     construction (bad mode, wrong vector shape) raise ValueError.
@@ -236,6 +242,7 @@ class VectorMemory:
         keep_versions_for: timedelta = timedelta(hours=1),
         max_index_segments: int = 3,
         max_threads: int = 4,
+        hot_rows: int = 0,
     ) -> None:
         self.path = Path(path)
         self.dim = dim
@@ -252,6 +259,11 @@ class VectorMemory:
         # sender names per chat, for recall (``speakers``): loaded once per chat, plus every name added since
         self._speakers_loaded: dict[int, frozenset[str]] = {}
         self._speakers_added: dict[int, set[str]] = {}
+        # hot chats (memory.hot), touched only on the lance loop; a chat's epoch is bumped before and
+        # after every write to it, so a load that overlapped a write is seen and discarded
+        self.hot = HotChats(hot_rows)
+        self._hot_epoch: dict[int, int] = {}
+        self._too_big: dict[int, int] = {}  # chat -> rows when it was found too large to hold
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -377,7 +389,22 @@ class VectorMemory:
         )
 
     async def _upsert(self, data: pa.Table) -> None:
-        await self._table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+        chats = {int(c) for c in np.unique(data.column("chat_id").to_numpy())}
+        self._bump(chats)
+        try:
+            await self._table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+        except BaseException:
+            for c in chats:  # unknown what was committed: read it again when next recalled
+                self.hot.drop(c)
+            raise
+        else:
+            self.hot.upsert(data)
+        finally:
+            self._bump(chats)
+
+    def _bump(self, chats: Iterable[int]) -> None:
+        for c in chats:
+            self._hot_epoch[c] = self._hot_epoch.get(c, 0) + 1
 
     async def delete(
         self, chat_id: int, *, message_ids: Sequence[int] | None = None, user_id: int | None = None
@@ -395,21 +422,27 @@ class VectorMemory:
         async with self._write_lock:
             try:
                 if message_ids is None:
-                    return await self._run(self._delete, where)
+                    return await self._run(self._delete, where, int(chat_id))
                 ids = sorted({int(m) for m in message_ids})
                 total = 0
                 for i in range(0, len(ids), 1000):
                     chunk = ", ".join(map(str, ids[i : i + 1000]))
-                    total += await self._run(self._delete, f"{where} AND message_id IN ({chunk})")
+                    total += await self._run(self._delete, f"{where} AND message_id IN ({chunk})", int(chat_id))
                 return total
             finally:
                 self._forget_speakers(int(chat_id))  # a sender may be gone: read the names again
 
-    async def _delete(self, where: str) -> int:
-        n = await self._table.count_rows(where)
-        if n:
-            await self._table.delete(where)
-        return n
+    async def _delete(self, where: str, chat_id: int) -> int:
+        self._bump((chat_id,))
+        try:
+            n = await self._table.count_rows(where)
+            if n:
+                await self._table.delete(where)
+            return n
+        finally:
+            self.hot.drop(chat_id)
+            self._too_big.pop(chat_id, None)
+            self._bump((chat_id,))
 
     async def optimize(self) -> None:
         """Compact fragments, fold new rows into every index, drop old versions (``tbl.optimize()``).
@@ -564,12 +597,14 @@ class VectorMemory:
             if inspect.isawaitable(query_vector):
                 await query_vector
             return []
+        chat_id = int(chat_id)
         where = _chat_filter(chat_id, exclude_ids)
         terms = query_terms(fts_terms(query_text), settings.drop_stop_words)
         pool = max(settings.pool, k)
-        # the full-text leg (and the read of the turns around its best hits) starts now, on the lance
-        # loop, without waiting for the query vector
-        fts = asyncio.run_coroutine_threadsafe(self._fts_stage(terms, where, pool, settings), lance.loop) if terms else None
+        hot = self.hot.get(chat_id)
+        # the full-text leg (and, for a chat that is not hot, the read of the turns around its best
+        # hits) starts now, on the lance loop, without waiting for the query vector
+        fts = asyncio.run_coroutine_threadsafe(self._fts_stage(terms, where, pool, settings, hot), lance.loop) if terms else None
         try:
             vec = await query_vector if inspect.isawaitable(query_vector) else query_vector
             vec = self._query_vector(vec) if vec is not None else None
@@ -582,7 +617,9 @@ class VectorMemory:
             raise
         if vec is None and fts is None:
             return []
-        return await self._run(self._recall, vec, fts, where, k, settings, mentioned)
+        if hot is not None:
+            return await self._run(self._recall_hot, hot, vec, fts, k, settings, mentioned, frozenset(map(int, exclude_ids)))
+        return await self._run(self._recall, vec, fts, where, k, settings, mentioned, chat_id)
 
     async def _search(self, vec, terms, where, depth, fts_vectors: bool = False) -> tuple[list[dict], list[dict]]:
         legs = []
@@ -595,10 +632,16 @@ class VectorMemory:
         frows = done.pop(0) if terms else []
         return vrows, frows
 
-    async def _fts_stage(self, terms, where, pool, settings) -> tuple[list[dict], list[dict]]:
-        """The full-text leg (with vectors) and the rows around its ``neighbour_sources`` best hits."""
+    async def _fts_stage(self, terms, where, pool, settings, hot: ChatRows | None = None) -> tuple[list[dict], list[dict]]:
+        """The full-text leg (with vectors) and the rows around its ``neighbour_sources`` best hits.
+        For a hot chat: the leg alone, with the vectors taken from ``hot``."""
         from .retrieval import neighbour_ids
 
+        if hot is not None:
+            frows = await self._fts_leg(terms, where, pool, with_vectors=False)
+            for r in frows:  # a row committed a moment ago may not be in ``hot`` yet: no cosine then
+                r["vector"] = hot.vector_of(r["kind"], r["message_id"])
+            return frows, []
         frows = await self._fts_leg(terms, where, pool, with_vectors=True)
         nrows: list[dict] = []
         if settings.neighbours and frows:
@@ -607,7 +650,7 @@ class VectorMemory:
             nrows = await self._rows_by_ids(where, ids, with_vectors=True)
         return frows, nrows
 
-    async def _recall(self, vec, fts, where, k, settings, mentioned) -> list[MemoryHit]:
+    async def _recall(self, vec, fts, where, k, settings, mentioned, chat_id: int) -> list[MemoryHit]:
         """The rest of ``recall`` in one go on the lance loop: the vector leg (and the result of
         ``_fts_stage``, ``fts``: a future, or None), score fusion, neighbour bonus, top k.
 
@@ -633,7 +676,50 @@ class VectorMemory:
                 nrows = await self._rows_by_ids(where, ids, with_vectors=vec is not None)
             fusion.add_rows(nrows)
             propagate(fusion.candidates.values(), settings)
+        hits = [to_hit(c, _hit) for c in fusion.best(k)]
+        if self.hot.max_rows and chat_id not in self._too_big:
+            await self._load_hot(chat_id)  # the next recall of this chat is served from RAM
+        return hits
+
+    async def _recall_hot(self, hot: ChatRows, vec, fts, k, settings, mentioned, exclude: frozenset[int]) -> list[MemoryHit]:
+        """``_recall`` for a hot chat: the vector leg, the neighbouring turns and the vectors of the
+        full-text hits come from ``hot`` (exact cosine over every row of the chat); only the
+        full-text leg (``fts``, already running) was read from LanceDB."""
+        from .retrieval import Fusion, neighbour_ids, propagate, to_hit
+
+        self.hot.touch(hot.chat_id)
+        pool = max(settings.pool, k)
+        vrows = hot.nearest(vec, pool, exclude) if vec is not None else []
+        frows = (await asyncio.wrap_future(fts))[0] if fts is not None else []
+        fusion = Fusion(vrows, frows, vec, settings, mentioned)
+        if settings.neighbours and fusion.candidates:
+            if frows:  # as in ``_fts_stage``: around the best full-text hits
+                sources = [r["message_id"] for r in frows[: settings.neighbour_sources]]
+                known = {r["message_id"] for r in frows}
+            else:
+                sources = [c.row["message_id"] for c in fusion.best(settings.neighbour_sources)]
+                known = {mid for _, mid in fusion.candidates}
+            fusion.add_rows(hot.rows_by_ids(neighbour_ids(sources, settings.neighbour_span, known), exclude))
+            propagate(fusion.candidates.values(), settings)
         return [to_hit(c, _hit) for c in fusion.best(k)]
+
+    async def _load_hot(self, chat_id: int) -> None:
+        """Read every row of the chat into ``hot`` (one scan), unless it is too large to hold or a
+        write to it overlapped the read (then the next recall tries again)."""
+        epoch = self._hot_epoch.get(chat_id, 0)
+        if epoch % 2:  # a write to this chat is in flight
+            return
+        where = f"chat_id = {chat_id}"
+        n = await self._table.count_rows(where)
+        if n > self.hot.max_chat_rows:
+            self._too_big[chat_id] = n
+            return
+        data = await self._table.query().where(where).select(list(_HOT_COLUMNS) + ["vector"]).limit(max(n, 1)).to_arrow()
+        if self._hot_epoch.get(chat_id, 0) != epoch or data.num_rows != n:
+            return
+        rows = ChatRows(chat_id, self.dim)
+        rows.upsert(data)
+        self.hot.put(rows)
 
     async def _rows_by_ids(self, where: str, ids: list[int], *, with_vectors: bool) -> list[dict]:
         """The rows of ``where`` (one chat) with these message ids (an IN list: ~2x faster in lance

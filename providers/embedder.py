@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import _offline  # noqa: F401  (must precede sentence_transformers)
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +17,22 @@ import anyio
 import numpy as np
 
 from .errors import EmbeddingError
+from .query_encoder import QueryEncoder
+
+# one traced query encoder per loaded model (tracing and checking it costs ~0.3 s)
+_QUERY_ENCODERS: "weakref.WeakKeyDictionary[object, QueryEncoder | None]" = weakref.WeakKeyDictionary()
+
+
+def query_encoder(model) -> QueryEncoder | None:
+    """The traced single-text encoder of ``model`` (built once per model; None if it does not fit).
+    Blocking: call from a worker thread."""
+    try:
+        return _QUERY_ENCODERS[model]
+    except KeyError:
+        enc = _QUERY_ENCODERS[model] = QueryEncoder.build(model)
+        return enc
+    except TypeError:  # not weak-referenceable (a test double)
+        return None
 
 DIM = 384
 MAX_CHARS = 2000  # the model reads at most 256 word pieces; longer text only costs tokenizer time
@@ -73,6 +90,7 @@ class Embedder:
         self._limiter = anyio.CapacityLimiter(1)
         self._tg = None
         self._closed = False
+        self._query_encoder: QueryEncoder | None = None
         self.batches = 0  # number of model calls, for stats and tests
         self.texts = 0
 
@@ -83,6 +101,7 @@ class Embedder:
     async def __aenter__(self) -> "Embedder":
         if self._model is None:
             self._model = await anyio.to_thread.run_sync(load_model, self._model_path)
+        self._query_encoder = await anyio.to_thread.run_sync(query_encoder, self._model, limiter=self._limiter)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._batcher, name="embedder-batcher")
@@ -105,6 +124,8 @@ class Embedder:
         slot: dict[str, int] = {}
         index = [slot.setdefault(t[:MAX_CHARS] if t else " ", len(slot)) for t in texts]
         try:
+            if len(slot) == 1 and self._query_encoder is not None:  # one text (a recall query): the traced path
+                return np.broadcast_to(self._query_encoder.encode_one(next(iter(slot))), (len(texts), DIM)).copy()
             vecs = self._model.encode(
                 list(slot), batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
             )

@@ -1,6 +1,8 @@
 """The micro-batching embedder: shapes, batching across callers, queries before bulk work."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import numpy as np
 import pytest
@@ -57,3 +59,29 @@ async def test_a_query_overtakes_bulk_indexing_and_bulk_is_split_into_bounded_ca
             tg.start_soon(query)
         assert order == ["query", "bulk"]
         assert emb.batches >= 10  # 160 texts in calls of at most 16 (+ the query)
+
+
+async def test_a_single_query_takes_the_traced_path_and_matches_encode(st_model):
+    import json
+
+    from providers.embedder import query_encoder
+
+    enc = query_encoder(st_model)
+    assert enc is not None and query_encoder(st_model) is enc  # built once per model
+    conv = json.loads((Path(__file__).resolve().parents[2] / "shared/data/locomo-dev/locomo-dev.json").read_text())[0]
+    questions = [q["question"] for q in conv["qa"][:40]] + ["", "x", "🙂 " * 300]
+    want = st_model.encode([q or " " for q in questions], normalize_embeddings=True, convert_to_numpy=True)
+    async with Embedder(st_model) as emb:
+        got = np.stack([await emb.embed_one(q) for q in questions])
+    assert got.dtype == np.float32 and got.shape == (len(questions), 384)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert float((got * want).sum(axis=1).min()) > 0.9999
+
+
+def test_a_model_of_another_shape_gets_no_traced_encoder(st_model):
+    from sentence_transformers import SentenceTransformer
+
+    from providers.query_encoder import QueryEncoder
+
+    no_normalize = SentenceTransformer(modules=[st_model[0], st_model[1]])
+    assert QueryEncoder.build(no_normalize) is None
