@@ -35,7 +35,7 @@ def run(quick: bool) -> dict:
 
     appends = 1000 if quick else 10_000
     base_rows = 4000 if quick else 20_000
-    raw_appends = 300 if quick else 2000
+    raw_appends = 300 if quick else 500
     files = common.slice_files()[:3] if quick else common.slice_files()
     texts: dict[str, str] = {}
     for f in files:

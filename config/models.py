@@ -83,7 +83,7 @@ class MemorySettings(Frozen):
     embed_wait_ms: float = Field(5.0, ge=0)
     flush_interval_ms: float = Field(50.0, gt=0)  # DuckDB writer: commit at least this often
     flush_rows: int = Field(2000, ge=1)  # ... or when this many rows wait
-    optimize_every: int = Field(5000, ge=0)  # LanceDB optimize() after this many appended rows; 0 = never
+    optimize_every: int = Field(2000, ge=0)  # LanceDB optimize() after this many appended rows; 0 = never
     hot_rows: int = Field(100_000, ge=0)  # rows of recently recalled chats held in RAM for recall; 0 = off
 
 

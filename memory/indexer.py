@@ -24,7 +24,7 @@ from .vectors import KIND_MESSAGE, MemoryRow, VectorMemory
 log = logging.getLogger(__name__)
 
 _RETRIES = 3
-OPTIMIZE_AFTER_APPENDS = 64  # appends (fragments) between two optimize() runs at most
+OPTIMIZE_AFTER_APPENDS = 32  # appends (fragments) between two optimize() runs at most
 OPTIMIZE_WHEN_IDLE_S = 5.0  # ... and optimize once the queue has been idle this long
 
 
@@ -46,7 +46,7 @@ class Indexer:
         *,
         batch: int = 256,
         max_wait_s: float = 0.2,
-        optimize_every: int = 5000,
+        optimize_every: int = 2000,
     ) -> None:
         if batch < 1:
             raise ValueError("batch must be >= 1")
