@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 _RETRIES = 3
 OPTIMIZE_AFTER_APPENDS = 32  # appends (fragments) between two optimize() runs at most
 OPTIMIZE_WHEN_IDLE_S = 5.0  # ... and optimize once the queue has been idle this long
+# ... and as soon as the queue drains with at least this many rows not yet in the indexes (each
+# unindexed row is scanned flat by every search: ~1 ms per 1000 rows)
+OPTIMIZE_ON_DRAIN_ROWS = 256
 
 
 class Indexer:
@@ -68,6 +71,7 @@ class Indexer:
         self._since_optimize = 0
         self._appends_since_optimize = 0
         self._optimizing = False
+        self._optimize_done = anyio.Event()
         self._closed = False
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -129,6 +133,14 @@ class Indexer:
         while self._done < target:
             await self._progress.wait()
 
+    async def settle(self) -> None:
+        """``flush``, then wait until no optimize is running (one may follow another: rows appended
+        during an optimize start the next). The state a running bot reaches within seconds after a
+        burst of messages; for benchmarks and maintenance."""
+        await self.flush()
+        while self._optimizing:
+            await self._optimize_done.wait()
+
     # ------------------------------------------------------------------ worker
 
     async def _worker(self) -> None:
@@ -154,6 +166,8 @@ class Indexer:
             self._done = items[-1][0]
             self._progress.set()
             self._progress = anyio.Event()
+            if not self._queue:
+                self._maybe_optimize(drained=True)
 
     async def _index(self, msgs: list[StoredMessage]) -> None:
         for attempt in range(1, _RETRIES + 1):
@@ -187,15 +201,18 @@ class Indexer:
             self._maybe_optimize()
             return
 
-    def _maybe_optimize(self, *, idle: bool = False) -> None:
+    def _maybe_optimize(self, *, idle: bool = False, drained: bool = False) -> None:
         """Optimize after ``optimize_every`` rows, after ``OPTIMIZE_AFTER_APPENDS`` appends (each
-        append is a fragment, and fragments slow every search), or when the queue goes idle with
-        anything appended since the last optimize."""
+        append is a fragment, and fragments slow every search), when the queue drains with
+        ``OPTIMIZE_ON_DRAIN_ROWS`` rows unindexed (a burst is over), or when the queue goes idle with
+        anything appended since the last optimize. Checked again when an optimize finishes (rows
+        appended while it ran are not in it)."""
         if self.optimize_every <= 0 or self._optimizing or not self._appends_since_optimize:
             return
         due = (
             self._since_optimize >= self.optimize_every
             or self._appends_since_optimize >= OPTIMIZE_AFTER_APPENDS
+            or (drained and self._since_optimize >= OPTIMIZE_ON_DRAIN_ROWS)
             or idle
         )
         if not due:
@@ -203,6 +220,7 @@ class Indexer:
         self._appends_since_optimize = 0
         self._since_optimize = 0
         self._optimizing = True
+        self._optimize_done = anyio.Event()
         assert self._tg is not None
         self._tg.start_soon(self._optimize, name="indexer-optimize")
 
@@ -212,5 +230,11 @@ class Indexer:
             self.optimizations += 1
         except Exception:  # noqa: BLE001 - a failed optimize only costs speed
             log.exception("vector memory optimize failed")
-        finally:
             self._optimizing = False
+            self._optimize_done.set()
+            return
+        self._optimizing = False
+        done = self._optimize_done
+        if not self._closed:
+            self._maybe_optimize(drained=not self._queue)
+        done.set()

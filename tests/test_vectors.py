@@ -470,6 +470,27 @@ async def test_indexer_exit_drains_and_optimizes(tmp_path, corpus, embedder):
             ix.submit(msgs[:1])
 
 
+async def test_indexer_optimizes_as_soon_as_a_burst_drains_not_after_the_idle_wait(tmp_path, corpus, embedder):
+    import anyio
+
+    from memory.indexer import OPTIMIZE_ON_DRAIN_ROWS, OPTIMIZE_WHEN_IDLE_S
+
+    a, _ = chats(corpus)
+    msgs = corpus[a][0][: OPTIMIZE_ON_DRAIN_ROWS + 20]
+    async with VectorMemory(tmp_path / "memory", vector_index_min_rows=10**9) as vm:
+        async with Indexer(vm, embedder, batch=len(msgs), max_wait_s=0.05, optimize_every=10**9) as ix:
+            ix.submit(msgs[:10])  # a small burst: left for the idle optimize
+            await ix.flush()
+            await anyio.sleep(0.3)
+            assert ix.optimizations == 0
+            ix.submit(msgs[10:])  # one append of more than OPTIMIZE_ON_DRAIN_ROWS rows, then the queue is empty
+            with anyio.fail_after(OPTIMIZE_WHEN_IDLE_S - 1):  # settle(): flush, then the optimize it started
+                await ix.settle()
+            assert ix.optimizations == 1
+            stats = await vm._run(vm._table.index_stats, "content_idx")
+            assert stats.num_unindexed_rows == 0 and stats.num_indexed_rows == len(msgs)
+
+
 async def test_indexer_drops_failing_batch_and_continues(tmp_path, corpus, embedder):
     a, _ = chats(corpus)
     msgs = corpus[a][0][:20]
