@@ -246,11 +246,7 @@ class DialogueStore:
         Idempotent on ``(chat_id, message_id)``: the first write wins. raises MemoryStoreError when the
         store is not open.
         """
-        self._check_writable()
-        self._q_messages.append(msg)
-        self._enqueued(1)
-        self._chats_with_messages.add(msg.chat_id)
-        self._queued_for_chat[msg.chat_id] = self._seq
+        self.add_many((msg,))
 
     def add_many(self, msgs: Iterable[StoredMessage]) -> None:
         """Queue many messages (see ``add``)."""

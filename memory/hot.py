@@ -150,10 +150,7 @@ class HotChats:
         self.drop(rows.chat_id)
         if rows.n > self.max_chat_rows:
             return False
-        while self._chats and self.rows + rows.n > self.max_rows:
-            _, old = self._chats.popitem(last=False)
-            self.rows -= old.n
-            self.evictions += 1
+        self._evict(self.max_rows - rows.n)
         self._chats[rows.chat_id] = rows
         self.rows += rows.n
         self.loads += 1
@@ -183,7 +180,11 @@ class HotChats:
             self.rows += hot.n - before
             if hot.n > self.max_chat_rows:
                 self.drop(chat_id)  # grew too large to hold
-        while self.rows > self.max_rows and len(self._chats) > 1:
+        self._evict(self.max_rows, keep=1)
+
+    def _evict(self, max_rows: int, keep: int = 0) -> None:
+        """Evict least recently used chats until at most ``max_rows`` rows (or ``keep`` chats) remain."""
+        while len(self._chats) > keep and self.rows > max_rows:
             _, old = self._chats.popitem(last=False)
             self.rows -= old.n
             self.evictions += 1

@@ -225,16 +225,15 @@ class Indexer:
         self._tg.start_soon(self._optimize, name="indexer-optimize")
 
     async def _optimize(self) -> None:
+        done, ok = self._optimize_done, False
         try:
             await self.vectors.optimize()
             self.optimizations += 1
+            ok = True
         except Exception:  # noqa: BLE001 - a failed optimize only costs speed
             log.exception("vector memory optimize failed")
+        finally:
             self._optimizing = False
-            self._optimize_done.set()
-            return
-        self._optimizing = False
-        done = self._optimize_done
-        if not self._closed:
-            self._maybe_optimize(drained=not self._queue)
-        done.set()
+            if ok and not self._closed:
+                self._maybe_optimize(drained=not self._queue)  # rows appended meanwhile are not in it
+            done.set()

@@ -329,6 +329,13 @@ class Fusion:
     def best(self, n: int) -> list[Candidate]:
         return sorted(self.candidates.values(), key=_order)[:n]
 
+    def ids_around_best(self) -> list[int]:
+        """The message ids around the ``neighbour_sources`` best candidates that are not candidates
+        yet (what the neighbour stage reads when the full-text leg found nothing)."""
+        s = self.settings
+        sources = [c.row["message_id"] for c in self.best(s.neighbour_sources)]
+        return neighbour_ids(sources, s.neighbour_span, {mid for _, mid in self.candidates})
+
 
 def _order(c: Candidate):
     return (-c.score, -(c.cos if c.cos is not None else -2.0), c.row["message_id"])
@@ -343,6 +350,13 @@ def neighbour_ids(sources: Iterable[int], span: int, known: Collection[int] = ()
     (~20 us), so rows the legs already returned are not read again."""
     want = {i for s in sources for i in range(int(s) - span, int(s) + span + 1)}
     return sorted(want.difference(known))
+
+
+def ids_around_fts(fts_rows: list[dict], settings: RetrievalSettings) -> list[int]:
+    """The message ids around the ``neighbour_sources`` best full-text hits (``fts_rows``, best
+    first), minus those hits: what the neighbour stage reads."""
+    sources = [r["message_id"] for r in fts_rows[: settings.neighbour_sources]]
+    return neighbour_ids(sources, settings.neighbour_span, {r["message_id"] for r in fts_rows})
 
 
 def propagate(candidates: Iterable[Candidate], settings: RetrievalSettings) -> None:

@@ -635,7 +635,7 @@ class VectorMemory:
     async def _fts_stage(self, terms, where, pool, settings, hot: ChatRows | None = None) -> tuple[list[dict], list[dict]]:
         """The full-text leg (with vectors) and the rows around its ``neighbour_sources`` best hits.
         For a hot chat: the leg alone, with the vectors taken from ``hot``."""
-        from .retrieval import neighbour_ids
+        from .retrieval import ids_around_fts
 
         if hot is not None:
             frows = await self._fts_leg(terms, where, pool, with_vectors=False)
@@ -645,9 +645,7 @@ class VectorMemory:
         frows = await self._fts_leg(terms, where, pool, with_vectors=True)
         nrows: list[dict] = []
         if settings.neighbours and frows:
-            sources = [r["message_id"] for r in frows[: settings.neighbour_sources]]
-            ids = neighbour_ids(sources, settings.neighbour_span, {r["message_id"] for r in frows})
-            nrows = await self._rows_by_ids(where, ids, with_vectors=True)
+            nrows = await self._rows_by_ids(where, ids_around_fts(frows, settings), with_vectors=True)
         return frows, nrows
 
     async def _recall(self, vec, fts, where, k, settings, mentioned, chat_id: int) -> list[MemoryHit]:
@@ -657,7 +655,7 @@ class VectorMemory:
         The turns around the best full-text hits were read during the embedding; only when the
         full-text leg found nothing are the turns around the best vector hits read here.
         """
-        from .retrieval import Fusion, neighbour_ids, propagate, to_hit
+        from .retrieval import Fusion, propagate, to_hit
 
         pool = max(settings.pool, k)
         legs = []
@@ -671,9 +669,7 @@ class VectorMemory:
         fusion = Fusion(vrows, frows, vec, settings, mentioned)
         if settings.neighbours and fusion.candidates:
             if not frows:
-                sources = [c.row["message_id"] for c in fusion.best(settings.neighbour_sources)]
-                ids = neighbour_ids(sources, settings.neighbour_span, {mid for _, mid in fusion.candidates})
-                nrows = await self._rows_by_ids(where, ids, with_vectors=vec is not None)
+                nrows = await self._rows_by_ids(where, fusion.ids_around_best(), with_vectors=vec is not None)
             fusion.add_rows(nrows)
             propagate(fusion.candidates.values(), settings)
         hits = [to_hit(c, _hit) for c in fusion.best(k)]
@@ -685,7 +681,7 @@ class VectorMemory:
         """``_recall`` for a hot chat: the vector leg, the neighbouring turns and the vectors of the
         full-text hits come from ``hot`` (exact cosine over every row of the chat); only the
         full-text leg (``fts``, already running) was read from LanceDB."""
-        from .retrieval import Fusion, neighbour_ids, propagate, to_hit
+        from .retrieval import Fusion, ids_around_fts, propagate, to_hit
 
         self.hot.touch(hot.chat_id)
         pool = max(settings.pool, k)
@@ -693,13 +689,8 @@ class VectorMemory:
         frows = (await asyncio.wrap_future(fts))[0] if fts is not None else []
         fusion = Fusion(vrows, frows, vec, settings, mentioned)
         if settings.neighbours and fusion.candidates:
-            if frows:  # as in ``_fts_stage``: around the best full-text hits
-                sources = [r["message_id"] for r in frows[: settings.neighbour_sources]]
-                known = {r["message_id"] for r in frows}
-            else:
-                sources = [c.row["message_id"] for c in fusion.best(settings.neighbour_sources)]
-                known = {mid for _, mid in fusion.candidates}
-            fusion.add_rows(hot.rows_by_ids(neighbour_ids(sources, settings.neighbour_span, known), exclude))
+            ids = ids_around_fts(frows, settings) if frows else fusion.ids_around_best()  # as the LanceDB path
+            fusion.add_rows(hot.rows_by_ids(ids, exclude))
             propagate(fusion.candidates.values(), settings)
         return [to_hit(c, _hit) for c in fusion.best(k)]
 

@@ -15,7 +15,7 @@ from memory.hot import ChatRows, HotChats
 from memory.retrieval import DEFAULT
 from memory.vectors import MemoryRow, VectorMemory
 from providers.embedder import Embedder
-from tests.test_vectors import FILE_A, FILE_B, read_transcript, rows_of
+from tests.test_vectors import embed_chats, rows_of
 
 pytestmark = pytest.mark.anyio
 
@@ -33,12 +33,7 @@ QUESTIONS = [
 @pytest.fixture(scope="module")
 def corpus(st_model):
     """Two real IRC chats and the questions, embedded once: ({chat_id: (messages, vectors)}, qvecs)."""
-    enc = Embedder(st_model)
-    out = {}
-    for path in (FILE_A, FILE_B):
-        msgs = [m for m in read_transcript(path, PER_CHAT) if m.text.strip()]
-        out[msgs[0].chat_id] = (msgs, enc.encode_sync([m.text for m in msgs]))
-    return out, enc.encode_sync(QUESTIONS)
+    return embed_chats(st_model, PER_CHAT), Embedder(st_model).encode_sync(QUESTIONS)
 
 
 async def _filled(path, corpus, **kw) -> VectorMemory:

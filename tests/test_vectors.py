@@ -70,16 +70,22 @@ def read_transcript(path: Path, limit: int) -> list[StoredMessage]:
     return out
 
 
-@pytest.fixture(scope="module")
-def corpus(st_model):
-    """Two real IRC chats, embedded once per module: {chat_id: (messages, vectors)}."""
+def embed_chats(st_model, per_chat: int) -> dict:
+    """The first ``per_chat`` messages (non-empty) of two real IRC chats, embedded:
+    {chat_id: (messages, float32[n, 384])}."""
     enc = Embedder(st_model)
     out = {}
     for path in (FILE_A, FILE_B):
-        msgs = [m for m in read_transcript(path, PER_CHAT) if m.text.strip()]
+        msgs = [m for m in read_transcript(path, per_chat) if m.text.strip()]
         out[msgs[0].chat_id] = (msgs, enc.encode_sync([m.text for m in msgs]))
     assert len(out) == 2
     return out
+
+
+@pytest.fixture(scope="module")
+def corpus(st_model):
+    """Two real IRC chats, embedded once per module: {chat_id: (messages, vectors)}."""
+    return embed_chats(st_model, PER_CHAT)
 
 
 def rows_of(msgs, vecs) -> list[MemoryRow]:
