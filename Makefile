@@ -11,7 +11,12 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 DEMO_DATA  ?= data/demo
 DEMO_SLICE ?= ../shared/data/ubuntu-irc/2009-03-03_10.jsonl
 
-.PHONY: demo test bench install clean
+# Debian packages for optional media features the tests exercise: the Tesseract OCR engine (text in
+# photos), a font to draw test images, espeak-ng to synthesise test speech. Installed when missing and
+# when this runs as root with apt-get; otherwise those tests skip and say why.
+SYSTEM_PACKAGES := tesseract-ocr tesseract-ocr-rus fonts-dejavu-core espeak-ng
+
+.PHONY: demo test bench install clean system-deps
 
 install: $(STAMP)
 
@@ -25,8 +30,16 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/kith demo --data-dir $(DEMO_DATA) $(DEMO_SLICE)
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else echo "note: Debian packages missing ($$missing); their tests will skip"; fi
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -118,12 +118,14 @@ def chat(
     user: Annotated[str, typer.Option(help="Your display name in the chat.")] = "you",
     user_id: Annotated[int, typer.Option(help="Your user id.")] = 1,
     model: Annotated[Optional[str], typer.Option(help="Model alias (or litellm model string) for this session.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Send this file (photo, PDF/DOCX/text document, voice note) with -m as its caption.", exists=True, dir_okay=False)] = None,
     sources: Annotated[bool, typer.Option(help="Print the memories each answer used.")] = True,
     verbose: Verbose = 0,
 ) -> None:
     """Talk to the bot in the terminal, through the same pipeline as Telegram.
 
-    Reads lines from stdin (an interactive prompt on a terminal); lines starting with / are commands.
+    Reads lines from stdin (an interactive prompt on a terminal); lines starting with / are commands,
+    and `/file PATH [caption]` sends a file as Telegram would.
     """
     import os
 
@@ -131,6 +133,9 @@ def chat(
         os.environ["KITH_MODEL"] = model
     cfg = _setup(config, verbose)
     lines = [message] if message is not None else None
+    if file is not None:
+        quoted = str(file).replace('"', "")
+        lines = [f'/file "{quoted}" {message or ""}'.rstrip()]
     _run(_chat, cfg, data_dir, lines, chat_id, user, user_id, sources)
 
 
@@ -142,7 +147,7 @@ async def _chat(cfg, data_dir: Path, lines, chat_id: int, user: str, user_id: in
     interactive = lines is None and sys.stdin.isatty()
     if interactive:
         err.print("[dim]loading the embedding model…[/]")
-    async with open_runtime(cfg, data_dir, console_outbox(out, cfg.settings.bot.name),
+    async with open_runtime(cfg, data_dir, console_outbox(out, cfg.settings.bot.name, data_dir / "photos"),
                             on_turn=(lambda r: print_sources(out, r)) if sources else None) as rt:
         sender = Sender(user_id, user)
         if lines is not None:
@@ -246,24 +251,76 @@ async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, a
 
 @app.command("import")
 def import_(
-    files: Annotated[list[Path], typer.Argument(help="Transcript JSONL or Telegram Desktop result.json files.", exists=True, dir_okay=False)],
+    files: Annotated[list[Path], typer.Argument(help="Transcript JSONL or Telegram Desktop result.json files; with --chat-id: documents (PDF, DOCX, TXT, MD, CSV, JSON, logs, code).", exists=True, dir_okay=False)],
+    chat_id: Annotated[Optional[int], typer.Option("--chat-id", help="Put documents into this chat's memory (negative: a group).")] = None,
+    user: Annotated[str, typer.Option("--user", help="With --chat-id: who 'sent' the documents.")] = "import",
+    with_files: Annotated[bool, typer.Option("--with-files", help="Telegram exports: also read the documents in the export's files/ folder into memory.")] = False,
     data_dir: DataDir = Path("data"),
     config: ConfigOpt = None,
     verbose: Verbose = 0,
 ) -> None:
-    """Import chat history into memory (both stores), without replies. Safe to repeat."""
+    """Import chat history into memory (both stores), without replies; or documents into one chat's
+    memory (--chat-id). Safe to repeat: what is already known is kept, not duplicated.
+
+    With --chat-id, exits 1 when a document could not be read (the others are still imported).
+    """
+    from providers.documents import document_kind
+
+    if chat_id is None:
+        docs = [f for f in files if f.suffix.lower() in (".pdf", ".docx")]
+        if docs:
+            raise _fail(f"{docs[0].name} is a document: give the chat to put it in, e.g. --chat-id -100123456789")
+    else:
+        bad = [f for f in files if document_kind(f.name, None) is None]
+        if bad:
+            raise _fail(f"{bad[0].name}: not a document I can read (PDF, DOCX or a text file such as TXT, MD, CSV, JSON, logs, code)")
     cfg = _setup(config, verbose)
-    _run(_import, cfg, data_dir, files)
+    if chat_id is None:
+        _run(_import, cfg, data_dir, files, with_files)
+    else:
+        if not _run(_import_documents, cfg, data_dir, files, chat_id, user):
+            raise typer.Exit(1)
 
 
-async def _import(cfg, data_dir: Path, files: list[Path]) -> None:
+async def _import(cfg, data_dir: Path, files: list[Path], with_files: bool = False) -> None:
     from actors.runtime import open_memory
 
     async with open_memory(cfg, data_dir) as memory:
-        await _import_files(memory, files)
+        await _import_files(memory, files, with_files=with_files)
 
 
-async def _import_files(memory, files: list[Path]) -> None:
+async def _import_documents(cfg, data_dir: Path, files: list[Path], chat_id: int, user: str) -> bool:
+    """Each document into chat ``chat_id``'s memory; a line per file. False if any failed."""
+    from datetime import UTC, datetime
+
+    from actors.local import IdAllocator
+    from actors.runtime import open_memory
+    from memory.documents import document_summary
+    from memory.importer import import_document
+    from memory.transcripts import derived_user_id
+    from providers.errors import DocumentError
+
+    media = cfg.settings.media
+    ok = True
+    async with open_memory(cfg, data_dir) as memory:
+        ids = IdAllocator(memory.store.max_message_id)
+        for file in files:
+            with err.status(f"reading {file.name}…"):
+                try:
+                    info, fresh = await import_document(
+                        memory, file, chat_id=chat_id, user_id=derived_user_id(user), user_name=user,
+                        message_id=await ids.next(chat_id), date=datetime.now(UTC), max_chars=media.chunk_chars,
+                        max_pages=media.max_document_pages)
+                except (OSError, DocumentError) as exc:
+                    ok = False
+                    err.print(f"[red]{escape(file.name)}:[/] {escape(getattr(exc, 'user_message', None) or str(exc))}")
+                    continue
+            state = "read into" if fresh else "already in"
+            out.print(f"{file.name}: {state} chat {chat_id}'s memory ({document_summary(info)})")
+    return ok
+
+
+async def _import_files(memory, files: list[Path], *, with_files: bool = False) -> None:
     """Import each file with a progress bar; print a summary line per file."""
     import time
 
@@ -282,14 +339,17 @@ async def _import_files(memory, files: list[Path]) -> None:
                 memory, file,
                 on_progress=lambda n: progress.advance(task, n),
                 on_error=lambda e: progress.console.print(f"[yellow]skipped[/] {escape(str(e))}"),
+                with_files=with_files,
             )
             progress.update(task, total=report.read, completed=report.read)
         dt = time.perf_counter() - t0
         out.print(
             f"{file.name}: {report.read} messages in {len(report.chats)} chat(s), {report.embedded} embedded, "
             f"{report.already_known} already known, {len(report.errors)} bad line(s) skipped "
-            f"({report.read / dt:.0f} msg/s)"
+            f"({report.read / dt:.0f} msg/s)" + (f", {report.documents} document(s) read into memory" if with_files else "")
         )
+        for problem in report.document_errors:
+            err.print(f"[yellow]document not read[/] {escape(problem)}")
 
 
 def _count_lines(file: Path) -> int | None:
@@ -315,7 +375,8 @@ def memory_search(
     config: ConfigOpt = None,
     verbose: Verbose = 0,
 ) -> None:
-    """Search one chat's memory. With --json each line has message_id, chat_id, score, text, parts (+ query_id, rank)."""
+    """Search one chat's memory. With --json each line has message_id, chat_id, score, text, user, date,
+    kind (message | document), file and page (documents: the source; null for messages), parts (+ query_id, rank)."""
     if mode not in ("hybrid", "vector", "fts"):
         raise _fail(f"unknown mode {mode!r}: use hybrid, vector or fts")
     if (query is None) == (queries is None):
@@ -345,8 +406,9 @@ async def _memory_search(cfg, data_dir: Path, chat_id: int, batch, k: int, mode:
             if as_json:
                 for rank, h in enumerate(recall.hits, 1):
                     row = {
-                        "chat_id": h.chat_id, "message_id": h.message_id, "score": round(h.score, 6), "text": h.text,
-                        "user": h.user_name, "date": h.date.isoformat(), "rank": rank, "parts": h.parts,
+                        "chat_id": h.chat_id, "message_id": h.parent if h.citation else h.message_id, "score": round(h.score, 6),
+                        "text": h.text, "user": h.user_name, "date": h.date.isoformat(), "rank": rank, "parts": h.parts,
+                        "kind": h.kind, "file": h.source, "page": h.page,
                     }
                     if qid is not None:
                         row["query_id"] = qid
@@ -357,7 +419,8 @@ async def _memory_search(cfg, data_dir: Path, chat_id: int, batch, k: int, mode:
                 table.add_column(col)
             for rank, h in enumerate(recall.hits, 1):
                 why = (" ".join(f"{name}={value:.3f}" for name, value in h.parts.items()),) if explain else ()
-                table.add_row(str(rank), f"{h.score:.4f}", str(h.message_id), f"{h.date:%Y-%m-%d %H:%M}", escape(h.user_name),
+                mid = f"{h.parent} [{h.citation}]" if h.citation else str(h.message_id)
+                table.add_row(str(rank), f"{h.score:.4f}", escape(mid), f"{h.date:%Y-%m-%d %H:%M}", escape(h.user_name),
                               escape(h.text[:200]), *why)
             out.print(table)
             if not recall.hits:

@@ -40,6 +40,10 @@ async def usage_lines(actor: "ChatActor", user_id: int) -> list[str]:
         limit = q.requests_per_day.get(alias, q.requests_per_day.get("*", -1))
         lines.append(f"• {alias}: {t.requests.get(alias, 0)} / {_limit(limit)} requests")
     lines.append(f"• tokens: {t.tokens} / {_limit(q.tokens_per_day)}")
+    if q.images_per_day != 0 and p.features.image_generation:
+        lines.append(f"• images: {t.images} / {_limit(q.images_per_day)}")
+    if q.audio_seconds_per_day != 0 and p.features.voice:
+        lines.append(f"• transcribed audio: {t.audio_seconds:.0f} / {_limit(q.audio_seconds_per_day)} s")
     if q.chat_requests_per_day >= 0 or q.chat_tokens_per_day >= 0:
         lines.append(f"• this chat: {t.chat_requests} / {_limit(q.chat_requests_per_day)} requests, "
                      f"{t.chat_tokens} / {_limit(q.chat_tokens_per_day)} tokens")
@@ -53,8 +57,10 @@ async def cmd_profile(actor: "ChatActor", ev: CommandEvent) -> None:
     user = await actor._user(ev.sender.user_id)
     lines = [f"**{ev.sender.name}**"]
     if actor.svc.admission is not None:
+        from .commands import features_line
+
         p = await actor.svc.admission.profile(actor.chat_id, ev.sender.user_id)
-        lines.append(f"Tier here: **{p.tier}**")
+        lines.append(f"Tier here: **{p.tier}** — {features_line(p.features)}")
         if p.user_sub is not None:
             lines.append(f"Your subscription: {p.user_sub.tier}{_expiry(p.user_sub)}")
         if p.chat_sub is not None and actor.chat_id != ev.sender.user_id:
@@ -82,17 +88,20 @@ async def cmd_usage(actor: "ChatActor", ev: CommandEvent) -> None:
 
 async def cmd_billing(actor: "ChatActor", ev: CommandEvent) -> None:
     """The plans as buttons; in a group, a plan bought here covers the whole group."""
-    from .commands import reply
+    await send_plans(actor, "user" if ev.chat_type == PRIVATE else "chat", ev.message_id, ev.thread_id)
 
+
+async def send_plans(actor: "ChatActor", scope: str, reply_to: int | None, thread_id: int | None) -> None:
+    """The plans as buttons (``scope``: ``"user"`` in a private chat, ``"chat"`` in a group)."""
     plans = actor.svc.config.tiers.plans
     if not plans:
-        await reply(actor, ev, "This bot sells no plans.")
+        await actor.outbox.send(actor.chat_id, "This bot sells no plans.", reply_to=reply_to, thread_id=thread_id)
         return
-    scope = "user" if ev.chat_type == PRIVATE else "chat"
     rows = [[Button(f"{p.title or name}: {p.days} days of {p.tier} — {p.price} {_currency(p.currency)}", f"buy:{name}:{scope}")]
             for name, p in plans.items()]
     who = "you (in every chat)" if scope == "user" else "everyone in this group"
-    await reply(actor, ev, f"Plans — a purchase here covers {who}:", rows)
+    await actor.outbox.send_buttons(actor.chat_id, f"Plans — a purchase here covers {who}:", rows, reply_to=reply_to,
+                                    thread_id=thread_id)
 
 
 def _currency(code: str) -> str:

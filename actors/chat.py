@@ -45,7 +45,7 @@ class ChatActor:
         self._user_settings: dict[int, dict] = {}
         self.awaiting_role: set[int] = set()
         self._whole_chat_in_window: set[int | None] = set()
-        self._refused_until: dict[tuple[int, str | None], datetime] = {}  # users whose next message becomes their persona (/role)
+        self._refused_until: dict[tuple[int, str | None], datetime] = {}  # refusals said recently, by (user, reason)  # users whose next message becomes their persona (/role)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -97,10 +97,14 @@ class ChatActor:
             since = self.settings.get("context_from")  # set by /reset: older messages leave the context
             if since is not None:
                 recent = [m for m in recent if m.message_id > since]
-            elif thread_id is None and len(recent) < size:
+            elif thread_id is None and len(recent) < size and not self.svc.memory.store.has_documents(self.chat_id):
                 self._whole_chat_in_window.add(thread_id)
             win = self._windows[thread_id] = deque(recent, maxlen=size)
         return win
+
+    def note_new_memories(self) -> None:
+        """Memories were added that no window holds (a document's chunks): recall from now on."""
+        self._whole_chat_in_window.clear()
 
     def _nothing_to_recall(self, thread_id: int | None, window: deque) -> bool:
         """True while the window still holds every message this chat ever stored: recall would find
@@ -199,6 +203,13 @@ class ChatActor:
             self.svc.report(TurnReport(self.chat_id, ev.message_id, False, _ms(t0)))
             return
         window = await self._window(ev.thread_id)
+        understood = None
+        if ev.media is not None:
+            if any(m.message_id == ev.message_id for m in window):  # re-delivered: never download twice
+                self.svc.report(TurnReport(self.chat_id, ev.message_id, False, _ms(t0)))
+                return
+            understood = await self._understand(ev)
+            ev = replace(ev, text=understood.text)
         msg = StoredMessage(
             chat_id=ev.chat_id,
             message_id=ev.message_id,
@@ -226,8 +237,20 @@ class ChatActor:
         bot = self.svc.config.settings.bot
         keywords = tuple(self.settings.get("keywords", bot.keywords))
         always_on = bool(self.settings.get("always_on", bot.always_on))
-        if not ev.text.strip() or not should_respond(ev, bot_username=self.svc.bot.username, keywords=keywords, always_on=always_on):
+        addressed = should_respond(ev if understood is None else replace(ev, text=ev.text.split("\n", 1)[0]),
+                                   bot_username=self.svc.bot.username, keywords=keywords, always_on=always_on)
+        if understood is not None and addressed and understood.note:
+            await self._say_note(ev, understood.note, understood.billing)
+        if not ev.text.strip() or not addressed or (understood is not None and not understood.answerable):
             self.svc.report(TurnReport(self.chat_id, ev.message_id, False, _ms(t0)))
+            return
+        from . import media
+
+        prompt_text = media.image_prompt(ev.text, self.svc.config.settings.media.image_patterns) if understood is None else None
+        if prompt_text:
+            await media.generate_image(self, chat_id=self.chat_id, message_id=ev.message_id, user_id=ev.sender.user_id,
+                                       thread_id=ev.thread_id, prompt=prompt_text)
+            self.svc.report(TurnReport(self.chat_id, ev.message_id, True, _ms(t0)))
             return
 
         # 3. admit: the member's tier, quotas and rate pick the model, or refuse (costing nothing)
@@ -246,6 +269,8 @@ class ChatActor:
         # 4. assemble context: recalled memories of this chat only, reply chain, recent window
         k = self.svc.config.settings.memory.recall_k
         query = strip_mention(ev.text, self.svc.bot.username)
+        if understood is not None and understood.indexed:
+            await self.svc.memory.flush()  # the document's chunks must be recallable for this very answer
         if query and not self._nothing_to_recall(ev.thread_id, window):
             recall = await self.svc.memory.recall(self.chat_id, query, k, exclude_ids={m.message_id for m in window})
         else:
@@ -260,6 +285,12 @@ class ChatActor:
             reply_chain=chain,
             budget_tokens=max(256, llm.context_tokens(alias) - spec.max_output_tokens),
         )
+        if understood is not None and understood.image is not None and prompt.messages[-1]["role"] == "user":
+            from providers.vision import image_part, supports_vision
+
+            if supports_vision(spec):  # the model sees the photo itself, with its caption
+                text = prompt.messages[-1]["content"]
+                prompt.messages[-1] = {"role": "user", "content": [{"type": "text", "text": text}, image_part(*understood.image)]}
 
         # 5. generate, streaming progress through the outbox
         try:
@@ -344,6 +375,35 @@ class ChatActor:
                 sent.message_id,
             )
         )
+
+    async def _understand(self, ev: Incoming):
+        """``actors.media.understand``; a failure there never loses the message (marker + caption)."""
+        from . import media
+
+        try:
+            return await media.understand(self, ev, await self._user(ev.sender.user_id))
+        except Exception:  # noqa: BLE001 - the message is stored whatever happens to its file
+            log.exception("chat %s: reading the media of message %s failed", self.chat_id, ev.message_id)
+            return media.Understood(media.with_caption(ev.media, ev.text), answerable=bool(ev.text.strip()),
+                                    note="Sorry, something went wrong reading that file.")
+
+    async def _say_note(self, ev: Incoming, text: str, billing: bool) -> None:
+        """A one-line notice about a media message (with a /billing button for a tier refusal). A
+        tier refusal is said once per member per hour, so a stream of photos gets one answer."""
+        from .outbox import Button
+
+        if billing:
+            now = self.svc.clock()
+            key = (ev.sender.user_id, text)
+            until = self._refused_until.get(key)
+            if until is not None and now < until:
+                return
+            self._refused_until[key] = now + timedelta(hours=1)
+        if billing and self.svc.config.tiers.plans:
+            await self.outbox.send_buttons(self.chat_id, text, [[Button("⭐ Plans", "billing:show")]], reply_to=ev.message_id,
+                                           thread_id=ev.thread_id)
+        else:
+            await self.outbox.send(self.chat_id, text, reply_to=ev.message_id, thread_id=ev.thread_id)
 
     async def _is_bot_message(self, message_id: int, window) -> bool:
         """Whether ``message_id`` of this chat was sent by the bot (window first, then the store)."""

@@ -32,7 +32,10 @@ In groups I answer when you mention me, reply to me, or use a keyword; I remembe
 /forget — erase your messages in this chat
 /reset — clear the conversation context (history kept); `/reset all` deletes this chat's history
 /history — the last messages; /export — the conversation as a file
-/settings — group settings (admins): persona, keywords, always_on, persist, language, model"""
+/image — draw a picture (`/image a cat on a bike`)
+/settings — group settings (admins): persona, keywords, always_on, persist, language, model
+
+Send me photos, documents (PDF, DOCX, text) and voice notes: I read them into this chat's memory when your plan includes it."""
 
 
 async def handle_command(actor: "ChatActor", ev: CommandEvent) -> None:
@@ -130,7 +133,20 @@ async def cmd_model(actor: "ChatActor", ev: CommandEvent) -> None:
     if arg:
         await _set_model(actor, ev.chat_id, ev.sender.user_id, arg, lambda t: reply(actor, ev, t))
         return
-    await reply(actor, ev, f"Current model: **{current}**. Choose one:", await _model_keyboard(actor, ev.sender.user_id, current))
+    text = f"Current model: **{current}**. Choose one:"
+    if actor.svc.admission is not None:
+        p = await actor.svc.admission.profile(actor.chat_id, ev.sender.user_id)
+        text += f"\nYour tier here: **{p.tier}** — {features_line(p.features)}"
+    await reply(actor, ev, text, await _model_keyboard(actor, ev.sender.user_id, current))
+
+
+FEATURE_LABELS = (("vision", "photos"), ("documents", "documents"), ("voice", "voice"),
+                  ("image_generation", "/image"), ("custom_persona", "persona"))
+
+
+def features_line(features) -> str:
+    """``photos ✓ · documents ✓ · voice ✗ · /image ✗ · persona ✓`` for a tier's ``Features``."""
+    return " · ".join(f"{label} {'✓' if getattr(features, name) else '✗'}" for name, label in FEATURE_LABELS)
 
 
 async def _set_model(actor: "ChatActor", chat_id: int, user_id: int, alias: str, say) -> None:
@@ -153,6 +169,8 @@ async def cmd_role(actor: "ChatActor", ev: CommandEvent) -> None:
     if is_group(ev.chat_type):
         await reply(actor, ev, "In groups the persona is a group setting: an admin can use `/settings persona <text>`.")
         return
+    if not await _persona_allowed(actor, ev):
+        return
     if ev.args.strip():
         await _save_role(actor, ev.sender.user_id, ev.args.strip())
         await reply(actor, ev, "Persona saved.")
@@ -164,6 +182,19 @@ async def cmd_role(actor: "ChatActor", ev: CommandEvent) -> None:
     if current:
         text += f"\n\nCurrent persona: {_short(current, 500)}"
     await reply(actor, ev, text, [[Button("Cancel", "role:cancel"), Button("Delete persona", "role:delete")]])
+
+
+async def _persona_allowed(actor: "ChatActor", ev: CommandEvent) -> bool:
+    """The tier's ``custom_persona`` feature; refused once with a /billing button."""
+    adm = actor.svc.admission
+    if adm is None:
+        return True
+    verdict = await adm.admit_feature(actor.chat_id, ev.sender.user_id, "custom_persona")
+    if verdict.allowed:
+        return True
+    rows = [[Button("⭐ Plans", "billing:show")]] if actor.svc.config.tiers.plans else None
+    await reply(actor, ev, verdict.refusal or "A custom persona is not part of your plan.", rows)
+    return False
 
 
 async def _save_role(actor: "ChatActor", user_id: int, role: str | None) -> None:
@@ -206,6 +237,14 @@ async def cmd_memory(actor: "ChatActor", ev: CommandEvent) -> None:
     if recent_mine:
         lines.append("Your latest:")
         lines += [f"• `{m.date:%Y-%m-%d %H:%M}` {_short(m.text, 150)}" for m in recent_mine]
+    docs = await mem.store.documents(actor.chat_id)
+    if docs:
+        from .media import document_summary
+
+        lines.append(f"**Documents** ({len(docs)}):")
+        lines += [f"• {d.file_name} — {document_summary(d)}, from {d.user_name}, `{d.date:%Y-%m-%d}`" for d in docs[-10:]]
+        if len(docs) > 10:
+            lines.append(f"… and {len(docs) - 10} older ones.")
     lines.append("Memory never crosses chats. /forget erases your messages here; `/memory words` shows what I'd recall.")
     await reply(actor, ev, "\n".join(lines))
 
@@ -266,6 +305,8 @@ async def cmd_settings(actor: "ChatActor", ev: CommandEvent) -> None:
             await reply(actor, ev, f"`/settings {key} on` or `/settings {key} off`.")
             return
         new[key] = value.lower() in ON
+    elif key == "persona" and not await _persona_allowed(actor, ev):
+        return
     elif key == "keywords":
         new[key] = [k.strip() for k in value.replace(";", ",").split(",") if k.strip()]
     elif key == "model":
@@ -304,6 +345,9 @@ async def handle_button(actor: "ChatActor", ev: ButtonPress) -> None:
         await actor.outbox.answer_button(ev.query_id, f"Model: {rest}" if said and said[0].startswith("Model set") else None)
     elif kind == "buy":
         await billing.press_buy(actor, ev, rest)
+    elif kind == "billing":
+        await billing.send_plans(actor, "user" if actor.chat_id > 0 else "chat", None, None)
+        await actor.outbox.answer_button(ev.query_id)
     elif kind == "role":
         actor.awaiting_role.discard(uid)
         if rest == "delete":
@@ -331,7 +375,14 @@ def _short(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+async def cmd_image(actor: "ChatActor", ev: CommandEvent) -> None:
+    from .media import cmd_image as draw
+
+    await draw(actor, ev)
+
+
 COMMANDS = {
+    "image": cmd_image,
     "start": cmd_help,
     "help": cmd_help,
     "history": cmd_history,

@@ -111,6 +111,8 @@ def build_prompt(
         used += cost
     history.reverse()
 
+    if any(h.citation for h in kept):
+        mem_block += "\nMemories from documents name their file and page: cite them like (report.pdf, p. 3)."
     system_full = "\n\n".join(p for p in (system, mem_block, chain_text) if p)
     messages = [{"role": "system", "content": system_full}, *history]
     if cur_msg is not None:

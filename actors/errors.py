@@ -11,3 +11,7 @@ class SupervisorClosed(ActorError):
 
 class InboxFull(ActorError):
     """A chat's bounded inbox stayed full past the send timeout (back-pressure)."""
+
+
+class MediaUnavailable(ActorError):
+    """A file could not be downloaded (deleted, too big for the transport, network failure)."""

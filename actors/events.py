@@ -5,7 +5,8 @@ All dates are timezone-aware UTC; ids are Telegram's (64-bit ints).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 PRIVATE = "private"
@@ -24,9 +25,40 @@ class Sender:
     is_bot: bool = False
 
 
+MEDIA_KINDS = ("photo", "document", "voice", "audio", "video_note", "video", "animation", "sticker")
+
+Download = Callable[[], Awaitable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    """A file attached to a message, described before anything is downloaded.
+
+    kind: one of ``MEDIA_KINDS``. mime_type: as the sender's client declared it (None if unknown).
+    size: bytes (None if Telegram did not say). file_name: documents and audio files; None for photos
+    and voice notes. duration_s: voice, audio, video notes and videos. emoji: a sticker's emoji.
+    download: the lazy handle — awaiting it fetches the file's bytes (raises ``actors.errors.MediaUnavailable``);
+    the actor calls it only after deciding (tier, size, kind). Not compared (two events for the same
+    message are equal whatever the handle).
+    """
+
+    kind: str
+    mime_type: str | None = None
+    size: int | None = None
+    file_name: str | None = None
+    duration_s: float | None = None
+    emoji: str | None = None
+    download: Download | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def mb(self) -> float:
+        """The size in MiB (0 when unknown)."""
+        return (self.size or 0) / (1024 * 1024)
+
+
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """A text message in a chat (captions and media-derived text included).
+    """A message in a chat: text, or a file (``media``) with its caption as ``text``.
 
     chat_type: ``"private"`` | ``"group"`` | ``"supergroup"`` | ``"channel"``.
     mentions_bot / reply_to_bot: trigger facts the transport knows (entities, the replied message's sender).
@@ -45,6 +77,7 @@ class Incoming:
     mentions_bot: bool = False
     chat_title: str | None = None
     respond: bool | None = None
+    media: Media | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ class OutMessage:
     buttons: tuple[tuple[Button, ...], ...] = ()
     document: bytes | None = None
     invoice: object | None = None
+    photo: bytes | None = None
 
 
 class _BufferedStream:
@@ -74,6 +75,9 @@ class LocalOutbox:
 
     async def on_progress(self, chat_id: int, delta: str) -> None:
         """A streamed piece of a reply (display hook)."""
+
+    async def on_notice(self, text: str) -> None:
+        """A note from the transport itself, not the bot (display hook), e.g. a file it could not read."""
 
     async def on_message(self, msg: OutMessage, streamed_rest: str | None) -> None:
         """A message was sent (display hook). streamed_rest: the part not shown by on_progress yet."""
@@ -108,6 +112,14 @@ class LocalOutbox:
         self, chat_id: int, filename: str, data: bytes, *, caption: str | None = None, reply_to: int | None = None, thread_id: int | None = None
     ) -> Sent:
         msg = OutMessage(chat_id, await self.ids.next(chat_id), caption or filename, reply_to, thread_id, document=data)
+        self.sent.append(msg)
+        await self.on_message(msg, None)
+        return Sent(msg.message_id, self.clock())
+
+    async def send_photo(
+        self, chat_id: int, data: bytes, *, caption: str | None = None, reply_to: int | None = None, thread_id: int | None = None
+    ) -> Sent:
+        msg = OutMessage(chat_id, await self.ids.next(chat_id), f"[photo] {caption or ''}".strip(), reply_to, thread_id, photo=data)
         self.sent.append(msg)
         await self.on_message(msg, None)
         return Sent(msg.message_id, self.clock())

@@ -53,6 +53,12 @@ class Outbox(Protocol):
         self, chat_id: int, filename: str, data: bytes, *, caption: str | None = None, reply_to: int | None = None, thread_id: int | None = None
     ) -> Sent: ...
 
+    async def send_photo(
+        self, chat_id: int, data: bytes, *, caption: str | None = None, reply_to: int | None = None, thread_id: int | None = None
+    ) -> Sent:
+        """Send an image (PNG/JPEG/WebP bytes) as a photo; Telegram caption limit: 1024 UTF-16 units."""
+        ...
+
     async def stream(self, chat_id: int, *, reply_to: int | None = None, thread_id: int | None = None) -> ReplyStream: ...
 
     async def send_invoice(self, chat_id: int, invoice, *, reply_to: int | None = None, thread_id: int | None = None) -> Sent:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from config.models import Config
 from memory.dialogue import DialogueStore
+from memory.documents import DocumentReader
 from memory.indexer import Indexer
 from memory.service import Memory
 from memory.vectors import VectorMemory
@@ -57,7 +58,8 @@ async def open_memory(config: Config, data_dir: Path, *, model=None) -> AsyncIte
         vectors = await stack.enter_async_context(VectorMemory(data_dir / VECTORS_DIR, hot_rows=mem.hot_rows))
         embedder = await stack.enter_async_context(Embedder(model, max_batch=mem.embed_batch, max_wait_s=mem.embed_wait_ms / 1000))
         indexer = await stack.enter_async_context(Indexer(vectors, embedder, optimize_every=mem.optimize_every))
-        yield Memory(store, vectors, indexer, embedder)
+        reader = await stack.enter_async_context(DocumentReader())
+        yield Memory(store, vectors, indexer, embedder, reader)
 
 
 @asynccontextmanager
@@ -75,7 +77,9 @@ async def open_runtime(
     """Everything a transport needs to answer: memory, LLM and the supervisor of chat actors.
 
     outbox: the transport's Outbox, or a factory taking the opened Memory (for id allocation).
-    llm: an ``providers.llm.LLM``; None builds one from ``config.settings.models``.
+    llm: an ``providers.llm.LLM``; None builds one from ``config.settings.models``. The speech-to-text
+    model (``transcription:``) and the image models (``image_models:``) are built from the config
+    when set.
     """
     from providers.llm import LLM  # imports litellm (slow): only when answering
 
@@ -87,14 +91,31 @@ async def open_runtime(
         admission = Admission(memory.store, config.tiers, clock=clock)
         await admission.open()
         box = outbox if isinstance(outbox, Outbox) else outbox(memory)
+        transcriber, images = media_providers(config)
         try:
             async with Janitor(memory, storage_limits(admission, clock), config.tiers.memory.auto_cleanup, clock) as janitor:
-                services = Services(config, memory, llm, bot, clock, admission, janitor, on_turn)
+                services = Services(config, memory, llm, bot, clock, admission, janitor, on_turn, transcriber, images)
                 async with Supervisor(services, box, config.settings.actors) as supervisor:
                     yield Runtime(config, services, supervisor)
         finally:
             if own_llm:
                 await llm.aclose()
+
+
+def media_providers(config: Config):
+    """``(Transcriber | None, ImageGenerator | None)`` from ``transcription:`` and ``image_models:``.
+    raises providers.errors.ModelNotConfigured for a model litellm does not know."""
+    settings = config.settings
+    transcriber = images = None
+    if settings.transcription.model:
+        from providers.transcription import Transcriber
+
+        transcriber = Transcriber(settings.transcription)
+    if settings.image_models:
+        from providers.images import ImageGenerator
+
+        images = ImageGenerator(settings.image_models)
+    return transcriber, images
 
 
 def storage_limits(admission: Admission, clock: Callable[[], datetime]):

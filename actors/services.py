@@ -63,6 +63,8 @@ class Services:
     admission: object | None = None  # tiers.Admission; None = no tiers (every request admitted)
     janitor: object | None = None  # memory.cleanup.Janitor; None = no capacity cleanup
     on_turn: Callable[[TurnReport], None] | None = None
+    transcriber: object | None = None  # providers.transcription.Transcriber; None = voice notes are not transcribed
+    images: object | None = None  # providers.images.ImageGenerator; None = no /image
 
     def report(self, rep: TurnReport) -> None:
         if self.on_turn is not None:

@@ -295,5 +295,8 @@ def _check_tier_aliases(tiers: TiersConfig, settings: Settings, settings_path: P
                      for a in tier.quotas.requests_per_day if a != "*" and a not in known]
         if tier.fallback_model is not None and tier.fallback_model not in known:
             problems.append((("tiers", name, "fallback_model"), why(tier.fallback_model)))
+        if tier.image_model is not None and tier.image_model not in settings.image_models:
+            problems.append((("tiers", name, "image_model"), f"unknown image model alias {tier.image_model!r}; "
+                             f"{settings_path.name} image_models: defines: {', '.join(settings.image_models) or 'none'}"))
     if problems:
         raise _located(problems, root, path)

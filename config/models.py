@@ -44,6 +44,85 @@ class ModelSpec(Frozen):
     max_output_tokens: int = Field(1024, gt=0)
     temperature: float | None = Field(None, ge=0, le=2)
     label: str | None = None  # shown in /model; defaults to the alias
+    vision: bool | None = None  # accepts images; None asks litellm's model map (``litellm.supports_vision``)
+
+
+class ImageModelSpec(Frozen):
+    """An image generation model (``/image``), addressed by its alias in ``image_models:``.
+
+    model: a litellm image model string (``openai/dall-e-3``, ``openai/gpt-image-1``, or
+    ``openai/<name>`` on any OpenAI-compatible server with ``api_base``). size: ``WxH`` in pixels, as
+    the provider names it. quality: provider-specific (dall-e-3: ``standard`` | ``hd``); None = the
+    provider's default. Cost per image comes from litellm's price map (dall-e-3 1024x1024 standard:
+    $0.04); an unpriced model is recorded with an unknown cost.
+    """
+
+    model: str
+    api_base: str | None = None
+    api_key_env: str | None = None
+    size: str = "1024x1024"
+    quality: str | None = None
+    timeout_s: float = Field(120.0, gt=0)
+    label: str | None = None
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        w, sep, h = v.lower().partition("x")
+        if not sep or not w.isdigit() or not h.isdigit():
+            raise ValueError("size must be WIDTHxHEIGHT in pixels, e.g. 1024x1024")
+        return v.lower()
+
+
+class TranscriptionSettings(Frozen):
+    """Speech-to-text for voice notes, audio files and video notes.
+
+    model: a litellm transcription model string (``openai/whisper-1``, ``groq/whisper-large-v3``, or
+    ``openai/<name>`` on any OpenAI-compatible server with ``api_base``), or ``local/base``
+    (multilingual) / ``local/tiny.en`` (English) for the offline backend (faster-whisper with the
+    weights shipped in pinned packages; the default); None = no transcription (voice notes are
+    remembered as ``[voice 0:42]`` only). max_seconds: longer recordings are refused before download.
+    """
+
+    model: str | None = "local/base"
+    api_base: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = Field(120.0, gt=0)
+    language: str | None = None  # ISO 639-1 hint (``ru``, ``en``); None = detect
+    max_seconds: float = Field(1800.0, gt=0)
+
+
+class MediaSettings(Frozen):
+    """How media are understood (what each tier may use is in ``tiers.yaml``).
+
+    image_patterns: regular expressions (case-insensitive) that make a plain message an image
+    request; the named group ``prompt`` (or else the whole message) is the prompt.
+    describe_images: with a vision model, store the model's short description of each photo as its
+    memory. ocr: read the text in photos with Tesseract when it is installed (``ocr_languages``:
+    Tesseract's language codes joined by ``+``). chunk_chars: the size of a document chunk in memory.
+    """
+
+    image_patterns: tuple[str, ...] = (
+        r"^\s*(?:please\s+)?(?:draw|paint|sketch|generate an? (?:image|picture|photo) of|make an? (?:image|picture) of)(?:\s+(?:me|us))?\s+(?P<prompt>.+)",
+        r"^\s*(?:пожалуйста\s+)?(?:нарисуй|нарисуйте|сгенерируй (?:картинку|изображение)|создай (?:картинку|изображение))(?:\s+(?:мне|нам))?\s+(?P<prompt>.+)",
+    )
+    describe_images: bool = True
+    ocr: bool = True
+    ocr_languages: str = "eng+rus"
+    chunk_chars: int = Field(1200, ge=200)
+    max_document_pages: int = Field(2000, ge=1)
+
+    @field_validator("image_patterns")
+    @classmethod
+    def _patterns(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        import re
+
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {p!r}: {exc}") from None
+        return v
 
 
 class BotSettings(Frozen):
@@ -106,6 +185,9 @@ class Settings(Frozen):
     actors: ActorSettings = ActorSettings()
     memory: MemorySettings = MemorySettings()
     telegram: TelegramSettings = TelegramSettings()
+    media: MediaSettings = MediaSettings()
+    image_models: dict[str, ImageModelSpec] = Field(default_factory=dict)
+    transcription: TranscriptionSettings = TranscriptionSettings()
 
     @model_validator(mode="after")
     def _check_aliases(self) -> "Settings":
@@ -128,8 +210,11 @@ class Quotas(Frozen):
     tokens_per_day: int = UNLIMITED
     chat_requests_per_day: int = UNLIMITED  # all members of a chat together
     chat_tokens_per_day: int = UNLIMITED
+    images_per_day: int = UNLIMITED  # images generated (/image) per user
+    audio_seconds_per_day: int = UNLIMITED  # seconds of voice/audio transcribed per user
 
-    _v = field_validator("tokens_per_day", "chat_requests_per_day", "chat_tokens_per_day")(classmethod(lambda cls, v: _limit(v)))
+    _v = field_validator("tokens_per_day", "chat_requests_per_day", "chat_tokens_per_day", "images_per_day",
+                         "audio_seconds_per_day")(classmethod(lambda cls, v: _limit(v)))
 
     @field_validator("requests_per_day")
     @classmethod
@@ -148,6 +233,9 @@ class StorageLimits(Frozen):
 
 
 class Features(Frozen):
+    """What a tier may do: see photos (vision), read documents into memory, generate images,
+    set a persona (``/role``, ``/settings persona``) and transcribe voice/audio/video notes."""
+
     vision: bool = False
     documents: bool = False
     image_generation: bool = False
@@ -166,6 +254,8 @@ class Tier(Frozen):
     features: Features = Features()
     fallback_model: str | None = None
     member_messages_per_minute: int = UNLIMITED  # per member in a group
+    max_file_mb: float = Field(20.0, gt=0)  # files (documents, photos, audio) larger than this are refused before download
+    image_model: str | None = None  # an alias of ``image_models:`` in kith.yaml; None = the first one configured
 
     _v = field_validator("member_messages_per_minute")(classmethod(lambda cls, v: _limit(v)))
 

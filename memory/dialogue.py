@@ -56,7 +56,7 @@ import pyarrow as pa
 
 from .errors import MemoryStoreError, StoreLocked
 from .schema import from_us, migrate, to_us
-from .types import MemoryHit, StoredMessage, UsageRecord
+from .types import DocumentChunk, DocumentInfo, MemoryHit, StoredMessage, UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ class DialogueStore:
         self._chat_rows: dict[int, tuple[str, str | None, str]] = {}
         self._user_rows: dict[int, str] = {}
         self._chats_with_messages: set[int] = set()
+        self._chats_with_documents: set[int] = set()
         self._queued_for_chat: dict[int, int] = {}
         self._seq = 0  # rows enqueued so far
         self._done_seq = 0  # every row up to this one is committed (or dropped as unstorable)
@@ -237,6 +238,7 @@ class DialogueStore:
         self._user_rows = {r[0]: r[1] for r in con.execute(
             "SELECT user_id, settings::VARCHAR FROM users WHERE settings::VARCHAR NOT IN ('{}', 'null')").fetchall()}
         self._chats_with_messages = {r[0] for r in con.execute("SELECT DISTINCT chat_id FROM messages").fetchall()}
+        self._chats_with_documents = {r[0] for r in con.execute("SELECT DISTINCT chat_id FROM documents").fetchall()}
 
     # ------------------------------------------------------------ enqueue (non-blocking)
 
@@ -629,8 +631,9 @@ class DialogueStore:
         self, chat_id: int, *, user_id: int | None = None, message_ids: Sequence[int] | None = None
     ) -> list[int]:
         """Delete messages of ``chat_id`` — all of them, or only ``user_id``'s, and/or only
-        ``message_ids`` — and the recall rows that reference them. Returns the deleted message ids,
-        ascending (so the caller can delete the same ids from vector memory)."""
+        ``message_ids`` — and the recall rows that reference them, and the documents they carried
+        (with their chunks). Returns the deleted message ids, ascending (so the caller can delete the
+        same ids, and the chunks of those that carried documents, from vector memory)."""
         if message_ids is not None and not message_ids:
             return []
         await self._sync()
@@ -653,6 +656,9 @@ class DialogueStore:
                         " OR reply_message_id IN (SELECT unnest(?::BIGINT[])))",
                         [chat_id, ids, ids],
                     )
+                    for table in ("document_chunks", "documents"):  # a document leaves with its message
+                        con.execute(f"DELETE FROM {table} WHERE chat_id = ? AND message_id IN (SELECT unnest(?::BIGINT[]))",
+                                    [chat_id, ids])
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -660,6 +666,96 @@ class DialogueStore:
             return ids
 
         return await self._run(run)
+
+    # ------------------------------------------------------------ documents
+
+    async def add_document(self, info: DocumentInfo, chunks: Sequence[DocumentChunk]) -> None:
+        """Store a document read into memory and its chunks (replacing an earlier reading of the same
+        ``(chat_id, message_id)``), in one transaction; returns when committed. The file message itself
+        is stored with ``add`` like any message. raises ValueError when a chunk belongs to another
+        message."""
+        for c in chunks:
+            if (c.chat_id, c.message_id) != (info.chat_id, info.message_id):
+                raise ValueError(f"chunk {c.index} belongs to {c.chat_id}/{c.message_id}, not {info.chat_id}/{info.message_id}")
+        tbl = pa.table({
+            "chat_id": pa.array([c.chat_id for c in chunks], _I64),
+            "message_id": pa.array([c.message_id for c in chunks], _I64),
+            "chunk": pa.array([c.index for c in chunks], pa.int32()),
+            "page": pa.array([c.page for c in chunks], pa.int32()),
+            "section": pa.array([c.section for c in chunks], _STR),
+            "text": pa.array([c.text for c in chunks], _STR),
+        })
+
+        def run() -> None:
+            con = self._conn()
+            con.execute("BEGIN TRANSACTION")
+            try:
+                key = [info.chat_id, info.message_id]
+                con.execute("DELETE FROM document_chunks WHERE chat_id = ? AND message_id = ?", key)
+                con.execute("DELETE FROM documents WHERE chat_id = ? AND message_id = ?", key)
+                con.execute(
+                    "INSERT INTO documents (chat_id, message_id, file_name, mime_type, kind, size_bytes, pages, chunks,"
+                    f" user_id, user_name, date) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {_TS.format('?')})",
+                    [info.chat_id, info.message_id, info.file_name, info.mime_type, info.kind, info.size_bytes, info.pages,
+                     info.chunks, info.user_id, info.user_name, to_us(info.date)],
+                )
+                if tbl.num_rows:
+                    con.register("_kith_chunks_batch", tbl)
+                    try:
+                        con.execute("INSERT INTO document_chunks SELECT chat_id, message_id, chunk, page, section, text"
+                                    " FROM _kith_chunks_batch")
+                    finally:
+                        con.unregister("_kith_chunks_batch")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+        await self._run(run)
+        self._chats_with_documents.add(info.chat_id)
+
+    def has_documents(self, chat_id: int) -> bool:
+        """Whether documents were ever read into ``chat_id``'s memory (from the directory; may stay
+        True after they were deleted)."""
+        return chat_id in self._chats_with_documents
+
+    async def documents(self, chat_id: int | None = None) -> list[DocumentInfo]:
+        """The documents read into memory (of one chat, or all), oldest first."""
+        await self._sync()
+        sql = ("SELECT chat_id, message_id, file_name, mime_type, kind, size_bytes, pages, chunks, user_id, user_name,"
+               " epoch_us(date) FROM documents")
+        params: list[Any] = []
+        if chat_id is not None:
+            sql += " WHERE chat_id = ?"
+            params.append(chat_id)
+        rows = await self._query(sql + " ORDER BY date, chat_id, message_id", params)
+        return [DocumentInfo(*r[:10], from_us(r[10])) for r in rows]
+
+    async def iter_document_chunks(self, chat_id: int | None = None, *, batch: int = 2000) -> AsyncIterator[list[DocumentChunk]]:
+        """Every stored document chunk (of one chat, or all) with its provenance, in pages of at most
+        ``batch``, ordered by ``(chat_id, message_id, chunk)`` (keyset-paginated)."""
+        await self._sync()
+        batch = max(1, batch)
+        last: tuple[int, int, int] | None = None
+        while True:
+            sql = ("SELECT c.chat_id, c.message_id, c.chunk, c.text, c.page, c.section, d.file_name, d.user_id, d.user_name,"
+                   " epoch_us(d.date) FROM document_chunks c JOIN documents d USING (chat_id, message_id) WHERE true")
+            params: list[Any] = []
+            if chat_id is not None:
+                sql += " AND c.chat_id = ?"
+                params.append(chat_id)
+            if last is not None:
+                sql += " AND (c.chat_id, c.message_id, c.chunk) > (?, ?, ?)"
+                params += list(last)
+            sql += " ORDER BY c.chat_id, c.message_id, c.chunk LIMIT ?"
+            params.append(batch)
+            rows = await self._query(sql, params)
+            if not rows:
+                return
+            yield [DocumentChunk(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], from_us(r[9])) for r in rows]
+            if len(rows) < batch:
+                return
+            last = (rows[-1][0], rows[-1][1], rows[-1][2])
 
     # ------------------------------------------------------------ chats and users
 
@@ -675,6 +771,10 @@ class DialogueStore:
         self._chat_rows[chat_id] = (type, title if title is not None else (row[1] if row else None), settings)
         self._q_chats.append((chat_id, type, title, to_us(self._clock())))
         self._enqueued(1)
+
+    def knows_chat(self, chat_id: int) -> bool:
+        """Whether ``chat_id`` has a chat row (from the directory)."""
+        return chat_id in self._chat_rows
 
     async def chat_settings(self, chat_id: int) -> dict:
         """The chat's settings object ({} when the chat or its settings are unknown); from the
@@ -745,8 +845,8 @@ class DialogueStore:
         """Usage records (all, or with ``ts >= since``), oldest first."""
         await self._sync()
         sql = (
-            "SELECT epoch_us(ts), chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms"
-            " FROM usage"
+            "SELECT epoch_us(ts), chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
+            " coalesce(seconds, 0), coalesce(images, 0), coalesce(pages, 0) FROM usage"
         )
         params: list[Any] = []
         if since is not None:
@@ -807,9 +907,10 @@ _INSERT_SELECT = {
         + " FROM {src}"
     ),
     "usage": (
-        "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms)"
+        "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
+        " seconds, images, pages)"
         " SELECT " + _TS.format("ts_us") + ", chat_id, user_id, kind, model, prompt_tokens, completion_tokens,"
-        " cost_usd, latency_ms FROM {src}"
+        " cost_usd, latency_ms, seconds, images, pages FROM {src}"
     ),
     "recalls": (
         "INSERT OR IGNORE INTO recalls (chat_id, reply_message_id, memory_message_id, score)"
@@ -828,8 +929,8 @@ _INSERT_ROW = {
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, " + _TS.format("?") + ")"
     ),
     "usage": (
-        "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms)"
-        " VALUES (" + _TS.format("?") + ", ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
+        " seconds, images, pages) VALUES (" + _TS.format("?") + ", ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ),
     "recalls": (
         "INSERT OR IGNORE INTO recalls (chat_id, reply_message_id, memory_message_id, score) VALUES (?, ?, ?, ?)"
@@ -880,6 +981,9 @@ def _usage_table(recs: list[UsageRecord]) -> pa.Table:
             "completion_tokens": pa.array([u.completion_tokens for u in recs], _I64),
             "cost_usd": pa.array([u.cost_usd for u in recs], _F64),
             "latency_ms": pa.array([u.latency_ms for u in recs], _F64),
+            "seconds": pa.array([float(u.seconds) for u in recs], _F64),
+            "images": pa.array([int(u.images) for u in recs], _I64),
+            "pages": pa.array([int(u.pages) for u in recs], _I64),
         }
     )
 
@@ -922,7 +1026,8 @@ def _message_params(m: StoredMessage) -> list[Any]:
 
 
 def _usage_params(u: UsageRecord) -> list[Any]:
-    return [to_us(u.ts), u.chat_id, u.user_id, u.kind, u.model, u.prompt_tokens, u.completion_tokens, u.cost_usd, u.latency_ms]
+    return [to_us(u.ts), u.chat_id, u.user_id, u.kind, u.model, u.prompt_tokens, u.completion_tokens, u.cost_usd, u.latency_ms,
+            u.seconds, u.images, u.pages]
 
 
 def _describe(row: Any) -> str:
@@ -957,4 +1062,4 @@ def _message_json(m: StoredMessage) -> dict:
 def _usage_json(u: UsageRecord) -> dict:
     return {"ts": _iso(u.ts), "chat_id": u.chat_id, "user_id": u.user_id, "kind": u.kind, "model": u.model,
             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "cost_usd": u.cost_usd,
-            "latency_ms": u.latency_ms}
+            "latency_ms": u.latency_ms, "seconds": u.seconds, "images": u.images, "pages": u.pages}

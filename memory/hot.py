@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 # the columns a row carries besides its vector (the ``_RESULT_COLUMNS`` of memory.vectors)
-COLUMNS = ("chat_id", "message_id", "user_id", "user_name", "kind", "text", "date")
+COLUMNS = ("chat_id", "message_id", "user_id", "user_name", "kind", "text", "date", "source", "page", "parent")
 
 
 class ChatRows:
@@ -53,7 +53,8 @@ class ChatRows:
             return
         vec_col = tbl.column("vector").combine_chunks()
         vecs = vec_col.flatten().to_numpy(zero_copy_only=False).reshape(len(vec_col), self.dim).astype(np.float32, copy=False)
-        cols = {c: tbl.column(c).to_pylist() for c in COLUMNS}
+        names = set(tbl.column_names)  # the document columns may be absent: null
+        cols = {c: tbl.column(c).to_pylist() if c in names else [None] * tbl.num_rows for c in COLUMNS}
         need = self.n + tbl.num_rows
         if need > len(self._vectors):  # grow geometrically: appends arrive a few rows at a time
             grown = np.empty((max(need, 2 * len(self._vectors), 64), self.dim), dtype=np.float32)

@@ -1,8 +1,11 @@
-"""``kith import``: a transcript or Telegram Desktop export into both stores, without replies.
+"""``kith import``: a transcript or Telegram Desktop export into both stores, without replies; or a
+document (PDF, DOCX, text) into one chat's memory.
 
 Messages are stored in DuckDB (idempotent on chat_id, message_id) and embedded into LanceDB in
 large batches; messages whose memory already exists are not embedded again, so importing the same
 file twice costs little and stores each message once. A malformed line is reported and skipped.
+With ``with_files``, the documents a Telegram Desktop export includes (its ``files/`` folder) are
+read into memory too, each once.
 """
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datetime import datetime
+
 from .errors import TranscriptLineError
 from .service import Memory
 from .transcripts import read_transcript
-from .types import ROLE_USER, StoredMessage
+from .types import ROLE_USER, DocumentInfo, StoredMessage
 
 CHUNK = 512
 
@@ -27,6 +32,8 @@ class ImportReport:
     already_known: int = 0
     chats: set[int] = field(default_factory=set)
     errors: list[TranscriptLineError] = field(default_factory=list)
+    documents: int = 0  # documents read into memory (with_files)
+    document_errors: list[str] = field(default_factory=list)  # "file: why" for documents that could not be read
 
 
 async def import_transcript(
@@ -35,9 +42,14 @@ async def import_transcript(
     *,
     on_progress: Callable[[int], None] = lambda n: None,
     on_error: Callable[[TranscriptLineError], None] = lambda e: None,
+    with_files: bool = False,
+    max_chars: int = 1200,
+    max_pages: int = 2000,
 ) -> ImportReport:
     """Import ``path`` into ``memory``; ``on_progress(n)`` after each chunk of n messages.
 
+    with_files: also read the documents an export includes (PDF, DOCX, text, beside ``path``) into
+    their chats' memory, each once; one that cannot be read is listed in ``document_errors``.
     raises memory.errors.TranscriptError when the file as a whole cannot be read.
     """
     report = ImportReport()
@@ -63,6 +75,7 @@ async def import_transcript(
         chunk.clear()
 
     reader = read_transcript(path)
+    carriers: dict[tuple[int, int], StoredMessage] = {}
     for item in reader:
         if isinstance(item, TranscriptLineError):
             report.errors.append(item)
@@ -71,8 +84,70 @@ async def import_transcript(
         report.read += 1
         report.chats.add(item.chat_id)
         chunk.append(item)
+        if with_files and (item.chat_id, item.message_id) in reader.attachments:
+            carriers[(item.chat_id, item.message_id)] = item
         if len(chunk) >= CHUNK:
             await flush_chunk()
     await flush_chunk()
+    if with_files:
+        await _import_attachments(memory, path.parent, reader.attachments, carriers, report, max_chars, max_pages)
     await memory.flush()
     return report
+
+
+async def _import_attachments(memory: Memory, folder: Path, attachments, carriers, report: ImportReport, max_chars: int,
+                              max_pages: int) -> None:
+    from providers.documents import document_kind
+    from providers.errors import DocumentError
+
+    from .documents import ingest_document
+
+    known: dict[int, set[int]] = {}
+    for key, att in attachments.items():
+        msg = carriers.get(key)
+        if msg is None or att.kind != "document" or document_kind(att.file_name or att.path, att.mime_type) is None:
+            continue
+        if msg.chat_id not in known:
+            known[msg.chat_id] = {d.message_id for d in await memory.store.documents(msg.chat_id)}
+        if msg.message_id in known[msg.chat_id]:
+            continue
+        file = folder / att.path
+        name = att.file_name or file.name
+        try:
+            data = file.read_bytes()
+            await ingest_document(memory, chat_id=msg.chat_id, message_id=msg.message_id, user_id=msg.user_id,
+                                  user_name=msg.user_name, date=msg.date, file_name=name, mime_type=att.mime_type, data=data,
+                                  max_chars=max_chars, max_pages=max_pages)
+        except OSError as exc:
+            report.document_errors.append(f"{att.path}: {exc.strerror or exc}")
+            continue
+        except DocumentError as exc:
+            report.document_errors.append(f"{att.path}: {exc}")
+            continue
+        report.documents += 1
+
+
+async def import_document(memory: Memory, path: Path, *, chat_id: int, user_id: int, user_name: str, message_id: int,
+                          date: datetime, max_chars: int = 1200, max_pages: int = 2000) -> tuple[DocumentInfo, bool]:
+    """Put the document at ``path`` into chat ``chat_id``'s memory, as if ``user_name`` had sent it
+    there as message ``message_id`` (stored as ``[file name]``). Idempotent: a document of the same
+    name and size already in that chat is kept, not read again — returns ``(info, False)`` then.
+    raises OSError (unreadable file), providers.errors.DocumentError."""
+    from .documents import document_summary, ingest_document
+    from .markers import marker
+
+    data = path.read_bytes()
+    for d in await memory.store.documents(chat_id):
+        if d.file_name == path.name and d.size_bytes == len(data):
+            return d, False
+    import mimetypes
+
+    info = await ingest_document(memory, chat_id=chat_id, message_id=message_id, user_id=user_id, user_name=user_name,
+                                 date=date, file_name=path.name, mime_type=mimetypes.guess_type(path.name)[0], data=data,
+                                 max_chars=max_chars, max_pages=max_pages)
+    if not memory.store.knows_chat(chat_id):
+        await memory.store.upsert_chat(chat_id, "private" if chat_id > 0 else "supergroup", None)
+    text = f"{marker('document', file_name=path.name)} ({document_summary(info)} in memory)"
+    memory.remember(StoredMessage(chat_id, message_id, user_id, user_name, text, date))
+    await memory.flush()
+    return info, True

@@ -18,8 +18,20 @@ import anyio
 
 from providers.embedder import Embedder
 
-from .types import StoredMessage
-from .vectors import KIND_MESSAGE, MemoryRow, VectorMemory
+from .types import DocumentChunk, StoredMessage
+from .vectors import KIND_DOCUMENT, KIND_MESSAGE, MemoryRow, VectorMemory
+
+Item = StoredMessage | DocumentChunk  # what the indexer embeds: a message, or a chunk of a document
+
+
+def memory_row(item: Item, vector) -> MemoryRow:
+    """The vector-memory row of a message or of a document chunk (with its provenance)."""
+    if isinstance(item, DocumentChunk):
+        return MemoryRow(chat_id=item.chat_id, message_id=item.memory_id, user_id=item.user_id, user_name=item.user_name,
+                         text=item.text, date=item.date, vector=vector, kind=KIND_DOCUMENT, source=item.file_name,
+                         page=item.page, parent=item.message_id)
+    return MemoryRow(chat_id=item.chat_id, message_id=item.message_id, user_id=item.user_id, user_name=item.user_name,
+                     text=item.text, date=item.date, vector=vector, kind=KIND_MESSAGE)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +74,7 @@ class Indexer:
         self.skipped = 0
         self.failed = 0
         self.optimizations = 0
-        self._queue: deque[tuple[int, StoredMessage]] = deque()
+        self._queue: deque[tuple[int, Item]] = deque()
         self._submitted = 0  # sequence number of the last submitted message
         self._done = 0  # every message with a sequence number <= this has been handled
         self._wakeup = anyio.Event()
@@ -95,8 +107,8 @@ class Indexer:
 
     # ------------------------------------------------------------------ API
 
-    def submit(self, msgs: Iterable[StoredMessage]) -> None:
-        """Queue messages for indexing (never blocks). Empty or whitespace-only texts are skipped.
+    def submit(self, msgs: Iterable[Item]) -> None:
+        """Queue messages (or document chunks) for indexing (never blocks). Empty or whitespace-only texts are skipped.
 
         raises RuntimeError after the indexer was closed.
         """
@@ -169,23 +181,11 @@ class Indexer:
             if not self._queue:
                 self._maybe_optimize(drained=True)
 
-    async def _index(self, msgs: list[StoredMessage]) -> None:
+    async def _index(self, msgs: list[Item]) -> None:
         for attempt in range(1, _RETRIES + 1):
             try:
                 vecs = await self.embedder.embed([m.text for m in msgs])
-                rows = [
-                    MemoryRow(
-                        chat_id=m.chat_id,
-                        message_id=m.message_id,
-                        user_id=m.user_id,
-                        user_name=m.user_name,
-                        text=m.text,
-                        date=m.date,
-                        vector=vecs[i],
-                        kind=KIND_MESSAGE,
-                    )
-                    for i, m in enumerate(msgs)
-                ]
+                rows = [memory_row(m, vecs[i]) for i, m in enumerate(msgs)]
                 await self.vectors.add(rows)
             except Exception:  # noqa: BLE001 - derived data: log, retry, then drop the batch
                 if attempt == _RETRIES:

@@ -1,7 +1,7 @@
 """Keeping memory healthy: rebuild LanceDB from DuckDB (``kith memory reindex``) and compact it.
 
-LanceDB is derived data: every memory is an embedded user message of the dialogue store, so the
-vector table can always be rebuilt from DuckDB with the same embedding model.
+LanceDB is derived data: every memory is an embedded user message, or a chunk of a document, of the
+dialogue store, so the vector table can always be rebuilt from DuckDB with the same embedding model.
 """
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
             written += len(todo)
             await memory.indexer.flush()
             on_progress(len(batch))
+        async for chunks in memory.store.iter_document_chunks(cid):
+            memory.indexer.submit(chunks)
+            written += len(chunks)
+            await memory.indexer.flush()
     await memory.vectors.optimize()
     return written
 

@@ -8,7 +8,9 @@ a released step: append a new one (``ALTER TABLE …``, ``CREATE TABLE …``, da
 Conventions: ids are ``BIGINT`` (Telegram ids are 64-bit); timestamps are ``TIMESTAMPTZ`` (the store
 writes and reads them as UTC microseconds, see ``memory.dialogue``); settings are ``JSON`` objects.
 
-Step 2 adds ``subscriptions`` and ``payments`` (DESIGN §7; used by the ``tiers`` package).
+Step 2 adds ``subscriptions`` and ``payments`` (DESIGN §7; used by the ``tiers`` package). Step 3 adds
+the usage columns of media (``seconds``, ``images``, ``pages``) and ``documents`` / ``document_chunks``
+(the text of documents read into memory: vector memory is rebuilt from them too).
 """
 from __future__ import annotations
 
@@ -105,9 +107,43 @@ _V2 = (
     """,
 )
 
+_V3 = (
+    "ALTER TABLE usage ADD COLUMN seconds DOUBLE DEFAULT 0",   # audio seconds transcribed
+    "ALTER TABLE usage ADD COLUMN images INTEGER DEFAULT 0",   # images generated
+    "ALTER TABLE usage ADD COLUMN pages INTEGER DEFAULT 0",    # document pages read
+    """
+    CREATE TABLE documents (
+        chat_id     BIGINT NOT NULL,
+        message_id  BIGINT NOT NULL,             -- the message that carried the file
+        file_name   VARCHAR NOT NULL,
+        mime_type   VARCHAR,
+        kind        VARCHAR NOT NULL,            -- pdf | docx | text
+        size_bytes  BIGINT NOT NULL,
+        pages       INTEGER NOT NULL,            -- PDF pages, 0 otherwise
+        chunks      INTEGER NOT NULL,
+        user_id     BIGINT NOT NULL,
+        user_name   VARCHAR NOT NULL,
+        date        TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (chat_id, message_id)
+    )
+    """,
+    """
+    CREATE TABLE document_chunks (
+        chat_id     BIGINT NOT NULL,
+        message_id  BIGINT NOT NULL,
+        chunk       INTEGER NOT NULL,            -- 0-based position in the document
+        page        INTEGER,                     -- 1-based PDF page the chunk starts on
+        section     VARCHAR,                     -- DOCX heading above it
+        text        VARCHAR NOT NULL,
+        PRIMARY KEY (chat_id, message_id, chunk)
+    )
+    """,
+)
+
 MIGRATIONS: list[tuple[str, ...]] = [
     _V1,
     _V2,  # subscriptions, payments
+    _V3,  # usage by kind (seconds, images, pages); documents and their chunks
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

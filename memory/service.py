@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .retrieval import DEFAULT as DEFAULT_RETRIEVAL
 from .retrieval import RetrievalSettings, find_speakers
-from .types import ROLE_USER, MemoryHit, StoredMessage
+from .types import ROLE_USER, DocumentChunk, DocumentInfo, MemoryHit, StoredMessage
 
 if TYPE_CHECKING:
     from .dialogue import DialogueStore
@@ -39,11 +39,12 @@ class Memory:
     quote itself back as a source.
     """
 
-    def __init__(self, store: "DialogueStore", vectors: "VectorMemory", indexer: "Indexer", embedder) -> None:
+    def __init__(self, store: "DialogueStore", vectors: "VectorMemory", indexer: "Indexer", embedder, reader=None) -> None:
         self.store = store
         self.vectors = vectors
         self.indexer = indexer
         self.embedder = embedder
+        self.reader = reader  # memory.documents.DocumentReader (documents off the event loop); None = a thread
 
     def remember(self, msg: StoredMessage, *, index: bool = True) -> None:
         """Store ``msg`` (idempotent on chat_id, message_id) and queue it for embedding. Non-blocking."""
@@ -57,6 +58,13 @@ class Memory:
         self.store.add_many(msgs)
         if index:
             self.indexer.submit(m for m in msgs if m.role == ROLE_USER and m.text.strip())
+
+    async def remember_document(self, info: DocumentInfo, chunks: list[DocumentChunk]) -> None:
+        """Keep a document's chunks (DuckDB, committed before return) and queue them for embedding.
+        The file message itself is remembered with ``remember`` (as ``[file name] caption``).
+        ``flush()`` waits until the chunks are recallable."""
+        await self.store.add_document(info, chunks)
+        self.indexer.submit(chunks)
 
     #: the recall stages (``memory.retrieval``); an instance may carry other settings (benchmark
     #: ablations); None: the bare hybrid search (rank fusion of the two legs, no stages)
@@ -102,7 +110,8 @@ class Memory:
 
     async def forget(self, chat_id: int, *, user_id: int | None = None) -> int:
         """Erase ``user_id``'s messages in ``chat_id`` (all of the chat's with no user) from both
-        stores; they are never recalled again. Returns how many messages were deleted.
+        stores, with the documents they carried; they are never recalled again. Returns how many
+        messages were deleted.
 
         Queued writes and embeddings are flushed first, so nothing in flight comes back afterwards.
         """

@@ -16,8 +16,12 @@ Formats (``detect_format``):
 
 - ``"telegram-export"`` — Telegram Desktop's ``result.json``, either one chat (top-level ``name``,
   ``type``, ``id``, ``messages``) or the whole account (``chats.list[]`` and ``left_chats.list[]``,
-  each chat with those keys). Service messages (``"type": "service"``) are skipped; messages without
-  text (media without caption, stickers, polls) are skipped and counted. ``text`` may be a string or
+  each chat with those keys). Service messages (``"type": "service"``) are skipped; a media message
+  (``photo``, or ``file`` with its ``media_type``: voice_message, audio_file, video_message,
+  video_file, animation, sticker, none = a document) is kept with its marker before its caption —
+  ``[photo] caption``, ``[file report.pdf]``, ``[voice 0:42]``, ``[sticker 👍]`` (``memory.markers``)
+  — and its file, when the export includes it, is listed in ``TranscriptReader.attachments``;
+  messages with neither text nor media (e.g. polls) are skipped and counted. ``text`` may be a string or
   a list of strings and entity objects (``{"type": "bold", "text": "…"}``), joined in order. The date
   is ``date_unixtime`` when present (exact), else ``date`` (export-local time, read as UTC).
 
@@ -56,6 +60,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import TranscriptError, TranscriptLineError
+from .markers import marker
 from .types import ROLE_ASSISTANT, ROLE_USER, StoredMessage
 
 ParsedLine = StoredMessage | TranscriptLineError
@@ -93,11 +98,28 @@ class ChatMeta:
     title: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file of an exported media message: ``path`` relative to the export's folder (as the export
+    names it), ``kind`` (``photo``, ``document``, ``voice``, …), ``file_name``, ``mime_type``."""
+
+    kind: str
+    path: str
+    file_name: str | None
+    mime_type: str | None
+
+
+_EXPORT_MEDIA_TYPES = {
+    "voice_message": "voice", "audio_file": "audio", "video_message": "video_note", "video_file": "video",
+    "animation": "animation", "sticker": "sticker",
+}
+
+
 @dataclass
 class TranscriptStats:
     """Counts of one read, complete once the reader is exhausted. ``messages``: yielded messages;
     ``errors``: yielded line errors; ``service``: skipped service messages; ``no_text``: skipped
-    messages without text (media only); ``blank``: skipped blank JSONL lines."""
+    messages with neither text nor media (polls, …); ``blank``: skipped blank JSONL lines."""
 
     messages: int = 0
     errors: int = 0
@@ -118,6 +140,7 @@ class TranscriptReader(Iterator[ParsedLine]):
         self.path = Path(path)
         self.format, data = _sniff(self.path)
         self.chats: dict[int, ChatMeta] = {}
+        self.attachments: dict[tuple[int, int], Attachment] = {}  # (chat_id, message_id) → the file, if exported
         self.stats = TranscriptStats()
         self._it = self._jsonl() if self.format == "jsonl" else self._export(data)
 
@@ -178,7 +201,7 @@ class TranscriptReader(Iterator[ParsedLine]):
                 continue
             for index, m in enumerate(messages, 1):
                 try:
-                    msg = _parse_export_message(m, meta.chat_id)
+                    msg, attachment = _parse_export_message(m, meta.chat_id)
                 except _Skip as skip:
                     if skip.kind == "service":
                         self.stats.service += 1
@@ -188,6 +211,8 @@ class TranscriptReader(Iterator[ParsedLine]):
                 except _Bad as exc:
                     yield TranscriptLineError(src, index, str(exc))
                     continue
+                if attachment is not None:
+                    self.attachments[(msg.chat_id, msg.message_id)] = attachment
                 yield msg
 
 
@@ -446,7 +471,28 @@ def _sender_id(from_id: Any) -> int | None:
     raise _Bad(f"unrecognised 'from_id': {from_id!r:.40}")
 
 
-def _parse_export_message(m: Any, chat_id: int) -> StoredMessage:
+def _export_media(m: dict) -> tuple[str, Attachment | None] | None:
+    """(marker, attachment or None) of an exported media message; None without media."""
+    if isinstance(m.get("photo"), str):
+        kind, path, name = "photo", m["photo"], None
+    elif isinstance(m.get("file"), str) or m.get("media_type"):
+        kind = _EXPORT_MEDIA_TYPES.get(str(m.get("media_type") or ""), "document")
+        path = m.get("file") if isinstance(m.get("file"), str) else ""
+        name = m.get("file_name") if isinstance(m.get("file_name"), str) else None
+        if name is None and kind in ("document", "audio") and path and not path.startswith("("):
+            name = path.rsplit("/", 1)[-1]
+    else:
+        return None
+    duration = m.get("duration_seconds")
+    duration = float(duration) if isinstance(duration, (int, float)) and not isinstance(duration, bool) else None
+    emoji = m.get("sticker_emoji") if isinstance(m.get("sticker_emoji"), str) else None
+    mark = marker(kind, file_name=name, duration_s=duration, emoji=emoji)
+    included = bool(path) and not path.startswith("(")  # "(File not included. Change data exporting settings…)"
+    mime = m.get("mime_type") if isinstance(m.get("mime_type"), str) else None
+    return mark, Attachment(kind, path, name, mime) if included else None
+
+
+def _parse_export_message(m: Any, chat_id: int) -> tuple[StoredMessage, Attachment | None]:
     if not isinstance(m, dict):
         raise _Bad(f"expected a message object, got {type(m).__name__}")
     mtype = m.get("type", "message")
@@ -465,6 +511,11 @@ def _parse_export_message(m: Any, chat_id: int) -> StoredMessage:
     except (ValueError, OverflowError, OSError) as exc:
         raise _Bad(f"message {message_id}: bad date: {exc}") from None
     text = _export_text(m.get("text"))
+    media = _export_media(m)
+    attachment = None
+    if media is not None:
+        mark, attachment = media
+        text = f"{mark} {text.strip()}" if text.strip() else mark
     if not text.strip():
         raise _Skip("no_text")
     _check_unicode("text", text)
@@ -490,4 +541,4 @@ def _parse_export_message(m: Any, chat_id: int) -> StoredMessage:
         role=ROLE_USER,
         reply_to=reply_to,
         thread_id=_int(m, "message_thread_id", required=False),
-    )
+    ), attachment

@@ -53,13 +53,91 @@ class MemoryHit:
     score: float
     kind: str = "message"
     parts: dict[str, float] = field(default_factory=dict)
+    source: str | None = None  # documents: the file name the text comes from
+    page: int | None = None  # documents: the 1-based page (PDF) the text starts on
+    parent: int | None = None  # documents: the message id of the file message the chunk belongs to
+
+    @property
+    def citation(self) -> str | None:
+        """``"report.pdf, p. 3"`` (or ``"report.pdf"``) for a document chunk; None for a message."""
+        if not self.source:
+            return None
+        return f"{self.source}, p. {self.page}" if self.page else self.source
+
+
+# documents' chunks live in vector memory under ids of their own, far above any message id:
+# DOC_ID_BASE + (file message id << 16) + chunk index (file message ids < 2**44, ≤ 65,536 chunks)
+DOC_ID_BASE = 1 << 61
+MAX_CHUNKS = 1 << 16
+_MAX_DOC_MESSAGE_ID = 1 << 44
+
+
+def chunk_memory_id(message_id: int, index: int) -> int:
+    """The vector-memory id of chunk ``index`` of the document sent as message ``message_id``.
+    Consecutive chunks get consecutive ids (so recall's neighbouring-turn stage reads the chunks
+    around a hit). raises ValueError outside 0 <= message_id < 2**44, 0 <= index < 65,536."""
+    if not 0 <= message_id < _MAX_DOC_MESSAGE_ID or not 0 <= index < MAX_CHUNKS:
+        raise ValueError(f"no chunk id for message {message_id}, chunk {index}")
+    return DOC_ID_BASE + (message_id << 16) + index
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInfo:
+    """A document (file) sent to a chat and read into its memory.
+
+    message_id: the message that carried the file (stored as ``[file name] caption``). kind: ``pdf``
+    | ``docx`` | ``text``. size_bytes: the file's size. pages: PDF pages (0 otherwise). chunks: how
+    many chunks are in memory. date: tz-aware UTC, the message's date.
+    """
+
+    chat_id: int
+    message_id: int
+    file_name: str
+    mime_type: str | None
+    kind: str
+    size_bytes: int
+    pages: int
+    chunks: int
+    user_id: int
+    user_name: str
+    date: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentChunk:
+    """One chunk of a document's text, with its provenance (file, page or section, sender, date).
+
+    message_id: the file message. index: 0-based position in the document. page: 1-based PDF page
+    the chunk starts on (None for DOCX and text files). section: the DOCX heading above it, if any.
+    """
+
+    chat_id: int
+    message_id: int
+    index: int
+    text: str
+    page: int | None
+    section: str | None
+    file_name: str
+    user_id: int
+    user_name: str
+    date: datetime
+
+    @property
+    def memory_id(self) -> int:
+        return chunk_memory_id(self.message_id, self.index)
+
+
+USAGE_KINDS = ("chat", "vision", "transcription", "image", "document")
 
 
 @dataclass(frozen=True, slots=True)
 class UsageRecord:
-    """One billed call (a turn's LLM call, an image, a transcription), as stored in ``usage``.
+    """One billed call, as stored in ``usage``.
 
-    kind: ``"chat"`` | ``"image"`` | ``"transcription"``. model: the alias used (after fallback).
+    kind: ``"chat"`` (a turn's LLM call) | ``"vision"`` (a photo described by a vision model) |
+    ``"transcription"`` (speech to text; ``seconds`` of audio) | ``"image"`` (``images``
+    generated) | ``"document"`` (a document read into memory; ``pages``, no model cost).
+    model: the alias used (after fallback), or the image/transcription model.
     cost_usd: from litellm's price map; ``None`` when the model has no known price (unknown ≠ free).
     latency_ms: wall time of the call, first byte to last.
     """
@@ -73,3 +151,6 @@ class UsageRecord:
     completion_tokens: int
     cost_usd: float | None
     latency_ms: float
+    seconds: float = 0.0
+    images: int = 0
+    pages: int = 0

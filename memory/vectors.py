@@ -15,6 +15,13 @@ One table at ``<data_dir>/memory/``, one row per remembered item::
                            still found; ``kith memory reindex`` rewrites them (the schema is unchanged)
     date        timestamp[us, UTC]
     vector      fixed_size_list<float32>[384]   L2-normalised, cosine distance
+    source      string     documents: the file name (null for messages)
+    page        int32      documents: the 1-based PDF page the chunk starts on
+    parent      int64      documents: the id of the file message; deleting it deletes the chunks
+
+A document chunk's ``message_id`` is its own id (``memory.types.chunk_memory_id``: far above any
+message id, consecutive within a document) and its ``content`` is prefixed with the file name and
+page. Tables written before the document columns existed get them (all null) when opened.
 
 Recall (``search(..., retrieval=...)`` / ``recall``) runs the stages of ``memory.retrieval`` on top
 of the two legs: see there. For a chat recalled recently (a *hot* chat, ``memory.hot``; opt-in with
@@ -83,7 +90,8 @@ MAX_QUERY_TERMS = 64  # ... and at most this many distinct terms
 _TERM_RE = re.compile(r"\w+", re.UNICODE)
 _ADD_CHUNK = 8192  # rows per merge_insert transaction (bounds memory on a reindex)
 
-_RESULT_COLUMNS = ["chat_id", "message_id", "user_id", "user_name", "kind", "text", "date"]
+_RESULT_COLUMNS = ["chat_id", "message_id", "user_id", "user_name", "kind", "text", "date", "source", "page", "parent"]
+_DOCUMENT_FIELDS = (("source", pa.string()), ("page", pa.int32()), ("parent", pa.int64()))
 
 
 class VectorStoreError(MemoryStoreError):
@@ -106,6 +114,9 @@ class MemoryRow:
     date: datetime
     vector: np.ndarray
     kind: str = KIND_MESSAGE
+    source: str | None = None  # documents: file name
+    page: int | None = None  # documents: 1-based PDF page
+    parent: int | None = None  # documents: the file message's id
 
     @property
     def id(self) -> str:
@@ -131,6 +142,7 @@ def schema(dim: int = 384) -> pa.Schema:
             pa.field("content", pa.string()),
             pa.field("date", pa.timestamp("us", tz="UTC")),
             pa.field("vector", pa.list_(pa.float32(), dim)),
+            *(pa.field(name, typ) for name, typ in _DOCUMENT_FIELDS),
         ]
     )
 
@@ -155,14 +167,16 @@ _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "Augu
            "November", "December")
 
 
-def content_text(user_name: str, text: str, date: datetime | None) -> str:
+def content_text(user_name: str, text: str, date: datetime | None, source: str | None = None, page: int | None = None) -> str:
     """What the full-text index reads for a row: ``"Caroline 8 May 2023: text"`` (sender, UTC day,
     text). The sender and the date make "what did X say about Y" and "in May" searchable; the date
-    also evens out BM25's length normalisation, which otherwise favours one-word messages."""
+    also evens out BM25's length normalisation, which otherwise favours one-word messages. A
+    document chunk also names its file and page: ``"Anna 8 May 2023 report.pdf p. 3: text"``."""
+    where = f" {source}" + (f" p. {page}" if page else "") if source else ""
     if date is None:
-        return f"{user_name or ''}: {text}"
+        return f"{user_name or ''}{where}: {text}"
     d = _utc(date)
-    return f"{user_name or ''} {d.day} {_MONTHS[d.month - 1]} {d.year}: {text}"
+    return f"{user_name or ''} {d.day} {_MONTHS[d.month - 1]} {d.year}{where}: {text}"
 
 
 def _utc(d: datetime) -> datetime:
@@ -300,6 +314,10 @@ class VectorMemory:
         else:
             tbl = await self._db.create_table(TABLE, schema=want, exist_ok=True)
         have = await tbl.schema()
+        missing = [pa.field(name, typ) for name, typ in _DOCUMENT_FIELDS if name not in have.names]
+        if missing and "vector" in have.names:  # written before documents: add the columns (null)
+            await tbl.add_columns(missing)
+            have = await tbl.schema()
         if have.field("vector").type != want.field("vector").type or set(have.names) != set(want.names):
             raise VectorStoreError(
                 f"{self.path}/{TABLE} has schema {have} but {want} is expected; rebuild it (kith memory reindex)"
@@ -381,9 +399,12 @@ class VectorMemory:
                 "user_name": pa.array([r.user_name or "" for r in rows], pa.string()),
                 "kind": pa.array([r.kind for r in rows], pa.string()),
                 "text": pa.array([r.text for r in rows], pa.string()),
-                "content": pa.array([content_text(r.user_name, r.text, r.date) for r in rows], pa.string()),
+                "content": pa.array([content_text(r.user_name, r.text, r.date, r.source, r.page) for r in rows], pa.string()),
                 "date": pa.array([_utc(r.date) for r in rows], pa.timestamp("us", tz="UTC")),
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()), self.dim),
+                "source": pa.array([r.source for r in rows], pa.string()),
+                "page": pa.array([r.page for r in rows], pa.int32()),
+                "parent": pa.array([r.parent for r in rows], pa.int64()),
             },
             schema=schema(self.dim),
         )
@@ -411,8 +432,9 @@ class VectorMemory:
     ) -> int:
         """Delete rows of one chat and return how many were deleted.
 
-        No selector: every row of the chat. ``message_ids``: only those messages (an empty sequence
-        deletes nothing). ``user_id``: only that sender's rows. Both: the intersection.
+        No selector: every row of the chat. ``message_ids``: only those messages, and the chunks of
+        the documents they carried (an empty sequence deletes nothing). ``user_id``: only that
+        sender's rows. Both: the intersection.
         """
         if message_ids is not None and len(message_ids) == 0:
             return 0
@@ -427,7 +449,8 @@ class VectorMemory:
                 total = 0
                 for i in range(0, len(ids), 1000):
                     chunk = ", ".join(map(str, ids[i : i + 1000]))
-                    total += await self._run(self._delete, f"{where} AND message_id IN ({chunk})", int(chat_id))
+                    total += await self._run(
+                        self._delete, f"{where} AND (message_id IN ({chunk}) OR parent IN ({chunk}))", int(chat_id))
                 return total
             finally:
                 self._forget_speakers(int(chat_id))  # a sender may be gone: read the names again
@@ -781,6 +804,9 @@ def _hit(r: dict, score: float, parts: dict[str, float]) -> MemoryHit:
         score=float(score),
         kind=r["kind"] or KIND_MESSAGE,
         parts=parts,
+        source=r.get("source"),
+        page=r.get("page"),
+        parent=r.get("parent"),
     )
 
 

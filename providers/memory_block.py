@@ -7,7 +7,8 @@ The block, one memory per line, best first::
     [#1240 2009-03-03 10:05 UTC] exon: thanks\\nthat worked
     </memories>
 
-Each line is ``[#<message_id> <date>] <user_name>: <text>``. A line never breaks inside a memory:
+Each line is ``[#<message_id> <date>] <user_name>: <text>``; a chunk of a document names its source after
+the sender and carries the file message's id: ``[#1250 2026-11-28 09:12 UTC] Anna (report.pdf, p. 3): …``. A line never breaks inside a memory:
 texts and names are escaped reversibly, so ``parse_memories(render_memories(hits))`` gives back every
 id, date string, name and text (texts longer than ``max_chars`` are shortened first, with "…"):
 
@@ -93,9 +94,12 @@ def render_memories(hits: Sequence[MemoryHit], *, tz: tzinfo = UTC, max_chars: i
         return ""
     lines = [OPEN_TAG]
     for h in hits:
-        name = _escape(h.user_name or "", _NAME_RE)
+        citation = getattr(h, "citation", None)
+        who = f"{h.user_name or ''} ({citation})" if citation else (h.user_name or "")
+        name = _escape(who, _NAME_RE)
         text = _escape(_shorten(h.text or "", max_chars), _TEXT_RE)
-        lines.append(f"[#{h.message_id} {format_date(h.date, tz)}] {name}: {text}")
+        mid = h.parent if citation and getattr(h, "parent", None) is not None else h.message_id
+        lines.append(f"[#{mid} {format_date(h.date, tz)}] {name}: {text}")
     lines.append(CLOSE_TAG)
     return "\n".join(lines)
 

@@ -14,6 +14,26 @@ according to the request's ``model`` (the litellm prefix ``openai/`` is stripped
 anything else         answers like ``ok-*`` (e.g. ``gpt-4o-mini``, to test a priced model)
 ====================  =============================================================================
 
+A user message with ``image_url`` content parts (``data:`` URLs) shows each image in the echo:
+``"echo: <text> [image image/png 1234 bytes]"`` (the decoded size), so tests can prove the image
+reached the model.
+
+``POST /v1/images/generations`` (JSON; ``revised_prompt`` is the prompt):
+
+====================  =============================================================================
+``policy-*``          400 ``{"error": {"code": "content_policy_violation", ...}}``
+``error-*``           500
+``url-*``             200 with ``data[0].url`` = ``<server>/files/<id>.png`` (served by ``GET``)
+anything else         200 with ``data[0].b64_json``: a real 8x8 RGB PNG (``TEST_PNG``)
+====================  =============================================================================
+
+``POST /v1/audio/transcriptions`` (multipart/form-data) answers ``{"text", "duration", "language":
+"en"}``: the server stands in for the provider, so an uploaded "recording" whose bytes are UTF-8
+text starting with ``SPEECH:`` is transcribed as the rest of its first line, anything else as
+``"transcribed <N> bytes"``; ``duration`` is the float on a ``DURATION:<seconds>`` line, else 1.0.
+``error-*`` models → 500. Its ``RecordedRequest.body`` holds the form fields, with ``file`` replaced
+by ``{"filename": ..., "size": ...}``.
+
 ``"stream": true`` answers as SSE: a role chunk, the answer in several content chunks (one per word,
 in order), a chunk with ``finish_reason``, a usage chunk when ``stream_options.include_usage`` is
 set (as OpenAI does), then ``data: [DONE]``.
@@ -21,8 +41,8 @@ set (as OpenAI does), then ``data: [DONE]``.
 Usage is deterministic: ``prompt_tokens`` = words in all message contents + 3 per message,
 ``completion_tokens`` = words in the answer. ``max_tokens`` truncates the answer to that many words.
 
-Every request is recorded (``server.requests``: ``RecordedRequest(path, model, body, headers)``) in
-arrival order, before any delay or failure, so tests can assert which models were tried.
+Every request is recorded (``server.requests``: ``RecordedRequest(path, model, body, headers)``;
+``GET /files/*`` too, with an empty model and body) in arrival order, before any delay or failure, so tests can assert which models were tried.
 
 Use the fixture (import it into a test module: ``from tests.llm_server import llm_server``)::
 
@@ -34,10 +54,14 @@ at once (``stop()`` sets an event the delay waits on), so shutdown never waits f
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import struct
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,7 +69,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["FakeLLMServer", "RecordedRequest", "answer_for", "llm_server"]
+__all__ = ["FakeLLMServer", "RecordedRequest", "TEST_PNG", "answer_for", "llm_server", "transcript_for"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +88,7 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # OpenAI content parts
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and "text" in p)
     return ""
 
 
@@ -75,9 +99,93 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
+def _image_notes(messages: list[dict[str, Any]]) -> str:
+    """`` [image <mime> <N> bytes]`` for each ``image_url`` part of the last user message."""
+    for m in reversed(messages):
+        if m.get("role") != "user":
+            continue
+        content = m.get("content")
+        notes = []
+        for p in content if isinstance(content, list) else []:
+            if not isinstance(p, dict) or p.get("type") != "image_url":
+                continue
+            url = p.get("image_url")
+            url = str(url.get("url", "")) if isinstance(url, dict) else str(url or "")
+            header, sep, data = url.partition(",")
+            if url.startswith("data:") and sep:
+                mime = header[5:].split(";")[0] or "unknown"
+                try:
+                    size = len(base64.b64decode(data, validate=True)) if ";base64" in header else len(data.encode())
+                except (binascii.Error, ValueError):
+                    size = -1
+                notes.append(f" [image {mime} {size} bytes]")
+            else:
+                notes.append(f" [image url {url}]")
+        return "".join(notes)
+    return ""
+
+
 def answer_for(body: dict[str, Any]) -> str:
     """The answer the server gives to ``body`` (a chat completion request), before ``max_tokens``."""
-    return f"echo: {_last_user_text(body.get('messages') or [])}"
+    messages = body.get("messages") or []
+    return f"echo: {_last_user_text(messages)}{_image_notes(messages)}"
+
+
+def _png(width: int = 8, height: int = 8) -> bytes:
+    """A real RGB PNG (a plain gradient), built with zlib + struct."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + bytes(v for x in range(width) for v in (x * 32 % 256, y * 32 % 256, 128))
+                    for y in range(height))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+TEST_PNG = _png()
+
+
+def transcript_for(data: bytes) -> tuple[str, float]:
+    """``(text, duration)`` the server answers for an uploaded recording ``data``."""
+    text, duration = f"transcribed {len(data)} bytes", 1.0
+    try:
+        decoded = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return text, duration
+    lines = decoded.splitlines()
+    if lines and lines[0].startswith("SPEECH:"):
+        text = lines[0][len("SPEECH:"):].strip()
+    for line in lines:
+        if line.startswith("DURATION:"):
+            try:
+                duration = float(line[len("DURATION:"):])
+            except ValueError:
+                pass
+    return text, duration
+
+
+def _parse_multipart(content_type: str, raw: bytes) -> tuple[dict[str, Any], tuple[str, bytes] | None]:
+    """Form fields (text) and the uploaded ``file`` part (name, bytes) of a multipart/form-data body."""
+    import email.parser
+    import email.policy
+
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+    fields: dict[str, Any] = {}
+    upload: tuple[str, bytes] | None = None
+    for part in msg.iter_parts() if msg.is_multipart() else ():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None or name == "file":
+            upload = (filename or "", payload)
+        elif name:
+            value = payload.decode("utf-8", "replace")
+            if name in fields:  # repeated fields (timestamp_granularities[])
+                fields[name] = (fields[name] if isinstance(fields[name], list) else [fields[name]]) + [value]
+            else:
+                fields[name] = value
+    return fields, upload
 
 
 def _usage(body: dict[str, Any], answer: str) -> dict[str, int]:
@@ -121,20 +229,39 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         if self.path.rstrip("/") == "/v1/models":
             self._send_json(200, {"object": "list", "data": []})
+        elif self.path.startswith("/files/"):
+            self.server.owner._record(RecordedRequest(self.path, "", {}, {k.lower(): v for k, v in self.headers.items()}))
+            data = self.server.owner._files.get(self.path[len("/files/"):])
+            if data is None:
+                self._error(404, f"no file {self.path}", "invalid_request_error")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         else:
             self._error(404, f"no route {self.path}", "invalid_request_error")
 
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        path = self.path.rstrip("/")
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        if path == "/v1/audio/transcriptions":
+            self._transcription(raw, headers)
+            return
         try:
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
             self._error(400, "invalid JSON", "invalid_request_error")
             return
         model = str(body.get("model", ""))
-        self.server.owner._record(RecordedRequest(self.path, model, body, {k.lower(): v for k, v in self.headers.items()}))
-        if self.path.rstrip("/") != "/v1/chat/completions":
+        self.server.owner._record(RecordedRequest(self.path, model, body, headers))
+        if path == "/v1/images/generations":
+            self._image(body, model)
+            return
+        if path != "/v1/chat/completions":
             self._error(404, f"no route {self.path}", "invalid_request_error")
             return
 
@@ -171,6 +298,40 @@ class _Handler(BaseHTTPRequestHandler):
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": finish}],
                 "usage": _usage(body, answer),
             })
+
+    def _image(self, body: dict[str, Any], model: str) -> None:
+        if model.startswith("policy"):
+            self._error(400, "Your request was rejected as a result of our safety system.", "invalid_request_error",
+                        "content_policy_violation")
+            return
+        if model.startswith("error"):
+            self._error(500, f"The server had an error while processing your request ({model})", "server_error")
+            return
+        item: dict[str, Any] = {"revised_prompt": str(body.get("prompt", ""))}
+        if model.startswith("url"):
+            name = f"{uuid.uuid4().hex[:12]}.png"
+            self.server.owner._files[name] = TEST_PNG
+            host, port = self.server.server_address[:2]
+            item["url"] = f"http://{host}:{port}/files/{name}"
+        else:
+            item["b64_json"] = base64.b64encode(TEST_PNG).decode("ascii")
+        self._send_json(200, {"created": int(time.time()), "data": [item]})
+
+    def _transcription(self, raw: bytes, headers: dict[str, str]) -> None:
+        fields, upload = _parse_multipart(headers.get("content-type", ""), raw)
+        model = str(fields.get("model", ""))
+        filename, data = upload if upload is not None else ("", b"")
+        recorded = dict(fields)
+        recorded["file"] = {"filename": filename, "size": len(data)} if upload is not None else None
+        self.server.owner._record(RecordedRequest(self.path, model, recorded, headers))
+        if upload is None:
+            self._error(400, "missing file", "invalid_request_error")
+            return
+        if model.startswith("error"):
+            self._error(500, f"The server had an error while processing your request ({model})", "server_error")
+            return
+        text, duration = transcript_for(data)
+        self._send_json(200, {"text": text, "duration": duration, "language": "en"})
 
     def _stream(self, body: dict[str, Any], model: str, answer: str, finish: str, *, broken: bool) -> None:
         self.send_response(200)
@@ -228,6 +389,7 @@ class FakeLLMServer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
+        self._files: dict[str, bytes] = {}  # GET /files/<name> (url-* image models)
         self._stopping = threading.Event()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None

@@ -63,7 +63,8 @@ def test_shipped_model_examples_are_valid_when_uncommented(tmp_path):
     uncommented = re.sub(r"(?m)^  # (\s*[a-z_]+:.*)$", r"  \1", text)
     assert "model: ollama/llama3" in uncommented and "  # fast:" not in uncommented
     cfg = load_config(write(tmp_path, "kith.yaml", uncommented.replace("default_model: recall", "default_model: fast")), env={})
-    assert set(cfg.settings.models) == {"recall", "fast", "local", "smart"}
+    assert set(cfg.settings.models) == {"recall", "fast", "local", "smart", "seeing"}
+    assert cfg.settings.models["seeing"].vision is True
     assert cfg.settings.models["local"].api_base == "http://127.0.0.1:11434"
     assert cfg.settings.models["fast"].fallbacks == ("local", "recall")
 

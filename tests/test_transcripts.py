@@ -171,7 +171,7 @@ def _write(tmp_path: Path, name: str, doc: dict) -> Path:
     return path
 
 
-def test_single_chat_export_joins_entities_skips_service_and_media(tmp_path: Path) -> None:
+def test_single_chat_export_joins_entities_skips_service_keeps_media_markers(tmp_path: Path) -> None:
     path = _write(tmp_path, "result.json", SINGLE_CHAT)
     assert detect_format(path) == "telegram-export"
     reader = read_transcript(path)
@@ -180,18 +180,23 @@ def test_single_chat_export_joins_entities_skips_service_and_media(tmp_path: Pat
     msgs = [i for i in items if isinstance(i, StoredMessage)]
     chat_id = -1001234567890
     assert reader.chats == {chat_id: ChatMeta(chat_id, "supergroup", "Linux Help 🐧")}
-    assert [m.message_id for m in msgs] == [2, 3, 6, 7, 9]
+    assert [m.message_id for m in msgs] == [2, 3, 4, 5, 6, 7, 9]
     assert all(m.chat_id == chat_id for m in msgs)
     assert msgs[1].text == ("Boot a live USB and run sudo update-grub, see https://help.ubuntu.com/community/Grub2"
                             " — then reboot.")
     assert msgs[1].reply_to == 2 and msgs[1].user_id == 222 and msgs[1].user_name == "Bob"
     assert msgs[0].date == datetime(2024, 1, 15, 14, 30, tzinfo=UTC)  # from date_unixtime, not local "15:30"
-    assert msgs[2].user_id == -1001234567890  # signed by the channel itself
-    assert msgs[3].user_id == 333 and msgs[3].user_name == "Deleted Account"
-    assert msgs[3].date == datetime(2024, 1, 15, 15, 35, tzinfo=UTC)  # no unixtime: local date read as UTC
+    by_id = {m.message_id: m for m in msgs}
+    assert by_id[4].text == "[photo]" and by_id[5].text == "[sticker 👍]"  # media without caption: the marker
+    assert by_id[6].text == "[photo] Pinned: read the rules 📌"  # media with caption: marker + caption
+    assert by_id[6].user_id == -1001234567890  # signed by the channel itself
+    assert by_id[7].user_id == 333 and by_id[7].user_name == "Deleted Account"
+    assert by_id[7].date == datetime(2024, 1, 15, 15, 35, tzinfo=UTC)  # no unixtime: local date read as UTC
     assert [(e.line, "bad date" in e.reason) for e in errors] == [(8, True)]  # 1-based index in messages
     assert str(chat_id) in errors[0].source
-    assert (reader.stats.service, reader.stats.no_text, reader.stats.messages, reader.stats.errors) == (1, 2, 5, 1)
+    assert (reader.stats.service, reader.stats.no_text, reader.stats.messages, reader.stats.errors) == (1, 0, 7, 1)
+    assert reader.attachments[(chat_id, 4)].path == "photos/photo_1@15-01-2024_15-32-00.jpg"
+    assert reader.attachments[(chat_id, 5)].kind == "sticker"
 
 
 def test_full_account_export_reads_every_chat_with_bot_api_ids(tmp_path: Path) -> None:
@@ -304,7 +309,7 @@ def test_minified_single_line_export_is_detected(tmp_path: Path) -> None:
     path = tmp_path / "result.json"
     path.write_text(json.dumps(SINGLE_CHAT), encoding="utf-8")
     assert detect_format(path) == "telegram-export"
-    assert len([m for m in read_transcript(path) if isinstance(m, StoredMessage)]) == 5
+    assert len([m for m in read_transcript(path) if isinstance(m, StoredMessage)]) == 7
 
 
 # ---------------------------------------------------------------- derived user ids

@@ -83,6 +83,25 @@ class Sent:
     at: float = 0.0  # time.perf_counter() when Telegram got it
 
 
+class _MediaSession:
+    """A media-DC session that serves ``upload.GetFile`` from the harness's ``files``."""
+
+    def __init__(self, harness: "TelegramHarness") -> None:
+        self.harness = harness
+
+    async def invoke(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(query, raw.functions.upload.GetFile):
+            raise AssertionError(f"the media session does not answer {type(query).__name__}")
+        media_id = query.location.id
+        self.harness.downloads.append(media_id)
+        data = self.harness.files[media_id]
+        part = data[query.offset: query.offset + query.limit]
+        return roundtrip(raw.types.upload.File(type=raw.types.storage.FileUnknown(), mtime=0, bytes=part))
+
+    async def stop(self) -> None:
+        return None
+
+
 class TelegramHarness:
     """Build with ``await TelegramHarness.create()`` inside the test's event loop.
 
@@ -112,6 +131,9 @@ class TelegramHarness:
         self.members: dict[tuple[int, int], str] = {}
         self.messages: dict[tuple[int, int], TLObject] = {}  # (chat_id, id) → raw message (for GetMessages)
         self.pending_difference: list[TLObject] = []  # raw messages GetDifference returns once (missed while offline)
+        self.files: dict[int, bytes] = {}  # media id → the file's bytes (served by upload.GetFile)
+        self.downloads: list[int] = []  # media ids of every upload.GetFile call, in order
+        self._media_ids = itertools.count(5_000_000)
         self._errors: dict[type, deque] = defaultdict(deque)
         self._pts = 100
         self._channel_pts: dict[int, int] = defaultdict(lambda: 100)
@@ -144,6 +166,7 @@ class TelegramHarness:
         client.invoke = self.invoke
         client.connect = self._connect
         client.save_file = self._save_file
+        client.get_session = self._get_session
         client.add_handler(RawUpdateHandler(self._on_marker), MARKER_GROUP)
         return client
 
@@ -177,6 +200,47 @@ class TelegramHarness:
         data = path.getvalue() if isinstance(path, BytesIO) else open(path, "rb").read()
         self.uploads.append((getattr(path, "name", str(path)), data))
         return raw.types.InputFile(id=len(self.uploads), parts=1, name=getattr(path, "name", "file"), md5_checksum="")
+
+    async def _get_session(self, dc_id: Any = None, is_media: bool = False, **kwargs: Any) -> Any:
+        """The media DC session downloads go through: answers ``upload.GetFile`` from ``files``."""
+        return _MediaSession(self)
+
+    # ------------------------------------------------------------------ media (files users send)
+
+    def _media_id(self, data: bytes) -> int:
+        mid = next(self._media_ids)
+        self.files[mid] = data
+        return mid
+
+    def document_media(self, data: bytes, file_name: str, mime_type: str, *, size: int | None = None,
+                       attributes: list | None = None) -> Any:
+        """A raw ``MessageMediaDocument``; ``size`` may claim more than ``len(data)`` (a big file)."""
+        t = raw.types
+        doc = t.Document(id=self._media_id(data), access_hash=1, file_reference=b"ref", date=int(time.time()), mime_type=mime_type,
+                         size=size if size is not None else len(data), dc_id=2,
+                         attributes=[t.DocumentAttributeFilename(file_name=file_name), *(attributes or [])])
+        return t.MessageMediaDocument(document=doc)
+
+    def voice_media(self, data: bytes, duration: int) -> Any:
+        t = raw.types
+        doc = t.Document(id=self._media_id(data), access_hash=1, file_reference=b"ref", date=int(time.time()),
+                         mime_type="audio/ogg", size=len(data), dc_id=2,
+                         attributes=[t.DocumentAttributeAudio(duration=duration, voice=True)])
+        return t.MessageMediaDocument(document=doc)
+
+    def photo_media(self, data: bytes, w: int = 800, h: int = 600) -> Any:
+        t = raw.types
+        photo = t.Photo(id=self._media_id(data), access_hash=1, file_reference=b"ref", date=int(time.time()), dc_id=2,
+                        sizes=[t.PhotoSize(type="y", w=w, h=h, size=len(data))])
+        return t.MessageMediaPhoto(photo=photo)
+
+    def sticker_media(self, emoji: str = "😀") -> Any:
+        t = raw.types
+        doc = t.Document(id=self._media_id(b"RIFF0000WEBP"), access_hash=1, file_reference=b"ref", date=int(time.time()),
+                         mime_type="image/webp", size=12, dc_id=2,
+                         attributes=[t.DocumentAttributeSticker(alt=emoji, stickerset=t.InputStickerSetEmpty()),
+                                     t.DocumentAttributeImageSize(w=512, h=512)])
+        return t.MessageMediaDocument(document=doc)
 
     # ------------------------------------------------------------------ peers
 
@@ -253,8 +317,10 @@ class TelegramHarness:
     # ------------------------------------------------------------------ feeding updates
 
     def message(self, chat_id: int, from_id: int, text: str, *, entities: list | None = None, reply_to: int | None = None,
-                topic: int | None = None, message_id: int | None = None, out: bool = False, date: int | None = None) -> raw.types.Message:
-        """A raw text message in ``chat_id`` from ``from_id`` (registered as known for GetMessages)."""
+                topic: int | None = None, message_id: int | None = None, out: bool = False, date: int | None = None,
+                media: Any = None) -> raw.types.Message:
+        """A raw message in ``chat_id`` from ``from_id`` (registered as known for GetMessages); with
+        ``media`` (``document_media`` …) ``text`` is its caption."""
         mid = message_id if message_id is not None else self._next_id(chat_id)
         header = None
         if reply_to is not None or topic is not None:
@@ -273,6 +339,7 @@ class TelegramHarness:
             out=out or None,
             entities=entities or None,
             reply_to=header,
+            media=media,
         )
         self.messages[(chat_id, mid)] = msg
         return msg
@@ -513,7 +580,8 @@ class TelegramHarness:
         entities = list(q.entities or [])
         kind = "text"
         if isinstance(q, raw.functions.messages.SendMedia):
-            kind = "invoice" if isinstance(q.media, t.InputMediaInvoice) else "document"
+            kind = ("invoice" if isinstance(q.media, t.InputMediaInvoice)
+                    else "photo" if isinstance(q.media, t.InputMediaUploadedPhoto) else "document")
             if kind == "invoice":
                 text = q.media.title
         self.sent.append(Sent(chat_id, mid, text, entities, reply_to, thread_id, q.reply_markup, kind, time.perf_counter()))

@@ -28,6 +28,10 @@ from .resolve import effective_tier
 from .subscriptions import Subscription, SubscriptionStore
 
 GROUP_TYPES = frozenset({"group", "supergroup"})
+FEATURE_NAMES = {
+    "vision": "Seeing images", "documents": "Reading documents", "image_generation": "Drawing images",
+    "voice": "Transcribing voice and audio", "custom_persona": "A custom persona",
+}
 
 
 def _utc_now() -> datetime:
@@ -140,7 +144,38 @@ class Admission:
 
     def record(self, rec: UsageRecord) -> None:
         """Count a billed call against today's quotas (call it next to ``store.record_usage(rec)``)."""
-        self.quotas.record(rec.chat_id, rec.user_id, rec.model, rec.prompt_tokens + rec.completion_tokens)
+        self.quotas.record(rec.chat_id, rec.user_id, rec.model, rec.prompt_tokens + rec.completion_tokens, kind=rec.kind,
+                           images=rec.images, seconds=rec.seconds)
+
+    async def admit_feature(self, chat_id: int, user_id: int, feature: str, *, size_bytes: int | None = None,
+                            images: int = 0, seconds: float = 0.0) -> Admit:
+        """May ``user_id`` use ``feature`` (``vision`` | ``documents`` | ``image_generation`` | ``voice``
+        | ``custom_persona``) in ``chat_id`` now, for a file of ``size_bytes`` (checked against the
+        tier's ``max_file_mb``), ``images`` to generate and ``seconds`` of audio to transcribe?
+
+        Refused: ``reason`` ``"feature"`` (the tier lacks it; ``refusal`` names what has it and points
+        to /billing), ``"size"`` (the file is over ``max_file_mb``; nothing should be downloaded) or
+        ``"quota"`` (images_per_day / audio_seconds_per_day spent). ``alias`` is unused ("").
+        """
+        await self.open()
+        tier = await self.tier_of(chat_id, user_id)
+        t = self.cfg.tiers[tier]
+        if not getattr(t.features, feature):
+            better = [n for n in sorted(self.cfg.tiers, key=self.cfg.rank)
+                      if self.cfg.rank(n) > self.cfg.rank(tier) and getattr(self.cfg.tiers[n].features, feature)]
+            what = FEATURE_NAMES.get(feature, feature)
+            needs = f" It comes with the {better[0]} tier." if better else ""
+            return Admit(False, "", tier, reason="feature", refusal=f"{what} isn't part of the {tier} tier.{needs}"
+                         f"{self._upgrade_hint(tier)}")
+        if size_bytes is not None and size_bytes > t.max_file_mb * 1024 * 1024:
+            return Admit(False, "", tier, reason="size", refusal=(
+                f"That file is {size_bytes / 1024 / 1024:.1f} MB; on the {tier} tier I take files up to "
+                f"{t.max_file_mb:g} MB.{self._upgrade_hint(tier)}"))
+        if images or seconds:
+            d = self.quotas.check_media(tier, user_id, images=images, seconds=seconds)
+            if not d.allowed:
+                return Admit(False, "", tier, reason="quota", quota=d, refusal=self._refusal(d, tier, ""))
+        return Admit(True, "", tier)
 
     async def profile(self, chat_id: int, user_id: int) -> Profile:
         """The member's tier, subscriptions, today's usage and limits here."""
@@ -218,4 +253,8 @@ def _spent_text(d: QuotaDecision, tier: str, alias: str) -> str:
         return f"This chat has used all {d.limit} of today's requests {where}."
     if d.quota == "chat_tokens_per_day":
         return f"This chat has used today's {d.limit:,} tokens {where}."
+    if d.quota == "images_per_day":
+        return f"You've had all {d.limit} of today's images {where}."
+    if d.quota == "audio_seconds_per_day":
+        return f"You've used today's {d.limit // 60} min {d.limit % 60} s of transcription {where}."
     return "Today's quota is used up."

@@ -32,8 +32,9 @@ from memory.schema import to_us
 from .errors import TierError
 from .subscriptions import Subscription, SubscriptionStore, parse_target
 
-BY = ("user", "chat", "model", "day")
+BY = ("user", "chat", "model", "day", "kind")
 _KEY_SQL = {
+    "kind": "kind",
     "user": "user_id::VARCHAR",
     "chat": "chat_id::VARCHAR",
     "model": "model",
@@ -149,14 +150,17 @@ def format_cost(known_usd: float, unpriced: int, requests: int) -> str:
     return f"≥ ${known_usd:.4f} + unknown"
 
 
-def _group(key: str, n: int, prompt: int, completion: int, known: float, unpriced: int) -> dict[str, Any]:
+def _group(key: str, n: int, prompt: int, completion: int, known: float, unpriced: int, seconds: float = 0.0,
+           images: int = 0, pages: int = 0) -> dict[str, Any]:
     return {"key": key, "requests": n, "prompt_tokens": prompt, "completion_tokens": completion,
-            "tokens": prompt + completion, "cost_usd": None if n and unpriced >= n else round(known, 10),
+            "tokens": prompt + completion, "seconds": round(seconds, 3), "images": images, "pages": pages,
+            "cost_usd": None if n and unpriced >= n else round(known, 10),
             "unpriced_requests": unpriced, "cost": format_cost(known, unpriced, n)}
 
 
 async def usage_summary(store: DialogueStore, *, by: str = "model", since: datetime | None = None) -> dict[str, Any]:
-    """Requests, tokens and cost from the ``usage`` table, grouped ``by`` user|chat|model|day (UTC),
+    """Requests, tokens, audio seconds, images, document pages and cost from the ``usage`` table,
+    grouped ``by`` user|chat|model|day (UTC)|kind (chat, vision, transcription, image, document),
     from ``since`` on. ``cost_usd`` sums the priced calls only (None when none was priced);
     ``unpriced_requests`` counts the calls of models with no known price. raises TierError (bad ``by``)."""
     if by not in BY:
@@ -166,13 +170,16 @@ async def usage_summary(store: DialogueStore, *, by: str = "model", since: datet
         where, params = " WHERE ts >= make_timestamp(?) AT TIME ZONE 'UTC'", [to_us(since)]
     rows = await store.execute(
         f"SELECT {_KEY_SQL[by]} AS k, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
-        f" coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL) FROM usage{where} GROUP BY k ORDER BY k",
+        f" coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL), coalesce(sum(seconds), 0),"
+        f" coalesce(sum(images), 0), coalesce(sum(pages), 0) FROM usage{where} GROUP BY k ORDER BY k",
         params,
     )
-    groups = [_group(str(k), int(n), int(p), int(c), float(usd), int(u)) for k, n, p, c, usd, u in rows]
+    groups = [_group(str(k), int(n), int(p), int(c), float(usd), int(u), float(sec), int(img), int(pg))
+              for k, n, p, c, usd, u, sec, img, pg in rows]
     total = _group("total", sum(g["requests"] for g in groups), sum(g["prompt_tokens"] for g in groups),
                    sum(g["completion_tokens"] for g in groups), sum(float(r[4]) for r in rows),
-                   sum(g["unpriced_requests"] for g in groups))
+                   sum(g["unpriced_requests"] for g in groups), sum(g["seconds"] for g in groups),
+                   sum(g["images"] for g in groups), sum(g["pages"] for g in groups))
     return {"by": by, "since": since.isoformat() if since else None, "rows": groups, "total": total}
 
 
@@ -185,13 +192,20 @@ async def usage_report(store: DialogueStore, console: Console, *, by: str = "mod
         return rep
     title = f"usage by {by}" + (f" since {since:%Y-%m-%d %H:%M} UTC" if since else "")
     table = Table(title=title)
-    for col in (by, "requests", "prompt tokens", "completion tokens", "cost"):
+    media = any(g["seconds"] or g["images"] or g["pages"] for g in rep["rows"])
+    cols = (by, "requests", "prompt tokens", "completion tokens", *(("audio s", "images", "pages") if media else ()), "cost")
+    for col in cols:
         table.add_column(col, justify="left" if col == by else "right")
+
+    def cells(g: dict[str, Any]) -> list[str]:
+        extra = [f"{g['seconds']:,.0f}", f"{g['images']:,}", f"{g['pages']:,}"] if media else []
+        return [f"{g['requests']:,}", f"{g['prompt_tokens']:,}", f"{g['completion_tokens']:,}", *extra, g["cost"]]
+
     for g in rep["rows"]:
-        table.add_row(escape(g["key"]), f"{g['requests']:,}", f"{g['prompt_tokens']:,}", f"{g['completion_tokens']:,}", g["cost"])
+        table.add_row(escape(g["key"]), *cells(g))
     t = rep["total"]
     table.add_section()
-    table.add_row("[bold]total[/]", f"{t['requests']:,}", f"{t['prompt_tokens']:,}", f"{t['completion_tokens']:,}", t["cost"])
+    table.add_row("[bold]total[/]", *cells(t))
     console.print(table)
     if t["unpriced_requests"]:
         console.print(f"[dim]{t['unpriced_requests']} call(s) used a model with no known price: their cost is unknown, not 0.[/]")
@@ -290,14 +304,14 @@ def sub_list(
 
 
 def usage_command(
-    by: Annotated[str, typer.Option("--by", help="Group by user | chat | model | day (UTC).")] = "model",
+    by: Annotated[str, typer.Option("--by", help="Group by user | chat | model | day (UTC) | kind (chat, vision, transcription, image, document).")] = "model",
     since: Annotated[Optional[str], typer.Option("--since", help="From this date (YYYY-MM-DD, UTC) or ISO date-time.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     data_dir: DataDir = Path("data"),
     config: ConfigOpt = None,
     verbose: Verbose = 0,
 ) -> None:
-    """Requests, tokens and cost of the LLM calls (a model with no known price costs 'unknown', not 0)."""
+    """Requests, tokens, audio seconds, images, pages and cost of the billed calls (a model with no known price costs 'unknown', not 0)."""
     from cli import _setup
 
     if by not in BY:

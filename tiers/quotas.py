@@ -8,10 +8,13 @@ Counting rules (``Quotas`` of tiers.yaml; -1 = unlimited):
   plus 100 to the others.
 - ``tokens_per_day``: prompt + completion tokens of the user, every model.
 - ``chat_requests_per_day`` / ``chat_tokens_per_day``: all members of a chat together, every model.
+- ``images_per_day``: images generated for the user; ``audio_seconds_per_day``: seconds of the
+  user's voice notes, audio files and video notes transcribed.
 
-Every billed call counts (each ``usage`` row: chat turns, images, transcriptions). A quota is spent
+Requests count the chat turns (``usage.kind = 'chat'``); tokens count every call that has tokens
+(chat turns and photo descriptions); images and audio seconds count their own kinds. A quota is spent
 when ``used >= limit``; the call that crosses a token limit is still served (tokens are known only
-afterwards), the next one is refused.
+afterwards), the next one is refused; an audio quota is checked with the recording's duration first.
 """
 from __future__ import annotations
 
@@ -76,12 +79,16 @@ class TodayUsage:
     chat_requests: int
     chat_tokens: int
     resets_at: datetime
+    images: int = 0
+    audio_seconds: float = 0.0
 
 
 @dataclass
 class _User:
     requests: Counter = field(default_factory=Counter)  # alias -> requests today
     tokens: int = 0
+    images: int = 0
+    seconds: float = 0.0
 
 
 class QuotaTracker:
@@ -117,24 +124,46 @@ class QuotaTracker:
             now = self.clock()
             start = datetime.combine(_day(now), time(0), tzinfo=UTC)
             rows = await self.store.execute(
-                "SELECT chat_id, user_id, model, count(*), sum(prompt_tokens + completion_tokens) FROM usage"
+                "SELECT chat_id, user_id, model, kind, count(*), sum(prompt_tokens + completion_tokens),"
+                " sum(coalesce(images, 0)), sum(coalesce(seconds, 0)) FROM usage"
                 " WHERE ts >= make_timestamp(?) AT TIME ZONE 'UTC' AND ts < make_timestamp(?) AT TIME ZONE 'UTC'"
                 " GROUP BY ALL",
                 [to_us(start), to_us(start + timedelta(days=1))],
             )
             self._reset(_day(now))
-            for chat_id, user_id, model, n, tokens in rows:
-                self._add(chat_id, user_id, model, int(n), int(tokens or 0))
+            for chat_id, user_id, model, kind, n, tokens, images, seconds in rows:
+                self._add(chat_id, user_id, model, int(n), int(tokens or 0), kind=kind, images=int(images or 0),
+                          seconds=float(seconds or 0))
             self._loaded = True
 
-    def record(self, chat_id: int, user_id: int, alias: str, tokens: int) -> None:
+    def record(self, chat_id: int, user_id: int, alias: str, tokens: int, *, kind: str = "chat", images: int = 0,
+               seconds: float = 0.0) -> None:
         """Count one billed call of ``user_id`` in ``chat_id`` to model ``alias`` using ``tokens``
-        (prompt + completion). Before ``load()`` it does nothing: load reads the table itself."""
+        (prompt + completion), of ``kind`` (only ``"chat"`` counts as a request), with ``images``
+        generated and ``seconds`` of audio transcribed. Before ``load()`` it does nothing: load reads
+        the table itself."""
         if not self._loaded:
             log.debug("quota record before load ignored (the usage table is read at load)")
             return
         self._roll()
-        self._add(chat_id, user_id, alias, 1, max(0, int(tokens)))
+        self._add(chat_id, user_id, alias, 1, max(0, int(tokens)), kind=kind, images=max(0, images), seconds=max(0.0, seconds))
+
+    def check_media(self, tier: str, user_id: int, *, images: int = 0, seconds: float = 0.0) -> QuotaDecision:
+        """May ``user_id`` at ``tier`` have ``images`` more images generated / ``seconds`` more audio
+        transcribed today? The spent quota is ``"images_per_day"`` or ``"audio_seconds_per_day"``.
+        raises UnknownTier; TierError before ``load()``."""
+        self._require_loaded()
+        t = self.cfg.tiers.get(tier)
+        if t is None:
+            raise UnknownTier(f"unknown tier {tier!r}")
+        self._roll()
+        q, user = t.quotas, self._users.get(user_id) or _User()
+        resets = next_midnight(self.clock())
+        if images and q.images_per_day != UNLIMITED and user.images + images > q.images_per_day:
+            return QuotaDecision(False, "images_per_day", None, q.images_per_day, user.images, resets)
+        if seconds and q.audio_seconds_per_day != UNLIMITED and user.seconds + seconds > q.audio_seconds_per_day:
+            return QuotaDecision(False, "audio_seconds_per_day", None, q.audio_seconds_per_day, round(user.seconds), resets)
+        return QuotaDecision(True, resets_at=resets)
 
     def check(self, tier: str, chat_id: int, user_id: int, alias: str) -> QuotaDecision:
         """May ``user_id`` in ``chat_id``, at ``tier``, make one more call to ``alias`` today?
@@ -175,7 +204,7 @@ class QuotaTracker:
         self._roll()
         user = self._users.get(user_id) or _User()
         return TodayUsage(dict(user.requests), user.tokens, self._chat_requests[chat_id], self._chat_tokens[chat_id],
-                          next_midnight(self.clock()))
+                          next_midnight(self.clock()), user.images, round(user.seconds, 1))
 
     # ------------------------------------------------------------ plumbing
 
@@ -203,13 +232,17 @@ class QuotaTracker:
         self._chat_requests = Counter()
         self._chat_tokens = Counter()
 
-    def _add(self, chat_id: int, user_id: int, alias: str, n: int, tokens: int) -> None:
+    def _add(self, chat_id: int, user_id: int, alias: str, n: int, tokens: int, *, kind: str = "chat", images: int = 0,
+             seconds: float = 0.0) -> None:
         user = self._users.get(user_id)
         if user is None:
             user = self._users[user_id] = _User()
-        user.requests[alias] += n
+        if kind == "chat":
+            user.requests[alias] += n
+            self._chat_requests[chat_id] += n
         user.tokens += tokens
-        self._chat_requests[chat_id] += n
+        user.images += images
+        user.seconds += seconds
         self._chat_tokens[chat_id] += tokens
 
 

@@ -65,6 +65,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("export", "Export this chat's history"),
     ("memory", "What I remember here"),
     ("forget", "Forget what you said in this chat"),
+    ("image", "Draw a picture: /image a cat on a bike"),
     ("settings", "Group settings (admins only)"),
 )
 

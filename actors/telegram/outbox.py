@@ -17,6 +17,7 @@ as a message; if Telegram refuses drafts, the outbox falls back to edits for goo
 """
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import random
@@ -94,6 +95,7 @@ class OutboxStats:
     edits: int = 0
     drafts: int = 0
     documents: int = 0
+    photos: int = 0
     plain_fallbacks: int = 0  # formatted text rejected, resent plain
     reply_fallbacks: int = 0  # reply target rejected, resent without it
     progress_skipped: int = 0  # progress edits not shown (interval or budget)
@@ -190,16 +192,33 @@ class TelegramOutbox:
         self, chat_id: int, filename: str, data: bytes, *, caption: str | None = None, reply_to: int | None = None, thread_id: int | None = None
     ) -> Sent:
         """Send ``data`` as a file named ``filename``; a caption longer than 1024 units continues in messages."""
+        sent = await self._send_file(chat_id, "send_document", data, filename, caption, reply_to, thread_id,
+                                     functools.partial(self.client.send_document, file_name=filename))
+        self.stats.documents += 1
+        return sent
+
+    async def send_photo(
+        self, chat_id: int, data: bytes, *, caption: str | None = None, reply_to: int | None = None, thread_id: int | None = None
+    ) -> Sent:
+        """Send ``data`` (PNG/JPEG/WebP) as a photo; a caption longer than 1024 units continues in messages."""
+        name = "image.png" if data.startswith(b"\x89PNG") else "image.jpg"
+        sent = await self._send_file(chat_id, "send_photo", data, name, caption, reply_to, thread_id, self.client.send_photo)
+        self.stats.photos += 1
+        return sent
+
+    async def _send_file(self, chat_id: int, what: str, data: bytes, name: str, caption: str | None, reply_to: int | None,
+                         thread_id: int | None, send: Callable[..., Awaitable[Any]]) -> Sent:
+        """Upload ``data`` with ``send`` (a client method taking ``(chat_id, file, caption=…)``), its
+        caption's first 1024 units formatted, the rest continued as messages."""
         parts = split(render(caption), MAX_CAPTION_UNITS) if caption else []
         first = parts[0] if parts else Part("")
 
         async def op(entities: list | None, reply: int | None) -> Any:
             buf = io.BytesIO(data)
-            buf.name = filename
-            return await self.client.send_document(
+            buf.name = name
+            return await send(
                 chat_id,
                 buf,
-                file_name=filename,
                 caption=first.text,
                 caption_entities=entities,
                 parse_mode=enums.ParseMode.DISABLED,
@@ -207,8 +226,7 @@ class TelegramOutbox:
                 message_thread_id=thread_id,
             )
 
-        msg = await self._deliver(chat_id, "send_document", first, reply_to, op)
-        self.stats.documents += 1
+        msg = await self._deliver(chat_id, what, first, reply_to, op)
         sent = self._record(chat_id, msg)
         if len(parts) > 1:
             rest = split(Part("".join(p.text for p in parts[1:])), MAX_MESSAGE_UNITS)  # re-pack to full messages

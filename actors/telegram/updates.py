@@ -29,8 +29,8 @@ from pyrogram.storage import UpdateState
 
 from config.models import TelegramSettings
 
-from ..errors import SupervisorClosed
-from ..events import PAYMENTS_DESK, ButtonPress, ChatEvent, CommandEvent, Incoming, PaymentEvent, PreCheckout, Sender
+from ..errors import MediaUnavailable, SupervisorClosed
+from ..events import PAYMENTS_DESK, ButtonPress, ChatEvent, CommandEvent, Incoming, Media, PaymentEvent, PreCheckout, Sender
 from ..services import BotIdentity
 from .limits import flood_seconds
 from .outbox import LRU, TelegramOutbox, to_utc
@@ -115,9 +115,50 @@ def thread_of(message: Any) -> int | None:
     return None
 
 
-def message_to_event(message: Any, bot: BotIdentity, *, sent_by_bot: Callable[[int, int], bool] = lambda c, m: False) -> ChatEvent | None:
+class TelegramDownload:
+    """The lazy download handle of a message's file (``Media.download``): awaiting it fetches the
+    bytes through the client (MTProto ``upload.GetFile``, 1 MiB parts). raises MediaUnavailable."""
+
+    __slots__ = ("client", "message")
+
+    def __init__(self, client: Any, message: Any) -> None:
+        self.client = client
+        self.message = message
+
+    async def __call__(self) -> bytes:
+        try:
+            buf = await self.client.download_media(self.message, in_memory=True)
+        except (RPCError, ValueError, OSError) as exc:
+            raise MediaUnavailable(f"download of message {self.message.id} failed: {exc}") from exc
+        if buf is None:
+            raise MediaUnavailable(f"message {self.message.id} has nothing to download")
+        return bytes(buf.getbuffer())
+
+
+def media_of(message: Any, client: Any = None) -> Media | None:
+    """The file a pyrogram ``Message`` carries, as ``Media`` (None for a message without one we know).
+    A photo is its largest size; ``download`` is set when a client is given."""
+    kinds = (("photo", message.photo), ("document", message.document), ("voice", message.voice),
+             ("audio", message.audio), ("video_note", message.video_note), ("video", message.video),
+             ("animation", message.animation), ("sticker", message.sticker))
+    for kind, obj in kinds:
+        if obj is None:
+            continue
+        duration = getattr(obj, "duration", None)
+        emoji = getattr(obj, "emoji", None) if kind == "sticker" else None
+        name = getattr(obj, "file_name", None) if kind in ("document", "audio", "video", "animation") else None
+        mime = getattr(obj, "mime_type", None) or ("image/jpeg" if kind == "photo" else None)
+        size = getattr(obj, "file_size", None)
+        return Media(kind, mime, int(size) if size else None, name, float(duration) if duration is not None else None, emoji,
+                     TelegramDownload(client, message) if client is not None and kind != "sticker" else None)
+    return None
+
+
+def message_to_event(message: Any, bot: BotIdentity, *, sent_by_bot: Callable[[int, int], bool] = lambda c, m: False,
+                     client: Any = None) -> ChatEvent | None:
     """A pyrogram ``Message`` → ``Incoming`` / ``CommandEvent``; None for anything else (service
-    messages, media without caption, the bot's own messages, commands for another bot)."""
+    messages, the bot's own messages, commands for another bot). A message with a file carries it
+    as ``Incoming.media`` (caption as the text); ``client`` makes its download handle."""
     chat_type = chat_type_of(message.chat)
     if chat_type is None or message.outgoing:
         return None
@@ -138,11 +179,13 @@ def message_to_event(message: Any, bot: BotIdentity, *, sent_by_bot: Callable[[i
         )
     text = message.text
     entities = message.entities
+    media = None
     if text is None:
         text, entities = message.caption, message.caption_entities
-    if text is None:
+        media = media_of(message, client)
+    if text is None and media is None:
         return None
-    text = str(text)
+    text = str(text or "")
     chat_id = message.chat.id
     thread_id = thread_of(message)
     date = to_utc(message.date)
@@ -172,6 +215,7 @@ def message_to_event(message: Any, bot: BotIdentity, *, sent_by_bot: Callable[[i
         thread_id=thread_id,
         mentions_bot=mentions_bot(text, entities, bot),
         chat_title=title,
+        media=media,
     )
 
 
@@ -375,7 +419,7 @@ class UpdateRouter:
             self.stats.duplicates += 1
             log.info("chat %s: message %s delivered again; dropped", key[0], key[1])
             return
-        event = message_to_event(message, bot, sent_by_bot=self.outbox.sent_by_bot)
+        event = message_to_event(message, bot, sent_by_bot=self.outbox.sent_by_bot, client=self.client)
         if event is None:
             self.stats.ignored += 1
             return
@@ -467,10 +511,12 @@ __all__ = [
     "UpdateRouter",
     "callback_to_event",
     "chat_type_of",
+    "media_of",
     "mentions_bot",
     "message_to_event",
     "parse_command",
     "pre_checkout_to_event",
     "sender_of",
     "thread_of",
+    "TelegramDownload",
 ]

@@ -1,0 +1,336 @@
+"""Media in a chat: photos, documents, voice/audio/video notes and stickers in; generated images out.
+
+The chat actor calls ``understand`` for a message that carries a file, *before* storing it. The
+decision comes first (kind, the member's tier features, the file's size against the tier's
+``max_file_mb``, the audio quota); only then is the file downloaded, through the event's lazy handle.
+What comes out is the text stored for the message — a marker plus the caption plus what was
+extracted — so ``/history``, ``/export`` and recall see every media message:
+
+=============  =====================================  ======================================================
+kind           stored text                            understood as
+=============  =====================================  ======================================================
+photo          ``[photo] caption``                    vision model: its short description (``(image: …)``);
+                                                      else Tesseract OCR when installed (``(text in image: …)``)
+document       ``[file report.pdf] caption``          PDF/DOCX/text read into memory as chunks with their
+                                                      file and page (``Memory.remember_document``)
+voice, audio,  ``[voice 0:42] transcript``            transcribed (``providers.transcription``)
+video_note
+sticker        ``[sticker 😀]``                        remembered only
+video, GIF     ``[video 0:12] caption``               not understood: said in one line when addressed
+=============  =====================================  ======================================================
+
+Refusals (a tier without the feature, a file over the size limit, an unsupported kind, the audio
+quota) are said once, politely, and only when the message addresses the bot (always in a private
+chat); a refused feature comes with a ``/billing`` button. Nothing is downloaded for a refusal.
+
+Image generation: ``/image PROMPT`` and plain requests matching ``media.image_patterns`` (``draw a cat
+on a bike``, ``нарисуй кота на велосипеде``) go to the tier's image model; the image is sent as a photo
+with its prompt and its cost recorded (``usage.kind = 'image'``).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import anyio
+
+from memory.documents import document_summary, ingest_document
+from memory.markers import clock_time, marker
+from memory.types import UsageRecord
+from providers.errors import ProviderError
+
+from .errors import ActorError
+from .events import CommandEvent, Incoming, Media
+from .outbox import Button
+
+if TYPE_CHECKING:
+    from .chat import ChatActor
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION_TOKENS = 200  # a photo's description for memory: 1–3 sentences
+EXTRACT_CHARS = 1500  # at most this much OCR text is stored with a photo
+
+
+# ---------------------------------------------------------------------- markers
+
+
+def media_marker(media: Media) -> str:
+    """``memory.markers.marker`` for an event's ``Media``."""
+    return marker(media.kind, file_name=media.file_name, duration_s=media.duration_s, emoji=media.emoji)
+
+
+def with_caption(media: Media, caption: str) -> str:
+    caption = caption.strip()
+    return f"{media_marker(media)} {caption}" if caption else media_marker(media)
+
+
+# ---------------------------------------------------------------------- understanding
+
+
+@dataclass(frozen=True, slots=True)
+class Understood:
+    """What ``understand`` made of a media message.
+
+    text: to store as the message's text. answerable: the text is something to answer (a caption,
+    a transcript, a photo a vision model can look at). note: a one-line notice for the member (a
+    refusal, "I can't see images", "read report.pdf into memory"); billing: show a /billing button
+    with it. image: ``(bytes, mime)`` to give a vision model with the answer. indexed: chunks were
+    queued for memory (recall should wait for them).
+    """
+
+    text: str
+    answerable: bool = False
+    note: str | None = None
+    billing: bool = False
+    image: tuple[bytes, str] | None = None
+    indexed: bool = False
+
+
+FEATURE_OF = {"photo": "vision", "document": "documents", "voice": "voice", "audio": "voice", "video_note": "voice"}
+VOICE_KINDS = ("voice", "audio", "video_note")
+
+
+async def understand(actor: "ChatActor", ev: Incoming, user_settings: dict) -> Understood:
+    """Decide, download (only if allowed) and extract. Never raises for a bad file: the result
+    carries a note instead, and the marker + caption are always stored."""
+    media = ev.media
+    assert media is not None
+    base = with_caption(media, ev.text)
+    caption = bool(ev.text.strip())
+    if media.kind == "sticker":
+        return Understood(base)
+    if media.kind in ("video", "animation"):
+        return Understood(base, answerable=caption, note=None if caption else "I can't watch videos or GIFs yet; I keep their captions.")
+    if media.kind == "document":
+        from providers.documents import document_kind
+
+        if document_kind(media.file_name, media.mime_type) is None:
+            name = media.file_name or "this file"
+            return Understood(base, answerable=caption, note=None if caption else
+                              f"I can't read {name}: send a PDF, a DOCX or a text file (TXT, MD, CSV, JSON, logs, code).")
+    feature = FEATURE_OF.get(media.kind)
+    if feature is None:
+        return Understood(base, answerable=caption)
+    voice = media.kind in VOICE_KINDS
+    if voice:
+        settings = actor.svc.config.settings.transcription
+        if getattr(actor.svc, "transcriber", None) is None:
+            return Understood(base, answerable=caption,
+                              note=None if caption else "I can't listen to recordings on this bot: no speech-to-text model is set up.")
+        if media.duration_s is not None and media.duration_s > settings.max_seconds:
+            return Understood(base, answerable=caption, note=(
+                f"That recording is {clock_time(media.duration_s)} long; I transcribe at most {clock_time(settings.max_seconds)}."))
+    adm = actor.svc.admission
+    if adm is not None:
+        verdict = await adm.admit_feature(actor.chat_id, ev.sender.user_id, feature, size_bytes=media.size,
+                                          seconds=(media.duration_s or 1.0) if voice else 0.0)
+        if not verdict.allowed:
+            return Understood(base, answerable=caption, note=verdict.refusal, billing=verdict.reason in ("feature", "quota"))
+    try:
+        data = await _download(media)
+    except ActorError as exc:
+        log.warning("chat %s: media of message %s not downloaded: %s", actor.chat_id, ev.message_id, exc)
+        return Understood(base, answerable=caption, note="I couldn't download that file; please send it again.")
+    if adm is not None and media.size is None:  # the size was unknown before the download
+        verdict = await adm.admit_feature(actor.chat_id, ev.sender.user_id, feature, size_bytes=len(data))
+        if not verdict.allowed:
+            return Understood(base, answerable=caption, note=verdict.refusal)
+    if media.kind == "document":
+        return await _read_document(actor, ev, media, data, base)
+    if media.kind == "photo":
+        return await _see_photo(actor, ev, media, data, base, user_settings)
+    return await _transcribe(actor, ev, media, data)
+
+
+async def _download(media: Media) -> bytes:
+    from .errors import MediaUnavailable
+
+    if media.download is None:
+        raise MediaUnavailable("no download handle")
+    data = await media.download()
+    if not isinstance(data, (bytes, bytearray)):
+        raise MediaUnavailable(f"download returned {type(data).__name__}")
+    return bytes(data)
+
+
+def _usage(actor: "ChatActor", ev: Incoming, kind: str, model: str, *, prompt_tokens: int = 0, completion_tokens: int = 0,
+           cost_usd: float | None = 0.0, latency_ms: float = 0.0, seconds: float = 0.0, images: int = 0, pages: int = 0) -> None:
+    rec = UsageRecord(actor.svc.clock(), actor.chat_id, ev.sender.user_id, kind, model, prompt_tokens, completion_tokens,
+                      cost_usd, latency_ms, seconds=seconds, images=images, pages=pages)
+    actor.svc.memory.store.record_usage(rec)
+    if actor.svc.admission is not None:
+        actor.svc.admission.record(rec)
+
+
+# ---------------------------------------------------------------------- documents
+
+
+async def _read_document(actor: "ChatActor", ev: Incoming, media: Media, data: bytes, base: str) -> Understood:
+    from providers.errors import DocumentError
+
+    name = media.file_name or "document"
+    m = actor.svc.config.settings.media
+    t0 = time.perf_counter()
+    try:
+        info = await ingest_document(actor.svc.memory, chat_id=actor.chat_id, message_id=ev.message_id,
+                                     user_id=ev.sender.user_id, user_name=ev.sender.name, date=ev.date, file_name=name,
+                                     mime_type=media.mime_type, data=data, max_chars=m.chunk_chars,
+                                     max_pages=m.max_document_pages)
+    except DocumentError as exc:
+        log.info("chat %s: document %s not read: %s", actor.chat_id, name, exc)
+        return Understood(base, answerable=bool(ev.text.strip()), note=exc.user_message)
+    _usage(actor, ev, "document", "documents", latency_ms=(time.perf_counter() - t0) * 1000, pages=info.pages or 1)
+    actor.note_new_memories()
+    note = None if ev.text.strip() else f"📄 I read {name} into this chat's memory ({document_summary(info)}). Ask me about it."
+    return Understood(f"{base} ({document_summary(info)} in memory)", answerable=bool(ev.text.strip()), note=note, indexed=True)
+
+
+# ---------------------------------------------------------------------- photos
+
+
+def _image_mime(media: Media, data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    return media.mime_type or "image/jpeg"
+
+
+async def _see_photo(actor: "ChatActor", ev: Incoming, media: Media, data: bytes, base: str, user_settings: dict) -> Understood:
+    from providers import vision
+
+    mime = _image_mime(media, data)
+    settings = actor.svc.config.settings
+    alias = actor._model_for(user_settings)
+    spec = settings.models.get(alias)
+    if spec is not None and vision.supports_vision(spec):
+        text = base
+        if settings.media.describe_images:
+            try:
+                c = await actor.svc.llm.complete(alias, vision.describe_request(data, mime, ev.text or None),
+                                                 max_tokens=DESCRIPTION_TOKENS)
+            except ProviderError as exc:
+                log.warning("chat %s: describing photo %s failed: %s", actor.chat_id, ev.message_id, exc)
+            else:
+                _usage(actor, ev, "vision", c.model, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                       cost_usd=c.cost_usd, latency_ms=c.latency_ms, images=0)
+                if c.text.strip():
+                    text = f"{base}\n(image: {' '.join(c.text.split())})"
+        return Understood(text, answerable=True, image=(data, mime))
+    seen = ""
+    if settings.media.ocr:
+        from providers import ocr
+
+        if await anyio.to_thread.run_sync(ocr.available):
+            try:
+                seen = await anyio.to_thread.run_sync(ocr.image_text, data, settings.media.ocr_languages)
+            except ProviderError as exc:
+                log.info("chat %s: OCR of photo %s failed: %s", actor.chat_id, ev.message_id, exc)
+    if seen:
+        short = seen if len(seen) <= EXTRACT_CHARS else seen[: EXTRACT_CHARS - 1] + "…"
+        return Understood(f"{base}\n(text in the image: {short})", answerable=bool(ev.text.strip()),
+                          note="I can't see images with this model; I read the caption and the text in the picture.")
+    return Understood(base, answerable=bool(ev.text.strip()),
+                      note="I can't see images with this model; I only read the caption.")
+
+
+# ---------------------------------------------------------------------- voice, audio, video notes
+
+
+async def _transcribe(actor: "ChatActor", ev: Incoming, media: Media, data: bytes) -> Understood:
+    transcriber = actor.svc.transcriber
+    name = media.file_name or {"voice": "voice.ogg", "video_note": "video_note.mp4"}.get(media.kind, "audio.mp3")
+    try:
+        t = await transcriber.transcribe(data, name, duration_s=media.duration_s)
+    except ProviderError as exc:
+        log.warning("chat %s: transcribing message %s failed: %s", actor.chat_id, ev.message_id, exc)
+        return Understood(with_caption(media, ev.text), answerable=bool(ev.text.strip()), note=exc.user_message)
+    seconds = t.seconds or media.duration_s or 0.0
+    _usage(actor, ev, "transcription", t.model, cost_usd=t.cost_usd, latency_ms=t.latency_ms, seconds=seconds)
+    said = " ".join(t.text.split())
+    text = f"{marker(media.kind, file_name=media.file_name, duration_s=media.duration_s or seconds or None)} {said}" + (f"\n{ev.text.strip()}" if ev.text.strip() else "")
+    return Understood(text.strip(), answerable=bool(said or ev.text.strip()))
+
+
+# ---------------------------------------------------------------------- image generation
+
+
+@lru_cache(maxsize=64)
+def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(p, re.IGNORECASE | re.DOTALL) for p in patterns)
+
+
+def image_prompt(text: str, patterns: tuple[str, ...]) -> str | None:
+    """The prompt of a plain-language image request (``draw a cat on a bike`` → ``a cat on a bike``),
+    or None when ``text`` matches none of ``patterns`` (``media.image_patterns``)."""
+    for rx in _compiled(patterns):
+        m = rx.search(text)
+        if m is not None:
+            prompt = (m.groupdict().get("prompt") or text).strip()
+            return prompt or None
+    return None
+
+
+async def generate_image(actor: "ChatActor", *, chat_id: int, message_id: int, user_id: int, thread_id: int | None,
+                         prompt: str) -> bool:
+    """Generate an image for ``prompt`` and send it as a photo in reply to ``message_id``; refusals
+    and failures are answered politely. Returns True when a photo was sent."""
+    from providers.errors import ContentRefused
+
+    svc = actor.svc
+    gen = getattr(svc, "images", None)
+    models = svc.config.settings.image_models
+
+    async def say(text: str, billing: bool = False) -> None:
+        if billing and svc.config.tiers.plans:
+            await actor.outbox.send_buttons(chat_id, text, [[Button("⭐ Plans", "billing:show")]], reply_to=message_id,
+                                            thread_id=thread_id)
+        else:
+            await actor.outbox.send(chat_id, text, reply_to=message_id, thread_id=thread_id)
+
+    if gen is None or not models:
+        await say("Drawing images is not set up on this bot (no image model in kith.yaml).")
+        return False
+    alias = next(iter(models))
+    if svc.admission is not None:
+        verdict = await svc.admission.admit_feature(chat_id, user_id, "image_generation", images=1)
+        if not verdict.allowed:
+            await say(verdict.refusal or "Sorry, I can't draw right now.", billing=verdict.reason in ("feature", "quota"))
+            return False
+        tier_model = svc.config.tiers.tiers[verdict.tier].image_model
+        if tier_model in models:
+            alias = tier_model
+    try:
+        img = await gen.generate(alias, prompt)
+    except ContentRefused as exc:
+        await say(exc.user_message)
+        return False
+    except ProviderError as exc:
+        log.warning("chat %s: image generation failed: %s", chat_id, exc)
+        await say(exc.user_message)
+        return False
+    rec = UsageRecord(svc.clock(), chat_id, user_id, "image", img.model, 0, 0, img.cost_usd, img.latency_ms, images=1)
+    svc.memory.store.record_usage(rec)
+    if svc.admission is not None:
+        svc.admission.record(rec)
+    caption = f"🎨 {prompt}"
+    await actor.outbox.send_photo(chat_id, img.data, caption=caption[:1000], reply_to=message_id, thread_id=thread_id)
+    return True
+
+
+async def cmd_image(actor: "ChatActor", ev: CommandEvent) -> None:
+    """``/image PROMPT``: draw ``PROMPT``."""
+    prompt = ev.args.strip()
+    if not prompt:
+        await actor.outbox.send(actor.chat_id, "Usage: /image a cat riding a bicycle, watercolour", reply_to=ev.message_id,
+                                thread_id=ev.thread_id)
+        return
+    await generate_image(actor, chat_id=actor.chat_id, message_id=ev.message_id, user_id=ev.sender.user_id,
+                         thread_id=ev.thread_id, prompt=prompt)

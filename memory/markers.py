@@ -1,0 +1,35 @@
+"""The stored stand-in for a media message: ``[photo]``, ``[file report.pdf]``, ``[voice 0:42]``, …
+
+A message that carries a file is stored like any message, its text being this marker, then the
+caption, then what was understood of the file (a transcript, a description). ``/history``, ``/export``
+and recall read them; transcripts and Telegram Desktop exports are imported with the same markers.
+"""
+from __future__ import annotations
+
+
+def clock_time(seconds: float | None) -> str:
+    """``42.4`` → ``"0:42"``, ``3725`` → ``"1:02:05"``; ``""`` for None."""
+    if seconds is None:
+        return ""
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def marker(kind: str, *, file_name: str | None = None, duration_s: float | None = None, emoji: str | None = None) -> str:
+    """``[photo]``, ``[file report.pdf]``, ``[voice 0:42]``, ``[audio song.mp3 3:12]``, ``[video note 0:15]``,
+    ``[video 0:12]``, ``[GIF]``, ``[sticker 😀]`` (kind: ``actors.events.MEDIA_KINDS``; another kind
+    is shown as ``[kind]``)."""
+    dur = clock_time(duration_s)
+    parts = {
+        "photo": ["photo"],
+        "document": ["file", file_name or "document"],
+        "voice": ["voice", dur],
+        "audio": ["audio", file_name or "", dur],
+        "video_note": ["video note", dur],
+        "video": ["video", dur],
+        "animation": ["GIF"],
+        "sticker": ["sticker", emoji or ""],
+    }.get(kind, [kind])
+    return "[" + " ".join(p for p in parts if p) + "]"
