@@ -423,3 +423,23 @@ async def test_a_telegram_export_keeps_media_markers_and_reads_its_documents_onc
     assert (first.documents, again.documents) == (1, 0) and first.document_errors == []
     assert [(d.file_name, d.message_id, d.user_name) for d in docs] == [("runbook.pdf", 1, "Anna")]
     assert hits[0].source == "runbook.pdf" and hits[0].page == 2
+
+
+async def test_custom_persona_is_a_tier_feature_for_role_and_group_persona(tmp_path, st_model):
+    from config.models import Features, Plan, Tier, TiersConfig
+
+    tiers = TiersConfig(tiers={"basic": Tier(features=Features(custom_persona=False)),
+                               "plus": Tier(features=Features(custom_persona=True))},
+                        default_tier="basic", plans={"m": Plan(tier="plus", days=30, price=100)})
+    holder = {}
+    async with open_chat(tmp_path, st_model, holder, Config(settings=shipped().settings, tiers=tiers)) as rt:
+        chat = Chat(rt, holder)
+        refusal = await chat.cmd(ANNA.user_id, ANNA, "role", "talk like a pirate")
+        assert refusal.text.startswith("A custom persona isn't part of the basic tier") and refusal.buttons
+        assert "role" not in await rt.memory.store.user_settings(ANNA.user_id)
+        group = await chat.cmd(GROUP_A, ANNA, "settings", "persona a grumpy sysadmin")
+        assert "custom persona" in group.text.lower()
+        assert "persona" not in await rt.memory.store.chat_settings(GROUP_A)
+        await rt.services.admission.subs.grant("user", ANNA.user_id, "plus", None, "test")
+        assert (await chat.cmd(ANNA.user_id, ANNA, "role", "talk like a pirate")).text == "Persona saved."
+        assert (await rt.memory.store.user_settings(ANNA.user_id))["role"] == "talk like a pirate"
