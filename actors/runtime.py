@@ -56,7 +56,8 @@ async def open_memory(config: Config, data_dir: Path, *, model=None) -> AsyncIte
             DialogueStore(data_dir / DB_FILE, flush_interval_s=mem.flush_interval_ms / 1000, flush_rows=mem.flush_rows)
         )
         vectors = await stack.enter_async_context(VectorMemory(data_dir / VECTORS_DIR, hot_rows=mem.hot_rows))
-        embedder = await stack.enter_async_context(Embedder(model, max_batch=mem.embed_batch, max_wait_s=mem.embed_wait_ms / 1000))
+        embedder = await stack.enter_async_context(
+            Embedder(model, max_batch=mem.embed_batch, max_wait_s=mem.embed_wait_ms / 1000, precision=mem.embed_precision))
         indexer = await stack.enter_async_context(Indexer(vectors, embedder, optimize_every=mem.optimize_every))
         reader = await stack.enter_async_context(DocumentReader())
         yield Memory(store, vectors, indexer, embedder, reader)

@@ -7,6 +7,7 @@ forbids unknown keys, so a typo names the key instead of being ignored. Units ar
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 UNLIMITED = -1
@@ -164,6 +165,7 @@ class MemorySettings(Frozen):
     flush_rows: int = Field(2000, ge=1)  # ... or when this many rows wait
     optimize_every: int = Field(2000, ge=0)  # LanceDB optimize() after this many appended rows; 0 = never
     hot_rows: int = Field(100_000, ge=0)  # rows of recently recalled chats held in RAM for recall; 0 = off
+    embed_precision: Literal["auto", "fp32"] = "auto"  # auto: batches in bfloat16 where the CPU has it natively
 
 
 class TelegramSettings(Frozen):

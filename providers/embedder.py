@@ -36,6 +36,30 @@ def query_encoder(model) -> QueryEncoder | None:
 
 DIM = 384
 MAX_CHARS = 2000  # the model reads at most 256 word pieces; longer text only costs tokenizer time
+BULK_CHARS = 8000  # a bulk model call carries at most this many characters (≈ 8 document parts, or 32+ messages)
+_BF16_PROBES = ("hi", "When did Caroline go to the LGBTQ support group after moving?",
+                "The backup server in rack 12 was replaced by a Dell R740 on 3 March; ticket 4711 tracks it. " * 6)
+_BF16_MIN_COSINE = 0.999
+
+
+def bf16_batches(model) -> bool:
+    """Whether batches should run in bfloat16 on this CPU: the CPU computes bf16 natively (oneDNN
+    reports AVX512-BF16/AMX support) and the model's bf16 vectors agree with fp32 on probe texts
+    (cosine ≥ 0.999). Measured here (AMD EPYC, 2 cores, 32 document parts of ~250 word pieces):
+    fp32 1.29 s, bf16 0.62 s, cosine ≥ 0.99997. Blocking; False on any error."""
+    try:
+        import torch
+
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        want = model.encode(list(_BF16_PROBES), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model.encode(list(_BF16_PROBES), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        got = np.asarray(got, np.float32)
+        got /= np.linalg.norm(got, axis=1, keepdims=True)
+        return float((np.asarray(want, np.float32) * got).sum(axis=1).min()) >= _BF16_MIN_COSINE
+    except Exception:  # noqa: BLE001 - any doubt: fp32
+        return False
 
 
 def load_model(path: str | None = None, device: str = "cpu"):
@@ -74,17 +98,28 @@ class Embedder:
     L2-normalised; an empty input returns shape (0, 384). raises EmbeddingError.
 
     Each model call takes at most ``max_batch`` texts. Urgent requests (``embed_one``: a turn's
-    recall query, someone is waiting) go first; bulk requests (the indexer) are split across calls,
-    so a query waits for at most one call, not for a whole indexing batch.
+    recall query, someone is waiting) go first and never share a call with bulk texts (a lone query
+    takes the traced single-text path, ~10 ms); bulk requests (the indexer) are split across calls of
+    at most ``max_batch`` texts and ``bulk_chars`` characters, so a query waits for at most one
+    short call, not for a whole indexing batch of document parts.
+
+    precision: ``"auto"`` runs batches in bfloat16 when ``bf16_batches`` says the CPU and the model
+    agree (about 2× faster here), ``"fp32"`` never. Single queries always run in fp32.
     """
 
     dim = DIM
 
-    def __init__(self, model=None, *, max_batch: int = 32, max_wait_s: float = 0.005, model_path: str | None = None) -> None:
+    def __init__(self, model=None, *, max_batch: int = 32, max_wait_s: float = 0.005, model_path: str | None = None,
+                 bulk_chars: int = BULK_CHARS, precision: str = "auto") -> None:
+        if precision not in ("auto", "fp32"):
+            raise ValueError(f"precision must be 'auto' or 'fp32', not {precision!r}")
         self._model = model
         self._model_path = model_path
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.bulk_chars = max(1, bulk_chars)
+        self.precision = precision
+        self.bf16 = False  # batches run in bfloat16 (decided at start, see bf16_batches)
         self._pending: list[_Request] = []
         self._wakeup = anyio.Event()
         self._limiter = anyio.CapacityLimiter(1)
@@ -102,6 +137,8 @@ class Embedder:
         if self._model is None:
             self._model = await anyio.to_thread.run_sync(load_model, self._model_path)
         self._query_encoder = await anyio.to_thread.run_sync(query_encoder, self._model, limiter=self._limiter)
+        if self.precision == "auto":
+            self.bf16 = await anyio.to_thread.run_sync(bf16_batches, self._model, limiter=self._limiter)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._batcher, name="embedder-batcher")
@@ -126,12 +163,20 @@ class Embedder:
         try:
             if len(slot) == 1 and self._query_encoder is not None:  # one text (a recall query): the traced path
                 return np.broadcast_to(self._query_encoder.encode_one(next(iter(slot))), (len(texts), DIM)).copy()
-            vecs = self._model.encode(
-                list(slot), batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-            )
+            vecs = self._encode_batch(list(slot))
         except Exception as exc:  # noqa: BLE001
             raise EmbeddingError(f"embedding failed: {exc}") from exc
         return np.asarray(vecs, dtype=np.float32)[index]
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        if not self.bf16:
+            return self._model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        import torch
+
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            vecs = self._model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        vecs = np.asarray(vecs, dtype=np.float32)
+        return vecs / np.linalg.norm(vecs, axis=1, keepdims=True).clip(min=1e-12)  # re-normalised in fp32
 
     async def embed(self, texts: Sequence[str], *, urgent: bool = False) -> np.ndarray:
         """Embed ``texts`` (batched with other callers). float32[n, 384], L2-normalised.
@@ -174,18 +219,25 @@ class Embedder:
         return sum(len(r.texts) - r.taken for r in self._pending)
 
     def _take(self) -> list[tuple[_Request, int, int]]:
-        """The next model call: urgent requests first, then bulk ones, ≤ max_batch texts in all.
+        """The next model call: the waiting urgent requests alone (≤ max_batch texts), else bulk ones
+        in FIFO order, ≤ max_batch texts and ≤ bulk_chars characters (at least one text).
         Returns (request, start, end) slices."""
-        order = sorted(self._pending, key=lambda r: not r.urgent)  # stable: FIFO within each class
+        urgent = [r for r in self._pending if r.urgent]
+        order = urgent or self._pending
         picked: list[tuple[_Request, int, int]] = []
-        room = self.max_batch
-        for r in order:
-            if room <= 0:
+        room, chars = self.max_batch, self.bulk_chars
+        for r in list(order):
+            if room <= 0 or (not urgent and chars <= 0):
                 break
-            n = min(room, len(r.texts) - r.taken)
-            picked.append((r, r.taken, r.taken + n))
-            r.taken += n
-            room -= n
+            end = r.taken
+            while end < len(r.texts) and room > 0 and (urgent or chars > 0 or not picked and end == r.taken):
+                chars -= min(len(r.texts[end]), MAX_CHARS)
+                room -= 1
+                end += 1
+            if end == r.taken:
+                break
+            picked.append((r, r.taken, end))
+            r.taken = end
             if r.taken == len(r.texts):
                 self._pending.remove(r)
         return picked

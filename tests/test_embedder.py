@@ -85,3 +85,40 @@ def test_a_model_of_another_shape_gets_no_traced_encoder(st_model):
 
     no_normalize = SentenceTransformer(modules=[st_model[0], st_model[1]])
     assert QueryEncoder.build(no_normalize) is None
+
+
+def _ubuntu_texts(n: int) -> list[str]:
+    import json
+
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ubuntu-irc" / "2011-05-29_19.jsonl"
+    texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [t for t in texts if t.strip()][:n]
+
+
+async def test_batches_in_bf16_agree_with_fp32_on_real_chat(st_model):
+    texts = _ubuntu_texts(300)
+    async with Embedder(st_model, precision="auto") as fast, Embedder(st_model, precision="fp32") as exact:
+        a, b = await fast.embed(texts), await exact.embed(texts)
+    assert a.dtype == np.float32 and np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert float((a * b).sum(axis=1).min()) >= 0.99  # per text, whichever precision the CPU allowed
+    assert not exact.bf16
+
+
+async def test_a_query_never_waits_inside_a_call_full_of_document_parts(st_model):
+    part = "The backup server in rack 12 was replaced by a Dell R740 on 3 March; ticket 4711 tracks it. " * 10
+    async with Embedder(st_model, max_batch=32, bulk_chars=4000) as emb:
+        calls: list[int] = []
+        encode = emb.encode_sync
+
+        def spy(texts):
+            calls.append(len(texts))
+            return encode(texts)
+
+        emb.encode_sync = spy
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(emb.embed, [part] * 24)
+            await anyio.sleep(0.02)
+            q = await emb.embed_one("which ticket tracks the rack 12 server?")
+        assert q.shape == (384,)
+    assert calls.count(1) >= 1  # the query went alone
+    assert max(calls) <= 5 and sum(calls) == 25  # bulk calls of <= 4000 characters (~920 each)
