@@ -293,7 +293,7 @@ async def _bench(tmp: Path, model, convs: list[dict]) -> dict:
 
     name = "- no date in the full-text content"
     dated = mv.content_text
-    mv.content_text = lambda user, text, date: dated(user, text, None)
+    mv.content_text = lambda user, text, date, *rest: dated(user, text, None, *rest)
     try:
         async with open_memory(cfg, tmp / "data-undated", model=model) as memory:
             await _import(memory, transcript, model)
