@@ -6,6 +6,7 @@ own ``run`` loop touches it. It speaks only through the ``Outbox`` and never imp
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import deque
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ from .triggers import should_respond, strip_mention
 log = logging.getLogger(__name__)
 
 REPLY_CHAIN_DEPTH = 3
+_MARKER = re.compile(r"^\[[^\]\n]*\]\s*")  # the leading media marker of a stored text ("[voice 0:42] ")
 
 
 class ChatActor:
@@ -209,6 +211,7 @@ class ChatActor:
                 self.svc.report(TurnReport(self.chat_id, ev.message_id, False, _ms(t0)))
                 return
             understood = await self._understand(ev)
+            caption = ev.text
             ev = replace(ev, text=understood.text)
         msg = StoredMessage(
             chat_id=ev.chat_id,
@@ -269,8 +272,10 @@ class ChatActor:
         # 4. assemble context: recalled memories of this chat only, reply chain, recent window
         k = self.svc.config.settings.memory.recall_k
         query = strip_mention(ev.text, self.svc.bot.username)
-        if understood is not None and understood.indexed:
-            await self.svc.memory.flush()  # the document's chunks must be recallable for this very answer
+        if understood is not None:  # ask with what the member said, not the marker and file summary
+            query = strip_mention(caption if understood.indexed else _MARKER.sub("", ev.text), self.svc.bot.username)
+            if understood.indexed:
+                await self.svc.memory.flush()  # the document's chunks must be recallable for this very answer
         if query and not self._nothing_to_recall(ev.thread_id, window):
             recall = await self.svc.memory.recall(self.chat_id, query, k, exclude_ids={m.message_id for m in window})
         else:
