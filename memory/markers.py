@@ -33,3 +33,19 @@ def marker(kind: str, *, file_name: str | None = None, duration_s: float | None 
         "sticker": ["sticker", emoji or ""],
     }.get(kind, [kind])
     return "[" + " ".join(p for p in parts if p) + "]"
+
+
+def poll_text(question: str, answers: list[str]) -> str:
+    """``[poll] Lunch? — pizza / sushi`` (the question and its options, as one line)."""
+    options = " / ".join(a.strip() for a in answers if a and a.strip())
+    return f"[poll] {question.strip()}" + (f" — {options}" if options else "")
+
+
+def location_text(latitude: float, longitude: float, place: str | None = None) -> str:
+    """``[location 52.52000, 13.40500 Alexanderplatz]``."""
+    return f"[location {latitude:.5f}, {longitude:.5f}" + (f" {place.strip()}" if place and place.strip() else "") + "]"
+
+
+def contact_text(name: str | None) -> str:
+    """``[contact Anna Lee]`` (the name only: a shared phone number is not kept in memory)."""
+    return f"[contact {name}]" if name else "[contact]"

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import TranscriptError, TranscriptLineError
-from .markers import marker
+from .markers import contact_text, location_text, marker, poll_text
 from .types import ROLE_ASSISTANT, ROLE_USER, StoredMessage
 
 ParsedLine = StoredMessage | TranscriptLineError
@@ -471,8 +471,27 @@ def _sender_id(from_id: Any) -> int | None:
     raise _Bad(f"unrecognised 'from_id': {from_id!r:.40}")
 
 
+def _export_extra(m: dict) -> str | None:
+    """The text of an exported poll, location or contact (``memory.markers.poll_text`` …); None otherwise."""
+    poll = m.get("poll")
+    if isinstance(poll, dict) and isinstance(poll.get("question"), str):
+        answers = [a.get("text") for a in poll.get("answers") or () if isinstance(a, dict) and isinstance(a.get("text"), str)]
+        return poll_text(poll["question"], answers)
+    loc = m.get("location_information")
+    if isinstance(loc, dict) and isinstance(loc.get("latitude"), (int, float)) and isinstance(loc.get("longitude"), (int, float)):
+        return location_text(float(loc["latitude"]), float(loc["longitude"]), m.get("place_name") if isinstance(m.get("place_name"), str) else None)
+    contact = m.get("contact_information")
+    if isinstance(contact, dict):
+        name = " ".join(str(contact.get(k) or "") for k in ("first_name", "last_name")).strip()
+        return contact_text(name or None)
+    return None
+
+
 def _export_media(m: dict) -> tuple[str, Attachment | None] | None:
     """(marker, attachment or None) of an exported media message; None without media."""
+    extra = _export_extra(m)
+    if extra is not None:
+        return extra, None
     if isinstance(m.get("photo"), str):
         kind, path, name = "photo", m["photo"], None
     elif isinstance(m.get("file"), str) or m.get("media_type"):

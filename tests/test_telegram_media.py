@@ -126,3 +126,22 @@ async def test_the_outbox_sends_a_photo(tmp_path):
     assert h.uploads and h.uploads[-1][1] == png
     assert sent.message_id == h.sent[-1].message_id
     assert h.count(raw.functions.messages.SendMedia) == 1
+
+
+async def test_polls_and_locations_are_kept_as_text(tmp_path, st_model):
+    t = raw.types
+    async with running_bot(tmp_path, st_model) as (h, app):
+        g = h.supergroup(900, "Lunch club")
+        ann = h.user(42, "Ann")
+        poll = t.MessageMediaPoll(
+            poll=t.Poll(id=1, hash=0, question=t.TextWithEntities(text="Lunch today?", entities=[]),
+                        answers=[t.PollAnswer(text=t.TextWithEntities(text=a, entities=[]), option=bytes([i]))
+                                 for i, a in enumerate(("pizza", "sushi"))]),
+            results=t.PollResults())
+        geo = t.MessageMediaGeo(geo=t.GeoPoint(long=13.405, lat=52.52, access_hash=1))
+        p = await h.group(g, ann, "", media=poll)
+        loc = await h.group(g, ann, "", media=geo)
+        await h.settle(app.runtime.supervisor)
+        msgs = {m.message_id: m.text for m in await app.runtime.memory.store.get_messages(g, [p, loc])}
+    assert msgs == {p: "[poll] Lunch today? — pizza / sushi", loc: "[location 52.52000, 13.40500]"}
+    assert h.downloads == []

@@ -330,3 +330,18 @@ def test_derived_user_ids_are_stable_distinct_and_out_of_telegram_range() -> Non
     # pinned literals: changing the derivation would split every imported nick's history in two
     assert derived_user_id("ActionParsnip") == 5692773786154265
     assert derived_user_id("ziggi") == 7201934948880757
+
+
+def test_export_polls_locations_and_contacts_become_text(tmp_path: Path) -> None:
+    doc = {"name": "Club", "type": "private_group", "id": 42, "messages": [
+        {"id": 1, "type": "message", "date_unixtime": "1700000000", "from": "Ann", "from_id": "user1", "text": "",
+         "poll": {"question": "Lunch today?", "closed": False, "total_voters": 2,
+                  "answers": [{"text": "pizza", "voters": 1, "chosen": False}, {"text": "sushi", "voters": 1, "chosen": True}]}},
+        {"id": 2, "type": "message", "date_unixtime": "1700000060", "from": "Ann", "from_id": "user1", "text": "",
+         "location_information": {"latitude": 52.52, "longitude": 13.405}},
+        {"id": 3, "type": "message", "date_unixtime": "1700000120", "from": "Ann", "from_id": "user1", "text": "",
+         "contact_information": {"first_name": "Bob", "last_name": "Lee", "phone_number": "+10000000000"}},
+    ]}
+    msgs = [m for m in read_transcript(_write(tmp_path, "result.json", doc)) if isinstance(m, StoredMessage)]
+    assert [m.text for m in msgs] == ["[poll] Lunch today? — pizza / sushi", "[location 52.52000, 13.40500]", "[contact Bob Lee]"]
+    assert not any("+1000" in m.text for m in msgs)  # a shared phone number is not kept

@@ -154,6 +154,23 @@ def media_of(message: Any, client: Any = None) -> Media | None:
     return None
 
 
+def shared_text(message: Any) -> str | None:
+    """The stored text of a poll, location or contact message (``memory.markers``); None otherwise."""
+    from memory.markers import contact_text, location_text, poll_text
+
+    poll = message.poll
+    if poll is not None:
+        return poll_text(str(poll.question or ""), [str(o.text or "") for o in poll.options or ()])
+    venue = message.venue
+    loc = venue.location if venue is not None else message.location
+    if loc is not None:
+        return location_text(loc.latitude, loc.longitude, venue.title if venue is not None else None)
+    contact = message.contact
+    if contact is not None:
+        return contact_text(" ".join(p for p in (contact.first_name, contact.last_name) if p) or None)
+    return None
+
+
 def message_to_event(message: Any, bot: BotIdentity, *, sent_by_bot: Callable[[int, int], bool] = lambda c, m: False,
                      client: Any = None) -> ChatEvent | None:
     """A pyrogram ``Message`` → ``Incoming`` / ``CommandEvent``; None for anything else (service
@@ -183,6 +200,8 @@ def message_to_event(message: Any, bot: BotIdentity, *, sent_by_bot: Callable[[i
     if text is None:
         text, entities = message.caption, message.caption_entities
         media = media_of(message, client)
+        if text is None and media is None:
+            text = shared_text(message)  # a poll, a location, a contact: kept as text
     if text is None and media is None:
         return None
     text = str(text or "")
