@@ -57,6 +57,17 @@ def _setup(config_path: Path | None, verbose: int):
         raise typer.Exit(1) from None
 
 
+def valid_text(text: str) -> str:
+    """Text from the command line or stdin as valid Unicode: bytes that were not UTF-8 (Python keeps
+    them as lone surrogates) become U+FFFD, as Telegram's own input would be — nothing downstream
+    (DuckDB, the embedder, the model) has to cope with unstorable text."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # lone surrogates: undecodable argv/stdin bytes, or JSON "\ud800" escapes
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+
+
 def _fail(message: str) -> typer.Exit:
     err.print(f"[red]error:[/] {escape(message)}")
     return typer.Exit(1)
@@ -132,7 +143,7 @@ def chat(
     if model:
         os.environ["KITH_MODEL"] = model
     cfg = _setup(config, verbose)
-    lines = [message] if message is not None else None
+    lines = [valid_text(message)] if message is not None else None
     if file is not None:
         quoted = str(file).replace('"', "")
         lines = [f'/file "{quoted}" {message or ""}'.rstrip()]
@@ -168,7 +179,8 @@ async def _chat(cfg, data_dir: Path, lines, chat_id: int, user: str, user_id: in
 
 def _read_line(interactive: bool) -> str | None:
     try:
-        return input("> ") if interactive else (sys.stdin.readline() or None)
+        line = input("> ") if interactive else (sys.stdin.readline() or None)
+        return None if line is None else valid_text(line)
     except EOFError:
         return None
 
@@ -237,6 +249,8 @@ async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, a
     table.add_row("messages", str(d["messages"]))
     table.add_row("replies", str(d["replies"]))
     table.add_row("bad lines skipped", str(d["line_errors"]))
+    table.add_row("already answered (earlier run)", str(d["already_answered"]))
+    table.add_row("refused by the tier", str(d["refused"]))
     table.add_row("LLM errors", str(d["llm_errors"]))
     table.add_row("latency p50 / p99", f"{d['latency_ms']['p50']:.1f} / {d['latency_ms']['p99']:.1f} ms")
     table.add_row("overhead p50 / p99 (excl. LLM, embedding)", f"{d['overhead_ms']['p50']:.2f} / {d['overhead_ms']['p99']:.2f} ms")
@@ -262,7 +276,8 @@ def import_(
     """Import chat history into memory (both stores), without replies; or documents into one chat's
     memory (--chat-id). Safe to repeat: what is already known is kept, not duplicated.
 
-    With --chat-id, exits 1 when a document could not be read (the others are still imported).
+    Every file is tried; exits 1 when a file, a document or a line could not be imported (each is
+    reported), 0 when everything was.
     """
     from providers.documents import document_kind
 
@@ -276,17 +291,18 @@ def import_(
             raise _fail(f"{bad[0].name}: not a document I can read (PDF, DOCX or a text file such as TXT, MD, CSV, JSON, logs, code)")
     cfg = _setup(config, verbose)
     if chat_id is None:
-        _run(_import, cfg, data_dir, files, with_files)
+        if not _run(_import, cfg, data_dir, files, with_files):
+            raise typer.Exit(1)
     else:
         if not _run(_import_documents, cfg, data_dir, files, chat_id, user):
             raise typer.Exit(1)
 
 
-async def _import(cfg, data_dir: Path, files: list[Path], with_files: bool = False) -> None:
+async def _import(cfg, data_dir: Path, files: list[Path], with_files: bool = False) -> bool:
     from actors.runtime import open_memory
 
     async with open_memory(cfg, data_dir) as memory:
-        await _import_files(memory, files, with_files=with_files)
+        return await _import_files(memory, files, with_files=with_files)
 
 
 async def _import_documents(cfg, data_dir: Path, files: list[Path], chat_id: int, user: str) -> bool:
@@ -320,14 +336,17 @@ async def _import_documents(cfg, data_dir: Path, files: list[Path], chat_id: int
     return ok
 
 
-async def _import_files(memory, files: list[Path], *, with_files: bool = False) -> None:
-    """Import each file with a progress bar; print a summary line per file."""
+async def _import_files(memory, files: list[Path], *, with_files: bool = False) -> bool:
+    """Import each file with a progress bar; print a summary line per file. A file that cannot be
+    read is reported and the next one imported. True when every file and line was imported."""
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from memory.errors import TranscriptError
     from memory.importer import import_transcript
 
+    ok = True
     for file in files:
         total = _count_lines(file)
         t0 = time.perf_counter()
@@ -335,13 +354,20 @@ async def _import_files(memory, files: list[Path], *, with_files: bool = False) 
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=False
         ) as progress:
             task = progress.add_task(file.name, total=total)
-            report = await import_transcript(
-                memory, file,
-                on_progress=lambda n: progress.advance(task, n),
-                on_error=lambda e: progress.console.print(f"[yellow]skipped[/] {escape(str(e))}"),
-                with_files=with_files,
-            )
+            try:
+                report = await import_transcript(
+                    memory, file,
+                    on_progress=lambda n, task=task: progress.advance(task, n),
+                    on_error=lambda e: progress.console.print(f"[yellow]skipped[/] {escape(str(e))}"),
+                    with_files=with_files,
+                )
+            except TranscriptError as exc:
+                progress.stop()
+                err.print(f"[red]{escape(file.name)}: not imported:[/] {escape(str(exc))}")
+                ok = False
+                continue
             progress.update(task, total=report.read, completed=report.read)
+        ok = ok and not report.errors and not report.document_errors
         dt = time.perf_counter() - t0
         out.print(
             f"{file.name}: {report.read} messages in {len(report.chats)} chat(s), {report.embedded} embedded, "
@@ -350,6 +376,7 @@ async def _import_files(memory, files: list[Path], *, with_files: bool = False) 
         )
         for problem in report.document_errors:
             err.print(f"[yellow]document not read[/] {escape(problem)}")
+    return ok
 
 
 def _count_lines(file: Path) -> int | None:
@@ -389,11 +416,11 @@ def memory_search(
                 continue
             try:
                 obj = json.loads(line)
-                batch.append((obj["id"], str(obj["query"])))
+                batch.append((obj["id"], valid_text(str(obj["query"]))))
             except (ValueError, KeyError, TypeError) as exc:
                 err.print(f"[yellow]skipped[/] {queries}:{n}: {escape(str(exc))}")
     else:
-        batch.append((None, query or ""))
+        batch.append((None, valid_text(query or "")))
     _run(_memory_search, cfg, data_dir, chat_id, batch, k, mode, as_json, explain)
 
 

@@ -21,7 +21,7 @@ from .context import build_prompt
 from .errors import ActorError
 from .events import PRIVATE, ButtonPress, ChatEvent, CommandEvent, ConfigChanged, Incoming, PaymentEvent, PreCheckout
 from .outbox import Outbox
-from .services import Services, TurnReport
+from .services import ALREADY_ANSWERED, Services, TurnReport
 from .triggers import should_respond, strip_mention
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ class ChatActor:
         self._user_settings: dict[int, dict] = {}
         self.awaiting_role: set[int] = set()
         self._whole_chat_in_window: set[int | None] = set()
-        self._refused_until: dict[tuple[int, str | None], datetime] = {}  # refusals said recently, by (user, reason)  # users whose next message becomes their persona (/role)
+        self._refused_until: dict[tuple[int, str | None], datetime] = {}  # refusals said recently, by (user, reason)
+        self._answered: set[int] | None = None  # ids of messages already replied to (loaded on first need)  # users whose next message becomes their persona (/role)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -103,6 +104,12 @@ class ChatActor:
                 self._whole_chat_in_window.add(thread_id)
             win = self._windows[thread_id] = deque(recent, maxlen=size)
         return win
+
+    async def answered(self) -> set[int]:
+        """Ids of this chat's messages the bot has replied to (from the store once, then kept)."""
+        if self._answered is None:
+            self._answered = await self.svc.memory.store.answered_ids(self.chat_id)
+        return self._answered
 
     def note_new_memories(self) -> None:
         """Memories were added that no window holds (a document's chunks): recall from now on."""
@@ -205,6 +212,9 @@ class ChatActor:
             self.svc.report(TurnReport(self.chat_id, ev.message_id, False, _ms(t0)))
             return
         window = await self._window(ev.thread_id)
+        if ev.message_id in await self.answered():  # re-delivered, replayed or restarted: answered exactly once
+            self.svc.report(TurnReport(self.chat_id, ev.message_id, False, _ms(t0), error=ALREADY_ANSWERED))
+            return
         understood = None
         if ev.media is not None:
             if any(m.message_id == ev.message_id for m in window):  # re-delivered: never download twice
@@ -342,6 +352,7 @@ class ChatActor:
             thread_id=ev.thread_id,
         )
         window.append(reply)
+        (await self.answered()).add(ev.message_id)
         if self.persist:
             self.svc.memory.remember(reply)
             if self.svc.janitor is not None:

@@ -18,7 +18,7 @@ from memory.types import StoredMessage
 
 from .events import PRIVATE, Incoming, Sender
 from .runtime import Runtime
-from .services import TurnReport
+from .services import ALREADY_ANSWERED, TurnReport
 
 
 class TranscriptClock:
@@ -96,7 +96,18 @@ class ReplayReport:
 
     @property
     def errors(self) -> int:
-        return sum(1 for t in self.turns if t.error)
+        """Turns the model failed to answer (refusals and messages answered before are not errors)."""
+        return sum(1 for t in self.turns if t.responded and t.error)
+
+    @property
+    def refused(self) -> int:
+        """Turns refused by the tier (quota, member rate)."""
+        return sum(1 for t in self.turns if not t.responded and (t.error or "").startswith("refused"))
+
+    @property
+    def already_answered(self) -> int:
+        """Messages the bot had answered before (an earlier run on the same data dir): not answered again."""
+        return sum(1 for t in self.turns if t.error == ALREADY_ANSWERED)
 
     def as_dict(self) -> dict:
         return {
@@ -104,6 +115,8 @@ class ReplayReport:
             "replies": self.replies,
             "line_errors": len(self.line_errors),
             "llm_errors": self.errors,
+            "refused": self.refused,
+            "already_answered": self.already_answered,
             "latency_ms": {"p50": round(self.latency(50), 2), "p99": round(self.latency(99), 2)},
             "overhead_ms": {"p50": round(self.overhead(50), 3), "p99": round(self.overhead(99), 3)},
             "prompt_tokens": self.prompt_tokens,

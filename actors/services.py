@@ -10,6 +10,9 @@ from memory.service import Memory
 from memory.types import MemoryHit
 
 
+ALREADY_ANSWERED = "already answered"  # TurnReport.error of a message the bot answered before (exactly once)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 

@@ -581,6 +581,17 @@ class DialogueStore:
             out.setdefault(r[0], []).append(_row_to_msg(r[1:]))
         return out
 
+    async def answered_ids(self, chat_id: int) -> set[int]:
+        """The ids of ``chat_id``'s messages the bot has replied to (its stored replies' ``reply_to``):
+        the durable record that keeps a restart, a replay or a re-delivered update from answering twice."""
+        if chat_id not in self._chats_with_messages:
+            return set()
+        await self._sync_chat(chat_id)
+        rows = await self._query(
+            "SELECT DISTINCT reply_to FROM messages WHERE chat_id = ? AND role = 'assistant' AND reply_to IS NOT NULL",
+            [chat_id])
+        return {r[0] for r in rows}
+
     async def max_message_id(self, chat_id: int) -> int | None:
         """The highest stored message id of ``chat_id``; None when the chat has no messages."""
         if chat_id not in self._chats_with_messages:

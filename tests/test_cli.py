@@ -77,7 +77,7 @@ def test_import_reports_bad_lines_with_their_number(tmp_path):
     lines.insert(2, "{broken")
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     res = kith("import", str(src), "--data-dir", str(tmp_path / "d"))
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # a skipped line is a failure the exit code tells a script about
     assert "t.jsonl:3" in res.stderr
     assert "5 messages in 1 chat(s)" in res.stdout and "1 bad line(s) skipped" in res.stdout
 
@@ -95,3 +95,54 @@ def test_help_explains_every_command():
     assert res.exit_code == 0
     for name in ("chat", "replay", "import", "memory", "doctor", "demo", "bench"):
         assert name in res.stdout
+
+
+def test_chat_with_bytes_that_are_not_utf8_is_answered_and_stored_with_replacement(tmp_path):
+    import duckdb
+
+    res = kith("chat", "--data-dir", str(tmp_path), "-m", "sound \udcff card")  # argv byte 0xff, as Python decodes it
+    assert res.exit_code == 0, res.output
+    assert "Kith:" in res.output
+    con = duckdb.connect(str(tmp_path / "kith.duckdb"), read_only=True)
+    try:
+        texts = [r[0] for r in con.execute("SELECT text FROM messages WHERE role = 'user'").fetchall()]
+    finally:
+        con.close()
+    assert texts == ["sound \ufffd card"]
+
+
+def test_import_documents_into_a_chat_and_search_them_with_their_page(tmp_path):
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=12)
+    for p in range(1, 4):
+        pdf.add_page()
+        pdf.multi_cell(0, 8, "The on-call phone rota is kept in the red binder." if p == 3 else f"Page {p}: nothing here.")
+    path = tmp_path / "handbook.pdf"
+    pdf.output(str(path))
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.7 not really")
+    data = str(tmp_path / "data")
+    res = kith("import", "--data-dir", data, "--chat-id", "-100123", "--user", "Anna", str(path), str(broken))
+    assert res.exit_code == 1  # one document could not be read; the other was
+    assert "handbook.pdf: read into chat -100123's memory (3 pages" in res.output and "broken.pdf" in res.output
+    again = kith("import", "--data-dir", data, "--chat-id", "-100123", str(path))
+    assert again.exit_code == 0 and "already in" in again.output
+    found = kith("memory", "search", "--data-dir", data, "--json", "-k", "1", "--", "-100123", "where is the phone rota?")
+    row = json.loads(found.stdout.splitlines()[0])
+    assert (row["file"], row["page"], row["kind"]) == ("handbook.pdf", 3, "document")
+    refused = kith("import", "--data-dir", data, str(path))
+    assert refused.exit_code == 1 and "--chat-id" in refused.output
+
+
+def test_a_multi_file_import_goes_on_after_a_bad_file_and_exits_non_zero(tmp_path):
+    bad = tmp_path / "notes.json"
+    bad.write_text('{"hello": "not an export"}', encoding="utf-8")
+    good = tmp_path / "chat.jsonl"
+    good.write_text('{"chat_id": -100777, "message_id": 1, "date": "2024-01-01T10:00:00Z", "user": "ann", "text": "hi"}\n'
+                    "{broken line\n", encoding="utf-8")
+    res = kith("import", "--data-dir", str(tmp_path / "data"), str(bad), str(good))
+    assert res.exit_code == 1
+    assert "notes.json: not imported" in res.output
+    assert "chat.jsonl: 1 messages in 1 chat(s)" in res.output and "1 bad line(s) skipped" in res.output
