@@ -108,6 +108,8 @@ def run(
         telegram_credentials()
     except MissingSecret as exc:
         raise _fail(f"{exc}. Set them in the environment (see README: Telegram).") from None
+    except ConfigError as exc:  # e.g. TELEGRAM_API_ID=abc
+        raise _fail(str(exc)) from None
     _run(_run_bot, cfg, data_dir)
 
 
@@ -676,9 +678,17 @@ async def _doctor(cfg, data_dir: Path, line) -> None:
             continue
         good, detail = await llm.ping(alias)
         line(good, f"model {alias}", f"{spec.model}: {detail}")
+    from config import MissingSecret, telegram_credentials
+
     for var in ("TELEGRAM_API_ID", "TELEGRAM_API_HASH", "TELEGRAM_BOT_TOKEN"):
-        present = bool(os.environ.get(var))
+        present = bool(os.environ.get(var, "").strip())
         out.print(f"{'[green]✓[/]' if present else '[yellow]–[/]'} {var} {'set' if present else 'not set (needed by kith run)'}")
+    try:
+        telegram_credentials()
+    except MissingSecret:
+        pass  # said above, per variable
+    except ConfigError as exc:  # set, but not in the right form
+        line(False, "Telegram credentials", str(exc))
 
 
 # ---------------------------------------------------------------------- bench

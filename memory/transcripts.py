@@ -267,8 +267,15 @@ def _sniff(path: Path) -> tuple[Format, Any]:
             return "jsonl", None
     try:
         with open(path, "rb") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as exc:
+            raw = f.read()
+        data = json.loads(raw)
+    except OSError as exc:
+        raise TranscriptError(f"cannot read {path}: {exc}") from exc
+    except ValueError as exc:
+        if isinstance(exc, json.JSONDecodeError) and raw.lstrip().startswith(b"{") and exc.pos >= len(raw.rstrip()) - 1:
+            raise TranscriptError(
+                f"{path} is truncated: the JSON ends early, at byte {len(raw):,} (an export still being written, or "
+                "cut short by a copy); export it again") from exc
         raise TranscriptError(
             f"{path} is neither transcript JSONL (chat_id, message_id, date, user, text per line) "
             f"nor a Telegram Desktop result.json: {exc}"

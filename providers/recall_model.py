@@ -10,7 +10,9 @@ How it answers (``answer(messages)``):
 - it re-ranks them lightly by word overlap with the question (ties keep the retrieval order); when
   some memory shares a word with the question, those that share none are dropped; it keeps at most
   ``MAX_QUOTES`` and quotes them oldest first (by message id) as ``> name, date: text``;
-- with no memories it says so honestly (``NOTHING_FOUND``).
+- the conversation's earlier turns (the recent window, ``name: text`` user messages) that share a
+  word with the question are candidates too, quoted without a date after the recalled memories;
+- with nothing relevant it says so honestly (``NOTHING_FOUND``).
 
 Usage is estimated with ``estimate_tokens`` (UTF-8 bytes / 4, see there); the price is registered as
 0 per token, so litellm's cost is 0.0: free and known (unlike a model with no price, whose cost is None).
@@ -113,6 +115,26 @@ def _memories(messages: list[Mapping[str, Any]]) -> list[QuotedMemory]:
     return found
 
 
+WINDOW_ID_BASE = 1 << 62  # earlier turns of the conversation sort after every recalled memory
+
+
+def _earlier_turns(messages: list[Mapping[str, Any]], question: str) -> list[QuotedMemory]:
+    """The conversation's earlier user-role turns (``name: text``, oldest first) that share a word
+    with ``question`` and are not questions themselves: the recent window is memory too, though no
+    recall block quotes it."""
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    q = _words(question)
+    found: list[QuotedMemory] = []
+    for pos in users[:-1]:
+        text = _content_text(messages[pos].get("content"))
+        name, sep, said = text.partition(": ")
+        if not sep or "\n" in name or len(name) > 64:
+            name, said = "", text
+        if said.strip() and not said.rstrip().endswith("?") and q & _words(said):  # a question answers nothing
+            found.append(QuotedMemory(WINDOW_ID_BASE + pos, "", name, said))
+    return found
+
+
 def choose(question: str, memories: list[QuotedMemory], k: int = MAX_QUOTES) -> list[QuotedMemory]:
     """At most ``k`` memories for ``question``: re-ranked by word overlap (ties keep the given order),
     zero-overlap ones dropped when any memory overlaps, returned oldest first (by message id)."""
@@ -135,12 +157,14 @@ def _quote(mem: QuotedMemory) -> str:
     text = " ".join(mem.text.split())
     if len(text) > QUOTE_CHARS:
         text = text[: QUOTE_CHARS - 1].rstrip() + "…"
-    return f"> {mem.user_name or 'someone'}, {mem.date_str}: {text}"
+    when = f", {mem.date_str}" if mem.date_str else ""
+    return f"> {mem.user_name or 'someone'}{when}: {text}"
 
 
 def answer(messages: list[Mapping[str, Any]]) -> str:
     """The recall model's answer to OpenAI-style ``messages`` (see the module docstring)."""
-    chosen = choose(_question(messages), _memories(messages))
+    question = _question(messages)
+    chosen = choose(question, _memories(messages) + _earlier_turns(messages, question))
     if not chosen:
         return NOTHING_FOUND
     return "\n".join([HEADER, *(_quote(m) for m in chosen)])

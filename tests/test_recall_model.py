@@ -219,3 +219,16 @@ def test_register_is_idempotent() -> None:
     recall_model.register()
     recall_model.register()
     assert len([p for p in litellm.custom_provider_map if p["provider"] == "kith"]) == 1
+
+
+def test_the_recent_window_is_quoted_when_it_holds_the_answer() -> None:
+    msgs = [
+        {"role": "system", "content": "You are Kith."},
+        {"role": "user", "content": "ann: [voice 0:42] the printer on floor three needs toner"},
+        {"role": "assistant", "content": "noted"},
+        {"role": "user", "content": "bob: lunch at noon?"},
+        {"role": "user", "content": "carl: which printer needs toner?"},
+    ]
+    assert answer(msgs) == f"{HEADER}\n> ann: [voice 0:42] the printer on floor three needs toner"
+    unrelated = msgs[:-1] + [{"role": "user", "content": "carl: what is the capital of peru?"}]
+    assert answer(unrelated) == NOTHING_FOUND  # window lines that share no word are never quoted

@@ -345,3 +345,17 @@ def test_export_polls_locations_and_contacts_become_text(tmp_path: Path) -> None
     msgs = [m for m in read_transcript(_write(tmp_path, "result.json", doc)) if isinstance(m, StoredMessage)]
     assert [m.text for m in msgs] == ["[poll] Lunch today? — pizza / sushi", "[location 52.52000, 13.40500]", "[contact Bob Lee]"]
     assert not any("+1000" in m.text for m in msgs)  # a shared phone number is not kept
+
+
+def test_a_truncated_export_is_called_truncated(tmp_path: Path) -> None:
+    from memory.errors import TranscriptError
+
+    text = json.dumps(SINGLE_CHAT, ensure_ascii=False, indent=1)
+    path = tmp_path / "result.json"
+    path.write_text(text[: len(text) * 2 // 3], encoding="utf-8")
+    with pytest.raises(TranscriptError, match="truncated"):
+        read_transcript(path)
+    path.write_text('{"name": "x", "messages": [}, "id": 1}', encoding="utf-8")
+    with pytest.raises(TranscriptError, match="neither") as info:  # broken in the middle: not "truncated"
+        read_transcript(path)
+    assert "is truncated" not in str(info.value)
