@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 HISTORY_DEFAULT = 20
 HISTORY_MAX = 100
-SETTINGS_KEYS = ("persona", "keywords", "always_on", "persist", "language", "model")
+SETTINGS_KEYS = ("persona", "keywords", "always_on", "persist", "language", "model", "history", "reset")
+WHO = ("admins", "members")  # who may use /history + /export ("history") and /reset ("reset") in a group
 ON = {"on", "yes", "true", "1", "enable", "enabled"}
 OFF = {"off", "no", "false", "0", "disable", "disabled"}
 
@@ -33,7 +34,7 @@ In groups I answer when you mention me, reply to me, or use a keyword; I remembe
 /reset — clear the conversation context (history kept); `/reset all` deletes this chat's history
 /history — the last messages; /export — the conversation as a file
 /image — draw a picture (`/image a cat on a bike`)
-/settings — group settings (admins): persona, keywords, always_on, persist, language, model
+/settings — group settings (admins): persona, keywords, always_on, persist, language, model, history, reset
 
 Send me photos, documents (PDF, DOCX, text) and voice notes: I read them into this chat's memory when your plan includes it."""
 
@@ -61,7 +62,21 @@ async def cmd_help(actor: "ChatActor", ev: CommandEvent) -> None:
     await reply(actor, ev, HELP.format(name=actor.svc.bot.name))
 
 
+async def _members_may(actor: "ChatActor", ev: CommandEvent, key: str) -> bool:
+    """In a group, ``/history``/``/export`` (key ``history``) and ``/reset`` (``reset``) are the
+    admins' unless the group's setting says ``members``; everyone may in a private chat."""
+    if not is_group(ev.chat_type) or actor.settings.get(key) == "members":
+        return True
+    if await actor.outbox.is_admin(actor.chat_id, ev.sender.user_id):
+        return True
+    what = "see this group's history" if key == "history" else "reset this group's context"
+    await reply(actor, ev, f"Only this group's admins can {what} (an admin can allow everyone: `/settings {key} members`).")
+    return False
+
+
 async def cmd_history(actor: "ChatActor", ev: CommandEvent) -> None:
+    if not await _members_may(actor, ev, "history"):
+        return
     try:
         n = max(1, min(HISTORY_MAX, int(ev.args))) if ev.args.strip() else HISTORY_DEFAULT
     except ValueError:
@@ -77,6 +92,8 @@ async def cmd_history(actor: "ChatActor", ev: CommandEvent) -> None:
 
 async def cmd_export(actor: "ChatActor", ev: CommandEvent) -> None:
     """The chat's stored conversation as transcript JSONL (re-importable with ``kith import``)."""
+    if not await _members_may(actor, ev, "history"):
+        return
     title = actor.settings.get("title") or ev.chat_title
     lines: list[str] = []
     async for batch in actor.svc.memory.store.iter_messages(actor.chat_id):
@@ -264,6 +281,8 @@ async def cmd_reset(actor: "ChatActor", ev: CommandEvent) -> None:
             [[Button("Delete everything", f"reset:confirm:{ev.sender.user_id}"), Button("Cancel", "reset:cancel")]],
         )
         return
+    if not await _members_may(actor, ev, "reset"):
+        return
     await actor.reset_context()
     await reply(actor, ev, "Context cleared: I start fresh from here (history is kept; `/reset all` deletes it).")
 
@@ -282,6 +301,8 @@ def _describe_settings(actor: "ChatActor") -> str:
         f"persist: {'on' if actor.persist else 'off'}",
         f"language: {s.get('language', bot.language)}",
         f"model: {s.get('model', actor.svc.config.settings.default_model)}",
+        f"history: {s.get('history', 'admins')} (who may use /history and /export here)",
+        f"reset: {s.get('reset', 'admins')} (who may use /reset here)",
     ])
 
 
@@ -307,6 +328,11 @@ async def cmd_settings(actor: "ChatActor", ev: CommandEvent) -> None:
         new[key] = value.lower() in ON
     elif key == "persona" and not await _persona_allowed(actor, ev):
         return
+    elif key in ("history", "reset"):
+        if value.lower() not in WHO:
+            await reply(actor, ev, f"`/settings {key} admins` or `/settings {key} members`.")
+            return
+        new[key] = value.lower()
     elif key == "keywords":
         new[key] = [k.strip() for k in value.replace(";", ",").split(",") if k.strip()]
     elif key == "model":

@@ -156,7 +156,9 @@ async def test_export_is_a_reimportable_transcript(tmp_path, st_model):
         chat = Chat(rt, holder["outbox"])
         await chat.say(GROUP, MEMBER, "первое сообщение")
         await chat.say(GROUP, ADMIN, "second one?", mentions_bot=True)
-        doc = await chat.cmd(GROUP, MEMBER, "export")
+        refused = await chat.cmd(GROUP, MEMBER, "export")  # a group's history is its admins' by default
+        assert refused.document is None and "Only this group's admins" in refused.text
+        doc = await chat.cmd(GROUP, ADMIN, "export")
     assert doc.document is not None
     path = tmp_path / "export.jsonl"
     path.write_bytes(doc.document)
@@ -171,6 +173,9 @@ async def test_history_memory_and_unknown_commands(tmp_path, st_model):
     async with runtime(tmp_path, st_model, holder) as rt:
         chat = Chat(rt, holder["outbox"])
         await chat.say(GROUP, MEMBER, "the printer on floor 3 is broken")
+        assert "Only this group's admins" in (await chat.cmd(GROUP, MEMBER, "history", "5")).text
+        assert "Only this group's admins" in (await chat.cmd(GROUP, MEMBER, "reset")).text
+        await chat.cmd(GROUP, ADMIN, "settings", "history members")  # the admins open it to everyone
         hist = await chat.cmd(GROUP, MEMBER, "history", "5")
         assert "the printer on floor 3 is broken" in hist.text
         mem = await chat.cmd(GROUP, MEMBER, "memory")
