@@ -1,7 +1,9 @@
 """Context assembly: the prompt for one turn, within the model's token budget (DESIGN §3.4).
 
-Order: system prompt (persona) with the recalled memories of *this chat* → the reply chain that is
-not in the recent window → the recent window, oldest first, ending with the message being answered.
+Order: the system prompt (persona, instructions only) → one user-role message framed as quoted data
+(``DATA_FRAME``) with the recalled memories of *this chat* and the reply chain that is not in the
+recent window → the recent window, oldest first, ending with the message being answered. Chat text
+never enters the system message: a planted "ignore previous instructions" is a quote, not an order.
 Speakers are named (``alice: text``) so the model knows who said what in groups.
 
 Token counts are estimates (≈ 4 UTF-8 bytes per token, +4 per message; within ~5 % for Latin and
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from memory.types import ROLE_ASSISTANT, MemoryHit, StoredMessage
-from providers.memory_block import render_memories
+from providers.memory_block import DATA_FRAME, render_memories
 
 BYTES_PER_TOKEN = 4
 MESSAGE_OVERHEAD = 4
@@ -66,7 +68,7 @@ def build_prompt(
     40 % of the budget. Then older window messages fill the rest, newest first.
     """
     budget = int(budget_tokens * SAFETY)
-    sys_tokens = estimate_tokens(system)
+    sys_tokens = estimate_tokens(system) + estimate_tokens(DATA_FRAME)
     current = window[-1] if window else None
     used = sys_tokens
     cur_msg = None
@@ -112,9 +114,12 @@ def build_prompt(
     history.reverse()
 
     if any(h.citation for h in kept):
-        mem_block += "\nMemories from documents name their file and page: cite them like (report.pdf, p. 3)."
-    system_full = "\n\n".join(p for p in (system, mem_block, chain_text) if p)
-    messages = [{"role": "system", "content": system_full}, *history]
+        system += "\nRecalled memories from documents name their file and page: cite them like (report.pdf, p. 3)."
+    messages = [{"role": "system", "content": system}]
+    data = "\n\n".join(p for p in (mem_block, chain_text) if p)
+    if data:
+        messages.append({"role": "user", "content": f"{DATA_FRAME}\n\n{data}"})
+    messages += history
     if cur_msg is not None:
         messages.append(cur_msg)
     return Prompt(messages, tuple(kept), used, dropped)

@@ -56,6 +56,7 @@ class SupervisorStats:
     evicted: int = 0
     restarted: int = 0
     handled: int = 0
+    overflowed: int = 0  # messages stored without an answer because their chat's inbox was full
 
 
 class Supervisor:
@@ -144,6 +145,35 @@ class Supervisor:
                     self._done_one(rec)
                     raise
             return
+
+    async def offer(self, chat_id: int, event: ChatEvent) -> bool:
+        """Queue ``event`` like ``tell`` without ever waiting for a full inbox: True when queued.
+
+        For a transport that serves every chat from one dispatcher (Telegram): one chat's full inbox
+        must not hold up the others. On False the caller handles the overflow (``overflow``).
+        raises SupervisorClosed once shutdown began."""
+        rec = self._actors.get(chat_id)
+        if rec is not None and not rec.closing:
+            st = rec.send.statistics()
+            if st.current_buffer_used >= st.max_buffer_size:
+                return False
+        await self.tell(chat_id, event)  # room (or a new actor): queued at once
+        return True
+
+    def overflow(self, event: ChatEvent) -> None:
+        """Keep a message that found its chat's inbox full: stored (and queued for memory) without
+        an answer, so nothing said in the chat is lost while the bot is busy there."""
+        from memory.types import StoredMessage
+
+        from .events import Incoming
+        from .media import with_caption
+
+        self.stats.overflowed += 1
+        if not isinstance(event, Incoming):
+            return
+        text = with_caption(event.media, event.text) if event.media is not None else event.text
+        self.svc.memory.remember(StoredMessage(event.chat_id, event.message_id, event.sender.user_id, event.sender.name,
+                                               text, event.date, reply_to=event.reply_to, thread_id=event.thread_id))
 
     async def wait_idle(self, chat_id: int) -> None:
         """Wait until every event told to ``chat_id`` so far has been handled."""

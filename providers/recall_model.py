@@ -5,8 +5,9 @@ Registered with litellm as the custom provider ``kith`` (``register()``, idempot
 other model, and needs no key, no network and no weights.
 
 How it answers (``answer(messages)``):
-- the question is the last ``user`` message; the memories are the ``<memories>`` block(s) found in the
-  ``system`` messages (``providers.memory_block``), which arrive ranked best first;
+- the question is the last ``user`` message; the memories are the ``<memories>`` block(s) of the
+  framed data message (a user message starting with ``memory_block.DATA_FRAME``, where Kith puts
+  recalled history) or of ``system`` messages (``providers.memory_block``), ranked best first;
 - it re-ranks them lightly by word overlap with the question (ties keep the retrieval order); when
   some memory shares a word with the question, those that share none are dropped; it keeps at most
   ``MAX_QUOTES`` and quotes them oldest first (by message id) as ``> name, date: text``;
@@ -35,7 +36,7 @@ import litellm
 from litellm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, ModelResponse, Usage
 
-from .memory_block import QuotedMemory, parse_memories
+from .memory_block import DATA_FRAME, QuotedMemory, parse_memories
 
 __all__ = [
     "PROVIDER", "MODEL", "MAX_QUOTES", "HEADER", "NOTHING_FOUND", "CONTEXT_TOKENS",
@@ -108,10 +109,13 @@ def _question(messages: list[Mapping[str, Any]]) -> str:
 
 
 def _memories(messages: list[Mapping[str, Any]]) -> list[QuotedMemory]:
+    """Memory blocks of the system/developer messages and of the framed data message (a user
+    message starting with ``DATA_FRAME``); a block a member typed into their own message is not one."""
     found: list[QuotedMemory] = []
     for m in messages:
-        if m.get("role") in ("system", "developer"):
-            found.extend(parse_memories(_content_text(m.get("content"))))
+        text = _content_text(m.get("content"))
+        if m.get("role") in ("system", "developer") or (m.get("role") == "user" and text.startswith(DATA_FRAME)):
+            found.extend(parse_memories(text))
     return found
 
 
@@ -122,7 +126,8 @@ def _earlier_turns(messages: list[Mapping[str, Any]], question: str) -> list[Quo
     """The conversation's earlier user-role turns (``name: text``, oldest first) that share a word
     with ``question`` and are not questions themselves: the recent window is memory too, though no
     recall block quotes it."""
-    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    users = [i for i, m in enumerate(messages)
+             if m.get("role") == "user" and not _content_text(m.get("content")).startswith(DATA_FRAME)]
     q = _words(question)
     found: list[QuotedMemory] = []
     for pos in users[:-1]:

@@ -145,3 +145,41 @@ async def test_polls_and_locations_are_kept_as_text(tmp_path, st_model):
         msgs = {m.message_id: m.text for m in await app.runtime.memory.store.get_messages(g, [p, loc])}
     assert msgs == {p: "[poll] Lunch today? — pizza / sushi", loc: "[location 52.52000, 13.40500]"}
     assert h.downloads == []
+
+
+async def test_a_swamped_chat_never_blocks_the_dispatcher_for_other_chats(tmp_path, st_model, monkeypatch):
+    import time
+
+    from config.models import ActorSettings, Config, ModelSpec, Settings, TiersConfig
+    from tests.llm_server import FakeLLMServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with FakeLLMServer() as server:
+        settings = Settings(models={"recall": ModelSpec(model="kith/recall"),
+                                    "slow": ModelSpec(model="openai/slow-3", api_base=server.base_url)},
+                            default_model="slow", actors=ActorSettings(inbox_size=1))
+        cfg = Config(settings=settings, tiers=TiersConfig())
+        h = await TelegramHarness.create()
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            app = await tg.start(functools.partial(serve, h.client, cfg, tmp_path, model=st_model, stop=stop))
+            try:
+                ann, bob = h.user(42, "Ann"), h.user(43, "Bob")
+                first = await h.private(ann, "first question")  # its turn waits 3 s for the model
+                await h.dispatched()
+                await anyio.sleep(0.3)
+                queued = await h.private(ann, "second question")  # fills Ann's inbox (size 1)
+                t0 = time.perf_counter()
+                swamped = await h.private(ann, "third question")  # no room: stored, Ann told once
+                other = await h.private(bob, "hello from another chat")
+                await h.dispatched()
+                dispatch_s = time.perf_counter() - t0
+                await h.settle(app.runtime.supervisor)
+                stored = {m.message_id: m.text for m in await app.runtime.memory.store.get_messages(42, [first, queued, swamped])}
+            finally:
+                stop.set()
+    assert dispatch_s < 1.5  # the dispatcher did not wait for Ann's turn
+    assert stored == {first: "first question", queued: "second question", swamped: "third question"}
+    assert any("busy" in s.text for s in h.replies_to(42, swamped))
+    assert h.replies_to(43, other) and h.replies_to(42, first) and h.replies_to(42, queued)
+    assert app.router.stats.overflowed == 1

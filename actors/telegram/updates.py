@@ -48,6 +48,7 @@ PRIVACY_NOTICE = (
     "or ask my owner to open @BotFather → /setprivacy → @{username} → Disable (then remove me from the group and add me again)."
 )
 GATE_NOTICE = "To talk with me, please join {link} first — then write to me again. Thank you!"
+BUSY_NOTICE = "I'm busy with this chat's earlier messages; I've saved yours and will remember it, but I can't answer it now."
 
 _CHAT_TYPES = {
     enums.ChatType.PRIVATE: "private",
@@ -328,6 +329,7 @@ class RouterStats:
     duplicates: int = 0
     ignored: int = 0
     gated: int = 0
+    overflowed: int = 0  # stored without an answer: the chat's inbox was full
     dropped: int = 0  # arrived while shutting down (rewound: delivered again after the restart)
 
 
@@ -353,6 +355,7 @@ class UpdateRouter:
         self._closing = False
         self._seen: LRU = LRU(SEEN_KEPT)
         self._notified: LRU = LRU(16_384)
+        self._busy_told: LRU = LRU(16_384)  # chats told "busy" since their inbox last had room
         self._last_raw: tuple[int, int] | None = None  # (state id, pts before) of the update being dispatched
         self._rewind: dict[int, int] = {}
         self.handlers: list[tuple[Any, int]] = []
@@ -482,7 +485,17 @@ class UpdateRouter:
 
     async def _tell(self, event: ChatEvent) -> None:
         try:
-            await self.supervisor.tell(event.chat_id, event)
+            if isinstance(event, Incoming):
+                if not await self.supervisor.offer(event.chat_id, event):  # that chat is swamped: never block the others
+                    self.supervisor.overflow(event)
+                    self.stats.overflowed += 1
+                    if self._busy_told.get(event.chat_id) is None:
+                        self._busy_told.put(event.chat_id)
+                        self._background(self._send_notice(event.chat_id, BUSY_NOTICE, event.message_id, event.thread_id))
+                    return
+                self._busy_told.pop(event.chat_id, None)
+            else:
+                await self.supervisor.tell(event.chat_id, event)
         except SupervisorClosed:
             self._drop()
             return
