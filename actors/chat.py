@@ -252,6 +252,7 @@ class ChatActor:
         always_on = bool(self.settings.get("always_on", bot.always_on))
         addressed = should_respond(ev if understood is None else replace(ev, text=ev.text.split("\n", 1)[0]),
                                    bot_username=self.svc.bot.username, keywords=keywords, always_on=always_on)
+        addressed = addressed and self.may_trigger(ev.sender.user_id)
         if understood is not None and addressed and understood.note:
             await self._say_note(ev, understood.note, understood.billing)
         if not ev.text.strip() or not addressed or (understood is not None and not understood.answerable):
@@ -464,10 +465,21 @@ class ChatActor:
 
     # ------------------------------------------------------------------ commands
 
+    def may_trigger(self, user_id: int) -> bool:
+        """``telegram.allowed_users`` (global) and the chat's ``allowed_users`` setting (admins): when
+        either is set, only the ids it lists make the bot answer; everyone is still remembered."""
+        for allowed in (self.svc.config.settings.telegram.allowed_users, self.settings.get("allowed_users")):
+            if allowed and user_id not in allowed:
+                return False
+        return True
+
     async def _on_command(self, ev: CommandEvent) -> None:
-        """Commands are handled by ``actors.commands`` (see the Telegram issue); unknown ones get help."""
+        """Commands are handled by ``actors.commands``; unknown ones get help. A user the chat's
+        ``allowed_users`` leaves out is not answered (a group's admins can still change settings)."""
         from .commands import handle_command
 
+        if not self.may_trigger(ev.sender.user_id) and not (ev.command == "settings" and ev.chat_type != "private"):
+            return
         await handle_command(self, ev)
 
 

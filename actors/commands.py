@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 HISTORY_DEFAULT = 20
 HISTORY_MAX = 100
-SETTINGS_KEYS = ("persona", "keywords", "always_on", "persist", "language", "model", "history", "reset")
+SETTINGS_KEYS = ("persona", "keywords", "always_on", "persist", "language", "model", "history", "reset", "allowed_users")
 WHO = ("admins", "members")  # who may use /history + /export ("history") and /reset ("reset") in a group
 ON = {"on", "yes", "true", "1", "enable", "enabled"}
 OFF = {"off", "no", "false", "0", "disable", "disabled"}
@@ -303,6 +303,7 @@ def _describe_settings(actor: "ChatActor") -> str:
         f"model: {s.get('model', actor.svc.config.settings.default_model)}",
         f"history: {s.get('history', 'admins')} (who may use /history and /export here)",
         f"reset: {s.get('reset', 'admins')} (who may use /reset here)",
+        f"allowed_users: {', '.join(map(str, s['allowed_users'])) if s.get('allowed_users') else '(everyone)'}",
     ])
 
 
@@ -328,6 +329,13 @@ async def cmd_settings(actor: "ChatActor", ev: CommandEvent) -> None:
         new[key] = value.lower() in ON
     elif key == "persona" and not await _persona_allowed(actor, ev):
         return
+    elif key == "allowed_users":
+        try:
+            ids = sorted({int(x) for x in value.replace(";", ",").replace(" ", ",").split(",") if x.strip()})
+        except ValueError:
+            await reply(actor, ev, "`/settings allowed_users 12345, 67890` (user ids), or `/settings allowed_users default`.")
+            return
+        new[key] = ids
     elif key in ("history", "reset"):
         if value.lower() not in WHO:
             await reply(actor, ev, f"`/settings {key} admins` or `/settings {key} members`.")

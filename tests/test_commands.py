@@ -184,3 +184,20 @@ async def test_history_memory_and_unknown_commands(tmp_path, st_model):
         assert "the printer on floor 3 is broken" in why.text and "score" in why.text
         unknown = await chat.cmd(GROUP, MEMBER, "frobnicate")
         assert "Unknown command /frobnicate" in unknown.text
+
+
+async def test_allowed_users_limit_who_triggers_the_bot_but_everyone_is_remembered(tmp_path, st_model):
+    holder: dict = {}
+    async with runtime(tmp_path, st_model, holder) as rt:
+        chat = Chat(rt, holder["outbox"])
+        await chat.cmd(GROUP, ADMIN, "settings", f"allowed_users {ADMIN.user_id}")
+        before = len(holder["outbox"].sent)
+        mid = await chat.say(GROUP, MEMBER, "hey bot, what is new?", mentions_bot=True)
+        await chat.cmd(GROUP, MEMBER, "help")
+        assert len(holder["outbox"].sent) == before  # neither the message nor the command is answered
+        assert [m.text for m in await rt.memory.store.get_messages(GROUP, [mid])] == ["hey bot, what is new?"]
+        await chat.say(GROUP, ADMIN, "and for me?", mentions_bot=True)
+        assert len(holder["outbox"].sent) == before + 1
+        await chat.cmd(GROUP, ADMIN, "settings", "allowed_users default")
+        await chat.say(GROUP, MEMBER, "now?", mentions_bot=True)
+        assert len(holder["outbox"].sent) == before + 3  # the settings reply and the answer
