@@ -35,10 +35,18 @@ async def usage_lines(actor: "ChatActor", user_id: int) -> list[str]:
     adm = actor.svc.admission
     p = await adm.profile(actor.chat_id, user_id)
     q, t = p.quotas, p.today
+    from tiers.quotas import ANY_MODEL, request_usage
+
     lines = []
+    shared = [a for a in actor.svc.config.settings.models if a not in q.requests_per_day]
     for alias in actor.svc.config.settings.models:
-        limit = q.requests_per_day.get(alias, q.requests_per_day.get("*", -1))
-        lines.append(f"• {alias}: {t.requests.get(alias, 0)} / {_limit(limit)} requests")
+        if alias in shared and ANY_MODEL in q.requests_per_day:
+            continue  # shown once below, as the shared quota it is
+        used, limit = request_usage(q, t.requests, alias)
+        lines.append(f"• {alias}: {used} / {_limit(limit)} requests")
+    if shared and ANY_MODEL in q.requests_per_day:
+        used, limit = request_usage(q, t.requests, shared[0])
+        lines.append(f"• {', '.join(shared)} (shared): {used} / {_limit(limit)} requests")
     lines.append(f"• tokens: {t.tokens} / {_limit(q.tokens_per_day)}")
     if q.images_per_day != 0 and p.features.image_generation:
         lines.append(f"• images: {t.images} / {_limit(q.images_per_day)}")

@@ -125,20 +125,23 @@ async def cmd_export(actor: "ChatActor", ev: CommandEvent) -> None:
 async def _model_keyboard(actor: "ChatActor", user_id: int, current: str) -> list[list[Button]]:
     """One button per model: ✓ the current one, 🔒 those the member's tier lacks, today's quota."""
     models = actor.svc.config.settings.models
-    allowed, quotas, used = set(models), {}, {}
+    from tiers.quotas import request_usage
+
+    allowed, q, used = set(models), None, {}
     adm = actor.svc.admission
     if adm is not None:
         p = await adm.profile(actor.chat_id, user_id)
         allowed = set(adm.allowed_models(p.tier, models))
-        quotas, used = p.quotas.requests_per_day, p.today.requests
+        q, used = p.quotas, p.today.requests
     if current not in allowed and allowed:
         current = next(a for a in models if a in allowed)  # what admission will actually use
     rows = []
     for alias, spec in models.items():
         label = spec.label or alias
         mark = "✓ " if alias == current else ("🔒 " if alias not in allowed else "")
-        limit = quotas.get(alias, quotas.get("*", -1))
-        quota = f" ({max(0, limit - used.get(alias, 0))}/{limit} today)" if limit >= 0 and alias in allowed else ""
+        spent, limit = request_usage(q, used, alias) if q is not None else (0, -1)
+        shared = " shared" if q is not None and alias not in q.requests_per_day and limit >= 0 else ""
+        quota = f" ({max(0, limit - spent)}/{limit}{shared} today)" if limit >= 0 and alias in allowed else ""
         rows.append([Button(f"{mark}{label}{quota}", f"model:{alias}")])
     return rows
 

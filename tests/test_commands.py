@@ -201,3 +201,27 @@ async def test_allowed_users_limit_who_triggers_the_bot_but_everyone_is_remember
         await chat.cmd(GROUP, ADMIN, "settings", "allowed_users default")
         await chat.say(GROUP, MEMBER, "now?", mentions_bot=True)
         assert len(holder["outbox"].sent) == before + 3  # the settings reply and the answer
+
+
+async def test_the_shared_quota_is_shown_as_one_total_in_model_and_usage(tmp_path, st_model):
+    from config.models import Quotas, Tier
+    from memory.types import UsageRecord
+
+    tiers = TiersConfig(tiers={"free": Tier(quotas=Quotas(requests_per_day={"*": 30}))})
+    config = Config(settings=cfg().settings, tiers=tiers)
+    holder: dict = {}
+
+    def make(memory):
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        return holder["outbox"]
+
+    async with open_runtime(config, tmp_path, make, model=st_model) as rt:
+        chat = Chat(rt, holder["outbox"])
+        now = datetime.now(UTC)
+        for alias in ("recall", "recall", "other"):
+            rt.services.admission.record(UsageRecord(now, 7, MEMBER.user_id, "chat", alias, 10, 5, 0.0, 1.0))
+        usage = (await chat.cmd(7, MEMBER, "usage")).text
+        model = await chat.cmd(7, MEMBER, "model")
+    assert "recall, other (shared): 3 / 30 requests" in usage
+    labels = [b.text for row in model.buttons for b in row]
+    assert all("(27/30 shared today)" in label for label in labels), labels

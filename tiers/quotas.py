@@ -91,6 +91,17 @@ class _User:
     seconds: float = 0.0
 
 
+def request_usage(q: Quotas, requests: dict[str, int], alias: str) -> tuple[int, int]:
+    """``(used, limit)`` of the request quota that limits ``alias`` today: its own entry, or the
+    ``"*"`` entry shared by every alias without one (then ``used`` counts all of those together);
+    ``limit`` -1 = unlimited. ``requests``: today's requests per alias (``TodayUsage.requests``)."""
+    if alias in q.requests_per_day:
+        return requests.get(alias, 0), q.requests_per_day[alias]
+    if ANY_MODEL in q.requests_per_day:
+        return sum(n for a, n in requests.items() if a not in q.requests_per_day), q.requests_per_day[ANY_MODEL]
+    return requests.get(alias, 0), UNLIMITED
+
+
 class QuotaTracker:
     """Today's counters, read from the ``usage`` table by ``load()`` and kept in memory after.
 
