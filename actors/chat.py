@@ -96,11 +96,14 @@ class ChatActor:
         win = self._windows.get(thread_id)
         if win is None:
             size = self.svc.config.settings.memory.recent_window
-            recent = await self.svc.memory.store.recent(self.chat_id, size, thread_id=thread_id)
+            store = self.svc.memory.store
+            # the General window (no topic) holds only messages outside topics: a forum's topics have their own
+            recent = await store.recent(self.chat_id, size, thread_id=thread_id, general_only=thread_id is None)
             since = self.settings.get("context_from")  # set by /reset: older messages leave the context
             if since is not None:
                 recent = [m for m in recent if m.message_id > since]
-            elif thread_id is None and len(recent) < size and not self.svc.memory.store.has_documents(self.chat_id):
+            elif (thread_id is None and len(recent) < size and not store.has_documents(self.chat_id)
+                  and len(await store.recent(self.chat_id, size)) == len(recent)):  # no topic holds more
                 self._whole_chat_in_window.add(thread_id)
             win = self._windows[thread_id] = deque(recent, maxlen=size)
         return win

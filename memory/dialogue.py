@@ -520,10 +520,12 @@ class DialogueStore:
     # ------------------------------------------------------------ messages: reads
 
     async def recent(
-        self, chat_id: int, limit: int, *, thread_id: int | None = None, before_id: int | None = None
+        self, chat_id: int, limit: int, *, thread_id: int | None = None, before_id: int | None = None,
+        general_only: bool = False,
     ) -> list[StoredMessage]:
-        """The newest ``limit`` messages of ``chat_id`` (only thread ``thread_id`` if given; only ids
-        below ``before_id`` if given), returned oldest → newest by message id."""
+        """The newest ``limit`` messages of ``chat_id`` (only thread ``thread_id`` if given; only the
+        messages outside any thread with ``general_only``; only ids below ``before_id`` if given),
+        returned oldest → newest by message id."""
         if limit <= 0 or chat_id not in self._chats_with_messages:
             return []
         await self._sync_chat(chat_id)
@@ -532,6 +534,8 @@ class DialogueStore:
         if thread_id is not None:
             sql += " AND thread_id = ?"
             params.append(thread_id)
+        elif general_only:
+            sql += " AND thread_id IS NULL"
         if before_id is not None:
             sql += " AND message_id < ?"
             params.append(before_id)

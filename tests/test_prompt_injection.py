@@ -83,3 +83,27 @@ async def test_a_planted_instruction_in_the_chat_only_reaches_the_model_as_a_quo
         assert ("PWNED" in framed[0]["content"]) is planted
         assert all("PWNED" not in str(m["content"]) for m in msgs if m is not framed[0])
     assert replies["attacked"] == replies["control"] == "echo: bob: where is the VPN gateway now?"
+
+
+async def test_the_general_topic_window_holds_only_general_messages(tmp_path, st_model, llm_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    settings = Settings(models={"ok": ModelSpec(model="openai/ok-model", api_base=llm_server.base_url)}, default_model="ok")
+    holder = {}
+
+    def make(memory):
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        return holder["outbox"]
+
+    async with open_runtime(Config(settings=settings, tiers=TiersConfig()), tmp_path, make, model=st_model) as rt:
+        forum = -100950
+        said = [(77, "in the deploy topic: staging is frozen until Monday"), (None, "general: lunch at noon"),
+                (77, "in the deploy topic: rollback done")]
+        for n, (topic, text) in enumerate(said, 1):
+            await rt.supervisor.tell(forum, Incoming(forum, "supergroup", n, Sender(5, "ann"), text, T0 + timedelta(minutes=n),
+                                                     thread_id=topic, respond=False))
+        await rt.supervisor.tell(forum, Incoming(forum, "supergroup", 10, Sender(6, "bob"), "anything new here?",
+                                                 T0 + timedelta(hours=1), respond=True))
+        await rt.supervisor.wait_all_idle()
+    [req] = [r for r in llm_server.requests if r.path.endswith("/chat/completions")]
+    history = [m["content"] for m in req.body["messages"] if m["role"] == "user" and not str(m["content"]).startswith(DATA_FRAME)]
+    assert history == ["ann: general: lunch at noon", "bob: anything new here?"]
