@@ -19,7 +19,7 @@ from providers.errors import ProviderError
 
 from .context import build_prompt
 from .errors import ActorError
-from .events import PRIVATE, ButtonPress, ChatEvent, CommandEvent, ConfigChanged, Incoming, PaymentEvent, PreCheckout
+from .events import PRIVATE, ButtonPress, ChatEvent, CommandEvent, ConfigChanged, Deleted, Edited, Incoming, PaymentEvent, PreCheckout
 from .outbox import Outbox
 from .services import ALREADY_ANSWERED, Services, TurnReport
 from .triggers import should_respond, strip_mention
@@ -82,6 +82,10 @@ class ChatActor:
                 from .billing import handle_payment
 
                 await handle_payment(self, event)
+            case Edited():
+                await self._on_edited(event)
+            case Deleted():
+                await self._on_deleted(event)
             case ConfigChanged():
                 await self.start()
                 self._windows.clear()
@@ -395,6 +399,37 @@ class ChatActor:
                 sent.message_id,
             )
         )
+
+    async def _on_edited(self, ev: Edited) -> None:
+        """An edit changes the stored text and the memory; a media message keeps its marker."""
+        if not self.persist:
+            return
+        old = next((m for w in self._windows.values() for m in w if m.message_id == ev.message_id), None)
+        if old is None:
+            found = await self.svc.memory.store.get_messages(self.chat_id, [ev.message_id])
+            old = found[0] if found else None
+        if old is None or old.role == ROLE_ASSISTANT:
+            return
+        mark = _MARKER.match(old.text)
+        text = f"{mark.group(0).strip()} {ev.text}".strip() if mark else ev.text
+        if text == old.text:  # Telegram also reports reactions and link previews as edits
+            return
+        msg = await self.svc.memory.edit(self.chat_id, ev.message_id, text)
+        if msg is not None:
+            for w in self._windows.values():
+                for i, m in enumerate(w):
+                    if m.message_id == ev.message_id:
+                        w[i] = msg
+
+    async def _on_deleted(self, ev: Deleted) -> None:
+        """Deleted messages leave both stores and the context."""
+        n = await self.svc.memory.forget_messages(self.chat_id, ev.message_ids)
+        gone = set(ev.message_ids)
+        for w in self._windows.values():
+            kept = [m for m in w if m.message_id not in gone]
+            w.clear()
+            w.extend(kept)
+        log.info("chat %s: %d deleted message(s) forgotten", self.chat_id, n)
 
     async def _understand(self, ev: Incoming):
         """``actors.media.understand``; a failure there never loses the message (marker + caption)."""

@@ -107,6 +107,25 @@ class ButtonPress:
 
 
 @dataclass(frozen=True, slots=True)
+class Edited:
+    """A member edited message ``message_id``: ``text`` is its new text (or caption)."""
+
+    chat_id: int
+    message_id: int
+    sender: Sender
+    text: str
+    date: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """Messages deleted in the chat (Telegram tells a bot only for supergroups and channels)."""
+
+    chat_id: int
+    message_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ConfigChanged:
     """The chat's settings changed outside the actor (e.g. via the CLI): reload them."""
 
@@ -142,7 +161,7 @@ class PaymentEvent:
     date: datetime
 
 
-ChatEvent = Incoming | CommandEvent | ButtonPress | ConfigChanged | PreCheckout | PaymentEvent
+ChatEvent = Incoming | CommandEvent | ButtonPress | ConfigChanged | PreCheckout | PaymentEvent | Edited | Deleted
 
 
 def is_group(chat_type: str) -> bool:

@@ -682,6 +682,17 @@ class DialogueStore:
 
         return await self._run(run)
 
+    async def update_text(self, chat_id: int, message_id: int, text: str) -> StoredMessage | None:
+        """Replace the text of a stored message (an edit); returns the message as now stored, or None
+        when it is not stored. Committed before it returns."""
+        if chat_id not in self._chats_with_messages:
+            return None
+        await self._sync_chat(chat_id)
+        rows = await self._query(
+            f"UPDATE messages SET text = ? WHERE chat_id = ? AND message_id = ? RETURNING {_MSG_COLS}",
+            [text, chat_id, message_id])
+        return _row_to_msg(rows[0]) if rows else None
+
     # ------------------------------------------------------------ documents
 
     async def add_document(self, info: DocumentInfo, chunks: Sequence[DocumentChunk]) -> None:

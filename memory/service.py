@@ -123,6 +123,25 @@ class Memory:
             await self.vectors.delete(chat_id, message_ids=ids)
         return len(ids)
 
+    async def edit(self, chat_id: int, message_id: int, text: str) -> StoredMessage | None:
+        """A member edited a message: the stored text and its memory (re-embedded) follow. Returns the
+        updated message, or None when it was never stored."""
+        msg = await self.store.update_text(chat_id, message_id, text)
+        if msg is not None:
+            if msg.role == ROLE_USER and msg.text.strip():
+                self.indexer.submit((msg,))  # the same id: the row is replaced
+            else:
+                await self.vectors.delete(chat_id, message_ids=[message_id])
+        return msg
+
+    async def forget_messages(self, chat_id: int, message_ids: Collection[int]) -> int:
+        """Messages deleted in the chat leave both stores (with the documents they carried)."""
+        await self.flush()
+        ids = await self.store.delete_messages(chat_id, message_ids=list(message_ids))
+        if ids:
+            await self.vectors.delete(chat_id, message_ids=ids)
+        return len(ids)
+
     async def flush(self) -> None:
         """Wait until everything remembered so far is committed and searchable."""
         await self.store.flush()

@@ -183,3 +183,34 @@ async def test_a_swamped_chat_never_blocks_the_dispatcher_for_other_chats(tmp_pa
     assert any("busy" in s.text for s in h.replies_to(42, swamped))
     assert h.replies_to(43, other) and h.replies_to(42, first) and h.replies_to(42, queued)
     assert app.router.stats.overflowed == 1
+
+
+async def test_edited_messages_update_memory_and_deleted_ones_leave_it(tmp_path, st_model):
+    t = raw.types
+    async with running_bot(tmp_path, st_model) as (h, app):
+        g = h.supergroup(910, "Ops")
+        ann = h.user(42, "Ann")
+        mid = await h.group(g, ann, "the staging password is hunter2")
+        other = await h.group(g, ann, "the build server is called frobnitz")
+        await h.settle(app.runtime.supervisor)
+        old = h.messages[(g, mid)]
+        edited = t.Message(id=mid, peer_id=old.peer_id, from_id=old.from_id, date=old.date, edit_date=old.date + 60,
+                           message="the staging password was rotated; ask Ann")
+        h._channel_pts[g] += 1
+        await h.deliver(t.UpdateEditChannelMessage(message=edited, pts=h._channel_pts[g], pts_count=1), chat_id=g, user_ids=(42,))
+        await h.settle(app.runtime.supervisor)
+        mem = app.runtime.memory
+        await mem.flush()
+        [stored] = await mem.store.get_messages(g, [mid])
+        found = await mem.recall(g, "staging password", 5)
+        assert stored.text == "the staging password was rotated; ask Ann"
+        assert all("hunter2" not in h_.text for h_ in found.hits) and any(h_.message_id == mid for h_ in found.hits)
+
+        h._channel_pts[g] += 1
+        await h.deliver(t.UpdateDeleteChannelMessages(channel_id=910, messages=[other], pts=h._channel_pts[g], pts_count=1),
+                        chat_id=g)
+        await h.settle(app.runtime.supervisor)
+        await mem.flush()
+        assert await mem.store.get_messages(g, [other]) == []
+        assert all(h_.message_id != other for h_ in (await mem.recall(g, "build server frobnitz", 5)).hits)
+    assert ann.id == 42

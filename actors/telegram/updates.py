@@ -24,13 +24,15 @@ from typing import Any
 import anyio
 from pyrogram import enums, utils
 from pyrogram.errors import FloodWait, RPCError, UserNotParticipant
-from pyrogram.handlers import CallbackQueryHandler, MessageHandler, PreCheckoutQueryHandler, RawUpdateHandler
+from pyrogram.handlers import (CallbackQueryHandler, DeletedMessagesHandler, EditedMessageHandler, MessageHandler,
+                               PreCheckoutQueryHandler, RawUpdateHandler)
 from pyrogram.storage import UpdateState
 
 from config.models import TelegramSettings
 
 from ..errors import MediaUnavailable, SupervisorClosed
-from ..events import PAYMENTS_DESK, ButtonPress, ChatEvent, CommandEvent, Incoming, Media, PaymentEvent, PreCheckout, Sender
+from ..events import (PAYMENTS_DESK, ButtonPress, ChatEvent, CommandEvent, Deleted, Edited, Incoming, Media, PaymentEvent,
+                      PreCheckout, Sender)
 from ..services import BotIdentity
 from .limits import flood_seconds
 from .outbox import LRU, TelegramOutbox, to_utc
@@ -369,6 +371,8 @@ class UpdateRouter:
             (MessageHandler(self.on_message), group),
             (CallbackQueryHandler(self.on_callback), group),
             (PreCheckoutQueryHandler(self.on_pre_checkout), group),
+            (EditedMessageHandler(self.on_edited), group),
+            (DeletedMessagesHandler(self.on_deleted), group),
         ]
         for handler, g in self.handlers:
             client.add_handler(handler, g)
@@ -459,6 +463,31 @@ class UpdateRouter:
                 self._background(self._send_notice(event.chat_id, GATE_NOTICE.format(link=self.gate.link), message.id, event.thread_id))
             return
         await self._tell(event)
+
+    async def on_edited(self, client: Any, message: Any) -> None:
+        """A member edited a message: its stored text and memory follow (the bot's own edits are skipped)."""
+        if not await self._enter():
+            return
+        self.stats.received += 1
+        bot = self.bot
+        assert bot is not None
+        event = message_to_event(message, bot, sent_by_bot=self.outbox.sent_by_bot)
+        if not isinstance(event, Incoming):
+            self.stats.ignored += 1
+            return
+        await self._tell(Edited(event.chat_id, event.message_id, event.sender, event.text, event.date))
+
+    async def on_deleted(self, client: Any, messages: Any) -> None:
+        """Messages deleted in a supergroup or channel leave memory (Telegram names no chat for others)."""
+        if not await self._enter():
+            return
+        self.stats.received += 1
+        by_chat: dict[int, list[int]] = {}
+        for m in messages or ():
+            if m.chat is not None:
+                by_chat.setdefault(m.chat.id, []).append(m.id)
+        for chat_id, ids in by_chat.items():
+            await self._tell(Deleted(chat_id, tuple(ids)))
 
     async def on_callback(self, client: Any, query: Any) -> None:
         if not await self._enter():
