@@ -73,18 +73,56 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _run(coro_fn, *args):
-    """Run an async entry point; turn our known errors into a clear message and exit code 1."""
+class StopRequest:
+    """Set by SIGINT/SIGTERM during a long command (``kith import``, ``kith replay``): the command
+    stops taking input and drains — what it stored is committed and embedded — then exits 130/143.
+    A second signal aborts at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+
+def _run(coro_fn, *args, stop: StopRequest | None = None):
+    """Run an async entry point; turn our known errors into a clear message and exit code 1. With
+    ``stop``, SIGINT/SIGTERM set it (the command drains), and the exit code is 128 + the signal."""
+    import signal as signals
+
     from memory.errors import MemoryStoreError
     from providers.errors import ProviderError
 
+    async def main():
+        if stop is None:
+            return await coro_fn(*args)
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                with anyio.open_signal_receiver(signals.SIGINT, signals.SIGTERM) as received:
+                    async for signum in received:
+                        if stop.signal is not None:  # a second signal: abort
+                            raise KeyboardInterrupt
+                        stop.signal = signum
+                        err.print(f"{signals.Signals(signum).name}: stopping — finishing what is already read "
+                                  "(committing and embedding it); send it again to abort")
+
+            tg.start_soon(watch)
+            result = await coro_fn(*args)
+            tg.cancel_scope.cancel()
+            return result
+
     try:
-        return anyio.run(coro_fn, *args)
+        result = anyio.run(main)
     except (MemoryStoreError, ProviderError) as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
+    if stop is not None and stop.signal is not None:
+        err.print("stopped: everything read so far is stored and in memory")
+        raise typer.Exit(128 + stop.signal)
+    return result
 
 
 # ---------------------------------------------------------------------- run
@@ -212,10 +250,11 @@ def replay(
         policy = respond_policy(respond)
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    _run(_replay, cfg, data_dir, file, policy, limit, quiet, as_json)
+    stop = StopRequest()
+    _run(_replay, cfg, data_dir, file, policy, limit, quiet, as_json, stop, stop=stop)
 
 
-async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, as_json: bool) -> None:
+async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, as_json: bool, stop=None) -> None:
     from actors.console import format_hit
     from actors.local import IdAllocator, LocalOutbox
     from actors.replay import TranscriptClock
@@ -242,6 +281,7 @@ async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, a
         report = await run_replay(
             rt, file, policy=policy, limit=limit, on_message=remember_question, clock=clock,
             on_error=lambda e: err.print(f"[yellow]skipped[/] {escape(str(e))}"),
+            should_stop=stop or (lambda: False),
         )
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
@@ -293,18 +333,19 @@ def import_(
             raise _fail(f"{bad[0].name}: not a document I can read (PDF, DOCX or a text file such as TXT, MD, CSV, JSON, logs, code)")
     cfg = _setup(config, verbose)
     if chat_id is None:
-        if not _run(_import, cfg, data_dir, files, with_files):
+        stop = StopRequest()
+        if not _run(_import, cfg, data_dir, files, with_files, stop, stop=stop):
             raise typer.Exit(1)
     else:
         if not _run(_import_documents, cfg, data_dir, files, chat_id, user):
             raise typer.Exit(1)
 
 
-async def _import(cfg, data_dir: Path, files: list[Path], with_files: bool = False) -> bool:
+async def _import(cfg, data_dir: Path, files: list[Path], with_files: bool = False, stop=None) -> bool:
     from actors.runtime import open_memory
 
     async with open_memory(cfg, data_dir) as memory:
-        return await _import_files(memory, files, with_files=with_files)
+        return await _import_files(memory, files, with_files=with_files, stop=stop)
 
 
 async def _import_documents(cfg, data_dir: Path, files: list[Path], chat_id: int, user: str) -> bool:
@@ -338,7 +379,7 @@ async def _import_documents(cfg, data_dir: Path, files: list[Path], chat_id: int
     return ok
 
 
-async def _import_files(memory, files: list[Path], *, with_files: bool = False) -> bool:
+async def _import_files(memory, files: list[Path], *, with_files: bool = False, stop=None) -> bool:
     """Import each file with a progress bar; print a summary line per file. A file that cannot be
     read is reported and the next one imported. True when every file and line was imported."""
     import time
@@ -350,6 +391,10 @@ async def _import_files(memory, files: list[Path], *, with_files: bool = False) 
 
     ok = True
     for file in files:
+        if stop is not None and stop():
+            err.print(f"[yellow]{escape(file.name)}: not imported (stopped)[/]")
+            ok = False
+            continue
         total = _count_lines(file)
         t0 = time.perf_counter()
         with Progress(
@@ -362,6 +407,7 @@ async def _import_files(memory, files: list[Path], *, with_files: bool = False) 
                     on_progress=lambda n, task=task: progress.advance(task, n),
                     on_error=lambda e: progress.console.print(f"[yellow]skipped[/] {escape(str(e))}"),
                     with_files=with_files,
+                    should_stop=stop or (lambda: False),
                 )
             except TranscriptError as exc:
                 progress.stop()
@@ -369,7 +415,7 @@ async def _import_files(memory, files: list[Path], *, with_files: bool = False) 
                 ok = False
                 continue
             progress.update(task, total=report.read, completed=report.read)
-        ok = ok and not report.errors and not report.document_errors
+        ok = ok and not report.errors and not report.document_errors and not report.stopped
         dt = time.perf_counter() - t0
         out.print(
             f"{file.name}: {report.read} messages in {len(report.chats)} chat(s), {report.embedded} embedded, "

@@ -135,8 +135,12 @@ async def replay(
     on_error: Callable[[TranscriptLineError], None] = lambda e: None,
     on_message: Callable[[StoredMessage], None] = lambda m: None,
     clock: TranscriptClock | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> ReplayReport:
     """Feed ``path`` (transcript JSONL or Telegram export) through ``rt``; wait for every turn.
+
+    should_stop: checked before each message; once True no more is fed, and what was fed is still
+    handled, stored and embedded before this returns (``kith replay`` on SIGTERM).
 
     Turn reports arrive through ``rt.services.on_turn``; the caller's hook is kept and chained.
     A malformed line is reported through ``on_error`` (with its line number) and skipped.
@@ -159,7 +163,7 @@ async def replay(
                 report.line_errors.append(item)
                 on_error(item)
                 continue
-            if limit is not None and report.messages >= limit:
+            if (limit is not None and report.messages >= limit) or should_stop():
                 break
             m = item
             if clock is not None:

@@ -34,6 +34,7 @@ class ImportReport:
     errors: list[TranscriptLineError] = field(default_factory=list)
     documents: int = 0  # documents read into memory (with_files)
     document_errors: list[str] = field(default_factory=list)  # "file: why" for documents that could not be read
+    stopped: bool = False  # reading was stopped (SIGTERM) before the end of the file
 
 
 async def import_transcript(
@@ -45,11 +46,14 @@ async def import_transcript(
     with_files: bool = False,
     max_chars: int = 1200,
     max_pages: int = 2000,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> ImportReport:
     """Import ``path`` into ``memory``; ``on_progress(n)`` after each chunk of n messages.
 
     with_files: also read the documents an export includes (PDF, DOCX, text, beside ``path``) into
     their chats' memory, each once; one that cannot be read is listed in ``document_errors``.
+    should_stop: checked before each message; once True reading stops and what was read is stored
+    and queued for embedding (``memory.flush()`` before returning: nothing read is left behind).
     raises memory.errors.TranscriptError when the file as a whole cannot be read.
     """
     report = ImportReport()
@@ -77,6 +81,9 @@ async def import_transcript(
     reader = read_transcript(path)
     carriers: dict[tuple[int, int], StoredMessage] = {}
     for item in reader:
+        if should_stop():
+            report.stopped = True
+            break
         if isinstance(item, TranscriptLineError):
             report.errors.append(item)
             on_error(item)
@@ -89,7 +96,7 @@ async def import_transcript(
         if len(chunk) >= CHUNK:
             await flush_chunk()
     await flush_chunk()
-    if with_files:
+    if with_files and not report.stopped:
         await _import_attachments(memory, path.parent, reader.attachments, carriers, report, max_chars, max_pages)
     await memory.flush()
     return report

@@ -146,3 +146,39 @@ def test_a_multi_file_import_goes_on_after_a_bad_file_and_exits_non_zero(tmp_pat
     assert res.exit_code == 1
     assert "notes.json: not imported" in res.output
     assert "chat.jsonl: 1 messages in 1 chat(s)" in res.output and "1 bad line(s) skipped" in res.output
+
+
+def test_sigterm_during_import_drains_what_was_read_and_exits_143(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import duckdb
+    import lancedb
+
+    data = tmp_path / "data"
+    files = [str(DATA / "2009-03-03_10.jsonl"), str(DATA / "2011-05-29_19.jsonl"), str(DATA / "2016-12-19_20.jsonl")]
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "import", "--data-dir", str(data), *files],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "COLUMNS": "200"})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # wait until the import is under way: memories are being written
+        try:
+            if lancedb.connect(str(data / "memory")).open_table("memories").count_rows() > 0:
+                break
+        except Exception:  # noqa: BLE001 - not created yet
+            pass
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr.decode()
+    assert b"SIGTERM: stopping" in stderr and b"stopped: everything read so far is stored" in stderr
+    con = duckdb.connect(str(data / "kith.duckdb"), read_only=True)
+    try:
+        embeddable = con.execute("SELECT count(*) FROM messages WHERE role = 'user' AND trim(text) <> ''").fetchone()[0]
+    finally:
+        con.close()
+    memories = lancedb.connect(str(data / "memory")).open_table("memories").count_rows()
+    assert 0 < embeddable == memories  # every message stored before the stop is in memory too
