@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import mimetypes
+import os
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
@@ -127,9 +128,9 @@ def file_line(text: str) -> tuple[Path, str] | None:
     rest = text[len("/file"):].strip()
     if rest[:1] in ('"', "'") and rest.find(rest[0], 1) > 0:
         end = rest.find(rest[0], 1)
-        return Path(rest[1:end]).expanduser(), rest[end + 1:].strip()
+        return Path(os.path.expanduser(rest[1:end])), rest[end + 1:].strip()
     path, _, caption = rest.partition(" ")
-    return Path(path).expanduser(), caption.strip()
+    return Path(os.path.expanduser(path)), caption.strip()  # "~nobody/x" stays as written
 
 
 def rest_is_file(path: Path) -> bool:
