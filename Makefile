@@ -16,7 +16,7 @@ DEMO_SLICE ?= ../shared/data/ubuntu-irc/2009-03-03_10.jsonl
 # when this runs as root with apt-get; otherwise those tests skip and say why.
 SYSTEM_PACKAGES := tesseract-ocr tesseract-ocr-rus fonts-dejavu-core espeak-ng
 
-.PHONY: demo test bench install clean system-deps
+.PHONY: demo test bench install clean system-deps lint
 
 install: $(STAMP)
 
@@ -30,8 +30,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/kith demo --data-dir $(DEMO_DATA) $(DEMO_SLICE)
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)  # pyflakes, bugbear and the async rules (see [tool.ruff] in pyproject.toml)
+	$(BIN)/ruff check actors memory providers tiers config benchmarks tests cli.py
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -693,12 +693,15 @@ async def _doctor(cfg, data_dir: Path, line) -> None:
     from memory.errors import MemoryStoreError
     from providers.embedder import Embedder
 
-    try:
+    def writable() -> str:
         data_dir.mkdir(parents=True, exist_ok=True)
         probe = data_dir / ".kith-write-test"
         probe.write_text("ok")
         probe.unlink()
-        line(True, "data dir", str(data_dir.resolve()))
+        return str(data_dir.resolve())
+
+    try:
+        line(True, "data dir", await anyio.to_thread.run_sync(writable))
     except OSError as exc:
         line(False, "data dir", str(exc))
         return

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import anyio
+
 from config.models import Config
 from memory.dialogue import DialogueStore
 from memory.documents import DocumentReader
@@ -50,7 +52,7 @@ async def open_memory(config: Config, data_dir: Path, *, model=None) -> AsyncIte
     raises memory.errors.StoreLocked when a running bot holds the database.
     """
     mem = config.settings.memory
-    data_dir.mkdir(parents=True, exist_ok=True)
+    await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(
             DialogueStore(data_dir / DB_FILE, flush_interval_s=mem.flush_interval_ms / 1000, flush_rows=mem.flush_rows)

@@ -27,7 +27,6 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -97,7 +96,7 @@ def conversation_transcript(conv: dict, chat_id: int) -> tuple[list[dict], dict[
     lines: list[dict] = []
     ids: dict[int, str] = {}
     mid = 0
-    for n, key in sessions:
+    for _n, key in sessions:
         date = parse_session_date(c[f"{key}_date_time"])
         for turn in c[key]:
             text = turn_text(turn)
@@ -186,7 +185,7 @@ def run(quick: bool) -> dict:
 
     metrics = []
     full = out["rows"][0][0]
-    for name, mode, _ in out["ablations"]:
+    for name, _mode, _ in out["ablations"]:
         res = out["results"][name]
         for k in KS:
             target = None

@@ -272,7 +272,7 @@ def _profile_lines(stages: dict[str, list[float]], turns, prof: cProfile.Profile
         )
     st = pstats.Stats(prof)
     entries = []
-    for (file, line, fn), (cc, nc, tt, ct, callers) in st.stats.items():  # type: ignore[attr-defined]
+    for (file, line, fn), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
         entries.append((tt, ct, nc, file, f"{_short(file)}:{line}({fn})"))
     idle = sum(e[0] for e in entries if "poll" in e[4] and "epoll" in e[4] or "select.select" in e[4])
     busy = sum(e[0] for e in entries) - idle
@@ -288,7 +288,7 @@ def _profile_lines(stages: dict[str, list[float]], turns, prof: cProfile.Profile
         lines.append(f"    {ct * 1000:8.1f} ms cum {ct * 1000 / n_ans:7.3f}/turn {tt * 1000:7.1f} ms own {nc:7d} calls  {where}")
     others = sorted((e for e in entries if not ("epoll" in e[4] and "poll" in e[4])), reverse=True)
     lines.append(f"  everything, top {top // 2} by own time (excluding idle):")
-    for tt, ct, nc, _, where in others[: top // 2]:
+    for tt, _ct, nc, _, where in others[: top // 2]:
         lines.append(f"    {tt * 1000:8.1f} ms own {100 * tt / (busy or 1):5.1f}% of busy {nc:7d} calls  {where}")
     return lines
 

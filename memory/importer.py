@@ -143,7 +143,9 @@ async def import_document(memory: Memory, path: Path, *, chat_id: int, user_id: 
     from .documents import document_summary, ingest_document
     from .markers import marker
 
-    data = path.read_bytes()
+    import anyio
+
+    data = await anyio.Path(path).read_bytes()
     for d in await memory.store.documents(chat_id):
         if d.file_name == path.name and d.size_bytes == len(data):
             return d, False

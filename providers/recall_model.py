@@ -205,7 +205,7 @@ class RecallLLM(CustomLLM):
         response.choices[0].finish_reason = "stop"
         response.model = MODEL
         response.created = int(time.time())
-        setattr(response, "usage", Usage(**usage))
+        response.usage = Usage(**usage)
         return response
 
     async def acompletion(self, *args: Any, **kwargs: Any) -> ModelResponse:

@@ -146,7 +146,7 @@ async def test_a_text_mention_and_an_emoji_before_the_mention_count(tmp_path, st
 
 async def test_a_redelivered_update_is_stored_and_answered_once(tmp_path, st_model):
     async with running_bot(tmp_path, st_model) as (h, app):
-        ann = h.user(42, "Ann")
+        h.user(42, "Ann")
         msg = h.message(42, 42, "is anybody there?")
         await h.deliver(msg)
         await h.settle(app.runtime.supervisor)

@@ -36,6 +36,7 @@ from ..runtime import Runtime, frozen_startup_heap, open_runtime
 from ..services import BotIdentity
 from .outbox import TelegramOutbox
 from .updates import UpdateRouter
+import anyio.lowlevel
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def build_client(config: Config, data_dir: Path, credentials: TelegramCredential
 async def run_bot(config: Config, data_dir: Path, *, model=None) -> None:
     """Run the Telegram bot until SIGINT/SIGTERM. raises config.errors.MissingSecret without credentials."""
     creds = telegram_credentials()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     client = build_client(config, data_dir, creds)
     await serve(client, config, data_dir, model=model)
 
@@ -127,7 +128,7 @@ async def serve(
     outbox = outbox or TelegramOutbox(client, settings.telegram, stream_interval_s=settings.llm.stream_edit_interval_s)
     router = UpdateRouter(client, outbox, settings.telegram)
     router.register(client)
-    await anyio.sleep(0)  # add_handler registers from a task: let it run before updates can flow
+    await anyio.lowlevel.checkpoint()  # add_handler registers from a task: let it run before updates can flow
 
     async with _stop_signal(stop) as stopped:
         # The runtime first: a second bot on the same data directory fails here, on the store's lock,

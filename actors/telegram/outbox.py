@@ -395,7 +395,7 @@ class TelegramOutbox:
                     log.info("chat %s: reply target %s rejected (%s); sending without it", chat_id, reply_to, err.ID)
                     self.stats.reply_fallbacks += 1
                     return await attempt(None, None)
-                raise err
+                raise err  # noqa: B904 - the request's own error, unchanged
         except (MessageNotModified, FloodWait):
             raise
         except RPCError as e:
