@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def plans_button(actor: "ChatActor") -> list[list[Button]] | None:
+    """The one-button keyboard under a tier refusal that opens /billing's plans; None when the bot
+    sells no plans."""
+    return [[Button("⭐ Plans", "billing:show")]] if actor.svc.config.tiers.plans else None
+
+
 def _limit(n: int) -> str:
     return "unlimited" if n < 0 else str(n)
 

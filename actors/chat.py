@@ -45,10 +45,10 @@ class ChatActor:
         self._windows: dict[int | None, deque[StoredMessage]] = {}
         self._known_chat = False
         self._user_settings: dict[int, dict] = {}
-        self.awaiting_role: set[int] = set()
+        self.awaiting_role: set[int] = set()  # users whose next message becomes their persona (/role)
         self._whole_chat_in_window: set[int | None] = set()
         self._refused_until: dict[tuple[int, str | None], datetime] = {}  # refusals said recently, by (user, reason)
-        self._answered: set[int] | None = None  # ids of messages already replied to (loaded on first need)  # users whose next message becomes their persona (/role)
+        self._answered: set[int] | None = None  # ids of messages already replied to (loaded on first need)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -101,13 +101,16 @@ class ChatActor:
         if win is None:
             size = self.svc.config.settings.memory.recent_window
             store = self.svc.memory.store
-            # the General window (no topic) holds only messages outside topics: a forum's topics have their own
-            recent = await store.recent(self.chat_id, size, thread_id=thread_id, general_only=thread_id is None)
+            recent = await store.recent(self.chat_id, size, thread_id=thread_id)
+            whole = thread_id is None and len(recent) < size and not store.has_documents(self.chat_id)
+            if thread_id is None and any(m.thread_id is not None for m in recent):
+                # a forum: the General window holds only messages outside topics (the topics have their own)
+                recent = await store.recent(self.chat_id, size, general_only=True)
+                whole = False
             since = self.settings.get("context_from")  # set by /reset: older messages leave the context
             if since is not None:
                 recent = [m for m in recent if m.message_id > since]
-            elif (thread_id is None and len(recent) < size and not store.has_documents(self.chat_id)
-                  and len(await store.recent(self.chat_id, size)) == len(recent)):  # no topic holds more
+            elif whole:
                 self._whole_chat_in_window.add(thread_id)
             win = self._windows[thread_id] = deque(recent, maxlen=size)
         return win
@@ -289,11 +292,12 @@ class ChatActor:
 
         # 4. assemble context: recalled memories of this chat only, reply chain, recent window
         k = self.svc.config.settings.memory.recall_k
-        query = strip_mention(ev.text, self.svc.bot.username)
-        if understood is not None:  # ask with what the member said, not the marker and file summary
-            query = strip_mention(caption if understood.indexed else _MARKER.sub("", ev.text), self.svc.bot.username)
+        said = ev.text  # ask with what the member said, not a media marker and file summary
+        if understood is not None:
+            said = caption if understood.indexed else _MARKER.sub("", ev.text)
             if understood.indexed:
                 await self.svc.memory.flush()  # the document's chunks must be recallable for this very answer
+        query = strip_mention(said, self.svc.bot.username)
         if query and not self._nothing_to_recall(ev.thread_id, window):
             recall = await self.svc.memory.recall(self.chat_id, query, k, exclude_ids={m.message_id for m in window})
         else:
@@ -378,9 +382,7 @@ class ChatActor:
             cost_usd=completion.cost_usd,
             latency_ms=completion.latency_ms,
         )
-        store.record_usage(usage)
-        if self.svc.admission is not None:
-            self.svc.admission.record(usage)
+        self.svc.record_usage(usage)
         self.svc.report(
             TurnReport(
                 self.chat_id,
@@ -445,7 +447,7 @@ class ChatActor:
     async def _say_note(self, ev: Incoming, text: str, billing: bool) -> None:
         """A one-line notice about a media message (with a /billing button for a tier refusal). A
         tier refusal is said once per member per hour, so a stream of photos gets one answer."""
-        from .outbox import Button
+        from .billing import plans_button
 
         if billing:
             now = self.svc.clock()
@@ -454,9 +456,9 @@ class ChatActor:
             if until is not None and now < until:
                 return
             self._refused_until[key] = now + timedelta(hours=1)
-        if billing and self.svc.config.tiers.plans:
-            await self.outbox.send_buttons(self.chat_id, text, [[Button("⭐ Plans", "billing:show")]], reply_to=ev.message_id,
-                                           thread_id=ev.thread_id)
+        rows = plans_button(self) if billing else None
+        if rows:
+            await self.outbox.send_buttons(self.chat_id, text, rows, reply_to=ev.message_id, thread_id=ev.thread_id)
         else:
             await self.outbox.send(self.chat_id, text, reply_to=ev.message_id, thread_id=ev.thread_id)
 

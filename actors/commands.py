@@ -212,8 +212,7 @@ async def _persona_allowed(actor: "ChatActor", ev: CommandEvent) -> bool:
     verdict = await adm.admit_feature(actor.chat_id, ev.sender.user_id, "custom_persona")
     if verdict.allowed:
         return True
-    rows = [[Button("⭐ Plans", "billing:show")]] if actor.svc.config.tiers.plans else None
-    await reply(actor, ev, verdict.refusal or "A custom persona is not part of your plan.", rows)
+    await reply(actor, ev, verdict.refusal or "A custom persona is not part of your plan.", billing.plans_button(actor))
     return False
 
 

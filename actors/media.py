@@ -43,9 +43,9 @@ from memory.markers import clock_time, marker
 from memory.types import UsageRecord
 from providers.errors import ProviderError
 
+from .billing import plans_button
 from .errors import ActorError
 from .events import CommandEvent, Incoming, Media
-from .outbox import Button
 
 if TYPE_CHECKING:
     from .chat import ChatActor
@@ -160,11 +160,8 @@ async def _download(media: Media) -> bytes:
 
 def _usage(actor: "ChatActor", ev: Incoming, kind: str, model: str, *, prompt_tokens: int = 0, completion_tokens: int = 0,
            cost_usd: float | None = 0.0, latency_ms: float = 0.0, seconds: float = 0.0, images: int = 0, pages: int = 0) -> None:
-    rec = UsageRecord(actor.svc.clock(), actor.chat_id, ev.sender.user_id, kind, model, prompt_tokens, completion_tokens,
-                      cost_usd, latency_ms, seconds=seconds, images=images, pages=pages)
-    actor.svc.memory.store.record_usage(rec)
-    if actor.svc.admission is not None:
-        actor.svc.admission.record(rec)
+    actor.svc.record_usage(UsageRecord(actor.svc.clock(), actor.chat_id, ev.sender.user_id, kind, model, prompt_tokens,
+                                       completion_tokens, cost_usd, latency_ms, seconds=seconds, images=images, pages=pages))
 
 
 # ---------------------------------------------------------------------- documents
@@ -220,7 +217,7 @@ async def _see_photo(actor: "ChatActor", ev: Incoming, media: Media, data: bytes
                 log.warning("chat %s: describing photo %s failed: %s", actor.chat_id, ev.message_id, exc)
             else:
                 _usage(actor, ev, "vision", c.model, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-                       cost_usd=c.cost_usd, latency_ms=c.latency_ms, images=0)
+                       cost_usd=c.cost_usd, latency_ms=c.latency_ms)
                 if c.text.strip():
                     text = f"{base}\n(image: {' '.join(c.text.split())})"
         return Understood(text, answerable=True, image=(data, mime))
@@ -289,9 +286,9 @@ async def generate_image(actor: "ChatActor", *, chat_id: int, message_id: int, u
     models = svc.config.settings.image_models
 
     async def say(text: str, billing: bool = False) -> None:
-        if billing and svc.config.tiers.plans:
-            await actor.outbox.send_buttons(chat_id, text, [[Button("⭐ Plans", "billing:show")]], reply_to=message_id,
-                                            thread_id=thread_id)
+        rows = plans_button(actor) if billing else None
+        if rows:
+            await actor.outbox.send_buttons(chat_id, text, rows, reply_to=message_id, thread_id=thread_id)
         else:
             await actor.outbox.send(chat_id, text, reply_to=message_id, thread_id=thread_id)
 
@@ -316,10 +313,7 @@ async def generate_image(actor: "ChatActor", *, chat_id: int, message_id: int, u
         log.warning("chat %s: image generation failed: %s", chat_id, exc)
         await say(exc.user_message)
         return False
-    rec = UsageRecord(svc.clock(), chat_id, user_id, "image", img.model, 0, 0, img.cost_usd, img.latency_ms, images=1)
-    svc.memory.store.record_usage(rec)
-    if svc.admission is not None:
-        svc.admission.record(rec)
+    svc.record_usage(UsageRecord(svc.clock(), chat_id, user_id, "image", img.model, 0, 0, img.cost_usd, img.latency_ms, images=1))
     caption = f"🎨 {prompt}"
     await actor.outbox.send_photo(chat_id, img.data, caption=caption[:1000], reply_to=message_id, thread_id=thread_id)
     return True

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from config.models import Config
 from memory.service import Memory
-from memory.types import MemoryHit
+from memory.types import MemoryHit, UsageRecord
 
 
 ALREADY_ANSWERED = "already answered"  # TurnReport.error of a message the bot answered before (exactly once)
@@ -68,6 +68,12 @@ class Services:
     on_turn: Callable[[TurnReport], None] | None = None
     transcriber: object | None = None  # providers.transcription.Transcriber; None = voice notes are not transcribed
     images: object | None = None  # providers.images.ImageGenerator; None = no /image
+
+    def record_usage(self, rec: UsageRecord) -> None:
+        """Store one billed call (queued) and count it against today's quotas."""
+        self.memory.store.record_usage(rec)
+        if self.admission is not None:
+            self.admission.record(rec)
 
     def report(self, rep: TurnReport) -> None:
         if self.on_turn is not None:
