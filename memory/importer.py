@@ -9,11 +9,13 @@ read into memory too, each once.
 """
 from __future__ import annotations
 
+import mimetypes
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-from datetime import datetime
+import anyio
 
 from .errors import TranscriptLineError
 from .service import Memory
@@ -121,7 +123,7 @@ async def _import_attachments(memory: Memory, folder: Path, attachments, carrier
         file = folder / att.path
         name = att.file_name or file.name
         try:
-            data = file.read_bytes()
+            data = await anyio.Path(file).read_bytes()
             await ingest_document(memory, chat_id=msg.chat_id, message_id=msg.message_id, user_id=msg.user_id,
                                   user_name=msg.user_name, date=msg.date, file_name=name, mime_type=att.mime_type, data=data,
                                   max_chars=max_chars, max_pages=max_pages)
@@ -143,14 +145,10 @@ async def import_document(memory: Memory, path: Path, *, chat_id: int, user_id: 
     from .documents import document_summary, ingest_document
     from .markers import marker
 
-    import anyio
-
     data = await anyio.Path(path).read_bytes()
     for d in await memory.store.documents(chat_id):
         if d.file_name == path.name and d.size_bytes == len(data):
             return d, False
-    import mimetypes
-
     info = await ingest_document(memory, chat_id=chat_id, message_id=message_id, user_id=user_id, user_name=user_name,
                                  date=date, file_name=path.name, mime_type=mimetypes.guess_type(path.name)[0], data=data,
                                  max_chars=max_chars, max_pages=max_pages)
