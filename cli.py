@@ -90,6 +90,7 @@ def _run(coro_fn, *args, stop: StopRequest | None = None):
     ``stop``, SIGINT/SIGTERM set it (the command drains), and the exit code is 128 + the signal."""
     import signal as signals
 
+    from actors.errors import TelegramRefused
     from memory.errors import MemoryStoreError
     from providers.errors import ProviderError
 
@@ -112,10 +113,16 @@ def _run(coro_fn, *args, stop: StopRequest | None = None):
             tg.cancel_scope.cancel()
             return result
 
+    known_errors = (MemoryStoreError, ProviderError, TelegramRefused)
     try:
         result = anyio.run(main)
-    except (MemoryStoreError, ProviderError) as exc:
+    except known_errors as exc:
         raise _fail(str(exc)) from None
+    except BaseExceptionGroup as group:  # a task failed with one of ours (e.g. DiskFull in a chat actor)
+        known = group.subgroup(lambda e: isinstance(e, known_errors))
+        if known is None:
+            raise
+        raise _fail(str(_first_leaf(known))) from None
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
@@ -123,6 +130,13 @@ def _run(coro_fn, *args, stop: StopRequest | None = None):
         err.print("stopped: everything read so far is stored and in memory")
         raise typer.Exit(128 + stop.signal)
     return result
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    e: BaseException = group
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    return e
 
 
 # ---------------------------------------------------------------------- run
@@ -283,6 +297,8 @@ async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, a
             on_error=lambda e: err.print(f"[yellow]skipped[/] {escape(str(e))}"),
             should_stop=stop or (lambda: False),
         )
+        if not (stop is not None and stop()):
+            await _wait_gap_fill(rt.memory)
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
         return
@@ -344,8 +360,25 @@ def import_(
 async def _import(cfg, data_dir: Path, files: list[Path], with_files: bool = False, stop=None) -> bool:
     from actors.runtime import open_memory
 
-    async with open_memory(cfg, data_dir) as memory:
-        return await _import_files(memory, files, with_files=with_files, stop=stop)
+    async with open_memory(cfg, data_dir, fill_gaps=True) as memory:
+        ok = await _import_files(memory, files, with_files=with_files, stop=stop)
+        if not (stop is not None and stop()):
+            await _wait_gap_fill(memory)
+        return ok
+
+
+async def _wait_gap_fill(memory) -> None:
+    """Before a command exits: wait for the start-up gap check (``GapFiller``), with a status line
+    when it has work to do."""
+    filler = memory.gap_filler
+    if filler is None:
+        return
+    with err.status("embedding stored messages an earlier run left out…"):
+        await filler.wait()
+    gaps = filler.gaps
+    if gaps is not None and (gaps.n_missing or gaps.n_orphans) and memory.indexer.disk_full is None:
+        err.print(f"[dim]memory repaired: {gaps.n_missing} stored messages embedded, "
+                  f"{gaps.n_orphans} memories of deleted messages removed[/]")
 
 
 async def _import_documents(cfg, data_dir: Path, files: list[Path], chat_id: int, user: str) -> bool:
@@ -516,6 +549,7 @@ def memory_stats(
 
 async def _memory_stats(cfg, data_dir: Path, as_json: bool) -> None:
     from actors.runtime import open_memory
+    from memory.maintenance import find_gaps
 
     async with open_memory(cfg, data_dir) as memory:
         chats = await memory.store.chats()
@@ -529,8 +563,10 @@ async def _memory_stats(cfg, data_dir: Path, as_json: bool) -> None:
             })
         stats = await memory.store.stats()
         total_mem = await memory.vectors.count()
+        gaps = await find_gaps(memory)
     if as_json:
-        out.print_json(json.dumps({"chats": rows, "dialogue": stats, "memories": total_mem}, default=str))
+        out.print_json(json.dumps({"chats": rows, "dialogue": stats, "memories": total_mem,
+                                   "not_embedded": gaps.n_missing, "orphaned": gaps.n_orphans}, default=str))
         return
     table = Table(title="memory")
     for col in ("chat", "type", "title", "messages", "memories", "first", "last"):
@@ -541,6 +577,10 @@ async def _memory_stats(cfg, data_dir: Path, as_json: bool) -> None:
     out.print(table)
     out.print(f"dialogue store: {escape(json.dumps(stats, default=str))}")
     out.print(f"vector memories: {total_mem}")
+    if gaps.n_missing or gaps.n_orphans:
+        out.print(f"[yellow]{gaps.n_missing} stored messages are not embedded yet and {gaps.n_orphans} memories "
+                  "belong to deleted messages[/]: the next `kith run`, `kith chat`, `kith import` or `kith replay` "
+                  "repairs them (or `kith memory reindex` now)")
 
 
 @memory_app.command("forget")

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
+from memory.errors import MemoryStoreError
 from memory.service import Recall
 from memory.types import ROLE_ASSISTANT, StoredMessage, UsageRecord
 from providers.errors import ProviderError
@@ -114,6 +115,28 @@ class ChatActor:
                 self._whole_chat_in_window.add(thread_id)
             win = self._windows[thread_id] = deque(recent, maxlen=size)
         return win
+
+    async def _api_keys(self, ev: Incoming) -> dict[str, str]:
+        """The member's own API keys, then the group's (``/key``); empty when none or /key is off."""
+        vault = self.svc.keys
+        if vault is None or not vault.enabled:
+            return {}
+        from providers.keys import KeysUnavailable
+
+        try:
+            return await vault.keys_for(ev.sender.user_id, self.chat_id)
+        except KeysUnavailable as exc:  # the host's key changed: answer with the host's keys
+            log.error("chat %s: users' keys unusable: %s", self.chat_id, exc)
+            return {}
+
+    async def _note_delivery(self, message_id: int) -> None:
+        """Commit that ``message_id`` is being answered, before the answer's first byte leaves: a
+        crash from then on never answers it twice (``DialogueStore.note_delivery``)."""
+        (await self.answered()).add(message_id)
+        try:
+            await self.svc.memory.store.note_delivery(self.chat_id, message_id)
+        except MemoryStoreError as exc:  # answer anyway: a lost reply is worse than a rare second one
+            log.error("chat %s: cannot record the reply to %s before sending it: %s", self.chat_id, message_id, exc)
 
     async def answered(self) -> set[int]:
         """Ids of this chat's messages the bot has replied to (from the store once, then kept)."""
@@ -332,14 +355,23 @@ class ChatActor:
         llm = self.svc.llm
         stream = await self.outbox.stream(self.chat_id, reply_to=ev.message_id, thread_id=ev.thread_id)
         so_far: list[str] = []
+        noted = False
+
+        async def note_delivery() -> None:
+            nonlocal noted
+            if not noted:
+                noted = True
+                await self._note_delivery(ev.message_id)
 
         async def on_delta(delta: str) -> None:
             so_far.append(delta)
+            await note_delivery()
             await stream.update("".join(so_far))
 
         t_llm = time.perf_counter()
         try:
-            completion = await llm.complete(alias, prompt.messages, on_delta=on_delta)
+            keys = await self._api_keys(ev)
+            completion = await llm.complete(alias, prompt.messages, on_delta=on_delta, **({"api_keys": keys} if keys else {}))
         except ProviderError as exc:
             llm_ms = _ms(t_llm)
             log.warning("chat %s: LLM %s failed: %s", self.chat_id, alias, exc)
@@ -349,6 +381,7 @@ class ChatActor:
             )
             return
         llm_ms = _ms(t_llm)
+        await note_delivery()
         sent = await stream.finish(f"_{note}_\n\n{completion.text}" if note else completion.text)
 
         # 6. record the reply, the usage and the memories used
@@ -383,6 +416,11 @@ class ChatActor:
             latency_ms=completion.latency_ms,
         )
         self.svc.record_usage(usage)
+        # the reply, its usage and recalls are committed before the next update of this chat is handled
+        try:
+            await store.flush()
+        except MemoryStoreError as exc:  # kept queued and retried by the writer; the reply was sent
+            log.error("chat %s: the reply to %s is not committed yet: %s", self.chat_id, ev.message_id, exc)
         self.svc.report(
             TurnReport(
                 self.chat_id,
@@ -482,6 +520,7 @@ class ChatActor:
             self._refused_until[key] = now + timedelta(seconds=adm.retry_after)
         elif adm.quota is not None and adm.quota.resets_at is not None:
             self._refused_until[key] = adm.quota.resets_at
+        await self._note_delivery(ev.message_id)  # a refusal is the answer: not repeated after a restart
         await self.outbox.send(self.chat_id, adm.refusal or "Sorry, I can't answer right now.", reply_to=ev.message_id, thread_id=ev.thread_id)
 
     async def _reply_chain(self, ev: Incoming, window) -> list[StoredMessage]:

@@ -34,6 +34,7 @@ In groups I answer when you mention me, reply to me, or use a keyword; I remembe
 /reset — clear the conversation context (history kept); `/reset all` deletes this chat's history
 /history — the last messages; /export — the conversation as a file
 /image — draw a picture (`/image a cat on a bike`)
+/key — use your own API key (private chat): `/key openai sk-…`; `/key delete`
 /settings — group settings (admins): persona, keywords, always_on, persist, language, model, history, reset
 
 Send me photos, documents (PDF, DOCX, text) and voice notes: I read them into this chat's memory when your plan includes it."""
@@ -417,8 +418,15 @@ async def cmd_image(actor: "ChatActor", ev: CommandEvent) -> None:
     await draw(actor, ev)
 
 
+async def cmd_key(actor: "ChatActor", ev: CommandEvent) -> None:
+    from .keys import cmd_key as key
+
+    await key(actor, ev)
+
+
 COMMANDS = {
     "image": cmd_image,
+    "key": cmd_key,
     "start": cmd_help,
     "help": cmd_help,
     "history": cmd_history,

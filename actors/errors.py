@@ -15,3 +15,7 @@ class InboxFull(ActorError):
 
 class MediaUnavailable(ActorError):
     """A file could not be downloaded (deleted, too big for the transport, network failure)."""
+
+
+class TelegramRefused(ActorError):
+    """Telegram answered the login with an error (a bad bot token, API id or hash): not retried."""

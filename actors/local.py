@@ -72,6 +72,7 @@ class LocalOutbox:
     answered: list[tuple[str, str | None]] = field(default_factory=list)
     pre_checkouts: list[tuple[str, bool, str | None]] = field(default_factory=list)
     admins: set[tuple[int, int]] | None = None  # (chat_id, user_id); None: everyone administers (console)
+    deleted: list[tuple[int, int]] = field(default_factory=list)  # (chat_id, message_id) deleted by the bot
 
     async def on_progress(self, chat_id: int, delta: str) -> None:
         """A streamed piece of a reply (display hook)."""
@@ -140,3 +141,8 @@ class LocalOutbox:
 
     async def is_admin(self, chat_id: int, user_id: int) -> bool:
         return self.admins is None or (chat_id, user_id) in self.admins
+
+    async def delete(self, chat_id: int, message_id: int) -> bool:
+        self.deleted.append((chat_id, message_id))
+        await self.on_notice("(the message with the key was deleted from the chat)")
+        return True

@@ -72,3 +72,9 @@ class Outbox(Protocol):
     async def is_admin(self, chat_id: int, user_id: int) -> bool:
         """Whether ``user_id`` administers group ``chat_id`` (Telegram: owner or administrator)."""
         ...
+
+    async def delete(self, chat_id: int, message_id: int) -> bool:
+        """Delete a message from the chat (e.g. one that carried an API key). False when the bot may
+        not (Telegram: a bot deletes others' messages in groups only as an admin; any in private
+        chats within 48 h)."""
+        ...

@@ -19,9 +19,11 @@ from config.models import Config
 from memory.dialogue import DialogueStore
 from memory.documents import DocumentReader
 from memory.indexer import Indexer
+from memory.maintenance import GapFiller
 from memory.service import Memory
 from memory.vectors import VectorMemory
 from providers.embedder import Embedder
+from providers.keys import KeyVault, cipher_from_env
 from memory.cleanup import Janitor
 from tiers import Admission, effective_tier
 
@@ -45,10 +47,12 @@ class Runtime:
 
 
 @asynccontextmanager
-async def open_memory(config: Config, data_dir: Path, *, model=None) -> AsyncIterator[Memory]:
+async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: bool = False) -> AsyncIterator[Memory]:
     """Open DuckDB (``data_dir/kith.duckdb``), LanceDB (``data_dir/memory/``), the embedder and indexer.
 
     model: an already loaded SentenceTransformer (tests share one); None loads the default.
+    fill_gaps: check vector memory against the dialogue store in the background and embed what a
+    crash left out (``memory.maintenance.GapFiller``, then on ``Memory.gap_filler``).
     raises memory.errors.StoreLocked when a running bot holds the database.
     """
     mem = config.settings.memory
@@ -62,7 +66,10 @@ async def open_memory(config: Config, data_dir: Path, *, model=None) -> AsyncIte
             Embedder(model, max_batch=mem.embed_batch, max_wait_s=mem.embed_wait_ms / 1000, precision=mem.embed_precision))
         indexer = await stack.enter_async_context(Indexer(vectors, embedder, optimize_every=mem.optimize_every))
         reader = await stack.enter_async_context(DocumentReader())
-        yield Memory(store, vectors, indexer, embedder, reader)
+        memory = Memory(store, vectors, indexer, embedder, reader)
+        if fill_gaps:
+            memory.gap_filler = await stack.enter_async_context(GapFiller(memory))
+        yield memory
 
 
 @asynccontextmanager
@@ -76,17 +83,18 @@ async def open_runtime(
     bot: BotIdentity | None = None,
     on_turn: Callable[[TurnReport], None] | None = None,
     clock: Callable[[], datetime] = utc_now,
+    fill_gaps: bool = True,
 ) -> AsyncIterator[Runtime]:
     """Everything a transport needs to answer: memory, LLM and the supervisor of chat actors.
 
     outbox: the transport's Outbox, or a factory taking the opened Memory (for id allocation).
     llm: an ``providers.llm.LLM``; None builds one from ``config.settings.models``. The speech-to-text
     model (``transcription:``) and the image models (``image_models:``) are built from the config
-    when set.
+    when set. fill_gaps: see ``open_memory`` (on by default: a start embeds what a crash left out).
     """
     from providers.llm import LLM  # imports litellm (slow): only when answering
 
-    async with open_memory(config, data_dir, model=model) as memory:
+    async with open_memory(config, data_dir, model=model, fill_gaps=fill_gaps) as memory:
         own_llm = llm is None
         if llm is None:
             llm = LLM(config.settings.models, config.settings.llm)
@@ -95,9 +103,10 @@ async def open_runtime(
         await admission.open()
         box = outbox if isinstance(outbox, Outbox) else outbox(memory)
         transcriber, images = media_providers(config)
+        keys = KeyVault(memory.store, cipher_from_env())
         try:
             async with Janitor(memory, storage_limits(admission, clock), config.tiers.memory.auto_cleanup, clock) as janitor:
-                services = Services(config, memory, llm, bot, clock, admission, janitor, on_turn, transcriber, images)
+                services = Services(config, memory, llm, bot, clock, admission, janitor, on_turn, transcriber, images, keys)
                 async with Supervisor(services, box, config.settings.actors) as supervisor:
                     yield Runtime(config, services, supervisor)
         finally:

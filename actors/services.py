@@ -68,6 +68,7 @@ class Services:
     on_turn: Callable[[TurnReport], None] | None = None
     transcriber: object | None = None  # providers.transcription.Transcriber; None = voice notes are not transcribed
     images: object | None = None  # providers.images.ImageGenerator; None = no /image
+    keys: object | None = None  # providers.keys.KeyVault (users' own API keys); None = /key is off
 
     def record_usage(self, rec: UsageRecord) -> None:
         """Store one billed call (queued) and count it against today's quotas."""

@@ -20,6 +20,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from config.models import ActorSettings
+from memory.errors import DiskFull
 
 from .errors import SupervisorClosed
 from .events import ChatEvent
@@ -218,6 +219,8 @@ class Supervisor:
                     async with rec.receive.clone() as inbox:
                         await actor.run(inbox, on_handled=lambda: self._done_one(rec))
                     return  # inbox closed and drained
+                except DiskFull:
+                    raise  # not this chat's fault and not cured by a restart: stop intake (the runtime ends)
                 except Exception:
                     log.exception("chat %s: actor crashed; restarting", rec.chat_id)
                     await self._before_restart(rec)

@@ -175,6 +175,8 @@ class TelegramSettings(Frozen):
     per_chat_per_s: float = Field(1.0, gt=0)
     per_group_per_min: float = Field(20.0, gt=0)
     global_per_s: float = Field(30.0, gt=0)
+    reconnect_initial_s: float = Field(2.0, gt=0)  # first wait when Telegram cannot be reached; doubles per attempt
+    reconnect_max_s: float = Field(120.0, gt=0)  # ... up to this
 
 
 class Settings(Frozen):

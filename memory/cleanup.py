@@ -81,6 +81,7 @@ async def cleanup_scope(
             )
             oldest = [(c, m) for c, m in rows if m in held.get(c, ())][:excess]
             for chat_id, ids in _by_chat(oldest).items():
+                await store.note_evictions(chat_id, ids)  # first: the gap check must not embed them again
                 memories += await memory.vectors.delete(chat_id, message_ids=ids)
     if messages or memories:
         log.info("cleanup %s:%s deleted %d messages and %d memories", scope, scope_id, messages, memories)

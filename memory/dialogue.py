@@ -41,9 +41,11 @@ Usage::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,9 +56,9 @@ import anyio
 import duckdb
 import pyarrow as pa
 
-from .errors import MemoryStoreError, StoreLocked
+from .errors import DiskFull, MemoryStoreError, StoreLocked, is_disk_full
 from .schema import from_us, migrate, to_us
-from .types import DocumentChunk, DocumentInfo, MemoryHit, StoredMessage, UsageRecord
+from .types import DOC_ID_BASE, DocumentChunk, DocumentInfo, MemoryHit, StoredMessage, UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +172,7 @@ class DialogueStore:
         self._writer_done = anyio.Event()
         self._write_error: BaseException | None = None
         self.schema_version: int | None = None
+        self.disk_full: DiskFull | None = None  # set while commits fail for lack of space
         self.commits = 0
         self.rows_written = 0
         self.dropped_rows = 0
@@ -246,7 +249,8 @@ class DialogueStore:
         """Queue one message for the writer. Returns at once; ``flush()`` waits for the commit.
 
         Idempotent on ``(chat_id, message_id)``: the first write wins. raises MemoryStoreError when the
-        store is not open.
+        store is not open; DiskFull once a commit failed for lack of space (intake stops; it clears
+        when a later commit succeeds).
         """
         self.add_many((msg,))
 
@@ -284,6 +288,24 @@ class DialogueStore:
     def _check_writable(self) -> None:
         if not self._open or self._closing:
             raise MemoryStoreError("the dialogue store is not open")
+        if self.disk_full is not None:
+            raise self.disk_full
+
+    def _disk_full(self, exc: BaseException, queued: int) -> DiskFull:
+        """The DiskFull for a write of ``queued`` rows that failed with ``exc`` (the disk is full)."""
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            free = 0
+        # the queued rows (~1 KB each with their indexes) and room for DuckDB's WAL and checkpoint
+        need = max(queued * 1024, 0) + max(16 * 2**20, self._file_bytes() // 10)
+        return DiskFull(self.path, free, need, unsaved=queued)
+
+    def _file_bytes(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
 
     def _enqueued(self, n: int) -> None:
         if n <= 0:
@@ -375,19 +397,28 @@ class DialogueStore:
         try:
             await anyio.to_thread.run_sync(self._write_sync, batch, limiter=self._limiter)
         except Exception as exc:  # noqa: BLE001 - systemic: keep what is left of the batch queued
-            log.error("dialogue store: writing %d rows failed, kept queued for retry: %s", len(batch), exc)
             self._q_messages[:0] = batch.messages
             self._q_usage[:0] = batch.usage
             self._q_recalls[:0] = batch.recalls
             self._q_chats[:0] = batch.chats
             self._write_error = exc
-            err = MemoryStoreError(f"dialogue store cannot write ({len(batch)} rows kept queued): {exc}")
+            if is_disk_full(exc):
+                first = self.disk_full is None
+                err = self.disk_full = self._disk_full(exc, self.pending)
+                if first:
+                    log.error("dialogue store: %s", err)
+            else:
+                log.error("dialogue store: writing %d rows failed, kept queued for retry: %s", len(batch), exc)
+                err = MemoryStoreError(f"dialogue store cannot write ({len(batch)} rows kept queued for a retry): {exc}")
             waiters, self._waiters = self._waiters, []
             for w in waiters:
                 w.error = err
                 w.done.set()
             return False
         self._write_error = None
+        if self.disk_full is not None:
+            log.info("dialogue store: writing again (space was freed)")
+            self.disk_full = None
         self._done_seq = batch.upto
         for chat_id in {m.chat_id for m in committed}:
             if self._queued_for_chat.get(chat_id, 0) <= self._done_seq:
@@ -473,12 +504,15 @@ class DialogueStore:
             return
         stamp = self._clock().astimezone(UTC).strftime("%Y%m%dT%H%M%S")
         base = self.path.with_name(f"{self.path.name}.unsaved-{stamp}")
+        written: list[str] = []
         try:
             if self._q_messages:
+                written.append(f"{base}.jsonl")
                 with open(f"{base}.jsonl", "a", encoding="utf-8") as f:
                     for m in self._q_messages:
                         f.write(json.dumps(_message_json(m)) + "\n")
             if self._q_usage or self._q_recalls or self._q_chats:
+                written.append(f"{base}.other.jsonl")
                 with open(f"{base}.other.jsonl", "a", encoding="utf-8") as f:
                     for c in self._q_chats:
                         f.write(json.dumps({"record": "chat", "chat_id": c[0], "type": c[1], "title": c[2]}) + "\n")
@@ -489,7 +523,11 @@ class DialogueStore:
                                             "memory_message_id": r[2], "score": r[3]}) + "\n")
             log.critical("dialogue store: %d unsaved rows written to %s.*jsonl", self.pending, base)
         except Exception as exc:  # noqa: BLE001
-            log.critical("dialogue store: %d rows LOST, cannot write %s: %s", self.pending, base, exc)
+            for name in written:  # no half-written dump that looks like a backup
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+            log.critical("dialogue store: %d rows not stored (%d messages), and they cannot be written to %s.*jsonl "
+                         "either: %s", self.pending, len(self._q_messages), base, exc)
 
     # ------------------------------------------------------------ plumbing
 
@@ -501,7 +539,12 @@ class DialogueStore:
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         if not self._open:
             raise MemoryStoreError("the dialogue store is not open")
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        try:
+            return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        except duckdb.Error as exc:
+            if is_disk_full(exc):
+                raise self._disk_full(exc, self.pending) from exc
+            raise
 
     async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         def run() -> list[tuple]:
@@ -586,14 +629,90 @@ class DialogueStore:
         return out
 
     async def answered_ids(self, chat_id: int) -> set[int]:
-        """The ids of ``chat_id``'s messages the bot has replied to (its stored replies' ``reply_to``):
-        the durable record that keeps a restart, a replay or a re-delivered update from answering twice."""
+        """The ids of ``chat_id``'s messages the bot has replied to: its stored replies' ``reply_to``
+        and the deliveries noted by ``note_delivery``. The durable record that keeps a restart, a
+        replay or a re-delivered update from answering twice."""
         if chat_id not in self._chats_with_messages:
             return set()
         await self._sync_chat(chat_id)
         rows = await self._query(
-            "SELECT DISTINCT reply_to FROM messages WHERE chat_id = ? AND role = 'assistant' AND reply_to IS NOT NULL",
-            [chat_id])
+            "SELECT reply_to FROM messages WHERE chat_id = ? AND role = 'assistant' AND reply_to IS NOT NULL"
+            " UNION SELECT message_id FROM deliveries WHERE chat_id = ?",
+            [chat_id, chat_id])
+        return {r[0] for r in rows}
+
+    async def note_delivery(self, chat_id: int, message_id: int) -> None:
+        """Durably note that a reply to ``message_id`` is about to be sent: commits everything queued
+        (the message itself included) and a ``deliveries`` row before it returns. Called before the
+        reply's first byte leaves, so a crash at any later moment never answers the message again
+        (at most once: a crash between this commit and the send leaves it unanswered).
+        raises MemoryStoreError when the database cannot write."""
+        await self._sync()
+        self._chats_with_messages.add(chat_id)
+        await self._query(
+            f"INSERT OR IGNORE INTO deliveries VALUES (?, ?, {_TS.format('?')})",
+            [chat_id, message_id, to_us(self._clock())])
+
+    async def note_evictions(self, chat_id: int, message_ids: Sequence[int]) -> None:
+        """Record that the memories of ``message_ids`` were dropped on purpose (capacity cleanup over a
+        memory limit; the messages stay readable): the start-up gap check and ``kith memory reindex``
+        do not embed them again. Committed before it returns."""
+        if not message_ids:
+            return
+        await self._query(
+            f"INSERT OR IGNORE INTO memory_evictions SELECT ?, unnest(?::BIGINT[]), {_TS.format('?')}",
+            [chat_id, list(message_ids), to_us(self._clock())])
+
+    async def memory_ids(self) -> dict[int, set[int]]:
+        """Per chat, the ids vector memory should hold: every stored user message with text (some
+        may be whitespace only: the indexer skips those) and every document chunk
+        (``chunk_memory_id``), minus what the capacity cleanup evicted. Commits queued writes first."""
+        await self._sync()
+        rows = await self._query(
+            """
+            SELECT chat_id, message_id FROM messages m
+             WHERE role = 'user' AND length(text) > 0
+               AND NOT EXISTS (SELECT 1 FROM memory_evictions e WHERE e.chat_id = m.chat_id AND e.message_id = m.message_id)
+            UNION ALL
+            SELECT chat_id, ? + (message_id << 16) + chunk FROM document_chunks c
+             WHERE NOT EXISTS (SELECT 1 FROM memory_evictions e WHERE e.chat_id = c.chat_id AND e.message_id = c.message_id)
+            """,
+            [DOC_ID_BASE])
+        out: dict[int, set[int]] = {}
+        for chat_id, mid in rows:
+            out.setdefault(chat_id, set()).add(mid)
+        return out
+
+    # ------------------------------------------------------------ users' own API keys (providers.keys)
+
+    async def set_api_key(self, scope: str, scope_id: int, provider: str, token: bytes, hint: str) -> None:
+        """Store the encrypted ``token`` of ``scope:scope_id``'s key for ``provider`` (replacing one)."""
+        await self._query(
+            f"INSERT OR REPLACE INTO api_keys VALUES (?, ?, ?, ?, ?, {_TS.format('?')})",
+            [scope, scope_id, provider, token, hint, to_us(self._clock())])
+
+    async def api_key_token(self, scope: str, scope_id: int, provider: str) -> bytes | None:
+        rows = await self._query("SELECT token FROM api_keys WHERE scope = ? AND scope_id = ? AND provider = ?",
+                                 [scope, scope_id, provider])
+        return bytes(rows[0][0]) if rows else None
+
+    async def api_keys(self, scope: str, scope_id: int) -> list[tuple[str, str, datetime]]:
+        """``(provider, hint, updated_at)`` of the scope's keys, by provider."""
+        rows = await self._query("SELECT provider, hint, epoch_us(updated_at) FROM api_keys WHERE scope = ? AND scope_id = ?"
+                                 " ORDER BY provider", [scope, scope_id])
+        return [(p, h, from_us(t)) for p, h, t in rows]
+
+    async def delete_api_keys(self, scope: str, scope_id: int, provider: str | None = None) -> int:
+        """Delete the scope's key for ``provider`` (every key when None); returns how many."""
+        sql, params = "DELETE FROM api_keys WHERE scope = ? AND scope_id = ?", [scope, scope_id]
+        if provider is not None:
+            sql += " AND provider = ?"
+            params.append(provider)
+        return len(await self._query(sql + " RETURNING provider", params))
+
+    async def evicted_ids(self, chat_id: int) -> set[int]:
+        """Message ids of ``chat_id`` whose memory the capacity cleanup evicted (``note_evictions``)."""
+        rows = await self._query("SELECT message_id FROM memory_evictions WHERE chat_id = ?", [chat_id])
         return {r[0] for r in rows}
 
     async def max_message_id(self, chat_id: int) -> int | None:
@@ -671,7 +790,7 @@ class DialogueStore:
                         " OR reply_message_id IN (SELECT unnest(?::BIGINT[])))",
                         [chat_id, ids, ids],
                     )
-                    for table in ("document_chunks", "documents"):  # a document leaves with its message
+                    for table in ("document_chunks", "documents", "memory_evictions"):  # a document leaves with its message
                         con.execute(f"DELETE FROM {table} WHERE chat_id = ? AND message_id IN (SELECT unnest(?::BIGINT[]))",
                                     [chat_id, ids])
                 con.execute("COMMIT")

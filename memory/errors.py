@@ -21,3 +21,40 @@ class TranscriptLineError(MemoryStoreError):
         self.source = source
         self.line = line
         self.reason = reason
+
+
+class DiskFull(MemoryStoreError):
+    """A store could not write for lack of disk space. Intake stops (``DialogueStore.add`` raises it
+    from then on); what was committed stays, and the next start continues from there.
+
+    path: the file or directory that could not be written. free_bytes: free space on its file system
+    when the error was seen. needed_bytes: a lower bound of what to free (the queued rows, plus room
+    for the database to checkpoint).
+    """
+
+    def __init__(self, path, free_bytes: int, needed_bytes: int, unsaved: int = 0) -> None:
+        self.path, self.free_bytes, self.needed_bytes, self.unsaved = path, free_bytes, needed_bytes, unsaved
+        super().__init__(
+            f"no space left on the device of {path}: {_mb(free_bytes)} free, free at least {_mb(needed_bytes)} "
+            "and run again (what was stored is kept; the next run continues from there)")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (an OSError, a DuckDB or a LanceDB error, or one it wraps) says the disk is full."""
+    import errno
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, DiskFull) or (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)):
+            return True
+        text = str(e).lower()
+        if "no space left" in text or "disk quota exceeded" in text or "disk is full" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False

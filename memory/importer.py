@@ -56,7 +56,8 @@ async def import_transcript(
     their chats' memory, each once; one that cannot be read is listed in ``document_errors``.
     should_stop: checked before each message; once True reading stops and what was read is stored
     and queued for embedding (``memory.flush()`` before returning: nothing read is left behind).
-    raises memory.errors.TranscriptError when the file as a whole cannot be read.
+    raises memory.errors.TranscriptError when the file as a whole cannot be read; DiskFull when a
+    store ran out of space (what was committed stays; a second import continues from there).
     """
     report = ImportReport()
     known: dict[int, set[int]] = {}
@@ -71,6 +72,7 @@ async def import_transcript(
             await memory.store.upsert_chat(cid, meta.type if meta else ("private" if cid > 0 else "supergroup"), meta.title if meta else None)
         fresh = [m for m in chunk if m.message_id not in known[m.chat_id]]
         report.already_known += len(chunk) - len(fresh)
+        memory.check_space()
         memory.store.add_many(chunk)
         to_embed = [m for m in fresh if m.role == ROLE_USER and m.text.strip()]
         memory.indexer.submit(to_embed)
@@ -101,6 +103,7 @@ async def import_transcript(
     if with_files and not report.stopped:
         await _import_attachments(memory, path.parent, reader.attachments, carriers, report, max_chars, max_pages)
     await memory.flush()
+    memory.check_space()  # what the disk kept out of vector memory is embedded at the next start
     return report
 
 

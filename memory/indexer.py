@@ -18,6 +18,7 @@ import anyio
 
 from providers.embedder import Embedder
 
+from .errors import DiskFull
 from .types import DocumentChunk, StoredMessage
 from .vectors import KIND_DOCUMENT, KIND_MESSAGE, MemoryRow, VectorMemory
 
@@ -51,7 +52,8 @@ class Indexer:
     ``VectorMemory.optimize()`` runs (0 disables them).
 
     Counters: ``indexed`` (rows appended), ``skipped`` (empty/whitespace texts), ``failed`` (messages
-    of batches dropped after retries), ``optimizations`` (optimize runs finished).
+    of batches dropped after retries), ``optimizations`` (optimize runs finished). ``disk_full``:
+    the DiskFull of the last append when it failed for lack of space (None once one succeeds).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class Indexer:
         self.skipped = 0
         self.failed = 0
         self.optimizations = 0
+        self.disk_full: DiskFull | None = None  # set while appends fail for lack of space
         self._queue: deque[tuple[int, Item]] = deque()
         self._submitted = 0  # sequence number of the last submitted message
         self._done = 0  # every message with a sequence number <= this has been handled
@@ -187,6 +190,12 @@ class Indexer:
                 vecs = await self.embedder.embed([m.text for m in msgs])
                 rows = [memory_row(m, vecs[i]) for i, m in enumerate(msgs)]
                 await self.vectors.add(rows)
+            except DiskFull as exc:  # a retry will not help; the start-up gap check embeds them later
+                if self.disk_full is None:
+                    log.error("vector memory: %s", exc)
+                self.disk_full = exc
+                self.failed += len(msgs)
+                return
             except Exception:  # noqa: BLE001 - derived data: log, retry, then drop the batch
                 if attempt == _RETRIES:
                     log.exception("indexing %d messages failed %d times; dropped", len(msgs), attempt)
@@ -195,6 +204,7 @@ class Indexer:
                 log.warning("indexing %d messages failed (attempt %d), retrying", len(msgs), attempt, exc_info=True)
                 await anyio.sleep(0.1 * 2**attempt)
                 continue
+            self.disk_full = None
             self.indexed += len(rows)
             self._since_optimize += len(rows)
             self._appends_since_optimize += 1
@@ -230,6 +240,8 @@ class Indexer:
             await self.vectors.optimize()
             self.optimizations += 1
             ok = True
+        except DiskFull as exc:  # the appends report it too; an optimize only costs speed
+            log.warning("vector memory: not compacted: %s", exc)
         except Exception:  # noqa: BLE001 - a failed optimize only costs speed
             log.exception("vector memory optimize failed")
         finally:

@@ -10,7 +10,10 @@ writes and reads them as UTC microseconds, see ``memory.dialogue``); settings ar
 
 Step 2 adds ``subscriptions`` and ``payments`` (DESIGN §7; used by the ``tiers`` package). Step 3 adds
 the usage columns of media (``seconds``, ``images``, ``pages``) and ``documents`` / ``document_chunks``
-(the text of documents read into memory: vector memory is rebuilt from them too).
+(the text of documents read into memory: vector memory is rebuilt from them too). Step 4 adds
+``deliveries`` (the durable "a reply to this message is being sent" record that keeps a restart from
+answering twice), ``api_keys`` (users' and groups' own API keys, encrypted) and ``memory_evictions`` (messages whose memory the capacity cleanup dropped on purpose:
+the start-up gap check and ``kith memory reindex`` leave them unembedded).
 """
 from __future__ import annotations
 
@@ -140,10 +143,41 @@ _V3 = (
     """,
 )
 
+_V4 = (
+    """
+    CREATE TABLE deliveries (
+        chat_id     BIGINT NOT NULL,
+        message_id  BIGINT NOT NULL,             -- the message a reply was sent to
+        sent_at     TIMESTAMPTZ NOT NULL,        -- committed before the reply's first byte left
+        PRIMARY KEY (chat_id, message_id)
+    )
+    """,
+    """
+    CREATE TABLE api_keys (
+        scope       VARCHAR NOT NULL CHECK (scope IN ('user', 'chat')),
+        scope_id    BIGINT NOT NULL,
+        provider    VARCHAR NOT NULL,            -- litellm provider: openai, anthropic, ...
+        token       BLOB NOT NULL,               -- Fernet token of the key (providers.keys)
+        hint        VARCHAR NOT NULL,            -- the key's last four characters, to show which is set
+        updated_at  TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (scope, scope_id, provider)
+    )
+    """,
+    """
+    CREATE TABLE memory_evictions (
+        chat_id     BIGINT NOT NULL,
+        message_id  BIGINT NOT NULL,             -- its memory (and its document's) left vector memory
+        evicted_at  TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (chat_id, message_id)
+    )
+    """,
+)
+
 MIGRATIONS: list[tuple[str, ...]] = [
     _V1,
     _V2,  # subscriptions, payments
     _V3,  # usage by kind (seconds, images, pages); documents and their chunks
+    _V4,  # deliveries (exactly-once replies), api keys (encrypted), memory evictions (capacity cleanup)
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -45,9 +45,19 @@ class Memory:
         self.indexer = indexer
         self.embedder = embedder
         self.reader = reader  # memory.documents.DocumentReader (documents off the event loop); None = a thread
+        self.gap_filler = None  # memory.maintenance.GapFiller when the start-up gap check runs
+
+    def check_space(self) -> None:
+        """raises DiskFull when vector memory's last append failed for lack of space (the dialogue
+        store raises its own from ``add``): callers stop taking input."""
+        full = getattr(self.indexer, "disk_full", None)
+        if full is not None:  # vector memory cannot grow: stop intake like the store does
+            raise full
 
     def remember(self, msg: StoredMessage, *, index: bool = True) -> None:
-        """Store ``msg`` (idempotent on chat_id, message_id) and queue it for embedding. Non-blocking."""
+        """Store ``msg`` (idempotent on chat_id, message_id) and queue it for embedding. Non-blocking.
+        raises DiskFull when either store ran out of space (intake stops; what is stored stays)."""
+        self.check_space()
         self.store.add(msg)
         if index and msg.role == ROLE_USER and msg.text.strip():
             self.indexer.submit((msg,))
@@ -55,6 +65,7 @@ class Memory:
     def remember_many(self, msgs: Iterable[StoredMessage], *, index: bool = True) -> None:
         """Store many messages at once; user messages with text are queued for embedding."""
         msgs = list(msgs)
+        self.check_space()
         self.store.add_many(msgs)
         if index:
             self.indexer.submit(m for m in msgs if m.role == ROLE_USER and m.text.strip())

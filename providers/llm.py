@@ -38,9 +38,11 @@ from __future__ import annotations
 
 from . import _offline  # noqa: F401  (before litellm)
 
+import hashlib
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +75,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CONTEXT_TOKENS = 8192
 PING_TIMEOUT_S = 10.0  # ping uses min(this, the model's timeout_s)
 _DETAIL_CHARS = 800
+_KEYED_ROUTERS = 64  # Routers with users' own keys kept at once
 
 
 def _configure_litellm() -> None:
@@ -228,18 +231,55 @@ class LLM:
             except Exception as e:
                 raise ModelNotConfigured(f"models.{alias}: litellm cannot use model {spec.model!r}: {_detail(e)}") from e
         self._limiter = anyio.CapacityLimiter(settings.concurrency)
-        model_list = [{"model_name": alias, "litellm_params": self._litellm_params(spec)} for alias, spec in self._models.items()]
+        self._router = self._build_router({})
+        self._keyed: OrderedDict[str, Router] = OrderedDict()  # digest of users' keys → their Router (LRU)
+
+    def _build_router(self, keys: Mapping[str, str]) -> Router:
+        """One deployment per alias; an alias whose provider has a key in ``keys`` uses that key."""
+        model_list = []
+        for alias, spec in self._models.items():
+            params = self._litellm_params(spec)
+            key = keys.get(self.provider_of(alias))
+            if key and spec.model != recall_model.MODEL:
+                params["api_key"] = key
+            model_list.append({"model_name": alias, "litellm_params": params})
         fallbacks = [{alias: list(spec.fallbacks)} for alias, spec in self._models.items() if spec.fallbacks]
         try:
-            self._router = Router(
+            return Router(
                 model_list=model_list,
                 fallbacks=fallbacks,
-                num_retries=settings.num_retries,
+                num_retries=self._settings.num_retries,
                 disable_cooldowns=True,
                 retry_after=0,
             )
         except Exception as e:
             raise translate_error(e, "building the model router") from e
+
+    def provider_of(self, alias: str) -> str:
+        """The litellm provider of ``alias``'s model (``openai``, ``anthropic``, ``ollama``, ...): what
+        a user's own key (``/key``) is for. ModelNotConfigured for an unknown alias."""
+        spec = self._spec(alias)
+        return litellm.get_llm_provider(model=spec.model, api_base=spec.api_base)[1]
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """The providers of the configured models that take an API key (not the offline recall model)."""
+        return tuple(dict.fromkeys(self.provider_of(a) for a, s in self._models.items() if s.model != recall_model.MODEL))
+
+    def _router_for(self, keys: Mapping[str, str] | None) -> Router:
+        """The host's Router, or one with the users' own keys for their providers (cached, 64 at most;
+        the cache is keyed by a SHA-256 digest, never by the keys themselves)."""
+        used = {p: k for p, k in (keys or {}).items() if k and p in self.providers}
+        if not used:
+            return self._router
+        digest = hashlib.sha256(repr(sorted(used.items())).encode()).hexdigest()
+        router = self._keyed.get(digest)
+        if router is None:
+            router = self._keyed[digest] = self._build_router(used)
+            while len(self._keyed) > _KEYED_ROUTERS:
+                self._keyed.popitem(last=False)
+        self._keyed.move_to_end(digest)
+        return router
 
     @staticmethod
     def _litellm_params(spec: ModelSpec) -> dict[str, Any]:
@@ -302,6 +342,7 @@ class LLM:
         *,
         on_delta: Callable[[str], Awaitable[None]] | None = None,
         max_tokens: int | None = None,
+        api_keys: Mapping[str, str] | None = None,
     ) -> Completion:
         """Complete ``messages`` (OpenAI-style) with ``alias``, falling back along its fallbacks.
 
@@ -310,6 +351,8 @@ class LLM:
         unchanged and closes the stream. max_tokens: caps the answer (default ``spec.max_output_tokens``).
         Raises ModelNotConfigured, RateLimited, ProviderUnavailable, ProviderTimeout, AuthenticationFailed,
         BadRequest (all ``ProviderError``); never a litellm type.
+        api_keys: provider → a user's own API key (``/key``); the aliases of those providers (the
+        requested one and its fallbacks) use it instead of the host's key.
         """
         spec = self._spec(alias)
         if spec.model == recall_model.MODEL:
@@ -317,12 +360,13 @@ class LLM:
         kwargs: dict[str, Any] = {"model": alias, "messages": messages}
         if max_tokens is not None:
             kwargs["max_tokens"] = max_tokens
+        router = self._router_for(api_keys)
         async with self._limiter:
             t0 = time.perf_counter()
             if on_delta is None:
-                text, usage, hidden = await self._plain(alias, kwargs)
+                text, usage, hidden = await self._plain(alias, kwargs, router)
             else:
-                text, usage, hidden = await self._stream(alias, kwargs, on_delta)
+                text, usage, hidden = await self._stream(alias, kwargs, on_delta, router)
             latency_ms = (time.perf_counter() - t0) * 1000.0
         return self._finish(alias, messages, text, usage, hidden, latency_ms)
 
@@ -344,18 +388,19 @@ class LLM:
             latency_ms=(time.perf_counter() - t0) * 1000.0, fell_back=False,
         )
 
-    async def _plain(self, alias: str, kwargs: dict[str, Any]) -> tuple[str, Any, dict]:
+    async def _plain(self, alias: str, kwargs: dict[str, Any], router: Router) -> tuple[str, Any, dict]:
         try:
-            resp = await self._router.acompletion(**kwargs)
+            resp = await router.acompletion(**kwargs)
         except Exception as e:
             raise self._failed(alias, e) from e
         choices = getattr(resp, "choices", None) or []
         text = _text_of(choices[0].message.content) if choices else ""
         return text, getattr(resp, "usage", None), dict(getattr(resp, "_hidden_params", None) or {})
 
-    async def _stream(self, alias: str, kwargs: dict[str, Any], on_delta: Callable[[str], Awaitable[None]]) -> tuple[str, Any, dict]:
+    async def _stream(self, alias: str, kwargs: dict[str, Any], on_delta: Callable[[str], Awaitable[None]],
+                      router: Router) -> tuple[str, Any, dict]:
         try:
-            stream = await self._router.acompletion(**kwargs, stream=True, stream_options={"include_usage": True})
+            stream = await router.acompletion(**kwargs, stream=True, stream_options={"include_usage": True})
         except Exception as e:
             raise self._failed(alias, e) from e
         parts: list[str] = []

@@ -612,3 +612,55 @@ async def test_pre_checkout_queries_and_payments_become_events():
         assert isinstance(pay, PaymentEvent) and (pay.message_id, pay.charge_id, pay.payload, pay.total_amount) == (mid, "charge-1", "kith:plan:month:user:42", 250)
         assert h.count(raw.functions.channels.GetParticipant) == 0  # payments are never gated
         router.close()
+
+
+# ---------------------------------------------------------------- Telegram unreachable at start
+
+
+def _failing_connect(h, failures: list[BaseException]):
+    real = h.client.connect
+
+    async def connect() -> bool:
+        if failures:
+            raise failures.pop(0)
+        return await real()
+
+    h.client.connect = connect
+
+
+async def test_the_bot_retries_while_telegram_is_unreachable_and_logs_one_line_per_attempt(tmp_path, st_model, caplog):
+    caplog.set_level("INFO", logger="actors.telegram.bot")
+    cfg = config(reconnect_initial_s=0.05, reconnect_max_s=0.1)
+    failures = [OSError(101, "Network is unreachable"), KeyError(0), TimeoutError()]
+    async with running_bot(tmp_path, st_model, cfg, before_start=lambda h: _failing_connect(h, failures)) as (h, app):
+        ann = h.user(555, "Ann")
+        await h.private(ann, "hello after the outage")
+        await h.settle(app.runtime.supervisor)
+        assert h.texts(555)
+    lines = [r.getMessage() for r in caplog.records if "telegram: cannot connect" in r.getMessage()]
+    assert lines == ["telegram: cannot connect (OSError: [Errno 101] Network is unreachable); retry 1 in 0 s",
+                     "telegram: cannot connect (KeyError: 0); retry 2 in 0 s",
+                     "telegram: cannot connect (TimeoutError); retry 3 in 0 s"]
+    assert any("connected (attempt 4)" in r.getMessage() for r in caplog.records)
+    assert all(r.exc_info is None for r in caplog.records if r.name == "actors.telegram.bot")  # no tracebacks
+
+
+async def test_a_refused_login_is_one_clear_error_not_a_retry(tmp_path, st_model):
+    from actors.errors import TelegramRefused
+
+    h = await TelegramHarness.create()
+    _failing_connect(h, [rpc_error("ACCESS_TOKEN_INVALID", 400, raw.functions.auth.ImportBotAuthorization)] * 5)
+    with pytest.raises(TelegramRefused, match="ACCESS_TOKEN_INVALID.*TELEGRAM_BOT_TOKEN"):
+        await serve(h.client, config(reconnect_initial_s=0.05), tmp_path, model=st_model, stop=anyio.Event())
+
+
+async def test_stopping_while_telegram_is_unreachable_exits_promptly(tmp_path, st_model):
+    h = await TelegramHarness.create()
+    _failing_connect(h, [ConnectionError("no route")] * 1000)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(serve, h.client, config(reconnect_initial_s=30), tmp_path, model=st_model, stop=stop))
+        await anyio.sleep(0.5)
+        t0 = anyio.current_time()
+        stop.set()
+    assert anyio.current_time() - t0 < 5

@@ -29,10 +29,11 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from config.models import Config
+from config.models import Config, TelegramSettings
 from config.secrets import TelegramCredentials, telegram_credentials
 
 from ..runtime import Runtime, frozen_startup_heap, open_runtime
+from ..errors import TelegramRefused
 from ..services import BotIdentity
 from .outbox import TelegramOutbox
 from .updates import UpdateRouter
@@ -67,6 +68,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("memory", "What I remember here"),
     ("forget", "Forget what you said in this chat"),
     ("image", "Draw a picture: /image a cat on a bike"),
+    ("key", "Use your own API key (private chat)"),
     ("settings", "Group settings (admins only)"),
 )
 
@@ -134,7 +136,9 @@ async def serve(
         # The runtime first: a second bot on the same data directory fails here, on the store's lock,
         # before it touches Telegram (and takes updates the running bot should get).
         async with open_runtime(config, data_dir, outbox, model=model, llm=llm) as rt:
-            await client.start()
+            if not await connect(client, stopped, settings.telegram):
+                log.info("stopped before Telegram could be reached")
+                return
             try:
                 me = client.me or await client.get_me()
                 name = " ".join(p for p in (me.first_name, me.last_name) if p) or settings.bot.name
@@ -163,6 +167,40 @@ async def serve(
                     await router.rewind(client.storage)
                     await client.stop()
         log.info("stopped")
+
+
+# what an unreachable or flaky network raises from Client.start() (kurigram also lets a KeyError out
+# of its session start when the first connection fails); anything else, Telegram's refusals
+# (RPCError: a bad token or API id) included, is not retried
+TRANSIENT = (OSError, TimeoutError, EOFError, KeyError)
+
+
+async def connect(client: Any, stopped: anyio.Event, settings: TelegramSettings) -> bool:
+    """Start ``client``, retrying while Telegram cannot be reached: one log line per failed attempt
+    (``telegram: cannot connect (…); retry 3 in 8 s``), waits doubling from
+    ``reconnect_initial_s`` to ``reconnect_max_s``. Returns False when ``stopped`` is set first.
+    raises TelegramRefused when Telegram answers with an error (bad bot token, API id or hash)."""
+    from pyrogram.errors import RPCError
+
+    delay, attempt = settings.reconnect_initial_s, 0
+    while True:
+        attempt += 1
+        try:
+            await client.start()
+            if attempt > 1:
+                log.info("telegram: connected (attempt %d)", attempt)
+            return True
+        except RPCError as e:
+            raise TelegramRefused(f"Telegram refused to log the bot in: {e.ID or type(e).__name__} — {e.MESSAGE.format(value=e.value)}. "
+                                  "Check TELEGRAM_BOT_TOKEN, TELEGRAM_API_ID and TELEGRAM_API_HASH.") from None
+        except TRANSIENT as e:
+            reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            log.warning("telegram: cannot connect (%s); retry %d in %.0f s", reason, attempt, delay)
+        with anyio.move_on_after(delay):
+            await stopped.wait()
+        if stopped.is_set():
+            return False
+        delay = min(settings.reconnect_max_s, delay * 2)
 
 
 def stop_receiving(client: Any, router: UpdateRouter) -> None:

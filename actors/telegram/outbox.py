@@ -255,6 +255,16 @@ class TelegramOutbox:
         self.stats.messages += 1
         return self._record(chat_id, msg)
 
+    async def delete(self, chat_id: int, message_id: int) -> bool:
+        """Delete one message; False (logged, no text of it) when Telegram refuses."""
+        try:
+            await self.limits.call(None, lambda: self.client.delete_messages(chat_id, message_id), what="delete_messages",
+                                   budget=False)
+        except RPCError as e:
+            log.warning("could not delete message %s in chat %s: %s", message_id, chat_id, e)
+            return False
+        return True
+
     async def answer_pre_checkout(self, query_id: str, ok: bool, error: str | None = None) -> None:
         """Accept or refuse a pre-checkout query (Telegram waits at most 10 s for the answer)."""
         try:

@@ -1,0 +1,205 @@
+"""Nothing stored is left unrecallable, nothing is answered twice, across crashes:
+
+- a reply's delivery is committed before its first byte leaves, and the reply itself before the
+  chat's next update is handled;
+- at start-up the gap between DuckDB and LanceDB (stored messages never embedded, memories of
+  deleted messages) is found and repaired in the background, without undoing the capacity
+  cleanup's evictions;
+- ``kith memory reindex`` builds beside the old table and switches, so an interruption loses nothing.
+"""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from actors.events import Incoming, Sender
+from actors.local import IdAllocator, LocalOutbox
+from actors.runtime import open_memory, open_runtime
+from config.models import AutoCleanup, Config, Settings, StorageLimits, TiersConfig
+from memory.cleanup import cleanup_scope
+from memory.maintenance import find_gaps, reindex
+from memory.types import DOC_ID_BASE, StoredMessage
+from memory.vectors import TABLE, VectorMemory, current_table
+
+pytestmark = pytest.mark.anyio
+
+CFG = Config(settings=Settings(), tiers=TiersConfig())
+CHAT, OTHER = -100123, -100456
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+FACTS = [
+    "the staging database password rotates every friday",
+    "Anna's laptop runs Ubuntu 22.04 with an nvidia card",
+    "the backup job writes to /srv/backup at 3 am",
+    "Boris prefers vim over emacs for config files",
+    "the office wifi is called kith-guest",
+    "the printer on floor two jams with thick paper",
+]
+
+
+def msgs(chat_id: int, n: int, start: int = 1) -> list[StoredMessage]:
+    return [StoredMessage(chat_id, start + i, 7 + i % 2, "Anna" if i % 2 == 0 else "Boris",
+                          f"{FACTS[i % len(FACTS)]} (note {start + i})", T0 + timedelta(minutes=start + i)) for i in range(n)]
+
+
+async def seed(tmp_path: Path, st_model) -> None:
+    async with open_memory(CFG, tmp_path, model=st_model) as memory:
+        memory.remember_many(msgs(CHAT, 30))
+        memory.remember_many(msgs(OTHER, 10))
+        await memory.flush()
+
+
+# ---------------------------------------------------------------- replies
+
+
+class _Watching(LocalOutbox):
+    """Records, at the moment each reply's first byte would leave, what the store has committed."""
+
+    store = None
+    seen: list[tuple[set[int], int]]
+
+    async def on_progress(self, chat_id: int, delta: str) -> None:
+        self.seen.append((await self.store.answered_ids(chat_id), self.store.pending))
+
+    async def on_message(self, msg, streamed_rest) -> None:
+        self.seen.append((await self.store.answered_ids(msg.chat_id), self.store.pending))
+
+
+async def test_the_delivery_is_committed_before_the_reply_leaves_and_the_reply_before_the_next_update(tmp_path, st_model):
+    holder = {}
+
+    def make(memory):
+        box = holder["box"] = _Watching(IdAllocator(memory.store.max_message_id))
+        box.store, box.seen = memory.store, []
+        return box
+
+    committed_after_turn = []
+    async with open_runtime(CFG, tmp_path, make, model=st_model,
+                            on_turn=lambda r: committed_after_turn.append(holder["box"].store.pending)) as rt:
+        ev = Incoming(42, "private", 7, Sender(42, "Ann"), "hello, what do you remember?", datetime.now(UTC))
+        await rt.supervisor.tell(42, ev)
+        await rt.supervisor.wait_all_idle()
+        stored = await rt.memory.store.recent(42, 10)
+    box = holder["box"]
+    assert box.sent and box.seen
+    answered_at_first_byte, pending_at_first_byte = box.seen[0]
+    assert 7 in answered_at_first_byte  # durable before anything was sent
+    assert pending_at_first_byte == 0  # ... and the question itself is committed too
+    assert committed_after_turn == [0]  # the reply, its usage and recalls: committed when the turn ends
+    assert [m.role for m in stored] == ["user", "assistant"]
+
+
+async def test_a_delivery_noted_without_a_stored_reply_is_not_answered_again(tmp_path, st_model):
+    # the crash window after the delivery was noted and before the reply was committed
+    ev = Incoming(42, "private", 7, Sender(42, "Ann"), "hello there?", datetime.now(UTC))
+    async with open_memory(CFG, tmp_path, model=st_model) as memory:
+        memory.remember(StoredMessage(42, 7, 42, "Ann", ev.text, ev.date))
+        await memory.store.note_delivery(42, 7)
+    holder = {}
+
+    def make(memory):
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        return holder["box"]
+
+    async with open_runtime(CFG, tmp_path, make, model=st_model) as rt:
+        await rt.supervisor.tell(42, ev)
+        await rt.supervisor.wait_all_idle()
+    assert holder["box"].sent == []
+
+
+# ---------------------------------------------------------------- gaps between the stores
+
+
+async def test_the_start_up_gap_check_embeds_what_a_crash_left_out_and_drops_deleted_messages_memories(tmp_path, st_model):
+    await seed(tmp_path, st_model)
+    # a crash: 12 stored messages never reached LanceDB; a deleted message's memory stayed behind
+    async with VectorMemory(tmp_path / "memory") as vm:
+        await vm.delete(CHAT, message_ids=list(range(5, 17)))
+    async with open_memory(CFG, tmp_path, model=st_model) as memory:
+        orphan = (await memory.store.get_messages(OTHER, [3]))[0]
+        await memory.store.delete_messages(OTHER, message_ids=[3])  # DuckDB only, as if killed before LanceDB
+        gaps = await find_gaps(memory)
+        assert gaps.missing == {CHAT: set(range(5, 17))} and gaps.orphans == {OTHER: {3}}
+        assert (await memory.recall(OTHER, orphan.text, 3)).hits[0].message_id == 3  # still recalled: a leak
+
+    async with open_memory(CFG, tmp_path, model=st_model, fill_gaps=True) as memory:
+        await memory.gap_filler.wait()
+        assert memory.gap_filler.gaps.n_missing == 12 and memory.gap_filler.gaps.n_orphans == 1
+        assert await memory.vectors.message_ids(CHAT) == set(range(1, 31))
+        assert await memory.vectors.message_ids(OTHER) == set(range(1, 11)) - {3}
+        hit = (await memory.recall(CHAT, "when does the backup job run", 5)).hits
+        assert any("backup" in h.text for h in hit)
+        assert (await find_gaps(memory)).n_missing == 0
+
+
+async def test_the_gap_check_does_not_undo_the_capacity_cleanups_evictions(tmp_path, st_model):
+    await seed(tmp_path, st_model)
+    async with open_memory(CFG, tmp_path, model=st_model) as memory:
+        res = await cleanup_scope(memory, "chat", CHAT, StorageLimits(memory_limit=20), AutoCleanup(keep_percentage=50, min_age_days=0),
+                                  datetime.now(UTC))
+        assert res.memories == 20 and res.messages == 0
+        kept = await memory.vectors.message_ids(CHAT)
+    async with open_memory(CFG, tmp_path, model=st_model, fill_gaps=True) as memory:
+        await memory.gap_filler.wait()
+        assert memory.gap_filler.gaps.n_missing == 0
+        assert await memory.vectors.message_ids(CHAT) == kept == set(range(21, 31))
+        assert await memory.store.count_messages(CHAT) == 30  # the history stays readable
+        assert await reindex(memory) == 20  # a reindex keeps the evictions too
+        assert await memory.vectors.message_ids(CHAT) == kept
+
+
+async def test_a_gap_in_document_chunks_is_filled(tmp_path, st_model):
+    from memory.importer import import_document
+
+    doc = tmp_path / "notes.txt"
+    doc.write_text("\n\n".join(f"Section {i}. " + FACTS[i % len(FACTS)] + ". " * 40 for i in range(12)), encoding="utf-8")
+    async with open_memory(CFG, tmp_path / "d", model=st_model) as memory:
+        info, _ = await import_document(memory, doc, chat_id=CHAT, user_id=7, user_name="Anna", message_id=1, date=T0)
+        await memory.flush()
+        ids = await memory.vectors.message_ids(CHAT)
+        chunk_ids = sorted(i for i in ids if i >= DOC_ID_BASE)
+        assert len(chunk_ids) == info.chunks > 1
+        dropped = chunk_ids[: info.chunks // 2]
+        await memory.vectors.delete(CHAT, message_ids=dropped)
+    async with open_memory(CFG, tmp_path / "d", model=st_model, fill_gaps=True) as memory:
+        await memory.gap_filler.wait()
+        assert await memory.vectors.message_ids(CHAT) == ids
+
+
+# ---------------------------------------------------------------- reindex beside
+
+
+async def test_reindex_builds_beside_and_switches_and_an_interrupted_one_loses_nothing(tmp_path, st_model):
+    await seed(tmp_path, st_model)
+    async with open_memory(CFG, tmp_path, model=st_model) as memory:
+        before = [h.message_id for h in (await memory.recall(CHAT, "which editor does Boris like", 5)).hits]
+    # an interrupted reindex: a half-built table beside the current one, CURRENT not switched
+    async with VectorMemory(tmp_path / "memory", table=f"{TABLE}_123") as half:
+        assert await half.count() == 0
+    async with open_memory(CFG, tmp_path, model=st_model) as memory:
+        assert current_table(memory.vectors.path) == TABLE
+        assert await memory.vectors.count() == 40  # the old memories, untouched
+        import lancedb
+
+        assert f"{TABLE}_123" not in lancedb.connect(str(tmp_path / "memory")).table_names()  # dropped at open
+        assert await reindex(memory) == 40
+        name = current_table(memory.vectors.path)
+        assert name != TABLE and memory.vectors.table == name
+        after = [h.message_id for h in (await memory.recall(CHAT, "which editor does Boris like", 5)).hits]
+        assert after == before
+        memory.remember(StoredMessage(CHAT, 99, 7, "Anna", "the coffee machine is on floor three", T0 + timedelta(days=1)))
+        await memory.flush()
+    async with open_memory(CFG, tmp_path, model=st_model) as memory:
+        assert memory.vectors.table == name and await memory.vectors.count() == 41
+        assert lancedb.connect(str(tmp_path / "memory")).table_names() == [name]  # the old table is gone
+
+
+async def test_reindex_of_one_chat_re_embeds_in_place_and_drops_stale_rows(tmp_path, st_model):
+    await seed(tmp_path, st_model)
+    async with open_memory(CFG, tmp_path, model=st_model) as memory:
+        await memory.store.delete_messages(CHAT, message_ids=[1, 2])  # DuckDB only
+        await memory.vectors.delete(CHAT, message_ids=[10])
+        assert await reindex(memory, chat_id=CHAT) == 28
+        assert await memory.vectors.message_ids(CHAT) == set(range(3, 31))
+        assert await memory.vectors.count(OTHER) == 10

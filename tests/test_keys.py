@@ -1,0 +1,144 @@
+"""Bring your own key: ``/key`` sets a user's (or, through a private chat, a group's) API key; a turn
+uses the member's key first, the group's next, the host's last; keys are encrypted at rest, never
+echoed or logged, and the message that carried one is deleted from the chat."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import duckdb
+import pytest
+from cryptography.fernet import Fernet
+
+from actors.events import CommandEvent, Incoming, Sender
+from actors.local import IdAllocator, LocalOutbox
+from actors.runtime import open_memory, open_runtime
+from config.models import Config, ModelSpec, Settings, TiersConfig
+from providers.keys import CHAT, SECRET_ENV, USER, KeysUnavailable, KeyVault, cipher_from_env
+from tests.llm_server import llm_server as llm_server  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.anyio
+
+CFG = Config(settings=Settings(), tiers=TiersConfig())
+GROUP, ANN, BOB, ADMIN = -100777, 11, 12, 13
+USER_KEY, GROUP_KEY, HOST_KEY = "sk-ann-own-key-1234", "sk-group-key-5678", "sk-host"
+
+
+async def test_the_vault_encrypts_prefers_the_members_key_and_deletes(tmp_path, st_model):
+    cipher = cipher_from_env({SECRET_ENV: Fernet.generate_key().decode()})
+    async with open_memory(CFG, tmp_path, model=st_model) as memory:
+        vault = KeyVault(memory.store, cipher)
+        info = await vault.set(USER, ANN, "openai", USER_KEY)
+        assert info.hint == "…1234" and info.provider == "openai"
+        await vault.set(CHAT, GROUP, "openai", GROUP_KEY)
+        await vault.set(CHAT, GROUP, "anthropic", "sk-ant-group-0000")
+        assert await vault.keys_for(ANN, GROUP) == {"openai": USER_KEY, "anthropic": "sk-ant-group-0000"}
+        assert await vault.keys_for(BOB, GROUP) == {"openai": GROUP_KEY, "anthropic": "sk-ant-group-0000"}
+        assert await vault.keys_for(ANN, ANN) == {"openai": USER_KEY}  # a private chat has no group keys
+        assert await vault.keys_for(BOB, -100999) == {}  # another group's keys never apply
+        assert await vault.delete(USER, ANN, "openai") == 1
+        assert await vault.keys_for(ANN, GROUP) == {"openai": GROUP_KEY, "anthropic": "sk-ant-group-0000"}
+        assert await vault.delete(CHAT, GROUP) == 2 and await vault.info(CHAT, GROUP) == []
+        await vault.set(USER, BOB, "openai", "sk-bob-plaintext-check")
+    con = duckdb.connect(str(tmp_path / "kith.duckdb"), read_only=True)
+    (token,) = con.execute("SELECT token FROM api_keys WHERE scope_id = ?", [BOB]).fetchone()
+    con.close()
+    assert b"sk-bob" not in bytes(token)
+    assert b"sk-bob-plaintext-check" not in (tmp_path / "kith.duckdb").read_bytes()
+
+
+async def test_without_a_secret_the_vault_is_off_and_a_bad_secret_is_named(tmp_path, st_model):
+    assert cipher_from_env({}) is None
+    with pytest.raises(KeysUnavailable, match="KITH_SECRET_KEY is not a Fernet key"):
+        cipher_from_env({SECRET_ENV: "hunter2"})
+    async with open_memory(CFG, tmp_path, model=st_model) as memory:
+        vault = KeyVault(memory.store, None)
+        assert not vault.enabled and await vault.keys_for(ANN, GROUP) == {}
+        with pytest.raises(KeysUnavailable, match="has not set KITH_SECRET_KEY"):
+            await vault.set(USER, ANN, "openai", USER_KEY)
+
+
+async def test_rotating_the_secret_keeps_stored_keys_readable(tmp_path, st_model):
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    async with open_memory(CFG, tmp_path, model=st_model) as memory:
+        await KeyVault(memory.store, cipher_from_env({SECRET_ENV: old})).set(USER, ANN, "openai", USER_KEY)
+        rotated = KeyVault(memory.store, cipher_from_env({SECRET_ENV: f"{new},{old}"}))
+        assert await rotated.keys_for(ANN, ANN) == {"openai": USER_KEY}
+        with pytest.raises(KeysUnavailable, match="changed"):
+            await KeyVault(memory.store, cipher_from_env({SECRET_ENV: new})).keys_for(ANN, ANN)
+
+
+def command(chat_id: int, sender: int, args: str, message_id: int, chat_type: str = "private") -> CommandEvent:
+    return CommandEvent(chat_id, chat_type, message_id, Sender(sender, f"user{sender}"), "key", args, datetime.now(UTC))
+
+
+async def test_key_commands_and_turns_use_the_members_then_the_groups_then_the_hosts_key(
+        tmp_path, st_model, llm_server, monkeypatch, caplog):
+    caplog.set_level("DEBUG")
+    monkeypatch.setenv("OPENAI_API_KEY", HOST_KEY)
+    monkeypatch.setenv(SECRET_ENV, Fernet.generate_key().decode())
+    settings = Settings(models={"recall": ModelSpec(model="kith/recall"),
+                                "ok": ModelSpec(model="openai/ok-model", api_base=llm_server.base_url)}, default_model="ok")
+    cfg = Config(settings=settings, tiers=TiersConfig())
+    holder = {}
+
+    def make(memory):
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id), admins={(GROUP, ADMIN)})
+        return holder["box"]
+
+    def auth_of_last_request() -> str:
+        return [r for r in llm_server.requests if r.path.endswith("/chat/completions")][-1].headers["authorization"]
+
+    async def ask(rt, chat_id: int, sender: int, n: int) -> str:
+        kind = "private" if chat_id > 0 else "supergroup"
+        await rt.supervisor.tell(chat_id, Incoming(chat_id, kind, n, Sender(sender, f"user{sender}"), "@kith_bot hello?",
+                                                   datetime.now(UTC), respond=True))
+        await rt.supervisor.wait_all_idle()
+        return auth_of_last_request()
+
+    async with open_runtime(cfg, tmp_path, make, model=st_model) as rt:
+        box = holder["box"]
+        await rt.supervisor.tell(ANN, command(ANN, ANN, f"openai {USER_KEY}", 5))
+        await rt.supervisor.tell(BOB, command(BOB, BOB, f"group {GROUP} openai sk-not-an-admin-9999", 6))
+        await rt.supervisor.tell(ADMIN, command(ADMIN, ADMIN, f"group {GROUP} openai {GROUP_KEY}", 7))
+        await rt.supervisor.tell(ANN, command(ANN, ANN, "anthropic sk-ant-unused", 8))
+        await rt.supervisor.tell(GROUP, command(GROUP, BOB, "openai sk-posted-in-the-group-0000", 9, "supergroup"))
+        await rt.supervisor.wait_all_idle()
+        said = {m.chat_id: [] for m in box.sent}
+        for m in box.sent:
+            said[m.chat_id].append(m.text)
+        assert "…1234" in said[ANN][0] and USER_KEY not in " ".join(said[ANN])
+        assert "Only the admins of group" in said[BOB][0]
+        assert "…5678" in said[ADMIN][0]
+        assert "do not use 'anthropic'" in said[ANN][1]
+        assert "never set in a group" in said[GROUP][0] and "revoke" in said[GROUP][0]
+        # every message that carried a key left the chat, the refused ones too
+        assert set(box.deleted) == {(ANN, 5), (BOB, 6), (ADMIN, 7), (ANN, 8), (GROUP, 9)}
+        assert await rt.services.keys.info(CHAT, GROUP) != [] and await rt.services.keys.info(USER, BOB) == []
+
+        assert await ask(rt, ANN, ANN, 20) == f"Bearer {USER_KEY}"  # her own key, in private
+        assert await ask(rt, GROUP, ANN, 21) == f"Bearer {USER_KEY}"  # ... and in the group
+        assert await ask(rt, GROUP, BOB, 22) == f"Bearer {GROUP_KEY}"  # the group's key for Bob
+        assert await ask(rt, BOB, BOB, 23) == f"Bearer {HOST_KEY}"  # the host's in Bob's private chat
+
+        await rt.supervisor.tell(ANN, command(ANN, ANN, "", 30))
+        await rt.supervisor.tell(ANN, command(ANN, ANN, "delete", 31))
+        await rt.supervisor.wait_all_idle()
+        listing, gone = [m.text for m in box.sent if m.chat_id == ANN][-2:]
+        assert "openai: …1234" in listing and USER_KEY not in listing and gone == "Deleted your keys."
+        assert await ask(rt, GROUP, ANN, 32) == f"Bearer {GROUP_KEY}"
+    for secret in (USER_KEY, GROUP_KEY, "sk-not-an-admin-9999", "sk-posted-in-the-group-0000"):
+        assert secret not in caplog.text
+
+
+async def test_without_a_secret_key_the_command_says_so(tmp_path, st_model, monkeypatch):
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    holder = {}
+
+    def make(memory):
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        return holder["box"]
+
+    async with open_runtime(CFG, tmp_path, make, model=st_model) as rt:
+        await rt.supervisor.tell(ANN, command(ANN, ANN, f"openai {USER_KEY}", 5))
+        await rt.supervisor.wait_all_idle()
+    assert "has not set KITH_SECRET_KEY" in holder["box"].sent[0].text
