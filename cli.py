@@ -48,7 +48,8 @@ def _setup(config_path: Path | None, verbose: int):
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("LiteLLM", "litellm", "httpx", "sentence_transformers", "transformers"):
+    # pyrogram logs every connection step at INFO (several lines per reconnect): ours says it in one
+    for noisy in ("LiteLLM", "litellm", "httpx", "sentence_transformers", "transformers", "pyrogram"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
     try:
         return load_config(config_path)
@@ -281,16 +282,24 @@ async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, a
         if policy(m):
             questions[(m.chat_id, m.message_id)] = f"{m.user_name}: {m.text}"
 
-    def show(turn) -> None:
+    class ShownOutbox(LocalOutbox):
+        """Prints each reply the moment it is "sent" (before the turn commits it), as Telegram would
+        show it: a crash right after never hides a reply that went out."""
+
+        async def on_message(self, msg, streamed_rest) -> None:
+            if quiet or as_json or msg.reply_to is None:
+                return
+            out.print(f"[bold]{escape(questions.get((msg.chat_id, msg.reply_to), '?'))}[/]")
+            out.print(f"[cyan]  → {escape(msg.text)}[/]")
+
+    def show(turn) -> None:  # after the turn: the memories its reply used
         if quiet or as_json or not turn.responded:
             return
-        out.print(f"[bold]{escape(questions.get((turn.chat_id, turn.message_id), '?'))}[/]")
-        out.print(f"[cyan]  → {escape(turn.reply_text or turn.error or '')}[/]")
         for h in turn.hits[:3]:
             out.print(f"[dim]    · {escape(format_hit(h))}[/]")
 
     clock = TranscriptClock()
-    async with open_runtime(cfg, data_dir, lambda mem: LocalOutbox(IdAllocator(mem.store.max_message_id), clock=clock),
+    async with open_runtime(cfg, data_dir, lambda mem: ShownOutbox(IdAllocator(mem.store.max_message_id), clock=clock),
                             on_turn=show, clock=clock) as rt:
         report = await run_replay(
             rt, file, policy=policy, limit=limit, on_message=remember_question, clock=clock,
@@ -778,6 +787,15 @@ async def _doctor(cfg, data_dir: Path, line) -> None:
         pass  # said above, per variable
     except ConfigError as exc:  # set, but not in the right form
         line(False, "Telegram credentials", str(exc))
+    from providers.keys import SECRET_ENV, KeysUnavailable, cipher_from_env
+
+    try:
+        if cipher_from_env() is None:
+            out.print(f"[yellow]–[/] {SECRET_ENV} not set (users' own API keys, /key, are off)")
+        else:
+            line(True, SECRET_ENV, "users' own API keys (/key) are kept encrypted")
+    except KeysUnavailable as exc:
+        line(False, SECRET_ENV, str(exc))
 
 
 # ---------------------------------------------------------------------- bench

@@ -20,7 +20,8 @@ from providers.errors import ProviderError
 
 from .context import build_prompt
 from .errors import ActorError
-from .events import PRIVATE, ButtonPress, ChatEvent, CommandEvent, ConfigChanged, Deleted, Edited, Incoming, PaymentEvent, PreCheckout
+from .events import (PRIVATE, ButtonPress, ChatEvent, CommandEvent, ConfigChanged, Deleted, Edited, Incoming, Migrated,
+                     PaymentEvent, PreCheckout)
 from .outbox import Outbox
 from .services import ALREADY_ANSWERED, Services, TurnReport
 from .triggers import should_respond, strip_mention
@@ -92,6 +93,9 @@ class ChatActor:
                 self._windows.clear()
                 self._whole_chat_in_window.clear()
                 self._user_settings.clear()
+                self._answered = None
+            case Migrated():
+                await self._on_migrated(event)
             case _:
                 log.warning("chat %s: unknown event %r", self.chat_id, type(event).__name__)
 
@@ -460,6 +464,18 @@ class ChatActor:
                 for i, m in enumerate(w):
                     if m.message_id == ev.message_id:
                         w[i] = msg
+
+    async def _on_migrated(self, ev: Migrated) -> None:
+        """This basic group became a supergroup: move its memory there (the transport then tells the
+        supergroup's actor to reload)."""
+        moved = await self.svc.memory.migrate_chat(self.chat_id, ev.to_chat_id, title=ev.title)
+        if self.svc.admission is not None:
+            self.svc.admission.subs.reload()  # the group's subscription moved with it
+        self._windows.clear()
+        self._whole_chat_in_window.clear()
+        self._answered = None
+        self.settings = {}
+        log.info("chat %s: upgraded to supergroup %s; %d messages moved there", self.chat_id, ev.to_chat_id, moved)
 
     async def _on_deleted(self, ev: Deleted) -> None:
         """Deleted messages leave both stores and the context."""

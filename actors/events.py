@@ -161,7 +161,18 @@ class PaymentEvent:
     date: datetime
 
 
-ChatEvent = Incoming | CommandEvent | ButtonPress | ConfigChanged | PreCheckout | PaymentEvent | Edited | Deleted
+@dataclass(frozen=True, slots=True)
+class Migrated:
+    """Basic group ``chat_id`` was upgraded to supergroup ``to_chat_id`` (Telegram's
+    ``migrate_to_chat_id``): its memory, settings, subscription and keys move there. Told to the old
+    chat, after everything it received before."""
+
+    chat_id: int
+    to_chat_id: int
+    title: str | None = None
+
+
+ChatEvent = Incoming | CommandEvent | ButtonPress | ConfigChanged | PreCheckout | PaymentEvent | Edited | Deleted | Migrated
 
 
 def is_group(chat_type: str) -> bool:

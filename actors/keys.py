@@ -63,7 +63,8 @@ async def cmd_key(actor: "ChatActor", ev: CommandEvent) -> None:
     if not args:
         keys = await vault.info(scope, scope_id)
         if not keys:
-            await reply(actor, ev, f"No keys of {whose} are set; requests use the bot's own.\n\n{USAGE}")
+            who = "You have" if scope == USER else f"Group {scope_id} has"
+            await reply(actor, ev, f"{who} no keys set; requests use the bot's own.\n\n{USAGE}")
             return
         lines = "\n".join(f"• {k.provider}: {k.hint} (set {k.updated_at:%Y-%m-%d})" for k in keys)
         await reply(actor, ev, f"{whose.capitalize()} keys:\n{lines}\n\n`/key{_group(scope, scope_id)} delete [provider]` removes them.")
@@ -80,17 +81,18 @@ async def cmd_key(actor: "ChatActor", ev: CommandEvent) -> None:
             await _delete(actor, ev)
         return
     provider, key = args[0].lower(), args[1]
-    known = tuple(getattr(actor.svc.llm, "providers", ()) or ())
-    if known and provider not in known:
+    known = getattr(actor.svc.llm, "providers", None)  # None: an LLM that does not say (accept any)
+    if known is not None and provider not in known:
         await _delete(actor, ev)
-        await reply(actor, ev, f"This bot's models do not use {provider!r}; they use: {', '.join(known)}.")
+        uses = f"they use: {', '.join(known)}" if known else "they need no key (the offline model answers)"
+        await reply(actor, ev, f"This bot's models do not use {provider!r}; {uses}.")
         return
     info = await vault.set(scope, scope_id, provider, key)
     deleted = await _delete(actor, ev)
     tail = "" if deleted else " Delete your message with the key from this chat."
-    where = "your requests, in every chat" if scope == USER else f"requests in group {scope_id} (a member's own key comes first)"
-    await reply(actor, ev, f"Saved {whose} {provider} key {info.hint} (encrypted). It is used for {where} to "
-                           f"{provider} models; `/key{_group(scope, scope_id)} delete {provider}` removes it.{tail}")
+    where = "in every chat" if scope == USER else f"in group {scope_id} (a member's own key comes first)"
+    await reply(actor, ev, f"Saved {whose} {provider} key {info.hint} (encrypted). It is used for requests to {provider} "
+                           f"models {where}; `/key{_group(scope, scope_id)} delete {provider}` removes it.{tail}")
 
 
 async def _delete(actor: "ChatActor", ev: CommandEvent) -> bool:

@@ -58,7 +58,7 @@ import pyarrow as pa
 
 from .errors import DiskFull, MemoryStoreError, StoreLocked, is_disk_full
 from .schema import from_us, migrate, to_us
-from .types import DOC_ID_BASE, DocumentChunk, DocumentInfo, MemoryHit, StoredMessage, UsageRecord
+from .types import DOC_ID_BASE, MIGRATION_SHIFT, DocumentChunk, DocumentInfo, MemoryHit, StoredMessage, UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -674,7 +674,7 @@ class DialogueStore:
              WHERE role = 'user' AND length(text) > 0
                AND NOT EXISTS (SELECT 1 FROM memory_evictions e WHERE e.chat_id = m.chat_id AND e.message_id = m.message_id)
             UNION ALL
-            SELECT chat_id, ? + (message_id << 16) + chunk FROM document_chunks c
+            SELECT chat_id, ? + message_id * 65536 + chunk FROM document_chunks c
              WHERE NOT EXISTS (SELECT 1 FROM memory_evictions e WHERE e.chat_id = c.chat_id AND e.message_id = c.message_id)
             """,
             [DOC_ID_BASE])
@@ -682,6 +682,72 @@ class DialogueStore:
         for chat_id, mid in rows:
             out.setdefault(chat_id, set()).add(mid)
         return out
+
+    # ------------------------------------------------------------ group → supergroup
+
+    async def migrate_chat(self, old: int, new: int, *, title: str | None = None) -> int:
+        """Move basic group ``old`` to supergroup ``new`` (Telegram's ``migrate_to_chat_id``), in one
+        transaction: its messages (as ``migrated_id``: negative, so they stay older than the
+        supergroup's own, which restart at 1), replies, recalls, documents, deliveries and
+        evictions; its usage rows; its settings (under the new chat's own); its subscription and
+        API keys (unless the new chat has its own). Returns the messages moved (0 when there was
+        nothing left to move: a second call is harmless)."""
+        await self._sync()
+        shift = MIGRATION_SHIFT
+        old_settings = json.loads(self._chat_rows.get(old, ("", None, "{}"))[2] or "{}")
+        new_row = self._chat_rows.get(new)
+        settings = dict(old_settings)
+        if isinstance(settings.get("context_from"), int):
+            settings["context_from"] -= shift
+        settings.update(json.loads(new_row[2] or "{}") if new_row else {})
+        doc = _json_object(settings)
+        title = title or (new_row[1] if new_row else None) or self._chat_rows.get(old, ("", None, ""))[1]
+
+        def run() -> int:
+            con = self._conn()
+            con.execute("BEGIN TRANSACTION")
+            try:
+                moved = con.execute(
+                    "INSERT OR IGNORE INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date)"
+                    " SELECT ?, message_id - ?, thread_id, user_id, user_name, role, text, reply_to - ?, date"
+                    " FROM messages WHERE chat_id = ?", [new, shift, shift, old]).fetchone()[0]
+                con.execute("INSERT OR IGNORE INTO recalls SELECT ?, reply_message_id - ?, memory_message_id - ?, score"
+                            " FROM recalls WHERE chat_id = ?", [new, shift, shift, old])
+                con.execute("INSERT OR IGNORE INTO documents SELECT * REPLACE (? AS chat_id, message_id - ? AS message_id)"
+                            " FROM documents WHERE chat_id = ?", [new, shift, old])
+                con.execute("INSERT OR IGNORE INTO document_chunks SELECT * REPLACE (? AS chat_id, message_id - ? AS message_id)"
+                            " FROM document_chunks WHERE chat_id = ?", [new, shift, old])
+                for table in ("deliveries", "memory_evictions"):
+                    con.execute(f"INSERT OR IGNORE INTO {table} SELECT * REPLACE (? AS chat_id, message_id - ? AS message_id)"
+                                f" FROM {table} WHERE chat_id = ?", [new, shift, old])
+                for table in ("messages", "recalls", "documents", "document_chunks", "deliveries", "memory_evictions"):
+                    con.execute(f"DELETE FROM {table} WHERE chat_id = ?", [old])
+                con.execute("UPDATE usage SET chat_id = ? WHERE chat_id = ?", [new, old])
+                for table in ("subscriptions", "api_keys"):  # the new chat's own wins
+                    con.execute(f"INSERT OR IGNORE INTO {table} SELECT * REPLACE (? AS scope_id) FROM {table}"
+                                " WHERE scope = 'chat' AND scope_id = ?", [new, old])
+                    con.execute(f"DELETE FROM {table} WHERE scope = 'chat' AND scope_id = ?", [old])
+                con.execute(
+                    f"INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (?, 'supergroup', ?, ?, {_TS.format('?')})"
+                    " ON CONFLICT (chat_id) DO UPDATE SET type = 'supergroup', title = excluded.title, settings = excluded.settings",
+                    [new, title, doc, to_us(self._clock())])
+                con.execute("DELETE FROM chats WHERE chat_id = ?", [old])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            return int(moved)
+
+        moved = await self._run(run)
+        self._chat_rows[new] = ("supergroup", title, doc)
+        self._chat_rows.pop(old, None)
+        if old in self._chats_with_messages:
+            self._chats_with_messages.discard(old)
+            self._chats_with_messages.add(new)
+        if old in self._chats_with_documents:
+            self._chats_with_documents.discard(old)
+            self._chats_with_documents.add(new)
+        return moved
 
     # ------------------------------------------------------------ users' own API keys (providers.keys)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from .service import Memory
-from .types import DOC_ID_BASE, ROLE_USER
+from .types import ROLE_USER, is_chunk_id
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ async def fill_gaps(memory: Memory, gaps: Gaps | None = None, *, on_progress: Ca
     for chat_id, ids in gaps.orphans.items():
         await memory.vectors.delete(chat_id, message_ids=sorted(ids))
     for chat_id, ids in gaps.missing.items():
-        messages = sorted(i for i in ids if i < DOC_ID_BASE)
+        messages = sorted(i for i in ids if not is_chunk_id(i))
         for i in range(0, len(messages), _FILL_BATCH):
             part = messages[i : i + _FILL_BATCH]
             found = await memory.store.get_messages(chat_id, part)

@@ -153,6 +153,17 @@ class Memory:
             await self.vectors.delete(chat_id, message_ids=ids)
         return len(ids)
 
+    async def migrate_chat(self, old: int, new: int, *, title: str | None = None) -> int:
+        """Basic group ``old`` became supergroup ``new``: its history, memories (vectors kept),
+        documents, settings, subscription and keys move to ``new`` (``DialogueStore.migrate_chat``,
+        ``VectorMemory.move_chat``). Returns the messages moved."""
+        from .types import MIGRATION_SHIFT
+
+        await self.flush()
+        moved = await self.store.migrate_chat(old, new, title=title)
+        await self.vectors.move_chat(old, new, MIGRATION_SHIFT)
+        return moved
+
     async def flush(self) -> None:
         """Wait until everything remembered so far is committed and searchable."""
         await self.store.flush()

@@ -66,17 +66,35 @@ class MemoryHit:
 
 
 # documents' chunks live in vector memory under ids of their own, far above any message id:
-# DOC_ID_BASE + (file message id << 16) + chunk index (file message ids < 2**44, ≤ 65,536 chunks)
+# DOC_ID_BASE + (file message id << 16) + chunk index (-2**43 <= file message ids < 2**44,
+# ≤ 65,536 chunks); every chunk id is >= CHUNK_ID_MIN, every message id below it
 DOC_ID_BASE = 1 << 61
 MAX_CHUNKS = 1 << 16
 _MAX_DOC_MESSAGE_ID = 1 << 44
+_MIN_DOC_MESSAGE_ID = -(1 << 43)
+CHUNK_ID_MIN = DOC_ID_BASE + (_MIN_DOC_MESSAGE_ID << 16)
+
+# A basic group upgraded to a supergroup (Telegram's ``migrate_to_chat_id``) moves to the new chat id,
+# whose message ids restart at 1: its messages keep their order *before* the supergroup's own by
+# becoming ``old id - MIGRATION_SHIFT`` (negative; Telegram's ids are < 2**31, local ones ~2**40).
+MIGRATION_SHIFT = 1 << 42
+
+
+def migrated_id(message_id: int) -> int:
+    """The id a message of a basic group takes in the supergroup it was upgraded to (negative)."""
+    return message_id - MIGRATION_SHIFT
+
+
+def is_chunk_id(memory_id: int) -> bool:
+    """Whether a vector-memory id is a document chunk's (``chunk_memory_id``), not a message's."""
+    return memory_id >= CHUNK_ID_MIN
 
 
 def chunk_memory_id(message_id: int, index: int) -> int:
     """The vector-memory id of chunk ``index`` of the document sent as message ``message_id``.
     Consecutive chunks get consecutive ids (so recall's neighbouring-turn stage reads the chunks
-    around a hit). raises ValueError outside 0 <= message_id < 2**44, 0 <= index < 65,536."""
-    if not 0 <= message_id < _MAX_DOC_MESSAGE_ID or not 0 <= index < MAX_CHUNKS:
+    around a hit). raises ValueError outside -2**43 <= message_id < 2**44, 0 <= index < 65,536."""
+    if not _MIN_DOC_MESSAGE_ID <= message_id < _MAX_DOC_MESSAGE_ID or not 0 <= index < MAX_CHUNKS:
         raise ValueError(f"no chunk id for message {message_id}, chunk {index}")
     return DOC_ID_BASE + (message_id << 16) + index
 

@@ -524,6 +524,35 @@ class VectorMemory:
             finally:
                 self._forget_speakers(int(chat_id))  # a sender may be gone: read the names again
 
+    async def move_chat(self, old: int, new: int, shift: int) -> int:
+        """Re-key chat ``old``'s rows to chat ``new`` (a basic group upgraded to a supergroup): message
+        ids become ``id - shift`` (``memory.types.migrated_id``), a chunk's id follows its file
+        message (``- shift << 16``) and so does its ``parent``; vectors are kept, nothing is embedded
+        again. Upsert first, then delete the old rows (an interruption leaves both: run again).
+        Returns the rows moved."""
+        async with self._write_lock:
+            try:
+                return await self._run(self._move_chat, int(old), int(new), int(shift))
+            finally:
+                for c in (old, new):
+                    self._forget_speakers(int(c))
+
+    async def _move_chat(self, old: int, new: int, shift: int) -> int:
+        import pyarrow.compute as pc
+
+        tbl = await self._table.query().where(f"chat_id = {old}").to_arrow()
+        if not tbl.num_rows:
+            return 0
+        is_doc = pc.equal(tbl.column("kind"), KIND_DOCUMENT)
+        mids = pc.if_else(is_doc, pc.subtract(tbl.column("message_id"), shift << 16), pc.subtract(tbl.column("message_id"), shift))
+        ids = [row_id(new, k, m) for k, m in zip(tbl.column("kind").to_pylist(), mids.to_pylist(), strict=True)]
+        tbl = (tbl.set_column(tbl.schema.get_field_index("chat_id"), "chat_id", pa.array([new] * tbl.num_rows, pa.int64()))
+               .set_column(tbl.schema.get_field_index("message_id"), "message_id", mids)
+               .set_column(tbl.schema.get_field_index("parent"), "parent", pc.subtract(tbl.column("parent"), shift))
+               .set_column(tbl.schema.get_field_index("id"), "id", pa.array(ids, pa.string())))
+        await self._upsert(tbl.select(schema(self.dim).names).cast(schema(self.dim)))
+        return await self._delete(f"chat_id = {old}", old)
+
     async def _delete(self, where: str, chat_id: int) -> int:
         self._bump((chat_id,))
         try:

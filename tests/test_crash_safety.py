@@ -203,3 +203,65 @@ async def test_reindex_of_one_chat_re_embeds_in_place_and_drops_stale_rows(tmp_p
         assert await reindex(memory, chat_id=CHAT) == 28
         assert await memory.vectors.message_ids(CHAT) == set(range(3, 31))
         assert await memory.vectors.count(OTHER) == 10
+
+
+# ---------------------------------------------------------------- group → supergroup
+
+
+async def test_a_basic_groups_memory_moves_to_its_supergroup(tmp_path, st_model):
+    from cryptography.fernet import Fernet
+
+    from memory.importer import import_document
+    from memory.types import MIGRATION_SHIFT, migrated_id
+    from providers.keys import CHAT as KEY_CHAT
+    from providers.keys import KeyVault, cipher_from_env
+    from tiers.subscriptions import SubscriptionStore
+
+    basic, sup = -4001, -1004001
+    doc = tmp_path / "rota.txt"
+    doc.write_text("The on-call rota is kept in the red binder on floor two.\n\n" + "Filler paragraph. " * 80, encoding="utf-8")
+    async with open_memory(CFG, tmp_path / "d", model=st_model) as memory:
+        old = msgs(basic, 12)
+        old.append(StoredMessage(basic, 13, 1, "Kith", "noted", T0 + timedelta(hours=1), role="assistant", reply_to=12))
+        memory.remember_many(old)
+        await import_document(memory, doc, chat_id=basic, user_id=7, user_name="Anna", message_id=20, date=T0 + timedelta(hours=2))
+        await memory.store.note_delivery(basic, 11)
+        await memory.store.set_chat_settings(basic, {"persona": "a pirate", "context_from": 3})
+        await memory.store.upsert_chat(basic, "group", "Ops")
+        from config.loader import load_config
+
+        subs = SubscriptionStore(memory.store, load_config().tiers, lambda: datetime.now(UTC))  # the shipped tiers
+        await subs.grant("chat", basic, "premium", days=30, source="cli")
+        vault = KeyVault(memory.store, cipher_from_env({"KITH_SECRET_KEY": Fernet.generate_key().decode()}))
+        await vault.set(KEY_CHAT, basic, "openai", "sk-group-0000")
+        # the supergroup already has its own first messages (ids restart at 1)
+        memory.remember_many([StoredMessage(sup, 1, 8, "Boris", "hello new supergroup", T0 + timedelta(days=1)),
+                              StoredMessage(sup, 2, 7, "Anna", "hi again", T0 + timedelta(days=1, minutes=1))])
+        await memory.flush()
+        vectors_before = await memory.vectors.count(basic)
+
+        assert await memory.migrate_chat(basic, sup) == 14
+        assert await memory.migrate_chat(basic, sup) == 0  # a second delivery of the service message
+
+        store = memory.store
+        assert await store.count_messages(basic) == 0 and await memory.vectors.count(basic) == 0
+        recent = await store.recent(sup, 100)
+        assert [m.message_id for m in recent][-2:] == [1, 2]  # the supergroup's own stay the newest
+        assert recent[0].message_id == migrated_id(1) and recent[0].text == old[0].text
+        reply = next(m for m in recent if m.role == "assistant")
+        assert reply.reply_to == migrated_id(12)
+        assert migrated_id(11) in await store.answered_ids(sup) and migrated_id(12) in await store.answered_ids(sup)
+        assert await memory.vectors.count(sup) == vectors_before + 2
+        hits = (await memory.recall(sup, "where is the on-call rota kept", 5)).hits
+        assert any(h.source == "rota.txt" and "red binder" in h.text for h in hits)
+        assert not (await memory.recall(basic, "where is the on-call rota kept", 5)).hits
+        settings = await store.chat_settings(sup)
+        assert settings == {"persona": "a pirate", "context_from": 3 - MIGRATION_SHIFT}
+        subs.reload()
+        assert (await subs.get("chat", sup)).tier == "premium" and await subs.get("chat", basic) is None
+        assert await vault.keys_for(8, sup) == {"openai": "sk-group-0000"}
+        assert [d.message_id for d in await store.documents(sup)] == [migrated_id(20)]
+        assert (await find_gaps(memory)).n_missing == 0 and (await find_gaps(memory)).n_orphans == 0
+        # /forget of a migrated file message still takes its chunks along
+        await memory.forget_messages(sup, [migrated_id(20)])
+        assert not any(h.source == "rota.txt" for h in (await memory.recall(sup, "on-call rota red binder", 5)).hits)

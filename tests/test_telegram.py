@@ -639,7 +639,7 @@ async def test_the_bot_retries_while_telegram_is_unreachable_and_logs_one_line_p
         assert h.texts(555)
     lines = [r.getMessage() for r in caplog.records if "telegram: cannot connect" in r.getMessage()]
     assert lines == ["telegram: cannot connect (OSError: [Errno 101] Network is unreachable); retry 1 in 0 s",
-                     "telegram: cannot connect (KeyError: 0); retry 2 in 0 s",
+                     "telegram: cannot connect (no answer to the handshake, KeyError: 0); retry 2 in 0 s",
                      "telegram: cannot connect (TimeoutError); retry 3 in 0 s"]
     assert any("connected (attempt 4)" in r.getMessage() for r in caplog.records)
     assert all(r.exc_info is None for r in caplog.records if r.name == "actors.telegram.bot")  # no tracebacks
@@ -664,3 +664,35 @@ async def test_stopping_while_telegram_is_unreachable_exits_promptly(tmp_path, s
         t0 = anyio.current_time()
         stop.set()
     assert anyio.current_time() - t0 < 5
+
+
+# ---------------------------------------------------------------- a basic group upgraded to a supergroup
+
+
+async def test_a_group_upgraded_to_a_supergroup_keeps_its_memory_and_settings(tmp_path, st_model):
+    from memory.types import migrated_id
+
+    async with running_bot(tmp_path, st_model) as (h, app):
+        ann, bob = h.user(501, "Ann"), h.user(502, "Bob")
+        old = h.basic_group(4001, "Ops")
+        await h.group(old, ann, "the staging database password rotates every friday afternoon")
+        for i in range(35):  # push it out of the recent window
+            last_old = await h.group(old, bob, f"unrelated chatter number {i}")
+        await h.settle(app.runtime.supervisor)
+        await app.runtime.memory.store.set_chat_settings(old, {"keywords": ["kithy"]})
+        new = h.supergroup(4001999, "Ops")
+        svc = raw.types.MessageService(id=h._next_id(old), peer_id=h._peer(old), from_id=raw.types.PeerUser(user_id=ann.id),
+                                       date=int(__import__("time").time()),
+                                       action=raw.types.MessageActionChatMigrateTo(channel_id=4001999))
+        await h.deliver(svc, chat_id=old, user_ids=(ann.id,))
+        await h.settle(app.runtime.supervisor)
+        await app.runtime.supervisor.wait_all_idle()
+        store = app.runtime.memory.store
+        assert await store.count_messages(old) == 0 and await store.count_messages(new) == 36
+        assert (await store.chat_settings(new))["keywords"] == ["kithy"]
+        first = await h.group(new, bob, "kithy when does the staging password rotate?")  # the new group's ids restart
+        await h.settle(app.runtime.supervisor)
+        replies = h.replies_to(new, first)
+        assert replies and "friday" in replies[0].text.lower()
+        recent = await store.recent(new, 3)  # the moved history stays older than the supergroup's own messages
+        assert [m.message_id for m in recent[:2]] == [migrated_id(last_old), first] and recent[2].role == "assistant"

@@ -98,6 +98,11 @@ class SubscriptionStore:
             async with self._lock:
                 await self._cached()
 
+    def reload(self) -> None:
+        """Read the subscriptions from the store again at the next call (they changed behind this
+        object's back, e.g. a group's moved to its supergroup's id)."""
+        self._cache = None
+
     async def get(self, scope: str, scope_id: int) -> Subscription | None:
         """The subscription of ``scope:scope_id`` (expired ones too; check ``active(now)``), or None."""
         await self.load()

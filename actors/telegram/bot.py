@@ -195,6 +195,8 @@ async def connect(client: Any, stopped: anyio.Event, settings: TelegramSettings)
                                   "Check TELEGRAM_BOT_TOKEN, TELEGRAM_API_ID and TELEGRAM_API_HASH.") from None
         except TRANSIENT as e:
             reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            if isinstance(e, KeyError):  # kurigram's auth key exchange got no answer from Telegram
+                reason = f"no answer to the handshake, {reason}"
             log.warning("telegram: cannot connect (%s); retry %d in %.0f s", reason, attempt, delay)
         with anyio.move_on_after(delay):
             await stopped.wait()

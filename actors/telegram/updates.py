@@ -31,8 +31,8 @@ from pyrogram.storage import UpdateState
 from config.models import TelegramSettings
 
 from ..errors import MediaUnavailable, SupervisorClosed
-from ..events import (PAYMENTS_DESK, ButtonPress, ChatEvent, CommandEvent, Deleted, Edited, Incoming, Media, PaymentEvent,
-                      PreCheckout, Sender)
+from ..events import (PAYMENTS_DESK, ButtonPress, ChatEvent, CommandEvent, ConfigChanged, Deleted, Edited, Incoming, Media,
+                      Migrated, PaymentEvent, PreCheckout, Sender)
 from ..services import BotIdentity
 from .limits import flood_seconds
 from .outbox import LRU, TelegramOutbox, to_utc
@@ -440,6 +440,9 @@ class UpdateRouter:
             if message.group_chat_created or any(u.id == bot.user_id for u in message.new_chat_members or ()):
                 self._background(self._on_added(message.chat.id, message.message_thread_id if thread_of(message) else None))
             return
+        if message.migrate_to_chat_id or message.migrate_from_chat_id:
+            await self._on_migrated(message)
+            return
         key = (message.chat.id, message.id)
         if key in self._seen:
             self.stats.duplicates += 1
@@ -529,6 +532,23 @@ class UpdateRouter:
             self._drop()
             return
         self.stats.told += 1
+
+    async def _on_migrated(self, message: Any) -> None:
+        """A basic group became a supergroup (service messages in both chats; either one is enough,
+        the move is idempotent): the old chat's actor moves its memory, then the supergroup's
+        actor reloads (in the background: the dispatcher never waits for a move)."""
+        if message.migrate_to_chat_id:
+            old, new = message.chat.id, message.migrate_to_chat_id
+        else:
+            old, new = message.migrate_from_chat_id, message.chat.id
+        title = getattr(message.chat, "title", None)
+        await self._tell(Migrated(old, new, title))
+
+        async def then_reload() -> None:
+            await self.supervisor.wait_idle(old)
+            await self.supervisor.tell(new, ConfigChanged(new))
+
+        self._background(then_reload())
 
     # ------------------------------------------------------------------ transport-level notices
 
