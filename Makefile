@@ -35,6 +35,7 @@ test: $(STAMP) system-deps lint
 
 lint: $(STAMP)  # pyflakes, bugbear and the async rules (see [tool.ruff] in pyproject.toml)
 	$(BIN)/ruff check actors memory providers tiers config benchmarks tests cli.py
+	$(BIN)/mypy  # the packages, with [tool.mypy] of pyproject.toml
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -39,6 +39,7 @@ def _expiry(sub) -> str:
 async def usage_lines(actor: "ChatActor", user_id: int) -> list[str]:
     """Today's usage against each quota of the member's tier here."""
     adm = actor.svc.admission
+    assert adm is not None, "usage lines need tiers"
     p = await adm.profile(actor.chat_id, user_id)
     q, t = p.quotas, p.today
     from tiers.quotas import ANY_MODEL, request_usage

@@ -11,6 +11,7 @@ import time
 from collections import deque
 from datetime import datetime, timedelta
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from dataclasses import replace
 
 from memory.errors import MemoryStoreError
@@ -375,7 +376,8 @@ class ChatActor:
         t_llm = time.perf_counter()
         try:
             keys = await self._api_keys(ev)
-            completion = await llm.complete(alias, prompt.messages, on_delta=on_delta, **({"api_keys": keys} if keys else {}))
+            extra: dict[str, Any] = {"api_keys": keys} if keys else {}  # (fakes of the LLM need not take it)
+            completion = await llm.complete(alias, prompt.messages, on_delta=on_delta, **extra)
         except ProviderError as exc:
             llm_ms = _ms(t_llm)
             log.warning("chat %s: LLM %s failed: %s", self.chat_id, alias, exc)
@@ -491,6 +493,7 @@ class ChatActor:
         """``actors.media.understand``; a failure there never loses the message (marker + caption)."""
         from . import media
 
+        assert ev.media is not None
         try:
             return await media.understand(self, ev, await self._user(ev.sender.user_id))
         except Exception:  # noqa: BLE001 - the message is stored whatever happens to its file

@@ -152,7 +152,9 @@ async def chat_turns(
     always addressing the bot. Returns the number of messages sent.
     """
     sup = rt.supervisor
-    ids = sup.outbox.ids  # a LocalOutbox: user messages and replies share one id sequence
+    box = sup.outbox
+    assert isinstance(box, LocalOutbox), "the console talks through a LocalOutbox"
+    ids = box.ids  # user messages and replies share one id sequence
     chat_type = PRIVATE if chat_id > 0 else "supergroup"
     n = 0
 
@@ -167,14 +169,15 @@ async def chat_turns(
         if attached is not None:
             path, caption = attached
             if not rest_is_file(path):
-                await sup.outbox.on_notice(f"not sent: {path} is not a file. Usage: /file PATH [caption]")
+                await box.on_notice(f"not sent: {path} is not a file. Usage: /file PATH [caption]")
                 return
             try:
                 media = local_media(path)
             except OSError as exc:
-                await sup.outbox.on_notice(f"not sent: cannot read {path}: {exc.strerror or exc}")
+                await box.on_notice(f"not sent: cannot read {path}: {exc.strerror or exc}")
                 return
-            ev = Incoming(chat_id, chat_type, message_id, user, caption, date, chat_title=chat_title, respond=True, media=media)
+            ev: Incoming | CommandEvent = Incoming(chat_id, chat_type, message_id, user, caption, date, chat_title=chat_title,
+                                                   respond=True, media=media)
         elif text.startswith("/") and len(text) > 1:
             cmd, _, args = text[1:].partition(" ")
             ev = CommandEvent(chat_id, chat_type, message_id, user, cmd.split("@")[0].lower(), args.strip(), date, chat_title=chat_title)

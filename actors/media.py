@@ -243,6 +243,7 @@ async def _see_photo(actor: "ChatActor", ev: Incoming, media: Media, data: bytes
 
 async def _transcribe(actor: "ChatActor", ev: Incoming, media: Media, data: bytes) -> Understood:
     transcriber = actor.svc.transcriber
+    assert transcriber is not None, "checked by understand()"
     name = media.file_name or {"voice": "voice.ogg", "video_note": "video_note.mp4"}.get(media.kind, "audio.mp3")
     try:
         t = await transcriber.transcribe(data, name, duration_s=media.duration_s)

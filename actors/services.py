@@ -5,9 +5,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from typing import TYPE_CHECKING
+
 from config.models import Config
 from memory.service import Memory
 from memory.types import MemoryHit, UsageRecord
+
+if TYPE_CHECKING:
+    from memory.cleanup import Janitor
+    from providers.images import ImageGenerator
+    from providers.keys import KeyVault
+    from providers.llm import LLM
+    from providers.transcription import Transcriber
+    from tiers.admission import Admission
 
 
 ALREADY_ANSWERED = "already answered"  # TurnReport.error of a message the bot answered before (exactly once)
@@ -60,15 +70,15 @@ class Services:
 
     config: Config
     memory: Memory
-    llm: object  # providers.llm.LLM (kept loose so tests can pass a fake at the outermost boundary)
+    llm: LLM  # tests may pass a fake with the same methods at the outermost boundary
     bot: BotIdentity
     clock: Callable[[], datetime] = utc_now
-    admission: object | None = None  # tiers.Admission; None = no tiers (every request admitted)
-    janitor: object | None = None  # memory.cleanup.Janitor; None = no capacity cleanup
+    admission: Admission | None = None  # None = no tiers (every request admitted)
+    janitor: Janitor | None = None  # None = no capacity cleanup
     on_turn: Callable[[TurnReport], None] | None = None
-    transcriber: object | None = None  # providers.transcription.Transcriber; None = voice notes are not transcribed
-    images: object | None = None  # providers.images.ImageGenerator; None = no /image
-    keys: object | None = None  # providers.keys.KeyVault (users' own API keys); None = /key is off
+    transcriber: Transcriber | None = None  # None = voice notes are not transcribed
+    images: ImageGenerator | None = None  # None = no /image
+    keys: KeyVault | None = None  # users' own API keys; None = /key is off
 
     def record_usage(self, rec: UsageRecord) -> None:
         """Store one billed call (queued) and count it against today's quotas."""

@@ -44,14 +44,15 @@ def telegram_credentials(env: Mapping[str, str] | None = None) -> TelegramCreden
         raise MissingSecret(f"environment variable{'s' if len(missing) > 1 else ''} not set: {', '.join(missing)} "
                             "(api id and hash from https://my.telegram.org, the bot token from @BotFather)",
                             key=", ".join(missing))
+    api_id_text, api_hash, bot_token = (values[name] or "" for name in TELEGRAM_VARS)  # all set (checked above)
     try:
-        api_id = int(values["TELEGRAM_API_ID"])
+        api_id = int(api_id_text)
     except ValueError:
         raise ConfigError("must be a whole number (the api_id shown at https://my.telegram.org)",
                           key="TELEGRAM_API_ID") from None
     if api_id <= 0:
         raise ConfigError("must be a positive number (the api_id shown at https://my.telegram.org)", key="TELEGRAM_API_ID")
-    return TelegramCredentials(api_id=api_id, api_hash=values["TELEGRAM_API_HASH"], bot_token=values["TELEGRAM_BOT_TOKEN"])
+    return TelegramCredentials(api_id=api_id, api_hash=api_hash, bot_token=bot_token)
 
 
 def payment_provider_token(env: Mapping[str, str] | None = None) -> str | None:

@@ -15,7 +15,7 @@ only ``request`` a check. Limits of -1 mean unlimited.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -113,7 +113,7 @@ class Janitor:
     def __init__(
         self,
         memory: Memory,
-        limits_of: Callable[[str, int], "anyio.abc.Awaitable[StorageLimits]"],
+        limits_of: Callable[[str, int], Awaitable[StorageLimits]],
         policy: AutoCleanup,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -123,20 +123,21 @@ class Janitor:
         self._idle = anyio.Event()
         self._idle.set()
         self._closed = False
-        self._tg = None
+        self._tg: anyio.abc.TaskGroup | None = None
         self._counts: dict[tuple[str, int], int] = {}
         self._every: dict[tuple[str, int], int] = {}  # check after this many new messages (from the limit)
         self.results: list[CleanupResult] = []
 
     async def __aenter__(self) -> "Janitor":
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._worker, name="janitor")
+        tg = self._tg = anyio.create_task_group()
+        await tg.__aenter__()
+        tg.start_soon(self._worker, name="janitor")
         return self
 
     async def __aexit__(self, *exc) -> None:
         self._closed = True
         self._wakeup.set()
+        assert self._tg is not None
         await self._tg.__aexit__(None, None, None)
 
     def note_stored(self, chat_id: int, user_id: int | None) -> None:

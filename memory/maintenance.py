@@ -173,9 +173,9 @@ async def _embed_chats(memory: Memory, indexer, chats: list[int], on_progress: C
             await indexer.flush()
             on_progress(len(batch))
         async for chunks in memory.store.iter_document_chunks(cid):
-            todo = [c for c in chunks if c.message_id not in evicted]
-            indexer.submit(todo)
-            written += len(todo)
+            parts = [c for c in chunks if c.message_id not in evicted]
+            indexer.submit(parts)
+            written += len(parts)
             await indexer.flush()
     return written
 

@@ -18,6 +18,7 @@ from .types import ROLE_USER, DocumentChunk, DocumentInfo, MemoryHit, StoredMess
 
 if TYPE_CHECKING:
     from .dialogue import DialogueStore
+    from .maintenance import GapFiller
     from .indexer import Indexer
     from .vectors import VectorMemory
 
@@ -45,7 +46,7 @@ class Memory:
         self.indexer = indexer
         self.embedder = embedder
         self.reader = reader  # memory.documents.DocumentReader (documents off the event loop); None = a thread
-        self.gap_filler = None  # memory.maintenance.GapFiller when the start-up gap check runs
+        self.gap_filler: GapFiller | None = None  # when the start-up gap check runs
 
     def check_space(self) -> None:
         """raises DiskFull when vector memory's last append failed for lack of space (the dialogue

@@ -66,7 +66,7 @@ from collections.abc import Awaitable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import numpy as np
@@ -296,8 +296,8 @@ class VectorMemory:
         self._limiter = anyio.CapacityLimiter(max_threads)
         self._write_lock = anyio.Lock()
         self._lance: _LanceLoop | None = None
-        self._db = None
-        self._tbl = None
+        self._db: Any = None  # lancedb.AsyncConnection once open
+        self._tbl: Any = None  # lancedb.AsyncTable once open
         self._has_vector_index = False
         self._vector_index_rows = 0  # table size when the vector index was (re)built or first seen
         # sender names per chat, for recall (``speakers``): loaded once per chat, plus every name added since

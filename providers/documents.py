@@ -357,7 +357,8 @@ def chunk(extracted: Extracted, *, max_chars: int = 1200) -> list[Chunk]:
     def flush() -> None:
         nonlocal buf, size
         if buf:
-            chunks.append(Chunk(len(chunks), "\n\n".join(buf), key[0], key[1]))
+            page, section = key if key is not None else (None, None)
+            chunks.append(Chunk(len(chunks), "\n\n".join(buf), page, section))
         buf, size = [], 0
 
     for section in extracted.sections:
@@ -380,7 +381,8 @@ def chunk(extracted: Extracted, *, max_chars: int = 1200) -> list[Chunk]:
 def _normalise(text: str, keep_indent: bool) -> str:
     lines = []
     for line in text.split("\n"):
-        indent = _LEADING_HSPACE.match(line).group() if keep_indent else ""
+        lead = _LEADING_HSPACE.match(line) if keep_indent else None  # (always matches: "*")
+        indent = lead.group() if lead is not None else ""
         body = _HSPACE_RUN.sub(lambda m: "\t" if "\t" in m.group() else " ", line[len(indent):]).strip()
         lines.append(indent + body if body else "")
     return "\n".join(lines).strip("\n")

@@ -123,7 +123,7 @@ class Embedder:
         self._pending: list[_Request] = []
         self._wakeup = anyio.Event()
         self._limiter = anyio.CapacityLimiter(1)
-        self._tg = None
+        self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
         self._query_encoder: QueryEncoder | None = None
         self.batches = 0  # number of model calls, for stats and tests
@@ -139,9 +139,9 @@ class Embedder:
         self._query_encoder = await anyio.to_thread.run_sync(query_encoder, self._model, limiter=self._limiter)
         if self.precision == "auto":
             self.bf16 = await anyio.to_thread.run_sync(bf16_batches, self._model, limiter=self._limiter)
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._batcher, name="embedder-batcher")
+        tg = self._tg = anyio.create_task_group()
+        await tg.__aenter__()
+        tg.start_soon(self._batcher, name="embedder-batcher")
         return self
 
     async def __aexit__(self, *exc) -> bool | None:

@@ -26,7 +26,7 @@ import math
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")  # as providers._offline does for the price map
@@ -101,14 +101,14 @@ def _words(text: str) -> set[str]:
     return {w for w in _WORD_RE.findall(text.lower()) if w not in _STOPWORDS and (len(w) > 1 or w.isdigit())}
 
 
-def _question(messages: list[Mapping[str, Any]]) -> str:
+def _question(messages: Sequence[Mapping[str, Any]]) -> str:
     for m in reversed(messages):
         if m.get("role") == "user":
             return _content_text(m.get("content"))
     return ""
 
 
-def _memories(messages: list[Mapping[str, Any]]) -> list[QuotedMemory]:
+def _memories(messages: Sequence[Mapping[str, Any]]) -> list[QuotedMemory]:
     """Memory blocks of the system/developer messages and of the framed data message (a user
     message starting with ``DATA_FRAME``); a block a member typed into their own message is not one."""
     found: list[QuotedMemory] = []
@@ -122,7 +122,7 @@ def _memories(messages: list[Mapping[str, Any]]) -> list[QuotedMemory]:
 WINDOW_ID_BASE = 1 << 62  # earlier turns of the conversation sort after every recalled memory
 
 
-def _earlier_turns(messages: list[Mapping[str, Any]], question: str) -> list[QuotedMemory]:
+def _earlier_turns(messages: Sequence[Mapping[str, Any]], question: str) -> list[QuotedMemory]:
     """The conversation's earlier user-role turns (``name: text``, oldest first) that share a word
     with ``question`` and are not questions themselves: the recent window is memory too, though no
     recall block quotes it."""
@@ -166,7 +166,7 @@ def _quote(mem: QuotedMemory) -> str:
     return f"> {mem.user_name or 'someone'}{when}: {text}"
 
 
-def answer(messages: list[Mapping[str, Any]]) -> str:
+def answer(messages: Sequence[Mapping[str, Any]]) -> str:
     """The recall model's answer to OpenAI-style ``messages`` (see the module docstring)."""
     question = _question(messages)
     chosen = choose(question, _memories(messages) + _earlier_turns(messages, question))
@@ -205,7 +205,7 @@ class RecallLLM(CustomLLM):
         response.choices[0].finish_reason = "stop"
         response.model = MODEL
         response.created = int(time.time())
-        response.usage = Usage(**usage)
+        response.usage = Usage(**usage)  # type: ignore[attr-defined,arg-type]  # litellm's stubs lag its runtime
         return response
 
     async def acompletion(self, *args: Any, **kwargs: Any) -> ModelResponse:

@@ -181,7 +181,7 @@ def _probe_seconds(data: bytes) -> float | None:
     except ImportError:
         return None
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), mode="r") as container:
             if container.duration:
                 return float(container.duration) / float(av.time_base)
             for stream in container.streams.audio:

@@ -97,9 +97,8 @@ def invoice_for(plan_name: str, cfg: TiersConfig, *, scope: str = "user", scope_
     """
     plan = _plan(cfg, plan_name)
     currency = plan.currency.upper()
-    if currency == STARS:
-        token = ""
-    else:
+    token: str | None = ""
+    if currency != STARS:
         token = provider_token if provider_token is not None else payment_provider_token()
         if not token:
             raise PaymentError(f"plan {plan_name!r} is priced in {currency}, which needs a payment provider: "
@@ -114,7 +113,7 @@ def invoice_for(plan_name: str, cfg: TiersConfig, *, scope: str = "user", scope_
         payload=make_payload(plan_name, scope, scope_id),
         currency=currency,
         prices=((title[:_TITLE_MAX], plan.price),),
-        provider_token=token,
+        provider_token=token or "",
     )
 
 
@@ -161,8 +160,9 @@ async def apply_successful_payment(
     # Shielded: once the payment row is in, the extension must follow (a cancelled half would be lost).
     async with subs.payment_lock:
         with anyio.CancelScope(shield=True):
-            return await _apply(subs, store, charge_id, payload, amount, currency, user_id, chat_id,
-                                name, scope, scope_id, plan if tier_ok else None)
+            result = await _apply(subs, store, charge_id, payload, amount, currency, user_id, chat_id,
+                                  name, scope, scope_id, plan if tier_ok else None)
+    return result
 
 
 async def _apply(subs: SubscriptionStore, store: DialogueStore, charge_id: str, payload: str, amount: int,

@@ -120,8 +120,8 @@ class SendLimiter:
         for table in (self._chats, self._groups):
             for key in [k for k, b in table.items() if b.idle(now)]:
                 del table[key]
-        for key in [k for k, until in self._blocked.items() if until <= now]:
-            del self._blocked[key]
+        for blocked in [k for k, until in self._blocked.items() if until <= now]:
+            del self._blocked[blocked]
 
     def blocked_for(self, chat_id: int | None, now: float | None = None) -> float:
         """Seconds left of a FloodWait affecting ``chat_id`` (0 when none)."""

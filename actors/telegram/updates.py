@@ -67,7 +67,8 @@ _CHAT_TYPES = {
 
 def chat_type_of(chat: Any) -> str | None:
     """pyrogram chat → ``"private" | "group" | "supergroup" | "channel"`` (None: not handled)."""
-    return _CHAT_TYPES.get(getattr(chat, "type", None))
+    kind = getattr(chat, "type", None)
+    return _CHAT_TYPES.get(kind) if kind is not None else None
 
 
 def sender_of(message: Any) -> Sender | None:
@@ -175,7 +176,7 @@ def shared_text(message: Any) -> str | None:
 
 
 def message_to_event(message: Any, bot: BotIdentity, *, sent_by_bot: Callable[[int, int], bool] = lambda c, m: False,
-                     client: Any = None) -> ChatEvent | None:
+                     client: Any = None) -> Incoming | CommandEvent | PaymentEvent | None:
     """A pyrogram ``Message`` → ``Incoming`` / ``CommandEvent``; None for anything else (service
     messages, the bot's own messages, commands for another bot). A message with a file carries it
     as ``Incoming.media`` (caption as the text); ``client`` makes its download handle."""
@@ -216,7 +217,7 @@ def message_to_event(message: Any, bot: BotIdentity, *, sent_by_bot: Callable[[i
         cmd = parse_command(text, bot.username)
         if cmd is False:
             return None
-        if cmd is not None:
+        if isinstance(cmd, tuple):
             return CommandEvent(chat_id, chat_type, message.id, sender, cmd[0], cmd[1], date, thread_id=thread_id, chat_title=title)
     reply_to = message.reply_to_message_id
     if thread_id is not None and reply_to == thread_id and not message.reply_to_top_message_id:
