@@ -402,6 +402,7 @@ class DialogueStore:
             self._q_recalls[:0] = batch.recalls
             self._q_chats[:0] = batch.chats
             self._write_error = exc
+            err: MemoryStoreError
             if is_disk_full(exc):
                 first = self.disk_full is None
                 err = self.disk_full = self._disk_full(exc, self.pending)
@@ -710,7 +711,8 @@ class DialogueStore:
                 moved = con.execute(
                     "INSERT OR IGNORE INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date)"
                     " SELECT ?, message_id - ?, thread_id, user_id, user_name, role, text, reply_to - ?, date"
-                    " FROM messages WHERE chat_id = ?", [new, shift, shift, old]).fetchone()[0]
+                    " FROM messages WHERE chat_id = ?", [new, shift, shift, old]).fetchone() or (0,)
+                moved = moved[0]
                 con.execute("INSERT OR IGNORE INTO recalls SELECT ?, reply_message_id - ?, memory_message_id - ?, score"
                             " FROM recalls WHERE chat_id = ?", [new, shift, shift, old])
                 con.execute("INSERT OR IGNORE INTO documents SELECT * REPLACE (? AS chat_id, message_id - ? AS message_id)"
@@ -837,7 +839,8 @@ class DialogueStore:
         if message_ids is not None and not message_ids:
             return []
         await self._sync()
-        cond, params = "chat_id = ?", [chat_id]
+        cond = "chat_id = ?"
+        params: list[Any] = [chat_id]
         if user_id is not None:
             cond += " AND user_id = ?"
             params.append(user_id)
@@ -940,7 +943,7 @@ class DialogueStore:
             sql += " WHERE chat_id = ?"
             params.append(chat_id)
         rows = await self._query(sql + " ORDER BY date, chat_id, message_id", params)
-        return [DocumentInfo(*r[:10], from_us(r[10])) for r in rows]
+        return [DocumentInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], from_us(r[10])) for r in rows]
 
     async def iter_document_chunks(self, chat_id: int | None = None, *, batch: int = 2000) -> AsyncIterator[list[DocumentChunk]]:
         """Every stored document chunk (of one chat, or all) with its provenance, in pages of at most
@@ -1093,7 +1096,7 @@ class DialogueStore:
                     size += os.path.getsize(p)
                 except OSError:
                     pass
-            return row, size
+            return row or (0, 0, 0, 0, 0), size
 
         row, size = await self._run(run)
         out: dict[str, Any] = dict(zip(("chats", "users", "messages", "usage", "recalls"), map(int, row)))

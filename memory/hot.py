@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Collection, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -54,7 +55,7 @@ class ChatRows:
         vec_col = tbl.column("vector").combine_chunks()
         vecs = vec_col.flatten().to_numpy(zero_copy_only=False).reshape(len(vec_col), self.dim).astype(np.float32, copy=False)
         names = set(tbl.column_names)  # the document columns may be absent: null
-        cols = {c: tbl.column(c).to_pylist() if c in names else [None] * tbl.num_rows for c in COLUMNS}
+        cols: dict[str, list[Any]] = {c: tbl.column(c).to_pylist() if c in names else [None] * tbl.num_rows for c in COLUMNS}
         need = self.n + tbl.num_rows
         if need > len(self._vectors):  # grow geometrically: appends arrive a few rows at a time
             grown = np.empty((max(need, 2 * len(self._vectors), 64), self.dim), dtype=np.float32)

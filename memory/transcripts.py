@@ -57,7 +57,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from .errors import TranscriptError, TranscriptLineError
 from .markers import contact_text, location_text, marker, poll_text
@@ -310,6 +310,12 @@ def _check_unicode(key: str, value: str) -> None:
         raise _Bad(f"{key!r} is not valid Unicode: {exc.reason} at {exc.start}") from None
 
 
+@overload
+def _int(obj: dict, key: str, *, required: Literal[True]) -> int: ...
+@overload
+def _int(obj: dict, key: str, *, required: bool) -> int | None: ...
+
+
 def _int(obj: dict, key: str, *, required: bool) -> int | None:
     v = obj.get(key)
     if v is None:
@@ -321,6 +327,12 @@ def _int(obj: dict, key: str, *, required: bool) -> int | None:
     if not -(1 << 63) <= v < (1 << 63):
         raise _Bad(f"{key!r} is out of the 64-bit range: {v}")
     return v
+
+
+@overload
+def _str(obj: dict, key: str, *, required: Literal[True]) -> str: ...
+@overload
+def _str(obj: dict, key: str, *, required: bool) -> str | None: ...
 
 
 def _str(obj: dict, key: str, *, required: bool) -> str | None:
@@ -482,7 +494,7 @@ def _export_extra(m: dict) -> str | None:
     """The text of an exported poll, location or contact (``memory.markers.poll_text`` …); None otherwise."""
     poll = m.get("poll")
     if isinstance(poll, dict) and isinstance(poll.get("question"), str):
-        answers = [a.get("text") for a in poll.get("answers") or () if isinstance(a, dict) and isinstance(a.get("text"), str)]
+        answers = [a["text"] for a in poll.get("answers") or () if isinstance(a, dict) and isinstance(a.get("text"), str)]
         return poll_text(poll["question"], answers)
     loc = m.get("location_information")
     if isinstance(loc, dict) and isinstance(loc.get("latitude"), (int, float)) and isinstance(loc.get("longitude"), (int, float)):
