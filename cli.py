@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import providers._offline  # noqa: F401  (offline env before any model library loads)
 
+import functools
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import anyio
 import typer
@@ -446,7 +447,7 @@ async def _import_files(memory, files: list[Path], *, with_files: bool = False, 
             try:
                 report = await import_transcript(
                     memory, file,
-                    on_progress=lambda n, task=task: progress.advance(task, n),
+                    on_progress=functools.partial(progress.advance, task),
                     on_error=lambda e: progress.console.print(f"[yellow]skipped[/] {escape(str(e))}"),
                     with_files=with_files,
                     should_stop=stop or (lambda: False),
@@ -562,7 +563,7 @@ async def _memory_stats(cfg, data_dir: Path, as_json: bool) -> None:
 
     async with open_memory(cfg, data_dir) as memory:
         chats = await memory.store.chats()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for c in chats:
             rows.append({
                 "chat_id": c.chat_id, "type": c.type, "title": c.title, "messages": c.messages,

@@ -791,7 +791,7 @@ class VectorMemory:
         from .retrieval import Fusion, propagate, to_hit
 
         pool = max(settings.pool, k)
-        legs = []
+        legs: list[Awaitable[Any]] = []
         if vec is not None:
             legs.append(self._vector_leg(vec, where, pool))
         if fts is not None:
@@ -878,7 +878,7 @@ class VectorMemory:
 
         q = (
             self._table.query()
-            .nearest_to_text(MatchQuery(" ".join(terms), "content"))
+            .nearest_to_text(MatchQuery(" ".join(terms), "content"))  # type: ignore[call-arg]  # stub lists defaults as required
             .where(where)
             .select(_RESULT_COLUMNS + (["vector"] if with_vectors else []) + ["_score"])
             .limit(limit)
