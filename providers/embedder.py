@@ -42,6 +42,11 @@ _BF16_PROBES = ("hi", "When did Caroline go to the LGBTQ support group after mov
 _BF16_MIN_COSINE = 0.999
 
 
+def length_order(texts: Sequence[str]) -> np.ndarray:
+    """Indices that sort ``texts`` by length (as the model reads them: at most MAX_CHARS), stable."""
+    return np.argsort(np.fromiter((min(len(t), MAX_CHARS) for t in texts), dtype=np.int64, count=len(texts)), kind="stable")
+
+
 def bf16_batches(model) -> bool:
     """Whether batches should run in bfloat16 on this CPU: the CPU computes bf16 natively (oneDNN
     reports AVX512-BF16/AMX support) and the model's bf16 vectors agree with fp32 on probe texts
@@ -187,14 +192,21 @@ class Embedder:
         if self._tg is None or self._closed:
             # not running as a service: encode directly in a worker thread
             return await anyio.to_thread.run_sync(self.encode_sync, list(texts), limiter=self._limiter)
-        req = _Request(list(texts), urgent)
+        # bulk work is split into calls in order: sort it by length first, so each call holds texts
+        # of similar length (the model pads every text of a call to its longest one)
+        order = None if urgent or len(texts) < 2 else length_order(texts)
+        req = _Request([texts[i] for i in order] if order is not None else list(texts), urgent)
         self._pending.append(req)
         self._wakeup.set()
         await req.done.wait()
         if req.error is not None:
             raise req.error
         assert req.result is not None
-        return req.result
+        if order is None:
+            return req.result
+        out = np.empty_like(req.result)
+        out[order] = req.result  # back to the caller's order
+        return out
 
     async def embed_one(self, text: str) -> np.ndarray:
         """Embed one text: float32[384], L2-normalised."""

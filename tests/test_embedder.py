@@ -61,6 +61,28 @@ async def test_a_query_overtakes_bulk_indexing_and_bulk_is_split_into_bounded_ca
         assert emb.batches >= 10  # 160 texts in calls of at most 16 (+ the query)
 
 
+async def test_bulk_texts_are_grouped_by_length_and_come_back_in_the_callers_order(st_model):
+    slice_ = Path(__file__).resolve().parents[2] / "shared" / "data" / "ubuntu-irc" / "2009-03-03_10.jsonl"
+    import json
+
+    texts = [json.loads(line)["text"] for line in slice_.read_text(encoding="utf-8").splitlines()[:300]]
+    async with Embedder(st_model, max_batch=32, max_wait_s=0, precision="fp32") as emb:
+        calls: list[list[int]] = []
+        real = emb._encode_batch
+
+        def spy(batch):
+            calls.append([len(t) for t in batch])
+            return real(batch)
+
+        emb._encode_batch = spy
+        vecs = await emb.embed(texts)
+    alone = np.stack([emb.encode_sync([t])[0] for t in texts[:40]])
+    assert np.all((vecs[:40] * alone).sum(axis=1) >= 0.9999)  # each row is its own text's, in order
+    spans = [max(c) - min(c) for c in calls if len(c) > 1]
+    overall = max(len(t) for t in texts) - min(len(t) for t in texts)
+    assert len(calls) >= 9 and max(spans[:-1]) < overall / 2  # each call holds texts of similar length
+
+
 async def test_a_single_query_takes_the_traced_path_and_matches_encode(st_model):
     import json
 
