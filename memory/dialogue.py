@@ -643,12 +643,12 @@ class DialogueStore:
         return {r[0] for r in rows}
 
     async def note_delivery(self, chat_id: int, message_id: int) -> None:
-        """Durably note that a reply to ``message_id`` is about to be sent: commits everything queued
-        (the message itself included) and a ``deliveries`` row before it returns. Called before the
+        """Durably note that a reply to ``message_id`` is about to be sent: commits the chat's queued
+        messages (the message itself included) and a ``deliveries`` row before it returns. Called before the
         reply's first byte leaves, so a crash at any later moment never answers the message again
         (at most once: a crash between this commit and the send leaves it unanswered).
         raises MemoryStoreError when the database cannot write."""
-        await self._sync()
+        await self._sync_chat(chat_id)
         self._chats_with_messages.add(chat_id)
         await self._query(
             f"INSERT OR IGNORE INTO deliveries VALUES (?, ?, {_TS.format('?')})",
@@ -664,19 +664,22 @@ class DialogueStore:
             f"INSERT OR IGNORE INTO memory_evictions SELECT ?, unnest(?::BIGINT[]), {_TS.format('?')}",
             [chat_id, list(message_ids), to_us(self._clock())])
 
-    async def memory_ids(self) -> dict[int, set[int]]:
+    async def memory_ids(self, chat_id: int | None = None) -> dict[int, set[int]]:
         """Per chat, the ids vector memory should hold: every stored user message with text (some
         may be whitespace only: the indexer skips those) and every document chunk
-        (``chunk_memory_id``), minus what the capacity cleanup evicted. Commits queued writes first."""
+        (``chunk_memory_id``), minus what the capacity cleanup evicted; of one chat, or of all.
+        Commits queued writes first."""
         await self._sync()
+        only = "" if chat_id is None else f" AND chat_id = {int(chat_id)}"
         rows = await self._query(
-            """
+            f"""
             SELECT chat_id, message_id FROM messages m
-             WHERE role = 'user' AND length(text) > 0
+             WHERE role = 'user' AND length(text) > 0{only}
                AND NOT EXISTS (SELECT 1 FROM memory_evictions e WHERE e.chat_id = m.chat_id AND e.message_id = m.message_id)
             UNION ALL
             SELECT chat_id, ? + message_id * 65536 + chunk FROM document_chunks c
-             WHERE NOT EXISTS (SELECT 1 FROM memory_evictions e WHERE e.chat_id = c.chat_id AND e.message_id = c.message_id)
+             WHERE true{only}
+               AND NOT EXISTS (SELECT 1 FROM memory_evictions e WHERE e.chat_id = c.chat_id AND e.message_id = c.message_id)
             """,
             [DOC_ID_BASE])
         out: dict[int, set[int]] = {}

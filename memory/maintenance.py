@@ -147,7 +147,7 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
     chats = [chat_id] if chat_id is not None else [c.chat_id for c in await memory.store.chats()]
     if chat_id is not None:
         written = await _embed_chats(memory, memory.indexer, chats, on_progress)
-        wanted = (await memory.store.memory_ids()).get(chat_id, set())
+        wanted = (await memory.store.memory_ids(chat_id)).get(chat_id, set())
         stale = await memory.vectors.message_ids(chat_id) - wanted
         await memory.vectors.delete(chat_id, message_ids=sorted(stale))
         await memory.vectors.optimize()

@@ -222,14 +222,17 @@ class LLM:
     def __init__(self, models: Mapping[str, ModelSpec], settings: LLMSettings) -> None:
         self._models: dict[str, ModelSpec] = dict(models)
         self._settings = settings
+        self._provider: dict[str, str] = {}  # alias → litellm provider (what a user's /key is for)
         for alias, spec in self._models.items():
             for fb in spec.fallbacks:
                 if fb not in self._models:
                     raise ModelNotConfigured(f"models.{alias}.fallbacks: unknown model alias {fb!r}")
             try:
-                litellm.get_llm_provider(model=spec.model, api_base=spec.api_base)
+                self._provider[alias] = litellm.get_llm_provider(model=spec.model, api_base=spec.api_base)[1]
             except Exception as e:
                 raise ModelNotConfigured(f"models.{alias}: litellm cannot use model {spec.model!r}: {_detail(e)}") from e
+        self._key_providers = tuple(dict.fromkeys(
+            self._provider[a] for a, s in self._models.items() if s.model != recall_model.MODEL))
         self._limiter = anyio.CapacityLimiter(settings.concurrency)
         self._router = self._build_router({})
         self._keyed: OrderedDict[str, Router] = OrderedDict()  # digest of users' keys → their Router (LRU)
@@ -258,13 +261,13 @@ class LLM:
     def provider_of(self, alias: str) -> str:
         """The litellm provider of ``alias``'s model (``openai``, ``anthropic``, ``ollama``, ...): what
         a user's own key (``/key``) is for. ModelNotConfigured for an unknown alias."""
-        spec = self._spec(alias)
-        return litellm.get_llm_provider(model=spec.model, api_base=spec.api_base)[1]
+        self._spec(alias)
+        return self._provider[alias]
 
     @property
     def providers(self) -> tuple[str, ...]:
         """The providers of the configured models that take an API key (not the offline recall model)."""
-        return tuple(dict.fromkeys(self.provider_of(a) for a, s in self._models.items() if s.model != recall_model.MODEL))
+        return self._key_providers
 
     def _router_for(self, keys: Mapping[str, str] | None) -> Router:
         """The host's Router, or one with the users' own keys for their providers (cached, 64 at most;
