@@ -741,6 +741,7 @@ async def _doctor(cfg, data_dir: Path, line) -> None:
 
     from memory.dialogue import DialogueStore
     from memory.errors import MemoryStoreError
+    from actors.runtime import CACHE_DIR
     from providers.embedder import Embedder
 
     def writable() -> str:
@@ -763,9 +764,12 @@ async def _doctor(cfg, data_dir: Path, line) -> None:
         line(False, "dialogue store", str(exc))
     t0 = time.perf_counter()
     try:
-        async with Embedder() as emb:
+        mem = cfg.settings.memory
+        async with Embedder(backend=mem.embed_backend, precision=mem.embed_precision, cache_dir=data_dir / CACHE_DIR) as emb:
             v = await emb.embed_one("hello")
-        line(v.shape == (384,), "embedding model", f"all-MiniLM-L6-v2, dim {v.shape[0]}, loaded in {time.perf_counter() - t0:.1f} s")
+        fallback = f" (embed_backend is {mem.embed_backend}: see the warning above)" if emb.backend != mem.embed_backend else ""
+        line(v.shape == (384,), "embedding model", f"all-MiniLM-L6-v2 on {emb.backend} ({emb.encoder.precision}){fallback}, "
+                                                   f"dim {v.shape[0]}, loaded in {time.perf_counter() - t0:.1f} s")
     except Exception as exc:  # noqa: BLE001
         line(False, "embedding model", str(exc))
     from providers.llm import LLM

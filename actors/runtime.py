@@ -33,6 +33,7 @@ from .supervisor import Supervisor
 
 DB_FILE = "kith.duckdb"
 VECTORS_DIR = "memory"
+CACHE_DIR = "cache"  # derived, rebuildable files (the OpenVINO conversion of the embedding model)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ class Runtime:
 async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: bool = False) -> AsyncIterator[Memory]:
     """Open DuckDB (``data_dir/kith.duckdb``), LanceDB (``data_dir/memory/``), the embedder and indexer.
 
-    model: an already loaded SentenceTransformer (tests share one); None loads the default.
+    model: an already loaded SentenceTransformer or ``providers.embedder.Encoder`` (tests share one);
+    None loads ``memory.embed_backend`` (the OpenVINO conversion is cached in ``data_dir/cache``).
     fill_gaps: check vector memory against the dialogue store in the background and embed what a
     crash left out (``memory.maintenance.GapFiller``, then on ``Memory.gap_filler``).
     raises memory.errors.StoreLocked when a running bot holds the database.
@@ -63,7 +65,8 @@ async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: 
         )
         vectors = await stack.enter_async_context(VectorMemory(data_dir / VECTORS_DIR, hot_rows=mem.hot_rows))
         embedder = await stack.enter_async_context(
-            Embedder(model, max_batch=mem.embed_batch, max_wait_s=mem.embed_wait_ms / 1000, precision=mem.embed_precision))
+            Embedder(model, backend=mem.embed_backend, max_batch=mem.embed_batch, max_wait_s=mem.embed_wait_ms / 1000,
+                     precision=mem.embed_precision, cache_dir=data_dir / CACHE_DIR))
         indexer = await stack.enter_async_context(Indexer(vectors, embedder, optimize_every=mem.optimize_every))
         reader = await stack.enter_async_context(DocumentReader())
         memory = Memory(store, vectors, indexer, embedder, reader)

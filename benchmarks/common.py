@@ -326,13 +326,48 @@ def progress(msg: str) -> None:
     print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def load_model_timed():
-    """The real embedding model and its load time in seconds."""
-    from providers.embedder import load_model
+BACKEND_ENV = "KITH_BENCH_BACKENDS"  # e.g. "openvino,torch:fp32,torch": embedding backends[:precision] to measure
 
+
+def bench_backends() -> list[tuple[str, str]]:
+    """``(backend, precision)`` pairs to measure, from ``$KITH_BENCH_BACKENDS`` (default: OpenVINO,
+    torch fp32 — the reference —, torch auto/bf16). The first one is the one the single-backend
+    benchmarks use (the bot's default). raises ValueError on an unknown name."""
+    from providers.embedder import BACKENDS, PRECISIONS
+
+    spec = os.environ.get(BACKEND_ENV) or "openvino,torch:fp32,torch"
+    out = []
+    for item in spec.split(","):
+        backend, _, precision = item.strip().partition(":")
+        precision = precision or "auto"
+        if backend not in BACKENDS or precision not in PRECISIONS:
+            raise ValueError(f"{BACKEND_ENV}: {item!r} is not backend[:precision] with backend in {BACKENDS}, "
+                             f"precision in {PRECISIONS}")
+        out.append((backend, precision))
+    return out
+
+
+def load_model_timed(backend: str | None = None, precision: str = "auto"):
+    """The real embedding model as a ``providers.embedder.Encoder`` on ``backend`` (default: the
+    first of ``bench_backends()``) and its load time in seconds. raises RuntimeError if the backend
+    fell back to another one (the numbers would be mislabelled)."""
+    from providers.embedder import load_encoder
+
+    if backend is None:
+        backend, precision = bench_backends()[0]
     t0 = time.perf_counter()
-    model = load_model()
-    return model, time.perf_counter() - t0
+    enc = load_encoder(backend, precision=precision)
+    if enc.backend != backend:
+        raise RuntimeError(f"embedding backend {backend} is not usable here (fell back to {enc.backend}); see the log")
+    return enc, time.perf_counter() - t0
+
+
+def time_encoder(enc, keep: bool = False) -> "Timed":
+    """Wrap ``enc.encode_batch`` (in place) with a ``Timed``: the time spent inside the model
+    (keep: also each call's texts and seconds)."""
+    timed = Timed(enc.encode_batch, f"{enc.backend} {enc.precision}", keep)
+    enc.encode_batch = timed
+    return timed
 
 
 def torch_threads() -> int | None:
@@ -353,8 +388,10 @@ class Timed:
     the first argument when it has one, e.g. the texts of an encode call). Meant for a callable
     used from one thread at a time."""
 
-    def __init__(self, fn: Callable) -> None:
+    def __init__(self, fn: Callable, label: str = "", keep: bool = False) -> None:
         self.fn = fn
+        self.label = label  # what is timed, e.g. "openvino bf16"
+        self.kept: list | None = [] if keep else None  # with keep: (first argument, seconds) of every call
         self.seconds = 0.0
         self.calls = 0
         self.items = 0
@@ -366,8 +403,11 @@ class Timed:
         try:
             return self.fn(*args, **kwargs)
         finally:
-            self.seconds += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            self.seconds += took
             self.calls += 1
+            if self.kept is not None and args:
+                self.kept.append((args[0], took))
 
 
 # ---------------------------------------------------------------------- standalone entry point

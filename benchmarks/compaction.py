@@ -48,7 +48,7 @@ def run(quick: bool) -> dict:
     pool = list(texts)
     model, load_s = common.load_model_timed()
     progress(f"compaction: embedding {len(pool)} unique texts")
-    vectors = model.encode(pool, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
+    vectors = model.encode_batch(pool)
     questions = [t for t in pool if t.rstrip().endswith("?")][:300]
     with tempfile.TemporaryDirectory() as tmp:
         out = anyio.run(_bench, Path(tmp), model, pool, texts, vectors, questions, base_rows, appends, raw_appends)

@@ -225,8 +225,7 @@ def run(quick: bool) -> dict:
              f"{len(doc.page_of)} turns) in {build_s:.1f} s; loading the embedding model")
 
     model, load_s = common.load_model_timed()
-    encode = common.Timed(model.encode)  # time inside the model (on the embedder's worker thread)
-    model.encode = encode
+    encode = common.time_encoder(model)  # time inside the model (on the embedder's worker thread)
 
     cfg = common.default_config()
     media = cfg.settings.media
@@ -665,7 +664,7 @@ def _result(quick, doc, build_s, extracted, chunks, extract_s, ing, big, tr, loa
     ]
     for name, (secs, calls) in stages.items():
         profile.append(f"  {name:<48} {secs:7.2f} s  {100 * secs / total_s:5.1f} %  {calls:4d} calls")
-    profile.append(f"  {'inside the model (SentenceTransformer.encode)':<48} {ing['encode_s']:7.2f} s  "
+    profile.append(f"  {'inside the model (encode_batch)':<48} {ing['encode_s']:7.2f} s  "
                    f"{100 * ing['encode_s'] / total_s:5.1f} %  {ing['encode_calls']:4d} calls, {ing['encode_items']} texts")
     profile.append(f"  extraction + chunking alone, in-process: {extract_s:.2f} s ({extracted.chars} chars, "
                    f"{len(chunks)} chunks of ≤ {common.default_config().settings.media.chunk_chars} chars)")
@@ -716,6 +715,7 @@ def _result(quick, doc, build_s, extracted, chunks, extract_s, ing, big, tr, loa
             "chats": tr["chats"],
             "turns_baseline": b["turns"],
             "turns_during_ingest": d["turns"],
+            "embedding": encode.label,
             "torch_threads": common.torch_threads(),
             "quick": quick,
         },

@@ -117,12 +117,14 @@ def conversation_transcript(conv: dict, chat_id: int) -> tuple[list[dict], dict[
     return lines, ids
 
 
-class CachedModel:
-    """Wraps the SentenceTransformer: ``encode`` serves texts from an on-disk cache while ``active``."""
+class CachedEncoder:
+    """Wraps an ``Encoder``: ``encode_batch`` serves texts from an on-disk cache (one file per
+    backend and precision) while ``active``; ``encode_one`` (queries) always runs the model."""
 
-    def __init__(self, model, cache_dir: Path) -> None:
-        self.model = model
-        self.path = cache_dir / "locomo-embeddings.npz"
+    def __init__(self, encoder, cache_dir: Path) -> None:
+        self.encoder = encoder
+        self.backend, self.precision, self.dim = encoder.backend, encoder.precision, encoder.dim
+        self.path = cache_dir / f"locomo-embeddings-{encoder.backend}-{encoder.precision}.npz"
         self.active = True
         self.store: dict[str, np.ndarray] = {}
         self.dirty = False
@@ -130,16 +132,16 @@ class CachedModel:
             with np.load(self.path) as z:
                 self.store = {k: z[k] for k in z.files}
 
-    def __getattr__(self, name):
-        return getattr(self.model, name)
+    def encode_one(self, text):
+        return self.encoder.encode_one(text)
 
-    def encode(self, sentences, **kw):
+    def encode_batch(self, sentences):
         if not self.active:
-            return self.model.encode(sentences, **kw)
+            return self.encoder.encode_batch(sentences)
         keys = [hashlib.sha1(s.encode()).hexdigest() for s in sentences]
         missing = [i for i, k in enumerate(keys) if k not in self.store]
         if missing:
-            vecs = self.model.encode([sentences[i] for i in missing], **kw)
+            vecs = self.encoder.encode_batch([sentences[i] for i in missing])
             for i, v in zip(missing, vecs):
                 self.store[keys[i]] = np.asarray(v, dtype=np.float32)
             self.dirty = True
@@ -173,15 +175,32 @@ def run(quick: bool) -> dict:
     convs = json.loads(data_path().read_text(encoding="utf-8"))
     if quick:
         convs = convs[:1]
-    progress(f"recall_locomo: {len(convs)} conversations; loading the model")
-    model, load_s = common.load_model_timed()
+    backends = common.bench_backends()
+    progress(f"recall_locomo: {len(convs)} conversations; loading the model ({backends[0][0]} {backends[0][1]})")
+    model, load_s = common.load_model_timed(*backends[0])
+    label = f"{model.backend} {model.precision}"
     cache = os.environ.get(CACHE_ENV)
     if cache:
-        model = CachedModel(model, Path(cache))
+        model = CachedEncoder(model, Path(cache))
     with tempfile.TemporaryDirectory(prefix="kith-bench-locomo-") as tmp:
         out = anyio.run(_bench, Path(tmp), model, convs, backend="asyncio")
     if cache:
         model.save()
+    del model
+    # the other backends: the full method and the vector leg alone, same questions
+    per_backend = {label: {name: out["results"][name] for name in ("full", "vector only")} | {"latency": out["latency"]}}
+    for backend, precision in backends[1:]:
+        progress(f"recall_locomo: {backend} {precision}")
+        other, _ = common.load_model_timed(backend, precision)
+        other_label = f"{other.backend} {other.precision}"
+        if cache:
+            other = CachedEncoder(other, Path(cache))
+        with tempfile.TemporaryDirectory(prefix="kith-bench-locomo-") as tmp:
+            got = anyio.run(_bench, Path(tmp), other, convs, False, backend="asyncio")
+        if cache:
+            other.save()
+        per_backend[other_label] = {name: got["results"][name] for name in ("full", "vector only")} | {"latency": got["latency"]}
+        del other
 
     metrics = []
     full = out["rows"][0][0]
@@ -211,8 +230,18 @@ def run(quick: bool) -> dict:
         metric("RRF hybrid as before: recall latency p95", percentile(before["total"], 95), "ms"),
         metric("RRF hybrid as before: query embedding p50", percentile(before["embed"], 50), "ms"),
         metric("foreign hits (must be 0)", out["foreign"], ""),
-        metric("model load (excluded)", load_s, "s"),
+        metric(f"model load ({label}, excluded)", load_s, "s"),
     ]
+    reference = per_backend.get("torch fp32")
+    for name, res in per_backend.items():
+        for row in ("full", "vector only"):
+            for k in KS:
+                metrics.append(metric(f"[{name}] {row}: recall@{k}", res[row]["all"][k], "%"))
+        if reference is not None and name != "torch fp32":
+            delta = res["full"]["all"][10] - reference["full"]["all"][10]
+            metrics.append(metric(f"[{name}] full: recall@10 − torch fp32's", abs(delta), "points", target=("<=", 0.5)))
+        metrics.append(metric(f"[{name}] full: query embedding p50", percentile(res["latency"]["embed"], 50), "ms"))
+        metrics.append(metric(f"[{name}] full: recall latency p95", percentile(res["latency"]["total"], 95), "ms"))
     return {
         "description": "LoCoMo evidence recall@k through Memory.recall (categories 1-4), full method and ablations",
         "params": {
@@ -222,6 +251,7 @@ def run(quick: bool) -> dict:
             "dropped_questions": out["dropped"],
             "per_category": {c: n for c, n in sorted(out["per_cat"].items())},
             "k": max(KS),
+            "embedding": [f"{b} {p}" for b, p in backends],
             "torch_threads": common.torch_threads(),
         },
         "metrics": metrics,
@@ -237,7 +267,9 @@ def run(quick: bool) -> dict:
     }
 
 
-async def _bench(tmp: Path, model, convs: list[dict]) -> dict:
+async def _bench(tmp: Path, model, convs: list[dict], ablate: bool = True) -> dict:
+    """Import and ask every question. ablate: every row of ``ablations()`` and the undated import;
+    else only the full method and the vector leg (a backend comparison)."""
     from actors.runtime import open_memory
 
     cfg = common.default_config()
@@ -274,7 +306,7 @@ async def _bench(tmp: Path, model, convs: list[dict]) -> dict:
     lat = {"total": [], "embed": [], "search": []}
     lat_before = {"total": [], "embed": [], "search": []}
     foreign = [0]
-    rows = ablations()
+    rows = ablations() if ablate else [r for r in ablations() if r[0] in ("full", "vector only")]
     async with open_memory(cfg, tmp / "data", model=model) as memory:
         await _import(memory, transcript, model)
         for chat_id, _, qs in chats:  # warm-up (model, lance loop, caches)
@@ -287,6 +319,8 @@ async def _bench(tmp: Path, model, convs: list[dict]) -> dict:
                 memory, chats, name, mode, lat if first else None, foreign, lat_before if first else None
             )
 
+    if not ablate:
+        return {"results": results, "latency": lat}
     # the same, with the full-text content as it was before (sender and text, no date): a fresh import
     import memory.vectors as mv
 
@@ -319,13 +353,13 @@ async def _bench(tmp: Path, model, convs: list[dict]) -> dict:
 async def _import(memory, transcript: Path, model) -> None:
     from memory.importer import import_transcript
 
-    if isinstance(model, CachedModel):
+    if isinstance(model, CachedEncoder):
         model.active = True
     t0 = time.perf_counter()
     report = await import_transcript(memory, transcript)
     await memory.vectors.optimize()
     progress(f"recall_locomo: imported {report.read} turns ({report.embedded} embedded) in {time.perf_counter() - t0:.1f} s")
-    if isinstance(model, CachedModel):
+    if isinstance(model, CachedEncoder):
         model.save()
         model.active = False  # queries are always embedded for real
 

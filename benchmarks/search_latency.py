@@ -95,6 +95,7 @@ def run(quick: bool) -> dict:
             "rows_not_yet_in_indexes": b["tail"],
             "vector_index": out["vector_index"],
             "table_mib": out["table_mib"],
+            "embedding": f"{model.backend} {model.precision}",
             "torch_threads": common.torch_threads(),
         },
         "metrics": metrics,

@@ -34,9 +34,12 @@ def run(quick: bool) -> dict:
     limit = QUICK_MESSAGES if quick else None
     progress(f"turn_overhead: loading the embedding model; replaying {', '.join(f.name for f in files)}" + (f" (first {limit} messages)" if limit else ""))
     model, load_s = common.load_model_timed()
+    encode = common.time_encoder(model, keep=True)  # the embedder's batch calls during the replay
 
     with tempfile.TemporaryDirectory(prefix="kith-bench-turns-") as tmp:
         turns, messages, replay_s, diag = anyio.run(_replay_all, files, Path(tmp), model, limit, None, backend="asyncio")
+    model.encode_batch = encode.fn
+    batches = _batch_cost(model, encode)
     progress(f"turn_overhead: {messages} messages, {len(turns)} turns in {replay_s:.1f} s; instrumented pass")
 
     stages: dict[str, list[float]] = defaultdict(list)
@@ -68,6 +71,7 @@ def run(quick: bool) -> dict:
             "answered": len(answered),
             "llm_errors": errors,
             "replay_s": round(replay_s, 1),
+            "embedding": f"{model.backend} {model.precision}",
             "torch_threads": common.torch_threads(),
         },
         "metrics": [
@@ -90,6 +94,10 @@ def run(quick: bool) -> dict:
             metric(f"idle search on the final table p50 ({diag.get('fragments_before')} fragments)", common.percentile(diag.get("before_ms", []), 50), "ms"),
             metric(f"idle search after optimize() p50 ({diag.get('fragments_after')} fragments)", common.percentile(diag.get("after_ms", []), 50), "ms"),
             metric("replay throughput", messages / replay_s if replay_s else None, "msg/s"),
+            metric("embedder batch calls · texts per call p50 / max", batches["shape"], ""),
+            metric("embedder batches: time inside the model", batches["live_s"], "s"),
+            metric("raw model on the same texts (one call, sorted by length)", batches["raw_s"], "s"),
+            metric("raw / batches (100 % = batches cost no more than one sorted call)", batches["ratio"], "%"),
             metric("model load (excluded)", load_s, "s"),
         ],
         "profile": _profile_lines(stages, prof_turns, prof),
@@ -99,6 +107,19 @@ def run(quick: bool) -> dict:
         ],
     }
     return res
+
+
+def _batch_cost(model, encode) -> dict:
+    """What the bot's micro-batches cost against the raw model on the same texts in one call."""
+    kept = encode.kept or []
+    texts = [t for batch, _ in kept for t in batch]
+    sizes = sorted(len(b) for b, _ in kept)
+    live_s = sum(s for _, s in kept)
+    t = time.perf_counter()
+    model.encode_batch(texts)
+    raw_s = time.perf_counter() - t
+    return {"shape": f"{len(kept)} · {common.percentile(sizes, 50):.0f} / {max(sizes, default=0)}", "live_s": live_s,
+            "raw_s": raw_s, "ratio": 100 * raw_s / live_s if live_s else None}
 
 
 # ---------------------------------------------------------------------- the replay

@@ -166,6 +166,7 @@ class MemorySettings(Frozen):
     optimize_every: int = Field(2000, ge=0)  # LanceDB optimize() after this many appended rows; 0 = never
     hot_rows: int = Field(100_000, ge=0)  # rows of recently recalled chats held in RAM for recall; 0 = off
     embed_precision: Literal["auto", "fp32"] = "auto"  # auto: batches in bfloat16 where the CPU has it natively
+    embed_backend: Literal["openvino", "torch"] = "openvino"  # openvino: converted once, no torch at run time
 
 
 class TelegramSettings(Frozen):

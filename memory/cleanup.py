@@ -49,7 +49,13 @@ def keep_count(limit: int, policy: AutoCleanup) -> int:
 async def cleanup_scope(
     memory: Memory, scope: str, scope_id: int, limits: StorageLimits, policy: AutoCleanup, now: datetime
 ) -> CleanupResult:
-    """Bring ``scope:scope_id`` (``"chat"`` or ``"user"``) back within ``limits``. Returns what was deleted."""
+    """Bring ``scope:scope_id`` (``"chat"`` or ``"user"``) back within ``limits``. Returns what was deleted.
+
+    A scope within its limits costs two counts and leaves the indexer alone (most checks: a new
+    user's first message is checked at once); only a scope that may be over them waits for
+    everything in flight to be stored and embedded (``Memory.flush``) before deleting."""
+    if not await _may_exceed(memory, scope, scope_id, limits):
+        return CleanupResult(scope, scope_id)
     await memory.flush()
     store, cutoff = memory.store, to_us(now - timedelta(days=policy.min_age_days))
     col = "chat_id" if scope == CHAT else "user_id"
@@ -86,6 +92,22 @@ async def cleanup_scope(
     if messages or memories:
         log.info("cleanup %s:%s deleted %d messages and %d memories", scope, scope_id, messages, memories)
     return CleanupResult(scope, scope_id, messages, memories)
+
+
+async def _may_exceed(memory: Memory, scope: str, scope_id: int, limits: StorageLimits) -> bool:
+    """Whether the scope may be over a limit: its stored messages (committed first: exact), its
+    memories in LanceDB plus every memory still queued for embedding (an upper bound)."""
+    await memory.store.flush()
+    if limits.dialogue_limit >= 0:
+        col = "chat_id" if scope == CHAT else "user_id"
+        (total,) = (await memory.store.execute(f"SELECT count(*) FROM messages WHERE {col} = ?", [scope_id]))[0]
+        if total > limits.dialogue_limit:
+            return True
+    if limits.memory_limit >= 0:
+        held = sum(len(ids) for ids in (await _memories_held(memory, scope, scope_id)).values())
+        if held + memory.indexer.pending > limits.memory_limit:
+            return True
+    return False
 
 
 async def _memories_held(memory: Memory, scope: str, scope_id: int) -> dict[int, set[int]]:

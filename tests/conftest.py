@@ -10,6 +10,16 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import atexit
+import shutil
+import tempfile
+
+# the OpenVINO conversion of the embedding model (the default backend) is made once per test
+# session, here, and shared by every test and every CLI subprocess (they inherit the variable)
+if not os.environ.get("KITH_CACHE_DIR"):
+    os.environ["KITH_CACHE_DIR"] = tempfile.mkdtemp(prefix="kith-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["KITH_CACHE_DIR"], True)
+
 import pytest
 
 from providers.embedder import Embedder, load_model
@@ -26,6 +36,14 @@ def anyio_backend() -> str:
 def st_model():
     """The real sentence-transformers model, loaded once (~5-8 s)."""
     return load_model()
+
+
+@pytest.fixture(scope="session")
+def ov_encoder():
+    """The real model on the OpenVINO backend (converted once into the session's cache, ~10 s)."""
+    from providers.openvino_encoder import load
+
+    return load()
 
 
 @pytest.fixture

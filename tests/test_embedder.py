@@ -68,13 +68,13 @@ async def test_bulk_texts_are_grouped_by_length_and_come_back_in_the_callers_ord
     texts = [json.loads(line)["text"] for line in slice_.read_text(encoding="utf-8").splitlines()[:300]]
     async with Embedder(st_model, max_batch=32, max_wait_s=0, precision="fp32") as emb:
         calls: list[list[int]] = []
-        real = emb._encode_batch
+        real = emb.encoder.encode_batch
 
         def spy(batch):
             calls.append([len(t) for t in batch])
             return real(batch)
 
-        emb._encode_batch = spy
+        emb.encoder.encode_batch = spy
         vecs = await emb.embed(texts)
     alone = np.stack([emb.encode_sync([t])[0] for t in texts[:40]])
     assert np.all((vecs[:40] * alone).sum(axis=1) >= 0.9999)  # each row is its own text's, in order

@@ -1,0 +1,172 @@
+"""Embedding backends (OpenVINO, torch): the same vectors, a cached conversion, a fallback, and
+memory that moves between them. Real model, real #ubuntu and Russian texts, real stores in tmp_path."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actors.runtime import open_memory
+from config.models import Config, MemorySettings, Settings, TiersConfig
+from memory.importer import import_transcript
+from memory.maintenance import reindex
+from providers import openvino_encoder
+from providers.embedder import Embedder, load_encoder
+from providers.errors import EmbeddingError
+from providers.torch_encoder import TorchEncoder
+
+pytestmark = pytest.mark.anyio
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SLICES = ("2011-05-29_19.jsonl", "2009-03-03_10.jsonl")
+
+
+def ubuntu_texts() -> list[str]:
+    texts: list[str] = []
+    for name in SLICES:
+        for line in (DATA / "ubuntu-irc" / name).read_text(encoding="utf-8").splitlines():
+            if line.strip() and json.loads(line).get("text", "").strip():
+                texts.append(json.loads(line)["text"])
+    return texts
+
+
+def russian_texts(n: int = 200) -> list[str]:
+    out: list[str] = []
+    for path in sorted((DATA / "ru-dialogue").rglob("*.json*")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            text = row.get("text") if isinstance(row, dict) else None
+            if isinstance(text, str) and text.strip():
+                out.append(text)
+            if len(out) >= n:
+                return out
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp32_torch(st_model) -> TorchEncoder:
+    return TorchEncoder(st_model, precision="fp32")
+
+
+def test_every_backend_agrees_with_fp32_torch_on_every_text(ov_encoder, st_model, fp32_torch):
+    texts = ubuntu_texts() + russian_texts()
+    assert len(texts) > 1000
+    want = fp32_torch.encode_batch(texts)
+    for enc in (ov_encoder, openvino_encoder.OpenVINOEncoder(ov_encoder_dir(), precision="fp32"),
+                TorchEncoder(st_model, precision="auto")):
+        got = enc.encode_batch(texts)
+        assert got.dtype == np.float32 and got.shape == (len(texts), 384), enc.backend
+        assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+        cos = (got * want).sum(axis=1)
+        assert float(cos.min()) >= 0.99, (enc.backend, enc.precision, texts[int(cos.argmin())])
+        if enc.precision == "fp32":
+            assert float(cos.min()) >= 0.9999, (enc.backend, texts[int(cos.argmin())])
+        singles = np.stack([enc.encode_one(t) for t in texts[:50]])  # the query path gives the same vectors
+        assert float((singles * want[:50]).sum(axis=1).min()) >= 0.99
+
+
+def ov_encoder_dir() -> Path:
+    return openvino_encoder.converted()
+
+
+def test_the_conversion_is_cached_and_redone_when_the_weights_change(tmp_path, ov_encoder, monkeypatch):
+    cached = openvino_encoder.converted()
+    assert (cached / "model.xml").is_file() and (cached / "tokenizer.json").is_file()
+
+    def no_export(*a, **k):
+        raise AssertionError("converted again although cached")
+
+    monkeypatch.setattr(openvino_encoder, "export", no_export)
+    assert openvino_encoder.converted() == cached
+    # another copy of the model (other files, other mtimes) gets its own conversion
+    model = tmp_path / "model"
+    shutil.copytree(openvino_encoder.default_model_path(), model)
+    monkeypatch.undo()
+    monkeypatch.setenv(openvino_encoder.CACHE_ENV, str(tmp_path / "cache"))
+    first = openvino_encoder.converted(str(model))
+    assert first.parent == tmp_path / "cache" / "models" and first != cached
+    (model / "config.json").write_text((model / "config.json").read_text() + "\n")
+    assert openvino_encoder.converted(str(model)) != first
+    assert not list((tmp_path / "cache" / "models").glob(".building-*"))  # nothing half-built left
+
+
+def test_openvino_that_cannot_be_used_falls_back_to_torch_with_a_warning(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache should be")
+    monkeypatch.setenv(openvino_encoder.CACHE_ENV, str(blocker))
+    with pytest.raises(EmbeddingError, match="cannot write the OpenVINO model cache"):
+        openvino_encoder.load()
+    with caplog.at_level(logging.WARNING, logger="providers.embedder"):
+        enc = load_encoder("openvino")
+    assert enc.backend == "torch"
+    assert "OpenVINO backend unavailable" in caplog.text and "using torch" in caplog.text
+    with pytest.raises(ValueError, match="openvino, torch"):
+        load_encoder("onnx")
+
+
+async def test_the_embedder_runs_on_the_configured_backend(tmp_path, ov_encoder, st_model):
+    async with Embedder(ov_encoder, max_batch=8) as emb:
+        assert emb.backend == "openvino"
+        texts = ubuntu_texts()[:100]
+        bulk = await emb.embed(texts)  # length-grouped across calls, returned in the caller's order
+        alone = np.stack([await emb.embed_one(t) for t in texts])
+        assert float((bulk * alone).sum(axis=1).min()) >= 0.999
+    async with Embedder(st_model) as emb:
+        assert emb.backend == "torch"
+
+
+def _slice(tmp_path: Path, n: int = 400) -> Path:
+    lines = (DATA / "ubuntu-irc" / SLICES[0]).read_text(encoding="utf-8").splitlines()[:n]
+    path = tmp_path / "slice.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+QUERIES = ("how do I fix my wireless driver", "grub does not boot after the upgrade", "which kernel version",
+           "sound is not working", "install nvidia drivers", "mount a usb disk", "ubuntu 11.04 unity problems",
+           "how to change the default editor")
+
+
+async def _top(memory, chat_id: int) -> list[list[int]]:
+    return [[h.message_id for h in (await memory.recall(chat_id, q, 5, mode="vector")).hits] for q in QUERIES]
+
+
+async def test_switching_backend_then_reindex_gives_a_fresh_imports_results(tmp_path, st_model, ov_encoder):
+    path = _slice(tmp_path)
+    chat_id = json.loads(path.read_text().splitlines()[0])["chat_id"]
+    cfg = Config(settings=Settings(memory=MemorySettings(embed_backend="torch")), tiers=TiersConfig())
+    async with open_memory(cfg, tmp_path / "switched", model=st_model) as memory:  # imported on torch
+        await import_transcript(memory, path)
+        await memory.flush()
+        on_torch = await _top(memory, chat_id)
+    async with open_memory(Config(settings=Settings(), tiers=TiersConfig()), tmp_path / "switched", model=ov_encoder) as memory:
+        # the same vector space: torch's memories answer OpenVINO's queries before any reindex
+        before = await _top(memory, chat_id)
+        assert sum(a[:3] == b[:3] for a, b in zip(before, on_torch)) >= len(QUERIES) - 1
+        assert await reindex(memory) > 0
+        switched = await _top(memory, chat_id)
+    async with open_memory(Config(settings=Settings(), tiers=TiersConfig()), tmp_path / "fresh", model=ov_encoder) as memory:
+        await import_transcript(memory, path)
+        await memory.flush()
+        fresh = await _top(memory, chat_id)
+    assert all(len(t) == 5 for t in fresh)
+    assert switched == fresh
+
+
+def test_an_unknown_backend_in_the_config_names_the_choices(tmp_path):
+    from config.errors import ConfigError
+    from config.loader import load_config
+
+    bad = tmp_path / "kith.yaml"
+    bad.write_text("memory:\n  embed_backend: onnx\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert "embed_backend" in str(err.value) and "openvino" in str(err.value)
+
