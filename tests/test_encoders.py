@@ -55,12 +55,12 @@ def fp32_torch(st_model) -> TorchEncoder:
     return TorchEncoder(st_model, precision="fp32")
 
 
-def test_every_backend_agrees_with_fp32_torch_on_every_text(ov_encoder, st_model, fp32_torch):
+def test_every_backend_agrees_with_fp32_torch_on_every_text(ov_encoder, fp32_torch):
     texts = ubuntu_texts() + russian_texts()
     assert len(texts) > 1000
     want = fp32_torch.encode_batch(texts)
-    for enc in (ov_encoder, openvino_encoder.OpenVINOEncoder(ov_encoder_dir(), precision="fp32"),
-                TorchEncoder(st_model, precision="auto")):
+    # (torch's own bf16 batches: tests/test_embedder.py)
+    for enc in (ov_encoder, openvino_encoder.OpenVINOEncoder(ov_encoder_dir(), precision="fp32")):
         got = enc.encode_batch(texts)
         assert got.dtype == np.float32 and got.shape == (len(texts), 384), enc.backend
         assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
