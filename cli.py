@@ -480,9 +480,14 @@ def _count_lines(file: Path) -> int | None:
 # ---------------------------------------------------------------------- memory
 
 
-@memory_app.command("search")
+# a group's id is negative: "-1002009030310" must reach the command as an argument, not fail as an
+# unknown option (a mistyped option still fails: it becomes an unexpected extra argument)
+NEGATIVE_IDS = {"ignore_unknown_options": True}
+
+
+@memory_app.command("search", context_settings=NEGATIVE_IDS)
 def memory_search(
-    chat_id: Annotated[int, typer.Argument(help="The chat whose memory is searched (only this chat).")],
+    chat_id: Annotated[int, typer.Argument(help="The chat whose memory is searched (only this chat; a group's id is negative).")],
     query: Annotated[Optional[str], typer.Argument(help="What to look for (omit with --queries).")] = None,
     k: Annotated[int, typer.Option("-k", "--top-k", help="Results per query.", min=1)] = 10,
     mode: Annotated[str, typer.Option(help="hybrid | vector | fts")] = "hybrid",

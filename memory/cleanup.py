@@ -51,9 +51,11 @@ async def cleanup_scope(
 ) -> CleanupResult:
     """Bring ``scope:scope_id`` (``"chat"`` or ``"user"``) back within ``limits``. Returns what was deleted.
 
-    A scope within its limits costs two counts and leaves the indexer alone (most checks: a new
-    user's first message is checked at once); only a scope that may be over them waits for
-    everything in flight to be stored and embedded (``Memory.flush``) before deleting."""
+    A scope within its limits is counted (its messages; its memories, for a user in every chat it
+    wrote in) without waiting for the indexer — most checks, since a new user's first message is
+    checked at once, and a flush would cut the indexer's batch short; only a scope that may be over
+    them waits for everything in flight to be stored and embedded (``Memory.flush``), then is
+    counted again and cleaned."""
     if not await _may_exceed(memory, scope, scope_id, limits):
         return CleanupResult(scope, scope_id)
     await memory.flush()

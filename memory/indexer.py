@@ -204,6 +204,12 @@ class Indexer:
                 self.failed += len(msgs)
                 return
             except Exception:  # noqa: BLE001 - derived data: log, retry, then drop the batch
+                if attempt == _RETRIES and len(msgs) > self.batch:
+                    # a bulk window: one bad text must not cost 2,048 memories; retry it in live-sized parts
+                    log.warning("indexing %d messages failed %d times; retrying in parts of %d", len(msgs), attempt, self.batch)
+                    for i in range(0, len(msgs), self.batch):
+                        await self._index(msgs[i : i + self.batch])
+                    return
                 if attempt == _RETRIES:
                     log.exception("indexing %d messages failed %d times; dropped", len(msgs), attempt)
                     self.failed += len(msgs)

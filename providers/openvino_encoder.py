@@ -72,12 +72,12 @@ def model_name(model_path: str | Path) -> str:
 
 
 def cache_key(model_path: str | Path) -> str:
-    """A key of the model directory's files (relative path, size, mtime), the OpenVINO version and
-    ``EXPORT_VERSION``: 16 hex digits. Cheap (no file is read)."""
+    """A key of the model directory (its resolved path; each file's relative path, size and mtime),
+    the OpenVINO version and ``EXPORT_VERSION``: 16 hex digits. Cheap (no file is read)."""
     import openvino
 
     root = Path(model_path)
-    h = hashlib.sha256(f"kith-ov-{EXPORT_VERSION}-{openvino.__version__}".encode())
+    h = hashlib.sha256(f"kith-ov-{EXPORT_VERSION}-{openvino.__version__}-{root.resolve()}".encode())
     for p in sorted(root.rglob("*")):
         if p.is_file() and not p.name.startswith("."):
             st = p.stat()
@@ -89,64 +89,88 @@ def export(model_path: str, out_dir: Path) -> None:
     """Convert the sentence-transformers model at ``model_path`` into ``out_dir`` (model.xml/.bin,
     tokenizer.json, manifest.json). Blocking, ~10 s; imports torch. raises EmbeddingError when the
     model cannot be loaded, converted, or the converted model disagrees with ``encode``."""
-    import warnings
-
     try:
-        import openvino as ov
-        import torch
         from transformers.utils import logging as hf_logging
 
         from .torch_encoder import load_model
 
         # the conversion probes deprecated attributes and config keys: their warnings are noise here
+        st_log = logging.getLogger("sentence_transformers")
+        was = hf_logging.get_verbosity(), st_log.level
         hf_logging.set_verbosity_error()
-        logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
-        st = load_model(model_path)
-        tokenizer = st.tokenizer
-        if not getattr(tokenizer, "is_fast", False):
-            raise EmbeddingError(f"{model_path}: the model has no fast tokenizer (tokenizer.json); use embed_backend: torch")
-        max_len = int(st.max_seq_length or 256)
-
-        class Pipeline(torch.nn.Module):
-            def __init__(self, model) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, input_ids, attention_mask):
-                features = {"input_ids": input_ids, "attention_mask": attention_mask,
-                            "token_type_ids": torch.zeros_like(input_ids)}
-                return self.model(features)["sentence_embedding"]
-
-        # traced with a padded pair of texts, so the padding branches are the ones recorded
-        example = tokenizer(["a short example", "a somewhat longer example text to pad against"],
-                            padding=True, return_tensors="pt")
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ov_model = ov.convert_model(Pipeline(st).eval(), example_input=(example["input_ids"], example["attention_mask"]),
-                                        input=[ov.PartialShape([-1, -1]), ov.PartialShape([-1, -1])])
-        for port, name in zip(ov_model.inputs, ("input_ids", "attention_mask")):
-            port.get_tensor().set_names({name})
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
-        fast = tokenizer.backend_tokenizer
-        fast.enable_truncation(max_len)
-        fast.no_padding()
-        (out_dir / "tokenizer.json").write_text(fast.to_str(), encoding="utf-8")
-        want = st.encode(list(_PROBES), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-        (out_dir / "manifest.json").write_text(json.dumps({
-            "export_version": EXPORT_VERSION, "openvino": ov.__version__, "model_path": str(model_path),
-            "max_seq_length": max_len, "dim": int(want.shape[1]), "probes": list(_PROBES),
-            "probe_vectors": np.asarray(want, np.float32).round(7).tolist(),
-        }), encoding="utf-8")
+        st_log.setLevel(logging.ERROR)
+        try:
+            st = load_model(model_path)
+            _convert(st, out_dir, model_path)
+        finally:
+            hf_logging.set_verbosity(was[0])
+            st_log.setLevel(was[1])
     except EmbeddingError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of the conversion is the same failure
         raise EmbeddingError(f"cannot convert {model_path} to OpenVINO: {exc}") from exc
+
+
+def _convert(st, out_dir: Path, model_path: str) -> None:
+    """Trace ``st`` into OpenVINO, save it with its tokenizer and probe vectors, check it."""
+    import warnings
+
+    import openvino as ov
+    import torch
+
+    tokenizer = st.tokenizer
+    if not getattr(tokenizer, "is_fast", False):
+        raise EmbeddingError(f"{model_path}: the model has no fast tokenizer (tokenizer.json); use embed_backend: torch")
+    max_len = int(st.max_seq_length or 256)
+
+    class Pipeline(torch.nn.Module):
+        def __init__(self, model) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            features = {"input_ids": input_ids, "attention_mask": attention_mask,
+                        "token_type_ids": torch.zeros_like(input_ids)}
+            return self.model(features)["sentence_embedding"]
+
+    # traced with a padded pair of texts, so the padding branches are the ones recorded
+    example = tokenizer(["a short example", "a somewhat longer example text to pad against"],
+                        padding=True, return_tensors="pt")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ov_model = ov.convert_model(Pipeline(st).eval(), example_input=(example["input_ids"], example["attention_mask"]),
+                                    input=[ov.PartialShape([-1, -1]), ov.PartialShape([-1, -1])])
+    for port, name in zip(ov_model.inputs, ("input_ids", "attention_mask")):
+        port.get_tensor().set_names({name})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
+    fast = tokenizer.backend_tokenizer
+    fast.enable_truncation(max_len)
+    fast.no_padding()
+    (out_dir / "tokenizer.json").write_text(fast.to_str(), encoding="utf-8")
+    want = st.encode(list(_PROBES), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    (out_dir / "manifest.json").write_text(json.dumps({
+        "export_version": EXPORT_VERSION, "openvino": ov.__version__, "model_path": str(model_path),
+        "max_seq_length": max_len, "dim": int(want.shape[1]), "probes": list(_PROBES),
+        "probe_vectors": np.asarray(want, np.float32).round(7).tolist(),
+    }), encoding="utf-8")
     enc = OpenVINOEncoder(out_dir, precision="fp32")
     cos = float((enc.encode_batch(list(_PROBES)) * np.asarray(want, np.float32)).sum(axis=1).min())
     if cos < _EXPORT_MIN_COSINE:
         raise EmbeddingError(f"the OpenVINO conversion of {model_path} disagrees with sentence-transformers "
                              f"(cosine {cos:.6f}); use embed_backend: torch")
+
+
+def _drop_stale_builds(models: Path, older_than_s: float = 3600) -> None:
+    """Remove half-built conversions an interrupted process left (``.building-*`` older than an hour)."""
+    import time
+
+    for d in models.glob(".building-*") if models.is_dir() else ():
+        try:
+            if time.time() - d.stat().st_mtime > older_than_s:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def converted(model_path: str | None = None, cache_dir: Path | None = None) -> Path:
@@ -161,6 +185,7 @@ def converted(model_path: str | None = None, cache_dir: Path | None = None) -> P
     if (target / "manifest.json").is_file():
         return target
     log.warning("embedding model: converting %s to OpenVINO once (about 10 s) into %s", model_name(model_path), target)
+    _drop_stale_builds(target.parent)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
@@ -187,12 +212,14 @@ class OpenVINOEncoder:
     L2-normalised; blocking (call from a worker thread); one inference at a time (a lock).
     precision: ``"auto"`` lets OpenVINO pick (bfloat16 on CPUs with native bf16) and falls back to
     fp32 if the probe texts' vectors then differ from fp32 (cosine < 0.999); ``"fp32"`` always.
-    ``self.precision`` is what runs: ``"bf16"`` or ``"fp32"``. raises EmbeddingError.
+    ``self.precision`` is what runs: ``"bf16"``, ``"fp16"`` (CPUs where OpenVINO defaults to it) or
+    ``"fp32"``; a reduced precision is checked against fp32 on the probe texts. raises EmbeddingError.
     """
 
     backend = "openvino"
 
     def __init__(self, model_dir: Path, *, precision: str = "auto") -> None:
+        self._lock = threading.Lock()
         try:
             import openvino as ov
             from tokenizers import Tokenizer
@@ -204,16 +231,15 @@ class OpenVINOEncoder:
             self._core = ov.Core()
             self._model = self._core.read_model(str(model_dir / "model.xml"))
             self._compile("f32" if precision == "fp32" else None)
-        except Exception as exc:  # noqa: BLE001
+            self.dim = int(self._compiled.outputs[0].get_partial_shape()[1].get_length())
+            if self.precision != "fp32" and manifest is not None:
+                want = np.asarray(manifest["probe_vectors"], np.float32)
+                cos = float((self.encode_batch(manifest["probes"]) * want).sum(axis=1).min())
+                if cos < _REDUCED_MIN_COSINE:
+                    log.info("embedding model: %s inference disagrees with fp32 (cosine %.5f); using fp32", self.precision, cos)
+                    self._compile("f32")
+        except Exception as exc:  # noqa: BLE001 - a missing, truncated or foreign model: the caller decides
             raise EmbeddingError(f"cannot load the OpenVINO embedding model from {model_dir}: {exc}") from exc
-        self.dim = int(self._compiled.outputs[0].get_partial_shape()[1].get_length())
-        self._lock = threading.Lock()
-        if self.precision != "fp32" and manifest is not None:
-            want = np.asarray(manifest["probe_vectors"], np.float32)
-            cos = float((self.encode_batch(manifest["probes"]) * want).sum(axis=1).min())
-            if cos < _REDUCED_MIN_COSINE:
-                log.info("embedding model: %s inference disagrees with fp32 (cosine %.5f); using fp32", self.precision, cos)
-                self._compile("f32")
 
     def _compile(self, hint: str | None) -> None:
         config = {"PERFORMANCE_HINT": "LATENCY"}  # one stream using every core: one call at a time
@@ -221,8 +247,10 @@ class OpenVINOEncoder:
             config["INFERENCE_PRECISION_HINT"] = hint
         self._compiled = self._core.compile_model(self._model, "CPU", config)
         self._request = self._compiled.create_infer_request()
-        got = str(self._compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
-        self.precision = "bf16" if "bfloat16" in got or "bf16" in got else "fp16" if "f16" in got else "fp32"
+        import openvino as ov
+
+        got = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = {ov.Type.bf16: "bf16", ov.Type.f16: "fp16"}.get(got, "fp32")
 
     def _infer(self, texts: Sequence[str]) -> np.ndarray:
         encodings = self._tokenizer.encode_batch(list(texts))
@@ -258,4 +286,10 @@ class OpenVINOEncoder:
 def load(model_path: str | None = None, *, precision: str = "auto", cache_dir: Path | None = None) -> OpenVINOEncoder:
     """The OpenVINO encoder of ``model_path`` (default all-MiniLM-L6-v2), converting it on first
     use. Blocking. raises EmbeddingError (OpenVINO missing, conversion failed, cache not writable)."""
-    return OpenVINOEncoder(converted(model_path, cache_dir), precision=precision)
+    model_dir = converted(model_path, cache_dir)
+    try:
+        return OpenVINOEncoder(model_dir, precision=precision)
+    except EmbeddingError as exc:  # a damaged cache (a truncated model.bin, a deleted file): convert again, once
+        log.warning("embedding model: %s; converting it again", exc)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        return OpenVINOEncoder(converted(model_path, cache_dir), precision=precision)

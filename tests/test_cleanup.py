@@ -4,6 +4,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 
 from actors.events import Incoming, Sender
@@ -59,6 +60,21 @@ async def test_cleanup_keeps_the_newest_share_and_never_younger_than_min_age(tmp
         await memory.flush()
         res = await cleanup_scope(memory, "chat", -2, StorageLimits(dialogue_limit=10), POLICY, NOW)
         assert res.messages == 0 and await memory.store.count_messages(-2) == 20
+
+
+async def test_a_check_within_limits_does_not_wait_for_the_indexer_but_one_over_them_does(tmp_path, st_model):
+    async with open_memory(cfg(), tmp_path, model=st_model) as memory:
+        memory.indexer.max_wait_s = 30  # the indexer holds a partial batch until someone flushes it
+        memory.remember_many(msgs(-4, 20, days_old=40))
+        await anyio.sleep(0.05)
+        res = await cleanup_scope(memory, "chat", -4, StorageLimits(dialogue_limit=100, memory_limit=100), POLICY, NOW)
+        assert (res.messages, res.memories) == (0, 0)
+        assert memory.indexer.pending == 20  # the batch was not cut short: still filling
+        # 0 memories in LanceDB + 20 queued for embedding (an upper bound) > 15: flush, count again, clean
+        res = await cleanup_scope(memory, "chat", -4, StorageLimits(memory_limit=15), POLICY, NOW)
+        assert memory.indexer.pending == 0 and (res.messages, res.memories) == (0, 8)  # 20 − 80 % of 15
+        res = await cleanup_scope(memory, "chat", -4, StorageLimits(dialogue_limit=10), POLICY, NOW)
+        assert res.messages == 12  # over the dialogue limit: cleaned as before
 
 
 async def test_memory_limit_removes_oldest_memories_but_keeps_history(tmp_path, st_model):

@@ -39,6 +39,43 @@ def test_memory_search_json_lines(imported):
     assert any("Python.h" in r["text"] for r in rows)
 
 
+def test_a_negative_chat_id_is_an_argument_without_the_double_dash(imported):
+    res = kith("memory", "search", "--data-dir", str(imported), CHAT, "which package has Python.h", "-k", "2", "--json")
+    assert res.exit_code == 0, res.output
+    assert [json.loads(line)["chat_id"] for line in res.stdout.splitlines()] == [int(CHAT)] * 2
+    typo = kith("memory", "search", "--data-dir", str(imported), CHAT, "q", "--jsno")
+    assert typo.exit_code == 2 and "--jsno" in typo.output  # a mistyped option still fails, naming it
+
+
+def test_memory_stats_imports_neither_torch_nor_litellm(imported, ov_encoder):
+    import subprocess
+    import sys
+
+    # ov_encoder: the OpenVINO conversion is cached, as on any start after the first
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "cli", "memory", "stats", "--data-dir", str(imported)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported_modules = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "lancedb" in imported_modules  # the measurement sees the imports
+    assert not imported_modules & {"torch", "sentence_transformers", "transformers", "litellm"}
+
+
+def test_kith_tiers_is_readable_at_80_columns():
+    from config.loader import load_config
+
+    res = CliRunner().invoke(app, ["tiers"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert res.exit_code == 0, res.output
+    assert "…" not in res.output and max(len(line) for line in res.output.splitlines()) <= 80
+    cfg = load_config(None, env={}).tiers
+    for name, tier in cfg.tiers.items():
+        assert name in res.output
+        for feature, on in tier.features.model_dump().items():
+            assert (feature in res.output) or not on
+    assert "1,000 / 100" in res.output and "any: 500" in res.output  # whole values, not "1,0…"
+    as_json = json.loads(kith("tiers", "--json").stdout)
+    assert set(as_json["tiers"]) == set(cfg.tiers) and as_json["default_tier"] == cfg.default_tier
+
+
 def test_memory_search_explain_shows_score_parts(imported):
     res = kith("memory", "search", "--data-dir", str(imported), "--explain", "-k", "3", "--", CHAT, "smtp server")
     assert res.exit_code == 0, res.output

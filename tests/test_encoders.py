@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -85,16 +86,24 @@ def test_the_conversion_is_cached_and_redone_when_the_weights_change(tmp_path, o
 
     monkeypatch.setattr(openvino_encoder, "export", no_export)
     assert openvino_encoder.converted() == cached
-    # another copy of the model (other files, other mtimes) gets its own conversion
+    # a copy of the model elsewhere (same files, same mtimes) gets its own conversion
     model = tmp_path / "model"
     shutil.copytree(openvino_encoder.default_model_path(), model)
     monkeypatch.undo()
     monkeypatch.setenv(openvino_encoder.CACHE_ENV, str(tmp_path / "cache"))
+    stale = tmp_path / "cache" / "models" / ".building-old"
+    stale.mkdir(parents=True)
+    os.utime(stale, (0, 0))  # a conversion a kill -9 interrupted long ago
     first = openvino_encoder.converted(str(model))
-    assert first.parent == tmp_path / "cache" / "models" and first != cached
-    (model / "config.json").write_text((model / "config.json").read_text() + "\n")
-    assert openvino_encoder.converted(str(model)) != first
-    assert not list((tmp_path / "cache" / "models").glob(".building-*"))  # nothing half-built left
+    assert first.parent == tmp_path / "cache" / "models" and first.name != cached.name
+    assert not list(first.parent.glob(".building-*"))  # the stale one removed, nothing half-built left
+    (model / "config.json").write_text((model / "config.json").read_text() + "\n")  # the weights changed
+    second = openvino_encoder.converted(str(model))
+    assert second != first
+    # a damaged conversion (a truncated model.bin) is converted again, not given up on
+    (second / "model.bin").write_bytes(b"truncated")
+    enc = openvino_encoder.load(str(model))
+    assert enc.encode_one("still works").shape == (384,)
 
 
 def test_openvino_that_cannot_be_used_falls_back_to_torch_with_a_warning(tmp_path, monkeypatch, caplog):

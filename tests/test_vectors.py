@@ -519,3 +519,22 @@ async def test_indexer_drops_failing_batch_and_continues(tmp_path, corpus, embed
             await ix.flush()
         assert ix.failed == 1 and ix.indexed == len(msgs)
         assert await vm.count(a) == len(msgs)
+
+
+async def test_a_failing_bulk_window_loses_only_the_part_with_the_bad_text(tmp_path, corpus, embedder):
+    a, _ = chats(corpus)
+    msgs = [m for m in corpus[a][0] if m.text.strip()][:60]
+
+    class Flaky:
+        async def embed(self, texts):
+            if "BOOM" in texts:
+                raise RuntimeError("model exploded")
+            return await embedder.embed(texts)
+
+    bad = StoredMessage(a, 10**9, 1, "x", "BOOM", datetime.now(timezone.utc))
+    async with VectorMemory(tmp_path / "memory") as vm:
+        async with Indexer(vm, Flaky(), batch=10, bulk_batch=1000, max_wait_s=0.01) as ix:
+            ix.submit([*msgs[:30], bad, *msgs[30:]])  # one window of 61 (all queued at once)
+            await ix.flush()
+        assert ix.failed == 10 and ix.indexed == 51  # the live-sized part holding BOOM, not all 61
+        assert await vm.count(a) == 51

@@ -57,26 +57,49 @@ def _when(ts: datetime | None) -> str:
 # ---------------------------------------------------------------- kith tiers
 
 
-def print_tiers(cfg: TiersConfig, console: Console) -> None:
-    """Tiers (worst first) with models, quotas, storage, features, fallback and member rate; then plans."""
-    table = Table(title="tiers (∞ = unlimited; quotas per UTC day)")
-    for col in ("tier", "models", "requests/day", "tokens/day", "chat req/day", "chat tokens/day",
-                "user msgs / memories", "chat msgs / memories", "features", "fallback", "member msgs/min"):
-        table.add_column(col)
+WIDE_TIERS = 150  # columns from which ``kith tiers`` prints one wide table; below, one block per tier
+_TIER_FIELDS = ("models", "requests/day", "tokens/day", "chat req/day", "chat tokens/day", "user msgs / memories",
+                "chat msgs / memories", "features", "fallback", "member msgs/min")
+
+
+def tier_rows(cfg: TiersConfig) -> list[tuple[str, dict[str, str]]]:
+    """Per tier (worst first): its label and ``_TIER_FIELDS`` → display text."""
+    out = []
     for name in sorted(cfg.tiers, key=cfg.rank):
         t = cfg.tiers[name]
         q = t.quotas
         rpd = ", ".join(f"{'any' if a == '*' else a}: {_lim(n)}" for a, n in q.requests_per_day.items()) or "∞"
         feats = ", ".join(k for k, v in t.features.model_dump().items() if v) or "—"
-        label = f"{name} (default)" if name == cfg.default_tier else name
-        table.add_row(
-            escape(label), escape(", ".join("all" if m == "*" else m for m in t.models) or "none"), escape(rpd),
-            _lim(q.tokens_per_day), _lim(q.chat_requests_per_day), _lim(q.chat_tokens_per_day),
-            f"{_lim(t.user.dialogue_limit)} / {_lim(t.user.memory_limit)}",
-            f"{_lim(t.chat.dialogue_limit)} / {_lim(t.chat.memory_limit)}",
-            escape(feats), escape(t.fallback_model or "— (refuse)"), _lim(t.member_messages_per_minute),
-        )
-    console.print(table)
+        values = (", ".join("all" if m == "*" else m for m in t.models) or "none", rpd, _lim(q.tokens_per_day),
+                  _lim(q.chat_requests_per_day), _lim(q.chat_tokens_per_day),
+                  f"{_lim(t.user.dialogue_limit)} / {_lim(t.user.memory_limit)}",
+                  f"{_lim(t.chat.dialogue_limit)} / {_lim(t.chat.memory_limit)}",
+                  feats, t.fallback_model or "— (refuse)", _lim(t.member_messages_per_minute))
+        out.append((f"{name} (default)" if name == cfg.default_tier else name, dict(zip(_TIER_FIELDS, values))))
+    return out
+
+
+def print_tiers(cfg: TiersConfig, console: Console) -> None:
+    """Tiers (worst first) with models, quotas, storage, features, fallback and member rate; then plans.
+    One wide table on a terminal of ``WIDE_TIERS`` columns or more, else one block per tier (readable
+    at 80 columns)."""
+    rows = tier_rows(cfg)
+    if console.width >= WIDE_TIERS:
+        table = Table(title="tiers (∞ = unlimited; quotas per UTC day)")
+        for col in ("tier", *_TIER_FIELDS):
+            table.add_column(col)
+        for label, values in rows:
+            table.add_row(escape(label), *(escape(v) for v in values.values()))
+        console.print(table)
+    else:
+        console.print("tiers (∞ = unlimited; quotas per UTC day)")
+        for label, values in rows:
+            block = Table(title=escape(label), title_justify="left", show_header=False, box=None, padding=(0, 2))
+            block.add_column(style="dim", no_wrap=True)
+            block.add_column(overflow="fold")
+            for key, value in values.items():
+                block.add_row(key, escape(value))
+            console.print(block)
     if not cfg.plans:
         console.print("[dim]no plans: /billing sells nothing[/]")
         return
@@ -256,11 +279,19 @@ def _with_store(cfg, data_dir: Path, fn: Callable[[DialogueStore], Any]) -> None
         raise _fail(str(exc)) from None
 
 
-def tiers_command(config: ConfigOpt = None, verbose: Verbose = 0) -> None:
+def tiers_command(
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the tiers and plans as JSON (the validated tiers.yaml).")] = False,
+) -> None:
     """Show the tiers and their limits (models, quotas, storage, features, fallback, member rate) and the plans."""
     from cli import _setup
 
-    print_tiers(_setup(config, verbose).tiers, _console())
+    tiers = _setup(config, verbose).tiers
+    if as_json:
+        typer.echo(json.dumps(tiers.model_dump(mode="json"), ensure_ascii=False, indent=2))
+        return
+    print_tiers(tiers, _console())
 
 
 @sub_app.command("grant")
