@@ -92,7 +92,7 @@ def _run(coro_fn, *args, stop: StopRequest | None = None):
     ``stop``, SIGINT/SIGTERM set it (the command drains), and the exit code is 128 + the signal."""
     import signal as signals
 
-    from actors.errors import TelegramRefused
+    from actors.errors import ControlServerError, TelegramRefused
     from memory.errors import MemoryStoreError
     from providers.errors import ProviderError
 
@@ -115,7 +115,7 @@ def _run(coro_fn, *args, stop: StopRequest | None = None):
             tg.cancel_scope.cancel()
             return result
 
-    known_errors = (MemoryStoreError, ProviderError, TelegramRefused)
+    known_errors = (MemoryStoreError, ProviderError, TelegramRefused, ControlServerError)
     try:
         result = anyio.run(main)
     except known_errors as exc:

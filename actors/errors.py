@@ -19,3 +19,7 @@ class MediaUnavailable(ActorError):
 
 class TelegramRefused(ActorError):
     """Telegram answered the login with an error (a bad bot token, API id or hash): not retried."""
+
+
+class ControlServerError(ActorError):
+    """The control server cannot listen (the port is taken, the address is not this machine's)."""

@@ -169,6 +169,14 @@ class MemorySettings(Frozen):
     embed_backend: Literal["openvino", "torch"] = "openvino"  # openvino: converted once, no torch at run time
 
 
+class ControlSettings(Frozen):
+    """The control server of ``kith run`` (``actors.control``): /healthz, /readyz, /metrics."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # 0.0.0.0 exposes it to every network the machine is on
+    port: int = Field(8787, ge=0, le=65535)  # 0 = any free port (logged at start)
+
+
 class TelegramSettings(Frozen):
     require_channel: str | None = None  # @channel whose members alone are served
     allowed_users: tuple[int, ...] = ()  # when set, only these user ids can trigger the bot (everyone is still remembered)
@@ -191,6 +199,7 @@ class Settings(Frozen):
     actors: ActorSettings = ActorSettings()
     memory: MemorySettings = MemorySettings()
     telegram: TelegramSettings = TelegramSettings()
+    control: ControlSettings = ControlSettings()
     media: MediaSettings = MediaSettings()
     image_models: dict[str, ImageModelSpec] = Field(default_factory=dict)
     transcription: TranscriptionSettings = TranscriptionSettings()

@@ -22,18 +22,23 @@ from __future__ import annotations
 
 import logging
 import signal
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 
-from config.models import Config, TelegramSettings
+from config.models import Config, ControlSettings, TelegramSettings
 from config.secrets import TelegramCredentials, telegram_credentials
 
 from ..runtime import Runtime, frozen_startup_heap, open_runtime
+from ..control import ControlServer
 from ..errors import TelegramRefused
+from ..health import Health
+from ..metrics import Metrics
 from ..services import BotIdentity
 from .outbox import TelegramOutbox
 from .updates import UpdateRouter
@@ -82,6 +87,9 @@ class BotApp:
     outbox: TelegramOutbox
     router: UpdateRouter
     identity: BotIdentity
+    health: Health = field(default_factory=Health)
+    metrics: Metrics | None = None
+    control_url: str = ""  # the control server's URL ("" when it is off)
 
 
 def build_client(config: Config, data_dir: Path, credentials: TelegramCredentials | None = None) -> Any:
@@ -107,7 +115,7 @@ async def run_bot(config: Config, data_dir: Path, *, model=None) -> None:
     creds = telegram_credentials()
     await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     client = build_client(config, data_dir, creds)
-    await serve(client, config, data_dir, model=model)
+    await serve(client, config, data_dir, model=model, control=config.settings.control)
 
 
 async def serve(
@@ -119,13 +127,28 @@ async def serve(
     llm=None,
     outbox: TelegramOutbox | None = None,
     stop: anyio.Event | None = None,
+    control: ControlSettings | None = None,
     task_status: TaskStatus[BotApp] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the bot on ``client`` (not started yet) until ``stop`` is set (None: until SIGINT/SIGTERM).
 
     model/llm: passed to ``open_runtime``; outbox: a prepared ``TelegramOutbox`` (tests pass one on a
-    fake clock). ``task_status.started(BotApp)`` once updates are being handled.
+    fake clock). control: start the control server (``actors.control``) first, before the stores
+    open and Telegram connects (``kith run`` passes ``config.settings.control``).
+    ``task_status.started(BotApp)`` once updates are being handled. raises ControlServerError when
+    the control server cannot listen.
     """
+    health, metrics = Health(), Metrics()
+    async with AsyncExitStack() as stack:
+        url = ""
+        if control is not None and control.enabled:
+            url = (await stack.enter_async_context(ControlServer(control, health, metrics))).url
+            log.info("control server on %s", url)
+        await _serve(client, config, data_dir, model, llm, outbox, stop, health, metrics, url, task_status)
+
+
+async def _serve(client: Any, config: Config, data_dir: Path, model, llm, outbox: TelegramOutbox | None,
+                 stop: anyio.Event | None, health: Health, metrics: Metrics, url: str, task_status: TaskStatus[BotApp]) -> None:
     settings = config.settings
     outbox = outbox or TelegramOutbox(client, settings.telegram, stream_interval_s=settings.llm.stream_edit_interval_s)
     router = UpdateRouter(client, outbox, settings.telegram)
@@ -135,8 +158,14 @@ async def serve(
     async with _stop_signal(stop) as stopped:
         # The runtime first: a second bot on the same data directory fails here, on the store's lock,
         # before it touches Telegram (and takes updates the running bot should get).
-        async with open_runtime(config, data_dir, outbox, model=model, llm=llm) as rt:
-            if not await connect(client, stopped, settings.telegram):
+        health.set("stores", False, "opening")
+        health.set("embedder", False, "loading")
+        async with open_runtime(config, data_dir, outbox, model=model, llm=llm, on_turn=metrics.observe_turn) as rt:
+            emb = rt.memory.embedder
+            health.set("stores", True, "open")
+            health.set("embedder", True, f"{emb.backend} ({emb.encoder.precision})")
+            metrics.attach(rt)
+            if not await connect(client, stopped, settings.telegram, on_state=lambda s: health.set("telegram", False, s)):
                 log.info("stopped before Telegram could be reached")
                 return
             try:
@@ -149,11 +178,13 @@ async def serve(
                                   spawn=notices.start_soon)
                     await set_commands(client)
                     log.info("@%s (id %s) is running", identity.username, identity.user_id)
+                    health.set("telegram", True, f"connected as @{identity.username}")
                     with frozen_startup_heap() as frozen:
                         log.debug("start-up heap frozen: %d objects", frozen)
-                        task_status.started(BotApp(client, rt, outbox, router, identity))
+                        task_status.started(BotApp(client, rt, outbox, router, identity, health, metrics, url))
                         await stopped.wait()
                     log.info("stopping: no new updates; draining the turns in flight")
+                    health.set("telegram", False, "stopping")
                     stop_receiving(client, router)
                     drain = settings.actors.drain_timeout_s
                     with anyio.move_on_after(drain) as scope:
@@ -166,6 +197,7 @@ async def serve(
                 with anyio.CancelScope(shield=True):
                     await router.rewind(client.storage)
                     await client.stop()
+                metrics.attach(None)
         log.info("stopped")
 
 
@@ -175,15 +207,20 @@ async def serve(
 TRANSIENT = (OSError, TimeoutError, EOFError, KeyError)
 
 
-async def connect(client: Any, stopped: anyio.Event, settings: TelegramSettings) -> bool:
+async def connect(client: Any, stopped: anyio.Event, settings: TelegramSettings,
+                  on_state: Callable[[str], None] = lambda state: None) -> bool:
     """Start ``client``, retrying while Telegram cannot be reached: one log line per failed attempt
     (``telegram: cannot connect (…); retry 3 in 8 s``), waits doubling from
-    ``reconnect_initial_s`` to ``reconnect_max_s``. Returns False when ``stopped`` is set first.
+    ``reconnect_initial_s`` to ``reconnect_max_s``; ``on_state`` hears the same (``"connecting, retry
+    3 in 8 s (…)"``) for /readyz. Returns False when ``stopped`` is set first.
     raises TelegramRefused when Telegram answers with an error (bad bot token, API id or hash)."""
     from pyrogram.errors import RPCError
 
     delay, attempt = settings.reconnect_initial_s, 0
+    on_state("connecting")
     while True:
+        if stopped.is_set():  # e.g. SIGTERM while the stores and the model were loading
+            return False
         attempt += 1
         try:
             await client.start()
@@ -198,6 +235,7 @@ async def connect(client: Any, stopped: anyio.Event, settings: TelegramSettings)
             if isinstance(e, KeyError):  # kurigram's auth key exchange got no answer from Telegram
                 reason = f"no answer to the handshake, {reason}"
             log.warning("telegram: cannot connect (%s); retry %d in %.0f s", reason, attempt, delay)
+            on_state(f"connecting, retry {attempt} in {delay:.0f} s ({reason})")
         with anyio.move_on_after(delay):
             await stopped.wait()
         if stopped.is_set():

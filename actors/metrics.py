@@ -1,0 +1,98 @@
+"""Prometheus metrics of a running bot (``prometheus_client``, a registry of its own per process).
+
+Fed two ways: every handled message's ``TurnReport`` (``observe_turn``: turns, latency, LLM time,
+tokens and cost by model, recall latency, errors), and, at scrape time, the counters the runtime
+already keeps (``attach``: actors alive / spawned / evicted / restarted, messages refused for a
+full inbox, the indexer's and the dialogue store's queues, the embedder's calls). Names follow
+Prometheus conventions: ``kith_`` prefix, base units (seconds, USD), ``_total`` for counters.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .services import TurnReport
+
+# seconds: a turn without the LLM takes milliseconds, with a remote LLM seconds
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """The bot's metrics. ``observe_turn`` is the runtime's ``on_turn`` callback (event loop, cheap);
+    ``attach(runtime)`` exposes its counters; ``exposition()`` is the ``/metrics`` body (bytes)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.turns = Counter("kith_turns_total", "Messages handled by chat actors.", ["answered"], registry=r)
+        self.turn_seconds = Histogram("kith_turn_seconds", "Answered turns: delivery to the actor → reply done.",
+                                      buckets=_LATENCY_BUCKETS, registry=r)
+        self.overhead_seconds = Histogram("kith_turn_overhead_seconds", "Answered turns without LLM and embedding time.",
+                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.llm_seconds = Histogram("kith_llm_seconds", "Time in the LLM per answered turn.", ["model"],
+                                     buckets=_LATENCY_BUCKETS, registry=r)
+        self.recall_seconds = Histogram("kith_recall_seconds", "Recall per answered turn (query embedding + search).",
+                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("kith_llm_tokens_total", "LLM tokens.", ["model", "direction"], registry=r)
+        self.cost = Counter("kith_llm_cost_usd_total", "LLM cost where the provider's price is known.", ["model"], registry=r)
+        self.errors = Counter("kith_turn_errors_total", "Answered turns that ended in an error message.", registry=r)
+        self._runtime: Any = None
+        r.register(_RuntimeCollector(self))
+
+    def attach(self, runtime: Any) -> None:
+        """Expose ``runtime``'s counters (an ``actors.runtime.Runtime``; None detaches)."""
+        self._runtime = runtime
+
+    def observe_turn(self, report: TurnReport) -> None:
+        self.turns.labels(answered=str(report.responded).lower()).inc()
+        if not report.responded:
+            return
+        model = report.model or "none"
+        self.turn_seconds.observe(report.total_ms / 1000)
+        self.overhead_seconds.observe(report.overhead_ms / 1000)
+        self.llm_seconds.labels(model=model).observe(report.llm_ms / 1000)
+        self.recall_seconds.observe((report.embed_ms + report.search_ms) / 1000)
+        if report.prompt_tokens:
+            self.tokens.labels(model=model, direction="prompt").inc(report.prompt_tokens)
+        if report.completion_tokens:
+            self.tokens.labels(model=model, direction="completion").inc(report.completion_tokens)
+        if report.cost_usd:
+            self.cost.labels(model=model).inc(report.cost_usd)
+        if report.error:
+            self.errors.inc()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric (``CONTENT_TYPE``)."""
+        return generate_latest(self.registry)
+
+
+class _RuntimeCollector(Collector):
+    """Reads the runtime's own counters at scrape time (nothing to keep in sync)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        rt = self.metrics._runtime
+        if rt is None:
+            return
+        sup, mem = rt.supervisor, rt.memory
+        yield GaugeMetricFamily("kith_actors_alive", "Chat actors running now.", value=sup.active)
+        for name, value, doc in (("spawned", sup.stats.spawned, "Chat actors started."),
+                                 ("evicted", sup.stats.evicted, "Chat actors stopped after idling."),
+                                 ("restarted", sup.stats.restarted, "Chat actors restarted after a crash."),
+                                 ("inbox_overflows", sup.stats.overflowed, "Messages stored unanswered: their chat's inbox was full.")):
+            yield CounterMetricFamily(f"kith_actors_{name}", doc, value=value)
+        yield GaugeMetricFamily("kith_indexer_queue", "Messages waiting to be embedded.", value=mem.indexer.pending)
+        yield CounterMetricFamily("kith_indexer_failed", "Messages whose embedding was given up (the gap check redoes them).",
+                                  value=mem.indexer.failed)
+        yield GaugeMetricFamily("kith_store_writer_queue", "Rows waiting for the dialogue store's next commit.",
+                                value=mem.store.pending)
+        yield CounterMetricFamily("kith_embedder_calls", "Model calls of the embedder.", value=mem.embedder.batches)
+        yield CounterMetricFamily("kith_embedder_texts", "Texts embedded.", value=mem.embedder.texts)
