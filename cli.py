@@ -563,10 +563,10 @@ def memory_stats(
 
 
 async def _memory_stats(cfg, data_dir: Path, as_json: bool) -> None:
-    from actors.runtime import open_memory
+    from actors.runtime import open_stores
     from memory.maintenance import find_gaps
 
-    async with open_memory(cfg, data_dir) as memory:
+    async with open_stores(cfg, data_dir) as memory:  # counts only: no embedding model to load
         chats = await memory.store.chats()
         rows: list[dict[str, Any]] = []
         for c in chats:

@@ -15,10 +15,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
 
+from .dialogue import DialogueStore
 from .service import Memory
+from .vectors import VectorMemory
 from .types import ROLE_USER, is_chunk_id
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,17 @@ class Gaps:
         return sum(len(v) for v in self.orphans.values())
 
 
-async def find_gaps(memory: Memory, before: dict[int, set[int]] | None = None) -> Gaps:
+class Stores(Protocol):
+    """The two stores (a ``Memory``, or ``actors.runtime.open_stores``'s read-only pair)."""
+
+    @property
+    def store(self) -> DialogueStore: ...
+
+    @property
+    def vectors(self) -> VectorMemory: ...
+
+
+async def find_gaps(memory: Stores, before: dict[int, set[int]] | None = None) -> Gaps:
     """Compare vector memory with the dialogue store; safe while messages keep arriving.
 
     before: ``memory_ids()`` read before intake started (``GapFiller`` reads it on entry); missing
