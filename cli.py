@@ -712,6 +712,49 @@ async def _demo(cfg, data_dir: Path, transcript: Path, qs: list[str], chat_id: i
             await chat_turns(rt, [q], chat_id=chat_id, user=Sender(1, "demo"))
 
 
+# ---------------------------------------------------------------------- reload
+
+
+@app.command()
+def reload(
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Make the running bot (`kith run` on this data dir) re-read kith.yaml and tiers.yaml and apply
+    them — models, persona, tiers and quotas at once; memory, telegram and control settings at its
+    next start. A broken file keeps the running config and names the file, line and key (exit 1).
+    Same as sending the bot SIGHUP. Talks to its control server with the token in the data dir."""
+    import urllib.error
+    import urllib.request
+
+    from actors.control import TOKEN_FILE
+
+    try:  # the bot re-reads its own files; this tells where it listens, and catches a broken file first
+        cfg = load_config(config)
+    except ConfigError as exc:
+        raise _fail(f"{exc} — nothing was reloaded: the running bot keeps its config") from None
+    control = cfg.settings.control
+    host = "127.0.0.1" if control.host in ("0.0.0.0", "::", "") else control.host
+    url = f"http://{host}:{control.port}/admin/reload"
+    token_file = data_dir / TOKEN_FILE
+    try:
+        token = token_file.read_text(encoding="ascii").strip()
+    except OSError:
+        raise _fail(f"no running bot on {data_dir}: {token_file} does not exist (start it with `kith run`)") from None
+    request = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read() or b"{}")
+        raise _fail(body.get("summary") or body.get("error") or f"the bot answered {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise _fail(f"the bot's control server does not answer at {url} ({getattr(exc, 'reason', exc)}); "
+                    "is `kith run` running with this --data-dir and config?") from None
+    out.print(escape(body["summary"]))
+
+
 # ---------------------------------------------------------------------- doctor
 
 

@@ -126,12 +126,17 @@ async def open_runtime(
         box = outbox if isinstance(outbox, Outbox) else outbox(memory)
         transcriber, images = media_providers(config)
         keys = KeyVault(memory.store, cipher_from_env())
+        services: Services | None = None
         try:
             async with Janitor(memory, storage_limits(admission, clock), config.tiers.memory.auto_cleanup, clock) as janitor:
                 services = Services(config, memory, llm, bot, clock, admission, janitor, on_turn, transcriber, images, keys)
                 async with Supervisor(services, box, config.settings.actors) as supervisor:
                     yield Runtime(config, services, supervisor)
         finally:
+            # LLMs a reload built (the current one and any it replaced) are ours to close too
+            made_by_reload = [*services.retired_llms, services.llm] if services is not None else []
+            for other in {id(x): x for x in made_by_reload if x is not llm}.values():
+                await other.aclose()
             if own_llm:
                 await llm.aclose()
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from typing import TYPE_CHECKING
@@ -79,6 +79,7 @@ class Services:
     transcriber: Transcriber | None = None  # None = voice notes are not transcribed
     images: ImageGenerator | None = None  # None = no /image
     keys: KeyVault | None = None  # users' own API keys; None = /key is off
+    retired_llms: list[LLM] = field(default_factory=list)  # replaced by a reload; closed when the runtime stops
 
     def record_usage(self, rec: UsageRecord) -> None:
         """Store one billed call (queued) and count it against today's quotas."""

@@ -93,6 +93,10 @@ class Admission:
         self.quotas = QuotaTracker(store, cfg, clock)
         self.rate = RateLimiter(clock)
 
+    def reconfigure(self, cfg: TiersConfig) -> None:
+        """Use re-read tiers from now on (hot reload): quotas, features, plans. Today's counters stay."""
+        self.cfg = self.subs.cfg = self.quotas.cfg = cfg
+
     async def open(self) -> None:
         """Load subscriptions and today's usage now (else the first ``admit`` does)."""
         await self.subs.load()

@@ -20,6 +20,7 @@ credentials and calls ``serve``, which:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 from collections.abc import Callable
@@ -35,10 +36,11 @@ from config.models import Config, ControlSettings, TelegramSettings
 from config.secrets import TelegramCredentials, telegram_credentials
 
 from ..runtime import Runtime, frozen_startup_heap, open_runtime
-from ..control import ControlServer
+from ..control import TOKEN_FILE, ControlServer
 from ..errors import TelegramRefused
 from ..health import Health
 from ..metrics import Metrics
+from ..reload import reload_config
 from ..services import BotIdentity
 from .outbox import TelegramOutbox
 from .updates import UpdateRouter
@@ -141,15 +143,26 @@ async def serve(
     health, metrics = Health(), Metrics()
     async with AsyncExitStack() as stack:
         url = ""
+        server = None
         if control is not None and control.enabled:
-            url = (await stack.enter_async_context(ControlServer(control, health, metrics))).url
+            server = await stack.enter_async_context(ControlServer(control, health, metrics, token_file=data_dir / TOKEN_FILE))
+            url = server.url
             log.info("control server on %s", url)
-        await _serve(client, config, data_dir, model, llm, outbox, stop, health, metrics, url, task_status)
+        reloader: list[Callable[[], object]] = []  # filled once the runtime is up
+        async with anyio.create_task_group() as hup:
+            if stop is None:  # a real process: SIGHUP re-reads the config (and never kills the bot)
+                hup.start_soon(_reload_on_sighup, reloader)
+            try:
+                await _serve(client, config, data_dir, model, llm, outbox, stop, health, metrics, server, reloader, task_status)
+            finally:
+                hup.cancel_scope.cancel()
 
 
 async def _serve(client: Any, config: Config, data_dir: Path, model, llm, outbox: TelegramOutbox | None,
-                 stop: anyio.Event | None, health: Health, metrics: Metrics, url: str, task_status: TaskStatus[BotApp]) -> None:
+                 stop: anyio.Event | None, health: Health, metrics: Metrics, server: ControlServer | None,
+                 reloader: list[Callable[[], object]], task_status: TaskStatus[BotApp]) -> None:
     settings = config.settings
+    url = server.url if server is not None else ""
     outbox = outbox or TelegramOutbox(client, settings.telegram, stream_interval_s=settings.llm.stream_edit_interval_s)
     router = UpdateRouter(client, outbox, settings.telegram)
     router.register(client)
@@ -165,6 +178,10 @@ async def _serve(client: Any, config: Config, data_dir: Path, model, llm, outbox
             health.set("stores", True, "open")
             health.set("embedder", True, f"{emb.backend} ({emb.encoder.precision})")
             metrics.attach(rt)
+            reload = functools.partial(reload_config, rt.services, config.settings_file)
+            if server is not None:
+                server.reload = reload
+            reloader.append(reload)
             if not await connect(client, stopped, settings.telegram, on_state=lambda s: health.set("telegram", False, s)):
                 log.info("stopped before Telegram could be reached")
                 return
@@ -199,6 +216,16 @@ async def _serve(client: Any, config: Config, data_dir: Path, model, llm, outbox
                     await client.stop()
                 metrics.attach(None)
         log.info("stopped")
+
+
+async def _reload_on_sighup(reloader: list[Callable[[], object]]) -> None:
+    with anyio.open_signal_receiver(signal.SIGHUP) as received:
+        async for _ in received:
+            if not reloader:
+                log.warning("received SIGHUP while starting: ignored (send it again once the bot runs)")
+                continue
+            log.info("received SIGHUP: reloading the config")
+            reloader[0]()
 
 
 # what an unreachable or flaky network raises from Client.start() (kurigram also lets a KeyError out
