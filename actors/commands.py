@@ -424,7 +424,14 @@ async def cmd_key(actor: "ChatActor", ev: CommandEvent) -> None:
     await key(actor, ev)
 
 
+async def cmd_admin(actor: "ChatActor", ev: CommandEvent) -> None:
+    from .admin import cmd_admin as admin
+
+    await admin(actor, ev)
+
+
 COMMANDS = {
+    "admin": cmd_admin,
     "image": cmd_image,
     "key": cmd_key,
     "start": cmd_help,

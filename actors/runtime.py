@@ -131,6 +131,7 @@ async def open_runtime(
             async with Janitor(memory, storage_limits(admission, clock), config.tiers.memory.auto_cleanup, clock) as janitor:
                 services = Services(config, memory, llm, bot, clock, admission, janitor, on_turn, transcriber, images, keys)
                 async with Supervisor(services, box, config.settings.actors) as supervisor:
+                    services.supervisor = supervisor
                     yield Runtime(config, services, supervisor)
         finally:
             # LLMs a reload built (the current one and any it replaced) are ours to close too

@@ -13,6 +13,8 @@ from memory.types import MemoryHit, UsageRecord
 
 if TYPE_CHECKING:
     from memory.cleanup import Janitor
+
+    from .supervisor import Supervisor
     from providers.images import ImageGenerator
     from providers.keys import KeyVault
     from providers.llm import LLM
@@ -80,6 +82,7 @@ class Services:
     images: ImageGenerator | None = None  # None = no /image
     keys: KeyVault | None = None  # users' own API keys; None = /key is off
     retired_llms: list[LLM] = field(default_factory=list)  # replaced by a reload; closed when the runtime stops
+    supervisor: "Supervisor | None" = None  # set by the runtime once it runs (for /admin's health line)
 
     def record_usage(self, rec: UsageRecord) -> None:
         """Store one billed call (queued) and count it against today's quotas."""

@@ -180,6 +180,7 @@ class ControlSettings(Frozen):
 class TelegramSettings(Frozen):
     require_channel: str | None = None  # @channel whose members alone are served
     allowed_users: tuple[int, ...] = ()  # when set, only these user ids can trigger the bot (everyone is still remembered)
+    owners: tuple[int, ...] = ()  # user ids that may use /admin (usage, largest chats, grant/revoke, health)
     session_name: str = "kith"
     per_chat_per_s: float = Field(1.0, gt=0)
     per_group_per_min: float = Field(20.0, gt=0)

@@ -225,3 +225,52 @@ async def test_the_shared_quota_is_shown_as_one_total_in_model_and_usage(tmp_pat
     assert "recall, other (shared): 3 / 30 requests" in usage
     labels = [b.text for row in model.buttons for b in row]
     assert all("(27/30 shared today)" in label for label in labels), labels
+
+
+# ---------------------------------------------------------------- /admin (telegram.owners)
+
+OWNER = Sender(42, "Olga")
+
+
+def owner_runtime(tmp_path, st_model, holder):
+    from config.models import TelegramSettings
+    from config.loader import SHIPPED_TIERS, load_config
+
+    tiers = load_config(SHIPPED_TIERS.parent / "kith.yaml", env={}).tiers  # free / premium / unlimited
+    models = {"recall": ModelSpec(model="kith/recall")}
+    config = Config(settings=Settings(models=models, telegram=TelegramSettings(owners=(OWNER.user_id,))), tiers=tiers)
+
+    def make(memory):
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        return holder["outbox"]
+
+    return open_runtime(config, tmp_path, make, model=st_model)
+
+
+async def test_admin_is_for_owners_in_private_and_grants_apply_at_once(tmp_path, st_model):
+    holder: dict = {}
+    async with owner_runtime(tmp_path, st_model, holder) as rt:
+        chat = Chat(rt, holder["outbox"])
+        await chat.say(GROUP, MEMBER, "the printer on floor two jams again")
+        await chat.say(5, MEMBER, "hello there")
+        # not an owner: exactly what an unknown command gets
+        assert (await chat.cmd(5, MEMBER, "admin")).text == (await chat.cmd(5, MEMBER, "nosuch")).text.replace("nosuch", "admin")
+        assert "overview" not in (await chat.cmd(5, MEMBER, "admin", "grant user:11 premium")).text
+        assert (await rt.services.admission.subs.get("user", 11)) is None
+        # an owner in a group: no overview there (it names other chats)
+        assert "private chat" in (await chat.cmd(GROUP, OWNER, "admin")).text
+        text = (await chat.cmd(OWNER.user_id, OWNER, "admin")).text
+        assert text.startswith("**Admin overview**") and "chat actors running" in text and "Today (UTC):" in text
+        assert f"({GROUP}): 1 messages" in text and "Subscriptions: 0 active" in text
+        # grant by id, for this chat, revoke; each applies to the running admission at once
+        assert (await chat.cmd(OWNER.user_id, OWNER, "admin", "grant user:11 premium 30")).text.startswith("user:11: premium, until ")
+        assert (await rt.services.admission.profile(5, MEMBER.user_id)).tier == "premium"
+        assert (await chat.cmd(GROUP, OWNER, "admin", "grant here unlimited")).text == f"chat:{GROUP}: unlimited, no expiry."
+        assert (await rt.services.admission.profile(GROUP, 99)).tier == "unlimited"
+        assert "user:11 premium" in (await chat.cmd(OWNER.user_id, OWNER, "admin")).text
+        assert (await chat.cmd(OWNER.user_id, OWNER, "admin", "revoke user:11")).text == "user:11: revoked."
+        assert (await rt.services.admission.profile(5, MEMBER.user_id)).tier == "free"
+        # mistakes get the usage line, never a traceback
+        assert "unknown tier" in (await chat.cmd(OWNER.user_id, OWNER, "admin", "grant user:11 gold")).text
+        assert "DAYS must be a number" in (await chat.cmd(OWNER.user_id, OWNER, "admin", "grant user:11 premium soon")).text
+        assert (await chat.cmd(OWNER.user_id, OWNER, "admin", "frobnicate")).text.startswith("/admin · /admin grant")
