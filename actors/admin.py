@@ -87,7 +87,7 @@ async def overview(actor: "ChatActor") -> str:
     now = svc.clock()
     sup, mem = svc.supervisor, svc.memory
     emb = mem.embedder
-    actors = (f"{sup.active} chat actors running ({sup.stats.spawned} started, {sup.stats.restarted} restarted after a crash)"
+    actors = (f"chat actors: {sup.active} running, {sup.stats.spawned} started, {sup.stats.restarted} restarted after a crash"
               if sup is not None else "no supervisor")
     lines = ["**Admin overview**",
              f"Health: {actors}; indexer queue {mem.indexer.pending}, store queue {mem.store.pending}; "

@@ -260,7 +260,7 @@ async def test_admin_is_for_owners_in_private_and_grants_apply_at_once(tmp_path,
         # an owner in a group: no overview there (it names other chats)
         assert "private chat" in (await chat.cmd(GROUP, OWNER, "admin")).text
         text = (await chat.cmd(OWNER.user_id, OWNER, "admin")).text
-        assert text.startswith("**Admin overview**") and "chat actors running" in text and "Today (UTC):" in text
+        assert text.startswith("**Admin overview**") and "chat actors: " in text and "Today (UTC):" in text
         assert f"({GROUP}): 1 messages" in text and "Subscriptions: 0 active" in text
         # grant by id, for this chat, revoke; each applies to the running admission at once
         assert (await chat.cmd(OWNER.user_id, OWNER, "admin", "grant user:11 premium 30")).text.startswith("user:11: premium, until ")
