@@ -142,12 +142,10 @@ async def serve(
     """
     health, metrics = Health(), Metrics()
     async with AsyncExitStack() as stack:
-        url = ""
         server = None
         if control is not None and control.enabled:
             server = await stack.enter_async_context(ControlServer(control, health, metrics, token_file=data_dir / TOKEN_FILE))
-            url = server.url
-            log.info("control server on %s", url)
+            log.info("control server on %s", server.url)
         reloader: list[Callable[[], object]] = []  # filled once the runtime is up
         async with anyio.create_task_group() as hup:
             if stop is None:  # a real process: SIGHUP re-reads the config (and never kills the bot)
