@@ -219,3 +219,22 @@ def test_sigterm_during_import_drains_what_was_read_and_exits_143(tmp_path):
         con.close()
     memories = lancedb.connect(str(data / "memory")).open_table("memories").count_rows()
     assert 0 < embeddable == memories  # every message stored before the stop is in memory too
+
+
+def test_nothing_phones_home_or_writes_outside_the_data_dir(tmp_path, ov_encoder):
+    """openvino-telemetry (an openvino dependency) would report to Google Analytics and write ~/intel/."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    lines = SLICE.read_text(encoding="utf-8").splitlines()[:20]
+    transcript = tmp_path / "t.jsonl"
+    transcript.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "cli", "import", "--data-dir", str(tmp_path / "data"), str(transcript)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list(home.iterdir()) == []  # no ~/intel, no caches in the user's home
+    assert "fork" not in proc.stderr  # no telemetry process forked (lancedb warns on any fork)
