@@ -157,7 +157,12 @@ def run(
     """
     from config import MissingSecret, telegram_credentials
 
+    import signal as signals
+
     cfg = _setup(config, max(verbose, 1))
+    # until the bot's own SIGHUP handler (reload) is installed, a SIGHUP must not kill it
+    signals.signal(signals.SIGHUP, lambda *_: logging.getLogger("kith").warning(
+        "received SIGHUP while starting: ignored (send it again once the bot runs)"))
     try:
         telegram_credentials()
     except MissingSecret as exc:

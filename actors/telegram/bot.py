@@ -147,13 +147,9 @@ async def serve(
             server = await stack.enter_async_context(ControlServer(control, health, metrics, token_file=data_dir / TOKEN_FILE))
             log.info("control server on %s", server.url)
         reloader: list[Callable[[], object]] = []  # filled once the runtime is up
-        async with anyio.create_task_group() as hup:
-            if stop is None:  # a real process: SIGHUP re-reads the config (and never kills the bot)
-                hup.start_soon(_reload_on_sighup, reloader)
-            try:
-                await _serve(client, config, data_dir, model, llm, outbox, stop, health, metrics, server, reloader, task_status)
-            finally:
-                hup.cancel_scope.cancel()
+        # a real process (no stop event given): SIGHUP re-reads the config, and never kills the bot
+        async with _reload_signal(reloader, watch=stop is None):
+            await _serve(client, config, data_dir, model, llm, outbox, stop, health, metrics, server, reloader, task_status)
 
 
 async def _serve(client: Any, config: Config, data_dir: Path, model, llm, outbox: TelegramOutbox | None,
@@ -214,16 +210,6 @@ async def _serve(client: Any, config: Config, data_dir: Path, model, llm, outbox
                     await client.stop()
                 metrics.attach(None)
         log.info("stopped")
-
-
-async def _reload_on_sighup(reloader: list[Callable[[], object]]) -> None:
-    with anyio.open_signal_receiver(signal.SIGHUP) as received:
-        async for _ in received:
-            if not reloader:
-                log.warning("received SIGHUP while starting: ignored (send it again once the bot runs)")
-                continue
-            log.info("received SIGHUP: reloading the config")
-            reloader[0]()
 
 
 # what an unreachable or flaky network raises from Client.start() (kurigram also lets a KeyError out
@@ -314,6 +300,37 @@ class _stop_signal:
                 log.info("received %s", signal.Signals(signum).name)
                 self.event.set()
                 return
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+        return None
+
+
+class _reload_signal:
+    """``async with _reload_signal(reloader, watch=True)``: SIGHUP calls ``reloader[0]`` (once the
+    runtime put it there; before, it is logged and ignored). Like ``_stop_signal``, the watcher's
+    task group does not wrap the body's exceptions."""
+
+    def __init__(self, reloader: list[Callable[[], object]], *, watch: bool) -> None:
+        self.reloader, self.watch = reloader, watch
+        self._tg: Any = None
+
+    async def __aenter__(self) -> None:
+        if self.watch:
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
+            self._tg.start_soon(self._watch)
+
+    async def _watch(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGHUP) as received:
+            async for _ in received:
+                if not self.reloader:
+                    log.warning("received SIGHUP while starting: ignored (send it again once the bot runs)")
+                    continue
+                log.info("received SIGHUP: reloading the config")
+                self.reloader[0]()
 
     async def __aexit__(self, *exc: Any) -> bool | None:
         if self._tg is not None:
