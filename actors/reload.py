@@ -60,8 +60,9 @@ def apply_config(services: Services, new: Config) -> ReloadReport:
     if "models" in changed or "llm" in changed:
         from providers.llm import LLM
 
+        llm = LLM(new.settings.models, new.settings.llm)  # raises ModelNotConfigured: nothing applied yet
         services.retired_llms.append(services.llm)
-        services.llm = LLM(new.settings.models, new.settings.llm)  # raises ModelNotConfigured: nothing applied yet
+        services.llm = llm
     services.config = new
     if services.admission is not None:
         services.admission.reconfigure(new.tiers)

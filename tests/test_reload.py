@@ -54,6 +54,12 @@ async def test_a_reload_applies_tiers_and_settings_and_a_broken_file_keeps_the_o
         assert svc.config.settings.bot.name == "Kithra"  # what the actors read at every use
         assert "memory changed too and apply at the next start" in report.summary()
 
+        before = svc.llm
+        edit(etc / "kith.yaml", "  concurrency: 8 ", "  concurrency: 3 ")
+        report = reload_config(svc, etc / "kith.yaml")
+        assert report.changed == ["llm"] and svc.llm is not before and svc.retired_llms == [before]
+        assert svc.config.settings.llm.concurrency == 3  # new turns use the rebuilt router; the old one closes at exit
+
         edit(etc / "tiers.yaml", "      chat_requests_per_day: 300", "      chat_requests_per_day: 300\n      bogus_key: 1")
         broken = reload_config(svc, etc / "kith.yaml")
         assert not broken.ok and "tiers.yaml" in broken.error and "bogus_key" in broken.error
