@@ -23,6 +23,7 @@ import anyio
 
 from config.models import AutoCleanup, StorageLimits
 
+from .errors import DiskFull
 from .schema import to_us
 from .service import Memory
 
@@ -199,6 +200,8 @@ class Janitor:
                     smallest = min((x for x in (limits.dialogue_limit, limits.memory_limit) if x >= 0), default=-1)
                     self._every[(scope, scope_id)] = max(1, smallest // 20) if smallest >= 0 else 1000
                     self.results.append(await cleanup_scope(self.memory, scope, scope_id, limits, self.policy, self.clock()))
+                except DiskFull as exc:  # already reported once, where it stops intake; no traceback here
+                    log.warning("cleanup of %s:%s skipped: %s", scope, scope_id, exc)
                 except Exception:  # noqa: BLE001 - a failed cleanup is retried at the next request
                     log.exception("cleanup of %s:%s failed", scope, scope_id)
             self._idle.set()
