@@ -17,7 +17,7 @@ from actors.health import Health
 from actors.metrics import Metrics
 from actors.telegram.bot import serve
 from config.models import Config, ControlSettings, ModelSpec, Settings, TelegramSettings, TiersConfig
-from tests.tg_harness import TelegramHarness
+from tests.tg_harness import TelegramHarness, failing_connect
 
 pytestmark = pytest.mark.anyio
 
@@ -71,20 +71,9 @@ async def test_a_taken_port_is_one_clear_error():
                 pass
 
 
-def _failing_connect(h, failures: list[BaseException]) -> None:
-    real = h.client.connect
-
-    async def connect() -> bool:
-        if failures:
-            raise failures.pop(0)
-        return await real()
-
-    h.client.connect = connect
-
-
 async def test_a_running_bot_reports_readiness_and_turns(tmp_path, st_model):
     h = await TelegramHarness.create()
-    _failing_connect(h, [OSError(101, "Network is unreachable")] * 2)
+    failing_connect(h, [OSError(101, "Network is unreachable")] * 2)
     stop = anyio.Event()
     cfg = config(reconnect_initial_s=0.3, reconnect_max_s=0.3)
     async with anyio.create_task_group() as tg:

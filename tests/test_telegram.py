@@ -20,7 +20,7 @@ from actors.telegram.bot import COMMANDS, serve, stop_receiving
 from actors.telegram.outbox import TelegramOutbox
 from actors.telegram.render import render, utf16_len
 from config.models import Config, ModelSpec, Settings, TelegramSettings, TiersConfig
-from tests.tg_harness import BOT_ID, TelegramHarness, pyrogram_errors, roundtrip, rpc_error, utf16_offset
+from tests.tg_harness import BOT_ID, TelegramHarness, failing_connect, pyrogram_errors, roundtrip, rpc_error, utf16_offset
 
 pytestmark = pytest.mark.anyio
 
@@ -617,22 +617,11 @@ async def test_pre_checkout_queries_and_payments_become_events():
 # ---------------------------------------------------------------- Telegram unreachable at start
 
 
-def _failing_connect(h, failures: list[BaseException]):
-    real = h.client.connect
-
-    async def connect() -> bool:
-        if failures:
-            raise failures.pop(0)
-        return await real()
-
-    h.client.connect = connect
-
-
 async def test_the_bot_retries_while_telegram_is_unreachable_and_logs_one_line_per_attempt(tmp_path, st_model, caplog):
     caplog.set_level("INFO", logger="actors.telegram.bot")
     cfg = config(reconnect_initial_s=0.05, reconnect_max_s=0.1)
     failures = [OSError(101, "Network is unreachable"), KeyError(0), TimeoutError()]
-    async with running_bot(tmp_path, st_model, cfg, before_start=lambda h: _failing_connect(h, failures)) as (h, app):
+    async with running_bot(tmp_path, st_model, cfg, before_start=lambda h: failing_connect(h, failures)) as (h, app):
         ann = h.user(555, "Ann")
         await h.private(ann, "hello after the outage")
         await h.settle(app.runtime.supervisor)
@@ -649,14 +638,14 @@ async def test_a_refused_login_is_one_clear_error_not_a_retry(tmp_path, st_model
     from actors.errors import TelegramRefused
 
     h = await TelegramHarness.create()
-    _failing_connect(h, [rpc_error("ACCESS_TOKEN_INVALID", 400, raw.functions.auth.ImportBotAuthorization)] * 5)
+    failing_connect(h, [rpc_error("ACCESS_TOKEN_INVALID", 400, raw.functions.auth.ImportBotAuthorization)] * 5)
     with pytest.raises(TelegramRefused, match="ACCESS_TOKEN_INVALID.*TELEGRAM_BOT_TOKEN"):
         await serve(h.client, config(reconnect_initial_s=0.05), tmp_path, model=st_model, stop=anyio.Event())
 
 
 async def test_stopping_while_telegram_is_unreachable_exits_promptly(tmp_path, st_model):
     h = await TelegramHarness.create()
-    _failing_connect(h, [ConnectionError("no route")] * 1000)
+    failing_connect(h, [ConnectionError("no route")] * 1000)
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(functools.partial(serve, h.client, config(reconnect_initial_s=30), tmp_path, model=st_model, stop=stop))

@@ -61,6 +61,19 @@ def utf16_offset(text: str, needle: str) -> tuple[int, int]:
     return n(text[:i]), n(needle)
 
 
+def failing_connect(h: "TelegramHarness", failures: list[BaseException]) -> None:
+    """Make ``h``'s client raise each of ``failures`` in turn on connect (Telegram unreachable or
+    refusing), then connect normally."""
+    real = h.client.connect
+
+    async def connect() -> bool:
+        if failures:
+            raise failures.pop(0)
+        return await real()
+
+    h.client.connect = connect
+
+
 class _NullSession:
     """Stands in for the MTProto session (``client.stop()`` stops it)."""
 
