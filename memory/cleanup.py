@@ -61,11 +61,11 @@ async def cleanup_scope(
         return CleanupResult(scope, scope_id)
     await memory.flush()
     store, cutoff = memory.store, to_us(now - timedelta(days=policy.min_age_days))
-    col = "chat_id" if scope == CHAT else "user_id"
+    col = _column(scope)
     messages = memories = 0
 
     if limits.dialogue_limit >= 0:
-        (total,) = (await store.execute(f"SELECT count(*) FROM messages WHERE {col} = ?", [scope_id]))[0]
+        total = await _messages_stored(memory, scope, scope_id)
         if total > limits.dialogue_limit:
             excess = total - keep_count(limits.dialogue_limit, policy)
             rows = await store.execute(
@@ -101,16 +101,24 @@ async def _may_exceed(memory: Memory, scope: str, scope_id: int, limits: Storage
     """Whether the scope may be over a limit: its stored messages (committed first: exact), its
     memories in LanceDB plus every memory still queued for embedding (an upper bound)."""
     await memory.store.flush()
-    if limits.dialogue_limit >= 0:
-        col = "chat_id" if scope == CHAT else "user_id"
-        (total,) = (await memory.store.execute(f"SELECT count(*) FROM messages WHERE {col} = ?", [scope_id]))[0]
-        if total > limits.dialogue_limit:
-            return True
+    if limits.dialogue_limit >= 0 and await _messages_stored(memory, scope, scope_id) > limits.dialogue_limit:
+        return True
     if limits.memory_limit >= 0:
         held = sum(len(ids) for ids in (await _memories_held(memory, scope, scope_id)).values())
         if held + memory.indexer.pending > limits.memory_limit:
             return True
     return False
+
+
+def _column(scope: str) -> str:
+    """The messages column a scope is keyed by."""
+    return "chat_id" if scope == CHAT else "user_id"
+
+
+async def _messages_stored(memory: Memory, scope: str, scope_id: int) -> int:
+    """Committed messages of a chat, or of a user in every chat."""
+    (total,) = (await memory.store.execute(f"SELECT count(*) FROM messages WHERE {_column(scope)} = ?", [scope_id]))[0]
+    return int(total)
 
 
 async def _memories_held(memory: Memory, scope: str, scope_id: int) -> dict[int, set[int]]:
