@@ -279,19 +279,39 @@ async def set_commands(client: Any) -> None:
         log.warning("could not set the command menu: %s", e)
 
 
-class _stop_signal:
-    """``async with _stop_signal(event) as ev``: ``ev`` is set on SIGINT/SIGTERM, or is ``event``."""
+class _SignalWatcher:
+    """A task watching signals while the ``async with`` body runs (when ``watch``). Its task group
+    is entered by hand, so the body's own exceptions propagate unwrapped (no ExceptionGroup)."""
 
-    def __init__(self, event: anyio.Event | None) -> None:
-        self.event = event or anyio.Event()
-        self._external = event is not None
+    def __init__(self, *, watch: bool) -> None:
+        self.watch = watch
         self._tg: Any = None
 
-    async def __aenter__(self) -> anyio.Event:
-        if not self._external:
+    async def _start(self) -> None:
+        if self.watch:
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
             self._tg.start_soon(self._watch)
+
+    async def _watch(self) -> None:
+        raise NotImplementedError
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+        return None
+
+
+class _stop_signal(_SignalWatcher):
+    """``async with _stop_signal(event) as ev``: ``ev`` is set on SIGINT/SIGTERM, or is ``event``."""
+
+    def __init__(self, event: anyio.Event | None) -> None:
+        super().__init__(watch=event is None)
+        self.event = event or anyio.Event()
+
+    async def __aenter__(self) -> anyio.Event:
+        await self._start()
         return self.event
 
     async def _watch(self) -> None:
@@ -301,27 +321,17 @@ class _stop_signal:
                 self.event.set()
                 return
 
-    async def __aexit__(self, *exc: Any) -> bool | None:
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(None, None, None)
-        return None
 
-
-class _reload_signal:
+class _reload_signal(_SignalWatcher):
     """``async with _reload_signal(reloader, watch=True)``: SIGHUP calls ``reloader[0]`` (once the
-    runtime put it there; before, it is logged and ignored). Like ``_stop_signal``, the watcher's
-    task group does not wrap the body's exceptions."""
+    runtime put it there; before, it is logged and ignored)."""
 
     def __init__(self, reloader: list[Callable[[], object]], *, watch: bool) -> None:
-        self.reloader, self.watch = reloader, watch
-        self._tg: Any = None
+        super().__init__(watch=watch)
+        self.reloader = reloader
 
     async def __aenter__(self) -> None:
-        if self.watch:
-            self._tg = anyio.create_task_group()
-            await self._tg.__aenter__()
-            self._tg.start_soon(self._watch)
+        await self._start()
 
     async def _watch(self) -> None:
         with anyio.open_signal_receiver(signal.SIGHUP) as received:
@@ -331,12 +341,6 @@ class _reload_signal:
                     continue
                 log.info("received SIGHUP: reloading the config")
                 self.reloader[0]()
-
-    async def __aexit__(self, *exc: Any) -> bool | None:
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(None, None, None)
-        return None
 
 
 __all__ = ["BotApp", "CLIENT_OPTIONS", "COMMANDS", "WORKERS", "build_client", "run_bot", "serve", "set_commands", "stop_receiving"]
