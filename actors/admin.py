@@ -81,7 +81,7 @@ def _target(text: str, ev: CommandEvent) -> tuple[str, int]:
 
 async def overview(actor: "ChatActor") -> str:
     """The owner's one-message overview (Markdown)."""
-    from tiers.cli import usage_summary
+    from tiers.usage import usage_summary
 
     svc = actor.svc
     now = svc.clock()

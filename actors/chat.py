@@ -21,7 +21,7 @@ from providers.errors import ProviderError
 
 from .context import build_prompt
 from .errors import ActorError
-from .events import (PRIVATE, ButtonPress, ChatEvent, CommandEvent, ConfigChanged, Deleted, Edited, Incoming, Migrated,
+from .events import (PRIVATE, ButtonPress, Call, ChatEvent, CommandEvent, ConfigChanged, Deleted, Edited, Incoming, Migrated,
                      PaymentEvent, PreCheckout)
 from .outbox import Outbox
 from .services import ALREADY_ANSWERED, Services, TurnReport
@@ -97,6 +97,8 @@ class ChatActor:
                 self._answered = None
             case Migrated():
                 await self._on_migrated(event)
+            case Call():
+                await event.result.run(event.work, self)
             case _:
                 log.warning("chat %s: unknown event %r", self.chat_id, type(event).__name__)
 

@@ -22,4 +22,5 @@ class TelegramRefused(ActorError):
 
 
 class ControlServerError(ActorError):
-    """The control server cannot listen (the port is taken, the address is not this machine's)."""
+    """The control server cannot listen (the port is taken, the address is not this machine's), or
+    the CLI cannot run an operation through it (``actors.remote.RemoteError``)."""

@@ -8,6 +8,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
+
+import anyio
 
 PRIVATE = "private"
 PAYMENTS_DESK = 0  # the supervisor key that answers pre-checkout queries (Telegram never uses chat id 0):
@@ -172,7 +175,42 @@ class Migrated:
     title: str | None = None
 
 
-ChatEvent = Incoming | CommandEvent | ButtonPress | ConfigChanged | PreCheckout | PaymentEvent | Edited | Deleted | Migrated
+class CallResult:
+    """Where a ``Call``'s outcome lands: ``await result.wait()`` returns the work's value or raises
+    its exception."""
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    async def run(self, work: Callable[[Any], Awaitable[Any]], actor: Any) -> None:
+        try:
+            self._value = await work(actor)
+        except Exception as exc:  # noqa: BLE001 - delivered to the caller, who reports it
+            self._error = exc
+        finally:
+            self._done.set()
+
+    async def wait(self) -> Any:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Call:
+    """Work for a chat's actor from outside Telegram (e.g. ``kith memory forget`` while the bot runs),
+    run between the chat's events so that its context and the stores stay in step:
+    ``await work(actor)``, the outcome delivered to ``result`` (``Supervisor.call``)."""
+
+    chat_id: int
+    work: Callable[[Any], Awaitable[Any]]
+    result: CallResult
+
+
+ChatEvent = Incoming | CommandEvent | ButtonPress | ConfigChanged | PreCheckout | PaymentEvent | Edited | Deleted | Migrated | Call
 
 
 def is_group(chat_type: str) -> bool:

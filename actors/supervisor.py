@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -26,6 +26,8 @@ from .errors import SupervisorClosed
 from .events import ChatEvent
 from .outbox import Outbox
 from .services import Services
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .chat import ChatActor
@@ -160,6 +162,26 @@ class Supervisor:
                 return False
         await self.tell(chat_id, event)  # room (or a new actor): queued at once
         return True
+
+    async def call(self, chat_id: int, work: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``await work(actor)`` in chat ``chat_id``'s actor after the events queued before it
+        (spawning the actor if needed) and return its value; its exception is raised here.
+        raises SupervisorClosed once shutdown began."""
+        from .events import Call, CallResult
+
+        result = CallResult()
+        await self.tell(chat_id, Call(chat_id, work, result))
+        return await result.wait()
+
+    async def refresh(self, chat_ids: Iterable[int]) -> None:
+        """The live actors among ``chat_ids`` re-read their settings and context from the stores
+        (after the CLI changed them); none is spawned for it."""
+        from .events import ConfigChanged
+
+        for chat_id in chat_ids:
+            rec = self._actors.get(chat_id)
+            if rec is not None and not rec.closing and not self._closed:
+                await self.tell(chat_id, ConfigChanged(chat_id))
 
     def overflow(self, event: ChatEvent) -> None:
         """Keep a message that found its chat's inbox full: stored (and queued for memory) without

@@ -149,7 +149,8 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
 
     Every chat (``chat_id`` None): a new table is built *beside* the current one, then switched in
     (``VectorMemory.switch_to``), so an interruption leaves the old memories searchable and the
-    half-built table is dropped at the next open. One chat: its memories are re-embedded in place
+    half-built table is dropped at the next open; what a running bot remembered during the build is
+    embedded into the new table after the switch (``fill_gaps``). One chat: its memories are re-embedded in place
     (an upsert by id), then rows no longer backed by a stored message are deleted. Memories the
     capacity cleanup evicted stay out. ``on_progress(n)`` after each batch of n messages read.
     """
@@ -160,8 +161,12 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
     chats = [chat_id] if chat_id is not None else [c.chat_id for c in await memory.store.chats()]
     if chat_id is not None:
         written = await _embed_chats(memory, memory.indexer, chats, on_progress)
+        # vector rows first, then the store after a flush: a message a running bot remembers meanwhile
+        # is queued for the store before its embedding, so its row is never taken for a stale one
+        have = await memory.vectors.message_ids(chat_id)
+        await memory.store.flush()
         wanted = (await memory.store.memory_ids(chat_id)).get(chat_id, set())
-        stale = await memory.vectors.message_ids(chat_id) - wanted
+        stale = have - wanted
         await memory.vectors.delete(chat_id, message_ids=sorted(stale))
         await memory.vectors.optimize()
         return written
@@ -172,6 +177,9 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
             written = await _embed_chats(memory, indexer, chats, on_progress)
         await target.optimize()
     await old.switch_to(name)
+    # in a running bot, messages that arrived during the build went to the old table: embed them again
+    await memory.indexer.flush()
+    await fill_gaps(memory)
     return written
 
 

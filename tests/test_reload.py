@@ -2,6 +2,7 @@
 API (token in the data dir, 0600) and through `kith reload`. Real files, real stores, real model."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -83,8 +84,9 @@ async def test_the_admin_api_needs_the_token_and_kith_reload_uses_it(tmp_path, s
         async with server, httpx.AsyncClient(base_url=server.url) as http:
             token_file = data / TOKEN_FILE
             assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
-            token = token_file.read_text().strip()
-            assert len(token) >= 32
+            control = json.loads(token_file.read_text())
+            token = control["token"]
+            assert len(token) >= 32 and control["url"] == server.url and control["pid"] == os.getpid()
             r = await http.post("/admin/reload")
             assert r.status_code == 401
             assert (await http.post("/admin/reload", headers={"Authorization": "Bearer nope"})).status_code == 401
@@ -92,7 +94,8 @@ async def test_the_admin_api_needs_the_token_and_kith_reload_uses_it(tmp_path, s
             assert r.status_code == 503  # the runtime is not attached yet
             server.reload = lambda: reload_config(rt.services, etc / "kith.yaml")
             edit(etc / "tiers.yaml", 'requests_per_day: {"*": 30}', 'requests_per_day: {"*": 31}')
-            # `kith reload`, as a user runs it, finds the server by the config and the token in the data dir
+            # `kith reload`, as a user runs it, finds the server and its token in the data dir's control.json
+            # (a changed control port applies at the next start: the report says so)
             port = server.url.rsplit(":", 1)[1]
             edit(etc / "kith.yaml", "  port: 8787", f"  port: {port}")
             res = await anyio.to_thread.run_sync(

@@ -13,7 +13,8 @@ from config.models import Plan, Tier, TiersConfig
 from memory.dialogue import DialogueStore
 from memory.types import UsageRecord
 from tiers import PaymentError, SubscriptionStore
-from tiers.cli import format_cost, grant, list_subs, parse_since, print_tiers, revoke, usage_report
+from tiers.cli import grant, list_subs, parse_since, print_tiers, revoke, usage_report
+from tiers.usage import format_cost
 from tiers.errors import BadScope, TierError, UnknownTier
 from tiers.payments import (
     apply_successful_payment, invoice_for, make_payload, parse_payload, payments, validate_pre_checkout,

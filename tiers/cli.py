@@ -10,7 +10,8 @@ rich ``Console`` — testable without typer. The typer wrappers at the bottom op
     app.add_typer(sub_app, name="sub")
 
 (This module imports ``cli`` only inside the commands, so the mount above causes no import cycle.)
-The bot must be stopped first: one process owns the database.
+While a bot runs on the data dir, ``sub`` and ``usage`` go through its admin API
+(``actors.operations``): one process owns the database.
 """
 from __future__ import annotations
 
@@ -27,20 +28,9 @@ from rich.table import Table
 
 from config.models import UNLIMITED, TiersConfig
 from memory.dialogue import DialogueStore
-from memory.schema import to_us
 
-from .errors import TierError
 from .subscriptions import Subscription, SubscriptionStore, parse_target
-
-BY = ("user", "chat", "model", "day", "kind")
-_KEY_SQL = {
-    "kind": "kind",
-    "user": "user_id::VARCHAR",
-    "chat": "chat_id::VARCHAR",
-    "model": "model",
-    "day": "strftime(ts AT TIME ZONE 'UTC', '%Y-%m-%d')",
-}
-
+from .usage import BY, usage_summary
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
@@ -122,88 +112,51 @@ def _sub_json(s: Subscription, now: datetime) -> dict[str, Any]:
 
 
 async def grant(store: DialogueStore, cfg: TiersConfig, target: str, tier: str, days: float | None, console: Console,
-                *, source: str = "cli", clock: Callable[[], datetime] = _utc_now) -> Subscription:
+                *, source: str = "cli", clock: Callable[[], datetime] = _utc_now,
+                subs: SubscriptionStore | None = None) -> Subscription:
     """``kith sub grant user:ID|chat:ID TIER [--days N]``: set the tier (no days = never expires).
+    subs: a running bot's (its admission sees the grant at once); None: one on ``store``.
     raises TierError (bad target, unknown tier, days ≤ 0)."""
     scope, scope_id = parse_target(target)
-    sub = await SubscriptionStore(store, cfg, clock).grant(scope, scope_id, tier, days, source)
+    sub = await (subs or SubscriptionStore(store, cfg, clock)).grant(scope, scope_id, tier, days, source)
     console.print(f"{escape(sub.target)}: {escape(sub.tier)} until {_when(sub.expires_at)}")
     return sub
 
 
 async def revoke(store: DialogueStore, cfg: TiersConfig, target: str, console: Console,
-                 *, clock: Callable[[], datetime] = _utc_now) -> bool:
-    """``kith sub revoke user:ID|chat:ID``. True if there was a subscription. raises TierError (bad target)."""
+                 *, clock: Callable[[], datetime] = _utc_now, subs: SubscriptionStore | None = None) -> bool:
+    """``kith sub revoke user:ID|chat:ID``. True if there was a subscription. subs: as for ``grant``.
+    raises TierError (bad target)."""
     scope, scope_id = parse_target(target)
-    gone = await SubscriptionStore(store, cfg, clock).revoke(scope, scope_id)
+    gone = await (subs or SubscriptionStore(store, cfg, clock)).revoke(scope, scope_id)
     console.print(f"{escape(target)}: {'revoked' if gone else 'had no subscription'}")
     return gone
 
 
 async def list_subs(store: DialogueStore, cfg: TiersConfig, console: Console, *, expired: bool = False,
-                    as_json: bool = False, clock: Callable[[], datetime] = _utc_now) -> list[Subscription]:
-    """``kith sub list [--expired] [--json]``: active subscriptions (with --expired, the expired ones too)."""
-    subs = await SubscriptionStore(store, cfg, clock).list(expired=expired)
+                    as_json: bool = False, clock: Callable[[], datetime] = _utc_now,
+                    subs: SubscriptionStore | None = None) -> list[Subscription]:
+    """``kith sub list [--expired] [--json]``: active subscriptions (with --expired, the expired ones too).
+    subs: as for ``grant``."""
+    found = await (subs or SubscriptionStore(store, cfg, clock)).list(expired=expired)
     now = clock()
     if as_json:
-        console.print_json(json.dumps([_sub_json(s, now) for s in subs]))
-        return subs
+        console.print_json(json.dumps([_sub_json(s, now) for s in found]))
+        return found
     table = Table(title="subscriptions" + (" (including expired)" if expired else ""))
     for col in ("target", "tier", "expires", "status", "source", "updated"):
         table.add_column(col)
-    for s in subs:
+    for s in found:
         unknown = s.tier not in cfg.tiers
         status = "expired" if not s.active(now) else ("unknown tier (default applies)" if unknown else "active")
         table.add_row(escape(s.target), escape(s.tier), _when(s.expires_at), status, escape(s.source), _when(s.updated_at))
     console.print(table)
-    if not subs:
+    if not found:
         console.print("[dim]no subscriptions[/]")
-    return subs
+    return found
 
 
 # ---------------------------------------------------------------- kith usage
-
-
-def format_cost(known_usd: float, unpriced: int, requests: int) -> str:
-    """``$0.0123``; ``unknown`` when no call had a price; ``≥ $0.0123 + unknown`` when some had none."""
-    if not unpriced:
-        return f"${known_usd:.4f}"
-    if unpriced >= requests:
-        return "unknown"
-    return f"≥ ${known_usd:.4f} + unknown"
-
-
-def _group(key: str, n: int, prompt: int, completion: int, known: float, unpriced: int, seconds: float = 0.0,
-           images: int = 0, pages: int = 0) -> dict[str, Any]:
-    return {"key": key, "requests": n, "prompt_tokens": prompt, "completion_tokens": completion,
-            "tokens": prompt + completion, "seconds": round(seconds, 3), "images": images, "pages": pages,
-            "cost_usd": None if n and unpriced >= n else round(known, 10),
-            "unpriced_requests": unpriced, "cost": format_cost(known, unpriced, n)}
-
-
-async def usage_summary(store: DialogueStore, *, by: str = "model", since: datetime | None = None) -> dict[str, Any]:
-    """Requests, tokens, audio seconds, images, document pages and cost from the ``usage`` table,
-    grouped ``by`` user|chat|model|day (UTC)|kind (chat, vision, transcription, image, document),
-    from ``since`` on. ``cost_usd`` sums the priced calls only (None when none was priced);
-    ``unpriced_requests`` counts the calls of models with no known price. raises TierError (bad ``by``)."""
-    if by not in BY:
-        raise TierError(f"--by must be one of {', '.join(BY)}, not {by!r}")
-    where, params = "", []
-    if since is not None:
-        where, params = " WHERE ts >= make_timestamp(?) AT TIME ZONE 'UTC'", [to_us(since)]
-    rows = await store.execute(
-        f"SELECT {_KEY_SQL[by]} AS k, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
-        f" coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL), coalesce(sum(seconds), 0),"
-        f" coalesce(sum(images), 0), coalesce(sum(pages), 0) FROM usage{where} GROUP BY k ORDER BY k",
-        params,
-    )
-    groups = [_group(str(k), int(n), int(p), int(c), float(usd), int(u), float(sec), int(img), int(pg))
-              for k, n, p, c, usd, u, sec, img, pg in rows]
-    total = _group("total", sum(g["requests"] for g in groups), sum(g["prompt_tokens"] for g in groups),
-                   sum(g["completion_tokens"] for g in groups), sum(float(r[4]) for r in rows),
-                   sum(g["unpriced_requests"] for g in groups), sum(g["seconds"] for g in groups),
-                   sum(g["images"] for g in groups), sum(g["pages"] for g in groups))
-    return {"by": by, "since": since.isoformat() if since else None, "rows": groups, "total": total}
 
 
 async def usage_report(store: DialogueStore, console: Console, *, by: str = "model", since: datetime | None = None,
@@ -254,7 +207,7 @@ ConfigOpt = Annotated[
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-v info, -vv debug).")]
 Target = Annotated[str, typer.Argument(help="user:ID or chat:ID (a group's id is negative).", metavar="user:ID|chat:ID")]
 
-sub_app = typer.Typer(help="Manage subscriptions (stop the bot first: one process owns the database).",
+sub_app = typer.Typer(help="Manage subscriptions (through the running bot when one serves --data-dir).",
                       no_args_is_help=True)
 
 
@@ -264,19 +217,11 @@ def _console() -> Console:
     return out
 
 
-def _with_store(cfg, data_dir: Path, fn: Callable[[DialogueStore], Any]) -> None:
-    """Open the dialogue store under ``data_dir`` and run ``await fn(store)``, with cli's error handling."""
-    from actors.runtime import DB_FILE
-    from cli import _fail, _run
+def _operate(config: Path | None, verbose: int, data_dir: Path, name: str, **args: Any) -> None:
+    """Run operation ``name`` (``actors.operations``) through a running bot or on the stores."""
+    from cli import _operate as run, _setup
 
-    async def main() -> None:
-        async with DialogueStore(data_dir / DB_FILE) as store:
-            await fn(store)
-
-    try:
-        _run(main)
-    except TierError as exc:
-        raise _fail(str(exc)) from None
+    run(_setup(config, verbose), data_dir, name, args)
 
 
 def tiers_command(
@@ -304,19 +249,13 @@ def sub_grant(
     verbose: Verbose = 0,
 ) -> None:
     """Give user:ID or chat:ID a tier, replacing what it had (everyone in a chat gets the chat's tier there)."""
-    from cli import _setup
-
-    cfg = _setup(config, verbose)
-    _with_store(cfg, data_dir, lambda store: grant(store, cfg.tiers, target, tier, days, _console()))
+    _operate(config, verbose, data_dir, "sub.grant", target=target, tier=tier, days=days)
 
 
 @sub_app.command("revoke")
 def sub_revoke(target: Target, data_dir: DataDir = Path("data"), config: ConfigOpt = None, verbose: Verbose = 0) -> None:
     """Remove the subscription of user:ID or chat:ID (back to the default tier)."""
-    from cli import _setup
-
-    cfg = _setup(config, verbose)
-    _with_store(cfg, data_dir, lambda store: revoke(store, cfg.tiers, target, _console()))
+    _operate(config, verbose, data_dir, "sub.revoke", target=target)
 
 
 @sub_app.command("list")
@@ -328,10 +267,7 @@ def sub_list(
     verbose: Verbose = 0,
 ) -> None:
     """List the active subscriptions."""
-    from cli import _setup
-
-    cfg = _setup(config, verbose)
-    _with_store(cfg, data_dir, lambda store: list_subs(store, cfg.tiers, _console(), expired=expired, as_json=as_json))
+    _operate(config, verbose, data_dir, "sub.list", expired=expired, as_json=as_json)
 
 
 def usage_command(
@@ -343,13 +279,10 @@ def usage_command(
     verbose: Verbose = 0,
 ) -> None:
     """Requests, tokens, audio seconds, images, pages and cost of the billed calls (a model with no known price costs 'unknown', not 0)."""
-    from cli import _setup
-
     if by not in BY:
         raise typer.BadParameter(f"use one of {', '.join(BY)}", param_hint="--by")
     try:
         start = parse_since(since)
     except ValueError:
         raise typer.BadParameter(f"{since!r} is not a date (YYYY-MM-DD)", param_hint="--since") from None
-    cfg = _setup(config, verbose)
-    _with_store(cfg, data_dir, lambda store: usage_report(store, _console(), by=by, since=start, as_json=as_json))
+    _operate(config, verbose, data_dir, "usage", by=by, since=start.isoformat() if start else None, as_json=as_json)

@@ -167,7 +167,8 @@ async def _serve(client: Any, config: Config, data_dir: Path, model, llm, outbox
         # before it touches Telegram (and takes updates the running bot should get).
         health.set("stores", False, "opening")
         health.set("embedder", False, "loading")
-        async with open_runtime(config, data_dir, outbox, model=model, llm=llm, on_turn=metrics.observe_turn) as rt:
+        async with open_runtime(config, data_dir, outbox, model=model, llm=llm, on_turn=metrics.observe_turn) as rt, \
+                AsyncExitStack() as ops_stack:
             emb = rt.memory.embedder
             health.set("stores", True, "open")
             health.set("embedder", True, f"{emb.backend} ({emb.encoder.precision})")
@@ -175,6 +176,8 @@ async def _serve(client: Any, config: Config, data_dir: Path, model, llm, outbox
             reload = functools.partial(reload_config, rt.services, config.settings_file)
             if server is not None:
                 server.reload = reload
+                # the CLI's operations run on these stores from now on, and stop before they close
+                await ops_stack.enter_async_context(server.operations(rt.services, drain_timeout_s=settings.actors.drain_timeout_s))
             reloader.append(reload)
             if not await connect(client, stopped, settings.telegram, on_state=lambda s: health.set("telegram", False, s)):
                 log.info("stopped before Telegram could be reached")

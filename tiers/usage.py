@@ -1,0 +1,62 @@
+"""Usage reports from the ``usage`` table: requests, tokens, audio seconds, images, pages and cost,
+grouped by user, chat, model, UTC day or kind (``kith usage``, ``/admin``)."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from memory.dialogue import DialogueStore
+from memory.schema import to_us
+
+from .errors import TierError
+
+BY = ("user", "chat", "model", "day", "kind")
+_KEY_SQL = {
+    "kind": "kind",
+    "user": "user_id::VARCHAR",
+    "chat": "chat_id::VARCHAR",
+    "model": "model",
+    "day": "strftime(ts AT TIME ZONE 'UTC', '%Y-%m-%d')",
+}
+
+
+def format_cost(known_usd: float, unpriced: int, requests: int) -> str:
+    """``$0.0123``; ``unknown`` when no call had a price; ``≥ $0.0123 + unknown`` when some had none."""
+    if not unpriced:
+        return f"${known_usd:.4f}"
+    if unpriced >= requests:
+        return "unknown"
+    return f"≥ ${known_usd:.4f} + unknown"
+
+
+def _group(key: str, n: int, prompt: int, completion: int, known: float, unpriced: int, seconds: float = 0.0,
+           images: int = 0, pages: int = 0) -> dict[str, Any]:
+    return {"key": key, "requests": n, "prompt_tokens": prompt, "completion_tokens": completion,
+            "tokens": prompt + completion, "seconds": round(seconds, 3), "images": images, "pages": pages,
+            "cost_usd": None if n and unpriced >= n else round(known, 10),
+            "unpriced_requests": unpriced, "cost": format_cost(known, unpriced, n)}
+
+
+async def usage_summary(store: DialogueStore, *, by: str = "model", since: datetime | None = None) -> dict[str, Any]:
+    """Requests, tokens, audio seconds, images, document pages and cost from the ``usage`` table,
+    grouped ``by`` user|chat|model|day (UTC)|kind (chat, vision, transcription, image, document),
+    from ``since`` on. ``cost_usd`` sums the priced calls only (None when none was priced);
+    ``unpriced_requests`` counts the calls of models with no known price. raises TierError (bad ``by``)."""
+    if by not in BY:
+        raise TierError(f"--by must be one of {', '.join(BY)}, not {by!r}")
+    where, params = "", []
+    if since is not None:
+        where, params = " WHERE ts >= make_timestamp(?) AT TIME ZONE 'UTC'", [to_us(since)]
+    rows = await store.execute(
+        f"SELECT {_KEY_SQL[by]} AS k, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
+        f" coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL), coalesce(sum(seconds), 0),"
+        f" coalesce(sum(images), 0), coalesce(sum(pages), 0) FROM usage{where} GROUP BY k ORDER BY k",
+        params,
+    )
+    groups = [_group(str(k), int(n), int(p), int(c), float(usd), int(u), float(sec), int(img), int(pg))
+              for k, n, p, c, usd, u, sec, img, pg in rows]
+    total = _group("total", sum(g["requests"] for g in groups), sum(g["prompt_tokens"] for g in groups),
+                   sum(g["completion_tokens"] for g in groups), sum(float(r[4]) for r in rows),
+                   sum(g["unpriced_requests"] for g in groups), sum(g["seconds"] for g in groups),
+                   sum(g["images"] for g in groups), sum(g["pages"] for g in groups))
+    return {"by": by, "since": since.isoformat() if since else None, "rows": groups, "total": total}
