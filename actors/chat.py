@@ -310,14 +310,14 @@ class ChatActor:
         # 3. admit: the member's tier, quotas and rate pick the model, or refuse (costing nothing)
         user_settings = await self._user(ev.sender.user_id)
         alias = self._model_for(user_settings)
-        note = None
+        note = tier = None
         if self.svc.admission is not None:
             adm = await self.svc.admission.admit(self.chat_id, ev.chat_type, ev.sender.user_id, alias)
             if not adm.allowed:
                 await self._refuse(ev, adm)
                 self.svc.report(TurnReport(self.chat_id, ev.message_id, False, _ms(t0), error=f"refused: {adm.reason}"))
                 return
-            alias = adm.alias
+            alias, tier = adm.alias, adm.tier
             note = adm.note if adm.downgraded else None
 
         # 4. assemble context: recalled memories of this chat only, reply chain, recent window
@@ -351,18 +351,20 @@ class ChatActor:
 
         # 5. generate, streaming progress through the outbox
         try:
-            await self._generate(ev, window, alias, prompt, recall, note, t0)
+            await self._generate(ev, window, alias, prompt, recall, note, t0, tier)
         except ActorError as exc:  # the transport gave up for good (e.g. the user blocked the bot)
             log.warning("chat %s: reply to %s not delivered: %s", self.chat_id, ev.message_id, exc)
             self.svc.report(TurnReport(self.chat_id, ev.message_id, True, _ms(t0), error=f"undelivered: {exc}"))
 
-    async def _generate(self, ev: Incoming, window, alias: str, prompt, recall: Recall, note: str | None, t0: float) -> None:
+    async def _generate(self, ev: Incoming, window, alias: str, prompt, recall: Recall, note: str | None, t0: float,
+                        tier: str | None = None) -> None:
         """Steps 5–6 of a turn: stream the model's answer through the outbox, then record it."""
         store = self.svc.memory.store
         llm = self.svc.llm
         stream = await self.outbox.stream(self.chat_id, reply_to=ev.message_id, thread_id=ev.thread_id)
         so_far: list[str] = []
         noted = False
+        ttft_ms: float | None = None
 
         async def note_delivery() -> None:
             nonlocal noted
@@ -371,6 +373,9 @@ class ChatActor:
                 await self._note_delivery(ev.message_id)
 
         async def on_delta(delta: str) -> None:
+            nonlocal ttft_ms
+            if ttft_ms is None:
+                ttft_ms = _ms(t0)
             so_far.append(delta)
             await note_delivery()
             await stream.update("".join(so_far))
@@ -385,10 +390,13 @@ class ChatActor:
             log.warning("chat %s: LLM %s failed: %s", self.chat_id, alias, exc)
             await stream.finish(exc.user_message)
             self.svc.report(
-                TurnReport(self.chat_id, ev.message_id, True, _ms(t0), llm_ms, recall.embed_ms, recall.search_ms, alias, error=str(exc))
+                TurnReport(self.chat_id, ev.message_id, True, _ms(t0), llm_ms, recall.embed_ms, recall.search_ms, alias, error=str(exc),
+                           tier=tier, ttft_ms=ttft_ms)
             )
             return
         llm_ms = _ms(t_llm)
+        if ttft_ms is None:  # not streamed: the whole answer is the first token
+            ttft_ms = _ms(t0)
         await note_delivery()
         sent = await stream.finish(f"_{note}_\n\n{completion.text}" if note else completion.text)
 
@@ -445,6 +453,8 @@ class ChatActor:
                 prompt.memories,
                 completion.text,
                 sent.message_id,
+                tier=tier,
+                ttft_ms=ttft_ms,
             )
         )
 

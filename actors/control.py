@@ -218,6 +218,7 @@ class ControlServer:
                             content_type="application/json")
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        await self.metrics.refresh()
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
 

@@ -60,6 +60,8 @@ class TurnReport:
     reply_text: str | None = None
     reply_id: int | None = None
     error: str | None = None
+    tier: str | None = None  # the member's effective tier (None without tiers)
+    ttft_ms: float | None = None  # delivery to the actor → the model's first token (streamed) or its answer
 
     @property
     def overhead_ms(self) -> float:

@@ -122,6 +122,11 @@ class Supervisor:
         """Number of live chat actors."""
         return len(self._actors)
 
+    @property
+    def inbox_depth(self) -> int:
+        """Events told to live actors and not handled yet (the one in hand included), all chats."""
+        return sum(rec.pending for rec in self._actors.values())
+
     # ------------------------------------------------------------------ API
 
     async def tell(self, chat_id: int, event: ChatEvent) -> None:

@@ -49,6 +49,7 @@ def run(quick: bool) -> dict:
 
     answered = [t for t in turns if t.responded]
     errors = sum(1 for t in answered if t.error)
+    scrape = _metrics_cost(turns)
     ov_ans = [t.overhead_ms for t in answered]
     ov_all = [t.overhead_ms for t in turns]
     ov_silent = [t.overhead_ms for t in turns if not t.responded]
@@ -99,6 +100,10 @@ def run(quick: bool) -> dict:
             metric("raw model on the same texts (one call, sorted by length)", batches["raw_s"], "s"),
             metric("raw / batches (100 % = batches cost no more than one sorted call)", batches["ratio"], "%"),
             metric("model load (excluded)", load_s, "s"),
+            metric("metrics: observe_turn per turn", scrape["observe_us"], "µs"),
+            metric("metrics: one /metrics exposition", scrape["scrape_ms"], "ms"),
+            metric("metrics share of overhead p50 (observe + a scrape every 15 s)",
+                   100 * scrape["per_turn_ms"] / p["ans"][0] if p["ans"][0] else None, "%", target=("<=", 1.0)),
         ],
         "profile": _profile_lines(stages, prof_turns, prof),
         "notes": [
@@ -107,6 +112,31 @@ def run(quick: bool) -> dict:
         ],
     }
     return res
+
+
+SCRAPE_INTERVAL_S = 15.0  # Prometheus' default scrape interval
+
+
+def _metrics_cost(turns) -> dict:
+    """What the control server's metrics add per turn: ``observe_turn`` on every report of the replay,
+    plus one ``/metrics`` exposition (after those turns) spread over the turns of a scrape interval at
+    the replay's own rate. (The runtime's gauges are read at scrape time from counters it keeps
+    anyway; the memory-rows gauge is one LanceDB count per scrape, off the turn path.)"""
+    from actors.metrics import Metrics
+
+    m = Metrics()
+    t = time.perf_counter()
+    for _ in range(5):
+        for rep in turns:
+            m.observe_turn(rep)
+    observe_ms = (time.perf_counter() - t) * 1000 / (5 * max(1, len(turns)))
+    t = time.perf_counter()
+    for _ in range(20):
+        m.exposition()
+    scrape_ms = (time.perf_counter() - t) * 1000 / 20
+    turns_per_s = len(turns) / max(1e-9, sum(r.total_ms for r in turns) / 1000)
+    per_turn = observe_ms + scrape_ms / max(1.0, turns_per_s * SCRAPE_INTERVAL_S)
+    return {"observe_us": observe_ms * 1000, "scrape_ms": scrape_ms, "per_turn_ms": per_turn}
 
 
 def _batch_cost(model, encode) -> dict:

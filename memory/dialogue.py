@@ -46,6 +46,8 @@ import json
 import logging
 import os
 import shutil
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -166,6 +168,7 @@ class DialogueStore:
         self._queued_for_chat: dict[int, int] = {}
         self._seq = 0  # rows enqueued so far
         self._done_seq = 0  # every row up to this one is committed (or dropped as unstorable)
+        self._enqueue_times: deque[tuple[int, float]] = deque()  # (seq, monotonic s) of each enqueue not committed yet
         self._waiters: list[_Waiter] = []
         self._wakeup = anyio.Event()  # something was enqueued, or closing
         self._hurry = anyio.Event()  # commit now: flush requested, flush_rows reached, or closing
@@ -311,9 +314,15 @@ class DialogueStore:
         if n <= 0:
             return
         self._seq += n
+        self._enqueue_times.append((self._seq, time.monotonic()))
         self._wakeup.set()
         if self.pending >= self.flush_rows:
             self._hurry.set()
+
+    @property
+    def writer_lag_s(self) -> float:
+        """Seconds the oldest row not yet committed has waited (0 when everything is committed)."""
+        return time.monotonic() - self._enqueue_times[0][1] if self._enqueue_times else 0.0
 
     @property
     def pending(self) -> int:
@@ -421,6 +430,8 @@ class DialogueStore:
             log.info("dialogue store: writing again (space was freed)")
             self.disk_full = None
         self._done_seq = batch.upto
+        while self._enqueue_times and self._enqueue_times[0][0] <= self._done_seq:
+            self._enqueue_times.popleft()
         for chat_id in {m.chat_id for m in committed}:
             if self._queued_for_chat.get(chat_id, 0) <= self._done_seq:
                 self._queued_for_chat.pop(chat_id, None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,7 @@ class Embedder:
         self._closed = False
         self.batches = 0  # number of model calls, for stats and tests
         self.texts = 0
+        self.busy_s = 0.0  # wall time in model calls (all of them), seconds
         self._load_lock = threading.Lock()
 
     @property
@@ -277,6 +279,7 @@ class Embedder:
 
     async def _run_batch(self, batch: list[tuple[_Request, int, int]]) -> None:
         texts = [t for r, a, b in batch for t in r.texts[a:b]]
+        t0 = time.perf_counter()
         try:
             vecs = await anyio.to_thread.run_sync(self.encode_sync, texts, limiter=self._limiter)
         except BaseException as exc:  # noqa: BLE001 - delivered to every waiting caller
@@ -290,6 +293,7 @@ class Embedder:
             return
         self.batches += 1
         self.texts += len(texts)
+        self.busy_s += time.perf_counter() - t0
         i = 0
         for r, a, b in batch:
             r.parts.append(vecs[i : i + (b - a)])

@@ -107,6 +107,14 @@ async def test_a_running_bot_reports_readiness_and_turns(tmp_path, st_model):
     assert metric(after, "kith_turn_seconds_count") == 1.0
     assert metric(after, "kith_actors_alive") == 1.0 and metric(after, "kith_actors_spawned_total") == 1.0
     assert metric(after, "kith_embedder_texts_total") >= 1 and metric(after, "kith_indexer_queue") == 0.0
+    assert metric(after, "kith_updates_received_total") >= 1
+    assert metric(after, "kith_llm_requests_total", model="recall", tier="free") == 1.0  # by model and tier
+    assert metric(after, "kith_ttft_seconds_count") == 1.0
+    assert 0 < metric(after, "kith_ttft_seconds_sum") <= metric(after, "kith_turn_seconds_sum")
+    assert metric(after, "kith_embedder_batch_seconds_count") >= 1 and metric(after, "kith_embedder_batch_seconds_sum") > 0
+    assert metric(after, "kith_store_writer_lag_seconds") == 0.0  # flushed: nothing waits for DuckDB
+    assert metric(after, "kith_memory_rows") >= 1 and metric(after, "kith_inbox_depth") == 0.0
+    assert metric(after, "kith_telegram_flood_wait_seconds_total") == 0.0
 
 
 async def _serve_and_report(start, box: dict) -> None:

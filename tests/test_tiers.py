@@ -288,6 +288,7 @@ async def test_member_rate_slows_a_flooder_without_blocking_others(store: Dialog
     a = await adm.admit(GROUP, "group", ALICE, "recall")
     assert not a.allowed and a.reason == "rate" and a.retry_after == pytest.approx(45.0)
     assert "45 s" in a.refusal and "2 answers a minute" in a.refusal
+    assert adm.refusals == {"rate": 1}  # counted by reason (the bot's kith_refusals_total metric)
     assert (await adm.admit(GROUP, "group", BOB, "recall")).allowed  # Bob is not blocked by Alice
     assert (await adm.admit(GROUP - 1, "group", ALICE, "recall")).allowed  # nor Alice in another group
     for _ in range(5):  # private chats have no member rate

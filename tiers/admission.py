@@ -14,6 +14,7 @@ after that everything is in memory.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,6 +93,7 @@ class Admission:
         self.subs = SubscriptionStore(store, cfg, clock)
         self.quotas = QuotaTracker(store, cfg, clock)
         self.rate = RateLimiter(clock)
+        self.refusals: Counter[str] = Counter()  # refusals since start, by reason (rate, quota, model, feature, size)
 
     def reconfigure(self, cfg: TiersConfig) -> None:
         """Use re-read tiers from now on (hot reload): quotas, features, plans. Today's counters stay."""
@@ -116,8 +118,16 @@ class Admission:
         Order: the member rate (groups only), the model the tier may use (``requested_alias`` if its
         ``models`` has it or ``"*"``, else its first listed model), then today's quotas for that
         model; when one is spent, the tier's ``fallback_model`` if it is set and within quota, else a
-        refusal. An allowed admit counts toward the member rate; quotas count only via ``record``.
+        refusal. An allowed admit counts toward the member rate; quotas count only via ``record``;
+        a refusal counts in ``refusals`` by reason.
         """
+        adm = await self._admit(chat_id, chat_type, user_id, requested_alias)
+        if not adm.allowed:
+            self.refusals[adm.reason or "other"] += 1
+        return adm
+
+    async def _admit(self, chat_id: int, chat_type: str, user_id: int, requested_alias: str) -> Admit:
+        """The decision of ``admit``, not counted."""
         await self.open()
         tier = await self.tier_of(chat_id, user_id)
         t = self.cfg.tiers[tier]
@@ -161,6 +171,14 @@ class Admission:
         to /billing), ``"size"`` (the file is over ``max_file_mb``; nothing should be downloaded) or
         ``"quota"`` (images_per_day / audio_seconds_per_day spent). ``alias`` is unused ("").
         """
+        adm = await self._admit_feature(chat_id, user_id, feature, size_bytes=size_bytes, images=images, seconds=seconds)
+        if not adm.allowed:
+            self.refusals[adm.reason or "other"] += 1
+        return adm
+
+    async def _admit_feature(self, chat_id: int, user_id: int, feature: str, *, size_bytes: int | None = None,
+                             images: int = 0, seconds: float = 0.0) -> Admit:
+        """The decision of ``admit_feature``, not counted."""
         await self.open()
         tier = await self.tier_of(chat_id, user_id)
         t = self.cfg.tiers[tier]

@@ -160,6 +160,7 @@ async def _serve(client: Any, config: Config, data_dir: Path, model, llm, outbox
     outbox = outbox or TelegramOutbox(client, settings.telegram, stream_interval_s=settings.llm.stream_edit_interval_s)
     router = UpdateRouter(client, outbox, settings.telegram)
     router.register(client)
+    metrics.attach_transport(router.stats, outbox.limits.stats)
     await anyio.lowlevel.checkpoint()  # add_handler registers from a task: let it run before updates can flow
 
     async with _stop_signal(stop) as stopped:
