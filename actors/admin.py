@@ -7,6 +7,7 @@ and can grant or revoke a subscription:
     /admin
     /admin grant user:12345 premium 30     (days; none = no expiry)   ·   /admin grant here premium
     /admin revoke chat:-100123             ·   /admin revoke here
+    /admin grant premium 30 · /admin revoke   (as a reply to a member's message: that member)
 
 ``here`` is the chat the command is sent in. Anyone else gets the same answer as for an unknown
 command (the command is not advertised), and in a group the overview is refused (it names other
@@ -25,7 +26,8 @@ from .events import PRIVATE, CommandEvent
 if TYPE_CHECKING:
     from .chat import ChatActor
 
-USAGE = "/admin · /admin grant user:ID|chat:ID|here TIER [DAYS] · /admin revoke user:ID|chat:ID|here"
+USAGE = ("/admin · /admin grant user:ID|chat:ID|here TIER [DAYS] · /admin revoke user:ID|chat:ID|here "
+         "(or, replying to a member's message: /admin grant TIER [DAYS] · /admin revoke)")
 TOP_CHATS = 5
 
 
@@ -43,6 +45,8 @@ async def cmd_admin(actor: "ChatActor", ev: CommandEvent) -> None:
         await reply(actor, ev, await overview(actor))
         return
     verb, rest = args[0].lower(), args[1:]
+    if ev.reply_to_user is not None and not (rest and _is_target(rest[0])):
+        rest = [f"user:{ev.reply_to_user}", *rest]  # a reply names the member
     try:
         if verb == "grant" and len(rest) in (2, 3):
             scope, scope_id = _target(rest[0], ev)
@@ -70,6 +74,10 @@ def _subs(actor: "ChatActor"):
     if adm is None:
         raise TierError("this bot runs without tiers")
     return adm.subs
+
+
+def _is_target(text: str) -> bool:
+    return text.lower() == "here" or ":" in text
 
 
 def _target(text: str, ev: CommandEvent) -> tuple[str, int]:

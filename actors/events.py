@@ -96,6 +96,7 @@ class CommandEvent:
     date: datetime
     thread_id: int | None = None
     chat_title: str | None = None
+    reply_to_user: int | None = None  # the command replies to a message of this user (e.g. /admin grant premium)
 
 
 @dataclass(frozen=True, slots=True)

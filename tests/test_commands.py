@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -270,6 +271,16 @@ async def test_admin_is_for_owners_in_private_and_grants_apply_at_once(tmp_path,
         assert "user:11 premium" in (await chat.cmd(OWNER.user_id, OWNER, "admin")).text
         assert (await chat.cmd(OWNER.user_id, OWNER, "admin", "revoke user:11")).text == "user:11: revoked."
         assert (await rt.services.admission.profile(5, MEMBER.user_id)).tier == "free"
+        # by reply: the owner answers a member's message in a group; the member is the target
+        by_reply = CommandEvent(GROUP, "supergroup", 900, OWNER, "admin", "grant premium 7", datetime.now(UTC), reply_to_user=77)
+        await chat._go(GROUP, by_reply)
+        assert holder["outbox"].sent[-1].text.startswith("user:77: premium, until ")
+        assert (await rt.services.admission.profile(77, 77)).tier == "premium"  # (GROUP itself is unlimited now)
+        await chat._go(GROUP, replace(by_reply, message_id=901, args="revoke"))
+        assert holder["outbox"].sent[-1].text == "user:77: revoked."
+        # an explicit target wins over the reply
+        await chat._go(GROUP, replace(by_reply, message_id=902, args="grant user:78 premium"))
+        assert holder["outbox"].sent[-1].text == "user:78: premium, no expiry."
         # mistakes get the usage line, never a traceback
         assert "unknown tier" in (await chat.cmd(OWNER.user_id, OWNER, "admin", "grant user:11 gold")).text
         assert "DAYS must be a number" in (await chat.cmd(OWNER.user_id, OWNER, "admin", "grant user:11 premium soon")).text

@@ -685,3 +685,20 @@ async def test_a_group_upgraded_to_a_supergroup_keeps_its_memory_and_settings(tm
         assert replies and "friday" in replies[0].text.lower()
         recent = await store.recent(new, 3)  # the moved history stays older than the supergroup's own messages
         assert [m.message_id for m in recent[:2]] == [migrated_id(last_old), first] and recent[2].role == "assistant"
+
+
+async def test_an_owner_grants_a_member_by_replying_to_their_message(tmp_path, st_model):
+    from config.loader import load_config
+
+    shipped = load_config(None, env={})
+    cfg = Config(settings=config(owners=(42,)).settings, tiers=shipped.tiers)  # free / premium / unlimited
+    async with running_bot(tmp_path, st_model, cfg) as (h, app):
+        olga, bob = h.user(42, "Olga"), h.user(43, "Bob")
+        g = h.supergroup(556, "Kith admins")
+        said = await h.group(g, bob, "could I get premium here?")
+        await h.settle(app.runtime.supervisor)
+        grant = await h.group(g, olga, "/admin grant premium 7", reply_to=said)
+        await h.settle(app.runtime.supervisor)
+        (answer,) = h.replies_to(g, grant)
+        assert answer.text.startswith("user:43: premium, until ")
+        assert (await app.runtime.services.admission.profile(g, 43)).tier == "premium"

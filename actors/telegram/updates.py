@@ -218,7 +218,9 @@ def message_to_event(message: Any, bot: BotIdentity, *, sent_by_bot: Callable[[i
         if cmd is False:
             return None
         if isinstance(cmd, tuple):
-            return CommandEvent(chat_id, chat_type, message.id, sender, cmd[0], cmd[1], date, thread_id=thread_id, chat_title=title)
+            replied_to = message.reply_to_message.from_user if message.reply_to_message is not None else None
+            return CommandEvent(chat_id, chat_type, message.id, sender, cmd[0], cmd[1], date, thread_id=thread_id, chat_title=title,
+                                reply_to_user=replied_to.id if replied_to is not None and not replied_to.is_bot else None)
     reply_to = message.reply_to_message_id
     if thread_id is not None and reply_to == thread_id and not message.reply_to_top_message_id:
         reply_to = None  # a plain message in a topic "replies" to the topic's first message
