@@ -52,6 +52,11 @@ def _setup(config_path: Path | None, verbose: int):
     # pyrogram logs every connection step at INFO (several lines per reconnect): ours says it in one
     for noisy in ("LiteLLM", "litellm", "httpx", "sentence_transformers", "transformers", "pyrogram"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
+    # transformers sets its own level from this variable when it loads (torch backend): its warnings
+    # about the model's config (e.g. "loss_type=None … unrecognized") only with -v
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error" if verbose < 1 else "warning" if verbose < 2 else "debug")
     try:
         return load_config(config_path)
     except ConfigError as exc:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,29 @@ def test_nothing_phones_home_or_writes_outside_the_data_dir(tmp_path, ov_encoder
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert list(home.iterdir()) == []  # no ~/intel, no caches in the user's home
     assert "fork" not in proc.stderr  # no telemetry process forked (lancedb warns on any fork)
+
+
+def test_no_third_party_warnings_on_stderr_unless_verbose(imported, tmp_path):
+    import subprocess
+    import sys
+
+    from config.loader import SHIPPED_SETTINGS
+
+    # the torch backend loads transformers, whose model-config warnings used to reach the terminal
+    cfg = tmp_path / "kith.yaml"
+    text = SHIPPED_SETTINGS.read_text(encoding="utf-8")
+    assert "embed_backend: openvino" in text
+    cfg.write_text(text.replace("embed_backend: openvino", "embed_backend: torch", 1), encoding="utf-8")
+
+    # (in-process CLI runs of other tests set TRANSFORMERS_VERBOSITY in this process: a user's shell has none)
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}
+
+    def search(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cli", "memory", "search", CHAT, "sound card", "-k", "1",
+                               "--data-dir", str(imported), "--config", str(cfg), *extra],
+                              cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=180, env=env)
+
+    quiet = search()
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    loud = search("-v")
+    assert loud.returncode == 0 and "[transformers]" in loud.stderr  # still there for whoever asks
