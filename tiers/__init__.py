@@ -11,11 +11,29 @@
 """
 from __future__ import annotations
 
-from .admission import Admission, Admit
+from typing import TYPE_CHECKING, Any
+
 from .errors import BadScope, PaymentError, TierError, UnknownTier
-from .quotas import QuotaDecision, QuotaTracker, RateLimiter
-from .resolve import effective_tier
-from .subscriptions import Subscription, SubscriptionStore
+
+# the rest loads on first use (PEP 562): ``kith sub list`` and ``--help`` need no DuckDB import
+_LAZY = {"Admission": "admission", "Admit": "admission", "QuotaDecision": "quotas", "QuotaTracker": "quotas",
+         "RateLimiter": "quotas", "effective_tier": "resolve", "Subscription": "subscriptions",
+         "SubscriptionStore": "subscriptions"}
+
+if TYPE_CHECKING:
+    from .admission import Admission, Admit
+    from .quotas import QuotaDecision, QuotaTracker, RateLimiter
+    from .resolve import effective_tier
+    from .subscriptions import Subscription, SubscriptionStore
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Admission", "Admit", "BadScope", "PaymentError", "QuotaDecision", "QuotaTracker", "RateLimiter",

@@ -19,15 +19,17 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from memory.dialogue import DialogueStore
+
 from config.models import UNLIMITED, TiersConfig
-from memory.dialogue import DialogueStore
 
 from .subscriptions import Subscription, SubscriptionStore, parse_target
 from .usage import BY, usage_summary

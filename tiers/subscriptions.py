@@ -10,6 +10,8 @@ because a store query first commits the dialogue store's queued writes.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +19,10 @@ from datetime import UTC, datetime, timedelta
 
 import anyio
 
+if TYPE_CHECKING:
+    from memory.dialogue import DialogueStore
+
 from config.models import TiersConfig
-from memory.dialogue import DialogueStore
 from memory.schema import from_us, to_us
 
 from .errors import BadScope, TierError, UnknownTier

@@ -2,11 +2,15 @@
 grouped by user, chat, model, UTC day or kind (``kith usage``, ``/admin``)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from datetime import datetime
 from typing import Any
 
-from memory.dialogue import DialogueStore
 from memory.schema import to_us
+
+if TYPE_CHECKING:
+    from memory.dialogue import DialogueStore
 
 from .errors import TierError
 
