@@ -10,10 +10,16 @@ a ``kith memory reindex`` built a new one beside it), one row per remembered ite
     user_name   string
     kind        string     "message" (later "document")
     text        string     the original text
-    content     string     "{user_name} {d Month yyyy}: {text}" — what the full-text (FTS) index reads
-                           (sender and day are searchable: "what did Caroline say in May 2023").
+    content     string     "{user_name} {d Month yyyy}: {text}" — the text the full-text search covers
+                           (sender and day are searchable: "what did Caroline say in May 2023"); its
+                           words, reduced per language, are ``terms``, which the FTS index reads
                            Rows written before this format hold "{user_name}: {text}": they are
                            still found; ``kith memory reindex`` rewrites them (the schema is unchanged)
+    terms       string     ``content``'s words as the full-text index reads them: lower-cased and
+                           stemmed in the text's language (``memory.language``: Russian, Ukrainian,
+                           English, German, Spanish, French), space-separated. Tables made before
+                           it existed search ``content`` as before (English stemming only) until
+                           ``kith memory reindex`` rebuilds them with it (said once at open)
     date        timestamp[us, UTC]
     vector      fixed_size_list<float32>[384]   L2-normalised, cosine distance
     source      string     documents: the file name (null for messages)
@@ -55,6 +61,7 @@ Notes on lancedb 0.40 that shaped this module (measured here, 2 shared cores, 10
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import math
@@ -75,6 +82,8 @@ import pyarrow as pa
 from .errors import DiskFull, MemoryStoreError, is_disk_full
 from .hot import COLUMNS as _HOT_COLUMNS
 from .hot import ChatRows, HotChats
+from .language import detect, detector_loaded, index_terms
+from .language import query_terms as language_query_terms
 from .types import MemoryHit
 
 if TYPE_CHECKING:
@@ -164,6 +173,7 @@ def schema(dim: int = 384) -> pa.Schema:
             pa.field("kind", pa.string()),
             pa.field("text", pa.string()),
             pa.field("content", pa.string()),
+            pa.field("terms", pa.string()),
             pa.field("date", pa.timestamp("us", tz="UTC")),
             pa.field("vector", pa.list_(pa.float32(), dim)),
             *(pa.field(name, typ) for name, typ in _DOCUMENT_FIELDS),
@@ -269,6 +279,9 @@ class VectorMemory:
     table: None opens the table the ``CURRENT`` file names (``memories`` when there is none) and drops
     tables an interrupted reindex left behind; a name creates that table afresh (a reindex builds
     one beside the current table, then ``switch_to`` makes it current).
+    language_aware: a table created now gets ``terms`` (language-aware full text); False creates
+    the earlier format (English-stemmed ``content`` only) — for benchmarks that compare the two.
+    An existing table is opened in the format it has.
 
     Every method may raise VectorStoreError (a MemoryStoreError); arguments that are wrong by
     construction (bad mode, wrong vector shape) raise ValueError.
@@ -285,8 +298,10 @@ class VectorMemory:
         max_threads: int = 4,
         hot_rows: int = 0,
         table: str | None = None,
+        language_aware: bool = True,
     ) -> None:
         self.path = Path(path)
+        self._language_aware = language_aware
         self.table = table or current_table(self.path)
         self._fresh = table is not None  # a table named by the caller is built from scratch (reindex)
         self.dim = dim
@@ -299,6 +314,7 @@ class VectorMemory:
         self._db: Any = None  # lancedb.AsyncConnection once open
         self._tbl: Any = None  # lancedb.AsyncTable once open
         self._has_vector_index = False
+        self.multilingual = True  # the table has ``terms`` (language-aware full text); set at open
         self._vector_index_rows = 0  # table size when the vector index was (re)built or first seen
         # sender names per chat, for recall (``speakers``): loaded once per chat, plus every name added since
         self._speakers_loaded: dict[int, frozenset[str]] = {}
@@ -350,12 +366,19 @@ class VectorMemory:
         if not self._fresh and self.table in tables:
             tbl = await self._db.open_table(self.table)
         else:
-            tbl = await self._db.create_table(self.table, schema=want, exist_ok=True)
+            created = want if self._language_aware else pa.schema([f for f in want if f.name != "terms"])
+            tbl = await self._db.create_table(self.table, schema=created, exist_ok=True)
         have = await tbl.schema()
         missing = [pa.field(name, typ) for name, typ in _DOCUMENT_FIELDS if name not in have.names]
         if missing and "vector" in have.names:  # written before documents: add the columns (null)
             await tbl.add_columns(missing)
             have = await tbl.schema()
+        self.multilingual = "terms" in have.names
+        if not self.multilingual:  # made before language-aware search: keeps its English-only index
+            want = pa.schema([f for f in want if f.name != "terms"])
+        if not self.multilingual and self._language_aware:
+            log.warning("vector memory %s predates language-aware full-text search (Russian, Ukrainian, German, "
+                        "Spanish, French): `kith memory reindex` rebuilds it with it", self.path)
         if have.field("vector").type != want.field("vector").type or set(have.names) != set(want.names):
             raise VectorStoreError(
                 f"{self.path}/{self.table} has schema {have} but {want} is expected; rebuild it (kith memory reindex)"
@@ -372,7 +395,13 @@ class VectorMemory:
             await tbl.create_index("chat_id", config=BTree(), replace=False)
         if "id_idx" not in names:
             await tbl.create_index("id", config=BTree(), replace=False)
-        if "content_idx" not in names:
+        if self.multilingual and "terms_idx" not in names:
+            # the words are already reduced (memory.language): split on spaces, drop English stop words
+            # (Snowball's list, after stemming, as the English index did), fold accents; no stemming
+            await tbl.create_index("terms", config=FTS(base_tokenizer="whitespace", stem=False, remove_stop_words=True,
+                                                       language="English", lower_case=True, ascii_folding=True),
+                                   replace=False)
+        elif not self.multilingual and "content_idx" not in names:
             await tbl.create_index("content", config=FTS(), replace=False)
         vix = names.get("vector_idx")
         self._has_vector_index = vix is not None
@@ -424,6 +453,7 @@ class VectorMemory:
 
     async def _reopen(self, old: str) -> None:
         self._tbl = await self._db.open_table(self.table)
+        self.multilingual = "terms" in (await self._tbl.schema()).names  # a reindex upgrades an old table
         await self._ensure_indexes()
         if old != self.table:
             await self._db.drop_table(old)
@@ -459,8 +489,8 @@ class VectorMemory:
             vecs[i] = np.asarray(r.vector, dtype=np.float32).reshape(-1)
         if not np.isfinite(vecs).all():
             raise ValueError("vectors must be finite")
-        return pa.table(
-            {
+        content = [content_text(r.user_name, r.text, r.date, r.source, r.page) for r in rows]
+        columns = {
                 "id": pa.array([r.id for r in rows], pa.string()),
                 "chat_id": pa.array([int(r.chat_id) for r in rows], pa.int64()),
                 "message_id": pa.array([int(r.message_id) for r in rows], pa.int64()),
@@ -468,15 +498,18 @@ class VectorMemory:
                 "user_name": pa.array([r.user_name or "" for r in rows], pa.string()),
                 "kind": pa.array([r.kind for r in rows], pa.string()),
                 "text": pa.array([r.text for r in rows], pa.string()),
-                "content": pa.array([content_text(r.user_name, r.text, r.date, r.source, r.page) for r in rows], pa.string()),
+                "content": pa.array(content, pa.string()),
+                "terms": pa.array([index_terms(c, detect(r.text)) for c, r in zip(content, rows)], pa.string()),
                 "date": pa.array([_utc(r.date) for r in rows], pa.timestamp("us", tz="UTC")),
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()), self.dim),
                 "source": pa.array([r.source for r in rows], pa.string()),
                 "page": pa.array([r.page for r in rows], pa.int32()),
                 "parent": pa.array([r.parent for r in rows], pa.int64()),
-            },
-            schema=schema(self.dim),
-        )
+        }
+        if not self.multilingual:
+            del columns["terms"]
+        want = schema(self.dim)
+        return pa.table(columns, schema=want if self.multilingual else pa.schema([f for f in want if f.name != "terms"]))
 
     async def _upsert(self, data: pa.Table) -> None:
         chats = {int(c) for c in np.unique(data.column("chat_id").to_numpy())}
@@ -655,7 +688,7 @@ class VectorMemory:
         """The ``k`` most relevant rows of chat ``chat_id`` only, best first.
 
         mode "vector": nearest by cosine to ``query_vector`` (float32[dim], L2-normalised);
-        ``MemoryHit.score`` = cosine similarity in [-1, 1]. mode "fts": BM25 over ``content`` for the
+        ``MemoryHit.score`` = cosine similarity in [-1, 1]. mode "fts": BM25 over ``terms`` for the
         word terms of ``query_text`` (any text is accepted; see ``fts_terms``); score = BM25.
         mode "hybrid" without ``retrieval``: both legs (each pre-filtered to the chat, run
         concurrently) fused by reciprocal rank, score = sum of 1/(60 + rank); ``parts`` =
@@ -679,7 +712,7 @@ class VectorMemory:
         vec = None
         if query_vector is not None and mode != "fts":
             vec = self._query_vector(query_vector)
-        terms = fts_terms(query_text) if mode != "vector" else []
+        terms = await self._fts_query_async(query_text, drop_stop_words=False) if mode != "vector" else []
         if vec is None and not terms:
             return []
         where = _chat_filter(chat_id, exclude_ids)
@@ -719,7 +752,7 @@ class VectorMemory:
         hide it), and the vector leg, fusion and neighbour read follow. An error of the awaitable
         propagates (the full-text leg is cancelled). raises ValueError (bad vector), VectorStoreError.
         """
-        from .retrieval import find_speakers, query_terms
+        from .retrieval import find_speakers
 
         lance = self._lance
         if lance is None or self._tbl is None:
@@ -732,7 +765,12 @@ class VectorMemory:
             return []
         chat_id = int(chat_id)
         where = _chat_filter(chat_id, exclude_ids)
-        terms = query_terms(fts_terms(query_text), settings.drop_stop_words)
+        try:
+            terms = await self._fts_query_async(query_text, drop_stop_words=settings.drop_stop_words)
+        except BaseException:
+            if inspect.iscoroutine(query_vector):
+                query_vector.close()  # cancelled before it started: no "never awaited" warning
+            raise
         pool = max(settings.pool, k)
         hot = self.hot.get(chat_id)
         # the full-text leg (and, for a chat that is not hot, the read of the turns around its best
@@ -873,12 +911,30 @@ class VectorMemory:
             r["_cos"] = 1.0 - float(d) if d is not None and math.isfinite(d) else 0.0
         return rows
 
+    async def _fts_query_async(self, text: str, *, drop_stop_words: bool) -> list[str]:
+        """``_fts_query``; in a worker thread while the language detector is not loaded yet (~1 s)."""
+        if self.multilingual and not detector_loaded():
+            return await anyio.to_thread.run_sync(functools.partial(self._fts_query, text, drop_stop_words=drop_stop_words))
+        return self._fts_query(text, drop_stop_words=drop_stop_words)
+
+    def _fts_query(self, text: str, *, drop_stop_words: bool) -> list[str]:
+        """The full-text query's terms: reduced in the query's language like the rows' ``terms``
+        (``memory.language``); on a table made before that column, the plain words (its index
+        stems English itself)."""
+        from .retrieval import query_terms
+
+        words = fts_terms(text)
+        if not self.multilingual:
+            return query_terms(words, drop_stop_words)
+        return language_query_terms(words, detect(text), drop_stop_words=drop_stop_words)
+
     async def _fts_leg(self, terms: list[str], where: str, limit: int, *, with_vectors: bool = False) -> list[dict]:
         from lancedb.query import MatchQuery
 
+        column = "terms" if self.multilingual else "content"
         q = (
             self._table.query()
-            .nearest_to_text(MatchQuery(" ".join(terms), "content"))  # type: ignore[call-arg]  # stub lists defaults as required
+            .nearest_to_text(MatchQuery(" ".join(terms), column))  # type: ignore[call-arg]  # stub lists defaults as required
             .where(where)
             .select(_RESULT_COLUMNS + (["vector"] if with_vectors else []) + ["_score"])
             .limit(limit)

@@ -493,7 +493,7 @@ async def test_indexer_optimizes_as_soon_as_a_burst_drains_not_after_the_idle_wa
             with anyio.fail_after(OPTIMIZE_WHEN_IDLE_S - 1):  # settle(): flush, then the optimize it started
                 await ix.settle()
             assert ix.optimizations == 1
-            stats = await vm._run(vm._table.index_stats, "content_idx")
+            stats = await vm._run(vm._table.index_stats, "terms_idx")
             assert stats.num_unindexed_rows == 0 and stats.num_indexed_rows == len(msgs)
 
 

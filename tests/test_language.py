@@ -1,0 +1,140 @@
+"""Language-aware full text: detection, reduction, and recall across inflections — real LanceDB in
+tmp_path, the real embedding model, real Russian dialogue (RusDraCor) beside real #ubuntu lines."""
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from memory.language import detect, index_terms, query_terms
+from memory.vectors import MemoryRow, VectorMemory, schema
+
+pytestmark = pytest.mark.anyio
+
+RU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ru-dialogue"
+
+
+@pytest.mark.parametrize("text, lang", [
+    ("а где моя видеокарта, которую я вчера купил?", "ru"),
+    ("де моя відеокарта, яку я вчора купив?", "uk"),
+    ("ну", "ru"),
+    ("where did I put the graphics card I bought yesterday?", "en"),
+    ("wo ist die Grafikkarte, die ich gestern gekauft habe?", "de"),
+    ("¿dónde está la tarjeta gráfica que compré ayer?", "es"),
+    ("où est la carte graphique que j'ai achetée hier ?", "fr"),
+    ("ok", "en"),  # too short to tell: English
+    ("12345 :)", "en"),
+])
+def test_detect(text: str, lang: str) -> None:
+    assert detect(text) == lang
+
+
+def test_inflected_forms_reduce_to_one_term() -> None:
+    # Russian case endings, Ukrainian, German, Spanish, French plurals: message side and query side agree
+    def meet(message: str, query: list[str], lang: str) -> set[str]:
+        return set(index_terms(message, lang).split()) & set(query_terms(query, lang))
+
+    assert meet("Купил новую видеокарту", ["видеокарта"], "ru") == {"видеокарт"}
+    assert meet("нет видеокарты и видеокартой", ["видеокарта"], "ru") == {"видеокарт"}
+    assert index_terms("the printers were jamming", "en") == "the printer were jam"  # (the index drops the stop words)
+    assert meet("де моя відеокарта", ["відеокарту"], "uk")
+    assert meet("Zwei Grafikkarten", ["Grafikkarte"], "de")
+    assert meet("dos tarjetas", ["tarjeta"], "es")
+    assert meet("deux cartes", ["carte"], "fr")
+    assert meet("Ёлка", ["елка"], "ru")
+    # a Latin word in a Russian message is reduced as English, and the other way round
+    assert meet("обновил drivers", ["driver"], "en")
+    # a text taken for Spanish still meets an English query on its English stems
+    assert "quokka" in set(index_terms("zanzibar quokka telemetry", "es").split()) & set(query_terms(["quokka"], "en"))
+    # stop words leave a query unless nothing else is left
+    assert query_terms(["где", "видеокарта"], "ru") == query_terms(["видеокарта"], "ru")
+    assert query_terms(["где"], "ru") == ["где"]
+
+
+def _rows(texts: list[tuple[str, str]], chat_id: int, vectors) -> list[MemoryRow]:
+    t0 = datetime(2015, 3, 1, 12, tzinfo=UTC)
+    return [MemoryRow(chat_id, i + 1, 100 + i, user, text, t0 + timedelta(minutes=i), vectors[i])
+            for i, (user, text) in enumerate(texts)]
+
+
+def _ru_lines(n: int) -> list[tuple[str, str]]:
+    out = []
+    with (RU / sorted(p.name for p in RU.glob("*.jsonl"))[0]).open(encoding="utf-8") as f:
+        for line in f:
+            o = json.loads(line)
+            if len(o["text"]) > 20:
+                out.append((o["user"], o["text"]))
+            if len(out) >= n:
+                break
+    return out
+
+
+async def test_a_russian_query_finds_other_case_endings(tmp_path, embedder) -> None:
+    planted = [("Анна", "Вчера я купила новую видеокарту, старая сгорела."),
+               ("Борис", "Ключи от гаража лежат в синей шкатулке на комоде.")]
+    texts = _ru_lines(200) + planted
+    vecs = await embedder.embed([t for _, t in texts])
+    async with VectorMemory(tmp_path / "vm") as vm:
+        assert vm.multilingual
+        await vm.add(_rows(texts, -100, vecs))
+        card = await vm.search(-100, "видеокарта", None, 5, mode="fts")
+        assert [h.text for h in card][:1] == [planted[0][1]]  # видеокарта ← видеокарту
+        keys = await vm.search(-100, "где ключ от гаражей?", None, 5, mode="fts")
+        assert keys and keys[0].text == planted[1][1]  # ключ, гаражей ← ключи, гаража
+        q = "видеокарта сгорела"
+        hybrid = await vm.search(-100, q, await embedder.embed_one(q), 5)
+        assert hybrid[0].text == planted[0][1]
+
+
+async def test_a_table_made_before_terms_keeps_working_until_reindex(tmp_path, embedder) -> None:
+    import lancedb
+
+    # a table with the schema of the previous release (no ``terms``), as an upgrade finds it
+    texts = [("ann", "the printer on floor two keeps jamming"), ("bob", "coffee machine is broken again")]
+    vecs = await embedder.embed([t for _, t in texts])
+    old = pa.schema([f for f in schema(384) if f.name != "terms"])
+    db = await lancedb.connect_async(str(tmp_path / "vm"))
+    t0 = datetime(2024, 5, 1, tzinfo=UTC)
+    await db.create_table("memories", data=pa.table({
+        "id": [f"-5:message:{i}" for i in (1, 2)], "chat_id": [-5, -5], "message_id": [1, 2], "user_id": [1, 2],
+        "user_name": ["ann", "bob"], "kind": ["message"] * 2, "text": [t for _, t in texts],
+        "content": [f"{u}: {t}" for u, t in texts], "date": [t0, t0],
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(vecs, np.float32).reshape(-1)), 384),
+        "source": pa.array([None, None], pa.string()), "page": pa.array([None, None], pa.int32()),
+        "parent": pa.array([None, None], pa.int64())}, schema=old))
+    async with VectorMemory(tmp_path / "vm") as vm:
+        assert not vm.multilingual  # searched as before (its index stems English itself)
+        assert (await vm.search(-5, "printers jammed", None, 3, mode="fts"))[0].text == texts[0][1]
+        more = MemoryRow(-5, 3, 3, "cy", "the stapler jams too", t0, await embedder.embed_one("the stapler jams too"))
+        await vm.add([more])
+        assert await vm.count(-5) == 3
+
+
+async def test_reindex_upgrades_an_old_table_to_language_aware_search(tmp_path, st_model) -> None:
+    from actors.runtime import VECTORS_DIR, open_memory
+    from config.loader import load_config
+    from memory.maintenance import reindex
+    from memory.types import StoredMessage
+
+    data = tmp_path / "data"
+    async with VectorMemory(data / VECTORS_DIR, language_aware=False):  # the earlier format, as an upgrade finds it
+        pass
+    t0 = datetime(2015, 3, 1, 12, tzinfo=UTC)
+    said = ["Вчера я купила новую видеокарту, старая сгорела.", "Пойдём гулять в парк после обеда."]
+    async with open_memory(load_config(None, env={}), data, model=st_model) as memory:
+        for i, text in enumerate(said, 1):
+            memory.remember(StoredMessage(-7, i, 5, "Анна", text, t0 + timedelta(minutes=i)))
+        await memory.flush()
+        assert not memory.vectors.multilingual
+        before = await memory.recall(-7, "видеокарта", 1, mode="fts")
+        assert before.hits == []  # the English-only index does not know Russian endings
+        assert await reindex(memory) == 2
+        assert memory.vectors.multilingual
+        after = await memory.recall(-7, "видеокарта", 1, mode="fts")
+        assert [h.text for h in after.hits] == [said[0]]
+    async with open_memory(load_config(None, env={}), data, model=st_model) as memory:
+        assert memory.vectors.multilingual  # the upgrade is kept
