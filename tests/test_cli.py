@@ -48,13 +48,13 @@ def test_a_negative_chat_id_is_an_argument_without_the_double_dash(imported):
     assert typo.exit_code == 2 and "--jsno" in typo.output  # a mistyped option still fails, naming it
 
 
-@pytest.mark.parametrize("command", [("memory", "stats"), ("sub", "list"), ("usage",), ("doctor",), ("tiers",)])
+@pytest.mark.parametrize("command", [("memory", "stats"), ("sub", "list"), ("usage",), ("doctor",), ("tiers",), ("--help",)])
 def test_commands_that_need_no_model_import_neither_torch_nor_litellm(imported, ov_encoder, command):
     import subprocess
     import sys
 
     # ov_encoder: the OpenVINO conversion is cached, as on any start after the first
-    data = () if command == ("tiers",) else ("--data-dir", str(imported))
+    data = () if command in (("tiers",), ("--help",)) else ("--data-dir", str(imported))
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "cli", *command, *data],
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
     assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr[-2000:]  # doctor: 1 without Telegram keys
