@@ -60,9 +60,12 @@ def detect(text: str) -> str:
     return lang if lang in LATIN else "en"
 
 
-def detector_loaded() -> bool:
-    """Whether ``detect`` has its model in memory (loading it takes ~1 s: do that off the event loop)."""
-    return _identifier.cache_info().currsize > 0
+def would_load(text: str) -> bool:
+    """Whether reducing ``text`` may first load a model (py3langid's, or simplemma's Ukrainian
+    dictionary: ~1 s each, once per process): do that off the event loop."""
+    if _identifier.cache_info().currsize == 0:
+        return True
+    return _reduce_uk.cache_info().currsize == 0 and _UK_ONLY.search(text) is not None
 
 
 @lru_cache(maxsize=1)

@@ -82,7 +82,7 @@ import pyarrow as pa
 from .errors import DiskFull, MemoryStoreError, is_disk_full
 from .hot import COLUMNS as _HOT_COLUMNS
 from .hot import ChatRows, HotChats
-from .language import detect, detector_loaded, index_terms
+from .language import detect, index_terms, would_load
 from .language import query_terms as language_query_terms
 from .types import MemoryHit
 
@@ -912,8 +912,8 @@ class VectorMemory:
         return rows
 
     async def _fts_query_async(self, text: str, *, drop_stop_words: bool) -> list[str]:
-        """``_fts_query``; in a worker thread while the language detector is not loaded yet (~1 s)."""
-        if self.multilingual and not detector_loaded():
+        """``_fts_query``; in a worker thread when it would first load a language model (~1 s)."""
+        if self.multilingual and would_load(text):
             return await anyio.to_thread.run_sync(functools.partial(self._fts_query, text, drop_stop_words=drop_stop_words))
         return self._fts_query(text, drop_stop_words=drop_stop_words)
 
