@@ -14,7 +14,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from dataclasses import replace
 
+import anyio
+
 from memory.errors import MemoryStoreError
+from memory.language import NAMES
 from memory.service import Recall
 from memory.types import ROLE_ASSISTANT, StoredMessage, UsageRecord
 from providers.errors import ProviderError
@@ -219,7 +222,7 @@ class ChatActor:
                 return alias
         return self.svc.config.settings.default_model
 
-    def _system_prompt(self, ev: Incoming, user_settings: dict) -> str:
+    def _system_prompt(self, ev: Incoming, user_settings: dict, answer_language: str | None = None) -> str:
         bot = self.svc.config.settings.bot
         parts = [bot.system_prompt.replace("{name}", self.svc.bot.name)]
         if ev.chat_type == PRIVATE:
@@ -232,7 +235,24 @@ class ChatActor:
         if persona:
             parts.append(f"Persona and instructions for this chat: {persona}")
         parts.append(f"Current date: {ev.date:%Y-%m-%d %H:%M} UTC.")
+        if answer_language is not None:
+            name = NAMES.get(answer_language, answer_language)
+            parts.append(f"Answer in {name} unless the user asks for another language.")
         return "\n".join(parts)
+
+    async def _answer_language(self, ev: Incoming, text: str) -> str | None:
+        """The language to answer ``text`` in: a group's ``/settings language`` (its admins chose),
+        else the language the member wrote in, else the member's ``language`` setting; None when
+        nothing tells (the model picks)."""
+        from memory.language import detect_or_none, would_load
+
+        if ev.chat_type != PRIVATE and self.settings.get("language"):
+            return str(self.settings["language"])
+        if would_load(text):  # the detector's first load (~1 s) stays off the event loop
+            lang = await anyio.to_thread.run_sync(detect_or_none, text)
+        else:
+            lang = detect_or_none(text)
+        return lang or (await self._user(ev.sender.user_id)).get("language")
 
     # ------------------------------------------------------------------ a turn
 
@@ -336,7 +356,7 @@ class ChatActor:
         llm = self.svc.llm
         spec = self.svc.config.settings.models[alias]
         prompt = build_prompt(
-            system=self._system_prompt(ev, user_settings),
+            system=self._system_prompt(ev, user_settings, await self._answer_language(ev, query or said)),
             window=list(window),
             memories=recall.hits,
             reply_chain=chain,

@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 LANGUAGES = ("en", "ru", "uk", "de", "es", "fr")
+NAMES = {"en": "English", "ru": "Russian", "uk": "Ukrainian", "de": "German", "es": "Spanish", "fr": "French"}
 LATIN = ("en", "de", "es", "fr")
 CYRILLIC = ("ru", "uk")
 MIN_DETECT_LETTERS = 20  # a Latin-script text shorter than this is English (detection is noise below it)
@@ -50,14 +51,19 @@ _lock = threading.Lock()
 
 def detect(text: str) -> str:
     """The language of ``text``: one of ``LANGUAGES`` ("en" when nothing tells)."""
+    return detect_or_none(text) or "en"
+
+
+def detect_or_none(text: str) -> str | None:
+    """``detect``, but None when the text does not tell (a short Latin-script text, no letters)."""
     cyr = len(_CYR.findall(text))
     lat = len(_LAT.findall(text))
     if cyr > lat:
         return "uk" if _UK_ONLY.search(text) else "ru"
     if lat < MIN_DETECT_LETTERS:
-        return "en"
+        return None
     lang, _ = _identifier().classify(text)
-    return lang if lang in LATIN else "en"
+    return lang if lang in LATIN else None
 
 
 def would_load(text: str) -> bool:

@@ -204,6 +204,7 @@ async def test_a_turn_through_litellm_over_http_streams_and_records_usage(tmp_pa
     sent_messages = json.dumps(body)
     assert "Python.h" in sent_messages  # the recalled memory reached the model
     assert "kim: @kith which package has Python.h?" in sent_messages  # the speaker is named
+    assert "Answer in English unless the user asks for another language." in sent_messages
     rows = db_rows(tmp_path, "SELECT model, prompt_tokens, completion_tokens FROM usage")
     assert rows == [("remote", turn.prompt_tokens, turn.completion_tokens)]
     assert holder["outbox"].sent[-1].text == turn.reply_text
@@ -284,3 +285,28 @@ async def test_a_reply_to_the_bot_is_recognised_from_the_store_after_a_restart(t
         await rt.supervisor.tell(-7, Incoming(-7, "supergroup", 3, Sender(2, "b"), "unrelated chatter", datetime.now(UTC), reply_to=2))
         await rt.supervisor.wait_all_idle()
     assert [t.responded for t in turns] == [True, False]
+
+
+async def test_the_model_is_told_to_answer_in_the_members_language(tmp_path, st_model, llm_server, monkeypatch):
+    monkeypatch.setenv("KITH_TEST_KEY", "sk-test")
+    cfg = config(remote=ModelSpec(model="openai/ok-remote", api_base=llm_server.base_url, api_key_env="KITH_TEST_KEY"))
+    cfg = Config(settings=cfg.settings.model_copy(update={"default_model": "remote"}), tiers=cfg.tiers)
+
+    def system_prompt() -> str:
+        body = [r for r in llm_server.requests if r.path.endswith("/chat/completions")][-1].body
+        return body["messages"][0]["content"]
+
+    async with open_runtime(cfg, tmp_path, outbox_factory({}), model=st_model) as rt:
+        async def say(chat: int, ctype: str, text: str) -> str:
+            await rt.supervisor.tell(chat, Incoming(chat, ctype, 10**6 + len(llm_server.requests), Sender(9, "Оля"), text,
+                                                    datetime.now(UTC), mentions_bot=True))
+            await rt.supervisor.wait_all_idle()
+            return system_prompt()
+
+        assert "Answer in Russian" in await say(9, "private", "где моя видеокарта?")
+        assert "Answer in Ukrainian" in await say(9, "private", "де моя відеокарта?")
+        assert "Answer in German" in await say(9, "private", "Wo ist meine Grafikkarte, die ich gestern gekauft habe?")
+        assert "Answer in" not in await say(9, "private", "ok?")  # nothing tells: the model decides
+        # a group whose admins set /settings language: that language, whatever a member writes in
+        await rt.memory.store.set_chat_settings(-77, {"language": "fr"})
+        assert "Answer in French" in await say(-77, "supergroup", "@kith где моя видеокарта?")
