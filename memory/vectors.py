@@ -161,9 +161,10 @@ def _write_current(path: Path, table: str) -> None:
     os.replace(tmp, Path(path) / _CURRENT)
 
 
-def schema(dim: int = 384) -> pa.Schema:
-    """The Arrow schema of the ``memories`` table."""
-    return pa.schema(
+def schema(dim: int = 384, *, terms: bool = True) -> pa.Schema:
+    """The Arrow schema of the ``memories`` table; ``terms=False``: the format before language-aware
+    full text (no ``terms`` column)."""
+    full = pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
             pa.field("chat_id", pa.int64(), nullable=False),
@@ -179,6 +180,7 @@ def schema(dim: int = 384) -> pa.Schema:
             *(pa.field(name, typ) for name, typ in _DOCUMENT_FIELDS),
         ]
     )
+    return full if terms else pa.schema([f for f in full if f.name != "terms"])
 
 
 def fts_terms(text: str) -> list[str]:
@@ -354,7 +356,6 @@ class VectorMemory:
 
         self.path.mkdir(parents=True, exist_ok=True)
         self._db = await lancedb.connect_async(str(self.path))
-        want = schema(self.dim)
         tables = (await self._db.list_tables()).tables
         if self._fresh and self.table in tables:
             await self._db.drop_table(self.table)
@@ -366,16 +367,14 @@ class VectorMemory:
         if not self._fresh and self.table in tables:
             tbl = await self._db.open_table(self.table)
         else:
-            created = want if self._language_aware else pa.schema([f for f in want if f.name != "terms"])
-            tbl = await self._db.create_table(self.table, schema=created, exist_ok=True)
+            tbl = await self._db.create_table(self.table, schema=schema(self.dim, terms=self._language_aware), exist_ok=True)
         have = await tbl.schema()
         missing = [pa.field(name, typ) for name, typ in _DOCUMENT_FIELDS if name not in have.names]
         if missing and "vector" in have.names:  # written before documents: add the columns (null)
             await tbl.add_columns(missing)
             have = await tbl.schema()
         self.multilingual = "terms" in have.names
-        if not self.multilingual:  # made before language-aware search: keeps its English-only index
-            want = pa.schema([f for f in want if f.name != "terms"])
+        want = schema(self.dim, terms=self.multilingual)  # made before language-aware search: its English-only index stays
         if not self.multilingual and self._language_aware:
             log.warning("vector memory %s predates language-aware full-text search (Russian, Ukrainian, German, "
                         "Spanish, French): `kith memory reindex` rebuilds it with it", self.path)
@@ -499,17 +498,15 @@ class VectorMemory:
                 "kind": pa.array([r.kind for r in rows], pa.string()),
                 "text": pa.array([r.text for r in rows], pa.string()),
                 "content": pa.array(content, pa.string()),
-                "terms": pa.array([index_terms(c, detect(r.text)) for c, r in zip(content, rows)], pa.string()),
                 "date": pa.array([_utc(r.date) for r in rows], pa.timestamp("us", tz="UTC")),
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()), self.dim),
                 "source": pa.array([r.source for r in rows], pa.string()),
                 "page": pa.array([r.page for r in rows], pa.int32()),
                 "parent": pa.array([r.parent for r in rows], pa.int64()),
         }
-        if not self.multilingual:
-            del columns["terms"]
-        want = schema(self.dim)
-        return pa.table(columns, schema=want if self.multilingual else pa.schema([f for f in want if f.name != "terms"]))
+        if self.multilingual:  # (a table of the earlier format has no such column: nothing to compute)
+            columns["terms"] = pa.array([index_terms(c, detect(r.text)) for c, r in zip(content, rows)], pa.string())
+        return pa.table(columns, schema=schema(self.dim, terms=self.multilingual))
 
     async def _upsert(self, data: pa.Table) -> None:
         chats = {int(c) for c in np.unique(data.column("chat_id").to_numpy())}

@@ -96,7 +96,7 @@ async def test_a_table_made_before_terms_keeps_working_until_reindex(tmp_path, e
     # a table with the schema of the previous release (no ``terms``), as an upgrade finds it
     texts = [("ann", "the printer on floor two keeps jamming"), ("bob", "coffee machine is broken again")]
     vecs = await embedder.embed([t for _, t in texts])
-    old = pa.schema([f for f in schema(384) if f.name != "terms"])
+    old = schema(384, terms=False)
     db = await lancedb.connect_async(str(tmp_path / "vm"))
     t0 = datetime(2024, 5, 1, tzinfo=UTC)
     await db.create_table("memories", data=pa.table({
