@@ -558,10 +558,7 @@ def reload(
     them — models, persona, tiers and quotas at once; memory, telegram and control settings at its
     next start. A broken file keeps the running config and names the file, line and key (exit 1).
     Same as sending the bot SIGHUP. Talks to its control server with the token in the data dir."""
-    import urllib.error
-    import urllib.request
-
-    from actors.remote import CONTROL_FILE, find_bot
+    from actors.remote import CONTROL_FILE, RemoteError, find_bot, reload_config
 
     try:  # the bot re-reads its own files; this catches a broken file first
         load_config(config)
@@ -570,17 +567,10 @@ def reload(
     bot = find_bot(data_dir)
     if bot is None:
         raise _fail(f"no running bot on {data_dir} ({data_dir / CONTROL_FILE} names none; start it with `kith run`)")
-    url = f"{bot.url}/admin/reload"
-    request = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {bot.token}"})
     try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            body = json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        body = json.loads(exc.read() or b"{}")
-        raise _fail(body.get("summary") or body.get("error") or f"the bot answered {exc.code}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise _fail(f"the bot's control server (pid {bot.pid}) does not answer at {url} ({getattr(exc, 'reason', exc)})") from None
-    out.print(escape(body["summary"]))
+        out.print(escape(reload_config(bot)))
+    except RemoteError as exc:
+        raise _fail(str(exc)) from None
 
 
 # ---------------------------------------------------------------------- doctor

@@ -50,6 +50,7 @@ from .errors import ControlServerError
 from .health import Health
 from .metrics import CONTENT_TYPE, Metrics
 from .reload import ReloadReport
+from .remote import CONTROL_FILE
 
 if TYPE_CHECKING:
     from .services import Services
@@ -222,7 +223,7 @@ class ControlServer:
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
 
-TOKEN_FILE = "control.json"
+TOKEN_FILE = CONTROL_FILE  # <data dir>/control.json: url, pid and token (the CLI's side reads it: actors.remote)
 
 
 def write_token(path: Path, token: str, url: str) -> None:

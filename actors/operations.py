@@ -191,6 +191,8 @@ async def memory_stats(res: Resources, io: Streams, *, as_json: bool = False) ->
     """Messages and memories per chat, and the size of each store."""
     from memory.maintenance import find_gaps
 
+    from .runtime import Stores
+
     vectors = res.need_vectors()
     if res.memory is not None:  # a running bot: what it was told so far is counted (briefly: it may be busy)
         with anyio.move_on_after(_FLUSH_WAIT_S):
@@ -206,7 +208,7 @@ async def memory_stats(res: Resources, io: Streams, *, as_json: bool = False) ->
         })
     stats = await res.store.stats()
     total_mem = await vectors.count()
-    gaps = await find_gaps(_Stores(res.store, vectors))
+    gaps = await find_gaps(Stores(res.store, vectors))
     if as_json:
         io.out.print_json(json.dumps({"chats": rows, "dialogue": stats, "memories": total_mem,
                                       "not_embedded": gaps.n_missing, "orphaned": gaps.n_orphans}, default=str))
@@ -228,12 +230,6 @@ async def memory_stats(res: Resources, io: Streams, *, as_json: bool = False) ->
                      + "the next `kith run`, `kith chat`, `kith import` or `kith replay` repairs them "
                      "(or `kith memory reindex` now)")
     return 0
-
-
-@dataclass(frozen=True)
-class _Stores:
-    store: "DialogueStore"
-    vectors: "VectorMemory"
 
 
 @operation("memory.search", "memory")

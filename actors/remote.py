@@ -17,8 +17,9 @@ from typing import Any
 
 from .errors import ControlServerError
 
-CONTROL_FILE = "control.json"  # same as actors.control.TOKEN_FILE (not imported: that pulls aiohttp)
+CONTROL_FILE = "control.json"  # url, pid and token of the running bot (written by actors.control)
 STARTING_WAIT_S = 120.0  # how long to wait for a starting bot to open its stores
+_OP_TIMEOUT_S = 3600.0  # socket timeout of an operation's stream (a long import may say nothing for minutes)
 
 
 class RemoteError(ControlServerError):
@@ -51,9 +52,32 @@ def find_bot(data_dir: Path) -> RunningBot | None:
     return bot
 
 
+def _post(bot: RunningBot, path: str, body: bytes | None = None):
+    """POST to the bot's admin API with its token; the open response (a context manager).
+    raises urllib.error.HTTPError (an answer that is not 2xx), URLError / OSError (no answer)."""
+    headers = {"Authorization": f"Bearer {bot.token}"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    return urllib.request.urlopen(urllib.request.Request(f"{bot.url}{path}", data=body, method="POST", headers=headers),
+                                  timeout=30 if body is None else _OP_TIMEOUT_S)
+
+
+def reload_config(bot: RunningBot) -> str:
+    """Ask ``bot`` to re-read and apply its config (``POST /admin/reload``); returns its summary.
+    raises RemoteError (a broken file: the bot's summary names file, line and key; or no answer)."""
+    try:
+        with _post(bot, "/admin/reload") as resp:
+            return str(json.loads(resp.read())["summary"])
+    except urllib.error.HTTPError as exc:
+        body = _json(exc.read())
+        raise RemoteError(body.get("summary") or body.get("error") or f"the bot answered {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise RemoteError(f"the bot's control server (pid {bot.pid}) does not answer at {bot.url}/admin/reload "
+                          f"({getattr(exc, 'reason', exc)})") from None
+
+
 def run_operation(bot: RunningBot, name: str, args: dict[str, Any], console: dict[str, Any],
-                  write: Callable[[str, str], None], *, on_wait: Callable[[str], None] = lambda why: None,
-                  timeout_s: float = 3600.0) -> int:
+                  write: Callable[[str, str], None], *, on_wait: Callable[[str], None] = lambda why: None) -> int:
     """Run operation ``name`` with ``args`` in ``bot``; ``write(stream, text)`` receives its output
     ("out" / "err") as it comes; returns its exit code. ``console`` describes our consoles (width,
     terminal, colours, encoding) so the bot renders as we would. A bot still opening its stores is
@@ -63,10 +87,8 @@ def run_operation(bot: RunningBot, name: str, args: dict[str, Any], console: dic
     deadline = time.monotonic() + STARTING_WAIT_S
     waited = False
     while True:
-        request = urllib.request.Request(f"{bot.url}/admin/op", data=body, method="POST",
-                                         headers={"Authorization": f"Bearer {bot.token}", "Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+            with _post(bot, "/admin/op", body) as resp:
                 return _relay(resp, write)
         except urllib.error.HTTPError as exc:
             answer = _json(exc.read())

@@ -54,6 +54,7 @@ def detect(text: str) -> str:
     return detect_or_none(text) or "en"
 
 
+@lru_cache(maxsize=256)  # a turn asks twice for its text: the answer's language, then recall's full-text query
 def detect_or_none(text: str) -> str | None:
     """``detect``, but None when the text does not tell (a short Latin-script text, no letters)."""
     cyr = len(_CYR.findall(text))
