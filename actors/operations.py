@@ -38,6 +38,7 @@ from config.models import Config
 if TYPE_CHECKING:
     from memory.dialogue import DialogueStore
     from memory.service import Memory
+    from memory.vector_counts import VectorCounts
     from memory.vectors import VectorMemory
 
     from .services import Services
@@ -70,7 +71,7 @@ class Resources:
 
     config: Config
     store: "DialogueStore"
-    vectors: "VectorMemory | None" = None
+    vectors: "VectorMemory | VectorCounts | None" = None  # VectorCounts: needs="stores" with no bot
     memory: "Memory | None" = None
     services: "Services | None" = None
 
@@ -78,7 +79,7 @@ class Resources:
         assert self.memory is not None, "operation declared needs='memory'"
         return self.memory
 
-    def need_vectors(self) -> "VectorMemory":
+    def need_vectors(self) -> "VectorMemory | VectorCounts":
         assert self.vectors is not None, "operation declared needs='stores'"
         return self.vectors
 
@@ -137,7 +138,7 @@ def get(name: str) -> Operation:
 async def open_resources(needs: Needs, config: Config, data_dir: Path, *, gap_fill: bool = False) -> AsyncIterator[Resources]:
     """Open what ``needs`` asks for under ``data_dir`` (no bot running). raises StoreLocked when a
     running bot holds the database."""
-    from .runtime import DB_FILE, open_memory, open_stores
+    from .stores import DB_FILE, open_stores
 
     if needs == "store":
         from memory.dialogue import DialogueStore
@@ -148,6 +149,8 @@ async def open_resources(needs: Needs, config: Config, data_dir: Path, *, gap_fi
         async with open_stores(config, data_dir) as stores:
             yield Resources(config, stores.store, stores.vectors)
     else:
+        from .runtime import open_memory
+
         async with open_memory(config, data_dir, fill_gaps=gap_fill) as memory:
             yield Resources(config, memory.store, memory.vectors, memory)
 
@@ -191,7 +194,7 @@ async def memory_stats(res: Resources, io: Streams, *, as_json: bool = False) ->
     """Messages and memories per chat, and the size of each store."""
     from memory.maintenance import find_gaps
 
-    from .runtime import Stores
+    from .stores import Stores
 
     vectors = res.need_vectors()
     if res.memory is not None:  # a running bot: what it was told so far is counted (briefly: it may be busy)

@@ -31,9 +31,7 @@ from .outbox import Outbox
 from .services import BotIdentity, Services, TurnReport, utc_now
 from .supervisor import Supervisor
 
-DB_FILE = "kith.duckdb"
-VECTORS_DIR = "memory"
-CACHE_DIR = "cache"  # derived, rebuildable files (the OpenVINO conversion of the embedding model)
+from .stores import CACHE_DIR, DB_FILE, VECTORS_DIR, Stores, open_stores  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)
@@ -73,25 +71,6 @@ async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: 
         if fill_gaps:
             memory.gap_filler = await stack.enter_async_context(GapFiller(memory))
         yield memory
-
-
-@dataclass(frozen=True)
-class Stores:
-    """DuckDB and LanceDB of a data dir, without the embedding model (``open_stores``)."""
-
-    store: DialogueStore
-    vectors: VectorMemory
-
-
-@asynccontextmanager
-async def open_stores(config: Config, data_dir: Path) -> AsyncIterator[Stores]:
-    """Open only the two stores (no embedding model, indexer or document reader): what commands
-    that read counts need (``kith memory stats``), in a fraction of ``open_memory``'s start-up.
-    raises memory.errors.StoreLocked when a running bot holds the database."""
-    mem = config.settings.memory
-    async with DialogueStore(data_dir / DB_FILE, flush_interval_s=mem.flush_interval_ms / 1000, flush_rows=mem.flush_rows) as store:
-        async with VectorMemory(data_dir / VECTORS_DIR, hot_rows=0) as vectors:
-            yield Stores(store, vectors)
 
 
 @asynccontextmanager

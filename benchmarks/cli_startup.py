@@ -105,7 +105,8 @@ def run(quick: bool) -> dict:
         "description": "wall time of kith commands in fresh interpreters (embedding on the configured backend)",
         "params": {"runs": runs, "messages": len(lines), "embedding": "config default"},
         "metrics": metrics,
-        "notes": ["memory stats opens only the two stores; memory search also loads the embedding model "
+        "notes": ["memory stats opens the dialogue store and reads vector counts through pylance (no lancedb import); "
+                  "memory search opens lancedb and loads the embedding model "
                   "(OpenVINO by default: no torch); with the bot running both are answered by the bot "
                   "(the CLI imports no store, no model)"],
     }

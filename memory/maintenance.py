@@ -46,14 +46,20 @@ class Gaps:
         return sum(len(v) for v in self.orphans.values())
 
 
+class VectorIds(Protocol):
+    """What ``find_gaps`` reads of vector memory (``VectorMemory``, or the read-only ``VectorCounts``)."""
+
+    async def ids_by_chat(self) -> dict[int, set[int]]: ...
+
+
 class Stores(Protocol):
-    """The two stores (a ``Memory``, or ``actors.runtime.open_stores``'s read-only pair)."""
+    """The two stores (a ``Memory``, or ``actors.stores.open_stores``'s read-only pair)."""
 
     @property
     def store(self) -> DialogueStore: ...
 
     @property
-    def vectors(self) -> VectorMemory: ...
+    def vectors(self) -> VectorIds: ...
 
 
 async def find_gaps(memory: Stores, before: dict[int, set[int]] | None = None) -> Gaps:
@@ -155,7 +161,6 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
     capacity cleanup evicted stay out. ``on_progress(n)`` after each batch of n messages read.
     """
     from .indexer import Indexer
-    from .vectors import VectorMemory
 
     await memory.flush()
     chats = [chat_id] if chat_id is not None else [c.chat_id for c in await memory.store.chats()]

@@ -152,6 +152,14 @@ def current_table(path: Path) -> str:
     return name or TABLE
 
 
+def ids_per_chat(tbl: pa.Table) -> dict[int, set[int]]:
+    """``{chat_id: {message_id, …}}`` of a table with int64 columns ``chat_id`` and ``message_id``."""
+    out: dict[int, set[int]] = {}
+    for chat_id, mid in zip(tbl.column("chat_id").to_pylist(), tbl.column("message_id").to_pylist(), strict=True):
+        out.setdefault(chat_id, set()).add(mid)
+    return out
+
+
 def _write_current(path: Path, table: str) -> None:
     tmp = Path(path) / f"{_CURRENT}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -644,11 +652,7 @@ class VectorMemory:
         return await self._run(self._ids_by_chat)
 
     async def _ids_by_chat(self) -> dict[int, set[int]]:
-        tbl = await self._table.query().select(["chat_id", "message_id"]).to_arrow()
-        out: dict[int, set[int]] = {}
-        for chat_id, mid in zip(tbl.column("chat_id").to_pylist(), tbl.column("message_id").to_pylist(), strict=True):
-            out.setdefault(chat_id, set()).add(mid)
-        return out
+        return ids_per_chat(await self._table.query().select(["chat_id", "message_id"]).to_arrow())
 
     async def speakers(self, chat_id: int) -> frozenset[str]:
         """The sender names (``user_name``) of chat ``chat_id``'s rows. Read from the table once per

@@ -49,7 +49,7 @@ def test_a_negative_chat_id_is_an_argument_without_the_double_dash(imported):
 
 
 @pytest.mark.parametrize("command", [("memory", "stats"), ("sub", "list"), ("usage",), ("doctor",), ("tiers",), ("--help",)])
-def test_commands_that_need_no_model_import_neither_torch_nor_litellm(imported, ov_encoder, command):
+def test_commands_that_need_no_model_import_neither_torch_litellm_nor_lancedb(imported, ov_encoder, command):
     import subprocess
     import sys
 
@@ -60,7 +60,7 @@ def test_commands_that_need_no_model_import_neither_torch_nor_litellm(imported, 
     assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr[-2000:]  # doctor: 1 without Telegram keys
     imported_modules = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "typer" in imported_modules  # the measurement sees the imports
-    assert not imported_modules & {"torch", "sentence_transformers", "transformers", "litellm", "openvino"}
+    assert not imported_modules & {"torch", "sentence_transformers", "transformers", "litellm", "openvino", "lancedb"}
 
 
 def test_kith_tiers_is_readable_at_80_columns():

@@ -296,6 +296,34 @@ async def test_readding_does_not_duplicate_and_updates(tmp_path, corpus, embedde
         assert [h.message_id for h in hits] == [m.message_id] and hits[0].text == new_text
 
 
+async def test_vector_counts_reads_what_vector_memory_holds_without_lancedb(tmp_path, corpus):
+    """``kith memory stats`` with no bot reads counts through pylance (memory.vector_counts): the same
+    numbers and ids as VectorMemory, after deletes, and from the table a reindex made current."""
+    from memory.vector_counts import VectorCounts
+    from memory.vectors import _write_current
+
+    a, b = chats(corpus)
+    async with VectorCounts(tmp_path / "memory") as counts:  # nothing stored yet: zero, nothing created
+        assert await counts.count() == 0 and await counts.ids_by_chat() == {}
+    assert not (tmp_path / "memory").exists()
+    async with VectorMemory(tmp_path / "memory") as vm:
+        for msgs, vecs in corpus.values():
+            await vm.add(rows_of(msgs, vecs))
+        await vm.delete(a, message_ids=[m.message_id for m in corpus[a][0][:7]])
+        async with VectorCounts(tmp_path / "memory") as counts:
+            assert await counts.count() == await vm.count() == 2 * PER_CHAT - 7
+            assert await counts.count(a) == PER_CHAT - 7 and await counts.count(b) == PER_CHAT
+            assert await counts.count(12345) == 0
+            assert await counts.ids_by_chat() == await vm.ids_by_chat()
+    # the table a reindex switched to is the one counted
+    msgs, vecs = corpus[b]
+    async with VectorMemory(tmp_path / "memory", table="memories_next") as vm:
+        await vm.add(rows_of(msgs[:5], vecs[:5]))
+    _write_current(tmp_path / "memory", "memories_next")
+    async with VectorCounts(tmp_path / "memory") as counts:
+        assert await counts.count() == 5 and set(await counts.ids_by_chat()) == {b}
+
+
 async def test_delete_by_ids_user_and_chat(tmp_path, corpus):
     a, b = chats(corpus)
     msgs_a = corpus[a][0]

@@ -1,0 +1,43 @@
+"""Where a data dir keeps its stores, and the lightest way to open them: the dialogue store plus a
+read-only view of vector memory's counts (``open_stores``, for ``kith memory stats``). This module
+imports neither lancedb nor the embedding stack, so a command that only counts starts fast;
+``actors.runtime`` opens everything else.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from config.models import Config
+from memory.dialogue import DialogueStore
+from memory.vector_counts import VectorCounts
+
+if TYPE_CHECKING:
+    from memory.vectors import VectorMemory
+
+DB_FILE = "kith.duckdb"
+VECTORS_DIR = "memory"
+CACHE_DIR = "cache"  # derived, rebuildable files (the OpenVINO conversion of the embedding model)
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The dialogue store and vector memory: ``open_stores`` gives the read-only ``VectorCounts``; a
+    running bot's operations pass its ``VectorMemory``."""
+
+    store: DialogueStore
+    vectors: "VectorCounts | VectorMemory"
+
+
+@asynccontextmanager
+async def open_stores(config: Config, data_dir: Path) -> AsyncIterator[Stores]:
+    """Open the dialogue store and vector memory's counts (no lancedb, embedding model, indexer or
+    document reader): what commands that read counts need (``kith memory stats``), in a fraction of
+    ``open_memory``'s start-up. raises memory.errors.StoreLocked when a running bot holds the database."""
+    mem = config.settings.memory
+    async with DialogueStore(data_dir / DB_FILE, flush_interval_s=mem.flush_interval_ms / 1000, flush_rows=mem.flush_rows) as store:
+        async with VectorCounts(data_dir / VECTORS_DIR) as vectors:
+            yield Stores(store, vectors)
