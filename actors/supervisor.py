@@ -108,13 +108,20 @@ class Supervisor:
         for rec in list(self._actors.values()):
             rec.closing = True
             rec.send.close()
-        with anyio.move_on_after(self.settings.drain_timeout_s) as scope:
-            for rec in list(self._actors.values()):
-                await rec.stopped.wait()
-        if scope.cancelled_caught:
-            log.warning("shutdown: %d chat(s) did not drain within %.0f s", len(self._actors), self.settings.drain_timeout_s)
-        self._tg.cancel_scope.cancel()
-        await self._tg.__aexit__(None, None, None)  # the body's exception propagates unwrapped
+        try:
+            with anyio.move_on_after(self.settings.drain_timeout_s) as scope:
+                for rec in list(self._actors.values()):
+                    await rec.stopped.wait()
+            if scope.cancelled_caught:
+                log.warning("shutdown: %d chat(s) did not drain within %.0f s", len(self._actors), self.settings.drain_timeout_s)
+        finally:  # even when the drain itself is cancelled: the task group's scope must be left here, in order
+            self._tg.cancel_scope.cancel()
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                # the body was cancelled, maybe by this group (an actor failed, e.g. DiskFull): the group
+                # absorbs its own cancellation and raises what the actor raised
+                await self._tg.__aexit__(exc_type, exc, tb)
+            else:
+                await self._tg.__aexit__(None, None, None)  # the body's exception propagates unwrapped
         return None
 
     @property
