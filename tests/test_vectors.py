@@ -232,11 +232,18 @@ async def test_bad_arguments(tmp_path):
             await vm.add([MemoryRow(1, 1, 1, "u", "t", datetime.now(timezone.utc), np.zeros(3, np.float32))])
     with pytest.raises(MemoryStoreError):
         await VectorMemory(tmp_path / "memory").count()  # not open
-    async with VectorMemory(tmp_path / "other", dim=8) as vm:
+    # a table is opened as it is (open_memory compares it with the embedding model in use) ...
+    async with VectorMemory(tmp_path / "other", dim=8, embedding_model="tiny") as vm:
+        await vm.add([MemoryRow(1, 1, 1, "u", "t", datetime.now(timezone.utc), np.ones(8, np.float32) / 8**0.5)])
+    async with VectorMemory(tmp_path / "other", dim=384) as vm:
+        assert (vm.embedding_model, vm.dim) == ("tiny", 8)
+        with pytest.raises(ValueError):
+            await vm.add([MemoryRow(1, 2, 1, "u", "t", datetime.now(timezone.utc), np.zeros(384, np.float32))])
+    # ... except an empty one, made afresh for the model in use
+    async with VectorMemory(tmp_path / "empty", dim=8, embedding_model="tiny"):
         pass
-    with pytest.raises(MemoryStoreError):
-        async with VectorMemory(tmp_path / "other", dim=384):
-            pass
+    async with VectorMemory(tmp_path / "empty", dim=384) as vm:
+        assert (vm.embedding_model, vm.dim) == ("all-MiniLM-L6-v2", 384)
 
 
 # ---------------------------------------------------------------- isolation
