@@ -230,6 +230,7 @@ def chat(
     model: Annotated[Optional[str], typer.Option(help="Model alias (or litellm model string) for this session.")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Send this file (photo, PDF/DOCX/text document, voice note) with -m as its caption.", exists=True, dir_okay=False)] = None,
     sources: Annotated[bool, typer.Option(help="Print the memories each answer used.")] = True,
+    lang: Annotated[Optional[str], typer.Option("--lang", help="Your app language, as Telegram reports it (en, ru): the bot's interface speaks it unless /language says otherwise.")] = None,
     verbose: Verbose = 0,
 ) -> None:
     """Talk to the bot in the terminal, through the same pipeline as Telegram.
@@ -246,10 +247,15 @@ def chat(
     if file is not None:
         quoted = str(file).replace('"', "")
         lines = [f'/file "{quoted}" {message or ""}'.rstrip()]
-    _run(_chat, cfg, data_dir, lines, chat_id, user, user_id, sources)
+    if lang is not None:
+        import i18n
+
+        if i18n.normalize(lang) is None:
+            err.print(f"[yellow]no interface catalog for {lang!r} (have: {', '.join(i18n.available())}); English is used[/]")
+    _run(_chat, cfg, data_dir, lines, chat_id, user, user_id, sources, lang)
 
 
-async def _chat(cfg, data_dir: Path, lines, chat_id: int, user: str, user_id: int, sources: bool) -> None:
+async def _chat(cfg, data_dir: Path, lines, chat_id: int, user: str, user_id: int, sources: bool, lang: str | None = None) -> None:
     from actors.console import chat_turns, console_outbox, print_sources
     from actors.events import Sender
     from actors.runtime import open_runtime
@@ -259,7 +265,7 @@ async def _chat(cfg, data_dir: Path, lines, chat_id: int, user: str, user_id: in
         err.print("[dim]loading the embedding model…[/]")
     async with open_runtime(cfg, data_dir, console_outbox(out, cfg.settings.bot.name, data_dir / "photos"),
                             on_turn=(lambda r: print_sources(out, r)) if sources else None) as rt:
-        sender = Sender(user_id, user)
+        sender = Sender(user_id, user, language_code=lang)
         if lines is not None:
             await chat_turns(rt, lines, chat_id=chat_id, user=sender)
             return

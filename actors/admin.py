@@ -18,6 +18,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, time
 from typing import TYPE_CHECKING
 
+import i18n
+from i18n import N_, _, ngettext
 from tiers.errors import TierError
 from tiers.subscriptions import parse_target
 
@@ -26,8 +28,8 @@ from .events import PRIVATE, CommandEvent
 if TYPE_CHECKING:
     from .chat import ChatActor
 
-USAGE = ("/admin · /admin grant user:ID|chat:ID|here TIER [DAYS] · /admin revoke user:ID|chat:ID|here "
-         "(or, replying to a member's message: /admin grant TIER [DAYS] · /admin revoke)")
+USAGE = N_("/admin · /admin grant user:ID|chat:ID|here TIER [DAYS] · /admin revoke user:ID|chat:ID|here "
+           "(or, replying to a member's message: /admin grant TIER [DAYS] · /admin revoke)")
 TOP_CHATS = 5
 
 
@@ -35,12 +37,12 @@ async def cmd_admin(actor: "ChatActor", ev: CommandEvent) -> None:
     from .commands import reply
 
     if ev.sender.user_id not in actor.svc.config.settings.telegram.owners:
-        await reply(actor, ev, f"Unknown command /{ev.command}. Try /help.")
+        await reply(actor, ev, _("Unknown command /{command}. Try /help.", command=ev.command))
         return
     args = ev.args.split()
     if not args:
         if ev.chat_type != PRIVATE:
-            await reply(actor, ev, "The overview names other chats: send /admin in a private chat with me.")
+            await reply(actor, ev, _("The overview names other chats: send /admin in a private chat with me."))
             return
         await reply(actor, ev, await overview(actor))
         return
@@ -52,21 +54,27 @@ async def cmd_admin(actor: "ChatActor", ev: CommandEvent) -> None:
             scope, scope_id = _target(rest[0], ev)
             days = float(rest[2]) if len(rest) == 3 else None
             sub = await _subs(actor).grant(scope, scope_id, rest[1], days, f"admin:{ev.sender.user_id}")
-            until = "no expiry" if sub.expires_at is None else f"until {sub.expires_at:%Y-%m-%d %H:%M} UTC"
-            await reply(actor, ev, f"{sub.target}: {sub.tier}, {until}.")
+            if sub.expires_at is None:
+                granted = _("{target}: {tier}, no expiry.", target=sub.target, tier=sub.tier)
+            else:
+                granted = _("{target}: {tier}, until {when} UTC.", target=sub.target, tier=sub.tier,
+                            when=i18n.datetime_(sub.expires_at.astimezone(UTC)))
+            await reply(actor, ev, granted)
             return
         if verb == "revoke" and len(rest) == 1:
             scope, scope_id = _target(rest[0], ev)
             gone = await _subs(actor).revoke(scope, scope_id)
-            await reply(actor, ev, f"{scope}:{scope_id}: {'revoked' if gone else 'had no subscription'}.")
+            target = f"{scope}:{scope_id}"
+            await reply(actor, ev, _("{target}: revoked.", target=target) if gone else
+                        _("{target}: had no subscription.", target=target))
             return
     except ValueError:
-        await reply(actor, ev, f"DAYS must be a number. {USAGE}")
+        await reply(actor, ev, _("DAYS must be a number. {usage}", usage=_(USAGE)))
         return
     except TierError as exc:
-        await reply(actor, ev, f"{exc}. {USAGE}")
+        await reply(actor, ev, f"{exc}. {_(USAGE)}")  # (a TierError's text is English: tiers has no catalog)
         return
-    await reply(actor, ev, USAGE)
+    await reply(actor, ev, _(USAGE))
 
 
 def _subs(actor: "ChatActor"):
@@ -95,23 +103,33 @@ async def overview(actor: "ChatActor") -> str:
     now = svc.clock()
     sup, mem = svc.supervisor, svc.memory
     emb = mem.embedder
-    actors = (f"chat actors: {sup.active} running, {sup.stats.spawned} started, {sup.stats.restarted} restarted after a crash"
-              if sup is not None else "no supervisor")
-    lines = ["**Admin overview**",
-             f"Health: {actors}; indexer queue {mem.indexer.pending}, store queue {mem.store.pending}; "
-             f"embedding {emb.backend} ({emb.encoder.precision})"]
+    num = i18n.number
+    actors = (_("chat actors: {running} running, {started} started, {restarted} restarted after a crash",
+                running=num(sup.active), started=num(sup.stats.spawned), restarted=num(sup.stats.restarted))
+              if sup is not None else _("no supervisor"))
+    lines = [_("**Admin overview**"),
+             _("Health: {actors}; indexer queue {indexer}, store queue {store}; embedding {backend} ({precision})",
+               actors=actors, indexer=num(mem.indexer.pending), store=num(mem.store.pending), backend=emb.backend,
+               precision=emb.encoder.precision)]
     day = datetime.combine(now.astimezone(UTC).date(), time(), UTC)
     rep = await usage_summary(mem.store, by="model", since=day)
     t = rep["total"]
-    lines.append(f"Today (UTC): {t['requests']:,} requests, {t['prompt_tokens'] + t['completion_tokens']:,} tokens, "
-                 f"cost {t['cost']}")
-    lines += [f"• {g['key']}: {g['requests']:,} requests, {g['cost']}" for g in rep["rows"]]
+    tokens = t["prompt_tokens"] + t["completion_tokens"]
+    lines.append(_("Today (UTC): {requests}, {tokens}, cost {cost}", requests=_requests(t["requests"]),
+                   tokens=ngettext("{n} token", "{n} tokens", tokens, n=num(tokens)), cost=t["cost"]))
+    lines += [f"• {g['key']}: {_requests(g['requests'])}, {g['cost']}" for g in rep["rows"]]
     chats = sorted(await mem.store.chats(), key=lambda c: c.messages, reverse=True)[:TOP_CHATS]
     if chats:
-        lines.append("Largest chats:")
-        lines += [f"• {c.title or c.type} ({c.chat_id}): {c.messages:,} messages" for c in chats]
+        lines.append(_("Largest chats:"))
+        lines += [f"• {c.title or c.type} ({c.chat_id}): " + ngettext("{n} message", "{n} messages", c.messages, n=num(c.messages))
+                  for c in chats]
     if svc.admission is not None:
         subs = await svc.admission.subs.list()
-        lines.append(f"Subscriptions: {len(subs)} active" + (": " + ", ".join(f"{s.target} {s.tier}" for s in subs[:10]) if subs else ""))
-    lines.append(USAGE)
+        lines.append(_("Subscriptions: {n} active", n=num(len(subs)))
+                     + (": " + ", ".join(f"{s.target} {s.tier}" for s in subs[:10]) if subs else ""))
+    lines.append(_(USAGE))
     return "\n".join(lines)
+
+
+def _requests(n: int) -> str:
+    return ngettext("{n} request", "{n} requests", n, n=i18n.number(n))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import i18n
+from i18n import _, ngettext
 from tiers.errors import PaymentError
 from tiers.payments import invoice_for, validate_pre_checkout
 
@@ -23,17 +25,20 @@ log = logging.getLogger(__name__)
 def plans_button(actor: "ChatActor") -> list[list[Button]] | None:
     """The one-button keyboard under a tier refusal that opens /billing's plans; None when the bot
     sells no plans."""
-    return [[Button("⭐ Plans", "billing:show")]] if actor.svc.config.tiers.plans else None
+    return [[Button(_("⭐ Plans"), "billing:show")]] if actor.svc.config.tiers.plans else None
 
 
-def _limit(n: int) -> str:
-    return "unlimited" if n < 0 else str(n)
+def _limit(n: float) -> str:
+    return _("unlimited") if n < 0 else i18n.number(n)
 
 
 def _expiry(sub) -> str:
+    """`` (no expiry)`` / `` until <date, time> UTC`` after a subscription's tier ("" for None)."""
     if sub is None:
         return ""
-    return " (no expiry)" if sub.expires_at is None else f" until {sub.expires_at:%Y-%m-%d %H:%M} UTC"
+    if sub.expires_at is None:
+        return " " + _("(no expiry)")
+    return " " + _("until {when} UTC", when=i18n.datetime_(sub.expires_at))
 
 
 async def usage_lines(actor: "ChatActor", user_id: int) -> list[str]:
@@ -50,19 +55,22 @@ async def usage_lines(actor: "ChatActor", user_id: int) -> list[str]:
         if alias in shared and ANY_MODEL in q.requests_per_day:
             continue  # shown once below, as the shared quota it is
         used, limit = request_usage(q, t.requests, alias)
-        lines.append(f"• {alias}: {used} / {_limit(limit)} requests")
+        lines.append(_("• {model}: {used} / {limit} requests", model=alias, used=i18n.number(used), limit=_limit(limit)))
     if shared and ANY_MODEL in q.requests_per_day:
         used, limit = request_usage(q, t.requests, shared[0])
-        lines.append(f"• {', '.join(shared)} (shared): {used} / {_limit(limit)} requests")
-    lines.append(f"• tokens: {t.tokens} / {_limit(q.tokens_per_day)}")
+        lines.append(_("• {models} (shared): {used} / {limit} requests", models=", ".join(shared), used=i18n.number(used),
+                       limit=_limit(limit)))
+    lines.append(_("• tokens: {used} / {limit}", used=i18n.number(t.tokens), limit=_limit(q.tokens_per_day)))
     if q.images_per_day != 0 and p.features.image_generation:
-        lines.append(f"• images: {t.images} / {_limit(q.images_per_day)}")
+        lines.append(_("• images: {used} / {limit}", used=i18n.number(t.images), limit=_limit(q.images_per_day)))
     if q.audio_seconds_per_day != 0 and p.features.voice:
-        lines.append(f"• transcribed audio: {t.audio_seconds:.0f} / {_limit(q.audio_seconds_per_day)} s")
+        lines.append(_("• transcribed audio: {used} / {limit} s", used=i18n.number(t.audio_seconds, digits=0),
+                       limit=_limit(q.audio_seconds_per_day)))
     if q.chat_requests_per_day >= 0 or q.chat_tokens_per_day >= 0:
-        lines.append(f"• this chat: {t.chat_requests} / {_limit(q.chat_requests_per_day)} requests, "
-                     f"{t.chat_tokens} / {_limit(q.chat_tokens_per_day)} tokens")
-    lines.append(f"Resets at {t.resets_at:%H:%M} UTC.")
+        lines.append(_("• this chat: {requests} / {requests_limit} requests, {tokens} / {tokens_limit} tokens",
+                       requests=i18n.number(t.chat_requests), requests_limit=_limit(q.chat_requests_per_day),
+                       tokens=i18n.number(t.chat_tokens), tokens_limit=_limit(q.chat_tokens_per_day)))
+    lines.append(_("Resets at {time} UTC.", time=t.resets_at.strftime("%H:%M")))
     return lines
 
 
@@ -75,18 +83,18 @@ async def cmd_profile(actor: "ChatActor", ev: CommandEvent) -> None:
         from .commands import features_line
 
         p = await actor.svc.admission.profile(actor.chat_id, ev.sender.user_id)
-        lines.append(f"Tier here: **{p.tier}** — {features_line(p.features)}")
+        lines.append(_("Tier here: **{tier}** — {features}", tier=p.tier, features=features_line(p.features)))
         if p.user_sub is not None:
-            lines.append(f"Your subscription: {p.user_sub.tier}{_expiry(p.user_sub)}")
+            lines.append(_("Your subscription: {tier}{until}", tier=p.user_sub.tier, until=_expiry(p.user_sub)))
         if p.chat_sub is not None and actor.chat_id != ev.sender.user_id:
-            lines.append(f"This chat's subscription: {p.chat_sub.tier}{_expiry(p.chat_sub)}")
-    lines.append(f"Model: {actor._model_for(user)}")
+            lines.append(_("This chat's subscription: {tier}{until}", tier=p.chat_sub.tier, until=_expiry(p.chat_sub)))
+    lines.append(_("Model: {model}", model=actor._model_for(user)))
     if user.get("role"):
-        lines.append(f"Persona: {_short(user['role'], 200)}")
+        lines.append(_("Persona: {persona}", persona=_short(user["role"], 200)))
     mine = await actor.svc.memory.store.count_messages(actor.chat_id, user_id=ev.sender.user_id)
-    lines.append(f"Your messages in this chat: {mine}")
+    lines.append(_("Your messages in this chat: {n}", n=i18n.number(mine)))
     if actor.svc.admission is not None:
-        lines.append("Today:")
+        lines.append(_("Today:"))
         lines += await usage_lines(actor, ev.sender.user_id)
     await reply(actor, ev, "\n".join(lines))
 
@@ -95,10 +103,11 @@ async def cmd_usage(actor: "ChatActor", ev: CommandEvent) -> None:
     from .commands import reply
 
     if actor.svc.admission is None:
-        await reply(actor, ev, "Usage limits are not enabled on this bot.")
+        await reply(actor, ev, _("Usage limits are not enabled on this bot."))
         return
     tier = await actor.svc.admission.tier_of(actor.chat_id, ev.sender.user_id)
-    await reply(actor, ev, f"Today's usage (tier **{tier}**):\n" + "\n".join(await usage_lines(actor, ev.sender.user_id)))
+    lines = await usage_lines(actor, ev.sender.user_id)
+    await reply(actor, ev, "\n".join([_("Today's usage (tier **{tier}**):", tier=tier), *lines]))
 
 
 async def cmd_billing(actor: "ChatActor", ev: CommandEvent) -> None:
@@ -110,26 +119,38 @@ async def send_plans(actor: "ChatActor", scope: str, reply_to: int | None, threa
     """The plans as buttons (``scope``: ``"user"`` in a private chat, ``"chat"`` in a group)."""
     plans = actor.svc.config.tiers.plans
     if not plans:
-        await actor.outbox.send(actor.chat_id, "This bot sells no plans.", reply_to=reply_to, thread_id=thread_id)
+        await actor.outbox.send(actor.chat_id, _("This bot sells no plans."), reply_to=reply_to, thread_id=thread_id)
         return
-    rows = [[Button(f"{p.title or name}: {p.days} days of {p.tier} — {p.price} {_currency(p.currency)}", f"buy:{name}:{scope}")]
+    rows = [[Button(ngettext("{title}: {n} day of {tier} — {price}", "{title}: {n} days of {tier} — {price}", p.days,
+                             title=i18n.pick(p.title) or name, n=i18n.number(p.days), tier=p.tier, price=_price(p.price, p.currency)),
+                    f"buy:{name}:{scope}")]
             for name, p in plans.items()]
-    who = "you (in every chat)" if scope == "user" else "everyone in this group"
-    await actor.outbox.send_buttons(actor.chat_id, f"Plans — a purchase here covers {who}:", rows, reply_to=reply_to,
-                                    thread_id=thread_id)
+    if scope == "user":
+        text = _("Plans — a purchase here covers you (in every chat):")
+    else:
+        text = _("Plans — a purchase here covers everyone in this group:")
+    await actor.outbox.send_buttons(actor.chat_id, text, rows, reply_to=reply_to, thread_id=thread_id)
 
 
-def _currency(code: str) -> str:
-    return "⭐" if code == "XTR" else code
+def _price(amount: int, currency: str) -> str:
+    """A plan's price for a button: ``250 ⭐`` (Telegram Stars), else money in the member's locale
+    (``amount`` is in the currency's smallest unit, e.g. cents: 499 USD → ``$4.99``)."""
+    code = currency.upper()
+    if code == "XTR":
+        return f"{i18n.number(amount)} ⭐"
+    from babel.numbers import get_currency_precision
+
+    return i18n.money(amount / 10 ** get_currency_precision(code), code)
 
 
 async def press_buy(actor: "ChatActor", ev: ButtonPress, rest: str) -> None:
-    plan, _, scope = rest.partition(":")
+    plan, _sep, scope = rest.partition(":")
     scope_id = ev.sender.user_id if scope == "user" else actor.chat_id
     try:
         invoice = invoice_for(plan, actor.svc.config.tiers, scope=scope if scope in ("user", "chat") else "user", scope_id=scope_id)
     except PaymentError as exc:
-        await actor.outbox.answer_button(ev.query_id, str(exc)[:190], alert=True)
+        log.warning("chat %s: plan %r cannot be sold: %s", actor.chat_id, plan, exc)
+        await actor.outbox.answer_button(ev.query_id, _("Sorry, this plan can't be bought right now."), alert=True)
         return
     await actor.outbox.send_invoice(actor.chat_id, invoice)
     await actor.outbox.answer_button(ev.query_id)
@@ -146,8 +167,9 @@ async def handle_payment(actor: "ChatActor", ev: PaymentEvent) -> None:
         return
     sub = await actor.svc.admission.apply_payment(ev.charge_id, ev.payload, ev.total_amount, ev.currency, ev.sender.user_id, actor.chat_id)
     if sub is None:
-        text = "Thank you! Your payment was received, but its plan no longer exists: the bot's owner will sort it out."
+        text = _("Thank you! Your payment was received, but its plan no longer exists: the bot's owner will sort it out.")
+    elif sub.scope == "user":
+        text = _("Thank you! You are on **{tier}**{until}.", tier=sub.tier, until=_expiry(sub))
     else:
-        who = "You are" if sub.scope == "user" else "This chat is"
-        text = f"Thank you! {who} on **{sub.tier}**{_expiry(sub)}."
+        text = _("Thank you! This chat is on **{tier}**{until}.", tier=sub.tier, until=_expiry(sub))
     await actor.outbox.send(actor.chat_id, text, reply_to=ev.message_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import deque
+from collections import Counter, deque
 from datetime import datetime, timedelta
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -16,6 +16,8 @@ from dataclasses import replace
 
 import anyio
 
+import i18n
+from i18n import _
 from memory.errors import MemoryStoreError
 from memory.language import NAMES
 from memory.service import Recall
@@ -55,6 +57,7 @@ class ChatActor:
         self._whole_chat_in_window: set[int | None] = set()
         self._refused_until: dict[tuple[int, str | None], datetime] = {}  # refusals said recently, by (user, reason)
         self._answered: set[int] | None = None  # ids of messages already replied to (loaded on first need)
+        self._member_languages: dict[int, str] = {}  # user -> interface language, of the senders seen (interface_language)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -71,6 +74,35 @@ class ChatActor:
                 on_handled()
 
     async def handle(self, event: ChatEvent) -> None:
+        """Handle one event, speaking the language ``interface_language`` picks for it."""
+        with i18n.use(await self.interface_language(event)):
+            await self._handle(event)
+
+    async def interface_language(self, event: ChatEvent) -> str:
+        """The language the bot speaks in answer to ``event`` (DESIGN §8):
+
+        1. in a group, the group's ``/settings language`` (its admins chose);
+        2. the sender's ``/language`` (user setting ``language``), else the language of their
+           Telegram app (``Sender.language_code``) — a reply is addressed to its sender, so in a
+           group without a language each member is answered in their own;
+        3. else (no sender, or an unknown language) the language most members of this chat use,
+           counted from the senders seen since the actor started;
+        4. else ``bot.language`` (kith.yaml), else English.
+        Only languages with a catalog count (``i18n.available``)."""
+        if self.chat_id < 0 and (lang := i18n.normalize(self.settings.get("language"))):
+            return lang
+        sender = getattr(event, "sender", None)
+        if sender is not None and not sender.is_bot:
+            chosen = i18n.normalize((await self._user(sender.user_id)).get("language"))
+            own = chosen or i18n.normalize(sender.language_code)
+            if own is not None:
+                self._member_languages[sender.user_id] = own
+                return own
+        if self._member_languages:
+            return Counter(self._member_languages.values()).most_common(1)[0][0]
+        return i18n.normalize(self.svc.config.settings.bot.language) or i18n.DEFAULT
+
+    async def _handle(self, event: ChatEvent) -> None:
         match event:
             case Incoming():
                 await self._on_incoming(event)
@@ -268,7 +300,7 @@ class ChatActor:
             from .commands import _save_role
 
             await _save_role(self, ev.sender.user_id, ev.text.strip() or None)
-            await self.outbox.send(self.chat_id, "Persona saved.", reply_to=ev.message_id, thread_id=ev.thread_id)
+            await self.outbox.send(self.chat_id, _("Persona saved."), reply_to=ev.message_id, thread_id=ev.thread_id)
             self.svc.report(TurnReport(self.chat_id, ev.message_id, False, _ms(t0)))
             return
         window = await self._window(ev.thread_id)
@@ -531,7 +563,7 @@ class ChatActor:
         except Exception:  # noqa: BLE001 - the message is stored whatever happens to its file
             log.exception("chat %s: reading the media of message %s failed", self.chat_id, ev.message_id)
             return media.Understood(media.with_caption(ev.media, ev.text), answerable=bool(ev.text.strip()),
-                                    note="Sorry, something went wrong reading that file.")
+                                    note=_("Sorry, something went wrong reading that file."))
 
     async def _say_note(self, ev: Incoming, text: str, billing: bool) -> None:
         """A one-line notice about a media message (with a /billing button for a tier refusal). A
@@ -572,14 +604,14 @@ class ChatActor:
         elif adm.quota is not None and adm.quota.resets_at is not None:
             self._refused_until[key] = adm.quota.resets_at
         await self._note_delivery(ev.message_id)  # a refusal is the answer: not repeated after a restart
-        await self.outbox.send(self.chat_id, adm.refusal or "Sorry, I can't answer right now.", reply_to=ev.message_id, thread_id=ev.thread_id)
+        await self.outbox.send(self.chat_id, adm.refusal or _("Sorry, I can't answer right now."), reply_to=ev.message_id, thread_id=ev.thread_id)
 
     async def _reply_chain(self, ev: Incoming, window) -> list[StoredMessage]:
         """The messages ``ev`` replies to (up to 3 levels), oldest first, that are not in the window."""
         in_window = {m.message_id: m for m in window}
         chain: list[StoredMessage] = []
         target = ev.reply_to
-        for _ in range(REPLY_CHAIN_DEPTH):
+        for _depth in range(REPLY_CHAIN_DEPTH):
             if target is None:
                 break
             m = in_window.get(target)

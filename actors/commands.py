@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import i18n
+from i18n import N_, _, ngettext
+
 from . import billing
 from .events import PRIVATE, ButtonPress, CommandEvent, is_group
 from .outbox import Button
@@ -23,7 +26,7 @@ WHO = ("admins", "members")  # who may use /history + /export ("history") and /r
 ON = {"on", "yes", "true", "1", "enable", "enabled"}
 OFF = {"off", "no", "false", "0", "disable", "disabled"}
 
-HELP = """I'm **{name}**. I remember this chat and answer with what was said before.
+HELP = N_("""I'm **{name}**. I remember this chat and answer with what was said before.
 In groups I answer when you mention me, reply to me, or use a keyword; I remember everything else quietly.
 
 /model — choose the language model
@@ -31,20 +34,21 @@ In groups I answer when you mention me, reply to me, or use a keyword; I remembe
 /profile — your tier, model and today's usage
 /memory — what I keep about this chat and you; `/memory words` shows what I would recall
 /forget — erase your messages in this chat
-/reset — clear the conversation context (history kept); `/reset all` deletes this chat's history
+/reset (or /delete_context) — clear the conversation context (history kept); `/reset all` deletes this chat's history
 /history — the last messages; /export — the conversation as a file
 /image — draw a picture (`/image a cat on a bike`)
 /key — use your own API key (private chat): `/key openai sk-…`; `/key delete`
+/language — the language I speak with you
 /settings — group settings (admins): persona, keywords, always_on, persist, language, model, history, reset
 
-Send me photos, documents (PDF, DOCX, text) and voice notes: I read them into this chat's memory when your plan includes it."""
+Send me photos, documents (PDF, DOCX, text) and voice notes: I read them into this chat's memory when your plan includes it.""")
 
 
 async def handle_command(actor: "ChatActor", ev: CommandEvent) -> None:
     """Run ``ev`` in ``actor``. Unknown commands get a pointer to /help."""
     handler = COMMANDS.get(ev.command)
     if handler is None:
-        await reply(actor, ev, f"Unknown command /{ev.command}. Try /help.")
+        await reply(actor, ev, _("Unknown command /{command}. Try /help.", command=ev.command))
         return
     await handler(actor, ev)
 
@@ -60,7 +64,7 @@ async def reply(actor: "ChatActor", ev: CommandEvent, text: str, buttons=None) -
 
 
 async def cmd_help(actor: "ChatActor", ev: CommandEvent) -> None:
-    await reply(actor, ev, HELP.format(name=actor.svc.bot.name))
+    await reply(actor, ev, _(HELP, name=actor.svc.bot.name))
 
 
 async def _members_may(actor: "ChatActor", ev: CommandEvent, key: str) -> bool:
@@ -70,8 +74,11 @@ async def _members_may(actor: "ChatActor", ev: CommandEvent, key: str) -> bool:
         return True
     if await actor.outbox.is_admin(actor.chat_id, ev.sender.user_id):
         return True
-    what = "see this group's history" if key == "history" else "reset this group's context"
-    await reply(actor, ev, f"Only this group's admins can {what} (an admin can allow everyone: `/settings {key} members`).")
+    if key == "history":
+        text = _("Only this group's admins can see its history (an admin can allow everyone: `/settings history members`).")
+    else:
+        text = _("Only this group's admins can reset its context (an admin can allow everyone: `/settings reset members`).")
+    await reply(actor, ev, text)
     return False
 
 
@@ -81,14 +88,14 @@ async def cmd_history(actor: "ChatActor", ev: CommandEvent) -> None:
     try:
         n = max(1, min(HISTORY_MAX, int(ev.args))) if ev.args.strip() else HISTORY_DEFAULT
     except ValueError:
-        await reply(actor, ev, "Usage: /history [number of messages, up to 100]")
+        await reply(actor, ev, _("Usage: /history [number of messages, up to {max}]", max=HISTORY_MAX))
         return
     msgs = await actor.svc.memory.store.recent(actor.chat_id, n, thread_id=ev.thread_id)
     if not msgs:
-        await reply(actor, ev, "Nothing stored in this chat yet.")
+        await reply(actor, ev, _("Nothing stored in this chat yet."))
         return
-    lines = [f"`{m.date:%Y-%m-%d %H:%M}` **{m.user_name}**: {_short(m.text, 300)}" for m in msgs]
-    await reply(actor, ev, f"Last {len(msgs)} messages:\n" + "\n".join(lines))
+    lines = [f"`{i18n.datetime_(m.date)}` **{m.user_name}**: {_short(m.text, 300)}" for m in msgs]
+    await reply(actor, ev, ngettext("Last {n} message:", "Last {n} messages:", len(msgs), n=len(msgs)) + "\n" + "\n".join(lines))
 
 
 async def cmd_export(actor: "ChatActor", ev: CommandEvent) -> None:
@@ -111,12 +118,12 @@ async def cmd_export(actor: "ChatActor", ev: CommandEvent) -> None:
                 row["chat_title"] = title
             lines.append(json.dumps(row, ensure_ascii=False))
     if not lines:
-        await reply(actor, ev, "Nothing stored in this chat yet.")
+        await reply(actor, ev, _("Nothing stored in this chat yet."))
         return
     data = ("\n".join(lines) + "\n").encode("utf-8")
     await actor.outbox.send_document(
         actor.chat_id, f"chat-{actor.chat_id}.jsonl", data,
-        caption=f"{len(lines)} messages (JSONL, one message per line)", reply_to=ev.message_id, thread_id=ev.thread_id,
+        caption=ngettext("{n} message (JSONL, one message per line)", "{n} messages (JSONL, one message per line)", len(lines), n=len(lines)), reply_to=ev.message_id, thread_id=ev.thread_id,
     )
 
 
@@ -141,8 +148,13 @@ async def _model_keyboard(actor: "ChatActor", user_id: int, current: str) -> lis
         label = spec.label or alias
         mark = "✓ " if alias == current else ("🔒 " if alias not in allowed else "")
         spent, limit = request_usage(q, used, alias) if q is not None else (0, -1)
-        shared = " shared" if q is not None and alias not in q.requests_per_day and limit >= 0 else ""
-        quota = f" ({max(0, limit - spent)}/{limit}{shared} today)" if limit >= 0 and alias in allowed else ""
+        quota = ""
+        if limit >= 0 and alias in allowed:
+            left = max(0, limit - spent)
+            if q is not None and alias not in q.requests_per_day:
+                quota = _(" ({left}/{limit} shared today)", left=left, limit=limit)
+            else:
+                quota = _(" ({left}/{limit} today)", left=left, limit=limit)
         rows.append([Button(f"{mark}{label}{quota}", f"model:{alias}")])
     return rows
 
@@ -154,55 +166,55 @@ async def cmd_model(actor: "ChatActor", ev: CommandEvent) -> None:
     if arg:
         await _set_model(actor, ev.chat_id, ev.sender.user_id, arg, lambda t: reply(actor, ev, t))
         return
-    text = f"Current model: **{current}**. Choose one:"
+    text = _("Current model: **{model}**. Choose one:", model=current)
     if actor.svc.admission is not None:
         p = await actor.svc.admission.profile(actor.chat_id, ev.sender.user_id)
-        text += f"\nYour tier here: **{p.tier}** — {features_line(p.features)}"
+        text += "\n" + _("Your tier here: **{tier}** — {features}", tier=p.tier, features=features_line(p.features))
     await reply(actor, ev, text, await _model_keyboard(actor, ev.sender.user_id, current))
 
 
-FEATURE_LABELS = (("vision", "photos"), ("documents", "documents"), ("voice", "voice"),
-                  ("image_generation", "/image"), ("custom_persona", "persona"))
+FEATURE_LABELS = (("vision", N_("photos")), ("documents", N_("documents")), ("voice", N_("voice")),
+                  ("image_generation", "/image"), ("custom_persona", N_("persona")))
 
 
 def features_line(features) -> str:
     """``photos ✓ · documents ✓ · voice ✗ · /image ✗ · persona ✓`` for a tier's ``Features``."""
-    return " · ".join(f"{label} {'✓' if getattr(features, name) else '✗'}" for name, label in FEATURE_LABELS)
+    return " · ".join(f"{_(label)} {'✓' if getattr(features, name) else '✗'}" for name, label in FEATURE_LABELS)
 
 
 async def _set_model(actor: "ChatActor", chat_id: int, user_id: int, alias: str, say) -> None:
     if alias not in actor.svc.config.settings.models:
-        await say(f"Unknown model {alias!r}. Send /model to pick from the list.")
+        await say(_("Unknown model {model!r}. Send /model to pick from the list.", model=alias))
         return
     adm = actor.svc.admission
     if adm is not None:
         tier = await adm.tier_of(chat_id, user_id)
         if alias not in adm.allowed_models(tier, actor.svc.config.settings.models):
-            await say(f"🔒 {alias} is not part of the {tier} tier. See /billing to upgrade.")
+            await say(_("🔒 {model} is not part of the {tier} tier. See /billing to upgrade.", model=alias, tier=tier))
             return
     settings = dict(await actor._user(user_id))
     settings["model"] = alias
     await actor.save_user_settings(user_id, settings)
-    await say(f"Model set to **{alias}**.")
+    await say(_("Model set to **{model}**.", model=alias))
 
 
 async def cmd_role(actor: "ChatActor", ev: CommandEvent) -> None:
     if is_group(ev.chat_type):
-        await reply(actor, ev, "In groups the persona is a group setting: an admin can use `/settings persona <text>`.")
+        await reply(actor, ev, _("In groups the persona is a group setting: an admin can use `/settings persona <text>`."))
         return
     if not await _persona_allowed(actor, ev):
         return
     if ev.args.strip():
         await _save_role(actor, ev.sender.user_id, ev.args.strip())
-        await reply(actor, ev, "Persona saved.")
+        await reply(actor, ev, _("Persona saved."))
         return
     user = await actor._user(ev.sender.user_id)
     current = user.get("role")
     actor.awaiting_role.add(ev.sender.user_id)
-    text = "Send me the persona as your next message (how I should behave and talk with you)."
+    text = _("Send me the persona as your next message (how I should behave and talk with you).")
     if current:
-        text += f"\n\nCurrent persona: {_short(current, 500)}"
-    await reply(actor, ev, text, [[Button("Cancel", "role:cancel"), Button("Delete persona", "role:delete")]])
+        text += "\n\n" + _("Current persona: {persona}", persona=_short(current, 500))
+    await reply(actor, ev, text, [[Button(_("Cancel"), "role:cancel"), Button(_("Delete persona"), "role:delete")]])
 
 
 async def _persona_allowed(actor: "ChatActor", ev: CommandEvent) -> bool:
@@ -213,7 +225,7 @@ async def _persona_allowed(actor: "ChatActor", ev: CommandEvent) -> bool:
     verdict = await adm.admit_feature(actor.chat_id, ev.sender.user_id, "custom_persona")
     if verdict.allowed:
         return True
-    await reply(actor, ev, verdict.refusal or "A custom persona is not part of your plan.", billing.plans_button(actor))
+    await reply(actor, ev, verdict.refusal or _("A custom persona is not part of your plan."), billing.plans_button(actor))
     return False
 
 
@@ -235,59 +247,110 @@ async def cmd_memory(actor: "ChatActor", ev: CommandEvent) -> None:
     if query:
         recall = await mem.recall(actor.chat_id, query, 5)
         if not recall.hits:
-            await reply(actor, ev, "Nothing in this chat's memory matches that.")
+            await reply(actor, ev, _("Nothing in this chat's memory matches that."))
             return
         lines = [
-            f"{i}. `{h.date:%Y-%m-%d %H:%M}` **{h.user_name}**: {_short(h.text, 200)} "
-            f"(score {h.score:.3f}{''.join(f', {k} {v:.2f}' for k, v in h.parts.items() if k != 'rrf')})"
+            f"{i}. `{i18n.datetime_(h.date)}` **{h.user_name}**: {_short(h.text, 200)} "
+            + _("(score {score})", score=i18n.number(h.score, digits=3)
+                + "".join(f", {k} {i18n.number(v, digits=2)}" for k, v in h.parts.items() if k != "rrf"))
             for i, h in enumerate(recall.hits, 1)
         ]
-        await reply(actor, ev, "What I would recall:\n" + "\n".join(lines))
+        await reply(actor, ev, _("What I would recall:") + "\n" + "\n".join(lines))
         return
     await mem.flush()
     chat_msgs = await mem.store.count_messages(actor.chat_id)
     chat_mems = await mem.vectors.count(actor.chat_id)
     mine = await mem.store.count_messages(actor.chat_id, user_id=ev.sender.user_id)
     recent_mine = [m for m in await mem.store.recent(actor.chat_id, 200) if m.user_id == ev.sender.user_id][-3:]
-    persist = "on" if actor.persist else "off (nothing new is stored)"
+    persist = _("on") if actor.persist else _("off (nothing new is stored)")
     lines = [
-        f"**This chat**: {chat_msgs} messages stored, {chat_mems} searchable memories. Storing: {persist}.",
-        f"**About you here**: {mine} of your messages.",
+        _("**This chat**: {messages} stored, {memories} searchable. Storing: {persist}.",
+          messages=ngettext("{n} message", "{n} messages", chat_msgs, n=i18n.number(chat_msgs)),
+          memories=ngettext("{n} memory", "{n} memories", chat_mems, n=i18n.number(chat_mems)), persist=persist),
+        _("**About you here**: {messages} of yours.", messages=ngettext("{n} message", "{n} messages", mine, n=i18n.number(mine))),
     ]
     if recent_mine:
-        lines.append("Your latest:")
-        lines += [f"• `{m.date:%Y-%m-%d %H:%M}` {_short(m.text, 150)}" for m in recent_mine]
+        lines.append(_("Your latest:"))
+        lines += [f"• `{i18n.datetime_(m.date)}` {_short(m.text, 150)}" for m in recent_mine]
     docs = await mem.store.documents(actor.chat_id)
     if docs:
-        from .media import document_summary
+        from .media import summary_for_member
 
-        lines.append(f"**Documents** ({len(docs)}):")
-        lines += [f"• {d.file_name} — {document_summary(d)}, from {d.user_name}, `{d.date:%Y-%m-%d}`" for d in docs[-10:]]
+        lines.append(_("**Documents** ({n}):", n=len(docs)))
+        lines += [_("• {file} — {summary}, from {user}, `{date}`", file=d.file_name, summary=summary_for_member(d), user=d.user_name,
+                    date=i18n.date(d.date)) for d in docs[-10:]]
         if len(docs) > 10:
-            lines.append(f"… and {len(docs) - 10} older ones.")
-    lines.append("Memory never crosses chats. /forget erases your messages here; `/memory words` shows what I'd recall.")
+            lines.append(ngettext("… and {n} older one.", "… and {n} older ones.", len(docs) - 10, n=len(docs) - 10))
+    lines.append(_("Memory never crosses chats. /forget erases your messages here; `/memory words` shows what I'd recall."))
     await reply(actor, ev, "\n".join(lines))
 
 
 async def cmd_forget(actor: "ChatActor", ev: CommandEvent) -> None:
     n = await actor.forget_user(ev.sender.user_id)
-    await reply(actor, ev, f"Done: {n} of your messages in this chat were erased and will not be recalled again.")
+    await reply(actor, ev, ngettext("Done: {n} of your messages in this chat was erased and will not be recalled again.",
+                                    "Done: {n} of your messages in this chat were erased and will not be recalled again.", n, n=n))
 
 
 async def cmd_reset(actor: "ChatActor", ev: CommandEvent) -> None:
     if ev.args.strip().lower() in ("all", "delete", "history"):
         if is_group(ev.chat_type) and not await actor.outbox.is_admin(actor.chat_id, ev.sender.user_id):
-            await reply(actor, ev, "Only group admins can delete the group's history.")
+            await reply(actor, ev, _("Only group admins can delete the group's history."))
             return
         await reply(
-            actor, ev, "Delete **all** of this chat's stored history and memories? This cannot be undone.",
-            [[Button("Delete everything", f"reset:confirm:{ev.sender.user_id}"), Button("Cancel", "reset:cancel")]],
+            actor, ev, _("Delete **all** of this chat's stored history and memories? This cannot be undone."),
+            [[Button(_("Delete everything"), f"reset:confirm:{ev.sender.user_id}"), Button(_("Cancel"), "reset:cancel")]],
         )
         return
     if not await _members_may(actor, ev, "reset"):
         return
     await actor.reset_context()
-    await reply(actor, ev, "Context cleared: I start fresh from here (history is kept; `/reset all` deletes it).")
+    await reply(actor, ev, _("Context cleared: I start fresh from here (history is kept; `/reset all` deletes it)."))
+
+
+# ---------------------------------------------------------------------- interface language
+
+
+def language_name(code: str) -> str:
+    """``ru`` → ``Русский``: a language's name in that language (CLDR data, via Babel)."""
+    from babel import Locale
+
+    name = Locale.parse(code).get_display_name(code) or code
+    return name[:1].upper() + name[1:]
+
+
+async def cmd_language(actor: "ChatActor", ev: CommandEvent) -> None:
+    """``/language`` shows the interface languages as buttons; ``/language ru`` chooses one for the
+    member (every chat of theirs); ``/language auto`` follows their Telegram app again."""
+    arg = ev.args.strip()
+    if arg:
+        await _set_language(actor, ev.sender, arg, lambda t: reply(actor, ev, t))
+        return
+    current = i18n.current()
+    text = _("I speak **{language}** with you. Choose a language:", language=language_name(current))
+    group_language = i18n.normalize(actor.settings.get("language")) if is_group(ev.chat_type) else None
+    if group_language:
+        text += "\n" + _("In this group I speak {language}: its admins chose it (`/settings language`).",
+                         language=language_name(group_language))
+    rows = [[Button(("✓ " if code == current else "") + language_name(code), f"lang:{code}")] for code in i18n.available()]
+    rows.append([Button(_("As in my Telegram app"), "lang:auto")])
+    await reply(actor, ev, text, rows)
+
+
+async def _set_language(actor: "ChatActor", sender, arg: str, say) -> None:
+    settings = dict(await actor._user(sender.user_id))
+    if arg.lower() in ("auto", "default", "reset"):
+        settings.pop("language", None)
+        new = i18n.normalize(sender.language_code) or i18n.DEFAULT
+    else:
+        code = i18n.normalize(arg)
+        if code is None:
+            await say(_("I don't speak {code!r} yet. Languages: {languages}.", code=arg,
+                        languages=", ".join(f"{c} ({language_name(c)})" for c in i18n.available())))
+            return
+        settings["language"] = new = code
+    await actor.save_user_settings(sender.user_id, settings)
+    with i18n.use(new):
+        await say(_("From now on I speak {language} with you.", language=language_name(new)))
 
 
 # ---------------------------------------------------------------------- settings (group admins)
@@ -297,37 +360,39 @@ def _describe_settings(actor: "ChatActor") -> str:
     bot = actor.svc.config.settings.bot
     s = actor.settings
     keywords = s.get("keywords", list(bot.keywords))
+    on, off = _("on"), _("off")
     return "\n".join([
-        f"persona: {_short(s['persona'], 200) if s.get('persona') else '(default)'}",
-        f"keywords: {', '.join(keywords) if keywords else '(none)'}",
-        f"always_on: {'on' if s.get('always_on', bot.always_on) else 'off'}",
-        f"persist: {'on' if actor.persist else 'off'}",
-        f"language: {s.get('language', bot.language)}",
+        f"persona: {_short(s['persona'], 200) if s.get('persona') else _('(default)')}",
+        f"keywords: {', '.join(keywords) if keywords else _('(none)')}",
+        f"always_on: {on if s.get('always_on', bot.always_on) else off}",
+        f"persist: {on if actor.persist else off}",
+        f"language: {s.get('language') or _('(each member their own)')}",
         f"model: {s.get('model', actor.svc.config.settings.default_model)}",
-        f"history: {s.get('history', 'admins')} (who may use /history and /export here)",
-        f"reset: {s.get('reset', 'admins')} (who may use /reset here)",
-        f"allowed_users: {', '.join(map(str, s['allowed_users'])) if s.get('allowed_users') else '(everyone)'}",
+        "history: " + _("{who} (who may use /history and /export here)", who=s.get("history", "admins")),
+        "reset: " + _("{who} (who may use /reset here)", who=s.get("reset", "admins")),
+        f"allowed_users: {', '.join(map(str, s['allowed_users'])) if s.get('allowed_users') else _('(everyone)')}",
     ])
 
 
 async def cmd_settings(actor: "ChatActor", ev: CommandEvent) -> None:
     if ev.chat_type != PRIVATE and not await actor.outbox.is_admin(actor.chat_id, ev.sender.user_id):
-        await reply(actor, ev, "Sorry, only this group's admins can change its settings.")
+        await reply(actor, ev, _("Sorry, only this group's admins can change its settings."))
         return
-    key, _, value = ev.args.strip().partition(" ")
+    key, _sep, value = ev.args.strip().partition(" ")
     key, value = key.lower(), value.strip()
     if not key:
-        await reply(actor, ev, "Settings of this chat:\n" + _describe_settings(actor) + "\n\nChange one with `/settings <key> <value>`; `/settings <key> default` resets it.")
+        await reply(actor, ev, _("Settings of this chat:") + "\n" + _describe_settings(actor) + "\n\n"
+                    + _("Change one with `/settings <key> <value>`; `/settings <key> default` resets it."))
         return
     if key not in SETTINGS_KEYS:
-        await reply(actor, ev, f"Unknown setting {key!r}. Settings: {', '.join(SETTINGS_KEYS)}.")
+        await reply(actor, ev, _("Unknown setting {key!r}. Settings: {keys}.", key=key, keys=", ".join(SETTINGS_KEYS)))
         return
     new = dict(actor.settings)
     if value.lower() in ("default", "reset", "none"):
         new.pop(key, None)
     elif key in ("always_on", "persist"):
         if value.lower() not in ON | OFF:
-            await reply(actor, ev, f"`/settings {key} on` or `/settings {key} off`.")
+            await reply(actor, ev, _("`/settings {key} on` or `/settings {key} off`.", key=key))
             return
         new[key] = value.lower() in ON
     elif key == "persona" and not await _persona_allowed(actor, ev):
@@ -336,28 +401,28 @@ async def cmd_settings(actor: "ChatActor", ev: CommandEvent) -> None:
         try:
             ids = sorted({int(x) for x in value.replace(";", ",").replace(" ", ",").split(",") if x.strip()})
         except ValueError:
-            await reply(actor, ev, "`/settings allowed_users 12345, 67890` (user ids), or `/settings allowed_users default`.")
+            await reply(actor, ev, _("`/settings allowed_users 12345, 67890` (user ids), or `/settings allowed_users default`."))
             return
         new[key] = ids
     elif key in ("history", "reset"):
         if value.lower() not in WHO:
-            await reply(actor, ev, f"`/settings {key} admins` or `/settings {key} members`.")
+            await reply(actor, ev, _("`/settings {key} admins` or `/settings {key} members`.", key=key))
             return
         new[key] = value.lower()
     elif key == "keywords":
         new[key] = [k.strip() for k in value.replace(";", ",").split(",") if k.strip()]
     elif key == "model":
         if value not in actor.svc.config.settings.models:
-            await reply(actor, ev, f"Unknown model {value!r}. Models: {', '.join(actor.svc.config.settings.models)}.")
+            await reply(actor, ev, _("Unknown model {model!r}. Models: {models}.", model=value, models=", ".join(actor.svc.config.settings.models)))
             return
         new[key] = value
     elif not value:
-        await reply(actor, ev, f"Usage: `/settings {key} <value>`")
+        await reply(actor, ev, _("Usage: `/settings {key} <value>`", key=key))
         return
     else:
         new[key] = value
     await actor.save_chat_settings(new)
-    await reply(actor, ev, f"Saved. Settings of this chat:\n{_describe_settings(actor)}")
+    await reply(actor, ev, _("Saved. Settings of this chat:") + "\n" + _describe_settings(actor))
 
 
 # ---------------------------------------------------------------------- buttons
@@ -365,7 +430,7 @@ async def cmd_settings(actor: "ChatActor", ev: CommandEvent) -> None:
 
 async def handle_button(actor: "ChatActor", ev: ButtonPress) -> None:
     """Inline-keyboard presses: ``model:<alias>``, ``role:cancel|delete``, ``reset:confirm:<uid>|cancel``."""
-    kind, _, rest = ev.data.partition(":")
+    kind, _sep, rest = ev.data.partition(":")
     uid = ev.sender.user_id
 
     async def edit(text: str) -> None:
@@ -379,7 +444,10 @@ async def handle_button(actor: "ChatActor", ev: ButtonPress) -> None:
             await edit(text)
 
         await _set_model(actor, actor.chat_id, uid, rest, say)
-        await actor.outbox.answer_button(ev.query_id, f"Model: {rest}" if said and said[0].startswith("Model set") else None)
+        await actor.outbox.answer_button(ev.query_id, _("Model: {model}", model=rest) if said and said[0] == _("Model set to **{model}**.", model=rest) else None)
+    elif kind == "lang":
+        await _set_language(actor, ev.sender, rest, edit)
+        await actor.outbox.answer_button(ev.query_id)
     elif kind == "buy":
         await billing.press_buy(actor, ev, rest)
     elif kind == "billing":
@@ -389,22 +457,23 @@ async def handle_button(actor: "ChatActor", ev: ButtonPress) -> None:
         actor.awaiting_role.discard(uid)
         if rest == "delete":
             await _save_role(actor, uid, None)
-            await edit("Persona deleted; I use the default one again.")
+            await edit(_("Persona deleted; I use the default one again."))
         else:
-            await edit("Cancelled.")
+            await edit(_("Cancelled."))
         await actor.outbox.answer_button(ev.query_id)
     elif kind == "reset" and rest.startswith("confirm:"):
         if rest != f"confirm:{uid}":
-            await actor.outbox.answer_button(ev.query_id, "Only the person who asked can confirm.", alert=True)
+            await actor.outbox.answer_button(ev.query_id, _("Only the person who asked can confirm."), alert=True)
             return
         n = await actor.delete_history()
-        await edit(f"Deleted {n} messages and their memories. This chat starts from nothing.")
-        await actor.outbox.answer_button(ev.query_id, "Deleted")
+        await edit(ngettext("Deleted {n} message and its memories. This chat starts from nothing.",
+                            "Deleted {n} messages and their memories. This chat starts from nothing.", n, n=n))
+        await actor.outbox.answer_button(ev.query_id, _("Deleted"))
     elif kind == "reset":
-        await edit("Cancelled: nothing was deleted.")
+        await edit(_("Cancelled: nothing was deleted."))
         await actor.outbox.answer_button(ev.query_id)
     else:
-        await actor.outbox.answer_button(ev.query_id, "This button has expired.")
+        await actor.outbox.answer_button(ev.query_id, _("This button has expired."))
 
 
 def _short(text: str, n: int) -> str:
@@ -446,5 +515,7 @@ COMMANDS = {
     "memory": cmd_memory,
     "forget": cmd_forget,
     "reset": cmd_reset,
+    "delete_context": cmd_reset,  # the name users of earlier Russian-speaking bots know
+    "language": cmd_language,
     "settings": cmd_settings,
 }

@@ -20,12 +20,15 @@ GROUP_TYPES = frozenset({"group", "supergroup"})
 
 @dataclass(frozen=True, slots=True)
 class Sender:
-    """Who sent an update. name: display name used in prompts; username without '@'."""
+    """Who sent an update. name: display name used in prompts; username without '@'.
+    language_code: the IETF tag of the user's Telegram app language (``ru``, ``en-GB``), when Telegram
+    sends it (Bot API ``User.language_code``); the interface speaks it (``i18n``)."""
 
     user_id: int
     name: str
     username: str | None = None
     is_bot: bool = False
+    language_code: str | None = None
 
 
 MEDIA_KINDS = ("photo", "document", "voice", "audio", "video_note", "video", "animation", "sticker")

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import i18n
+from i18n import N_, _
+
 from .events import PRIVATE, CommandEvent
 
 if TYPE_CHECKING:
     from .chat import ChatActor
 
-USAGE = ("`/key <provider> <key>` sets your own API key (e.g. `/key openai sk-…`); `/key delete` removes it.\n"
-         "A group's admins set the group's key here: `/key group <chat id> <provider> <key>`.")
+USAGE = N_("`/key <provider> <key>` sets your own API key (e.g. `/key openai sk-…`); `/key delete` removes it.\n"
+           "A group's admins set the group's key here: `/key group <chat id> <provider> <key>`.")
 
 
 async def cmd_key(actor: "ChatActor", ev: CommandEvent) -> None:
@@ -30,53 +33,61 @@ async def cmd_key(actor: "ChatActor", ev: CommandEvent) -> None:
     args = ev.args.split()
     if ev.chat_type != PRIVATE:
         if len(args) >= 2:  # a key posted in the group: never stored
-            deleted = await actor.outbox.delete(actor.chat_id, ev.message_id)
-            gone = "I deleted your message, but" if deleted else "Delete your message now:"
-            await reply(actor, ev, f"Keys are never set in a group. {gone} the key may have been seen — revoke it at "
-                                   f"the provider and send me a new one in a private chat: `/key group {actor.chat_id} "
-                                   "<provider> <key>`.")
+            if await actor.outbox.delete(actor.chat_id, ev.message_id):
+                text = _("Keys are never set in a group. I deleted your message, but the key may have been seen — revoke it "
+                         "at the provider and send me a new one in a private chat: `/key group {chat_id} <provider> <key>`.",
+                         chat_id=actor.chat_id)
+            else:
+                text = _("Keys are never set in a group. Delete your message now: the key may have been seen — revoke it "
+                         "at the provider and send me a new one in a private chat: `/key group {chat_id} <provider> <key>`.",
+                         chat_id=actor.chat_id)
+            await reply(actor, ev, text)
         else:
-            await reply(actor, ev, f"A group's key is set by its admins in a private chat with me: "
-                                   f"`/key group {actor.chat_id} <provider> <key>`.")
+            await reply(actor, ev, _("A group's key is set by its admins in a private chat with me: "
+                                     "`/key group {chat_id} <provider> <key>`.", chat_id=actor.chat_id))
         return
     vault = actor.svc.keys
     if vault is None or not vault.enabled:
         if len(args) >= 2:
             await _delete(actor, ev)
-        await reply(actor, ev, "This bot does not keep personal API keys (its host has not set KITH_SECRET_KEY).")
+        await reply(actor, ev, _("This bot does not keep personal API keys (its host has not set KITH_SECRET_KEY)."))
         return
     from providers.keys import CHAT, USER
 
-    scope, scope_id, whose = USER, ev.sender.user_id, "your"
+    scope, scope_id = USER, ev.sender.user_id
     if args and args[0].lower() == "group":
         if len(args) < 2 or not _is_int(args[1]) or int(args[1]) >= 0:
-            await reply(actor, ev, "`/key group <chat id> <provider> <key>`: the group's id is a negative number "
-                                   "(send `/key` in the group to see it).")
+            await reply(actor, ev, _("`/key group <chat id> <provider> <key>`: the group's id is a negative number "
+                                     "(send `/key` in the group to see it)."))
             return
-        scope, scope_id, whose = CHAT, int(args[1]), f"group {args[1]}'s"
+        scope, scope_id = CHAT, int(args[1])
         if not await actor.outbox.is_admin(scope_id, ev.sender.user_id):
-            await reply(actor, ev, f"Only the admins of group {scope_id} can set or see its keys.")
+            await reply(actor, ev, _("Only the admins of group {chat_id} can set or see its keys.", chat_id=scope_id))
             if len(args) >= 4:
                 await _delete(actor, ev)
             return
         args = args[2:]
+    mine = scope == USER
     if not args:
         keys = await vault.info(scope, scope_id)
         if not keys:
-            who = "You have" if scope == USER else f"Group {scope_id} has"
-            await reply(actor, ev, f"{who} no keys set; requests use the bot's own.\n\n{USAGE}")
+            text = (_("You have no keys set; requests use the bot's own.") if mine else
+                    _("Group {chat_id} has no keys set; requests use the bot's own.", chat_id=scope_id))
+            await reply(actor, ev, f"{text}\n\n{_(USAGE)}")
             return
-        lines = "\n".join(f"• {k.provider}: {k.hint} (set {k.updated_at:%Y-%m-%d})" for k in keys)
-        await reply(actor, ev, f"{whose.capitalize()} keys:\n{lines}\n\n`/key{_group(scope, scope_id)} delete [provider]` removes them.")
+        lines = "\n".join(_("• {provider}: {hint} (set {date})", provider=k.provider, hint=k.hint, date=i18n.date(k.updated_at))
+                          for k in keys)
+        await reply(actor, ev, _("Your keys:\n{lines}\n\n`/key delete [provider]` removes them.", lines=lines) if mine else
+                    _("Group {chat_id}'s keys:\n{lines}\n\n`/key group {chat_id} delete [provider]` removes them.",
+                      chat_id=scope_id, lines=lines))
         return
     if args[0].lower() == "delete":
         provider = args[1].lower() if len(args) > 1 else None
         n = await vault.delete(scope, scope_id, provider)
-        what = f"{whose} {provider} key" if provider else f"{whose} keys"
-        await reply(actor, ev, f"Deleted {what}." if n else f"No {what} to delete.")
+        await reply(actor, ev, _deleted(bool(n), mine, scope_id, provider))
         return
     if len(args) != 2:
-        await reply(actor, ev, USAGE)
+        await reply(actor, ev, _(USAGE))
         if len(args) > 2:
             await _delete(actor, ev)
         return
@@ -84,23 +95,44 @@ async def cmd_key(actor: "ChatActor", ev: CommandEvent) -> None:
     known = getattr(actor.svc.llm, "providers", None)  # None: an LLM that does not say (accept any)
     if known is not None and provider not in known:
         await _delete(actor, ev)
-        uses = f"they use: {', '.join(known)}" if known else "they need no key (the offline model answers)"
-        await reply(actor, ev, f"This bot's models do not use {provider!r}; {uses}.")
+        if known:
+            text = _("This bot's models do not use {provider!r}; they use: {providers}.", provider=provider,
+                     providers=", ".join(known))
+        else:
+            text = _("This bot's models do not use {provider!r}; they need no key (the offline model answers).",
+                     provider=provider)
+        await reply(actor, ev, text)
         return
     info = await vault.set(scope, scope_id, provider, key)
     deleted = await _delete(actor, ev)
-    tail = "" if deleted else " Delete your message with the key from this chat."
-    where = "in every chat" if scope == USER else f"in group {scope_id} (a member's own key comes first)"
-    await reply(actor, ev, f"Saved {whose} {provider} key {info.hint} (encrypted). It is used for requests to {provider} "
-                           f"models {where}; `/key{_group(scope, scope_id)} delete {provider}` removes it.{tail}")
+    if mine:
+        text = _("Saved your {provider} key {hint} (encrypted). It is used for requests to {provider} models in every chat; "
+                 "`/key delete {provider}` removes it.", provider=provider, hint=info.hint)
+    else:
+        text = _("Saved group {chat_id}'s {provider} key {hint} (encrypted). It is used for requests to {provider} models "
+                 "in group {chat_id} (a member's own key comes first); `/key group {chat_id} delete {provider}` removes it.",
+                 chat_id=scope_id, provider=provider, hint=info.hint)
+    if not deleted:
+        text += " " + _("Delete your message with the key from this chat.")
+    await reply(actor, ev, text)
+
+
+def _deleted(done: bool, mine: bool, chat_id: int, provider: str | None) -> str:
+    """The answer to ``/key [group ID] delete [provider]``."""
+    if mine:
+        if provider:
+            return (_("Deleted your {provider} key.", provider=provider) if done else
+                    _("You have no {provider} key to delete.", provider=provider))
+        return _("Deleted your keys.") if done else _("You have no keys to delete.")
+    if provider:
+        return (_("Deleted group {chat_id}'s {provider} key.", chat_id=chat_id, provider=provider) if done else
+                _("Group {chat_id} has no {provider} key to delete.", chat_id=chat_id, provider=provider))
+    return (_("Deleted group {chat_id}'s keys.", chat_id=chat_id) if done else
+            _("Group {chat_id} has no keys to delete.", chat_id=chat_id))
 
 
 async def _delete(actor: "ChatActor", ev: CommandEvent) -> bool:
     return await actor.outbox.delete(actor.chat_id, ev.message_id)
-
-
-def _group(scope: str, scope_id: int) -> str:
-    return f" group {scope_id}" if scope == "chat" else ""
 
 
 def _is_int(s: str) -> bool:

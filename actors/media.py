@@ -38,9 +38,10 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from i18n import _, ngettext, number
 from memory.documents import document_summary, ingest_document
 from memory.markers import clock_time, marker
-from memory.types import UsageRecord
+from memory.types import DocumentInfo, UsageRecord
 from providers.errors import ProviderError
 
 from .billing import plans_button
@@ -105,14 +106,15 @@ async def understand(actor: "ChatActor", ev: Incoming, user_settings: dict) -> U
     if media.kind == "sticker":
         return Understood(base)
     if media.kind in ("video", "animation"):
-        return Understood(base, answerable=caption, note=None if caption else "I can't watch videos or GIFs yet; I keep their captions.")
+        return Understood(base, answerable=caption, note=None if caption else _("I can't watch videos or GIFs yet; I keep their captions."))
     if media.kind == "document":
         from providers.documents import document_kind
 
         if document_kind(media.file_name, media.mime_type) is None:
-            name = media.file_name or "this file"
+            name = media.file_name or _("this file")
             return Understood(base, answerable=caption, note=None if caption else
-                              f"I can't read {name}: send a PDF, a DOCX or a text file (TXT, MD, CSV, JSON, logs, code).")
+                              _("I can't read {name}: send a PDF, a DOCX or a text file (TXT, MD, CSV, JSON, logs, code).",
+                                name=name))
     feature = FEATURE_OF.get(media.kind)
     if feature is None:
         return Understood(base, answerable=caption)
@@ -121,10 +123,11 @@ async def understand(actor: "ChatActor", ev: Incoming, user_settings: dict) -> U
         settings = actor.svc.config.settings.transcription
         if getattr(actor.svc, "transcriber", None) is None:
             return Understood(base, answerable=caption,
-                              note=None if caption else "I can't listen to recordings on this bot: no speech-to-text model is set up.")
+                              note=None if caption else _("I can't listen to recordings on this bot: no speech-to-text model is set up."))
         if media.duration_s is not None and media.duration_s > settings.max_seconds:
-            return Understood(base, answerable=caption, note=(
-                f"That recording is {clock_time(media.duration_s)} long; I transcribe at most {clock_time(settings.max_seconds)}."))
+            return Understood(base, answerable=caption, note=_(
+                "That recording is {length} long; I transcribe at most {limit}.",
+                length=clock_time(media.duration_s), limit=clock_time(settings.max_seconds)))
     adm = actor.svc.admission
     if adm is not None:
         verdict = await adm.admit_feature(actor.chat_id, ev.sender.user_id, feature, size_bytes=media.size,
@@ -135,7 +138,7 @@ async def understand(actor: "ChatActor", ev: Incoming, user_settings: dict) -> U
         data = await _download(media)
     except ActorError as exc:
         log.warning("chat %s: media of message %s not downloaded: %s", actor.chat_id, ev.message_id, exc)
-        return Understood(base, answerable=caption, note="I couldn't download that file; please send it again.")
+        return Understood(base, answerable=caption, note=_("I couldn't download that file; please send it again."))
     if adm is not None and media.size is None:  # the size was unknown before the download
         verdict = await adm.admit_feature(actor.chat_id, ev.sender.user_id, feature, size_bytes=len(data))
         if not verdict.allowed:
@@ -183,8 +186,18 @@ async def _read_document(actor: "ChatActor", ev: Incoming, media: Media, data: b
         return Understood(base, answerable=bool(ev.text.strip()), note=exc.user_message)
     _usage(actor, ev, "document", "documents", latency_ms=(time.perf_counter() - t0) * 1000, pages=info.pages or 1)
     actor.note_new_memories()
-    note = None if ev.text.strip() else f"📄 I read {name} into this chat's memory ({document_summary(info)}). Ask me about it."
+    note = None if ev.text.strip() else _("📄 I read {name} into this chat's memory ({summary}). Ask me about it.",
+                                          name=name, summary=summary_for_member(info))
     return Understood(f"{base} ({document_summary(info)} in memory)", answerable=bool(ev.text.strip()), note=note, indexed=True)
+
+
+def summary_for_member(info: DocumentInfo) -> str:
+    """``document_summary`` for the member, in their language: ``12 pages, 34 parts`` / ``5 parts``
+    (the stored text keeps ``document_summary``'s English: it is data)."""
+    parts = ngettext("{n} part", "{n} parts", info.chunks, n=number(info.chunks))
+    if not info.pages:
+        return parts
+    return ngettext("{n} page", "{n} pages", info.pages, n=number(info.pages)) + ", " + parts
 
 
 # ---------------------------------------------------------------------- photos
@@ -233,9 +246,9 @@ async def _see_photo(actor: "ChatActor", ev: Incoming, media: Media, data: bytes
     if seen:
         short = seen if len(seen) <= EXTRACT_CHARS else seen[: EXTRACT_CHARS - 1] + "…"
         return Understood(f"{base}\n(text in the image: {short})", answerable=bool(ev.text.strip()),
-                          note="I can't see images with this model; I read the caption and the text in the picture.")
+                          note=_("I can't see images with this model; I read the caption and the text in the picture."))
     return Understood(base, answerable=bool(ev.text.strip()),
-                      note="I can't see images with this model; I only read the caption.")
+                      note=_("I can't see images with this model; I only read the caption."))
 
 
 # ---------------------------------------------------------------------- voice, audio, video notes
@@ -294,13 +307,13 @@ async def generate_image(actor: "ChatActor", *, chat_id: int, message_id: int, u
             await actor.outbox.send(chat_id, text, reply_to=message_id, thread_id=thread_id)
 
     if gen is None or not models:
-        await say("Drawing images is not set up on this bot (no image model in kith.yaml).")
+        await say(_("Drawing images is not set up on this bot (no image model in kith.yaml)."))
         return False
     alias = next(iter(models))
     if svc.admission is not None:
         verdict = await svc.admission.admit_feature(chat_id, user_id, "image_generation", images=1)
         if not verdict.allowed:
-            await say(verdict.refusal or "Sorry, I can't draw right now.", billing=verdict.reason in ("feature", "quota"))
+            await say(verdict.refusal or _("Sorry, I can't draw right now."), billing=verdict.reason in ("feature", "quota"))
             return False
         tier_model = svc.config.tiers.tiers[verdict.tier].image_model
         if tier_model in models:
@@ -324,7 +337,7 @@ async def cmd_image(actor: "ChatActor", ev: CommandEvent) -> None:
     """``/image PROMPT``: draw ``PROMPT``."""
     prompt = ev.args.strip()
     if not prompt:
-        await actor.outbox.send(actor.chat_id, "Usage: /image a cat riding a bicycle, watercolour", reply_to=ev.message_id,
+        await actor.outbox.send(actor.chat_id, _("Usage: /image a cat riding a bicycle, watercolour"), reply_to=ev.message_id,
                                 thread_id=ev.thread_id)
         return
     await generate_image(actor, chat_id=actor.chat_id, message_id=ev.message_id, user_id=ev.sender.user_id,

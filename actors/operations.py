@@ -98,14 +98,15 @@ class Operation:
     needs: Needs
     fn: OpFn
     gap_fill: bool = False  # locally: embed what an earlier run left out, and wait for it before exiting
+    model_change: bool = False  # locally: opens vector memory that holds another embedding model's vectors
 
 
 OPERATIONS: dict[str, Operation] = {}
 
 
-def operation(name: str, needs: Needs, *, gap_fill: bool = False) -> Callable[[OpFn], OpFn]:
+def operation(name: str, needs: Needs, *, gap_fill: bool = False, model_change: bool = False) -> Callable[[OpFn], OpFn]:
     def register(fn: OpFn) -> OpFn:
-        OPERATIONS[name] = Operation(name, needs, fn, gap_fill)
+        OPERATIONS[name] = Operation(name, needs, fn, gap_fill, model_change)
         return fn
     return register
 
@@ -135,7 +136,8 @@ def get(name: str) -> Operation:
 
 
 @asynccontextmanager
-async def open_resources(needs: Needs, config: Config, data_dir: Path, *, gap_fill: bool = False) -> AsyncIterator[Resources]:
+async def open_resources(needs: Needs, config: Config, data_dir: Path, *, gap_fill: bool = False,
+                         model_change: bool = False) -> AsyncIterator[Resources]:
     """Open what ``needs`` asks for under ``data_dir`` (no bot running). raises StoreLocked when a
     running bot holds the database."""
     from .stores import DB_FILE, open_stores
@@ -151,14 +153,14 @@ async def open_resources(needs: Needs, config: Config, data_dir: Path, *, gap_fi
     else:
         from .runtime import open_memory
 
-        async with open_memory(config, data_dir, fill_gaps=gap_fill) as memory:
+        async with open_memory(config, data_dir, fill_gaps=gap_fill, model_change=model_change) as memory:
             yield Resources(config, memory.store, memory.vectors, memory)
 
 
 async def run_local(name: str, args: dict[str, Any], config: Config, data_dir: Path, io: Streams) -> int:
     """Run operation ``name`` on the stores under ``data_dir``; returns its exit code."""
     op = get(name)
-    async with open_resources(op.needs, config, data_dir, gap_fill=op.gap_fill) as res:
+    async with open_resources(op.needs, config, data_dir, gap_fill=op.gap_fill, model_change=op.model_change) as res:
         code = await op.fn(res, io, **args)
         if op.gap_fill and res.memory is not None and not io.stop():
             await wait_gap_fill(res.memory, io)
@@ -284,7 +286,7 @@ async def memory_forget(res: Resources, io: Streams, *, chat: int, user: int | N
     return 0
 
 
-@operation("memory.reindex", "memory")
+@operation("memory.reindex", "memory", model_change=True)
 async def memory_reindex(res: Resources, io: Streams, *, chat: int | None = None) -> int:
     """Rebuild vector memory from the dialogue store, re-embedding every message (or one chat's)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, DirectoryPath, Field, field_validator, model_validator
 
 UNLIMITED = -1
 
@@ -167,6 +167,17 @@ class MemorySettings(Frozen):
     hot_rows: int = Field(100_000, ge=0)  # rows of recently recalled chats held in RAM for recall; 0 = off
     embed_precision: Literal["auto", "fp32"] = "auto"  # auto: batches in bfloat16 where the CPU has it natively
     embed_backend: Literal["openvino", "torch"] = "openvino"  # openvino: converted once, no torch at run time
+    # a directory holding a sentence-transformers model (e.g. a multilingual one, saved with
+    # `SentenceTransformer(...).save(dir)`); None: the bundled all-MiniLM-L6-v2 (English-trained).
+    # Changing it needs `kith memory reindex` (the bot refuses to start until then).
+    embedding_model: DirectoryPath | None = None
+
+    @field_validator("embedding_model")
+    @classmethod
+    def _a_sentence_transformers_model(cls, v: Path | None) -> Path | None:
+        if v is not None and not (v / "modules.json").is_file():
+            raise ValueError(f"{v} is not a sentence-transformers model directory (no modules.json in it)")
+        return v
 
 
 class ControlSettings(Frozen):
@@ -283,8 +294,18 @@ class Plan(Frozen):
     days: int = Field(gt=0)
     price: int = Field(gt=0)
     currency: str = "XTR"
-    title: str | None = None
-    description: str | None = None
+    # a text, or one per interface language ({en: Premium for a month, ru: Премиум на месяц}; i18n.pick)
+    title: str | dict[str, str] | None = None
+    description: str | dict[str, str] | None = None
+
+    @field_validator("title", "description")
+    @classmethod
+    def _languages(cls, v: str | dict[str, str] | None) -> str | dict[str, str] | None:
+        if isinstance(v, dict):
+            bad = [k for k in v if not (len(k) == 2 and k.isalpha() and k.islower())]
+            if bad or not v:
+                raise ValueError(f"one text per language, keyed by ISO 639-1 codes such as en, ru (not {', '.join(bad) or 'none'})")
+        return v
 
 
 class AutoCleanup(Frozen):

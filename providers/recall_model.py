@@ -15,6 +15,11 @@ How it answers (``answer(messages)``):
   word with the question are candidates too, quoted without a date after the recalled memories;
 - with nothing relevant it says so honestly (``NOTHING_FOUND``).
 
+Its own words (``HEADER``, ``NOTHING_FOUND``, "someone") are in the current ``i18n`` language, read when
+it answers: the chat actor's ``i18n.use(lang)`` around the call reaches it both in process
+(``LLM._recall_in_process``) and through litellm (an async custom handler is awaited in the caller's
+task; a sync one runs in litellm's executor under ``contextvars.copy_context()``).
+
 Usage is estimated with ``estimate_tokens`` (UTF-8 bytes / 4, see there); the price is registered as
 0 per token, so litellm's cost is 0.0: free and known (unlike a model with no price, whose cost is None).
 """
@@ -36,6 +41,8 @@ import litellm
 from litellm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, ModelResponse, Usage
 
+from i18n import N_, _
+
 from .memory_block import DATA_FRAME, QuotedMemory, parse_memories
 
 __all__ = [
@@ -48,8 +55,9 @@ MODEL = "kith/recall"
 MAX_QUOTES = 3
 QUOTE_CHARS = 300  # a quoted memory is shortened to this many characters
 CONTEXT_TOKENS = 32_768  # what the prompt may hold: it only reads the memories and the question
-HEADER = "From this chat's memory:"
-NOTHING_FOUND = "I don't have anything in this chat's memory about that yet."
+# The answer's words are the member's language (``i18n``: translated where used, at answer time).
+HEADER = N_("From this chat's memory:")
+NOTHING_FOUND = N_("I don't have anything in this chat's memory about that yet.")
 
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators, per message
 REPLY_PRIMING_TOKENS = 3
@@ -163,7 +171,8 @@ def _quote(mem: QuotedMemory) -> str:
     if len(text) > QUOTE_CHARS:
         text = text[: QUOTE_CHARS - 1].rstrip() + "…"
     when = f", {mem.date_str}" if mem.date_str else ""
-    return f"> {mem.user_name or 'someone'}{when}: {text}"
+    name = mem.user_name or _("someone")
+    return f"> {name}{when}: {text}"
 
 
 def answer(messages: Sequence[Mapping[str, Any]]) -> str:
@@ -171,8 +180,8 @@ def answer(messages: Sequence[Mapping[str, Any]]) -> str:
     question = _question(messages)
     chosen = choose(question, _memories(messages) + _earlier_turns(messages, question))
     if not chosen:
-        return NOTHING_FOUND
-    return "\n".join([HEADER, *(_quote(m) for m in chosen)])
+        return _(NOTHING_FOUND)
+    return "\n".join([_(HEADER), *(_quote(m) for m in chosen)])
 
 
 def pieces(text: str, words_per_piece: int = 3) -> list[str]:

@@ -180,7 +180,7 @@ async def test_history_memory_and_unknown_commands(tmp_path, st_model):
         hist = await chat.cmd(GROUP, MEMBER, "history", "5")
         assert "the printer on floor 3 is broken" in hist.text
         mem = await chat.cmd(GROUP, MEMBER, "memory")
-        assert "1 messages stored" in mem.text and "1 of your messages" in mem.text
+        assert "1 message stored" in mem.text and "1 message of yours" in mem.text
         why = await chat.cmd(GROUP, MEMBER, "memory", "printer broken")
         assert "the printer on floor 3 is broken" in why.text and "score" in why.text
         unknown = await chat.cmd(GROUP, MEMBER, "frobnicate")
@@ -262,7 +262,7 @@ async def test_admin_is_for_owners_in_private_and_grants_apply_at_once(tmp_path,
         assert "private chat" in (await chat.cmd(GROUP, OWNER, "admin")).text
         text = (await chat.cmd(OWNER.user_id, OWNER, "admin")).text
         assert text.startswith("**Admin overview**") and "chat actors: " in text and "Today (UTC):" in text
-        assert f"({GROUP}): 1 messages" in text and "Subscriptions: 0 active" in text
+        assert f"({GROUP}): 1 message" in text and "Subscriptions: 0 active" in text
         # grant by id, for this chat, revoke; each applies to the running admission at once
         assert (await chat.cmd(OWNER.user_id, OWNER, "admin", "grant user:11 premium 30")).text.startswith("user:11: premium, until ")
         assert (await rt.services.admission.profile(5, MEMBER.user_id)).tier == "premium"

@@ -19,7 +19,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import i18n
 from config.models import Features, Quotas, StorageLimits, Tier, TiersConfig
+from i18n import N_, _, ngettext
 from memory.dialogue import DialogueStore
 from memory.types import UsageRecord
 
@@ -29,9 +31,9 @@ from .resolve import effective_tier
 from .subscriptions import Subscription, SubscriptionStore
 
 GROUP_TYPES = frozenset({"group", "supergroup"})
-FEATURE_NAMES = {
-    "vision": "Seeing images", "documents": "Reading documents", "image_generation": "Drawing images",
-    "voice": "Transcribing voice and audio", "custom_persona": "A custom persona",
+FEATURE_NAMES = {  # marked for the catalog; translate where shown: _(FEATURE_NAMES[f])
+    "vision": N_("Seeing images"), "documents": N_("Reading documents"), "image_generation": N_("Drawing images"),
+    "voice": N_("Transcribing voice and audio"), "custom_persona": N_("A custom persona"),
 }
 
 
@@ -136,14 +138,16 @@ class Admission:
             wait = self.rate.hit(chat_id, user_id, t.member_messages_per_minute)
             if wait is not None:
                 secs = max(1, round(wait))
-                return Admit(False, requested_alias, tier, reason="rate", retry_after=wait, refusal=(
-                    f"Slow down a little: here each member gets at most {t.member_messages_per_minute} answers a "
-                    f"minute. Try again in {secs} s."))
+                per_minute = t.member_messages_per_minute
+                return Admit(False, requested_alias, tier, reason="rate", retry_after=wait, refusal=ngettext(
+                    "Slow down a little: here each member gets at most {n} answer a minute. Try again in {secs} s.",
+                    "Slow down a little: here each member gets at most {n} answers a minute. Try again in {secs} s.",
+                    per_minute, n=i18n.number(per_minute), secs=i18n.number(secs)))
 
         alias, note = self._model_for(t, tier, requested_alias)
         if alias is None:
             return Admit(False, requested_alias, tier, reason="model",
-                         refusal=f"The {tier} tier includes no models.{self._upgrade_hint(tier)}")
+                         refusal=_("The {tier} tier includes no models.", tier=tier) + self._upgrade_hint(tier))
 
         decision = self.quotas.check(tier, chat_id, user_id, alias)
         if decision.allowed:
@@ -152,7 +156,8 @@ class Admission:
         fb = t.fallback_model
         if fb and fb != alias and self.quotas.check(tier, chat_id, user_id, fb).allowed:
             return Admit(True, fb, tier, downgraded=True, quota=decision, note=(
-                f"{_spent_text(decision, tier, alias)} Answering with {fb} until {decision.resets_at:%H:%M} UTC."))
+                _spent_text(decision, tier, alias) + " "
+                + _("Answering with {model} until {time} UTC.", model=fb, time=_hhmm(decision.resets_at))))
 
         return Admit(False, alias, tier, reason="quota", quota=decision, refusal=self._refusal(decision, tier, alias))
 
@@ -185,14 +190,16 @@ class Admission:
         if not getattr(t.features, feature):
             better = [n for n in sorted(self.cfg.tiers, key=self.cfg.rank)
                       if self.cfg.rank(n) > self.cfg.rank(tier) and getattr(self.cfg.tiers[n].features, feature)]
-            what = FEATURE_NAMES.get(feature, feature)
-            needs = f" It comes with the {better[0]} tier." if better else ""
-            return Admit(False, "", tier, reason="feature", refusal=f"{what} isn't part of the {tier} tier.{needs}"
-                         f"{self._upgrade_hint(tier)}")
+            what = _(FEATURE_NAMES[feature]) if feature in FEATURE_NAMES else feature
+            refusal = _("{feature} isn't part of the {tier} tier.", feature=what, tier=tier)
+            if better:
+                refusal += " " + _("It comes with the {tier} tier.", tier=better[0])
+            return Admit(False, "", tier, reason="feature", refusal=refusal + self._upgrade_hint(tier))
         if size_bytes is not None and size_bytes > t.max_file_mb * 1024 * 1024:
-            return Admit(False, "", tier, reason="size", refusal=(
-                f"That file is {size_bytes / 1024 / 1024:.1f} MB; on the {tier} tier I take files up to "
-                f"{t.max_file_mb:g} MB.{self._upgrade_hint(tier)}"))
+            return Admit(False, "", tier, reason="size", refusal=_(
+                "That file is {size} MB; on the {tier} tier I take files up to {limit} MB.",
+                size=i18n.number(size_bytes / 1024 / 1024, digits=1), tier=tier, limit=i18n.number(t.max_file_mb))
+                + self._upgrade_hint(tier))
         if images or seconds:
             d = self.quotas.check_media(tier, user_id, images=images, seconds=seconds)
             if not d.allowed:
@@ -244,39 +251,60 @@ class Admission:
         first = next((a for a in t.models if a != ANY_MODEL), None)
         if first is None:
             return None, None
-        return first, f"The {tier} tier can't use {requested}; answering with {first}."
+        return first, _("The {tier} tier can't use {requested}; answering with {model}.", tier=tier, requested=requested,
+                        model=first)
 
     def _upgrade_hint(self, tier: str) -> str:
         rank = self.cfg.rank(tier)
         if any(p.tier in self.cfg.tiers and self.cfg.rank(p.tier) > rank for p in self.cfg.plans.values()):
-            return " For more, upgrade with /billing."
+            return " " + _("For more, upgrade with /billing.")
         return ""
 
     def _refusal(self, d: QuotaDecision, tier: str, alias: str) -> str:
         assert d.resets_at is not None
         left = d.resets_at - self.clock()
         mins = max(1, int(left.total_seconds() // 60 + (1 if left.total_seconds() % 60 else 0)))
-        when = f"{mins // 60} h {mins % 60} min" if mins >= 60 else f"{mins} min"
-        return (f"{_spent_text(d, tier, alias)} It resets at {d.resets_at:%H:%M} UTC (in {when})."
-                f"{self._upgrade_hint(tier)}")
+        if mins >= 60:
+            when = _("{hours} h {minutes} min", hours=mins // 60, minutes=mins % 60)
+        else:
+            when = _("{minutes} min", minutes=mins)
+        return (_spent_text(d, tier, alias) + " " + _("It resets at {time} UTC (in {when}).", time=_hhmm(d.resets_at), when=when)
+                + self._upgrade_hint(tier))
+
+
+def _hhmm(ts: datetime | None) -> str:
+    """``00:00``: a time of day (UTC) in refusals; 24-hour in every language."""
+    return "" if ts is None else f"{ts:%H:%M}"
 
 
 def _spent_text(d: QuotaDecision, tier: str, alias: str) -> str:
-    """One sentence: which quota is spent."""
-    where = f"on the {tier} tier"
+    """One sentence: which quota is spent (in the current language)."""
+    n = d.limit
+    limit = i18n.number(n)
     if d.quota == "requests_per_day":
-        what = "requests" if d.model == ANY_MODEL else f"requests to {alias}"
-        if d.limit == 0:
-            return f"The {tier} tier includes no {what}."
-        return f"You've used all {d.limit} of today's {what} {where}."
+        if d.model == ANY_MODEL:
+            if n == 0:
+                return _("The {tier} tier includes no requests.", tier=tier)
+            return ngettext("You've used today's {limit} request on the {tier} tier.",
+                            "You've used all {limit} of today's requests on the {tier} tier.", n, limit=limit, tier=tier)
+        if n == 0:
+            return _("The {tier} tier includes no requests to {model}.", tier=tier, model=alias)
+        return ngettext("You've used today's {limit} request to {model} on the {tier} tier.",
+                        "You've used all {limit} of today's requests to {model} on the {tier} tier.", n,
+                        limit=limit, model=alias, tier=tier)
     if d.quota == "tokens_per_day":
-        return f"You've used today's {d.limit:,} tokens {where}."
+        return ngettext("You've used today's {limit} token on the {tier} tier.",
+                        "You've used today's {limit} tokens on the {tier} tier.", n, limit=limit, tier=tier)
     if d.quota == "chat_requests_per_day":
-        return f"This chat has used all {d.limit} of today's requests {where}."
+        return ngettext("This chat has used today's {limit} request on the {tier} tier.",
+                        "This chat has used all {limit} of today's requests on the {tier} tier.", n, limit=limit, tier=tier)
     if d.quota == "chat_tokens_per_day":
-        return f"This chat has used today's {d.limit:,} tokens {where}."
+        return ngettext("This chat has used today's {limit} token on the {tier} tier.",
+                        "This chat has used today's {limit} tokens on the {tier} tier.", n, limit=limit, tier=tier)
     if d.quota == "images_per_day":
-        return f"You've had all {d.limit} of today's images {where}."
+        return ngettext("You've had today's {limit} image on the {tier} tier.",
+                        "You've had all {limit} of today's images on the {tier} tier.", n, limit=limit, tier=tier)
     if d.quota == "audio_seconds_per_day":
-        return f"You've used today's {d.limit // 60} min {d.limit % 60} s of transcription {where}."
-    return "Today's quota is used up."
+        return _("You've used today's {minutes} min {seconds} s of transcription on the {tier} tier.",
+                 minutes=n // 60, seconds=n % 60, tier=tier)
+    return _("Today's quota is used up.")

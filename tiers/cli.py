@@ -29,6 +29,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from memory.dialogue import DialogueStore
 
+import i18n
 from config.models import UNLIMITED, TiersConfig
 
 from .subscriptions import Subscription, SubscriptionStore, parse_target
@@ -100,7 +101,7 @@ def print_tiers(cfg: TiersConfig, console: Console) -> None:
         plans.add_column(col)
     for name, p in cfg.plans.items():
         price = f"{p.price} ⭐ (XTR)" if p.currency.upper() == "XTR" else f"{p.price} {p.currency} (smallest unit)"
-        plans.add_row(escape(name), escape(p.tier), str(p.days), escape(price), escape(p.title or ""))
+        plans.add_row(escape(name), escape(p.tier), str(p.days), escape(price), escape(i18n.pick(p.title) or ""))
     console.print(plans)
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import anyio
 
 from config.models import Plan, TiersConfig
+import i18n
+from i18n import _, ngettext
 from config.secrets import payment_provider_token
 from memory.dialogue import DialogueStore
 from memory.schema import from_us, to_us
@@ -53,7 +55,7 @@ class Invoice:
 
     @property
     def total(self) -> int:
-        return sum(amount for _, amount in self.prices)
+        return sum(amount for _label, amount in self.prices)
 
 
 def make_payload(plan_name: str, scope: str, scope_id: int) -> str:
@@ -90,7 +92,8 @@ def _plan(cfg: TiersConfig, name: str) -> Plan:
 
 def invoice_for(plan_name: str, cfg: TiersConfig, *, scope: str = "user", scope_id: int,
                 provider_token: str | None = None) -> Invoice:
-    """The invoice selling ``plan_name`` for ``scope:scope_id`` (a user, or a whole chat).
+    """The invoice selling ``plan_name`` for ``scope:scope_id`` (a user, or a whole chat), its default
+    title and description in the current language (``i18n``; a plan's own ``title``/``description`` as given).
 
     provider_token: for non-XTR currencies; default ``$TELEGRAM_PAYMENT_PROVIDER_TOKEN``.
     raises PaymentError for an unknown plan, or a non-XTR plan with no provider token.
@@ -103,9 +106,16 @@ def invoice_for(plan_name: str, cfg: TiersConfig, *, scope: str = "user", scope_
         if not token:
             raise PaymentError(f"plan {plan_name!r} is priced in {currency}, which needs a payment provider: "
                                "set TELEGRAM_PAYMENT_PROVIDER_TOKEN (or price it in XTR, Telegram Stars)")
-    for_whom = "this chat" if scope == "chat" else "you"
-    title = plan.title or f"{plan.tier.capitalize()} for {plan.days} days"
-    description = plan.description or f"{plan.days} days of the {plan.tier} tier for {for_whom}."
+    days = plan.days
+    title = i18n.pick(plan.title) or ngettext("{tier} for {n} day", "{tier} for {n} days", days, tier=plan.tier.capitalize(), n=days)
+    if plan.description:
+        description = i18n.pick(plan.description) or ""
+    elif scope == "chat":
+        description = ngettext("{n} day of the {tier} tier for this chat.", "{n} days of the {tier} tier for this chat.", days,
+                               n=days, tier=plan.tier)
+    else:
+        description = ngettext("{n} day of the {tier} tier for you.", "{n} days of the {tier} tier for you.", days,
+                               n=days, tier=plan.tier)
     return Invoice(
         plan=plan_name,
         title=title[:_TITLE_MAX],
@@ -119,16 +129,16 @@ def invoice_for(plan_name: str, cfg: TiersConfig, *, scope: str = "user", scope_
 
 def validate_pre_checkout(payload: str, total_amount: int, currency: str, cfg: TiersConfig) -> str | None:
     """None when the checkout matches a plan sold now; else a short text for the buyer (Telegram shows
-    it and cancels the payment)."""
+    it and cancels the payment), in the current language."""
     try:
-        name, _, _ = parse_payload(payload)
+        name, _scope, _id = parse_payload(payload)
     except PaymentError:
-        return "This invoice is not valid. Please open /billing again."
+        return _("This invoice is not valid. Please open /billing again.")
     plan = cfg.plans.get(name)
     if plan is None:
-        return "This plan is no longer offered. Please open /billing again."
+        return _("This plan is no longer offered. Please open /billing again.")
     if (currency or "").upper() != plan.currency.upper() or total_amount != plan.price:
-        return "The price of this plan has changed. Please open /billing again."
+        return _("The price of this plan has changed. Please open /billing again.")
     return None
 
 

@@ -34,6 +34,7 @@ from anyio.abc import TaskStatus
 
 from config.models import Config, ControlSettings, TelegramSettings
 from config.secrets import TelegramCredentials, telegram_credentials
+from i18n import N_
 
 from ..runtime import Runtime, frozen_startup_heap, open_runtime
 from ..control import TOKEN_FILE, ControlServer
@@ -61,22 +62,24 @@ CLIENT_OPTIONS: dict[str, Any] = {
     "fetch_stickers": False,  # no sticker-set lookups while parsing
 }
 
-COMMANDS: tuple[tuple[str, str], ...] = (
-    ("start", "Start talking with me"),
-    ("help", "What I can do and how to address me"),
-    ("model", "Choose the model that answers you"),
-    ("role", "Set my role in our private chat"),
-    ("profile", "Your tier and settings"),
-    ("usage", "What you used today"),
-    ("billing", "Plans and payments"),
-    ("reset", "Start a fresh conversation context"),
-    ("history", "Recent messages I keep"),
-    ("export", "Export this chat's history"),
-    ("memory", "What I remember here"),
-    ("forget", "Forget what you said in this chat"),
-    ("image", "Draw a picture: /image a cat on a bike"),
-    ("key", "Use your own API key (private chat)"),
-    ("settings", "Group settings (admins only)"),
+COMMANDS: tuple[tuple[str, str], ...] = (  # the menu; descriptions are translated per language (set_commands)
+    ("start", N_("Start talking with me")),
+    ("help", N_("What I can do and how to address me")),
+    ("model", N_("Choose the model that answers you")),
+    ("role", N_("Set my role in our private chat")),
+    ("profile", N_("Your tier and settings")),
+    ("usage", N_("What you used today")),
+    ("billing", N_("Plans and payments")),
+    ("reset", N_("Start a fresh conversation context")),
+    ("delete_context", N_("Start a fresh conversation context")),
+    ("history", N_("Recent messages I keep")),
+    ("export", N_("Export this chat's history")),
+    ("memory", N_("What I remember here")),
+    ("forget", N_("Forget what you said in this chat")),
+    ("image", N_("Draw a picture: /image a cat on a bike")),
+    ("key", N_("Use your own API key (private chat)")),
+    ("language", N_("The language I speak with you")),
+    ("settings", N_("Group settings (admins only)")),
 )
 
 
@@ -273,14 +276,21 @@ def stop_receiving(client: Any, router: UpdateRouter) -> None:
 
 
 async def set_commands(client: Any) -> None:
-    """Register the command menu (a failure is logged: the bot works without it)."""
+    """Register the command menu: the default (English) one, then one per interface language, which
+    Telegram shows to users whose app speaks it (``language_code``). A failure is logged: the bot
+    works without a menu."""
     from pyrogram import types
     from pyrogram.errors import RPCError
 
-    try:
-        await client.set_bot_commands([types.BotCommand(c, d) for c, d in COMMANDS])
-    except RPCError as e:
-        log.warning("could not set the command menu: %s", e)
+    import i18n
+
+    for lang in i18n.available():
+        with i18n.use(lang):
+            menu = [types.BotCommand(c, i18n._(d)) for c, d in COMMANDS]
+        try:
+            await client.set_bot_commands(menu, language_code="" if lang == i18n.DEFAULT else lang)
+        except RPCError as e:
+            log.warning("could not set the command menu (%s): %s", lang, e)
 
 
 class _SignalWatcher:

@@ -33,6 +33,7 @@ from pyrogram import enums, raw, types
 from pyrogram.errors import BadRequest, FloodWait, MessageNotModified, RPCError, UserNotParticipant
 
 from config.models import TelegramSettings
+from i18n import _
 
 from ..errors import ActorError
 from ..outbox import Button, Sent
@@ -270,7 +271,7 @@ class TelegramOutbox:
         try:
             await self.limits.call(
                 None,
-                lambda: self.client.answer_pre_checkout_query(query_id, ok=ok, error_message=None if ok else (error or "Payment refused")),
+                lambda: self.client.answer_pre_checkout_query(query_id, ok=ok, error_message=None if ok else (error or _("Payment refused"))),
                 what="answer_pre_checkout_query",
                 budget=False,
             )

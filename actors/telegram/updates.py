@@ -28,7 +28,9 @@ from pyrogram.handlers import (CallbackQueryHandler, DeletedMessagesHandler, Edi
                                PreCheckoutQueryHandler, RawUpdateHandler)
 from pyrogram.storage import UpdateState
 
+import i18n
 from config.models import TelegramSettings
+from i18n import N_
 
 from ..errors import MediaUnavailable, SupervisorClosed
 from ..events import (PAYMENTS_DESK, ButtonPress, ChatEvent, CommandEvent, ConfigChanged, Deleted, Edited, Incoming, Media,
@@ -44,13 +46,14 @@ SEEN_KEPT = 16_384  # (chat_id, message_id) pairs remembered to drop re-delivere
 GATE_TTL_S = 600.0  # channel membership is cached this long
 _COMMAND = re.compile(r"/([A-Za-z0-9_]{1,64})(?:@([A-Za-z0-9_]{1,64}))?(?=\s|$)(.*)", re.DOTALL)
 
-PRIVACY_NOTICE = (
+# The transport's own notices (catalog ids; sent in the language of the user they answer: ``_notice``)
+PRIVACY_NOTICE = N_(
     "Hi! I can only see messages here that mention me, reply to me or start with a /command, "
     "so I cannot remember this chat's conversation yet. To fix it, either make me an admin of this group, "
     "or ask my owner to open @BotFather → /setprivacy → @{username} → Disable (then remove me from the group and add me again)."
 )
-GATE_NOTICE = "To talk with me, please join {link} first — then write to me again. Thank you!"
-BUSY_NOTICE = "I'm busy with this chat's earlier messages; I've saved yours and will remember it, but I can't answer it now."
+GATE_NOTICE = N_("To talk with me, please join {link} first — then write to me again. Thank you!")
+BUSY_NOTICE = N_("I'm busy with this chat's earlier messages; I've saved yours and will remember it, but I can't answer it now.")
 
 _CHAT_TYPES = {
     enums.ChatType.PRIVATE: "private",
@@ -63,6 +66,19 @@ _CHAT_TYPES = {
 
 
 # ---------------------------------------------------------------------- pure conversions
+
+
+def language_of(user: Any) -> str | None:
+    """The interface language of a pyrogram user (its Telegram ``language_code``, if there is a
+    catalog for it), for the notices the transport sends itself; None: English."""
+    code = getattr(user, "language_code", None)
+    return i18n.normalize(code) if isinstance(code, str) else None
+
+
+def _notice(lang: str | None, notice: str, **fmt: object) -> str:
+    """One of this module's notices in ``lang`` (None: English), formatted with ``fmt``."""
+    with i18n.use(lang):
+        return i18n._(notice, **fmt)
 
 
 def chat_type_of(chat: Any) -> str | None:
@@ -84,7 +100,7 @@ def sender_of(message: Any) -> Sender | None:
 
 def user_sender(u: Any) -> Sender:
     name = " ".join(p for p in (u.first_name, u.last_name) if p) or u.username or str(u.id)
-    return Sender(u.id, name, u.username, bool(u.is_bot))
+    return Sender(u.id, name, u.username, bool(u.is_bot), getattr(u, "language_code", None))
 
 
 def mentions_bot(text: str, entities: Any, bot: BotIdentity) -> bool:
@@ -441,7 +457,8 @@ class UpdateRouter:
         assert bot is not None
         if message.new_chat_members or message.group_chat_created:
             if message.group_chat_created or any(u.id == bot.user_id for u in message.new_chat_members or ()):
-                self._background(self._on_added(message.chat.id, message.message_thread_id if thread_of(message) else None))
+                self._background(self._on_added(message.chat.id, message.message_thread_id if thread_of(message) else None,
+                                                language_of(getattr(message, "from_user", None))))
             return
         if message.migrate_to_chat_id or message.migrate_from_chat_id:
             await self._on_migrated(message)
@@ -466,9 +483,10 @@ class UpdateRouter:
             self.stats.gated += 1
             addressed = event.chat_type == "private" or isinstance(event, CommandEvent) or event.mentions_bot or event.reply_to_bot
             if addressed and self.gate.should_tell(event.sender.user_id):
-                self._background(self._send_notice(event.chat_id, GATE_NOTICE.format(link=self.gate.link), message.id, event.thread_id))
+                text = _notice(language_of(message.from_user), GATE_NOTICE, link=self.gate.link)
+                self._background(self._send_notice(event.chat_id, text, message.id, event.thread_id))
             return
-        await self._tell(event)
+        await self._tell(event, lang=language_of(message.from_user))
 
     async def on_edited(self, client: Any, message: Any) -> None:
         """A member edited a message: its stored text and memory follow (the bot's own edits are skipped)."""
@@ -506,7 +524,8 @@ class UpdateRouter:
             return
         if self.gate is not None and not await self.gate.is_member(event.sender.user_id):
             self.stats.gated += 1
-            self._background(self.outbox.answer_button(event.query_id, GATE_NOTICE.format(link=self.gate.link), alert=True))
+            text = _notice(language_of(query.from_user), GATE_NOTICE, link=self.gate.link)
+            self._background(self.outbox.answer_button(event.query_id, text, alert=True))
             return
         await self._tell(event)
 
@@ -518,7 +537,9 @@ class UpdateRouter:
         event = pre_checkout_to_event(query)
         await self.supervisor.tell(PAYMENTS_DESK, event)  # answered at once, not behind the buyer's turns
 
-    async def _tell(self, event: ChatEvent) -> None:
+    async def _tell(self, event: ChatEvent, *, lang: str | None = None) -> None:
+        """Hand ``event`` to its chat's actor. lang: the sender's interface language, for the "busy"
+        notice when that chat's inbox is full."""
         try:
             if isinstance(event, Incoming):
                 if not await self.supervisor.offer(event.chat_id, event):  # that chat is swamped: never block the others
@@ -526,7 +547,8 @@ class UpdateRouter:
                     self.stats.overflowed += 1
                     if self._busy_told.get(event.chat_id) is None:
                         self._busy_told.put(event.chat_id)
-                        self._background(self._send_notice(event.chat_id, BUSY_NOTICE, event.message_id, event.thread_id))
+                        self._background(self._send_notice(event.chat_id, _notice(lang, BUSY_NOTICE), event.message_id,
+                                                           event.thread_id))
                     return
                 self._busy_told.pop(event.chat_id, None)
             else:
@@ -563,8 +585,9 @@ class UpdateRouter:
 
             asyncio.get_running_loop().create_task(_logged(coro))
 
-    async def _on_added(self, chat_id: int, thread_id: int | None) -> None:
-        """The bot joined a group: if privacy mode hides messages from it, say once how to fix it."""
+    async def _on_added(self, chat_id: int, thread_id: int | None, lang: str | None = None) -> None:
+        """The bot joined a group: if privacy mode hides messages from it, say once how to fix it (in
+        ``lang``, the language of whoever added the bot)."""
         if chat_id in self._notified:
             return
         self._notified.put(chat_id)
@@ -574,7 +597,7 @@ class UpdateRouter:
             return
         if await self.outbox.is_admin(chat_id, bot.user_id):
             return
-        await self._send_notice(chat_id, PRIVACY_NOTICE.format(username=bot.username or "your_bot"), None, thread_id)
+        await self._send_notice(chat_id, _notice(lang, PRIVACY_NOTICE, username=bot.username or "your_bot"), None, thread_id)
 
     async def _send_notice(self, chat_id: int, text: str, reply_to: int | None, thread_id: int | None) -> None:
         await self.outbox.send_parts(chat_id, plain_parts(text), reply_to=reply_to, thread_id=thread_id)
@@ -595,6 +618,7 @@ __all__ = [
     "UpdateRouter",
     "callback_to_event",
     "chat_type_of",
+    "language_of",
     "media_of",
     "mentions_bot",
     "message_to_event",
