@@ -75,6 +75,7 @@ async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: 
         indexer = await stack.enter_async_context(Indexer(vectors, embedder, optimize_every=mem.optimize_every))
         reader = await stack.enter_async_context(DocumentReader())
         memory = Memory(store, vectors, indexer, embedder, reader)
+        memory.embedding_languages = mem.model_languages()
         if fill_gaps:
             memory.gap_filler = await stack.enter_async_context(GapFiller(memory))
         yield memory

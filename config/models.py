@@ -171,6 +171,16 @@ class MemorySettings(Frozen):
     # `SentenceTransformer(...).save(dir)`); None: the bundled all-MiniLM-L6-v2 (English-trained).
     # Changing it needs `kith memory reindex` (the bot refuses to start until then).
     embedding_model: DirectoryPath | None = None
+    # the languages the embedding model was trained on (ISO 639-1); a question in another language
+    # leans on full text (memory.retrieval foreign_vector_weight). None: en for the bundled model,
+    # any language for your own embedding_model.
+    embedding_languages: tuple[str, ...] | None = None
+
+    def model_languages(self) -> frozenset[str] | None:
+        """The embedding model's languages, None for any (see ``embedding_languages``)."""
+        if self.embedding_languages is not None:
+            return frozenset(self.embedding_languages)
+        return frozenset({"en"}) if self.embedding_model is None else None
 
     @field_validator("embedding_model")
     @classmethod

@@ -22,8 +22,8 @@ only — exactly what the English full-text index stored before, so English reca
 Reduction: Snowball stemmers (``PyStemmer``) for English, Russian, German, Spanish and French;
 Ukrainian has no Snowball stemmer, so its words are lemmatised by ``simplemma``. Russian ё is read
 as е. Other scripts are lower-cased only. Query stop words (``query_terms``): English uses the
-retrieval's own list (``memory.retrieval.STOP_WORDS``); the other languages the lists of the
-``stop-words`` package. The index drops English stop words itself (Snowball's list, after stemming,
+retrieval's own list (``memory.retrieval.STOP_WORDS``); the other languages none (``stop_words``
+says why). The index drops English stop words itself (Snowball's list, after stemming,
 as the English full-text index did before, so English BM25 is unchanged); other languages' frequent
 words stay in the index, where BM25's IDF weighs them down.
 """
@@ -160,16 +160,17 @@ def index_terms(text: str, lang: str | None = None) -> str:
     return " ".join(_terms([w.lower().replace("ё", "е") for w in words(text)], lang))
 
 
-@lru_cache(maxsize=None)
 def stop_words(lang: str) -> frozenset[str]:
-    """Query stop words of ``lang`` (lower-cased; ё as е)."""
+    """Query stop words of ``lang``: English's (Snowball's function words plus question words,
+    ``retrieval.STOP_WORDS``); none for the other languages, whose BM25 weights frequent words down
+    by itself. The lists at hand for them mix in content words (the ``stop-words`` package's Russian
+    list holds время, жизнь, человек, день, год…), and dropping those cost exact-phrase recall on
+    Russian dialogue (dev: 92.0 → 96.7 % at 10 with them kept, inflected words unchanged)."""
     if lang == "en":
         from .retrieval import STOP_WORDS
 
         return STOP_WORDS
-    from stop_words import get_stop_words
-
-    return frozenset(w.lower().replace("ё", "е") for w in get_stop_words(lang))
+    return frozenset()
 
 
 def query_terms(terms: Iterable[str], lang: str, *, drop_stop_words: bool = True) -> list[str]:

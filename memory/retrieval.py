@@ -70,6 +70,9 @@ class RetrievalSettings:
     min-max normalised cosine against BM25 / max BM25. speaker_boost: added when the row's sender
     is named in the question. strip_speakers: embed the question without the chat's speaker names.
     drop_stop_words: leave function/question words out of the full-text query.
+    foreign_vector_weight: share of ``vector_weight`` kept for a question in a language the
+    embedding model was not trained on (``Memory.embedding_languages``; all-MiniLM-L6-v2 knows
+    English): its cosine is then a weak signal, and full text leads.
     neighbour_weight / neighbour_weight_2: share of the fused score of the turn ±1 / ±2 away that a
     row inherits (0 and 0 switch the stage off). neighbour_floor: part of that bonus a row gets
     even with no similarity of its own (the rest scales with its min-max cosine).
@@ -85,6 +88,7 @@ class RetrievalSettings:
     speaker_boost: float = 0.2
     strip_speakers: bool = True
     drop_stop_words: bool = True
+    foreign_vector_weight: float = 0.5
     neighbour_weight: float = 0.7
     neighbour_weight_2: float = 0.5
     neighbour_floor: float = 0.5
@@ -113,6 +117,7 @@ class RetrievalSettings:
             ("no speaker boost", replace(self, speaker_boost=0.0)),
             ("speaker names kept in the embedded query", replace(self, strip_speakers=False)),
             ("stop words kept in the BM25 query", replace(self, drop_stop_words=False)),
+            ("full vector weight in any language", replace(self, foreign_vector_weight=1.0)),
             ("pool 60 per leg", replace(self, pool=60)),
         ]
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
-
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
+
+import anyio
 
 from .retrieval import DEFAULT as DEFAULT_RETRIEVAL
 from .retrieval import RetrievalSettings, find_speakers
@@ -81,6 +82,9 @@ class Memory:
     #: the recall stages (``memory.retrieval``); an instance may carry other settings (benchmark
     #: ablations); None: the bare hybrid search (rank fusion of the two legs, no stages)
     retrieval: RetrievalSettings | None = DEFAULT_RETRIEVAL
+    #: the languages the embedding model was trained on (None: any); a question in another language
+    #: gets ``RetrievalSettings.foreign_vector_weight`` of the vector leg's weight
+    embedding_languages: frozenset[str] | None = frozenset({"en"})
 
     async def recall(
         self, chat_id: int, query: str, k: int, *, exclude_ids: Collection[int] = (), mode: str = "hybrid"
@@ -109,6 +113,10 @@ class Memory:
                 embed_ms = (time.perf_counter() - te) * 1000
 
         if mode == "hybrid" and settings is not None:
+            if settings.foreign_vector_weight != 1.0 and self.embedding_languages is not None:
+                lang = await _language_of(query)
+                if lang is not None and lang not in self.embedding_languages:
+                    settings = replace(settings, vector_weight=settings.vector_weight * settings.foreign_vector_weight)
             text = query
             if settings.strip_speakers:
                 text = find_speakers(query, await self.vectors.speakers(chat_id)).stripped or query
@@ -169,3 +177,12 @@ class Memory:
         """Wait until everything remembered so far is committed and searchable."""
         await self.store.flush()
         await self.indexer.flush()
+
+
+async def _language_of(text: str) -> str | None:
+    """``memory.language.detect_or_none``, off the event loop when it would first load a model."""
+    from .language import detect_or_none, would_load
+
+    if would_load(text):
+        return await anyio.to_thread.run_sync(detect_or_none, text)
+    return detect_or_none(text)

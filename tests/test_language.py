@@ -50,9 +50,11 @@ def test_inflected_forms_reduce_to_one_term() -> None:
     assert meet("обновил drivers", ["driver"], "en")
     # a text taken for Spanish still meets an English query on its English stems
     assert "quokka" in set(index_terms("zanzibar quokka telemetry", "es").split()) & set(query_terms(["quokka"], "en"))
-    # stop words leave a query unless nothing else is left
-    assert query_terms(["где", "видеокарта"], "ru") == query_terms(["видеокарта"], "ru")
-    assert query_terms(["где"], "ru") == ["где"]
+    # English stop words leave a query unless nothing else is left; other languages keep every word
+    # (their BM25 weighs frequent words down; the lists at hand hold content words such as время)
+    assert query_terms(["where", "graphics", "card"], "en") == query_terms(["graphics", "card"], "en")
+    assert query_terms(["where"], "en") == ["where"]
+    assert query_terms(["где", "время", "видеокарта"], "ru") == ["где", "врем", "видеокарт"]
 
 
 def _rows(texts: list[tuple[str, str]], chat_id: int, vectors) -> list[MemoryRow]:
@@ -193,3 +195,35 @@ def test_embedding_model_must_be_a_sentence_transformers_directory(tmp_path) -> 
         with pytest.raises(ConfigError) as info:
             load_config(path, env={})
         assert "embedding_model" in str(info.value) and "kith.yaml" in str(info.value) and ":2" in str(info.value)
+
+
+async def test_a_question_in_a_language_the_embedding_model_does_not_know_leans_on_full_text(tmp_path, st_model) -> None:
+    """all-MiniLM-L6-v2 was trained on English: for a Russian question its cosine counts
+    ``foreign_vector_weight`` (half) in the fused score; with a model of any language, in full."""
+    from actors.runtime import open_memory
+    from config.loader import load_config
+    from memory.retrieval import DEFAULT
+    from memory.types import StoredMessage
+
+    lines = [json.loads(x) for x in (RU / "rusdracor_2_gorky-na-dne.jsonl").read_text(encoding="utf-8").splitlines()[:200] if x.strip()]
+    async with open_memory(load_config(None, env={}), tmp_path / "d", model=st_model) as memory:
+        assert memory.embedding_languages == frozenset({"en"})
+        for i, m in enumerate(lines, 1):
+            memory.remember(StoredMessage(-9, i, 1, m["user"], m["text"], datetime(2015, 3, 1, tzinfo=UTC) + timedelta(minutes=i)))
+        await memory.flush()
+        memory.retrieval = DEFAULT.plain()  # fusion alone: fused = bm25/max + weight · min-max(cos)
+
+        async def fused_minus_fts(q: str) -> dict[int, float]:
+            hits = (await memory.recall(-9, q, 5)).hits
+            return {h.message_id: h.parts["fused"] - (h.parts.get("fts", 0.0) / max(x.parts.get("fts", 0.0) for x in hits) if h.parts.get("fts") else 0.0)
+                    for h in hits}
+
+        q = "где мой паспорт и деньги"
+        half = await fused_minus_fts(q)
+        memory.embedding_languages = None  # a multilingual model: the vector leg counts in full
+        full = await fused_minus_fts(q)
+        both = set(half) & set(full)
+        assert both and all(abs(full[i] - 2 * half[i]) < 1e-6 for i in both)
+        en_half = await fused_minus_fts("where is my passport")
+        memory.embedding_languages = frozenset({"en"})
+        assert await fused_minus_fts("where is my passport") == en_half  # English questions: unchanged
