@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 DIM = 384
 MAX_CHARS = 2000  # the model reads at most 256 word pieces; longer text only costs tokenizer time
-BULK_CHARS = 8000  # a bulk model call carries at most this many characters (≈ 8 document parts, or 32+ messages)
+BULK_CHARS = 4000  # a bulk model call carries at most this many characters (≈ 4 document parts, or 32 messages)
 BACKENDS = ("openvino", "torch")
 PRECISIONS = ("auto", "fp32")
 
