@@ -318,6 +318,20 @@ def language_name(code: str) -> str:
     return name[:1].upper() + name[1:]
 
 
+def _language_code(value: str) -> str | None:
+    """``"RU"`` → ``"ru"``: a two-letter ISO 639-1 code CLDR knows (Babel), else None."""
+    from babel import Locale, UnknownLocaleError
+
+    code = value.strip().lower()
+    if len(code) != 2 or not code.isalpha():
+        return None
+    try:
+        Locale.parse(code)
+    except (UnknownLocaleError, ValueError):
+        return None
+    return code
+
+
 async def cmd_language(actor: "ChatActor", ev: CommandEvent) -> None:
     """``/language`` shows the interface languages as buttons; ``/language ru`` chooses one for the
     member (every chat of theirs); ``/language auto`` follows their Telegram app again."""
@@ -409,6 +423,13 @@ async def cmd_settings(actor: "ChatActor", ev: CommandEvent) -> None:
             await reply(actor, ev, _("`/settings {key} admins` or `/settings {key} members`.", key=key))
             return
         new[key] = value.lower()
+    elif key == "language":
+        code = _language_code(value)
+        if code is None:
+            await reply(actor, ev, _("`/settings language ru`: an ISO 639-1 code (en, ru, de…); I speak {languages} myself, "
+                                     "and the model answers in any.", languages=", ".join(i18n.available())))
+            return
+        new[key] = code
     elif key == "keywords":
         new[key] = [k.strip() for k in value.replace(";", ",").split(",") if k.strip()]
     elif key == "model":

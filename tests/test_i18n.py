@@ -229,3 +229,15 @@ def test_plan_titles_per_language_from_tiers_yaml(tmp_path):
     (tmp_path / "kith.yaml").write_text("tiers_file: tiers.yaml\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"tiers.yaml:8.*title.*ISO 639-1"):
         load_config(tmp_path / "kith.yaml", env={})
+
+
+async def test_a_group_language_must_be_a_language(tmp_path, st_model):
+    holder: dict = {}
+    async with runtime(tmp_path, st_model, holder) as rt:
+        bot = Bot(rt, holder["outbox"])
+        bad = await bot.cmd(ADMIN, "settings", "language klingon", chat_id=GROUP)
+        assert "ISO 639-1" in bad.text
+        assert (await bot.cmd(ADMIN, "settings", "", chat_id=GROUP)).text.count("language: (each member their own)") == 1
+        await bot.cmd(ADMIN, "settings", "language DE", chat_id=GROUP)  # no interface catalog: members keep theirs,
+        assert "language: de" in (await bot.cmd(ADMIN, "settings", "", chat_id=GROUP)).text  # the model answers in German
+        assert cyrillic((await bot.cmd(IVAN, "help", chat_id=GROUP)).text)
