@@ -8,16 +8,15 @@ from datetime import UTC, datetime
 import pytest
 
 import i18n
-from config.models import LLMSettings, ModelSpec
+from config.models import ModelSpec
 from memory.types import MemoryHit
-from providers.llm import LLM
 from providers.memory_block import render_memories
 from providers.recall_model import HEADER, NOTHING_FOUND
 from tests.llm_server import FakeLLMServer, llm_server  # noqa: F401  (fixture)
+from tests.test_llm import _close_llms, _key, make_llm, spec  # noqa: F401  (fixtures: the key env, closing LLMs)
 
 pytestmark = pytest.mark.anyio
 
-KEY_ENV = "KITH_TEST_LLM_KEY"
 T0 = datetime(2009, 3, 3, 10, 1, tzinfo=UTC)
 QUOTE = "> ActionParsnip, 2009-03-03 10:01 UTC: exon: if he gets the grub error, run sudo update-grub"
 
@@ -27,32 +26,6 @@ WORDS = {
            "someone": "someone"},
     "ru": {"header": "Из памяти этого чата:", "nothing": "В памяти этого чата пока ничего об этом нет.", "someone": "кто-то"},
 }
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def _key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, "dummy-key")
-
-
-_open: list[LLM] = []
-
-
-def make_llm(models: dict[str, ModelSpec]) -> LLM:
-    llm = LLM(models, LLMSettings(num_retries=0))
-    _open.append(llm)
-    return llm
-
-
-@pytest.fixture(autouse=True)
-async def _close_llms(anyio_backend: str):
-    yield
-    while _open:
-        await _open.pop().aclose()
 
 
 def with_memories(question: str, hits: list[MemoryHit] | None = None) -> list[dict]:
@@ -105,7 +78,7 @@ async def test_through_litellm_the_custom_provider_sees_the_language(lang: str) 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 async def test_as_a_router_fallback_it_answers_in_the_members_language(llm_server: FakeLLMServer, lang: str,  # noqa: F811
                                                                        stream: bool) -> None:
-    main = ModelSpec(model="openai/error-main", api_base=llm_server.base_url, api_key_env=KEY_ENV, fallbacks=("recall",))
+    main = spec(llm_server, "error-main", "recall")
     llm = make_llm({"main": main, "recall": ModelSpec(model="kith/recall")})
     deltas: list[str] = []
     with i18n.use(lang):

@@ -12,7 +12,7 @@ import pytest
 import i18n
 from actors.billing import send_plans, usage_lines
 from actors.local import IdAllocator, LocalOutbox
-from actors.telegram.updates import BUSY_NOTICE, GATE_NOTICE, _notice, language_of
+from actors.telegram.updates import BUSY_NOTICE, GATE_NOTICE, language_of
 from config.models import Features, Plan, Quotas, Tier, TiersConfig
 from memory.dialogue import DialogueStore
 from memory.types import UsageRecord
@@ -147,7 +147,7 @@ def test_invoice_and_pre_checkout_in_russian() -> None:
 def test_transport_notices_follow_the_users_telegram_language() -> None:
     assert language_of(SimpleNamespace(language_code="ru-RU")) == "ru"
     assert language_of(SimpleNamespace(language_code="xx")) is None and language_of(None) is None
-    assert _notice("ru", GATE_NOTICE, link="https://t.me/kith").startswith("Чтобы поговорить со мной, сначала вступите в https://t.me/kith")
-    assert _notice(None, GATE_NOTICE, link="https://t.me/kith") == GATE_NOTICE.format(link="https://t.me/kith")
-    assert _notice("ru", BUSY_NOTICE).startswith("Я ещё занят")
+    assert i18n.in_language("ru", GATE_NOTICE, link="https://t.me/kith").startswith("Чтобы поговорить со мной, сначала вступите в https://t.me/kith")
+    assert i18n.in_language(None, GATE_NOTICE, link="https://t.me/kith") == GATE_NOTICE.format(link="https://t.me/kith")
+    assert i18n.in_language("ru", BUSY_NOTICE).startswith("Я ещё занят")
     assert i18n.current() == "en"  # a notice does not change the language of the code around it

@@ -285,8 +285,7 @@ async def set_commands(client: Any) -> None:
     import i18n
 
     for lang in i18n.available():
-        with i18n.use(lang):
-            menu = [types.BotCommand(c, i18n._(d)) for c, d in COMMANDS]
+        menu = [types.BotCommand(c, i18n.in_language(lang, d)) for c, d in COMMANDS]
         try:
             await client.set_bot_commands(menu, language_code="" if lang == i18n.DEFAULT else lang)
         except RPCError as e:

@@ -46,7 +46,7 @@ SEEN_KEPT = 16_384  # (chat_id, message_id) pairs remembered to drop re-delivere
 GATE_TTL_S = 600.0  # channel membership is cached this long
 _COMMAND = re.compile(r"/([A-Za-z0-9_]{1,64})(?:@([A-Za-z0-9_]{1,64}))?(?=\s|$)(.*)", re.DOTALL)
 
-# The transport's own notices (catalog ids; sent in the language of the user they answer: ``_notice``)
+# The transport's own notices (catalog ids; sent in the language of the user they answer: ``i18n.in_language``)
 PRIVACY_NOTICE = N_(
     "Hi! I can only see messages here that mention me, reply to me or start with a /command, "
     "so I cannot remember this chat's conversation yet. To fix it, either make me an admin of this group, "
@@ -73,12 +73,6 @@ def language_of(user: Any) -> str | None:
     catalog for it), for the notices the transport sends itself; None: English."""
     code = getattr(user, "language_code", None)
     return i18n.normalize(code) if isinstance(code, str) else None
-
-
-def _notice(lang: str | None, notice: str, **fmt: object) -> str:
-    """One of this module's notices in ``lang`` (None: English), formatted with ``fmt``."""
-    with i18n.use(lang):
-        return i18n._(notice, **fmt)
 
 
 def chat_type_of(chat: Any) -> str | None:
@@ -483,10 +477,10 @@ class UpdateRouter:
             self.stats.gated += 1
             addressed = event.chat_type == "private" or isinstance(event, CommandEvent) or event.mentions_bot or event.reply_to_bot
             if addressed and self.gate.should_tell(event.sender.user_id):
-                text = _notice(language_of(message.from_user), GATE_NOTICE, link=self.gate.link)
+                text = i18n.in_language(event.sender.language_code, GATE_NOTICE, link=self.gate.link)
                 self._background(self._send_notice(event.chat_id, text, message.id, event.thread_id))
             return
-        await self._tell(event, lang=language_of(message.from_user))
+        await self._tell(event)
 
     async def on_edited(self, client: Any, message: Any) -> None:
         """A member edited a message: its stored text and memory follow (the bot's own edits are skipped)."""
@@ -524,7 +518,7 @@ class UpdateRouter:
             return
         if self.gate is not None and not await self.gate.is_member(event.sender.user_id):
             self.stats.gated += 1
-            text = _notice(language_of(query.from_user), GATE_NOTICE, link=self.gate.link)
+            text = i18n.in_language(event.sender.language_code, GATE_NOTICE, link=self.gate.link)
             self._background(self.outbox.answer_button(event.query_id, text, alert=True))
             return
         await self._tell(event)
@@ -537,9 +531,8 @@ class UpdateRouter:
         event = pre_checkout_to_event(query)
         await self.supervisor.tell(PAYMENTS_DESK, event)  # answered at once, not behind the buyer's turns
 
-    async def _tell(self, event: ChatEvent, *, lang: str | None = None) -> None:
-        """Hand ``event`` to its chat's actor. lang: the sender's interface language, for the "busy"
-        notice when that chat's inbox is full."""
+    async def _tell(self, event: ChatEvent) -> None:
+        """Hand ``event`` to its chat's actor (a full inbox gets the "busy" notice, in the sender's language)."""
         try:
             if isinstance(event, Incoming):
                 if not await self.supervisor.offer(event.chat_id, event):  # that chat is swamped: never block the others
@@ -547,7 +540,7 @@ class UpdateRouter:
                     self.stats.overflowed += 1
                     if self._busy_told.get(event.chat_id) is None:
                         self._busy_told.put(event.chat_id)
-                        self._background(self._send_notice(event.chat_id, _notice(lang, BUSY_NOTICE), event.message_id,
+                        self._background(self._send_notice(event.chat_id, i18n.in_language(event.sender.language_code, BUSY_NOTICE), event.message_id,
                                                            event.thread_id))
                     return
                 self._busy_told.pop(event.chat_id, None)
@@ -597,7 +590,7 @@ class UpdateRouter:
             return
         if await self.outbox.is_admin(chat_id, bot.user_id):
             return
-        await self._send_notice(chat_id, _notice(lang, PRIVACY_NOTICE, username=bot.username or "your_bot"), None, thread_id)
+        await self._send_notice(chat_id, i18n.in_language(lang, PRIVACY_NOTICE, username=bot.username or "your_bot"), None, thread_id)
 
     async def _send_notice(self, chat_id: int, text: str, reply_to: int | None, thread_id: int | None) -> None:
         await self.outbox.send_parts(chat_id, plain_parts(text), reply_to=reply_to, thread_id=thread_id)
