@@ -663,11 +663,11 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
         except RemoteError as exc:
             line(False, "dialogue store", str(exc))
     else:
-        from memory.dialogue import DialogueStore
         from memory.errors import MemoryStoreError
+        from memory.store import open_dialogue_store
 
         try:
-            async with DialogueStore(data_dir / "kith.duckdb") as store:
+            async with open_dialogue_store(data_dir) as store:
                 s = await store.stats()
             line(True, "dialogue store", f"{s.get('messages', 0)} messages")
         except MemoryStoreError as exc:

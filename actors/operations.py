@@ -36,7 +36,7 @@ from rich.table import Table
 from config.models import Config
 
 if TYPE_CHECKING:
-    from memory.dialogue import DialogueStore
+    from memory.store import DialogueStore
     from memory.service import Memory
     from memory.vector_counts import VectorCounts
     from memory.vectors import VectorMemory
@@ -140,12 +140,12 @@ async def open_resources(needs: Needs, config: Config, data_dir: Path, *, gap_fi
                          model_change: bool = False) -> AsyncIterator[Resources]:
     """Open what ``needs`` asks for under ``data_dir`` (no bot running). raises StoreLocked when a
     running bot holds the database."""
-    from .stores import DB_FILE, open_stores
+    from .stores import open_stores
 
     if needs == "store":
-        from memory.dialogue import DialogueStore
+        from memory.store import open_dialogue_store
 
-        async with DialogueStore(data_dir / DB_FILE) as store:
+        async with open_dialogue_store(data_dir) as store:
             yield Resources(config, store)
     elif needs == "stores":
         async with open_stores(config, data_dir) as stores:

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 
 from config.models import Config
-from memory.dialogue import DialogueStore
+from memory.store import open_dialogue_store
 from memory.documents import DocumentReader
 from memory.indexer import Indexer
 from memory.maintenance import GapFiller
@@ -62,7 +62,7 @@ async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: 
     await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(
-            DialogueStore(data_dir / DB_FILE, flush_interval_s=mem.flush_interval_ms / 1000, flush_rows=mem.flush_rows)
+            open_dialogue_store(data_dir, flush_interval_s=mem.flush_interval_ms / 1000, flush_rows=mem.flush_rows)
         )
         embedder = await stack.enter_async_context(
             Embedder(model, backend=mem.embed_backend, max_batch=mem.embed_batch, max_wait_s=mem.embed_wait_ms / 1000,

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from config.models import Config
-from memory.dialogue import DialogueStore
+from memory.store import DUCKDB_FILE, DialogueStore, open_dialogue_store
 from memory.vector_counts import VectorCounts
 
 if TYPE_CHECKING:
     from memory.vectors import VectorMemory
 
-DB_FILE = "kith.duckdb"
+DB_FILE = DUCKDB_FILE
 VECTORS_DIR = "memory"
 CACHE_DIR = "cache"  # derived, rebuildable files (the OpenVINO conversion of the embedding model)
 
@@ -38,6 +38,6 @@ async def open_stores(config: Config, data_dir: Path) -> AsyncIterator[Stores]:
     document reader): what commands that read counts need (``kith memory stats``), in a fraction of
     ``open_memory``'s start-up. raises memory.errors.StoreLocked when a running bot holds the database."""
     mem = config.settings.memory
-    async with DialogueStore(data_dir / DB_FILE, flush_interval_s=mem.flush_interval_ms / 1000, flush_rows=mem.flush_rows) as store:
+    async with open_dialogue_store(data_dir, flush_interval_s=mem.flush_interval_ms / 1000, flush_rows=mem.flush_rows) as store:
         async with VectorCounts(data_dir / VECTORS_DIR) as vectors:
             yield Stores(store, vectors)

@@ -24,7 +24,6 @@ import anyio
 from config.models import AutoCleanup, StorageLimits
 
 from .errors import DiskFull
-from .schema import to_us
 from .service import Memory
 
 log = logging.getLogger(__name__)
@@ -60,19 +59,15 @@ async def cleanup_scope(
     if not await _may_exceed(memory, scope, scope_id, limits):
         return CleanupResult(scope, scope_id)
     await memory.flush()
-    store, cutoff = memory.store, to_us(now - timedelta(days=policy.min_age_days))
-    col = _column(scope)
+    store, cutoff = memory.store, now - timedelta(days=policy.min_age_days)
+    who = _who(scope, scope_id)
     messages = memories = 0
 
     if limits.dialogue_limit >= 0:
         total = await _messages_stored(memory, scope, scope_id)
         if total > limits.dialogue_limit:
             excess = total - keep_count(limits.dialogue_limit, policy)
-            rows = await store.execute(
-                f"SELECT chat_id, message_id FROM messages WHERE {col} = ? AND epoch_us(date) < ? "
-                "ORDER BY date, message_id LIMIT ?",
-                [scope_id, cutoff, excess],
-            )
+            rows = await store.message_keys(**who, before=cutoff, limit=excess)
             for chat_id, ids in _by_chat(rows).items():
                 deleted = await store.delete_messages(chat_id, message_ids=ids)
                 if deleted:
@@ -84,10 +79,7 @@ async def cleanup_scope(
         total = sum(len(ids) for ids in held.values())
         if total > limits.memory_limit:
             excess = total - keep_count(limits.memory_limit, policy)
-            rows = await store.execute(
-                f"SELECT chat_id, message_id FROM messages WHERE {col} = ? AND epoch_us(date) < ? ORDER BY date, message_id",
-                [scope_id, cutoff],
-            )
+            rows = await store.message_keys(**who, before=cutoff)
             oldest = [(c, m) for c, m in rows if m in held.get(c, ())][:excess]
             for chat_id, ids in _by_chat(oldest).items():
                 await store.note_evictions(chat_id, ids)  # first: the gap check must not embed them again
@@ -110,22 +102,21 @@ async def _may_exceed(memory: Memory, scope: str, scope_id: int, limits: Storage
     return False
 
 
-def _column(scope: str) -> str:
-    """The messages column a scope is keyed by."""
-    return "chat_id" if scope == CHAT else "user_id"
+def _who(scope: str, scope_id: int) -> dict[str, int]:
+    """The store's filter for a scope: ``{"chat_id": id}`` or ``{"user_id": id}``."""
+    return {"chat_id": scope_id} if scope == CHAT else {"user_id": scope_id}
 
 
 async def _messages_stored(memory: Memory, scope: str, scope_id: int) -> int:
     """Committed messages of a chat, or of a user in every chat."""
-    (total,) = (await memory.store.execute(f"SELECT count(*) FROM messages WHERE {_column(scope)} = ?", [scope_id]))[0]
-    return int(total)
+    return await memory.store.count_messages(**_who(scope, scope_id))
 
 
 async def _memories_held(memory: Memory, scope: str, scope_id: int) -> dict[int, set[int]]:
     """Message ids with a memory in LanceDB, per chat: a chat's all, or a user's in every chat."""
     if scope == CHAT:
         return {scope_id: await memory.vectors.message_ids(scope_id)}
-    rows = await memory.store.execute("SELECT chat_id, message_id FROM messages WHERE user_id = ?", [scope_id])
+    rows = await memory.store.message_keys(user_id=scope_id)
     return {chat_id: set(ids) & await memory.vectors.message_ids(chat_id) for chat_id, ids in _by_chat(rows).items()}
 
 

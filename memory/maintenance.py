@@ -19,7 +19,7 @@ from typing import Protocol
 
 import anyio
 
-from .dialogue import DialogueStore
+from .store import DialogueStore
 from .service import Memory
 from .vectors import VectorMemory
 from .types import ROLE_USER, is_chunk_id

@@ -6,7 +6,7 @@ a released step: append a new one (``ALTER TABLE …``, ``CREATE TABLE …``, da
 ``SCHEMA_VERSION`` is the version this code writes and expects (``len(MIGRATIONS)``).
 
 Conventions: ids are ``BIGINT`` (Telegram ids are 64-bit); timestamps are ``TIMESTAMPTZ`` (the store
-writes and reads them as UTC microseconds, see ``memory.dialogue``); settings are ``JSON`` objects.
+writes and reads them as UTC microseconds, see ``memory.duckdb_store``); settings are ``JSON`` objects.
 
 Step 2 adds ``subscriptions`` and ``payments`` (DESIGN §7; used by the ``tiers`` package). Step 3 adds
 the usage columns of media (``seconds``, ``images``, ``pages``) and ``documents`` / ``document_chunks``

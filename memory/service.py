@@ -18,7 +18,7 @@ from .retrieval import RetrievalSettings, find_speakers
 from .types import ROLE_USER, DocumentChunk, DocumentInfo, MemoryHit, StoredMessage
 
 if TYPE_CHECKING:
-    from .dialogue import DialogueStore
+    from .store import DialogueStore
     from .maintenance import GapFiller
     from .indexer import Indexer
     from .vectors import VectorMemory

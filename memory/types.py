@@ -172,3 +172,87 @@ class UsageRecord:
     seconds: float = 0.0
     images: int = 0
     pages: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChatInfo:
+    """A chat known to the store. type: ``private|group|supergroup|channel|unknown`` (``unknown`` when
+    messages exist but ``upsert_chat`` was never called). messages: stored message count.
+    first_date/last_date: tz-aware UTC dates of the oldest/newest stored message, None if none."""
+
+    chat_id: int
+    type: str
+    title: str | None
+    messages: int
+    first_date: datetime | None
+    last_date: datetime | None
+
+
+USAGE_GROUPINGS = ("user", "chat", "model", "day", "kind")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotal:
+    """Sums over the usage records of one group (``DialogueStore.usage_totals``).
+
+    key: the group's value as text (a user or chat id, a model alias, a ``YYYY-MM-DD`` UTC day, a
+    kind). cost_usd: the sum over the calls with a known price (0.0 when none had one).
+    unpriced: calls whose cost is unknown. seconds: audio transcribed. images: generated. pages: read.
+    """
+
+    key: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    unpriced: int
+    seconds: float
+    images: int
+    pages: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCount:
+    """Usage of one ``(chat, user, model, kind)`` in a time window (``DialogueStore.usage_counts``):
+    calls, tokens (prompt + completion), images generated, seconds of audio."""
+
+    chat_id: int
+    user_id: int
+    model: str
+    kind: str
+    calls: int
+    tokens: int
+    images: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRecord:
+    """A stored subscription row: ``scope`` ``"user"|"chat"`` and its id hold ``tier`` until
+    ``expires_at`` (tz-aware UTC; None = never). source: who set it. updated_at: tz-aware UTC."""
+
+    scope: str
+    scope_id: int
+    tier: str
+    expires_at: datetime | None
+    source: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRecord:
+    """A stored payment, keyed by Telegram's ``telegram_payment_charge_id``. amount: in the
+    currency's smallest unit (Stars: whole stars). tier '' and days 0 when it matched no plan.
+    paid_at: tz-aware UTC."""
+
+    charge_id: str
+    user_id: int
+    chat_id: int
+    plan: str
+    tier: str
+    days: int
+    amount: int
+    currency: str
+    scope: str
+    scope_id: int
+    paid_at: datetime

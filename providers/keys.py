@@ -30,7 +30,7 @@ class KeysUnavailable(ProviderError):
 
 
 class KeyStore(Protocol):
-    """What the vault needs from the dialogue store (``memory.dialogue.DialogueStore``)."""
+    """What the vault needs from the dialogue store (``memory.store.DialogueStore``)."""
 
     async def set_api_key(self, scope: str, scope_id: int, provider: str, token: bytes, hint: str) -> None: ...
     async def api_key_token(self, scope: str, scope_id: int, provider: str) -> bytes | None: ...

@@ -14,7 +14,7 @@ from actors.billing import send_plans, usage_lines
 from actors.local import IdAllocator, LocalOutbox
 from actors.telegram.updates import BUSY_NOTICE, GATE_NOTICE, language_of
 from config.models import Features, Plan, Quotas, Tier, TiersConfig
-from memory.dialogue import DialogueStore
+from memory.duckdb_store import DuckDBStore
 from memory.types import UsageRecord
 from tiers import Admission
 from tiers.payments import invoice_for, validate_pre_checkout
@@ -47,11 +47,11 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def store(tmp_path: Path, clock: Clock):
-    async with DialogueStore(tmp_path / "kith.duckdb", flush_interval_s=0.01, clock=clock) as s:
+    async with DuckDBStore(tmp_path / "kith.duckdb", flush_interval_s=0.01, clock=clock) as s:
         yield s
 
 
-async def spend(adm: Admission, store: DialogueStore, clock: Clock, alias: str, n: int, tokens: int = 100) -> None:
+async def spend(adm: Admission, store: DuckDBStore, clock: Clock, alias: str, n: int, tokens: int = 100) -> None:
     for _i in range(n):
         a = await adm.admit(ALICE, "private", ALICE, alias)
         assert a.allowed
@@ -61,7 +61,7 @@ async def spend(adm: Admission, store: DialogueStore, clock: Clock, alias: str, 
 
 
 @pytest.mark.anyio
-async def test_a_quota_refusal_is_in_the_current_language(store: DialogueStore, clock: Clock) -> None:
+async def test_a_quota_refusal_is_in_the_current_language(store: DuckDBStore, clock: Clock) -> None:
     adm = Admission(store, CFG, clock)
     await spend(adm, store, clock, "fast", 3)
     with i18n.use("ru"):
@@ -81,7 +81,7 @@ async def test_a_quota_refusal_is_in_the_current_language(store: DialogueStore, 
 
 
 @pytest.mark.anyio
-async def test_rate_feature_and_size_refusals_in_russian(store: DialogueStore, clock: Clock) -> None:
+async def test_rate_feature_and_size_refusals_in_russian(store: DuckDBStore, clock: Clock) -> None:
     adm = Admission(store, CFG, clock)
     for _i in range(2):
         assert (await adm.admit(GROUP, "group", ALICE, "recall")).allowed
@@ -109,7 +109,7 @@ async def _no_ids(chat_id: int) -> None:
 
 
 @pytest.mark.anyio
-async def test_billing_plans_and_usage_in_russian(store: DialogueStore, clock: Clock) -> None:
+async def test_billing_plans_and_usage_in_russian(store: DuckDBStore, clock: Clock) -> None:
     outbox = LocalOutbox(IdAllocator(_no_ids), clock=clock)
     adm = Admission(store, CFG, clock)
     actor = actor_for(adm, outbox)

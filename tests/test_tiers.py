@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from config.models import Features, Plan, Quotas, StorageLimits, Tier, TiersConfig
-from memory.dialogue import DialogueStore
+from memory.duckdb_store import DuckDBStore
 from memory.types import UsageRecord
 from tiers import Admission, Subscription, SubscriptionStore, TierError, effective_tier
 from tiers.errors import BadScope, UnknownTier
@@ -58,7 +58,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def store(tmp_path: Path, clock: Clock):
-    async with DialogueStore(tmp_path / "kith.duckdb", flush_interval_s=0.01, clock=clock) as s:
+    async with DuckDBStore(tmp_path / "kith.duckdb", flush_interval_s=0.01, clock=clock) as s:
         yield s
 
 
@@ -66,7 +66,7 @@ def usage(clock: Clock, chat_id: int, user_id: int, model: str, tokens: int = 10
     return UsageRecord(clock(), chat_id, user_id, "chat", model, tokens // 2, tokens - tokens // 2, cost, 5.0)
 
 
-async def turn(adm: Admission, store: DialogueStore, clock: Clock, chat_id: int, chat_type: str, user_id: int,
+async def turn(adm: Admission, store: DuckDBStore, clock: Clock, chat_id: int, chat_type: str, user_id: int,
                alias: str, tokens: int = 100):
     """What the chat actor does: admit, and when allowed 'call the LLM' and record the usage."""
     a = await adm.admit(chat_id, chat_type, user_id, alias)
@@ -125,7 +125,7 @@ def test_parse_target() -> None:
 
 
 @pytest.mark.anyio
-async def test_grant_revoke_list_and_they_persist(tmp_path: Path, store: DialogueStore, clock: Clock) -> None:
+async def test_grant_revoke_list_and_they_persist(tmp_path: Path, store: DuckDBStore, clock: Clock) -> None:
     subs = SubscriptionStore(store, CFG, clock)
     a = await subs.grant("user", ALICE, "premium", 30, "cli")
     assert (a.tier, a.expires_at, a.source, a.updated_at) == ("premium", T0 + timedelta(days=30), "cli", T0)
@@ -155,7 +155,7 @@ async def test_grant_revoke_list_and_they_persist(tmp_path: Path, store: Dialogu
 
 
 @pytest.mark.anyio
-async def test_extend_rules(store: DialogueStore, clock: Clock) -> None:
+async def test_extend_rules(store: DuckDBStore, clock: Clock) -> None:
     subs = SubscriptionStore(store, CFG, clock)
     # none → from now
     s = await subs.extend("user", ALICE, "premium", 30, "p1")
@@ -188,7 +188,7 @@ async def test_extend_rules(store: DialogueStore, clock: Clock) -> None:
 
 
 @pytest.mark.anyio
-async def test_quota_exhaustion_refuses_then_the_utc_day_turns(store: DialogueStore, clock: Clock) -> None:
+async def test_quota_exhaustion_refuses_then_the_utc_day_turns(store: DuckDBStore, clock: Clock) -> None:
     adm = Admission(store, CFG, clock)
     for _ in range(3):
         a = await turn(adm, store, clock, ALICE, "private", ALICE, "fast")
@@ -212,7 +212,7 @@ async def test_quota_exhaustion_refuses_then_the_utc_day_turns(store: DialogueSt
 
 
 @pytest.mark.anyio
-async def test_token_and_chat_quotas(store: DialogueStore, clock: Clock) -> None:
+async def test_token_and_chat_quotas(store: DuckDBStore, clock: Clock) -> None:
     adm = Admission(store, CFG, clock)
     # tokens: the call that crosses the limit is served, the next is refused
     assert (await turn(adm, store, clock, ALICE, "private", ALICE, "recall", tokens=9_000)).allowed
@@ -235,7 +235,7 @@ async def test_token_and_chat_quotas(store: DialogueStore, clock: Clock) -> None
 
 
 @pytest.mark.anyio
-async def test_model_choice_and_fallback(store: DialogueStore, clock: Clock) -> None:
+async def test_model_choice_and_fallback(store: DuckDBStore, clock: Clock) -> None:
     adm = Admission(store, CFG, clock)
     # free may not use smart: its first allowed model instead
     a = await adm.admit(ALICE, "private", ALICE, "smart")
@@ -261,14 +261,14 @@ async def test_model_choice_and_fallback(store: DialogueStore, clock: Clock) -> 
 @pytest.mark.anyio
 async def test_counters_survive_a_restart(tmp_path: Path, clock: Clock) -> None:
     db = tmp_path / "kith.duckdb"
-    async with DialogueStore(db, flush_interval_s=10, clock=clock) as store:  # rows still queued at close
+    async with DuckDBStore(db, flush_interval_s=10, clock=clock) as store:  # rows still queued at close
         adm = Admission(store, CFG, clock)
         for _ in range(2):
             assert (await turn(adm, store, clock, GROUP, "group", ALICE, "fast", tokens=50)).allowed
             clock.advance(seconds=30)
         # yesterday's usage must not count today
         store.record_usage(usage(Clock(T0 - timedelta(days=1)), GROUP, ALICE, "fast"))
-    async with DialogueStore(db, clock=clock) as store:
+    async with DuckDBStore(db, clock=clock) as store:
         adm = Admission(store, CFG, clock)
         await adm.open()
         today = adm.quotas.today(GROUP, ALICE)
@@ -279,7 +279,7 @@ async def test_counters_survive_a_restart(tmp_path: Path, clock: Clock) -> None:
 
 
 @pytest.mark.anyio
-async def test_member_rate_slows_a_flooder_without_blocking_others(store: DialogueStore, clock: Clock) -> None:
+async def test_member_rate_slows_a_flooder_without_blocking_others(store: DuckDBStore, clock: Clock) -> None:
     adm = Admission(store, CFG, clock)  # free: 2 answers per member per minute in groups
     assert (await adm.admit(GROUP, "group", ALICE, "recall")).allowed
     clock.advance(seconds=10)
@@ -312,7 +312,7 @@ def test_rate_limiter_unit() -> None:
 
 
 @pytest.mark.anyio
-async def test_quota_tracker_needs_load_and_ignores_records_before_it(store: DialogueStore, clock: Clock) -> None:
+async def test_quota_tracker_needs_load_and_ignores_records_before_it(store: DuckDBStore, clock: Clock) -> None:
     q = QuotaTracker(store, CFG, clock)
     with pytest.raises(TierError):
         q.check("free", 1, 1, "fast")
@@ -325,7 +325,7 @@ async def test_quota_tracker_needs_load_and_ignores_records_before_it(store: Dia
 
 
 @pytest.mark.anyio
-async def test_profile_features_storage(store: DialogueStore, clock: Clock) -> None:
+async def test_profile_features_storage(store: DuckDBStore, clock: Clock) -> None:
     adm = Admission(store, CFG, clock)
     await adm.subs.grant("chat", GROUP, "premium", 7, "cli")
     await turn(adm, store, clock, GROUP, "group", ALICE, "smart")

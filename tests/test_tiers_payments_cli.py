@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from config.models import Plan, Tier, TiersConfig
-from memory.dialogue import DialogueStore
+from memory.duckdb_store import DuckDBStore
 from memory.types import UsageRecord
 from tiers import PaymentError, SubscriptionStore
 from tiers.cli import grant, list_subs, parse_since, print_tiers, revoke, usage_report
@@ -47,7 +47,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def store(tmp_path: Path, clock: Clock):
-    async with DialogueStore(tmp_path / "kith.duckdb", flush_interval_s=0.01, clock=clock) as s:
+    async with DuckDBStore(tmp_path / "kith.duckdb", flush_interval_s=0.01, clock=clock) as s:
         yield s
 
 
@@ -98,7 +98,7 @@ def test_pre_checkout_validation() -> None:
 
 
 @pytest.mark.anyio
-async def test_successful_payment_extends_from_the_current_expiry_once_per_charge(store: DialogueStore, clock: Clock) -> None:
+async def test_successful_payment_extends_from_the_current_expiry_once_per_charge(store: DuckDBStore, clock: Clock) -> None:
     subs = SubscriptionStore(store, CFG, clock)
     await subs.grant("user", 42, "premium", 10, "cli")
     clock.advance(days=2)
@@ -123,7 +123,7 @@ async def test_successful_payment_extends_from_the_current_expiry_once_per_charg
 
 
 @pytest.mark.anyio
-async def test_payment_for_a_chat_and_for_an_unknown_plan(store: DialogueStore, clock: Clock) -> None:
+async def test_payment_for_a_chat_and_for_an_unknown_plan(store: DuckDBStore, clock: Clock) -> None:
     subs = SubscriptionStore(store, CFG, clock)
     payload = make_payload("month", "chat", -100123)
     s = await apply_successful_payment(subs, store, "ch-g", payload, 250, "XTR", 7, -100123)
@@ -140,7 +140,7 @@ async def test_payment_for_a_chat_and_for_an_unknown_plan(store: DialogueStore, 
 
 
 @pytest.mark.anyio
-async def test_admission_sees_a_payment_at_once(store: DialogueStore, clock: Clock) -> None:
+async def test_admission_sees_a_payment_at_once(store: DuckDBStore, clock: Clock) -> None:
     from tiers import Admission
 
     adm = Admission(store, CFG, clock)
@@ -166,7 +166,7 @@ def test_print_tiers_shows_limits_and_plans() -> None:
 
 
 @pytest.mark.anyio
-async def test_cli_grant_revoke_list(store: DialogueStore, clock: Clock) -> None:
+async def test_cli_grant_revoke_list(store: DuckDBStore, clock: Clock) -> None:
     con, buf = console()
     s = await grant(store, CFG, "user:42", "premium", 30, con, clock=clock)
     assert s.expires_at == T0 + timedelta(days=30) and "user:42: premium until 2025-04-13 12:00 UTC" in buf.getvalue()
@@ -200,7 +200,7 @@ def _rec(ts: datetime, chat: int, user: int, model: str, p: int, c: int, cost: f
 
 
 @pytest.mark.anyio
-async def test_usage_report_totals_match_the_rows_and_unknown_prices_stay_unknown(store: DialogueStore) -> None:
+async def test_usage_report_totals_match_the_rows_and_unknown_prices_stay_unknown(store: DuckDBStore) -> None:
     day1, day2 = T0, T0 + timedelta(days=1)
     recs = [
         _rec(day1, 1, 1, "fast", 100, 20, 0.001),

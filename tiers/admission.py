@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 import i18n
 from config.models import Features, Quotas, StorageLimits, Tier, TiersConfig
 from i18n import N_, _, ngettext
-from memory.dialogue import DialogueStore
+from memory.store import DialogueStore
 from memory.types import UsageRecord
 
 from .errors import UnknownTier

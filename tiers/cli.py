@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from memory.dialogue import DialogueStore
+    from memory.store import DialogueStore
 
 import i18n
 from config.models import UNLIMITED, TiersConfig

@@ -19,6 +19,7 @@ Payload: ``kith:plan:<plan>:<scope>:<id>`` (≤ 128 bytes, Telegram's limit), e.
 from __future__ import annotations
 
 import logging
+import dataclasses
 from dataclasses import dataclass
 
 import anyio
@@ -27,8 +28,8 @@ from config.models import Plan, TiersConfig
 import i18n
 from i18n import _, ngettext
 from config.secrets import payment_provider_token
-from memory.dialogue import DialogueStore
-from memory.schema import from_us, to_us
+from memory.store import DialogueStore
+from memory.types import PaymentRecord
 
 from .errors import PaymentError
 from .subscriptions import SCOPES, Subscription, SubscriptionStore
@@ -178,13 +179,9 @@ async def apply_successful_payment(
 async def _apply(subs: SubscriptionStore, store: DialogueStore, charge_id: str, payload: str, amount: int,
                  currency: str, user_id: int, chat_id: int, name: str, scope: str, scope_id: int,
                  plan: Plan | None) -> Subscription | None:
-    inserted = await store.execute(
-        """INSERT INTO payments (charge_id, user_id, chat_id, plan, tier, days, amount, currency, scope, scope_id, paid_at)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, make_timestamp(?) AT TIME ZONE 'UTC')
-        ON CONFLICT (charge_id) DO NOTHING RETURNING charge_id""",
-        [charge_id, user_id, chat_id, name, plan.tier if plan else "", plan.days if plan else 0,
-         int(amount), (currency or "").upper(), scope, scope_id, to_us(subs.clock())],
-    )
+    inserted = await store.add_payment(PaymentRecord(
+        charge_id, user_id, chat_id, name, plan.tier if plan else "", plan.days if plan else 0,
+        int(amount), (currency or "").upper(), scope, scope_id, subs.clock()))
     if not inserted:
         log.info("payment %s already applied; ignoring the re-delivery", charge_id)
         return await subs.get(scope, scope_id) if plan else None
@@ -196,18 +193,10 @@ async def _apply(subs: SubscriptionStore, store: DialogueStore, charge_id: str, 
         return await subs.extend(scope, scope_id, plan.tier, plan.days, f"payment:{charge_id}")
     except Exception:
         # Not applied: forget the payment so that a re-delivery applies it.
-        await store.execute("DELETE FROM payments WHERE charge_id = ?", [charge_id])
+        await store.delete_payment(charge_id)
         raise
 
 
 async def payments(store: DialogueStore, *, user_id: int | None = None) -> list[dict]:
     """Recorded payments (all, or by one payer), newest first, as dicts (for the CLI and /billing)."""
-    sql = ("SELECT charge_id, user_id, chat_id, plan, tier, days, amount, currency, scope, scope_id, epoch_us(paid_at)"
-           " FROM payments")
-    params: list = []
-    if user_id is not None:
-        sql += " WHERE user_id = ?"
-        params.append(user_id)
-    rows = await store.execute(sql + " ORDER BY paid_at DESC, charge_id", params)
-    keys = ("charge_id", "user_id", "chat_id", "plan", "tier", "days", "amount", "currency", "scope", "scope_id")
-    return [{**dict(zip(keys, r[:10])), "paid_at": from_us(r[10])} for r in rows]
+    return [dataclasses.asdict(p) for p in await store.payments(user_id=user_id)]

@@ -27,8 +27,7 @@ from datetime import UTC, date, datetime, time, timedelta
 import anyio
 
 from config.models import UNLIMITED, Quotas, TiersConfig
-from memory.dialogue import DialogueStore
-from memory.schema import to_us
+from memory.store import DialogueStore
 
 from .errors import TierError, UnknownTier
 
@@ -134,17 +133,10 @@ class QuotaTracker:
                 return
             now = self.clock()
             start = datetime.combine(_day(now), time(0), tzinfo=UTC)
-            rows = await self.store.execute(
-                "SELECT chat_id, user_id, model, kind, count(*), sum(prompt_tokens + completion_tokens),"
-                " sum(coalesce(images, 0)), sum(coalesce(seconds, 0)) FROM usage"
-                " WHERE ts >= make_timestamp(?) AT TIME ZONE 'UTC' AND ts < make_timestamp(?) AT TIME ZONE 'UTC'"
-                " GROUP BY ALL",
-                [to_us(start), to_us(start + timedelta(days=1))],
-            )
+            rows = await self.store.usage_counts(start, start + timedelta(days=1))
             self._reset(_day(now))
-            for chat_id, user_id, model, kind, n, tokens, images, seconds in rows:
-                self._add(chat_id, user_id, model, int(n), int(tokens or 0), kind=kind, images=int(images or 0),
-                          seconds=float(seconds or 0))
+            for r in rows:
+                self._add(r.chat_id, r.user_id, r.model, r.calls, r.tokens, kind=r.kind, images=r.images, seconds=r.seconds)
             self._loaded = True
 
     def record(self, chat_id: int, user_id: int, alias: str, tokens: int, *, kind: str = "chat", images: int = 0,

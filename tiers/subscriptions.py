@@ -3,10 +3,10 @@
 One row per ``(scope, scope_id)``: ``scope`` is ``"user"`` (a Telegram user id) or ``"chat"`` (a chat
 id; everyone in that chat gets the tier there). ``expires_at`` None = never expires.
 
-``SubscriptionStore`` keeps every row in memory after the first read: one process owns the database
-file (DuckDB's lock), so every change goes through this object and the cache cannot go stale; the
-hot path (``get`` from ``Admission.admit``) therefore never touches the database — which matters,
-because a store query first commits the dialogue store's queued writes.
+``SubscriptionStore`` keeps every row in memory after the first read (the store's ``subscriptions``):
+one bot process owns the dialogue store and every change goes through this object (``kith sub`` goes
+through the running bot), so the cache cannot go stale, and the hot path (``get`` from
+``Admission.admit``) never waits for the database.
 """
 from __future__ import annotations
 
@@ -20,15 +20,15 @@ from datetime import UTC, datetime, timedelta
 import anyio
 
 if TYPE_CHECKING:
-    from memory.dialogue import DialogueStore
+    from memory.store import DialogueStore
 
 from config.models import TiersConfig
 from memory.schema import from_us, to_us
+from memory.types import SubscriptionRecord
 
 from .errors import BadScope, TierError, UnknownTier
 
 SCOPES = ("user", "chat")
-_TS = "make_timestamp(?) AT TIME ZONE 'UTC'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +170,7 @@ class SubscriptionStore:
         _check_scope(scope, scope_id)
         async with self._lock:
             cache = await self._cached()
-            await self.store.execute("DELETE FROM subscriptions WHERE scope = ? AND scope_id = ?", [scope, scope_id])
+            await self.store.delete_subscription(scope, scope_id)
             return cache.pop((scope, scope_id), None) is not None
 
     # ------------------------------------------------------------ plumbing
@@ -188,23 +188,15 @@ class SubscriptionStore:
     async def _cached(self) -> dict[tuple[str, int], Subscription]:
         """The cache, loading it if needed (call with ``_lock`` held)."""
         if self._cache is None:
-            rows = await self.store.execute(
-                "SELECT scope, scope_id, tier, epoch_us(expires_at), source, epoch_us(updated_at) FROM subscriptions"
-            )
-            self._cache = {(r[0], r[1]): _row(r) for r in rows}
+            self._cache = {(r.scope, r.scope_id): Subscription(r.scope, r.scope_id, r.tier, r.expires_at, r.source, r.updated_at)
+                           for r in await self.store.subscriptions()}
         return self._cache
 
     async def _put(self, sub: Subscription) -> Subscription:
         """Upsert ``sub`` (call with ``_lock`` held); the database first, then the cache."""
         cache = await self._cached()
-        await self.store.execute(
-            f"""INSERT INTO subscriptions (scope, scope_id, tier, expires_at, source, updated_at)
-            VALUES (?, ?, ?, {_TS}, ?, {_TS})
-            ON CONFLICT (scope, scope_id) DO UPDATE SET tier = excluded.tier, expires_at = excluded.expires_at,
-                source = excluded.source, updated_at = excluded.updated_at""",
-            [sub.scope, sub.scope_id, sub.tier, None if sub.expires_at is None else to_us(sub.expires_at),
-             sub.source, to_us(sub.updated_at)],
-        )
+        await self.store.put_subscription(
+            SubscriptionRecord(sub.scope, sub.scope_id, sub.tier, sub.expires_at, sub.source, sub.updated_at))
         # Keep exactly what the database holds (microsecond precision).
         stored = Subscription(
             sub.scope, sub.scope_id, sub.tier,
@@ -214,6 +206,3 @@ class SubscriptionStore:
         cache[(sub.scope, sub.scope_id)] = stored
         return stored
 
-
-def _row(r: tuple) -> Subscription:
-    return Subscription(r[0], int(r[1]), r[2], None if r[3] is None else from_us(r[3]), r[4], from_us(r[5]))

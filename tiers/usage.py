@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING
 from datetime import datetime
 from typing import Any
 
-from memory.schema import to_us
 
 if TYPE_CHECKING:
-    from memory.dialogue import DialogueStore
+    from memory.store import DialogueStore
 
 from .errors import TierError
 
@@ -48,19 +47,11 @@ async def usage_summary(store: DialogueStore, *, by: str = "model", since: datet
     ``unpriced_requests`` counts the calls of models with no known price. raises TierError (bad ``by``)."""
     if by not in BY:
         raise TierError(f"--by must be one of {', '.join(BY)}, not {by!r}")
-    where, params = "", []
-    if since is not None:
-        where, params = " WHERE ts >= make_timestamp(?) AT TIME ZONE 'UTC'", [to_us(since)]
-    rows = await store.execute(
-        f"SELECT {_KEY_SQL[by]} AS k, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
-        f" coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL), coalesce(sum(seconds), 0),"
-        f" coalesce(sum(images), 0), coalesce(sum(pages), 0) FROM usage{where} GROUP BY k ORDER BY k",
-        params,
-    )
-    groups = [_group(str(k), int(n), int(p), int(c), float(usd), int(u), float(sec), int(img), int(pg))
-              for k, n, p, c, usd, u, sec, img, pg in rows]
+    rows = await store.usage_totals(by, since=since)
+    groups = [_group(r.key, r.requests, r.prompt_tokens, r.completion_tokens, r.cost_usd, r.unpriced, r.seconds,
+                     r.images, r.pages) for r in rows]
     total = _group("total", sum(g["requests"] for g in groups), sum(g["prompt_tokens"] for g in groups),
-                   sum(g["completion_tokens"] for g in groups), sum(float(r[4]) for r in rows),
+                   sum(g["completion_tokens"] for g in groups), sum(r.cost_usd for r in rows),
                    sum(g["unpriced_requests"] for g in groups), sum(g["seconds"] for g in groups),
                    sum(g["images"] for g in groups), sum(g["pages"] for g in groups))
     return {"by": by, "since": since.isoformat() if since else None, "rows": groups, "total": total}

@@ -1,31 +1,20 @@
-"""The dialogue store: every message, chat, user, usage record and recall, in one DuckDB file.
+"""The DuckDB dialogue store: every message, chat, user, usage record, recall, subscription and
+payment of a bot, in one DuckDB file (the default ``DialogueStore``; the contract is in ``memory.store``).
 
 One process owns the file (DuckDB takes an exclusive lock; a second process gets ``StoreLocked``).
 The store holds one connection; every DuckDB call runs in a worker thread behind a
 ``CapacityLimiter(1)``, never on the event loop.
 
-Writes of the hot path (``add``, ``add_many``, ``record_usage``, ``record_recall``) only enqueue (no
-``await``); a single writer task commits the queue in batches: it waits up to ``flush_interval_s``
-after the first queued row, or until ``flush_rows`` rows are queued, or until someone calls
-``flush()``, then inserts everything queued in one transaction (one pyarrow table per table, one
-``INSERT … SELECT`` each). A commit costs milliseconds; one per message would cap throughput.
+Hot-path writes go through the write-behind queue (``memory.write_behind``); its commit function
+here inserts everything queued in one transaction (one pyarrow table per table, one
+``INSERT … SELECT`` each), and retries a failing batch row by row: rows that can never be stored
+(e.g. a lone UTF-16 surrogate in ``text``, an id beyond 64 bits) are logged at ERROR and counted in
+``dropped_rows``. Rows still unwritable at shutdown are dumped next to the database as
+``<file>.unsaved-<utc>.jsonl`` (messages, importable with ``kith import``) and
+``<file>.unsaved-<utc>.other.jsonl`` (chats, usage and recalls).
 
-Guarantees:
-- Idempotent messages: ``(chat_id, message_id)`` is the key; the first write wins (a re-delivered
-  update, or a duplicate inside one batch, is stored once).
-- Read-your-writes: every read that may depend on queued rows flushes first.
-- No queued row is lost silently: a batch that fails on bad data is retried row by row; rows that can
-  never be stored (e.g. a lone UTF-16 surrogate in ``text``, an id beyond 64 bits) are logged at ERROR
-  and counted in ``dropped_rows``. When the database itself fails (I/O, disk full), rows stay queued
-  and are retried with backoff; ``flush()`` raises ``MemoryStoreError`` meanwhile; if they still cannot
-  be written at shutdown they are dumped next to the database as ``<file>.unsaved-<utc>.jsonl``
-  (messages, in the transcript format of DESIGN §9, importable with ``kith import``) and
-  ``<file>.unsaved-<utc>.other.jsonl`` (usage and recalls).
-- Timestamps are stored as ``TIMESTAMPTZ`` and returned as tz-aware UTC ``datetime``; a naive
-  ``datetime`` given to the store is taken as UTC.
-
-Awaited writes (``set_chat_settings``, ``set_user_settings``, ``delete_messages``) commit before they
-return; ``upsert_chat`` is queued with the hot-path writes (it only names the chat).
+Timestamps are stored as ``TIMESTAMPTZ`` and returned as tz-aware UTC ``datetime``; a naive
+``datetime`` given to the store is taken as UTC.
 
 A directory of the small tables lives in memory, loaded at open and kept by every write (this process
 is the file's only writer): chat rows and settings, the non-empty user settings, and the set of chats
@@ -35,21 +24,17 @@ that chat's queued rows, not for everyone's. ``add`` and friends must be called 
 
 Usage::
 
-    async with DialogueStore(Path("data/kith.duckdb")) as store:
+    async with DuckDBStore(Path("data/kith.duckdb")) as store:
         store.add(msg)
         window = await store.recent(msg.chat_id, 20)
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,7 +45,22 @@ import pyarrow as pa
 
 from .errors import DiskFull, MemoryStoreError, StoreLocked, is_disk_full
 from .schema import from_us, migrate, to_us
-from .types import DOC_ID_BASE, MIGRATION_SHIFT, DocumentChunk, DocumentInfo, MemoryHit, StoredMessage, UsageRecord
+from .types import (
+    DOC_ID_BASE,
+    MIGRATION_SHIFT,
+    USAGE_GROUPINGS,
+    ChatInfo,
+    DocumentChunk,
+    DocumentInfo,
+    MemoryHit,
+    PaymentRecord,
+    StoredMessage,
+    SubscriptionRecord,
+    UsageCount,
+    UsageRecord,
+    UsageTotal,
+)
+from .write_behind import Batch, WriteBehind, save_unsaved
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,15 @@ _SYSTEMIC: tuple[type[BaseException], ...] = (
     MemoryError,
 )
 
+_USAGE_KEY = {  # usage_totals: the SQL of each grouping key
+    "kind": "kind",
+    "user": "user_id::VARCHAR",
+    "chat": "chat_id::VARCHAR",
+    "model": "model",
+    "day": "strftime(ts AT TIME ZONE 'UTC', '%Y-%m-%d')",
+}
 _MSG_COLS = "chat_id, message_id, user_id, user_name, text, epoch_us(date), role, reply_to, thread_id"
 _TS = "make_timestamp({}) AT TIME ZONE 'UTC'"  # BIGINT µs since epoch (UTC) -> TIMESTAMPTZ
-_MAX_BACKOFF_S = 5.0
 
 # Files open in this process: DuckDB would silently share one database between two connects of the
 # same path in one process, so the one-owner rule is enforced here too.
@@ -90,41 +96,9 @@ def _row_to_msg(r: tuple) -> StoredMessage:
     return StoredMessage(r[0], r[1], r[2], r[3], r[4], from_us(r[5]), r[6], r[7], r[8])
 
 
-@dataclass(frozen=True, slots=True)
-class ChatInfo:
-    """A chat known to the store. type: ``private|group|supergroup|channel|unknown`` (``unknown`` when
-    messages exist but ``upsert_chat`` was never called). messages: stored message count.
-    first_date/last_date: tz-aware UTC dates of the oldest/newest stored message, None if none."""
-
-    chat_id: int
-    type: str
-    title: str | None
-    messages: int
-    first_date: datetime | None
-    last_date: datetime | None
-
-
-@dataclass(eq=False)
-class _Batch:
-    messages: list[StoredMessage]
-    usage: list[UsageRecord]
-    recalls: list[tuple[int, int, int, float]]
-    chats: list[tuple[int, str, str | None, int]]  # (chat_id, type, title, created_at µs)
-    upto: int  # sequence number of the last enqueued row in this batch
-
-    def __len__(self) -> int:
-        return len(self.messages) + len(self.usage) + len(self.recalls) + len(self.chats)
-
-
-@dataclass(eq=False)
-class _Waiter:
-    target: int
-    done: anyio.Event = field(default_factory=anyio.Event)
-    error: BaseException | None = None
-
-
-class DialogueStore:
-    """Async front of the DuckDB dialogue store (see the module docstring for the guarantees).
+class DuckDBStore:
+    """The ``DialogueStore`` in one DuckDB file (see ``memory.store`` for the contract and the
+    module docstring for how this implementation keeps it).
 
     path: the DuckDB file (parent directories are created). flush_interval_s: how long the writer
     lets rows accumulate after the first one before committing. flush_rows: commit at once when this
@@ -145,58 +119,40 @@ class DialogueStore:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.path = Path(path)
-        self.flush_interval_s = flush_interval_s
-        self.flush_rows = max(1, flush_rows)
         self._clock = clock
         self._con: duckdb.DuckDBPyConnection | None = None
         self._key = ""
         self._limiter = anyio.CapacityLimiter(1)
         self._tg: anyio.abc.TaskGroup | None = None
         self._open = False
-        self._closing = False
-        self._q_messages: list[StoredMessage] = []
-        self._q_usage: list[UsageRecord] = []
-        self._q_recalls: list[tuple[int, int, int, float]] = []
-        self._q_chats: list[tuple[int, str, str | None, int]] = []
+        self._queue = WriteBehind(
+            self._commit, describe_error=self._describe_error, save_unsaved=self._dump_unsaved,
+            flush_interval_s=flush_interval_s, flush_rows=flush_rows)
         # the directory (see the module docstring): chat_id -> (type, title, settings JSON text);
-        # user_id -> settings JSON text (non-empty only); chats with stored or queued messages;
-        # chat_id -> sequence number of its newest queued message (until committed)
+        # user_id -> settings JSON text (non-empty only); chats with stored or queued messages
         self._chat_rows: dict[int, tuple[str, str | None, str]] = {}
         self._user_rows: dict[int, str] = {}
         self._chats_with_messages: set[int] = set()
         self._chats_with_documents: set[int] = set()
-        self._queued_for_chat: dict[int, int] = {}
-        self._seq = 0  # rows enqueued so far
-        self._done_seq = 0  # every row up to this one is committed (or dropped as unstorable)
-        self._enqueue_times: deque[tuple[int, float]] = deque()  # (seq, monotonic s) of each enqueue not committed yet
-        self._waiters: list[_Waiter] = []
-        self._wakeup = anyio.Event()  # something was enqueued, or closing
-        self._hurry = anyio.Event()  # commit now: flush requested, flush_rows reached, or closing
-        self._writer_done = anyio.Event()
-        self._write_error: BaseException | None = None
         self.schema_version: int | None = None
-        self.disk_full: DiskFull | None = None  # set while commits fail for lack of space
         self.commits = 0
         self.rows_written = 0
         self.dropped_rows = 0
 
     # ------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> DialogueStore:
+    async def __aenter__(self) -> DuckDBStore:
         await anyio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
         self._open = True
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._tg.start_soon(self._writer, name="dialogue-writer")
+        self._queue.start(self._tg)
         return self
 
     async def __aexit__(self, *exc) -> bool | None:
-        self._closing = True
-        self._wakeup.set()
-        self._hurry.set()
         assert self._tg is not None
         with anyio.CancelScope(shield=True):
-            await self._writer_done.wait()
+            await self._queue.aclose()
             self._open = False
             if self._con is not None:
                 try:
@@ -259,19 +215,12 @@ class DialogueStore:
 
     def add_many(self, msgs: Iterable[StoredMessage]) -> None:
         """Queue many messages (see ``add``)."""
-        self._check_writable()
-        batch = list(msgs)
-        self._q_messages.extend(batch)
-        self._enqueued(len(batch))
-        for m in batch:
+        for m in self._queue.put_messages(msgs):
             self._chats_with_messages.add(m.chat_id)
-            self._queued_for_chat[m.chat_id] = self._seq
 
     def record_usage(self, rec: UsageRecord) -> None:
         """Queue one usage record (one billed call)."""
-        self._check_writable()
-        self._q_usage.append(rec)
-        self._enqueued(1)
+        self._queue.put_usage(rec)
 
     def record_recall(self, chat_id: int, reply_message_id: int, hits: Sequence[MemoryHit]) -> None:
         """Queue which memories were injected into the reply ``reply_message_id`` of ``chat_id``, with
@@ -279,20 +228,40 @@ class DialogueStore:
 
         raises ValueError when a hit belongs to another chat (memory never crosses chats, DESIGN §5).
         """
-        self._check_writable()
+        self._queue.check_writable()
         rows = []
         for h in hits:
             if h.chat_id != chat_id:
                 raise ValueError(f"recall for chat {chat_id} contains a memory of chat {h.chat_id}")
             rows.append((chat_id, reply_message_id, h.message_id, float(h.score)))
-        self._q_recalls.extend(rows)
-        self._enqueued(len(rows))
+        self._queue.put_recalls(rows)
 
-    def _check_writable(self) -> None:
-        if not self._open or self._closing:
-            raise MemoryStoreError("the dialogue store is not open")
-        if self.disk_full is not None:
-            raise self.disk_full
+    @property
+    def disk_full(self) -> DiskFull | None:
+        """Set while commits fail for lack of space (intake raises it); None otherwise."""
+        return self._queue.blocked
+
+    @property
+    def writer_lag_s(self) -> float:
+        """Seconds the oldest row not yet committed has waited (0 when everything is committed)."""
+        return self._queue.writer_lag_s
+
+    @property
+    def pending(self) -> int:
+        """Rows queued and not yet handed to the database."""
+        return self._queue.pending
+
+    async def flush(self) -> None:
+        """Return when every row enqueued before the call is committed.
+
+        raises MemoryStoreError when the database fails to write (the rows stay queued and are retried).
+        """
+        await self._queue.flush()
+
+    def _describe_error(self, exc: BaseException, queued: int) -> MemoryStoreError:
+        if is_disk_full(exc):
+            return self._disk_full(exc, queued)
+        return MemoryStoreError(f"dialogue store cannot write ({queued} rows kept queued for a retry): {exc}")
 
     def _disk_full(self, exc: BaseException, queued: int) -> DiskFull:
         """The DiskFull for a write of ``queued`` rows that failed with ``exc`` (the disk is full)."""
@@ -310,141 +279,12 @@ class DialogueStore:
         except OSError:
             return 0
 
-    def _enqueued(self, n: int) -> None:
-        if n <= 0:
-            return
-        self._seq += n
-        self._enqueue_times.append((self._seq, time.monotonic()))
-        self._wakeup.set()
-        if self.pending >= self.flush_rows:
-            self._hurry.set()
+    # ------------------------------------------------------------ the queue's commit function
 
-    @property
-    def writer_lag_s(self) -> float:
-        """Seconds the oldest row not yet committed has waited (0 when everything is committed)."""
-        return time.monotonic() - self._enqueue_times[0][1] if self._enqueue_times else 0.0
+    async def _commit(self, batch: Batch) -> None:
+        await anyio.to_thread.run_sync(self._write_sync, batch, limiter=self._limiter)
 
-    @property
-    def pending(self) -> int:
-        """Rows queued and not yet handed to the database."""
-        return len(self._q_messages) + len(self._q_usage) + len(self._q_recalls) + len(self._q_chats)
-
-    # ------------------------------------------------------------ writer
-
-    async def flush(self) -> None:
-        """Return when every row enqueued before the call is committed.
-
-        raises MemoryStoreError when the database fails to write (the rows stay queued and are retried).
-        """
-        target = self._seq
-        if self._done_seq >= target:
-            return
-        if not self._open and self._writer_done.is_set():
-            raise MemoryStoreError("the dialogue store is closed with rows unsaved")
-        waiter = _Waiter(target)
-        self._waiters.append(waiter)
-        self._hurry.set()
-        self._wakeup.set()
-        await waiter.done.wait()
-        if waiter.error is not None:
-            raise waiter.error
-
-    async def _sync(self) -> None:
-        """Read-your-writes: flush if anything is queued or being committed."""
-        if self._seq > self._done_seq:
-            await self.flush()
-
-    async def _sync_chat(self, chat_id: int) -> None:
-        """Read-your-writes for one chat's messages: flush only if that chat has rows queued or being
-        committed (other chats' queued rows cannot change this chat's reads)."""
-        if self._queued_for_chat.get(chat_id, 0) > self._done_seq:
-            await self.flush()
-
-    async def _writer(self) -> None:
-        # Shielded: an outside cancellation must not drop queued rows; __aexit__ stops the writer.
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._writer_loop()
-            finally:
-                self._writer_done.set()
-                waiters, self._waiters = self._waiters, []
-                for w in waiters:  # only left when shutdown could not write everything
-                    w.error = MemoryStoreError("the dialogue store closed with rows it could not write")
-                    w.done.set()
-
-    async def _writer_loop(self) -> None:
-        backoff = 0.0
-        while True:
-            if not self.pending:
-                if self._closing:
-                    return
-                await self._wakeup.wait()
-                self._wakeup = anyio.Event()
-                continue
-            if backoff:
-                with anyio.move_on_after(backoff):
-                    while not self._closing:  # sleep, but wake for shutdown
-                        await self._wakeup.wait()
-                        self._wakeup = anyio.Event()
-            elif not self._hurry.is_set() and self.flush_interval_s > 0:
-                with anyio.move_on_after(self.flush_interval_s):
-                    await self._hurry.wait()
-            self._hurry = anyio.Event()
-            ok = await self._commit_pending()
-            if ok:
-                backoff = 0.0
-            elif self._closing:
-                await anyio.to_thread.run_sync(self._dump_unsaved)
-                return
-            else:
-                backoff = min(_MAX_BACKOFF_S, max(0.1, backoff * 2))
-
-    async def _commit_pending(self) -> bool:
-        batch = _Batch(self._q_messages, self._q_usage, self._q_recalls, self._q_chats, self._seq)
-        committed = batch.messages
-        self._q_messages, self._q_usage, self._q_recalls, self._q_chats = [], [], [], []
-        try:
-            await anyio.to_thread.run_sync(self._write_sync, batch, limiter=self._limiter)
-        except Exception as exc:  # noqa: BLE001 - systemic: keep what is left of the batch queued
-            self._q_messages[:0] = batch.messages
-            self._q_usage[:0] = batch.usage
-            self._q_recalls[:0] = batch.recalls
-            self._q_chats[:0] = batch.chats
-            self._write_error = exc
-            err: MemoryStoreError
-            if is_disk_full(exc):
-                first = self.disk_full is None
-                err = self.disk_full = self._disk_full(exc, self.pending)
-                if first:
-                    log.error("dialogue store: %s", err)
-            else:
-                log.error("dialogue store: writing %d rows failed, kept queued for retry: %s", len(batch), exc)
-                err = MemoryStoreError(f"dialogue store cannot write ({len(batch)} rows kept queued for a retry): {exc}")
-            waiters, self._waiters = self._waiters, []
-            for w in waiters:
-                w.error = err
-                w.done.set()
-            return False
-        self._write_error = None
-        if self.disk_full is not None:
-            log.info("dialogue store: writing again (space was freed)")
-            self.disk_full = None
-        self._done_seq = batch.upto
-        while self._enqueue_times and self._enqueue_times[0][0] <= self._done_seq:
-            self._enqueue_times.popleft()
-        for chat_id in {m.chat_id for m in committed}:
-            if self._queued_for_chat.get(chat_id, 0) <= self._done_seq:
-                self._queued_for_chat.pop(chat_id, None)
-        still = []
-        for w in self._waiters:
-            if w.target <= self._done_seq:
-                w.done.set()
-            else:
-                still.append(w)
-        self._waiters = still
-        return True
-
-    def _write_sync(self, batch: _Batch) -> None:
+    def _write_sync(self, batch: Batch) -> None:
         """Worker thread: commit ``batch`` in one transaction, else row by row. Systemic errors raise
         with ``batch`` trimmed to the rows not yet written."""
         con = self._conn()
@@ -474,7 +314,7 @@ class DialogueStore:
             return
         self.commits += 1
         self.rows_written += len(batch)
-        batch.messages, batch.usage, batch.recalls, batch.chats = [], [], [], []
+        batch.clear()
 
     @staticmethod
     def _insert_arrow(con, table: str, tbl: pa.Table) -> None:
@@ -485,7 +325,7 @@ class DialogueStore:
         finally:
             con.unregister(name)
 
-    def _write_rows_sync(self, con, batch: _Batch) -> None:
+    def _write_rows_sync(self, con, batch: Batch) -> None:
         for attr, sql, params in (
             ("messages", _INSERT_ROW["messages"], _message_params),
             ("usage", _INSERT_ROW["usage"], _usage_params),
@@ -510,36 +350,13 @@ class DialogueStore:
             finally:
                 setattr(batch, attr, rows[i:])
 
-    def _dump_unsaved(self) -> None:
-        """Shutdown with a failing database: write the queued rows next to the database file."""
-        if not self.pending:
+    def _dump_unsaved(self, batch: Batch) -> None:
+        """Shutdown with a failing database: write the rows left next to the database file."""
+        if not len(batch):
             return
         stamp = self._clock().astimezone(UTC).strftime("%Y%m%dT%H%M%S")
         base = self.path.with_name(f"{self.path.name}.unsaved-{stamp}")
-        written: list[str] = []
-        try:
-            if self._q_messages:
-                written.append(f"{base}.jsonl")
-                with open(f"{base}.jsonl", "a", encoding="utf-8") as f:
-                    for m in self._q_messages:
-                        f.write(json.dumps(_message_json(m)) + "\n")
-            if self._q_usage or self._q_recalls or self._q_chats:
-                written.append(f"{base}.other.jsonl")
-                with open(f"{base}.other.jsonl", "a", encoding="utf-8") as f:
-                    for c in self._q_chats:
-                        f.write(json.dumps({"record": "chat", "chat_id": c[0], "type": c[1], "title": c[2]}) + "\n")
-                    for u in self._q_usage:
-                        f.write(json.dumps({"record": "usage", **_usage_json(u)}) + "\n")
-                    for r in self._q_recalls:
-                        f.write(json.dumps({"record": "recall", "chat_id": r[0], "reply_message_id": r[1],
-                                            "memory_message_id": r[2], "score": r[3]}) + "\n")
-            log.critical("dialogue store: %d unsaved rows written to %s.*jsonl", self.pending, base)
-        except Exception as exc:  # noqa: BLE001
-            for name in written:  # no half-written dump that looks like a backup
-                with contextlib.suppress(OSError):
-                    os.unlink(name)
-            log.critical("dialogue store: %d rows not stored (%d messages), and they cannot be written to %s.*jsonl "
-                         "either: %s", self.pending, len(self._q_messages), base, exc)
+        save_unsaved(batch, base)
 
     # ------------------------------------------------------------ plumbing
 
@@ -564,14 +381,6 @@ class DialogueStore:
 
         return await self._run(run)
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        """Run one SQL statement on the store's connection, after committing the queued writes, and
-        return its rows. For modules that keep their own tables in this file (``tiers``: subscriptions,
-        payments). Timestamps go in as ``make_timestamp(µs) AT TIME ZONE 'UTC'`` and come out with
-        ``epoch_us(col)`` (see ``to_us``/``from_us``). Each call is its own transaction."""
-        await self._sync()
-        return await self._query(sql, params)
-
     # ------------------------------------------------------------ messages: reads
 
     async def recent(
@@ -583,7 +392,7 @@ class DialogueStore:
         returned oldest → newest by message id."""
         if limit <= 0 or chat_id not in self._chats_with_messages:
             return []
-        await self._sync_chat(chat_id)
+        await self._queue.sync_chat(chat_id)
         sql = f"SELECT {_MSG_COLS} FROM messages WHERE chat_id = ?"
         params: list[Any] = [chat_id]
         if thread_id is not None:
@@ -604,7 +413,7 @@ class DialogueStore:
         ids are skipped)."""
         if not message_ids or chat_id not in self._chats_with_messages:
             return []
-        await self._sync_chat(chat_id)
+        await self._queue.sync_chat(chat_id)
         rows = await self._query(
             f"SELECT {_MSG_COLS} FROM messages WHERE chat_id = ? AND message_id IN (SELECT unnest(?::BIGINT[]))"
             " ORDER BY message_id",
@@ -620,7 +429,7 @@ class DialogueStore:
         Ids that are not stored are absent from the result."""
         if not message_ids or chat_id not in self._chats_with_messages:
             return {}
-        await self._sync_chat(chat_id)
+        await self._queue.sync_chat(chat_id)
         before, after = max(0, before), max(0, after)
         rows = await self._query(
             f"""
@@ -646,7 +455,7 @@ class DialogueStore:
         replay or a re-delivered update from answering twice."""
         if chat_id not in self._chats_with_messages:
             return set()
-        await self._sync_chat(chat_id)
+        await self._queue.sync_chat(chat_id)
         rows = await self._query(
             "SELECT reply_to FROM messages WHERE chat_id = ? AND role = 'assistant' AND reply_to IS NOT NULL"
             " UNION SELECT message_id FROM deliveries WHERE chat_id = ?",
@@ -659,7 +468,7 @@ class DialogueStore:
         reply's first byte leaves, so a crash at any later moment never answers the message again
         (at most once: a crash between this commit and the send leaves it unanswered).
         raises MemoryStoreError when the database cannot write."""
-        await self._sync_chat(chat_id)
+        await self._queue.sync_chat(chat_id)
         self._chats_with_messages.add(chat_id)
         await self._query(
             f"INSERT OR IGNORE INTO deliveries VALUES (?, ?, {_TS.format('?')})",
@@ -680,7 +489,7 @@ class DialogueStore:
         may be whitespace only: the indexer skips those) and every document chunk
         (``chunk_memory_id``), minus what the capacity cleanup evicted; of one chat, or of all.
         Commits queued writes first."""
-        await self._sync()
+        await self._queue.sync()
         only = "" if chat_id is None else f" AND chat_id = {int(chat_id)}"
         rows = await self._query(
             f"""
@@ -707,7 +516,7 @@ class DialogueStore:
         evictions; its usage rows; its settings (under the new chat's own); its subscription and
         API keys (unless the new chat has its own). Returns the messages moved (0 when there was
         nothing left to move: a second call is harmless)."""
-        await self._sync()
+        await self._queue.sync()
         shift = MIGRATION_SHIFT
         old_settings = json.loads(self._chat_rows.get(old, ("", None, "{}"))[2] or "{}")
         new_row = self._chat_rows.get(new)
@@ -801,13 +610,13 @@ class DialogueStore:
         """The highest stored message id of ``chat_id``; None when the chat has no messages."""
         if chat_id not in self._chats_with_messages:
             return None
-        await self._sync_chat(chat_id)
+        await self._queue.sync_chat(chat_id)
         rows = await self._query("SELECT max(message_id) FROM messages WHERE chat_id = ?", [chat_id])
         return rows[0][0]
 
     async def count_messages(self, chat_id: int | None = None, *, user_id: int | None = None) -> int:
         """Stored messages, in one chat and/or by one sender (all when both are None)."""
-        await self._sync()
+        await self._queue.sync()
         sql, params = "SELECT count(*) FROM messages WHERE true", []
         if chat_id is not None:
             sql += " AND chat_id = ?"
@@ -820,7 +629,7 @@ class DialogueStore:
     async def iter_messages(self, chat_id: int | None = None, *, batch: int = 5000) -> AsyncIterator[list[StoredMessage]]:
         """Every stored message (of one chat, or all), in pages of at most ``batch``, ordered by
         ``(chat_id, message_id)``. Keyset-paginated, so it tolerates writes between pages."""
-        await self._sync()
+        await self._queue.sync()
         batch = max(1, batch)
         last: tuple[int, int] | None = None
         while True:
@@ -841,6 +650,31 @@ class DialogueStore:
                 return
             last = (rows[-1][0], rows[-1][1])
 
+
+    async def message_keys(self, *, chat_id: int | None = None, user_id: int | None = None,
+                           before: datetime | None = None, limit: int | None = None) -> list[tuple[int, int]]:
+        """``(chat_id, message_id)`` of the stored messages of one chat and/or one sender (at least one
+        given), dated before ``before`` if given, oldest first by ``(date, message_id)``, at most
+        ``limit``. Commits queued writes first. raises ValueError when neither is given."""
+        if chat_id is None and user_id is None:
+            raise ValueError("message_keys needs a chat_id or a user_id")
+        await self._queue.sync()
+        sql, params = "SELECT chat_id, message_id FROM messages WHERE true", []
+        if chat_id is not None:
+            sql += " AND chat_id = ?"
+            params.append(chat_id)
+        if user_id is not None:
+            sql += " AND user_id = ?"
+            params.append(user_id)
+        if before is not None:
+            sql += " AND epoch_us(date) < ?"
+            params.append(to_us(before))
+        sql += " ORDER BY date, chat_id, message_id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(0, limit))
+        return [(int(c), int(m)) for c, m in await self._query(sql, params)]
+
     # ------------------------------------------------------------ messages: delete
 
     async def delete_messages(
@@ -852,7 +686,7 @@ class DialogueStore:
         same ids, and the chunks of those that carried documents, from vector memory)."""
         if message_ids is not None and not message_ids:
             return []
-        await self._sync()
+        await self._queue.sync()
         cond = "chat_id = ?"
         params: list[Any] = [chat_id]
         if user_id is not None:
@@ -889,7 +723,7 @@ class DialogueStore:
         when it is not stored. Committed before it returns."""
         if chat_id not in self._chats_with_messages:
             return None
-        await self._sync_chat(chat_id)
+        await self._queue.sync_chat(chat_id)
         rows = await self._query(
             f"UPDATE messages SET text = ? WHERE chat_id = ? AND message_id = ? RETURNING {_MSG_COLS}",
             [text, chat_id, message_id])
@@ -949,7 +783,7 @@ class DialogueStore:
 
     async def documents(self, chat_id: int | None = None) -> list[DocumentInfo]:
         """The documents read into memory (of one chat, or all), oldest first."""
-        await self._sync()
+        await self._queue.sync()
         sql = ("SELECT chat_id, message_id, file_name, mime_type, kind, size_bytes, pages, chunks, user_id, user_name,"
                " epoch_us(date) FROM documents")
         params: list[Any] = []
@@ -962,7 +796,7 @@ class DialogueStore:
     async def iter_document_chunks(self, chat_id: int | None = None, *, batch: int = 2000) -> AsyncIterator[list[DocumentChunk]]:
         """Every stored document chunk (of one chat, or all) with its provenance, in pages of at most
         ``batch``, ordered by ``(chat_id, message_id, chunk)`` (keyset-paginated)."""
-        await self._sync()
+        await self._queue.sync()
         batch = max(1, batch)
         last: tuple[int, int, int] | None = None
         while True:
@@ -991,14 +825,13 @@ class DialogueStore:
         """Create or update a chat (type: ``private|group|supergroup|channel``). A None title keeps
         the stored one; settings and ``created_at`` are kept. Queued with the hot-path writes (no
         database round trip; an unchanged chat queues nothing)."""
-        self._check_writable()
+        self._queue.check_writable()
         row = self._chat_rows.get(chat_id)
         if row is not None and row[0] == type and (title is None or title == row[1]):
             return
         settings = row[2] if row is not None else "{}"
         self._chat_rows[chat_id] = (type, title if title is not None else (row[1] if row else None), settings)
-        self._q_chats.append((chat_id, type, title, to_us(self._clock())))
-        self._enqueued(1)
+        self._queue.put_chat((chat_id, type, title, to_us(self._clock())))
 
     def knows_chat(self, chat_id: int) -> bool:
         """Whether ``chat_id`` has a chat row (from the directory)."""
@@ -1051,7 +884,7 @@ class DialogueStore:
 
     async def chats(self) -> list[ChatInfo]:
         """Every chat with a chat row or stored messages, by chat id."""
-        await self._sync()
+        await self._queue.sync()
         rows = await self._query(
             """
             WITH mc AS (SELECT chat_id, count(*) AS n, min(date) AS first, max(date) AS last
@@ -1071,7 +904,7 @@ class DialogueStore:
 
     async def usage_rows(self, *, since: datetime | None = None) -> list[UsageRecord]:
         """Usage records (all, or with ``ts >= since``), oldest first."""
-        await self._sync()
+        await self._queue.sync()
         sql = (
             "SELECT epoch_us(ts), chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
             " coalesce(seconds, 0), coalesce(images, 0), coalesce(pages, 0) FROM usage"
@@ -1083,9 +916,38 @@ class DialogueStore:
         rows = await self._query(sql + " ORDER BY ts", params)
         return [UsageRecord(from_us(r[0]), *r[1:]) for r in rows]
 
+    async def usage_totals(self, by: str, *, since: datetime | None = None) -> list[UsageTotal]:
+        """Usage summed per ``by`` — ``user`` | ``chat`` | ``model`` | ``day`` (UTC, ``YYYY-MM-DD``) |
+        ``kind`` — over the records with ``ts >= since`` (all when None), ordered by key.
+        raises ValueError for another ``by``."""
+        if by not in _USAGE_KEY:
+            raise ValueError(f"usage can be grouped by {', '.join(USAGE_GROUPINGS)}, not {by!r}")
+        await self._queue.sync()
+        where, params = "", []
+        if since is not None:
+            where, params = f" WHERE ts >= {_TS.format('?')}", [to_us(since)]
+        rows = await self._query(
+            f"SELECT {_USAGE_KEY[by]} AS k, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
+            " coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL), coalesce(sum(seconds), 0),"
+            f" coalesce(sum(images), 0), coalesce(sum(pages), 0) FROM usage{where} GROUP BY k ORDER BY k",
+            params)
+        return [UsageTotal(str(k), int(n), int(p), int(c), float(usd), int(u), float(sec), int(img), int(pg))
+                for k, n, p, c, usd, u, sec, img, pg in rows]
+
+    async def usage_counts(self, start: datetime, end: datetime) -> list[UsageCount]:
+        """Usage per ``(chat_id, user_id, model, kind)`` with ``start <= ts < end``: calls, prompt +
+        completion tokens, images, audio seconds (the quota counters of a day)."""
+        await self._queue.sync()
+        rows = await self._query(
+            "SELECT chat_id, user_id, model, kind, count(*), coalesce(sum(prompt_tokens + completion_tokens), 0),"
+            " coalesce(sum(images), 0), coalesce(sum(seconds), 0) FROM usage"
+            f" WHERE ts >= {_TS.format('?')} AND ts < {_TS.format('?')} GROUP BY ALL",
+            [to_us(start), to_us(end)])
+        return [UsageCount(int(c), int(u), m, k, int(n), int(t), int(i), float(sec)) for c, u, m, k, n, t, i, sec in rows]
+
     async def recalls_for(self, chat_id: int, reply_message_id: int) -> list[tuple[int, float]]:
         """``(memory_message_id, score)`` injected into that reply, best score first."""
-        await self._sync()
+        await self._queue.sync()
         rows = await self._query(
             "SELECT memory_message_id, score FROM recalls WHERE chat_id = ? AND reply_message_id = ?"
             " ORDER BY score DESC, memory_message_id",
@@ -1093,11 +955,65 @@ class DialogueStore:
         )
         return [(r[0], r[1]) for r in rows]
 
+    # ------------------------------------------------------------ subscriptions and payments (tiers)
+
+    async def subscriptions(self) -> list[SubscriptionRecord]:
+        """Every stored subscription (scope, scope id order)."""
+        rows = await self._query(
+            "SELECT scope, scope_id, tier, epoch_us(expires_at), source, epoch_us(updated_at) FROM subscriptions"
+            " ORDER BY scope, scope_id")
+        return [SubscriptionRecord(r[0], int(r[1]), r[2], None if r[3] is None else from_us(r[3]), r[4], from_us(r[5]))
+                for r in rows]
+
+    async def put_subscription(self, sub: SubscriptionRecord) -> None:
+        """Insert or replace the subscription of ``(sub.scope, sub.scope_id)``; committed on return."""
+        await self._query(
+            f"""INSERT INTO subscriptions (scope, scope_id, tier, expires_at, source, updated_at)
+            VALUES (?, ?, ?, {_TS.format('?')}, ?, {_TS.format('?')})
+            ON CONFLICT (scope, scope_id) DO UPDATE SET tier = excluded.tier, expires_at = excluded.expires_at,
+                source = excluded.source, updated_at = excluded.updated_at""",
+            [sub.scope, sub.scope_id, sub.tier, None if sub.expires_at is None else to_us(sub.expires_at),
+             sub.source, to_us(sub.updated_at)])
+
+    async def delete_subscription(self, scope: str, scope_id: int) -> bool:
+        """Delete the subscription of ``scope:scope_id``; True when there was one."""
+        rows = await self._query("DELETE FROM subscriptions WHERE scope = ? AND scope_id = ? RETURNING scope",
+                                 [scope, scope_id])
+        return bool(rows)
+
+    async def add_payment(self, payment: PaymentRecord) -> bool:
+        """Record a payment once per ``charge_id`` (committed on return); False when that charge is
+        already recorded (a re-delivered ``successful_payment``)."""
+        p = payment
+        rows = await self._query(
+            """INSERT INTO payments (charge_id, user_id, chat_id, plan, tier, days, amount, currency, scope, scope_id, paid_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, """ + _TS.format("?") + """)
+            ON CONFLICT (charge_id) DO NOTHING RETURNING charge_id""",
+            [p.charge_id, p.user_id, p.chat_id, p.plan, p.tier, p.days, p.amount, p.currency, p.scope, p.scope_id,
+             to_us(p.paid_at)])
+        return bool(rows)
+
+    async def delete_payment(self, charge_id: str) -> None:
+        """Forget the payment ``charge_id`` (nothing when it is not recorded)."""
+        await self._query("DELETE FROM payments WHERE charge_id = ?", [charge_id])
+
+    async def payments(self, *, user_id: int | None = None) -> list[PaymentRecord]:
+        """Recorded payments (all, or by one payer), newest first (ties by charge id)."""
+        sql = ("SELECT charge_id, user_id, chat_id, plan, tier, days, amount, currency, scope, scope_id, epoch_us(paid_at)"
+               " FROM payments")
+        params: list[Any] = []
+        if user_id is not None:
+            sql += " WHERE user_id = ?"
+            params.append(user_id)
+        rows = await self._query(sql + " ORDER BY paid_at DESC, charge_id", params)
+        return [PaymentRecord(r[0], int(r[1]), int(r[2]), r[3], r[4], int(r[5]), int(r[6]), r[7], r[8], int(r[9]),
+                              from_us(r[10])) for r in rows]
+
     async def stats(self) -> dict:
         """``{"chats", "users", "messages", "usage", "recalls"}`` row counts, ``"file_bytes"`` (the
         database file plus its WAL), ``"schema_version"``, and the writer counters ``"commits"``,
         ``"rows_written"``, ``"dropped_rows"``, ``"pending"``."""
-        await self._sync()
+        await self._queue.sync()
 
         def run() -> tuple[tuple, int]:
             row = self._conn().execute(
@@ -1270,24 +1186,3 @@ def _json_object(settings: dict) -> str:
     if not isinstance(settings, dict):
         raise TypeError(f"settings must be a dict, not {type(settings).__name__}")
     return json.dumps(settings, ensure_ascii=False)
-
-
-def _iso(d: Any) -> Any:
-    return d.isoformat() if isinstance(d, datetime) else repr(d)
-
-
-def _message_json(m: StoredMessage) -> dict:
-    """A message as one transcript JSONL object (DESIGN §9, plus ``role``)."""
-    d = {"chat_id": m.chat_id, "message_id": m.message_id, "date": _iso(m.date), "user": m.user_name,
-         "user_id": m.user_id, "text": m.text, "role": m.role}
-    if m.reply_to is not None:
-        d["reply_to"] = m.reply_to
-    if m.thread_id is not None:
-        d["thread_id"] = m.thread_id
-    return d
-
-
-def _usage_json(u: UsageRecord) -> dict:
-    return {"ts": _iso(u.ts), "chat_id": u.chat_id, "user_id": u.user_id, "kind": u.kind, "model": u.model,
-            "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "cost_usd": u.cost_usd,
-            "latency_ms": u.latency_ms, "seconds": u.seconds, "images": u.images, "pages": u.pages}

@@ -1,0 +1,584 @@
+"""The DialogueStore contract (``memory.store``), run against every store implementation.
+
+Each test gets a fresh, real store (a DuckDB file in tmp_path; PostgreSQL when its server can run
+here) through ``open_store``, which opens the same store again when called again (restarts).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import anyio
+import pytest
+
+from memory.duckdb_store import DuckDBStore
+from memory.errors import MemoryStoreError
+from memory.store import DialogueStore
+from memory.transcripts import read_transcript
+from memory.types import (
+    DOC_ID_BASE,
+    ROLE_ASSISTANT,
+    ChatInfo,
+    DocumentChunk,
+    DocumentInfo,
+    MemoryHit,
+    PaymentRecord,
+    StoredMessage,
+    SubscriptionRecord,
+    UsageRecord,
+    chunk_memory_id,
+    migrated_id,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+IRC = ROOT.parent / "shared" / "data" / "ubuntu-irc"
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+CHAT = -1001234567890
+OTHER = -1009876543210
+
+Opener = Callable[..., DialogueStore]
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(params=["duckdb"])
+def open_store(request, tmp_path: Path) -> Opener:
+    """``open_store(**options)`` → a new, not yet entered store on this test's own storage."""
+    path = tmp_path / "data" / "kith.duckdb"
+    return lambda **kw: DuckDBStore(path, **kw)
+
+
+def msg(i: int, *, chat: int = CHAT, user: int = 1, text: str | None = None, thread: int | None = None, **kw) -> StoredMessage:
+    return StoredMessage(
+        chat_id=chat,
+        message_id=i,
+        user_id=user,
+        user_name=f"user{user}",
+        text=f"message {i}" if text is None else text,
+        date=T0 + timedelta(seconds=i),
+        thread_id=thread,
+        **kw,
+    )
+
+
+@pytest.mark.anyio
+async def test_the_store_is_a_dialogue_store_and_takes_no_sql(open_store: Opener) -> None:
+    async with open_store() as store:
+        assert isinstance(store, DialogueStore)
+        assert not hasattr(store, "execute")  # every statement sits behind a named method
+
+
+@pytest.mark.anyio
+async def test_same_messages_twice_are_stored_once_first_write_wins(open_store: Opener) -> None:
+    async with open_store() as store:
+        store.add_many(msg(i) for i in range(50))
+        await store.flush()
+        # re-delivered (with other text: first write wins), across batches and inside one batch
+        store.add_many(msg(i, text="changed") for i in range(50))
+        store.add(msg(60))
+        store.add(msg(60, text="dup in same batch"))
+        assert await store.count_messages(CHAT) == 51
+        got = await store.get_messages(CHAT, [0, 49, 60])
+        assert [m.text for m in got] == ["message 0", "message 49", "message 60"]
+
+
+@pytest.mark.anyio
+async def test_reads_see_queued_writes_without_explicit_flush(open_store: Opener) -> None:
+    # a long flush interval proves the read itself forces the commit
+    async with open_store(flush_interval_s=30.0) as store:
+        store.add(msg(1))
+        with anyio.fail_after(5):
+            assert [m.message_id for m in await store.recent(CHAT, 10)] == [1]
+            store.add(msg(2))
+            assert await store.max_message_id(CHAT) == 2
+            store.add(msg(3, user=7))
+            assert await store.count_messages(user_id=7) == 1
+
+
+@pytest.mark.anyio
+async def test_shutdown_flushes_queued_rows(open_store: Opener) -> None:
+    async with open_store(flush_interval_s=30.0) as store:
+        store.add_many(msg(i) for i in range(10))
+        store.record_usage(UsageRecord(T0, CHAT, 1, "chat", "fast", 10, 5, None, 12.5))
+    async with open_store() as store:
+        assert await store.count_messages() == 10
+        assert len(await store.usage_rows()) == 1
+
+
+@pytest.mark.anyio
+async def test_recent_orders_oldest_to_newest_and_filters_thread_and_before(open_store: Opener) -> None:
+    async with open_store() as store:
+        # inserted out of order, threads 10/20 interleaved, plus another chat
+        store.add_many(msg(i, thread=10 if i % 2 else 20) for i in reversed(range(1, 31)))
+        store.add_many(msg(i, chat=OTHER) for i in range(100, 110))
+        assert [m.message_id for m in await store.recent(CHAT, 5)] == [26, 27, 28, 29, 30]
+        assert [m.message_id for m in await store.recent(CHAT, 3, thread_id=10)] == [25, 27, 29]
+        assert [m.message_id for m in await store.recent(CHAT, 3, before_id=10)] == [7, 8, 9]
+        assert [m.message_id for m in await store.recent(CHAT, 2, thread_id=20, before_id=10)] == [6, 8]
+        assert len(await store.recent(CHAT, 1000)) == 30
+        assert await store.recent(CHAT, 0) == []
+        assert await store.recent(12345, 10) == []
+        assert all(m.chat_id == OTHER for m in await store.recent(OTHER, 100))
+
+
+@pytest.mark.anyio
+async def test_around_returns_neighbours_by_message_id_within_the_chat(open_store: Opener) -> None:
+    async with open_store() as store:
+        ids = [1, 2, 5, 9, 10, 11, 20]  # gaps, as in a private chat
+        store.add_many(msg(i) for i in ids)
+        store.add_many(msg(i, chat=OTHER) for i in range(30))  # must not leak in
+        ctx = await store.around(CHAT, [5, 20, 1, 7], before=2, after=1)
+        assert {k: [m.message_id for m in v] for k, v in ctx.items()} == {
+            1: [1, 2],
+            5: [1, 2, 5, 9],
+            20: [10, 11, 20],
+        }  # 7 is not stored: absent
+        assert all(m.chat_id == CHAT for v in ctx.values() for m in v)
+        assert await store.around(CHAT, [], 3, 3) == {}
+        only = await store.around(CHAT, [10], 0, 0)
+        assert [m.message_id for m in only[10]] == [10]
+
+
+@pytest.mark.anyio
+async def test_get_messages_count_max_and_iter(open_store: Opener) -> None:
+    async with open_store() as store:
+        assert await store.max_message_id(CHAT) is None
+        store.add_many(msg(i, user=i % 3) for i in range(1, 101))
+        store.add_many(msg(i, chat=OTHER) for i in range(1, 21))
+        got = await store.get_messages(CHAT, [50, 3, 999, 3])
+        assert [m.message_id for m in got] == [3, 50]
+        assert await store.max_message_id(CHAT) == 100
+        assert await store.count_messages() == 120
+        assert await store.count_messages(CHAT) == 100
+        assert await store.count_messages(CHAT, user_id=0) == 33
+        pages = [p async for p in store.iter_messages(batch=32)]
+        assert [len(p) for p in pages] == [32, 32, 32, 24]
+        keys = [(m.chat_id, m.message_id) for p in pages for m in p]
+        assert keys == sorted(keys) and len(set(keys)) == 120
+        one = [m for p in [p async for p in store.iter_messages(OTHER, batch=7)] for m in p]
+        assert [m.message_id for m in one] == list(range(1, 21))
+
+
+@pytest.mark.anyio
+async def test_delete_by_user_and_ids_removes_only_those_and_their_recalls(open_store: Opener) -> None:
+    async with open_store() as store:
+        store.add_many(msg(i, user=1 if i % 2 else 2) for i in range(1, 21))
+        store.add_many(msg(i, chat=OTHER, user=1) for i in range(1, 21))
+        bot_reply = msg(21, user=999, role=ROLE_ASSISTANT)
+        store.add(bot_reply)
+        hits = [MemoryHit(CHAT, 3, 1, "user1", "message 3", T0, 0.9), MemoryHit(CHAT, 4, 2, "user2", "message 4", T0, 0.5)]
+        store.record_recall(CHAT, 21, hits)
+
+        deleted = await store.delete_messages(CHAT, user_id=1)
+        assert deleted == list(range(1, 21, 2))
+        assert await store.count_messages(CHAT) == 11  # user 2's ten and the reply
+        assert await store.count_messages(OTHER) == 20  # other chat untouched
+        assert await store.recalls_for(CHAT, 21) == [(4, 0.5)]
+
+        assert await store.delete_messages(CHAT, user_id=2, message_ids=[2, 4, 5]) == [2, 4]
+        assert await store.delete_messages(CHAT, message_ids=[]) == []
+        assert await store.recalls_for(CHAT, 21) == []
+        assert len(await store.delete_messages(CHAT)) == 9  # everything left in the chat
+        assert await store.count_messages(CHAT) == 0
+
+
+@pytest.mark.anyio
+async def test_chat_and_user_settings_round_trip(open_store: Opener) -> None:
+    async with open_store() as store:
+        assert await store.chat_settings(CHAT) == {}
+        assert await store.user_settings(42) == {}
+        await store.upsert_chat(CHAT, "supergroup", "Ubuntu help")
+        settings = {"persona": "Ты — помощник 🤖", "keywords": ["kith", "бот"], "always_on": False, "n": 3, "nested": {"a": None}}
+        await store.set_chat_settings(CHAT, settings)
+        await store.upsert_chat(CHAT, "supergroup", None)  # keeps title and settings
+        assert await store.chat_settings(CHAT) == settings
+        await store.set_user_settings(42, {"model": "fast", "role": "pirate"}, username="alice", name="Alice")
+        await store.set_user_settings(42, {"model": "smart"})  # username/name kept
+        assert await store.user_settings(42) == {"model": "smart"}
+        await store.set_chat_settings(OTHER, {"x": 1})  # creates an 'unknown' chat row
+        with pytest.raises(TypeError):
+            await store.set_chat_settings(CHAT, ["not", "a", "dict"])  # type: ignore[arg-type]
+        store.add_many(msg(i) for i in range(5))
+        store.add(msg(1, chat=555))
+        chats = {c.chat_id: c for c in await store.chats()}
+        assert chats[CHAT] == ChatInfo(CHAT, "supergroup", "Ubuntu help", 5, T0, T0 + timedelta(seconds=4))
+        assert chats[OTHER].type == "unknown" and chats[OTHER].messages == 0 and chats[OTHER].first_date is None
+        assert chats[555].messages == 1 and chats[555].title is None
+    async with open_store() as store:
+        assert await store.user_settings(42) == {"model": "smart"}
+        stats = await store.stats()
+        assert stats["users"] == 1 and stats["chats"] == 2
+
+
+
+@pytest.mark.anyio
+async def test_directory_of_chats_and_users_survives_restart_and_renames(open_store: Opener) -> None:
+    async with open_store() as store:
+        await store.upsert_chat(CHAT, "group", "Old name")
+        await store.upsert_chat(CHAT, "supergroup", "New name")  # same batch: merged into one row
+        await store.upsert_chat(CHAT, "supergroup", None)
+        await store.set_chat_settings(CHAT, {"always_on": True})
+        await store.set_user_settings(7, {"model": "smart"})
+        await store.set_user_settings(8, {"model": "fast"})
+        await store.set_user_settings(8, {})  # cleared
+        store.add(msg(1))
+    async with open_store() as store:
+        assert await store.chat_settings(CHAT) == {"always_on": True}
+        assert await store.user_settings(7) == {"model": "smart"}
+        assert await store.user_settings(8) == {}
+        assert [m.message_id for m in await store.recent(CHAT, 5)] == [1]
+        info = {c.chat_id: c for c in await store.chats()}[CHAT]
+        assert (info.type, info.title, info.messages) == ("supergroup", "New name", 1)
+
+
+@pytest.mark.anyio
+async def test_a_read_of_one_chat_does_not_wait_for_another_chats_queued_rows(open_store: Opener) -> None:
+    async with open_store(flush_interval_s=3600) as store:  # the writer only commits when asked
+        store.add(msg(1))
+        await store.flush()
+        store.add_many(msg(i, chat=OTHER) for i in range(10))
+        with anyio.fail_after(5):
+            assert [m.message_id for m in await store.recent(CHAT, 5)] == [1]
+            assert await store.recent(555, 5) == []  # a chat never seen: no query at all
+        assert store.pending == 10  # nobody flushed OTHER's rows for those reads
+        store.add(msg(2))
+        with anyio.fail_after(5):  # but this chat's own queued row is read back (read-your-writes)
+            assert [m.message_id for m in await store.recent(CHAT, 5)] == [1, 2]
+            assert [m.message_id for m in await store.recent(OTHER, 3)] == [7, 8, 9]
+        assert store.pending == 0
+
+@pytest.mark.anyio
+async def test_usage_rows_round_trip_with_unknown_cost(open_store: Opener) -> None:
+    recs = [
+        UsageRecord(T0, CHAT, 1, "chat", "fast", 1200, 300, 0.00042, 812.5),
+        UsageRecord(T0 + timedelta(hours=1), CHAT, 2, "image", "dalle", 0, 0, None, 5000.0),
+        UsageRecord(T0 + timedelta(days=1), 77, 77, "transcription", "whisper", 0, 0, 0.0, 90.25),
+    ]
+    async with open_store() as store:
+        for r in reversed(recs):
+            store.record_usage(r)
+        assert await store.usage_rows() == recs
+        assert await store.usage_rows(since=T0 + timedelta(minutes=30)) == recs[1:]
+        rows = await store.usage_rows()
+        assert rows[1].cost_usd is None and rows[2].cost_usd == 0.0
+        assert all(r.ts.tzinfo is not None and r.ts.utcoffset() == timedelta(0) for r in rows)
+
+
+@pytest.mark.anyio
+async def test_recalls_round_trip_and_never_cross_chats(open_store: Opener) -> None:
+    async with open_store() as store:
+        hits = [MemoryHit(CHAT, i, 1, "u", "t", T0, s, parts={"rrf": s}) for i, s in [(3, 0.2), (7, 0.9), (5, 0.5)]]
+        store.record_recall(CHAT, 100, hits)
+        store.record_recall(CHAT, 100, hits[:1])  # recorded twice: kept once
+        assert await store.recalls_for(CHAT, 100) == [(7, 0.9), (5, 0.5), (3, 0.2)]
+        assert await store.recalls_for(OTHER, 100) == []
+        with pytest.raises(ValueError):
+            store.record_recall(OTHER, 1, hits)
+
+
+@pytest.mark.anyio
+async def test_texts_round_trip_exactly(open_store: Opener) -> None:
+    texts = {
+        1: "",
+        2: "x" * 100_000,
+        3: "مرحبا بالعالم، كيف حالك؟",  # Arabic (RTL)
+        4: "你好，世界。日本語のテキストと한국어",  # CJK
+        5: "👩‍👩‍👧‍👦 family, 🏳️‍🌈 flag, 👍🏽 skin tone",  # ZWJ sequences, modifiers
+        6: "e\u0301 combining, \u200bzero width, nul\x00byte, tab\tnewline\n\r\nend",
+        7: "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 " + "🙂" * 25_000,  # astral plane, long
+        8: "'; DROP TABLE messages; --",
+    }
+    async with open_store() as store:
+        store.add_many(msg(i, text=t) for i, t in texts.items())
+        store.add(StoredMessage(CHAT, 9, 5, "Ёжик 🦔 مستخدم", "hi", T0))
+    async with open_store() as store:
+        got = {m.message_id: m for m in await store.get_messages(CHAT, list(range(1, 10)))}
+        assert {i: got[i].text for i in texts} == texts
+        assert got[9].user_name == "Ёжик 🦔 مستخدم"
+
+
+@pytest.mark.anyio
+async def test_dates_are_returned_as_utc_instants(open_store: Opener) -> None:
+    tokyo = timezone(timedelta(hours=9))
+    async with open_store() as store:
+        store.add(StoredMessage(CHAT, 1, 1, "a", "t", datetime(2024, 3, 1, 21, 0, 0, 123456, tzinfo=tokyo)))
+        store.add(StoredMessage(CHAT, 2, 1, "a", "t", datetime(2024, 3, 1, 12, 0)))  # naive = UTC
+        a, b = await store.get_messages(CHAT, [1, 2])
+        assert a.date == datetime(2024, 3, 1, 12, 0, 0, 123456, tzinfo=UTC) and a.date.utcoffset() == timedelta(0)
+        assert b.date == datetime(2024, 3, 1, 12, 0, tzinfo=UTC) and b.date.tzinfo is not None
+
+
+@pytest.mark.anyio
+async def test_many_rows_are_committed_in_few_commits(open_store: Opener) -> None:
+    # a commit happens at flush_rows queued rows (or after flush_interval_s, made long here so the
+    # bound does not depend on machine load): 10,000 single adds → about 5 commits, not 10,000
+    async with open_store(flush_rows=2000, flush_interval_s=2.0) as store:
+        for i in range(10_000):  # one add per message, like live traffic, yielding now and then
+            store.add(msg(i, user=i % 50))
+            if i % 500 == 0:
+                await anyio.sleep(0)
+        await store.flush()
+        assert await store.count_messages() == 10_000
+        commits = (await store.stats())["commits"]
+        assert 1 <= commits <= 8, commits
+        store.add_many(msg(i) for i in range(10_000, 60_000))
+        before = (await store.stats())["commits"]
+        await store.flush()
+        assert (await store.stats())["commits"] - before <= 2
+        assert (await store.stats())["messages"] == 60_000
+
+
+@pytest.mark.anyio
+async def test_a_bad_row_is_dropped_alone_and_the_batch_survives(open_store: Opener, caplog) -> None:
+    async with open_store() as store:
+        store.add_many(msg(i) for i in range(100))
+        store.add(StoredMessage(CHAT, 2**70, 1, "u", "t", T0))  # beyond BIGINT: can never be stored
+        store.add(msg(100, text="lone surrogate \ud800"))  # not valid UTF-8
+        store.add_many(msg(i) for i in range(101, 200))
+        store.record_usage(UsageRecord(T0, CHAT, 1, "chat", "fast", 1, 1, None, 1.0))
+        await store.flush()
+        assert await store.count_messages() == 199
+        assert (await store.stats())["dropped_rows"] == 2
+        assert len(await store.usage_rows()) == 1
+    assert any("dropped" in r.message for r in caplog.records)
+
+
+@pytest.mark.anyio
+async def test_closed_store_refuses_writes(open_store: Opener) -> None:
+    store = open_store()
+    with pytest.raises(MemoryStoreError):
+        store.add(msg(1))
+    async with store:
+        store.add(msg(1))
+    with pytest.raises(MemoryStoreError):
+        store.add(msg(2))
+    with pytest.raises(MemoryStoreError):
+        await store.recent(CHAT, 1)
+
+
+@pytest.mark.anyio
+async def test_an_error_in_the_body_propagates_unwrapped_after_flushing(open_store: Opener) -> None:
+    with pytest.raises(KeyError):
+        async with open_store(flush_interval_s=30.0) as store:
+            store.add(msg(1))
+            raise KeyError("boom")
+    async with open_store() as store:
+        assert await store.count_messages() == 1
+
+
+@pytest.mark.anyio
+async def test_outside_cancellation_still_commits_queued_rows(open_store: Opener) -> None:
+    async def bot(task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        async with open_store(flush_interval_s=30.0) as store:
+            store.add_many(msg(i) for i in range(100))
+            task_status.started()
+            await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(bot)
+        tg.cancel_scope.cancel()
+    async with open_store() as store:
+        assert await store.count_messages() == 100
+
+
+@pytest.mark.anyio
+async def test_real_irc_transcript_round_trips_through_the_store(open_store: Opener) -> None:
+    path = IRC / "2009-03-03_10.jsonl"
+    reader = read_transcript(path)
+    msgs = list(reader)
+    assert all(isinstance(m, StoredMessage) for m in msgs)
+    async with open_store() as store:
+        for meta in reader.chats.values():
+            await store.upsert_chat(meta.chat_id, meta.type, meta.title)
+        store.add_many(msgs)
+        store.add_many(msgs)  # a second import changes nothing
+        (chat,) = await store.chats()
+        assert chat.messages == len(msgs) == 1226 and chat.title == "#ubuntu 2009-03-03_10"
+        last = await store.recent(chat.chat_id, 5)
+        assert [m.message_id for m in last] == [m.message_id for m in sorted(msgs, key=lambda m: m.message_id)[-5:]]
+        by_id = {m.message_id: m for m in msgs}
+        assert all(by_id[m.message_id] == m for m in last)
+        nick = msgs[0].user_id
+        assert await store.count_messages(chat.chat_id, user_id=nick) == sum(m.user_id == nick for m in msgs)
+
+
+# ---------------------------------------------------------------- named queries of cleanup, tiers, billing
+
+
+@pytest.mark.anyio
+async def test_message_keys_are_oldest_first_by_chat_or_sender_before_a_date(open_store: Opener) -> None:
+    async with open_store() as store:
+        store.add_many(msg(i, user=1 if i % 2 else 2) for i in reversed(range(10)))
+        store.add_many(msg(i, chat=OTHER, user=1) for i in range(100, 103))
+        assert await store.message_keys(chat_id=CHAT) == [(CHAT, i) for i in range(10)]
+        assert await store.message_keys(chat_id=CHAT, before=T0 + timedelta(seconds=4)) == [(CHAT, i) for i in range(4)]
+        assert await store.message_keys(chat_id=CHAT, limit=3) == [(CHAT, 0), (CHAT, 1), (CHAT, 2)]
+        assert await store.message_keys(user_id=1, limit=2) == [(CHAT, 1), (CHAT, 3)]
+        mine = await store.message_keys(user_id=1)
+        assert mine[-3:] == [(OTHER, 100), (OTHER, 101), (OTHER, 102)] and len(mine) == 8
+        assert await store.message_keys(chat_id=CHAT, user_id=2, before=T0 + timedelta(seconds=5)) == [
+            (CHAT, 0), (CHAT, 2), (CHAT, 4)]
+        with pytest.raises(ValueError):
+            await store.message_keys()
+
+
+@pytest.mark.anyio
+async def test_usage_totals_by_every_grouping_and_counts_of_a_window(open_store: Opener) -> None:
+    day2 = T0 + timedelta(days=1)
+    recs = [
+        UsageRecord(T0, CHAT, 1, "chat", "fast", 100, 20, 0.001, 10.0),
+        UsageRecord(T0 + timedelta(minutes=1), CHAT, 1, "chat", "fast", 50, 10, None, 10.0),  # unpriced
+        UsageRecord(T0 + timedelta(minutes=2), CHAT, 2, "image", "dalle", 0, 0, 0.04, 10.0, images=2),
+        UsageRecord(day2, OTHER, 2, "transcription", "whisper", 0, 0, 0.006, 10.0, seconds=61.5),
+        UsageRecord(day2, OTHER, 2, "document", "reader", 0, 0, None, 10.0, pages=12),
+    ]
+    async with open_store() as store:
+        for r in recs:
+            store.record_usage(r)
+        by_model = {t.key: t for t in await store.usage_totals("model")}
+        assert sorted(by_model) == ["dalle", "fast", "reader", "whisper"]
+        fast = by_model["fast"]
+        assert (fast.requests, fast.prompt_tokens, fast.completion_tokens, fast.unpriced) == (2, 150, 30, 1)
+        assert fast.cost_usd == pytest.approx(0.001)
+        assert by_model["dalle"].images == 2 and by_model["whisper"].seconds == pytest.approx(61.5)
+        assert by_model["reader"].pages == 12 and by_model["reader"].cost_usd == 0.0
+        assert [(t.key, t.requests) for t in await store.usage_totals("day")] == [("2024-03-01", 3), ("2024-03-02", 2)]
+        assert [(t.key, t.requests) for t in await store.usage_totals("user")] == [("1", 2), ("2", 3)]
+        assert [(t.key, t.requests) for t in await store.usage_totals("chat")] == sorted(
+            [(str(CHAT), 3), (str(OTHER), 2)])
+        assert [t.key for t in await store.usage_totals("kind")] == ["chat", "document", "image", "transcription"]
+        assert [t.key for t in await store.usage_totals("model", since=day2)] == ["reader", "whisper"]
+        with pytest.raises(ValueError):
+            await store.usage_totals("weekday")
+
+        counts = await store.usage_counts(T0, day2)
+        got = {(c.chat_id, c.user_id, c.model, c.kind): (c.calls, c.tokens, c.images, c.seconds) for c in counts}
+        assert got == {(CHAT, 1, "fast", "chat"): (2, 180, 0, 0.0), (CHAT, 2, "dalle", "image"): (1, 0, 2, 0.0)}
+        assert await store.usage_counts(day2 + timedelta(days=1), day2 + timedelta(days=2)) == []
+
+
+@pytest.mark.anyio
+async def test_subscriptions_are_put_replaced_deleted_and_kept(open_store: Opener) -> None:
+    soon = T0 + timedelta(days=30, microseconds=7)
+    async with open_store() as store:
+        assert await store.subscriptions() == []
+        await store.put_subscription(SubscriptionRecord("user", 42, "premium", soon, "cli", T0))
+        await store.put_subscription(SubscriptionRecord("chat", CHAT, "premium", None, "cli", T0))
+        await store.put_subscription(SubscriptionRecord("user", 42, "gold", None, "payment:x", T0 + timedelta(hours=1)))
+        assert await store.delete_subscription("chat", CHAT) is True
+        assert await store.delete_subscription("chat", CHAT) is False
+    async with open_store() as store:
+        assert await store.subscriptions() == [
+            SubscriptionRecord("user", 42, "gold", None, "payment:x", T0 + timedelta(hours=1))]
+        await store.put_subscription(SubscriptionRecord("user", 42, "gold", soon, "cli", T0))
+        (sub,) = await store.subscriptions()
+        assert sub.expires_at == soon and sub.expires_at.tzinfo is not None
+
+
+@pytest.mark.anyio
+async def test_a_payment_is_recorded_once_per_charge(open_store: Opener) -> None:
+    def pay(charge: str, user: int, minutes: int) -> PaymentRecord:
+        return PaymentRecord(charge, user, user, "month", "premium", 30, 250, "XTR", "user", user,
+                             T0 + timedelta(minutes=minutes))
+
+    async with open_store() as store:
+        assert await store.add_payment(pay("c1", 1, 0)) is True
+        assert await store.add_payment(pay("c1", 1, 5)) is False  # Telegram re-delivered the update
+        assert await store.add_payment(pay("c2", 2, 1)) is True
+        assert await store.add_payment(pay("c3", 1, 2)) is True
+        assert [p.charge_id for p in await store.payments()] == ["c3", "c2", "c1"]  # newest first
+        assert await store.payments(user_id=1) == [pay("c3", 1, 2), pay("c1", 1, 0)]
+        await store.delete_payment("c1")
+        await store.delete_payment("nope")
+    async with open_store() as store:
+        assert [p.charge_id for p in await store.payments()] == ["c3", "c2"]
+        assert await store.add_payment(pay("c1", 1, 9)) is True  # forgotten: a re-delivery applies it
+
+
+@pytest.mark.anyio
+async def test_deliveries_replies_and_edits(open_store: Opener) -> None:
+    async with open_store(flush_interval_s=30.0) as store:
+        assert await store.answered_ids(CHAT) == set()
+        store.add_many(msg(i) for i in range(1, 4))
+        await store.note_delivery(CHAT, 1)  # commits the chat's queued messages with it
+        assert await store.answered_ids(CHAT) == {1}
+        store.add(msg(10, user=999, role=ROLE_ASSISTANT, reply_to=2))
+        assert await store.answered_ids(CHAT) == {1, 2}
+        assert await store.answered_ids(OTHER) == set()
+        edited = await store.update_text(CHAT, 3, "edited ✓")
+        assert edited is not None and edited.text == "edited ✓" and edited.date == T0 + timedelta(seconds=3)
+        assert await store.update_text(CHAT, 99, "x") is None
+    async with open_store() as store:
+        assert await store.answered_ids(CHAT) == {1, 2}
+        assert [m.text for m in await store.get_messages(CHAT, [3])] == ["edited ✓"]
+
+
+@pytest.mark.anyio
+async def test_api_keys_round_trip_per_scope(open_store: Opener) -> None:
+    async with open_store() as store:
+        await store.set_api_key("user", 1, "openai", b"\x00secret", "sk-…abcd")
+        await store.set_api_key("user", 1, "anthropic", b"other", "…wxyz")
+        await store.set_api_key("user", 1, "openai", b"replaced", "sk-…efgh")
+        await store.set_api_key("chat", CHAT, "openai", b"group", "…1234")
+        assert await store.api_key_token("user", 1, "openai") == b"replaced"
+        assert await store.api_key_token("user", 2, "openai") is None
+        assert [(p, h) for p, h, _ in await store.api_keys("user", 1)] == [("anthropic", "…wxyz"), ("openai", "sk-…efgh")]
+        assert await store.delete_api_keys("user", 1, "openai") == 1
+        assert await store.delete_api_keys("user", 1) == 1
+        assert await store.api_keys("user", 1) == []
+        assert await store.api_key_token("chat", CHAT, "openai") == b"group"
+
+
+@pytest.mark.anyio
+async def test_documents_memory_ids_and_evictions(open_store: Opener) -> None:
+    info = DocumentInfo(CHAT, 5, "report.pdf", "application/pdf", "pdf", 1234, 2, 2, 1, "user1", T0)
+    chunks = [DocumentChunk(CHAT, 5, i, f"part {i}", i + 1, None, "report.pdf", 1, "user1", T0) for i in range(2)]
+    async with open_store() as store:
+        store.add_many([msg(1), msg(2, text=""), msg(3, user=999, role=ROLE_ASSISTANT), msg(5, text="[report.pdf]")])
+        store.add(msg(7, chat=OTHER))
+        assert not store.has_documents(CHAT)
+        await store.add_document(info, chunks)
+        await store.add_document(info, chunks)  # read again: replaced, not doubled
+        assert store.has_documents(CHAT)
+        with pytest.raises(ValueError):
+            await store.add_document(info, [DocumentChunk(OTHER, 5, 0, "x", None, None, "f", 1, "u", T0)])
+        assert await store.documents(CHAT) == [info] and await store.documents(OTHER) == []
+        pages = [p async for p in store.iter_document_chunks(CHAT, batch=1)]
+        assert [[c.index for c in p] for p in pages] == [[0], [1]]
+        assert pages[1][0].page == 2 and pages[1][0].memory_id == chunk_memory_id(5, 1) > DOC_ID_BASE
+        want = {1, 5, chunk_memory_id(5, 0), chunk_memory_id(5, 1)}
+        assert await store.memory_ids() == {CHAT: want, OTHER: {7}}
+        await store.note_evictions(CHAT, [1, 5])  # the message and the document's chunks
+        assert await store.evicted_ids(CHAT) == {1, 5}
+        assert await store.memory_ids(CHAT) == {}
+        assert await store.delete_messages(CHAT, message_ids=[5]) == [5]
+        assert await store.documents() == [] and await store.evicted_ids(CHAT) == {1}
+
+
+@pytest.mark.anyio
+async def test_a_basic_group_moves_to_its_supergroup_once(open_store: Opener) -> None:
+    basic, sup = -4001, -1004001
+    async with open_store() as store:
+        await store.upsert_chat(basic, "group", "Team")
+        await store.set_chat_settings(basic, {"persona": "p", "context_from": 3})
+        store.add_many(msg(i, chat=basic) for i in range(1, 6))
+        store.add(msg(6, chat=basic, user=999, role=ROLE_ASSISTANT, reply_to=5))
+        store.record_usage(UsageRecord(T0, basic, 1, "chat", "fast", 1, 1, None, 1.0))
+        await store.put_subscription(SubscriptionRecord("chat", basic, "premium", None, "cli", T0))
+        await store.note_delivery(basic, 5)
+        store.add(msg(1, chat=sup))  # the supergroup's own first message
+        assert await store.migrate_chat(basic, sup) == 6
+        assert await store.migrate_chat(basic, sup) == 0  # a second service message: nothing left
+        ids = [m.message_id for m in await store.recent(sup, 10)]
+        assert ids == [migrated_id(i) for i in range(1, 7)] + [1]  # older than the supergroup's own
+        assert await store.answered_ids(sup) == {migrated_id(5)}
+        assert await store.recent(basic, 10) == []
+        assert await store.chat_settings(sup) == {"persona": "p", "context_from": migrated_id(3)}
+        assert [(s.scope, s.scope_id) for s in await store.subscriptions()] == [("chat", sup)]
+        assert [t.key for t in await store.usage_totals("chat")] == [str(sup)]
+        chats = {c.chat_id: c for c in await store.chats()}
+        assert basic not in chats and (chats[sup].type, chats[sup].title) == ("supergroup", "Team")
