@@ -14,7 +14,7 @@ DEMO_SLICE ?= ../shared/data/ubuntu-irc/2009-03-03_10.jsonl
 # Debian packages for optional media features the tests exercise: the Tesseract OCR engine (text in
 # photos), a font to draw test images, espeak-ng to synthesise test speech. Installed when missing and
 # when this runs as root with apt-get; otherwise those tests skip and say why.
-SYSTEM_PACKAGES := tesseract-ocr tesseract-ocr-rus fonts-dejavu-core espeak-ng
+SYSTEM_PACKAGES := tesseract-ocr tesseract-ocr-rus fonts-dejavu-core espeak-ng postgresql
 
 .PHONY: demo test bench install clean system-deps lint messages
 

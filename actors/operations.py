@@ -140,12 +140,10 @@ async def open_resources(needs: Needs, config: Config, data_dir: Path, *, gap_fi
                          model_change: bool = False) -> AsyncIterator[Resources]:
     """Open what ``needs`` asks for under ``data_dir`` (no bot running). raises StoreLocked when a
     running bot holds the database."""
-    from .stores import open_stores
+    from .stores import dialogue_store, open_stores
 
     if needs == "store":
-        from memory.store import open_dialogue_store
-
-        async with open_dialogue_store(data_dir) as store:
+        async with dialogue_store(config, data_dir) as store:
             yield Resources(config, store)
     elif needs == "stores":
         async with open_stores(config, data_dir) as stores:

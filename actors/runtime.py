@@ -16,13 +16,12 @@ from pathlib import Path
 import anyio
 
 from config.models import Config
-from memory.store import open_dialogue_store
 from memory.documents import DocumentReader
 from memory.indexer import Indexer
 from memory.maintenance import GapFiller
 from memory.service import Memory
 from memory.vectors import EmbeddingModelChanged, VectorMemory
-from providers.embedder import Embedder
+from providers.embedder import BulkEmbedder, Embedder
 from providers.keys import KeyVault, cipher_from_env
 from memory.cleanup import Janitor
 from tiers import Admission, effective_tier
@@ -31,7 +30,7 @@ from .outbox import Outbox
 from .services import BotIdentity, Services, TurnReport, utc_now
 from .supervisor import Supervisor
 
-from .stores import CACHE_DIR, DB_FILE, VECTORS_DIR, Stores, open_stores  # noqa: F401 - re-exported
+from .stores import CACHE_DIR, DB_FILE, VECTORS_DIR, Stores, dialogue_store, open_stores, vector_location  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class Runtime:
 @asynccontextmanager
 async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: bool = False,
                       model_change: bool = False) -> AsyncIterator[Memory]:
-    """Open DuckDB (``data_dir/kith.duckdb``), LanceDB (``data_dir/memory/``), the embedder and indexer.
+    """Open the dialogue store (``storage.dialogue``: ``data_dir/kith.duckdb`` by default), LanceDB (``data_dir/memory/``), the embedder and indexer.
 
     model: an already loaded SentenceTransformer or ``providers.embedder.Encoder`` (tests share one);
     None loads ``memory.embed_backend`` (the OpenVINO conversion is cached in ``data_dir/cache``).
@@ -62,17 +61,28 @@ async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: 
     await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(
-            open_dialogue_store(data_dir, flush_interval_s=mem.flush_interval_ms / 1000, flush_rows=mem.flush_rows)
+            dialogue_store(config, data_dir)
         )
         embedder = await stack.enter_async_context(
             Embedder(model, backend=mem.embed_backend, max_batch=mem.embed_batch, max_wait_s=mem.embed_wait_ms / 1000,
                      precision=mem.embed_precision, cache_dir=data_dir / CACHE_DIR,
                      model_path=None if mem.embedding_model is None else str(mem.embedding_model)))
         vectors = await stack.enter_async_context(VectorMemory(
-            data_dir / VECTORS_DIR, hot_rows=mem.hot_rows, dim=embedder.dim, embedding_model=embedder.model_name))
+            vector_location(config, data_dir), hot_rows=mem.hot_rows, dim=embedder.dim, embedding_model=embedder.model_name))
         if (vectors.embedding_model, vectors.dim) != (embedder.model_name, embedder.dim) and not model_change:
-            raise EmbeddingModelChanged(vectors.path, (vectors.embedding_model, vectors.dim), (embedder.model_name, embedder.dim))
-        indexer = await stack.enter_async_context(Indexer(vectors, embedder, optimize_every=mem.optimize_every))
+            raise EmbeddingModelChanged(vectors.location, (vectors.embedding_model, vectors.dim), (embedder.model_name, embedder.dim))
+        bulk: BulkEmbedder = embedder  # the indexer's embedding: here, or on the workers of scale_out.engine
+        scale = config.settings.scale_out
+        if scale.engine == "ray":
+            from providers.ray_embedder import RayEmbedder
+
+            bulk = await stack.enter_async_context(RayEmbedder(
+                scale.workers, address=scale.address, threads_per_worker=scale.threads_per_worker,
+                backend=mem.embed_backend, precision=mem.embed_precision, cache_dir=data_dir / CACHE_DIR,
+                model_path=None if mem.embedding_model is None else str(mem.embedding_model), max_batch=mem.embed_batch))
+            if (bulk.model_name, bulk.dim) != (embedder.model_name, embedder.dim):
+                raise EmbeddingModelChanged(vectors.location, (bulk.model_name, bulk.dim), (embedder.model_name, embedder.dim))
+        indexer = await stack.enter_async_context(Indexer(vectors, bulk, optimize_every=mem.optimize_every))
         reader = await stack.enter_async_context(DocumentReader())
         memory = Memory(store, vectors, indexer, embedder, reader)
         memory.embedding_languages = mem.model_languages()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from config.models import Config
+from memory.location import Location
 from memory.store import DUCKDB_FILE, DialogueStore, open_dialogue_store
 from memory.vector_counts import VectorCounts
 
@@ -32,12 +33,28 @@ class Stores:
     vectors: "VectorCounts | VectorMemory"
 
 
+def dialogue_store(config: Config, data_dir: Path) -> DialogueStore:
+    """The configured dialogue store (``storage.dialogue``) of ``data_dir``, not yet entered."""
+    mem = config.settings.memory
+    return open_dialogue_store(data_dir, dialogue=config.settings.storage.dialogue,
+                               flush_interval_s=mem.flush_interval_ms / 1000, flush_rows=mem.flush_rows)
+
+
+def vector_location(config: Config, data_dir: Path) -> Location:
+    """Where vector memory lives: ``memory.uri`` (an object store, or a path relative to the data
+    dir), else ``<data_dir>/memory``."""
+    mem = config.settings.memory
+    where: str | Path = data_dir / VECTORS_DIR
+    if mem.uri is not None:
+        where = mem.uri if "://" in mem.uri else Path(data_dir) / Path(mem.uri).expanduser()
+    return Location(where, mem.storage_options)
+
+
 @asynccontextmanager
 async def open_stores(config: Config, data_dir: Path) -> AsyncIterator[Stores]:
     """Open the dialogue store and vector memory's counts (no lancedb, embedding model, indexer or
     document reader): what commands that read counts need (``kith memory stats``), in a fraction of
     ``open_memory``'s start-up. raises memory.errors.StoreLocked when a running bot holds the database."""
-    mem = config.settings.memory
-    async with open_dialogue_store(data_dir, flush_interval_s=mem.flush_interval_ms / 1000, flush_rows=mem.flush_rows) as store:
-        async with VectorCounts(data_dir / VECTORS_DIR) as vectors:
+    async with dialogue_store(config, data_dir) as store:
+        async with VectorCounts(vector_location(config, data_dir)) as vectors:
             yield Stores(store, vectors)

@@ -175,6 +175,11 @@ class MemorySettings(Frozen):
     # leans on full text (memory.retrieval foreign_vector_weight). None: en for the bundled model,
     # any language for your own embedding_model.
     embedding_languages: tuple[str, ...] | None = None
+    # where vector memory lives: None = <data dir>/memory; or an object store LanceDB speaks natively,
+    # s3://bucket/prefix (gs://, az://). storage_options go to LanceDB as they are (object_store keys:
+    # aws_endpoint, aws_region, allow_http, ...); credentials from the environment (AWS_ACCESS_KEY_ID, ...).
+    uri: str | None = None
+    storage_options: dict[str, str] = Field(default_factory=dict)
 
     def model_languages(self) -> frozenset[str] | None:
         """The embedding model's languages, None for any (see ``embedding_languages``)."""
@@ -182,12 +187,45 @@ class MemorySettings(Frozen):
             return frozenset(self.embedding_languages)
         return frozenset({"en"}) if self.embedding_model is None else None
 
+    @field_validator("uri")
+    @classmethod
+    def _a_path_or_an_object_store(cls, v: str | None) -> str | None:
+        if v is not None and "://" in v and not v.startswith(("s3://", "gs://", "gcs://", "az://", "abfs://", "file://")):
+            raise ValueError(f"must be a local path or an s3://, gs://, az:// URI, not {v!r}")
+        return v
+
     @field_validator("embedding_model")
     @classmethod
     def _a_sentence_transformers_model(cls, v: Path | None) -> Path | None:
         if v is not None and not (v / "modules.json").is_file():
             raise ValueError(f"{v} is not a sentence-transformers model directory (no modules.json in it)")
         return v
+
+
+class StorageSettings(Frozen):
+    """Where the dialogue store lives (``memory.store.open_dialogue_store``)."""
+
+    # "duckdb": the file kith.duckdb in the data dir (one process owns it; the default). Or a
+    # PostgreSQL URL, postgresql://user@host:5432/db, shared by any number of processes (keep the
+    # password in PGPASSWORD or ~/.pgpass rather than here). Needs `pip install 'kith[postgresql]'`.
+    dialogue: str = "duckdb"
+
+    @field_validator("dialogue")
+    @classmethod
+    def _duckdb_or_a_postgresql_url(cls, v: str) -> str:
+        v = v.strip()
+        if v != "duckdb" and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"must be 'duckdb' or a postgresql:// URL, not {v!r}")
+        return v
+
+
+class ScaleOutSettings(Frozen):
+    """Where the indexer's embedding runs (``providers.ray_embedder``; docs/scaling.md says why that part)."""
+
+    engine: Literal["none", "ray"] = "none"  # none: in the bot's process (the default; nothing else installed)
+    workers: int = Field(2, ge=1)  # Ray actors embedding
+    address: str | None = None  # None: a local Ray cluster started with the bot; "auto" / "ray://host:10001": join one
+    threads_per_worker: int | None = Field(None, ge=1)  # None: this machine's cores / workers
 
 
 class ControlSettings(Frozen):
@@ -220,6 +258,8 @@ class Settings(Frozen):
     llm: LLMSettings = LLMSettings()
     actors: ActorSettings = ActorSettings()
     memory: MemorySettings = MemorySettings()
+    storage: StorageSettings = StorageSettings()
+    scale_out: ScaleOutSettings = ScaleOutSettings()
     telegram: TelegramSettings = TelegramSettings()
     control: ControlSettings = ControlSettings()
     media: MediaSettings = MediaSettings()

@@ -139,6 +139,12 @@ class DuckDBStore:
         self.rows_written = 0
         self.dropped_rows = 0
 
+    def __repr__(self) -> str:
+        return f"DuckDBStore({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return f"DuckDB {self.path}"
+
     # ------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> DuckDBStore:

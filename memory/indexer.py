@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import anyio
 
-from providers.embedder import Embedder
+from providers.embedder import BulkEmbedder
 
 from .errors import DiskFull
 from .types import DocumentChunk, StoredMessage
@@ -64,7 +64,7 @@ class Indexer:
     def __init__(
         self,
         vectors: VectorMemory,
-        embedder: Embedder,
+        embedder: BulkEmbedder,
         *,
         batch: int = 256,
         bulk_batch: int = 2048,

@@ -169,7 +169,7 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
     old = memory.vectors
     held, model = (old.embedding_model, old.dim), (memory.embedder.model_name, memory.embedder.dim)
     if chat_id is not None and held != model:  # one chat in another model's vectors would be unsearchable
-        raise EmbeddingModelChanged(old.path, held, model)
+        raise EmbeddingModelChanged(old.location, held, model)
     await memory.flush()
     chats = [chat_id] if chat_id is not None else [c.chat_id for c in await memory.store.chats()]
     if chat_id is not None:
@@ -184,9 +184,9 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
         await memory.vectors.optimize()
         return written
     name = f"memories_{time.time_ns()}"
-    async with VectorMemory(old.path, dim=model[1], embedding_model=model[0], table=name,
+    async with VectorMemory(old.location, dim=model[1], embedding_model=model[0], table=name,
                             vector_index_min_rows=old.vector_index_min_rows) as target:
-        async with Indexer(target, memory.embedder, optimize_every=0) as indexer:
+        async with Indexer(target, memory.indexer.embedder, optimize_every=0) as indexer:
             written = await _embed_chats(memory, indexer, chats, on_progress)
         await target.optimize()
     await old.switch_to(name)

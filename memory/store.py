@@ -22,6 +22,8 @@ The contract (every implementation; ``tests/test_store_contract.py`` checks it a
   database keeps rows queued and retried (``flush`` raises ``MemoryStoreError`` meanwhile; intake
   raises ``DiskFull`` while the disk is full); rows still unwritten at shutdown are saved to files
   a person can import.
+- **Texts** round-trip exactly, except U+0000 (which Telegram never sends), which a store may keep as
+  U+FFFD (PostgreSQL's ``text`` cannot hold it).
 - **Times** are tz-aware UTC ``datetime`` with microsecond precision; a naive one is taken as UTC.
 - **Boundaries.** A chat's reads return only that chat's rows (memory never crosses chats, DESIGN §5).
 
@@ -190,9 +192,24 @@ class DialogueStore(Protocol):
         and the writer counters ``commits``, ``rows_written``, ``dropped_rows``, ``pending``."""
 
 
-def open_dialogue_store(data_dir: Path, *, flush_interval_s: float = 0.05, flush_rows: int = 2000) -> DialogueStore:
-    """The configured dialogue store of a data directory (not yet entered): the DuckDB file
-    ``<data_dir>/kith.duckdb``. raises MemoryStoreError subclasses on entering, not here."""
-    from .duckdb_store import DuckDBStore
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
-    return DuckDBStore(Path(data_dir) / DUCKDB_FILE, flush_interval_s=flush_interval_s, flush_rows=flush_rows)
+
+def open_dialogue_store(data_dir: Path, *, dialogue: str = "duckdb", flush_interval_s: float = 0.05,
+                        flush_rows: int = 2000) -> DialogueStore:
+    """The dialogue store ``dialogue`` names (``storage.dialogue``), not yet entered:
+
+    - ``"duckdb"``: the DuckDB file ``<data_dir>/kith.duckdb`` (``memory.duckdb_store``), owned by one process;
+    - ``"postgresql://…"`` (or ``postgres://``): that PostgreSQL database (``memory.postgres_store``),
+      shared by any number of processes; rows it cannot write at shutdown are saved in ``data_dir``.
+
+    raises ValueError for another value; MemoryStoreError subclasses on entering, not here."""
+    if dialogue == "duckdb":
+        from .duckdb_store import DuckDBStore
+
+        return DuckDBStore(Path(data_dir) / DUCKDB_FILE, flush_interval_s=flush_interval_s, flush_rows=flush_rows)
+    if dialogue.startswith(POSTGRES_SCHEMES):
+        from .postgres_store import PostgresStore
+
+        return PostgresStore(dialogue, dump_dir=Path(data_dir), flush_interval_s=flush_interval_s, flush_rows=flush_rows)
+    raise ValueError(f"storage.dialogue must be 'duckdb' or a postgresql:// URL, not {dialogue!r}")

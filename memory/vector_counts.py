@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 
 
+from .location import Location, as_location
 from .vectors import VectorStoreError, current_table, ids_per_chat
 
 
@@ -27,9 +28,9 @@ class VectorCounts:
     method may raise VectorStoreError (an unreadable table); blocking reads run in worker threads.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.table = current_table(self.path)
+    def __init__(self, path: Path | str | Location) -> None:
+        self.location = as_location(path)
+        self.table = current_table(self.location)
         self._ds: Any = None  # lance.LanceDataset, or None when the table does not exist yet
 
     async def __aenter__(self) -> "VectorCounts":
@@ -40,13 +41,14 @@ class VectorCounts:
         self._ds = None
 
     def _open(self) -> Any:
-        uri = self.path / f"{self.table}.lance"
-        if not uri.is_dir():
+        name = f"{self.table}.lance"
+        if not self.location.has_dir(name):
             return None
         import lance
 
+        uri = self.location.child(name)
         try:
-            return lance.dataset(str(uri))
+            return lance.dataset(uri, storage_options=self.location.storage_options or None)
         except Exception as exc:  # noqa: BLE001 - lance raises plain OSError/ValueError/RuntimeError
             raise VectorStoreError(f"lance: cannot read {uri}: {type(exc).__name__}: {exc}") from exc
 
@@ -66,4 +68,4 @@ class VectorCounts:
         try:
             return await anyio.to_thread.run_sync(fn, ds)
         except Exception as exc:  # noqa: BLE001
-            raise VectorStoreError(f"lance: reading {self.path / self.table}: {type(exc).__name__}: {exc}") from exc
+            raise VectorStoreError(f"lance: reading {self.location.child(self.table)}: {type(exc).__name__}: {exc}") from exc

@@ -65,9 +65,7 @@ import functools
 import inspect
 import logging
 import math
-import os
 import re
-import shutil
 import threading
 from collections.abc import Awaitable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -80,6 +78,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import DiskFull, MemoryStoreError, is_disk_full
+from .location import Location, as_location
 from .hot import COLUMNS as _HOT_COLUMNS
 from .hot import ChatRows, HotChats
 from .language import detect, index_terms, would_load
@@ -114,7 +113,7 @@ class EmbeddingModelChanged(VectorStoreError):
     """The table holds another model's vectors than the embedding model in use: they cannot be
     compared. ``kith memory reindex`` re-embeds every stored message with the model in use."""
 
-    def __init__(self, path: Path, held: tuple[str, int], wanted: tuple[str, int]) -> None:
+    def __init__(self, path: object, held: tuple[str, int], wanted: tuple[str, int]) -> None:
         self.held, self.wanted = held, wanted
         super().__init__(
             f"vector memory {path} holds {held[0]} embeddings ({held[1]} dimensions) but the embedding model is "
@@ -159,12 +158,10 @@ def row_id(chat_id: int, kind: str, message_id: int) -> str:
 _CURRENT = "CURRENT"  # names the current table (written by ``switch_to``); absent: TABLE
 
 
-def current_table(path: Path) -> str:
-    """The name of the current memories table of the LanceDB directory ``path``."""
-    try:
-        name = (Path(path) / _CURRENT).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return TABLE
+def current_table(where: Location | Path | str) -> str:
+    """The name of the current memories table of the LanceDB database at ``where`` (a directory or
+    an object-store URI). Blocking."""
+    name = (as_location(where).read_text(_CURRENT) or "").strip()
     return name or TABLE
 
 
@@ -183,13 +180,8 @@ def ids_per_chat(tbl: pa.Table) -> dict[int, set[int]]:
     return out
 
 
-def _write_current(path: Path, table: str) -> None:
-    tmp = Path(path) / f"{_CURRENT}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(table + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, Path(path) / _CURRENT)
+def _write_current(where: Location | Path | str, table: str) -> None:
+    as_location(where).write_text(_CURRENT, table + "\n")
 
 
 def schema(dim: int = 384, *, terms: bool = True) -> pa.Schema:
@@ -324,7 +316,7 @@ class VectorMemory:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str | Location,
         *,
         dim: int = 384,
         embedding_model: str = DEFAULT_EMBEDDING_MODEL,
@@ -336,9 +328,10 @@ class VectorMemory:
         table: str | None = None,
         language_aware: bool = True,
     ) -> None:
-        self.path = Path(path)
+        self.location = as_location(path)
+        self.path = self.location.path  # the local directory; None for an object store
         self._language_aware = language_aware
-        self.table = table or current_table(self.path)
+        self.table = table or current_table(self.location)
         self._fresh = table is not None  # a table named by the caller is built from scratch (reindex)
         self.dim = dim
         self.embedding_model = embedding_model
@@ -389,8 +382,8 @@ class VectorMemory:
     async def _open(self) -> None:
         import lancedb
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._db = await lancedb.connect_async(str(self.path))
+        self.location.prepare()
+        self._db = await lancedb.connect_async(self.location.uri, storage_options=self.location.storage_options or None)
         tables = (await self._db.list_tables()).tables
         if self._fresh and self.table in tables:
             await self._db.drop_table(self.table)
@@ -420,10 +413,10 @@ class VectorMemory:
         want = schema(self.dim, terms=self.multilingual)  # made before language-aware search: its English-only index stays
         if not self.multilingual and self._language_aware:
             log.warning("vector memory %s predates language-aware full-text search (Russian, Ukrainian, German, "
-                        "Spanish, French): `kith memory reindex` rebuilds it with it", self.path)
+                        "Spanish, French): `kith memory reindex` rebuilds it with it", self.location)
         if have.field("vector").type != want.field("vector").type or set(have.names) != set(want.names):
             raise VectorStoreError(
-                f"{self.path}/{self.table} has schema {have} but {want} is expected; rebuild it (kith memory reindex)"
+                f"{self.location}/{self.table} has schema {have} but {want} is expected; rebuild it (kith memory reindex)"
             )
         self._tbl = tbl
         await self._ensure_indexes()
@@ -471,20 +464,16 @@ class VectorMemory:
             raise VectorStoreError(f"lancedb: {type(exc).__name__}: {exc}") from exc
 
     def _disk_full(self) -> DiskFull:
-        try:
-            free = shutil.disk_usage(self.path).free
-        except OSError:
-            free = 0
+        free = self.location.free_bytes() or 0
         # a compaction rewrites fragments: room for a good part of the table, at least 32 MB
-        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file()) if self.path.exists() else 0
-        return DiskFull(self.path, free, max(32 * 2**20, size // 2))
+        return DiskFull(self.location, free, max(32 * 2**20, self.location.size_bytes() // 2))
 
     async def switch_to(self, table: str) -> None:
         """Make ``table`` (built beside the current one, e.g. by ``kith memory reindex``) the current
         table: the ``CURRENT`` file is replaced atomically, then the old table is dropped. An
         interruption before the replace keeps the old table; after it, the new one."""
         async with self._write_lock:
-            await anyio.to_thread.run_sync(_write_current, self.path, table)
+            await anyio.to_thread.run_sync(_write_current, self.location, table)
             old, self.table = self.table, table
             await self._run(self._reopen, old)
         self.hot = HotChats(self.hot.max_rows)

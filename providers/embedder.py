@@ -57,6 +57,19 @@ class Encoder(Protocol):
     def encode_one(self, text: str) -> np.ndarray: ...
 
 
+class BulkEmbedder(Protocol):
+    """What the indexer embeds with: ``Embedder`` in this process, or ``providers.ray_embedder.RayEmbedder``
+    on workers. ``embed`` → float32[len(texts), dim], L2-normalised, in the order of ``texts``."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+    async def embed(self, texts: Sequence[str], *, urgent: bool = False) -> np.ndarray: ...
+
+
 def check_choice(backend: str, precision: str) -> None:
     """raises ValueError for a backend not in ``BACKENDS`` or a precision not in ``PRECISIONS``."""
     if backend not in BACKENDS:
@@ -66,22 +79,27 @@ def check_choice(backend: str, precision: str) -> None:
 
 
 def load_encoder(backend: str = "openvino", *, precision: str = "auto", model_path: str | None = None,
-                 cache_dir: Path | None = None) -> Encoder:
+                 cache_dir: Path | None = None, threads: int | None = None) -> Encoder:
     """Load the embedding model on ``backend`` (blocking: ~1 s for openvino once converted, ~10 s
     the first time; ~6–8 s for torch). If openvino cannot be used (not installed, conversion
-    failed), logs why and falls back to torch: the vectors are the same.
+    failed), logs why and falls back to torch: the vectors are the same. threads: CPU threads a model
+    call may use (None: every core; a worker sharing a machine with others takes its share).
     raises EmbeddingError (torch cannot load the model either), ValueError (unknown backend)."""
     check_choice(backend, precision)
     if backend == "openvino":
         from . import openvino_encoder
 
         try:
-            return openvino_encoder.load(model_path, precision=precision, cache_dir=cache_dir)
+            return openvino_encoder.load(model_path, precision=precision, cache_dir=cache_dir, threads=threads)
         except Exception as exc:  # noqa: BLE001 - whatever OpenVINO raised, torch gives the same vectors
             log.warning("embedding model: OpenVINO backend unavailable (%s); using torch "
                         "(set memory.embed_backend: torch to skip trying)", exc)
     from . import torch_encoder
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     return torch_encoder.load(model_path, precision=precision)
 
 

@@ -206,7 +206,8 @@ class OpenVINOEncoder:
 
     backend = "openvino"
 
-    def __init__(self, model_dir: Path, *, precision: str = "auto") -> None:
+    def __init__(self, model_dir: Path, *, precision: str = "auto", threads: int | None = None) -> None:
+        self._threads = threads  # None: every core
         self._lock = threading.Lock()
         try:
             import openvino as ov
@@ -230,7 +231,9 @@ class OpenVINOEncoder:
             raise EmbeddingError(f"cannot load the OpenVINO embedding model from {model_dir}: {exc}") from exc
 
     def _compile(self, hint: str | None) -> None:
-        config = {"PERFORMANCE_HINT": "LATENCY"}  # one stream using every core: one call at a time
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}  # one stream using every core: one call at a time
+        if self._threads:
+            config["INFERENCE_NUM_THREADS"] = self._threads
         if hint:
             config["INFERENCE_PRECISION_HINT"] = hint
         self._compiled = self._core.compile_model(self._model, "CPU", config)
@@ -271,13 +274,14 @@ class OpenVINOEncoder:
         return self._infer([text or " "])[0]
 
 
-def load(model_path: str | None = None, *, precision: str = "auto", cache_dir: Path | None = None) -> OpenVINOEncoder:
+def load(model_path: str | None = None, *, precision: str = "auto", cache_dir: Path | None = None,
+         threads: int | None = None) -> OpenVINOEncoder:
     """The OpenVINO encoder of ``model_path`` (default all-MiniLM-L6-v2), converting it on first
     use. Blocking. raises EmbeddingError (OpenVINO missing, conversion failed, cache not writable)."""
     model_dir = converted(model_path, cache_dir)
     try:
-        return OpenVINOEncoder(model_dir, precision=precision)
+        return OpenVINOEncoder(model_dir, precision=precision, threads=threads)
     except EmbeddingError as exc:  # a damaged cache (a truncated model.bin, a deleted file): convert again, once
         log.warning("embedding model: %s; converting it again", exc)
         shutil.rmtree(model_dir, ignore_errors=True)
-        return OpenVINOEncoder(converted(model_path, cache_dir), precision=precision)
+        return OpenVINOEncoder(converted(model_path, cache_dir), precision=precision, threads=threads)

@@ -178,13 +178,13 @@ async def test_reindex_builds_beside_and_switches_and_an_interrupted_one_loses_n
     async with VectorMemory(tmp_path / "memory", table=f"{TABLE}_123") as half:
         assert await half.count() == 0
     async with open_memory(CFG, tmp_path, model=st_model) as memory:
-        assert current_table(memory.vectors.path) == TABLE
+        assert current_table(memory.vectors.location) == TABLE
         assert await memory.vectors.count() == 40  # the old memories, untouched
         import lancedb
 
         assert f"{TABLE}_123" not in lancedb.connect(str(tmp_path / "memory")).table_names()  # dropped at open
         assert await reindex(memory) == 40
-        name = current_table(memory.vectors.path)
+        name = current_table(memory.vectors.location)
         assert name != TABLE and memory.vectors.table == name
         after = [h.message_id for h in (await memory.recall(CHAT, "which editor does Boris like", 5)).hits]
         assert after == before

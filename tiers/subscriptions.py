@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import builtins
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -83,13 +84,18 @@ class SubscriptionStore:
 
     cfg: the tiers (for checking tier names and comparing tiers in ``extend``).
     clock: the current tz-aware UTC time.
+    max_age_s: the cache is read again when older than this (seconds), so a grant written by another
+    process sharing the store (PostgreSQL) applies within that time; None = never.
     Every method is async and must run on the event loop that owns ``store``.
     """
 
-    def __init__(self, store: DialogueStore, cfg: TiersConfig, clock: Callable[[], datetime]) -> None:
+    def __init__(self, store: DialogueStore, cfg: TiersConfig, clock: Callable[[], datetime],
+                 max_age_s: float | None = 60.0) -> None:
         self.store = store
         self.cfg = cfg
         self.clock = clock
+        self.max_age_s = max_age_s
+        self._loaded_at = 0.0  # time.monotonic() of the last read
         self._cache: dict[tuple[str, int], Subscription] | None = None
         self._lock = anyio.Lock()  # changes are read-modify-write: one at a time
         self.payment_lock = anyio.Lock()  # payments.apply_successful_payment: one at a time
@@ -97,10 +103,15 @@ class SubscriptionStore:
     # ------------------------------------------------------------ reads
 
     async def load(self) -> None:
-        """Read every subscription into memory (once; later calls do nothing)."""
-        if self._cache is None:
+        """Read every subscription into memory (once, then again when older than ``max_age_s``)."""
+        if self._cache is None or self._stale():
             async with self._lock:
+                if self._stale():
+                    self._cache = None
                 await self._cached()
+
+    def _stale(self) -> bool:
+        return self.max_age_s is not None and time.monotonic() - self._loaded_at > self.max_age_s
 
     def reload(self) -> None:
         """Read the subscriptions from the store again at the next call (they changed behind this
@@ -188,6 +199,7 @@ class SubscriptionStore:
     async def _cached(self) -> dict[tuple[str, int], Subscription]:
         """The cache, loading it if needed (call with ``_lock`` held)."""
         if self._cache is None:
+            self._loaded_at = time.monotonic()
             self._cache = {(r.scope, r.scope_id): Subscription(r.scope, r.scope_id, r.tier, r.expires_at, r.source, r.updated_at)
                            for r in await self.store.subscriptions()}
         return self._cache
