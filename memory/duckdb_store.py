@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,6 @@ from .types import (
     ChatInfo,
     DocumentChunk,
     DocumentInfo,
-    MemoryHit,
     PaymentRecord,
     StoredMessage,
     SubscriptionRecord,
@@ -60,6 +59,7 @@ from .types import (
     UsageRecord,
     UsageTotal,
 )
+from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, json_object, keyset_pages
 from .write_behind import Batch, WriteBehind, save_unsaved
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def _row_to_msg(r: tuple) -> StoredMessage:
     return StoredMessage(r[0], r[1], r[2], r[3], r[4], from_us(r[5]), r[6], r[7], r[8])
 
 
-class DuckDBStore:
+class DuckDBStore(QueuedStore):
     """The ``DialogueStore`` in one DuckDB file (see ``memory.store`` for the contract and the
     module docstring for how this implementation keeps it).
 
@@ -150,28 +150,20 @@ class DuckDBStore:
     async def __aenter__(self) -> DuckDBStore:
         await anyio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
         self._open = True
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._queue.start(self._tg)
+        await self._start_writer()
         return self
 
     async def __aexit__(self, *exc) -> bool | None:
-        assert self._tg is not None
-        with anyio.CancelScope(shield=True):
-            await self._queue.aclose()
-            self._open = False
-            if self._con is not None:
-                try:
-                    await anyio.to_thread.run_sync(self._con.close, limiter=self._limiter)
-                finally:
-                    self._con = None
-                    _OPEN_PATHS.discard(self._key)
-        if exc[0] is None or issubclass(exc[0], anyio.get_cancelled_exc_class()):
-            return await self._tg.__aexit__(*exc)
-        # The writer has finished; close the task group without handing it the body's exception, so
-        # that exception propagates as itself rather than wrapped in an ExceptionGroup.
-        await self._tg.__aexit__(None, None, None)
-        return False
+        return await self._stop_writer(exc, self._close)
+
+    async def _close(self) -> None:
+        self._open = False
+        if self._con is not None:
+            try:
+                await anyio.to_thread.run_sync(self._con.close, limiter=self._limiter)
+            finally:
+                self._con = None
+                _OPEN_PATHS.discard(self._key)
 
     def _open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,59 +202,9 @@ class DuckDBStore:
 
     # ------------------------------------------------------------ enqueue (non-blocking)
 
-    def add(self, msg: StoredMessage) -> None:
-        """Queue one message for the writer. Returns at once; ``flush()`` waits for the commit.
-
-        Idempotent on ``(chat_id, message_id)``: the first write wins. raises MemoryStoreError when the
-        store is not open; DiskFull once a commit failed for lack of space (intake stops; it clears
-        when a later commit succeeds).
-        """
-        self.add_many((msg,))
-
-    def add_many(self, msgs: Iterable[StoredMessage]) -> None:
-        """Queue many messages (see ``add``)."""
-        for m in self._queue.put_messages(msgs):
+    def _on_messages(self, msgs: list[StoredMessage]) -> None:
+        for m in msgs:
             self._chats_with_messages.add(m.chat_id)
-
-    def record_usage(self, rec: UsageRecord) -> None:
-        """Queue one usage record (one billed call)."""
-        self._queue.put_usage(rec)
-
-    def record_recall(self, chat_id: int, reply_message_id: int, hits: Sequence[MemoryHit]) -> None:
-        """Queue which memories were injected into the reply ``reply_message_id`` of ``chat_id``, with
-        their fused score. Recording the same (reply, memory) twice keeps the first.
-
-        raises ValueError when a hit belongs to another chat (memory never crosses chats, DESIGN §5).
-        """
-        self._queue.check_writable()
-        rows = []
-        for h in hits:
-            if h.chat_id != chat_id:
-                raise ValueError(f"recall for chat {chat_id} contains a memory of chat {h.chat_id}")
-            rows.append((chat_id, reply_message_id, h.message_id, float(h.score)))
-        self._queue.put_recalls(rows)
-
-    @property
-    def disk_full(self) -> DiskFull | None:
-        """Set while commits fail for lack of space (intake raises it); None otherwise."""
-        return self._queue.blocked
-
-    @property
-    def writer_lag_s(self) -> float:
-        """Seconds the oldest row not yet committed has waited (0 when everything is committed)."""
-        return self._queue.writer_lag_s
-
-    @property
-    def pending(self) -> int:
-        """Rows queued and not yet handed to the database."""
-        return self._queue.pending
-
-    async def flush(self) -> None:
-        """Return when every row enqueued before the call is committed.
-
-        raises MemoryStoreError when the database fails to write (the rows stay queued and are retried).
-        """
-        await self._queue.flush()
 
     def _describe_error(self, exc: BaseException, queued: int) -> MemoryStoreError:
         if is_disk_full(exc):
@@ -351,7 +293,7 @@ class DuckDBStore:
                         raise
                     except Exception as exc:  # noqa: BLE001 - this row can never be stored
                         self.dropped_rows += 1
-                        log.error("dialogue store: dropped an unstorable %s row %s: %s", attr, _describe(row), exc)
+                        log.error("dialogue store: dropped an unstorable %s row %s: %s", attr, describe_row(row), exc)
                     i += 1
             finally:
                 setattr(batch, attr, rows[i:])
@@ -530,7 +472,7 @@ class DuckDBStore:
         if isinstance(settings.get("context_from"), int):
             settings["context_from"] -= shift
         settings.update(json.loads(new_row[2] or "{}") if new_row else {})
-        doc = _json_object(settings)
+        doc = json_object(settings)
         title = title or (new_row[1] if new_row else None) or self._chat_rows.get(old, ("", None, ""))[1]
 
         def run() -> int:
@@ -636,25 +578,9 @@ class DuckDBStore:
         """Every stored message (of one chat, or all), in pages of at most ``batch``, ordered by
         ``(chat_id, message_id)``. Keyset-paginated, so it tolerates writes between pages."""
         await self._queue.sync()
-        batch = max(1, batch)
-        last: tuple[int, int] | None = None
-        while True:
-            sql, params = f"SELECT {_MSG_COLS} FROM messages WHERE true", []
-            if chat_id is not None:
-                sql += " AND chat_id = ?"
-                params.append(chat_id)
-            if last is not None:
-                sql += " AND (chat_id > ? OR (chat_id = ? AND message_id > ?))"
-                params += [last[0], last[0], last[1]]
-            sql += " ORDER BY chat_id, message_id LIMIT ?"
-            params.append(batch)
-            rows = await self._query(sql, params)
-            if not rows:
-                return
+        async for rows in keyset_pages(self._query, f"SELECT {_MSG_COLS} FROM messages WHERE true",
+                                       [("chat_id", chat_id)], ("chat_id", "message_id"), batch):
             yield [_row_to_msg(r) for r in rows]
-            if len(rows) < batch:
-                return
-            last = (rows[-1][0], rows[-1][1])
 
 
     async def message_keys(self, *, chat_id: int | None = None, user_id: int | None = None,
@@ -803,27 +729,9 @@ class DuckDBStore:
         """Every stored document chunk (of one chat, or all) with its provenance, in pages of at most
         ``batch``, ordered by ``(chat_id, message_id, chunk)`` (keyset-paginated)."""
         await self._queue.sync()
-        batch = max(1, batch)
-        last: tuple[int, int, int] | None = None
-        while True:
-            sql = ("SELECT c.chat_id, c.message_id, c.chunk, c.text, c.page, c.section, d.file_name, d.user_id, d.user_name,"
-                   " epoch_us(d.date) FROM document_chunks c JOIN documents d USING (chat_id, message_id) WHERE true")
-            params: list[Any] = []
-            if chat_id is not None:
-                sql += " AND c.chat_id = ?"
-                params.append(chat_id)
-            if last is not None:
-                sql += " AND (c.chat_id, c.message_id, c.chunk) > (?, ?, ?)"
-                params += list(last)
-            sql += " ORDER BY c.chat_id, c.message_id, c.chunk LIMIT ?"
-            params.append(batch)
-            rows = await self._query(sql, params)
-            if not rows:
-                return
+        async for rows in keyset_pages(self._query, CHUNKS_SELECT.format(date="epoch_us(d.date)"), [("c.chat_id", chat_id)],
+                                       ("c.chat_id", "c.message_id", "c.chunk"), batch):
             yield [DocumentChunk(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], from_us(r[9])) for r in rows]
-            if len(rows) < batch:
-                return
-            last = (rows[-1][0], rows[-1][1], rows[-1][2])
 
     # ------------------------------------------------------------ chats and users
 
@@ -854,7 +762,7 @@ class DuckDBStore:
     async def set_chat_settings(self, chat_id: int, settings: dict) -> None:
         """Replace the chat's settings with ``settings`` (JSON-serialisable dict). Creates the chat row
         (type ``unknown``) if needed. raises TypeError for a non-dict or non-JSON value."""
-        doc = _json_object(settings)
+        doc = json_object(settings)
         await self._query(
             f"""INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (?, 'unknown', NULL, ?, {_TS.format('?')})
             ON CONFLICT (chat_id) DO UPDATE SET settings = excluded.settings""",
@@ -876,7 +784,7 @@ class DuckDBStore:
     ) -> None:
         """Replace the user's settings; also update ``username``/``name`` when given (None keeps the
         stored value). Creates the user row if needed. raises TypeError for non-JSON settings."""
-        doc = _json_object(settings)
+        doc = json_object(settings)
         await self._query(
             f"""INSERT INTO users (user_id, username, name, settings, created_at) VALUES (?, ?, ?, ?, {_TS.format('?')})
             ON CONFLICT (user_id) DO UPDATE SET settings = excluded.settings,
@@ -1179,16 +1087,3 @@ def _usage_params(u: UsageRecord) -> list[Any]:
     return [to_us(u.ts), u.chat_id, u.user_id, u.kind, u.model, u.prompt_tokens, u.completion_tokens, u.cost_usd, u.latency_ms,
             u.seconds, u.images, u.pages]
 
-
-def _describe(row: Any) -> str:
-    if isinstance(row, StoredMessage):
-        return f"(chat_id={row.chat_id!r}, message_id={row.message_id!r})"
-    if isinstance(row, UsageRecord):
-        return f"(chat_id={row.chat_id!r}, ts={row.ts!r})"
-    return repr(row)[:200]
-
-
-def _json_object(settings: dict) -> str:
-    if not isinstance(settings, dict):
-        raise TypeError(f"settings must be a dict, not {type(settings).__name__}")
-    return json.dumps(settings, ensure_ascii=False)

@@ -21,9 +21,8 @@ Differences from the DuckDB store, both from PostgreSQL itself:
 """
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,6 @@ from .types import (
     ChatInfo,
     DocumentChunk,
     DocumentInfo,
-    MemoryHit,
     PaymentRecord,
     StoredMessage,
     SubscriptionRecord,
@@ -50,6 +48,7 @@ from .types import (
     UsageRecord,
     UsageTotal,
 )
+from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, json_object, keyset_pages
 from .write_behind import Batch, WriteBehind, save_unsaved
 
 log = logging.getLogger(__name__)
@@ -97,16 +96,14 @@ def _utc(ts: datetime) -> datetime:
 
 
 def _json_object(settings: dict) -> str:
-    if not isinstance(settings, dict):
-        raise TypeError(f"settings must be a dict, not {type(settings).__name__}")
-    return json.dumps(settings, ensure_ascii=False).replace("\\u0000", "\\ufffd")
+    return json_object(settings).replace("\\u0000", "\\ufffd")  # jsonb cannot hold U+0000
 
 
 def _row_to_msg(r: Sequence[Any]) -> StoredMessage:
     return StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])
 
 
-class PostgresStore:
+class PostgresStore(QueuedStore):
     """The ``DialogueStore`` on PostgreSQL (see the module docstring).
 
     url: a libpq connection URL (``postgresql://…``). pool_size: connections at most (reads run
@@ -185,25 +182,19 @@ class PostgresStore:
             raise
         self._pool = pool
         self._open = True
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._queue.start(self._tg)
+        await self._start_writer()
         return self
 
     async def __aexit__(self, *exc: Any) -> bool | None:
-        assert self._tg is not None
-        with anyio.CancelScope(shield=True):
-            await self._queue.aclose()
-            self._open = False
-            if self._pool is not None:
-                try:
-                    await self._pool.close()
-                finally:
-                    self._pool = None
-        if exc[0] is None or issubclass(exc[0], anyio.get_cancelled_exc_class()):
-            return await self._tg.__aexit__(*exc)
-        await self._tg.__aexit__(None, None, None)
-        return False
+        return await self._stop_writer(exc, self._close)
+
+    async def _close(self) -> None:
+        self._open = False
+        if self._pool is not None:
+            try:
+                await self._pool.close()
+            finally:
+                self._pool = None
 
     # ------------------------------------------------------------ plumbing
 
@@ -255,28 +246,6 @@ class PostgresStore:
 
     # ------------------------------------------------------------ the write-behind queue
 
-    def add(self, msg: StoredMessage) -> None:
-        """Queue one message (see ``memory.store``)."""
-        self._queue.put_messages((msg,))
-
-    def add_many(self, msgs: Iterable[StoredMessage]) -> None:
-        """Queue many messages (see ``memory.store``)."""
-        self._queue.put_messages(msgs)
-
-    def record_usage(self, rec: UsageRecord) -> None:
-        """Queue one usage record."""
-        self._queue.put_usage(rec)
-
-    def record_recall(self, chat_id: int, reply_message_id: int, hits: Sequence[MemoryHit]) -> None:
-        """Queue the memories injected into a reply. raises ValueError for a hit of another chat."""
-        self._queue.check_writable()
-        rows = []
-        for h in hits:
-            if h.chat_id != chat_id:
-                raise ValueError(f"recall for chat {chat_id} contains a memory of chat {h.chat_id}")
-            rows.append((chat_id, reply_message_id, h.message_id, float(h.score)))
-        self._queue.put_recalls(rows)
-
     async def upsert_chat(self, chat_id: int, type: str, title: str | None) -> None:
         """Create or rename a chat (queued; a chat this process knows unchanged queues nothing)."""
         self._queue.check_writable()
@@ -285,22 +254,6 @@ class PostgresStore:
             return
         self._chat_rows[chat_id] = (type, title if title is not None else (row[1] if row else None))
         self._queue.put_chat((chat_id, type, title, to_us(self._clock())))
-
-    async def flush(self) -> None:
-        """Return when every row queued before the call is committed. raises MemoryStoreError."""
-        await self._queue.flush()
-
-    @property
-    def pending(self) -> int:
-        return self._queue.pending
-
-    @property
-    def writer_lag_s(self) -> float:
-        return self._queue.writer_lag_s
-
-    @property
-    def disk_full(self) -> DiskFull | None:
-        return self._queue.blocked
 
     def _describe_error(self, exc: BaseException, queued: int) -> MemoryStoreError:
         wrapped = self._wrap(exc)
@@ -364,7 +317,7 @@ class PostgresStore:
                         raise
                     except (psycopg.Error, ValueError, OverflowError) as exc:  # this row can never be stored
                         self.dropped_rows += 1
-                        log.error("dialogue store: dropped an unstorable %s row %s: %s", attr, _describe(row), exc)
+                        log.error("dialogue store: dropped an unstorable %s row %s: %s", attr, describe_row(row), exc)
                     i += 1
             finally:
                 setattr(batch, attr, rows[i:])
@@ -450,25 +403,9 @@ class PostgresStore:
 
     async def iter_messages(self, chat_id: int | None = None, *, batch: int = 5000) -> AsyncIterator[list[StoredMessage]]:
         await self._queue.sync()
-        batch = max(1, batch)
-        last: tuple[int, int] | None = None
-        while True:
-            sql, params = f"SELECT {_MSG_COLS} FROM messages WHERE true", []
-            if chat_id is not None:
-                sql += " AND chat_id = %s"
-                params.append(chat_id)
-            if last is not None:
-                sql += " AND (chat_id, message_id) > (%s, %s)"
-                params += list(last)
-            sql += " ORDER BY chat_id, message_id LIMIT %s"
-            params.append(batch)
-            rows = await self._fetch(sql, params)
-            if not rows:
-                return
+        async for rows in keyset_pages(self._fetch, f"SELECT {_MSG_COLS} FROM messages WHERE true",
+                                       [("chat_id", chat_id)], ("chat_id", "message_id"), batch, ph="%s"):
             yield [_row_to_msg(r) for r in rows]
-            if len(rows) < batch:
-                return
-            last = (rows[-1][0], rows[-1][1])
 
     async def message_keys(self, *, chat_id: int | None = None, user_id: int | None = None,
                            before: datetime | None = None, limit: int | None = None) -> list[tuple[int, int]]:
@@ -653,27 +590,9 @@ class PostgresStore:
 
     async def iter_document_chunks(self, chat_id: int | None = None, *, batch: int = 2000) -> AsyncIterator[list[DocumentChunk]]:
         await self._queue.sync()
-        batch = max(1, batch)
-        last: tuple[int, int, int] | None = None
-        while True:
-            sql = ("SELECT c.chat_id, c.message_id, c.chunk, c.text, c.page, c.section, d.file_name, d.user_id, d.user_name,"
-                   " d.date FROM document_chunks c JOIN documents d USING (chat_id, message_id) WHERE true")
-            params: list[Any] = []
-            if chat_id is not None:
-                sql += " AND c.chat_id = %s"
-                params.append(chat_id)
-            if last is not None:
-                sql += " AND (c.chat_id, c.message_id, c.chunk) > (%s, %s, %s)"
-                params += list(last)
-            sql += " ORDER BY c.chat_id, c.message_id, c.chunk LIMIT %s"
-            params.append(batch)
-            rows = await self._fetch(sql, params)
-            if not rows:
-                return
+        async for rows in keyset_pages(self._fetch, CHUNKS_SELECT.format(date="d.date"), [("c.chat_id", chat_id)],
+                                       ("c.chat_id", "c.message_id", "c.chunk"), batch, ph="%s"):
             yield [DocumentChunk(*r) for r in rows]
-            if len(rows) < batch:
-                return
-            last = (rows[-1][0], rows[-1][1], rows[-1][2])
 
     # ------------------------------------------------------------ chats and users
 
@@ -852,11 +771,3 @@ def _usage_params(u: UsageRecord) -> tuple:
 
 def _chat_params(c: tuple) -> tuple:
     return (c[0], c[1], _clean(c[2]), from_us(c[3]))
-
-
-def _describe(row: Any) -> str:
-    if isinstance(row, StoredMessage):
-        return f"(chat_id={row.chat_id!r}, message_id={row.message_id!r})"
-    if isinstance(row, UsageRecord):
-        return f"(chat_id={row.chat_id!r}, ts={row.ts!r})"
-    return repr(row)[:200]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -16,13 +15,11 @@ from memory.duckdb_store import DuckDBStore
 from memory.errors import MemoryStoreError, StoreLocked
 from memory.schema import SCHEMA_VERSION
 from memory.transcripts import read_transcript
-from memory.types import MemoryHit, StoredMessage, UsageRecord
+from memory.types import MemoryHit, UsageRecord
+from tests.test_store_contract import CHAT, T0, msg  # the contract suite's data
 
 ROOT = Path(__file__).resolve().parents[1]
 IRC = ROOT.parent / "shared" / "data" / "ubuntu-irc"
-T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
-CHAT = -1001234567890
-OTHER = -1009876543210
 
 
 @pytest.fixture
@@ -33,19 +30,6 @@ def anyio_backend():
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "data" / "kith.duckdb"
-
-
-def msg(i: int, *, chat: int = CHAT, user: int = 1, text: str | None = None, thread: int | None = None, **kw) -> StoredMessage:
-    return StoredMessage(
-        chat_id=chat,
-        message_id=i,
-        user_id=user,
-        user_name=f"user{user}",
-        text=f"message {i}" if text is None else text,
-        date=T0 + timedelta(seconds=i),
-        thread_id=thread,
-        **kw,
-    )
 
 
 @pytest.mark.anyio

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import builtins
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,18 +34,12 @@ SCOPES = ("user", "chat")
 
 
 @dataclass(frozen=True, slots=True)
-class Subscription:
-    """A tier held by a user or a chat. Times are tz-aware UTC; ``expires_at`` None = never.
+class Subscription(SubscriptionRecord):
+    """A tier held by a user or a chat (the stored row: scope, scope_id, tier, expires_at, source,
+    updated_at). Times are tz-aware UTC; ``expires_at`` None = never.
 
     source: who set it — ``"cli"`` (``kith sub grant``), ``"payment:<charge id>"``, or a caller's label.
     """
-
-    scope: str
-    scope_id: int
-    tier: str
-    expires_at: datetime | None
-    source: str
-    updated_at: datetime
 
     def active(self, now: datetime) -> bool:
         """True when it has not expired at ``now`` (a never-expiring one is always active)."""
@@ -200,15 +195,14 @@ class SubscriptionStore:
         """The cache, loading it if needed (call with ``_lock`` held)."""
         if self._cache is None:
             self._loaded_at = time.monotonic()
-            self._cache = {(r.scope, r.scope_id): Subscription(r.scope, r.scope_id, r.tier, r.expires_at, r.source, r.updated_at)
+            self._cache = {(r.scope, r.scope_id): Subscription(*dataclasses.astuple(r))
                            for r in await self.store.subscriptions()}
         return self._cache
 
     async def _put(self, sub: Subscription) -> Subscription:
         """Upsert ``sub`` (call with ``_lock`` held); the database first, then the cache."""
         cache = await self._cached()
-        await self.store.put_subscription(
-            SubscriptionRecord(sub.scope, sub.scope_id, sub.tier, sub.expires_at, sub.source, sub.updated_at))
+        await self.store.put_subscription(sub)
         # Keep exactly what the database holds (microsecond precision).
         stored = Subscription(
             sub.scope, sub.scope_id, sub.tier,

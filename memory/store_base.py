@@ -1,0 +1,154 @@
+"""What the dialogue stores share: the front of the write-behind queue (the hot-path writes and
+``flush``), their lifecycle around the writer task, and the small row helpers. A store subclasses
+``QueuedStore`` and gives the queue its commit function (``memory.write_behind``)."""
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from .errors import DiskFull
+from .types import MemoryHit, StoredMessage, UsageRecord
+from .write_behind import RecallRow, WriteBehind
+
+
+class QueuedStore:
+    """The hot-path writes of a ``DialogueStore`` (``add``, ``add_many``, ``record_usage``,
+    ``record_recall``, ``flush``, ``pending``, ``writer_lag_s``, ``disk_full``) over ``self._queue``.
+
+    A subclass sets ``self._queue`` (a ``WriteBehind``) in its ``__init__``, calls ``_start_writer``
+    once open and ``_stop_writer(exc, close)`` when leaving; ``_on_messages`` sees every queued
+    message (e.g. to keep a directory of chats with messages)."""
+
+    _queue: WriteBehind
+    _tg: anyio.abc.TaskGroup | None = None
+
+    def add(self, msg: StoredMessage) -> None:
+        """Queue one message for the writer. Returns at once; ``flush()`` waits for the commit.
+
+        Idempotent on ``(chat_id, message_id)``: the first write wins. raises MemoryStoreError when the
+        store is not open; DiskFull once a commit failed for lack of space (intake stops; it clears
+        when a later commit succeeds).
+        """
+        self.add_many((msg,))
+
+    def add_many(self, msgs: Iterable[StoredMessage]) -> None:
+        """Queue many messages (see ``add``)."""
+        self._on_messages(self._queue.put_messages(msgs))
+
+    def _on_messages(self, msgs: list[StoredMessage]) -> None:
+        """Called with every batch of queued messages (nothing by default)."""
+
+    def record_usage(self, rec: UsageRecord) -> None:
+        """Queue one usage record (one billed call)."""
+        self._queue.put_usage(rec)
+
+    def record_recall(self, chat_id: int, reply_message_id: int, hits: Sequence[MemoryHit]) -> None:
+        """Queue which memories were injected into the reply ``reply_message_id`` of ``chat_id``, with
+        their fused score. Recording the same (reply, memory) twice keeps the first.
+
+        raises ValueError when a hit belongs to another chat (memory never crosses chats, DESIGN §5).
+        """
+        self._queue.check_writable()
+        rows: list[RecallRow] = []
+        for h in hits:
+            if h.chat_id != chat_id:
+                raise ValueError(f"recall for chat {chat_id} contains a memory of chat {h.chat_id}")
+            rows.append((chat_id, reply_message_id, h.message_id, float(h.score)))
+        self._queue.put_recalls(rows)
+
+    async def flush(self) -> None:
+        """Return when every row enqueued before the call is committed.
+
+        raises MemoryStoreError when the database fails to write (the rows stay queued and are retried).
+        """
+        await self._queue.flush()
+
+    @property
+    def pending(self) -> int:
+        """Rows queued and not yet handed to the database."""
+        return self._queue.pending
+
+    @property
+    def writer_lag_s(self) -> float:
+        """Seconds the oldest row not yet committed has waited (0 when everything is committed)."""
+        return self._queue.writer_lag_s
+
+    @property
+    def disk_full(self) -> DiskFull | None:
+        """Set while commits fail for lack of space (intake raises it); None otherwise."""
+        return self._queue.blocked
+
+    # ------------------------------------------------------------ the writer's lifecycle
+
+    async def _start_writer(self) -> None:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._queue.start(self._tg)
+
+    async def _stop_writer(self, exc: tuple[Any, Any, Any], close: Callable[[], Awaitable[None]]) -> bool | None:
+        """Drain the queue, then ``close()`` the database (shielded), then leave the writer's task
+        group; the body's own exception propagates as itself (not in an ExceptionGroup)."""
+        assert self._tg is not None
+        with anyio.CancelScope(shield=True):
+            await self._queue.aclose()
+            await close()
+        if exc[0] is None or issubclass(exc[0], anyio.get_cancelled_exc_class()):
+            return await self._tg.__aexit__(*exc)
+        await self._tg.__aexit__(None, None, None)
+        return False
+
+
+def json_object(settings: dict) -> str:
+    """``settings`` as JSON text. raises TypeError for a non-dict or a non-JSON value."""
+    if not isinstance(settings, dict):
+        raise TypeError(f"settings must be a dict, not {type(settings).__name__}")
+    return json.dumps(settings, ensure_ascii=False)
+
+
+def describe_row(row: Any) -> str:
+    """A short description of a queued row, for the log line of one that was dropped."""
+    if isinstance(row, StoredMessage):
+        return f"(chat_id={row.chat_id!r}, message_id={row.message_id!r})"
+    if isinstance(row, UsageRecord):
+        return f"(chat_id={row.chat_id!r}, ts={row.ts!r})"
+    return repr(row)[:200]
+
+
+# a document's chunks with their provenance (both stores; ``{date}``: the date column as the store reads it)
+CHUNKS_SELECT = ("SELECT c.chat_id, c.message_id, c.chunk, c.text, c.page, c.section, d.file_name, d.user_id, d.user_name,"
+                 " {date} FROM document_chunks c JOIN documents d USING (chat_id, message_id) WHERE true")
+
+
+async def keyset_pages(fetch: Callable[[str, list[Any]], Awaitable[list[tuple]]], select: str,
+                       where: Sequence[tuple[str, Any]], key: Sequence[str], batch: int,
+                       ph: str = "?") -> AsyncIterator[list[tuple]]:
+    """Every row of ``select`` (a query ending in ``WHERE true`` whose first columns are ``key``), with
+    the equalities ``where`` (column, value) whose value is not None, in pages of at most ``batch``
+    ordered by ``key``. Keyset-paginated: each page starts after the last key of the one before, so
+    writes between pages neither repeat nor skip rows. ``fetch(sql, params)``: the store's query;
+    ``ph``: its driver's placeholder (``?`` DuckDB, ``%s`` psycopg)."""
+    batch = max(1, batch)
+    last: tuple | None = None
+    cols = ", ".join(key)
+    while True:
+        sql, params = select, []
+        for col, value in where:
+            if value is not None:
+                sql += f" AND {col} = {ph}"
+                params.append(value)
+        if last is not None:
+            sql += f" AND ({cols}) > ({', '.join([ph] * len(key))})"
+            params += list(last)
+        sql += f" ORDER BY {cols} LIMIT {ph}"
+        params.append(batch)
+        rows = await fetch(sql, params)
+        if not rows:
+            return
+        yield rows
+        if len(rows) < batch:
+            return
+        last = tuple(rows[-1][: len(key)])
