@@ -191,7 +191,7 @@ class MemorySettings(Frozen):
     @classmethod
     def _a_path_or_an_object_store(cls, v: str | None) -> str | None:
         if v is not None and "://" in v and not v.startswith(("s3://", "gs://", "gcs://", "az://", "abfs://", "file://")):
-            raise ValueError(f"must be a local path or an s3://, gs://, az:// URI, not {v!r}")
+            raise ValueError("must be a local path or an s3://, gs://, az:// URI")
         return v
 
     @field_validator("embedding_model")
@@ -215,7 +215,7 @@ class StorageSettings(Frozen):
     def _duckdb_or_a_postgresql_url(cls, v: str) -> str:
         v = v.strip()
         if v != "duckdb" and not v.startswith(("postgresql://", "postgres://")):
-            raise ValueError(f"must be 'duckdb' or a postgresql:// URL, not {v!r}")
+            raise ValueError("must be 'duckdb' or a postgresql:// URL")
         return v
 
 

@@ -160,6 +160,17 @@ class PostgresStore(QueuedStore):
         async def configure(con: Any) -> None:
             await con.execute("SET TIME ZONE 'UTC'")
 
+        # one connection first: a server that cannot be reached says why at once (the pool would
+        # retry quietly until its timeout), and the schema is migrated before any pooled use
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=max(1, round(self._connect_timeout_s))) as con:
+                self.schema_version = await migrate(con)
+        except MemoryStoreError:
+            raise
+        except (psycopg.Error, OSError) as exc:
+            raise MemoryStoreError(f"cannot open the PostgreSQL dialogue store {redact(self.url)}: {exc}") from exc
+
         pool = AsyncConnectionPool(
             self.url, min_size=1, max_size=self._pool_size, open=False, configure=configure,
             check=AsyncConnectionPool.check_connection,  # a server restart leaves broken connections behind
@@ -167,7 +178,6 @@ class PostgresStore(QueuedStore):
         try:
             await pool.open(wait=True, timeout=self._connect_timeout_s)
             async with pool.connection() as con:
-                self.schema_version = await migrate(con)
                 self._chat_rows = {r[0]: (r[1], r[2]) for r in await (await con.execute(
                     "SELECT chat_id, type, title FROM chats")).fetchall()}
                 self._chats_with_documents = {r[0] for r in await (await con.execute(

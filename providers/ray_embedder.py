@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,8 @@ class RayEmbedder:
         except ImportError as exc:
             raise EmbeddingError("scale_out.engine is ray but Ray is not installed: pip install 'kith[ray]'") from exc
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no telemetry, no network
+        # Ray starts its processes with fork + exec (subprocess), which lancedb's fork warning does not concern
+        warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
         if not ray.is_initialized():
             if self.address is None:
                 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster of this process only
