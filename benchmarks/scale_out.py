@@ -134,7 +134,7 @@ def run(quick: bool) -> dict:
     server = None
     admin = os.environ.get("KITH_BENCH_PG_URL")
     if admin is None:
-        from tests.pg_server import PostgresServer
+        from benchmarks.pg_server import PostgresServer
 
         server = PostgresServer()
         admin = server.start()
@@ -142,7 +142,7 @@ def run(quick: bool) -> dict:
             ("2 Ray workers", "ray", 2, False), ("2 Ray workers, one killed -9", "ray", 2, True)]
     metrics: list[dict] = []
     try:
-        from tests.pg_server import create_database
+        from benchmarks.pg_server import create_database
 
         with tempfile.TemporaryDirectory(prefix="kith-scale-") as tmp:
             for i, (label, engine, workers, kill) in enumerate(runs):

@@ -55,13 +55,13 @@ async def embedder(st_model):
 
 @pytest.fixture(scope="session")
 def pg_admin_url():
-    """Admin URL of a real PostgreSQL server for this test session (``tests.pg_server``):
+    """Admin URL of a real PostgreSQL server for this test session (``benchmarks.pg_server``):
     ``$KITH_TEST_PG_URL`` if set, else one started here in a temp dir and stopped at the end. Without
     PostgreSQL's binaries the tests that need it skip, or fail under ``KITH_REQUIRE_POSTGRES=1`` (CI)."""
     if os.environ.get("KITH_TEST_PG_URL"):
         yield os.environ["KITH_TEST_PG_URL"]
         return
-    from tests.pg_server import PostgresServer, PostgresUnavailable
+    from benchmarks.pg_server import PostgresServer, PostgresUnavailable
 
     try:
         server = PostgresServer()
@@ -78,6 +78,6 @@ def pg_admin_url():
 @pytest.fixture
 def pg_url(pg_admin_url: str) -> str:
     """URL of a new, empty database of the session's PostgreSQL server (one per test)."""
-    from tests.pg_server import create_database
+    from benchmarks.pg_server import create_database
 
     return create_database(pg_admin_url)

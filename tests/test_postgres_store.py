@@ -116,7 +116,7 @@ async def test_an_unreachable_server_is_a_clear_error_that_hides_the_password() 
 
 @pytest.mark.anyio
 async def test_a_server_that_goes_away_loses_no_queued_row(tmp_path: Path) -> None:
-    from tests.pg_server import PostgresServer, create_database
+    from benchmarks.pg_server import PostgresServer, create_database
 
     server = PostgresServer()
     url = create_database(server.start())

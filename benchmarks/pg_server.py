@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server for the tests: initdb + pg_ctl in a temp dir, on 127.0.0.1.
+"""A throwaway PostgreSQL server for the tests and the scale_out benchmark: initdb + pg_ctl in a temp dir, on 127.0.0.1.
 
 Binaries: ``$PG_BINDIR``, else the newest ``/usr/lib/postgresql/*/bin`` (Debian's ``postgresql``
 package, installed by ``make system-deps``). PostgreSQL refuses to run as root, so under root the
