@@ -171,21 +171,26 @@ class RayEmbedder:
             return np.zeros((0, self._dim), dtype=np.float32)
         if not self._actors:
             raise EmbeddingError("the Ray embedder is not started")
-        texts = list(texts)
-        per_worker = -(-len(texts) // self.workers)  # every worker gets a share of a batch
+        # sorted by length before it is cut into calls: each call then holds texts of similar length,
+        # and the model pads every text of a call to its longest (as Embedder does for bulk work)
+        order = length_order(texts)
+        ordered = [texts[i] for i in order]
+        per_worker = -(-len(ordered) // self.workers)  # every worker gets a share of a batch
         size = max(1, min(self.chunk, per_worker))
         refs = []
-        for start in range(0, len(texts), size):
+        for start in range(0, len(ordered), size):
             actor = self._actors[self._next % len(self._actors)]
             self._next += 1
-            refs.append(actor.encode.remote(texts[start:start + size]))
+            refs.append(actor.encode.remote(ordered[start:start + size]))
         self.calls += len(refs)
         self.texts += len(texts)
         try:
             parts = [await r for r in refs]  # in submission order, whatever order they ran in
         except Exception as exc:  # noqa: BLE001 - a worker that cannot come back (its model fails)
             raise EmbeddingError(f"embedding on the Ray workers failed: {exc}") from exc
-        return np.vstack(parts).astype(np.float32, copy=False)
+        out = np.empty((len(texts), self._dim), dtype=np.float32)
+        out[order] = np.vstack(parts)  # back to the caller's order
+        return out
 
     async def embed_one(self, text: str) -> np.ndarray:
         return (await self.embed([text]))[0]
