@@ -59,7 +59,7 @@ from .types import (
     UsageRecord,
     UsageTotal,
 )
-from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, json_object, keyset_pages
+from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, equalities, json_object, keyset_pages
 from .write_behind import Batch, WriteBehind, save_unsaved
 
 log = logging.getLogger(__name__)
@@ -565,14 +565,8 @@ class DuckDBStore(QueuedStore):
     async def count_messages(self, chat_id: int | None = None, *, user_id: int | None = None) -> int:
         """Stored messages, in one chat and/or by one sender (all when both are None)."""
         await self._queue.sync()
-        sql, params = "SELECT count(*) FROM messages WHERE true", []
-        if chat_id is not None:
-            sql += " AND chat_id = ?"
-            params.append(chat_id)
-        if user_id is not None:
-            sql += " AND user_id = ?"
-            params.append(user_id)
-        return int((await self._query(sql, params))[0][0])
+        filters, params = equalities([("chat_id", chat_id), ("user_id", user_id)])
+        return int((await self._query("SELECT count(*) FROM messages WHERE true" + filters, params))[0][0])
 
     async def iter_messages(self, chat_id: int | None = None, *, batch: int = 5000) -> AsyncIterator[list[StoredMessage]]:
         """Every stored message (of one chat, or all), in pages of at most ``batch``, ordered by
@@ -582,7 +576,6 @@ class DuckDBStore(QueuedStore):
                                        [("chat_id", chat_id)], ("chat_id", "message_id"), batch):
             yield [_row_to_msg(r) for r in rows]
 
-
     async def message_keys(self, *, chat_id: int | None = None, user_id: int | None = None,
                            before: datetime | None = None, limit: int | None = None) -> list[tuple[int, int]]:
         """``(chat_id, message_id)`` of the stored messages of one chat and/or one sender (at least one
@@ -591,13 +584,8 @@ class DuckDBStore(QueuedStore):
         if chat_id is None and user_id is None:
             raise ValueError("message_keys needs a chat_id or a user_id")
         await self._queue.sync()
-        sql, params = "SELECT chat_id, message_id FROM messages WHERE true", []
-        if chat_id is not None:
-            sql += " AND chat_id = ?"
-            params.append(chat_id)
-        if user_id is not None:
-            sql += " AND user_id = ?"
-            params.append(user_id)
+        filters, params = equalities([("chat_id", chat_id), ("user_id", user_id)])
+        sql = "SELECT chat_id, message_id FROM messages WHERE true" + filters
         if before is not None:
             sql += " AND epoch_us(date) < ?"
             params.append(to_us(before))

@@ -48,7 +48,7 @@ from .types import (
     UsageRecord,
     UsageTotal,
 )
-from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, json_object, keyset_pages
+from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, equalities, json_object, keyset_pages
 from .write_behind import Batch, WriteBehind, save_unsaved
 
 log = logging.getLogger(__name__)
@@ -214,24 +214,24 @@ class PostgresStore(QueuedStore):
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Run one statement (autocommit) and return its rows ([] for a statement without rows)."""
-        self._check_open()
-        try:
-            async with self._pool.connection() as con:
-                cur = await con.execute(sql, params)
-                return await cur.fetchall() if cur.description is not None else []
-        except MemoryStoreError:
-            raise
-        except Exception as exc:
-            wrapped = self._wrap(exc)
-            if wrapped is exc:
-                raise
-            raise wrapped from exc
+        async def work(con: Any) -> list[tuple]:
+            cur = await con.execute(sql, params)
+            return await cur.fetchall() if cur.description is not None else []
+
+        return await self._on_connection(work, transaction=False)
 
     async def _transaction(self, work: Callable[[Any], Any]) -> Any:
         """Run ``await work(con)`` in one transaction on a pooled connection."""
+        return await self._on_connection(work, transaction=True)
+
+    async def _on_connection(self, work: Callable[[Any], Any], *, transaction: bool) -> Any:
+        """``await work(con)`` on a pooled connection (in a transaction if asked); a failing server
+        becomes MemoryStoreError (DiskFull when it is out of space), other errors pass as they are."""
         self._check_open()
         try:
             async with self._pool.connection() as con:
+                if not transaction:
+                    return await work(con)
                 async with con.transaction():
                     return await work(con)
         except MemoryStoreError:
@@ -402,14 +402,8 @@ class PostgresStore(QueuedStore):
 
     async def count_messages(self, chat_id: int | None = None, *, user_id: int | None = None) -> int:
         await self._queue.sync()
-        sql, params = "SELECT count(*) FROM messages WHERE true", []
-        if chat_id is not None:
-            sql += " AND chat_id = %s"
-            params.append(chat_id)
-        if user_id is not None:
-            sql += " AND user_id = %s"
-            params.append(user_id)
-        return int((await self._fetch(sql, params))[0][0])
+        filters, params = equalities([("chat_id", chat_id), ("user_id", user_id)], "%s")
+        return int((await self._fetch("SELECT count(*) FROM messages WHERE true" + filters, params))[0][0])
 
     async def iter_messages(self, chat_id: int | None = None, *, batch: int = 5000) -> AsyncIterator[list[StoredMessage]]:
         await self._queue.sync()
@@ -422,13 +416,8 @@ class PostgresStore(QueuedStore):
         if chat_id is None and user_id is None:
             raise ValueError("message_keys needs a chat_id or a user_id")
         await self._queue.sync()
-        sql, params = "SELECT chat_id, message_id FROM messages WHERE true", list[Any]()
-        if chat_id is not None:
-            sql += " AND chat_id = %s"
-            params.append(chat_id)
-        if user_id is not None:
-            sql += " AND user_id = %s"
-            params.append(user_id)
+        filters, params = equalities([("chat_id", chat_id), ("user_id", user_id)], "%s")
+        sql = "SELECT chat_id, message_id FROM messages WHERE true" + filters
         if before is not None:
             sql += " AND date < %s"
             params.append(_utc(before))

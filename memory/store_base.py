@@ -123,6 +123,17 @@ CHUNKS_SELECT = ("SELECT c.chat_id, c.message_id, c.chunk, c.text, c.page, c.sec
                  " {date} FROM document_chunks c JOIN documents d USING (chat_id, message_id) WHERE true")
 
 
+def equalities(where: Sequence[tuple[str, Any]], ph: str = "?") -> tuple[str, list[Any]]:
+    """``(" AND col = ? …", [values])`` for the (column, value) pairs whose value is not None, to
+    append to a query ending in ``WHERE true``. ``ph``: the driver's placeholder."""
+    sql, params = "", []
+    for col, value in where:
+        if value is not None:
+            sql += f" AND {col} = {ph}"
+            params.append(value)
+    return sql, params
+
+
 async def keyset_pages(fetch: Callable[[str, list[Any]], Awaitable[list[tuple]]], select: str,
                        where: Sequence[tuple[str, Any]], key: Sequence[str], batch: int,
                        ph: str = "?") -> AsyncIterator[list[tuple]]:
@@ -135,11 +146,8 @@ async def keyset_pages(fetch: Callable[[str, list[Any]], Awaitable[list[tuple]]]
     last: tuple | None = None
     cols = ", ".join(key)
     while True:
-        sql, params = select, []
-        for col, value in where:
-            if value is not None:
-                sql += f" AND {col} = {ph}"
-                params.append(value)
+        filters, params = equalities(where, ph)
+        sql = select + filters
         if last is not None:
             sql += f" AND ({cols}) > ({', '.join([ph] * len(key))})"
             params += list(last)
