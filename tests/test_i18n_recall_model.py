@@ -11,7 +11,7 @@ import i18n
 from config.models import ModelSpec
 from memory.types import MemoryHit
 from providers.memory_block import render_memories
-from providers.recall_model import HEADER, NOTHING_FOUND
+from providers.recall_model import HEADER, INTRO, NOTHING_FOUND, intro
 from tests.llm_server import FakeLLMServer, llm_server  # noqa: F401  (fixture)
 from tests.test_llm import _close_llms, _key, make_llm, spec  # noqa: F401  (fixtures: the key env, closing LLMs)
 
@@ -23,8 +23,11 @@ QUOTE = "> ActionParsnip, 2009-03-03 10:01 UTC: exon: if he gets the grub error,
 # what a member sees, per interface language (ru: i18n/locales/ru.po)
 WORDS = {
     "en": {"header": "From this chat's memory:", "nothing": "I don't have anything in this chat's memory about that yet.",
-           "someone": "someone"},
-    "ru": {"header": "Из памяти этого чата:", "nothing": "В памяти этого чата пока ничего об этом нет.", "someone": "кто-то"},
+           "someone": "someone", "intro": INTRO},
+    "ru": {"header": "Из памяти этого чата:", "nothing": "В памяти этого чата пока ничего об этом нет.", "someone": "кто-то",
+           "intro": "Я — встроенная офлайн-модель Kith: я цитирую память этого чата (кто что сказал и когда), а сами ответы "
+                    "не пишу. Чтобы получать настоящие ответы, хост подключает LLM: KITH_MODEL=openai/gpt-4o-mini и ключ "
+                    "провайдера в окружении (например, OPENAI_API_KEY) или models: и default_model в kith.yaml."},
 }
 
 
@@ -42,6 +45,27 @@ def test_the_catalog_has_the_answer_words() -> None:
     assert i18n.in_language("ru", HEADER) == WORDS["ru"]["header"] != HEADER
     assert i18n.in_language("ru", NOTHING_FOUND) == WORDS["ru"]["nothing"] != NOTHING_FOUND
     assert i18n.in_language("en", HEADER) == HEADER == WORDS["en"]["header"]
+    assert i18n.in_language("ru", INTRO) == WORDS["ru"]["intro"] != INTRO
+
+
+@pytest.mark.parametrize("lang", ["en", "ru"])
+async def test_the_intro_is_in_the_members_language(lang: str) -> None:
+    with i18n.use(lang):
+        assert intro() == WORDS[lang]["intro"]
+    assert intro() == INTRO  # (outside the block: English)
+
+
+@pytest.mark.parametrize("lang", ["en", "ru"])
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("greeting", ["bob: hello", "иван: привет", "thanks!", "кто ты?"])
+async def test_small_talk_is_answered_with_the_intro(lang: str, stream: bool, greeting: str) -> None:
+    llm = make_llm({"recall": ModelSpec(model="kith/recall")})
+    deltas: list[str] = []
+    with i18n.use(lang):
+        c = await llm.complete("recall", with_memories(greeting), on_delta=(lambda d: collect(deltas, d)) if stream else None)
+    assert c.text == WORDS[lang]["intro"]
+    if stream:
+        assert "".join(deltas) == c.text
 
 
 @pytest.mark.parametrize("lang", ["en", "ru"])

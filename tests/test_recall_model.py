@@ -9,7 +9,10 @@ import pytest
 
 from memory.types import MemoryHit
 from providers.memory_block import CLOSE_TAG, OPEN_TAG, QuotedMemory, parse_memories, render_memories
-from providers.recall_model import HEADER, MAX_QUOTES, NOTHING_FOUND, answer, choose, estimate_tokens
+from providers.recall_model import (
+    HEADER, INTRO, MAX_QUOTES, NOTHING_FOUND, QUOTE_CHARS, answer, choose, estimate_tokens, excerpt, intro,
+    is_small_talk, sentences,
+)
 
 T0 = datetime(2009, 3, 3, 10, 1, tzinfo=UTC)
 
@@ -232,3 +235,130 @@ def test_the_recent_window_is_quoted_when_it_holds_the_answer() -> None:
     assert answer(msgs) == f"{HEADER}\n> ann: [voice 0:42] the printer on floor three needs toner"
     unrelated = msgs[:-1] + [{"role": "user", "content": "carl: what is the capital of peru?"}]
     assert answer(unrelated) == NOTHING_FOUND  # window lines that share no word are never quoted
+
+
+# ---------------------------------------------------------------- the quote is the window on the question
+
+FILLER = [  # ~330 characters of sentences that share no word with the questions below
+    "Quarterly report, page 3.",
+    "The finance committee met on 12 March to review the departmental plans for the coming year.",
+    "Several line items were moved between cost centres after the infrastructure review.",
+    "The travel allowance was reduced by ten percent, and the training line was kept as it was.",
+]
+FACT = "The final figure for the 2024 budget is 4.2 m EUR, and Maria Petrova signed it off on 14 March."
+TAIL = ["The next review is in June.", "Questions go to the office of the treasurer."]
+
+
+def quoted_text(answer_text: str) -> str:
+    """The text of the only quote of an answer (after ``> name, date: ``)."""
+    header, line = answer_text.split("\n")
+    assert header == HEADER and line.startswith("> ")
+    return line.split(" UTC: ", 1)[1]
+
+
+def test_the_quote_holds_the_fact_far_into_a_long_message() -> None:
+    page = " ".join([*FILLER, FACT, *TAIL])
+    assert page.index("Maria") > 300  # the old 300-character prefix stopped before it
+    text = answer(prompt([hit(77, "Anna (report.pdf, p. 3)", page)], "bob: who signed off the budget?"))
+    quote = quoted_text(text)
+    assert FACT in quote and len(quote) <= QUOTE_CHARS
+    assert quote.startswith("… ") and not quote.startswith("… Quarterly")  # cut before, at a sentence start
+
+
+def test_the_window_is_whole_sentences_with_ellipses_where_it_cuts() -> None:
+    page = " ".join([*FILLER, FACT, *TAIL, *FILLER])
+    quote = excerpt(page, {"sign", "budget"})
+    assert quote.startswith("… ") and quote.endswith(" …") and len(quote) <= QUOTE_CHARS
+    inner = quote[2:-2]
+    assert FACT in inner
+    assert all(s in sentences(page) for s in sentences(inner))  # no sentence cut inside
+    assert inner.endswith(".")
+
+
+def test_stems_meet_across_inflections() -> None:
+    page = " ".join([*FILLER, "Sign-off: Maria Petrova, CFO.", *TAIL, *FILLER])
+    assert "Sign-off: Maria Petrova, CFO." in quoted_text(answer(prompt([hit(5, "anna", page)], "who signed it?")))
+
+
+def test_a_short_text_is_quoted_whole_and_a_miss_keeps_the_start() -> None:
+    assert excerpt("one  two\nthree", {"zzz"}) == "one two three"
+    page = " ".join([*FILLER, FACT, *TAIL])
+    quote = excerpt(page, {"zzz"})
+    assert quote.startswith("Quarterly report, page 3. The finance committee") and quote.endswith(" …")
+    assert len(quote) <= QUOTE_CHARS
+
+
+def test_russian_window() -> None:
+    filler = "Сначала долго обсуждали погоду, планы на выходные и новый сериал. " * 5
+    fact = "Видеокарту в итоге купил Иван, за сорок тысяч рублей."
+    page = filler + fact + " Потом все разошлись по домам."
+    assert page.index("Иван") > 300 and len(page) < 500  # (the memories block keeps 500 characters)
+    text = answer(prompt([hit(9, "ольга", page)], "иван: кто купил видеокарты?"))  # видеокарты ↔ Видеокарту
+    quote = quoted_text(text)
+    assert fact in quote and quote.startswith("… Сначала") and quote.endswith("по домам.") and len(quote) <= QUOTE_CHARS
+    assert excerpt(page + " " + filler, {"купил"}).endswith(" …")
+
+
+def test_no_sentence_punctuation_cuts_on_word_boundaries() -> None:
+    words = [f"w{i}" for i in range(200)]
+    words[120] = "toner"
+    text = " ".join(words)
+    quote = excerpt(text, {"toner"})
+    assert "toner" in quote and len(quote) <= QUOTE_CHARS
+    assert quote.startswith("…w") and quote.endswith("…")
+    assert set(quote.strip("…").split()) <= set(words)  # whole words only
+    assert excerpt("x" * 500, set()) == "x" * (QUOTE_CHARS - 4) + "…"  # one word longer than the budget: cut inside
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("One. Two! Three? Four… five", ["One.", "Two!", "Three?", "Four…", "five"]),
+        ("It costs 4.2 m EUR. Yes.", ["It costs 4.2 m EUR.", "Yes."]),
+        ("He said \"go.\" Then left.", ["He said \"go.\"", "Then left."]),
+        ("first line\nsecond line", ["first line", "second line"]),
+        ("中文句子。第二句！第三句？", ["中文句子。", "第二句！", "第三句？"]),
+        ("هل أنت هنا؟ نعم.", ["هل أنت هنا؟", "نعم."]),
+        ("Привет. Как дела?", ["Привет.", "Как дела?"]),
+        ("  ", []),
+    ],
+)
+def test_sentences(text: str, expected: list[str]) -> None:
+    assert sentences(text) == expected
+
+
+# ---------------------------------------------------------------- small talk gets the intro
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["hi", "Hello!", "hey there", "thanks", "Thank you very much!", "how are you?", "who are you", "What can you do?",
+     "what's up", "good morning", "bob: hello", "@kith_bot hi", "привет", "Привет! Как дела?", "спасибо большое",
+     "как дела", "кто ты?", "что ты умеешь?", "Добрый вечер", "как тебя зовут", "привіт"],
+)
+def test_small_talk(text: str) -> None:
+    assert is_small_talk(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["hi, how do I mount a usb drive?", "anything?", "", "what did alice say?", "who signed off the budget?",
+     "thanks, and where is the grub config?", "привет, как установить драйвер?", "кто купил видеокарту?", "hi 42"],
+)
+def test_not_small_talk(text: str) -> None:
+    assert not is_small_talk(text)
+
+
+def test_intro_says_what_it_is_and_how_to_connect_an_llm() -> None:
+    assert intro() == INTRO
+    for words in ("offline", "quote", "KITH_MODEL=openai/gpt-4o-mini", "OPENAI_API_KEY", "models:", "default_model",
+                  "kith.yaml"):
+        assert words in INTRO
+
+
+def test_a_greeting_gets_the_intro_and_a_question_after_hi_gets_memory() -> None:
+    hits = [hit(3, "ann", "to mount a usb drive run udisksctl mount -b /dev/sdb1"), hit(4, "ann", "hello everyone")]
+    assert answer(prompt(hits, "bob: hello")) == INTRO
+    assert answer([{"role": "user", "content": "thanks!"}]) == INTRO
+    text = answer(prompt(hits, "bob: hi, how do I mount a usb drive?"))
+    assert text == f"{HEADER}\n> ann, 2009-03-03 10:01 UTC: to mount a usb drive run udisksctl mount -b /dev/sdb1"
