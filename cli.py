@@ -236,7 +236,8 @@ def chat(
     """Talk to the bot in the terminal, through the same pipeline as Telegram.
 
     Reads lines from stdin (an interactive prompt on a terminal); lines starting with / are commands,
-    and `/file PATH [caption]` sends a file as Telegram would.
+    and `/file PATH [caption]` sends a file as Telegram would. Buttons are listed numbered: type the
+    number to press one. Files the bot sends (/export) are saved in the current directory.
     """
     import os
 
@@ -256,35 +257,31 @@ def chat(
 
 
 async def _chat(cfg, data_dir: Path, lines, chat_id: int, user: str, user_id: int, sources: bool, lang: str | None = None) -> None:
-    from actors.console import chat_turns, console_outbox, print_sources
+    from actors.console import ConsoleChat, console_outbox, print_sources
     from actors.events import Sender
     from actors.runtime import open_runtime
 
     interactive = lines is None and sys.stdin.isatty()
     if interactive:
         err.print("[dim]loading the embedding model…[/]")
+    # documents the bot sends (/export) are saved in the current directory, photos under the data dir
     async with open_runtime(cfg, data_dir, console_outbox(out, cfg.settings.bot.name, data_dir / "photos"),
                             on_turn=(lambda r: print_sources(out, r)) if sources else None) as rt:
-        sender = Sender(user_id, user, language_code=lang)
+        chat = ConsoleChat(rt, chat_id=chat_id, user=Sender(user_id, user, language_code=lang))
         if lines is not None:
-            await chat_turns(rt, lines, chat_id=chat_id, user=sender)
+            for line in lines:
+                await chat.send(line)
             return
         if interactive:
-            err.print(f"[dim]chat {chat_id} · model {cfg.settings.default_model} · Ctrl-D to quit[/]")
-
-        async def stdin_lines():
-            while True:
-                line = await anyio.to_thread.run_sync(_read_line, interactive)
-                if line is None:
-                    return
-                yield line
-
-        await chat_turns(rt, stdin_lines(), chat_id=chat_id, user=sender)
+            err.print(f"[dim]chat {chat_id} · model {cfg.settings.default_model} · type a button's number to press it · Ctrl-D to quit[/]")
+        while (line := await anyio.to_thread.run_sync(_read_line, interactive, chat.prompt())) is not None:
+            await chat.send(line)
 
 
-def _read_line(interactive: bool) -> str | None:
+def _read_line(interactive: bool, prompt: str = "> ") -> str | None:
+    """The next line of stdin (``prompt`` shown on a terminal); None at its end."""
     try:
-        line = input("> ") if interactive else (sys.stdin.readline() or None)
+        line = input(prompt) if interactive else (sys.stdin.readline() or None)
         return None if line is None else valid_text(line)
     except EOFError:
         return None

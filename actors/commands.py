@@ -94,8 +94,17 @@ async def cmd_history(actor: "ChatActor", ev: CommandEvent) -> None:
     if not msgs:
         await reply(actor, ev, _("Nothing stored in this chat yet."))
         return
-    lines = [f"`{i18n.datetime_(m.date)}` **{m.user_name}**: {_short(m.text, 300)}" for m in msgs]
-    await reply(actor, ev, ngettext("Last {n} message:", "Last {n} messages:", len(msgs), n=len(msgs)) + "\n" + "\n".join(lines))
+    from babel.dates import format_time
+
+    # in the member's locale (CLDR, via Babel): the date once per day, then each message's time
+    lines = [ngettext("Last {n} message:", "Last {n} messages:", len(msgs), n=i18n.number(len(msgs)))]
+    day = None
+    for m in msgs:
+        if m.date.date() != day:
+            day = m.date.date()
+            lines.append(f"**{i18n.date(m.date)}**")
+        lines.append(f"`{format_time(m.date, format='short', locale=i18n.current())}` **{m.user_name}**: {_short(m.text, 300)}")
+    await reply(actor, ev, "\n".join(lines))
 
 
 async def cmd_export(actor: "ChatActor", ev: CommandEvent) -> None:
@@ -123,7 +132,8 @@ async def cmd_export(actor: "ChatActor", ev: CommandEvent) -> None:
     data = ("\n".join(lines) + "\n").encode("utf-8")
     await actor.outbox.send_document(
         actor.chat_id, f"chat-{actor.chat_id}.jsonl", data,
-        caption=ngettext("{n} message (JSONL, one message per line)", "{n} messages (JSONL, one message per line)", len(lines), n=len(lines)), reply_to=ev.message_id, thread_id=ev.thread_id,
+        caption=ngettext("{n} message (JSONL, one message per line)", "{n} messages (JSONL, one message per line)", len(lines),
+                         n=i18n.number(len(lines))), reply_to=ev.message_id, thread_id=ev.thread_id,
     )
 
 

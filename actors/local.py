@@ -7,8 +7,11 @@ transcript's ids (Telegram message ids fit in 31 bits).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+
+import i18n
+from i18n import _
 
 from .outbox import Button, ReplyStream, Sent
 
@@ -33,7 +36,8 @@ class IdAllocator:
 
 @dataclass(frozen=True, slots=True)
 class OutMessage:
-    """Something the bot sent: text or a document's file name, and buttons if any."""
+    """Something the bot sent: text (a document's caption, else its file name), and buttons if any.
+    filename: a document's file name."""
 
     chat_id: int
     message_id: int
@@ -44,6 +48,11 @@ class OutMessage:
     document: bytes | None = None
     invoice: object | None = None
     photo: bytes | None = None
+    filename: str | None = None
+
+    def flat_buttons(self) -> tuple[Button, ...]:
+        """The buttons row by row, left to right: a console numbers them 1, 2, … in this order."""
+        return tuple(b for row in self.buttons for b in row)
 
 
 class _BufferedStream:
@@ -64,7 +73,11 @@ class _BufferedStream:
 
 @dataclass
 class LocalOutbox:
-    """Outbox that records every message in ``sent`` (and calls the display hooks of subclasses)."""
+    """Outbox that records every message in ``sent`` (and calls the display hooks of subclasses).
+
+    ``keyboard(chat_id)`` is the latest message with buttons in a chat (as edited since): a console
+    presses its buttons. ``language`` is the interface language the bot last spoke (the actor's, when
+    it sent or edited something): the transport's own notes use it too."""
 
     ids: IdAllocator
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
@@ -73,6 +86,8 @@ class LocalOutbox:
     pre_checkouts: list[tuple[str, bool, str | None]] = field(default_factory=list)
     admins: set[tuple[int, int]] | None = None  # (chat_id, user_id); None: everyone administers (console)
     deleted: list[tuple[int, int]] = field(default_factory=list)  # (chat_id, message_id) deleted by the bot
+    language: str = i18n.DEFAULT
+    _keyboards: dict[int, OutMessage] = field(default_factory=dict, init=False, repr=False)
 
     async def on_progress(self, chat_id: int, delta: str) -> None:
         """A streamed piece of a reply (display hook)."""
@@ -83,58 +98,77 @@ class LocalOutbox:
     async def on_message(self, msg: OutMessage, streamed_rest: str | None) -> None:
         """A message was sent (display hook). streamed_rest: the part not shown by on_progress yet."""
 
-    async def send(
-        self, chat_id: int, text: str, *, reply_to: int | None = None, thread_id: int | None = None, streamed_rest: str | None = None
-    ) -> Sent:
-        msg = OutMessage(chat_id, await self.ids.next(chat_id), text, reply_to, thread_id)
+    async def on_edit(self, msg: OutMessage) -> None:
+        """A message was edited (display hook; ``msg`` as it is now). Default: shown as a message."""
+        await self.on_message(msg, None)
+
+    async def on_answer(self, text: str, alert: bool) -> None:
+        """A button press was answered with a text (display hook): a toast, or an ``alert`` to dismiss."""
+
+    async def on_idle(self) -> None:
+        """The transport waited for the chat's events to be handled (display hook): nothing more is
+        coming for now, e.g. a reply whose stream never finished."""
+
+    def keyboard(self, chat_id: int) -> OutMessage | None:
+        """The latest message with buttons in ``chat_id`` (as edited since), None when there is none."""
+        return self._keyboards.get(chat_id)
+
+    async def _emit(self, msg: OutMessage, streamed_rest: str | None = None) -> Sent:
+        self.language = i18n.current()
         self.sent.append(msg)
+        if msg.buttons:
+            self._keyboards[msg.chat_id] = msg
         await self.on_message(msg, streamed_rest)
         return Sent(msg.message_id, self.clock())
 
+    async def send(
+        self, chat_id: int, text: str, *, reply_to: int | None = None, thread_id: int | None = None, streamed_rest: str | None = None
+    ) -> Sent:
+        return await self._emit(OutMessage(chat_id, await self.ids.next(chat_id), text, reply_to, thread_id), streamed_rest)
+
     async def edit(self, chat_id: int, message_id: int, text: str) -> None:
+        """Replace a message's text; its buttons stay (as on Telegram)."""
         for i, m in enumerate(self.sent):
             if m.chat_id == chat_id and m.message_id == message_id:
-                self.sent[i] = OutMessage(chat_id, message_id, text, m.reply_to, m.thread_id, m.buttons)
-                await self.on_message(self.sent[i], None)
+                self.language = i18n.current()
+                self.sent[i] = replace(m, text=text)
+                kb = self._keyboards.get(chat_id)
+                if kb is not None and kb.message_id == message_id:
+                    self._keyboards[chat_id] = self.sent[i]
+                await self.on_edit(self.sent[i])
                 return
 
     async def send_buttons(
         self, chat_id: int, text: str, rows: Sequence[Sequence[Button]], *, reply_to: int | None = None, thread_id: int | None = None
     ) -> Sent:
-        msg = OutMessage(chat_id, await self.ids.next(chat_id), text, reply_to, thread_id, tuple(tuple(r) for r in rows))
-        self.sent.append(msg)
-        await self.on_message(msg, None)
-        return Sent(msg.message_id, self.clock())
+        buttons = tuple(tuple(r) for r in rows)
+        return await self._emit(OutMessage(chat_id, await self.ids.next(chat_id), text, reply_to, thread_id, buttons))
 
     async def answer_button(self, query_id: str, text: str | None = None, *, alert: bool = False) -> None:
         self.answered.append((query_id, text))
+        if text:
+            self.language = i18n.current()
+            await self.on_answer(text, alert)
 
     async def send_document(
         self, chat_id: int, filename: str, data: bytes, *, caption: str | None = None, reply_to: int | None = None, thread_id: int | None = None
     ) -> Sent:
-        msg = OutMessage(chat_id, await self.ids.next(chat_id), caption or filename, reply_to, thread_id, document=data)
-        self.sent.append(msg)
-        await self.on_message(msg, None)
-        return Sent(msg.message_id, self.clock())
+        return await self._emit(OutMessage(chat_id, await self.ids.next(chat_id), caption or filename, reply_to, thread_id,
+                                           document=data, filename=filename))
 
     async def send_photo(
         self, chat_id: int, data: bytes, *, caption: str | None = None, reply_to: int | None = None, thread_id: int | None = None
     ) -> Sent:
-        msg = OutMessage(chat_id, await self.ids.next(chat_id), f"[photo] {caption or ''}".strip(), reply_to, thread_id, photo=data)
-        self.sent.append(msg)
-        await self.on_message(msg, None)
-        return Sent(msg.message_id, self.clock())
+        return await self._emit(OutMessage(chat_id, await self.ids.next(chat_id), f"[photo] {caption or ''}".strip(), reply_to, thread_id,
+                                           photo=data))
 
     async def stream(self, chat_id: int, *, reply_to: int | None = None, thread_id: int | None = None) -> ReplyStream:
         return _BufferedStream(self, chat_id, reply_to, thread_id)
 
     async def send_invoice(self, chat_id: int, invoice, *, reply_to: int | None = None, thread_id: int | None = None) -> Sent:
         prices = ", ".join(f"{label} {amount} {invoice.currency}" for label, amount in invoice.prices)
-        msg = OutMessage(chat_id, await self.ids.next(chat_id), f"[invoice] {invoice.title}: {prices}", reply_to, thread_id,
-                         invoice=invoice)
-        self.sent.append(msg)
-        await self.on_message(msg, None)
-        return Sent(msg.message_id, self.clock())
+        return await self._emit(OutMessage(chat_id, await self.ids.next(chat_id), f"[invoice] {invoice.title}: {prices}", reply_to,
+                                           thread_id, invoice=invoice))
 
     async def answer_pre_checkout(self, query_id: str, ok: bool, error: str | None = None) -> None:
         self.pre_checkouts.append((query_id, ok, error))
@@ -144,5 +178,5 @@ class LocalOutbox:
 
     async def delete(self, chat_id: int, message_id: int) -> bool:
         self.deleted.append((chat_id, message_id))
-        await self.on_notice("(the message with the key was deleted from the chat)")
+        await self.on_notice(_("(the message with the key was deleted from the chat)"))
         return True
