@@ -123,6 +123,12 @@ async def overview(actor: "ChatActor") -> str:
         lines.append(_("Largest chats:"))
         lines += [f"• {c.title or c.type} ({c.chat_id}): " + ngettext("{n} message", "{n} messages", c.messages, n=num(c.messages))
                   for c in chats]
+    cleaned = await mem.store.cleanups()
+    if cleaned:
+        from .capacity import describe
+
+        lines.append(_("Capacity cleanup (the host's imports are never removed):"))
+        lines += [f"• {r.chat_id}: {describe(r)}" for r in cleaned[-TOP_CHATS:]]
     if svc.admission is not None:
         subs = await svc.admission.subs.list()
         lines.append(_("Subscriptions: {n} active", n=num(len(subs)))

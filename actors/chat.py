@@ -26,7 +26,7 @@ from providers.errors import ProviderError
 
 from .context import build_prompt
 from .errors import ActorError
-from .events import (PRIVATE, ButtonPress, Call, ChatEvent, CommandEvent, ConfigChanged, Deleted, Edited, Incoming, Migrated,
+from .events import (PRIVATE, ButtonPress, Call, CapacityCleaned, ChatEvent, CommandEvent, ConfigChanged, Deleted, Edited, Incoming, Migrated,
                      PaymentEvent, PreCheckout)
 from .outbox import Outbox
 from .services import ALREADY_ANSWERED, Services, TurnReport
@@ -134,6 +134,10 @@ class ChatActor:
                 await self._on_migrated(event)
             case Call():
                 await event.result.run(event.work, self)
+            case CapacityCleaned():
+                from .capacity import on_capacity_cleaned
+
+                await on_capacity_cleaned(self, event)
             case _:
                 log.warning("chat %s: unknown event %r", self.chat_id, type(event).__name__)
 

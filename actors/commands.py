@@ -279,6 +279,12 @@ async def cmd_memory(actor: "ChatActor", ev: CommandEvent) -> None:
           memories=ngettext("{n} memory", "{n} memories", chat_mems, n=i18n.number(chat_mems)), persist=persist),
         _("**About you here**: {messages} of yours.", messages=ngettext("{n} message", "{n} messages", mine, n=i18n.number(mine))),
     ]
+    cleaned = await mem.store.cleanups(actor.chat_id)
+    if cleaned:
+        from .capacity import describe
+
+        lines.append(_("**Removed by the capacity cleanup**:"))
+        lines += ["• " + describe(r) for r in cleaned]
     if recent_mine:
         lines.append(_("Your latest:"))
         lines += [f"• `{i18n.datetime_(m.date)}` {_short(m.text, 150)}" for m in recent_mine]

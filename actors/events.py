@@ -12,6 +12,8 @@ from typing import Any
 
 import anyio
 
+from memory.types import CleanupRecord
+
 PRIVATE = "private"
 PAYMENTS_DESK = 0  # the supervisor key that answers pre-checkout queries (Telegram never uses chat id 0):
 # Telegram wants an answer within 10 s, so they must not queue behind a turn of the buyer's chat
@@ -214,7 +216,17 @@ class Call:
     result: CallResult
 
 
-ChatEvent = Incoming | CommandEvent | ButtonPress | ConfigChanged | PreCheckout | PaymentEvent | Edited | Deleted | Migrated | Call
+@dataclass(frozen=True, slots=True)
+class CapacityCleaned:
+    """The capacity cleanup removed memories or messages of this chat (or, in a member's private
+    chat, of theirs in any chat): ``records`` say what and why (``memory.types.CleanupRecord``)."""
+
+    chat_id: int
+    records: tuple[CleanupRecord, ...]
+
+
+ChatEvent = (Incoming | CommandEvent | ButtonPress | ConfigChanged | PreCheckout | PaymentEvent | Edited | Deleted | Migrated | Call
+             | CapacityCleaned)
 
 
 def is_group(chat_type: str) -> bool:

@@ -19,9 +19,13 @@ sticker        ``[sticker 😀]``                        remembered only
 video, GIF     ``[video 0:12] caption``               not understood: said in one line when addressed
 =============  =====================================  ======================================================
 
-Refusals (a tier without the feature, a file over the size limit, an unsupported kind, the audio
-quota) are said once, politely, and only when the message addresses the bot (always in a private
-chat); a refused feature comes with a ``/billing`` button. Nothing is downloaded for a refusal.
+Every media message that addresses the bot (always, in a private chat) gets feedback: a document
+what was read (``report.pdf: 10 pages, 16 parts kept in this chat's memory``), a recording its
+transcript (``🎤 “…”``, as Telegram's own transcription shows it) and then an answer when it asks
+something (``asks_something``), a photo what was read in it (OCR) when no model can see it. A
+refusal (a tier without the feature, a file over the size limit, an unsupported kind, the audio
+quota) or a bad file is that one message alone, said politely — never followed by an answer to the
+caption; a refused feature comes with a ``/billing`` button. Nothing is downloaded for a refusal.
 
 Image generation: ``/image PROMPT`` and plain requests matching ``media.image_patterns`` (``draw a cat
 on a bike``, ``нарисуй кота на велосипеде``) go to the tier's image model; the image is sent as a photo
@@ -55,6 +59,14 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION_TOKENS = 200  # a photo's description for memory: 1–3 sentences
 EXTRACT_CHARS = 1500  # at most this much OCR text is stored with a photo
+SHOWN_CHARS = 300  # … and this much of it shown to the member
+
+# A transcript is answered when it asks something: a question mark, or a first word that asks or
+# requests (English and Russian; another language's transcript is answered when it has a "?").
+_ASKING = frozenset("""what who whom whose where when why how which can could would should is are am was were do does did will
+    shall may might tell show explain find remind help give list describe summarize summarise translate write draw please
+    что кто кого кому чей где куда откуда когда почему зачем как какой какая какое какие сколько можно ли расскажи покажи
+    объясни найди напомни помоги дай перечисли опиши переведи напиши нарисуй подскажи скажи пожалуйста""".split())
 
 
 # ---------------------------------------------------------------------- markers
@@ -112,9 +124,8 @@ async def understand(actor: "ChatActor", ev: Incoming, user_settings: dict) -> U
 
         if document_kind(media.file_name, media.mime_type) is None:
             name = media.file_name or _("this file")
-            return Understood(base, answerable=caption, note=None if caption else
-                              _("I can't read {name}: send a PDF, a DOCX or a text file (TXT, MD, CSV, JSON, logs, code).",
-                                name=name))
+            return Understood(base, note=_("I can't read {name}: send a PDF, a DOCX or a text file (TXT, MD, CSV, JSON, logs, code).",
+                                           name=name))
     feature = FEATURE_OF.get(media.kind)
     if feature is None:
         return Understood(base, answerable=caption)
@@ -122,10 +133,9 @@ async def understand(actor: "ChatActor", ev: Incoming, user_settings: dict) -> U
     if voice:
         settings = actor.svc.config.settings.transcription
         if getattr(actor.svc, "transcriber", None) is None:
-            return Understood(base, answerable=caption,
-                              note=None if caption else _("I can't listen to recordings on this bot: no speech-to-text model is set up."))
+            return Understood(base, note=_("I can't listen to recordings on this bot: no speech-to-text model is set up."))
         if media.duration_s is not None and media.duration_s > settings.max_seconds:
-            return Understood(base, answerable=caption, note=_(
+            return Understood(base, note=_(
                 "That recording is {length} long; I transcribe at most {limit}.",
                 length=clock_time(media.duration_s), limit=clock_time(settings.max_seconds)))
     adm = actor.svc.admission
@@ -133,16 +143,16 @@ async def understand(actor: "ChatActor", ev: Incoming, user_settings: dict) -> U
         verdict = await adm.admit_feature(actor.chat_id, ev.sender.user_id, feature, size_bytes=media.size,
                                           seconds=(media.duration_s or 1.0) if voice else 0.0)
         if not verdict.allowed:
-            return Understood(base, answerable=caption, note=verdict.refusal, billing=verdict.reason in ("feature", "quota"))
+            return Understood(base, note=verdict.refusal, billing=verdict.reason in ("feature", "quota"))
     try:
         data = await _download(media)
     except ActorError as exc:
         log.warning("chat %s: media of message %s not downloaded: %s", actor.chat_id, ev.message_id, exc)
-        return Understood(base, answerable=caption, note=_("I couldn't download that file; please send it again."))
+        return Understood(base, note=_("I couldn't download that file; please send it again."))
     if adm is not None and media.size is None:  # the size was unknown before the download
         verdict = await adm.admit_feature(actor.chat_id, ev.sender.user_id, feature, size_bytes=len(data))
         if not verdict.allowed:
-            return Understood(base, answerable=caption, note=verdict.refusal)
+            return Understood(base, note=verdict.refusal)
     if media.kind == "document":
         return await _read_document(actor, ev, media, data, base)
     if media.kind == "photo":
@@ -183,11 +193,12 @@ async def _read_document(actor: "ChatActor", ev: Incoming, media: Media, data: b
                                      max_pages=m.max_document_pages)
     except DocumentError as exc:
         log.info("chat %s: document %s not read: %s", actor.chat_id, name, exc)
-        return Understood(base, answerable=bool(ev.text.strip()), note=exc.user_message)
+        return Understood(base, note=exc.user_message)
     _usage(actor, ev, "document", "documents", latency_ms=(time.perf_counter() - t0) * 1000, pages=info.pages or 1)
     actor.note_new_memories()
-    note = None if ev.text.strip() else _("📄 I read {name} into this chat's memory ({summary}). Ask me about it.",
-                                          name=name, summary=summary_for_member(info))
+    note = _("📄 {name}: {summary} kept in this chat's memory.", name=name, summary=summary_for_member(info))
+    if not ev.text.strip():
+        note += " " + _("Ask me about it.")
     return Understood(f"{base} ({document_summary(info)} in memory)", answerable=bool(ev.text.strip()), note=note, indexed=True)
 
 
@@ -245,8 +256,10 @@ async def _see_photo(actor: "ChatActor", ev: Incoming, media: Media, data: bytes
                 log.info("chat %s: OCR of photo %s failed: %s", actor.chat_id, ev.message_id, exc)
     if seen:
         short = seen if len(seen) <= EXTRACT_CHARS else seen[: EXTRACT_CHARS - 1] + "…"
+        shown = " ".join(seen.split())
+        shown = shown if len(shown) <= SHOWN_CHARS else shown[: SHOWN_CHARS - 1].rstrip() + "…"
         return Understood(f"{base}\n(text in the image: {short})", answerable=bool(ev.text.strip()),
-                          note=_("I can't see images with this model; I read the caption and the text in the picture."))
+                          note=_("🖼 I can't see images with this model, but I read the text in the picture: “{text}”", text=shown))
     return Understood(base, answerable=bool(ev.text.strip()),
                       note=_("I can't see images with this model; I only read the caption."))
 
@@ -262,12 +275,22 @@ async def _transcribe(actor: "ChatActor", ev: Incoming, media: Media, data: byte
         t = await transcriber.transcribe(data, name, duration_s=media.duration_s)
     except ProviderError as exc:
         log.warning("chat %s: transcribing message %s failed: %s", actor.chat_id, ev.message_id, exc)
-        return Understood(with_caption(media, ev.text), answerable=bool(ev.text.strip()), note=exc.user_message)
+        return Understood(with_caption(media, ev.text), note=exc.user_message)
     seconds = t.seconds or media.duration_s or 0.0
     _usage(actor, ev, "transcription", t.model, cost_usd=t.cost_usd, latency_ms=t.latency_ms, seconds=seconds)
     said = " ".join(t.text.split())
     text = f"{marker(media.kind, file_name=media.file_name, duration_s=media.duration_s or seconds or None)} {said}" + (f"\n{ev.text.strip()}" if ev.text.strip() else "")
-    return Understood(text.strip(), answerable=bool(said or ev.text.strip()))
+    note = _("🎤 “{text}”", text=said) if said else _("🎤 I heard no speech in that recording.")
+    return Understood(text.strip(), answerable=asks_something(said) or bool(ev.text.strip()), note=note)
+
+
+def asks_something(text: str) -> bool:
+    """Whether a transcript asks or requests something (so it gets an answer, not only its transcript
+    shown): it holds a question mark, or its first word asks or requests (``_ASKING``)."""
+    if "?" in text or "？" in text:
+        return True
+    first = re.match(r"\W*(\w+)", text.lower())
+    return first is not None and first.group(1) in _ASKING
 
 
 # ---------------------------------------------------------------------- image generation

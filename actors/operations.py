@@ -189,11 +189,30 @@ async def wait_gap_fill(memory: "Memory", io: Streams) -> None:
 # ---------------------------------------------------------------------- memory
 
 
+def _stats_table(rows: list[dict[str, Any]]) -> Table:
+    """The per-chat table of ``kith memory stats``: whole chat ids, numbers and dates (never wrapped),
+    the title folded, light borders, so it reads at 80 columns (``--json`` has every field)."""
+    from rich import box
+
+    table = Table(title="memory", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("chat", no_wrap=True)
+    table.add_column("title", overflow="fold", ratio=1, min_width=8)
+    for col in ("messages", "memories", "cleaned up"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("last", no_wrap=True)
+    for r in rows:
+        removed = r["cleaned_messages"] + r["cleaned_memories"]
+        table.add_row(str(r["chat_id"]), escape(r["title"] or f"({r['type'] or '?'})"), str(r["messages"]),
+                      str(r["memories"]), str(removed) if removed else "–", (r["last"] or "")[:10])
+    return table
+
+
 @operation("memory.stats", "stores")
 async def memory_stats(res: Resources, io: Streams, *, as_json: bool = False) -> int:
     """Messages and memories per chat, and the size of each store."""
     from memory.maintenance import find_gaps
 
+    from .capacity import describe as describe_cleanup
     from .stores import Stores
 
     vectors = res.need_vectors()
@@ -201,11 +220,19 @@ async def memory_stats(res: Resources, io: Streams, *, as_json: bool = False) ->
         with anyio.move_on_after(_FLUSH_WAIT_S):
             await res.memory.flush()
     chats = await res.store.chats()
+    cleaned: dict[int, list] = {}
+    for rec in await res.store.cleanups():
+        cleaned.setdefault(rec.chat_id, []).append(rec)
     rows: list[dict[str, Any]] = []
     for c in chats:
+        recs = cleaned.get(c.chat_id, [])
         rows.append({
             "chat_id": c.chat_id, "type": c.type, "title": c.title, "messages": c.messages,
             "memories": await vectors.count(c.chat_id),
+            "cleaned_messages": sum(r.messages for r in recs), "cleaned_memories": sum(r.memories for r in recs),
+            "cleanups": [{"scope": r.scope, "scope_id": r.scope_id, "tier": r.tier, "limit": r.limit_name,
+                          "limit_value": r.limit, "messages": r.messages, "memories": r.memories, "last": r.at.isoformat()}
+                         for r in recs],
             "first": c.first_date.isoformat() if c.first_date else None,
             "last": c.last_date.isoformat() if c.last_date else None,
         })
@@ -216,13 +243,10 @@ async def memory_stats(res: Resources, io: Streams, *, as_json: bool = False) ->
         io.out.print_json(json.dumps({"chats": rows, "dialogue": stats, "memories": total_mem,
                                       "not_embedded": gaps.n_missing, "orphaned": gaps.n_orphans}, default=str))
         return 0
-    table = Table(title="memory")
-    for col in ("chat", "type", "title", "messages", "memories", "first", "last"):
-        table.add_column(col)
+    io.out.print(_stats_table(rows))
     for r in rows:
-        table.add_row(str(r["chat_id"]), r["type"] or "", escape(r["title"] or ""), str(r["messages"]), str(r["memories"]),
-                      (r["first"] or "")[:16], (r["last"] or "")[:16])
-    io.out.print(table)
+        for rec in cleaned.get(r["chat_id"], []):
+            io.out.print(f"[dim]chat {r['chat_id']}: {escape(describe_cleanup(rec))}[/]")
     io.out.print(f"dialogue store: {escape(json.dumps(stats, default=str))}")
     io.out.print(f"vector memories: {total_mem}")
     if gaps.n_missing or gaps.n_orphans:

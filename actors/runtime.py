@@ -7,6 +7,7 @@ Leaving either context drains in the right order: actors first, then the indexer
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -23,14 +24,19 @@ from memory.service import Memory
 from memory.vectors import EmbeddingModelChanged, VectorMemory
 from providers.embedder import BulkEmbedder, Embedder
 from providers.keys import KeyVault, cipher_from_env
-from memory.cleanup import Janitor
+from config.models import StorageLimits
+from memory.cleanup import CleanupResult, Janitor
 from tiers import Admission, effective_tier
 
+from .events import CapacityCleaned
 from .outbox import Outbox
 from .services import BotIdentity, Services, TurnReport, utc_now
+from .errors import SupervisorClosed
 from .supervisor import Supervisor
 
 from .stores import CACHE_DIR, DB_FILE, VECTORS_DIR, Stores, dialogue_store, open_stores, vector_location  # noqa: F401 - re-exported
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -124,8 +130,14 @@ async def open_runtime(
         transcriber, images = media_providers(config)
         keys = KeyVault(memory.store, cipher_from_env())
         services: Services | None = None
+
+        async def tell_cleaned(result: CleanupResult) -> None:
+            if services is not None and services.supervisor is not None:
+                await tell_chats_cleaned(services.supervisor, memory, result)
+
         try:
-            async with Janitor(memory, storage_limits(admission, clock), config.tiers.memory.auto_cleanup, clock) as janitor:
+            async with Janitor(memory, storage_limits(admission, clock), config.tiers.memory.auto_cleanup, clock,
+                               on_cleanup=tell_cleaned) as janitor:
                 services = Services(config, memory, llm, bot, clock, admission, janitor, on_turn, transcriber, images, keys)
                 async with Supervisor(services, box, config.settings.actors) as supervisor:
                     services.supervisor = supervisor
@@ -156,17 +168,35 @@ def media_providers(config: Config):
 
 
 def storage_limits(admission: Admission, clock: Callable[[], datetime]):
-    """``limits_of(scope, id)`` for the Janitor: a chat's limits come from the chat's own tier, a
-    user's from the user's own tier (a premium user's messages in a free group count against the
-    group's limits there, and against the user's premium limits overall)."""
+    """``limits_of(scope, id) → (tier, StorageLimits)`` for the Janitor: a chat's limits come from the
+    chat's own tier, a user's from the user's own tier (a premium user's messages in a free group
+    count against the group's limits there, and against the user's premium limits overall)."""
     cfg = admission.cfg
 
-    async def limits_of(scope: str, scope_id: int):
+    async def limits_of(scope: str, scope_id: int) -> tuple[str, StorageLimits]:
         sub = await admission.subs.get(scope, scope_id)
         tier = effective_tier(cfg, sub if scope == "user" else None, sub if scope == "chat" else None, clock())
-        return cfg.tiers[tier].chat if scope == "chat" else cfg.tiers[tier].user
+        return tier, (cfg.tiers[tier].chat if scope == "chat" else cfg.tiers[tier].user)
 
     return limits_of
+
+
+async def tell_chats_cleaned(supervisor: Supervisor, memory: Memory, result: CleanupResult) -> None:
+    """Tell the chats a cleanup removed something from (``CapacityCleaned``): each chat of a chat's
+    cleanup; for a user's, their private chat with the bot when there is one. Never waits for a
+    full inbox (the notice is then skipped: ``/memory`` still shows the cleanup)."""
+    if result.scope == "chat":
+        targets = {result.scope_id: result.records}
+    elif memory.store.knows_chat(result.scope_id):  # a user's private chat has the user's id
+        targets = {result.scope_id: result.records}
+    else:
+        return
+    for chat_id, records in targets.items():
+        try:
+            if not await supervisor.offer(chat_id, CapacityCleaned(chat_id, tuple(records))):
+                log.info("chat %s: inbox full; the cleanup notice is skipped", chat_id)
+        except SupervisorClosed:  # shutting down: /memory still shows the cleanup
+            return
 
 
 @contextmanager

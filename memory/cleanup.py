@@ -25,6 +25,7 @@ from config.models import AutoCleanup, StorageLimits
 
 from .errors import DiskFull
 from .service import Memory
+from .types import DOC_ID_BASE, CleanupRecord, is_chunk_id
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,14 @@ CHAT, USER = "chat", "user"
 
 @dataclass(frozen=True, slots=True)
 class CleanupResult:
-    """What one cleanup deleted: messages (both stores) and memories (LanceDB only)."""
+    """What one cleanup deleted: messages (both stores) and memories (LanceDB only), in all; and per
+    chat and reason, as logged in the store (``records``: one per chat and limit that removed something)."""
 
     scope: str
     scope_id: int
     messages: int = 0
     memories: int = 0
+    records: tuple[CleanupRecord, ...] = ()
 
 
 def keep_count(limit: int, policy: AutoCleanup) -> int:
@@ -47,46 +50,56 @@ def keep_count(limit: int, policy: AutoCleanup) -> int:
 
 
 async def cleanup_scope(
-    memory: Memory, scope: str, scope_id: int, limits: StorageLimits, policy: AutoCleanup, now: datetime
+    memory: Memory, scope: str, scope_id: int, limits: StorageLimits, policy: AutoCleanup, now: datetime,
+    *, tier: str = "",
 ) -> CleanupResult:
-    """Bring ``scope:scope_id`` (``"chat"`` or ``"user"``) back within ``limits``. Returns what was deleted.
+    """Bring ``scope:scope_id`` (``"chat"`` or ``"user"``, on tier ``tier``) back within ``limits``.
+    Returns what was deleted; each chat's part is also logged in the store (``record_cleanup``).
 
-    A scope within its limits is counted (its messages; its memories, for a user in every chat it
-    wrote in) without waiting for the indexer — most checks, since a new user's first message is
-    checked at once, and a flush would cut the indexer's batch short; only a scope that may be over
-    them waits for everything in flight to be stored and embedded (``Memory.flush``), then is
-    counted again and cleaned."""
+    Only what was said in the chat counts and can go: the host's imports (``StoredMessage.imported``)
+    are neither counted nor evicted. A scope within its limits is counted without waiting for the
+    indexer — most checks, since a new user's first message is checked at once, and a flush would
+    cut the indexer's batch short; only a scope that may be over them waits for everything in flight
+    to be stored and embedded (``Memory.flush``), then is counted again and cleaned."""
     if not await _may_exceed(memory, scope, scope_id, limits):
         return CleanupResult(scope, scope_id)
     await memory.flush()
     store, cutoff = memory.store, now - timedelta(days=policy.min_age_days)
     who = _who(scope, scope_id)
-    messages = memories = 0
+    removed: dict[tuple[int, str], list[int]] = {}  # (chat, limit name) -> [messages, memories]
 
     if limits.dialogue_limit >= 0:
         total = await _messages_stored(memory, scope, scope_id)
         if total > limits.dialogue_limit:
             excess = total - keep_count(limits.dialogue_limit, policy)
-            rows = await store.message_keys(**who, before=cutoff, limit=excess)
+            rows = await store.message_keys(**who, before=cutoff, limit=excess, imported=False)
             for chat_id, ids in _by_chat(rows).items():
                 deleted = await store.delete_messages(chat_id, message_ids=ids)
                 if deleted:
                     await memory.vectors.delete(chat_id, message_ids=deleted)
-                messages += len(deleted)
+                    removed.setdefault((chat_id, "dialogue_limit"), [0, 0])[0] += len(deleted)
 
     if limits.memory_limit >= 0:
         held = await _memories_held(memory, scope, scope_id)
         total = sum(len(ids) for ids in held.values())
         if total > limits.memory_limit:
             excess = total - keep_count(limits.memory_limit, policy)
-            rows = await store.message_keys(**who, before=cutoff)
+            rows = await store.message_keys(**who, before=cutoff, imported=False)
             oldest = [(c, m) for c, m in rows if m in held.get(c, ())][:excess]
             for chat_id, ids in _by_chat(oldest).items():
                 await store.note_evictions(chat_id, ids)  # first: the gap check must not embed them again
-                memories += await memory.vectors.delete(chat_id, message_ids=ids)
-    if messages or memories:
-        log.info("cleanup %s:%s deleted %d messages and %d memories", scope, scope_id, messages, memories)
-    return CleanupResult(scope, scope_id, messages, memories)
+                n = await memory.vectors.delete(chat_id, message_ids=ids)
+                if n:
+                    removed.setdefault((chat_id, "memory_limit"), [0, 0])[1] += n
+    records = tuple(
+        CleanupRecord(chat_id, now, scope, scope_id, tier, name, getattr(limits, name), messages, memories)
+        for (chat_id, name), (messages, memories) in removed.items())
+    for rec in records:
+        await store.record_cleanup(rec)
+    messages, memories = sum(r.messages for r in records), sum(r.memories for r in records)
+    if records:
+        log.info("cleanup %s:%s (tier %s) deleted %d messages and %d memories", scope, scope_id, tier, messages, memories)
+    return CleanupResult(scope, scope_id, messages, memories, records)
 
 
 async def _may_exceed(memory: Memory, scope: str, scope_id: int, limits: StorageLimits) -> bool:
@@ -108,15 +121,25 @@ def _who(scope: str, scope_id: int) -> dict[str, int]:
 
 
 async def _messages_stored(memory: Memory, scope: str, scope_id: int) -> int:
-    """Committed messages of a chat, or of a user in every chat."""
-    return await memory.store.count_messages(**_who(scope, scope_id))
+    """Committed messages said in a chat, or by a user in every chat (the host's imports left out)."""
+    return await memory.store.count_messages(**_who(scope, scope_id), imported=False)
+
+
+def _owner_id(memory_id: int) -> int:
+    """The message a memory belongs to: itself, or the message that carried a document chunk."""
+    return (memory_id - DOC_ID_BASE) >> 16 if is_chunk_id(memory_id) else memory_id
 
 
 async def _memories_held(memory: Memory, scope: str, scope_id: int) -> dict[int, set[int]]:
-    """Message ids with a memory in LanceDB, per chat: a chat's all, or a user's in every chat."""
+    """Memory ids in LanceDB that count against the scope's limit, per chat: a chat's all (document
+    chunks included) but those of the host's imports, or a user's messages in every chat."""
     if scope == CHAT:
-        return {scope_id: await memory.vectors.message_ids(scope_id)}
-    rows = await memory.store.message_keys(user_id=scope_id)
+        held = await memory.vectors.message_ids(scope_id)
+        if await memory.store.count_messages(scope_id, imported=True):
+            hosts = {m for _c, m in await memory.store.message_keys(chat_id=scope_id, imported=True)}
+            held = {i for i in held if _owner_id(i) not in hosts}
+        return {scope_id: held}
+    rows = await memory.store.message_keys(user_id=scope_id, imported=False)
     return {chat_id: set(ids) & await memory.vectors.message_ids(chat_id) for chat_id, ids in _by_chat(rows).items()}
 
 
@@ -130,18 +153,22 @@ def _by_chat(rows) -> dict[int, list[int]]:
 class Janitor:
     """Runs capacity cleanups in the background, one at a time, never blocking a turn.
 
-    limits_of(scope, scope_id) → the scope's ``StorageLimits`` (from its tier). ``request`` is
-    non-blocking and coalesces repeated requests for the same scope. Use as ``async with``.
+    limits_of(scope, scope_id) → ``(tier name, StorageLimits)`` of the scope (from its tier).
+    on_cleanup(result): awaited after a cleanup that removed something (the runtime tells the chats
+    concerned; an exception there is logged, the cleanup stays done). ``request`` is non-blocking and
+    coalesces repeated requests for the same scope. Use as ``async with``.
     """
 
     def __init__(
         self,
         memory: Memory,
-        limits_of: Callable[[str, int], Awaitable[StorageLimits]],
+        limits_of: Callable[[str, int], Awaitable[tuple[str, StorageLimits]]],
         policy: AutoCleanup,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_cleanup: Callable[[CleanupResult], Awaitable[None]] | None = None,
     ) -> None:
         self.memory, self.limits_of, self.policy, self.clock = memory, limits_of, policy, clock
+        self.on_cleanup = on_cleanup
         self._queue: dict[tuple[str, int], None] = {}
         self._wakeup = anyio.Event()
         self._idle = anyio.Event()
@@ -195,10 +222,13 @@ class Janitor:
                 scope, scope_id = next(iter(self._queue))
                 del self._queue[(scope, scope_id)]
                 try:
-                    limits = await self.limits_of(scope, scope_id)
+                    tier, limits = await self.limits_of(scope, scope_id)
                     smallest = min((x for x in (limits.dialogue_limit, limits.memory_limit) if x >= 0), default=-1)
                     self._every[(scope, scope_id)] = max(1, smallest // 20) if smallest >= 0 else 1000
-                    self.results.append(await cleanup_scope(self.memory, scope, scope_id, limits, self.policy, self.clock()))
+                    result = await cleanup_scope(self.memory, scope, scope_id, limits, self.policy, self.clock(), tier=tier)
+                    self.results.append(result)
+                    if result.records and self.on_cleanup is not None:
+                        await self.on_cleanup(result)
                 except DiskFull as exc:  # already reported once, where it stops intake; no traceback here
                     log.warning("cleanup of %s:%s skipped: %s", scope, scope_id, exc)
                 except Exception:  # noqa: BLE001 - a failed cleanup is retried at the next request

@@ -47,6 +47,7 @@ from .errors import DiskFull, MemoryStoreError, StoreLocked, is_disk_full
 from .schema import from_us, migrate, to_us
 from .types import (
     DOC_ID_BASE,
+    CleanupRecord,
     MIGRATION_SHIFT,
     USAGE_GROUPINGS,
     ChatInfo,
@@ -84,7 +85,7 @@ _USAGE_KEY = {  # usage_totals: the SQL of each grouping key
     "model": "model",
     "day": "strftime(ts AT TIME ZONE 'UTC', '%Y-%m-%d')",
 }
-_MSG_COLS = "chat_id, message_id, user_id, user_name, text, epoch_us(date), role, reply_to, thread_id"
+_MSG_COLS = "chat_id, message_id, user_id, user_name, text, epoch_us(date), role, reply_to, thread_id, imported"
 _TS = "make_timestamp({}) AT TIME ZONE 'UTC'"  # BIGINT µs since epoch (UTC) -> TIMESTAMPTZ
 
 # Files open in this process: DuckDB would silently share one database between two connects of the
@@ -93,7 +94,7 @@ _OPEN_PATHS: set[str] = set()
 
 
 def _row_to_msg(r: tuple) -> StoredMessage:
-    return StoredMessage(r[0], r[1], r[2], r[3], r[4], from_us(r[5]), r[6], r[7], r[8])
+    return StoredMessage(r[0], r[1], r[2], r[3], r[4], from_us(r[5]), r[6], r[7], r[8], bool(r[9]))
 
 
 class DuckDBStore(QueuedStore):
@@ -480,8 +481,8 @@ class DuckDBStore(QueuedStore):
             con.execute("BEGIN TRANSACTION")
             try:
                 moved = con.execute(
-                    "INSERT OR IGNORE INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date)"
-                    " SELECT ?, message_id - ?, thread_id, user_id, user_name, role, text, reply_to - ?, date"
+                    "INSERT OR IGNORE INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date, imported)"
+                    " SELECT ?, message_id - ?, thread_id, user_id, user_name, role, text, reply_to - ?, date, imported"
                     " FROM messages WHERE chat_id = ?", [new, shift, shift, old]).fetchone() or (0,)
                 moved = moved[0]
                 con.execute("INSERT OR IGNORE INTO recalls SELECT ?, reply_message_id - ?, memory_message_id - ?, score"
@@ -496,6 +497,7 @@ class DuckDBStore(QueuedStore):
                 for table in ("messages", "recalls", "documents", "document_chunks", "deliveries", "memory_evictions"):
                     con.execute(f"DELETE FROM {table} WHERE chat_id = ?", [old])
                 con.execute("UPDATE usage SET chat_id = ? WHERE chat_id = ?", [new, old])
+                con.execute("UPDATE cleanups SET chat_id = ? WHERE chat_id = ?", [new, old])
                 for table in ("subscriptions", "api_keys"):  # the new chat's own wins
                     con.execute(f"INSERT OR IGNORE INTO {table} SELECT * REPLACE (? AS scope_id) FROM {table}"
                                 " WHERE scope = 'chat' AND scope_id = ?", [new, old])
@@ -554,6 +556,22 @@ class DuckDBStore(QueuedStore):
         rows = await self._query("SELECT message_id FROM memory_evictions WHERE chat_id = ?", [chat_id])
         return {r[0] for r in rows}
 
+    async def record_cleanup(self, record: CleanupRecord) -> None:
+        """Log what one capacity cleanup removed from one chat, and why. Committed before it returns."""
+        r = record
+        await self._query(f"INSERT INTO cleanups VALUES (?, {_TS.format('?')}, ?, ?, ?, ?, ?, ?, ?)",
+                          [r.chat_id, to_us(r.at), r.scope, r.scope_id, r.tier, r.limit_name, r.limit, r.messages, r.memories])
+
+    async def cleanups(self, chat_id: int | None = None) -> list[CleanupRecord]:
+        """What capacity cleanups removed, per chat and reason (``memory.store.DialogueStore.cleanups``)."""
+        filters, params = equalities([("chat_id", chat_id)])
+        rows = await self._query(
+            "SELECT chat_id, epoch_us(max(cleaned_at)), scope, scope_id, tier, limit_name, limit_value, sum(messages), sum(memories)"
+            " FROM cleanups WHERE true" + filters +
+            " GROUP BY chat_id, scope, scope_id, tier, limit_name, limit_value ORDER BY chat_id, max(cleaned_at)", params)
+        return [CleanupRecord(int(c), from_us(at), sc, int(sid), t, ln, int(lv), int(m), int(mm))
+                for c, at, sc, sid, t, ln, lv, m, mm in rows]
+
     async def max_message_id(self, chat_id: int) -> int | None:
         """The highest stored message id of ``chat_id``; None when the chat has no messages."""
         if chat_id not in self._chats_with_messages:
@@ -562,10 +580,12 @@ class DuckDBStore(QueuedStore):
         rows = await self._query("SELECT max(message_id) FROM messages WHERE chat_id = ?", [chat_id])
         return rows[0][0]
 
-    async def count_messages(self, chat_id: int | None = None, *, user_id: int | None = None) -> int:
-        """Stored messages, in one chat and/or by one sender (all when both are None)."""
+    async def count_messages(self, chat_id: int | None = None, *, user_id: int | None = None,
+                             imported: bool | None = None) -> int:
+        """Stored messages, in one chat and/or by one sender (all when both are None); ``imported``
+        True/False: only the host's imports / only what was said in the chat."""
         await self._queue.sync()
-        filters, params = equalities([("chat_id", chat_id), ("user_id", user_id)])
+        filters, params = equalities([("chat_id", chat_id), ("user_id", user_id), ("imported", imported)])
         return int((await self._query("SELECT count(*) FROM messages WHERE true" + filters, params))[0][0])
 
     async def iter_messages(self, chat_id: int | None = None, *, batch: int = 5000) -> AsyncIterator[list[StoredMessage]]:
@@ -577,14 +597,16 @@ class DuckDBStore(QueuedStore):
             yield [_row_to_msg(r) for r in rows]
 
     async def message_keys(self, *, chat_id: int | None = None, user_id: int | None = None,
-                           before: datetime | None = None, limit: int | None = None) -> list[tuple[int, int]]:
+                           before: datetime | None = None, limit: int | None = None,
+                           imported: bool | None = None) -> list[tuple[int, int]]:
         """``(chat_id, message_id)`` of the stored messages of one chat and/or one sender (at least one
         given), dated before ``before`` if given, oldest first by ``(date, message_id)``, at most
-        ``limit``. Commits queued writes first. raises ValueError when neither is given."""
+        ``limit``; ``imported`` True/False: only the host's imports / only what was said in the chat.
+        Commits queued writes first. raises ValueError when neither is given."""
         if chat_id is None and user_id is None:
             raise ValueError("message_keys needs a chat_id or a user_id")
         await self._queue.sync()
-        filters, params = equalities([("chat_id", chat_id), ("user_id", user_id)])
+        filters, params = equalities([("chat_id", chat_id), ("user_id", user_id), ("imported", imported)])
         sql = "SELECT chat_id, message_id FROM messages WHERE true" + filters
         if before is not None:
             sql += " AND epoch_us(date) < ?"
@@ -947,10 +969,10 @@ class DuckDBStore(QueuedStore):
 
 _INSERT_SELECT = {
     "messages": (
-        "INSERT OR IGNORE INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date)"
+        "INSERT OR IGNORE INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date, imported)"
         " SELECT chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, "
         + _TS.format("date_us")
-        + " FROM {src}"
+        + ", imported FROM {src}"
     ),
     "usage": (
         "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
@@ -971,8 +993,8 @@ _INSERT_SELECT = {
 
 _INSERT_ROW = {
     "messages": (
-        "INSERT OR IGNORE INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, " + _TS.format("?") + ")"
+        "INSERT OR IGNORE INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date, imported)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, " + _TS.format("?") + ", ?)"
     ),
     "usage": (
         "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
@@ -1011,6 +1033,7 @@ def _messages_table(msgs: list[StoredMessage]) -> pa.Table:
             "text": pa.array([m.text for m in rows], _STR),
             "reply_to": pa.array([m.reply_to for m in rows], _I64),
             "date_us": pa.array([to_us(m.date) for m in rows], _I64),
+            "imported": pa.array([m.imported for m in rows], pa.bool_()),
         }
     )
 
@@ -1068,7 +1091,7 @@ def _chats_table(rows: list[tuple[int, str, str | None, int]]) -> pa.Table:
 
 
 def _message_params(m: StoredMessage) -> list[Any]:
-    return [m.chat_id, m.message_id, m.thread_id, m.user_id, m.user_name, m.role, m.text, m.reply_to, to_us(m.date)]
+    return [m.chat_id, m.message_id, m.thread_id, m.user_id, m.user_name, m.role, m.text, m.reply_to, to_us(m.date), m.imported]
 
 
 def _usage_params(u: UsageRecord) -> list[Any]:

@@ -3,7 +3,9 @@ document (PDF, DOCX, text) into one chat's memory.
 
 Messages are stored in DuckDB (idempotent on chat_id, message_id) and embedded into LanceDB in
 large batches; messages whose memory already exists are not embedded again, so importing the same
-file twice costs little and stores each message once. A malformed line is reported and skipped.
+file twice costs little and stores each message once. What is imported is marked as the host's
+(``StoredMessage.imported``): capacity cleanup neither counts it against a tier's limits nor evicts
+it. A malformed line is reported and skipped.
 With ``with_files``, the documents a Telegram Desktop export includes (its ``files/`` folder) are
 read into memory too, each once.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import mimetypes
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -94,6 +96,7 @@ async def import_transcript(
             continue
         report.read += 1
         report.chats.add(item.chat_id)
+        item = replace(item, imported=True)  # the host's history: capacity cleanup keeps it whatever the tier
         chunk.append(item)
         if with_files and (item.chat_id, item.message_id) in reader.attachments:
             carriers[(item.chat_id, item.message_id)] = item
@@ -158,6 +161,6 @@ async def import_document(memory: Memory, path: Path, *, chat_id: int, user_id: 
     if not memory.store.knows_chat(chat_id):
         await memory.store.upsert_chat(chat_id, "private" if chat_id > 0 else "supergroup", None)
     text = f"{marker('document', file_name=path.name)} ({document_summary(info)} in memory)"
-    memory.remember(StoredMessage(chat_id, message_id, user_id, user_name, text, date))
+    memory.remember(StoredMessage(chat_id, message_id, user_id, user_name, text, date, imported=True))
     await memory.flush()
     return info, True

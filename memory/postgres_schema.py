@@ -155,8 +155,27 @@ _V1 = (
     """,
 )
 
+_V2 = (
+    "ALTER TABLE messages ADD COLUMN imported BOOLEAN NOT NULL DEFAULT false",
+    """
+    CREATE TABLE cleanups (
+        chat_id     BIGINT NOT NULL,
+        cleaned_at  TIMESTAMPTZ NOT NULL,       -- ("at" is a reserved word in DuckDB)
+        scope       TEXT NOT NULL,
+        scope_id    BIGINT NOT NULL,
+        tier        TEXT NOT NULL,
+        limit_name  TEXT NOT NULL,
+        limit_value BIGINT NOT NULL,
+        messages    BIGINT NOT NULL,
+        memories    BIGINT NOT NULL
+    )
+    """,
+    "CREATE INDEX cleanups_by_chat ON cleanups (chat_id)",
+)
+
 MIGRATIONS: list[tuple[str, ...]] = [
     _V1,  # the DuckDB store's schema version 4, in PostgreSQL's types, with indexes for its by-user reads
+    _V2,  # version 5: messages.imported, the capacity cleanups' log
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

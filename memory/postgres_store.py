@@ -36,6 +36,7 @@ from .postgres_schema import migrate
 from .schema import from_us, to_us
 from .types import (
     DOC_ID_BASE,
+    CleanupRecord,
     MIGRATION_SHIFT,
     USAGE_GROUPINGS,
     ChatInfo,
@@ -53,7 +54,7 @@ from .write_behind import Batch, WriteBehind, save_unsaved
 
 log = logging.getLogger(__name__)
 
-_MSG_COLS = "chat_id, message_id, user_id, user_name, text, date, role, reply_to, thread_id"
+_MSG_COLS = "chat_id, message_id, user_id, user_name, text, date, role, reply_to, thread_id, imported"
 _USAGE_KEY = {
     "kind": "kind",
     "user": "user_id::text",
@@ -62,8 +63,8 @@ _USAGE_KEY = {
     "day": "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
 }
 _INSERT_MESSAGE = (
-    "INSERT INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
+    "INSERT INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date, imported)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
 _INSERT_USAGE = (
     "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
     " seconds, images, pages) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
@@ -100,7 +101,7 @@ def _json_object(settings: dict) -> str:
 
 
 def _row_to_msg(r: Sequence[Any]) -> StoredMessage:
-    return StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])
+    return StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]))
 
 
 class PostgresStore(QueuedStore):
@@ -372,7 +373,7 @@ class PostgresStore(QueuedStore):
                        FROM messages WHERE chat_id = %s),
                  c AS (SELECT message_id AS center, rn AS crn FROM m WHERE message_id = ANY(%s))
             SELECT c.center, m.chat_id, m.message_id, m.user_id, m.user_name, m.text, m.date, m.role, m.reply_to,
-                   m.thread_id
+                   m.thread_id, m.imported
             FROM c JOIN m ON m.rn BETWEEN c.crn - %s AND c.crn + %s
             ORDER BY c.center, m.message_id
             """,
@@ -400,9 +401,10 @@ class PostgresStore(QueuedStore):
         rows = await self._fetch("SELECT max(message_id) FROM messages WHERE chat_id = %s", [chat_id])
         return rows[0][0]
 
-    async def count_messages(self, chat_id: int | None = None, *, user_id: int | None = None) -> int:
+    async def count_messages(self, chat_id: int | None = None, *, user_id: int | None = None,
+                             imported: bool | None = None) -> int:
         await self._queue.sync()
-        filters, params = equalities([("chat_id", chat_id), ("user_id", user_id)], "%s")
+        filters, params = equalities([("chat_id", chat_id), ("user_id", user_id), ("imported", imported)], "%s")
         return int((await self._fetch("SELECT count(*) FROM messages WHERE true" + filters, params))[0][0])
 
     async def iter_messages(self, chat_id: int | None = None, *, batch: int = 5000) -> AsyncIterator[list[StoredMessage]]:
@@ -412,11 +414,12 @@ class PostgresStore(QueuedStore):
             yield [_row_to_msg(r) for r in rows]
 
     async def message_keys(self, *, chat_id: int | None = None, user_id: int | None = None,
-                           before: datetime | None = None, limit: int | None = None) -> list[tuple[int, int]]:
+                           before: datetime | None = None, limit: int | None = None,
+                           imported: bool | None = None) -> list[tuple[int, int]]:
         if chat_id is None and user_id is None:
             raise ValueError("message_keys needs a chat_id or a user_id")
         await self._queue.sync()
-        filters, params = equalities([("chat_id", chat_id), ("user_id", user_id)], "%s")
+        filters, params = equalities([("chat_id", chat_id), ("user_id", user_id), ("imported", imported)], "%s")
         sql = "SELECT chat_id, message_id FROM messages WHERE true" + filters
         if before is not None:
             sql += " AND date < %s"
@@ -474,8 +477,8 @@ class PostgresStore(QueuedStore):
             settings.update(rows.get(new, (None, {}))[1] or {})
             name = title or rows.get(new, (None, None))[0] or rows.get(old, (None, None))[0]
             cur = await con.execute(
-                "INSERT INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date)"
-                " SELECT %s, message_id - %s, thread_id, user_id, user_name, role, text, reply_to - %s, date"
+                "INSERT INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date, imported)"
+                " SELECT %s, message_id - %s, thread_id, user_id, user_name, role, text, reply_to - %s, date, imported"
                 " FROM messages WHERE chat_id = %s ON CONFLICT DO NOTHING", [new, shift, shift, old])
             moved = cur.rowcount
             await con.execute("INSERT INTO recalls SELECT %s, reply_message_id - %s, memory_message_id - %s, score"
@@ -493,6 +496,7 @@ class PostgresStore(QueuedStore):
             for table in ("messages", "recalls", "documents", "document_chunks", "deliveries", "memory_evictions"):
                 await con.execute(f"DELETE FROM {table} WHERE chat_id = %s", [old])
             await con.execute("UPDATE usage SET chat_id = %s WHERE chat_id = %s", [new, old])
+            await con.execute("UPDATE cleanups SET chat_id = %s WHERE chat_id = %s", [new, old])
             await con.execute("INSERT INTO subscriptions SELECT scope, %s, tier, expires_at, source, updated_at"
                               " FROM subscriptions WHERE scope = 'chat' AND scope_id = %s ON CONFLICT DO NOTHING", [new, old])
             await con.execute("INSERT INTO api_keys SELECT scope, %s, provider, token, hint, updated_at"
@@ -545,6 +549,20 @@ class PostgresStore(QueuedStore):
 
     async def evicted_ids(self, chat_id: int) -> set[int]:
         return {r[0] for r in await self._fetch("SELECT message_id FROM memory_evictions WHERE chat_id = %s", [chat_id])}
+
+    async def record_cleanup(self, record: CleanupRecord) -> None:
+        r = record
+        await self._fetch("INSERT INTO cleanups VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                          [r.chat_id, _utc(r.at), r.scope, r.scope_id, r.tier, r.limit_name, r.limit, r.messages, r.memories])
+
+    async def cleanups(self, chat_id: int | None = None) -> list[CleanupRecord]:
+        filters, params = equalities([("chat_id", chat_id)], "%s")
+        rows = await self._fetch(
+            "SELECT chat_id, max(cleaned_at), scope, scope_id, tier, limit_name, limit_value, sum(messages), sum(memories)"
+            " FROM cleanups WHERE true" + filters +
+            " GROUP BY chat_id, scope, scope_id, tier, limit_name, limit_value ORDER BY chat_id, max(cleaned_at)", params)
+        return [CleanupRecord(int(c), at, sc, int(sid), t, ln, int(lv), int(m), int(mm))
+                for c, at, sc, sid, t, ln, lv, m, mm in rows]
 
     # ------------------------------------------------------------ documents
 
@@ -760,7 +778,7 @@ class PostgresStore(QueuedStore):
 
 def _message_params(m: StoredMessage) -> tuple:
     return (m.chat_id, m.message_id, m.thread_id, m.user_id, _clean(m.user_name), m.role, _clean(m.text), m.reply_to,
-            _utc(m.date))
+            _utc(m.date), m.imported)
 
 
 def _usage_params(u: UsageRecord) -> tuple:

@@ -13,7 +13,9 @@ the usage columns of media (``seconds``, ``images``, ``pages``) and ``documents`
 (the text of documents read into memory: vector memory is rebuilt from them too). Step 4 adds
 ``deliveries`` (the durable "a reply to this message is being sent" record that keeps a restart from
 answering twice), ``api_keys`` (users' and groups' own API keys, encrypted) and ``memory_evictions`` (messages whose memory the capacity cleanup dropped on purpose:
-the start-up gap check and ``kith memory reindex`` leave them unembedded).
+the start-up gap check and ``kith memory reindex`` leave them unembedded). Step 5 marks the messages
+the host imported (``messages.imported``: capacity cleanup neither counts nor evicts them) and logs
+what each capacity cleanup removed and why (``cleanups``: ``/memory`` and ``kith memory stats`` show it).
 """
 from __future__ import annotations
 
@@ -173,11 +175,29 @@ _V4 = (
     """,
 )
 
+_V5 = (
+    "ALTER TABLE messages ADD COLUMN imported BOOLEAN DEFAULT false",  # kith import: the host's, never cleaned up
+    """
+    CREATE TABLE cleanups (
+        chat_id     BIGINT NOT NULL,             -- the chat something was removed from
+        cleaned_at  TIMESTAMPTZ NOT NULL,       -- ("at" is a reserved word in DuckDB)
+        scope       VARCHAR NOT NULL,            -- whose limit was passed: chat | user
+        scope_id    BIGINT NOT NULL,
+        tier        VARCHAR NOT NULL,            -- the scope's tier then
+        limit_name  VARCHAR NOT NULL,            -- dialogue_limit | memory_limit
+        limit_value BIGINT NOT NULL,
+        messages    BIGINT NOT NULL,             -- messages deleted (both stores)
+        memories    BIGINT NOT NULL              -- memories dropped (the messages kept)
+    )
+    """,
+)
+
 MIGRATIONS: list[tuple[str, ...]] = [
     _V1,
     _V2,  # subscriptions, payments
     _V3,  # usage by kind (seconds, images, pages); documents and their chunks
     _V4,  # deliveries (exactly-once replies), api keys (encrypted), memory evictions (capacity cleanup)
+    _V5,  # messages.imported (the host's history, kept whatever the tier), the capacity cleanups' log
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -39,6 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .types import (
     ChatInfo,
+    CleanupRecord,
     DocumentChunk,
     DocumentInfo,
     MemoryHit,
@@ -101,15 +102,19 @@ class DialogueStore(Protocol):
         """Durably note (with the chat's queued messages) that a reply to ``message_id`` is being sent."""
     async def max_message_id(self, chat_id: int) -> int | None:
         """The highest stored message id of the chat; None when it has none."""
-    async def count_messages(self, chat_id: int | None = None, *, user_id: int | None = None) -> int:
-        """Stored messages in one chat and/or by one sender (all when both are None)."""
+    async def count_messages(self, chat_id: int | None = None, *, user_id: int | None = None,
+                             imported: bool | None = None) -> int:
+        """Stored messages in one chat and/or by one sender (all when both are None); ``imported``
+        True/False: only the host's imports / only what was said in the chat."""
     def iter_messages(self, chat_id: int | None = None, *, batch: int = 5000) -> AsyncIterator[list[StoredMessage]]:
         """Every message (of one chat, or all) in pages of ≤ ``batch``, by ``(chat_id, message_id)``."""
     async def message_keys(self, *, chat_id: int | None = None, user_id: int | None = None,
-                           before: datetime | None = None, limit: int | None = None) -> list[tuple[int, int]]:
+                           before: datetime | None = None, limit: int | None = None,
+                           imported: bool | None = None) -> list[tuple[int, int]]:
         """``(chat_id, message_id)`` of the messages in one chat and/or by one sender (at least one of
         them given), dated before ``before`` if given, oldest first by ``(date, message_id)``, at most
-        ``limit``. raises ValueError when neither ``chat_id`` nor ``user_id`` is given."""
+        ``limit``; ``imported`` as in ``count_messages``. raises ValueError when neither ``chat_id``
+        nor ``user_id`` is given."""
     async def delete_messages(self, chat_id: int, *, user_id: int | None = None,
                               message_ids: Sequence[int] | None = None) -> list[int]:
         """Delete messages of a chat (all, one sender's, and/or some ids) with their recalls and
@@ -126,6 +131,11 @@ class DialogueStore(Protocol):
         """Record memories dropped on purpose by the capacity cleanup (not embedded again)."""
     async def evicted_ids(self, chat_id: int) -> set[int]:
         """Ids whose memory the capacity cleanup evicted."""
+    async def record_cleanup(self, record: CleanupRecord) -> None:
+        """Log what one capacity cleanup removed from one chat, and why (committed on return)."""
+    async def cleanups(self, chat_id: int | None = None) -> list[CleanupRecord]:
+        """What capacity cleanups removed, per chat and reason (scope, tier, limit): the sums of
+        ``messages`` and ``memories`` and the latest ``at``; of one chat or of all, by chat id."""
 
     # ---------------------------------------------------------------- documents
     async def add_document(self, info: DocumentInfo, chunks: Sequence[DocumentChunk]) -> None:

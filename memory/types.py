@@ -21,7 +21,8 @@ class StoredMessage:
     user_name: the sender's display name at the time of sending. role: ``"user"`` or ``"assistant"``.
     text: UTF-8, any length (Telegram caps at 4096 UTF-16 code units; imports may be longer).
     date: timezone-aware UTC. reply_to: the message id it answers, in the same chat.
-    thread_id: forum topic / thread id, ``None`` outside threads.
+    thread_id: forum topic / thread id, ``None`` outside threads. imported: brought in by the host
+    (``kith import``), not said to the bot: capacity cleanup neither counts nor evicts it.
     """
 
     chat_id: int
@@ -33,6 +34,29 @@ class StoredMessage:
     role: str = ROLE_USER
     reply_to: int | None = None
     thread_id: int | None = None
+    imported: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupRecord:
+    """What a capacity cleanup removed from one chat, and why (``memory.cleanup``).
+
+    scope, scope_id: whose limit was passed — ``"chat"`` and the chat's id, or ``"user"`` and the
+    user's id (a user's limit counts their messages in every chat). tier: the scope's tier (a name of
+    tiers.yaml). limit_name: ``"dialogue_limit"`` (messages deleted from both stores) or
+    ``"memory_limit"`` (memories dropped, the messages kept). limit: its value then. messages /
+    memories: how many were removed. at: when (tz-aware UTC; the latest one in summaries).
+    """
+
+    chat_id: int
+    at: datetime
+    scope: str
+    scope_id: int
+    tier: str
+    limit_name: str
+    limit: int
+    messages: int = 0
+    memories: int = 0
 
 
 @dataclass(frozen=True, slots=True)

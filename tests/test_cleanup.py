@@ -1,6 +1,7 @@
 """Capacity cleanup, forgetting and reindex: both stores agree, boundaries hold (real stores + model)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from config.models import AutoCleanup, Config, Settings, StorageLimits, Tier, Ti
 from memory.cleanup import cleanup_scope
 from memory.importer import import_transcript
 from memory.maintenance import compact, reindex
+from memory.transcripts import read_transcript
 from memory.types import StoredMessage
 
 pytestmark = pytest.mark.anyio
@@ -37,6 +39,15 @@ def msgs(chat_id: int, n: int, *, user_id: int = 1, days_old: float = 0, start: 
                       NOW - timedelta(days=days_old, hours=n - i))
         for i in range(n)
     ]
+
+
+async def said(memory, path: Path) -> None:
+    """A transcript's messages as if members had said them in the chat (not the host's import)."""
+    msgs_ = [m for m in read_transcript(path) if isinstance(m, StoredMessage)]
+    for cid in {m.chat_id for m in msgs_}:
+        await memory.store.upsert_chat(cid, "supergroup", None)
+    memory.remember_many(msgs_)
+    await memory.flush()
 
 
 async def agree(memory, chat_id: int) -> set[int]:
@@ -121,8 +132,8 @@ async def test_reindex_rebuilds_identical_results_and_isolation_holds(tmp_path, 
     data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ubuntu-irc"
     queries = ["sound card driver", "which package has Python.h", "ext3 or ntfs", "smtp server", "compiz"]
     async with open_memory(cfg(), tmp_path, model=st_model) as memory:
-        await import_transcript(memory, data / "2009-03-03_10.jsonl")
-        await import_transcript(memory, data / "2016-12-19_20.jsonl")
+        await said(memory, data / "2009-03-03_10.jsonl")  # said in the chats: the cleanup may take them
+        await said(memory, data / "2016-12-19_20.jsonl")
         chats = [c.chat_id for c in await memory.store.chats()]
 
         async def results():
@@ -146,3 +157,43 @@ async def test_reindex_rebuilds_identical_results_and_isolation_holds(tmp_path, 
             for c in chats:
                 assert all(h.chat_id == c for h in (await memory.recall(c, q, 25)).hits)
             assert {h.message_id for h in (await memory.recall(chats[0], q, 25)).hits} <= stored0
+
+
+async def test_the_hosts_imports_are_neither_counted_nor_evicted_and_each_cleanup_is_logged(tmp_path, st_model):
+    data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ubuntu-irc" / "2009-03-03_10.jsonl"
+    async with open_memory(cfg(), tmp_path, model=st_model) as memory:
+        await import_transcript(memory, data)
+        chat = (await memory.store.chats())[0].chat_id
+        imported = await memory.store.count_messages(chat)
+        embedded = await memory.vectors.count(chat)
+        assert imported > 1000 and await memory.store.count_messages(chat, imported=True) == imported
+        live = [replace(m, chat_id=chat, message_id=10_000_000 + m.message_id) for m in msgs(chat, 20, user_id=5, days_old=40)]
+        memory.remember_many(live)
+        await memory.flush()
+        res = await cleanup_scope(memory, "chat", chat, StorageLimits(dialogue_limit=10, memory_limit=10), POLICY, NOW, tier="free")
+        assert res.messages == 12  # 20 said in the chat − 80 % of 10; the import does not count
+        assert await memory.store.count_messages(chat, imported=True) == imported  # … and is never removed
+        assert await memory.vectors.count(chat) == embedded + 8
+        logged = await memory.store.cleanups(chat)
+        assert [(r.scope, r.tier, r.limit_name, r.limit, r.messages, r.memories) for r in logged] == [
+            ("chat", "free", "dialogue_limit", 10, 12, 0)]
+        assert await memory.store.cleanups(-12345) == []
+
+
+async def test_a_cleanup_tells_the_chat_what_it_removed_why_and_how_to_keep_more(tmp_path, st_model):
+    config = cfg(chat=StorageLimits(memory_limit=10))
+    async with open_runtime(config, tmp_path, lambda m: LocalOutbox(IdAllocator(m.store.max_message_id)), model=st_model) as rt:
+        old = datetime.now(UTC) - timedelta(days=60)
+        for i in range(1, 16):
+            ev = Incoming(-9, "supergroup", i, Sender(3, "ann"), f"note {i} about the {TOPICS[i]}", old + timedelta(minutes=i))
+            await rt.supervisor.tell(-9, ev)
+        await rt.supervisor.wait_all_idle()
+        await rt.services.janitor.wait_idle()
+        await rt.supervisor.wait_all_idle()
+        told = [m.text for m in rt.supervisor.outbox.sent if m.chat_id == -9 and "🧹" in m.text]
+        assert len(told) == 1, told
+        assert told[0].startswith("For the admins:") and "free tier keeps 10 memories per chat" in told[0]
+        assert "/billing" in told[0]
+        assert await rt.memory.store.count_messages(-9) == 15  # history stays; only recall went
+        logged = await rt.memory.store.cleanups(-9)
+        assert len(logged) == 1 and logged[0].memories == sum(r.memories for r in rt.services.janitor.results)

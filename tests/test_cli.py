@@ -74,7 +74,9 @@ def test_kith_tiers_is_readable_at_80_columns():
         assert name in res.output
         for feature, on in tier.features.model_dump().items():
             assert (feature in res.output) or not on
-    assert "1,000 / 100" in res.output and "any: 500" in res.output  # whole values, not "1,0…"
+    assert "50,000 / 20,000" in res.output and "any: 500" in res.output  # whole values, not "1,0…"
+    assert "largest file" in res.output and "5 MB" in res.output and "images/day" in res.output and "60 min" in res.output
+    assert kith("tiers", "--data-dir", "anything").exit_code == 0  # accepted like every command's
     as_json = json.loads(kith("tiers", "--json").stdout)
     assert set(as_json["tiers"]) == set(cfg.tiers) and as_json["default_tier"] == cfg.default_tier
 

@@ -591,3 +591,24 @@ async def test_a_basic_group_moves_to_its_supergroup_once(open_store: Opener) ->
         assert [t.key for t in await store.usage_totals("chat")] == [str(sup)]
         chats = {c.chat_id: c for c in await store.chats()}
         assert basic not in chats and (chats[sup].type, chats[sup].title) == ("supergroup", "Team")
+
+
+@pytest.mark.anyio
+async def test_the_hosts_imports_are_told_apart_and_cleanups_are_logged_per_reason(open_store) -> None:
+    from memory.types import CleanupRecord
+
+    async with open_store() as store:
+        store.add_many([msg(i, imported=True) for i in range(1, 6)] + [msg(i, user=2) for i in range(6, 9)])
+        await store.flush()
+        assert await store.count_messages(CHAT) == 8
+        assert await store.count_messages(CHAT, imported=True) == 5
+        assert await store.count_messages(CHAT, user_id=2, imported=False) == 3
+        assert await store.message_keys(chat_id=CHAT, imported=False) == [(CHAT, 6), (CHAT, 7), (CHAT, 8)]
+        assert all(m.imported for m in await store.get_messages(CHAT, [1, 2]))
+        assert not any(m.imported for m in await store.get_messages(CHAT, [6]))
+        for at, n in ((T0, 3), (T0 + timedelta(days=1), 4)):
+            await store.record_cleanup(CleanupRecord(CHAT, at, "chat", CHAT, "free", "memory_limit", 10, 0, n))
+        await store.record_cleanup(CleanupRecord(OTHER, T0, "user", 2, "free", "dialogue_limit", 5, 2, 0))
+        assert await store.cleanups(CHAT) == [
+            CleanupRecord(CHAT, T0 + timedelta(days=1), "chat", CHAT, "free", "memory_limit", 10, 0, 7)]
+        assert [r.chat_id for r in await store.cleanups()] == sorted([CHAT, OTHER])

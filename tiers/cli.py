@@ -43,6 +43,13 @@ def _lim(n: int) -> str:
     return "∞" if n == UNLIMITED else f"{n:,}"
 
 
+def _minutes(seconds: float) -> str:
+    """Audio seconds per day as minutes (``60 min``), ``∞`` or ``0``."""
+    if seconds == UNLIMITED:
+        return "∞"
+    return "0" if seconds == 0 else f"{seconds / 60:,.4g} min"
+
+
 def _when(ts: datetime | None) -> str:
     return "never" if ts is None else f"{ts:%Y-%m-%d %H:%M} UTC"
 
@@ -51,8 +58,8 @@ def _when(ts: datetime | None) -> str:
 
 
 WIDE_TIERS = 150  # columns from which ``kith tiers`` prints one wide table; below, one block per tier
-_TIER_FIELDS = ("models", "requests/day", "tokens/day", "chat req/day", "chat tokens/day", "user msgs / memories",
-                "chat msgs / memories", "features", "fallback", "member msgs/min")
+_TIER_FIELDS = ("models", "requests/day", "tokens/day", "chat req/day", "chat tokens/day", "images/day", "audio/day",
+                "user msgs / memories", "chat msgs / memories", "largest file", "features", "fallback", "member msgs/min")
 
 
 def tier_rows(cfg: TiersConfig) -> list[tuple[str, dict[str, str]]]:
@@ -64,10 +71,11 @@ def tier_rows(cfg: TiersConfig) -> list[tuple[str, dict[str, str]]]:
         rpd = ", ".join(f"{'any' if a == '*' else a}: {_lim(n)}" for a, n in q.requests_per_day.items()) or "∞"
         feats = ", ".join(k for k, v in t.features.model_dump().items() if v) or "—"
         values = (", ".join("all" if m == "*" else m for m in t.models) or "none", rpd, _lim(q.tokens_per_day),
-                  _lim(q.chat_requests_per_day), _lim(q.chat_tokens_per_day),
+                  _lim(q.chat_requests_per_day), _lim(q.chat_tokens_per_day), _lim(q.images_per_day),
+                  _minutes(q.audio_seconds_per_day),
                   f"{_lim(t.user.dialogue_limit)} / {_lim(t.user.memory_limit)}",
                   f"{_lim(t.chat.dialogue_limit)} / {_lim(t.chat.memory_limit)}",
-                  feats, t.fallback_model or "— (refuse)", _lim(t.member_messages_per_minute))
+                  "∞" if t.max_file_mb < 0 else f"{t.max_file_mb:g} MB", feats, t.fallback_model or "— (refuse)", _lim(t.member_messages_per_minute))
         out.append((f"{name} (default)" if name == cfg.default_tier else name, dict(zip(_TIER_FIELDS, values))))
     return out
 
@@ -228,13 +236,16 @@ def _operate(config: Path | None, verbose: int, data_dir: Path, name: str, **arg
 
 
 def tiers_command(
+    data_dir: DataDir = Path("data"),
     config: ConfigOpt = None,
     verbose: Verbose = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the tiers and plans as JSON (the validated tiers.yaml).")] = False,
 ) -> None:
-    """Show the tiers and their limits (models, quotas, storage, features, fallback, member rate) and the plans."""
+    """Show the tiers and their limits (models, quotas, storage, largest file, features, fallback, member
+    rate) and the plans. --data-dir is accepted like everywhere (tiers come from the config, not the data)."""
     from cli import _setup
 
+    del data_dir  # the tiers are the config's; accepted so that every command takes the same options
     tiers = _setup(config, verbose).tiers
     if as_json:
         typer.echo(json.dumps(tiers.model_dump(mode="json"), ensure_ascii=False, indent=2))
