@@ -9,7 +9,9 @@
 
 The message that carried a key is deleted from the chat when the bot can; a key posted in a group
 is never stored (the message is deleted and the sender told to revoke it). Keys are stored
-encrypted by ``providers.keys.KeyVault``; replies show only the last four characters.
+encrypted by ``providers.keys.KeyVault``; replies show only the last four characters, and which of
+the configured models each key is used for (``LLM.key_use``: a model on the host's own server,
+``api_base``, never gets a user's key unless the host set ``accepts_user_keys``).
 """
 from __future__ import annotations
 
@@ -75,8 +77,13 @@ async def cmd_key(actor: "ChatActor", ev: CommandEvent) -> None:
                     _("Group {chat_id} has no keys set; requests use the bot's own.", chat_id=scope_id))
             await reply(actor, ev, f"{text}\n\n{_(USAGE)}")
             return
-        lines = "\n".join(_("• {provider}: {hint} (set {date})", provider=k.provider, hint=k.hint, date=i18n.date(k.updated_at))
-                          for k in keys)
+        listed = []
+        for k in keys:
+            listed.append(_("• {provider}: {hint} (set {date})", provider=k.provider, hint=k.hint, date=i18n.date(k.updated_at)))
+            use = key_use_text(actor, k.provider)
+            if use:
+                listed.append(f"  {use}")
+        lines = "\n".join(listed)
         await reply(actor, ev, _("Your keys:\n{lines}\n\n`/key delete [provider]` removes them.", lines=lines) if mine else
                     _("Group {chat_id}'s keys:\n{lines}\n\n`/key group {chat_id} delete [provider]` removes them.",
                       chat_id=scope_id, lines=lines))
@@ -106,15 +113,36 @@ async def cmd_key(actor: "ChatActor", ev: CommandEvent) -> None:
     info = await vault.set(scope, scope_id, provider, key)
     deleted = await _delete(actor, ev)
     if mine:
-        text = _("Saved your {provider} key {hint} (encrypted). It is used for requests to {provider} models in every chat; "
+        text = _("Saved your {provider} key {hint} (encrypted), for your requests in every chat; "
                  "`/key delete {provider}` removes it.", provider=provider, hint=info.hint)
     else:
-        text = _("Saved group {chat_id}'s {provider} key {hint} (encrypted). It is used for requests to {provider} models "
-                 "in group {chat_id} (a member's own key comes first); `/key group {chat_id} delete {provider}` removes it.",
+        text = _("Saved group {chat_id}'s {provider} key {hint} (encrypted), for requests in group {chat_id} "
+                 "(a member's own key comes first); `/key group {chat_id} delete {provider}` removes it.",
                  chat_id=scope_id, provider=provider, hint=info.hint)
     if not deleted:
         text += " " + _("Delete your message with the key from this chat.")
-    await reply(actor, ev, text)
+    use = key_use_text(actor, provider)
+    await reply(actor, ev, f"{text}\n{use}" if use else text)
+
+
+def key_use_text(actor: "ChatActor", provider: str) -> str | None:
+    """Which configured models a ``provider`` key is used for, in one or two sentences (``Used for:
+    fast, smart. Not used for: local (…)``), or that it is used for none; None when the LLM does not
+    say (``LLM.key_use`` missing, as in fakes)."""
+    key_use = getattr(actor.svc.llm, "key_use", None)
+    if key_use is None:
+        return None
+    use = key_use(provider)
+    if not use.used:
+        if use.not_used:
+            return _("It is used for none of this bot's models: {models} run on the host's own servers, which never get "
+                     "users' keys.", models=", ".join(use.not_used))
+        return _("It is used for none of this bot's models: none of them is a {provider} model.", provider=provider)
+    text = _("Used for: {models}.", models=", ".join(use.used))
+    if use.not_used:
+        text += " " + _("Not used for: {models} (the host's own servers, which never get users' keys).",
+                        models=", ".join(use.not_used))
+    return text
 
 
 def _deleted(done: bool, mine: bool, chat_id: int, provider: str | None) -> str:

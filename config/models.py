@@ -34,11 +34,14 @@ class ModelSpec(Frozen):
     environment variable holding the key (secrets never live in YAML); litellm's own variables such as
     OPENAI_API_KEY work without it. fallbacks: aliases tried in order when this one fails.
     context_tokens: the prompt budget; None asks litellm's model map, else 8192.
+    accepts_user_keys: users' and groups' own keys (``/key``) are sent to ``api_base`` too; by default
+    a model with an ``api_base`` gets only the host's key (a user's key goes only to its provider's own API).
     """
 
     model: str
     api_base: str | None = None
     api_key_env: str | None = None
+    accepts_user_keys: bool = False
     fallbacks: tuple[str, ...] = ()
     timeout_s: float = Field(60.0, gt=0)
     context_tokens: int | None = Field(None, gt=0)

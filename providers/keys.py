@@ -4,6 +4,10 @@ A user sets a key for a provider in a private chat; a group admin sets the group
 (``/key group <chat id> <provider> <key>``), never in the group. A turn uses the member's key first,
 then the group's, then the host's (``kith.yaml`` / the environment).
 
+A key goes only to its provider's own API: a model with an ``api_base`` (a server of the host's) never
+gets it, unless the host marked that model ``accepts_user_keys: true`` (``providers.llm.takes_user_keys``;
+``LLM.key_use`` says which models a key is used for).
+
 Keys are encrypted with Fernet (AES-128-CBC + HMAC-SHA256, ``cryptography``) under the host's
 ``KITH_SECRET_KEY`` (a Fernet key: ``python -c "from cryptography.fernet import Fernet;
 print(Fernet.generate_key().decode())"``; several, comma-separated, rotate: the first encrypts,
@@ -27,6 +31,15 @@ USER, CHAT = "user", "chat"
 class KeysUnavailable(ProviderError):
     """``/key`` cannot work: the host has not set ``KITH_SECRET_KEY`` (or it is not a Fernet key),
     or a stored key cannot be decrypted with it."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUse:
+    """Where a key for one provider goes (``LLM.key_use``): ``used``, the aliases it is sent to;
+    ``not_used``, that provider's aliases on the host's own servers, which keep the host's key."""
+
+    used: tuple[str, ...]
+    not_used: tuple[str, ...]
 
 
 class KeyStore(Protocol):

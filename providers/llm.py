@@ -13,6 +13,10 @@ Routing and failure behaviour (litellm 1.106.2):
 - One Router deployment per alias (``model_name`` = the alias) with its ``api_base``, key (from
   ``os.environ[spec.api_key_env]`` when set, else litellm's own variables such as OPENAI_API_KEY),
   ``timeout_s`` (also the streaming timeout), ``max_output_tokens`` and ``temperature``.
+- A user's or group's own key (``/key``, ``complete(api_keys=...)``) replaces the host's key only in
+  the deployments of aliases that call their provider's own API (``takes_user_keys``: no ``api_base``,
+  or the host set ``accepts_user_keys: true``), in a Router of its own; a model on a server of the
+  host's (``api_base``) gets the host's key, whether it is asked or reached as a fallback.
 - Each model is retried ``LLMSettings.num_retries`` times on 429, 5xx, connection errors and timeouts
   (litellm backs off ≈1–3 s per retry; 400/401/403 are not retried), then the alias's ``fallbacks`` are
   tried in order — on any error, 400/401 included (another model may have a bigger context or a
@@ -66,9 +70,10 @@ from .errors import (
     ProviderUnavailable,
     RateLimited,
 )
+from .keys import KeyUse
 from .recall_model import estimate_messages_tokens
 
-__all__ = ["Completion", "LLM", "DEFAULT_CONTEXT_TOKENS", "PING_TIMEOUT_S", "translate_error"]
+__all__ = ["Completion", "LLM", "DEFAULT_CONTEXT_TOKENS", "PING_TIMEOUT_S", "takes_user_keys", "translate_error"]
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +193,22 @@ def translate_error(e: BaseException, where: str) -> ProviderError:
     return ProviderUnavailable(msg)
 
 
+# ---------------------------------------------------------------- users' own keys
+
+
+def takes_user_keys(spec: ModelSpec) -> bool:
+    """May a user's or a group's own API key (``/key``) be sent with calls to this model?
+
+    Yes when the model calls its provider's own API (no ``api_base``: litellm's official endpoint),
+    or when the host marked its ``api_base`` ``accepts_user_keys: true``. No for any other
+    ``api_base`` — a server of the host's, which must never see users' keys (it gets the host's
+    ``api_key_env``) — and for the offline ``kith/*`` models, which take no key.
+    """
+    if spec.model.startswith(f"{recall_model.PROVIDER}/"):
+        return False
+    return not spec.api_base or spec.accepts_user_keys
+
+
 # ---------------------------------------------------------------- the LLM
 
 
@@ -232,18 +253,21 @@ class LLM:
             except Exception as e:
                 raise ModelNotConfigured(f"models.{alias}: litellm cannot use model {spec.model!r}: {_detail(e)}") from e
         self._key_providers = tuple(dict.fromkeys(
-            self._provider[a] for a, s in self._models.items() if s.model != recall_model.MODEL))
+            self._provider[a] for a, s in self._models.items() if not s.model.startswith(f"{recall_model.PROVIDER}/")))
+        self._user_key_providers = frozenset(self._provider[a] for a, s in self._models.items() if takes_user_keys(s))
         self._limiter = anyio.CapacityLimiter(settings.concurrency)
         self._router = self._build_router({})
         self._keyed: OrderedDict[str, Router] = OrderedDict()  # digest of users' keys → their Router (LRU)
 
     def _build_router(self, keys: Mapping[str, str]) -> Router:
-        """One deployment per alias; an alias whose provider has a key in ``keys`` uses that key."""
+        """One deployment per alias; an alias whose provider has a key in ``keys`` uses that key when it
+        takes users' keys (``takes_user_keys``), else the host's. Fallbacks name aliases of this same
+        Router, so a fallback gets a user's key only by that same rule."""
         model_list = []
         for alias, spec in self._models.items():
             params = self._litellm_params(spec)
             key = keys.get(self.provider_of(alias))
-            if key and spec.model != recall_model.MODEL:
+            if key and takes_user_keys(spec):
                 params["api_key"] = key
             model_list.append({"model_name": alias, "litellm_params": params})
         fallbacks = [{alias: list(spec.fallbacks)} for alias, spec in self._models.items() if spec.fallbacks]
@@ -269,10 +293,20 @@ class LLM:
         """The providers of the configured models that take an API key (not the offline recall model)."""
         return self._key_providers
 
+    def key_use(self, provider: str) -> KeyUse:
+        """Which configured aliases a user's (or group's) key for ``provider`` would be sent to
+        (``used``: they call the provider's own API, or accept users' keys) and which of that
+        provider's aliases never get it (``not_used``: the host's own servers), in configuration order."""
+        aliases = [a for a, s in self._models.items()
+                   if self._provider[a] == provider and not s.model.startswith(f"{recall_model.PROVIDER}/")]
+        return KeyUse(tuple(a for a in aliases if takes_user_keys(self._models[a])),
+                      tuple(a for a in aliases if not takes_user_keys(self._models[a])))
+
     def _router_for(self, keys: Mapping[str, str] | None) -> Router:
         """The host's Router, or one with the users' own keys for their providers (cached, 64 at most;
-        the cache is keyed by a SHA-256 digest, never by the keys themselves)."""
-        used = {p: k for p, k in (keys or {}).items() if k and p in self.providers}
+        the cache is keyed by a SHA-256 digest, never by the keys themselves). Keys no alias takes
+        (``takes_user_keys``) are left out: they would build the host's Router again."""
+        used = {p: k for p, k in (keys or {}).items() if k and p in self._user_key_providers}
         if not used:
             return self._router
         digest = hashlib.sha256(repr(sorted(used.items())).encode()).hexdigest()
@@ -354,8 +388,9 @@ class LLM:
         unchanged and closes the stream. max_tokens: caps the answer (default ``spec.max_output_tokens``).
         Raises ModelNotConfigured, RateLimited, ProviderUnavailable, ProviderTimeout, AuthenticationFailed,
         BadRequest (all ``ProviderError``); never a litellm type.
-        api_keys: provider → a user's own API key (``/key``); the aliases of those providers (the
-        requested one and its fallbacks) use it instead of the host's key.
+        api_keys: provider → a user's own API key (``/key``); the aliases of those providers that take
+        users' keys (``takes_user_keys``: no ``api_base``, or ``accepts_user_keys``) use it instead of the
+        host's key, the requested one and its fallbacks alike; the others keep the host's key.
         """
         spec = self._spec(alias)
         if spec.model == recall_model.MODEL:

@@ -1,6 +1,8 @@
 """Bring your own key: ``/key`` sets a user's (or, through a private chat, a group's) API key; a turn
 uses the member's key first, the group's next, the host's last; keys are encrypted at rest, never
-echoed or logged, and the message that carried one is deleted from the chat."""
+echoed or logged, and the message that carried one is deleted from the chat. A key goes only to its
+provider's own API: a model on a server of the host's (``api_base``) gets the host's key, as a
+fallback too, unless the host set ``accepts_user_keys`` on it; ``/key`` says which models use it."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -12,8 +14,10 @@ from cryptography.fernet import Fernet
 from actors.events import CommandEvent, Incoming, Sender
 from actors.local import IdAllocator, LocalOutbox
 from actors.runtime import open_memory, open_runtime
-from config.models import Config, ModelSpec, Settings, TiersConfig
-from providers.keys import CHAT, SECRET_ENV, USER, KeysUnavailable, KeyVault, cipher_from_env
+from config.models import Config, LLMSettings, ModelSpec, Settings, TiersConfig
+from providers.keys import CHAT, SECRET_ENV, USER, KeysUnavailable, KeyUse, KeyVault, cipher_from_env
+from providers.llm import LLM, takes_user_keys
+from tests.llm_server import FakeLLMServer
 from tests.llm_server import llm_server as llm_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.anyio
@@ -21,6 +25,7 @@ pytestmark = pytest.mark.anyio
 CFG = Config(settings=Settings(), tiers=TiersConfig())
 GROUP, ANN, BOB, ADMIN = -100777, 11, 12, 13
 USER_KEY, GROUP_KEY, HOST_KEY = "sk-ann-own-key-1234", "sk-group-key-5678", "sk-host"
+LOCAL_KEY_ENV, LOCAL_KEY = "KITH_TEST_LOCAL_SERVER_KEY", "sk-host-local-server"
 
 
 async def test_the_vault_encrypts_prefers_the_members_key_and_deletes(tmp_path, st_model):
@@ -76,8 +81,11 @@ async def test_key_commands_and_turns_use_the_members_then_the_groups_then_the_h
     caplog.set_level("DEBUG")
     monkeypatch.setenv("OPENAI_API_KEY", HOST_KEY)
     monkeypatch.setenv(SECRET_ENV, Fernet.generate_key().decode())
+    monkeypatch.setenv(LOCAL_KEY_ENV, LOCAL_KEY)
     settings = Settings(models={"recall": ModelSpec(model="kith/recall"),
-                                "ok": ModelSpec(model="openai/ok-model", api_base=llm_server.base_url)}, default_model="ok")
+                                "ok": ModelSpec(model="openai/ok-model", api_base=llm_server.base_url, accepts_user_keys=True),
+                                "local": ModelSpec(model="openai/ok-local", api_base=llm_server.base_url,
+                                                   api_key_env=LOCAL_KEY_ENV)}, default_model="ok")
     cfg = Config(settings=settings, tiers=TiersConfig())
     holder = {}
 
@@ -107,6 +115,7 @@ async def test_key_commands_and_turns_use_the_members_then_the_groups_then_the_h
         for m in box.sent:
             said[m.chat_id].append(m.text)
         assert "…1234" in said[ANN][0] and USER_KEY not in " ".join(said[ANN])
+        assert "Used for: ok. Not used for: local (the host's own servers" in said[ANN][0]
         assert "Only the admins of group" in said[BOB][0]
         assert "…5678" in said[ADMIN][0]
         assert "do not use 'anthropic'" in said[ANN][1]
@@ -125,6 +134,7 @@ async def test_key_commands_and_turns_use_the_members_then_the_groups_then_the_h
         await rt.supervisor.wait_all_idle()
         listing, gone = [m.text for m in box.sent if m.chat_id == ANN][-2:]
         assert "openai: …1234" in listing and USER_KEY not in listing and gone == "Deleted your keys."
+        assert "Used for: ok. Not used for: local" in listing
         assert await ask(rt, GROUP, ANN, 32) == f"Bearer {GROUP_KEY}"
     for secret in (USER_KEY, GROUP_KEY, "sk-not-an-admin-9999", "sk-posted-in-the-group-0000"):
         assert secret not in caplog.text
@@ -142,3 +152,99 @@ async def test_without_a_secret_key_the_command_says_so(tmp_path, st_model, monk
         await rt.supervisor.tell(ANN, command(ANN, ANN, f"openai {USER_KEY}", 5))
         await rt.supervisor.wait_all_idle()
     assert "has not set KITH_SECRET_KEY" in holder["box"].sent[0].text
+
+
+# ---------------------------------------------------------------- a key goes only to its provider
+
+
+def test_the_decision_a_users_key_goes_to_the_providers_own_api_only() -> None:
+    assert takes_user_keys(ModelSpec(model="openai/gpt-4o-mini"))  # OpenAI's own API
+    assert takes_user_keys(ModelSpec(model="anthropic/claude-3-5-haiku-latest", api_key_env="ANTHROPIC_API_KEY"))
+    assert not takes_user_keys(ModelSpec(model="openai/llama3", api_base="http://127.0.0.1:8000/v1"))  # the host's server
+    assert not takes_user_keys(ModelSpec(model="ollama/llama3", api_base="http://127.0.0.1:11434"))
+    assert takes_user_keys(ModelSpec(model="openai/llama3", api_base="https://llm.example/v1", accepts_user_keys=True))
+    assert not takes_user_keys(ModelSpec(model="kith/recall"))  # offline: no key at all
+    llm = LLM({"recall": ModelSpec(model="kith/recall"),
+               "fast": ModelSpec(model="openai/gpt-4o-mini", fallbacks=("local",)),
+               "local": ModelSpec(model="openai/llama3", api_base="http://127.0.0.1:9/v1", fallbacks=("recall",)),
+               "smart": ModelSpec(model="openai/gpt-4o"),
+               "shared": ModelSpec(model="openai/mixtral", api_base="https://llm.example/v1", accepts_user_keys=True),
+               "claude": ModelSpec(model="anthropic/claude-3-5-haiku-latest")}, LLMSettings())
+    assert llm.key_use("openai") == KeyUse(("fast", "smart", "shared"), ("local",))
+    assert llm.key_use("anthropic") == KeyUse(("claude",), ()) and llm.key_use("mistral") == KeyUse((), ())
+    # the Router a turn with Ann's key uses: her key in the deployments of OpenAI's own API (and the
+    # one the host opened to users' keys), never in the host's server's, though it is fast's fallback
+    router = llm._router_for({"openai": USER_KEY})
+    keys = {d["model_name"]: d["litellm_params"].get("api_key") for d in router.model_list}
+    assert keys["fast"] == keys["smart"] == keys["shared"] == USER_KEY
+    assert USER_KEY not in (keys["local"], keys["claude"], keys["recall"])
+    assert llm._router_for({"mistral": "sk-unused"}) is llm._router  # a key no model takes changes nothing
+    only_local = LLM({"local": ModelSpec(model="openai/llama3", api_base="http://127.0.0.1:9/v1")}, LLMSettings())
+    assert only_local.key_use("openai") == KeyUse((), ("local",))
+    assert only_local._router_for({"openai": USER_KEY}) is only_local._router
+
+
+def authorizations(server: FakeLLMServer) -> list[tuple[str, str]]:
+    """(model, Authorization header) of each chat completion the server got, in order."""
+    return [(r.model, r.headers["authorization"]) for r in server.requests if r.path.endswith("/chat/completions")]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_server_of_the_hosts_never_sees_a_users_key_asked_or_as_a_fallback(
+        llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
+    monkeypatch.setenv(LOCAL_KEY_ENV, LOCAL_KEY)
+
+    def model(name: str, *fallbacks: str, accepts: bool = False) -> ModelSpec:
+        return ModelSpec(model=f"openai/{name}", api_base=llm_server.base_url, api_key_env=LOCAL_KEY_ENV,
+                         accepts_user_keys=accepts, fallbacks=fallbacks)
+
+    llm = LLM({"trusted": model("ok-trusted", accepts=True), "local": model("ok-local"),
+               "first": model("error-first", "local", accepts=True), "mine": model("error-mine", "trusted")},
+              LLMSettings(num_retries=0))
+    mine = {"openai": USER_KEY}
+    chunks: list[str] = []
+
+    async def on_delta(delta: str) -> None:
+        chunks.append(delta)
+
+    extra = {"on_delta": on_delta} if stream else {}
+    messages = [{"role": "user", "content": "hello?"}]
+    try:
+        assert (await llm.complete("trusted", messages, api_keys=mine, **extra)).model == "trusted"
+        assert (await llm.complete("local", messages, api_keys=mine, **extra)).model == "local"
+        assert (await llm.complete("first", messages, api_keys=mine, **extra)).model == "local"  # fell back
+        assert (await llm.complete("mine", messages, api_keys=mine, **extra)).model == "trusted"
+        assert (await llm.complete("trusted", messages, **extra)).model == "trusted"  # no key of Ann's: the host's
+    finally:
+        await llm.aclose()
+    host, hers = f"Bearer {LOCAL_KEY}", f"Bearer {USER_KEY}"
+    assert authorizations(llm_server) == [
+        ("ok-trusted", hers),  # the host opened this server to users' keys
+        ("ok-local", host),  # the host's own server: the host's key, never Ann's
+        ("error-first", hers), ("ok-local", host),  # ... as a fallback of a model that took Ann's key too
+        ("error-mine", host), ("ok-trusted", hers),  # a fallback that takes users' keys gets hers
+        ("ok-trusted", host),
+    ]
+
+
+async def test_key_says_when_it_is_used_for_no_model(tmp_path, st_model, llm_server, monkeypatch) -> None:
+    monkeypatch.setenv(SECRET_ENV, Fernet.generate_key().decode())
+    monkeypatch.setenv(LOCAL_KEY_ENV, LOCAL_KEY)
+    settings = Settings(models={"local": ModelSpec(model="openai/ok-local", api_base=llm_server.base_url,
+                                                   api_key_env=LOCAL_KEY_ENV)}, default_model="local")
+    holder = {}
+
+    def make(memory):
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        return holder["box"]
+
+    async with open_runtime(Config(settings=settings, tiers=TiersConfig()), tmp_path, make, model=st_model) as rt:
+        await rt.supervisor.tell(ANN, command(ANN, ANN, f"openai {USER_KEY}", 5))
+        await rt.supervisor.tell(ANN, command(ANN, ANN, "", 6))
+        await rt.supervisor.tell(ANN, Incoming(ANN, "private", 7, Sender(ANN, "ann"), "hello?", datetime.now(UTC),
+                                               respond=True))
+        await rt.supervisor.wait_all_idle()
+    saved, listing = (m.text for m in holder["box"].sent[:2])
+    none = "It is used for none of this bot's models: local run on the host's own servers, which never get users' keys."
+    assert "…1234" in saved and none in saved and none in listing
+    assert authorizations(llm_server) == [("ok-local", f"Bearer {LOCAL_KEY}")]

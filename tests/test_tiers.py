@@ -212,6 +212,53 @@ async def test_quota_exhaustion_refuses_then_the_utc_day_turns(store: DuckDBStor
 
 
 @pytest.mark.anyio
+async def test_the_day_turn_rebuilds_the_counters_from_the_stored_usage(store: DuckDBStore, clock: Clock) -> None:
+    adm = Admission(store, CFG, clock)
+    for _ in range(2):
+        assert (await turn(adm, store, clock, ALICE, "private", ALICE, "fast")).allowed
+    # the next day's usage is already stored (an earlier run over the same days, another process) ...
+    tomorrow = Clock(datetime(2025, 3, 15, 0, 10, tzinfo=UTC))
+    for _ in range(2):
+        store.record_usage(usage(tomorrow, ALICE, ALICE, "fast"))
+    # ... and a call of Bob's that ended after midnight is recorded before the day has turned here
+    late = usage(tomorrow, GROUP, BOB, "fast")
+    store.record_usage(late)
+    adm.record(late)
+    assert adm.quotas.today(ALICE, ALICE).requests == {"fast": 2}  # today's counters: today's calls only
+    assert adm.quotas.today(GROUP, BOB).requests == {}
+    clock.t = datetime(2025, 3, 15, 0, 20, tzinfo=UTC)
+    a = await adm.admit(ALICE, "private", ALICE, "fast")  # the new day starts from its stored usage, not zero
+    assert a.allowed and adm.quotas.today(ALICE, ALICE).requests == {"fast": 2}
+    assert adm.quotas.today(GROUP, BOB).requests == {"fast": 1} and adm.quotas.day == clock().date()
+    assert (await turn(adm, store, clock, ALICE, "private", ALICE, "fast")).allowed
+    a = await adm.admit(ALICE, "private", ALICE, "fast")
+    assert not a.allowed and (a.quota.used, a.quota.limit) == (3, 3)
+
+
+@pytest.mark.anyio
+async def test_a_call_recorded_while_the_days_usage_is_read_counts_once(store: DuckDBStore, clock: Clock,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    adm = Admission(store, CFG, clock)
+    await adm.open()
+    read = store.usage_counts
+    raced: list[UsageRecord] = []
+
+    async def racing_read(start: datetime, end: datetime):
+        rows = await read(start, end)
+        if not raced:  # another chat's turn ends between the read and its use: its row is not in it
+            raced.append(usage(clock, GROUP, BOB, "fast"))
+            store.record_usage(raced[0])
+            adm.record(raced[0])
+        return rows
+
+    monkeypatch.setattr(store, "usage_counts", racing_read)
+    clock.advance(days=1)
+    await adm.open()
+    assert raced and adm.quotas.today(GROUP, BOB).requests == {"fast": 1}
+    assert adm.quotas.today(GROUP, BOB).chat_requests == 1
+
+
+@pytest.mark.anyio
 async def test_token_and_chat_quotas(store: DuckDBStore, clock: Clock) -> None:
     adm = Admission(store, CFG, clock)
     # tokens: the call that crosses the limit is served, the next is refused

@@ -9,8 +9,9 @@ The chat actor asks before each LLM call and tells after it::
     else:
         ...call the LLM with adm.alias...; store.record_usage(rec); admission.record(rec)
 
-Only ``admit``'s first call touches the database (it loads the subscriptions and today's usage);
-after that everything is in memory.
+Only ``admit``'s first call touches the database (it loads the subscriptions and today's usage),
+and the first one after the UTC day (by the injected clock) turns, which counts the new day's stored
+usage; in between everything is in memory.
 """
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ class Admission:
         self.cfg = self.subs.cfg = self.quotas.cfg = cfg
 
     async def open(self) -> None:
-        """Load subscriptions and today's usage now (else the first ``admit`` does)."""
+        """Load subscriptions and today's usage now (else the first ``admit`` does); after the UTC day
+        has turned, count the new day's stored usage (``QuotaTracker.load``). Cheap when nothing changed."""
         await self.subs.load()
         await self.quotas.load()
 
@@ -164,7 +166,7 @@ class Admission:
     def record(self, rec: UsageRecord) -> None:
         """Count a billed call against today's quotas (call it next to ``store.record_usage(rec)``)."""
         self.quotas.record(rec.chat_id, rec.user_id, rec.model, rec.prompt_tokens + rec.completion_tokens, kind=rec.kind,
-                           images=rec.images, seconds=rec.seconds)
+                           images=rec.images, seconds=rec.seconds, ts=rec.ts)
 
     async def admit_feature(self, chat_id: int, user_id: int, feature: str, *, size_bytes: int | None = None,
                             images: int = 0, seconds: float = 0.0) -> Admit:

@@ -15,6 +15,10 @@ Requests count the chat turns (``usage.kind = 'chat'``); tokens count every call
 (chat turns and photo descriptions); images and audio seconds count their own kinds. A quota is spent
 when ``used >= limit``; the call that crosses a token limit is still served (tokens are known only
 afterwards), the next one is refused; an audio quota is checked with the recording's duration first.
+
+The counters of a day start from that day's stored ``usage`` rows, read at start and again each time
+the day (by the clock in use: the wall clock, or a replay's transcript time) turns — never from zero,
+so usage stored by an earlier run over the same days counts the same the second time.
 """
 from __future__ import annotations
 
@@ -28,12 +32,14 @@ import anyio
 
 from config.models import UNLIMITED, Quotas, TiersConfig
 from memory.store import DialogueStore
+from memory.types import UsageCount
 
 from .errors import TierError, UnknownTier
 
 log = logging.getLogger(__name__)
 
 ANY_MODEL = "*"
+_REBUILD_READS = 3  # reads of a day's usage before calls recorded during them are added as they are
 
 
 def next_midnight(now: datetime) -> datetime:
@@ -90,6 +96,19 @@ class _User:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One billed call, as ``QuotaTracker.record`` is told it."""
+
+    chat_id: int
+    user_id: int
+    alias: str
+    tokens: int
+    kind: str
+    images: int
+    seconds: float
+
+
 def request_usage(q: Quotas, requests: dict[str, int], alias: str) -> tuple[int, int]:
     """``(used, limit)`` of the request quota that limits ``alias`` today: its own entry, or the
     ``"*"`` entry shared by every alias without one (then ``used`` counts all of those together);
@@ -102,10 +121,15 @@ def request_usage(q: Quotas, requests: dict[str, int], alias: str) -> tuple[int,
 
 
 class QuotaTracker:
-    """Today's counters, read from the ``usage`` table by ``load()`` and kept in memory after.
+    """Today's counters, rebuilt from the ``usage`` table and kept in memory in between.
 
-    Call ``record`` for every billed call (whenever a ``UsageRecord`` is written) so the counters
-    stay equal to the table; they reset by themselves when the UTC day turns.
+    ``load()`` reads the rows of the current UTC day (by ``clock``) at the first call, and again
+    whenever the day has turned since the last read (it costs nothing otherwise; ``Admission`` awaits
+    it before every decision). So the counters of a day always start from what the table holds for
+    that day — usage written by an earlier run, another process or a replay of the same days counts
+    — and never from zero. ``record`` adds each billed call (call it whenever a ``UsageRecord`` is
+    written) so the counters stay equal to the table in between. ``check``, ``check_media`` and
+    ``today`` read the counters of the day last loaded.
     """
 
     def __init__(self, store: DialogueStore, cfg: TiersConfig, clock: Callable[[], datetime]) -> None:
@@ -118,38 +142,78 @@ class QuotaTracker:
         self._users: dict[int, _User] = {}
         self._chat_requests: Counter = Counter()
         self._chat_tokens: Counter = Counter()
+        self._rebuilding: date | None = None  # the day being read from the table, while it is
+        self._arrived: list[_Call] = []  # calls of that day recorded during the read
 
     @property
     def loaded(self) -> bool:
         return self._loaded
 
+    @property
+    def day(self) -> date | None:
+        """The UTC day the counters are of (None before ``load()``)."""
+        return self._day
+
     async def load(self) -> None:
-        """Count today's (UTC) ``usage`` rows (once; later calls do nothing). Queued usage rows are
-        committed first, so nothing recorded before is missed."""
-        if self._loaded:
+        """Make the counters today's (UTC, by ``clock``): at the first call, and whenever the day has
+        turned since the last one, count that day's ``usage`` rows (queued rows are committed first,
+        so nothing recorded before is missed); otherwise return at once, without I/O."""
+        if self._loaded and _day(self.clock()) == self._day:
             return
         async with self._lock:
-            if self._loaded:
+            day = _day(self.clock())
+            if self._loaded and day == self._day:
                 return
-            now = self.clock()
-            start = datetime.combine(_day(now), time(0), tzinfo=UTC)
-            rows = await self.store.usage_counts(start, start + timedelta(days=1))
-            self._reset(_day(now))
-            for r in rows:
-                self._add(r.chat_id, r.user_id, r.model, r.calls, r.tokens, kind=r.kind, images=r.images, seconds=r.seconds)
+            await self._rebuild(day)
             self._loaded = True
 
+    async def _rebuild(self, day: date) -> None:
+        """Replace the counters with ``day``'s rows of the ``usage`` table.
+
+        A call recorded while the table is being read may or may not be in what the read returns, so
+        the read is repeated until one completes with no call of ``day`` recorded meanwhile (at most
+        ``_REBUILD_READS`` times; after that the calls recorded during the last read are added, which
+        can count one twice but never misses one)."""
+        start = datetime.combine(day, time(0), tzinfo=UTC)
+        rows: list[UsageCount] = []
+        self._rebuilding = day
+        try:
+            for _attempt in range(_REBUILD_READS):
+                self._arrived = []
+                rows = await self.store.usage_counts(start, start + timedelta(days=1))
+                if not self._arrived:
+                    break
+            arrived, self._arrived = self._arrived, []
+        finally:
+            self._rebuilding = None
+        self._reset(day)
+        for r in rows:
+            self._add(r.chat_id, r.user_id, r.model, r.calls, r.tokens, kind=r.kind, images=r.images, seconds=r.seconds)
+        if arrived:
+            log.warning("quota counters of %s: %d calls recorded while the usage table was read; counted again", day,
+                        len(arrived))
+        for call in arrived:
+            self._count(call)
+
     def record(self, chat_id: int, user_id: int, alias: str, tokens: int, *, kind: str = "chat", images: int = 0,
-               seconds: float = 0.0) -> None:
+               seconds: float = 0.0, ts: datetime | None = None) -> None:
         """Count one billed call of ``user_id`` in ``chat_id`` to model ``alias`` using ``tokens``
         (prompt + completion), of ``kind`` (only ``"chat"`` counts as a request), with ``images``
-        generated and ``seconds`` of audio transcribed. Before ``load()`` it does nothing: load reads
-        the table itself."""
-        if not self._loaded:
+        generated and ``seconds`` of audio transcribed, made at ``ts`` (its ``UsageRecord.ts``;
+        default now by the clock). Counted only when ``ts`` falls on the day the counters are of:
+        another day's call is counted by the ``load()`` that reads that day from the table. Before
+        the first ``load()`` it does nothing: load reads the table itself."""
+        if not self._loaded and self._rebuilding is None:
             log.debug("quota record before load ignored (the usage table is read at load)")
             return
-        self._roll()
-        self._add(chat_id, user_id, alias, 1, max(0, int(tokens)), kind=kind, images=max(0, images), seconds=max(0.0, seconds))
+        day = _day(ts if ts is not None else self.clock())
+        call = _Call(chat_id, user_id, alias, max(0, int(tokens)), kind, max(0, images), max(0.0, seconds))
+        if day == self._rebuilding:
+            self._arrived.append(call)
+        elif day == self._day:
+            self._count(call)
+        else:
+            log.debug("quota record of %s not counted in memory (the counters are of %s)", day, self._day)
 
     def check_media(self, tier: str, user_id: int, *, images: int = 0, seconds: float = 0.0) -> QuotaDecision:
         """May ``user_id`` at ``tier`` have ``images`` more images generated / ``seconds`` more audio
@@ -159,7 +223,6 @@ class QuotaTracker:
         t = self.cfg.tiers.get(tier)
         if t is None:
             raise UnknownTier(f"unknown tier {tier!r}")
-        self._roll()
         q, user = t.quotas, self._users.get(user_id) or _User()
         resets = next_midnight(self.clock())
         if images and q.images_per_day != UNLIMITED and user.images + images > q.images_per_day:
@@ -178,7 +241,6 @@ class QuotaTracker:
         t = self.cfg.tiers.get(tier)
         if t is None:
             raise UnknownTier(f"unknown tier {tier!r}")
-        self._roll()
         q: Quotas = t.quotas
         now = self.clock()
         user = self._users.get(user_id) or _User()
@@ -204,7 +266,6 @@ class QuotaTracker:
     def today(self, chat_id: int, user_id: int) -> TodayUsage:
         """Today's counts for ``user_id`` and for ``chat_id`` (for /usage). TierError before ``load()``."""
         self._require_loaded()
-        self._roll()
         user = self._users.get(user_id) or _User()
         return TodayUsage(dict(user.requests), user.tokens, self._chat_requests[chat_id], self._chat_tokens[chat_id],
                           next_midnight(self.clock()), user.images, round(user.seconds, 1))
@@ -224,16 +285,14 @@ class QuotaTracker:
         if not self._loaded:
             raise TierError("QuotaTracker: await load() first")
 
-    def _roll(self) -> None:
-        today = _day(self.clock())
-        if today != self._day:
-            self._reset(today)
-
     def _reset(self, day: date) -> None:
         self._day = day
         self._users = {}
         self._chat_requests = Counter()
         self._chat_tokens = Counter()
+
+    def _count(self, c: "_Call") -> None:
+        self._add(c.chat_id, c.user_id, c.alias, 1, c.tokens, kind=c.kind, images=c.images, seconds=c.seconds)
 
     def _add(self, chat_id: int, user_id: int, alias: str, n: int, tokens: int, *, kind: str = "chat", images: int = 0,
              seconds: float = 0.0) -> None:
