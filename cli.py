@@ -226,7 +226,10 @@ def chat(
     message: Annotated[Optional[str], typer.Option("--message", "-m", help="Send one message, print the answer, exit.")] = None,
     chat_id: Annotated[int, typer.Option(help="Chat to talk in (negative: a group, e.g. an imported one).")] = 1,
     user: Annotated[str, typer.Option(help="Your display name in the chat.")] = "you",
-    user_id: Annotated[int, typer.Option(help="Your user id.")] = 1,
+    as_user: Annotated[Optional[int], typer.Option("--as", help="Talk as this member (user id), with their tier and settings "
+                       "(e.g. after `kith sub grant user:ID premium`). Default: you are the host, an owner of the bot "
+                       "(telegram.owners, else a local owner) with the tiers' owner_tier and /admin.")] = None,
+    user_id: Annotated[Optional[int], typer.Option("--user-id", hidden=True, help="Old name of --as.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model alias (or litellm model string) for this session.")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Send this file (photo, PDF/DOCX/text document, voice note) with -m as its caption.", exists=True, dir_okay=False)] = None,
     sources: Annotated[bool, typer.Option(help="Print the memories each answer used.")] = True,
@@ -253,10 +256,25 @@ def chat(
 
         if i18n.normalize(lang) is None:
             err.print(f"[yellow]no interface catalog for {lang!r} (have: {', '.join(i18n.available())}); English is used[/]")
-    _run(_chat, cfg, data_dir, lines, chat_id, user, user_id, sources, lang)
+    member = as_user if as_user is not None else user_id
+    _run(_chat, cfg, data_dir, lines, chat_id, user, member, sources, lang)
 
 
-async def _chat(cfg, data_dir: Path, lines, chat_id: int, user: str, user_id: int, sources: bool, lang: str | None = None) -> None:
+LOCAL_OWNER_ID = 1  # the host's user id in `kith chat` when kith.yaml names no telegram.owners
+
+
+def host_identity(cfg, as_user: int | None) -> tuple[int, tuple[int, ...]]:
+    """``(user id, extra owners)`` of whoever types in ``kith chat``: a member given with ``--as``
+    (no extra owners), else the host — the first of ``telegram.owners``, or ``LOCAL_OWNER_ID`` made
+    an owner for this session."""
+    if as_user is not None:
+        return as_user, ()
+    owners = cfg.settings.telegram.owners
+    return (owners[0], ()) if owners else (LOCAL_OWNER_ID, (LOCAL_OWNER_ID,))
+
+
+async def _chat(cfg, data_dir: Path, lines, chat_id: int, user: str, as_user: int | None, sources: bool,
+                lang: str | None = None) -> None:
     from actors.console import ConsoleChat, console_outbox, print_sources
     from actors.events import Sender
     from actors.runtime import open_runtime
@@ -265,8 +283,9 @@ async def _chat(cfg, data_dir: Path, lines, chat_id: int, user: str, user_id: in
     if interactive:
         err.print("[dim]loading the embedding model…[/]")
     # documents the bot sends (/export) are saved in the current directory, photos under the data dir
+    user_id, owners = host_identity(cfg, as_user)
     async with open_runtime(cfg, data_dir, console_outbox(out, cfg.settings.bot.name, data_dir / "photos"),
-                            on_turn=(lambda r: print_sources(out, r)) if sources else None) as rt:
+                            on_turn=(lambda r: print_sources(out, r)) if sources else None, owners=owners) as rt:
         chat = ConsoleChat(rt, chat_id=chat_id, user=Sender(user_id, user, language_code=lang))
         if lines is not None:
             for line in lines:
@@ -396,20 +415,31 @@ def import_(
     """
     from providers.documents import document_kind
 
+    skipped = 0
     if chat_id is None:
         docs = [f for f in files if f.suffix.lower() in (".pdf", ".docx")]
         if docs:
             raise _fail(f"{docs[0].name} is a document: give the chat to put it in, e.g. --chat-id -100123456789")
     else:
         bad = [f for f in files if document_kind(f.name, None) is None]
-        if bad:
-            raise _fail(f"{bad[0].name}: not a document I can read (PDF, DOCX or a text file such as TXT, MD, CSV, JSON, logs, code)")
+        for f in bad:
+            err.print(f"[yellow]skipped[/] {escape(str(f))}: not a document I can read "
+                      "(PDF, DOCX or a text file such as TXT, MD, CSV, JSON, logs, code)")
+        files, skipped = [f for f in files if f not in bad], len(bad)
+        if not files:
+            raise typer.Exit(1)
     cfg = _setup(config, verbose)
     paths = [str(f.resolve()) for f in files]  # a running bot reads them itself
-    if chat_id is None:
-        _operate(cfg, data_dir, "import.transcripts", {"files": paths, "with_files": with_files}, stop=StopRequest())
-    else:
-        _operate(cfg, data_dir, "import.documents", {"files": paths, "chat_id": chat_id, "user": user})
+    try:
+        if chat_id is None:
+            _operate(cfg, data_dir, "import.transcripts", {"files": paths, "with_files": with_files}, stop=StopRequest())
+        else:
+            _operate(cfg, data_dir, "import.documents", {"files": paths, "chat_id": chat_id, "user": user})
+    finally:
+        if skipped:
+            err.print(f"[yellow]{skipped} file(s) skipped[/] (see above)")
+    if skipped:
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------------- memory
@@ -540,12 +570,13 @@ async def _demo(cfg, data_dir: Path, transcript: Path, qs: list[str], chat_id: i
         print_sources(out, r)
         out.print()
 
-    async with open_runtime(cfg, data_dir, console_outbox(out, cfg.settings.bot.name), on_turn=show) as rt:
+    user_id, owners = host_identity(cfg, None)
+    async with open_runtime(cfg, data_dir, console_outbox(out, cfg.settings.bot.name), on_turn=show, owners=owners) as rt:
         await import_files(rt.memory, [transcript], Streams(out, err))
         out.print(f"\n[bold]Asking {len(qs)} questions in chat {chat_id} with model {cfg.settings.default_model}[/]\n")
         for q in qs:
             out.print(f"[bold green]demo:[/] {escape(q)}")
-            await chat_turns(rt, [q], chat_id=chat_id, user=Sender(1, "demo"))
+            await chat_turns(rt, [q], chat_id=chat_id, user=Sender(user_id, "demo"))
 
 
 # ---------------------------------------------------------------------- reload
@@ -626,8 +657,12 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
 
     from actors.remote import RemoteError, find_bot, run_operation
 
+    if not await anyio.Path(data_dir).is_dir():  # never create it here: a typo must not pass as a fresh data dir
+        line(False, "data dir", f"{data_dir.resolve()} does not exist (a typo? `kith run`, `kith chat` or `kith import` "
+                                "creates it on first use)")
+        return
+
     def writable() -> str:
-        data_dir.mkdir(parents=True, exist_ok=True)
         probe = data_dir / ".kith-write-test"
         probe.write_text("ok")
         probe.unlink()

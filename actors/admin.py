@@ -1,4 +1,4 @@
-"""/admin: the bot's owners (``telegram.owners`` in kith.yaml) run it from Telegram.
+"""/admin: the bot's owners (``telegram.owners`` in kith.yaml; the host in ``kith chat``) run it from Telegram.
 
 In a private chat with the bot, an owner gets, in one message: health (actors, queues, embedding
 backend), today's usage and cost (UTC day, by model), the largest chats, the active subscriptions;
@@ -36,7 +36,7 @@ TOP_CHATS = 5
 async def cmd_admin(actor: "ChatActor", ev: CommandEvent) -> None:
     from .commands import reply
 
-    if ev.sender.user_id not in actor.svc.config.settings.telegram.owners:
+    if ev.sender.user_id not in actor.svc.owners:
         await reply(actor, ev, _("Unknown command /{command}. Try /help.", command=ev.command))
         return
     args = ev.args.split()

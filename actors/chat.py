@@ -454,7 +454,8 @@ class ChatActor:
         if ttft_ms is None:  # not streamed: the whole answer is the first token
             ttft_ms = _ms(t0)
         await note_delivery()
-        sent = await stream.finish(f"_{note}_\n\n{completion.text}" if note else completion.text)
+        shown = f"_{note}_\n\n{completion.text}" if note else completion.text
+        sent = await stream.finish(await self._with_offline_intro(shown, getattr(completion, "litellm_model", completion.model)))
 
         # 6. record the reply, the usage and the memories used
         reply = StoredMessage(
@@ -513,6 +514,20 @@ class ChatActor:
                 ttft_ms=ttft_ms,
             )
         )
+
+    async def _with_offline_intro(self, text: str, model: str) -> str:
+        """``text`` with, the first time the offline model answers in this chat, a line saying what it
+        is and how the host connects an LLM (``providers.recall_model.intro``); said once per chat
+        (chat setting ``offline_intro``), and not after a reply that already is the intro."""
+        if self.settings.get("offline_intro"):
+            return text
+        from providers.recall_model import MODEL, intro  # deferred: imports litellm, loaded by the LLM already
+
+        if model != MODEL:
+            return text
+        await self.save_chat_settings({**self.settings, "offline_intro": True})
+        said = intro()
+        return text if said in text else f"{text}\n\nℹ️ {said}"
 
     async def _on_edited(self, ev: Edited) -> None:
         """An edit changes the stored text and the memory; a media message keeps its marker."""

@@ -387,21 +387,27 @@ async def _set_language(actor: "ChatActor", sender, arg: str, say) -> None:
 
 
 def _describe_settings(actor: "ChatActor") -> str:
+    """The chat's settings, one ``key: value`` line each: the keys are what ``/settings KEY VALUE`` takes
+    (not translated), the values in the member's language. (No ``_()`` inside an f-string: the catalog's
+    extractor cannot see it there, and the string would stay untranslated.)"""
     bot = actor.svc.config.settings.bot
     s = actor.settings
     keywords = s.get("keywords", list(bot.keywords))
     on, off = _("on"), _("off")
-    return "\n".join([
-        f"persona: {_short(s['persona'], 200) if s.get('persona') else _('(default)')}",
-        f"keywords: {', '.join(keywords) if keywords else _('(none)')}",
-        f"always_on: {on if s.get('always_on', bot.always_on) else off}",
-        f"persist: {on if actor.persist else off}",
-        f"language: {s.get('language') or _('(each member their own)')}",
-        f"model: {s.get('model', actor.svc.config.settings.default_model)}",
-        "history: " + _("{who} (who may use /history and /export here)", who=s.get("history", "admins")),
-        "reset: " + _("{who} (who may use /reset here)", who=s.get("reset", "admins")),
-        f"allowed_users: {', '.join(map(str, s['allowed_users'])) if s.get('allowed_users') else _('(everyone)')}",
-    ])
+    who = {"admins": _("admins"), "members": _("members")}
+    default, none, own, everyone = _("(default)"), _("(none)"), _("(each member their own)"), _("(everyone)")
+    values = {
+        "persona": _short(s["persona"], 200) if s.get("persona") else default,
+        "keywords": ", ".join(keywords) if keywords else none,
+        "always_on": on if s.get("always_on", bot.always_on) else off,
+        "persist": on if actor.persist else off,
+        "language": s.get("language") or own,
+        "model": s.get("model", actor.svc.config.settings.default_model),
+        "history": _("{who} (who may use /history and /export here)", who=who.get(s.get("history", "admins"), s.get("history"))),
+        "reset": _("{who} (who may use /reset here)", who=who.get(s.get("reset", "admins"), s.get("reset"))),
+        "allowed_users": ", ".join(map(str, s["allowed_users"])) if s.get("allowed_users") else everyone,
+    }
+    return "\n".join(f"{key}: {value}" for key, value in values.items())
 
 
 async def cmd_settings(actor: "ChatActor", ev: CommandEvent) -> None:

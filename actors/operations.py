@@ -247,7 +247,10 @@ async def memory_stats(res: Resources, io: Streams, *, as_json: bool = False) ->
     for r in rows:
         for rec in cleaned.get(r["chat_id"], []):
             io.out.print(f"[dim]chat {r['chat_id']}: {escape(describe_cleanup(rec))}[/]")
-    io.out.print(f"dialogue store: {escape(json.dumps(stats, default=str))}")
+    size = stats.get("file_bytes")
+    io.out.print(f"dialogue store: {stats.get('messages', 0):,} messages in {stats.get('chats', 0):,} chats, "
+                 f"{stats.get('usage', 0):,} usage rows" + (f", {size / 1e6:,.1f} MB" if size else "")
+                 + f", schema {stats.get('schema_version')}")
     io.out.print(f"vector memories: {total_mem}")
     if gaps.n_missing or gaps.n_orphans:
         io.out.print(f"[yellow]{gaps.n_missing} stored messages are not embedded yet and {gaps.n_orphans} memories "

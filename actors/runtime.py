@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -109,6 +109,7 @@ async def open_runtime(
     on_turn: Callable[[TurnReport], None] | None = None,
     clock: Callable[[], datetime] = utc_now,
     fill_gaps: bool = True,
+    owners: Iterable[int] = (),
 ) -> AsyncIterator[Runtime]:
     """Everything a transport needs to answer: memory, LLM and the supervisor of chat actors.
 
@@ -116,6 +117,8 @@ async def open_runtime(
     llm: an ``providers.llm.LLM``; None builds one from ``config.settings.models``. The speech-to-text
     model (``transcription:``) and the image models (``image_models:``) are built from the config
     when set. fill_gaps: see ``open_memory`` (on by default: a start embeds what a crash left out).
+    owners: user ids that own the bot besides ``telegram.owners`` (the host at the terminal): they get
+    ``/admin`` and the tiers' ``owner_tier``.
     """
     from providers.llm import LLM  # imports litellm (slow): only when answering
 
@@ -138,7 +141,9 @@ async def open_runtime(
         try:
             async with Janitor(memory, storage_limits(admission, clock), config.tiers.memory.auto_cleanup, clock,
                                on_cleanup=tell_cleaned) as janitor:
-                services = Services(config, memory, llm, bot, clock, admission, janitor, on_turn, transcriber, images, keys)
+                services = Services(config, memory, llm, bot, clock, admission, janitor, on_turn, transcriber, images, keys,
+                                    owners=frozenset(config.settings.telegram.owners) | frozenset(owners))
+                admission.subs.owners = services.owners
                 async with Supervisor(services, box, config.settings.actors) as supervisor:
                     services.supervisor = supervisor
                     yield Runtime(config, services, supervisor)

@@ -85,6 +85,7 @@ class Services:
     keys: KeyVault | None = None  # users' own API keys; None = /key is off
     retired_llms: list[LLM] = field(default_factory=list)  # replaced by a reload; closed when the runtime stops
     supervisor: "Supervisor | None" = None  # set by the runtime once it runs (for /admin's health line)
+    owners: frozenset[int] = frozenset()  # the bot's owners: telegram.owners and the host at the terminal (/admin, owner_tier)
 
     def record_usage(self, rec: UsageRecord) -> None:
         """Store one billed call (queued) and count it against today's quotas."""

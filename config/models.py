@@ -375,6 +375,7 @@ class TiersConfig(Frozen):
     """``tiers.yaml``: tiers in order (worst first unless ``rank`` is given), plans, cleanup policy."""
 
     default_tier: str = "free"
+    owner_tier: str | None = None  # the tier of the bot's owners (telegram.owners, the host in `kith chat`); None: the best
     tiers: dict[str, Tier] = Field(default_factory=lambda: {"free": Tier()})
     plans: dict[str, Plan] = Field(default_factory=dict)
     memory: TierMemory = TierMemory()
@@ -383,6 +384,8 @@ class TiersConfig(Frozen):
     def _check_refs(self) -> "TiersConfig":
         if self.default_tier not in self.tiers:
             raise ValueError(f"default_tier {self.default_tier!r} is not a tier ({', '.join(self.tiers)})")
+        if self.owner_tier is not None and self.owner_tier not in self.tiers:
+            raise ValueError(f"owner_tier {self.owner_tier!r} is not a tier ({', '.join(self.tiers)})")
         for name, plan in self.plans.items():
             if plan.tier not in self.tiers:
                 raise ValueError(f"plans.{name}.tier: unknown tier {plan.tier!r}")
@@ -392,6 +395,10 @@ class TiersConfig(Frozen):
         """The tier's rank: its explicit ``rank`` or its position in the file. KeyError if unknown."""
         t = self.tiers[tier]
         return t.rank if t.rank is not None else list(self.tiers).index(tier)
+
+    def owners_tier(self) -> str:
+        """The tier the bot's owners hold: ``owner_tier``, else the best-ranked tier."""
+        return self.owner_tier or max(self.tiers, key=self.rank)
 
 
 class Config(Frozen):

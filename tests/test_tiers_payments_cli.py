@@ -161,7 +161,7 @@ def test_print_tiers_shows_limits_and_plans() -> None:
     con, buf = console()
     print_tiers(cfg, con)
     text = buf.getvalue()
-    for word in ("free (default)", "premium", "unlimited", "any: 30", "50,000", "1,000 / 100", "∞", "month", "250 ⭐"):
+    for word in ("free (default)", "premium", "unlimited", "any: 30", "50,000", "50,000 / 20,000", "5 MB", "∞", "month", "250 ⭐"):
         assert word in text, word
 
 

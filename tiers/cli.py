@@ -57,7 +57,7 @@ def _when(ts: datetime | None) -> str:
 # ---------------------------------------------------------------- kith tiers
 
 
-WIDE_TIERS = 150  # columns from which ``kith tiers`` prints one wide table; below, one block per tier
+WIDE_TIERS = 120  # columns from which ``kith tiers`` prints one table (a column per tier); below, one block per tier
 _TIER_FIELDS = ("models", "requests/day", "tokens/day", "chat req/day", "chat tokens/day", "images/day", "audio/day",
                 "user msgs / memories", "chat msgs / memories", "largest file", "features", "fallback", "member msgs/min")
 
@@ -85,12 +85,13 @@ def print_tiers(cfg: TiersConfig, console: Console) -> None:
     One wide table on a terminal of ``WIDE_TIERS`` columns or more, else one block per tier (readable
     at 80 columns)."""
     rows = tier_rows(cfg)
-    if console.width >= WIDE_TIERS:
+    if console.width >= WIDE_TIERS:  # one column per tier, one row per limit
         table = Table(title="tiers (∞ = unlimited; quotas per UTC day)")
-        for col in ("tier", *_TIER_FIELDS):
-            table.add_column(col)
-        for label, values in rows:
-            table.add_row(escape(label), *(escape(v) for v in values.values()))
+        table.add_column("", style="dim", no_wrap=True)
+        for label, _values in rows:
+            table.add_column(escape(label), overflow="fold")
+        for field in _TIER_FIELDS:
+            table.add_row(field, *(escape(values[field]) for _label, values in rows))
         console.print(table)
     else:
         console.print("tiers (∞ = unlimited; quotas per UTC day)")
@@ -178,11 +179,15 @@ async def usage_report(store: DialogueStore, console: Console, *, by: str = "mod
         console.print_json(json.dumps(rep))
         return rep
     title = f"usage by {by}" + (f" since {since:%Y-%m-%d %H:%M} UTC" if since else "")
-    table = Table(title=title)
+    from rich import box
+
+    # whole keys (chat ids) and numbers, never wrapped; short headings and light borders so that the
+    # media columns fit in 80 columns too (`--json` has every field)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     media = any(g["seconds"] or g["images"] or g["pages"] for g in rep["rows"])
-    cols = (by, "requests", "prompt tokens", "completion tokens", *(("audio s", "images", "pages") if media else ()), "cost")
+    cols = (by, "requests", "tokens in", "tokens out", *(("audio s", "images", "pages") if media else ()), "cost")
     for col in cols:
-        table.add_column(col, justify="left" if col == by else "right")
+        table.add_column(col, justify="left" if col == by else "right", no_wrap=True)
 
     def cells(g: dict[str, Any]) -> list[str]:
         extra = [f"{g['seconds']:,.0f}", f"{g['images']:,}", f"{g['pages']:,}"] if media else []

@@ -94,6 +94,7 @@ class SubscriptionStore:
         self._cache: dict[tuple[str, int], Subscription] | None = None
         self._lock = anyio.Lock()  # changes are read-modify-write: one at a time
         self.payment_lock = anyio.Lock()  # payments.apply_successful_payment: one at a time
+        self.owners: frozenset[int] = frozenset()  # the bot's owners: hold ``cfg.owners_tier()`` (``get``)
 
     # ------------------------------------------------------------ reads
 
@@ -114,9 +115,14 @@ class SubscriptionStore:
         self._cache = None
 
     async def get(self, scope: str, scope_id: int) -> Subscription | None:
-        """The subscription of ``scope:scope_id`` (expired ones too; check ``active(now)``), or None."""
+        """The subscription of ``scope:scope_id`` (expired ones too; check ``active(now)``), or None.
+        An owner of the bot (``owners``: ``telegram.owners``, the host at the terminal) holds the
+        owners' tier (tiers.yaml ``owner_tier``) as a standing subscription, whatever is stored."""
         await self.load()
         assert self._cache is not None
+        if scope == "user" and scope_id in self.owners:
+            tier = self.cfg.owners_tier()
+            return Subscription("user", scope_id, tier, None, "owner", _utc(self.clock()))
         return self._cache.get((scope, scope_id))
 
     async def list(self, expired: bool = False) -> builtins.list[Subscription]:
