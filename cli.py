@@ -140,6 +140,17 @@ def _run(coro_fn, *args, stop: StopRequest | None = None):
     return result
 
 
+def _fail_if_in_use(cfg, data_dir: Path) -> None:
+    """Exit 1 at once when another process holds the data dir (``actors.stores.check_not_in_use``)."""
+    from actors.stores import check_not_in_use
+    from memory.errors import StoreLocked
+
+    try:
+        check_not_in_use(cfg, data_dir)
+    except StoreLocked as exc:
+        raise _fail(str(exc)) from None
+
+
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     e: BaseException = group
     while isinstance(e, BaseExceptionGroup):
@@ -257,6 +268,7 @@ def chat(
         if i18n.normalize(lang) is None:
             err.print(f"[yellow]no interface catalog for {lang!r} (have: {', '.join(i18n.available())}); English is used[/]")
     member = as_user if as_user is not None else user_id
+    _fail_if_in_use(cfg, data_dir)
     _run(_chat, cfg, data_dir, lines, chat_id, user, member, sources, lang)
 
 
@@ -332,6 +344,7 @@ def replay(
     except ValueError as exc:
         raise _fail(str(exc)) from None
     stop = StopRequest()
+    _fail_if_in_use(cfg, data_dir)
     _run(_replay, cfg, data_dir, file, policy, limit, quiet, as_json, stop, stop=stop)
 
 
@@ -471,19 +484,42 @@ def memory_search(
         raise _fail("give either a QUERY or --queries FILE")
     cfg = _setup(config, verbose)
     batch: list[tuple[object, str]] = []
+    bad = 0
     if queries is not None:
-        for n, line in enumerate(queries.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                batch.append((obj["id"], valid_text(str(obj["query"]))))
-            except (ValueError, KeyError, TypeError) as exc:
-                err.print(f"[yellow]skipped[/] {queries}:{n}: {escape(str(exc))}")
+        batch, bad = read_queries(queries)
     else:
         batch.append((None, valid_text(query or "")))
-    _operate(cfg, data_dir, "memory.search",
-             {"chat_id": chat_id, "queries": batch, "k": k, "mode": mode, "as_json": as_json, "explain": explain})
+    if batch:
+        _operate(cfg, data_dir, "memory.search",
+                 {"chat_id": chat_id, "queries": batch, "k": k, "mode": mode, "as_json": as_json, "explain": explain})
+    if bad:
+        err.print(f"[yellow]{bad} line(s) of {escape(str(queries))} skipped[/] (see above); the others were answered")
+        raise typer.Exit(1)
+
+
+def read_queries(path: Path) -> tuple[list[tuple[object, str]], int]:
+    """``--queries`` JSONL: ``([(id, query), …], bad lines)``. A line that is not UTF-8, not JSON, or
+    has no ``query`` is reported with its line number and skipped; the others are kept. A missing
+    ``id`` is the line number."""
+    batch: list[tuple[object, str]] = []
+    bad = 0
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
+                obj = json.loads(line)
+                if not isinstance(obj, dict) or "query" not in obj:
+                    raise ValueError('no "query" in this line')
+                batch.append((obj.get("id", n), valid_text(str(obj["query"]))))
+            except UnicodeDecodeError as exc:
+                bad += 1
+                err.print(f"[yellow]skipped[/] {escape(str(path))}:{n}: not UTF-8 (byte {exc.start + 1} of the line)")
+            except ValueError as exc:
+                bad += 1
+                err.print(f"[yellow]skipped[/] {escape(str(path))}:{n}: {escape(str(exc))}")
+    return batch, bad
 
 
 @memory_app.command("stats")
@@ -557,6 +593,7 @@ def demo(
     first = next((m for m in read_transcript(transcript) if hasattr(m, "chat_id")), None)
     if first is None:
         raise _fail(f"{transcript} has no readable messages")
+    _fail_if_in_use(cfg, data_dir)
     _run(_demo, cfg, data_dir, transcript, qs, first.chat_id)
 
 
@@ -664,8 +701,10 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
 
     def writable() -> str:
         probe = data_dir / ".kith-write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        try:
+            probe.write_text("ok")
+        finally:
+            probe.unlink(missing_ok=True)
         return str(data_dir.resolve())
 
     try:

@@ -58,3 +58,30 @@ async def open_stores(config: Config, data_dir: Path) -> AsyncIterator[Stores]:
     async with dialogue_store(config, data_dir) as store:
         async with VectorCounts(vector_location(config, data_dir)) as vectors:
             yield Stores(store, vectors)
+
+
+def check_not_in_use(config: Config, data_dir: Path) -> None:
+    """Fail fast when another process holds the data dir's DuckDB file (a running bot, another
+    ``kith import``): a command that opens the whole pipeline (``kith chat``, ``kith replay``, ``kith
+    demo``) says so before loading the embedding model and the LLM stack, not seconds later.
+    A PostgreSQL store (shared by design) and a data dir without a database pass.
+    raises memory.errors.StoreLocked naming the holder's pid when DuckDB reports it."""
+    import re
+
+    from memory.errors import StoreLocked
+
+    path = data_dir / DB_FILE
+    if config.settings.storage.dialogue != "duckdb" or not path.exists():
+        return
+    import duckdb
+
+    try:
+        duckdb.connect(str(path)).close()
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():
+            return  # not ours to judge here: the real open reports it
+        pid = re.search(r"PID (\d+)", str(exc))
+        holder = f"process {pid.group(1)}" if pid else "another process"
+        raise StoreLocked(f"{data_dir} is in use by {holder} (a running `kith run`, or another kith command on it): "
+                          "stop it and retry; `kith memory`, `kith import`, `kith sub` and `kith usage` go through a "
+                          "running bot") from None

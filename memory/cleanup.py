@@ -87,7 +87,7 @@ async def cleanup_scope(
             rows = await store.message_keys(**who, before=cutoff, imported=False)
             oldest = [(c, m) for c, m in rows if m in held.get(c, ())][:excess]
             for chat_id, ids in _by_chat(oldest).items():
-                await store.note_evictions(chat_id, ids)  # first: the gap check must not embed them again
+                await memory.note_evictions(chat_id, ids)  # first: neither the indexer nor the gap check embeds them again
                 n = await memory.vectors.delete(chat_id, message_ids=ids)
                 if n:
                     removed.setdefault((chat_id, "memory_limit"), [0, 0])[1] += n

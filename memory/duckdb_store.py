@@ -30,6 +30,7 @@ Usage::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -95,6 +96,17 @@ _OPEN_PATHS: set[str] = set()
 
 def _row_to_msg(r: tuple) -> StoredMessage:
     return StoredMessage(r[0], r[1], r[2], r[3], r[4], from_us(r[5]), r[6], r[7], r[8], bool(r[9]))
+
+
+NEW_DATABASE_BYTES = 16 * 2**20  # what a new database needs free to start (its first blocks, the WAL, the schema)
+
+
+def _remove_failed_new_database(path: Path) -> None:
+    """Remove what a failed first open of ``path`` left: an empty database file and its WAL."""
+    for leftover in (path, path.with_name(path.name + ".wal")):
+        with contextlib.suppress(OSError):
+            if leftover.stat().st_size == 0 or leftover != path:
+                leftover.unlink()
 
 
 class DuckDBStore(QueuedStore):
@@ -171,6 +183,7 @@ class DuckDBStore(QueuedStore):
         key = str(self.path.resolve())
         if key in _OPEN_PATHS:
             raise StoreLocked(f"{self.path} is already open in this process (one DialogueStore per file)")
+        existed = self.path.exists()
         try:
             con = duckdb.connect(str(self.path))
         except duckdb.IOException as exc:
@@ -179,6 +192,10 @@ class DuckDBStore(QueuedStore):
                     f"{self.path} is in use by another process (most likely a running Kith bot). "
                     f"Stop the bot, or go through it, and retry. DuckDB said: {exc}"
                 ) from exc
+            if not existed:  # a new file a full disk left empty reads as "not a valid DuckDB file" ever after
+                _remove_failed_new_database(self.path)
+            if "no space left" in str(exc).lower():
+                raise DiskFull(self.path.parent, shutil.disk_usage(self.path.parent).free, NEW_DATABASE_BYTES) from None
             raise MemoryStoreError(f"cannot open {self.path}: {exc}") from exc
         except duckdb.Error as exc:
             raise MemoryStoreError(f"cannot open {self.path}: {exc}") from exc

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
 
@@ -96,6 +96,9 @@ class Indexer:
         self._optimize_done = anyio.Event()
         self._closed = False
         self._tg: anyio.abc.TaskGroup | None = None
+        # what of a batch to index (``Memory.not_evicted``: never what the capacity cleanup evicted); None = all
+        self.keep: Callable[[list[Item]], Awaitable[list[Item]]] | None = None
+        self.dropped = 0  # items ``keep`` left out
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -184,12 +187,27 @@ class Indexer:
                         await self._wakeup.wait()
                         self._wakeup = anyio.Event()
             items = [self._queue.popleft() for _ in range(min(self.bulk_batch, len(self._queue)))]
-            await self._index([m for _, m in items])
+            batch = [m for _, m in items]
+            if self.keep is not None:
+                kept = await self._kept(batch)
+                self.dropped += len(batch) - len(kept)
+                batch = kept
+            if batch:
+                await self._index(batch)
             self._done = items[-1][0]
             self._progress.set()
             self._progress = anyio.Event()
             if not self._queue:
                 self._maybe_optimize(drained=True)
+
+    async def _kept(self, batch: list[Item]) -> list[Item]:
+        """``keep(batch)``; on a failure (the store cannot be read) the whole batch, logged."""
+        assert self.keep is not None
+        try:
+            return await self.keep(batch)
+        except Exception:  # noqa: BLE001 - better a memory too many than none: the gap check removes it
+            log.warning("indexer: cannot check %d messages against the evictions; indexing them", len(batch), exc_info=True)
+            return batch
 
     async def _index(self, msgs: list[Item]) -> None:
         for attempt in range(1, _RETRIES + 1):

@@ -48,6 +48,30 @@ class Memory:
         self.embedder = embedder
         self.reader = reader  # memory.documents.DocumentReader (documents off the event loop); None = a thread
         self.gap_filler: GapFiller | None = None  # when the start-up gap check runs
+        self._evicted: dict[int, set[int]] = {}  # chat -> message ids whose memory the capacity cleanup evicted
+        indexer.keep = self.not_evicted  # an evicted memory never comes back (an edit, a replay, a re-import)
+
+    async def _evicted_of(self, chat_id: int) -> set[int]:
+        ids = self._evicted.get(chat_id)
+        if ids is None:
+            ids = self._evicted[chat_id] = await self.store.evicted_ids(chat_id)
+        return ids
+
+    async def not_evicted(self, items: list) -> list:
+        """``items`` (messages, document chunks) without those whose message's memory the capacity
+        cleanup evicted: the indexer's filter, so such a memory never comes back — not by an edit,
+        a replay or a second import of the same history (the start-up gap check skips them too)."""
+        out = []
+        for item in items:
+            if item.message_id not in await self._evicted_of(item.chat_id):  # a chunk: its file message's id
+                out.append(item)
+        return out
+
+    async def note_evictions(self, chat_id: int, message_ids: Collection[int]) -> None:
+        """Record (durably, first) that the memories of ``message_ids`` were evicted by the capacity
+        cleanup; from then on the indexer drops them (``not_evicted``)."""
+        await self.store.note_evictions(chat_id, list(message_ids))
+        (await self._evicted_of(chat_id)).update(int(m) for m in message_ids)
 
     def check_space(self) -> None:
         """raises DiskFull when vector memory's last append failed for lack of space (the dialogue
@@ -137,6 +161,7 @@ class Memory:
         """
         await self.flush()
         ids = await self.store.delete_messages(chat_id, user_id=user_id)
+        self._evicted.pop(chat_id, None)  # the deleted messages' evictions went with them
         if user_id is None:
             await self.vectors.delete(chat_id)
         elif ids:
@@ -158,6 +183,7 @@ class Memory:
         """Messages deleted in the chat leave both stores (with the documents they carried)."""
         await self.flush()
         ids = await self.store.delete_messages(chat_id, message_ids=list(message_ids))
+        self._evicted.pop(chat_id, None)
         if ids:
             await self.vectors.delete(chat_id, message_ids=ids)
         return len(ids)

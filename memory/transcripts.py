@@ -272,7 +272,9 @@ def _sniff(path: Path) -> tuple[Format, Any]:
     except OSError as exc:
         raise TranscriptError(f"cannot read {path}: {exc}") from exc
     except ValueError as exc:
-        if isinstance(exc, json.JSONDecodeError) and raw.lstrip().startswith(b"{") and exc.pos >= len(raw.rstrip()) - 1:
+        # cut between tokens: the error is at the end; cut inside a string: "Unterminated string" (its start)
+        cut = isinstance(exc, json.JSONDecodeError) and (exc.pos >= len(raw.rstrip()) - 1 or exc.msg.startswith("Unterminated string"))
+        if cut and raw.lstrip().startswith(b"{"):
             raise TranscriptError(
                 f"{path} is truncated: the JSON ends early, at byte {len(raw):,} (an export still being written, or "
                 "cut short by a copy); export it again") from exc

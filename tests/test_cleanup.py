@@ -197,3 +197,28 @@ async def test_a_cleanup_tells_the_chat_what_it_removed_why_and_how_to_keep_more
         assert await rt.memory.store.count_messages(-9) == 15  # history stays; only recall went
         logged = await rt.memory.store.cleanups(-9)
         assert len(logged) == 1 and logged[0].memories == sum(r.memories for r in rt.services.janitor.results)
+
+
+async def test_an_evicted_memory_never_comes_back_by_an_edit_a_replay_or_a_reimport(tmp_path, st_model):
+    async with open_memory(cfg(), tmp_path, model=st_model) as memory:
+        old = msgs(-3, 20, days_old=40)
+        memory.remember_many(old)
+        await memory.flush()
+        await cleanup_scope(memory, "chat", -3, StorageLimits(memory_limit=10), POLICY, NOW)
+        evicted = await memory.store.evicted_ids(-3)
+        assert evicted == set(range(1, 13))
+
+        async def found() -> set[int]:  # search right after: every mode, ids of evicted memories
+            ids: set[int] = set()
+            for mode in ("hybrid", "vector", "fts"):
+                for q in ("grub bootloader", "wifi driver", "question about the nvidia card", "number 3"):
+                    ids |= {h.message_id for h in (await memory.recall(-3, q, 25, mode=mode)).hits}
+            return ids & evicted
+
+        assert await found() == set()
+        await memory.edit(-3, 3, "my question about the grub bootloader, edited")  # re-embeds unless evicted
+        memory.remember_many(old[:5])  # the same messages again (a replay)
+        await memory.flush()
+        assert await found() == set()
+        assert await memory.vectors.message_ids(-3) == set(range(13, 21))
+        assert memory.indexer.dropped >= 6

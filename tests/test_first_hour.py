@@ -214,3 +214,24 @@ def test_usage_keeps_whole_chat_ids_at_80_columns(tmp_path, ov_encoder):
         res = CliRunner().invoke(app, [*args, "--data-dir", data], env={"COLUMNS": "80"}, terminal_width=80)
         assert res.exit_code == 0, res.output
         assert "-1002009030310" in res.stdout and max(map(len, res.stdout.splitlines())) <= 80, res.stdout
+
+
+@pytest.mark.parametrize("command", [["chat", "-m", "hi"], ["replay", str(DATA / "2009-03-03_10.jsonl")]])
+def test_a_data_dir_in_use_is_said_before_the_model_loads(tmp_path, command):
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    data.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('held', flush=True); time.sleep(60)", str(data / "kith.duckdb")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "cli", *command, "--data-dir", str(data)],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+    finally:
+        holder.kill()
+    assert proc.returncode == 1 and f"is in use by process {holder.pid}" in proc.stderr, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & {"torch", "openvino", "litellm", "lancedb"}  # said before any of them loads

@@ -355,6 +355,10 @@ def test_a_truncated_export_is_called_truncated(tmp_path: Path) -> None:
     path.write_text(text[: len(text) * 2 // 3], encoding="utf-8")
     with pytest.raises(TranscriptError, match="truncated"):
         read_transcript(path)
+    inside = text.index('"from": "', len(text) // 2) + len('"from": "') + 2
+    path.write_text(text[:inside], encoding="utf-8")  # cut inside a string
+    with pytest.raises(TranscriptError, match="is truncated"):
+        read_transcript(path)
     path.write_text('{"name": "x", "messages": [}, "id": 1}', encoding="utf-8")
     with pytest.raises(TranscriptError, match="neither") as info:  # broken in the middle: not "truncated"
         read_transcript(path)
