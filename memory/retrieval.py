@@ -9,9 +9,12 @@
 2. **candidates** — the vector leg (cosine) and the full-text leg (BM25 over ``content`` =
    sender, date and text) each return ``pool`` rows; the full-text leg also returns the rows'
    vectors, so every candidate has an exact cosine.
-3. **score fusion** (``Fusion``) — ``bm25 / max bm25 + vector_weight · min-max(cos)`` over the
-   candidates (a row both legs like beats a row one leg loves; ranks would throw the margins away),
-   plus ``speaker_boost`` for a row whose sender the question names.
+3. **score fusion** (``Fusion``) — ``coverage · bm25 / max bm25 + vector_weight · min-max(cos)``
+   over the candidates (a row both legs like beats a row one leg loves; ranks would throw the
+   margins away), plus ``speaker_boost`` for a row whose sender the question names. ``coverage`` is
+   the share of the query's distinct terms the row holds (Lucene's "coord" factor): BM25's length
+   normalisation and the cosine of a short line to a short question used to put two-word replies
+   holding one term (or only the sender's name) above the message holding them all.
 4. **neighbouring turns** (``propagate``) — the turns around the ``neighbour_sources`` best
    full-text hits are read while the question is still being embedded (``neighbour_ids``; around
    the best vector hits instead, afterwards, when full text found nothing) and scored like the
@@ -73,6 +76,9 @@ class RetrievalSettings:
     foreign_vector_weight: share of ``vector_weight`` kept for a question in a language the
     embedding model was not trained on (``Memory.embedding_languages``; all-MiniLM-L6-v2 knows
     English): its cosine is then a weak signal, and full text leads.
+    coverage: scale a row's BM25 part by the share of the query's distinct terms it holds
+    (``Fusion.coverage``; Lucene's classic "coord" factor), so that a short row holding one of
+    them no longer outranks the row that holds them all.
     neighbour_weight / neighbour_weight_2: share of the fused score of the turn ±1 / ±2 away that a
     row inherits (0 and 0 switch the stage off). neighbour_floor: part of that bonus a row gets
     even with no similarity of its own (the rest scales with its min-max cosine).
@@ -89,6 +95,7 @@ class RetrievalSettings:
     strip_speakers: bool = True
     drop_stop_words: bool = True
     foreign_vector_weight: float = 0.5
+    coverage: bool = True
     neighbour_weight: float = 0.7
     neighbour_weight_2: float = 0.5
     neighbour_floor: float = 0.5
@@ -118,13 +125,15 @@ class RetrievalSettings:
             ("speaker names kept in the embedded query", replace(self, strip_speakers=False)),
             ("stop words kept in the BM25 query", replace(self, drop_stop_words=False)),
             ("full vector weight in any language", replace(self, foreign_vector_weight=1.0)),
+            ("no term coverage factor", replace(self, coverage=False)),
             ("pool 60 per leg", replace(self, pool=60)),
         ]
 
     def plain(self) -> "RetrievalSettings":
         """Every stage off: the two legs fused by score alone."""
         return replace(
-            self, speaker_boost=0.0, strip_speakers=False, drop_stop_words=False, neighbour_weight=0.0, neighbour_weight_2=0.0
+            self, speaker_boost=0.0, strip_speakers=False, drop_stop_words=False, coverage=False, neighbour_weight=0.0,
+            neighbour_weight_2=0.0,
         )
 
 
@@ -229,6 +238,7 @@ class Candidate:
     vector_rank: int | None = None
     fts_rank: int | None = None
     fused: float = 0.0
+    coverage: float = 1.0  # share of the query's distinct full-text terms the row holds (``Fusion.coverage``)
     cos_norm: float = 0.0  # min-max normalised cosine within the query's candidates, 0..1
     speaker: float = 0.0
     neighbour: float = 0.0
@@ -254,6 +264,8 @@ class Fusion:
 
     vector_rows: best first, each with ``_cos``. fts_rows: best first, each with ``_score`` (BM25)
     and ``vector``. Normalisation constants come from the candidates: max BM25, min/max cosine.
+    terms: the full-text query's terms (as the index reduces words, ``memory.language``), for the
+    coverage factor; none: no factor.
     """
 
     def __init__(
@@ -263,10 +275,12 @@ class Fusion:
         query_vector: np.ndarray | None,
         settings: RetrievalSettings,
         mentioned: Collection[str] = (),
+        terms: Collection[str] = (),
     ) -> None:
         self.settings = settings
         self.query_vector = query_vector
         self.mentioned = frozenset(mentioned)
+        self.terms = frozenset(terms)
         self.candidates: dict[tuple[str, int], Candidate] = {}
         for rank, r in enumerate(vector_rows, start=1):
             c = self._get(r)
@@ -302,6 +316,21 @@ class Fusion:
             return 0.0
         return min(1.0, max(0.0, (cos - self.cmin) / (self.cmax - self.cmin)))
 
+    def coverage(self, row: dict) -> float:
+        """The share of the query's distinct terms that ``row`` holds, its ``content`` (sender, day,
+        text) reduced as the index reduced it: 1.0 when it holds them all (or there are none).
+
+        BM25 sums its terms' weights, but its length normalisation lifts a short row far above a
+        long one (a term weighs up to (k1 + 1) / (1 + k1 (1 - b)) = 1.7 times its weight at average
+        length in a very short row, 0.55 times in a row three times that long), and all-MiniLM-L6-v2
+        gives a short line a high cosine to a short question: a two-word reply that holds the
+        rarest query term, or only the sender's name, outranked the message that holds every term.
+        Scaling the BM25 part by this share is Lucene's classic "coord" factor; it has no constant."""
+        if not self.terms:
+            return 1.0
+        held = _row_terms(_content(row), row.get("text") or "")
+        return len(self.terms & held) / len(self.terms)
+
     def _score(self, c: Candidate) -> None:
         s = self.settings
         parts: dict[str, float] = {}
@@ -313,7 +342,12 @@ class Fusion:
         if s.fusion == "rrf":
             fused = self._rrf(c) / self.rrf_max if self.rrf_max > 0 else 0.0
         else:
-            fused = (c.bm25 / self.bmax if c.bm25 and self.bmax > 0 else 0.0) + s.vector_weight * c.cos_norm
+            lexical = c.bm25 / self.bmax if c.bm25 and self.bmax > 0 else 0.0
+            if lexical and s.coverage and self.terms:
+                c.coverage = self.coverage(c.row)
+                parts["coverage"] = c.coverage
+                lexical *= c.coverage
+            fused = lexical + s.vector_weight * c.cos_norm
         if s.speaker_boost and c.row.get("user_name") in self.mentioned:
             c.speaker = s.speaker_boost
             parts["speaker"] = s.speaker_boost
@@ -340,6 +374,20 @@ class Fusion:
         s = self.settings
         sources = [c.row["message_id"] for c in self.best(s.neighbour_sources)]
         return neighbour_ids(sources, s.neighbour_span, {mid for _, mid in self.candidates})
+
+
+def _content(row: dict) -> str:
+    from .vectors import content_text
+
+    return content_text(row.get("user_name") or "", row.get("text") or "", row.get("date"), row.get("source"), row.get("page"))
+
+
+@lru_cache(maxsize=2048)
+def _row_terms(content: str, text: str) -> frozenset[str]:
+    """The distinct terms the index may hold for a row (``language.held_terms``)."""
+    from .language import held_terms
+
+    return held_terms(content, text)
 
 
 def _order(c: Candidate):

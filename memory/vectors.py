@@ -17,9 +17,11 @@ a ``kith memory reindex`` built a new one beside it), one row per remembered ite
                            still found; ``kith memory reindex`` rewrites them (the schema is unchanged)
     terms       string     ``content``'s words as the full-text index reads them: lower-cased and
                            stemmed in the text's language (``memory.language``: Russian, Ukrainian,
-                           English, German, Spanish, French), space-separated. Tables made before
-                           it existed search ``content`` as before (English stemming only) until
-                           ``kith memory reindex`` rebuilds them with it (said once at open)
+                           English, German, Spanish, French, Arabic; Chinese and Japanese cut into
+                           characters and bigrams), space-separated. Tables made before it existed
+                           search ``content`` as before (English stemming only) until
+                           ``kith memory reindex`` rebuilds them with it (said once at open); rows
+                           written before a change of the reduction keep their terms until then
     date        timestamp[us, UTC]
     vector      fixed_size_list<float32>[384]   L2-normalised, cosine distance
     source      string     documents: the file name (null for messages)
@@ -81,7 +83,7 @@ from .errors import DiskFull, MemoryStoreError, is_disk_full
 from .location import Location, as_location
 from .hot import COLUMNS as _HOT_COLUMNS
 from .hot import ChatRows, HotChats
-from .language import detect, index_terms, would_load
+from .language import detect, index_terms, query_words, would_load
 from .language import query_terms as language_query_terms
 from .types import MemoryHit
 
@@ -815,9 +817,10 @@ class VectorMemory:
             raise
         if vec is None and fts is None:
             return []
+        held = terms if self.multilingual else []  # the coverage factor compares reduced terms (a table of the earlier format: none)
         if hot is not None:
-            return await self._run(self._recall_hot, hot, vec, fts, k, settings, mentioned, frozenset(map(int, exclude_ids)))
-        return await self._run(self._recall, vec, fts, where, k, settings, mentioned, chat_id)
+            return await self._run(self._recall_hot, hot, vec, fts, k, settings, mentioned, frozenset(map(int, exclude_ids)), held)
+        return await self._run(self._recall, vec, fts, where, k, settings, mentioned, chat_id, held)
 
     async def _search(self, vec, terms, where, depth, fts_vectors: bool = False) -> tuple[list[dict], list[dict]]:
         legs = []
@@ -846,7 +849,7 @@ class VectorMemory:
             nrows = await self._rows_by_ids(where, ids_around_fts(frows, settings), with_vectors=True)
         return frows, nrows
 
-    async def _recall(self, vec, fts, where, k, settings, mentioned, chat_id: int) -> list[MemoryHit]:
+    async def _recall(self, vec, fts, where, k, settings, mentioned, chat_id: int, terms=()) -> list[MemoryHit]:
         """The rest of ``recall`` in one go on the lance loop: the vector leg (and the result of
         ``_fts_stage``, ``fts``: a future, or None), score fusion, neighbour bonus, top k.
 
@@ -864,7 +867,7 @@ class VectorMemory:
         done = await asyncio.gather(*legs)
         vrows = done.pop(0) if vec is not None else []
         frows, nrows = done.pop(0) if fts is not None else ([], [])
-        fusion = Fusion(vrows, frows, vec, settings, mentioned)
+        fusion = Fusion(vrows, frows, vec, settings, mentioned, terms)
         if settings.neighbours and fusion.candidates:
             if not frows:
                 nrows = await self._rows_by_ids(where, fusion.ids_around_best(), with_vectors=vec is not None)
@@ -875,7 +878,7 @@ class VectorMemory:
             await self._load_hot(chat_id)  # the next recall of this chat is served from RAM
         return hits
 
-    async def _recall_hot(self, hot: ChatRows, vec, fts, k, settings, mentioned, exclude: frozenset[int]) -> list[MemoryHit]:
+    async def _recall_hot(self, hot: ChatRows, vec, fts, k, settings, mentioned, exclude: frozenset[int], terms=()) -> list[MemoryHit]:
         """``_recall`` for a hot chat: the vector leg, the neighbouring turns and the vectors of the
         full-text hits come from ``hot`` (exact cosine over every row of the chat); only the
         full-text leg (``fts``, already running) was read from LanceDB."""
@@ -885,7 +888,7 @@ class VectorMemory:
         pool = max(settings.pool, k)
         vrows = hot.nearest(vec, pool, exclude) if vec is not None else []
         frows = (await asyncio.wrap_future(fts))[0] if fts is not None else []
-        fusion = Fusion(vrows, frows, vec, settings, mentioned)
+        fusion = Fusion(vrows, frows, vec, settings, mentioned, terms)
         if settings.neighbours and fusion.candidates:
             ids = ids_around_fts(frows, settings) if frows else fusion.ids_around_best()  # as the LanceDB path
             fusion.add_rows(hot.rows_by_ids(ids, exclude))
@@ -950,9 +953,9 @@ class VectorMemory:
         stems English itself)."""
         from .retrieval import query_terms
 
-        words = fts_terms(text)
         if not self.multilingual:
-            return query_terms(words, drop_stop_words)
+            return query_terms(fts_terms(text), drop_stop_words)
+        words = query_words(text[:MAX_QUERY_CHARS], MAX_QUERY_TERMS)  # split as the index splits (marks, scripts)
         return language_query_terms(words, detect(text), drop_stop_words=drop_stop_words)
 
     async def _fts_leg(self, terms: list[str], where: str, limit: int, *, with_vectors: bool = False) -> list[dict]:

@@ -10,7 +10,17 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from memory.language import detect, index_terms, query_terms
+from memory.language import (
+    detect,
+    detect_or_none,
+    index_terms,
+    ngrams,
+    normalize_arabic,
+    query_terms,
+    query_words,
+    split_words,
+    words,
+)
 from memory.vectors import MemoryRow, VectorMemory, schema
 
 pytestmark = pytest.mark.anyio
@@ -28,6 +38,12 @@ RU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ru-dialog
     ("où est la carte graphique que j'ai achetée hier ?", "fr"),
     ("ok", "en"),  # too short to tell: English
     ("12345 :)", "en"),
+    ("我们明天去北京看长城", "zh"),
+    ("這個bug怎麼修", "zh"),  # Han outweighs the Latin letters (a Han character counts two)
+    ("東京駅の近くでラーメンを食べました", "ja"),  # kana: Japanese
+    ("كَتَبَ الوَلَدُ الدَّرْسَ", "ar"),
+    ("شكرا", "ar"),
+    ("обновил Ubuntu", "ru"),
 ])
 def test_detect(text: str, lang: str) -> None:
     assert detect(text) == lang
@@ -227,3 +243,62 @@ async def test_a_question_in_a_language_the_embedding_model_does_not_know_leans_
         en_half = await fused_minus_fts("where is my passport")
         memory.embedding_languages = frozenset({"en"})
         assert await fused_minus_fts("where is my passport") == en_half  # English questions: unchanged
+
+
+# ---------------------------------------------------------------------- other scripts
+
+
+def test_han_and_kana_runs_become_characters_and_bigrams() -> None:
+    assert ngrams("北京烤鸭") == ["北", "京", "烤", "鸭", "北京", "京烤", "烤鸭"]
+    assert ngrams("猫") == ["猫"]
+    # a whole Chinese sentence was one word of 17 characters (and a longer one was dropped)
+    assert split_words("我们明天去北京看长城，然后吃烤鸭。") == ["我们明天去北京看长城", "然后吃烤鸭"]
+    long = "这是一个没有空格的很长很长的句子" * 4
+    assert len(long) > 40 and words(long) == [long]  # kept: n-grams, not a hash
+    assert words("a" * 41) == []  # a run of another script that long still is not a word
+    # script changes cut a word; Latin words in Chinese text keep their English stems
+    assert split_words("iPhone手机2023年") == ["iPhone", "手机", "2023", "年"]
+    assert index_terms("新买的iPhone手机坏了", "zh").split() == [
+        "新", "买", "的", "新买", "买的", "iphon", "手", "机", "坏", "了", "手机", "机坏", "坏了"]
+    # full-width Latin and half-width kana read as the ordinary forms (NFKC)
+    assert index_terms("ＵＳＢ", "en") == "usb" and index_terms("ﾗｰﾒﾝ") == index_terms("ラーメン")
+
+
+def test_a_query_is_cut_as_a_message_is() -> None:
+    message = set(index_terms("提醒一下：周五之前要交报销单，小王负责收。").split())
+    query = query_terms(query_words("要交报销单"), "zh")
+    assert query == ["要", "交", "报", "销", "单", "要交", "交报", "报销", "销单"] and set(query) <= message
+    # Chinese and Japanese are cut alike, so a kanji-only query finds a Japanese message
+    assert detect("東京駅") == "zh" and set(query_terms(["東京駅"], "zh")) <= set(index_terms("東京駅の近くです").split())
+    assert query_terms(["ラーメン"], "ja") == ["ラ", "ー", "メ", "ン", "ラー", "ーメ", "メン"]
+
+
+def test_arabic_is_normalised_then_stemmed() -> None:
+    # harakat, tatweel, hamza on alef, alef maqsura, ta marbuta; the article with و ف ب ك ل before it
+    assert normalize_arabic("الْمَدْرَسَةُ") == normalize_arabic("المدرسه") == "مدرسه"
+    assert normalize_arabic("إلى") == normalize_arabic("الى") == "الي"
+    assert normalize_arabic("كتـــاب") == "كتاب"
+    assert normalize_arabic("والكتاب") == normalize_arabic("بالكتاب") == normalize_arabic("للكتاب") == "كتاب"
+    assert normalize_arabic("الم") == "الم"  # too short to hold an article
+    # vowelled or not, with or without the hamza, definite or not: one term
+    forms = ["السَّيَّارَةُ", "السيارة", "سيارة", "السياره", "بالسيارة", "والسيارة"]
+    assert len({index_terms(f, "ar") for f in forms}) == 1
+    assert index_terms("أَكَلَ الوَلَدُ التُّفَّاحَةَ") == index_terms("اكل الولد التفاحه")
+    # a vowelled word is one word (Python's \w does not match harakat: it used to fall apart)
+    assert split_words("كَتَبَ الدَّرْسَ") == ["كَتَبَ", "الدَّرْسَ"]
+    assert query_terms(query_words("الْكِتَابُ"), "ar") == query_terms(query_words("كتاب"), "ar") == ["كتاب"]
+    # Arabic-Indic digits are digits
+    assert index_terms("عام ٢٠٢٣") == index_terms("عام 2023")
+
+
+def test_other_unspaced_scripts_are_cut_into_letter_bigrams() -> None:
+    thai = "ภาษาไทยง่ายนิดเดียว"  # no spaces between words; vowel signs are combining marks
+    terms = index_terms(thai).split()
+    assert "ง่า" in terms and "่" not in terms  # a letter keeps the marks on it
+    assert set(query_terms(query_words("ง่าย"), "en")) <= set(terms)
+    # Devanagari vowel signs no longer cut a Hindi word
+    assert split_words("हिंदी भाषा") == ["हिंदी", "भाषा"]
+
+
+def test_detection_of_nothing_tells_nothing() -> None:
+    assert detect_or_none("12345 :)") is None and detect_or_none("👍") is None
