@@ -9,7 +9,7 @@
 2. **candidates** — the vector leg (cosine) and the full-text leg (BM25 over ``content`` =
    sender, date and text) each return ``pool`` rows; the full-text leg also returns the rows'
    vectors, so every candidate has an exact cosine.
-3. **score fusion** (``Fusion``) — ``coverage · bm25 / max bm25 + vector_weight · min-max(cos)``
+3. **score fusion** (``Fusion``) — ``coverage / max coverage · bm25 / max bm25 + vector_weight · min-max(cos)``
    over the candidates (a row both legs like beats a row one leg loves; ranks would throw the
    margins away), plus ``speaker_boost`` for a row whose sender the question names. ``coverage`` is
    the share of the query's distinct terms the row holds (Lucene's "coord" factor): BM25's length
@@ -292,6 +292,12 @@ class Fusion:
                 c.cos = _cos(query_vector, r.get("vector"))
         cos = [c.cos for c in self.candidates.values() if c.cos is not None]
         self.cmin, self.cmax = (min(cos), max(cos)) if cos else (0.0, 0.0)
+        self.best_coverage = 1.0
+        if settings.coverage and self.terms and settings.fusion == "score":
+            for c in self.candidates.values():
+                if c.bm25:
+                    c.coverage = self.coverage(c.row)
+            self.best_coverage = max((c.coverage for c in self.candidates.values() if c.bm25), default=1.0) or 1.0
         self.bmax = max((c.bm25 for c in self.candidates.values() if c.bm25), default=0.0)
         self.rrf_max = max((self._rrf(c) for c in self.candidates.values()), default=0.0)
         for c in self.candidates.values():
@@ -325,7 +331,11 @@ class Fusion:
         length in a very short row, 0.55 times in a row three times that long), and all-MiniLM-L6-v2
         gives a short line a high cosine to a short question: a two-word reply that holds the
         rarest query term, or only the sender's name, outranked the message that holds every term.
-        Scaling the BM25 part by this share is Lucene's classic "coord" factor; it has no constant."""
+        Scaling the BM25 part by this share is Lucene's classic "coord" factor; it has no constant.
+        ``_score`` divides it by the best share among the full-text hits (as BM25 by the best BM25):
+        when no row holds every term — a query word in another inflection the stemmer does not
+        meet — the rows holding the most keep their full weight against the vector leg's rows.
+        (Russian inflected-word recall@10: 84.0 % with the plain share, 87.7 without a factor.)"""
         if not self.terms:
             return 1.0
         held = _row_terms(_content(row), row.get("text") or "")
@@ -344,9 +354,8 @@ class Fusion:
         else:
             lexical = c.bm25 / self.bmax if c.bm25 and self.bmax > 0 else 0.0
             if lexical and s.coverage and self.terms:
-                c.coverage = self.coverage(c.row)
                 parts["coverage"] = c.coverage
-                lexical *= c.coverage
+                lexical *= c.coverage / self.best_coverage
             fused = lexical + s.vector_weight * c.cos_norm
         if s.speaker_boost and c.row.get("user_name") in self.mentioned:
             c.speaker = s.speaker_boost
