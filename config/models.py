@@ -36,6 +36,8 @@ class ModelSpec(Frozen):
     context_tokens: the prompt budget; None asks litellm's model map, else 8192.
     accepts_user_keys: users' and groups' own keys (``/key``) are sent to ``api_base`` too; by default
     a model with an ``api_base`` gets only the host's key (a user's key goes only to its provider's own API).
+    tools: the model can call tools (function calling); None asks litellm's model map
+    (``supports_function_calling``), which does not know self-hosted models: set true for those that can.
     """
 
     model: str
@@ -49,6 +51,7 @@ class ModelSpec(Frozen):
     temperature: float | None = Field(None, ge=0, le=2)
     label: str | None = None  # shown in /model; defaults to the alias
     vision: bool | None = None  # accepts images; None asks litellm's model map (``litellm.supports_vision``)
+    tools: bool | None = None  # calls tools; None asks litellm's model map (``litellm.supports_function_calling``)
 
 
 class ImageModelSpec(Frozen):

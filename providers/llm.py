@@ -32,6 +32,17 @@ Routing and failure behaviour (litellm 1.106.2):
   ``LITELLM_LOCAL_*`` keep its price map / header tables local. The only network traffic is to the
   configured providers.
 
+Tool calling (``complete(..., tools=..., run_tool=...)``, types in ``providers.tools``): the model is
+called with the tools (``tool_choice="auto"``); while it asks for tool calls and fewer than
+``max_steps`` rounds ran, the calls are announced (``on_tool_call``), run (in parallel when it made
+several, each under ``tool_timeout_s``, output capped at ``tool_output_chars``), their results
+appended as ``role: tool`` messages framed as quoted data (``frame_tool_output``), and the model is
+called again; after ``max_steps`` rounds one last call with ``tool_choice="none"`` makes it answer in
+text. Every round is a call of its own through the Router: retries and fallbacks as above, per round.
+The concurrency limit is held only while a model call runs, never while tools run (a tool may call
+the LLM itself). litellm's MCP gateway is bypassed (``_skip_mcp_handler``: our tools are plain
+functions; its handler would import the optional ``mcp`` package on every call with tools).
+
 Cost: ``prompt_tokens × input_cost_per_token + completion_tokens × output_cost_per_token`` from litellm's
 bundled price map (``litellm.model_cost``). A model the map does not price gives ``cost_usd=None``
 (unknown, never 0: litellm's own ``completion_cost`` returns 0.0 for unknown models, and its
@@ -43,12 +54,13 @@ from __future__ import annotations
 from . import _offline  # noqa: F401  (before litellm)
 
 import hashlib
+import json
 import logging
 import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
@@ -71,9 +83,11 @@ from .errors import (
     RateLimited,
 )
 from .keys import KeyUse
-from .recall_model import estimate_messages_tokens
+from .recall_model import estimate_messages_tokens, estimate_tokens
+from .tools import ToolCall, ToolOutcome, ToolRunner, ToolSpec, frame_tool_output
 
-__all__ = ["Completion", "LLM", "DEFAULT_CONTEXT_TOKENS", "PING_TIMEOUT_S", "takes_user_keys", "translate_error"]
+__all__ = ["Completion", "LLM", "DEFAULT_CONTEXT_TOKENS", "PING_TIMEOUT_S", "ROUND_SEPARATOR", "takes_user_keys",
+           "translate_error"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +95,9 @@ DEFAULT_CONTEXT_TOKENS = 8192
 PING_TIMEOUT_S = 10.0  # ping uses min(this, the model's timeout_s)
 _DETAIL_CHARS = 800
 _KEYED_ROUTERS = 64  # Routers with users' own keys kept at once
+ROUND_SEPARATOR = "\n\n"  # between the texts of two rounds of a tool-calling turn
+# providers whose model info litellm fetches at call time (a request to the model server or a hub)
+_DYNAMIC_INFO_PROVIDERS = frozenset({"huggingface"})
 
 
 def _configure_litellm() -> None:
@@ -104,6 +121,13 @@ class Completion:
     ≈ UTF-8 bytes / 4, when it reports none). cost_usd: None when the model has no known price.
     latency_ms: wall time from sending the request (after waiting for a concurrency slot) to the last
     byte, retries and fallbacks included. fell_back: another alias than the requested one answered.
+
+    With tools (``complete(tools=...)``): text is the texts of every round, joined by a blank line
+    (``ROUND_SEPARATOR``; usually only the last round writes any); model / litellm_model are those of
+    the last round, fell_back is true when any round fell back; tokens and cost are summed over all
+    rounds (cost None when any round's price is unknown); latency_ms includes the time tools ran.
+    tool_calls: every call the model made and Kith answered, in order (round by round, then in the
+    model's order); empty without tools.
     """
 
     text: str
@@ -114,6 +138,17 @@ class Completion:
     cost_usd: float | None
     latency_ms: float
     fell_back: bool
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@dataclass
+class _Round:
+    """One model call: what it wrote, the calls it asked for, its usage and litellm's hidden params."""
+
+    text: str
+    calls: list[ToolCall] = field(default_factory=list)
+    usage: Any = None
+    hidden: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- price map (offline, static)
@@ -232,6 +267,148 @@ def _usage_ints(usage: Any) -> tuple[int, int] | None:
     return int(p or 0), int(c or 0)
 
 
+# ---------------------------------------------------------------- tools
+
+
+def _check_tool_args(tools: Sequence[ToolSpec], run_tool: ToolRunner | None, max_steps: int,
+                     tool_timeout_s: float, tool_output_chars: int) -> None:
+    if run_tool is None:
+        raise ValueError("complete(tools=...) needs run_tool")
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two tools share a name: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    if max_steps < 0:
+        raise ValueError(f"max_steps must be ≥ 0, not {max_steps}")
+    if not tool_timeout_s > 0:
+        raise ValueError(f"tool_timeout_s must be > 0, not {tool_timeout_s}")
+    if tool_output_chars < 1:
+        raise ValueError(f"tool_output_chars must be ≥ 1, not {tool_output_chars}")
+
+
+def _static_supports(model: str, provider: str, key: str) -> bool:
+    """``key`` (e.g. ``supports_function_calling``) from litellm's bundled model map only:
+    ``provider/model``, then the bare model when its entry belongs to that provider."""
+    table = litellm.model_cost
+    for name in (f"{provider}/{model}", model):
+        entry = table.get(name)
+        if isinstance(entry, dict) and (name != model or str(entry.get("litellm_provider", "")) == provider):
+            return entry.get(key) is True
+    return False
+
+
+def _fetches_model_info(model: str, provider: str) -> bool:
+    """Would litellm fetch this model's info from its server or a hub (Ollama's ``/api/show``)?"""
+    if provider in _DYNAMIC_INFO_PROVIDERS:
+        return True
+    try:
+        from litellm.types.utils import LlmProviders
+        from litellm.utils import ProviderConfigManager
+
+        cfg = ProviderConfigManager.get_provider_model_info(model=model, provider=LlmProviders(provider))
+    except Exception:  # noqa: BLE001  (unknown provider enum: litellm would not fetch either)
+        return False
+    return callable(getattr(cfg, "get_model_info", None))
+
+
+def _litellm_supports_tools(spec: ModelSpec) -> bool:
+    """litellm's ``supports_function_calling`` for ``spec.model``, offline; False on any error."""
+    try:
+        model, provider, _, _ = litellm.get_llm_provider(model=spec.model, api_base=spec.api_base)
+        if _fetches_model_info(model, provider):
+            return _static_supports(model, provider, "supports_function_calling")
+        return bool(litellm.supports_function_calling(model=model, custom_llm_provider=provider))
+    except Exception:  # noqa: BLE001
+        log.debug("supports_function_calling(%s) failed; assuming no tools", spec.model, exc_info=True)
+        return False
+
+
+def _tool_call(call_id: Any, function: Any) -> ToolCall:
+    """A ToolCall from a response's ``tool_calls`` entry (``id`` and ``function.name`` / ``.arguments``)."""
+    name = str(getattr(function, "name", None) or "")
+    arguments = getattr(function, "arguments", None)
+    if arguments is None:
+        arguments = ""
+    elif not isinstance(arguments, str):  # a provider that gives them parsed
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    return ToolCall.parse(str(call_id or ""), name, arguments)
+
+
+def _accumulate(pending: dict[int, list[str]], delta: Any) -> None:
+    """Add one streamed ``delta.tool_calls`` entry to ``pending`` (index → [id, name, arguments]): the id
+    and name come in the call's first chunk, its arguments over several."""
+    index = getattr(delta, "index", None)
+    if not isinstance(index, int):
+        index = len(pending) - 1 if pending and not getattr(delta, "id", None) else len(pending)
+    entry = pending.setdefault(index, ["", "", ""])
+    if getattr(delta, "id", None) and not entry[0]:
+        entry[0] = str(delta.id)
+    function = getattr(delta, "function", None)
+    name = getattr(function, "name", None)
+    if name and not entry[1]:
+        entry[1] = str(name)
+    arguments = getattr(function, "arguments", None)
+    if arguments:
+        entry[2] += arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+
+
+def _separated(on_delta: Callable[[str], Awaitable[None]]) -> Callable[[str], Awaitable[None]]:
+    """``on_delta`` with ``ROUND_SEPARATOR`` before the first delta (a later round's text)."""
+    first = True
+
+    async def emit(delta: str) -> None:
+        nonlocal first
+        if first:
+            first = False
+            delta = ROUND_SEPARATOR + delta
+        await on_delta(delta)
+
+    return emit
+
+
+def _capped(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[output cut: the first {limit} of {len(text)} characters are shown]"
+
+
+async def _run_one(call: ToolCall, offered: Mapping[str, ToolSpec], run_tool: ToolRunner,
+                   timeout_s: float) -> ToolOutcome:
+    if call.name not in offered:
+        return ToolOutcome(f"there is no tool named {call.name!r}; the tools are: {', '.join(offered)}", error=True)
+    if call.error is not None or call.args is None:
+        return ToolOutcome(f"{call.error or 'the arguments are not a JSON object'}; "
+                           f"call {call.name} again with a JSON object that matches its parameters", error=True)
+    outcome: ToolOutcome | None = None
+    try:
+        with anyio.move_on_after(timeout_s):
+            outcome = await run_tool(call)
+    except Exception as e:  # noqa: BLE001  (a tool's bug is the model's error outcome, not the turn's end)
+        log.warning("tool %s failed", call.name, exc_info=True)
+        return ToolOutcome(f"the tool failed unexpectedly ({type(e).__name__})", error=True)
+    if outcome is None:
+        log.info("tool %s did not answer within %g s", call.name, timeout_s)
+        return ToolOutcome(f"the tool did not answer within {timeout_s:g} s", error=True)
+    return outcome
+
+
+async def _run_calls(calls: Sequence[ToolCall], offered: Mapping[str, ToolSpec], run_tool: ToolRunner,
+                     timeout_s: float, output_chars: int) -> list[ToolOutcome]:
+    """The outcomes of one round's calls, in the calls' order; several calls run at once (a task group)."""
+    outcomes: list[ToolOutcome] = [ToolOutcome("", error=True)] * len(calls)
+
+    async def one(i: int) -> None:
+        o = await _run_one(calls[i], offered, run_tool, timeout_s)
+        outcomes[i] = ToolOutcome(_capped(o.text, output_chars), o.error)
+
+    if len(calls) == 1:
+        await one(0)
+    else:
+        async with anyio.create_task_group() as tg:
+            for i in range(len(calls)):
+                tg.start_soon(one, i)
+    return outcomes
+
+
 class LLM:
     """Chat completions over the configured aliases, with fallbacks, streaming, usage and cost.
 
@@ -258,6 +435,7 @@ class LLM:
         self._limiter = anyio.CapacityLimiter(settings.concurrency)
         self._router = self._build_router({})
         self._keyed: OrderedDict[str, Router] = OrderedDict()  # digest of users' keys → their Router (LRU)
+        self._tool_support: dict[str, bool] = {}  # alias → litellm's supports_function_calling
 
     def _build_router(self, keys: Mapping[str, str]) -> Router:
         """One deployment per alias; an alias whose provider has a key in ``keys`` uses that key when it
@@ -380,6 +558,12 @@ class LLM:
         on_delta: Callable[[str], Awaitable[None]] | None = None,
         max_tokens: int | None = None,
         api_keys: Mapping[str, str] | None = None,
+        tools: Sequence[ToolSpec] = (),
+        run_tool: ToolRunner | None = None,
+        max_steps: int = 4,
+        tool_timeout_s: float = 20.0,
+        tool_output_chars: int = 8000,
+        on_tool_call: Callable[[ToolCall], Awaitable[None]] | None = None,
     ) -> Completion:
         """Complete ``messages`` (OpenAI-style) with ``alias``, falling back along its fallbacks.
 
@@ -391,22 +575,106 @@ class LLM:
         api_keys: provider → a user's own API key (``/key``); the aliases of those providers that take
         users' keys (``takes_user_keys``: no ``api_base``, or ``accepts_user_keys``) use it instead of the
         host's key, the requested one and its fallbacks alike; the others keep the host's key.
+
+        Tools (see the module docstring): tools: offered to the model; empty (the default), or a model
+        that does not support tools (``supports_tools`` false, e.g. the offline ``kith/recall``), gives
+        a plain completion without them. run_tool: runs one call (required with tools; see
+        ``providers.tools.ToolRunner``). max_steps: at most this many rounds of tool calls (≥ 0), then
+        one more call with ``tool_choice="none"`` for the text answer. tool_timeout_s (> 0): a call
+        still running after this long is cancelled and its outcome is the error "the tool did not
+        answer within N s". tool_output_chars (≥ 1): a longer output is cut to this many characters,
+        with a note saying so. A call to a tool not in ``tools``, with arguments that are not a JSON
+        object, or whose runner raised, gets an error outcome the model reads (it may retry) — never an
+        exception here. on_tool_call: awaited with each call, in order, before the round's calls run
+        (an exception it raises propagates unchanged). Streaming: text a model writes in a round that
+        also calls tools is streamed too (each later round's first delta starts with a blank line,
+        ``ROUND_SEPARATOR``); a round of tool calls alone streams nothing.
+        ValueError: tools without run_tool, two tools with one name, or a limit out of range.
         """
         spec = self._spec(alias)
+        if tools:
+            _check_tool_args(tools, run_tool, max_steps, tool_timeout_s, tool_output_chars)
         if spec.model == recall_model.MODEL:
             return await self._recall_in_process(alias, messages, on_delta)
         kwargs: dict[str, Any] = {"model": alias, "messages": messages}
         if max_tokens is not None:
             kwargs["max_tokens"] = max_tokens
         router = self._router_for(api_keys)
+        if tools and self.supports_tools(alias):
+            assert run_tool is not None  # _check_tool_args
+            return await self._tool_loop(
+                alias, kwargs, router, on_delta, tools, run_tool, max_steps=max_steps,
+                tool_timeout_s=tool_timeout_s, tool_output_chars=tool_output_chars, on_tool_call=on_tool_call)
         async with self._limiter:
             t0 = time.perf_counter()
-            if on_delta is None:
-                text, usage, hidden = await self._plain(alias, kwargs, router)
-            else:
-                text, usage, hidden = await self._stream(alias, kwargs, on_delta, router)
+            rnd = await self._call(alias, kwargs, on_delta, router)
             latency_ms = (time.perf_counter() - t0) * 1000.0
-        return self._finish(alias, messages, text, usage, hidden, latency_ms)
+        return self._finish(alias, [(messages, rnd)], latency_ms)
+
+    def supports_tools(self, alias: str) -> bool:
+        """Can ``alias``'s model call tools? The model's ``tools`` option when set (true/false); else
+        litellm's ``supports_function_calling`` — from its bundled model map only, never over the network
+        (for providers whose model info litellm would fetch from a server or hub, e.g. Ollama's
+        ``/api/show``, only the bundled map is read: set ``tools: true`` for such a model). False for the
+        offline ``kith/*`` models, and when litellm does not know the model. ModelNotConfigured for an
+        unknown alias."""
+        spec = self._spec(alias)
+        if spec.model.startswith(f"{recall_model.PROVIDER}/"):
+            return False
+        if spec.tools is not None:
+            return spec.tools
+        known = self._tool_support.get(alias)
+        if known is None:
+            known = self._tool_support[alias] = _litellm_supports_tools(spec)
+        return known
+
+    async def _call(self, alias: str, kwargs: dict[str, Any], on_delta: Callable[[str], Awaitable[None]] | None,
+                    router: Router) -> _Round:
+        if on_delta is None:
+            return await self._plain(alias, kwargs, router)
+        return await self._stream(alias, kwargs, on_delta, router)
+
+    async def _tool_loop(
+        self, alias: str, kwargs: dict[str, Any], router: Router, on_delta: Callable[[str], Awaitable[None]] | None,
+        tools: Sequence[ToolSpec], run_tool: ToolRunner, *, max_steps: int, tool_timeout_s: float,
+        tool_output_chars: int, on_tool_call: Callable[[ToolCall], Awaitable[None]] | None,
+    ) -> Completion:
+        """The rounds of a turn with tools (see ``complete``)."""
+        offered = {t.name: t for t in tools}
+        base = {**kwargs, "tools": [t.as_openai() for t in tools], "_skip_mcp_handler": True}
+        convo: list[dict] = list(kwargs["messages"])
+        rounds: list[tuple[list[dict], _Round]] = []
+        made: list[ToolCall] = []
+        t0 = time.perf_counter()
+        for step in range(max_steps + 1):
+            last = step == max_steps
+            call_kwargs = {**base, "messages": convo, "tool_choice": "none" if last else "auto"}
+            emit = on_delta
+            if on_delta is not None and any(r.text for _, r in rounds):
+                emit = _separated(on_delta)
+            async with self._limiter:
+                rnd = await self._call(alias, call_kwargs, emit, router)
+            rounds.append((convo, rnd))
+            if last or not rnd.calls:
+                if rnd.calls:  # asked for with tool_choice="none" (a provider that ignores it): not run
+                    log.info("LLM %s asked for tools after the last round (%d); not run", alias, max_steps)
+                break
+            calls = [c if c.id else ToolCall(f"call_{step}_{i}", c.name, c.arguments, c.args, c.error)
+                     for i, c in enumerate(rnd.calls)]
+            made.extend(calls)
+            log.info("LLM %s asked for tools (round %d): %s", alias, step + 1, ", ".join(c.name for c in calls))
+            if on_tool_call is not None:
+                for c in calls:
+                    await on_tool_call(c)
+            outcomes = await _run_calls(calls, offered, run_tool, tool_timeout_s, tool_output_chars)
+            convo = [
+                *convo,
+                {"role": "assistant", "content": rnd.text or None, "tool_calls": [c.as_openai() for c in calls]},
+                *({"role": "tool", "tool_call_id": c.id, "content": frame_tool_output(c.name, o.text, error=o.error)}
+                  for c, o in zip(calls, outcomes, strict=True)),
+            ]
+        latency_ms = (time.perf_counter() - t0) * 1000.0
+        return self._finish(alias, rounds, latency_ms, tool_calls=tuple(made))
 
     async def _recall_in_process(
         self, alias: str, messages: list[dict], on_delta: Callable[[str], Awaitable[None]] | None
@@ -426,22 +694,26 @@ class LLM:
             latency_ms=(time.perf_counter() - t0) * 1000.0, fell_back=False,
         )
 
-    async def _plain(self, alias: str, kwargs: dict[str, Any], router: Router) -> tuple[str, Any, dict]:
+    async def _plain(self, alias: str, kwargs: dict[str, Any], router: Router) -> _Round:
         try:
             resp = await router.acompletion(**kwargs)
         except Exception as e:
             raise self._failed(alias, e) from e
         choices = getattr(resp, "choices", None) or []
-        text = _text_of(choices[0].message.content) if choices else ""
-        return text, getattr(resp, "usage", None), dict(getattr(resp, "_hidden_params", None) or {})
+        message = choices[0].message if choices else None
+        text = _text_of(getattr(message, "content", None))
+        calls = [_tool_call(getattr(tc, "id", None), getattr(tc, "function", None))
+                 for tc in getattr(message, "tool_calls", None) or []]
+        return _Round(text, calls, getattr(resp, "usage", None), dict(getattr(resp, "_hidden_params", None) or {}))
 
     async def _stream(self, alias: str, kwargs: dict[str, Any], on_delta: Callable[[str], Awaitable[None]],
-                      router: Router) -> tuple[str, Any, dict]:
+                      router: Router) -> _Round:
         try:
             stream = await router.acompletion(**kwargs, stream=True, stream_options={"include_usage": True})
         except Exception as e:
             raise self._failed(alias, e) from e
         parts: list[str] = []
+        pending: dict[int, list[str]] = {}  # index → [id, name, arguments so far], in arrival order
         usage = None
         iterator = stream.__aiter__()
         try:
@@ -458,13 +730,18 @@ class LLM:
                     usage = chunk.usage
                 for choice in getattr(chunk, "choices", None) or []:
                     delta = getattr(choice, "delta", None)
-                    text = _text_of(getattr(delta, "content", None)) if delta is not None else ""
+                    if delta is None:
+                        continue
+                    for tc in getattr(delta, "tool_calls", None) or []:
+                        _accumulate(pending, tc)
+                    text = _text_of(getattr(delta, "content", None))
                     if text:
                         parts.append(text)
                         await on_delta(text)  # the caller's exception is not the provider's: not translated
         finally:
             await self._close(stream)
-        return "".join(parts), usage, dict(getattr(stream, "_hidden_params", None) or {})
+        calls = [ToolCall.parse(tid, name, args) for tid, name, args in pending.values()]
+        return _Round("".join(parts), calls, usage, dict(getattr(stream, "_hidden_params", None) or {}))
 
     @staticmethod
     async def _close(stream: Any) -> None:
@@ -483,28 +760,40 @@ class LLM:
         log.info("LLM call failed: %s", err)
         return err
 
-    def _finish(self, alias: str, messages: list[dict], text: str, usage: Any, hidden: dict, latency_ms: float) -> Completion:
-        headers = hidden.get("additional_headers") or {}
-        answered = headers.get("x-litellm-model-group")
-        if answered not in self._models:
-            answered = alias
-        litellm_model = str(hidden.get("litellm_model_name") or self._models[answered].model)
-        counts = _usage_ints(usage)
-        if counts is None or counts == (0, 0):
-            counts = (estimate_messages_tokens(messages), recall_model.estimate_tokens(text))
-        prompt_tokens, completion_tokens = counts
-        fell_back = answered != alias
-        if fell_back:
-            log.info("LLM %s answered for %s (fallback)", answered, alias)
+    def _finish(self, alias: str, rounds: Sequence[tuple[list[dict], _Round]], latency_ms: float,
+                tool_calls: tuple[ToolCall, ...] = ()) -> Completion:
+        """The Completion of one or more rounds (each with the messages it was sent): the last round
+        names the model; tokens and cost are summed (cost None when any round's is unknown)."""
+        prompt_tokens = completion_tokens = 0
+        cost: float | None = 0.0
+        fell_back = False
+        answered, litellm_model = alias, self._models[alias].model
+        for messages, rnd in rounds:
+            headers = rnd.hidden.get("additional_headers") or {}
+            group = headers.get("x-litellm-model-group")
+            answered = group if isinstance(group, str) and group in self._models else alias
+            litellm_model = str(rnd.hidden.get("litellm_model_name") or self._models[answered].model)
+            counts = _usage_ints(rnd.usage)
+            if counts is None or counts == (0, 0):
+                written = rnd.text + "".join(c.name + c.arguments for c in rnd.calls)
+                counts = (estimate_messages_tokens(messages), estimate_tokens(written))
+            prompt_tokens += counts[0]
+            completion_tokens += counts[1]
+            round_cost = _cost(litellm_model, *counts)
+            cost = None if cost is None or round_cost is None else cost + round_cost
+            if answered != alias:
+                fell_back = True
+                log.info("LLM %s answered for %s (fallback)", answered, alias)
         return Completion(
-            text=text,
+            text=ROUND_SEPARATOR.join(r.text for _, r in rounds if r.text),
             model=answered,
             litellm_model=litellm_model,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            cost_usd=_cost(litellm_model, prompt_tokens, completion_tokens),
+            cost_usd=cost,
             latency_ms=latency_ms,
             fell_back=fell_back,
+            tool_calls=tool_calls,
         )
 
     async def aclose(self) -> None:

@@ -38,8 +38,31 @@ by ``{"filename": ..., "size": ...}``.
 in order), a chunk with ``finish_reason``, a usage chunk when ``stream_options.include_usage`` is
 set (as OpenAI does), then ``data: [DONE]``.
 
+Tool calls are scripted by lines of the last user message (``tool_script``), on any model that
+answers (``ok-*``, ``slow-*``, ...), only when the request has ``tools`` and its ``tool_choice`` is
+not ``"none"``:
+
+==========================  =======================================================================
+``CALL <name> <args>``      in the first round, call tool ``name`` with the raw text ``args`` as its
+                            arguments (sent verbatim: malformed JSON stays malformed); several
+                            ``CALL`` lines are parallel calls of one round
+``CALL<n> <name> <args>``   the same in round ``n`` (``CALL2 ...``: after the first results came back)
+``LOOP <name> <args>``      call it in every round, whatever came back (an endless loop)
+``SAY <text>``              a tool-call round also writes ``text`` (content next to ``tool_calls``)
+==========================  =======================================================================
+
+Round ``n`` = 1 + the assistant messages with ``tool_calls`` after the last user message; a round
+with no scripted call answers in text. Call ids are ``call_<n>_<i>`` (``i`` from 0 within the round).
+A plain answer is ``{"content": <SAY text or null>, "tool_calls": [...]}`` with ``finish_reason``
+``"tool_calls"``; streamed, as OpenAI sends them: a role chunk, the SAY text (word chunks), then per
+call a chunk with ``index``, ``id``, ``type`` and ``function.name`` (arguments ``""``) followed by the
+arguments cut into three chunks, the ``finish_reason`` chunk, usage, ``[DONE]``. A text answer after
+tool results (``role: tool`` messages after the last user message) is the echo followed by one line
+per result: ``"\n[<tool_call_id>] <content>"`` (``answer_for``), so tests see what the model received.
+
 Usage is deterministic: ``prompt_tokens`` = words in all message contents + 3 per message,
-``completion_tokens`` = words in the answer. ``max_tokens`` truncates the answer to that many words.
+``completion_tokens`` = words in the answer (a tool-call round: words of the SAY text plus, per call,
+1 + the words of its arguments). ``max_tokens`` truncates a text answer to that many words.
 
 Every request is recorded (``server.requests``: ``RecordedRequest(path, model, body, headers)``;
 ``GET /files/*`` too, with an empty model and body) in arrival order, before any delay or failure, so tests can assert which models were tried.
@@ -57,6 +80,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import struct
 import threading
 import time
@@ -69,7 +93,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["FakeLLMServer", "RecordedRequest", "TEST_PNG", "answer_for", "llm_server", "transcript_for"]
+__all__ = ["FakeLLMServer", "RecordedRequest", "TEST_PNG", "answer_for", "llm_server", "tool_script", "transcript_for"]
 
 
 @dataclass(frozen=True)
@@ -125,10 +149,48 @@ def _image_notes(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
+def _after_last_user(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].get("role") == "user":
+            return messages[i + 1:]
+    return list(messages)
+
+
 def answer_for(body: dict[str, Any]) -> str:
-    """The answer the server gives to ``body`` (a chat completion request), before ``max_tokens``."""
+    """The answer the server gives to ``body`` (a chat completion request), before ``max_tokens``: the
+    echo of the last user message, then a line per tool result that came after it."""
     messages = body.get("messages") or []
-    return f"echo: {_last_user_text(messages)}{_image_notes(messages)}"
+    results = "".join(f"\n[{m.get('tool_call_id')}] {_content_text(m.get('content'))}"
+                      for m in _after_last_user(messages) if m.get("role") == "tool")
+    return f"echo: {_last_user_text(messages)}{_image_notes(messages)}{results}"
+
+
+_SCRIPT_RE = re.compile(r"^(?:CALL(?P<round>\d*)|(?P<loop>LOOP)) +(?P<name>\S+)(?: (?P<args>.*))?$")
+
+
+def tool_script(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
+    """``(text, tool_calls)`` of the round the server is at for ``body`` (OpenAI ``tool_calls`` entries:
+    ``{"id", "type": "function", "function": {"name", "arguments"}}``), or None when it answers in text
+    (no ``tools``, ``tool_choice`` ``"none"``, or no call scripted for this round)."""
+    if not body.get("tools"):
+        return None
+    choice = body.get("tool_choice")
+    if choice == "none" or (isinstance(choice, dict) and choice.get("type") == "none"):
+        return None
+    messages = body.get("messages") or []
+    n = 1 + sum(1 for m in _after_last_user(messages) if m.get("role") == "assistant" and m.get("tool_calls"))
+    say, calls = "", []
+    for line in _last_user_text(messages).splitlines():
+        line = line.strip()
+        if line.startswith("SAY "):
+            say = line[4:]
+            continue
+        m = _SCRIPT_RE.match(line)
+        if m is None or not (m["loop"] or int(m["round"] or 1) == n):
+            continue
+        calls.append({"id": f"call_{n}_{len(calls)}", "type": "function",
+                      "function": {"name": m["name"], "arguments": m["args"] or ""}})
+    return (say, calls) if calls else None
 
 
 def _png(width: int = 8, height: int = 8) -> bytes:
@@ -193,6 +255,14 @@ def _usage(body: dict[str, Any], answer: str) -> dict[str, int]:
     prompt = sum(len(_content_text(m.get("content")).split()) + 3 for m in messages)
     completion = len(answer.split())
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _tool_usage(body: dict[str, Any], text: str, calls: list[dict[str, Any]]) -> dict[str, int]:
+    usage = _usage(body, text)
+    extra = sum(1 + len(c["function"]["arguments"].split()) for c in calls)
+    usage["completion_tokens"] += extra
+    usage["total_tokens"] += extra
+    return usage
 
 
 def _slow_seconds(model: str) -> float:
@@ -281,6 +351,10 @@ class _Handler(BaseHTTPRequestHandler):
             if self.server.owner._stopping.wait(_slow_seconds(model)):
                 return  # shutting down: drop the request
 
+        script = tool_script(body)
+        if script is not None:
+            self._tool_calls(body, model, *script)
+            return
         answer = answer_for(body)
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         finish = "stop"
@@ -298,6 +372,20 @@ class _Handler(BaseHTTPRequestHandler):
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": finish}],
                 "usage": _usage(body, answer),
             })
+
+    def _tool_calls(self, body: dict[str, Any], model: str, say: str, calls: list[dict[str, Any]]) -> None:
+        if body.get("stream"):
+            self._stream(body, model, say, "tool_calls", broken=False, tool_calls=calls)
+            return
+        self._send_json(200, {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": say or None, "tool_calls": calls},
+                         "finish_reason": "tool_calls"}],
+            "usage": _tool_usage(body, say, calls),
+        })
 
     def _image(self, body: dict[str, Any], model: str) -> None:
         if model.startswith("policy"):
@@ -333,7 +421,8 @@ class _Handler(BaseHTTPRequestHandler):
         text, duration = transcript_for(data)
         self._send_json(200, {"text": text, "duration": duration, "language": "en"})
 
-    def _stream(self, body: dict[str, Any], model: str, answer: str, finish: str, *, broken: bool) -> None:
+    def _stream(self, body: dict[str, Any], model: str, answer: str, finish: str, *, broken: bool,
+                tool_calls: list[dict[str, Any]] | None = None) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -355,15 +444,23 @@ class _Handler(BaseHTTPRequestHandler):
                 payload["usage"] = usage
             write(f"data: {json.dumps(payload)}\n\n".encode())
 
-        chunk({"role": "assistant", "content": ""})
-        words = answer.split(" ")
+        chunk({"role": "assistant", "content": "" if answer or not tool_calls else None})
+        words = answer.split(" ") if answer or not tool_calls else []
         for i, w in enumerate(words):
             chunk({"content": w if i == 0 else " " + w})
             if broken and i == 1:
                 return  # cut: the connection closes mid-body (no final chunk, no finish_reason, no [DONE])
+        for index, call in enumerate(tool_calls or []):
+            fn = call["function"]
+            chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                   "function": {"name": fn["name"], "arguments": ""}}]})
+            args = fn["arguments"]
+            third = -(-len(args) // 3) or 1
+            for piece in (args[j:j + third] for j in range(0, len(args), third)):
+                chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
         chunk({}, finish)
         if (body.get("stream_options") or {}).get("include_usage"):
-            chunk(None, usage=_usage(body, answer))
+            chunk(None, usage=_tool_usage(body, answer, tool_calls) if tool_calls else _usage(body, answer))
         write(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
