@@ -254,6 +254,70 @@ class TelegramSettings(Frozen):
     reconnect_max_s: float = Field(120.0, gt=0)  # ... up to this
 
 
+class WebPluginSettings(Frozen):
+    """The ``web`` plugin (``features.plugins.web``): web_search through a SearXNG instance, fetch_url.
+
+    search_url: the base URL of a SearXNG instance whose JSON API is enabled (``search.formats: [html,
+    json]`` in its settings.yml); None = no web_search. fetch: offer fetch_url (off by default).
+    max_bytes: a page larger than this is refused. timeout_s: the whole fetch (every redirect) or
+    search. allow_private: hosts or CIDRs (``intranet.lan``, ``10.0.0.0/8``, ``127.0.0.1``) that
+    fetch_url may reach although they are private, loopback, link-local or reserved addresses.
+    """
+
+    search_url: str | None = None
+    fetch: bool = False
+    max_bytes: int = Field(2_000_000, ge=1)
+    timeout_s: float = Field(10.0, gt=0)
+    allow_private: tuple[str, ...] = ()
+
+    @field_validator("search_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL (a SearXNG instance), or null")
+        return v
+
+    @field_validator("allow_private")
+    @classmethod
+    def _hosts_or_networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+        import re
+
+        out = []
+        for entry in v:
+            e = entry.strip().lower().removeprefix("[").removesuffix("]")
+            try:
+                ipaddress.ip_network(e, strict=False)
+            except ValueError:
+                if not re.fullmatch(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?", e):
+                    raise ValueError(f"not a host name, an IP address or a CIDR: {entry!r}") from None
+            out.append(e)
+        return tuple(out)
+
+
+class PluginsSettings(Frozen):
+    """Tools the model may call (``features.plugins``). max_steps: tool-calling rounds per answer (0: none).
+    tool_timeout_s: one tool call. tool_output_chars: a tool's output is cut to this many characters.
+    timezone: the members' default time zone (an IANA name such as ``Europe/Berlin``)."""
+
+    max_steps: int = Field(4, ge=0)
+    tool_timeout_s: float = Field(20.0, gt=0)
+    tool_output_chars: int = Field(8000, ge=200)
+    web: WebPluginSettings = WebPluginSettings()
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(v)
+        except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError; a malformed key a ValueError
+            raise ValueError(f"not a known IANA time zone: {v!r} (e.g. Europe/Berlin, America/New_York, UTC)") from None
+        return v
+
+
 class Settings(Frozen):
     """``kith.yaml``. ``models`` maps alias → ModelSpec; ``default_model`` is an alias."""
 
@@ -271,6 +335,7 @@ class Settings(Frozen):
     media: MediaSettings = MediaSettings()
     image_models: dict[str, ImageModelSpec] = Field(default_factory=dict)
     transcription: TranscriptionSettings = TranscriptionSettings()
+    plugins: PluginsSettings = PluginsSettings()
 
     @model_validator(mode="after")
     def _check_aliases(self) -> "Settings":
