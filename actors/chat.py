@@ -18,7 +18,7 @@ import anyio
 
 import i18n
 from i18n import _
-from memory.errors import MemoryStoreError
+from memory.errors import DiskFull, MemoryStoreError
 from memory.language import NAMES
 from memory.service import Recall
 from memory.types import ROLE_ASSISTANT, StoredMessage, UsageRecord
@@ -177,7 +177,10 @@ class ChatActor:
 
     async def _note_delivery(self, message_id: int) -> None:
         """Commit that ``message_id`` is being answered, before the answer's first byte leaves: a
-        crash from then on never answers it twice (``DialogueStore.note_delivery``)."""
+        crash from then on never answers it twice (``DialogueStore.note_delivery``). When that
+        cannot be written (a full disk), the answer is sent anyway — a lost reply is worse than a
+        rare second one — and the reply itself, kept in the store's reserve, marks the message
+        answered once it is stored (at the latest at the next start)."""
         (await self.answered()).add(message_id)
         try:
             await self.svc.memory.store.note_delivery(self.chat_id, message_id)
@@ -455,9 +458,15 @@ class ChatActor:
             ttft_ms = _ms(t0)
         await note_delivery()
         shown = f"_{note}_\n\n{completion.text}" if note else completion.text
-        sent = await stream.finish(await self._with_offline_intro(shown, getattr(completion, "litellm_model", completion.model)))
+        try:
+            shown = await self._with_offline_intro(shown, getattr(completion, "litellm_model", completion.model))
+        except MemoryStoreError as exc:  # a full disk: the answer still leaves (its delivery is noted)
+            log.error("chat %s: the offline model's introduction is not saved: %s", self.chat_id, exc)
+        sent = await stream.finish(shown)
 
-        # 6. record the reply, the usage and the memories used
+        # 6. record the reply, the usage and the memories used. Accepted even while intake is stopped
+        # (a full disk): they record what was already sent and billed, and the store's reserve keeps
+        # them until they are committed (at the latest at the next start).
         reply = StoredMessage(
             chat_id=self.chat_id,
             message_id=sent.message_id,
@@ -472,7 +481,7 @@ class ChatActor:
         window.append(reply)
         (await self.answered()).add(ev.message_id)
         if self.persist:
-            self.svc.memory.remember(reply)
+            store.add(reply)  # a reply is never embedded (Memory.remember would refuse it while vector memory is full)
             if self.svc.janitor is not None:
                 self.svc.janitor.note_stored(self.chat_id, None)
             if prompt.memories:
@@ -492,6 +501,8 @@ class ChatActor:
         # the reply, its usage and recalls are committed before the next update of this chat is handled
         try:
             await store.flush()
+        except DiskFull as exc:  # kept in the reserve (the next start stores it); new messages are refused from now
+            log.error("chat %s: the reply to %s is kept in the reserve, not committed: %s", self.chat_id, ev.message_id, exc)
         except MemoryStoreError as exc:  # kept queued and retried by the writer; the reply was sent
             log.error("chat %s: the reply to %s is not committed yet: %s", self.chat_id, ev.message_id, exc)
         self.svc.report(

@@ -16,6 +16,11 @@ purpose, with the shipped CLI on real #ubuntu slices, in subprocesses:
 Targets (N = 20): 0 lost, 0 duplicated, replies sent = questions, memories = messages. A question
 whose delivery was committed just before a kill -9 and whose reply never left is the at-most-once
 window; it is counted ("unanswered") and is part of the "replies = questions" target.
+
+Then a full-disk round: the replay on a tmpfs of a few MB (both stores and the 4 MiB reserve on it)
+until the disk is full and the run stops (exit 1), the tmpfs remounted larger, and a final run.
+Targets: 0 lost, every reply sent stored with its usage row, replies sent = questions, none twice.
+Skipped, with the reason, where mounting a tmpfs is not permitted (not root, no CAP_SYS_ADMIN).
 """
 from __future__ import annotations
 
@@ -38,6 +43,8 @@ IMPORT_SLICES = ("2009-03-03_10.jsonl", "2011-11-13_02.jsonl")
 REPLAY_SLICE = "2009-03-03_10.jsonl"
 SIGTERM_EVERY = 4  # every 4th interruption is a SIGTERM, the others SIGKILL
 RUN_TIMEOUT_S = 900
+FULL_DISK_MB = 6  # the tmpfs of the full-disk round: the stores, the reserve and a first part of the replay
+FULL_DISK_GROWN_MB = 256
 
 
 def run(quick: bool) -> dict:
@@ -50,12 +57,14 @@ def run(quick: bool) -> dict:
         import_args = ["import", *[str(data / s) for s in IMPORT_SLICES]]
         replay_args = ["replay", str(data / REPLAY_SLICE)]
         results = {}
+        refs = {}
         for name, args in (("import", import_args), ("replay", replay_args)):
             progress(f"crash_drill: {name} reference run")
             ref_dir = tmp / f"{name}-ref"
             ref = _run(args, ref_dir, cfg, tmp / f"{name}-ref.out")
             if ref.returncode != 0:
                 raise RuntimeError(f"reference {name} failed ({ref.returncode}): {ref.stderr_tail}")
+            refs[name] = (ref_dir, ref)
             drill_dir = tmp / f"{name}-drill"
             outs, terms = [], []
             for i in range(n):
@@ -72,6 +81,7 @@ def run(quick: bool) -> dict:
                 raise RuntimeError(f"final {name} failed ({final.returncode}): {final.stderr_tail}")
             outs.append(final.out)
             results[name] = _compare(ref_dir, drill_dir, ref, outs, terms)
+        full = _full_disk_round(tmp, replay_args, cfg, *refs["replay"])
     imp, rep = results["import"], results["replay"]
     metrics = []
     for name, r in (("import", imp), ("replay", rep)):
@@ -89,15 +99,65 @@ def run(quick: bool) -> dict:
         metric("replay: questions answered twice", rep["answered_twice"], target=("<=", 0)),
         metric("replay: questions never answered", rep["unanswered"], target=("<=", 0)),
     ]
+    notes = ["replies are counted from what every run printed (PYTHONUNBUFFERED), killed runs included",
+             "tiers: the shipped tiers.yaml with default_tier: unlimited, so no quota refusal interferes"]
+    if "skipped" in full:
+        metrics.append(metric("full disk: skipped", None))
+        notes.append(f"full-disk round skipped: {full['skipped']}")
+    else:
+        metrics += [
+            metric(f"full disk: first run on {FULL_DISK_MB} MB, exit code (1 = stopped by the full disk)", full["first_rc"]),
+            metric("full disk: replies sent before the disk was full", full["first_sent"]),
+            metric("full disk: stored messages / reference", f"{full['messages']} / {full['ref_messages']}"),
+            metric("full disk: messages lost", full["ref_messages"] - full["messages"], target=("<=", 0)),
+            metric("full disk: replies sent / questions", f"{full['sent']} / {full['questions']}"),
+            metric("full disk: sent replies not stored", full["sent"] - full["replies"], target=("<=", 0)),
+            metric("full disk: stored replies without a usage row", max(0, full["replies"] - full["usage"]), target=("<=", 0)),
+            metric("full disk: deliveries without a stored reply", full["unreplied"], target=("<=", 0)),
+            metric("full disk: questions answered twice", full["answered_twice"], target=("<=", 0)),
+            metric("full disk: questions never answered", full["unanswered"], target=("<=", 0)),
+            metric("full disk: duplicated rows (DuckDB + LanceDB)", full["duplicates"], target=("<=", 0)),
+        ]
+        notes.append(f"full disk: the replay on a {FULL_DISK_MB} MB tmpfs until it is full, then remounted at "
+                     f"{FULL_DISK_GROWN_MB} MB and run again; the embedding model's cache is kept off that disk")
     return {
         "description": f"{n} interruptions (1 in {SIGTERM_EVERY} SIGTERM, else kill -9) at random moments, then a final run; "
                        "import of 2 #ubuntu slices, replay of 1 (offline kith/recall model)",
         "params": {"interruptions": n, "seed": SEED, "import": list(IMPORT_SLICES), "replay": REPLAY_SLICE,
-                   "import_ref_s": round(imp["ref_s"], 1), "replay_ref_s": round(rep["ref_s"], 1)},
+                   "import_ref_s": round(imp["ref_s"], 1), "replay_ref_s": round(rep["ref_s"], 1),
+                   "full_disk_mb": FULL_DISK_MB},
         "metrics": metrics,
-        "notes": ["replies are counted from what every run printed (PYTHONUNBUFFERED), killed runs included",
-                  "tiers: the shipped tiers.yaml with default_tier: unlimited, so no quota refusal interferes"],
+        "notes": notes,
     }
+
+
+def _full_disk_round(tmp: Path, args: list[str], cfg: Path, ref_dir: Path, ref: "_Result") -> dict:
+    """The replay on a small tmpfs until the disk is full, the tmpfs remounted larger, a final run:
+    ``_compare``'s figures plus ``first_rc``, ``first_sent``; ``{"skipped": why}`` where a tmpfs
+    cannot be mounted."""
+    mnt = tmp / "full-disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        return {"skipped": "mounting a tmpfs needs root"}
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FULL_DISK_MB}m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return {"skipped": f"cannot mount a tmpfs here: {r.stderr.strip()}"}
+    try:
+        data = mnt / "data"
+        env = {"KITH_CACHE_DIR": str(tmp / "cache")}  # the embedding model's conversion is not what fills the disk
+        progress(f"crash_drill: full disk: replay on a {FULL_DISK_MB} MB tmpfs")
+        first = _run(args, data, cfg, tmp / "full-disk.out", env=env)
+        subprocess.run(["mount", "-o", f"remount,size={FULL_DISK_GROWN_MB}m", str(mnt)], check=True)
+        progress(f"crash_drill: full disk: remounted at {FULL_DISK_GROWN_MB} MB, final run")
+        final = _run(args, data, cfg, tmp / "full-disk-final.out", env=env)
+        if final.returncode != 0:
+            raise RuntimeError(f"full disk: the run after remounting failed ({final.returncode}): {final.stderr_tail}")
+        out = _compare(ref_dir, data, ref, [first.out, final.out], [])
+        out.update(first_rc=first.returncode, first_sent=sum(_replies(first.out).values()))
+        return out
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 class _Result:
@@ -117,9 +177,9 @@ def _config(tmp: Path) -> Path:
 
 
 def _run(args: list[str], data_dir: Path, cfg: Path, out_path: Path, *, kill_after: float | None = None,
-         sig: signal.Signals = signal.SIGKILL) -> _Result:
+         sig: signal.Signals = signal.SIGKILL, env: dict[str, str] | None = None) -> _Result:
     cmd = [sys.executable, "-c", "import cli; cli.main()", *args, "--data-dir", str(data_dir), "--config", str(cfg)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "NO_COLOR": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
     t0 = time.perf_counter()
     killed, drain_s = False, None
     with open(out_path, "w", encoding="utf-8") as out, open(f"{out_path}.err", "w", encoding="utf-8") as errf:
@@ -172,13 +232,17 @@ def _stores(data_dir: Path) -> dict:
         distinct = con.execute("SELECT count(DISTINCT (chat_id, message_id)) FROM messages").fetchone()[0]
         total = con.execute("SELECT count(*) FROM messages").fetchone()[0]
         replies = con.execute("SELECT count(*) FROM messages WHERE role = 'assistant'").fetchone()[0]
+        usage = con.execute("SELECT count(*) FROM usage WHERE kind = 'chat'").fetchone()[0]
+        unreplied = con.execute(
+            "SELECT count(*) FROM deliveries d WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.chat_id = d.chat_id"
+            " AND m.role = 'assistant' AND m.reply_to = d.message_id)").fetchone()[0]
     finally:
         con.close()
     db = lancedb.connect(str(data_dir / "memory"))
     tbl = db.open_table(current_table(data_dir / "memory")).to_arrow().select(["id"])
     ids = tbl.column("id").to_pylist()
-    return {"messages": messages, "replies": replies, "memories": len(set(ids)), "memory_ids": set(ids),
-            "duplicates": (total - distinct) + (len(ids) - len(set(ids)))}
+    return {"messages": messages, "replies": replies, "usage": usage, "unreplied": unreplied, "memories": len(set(ids)),
+            "memory_ids": set(ids), "duplicates": (total - distinct) + (len(ids) - len(set(ids)))}
 
 
 def _compare(ref_dir: Path, drill_dir: Path, ref: _Result, outs: list[str], terms: list[tuple[int, float]]) -> dict:
@@ -194,6 +258,7 @@ def _compare(ref_dir: Path, drill_dir: Path, ref: _Result, outs: list[str], term
         "memories": b["memories"], "ref_memories": a["memories"],
         "memories_missing": len(a["memory_ids"] - b["memory_ids"]),
         "duplicates": b["duplicates"],
+        "replies": b["replies"], "usage": b["usage"], "unreplied": b["unreplied"],
         "questions": sum(want.values()), "sent": sum(got.values()),
         "answered_twice": sum(max(0, got[q] - want[q]) for q in got),
         "unanswered": sum(max(0, want[q] - got[q]) for q in want),

@@ -9,9 +9,11 @@ Hot-path writes go through the write-behind queue (``memory.write_behind``); its
 here inserts everything queued in one transaction (one pyarrow table per table, one
 ``INSERT … SELECT`` each), and retries a failing batch row by row: rows that can never be stored
 (e.g. a lone UTF-16 surrogate in ``text``, an id beyond 64 bits) are logged at ERROR and counted in
-``dropped_rows``. Rows still unwritable at shutdown are dumped next to the database as
-``<file>.unsaved-<utc>.jsonl`` (messages, importable with ``kith import``) and
-``<file>.unsaved-<utc>.other.jsonl`` (chats, usage and recalls).
+``dropped_rows``. Every queued row is also kept in the reserve ``<file>.reserve`` (a 4 MiB file
+preallocated next to the database, ``write_behind.Journal``) until a commit covers it, so rows the
+queue accepted survive a full disk and a ``kill -9``: the next open stores them (and any
+``<file>.unsaved-<utc>.jsonl`` / ``.other.jsonl`` dump of rows the reserve could not hold) before
+anything is read. When the disk has no room for the reserve, intake is refused (``DiskFull``).
 
 Timestamps are stored as ``TIMESTAMPTZ`` and returned as tz-aware UTC ``datetime``; a naive
 ``datetime`` given to the store is taken as UTC.
@@ -62,7 +64,7 @@ from .types import (
     UsageTotal,
 )
 from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, equalities, json_object, keyset_pages
-from .write_behind import Batch, WriteBehind, save_unsaved
+from .write_behind import Batch, Journal, WriteBehind, load_unsaved, save_unsaved, unsaved_files
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +140,10 @@ class DuckDBStore(QueuedStore):
         self._limiter = anyio.CapacityLimiter(1)
         self._tg: anyio.abc.TaskGroup | None = None
         self._open = False
+        self.reserve = Journal(self.path.with_name(self.path.name + ".reserve"))
         self._queue = WriteBehind(
             self._commit, describe_error=self._describe_error, save_unsaved=self._dump_unsaved,
-            flush_interval_s=flush_interval_s, flush_rows=flush_rows)
+            flush_interval_s=flush_interval_s, flush_rows=flush_rows, journal=self.reserve)
         # the directory (see the module docstring): chat_id -> (type, title, settings JSON text);
         # user_id -> settings JSON text (non-empty only); chats with stored or queued messages
         self._chat_rows: dict[int, tuple[str, str | None, str]] = {}
@@ -151,6 +154,7 @@ class DuckDBStore(QueuedStore):
         self.commits = 0
         self.rows_written = 0
         self.dropped_rows = 0
+        self.recovered_rows = 0  # rows an earlier run could not store, stored at this open
 
     def __repr__(self) -> str:
         return f"DuckDBStore({str(self.path)!r})"
@@ -202,6 +206,7 @@ class DuckDBStore(QueuedStore):
         try:
             con.execute("SET TimeZone = 'UTC'")
             _, self.schema_version = migrate(con, clock=self._clock)
+            self._recover_sync(con)
             self._load_directory(con)
         except BaseException:
             con.close()
@@ -209,6 +214,48 @@ class DuckDBStore(QueuedStore):
         self._con = con
         self._key = key
         _OPEN_PATHS.add(key)
+
+    def _recover_sync(self, con: duckdb.DuckDBPyConnection) -> None:
+        """At open: store what an earlier run could not — the rows its reserve kept, then the
+        ``.unsaved-*`` dumps next to the database (removed once stored). Idempotent (a usage row
+        already stored is not stored twice). When there is still no space, the reserve is left as it
+        is and intake stays stopped for this run (``WriteBehind.hold``)."""
+        try:
+            kept, bad = self.reserve.recover()
+        except OSError as exc:
+            log.error("dialogue store: cannot read the reserve %s: %s", self.reserve.path, exc)
+            kept, bad = Batch(), 0
+        if bad:
+            log.error("dialogue store: %d rows of the reserve %s could not be read back", bad, self.reserve.path)
+        sources: list[tuple[str, Batch, list[Path]]] = [(str(self.reserve.path), kept, [])] if len(kept) else []
+        for base, files in unsaved_files(self.path.parent, self.path.name):
+            try:
+                batch, unreadable = load_unsaved(files)
+            except OSError as exc:
+                log.error("dialogue store: cannot read %s: %s", files[0], exc)
+                continue
+            for line in unreadable:
+                log.error("dialogue store: skipped %s", line)
+            sources.append((base, batch, [] if unreadable else files))
+        for name, batch, files in sources:
+            n, replies = len(batch), sum(1 for m in batch.messages if m.role == "assistant")
+            try:
+                self._write_sync(batch, con=con, recovering=True)
+            except _SYSTEMIC as exc:
+                if is_disk_full(exc):
+                    self._queue.hold(self._disk_full(exc, n))
+                    log.error("dialogue store: %d rows of %s are not stored yet (no space left); new messages are "
+                              "refused until space is freed and Kith started again", n, name)
+                    return
+                raise MemoryStoreError(f"cannot store the rows kept in {name}: {exc}") from exc
+            self.recovered_rows += n
+            log.warning("dialogue store: stored %d rows an earlier run could not store (%d of them replies), from %s",
+                        n, replies, name)
+            for f in files:
+                try:
+                    f.unlink()
+                except OSError as exc:
+                    log.error("dialogue store: stored %s, but cannot remove it: %s", f, exc)
 
     def _load_directory(self, con: duckdb.DuckDBPyConnection) -> None:
         self._chat_rows = {r[0]: (r[1], r[2], r[3] or "{}") for r in con.execute(
@@ -250,17 +297,19 @@ class DuckDBStore(QueuedStore):
     async def _commit(self, batch: Batch) -> None:
         await anyio.to_thread.run_sync(self._write_sync, batch, limiter=self._limiter)
 
-    def _write_sync(self, batch: Batch) -> None:
+    def _write_sync(self, batch: Batch, *, con: duckdb.DuckDBPyConnection | None = None, recovering: bool = False) -> None:
         """Worker thread: commit ``batch`` in one transaction, else row by row. Systemic errors raise
-        with ``batch`` trimmed to the rows not yet written."""
-        con = self._conn()
+        with ``batch`` trimmed to the rows not yet written. ``recovering``: rows of an earlier run
+        (the reserve, a dump), where a usage row already stored is skipped."""
+        con = con or self._conn()
+        usage = "usage_new" if recovering else "usage"
         try:
             con.execute("BEGIN TRANSACTION")
             try:
                 if batch.messages:
                     self._insert_arrow(con, "messages", _messages_table(batch.messages))
                 if batch.usage:
-                    self._insert_arrow(con, "usage", _usage_table(batch.usage))
+                    self._insert_arrow(con, usage, _usage_table(batch.usage))
                 if batch.recalls:
                     self._insert_arrow(con, "recalls", _recalls_table(batch.recalls))
                 if batch.chats:
@@ -276,7 +325,7 @@ class DuckDBStore(QueuedStore):
             raise
         except Exception as exc:  # noqa: BLE001 - bad data somewhere in the batch
             log.warning("dialogue store: batch of %d rows failed (%s); retrying row by row", len(batch), exc)
-            self._write_rows_sync(con, batch)
+            self._write_rows_sync(con, batch, usage)
             return
         self.commits += 1
         self.rows_written += len(batch)
@@ -291,10 +340,10 @@ class DuckDBStore(QueuedStore):
         finally:
             con.unregister(name)
 
-    def _write_rows_sync(self, con, batch: Batch) -> None:
+    def _write_rows_sync(self, con, batch: Batch, usage: str = "usage") -> None:
         for attr, sql, params in (
             ("messages", _INSERT_ROW["messages"], _message_params),
-            ("usage", _INSERT_ROW["usage"], _usage_params),
+            ("usage", _INSERT_ROW[usage], _usage_params),
             ("recalls", _INSERT_ROW["recalls"], lambda r: list(r)),
             ("chats", _INSERT_ROW["chats"], lambda r: list(r)),
         ):
@@ -984,6 +1033,12 @@ class DuckDBStore(QueuedStore):
 
 # ---------------------------------------------------------------- batch → arrow / rows
 
+_USAGE_IS_NEW = (
+    " WHERE NOT EXISTS (SELECT 1 FROM usage u WHERE u.ts = s.ts AND u.chat_id = s.chat_id AND u.user_id = s.user_id"
+    " AND u.kind = s.kind AND u.model = s.model AND u.prompt_tokens = s.prompt_tokens"
+    " AND u.completion_tokens = s.completion_tokens AND u.latency_ms = s.latency_ms)"
+)
+
 _INSERT_SELECT = {
     "messages": (
         "INSERT OR IGNORE INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date, imported)"
@@ -996,6 +1051,12 @@ _INSERT_SELECT = {
         " seconds, images, pages)"
         " SELECT " + _TS.format("ts_us") + ", chat_id, user_id, kind, model, prompt_tokens, completion_tokens,"
         " cost_usd, latency_ms, seconds, images, pages FROM {src}"
+    ),
+    "usage_new": (  # rows of an earlier run: one stored already (committed just before a crash) is skipped
+        "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
+        " seconds, images, pages)"
+        " SELECT * FROM (SELECT " + _TS.format("ts_us") + " AS ts, chat_id, user_id, kind, model, prompt_tokens,"
+        " completion_tokens, cost_usd, latency_ms, seconds, images, pages FROM {src}) s" + _USAGE_IS_NEW
     ),
     "recalls": (
         "INSERT OR IGNORE INTO recalls (chat_id, reply_message_id, memory_message_id, score)"
@@ -1016,6 +1077,13 @@ _INSERT_ROW = {
     "usage": (
         "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
         " seconds, images, pages) VALUES (" + _TS.format("?") + ", ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ),
+    "usage_new": (
+        "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
+        " seconds, images, pages) SELECT * FROM (SELECT " + _TS.format("?") + " AS ts, ?::BIGINT AS chat_id,"
+        " ?::BIGINT AS user_id, ?::VARCHAR AS kind, ?::VARCHAR AS model, ?::BIGINT AS prompt_tokens,"
+        " ?::BIGINT AS completion_tokens, ?::DOUBLE AS cost_usd, ?::DOUBLE AS latency_ms, ?::DOUBLE AS seconds,"
+        " ?::BIGINT AS images, ?::BIGINT AS pages) s" + _USAGE_IS_NEW
     ),
     "recalls": (
         "INSERT OR IGNORE INTO recalls (chat_id, reply_message_id, memory_message_id, score) VALUES (?, ?, ?, ?)"

@@ -24,8 +24,10 @@ class TranscriptLineError(MemoryStoreError):
 
 
 class DiskFull(MemoryStoreError):
-    """A store could not write for lack of disk space. Intake stops (``DialogueStore.add`` raises it
-    from then on); what was committed stays, and the next start continues from there.
+    """A store could not write for lack of disk space (or has no room for its reserve). Intake stops
+    (``DialogueStore.add`` raises it from then on for new messages); what was committed stays, what
+    was accepted and not committed is kept in the dialogue store's reserve (the replies being sent
+    too) and stored at the next start, which continues from there.
 
     path: the file or directory that could not be written. free_bytes: free space on its file system
     when the error was seen. needed_bytes: a lower bound of what to free (the queued rows, plus room

@@ -30,8 +30,10 @@ class QueuedStore:
         """Queue one message for the writer. Returns at once; ``flush()`` waits for the commit.
 
         Idempotent on ``(chat_id, message_id)``: the first write wins. raises MemoryStoreError when the
-        store is not open; DiskFull once a commit failed for lack of space (intake stops; it clears
-        when a later commit succeeds).
+        store is not open; DiskFull once a commit failed for lack of space, or when the disk had no
+        room for the store's reserve (intake stops; it clears when a later commit succeeds with the
+        reserve in place). A reply (role ``assistant``) is accepted even then: it was already sent,
+        and the reserve keeps it until it is committed (``memory.write_behind``).
         """
         self.add_many((msg,))
 
@@ -43,16 +45,18 @@ class QueuedStore:
         """Called with every batch of queued messages (nothing by default)."""
 
     def record_usage(self, rec: UsageRecord) -> None:
-        """Queue one usage record (one billed call)."""
+        """Queue one usage record (one billed call, already made: accepted while intake is stopped).
+        raises MemoryStoreError when the store is not open."""
         self._queue.put_usage(rec)
 
     def record_recall(self, chat_id: int, reply_message_id: int, hits: Sequence[MemoryHit]) -> None:
         """Queue which memories were injected into the reply ``reply_message_id`` of ``chat_id``, with
         their fused score. Recording the same (reply, memory) twice keeps the first.
 
-        raises ValueError when a hit belongs to another chat (memory never crosses chats, DESIGN §5).
+        Accepted while intake is stopped (the reply was sent). raises ValueError when a hit belongs
+        to another chat (memory never crosses chats, DESIGN §5); MemoryStoreError when not open.
         """
-        self._queue.check_writable()
+        self._queue.check_open()
         rows: list[RecallRow] = []
         for h in hits:
             if h.chat_id != chat_id:
@@ -79,7 +83,8 @@ class QueuedStore:
 
     @property
     def disk_full(self) -> DiskFull | None:
-        """Set while commits fail for lack of space (intake raises it); None otherwise."""
+        """Set while commits fail for lack of space, or the disk has no room for the reserve
+        (intake raises it); None otherwise."""
         return self._queue.blocked
 
     # ------------------------------------------------------------ the writer's lifecycle

@@ -15,7 +15,18 @@ The queue knows nothing of the database. The store gives it:
 - ``describe_error(exc, pending)``: the ``MemoryStoreError`` that ``flush()`` callers see for that
   failure. A ``DiskFull`` also stops intake (``check_writable`` raises it) until a commit succeeds.
 - ``save_unsaved(batch)``: called (in a worker thread) at shutdown with whatever could still not be
-  written, to put it somewhere a person can recover it from.
+  written and is not in the reserve, to put it somewhere a person can recover it from.
+- ``journal`` (optional): the store's reserve (``Journal``), a file preallocated on the database's
+  disk. Every row is written there (one JSON line, into space allocated in advance, so a full disk
+  cannot refuse it) before it is queued, until a commit covers it; the store reads the rows an
+  earlier run left there back in at its next open. So a row the queue accepted survives a full
+  disk and a ``kill -9`` of the process.
+
+Intake and what was already done: messages from users (and chat rows) are *intake*; the bot's own
+replies (role ``assistant``), usage records and recalls record what was already sent or billed.
+While commits fail for lack of space, or when the reserve cannot be made, intake is refused with
+``DiskFull`` — before anything is lost — but replies, usage and recalls are still accepted: they
+go into the part of the reserve kept for them (``SENT_HEADROOM``).
 
 Guarantees: rows are committed in enqueue order per kind; a failed batch stays queued, ahead of
 newer rows, and is retried with exponential backoff (0.1 s … 5 s); ``flush()`` returns when every row
@@ -26,26 +37,38 @@ Enqueue from the event-loop thread only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import shutil
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
 
-from .errors import DiskFull, MemoryStoreError
-from .types import StoredMessage, UsageRecord
+from .errors import DiskFull, MemoryStoreError, is_disk_full
+from .types import ROLE_ASSISTANT, ROLE_USER, StoredMessage, UsageRecord
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 5.0
+
+#: Size of a store's reserve (``Journal``). Measured (the reserve's own lines): a message of
+#: #ubuntu takes ~260 bytes there (p99 ~470), a 4,096-character Russian reply ~7.5 KB (English
+#: ~4.3 KB), a usage record ~320 bytes, a recall ~150. The 3 MiB intake may use hold ~12,000 chat
+#: messages — far more than arrive between two commits (one every 50 ms, or every 2,000 rows).
+RESERVE_BYTES = 4 * 2**20
+#: The last part of the reserve, kept for replies, usage and recalls (what was already sent or
+#: billed): intake stops short of it. 1 MiB: ~110 turns of the longest reply with its usage and
+#: 8 recalls (~9 KB each), ~400 typical ones.
+SENT_HEADROOM = 2**20
 
 RecallRow = tuple[int, int, int, float]  # (chat_id, reply_message_id, memory_message_id, score)
 ChatRow = tuple[int, str, "str | None", int]  # (chat_id, type, title, created_at µs since epoch, UTC)
@@ -81,7 +104,9 @@ class WriteBehind:
     """The queue and its writer task (see the module docstring for the contract).
 
     commit: awaitable writer of one batch. describe_error: ``(exc, pending rows) -> MemoryStoreError``.
-    save_unsaved: sync function run in a worker thread at shutdown with rows that could not be written.
+    save_unsaved: sync function run in a worker thread at shutdown with rows that could not be
+    written and are not all in the reserve. journal: the store's reserve (``Journal``; None: none),
+    started (preallocated) by ``start``, closed when the writer ends.
     flush_interval_s: how long rows may accumulate after the first one (seconds, ≥ 0).
     flush_rows: commit at once when this many rows are queued.
 
@@ -97,6 +122,7 @@ class WriteBehind:
         flush_interval_s: float = 0.05,
         flush_rows: int = 2000,
         name: str = "dialogue store",
+        journal: Journal | None = None,
     ) -> None:
         self._commit = commit
         self._describe_error = describe_error
@@ -117,13 +143,50 @@ class WriteBehind:
         self._closing = False
         self.blocked: DiskFull | None = None  # set while commits fail for lack of space
         self.last_error: BaseException | None = None
+        self.journal = journal
+        self._unjournaled = 0  # bytes of rows queued since the journal's last reset that it does not hold
+        self._reserve_missing = False  # the reserve could not be made (disk full): intake stays stopped
+        self._held = False  # the reserve holds an earlier run's rows not stored yet: intake stopped for this run
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self, tg: anyio.abc.TaskGroup) -> None:
-        """Start the writer task in ``tg`` (the owner's task group)."""
+        """Start the writer task in ``tg`` (the owner's task group), after making the reserve: when
+        the disk has no room for it, intake is stopped (``blocked``) from the start."""
         self._started = True
+        if self.journal is not None:
+            self._reserve_missing = not self._start_journal()
         tg.start_soon(self._writer, name=f"{self.name}-writer")
+
+    def hold(self, err: DiskFull) -> None:
+        """Before ``start``: the reserve still holds rows of an earlier run that could not be stored
+        (no space yet). It is left as it is (the next start stores them) and intake stays stopped
+        with ``err`` for this run; reads and the rows of what was already sent still work."""
+        if self.journal is not None:
+            self.journal.close()
+        self.journal = None
+        self._held = True
+        self.blocked = err
+
+    def _start_journal(self) -> bool:
+        assert self.journal is not None
+        try:
+            self.journal.start()
+            return True
+        except OSError as exc:
+            if is_disk_full(exc):
+                err = self._describe_error(exc, self.pending)
+                if isinstance(err, DiskFull):
+                    if self.blocked is None:
+                        log.error("%s: no room for the reserve %s, new messages are refused: %s",
+                                  self.name, self.journal.path, err)
+                    self.blocked = err
+                    return False
+            log.error("%s: cannot make the reserve %s (%s): rows waiting for a commit are kept in memory only",
+                      self.name, self.journal.path, exc)
+            self.journal.close()
+            self.journal = None
+            return True
 
     async def aclose(self) -> None:
         """Stop intake, commit what is queued (or hand it to ``save_unsaved``), wait for the writer."""
@@ -139,18 +202,29 @@ class WriteBehind:
         return self._started and not self._closing
 
     def check_writable(self) -> None:
-        """raises MemoryStoreError when closed; DiskFull while commits fail for lack of space."""
-        if not self.open:
-            raise MemoryStoreError(f"the {self.name} is not open")
+        """raises MemoryStoreError when closed; DiskFull while commits fail for lack of space (or
+        the reserve could not be made): what intake checks."""
+        self.check_open()
         if self.blocked is not None:
             raise self.blocked
+
+    def check_open(self) -> None:
+        """raises MemoryStoreError when closed (what the rows of what was already sent check)."""
+        if not self.open:
+            raise MemoryStoreError(f"the {self.name} is not open")
 
     # ------------------------------------------------------------ enqueue (non-blocking)
 
     def put_messages(self, msgs: Iterable[StoredMessage]) -> list[StoredMessage]:
-        """Queue messages; returns them as a list. raises as ``check_writable``."""
-        self.check_writable()
+        """Queue messages; returns them as a list. raises as ``check_writable``, except for a batch
+        of replies only (role ``assistant``: already sent), which only needs the queue open."""
         batch = list(msgs)
+        sent = bool(batch) and all(m.role == ROLE_ASSISTANT for m in batch)
+        if sent:
+            self.check_open()
+        else:
+            self.check_writable()
+        self._keep("message", batch, sent)
         self._q.messages.extend(batch)
         self._enqueued(len(batch))
         for m in batch:
@@ -158,19 +232,54 @@ class WriteBehind:
         return batch
 
     def put_usage(self, rec: UsageRecord) -> None:
-        self.check_writable()
+        """Queue a usage record (a call already made: accepted while intake is stopped)."""
+        self.check_open()
+        self._keep("usage", [rec], True)
         self._q.usage.append(rec)
         self._enqueued(1)
 
     def put_recalls(self, rows: list[RecallRow]) -> None:
-        self.check_writable()
+        """Queue the recalls of a reply (already sent: accepted while intake is stopped)."""
+        self.check_open()
+        self._keep("recall", rows, True)
         self._q.recalls.extend(rows)
         self._enqueued(len(rows))
 
     def put_chat(self, row: ChatRow) -> None:
+        """Queue a chat row (intake). raises as ``check_writable``."""
         self.check_writable()
+        self._keep("chat", [row], False)
         self._q.chats.append(row)
         self._enqueued(1)
+
+    def _keep(self, kind: str, rows: list, sent: bool) -> None:
+        """Write ``rows`` (about to be queued as seq ``self._seq + 1`` …) into the reserve. When it
+        cannot hold them (full: a long run of rows with no commit between), they are queued anyway
+        — unless they are intake and the disk's free space could not take them at shutdown
+        either: then raises DiskFull and nothing is queued (refused, not lost)."""
+        j = self.journal
+        if j is None or not rows:
+            return
+        data = j.encode(kind, rows, self._seq + 1)
+        if not self._reserve_missing:
+            try:
+                if j.append(data, sent=sent):
+                    return
+            except OSError as exc:  # in-place writes fail only on copy-on-write file systems
+                if is_disk_full(exc) and not sent:
+                    raise self._describe_error(exc, self.pending) from exc
+                log.error("%s: cannot write to the reserve %s: %s", self.name, j.path, exc)
+        if not sent:
+            try:
+                free = shutil.disk_usage(j.path.parent).free
+            except OSError:
+                free = 0
+            if free < 2 * (self._unjournaled + len(data)) + j.size:
+                err = self._describe_error(OSError(errno.ENOSPC, "No space left on device (the reserve is full)"),
+                                           self.pending + len(rows))
+                if isinstance(err, DiskFull):
+                    raise err
+        self._unjournaled += len(data)
 
     def _enqueued(self, n: int) -> None:
         if n <= 0:
@@ -230,6 +339,8 @@ class WriteBehind:
             try:
                 await self._writer_loop()
             finally:
+                if self.journal is not None:
+                    self.journal.close()
                 self._writer_done.set()
                 waiters, self._waiters = self._waiters, []
                 for w in waiters:  # only left when shutdown could not write everything
@@ -258,7 +369,7 @@ class WriteBehind:
                 backoff = 0.0
             elif self._closing:
                 left, self._q = self._q, Batch()
-                await anyio.to_thread.run_sync(self._save_unsaved, left)
+                await anyio.to_thread.run_sync(self._keep_unsaved, left)
                 return
             else:
                 backoff = min(MAX_BACKOFF_S, max(0.1, backoff * 2))
@@ -277,6 +388,8 @@ class WriteBehind:
                 if self.blocked is None:
                     log.error("%s: %s", self.name, err)
                 self.blocked = err
+                if self.journal is not None:  # what it holds now outlives a power cut too
+                    await anyio.to_thread.run_sync(self._sync_journal)
             else:
                 log.error("%s: writing %d rows failed, kept queued for retry: %s", self.name, len(batch), exc)
             waiters, self._waiters = self._waiters, []
@@ -285,10 +398,13 @@ class WriteBehind:
                 w.done.set()
             return False
         self.last_error = None
-        if self.blocked is not None:
+        self._done_seq = batch.upto
+        self._committed_to_journal()
+        if self._reserve_missing and self.journal is not None:
+            self._reserve_missing = not self._start_journal()
+        if self.blocked is not None and not (self._held or self._reserve_missing):
             log.info("%s: writing again (space was freed)", self.name)
             self.blocked = None
-        self._done_seq = batch.upto
         while self._enqueue_times and self._enqueue_times[0][0] <= self._done_seq:
             self._enqueue_times.popleft()
         for chat_id in committed_chats:
@@ -303,6 +419,46 @@ class WriteBehind:
         self._waiters = still
         return True
 
+    def _committed_to_journal(self) -> None:
+        """After a commit: a new generation of the reserve when every row is committed, else a
+        marker up to which its rows are stored (the next open skips them)."""
+        j = self.journal
+        if j is None or self._reserve_missing:
+            return
+        try:
+            if self._done_seq >= self._seq:
+                j.reset()
+                self._unjournaled = 0
+            else:
+                j.mark_done(self._done_seq)
+        except OSError as exc:
+            log.error("%s: cannot write to the reserve %s (%s): rows waiting for a commit are kept in memory only",
+                      self.name, j.path, exc)
+            j.close()
+            self.journal = None
+
+    def _sync_journal(self) -> None:
+        if self.journal is not None:
+            try:
+                self.journal.sync()
+            except OSError as exc:
+                log.error("%s: cannot sync the reserve %s: %s", self.name, self.journal.path, exc)
+
+    def _keep_unsaved(self, left: Batch) -> None:
+        """Worker thread, at shutdown: ``left`` could not be committed. When the reserve holds every
+        row of it, it is synced and says so (the next open stores them); else ``save_unsaved``."""
+        j = self.journal
+        if j is not None and not self._unjournaled and not self._reserve_missing:
+            try:
+                j.sync()
+            except OSError as exc:
+                log.error("%s: cannot sync the reserve %s: %s", self.name, j.path, exc)
+            else:
+                log.critical("%s: %d rows (%d messages) could not be stored (%s); they are kept in %s and stored "
+                             "at the next start", self.name, len(left), len(left.messages), self.last_error, j.path)
+                return
+        self._save_unsaved(left)
+
     def _requeue(self, batch: Batch) -> None:
         """Put the rows ``commit`` did not write back at the head of the queue."""
         self._q.messages[:0] = batch.messages
@@ -311,14 +467,256 @@ class WriteBehind:
         self._q.chats[:0] = batch.chats
 
 
+# ---------------------------------------------------------------- the reserve
+
+_HEADER = "kith-reserve"
+_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
+
+
+class Journal:
+    """A store's reserve: a file of ``size`` bytes preallocated (``posix_fallocate``) on the
+    database's disk, holding every queued row until a commit covers it.
+
+    Layout, one JSON object per line: a header ``{"kith-reserve": 1, "g": G}``, then the rows of
+    generation G — ``{"g": G, "s": seq, "record": "message"|"usage"|"recall"|"chat", …}`` (the
+    fields of ``save_unsaved``'s dump) — and commit markers ``{"g": G, "done": seq}`` (rows up to
+    ``seq`` are stored). When every queued row is committed a new generation starts at offset 0;
+    what older generations left beyond its end is ignored, as is everything after the first line
+    that does not parse (a torn write, or the zeros of the preallocation). Writes go into space
+    allocated in advance, so a full disk does not refuse them (file systems that write in place:
+    ext4, XFS, tmpfs; not copy-on-write ones such as btrfs or ZFS, where they may fail).
+
+    ``headroom``: the last bytes, only for rows of what was already sent (``append(sent=True)``).
+    Not thread-safe: the queue appends from the event loop; ``sync`` may run in a worker thread.
+    Nothing is fsynced per row: a ``kill -9`` keeps what was written (the page cache), a power cut
+    keeps what was synced (on a failed commit and at shutdown).
+    """
+
+    def __init__(self, path: Path, size: int = RESERVE_BYTES, headroom: int = SENT_HEADROOM) -> None:
+        self.path = Path(path)
+        self.size = size
+        self.headroom = min(headroom, size // 2)
+        self._fd: int | None = None
+        self._gen = 0
+        self._end = 0
+
+    def recover(self) -> tuple[Batch, int]:
+        """The rows the last run left uncommitted: ``(batch, lines that could not be read back)``.
+        An empty batch when there is no reserve yet. Reads only; raises OSError when unreadable."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return Batch(), 0
+        batch, bad, done = Batch(), 0, 0
+        rows: list[tuple[int, dict]] = []
+        lines = data.split(b"\n")
+        gen = _header_gen(lines[0])
+        if gen is None:
+            return batch, 0
+        self._gen = gen
+        for raw in lines[1:]:
+            try:
+                d = json.loads(raw.decode("utf-8", "surrogatepass"))
+            except ValueError:
+                break
+            if not isinstance(d, dict) or d.get("g") != gen:
+                break
+            if "done" in d:
+                done = max(done, int(d["done"]))
+            elif "s" in d:
+                rows.append((int(d["s"]), d))
+        for seq, d in rows:
+            if seq > done and not add_row(batch, d):
+                bad += 1
+        return batch, bad
+
+    def start(self) -> None:
+        """Open and preallocate the reserve, and start a new generation (what it held is dropped:
+        recover it first). raises OSError (ENOSPC: the disk has no room for it)."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            if not self._gen:
+                with contextlib.suppress(OSError):
+                    self._gen = _header_gen(os.pread(self._fd, 64, 0).split(b"\n")[0]) or 0
+        try:
+            _preallocate(self._fd, self.size)
+        except OSError:
+            self.close()
+            raise
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new, empty generation. raises OSError."""
+        assert self._fd is not None
+        self._gen += 1
+        head = json.dumps({_HEADER: 1, "g": self._gen}).encode() + b"\n"
+        os.pwrite(self._fd, head, 0)
+        self._end = len(head)
+
+    def encode(self, kind: str, rows: list, first_seq: int) -> bytes:
+        """``rows`` of ``kind`` as the reserve's lines, numbered from ``first_seq`` (~10 µs a row)."""
+        lines = []
+        for i, r in enumerate(rows):
+            d = row_json(kind, r)
+            d["g"], d["s"] = self._gen, first_seq + i
+            lines.append(_ENCODER.encode(d))
+        lines.append("")
+        return "\n".join(lines).encode("utf-8", "surrogatepass")  # a lone surrogate is kept as it came (the store drops it)
+
+    def append(self, data: bytes, *, sent: bool) -> bool:
+        """Write ``data`` (from ``encode``) after what the reserve holds. False when it does not fit
+        (intake may use all but ``headroom``). raises OSError."""
+        if self._fd is None:
+            return False
+        limit = self.size if sent else self.size - self.headroom
+        if self._end + len(data) > limit:
+            return False
+        os.pwrite(self._fd, data, self._end)
+        self._end += len(data)
+        return True
+
+    def mark_done(self, seq: int) -> None:
+        """Rows up to ``seq`` are committed (the marker is skipped when it does not fit). raises OSError."""
+        line = json.dumps({"g": self._gen, "done": seq}).encode() + b"\n"
+        if self._fd is not None and self._end + len(line) <= self.size:
+            os.pwrite(self._fd, line, self._end)
+            self._end += len(line)
+
+    @property
+    def used(self) -> int:
+        """Bytes of the current generation (header included)."""
+        return self._end
+
+    def sync(self) -> None:
+        """fdatasync: what it holds survives a power cut. raises OSError."""
+        if self._fd is not None:
+            os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _header_gen(line: bytes) -> int | None:
+    try:
+        d = json.loads(line)
+    except ValueError:
+        return None
+    return d.get("g") if isinstance(d, dict) and d.get(_HEADER) == 1 and isinstance(d.get("g"), int) else None
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Allocate ``size`` bytes of ``fd`` on its disk (no-op for what already is). raises OSError."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    have = os.fstat(fd).st_size  # a file system without fallocate: write the zeros
+    chunk = b"\0" * 2**16
+    while have < size:
+        have += os.pwrite(fd, chunk[: size - have], have)
+    os.fsync(fd)
+
+
+# ---------------------------------------------------------------- rows as JSON (the reserve and the dump)
+
+def row_json(kind: str, row: Any) -> dict:
+    """One queued row as a JSON object with a ``record`` key (``add_row`` reads it back)."""
+    if kind == "message":
+        return {"record": "message", **_message_json(row)}
+    if kind == "usage":
+        return {"record": "usage", **_usage_json(row)}
+    if kind == "recall":
+        return {"record": "recall", "chat_id": row[0], "reply_message_id": row[1], "memory_message_id": row[2],
+                "score": row[3]}
+    if kind == "chat":
+        return {"record": "chat", "chat_id": row[0], "type": row[1], "title": row[2], "created_us": row[3]}
+    raise ValueError(f"unknown row kind {kind!r}")
+
+
+def add_row(batch: Batch, d: dict) -> bool:
+    """Append the row ``d`` (``row_json``'s shape; a line without ``record`` is a message of the
+    dump's transcript) to ``batch``. False when it is not a row that can be read back."""
+    try:
+        kind = d.get("record", "message")
+        if kind == "message":
+            batch.messages.append(StoredMessage(
+                int(d["chat_id"]), int(d["message_id"]), int(d["user_id"]), str(d["user"]), str(d["text"]),
+                _utc(d["date"]), d.get("role") or ROLE_USER, _opt_int(d.get("reply_to")), _opt_int(d.get("thread_id")),
+                bool(d.get("imported", False))))
+        elif kind == "usage":
+            batch.usage.append(UsageRecord(
+                _utc(d["ts"]), int(d["chat_id"]), int(d["user_id"]), str(d["kind"]), str(d["model"]),
+                int(d["prompt_tokens"]), int(d["completion_tokens"]),
+                None if d.get("cost_usd") is None else float(d["cost_usd"]), float(d["latency_ms"]),
+                float(d.get("seconds") or 0), int(d.get("images") or 0), int(d.get("pages") or 0)))
+        elif kind == "recall":
+            batch.recalls.append((int(d["chat_id"]), int(d["reply_message_id"]), int(d["memory_message_id"]),
+                                  float(d["score"])))
+        elif kind == "chat":
+            created = d.get("created_us")
+            if created is None:
+                created = int(datetime.now(UTC).timestamp() * 1_000_000)
+            batch.chats.append((int(d["chat_id"]), str(d["type"]), d.get("title"), int(created)))
+        else:
+            return False
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
+def load_unsaved(paths: Iterable[Path]) -> tuple[Batch, list[str]]:
+    """The rows of ``save_unsaved``'s files (``<base>.jsonl`` and ``<base>.other.jsonl``), in one
+    batch, and a ``"file:line: why"`` for each line that could not be read. raises OSError."""
+    batch, bad = Batch(), []
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    d = json.loads(line)
+                except ValueError as exc:
+                    bad.append(f"{path}:{n}: not JSON ({exc})")
+                    continue
+                if not isinstance(d, dict) or not add_row(batch, d):
+                    bad.append(f"{path}:{n}: not a row of a dump")
+    return batch, bad
+
+
+def unsaved_files(directory: Path, prefix: str) -> Iterator[tuple[str, list[Path]]]:
+    """``(base name, [files])`` of every ``save_unsaved`` dump named ``<prefix>.unsaved-…`` in
+    ``directory``, oldest first (the name holds its UTC time)."""
+    groups: dict[str, list[Path]] = {}
+    for p in directory.glob(f"{prefix}.unsaved-*.jsonl"):
+        base = p.name.removesuffix(".jsonl").removesuffix(".other")
+        groups.setdefault(base, []).append(p)
+    for base in sorted(groups):
+        yield base, sorted(groups[base], key=lambda p: p.name.endswith(".other.jsonl"))
+
+
+def _utc(text: Any) -> datetime:
+    d = datetime.fromisoformat(str(text))
+    return d if d.tzinfo is not None else d.replace(tzinfo=UTC)
+
+
+def _opt_int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
 # ---------------------------------------------------------------- rows that could not be written
 
 def save_unsaved(batch: Batch, base: Path) -> None:
-    """Write rows a store could not commit at shutdown next to it: ``<base>.jsonl`` holds the
-    messages as a transcript (DESIGN §9, importable with ``kith import``), ``<base>.other.jsonl`` the
-    chats, usage and recalls (one JSON object per line with a ``record`` key). Logs CRITICAL with
-    where they went; a dump that cannot be written is removed (no half-written file that looks like a
-    backup) and the loss is logged CRITICAL."""
+    """Write rows a store could not commit at shutdown (and its reserve does not hold) next to it:
+    ``<base>.jsonl`` holds the messages as a transcript (DESIGN §9, importable with ``kith
+    import``), ``<base>.other.jsonl`` the chats, usage and recalls (one JSON object per line with a
+    ``record`` key); both are synced, and the store reads them back in at its next open
+    (``load_unsaved``). Logs CRITICAL with where they went; a dump that cannot be written is removed
+    (no half-written file that looks like a backup) and the loss is logged CRITICAL."""
     n = len(batch)
     written: list[str] = []
     try:
@@ -327,17 +725,17 @@ def save_unsaved(batch: Batch, base: Path) -> None:
             with open(f"{base}.jsonl", "a", encoding="utf-8") as f:
                 for m in batch.messages:
                     f.write(json.dumps(_message_json(m)) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
         if batch.usage or batch.recalls or batch.chats:
             written.append(f"{base}.other.jsonl")
             with open(f"{base}.other.jsonl", "a", encoding="utf-8") as f:
-                for c in batch.chats:
-                    f.write(json.dumps({"record": "chat", "chat_id": c[0], "type": c[1], "title": c[2]}) + "\n")
-                for u in batch.usage:
-                    f.write(json.dumps({"record": "usage", **_usage_json(u)}) + "\n")
-                for r in batch.recalls:
-                    f.write(json.dumps({"record": "recall", "chat_id": r[0], "reply_message_id": r[1],
-                                        "memory_message_id": r[2], "score": r[3]}) + "\n")
-        log.critical("dialogue store: %d unsaved rows written to %s.*jsonl", n, base)
+                for kind, rows in (("chat", batch.chats), ("usage", batch.usage), ("recall", batch.recalls)):
+                    for r in rows:
+                        f.write(json.dumps(row_json(kind, r)) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        log.critical("dialogue store: %d unsaved rows written to %s.*jsonl (stored at the next start)", n, base)
     except Exception as exc:  # noqa: BLE001
         for name in written:
             with contextlib.suppress(OSError):
@@ -358,6 +756,8 @@ def _message_json(m: StoredMessage) -> dict:
         d["reply_to"] = m.reply_to
     if m.thread_id is not None:
         d["thread_id"] = m.thread_id
+    if m.imported:
+        d["imported"] = True
     return d
 
 

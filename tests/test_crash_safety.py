@@ -1,7 +1,8 @@
 """Nothing stored is left unrecallable, nothing is answered twice, across crashes:
 
 - a reply's delivery is committed before its first byte leaves, and the reply itself before the
-  chat's next update is handled;
+  chat's next update is handled; a reply sent and queued but never committed (a ``kill -9``, a full
+  disk) is kept in the store's reserve and stored at the next start, with its usage row;
 - at start-up the gap between DuckDB and LanceDB (stored messages never embedded, memories of
   deleted messages) is found and repaired in the background, without undoing the capacity
   cleanup's evictions;
@@ -9,9 +10,14 @@
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
+import duckdb
 import pytest
 
 from actors.events import Incoming, Sender
@@ -19,9 +25,12 @@ from actors.local import IdAllocator, LocalOutbox
 from actors.runtime import open_memory, open_runtime
 from config.models import AutoCleanup, Config, Settings, StorageLimits, TiersConfig
 from memory.cleanup import cleanup_scope
+from memory.duckdb_store import DuckDBStore
+from memory.errors import DiskFull, MemoryStoreError
 from memory.maintenance import find_gaps, reindex
-from memory.types import DOC_ID_BASE, StoredMessage
+from memory.types import DOC_ID_BASE, StoredMessage, UsageRecord
 from memory.vectors import TABLE, VectorMemory, current_table
+from memory.write_behind import Batch, Journal, WriteBehind, save_unsaved
 
 pytestmark = pytest.mark.anyio
 
@@ -106,6 +115,176 @@ async def test_a_delivery_noted_without_a_stored_reply_is_not_answered_again(tmp
         await rt.supervisor.tell(42, ev)
         await rt.supervisor.wait_all_idle()
     assert holder["box"].sent == []
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The chat actor answers one question, with the real runtime, and the process is killed in the
+# commit of the reply: after the delivery was noted and the reply sent, before the reply, its
+# usage and its recalls are stored.
+KILLED_IN_THE_REPLYS_COMMIT = """
+import os, signal, sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+
+from actors.events import Incoming, Sender
+from actors.local import IdAllocator, LocalOutbox
+from actors.runtime import open_runtime
+from config.models import Config, Settings, TiersConfig
+from memory.duckdb_store import DuckDBStore
+from memory.types import StoredMessage
+from providers.embedder import load_model
+
+real = DuckDBStore._write_sync
+
+
+def killed_before_the_reply(self, batch, **kw):
+    if any(m.role == "assistant" for m in batch.messages):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, batch, **kw)
+
+
+DuckDBStore._write_sync = killed_before_the_reply
+
+
+class Shown(LocalOutbox):
+    async def on_message(self, msg, streamed_rest):
+        print(f"SENT {msg.message_id} {msg.text!r}", flush=True)
+
+
+async def main():
+    cfg = Config(settings=Settings(), tiers=TiersConfig())
+    async with open_runtime(cfg, Path(sys.argv[1]), lambda m: Shown(IdAllocator(m.store.max_message_id)),
+                            model=load_model()) as rt:
+        rt.memory.remember(StoredMessage(42, 5, 42, "Ann", "the spare key is under the blue flower pot",
+                                         datetime(2024, 1, 1, tzinfo=UTC)))
+        await rt.memory.flush()
+        await rt.supervisor.tell(42, Incoming(42, "private", 7, Sender(42, "Ann"), "where is the spare key?",
+                                              datetime.now(UTC)))
+        await rt.supervisor.wait_all_idle()
+    print("NOT KILLED", flush=True)
+
+
+anyio.run(main)
+"""
+
+
+async def test_a_reply_sent_but_killed_before_its_commit_is_stored_with_its_usage_at_the_next_start(tmp_path):
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_IN_THE_REPLYS_COMMIT, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = await anyio.run_process([sys.executable, str(script), str(tmp_path / "data")], cwd=ROOT, env=env, check=False)
+    out = r.stdout.decode()
+    assert r.returncode == -9, out + r.stderr.decode()[-3000:]
+    sent = [line for line in out.splitlines() if line.startswith("SENT ")]
+    assert len(sent) == 1 and "blue flower pot" in sent[0]
+    reply_id = int(sent[0].split()[1])
+    db = tmp_path / "data" / "kith.duckdb"
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT message_id FROM deliveries WHERE chat_id = 42").fetchall() == [(7,)]
+    assert con.execute("SELECT count(*) FROM messages WHERE role = 'assistant'").fetchone() == (0,)  # the crash window
+    con.close()
+
+    async with DuckDBStore(db) as store:  # the next start: the open repairs it from the reserve
+        assert store.recovered_rows >= 2
+        reply = (await store.get_messages(42, [reply_id]))[0]
+        assert reply.role == "assistant" and reply.reply_to == 7 and "blue flower pot" in reply.text
+        assert [(u.chat_id, u.kind) for u in await store.usage_rows()] == [(42, "chat")]
+        assert 7 in await store.answered_ids(42)
+    async with DuckDBStore(db) as store:  # stored once: a second start adds nothing
+        assert store.recovered_rows == 0 and len(await store.usage_rows()) == 1
+
+
+def _msg(i: int, role: str = "user", reply_to: int | None = None) -> StoredMessage:
+    return StoredMessage(42, i, 42 if role == "user" else 1, "Ann" if role == "user" else "Kith", f"message {i} ✓",
+                         T0 + timedelta(seconds=i), role=role, reply_to=reply_to)
+
+
+def _usage(i: int) -> UsageRecord:
+    return UsageRecord(T0 + timedelta(seconds=i), 42, 42, "chat", "kith/recall", 10 + i, 20, None, 12.5 + i)
+
+
+def test_the_reserve_reads_back_only_its_current_generation_after_the_last_commit(tmp_path):
+    j = Journal(tmp_path / "r", size=64 * 1024, headroom=8 * 1024)
+    j.start()
+    assert j.append(j.encode("message", [_msg(i) for i in range(1, 41)], 1), sent=False)
+    j.reset()  # everything committed: a new generation over the old one
+    assert j.append(j.encode("message", [_msg(100)], 41), sent=False)
+    assert j.append(j.encode("chat", [(42, "private", None, 0)], 42), sent=False)
+    j.mark_done(42)  # both committed ...
+    assert j.append(j.encode("message", [_msg(101, "assistant", 100)], 43), sent=True)
+    assert j.append(j.encode("usage", [_usage(1)], 44), sent=True)
+    assert j.append(j.encode("recall", [(42, 101, 100, 0.5)], 45), sent=True)
+    j.close()
+    kept, bad = Journal(tmp_path / "r").recover()  # ... the rest is what a crash would lose
+    assert bad == 0 and kept.messages == [_msg(101, "assistant", 100)] and kept.usage == [_usage(1)]
+    assert kept.recalls == [(42, 101, 100, 0.5)] and kept.chats == []
+    # intake stops short of the headroom; the rows of what was sent may use it
+    j = Journal(tmp_path / "r", size=64 * 1024, headroom=8 * 1024)
+    j.start()
+    row = j.encode("message", [_msg(1)], 1)
+    while j.append(row, sent=False):
+        pass
+    assert j.used > 64 * 1024 - 8 * 1024 - len(row) and j.append(row, sent=True)
+    j.close()
+
+
+class _FullDisk:
+    """A commit function of a database whose disk is full until ``freed``."""
+
+    def __init__(self) -> None:
+        self.freed = False
+        self.saved: list[Batch] = []
+
+    async def commit(self, batch: Batch) -> None:
+        await anyio.sleep(0)
+        if not self.freed:
+            raise OSError(28, "No space left on device")
+        batch.clear()
+
+    @staticmethod
+    def describe(exc: BaseException, pending: int) -> MemoryStoreError:
+        return DiskFull(Path("/tmp/x"), 0, pending * 1024, unsaved=pending)
+
+
+async def test_on_a_full_disk_intake_stops_but_replies_usage_and_recalls_are_kept_in_the_reserve(tmp_path):
+    disk = _FullDisk()
+    q = WriteBehind(disk.commit, describe_error=disk.describe, save_unsaved=disk.saved.append, flush_interval_s=0.01,
+                    journal=Journal(tmp_path / "r"))
+    async with anyio.create_task_group() as tg:
+        q.start(tg)
+        q.put_messages([_msg(1)])
+        with pytest.raises(DiskFull):
+            await q.flush()
+        with pytest.raises(DiskFull):  # a new message is refused, not accepted and lost
+            q.put_messages([_msg(3)])
+        q.put_messages([_msg(2, "assistant", 1)])  # the reply to what was accepted was sent: kept
+        q.put_usage(_usage(2))
+        q.put_recalls([(42, 2, 1, 0.7)])
+        await q.aclose()
+    assert disk.saved == []  # nothing for a dump on the full disk: the reserve holds it all
+    kept, _ = Journal(tmp_path / "r").recover()
+    assert kept.messages == [_msg(1), _msg(2, "assistant", 1)] and kept.usage == [_usage(2)]
+    assert kept.recalls == [(42, 2, 1, 0.7)]
+
+
+async def test_an_unsaved_dump_is_stored_at_the_next_open_and_removed(tmp_path):
+    db = tmp_path / "kith.duckdb"
+    async with DuckDBStore(db) as store:
+        store.add(_msg(1))
+        store.record_usage(_usage(1))
+        await store.flush()
+    batch = Batch(messages=[_msg(1), _msg(2, "assistant", 1)], usage=[_usage(1), _usage(2)], recalls=[(42, 2, 1, 0.5)],
+                  chats=[(42, "private", "Ann", 0)])
+    save_unsaved(batch, tmp_path / "kith.duckdb.unsaved-20240101T000000")  # an older run's dump
+    async with DuckDBStore(db) as store:
+        assert [m.message_id for m in await store.recent(42, 10)] == [1, 2]
+        assert sorted(u.prompt_tokens for u in await store.usage_rows()) == [11, 12]  # the stored one not twice
+        assert await store.recalls_for(42, 2) == [(1, 0.5)]
+        assert [c.title for c in await store.chats()] == ["Ann"]
+    assert not list(tmp_path.glob("*.unsaved-*"))
 
 
 # ---------------------------------------------------------------- gaps between the stores
