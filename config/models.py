@@ -295,16 +295,105 @@ class WebPluginSettings(Frozen):
         return tuple(out)
 
 
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_ENV_REF = r"\$\{(" + _ENV_NAME + r")\}"  # ${VAR} in an MCP server's env values
+
+
+class McpServer(Frozen):
+    """One MCP server (``features.plugins.mcp``), under its key in ``plugins.mcp``; its tools reach the
+    model as ``<key>__<tool>``. Exactly one of:
+
+    command: the program and its arguments (``[npx, -y, "@modelcontextprotocol/server-filesystem",
+    /srv/files]``), started by the bot and spoken to over stdin/stdout (stdio); restarted when it dies.
+    url: a streamable HTTP endpoint (``http://127.0.0.1:8931/mcp``), reconnected when it drops.
+
+    env: extra environment variables of a ``command`` server (it inherits only HOME, LOGNAME, PATH,
+    SHELL, TERM and USER from the bot). A value may name a variable of the bot's own environment as
+    ``${VAR}`` (``{GITHUB_TOKEN: "${GITHUB_TOKEN}"}``): secrets stay in the environment, not in this
+    file; they are read when the bot starts its MCP servers, and an unset one keeps that server off
+    (its status names the key). tools: the server's tool names the model may call; None = all of
+    them. timeout_s: each tool call (and ping), seconds; starting it may take 30 s, or timeout_s if longer.
+    label: the server's name as members see it (notices, /plugins); None = the key.
+    """
+
+    command: list[str] | None = None
+    url: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    tools: list[str] | None = None
+    timeout_s: float = Field(20.0, gt=0)
+    label: str | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _program(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or not v[0].strip()):
+            raise ValueError("must name a program, then its arguments: [program, arg, ...]")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _http_endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL (the server's streamable HTTP endpoint)")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for key, value in v.items():
+            if not re.fullmatch(_ENV_NAME, key):
+                raise ValueError(f"{key}: not an environment variable name (letters, digits and _)")
+            if "${" in re.sub(_ENV_REF, "", value):
+                raise ValueError(f"{key}: write a variable of the bot's environment as ${{NAME}} (letters, digits and _)")
+        return v
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_names(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and any(not name.strip() for name in v):
+            raise ValueError("a tool name is empty")
+        return v
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServer:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of command (a program speaking MCP over stdin/stdout) "
+                             "or url (a streamable HTTP endpoint)")
+        if self.url is not None and self.env:
+            raise ValueError("env is for a command (stdio) server; an HTTP server has its own environment")
+        return self
+
+    def env_refs(self) -> set[str]:
+        """The names of the bot's environment variables that ``env`` refers to (``${VAR}``)."""
+        import re
+
+        return {m for value in self.env.values() for m in re.findall(_ENV_REF, value)}
+
+
 class PluginsSettings(Frozen):
     """Tools the model may call (``features.plugins``). max_steps: tool-calling rounds per answer (0: none).
     tool_timeout_s: one tool call. tool_output_chars: a tool's output is cut to this many characters.
-    timezone: the members' default time zone (an IANA name such as ``Europe/Berlin``)."""
+    timezone: the members' default time zone (an IANA name such as ``Europe/Berlin``). mcp: MCP servers
+    whose tools the model may call, by key (``McpServer``); only the host adds one, here."""
 
     max_steps: int = Field(4, ge=0)
     tool_timeout_s: float = Field(20.0, gt=0)
     tool_output_chars: int = Field(8000, ge=200)
     web: WebPluginSettings = WebPluginSettings()
     timezone: str = "UTC"
+    mcp: dict[str, McpServer] = Field(default_factory=dict)  # MCP servers by key (features.plugins.mcp)
+
+    @field_validator("mcp")
+    @classmethod
+    def _server_keys(cls, v: dict[str, McpServer]) -> dict[str, McpServer]:
+        import re
+
+        for key in v:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", key):
+                raise ValueError(f"{key}: an MCP server's key is 1-32 letters, digits, _ and - (it starts its tools' names)")
+        return v
 
     @field_validator("timezone")
     @classmethod
