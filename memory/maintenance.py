@@ -27,6 +27,7 @@ from typing import Protocol
 import anyio
 
 from .store import DialogueStore
+from .errors import DiskFull
 from .service import Memory
 from .vectors import VectorMemory
 from .types import ROLE_USER, is_chunk_id
@@ -151,6 +152,8 @@ class GapFiller:
                             "%d memories of deleted messages removed", gaps.n_missing, gaps.n_orphans)
                 await fill_gaps(self.memory, gaps)
                 log.info("memory: gap filled")
+        except DiskFull as exc:  # said once where intake stops; a traceback here only buries that line
+            log.warning("memory: checking vector memory against the dialogue store waits for disk space: %s", exc)
         except Exception:  # noqa: BLE001 - retried at the next start; never takes the bot down
             log.exception("memory: checking vector memory against the dialogue store failed")
         finally:

@@ -67,7 +67,9 @@ class DialogueStore(Protocol):
 
     # ---------------------------------------------------------------- the write-behind queue
     def add(self, msg: StoredMessage) -> None:
-        """Queue one message (no await). raises MemoryStoreError when closed; DiskFull while full."""
+        """Queue one message (no await). raises MemoryStoreError when closed; DiskFull for a member's
+        message (intake) while the disk is full — the bot's own reply (a message already sent) is
+        accepted then and kept in the store's reserve until a commit succeeds."""
     def add_many(self, msgs: Iterable[StoredMessage]) -> None:
         """Queue many messages (see ``add``)."""
     def record_usage(self, rec: UsageRecord) -> None:

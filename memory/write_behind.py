@@ -60,6 +60,11 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 5.0
 
+#: Free space below which a disk counts as already full at start: intake is refused from the start
+#: (one DiskFull line where a message is refused) instead of at the first commit that fails. Small on
+#: purpose: the reserve already keeps what a nearly full disk cannot commit.
+START_FREE_BYTES = 256 * 2**10  # one DuckDB block
+
 #: Size of a store's reserve (``Journal``). Measured (the reserve's own lines): a message of
 #: #ubuntu takes ~260 bytes there (p99 ~470), a 4,096-character Russian reply ~7.5 KB (English
 #: ~4.3 KB), a usage record ~320 bytes, a recall ~150. The 3 MiB intake may use hold ~12,000 chat
@@ -172,6 +177,10 @@ class WriteBehind:
         assert self.journal is not None
         try:
             self.journal.start()
+            free = shutil.disk_usage(self.journal.path.parent).free
+            if free < START_FREE_BYTES:  # an already-full disk: refuse intake now, in one line, not at the first commit
+                self.blocked = DiskFull(self.journal.path.parent, free, START_FREE_BYTES)
+                log.info("%s: %s", self.name, self.blocked)  # said where a message is refused
             return True
         except OSError as exc:
             if is_disk_full(exc):
