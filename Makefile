@@ -52,5 +52,5 @@ clean:
 	rm -rf $(VENV) data/demo
 
 messages: $(STAMP)  # refresh i18n/kith.pot from the source, then every i18n/locales/*.po from it (translate the new entries)
-	$(BIN)/pybabel extract -F i18n/babel.cfg -k _ -k N_ -k ngettext:1,2 --no-location --sort-output --no-wrap --omit-header -o i18n/kith.pot actors tiers providers i18n features
+	$(BIN)/pybabel extract -F i18n/babel.cfg -k _ -k N_ -k ngettext:1,2 --no-location --sort-output --no-wrap --omit-header -o i18n/kith.pot actors features transports tiers providers i18n
 	for po in i18n/locales/*.po; do $(BIN)/pybabel update --no-fuzzy-matching --ignore-obsolete --no-wrap -i i18n/kith.pot -o $$po -l $$(basename $$po .po); done

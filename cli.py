@@ -162,11 +162,11 @@ def _operate(cfg, data_dir: Path, name: str, args: dict[str, Any], *, stop: Stop
     """Run operation ``name`` (``actors.operations``): through the bot running on ``data_dir`` when
     there is one (its admin API: one process owns the database), else on the stores directly.
     Exits with the operation's code when it is not 0."""
-    from actors.remote import RemoteError, find_bot, run_operation
+    from operations.remote import RemoteError, find_bot, run_operation
 
     bot = find_bot(data_dir)
     if bot is None:
-        from actors.operations import Streams, run_local
+        from operations.registry import Streams, run_local
 
         code = _run(run_local, name, args, cfg, data_dir, Streams(out, err, stop or (lambda: False)), stop=stop)
     else:
@@ -222,7 +222,7 @@ def run(
 
 
 async def _run_bot(cfg, data_dir: Path) -> None:
-    from actors.telegram.bot import run_bot
+    from operations.bot import run_bot
 
     await run_bot(cfg, data_dir)
 
@@ -287,9 +287,9 @@ def host_identity(cfg, as_user: int | None) -> tuple[int, tuple[int, ...]]:
 
 async def _chat(cfg, data_dir: Path, lines, chat_id: int, user: str, as_user: int | None, sources: bool,
                 lang: str | None = None) -> None:
-    from actors.console import ConsoleChat, console_outbox, print_sources
+    from transports.console import ConsoleChat, console_outbox, print_sources
     from actors.events import Sender
-    from actors.runtime import open_runtime
+    from features.app import open_runtime
 
     interactive = lines is None and sys.stdin.isatty()
     if interactive:
@@ -336,7 +336,7 @@ def replay(
 
     The report has turns, replies, latency p50/p99, tokens, cost and the memories used.
     """
-    from actors.replay import respond_policy
+    from transports.replay import respond_policy
 
     cfg = _setup(config, verbose)
     try:
@@ -349,12 +349,12 @@ def replay(
 
 
 async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, as_json: bool, stop=None) -> None:
-    from actors.console import format_hit
-    from actors.local import IdAllocator, LocalOutbox
-    from actors.replay import TranscriptClock
-    from actors.operations import Streams, wait_gap_fill
-    from actors.replay import replay as run_replay
-    from actors.runtime import open_runtime
+    from transports.console import format_hit
+    from transports.local import IdAllocator, LocalOutbox
+    from transports.replay import TranscriptClock
+    from operations.registry import Streams, wait_gap_fill
+    from transports.replay import replay as run_replay
+    from features.app import open_runtime
 
     questions: dict[tuple[int, int], str] = {}
 
@@ -598,10 +598,10 @@ def demo(
 
 
 async def _demo(cfg, data_dir: Path, transcript: Path, qs: list[str], chat_id: int) -> None:
-    from actors.console import chat_turns, console_outbox, print_sources
+    from transports.console import chat_turns, console_outbox, print_sources
     from actors.events import Sender
-    from actors.operations import Streams, import_files
-    from actors.runtime import open_runtime
+    from operations.registry import Streams, import_files
+    from features.app import open_runtime
 
     def show(r) -> None:
         print_sources(out, r)
@@ -629,7 +629,7 @@ def reload(
     them — models, persona, tiers and quotas at once; memory, telegram and control settings at its
     next start. A broken file keeps the running config and names the file, line and key (exit 1).
     Same as sending the bot SIGHUP. Talks to its control server with the token in the data dir."""
-    from actors.remote import CONTROL_FILE, RemoteError, find_bot, reload_config
+    from operations.remote import CONTROL_FILE, RemoteError, find_bot, reload_config
 
     try:  # the bot re-reads its own files; this catches a broken file first
         load_config(config)
@@ -692,7 +692,7 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
     import os
     import time
 
-    from actors.remote import RemoteError, find_bot, run_operation
+    from operations.remote import RemoteError, find_bot, run_operation
 
     if not await anyio.Path(data_dir).is_dir():  # never create it here: a typo must not pass as a fresh data dir
         line(False, "data dir", f"{data_dir.resolve()} does not exist (a typo? `kith run`, `kith chat` or `kith import` "
@@ -827,15 +827,84 @@ def bench(
     raise typer.Exit(bench_main([*(which or []), *(["--quick"] if quick else [])]))
 
 
-def _mount_tiers() -> None:
-    from tiers.cli import sub_app, tiers_command, usage_command
+# ---------------------------------------------------------------------- tiers, subscriptions, usage
 
-    app.command("tiers")(tiers_command)
-    app.command("usage")(usage_command)
-    app.add_typer(sub_app, name="sub")
+Target = Annotated[str, typer.Argument(help="user:ID or chat:ID (a group's id is negative).", metavar="user:ID|chat:ID")]
+sub_app = typer.Typer(help="Manage subscriptions (through the running bot when one serves --data-dir).", no_args_is_help=True)
+app.add_typer(sub_app, name="sub")
 
 
-_mount_tiers()
+@app.command("tiers")
+def tiers_command(
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the tiers and plans as JSON (the validated tiers.yaml).")] = False,
+) -> None:
+    """Show the tiers and their limits (models, quotas, storage, largest file, features, fallback, member
+    rate) and the plans. --data-dir is accepted like everywhere (tiers come from the config, not the data)."""
+    from operations.tiers_report import print_tiers
+
+    del data_dir  # the tiers are the config's; accepted so that every command takes the same options
+    tiers = _setup(config, verbose).tiers
+    if as_json:
+        typer.echo(json.dumps(tiers.model_dump(mode="json"), ensure_ascii=False, indent=2))
+        return
+    print_tiers(tiers, out)
+
+
+@sub_app.command("grant")
+def sub_grant(
+    target: Target,
+    tier: Annotated[str, typer.Argument(help="A tier of tiers.yaml.")],
+    days: Annotated[Optional[float], typer.Option("--days", help="How long; omit for never expiring.", min=0)] = None,
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Give user:ID or chat:ID a tier, replacing what it had (everyone in a chat gets the chat's tier there)."""
+    _operate(_setup(config, verbose), data_dir, "sub.grant", {"target": target, "tier": tier, "days": days})
+
+
+@sub_app.command("revoke")
+def sub_revoke(target: Target, data_dir: DataDir = Path("data"), config: ConfigOpt = None, verbose: Verbose = 0) -> None:
+    """Remove the subscription of user:ID or chat:ID (back to the default tier)."""
+    _operate(_setup(config, verbose), data_dir, "sub.revoke", {"target": target})
+
+
+@sub_app.command("list")
+def sub_list(
+    expired: Annotated[bool, typer.Option("--expired", help="Include expired subscriptions.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """List the active subscriptions."""
+    _operate(_setup(config, verbose), data_dir, "sub.list", {"expired": expired, "as_json": as_json})
+
+
+@app.command("usage")
+def usage_command(
+    by: Annotated[str, typer.Option("--by", help="Group by user | chat | model | day (UTC) | kind (chat, vision, transcription, image, document).")] = "model",
+    since: Annotated[Optional[str], typer.Option("--since", help="From this date (YYYY-MM-DD, UTC) or ISO date-time.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Requests, tokens, audio seconds, images, pages and cost of the billed calls (a model with no known price costs 'unknown', not 0)."""
+    from operations.tiers_report import parse_since
+    from tiers.usage import BY
+
+    if by not in BY:
+        raise typer.BadParameter(f"use one of {', '.join(BY)}", param_hint="--by")
+    try:
+        start = parse_since(since)
+    except ValueError:
+        raise typer.BadParameter(f"{since!r} is not a date (YYYY-MM-DD)", param_hint="--since") from None
+    _operate(_setup(config, verbose), data_dir, "usage", {"by": by, "since": start.isoformat() if start else None,
+                                                          "as_json": as_json})
 
 
 def main() -> None:

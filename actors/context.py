@@ -1,4 +1,4 @@
-"""Context assembly: the prompt for one turn, within the model's token budget (DESIGN §3.4).
+"""Context assembly: the prompt for one turn, within the model's token budget (docs/design.md §3.4).
 
 Order: the system prompt (persona, instructions only) → one user-role message framed as quoted data
 (``DATA_FRAME``) with the recalled memories of *this chat* and the reply chain that is not in the

@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 
+from memory.markers import marker
 from memory.types import CleanupRecord
 
 PRIVATE = "private"
@@ -70,7 +71,7 @@ class Incoming:
 
     chat_type: ``"private"`` | ``"group"`` | ``"supergroup"`` | ``"channel"``.
     mentions_bot / reply_to_bot: trigger facts the transport knows (entities, the replied message's sender).
-    respond: force the decision (True/False); None lets the chat's triggers decide (DESIGN §3.2).
+    respond: force the decision (True/False); None lets the chat's triggers decide (docs/design.md §3.2).
     """
 
     chat_id: int
@@ -227,6 +228,18 @@ class CapacityCleaned:
 
 ChatEvent = (Incoming | CommandEvent | ButtonPress | ConfigChanged | PreCheckout | PaymentEvent | Edited | Deleted | Migrated | Call
              | CapacityCleaned)
+
+
+def media_marker(media: Media) -> str:
+    """The marker a message with ``media`` is stored under (``memory.markers.marker``): ``[photo]``,
+    ``[file report.pdf]``, ``[voice 0:42]``, ``[sticker 😀]``."""
+    return marker(media.kind, file_name=media.file_name, duration_s=media.duration_s, emoji=media.emoji)
+
+
+def with_caption(media: Media, caption: str) -> str:
+    """The stored text of a message with ``media`` and ``caption``: the marker, then the caption."""
+    caption = caption.strip()
+    return f"{media_marker(media)} {caption}" if caption else media_marker(media)
 
 
 def is_group(chat_type: str) -> bool:

@@ -1,4 +1,4 @@
-"""Wiring: the shared services and the supervisor, owned by one task group (DESIGN §2).
+"""Wiring: the shared services and the supervisor, owned by one task group (docs/design.md §2).
 
 ``open_memory`` opens the stores, the embedder and the indexer (enough for ``kith import`` and
 ``kith memory``); ``open_runtime`` adds the LLM and the supervisor for transports that answer.
@@ -21,7 +21,8 @@ from memory.documents import DocumentReader
 from memory.indexer import Indexer
 from memory.maintenance import GapFiller
 from memory.service import Memory
-from memory.vectors import EmbeddingModelChanged, VectorMemory
+from memory.errors import EmbeddingModelChanged
+from memory.vectors import VectorMemory
 from providers.embedder import BulkEmbedder, Embedder
 from providers.keys import KeyVault, cipher_from_env
 from config.models import StorageLimits
@@ -29,8 +30,9 @@ from memory.cleanup import CleanupResult, Janitor
 from tiers import Admission, effective_tier
 
 from .events import CapacityCleaned
+from .handlers import NO_HANDLERS, Handlers
 from .outbox import Outbox
-from .services import BotIdentity, Services, TurnReport, utc_now
+from .services import Actors, BotIdentity, Services, TurnReport, utc_now
 from .errors import SupervisorClosed
 from .supervisor import Supervisor
 
@@ -110,6 +112,7 @@ async def open_runtime(
     clock: Callable[[], datetime] = utc_now,
     fill_gaps: bool = True,
     owners: Iterable[int] = (),
+    handlers: Handlers = NO_HANDLERS,
 ) -> AsyncIterator[Runtime]:
     """Everything a transport needs to answer: memory, LLM and the supervisor of chat actors.
 
@@ -118,7 +121,8 @@ async def open_runtime(
     model (``transcription:``) and the image models (``image_models:``) are built from the config
     when set. fill_gaps: see ``open_memory`` (on by default: a start embeds what a crash left out).
     owners: user ids that own the bot besides ``telegram.owners`` (the host at the terminal): they get
-    ``/admin`` and the tiers' ``owner_tier``.
+    ``/admin`` and the tiers' ``owner_tier``. handlers: the chat features (``features.HANDLERS``; the
+    runtime alone answers messages and nothing else — ``features.open_runtime`` passes them).
     """
     from providers.llm import LLM  # imports litellm (slow): only when answering
 
@@ -144,7 +148,7 @@ async def open_runtime(
                 services = Services(config, memory, llm, bot, clock, admission, janitor, on_turn, transcriber, images, keys,
                                     owners=frozenset(config.settings.telegram.owners) | frozenset(owners))
                 admission.subs.owners = services.owners
-                async with Supervisor(services, box, config.settings.actors) as supervisor:
+                async with Supervisor(services, box, config.settings.actors, handlers=handlers) as supervisor:
                     services.supervisor = supervisor
                     yield Runtime(config, services, supervisor)
         finally:
@@ -186,7 +190,7 @@ def storage_limits(admission: Admission, clock: Callable[[], datetime]):
     return limits_of
 
 
-async def tell_chats_cleaned(supervisor: Supervisor, memory: Memory, result: CleanupResult) -> None:
+async def tell_chats_cleaned(supervisor: Actors, memory: Memory, result: CleanupResult) -> None:
     """Tell the chats a cleanup removed something from (``CapacityCleaned``): each chat of a chat's
     cleanup; for a user's, their private chat with the bot when there is one. Never waits for a
     full inbox (the notice is then skipped: ``/memory`` still shows the cleanup)."""

@@ -1,25 +1,28 @@
 """What every chat actor shares: config, memory, the LLM, the bot's identity, the clock, metrics."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from config.models import Config
 from memory.service import Memory
 from memory.types import MemoryHit, UsageRecord
 
-if TYPE_CHECKING:
-    from memory.cleanup import Janitor
+from .events import ChatEvent
 
-    from .supervisor import Supervisor
+if TYPE_CHECKING:  # (types only: none of these imports the actor runtime)
+    from memory.cleanup import Janitor
     from providers.images import ImageGenerator
     from providers.keys import KeyVault
     from providers.llm import LLM
     from providers.transcription import Transcriber
     from tiers.admission import Admission
+
+__all__ = ["ALREADY_ANSWERED", "Actors", "BotIdentity", "Services", "SupervisorStats", "TurnReport", "utc_now"]
+
+T = TypeVar("T")
 
 
 ALREADY_ANSWERED = "already answered"  # TurnReport.error of a message the bot answered before (exactly once)
@@ -27,6 +30,45 @@ ALREADY_ANSWERED = "already answered"  # TurnReport.error of a message the bot a
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass
+class SupervisorStats:
+    """Counters of the chat actors since start (``/admin``, ``/metrics``)."""
+
+    spawned: int = 0
+    evicted: int = 0
+    restarted: int = 0
+    handled: int = 0
+    overflowed: int = 0  # messages stored without an answer because their chat's inbox was full
+
+
+class Actors(Protocol):
+    """The chat actors as the shared services see them (the runtime's ``Supervisor``)."""
+
+    stats: SupervisorStats
+
+    @property
+    def active(self) -> int:
+        """Live chat actors."""
+        ...
+
+    @property
+    def inbox_depth(self) -> int:
+        """Events told to live actors and not handled yet."""
+        ...
+
+    async def offer(self, chat_id: int, event: ChatEvent) -> bool:
+        """Queue ``event`` for the chat unless its inbox is full (then False)."""
+        ...
+
+    async def call(self, chat_id: int, work: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``work(actor)`` in the chat's actor, between its events."""
+        ...
+
+    async def refresh(self, chat_ids: Iterable[int]) -> None:
+        """Make the live actors of these chats read their settings again."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +126,7 @@ class Services:
     images: ImageGenerator | None = None  # None = no /image
     keys: KeyVault | None = None  # users' own API keys; None = /key is off
     retired_llms: list[LLM] = field(default_factory=list)  # replaced by a reload; closed when the runtime stops
-    supervisor: "Supervisor | None" = None  # set by the runtime once it runs (for /admin's health line)
+    supervisor: Actors | None = None  # set by the runtime once it runs (operations, /admin's health line)
     owners: frozenset[int] = frozenset()  # the bot's owners: telegram.owners and the host at the terminal (/admin, owner_tier)
 
     def record_usage(self, rec: UsageRecord) -> None:

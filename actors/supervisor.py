@@ -1,5 +1,5 @@
 """Supervisor: spawns a ChatActor per chat on demand, evicts idle ones, restarts crashed ones,
-and drains every inbox on shutdown (DESIGN §2).
+and drains every inbox on shutdown (docs/design.md §2).
 
 Each chat has a record holding its bounded inbox (an anyio memory object stream). The inbox
 outlives the actor instance: when an actor crashes, the supervisor starts a fresh one on the same
@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -23,18 +23,27 @@ from config.models import ActorSettings
 from memory.errors import DiskFull
 
 from .errors import SupervisorClosed
-from .events import ChatEvent
+from memory.types import StoredMessage
+
+from .chat import ChatActor
+from .events import ChatEvent, Incoming, with_caption
+from .handlers import NO_HANDLERS, Handlers
 from .outbox import Outbox
-from .services import Services
+from .services import Services, SupervisorStats
 
 T = TypeVar("T")
 
-if TYPE_CHECKING:
-    from .chat import ChatActor
-
 log = logging.getLogger(__name__)
 
-ActorFactory = Callable[[int, Services, Outbox], "ChatActor"]
+
+class Actor(Protocol):
+    """What the supervisor runs per chat (``ChatActor``; tests and benchmarks may give another)."""
+
+    async def start(self) -> None: ...
+    async def run(self, inbox: AsyncIterator[ChatEvent], on_handled: Callable[[], None] = ...) -> None: ...
+
+
+ActorFactory = Callable[[int, Services, Outbox], Actor]
 
 
 @dataclass(eq=False)
@@ -53,15 +62,6 @@ class _ActorRecord:
         self.idle.set()
 
 
-@dataclass
-class SupervisorStats:
-    spawned: int = 0
-    evicted: int = 0
-    restarted: int = 0
-    handled: int = 0
-    overflowed: int = 0  # messages stored without an answer because their chat's inbox was full
-
-
 class Supervisor:
     """Owns every chat actor. Use as ``async with Supervisor(services, outbox, settings) as sup:``.
 
@@ -77,17 +77,15 @@ class Supervisor:
         outbox: Outbox,
         settings: ActorSettings,
         *,
+        handlers: Handlers = NO_HANDLERS,
         factory: ActorFactory | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.svc = services
         self.outbox = outbox
         self.settings = settings
-        if factory is None:
-            from .chat import ChatActor
-
-            factory = ChatActor
-        self.factory = factory
+        self.handlers = handlers
+        self.factory: ActorFactory = factory or (lambda chat_id, svc, box: ChatActor(chat_id, svc, box, handlers))
         self._now = monotonic
         self._actors: dict[int, _ActorRecord] = {}
         self._tg: TaskGroup | None = None
@@ -198,11 +196,6 @@ class Supervisor:
     def overflow(self, event: ChatEvent) -> None:
         """Keep a message that found its chat's inbox full: stored (and queued for memory) without
         an answer, so nothing said in the chat is lost while the bot is busy there."""
-        from memory.types import StoredMessage
-
-        from .events import Incoming
-        from .media import with_caption
-
         self.stats.overflowed += 1
         if not isinstance(event, Incoming):
             return

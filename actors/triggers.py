@@ -1,4 +1,4 @@
-"""When does the bot answer? (DESIGN §3.2): private → always; group → @mention, a reply to the bot,
+"""When does the bot answer? (docs/design.md §3.2): private → always; group → @mention, a reply to the bot,
 a configured keyword (case-insensitive, whole word) or an always-on chat. Otherwise it only remembers."""
 from __future__ import annotations
 

@@ -75,7 +75,8 @@ def run(quick: bool) -> dict:
 async def _bench(tmp: Path, model, pool, speakers, vectors, questions, base_rows: int, appends: int, raw_appends: int) -> dict:
     from memory.indexer import Indexer
     from memory.types import StoredMessage
-    from memory.vectors import MemoryRow, VectorMemory
+    from memory.vector_rows import MemoryRow
+    from memory.vectors import VectorMemory
     from providers.embedder import Embedder
 
     rng = random.Random(SEED)

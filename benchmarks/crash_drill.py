@@ -224,7 +224,7 @@ def _stores(data_dir: Path) -> dict:
     import duckdb
     import lancedb
 
-    from memory.vectors import current_table
+    from memory.vector_rows import current_table
 
     con = duckdb.connect(str(data_dir / "kith.duckdb"), read_only=True)
     try:

@@ -384,8 +384,9 @@ async def _turns_while_ingesting(tmp: Path, model, big: Built, ubuntu: list[dict
     import anyio
 
     from actors.events import Incoming, Media, Sender
-    from actors.local import IdAllocator, LocalOutbox
-    from actors.runtime import frozen_startup_heap, open_runtime
+    from transports.local import IdAllocator, LocalOutbox
+    from actors.runtime import frozen_startup_heap
+    from features.app import open_runtime
     from config import load_config
     from memory.types import StoredMessage
 

@@ -1,6 +1,6 @@
 """Evidence recall@5/@10/@25 of ``Memory.recall`` on the LoCoMo development set, with ablations.
 
-Each LoCoMo conversation becomes one chat of a transcript JSONL (DESIGN §9): one message per dialog
+Each LoCoMo conversation becomes one chat of a transcript JSONL (docs/design.md §9): one message per dialog
 turn, ``user`` = the speaker, ``text`` = the turn's text (a shared photo is kept as the text the
 turn carries, ``[photo: <caption>]``, as a photo's caption would be), ``date`` = its session's
 ``date_time`` (e.g. "1:56 pm on 8 May, 2023"), ``message_id`` = a running index (mapped back to the

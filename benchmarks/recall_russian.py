@@ -1,5 +1,5 @@
 """Russian recall: recall@5/@10 of ``Memory.recall`` on real Russian dialogue, with the
-language-aware full text (``memory.language``) and with the English-only index of before.
+language-aware full text (``providers.language``) and with the English-only index of before.
 
 **Corpus**: the three plays of ``../shared/data/ru-dialogue`` (RusDraCor: Гоголь «Ревизор», Горький
 «На дне», Толстой «Власть тьмы»; 3,271 speeches), one chat each, imported with ``import_transcript``

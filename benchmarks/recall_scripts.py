@@ -3,7 +3,7 @@
 What it measures: a member remembers a few words of one message and asks for them; is that message
 in the top 10 of ``Memory.recall`` — the path the bot and ``kith memory search`` use (hybrid search
 of ``memory.vectors`` through the stages of ``memory.retrieval``, the real embedding model, full text
-reduced by ``memory.language``)? Rows: the full method and BM25 alone (``mode="fts"``) per script.
+reduced by ``providers.language``)? Rows: the full method and BM25 alone (``mode="fts"``) per script.
 
 **Corpora** (one chat each, imported with ``import_transcript`` into one fresh data dir):
 
@@ -45,11 +45,11 @@ reduced by ``memory.language``)? Rows: the full method and BM25 alone (``mode="f
 
 A hit: the target message among the top 10. ``--file PATH`` (any transcript ``import_transcript``
 reads: JSONL or a Telegram Desktop export) measures that file alone the same way, one row per
-language found (``memory.language.detect`` of its messages, the majority per chat).
+language found (``providers.language.detect`` of its messages, the majority per chat).
 ``--catalogs LOCALE`` does the same with real text in that language: the translated strings of the
 machine's gettext catalogs (``catalog_chat``; zh_CN, ja, ar … under /usr/share/locale).
 ``--segmenter jieba`` (development aid; needs ``rjieba``, not a dependency) swaps Chinese n-grams
-for jieba-rs word segmentation, as measured in ``memory.language``'s docstring.
+for jieba-rs word segmentation, as measured in ``providers.language``'s docstring.
 
 Measured (openvino, 2026-12-06; before = the code before Arabic/CJK support and the coverage factor):
 
@@ -299,7 +299,7 @@ def unspaced(text: str) -> bool:
 def content_words(text: str) -> set[str]:
     """The folded words of ``text`` (runs of letters and digits) less English function words
     (``memory.retrieval.STOP_WORDS``, which the search leaves out of a query)."""
-    from memory.retrieval import STOP_WORDS
+    from providers.language import STOP_WORDS
 
     return {w for w in _WORDS.findall(fold(text)) if w not in STOP_WORDS}
 
@@ -372,7 +372,7 @@ def _read(path: Path) -> dict[int, list[tuple[int, str]]]:
 
 
 def _chat_language(msgs: list[tuple[int, str]]) -> str:
-    from memory.language import detect_or_none
+    from providers.language import detect_or_none
 
     votes = Counter(lang for _, text in msgs if (lang := detect_or_none(text)))
     return votes.most_common(1)[0][0] if votes else "en"
@@ -449,7 +449,7 @@ def query_sets(sets: list[tuple[str | None, list[Path]]], n: int) -> list[tuple[
     """``[(row label, queries)]`` for ``datasets`` (a None label: one row per language found): the
     phrases told apart by their words, then (where they differ) any phrase unique as a sequence,
     and for Arabic the same phrases typed without harakat and hamza."""
-    from memory.language import NAMES
+    from providers.language import NAMES
 
     groups: list[tuple[str, dict[int, list[tuple[int, str]]]]] = []
     for label, paths in sets:

@@ -54,7 +54,7 @@ def check_vectors(location: Any, msgs: Sequence) -> dict[str, int]:
     import lance
 
     from memory.location import as_location
-    from memory.vectors import current_table
+    from memory.vector_rows import current_table
 
     loc = as_location(location)
     ds = lance.dataset(loc.child(f"{current_table(loc)}.lance"), storage_options=loc.storage_options or None)

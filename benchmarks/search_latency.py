@@ -110,7 +110,8 @@ def run(quick: bool) -> dict:
 
 async def _bench(tmp: Path, model, texts, speakers, vectors, questions, chats: int, queries: int) -> dict:
     from memory.service import Memory
-    from memory.vectors import MemoryRow, VectorMemory
+    from memory.vector_rows import MemoryRow
+    from memory.vectors import VectorMemory
     from providers.embedder import Embedder
 
     settings = common.default_config().settings.memory
@@ -188,7 +189,7 @@ async def _bench(tmp: Path, model, texts, speakers, vectors, questions, chats: i
                     foreign += sum(1 for h in hits if h.chat_id != cid or h.message_id in window[ci])
                 if n and n % 100 == 0:
                     progress(f"  {n} queries per mode")
-        vindex = vm._has_vector_index  # noqa: SLF001 - reported only
+        vindex = vm.has_vector_index
     size = sum(p.stat().st_size for p in (tmp / "memory").rglob("*") if p.is_file()) / 2**20
     return {
         "build": build,

@@ -123,8 +123,8 @@ class EchoActor:
 
 
 async def _pipeline(quick: bool, profile: bool, tg, cfg, model) -> dict:
-    from actors.telegram.bot import serve
-    from actors.telegram.outbox import TelegramOutbox
+    from operations.bot import serve
+    from transports.telegram.outbox import TelegramOutbox
     from tests.tg_harness import TelegramHarness
 
     chats = 200 if quick else 1000
@@ -169,8 +169,8 @@ async def _pipeline(quick: bool, profile: bool, tg, cfg, model) -> dict:
 async def _transport(quick: bool, tg) -> dict:
     from actors.services import BotIdentity
     from actors.supervisor import Supervisor
-    from actors.telegram.outbox import TelegramOutbox
-    from actors.telegram.updates import UpdateRouter
+    from transports.telegram.outbox import TelegramOutbox
+    from transports.telegram.updates import UpdateRouter
     from config.models import ActorSettings
     from tests.tg_harness import TelegramHarness
 

@@ -122,7 +122,7 @@ def _metrics_cost(turns) -> dict:
     plus one ``/metrics`` exposition (after those turns) spread over the turns of a scrape interval at
     the replay's own rate. (The runtime's gauges are read at scrape time from counters it keeps
     anyway; the memory-rows gauge is one LanceDB count per scrape, off the turn path.)"""
-    from actors.metrics import Metrics
+    from operations.metrics import Metrics
 
     m = Metrics()
     t = time.perf_counter()
@@ -156,9 +156,9 @@ def _batch_cost(model, encode) -> dict:
 
 
 async def _replay_all(files: list[Path], data_dir: Path, model, limit: int | None, instrument):
-    from actors.local import IdAllocator, LocalOutbox
-    from actors.replay import replay, respond_policy
-    from actors.runtime import open_runtime
+    from transports.local import IdAllocator, LocalOutbox
+    from transports.replay import replay, respond_policy
+    from features.app import open_runtime
 
     policy = respond_policy("questions")
     turns = []
@@ -202,7 +202,7 @@ async def _fragment_diagnostic(memory, questions: list[tuple[int, str]], n: int 
 
     async def fragments() -> int | None:
         try:  # lancedb's table stats; private attributes of VectorMemory, for this report only
-            stats = await vm._run(vm._tbl.stats)  # noqa: SLF001
+            stats = await vm.run(vm.lance_table.stats)  # noqa: SLF001
             return int(stats["fragment_stats"]["num_fragments"])
         except Exception:  # noqa: BLE001
             return None

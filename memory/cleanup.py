@@ -1,4 +1,4 @@
-"""Capacity auto-cleanup per tier (DESIGN §4): keep each chat and each user within their limits.
+"""Capacity auto-cleanup per tier (docs/design.md §4): keep each chat and each user within their limits.
 
 When a scope passes its tier's limit — ``chat.dialogue_limit`` / ``chat.memory_limit`` for a chat,
 ``user.dialogue_limit`` / ``user.memory_limit`` for a user across all chats — the oldest entries

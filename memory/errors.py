@@ -60,3 +60,19 @@ def is_disk_full(exc: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+class VectorStoreError(MemoryStoreError):
+    """LanceDB failed (I/O, corrupt table, schema mismatch). The table can be rebuilt from DuckDB."""
+
+
+class EmbeddingModelChanged(VectorStoreError):
+    """The table holds another model's vectors than the embedding model in use: they cannot be
+    compared. ``kith memory reindex`` re-embeds every stored message with the model in use."""
+
+    def __init__(self, path: object, held: tuple[str, int], wanted: tuple[str, int]) -> None:
+        self.held, self.wanted = held, wanted
+        super().__init__(
+            f"vector memory {path} holds {held[0]} embeddings ({held[1]} dimensions) but the embedding model is "
+            f"{wanted[0]} ({wanted[1]} dimensions; memory.embedding_model): run `kith memory reindex` to re-embed "
+            "every stored message with it (the dialogue store is kept), or set memory.embedding_model back")

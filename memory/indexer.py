@@ -24,7 +24,8 @@ from providers.embedder import BulkEmbedder
 
 from .errors import DiskFull
 from .types import DocumentChunk, StoredMessage
-from .vectors import KIND_DOCUMENT, KIND_MESSAGE, MemoryRow, VectorMemory
+from .vector_rows import KIND_DOCUMENT, KIND_MESSAGE, MemoryRow
+from .vectors import VectorMemory
 
 Item = StoredMessage | DocumentChunk  # what the indexer embeds: a message, or a chunk of a document
 

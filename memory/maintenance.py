@@ -174,7 +174,7 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
     (raises EmbeddingModelChanged).
     """
     from .indexer import Indexer
-    from .vectors import EmbeddingModelChanged
+    from .errors import EmbeddingModelChanged
 
     old = memory.vectors
     held, model = (old.embedding_model, old.dim), (memory.embedder.model_name, memory.embedder.dim)

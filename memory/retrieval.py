@@ -45,22 +45,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from .types import MemoryHit
+from providers.language import STOP_WORDS
 
-# English function words and question words: they carry no topic, and in a question they only add
-# noise to BM25 ("what did", "how does"). Applied to the query only; the index keeps its own list.
-STOP_WORDS = frozenset(
-    """a about above after again against all also am an and any are as at be because been before being
-    below between both but by can could did do does doing done down during each either else ever
-    every few for from further get got had has have having he her here hers herself him himself his
-    how i if in into is it its itself just kind like me might more most much must my myself no nor
-    not now of off on once one only or other ought our ours ourselves out over own per quite rather
-    s same shall she should since so some such t than that the their theirs them themselves then
-    there these they this those though through thus to too type under until up upon us very was we
-    were what whatever when whenever where whereas wherever whether which while who whoever whom
-    whose why will with would yet you your yours yourself yourselves ll re ve d m don didn doesn isn
-    wasn aren weren hasn haven hadn won wouldn couldn shouldn""".split()
-)
+from .types import MemoryHit
+from .vector_rows import RRF_K, content_text
 
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 _MIN_NAME_LEN = 3  # a name term shorter than this is never taken as a mention
@@ -266,7 +254,7 @@ class Fusion:
 
     vector_rows: best first, each with ``_cos``. fts_rows: best first, each with ``_score`` (BM25)
     and ``vector``. Normalisation constants come from the candidates: max BM25, min/max cosine.
-    terms: the full-text query's terms (as the index reduces words, ``memory.language``), for the
+    terms: the full-text query's terms (as the index reduces words, ``providers.language``), for the
     coverage factor; none: no factor.
     """
 
@@ -315,8 +303,6 @@ class Fusion:
 
     @staticmethod
     def _rrf(c: Candidate) -> float:
-        from .vectors import RRF_K
-
         return sum(1.0 / (RRF_K + r) for r in (c.vector_rank, c.fts_rank) if r is not None)
 
     def cos_norm(self, cos: float | None) -> float:
@@ -388,15 +374,13 @@ class Fusion:
 
 
 def _content(row: dict) -> str:
-    from .vectors import content_text
-
     return content_text(row.get("user_name") or "", row.get("text") or "", row.get("date"), row.get("source"), row.get("page"))
 
 
 @lru_cache(maxsize=2048)
 def _row_terms(content: str, text: str) -> frozenset[str]:
     """The distinct terms the index may hold for a row (``language.held_terms``)."""
-    from .language import held_terms
+    from providers.language import held_terms
 
     return held_terms(content, text)
 

@@ -8,7 +8,7 @@ a released step: append a new one (``ALTER TABLE …``, ``CREATE TABLE …``, da
 Conventions: ids are ``BIGINT`` (Telegram ids are 64-bit); timestamps are ``TIMESTAMPTZ`` (the store
 writes and reads them as UTC microseconds, see ``memory.duckdb_store``); settings are ``JSON`` objects.
 
-Step 2 adds ``subscriptions`` and ``payments`` (DESIGN §7; used by the ``tiers`` package). Step 3 adds
+Step 2 adds ``subscriptions`` and ``payments`` (docs/design.md §7; used by the ``tiers`` package). Step 3 adds
 the usage columns of media (``seconds``, ``images``, ``pages``) and ``documents`` / ``document_chunks``
 (the text of documents read into memory: vector memory is rebuilt from them too). Step 4 adds
 ``deliveries`` (the durable "a reply to this message is being sent" record that keeps a restart from

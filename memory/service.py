@@ -2,14 +2,14 @@
 
 Remembering writes the message to the dialogue store (DuckDB, batched) and queues it for embedding
 into vector memory (LanceDB, batched). Recalling searches *one chat only*: the chat id is a hard
-boundary, passed down to a pre-filtered search (DESIGN §5).
+boundary, passed down to a pre-filtered search (docs/design.md §5).
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -17,11 +17,27 @@ from .retrieval import DEFAULT as DEFAULT_RETRIEVAL
 from .retrieval import RetrievalSettings, find_speakers
 from .types import ROLE_USER, DocumentChunk, DocumentInfo, MemoryHit, StoredMessage
 
-if TYPE_CHECKING:
-    from .store import DialogueStore
-    from .maintenance import GapFiller
+if TYPE_CHECKING:  # (types only; none of these imports this module)
     from .indexer import Indexer
+    from .store import DialogueStore
     from .vectors import VectorMemory
+
+
+class GapCounts(Protocol):
+    """What the start-up check found: stored messages missing from vector memory, memories of
+    deleted messages (``memory.maintenance.Gaps``)."""
+
+    n_missing: int
+    n_orphans: int
+
+
+class StartupCheck(Protocol):
+    """The start-up check of vector memory against the dialogue store, running in the background
+    (``memory.maintenance.GapFiller``): ``wait`` until it is done; ``gaps`` what it found."""
+
+    gaps: GapCounts | None
+
+    async def wait(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +63,7 @@ class Memory:
         self.indexer = indexer
         self.embedder = embedder
         self.reader = reader  # memory.documents.DocumentReader (documents off the event loop); None = a thread
-        self.gap_filler: GapFiller | None = None  # when the start-up gap check runs
+        self.gap_filler: StartupCheck | None = None  # when the start-up gap check runs (memory.maintenance.GapFiller)
         self._evicted: dict[int, set[int]] = {}  # chat -> message ids whose memory the capacity cleanup evicted
         indexer.keep = self.not_evicted  # an evicted memory never comes back (an edit, a replay, a re-import)
 
@@ -206,8 +222,8 @@ class Memory:
 
 
 async def _language_of(text: str) -> str | None:
-    """``memory.language.detect_or_none``, off the event loop when it would first load a model."""
-    from .language import detect_or_none, would_load
+    """``providers.language.detect_or_none``, off the event loop when it would first load a model."""
+    from providers.language import detect_or_none, would_load
 
     if would_load(text):
         return await anyio.to_thread.run_sync(detect_or_none, text)

@@ -25,7 +25,7 @@ The contract (every implementation; ``tests/test_store_contract.py`` checks it a
 - **Texts** round-trip exactly, except U+0000 (which Telegram never sends), which a store may keep as
   U+FFFD (PostgreSQL's ``text`` cannot hold it).
 - **Times** are tz-aware UTC ``datetime`` with microsecond precision; a naive one is taken as UTC.
-- **Boundaries.** A chat's reads return only that chat's rows (memory never crosses chats, DESIGN §5).
+- **Boundaries.** A chat's reads return only that chat's rows (memory never crosses chats, docs/design.md §4).
 
 Errors: ``MemoryStoreError`` (root), ``StoreLocked`` (another process owns an embedded store),
 ``DiskFull``.

@@ -54,7 +54,7 @@ class QueuedStore:
         their fused score. Recording the same (reply, memory) twice keeps the first.
 
         Accepted while intake is stopped (the reply was sent). raises ValueError when a hit belongs
-        to another chat (memory never crosses chats, DESIGN §5); MemoryStoreError when not open.
+        to another chat (memory never crosses chats, docs/design.md §4); MemoryStoreError when not open.
         """
         self._queue.check_open()
         rows: list[RecallRow] = []

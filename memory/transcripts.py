@@ -2,7 +2,7 @@
 
 Formats (``detect_format``):
 
-- ``"jsonl"`` — DESIGN §9, one message per line::
+- ``"jsonl"`` — docs/design.md §9, one message per line::
 
       {"chat_id": -1002009030310, "chat_title": "#ubuntu 2009-03-03_10", "message_id": 1000,
        "date": "2009-03-03T09:59:00Z", "user": "ActionParsnip", "text": "…", "reply_to": 999}

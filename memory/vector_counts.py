@@ -18,7 +18,8 @@ import anyio
 
 
 from .location import Location, as_location
-from .vectors import VectorStoreError, current_table, ids_per_chat
+from .errors import VectorStoreError
+from .vector_rows import current_table, ids_per_chat
 
 
 class VectorCounts:

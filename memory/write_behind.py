@@ -721,7 +721,7 @@ def _opt_int(v: Any) -> int | None:
 
 def save_unsaved(batch: Batch, base: Path) -> None:
     """Write rows a store could not commit at shutdown (and its reserve does not hold) next to it:
-    ``<base>.jsonl`` holds the messages as a transcript (DESIGN §9, importable with ``kith
+    ``<base>.jsonl`` holds the messages as a transcript (docs/design.md §9, importable with ``kith
     import``), ``<base>.other.jsonl`` the chats, usage and recalls (one JSON object per line with a
     ``record`` key); both are synced, and the store reads them back in at its next open
     (``load_unsaved``). Logs CRITICAL with where they went; a dump that cannot be written is removed
@@ -758,7 +758,7 @@ def _iso(d: Any) -> Any:
 
 
 def _message_json(m: StoredMessage) -> dict:
-    """A message as one transcript JSONL object (DESIGN §9, plus ``role``)."""
+    """A message as one transcript JSONL object (docs/design.md §9, plus ``role``)."""
     d = {"chat_id": m.chat_id, "message_id": m.message_id, "date": _iso(m.date), "user": m.user_name,
          "user_id": m.user_id, "text": m.text, "role": m.role}
     if m.reply_to is not None:

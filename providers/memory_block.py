@@ -25,10 +25,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
+from typing import Protocol
 
-from memory.types import MemoryHit
 
-__all__ = ["OPEN_TAG", "CLOSE_TAG", "DATA_FRAME", "MAX_MEMORY_CHARS", "QuotedMemory", "render_memories", "parse_memories",
+__all__ = ["OPEN_TAG", "CLOSE_TAG", "DATA_FRAME", "MAX_MEMORY_CHARS", "Quotable", "QuotedMemory", "render_memories", "parse_memories",
            "format_date"]
 
 # The first line of the user-role message that carries recalled chat history to the model: the
@@ -93,7 +93,23 @@ def format_date(d: datetime, tz: tzinfo = UTC) -> str:
     return f"{local:%Y-%m-%d %H:%M} {local.tzname() or 'UTC'}"
 
 
-def render_memories(hits: Sequence[MemoryHit], *, tz: tzinfo = UTC, max_chars: int = MAX_MEMORY_CHARS) -> str:
+class Quotable(Protocol):
+    """A recalled memory as the block quotes it (``memory.types.MemoryHit`` is one): who said
+    ``text`` and when (``date``, tz-aware), its id, and for a document part its ``citation``
+    (``report.pdf, p. 7``) and its file message's id (``parent``)."""
+
+    message_id: int
+    user_name: str
+    text: str
+    date: datetime
+
+    @property
+    def citation(self) -> str | None: ...
+
+    parent: int | None
+
+
+def render_memories(hits: Sequence[Quotable], *, tz: tzinfo = UTC, max_chars: int = MAX_MEMORY_CHARS) -> str:
     """The ``<memories>`` block for ``hits`` in the given order (best first); ``""`` when there are none.
 
     max_chars: each text is shortened to at most this many characters ("…" marks the cut; 0 = never).

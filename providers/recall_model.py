@@ -13,7 +13,7 @@ How it answers (``answer(messages)``):
   greeting/thanks/identity words, at least one of the latter) is answered with ``intro()``
   (``INTRO``: what this model is and how the host connects an LLM), not from memory;
 - it re-ranks the memories lightly by term overlap with the question (``_stems``: ``_words``
-  stemmed per script by ``memory.language.reduce``, so "signed" meets "sign-off"; ties keep the
+  stemmed per script by ``providers.language.reduce``, so "signed" meets "sign-off"; ties keep the
   retrieval order); when some memory shares a term with the question, those that share none are
   dropped; it keeps at most ``MAX_QUOTES`` and quotes them oldest first (by message id) as
   ``> name, date: text``;
@@ -60,7 +60,7 @@ from litellm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, ModelResponse, Usage
 
 from i18n import N_, _
-from memory.language import reduce
+from providers.language import reduce
 
 from .memory_block import DATA_FRAME, QuotedMemory, parse_memories
 
@@ -157,7 +157,7 @@ def _words(text: str) -> set[str]:
 
 
 def _stems(text: str) -> set[str]:
-    """``_words(text)`` reduced as the full-text index reduces them (``memory.language.reduce``: Latin
+    """``_words(text)`` reduced as the full-text index reduces them (``providers.language.reduce``: Latin
     script in English, Cyrillic in Russian), so "signed", "signs" and "sign-off" meet on "sign"."""
     words = _words(text)
     return set(reduce(sorted(words), "en")) if words else set()

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from actors.events import ButtonPress, CommandEvent, Incoming, PaymentEvent, PreCheckout, Sender
-from actors.local import IdAllocator, LocalOutbox
-from actors.runtime import open_runtime
+from transports.local import IdAllocator, LocalOutbox
+from features.app import open_runtime
 from config.models import Config, ModelSpec, Plan, Quotas, Settings, Tier, TiersConfig
 from tests.clock import Clock
 

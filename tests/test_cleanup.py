@@ -9,8 +9,9 @@ import anyio
 import pytest
 
 from actors.events import Incoming, Sender
-from actors.local import IdAllocator, LocalOutbox
-from actors.runtime import open_memory, open_runtime
+from transports.local import IdAllocator, LocalOutbox
+from actors.runtime import open_memory
+from features.app import open_runtime
 from config.models import AutoCleanup, Config, Settings, StorageLimits, Tier, TierMemory, TiersConfig
 from memory.cleanup import cleanup_scope
 from memory.importer import import_transcript

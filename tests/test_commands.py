@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from actors.events import ButtonPress, CommandEvent, Incoming, Sender
-from actors.local import IdAllocator, LocalOutbox
-from actors.runtime import open_runtime
+from transports.local import IdAllocator, LocalOutbox
+from features.app import open_runtime
 from config.models import Config, ModelSpec, Settings, TiersConfig
 from memory.transcripts import read_transcript
 

@@ -14,11 +14,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import i18n
-from actors.console import ConsoleChat, ConsoleOutbox, console_outbox, format_hit, hard_breaks, print_sources, save_new
+from transports.console import ConsoleChat, ConsoleOutbox, console_outbox, format_hit, hard_breaks, print_sources, save_new
 from actors.events import Sender
-from actors.local import LOCAL_ID_BASE
+from transports.local import LOCAL_ID_BASE
 from actors.outbox import Button
-from actors.runtime import open_runtime
+from features.app import open_runtime
 from actors.services import TurnReport
 from cli import app
 from config.models import Config, MemorySettings, ModelSpec, Settings, TiersConfig
@@ -268,7 +268,7 @@ async def test_sources_say_how_many_memories_in_english_and_russian_without_inte
 
 
 async def test_the_console_outbox_records_like_a_local_outbox(tmp_path):
-    from actors.local import IdAllocator
+    from transports.local import IdAllocator
 
     async def none(_chat):
         return None

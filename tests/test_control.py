@@ -11,11 +11,11 @@ import anyio
 import httpx
 import pytest
 
-from actors.control import ControlServer
+from operations.control import ControlServer
 from actors.errors import ControlServerError
-from actors.health import Health
-from actors.metrics import Metrics
-from actors.telegram.bot import serve
+from operations.health import Health
+from operations.metrics import Metrics
+from operations.bot import serve
 from config.models import Config, ControlSettings, ModelSpec, Settings, TelegramSettings, TiersConfig
 from tests.tg_harness import TelegramHarness, failing_connect
 
@@ -129,7 +129,7 @@ async def _serve_and_report(start, box: dict) -> None:
                 box["url"] = m.group(1)
 
     handler = Catch()
-    logger = logging.getLogger("actors.telegram.bot")
+    logger = logging.getLogger("operations.bot")
     logger.addHandler(handler)
     old = logger.level
     logger.setLevel(logging.INFO)

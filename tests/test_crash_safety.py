@@ -21,15 +21,17 @@ import duckdb
 import pytest
 
 from actors.events import Incoming, Sender
-from actors.local import IdAllocator, LocalOutbox
-from actors.runtime import open_memory, open_runtime
+from transports.local import IdAllocator, LocalOutbox
+from actors.runtime import open_memory
+from features.app import open_runtime
 from config.models import AutoCleanup, Config, Settings, StorageLimits, TiersConfig
 from memory.cleanup import cleanup_scope
 from memory.duckdb_store import DuckDBStore
 from memory.errors import DiskFull, MemoryStoreError
 from memory.maintenance import find_gaps, reindex
 from memory.types import DOC_ID_BASE, StoredMessage, UsageRecord
-from memory.vectors import TABLE, VectorMemory, current_table
+from memory.vector_rows import TABLE, current_table
+from memory.vectors import VectorMemory
 from memory.write_behind import Batch, Journal, WriteBehind, save_unsaved
 
 pytestmark = pytest.mark.anyio
@@ -130,8 +132,8 @@ from pathlib import Path
 import anyio
 
 from actors.events import Incoming, Sender
-from actors.local import IdAllocator, LocalOutbox
-from actors.runtime import open_runtime
+from transports.local import IdAllocator, LocalOutbox
+from features.app import open_runtime
 from config.models import Config, Settings, TiersConfig
 from memory.duckdb_store import DuckDBStore
 from memory.types import StoredMessage

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from actors.events import Incoming, Sender
-from actors.local import IdAllocator, LocalOutbox
-from actors.replay import TranscriptClock, replay, respond_policy
-from actors.runtime import open_runtime
+from transports.local import IdAllocator, LocalOutbox
+from transports.replay import TranscriptClock, replay, respond_policy
+from features.app import open_runtime
 from config.models import Config, Settings, TiersConfig
 
 pytestmark = pytest.mark.anyio

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from actors.console import chat_turns, console_outbox
+from transports.console import chat_turns, console_outbox
 from actors.events import Sender
-from actors.runtime import open_runtime
+from features.app import open_runtime
 from cli import app
 from config import load_config
 from memory.importer import import_transcript

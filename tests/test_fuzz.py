@@ -11,15 +11,15 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.console import file_line
-from actors.telegram.updates import parse_command
+from transports.console import file_line
+from transports.telegram.updates import parse_command
 from cli import valid_text
 from config import ConfigError, load_config
 from memory.errors import TranscriptError, TranscriptLineError
 from memory.markers import clock_time, marker
 from memory.transcripts import read_transcript
 from memory.types import StoredMessage
-from memory.vectors import MAX_QUERY_TERMS, fts_terms
+from memory.vector_rows import MAX_QUERY_TERMS, fts_terms
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

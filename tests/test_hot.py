@@ -13,7 +13,8 @@ import pytest
 
 from memory.hot import ChatRows, HotChats
 from memory.retrieval import DEFAULT
-from memory.vectors import MemoryRow, VectorMemory
+from memory.vector_rows import MemoryRow
+from memory.vectors import VectorMemory
 from providers.embedder import Embedder
 from tests.test_vectors import embed_chats, rows_of
 

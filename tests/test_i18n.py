@@ -11,15 +11,15 @@ from typer.testing import CliRunner
 
 import i18n
 from actors.events import CommandEvent, Incoming, Sender
-from actors.local import IdAllocator, LocalOutbox
-from actors.runtime import open_runtime
+from transports.local import IdAllocator, LocalOutbox
+from features.app import open_runtime
 from cli import app
 from config.models import Config, ModelSpec, Plan, Quotas, Settings, Tier, TiersConfig
 
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("actors", "tiers", "providers", "i18n")  # where the bot's user-visible strings live (not the operator's CLI)
+SOURCES = ("actors", "features", "transports", "tiers", "providers", "i18n")  # where the bot's user-visible strings live (not the operator's CLI)
 GROUP = -1007
 ADMIN = Sender(70, "Ada", language_code="en")
 IVAN = Sender(71, "Иван", language_code="ru-RU")
@@ -183,7 +183,7 @@ async def test_language_command_group_setting_and_restart(tmp_path, st_model):
 
 
 async def test_the_command_menu_is_registered_per_language():
-    from actors.telegram.bot import COMMANDS, set_commands
+    from transports.telegram.client import COMMANDS, set_commands
 
     class Client:  # Telegram's servers are out of reach: record what would be sent
         calls: list = []

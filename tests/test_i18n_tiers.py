@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 import i18n
-from actors.billing import send_plans, usage_lines
-from actors.local import IdAllocator, LocalOutbox
-from actors.telegram.updates import BUSY_NOTICE, GATE_NOTICE, language_of
+from features.billing import send_plans, usage_lines
+from transports.local import IdAllocator, LocalOutbox
+from transports.telegram.updates import BUSY_NOTICE, GATE_NOTICE, language_of
 from config.models import Features, Plan, Quotas, Tier, TiersConfig
 from memory.duckdb_store import DuckDBStore
 from memory.types import UsageRecord

@@ -12,8 +12,9 @@ import pytest
 from cryptography.fernet import Fernet
 
 from actors.events import CommandEvent, Incoming, Sender
-from actors.local import IdAllocator, LocalOutbox
-from actors.runtime import open_memory, open_runtime
+from transports.local import IdAllocator, LocalOutbox
+from actors.runtime import open_memory
+from features.app import open_runtime
 from config.models import Config, LLMSettings, ModelSpec, Settings, TiersConfig
 from providers.keys import CHAT, SECRET_ENV, USER, KeysUnavailable, KeyUse, KeyVault, cipher_from_env
 from providers.llm import LLM, takes_user_keys

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from memory.language import (
+from providers.language import (
     detect,
     detect_or_none,
     index_terms,
@@ -21,7 +21,8 @@ from memory.language import (
     split_words,
     words,
 )
-from memory.vectors import MemoryRow, VectorMemory, schema
+from memory.vector_rows import MemoryRow, schema
+from memory.vectors import VectorMemory
 
 pytestmark = pytest.mark.anyio
 
@@ -164,12 +165,12 @@ async def test_a_change_of_embedding_model_and_dimension_needs_a_reindex_which_r
     old table with a clear message; `kith memory reindex` re-embeds into a 128-wide table."""
     from sentence_transformers import SentenceTransformer, models
 
-    from actors.operations import Streams, run_local
+    from operations.registry import Streams, run_local
     from actors.runtime import open_memory
     from config.loader import load_config
     from config.models import Config, MemorySettings, Settings, TiersConfig
     from memory.types import StoredMessage
-    from memory.vectors import EmbeddingModelChanged
+    from memory.errors import EmbeddingModelChanged
     from providers.torch_encoder import default_model_path
     from rich.console import Console
 

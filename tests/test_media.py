@@ -14,8 +14,8 @@ import pytest
 from fpdf import FPDF
 
 from actors.events import CommandEvent, Incoming, Media, Sender
-from actors.local import IdAllocator, LocalOutbox
-from actors.runtime import open_runtime
+from transports.local import IdAllocator, LocalOutbox
+from features.app import open_runtime
 from config import load_config
 from config.models import Config
 

@@ -13,9 +13,10 @@ import duckdb
 import pytest
 
 from actors.events import Incoming, Sender
-from actors.local import IdAllocator, LocalOutbox
-from actors.replay import replay, respond_policy
-from actors.runtime import open_memory, open_runtime
+from transports.local import IdAllocator, LocalOutbox
+from transports.replay import replay, respond_policy
+from actors.runtime import open_memory
+from features.app import open_runtime
 from config.models import Config, ModelSpec, Settings, TiersConfig
 from memory.importer import import_transcript
 from memory.transcripts import read_transcript

@@ -8,8 +8,8 @@ import pytest
 
 from actors.context import build_prompt
 from actors.events import Incoming, Sender
-from actors.local import IdAllocator, LocalOutbox
-from actors.runtime import open_runtime
+from transports.local import IdAllocator, LocalOutbox
+from features.app import open_runtime
 from config.models import Config, ModelSpec, Settings, TiersConfig
 from memory.types import MemoryHit, StoredMessage
 from providers.memory_block import DATA_FRAME, parse_memories

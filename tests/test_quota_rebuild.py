@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.local import IdAllocator, LocalOutbox
-from actors.replay import ReplayReport, TranscriptClock, replay, respond_policy
-from actors.runtime import open_runtime
+from transports.local import IdAllocator, LocalOutbox
+from transports.replay import ReplayReport, TranscriptClock, replay, respond_policy
+from features.app import open_runtime
 from actors.services import ALREADY_ANSWERED
 from config.models import Config, Quotas, Settings, Tier, TiersConfig
 

@@ -103,7 +103,7 @@ async def test_kith_memory_search_fts_finds_a_chinese_phrase(scripts):
     memory, as a running bot runs it for the CLI)."""
     from rich.console import Console
 
-    from actors.operations import Resources, Streams, get
+    from operations.registry import Resources, Streams, get
 
     memory, _, _ = scripts
     rows = synthetic_chat("zh", SYNTHETIC)
@@ -150,7 +150,7 @@ async def test_a_short_message_no_longer_outranks_the_one_holding_every_term(gog
     term (or only the sender's name) leads — BM25's length normalisation lifts a tiny row, and
     all-MiniLM-L6-v2 gives short Russian lines a high cosine to a short query — and the speech
     holding every term is below the top five. With it, that speech is first."""
-    from memory.language import index_terms, query_terms, query_words
+    from providers.language import index_terms, query_terms, query_words
 
     memory = gogol
     chat = -1009000000001

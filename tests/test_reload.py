@@ -13,12 +13,12 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from actors.control import TOKEN_FILE, ControlServer
-from actors.health import Health
-from actors.local import IdAllocator, LocalOutbox
-from actors.metrics import Metrics
-from actors.reload import reload_config
-from actors.runtime import open_runtime
+from operations.control import TOKEN_FILE, ControlServer
+from operations.health import Health
+from transports.local import IdAllocator, LocalOutbox
+from operations.metrics import Metrics
+from operations.reload import reload_config
+from features.app import open_runtime
 from config.loader import SHIPPED_SETTINGS, SHIPPED_TIERS, load_config
 from config.models import ControlSettings
 

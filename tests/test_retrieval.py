@@ -27,7 +27,8 @@ from memory.retrieval import (
     propagate,
     query_terms,
 )
-from memory.vectors import MemoryRow, VectorMemory, content_text, fts_terms
+from memory.vector_rows import MemoryRow, content_text, fts_terms
+from memory.vectors import VectorMemory
 
 pytestmark = pytest.mark.anyio
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from actors.events import CommandEvent, Incoming, Sender
-from actors.local import IdAllocator, LocalOutbox
-from actors.runtime import open_runtime
+from transports.local import IdAllocator, LocalOutbox
+from features.app import open_runtime
 from config.models import Config, ModelSpec, Settings, TiersConfig
 from tests.llm_server import llm_server as llm_server  # noqa: F401  (fixture)
 

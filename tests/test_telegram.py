@@ -16,9 +16,10 @@ from pyrogram import raw
 from pyrogram.errors import FloodWait
 
 from actors.outbox import Button
-from actors.telegram.bot import COMMANDS, serve, stop_receiving
-from actors.telegram.outbox import TelegramOutbox
-from actors.telegram.render import render, utf16_len
+from operations.bot import serve
+from transports.telegram.client import COMMANDS, stop_receiving
+from transports.telegram.outbox import TelegramOutbox
+from transports.telegram.render import render, utf16_len
 from config.models import Config, ModelSpec, Settings, TelegramSettings, TiersConfig
 from tests.tg_harness import BOT_ID, TelegramHarness, failing_connect, pyrogram_errors, roundtrip, rpc_error, utf16_offset
 
@@ -546,7 +547,7 @@ async def test_is_admin_asks_telegram_once_a_minute():
 
 
 async def test_run_bot_names_every_missing_credential(tmp_path, monkeypatch):
-    from actors.telegram.bot import run_bot
+    from operations.bot import run_bot
     from config.errors import MissingSecret
 
     for name in ("TELEGRAM_API_ID", "TELEGRAM_API_HASH", "TELEGRAM_BOT_TOKEN"):
@@ -557,7 +558,7 @@ async def test_run_bot_names_every_missing_credential(tmp_path, monkeypatch):
 
 
 def test_events_carry_utc_dates():
-    from actors.telegram.outbox import to_utc
+    from transports.telegram.outbox import to_utc
 
     naive_local = datetime.fromtimestamp(1_700_000_000)
     assert to_utc(naive_local) == datetime.fromtimestamp(1_700_000_000, UTC)
@@ -587,7 +588,7 @@ async def test_pre_checkout_queries_and_payments_become_events():
 
     clock = FakeClock()
     async with outbox_on(clock) as (h, out):
-        from actors.telegram.updates import UpdateRouter
+        from transports.telegram.updates import UpdateRouter
 
         told = []
 
@@ -618,7 +619,7 @@ async def test_pre_checkout_queries_and_payments_become_events():
 
 
 async def test_the_bot_retries_while_telegram_is_unreachable_and_logs_one_line_per_attempt(tmp_path, st_model, caplog):
-    caplog.set_level("INFO", logger="actors.telegram.bot")
+    caplog.set_level("INFO", logger="transports.telegram.client")
     cfg = config(reconnect_initial_s=0.05, reconnect_max_s=0.1)
     failures = [OSError(101, "Network is unreachable"), KeyError(0), TimeoutError()]
     async with running_bot(tmp_path, st_model, cfg, before_start=lambda h: failing_connect(h, failures)) as (h, app):
@@ -631,7 +632,7 @@ async def test_the_bot_retries_while_telegram_is_unreachable_and_logs_one_line_p
                      "telegram: cannot connect (no answer to the handshake, KeyError: 0); retry 2 in 0 s",
                      "telegram: cannot connect (TimeoutError); retry 3 in 0 s"]
     assert any("connected (attempt 4)" in r.getMessage() for r in caplog.records)
-    assert all(r.exc_info is None for r in caplog.records if r.name == "actors.telegram.bot")  # no tracebacks
+    assert all(r.exc_info is None for r in caplog.records if r.name == "transports.telegram.client")  # no tracebacks
 
 
 async def test_a_refused_login_is_one_clear_error_not_a_retry(tmp_path, st_model):

@@ -13,9 +13,9 @@ import pytest
 from fpdf import FPDF
 from pyrogram import raw
 
-from actors.telegram.bot import serve
-from actors.telegram.outbox import TelegramOutbox
-from actors.telegram.updates import media_of
+from operations.bot import serve
+from transports.telegram.outbox import TelegramOutbox
+from transports.telegram.updates import media_of
 from config import load_config
 from tests.tg_harness import TelegramHarness, pyrogram_errors
 

@@ -8,8 +8,8 @@ import pytest
 from pyrogram import enums
 
 from actors.services import BotIdentity
-from actors.telegram.render import Entity, Part, render, render_parts, split, to_pyrogram, utf16_len, utf16_slice
-from actors.telegram.updates import chat_type_of, mentions_bot, parse_command
+from transports.telegram.render import Entity, Part, render, render_parts, split, to_pyrogram, utf16_len, utf16_slice
+from transports.telegram.updates import chat_type_of, mentions_bot, parse_command
 
 
 def check(part: Part, parts: list[Part], limit: int) -> None:

@@ -13,7 +13,7 @@ from config.models import Plan, Tier, TiersConfig
 from memory.duckdb_store import DuckDBStore
 from memory.types import UsageRecord
 from tiers import PaymentError, SubscriptionStore
-from tiers.cli import grant, list_subs, parse_since, print_tiers, revoke, usage_report
+from operations.tiers_report import grant, list_subs, parse_since, print_tiers, revoke, usage_report
 from tiers.usage import format_cost
 from tiers.errors import BadScope, TierError, UnknownTier
 from tiers.payments import (
@@ -256,15 +256,10 @@ def test_format_cost_and_parse_since() -> None:
 
 
 def test_typer_wrappers(tmp_path: Path) -> None:
-    import typer
     from typer.testing import CliRunner
 
-    from tiers.cli import sub_app, tiers_command, usage_command
+    from cli import app
 
-    app = typer.Typer()
-    app.command("tiers")(tiers_command)
-    app.command("usage")(usage_command)
-    app.add_typer(sub_app, name="sub")
     runner = CliRunner()
     data = ["--data-dir", str(tmp_path / "data")]
     r = runner.invoke(app, ["tiers"])

@@ -14,7 +14,8 @@ from config.loader import load_config
 from config.models import Config, Settings
 from memory.location import Location
 from memory.vector_counts import VectorCounts
-from memory.vectors import MemoryRow, VectorMemory, current_table
+from memory.vector_rows import MemoryRow, current_table
+from memory.vectors import VectorMemory
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 

@@ -15,7 +15,8 @@ import pytest
 from memory.errors import MemoryStoreError
 from memory.indexer import Indexer
 from memory.types import StoredMessage
-from memory.vectors import MemoryRow, VectorMemory, fts_terms
+from memory.vector_rows import MemoryRow, fts_terms
+from memory.vectors import VectorMemory
 from providers.embedder import Embedder
 
 pytestmark = pytest.mark.anyio
@@ -307,7 +308,7 @@ async def test_vector_counts_reads_what_vector_memory_holds_without_lancedb(tmp_
     """``kith memory stats`` with no bot reads counts through pylance (memory.vector_counts): the same
     numbers and ids as VectorMemory, after deletes, and from the table a reindex made current."""
     from memory.vector_counts import VectorCounts
-    from memory.vectors import _write_current
+    from memory.vector_rows import write_current
 
     a, b = chats(corpus)
     async with VectorCounts(tmp_path / "memory") as counts:  # nothing stored yet: zero, nothing created
@@ -326,7 +327,7 @@ async def test_vector_counts_reads_what_vector_memory_holds_without_lancedb(tmp_
     msgs, vecs = corpus[b]
     async with VectorMemory(tmp_path / "memory", table="memories_next") as vm:
         await vm.add(rows_of(msgs[:5], vecs[:5]))
-    _write_current(tmp_path / "memory", "memories_next")
+    write_current(tmp_path / "memory", "memories_next")
     async with VectorCounts(tmp_path / "memory") as counts:
         assert await counts.count() == 5 and set(await counts.ids_by_chat()) == {b}
 
@@ -448,7 +449,7 @@ async def test_optimize_builds_and_retrains_the_vector_index(tmp_path, corpus):
     msgs, vecs = corpus[a]
 
     async def segments(vm) -> int:
-        ix = [i for i in await vm._run(vm._table.list_indices) if i.name == "vector_idx"]
+        ix = [i for i in await vm.run(vm.lance_table.list_indices) if i.name == "vector_idx"]
         return ix[0].num_segments if ix else 0
 
     async with VectorMemory(tmp_path / "memory", vector_index_min_rows=300, max_index_segments=2) as vm:
@@ -528,7 +529,7 @@ async def test_indexer_optimizes_as_soon_as_a_burst_drains_not_after_the_idle_wa
             with anyio.fail_after(OPTIMIZE_WHEN_IDLE_S - 1):  # settle(): flush, then the optimize it started
                 await ix.settle()
             assert ix.optimizations == 1
-            stats = await vm._run(vm._table.index_stats, "terms_idx")
+            stats = await vm.run(vm.lance_table.index_stats, "terms_idx")
             assert stats.num_unindexed_rows == 0 and stats.num_indexed_rows == len(msgs)
 
 

@@ -6,7 +6,7 @@ requests and parsing the results. What is fake: ``client.connect`` (primes the s
 would: dc, auth key, bot user id), ``client.invoke`` (a recorder answering like Telegram does) and
 ``client.save_file`` (uploads go to a media DC session).
 
-Pitfalls handled here (DESIGN §10): raw objects built by hand are round-tripped through
+Pitfalls handled here (docs/design.md §10): raw objects built by hand are round-tripped through
 ``write()``/``TLObject.read()`` (so optional vectors are ``[]``, not ``None``); the client is built
 inside the running loop; one dispatcher worker; ``settle()`` waits for the dispatcher with a marker
 update handled by a raw handler in the last group; dispatcher exceptions are only logged, so tests
@@ -29,7 +29,7 @@ from pyrogram.errors import RPCError
 from pyrogram.handlers import RawUpdateHandler
 from pyrogram.raw.core import TLObject
 
-from actors.telegram.bot import CLIENT_OPTIONS
+from transports.telegram.client import CLIENT_OPTIONS
 
 BOT_ID = 7_000_000_001
 MARKER_GROUP = 10**9

@@ -1,4 +1,4 @@
-"""Tiers, subscriptions, quotas and payments (DESIGN §7).
+"""Tiers, subscriptions, quotas and payments (docs/design.md §7).
 
 - ``resolve.effective_tier``: the better of a user's and a chat's active subscription.
 - ``subscriptions.SubscriptionStore``: the ``subscriptions`` table (grant/extend/revoke/list), cached.

@@ -1,4 +1,4 @@
-"""Admission: may this member get an answer now, from which model? (DESIGN §7)
+"""Admission: may this member get an answer now, from which model? (docs/design.md §7)
 
 The chat actor asks before each LLM call and tells after it::
 

@@ -1,4 +1,4 @@
-"""The effective tier of a user in a chat (DESIGN §7)."""
+"""The effective tier of a user in a chat (docs/design.md §7)."""
 from __future__ import annotations
 
 from datetime import datetime

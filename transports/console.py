@@ -28,12 +28,12 @@ import i18n
 from i18n import _, ngettext
 from memory.types import MemoryHit
 
-from .errors import MediaUnavailable
-from .events import PRIVATE, ButtonPress, CommandEvent, Incoming, Media, Sender
+from actors.errors import MediaUnavailable
+from actors.events import PRIVATE, ButtonPress, CommandEvent, Incoming, Media, Sender
 from .local import LOCAL_ID_BASE, IdAllocator, LocalOutbox, OutMessage
-from .outbox import Button
-from .runtime import Runtime
-from .services import TurnReport
+from actors.outbox import Button
+from actors.runtime import Runtime
+from actors.services import TurnReport
 
 REFRESH_S = 0.05  # a streamed reply's progress on a terminal is redrawn at most this often
 

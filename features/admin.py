@@ -16,35 +16,33 @@ chats). Grants go through the running admission's subscription store, so they ap
 from __future__ import annotations
 
 from datetime import UTC, datetime, time
-from typing import TYPE_CHECKING
 
 import i18n
 from i18n import N_, _, ngettext
 from tiers.errors import TierError
 from tiers.subscriptions import parse_target
 
-from .events import PRIVATE, CommandEvent
+from actors.handlers import ChatContext
+from actors.events import PRIVATE, CommandEvent
+from .replies import reply
 
-if TYPE_CHECKING:
-    from .chat import ChatActor
 
 USAGE = N_("/admin · /admin grant user:ID|chat:ID|here TIER [DAYS] · /admin revoke user:ID|chat:ID|here "
            "(or, replying to a member's message: /admin grant TIER [DAYS] · /admin revoke)")
 TOP_CHATS = 5
 
 
-async def cmd_admin(actor: "ChatActor", ev: CommandEvent) -> None:
-    from .commands import reply
+async def cmd_admin(ctx: ChatContext, ev: CommandEvent) -> None:
 
-    if ev.sender.user_id not in actor.svc.owners:
-        await reply(actor, ev, _("Unknown command /{command}. Try /help.", command=ev.command))
+    if ev.sender.user_id not in ctx.svc.owners:
+        await reply(ctx, ev, _("Unknown command /{command}. Try /help.", command=ev.command))
         return
     args = ev.args.split()
     if not args:
         if ev.chat_type != PRIVATE:
-            await reply(actor, ev, _("The overview names other chats: send /admin in a private chat with me."))
+            await reply(ctx, ev, _("The overview names other chats: send /admin in a private chat with me."))
             return
-        await reply(actor, ev, await overview(actor))
+        await reply(ctx, ev, await overview(ctx))
         return
     verb, rest = args[0].lower(), args[1:]
     if ev.reply_to_user is not None and not (rest and _is_target(rest[0])):
@@ -53,32 +51,32 @@ async def cmd_admin(actor: "ChatActor", ev: CommandEvent) -> None:
         if verb == "grant" and len(rest) in (2, 3):
             scope, scope_id = _target(rest[0], ev)
             days = float(rest[2]) if len(rest) == 3 else None
-            sub = await _subs(actor).grant(scope, scope_id, rest[1], days, f"admin:{ev.sender.user_id}")
+            sub = await _subs(ctx).grant(scope, scope_id, rest[1], days, f"admin:{ev.sender.user_id}")
             if sub.expires_at is None:
                 granted = _("{target}: {tier}, no expiry.", target=sub.target, tier=sub.tier)
             else:
                 granted = _("{target}: {tier}, until {when} UTC.", target=sub.target, tier=sub.tier,
                             when=i18n.datetime_(sub.expires_at.astimezone(UTC)))
-            await reply(actor, ev, granted)
+            await reply(ctx, ev, granted)
             return
         if verb == "revoke" and len(rest) == 1:
             scope, scope_id = _target(rest[0], ev)
-            gone = await _subs(actor).revoke(scope, scope_id)
+            gone = await _subs(ctx).revoke(scope, scope_id)
             target = f"{scope}:{scope_id}"
-            await reply(actor, ev, _("{target}: revoked.", target=target) if gone else
+            await reply(ctx, ev, _("{target}: revoked.", target=target) if gone else
                         _("{target}: had no subscription.", target=target))
             return
     except ValueError:
-        await reply(actor, ev, _("DAYS must be a number. {usage}", usage=_(USAGE)))
+        await reply(ctx, ev, _("DAYS must be a number. {usage}", usage=_(USAGE)))
         return
     except TierError as exc:
-        await reply(actor, ev, f"{exc}. {_(USAGE)}")  # (a TierError's text is English: tiers has no catalog)
+        await reply(ctx, ev, f"{exc}. {_(USAGE)}")  # (a TierError's text is English: tiers has no catalog)
         return
-    await reply(actor, ev, _(USAGE))
+    await reply(ctx, ev, _(USAGE))
 
 
-def _subs(actor: "ChatActor"):
-    adm = actor.svc.admission
+def _subs(ctx: ChatContext):
+    adm = ctx.svc.admission
     if adm is None:
         raise TierError("this bot runs without tiers")
     return adm.subs
@@ -95,11 +93,11 @@ def _target(text: str, ev: CommandEvent) -> tuple[str, int]:
     return parse_target(text)
 
 
-async def overview(actor: "ChatActor") -> str:
+async def overview(ctx: ChatContext) -> str:
     """The owner's one-message overview (Markdown)."""
     from tiers.usage import usage_summary
 
-    svc = actor.svc
+    svc = ctx.svc
     now = svc.clock()
     sup, mem = svc.supervisor, svc.memory
     emb = mem.embedder

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from memory.vector_counts import VectorCounts
     from memory.vectors import VectorMemory
 
-    from .services import Services
+    from actors.services import Services
 
 Needs = Literal["store", "stores", "memory"]
 _FLUSH_WAIT_S = 5.0  # memory.stats in a running bot: how long to wait for its queues before counting
@@ -140,7 +140,7 @@ async def open_resources(needs: Needs, config: Config, data_dir: Path, *, gap_fi
                          model_change: bool = False) -> AsyncIterator[Resources]:
     """Open what ``needs`` asks for under ``data_dir`` (no bot running). raises StoreLocked when a
     running bot holds the database."""
-    from .stores import dialogue_store, open_stores
+    from actors.stores import dialogue_store, open_stores
 
     if needs == "store":
         async with dialogue_store(config, data_dir) as store:
@@ -149,7 +149,7 @@ async def open_resources(needs: Needs, config: Config, data_dir: Path, *, gap_fi
         async with open_stores(config, data_dir) as stores:
             yield Resources(config, stores.store, stores.vectors)
     else:
-        from .runtime import open_memory
+        from actors.runtime import open_memory
 
         async with open_memory(config, data_dir, fill_gaps=gap_fill, model_change=model_change) as memory:
             yield Resources(config, memory.store, memory.vectors, memory)
@@ -212,8 +212,8 @@ async def memory_stats(res: Resources, io: Streams, *, as_json: bool = False) ->
     """Messages and memories per chat, and the size of each store."""
     from memory.maintenance import find_gaps
 
-    from .capacity import describe as describe_cleanup
-    from .stores import Stores
+    from features.capacity import describe as describe_cleanup
+    from actors.stores import Stores
 
     vectors = res.need_vectors()
     if res.memory is not None:  # a running bot: what it was told so far is counted (briefly: it may be busy)
@@ -409,7 +409,7 @@ def _count_lines(file: Path) -> int | None:
 @operation("import.documents", "memory")
 async def import_documents(res: Resources, io: Streams, *, files: list[str], chat_id: int, user: str) -> int:
     """Each document (absolute paths) into chat ``chat_id``'s memory; a line per file; exit 1 if any failed."""
-    from .local import IdAllocator
+    from transports.local import IdAllocator
     from memory.documents import document_summary
     from memory.importer import import_document
     from memory.transcripts import derived_user_id
@@ -448,7 +448,7 @@ def _subs(res: Resources):
 
 @operation("sub.grant", "store")
 async def sub_grant(res: Resources, io: Streams, *, target: str, tier: str, days: float | None = None) -> int:
-    from tiers.cli import grant
+    from .tiers_report import grant
 
     await grant(res.store, res.config.tiers, target, tier, days, io.out, subs=_subs(res))
     return 0
@@ -456,7 +456,7 @@ async def sub_grant(res: Resources, io: Streams, *, target: str, tier: str, days
 
 @operation("sub.revoke", "store")
 async def sub_revoke(res: Resources, io: Streams, *, target: str) -> int:
-    from tiers.cli import revoke
+    from .tiers_report import revoke
 
     await revoke(res.store, res.config.tiers, target, io.out, subs=_subs(res))
     return 0
@@ -464,7 +464,7 @@ async def sub_revoke(res: Resources, io: Streams, *, target: str) -> int:
 
 @operation("sub.list", "store")
 async def sub_list(res: Resources, io: Streams, *, expired: bool = False, as_json: bool = False) -> int:
-    from tiers.cli import list_subs
+    from .tiers_report import list_subs
 
     await list_subs(res.store, res.config.tiers, io.out, expired=expired, as_json=as_json, subs=_subs(res))
     return 0
@@ -472,7 +472,7 @@ async def sub_list(res: Resources, io: Streams, *, expired: bool = False, as_jso
 
 @operation("usage", "store")
 async def usage(res: Resources, io: Streams, *, by: str = "model", since: str | None = None, as_json: bool = False) -> int:
-    from tiers.cli import usage_report
+    from .tiers_report import usage_report
 
     await res.store.flush()  # a running bot: its queued usage records count
     start = datetime.fromisoformat(since) if since else None

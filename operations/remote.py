@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ControlServerError
+from actors.errors import ControlServerError
 
 CONTROL_FILE = "control.json"  # url, pid and token of the running bot (written by actors.control)
 STARTING_WAIT_S = 120.0  # how long to wait for a starting bot to open its stores

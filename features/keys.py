@@ -15,58 +15,56 @@ the configured models each key is used for (``LLM.key_use``: a model on the host
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import i18n
 from i18n import N_, _
 
-from .events import PRIVATE, CommandEvent
+from actors.handlers import ChatContext
+from actors.events import PRIVATE, CommandEvent
+from .replies import reply
 
-if TYPE_CHECKING:
-    from .chat import ChatActor
 
 USAGE = N_("`/key <provider> <key>` sets your own API key (e.g. `/key openai sk-…`); `/key delete` removes it.\n"
            "A group's admins set the group's key here: `/key group <chat id> <provider> <key>`.")
 
 
-async def cmd_key(actor: "ChatActor", ev: CommandEvent) -> None:
-    from .commands import reply
+async def cmd_key(ctx: ChatContext, ev: CommandEvent) -> None:
 
     args = ev.args.split()
     if ev.chat_type != PRIVATE:
         if len(args) >= 2:  # a key posted in the group: never stored
-            if await actor.outbox.delete(actor.chat_id, ev.message_id):
+            if await ctx.outbox.delete(ctx.chat_id, ev.message_id):
                 text = _("Keys are never set in a group. I deleted your message, but the key may have been seen — revoke it "
                          "at the provider and send me a new one in a private chat: `/key group {chat_id} <provider> <key>`.",
-                         chat_id=actor.chat_id)
+                         chat_id=ctx.chat_id)
             else:
                 text = _("Keys are never set in a group. Delete your message now: the key may have been seen — revoke it "
                          "at the provider and send me a new one in a private chat: `/key group {chat_id} <provider> <key>`.",
-                         chat_id=actor.chat_id)
-            await reply(actor, ev, text)
+                         chat_id=ctx.chat_id)
+            await reply(ctx, ev, text)
         else:
-            await reply(actor, ev, _("A group's key is set by its admins in a private chat with me: "
-                                     "`/key group {chat_id} <provider> <key>`.", chat_id=actor.chat_id))
+            await reply(ctx, ev, _("A group's key is set by its admins in a private chat with me: "
+                                     "`/key group {chat_id} <provider> <key>`.", chat_id=ctx.chat_id))
         return
-    vault = actor.svc.keys
+    vault = ctx.svc.keys
     if vault is None or not vault.enabled:
         if len(args) >= 2:
-            await _delete(actor, ev)
-        await reply(actor, ev, _("This bot does not keep personal API keys (its host has not set KITH_SECRET_KEY)."))
+            await _delete(ctx, ev)
+        await reply(ctx, ev, _("This bot does not keep personal API keys (its host has not set KITH_SECRET_KEY)."))
         return
     from providers.keys import CHAT, USER
 
     scope, scope_id = USER, ev.sender.user_id
     if args and args[0].lower() == "group":
         if len(args) < 2 or not _is_int(args[1]) or int(args[1]) >= 0:
-            await reply(actor, ev, _("`/key group <chat id> <provider> <key>`: the group's id is a negative number "
+            await reply(ctx, ev, _("`/key group <chat id> <provider> <key>`: the group's id is a negative number "
                                      "(send `/key` in the group to see it)."))
             return
         scope, scope_id = CHAT, int(args[1])
-        if not await actor.outbox.is_admin(scope_id, ev.sender.user_id):
-            await reply(actor, ev, _("Only the admins of group {chat_id} can set or see its keys.", chat_id=scope_id))
+        if not await ctx.outbox.is_admin(scope_id, ev.sender.user_id):
+            await reply(ctx, ev, _("Only the admins of group {chat_id} can set or see its keys.", chat_id=scope_id))
             if len(args) >= 4:
-                await _delete(actor, ev)
+                await _delete(ctx, ev)
             return
         args = args[2:]
     mine = scope == USER
@@ -75,43 +73,43 @@ async def cmd_key(actor: "ChatActor", ev: CommandEvent) -> None:
         if not keys:
             text = (_("You have no keys set; requests use the bot's own.") if mine else
                     _("Group {chat_id} has no keys set; requests use the bot's own.", chat_id=scope_id))
-            await reply(actor, ev, f"{text}\n\n{_(USAGE)}")
+            await reply(ctx, ev, f"{text}\n\n{_(USAGE)}")
             return
         listed = []
         for k in keys:
             listed.append(_("• {provider}: {hint} (set {date})", provider=k.provider, hint=k.hint, date=i18n.date(k.updated_at)))
-            use = key_use_text(actor, k.provider)
+            use = key_use_text(ctx, k.provider)
             if use:
                 listed.append(f"  {use}")
         lines = "\n".join(listed)
-        await reply(actor, ev, _("Your keys:\n{lines}\n\n`/key delete [provider]` removes them.", lines=lines) if mine else
+        await reply(ctx, ev, _("Your keys:\n{lines}\n\n`/key delete [provider]` removes them.", lines=lines) if mine else
                     _("Group {chat_id}'s keys:\n{lines}\n\n`/key group {chat_id} delete [provider]` removes them.",
                       chat_id=scope_id, lines=lines))
         return
     if args[0].lower() == "delete":
         provider = args[1].lower() if len(args) > 1 else None
         n = await vault.delete(scope, scope_id, provider)
-        await reply(actor, ev, _deleted(bool(n), mine, scope_id, provider))
+        await reply(ctx, ev, _deleted(bool(n), mine, scope_id, provider))
         return
     if len(args) != 2:
-        await reply(actor, ev, _(USAGE))
+        await reply(ctx, ev, _(USAGE))
         if len(args) > 2:
-            await _delete(actor, ev)
+            await _delete(ctx, ev)
         return
     provider, key = args[0].lower(), args[1]
-    known = getattr(actor.svc.llm, "providers", None)  # None: an LLM that does not say (accept any)
+    known = getattr(ctx.svc.llm, "providers", None)  # None: an LLM that does not say (accept any)
     if known is not None and provider not in known:
-        await _delete(actor, ev)
+        await _delete(ctx, ev)
         if known:
             text = _("This bot's models do not use {provider!r}; they use: {providers}.", provider=provider,
                      providers=", ".join(known))
         else:
             text = _("This bot's models do not use {provider!r}; they need no key (the offline model answers).",
                      provider=provider)
-        await reply(actor, ev, text)
+        await reply(ctx, ev, text)
         return
     info = await vault.set(scope, scope_id, provider, key)
-    deleted = await _delete(actor, ev)
+    deleted = await _delete(ctx, ev)
     if mine:
         text = _("Saved your {provider} key {hint} (encrypted), for your requests in every chat; "
                  "`/key delete {provider}` removes it.", provider=provider, hint=info.hint)
@@ -121,15 +119,15 @@ async def cmd_key(actor: "ChatActor", ev: CommandEvent) -> None:
                  chat_id=scope_id, provider=provider, hint=info.hint)
     if not deleted:
         text += " " + _("Delete your message with the key from this chat.")
-    use = key_use_text(actor, provider)
-    await reply(actor, ev, f"{text}\n{use}" if use else text)
+    use = key_use_text(ctx, provider)
+    await reply(ctx, ev, f"{text}\n{use}" if use else text)
 
 
-def key_use_text(actor: "ChatActor", provider: str) -> str | None:
+def key_use_text(ctx: ChatContext, provider: str) -> str | None:
     """Which configured models a ``provider`` key is used for, in one or two sentences (``Used for:
     fast, smart. Not used for: local (…)``), or that it is used for none; None when the LLM does not
     say (``LLM.key_use`` missing, as in fakes)."""
-    key_use = getattr(actor.svc.llm, "key_use", None)
+    key_use = getattr(ctx.svc.llm, "key_use", None)
     if key_use is None:
         return None
     use = key_use(provider)
@@ -159,8 +157,8 @@ def _deleted(done: bool, mine: bool, chat_id: int, provider: str | None) -> str:
             _("Group {chat_id} has no keys to delete.", chat_id=chat_id))
 
 
-async def _delete(actor: "ChatActor", ev: CommandEvent) -> bool:
-    return await actor.outbox.delete(actor.chat_id, ev.message_id)
+async def _delete(ctx: ChatContext, ev: CommandEvent) -> bool:
+    return await ctx.outbox.delete(ctx.chat_id, ev.message_id)
 
 
 def _is_int(s: str) -> bool:

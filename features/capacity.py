@@ -2,7 +2,7 @@
 
 ``memory.cleanup`` removes (and logs in the store) what passes a tier's ``dialogue_limit`` or
 ``memory_limit``; the runtime then tells the chats concerned with a ``CapacityCleaned`` event, and
-their actor says it once per cleanup — to the member in a private chat, to the admins in a group —
+their ctx says it once per cleanup — to the member in a private chat, to the admins in a group —
 with a /billing button when the bot sells plans. ``/memory``, ``/admin`` and ``kith memory stats``
 read the same log (``DialogueStore.cleanups``) through ``describe``.
 """
@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import i18n
 from i18n import _, ngettext
 from memory.types import CleanupRecord
 
 from .billing import plans_button
-from .events import CapacityCleaned
+from actors.events import CapacityCleaned
+from actors.handlers import ChatContext
 
-if TYPE_CHECKING:
-    from .chat import ChatActor
 
 __all__ = ["describe", "notice", "on_capacity_cleaned"]
 
@@ -81,14 +79,14 @@ def notice(records: Sequence[CleanupRecord], *, group: bool) -> str:
     return _("For the admins: {text}", text=text) if group else text
 
 
-async def on_capacity_cleaned(actor: ChatActor, ev: CapacityCleaned) -> None:
+async def on_capacity_cleaned(ctx: ChatContext, ev: CapacityCleaned) -> None:
     """Tell the chat, once, what the cleanup removed from it (with a /billing button)."""
-    records = [r for r in ev.records if r.chat_id == actor.chat_id or r.scope == "user"]
+    records = [r for r in ev.records if r.chat_id == ctx.chat_id or r.scope == "user"]
     if not records:
         return
-    text = notice(records, group=actor.chat_id < 0)
-    rows = plans_button(actor)
+    text = notice(records, group=ctx.chat_id < 0)
+    rows = plans_button(ctx)
     if rows:
-        await actor.outbox.send_buttons(actor.chat_id, text, rows)
+        await ctx.outbox.send_buttons(ctx.chat_id, text, rows)
     else:
-        await actor.outbox.send(actor.chat_id, text)
+        await ctx.outbox.send(ctx.chat_id, text)

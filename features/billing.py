@@ -6,26 +6,25 @@ are applied once per ``charge_id`` even when Telegram delivers the update twice.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import i18n
 from i18n import _, ngettext
 from tiers.errors import PaymentError
 from tiers.payments import invoice_for, validate_pre_checkout
 
-from .events import PRIVATE, ButtonPress, CommandEvent, PaymentEvent, PreCheckout
-from .outbox import Button
+from actors.handlers import ChatContext
+from actors.events import PRIVATE, ButtonPress, CommandEvent, PaymentEvent, PreCheckout
+from actors.outbox import Button
+from .replies import features_line, reply, short
 
-if TYPE_CHECKING:
-    from .chat import ChatActor
 
 log = logging.getLogger(__name__)
 
 
-def plans_button(actor: "ChatActor") -> list[list[Button]] | None:
+def plans_button(ctx: ChatContext) -> list[list[Button]] | None:
     """The one-button keyboard under a tier refusal that opens /billing's plans; None when the bot
     sells no plans."""
-    return [[Button(_("⭐ Plans"), "billing:show")]] if actor.svc.config.tiers.plans else None
+    return [[Button(_("⭐ Plans"), "billing:show")]] if ctx.svc.config.tiers.plans else None
 
 
 def _limit(n: float) -> str:
@@ -41,17 +40,17 @@ def _expiry(sub) -> str:
     return " " + _("until {when} UTC", when=i18n.datetime_(sub.expires_at))
 
 
-async def usage_lines(actor: "ChatActor", user_id: int) -> list[str]:
+async def usage_lines(ctx: ChatContext, user_id: int) -> list[str]:
     """Today's usage against each quota of the member's tier here."""
-    adm = actor.svc.admission
+    adm = ctx.svc.admission
     assert adm is not None, "usage lines need tiers"
-    p = await adm.profile(actor.chat_id, user_id)
+    p = await adm.profile(ctx.chat_id, user_id)
     q, t = p.quotas, p.today
     from tiers.quotas import ANY_MODEL, request_usage
 
     lines = []
-    shared = [a for a in actor.svc.config.settings.models if a not in q.requests_per_day]
-    for alias in actor.svc.config.settings.models:
+    shared = [a for a in ctx.svc.config.settings.models if a not in q.requests_per_day]
+    for alias in ctx.svc.config.settings.models:
         if alias in shared and ANY_MODEL in q.requests_per_day:
             continue  # shown once below, as the shared quota it is
         used, limit = request_usage(q, t.requests, alias)
@@ -74,52 +73,49 @@ async def usage_lines(actor: "ChatActor", user_id: int) -> list[str]:
     return lines
 
 
-async def cmd_profile(actor: "ChatActor", ev: CommandEvent) -> None:
-    from .commands import _short, reply
+async def cmd_profile(ctx: ChatContext, ev: CommandEvent) -> None:
 
-    user = await actor._user(ev.sender.user_id)
+    user = await ctx.user_settings(ev.sender.user_id)
     lines = [f"**{ev.sender.name}**"]
-    if actor.svc.admission is not None:
-        from .commands import features_line
+    if ctx.svc.admission is not None:
 
-        p = await actor.svc.admission.profile(actor.chat_id, ev.sender.user_id)
+        p = await ctx.svc.admission.profile(ctx.chat_id, ev.sender.user_id)
         lines.append(_("Tier here: **{tier}** — {features}", tier=p.tier, features=features_line(p.features)))
         if p.user_sub is not None:
             lines.append(_("Your subscription: {tier}{until}", tier=p.user_sub.tier, until=_expiry(p.user_sub)))
-        if p.chat_sub is not None and actor.chat_id != ev.sender.user_id:
+        if p.chat_sub is not None and ctx.chat_id != ev.sender.user_id:
             lines.append(_("This chat's subscription: {tier}{until}", tier=p.chat_sub.tier, until=_expiry(p.chat_sub)))
-    lines.append(_("Model: {model}", model=actor._model_for(user)))
+    lines.append(_("Model: {model}", model=ctx.model_for(user)))
     if user.get("role"):
-        lines.append(_("Persona: {persona}", persona=_short(user["role"], 200)))
-    mine = await actor.svc.memory.store.count_messages(actor.chat_id, user_id=ev.sender.user_id)
+        lines.append(_("Persona: {persona}", persona=short(user["role"], 200)))
+    mine = await ctx.svc.memory.store.count_messages(ctx.chat_id, user_id=ev.sender.user_id)
     lines.append(_("Your messages in this chat: {n}", n=i18n.number(mine)))
-    if actor.svc.admission is not None:
+    if ctx.svc.admission is not None:
         lines.append(_("Today:"))
-        lines += await usage_lines(actor, ev.sender.user_id)
-    await reply(actor, ev, "\n".join(lines))
+        lines += await usage_lines(ctx, ev.sender.user_id)
+    await reply(ctx, ev, "\n".join(lines))
 
 
-async def cmd_usage(actor: "ChatActor", ev: CommandEvent) -> None:
-    from .commands import reply
+async def cmd_usage(ctx: ChatContext, ev: CommandEvent) -> None:
 
-    if actor.svc.admission is None:
-        await reply(actor, ev, _("Usage limits are not enabled on this bot."))
+    if ctx.svc.admission is None:
+        await reply(ctx, ev, _("Usage limits are not enabled on this bot."))
         return
-    tier = await actor.svc.admission.tier_of(actor.chat_id, ev.sender.user_id)
-    lines = await usage_lines(actor, ev.sender.user_id)
-    await reply(actor, ev, "\n".join([_("Today's usage (tier **{tier}**):", tier=tier), *lines]))
+    tier = await ctx.svc.admission.tier_of(ctx.chat_id, ev.sender.user_id)
+    lines = await usage_lines(ctx, ev.sender.user_id)
+    await reply(ctx, ev, "\n".join([_("Today's usage (tier **{tier}**):", tier=tier), *lines]))
 
 
-async def cmd_billing(actor: "ChatActor", ev: CommandEvent) -> None:
+async def cmd_billing(ctx: ChatContext, ev: CommandEvent) -> None:
     """The plans as buttons; in a group, a plan bought here covers the whole group."""
-    await send_plans(actor, "user" if ev.chat_type == PRIVATE else "chat", ev.message_id, ev.thread_id)
+    await send_plans(ctx, "user" if ev.chat_type == PRIVATE else "chat", ev.message_id, ev.thread_id)
 
 
-async def send_plans(actor: "ChatActor", scope: str, reply_to: int | None, thread_id: int | None) -> None:
+async def send_plans(ctx: ChatContext, scope: str, reply_to: int | None, thread_id: int | None) -> None:
     """The plans as buttons (``scope``: ``"user"`` in a private chat, ``"chat"`` in a group)."""
-    plans = actor.svc.config.tiers.plans
+    plans = ctx.svc.config.tiers.plans
     if not plans:
-        await actor.outbox.send(actor.chat_id, _("This bot sells no plans."), reply_to=reply_to, thread_id=thread_id)
+        await ctx.outbox.send(ctx.chat_id, _("This bot sells no plans."), reply_to=reply_to, thread_id=thread_id)
         return
     rows = [[Button(ngettext("{title}: {n} day of {tier} — {price}", "{title}: {n} days of {tier} — {price}", p.days,
                              title=i18n.pick(p.title) or name, n=i18n.number(p.days), tier=p.tier, price=_price(p.price, p.currency)),
@@ -129,7 +125,7 @@ async def send_plans(actor: "ChatActor", scope: str, reply_to: int | None, threa
         text = _("Plans — a purchase here covers you (in every chat):")
     else:
         text = _("Plans — a purchase here covers everyone in this group:")
-    await actor.outbox.send_buttons(actor.chat_id, text, rows, reply_to=reply_to, thread_id=thread_id)
+    await ctx.outbox.send_buttons(ctx.chat_id, text, rows, reply_to=reply_to, thread_id=thread_id)
 
 
 def _price(amount: int, currency: str) -> str:
@@ -143,33 +139,33 @@ def _price(amount: int, currency: str) -> str:
     return i18n.money(amount / 10 ** get_currency_precision(code), code)
 
 
-async def press_buy(actor: "ChatActor", ev: ButtonPress, rest: str) -> None:
+async def press_buy(ctx: ChatContext, ev: ButtonPress, rest: str) -> None:
     plan, _sep, scope = rest.partition(":")
-    scope_id = ev.sender.user_id if scope == "user" else actor.chat_id
+    scope_id = ev.sender.user_id if scope == "user" else ctx.chat_id
     try:
-        invoice = invoice_for(plan, actor.svc.config.tiers, scope=scope if scope in ("user", "chat") else "user", scope_id=scope_id)
+        invoice = invoice_for(plan, ctx.svc.config.tiers, scope=scope if scope in ("user", "chat") else "user", scope_id=scope_id)
     except PaymentError as exc:
-        log.warning("chat %s: plan %r cannot be sold: %s", actor.chat_id, plan, exc)
-        await actor.outbox.answer_button(ev.query_id, _("Sorry, this plan can't be bought right now."), alert=True)
+        log.warning("chat %s: plan %r cannot be sold: %s", ctx.chat_id, plan, exc)
+        await ctx.outbox.answer_button(ev.query_id, _("Sorry, this plan can't be bought right now."), alert=True)
         return
-    await actor.outbox.send_invoice(actor.chat_id, invoice)
-    await actor.outbox.answer_button(ev.query_id)
+    await ctx.outbox.send_invoice(ctx.chat_id, invoice)
+    await ctx.outbox.answer_button(ev.query_id)
 
 
-async def handle_pre_checkout(actor: "ChatActor", ev: PreCheckout) -> None:
-    error = validate_pre_checkout(ev.payload, ev.total_amount, ev.currency, actor.svc.config.tiers)
-    await actor.outbox.answer_pre_checkout(ev.query_id, error is None, error)
+async def handle_pre_checkout(ctx: ChatContext, ev: PreCheckout) -> None:
+    error = validate_pre_checkout(ev.payload, ev.total_amount, ev.currency, ctx.svc.config.tiers)
+    await ctx.outbox.answer_pre_checkout(ev.query_id, error is None, error)
 
 
-async def handle_payment(actor: "ChatActor", ev: PaymentEvent) -> None:
-    if actor.svc.admission is None:
+async def handle_payment(ctx: ChatContext, ev: PaymentEvent) -> None:
+    if ctx.svc.admission is None:
         log.error("payment %s received but tiers are disabled", ev.charge_id)
         return
-    sub = await actor.svc.admission.apply_payment(ev.charge_id, ev.payload, ev.total_amount, ev.currency, ev.sender.user_id, actor.chat_id)
+    sub = await ctx.svc.admission.apply_payment(ev.charge_id, ev.payload, ev.total_amount, ev.currency, ev.sender.user_id, ctx.chat_id)
     if sub is None:
         text = _("Thank you! Your payment was received, but its plan no longer exists: the bot's owner will sort it out.")
     elif sub.scope == "user":
         text = _("Thank you! You are on **{tier}**{until}.", tier=sub.tier, until=_expiry(sub))
     else:
         text = _("Thank you! This chat is on **{tier}**{until}.", tier=sub.tier, until=_expiry(sub))
-    await actor.outbox.send(actor.chat_id, text, reply_to=ev.message_id)
+    await ctx.outbox.send(ctx.chat_id, text, reply_to=ev.message_id)

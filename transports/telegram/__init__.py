@@ -1,14 +1,15 @@
 """The Telegram transport (kurigram, imported as ``pyrogram``): updates → chat events, and the Outbox.
 
-- ``bot``: ``run_bot`` / ``serve`` — client, handlers, runtime, graceful shutdown, gap recovery.
+- ``client``: the kurigram client (options, credentials, connecting with retries, the command menu).
 - ``updates``: ``UpdateRouter`` — thin handlers converting updates to events; channel gate; privacy notice.
 - ``outbox``: ``TelegramOutbox`` — sending, editing, streaming, documents, buttons, ``is_admin``.
 - ``render``: Markdown → Telegram text + entities, split into ≤ 4096 UTF-16 units.
 - ``limits``: per-chat / per-group / global budgets and FloodWait.
 
-Importing this package imports pyrogram; the rest of ``actors`` never does.
+Importing this package imports pyrogram; the actor runtime never does. ``operations.bot`` runs the
+bot (``run_bot`` / ``serve``: client, handlers, runtime, control server, graceful shutdown).
 """
-from .bot import COMMANDS, BotApp, build_client, run_bot, serve
+from .client import CLIENT_OPTIONS, COMMANDS, build_client, connect, set_commands, stop_receiving
 from .limits import SendLimiter
 from .outbox import DeliveryFailed, TelegramOutbox, TelegramReplyStream
 from .render import Part, render, render_parts, split
@@ -16,7 +17,7 @@ from .updates import UpdateRouter, callback_to_event, message_to_event
 
 __all__ = [
     "COMMANDS",
-    "BotApp",
+    "CLIENT_OPTIONS",
     "DeliveryFailed",
     "Part",
     "SendLimiter",
@@ -28,7 +29,8 @@ __all__ = [
     "message_to_event",
     "render",
     "render_parts",
-    "run_bot",
-    "serve",
+    "connect",
+    "set_commands",
+    "stop_receiving",
     "split",
 ]

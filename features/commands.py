@@ -1,4 +1,4 @@
-"""Chat commands and inline-keyboard presses, handled inside the chat's actor (DESIGN §8).
+"""Chat commands and inline-keyboard presses, handled inside the chat's ctx (docs/design.md §8).
 
 Commands change the actor's own state (settings, windows) without locks because they run in the
 actor's loop like every other event. Texts are Markdown; the transport renders them.
@@ -7,17 +7,17 @@ Group settings and destructive group actions are for group admins only (``Outbox
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 import i18n
 from i18n import N_, _, ngettext
 
-from . import billing
-from .events import PRIVATE, ButtonPress, CommandEvent, is_group
-from .outbox import Button
+from . import admin, billing, keys, media
+from .capacity import describe
+from .replies import features_line, reply, short
+from actors.handlers import ChatContext
+from actors.events import PRIVATE, ButtonPress, CommandEvent, is_group
+from actors.outbox import Button
 
-if TYPE_CHECKING:
-    from .chat import ChatActor
 
 HISTORY_DEFAULT = 20
 HISTORY_MAX = 100
@@ -44,55 +44,48 @@ In groups I answer when you mention me, reply to me, or use a keyword; I remembe
 Send me photos, documents (PDF, DOCX, text) and voice notes: I read them into this chat's memory when your plan includes it.""")
 
 
-async def handle_command(actor: "ChatActor", ev: CommandEvent) -> None:
-    """Run ``ev`` in ``actor``. Unknown commands get a pointer to /help."""
+async def handle_command(ctx: ChatContext, ev: CommandEvent) -> None:
+    """Run ``ev`` in the chat of ``ctx``. Unknown commands get a pointer to /help."""
     handler = COMMANDS.get(ev.command)
     if handler is None:
-        await reply(actor, ev, _("Unknown command /{command}. Try /help.", command=ev.command))
+        await reply(ctx, ev, _("Unknown command /{command}. Try /help.", command=ev.command))
         return
-    await handler(actor, ev)
-
-
-async def reply(actor: "ChatActor", ev: CommandEvent, text: str, buttons=None) -> None:
-    if buttons:
-        await actor.outbox.send_buttons(actor.chat_id, text, buttons, reply_to=ev.message_id, thread_id=ev.thread_id)
-    else:
-        await actor.outbox.send(actor.chat_id, text, reply_to=ev.message_id, thread_id=ev.thread_id)
+    await handler(ctx, ev)
 
 
 # ---------------------------------------------------------------------- simple ones
 
 
-async def cmd_help(actor: "ChatActor", ev: CommandEvent) -> None:
-    await reply(actor, ev, _(HELP, name=actor.svc.bot.name))
+async def cmd_help(ctx: ChatContext, ev: CommandEvent) -> None:
+    await reply(ctx, ev, _(HELP, name=ctx.svc.bot.name))
 
 
-async def _members_may(actor: "ChatActor", ev: CommandEvent, key: str) -> bool:
+async def _members_may(ctx: ChatContext, ev: CommandEvent, key: str) -> bool:
     """In a group, ``/history``/``/export`` (key ``history``) and ``/reset`` (``reset``) are the
     admins' unless the group's setting says ``members``; everyone may in a private chat."""
-    if not is_group(ev.chat_type) or actor.settings.get(key) == "members":
+    if not is_group(ev.chat_type) or ctx.settings.get(key) == "members":
         return True
-    if await actor.outbox.is_admin(actor.chat_id, ev.sender.user_id):
+    if await ctx.outbox.is_admin(ctx.chat_id, ev.sender.user_id):
         return True
     if key == "history":
         text = _("Only this group's admins can see its history (an admin can allow everyone: `/settings history members`).")
     else:
         text = _("Only this group's admins can reset its context (an admin can allow everyone: `/settings reset members`).")
-    await reply(actor, ev, text)
+    await reply(ctx, ev, text)
     return False
 
 
-async def cmd_history(actor: "ChatActor", ev: CommandEvent) -> None:
-    if not await _members_may(actor, ev, "history"):
+async def cmd_history(ctx: ChatContext, ev: CommandEvent) -> None:
+    if not await _members_may(ctx, ev, "history"):
         return
     try:
         n = max(1, min(HISTORY_MAX, int(ev.args))) if ev.args.strip() else HISTORY_DEFAULT
     except ValueError:
-        await reply(actor, ev, _("Usage: /history [number of messages, up to {max}]", max=HISTORY_MAX))
+        await reply(ctx, ev, _("Usage: /history [number of messages, up to {max}]", max=HISTORY_MAX))
         return
-    msgs = await actor.svc.memory.store.recent(actor.chat_id, n, thread_id=ev.thread_id)
+    msgs = await ctx.svc.memory.store.recent(ctx.chat_id, n, thread_id=ev.thread_id)
     if not msgs:
-        await reply(actor, ev, _("Nothing stored in this chat yet."))
+        await reply(ctx, ev, _("Nothing stored in this chat yet."))
         return
     from babel.dates import format_time
 
@@ -103,17 +96,17 @@ async def cmd_history(actor: "ChatActor", ev: CommandEvent) -> None:
         if m.date.date() != day:
             day = m.date.date()
             lines.append(f"**{i18n.date(m.date)}**")
-        lines.append(f"`{format_time(m.date, format='short', locale=i18n.current())}` **{m.user_name}**: {_short(m.text, 300)}")
-    await reply(actor, ev, "\n".join(lines))
+        lines.append(f"`{format_time(m.date, format='short', locale=i18n.current())}` **{m.user_name}**: {short(m.text, 300)}")
+    await reply(ctx, ev, "\n".join(lines))
 
 
-async def cmd_export(actor: "ChatActor", ev: CommandEvent) -> None:
+async def cmd_export(ctx: ChatContext, ev: CommandEvent) -> None:
     """The chat's stored conversation as transcript JSONL (re-importable with ``kith import``)."""
-    if not await _members_may(actor, ev, "history"):
+    if not await _members_may(ctx, ev, "history"):
         return
-    title = actor.settings.get("title") or ev.chat_title
+    title = ctx.settings.get("title") or ev.chat_title
     lines: list[str] = []
-    async for batch in actor.svc.memory.store.iter_messages(actor.chat_id):
+    async for batch in ctx.svc.memory.store.iter_messages(ctx.chat_id):
         for m in batch:
             row = {
                 "chat_id": m.chat_id, "message_id": m.message_id, "date": m.date.isoformat(), "user": m.user_name,
@@ -127,11 +120,11 @@ async def cmd_export(actor: "ChatActor", ev: CommandEvent) -> None:
                 row["chat_title"] = title
             lines.append(json.dumps(row, ensure_ascii=False))
     if not lines:
-        await reply(actor, ev, _("Nothing stored in this chat yet."))
+        await reply(ctx, ev, _("Nothing stored in this chat yet."))
         return
     data = ("\n".join(lines) + "\n").encode("utf-8")
-    await actor.outbox.send_document(
-        actor.chat_id, f"chat-{actor.chat_id}.jsonl", data,
+    await ctx.outbox.send_document(
+        ctx.chat_id, f"chat-{ctx.chat_id}.jsonl", data,
         caption=ngettext("{n} message (JSONL, one message per line)", "{n} messages (JSONL, one message per line)", len(lines),
                          n=i18n.number(len(lines))), reply_to=ev.message_id, thread_id=ev.thread_id,
     )
@@ -140,15 +133,15 @@ async def cmd_export(actor: "ChatActor", ev: CommandEvent) -> None:
 # ---------------------------------------------------------------------- model and role
 
 
-async def _model_keyboard(actor: "ChatActor", user_id: int, current: str) -> list[list[Button]]:
+async def _model_keyboard(ctx: ChatContext, user_id: int, current: str) -> list[list[Button]]:
     """One button per model: ✓ the current one, 🔒 those the member's tier lacks, today's quota."""
-    models = actor.svc.config.settings.models
+    models = ctx.svc.config.settings.models
     from tiers.quotas import request_usage
 
     allowed, q, used = set(models), None, {}
-    adm = actor.svc.admission
+    adm = ctx.svc.admission
     if adm is not None:
-        p = await adm.profile(actor.chat_id, user_id)
+        p = await adm.profile(ctx.chat_id, user_id)
         allowed = set(adm.allowed_models(p.tier, models))
         q, used = p.quotas, p.today.requests
     if current not in allowed and allowed:
@@ -169,158 +162,145 @@ async def _model_keyboard(actor: "ChatActor", user_id: int, current: str) -> lis
     return rows
 
 
-async def cmd_model(actor: "ChatActor", ev: CommandEvent) -> None:
-    user = await actor._user(ev.sender.user_id)
-    current = actor._model_for(user)
+async def cmd_model(ctx: ChatContext, ev: CommandEvent) -> None:
+    user = await ctx.user_settings(ev.sender.user_id)
+    current = ctx.model_for(user)
     arg = ev.args.strip()
     if arg:
-        await _set_model(actor, ev.chat_id, ev.sender.user_id, arg, lambda t: reply(actor, ev, t))
+        await _set_model(ctx, ev.chat_id, ev.sender.user_id, arg, lambda t: reply(ctx, ev, t))
         return
     text = _("Current model: **{model}**. Choose one:", model=current)
-    if actor.svc.admission is not None:
-        p = await actor.svc.admission.profile(actor.chat_id, ev.sender.user_id)
+    if ctx.svc.admission is not None:
+        p = await ctx.svc.admission.profile(ctx.chat_id, ev.sender.user_id)
         text += "\n" + _("Your tier here: **{tier}** — {features}", tier=p.tier, features=features_line(p.features))
-    await reply(actor, ev, text, await _model_keyboard(actor, ev.sender.user_id, current))
+    await reply(ctx, ev, text, await _model_keyboard(ctx, ev.sender.user_id, current))
 
 
-FEATURE_LABELS = (("vision", N_("photos")), ("documents", N_("documents")), ("voice", N_("voice")),
-                  ("image_generation", "/image"), ("custom_persona", N_("persona")))
-
-
-def features_line(features) -> str:
-    """``photos ✓ · documents ✓ · voice ✗ · /image ✗ · persona ✓`` for a tier's ``Features``."""
-    return " · ".join(f"{_(label)} {'✓' if getattr(features, name) else '✗'}" for name, label in FEATURE_LABELS)
-
-
-async def _set_model(actor: "ChatActor", chat_id: int, user_id: int, alias: str, say) -> None:
-    if alias not in actor.svc.config.settings.models:
+async def _set_model(ctx: ChatContext, chat_id: int, user_id: int, alias: str, say) -> None:
+    if alias not in ctx.svc.config.settings.models:
         await say(_("Unknown model {model!r}. Send /model to pick from the list.", model=alias))
         return
-    adm = actor.svc.admission
+    adm = ctx.svc.admission
     if adm is not None:
         tier = await adm.tier_of(chat_id, user_id)
-        if alias not in adm.allowed_models(tier, actor.svc.config.settings.models):
+        if alias not in adm.allowed_models(tier, ctx.svc.config.settings.models):
             await say(_("🔒 {model} is not part of the {tier} tier. See /billing to upgrade.", model=alias, tier=tier))
             return
-    settings = dict(await actor._user(user_id))
+    settings = dict(await ctx.user_settings(user_id))
     settings["model"] = alias
-    await actor.save_user_settings(user_id, settings)
+    await ctx.save_user_settings(user_id, settings)
     await say(_("Model set to **{model}**.", model=alias))
 
 
-async def cmd_role(actor: "ChatActor", ev: CommandEvent) -> None:
+async def cmd_role(ctx: ChatContext, ev: CommandEvent) -> None:
     if is_group(ev.chat_type):
-        await reply(actor, ev, _("In groups the persona is a group setting: an admin can use `/settings persona <text>`."))
+        await reply(ctx, ev, _("In groups the persona is a group setting: an admin can use `/settings persona <text>`."))
         return
-    if not await _persona_allowed(actor, ev):
+    if not await _persona_allowed(ctx, ev):
         return
     if ev.args.strip():
-        await _save_role(actor, ev.sender.user_id, ev.args.strip())
-        await reply(actor, ev, _("Persona saved."))
+        await save_role(ctx, ev.sender.user_id, ev.args.strip())
+        await reply(ctx, ev, _("Persona saved."))
         return
-    user = await actor._user(ev.sender.user_id)
+    user = await ctx.user_settings(ev.sender.user_id)
     current = user.get("role")
-    actor.awaiting_role.add(ev.sender.user_id)
+    ctx.awaiting_role.add(ev.sender.user_id)
     text = _("Send me the persona as your next message (how I should behave and talk with you).")
     if current:
-        text += "\n\n" + _("Current persona: {persona}", persona=_short(current, 500))
-    await reply(actor, ev, text, [[Button(_("Cancel"), "role:cancel"), Button(_("Delete persona"), "role:delete")]])
+        text += "\n\n" + _("Current persona: {persona}", persona=short(current, 500))
+    await reply(ctx, ev, text, [[Button(_("Cancel"), "role:cancel"), Button(_("Delete persona"), "role:delete")]])
 
 
-async def _persona_allowed(actor: "ChatActor", ev: CommandEvent) -> bool:
+async def _persona_allowed(ctx: ChatContext, ev: CommandEvent) -> bool:
     """The tier's ``custom_persona`` feature; refused once with a /billing button."""
-    adm = actor.svc.admission
+    adm = ctx.svc.admission
     if adm is None:
         return True
-    verdict = await adm.admit_feature(actor.chat_id, ev.sender.user_id, "custom_persona")
+    verdict = await adm.admit_feature(ctx.chat_id, ev.sender.user_id, "custom_persona")
     if verdict.allowed:
         return True
-    await reply(actor, ev, verdict.refusal or _("A custom persona is not part of your plan."), billing.plans_button(actor))
+    await reply(ctx, ev, verdict.refusal or _("A custom persona is not part of your plan."), billing.plans_button(ctx))
     return False
 
 
-async def _save_role(actor: "ChatActor", user_id: int, role: str | None) -> None:
-    settings = dict(await actor._user(user_id))
+async def save_role(ctx: ChatContext, user_id: int, role: str | None) -> None:
+    settings = dict(await ctx.user_settings(user_id))
     if role:
         settings["role"] = role
     else:
         settings.pop("role", None)
-    await actor.save_user_settings(user_id, settings)
+    await ctx.save_user_settings(user_id, settings)
 
 
 # ---------------------------------------------------------------------- profile, memory, forget, reset
 
 
-async def cmd_memory(actor: "ChatActor", ev: CommandEvent) -> None:
-    mem = actor.svc.memory
+async def cmd_memory(ctx: ChatContext, ev: CommandEvent) -> None:
+    mem = ctx.svc.memory
     query = ev.args.strip()
     if query:
-        recall = await mem.recall(actor.chat_id, query, 5)
+        recall = await mem.recall(ctx.chat_id, query, 5)
         if not recall.hits:
-            await reply(actor, ev, _("Nothing in this chat's memory matches that."))
+            await reply(ctx, ev, _("Nothing in this chat's memory matches that."))
             return
         lines = [
-            f"{i}. `{i18n.datetime_(h.date)}` **{h.user_name}**: {_short(h.text, 200)} "
+            f"{i}. `{i18n.datetime_(h.date)}` **{h.user_name}**: {short(h.text, 200)} "
             + _("(score {score})", score=i18n.number(h.score, digits=3)
                 + "".join(f", {k} {i18n.number(v, digits=2)}" for k, v in h.parts.items() if k != "rrf"))
             for i, h in enumerate(recall.hits, 1)
         ]
-        await reply(actor, ev, _("What I would recall:") + "\n" + "\n".join(lines))
+        await reply(ctx, ev, _("What I would recall:") + "\n" + "\n".join(lines))
         return
     await mem.flush()
-    chat_msgs = await mem.store.count_messages(actor.chat_id)
-    chat_mems = await mem.vectors.count(actor.chat_id)
-    mine = await mem.store.count_messages(actor.chat_id, user_id=ev.sender.user_id)
-    recent_mine = [m for m in await mem.store.recent(actor.chat_id, 200) if m.user_id == ev.sender.user_id][-3:]
-    persist = _("on") if actor.persist else _("off (nothing new is stored)")
+    chat_msgs = await mem.store.count_messages(ctx.chat_id)
+    chat_mems = await mem.vectors.count(ctx.chat_id)
+    mine = await mem.store.count_messages(ctx.chat_id, user_id=ev.sender.user_id)
+    recent_mine = [m for m in await mem.store.recent(ctx.chat_id, 200) if m.user_id == ev.sender.user_id][-3:]
+    persist = _("on") if ctx.persist else _("off (nothing new is stored)")
     lines = [
         _("**This chat**: {messages} stored, {memories} searchable. Storing: {persist}.",
           messages=ngettext("{n} message", "{n} messages", chat_msgs, n=i18n.number(chat_msgs)),
           memories=ngettext("{n} memory", "{n} memories", chat_mems, n=i18n.number(chat_mems)), persist=persist),
         _("**About you here**: {messages} of yours.", messages=ngettext("{n} message", "{n} messages", mine, n=i18n.number(mine))),
     ]
-    cleaned = await mem.store.cleanups(actor.chat_id)
+    cleaned = await mem.store.cleanups(ctx.chat_id)
     if cleaned:
-        from .capacity import describe
-
         lines.append(_("**Removed by the capacity cleanup**:"))
         lines += ["• " + describe(r) for r in cleaned]
     if recent_mine:
         lines.append(_("Your latest:"))
-        lines += [f"• `{i18n.datetime_(m.date)}` {_short(m.text, 150)}" for m in recent_mine]
-    docs = await mem.store.documents(actor.chat_id)
+        lines += [f"• `{i18n.datetime_(m.date)}` {short(m.text, 150)}" for m in recent_mine]
+    docs = await mem.store.documents(ctx.chat_id)
     if docs:
-        from .media import summary_for_member
-
         lines.append(_("**Documents** ({n}):", n=len(docs)))
-        lines += [_("• {file} — {summary}, from {user}, `{date}`", file=d.file_name, summary=summary_for_member(d), user=d.user_name,
+        lines += [_("• {file} — {summary}, from {user}, `{date}`", file=d.file_name, summary=media.summary_for_member(d), user=d.user_name,
                     date=i18n.date(d.date)) for d in docs[-10:]]
         if len(docs) > 10:
             lines.append(ngettext("… and {n} older one.", "… and {n} older ones.", len(docs) - 10, n=len(docs) - 10))
     lines.append(_("Memory never crosses chats. /forget erases your messages here; `/memory words` shows what I'd recall."))
-    await reply(actor, ev, "\n".join(lines))
+    await reply(ctx, ev, "\n".join(lines))
 
 
-async def cmd_forget(actor: "ChatActor", ev: CommandEvent) -> None:
-    n = await actor.forget_user(ev.sender.user_id)
-    await reply(actor, ev, ngettext("Done: {n} of your messages in this chat was erased and will not be recalled again.",
+async def cmd_forget(ctx: ChatContext, ev: CommandEvent) -> None:
+    n = await ctx.forget_user(ev.sender.user_id)
+    await reply(ctx, ev, ngettext("Done: {n} of your messages in this chat was erased and will not be recalled again.",
                                     "Done: {n} of your messages in this chat were erased and will not be recalled again.", n, n=n))
 
 
-async def cmd_reset(actor: "ChatActor", ev: CommandEvent) -> None:
+async def cmd_reset(ctx: ChatContext, ev: CommandEvent) -> None:
     if ev.args.strip().lower() in ("all", "delete", "history"):
-        if is_group(ev.chat_type) and not await actor.outbox.is_admin(actor.chat_id, ev.sender.user_id):
-            await reply(actor, ev, _("Only group admins can delete the group's history."))
+        if is_group(ev.chat_type) and not await ctx.outbox.is_admin(ctx.chat_id, ev.sender.user_id):
+            await reply(ctx, ev, _("Only group admins can delete the group's history."))
             return
         await reply(
-            actor, ev, _("Delete **all** of this chat's stored history and memories? This cannot be undone."),
+            ctx, ev, _("Delete **all** of this chat's stored history and memories? This cannot be undone."),
             [[Button(_("Delete everything"), f"reset:confirm:{ev.sender.user_id}"), Button(_("Cancel"), "reset:cancel")]],
         )
         return
-    if not await _members_may(actor, ev, "reset"):
+    if not await _members_may(ctx, ev, "reset"):
         return
-    await actor.reset_context()
-    await reply(actor, ev, _("Context cleared: I start fresh from here (history is kept; `/reset all` deletes it)."))
+    await ctx.reset_context()
+    await reply(ctx, ev, _("Context cleared: I start fresh from here (history is kept; `/reset all` deletes it)."))
 
 
 # ---------------------------------------------------------------------- interface language
@@ -348,26 +328,26 @@ def _language_code(value: str) -> str | None:
     return code
 
 
-async def cmd_language(actor: "ChatActor", ev: CommandEvent) -> None:
+async def cmd_language(ctx: ChatContext, ev: CommandEvent) -> None:
     """``/language`` shows the interface languages as buttons; ``/language ru`` chooses one for the
     member (every chat of theirs); ``/language auto`` follows their Telegram app again."""
     arg = ev.args.strip()
     if arg:
-        await _set_language(actor, ev.sender, arg, lambda t: reply(actor, ev, t))
+        await _set_language(ctx, ev.sender, arg, lambda t: reply(ctx, ev, t))
         return
     current = i18n.current()
     text = _("I speak **{language}** with you. Choose a language:", language=language_name(current))
-    group_language = i18n.normalize(actor.settings.get("language")) if is_group(ev.chat_type) else None
+    group_language = i18n.normalize(ctx.settings.get("language")) if is_group(ev.chat_type) else None
     if group_language:
         text += "\n" + _("In this group I speak {language}: its admins chose it (`/settings language`).",
                          language=language_name(group_language))
     rows = [[Button(("✓ " if code == current else "") + language_name(code), f"lang:{code}")] for code in i18n.available()]
     rows.append([Button(_("As in my Telegram app"), "lang:auto")])
-    await reply(actor, ev, text, rows)
+    await reply(ctx, ev, text, rows)
 
 
-async def _set_language(actor: "ChatActor", sender, arg: str, say) -> None:
-    settings = dict(await actor._user(sender.user_id))
+async def _set_language(ctx: ChatContext, sender, arg: str, say) -> None:
+    settings = dict(await ctx.user_settings(sender.user_id))
     if arg.lower() in ("auto", "default", "reset"):
         settings.pop("language", None)
         new = i18n.normalize(sender.language_code) or i18n.DEFAULT
@@ -378,7 +358,7 @@ async def _set_language(actor: "ChatActor", sender, arg: str, say) -> None:
                         languages=", ".join(f"{c} ({language_name(c)})" for c in i18n.available())))
             return
         settings["language"] = new = code
-    await actor.save_user_settings(sender.user_id, settings)
+    await ctx.save_user_settings(sender.user_id, settings)
     with i18n.use(new):
         await say(_("From now on I speak {language} with you.", language=language_name(new)))
 
@@ -386,23 +366,23 @@ async def _set_language(actor: "ChatActor", sender, arg: str, say) -> None:
 # ---------------------------------------------------------------------- settings (group admins)
 
 
-def _describe_settings(actor: "ChatActor") -> str:
+def _describe_settings(ctx: ChatContext) -> str:
     """The chat's settings, one ``key: value`` line each: the keys are what ``/settings KEY VALUE`` takes
     (not translated), the values in the member's language. (No ``_()`` inside an f-string: the catalog's
     extractor cannot see it there, and the string would stay untranslated.)"""
-    bot = actor.svc.config.settings.bot
-    s = actor.settings
+    bot = ctx.svc.config.settings.bot
+    s = ctx.settings
     keywords = s.get("keywords", list(bot.keywords))
     on, off = _("on"), _("off")
     who = {"admins": _("admins"), "members": _("members")}
     default, none, own, everyone = _("(default)"), _("(none)"), _("(each member their own)"), _("(everyone)")
     values = {
-        "persona": _short(s["persona"], 200) if s.get("persona") else default,
+        "persona": short(s["persona"], 200) if s.get("persona") else default,
         "keywords": ", ".join(keywords) if keywords else none,
         "always_on": on if s.get("always_on", bot.always_on) else off,
-        "persist": on if actor.persist else off,
+        "persist": on if ctx.persist else off,
         "language": s.get("language") or own,
-        "model": s.get("model", actor.svc.config.settings.default_model),
+        "model": s.get("model", ctx.svc.config.settings.default_model),
         "history": _("{who} (who may use /history and /export here)", who=who.get(s.get("history", "admins"), s.get("history"))),
         "reset": _("{who} (who may use /reset here)", who=who.get(s.get("reset", "admins"), s.get("reset"))),
         "allowed_users": ", ".join(map(str, s["allowed_users"])) if s.get("allowed_users") else everyone,
@@ -410,74 +390,74 @@ def _describe_settings(actor: "ChatActor") -> str:
     return "\n".join(f"{key}: {value}" for key, value in values.items())
 
 
-async def cmd_settings(actor: "ChatActor", ev: CommandEvent) -> None:
-    if ev.chat_type != PRIVATE and not await actor.outbox.is_admin(actor.chat_id, ev.sender.user_id):
-        await reply(actor, ev, _("Sorry, only this group's admins can change its settings."))
+async def cmd_settings(ctx: ChatContext, ev: CommandEvent) -> None:
+    if ev.chat_type != PRIVATE and not await ctx.outbox.is_admin(ctx.chat_id, ev.sender.user_id):
+        await reply(ctx, ev, _("Sorry, only this group's admins can change its settings."))
         return
     key, _sep, value = ev.args.strip().partition(" ")
     key, value = key.lower(), value.strip()
     if not key:
-        await reply(actor, ev, _("Settings of this chat:") + "\n" + _describe_settings(actor) + "\n\n"
+        await reply(ctx, ev, _("Settings of this chat:") + "\n" + _describe_settings(ctx) + "\n\n"
                     + _("Change one with `/settings <key> <value>`; `/settings <key> default` resets it."))
         return
     if key not in SETTINGS_KEYS:
-        await reply(actor, ev, _("Unknown setting {key!r}. Settings: {keys}.", key=key, keys=", ".join(SETTINGS_KEYS)))
+        await reply(ctx, ev, _("Unknown setting {key!r}. Settings: {keys}.", key=key, keys=", ".join(SETTINGS_KEYS)))
         return
-    new = dict(actor.settings)
+    new = dict(ctx.settings)
     if value.lower() in ("default", "reset", "none"):
         new.pop(key, None)
     elif key in ("always_on", "persist"):
         if value.lower() not in ON | OFF:
-            await reply(actor, ev, _("`/settings {key} on` or `/settings {key} off`.", key=key))
+            await reply(ctx, ev, _("`/settings {key} on` or `/settings {key} off`.", key=key))
             return
         new[key] = value.lower() in ON
-    elif key == "persona" and not await _persona_allowed(actor, ev):
+    elif key == "persona" and not await _persona_allowed(ctx, ev):
         return
     elif key == "allowed_users":
         try:
             ids = sorted({int(x) for x in value.replace(";", ",").replace(" ", ",").split(",") if x.strip()})
         except ValueError:
-            await reply(actor, ev, _("`/settings allowed_users 12345, 67890` (user ids), or `/settings allowed_users default`."))
+            await reply(ctx, ev, _("`/settings allowed_users 12345, 67890` (user ids), or `/settings allowed_users default`."))
             return
         new[key] = ids
     elif key in ("history", "reset"):
         if value.lower() not in WHO:
-            await reply(actor, ev, _("`/settings {key} admins` or `/settings {key} members`.", key=key))
+            await reply(ctx, ev, _("`/settings {key} admins` or `/settings {key} members`.", key=key))
             return
         new[key] = value.lower()
     elif key == "language":
         code = _language_code(value)
         if code is None:
-            await reply(actor, ev, _("`/settings language ru`: an ISO 639-1 code (en, ru, de…); I speak {languages} myself, "
+            await reply(ctx, ev, _("`/settings language ru`: an ISO 639-1 code (en, ru, de…); I speak {languages} myself, "
                                      "and the model answers in any.", languages=", ".join(i18n.available())))
             return
         new[key] = code
     elif key == "keywords":
         new[key] = [k.strip() for k in value.replace(";", ",").split(",") if k.strip()]
     elif key == "model":
-        if value not in actor.svc.config.settings.models:
-            await reply(actor, ev, _("Unknown model {model!r}. Models: {models}.", model=value, models=", ".join(actor.svc.config.settings.models)))
+        if value not in ctx.svc.config.settings.models:
+            await reply(ctx, ev, _("Unknown model {model!r}. Models: {models}.", model=value, models=", ".join(ctx.svc.config.settings.models)))
             return
         new[key] = value
     elif not value:
-        await reply(actor, ev, _("Usage: `/settings {key} <value>`", key=key))
+        await reply(ctx, ev, _("Usage: `/settings {key} <value>`", key=key))
         return
     else:
         new[key] = value
-    await actor.save_chat_settings(new)
-    await reply(actor, ev, _("Saved. Settings of this chat:") + "\n" + _describe_settings(actor))
+    await ctx.save_chat_settings(new)
+    await reply(ctx, ev, _("Saved. Settings of this chat:") + "\n" + _describe_settings(ctx))
 
 
 # ---------------------------------------------------------------------- buttons
 
 
-async def handle_button(actor: "ChatActor", ev: ButtonPress) -> None:
+async def handle_button(ctx: ChatContext, ev: ButtonPress) -> None:
     """Inline-keyboard presses: ``model:<alias>``, ``role:cancel|delete``, ``reset:confirm:<uid>|cancel``."""
     kind, _sep, rest = ev.data.partition(":")
     uid = ev.sender.user_id
 
     async def edit(text: str) -> None:
-        await actor.outbox.edit(actor.chat_id, ev.message_id, text)
+        await ctx.outbox.edit(ctx.chat_id, ev.message_id, text)
 
     if kind == "model":
         said: list[str] = []
@@ -486,66 +466,43 @@ async def handle_button(actor: "ChatActor", ev: ButtonPress) -> None:
             said.append(text)
             await edit(text)
 
-        await _set_model(actor, actor.chat_id, uid, rest, say)
-        await actor.outbox.answer_button(ev.query_id, _("Model: {model}", model=rest) if said and said[0] == _("Model set to **{model}**.", model=rest) else None)
+        await _set_model(ctx, ctx.chat_id, uid, rest, say)
+        await ctx.outbox.answer_button(ev.query_id, _("Model: {model}", model=rest) if said and said[0] == _("Model set to **{model}**.", model=rest) else None)
     elif kind == "lang":
-        await _set_language(actor, ev.sender, rest, edit)
-        await actor.outbox.answer_button(ev.query_id)
+        await _set_language(ctx, ev.sender, rest, edit)
+        await ctx.outbox.answer_button(ev.query_id)
     elif kind == "buy":
-        await billing.press_buy(actor, ev, rest)
+        await billing.press_buy(ctx, ev, rest)
     elif kind == "billing":
-        await billing.send_plans(actor, "user" if actor.chat_id > 0 else "chat", None, None)
-        await actor.outbox.answer_button(ev.query_id)
+        await billing.send_plans(ctx, "user" if ctx.chat_id > 0 else "chat", None, None)
+        await ctx.outbox.answer_button(ev.query_id)
     elif kind == "role":
-        actor.awaiting_role.discard(uid)
+        ctx.awaiting_role.discard(uid)
         if rest == "delete":
-            await _save_role(actor, uid, None)
+            await save_role(ctx, uid, None)
             await edit(_("Persona deleted; I use the default one again."))
         else:
             await edit(_("Cancelled."))
-        await actor.outbox.answer_button(ev.query_id)
+        await ctx.outbox.answer_button(ev.query_id)
     elif kind == "reset" and rest.startswith("confirm:"):
         if rest != f"confirm:{uid}":
-            await actor.outbox.answer_button(ev.query_id, _("Only the person who asked can confirm."), alert=True)
+            await ctx.outbox.answer_button(ev.query_id, _("Only the person who asked can confirm."), alert=True)
             return
-        n = await actor.delete_history()
+        n = await ctx.delete_history()
         await edit(ngettext("Deleted {n} message and its memories. This chat starts from nothing.",
                             "Deleted {n} messages and their memories. This chat starts from nothing.", n, n=n))
-        await actor.outbox.answer_button(ev.query_id, _("Deleted"))
+        await ctx.outbox.answer_button(ev.query_id, _("Deleted"))
     elif kind == "reset":
         await edit(_("Cancelled: nothing was deleted."))
-        await actor.outbox.answer_button(ev.query_id)
+        await ctx.outbox.answer_button(ev.query_id)
     else:
-        await actor.outbox.answer_button(ev.query_id, _("This button has expired."))
-
-
-def _short(text: str, n: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-async def cmd_image(actor: "ChatActor", ev: CommandEvent) -> None:
-    from .media import cmd_image as draw
-
-    await draw(actor, ev)
-
-
-async def cmd_key(actor: "ChatActor", ev: CommandEvent) -> None:
-    from .keys import cmd_key as key
-
-    await key(actor, ev)
-
-
-async def cmd_admin(actor: "ChatActor", ev: CommandEvent) -> None:
-    from .admin import cmd_admin as admin
-
-    await admin(actor, ev)
+        await ctx.outbox.answer_button(ev.query_id, _("This button has expired."))
 
 
 COMMANDS = {
-    "admin": cmd_admin,
-    "image": cmd_image,
-    "key": cmd_key,
+    "admin": admin.cmd_admin,
+    "image": media.cmd_image,
+    "key": keys.cmd_key,
     "start": cmd_help,
     "help": cmd_help,
     "history": cmd_history,

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import i18n
 from i18n import _
 
-from .outbox import Button, ReplyStream, Sent
+from actors.outbox import Button, ReplyStream, Sent
 
 LOCAL_ID_BASE = 2**40
 

@@ -1,27 +1,15 @@
-"""``kith tiers``, ``kith sub grant|revoke|list``, ``kith usage``.
-
-The work is done by plain functions that take an open ``DialogueStore`` (or the ``TiersConfig``) and a
-rich ``Console`` — testable without typer. The typer wrappers at the bottom open the store under
-``--data-dir`` and load ``--config`` like the rest of ``kith``; mount them in ``cli.py`` with::
-
-    from tiers.cli import sub_app, tiers_command, usage_command
-    app.command("tiers")(tiers_command)
-    app.command("usage")(usage_command)
-    app.add_typer(sub_app, name="sub")
-
-(This module imports ``cli`` only inside the commands, so the mount above causes no import cycle.)
-While a bot runs on the data dir, ``sub`` and ``usage`` go through its admin API
-(``actors.operations``): one process owns the database.
+"""What ``kith tiers``, ``kith sub grant|revoke|list`` and ``kith usage`` print: plain functions that
+take an open ``DialogueStore`` (or the ``TiersConfig``) and a rich ``Console``. The operations
+(``operations.registry``: ``sub.*``, ``usage``) run them on the stores, or inside a running bot
+through its admin API; ``cli.py`` has the commands.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Any
 
-import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -32,8 +20,8 @@ if TYPE_CHECKING:
 import i18n
 from config.models import UNLIMITED, TiersConfig
 
-from .subscriptions import Subscription, SubscriptionStore, parse_target
-from .usage import BY, usage_summary
+from tiers.subscriptions import Subscription, SubscriptionStore, parse_target
+from tiers.usage import usage_summary
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
@@ -210,98 +198,3 @@ def parse_since(text: str | None) -> datetime | None:
         return None
     ts = datetime.fromisoformat(text.strip())
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
-# ---------------------------------------------------------------- typer wrappers
-
-DataDir = Annotated[
-    Path, typer.Option("--data-dir", envvar="KITH_DATA_DIR", help="Where the databases live.", file_okay=False)
-]
-ConfigOpt = Annotated[
-    Optional[Path], typer.Option("--config", envvar="KITH_CONFIG", help="kith.yaml (default: the shipped one).", dir_okay=False)
-]
-Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-v info, -vv debug).")]
-Target = Annotated[str, typer.Argument(help="user:ID or chat:ID (a group's id is negative).", metavar="user:ID|chat:ID")]
-
-sub_app = typer.Typer(help="Manage subscriptions (through the running bot when one serves --data-dir).",
-                      no_args_is_help=True)
-
-
-def _console() -> Console:
-    from cli import out
-
-    return out
-
-
-def _operate(config: Path | None, verbose: int, data_dir: Path, name: str, **args: Any) -> None:
-    """Run operation ``name`` (``actors.operations``) through a running bot or on the stores."""
-    from cli import _operate as run, _setup
-
-    run(_setup(config, verbose), data_dir, name, args)
-
-
-def tiers_command(
-    data_dir: DataDir = Path("data"),
-    config: ConfigOpt = None,
-    verbose: Verbose = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the tiers and plans as JSON (the validated tiers.yaml).")] = False,
-) -> None:
-    """Show the tiers and their limits (models, quotas, storage, largest file, features, fallback, member
-    rate) and the plans. --data-dir is accepted like everywhere (tiers come from the config, not the data)."""
-    from cli import _setup
-
-    del data_dir  # the tiers are the config's; accepted so that every command takes the same options
-    tiers = _setup(config, verbose).tiers
-    if as_json:
-        typer.echo(json.dumps(tiers.model_dump(mode="json"), ensure_ascii=False, indent=2))
-        return
-    print_tiers(tiers, _console())
-
-
-@sub_app.command("grant")
-def sub_grant(
-    target: Target,
-    tier: Annotated[str, typer.Argument(help="A tier of tiers.yaml.")],
-    days: Annotated[Optional[float], typer.Option("--days", help="How long; omit for never expiring.", min=0)] = None,
-    data_dir: DataDir = Path("data"),
-    config: ConfigOpt = None,
-    verbose: Verbose = 0,
-) -> None:
-    """Give user:ID or chat:ID a tier, replacing what it had (everyone in a chat gets the chat's tier there)."""
-    _operate(config, verbose, data_dir, "sub.grant", target=target, tier=tier, days=days)
-
-
-@sub_app.command("revoke")
-def sub_revoke(target: Target, data_dir: DataDir = Path("data"), config: ConfigOpt = None, verbose: Verbose = 0) -> None:
-    """Remove the subscription of user:ID or chat:ID (back to the default tier)."""
-    _operate(config, verbose, data_dir, "sub.revoke", target=target)
-
-
-@sub_app.command("list")
-def sub_list(
-    expired: Annotated[bool, typer.Option("--expired", help="Include expired subscriptions.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    data_dir: DataDir = Path("data"),
-    config: ConfigOpt = None,
-    verbose: Verbose = 0,
-) -> None:
-    """List the active subscriptions."""
-    _operate(config, verbose, data_dir, "sub.list", expired=expired, as_json=as_json)
-
-
-def usage_command(
-    by: Annotated[str, typer.Option("--by", help="Group by user | chat | model | day (UTC) | kind (chat, vision, transcription, image, document).")] = "model",
-    since: Annotated[Optional[str], typer.Option("--since", help="From this date (YYYY-MM-DD, UTC) or ISO date-time.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    data_dir: DataDir = Path("data"),
-    config: ConfigOpt = None,
-    verbose: Verbose = 0,
-) -> None:
-    """Requests, tokens, audio seconds, images, pages and cost of the billed calls (a model with no known price costs 'unknown', not 0)."""
-    if by not in BY:
-        raise typer.BadParameter(f"use one of {', '.join(BY)}", param_hint="--by")
-    try:
-        start = parse_since(since)
-    except ValueError:
-        raise typer.BadParameter(f"{since!r} is not a date (YYYY-MM-DD)", param_hint="--since") from None
-    _operate(config, verbose, data_dir, "usage", by=by, since=start.isoformat() if start else None, as_json=as_json)

@@ -1,4 +1,4 @@
-"""The replay transport: feed a transcript through the full pipeline and report (DESIGN §9).
+"""The replay transport: feed a transcript through the full pipeline and report (docs/design.md §9).
 
 Nobody in a real log addresses the bot, so a policy decides which messages do:
 ``questions`` (messages ending with "?"), ``all``, ``none`` or ``nick:NAME`` (that speaker's messages).
@@ -16,9 +16,9 @@ from memory.errors import TranscriptLineError
 from memory.transcripts import read_transcript
 from memory.types import StoredMessage
 
-from .events import PRIVATE, Incoming, Sender
-from .runtime import Runtime
-from .services import ALREADY_ANSWERED, TurnReport
+from actors.events import PRIVATE, Incoming, Sender
+from actors.runtime import Runtime
+from actors.services import ALREADY_ANSWERED, TurnReport
 
 
 class TranscriptClock:

@@ -1,4 +1,4 @@
-"""pyrogram updates → chat events (DESIGN §2, §8). Handlers are thin: convert, then ``supervisor.tell``.
+"""pyrogram updates → chat events (docs/design.md §2, §8). Handlers are thin: convert, then ``supervisor.tell``.
 
 ``UpdateRouter`` owns the handlers. It converts a text (or captioned) message into ``Incoming``, a
 ``/command`` into ``CommandEvent`` (ignoring commands addressed to another bot), a button press
@@ -32,10 +32,10 @@ import i18n
 from config.models import TelegramSettings
 from i18n import N_
 
-from ..errors import MediaUnavailable, SupervisorClosed
-from ..events import (PAYMENTS_DESK, ButtonPress, ChatEvent, CommandEvent, ConfigChanged, Deleted, Edited, Incoming, Media,
+from actors.errors import MediaUnavailable, SupervisorClosed
+from actors.events import (PAYMENTS_DESK, ButtonPress, ChatEvent, CommandEvent, ConfigChanged, Deleted, Edited, Incoming, Media,
                       Migrated, PaymentEvent, PreCheckout, Sender)
-from ..services import BotIdentity
+from actors.services import BotIdentity
 from .limits import flood_seconds
 from .outbox import LRU, TelegramOutbox, to_utc
 from .render import plain_parts, utf16_slice

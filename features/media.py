@@ -1,6 +1,6 @@
 """Media in a chat: photos, documents, voice/audio/video notes and stickers in; generated images out.
 
-The chat actor calls ``understand`` for a message that carries a file, *before* storing it. The
+The chat ctx calls ``understand`` for a message that carries a file, *before* storing it. The
 decision comes first (kind, the member's tier features, the file's size against the tier's
 ``max_file_mb``, the audio quota); only then is the file downloaded, through the event's lazy handle.
 What comes out is the text stored for the message — a marker plus the caption plus what was
@@ -36,9 +36,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import anyio
 
@@ -49,11 +47,11 @@ from memory.types import DocumentInfo, UsageRecord
 from providers.errors import ProviderError
 
 from .billing import plans_button
-from .errors import ActorError
-from .events import CommandEvent, Incoming, Media
+from actors.handlers import ChatContext
+from actors.errors import ActorError
+from actors.events import CommandEvent, Incoming, Media, with_caption
+from actors.handlers import Understood
 
-if TYPE_CHECKING:
-    from .chat import ChatActor
 
 log = logging.getLogger(__name__)
 
@@ -69,46 +67,14 @@ _ASKING = frozenset("""what who whom whose where when why how which can could wo
     объясни найди напомни помоги дай перечисли опиши переведи напиши нарисуй подскажи скажи пожалуйста""".split())
 
 
-# ---------------------------------------------------------------------- markers
-
-
-def media_marker(media: Media) -> str:
-    """``memory.markers.marker`` for an event's ``Media``."""
-    return marker(media.kind, file_name=media.file_name, duration_s=media.duration_s, emoji=media.emoji)
-
-
-def with_caption(media: Media, caption: str) -> str:
-    caption = caption.strip()
-    return f"{media_marker(media)} {caption}" if caption else media_marker(media)
-
-
 # ---------------------------------------------------------------------- understanding
-
-
-@dataclass(frozen=True, slots=True)
-class Understood:
-    """What ``understand`` made of a media message.
-
-    text: to store as the message's text. answerable: the text is something to answer (a caption,
-    a transcript, a photo a vision model can look at). note: a one-line notice for the member (a
-    refusal, "I can't see images", "read report.pdf into memory"); billing: show a /billing button
-    with it. image: ``(bytes, mime)`` to give a vision model with the answer. indexed: chunks were
-    queued for memory (recall should wait for them).
-    """
-
-    text: str
-    answerable: bool = False
-    note: str | None = None
-    billing: bool = False
-    image: tuple[bytes, str] | None = None
-    indexed: bool = False
 
 
 FEATURE_OF = {"photo": "vision", "document": "documents", "voice": "voice", "audio": "voice", "video_note": "voice"}
 VOICE_KINDS = ("voice", "audio", "video_note")
 
 
-async def understand(actor: "ChatActor", ev: Incoming, user_settings: dict) -> Understood:
+async def understand(ctx: ChatContext, ev: Incoming, user_settings: dict) -> Understood:
     """Decide, download (only if allowed) and extract. Never raises for a bad file: the result
     carries a note instead, and the marker + caption are always stored."""
     media = ev.media
@@ -131,37 +97,37 @@ async def understand(actor: "ChatActor", ev: Incoming, user_settings: dict) -> U
         return Understood(base, answerable=caption)
     voice = media.kind in VOICE_KINDS
     if voice:
-        settings = actor.svc.config.settings.transcription
-        if getattr(actor.svc, "transcriber", None) is None:
+        settings = ctx.svc.config.settings.transcription
+        if getattr(ctx.svc, "transcriber", None) is None:
             return Understood(base, note=_("I can't listen to recordings on this bot: no speech-to-text model is set up."))
         if media.duration_s is not None and media.duration_s > settings.max_seconds:
             return Understood(base, note=_(
                 "That recording is {length} long; I transcribe at most {limit}.",
                 length=clock_time(media.duration_s), limit=clock_time(settings.max_seconds)))
-    adm = actor.svc.admission
+    adm = ctx.svc.admission
     if adm is not None:
-        verdict = await adm.admit_feature(actor.chat_id, ev.sender.user_id, feature, size_bytes=media.size,
+        verdict = await adm.admit_feature(ctx.chat_id, ev.sender.user_id, feature, size_bytes=media.size,
                                           seconds=(media.duration_s or 1.0) if voice else 0.0)
         if not verdict.allowed:
             return Understood(base, note=verdict.refusal, billing=verdict.reason in ("feature", "quota"))
     try:
         data = await _download(media)
     except ActorError as exc:
-        log.warning("chat %s: media of message %s not downloaded: %s", actor.chat_id, ev.message_id, exc)
+        log.warning("chat %s: media of message %s not downloaded: %s", ctx.chat_id, ev.message_id, exc)
         return Understood(base, note=_("I couldn't download that file; please send it again."))
     if adm is not None and media.size is None:  # the size was unknown before the download
-        verdict = await adm.admit_feature(actor.chat_id, ev.sender.user_id, feature, size_bytes=len(data))
+        verdict = await adm.admit_feature(ctx.chat_id, ev.sender.user_id, feature, size_bytes=len(data))
         if not verdict.allowed:
             return Understood(base, note=verdict.refusal)
     if media.kind == "document":
-        return await _read_document(actor, ev, media, data, base)
+        return await _read_document(ctx, ev, media, data, base)
     if media.kind == "photo":
-        return await _see_photo(actor, ev, media, data, base, user_settings)
-    return await _transcribe(actor, ev, media, data)
+        return await _see_photo(ctx, ev, media, data, base, user_settings)
+    return await _transcribe(ctx, ev, media, data)
 
 
 async def _download(media: Media) -> bytes:
-    from .errors import MediaUnavailable
+    from actors.errors import MediaUnavailable
 
     if media.download is None:
         raise MediaUnavailable("no download handle")
@@ -171,31 +137,31 @@ async def _download(media: Media) -> bytes:
     return bytes(data)
 
 
-def _usage(actor: "ChatActor", ev: Incoming, kind: str, model: str, *, prompt_tokens: int = 0, completion_tokens: int = 0,
+def _usage(ctx: ChatContext, ev: Incoming, kind: str, model: str, *, prompt_tokens: int = 0, completion_tokens: int = 0,
            cost_usd: float | None = 0.0, latency_ms: float = 0.0, seconds: float = 0.0, images: int = 0, pages: int = 0) -> None:
-    actor.svc.record_usage(UsageRecord(actor.svc.clock(), actor.chat_id, ev.sender.user_id, kind, model, prompt_tokens,
+    ctx.svc.record_usage(UsageRecord(ctx.svc.clock(), ctx.chat_id, ev.sender.user_id, kind, model, prompt_tokens,
                                        completion_tokens, cost_usd, latency_ms, seconds=seconds, images=images, pages=pages))
 
 
 # ---------------------------------------------------------------------- documents
 
 
-async def _read_document(actor: "ChatActor", ev: Incoming, media: Media, data: bytes, base: str) -> Understood:
+async def _read_document(ctx: ChatContext, ev: Incoming, media: Media, data: bytes, base: str) -> Understood:
     from providers.errors import DocumentError
 
     name = media.file_name or "document"
-    m = actor.svc.config.settings.media
+    m = ctx.svc.config.settings.media
     t0 = time.perf_counter()
     try:
-        info = await ingest_document(actor.svc.memory, chat_id=actor.chat_id, message_id=ev.message_id,
+        info = await ingest_document(ctx.svc.memory, chat_id=ctx.chat_id, message_id=ev.message_id,
                                      user_id=ev.sender.user_id, user_name=ev.sender.name, date=ev.date, file_name=name,
                                      mime_type=media.mime_type, data=data, max_chars=m.chunk_chars,
                                      max_pages=m.max_document_pages)
     except DocumentError as exc:
-        log.info("chat %s: document %s not read: %s", actor.chat_id, name, exc)
+        log.info("chat %s: document %s not read: %s", ctx.chat_id, name, exc)
         return Understood(base, note=exc.user_message)
-    _usage(actor, ev, "document", "documents", latency_ms=(time.perf_counter() - t0) * 1000, pages=info.pages or 1)
-    actor.note_new_memories()
+    _usage(ctx, ev, "document", "documents", latency_ms=(time.perf_counter() - t0) * 1000, pages=info.pages or 1)
+    ctx.note_new_memories()
     note = _("📄 {name}: {summary} kept in this chat's memory.", name=name, summary=summary_for_member(info))
     if not ev.text.strip():
         note += " " + _("Ask me about it.")
@@ -224,23 +190,23 @@ def _image_mime(media: Media, data: bytes) -> str:
     return media.mime_type or "image/jpeg"
 
 
-async def _see_photo(actor: "ChatActor", ev: Incoming, media: Media, data: bytes, base: str, user_settings: dict) -> Understood:
+async def _see_photo(ctx: ChatContext, ev: Incoming, media: Media, data: bytes, base: str, user_settings: dict) -> Understood:
     from providers import vision
 
     mime = _image_mime(media, data)
-    settings = actor.svc.config.settings
-    alias = actor._model_for(user_settings)
+    settings = ctx.svc.config.settings
+    alias = ctx.model_for(user_settings)
     spec = settings.models.get(alias)
     if spec is not None and vision.supports_vision(spec):
         text = base
         if settings.media.describe_images:
             try:
-                c = await actor.svc.llm.complete(alias, vision.describe_request(data, mime, ev.text or None),
+                c = await ctx.svc.llm.complete(alias, vision.describe_request(data, mime, ev.text or None),
                                                  max_tokens=DESCRIPTION_TOKENS)
             except ProviderError as exc:
-                log.warning("chat %s: describing photo %s failed: %s", actor.chat_id, ev.message_id, exc)
+                log.warning("chat %s: describing photo %s failed: %s", ctx.chat_id, ev.message_id, exc)
             else:
-                _usage(actor, ev, "vision", c.model, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                _usage(ctx, ev, "vision", c.model, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
                        cost_usd=c.cost_usd, latency_ms=c.latency_ms)
                 if c.text.strip():
                     text = f"{base}\n(image: {' '.join(c.text.split())})"
@@ -253,7 +219,7 @@ async def _see_photo(actor: "ChatActor", ev: Incoming, media: Media, data: bytes
             try:
                 seen = await anyio.to_thread.run_sync(ocr.image_text, data, settings.media.ocr_languages)
             except ProviderError as exc:
-                log.info("chat %s: OCR of photo %s failed: %s", actor.chat_id, ev.message_id, exc)
+                log.info("chat %s: OCR of photo %s failed: %s", ctx.chat_id, ev.message_id, exc)
     if seen:
         short = seen if len(seen) <= EXTRACT_CHARS else seen[: EXTRACT_CHARS - 1] + "…"
         shown = " ".join(seen.split())
@@ -267,17 +233,17 @@ async def _see_photo(actor: "ChatActor", ev: Incoming, media: Media, data: bytes
 # ---------------------------------------------------------------------- voice, audio, video notes
 
 
-async def _transcribe(actor: "ChatActor", ev: Incoming, media: Media, data: bytes) -> Understood:
-    transcriber = actor.svc.transcriber
+async def _transcribe(ctx: ChatContext, ev: Incoming, media: Media, data: bytes) -> Understood:
+    transcriber = ctx.svc.transcriber
     assert transcriber is not None, "checked by understand()"
     name = media.file_name or {"voice": "voice.ogg", "video_note": "video_note.mp4"}.get(media.kind, "audio.mp3")
     try:
         t = await transcriber.transcribe(data, name, duration_s=media.duration_s)
     except ProviderError as exc:
-        log.warning("chat %s: transcribing message %s failed: %s", actor.chat_id, ev.message_id, exc)
+        log.warning("chat %s: transcribing message %s failed: %s", ctx.chat_id, ev.message_id, exc)
         return Understood(with_caption(media, ev.text), note=exc.user_message)
     seconds = t.seconds or media.duration_s or 0.0
-    _usage(actor, ev, "transcription", t.model, cost_usd=t.cost_usd, latency_ms=t.latency_ms, seconds=seconds)
+    _usage(ctx, ev, "transcription", t.model, cost_usd=t.cost_usd, latency_ms=t.latency_ms, seconds=seconds)
     said = " ".join(t.text.split())
     text = f"{marker(media.kind, file_name=media.file_name, duration_s=media.duration_s or seconds or None)} {said}" + (f"\n{ev.text.strip()}" if ev.text.strip() else "")
     note = _("🎤 “{text}”", text=said) if said else _("🎤 I heard no speech in that recording.")
@@ -312,22 +278,22 @@ def image_prompt(text: str, patterns: tuple[str, ...]) -> str | None:
     return None
 
 
-async def generate_image(actor: "ChatActor", *, chat_id: int, message_id: int, user_id: int, thread_id: int | None,
+async def generate_image(ctx: ChatContext, *, chat_id: int, message_id: int, user_id: int, thread_id: int | None,
                          prompt: str) -> bool:
     """Generate an image for ``prompt`` and send it as a photo in reply to ``message_id``; refusals
     and failures are answered politely. Returns True when a photo was sent."""
     from providers.errors import ContentRefused
 
-    svc = actor.svc
+    svc = ctx.svc
     gen = getattr(svc, "images", None)
     models = svc.config.settings.image_models
 
     async def say(text: str, billing: bool = False) -> None:
-        rows = plans_button(actor) if billing else None
+        rows = plans_button(ctx) if billing else None
         if rows:
-            await actor.outbox.send_buttons(chat_id, text, rows, reply_to=message_id, thread_id=thread_id)
+            await ctx.outbox.send_buttons(chat_id, text, rows, reply_to=message_id, thread_id=thread_id)
         else:
-            await actor.outbox.send(chat_id, text, reply_to=message_id, thread_id=thread_id)
+            await ctx.outbox.send(chat_id, text, reply_to=message_id, thread_id=thread_id)
 
     if gen is None or not models:
         await say(_("Drawing images is not set up on this bot (no image model in kith.yaml)."))
@@ -352,16 +318,27 @@ async def generate_image(actor: "ChatActor", *, chat_id: int, message_id: int, u
         return False
     svc.record_usage(UsageRecord(svc.clock(), chat_id, user_id, "image", img.model, 0, 0, img.cost_usd, img.latency_ms, images=1))
     caption = f"🎨 {prompt}"
-    await actor.outbox.send_photo(chat_id, img.data, caption=caption[:1000], reply_to=message_id, thread_id=thread_id)
+    await ctx.outbox.send_photo(chat_id, img.data, caption=caption[:1000], reply_to=message_id, thread_id=thread_id)
     return True
 
 
-async def cmd_image(actor: "ChatActor", ev: CommandEvent) -> None:
+async def draw(ctx: ChatContext, ev: Incoming) -> bool:
+    """A plain-language drawing request ("draw a cat on a bike", «нарисуй кота»; ``media.image_patterns``)
+    is drawn (``generate_image``): True when ``ev`` was one (the turn is then done)."""
+    prompt = image_prompt(ev.text, ctx.svc.config.settings.media.image_patterns)
+    if not prompt:
+        return False
+    await generate_image(ctx, chat_id=ctx.chat_id, message_id=ev.message_id, user_id=ev.sender.user_id,
+                         thread_id=ev.thread_id, prompt=prompt)
+    return True
+
+
+async def cmd_image(ctx: ChatContext, ev: CommandEvent) -> None:
     """``/image PROMPT``: draw ``PROMPT``."""
     prompt = ev.args.strip()
     if not prompt:
-        await actor.outbox.send(actor.chat_id, _("Usage: /image a cat riding a bicycle, watercolour"), reply_to=ev.message_id,
+        await ctx.outbox.send(ctx.chat_id, _("Usage: /image a cat riding a bicycle, watercolour"), reply_to=ev.message_id,
                                 thread_id=ev.thread_id)
         return
-    await generate_image(actor, chat_id=actor.chat_id, message_id=ev.message_id, user_id=ev.sender.user_id,
+    await generate_image(ctx, chat_id=ctx.chat_id, message_id=ev.message_id, user_id=ev.sender.user_id,
                          thread_id=ev.thread_id, prompt=prompt)

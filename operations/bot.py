@@ -1,4 +1,4 @@
-"""The Telegram transport's run loop: client, handlers, runtime, shutdown (DESIGN §2, §8).
+"""The Telegram transport's run loop: client, handlers, runtime, shutdown (docs/design.md §2, §8).
 
 ``run_bot`` builds the ``pyrogram.Client`` (kurigram) inside the running loop from the environment's
 credentials and calls ``serve``, which:
@@ -32,56 +32,23 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from config.models import Config, ControlSettings, TelegramSettings
-from config.secrets import TelegramCredentials, telegram_credentials
-from i18n import N_
+from config.models import Config, ControlSettings
+from config.secrets import telegram_credentials
 
-from ..runtime import Runtime, frozen_startup_heap, open_runtime
-from ..control import TOKEN_FILE, ControlServer
-from ..errors import TelegramRefused
-from ..health import Health
-from ..metrics import Metrics
-from ..reload import reload_config
-from ..services import BotIdentity
-from .outbox import TelegramOutbox
-from .updates import UpdateRouter
+from actors.runtime import Runtime, frozen_startup_heap
+
+from features.app import open_runtime
+from .control import TOKEN_FILE, ControlServer
+from .health import Health
+from .metrics import Metrics
+from .reload import reload_config
+from actors.services import BotIdentity
+from transports.telegram.client import build_client, connect, set_commands, stop_receiving
+from transports.telegram.outbox import TelegramOutbox
+from transports.telegram.updates import UpdateRouter
 import anyio.lowlevel
 
 log = logging.getLogger(__name__)
-
-# One dispatcher worker: pyrogram hands updates to its workers from one queue, so with more than one
-# two messages of the same chat can overtake each other while being parsed. Handlers only convert
-# and queue (the work happens in the chat actors), so one worker keeps up (see the benchmark).
-WORKERS = 1
-
-# Client options Kith relies on (the test harness builds its client with the same ones).
-CLIENT_OPTIONS: dict[str, Any] = {
-    "workers": WORKERS,
-    "skip_updates": False,  # recover what was missed while offline (kurigram's default skips it)
-    "fetch_replies": False,  # no GetMessages round trip per reply; reply_to_bot uses the cache and the outbox's ids
-    "fetch_stickers": False,  # no sticker-set lookups while parsing
-}
-
-COMMANDS: tuple[tuple[str, str], ...] = (  # the menu; descriptions are translated per language (set_commands)
-    ("start", N_("Start talking with me")),
-    ("help", N_("What I can do and how to address me")),
-    ("model", N_("Choose the model that answers you")),
-    ("role", N_("Set my role in our private chat")),
-    ("profile", N_("Your tier and settings")),
-    ("usage", N_("What you used today")),
-    ("billing", N_("Plans and payments")),
-    ("reset", N_("Start a fresh conversation context")),
-    ("delete_context", N_("Start a fresh conversation context")),
-    ("history", N_("Recent messages I keep")),
-    ("export", N_("Export this chat's history")),
-    ("memory", N_("What I remember here")),
-    ("forget", N_("Forget what you said in this chat")),
-    ("image", N_("Draw a picture: /image a cat on a bike")),
-    ("key", N_("Use your own API key (private chat)")),
-    ("language", N_("The language I speak with you")),
-    ("settings", N_("Group settings (admins only)")),
-)
-
 
 @dataclass(frozen=True)
 class BotApp:
@@ -95,24 +62,6 @@ class BotApp:
     health: Health = field(default_factory=Health)
     metrics: Metrics | None = None
     control_url: str = ""  # the control server's URL ("" when it is off)
-
-
-def build_client(config: Config, data_dir: Path, credentials: TelegramCredentials | None = None) -> Any:
-    """The kurigram client for ``config`` (session file ``data_dir/<session_name>.session``).
-
-    Call inside the running event loop (pyrogram binds its locks and queues to the current loop).
-    """
-    import pyrogram
-
-    creds = credentials or telegram_credentials()
-    return pyrogram.Client(
-        name=config.settings.telegram.session_name,
-        api_id=creds.api_id,
-        api_hash=creds.api_hash,
-        bot_token=creds.bot_token,
-        workdir=str(data_dir),
-        **CLIENT_OPTIONS,
-    )
 
 
 async def run_bot(config: Config, data_dir: Path, *, model=None) -> None:
@@ -222,76 +171,6 @@ async def _serve(client: Any, config: Config, data_dir: Path, model, llm, outbox
 # what an unreachable or flaky network raises from Client.start() (kurigram also lets a KeyError out
 # of its session start when the first connection fails); anything else, Telegram's refusals
 # (RPCError: a bad token or API id) included, is not retried
-TRANSIENT = (OSError, TimeoutError, EOFError, KeyError)
-
-
-async def connect(client: Any, stopped: anyio.Event, settings: TelegramSettings,
-                  on_state: Callable[[str], None] = lambda state: None) -> bool:
-    """Start ``client``, retrying while Telegram cannot be reached: one log line per failed attempt
-    (``telegram: cannot connect (…); retry 3 in 8 s``), waits doubling from
-    ``reconnect_initial_s`` to ``reconnect_max_s``; ``on_state`` hears the same (``"connecting, retry
-    3 in 8 s (…)"``) for /readyz. Returns False when ``stopped`` is set first.
-    raises TelegramRefused when Telegram answers with an error (bad bot token, API id or hash)."""
-    from pyrogram.errors import RPCError
-
-    delay, attempt = settings.reconnect_initial_s, 0
-    on_state("connecting")
-    while True:
-        if stopped.is_set():  # e.g. SIGTERM while the stores and the model were loading
-            return False
-        attempt += 1
-        try:
-            await client.start()
-            if attempt > 1:
-                log.info("telegram: connected (attempt %d)", attempt)
-            return True
-        except RPCError as e:
-            raise TelegramRefused(f"Telegram refused to log the bot in: {e.ID or type(e).__name__} — {e.MESSAGE.format(value=e.value)}. "
-                                  "Check TELEGRAM_BOT_TOKEN, TELEGRAM_API_ID and TELEGRAM_API_HASH.") from None
-        except TRANSIENT as e:
-            reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            if isinstance(e, KeyError):  # kurigram's auth key exchange got no answer from Telegram
-                reason = f"no answer to the handshake, {reason}"
-            log.warning("telegram: cannot connect (%s); retry %d in %.0f s", reason, attempt, delay)
-            on_state(f"connecting, retry {attempt} in {delay:.0f} s ({reason})")
-        with anyio.move_on_after(delay):
-            await stopped.wait()
-        if stopped.is_set():
-            return False
-        delay = min(settings.reconnect_max_s, delay * 2)
-
-
-def stop_receiving(client: Any, router: UpdateRouter) -> None:
-    """Stop taking updates (idempotent): queued ones are dropped and rewound by the router; new ones
-    are not acknowledged (their state is not stored), so Telegram delivers them after the restart."""
-    if router.closing:
-        return
-    router.close()
-    client.skip_updates = True  # no gap recovery while draining
-
-    async def not_now(updates: Any) -> None:  # shadows Client.handle_updates on this instance
-        return None
-
-    client.handle_updates = not_now
-
-
-async def set_commands(client: Any) -> None:
-    """Register the command menu: the default (English) one, then one per interface language, which
-    Telegram shows to users whose app speaks it (``language_code``). A failure is logged: the bot
-    works without a menu."""
-    from pyrogram import types
-    from pyrogram.errors import RPCError
-
-    import i18n
-
-    for lang in i18n.available():
-        menu = [types.BotCommand(c, i18n.in_language(lang, d)) for c, d in COMMANDS]
-        try:
-            await client.set_bot_commands(menu, language_code="" if lang == i18n.DEFAULT else lang)
-        except RPCError as e:
-            log.warning("could not set the command menu (%s): %s", lang, e)
-
-
 class _SignalWatcher:
     """A task watching signals while the ``async with`` body runs (when ``watch``). Its task group
     is entered by hand, so the body's own exceptions propagate unwrapped (no ExceptionGroup)."""
@@ -356,4 +235,4 @@ class _reload_signal(_SignalWatcher):
                 self.reloader[0]()
 
 
-__all__ = ["BotApp", "CLIENT_OPTIONS", "COMMANDS", "WORKERS", "build_client", "run_bot", "serve", "set_commands", "stop_receiving"]
+__all__ = ["BotApp", "run_bot", "serve"]

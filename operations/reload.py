@@ -18,7 +18,7 @@ from config.errors import ConfigError
 from config.loader import load_config
 from config.models import Config
 
-from .services import Services
+from actors.services import Services
 
 log = logging.getLogger(__name__)
 

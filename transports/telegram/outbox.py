@@ -35,8 +35,8 @@ from pyrogram.errors import BadRequest, FloodWait, MessageNotModified, RPCError,
 from config.models import TelegramSettings
 from i18n import _
 
-from ..errors import ActorError
-from ..outbox import Button, Sent
+from actors.errors import ActorError
+from actors.outbox import Button, Sent
 from .limits import SendLimiter, Sleep, flood_seconds
 from .render import MAX_CAPTION_UNITS, MAX_MESSAGE_UNITS, Part, render, render_parts, split, to_pyrogram, utf16_len
 

@@ -1,4 +1,4 @@
-"""Sending budgets and FloodWait (DESIGN §8): ~1 message/s per chat, ~20/min per group, ~30/s overall.
+"""Sending budgets and FloodWait (docs/design.md §8): ~1 message/s per chat, ~20/min per group, ~30/s overall.
 
 Token buckets with reservations: a caller takes a token now, or reserves the next one and sleeps
 until it is due, so waiters are served in order without polling. A ``FloodWait`` from Telegram

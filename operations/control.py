@@ -46,14 +46,14 @@ from rich.console import Console
 
 from config.models import ControlSettings
 
-from .errors import ControlServerError
+from actors.errors import ControlServerError
 from .health import Health
 from .metrics import CONTENT_TYPE, Metrics
 from .reload import ReloadReport
 from .remote import CONTROL_FILE
 
 if TYPE_CHECKING:
-    from .services import Services
+    from actors.services import Services
 
 log = logging.getLogger(__name__)
 _PUMP_INTERVAL_S = 0.1  # how often an operation's output is sent to the client
@@ -146,7 +146,7 @@ class ControlServer:
                                  status=200 if report.ok else 400)
 
     async def _op(self, request: web.Request) -> web.StreamResponse:
-        from . import operations
+        from . import registry as operations  # deferred: the registry imports the whole memory stack
 
         if not self._authorized(request):
             return web.json_response({"error": "unauthorized: send Authorization: Bearer <token of <data dir>/control.json>"},

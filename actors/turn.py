@@ -1,0 +1,432 @@
+"""A turn: what a chat's actor does with one incoming message (``docs/design.md`` §3).
+
+1. **store** the message (always, unless the chat turned persistence off); a file is understood
+   first (``Handlers.understand``: decided, downloaded, extracted) and stored with what was read;
+2. **decide** whether it addresses the bot (private chat, mention, reply, keyword, always-on);
+3. **admit**: the member's tier, quotas and rate pick the model, or refuse once, politely;
+4. **recall and assemble**: this chat's memories, the reply chain, the recent window, within the
+   model's token budget;
+5. **generate**, streaming through the outbox — the delivery is noted before the first byte;
+6. **record** the reply, its usage and the memories it used.
+
+``take(host, ev)`` runs it on a ``TurnHost`` — the chat's actor, seen through the few members a turn
+needs — so that this module never imports the actor (``actors.chat`` imports it).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import deque
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import anyio
+
+from i18n import _
+from memory.errors import DiskFull, MemoryStoreError
+from providers.language import NAMES
+from memory.service import Recall
+from memory.types import ROLE_ASSISTANT, StoredMessage, UsageRecord
+from providers.errors import ProviderError
+
+from .context import Prompt, build_prompt
+from .errors import ActorError
+from .events import PRIVATE, Incoming, with_caption
+from .handlers import ChatContext, Handlers, Understood
+from .services import ALREADY_ANSWERED, TurnReport
+from .triggers import should_respond, strip_mention
+
+__all__ = ["MARKER", "TurnHost", "take"]
+
+log = logging.getLogger(__name__)
+
+REPLY_CHAIN_DEPTH = 3
+MARKER = re.compile(r"^\[[^\]\n]*\]\s*")  # the leading media marker of a stored text ("[voice 0:42] ")
+
+
+class TurnHost(ChatContext, Protocol):
+    """What a turn needs of its chat's actor, beyond a feature's ``ChatContext``."""
+
+    handlers: Handlers
+    refused_until: dict[tuple[int, str | None], datetime]  # refusals said recently, by (member, reason)
+
+    async def window(self, thread_id: int | None) -> deque[StoredMessage]:
+        """The recent messages of a thread (None: the chat outside topics), loaded once, then kept."""
+        ...
+
+    async def answered(self) -> set[int]:
+        """Ids of this chat's messages the bot replied to."""
+        ...
+
+    async def note_delivery(self, message_id: int) -> None:
+        """Durably note that ``message_id`` is being answered, before the first byte leaves."""
+        ...
+
+    def nothing_to_recall(self, thread_id: int | None, window: deque[StoredMessage]) -> bool:
+        """Whether the window still holds every message this chat stored (recall is skipped)."""
+        ...
+
+    def may_trigger(self, user_id: int) -> bool:
+        """Whether this member may make the bot answer here (``allowed_users``)."""
+        ...
+
+    async def know_chat(self, ev: Incoming) -> None:
+        """Store the chat's row (type, title) once per actor."""
+        ...
+
+
+async def take(host: TurnHost, ev: Incoming) -> None:
+    """Handle one incoming message of ``host``'s chat: the six steps of the module docstring."""
+    await _Turn(host, ev).run()
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000
+
+
+class _Turn:
+    """One message's way through the six steps; ``report`` tells the services how it ended."""
+
+    def __init__(self, host: TurnHost, ev: Incoming) -> None:
+        self.host, self.ev, self.svc = host, ev, host.svc
+        self.chat_id = host.chat_id
+        self.t0 = time.perf_counter()
+        self.understood: Understood | None = None
+        self.caption = ev.text
+
+    def report(self, responded: bool, **kw: Any) -> None:
+        self.svc.report(TurnReport(self.chat_id, self.ev.message_id, responded, _ms(self.t0), **kw))
+
+    async def run(self) -> None:
+        host, ev = self.host, self.ev
+        await host.know_chat(ev)
+        if ev.sender.user_id in host.awaiting_role:  # /role: this message is the sender's persona, not conversation
+            host.awaiting_role.discard(ev.sender.user_id)
+            await host.handlers.save_role(host, ev.sender.user_id, ev.text.strip() or None)
+            await host.outbox.send(self.chat_id, _("Persona saved."), reply_to=ev.message_id, thread_id=ev.thread_id)
+            self.report(False)
+            return
+        window = await host.window(ev.thread_id)
+        if ev.message_id in await host.answered():  # re-delivered, replayed or restarted: answered exactly once
+            self.report(False, error=ALREADY_ANSWERED)
+            return
+        if ev.media is not None and any(m.message_id == ev.message_id for m in window):
+            self.report(False)  # re-delivered: never download twice
+            return
+        if not await self._store(window):
+            return
+        if not await self._decide(window):
+            return
+        if self.understood is None and await host.handlers.draw(host, self.ev):  # "draw a cat on a bike"
+            self.report(True)
+            return
+        await self._answer(window)
+
+    # ------------------------------------------------------------------ 1. store
+
+    async def _store(self, window: deque[StoredMessage]) -> bool:
+        """Understand a file, store the message, add it to the window. False when it was handled
+        before (a re-delivery): nothing more to do."""
+        host, ev = self.host, self.ev
+        if ev.media is not None:
+            self.understood = await self._understand()
+            self.ev = ev = replace(ev, text=self.understood.text)
+        msg = StoredMessage(chat_id=ev.chat_id, message_id=ev.message_id, user_id=ev.sender.user_id, user_name=ev.sender.name,
+                            text=ev.text, date=ev.date, reply_to=ev.reply_to, thread_id=ev.thread_id)
+        if host.persist:
+            self.svc.memory.remember(msg)
+            if self.svc.janitor is not None:
+                self.svc.janitor.note_stored(self.chat_id, ev.sender.user_id)
+        if any(m.message_id == msg.message_id for m in window):
+            log.info("chat %s: message %s re-delivered; already handled", self.chat_id, ev.message_id)
+            self.report(False)
+            return False
+        window.append(msg)
+        return True
+
+    async def _understand(self) -> Understood:
+        """``Handlers.understand``; a failure there never loses the message (its marker and caption)."""
+        ev = self.ev
+        assert ev.media is not None
+        try:
+            return await self.host.handlers.understand(self.host, ev, await self.host.user_settings(ev.sender.user_id))
+        except Exception:  # noqa: BLE001 - the message is stored whatever happens to its file
+            log.exception("chat %s: reading the media of message %s failed", self.chat_id, ev.message_id)
+            return Understood(with_caption(ev.media, ev.text), note=_("Sorry, something went wrong reading that file."))
+
+    # ------------------------------------------------------------------ 2. decide
+
+    async def _decide(self, window: deque[StoredMessage]) -> bool:
+        """Whether the message addresses the bot and is something to answer; says a file's note."""
+        host, ev, understood = self.host, self.ev, self.understood
+        if ev.reply_to is not None and not ev.reply_to_bot and await self._is_bot_message(ev.reply_to, window):
+            self.ev = ev = replace(ev, reply_to_bot=True)
+        bot = self.svc.config.settings.bot
+        keywords = tuple(host.settings.get("keywords", bot.keywords))
+        always_on = bool(host.settings.get("always_on", bot.always_on))
+        first_line = ev if understood is None else replace(ev, text=ev.text.split("\n", 1)[0])
+        addressed = should_respond(first_line, bot_username=self.svc.bot.username, keywords=keywords, always_on=always_on)
+        addressed = addressed and host.may_trigger(ev.sender.user_id)
+        if understood is not None and addressed and understood.note:
+            await self._say_note(understood.note, understood.billing)
+        if not ev.text.strip() or not addressed or (understood is not None and not understood.answerable):
+            self.report(False)
+            return False
+        return True
+
+    async def _is_bot_message(self, message_id: int, window: deque[StoredMessage]) -> bool:
+        """Whether ``message_id`` of this chat was sent by the bot (window first, then the store)."""
+        for m in window:
+            if m.message_id == message_id:
+                return m.user_id == self.svc.bot.user_id and m.role == ROLE_ASSISTANT
+        found = await self.svc.memory.store.get_messages(self.chat_id, [message_id])
+        return bool(found) and found[0].role == ROLE_ASSISTANT
+
+    async def _say_note(self, text: str, billing: bool) -> None:
+        """A one-line notice about a file (with the upgrade buttons for a tier refusal). A tier
+        refusal is said once per member per hour, so a stream of photos gets one answer."""
+        host, ev = self.host, self.ev
+        if billing:
+            now, key = self.svc.clock(), (ev.sender.user_id, text)
+            until = host.refused_until.get(key)
+            if until is not None and now < until:
+                return
+            host.refused_until[key] = now + timedelta(hours=1)
+        rows = host.handlers.upgrade_buttons(host) if billing else None
+        if rows:
+            await host.outbox.send_buttons(self.chat_id, text, rows, reply_to=ev.message_id, thread_id=ev.thread_id)
+        else:
+            await host.outbox.send(self.chat_id, text, reply_to=ev.message_id, thread_id=ev.thread_id)
+
+    # ------------------------------------------------------------------ 3. admit, 4. assemble
+
+    async def _answer(self, window: deque[StoredMessage]) -> None:
+        host, ev = self.host, self.ev
+        user_settings = await host.user_settings(ev.sender.user_id)
+        alias, note, tier = host.model_for(user_settings), None, None
+        if self.svc.admission is not None:
+            adm = await self.svc.admission.admit(self.chat_id, ev.chat_type, ev.sender.user_id, alias)
+            if not adm.allowed:
+                await self._refuse(adm)
+                self.report(False, error=f"refused: {adm.reason}")
+                return
+            alias, tier = adm.alias, adm.tier
+            note = adm.note if adm.downgraded else None
+        recall, query = await self._recall(window)
+        prompt = await self._prompt(window, alias, user_settings, recall, query)
+        try:
+            await self._generate(window, alias, prompt, recall, note, tier)
+        except ActorError as exc:  # the transport gave up for good (e.g. the user blocked the bot)
+            log.warning("chat %s: reply to %s not delivered: %s", self.chat_id, ev.message_id, exc)
+            self.report(True, error=f"undelivered: {exc}")
+
+    async def _recall(self, window: deque[StoredMessage]) -> tuple[Recall, str]:
+        """This chat's memories for what the member said (not a media marker and file summary)."""
+        ev, understood = self.ev, self.understood
+        said = ev.text
+        if understood is not None:
+            said = self.caption if understood.indexed else MARKER.sub("", ev.text)
+            if understood.indexed:
+                await self.svc.memory.flush()  # the document's parts must be recallable for this very answer
+        query = strip_mention(said, self.svc.bot.username)
+        if not query or self.host.nothing_to_recall(ev.thread_id, window):
+            return Recall([]), query or said
+        k = self.svc.config.settings.memory.recall_k
+        return await self.svc.memory.recall(self.chat_id, query, k, exclude_ids={m.message_id for m in window}), query
+
+    async def _prompt(self, window: deque[StoredMessage], alias: str, user_settings: dict[str, Any], recall: Recall,
+                      query: str) -> Prompt:
+        spec = self.svc.config.settings.models[alias]
+        prompt = build_prompt(
+            system=self._system_prompt(user_settings, await self._answer_language(query)),
+            window=list(window),
+            memories=recall.hits,
+            reply_chain=await self._reply_chain(window),
+            budget_tokens=max(256, self.svc.llm.context_tokens(alias) - spec.max_output_tokens),
+        )
+        image = self.understood.image if self.understood is not None else None
+        if image is not None and prompt.messages[-1]["role"] == "user":
+            from providers.vision import image_part, supports_vision  # deferred: imports litellm's model map
+
+            if supports_vision(spec):  # the model sees the photo itself, with its caption
+                text = prompt.messages[-1]["content"]
+                prompt.messages[-1] = {"role": "user", "content": [{"type": "text", "text": text}, image_part(*image)]}
+        return prompt
+
+    def _system_prompt(self, user_settings: dict[str, Any], answer_language: str | None) -> str:
+        ev, settings = self.ev, self.host.settings
+        bot = self.svc.config.settings.bot
+        parts = [bot.system_prompt.replace("{name}", self.svc.bot.name)]
+        if ev.chat_type == PRIVATE:
+            parts.append(f"This is a private chat with {ev.sender.name}.")
+            persona = user_settings.get("role")
+        else:
+            title = ev.chat_title or settings.get("title")
+            titled = f" titled {title!r}" if title else ""
+            parts.append(f"This is a group chat{titled}; messages are prefixed with the speaker's name.")
+            persona = settings.get("persona")
+        if persona:
+            parts.append(f"Persona and instructions for this chat: {persona}")
+        parts.append(f"Current date: {ev.date:%Y-%m-%d %H:%M} UTC.")
+        if answer_language is not None:
+            parts.append(f"Answer in {NAMES.get(answer_language, answer_language)} unless the user asks for another language.")
+        return "\n".join(parts)
+
+    async def _answer_language(self, text: str) -> str | None:
+        """A group's ``/settings language``, else the language the member wrote in, else their
+        ``language`` setting; None when nothing tells (the model picks)."""
+        from providers.language import detect_or_none, would_load
+
+        ev, settings = self.ev, self.host.settings
+        if ev.chat_type != PRIVATE and settings.get("language"):
+            return str(settings["language"])
+        if would_load(text):  # the detector's first load (~1 s) stays off the event loop
+            lang = await anyio.to_thread.run_sync(detect_or_none, text)
+        else:
+            lang = detect_or_none(text)
+        return lang or (await self.host.user_settings(ev.sender.user_id)).get("language")
+
+    async def _reply_chain(self, window: deque[StoredMessage]) -> list[StoredMessage]:
+        """The messages ``ev`` replies to (up to 3 levels), oldest first, that are not in the window."""
+        in_window = {m.message_id: m for m in window}
+        chain: list[StoredMessage] = []
+        target = self.ev.reply_to
+        for _depth in range(REPLY_CHAIN_DEPTH):
+            if target is None:
+                break
+            m = in_window.get(target)
+            if m is None:
+                found = await self.svc.memory.store.get_messages(self.chat_id, [target])
+                if not found:
+                    break
+                m = found[0]
+                chain.append(m)
+            target = m.reply_to
+        chain.reverse()
+        return chain
+
+    async def _refuse(self, adm: Any) -> None:
+        """Tell the member once why they are not served; repeated refusals stay silent until the
+        quota resets (or the rate window passes), so a flood does not get a flood of replies."""
+        host, ev = self.host, self.ev
+        now, key = self.svc.clock(), (ev.sender.user_id, adm.reason)
+        until = host.refused_until.get(key)
+        if until is not None and now < until:
+            return
+        if adm.reason == "rate" and adm.retry_after:
+            host.refused_until[key] = now + timedelta(seconds=adm.retry_after)
+        elif adm.quota is not None and adm.quota.resets_at is not None:
+            host.refused_until[key] = adm.quota.resets_at
+        await host.note_delivery(ev.message_id)  # a refusal is the answer: not repeated after a restart
+        await host.outbox.send(self.chat_id, adm.refusal or _("Sorry, I can't answer right now."), reply_to=ev.message_id,
+                               thread_id=ev.thread_id)
+
+    # ------------------------------------------------------------------ 5. generate, 6. record
+
+    async def _generate(self, window: deque[StoredMessage], alias: str, prompt: Prompt, recall: Recall, note: str | None,
+                        tier: str | None) -> None:
+        """Stream the model's answer through the outbox (the delivery noted before its first byte),
+        then record it."""
+        host, ev = self.host, self.ev
+        stream = await host.outbox.stream(self.chat_id, reply_to=ev.message_id, thread_id=ev.thread_id)
+        so_far: list[str] = []
+        noted = False
+        ttft_ms: float | None = None
+
+        async def note_delivery() -> None:
+            nonlocal noted
+            if not noted:
+                noted = True
+                await host.note_delivery(ev.message_id)
+
+        async def on_delta(delta: str) -> None:
+            nonlocal ttft_ms
+            if ttft_ms is None:
+                ttft_ms = _ms(self.t0)
+            so_far.append(delta)
+            await note_delivery()
+            await stream.update("".join(so_far))
+
+        t_llm = time.perf_counter()
+        try:
+            keys = await self._api_keys()
+            extra: dict[str, Any] = {"api_keys": keys} if keys else {}  # (fakes of the LLM need not take it)
+            completion = await self.svc.llm.complete(alias, prompt.messages, on_delta=on_delta, **extra)
+        except ProviderError as exc:
+            log.warning("chat %s: LLM %s failed: %s", self.chat_id, alias, exc)
+            await stream.finish(exc.user_message)
+            self.report(True, llm_ms=_ms(t_llm), embed_ms=recall.embed_ms, search_ms=recall.search_ms, model=alias,
+                        error=str(exc), tier=tier, ttft_ms=ttft_ms)
+            return
+        llm_ms = _ms(t_llm)
+        if ttft_ms is None:  # not streamed: the whole answer is the first token
+            ttft_ms = _ms(self.t0)
+        await note_delivery()
+        shown = f"_{note}_\n\n{completion.text}" if note else completion.text
+        try:
+            shown = await self._with_offline_intro(shown, getattr(completion, "litellm_model", completion.model))
+        except MemoryStoreError as exc:  # a full disk: the answer still leaves (its delivery is noted)
+            log.error("chat %s: the offline model's introduction is not saved: %s", self.chat_id, exc)
+        sent = await stream.finish(shown)
+        await self._record(window, completion, prompt, sent)
+        self.report(True, llm_ms=llm_ms, embed_ms=recall.embed_ms, search_ms=recall.search_ms, model=completion.model,
+                    prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
+                    cost_usd=completion.cost_usd, hits=prompt.memories, reply_text=completion.text, reply_id=sent.message_id,
+                    tier=tier, ttft_ms=ttft_ms)
+
+    async def _api_keys(self) -> dict[str, str]:
+        """The member's own API keys, then the group's (``/key``); empty when none or /key is off."""
+        vault = self.svc.keys
+        if vault is None or not vault.enabled:
+            return {}
+        from providers.keys import KeysUnavailable
+
+        try:
+            return await vault.keys_for(self.ev.sender.user_id, self.chat_id)
+        except KeysUnavailable as exc:  # the host's key changed: answer with the host's keys
+            log.error("chat %s: users' keys unusable: %s", self.chat_id, exc)
+            return {}
+
+    async def _with_offline_intro(self, text: str, model: str) -> str:
+        """``text`` with, the first time the offline model answers in this chat, a line saying what it
+        is and how the host connects an LLM (``providers.recall_model.intro``); said once per chat
+        (chat setting ``offline_intro``), and not after a reply that already is the intro."""
+        host = self.host
+        if host.settings.get("offline_intro"):
+            return text
+        from providers.recall_model import MODEL, intro  # deferred: imports litellm (loaded by the LLM already)
+
+        if model != MODEL:
+            return text
+        await host.save_chat_settings({**host.settings, "offline_intro": True})
+        said = intro()
+        return text if said in text else f"{text}\n\nℹ️ {said}"
+
+    async def _record(self, window: deque[StoredMessage], completion: Any, prompt: Prompt, sent: Any) -> None:
+        """Record the reply, the usage and the memories used. Accepted even while intake is stopped
+        (a full disk): they record what was already sent and billed, and the store's reserve keeps
+        them until they are committed (at the latest at the next start)."""
+        host, ev, store = self.host, self.ev, self.svc.memory.store
+        reply = StoredMessage(chat_id=self.chat_id, message_id=sent.message_id, user_id=self.svc.bot.user_id,
+                              user_name=self.svc.bot.name, text=completion.text, date=sent.date, role=ROLE_ASSISTANT,
+                              reply_to=ev.message_id, thread_id=ev.thread_id)
+        window.append(reply)
+        (await host.answered()).add(ev.message_id)
+        if host.persist:
+            store.add(reply)  # a reply is never embedded (Memory.remember would refuse it while vector memory is full)
+            if self.svc.janitor is not None:
+                self.svc.janitor.note_stored(self.chat_id, None)
+            if prompt.memories:
+                store.record_recall(self.chat_id, sent.message_id, prompt.memories)
+        self.svc.record_usage(UsageRecord(
+            ts=self.svc.clock(), chat_id=self.chat_id, user_id=ev.sender.user_id, kind="chat", model=completion.model,
+            prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
+            cost_usd=completion.cost_usd, latency_ms=completion.latency_ms))
+        try:  # the reply, its usage and recalls are committed before the next update of this chat is handled
+            await store.flush()
+        except DiskFull as exc:  # kept in the reserve (the next start stores it); new messages are refused from now
+            log.error("chat %s: the reply to %s is kept in the reserve, not committed: %s", self.chat_id, ev.message_id, exc)
+        except MemoryStoreError as exc:  # kept queued and retried by the writer; the reply was sent
+            log.error("chat %s: the reply to %s is not committed yet: %s", self.chat_id, ev.message_id, exc)

@@ -1,0 +1,25 @@
+"""Where the chat features are registered: the ``Handlers`` table the actor runtime is opened with.
+
+Each feature module handles what is its own — commands (``commands``, ``billing``, ``keys``,
+``admin``), inline buttons, Telegram payments (``billing``), files and drawings (``media``), capacity
+notices (``capacity``) — through a ``ChatContext``; this module only names them for the runtime.
+"""
+from __future__ import annotations
+
+from actors.handlers import Handlers
+
+from . import billing, capacity, commands, media
+
+__all__ = ["HANDLERS"]
+
+HANDLERS = Handlers(
+    command=commands.handle_command,
+    button=commands.handle_button,
+    pre_checkout=billing.handle_pre_checkout,
+    payment=billing.handle_payment,
+    capacity_cleaned=capacity.on_capacity_cleaned,
+    understand=media.understand,
+    draw=media.draw,
+    save_role=commands.save_role,
+    upgrade_buttons=billing.plans_button,
+)
