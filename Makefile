@@ -33,9 +33,10 @@ demo: $(STAMP)
 test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)  # pyflakes, bugbear and the async rules (see [tool.ruff] in pyproject.toml)
-	$(BIN)/ruff check actors memory providers tiers config i18n features benchmarks tests cli.py
-	$(BIN)/mypy  # the packages, with [tool.mypy] of pyproject.toml
+lint: $(STAMP)  # ruff ([tool.ruff]), mypy ([tool.mypy]) and the import contracts ([tool.importlinter]) of pyproject.toml
+	$(BIN)/ruff check actors features transports operations memory providers tiers config i18n benchmarks tests cli.py
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -695,7 +695,7 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
     from operations.remote import RemoteError, find_bot, run_operation
 
     if not await anyio.Path(data_dir).is_dir():  # never create it here: a typo must not pass as a fresh data dir
-        line(False, "data dir", f"{data_dir.resolve()} does not exist (a typo? `kith run`, `kith chat` or `kith import` "
+        line(False, "data dir", f"{await anyio.Path(data_dir).absolute()} does not exist (a typo? `kith run`, `kith chat` or `kith import` "
                                 "creates it on first use)")
         return
 

@@ -95,7 +95,8 @@ async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: 
         memory = Memory(store, vectors, indexer, embedder, reader)
         memory.embedding_languages = mem.model_languages()
         if fill_gaps:
-            memory.gap_filler = await stack.enter_async_context(GapFiller(memory))
+            filler = await stack.enter_async_context(GapFiller(memory))
+            memory.gap_filler = filler
         yield memory
 
 

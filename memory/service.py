@@ -27,15 +27,18 @@ class GapCounts(Protocol):
     """What the start-up check found: stored messages missing from vector memory, memories of
     deleted messages (``memory.maintenance.Gaps``)."""
 
-    n_missing: int
-    n_orphans: int
+    @property
+    def n_missing(self) -> int: ...
+    @property
+    def n_orphans(self) -> int: ...
 
 
 class StartupCheck(Protocol):
     """The start-up check of vector memory against the dialogue store, running in the background
     (``memory.maintenance.GapFiller``): ``wait`` until it is done; ``gaps`` what it found."""
 
-    gaps: GapCounts | None
+    @property
+    def gaps(self) -> GapCounts | None: ...
 
     async def wait(self) -> None: ...
 

@@ -98,15 +98,18 @@ class Quotable(Protocol):
     ``text`` and when (``date``, tz-aware), its id, and for a document part its ``citation``
     (``report.pdf, p. 7``) and its file message's id (``parent``)."""
 
-    message_id: int
-    user_name: str
-    text: str
-    date: datetime
-
+    @property
+    def message_id(self) -> int: ...
+    @property
+    def user_name(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def date(self) -> datetime: ...
     @property
     def citation(self) -> str | None: ...
-
-    parent: int | None
+    @property
+    def parent(self) -> int | None: ...
 
 
 def render_memories(hits: Sequence[Quotable], *, tz: tzinfo = UTC, max_chars: int = MAX_MEMORY_CHARS) -> str:
