@@ -307,7 +307,7 @@ def _drop_stale_builds(models: Path, older_than_s: float = 3600) -> None:
             pass
 
 
-conversions = 0  # conversions this process made (tests, logs)
+conversions = 0  # conversions this process ran, finished or not (tests, logs)
 
 
 @contextmanager
@@ -363,21 +363,28 @@ def converted(model_path: str | None = None, cache_dir: Path | None = None, prec
         except OSError as exc:
             raise EmbeddingError(f"cannot write the OpenVINO model cache {target.parent}: {exc}") from exc
         try:
-            if precision == "int8":
-                from . import int8_encoder
+            from . import int8_encoder
 
-                int8_encoder.export(model_path, tmp)
-            else:
-                export(model_path, tmp)
-            conversions += 1
-            if target.exists():  # a damaged conversion the caller gave up on
-                shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
+            try:
+                (int8_encoder.export if precision == "int8" else export)(model_path, tmp)
+            except int8_encoder.Disagrees:
+                _install(tmp, target)  # remembered (its manifest says so): later starts run fp32 without converting
+                raise
+            finally:
+                conversions += 1
+            _install(tmp, target)
         except OSError as exc:
             raise EmbeddingError(f"cannot write the OpenVINO model cache {target}: {exc}") from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _install(tmp: Path, target: Path) -> None:
+    """Rename a finished build into place (replacing a damaged conversion the caller gave up on)."""
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
 
 
 class OpenVINOEncoder:

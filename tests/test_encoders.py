@@ -295,3 +295,17 @@ def test_an_unknown_backend_in_the_config_names_the_choices(tmp_path):
         load_config(bad)
     assert "embed_backend" in str(err.value) and "openvino" in str(err.value)
 
+
+
+def test_int8_that_disagrees_is_remembered_and_fp32_runs(tmp_path, monkeypatch, caplog):
+    from providers import int8_encoder
+
+    monkeypatch.setenv(openvino_encoder.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(int8_encoder, "MIN_COSINE", 1.01)  # no int8 model can agree this well
+    before = openvino_encoder.conversions
+    with caplog.at_level(logging.WARNING, logger="providers.openvino_encoder"):
+        enc = openvino_encoder.load(precision="int8")
+    assert enc.precision == "fp32" and "int8 unavailable" in caplog.text and "disagrees" in caplog.text
+    converted = openvino_encoder.conversions - before  # the int8 attempt and the fp32 model of this fresh cache
+    again = openvino_encoder.load(precision="int8")  # remembered: no second int8 conversion
+    assert again.precision == "fp32" and openvino_encoder.conversions - before == converted
