@@ -18,7 +18,8 @@ SYSTEM_PACKAGES := tesseract-ocr tesseract-ocr-rus fonts-dejavu-core espeak-ng p
 
 .PHONY: demo test bench install clean system-deps lint messages
 
-install: $(STAMP)
+install: $(STAMP)  # ... and converts the embedding model once for this machine (offline; into the user's cache)
+	$(BIN)/python -m providers.openvino_encoder --prepare
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

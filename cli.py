@@ -745,12 +745,11 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
             line(False, "dialogue store", str(exc))
     mem = cfg.settings.memory
     if deep:
-        from actors.runtime import CACHE_DIR
         from providers.embedder import Embedder
 
         t0 = time.perf_counter()
         try:
-            async with Embedder(backend=mem.embed_backend, precision=mem.embed_precision, cache_dir=data_dir / CACHE_DIR) as emb:
+            async with Embedder(backend=mem.embed_backend, precision=mem.embed_precision) as emb:
                 v = await emb.embed_one("hello")
             fallback = f" (embed_backend is {mem.embed_backend}: see the warning above)" if emb.backend != mem.embed_backend else ""
             line(v.shape == (384,), "embedding model", f"all-MiniLM-L6-v2 on {emb.backend} ({emb.encoder.precision}){fallback}, "

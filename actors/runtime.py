@@ -58,7 +58,8 @@ async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: 
     """Open the dialogue store (``storage.dialogue``: ``data_dir/kith.duckdb`` by default), LanceDB (``data_dir/memory/``), the embedder and indexer.
 
     model: an already loaded SentenceTransformer or ``providers.embedder.Encoder`` (tests share one);
-    None loads ``memory.embed_backend`` (the OpenVINO conversion is cached in ``data_dir/cache``).
+    None loads ``memory.embed_backend`` (the conversion is cached once per machine in the user's cache,
+    ``providers.openvino_encoder.cache_root()``, shared by every data dir; a data dir's old ``cache/`` is ignored).
     fill_gaps: check vector memory against the dialogue store in the background and embed what a
     crash left out (``memory.maintenance.GapFiller``, then on ``Memory.gap_filler``).
     model_change: open vector memory even when it holds another embedding model's vectors (what
@@ -73,7 +74,7 @@ async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: 
         )
         embedder = await stack.enter_async_context(
             Embedder(model, backend=mem.embed_backend, max_batch=mem.embed_batch, max_wait_s=mem.embed_wait_ms / 1000,
-                     precision=mem.embed_precision, cache_dir=data_dir / CACHE_DIR,
+                     precision=mem.embed_precision,
                      model_path=None if mem.embedding_model is None else str(mem.embedding_model)))
         vectors = await stack.enter_async_context(VectorMemory(
             vector_location(config, data_dir), hot_rows=mem.hot_rows, dim=embedder.dim, embedding_model=embedder.model_name))
@@ -86,7 +87,7 @@ async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: 
 
             bulk = await stack.enter_async_context(RayEmbedder(
                 scale.workers, address=scale.address, threads_per_worker=scale.threads_per_worker,
-                backend=mem.embed_backend, precision=mem.embed_precision, cache_dir=data_dir / CACHE_DIR,
+                backend=mem.embed_backend, precision=mem.embed_precision,
                 model_path=None if mem.embedding_model is None else str(mem.embedding_model), max_batch=mem.embed_batch))
             if (bulk.model_name, bulk.dim) != (embedder.model_name, embedder.dim):
                 raise EmbeddingModelChanged(vectors.location, (bulk.model_name, bulk.dim), (embedder.model_name, embedder.dim))

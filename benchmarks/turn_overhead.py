@@ -99,6 +99,8 @@ def run(quick: bool) -> dict:
             metric("embedder batches: time inside the model", batches["live_s"], "s"),
             metric("raw model on the same texts (one call, sorted by length)", batches["raw_s"], "s"),
             metric("raw / batches (100 % = batches cost no more than one sorted call)", batches["ratio"], "%"),
+            metric("live batches / one sorted call", 100 / batches["ratio"] if batches["ratio"] else None, "×",
+                   target=("<=", 1.2)),
             metric("model load (excluded)", load_s, "s"),
             metric("metrics: observe_turn per turn", scrape["observe_us"], "µs"),
             metric("metrics: one /metrics exposition", scrape["scrape_ms"], "ms"),

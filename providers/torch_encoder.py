@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import _offline  # noqa: F401  (must precede sentence_transformers)
 
+import logging
 import weakref
 from collections.abc import Sequence
 
@@ -16,6 +17,8 @@ import numpy as np
 
 from .errors import EmbeddingError
 from .query_encoder import QueryEncoder
+
+log = logging.getLogger(__name__)
 
 # one traced query encoder per loaded model (tracing and checking it costs ~0.3 s)
 _QUERY_ENCODERS: "weakref.WeakKeyDictionary[object, QueryEncoder | None]" = weakref.WeakKeyDictionary()
@@ -96,8 +99,9 @@ class TorchEncoder:
     """A loaded SentenceTransformer as an encoder: ``encode_batch(texts) -> float32[n, dim]`` and
     ``encode_one(text) -> float32[dim]``, L2-normalised, blocking (call from a worker thread).
 
-    precision: ``"auto"`` runs batches in bfloat16 when ``bf16_batches`` says the CPU and the model
-    agree (about 2× faster on AVX512-BF16/AMX), ``"fp32"`` never; single texts always run in fp32
+    precision: ``"auto"`` and ``"bf16"`` run batches in bfloat16 when ``bf16_batches`` says the CPU
+    and the model agree (about 2× faster on AVX512-BF16/AMX), ``"fp32"`` never; ``"int8"`` is the
+    OpenVINO backend's (ONNX Runtime's) and runs fp32 here, logged; single texts always run in fp32
     on the traced path when the model fits it. ``self.precision``: ``"bf16"`` or ``"fp32"``.
     Construction is blocking (probe encodes, tracing: ~0.5 s)."""
 
@@ -108,7 +112,9 @@ class TorchEncoder:
         dim = getattr(model, "get_embedding_dimension", None) or getattr(model, "get_sentence_embedding_dimension", None)
         self.dim = int((dim() if dim else None) or 384)
         self._query = query_encoder(model)
-        self.precision = "bf16" if precision == "auto" and bf16_batches(model) else "fp32"
+        if precision == "int8":
+            log.info("embedding model: int8 runs on embed_backend: openvino; torch runs fp32")
+        self.precision = "bf16" if precision in ("auto", "bf16") and bf16_batches(model) else "fp32"
 
     def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:

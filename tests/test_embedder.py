@@ -144,3 +144,32 @@ async def test_a_query_never_waits_inside_a_call_full_of_document_parts(st_model
         assert q.shape == (384,)
     assert calls.count(1) >= 1  # the query went alone
     assert max(calls) <= 5 and sum(calls) == 25  # bulk calls of <= 4000 characters (~920 each)
+
+
+def test_a_live_window_of_mixed_lengths_is_cut_into_calls_of_similar_lengths(ov_encoder):
+    from providers.openvino_encoder import CALL_OVERHEAD_TOKENS, plan_calls
+
+    texts = _ubuntu_texts(25) + ["The backup server in rack 12 was replaced by a Dell R740 on 3 March. " * 3]
+    lengths = sorted(len(ov_encoder._tokenizer.encode(t).ids) for t in texts)
+    calls = plan_calls(lengths, 32)
+    assert [a for a, _ in calls][0] == 0 and calls[-1][1] == len(lengths)
+    assert all(b == c for (_, b), (c, _) in zip(calls, calls[1:]))  # contiguous, every text once
+    cost = sum(CALL_OVERHEAD_TOKENS + (b - a) * lengths[b - 1] for a, b in calls)
+    assert len(calls) > 1 and cost < CALL_OVERHEAD_TOKENS + len(lengths) * lengths[-1]  # cheaper than one padded call
+    even = plan_calls([5] * 70, 32)
+    assert len(even) == 3 and all(b - a <= 32 for a, b in even)  # equal lengths: the fewest calls of <= 32
+    seen: list[list[int]] = []
+    real = ov_encoder._infer
+
+    def spy(encodings, longest):
+        seen.append([len(e.ids) for e in encodings])
+        return real(encodings, longest)
+
+    ov_encoder._infer = spy
+    try:
+        got = ov_encoder.encode_batch(texts)
+    finally:
+        del ov_encoder._infer
+    assert sorted(n for call in seen for n in call) == lengths and len(seen) == len(calls)
+    alone = np.stack([ov_encoder.encode_one(t) for t in texts])
+    assert float((got * alone).sum(axis=1).min()) > 0.9999  # each row is its own text's, in the caller's order

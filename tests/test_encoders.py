@@ -77,6 +77,120 @@ def ov_encoder_dir() -> Path:
     return openvino_encoder.converted()
 
 
+@pytest.fixture(scope="module")
+def int8_encoder_():
+    """The int8 precision (converted once into the session's cache, ~15 s), forced whatever the CPU."""
+    return openvino_encoder.load(precision="int8")
+
+
+def test_int8_vectors_agree_with_fp32_torch_on_every_text(int8_encoder_, fp32_torch):
+    from providers.int8_encoder import INT8_MIN_TOKENS, Int8Encoder
+
+    enc = int8_encoder_
+    assert isinstance(enc, Int8Encoder) and enc.precision == "int8" and enc.backend == "openvino"
+    texts = ubuntu_texts() + russian_texts()
+    parts = [" ".join(texts[i : i + 15])[:1200] for i in range(0, 600, 15)]  # document-sized parts
+    texts += parts
+    want = fp32_torch.encode_batch(texts)
+    got = enc.encode_batch(texts)
+    assert got.dtype == np.float32 and got.shape == (len(texts), 384)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cos = (got * want).sum(axis=1)
+    assert float(cos.min()) >= 0.99, texts[int(cos.argmin())]
+    long = np.array([len(enc._tokenizer.encode(t).ids) >= INT8_MIN_TOKENS for t in texts])
+    assert long.sum() > 300 and float(cos[long].max()) < 0.99999  # the long ones did run in int8
+    singles = np.stack([enc.encode_one(t) for t in texts[-20:]])  # the query path: the same vectors
+    assert float((singles * want[-20:]).sum(axis=1).min()) >= 0.99
+
+
+def test_the_automatic_precision_follows_the_cpu():
+    from providers.openvino_encoder import choose_precision
+
+    sapphire_rapids = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"}
+    cascade_lake = {"avx2", "avx512f", "avx512_vnni"}
+    alder_lake = {"avx2", "avx_vnni"}
+    epyc_avx2 = {"avx2", "fma", "f16c", "sse4_2"}  # this machine's kind: no bf16, no VNNI
+    old = {"sse4_2", "avx"}
+    assert choose_precision(frozenset(sapphire_rapids)) == "bf16"
+    assert choose_precision(frozenset(cascade_lake)) == "int8"
+    assert choose_precision(frozenset(alder_lake)) == "int8"
+    assert choose_precision(frozenset(epyc_avx2)) == "fp32"
+    assert choose_precision(frozenset(old)) == "fp32"
+    assert choose_precision(frozenset()) == "fp32"  # flags unknown (not Linux)
+    for forced in ("fp32", "bf16", "int8"):  # memory.embed_precision forces one whatever the CPU
+        assert choose_precision(frozenset(sapphire_rapids), forced) == forced
+        assert choose_precision(frozenset(epyc_avx2), forced) == forced
+
+
+def _cached_conversions(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "models").iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+async def test_two_data_dirs_share_one_conversion_in_the_users_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "user-cache"
+    monkeypatch.delenv(openvino_encoder.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))  # platformdirs' user_cache_dir("kith") on Linux
+    assert openvino_encoder.cache_root() == cache / "kith"
+    cfg = Config(settings=Settings(memory=MemorySettings(embed_precision="fp32")), tiers=TiersConfig())
+    before = openvino_encoder.conversions
+    async with open_memory(cfg, tmp_path / "first") as memory:
+        assert memory.embedder.backend == "openvino"
+        v1 = await memory.embedder.embed_one("where is the backup server?")
+    assert openvino_encoder.conversions == before + 1
+    (made,) = _cached_conversions(cache / "kith")
+    stamp = (made / "model.bin").stat().st_mtime_ns
+    old_cache = tmp_path / "second" / "cache" / "models" / "all-MiniLM-L6-v2-openvino-0000000000000000"
+    old_cache.mkdir(parents=True)  # a data dir of an earlier version, with a conversion of its own: ignored
+    (old_cache / "manifest.json").write_text("not json", encoding="utf-8")
+    async with open_memory(cfg, tmp_path / "second") as memory:
+        v2 = await memory.embedder.embed_one("where is the backup server?")
+    assert openvino_encoder.conversions == before + 1  # the second data dir converted nothing
+    assert _cached_conversions(cache / "kith") == [made] and (made / "model.bin").stat().st_mtime_ns == stamp
+    assert not (tmp_path / "first" / "cache").exists()
+    assert float(v1 @ v2) > 0.99999
+
+
+_CONVERT = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+from providers import openvino_encoder
+enc = openvino_encoder.load(precision="fp32")
+print("dim", enc.encode_one("hello").shape[0], "converted", openvino_encoder.conversions)
+"""
+
+
+def test_two_processes_starting_at_once_convert_once(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, openvino_encoder.CACHE_ENV: str(tmp_path / "cache")}
+    root = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", _CONVERT], cwd=root, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    assert sorted(out.split()[-1] for out, _ in outs) == ["0", "1"]  # one converted, the other waited and used it
+    assert all(out.startswith("dim 384") for out, _ in outs)
+    assert sum(err.count("converting all-MiniLM-L6-v2") for _, err in outs) == 1
+    assert len(_cached_conversions(tmp_path / "cache")) == 1
+    assert not list((tmp_path / "cache" / "models").glob(".building-*"))
+
+
+def test_a_damaged_int8_conversion_is_redone(tmp_path, monkeypatch, int8_encoder_):
+    import shutil as sh
+
+    from providers.int8_encoder import INT8_FILE, Int8Encoder
+
+    monkeypatch.setenv(openvino_encoder.CACHE_ENV, str(tmp_path / "cache"))
+    good = openvino_encoder.converted(precision="int8", cache_dir=None)  # fresh cache: converted here
+    (good / INT8_FILE).write_bytes(b"truncated")
+    before = openvino_encoder.conversions
+    enc = openvino_encoder.load(precision="int8")
+    assert isinstance(enc, Int8Encoder) and openvino_encoder.conversions == before + 1
+    assert enc.encode_one("still works").shape == (384,)
+    sh.rmtree(tmp_path / "cache")
+
+
 def test_the_conversion_is_cached_and_redone_when_the_weights_change(tmp_path, ov_encoder, monkeypatch):
     cached = openvino_encoder.converted()
     assert (cached / "model.xml").is_file() and (cached / "tokenizer.json").is_file()
@@ -118,6 +232,8 @@ def test_openvino_that_cannot_be_used_falls_back_to_torch_with_a_warning(tmp_pat
     assert "OpenVINO backend unavailable" in caplog.text and "using torch" in caplog.text
     with pytest.raises(ValueError, match="openvino, torch"):
         load_encoder("onnx")
+    with pytest.raises(ValueError, match="auto, fp32, bf16, int8"):
+        load_encoder("openvino", precision="fp8")
 
 
 async def test_the_embedder_runs_on_the_configured_backend(tmp_path, ov_encoder, st_model):
@@ -179,3 +295,17 @@ def test_an_unknown_backend_in_the_config_names_the_choices(tmp_path):
         load_config(bad)
     assert "embed_backend" in str(err.value) and "openvino" in str(err.value)
 
+
+
+def test_int8_that_disagrees_is_remembered_and_fp32_runs(tmp_path, monkeypatch, caplog):
+    from providers import int8_encoder
+
+    monkeypatch.setenv(openvino_encoder.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(int8_encoder, "MIN_COSINE", 1.01)  # no int8 model can agree this well
+    before = openvino_encoder.conversions
+    with caplog.at_level(logging.WARNING, logger="providers.openvino_encoder"):
+        enc = openvino_encoder.load(precision="int8")
+    assert enc.precision == "fp32" and "int8 unavailable" in caplog.text and "disagrees" in caplog.text
+    converted = openvino_encoder.conversions - before  # the int8 attempt and the fp32 model of this fresh cache
+    again = openvino_encoder.load(precision="int8")  # remembered: no second int8 conversion
+    assert again.precision == "fp32" and openvino_encoder.conversions - before == converted
