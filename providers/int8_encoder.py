@@ -72,7 +72,7 @@ def export(model_path: str, out_dir: Path) -> None:
     quantize it (``model.onnx``, ``model-int8.onnx``, ``tokenizer.json``, ``manifest.json``).
     Blocking, ~10-20 s; imports torch. raises EmbeddingError (ONNX or ONNX Runtime missing, export
     failed, or the int8 model disagrees with fp32)."""
-    from .openvino_encoder import _PROBES, _Pipeline, loaded_st, write_tokenizer_and_probes
+    from .encoder_pipeline import PROBES, TracedPipeline, loaded_st, write_tokenizer_and_probes
 
     try:
         import onnx
@@ -86,7 +86,7 @@ def export(model_path: str, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(_Pipeline.of(st), (example["input_ids"], example["attention_mask"]), str(out_dir / FP32_FILE),
+            torch.onnx.export(TracedPipeline.of(st), (example["input_ids"], example["attention_mask"]), str(out_dir / FP32_FILE),
                               input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
                               dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
                                             "sentence_embedding": {0: "batch"}},
@@ -108,7 +108,7 @@ def export(model_path: str, out_dir: Path) -> None:
         raise EmbeddingError(f"cannot convert {model_path} to int8: {exc}") from exc
     enc = Int8Encoder(out_dir, check=False)
     cos = min(float((enc.encode_batch(list(CHECK_TEXTS)) * check).sum(axis=1).min()),
-              float((enc.encode_batch(list(_PROBES)) * want).sum(axis=1).min()))
+              float((enc.encode_batch(list(PROBES)) * want).sum(axis=1).min()))
     if cos < MIN_COSINE:  # remembered in the manifest: later starts run fp32 at once instead of converting again
         manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
         manifest["disagrees"] = f"cosine {cos:.4f} < {MIN_COSINE}"
@@ -157,7 +157,7 @@ class Int8Encoder:
             raise Disagrees(f"int8 inference disagrees with fp32 on the probe texts (cosine {cos:.4f})")
 
     def _infer(self, encodings, longest: int) -> np.ndarray:
-        from .openvino_encoder import padded
+        from .encoder_pipeline import padded
 
         session = self._int8 if longest >= INT8_MIN_TOKENS and min(len(e.ids) for e in encodings) >= INT8_MIN_TOKENS \
             else self._fp32
@@ -167,7 +167,7 @@ class Int8Encoder:
     def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
         """float32[len(texts), dim], L2-normalised, in the caller's order (sorted by token count and
         cut into calls of similar lengths; a call never mixes the fp32 and the int8 path)."""
-        from .openvino_encoder import encode_planned
+        from .encoder_pipeline import encode_planned
 
         if not texts:
             return np.zeros((0, self.dim), np.float32)

@@ -147,7 +147,7 @@ async def test_a_query_never_waits_inside_a_call_full_of_document_parts(st_model
 
 
 def test_a_live_window_of_mixed_lengths_is_cut_into_calls_of_similar_lengths(ov_encoder):
-    from providers.openvino_encoder import CALL_OVERHEAD_TOKENS, plan_calls
+    from providers.encoder_pipeline import CALL_OVERHEAD_TOKENS, plan_calls
 
     texts = _ubuntu_texts(25) + ["The backup server in rack 12 was replaced by a Dell R740 on 3 March. " * 3]
     lengths = sorted(len(ov_encoder._tokenizer.encode(t).ids) for t in texts)
