@@ -20,7 +20,7 @@ from memory.types import ROLE_ASSISTANT, StoredMessage
 
 from .events import (PRIVATE, ButtonPress, Call, CapacityCleaned, ChatEvent, CommandEvent, ConfigChanged, Deleted, Edited,
                      Incoming, Migrated, PaymentEvent, PreCheckout)
-from .handlers import NO_HANDLERS, Handlers
+from .handlers import NO_HANDLERS, Handlers, Plugins
 from .outbox import Outbox
 from .services import Services
 from .turn import MARKER, take
@@ -38,11 +38,13 @@ class ChatActor:
     (the supervisor restarts the actor with the same inbox, so queued events are kept).
     """
 
-    def __init__(self, chat_id: int, services: Services, outbox: Outbox, handlers: Handlers = NO_HANDLERS) -> None:
+    def __init__(self, chat_id: int, services: Services, outbox: Outbox, handlers: Handlers = NO_HANDLERS,
+                 plugins: Plugins | None = None) -> None:
         self.chat_id = chat_id
         self.svc = services
         self.outbox = outbox
         self.handlers = handlers
+        self.plugins = plugins
         self.settings: dict[str, Any] = {}
         self.awaiting_role: set[int] = set()  # members whose next message becomes their persona (/role)
         self.refused_until: dict[tuple[int, str | None], datetime] = {}  # refusals said recently, by (member, reason)

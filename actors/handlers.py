@@ -11,18 +11,24 @@ the narrow, typed view of one chat that its actor offers — never the actor its
   and the hooks a turn calls into (understanding a file, a drawing request, a persona being set,
   the buttons under a refusal).
 - ``Understood``: what the media feature made of a file, for the turn to store and answer.
+- ``Plugins`` and ``TurnTools``: the tools a turn may offer the model (``features.plugins.host``
+  opens the one implementation through ``Handlers.open_plugins``; the runtime owns it).
 """
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from providers.tools import ToolCall, ToolRunner, ToolSpec
 
 from .events import ButtonPress, CapacityCleaned, CommandEvent, Incoming, PaymentEvent, PreCheckout
 from .outbox import Button, Outbox
 from .services import Services
 
-__all__ = ["NO_HANDLERS", "ChatContext", "Handlers", "Understood"]
+__all__ = ["NO_HANDLERS", "ChatContext", "Handlers", "Plugins", "TurnTools", "Understood"]
 
 
 class ChatContext(Protocol):
@@ -38,6 +44,7 @@ class ChatContext(Protocol):
     outbox: Outbox
     settings: dict[str, Any]
     awaiting_role: set[int]
+    plugins: Plugins | None  # the runtime's plugins (None: no tools at all)
 
     @property
     def persist(self) -> bool:
@@ -99,6 +106,37 @@ class Understood:
 Rows = Sequence[Sequence[Button]]
 
 
+@dataclass(frozen=True, slots=True)
+class TurnTools:
+    """The tools one turn offers the model, and how their calls run (``providers.llm.LLM.complete``).
+
+    specs: the tools offered (names unique). run: runs one call (``providers.tools.ToolRunner``; it
+    sees only offered tools with JSON-object arguments, and records the call's usage). notice: the
+    one line the chat shows for a call before the answer ("🔎 searched this chat's memory for
+    'backup'"), in the current interface language; never raises. max_steps: tool rounds (≥ 1).
+    timeout_s: one call's time limit (s). output_chars: a call's output is cut to this many characters.
+    """
+
+    specs: Sequence[ToolSpec]
+    run: ToolRunner
+    notice: Callable[[ToolCall], str]
+    max_steps: int = 4
+    timeout_s: float = 20.0
+    output_chars: int = 8000
+
+
+class Plugins(Protocol):
+    """The plugins of a running bot, as a turn sees them (``features.plugins.host.PluginHost``)."""
+
+    async def tools_for(self, ctx: ChatContext, user_id: int, tier: str | None,
+                        user_settings: dict[str, Any]) -> TurnTools | None:
+        """The tools member ``user_id`` may have the model call in ``ctx``'s chat now: those their
+        ``tier`` allows (None: no tiers, every plugin), the chat enabled, that are configured and
+        within today's ``tool_calls_per_day``. None when there are none (the model answers without
+        tools)."""
+        ...
+
+
 async def _ignore(ctx: ChatContext, ev: Any) -> None:
     return None
 
@@ -119,6 +157,11 @@ async def _keep_role(ctx: ChatContext, user_id: int, role: str | None) -> None:
     await ctx.save_user_settings(user_id, {**await ctx.user_settings(user_id), "role": role})
 
 
+@asynccontextmanager
+async def _no_plugins(svc: Services) -> AsyncIterator[Plugins | None]:
+    yield None
+
+
 @dataclass(frozen=True, slots=True)
 class Handlers:
     """The chat features, as the runtime calls them (``features.HANDLERS`` is the full table).
@@ -129,6 +172,9 @@ class Handlers:
     bad file), ``draw`` (a plain-language drawing request: True when it was one and was handled),
     ``save_role`` (``/role``: the member's next message is their persona), ``upgrade_buttons`` (the
     buttons under a tier refusal; None for none).
+    Plugins: ``open_plugins(services)`` opens the bot's plugins (MCP connections, the reminders'
+    scheduler, which reaches the chats through ``services.supervisor`` once it is set); the runtime
+    enters it around the supervisor and hands what it yields to every actor (None: no tools).
     """
 
     command: Callable[[ChatContext, CommandEvent], Awaitable[None]] = _unknown_command
@@ -140,6 +186,7 @@ class Handlers:
     draw: Callable[[ChatContext, Incoming], Awaitable[bool]] = _not_a_drawing
     save_role: Callable[[ChatContext, int, str | None], Awaitable[None]] = _keep_role
     upgrade_buttons: Callable[[ChatContext], Rows | None] = lambda ctx: None
+    open_plugins: Callable[[Services], AbstractAsyncContextManager[Plugins | None]] = _no_plugins
 
 
 NO_HANDLERS = Handlers()  # the bare runtime: messages answered, commands and files not understood

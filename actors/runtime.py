@@ -30,7 +30,7 @@ from memory.cleanup import CleanupResult, Janitor
 from tiers import Admission, effective_tier
 
 from .events import CapacityCleaned
-from .handlers import NO_HANDLERS, Handlers
+from .handlers import NO_HANDLERS, Handlers, Plugins
 from .outbox import Outbox
 from .services import Actors, BotIdentity, Services, TurnReport, utc_now
 from .errors import SupervisorClosed
@@ -43,9 +43,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Runtime:
+    """What ``open_runtime`` yields. plugins: the opened plugins (``Handlers.open_plugins``; None
+    without the chat features or with every plugin off)."""
+
     config: Config
     services: Services
     supervisor: Supervisor
+    plugins: Plugins | None = None
 
     @property
     def memory(self) -> Memory:
@@ -150,9 +154,10 @@ async def open_runtime(
                 services = Services(config, memory, llm, bot, clock, admission, janitor, on_turn, transcriber, images, keys,
                                     owners=frozenset(config.settings.telegram.owners) | frozenset(owners))
                 admission.subs.owners = services.owners
-                async with Supervisor(services, box, config.settings.actors, handlers=handlers) as supervisor:
+                async with handlers.open_plugins(services) as plugins, \
+                        Supervisor(services, box, config.settings.actors, handlers=handlers, plugins=plugins) as supervisor:
                     services.supervisor = supervisor
-                    yield Runtime(config, services, supervisor)
+                    yield Runtime(config, services, supervisor, plugins)
         finally:
             # LLMs a reload built (the current one and any it replaced) are ours to close too
             made_by_reload = [*services.retired_llms, services.llm] if services is not None else []

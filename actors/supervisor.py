@@ -27,7 +27,7 @@ from memory.types import StoredMessage
 
 from .chat import ChatActor
 from .events import ChatEvent, Incoming, with_caption
-from .handlers import NO_HANDLERS, Handlers
+from .handlers import NO_HANDLERS, Handlers, Plugins
 from .outbox import Outbox
 from .services import Services, SupervisorStats
 
@@ -78,6 +78,7 @@ class Supervisor:
         settings: ActorSettings,
         *,
         handlers: Handlers = NO_HANDLERS,
+        plugins: Plugins | None = None,
         factory: ActorFactory | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -85,7 +86,8 @@ class Supervisor:
         self.outbox = outbox
         self.settings = settings
         self.handlers = handlers
-        self.factory: ActorFactory = factory or (lambda chat_id, svc, box: ChatActor(chat_id, svc, box, handlers))
+        self.plugins = plugins
+        self.factory: ActorFactory = factory or (lambda chat_id, svc, box: ChatActor(chat_id, svc, box, handlers, plugins))
         self._now = monotonic
         self._actors: dict[int, _ActorRecord] = {}
         self._tg: TaskGroup | None = None
