@@ -30,11 +30,12 @@ from providers.language import NAMES
 from memory.service import Recall
 from memory.types import ROLE_ASSISTANT, StoredMessage, UsageRecord
 from providers.errors import ProviderError
+from providers.tools import ToolCall
 
 from .context import Prompt, build_prompt
 from .errors import ActorError
 from .events import PRIVATE, Incoming, with_caption
-from .handlers import ChatContext, Handlers, Understood
+from .handlers import ChatContext, Handlers, TurnTools, Understood
 from .services import ALREADY_ANSWERED, TurnReport
 from .triggers import should_respond, strip_mention
 
@@ -216,11 +217,23 @@ class _Turn:
             note = adm.note if adm.downgraded else None
         recall, query = await self._recall(window)
         prompt = await self._prompt(window, alias, user_settings, recall, query)
+        tools = await self._tools(alias, tier, user_settings)
         try:
-            await self._generate(window, alias, prompt, recall, note, tier)
+            await self._generate(window, alias, prompt, recall, note, tier, tools)
         except ActorError as exc:  # the transport gave up for good (e.g. the user blocked the bot)
             log.warning("chat %s: reply to %s not delivered: %s", self.chat_id, ev.message_id, exc)
             self.report(True, error=f"undelivered: {exc}")
+
+    async def _tools(self, alias: str, tier: str | None, user_settings: dict[str, Any]) -> TurnTools | None:
+        """The tools this turn offers: the plugins' (``Plugins.tools_for``) when the model can call
+        tools (``LLM.supports_tools``), else None."""
+        plugins = self.host.plugins
+        if plugins is None:
+            return None
+        supports = getattr(self.svc.llm, "supports_tools", None)  # (fakes of the LLM need not have it)
+        if supports is None or not supports(alias):
+            return None
+        return await plugins.tools_for(self.host, self.ev.sender.user_id, tier, user_settings)
 
     async def _recall(self, window: deque[StoredMessage]) -> tuple[Recall, str]:
         """This chat's memories for what the member said (not a media marker and file summary)."""
@@ -326,14 +339,19 @@ class _Turn:
     # ------------------------------------------------------------------ 5. generate, 6. record
 
     async def _generate(self, window: deque[StoredMessage], alias: str, prompt: Prompt, recall: Recall, note: str | None,
-                        tier: str | None) -> None:
+                        tier: str | None, tools: TurnTools | None = None) -> None:
         """Stream the model's answer through the outbox (the delivery noted before its first byte),
-        then record it."""
+        then record it. With ``tools``, a line per tool call the model makes ("🔎 searched …") heads
+        the reply, shown as the call is made; the stored reply is the answer alone."""
         host, ev = self.host, self.ev
         stream = await host.outbox.stream(self.chat_id, reply_to=ev.message_id, thread_id=ev.thread_id)
         so_far: list[str] = []
+        notices: list[str] = []
         noted = False
         ttft_ms: float | None = None
+
+        def head() -> str:
+            return "\n".join(notices) + "\n\n" if notices else ""
 
         async def note_delivery() -> None:
             nonlocal noted
@@ -347,16 +365,26 @@ class _Turn:
                 ttft_ms = _ms(self.t0)
             so_far.append(delta)
             await note_delivery()
-            await stream.update("".join(so_far))
+            await stream.update(head() + "".join(so_far))
+
+        async def on_tool_call(call: ToolCall) -> None:
+            assert tools is not None
+            notices.append(tools.notice(call))
+            await note_delivery()
+            await stream.update(head().rstrip("\n") + ("\n\n" + "".join(so_far) if so_far else ""))
 
         t_llm = time.perf_counter()
         try:
             keys = await self._api_keys()
             extra: dict[str, Any] = {"api_keys": keys} if keys else {}  # (fakes of the LLM need not take it)
+            if tools is not None:
+                extra.update(tools=tools.specs, run_tool=tools.run, max_steps=tools.max_steps,
+                             tool_timeout_s=tools.timeout_s, tool_output_chars=tools.output_chars,
+                             on_tool_call=on_tool_call)
             completion = await self.svc.llm.complete(alias, prompt.messages, on_delta=on_delta, **extra)
         except ProviderError as exc:
             log.warning("chat %s: LLM %s failed: %s", self.chat_id, alias, exc)
-            await stream.finish(exc.user_message)
+            await stream.finish(head() + exc.user_message)
             self.report(True, llm_ms=_ms(t_llm), embed_ms=recall.embed_ms, search_ms=recall.search_ms, model=alias,
                         error=str(exc), tier=tier, ttft_ms=ttft_ms)
             return
@@ -369,7 +397,7 @@ class _Turn:
             shown = await self._with_offline_intro(shown, getattr(completion, "litellm_model", completion.model))
         except MemoryStoreError as exc:  # a full disk: the answer still leaves (its delivery is noted)
             log.error("chat %s: the offline model's introduction is not saved: %s", self.chat_id, exc)
-        sent = await stream.finish(shown)
+        sent = await stream.finish(head() + shown)
         await self._record(window, completion, prompt, sent)
         self.report(True, llm_ms=llm_ms, embed_ms=recall.embed_ms, search_ms=recall.search_ms, model=completion.model,
                     prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
