@@ -885,7 +885,7 @@ def sub_list(
 
 @app.command("usage")
 def usage_command(
-    by: Annotated[str, typer.Option("--by", help="Group by user | chat | model | day (UTC) | kind (chat, vision, transcription, image, document).")] = "model",
+    by: Annotated[str, typer.Option("--by", help="Group by user | chat | model | day (UTC) | kind (chat, vision, transcription, image, document, tool) | plugin (the tool calls, per plugin).")] = "model",
     since: Annotated[Optional[str], typer.Option("--since", help="From this date (YYYY-MM-DD, UTC) or ISO date-time.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     data_dir: DataDir = Path("data"),
@@ -904,6 +904,75 @@ def usage_command(
         raise typer.BadParameter(f"{since!r} is not a date (YYYY-MM-DD)", param_hint="--since") from None
     _operate(_setup(config, verbose), data_dir, "usage", {"by": by, "since": start.isoformat() if start else None,
                                                           "as_json": as_json})
+
+
+# ---------------------------------------------------------------------- plugins
+
+
+@app.command("plugins")
+def plugins_command(
+    check: Annotated[bool, typer.Option("--check", help="Connect the MCP servers of plugins.mcp briefly: list their "
+                                                        "tools and say which connect, and why not.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """List the plugins (tools the model may call): their tools, whether they are configured (kith.yaml
+    `plugins:`), which tiers include them (tiers.yaml `plugins:`, `plugin_limit`, `tool_calls_per_day`),
+    and with --check whether each MCP server connects. Reads the config only; --data-dir is accepted
+    like everywhere. Members turn plugins on and off with /plugins."""
+    from features.plugins.host import offline_catalog
+    from features.plugins.governance import tier_allows
+
+    del data_dir  # the plugins are the config's
+    cfg = _setup(config, verbose)
+    settings, tiers = cfg.settings.plugins, cfg.tiers
+
+    async def catalog():
+        if not (check and settings.mcp):
+            return offline_catalog(settings)
+        from features.plugins.mcp import McpHub
+
+        async with McpHub(settings.mcp, output_chars=settings.tool_output_chars, backoff_initial_s=3600) as hub:
+            return offline_catalog(settings, hub.tools().values(), hub.status())
+
+    infos = anyio.run(catalog)
+    rows = [{"name": p.name, "label": p.label, "tools": list(p.tools), "configured": p.configured,
+             "connected": p.connected, "error": p.error,
+             "tiers": [t for t, tier in tiers.tiers.items() if tier_allows(tier, p.name)]} for p in infos]
+    limits = {t: {"plugins": list(tier.plugins), "plugin_limit": tier.plugin_limit,
+                  "tool_calls_per_day": tier.quotas.tool_calls_per_day} for t, tier in tiers.tiers.items()}
+    if as_json:
+        typer.echo(json.dumps({"plugins": rows, "tiers": limits, "max_steps": settings.max_steps}, ensure_ascii=False,
+                              indent=2))
+        return
+    table = Table(title="plugins", show_lines=False)
+    for col in ("plugin", "tools", "state", "tiers"):
+        table.add_column(col, overflow="fold")
+    for row, p in zip(rows, infos):
+        if not p.configured:
+            state = f"[yellow]not configured[/]: {escape(p.error or '')}"
+        elif p.connected is True:
+            state = "[green]connected[/]"
+        elif p.connected is False:
+            state = f"[red]not connected[/]: {escape(p.error or '')}"
+        elif p.name.startswith("mcp:"):
+            state = "configured (--check connects it)"
+        else:
+            state = "[green]ready[/]"
+        tools = ", ".join(p.tools) or ("(listed when connected: --check)" if p.name.startswith("mcp:") and p.configured
+                                       else "—")
+        name = p.name + (f" ({p.label})" if p.label else "")
+        table.add_row(escape(name), escape(tools), state, escape(", ".join(row["tiers"]) or "none"))
+    out.print(table)
+    for t, lim in limits.items():
+        allowed = "all" if "*" in lim["plugins"] else ", ".join(lim["plugins"]) or "none"
+        at_once = "no limit" if lim["plugin_limit"] < 0 else f"at most {lim['plugin_limit']} on in a chat"
+        calls = "unlimited" if lim["tool_calls_per_day"] < 0 else f"{lim['tool_calls_per_day']}"
+        out.print(f"{escape(t)}: {escape(allowed)}; {at_once}; tool calls a day: {calls}")
+    if settings.max_steps < 1:
+        out.print("[yellow]plugins.max_steps is 0: the model calls no tools at all[/]")
 
 
 def main() -> None:

@@ -451,9 +451,10 @@ class Quotas(Frozen):
     chat_tokens_per_day: int = UNLIMITED
     images_per_day: int = UNLIMITED  # images generated (/image) per user
     audio_seconds_per_day: int = UNLIMITED  # seconds of voice/audio transcribed per user
+    tool_calls_per_day: int = UNLIMITED  # tool calls the model makes for the user (every plugin together)
 
     _v = field_validator("tokens_per_day", "chat_requests_per_day", "chat_tokens_per_day", "images_per_day",
-                         "audio_seconds_per_day")(classmethod(lambda cls, v: _limit(v)))
+                         "audio_seconds_per_day", "tool_calls_per_day")(classmethod(lambda cls, v: _limit(v)))
 
     @field_validator("requests_per_day")
     @classmethod
@@ -483,7 +484,8 @@ class Features(Frozen):
 
 
 class Tier(Frozen):
-    """One tier. models: aliases this tier may use (``["*"]`` = every configured model)."""
+    """One tier. models: aliases this tier may use (``["*"]`` = every configured model). plugins: the
+    plugins it may use (``["*"]`` = all); plugin_limit: how many a chat may have enabled at once (-1: no limit)."""
 
     rank: int | None = None  # higher is better; default = position in the file
     models: tuple[str, ...] = ("*",)
@@ -495,8 +497,19 @@ class Tier(Frozen):
     member_messages_per_minute: int = UNLIMITED  # per member in a group
     max_file_mb: float = Field(20.0, gt=0)  # files (documents, photos, audio) larger than this are refused before download
     image_model: str | None = None  # an alias of ``image_models:`` in kith.yaml; None = the first one configured
+    # plugins (features.plugins): the ones this tier may use (``["*"]`` = every plugin; names as ``kith plugins``
+    # lists them: time, calculator, memory_search, reminders, web, mcp:<server>), and how many a chat may have on
+    plugins: tuple[str, ...] = ("*",)
+    plugin_limit: int = UNLIMITED
 
-    _v = field_validator("member_messages_per_minute")(classmethod(lambda cls, v: _limit(v)))
+    _v = field_validator("member_messages_per_minute", "plugin_limit")(classmethod(lambda cls, v: _limit(v)))
+
+    @field_validator("plugins")
+    @classmethod
+    def _plugin_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not name.strip() for name in v):
+            raise ValueError("a plugin name is empty")
+        return tuple(name.strip() for name in v)
 
 
 class Plan(Frozen):

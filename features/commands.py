@@ -12,6 +12,8 @@ import i18n
 from i18n import N_, _, ngettext
 
 from . import admin, billing, keys, media
+from .plugins import commands as plugins
+from .plugins import reminders
 from .capacity import describe
 from .replies import features_line, reply, short
 from actors.handlers import ChatContext
@@ -21,7 +23,8 @@ from actors.outbox import Button
 
 HISTORY_DEFAULT = 20
 HISTORY_MAX = 100
-SETTINGS_KEYS = ("persona", "keywords", "always_on", "persist", "language", "model", "history", "reset", "allowed_users")
+SETTINGS_KEYS = ("persona", "keywords", "always_on", "persist", "language", "model", "history", "reset", "allowed_users",
+                 "timezone")
 WHO = ("admins", "members")  # who may use /history + /export ("history") and /reset ("reset") in a group
 ON = {"on", "yes", "true", "1", "enable", "enabled"}
 OFF = {"off", "no", "false", "0", "disable", "disabled"}
@@ -40,6 +43,8 @@ In groups I answer when you mention me, reply to me, or use a keyword; I remembe
 /key — use your own API key (private chat): `/key openai sk-…`; `/key delete`
 /language — the language I speak with you
 /settings — group settings (admins): persona, keywords, always_on, persist, language, model, history, reset
+/plugins — the tools I may use here (calculator, reminders, web search…): on and off
+/remind — a reminder: `/remind 10m stretch`, `/remind tomorrow 9:00 call Anna`; /reminders lists and cancels them
 
 Send me photos, documents (PDF, DOCX, text) and voice notes: I read them into this chat's memory when your plan includes it.""")
 
@@ -391,13 +396,19 @@ def _describe_settings(ctx: ChatContext) -> str:
 
 
 async def cmd_settings(ctx: ChatContext, ev: CommandEvent) -> None:
+    key, _sep, value = ev.args.strip().partition(" ")
+    if key.lower() == "timezone":  # the member's own setting (reminders, times): any member may set theirs
+        await reminders.set_timezone(ctx, ev, value)
+        return
     if ev.chat_type != PRIVATE and not await ctx.outbox.is_admin(ctx.chat_id, ev.sender.user_id):
         await reply(ctx, ev, _("Sorry, only this group's admins can change its settings."))
         return
     key, _sep, value = ev.args.strip().partition(" ")
     key, value = key.lower(), value.strip()
     if not key:
-        await reply(ctx, ev, _("Settings of this chat:") + "\n" + _describe_settings(ctx) + "\n\n"
+        zone = reminders.member_timezone(await ctx.user_settings(ev.sender.user_id), ctx.svc.config.settings.plugins.timezone)
+        await reply(ctx, ev, _("Settings of this chat:") + "\n" + _describe_settings(ctx) + "\n"
+                    + "timezone: " + _("{zone} (yours; each member sets their own)", zone=zone) + "\n\n"
                     + _("Change one with `/settings <key> <value>`; `/settings <key> default` resets it."))
         return
     if key not in SETTINGS_KEYS:
@@ -473,6 +484,10 @@ async def handle_button(ctx: ChatContext, ev: ButtonPress) -> None:
         await ctx.outbox.answer_button(ev.query_id)
     elif kind == "buy":
         await billing.press_buy(ctx, ev, rest)
+    elif kind == plugins.PREFIX:
+        await plugins.handle_button(ctx, ev, rest)
+    elif kind == reminders.BUTTON:
+        await reminders.press(ctx, ev, rest)
     elif kind == "billing":
         await billing.send_plans(ctx, "user" if ctx.chat_id > 0 else "chat", None, None)
         await ctx.outbox.answer_button(ev.query_id)
@@ -518,4 +533,7 @@ COMMANDS = {
     "delete_context": cmd_reset,  # the name users of earlier Russian-speaking bots know
     "language": cmd_language,
     "settings": cmd_settings,
+    "plugins": plugins.cmd_plugins,
+    "remind": reminders.cmd_remind,
+    "reminders": reminders.cmd_reminders,
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 from actors.handlers import Handlers
 
 from . import billing, capacity, commands, media
+from .plugins.host import open_plugins
 
 __all__ = ["HANDLERS"]
 
@@ -22,4 +23,5 @@ HANDLERS = Handlers(
     draw=media.draw,
     save_role=commands.save_role,
     upgrade_buttons=billing.plans_button,
+    open_plugins=open_plugins,
 )

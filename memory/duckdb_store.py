@@ -87,7 +87,9 @@ _USAGE_KEY = {  # usage_totals: the SQL of each grouping key
     "chat": "chat_id::VARCHAR",
     "model": "model",
     "day": "strftime(ts AT TIME ZONE 'UTC', '%Y-%m-%d')",
+    "plugin": "model",  # a tool call's row names its plugin as its model
 }
+_USAGE_ONLY = {"plugin": "kind = 'tool'"}  # usage_totals: the rows a grouping sums (all when absent)
 _MSG_COLS = "chat_id, message_id, user_id, user_name, text, epoch_us(date), role, reply_to, thread_id, imported"
 _TS = "make_timestamp({}) AT TIME ZONE 'UTC'"  # BIGINT µs since epoch (UTC) -> TIMESTAMPTZ
 
@@ -393,6 +395,35 @@ class DuckDBStore(QueuedStore):
     async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         def run() -> list[tuple]:
             return self._conn().execute(sql, list(params)).fetchall()
+
+        return await self._run(run)
+
+    # ------------------------------------------------------------ per-domain stores (memory.reminders)
+
+    @property
+    def local_dir(self) -> Path:
+        """The directory of this machine that goes with the store (the DuckDB file's): a per-domain
+        store's side files (``memory.reminders``' delivery journal) live there."""
+        return self.path.parent
+
+    async def sql_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple]]:
+        """Run ``statements`` (SQL with ``?`` placeholders, and their parameters) in one transaction,
+        committed before it returns; each statement's rows ([] for none). For the small per-domain
+        stores of this package (``memory.reminders``), whose one SQL text runs on both backends; not
+        part of the ``DialogueStore`` contract. raises duckdb.Error (the transaction rolled back)."""
+        def run() -> list[list[tuple]]:
+            con = self._conn()
+            con.execute("BEGIN TRANSACTION")
+            try:
+                out = []
+                for sql, params in statements:
+                    cur = con.execute(sql, list(params))
+                    out.append(cur.fetchall() if cur.description is not None else [])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            return out
 
         return await self._run(run)
 
@@ -908,14 +939,17 @@ class DuckDBStore(QueuedStore):
 
     async def usage_totals(self, by: str, *, since: datetime | None = None) -> list[UsageTotal]:
         """Usage summed per ``by`` — ``user`` | ``chat`` | ``model`` | ``day`` (UTC, ``YYYY-MM-DD``) |
-        ``kind`` — over the records with ``ts >= since`` (all when None), ordered by key.
-        raises ValueError for another ``by``."""
+        ``kind`` | ``plugin`` (the tool calls only) — over the records with ``ts >= since`` (all when
+        None), ordered by key. raises ValueError for another ``by``."""
         if by not in _USAGE_KEY:
             raise ValueError(f"usage can be grouped by {', '.join(USAGE_GROUPINGS)}, not {by!r}")
         await self._queue.sync()
-        where, params = "", []
+        conds: list[str] = [_USAGE_ONLY[by]] if by in _USAGE_ONLY else []
+        params: list[Any] = []
         if since is not None:
-            where, params = f" WHERE ts >= {_TS.format('?')}", [to_us(since)]
+            conds.append(f"ts >= {_TS.format('?')}")
+            params.append(to_us(since))
+        where = " WHERE " + " AND ".join(conds) if conds else ""
         rows = await self._query(
             f"SELECT {_USAGE_KEY[by]} AS k, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
             " coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL), coalesce(sum(seconds), 0),"

@@ -61,7 +61,9 @@ _USAGE_KEY = {
     "chat": "chat_id::text",
     "model": "model",
     "day": "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    "plugin": "model",  # a tool call's row names its plugin as its model
 }
+_USAGE_ONLY = {"plugin": "kind = 'tool'"}  # usage_totals: the rows a grouping sums (all when absent)
 _INSERT_MESSAGE = (
     "INSERT INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date, imported)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
@@ -242,6 +244,26 @@ class PostgresStore(QueuedStore):
             if wrapped is exc:
                 raise
             raise wrapped from exc
+
+    @property
+    def local_dir(self) -> Path:
+        """The directory of this machine that goes with the store (``dump_dir``): a per-domain
+        store's side files (``memory.reminders``' delivery journal) live there."""
+        return self._dump_dir
+
+    async def sql_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple]]:
+        """Run ``statements`` (SQL with ``?`` placeholders, as the DuckDB store takes them, and their
+        parameters) in one transaction, committed before it returns; each statement's rows ([] for
+        none). For the small per-domain stores of this package (``memory.reminders``); not part of
+        the ``DialogueStore`` contract. The SQL must hold no other ``?`` or ``%``."""
+        async def work(con: Any) -> list[list[tuple]]:
+            out = []
+            for sql, params in statements:
+                cur = await con.execute(sql.replace("?", "%s"), list(params))
+                out.append(await cur.fetchall() if cur.description is not None else [])
+            return out
+
+        return await self._transaction(work)
 
     def _wrap(self, exc: BaseException) -> BaseException:
         import psycopg
@@ -694,9 +716,12 @@ class PostgresStore(QueuedStore):
         if by not in _USAGE_KEY:
             raise ValueError(f"usage can be grouped by {', '.join(USAGE_GROUPINGS)}, not {by!r}")
         await self._queue.sync()
-        where, params = "", []
+        conds: list[str] = [_USAGE_ONLY[by]] if by in _USAGE_ONLY else []
+        params: list[Any] = []
         if since is not None:
-            where, params = " WHERE ts >= %s", [_utc(since)]
+            conds.append("ts >= %s")
+            params.append(_utc(since))
+        where = " WHERE " + " AND ".join(conds) if conds else ""
         rows = await self._fetch(
             f"SELECT {_USAGE_KEY[by]} AS k, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
             " coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL), coalesce(sum(seconds), 0),"

@@ -178,7 +178,8 @@ class DialogueStore(Protocol):
     async def usage_rows(self, *, since: datetime | None = None) -> list[UsageRecord]:
         """Usage records (all, or ``ts >= since``), oldest first."""
     async def usage_totals(self, by: str, *, since: datetime | None = None) -> list[UsageTotal]:
-        """Usage summed per ``by`` (one of ``types.USAGE_GROUPINGS``), by key. raises ValueError."""
+        """Usage summed per ``by`` (one of ``types.USAGE_GROUPINGS``; ``plugin``: the tool calls only,
+        keyed by plugin), by key. raises ValueError."""
     async def usage_counts(self, start: datetime, end: datetime) -> list[UsageCount]:
         """Usage per ``(chat, user, model, kind)`` with ``start <= ts < end`` (quota counters)."""
     async def recalls_for(self, chat_id: int, reply_message_id: int) -> list[tuple[int, float]]:

@@ -169,7 +169,7 @@ class DocumentChunk:
         return chunk_memory_id(self.message_id, self.index)
 
 
-USAGE_KINDS = ("chat", "vision", "transcription", "image", "document")
+USAGE_KINDS = ("chat", "vision", "transcription", "image", "document", "tool")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +178,9 @@ class UsageRecord:
 
     kind: ``"chat"`` (a turn's LLM call) | ``"vision"`` (a photo described by a vision model) |
     ``"transcription"`` (speech to text; ``seconds`` of audio) | ``"image"`` (``images``
-    generated) | ``"document"`` (a document read into memory; ``pages``, no model cost).
-    model: the alias used (after fallback), or the image/transcription model.
+    generated) | ``"document"`` (a document read into memory; ``pages``, no model cost) | ``"tool"``
+    (one tool call the model made; no tokens, no cost).
+    model: the alias used (after fallback), or the image/transcription model; for a tool call, its plugin.
     cost_usd: from litellm's price map; ``None`` when the model has no known price (unknown ≠ free).
     latency_ms: wall time of the call, first byte to last.
     """
@@ -212,7 +213,7 @@ class ChatInfo:
     last_date: datetime | None
 
 
-USAGE_GROUPINGS = ("user", "chat", "model", "day", "kind")
+USAGE_GROUPINGS = ("user", "chat", "model", "day", "kind", "plugin")  # plugin: the tool calls (kind tool) by plugin
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,7 +161,8 @@ async def list_subs(store: DialogueStore, cfg: TiersConfig, console: Console, *,
 
 async def usage_report(store: DialogueStore, console: Console, *, by: str = "model", since: datetime | None = None,
                        as_json: bool = False) -> dict[str, Any]:
-    """``kith usage [--by user|chat|model|day] [--since DATE] [--json]``: print ``usage_summary`` and return it."""
+    """``kith usage [--by user|chat|model|day|kind|plugin] [--since DATE] [--json]``: print ``usage_summary``
+    and return it (``--by plugin``: the tool calls per plugin)."""
     rep = await usage_summary(store, by=by, since=since)
     if as_json:
         console.print_json(json.dumps(rep))
@@ -173,11 +174,14 @@ async def usage_report(store: DialogueStore, console: Console, *, by: str = "mod
     # media columns fit in 80 columns too (`--json` has every field)
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     media = any(g["seconds"] or g["images"] or g["pages"] for g in rep["rows"])
+    tools = by == "plugin"  # tool calls: no tokens, no cost
     cols = (by, "requests", "tokens in", "tokens out", *(("audio s", "images", "pages") if media else ()), "cost")
-    for col in cols:
+    for col in (by, "tool calls") if tools else cols:
         table.add_column(col, justify="left" if col == by else "right", no_wrap=True)
 
     def cells(g: dict[str, Any]) -> list[str]:
+        if tools:
+            return [f"{g['requests']:,}"]
         extra = [f"{g['seconds']:,.0f}", f"{g['images']:,}", f"{g['pages']:,}"] if media else []
         return [f"{g['requests']:,}", f"{g['prompt_tokens']:,}", f"{g['completion_tokens']:,}", *extra, g["cost"]]
 
@@ -187,7 +191,7 @@ async def usage_report(store: DialogueStore, console: Console, *, by: str = "mod
     table.add_section()
     table.add_row("[bold]total[/]", *cells(t))
     console.print(table)
-    if t["unpriced_requests"]:
+    if t["unpriced_requests"] and not tools:
         console.print(f"[dim]{t['unpriced_requests']} call(s) used a model with no known price: their cost is unknown, not 0.[/]")
     return rep
 

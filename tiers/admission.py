@@ -208,6 +208,18 @@ class Admission:
                 return Admit(False, "", tier, reason="quota", quota=d, refusal=self._refusal(d, tier, ""))
         return Admit(True, "", tier)
 
+    async def admit_tools(self, tier: str, user_id: int) -> QuotaDecision:
+        """May the model make one more tool call for ``user_id`` at ``tier`` today
+        (``tool_calls_per_day``)? When allowed, ``limit`` and ``used`` tell how many are left (limit -1:
+        unlimited). Not counted in ``refusals`` (a turn without tools is not refused). raises UnknownTier."""
+        await self.open()
+        return self.quotas.check_tools(tier, user_id)
+
+    def tools_refusal(self, d: QuotaDecision, tier: str) -> str:
+        """The sentence for a spent ``tool_calls_per_day`` (``admit_tools``): which quota, when it resets,
+        and the upgrade hint when a plan sells a better tier."""
+        return self._refusal(d, tier, "")
+
     async def profile(self, chat_id: int, user_id: int) -> Profile:
         """The member's tier, subscriptions, today's usage and limits here."""
         await self.open()
@@ -309,4 +321,9 @@ def _spent_text(d: QuotaDecision, tier: str, alias: str) -> str:
     if d.quota == "audio_seconds_per_day":
         return _("You've used today's {minutes} min {seconds} s of transcription on the {tier} tier.",
                  minutes=n // 60, seconds=n % 60, tier=tier)
+    if d.quota == "tool_calls_per_day":
+        if n == 0:
+            return _("The {tier} tier includes no tool calls.", tier=tier)
+        return ngettext("You've used today's {limit} tool call on the {tier} tier.",
+                        "You've used all {limit} of today's tool calls on the {tier} tier.", n, limit=limit, tier=tier)
     return _("Today's quota is used up.")

@@ -10,6 +10,8 @@ Counting rules (``Quotas`` of tiers.yaml; -1 = unlimited):
 - ``chat_requests_per_day`` / ``chat_tokens_per_day``: all members of a chat together, every model.
 - ``images_per_day``: images generated for the user; ``audio_seconds_per_day``: seconds of the
   user's voice notes, audio files and video notes transcribed.
+- ``tool_calls_per_day``: the tool calls the model made for the user (``usage.kind = 'tool'``, one
+  row per call, every plugin together).
 
 Requests count the chat turns (``usage.kind = 'chat'``); tokens count every call that has tokens
 (chat turns and photo descriptions); images and audio seconds count their own kinds. A quota is spent
@@ -57,9 +59,11 @@ class QuotaDecision:
     """The answer of ``QuotaTracker.check``.
 
     allowed: the call may go ahead. When not: ``quota`` names the spent quota (``"requests_per_day"``,
-    ``"tokens_per_day"``, ``"chat_requests_per_day"``, ``"chat_tokens_per_day"``), ``model`` the
-    alias whose request quota it is (``"*"`` = the shared one; None for the others), ``limit`` and
-    ``used`` today's numbers, ``resets_at`` the next 00:00 UTC.
+    ``"tokens_per_day"``, ``"chat_requests_per_day"``, ``"chat_tokens_per_day"``; ``check_media``:
+    ``"images_per_day"``, ``"audio_seconds_per_day"``; ``check_tools``: ``"tool_calls_per_day"``),
+    ``model`` the alias whose request quota it is (``"*"`` = the shared one; None for the others),
+    ``limit`` and ``used`` today's numbers (``check_tools`` gives them when allowed too), ``resets_at``
+    the next 00:00 UTC.
     """
 
     allowed: bool
@@ -86,6 +90,7 @@ class TodayUsage:
     resets_at: datetime
     images: int = 0
     audio_seconds: float = 0.0
+    tool_calls: int = 0
 
 
 @dataclass
@@ -94,6 +99,7 @@ class _User:
     tokens: int = 0
     images: int = 0
     seconds: float = 0.0
+    tool_calls: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +237,20 @@ class QuotaTracker:
             return QuotaDecision(False, "audio_seconds_per_day", None, q.audio_seconds_per_day, round(user.seconds), resets)
         return QuotaDecision(True, resets_at=resets)
 
+    def check_tools(self, tier: str, user_id: int) -> QuotaDecision:
+        """May the model make one more tool call for ``user_id`` at ``tier`` today? The spent quota is
+        ``"tool_calls_per_day"``. raises UnknownTier; TierError before ``load()``."""
+        self._require_loaded()
+        t = self.cfg.tiers.get(tier)
+        if t is None:
+            raise UnknownTier(f"unknown tier {tier!r}")
+        limit = t.quotas.tool_calls_per_day
+        used = (self._users.get(user_id) or _User()).tool_calls
+        resets = next_midnight(self.clock())
+        if limit != UNLIMITED and used >= limit:
+            return QuotaDecision(False, "tool_calls_per_day", None, limit, used, resets)
+        return QuotaDecision(True, limit=limit, used=used, resets_at=resets)
+
     def check(self, tier: str, chat_id: int, user_id: int, alias: str) -> QuotaDecision:
         """May ``user_id`` in ``chat_id``, at ``tier``, make one more call to ``alias`` today?
 
@@ -268,7 +288,7 @@ class QuotaTracker:
         self._require_loaded()
         user = self._users.get(user_id) or _User()
         return TodayUsage(dict(user.requests), user.tokens, self._chat_requests[chat_id], self._chat_tokens[chat_id],
-                          next_midnight(self.clock()), user.images, round(user.seconds, 1))
+                          next_midnight(self.clock()), user.images, round(user.seconds, 1), user.tool_calls)
 
     # ------------------------------------------------------------ plumbing
 
@@ -302,6 +322,8 @@ class QuotaTracker:
         if kind == "chat":
             user.requests[alias] += n
             self._chat_requests[chat_id] += n
+        elif kind == "tool":
+            user.tool_calls += n
         user.tokens += tokens
         user.images += images
         user.seconds += seconds

@@ -1,5 +1,5 @@
 """Usage reports from the ``usage`` table: requests, tokens, audio seconds, images, pages and cost,
-grouped by user, chat, model, UTC day or kind (``kith usage``, ``/admin``)."""
+grouped by user, chat, model, UTC day, kind or plugin (the tool calls; ``kith usage``, ``/admin``)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 from .errors import TierError
 
-BY = ("user", "chat", "model", "day", "kind")
+BY = ("user", "chat", "model", "day", "kind", "plugin")
 _KEY_SQL = {
     "kind": "kind",
     "user": "user_id::VARCHAR",
@@ -42,8 +42,8 @@ def _group(key: str, n: int, prompt: int, completion: int, known: float, unprice
 
 async def usage_summary(store: DialogueStore, *, by: str = "model", since: datetime | None = None) -> dict[str, Any]:
     """Requests, tokens, audio seconds, images, document pages and cost from the ``usage`` table,
-    grouped ``by`` user|chat|model|day (UTC)|kind (chat, vision, transcription, image, document),
-    from ``since`` on. ``cost_usd`` sums the priced calls only (None when none was priced);
+    grouped ``by`` user|chat|model|day (UTC)|kind (chat, vision, transcription, image, document, tool)|
+    plugin (the tool calls alone, per plugin), from ``since`` on. ``cost_usd`` sums the priced calls only (None when none was priced);
     ``unpriced_requests`` counts the calls of models with no known price. raises TierError (bad ``by``)."""
     if by not in BY:
         raise TierError(f"--by must be one of {', '.join(BY)}, not {by!r}")

@@ -51,6 +51,9 @@ COMMANDS: tuple[tuple[str, str], ...] = (  # the menu; descriptions are translat
     ("key", N_("Use your own API key (private chat)")),
     ("language", N_("The language I speak with you")),
     ("settings", N_("Group settings (admins only)")),
+    ("plugins", N_("The tools I may use here")),
+    ("remind", N_("Set a reminder: /remind 10m stretch")),
+    ("reminders", N_("Your reminders here")),
 )
 
 
