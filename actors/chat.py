@@ -165,10 +165,12 @@ class ChatActor:
         return self._answered
 
     async def note_delivery(self, message_id: int) -> None:
-        """Commit that ``message_id`` is being answered, before the answer's first byte leaves: a
-        crash from then on never answers it twice (``DialogueStore.note_delivery``). When that
-        cannot be written (a full disk), the answer is sent anyway — a lost reply is worse than a
-        rare second one — and the reply itself, kept in the store's reserve, marks the message
+        """Record durably that ``message_id`` is being answered, before the answer's first byte
+        leaves: a crash from then on never answers it twice (``DialogueStore.note_delivery``: the
+        store's reserve, no database round trip; a commit in a store without one). A full disk
+        does not stop it (the reserve keeps room for what is sent). When it cannot be kept at all
+        (no reserve and a failing database), the answer is sent anyway — a lost reply is worse than
+        a rare second one — and the reply itself, kept in the store's reserve, marks the message
         answered once it is stored (at the latest at the next start)."""
         (await self.answered()).add(message_id)
         try:

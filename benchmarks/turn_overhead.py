@@ -233,7 +233,7 @@ def _instrument(rt, stages: dict[str, list[float]], prof: cProfile.Profile):
 
     Returns a function that removes the wrappers and stops the profiler.
     """
-    import actors.chat as chat_mod
+    import actors.turn as chat_mod  # the six steps of a turn (build_prompt is called there)
 
     mem = rt.memory
     store = mem.store
@@ -275,7 +275,7 @@ def _instrument(rt, stages: dict[str, list[float]], prof: cProfile.Profile):
     wrap_async(store, "get_messages", "store.get_messages (reply chain)")
     wrap_async(store, "max_message_id", "store.max_message_id (id allocator)")
     # the commit before a reply's first byte (exactly once across crashes: DuckDB commit round trip)
-    wrap_async(store, "note_delivery", "store.note_delivery (commit before sending)")
+    wrap_async(store, "note_delivery", "store.note_delivery (into the reserve before sending)")
     # enqueue-only writes on the event loop
     wrap_sync(mem, "remember", "memory.remember (enqueue)")
     wrap_sync(store, "record_usage", "store.record_usage (enqueue)")

@@ -14,6 +14,8 @@ preallocated next to the database, ``write_behind.Journal``) until a commit cove
 queue accepted survive a full disk and a ``kill -9``: the next open stores them (and any
 ``<file>.unsaved-<utc>.jsonl`` / ``.other.jsonl`` dump of rows the reserve could not hold) before
 anything is read. When the disk has no room for the reserve, intake is refused (``DiskFull``).
+The delivery record written before a reply's first byte (``note_delivery``) is such a row too: in
+the reserve when it returns, committed with the chat's messages by the writer.
 
 Timestamps are stored as ``TIMESTAMPTZ`` and returned as tz-aware UTC ``datetime``; a naive
 ``datetime`` given to the store is taken as UTC.
@@ -147,7 +149,7 @@ class DuckDBStore(QueuedStore):
             self._commit, describe_error=self._describe_error, save_unsaved=self._dump_unsaved,
             flush_interval_s=flush_interval_s, flush_rows=flush_rows, journal=self.reserve)
         # the directory (see the module docstring): chat_id -> (type, title, settings JSON text);
-        # user_id -> settings JSON text (non-empty only); chats with stored or queued messages
+        # user_id -> settings JSON text (non-empty only); chats with stored or queued messages (or deliveries)
         self._chat_rows: dict[int, tuple[str, str | None, str]] = {}
         self._user_rows: dict[int, str] = {}
         self._chats_with_messages: set[int] = set()
@@ -264,7 +266,8 @@ class DuckDBStore(QueuedStore):
             "SELECT chat_id, type, title, settings::VARCHAR FROM chats").fetchall()}
         self._user_rows = {r[0]: r[1] for r in con.execute(
             "SELECT user_id, settings::VARCHAR FROM users WHERE settings::VARCHAR NOT IN ('{}', 'null')").fetchall()}
-        self._chats_with_messages = {r[0] for r in con.execute("SELECT DISTINCT chat_id FROM messages").fetchall()}
+        self._chats_with_messages = {r[0] for r in con.execute(  # (a delivery's chat: answered_ids reads it)
+            "SELECT chat_id FROM messages UNION SELECT chat_id FROM deliveries").fetchall()}
         self._chats_with_documents = {r[0] for r in con.execute("SELECT DISTINCT chat_id FROM documents").fetchall()}
 
     # ------------------------------------------------------------ enqueue (non-blocking)
@@ -316,6 +319,8 @@ class DuckDBStore(QueuedStore):
                     self._insert_arrow(con, "recalls", _recalls_table(batch.recalls))
                 if batch.chats:
                     self._insert_arrow(con, "chats", _chats_table(batch.chats))
+                if batch.deliveries:
+                    self._insert_arrow(con, "deliveries", _deliveries_table(batch.deliveries))
                 con.execute("COMMIT")
             except BaseException:
                 try:
@@ -348,6 +353,7 @@ class DuckDBStore(QueuedStore):
             ("usage", _INSERT_ROW[usage], _usage_params),
             ("recalls", _INSERT_ROW["recalls"], lambda r: list(r)),
             ("chats", _INSERT_ROW["chats"], lambda r: list(r)),
+            ("deliveries", _INSERT_ROW["deliveries"], lambda r: list(r)),
         ):
             rows = getattr(batch, attr)
             i = 0
@@ -497,11 +503,11 @@ class DuckDBStore(QueuedStore):
 
     async def answered_ids(self, chat_id: int) -> set[int]:
         """The ids of ``chat_id``'s messages the bot has replied to: its stored replies' ``reply_to``
-        and the deliveries noted by ``note_delivery``. The durable record that keeps a restart, a
-        replay or a re-delivered update from answering twice."""
+        and the deliveries noted by ``note_delivery`` (queued ones committed first). The durable
+        record that keeps a restart, a replay or a re-delivered update from answering twice."""
         if chat_id not in self._chats_with_messages:
             return set()
-        await self._queue.sync_chat(chat_id)
+        await self._queue.sync_chat(chat_id, deliveries=True)
         rows = await self._query(
             "SELECT reply_to FROM messages WHERE chat_id = ? AND role = 'assistant' AND reply_to IS NOT NULL"
             " UNION SELECT message_id FROM deliveries WHERE chat_id = ?",
@@ -509,16 +515,21 @@ class DuckDBStore(QueuedStore):
         return {r[0] for r in rows}
 
     async def note_delivery(self, chat_id: int, message_id: int) -> None:
-        """Durably note that a reply to ``message_id`` is about to be sent: commits the chat's queued
-        messages (the message itself included) and a ``deliveries`` row before it returns. Called before the
-        reply's first byte leaves, so a crash at any later moment never answers the message again
-        (at most once: a crash between this commit and the send leaves it unanswered).
-        raises MemoryStoreError when the database cannot write."""
-        await self._queue.sync_chat(chat_id)
+        """Durably note that a reply to ``message_id`` is about to be sent. Called before the reply's
+        first byte leaves, so a crash at any later moment never answers the message again (at most
+        once: a crash between this and the send leaves it unanswered).
+
+        The ``deliveries`` row is queued like a reply (accepted on a full disk too, into the
+        reserve's part for what was sent) and written to the reserve before this returns — no
+        database round trip: a ``kill -9`` from then on finds it there at the next open, which
+        stores it (with the chat's messages queued before it) before anything is read. The writer
+        commits it in the same transaction as the chat's queued messages. Without the reserve (it
+        could not be made, or is full) this flushes the queue instead: the row, with the chat's
+        queued messages, is committed before it returns. raises MemoryStoreError when it is closed,
+        or (no reserve) when the database cannot write (the row stays queued and is retried)."""
         self._chats_with_messages.add(chat_id)
-        await self._query(
-            f"INSERT OR IGNORE INTO deliveries VALUES (?, ?, {_TS.format('?')})",
-            [chat_id, message_id, to_us(self._clock())])
+        if not self._queue.put_delivery((chat_id, message_id, to_us(self._clock()))):
+            await self._queue.flush()
 
     async def note_evictions(self, chat_id: int, message_ids: Sequence[int]) -> None:
         """Record that the memories of ``message_ids`` were dropped on purpose (capacity cleanup over a
@@ -1101,6 +1112,10 @@ _INSERT_SELECT = {
         " SELECT chat_id, type, title, '{{}}', " + _TS.format("created_us") + " FROM {src}"
         " ON CONFLICT (chat_id) DO UPDATE SET type = excluded.type, title = coalesce(excluded.title, chats.title)"
     ),
+    "deliveries": (
+        "INSERT OR IGNORE INTO deliveries (chat_id, message_id, sent_at)"
+        " SELECT chat_id, message_id, " + _TS.format("sent_us") + " FROM {src}"
+    ),
 }
 
 _INSERT_ROW = {
@@ -1125,6 +1140,9 @@ _INSERT_ROW = {
     "chats": (
         "INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (?, ?, ?, '{}', " + _TS.format("?") + ")"
         " ON CONFLICT (chat_id) DO UPDATE SET type = excluded.type, title = coalesce(excluded.title, chats.title)"
+    ),
+    "deliveries": (
+        "INSERT OR IGNORE INTO deliveries (chat_id, message_id, sent_at) VALUES (?, ?, " + _TS.format("?") + ")"
     ),
 }
 
@@ -1205,6 +1223,19 @@ def _chats_table(rows: list[tuple[int, str, str | None, int]]) -> pa.Table:
             "type": pa.array([r[1] for r in rs], _STR),
             "title": pa.array([r[2] for r in rs], _STR),
             "created_us": pa.array([r[3] for r in rs], _I64),
+        }
+    )
+
+
+def _deliveries_table(rows: list[tuple[int, int, int]]) -> pa.Table:
+    first: dict[tuple[int, int], int] = {}
+    for r in rows:  # one row per key (the first: when the reply began to be sent)
+        first.setdefault((r[0], r[1]), r[2])
+    return pa.table(
+        {
+            "chat_id": pa.array([k[0] for k in first], _I64),
+            "message_id": pa.array([k[1] for k in first], _I64),
+            "sent_us": pa.array(list(first.values()), _I64),
         }
     )
 

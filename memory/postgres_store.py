@@ -11,6 +11,9 @@ here writes a batch in one transaction (``executemany`` in pipeline mode). A bat
 data is retried row by row, dropping only the rows PostgreSQL can never take (an id beyond 64 bits,
 a lone UTF-16 surrogate); a failing server (connection lost, disk full, shutdown) keeps the rows queued
 and retried; rows still unwritable at shutdown are dumped to ``<dump_dir>/kith-postgresql.unsaved-<utc>.jsonl``.
+This store has no reserve (``write_behind.Journal``: a file next to an embedded database), so the
+delivery record before a reply's first byte (``note_delivery``) is queued and flushed: committed,
+with the chat's queued messages, before it returns.
 
 Differences from the DuckDB store, both from PostgreSQL itself:
 - a NUL character (U+0000, which Telegram never sends) in a text is stored as U+FFFD: PostgreSQL's
@@ -73,6 +76,7 @@ _INSERT_USAGE = (
 _INSERT_RECALL = (
     "INSERT INTO recalls (chat_id, reply_message_id, memory_message_id, score) VALUES (%s, %s, %s, %s)"
     " ON CONFLICT DO NOTHING")
+_INSERT_DELIVERY = "INSERT INTO deliveries (chat_id, message_id, sent_at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
 _UPSERT_CHAT = (
     "INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (%s, %s, %s, '{}', %s)"
     " ON CONFLICT (chat_id) DO UPDATE SET type = excluded.type, title = coalesce(excluded.title, chats.title)")
@@ -318,6 +322,8 @@ class PostgresStore(QueuedStore):
                             await cur.executemany(_INSERT_RECALL, batch.recalls)
                         if batch.chats:
                             await cur.executemany(_UPSERT_CHAT, [_chat_params(c) for c in batch.chats])
+                        if batch.deliveries:
+                            await cur.executemany(_INSERT_DELIVERY, [_delivery_params(d) for d in batch.deliveries])
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 raise
             except (psycopg.Error, ValueError, OverflowError) as exc:  # bad data somewhere in the batch
@@ -336,6 +342,7 @@ class PostgresStore(QueuedStore):
             ("usage", _INSERT_USAGE, _usage_params),
             ("recalls", _INSERT_RECALL, lambda r: list(r)),
             ("chats", _UPSERT_CHAT, _chat_params),
+            ("deliveries", _INSERT_DELIVERY, _delivery_params),
         ):
             rows = getattr(batch, attr)
             i = 0
@@ -406,17 +413,18 @@ class PostgresStore(QueuedStore):
         return out
 
     async def answered_ids(self, chat_id: int) -> set[int]:
-        await self._queue.sync_chat(chat_id)
+        await self._queue.sync_chat(chat_id, deliveries=True)
         rows = await self._fetch(
             "SELECT reply_to FROM messages WHERE chat_id = %s AND role = 'assistant' AND reply_to IS NOT NULL"
             " UNION SELECT message_id FROM deliveries WHERE chat_id = %s", [chat_id, chat_id])
         return {r[0] for r in rows}
 
     async def note_delivery(self, chat_id: int, message_id: int) -> None:
-        """Durably note a reply to ``message_id`` is being sent (after committing the chat's queued messages)."""
-        await self._queue.sync_chat(chat_id)
-        await self._fetch("INSERT INTO deliveries VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                          [chat_id, message_id, self._clock()])
+        """Durably note a reply to ``message_id`` is being sent: queued and flushed (no reserve here),
+        so it is committed with the chat's queued messages before this returns. raises
+        MemoryStoreError when the server cannot write (the row stays queued and is retried)."""
+        if not self._queue.put_delivery((chat_id, message_id, to_us(self._clock()))):
+            await self._queue.flush()
 
     async def max_message_id(self, chat_id: int) -> int | None:
         await self._queue.sync_chat(chat_id)
@@ -813,3 +821,7 @@ def _usage_params(u: UsageRecord) -> tuple:
 
 def _chat_params(c: tuple) -> tuple:
     return (c[0], c[1], _clean(c[2]), from_us(c[3]))
+
+
+def _delivery_params(d: tuple) -> tuple:
+    return (d[0], d[1], from_us(d[2]))

@@ -150,7 +150,7 @@ _V4 = (
     CREATE TABLE deliveries (
         chat_id     BIGINT NOT NULL,
         message_id  BIGINT NOT NULL,             -- the message a reply was sent to
-        sent_at     TIMESTAMPTZ NOT NULL,        -- committed before the reply's first byte left
+        sent_at     TIMESTAMPTZ NOT NULL,        -- noted (reserve, then commit) before the reply's first byte left
         PRIMARY KEY (chat_id, message_id)
     )
     """,

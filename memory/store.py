@@ -16,7 +16,14 @@ The contract (every implementation; ``tests/test_store_contract.py`` checks it a
   reads of one chat first commit that chat's queued messages, reads across chats commit everything.
 - **Batching.** The hot-path writes (``add``, ``add_many``, ``record_usage``, ``record_recall``,
   ``upsert_chat``) do not await: they queue (``memory.write_behind``) and one writer commits batches;
-  ``flush()`` waits for the commit. Every other write commits before it returns.
+  ``flush()`` waits for the commit. ``note_delivery`` queues too, but is durable when it returns:
+  its row is in the store's reserve (a ``kill -9`` finds it there at the next open) or, in a store
+  without one, committed. Every other write commits before it returns.
+- **Exactly once.** ``answered_ids`` (stored replies and noted deliveries, queued ones included)
+  survives a crash of the process (a ``kill -9``) from the moment ``note_delivery`` returns, which a
+  reply awaits before its first byte leaves: a message whose reply started to be sent is not
+  answered again. (A power cut may lose what the reserve took since the last commit, see
+  ``memory.write_behind``.)
 - **Nothing lost silently.** A batch that fails on bad data is retried row by row and only the rows
   that can never be stored are dropped (logged, counted in ``stats()["dropped_rows"]``); a failing
   database keeps rows queued and retried (``flush`` raises ``MemoryStoreError`` meanwhile; intake
@@ -101,7 +108,10 @@ class DialogueStore(Protocol):
     async def answered_ids(self, chat_id: int) -> set[int]:
         """Ids of the chat's messages the bot replied to (stored replies and noted deliveries)."""
     async def note_delivery(self, chat_id: int, message_id: int) -> None:
-        """Durably note (with the chat's queued messages) that a reply to ``message_id`` is being sent."""
+        """Durably note that a reply to ``message_id`` is being sent: a ``deliveries`` row, queued and
+        committed with the chat's queued messages; on return it is in the store's reserve (no
+        database round trip) or, without a reserve, committed. Accepted while the disk is full (the
+        reserve's part for what was sent). raises MemoryStoreError when it cannot be kept."""
     async def max_message_id(self, chat_id: int) -> int | None:
         """The highest stored message id of the chat; None when it has none."""
     async def count_messages(self, chat_id: int | None = None, *, user_id: int | None = None,

@@ -1,17 +1,18 @@
 """The write-behind queue of a dialogue store: rows enqueue without awaiting, one writer task commits them in batches.
 
-Writes of the hot path (a message, a usage record, the recalls of a reply, a chat's name) must not
-wait for a database round trip, and a commit per row would cap throughput at a few hundred rows per
-second. So they go into this queue, and one writer task hands everything queued to an injected
-``commit`` function: it waits up to ``flush_interval_s`` after the first queued row, or until
-``flush_rows`` rows are queued, or until someone calls ``flush()``. Batches grow under load.
+Writes of the hot path (a message, a usage record, the recalls of a reply, a chat's name, the
+delivery record written before a reply's first byte) must not wait for a database round trip, and
+a commit per row would cap throughput at a few hundred rows per second. So they go into this
+queue, and one writer task hands everything queued to an injected ``commit`` function: it waits up
+to ``flush_interval_s`` after the first queued row, or until ``flush_rows`` rows are queued, or
+until someone calls ``flush()``. Batches grow under load.
 
 The queue knows nothing of the database. The store gives it:
 
-- ``commit(batch)``: write ``batch`` (messages, usage, recalls, chats) and return; on a failure of
-  the database itself (I/O, disk full, connection lost), raise with ``batch`` trimmed to the rows not
-  written yet. Rows that can never be stored (bad data) are the commit function's business: it
-  drops them (and says so), it does not raise for them.
+- ``commit(batch)``: write ``batch`` (messages, usage, recalls, chats, deliveries) in one
+  transaction and return; on a failure of the database itself (I/O, disk full, connection lost),
+  raise with ``batch`` trimmed to the rows not written yet. Rows that can never be stored (bad
+  data) are the commit function's business: it drops them (and says so), it does not raise for them.
 - ``describe_error(exc, pending)``: the ``MemoryStoreError`` that ``flush()`` callers see for that
   failure. A ``DiskFull`` also stops intake (``check_writable`` raises it) until a commit succeeds.
 - ``save_unsaved(batch)``: called (in a worker thread) at shutdown with whatever could still not be
@@ -20,13 +21,24 @@ The queue knows nothing of the database. The store gives it:
   disk. Every row is written there (one JSON line, into space allocated in advance, so a full disk
   cannot refuse it) before it is queued, until a commit covers it; the store reads the rows an
   earlier run left there back in at its next open. So a row the queue accepted survives a full
-  disk and a ``kill -9`` of the process.
+  disk and a ``kill -9`` of the process (not a power cut: the reserve is synced only when a commit
+  fails and at shutdown, so a power cut loses what was accepted since the last commit — the
+  ``flush_interval_s`` before it, 50 ms by default, and the commit's own time).
+
+Deliveries: ``put_delivery`` is how a store notes "a reply to this message is being sent" before
+the reply's first byte (``DialogueStore.note_delivery``, exactly once across crashes). The row is
+in the reserve when ``put_delivery`` returns True — as durable against a ``kill -9`` as a commit,
+without the commit's round trip — and is committed with the chat's queued messages by the writer.
+When it returns False (no reserve: a store without one such as PostgreSQL's, a reserve that could
+not be made, or one that is full) the row is only queued, and the store flushes before the first
+byte, as a commit of its own did before. ``sync_chat(chat_id, deliveries=True)`` also commits the
+chat's queued deliveries, for the reads of deliveries (``answered_ids``).
 
 Intake and what was already done: messages from users (and chat rows) are *intake*; the bot's own
-replies (role ``assistant``), usage records and recalls record what was already sent or billed.
-While commits fail for lack of space, or when the reserve cannot be made, intake is refused with
-``DiskFull`` — before anything is lost — but replies, usage and recalls are still accepted: they
-go into the part of the reserve kept for them (``SENT_HEADROOM``).
+replies (role ``assistant``), usage records, recalls and deliveries record what was already (or is
+being) sent or billed. While commits fail for lack of space, or when the reserve cannot be made,
+intake is refused with ``DiskFull`` — before anything is lost — but replies, usage, recalls and
+deliveries are still accepted: they go into the part of the reserve kept for them (``SENT_HEADROOM``).
 
 Guarantees: rows are committed in enqueue order per kind; a failed batch stays queued, ahead of
 newer rows, and is retried with exponential backoff (0.1 s … 5 s); ``flush()`` returns when every row
@@ -70,13 +82,14 @@ START_FREE_BYTES = 256 * 2**10  # one DuckDB block
 #: ~4.3 KB), a usage record ~320 bytes, a recall ~150. The 3 MiB intake may use hold ~12,000 chat
 #: messages — far more than arrive between two commits (one every 50 ms, or every 2,000 rows).
 RESERVE_BYTES = 4 * 2**20
-#: The last part of the reserve, kept for replies, usage and recalls (what was already sent or
-#: billed): intake stops short of it. 1 MiB: ~110 turns of the longest reply with its usage and
-#: 8 recalls (~9 KB each), ~400 typical ones.
+#: The last part of the reserve, kept for replies, usage, recalls and deliveries (what was already
+#: sent or billed; a delivery's line is ~80 bytes): intake stops short of it. 1 MiB: ~110 turns of
+#: the longest reply with its usage and 8 recalls (~9 KB each), ~400 typical ones.
 SENT_HEADROOM = 2**20
 
 RecallRow = tuple[int, int, int, float]  # (chat_id, reply_message_id, memory_message_id, score)
 ChatRow = tuple[int, str, "str | None", int]  # (chat_id, type, title, created_at µs since epoch, UTC)
+DeliveryRow = tuple[int, int, int]  # (chat_id, message_id replied to, sent_at µs since epoch, UTC)
 
 
 @dataclass(eq=False)
@@ -88,14 +101,15 @@ class Batch:
     usage: list[UsageRecord] = field(default_factory=list)
     recalls: list[RecallRow] = field(default_factory=list)
     chats: list[ChatRow] = field(default_factory=list)
+    deliveries: list[DeliveryRow] = field(default_factory=list)
     upto: int = 0
 
     def __len__(self) -> int:
-        return len(self.messages) + len(self.usage) + len(self.recalls) + len(self.chats)
+        return len(self.messages) + len(self.usage) + len(self.recalls) + len(self.chats) + len(self.deliveries)
 
     def clear(self) -> None:
         """Mark every row as written (a commit function calls it when the whole batch is stored)."""
-        self.messages, self.usage, self.recalls, self.chats = [], [], [], []
+        self.messages, self.usage, self.recalls, self.chats, self.deliveries = [], [], [], [], []
 
 
 @dataclass(eq=False)
@@ -137,6 +151,7 @@ class WriteBehind:
         self.name = name
         self._q = Batch()
         self._queued_for_chat: dict[int, int] = {}  # chat_id -> seq of its newest queued message
+        self._delivered_for_chat: dict[int, int] = {}  # chat_id -> seq of its newest queued delivery
         self._seq = 0  # rows enqueued so far
         self._done_seq = 0  # every row up to this one is committed (or dropped as unstorable)
         self._enqueue_times: deque[tuple[int, float]] = deque()  # (seq, monotonic s) not committed yet
@@ -261,19 +276,31 @@ class WriteBehind:
         self._q.chats.append(row)
         self._enqueued(1)
 
-    def _keep(self, kind: str, rows: list, sent: bool) -> None:
-        """Write ``rows`` (about to be queued as seq ``self._seq + 1`` …) into the reserve. When it
-        cannot hold them (full: a long run of rows with no commit between), they are queued anyway
-        — unless they are intake and the disk's free space could not take them at shutdown
-        either: then raises DiskFull and nothing is queued (refused, not lost)."""
+    def put_delivery(self, row: DeliveryRow) -> bool:
+        """Queue a delivery (a reply being sent: accepted while intake is stopped). True when the
+        reserve holds it and every row queued before it (the message it answers among them):
+        durable against a ``kill -9`` from now on. False when it is only queued (no reserve, or
+        one that overflowed since the last full commit): the caller flushes if it needs it durable."""
+        self.check_open()
+        kept = self._keep("delivery", [row], True) and not self._unjournaled
+        self._q.deliveries.append(row)
+        self._enqueued(1)
+        self._delivered_for_chat[row[0]] = self._seq
+        return kept
+
+    def _keep(self, kind: str, rows: list, sent: bool) -> bool:
+        """Write ``rows`` (about to be queued as seq ``self._seq + 1`` …) into the reserve; True when
+        it holds them. When it cannot (full: a long run of rows with no commit between), they are
+        queued anyway — unless they are intake and the disk's free space could not take them at
+        shutdown either: then raises DiskFull and nothing is queued (refused, not lost)."""
         j = self.journal
         if j is None or not rows:
-            return
+            return False
         data = j.encode(kind, rows, self._seq + 1)
         if not self._reserve_missing:
             try:
                 if j.append(data, sent=sent):
-                    return
+                    return True
             except OSError as exc:  # in-place writes fail only on copy-on-write file systems
                 if is_disk_full(exc) and not sent:
                     raise self._describe_error(exc, self.pending) from exc
@@ -289,6 +316,7 @@ class WriteBehind:
                 if isinstance(err, DiskFull):
                     raise err
         self._unjournaled += len(data)
+        return False
 
     def _enqueued(self, n: int) -> None:
         if n <= 0:
@@ -334,10 +362,14 @@ class WriteBehind:
         if self._seq > self._done_seq:
             await self.flush()
 
-    async def sync_chat(self, chat_id: int) -> None:
-        """Read-your-writes for one chat's messages: flush only if that chat has messages queued or
-        being committed (other chats' rows cannot change this chat's reads)."""
-        if self._queued_for_chat.get(chat_id, 0) > self._done_seq:
+    async def sync_chat(self, chat_id: int, *, deliveries: bool = False) -> None:
+        """Read-your-writes for one chat's messages (and its deliveries with ``deliveries``): flush
+        only if that chat has such rows queued or being committed (other chats' rows cannot change
+        this chat's reads)."""
+        newest = self._queued_for_chat.get(chat_id, 0)
+        if deliveries:
+            newest = max(newest, self._delivered_for_chat.get(chat_id, 0))
+        if newest > self._done_seq:
             await self.flush()
 
     # ------------------------------------------------------------ the writer
@@ -387,6 +419,7 @@ class WriteBehind:
         batch, self._q = self._q, Batch()
         batch.upto = self._seq
         committed_chats = {m.chat_id for m in batch.messages}
+        delivered_chats = {d[0] for d in batch.deliveries}
         try:
             await self._commit(batch)
         except Exception as exc:  # noqa: BLE001 - systemic: keep what is left of the batch queued
@@ -419,6 +452,9 @@ class WriteBehind:
         for chat_id in committed_chats:
             if self._queued_for_chat.get(chat_id, 0) <= self._done_seq:
                 self._queued_for_chat.pop(chat_id, None)
+        for chat_id in delivered_chats:
+            if self._delivered_for_chat.get(chat_id, 0) <= self._done_seq:
+                self._delivered_for_chat.pop(chat_id, None)
         still = []
         for w in self._waiters:
             if w.target <= self._done_seq:
@@ -474,6 +510,7 @@ class WriteBehind:
         self._q.usage[:0] = batch.usage
         self._q.recalls[:0] = batch.recalls
         self._q.chats[:0] = batch.chats
+        self._q.deliveries[:0] = batch.deliveries
 
 
 # ---------------------------------------------------------------- the reserve
@@ -487,7 +524,7 @@ class Journal:
     database's disk, holding every queued row until a commit covers it.
 
     Layout, one JSON object per line: a header ``{"kith-reserve": 1, "g": G}``, then the rows of
-    generation G — ``{"g": G, "s": seq, "record": "message"|"usage"|"recall"|"chat", …}`` (the
+    generation G — ``{"g": G, "s": seq, "record": "message"|"usage"|"recall"|"chat"|"delivery", …}`` (the
     fields of ``save_unsaved``'s dump) — and commit markers ``{"g": G, "done": seq}`` (rows up to
     ``seq`` are stored). When every queued row is committed a new generation starts at offset 0;
     what older generations left beyond its end is ignored, as is everything after the first line
@@ -644,6 +681,8 @@ def row_json(kind: str, row: Any) -> dict:
                 "score": row[3]}
     if kind == "chat":
         return {"record": "chat", "chat_id": row[0], "type": row[1], "title": row[2], "created_us": row[3]}
+    if kind == "delivery":
+        return {"record": "delivery", "chat_id": row[0], "message_id": row[1], "sent_us": row[2]}
     raise ValueError(f"unknown row kind {kind!r}")
 
 
@@ -671,6 +710,8 @@ def add_row(batch: Batch, d: dict) -> bool:
             if created is None:
                 created = int(datetime.now(UTC).timestamp() * 1_000_000)
             batch.chats.append((int(d["chat_id"]), str(d["type"]), d.get("title"), int(created)))
+        elif kind == "delivery":
+            batch.deliveries.append((int(d["chat_id"]), int(d["message_id"]), int(d["sent_us"])))
         else:
             return False
     except (KeyError, TypeError, ValueError):
@@ -722,7 +763,7 @@ def _opt_int(v: Any) -> int | None:
 def save_unsaved(batch: Batch, base: Path) -> None:
     """Write rows a store could not commit at shutdown (and its reserve does not hold) next to it:
     ``<base>.jsonl`` holds the messages as a transcript (docs/design.md §9, importable with ``kith
-    import``), ``<base>.other.jsonl`` the chats, usage and recalls (one JSON object per line with a
+    import``), ``<base>.other.jsonl`` the chats, usage, recalls and deliveries (one JSON object per line with a
     ``record`` key); both are synced, and the store reads them back in at its next open
     (``load_unsaved``). Logs CRITICAL with where they went; a dump that cannot be written is removed
     (no half-written file that looks like a backup) and the loss is logged CRITICAL."""
@@ -736,10 +777,11 @@ def save_unsaved(batch: Batch, base: Path) -> None:
                     f.write(json.dumps(_message_json(m)) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-        if batch.usage or batch.recalls or batch.chats:
+        if batch.usage or batch.recalls or batch.chats or batch.deliveries:
             written.append(f"{base}.other.jsonl")
             with open(f"{base}.other.jsonl", "a", encoding="utf-8") as f:
-                for kind, rows in (("chat", batch.chats), ("usage", batch.usage), ("recall", batch.recalls)):
+                for kind, rows in (("chat", batch.chats), ("usage", batch.usage), ("recall", batch.recalls),
+                                   ("delivery", batch.deliveries)):
                     for r in rows:
                         f.write(json.dumps(row_json(kind, r)) + "\n")
                 f.flush()

@@ -1,7 +1,8 @@
 """Nothing stored is left unrecallable, nothing is answered twice, across crashes:
 
-- a reply's delivery is committed before its first byte leaves, and the reply itself before the
-  chat's next update is handled; a reply sent and queued but never committed (a ``kill -9``, a full
+- a reply's delivery is in the store's reserve (a ``kill -9`` keeps it; no database round trip)
+  before its first byte leaves, and committed with the reply itself before the chat's next update
+  is handled; a reply sent and queued but never committed (a ``kill -9``, a full
   disk) is kept in the store's reserve and stored at the next start, with its usage row;
 - at start-up the gap between DuckDB and LanceDB (stored messages never embedded, memories of
   deleted messages) is found and repaired in the background, without undoing the capacity
@@ -69,8 +70,11 @@ class _Watching(LocalOutbox):
 
     store = None
     seen: list[tuple[set[int], int]]
+    in_reserve: list[list[int]]
 
     async def on_progress(self, chat_id: int, delta: str) -> None:
+        # what a kill -9 now would leave for the next open: the reserve (read before answered_ids commits it)
+        self.in_reserve.append([d[1] for d in Journal(self.store.reserve.path).recover()[0].deliveries])
         self.seen.append((await self.store.answered_ids(chat_id), self.store.pending))
 
     async def on_message(self, msg, streamed_rest) -> None:
@@ -82,7 +86,7 @@ async def test_the_delivery_is_committed_before_the_reply_leaves_and_the_reply_b
 
     def make(memory):
         box = holder["box"] = _Watching(IdAllocator(memory.store.max_message_id))
-        box.store, box.seen = memory.store, []
+        box.store, box.seen, box.in_reserve = memory.store, [], []
         return box
 
     committed_after_turn = []
@@ -95,7 +99,8 @@ async def test_the_delivery_is_committed_before_the_reply_leaves_and_the_reply_b
     box = holder["box"]
     assert box.sent and box.seen
     answered_at_first_byte, pending_at_first_byte = box.seen[0]
-    assert 7 in answered_at_first_byte  # durable before anything was sent
+    assert box.in_reserve[0] == [7]  # durable before anything was sent, without a commit
+    assert 7 in answered_at_first_byte  # ... and read back as answered
     assert pending_at_first_byte == 0  # ... and the question itself is committed too
     assert committed_after_turn == [0]  # the reply, its usage and recalls: committed when the turn ends
     assert [m.role for m in stored] == ["user", "assistant"]
@@ -185,7 +190,9 @@ async def test_a_reply_sent_but_killed_before_its_commit_is_stored_with_its_usag
     reply_id = int(sent[0].split()[1])
     db = tmp_path / "data" / "kith.duckdb"
     con = duckdb.connect(str(db), read_only=True)
-    assert con.execute("SELECT message_id FROM deliveries WHERE chat_id = 42").fetchall() == [(7,)]
+    committed = [r[0] for r in con.execute("SELECT message_id FROM deliveries WHERE chat_id = 42").fetchall()]
+    kept = [d[1] for d in Journal(db.with_name("kith.duckdb.reserve")).recover()[0].deliveries]
+    assert committed + kept == [7]  # committed before the reply, or in the reserve (killed in the same commit)
     assert con.execute("SELECT count(*) FROM messages WHERE role = 'assistant'").fetchone() == (0,)  # the crash window
     con.close()
 

@@ -513,7 +513,7 @@ async def test_deliveries_replies_and_edits(open_store: Opener) -> None:
     async with open_store(flush_interval_s=30.0) as store:
         assert await store.answered_ids(CHAT) == set()
         store.add_many(msg(i) for i in range(1, 4))
-        await store.note_delivery(CHAT, 1)  # commits the chat's queued messages with it
+        await store.note_delivery(CHAT, 1)  # queued with the chat's messages, durable on return
         assert await store.answered_ids(CHAT) == {1}
         store.add(msg(10, user=999, role=ROLE_ASSISTANT, reply_to=2))
         assert await store.answered_ids(CHAT) == {1, 2}
