@@ -883,6 +883,45 @@ def sub_list(
     _operate(_setup(config, verbose), data_dir, "sub.list", {"expired": expired, "as_json": as_json})
 
 
+credits_app = typer.Typer(help="Credits: grant, revoke, balances and movements (through the running bot when one serves --data-dir).",
+                          no_args_is_help=True)
+app.add_typer(credits_app, name="credits")
+Credits = Annotated[int, typer.Argument(help="How many credits.", min=1)]
+Note = Annotated[Optional[str], typer.Option("--note", help="Why (kept in the ledger).")]
+OpId = Annotated[Optional[str], typer.Option("--id", help="A unique id: running the command again with it changes nothing.")]
+
+
+@credits_app.command("grant")
+def credits_grant(target: Target, amount: Credits, note: Note = None, op_id: OpId = None, data_dir: DataDir = Path("data"),
+                  config: ConfigOpt = None, verbose: Verbose = 0) -> None:
+    """Add credits to user:ID or chat:ID (a group's balance pays for its members once theirs is empty)."""
+    _operate(_setup(config, verbose), data_dir, "credits.change",
+             {"target": target, "amount": amount, "kind": "grant", "note": note, "op_id": op_id})
+
+
+@credits_app.command("revoke")
+def credits_revoke(target: Target, amount: Credits, note: Note = None, op_id: OpId = None, data_dir: DataDir = Path("data"),
+                   config: ConfigOpt = None, verbose: Verbose = 0) -> None:
+    """Take credits from user:ID or chat:ID (never below zero)."""
+    _operate(_setup(config, verbose), data_dir, "credits.change",
+             {"target": target, "amount": amount, "kind": "revoke", "note": note, "op_id": op_id})
+
+
+@credits_app.command("list")
+def credits_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False, data_dir: DataDir = Path("data"),
+                 config: ConfigOpt = None, verbose: Verbose = 0) -> None:
+    """Every balance (the sum of its ledger rows)."""
+    _operate(_setup(config, verbose), data_dir, "credits.list", {"as_json": as_json})
+
+
+@credits_app.command("history")
+def credits_history(target: Target, limit: Annotated[int, typer.Option("--limit", help="How many movements.", min=1)] = 50,
+                    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+                    data_dir: DataDir = Path("data"), config: ConfigOpt = None, verbose: Verbose = 0) -> None:
+    """The movements of user:ID or chat:ID, newest first: purchases, answers paid, grants, refunds."""
+    _operate(_setup(config, verbose), data_dir, "credits.history", {"target": target, "limit": limit, "as_json": as_json})
+
+
 @app.command("usage")
 def usage_command(
     by: Annotated[str, typer.Option("--by", help="Group by user | chat | model | day (UTC) | kind (chat, vision, transcription, image, document, tool) | plugin (the tool calls, per plugin).")] = "model",

@@ -129,11 +129,12 @@ class Plugins(Protocol):
     """The plugins of a running bot, as a turn sees them (``features.plugins.host.PluginHost``)."""
 
     async def tools_for(self, ctx: ChatContext, user_id: int, tier: str | None,
-                        user_settings: dict[str, Any]) -> TurnTools | None:
+                        user_settings: dict[str, Any], thread_id: int | None = None) -> TurnTools | None:
         """The tools member ``user_id`` may have the model call in ``ctx``'s chat now: those their
         ``tier`` allows (None: no tiers, every plugin), the chat enabled, that are configured and
         within today's ``tool_calls_per_day``. None when there are none (the model answers without
-        tools)."""
+        tools). thread_id: the forum topic the turn is in (None: the chat outside topics), where a
+        tool's later message (a reminder) goes."""
         ...
 
 

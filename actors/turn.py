@@ -96,6 +96,7 @@ class _Turn:
         self.t0 = time.perf_counter()
         self.understood: Understood | None = None
         self.caption = ev.text
+        self.adm: Any = None  # the admission's answer (an answer paid with credits is debited: ``_charge``)
 
     def report(self, responded: bool, **kw: Any) -> None:
         self.svc.report(TurnReport(self.chat_id, self.ev.message_id, responded, _ms(self.t0), **kw))
@@ -213,7 +214,7 @@ class _Turn:
                 await self._refuse(adm)
                 self.report(False, error=f"refused: {adm.reason}")
                 return
-            alias, tier = adm.alias, adm.tier
+            alias, tier, self.adm = adm.alias, adm.tier, adm
             note = adm.note if adm.downgraded else None
         recall, query = await self._recall(window)
         prompt = await self._prompt(window, alias, user_settings, recall, query)
@@ -233,7 +234,7 @@ class _Turn:
         supports = getattr(self.svc.llm, "supports_tools", None)  # (fakes of the LLM need not have it)
         if supports is None or not supports(alias):
             return None
-        return await plugins.tools_for(self.host, self.ev.sender.user_id, tier, user_settings)
+        return await plugins.tools_for(self.host, self.ev.sender.user_id, tier, user_settings, self.ev.thread_id)
 
     async def _recall(self, window: deque[StoredMessage]) -> tuple[Recall, str]:
         """This chat's memories for what the member said (not a media marker and file summary)."""
@@ -333,8 +334,28 @@ class _Turn:
         elif adm.quota is not None and adm.quota.resets_at is not None:
             host.refused_until[key] = adm.quota.resets_at
         await host.note_delivery(ev.message_id)  # a refusal is the answer: not repeated after a restart
-        await host.outbox.send(self.chat_id, adm.refusal or _("Sorry, I can't answer right now."), reply_to=ev.message_id,
-                               thread_id=ev.thread_id)
+        text = adm.refusal or _("Sorry, I can't answer right now.")
+        rows = host.handlers.upgrade_buttons(host) if adm.reason == "credits" else None  # /buy, /billing
+        if rows:
+            await host.outbox.send_buttons(self.chat_id, text, rows, reply_to=ev.message_id, thread_id=ev.thread_id)
+            return
+        await host.outbox.send(self.chat_id, text, reply_to=ev.message_id, thread_id=ev.thread_id)
+
+    async def _charge(self, tokens: int | None = None, model: str | None = None, undo: bool = False) -> None:
+        """Debit an answer paid with credits (``Admission.charge``): its price once its delivery is noted
+        (a crash after that finds the debit there; the key is the answered message, so handling it
+        again takes nothing twice), the tokens' price after it; ``undo``: give the price back (the
+        model failed). A database failure is logged: the answer is not held back for it."""
+        adm, admission = self.adm, self.svc.admission
+        if adm is None or adm.paid_by is None or admission is None:
+            return
+        try:
+            if undo:
+                await admission.uncharge(adm, self.chat_id, self.ev.message_id)
+            else:
+                await admission.charge(adm, self.chat_id, self.ev.message_id, self.ev.sender.user_id, tokens=tokens, model=model)
+        except MemoryStoreError as exc:
+            log.error("chat %s: the credits for the answer to %s are not recorded: %s", self.chat_id, self.ev.message_id, exc)
 
     # ------------------------------------------------------------------ 5. generate, 6. record
 
@@ -358,6 +379,7 @@ class _Turn:
             if not noted:
                 noted = True
                 await host.note_delivery(ev.message_id)
+                await self._charge()
 
         async def on_delta(delta: str) -> None:
             nonlocal ttft_ms
@@ -384,6 +406,7 @@ class _Turn:
             completion = await self.svc.llm.complete(alias, prompt.messages, on_delta=on_delta, **extra)
         except ProviderError as exc:
             log.warning("chat %s: LLM %s failed: %s", self.chat_id, alias, exc)
+            await self._charge(undo=True)
             await stream.finish(head() + exc.user_message)
             self.report(True, llm_ms=_ms(t_llm), embed_ms=recall.embed_ms, search_ms=recall.search_ms, model=alias,
                         error=str(exc), tier=tier, ttft_ms=ttft_ms)
@@ -452,6 +475,7 @@ class _Turn:
             ts=self.svc.clock(), chat_id=self.chat_id, user_id=ev.sender.user_id, kind="chat", model=completion.model,
             prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
             cost_usd=completion.cost_usd, latency_ms=completion.latency_ms))
+        await self._charge(tokens=completion.prompt_tokens + completion.completion_tokens, model=completion.model)
         try:  # the reply, its usage and recalls are committed before the next update of this chat is handled
             await store.flush()
         except DiskFull as exc:  # kept in the reserve (the next start stores it); new messages are refused from now

@@ -494,6 +494,10 @@ class Tier(Frozen):
     chat: StorageLimits = StorageLimits()
     features: Features = Features()
     fallback_model: str | None = None
+    # when a quota is spent: "refuse", answer with ``fallback_model`` ("fallback"), or pay from the credit
+    # balance ("credits", at ``prices``); None = "fallback" when fallback_model is set, else "refuse"
+    when_spent: Literal["refuse", "fallback", "credits"] | None = None
+    overdraft: int = Field(0, ge=0)  # credits a balance may go below zero when paying for answers
     member_messages_per_minute: int = UNLIMITED  # per member in a group
     max_file_mb: float = Field(20.0, gt=0)  # files (documents, photos, audio) larger than this are refused before download
     image_model: str | None = None  # an alias of ``image_models:`` in kith.yaml; None = the first one configured
@@ -503,6 +507,11 @@ class Tier(Frozen):
     plugin_limit: int = UNLIMITED
 
     _v = field_validator("member_messages_per_minute", "plugin_limit")(classmethod(lambda cls, v: _limit(v)))
+
+    @property
+    def spent_mode(self) -> str:
+        """What happens when a quota is spent: ``when_spent``, else ``fallback`` when a fallback model is set."""
+        return self.when_spent or ("fallback" if self.fallback_model else "refuse")
 
     @field_validator("plugins")
     @classmethod
@@ -533,6 +542,52 @@ class Plan(Frozen):
         return v
 
 
+class CreditPack(Frozen):
+    """What ``/buy`` sells: ``credits`` for ``price`` (in the currency's smallest unit; XTR = Stars)."""
+
+    credits: int = Field(gt=0)
+    price: int = Field(gt=0)
+    currency: str = "XTR"
+    title: str | dict[str, str] | None = None  # a text, or one per interface language
+
+    _languages = field_validator("title")(classmethod(lambda cls, v: Plan._languages(v)))
+
+
+class Prices(Frozen):
+    """What answers cost in credits once a tier's quota is spent (``when_spent: credits``).
+    per_message: per answered message, by model alias or ``"*"`` for the others; per_1k_tokens:
+    per 1,000 prompt + completion tokens, added to it. The media prices (per_image, per_audio_minute,
+    per_page, per_tool_call) are shown to members; charging them is not done yet."""
+
+    per_message: dict[str, int] = Field(default_factory=dict)
+    per_1k_tokens: int = Field(0, ge=0)
+    per_image: int = Field(0, ge=0)
+    per_audio_minute: int = Field(0, ge=0)
+    per_page: int = Field(0, ge=0)
+    per_tool_call: int = Field(0, ge=0)
+
+    @field_validator("per_message")
+    @classmethod
+    def _non_negative(cls, v: dict[str, int]) -> dict[str, int]:
+        for alias, n in v.items():
+            if n < 0:
+                raise ValueError(f"{alias}: a price is a number of credits ≥ 0")
+        return v
+
+    def message(self, alias: str) -> int:
+        """Credits per answered message with ``alias`` (its own price, else ``"*"``, else 0)."""
+        return self.per_message.get(alias, self.per_message.get("*", 0))
+
+    def tokens(self, n: int) -> int:
+        """Credits for ``n`` tokens at ``per_1k_tokens`` (rounded up)."""
+        return -(-max(0, n) * self.per_1k_tokens // 1000)
+
+    @property
+    def priced(self) -> bool:
+        """Whether an answer costs anything."""
+        return any(n > 0 for n in self.per_message.values()) or self.per_1k_tokens > 0
+
+
 class AutoCleanup(Frozen):
     enabled: bool = True
     keep_percentage: float = Field(80.0, gt=0, le=100)
@@ -550,6 +605,8 @@ class TiersConfig(Frozen):
     owner_tier: str | None = None  # the tier of the bot's owners (telegram.owners, the host in `kith chat`); None: the best
     tiers: dict[str, Tier] = Field(default_factory=lambda: {"free": Tier()})
     plans: dict[str, Plan] = Field(default_factory=dict)
+    credit_packs: dict[str, CreditPack] = Field(default_factory=dict)  # what /buy sells
+    prices: Prices = Prices()  # credits per answer once a quota is spent (tiers with when_spent: credits)
     memory: TierMemory = TierMemory()
 
     @model_validator(mode="after")
@@ -561,6 +618,14 @@ class TiersConfig(Frozen):
         for name, plan in self.plans.items():
             if plan.tier not in self.tiers:
                 raise ValueError(f"plans.{name}.tier: unknown tier {plan.tier!r}")
+        for name, t in self.tiers.items():
+            if t.when_spent == "credits" and not self.prices.priced:
+                raise ValueError(f"tiers.{name}.when_spent is credits, but prices: sets no price (per_message or per_1k_tokens)")
+            if t.when_spent == "fallback" and not t.fallback_model:
+                raise ValueError(f"tiers.{name}.when_spent is fallback, but it has no fallback_model")
+        for name in self.credit_packs:
+            if ":" in name or not name:
+                raise ValueError(f"credit_packs: {name!r} cannot be a pack name (no ':')")
         return self
 
     def rank(self, tier: str) -> int:

@@ -85,6 +85,9 @@ async def cmd_profile(ctx: ChatContext, ev: CommandEvent) -> None:
             lines.append(_("Your subscription: {tier}{until}", tier=p.user_sub.tier, until=_expiry(p.user_sub)))
         if p.chat_sub is not None and ctx.chat_id != ev.sender.user_id:
             lines.append(_("This chat's subscription: {tier}{until}", tier=p.chat_sub.tier, until=_expiry(p.chat_sub)))
+        prices = model_prices_line(ctx, p.tier)
+        if prices:
+            lines.append(prices)
     lines.append(_("Model: {model}", model=ctx.model_for(user)))
     if user.get("role"):
         lines.append(_("Persona: {persona}", persona=short(user["role"], 200)))
@@ -126,6 +129,39 @@ async def send_plans(ctx: ChatContext, scope: str, reply_to: int | None, thread_
     else:
         text = _("Plans — a purchase here covers everyone in this group:")
     await ctx.outbox.send_buttons(ctx.chat_id, text, rows, reply_to=reply_to, thread_id=thread_id)
+
+
+def model_prices_line(ctx: ChatContext, tier: str) -> str | None:
+    """What an answer with each model costs in credits once ``tier``'s quota is spent (``when_spent:
+    credits``), for /profile and /model; None when the tier does not pay with credits."""
+    cfg = ctx.svc.config.tiers
+    t = cfg.tiers.get(tier)
+    if t is None or t.spent_mode != "credits" or not cfg.prices.priced:
+        return None
+    models = ", ".join(f"{alias} {i18n.number(cfg.prices.message(alias))}" for alias in ctx.svc.config.settings.models)
+    line = _("Credits per answer once the quota is spent: {models}", models=models)
+    if cfg.prices.per_1k_tokens:
+        line += " " + _("(+{n} per 1,000 tokens)", n=i18n.number(cfg.prices.per_1k_tokens))
+    return line
+
+
+def price_line(ctx: ChatContext, tier: str, alias: str) -> str:
+    """What one answer with ``alias`` costs the member at ``tier`` (for /balance)."""
+    cfg = ctx.svc.config.tiers
+    t = cfg.tiers.get(tier)
+    if t is None or t.spent_mode != "credits" or not cfg.prices.priced:
+        return _("On the {tier} tier answers are not paid with credits.", tier=tier)
+    n = cfg.prices.message(alias)
+    line = ngettext("An answer with {model} costs {n} credit once today's quota is spent.",
+                    "An answer with {model} costs {n} credits once today's quota is spent.", n, model=alias, n=i18n.number(n))
+    if cfg.prices.per_1k_tokens:
+        line += " " + _("(+{n} per 1,000 tokens)", n=i18n.number(cfg.prices.per_1k_tokens))
+    return line
+
+
+def price_text(amount: int, currency: str) -> str:
+    """``_price``, for the credit packs' buttons."""
+    return _price(amount, currency)
 
 
 def _price(amount: int, currency: str) -> str:

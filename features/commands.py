@@ -11,7 +11,7 @@ import json
 import i18n
 from i18n import N_, _, ngettext
 
-from . import admin, billing, keys, media
+from . import admin, billing, credits, keys, media
 from .plugins import commands as plugins
 from .plugins import reminders
 from .capacity import describe
@@ -178,6 +178,9 @@ async def cmd_model(ctx: ChatContext, ev: CommandEvent) -> None:
     if ctx.svc.admission is not None:
         p = await ctx.svc.admission.profile(ctx.chat_id, ev.sender.user_id)
         text += "\n" + _("Your tier here: **{tier}** — {features}", tier=p.tier, features=features_line(p.features))
+        prices = billing.model_prices_line(ctx, p.tier)
+        if prices:
+            text += "\n" + prices
     await reply(ctx, ev, text, await _model_keyboard(ctx, ev.sender.user_id, current))
 
 
@@ -484,6 +487,8 @@ async def handle_button(ctx: ChatContext, ev: ButtonPress) -> None:
         await ctx.outbox.answer_button(ev.query_id)
     elif kind == "buy":
         await billing.press_buy(ctx, ev, rest)
+    elif kind == credits.BUTTON:
+        await credits.press(ctx, ev, rest)
     elif kind == plugins.PREFIX:
         await plugins.handle_button(ctx, ev, rest)
     elif kind == reminders.BUTTON:
@@ -527,6 +532,8 @@ COMMANDS = {
     "profile": billing.cmd_profile,
     "usage": billing.cmd_usage,
     "billing": billing.cmd_billing,
+    "balance": credits.cmd_balance,
+    "buy": credits.cmd_buy,
     "memory": cmd_memory,
     "forget": cmd_forget,
     "reset": cmd_reset,

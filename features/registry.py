@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from actors.handlers import Handlers
 
-from . import billing, capacity, commands, media
+from . import capacity, commands, credits, media
 from .plugins.host import open_plugins
 
 __all__ = ["HANDLERS"]
@@ -16,12 +16,12 @@ __all__ = ["HANDLERS"]
 HANDLERS = Handlers(
     command=commands.handle_command,
     button=commands.handle_button,
-    pre_checkout=billing.handle_pre_checkout,
-    payment=billing.handle_payment,
+    pre_checkout=credits.handle_pre_checkout,  # credit packs, then plans (billing)
+    payment=credits.handle_payment,
     capacity_cleaned=capacity.on_capacity_cleaned,
     understand=media.understand,
     draw=media.draw,
     save_role=commands.save_role,
-    upgrade_buttons=billing.plans_button,
+    upgrade_buttons=credits.upgrade_buttons,  # plans (/billing) and credit packs (/buy)
     open_plugins=open_plugins,
 )

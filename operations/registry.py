@@ -470,6 +470,38 @@ async def sub_list(res: Resources, io: Streams, *, expired: bool = False, as_jso
     return 0
 
 
+def _ledger(res: Resources):
+    """A running bot's credit ledger (its admission's; one lock for the bot and the CLI); None: one on the store."""
+    if res.services is not None and res.services.admission is not None:
+        return res.services.admission.ledger
+    return None
+
+
+@operation("credits.change", "store")
+async def credits_change(res: Resources, io: Streams, *, target: str, amount: int, kind: str = "grant",
+                         note: str | None = None, op_id: str | None = None) -> int:
+    from .credits_report import change, ledger_of
+
+    await change(await ledger_of(res.store, _ledger(res)), target, amount, io.out, kind=kind, note=note, op_id=op_id)
+    return 0
+
+
+@operation("credits.list", "store")
+async def credits_list(res: Resources, io: Streams, *, as_json: bool = False) -> int:
+    from .credits_report import ledger_of, list_balances
+
+    await list_balances(await ledger_of(res.store, _ledger(res)), io.out, as_json=as_json)
+    return 0
+
+
+@operation("credits.history", "store")
+async def credits_history(res: Resources, io: Streams, *, target: str, limit: int = 50, as_json: bool = False) -> int:
+    from .credits_report import history, ledger_of
+
+    await history(await ledger_of(res.store, _ledger(res)), target, io.out, limit=limit, as_json=as_json)
+    return 0
+
+
 @operation("usage", "store")
 async def usage(res: Resources, io: Streams, *, by: str = "model", since: str | None = None, as_json: bool = False) -> int:
     from .tiers_report import usage_report

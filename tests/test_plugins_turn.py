@@ -44,7 +44,7 @@ class CalculatorOnly:
         self.ran: list[ToolCall] = []
 
     async def tools_for(self, ctx: ChatContext, user_id: int, tier: str | None,
-                        user_settings: dict[str, Any]) -> TurnTools | None:
+                        user_settings: dict[str, Any], thread_id: int | None = None) -> TurnTools | None:
         self.asked.append((ctx.chat_id, user_id, tier))
 
         async def run(call: ToolCall) -> ToolOutcome:

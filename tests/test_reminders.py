@@ -358,6 +358,11 @@ async def test_tools_see_only_the_context_chat_and_member(tmp_path: Path) -> Non
             assert not out.error and "Thursday 2026-07-02 09:00 (Europe/Berlin)" in out.text, out.text
             rid = int(out.text.split("#")[1].split()[0])
             assert (await rem.store.get(7, rid)).chat_id == 7  # the context's chat, whatever the arguments say
+            assert (await rem.store.get(7, rid)).thread_id is None
+            in_topic = await set_.run({"text": "topic", "when": "tomorrow at 10"}, replace(alice, thread_id=42))
+            topic_id = int(in_topic.text.split("#")[1].split()[0])
+            assert (await rem.store.get(7, topic_id)).thread_id == 42  # delivered in the topic it was asked in
+            assert (await cancel.run({"id": topic_id}, alice)).error is False
             rep = await set_.run({"text": "stand-up", "repeat": "weekdays at 9:30"}, alice)
             assert not rep.error and "30 9 * * 1-5" in rep.text
             assert (await set_.run({"text": "x", "when": "yesterday"}, alice)).error

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 import i18n
 from config.models import Features, Quotas, StorageLimits, Tier, TiersConfig
 from i18n import N_, _, ngettext
+from memory.ledger import Ledger, LedgerEntry, Posting, debit_key
 from memory.store import DialogueStore
 from memory.types import UsageRecord
 
@@ -64,6 +65,11 @@ class Admit:
     note: str | None = None
     retry_after: float | None = None
     quota: QuotaDecision | None = None
+    # paid from credits (a quota is spent and the tier's when_spent is credits): who pays, ("user", id)
+    # or ("chat", id), and the price of the answer in credits (per message; tokens are added after it)
+    paid_by: tuple[str, int] | None = None
+    price: int = 0
+    overdraft: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +102,9 @@ class Admission:
         self.subs = SubscriptionStore(store, cfg, clock)
         self.quotas = QuotaTracker(store, cfg, clock)
         self.rate = RateLimiter(clock)
-        self.refusals: Counter[str] = Counter()  # refusals since start, by reason (rate, quota, model, feature, size)
+        self.refusals: Counter[str] = Counter()  # refusals since start, by reason (rate, quota, model, feature, size, credits)
+        # the credit ledger (issue #26), on stores that run plain SQL (DuckDB, PostgreSQL); None: no credits
+        self.ledger: Ledger | None = Ledger(store, clock) if hasattr(store, "sql_transaction") else None  # type: ignore[arg-type]
 
     def reconfigure(self, cfg: TiersConfig) -> None:
         """Use re-read tiers from now on (hot reload): quotas, features, plans. Today's counters stay."""
@@ -107,6 +115,8 @@ class Admission:
         has turned, count the new day's stored usage (``QuotaTracker.load``). Cheap when nothing changed."""
         await self.subs.load()
         await self.quotas.load()
+        if self.ledger is not None:
+            await self.ledger.open()
 
     # ------------------------------------------------------------ the questions
 
@@ -155,13 +165,73 @@ class Admission:
         if decision.allowed:
             return Admit(True, alias, tier, downgraded=alias != requested_alias, note=note)
 
+        if t.spent_mode == "credits" and self.ledger is not None:
+            return await self._paid(chat_id, chat_type, user_id, tier, t, alias, decision)
         fb = t.fallback_model
-        if fb and fb != alias and self.quotas.check(tier, chat_id, user_id, fb).allowed:
+        if t.spent_mode == "fallback" and fb and fb != alias and self.quotas.check(tier, chat_id, user_id, fb).allowed:
             return Admit(True, fb, tier, downgraded=True, quota=decision, note=(
                 _spent_text(decision, tier, alias) + " "
                 + _("Answering with {model} until {time} UTC.", model=fb, time=_hhmm(decision.resets_at))))
 
         return Admit(False, alias, tier, reason="quota", quota=decision, refusal=self._refusal(decision, tier, alias))
+
+    async def _paid(self, chat_id: int, chat_type: str, user_id: int, tier: str, t: Tier, alias: str,
+                    decision: QuotaDecision) -> Admit:
+        """The quota is spent and the tier pays with credits: the member's balance, else the group's."""
+        from .credits import payer
+
+        assert self.ledger is not None
+        price = self.cfg.prices.message(alias)
+        who = await payer(self.ledger, chat_id, user_id, chat_type in GROUP_TYPES, price, t.overdraft)
+        if who is not None:
+            return Admit(True, alias, tier, quota=decision, paid_by=who, price=price, overdraft=t.overdraft)
+        balance = await self.ledger.balance("user", user_id)
+        refusal = (_spent_text(decision, tier, alias) + " " + ngettext(
+            "An answer with {model} costs {price} credit and your balance is {balance}: top up with /buy.",
+            "An answer with {model} costs {price} credits and your balance is {balance}: top up with /buy.",
+            max(1, price), model=alias, price=i18n.number(max(1, price)), balance=i18n.number(balance)))
+        return Admit(False, alias, tier, reason="credits", quota=decision, refusal=refusal)
+
+    async def charge(self, adm: Admit, chat_id: int, message_id: int, user_id: int, *, tokens: int | None = None,
+                     model: str | None = None) -> Posting | None:
+        """Debit the answer to ``message_id`` of ``chat_id`` that ``adm`` admitted as paid (``paid_by``);
+        None when it is not paid. Once per answered message: the key is the message
+        (``memory.ledger.debit_key``), so a turn handled again (a re-delivery, the repair after a
+        crash) takes nothing twice. ``tokens`` None: the message's price (at delivery); a number: the
+        tokens' price (``per_1k_tokens``, after the answer; its own key). A price the balance does not
+        cover down to the tier's overdraft is cut to what it covers (never below the floor)."""
+        if adm.paid_by is None or self.ledger is None:
+            return None
+        scope, scope_id = adm.paid_by
+        key = debit_key(chat_id, message_id)
+        if tokens is None:
+            amount = adm.price
+        else:
+            amount, key = self.cfg.prices.tokens(tokens), key + ":tokens"
+        if amount <= 0:
+            return None
+        entry = LedgerEntry(key, scope, scope_id, "debit", -amount, user_id=user_id, chat_id=chat_id, message_id=message_id,
+                            note=model or adm.alias)
+        posting = await self.ledger.append(entry, overdraft=adm.overdraft)
+        if posting.status == "insufficient":
+            left = posting.balance + adm.overdraft
+            if left > 0:
+                posting = await self.ledger.append(LedgerEntry(
+                    key, scope, scope_id, "debit", -min(amount, left), user_id=user_id, chat_id=chat_id, message_id=message_id,
+                    note=model or adm.alias), overdraft=adm.overdraft)
+        return posting
+
+    async def uncharge(self, adm: Admit, chat_id: int, message_id: int) -> Posting | None:
+        """Give back the message's price when the answer failed (the model erred): a ``grant`` keyed by
+        the message, once. None when nothing was taken."""
+        if adm.paid_by is None or self.ledger is None:
+            return None
+        taken = await self.ledger.get(debit_key(chat_id, message_id))
+        if taken is None:
+            return None
+        return await self.ledger.append(LedgerEntry(
+            f"undo:{int(chat_id)}:{int(message_id)}", taken.scope, taken.scope_id, "grant", -taken.amount,
+            chat_id=chat_id, message_id=message_id, note="failed answer"))
 
     def record(self, rec: UsageRecord) -> None:
         """Count a billed call against today's quotas (call it next to ``store.record_usage(rec)``)."""

@@ -23,13 +23,15 @@ __all__ = ["Tool", "ToolContext", "ToolOutcome", "ToolSpec", "cut", "short", "te
 class ToolContext:
     """Who a tool call is for. ``timezone``: the member's IANA zone (``"Europe/Berlin"``);
     ``now``: the turn's time, tz-aware (UTC), so one turn sees one clock; ``language``: the
-    member's interface language (ISO 639-1)."""
+    member's interface language (ISO 639-1); ``thread_id``: the forum topic of the turn (None: the
+    chat outside topics)."""
 
     chat_id: int
     user_id: int
     timezone: str
     now: datetime
     language: str
+    thread_id: int | None = None
 
 
 @runtime_checkable

@@ -166,13 +166,13 @@ class PluginHost:
     # ------------------------------------------------------------ a turn's tools
 
     async def tools_for(self, ctx: ChatContext, user_id: int, tier: str | None,
-                        user_settings: dict[str, Any]) -> TurnTools | None:
+                        user_settings: dict[str, Any], thread_id: int | None = None) -> TurnTools | None:
         """The tools member ``user_id`` may have the model call in ``ctx``'s chat now (see
         ``actors.handlers.Plugins``); None when there are none — ``why_no_tools`` says why."""
         offered, _why = await self._offered(ctx, user_id, tier)
         if not offered:
             return None
-        return self._turn_tools(ctx, user_id, tier, user_settings, offered, self.settings)
+        return self._turn_tools(ctx, user_id, tier, user_settings, offered, self.settings, thread_id)
 
     async def why_no_tools(self, ctx: ChatContext, user_id: int, tier: str | None) -> str | None:
         """Why member ``user_id`` gets no tools in ``ctx``'s chat now, one sentence in the current
@@ -200,7 +200,7 @@ class PluginHost:
         return offered, None if offered else _("No plugins are enabled in this chat (/plugins).")
 
     def _turn_tools(self, ctx: ChatContext, user_id: int, tier: str | None, user_settings: dict[str, Any],
-                    offered: dict[str, Tool], settings: PluginsSettings) -> TurnTools:
+                    offered: dict[str, Tool], settings: PluginsSettings, thread_id: int | None = None) -> TurnTools:
         chat_id = ctx.chat_id  # the chat is the turn's, never an argument of the model's
         timezone = member_timezone(user_settings, settings.timezone)  # theirs (a known zone), else kith.yaml's
         language = i18n.current()
@@ -219,7 +219,8 @@ class PluginHost:
                              call.name, user_id, d.limit)
                     return ToolOutcome("the member's daily quota of tool calls is spent: answer without tools",
                                        error=True)
-            tctx = ToolContext(chat_id=chat_id, user_id=user_id, timezone=timezone, now=svc.clock(), language=language)
+            tctx = ToolContext(chat_id=chat_id, user_id=user_id, timezone=timezone, now=svc.clock(), language=language,
+                               thread_id=thread_id)
             pending += 1
             started = time.perf_counter()
             how = "cancelled"

@@ -381,7 +381,21 @@ def _line(r: Reminder, now: datetime, locale: str = "en") -> str:
     return f"#{r.id}: {describe_when(r.due_at, r.timezone, now, locale)}{rep} — {short(r.text, 200)}"
 
 
-class SetReminder:
+class _ReminderTool:
+    """What the three reminder tools share: the running ``Reminders`` (None: offline, for listings;
+    a call then fails with an error outcome)."""
+
+    def __init__(self, reminders: Reminders | None) -> None:
+        self._reminders = reminders
+
+    @property
+    def reminders(self) -> Reminders:
+        if self._reminders is None:
+            raise PluginError("reminders are not running on this bot")
+        return self._reminders
+
+
+class SetReminder(_ReminderTool):
     """``set_reminder``: ``{"text": …, "when": "tomorrow at 9" | ISO, "repeat": "every day at 9" | cron}``
     for the member in this chat."""
 
@@ -404,15 +418,6 @@ class SetReminder:
         },
     )
 
-    def __init__(self, reminders: Reminders | None) -> None:
-        self._reminders = reminders
-
-    @property
-    def reminders(self) -> Reminders:
-        if self._reminders is None:
-            raise PluginError("reminders are not running on this bot")
-        return self._reminders
-
     async def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
         try:
             text = text_arg(args, "text", max_chars=MAX_TEXT)
@@ -423,7 +428,8 @@ class SetReminder:
             if when is None and repeat is None:
                 raise BadTime("give 'when' (or a 'repeat')")
             due, cron = await anyio.to_thread.run_sync(_plan, when, repeat, ctx.now, tz, ctx.language, abandon_on_cancel=True)
-            r = await self.reminders.add(ctx.chat_id, ctx.user_id, text, due, tz=tz, recurrence=cron, language=ctx.language)
+            r = await self.reminders.add(ctx.chat_id, ctx.user_id, text, due, tz=tz, recurrence=cron, thread_id=ctx.thread_id,
+                                         language=ctx.language)
         except PluginError as exc:
             return ToolOutcome(str(exc), error=True)
         except MemoryStoreError as exc:
@@ -457,21 +463,12 @@ def _plan(when: str | None, repeat: str | None, now: datetime, tz: str, language
     return due, cron
 
 
-class ListReminders:
+class ListReminders(_ReminderTool):
     """``list_reminders``: the member's reminders still to come in this chat."""
 
     plugin = PLUGIN
     spec = ToolSpec(name="list_reminders", description="The user's reminders still to come in this chat (id, time, text).",
                     parameters={"type": "object", "properties": {}, "required": []})
-
-    def __init__(self, reminders: Reminders | None) -> None:
-        self._reminders = reminders
-
-    @property
-    def reminders(self) -> Reminders:
-        if self._reminders is None:
-            raise PluginError("reminders are not running on this bot")
-        return self._reminders
 
     async def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
         try:
@@ -488,7 +485,7 @@ class ListReminders:
         return _("⏰ looked at the reminders")
 
 
-class CancelReminder:
+class CancelReminder(_ReminderTool):
     """``cancel_reminder``: ``{"id": 12}`` — one of the member's reminders in this chat."""
 
     plugin = PLUGIN
@@ -496,15 +493,6 @@ class CancelReminder:
                                                         "(see list_reminders).",
                     parameters={"type": "object", "properties": {"id": {"type": "integer", "description": "the reminder's id"}},
                                 "required": ["id"]})
-
-    def __init__(self, reminders: Reminders | None) -> None:
-        self._reminders = reminders
-
-    @property
-    def reminders(self) -> Reminders:
-        if self._reminders is None:
-            raise PluginError("reminders are not running on this bot")
-        return self._reminders
 
     async def run(self, args: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
         rid = _int_arg(args.get("id") if isinstance(args, dict) else None)

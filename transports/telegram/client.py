@@ -41,6 +41,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (  # the menu; descriptions are translat
     ("profile", N_("Your tier and settings")),
     ("usage", N_("What you used today")),
     ("billing", N_("Plans and payments")),
+    ("balance", N_("Your credits and what an answer costs")),
+    ("buy", N_("Buy credits")),
     ("reset", N_("Start a fresh conversation context")),
     ("delete_context", N_("Start a fresh conversation context")),
     ("history", N_("Recent messages I keep")),

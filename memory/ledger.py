@@ -1,0 +1,219 @@
+"""Credits: the append-only ledger (the ``credit_ledger`` table, issue #26).
+
+Every movement of credits is one row — a ``purchase`` (with Telegram's charge id), a ``debit`` (the
+answered message it paid for), a ``refund`` (of a purchase), a ``grant`` or ``revoke`` (the host's
+``kith credits``), an ``expiry`` — and a balance is the sum of its scope's rows: no row is ever
+changed or deleted, and no total is kept beside them (nothing to drift from the rows).
+
+Like ``memory.reminders``, one SQL text runs on DuckDB and PostgreSQL (``sql_transaction``), each
+write committed before the call returns, and the table is created at ``open`` (``IF NOT EXISTS``).
+
+**Idempotent**: each row has a unique ``key`` — ``purchase:<charge id>``, ``debit:<chat>:<message>``
+(the answered message: one answer is paid once, whoever pays), ``grant:<id>``… — so appending the
+same movement twice (a payment delivered twice, a turn handled again after a restart) adds one row.
+
+**Never below the floor**: a row that takes credits (negative ``amount``) is added only when the
+scope's balance stays at or above ``-overdraft`` (checked in the very statement that inserts it),
+and a refund only up to what its purchase brought in, less the refunds before it. Appends through one
+``Ledger`` run one at a time (a lock), so on PostgreSQL the check-and-insert of one process is not
+raced by itself; one bot process owns a Telegram token, and ``kith credits`` goes through it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Literal
+
+import anyio
+
+from .errors import MemoryStoreError
+from .reminders import SqlBackend
+from .schema import from_us, to_us
+
+__all__ = ["KINDS", "SCOPES", "Ledger", "LedgerEntry", "Posting", "debit_key", "purchase_key"]
+
+SCOPES = ("user", "chat")
+KINDS = ("purchase", "debit", "refund", "grant", "revoke", "expiry")
+_IN = frozenset({"purchase", "grant"})   # kinds that add credits (amount > 0)
+_OUT = frozenset({"debit", "refund", "revoke", "expiry"})  # kinds that take credits (amount < 0)
+
+_DDL = (
+    """
+    CREATE TABLE IF NOT EXISTS credit_ledger (
+        key         VARCHAR PRIMARY KEY,      -- what makes the movement unique (idempotency)
+        scope       VARCHAR NOT NULL,         -- user | chat
+        scope_id    BIGINT NOT NULL,
+        kind        VARCHAR NOT NULL,         -- purchase | debit | refund | grant | revoke | expiry
+        amount      BIGINT NOT NULL,          -- credits, signed: in > 0, out < 0
+        ts_us       BIGINT NOT NULL,          -- microseconds since the epoch (UTC)
+        user_id     BIGINT,                   -- who: the payer, the member answered
+        chat_id     BIGINT,                   -- where (a debit: the answered message's chat)
+        message_id  BIGINT,                   -- a debit: the answered message
+        charge_id   VARCHAR,                  -- a purchase: telegram_payment_charge_id
+        ref         VARCHAR,                  -- a refund: the purchase's key
+        note        VARCHAR                   -- the host's note, a pack's name, a model alias
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS credit_ledger_scope ON credit_ledger (scope, scope_id)",
+)
+_COLS = "key, scope, scope_id, kind, amount, ts_us, user_id, chat_id, message_id, charge_id, ref, note"
+
+
+def purchase_key(charge_id: str) -> str:
+    """The key of the purchase paid with ``charge_id`` (one row per charge, however often delivered)."""
+    return f"purchase:{charge_id}"
+
+
+def debit_key(chat_id: int, message_id: int) -> str:
+    """The key of the debit for the answer to ``message_id`` of ``chat_id`` (one per answered message)."""
+    return f"debit:{int(chat_id)}:{int(message_id)}"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One movement. amount: credits, > 0 for ``purchase``/``grant``, < 0 for the other kinds.
+    ts: set by ``append`` when None (tz-aware UTC)."""
+
+    key: str
+    scope: str
+    scope_id: int
+    kind: str
+    amount: int
+    ts: datetime | None = None
+    user_id: int | None = None
+    chat_id: int | None = None
+    message_id: int | None = None
+    charge_id: str | None = None
+    ref: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """What ``append`` did. status: ``"added"``; ``"duplicate"`` (a row with that key exists: nothing
+    changed; ``entry`` is the stored row); ``"insufficient"`` (the balance would fall below the
+    floor, or a refund exceed its purchase: nothing changed). balance: the scope's balance after."""
+
+    status: Literal["added", "duplicate", "insufficient"]
+    entry: LedgerEntry
+    balance: int
+
+    @property
+    def added(self) -> bool:
+        return self.status == "added"
+
+
+def _row(r: Sequence[Any]) -> LedgerEntry:
+    return LedgerEntry(key=r[0], scope=r[1], scope_id=int(r[2]), kind=r[3], amount=int(r[4]), ts=from_us(r[5]),
+                       user_id=r[6], chat_id=r[7], message_id=r[8], charge_id=r[9], ref=r[10], note=r[11])
+
+
+def _check(e: LedgerEntry) -> None:
+    if e.scope not in SCOPES:
+        raise ValueError(f"scope must be 'user' or 'chat', not {e.scope!r}")
+    if e.kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {e.kind!r}")
+    if not isinstance(e.amount, int) or isinstance(e.amount, bool):
+        raise ValueError(f"amount must be an int, not {e.amount!r}")
+    if e.kind in _IN and e.amount <= 0 or e.kind in _OUT and e.amount >= 0:
+        raise ValueError(f"a {e.kind} must {'add' if e.kind in _IN else 'take'} credits, not {e.amount}")
+    if not e.key:
+        raise ValueError("a ledger entry needs a key")
+    if e.kind == "refund" and not e.ref:
+        raise ValueError("a refund names its purchase (ref)")
+
+
+class Ledger:
+    """The credit ledger over an open dialogue store's database (``SqlBackend``).
+
+    ``await Ledger(store).open()`` creates the table when missing. clock: the current tz-aware UTC
+    time (the rows' ``ts`` when not given). raises MemoryStoreError when the database fails.
+    """
+
+    def __init__(self, backend: SqlBackend, clock: Any = None) -> None:
+        self.backend = backend
+        self.clock = clock
+        self._lock = anyio.Lock()
+        self._opened = False
+
+    async def _tx(self, *statements: tuple[str, Sequence[Any]]) -> list[list[tuple]]:
+        try:
+            return await self.backend.sql_transaction(statements)
+        except MemoryStoreError:
+            raise
+        except Exception as exc:  # the driver's own errors (duckdb.Error, psycopg.Error)
+            raise MemoryStoreError(f"credits: the database failed: {exc}") from exc
+
+    async def open(self) -> Ledger:
+        """Create the table when missing (once per object); returns self."""
+        if not self._opened:
+            await self._tx(*((sql, ()) for sql in _DDL))
+            self._opened = True
+        return self
+
+    def now(self) -> datetime:
+        if self.clock is not None:
+            return self.clock()
+        from datetime import UTC
+
+        return datetime.now(UTC)
+
+    async def append(self, entry: LedgerEntry, *, overdraft: int = 0) -> Posting:
+        """Add ``entry`` once (by its ``key``), committed. A row taking credits is refused when the
+        balance would go below ``-overdraft``; a refund also when it would exceed its purchase
+        (``ref``) less earlier refunds. raises ValueError for a malformed entry."""
+        _check(entry)
+        e = entry if entry.ts is not None else replace(entry, ts=self.now())
+        assert e.ts is not None
+        scope_sum = "(SELECT COALESCE(SUM(amount), 0) FROM credit_ledger WHERE scope = ? AND scope_id = ?)"
+        refund_room = ("(SELECT COALESCE(SUM(CASE WHEN key = ? AND kind = 'purchase' THEN amount ELSE 0 END), 0)"
+                       " + COALESCE(SUM(CASE WHEN kind = 'refund' AND ref = ? THEN amount ELSE 0 END), 0)"
+                       " FROM credit_ledger WHERE key = ? OR ref = ?)")
+        insert = (
+            f"INSERT INTO credit_ledger ({_COLS}) SELECT CAST(? AS VARCHAR), CAST(? AS VARCHAR), CAST(? AS BIGINT),"
+            " CAST(? AS VARCHAR), CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS BIGINT),"
+            " CAST(? AS BIGINT), CAST(? AS VARCHAR), CAST(? AS VARCHAR), CAST(? AS VARCHAR)"
+            " WHERE NOT EXISTS (SELECT 1 FROM credit_ledger WHERE key = ?)"
+            f" AND (CAST(? AS BIGINT) >= 0 OR {scope_sum} + CAST(? AS BIGINT) >= CAST(? AS BIGINT))"
+            f" AND (CAST(? AS VARCHAR) <> 'refund' OR {refund_room} + CAST(? AS BIGINT) >= 0)"
+            " ON CONFLICT DO NOTHING RETURNING key")
+        params = [e.key, e.scope, e.scope_id, e.kind, e.amount, to_us(e.ts), e.user_id, e.chat_id, e.message_id,
+                  e.charge_id, e.ref, e.note,
+                  e.key,
+                  e.amount, e.scope, e.scope_id, e.amount, -max(0, int(overdraft)),
+                  e.kind, e.ref or "", e.ref or "", e.ref or "", e.ref or "", e.amount]
+        async with self._lock:
+            inserted, existing, balance = await self._tx(
+                (insert, params),
+                (f"SELECT {_COLS} FROM credit_ledger WHERE key = ?", [e.key]),
+                ("SELECT COALESCE(SUM(amount), 0) FROM credit_ledger WHERE scope = ? AND scope_id = ?", [e.scope, e.scope_id]))
+        total = int(balance[0][0])
+        if inserted:
+            return Posting("added", _row(existing[0]), total)
+        if existing:
+            return Posting("duplicate", _row(existing[0]), total)
+        return Posting("insufficient", e, total)
+
+    async def balance(self, scope: str, scope_id: int) -> int:
+        """The sum of ``scope:scope_id``'s rows (0 when it has none)."""
+        rows = (await self._tx(("SELECT COALESCE(SUM(amount), 0) FROM credit_ledger WHERE scope = ? AND scope_id = ?",
+                                [scope, scope_id])))[0]
+        return int(rows[0][0])
+
+    async def history(self, scope: str, scope_id: int, limit: int = 20) -> list[LedgerEntry]:
+        """``scope:scope_id``'s newest ``limit`` rows, newest first."""
+        rows = (await self._tx((f"SELECT {_COLS} FROM credit_ledger WHERE scope = ? AND scope_id = ?"
+                                " ORDER BY ts_us DESC, key DESC LIMIT ?", [scope, scope_id, max(0, int(limit))])))[0]
+        return [_row(r) for r in rows]
+
+    async def get(self, key: str) -> LedgerEntry | None:
+        """The row with ``key``, or None."""
+        rows = (await self._tx((f"SELECT {_COLS} FROM credit_ledger WHERE key = ?", [key])))[0]
+        return _row(rows[0]) if rows else None
+
+    async def balances(self) -> list[tuple[str, int, int]]:
+        """``(scope, scope_id, balance)`` of every scope with rows, by scope and id."""
+        rows = (await self._tx(("SELECT scope, scope_id, SUM(amount) FROM credit_ledger GROUP BY scope, scope_id"
+                                " ORDER BY scope, scope_id", [])))[0]
+        return [(r[0], int(r[1]), int(r[2])) for r in rows]

@@ -1,0 +1,156 @@
+"""Credits beside subscriptions (issue #26): packs sold for Stars, answers paid from a balance.
+
+- **Packs** (``tiers.yaml`` ``credit_packs``) are sold like plans (``tiers.payments``), with their own
+  invoice payload ``kith:credits:<pack>:<scope>:<id>``: ``pack_invoice`` → ``validate_pack_checkout``
+  → ``apply_pack_payment``, which credits the ledger once per ``charge_id`` (the ledger row, key
+  ``purchase:<charge id>``, and the payment row are both idempotent, so a re-delivered update, or
+  one that comes again after a crash between the two, adds nothing twice).
+- **Answers**: when a tier's quota is spent and its ``when_spent`` is ``credits``, ``Admission.admit``
+  picks the payer (``payer``: the member's own balance first, then — in a group — the group's) and
+  the turn debits the answered message once (``memory.ledger.debit_key``).
+
+The ledger itself is ``memory.ledger.Ledger``; this module holds the rules on top of it.
+"""
+from __future__ import annotations
+
+import logging
+
+import anyio
+
+import i18n
+from config.models import CreditPack, TiersConfig
+from config.secrets import payment_provider_token
+from i18n import _, ngettext
+from memory.ledger import Ledger, LedgerEntry, Posting, purchase_key
+from memory.store import DialogueStore
+from memory.types import PaymentRecord
+
+from .errors import PaymentError
+from .payments import STARS, Invoice
+from .subscriptions import SCOPES
+
+__all__ = ["PACK_PREFIX", "apply_pack_payment", "is_pack_payload", "make_pack_payload", "pack_invoice", "parse_pack_payload",
+           "payer", "validate_pack_checkout"]
+
+log = logging.getLogger(__name__)
+
+PACK_PREFIX = "kith:credits:"
+_TITLE_MAX, _DESCRIPTION_MAX, _PAYLOAD_MAX = 32, 255, 128  # Telegram's limits
+
+
+def is_pack_payload(payload: str) -> bool:
+    """Whether ``payload`` is a credit pack's (not a plan's)."""
+    return isinstance(payload, str) and payload.startswith(PACK_PREFIX)
+
+
+def make_pack_payload(pack: str, scope: str, scope_id: int) -> str:
+    """``kith:credits:<pack>:<scope>:<id>``. raises PaymentError."""
+    if scope not in SCOPES:
+        raise PaymentError(f"scope must be 'user' or 'chat', not {scope!r}")
+    if ":" in pack or not pack:
+        raise PaymentError(f"pack name {pack!r} cannot be used in a payload")
+    payload = f"{PACK_PREFIX}{pack}:{scope}:{int(scope_id)}"
+    if len(payload.encode()) > _PAYLOAD_MAX:
+        raise PaymentError(f"pack name {pack!r} is too long for an invoice payload")
+    return payload
+
+
+def parse_pack_payload(payload: str) -> tuple[str, str, int]:
+    """``(pack, scope, scope_id)`` of a payload made by ``make_pack_payload``. raises PaymentError."""
+    if not is_pack_payload(payload):
+        raise PaymentError(f"not a credit pack payload: {payload!r}")
+    parts = payload[len(PACK_PREFIX):].split(":")
+    if len(parts) != 3 or not parts[0] or parts[1] not in SCOPES:
+        raise PaymentError(f"malformed invoice payload: {payload!r}")
+    try:
+        return parts[0], parts[1], int(parts[2])
+    except ValueError:
+        raise PaymentError(f"malformed invoice payload: {payload!r}") from None
+
+
+def pack_title(name: str, pack: CreditPack) -> str:
+    """The pack's title in the current language (its own, else "N credits")."""
+    return i18n.pick(pack.title) or ngettext("{n} credit", "{n} credits", pack.credits, n=i18n.number(pack.credits)) or name
+
+
+def pack_invoice(name: str, cfg: TiersConfig, *, scope: str = "user", scope_id: int,
+                 provider_token: str | None = None) -> Invoice:
+    """The invoice selling pack ``name`` to ``scope:scope_id`` (a member, or a group's balance).
+    raises PaymentError for an unknown pack, or a non-XTR one with no provider token."""
+    pack = cfg.credit_packs.get(name)
+    if pack is None:
+        raise PaymentError(f"unknown credit pack {name!r}; packs: {', '.join(cfg.credit_packs) or 'none'}")
+    currency = pack.currency.upper()
+    token: str | None = ""
+    if currency != STARS:
+        token = provider_token if provider_token is not None else payment_provider_token()
+        if not token:
+            raise PaymentError(f"credit pack {name!r} is priced in {currency}, which needs a payment provider: "
+                               "set TELEGRAM_PAYMENT_PROVIDER_TOKEN (or price it in XTR, Telegram Stars)")
+    title = pack_title(name, pack)
+    n = i18n.number(pack.credits)
+    if scope == "chat":
+        description = ngettext("{n} credit for this group's balance.", "{n} credits for this group's balance.", pack.credits, n=n)
+    else:
+        description = ngettext("{n} credit for your balance.", "{n} credits for your balance.", pack.credits, n=n)
+    return Invoice(plan=name, title=title[:_TITLE_MAX], description=description[:_DESCRIPTION_MAX],
+                   payload=make_pack_payload(name, scope, scope_id), currency=currency,
+                   prices=((title[:_TITLE_MAX], pack.price),), provider_token=token or "")
+
+
+def validate_pack_checkout(payload: str, total_amount: int, currency: str, cfg: TiersConfig) -> str | None:
+    """None when the checkout matches a pack sold now; else a short text for the buyer."""
+    try:
+        name, _scope, _id = parse_pack_payload(payload)
+    except PaymentError:
+        return _("This invoice is not valid. Please open /buy again.")
+    pack = cfg.credit_packs.get(name)
+    if pack is None:
+        return _("This credit pack is no longer offered. Please open /buy again.")
+    if (currency or "").upper() != pack.currency.upper() or total_amount != pack.price:
+        return _("The price of this credit pack has changed. Please open /buy again.")
+    return None
+
+
+async def apply_pack_payment(ledger: Ledger, store: DialogueStore, cfg: TiersConfig, charge_id: str, payload: str,
+                             amount: int, currency: str, user_id: int, chat_id: int) -> Posting | None:
+    """Credit the pack paid with ``charge_id`` to the balance the payload names — once per charge.
+
+    The ledger row (``purchase:<charge id>``) goes first: it is the money's record; the payment row
+    (``payments``, as for plans, plan ``credits:<pack>``) follows. Both ignore a second delivery.
+    Returns the posting (``status`` ``"duplicate"`` for a charge already credited); None when the
+    pack is unknown (the payment is recorded with 0 credits, ERROR logged, for the owner to refund).
+    """
+    if not charge_id:
+        raise PaymentError("a successful payment without a charge id")
+    try:
+        name, scope, scope_id = parse_pack_payload(payload)
+    except PaymentError:
+        name, scope, scope_id = payload[:64], "user", user_id
+    pack = cfg.credit_packs.get(name)
+    with anyio.CancelScope(shield=True):  # once money moved, both rows must be written
+        posting = None
+        if pack is not None:
+            posting = await ledger.append(LedgerEntry(
+                purchase_key(charge_id), scope, scope_id, "purchase", pack.credits, user_id=user_id, chat_id=chat_id,
+                charge_id=charge_id, note=name))
+        await store.add_payment(PaymentRecord(
+            charge_id, user_id, chat_id, f"credits:{name}", "", 0, int(amount), (currency or "").upper(), scope, scope_id,
+            ledger.now()))
+    if pack is None:
+        log.error("payment %s (%s %s by user %s) is for no known credit pack (payload %r): recorded, not credited; "
+                  "refund it or grant by hand", charge_id, amount, currency, user_id, payload)
+    elif posting is not None and not posting.added:
+        log.info("payment %s already credited; ignoring the re-delivery", charge_id)
+    return posting
+
+
+async def payer(ledger: Ledger, chat_id: int, user_id: int, in_group: bool, need: int, overdraft: int) -> tuple[str, int] | None:
+    """Who pays ``need`` credits: the member (``("user", id)``) when their balance covers it (down to
+    ``-overdraft``), else — in a group — the group (``("chat", id)``); None when neither can."""
+    need = max(1, need)
+    if await ledger.balance("user", user_id) + overdraft >= need:
+        return "user", user_id
+    if in_group and await ledger.balance("chat", chat_id) + overdraft >= need:
+        return "chat", chat_id
+    return None
