@@ -476,8 +476,8 @@ class _Turn:
             prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
             cost_usd=completion.cost_usd, latency_ms=completion.latency_ms))
         await self._charge(tokens=completion.prompt_tokens + completion.completion_tokens, model=completion.model)
-        try:  # the reply, its usage and recalls are committed before the next update of this chat is handled
-            await store.flush()
+        try:  # the reply, its usage and recalls survive a crash before the next update of this chat is handled:
+            await store.settle()  # in the store's reserve (committed by the writer soon after), else committed
         except DiskFull as exc:  # kept in the reserve (the next start stores it); new messages are refused from now
             log.error("chat %s: the reply to %s is kept in the reserve, not committed: %s", self.chat_id, ev.message_id, exc)
         except MemoryStoreError as exc:  # kept queued and retried by the writer; the reply was sent

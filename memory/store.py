@@ -87,6 +87,10 @@ class DialogueStore(Protocol):
         """Create or rename a chat (queued; an unchanged chat queues nothing)."""
     async def flush(self) -> None:
         """Return when every row queued before the call is committed. raises MemoryStoreError."""
+    async def settle(self) -> None:
+        """Return when every row queued before the call survives a crash of the process: at once
+        when the store's reserve holds them all (a ``kill -9`` finds them there; the writer commits
+        them soon), else as ``flush``. raises MemoryStoreError (only when it flushes)."""
     @property
     def pending(self) -> int:
         """Rows queued and not yet handed to the database."""

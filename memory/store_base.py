@@ -71,6 +71,13 @@ class QueuedStore:
         """
         await self._queue.flush()
 
+    async def settle(self) -> None:
+        """Return when every row enqueued before the call survives a crash of the process: at once
+        when the reserve holds them all (``WriteBehind.journaled``), else ``flush()``.
+        raises MemoryStoreError (only when it flushes)."""
+        if not self._queue.journaled:
+            await self._queue.flush()
+
     @property
     def pending(self) -> int:
         """Rows queued and not yet handed to the database."""

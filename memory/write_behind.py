@@ -288,6 +288,12 @@ class WriteBehind:
         self._delivered_for_chat[row[0]] = self._seq
         return kept
 
+    @property
+    def journaled(self) -> bool:
+        """Whether the reserve holds every row queued and not committed yet (a ``kill -9`` loses
+        none of them: the next open stores them). False without a reserve."""
+        return self.journal is not None and not self._unjournaled and not self._reserve_missing
+
     def _keep(self, kind: str, rows: list, sent: bool) -> bool:
         """Write ``rows`` (about to be queued as seq ``self._seq + 1`` …) into the reserve; True when
         it holds them. When it cannot (full: a long run of rows with no commit between), they are
