@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import anyio
+from contextlib import AsyncExitStack
 
 from config.models import AutoCleanup, StorageLimits
 
@@ -180,16 +181,17 @@ class Janitor:
         self.results: list[CleanupResult] = []
 
     async def __aenter__(self) -> "Janitor":
-        tg = self._tg = anyio.create_task_group()
-        await tg.__aenter__()
-        tg.start_soon(self._worker, name="janitor")
+        async with AsyncExitStack() as stack:  # the worker's task group, owned by this object until __aexit__
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            self._tg.start_soon(self._worker, name="janitor")
+            self._owner = stack.pop_all()
         return self
 
     async def __aexit__(self, *exc) -> None:
         self._closed = True
         self._wakeup.set()
         assert self._tg is not None
-        await self._tg.__aexit__(None, None, None)
+        await self._owner.aclose()
 
     def note_stored(self, chat_id: int, user_id: int | None) -> None:
         """A message was stored (``user_id`` None for the bot's own): check the chat and the user

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
+from contextlib import AsyncExitStack
 
 from providers.embedder import BulkEmbedder
 
@@ -104,9 +105,10 @@ class Indexer:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> "Indexer":
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._worker, name="indexer-worker")
+        async with AsyncExitStack() as stack:  # the worker's task group, owned by this object until __aexit__
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            self._tg.start_soon(self._worker, name="indexer-worker")
+            self._owner = stack.pop_all()
         return self
 
     async def __aexit__(self, *exc) -> bool | None:
@@ -116,7 +118,7 @@ class Indexer:
         self._wakeup.set()
         assert self._tg is not None
         # drain; the body's own exception (if any) propagates unwrapped, not inside an ExceptionGroup
-        await self._tg.__aexit__(None, None, None)
+        await self._owner.aclose()
         return None
 
     # ------------------------------------------------------------------ API

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import anyio
+from contextlib import AsyncExitStack
 
 from .store import DialogueStore
 from .errors import DiskFull
@@ -128,15 +129,16 @@ class GapFiller:
 
     async def __aenter__(self) -> "GapFiller":
         self._before = await self.memory.store.memory_ids()  # before any intake (see find_gaps)
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._run, name="memory-gap-fill")
+        async with AsyncExitStack() as stack:  # the fill's task group, owned by this object until __aexit__
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            self._tg.start_soon(self._run, name="memory-gap-fill")
+            self._owner = stack.pop_all()
         return self
 
     async def __aexit__(self, *exc) -> None:
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
-        await self._tg.__aexit__(None, None, None)
+        await self._owner.aclose()
 
     async def wait(self) -> None:
         """Wait until the fill is done (or failed: it is logged, and retried at the next start)."""

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import anyio
+from contextlib import AsyncExitStack
 import numpy as np
 
 from .errors import EmbeddingError
@@ -214,9 +215,10 @@ class Embedder:
 
     async def __aenter__(self) -> "Embedder":
         await anyio.to_thread.run_sync(lambda: self.encoder, limiter=self._limiter)
-        tg = self._tg = anyio.create_task_group()
-        await tg.__aenter__()
-        tg.start_soon(self._batcher, name="embedder-batcher")
+        async with AsyncExitStack() as stack:  # the batcher's task group, owned by this object until __aexit__
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            self._tg.start_soon(self._batcher, name="embedder-batcher")
+            self._owner = stack.pop_all()
         return self
 
     async def __aexit__(self, *exc) -> bool | None:
@@ -225,7 +227,7 @@ class Embedder:
         assert self._tg is not None
         # the batcher finishes what is queued and returns; the body's own exception (if any)
         # propagates unwrapped because it is not fed into the task group
-        await self._tg.__aexit__(None, None, None)
+        await self._owner.aclose()
         return None
 
     def encode_sync(self, texts: Sequence[str]) -> np.ndarray:
