@@ -27,8 +27,7 @@ from typing import Any, Literal
 
 import anyio
 
-from .errors import MemoryStoreError
-from .reminders import SqlBackend
+from .reminders import SqlBackend, transaction
 from .schema import from_us, to_us
 
 __all__ = ["KINDS", "SCOPES", "Ledger", "LedgerEntry", "Posting", "debit_key", "purchase_key"]
@@ -138,12 +137,7 @@ class Ledger:
         self._opened = False
 
     async def _tx(self, *statements: tuple[str, Sequence[Any]]) -> list[list[tuple]]:
-        try:
-            return await self.backend.sql_transaction(statements)
-        except MemoryStoreError:
-            raise
-        except Exception as exc:  # the driver's own errors (duckdb.Error, psycopg.Error)
-            raise MemoryStoreError(f"credits: the database failed: {exc}") from exc
+        return await transaction(self.backend, "credits", statements)
 
     async def open(self) -> Ledger:
         """Create the table when missing (once per object); returns self."""

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 from .errors import MemoryStoreError
 from .schema import from_us, to_us
 
-__all__ = ["Confirmation", "DeliveryJournal", "Reminder", "ReminderStore", "SqlBackend", "PENDING", "CLAIMED", "SENT",
+__all__ = ["Confirmation", "DeliveryJournal", "Reminder", "ReminderStore", "SqlBackend", "transaction", "PENDING", "CLAIMED", "SENT",
            "CANCELLED"]
 
 PENDING, CLAIMED, SENT, CANCELLED = "pending", "claimed", "sent", "cancelled"
@@ -82,6 +82,19 @@ class SqlBackend(Protocol):
     def local_dir(self) -> Path: ...
 
     async def sql_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple]]: ...
+
+
+async def transaction(backend: SqlBackend, domain: str, statements: Sequence[tuple[str, Sequence[Any]]]
+                      ) -> list[list[tuple]]:
+    """Run ``statements`` (one SQL text each, ``?`` placeholders) in one transaction of ``backend``;
+    the rows each returned. A driver's own error (duckdb.Error, psycopg.Error) becomes a
+    MemoryStoreError naming ``domain`` ("reminders", "credits")."""
+    try:
+        return await backend.sql_transaction(statements)
+    except MemoryStoreError:
+        raise
+    except Exception as exc:  # the driver's own errors (duckdb.Error, psycopg.Error)
+        raise MemoryStoreError(f"{domain}: the database failed: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +153,7 @@ class ReminderStore:
         self.backend = backend
 
     async def _tx(self, *statements: tuple[str, Sequence[Any]]) -> list[list[tuple]]:
-        try:
-            return await self.backend.sql_transaction(statements)
-        except MemoryStoreError:
-            raise
-        except Exception as exc:  # the driver's own errors (duckdb.Error, psycopg.Error)
-            raise MemoryStoreError(f"reminders: the database failed: {exc}") from exc
+        return await transaction(self.backend, "reminders", statements)
 
     async def open(self) -> ReminderStore:
         """Create the table (and its id sequence) when missing; returns self."""

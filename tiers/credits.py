@@ -26,8 +26,7 @@ from memory.store import DialogueStore
 from memory.types import PaymentRecord
 
 from .errors import PaymentError
-from .payments import STARS, Invoice
-from .subscriptions import SCOPES
+from .payments import STARS, Invoice, build_payload, split_payload
 
 __all__ = ["PACK_PREFIX", "apply_pack_payment", "is_pack_payload", "make_pack_payload", "pack_invoice", "parse_pack_payload",
            "payer", "validate_pack_checkout"]
@@ -35,7 +34,7 @@ __all__ = ["PACK_PREFIX", "apply_pack_payment", "is_pack_payload", "make_pack_pa
 log = logging.getLogger(__name__)
 
 PACK_PREFIX = "kith:credits:"
-_TITLE_MAX, _DESCRIPTION_MAX, _PAYLOAD_MAX = 32, 255, 128  # Telegram's limits
+_TITLE_MAX, _DESCRIPTION_MAX = 32, 255  # Telegram's limits
 
 
 def is_pack_payload(payload: str) -> bool:
@@ -45,27 +44,12 @@ def is_pack_payload(payload: str) -> bool:
 
 def make_pack_payload(pack: str, scope: str, scope_id: int) -> str:
     """``kith:credits:<pack>:<scope>:<id>``. raises PaymentError."""
-    if scope not in SCOPES:
-        raise PaymentError(f"scope must be 'user' or 'chat', not {scope!r}")
-    if ":" in pack or not pack:
-        raise PaymentError(f"pack name {pack!r} cannot be used in a payload")
-    payload = f"{PACK_PREFIX}{pack}:{scope}:{int(scope_id)}"
-    if len(payload.encode()) > _PAYLOAD_MAX:
-        raise PaymentError(f"pack name {pack!r} is too long for an invoice payload")
-    return payload
+    return build_payload(PACK_PREFIX, "pack", pack, scope, scope_id)
 
 
 def parse_pack_payload(payload: str) -> tuple[str, str, int]:
     """``(pack, scope, scope_id)`` of a payload made by ``make_pack_payload``. raises PaymentError."""
-    if not is_pack_payload(payload):
-        raise PaymentError(f"not a credit pack payload: {payload!r}")
-    parts = payload[len(PACK_PREFIX):].split(":")
-    if len(parts) != 3 or not parts[0] or parts[1] not in SCOPES:
-        raise PaymentError(f"malformed invoice payload: {payload!r}")
-    try:
-        return parts[0], parts[1], int(parts[2])
-    except ValueError:
-        raise PaymentError(f"malformed invoice payload: {payload!r}") from None
+    return split_payload(PACK_PREFIX, payload)
 
 
 def pack_title(name: str, pack: CreditPack) -> str:

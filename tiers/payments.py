@@ -59,29 +59,41 @@ class Invoice:
         return sum(amount for _label, amount in self.prices)
 
 
-def make_payload(plan_name: str, scope: str, scope_id: int) -> str:
-    """``kith:plan:<plan>:<scope>:<id>``. raises PaymentError (bad scope, a ':' in the plan name, too long)."""
+def build_payload(prefix: str, what: str, name: str, scope: str, scope_id: int) -> str:
+    """``<prefix><name>:<scope>:<id>``, an invoice payload (Telegram: at most 128 bytes) for ``what``
+    (``"plan"``, ``"pack"``: named in errors). raises PaymentError (bad scope, a ':' in the name, too long)."""
     if scope not in SCOPES:
         raise PaymentError(f"scope must be 'user' or 'chat', not {scope!r}")
-    if ":" in plan_name or not plan_name:
-        raise PaymentError(f"plan name {plan_name!r} cannot be used in a payload")
-    payload = f"{PAYLOAD_PREFIX}{plan_name}:{scope}:{int(scope_id)}"
+    if ":" in name or not name:
+        raise PaymentError(f"{what} name {name!r} cannot be used in a payload")
+    payload = f"{prefix}{name}:{scope}:{int(scope_id)}"
     if len(payload.encode()) > _PAYLOAD_MAX:
-        raise PaymentError(f"plan name {plan_name!r} is too long for an invoice payload")
+        raise PaymentError(f"{what} name {name!r} is too long for an invoice payload")
     return payload
 
 
-def parse_payload(payload: str) -> tuple[str, str, int]:
-    """``(plan, scope, scope_id)`` of a payload made by ``make_payload``. raises PaymentError."""
-    if not isinstance(payload, str) or not payload.startswith(PAYLOAD_PREFIX):
-        raise PaymentError(f"not a Kith invoice payload: {payload!r}")
-    parts = payload[len(PAYLOAD_PREFIX):].split(":")
+def split_payload(prefix: str, payload: str) -> tuple[str, str, int]:
+    """``(name, scope, scope_id)`` of a payload made by ``build_payload(prefix, …)``. raises
+    PaymentError when it has another prefix or is malformed."""
+    if not isinstance(payload, str) or not payload.startswith(prefix):
+        raise PaymentError(f"not a {prefix}… invoice payload: {payload!r}")
+    parts = payload[len(prefix):].split(":")
     if len(parts) != 3 or not parts[0] or parts[1] not in SCOPES:
         raise PaymentError(f"malformed invoice payload: {payload!r}")
     try:
         return parts[0], parts[1], int(parts[2])
     except ValueError:
         raise PaymentError(f"malformed invoice payload: {payload!r}") from None
+
+
+def make_payload(plan_name: str, scope: str, scope_id: int) -> str:
+    """``kith:plan:<plan>:<scope>:<id>``. raises PaymentError (bad scope, a ':' in the plan name, too long)."""
+    return build_payload(PAYLOAD_PREFIX, "plan", plan_name, scope, scope_id)
+
+
+def parse_payload(payload: str) -> tuple[str, str, int]:
+    """``(plan, scope, scope_id)`` of a payload made by ``make_payload``. raises PaymentError."""
+    return split_payload(PAYLOAD_PREFIX, payload)
 
 
 def _plan(cfg: TiersConfig, name: str) -> Plan:
