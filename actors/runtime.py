@@ -28,6 +28,7 @@ from providers.keys import KeyVault, cipher_from_env
 from config.models import StorageLimits
 from memory.cleanup import CleanupResult, Janitor
 from tiers import Admission, effective_tier
+from tiers.budget import Budget, BudgetNotice, notice_text, paid_features
 
 from .events import CapacityCleaned
 from .handlers import NO_HANDLERS, Handlers, Plugins
@@ -137,7 +138,9 @@ async def open_runtime(
         if llm is None:
             llm = LLM(config.settings.models, config.settings.llm)
         bot = bot or BotIdentity(0, config.settings.bot.name, config.settings.bot.username)
-        admission = Admission(memory.store, config.tiers, clock=clock)
+        budget = Budget(memory.store, config.settings.budget, config.settings.models, clock,
+                        paid_features=paid_features(config.settings))
+        admission = Admission(memory.store, config.tiers, clock=clock, budget=budget)
         await admission.open()
         box = outbox if isinstance(outbox, Outbox) else outbox(memory)
         transcriber, images = media_providers(config)
@@ -157,7 +160,12 @@ async def open_runtime(
                 async with handlers.open_plugins(services) as plugins, \
                         Supervisor(services, box, config.settings.actors, handlers=handlers, plugins=plugins) as supervisor:
                     services.supervisor = supervisor
-                    yield Runtime(config, services, supervisor, plugins)
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(tell_owners_budget, budget, box, services)
+                        try:
+                            yield Runtime(config, services, supervisor, plugins)
+                        finally:
+                            tg.cancel_scope.cancel()
         finally:
             # LLMs a reload built (the current one and any it replaced) are ours to close too
             made_by_reload = [*services.retired_llms, services.llm] if services is not None else []
@@ -165,6 +173,26 @@ async def open_runtime(
                 await other.aclose()
             if own_llm:
                 await llm.aclose()
+
+
+async def tell_owners_budget(budget: Budget, box: Outbox, services: Services) -> None:
+    """Send each spending-cap notice (80 %, 100 % of a period's cap) to every owner in private, then
+    store it as told (``Budget.told``); runs as long as the runtime."""
+    while True:
+        for notice in await budget.notices():
+            await _tell_owners(notice, box, services.owners)
+            await budget.told(notice)
+
+
+async def _tell_owners(notice: BudgetNotice, box: Outbox, owners: Iterable[int]) -> None:
+    text = notice_text(notice)
+    if not owners:
+        log.warning("budget: %s (no owners to tell: set telegram.owners)", text)
+    for owner in sorted(owners):
+        try:
+            await box.send(owner, text)
+        except Exception as exc:  # noqa: BLE001 - an owner who blocked the bot must not stop the others
+            log.warning("budget: owner %s not told: %s", owner, exc)
 
 
 def media_providers(config: Config):

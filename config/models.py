@@ -153,6 +153,16 @@ class LLMSettings(Frozen):
     stream_edit_interval_s: float = Field(1.0, gt=0)  # min seconds between progress edits
 
 
+class BudgetSettings(Frozen):
+    """The host's spending cap over every paid call (chat, vision, transcription, images, tools), in US
+    dollars of litellm's list prices, per UTC day and per UTC calendar month; None = no cap. Reached:
+    paid models are not called until the period resets (the tier's fallback or the offline model
+    answers, and says why); owners are told at 80 % and at 100 %. Calls of unpriced models count 0."""
+
+    daily_usd: float | None = Field(None, ge=0)
+    monthly_usd: float | None = Field(None, ge=0)
+
+
 class ActorSettings(Frozen):
     idle_ttl_s: float = Field(600.0, gt=0)  # evict a chat actor idle this long
     drain_timeout_s: float = Field(30.0, gt=0)  # shutdown waits this long for inboxes to drain
@@ -417,6 +427,7 @@ class Settings(Frozen):
     default_model: str = "recall"
     tiers_file: str | None = None  # path to tiers.yaml, relative to kith.yaml; None = beside it, else shipped
     llm: LLMSettings = LLMSettings()
+    budget: BudgetSettings = BudgetSettings()
     actors: ActorSettings = ActorSettings()
     memory: MemorySettings = MemorySettings()
     storage: StorageSettings = StorageSettings()

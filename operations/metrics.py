@@ -122,6 +122,8 @@ class _RuntimeCollector(Collector):
             for reason, n in sorted(admission.refusals.items()):
                 refusals.add_metric([reason], n)
             yield refusals
+            if admission.budget is not None:
+                yield from _budget_families(admission.budget)
         for name, value, doc in (("spawned", sup.stats.spawned, "Chat actors started."),
                                  ("evicted", sup.stats.evicted, "Chat actors stopped after idling."),
                                  ("restarted", sup.stats.restarted, "Chat actors restarted after a crash."),
@@ -141,3 +143,18 @@ class _RuntimeCollector(Collector):
             yield GaugeMetricFamily("kith_memory_rows", "Rows in vector memory (messages and document parts).",
                                     value=self.metrics._memory_rows)
         yield CounterMetricFamily("kith_embedder_texts", "Texts embedded.", value=mem.embedder.texts)
+
+
+def _budget_families(budget: Any) -> Iterator[Any]:
+    """``kith_spend_usd{period}`` (this UTC day's and month's spend, unpriced calls counted 0) and
+    ``kith_budget_usd{period}`` (the host's caps; a period without a cap is left out)."""
+    spend = GaugeMetricFamily("kith_spend_usd", "Spent on paid calls this UTC day / month (USD, list prices).",
+                              labels=["period"])
+    cap = GaugeMetricFamily("kith_budget_usd", "The host's spending cap per UTC day / month (USD).", labels=["period"])
+    for period in ("day", "month"):
+        sp = budget.spend(period)
+        spend.add_metric([period], sp.spent_usd)
+        if sp.cap_usd is not None:
+            cap.add_metric([period], sp.cap_usd)
+    yield spend
+    yield cap

@@ -504,11 +504,18 @@ async def credits_history(res: Resources, io: Streams, *, target: str, limit: in
 
 @operation("usage", "store")
 async def usage(res: Resources, io: Streams, *, by: str = "model", since: str | None = None, as_json: bool = False) -> int:
+    from tiers.budget import Budget
+
     from .tiers_report import usage_report
 
     await res.store.flush()  # a running bot: its queued usage records count
     start = datetime.fromisoformat(since) if since else None
-    await usage_report(res.store, io.out, by=by, since=start, as_json=as_json)
+    adm = res.services.admission if res.services is not None else None
+    budget = adm.budget if adm is not None else None
+    if budget is None:  # the stores alone: today's and this month's spend from the usage table
+        budget = Budget(res.store, res.config.settings.budget, res.config.settings.models, lambda: datetime.now(UTC), remember=False)
+    await budget.load()
+    await usage_report(res.store, io.out, by=by, since=start, as_json=as_json, budget=budget)
     return 0
 
 

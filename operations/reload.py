@@ -19,11 +19,12 @@ from config.loader import load_config
 from config.models import Config
 
 from actors.services import Services
+from tiers.budget import paid_features
 
 log = logging.getLogger(__name__)
 
 # settings sections read at use time (applied at once) and wired at start (next start)
-LIVE = ("bot", "models", "default_model", "llm", "media")
+LIVE = ("bot", "models", "default_model", "llm", "media", "budget")
 AT_START = ("memory", "telegram", "control", "actors", "transcription", "image_models")
 
 
@@ -66,6 +67,8 @@ def apply_config(services: Services, new: Config) -> ReloadReport:
     services.config = new
     if services.admission is not None:
         services.admission.reconfigure(new.tiers)
+        if services.admission.budget is not None:
+            services.admission.budget.reconfigure(new.settings.budget, new.settings.models, paid_features(new.settings))
     return ReloadReport(True, changed=changed, at_next_start=later)
 
 

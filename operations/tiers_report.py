@@ -21,6 +21,7 @@ import i18n
 from config.models import UNLIMITED, TiersConfig
 
 from tiers.subscriptions import Subscription, SubscriptionStore, parse_target
+from tiers.budget import PERIODS, Budget
 from tiers.usage import usage_summary
 
 def _utc_now() -> datetime:
@@ -159,11 +160,43 @@ async def list_subs(store: DialogueStore, cfg: TiersConfig, console: Console, *,
 # ---------------------------------------------------------------- kith usage
 
 
+def spend_json(budget: Budget) -> dict[str, Any]:
+    """Today's and this month's spend against the caps (``kith usage``, ``--json``: ``budget``)."""
+    out: dict[str, Any] = {}
+    for period in PERIODS:
+        sp = budget.spend(period)
+        out[period] = {"spent_usd": round(sp.spent_usd, 6), "cap_usd": sp.cap_usd, "unpriced_requests": sp.unpriced,
+                       "reached": sp.reached, "resets_at": sp.resets_at.isoformat()}
+    return out
+
+
+def spend_line(budget: Budget) -> str:
+    """``spend: today $0.0123 of $2.00 (1 %) · this month $0.40 (no cap)``, and when a cap is reached."""
+    parts = []
+    for period, name in (("day", "today"), ("month", "this month")):
+        sp = budget.spend(period)
+        text = f"{name} ${sp.spent_usd:.4f}"
+        if sp.cap_usd is None:
+            text += " (no cap)"
+        else:
+            text += f" of ${sp.cap_usd:.2f}" if sp.cap_usd >= 1 else f" of ${sp.cap_usd:.4f}"
+            text += f" ({sp.percent:.0f} %)"
+            if sp.reached:
+                text += f" — reached: paid models off until {sp.resets_at:%Y-%m-%d %H:%M} UTC"
+        if sp.unpriced:
+            text += f" + {sp.unpriced} unpriced call(s)"
+        parts.append(text)
+    return "spend: " + " · ".join(parts)
+
+
 async def usage_report(store: DialogueStore, console: Console, *, by: str = "model", since: datetime | None = None,
-                       as_json: bool = False) -> dict[str, Any]:
+                       as_json: bool = False, budget: Budget | None = None) -> dict[str, Any]:
     """``kith usage [--by user|chat|model|day|kind|plugin] [--since DATE] [--json]``: print ``usage_summary``
-    and return it (``--by plugin``: the tool calls per plugin)."""
+    and return it (``--by plugin``: the tool calls per plugin); with ``budget`` (loaded), a line with
+    today's and this month's spend against the host's caps (``budget`` in the JSON)."""
     rep = await usage_summary(store, by=by, since=since)
+    if budget is not None:
+        rep["budget"] = spend_json(budget)
     if as_json:
         console.print_json(json.dumps(rep))
         return rep
@@ -193,6 +226,8 @@ async def usage_report(store: DialogueStore, console: Console, *, by: str = "mod
     console.print(table)
     if t["unpriced_requests"] and not tools:
         console.print(f"[dim]{t['unpriced_requests']} call(s) used a model with no known price: their cost is unknown, not 0.[/]")
+    if budget is not None:
+        console.print(escape(spend_line(budget)))
     return rep
 
 

@@ -27,6 +27,7 @@ from memory.ledger import Ledger, LedgerEntry, Posting, debit_key
 from memory.store import DialogueStore
 from memory.types import UsageRecord
 
+from .budget import Budget, Spend
 from .errors import UnknownTier
 from .quotas import ANY_MODEL, QuotaDecision, QuotaTracker, RateLimiter, TodayUsage
 from .resolve import effective_tier
@@ -49,11 +50,12 @@ class Admit:
 
     allowed: go ahead with model ``alias``. tier: the member's effective tier here.
     downgraded: ``alias`` is not the requested one (the tier may not use it, or its quota is spent and
-    the tier's ``fallback_model`` is used); ``note`` says why, in one sentence, for the user.
+    the tier's ``fallback_model`` is used, or the host's spending cap is reached — ``reason``
+    ``"budget"`` — and a free model answers); ``note`` says why, in one sentence, for the user.
     When refused: ``refusal`` is a short polite text for the chat; ``reason`` is ``"quota"`` (with
     ``quota`` the spent one) or ``"rate"`` (the member writes faster than the tier's
     ``member_messages_per_minute``; ``retry_after`` seconds) or ``"model"`` (the tier allows no
-    model at all). A refusal costs nothing: record no usage for it.
+    model at all) or ``"budget"`` (the host's spending cap is reached and no free model is configured). A refusal costs nothing: record no usage for it.
     """
 
     allowed: bool
@@ -95,8 +97,10 @@ class Admission:
     cache ``admit`` reads.
     """
 
-    def __init__(self, store: DialogueStore, cfg: TiersConfig, clock: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(self, store: DialogueStore, cfg: TiersConfig, clock: Callable[[], datetime] = _utc_now, *,
+                 budget: Budget | None = None) -> None:
         self.store = store
+        self.budget = budget  # the host's spending cap (None: no cap); paid models are not admitted over it
         self.cfg = cfg
         self.clock = clock
         self.subs = SubscriptionStore(store, cfg, clock)
@@ -115,6 +119,8 @@ class Admission:
         has turned, count the new day's stored usage (``QuotaTracker.load``). Cheap when nothing changed."""
         await self.subs.load()
         await self.quotas.load()
+        if self.budget is not None:
+            await self.budget.load()
         if self.ledger is not None:
             await self.ledger.open()
 
@@ -141,7 +147,35 @@ class Admission:
         return adm
 
     async def _admit(self, chat_id: int, chat_type: str, user_id: int, requested_alias: str) -> Admit:
-        """The decision of ``admit``, not counted."""
+        """The decision of ``admit``, not counted: the tier's, then the host's spending cap."""
+        adm = await self._admit_tier(chat_id, chat_type, user_id, requested_alias)
+        if adm.allowed and self.budget is not None:
+            reached = self.budget.reached()
+            if reached is not None and self.budget.is_paid(adm.alias):
+                return self._over_budget(adm, reached)
+        return adm
+
+    def _over_budget(self, adm: Admit, reached: Spend) -> Admit:
+        """The cap is reached and ``adm`` would call a paid model: the tier's fallback model when it is
+        free, else the offline model, with a note saying why; a refusal when there is neither."""
+        assert self.budget is not None
+        t = self.cfg.tiers[adm.tier]
+        free = self.budget.free_alias(t.fallback_model)
+        if reached.period == "day":
+            why = _("The host's daily spending limit is reached.")
+            until = _("until {time} UTC", time=_hhmm(reached.resets_at))
+        else:
+            why = _("The host's monthly spending limit is reached.")
+            day = reached.resets_at.strftime("%Y-%m-%d")
+            until = _("until {date}", date=day)
+        if free is None:
+            return Admit(False, adm.alias, adm.tier, reason="budget",
+                         refusal=why + " " + _("I can't answer {until}.", until=until))
+        return Admit(True, free, adm.tier, downgraded=True, reason="budget",
+                     note=why + " " + _("Answering with {model} {until}.", model=free, until=until))
+
+    async def _admit_tier(self, chat_id: int, chat_type: str, user_id: int, requested_alias: str) -> Admit:
+        """The tier's decision (rate, model, quotas, credits)."""
         await self.open()
         tier = await self.tier_of(chat_id, user_id)
         t = self.cfg.tiers[tier]
@@ -234,7 +268,10 @@ class Admission:
             chat_id=chat_id, message_id=message_id, note="failed answer"))
 
     def record(self, rec: UsageRecord) -> None:
-        """Count a billed call against today's quotas (call it next to ``store.record_usage(rec)``)."""
+        """Count a billed call against today's quotas and the host's spend (call it next to
+        ``store.record_usage(rec)``)."""
+        if self.budget is not None:
+            self.budget.record(rec)
         self.quotas.record(rec.chat_id, rec.user_id, rec.model, rec.prompt_tokens + rec.completion_tokens, kind=rec.kind,
                            images=rec.images, seconds=rec.seconds, ts=rec.ts)
 
@@ -272,6 +309,13 @@ class Admission:
                 "That file is {size} MB; on the {tier} tier I take files up to {limit} MB.",
                 size=i18n.number(size_bytes / 1024 / 1024, digits=1), tier=tier, limit=i18n.number(t.max_file_mb))
                 + self._upgrade_hint(tier))
+        if self.budget is not None and feature in self.budget.paid_features and not self.budget.allows_paid():
+            reached = self.budget.reached()
+            assert reached is not None
+            why = _("The host's daily spending limit is reached.") if reached.period == "day" else _(
+                "The host's monthly spending limit is reached.")
+            when = reached.resets_at.strftime("%Y-%m-%d %H:%M")
+            return Admit(False, "", tier, reason="budget", refusal=why + " " + _("Try again after {time} UTC.", time=when))
         if images or seconds:
             d = self.quotas.check_media(tier, user_id, images=images, seconds=seconds)
             if not d.allowed:
