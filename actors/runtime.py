@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from typing import Any
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -160,12 +161,8 @@ async def open_runtime(
                 async with handlers.open_plugins(services) as plugins, \
                         Supervisor(services, box, config.settings.actors, handlers=handlers, plugins=plugins) as supervisor:
                     services.supervisor = supervisor
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(tell_owners_budget, budget, box, services)
-                        try:
-                            yield Runtime(config, services, supervisor, plugins)
-                        finally:
-                            tg.cancel_scope.cancel()
+                    async with _Background(tell_owners_budget, budget, box, services):
+                        yield Runtime(config, services, supervisor, plugins)
         finally:
             # LLMs a reload built (the current one and any it replaced) are ours to close too
             made_by_reload = [*services.retired_llms, services.llm] if services is not None else []
@@ -173,6 +170,24 @@ async def open_runtime(
                 await other.aclose()
             if own_llm:
                 await llm.aclose()
+
+
+class _Background:
+    """Runs ``fn(*args)`` for as long as the context, in a task group this object owns; leaving
+    cancels it. The body's own exception propagates as itself (it is not fed into the group)."""
+
+    def __init__(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: object) -> None:
+        self.fn, self.args = fn, args
+
+    async def __aenter__(self) -> None:
+        async with AsyncExitStack() as stack:
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            self._tg.start_soon(self.fn, *self.args)
+            self._owner = stack.pop_all()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._tg.cancel_scope.cancel()
+        await self._owner.aclose()
 
 
 async def tell_owners_budget(budget: Budget, box: Outbox, services: Services) -> None:

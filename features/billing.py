@@ -65,7 +65,7 @@ async def usage_lines(ctx: ChatContext, user_id: int) -> list[str]:
     if q.audio_seconds_per_day != 0 and p.features.voice:
         lines.append(_("• transcribed audio: {used} / {limit} s", used=i18n.number(t.audio_seconds, digits=0),
                        limit=_limit(q.audio_seconds_per_day)))
-    if q.tool_calls_per_day != 0 and ctx.plugins is not None:
+    if q.tool_calls_per_day > 0 or t.tool_calls:  # a limit, or calls made today
         lines.append(_("• tool calls: {used} / {limit}", used=i18n.number(t.tool_calls), limit=_limit(q.tool_calls_per_day)))
     if q.chat_requests_per_day >= 0 or q.chat_tokens_per_day >= 0:
         lines.append(_("• this chat: {requests} / {requests_limit} requests, {tokens} / {tokens_limit} tokens",
