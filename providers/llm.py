@@ -83,6 +83,7 @@ from .errors import (
     RateLimited,
 )
 from .keys import KeyUse
+from .model_map import model_supports
 from .recall_model import estimate_messages_tokens, estimate_tokens
 from .tools import ToolCall, ToolOutcome, ToolRunner, ToolSpec, frame_tool_output
 
@@ -96,8 +97,6 @@ PING_TIMEOUT_S = 10.0  # ping uses min(this, the model's timeout_s)
 _DETAIL_CHARS = 800
 _KEYED_ROUTERS = 64  # Routers with users' own keys kept at once
 ROUND_SEPARATOR = "\n\n"  # between the texts of two rounds of a tool-calling turn
-# providers whose model info litellm fetches at call time (a request to the model server or a hub)
-_DYNAMIC_INFO_PROVIDERS = frozenset({"huggingface"})
 
 
 def _configure_litellm() -> None:
@@ -283,43 +282,6 @@ def _check_tool_args(tools: Sequence[ToolSpec], run_tool: ToolRunner | None, max
         raise ValueError(f"tool_timeout_s must be > 0, not {tool_timeout_s}")
     if tool_output_chars < 1:
         raise ValueError(f"tool_output_chars must be ≥ 1, not {tool_output_chars}")
-
-
-def _static_supports(model: str, provider: str, key: str) -> bool:
-    """``key`` (e.g. ``supports_function_calling``) from litellm's bundled model map only:
-    ``provider/model``, then the bare model when its entry belongs to that provider."""
-    table = litellm.model_cost
-    for name in (f"{provider}/{model}", model):
-        entry = table.get(name)
-        if isinstance(entry, dict) and (name != model or str(entry.get("litellm_provider", "")) == provider):
-            return entry.get(key) is True
-    return False
-
-
-def _fetches_model_info(model: str, provider: str) -> bool:
-    """Would litellm fetch this model's info from its server or a hub (Ollama's ``/api/show``)?"""
-    if provider in _DYNAMIC_INFO_PROVIDERS:
-        return True
-    try:
-        from litellm.types.utils import LlmProviders
-        from litellm.utils import ProviderConfigManager
-
-        cfg = ProviderConfigManager.get_provider_model_info(model=model, provider=LlmProviders(provider))
-    except Exception:  # noqa: BLE001  (unknown provider enum: litellm would not fetch either)
-        return False
-    return callable(getattr(cfg, "get_model_info", None))
-
-
-def _litellm_supports_tools(spec: ModelSpec) -> bool:
-    """litellm's ``supports_function_calling`` for ``spec.model``, offline; False on any error."""
-    try:
-        model, provider, _, _ = litellm.get_llm_provider(model=spec.model, api_base=spec.api_base)
-        if _fetches_model_info(model, provider):
-            return _static_supports(model, provider, "supports_function_calling")
-        return bool(litellm.supports_function_calling(model=model, custom_llm_provider=provider))
-    except Exception:  # noqa: BLE001
-        log.debug("supports_function_calling(%s) failed; assuming no tools", spec.model, exc_info=True)
-        return False
 
 
 def _tool_call(call_id: Any, function: Any) -> ToolCall:
@@ -625,7 +587,7 @@ class LLM:
             return spec.tools
         known = self._tool_support.get(alias)
         if known is None:
-            known = self._tool_support[alias] = _litellm_supports_tools(spec)
+            known = self._tool_support[alias] = model_supports(spec, "supports_function_calling")
         return known
 
     async def _call(self, alias: str, kwargs: dict[str, Any], on_delta: Callable[[str], Awaitable[None]] | None,

@@ -24,12 +24,11 @@ import base64
 import logging
 from typing import Any
 
-import litellm
 
 from config.models import ModelSpec
 
 from . import llm as _llm  # noqa: F401  (configures litellm once: quiet, offline, kith/* registered)
-from . import recall_model
+from .model_map import model_supports
 
 __all__ = ["DESCRIBE_PROMPT", "describe_request", "image_part", "supports_vision", "user_message_with_image"]
 
@@ -44,49 +43,13 @@ DESCRIBE_PROMPT = (
     "If the sender added a caption, use it to know what matters, but do not repeat it."
 )
 
-# providers whose model info litellm fetches at call time (a request to the model server or a hub)
-_DYNAMIC_INFO_PROVIDERS = frozenset({"huggingface"})
-
-
-def _static_supports_vision(model: str, provider: str) -> bool:
-    """``supports_vision`` from the bundled model map only: ``provider/model``, then the bare model
-    when its entry belongs to that provider."""
-    table = litellm.model_cost
-    for key in (f"{provider}/{model}", model):
-        entry = table.get(key)
-        if isinstance(entry, dict) and (key != model or str(entry.get("litellm_provider", "")) == provider):
-            return entry.get("supports_vision") is True
-    return False
-
-
-def _fetches_model_info(model: str, provider: str) -> bool:
-    if provider in _DYNAMIC_INFO_PROVIDERS:
-        return True
-    try:
-        from litellm.types.utils import LlmProviders
-        from litellm.utils import ProviderConfigManager
-
-        cfg = ProviderConfigManager.get_provider_model_info(model=model, provider=LlmProviders(provider))
-    except Exception:  # noqa: BLE001  (unknown provider enum: litellm would not fetch either)
-        return False
-    return callable(getattr(cfg, "get_model_info", None))
-
 
 def supports_vision(spec: ModelSpec) -> bool:
     """Does ``spec``'s model accept images? ``spec.vision`` when set; else litellm's bundled model map
     (``supports_vision``), offline; False on any error and for the built-in ``kith/*`` models."""
     if spec.vision is not None:
         return spec.vision
-    if spec.model.startswith(f"{recall_model.PROVIDER}/"):
-        return False
-    try:
-        model, provider, _, _ = litellm.get_llm_provider(model=spec.model, api_base=spec.api_base)
-        if _fetches_model_info(model, provider):
-            return _static_supports_vision(model, provider)
-        return bool(litellm.supports_vision(model=model, custom_llm_provider=provider))
-    except Exception:  # noqa: BLE001
-        log.debug("supports_vision(%s) failed; assuming no vision", spec.model, exc_info=True)
-        return False
+    return model_supports(spec, "supports_vision")
 
 
 def image_part(data: bytes, mime_type: str) -> dict[str, Any]:
