@@ -32,6 +32,8 @@ from config.models import BudgetSettings, ModelSpec, Settings
 from memory.store import DialogueStore
 from memory.types import UsageRecord
 
+from .daily import DailyCounters, utc_day
+
 log = logging.getLogger(__name__)
 
 __all__ = ["PERIODS", "THRESHOLDS", "Budget", "BudgetNotice", "Spend", "is_free_model", "notice_text", "paid_features", "period_end"]
@@ -39,7 +41,6 @@ __all__ = ["PERIODS", "THRESHOLDS", "Budget", "BudgetNotice", "Spend", "is_free_
 PERIODS = ("day", "month")
 THRESHOLDS = (80, 100)  # percent of a cap at which the owners are told
 FREE_PROVIDERS = ("kith/", "local/")  # the offline chat model, the local transcriber
-_REBUILD_READS = 3
 _DDL = "CREATE TABLE IF NOT EXISTS budget_notices (key VARCHAR PRIMARY KEY, ts_us BIGINT NOT NULL)"
 
 
@@ -80,10 +81,6 @@ def notice_text(n: BudgetNotice) -> str:
                       spent=_usd(n.spent_usd), cap=_usd(n.cap_usd))
     return _("💸 {pct} % of this month's spending limit is used: {spent} of {cap}.", pct=pct,
                   spent=_usd(n.spent_usd), cap=_usd(n.cap_usd))
-
-
-def _day(now: datetime) -> date:
-    return (now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)).date()
 
 
 def period_end(period: str, day: date) -> datetime:
@@ -135,7 +132,7 @@ class BudgetNotice:
     resets_at: datetime
 
 
-class Budget:
+class Budget(DailyCounters[UsageRecord]):
     """The spend of today and of this month against ``budget:``; one per process (``Admission.budget``).
 
     ``models``: ``settings.models`` (alias → spec), to tell paid aliases from free ones and to find the
@@ -148,18 +145,13 @@ class Budget:
     def __init__(self, store: DialogueStore, cfg: BudgetSettings, models: Mapping[str, ModelSpec],
                  clock: Callable[[], datetime], *, paid_features: frozenset[str] = frozenset(),
                  remember: bool = True) -> None:
+        super().__init__(clock)
         self.store = store
         self.paid_features = paid_features
         self.cfg = cfg
         self.models = dict(models)
-        self.clock = clock
-        self._lock = anyio.Lock()
-        self._loaded = False
-        self._day: date | None = None
         self._spent = {"day": 0.0, "month": 0.0}
         self._unpriced = {"day": 0, "month": 0}
-        self._rebuilding: date | None = None
-        self._arrived: list[UsageRecord] = []
         self._told: set[str] = set()  # notice keys queued or sent (this run) or stored (before)
         self._pending: list[BudgetNotice] = []
         self._wake = anyio.Event()
@@ -180,36 +172,15 @@ class Budget:
             self.paid_features = paid_features
         self._check_thresholds()
 
-    async def load(self) -> None:
-        """Make the spend today's and this month's (UTC, by ``clock``): at the first call and whenever
-        the day has turned since the last one, sum the stored ``usage`` of the month; else return at
-        once, without I/O."""
-        if self._loaded and _day(self.clock()) == self._day:
-            return
-        async with self._lock:
-            day = _day(self.clock())
-            if self._loaded and day == self._day:
-                return
-            await self._rebuild(day)
-            self._loaded = True
+    def _loaded_now(self) -> None:
         self._check_thresholds()
 
     async def _rebuild(self, day: date) -> None:
-        """Replace the spend with the stored usage of ``day``'s month up to ``day`` (the same re-read
-        as ``QuotaTracker._rebuild`` for calls recorded while the table is read)."""
-        month_start = day.replace(day=1)
-        rows: list[Any] = []
-        self._rebuilding = day
-        try:
-            for _attempt in range(_REBUILD_READS):
-                self._arrived = []
-                rows = await self.store.usage_totals(
-                    "day", since=datetime.combine(month_start, time(0), tzinfo=UTC))
-                if not self._arrived:
-                    break
-            arrived, self._arrived = self._arrived, []
-        finally:
-            self._rebuilding = None
+        """Replace the spend with the stored usage of ``day``'s month up to ``day`` (``DailyCounters._read``:
+        no call recorded while the table is read is missed)."""
+        month_start = datetime.combine(day.replace(day=1), time(0), tzinfo=UTC)
+        rows: list[Any]
+        rows, arrived = await self._read(day, lambda: self.store.usage_totals("day", since=month_start))
         today, month = day.isoformat(), day.strftime("%Y-%m")
         self._day = day
         self._spent = {"day": 0.0, "month": 0.0}
@@ -244,11 +215,7 @@ class Budget:
         """Add one billed call (its ``cost_usd``; None counts 0, as unpriced) when it falls in the
         loaded day/month; queue a notice for a threshold it crosses. Before ``load()``: nothing (load
         reads the table)."""
-        if not self._loaded and self._rebuilding is None:
-            return
-        day = _day(rec.ts)
-        if day == self._rebuilding:
-            self._arrived.append(rec)
+        if self._before_first_load() or self._held(utc_day(rec.ts), rec):
             return
         if self._count(rec):
             self._check_thresholds()
@@ -256,7 +223,7 @@ class Budget:
     def _count(self, rec: UsageRecord) -> bool:
         if self._day is None:
             return False
-        day = _day(rec.ts)
+        day = utc_day(rec.ts)
         if (day.year, day.month) != (self._day.year, self._day.month) or day > self._day:
             return False
         if day == self._day:
@@ -275,7 +242,7 @@ class Budget:
 
     def spend(self, period: str) -> Spend:
         """The ``period``'s (``day`` | ``month``) spend as last loaded and recorded."""
-        day = self._day or _day(self.clock())
+        day = self._day or utc_day(self.clock())
         return Spend(period, self._spent[period], self.cap(period), self._unpriced[period], period_end(period, day))
 
     def reached(self) -> Spend | None:

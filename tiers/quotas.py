@@ -30,28 +30,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
-import anyio
 
 from config.models import UNLIMITED, Quotas, TiersConfig
 from memory.store import DialogueStore
 from memory.types import UsageCount
 
+from .daily import DailyCounters, utc_day
 from .errors import TierError, UnknownTier
 
 log = logging.getLogger(__name__)
 
 ANY_MODEL = "*"
-_REBUILD_READS = 3  # reads of a day's usage before calls recorded during them are added as they are
 
 
 def next_midnight(now: datetime) -> datetime:
     """The next 00:00 UTC after ``now`` (when the daily quotas reset)."""
     now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
     return datetime.combine(now.date() + timedelta(days=1), time(0), tzinfo=UTC)
-
-
-def _day(now: datetime) -> date:
-    return (now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)).date()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +121,7 @@ def request_usage(q: Quotas, requests: dict[str, int], alias: str) -> tuple[int,
     return requests.get(alias, 0), UNLIMITED
 
 
-class QuotaTracker:
+class QuotaTracker(DailyCounters[_Call]):
     """Today's counters, rebuilt from the ``usage`` table and kept in memory in between.
 
     ``load()`` reads the rows of the current UTC day (by ``clock``) at the first call, and again
@@ -139,59 +134,24 @@ class QuotaTracker:
     """
 
     def __init__(self, store: DialogueStore, cfg: TiersConfig, clock: Callable[[], datetime]) -> None:
+        super().__init__(clock)
         self.store = store
         self.cfg = cfg
-        self.clock = clock
-        self._loaded = False
-        self._lock = anyio.Lock()
-        self._day: date | None = None
         self._users: dict[int, _User] = {}
         self._chat_requests: Counter = Counter()
         self._chat_tokens: Counter = Counter()
-        self._rebuilding: date | None = None  # the day being read from the table, while it is
-        self._arrived: list[_Call] = []  # calls of that day recorded during the read
-
-    @property
-    def loaded(self) -> bool:
-        return self._loaded
 
     @property
     def day(self) -> date | None:
         """The UTC day the counters are of (None before ``load()``)."""
         return self._day
 
-    async def load(self) -> None:
-        """Make the counters today's (UTC, by ``clock``): at the first call, and whenever the day has
-        turned since the last one, count that day's ``usage`` rows (queued rows are committed first,
-        so nothing recorded before is missed); otherwise return at once, without I/O."""
-        if self._loaded and _day(self.clock()) == self._day:
-            return
-        async with self._lock:
-            day = _day(self.clock())
-            if self._loaded and day == self._day:
-                return
-            await self._rebuild(day)
-            self._loaded = True
-
     async def _rebuild(self, day: date) -> None:
-        """Replace the counters with ``day``'s rows of the ``usage`` table.
-
-        A call recorded while the table is being read may or may not be in what the read returns, so
-        the read is repeated until one completes with no call of ``day`` recorded meanwhile (at most
-        ``_REBUILD_READS`` times; after that the calls recorded during the last read are added, which
-        can count one twice but never misses one)."""
+        """Replace the counters with ``day``'s rows of the ``usage`` table (queued rows are committed
+        first, so nothing recorded before is missed; ``DailyCounters._read``: nor during the read)."""
         start = datetime.combine(day, time(0), tzinfo=UTC)
-        rows: list[UsageCount] = []
-        self._rebuilding = day
-        try:
-            for _attempt in range(_REBUILD_READS):
-                self._arrived = []
-                rows = await self.store.usage_counts(start, start + timedelta(days=1))
-                if not self._arrived:
-                    break
-            arrived, self._arrived = self._arrived, []
-        finally:
-            self._rebuilding = None
+        rows: list[UsageCount]
+        rows, arrived = await self._read(day, lambda: self.store.usage_counts(start, start + timedelta(days=1)))
         self._reset(day)
         for r in rows:
             self._add(r.chat_id, r.user_id, r.model, r.calls, r.tokens, kind=r.kind, images=r.images, seconds=r.seconds)
@@ -209,14 +169,14 @@ class QuotaTracker:
         default now by the clock). Counted only when ``ts`` falls on the day the counters are of:
         another day's call is counted by the ``load()`` that reads that day from the table. Before
         the first ``load()`` it does nothing: load reads the table itself."""
-        if not self._loaded and self._rebuilding is None:
+        if self._before_first_load():
             log.debug("quota record before load ignored (the usage table is read at load)")
             return
-        day = _day(ts if ts is not None else self.clock())
+        day = utc_day(ts if ts is not None else self.clock())
         call = _Call(chat_id, user_id, alias, max(0, int(tokens)), kind, max(0, images), max(0.0, seconds))
-        if day == self._rebuilding:
-            self._arrived.append(call)
-        elif day == self._day:
+        if self._held(day, call):
+            return  # counted after the read in progress
+        if day == self._day:
             self._count(call)
         else:
             log.debug("quota record of %s not counted in memory (the counters are of %s)", day, self._day)
