@@ -224,3 +224,12 @@ async def test_plugins_command_admins_toggle_within_the_limit_members_cannot(tmp
         assert mine.text.startswith("calculator is off.") and mine.buttons
         assert (await rt.memory.store.chat_settings(MEMBER.user_id))["plugins"] == ["time"]
         assert (await rt.memory.store.chat_settings(GROUP))["plugins"] == ["calculator", "memory_search"]
+        # a press in a private chat whose id is not the member's (the terminal's chat, `kith chat --as`)
+        # is still theirs: no admin check, and the list it edits says so
+        TERMINAL = 1
+        listed = await chat.cmd(TERMINAL, MEMBER)
+        assert listed.text.endswith("Press a plugin to turn it on or off for you.")
+        await chat.press(TERMINAL, MEMBER, listed.message_id, "plug:time")
+        assert "time" not in (await rt.memory.store.chat_settings(TERMINAL))["plugins"]  # turned off, by them
+        edited = message(box, TERMINAL, listed.message_id).text
+        assert "**time**: off" in edited and edited.endswith("Press a plugin to turn it on or off for you.")

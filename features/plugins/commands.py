@@ -173,7 +173,7 @@ async def handle_button(ctx: ChatContext, ev: ButtonPress, name: str) -> None:
         await ctx.outbox.answer_button(ev.query_id, _("This button has expired."))
         return
     uid = ev.sender.user_id
-    private = ctx.chat_id == uid  # a private chat's id is the member's
+    private = ctx.chat_id > 0  # Telegram: private chats have positive ids, groups negative (a button press carries no chat type)
     if not await _may_change(ctx, private, uid):
         await ctx.outbox.answer_button(ev.query_id, _("Only this group's admins can turn plugins on or off here."),
                                        alert=True)
