@@ -24,3 +24,12 @@ class TelegramRefused(ActorError):
 class ControlServerError(ActorError):
     """The control server cannot listen (the port is taken, the address is not this machine's), or
     the CLI cannot run an operation through it (``actors.remote.RemoteError``)."""
+
+
+class RefundRefused(ActorError):
+    """Telegram refused to refund a payment (unknown charge, already refunded, not a Stars payment).
+    ``already``: the charge was refunded before (a second /admin refund)."""
+
+    def __init__(self, message: str, *, already: bool = False) -> None:
+        super().__init__(message)
+        self.already = already

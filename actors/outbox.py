@@ -69,6 +69,11 @@ class Outbox(Protocol):
         """Accept (ok) or refuse (with ``error`` shown to the buyer) a pre-checkout query."""
         ...
 
+    async def refund_star_payment(self, user_id: int, charge_id: str) -> None:
+        """Give ``user_id`` back the Telegram Stars of payment ``charge_id`` (Telegram's
+        ``refundStarPayment``). raises RefundRefused (``already`` when it was refunded before)."""
+        ...
+
     async def is_admin(self, chat_id: int, user_id: int) -> bool:
         """Whether ``user_id`` administers group ``chat_id`` (Telegram: owner or administrator)."""
         ...

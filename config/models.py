@@ -560,6 +560,7 @@ class CreditPack(Frozen):
     price: int = Field(gt=0)
     currency: str = "XTR"
     title: str | dict[str, str] | None = None  # a text, or one per interface language
+    expires_days: float | None = Field(None, gt=0)  # unspent credits of a purchase expire this long after it; None: never
 
     _languages = field_validator("title")(classmethod(lambda cls, v: Plan._languages(v)))
 

@@ -8,6 +8,13 @@ and can grant or revoke a subscription:
     /admin grant user:12345 premium 30     (days; none = no expiry)   ·   /admin grant here premium
     /admin revoke chat:-100123             ·   /admin revoke here
     /admin grant premium 30 · /admin revoke   (as a reply to a member's message: that member)
+    /admin refund CHARGE_ID                 (a Telegram Stars payment: the Stars go back to the payer)
+
+A refund goes through Telegram (``refundStarPayment``) first, then is recorded once in the credit
+ledger (``refund:<charge id>``): a refunded credit pack takes its unspent credits off the balance
+(never below zero), a refunded plan takes its days back off the subscription (ending it when none
+are left). Running it again says it was done; when Telegram refunded but the bot stopped before
+recording, running it again records it.
 
 ``here`` is the chat the command is sent in. Anyone else gets the same answer as for an unknown
 command (the command is not advertised), and in a group the overview is refused (it names other
@@ -17,18 +24,24 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, time
 
+import anyio
+
 import i18n
 from i18n import N_, _, ngettext
+from memory.ledger import LedgerEntry, purchase_key, refund_key
+from tiers.credits import refund_purchase
 from tiers.errors import TierError
 from tiers.subscriptions import parse_target
 
-from actors.handlers import ChatContext
+from actors.errors import RefundRefused
 from actors.events import PRIVATE, CommandEvent
+from actors.handlers import ChatContext
+from .credits import credits_text
 from .replies import reply
 
 
 USAGE = N_("/admin · /admin grant user:ID|chat:ID|here TIER [DAYS] · /admin revoke user:ID|chat:ID|here "
-           "(or, replying to a member's message: /admin grant TIER [DAYS] · /admin revoke)")
+           "(or, replying to a member's message: /admin grant TIER [DAYS] · /admin revoke) · /admin refund CHARGE_ID")
 TOP_CHATS = 5
 
 
@@ -45,6 +58,9 @@ async def cmd_admin(ctx: ChatContext, ev: CommandEvent) -> None:
         await reply(ctx, ev, await overview(ctx))
         return
     verb, rest = args[0].lower(), args[1:]
+    if verb == "refund" and len(rest) == 1:
+        await reply(ctx, ev, await refund(ctx, rest[0]))
+        return
     if ev.reply_to_user is not None and not (rest and _is_target(rest[0])):
         rest = [f"user:{ev.reply_to_user}", *rest]  # a reply names the member
     try:
@@ -73,6 +89,55 @@ async def cmd_admin(ctx: ChatContext, ev: CommandEvent) -> None:
         await reply(ctx, ev, f"{exc}. {_(USAGE)}")  # (a TierError's text is English: tiers has no catalog)
         return
     await reply(ctx, ev, _(USAGE))
+
+
+async def refund(ctx: ChatContext, charge_id: str) -> str:
+    """Refund the Stars payment ``charge_id`` and record it (see the module's text); the owner's answer."""
+    adm = ctx.svc.admission
+    if adm is None:
+        return _("This bot runs without tiers: it has no payments.")
+    payment = next((p for p in await adm.store.payments() if p.charge_id == charge_id), None)
+    if payment is None:
+        return _("No payment has the charge id {charge}.", charge=charge_id)
+    if payment.currency.upper() != "XTR":
+        return _("That payment is in {currency}: refund it in your payment provider's dashboard.", currency=payment.currency)
+    ledger = adm.ledger
+    if ledger is not None:
+        await ledger.open()
+        done = await ledger.get(refund_key(charge_id))
+        if done is not None and done.ts is not None:
+            return _("Payment {charge} was refunded on {when} UTC.", charge=charge_id, when=i18n.datetime_(done.ts.astimezone(UTC)))
+    try:
+        await ctx.outbox.refund_star_payment(payment.user_id, charge_id)
+    except RefundRefused as exc:
+        if not exc.already:
+            return _("Telegram refused the refund: {error}", error=str(exc))
+        # refunded by an earlier /admin refund that stopped before recording it: record it now
+    stars = ngettext("{n} Star", "{n} Stars", payment.amount, n=i18n.number(payment.amount))
+    with anyio.CancelScope(shield=True):  # the Stars went back: the record must follow
+        if payment.plan.startswith("credits:"):
+            if ledger is None or await ledger.get(purchase_key(charge_id)) is None:
+                return _("{stars} refunded to user {user}; no credits had been added for it.", stars=stars, user=payment.user_id)
+            posting = await refund_purchase(ledger, payment.scope, payment.scope_id, charge_id,
+                                            note=f"admin:{ctx.chat_id}")
+            return _("{stars} refunded to user {user}; {credits} unspent taken off {target} (balance {balance}).",
+                     stars=stars, user=payment.user_id, credits=credits_text(-posting.entry.amount),
+                     target=f"{payment.scope}:{payment.scope_id}", balance=credits_text(posting.balance))
+        sub = None
+        if payment.tier and payment.days:
+            sub = await adm.subs.shorten(payment.scope, payment.scope_id, payment.tier, payment.days)
+        if ledger is not None:
+            await ledger.append(LedgerEntry(refund_key(charge_id), payment.scope, payment.scope_id, "refund", 0,
+                                            ref=purchase_key(charge_id), charge_id=charge_id, note=f"plan:{payment.plan}"))
+    target = f"{payment.scope}:{payment.scope_id}"
+    if sub is None:
+        return _("{stars} refunded to user {user}; {target} has no subscription now.", stars=stars, user=payment.user_id,
+                 target=target)
+    if sub.expires_at is None:
+        return _("{stars} refunded to user {user}; {target} keeps {tier}, no expiry.", stars=stars, user=payment.user_id,
+                 target=target, tier=sub.tier)
+    return _("{stars} refunded to user {user}; {target}: {tier} until {when} UTC.", stars=stars, user=payment.user_id,
+             target=target, tier=sub.tier, when=i18n.datetime_(sub.expires_at.astimezone(UTC)))
 
 
 def _subs(ctx: ChatContext):

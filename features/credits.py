@@ -11,7 +11,7 @@ import logging
 
 import i18n
 from i18n import N_, _, ngettext
-from tiers.credits import is_pack_payload, pack_invoice, pack_title, validate_pack_checkout
+from tiers.credits import expire_due, expiring_soon, is_pack_payload, pack_invoice, pack_title, validate_pack_checkout
 from tiers.errors import PaymentError
 
 from actors.events import PRIVATE, ButtonPress, CommandEvent, PaymentEvent, PreCheckout, is_group
@@ -52,8 +52,12 @@ async def cmd_balance(ctx: ChatContext, ev: CommandEvent) -> None:
         await reply(ctx, ev, _("Credits are not enabled on this bot."))
         return
     uid = ev.sender.user_id
+    await expire_due(ledger, "user", uid)
     lines = [_("Your balance: **{credits}**", credits=credits_text(await ledger.balance("user", uid)))]
+    lines += [_("{credits} expire on {date}.", credits=credits_text(lot.remaining), date=i18n.date(lot.expires))
+              for lot in (await expiring_soon(ledger, "user", uid))[:3] if lot.expires is not None]
     if is_group(ev.chat_type):
+        await expire_due(ledger, "chat", ctx.chat_id)
         lines.append(_("This group's balance: **{credits}**", credits=credits_text(await ledger.balance("chat", ctx.chat_id))))
     tier = await adm.tier_of(ctx.chat_id, uid)
     alias = ctx.model_for(await ctx.user_settings(uid))

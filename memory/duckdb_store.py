@@ -412,11 +412,14 @@ class DuckDBStore(QueuedStore):
         store's side files (``memory.reminders``' delivery journal) live there."""
         return self.path.parent
 
-    async def sql_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple]]:
+    async def sql_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]], *,
+                              lock: str | None = None) -> list[list[tuple]]:
         """Run ``statements`` (SQL with ``?`` placeholders, and their parameters) in one transaction,
         committed before it returns; each statement's rows ([] for none). For the small per-domain
         stores of this package (``memory.reminders``), whose one SQL text runs on both backends; not
-        part of the ``DialogueStore`` contract. raises duckdb.Error (the transaction rolled back)."""
+        part of the ``DialogueStore`` contract. ``lock`` is for PostgreSQL's several processes: one
+        process owns a DuckDB file, and its transactions on this connection already run one at a
+        time. raises duckdb.Error (the transaction rolled back)."""
         def run() -> list[list[tuple]]:
             con = self._conn()
             con.execute("BEGIN TRANSACTION")

@@ -15,8 +15,12 @@ same movement twice (a payment delivered twice, a turn handled again after a res
 **Never below the floor**: a row that takes credits (negative ``amount``) is added only when the
 scope's balance stays at or above ``-overdraft`` (checked in the very statement that inserts it),
 and a refund only up to what its purchase brought in, less the refunds before it. Appends through one
-``Ledger`` run one at a time (a lock), so on PostgreSQL the check-and-insert of one process is not
-raced by itself; one bot process owns a Telegram token, and ``kith credits`` goes through it.
+``Ledger`` run one at a time (an anyio lock), and on PostgreSQL each append's transaction first takes
+an advisory lock on its balance (``pg_advisory_xact_lock``), so the check-and-insert of several
+processes sharing the database is not raced either.
+
+**Expiry**: a purchase or grant may carry ``expires_us``; what is left of it then (``tiers.credits``
+reads the rows as lots, spent soonest-expiring first) is taken by one ``expiry`` row keyed by it.
 """
 from __future__ import annotations
 
@@ -30,12 +34,13 @@ import anyio
 from .reminders import SqlBackend, transaction
 from .schema import from_us, to_us
 
-__all__ = ["KINDS", "SCOPES", "Ledger", "LedgerEntry", "Posting", "debit_key", "purchase_key"]
+__all__ = ["KINDS", "SCOPES", "Ledger", "LedgerEntry", "Posting", "debit_key", "expiry_key", "purchase_key", "refund_key"]
 
 SCOPES = ("user", "chat")
 KINDS = ("purchase", "debit", "refund", "grant", "revoke", "expiry")
 _IN = frozenset({"purchase", "grant"})   # kinds that add credits (amount > 0)
 _OUT = frozenset({"debit", "refund", "revoke", "expiry"})  # kinds that take credits (amount < 0)
+_TAKES = frozenset({"debit", "revoke", "expiry"})  # … and never 0 (a refund may be 0: everything it bought was spent)
 
 _DDL = (
     """
@@ -51,17 +56,30 @@ _DDL = (
         message_id  BIGINT,                   -- a debit: the answered message
         charge_id   VARCHAR,                  -- a purchase: telegram_payment_charge_id
         ref         VARCHAR,                  -- a refund: the purchase's key
-        note        VARCHAR                   -- the host's note, a pack's name, a model alias
+        note        VARCHAR,                  -- the host's note, a pack's name, a model alias
+        expires_us  BIGINT                    -- a purchase or grant: when its unspent credits expire (NULL: never)
     )
     """,
     "CREATE INDEX IF NOT EXISTS credit_ledger_scope ON credit_ledger (scope, scope_id)",
+    # (a table made before expiry existed gains the column; both engines know ADD COLUMN IF NOT EXISTS)
+    "ALTER TABLE credit_ledger ADD COLUMN IF NOT EXISTS expires_us BIGINT",
 )
-_COLS = "key, scope, scope_id, kind, amount, ts_us, user_id, chat_id, message_id, charge_id, ref, note"
+_COLS = "key, scope, scope_id, kind, amount, ts_us, user_id, chat_id, message_id, charge_id, ref, note, expires_us"
 
 
 def purchase_key(charge_id: str) -> str:
     """The key of the purchase paid with ``charge_id`` (one row per charge, however often delivered)."""
     return f"purchase:{charge_id}"
+
+
+def expiry_key(lot_key: str) -> str:
+    """The key of the expiry of the purchase or grant ``lot_key`` (it expires once)."""
+    return f"expiry:{lot_key}"
+
+
+def refund_key(charge_id: str) -> str:
+    """The key of the refund of the purchase paid with ``charge_id`` (refunded once)."""
+    return f"refund:{charge_id}"
 
 
 def debit_key(chat_id: int, message_id: int) -> str:
@@ -86,6 +104,7 @@ class LedgerEntry:
     charge_id: str | None = None
     ref: str | None = None
     note: str | None = None
+    expires: datetime | None = None  # a purchase or grant: when its unspent credits expire (None: never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +124,8 @@ class Posting:
 
 def _row(r: Sequence[Any]) -> LedgerEntry:
     return LedgerEntry(key=r[0], scope=r[1], scope_id=int(r[2]), kind=r[3], amount=int(r[4]), ts=from_us(r[5]),
-                       user_id=r[6], chat_id=r[7], message_id=r[8], charge_id=r[9], ref=r[10], note=r[11])
+                       user_id=r[6], chat_id=r[7], message_id=r[8], charge_id=r[9], ref=r[10], note=r[11],
+                       expires=from_us(r[12]) if r[12] is not None else None)
 
 
 def _check(e: LedgerEntry) -> None:
@@ -115,12 +135,14 @@ def _check(e: LedgerEntry) -> None:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {e.kind!r}")
     if not isinstance(e.amount, int) or isinstance(e.amount, bool):
         raise ValueError(f"amount must be an int, not {e.amount!r}")
-    if e.kind in _IN and e.amount <= 0 or e.kind in _OUT and e.amount >= 0:
+    if e.kind in _IN and e.amount <= 0 or e.kind in _OUT and e.amount > 0 or e.kind in _TAKES and e.amount == 0:
         raise ValueError(f"a {e.kind} must {'add' if e.kind in _IN else 'take'} credits, not {e.amount}")
     if not e.key:
         raise ValueError("a ledger entry needs a key")
-    if e.kind == "refund" and not e.ref:
-        raise ValueError("a refund names its purchase (ref)")
+    if e.kind in ("refund", "expiry") and not e.ref:
+        raise ValueError(f"a {e.kind} names its purchase or grant (ref)")
+    if e.expires is not None and e.kind not in _IN:
+        raise ValueError(f"only a purchase or grant expires, not a {e.kind}")
 
 
 class Ledger:
@@ -136,8 +158,8 @@ class Ledger:
         self._lock = anyio.Lock()
         self._opened = False
 
-    async def _tx(self, *statements: tuple[str, Sequence[Any]]) -> list[list[tuple]]:
-        return await transaction(self.backend, "credits", statements)
+    async def _tx(self, *statements: tuple[str, Sequence[Any]], lock: str | None = None) -> list[list[tuple]]:
+        return await transaction(self.backend, "credits", statements, lock=lock)
 
     async def open(self) -> Ledger:
         """Create the table when missing (once per object); returns self."""
@@ -167,13 +189,13 @@ class Ledger:
         insert = (
             f"INSERT INTO credit_ledger ({_COLS}) SELECT CAST(? AS VARCHAR), CAST(? AS VARCHAR), CAST(? AS BIGINT),"
             " CAST(? AS VARCHAR), CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS BIGINT),"
-            " CAST(? AS BIGINT), CAST(? AS VARCHAR), CAST(? AS VARCHAR), CAST(? AS VARCHAR)"
+            " CAST(? AS BIGINT), CAST(? AS VARCHAR), CAST(? AS VARCHAR), CAST(? AS VARCHAR), CAST(? AS BIGINT)"
             " WHERE NOT EXISTS (SELECT 1 FROM credit_ledger WHERE key = ?)"
             f" AND (CAST(? AS BIGINT) >= 0 OR {scope_sum} + CAST(? AS BIGINT) >= CAST(? AS BIGINT))"
             f" AND (CAST(? AS VARCHAR) <> 'refund' OR {refund_room} + CAST(? AS BIGINT) >= 0)"
             " ON CONFLICT DO NOTHING RETURNING key")
         params = [e.key, e.scope, e.scope_id, e.kind, e.amount, to_us(e.ts), e.user_id, e.chat_id, e.message_id,
-                  e.charge_id, e.ref, e.note,
+                  e.charge_id, e.ref, e.note, to_us(e.expires) if e.expires is not None else None,
                   e.key,
                   e.amount, e.scope, e.scope_id, e.amount, -max(0, int(overdraft)),
                   e.kind, e.ref or "", e.ref or "", e.ref or "", e.ref or "", e.amount]
@@ -181,7 +203,8 @@ class Ledger:
             inserted, existing, balance = await self._tx(
                 (insert, params),
                 (f"SELECT {_COLS} FROM credit_ledger WHERE key = ?", [e.key]),
-                ("SELECT COALESCE(SUM(amount), 0) FROM credit_ledger WHERE scope = ? AND scope_id = ?", [e.scope, e.scope_id]))
+                ("SELECT COALESCE(SUM(amount), 0) FROM credit_ledger WHERE scope = ? AND scope_id = ?", [e.scope, e.scope_id]),
+                lock=f"credit_ledger:{e.scope}:{e.scope_id}")
         total = int(balance[0][0])
         if inserted:
             return Posting("added", _row(existing[0]), total)
@@ -200,6 +223,25 @@ class Ledger:
         rows = (await self._tx((f"SELECT {_COLS} FROM credit_ledger WHERE scope = ? AND scope_id = ?"
                                 " ORDER BY ts_us DESC, key DESC LIMIT ?", [scope, scope_id, max(0, int(limit))])))[0]
         return [_row(r) for r in rows]
+
+    async def entries(self, scope: str, scope_id: int) -> list[LedgerEntry]:
+        """Every row of ``scope:scope_id``, oldest first (what ``tiers.credits.lots`` reads); rows of
+        the same microsecond: those adding credits first."""
+        rows = (await self._tx((f"SELECT {_COLS} FROM credit_ledger WHERE scope = ? AND scope_id = ?"
+                                " ORDER BY ts_us, CASE WHEN amount > 0 THEN 0 ELSE 1 END, key", [scope, scope_id])))[0]
+        return [_row(r) for r in rows]
+
+    async def expiring(self, now: datetime, scope: str | None = None, scope_id: int | None = None) -> list[tuple[str, int]]:
+        """``(scope, scope_id)`` of the balances holding a purchase or grant that expired by ``now``
+        and has no expiry row yet (all balances, or only ``scope:scope_id``)."""
+        sql = ("SELECT DISTINCT scope, scope_id FROM credit_ledger l WHERE expires_us IS NOT NULL AND expires_us <= ?"
+               " AND NOT EXISTS (SELECT 1 FROM credit_ledger x WHERE x.kind = 'expiry' AND x.ref = l.key)")
+        params: list[Any] = [to_us(now)]
+        if scope is not None:
+            sql += " AND scope = ? AND scope_id = ?"
+            params += [scope, scope_id]
+        rows = (await self._tx((sql + " ORDER BY scope, scope_id", params)))[0]
+        return [(r[0], int(r[1])) for r in rows]
 
     async def get(self, key: str) -> LedgerEntry | None:
         """The row with ``key``, or None."""

@@ -255,12 +255,18 @@ class PostgresStore(QueuedStore):
         store's side files (``memory.reminders``' delivery journal) live there."""
         return self._dump_dir
 
-    async def sql_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple]]:
+    async def sql_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]], *,
+                              lock: str | None = None) -> list[list[tuple]]:
         """Run ``statements`` (SQL with ``?`` placeholders, as the DuckDB store takes them, and their
         parameters) in one transaction, committed before it returns; each statement's rows ([] for
         none). For the small per-domain stores of this package (``memory.reminders``); not part of
-        the ``DialogueStore`` contract. The SQL must hold no other ``?`` or ``%``."""
+        the ``DialogueStore`` contract. The SQL must hold no other ``?`` or ``%``. ``lock``: a name
+        the transaction holds a PostgreSQL advisory lock on first (``pg_advisory_xact_lock``), so
+        transactions of several processes on the same name run one after another (READ COMMITTED:
+        each statement after it sees what the one before committed)."""
         async def work(con: Any) -> list[list[tuple]]:
+            if lock is not None:
+                await con.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [lock])
             out = []
             for sql, params in statements:
                 cur = await con.execute(sql.replace("?", "%s"), list(params))

@@ -81,16 +81,18 @@ class SqlBackend(Protocol):
     @property
     def local_dir(self) -> Path: ...
 
-    async def sql_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple]]: ...
+    async def sql_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]], *,
+                              lock: str | None = None) -> list[list[tuple]]: ...
 
 
-async def transaction(backend: SqlBackend, domain: str, statements: Sequence[tuple[str, Sequence[Any]]]
-                      ) -> list[list[tuple]]:
+async def transaction(backend: SqlBackend, domain: str, statements: Sequence[tuple[str, Sequence[Any]]], *,
+                      lock: str | None = None) -> list[list[tuple]]:
     """Run ``statements`` (one SQL text each, ``?`` placeholders) in one transaction of ``backend``;
-    the rows each returned. A driver's own error (duckdb.Error, psycopg.Error) becomes a
-    MemoryStoreError naming ``domain`` ("reminders", "credits")."""
+    the rows each returned. ``lock``: a name held for the transaction across processes (PostgreSQL's
+    advisory lock). A driver's own error (duckdb.Error, psycopg.Error) becomes a MemoryStoreError
+    naming ``domain`` ("reminders", "credits")."""
     try:
-        return await backend.sql_transaction(statements)
+        return await backend.sql_transaction(statements, lock=lock) if lock is not None else await backend.sql_transaction(statements)
     except MemoryStoreError:
         raise
     except Exception as exc:  # the driver's own errors (duckdb.Error, psycopg.Error)

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from memory.ledger import Ledger, LedgerEntry
+from tiers.credits import expire_all, expire_due
 from tiers.errors import TierError
 from tiers.subscriptions import parse_target
 
@@ -37,7 +38,8 @@ async def ledger_of(store: DialogueStore, ledger: Ledger | None) -> Ledger:
 def _entry_json(e: LedgerEntry) -> dict[str, Any]:
     return {"key": e.key, "target": f"{e.scope}:{e.scope_id}", "kind": e.kind, "amount": e.amount,
             "ts": e.ts.isoformat() if e.ts else None, "user_id": e.user_id, "chat_id": e.chat_id,
-            "message_id": e.message_id, "charge_id": e.charge_id, "ref": e.ref, "note": e.note}
+            "message_id": e.message_id, "charge_id": e.charge_id, "ref": e.ref, "note": e.note,
+            "expires": e.expires.isoformat() if e.expires else None}
 
 
 async def change(ledger: Ledger, target: str, amount: int, console: Console, *, kind: str, note: str | None = None,
@@ -60,7 +62,8 @@ async def change(ledger: Ledger, target: str, amount: int, console: Console, *, 
 
 
 async def list_balances(ledger: Ledger, console: Console, *, as_json: bool = False) -> None:
-    """Every balance with rows in the ledger."""
+    """Every balance with rows in the ledger (expired credits taken first)."""
+    await expire_all(ledger)
     rows = await ledger.balances()
     if as_json:
         console.file.write(json.dumps([{"target": f"{s}:{i}", "balance": b} for s, i, b in rows]) + "\n")
@@ -77,6 +80,7 @@ async def list_balances(ledger: Ledger, console: Console, *, as_json: bool = Fal
 async def history(ledger: Ledger, target: str, console: Console, *, limit: int = 50, as_json: bool = False) -> None:
     """The newest ``limit`` movements of ``target``, and its balance."""
     scope, scope_id = parse_target(target)
+    await expire_due(ledger, scope, scope_id)
     entries = await ledger.history(scope, scope_id, limit)
     balance = await ledger.balance(scope, scope_id)
     if as_json:

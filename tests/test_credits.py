@@ -5,7 +5,7 @@ refused with the /buy button when the balance is short; the member pays first, t
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from transports.local import IdAllocator, LocalOutbox
 pytestmark = pytest.mark.anyio
 
 USER = Sender(21, "Uma")
+OWNER = Sender(5, "Otto")
 GROUP = -100777
 
 
@@ -284,3 +285,71 @@ async def test_a_failed_answer_gets_its_price_back_once(tmp_path, st_model):
         assert (await admission.uncharge(adm, USER.user_id, 500)).balance == 10
         assert (await admission.uncharge(adm, USER.user_id, 500)).status == "duplicate"
         assert await bot.ledger.balance("user", USER.user_id) == 10
+
+
+def expiring_cfg() -> Config:
+    config = cfg()
+    tiers = config.tiers.model_copy(update={"credit_packs": {
+        "small": CreditPack(credits=100, price=50, expires_days=30)}})
+    return Config(settings=config.settings, tiers=tiers)
+
+
+async def test_a_packs_unspent_credits_expire_and_balance_says_when(tmp_path, st_model):
+    clock, holder = now(), {}
+    async with runtime(tmp_path, st_model, expiring_cfg(), clock, holder) as rt:
+        bot = Bot(rt, holder["outbox"], clock)
+        await bot.grant(10)  # never expires
+        clock.advance(seconds=1)
+        await bot.tell(USER.user_id, PaymentEvent(USER.user_id, 99, USER, "charge-1", make_pack_payload("small", "user", 21),
+                                                  50, "XTR", clock()))
+        clock.advance(seconds=1)
+        assert (await bot.say("one?")).responded and (await bot.say("two?")).responded  # 3 each, from the pack
+        text = (await bot.cmd("balance")).text
+        assert "Your balance: **104 credits**" in text and "94 credits expire on Mar 31, 2026" in text, text
+        clock.advance(days=31)
+        text = (await bot.cmd("balance")).text
+        assert "Your balance: **10 credits**" in text and "expire on" not in text, text
+        assert "expired: −94" in text
+        assert (await bot.say("three?")).responded and await bot.ledger.balance("user", USER.user_id) == 7
+
+
+async def test_admin_refund_gives_stars_back_and_takes_what_is_left(tmp_path, st_model):
+    clock, holder = now(), {}
+    config = cfg()
+    config = Config(settings=config.settings.model_copy(update={"telegram": config.settings.telegram.model_copy(
+        update={"owners": (OWNER.user_id,)})}), tiers=config.tiers)
+    async with runtime(tmp_path, st_model, config, clock, holder) as rt:
+        bot = Bot(rt, holder["outbox"], clock)
+
+        async def admin(args: str, who: Sender = OWNER) -> str:
+            bot.n += 1
+            await bot.tell(who.user_id, CommandEvent(who.user_id, "private", bot.n, who, "admin", args, clock()))
+            return bot.outbox.sent[-1].text
+
+        await bot.tell(USER.user_id, PaymentEvent(USER.user_id, 99, USER, "charge-1", make_pack_payload("small", "user", 21),
+                                                  50, "XTR", clock()))
+        clock.advance(seconds=1)
+        await bot.say("spend?")
+        assert await bot.ledger.balance("user", USER.user_id) == 97
+        text = await admin("refund charge-1")
+        assert bot.outbox.refunds == [(USER.user_id, "charge-1")]
+        assert "50 Stars refunded to user 21; 97 credits unspent taken off user:21 (balance 0 credits)" in text, text
+        again = await admin("refund charge-1")
+        assert "was refunded on" in again and len(bot.outbox.refunds) == 1
+        assert "No payment has the charge id nope" in await admin("refund nope")
+        # a plan: its days come off the subscription
+        await bot.tell(USER.user_id, PaymentEvent(USER.user_id, 100, USER, "charge-2", "kith:plan:month:user:21", 250, "XTR",
+                                                  clock()))
+        await bot.tell(USER.user_id, PaymentEvent(USER.user_id, 101, USER, "charge-3", "kith:plan:month:user:21", 250, "XTR",
+                                                  clock()))
+        subs = rt.services.admission.subs
+        until = (await subs.get("user", USER.user_id)).expires_at
+        text = await admin("refund charge-3")
+        assert (await subs.get("user", USER.user_id)).expires_at == until - timedelta(days=30)
+        assert "premium until" in text, text
+        # Telegram refunded it before, but the bot stopped before recording: recorded now, once
+        bot.outbox.refunds.append((USER.user_id, "charge-2"))
+        text = await admin("refund charge-2")
+        assert "has no subscription now" in text and await subs.get("user", USER.user_id) is None
+        assert (await bot.ledger.get("refund:charge-2")).note == "plan:month"
+        assert "Unknown command /admin" in await admin("refund charge-1", USER)  # not an owner

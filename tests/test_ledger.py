@@ -152,3 +152,74 @@ def test_ledger_invariants(tmp_path: Path) -> None:
                     assert -sum(r.amount for r in rows if r.kind == "refund" and r.ref == pkey) <= paid
 
             check()
+
+
+LOT_OPS = st.lists(st.tuples(
+    st.sampled_from(["purchase", "grant", "debit", "revoke", "refund", "expiry"]),
+    st.integers(0, 4),          # which lot a refund or expiry names
+    st.integers(1, 40),         # credits
+    st.sampled_from([None, 1, 5, 30]),  # a purchase's or grant's days to expiry
+), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=LOT_OPS)
+def test_lots_account_for_every_credit(ops) -> None:
+    """``tiers.credits.lots``: whatever the rows, what is left of the lots less the deficit is the
+    balance, no lot has less than 0 or more than it brought, and spending never takes from a lot
+    that had expired by then while a live one had credits."""
+    from tiers.credits import lots
+
+    rows: list[LedgerEntry] = []
+    balance = 0
+    for i, (kind, ref, n, days) in enumerate(ops):
+        ts = T0 + timedelta(days=i)
+        lot_keys = [r.key for r in rows if r.amount > 0]
+        if kind in ("purchase", "grant"):
+            rows.append(LedgerEntry(f"{kind}:{i}", "user", 1, kind, n, ts=ts,
+                                    expires=ts + timedelta(days=days) if days else None))
+            balance += n
+            continue
+        if kind in ("refund", "expiry") and not lot_keys:
+            continue
+        named = lot_keys[ref % len(lot_keys)] if kind in ("refund", "expiry") else None
+        rows.append(LedgerEntry(f"{kind}:{i}", "user", 1, kind, -n, ts=ts, ref=named))
+        balance -= n
+    found, deficit = lots(rows)
+    assert sum(lot.remaining for lot in found) - deficit == balance
+    assert deficit >= 0 and all(0 <= lot.remaining <= lot.amount for lot in found)
+
+
+@pytest.mark.anyio
+async def test_expiry_and_refund_take_only_what_is_left_of_their_lot(tmp_path: Path) -> None:
+    """A pack's unspent credits expire once (spent soonest-expiring first); a refunded purchase takes
+    its unspent credits, never below zero, once; an expiry row never makes a balance negative."""
+    from tiers.credits import expire_due, lots, refund_purchase
+
+    clock = [T0]
+    async with DuckDBStore(tmp_path / "kith.duckdb") as store:
+        ledger = await Ledger(store, clock=lambda: clock[0]).open()
+        await ledger.append(LedgerEntry("grant:base", "user", 1, "grant", 10))  # never expires
+        await ledger.append(LedgerEntry(purchase_key("c1"), "user", 1, "purchase", 100, charge_id="c1",
+                                        expires=T0 + timedelta(days=30)))
+        await ledger.append(buy("c2", 50))
+        await ledger.append(debit(1, 1, 30))  # from c1: it expires first
+        found, _ = lots(await ledger.entries("user", 1))
+        assert {lot.key: lot.remaining for lot in found} == {"grant:base": 10, "purchase:c1": 70, "purchase:c2": 50}
+        assert await expire_due(ledger, "user", 1) == 0  # not yet
+        clock[0] = T0 + timedelta(days=31)
+        assert await expire_due(ledger, "user", 1) == 70
+        assert await expire_due(ledger, "user", 1) == 0  # once
+        assert await ledger.balance("user", 1) == 60
+        await ledger.append(debit(1, 2, 55))  # the grant (oldest never-expiring), then c2
+        refund = await refund_purchase(ledger, "user", 1, "c2")
+        assert refund.added and refund.entry.amount == -5 and refund.balance == 0
+        assert (await refund_purchase(ledger, "user", 1, "c2")).status == "duplicate"
+        with pytest.raises(Exception, match="no credit purchase"):
+            await refund_purchase(ledger, "user", 1, "nope")
+        # spent into an overdraft: nothing of an expired lot is left to take
+        await ledger.append(LedgerEntry(purchase_key("c3"), "user", 2, "purchase", 20, charge_id="c3",
+                                        expires=clock[0] + timedelta(days=1)))
+        await ledger.append(debit(2, 1, 25, sid=2), overdraft=10)
+        clock[0] += timedelta(days=2)
+        assert await expire_due(ledger, "user", 2) == 0 and await ledger.balance("user", 2) == -5

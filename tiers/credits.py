@@ -14,6 +14,9 @@ The ledger itself is ``memory.ledger.Ledger``; this module holds the rules on to
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import anyio
 
@@ -21,15 +24,15 @@ import i18n
 from config.models import CreditPack, TiersConfig
 from config.secrets import payment_provider_token
 from i18n import _, ngettext
-from memory.ledger import Ledger, LedgerEntry, Posting, purchase_key
+from memory.ledger import Ledger, LedgerEntry, Posting, expiry_key, purchase_key, refund_key
 from memory.store import DialogueStore
 from memory.types import PaymentRecord
 
 from .errors import PaymentError
 from .payments import STARS, Invoice, build_payload, split_payload
 
-__all__ = ["PACK_PREFIX", "apply_pack_payment", "is_pack_payload", "make_pack_payload", "pack_invoice", "parse_pack_payload",
-           "payer", "validate_pack_checkout"]
+__all__ = ["PACK_PREFIX", "Lot", "apply_pack_payment", "expire_all", "expire_due", "expiring_soon", "is_pack_payload", "lots", "make_pack_payload",
+           "pack_invoice", "parse_pack_payload", "payer", "refund_purchase", "validate_pack_checkout"]
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +118,11 @@ async def apply_pack_payment(ledger: Ledger, store: DialogueStore, cfg: TiersCon
     with anyio.CancelScope(shield=True):  # once money moved, both rows must be written
         posting = None
         if pack is not None:
+            now = ledger.now()
+            expires = now + timedelta(days=pack.expires_days) if pack.expires_days else None
             posting = await ledger.append(LedgerEntry(
-                purchase_key(charge_id), scope, scope_id, "purchase", pack.credits, user_id=user_id, chat_id=chat_id,
-                charge_id=charge_id, note=name))
+                purchase_key(charge_id), scope, scope_id, "purchase", pack.credits, ts=now, user_id=user_id,
+                chat_id=chat_id, charge_id=charge_id, note=name, expires=expires))
         await store.add_payment(PaymentRecord(
             charge_id, user_id, chat_id, f"credits:{name}", "", 0, int(amount), (currency or "").upper(), scope, scope_id,
             ledger.now()))
@@ -133,8 +138,126 @@ async def payer(ledger: Ledger, chat_id: int, user_id: int, in_group: bool, need
     """Who pays ``need`` credits: the member (``("user", id)``) when their balance covers it (down to
     ``-overdraft``), else — in a group — the group (``("chat", id)``); None when neither can."""
     need = max(1, need)
+    await expire_due(ledger, "user", user_id)
     if await ledger.balance("user", user_id) + overdraft >= need:
         return "user", user_id
-    if in_group and await ledger.balance("chat", chat_id) + overdraft >= need:
+    if not in_group:
+        return None
+    await expire_due(ledger, "chat", chat_id)
+    if await ledger.balance("chat", chat_id) + overdraft >= need:
         return "chat", chat_id
     return None
+
+
+# ---------------------------------------------------------------------- lots: what is left of each purchase
+
+
+@dataclass(slots=True)
+class Lot:
+    """What is left (``remaining`` credits) of one purchase or grant of a balance, as ``lots`` reads
+    the ledger. expires: when its unspent credits expire (None: never)."""
+
+    key: str
+    kind: str
+    amount: int
+    remaining: int
+    ts: datetime
+    expires: datetime | None
+    charge_id: str | None = None
+
+
+def lots(entries: Iterable[LedgerEntry]) -> tuple[list[Lot], int]:
+    """Read one balance's rows (oldest first, ``Ledger.entries``) as lots: each purchase or grant,
+    and how much of it is left; and the deficit (credits owed: an overdraft). Invariant:
+    ``sum(remaining) - deficit == balance``.
+
+    Spending (debits, revokes, refunds or expiries naming no lot) takes from the lots that were not
+    expired at that moment, soonest-expiring first, then the oldest of those that never expire; what
+    no lot covers is the deficit, which the next purchase or grant pays first. A refund or expiry
+    takes from its own lot (``ref``)."""
+    out: list[Lot] = []
+    by_key: dict[str, Lot] = {}
+    deficit = 0
+
+    def spend(n: int, at: datetime) -> None:
+        nonlocal deficit
+        live = [lot for lot in out if lot.remaining > 0 and (lot.expires is None or lot.expires > at)]
+        live.sort(key=lambda lot: (lot.expires is None, lot.expires or lot.ts, lot.ts))
+        for lot in live:
+            if n <= 0:
+                break
+            take = min(n, lot.remaining)
+            lot.remaining -= take
+            n -= take
+        deficit += n
+
+    for e in entries:
+        assert e.ts is not None
+        if e.amount > 0:
+            lot = Lot(e.key, e.kind, e.amount, e.amount, e.ts, e.expires, e.charge_id)
+            paid = min(deficit, lot.remaining)
+            lot.remaining -= paid
+            deficit -= paid
+            out.append(lot)
+            by_key[e.key] = lot
+            continue
+        n = -e.amount
+        own = by_key.get(e.ref or "") if e.kind in ("refund", "expiry") else None
+        if own is not None:
+            take = min(n, own.remaining)
+            own.remaining -= take
+            n -= take
+        if n:
+            spend(n, e.ts)
+    return out, deficit
+
+
+async def expire_due(ledger: Ledger, scope: str, scope_id: int, now: datetime | None = None) -> int:
+    """Take what is left of ``scope:scope_id``'s purchases and grants that expired by ``now`` (one
+    ``expiry`` row each, keyed by the lot, never below a zero balance); the credits taken."""
+    now = now or ledger.now()
+    if not await ledger.expiring(now, scope, scope_id):
+        return 0
+    taken = 0
+    found, _deficit = lots(await ledger.entries(scope, scope_id))
+    for lot in found:
+        if lot.expires is None or lot.expires > now or lot.remaining <= 0:
+            continue
+        balance = await ledger.balance(scope, scope_id)
+        amount = min(lot.remaining, max(0, balance))
+        if amount <= 0:
+            continue  # (spent into an overdraft: nothing of it is left)
+        posting = await ledger.append(LedgerEntry(expiry_key(lot.key), scope, scope_id, "expiry", -amount, ts=now,
+                                                  ref=lot.key, note=lot.kind))
+        if posting.added:
+            taken += amount
+            log.info("%s:%s: %d unspent credits of %s expired", scope, scope_id, amount, lot.key)
+    return taken
+
+
+async def expire_all(ledger: Ledger, now: datetime | None = None) -> int:
+    """``expire_due`` for every balance holding an expired lot; the credits taken."""
+    now = now or ledger.now()
+    return sum([await expire_due(ledger, scope, scope_id, now) for scope, scope_id in await ledger.expiring(now)])
+
+
+async def expiring_soon(ledger: Ledger, scope: str, scope_id: int) -> list[Lot]:
+    """The lots of ``scope:scope_id`` with credits left that will expire, soonest first."""
+    found, _deficit = lots(await ledger.entries(scope, scope_id))
+    return sorted((lot for lot in found if lot.expires is not None and lot.remaining > 0), key=lambda lot: lot.expires or lot.ts)
+
+
+async def refund_purchase(ledger: Ledger, scope: str, scope_id: int, charge_id: str, *, note: str | None = None) -> Posting:
+    """Record the refund of the purchase paid with ``charge_id`` (its money went back through
+    Telegram): its unspent credits leave the balance (never below zero; 0 when everything it bought
+    was spent), once — a second call returns the first refund's posting (``"duplicate"``).
+    raises PaymentError when ``scope:scope_id`` has no such purchase."""
+    key = purchase_key(charge_id)
+    found, _deficit = lots(await ledger.entries(scope, scope_id))
+    lot = next((lot for lot in found if lot.key == key), None)
+    if lot is None:
+        raise PaymentError(f"{scope}:{scope_id} has no credit purchase with charge id {charge_id}")
+    balance = await ledger.balance(scope, scope_id)
+    amount = min(lot.remaining, max(0, balance))
+    return await ledger.append(LedgerEntry(refund_key(charge_id), scope, scope_id, "refund", -amount, ref=key,
+                                           charge_id=charge_id, note=note or "refund"))

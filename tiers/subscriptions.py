@@ -177,6 +177,25 @@ class SubscriptionStore:
                 new = Subscription(scope, scope_id, cur.tier, expires, source, now)
             return await self._put(new)
 
+    async def shorten(self, scope: str, scope_id: int, tier: str, days: float) -> Subscription | None:
+        """Take ``days`` of ``tier`` back from ``scope:scope_id`` (a refunded payment): its expiry moves
+        earlier by ``days``; when that is now or before, the subscription ends (removed). Nothing
+        changes when it has no subscription of ``tier`` or one that never expires. The subscription
+        after it (None: none left)."""
+        _check_scope(scope, scope_id)
+        async with self._lock:
+            now = _utc(self.clock())
+            cache = await self._cached()
+            cur = cache.get((scope, scope_id))
+            if cur is None or cur.tier != tier or cur.expires_at is None or days <= 0:
+                return cur
+            expires = cur.expires_at - timedelta(days=days)
+            if expires > now:
+                return await self._put(Subscription(scope, scope_id, tier, expires, cur.source, now))
+            await self.store.delete_subscription(scope, scope_id)
+            cache.pop((scope, scope_id), None)
+            return None
+
     async def revoke(self, scope: str, scope_id: int) -> bool:
         """Remove the subscription of ``scope:scope_id``; True if there was one."""
         _check_scope(scope, scope_id)

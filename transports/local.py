@@ -84,6 +84,7 @@ class LocalOutbox:
     sent: list[OutMessage] = field(default_factory=list)
     answered: list[tuple[str, str | None]] = field(default_factory=list)
     pre_checkouts: list[tuple[str, bool, str | None]] = field(default_factory=list)
+    refunds: list[tuple[int, str]] = field(default_factory=list)  # (user id, charge id) refunded
     admins: set[tuple[int, int]] | None = None  # (chat_id, user_id); None: everyone administers (console)
     deleted: list[tuple[int, int]] = field(default_factory=list)  # (chat_id, message_id) deleted by the bot
     language: str = i18n.DEFAULT
@@ -172,6 +173,14 @@ class LocalOutbox:
 
     async def answer_pre_checkout(self, query_id: str, ok: bool, error: str | None = None) -> None:
         self.pre_checkouts.append((query_id, ok, error))
+
+    async def refund_star_payment(self, user_id: int, charge_id: str) -> None:
+        """Recorded in ``refunds``; a charge refunded before raises RefundRefused(already=True), as Telegram does."""
+        from actors.errors import RefundRefused
+
+        if (user_id, charge_id) in self.refunds:
+            raise RefundRefused(f"CHARGE_ALREADY_REFUNDED: {charge_id}", already=True)
+        self.refunds.append((user_id, charge_id))
 
     async def is_admin(self, chat_id: int, user_id: int) -> bool:
         return self.admins is None or (chat_id, user_id) in self.admins

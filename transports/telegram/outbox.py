@@ -35,7 +35,7 @@ from pyrogram.errors import BadRequest, FloodWait, MessageNotModified, RPCError,
 from config.models import TelegramSettings
 from i18n import _
 
-from actors.errors import ActorError
+from actors.errors import ActorError, RefundRefused
 from actors.outbox import Button, Sent
 from .limits import SendLimiter, Sleep, flood_seconds
 from .render import MAX_CAPTION_UNITS, MAX_MESSAGE_UNITS, Part, render, render_parts, split, to_pyrogram, utf16_len
@@ -265,6 +265,15 @@ class TelegramOutbox:
             log.warning("could not delete message %s in chat %s: %s", message_id, chat_id, e)
             return False
         return True
+
+    async def refund_star_payment(self, user_id: int, charge_id: str) -> None:
+        """Refund a Stars payment (``payments.refundStarsCharge``). raises RefundRefused."""
+        try:
+            await self.limits.call(None, lambda: self.client.refund_star_payment(user_id, charge_id),
+                                   what="refund_star_payment", budget=False)
+        except RPCError as e:
+            already = "ALREADY_REFUNDED" in str(getattr(e, "ID", "") or e)
+            raise RefundRefused(f"Telegram refused to refund {charge_id}: {e}", already=already) from e
 
     async def answer_pre_checkout(self, query_id: str, ok: bool, error: str | None = None) -> None:
         """Accept or refuse a pre-checkout query (Telegram waits at most 10 s for the answer)."""
