@@ -840,8 +840,8 @@ def tiers_command(
     verbose: Verbose = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the tiers and plans as JSON (the validated tiers.yaml).")] = False,
 ) -> None:
-    """Show the tiers and their limits (models, quotas, storage, largest file, features, fallback, member
-    rate) and the plans. --data-dir is accepted like everywhere (tiers come from the config, not the data)."""
+    """Show the tiers and their limits (models, quotas, storage, largest file, features, what happens once a
+    quota is spent, member rate), the credit packs and prices, and the plans. --data-dir is accepted like everywhere (tiers come from the config, not the data)."""
     from operations.tiers_report import print_tiers
 
     del data_dir  # the tiers are the config's; accepted so that every command takes the same options

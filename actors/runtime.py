@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 import anyio
+import i18n
 
 from config.models import Config
 from memory.documents import DocumentReader
@@ -195,16 +196,20 @@ async def tell_owners_budget(budget: Budget, box: Outbox, services: Services) ->
     store it as told (``Budget.told``); runs as long as the runtime."""
     while True:
         for notice in await budget.notices():
-            await _tell_owners(notice, box, services.owners)
+            await _tell_owners(notice, box, services)
             await budget.told(notice)
 
 
-async def _tell_owners(notice: BudgetNotice, box: Outbox, owners: Iterable[int]) -> None:
-    text = notice_text(notice)
+async def _tell_owners(notice: BudgetNotice, box: Outbox, services: Services) -> None:
+    """Each owner in their own language (/settings language), else the bot's (``bot.language``)."""
+    owners = services.owners
     if not owners:
-        log.warning("budget: %s (no owners to tell: set telegram.owners)", text)
+        log.warning("budget: %s (no owners to tell: set telegram.owners)", notice_text(notice))
     for owner in sorted(owners):
         try:
+            chosen = (await services.memory.store.user_settings(owner)).get("language")
+            with i18n.use(i18n.normalize(chosen) or services.config.settings.bot.language):
+                text = notice_text(notice)
             await box.send(owner, text)
         except Exception as exc:  # noqa: BLE001 - an owner who blocked the bot must not stop the others
             log.warning("budget: owner %s not told: %s", owner, exc)

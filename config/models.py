@@ -463,9 +463,10 @@ class Quotas(Frozen):
     images_per_day: int = UNLIMITED  # images generated (/image) per user
     audio_seconds_per_day: int = UNLIMITED  # seconds of voice/audio transcribed per user
     tool_calls_per_day: int = UNLIMITED  # tool calls the model makes for the user (every plugin together)
+    pages_per_day: int = UNLIMITED  # document pages read into memory per user (a text file counts 1)
 
     _v = field_validator("tokens_per_day", "chat_requests_per_day", "chat_tokens_per_day", "images_per_day",
-                         "audio_seconds_per_day", "tool_calls_per_day")(classmethod(lambda cls, v: _limit(v)))
+                         "audio_seconds_per_day", "tool_calls_per_day", "pages_per_day")(classmethod(lambda cls, v: _limit(v)))
 
     @field_validator("requests_per_day")
     @classmethod
@@ -568,8 +569,10 @@ class CreditPack(Frozen):
 class Prices(Frozen):
     """What answers cost in credits once a tier's quota is spent (``when_spent: credits``).
     per_message: per answered message, by model alias or ``"*"`` for the others; per_1k_tokens:
-    per 1,000 prompt + completion tokens, added to it. The media prices (per_image, per_audio_minute,
-    per_page, per_tool_call) are shown to members; charging them is not done yet."""
+    per 1,000 prompt + completion tokens, added to it. per_image (generated), per_audio_minute
+    (transcribed, started minutes), per_page (of a document read into memory) and per_tool_call are
+    paid once the matching daily quota (images_per_day, audio_seconds_per_day, pages_per_day,
+    tool_calls_per_day) is spent; a price of 0 leaves that quota a hard limit."""
 
     per_message: dict[str, int] = Field(default_factory=dict)
     per_1k_tokens: int = Field(0, ge=0)
@@ -589,6 +592,13 @@ class Prices(Frozen):
     def message(self, alias: str) -> int:
         """Credits per answered message with ``alias`` (its own price, else ``"*"``, else 0)."""
         return self.per_message.get(alias, self.per_message.get("*", 0))
+
+    def media(self, *, images: int = 0, seconds: float = 0.0, pages: int = 0, tool_calls: int = 0) -> int:
+        """Credits for ``images`` generated, ``seconds`` of audio (started minutes), ``pages`` read and
+        ``tool_calls`` made."""
+        minutes = -(-int(max(0.0, seconds) * 1000) // 60_000)
+        return (self.per_image * max(0, images) + self.per_audio_minute * minutes + self.per_page * max(0, pages)
+                + self.per_tool_call * max(0, tool_calls))
 
     def tokens(self, n: int) -> int:
         """Credits for ``n`` tokens at ``per_1k_tokens`` (rounded up)."""

@@ -46,11 +46,13 @@ from memory.markers import clock_time, marker
 from memory.types import DocumentInfo, UsageRecord
 from providers.errors import ProviderError
 
-from .billing import plans_button
-from actors.handlers import ChatContext
+from memory.ledger import debit_key
+from tiers.admission import Admit
+
 from actors.errors import ActorError
 from actors.events import CommandEvent, Incoming, Media, with_caption
-from actors.handlers import Understood
+from actors.handlers import ChatContext, Understood
+from .credits import upgrade_buttons
 
 
 log = logging.getLogger(__name__)
@@ -105,11 +107,14 @@ async def understand(ctx: ChatContext, ev: Incoming, user_settings: dict) -> Und
                 "That recording is {length} long; I transcribe at most {limit}.",
                 length=clock_time(media.duration_s), limit=clock_time(settings.max_seconds)))
     adm = ctx.svc.admission
+    paid: Admit | None = None  # a quota is spent and credits pay for this (debited once it is done)
     if adm is not None:
         verdict = await adm.admit_feature(ctx.chat_id, ev.sender.user_id, feature, size_bytes=media.size,
-                                          seconds=(media.duration_s or 1.0) if voice else 0.0)
+                                          seconds=(media.duration_s or 1.0) if voice else 0.0,
+                                          pages=1 if media.kind == "document" else 0)
         if not verdict.allowed:
-            return Understood(base, note=verdict.refusal, billing=verdict.reason in ("feature", "quota"))
+            return Understood(base, note=verdict.refusal, billing=verdict.reason in ("feature", "quota", "credits"))
+        paid = verdict if verdict.paid_by is not None else None
     try:
         data = await _download(media)
     except ActorError as exc:
@@ -120,10 +125,18 @@ async def understand(ctx: ChatContext, ev: Incoming, user_settings: dict) -> Und
         if not verdict.allowed:
             return Understood(base, note=verdict.refusal)
     if media.kind == "document":
-        return await _read_document(ctx, ev, media, data, base)
+        return await _read_document(ctx, ev, media, data, base, paid)
     if media.kind == "photo":
         return await _see_photo(ctx, ev, media, data, base, user_settings)
-    return await _transcribe(ctx, ev, media, data)
+    return await _transcribe(ctx, ev, media, data, paid)
+
+
+async def _charge(ctx: ChatContext, ev: Incoming, paid: Admit | None, what: str, units: int = 1) -> None:
+    """Debit ``paid`` (admitted past a spent quota, paid with credits) for ``ev``'s ``what``, once."""
+    if paid is None or ctx.svc.admission is None:
+        return
+    await ctx.svc.admission.charge_extra(paid, f"{debit_key(ctx.chat_id, ev.message_id)}:{what}", user_id=ev.sender.user_id,
+                                         chat_id=ctx.chat_id, message_id=ev.message_id, units=units, note=what)
 
 
 async def _download(media: Media) -> bytes:
@@ -146,7 +159,8 @@ def _usage(ctx: ChatContext, ev: Incoming, kind: str, model: str, *, prompt_toke
 # ---------------------------------------------------------------------- documents
 
 
-async def _read_document(ctx: ChatContext, ev: Incoming, media: Media, data: bytes, base: str) -> Understood:
+async def _read_document(ctx: ChatContext, ev: Incoming, media: Media, data: bytes, base: str,
+                         paid: Admit | None = None) -> Understood:
     from providers.errors import DocumentError
 
     name = media.file_name or "document"
@@ -161,6 +175,7 @@ async def _read_document(ctx: ChatContext, ev: Incoming, media: Media, data: byt
         log.info("chat %s: document %s not read: %s", ctx.chat_id, name, exc)
         return Understood(base, note=exc.user_message)
     _usage(ctx, ev, "document", "documents", latency_ms=(time.perf_counter() - t0) * 1000, pages=info.pages or 1)
+    await _charge(ctx, ev, paid, "pages", info.pages or 1)
     ctx.note_new_memories()
     note = _("📄 {name}: {summary} kept in this chat's memory.", name=name, summary=summary_for_member(info))
     if not ev.text.strip():
@@ -197,7 +212,9 @@ async def _see_photo(ctx: ChatContext, ev: Incoming, media: Media, data: bytes, 
     settings = ctx.svc.config.settings
     alias = ctx.model_for(user_settings)
     spec = settings.models.get(alias)
-    if spec is not None and vision.supports_vision(spec):
+    budget = ctx.svc.admission.budget if ctx.svc.admission is not None else None
+    over_cap = budget is not None and not budget.allows_paid() and budget.is_paid(alias)  # a free model answers instead
+    if spec is not None and vision.supports_vision(spec) and not over_cap:
         text = base
         if settings.media.describe_images:
             try:
@@ -233,7 +250,7 @@ async def _see_photo(ctx: ChatContext, ev: Incoming, media: Media, data: bytes, 
 # ---------------------------------------------------------------------- voice, audio, video notes
 
 
-async def _transcribe(ctx: ChatContext, ev: Incoming, media: Media, data: bytes) -> Understood:
+async def _transcribe(ctx: ChatContext, ev: Incoming, media: Media, data: bytes, paid: Admit | None = None) -> Understood:
     transcriber = ctx.svc.transcriber
     assert transcriber is not None, "checked by understand()"
     name = media.file_name or {"voice": "voice.ogg", "video_note": "video_note.mp4"}.get(media.kind, "audio.mp3")
@@ -244,6 +261,7 @@ async def _transcribe(ctx: ChatContext, ev: Incoming, media: Media, data: bytes)
         return Understood(with_caption(media, ev.text), note=exc.user_message)
     seconds = t.seconds or media.duration_s or 0.0
     _usage(ctx, ev, "transcription", t.model, cost_usd=t.cost_usd, latency_ms=t.latency_ms, seconds=seconds)
+    await _charge(ctx, ev, paid, "audio")
     said = " ".join(t.text.split())
     text = f"{marker(media.kind, file_name=media.file_name, duration_s=media.duration_s or seconds or None)} {said}" + (f"\n{ev.text.strip()}" if ev.text.strip() else "")
     note = _("🎤 “{text}”", text=said) if said else _("🎤 I heard no speech in that recording.")
@@ -289,7 +307,7 @@ async def generate_image(ctx: ChatContext, *, chat_id: int, message_id: int, use
     models = svc.config.settings.image_models
 
     async def say(text: str, billing: bool = False) -> None:
-        rows = plans_button(ctx) if billing else None
+        rows = upgrade_buttons(ctx) if billing else None
         if rows:
             await ctx.outbox.send_buttons(chat_id, text, rows, reply_to=message_id, thread_id=thread_id)
         else:
@@ -299,10 +317,12 @@ async def generate_image(ctx: ChatContext, *, chat_id: int, message_id: int, use
         await say(_("Drawing images is not set up on this bot (no image model in kith.yaml)."))
         return False
     alias = next(iter(models))
+    verdict = None
     if svc.admission is not None:
         verdict = await svc.admission.admit_feature(chat_id, user_id, "image_generation", images=1)
         if not verdict.allowed:
-            await say(verdict.refusal or _("Sorry, I can't draw right now."), billing=verdict.reason in ("feature", "quota"))
+            await say(verdict.refusal or _("Sorry, I can't draw right now."),
+                      billing=verdict.reason in ("feature", "quota", "credits"))
             return False
         tier_model = svc.config.tiers.tiers[verdict.tier].image_model
         if tier_model in models:
@@ -317,6 +337,9 @@ async def generate_image(ctx: ChatContext, *, chat_id: int, message_id: int, use
         await say(exc.user_message)
         return False
     svc.record_usage(UsageRecord(svc.clock(), chat_id, user_id, "image", img.model, 0, 0, img.cost_usd, img.latency_ms, images=1))
+    if svc.admission is not None and verdict is not None and verdict.paid_by is not None:
+        await svc.admission.charge_extra(verdict, f"{debit_key(chat_id, message_id)}:image", user_id=user_id,
+                                         chat_id=chat_id, message_id=message_id, note="image")
     caption = f"🎨 {prompt}"
     await ctx.outbox.send_photo(chat_id, img.data, caption=caption[:1000], reply_to=message_id, thread_id=thread_id)
     return True

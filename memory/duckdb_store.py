@@ -974,14 +974,15 @@ class DuckDBStore(QueuedStore):
 
     async def usage_counts(self, start: datetime, end: datetime) -> list[UsageCount]:
         """Usage per ``(chat_id, user_id, model, kind)`` with ``start <= ts < end``: calls, prompt +
-        completion tokens, images, audio seconds (the quota counters of a day)."""
+        completion tokens, images, audio seconds, document pages (the quota counters of a day)."""
         await self._queue.sync()
         rows = await self._query(
             "SELECT chat_id, user_id, model, kind, count(*), coalesce(sum(prompt_tokens + completion_tokens), 0),"
-            " coalesce(sum(images), 0), coalesce(sum(seconds), 0) FROM usage"
+            " coalesce(sum(images), 0), coalesce(sum(seconds), 0), coalesce(sum(pages), 0) FROM usage"
             f" WHERE ts >= {_TS.format('?')} AND ts < {_TS.format('?')} GROUP BY ALL",
             [to_us(start), to_us(end)])
-        return [UsageCount(int(c), int(u), m, k, int(n), int(t), int(i), float(sec)) for c, u, m, k, n, t, i, sec in rows]
+        return [UsageCount(int(c), int(u), m, k, int(n), int(t), int(i), float(sec), int(pg))
+                for c, u, m, k, n, t, i, sec, pg in rows]
 
     async def recalls_for(self, chat_id: int, reply_message_id: int) -> list[tuple[int, float]]:
         """``(memory_message_id, score)`` injected into that reply, best score first."""

@@ -747,9 +747,10 @@ class PostgresStore(QueuedStore):
         await self._queue.sync()
         rows = await self._fetch(
             "SELECT chat_id, user_id, model, kind, count(*), coalesce(sum(prompt_tokens + completion_tokens), 0),"
-            " coalesce(sum(images), 0), coalesce(sum(seconds), 0) FROM usage WHERE ts >= %s AND ts < %s"
+            " coalesce(sum(images), 0), coalesce(sum(seconds), 0), coalesce(sum(pages), 0) FROM usage WHERE ts >= %s AND ts < %s"
             " GROUP BY 1, 2, 3, 4", [_utc(start), _utc(end)])
-        return [UsageCount(int(c), int(u), m, k, int(n), int(t), int(i), float(sec)) for c, u, m, k, n, t, i, sec in rows]
+        return [UsageCount(int(c), int(u), m, k, int(n), int(t), int(i), float(sec), int(pg))
+                for c, u, m, k, n, t, i, sec, pg in rows]
 
     async def recalls_for(self, chat_id: int, reply_message_id: int) -> list[tuple[int, float]]:
         await self._queue.sync()

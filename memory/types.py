@@ -239,7 +239,7 @@ class UsageTotal:
 @dataclass(frozen=True, slots=True)
 class UsageCount:
     """Usage of one ``(chat, user, model, kind)`` in a time window (``DialogueStore.usage_counts``):
-    calls, tokens (prompt + completion), images generated, seconds of audio."""
+    calls, tokens (prompt + completion), images generated, seconds of audio, document pages read."""
 
     chat_id: int
     user_id: int
@@ -249,6 +249,7 @@ class UsageCount:
     tokens: int
     images: int
     seconds: float
+    pages: int = 0
 
 
 @dataclass(frozen=True, slots=True)

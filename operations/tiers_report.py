@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from memory.store import DialogueStore
 
 import i18n
-from config.models import UNLIMITED, TiersConfig
+from config.models import UNLIMITED, Tier, TiersConfig
 
 from tiers.subscriptions import Subscription, SubscriptionStore, parse_target
 from tiers.budget import PERIODS, Budget
@@ -48,7 +48,8 @@ def _when(ts: datetime | None) -> str:
 
 WIDE_TIERS = 120  # columns from which ``kith tiers`` prints one table (a column per tier); below, one block per tier
 _TIER_FIELDS = ("models", "requests/day", "tokens/day", "chat req/day", "chat tokens/day", "images/day", "audio/day",
-                "user msgs / memories", "chat msgs / memories", "largest file", "features", "fallback", "member msgs/min")
+                "pages/day", "tool calls/day", "user msgs / memories", "chat msgs / memories", "largest file", "features",
+                "when spent", "member msgs/min")
 
 
 def tier_rows(cfg: TiersConfig) -> list[tuple[str, dict[str, str]]]:
@@ -61,12 +62,46 @@ def tier_rows(cfg: TiersConfig) -> list[tuple[str, dict[str, str]]]:
         feats = ", ".join(k for k, v in t.features.model_dump().items() if v) or "—"
         values = (", ".join("all" if m == "*" else m for m in t.models) or "none", rpd, _lim(q.tokens_per_day),
                   _lim(q.chat_requests_per_day), _lim(q.chat_tokens_per_day), _lim(q.images_per_day),
-                  _minutes(q.audio_seconds_per_day),
+                  _minutes(q.audio_seconds_per_day), _lim(q.pages_per_day), _lim(q.tool_calls_per_day),
                   f"{_lim(t.user.dialogue_limit)} / {_lim(t.user.memory_limit)}",
                   f"{_lim(t.chat.dialogue_limit)} / {_lim(t.chat.memory_limit)}",
-                  "∞" if t.max_file_mb < 0 else f"{t.max_file_mb:g} MB", feats, t.fallback_model or "— (refuse)", _lim(t.member_messages_per_minute))
+                  "∞" if t.max_file_mb < 0 else f"{t.max_file_mb:g} MB", feats, _spent(t),
+                  _lim(t.member_messages_per_minute))
         out.append((f"{name} (default)" if name == cfg.default_tier else name, dict(zip(_TIER_FIELDS, values))))
     return out
+
+
+def _spent(t: Tier) -> str:
+    """What a tier does once a quota is spent: ``refuse``, ``fallback: fast``, ``credits (overdraft 10)``."""
+    mode = t.spent_mode
+    if mode == "fallback":
+        return f"fallback: {t.fallback_model}"
+    if mode == "credits":
+        return "credits" + (f" (overdraft {t.overdraft:,})" if t.overdraft else "")
+    return "refuse"
+
+
+def _price(amount: int, currency: str) -> str:
+    return f"{amount} ⭐ (XTR)" if currency.upper() == "XTR" else f"{amount} {currency} (smallest unit)"
+
+
+def print_credits(cfg: TiersConfig, console: Console) -> None:
+    """The credit packs (/buy) and the prices in credits, when credits are sold or spent."""
+    if cfg.credit_packs:
+        packs = Table(title="credit packs (/buy)")
+        for col in ("pack", "credits", "price", "expires", "title"):
+            packs.add_column(col)
+        for name, p in cfg.credit_packs.items():
+            packs.add_row(escape(name), f"{p.credits:,}", escape(_price(p.price, p.currency)),
+                          f"after {p.expires_days:g} days" if p.expires_days else "never", escape(i18n.pick(p.title) or ""))
+        console.print(packs)
+    pr = cfg.prices
+    if not (cfg.credit_packs or pr.priced):
+        return
+    per_message = ", ".join(f"{'any' if a == '*' else a}: {n:,}" for a, n in pr.per_message.items()) or "0"
+    console.print(f"prices in credits — per answer: {escape(per_message)}; per 1,000 tokens: {pr.per_1k_tokens:,}; "
+                  f"per image: {pr.per_image:,}; per audio minute: {pr.per_audio_minute:,}; per page: {pr.per_page:,}; "
+                  f"per tool call: {pr.per_tool_call:,}")
 
 
 def print_tiers(cfg: TiersConfig, console: Console) -> None:
@@ -91,6 +126,7 @@ def print_tiers(cfg: TiersConfig, console: Console) -> None:
             for key, value in values.items():
                 block.add_row(key, escape(value))
             console.print(block)
+    print_credits(cfg, console)
     if not cfg.plans:
         console.print("[dim]no plans: /billing sells nothing[/]")
         return
@@ -98,8 +134,7 @@ def print_tiers(cfg: TiersConfig, console: Console) -> None:
     for col in ("plan", "tier", "days", "price", "title"):
         plans.add_column(col)
     for name, p in cfg.plans.items():
-        price = f"{p.price} ⭐ (XTR)" if p.currency.upper() == "XTR" else f"{p.price} {p.currency} (smallest unit)"
-        plans.add_row(escape(name), escape(p.tier), str(p.days), escape(price), escape(i18n.pick(p.title) or ""))
+        plans.add_row(escape(name), escape(p.tier), str(p.days), escape(_price(p.price, p.currency)), escape(i18n.pick(p.title) or ""))
     console.print(plans)
 
 

@@ -206,3 +206,25 @@ async def test_the_cap_reached_in_a_burst_stops_paid_calls_within_one_turn(tmp_p
         await anyio.sleep(0.05)
     assert [t.model for t in again] == ["recall"] and len(llm_server.requests) == before
     assert [m for m in holder["box"].sent if m.chat_id == OWNER] == []
+
+
+async def test_owners_are_told_in_their_own_language_else_the_bots(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from actors.runtime import _tell_owners
+    from config.models import BotSettings
+
+    cfg = Config(settings=Settings(bot=BotSettings(language="ru")), tiers=TiersConfig())
+    clock = Clock(datetime(2025, 3, 30, 12, tzinfo=UTC))
+    async with dialogue_store(cfg, tmp_path) as store:
+        await store.set_user_settings(OWNER, {"language": "en"})
+        budget = Budget(store, BudgetSettings(daily_usd=1.0), MODELS, clock)
+        await budget.load()
+        budget.record(usage(clock(), 0.9))
+        (notice,) = await budget.notices()
+        box = LocalOutbox(IdAllocator(store.max_message_id))
+        services = SimpleNamespace(owners=frozenset({OWNER, 78}), memory=SimpleNamespace(store=store), config=cfg)
+        await _tell_owners(notice, box, services)  # type: ignore[arg-type]
+    said = {m.chat_id: m.text for m in box.sent}
+    assert said[OWNER].startswith("💸 80 % of today's spending limit is used")  # chose English
+    assert not said[78].startswith("💸 80 % of today's") and "80" in said[78]  # the bot's language: Russian

@@ -269,3 +269,20 @@ def test_no_third_party_warnings_on_stderr_unless_verbose(imported, tmp_path):
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
     loud = search("-v")
     assert loud.returncode == 0 and "[transformers]" in loud.stderr  # still there for whoever asks
+
+
+def test_kith_tiers_lists_credit_packs_prices_and_what_a_spent_quota_does(tmp_path):
+    tiers = (Path(__file__).parent.parent / "config" / "tiers.yaml").read_text(encoding="utf-8")
+    tiers = tiers.replace("# credit_packs:", "credit_packs:").replace(
+        "#   small: {credits: 100", "  small: {credits: 100").replace(
+        "#   month: {credits: 300, price: 100, expires_days: 30}", "  month: {credits: 300, price: 100, expires_days: 30}")
+    tiers = tiers.replace("# prices:", "prices:").replace("#   per_message: {\"*\": 1}", "  per_message: {\"*\": 1}").replace(
+        "#   per_image: 5", "  per_image: 5")
+    (tmp_path / "tiers.yaml").write_text(tiers, encoding="utf-8")
+    (tmp_path / "kith.yaml").write_text("", encoding="utf-8")
+    res = CliRunner().invoke(app, ["tiers", "--config", str(tmp_path / "kith.yaml")], env={"COLUMNS": "160"},
+                             terminal_width=160)
+    assert res.exit_code == 0, res.output
+    assert "credit packs (/buy)" in res.output and "after 30 days" in res.output and "300" in res.output
+    assert "per answer: any: 1" in res.output and "per image: 5" in res.output
+    assert "when spent" in res.output and "refuse" in res.output and "pages/day" in res.output

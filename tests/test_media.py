@@ -17,7 +17,7 @@ from actors.events import CommandEvent, Incoming, Media, Sender
 from transports.local import IdAllocator, LocalOutbox
 from features.app import open_runtime
 from config import load_config
-from config.models import Config
+from config.models import Config, CreditPack
 
 pytestmark = pytest.mark.anyio
 
@@ -443,3 +443,52 @@ async def test_custom_persona_is_a_tier_feature_for_role_and_group_persona(tmp_p
         await rt.services.admission.subs.grant("user", ANNA.user_id, "plus", None, "test")
         assert (await chat.cmd(ANNA.user_id, ANNA, "role", "talk like a pirate")).text == "Persona saved."
         assert (await rt.memory.store.user_settings(ANNA.user_id))["role"] == "talk like a pirate"
+
+
+async def test_past_their_quotas_images_voice_and_pages_are_paid_with_credits(tmp_path, st_model, llm):
+    """A premium tier that pays with credits once a quota is spent: the image, the minutes of audio
+    and the document pages past today's quota are debited once each at the tier's prices; without a
+    balance the member is refused with the /buy button and nothing is generated."""
+    from config.models import Prices, Quotas
+    from memory.ledger import LedgerEntry
+
+    base = served(llm)
+    premium_tier = base.tiers.tiers["premium"].model_copy(update={
+        "when_spent": "credits", "quotas": Quotas(images_per_day=0, audio_seconds_per_day=0, pages_per_day=0)})
+    tiers = base.tiers.model_copy(update={"tiers": {**base.tiers.tiers, "premium": premium_tier},
+                                          "prices": Prices(per_message={"*": 1}, per_image=7, per_audio_minute=2, per_page=3),
+                                          "credit_packs": {"small": CreditPack(credits=100, price=50)}})
+    holder, dl = {}, Downloads()
+    async with open_chat(tmp_path, st_model, holder, Config(settings=base.settings, tiers=tiers)) as rt:
+        await premium(rt, ANNA.user_id)
+        chat = Chat(rt, holder)
+        ledger = rt.services.admission.ledger
+        refused = await chat.cmd(ANNA.user_id, ANNA, "image", "a cat")
+        assert "costs 7 credits and your balance is 0" in refused.text and refused.buttons, refused.text
+        assert not [r for r in llm.requests if r.path.endswith("/images/generations")]
+        await ledger.append(LedgerEntry("grant:t", "user", ANNA.user_id, "grant", 100))
+        drawn = await chat.cmd(ANNA.user_id, ANNA, "image", "a cat")
+        assert drawn.photo is not None and await ledger.balance("user", ANNA.user_id) == 93
+        speech = b"SPEECH: remind me about the dentist\nDURATION:61\n"
+        await chat.send(ANNA.user_id, ANNA, "", media=Media("voice", "audio/ogg", len(speech), None, 61.0, download=dl.of(speech)))
+        assert await ledger.balance("user", ANNA.user_id) == 89  # two started minutes
+        await chat.send(ANNA.user_id, ANNA, "", media=pdf_media(pdf_bytes(pages=4), dl))
+        assert await ledger.balance("user", ANNA.user_id) == 77  # 4 pages
+        notes = sorted(e.note for e in await ledger.history("user", ANNA.user_id) if e.kind == "debit")
+        assert notes == ["audio", "image", "pages"]
+
+
+async def test_over_the_hosts_spending_cap_a_photo_is_not_described_by_a_paid_model(tmp_path, st_model, llm):
+    from config.models import BudgetSettings
+
+    base = served(llm, default="eye")
+    config = Config(settings=base.settings.model_copy(update={"budget": BudgetSettings(daily_usd=0)}), tiers=base.tiers)
+    holder, dl = {}, Downloads()
+    photo = Media("photo", "image/jpeg", len(TEST_PNG), download=dl.of(TEST_PNG))
+    async with open_chat(tmp_path, st_model, holder, config) as rt:
+        await premium(rt, ANNA.user_id)
+        chat = Chat(rt, holder)
+        mid = await chat.send(ANNA.user_id, ANNA, "what is on my screen?", media=photo)
+        assert chat.replies_to(mid)
+        assert await usage_of(rt, "vision") == []
+    assert not [r for r in llm.requests if r.model == "gpt-4o"]  # neither described nor answered by the paid model

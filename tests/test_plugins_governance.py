@@ -255,3 +255,26 @@ def test_kith_plugins_check_connects_the_mcp_servers(tmp_path: Path) -> None:
     assert checked["mcp:broken"]["connected"] is False and "KITH_TEST_UNSET_VARIABLE_42" in checked["mcp:broken"]["error"]
     r = runner.invoke(app, ["plugins", "--config", str(config), "--check"], env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "connected" in r.output and "not connected" in r.output, r.output
+
+
+async def test_past_tool_calls_per_day_a_tier_paying_with_credits_pays_per_call(tmp_path: Path) -> None:
+    from config.models import Prices
+    from memory.ledger import LedgerEntry
+
+    clock = Clock(T0)
+    cfg = TiersConfig(tiers={"free": Tier(quotas=Quotas(tool_calls_per_day=1), when_spent="credits")},
+                      prices=Prices(per_message={"*": 1}, per_tool_call=2))
+    async with DuckDBStore(tmp_path / "kith.duckdb", flush_interval_s=0.01, clock=clock) as store:
+        adm = Admission(store, cfg, clock)
+        rec = tool_call(clock, 7, "calculator")
+        store.record_usage(rec)
+        adm.record(rec)
+        spent = await adm.admit_tools("free", 7)
+        assert not spent.allowed
+        assert await adm.pay_for_tool(5, 7, "free", spent) is None  # no balance: the quota is a limit
+        await adm.ledger.append(LedgerEntry("grant:t", "user", 7, "grant", 3))
+        paid = await adm.pay_for_tool(5, 7, "free", spent)
+        assert paid is not None and paid.paid_by == ("user", 7) and paid.price == 2
+        assert (await adm.charge_extra(paid, "tool:5:a", user_id=7, chat_id=5, note="tool calculator")).balance == 1
+        assert (await adm.charge_extra(paid, "tool:5:a", user_id=7, chat_id=5, note="tool calculator")).status == "duplicate"
+        assert await adm.pay_for_tool(5, 7, "free", spent) is None  # 1 credit left, a call costs 2

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import i18n
@@ -236,23 +236,37 @@ class Admission:
         cover down to the tier's overdraft is cut to what it covers (never below the floor)."""
         if adm.paid_by is None or self.ledger is None:
             return None
-        scope, scope_id = adm.paid_by
         key = debit_key(chat_id, message_id)
         if tokens is None:
             amount = adm.price
         else:
             amount, key = self.cfg.prices.tokens(tokens), key + ":tokens"
+        return await self._debit(adm, key, amount, user_id=user_id, chat_id=chat_id, message_id=message_id,
+                                 note=model or adm.alias)
+
+    async def charge_extra(self, adm: Admit, key: str, *, user_id: int, chat_id: int, message_id: int | None = None,
+                           units: int = 1, note: str) -> Posting | None:
+        """Debit what ``admit_feature`` or ``pay_for_tool`` admitted as paid (``paid_by``): ``adm.price``
+        × ``units`` (pages read, for a document), once per ``key`` (``debit:<chat>:<message>:image``…),
+        cut to what the balance covers down to the overdraft. None when it is not paid."""
+        if adm.paid_by is None or self.ledger is None:
+            return None
+        return await self._debit(adm, key, adm.price * max(0, units), user_id=user_id, chat_id=chat_id,
+                                 message_id=message_id, note=note)
+
+    async def _debit(self, adm: Admit, key: str, amount: int, *, user_id: int, chat_id: int, message_id: int | None,
+                     note: str) -> Posting | None:
+        assert adm.paid_by is not None and self.ledger is not None
         if amount <= 0:
             return None
+        scope, scope_id = adm.paid_by
         entry = LedgerEntry(key, scope, scope_id, "debit", -amount, user_id=user_id, chat_id=chat_id, message_id=message_id,
-                            note=model or adm.alias)
+                            note=note)
         posting = await self.ledger.append(entry, overdraft=adm.overdraft)
         if posting.status == "insufficient":
             left = posting.balance + adm.overdraft
             if left > 0:
-                posting = await self.ledger.append(LedgerEntry(
-                    key, scope, scope_id, "debit", -min(amount, left), user_id=user_id, chat_id=chat_id, message_id=message_id,
-                    note=model or adm.alias), overdraft=adm.overdraft)
+                posting = await self.ledger.append(replace(entry, amount=-min(amount, left)), overdraft=adm.overdraft)
         return posting
 
     async def uncharge(self, adm: Admit, chat_id: int, message_id: int) -> Posting | None:
@@ -273,25 +287,32 @@ class Admission:
         if self.budget is not None:
             self.budget.record(rec)
         self.quotas.record(rec.chat_id, rec.user_id, rec.model, rec.prompt_tokens + rec.completion_tokens, kind=rec.kind,
-                           images=rec.images, seconds=rec.seconds, ts=rec.ts)
+                           images=rec.images, seconds=rec.seconds, pages=rec.pages, ts=rec.ts)
 
     async def admit_feature(self, chat_id: int, user_id: int, feature: str, *, size_bytes: int | None = None,
-                            images: int = 0, seconds: float = 0.0) -> Admit:
+                            images: int = 0, seconds: float = 0.0, pages: int = 0) -> Admit:
         """May ``user_id`` use ``feature`` (``vision`` | ``documents`` | ``image_generation`` | ``voice``
         | ``custom_persona``) in ``chat_id`` now, for a file of ``size_bytes`` (checked against the
         tier's ``max_file_mb``), ``images`` to generate and ``seconds`` of audio to transcribe?
 
         Refused: ``reason`` ``"feature"`` (the tier lacks it; ``refusal`` names what has it and points
         to /billing), ``"size"`` (the file is over ``max_file_mb``; nothing should be downloaded) or
-        ``"quota"`` (images_per_day / audio_seconds_per_day spent). ``alias`` is unused ("").
+        ``"quota"`` (images_per_day / audio_seconds_per_day / pages_per_day spent) or ``"credits"``
+        (spent, and the tier pays with credits — ``when_spent: credits`` and a price for it — but
+        neither the member's nor the group's balance covers it). ``alias`` is unused ("").
+
+        Allowed past a spent quota when the tier pays with credits: ``paid_by`` names the balance and
+        ``price`` the credits (per page for ``pages``: the pages are known after reading); the caller
+        debits it with ``charge_extra`` once the work is done.
         """
-        adm = await self._admit_feature(chat_id, user_id, feature, size_bytes=size_bytes, images=images, seconds=seconds)
+        adm = await self._admit_feature(chat_id, user_id, feature, size_bytes=size_bytes, images=images, seconds=seconds,
+                                        pages=pages)
         if not adm.allowed:
             self.refusals[adm.reason or "other"] += 1
         return adm
 
     async def _admit_feature(self, chat_id: int, user_id: int, feature: str, *, size_bytes: int | None = None,
-                             images: int = 0, seconds: float = 0.0) -> Admit:
+                             images: int = 0, seconds: float = 0.0, pages: int = 0) -> Admit:
         """The decision of ``admit_feature``, not counted."""
         await self.open()
         tier = await self.tier_of(chat_id, user_id)
@@ -316,11 +337,29 @@ class Admission:
                 "The host's monthly spending limit is reached.")
             when = reached.resets_at.strftime("%Y-%m-%d %H:%M")
             return Admit(False, "", tier, reason="budget", refusal=why + " " + _("Try again after {time} UTC.", time=when))
-        if images or seconds:
-            d = self.quotas.check_media(tier, user_id, images=images, seconds=seconds)
+        if images or seconds or pages:
+            d = self.quotas.check_media(tier, user_id, images=images, seconds=seconds, pages=pages)
             if not d.allowed:
+                price = self.cfg.prices.media(images=images, seconds=seconds, pages=1 if pages else 0)
+                if t.spent_mode == "credits" and self.ledger is not None and price > 0:
+                    return await self._paid_extra(chat_id, user_id, tier, t, d, price)
                 return Admit(False, "", tier, reason="quota", quota=d, refusal=self._refusal(d, tier, ""))
         return Admit(True, "", tier)
+
+    async def _paid_extra(self, chat_id: int, user_id: int, tier: str, t: Tier, d: QuotaDecision, price: int) -> Admit:
+        """A media quota (or tool calls) is spent and the tier pays with credits: who pays ``price``."""
+        from .credits import payer
+
+        assert self.ledger is not None
+        who = await payer(self.ledger, chat_id, user_id, chat_id < 0, price, t.overdraft)
+        if who is not None:
+            return Admit(True, "", tier, quota=d, paid_by=who, price=price, overdraft=t.overdraft)
+        balance = await self.ledger.balance("user", user_id)
+        refusal = _spent_text(d, tier, "") + " " + ngettext(
+            "It costs {price} credit and your balance is {balance}: top up with /buy.",
+            "It costs {price} credits and your balance is {balance}: top up with /buy.",
+            price, price=i18n.number(price), balance=i18n.number(balance))
+        return Admit(False, "", tier, reason="credits", quota=d, refusal=refusal)
 
     async def admit_tools(self, tier: str, user_id: int) -> QuotaDecision:
         """May the model make one more tool call for ``user_id`` at ``tier`` today
@@ -328,6 +367,16 @@ class Admission:
         unlimited). Not counted in ``refusals`` (a turn without tools is not refused). raises UnknownTier."""
         await self.open()
         return self.quotas.check_tools(tier, user_id)
+
+    async def pay_for_tool(self, chat_id: int, user_id: int, tier: str, d: QuotaDecision) -> Admit | None:
+        """``tool_calls_per_day`` (``d``) is spent: the admission to pay one more call from credits
+        (``per_tool_call``) when the tier pays with credits and a balance covers it; else None."""
+        t = self._tier(tier)
+        price = self.cfg.prices.media(tool_calls=1)
+        if t.spent_mode != "credits" or self.ledger is None or price <= 0:
+            return None
+        adm = await self._paid_extra(chat_id, user_id, tier, t, d, price)
+        return adm if adm.allowed else None
 
     def tools_refusal(self, d: QuotaDecision, tier: str) -> str:
         """The sentence for a spent ``tool_calls_per_day`` (``admit_tools``): which quota, when it resets,
@@ -435,6 +484,9 @@ def _spent_text(d: QuotaDecision, tier: str, alias: str) -> str:
     if d.quota == "audio_seconds_per_day":
         return _("You've used today's {minutes} min {seconds} s of transcription on the {tier} tier.",
                  minutes=n // 60, seconds=n % 60, tier=tier)
+    if d.quota == "pages_per_day":
+        return ngettext("You've had today's {limit} document page read on the {tier} tier.",
+                        "You've had all {limit} of today's document pages read on the {tier} tier.", n, limit=limit, tier=tier)
     if d.quota == "tool_calls_per_day":
         if n == 0:
             return _("The {tier} tier includes no tool calls.", tier=tier)

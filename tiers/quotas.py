@@ -86,6 +86,7 @@ class TodayUsage:
     images: int = 0
     audio_seconds: float = 0.0
     tool_calls: int = 0
+    pages: int = 0
 
 
 @dataclass
@@ -95,6 +96,7 @@ class _User:
     images: int = 0
     seconds: float = 0.0
     tool_calls: int = 0
+    pages: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,7 @@ class _Call:
     kind: str
     images: int
     seconds: float
+    pages: int = 0
 
 
 def request_usage(q: Quotas, requests: dict[str, int], alias: str) -> tuple[int, int]:
@@ -154,7 +157,8 @@ class QuotaTracker(DailyCounters[_Call]):
         rows, arrived = await self._read(day, lambda: self.store.usage_counts(start, start + timedelta(days=1)))
         self._reset(day)
         for r in rows:
-            self._add(r.chat_id, r.user_id, r.model, r.calls, r.tokens, kind=r.kind, images=r.images, seconds=r.seconds)
+            self._add(r.chat_id, r.user_id, r.model, r.calls, r.tokens, kind=r.kind, images=r.images, seconds=r.seconds,
+                      pages=r.pages)
         if arrived:
             log.warning("quota counters of %s: %d calls recorded while the usage table was read; counted again", day,
                         len(arrived))
@@ -162,7 +166,7 @@ class QuotaTracker(DailyCounters[_Call]):
             self._count(call)
 
     def record(self, chat_id: int, user_id: int, alias: str, tokens: int, *, kind: str = "chat", images: int = 0,
-               seconds: float = 0.0, ts: datetime | None = None) -> None:
+               seconds: float = 0.0, pages: int = 0, ts: datetime | None = None) -> None:
         """Count one billed call of ``user_id`` in ``chat_id`` to model ``alias`` using ``tokens``
         (prompt + completion), of ``kind`` (only ``"chat"`` counts as a request), with ``images``
         generated and ``seconds`` of audio transcribed, made at ``ts`` (its ``UsageRecord.ts``;
@@ -173,7 +177,7 @@ class QuotaTracker(DailyCounters[_Call]):
             log.debug("quota record before load ignored (the usage table is read at load)")
             return
         day = utc_day(ts if ts is not None else self.clock())
-        call = _Call(chat_id, user_id, alias, max(0, int(tokens)), kind, max(0, images), max(0.0, seconds))
+        call = _Call(chat_id, user_id, alias, max(0, int(tokens)), kind, max(0, images), max(0.0, seconds), max(0, pages))
         if self._held(day, call):
             return  # counted after the read in progress
         if day == self._day:
@@ -181,9 +185,10 @@ class QuotaTracker(DailyCounters[_Call]):
         else:
             log.debug("quota record of %s not counted in memory (the counters are of %s)", day, self._day)
 
-    def check_media(self, tier: str, user_id: int, *, images: int = 0, seconds: float = 0.0) -> QuotaDecision:
+    def check_media(self, tier: str, user_id: int, *, images: int = 0, seconds: float = 0.0, pages: int = 0) -> QuotaDecision:
         """May ``user_id`` at ``tier`` have ``images`` more images generated / ``seconds`` more audio
-        transcribed today? The spent quota is ``"images_per_day"`` or ``"audio_seconds_per_day"``.
+        transcribed / ``pages`` more document pages read today? The spent quota is
+        ``"images_per_day"``, ``"audio_seconds_per_day"`` or ``"pages_per_day"``.
         raises UnknownTier; TierError before ``load()``."""
         self._require_loaded()
         t = self.cfg.tiers.get(tier)
@@ -195,6 +200,8 @@ class QuotaTracker(DailyCounters[_Call]):
             return QuotaDecision(False, "images_per_day", None, q.images_per_day, user.images, resets)
         if seconds and q.audio_seconds_per_day != UNLIMITED and user.seconds + seconds > q.audio_seconds_per_day:
             return QuotaDecision(False, "audio_seconds_per_day", None, q.audio_seconds_per_day, round(user.seconds), resets)
+        if pages and q.pages_per_day != UNLIMITED and user.pages + pages > q.pages_per_day:
+            return QuotaDecision(False, "pages_per_day", None, q.pages_per_day, user.pages, resets)
         return QuotaDecision(True, resets_at=resets)
 
     def check_tools(self, tier: str, user_id: int) -> QuotaDecision:
@@ -248,7 +255,7 @@ class QuotaTracker(DailyCounters[_Call]):
         self._require_loaded()
         user = self._users.get(user_id) or _User()
         return TodayUsage(dict(user.requests), user.tokens, self._chat_requests[chat_id], self._chat_tokens[chat_id],
-                          next_midnight(self.clock()), user.images, round(user.seconds, 1), user.tool_calls)
+                          next_midnight(self.clock()), user.images, round(user.seconds, 1), user.tool_calls, user.pages)
 
     # ------------------------------------------------------------ plumbing
 
@@ -272,10 +279,10 @@ class QuotaTracker(DailyCounters[_Call]):
         self._chat_tokens = Counter()
 
     def _count(self, c: "_Call") -> None:
-        self._add(c.chat_id, c.user_id, c.alias, 1, c.tokens, kind=c.kind, images=c.images, seconds=c.seconds)
+        self._add(c.chat_id, c.user_id, c.alias, 1, c.tokens, kind=c.kind, images=c.images, seconds=c.seconds, pages=c.pages)
 
     def _add(self, chat_id: int, user_id: int, alias: str, n: int, tokens: int, *, kind: str = "chat", images: int = 0,
-             seconds: float = 0.0) -> None:
+             seconds: float = 0.0, pages: int = 0) -> None:
         user = self._users.get(user_id)
         if user is None:
             user = self._users[user_id] = _User()
@@ -287,6 +294,7 @@ class QuotaTracker(DailyCounters[_Call]):
         user.tokens += tokens
         user.images += images
         user.seconds += seconds
+        user.pages += pages
         self._chat_tokens[chat_id] += tokens
 
 

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 import i18n
@@ -190,7 +192,8 @@ class PluginHost:
         quota = await self.tool_quota(tier, user_id)
         if quota is not None and not quota.allowed:
             assert self.svc.admission is not None and tier is not None
-            return {}, self.svc.admission.tools_refusal(quota, tier)
+            if await self.svc.admission.pay_for_tool(ctx.chat_id, user_id, tier, quota) is None:
+                return {}, self.svc.admission.tools_refusal(quota, tier)
         offered: dict[str, Tool] = {}
         tools = self.all_tools()
         for plugin in self.enabled(ctx, tier):
@@ -212,13 +215,16 @@ class PluginHost:
             tool = offered.get(call.name)
             if tool is None:  # (the loop offers only these: a guard)
                 return ToolOutcome(f"there is no tool {call.name!r}", error=True)
+            paid = None  # past the quota, paid with credits (per_tool_call), debited once it ran
             if adm is not None and tier is not None:
                 d = adm.quotas.check_tools(tier, user_id)
                 if d.limit >= 0 and d.used + pending >= d.limit:
-                    log.info("chat %s: tool %s not run for user %s: tool_calls_per_day (%d) spent", chat_id,
-                             call.name, user_id, d.limit)
-                    return ToolOutcome("the member's daily quota of tool calls is spent: answer without tools",
-                                       error=True)
+                    paid = await adm.pay_for_tool(chat_id, user_id, tier, replace(d, allowed=False))
+                    if paid is None:
+                        log.info("chat %s: tool %s not run for user %s: tool_calls_per_day (%d) spent", chat_id,
+                                 call.name, user_id, d.limit)
+                        return ToolOutcome("the member's daily quota of tool calls is spent: answer without tools",
+                                           error=True)
             tctx = ToolContext(chat_id=chat_id, user_id=user_id, timezone=timezone, now=svc.clock(), language=language,
                                thread_id=thread_id)
             pending += 1
@@ -228,6 +234,9 @@ class PluginHost:
                 with i18n.use(language):
                     outcome = await tool.run(call.args or {}, tctx)
                 how = "error outcome" if outcome.error else "ok"
+                if paid is not None and adm is not None and not outcome.error:
+                    await adm.charge_extra(paid, f"tool:{chat_id}:{uuid.uuid4().hex}", user_id=user_id, chat_id=chat_id,
+                                           note=f"tool {tool.plugin}")
                 return outcome
             except Exception as exc:
                 how = f"failed ({type(exc).__name__})"
