@@ -6,7 +6,8 @@
 3. **admit**: the member's tier, quotas and rate pick the model, or refuse once, politely;
 4. **recall and assemble**: this chat's memories, the reply chain, the recent window, within the
    model's token budget;
-5. **generate**, streaming through the outbox — the delivery is noted before the first byte;
+5. **generate**, streaming through the outbox — the delivery is noted before the first byte (an answer
+   paid with credits is debited right after it, into the same reserve);
 6. **record** the reply, its usage and the memories it used.
 
 ``take(host, ev)`` runs it on a ``TurnHost`` — the chat's actor, seen through the few members a turn
@@ -342,10 +343,12 @@ class _Turn:
         await host.outbox.send(self.chat_id, text, reply_to=ev.message_id, thread_id=ev.thread_id)
 
     async def _charge(self, tokens: int | None = None, model: str | None = None, undo: bool = False) -> None:
-        """Debit an answer paid with credits (``Admission.charge``): its price once its delivery is noted
-        (a crash after that finds the debit there; the key is the answered message, so handling it
-        again takes nothing twice), the tokens' price after it; ``undo``: give the price back (the
-        model failed). A database failure is logged: the answer is not held back for it."""
+        """Debit an answer paid with credits (``Admission.charge``, journaled): its price right after its
+        delivery is noted and before the first byte, both into the store's reserve in that order (a
+        crash finds both or only the delivery — then nothing was sent — and the delivery keeps the
+        turn from being handled again, so nothing is taken twice); the tokens' price after the
+        answer; ``undo``: give the price back (the model failed). A database failure is logged: the
+        answer is not held back for it."""
         adm, admission = self.adm, self.svc.admission
         if adm is None or adm.paid_by is None or admission is None:
             return
@@ -353,7 +356,8 @@ class _Turn:
             if undo:
                 await admission.uncharge(adm, self.chat_id, self.ev.message_id)
             else:
-                await admission.charge(adm, self.chat_id, self.ev.message_id, self.ev.sender.user_id, tokens=tokens, model=model)
+                await admission.charge(adm, self.chat_id, self.ev.message_id, self.ev.sender.user_id, tokens=tokens, model=model,
+                                       journaled=True)
         except MemoryStoreError as exc:
             log.error("chat %s: the credits for the answer to %s are not recorded: %s", self.chat_id, self.ev.message_id, exc)
 

@@ -13,7 +13,11 @@ purpose, with the shipped CLI on real #ubuntu slices, in subprocesses:
    replay, the replies *sent* (printed, unbuffered, by every run, killed ones included) per
    question vs the reference run's.
 
-Targets (N = 20): 0 lost, 0 duplicated, replies sent = questions, memories = messages. A question
+The replay's answers are paid with credits (``_config``), so the stores also show the ledger against
+the answers: every stored answer debited, exactly once, and no debit without its delivery record.
+
+Targets (N = 20): 0 lost, 0 duplicated, replies sent = questions, memories = messages, debits =
+answers. A question
 whose delivery was committed just before a kill -9 and whose reply never left is the at-most-once
 window; it is counted ("unanswered") and is part of the "replies = questions" target.
 
@@ -98,9 +102,14 @@ def run(quick: bool) -> dict:
         metric("replay: replies sent over all runs / questions", f"{rep['sent']} / {rep['questions']}"),
         metric("replay: questions answered twice", rep["answered_twice"], target=("<=", 0)),
         metric("replay: questions never answered", rep["unanswered"], target=("<=", 0)),
+        metric("replay: credit debits, drill / reference", f"{rep['debits']} / {rep['ref_debits']}"),
+        metric("replay: stored answers without a debit", rep["replies_unpaid"], target=("<=", 0)),
+        metric("replay: debits without a delivery record", rep["debits_undelivered"], target=("<=", 0)),
+        metric("replay: answers debited twice", rep["debited_twice"], target=("<=", 0)),
     ]
     notes = ["replies are counted from what every run printed (PYTHONUNBUFFERED), killed runs included",
-             "tiers: the shipped tiers.yaml with default_tier: unlimited, so no quota refusal interferes"]
+             "tiers: the shipped tiers.yaml with default_tier: unlimited, so no quota refusal interferes; its answers "
+             "are paid with credits (0 free requests, 1 credit each, an overdraft no run reaches) to drill the ledger"]
     if "skipped" in full:
         metrics.append(metric("full disk: skipped", None))
         notes.append(f"full-disk round skipped: {full['skipped']}")
@@ -167,12 +176,21 @@ class _Result:
 
 
 def _config(tmp: Path) -> Path:
-    """The shipped kith.yaml and tiers.yaml, with everyone on the unlimited tier."""
+    """The shipped kith.yaml and tiers.yaml, with everyone on the unlimited tier — whose every answer
+    is paid with credits (no free requests, 1 credit an answer, an overdraft no run reaches), so the
+    ledger is drilled too: each answered question debited once."""
+    import yaml
+
     cfg = tmp / "config"
     cfg.mkdir()
     shutil.copy(common.REPO_ROOT / "config" / "kith.yaml", cfg / "kith.yaml")
-    tiers = (common.REPO_ROOT / "config" / "tiers.yaml").read_text(encoding="utf-8")
-    (cfg / "tiers.yaml").write_text(tiers.replace("default_tier: free", "default_tier: unlimited", 1), encoding="utf-8")
+    tiers = yaml.safe_load((common.REPO_ROOT / "config" / "tiers.yaml").read_text(encoding="utf-8"))
+    tiers["default_tier"] = "unlimited"
+    unlimited = tiers["tiers"]["unlimited"]
+    unlimited["quotas"]["requests_per_day"] = {"*": 0}
+    unlimited.update(when_spent="credits", overdraft=10**9)
+    tiers["prices"] = {"per_message": {"*": 1}}
+    (cfg / "tiers.yaml").write_text(yaml.safe_dump(tiers, allow_unicode=True), encoding="utf-8")
     return cfg / "kith.yaml"
 
 
@@ -236,13 +254,32 @@ def _stores(data_dir: Path) -> dict:
         unreplied = con.execute(
             "SELECT count(*) FROM deliveries d WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.chat_id = d.chat_id"
             " AND m.role = 'assistant' AND m.reply_to = d.message_id)").fetchone()[0]
+        ledger = _ledger(con)
     finally:
         con.close()
     db = lancedb.connect(str(data_dir / "memory"))
     tbl = db.open_table(current_table(data_dir / "memory")).to_arrow().select(["id"])
     ids = tbl.column("id").to_pylist()
     return {"messages": messages, "replies": replies, "usage": usage, "unreplied": unreplied, "memories": len(set(ids)),
-            "memory_ids": set(ids), "duplicates": (total - distinct) + (len(ids) - len(set(ids)))}
+            "memory_ids": set(ids), "duplicates": (total - distinct) + (len(ids) - len(set(ids))), **ledger}
+
+
+def _ledger(con) -> dict:
+    """The credit ledger against the answers: debits, answers stored without a debit, debits with no
+    delivery record (an answer never begun), and answers debited more than once."""
+    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'credit_ledger'").fetchone()[0]:
+        return {"debits": 0, "replies_unpaid": 0, "debits_undelivered": 0, "debited_twice": 0}
+    debits, twice = con.execute(
+        "SELECT count(*), count(*) - count(DISTINCT (chat_id, message_id)) FROM credit_ledger WHERE kind = 'debit'"
+        " AND key NOT LIKE '%:tokens'").fetchone()
+    unpaid = con.execute(
+        "SELECT count(DISTINCT (m.chat_id, m.reply_to)) FROM messages m WHERE m.role = 'assistant' AND m.reply_to IS NOT NULL"
+        " AND NOT EXISTS (SELECT 1 FROM credit_ledger l WHERE l.kind = 'debit' AND l.chat_id = m.chat_id"
+        " AND l.message_id = m.reply_to)").fetchone()[0]
+    undelivered = con.execute(
+        "SELECT count(*) FROM credit_ledger l WHERE l.kind = 'debit' AND NOT EXISTS (SELECT 1 FROM deliveries d"
+        " WHERE d.chat_id = l.chat_id AND d.message_id = l.message_id)").fetchone()[0]
+    return {"debits": debits, "replies_unpaid": unpaid, "debits_undelivered": undelivered, "debited_twice": twice}
 
 
 def _compare(ref_dir: Path, drill_dir: Path, ref: _Result, outs: list[str], terms: list[tuple[int, float]]) -> dict:
@@ -259,6 +296,8 @@ def _compare(ref_dir: Path, drill_dir: Path, ref: _Result, outs: list[str], term
         "memories_missing": len(a["memory_ids"] - b["memory_ids"]),
         "duplicates": b["duplicates"],
         "replies": b["replies"], "usage": b["usage"], "unreplied": b["unreplied"],
+        "debits": b["debits"], "ref_debits": a["debits"], "replies_unpaid": b["replies_unpaid"],
+        "debits_undelivered": b["debits_undelivered"], "debited_twice": b["debited_twice"],
         "questions": sum(want.values()), "sent": sum(got.values()),
         "answered_twice": sum(max(0, got[q] - want[q]) for q in got),
         "unanswered": sum(max(0, want[q] - got[q]) for q in want),

@@ -321,6 +321,8 @@ class DuckDBStore(QueuedStore):
                     self._insert_arrow(con, "chats", _chats_table(batch.chats))
                 if batch.deliveries:
                     self._insert_arrow(con, "deliveries", _deliveries_table(batch.deliveries))
+                for sql, params in batch.sql:
+                    con.execute(sql, params)
                 con.execute("COMMIT")
             except BaseException:
                 try:
@@ -354,6 +356,7 @@ class DuckDBStore(QueuedStore):
             ("recalls", _INSERT_ROW["recalls"], lambda r: list(r)),
             ("chats", _INSERT_ROW["chats"], lambda r: list(r)),
             ("deliveries", _INSERT_ROW["deliveries"], lambda r: list(r)),
+            ("sql", None, lambda r: r[1]),
         ):
             rows = getattr(batch, attr)
             i = 0
@@ -361,7 +364,7 @@ class DuckDBStore(QueuedStore):
                 while i < len(rows):
                     row = rows[i]
                     try:
-                        con.execute(sql, params(row))
+                        con.execute(sql or row[0], params(row))
                         self.commits += 1
                         self.rows_written += 1
                     except _SYSTEMIC:

@@ -40,7 +40,7 @@ SCOPES = ("user", "chat")
 KINDS = ("purchase", "debit", "refund", "grant", "revoke", "expiry")
 _IN = frozenset({"purchase", "grant"})   # kinds that add credits (amount > 0)
 _OUT = frozenset({"debit", "refund", "revoke", "expiry"})  # kinds that take credits (amount < 0)
-_TAKES = frozenset({"debit", "revoke", "expiry"})  # … and never 0 (a refund may be 0: everything it bought was spent)
+_TAKES = frozenset({"debit", "revoke"})  # … and never 0 (a refund or an expiry may be 0: everything it brought was spent)
 
 _DDL = (
     """
@@ -152,11 +152,17 @@ class Ledger:
     time (the rows' ``ts`` when not given). raises MemoryStoreError when the database fails.
     """
 
-    def __init__(self, backend: SqlBackend, clock: Any = None) -> None:
+    def __init__(self, backend: SqlBackend, clock: Any = None, *, cache: bool | None = None) -> None:
         self.backend = backend
         self.clock = clock
         self._lock = anyio.Lock()
         self._opened = False
+        # balances and next expiries kept in memory, updated by each append — exact where this process
+        # is the database's only writer (a DuckDB file); default: unless the backend says it is shared
+        self.cache = (not getattr(backend, "shared", False)) if cache is None else cache
+        self._balances: dict[tuple[str, int], int] = {}
+        self._queued = False  # debits queued into the store's reserve since the last flush
+        self._expiries: dict[tuple[str, int], int | None] = {}  # the soonest expires_us not yet expired (None: none)
 
     async def _tx(self, *statements: tuple[str, Sequence[Any]], lock: str | None = None) -> list[list[tuple]]:
         return await transaction(self.backend, "credits", statements, lock=lock)
@@ -175,12 +181,72 @@ class Ledger:
 
         return datetime.now(UTC)
 
-    async def append(self, entry: LedgerEntry, *, overdraft: int = 0) -> Posting:
+    @property
+    def journals(self) -> bool:
+        """Whether ``append(journaled=True)`` queues into the store's reserve (``queue_sql``) — where
+        this process is the database's only writer and keeps the balances — instead of committing."""
+        return self.cache and hasattr(self.backend, "queue_sql")
+
+    async def append(self, entry: LedgerEntry, *, overdraft: int = 0, journaled: bool = False) -> Posting:
         """Add ``entry`` once (by its ``key``), committed. A row taking credits is refused when the
         balance would go below ``-overdraft``; a refund also when it would exceed its purchase
-        (``ref``) less earlier refunds. raises ValueError for a malformed entry."""
+        (``ref``) less earlier refunds. raises ValueError for a malformed entry.
+
+        ``journaled`` (a debit on the reply path, where ``journals``): the floor is checked against
+        the balance in memory and the row queued into the store's reserve — as durable against a
+        ``kill -9`` as a commit, in order with the delivery record noted before it — and committed
+        by the store's writer with its next batch (the same statement, so the same checks, run
+        then). The caller guarantees the key is new (the turn: one debit per delivery record); a
+        duplicate all the same is ignored by the commit. Elsewhere it commits as without it."""
         _check(entry)
         e = entry if entry.ts is not None else replace(entry, ts=self.now())
+        assert e.ts is not None
+        if journaled and self.journals and e.kind == "debit":
+            return await self._append_journaled(e, overdraft)
+        insert, params = self._insert(e, overdraft)
+        async with self._lock:
+            await self._flush_journaled()
+            inserted, existing, balance = await self._tx(
+                (insert, params),
+                (f"SELECT {_COLS} FROM credit_ledger WHERE key = ?", [e.key]),
+                ("SELECT COALESCE(SUM(amount), 0) FROM credit_ledger WHERE scope = ? AND scope_id = ?", [e.scope, e.scope_id]),
+                lock=f"credit_ledger:{e.scope}:{e.scope_id}")
+        total = int(balance[0][0])
+        if self.cache:
+            self._balances[(e.scope, e.scope_id)] = total
+            if e.kind == "expiry":
+                self._expiries.pop((e.scope, e.scope_id), None)  # read again
+            elif inserted and e.expires is not None and (e.scope, e.scope_id) in self._expiries:
+                soonest = self._expiries[(e.scope, e.scope_id)]
+                us = to_us(e.expires)
+                self._expiries[(e.scope, e.scope_id)] = us if soonest is None else min(soonest, us)
+        if inserted:
+            return Posting("added", _row(existing[0]), total)
+        if existing:
+            return Posting("duplicate", _row(existing[0]), total)
+        return Posting("insufficient", e, total)
+
+    async def _append_journaled(self, e: LedgerEntry, overdraft: int) -> Posting:
+        async with self._lock:
+            balance = await self._balance_locked(e.scope, e.scope_id)
+            if balance + e.amount < -max(0, int(overdraft)):
+                return Posting("insufficient", e, balance)
+            insert, params = self._insert(e, overdraft)
+            await self.backend.queue_sql(insert, params)  # type: ignore[attr-defined]
+            self._queued = True
+            self._balances[(e.scope, e.scope_id)] = balance + e.amount
+            return Posting("added", e, balance + e.amount)
+
+    async def _flush_journaled(self) -> None:
+        """Commit the debits queued by ``append(journaled=True)`` before reading the table."""
+        if self._queued:
+            self._queued = False
+            await self.backend.flush()  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _insert(e: LedgerEntry, overdraft: int) -> tuple[str, list[Any]]:
+        """The one statement that adds ``e`` when its key is new and the floor (and a refund's
+        purchase) allow it, and its parameters."""
         assert e.ts is not None
         scope_sum = "(SELECT COALESCE(SUM(amount), 0) FROM credit_ledger WHERE scope = ? AND scope_id = ?)"
         refund_room = ("(SELECT COALESCE(SUM(CASE WHEN key = ? AND kind = 'purchase' THEN amount ELSE 0 END), 0)"
@@ -199,27 +265,46 @@ class Ledger:
                   e.key,
                   e.amount, e.scope, e.scope_id, e.amount, -max(0, int(overdraft)),
                   e.kind, e.ref or "", e.ref or "", e.ref or "", e.ref or "", e.amount]
-        async with self._lock:
-            inserted, existing, balance = await self._tx(
-                (insert, params),
-                (f"SELECT {_COLS} FROM credit_ledger WHERE key = ?", [e.key]),
-                ("SELECT COALESCE(SUM(amount), 0) FROM credit_ledger WHERE scope = ? AND scope_id = ?", [e.scope, e.scope_id]),
-                lock=f"credit_ledger:{e.scope}:{e.scope_id}")
-        total = int(balance[0][0])
-        if inserted:
-            return Posting("added", _row(existing[0]), total)
-        if existing:
-            return Posting("duplicate", _row(existing[0]), total)
-        return Posting("insufficient", e, total)
+        return insert, params
 
     async def balance(self, scope: str, scope_id: int) -> int:
-        """The sum of ``scope:scope_id``'s rows (0 when it has none)."""
+        """The sum of ``scope:scope_id``'s rows (0 when it has none); from memory once read (``cache``)."""
+        if self.cache and (scope, scope_id) in self._balances:
+            return self._balances[(scope, scope_id)]
+        async with self._lock:
+            return await self._balance_locked(scope, scope_id)
+
+    async def _balance_locked(self, scope: str, scope_id: int) -> int:
+        key = (scope, scope_id)
+        if self.cache and key in self._balances:
+            return self._balances[key]
+        await self._flush_journaled()
         rows = (await self._tx(("SELECT COALESCE(SUM(amount), 0) FROM credit_ledger WHERE scope = ? AND scope_id = ?",
                                 [scope, scope_id])))[0]
-        return int(rows[0][0])
+        total = int(rows[0][0])
+        if self.cache:
+            self._balances[key] = total
+        return total
+
+    async def may_expire(self, scope: str, scope_id: int, now: datetime) -> bool:
+        """Whether ``scope:scope_id`` may hold a purchase or grant expired by ``now`` and not yet taken
+        (then ``expiring`` says for sure); from memory once read (``cache``)."""
+        key = (scope, scope_id)
+        if not self.cache:
+            return bool(await self.expiring(now, scope, scope_id))
+        if key not in self._expiries:
+            await self._flush_journaled()
+            rows = (await self._tx((
+                "SELECT MIN(expires_us) FROM credit_ledger l WHERE scope = ? AND scope_id = ? AND expires_us IS NOT NULL"
+                " AND NOT EXISTS (SELECT 1 FROM credit_ledger x WHERE x.kind = 'expiry' AND x.ref = l.key)",
+                [scope, scope_id])))[0]
+            self._expiries[key] = int(rows[0][0]) if rows and rows[0][0] is not None else None
+        soonest = self._expiries[key]
+        return soonest is not None and soonest <= to_us(now)
 
     async def history(self, scope: str, scope_id: int, limit: int = 20) -> list[LedgerEntry]:
         """``scope:scope_id``'s newest ``limit`` rows, newest first."""
+        await self._flush_journaled()
         rows = (await self._tx((f"SELECT {_COLS} FROM credit_ledger WHERE scope = ? AND scope_id = ?"
                                 " ORDER BY ts_us DESC, key DESC LIMIT ?", [scope, scope_id, max(0, int(limit))])))[0]
         return [_row(r) for r in rows]
@@ -227,6 +312,7 @@ class Ledger:
     async def entries(self, scope: str, scope_id: int) -> list[LedgerEntry]:
         """Every row of ``scope:scope_id``, oldest first (what ``tiers.credits.lots`` reads); rows of
         the same microsecond: those adding credits first."""
+        await self._flush_journaled()
         rows = (await self._tx((f"SELECT {_COLS} FROM credit_ledger WHERE scope = ? AND scope_id = ?"
                                 " ORDER BY ts_us, CASE WHEN amount > 0 THEN 0 ELSE 1 END, key", [scope, scope_id])))[0]
         return [_row(r) for r in rows]
@@ -234,6 +320,7 @@ class Ledger:
     async def expiring(self, now: datetime, scope: str | None = None, scope_id: int | None = None) -> list[tuple[str, int]]:
         """``(scope, scope_id)`` of the balances holding a purchase or grant that expired by ``now``
         and has no expiry row yet (all balances, or only ``scope:scope_id``)."""
+        await self._flush_journaled()
         sql = ("SELECT DISTINCT scope, scope_id FROM credit_ledger l WHERE expires_us IS NOT NULL AND expires_us <= ?"
                " AND NOT EXISTS (SELECT 1 FROM credit_ledger x WHERE x.kind = 'expiry' AND x.ref = l.key)")
         params: list[Any] = [to_us(now)]
@@ -245,11 +332,13 @@ class Ledger:
 
     async def get(self, key: str) -> LedgerEntry | None:
         """The row with ``key``, or None."""
+        await self._flush_journaled()
         rows = (await self._tx((f"SELECT {_COLS} FROM credit_ledger WHERE key = ?", [key])))[0]
         return _row(rows[0]) if rows else None
 
     async def balances(self) -> list[tuple[str, int, int]]:
         """``(scope, scope_id, balance)`` of every scope with rows, by scope and id."""
+        await self._flush_journaled()
         rows = (await self._tx(("SELECT scope, scope_id, SUM(amount) FROM credit_ledger GROUP BY scope, scope_id"
                                 " ORDER BY scope, scope_id", [])))[0]
         return [(r[0], int(r[1]), int(r[2])) for r in rows]

@@ -113,11 +113,16 @@ def _row_to_msg(r: Sequence[Any]) -> StoredMessage:
 class PostgresStore(QueuedStore):
     """The ``DialogueStore`` on PostgreSQL (see the module docstring).
 
+    shared: several processes may write the database (what the per-domain stores' in-memory caches,
+    e.g. ``memory.ledger.Ledger``'s balances, must not assume away).
+
     url: a libpq connection URL (``postgresql://…``). pool_size: connections at most (reads run
     concurrently; the writer uses one). dump_dir: where rows unwritable at shutdown are saved.
     flush_interval_s / flush_rows: the write-behind queue's batching. clock: tz-aware UTC now.
     raises MemoryStoreError on open when the server cannot be reached or the schema is newer.
     """
+
+    shared = True
 
     def __init__(
         self,
@@ -330,6 +335,8 @@ class PostgresStore(QueuedStore):
                             await cur.executemany(_UPSERT_CHAT, [_chat_params(c) for c in batch.chats])
                         if batch.deliveries:
                             await cur.executemany(_INSERT_DELIVERY, [_delivery_params(d) for d in batch.deliveries])
+                        for sql, params in batch.sql:
+                            await cur.execute(sql.replace("?", "%s"), params)
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 raise
             except (psycopg.Error, ValueError, OverflowError) as exc:  # bad data somewhere in the batch
@@ -349,6 +356,7 @@ class PostgresStore(QueuedStore):
             ("recalls", _INSERT_RECALL, lambda r: list(r)),
             ("chats", _UPSERT_CHAT, _chat_params),
             ("deliveries", _INSERT_DELIVERY, _delivery_params),
+            ("sql", None, lambda r: r[1]),
         ):
             rows = getattr(batch, attr)
             i = 0
@@ -356,7 +364,7 @@ class PostgresStore(QueuedStore):
                 while i < len(rows):
                     row = rows[i]
                     try:
-                        await con.execute(sql, params(row))  # autocommit: one transaction per row
+                        await con.execute(sql or row[0].replace("?", "%s"), params(row))  # autocommit: one transaction per row
                         self.commits += 1
                         self.rows_written += 1
                     except (psycopg.OperationalError, psycopg.InterfaceError):

@@ -64,6 +64,15 @@ class QueuedStore:
             rows.append((chat_id, reply_message_id, h.message_id, float(h.score)))
         self._queue.put_recalls(rows)
 
+    async def queue_sql(self, sql: str, params: Sequence[Any]) -> None:
+        """Queue one statement of a per-domain store (one SQL text, ``?`` placeholders, JSON-able
+        parameters), committed by the writer in its next transaction, after the rows queued before
+        it. Returns once the reserve holds it (as durable against a ``kill -9`` as a commit), else
+        once it is committed. For a write on the reply path (``memory.ledger``'s debit) that must not
+        wait for a commit; reads of its table must ``flush()`` first. raises MemoryStoreError."""
+        if not self._queue.put_sql((sql, list(params))):
+            await self._queue.flush()
+
     async def flush(self) -> None:
         """Return when every row enqueued before the call is committed.
 

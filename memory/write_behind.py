@@ -90,6 +90,7 @@ SENT_HEADROOM = 2**20
 RecallRow = tuple[int, int, int, float]  # (chat_id, reply_message_id, memory_message_id, score)
 ChatRow = tuple[int, str, "str | None", int]  # (chat_id, type, title, created_at µs since epoch, UTC)
 DeliveryRow = tuple[int, int, int]  # (chat_id, message_id replied to, sent_at µs since epoch, UTC)
+SqlRow = tuple[str, list]  # (a per-domain store's statement, "?" placeholders; its JSON-able parameters)
 
 
 @dataclass(eq=False)
@@ -102,14 +103,16 @@ class Batch:
     recalls: list[RecallRow] = field(default_factory=list)
     chats: list[ChatRow] = field(default_factory=list)
     deliveries: list[DeliveryRow] = field(default_factory=list)
+    sql: list[SqlRow] = field(default_factory=list)
     upto: int = 0
 
     def __len__(self) -> int:
-        return len(self.messages) + len(self.usage) + len(self.recalls) + len(self.chats) + len(self.deliveries)
+        return (len(self.messages) + len(self.usage) + len(self.recalls) + len(self.chats) + len(self.deliveries)
+                + len(self.sql))
 
     def clear(self) -> None:
         """Mark every row as written (a commit function calls it when the whole batch is stored)."""
-        self.messages, self.usage, self.recalls, self.chats, self.deliveries = [], [], [], [], []
+        self.messages, self.usage, self.recalls, self.chats, self.deliveries, self.sql = [], [], [], [], [], []
 
 
 @dataclass(eq=False)
@@ -286,6 +289,16 @@ class WriteBehind:
         self._q.deliveries.append(row)
         self._enqueued(1)
         self._delivered_for_chat[row[0]] = self._seq
+        return kept
+
+    def put_sql(self, row: SqlRow) -> bool:
+        """Queue one statement of a per-domain store (``memory.ledger``'s debit of an answer being
+        sent), run in the next commit's transaction after the other rows; accepted while intake is
+        stopped (it records billed work). True as for ``put_delivery``: the reserve holds it."""
+        self.check_open()
+        kept = self._keep("sql", [row], True) and not self._unjournaled
+        self._q.sql.append(row)
+        self._enqueued(1)
         return kept
 
     @property
@@ -517,6 +530,7 @@ class WriteBehind:
         self._q.recalls[:0] = batch.recalls
         self._q.chats[:0] = batch.chats
         self._q.deliveries[:0] = batch.deliveries
+        self._q.sql[:0] = batch.sql
 
 
 # ---------------------------------------------------------------- the reserve
@@ -689,6 +703,8 @@ def row_json(kind: str, row: Any) -> dict:
         return {"record": "chat", "chat_id": row[0], "type": row[1], "title": row[2], "created_us": row[3]}
     if kind == "delivery":
         return {"record": "delivery", "chat_id": row[0], "message_id": row[1], "sent_us": row[2]}
+    if kind == "sql":
+        return {"record": "sql", "sql": row[0], "params": row[1]}
     raise ValueError(f"unknown row kind {kind!r}")
 
 
@@ -718,6 +734,10 @@ def add_row(batch: Batch, d: dict) -> bool:
             batch.chats.append((int(d["chat_id"]), str(d["type"]), d.get("title"), int(created)))
         elif kind == "delivery":
             batch.deliveries.append((int(d["chat_id"]), int(d["message_id"]), int(d["sent_us"])))
+        elif kind == "sql":
+            if not isinstance(d["sql"], str) or not isinstance(d["params"], list):
+                return False
+            batch.sql.append((d["sql"], d["params"]))
         else:
             return False
     except (KeyError, TypeError, ValueError):
@@ -783,11 +803,11 @@ def save_unsaved(batch: Batch, base: Path) -> None:
                     f.write(json.dumps(_message_json(m)) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-        if batch.usage or batch.recalls or batch.chats or batch.deliveries:
+        if batch.usage or batch.recalls or batch.chats or batch.deliveries or batch.sql:
             written.append(f"{base}.other.jsonl")
             with open(f"{base}.other.jsonl", "a", encoding="utf-8") as f:
                 for kind, rows in (("chat", batch.chats), ("usage", batch.usage), ("recall", batch.recalls),
-                                   ("delivery", batch.deliveries)):
+                                   ("delivery", batch.deliveries), ("sql", batch.sql)):
                     for r in rows:
                         f.write(json.dumps(row_json(kind, r)) + "\n")
                 f.flush()

@@ -223,3 +223,56 @@ async def test_expiry_and_refund_take_only_what_is_left_of_their_lot(tmp_path: P
         await ledger.append(debit(2, 1, 25, sid=2), overdraft=10)
         clock[0] += timedelta(days=2)
         assert await expire_due(ledger, "user", 2) == 0 and await ledger.balance("user", 2) == -5
+
+
+KILLED_AFTER_A_JOURNALED_DEBIT = """
+import os, signal, sys
+from pathlib import Path
+
+import anyio
+
+from memory.duckdb_store import DuckDBStore
+from memory.ledger import Ledger, LedgerEntry, debit_key
+
+
+async def main():
+    async with DuckDBStore(Path(sys.argv[1]), flush_interval_s=30) as store:
+        ledger = await Ledger(store).open()
+        await ledger.append(LedgerEntry("grant:g", "user", 1, "grant", 10))  # committed
+        commits = store.commits
+        await store.note_delivery(1, 7)  # the turn: the delivery, then its debit, then the first byte
+        posting = await ledger.append(LedgerEntry(debit_key(1, 7), "user", 1, "debit", -3, chat_id=1, message_id=7),
+                                      journaled=True)
+        refused = await ledger.append(LedgerEntry(debit_key(1, 8), "user", 1, "debit", -8, chat_id=1, message_id=8),
+                                      journaled=True)
+        assert store.commits == commits, "a commit ran"
+        print(f"DEBITED {posting.status} {posting.balance} {refused.status}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.anyio
+async def test_a_journaled_debit_is_in_the_reserve_before_any_commit_and_kept_after_a_kill(tmp_path: Path) -> None:
+    """The turn's debit (``append(journaled=True)``): floor checked in memory, no commit, in the
+    store's reserve in order after the delivery record; a ``kill -9`` loses neither."""
+    import os
+    import sys
+
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_AFTER_A_JOURNALED_DEBIT, encoding="utf-8")
+    db = tmp_path / "kith.duckdb"
+    root = Path(__file__).resolve().parents[1]
+    r = await anyio.run_process([sys.executable, str(script), str(db)], cwd=root,
+                                env={**os.environ, "PYTHONPATH": str(root)}, check=False)
+    out = r.stdout.decode()
+    assert r.returncode == -9, out + r.stderr.decode()[-3000:]
+    assert "DEBITED added 7 insufficient" in out
+    async with DuckDBStore(db) as store:
+        ledger = await Ledger(store).open()
+        assert await store.answered_ids(1) == {7}
+        assert await ledger.balance("user", 1) == 7
+        assert (await ledger.get(debit_key(1, 7))).amount == -3  # type: ignore[union-attr]
+        assert await ledger.get(debit_key(1, 8)) is None

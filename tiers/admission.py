@@ -227,13 +227,15 @@ class Admission:
         return Admit(False, alias, tier, reason="credits", quota=decision, refusal=refusal)
 
     async def charge(self, adm: Admit, chat_id: int, message_id: int, user_id: int, *, tokens: int | None = None,
-                     model: str | None = None) -> Posting | None:
+                     model: str | None = None, journaled: bool = False) -> Posting | None:
         """Debit the answer to ``message_id`` of ``chat_id`` that ``adm`` admitted as paid (``paid_by``);
         None when it is not paid. Once per answered message: the key is the message
         (``memory.ledger.debit_key``), so a turn handled again (a re-delivery, the repair after a
         crash) takes nothing twice. ``tokens`` None: the message's price (at delivery); a number: the
         tokens' price (``per_1k_tokens``, after the answer; its own key). A price the balance does not
-        cover down to the tier's overdraft is cut to what it covers (never below the floor)."""
+        cover down to the tier's overdraft is cut to what it covers (never below the floor).
+        ``journaled``: queued into the store's reserve instead of committed (``Ledger.append``; the
+        turn, right after its delivery record, which guarantees the key is new)."""
         if adm.paid_by is None or self.ledger is None:
             return None
         key = debit_key(chat_id, message_id)
@@ -242,7 +244,7 @@ class Admission:
         else:
             amount, key = self.cfg.prices.tokens(tokens), key + ":tokens"
         return await self._debit(adm, key, amount, user_id=user_id, chat_id=chat_id, message_id=message_id,
-                                 note=model or adm.alias)
+                                 note=model or adm.alias, journaled=journaled)
 
     async def charge_extra(self, adm: Admit, key: str, *, user_id: int, chat_id: int, message_id: int | None = None,
                            units: int = 1, note: str) -> Posting | None:
@@ -255,18 +257,19 @@ class Admission:
                                  message_id=message_id, note=note)
 
     async def _debit(self, adm: Admit, key: str, amount: int, *, user_id: int, chat_id: int, message_id: int | None,
-                     note: str) -> Posting | None:
+                     note: str, journaled: bool = False) -> Posting | None:
         assert adm.paid_by is not None and self.ledger is not None
         if amount <= 0:
             return None
         scope, scope_id = adm.paid_by
         entry = LedgerEntry(key, scope, scope_id, "debit", -amount, user_id=user_id, chat_id=chat_id, message_id=message_id,
                             note=note)
-        posting = await self.ledger.append(entry, overdraft=adm.overdraft)
+        posting = await self.ledger.append(entry, overdraft=adm.overdraft, journaled=journaled)
         if posting.status == "insufficient":
             left = posting.balance + adm.overdraft
             if left > 0:
-                posting = await self.ledger.append(replace(entry, amount=-min(amount, left)), overdraft=adm.overdraft)
+                posting = await self.ledger.append(replace(entry, amount=-min(amount, left)), overdraft=adm.overdraft,
+                                                   journaled=journaled)
         return posting
 
     async def uncharge(self, adm: Admit, chat_id: int, message_id: int) -> Posting | None:

@@ -216,7 +216,7 @@ async def expire_due(ledger: Ledger, scope: str, scope_id: int, now: datetime | 
     """Take what is left of ``scope:scope_id``'s purchases and grants that expired by ``now`` (one
     ``expiry`` row each, keyed by the lot, never below a zero balance); the credits taken."""
     now = now or ledger.now()
-    if not await ledger.expiring(now, scope, scope_id):
+    if not await ledger.may_expire(scope, scope_id, now) or not await ledger.expiring(now, scope, scope_id):
         return 0
     taken = 0
     found, _deficit = lots(await ledger.entries(scope, scope_id))
@@ -224,9 +224,7 @@ async def expire_due(ledger: Ledger, scope: str, scope_id: int, now: datetime | 
         if lot.expires is None or lot.expires > now or lot.remaining <= 0:
             continue
         balance = await ledger.balance(scope, scope_id)
-        amount = min(lot.remaining, max(0, balance))
-        if amount <= 0:
-            continue  # (spent into an overdraft: nothing of it is left)
+        amount = min(lot.remaining, max(0, balance))  # 0: spent into an overdraft, nothing of it is left (recorded all the same)
         posting = await ledger.append(LedgerEntry(expiry_key(lot.key), scope, scope_id, "expiry", -amount, ts=now,
                                                   ref=lot.key, note=lot.kind))
         if posting.added:
