@@ -86,6 +86,7 @@ class LocalOutbox:
     pre_checkouts: list[tuple[str, bool, str | None]] = field(default_factory=list)
     admins: set[tuple[int, int]] | None = None  # (chat_id, user_id); None: everyone administers (console)
     deleted: list[tuple[int, int]] = field(default_factory=list)  # (chat_id, message_id) deleted by the bot
+    star_subscriptions: list[tuple[int, str, bool]] = field(default_factory=list)  # (user_id, charge_id, canceled) asked
     language: str = i18n.DEFAULT
     _keyboards: dict[int, OutMessage] = field(default_factory=dict, init=False, repr=False)
 
@@ -172,6 +173,17 @@ class LocalOutbox:
 
     async def answer_pre_checkout(self, query_id: str, ok: bool, error: str | None = None) -> None:
         self.pre_checkouts.append((query_id, ok, error))
+
+    async def send_invoice_link(self, chat_id: int, invoice, text: str, button: str, *, reply_to: int | None = None,
+                                thread_id: int | None = None) -> Sent:
+        """The text and, in place of the link's button (there is no Telegram here), an ``[invoice link]``
+        line; the invoice is attached."""
+        prices = ", ".join(f"{label} {amount} {invoice.currency}" for label, amount in invoice.prices)
+        return await self._emit(OutMessage(chat_id, await self.ids.next(chat_id), f"{text}\n[invoice link] {button}: {prices}",
+                                           reply_to, thread_id, invoice=invoice))
+
+    async def edit_star_subscription(self, user_id: int, charge_id: str, *, canceled: bool) -> None:
+        self.star_subscriptions.append((user_id, charge_id, canceled))
 
     async def is_admin(self, chat_id: int, user_id: int) -> bool:
         return self.admins is None or (chat_id, user_id) in self.admins
