@@ -159,7 +159,11 @@ class PreCheckout:
 
 @dataclass(frozen=True, slots=True)
 class PaymentEvent:
-    """A successful payment (``charge_id`` = telegram_payment_charge_id; the same charge may arrive twice)."""
+    """A successful payment (``charge_id`` = telegram_payment_charge_id; the same charge may arrive twice).
+
+    A Telegram Stars subscription's payment has ``subscription_until`` (its
+    ``subscription_expiration_date``, UTC); ``renewal``: it renews one (``is_recurring`` and not
+    ``is_first_recurring``) rather than starting it."""
 
     chat_id: int
     message_id: int
@@ -169,6 +173,8 @@ class PaymentEvent:
     total_amount: int
     currency: str
     date: datetime
+    subscription_until: datetime | None = None
+    renewal: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,10 +20,12 @@ class Sent:
 
 @dataclass(frozen=True, slots=True)
 class Button:
-    """An inline-keyboard button: ``text`` shown, ``data`` returned in ``ButtonPress.data`` (≤ 64 bytes)."""
+    """An inline-keyboard button: ``text`` shown, ``data`` returned in ``ButtonPress.data`` (≤ 64 bytes);
+    with ``url``, a button that opens that link instead (``data`` unused)."""
 
     text: str
     data: str
+    url: str | None = None
 
 
 @runtime_checkable
@@ -72,6 +74,17 @@ class Outbox(Protocol):
     async def refund_star_payment(self, user_id: int, charge_id: str) -> None:
         """Give ``user_id`` back the Telegram Stars of payment ``charge_id`` (Telegram's
         ``refundStarPayment``). raises RefundRefused (``already`` when it was refunded before)."""
+        ...
+
+    async def send_invoice_link(self, chat_id: int, invoice, text: str, button: str, *, reply_to: int | None = None,
+                                thread_id: int | None = None) -> Sent:
+        """Send ``text`` with one button, labelled ``button``, that opens ``invoice`` as a link (how
+        Telegram sells a Stars subscription: ``invoice.subscription_period``)."""
+        ...
+
+    async def edit_star_subscription(self, user_id: int, charge_id: str, *, canceled: bool) -> None:
+        """Cancel (``canceled``) or resume the renewal of ``user_id``'s Telegram Stars subscription whose
+        first payment was ``charge_id``. raises ActorError when Telegram refuses."""
         ...
 
     async def is_admin(self, chat_id: int, user_id: int) -> bool:

@@ -7,7 +7,7 @@ forbids unknown keys, so a typo names the key instead of being ignored. Units ar
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, DirectoryPath, Field, field_validator, model_validator
 
 UNLIMITED = -1
@@ -533,16 +533,57 @@ class Tier(Frozen):
         return tuple(name.strip() for name in v)
 
 
+STARS_SUBSCRIPTION_DAYS = 30  # Telegram Stars subscriptions renew every 30 days (2592000 s), no other period
+
+
 class Plan(Frozen):
-    """What ``/billing`` sells: ``days`` of ``tier`` for ``price`` (in the currency's smallest unit; XTR = Stars)."""
+    """What ``/billing`` sells: ``days`` of ``tier`` for ``price`` (in the currency's smallest unit; XTR = Stars).
+
+    subscription_period: days; set, the plan is sold as a Telegram Stars subscription that renews by
+    itself every period until cancelled (Telegram allows 30 days only, in XTR only; ``days`` defaults
+    to it and must equal it). None: a one-off purchase of ``days``.
+    """
 
     tier: str
     days: int = Field(gt=0)
     price: int = Field(gt=0)
     currency: str = "XTR"
+    subscription_period: int | None = None
     # a text, or one per interface language ({en: Premium for a month, ru: Премиум на месяц}; i18n.pick)
     title: str | dict[str, str] | None = None
     description: str | dict[str, str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _days_of_a_subscription(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("subscription_period") is not None and "days" not in data:
+            return {**data, "days": data["subscription_period"]}
+        return data
+
+    @field_validator("subscription_period")
+    @classmethod
+    def _thirty_days(cls, v: int | None) -> int | None:
+        if v is not None and v != STARS_SUBSCRIPTION_DAYS:
+            raise ValueError(f"Telegram Stars subscriptions renew every {STARS_SUBSCRIPTION_DAYS} days only: set it to "
+                             f"{STARS_SUBSCRIPTION_DAYS} (or leave it out for a one-off purchase), not {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _a_stars_subscription(self) -> "Plan":
+        if self.subscription_period is None:
+            return self
+        if self.currency.upper() != "XTR":
+            raise ValueError(f"a plan with subscription_period is a Telegram Stars subscription: its currency must be XTR, "
+                             f"not {self.currency}")
+        if self.days != self.subscription_period:
+            raise ValueError(f"a plan with subscription_period runs {self.subscription_period} days per payment: "
+                             f"leave days out or set it to {self.subscription_period}, not {self.days}")
+        return self
+
+    @property
+    def subscription_seconds(self) -> int | None:
+        """The period in seconds as Telegram takes it (``subscription_period`` of an invoice link), None: one-off."""
+        return None if self.subscription_period is None else self.subscription_period * 86_400
 
     @field_validator("title", "description")
     @classmethod

@@ -2,6 +2,13 @@
 
 The tier logic lives in ``tiers`` (``Admission``); this module only talks to the member. Payments
 are applied once per ``charge_id`` even when Telegram delivers the update twice.
+
+A renewing plan (``subscription_period``) is sold to a member as a Telegram Stars subscription: its
+buy button sends a message whose button opens an invoice link (Telegram sells subscriptions only so).
+In a group the same plan is sold as a one-off purchase of its days for the whole group (a Telegram
+subscription is one user's). While a member's subscription runs, /billing says when it renews (or
+that it ends and won't renew) and offers "Cancel renewal" or "Resume renewal" (``sub:cancel``,
+``sub:resume``: ``edit_user_star_subscription``), instead of selling the renewing plans again.
 """
 from __future__ import annotations
 
@@ -11,7 +18,9 @@ import i18n
 from i18n import _, ngettext
 from tiers.errors import PaymentError
 from tiers.payments import invoice_for, validate_pre_checkout
+from tiers.subscriptions import Subscription
 
+from actors.errors import ActorError
 from actors.handlers import ChatContext
 from actors.events import PRIVATE, ButtonPress, CommandEvent, PaymentEvent, PreCheckout
 from actors.outbox import Button
@@ -19,6 +28,8 @@ from .replies import features_line, reply, short
 
 
 log = logging.getLogger(__name__)
+
+SUB_BUTTON = "sub"  # sub:cancel, sub:resume — the member's own Telegram Stars subscription
 
 
 def plans_button(ctx: ChatContext) -> list[list[Button]] | None:
@@ -113,23 +124,58 @@ async def cmd_usage(ctx: ChatContext, ev: CommandEvent) -> None:
 
 async def cmd_billing(ctx: ChatContext, ev: CommandEvent) -> None:
     """The plans as buttons; in a group, a plan bought here covers the whole group."""
-    await send_plans(ctx, "user" if ev.chat_type == PRIVATE else "chat", ev.message_id, ev.thread_id)
+    await send_plans(ctx, "user" if ev.chat_type == PRIVATE else "chat", ev.message_id, ev.thread_id, ev.sender.user_id)
 
 
-async def send_plans(ctx: ChatContext, scope: str, reply_to: int | None, thread_id: int | None) -> None:
-    """The plans as buttons (``scope``: ``"user"`` in a private chat, ``"chat"`` in a group)."""
+async def running_subscription(ctx: ChatContext, user_id: int) -> Subscription | None:
+    """The member's Telegram Stars subscription while it runs (renewing or not), else None."""
+    adm = ctx.svc.admission
+    if adm is None:
+        return None
+    sub = await adm.subs.get("user", user_id)
+    if sub is None or not sub.recurring or sub.expires_at is None or not sub.active(adm.clock()):
+        return None
+    return sub
+
+
+def subscription_line(sub: Subscription) -> str:
+    """"renews on <date>" or "ends on <date> and won't renew", for /billing."""
+    assert sub.expires_at is not None
+    when = i18n.datetime_(sub.expires_at)
+    if sub.renews:
+        return _("Your **{tier}** subscription renews on {when} UTC.", tier=sub.tier, when=when)
+    return _("Your **{tier}** subscription ends on {when} UTC and won't renew.", tier=sub.tier, when=when)
+
+
+async def send_plans(ctx: ChatContext, scope: str, reply_to: int | None, thread_id: int | None, user_id: int | None = None) -> None:
+    """The plans as buttons (``scope``: ``"user"`` in a private chat, ``"chat"`` in a group). For a
+    member (``user_id``, scope ``user``) with a running Telegram subscription: its state and the
+    button that cancels or resumes its renewal, in place of the renewing plans."""
     plans = ctx.svc.config.tiers.plans
     if not plans:
         await ctx.outbox.send(ctx.chat_id, _("This bot sells no plans."), reply_to=reply_to, thread_id=thread_id)
         return
-    rows = [[Button(ngettext("{title}: {n} day of {tier} — {price}", "{title}: {n} days of {tier} — {price}", p.days,
-                             title=i18n.pick(p.title) or name, n=i18n.number(p.days), tier=p.tier, price=_price(p.price, p.currency)),
-                    f"buy:{name}:{scope}")]
-            for name, p in plans.items()]
+    running = await running_subscription(ctx, user_id) if scope == "user" and user_id is not None else None
+    rows = []
+    for name, p in plans.items():
+        title, price = i18n.pick(p.title) or name, _price(p.price, p.currency)
+        if p.subscription_period is not None and scope == "user":
+            if running is not None:
+                continue  # one Telegram subscription at a time: cancel or resume it below
+            label = ngettext("{title}: {tier}, renewed every {n} day — {price}", "{title}: {tier}, renewed every {n} days — {price}",
+                             p.days, title=title, n=i18n.number(p.days), tier=p.tier, price=price)
+        else:
+            label = ngettext("{title}: {n} day of {tier} — {price}", "{title}: {n} days of {tier} — {price}", p.days,
+                             title=title, n=i18n.number(p.days), tier=p.tier, price=price)
+        rows.append([Button(label, f"buy:{name}:{scope}")])
     if scope == "user":
         text = _("Plans — a purchase here covers you (in every chat):")
     else:
         text = _("Plans — a purchase here covers everyone in this group:")
+    if running is not None:
+        text = subscription_line(running) + "\n\n" + text
+        rows.append([Button(_("Cancel renewal"), f"{SUB_BUTTON}:cancel") if running.renews
+                     else Button(_("Resume renewal"), f"{SUB_BUTTON}:resume")])
     await ctx.outbox.send_buttons(ctx.chat_id, text, rows, reply_to=reply_to, thread_id=thread_id)
 
 
@@ -186,12 +232,49 @@ async def press_buy(ctx: ChatContext, ev: ButtonPress, rest: str) -> None:
         log.warning("chat %s: plan %r cannot be sold: %s", ctx.chat_id, plan, exc)
         await ctx.outbox.answer_button(ev.query_id, _("Sorry, this plan can't be bought right now."), alert=True)
         return
-    await ctx.outbox.send_invoice(ctx.chat_id, invoice)
+    if invoice.subscription_period is None:
+        await ctx.outbox.send_invoice(ctx.chat_id, invoice)
+        await ctx.outbox.answer_button(ev.query_id)
+        return
+    if await running_subscription(ctx, ev.sender.user_id) is not None:
+        await ctx.outbox.answer_button(ev.query_id, _("You already have a subscription: see /billing."), alert=True)
+        return
+    p = ctx.svc.config.tiers.plans[plan]
+    price = _price(p.price, p.currency)
+    text = ngettext("**{title}**: {price} every {n} day. Telegram renews it by itself until you cancel it (here in /billing, "
+                    "or in Telegram's settings).",
+                    "**{title}**: {price} every {n} days. Telegram renews it by itself until you cancel it (here in /billing, "
+                    "or in Telegram's settings).", p.days, title=invoice.title, price=price, n=i18n.number(p.days))
+    try:
+        await ctx.outbox.send_invoice_link(ctx.chat_id, invoice, text, _("Subscribe for {price}", price=price))
+    except ActorError as exc:
+        log.warning("chat %s: no invoice link for plan %r: %s", ctx.chat_id, plan, exc)
+        await ctx.outbox.answer_button(ev.query_id, _("Sorry, this plan can't be bought right now."), alert=True)
+        return
     await ctx.outbox.answer_button(ev.query_id)
 
 
+async def press_subscription(ctx: ChatContext, ev: ButtonPress, rest: str) -> None:
+    """``sub:cancel`` / ``sub:resume``: stop or restart the renewal of the presser's own subscription."""
+    uid = ev.sender.user_id
+    sub = await running_subscription(ctx, uid)
+    if rest not in ("cancel", "resume") or sub is None or ctx.svc.admission is None:
+        await ctx.outbox.answer_button(ev.query_id, _("You have no subscription to change."), alert=True)
+        return
+    cancel = rest == "cancel"
+    try:
+        await ctx.outbox.edit_star_subscription(uid, sub.charge_id or "", canceled=cancel)
+    except ActorError as exc:
+        log.warning("user %s: subscription %s not %s: %s", uid, sub.charge_id, "cancelled" if cancel else "resumed", exc)
+        await ctx.outbox.answer_button(ev.query_id, _("Telegram did not accept the change. Please try again later."), alert=True)
+        return
+    await ctx.svc.admission.subs.set_renews("user", uid, not cancel)
+    await ctx.outbox.answer_button(ev.query_id, _("Renewal cancelled.") if cancel else _("Renewal resumed."))
+    await send_plans(ctx, "user", None, None, uid)
+
+
 async def handle_pre_checkout(ctx: ChatContext, ev: PreCheckout) -> None:
-    error = validate_pre_checkout(ev.payload, ev.total_amount, ev.currency, ctx.svc.config.tiers)
+    error = validate_pre_checkout(ev.payload, ev.total_amount, ev.currency, ctx.svc.config.tiers, ev.sender.user_id)
     await ctx.outbox.answer_pre_checkout(ev.query_id, error is None, error)
 
 
@@ -199,9 +282,15 @@ async def handle_payment(ctx: ChatContext, ev: PaymentEvent) -> None:
     if ctx.svc.admission is None:
         log.error("payment %s received but tiers are disabled", ev.charge_id)
         return
-    sub = await ctx.svc.admission.apply_payment(ev.charge_id, ev.payload, ev.total_amount, ev.currency, ev.sender.user_id, ctx.chat_id)
+    sub = await ctx.svc.admission.apply_payment(ev.charge_id, ev.payload, ev.total_amount, ev.currency, ev.sender.user_id, ctx.chat_id,
+                                                subscription_until=ev.subscription_until, renewal=ev.renewal)
     if sub is None:
         text = _("Thank you! Your payment was received, but its plan no longer exists: the bot's owner will sort it out.")
+    elif ev.subscription_until is not None and ev.renewal:
+        text = _("Your subscription was renewed: you are on **{tier}**{until}.", tier=sub.tier, until=_expiry(sub))
+    elif ev.subscription_until is not None and sub.scope == "user":
+        text = _("Thank you! You are on **{tier}**{until}; Telegram renews it by itself. /billing shows it and can cancel it.",
+                 tier=sub.tier, until=_expiry(sub))
     elif sub.scope == "user":
         text = _("Thank you! You are on **{tier}**{until}.", tier=sub.tier, until=_expiry(sub))
     else:

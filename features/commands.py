@@ -487,6 +487,8 @@ async def handle_button(ctx: ChatContext, ev: ButtonPress) -> None:
         await ctx.outbox.answer_button(ev.query_id)
     elif kind == "buy":
         await billing.press_buy(ctx, ev, rest)
+    elif kind == billing.SUB_BUTTON:
+        await billing.press_subscription(ctx, ev, rest)
     elif kind == credits.BUTTON:
         await credits.press(ctx, ev, rest)
     elif kind == plugins.PREFIX:
@@ -494,7 +496,7 @@ async def handle_button(ctx: ChatContext, ev: ButtonPress) -> None:
     elif kind == reminders.BUTTON:
         await reminders.press(ctx, ev, rest)
     elif kind == "billing":
-        await billing.send_plans(ctx, "user" if ctx.chat_id > 0 else "chat", None, None)
+        await billing.send_plans(ctx, "user" if ctx.chat_id > 0 else "chat", None, None, uid)
         await ctx.outbox.answer_button(ev.query_id)
     elif kind == "role":
         ctx.awaiting_role.discard(uid)

@@ -1002,20 +1002,22 @@ class DuckDBStore(QueuedStore):
     async def subscriptions(self) -> list[SubscriptionRecord]:
         """Every stored subscription (scope, scope id order)."""
         rows = await self._query(
-            "SELECT scope, scope_id, tier, epoch_us(expires_at), source, epoch_us(updated_at) FROM subscriptions"
+            "SELECT scope, scope_id, tier, epoch_us(expires_at), source, epoch_us(updated_at), renews, charge_id FROM subscriptions"
             " ORDER BY scope, scope_id")
-        return [SubscriptionRecord(r[0], int(r[1]), r[2], None if r[3] is None else from_us(r[3]), r[4], from_us(r[5]))
+        return [SubscriptionRecord(r[0], int(r[1]), r[2], None if r[3] is None else from_us(r[3]), r[4], from_us(r[5]),
+                                   None if r[6] is None else bool(r[6]), r[7])
                 for r in rows]
 
     async def put_subscription(self, sub: SubscriptionRecord) -> None:
         """Insert or replace the subscription of ``(sub.scope, sub.scope_id)``; committed on return."""
         await self._query(
-            f"""INSERT INTO subscriptions (scope, scope_id, tier, expires_at, source, updated_at)
-            VALUES (?, ?, ?, {_TS.format('?')}, ?, {_TS.format('?')})
+            f"""INSERT INTO subscriptions (scope, scope_id, tier, expires_at, source, updated_at, renews, charge_id)
+            VALUES (?, ?, ?, {_TS.format('?')}, ?, {_TS.format('?')}, ?, ?)
             ON CONFLICT (scope, scope_id) DO UPDATE SET tier = excluded.tier, expires_at = excluded.expires_at,
-                source = excluded.source, updated_at = excluded.updated_at""",
+                source = excluded.source, updated_at = excluded.updated_at, renews = excluded.renews,
+                charge_id = excluded.charge_id""",
             [sub.scope, sub.scope_id, sub.tier, None if sub.expires_at is None else to_us(sub.expires_at),
-             sub.source, to_us(sub.updated_at)])
+             sub.source, to_us(sub.updated_at), sub.renews, sub.charge_id])
 
     async def delete_subscription(self, scope: str, scope_id: int) -> bool:
         """Delete the subscription of ``scope:scope_id``; True when there was one."""

@@ -173,9 +173,15 @@ _V2 = (
     "CREATE INDEX cleanups_by_chat ON cleanups (chat_id)",
 )
 
+_V3 = (
+    "ALTER TABLE subscriptions ADD COLUMN renews BOOLEAN",  # a Telegram Stars subscription: renews (true) or cancelled (false)
+    "ALTER TABLE subscriptions ADD COLUMN charge_id TEXT",  # its first payment's telegram_payment_charge_id
+)
+
 MIGRATIONS: list[tuple[str, ...]] = [
     _V1,  # the DuckDB store's schema version 4, in PostgreSQL's types, with indexes for its by-user reads
     _V2,  # version 5: messages.imported, the capacity cleanups' log
+    _V3,  # version 6: subscriptions.renews, subscriptions.charge_id (Telegram Stars subscriptions)
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -541,7 +541,7 @@ class PostgresStore(QueuedStore):
                 await con.execute(f"DELETE FROM {table} WHERE chat_id = %s", [old])
             await con.execute("UPDATE usage SET chat_id = %s WHERE chat_id = %s", [new, old])
             await con.execute("UPDATE cleanups SET chat_id = %s WHERE chat_id = %s", [new, old])
-            await con.execute("INSERT INTO subscriptions SELECT scope, %s, tier, expires_at, source, updated_at"
+            await con.execute("INSERT INTO subscriptions SELECT scope, %s, tier, expires_at, source, updated_at, renews, charge_id"
                               " FROM subscriptions WHERE scope = 'chat' AND scope_id = %s ON CONFLICT DO NOTHING", [new, old])
             await con.execute("INSERT INTO api_keys SELECT scope, %s, provider, token, hint, updated_at"
                               " FROM api_keys WHERE scope = 'chat' AND scope_id = %s ON CONFLICT DO NOTHING", [new, old])
@@ -770,17 +770,18 @@ class PostgresStore(QueuedStore):
     # ------------------------------------------------------------ subscriptions and payments
 
     async def subscriptions(self) -> list[SubscriptionRecord]:
-        rows = await self._fetch("SELECT scope, scope_id, tier, expires_at, source, updated_at FROM subscriptions"
-                                 " ORDER BY scope, scope_id")
+        rows = await self._fetch("SELECT scope, scope_id, tier, expires_at, source, updated_at, renews, charge_id"
+                                 " FROM subscriptions ORDER BY scope, scope_id")
         return [SubscriptionRecord(*r) for r in rows]
 
     async def put_subscription(self, sub: SubscriptionRecord) -> None:
         await self._fetch(
-            "INSERT INTO subscriptions (scope, scope_id, tier, expires_at, source, updated_at) VALUES (%s, %s, %s, %s, %s, %s)"
+            "INSERT INTO subscriptions (scope, scope_id, tier, expires_at, source, updated_at, renews, charge_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (scope, scope_id) DO UPDATE SET tier = excluded.tier, expires_at = excluded.expires_at,"
-            " source = excluded.source, updated_at = excluded.updated_at",
+            " source = excluded.source, updated_at = excluded.updated_at, renews = excluded.renews, charge_id = excluded.charge_id",
             [sub.scope, sub.scope_id, sub.tier, None if sub.expires_at is None else _utc(sub.expires_at), sub.source,
-             _utc(sub.updated_at)])
+             _utc(sub.updated_at), sub.renews, sub.charge_id])
 
     async def delete_subscription(self, scope: str, scope_id: int) -> bool:
         return bool(await self._fetch("DELETE FROM subscriptions WHERE scope = %s AND scope_id = %s RETURNING scope",

@@ -16,6 +16,8 @@ answering twice), ``api_keys`` (users' and groups' own API keys, encrypted) and 
 the start-up gap check and ``kith memory reindex`` leave them unembedded). Step 5 marks the messages
 the host imported (``messages.imported``: capacity cleanup neither counts nor evicts them) and logs
 what each capacity cleanup removed and why (``cleanups``: ``/memory`` and ``kith memory stats`` show it).
+Step 6 gives a subscription bought as a Telegram Stars subscription its first charge id and whether it
+renews (``subscriptions.charge_id``, ``subscriptions.renews``; NULL for the others).
 """
 from __future__ import annotations
 
@@ -192,12 +194,18 @@ _V5 = (
     """,
 )
 
+_V6 = (
+    "ALTER TABLE subscriptions ADD COLUMN renews BOOLEAN",    # a Telegram Stars subscription: renews (true) or cancelled (false)
+    "ALTER TABLE subscriptions ADD COLUMN charge_id VARCHAR",  # its first payment's telegram_payment_charge_id
+)
+
 MIGRATIONS: list[tuple[str, ...]] = [
     _V1,
     _V2,  # subscriptions, payments
     _V3,  # usage by kind (seconds, images, pages); documents and their chunks
     _V4,  # deliveries (exactly-once replies), api keys (encrypted), memory evictions (capacity cleanup)
     _V5,  # messages.imported (the host's history, kept whatever the tier), the capacity cleanups' log
+    _V6,  # subscriptions.renews, subscriptions.charge_id (Telegram Stars subscriptions)
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -255,7 +255,12 @@ class UsageCount:
 @dataclass(frozen=True, slots=True)
 class SubscriptionRecord:
     """A stored subscription row: ``scope`` ``"user"|"chat"`` and its id hold ``tier`` until
-    ``expires_at`` (tz-aware UTC; None = never). source: who set it. updated_at: tz-aware UTC."""
+    ``expires_at`` (tz-aware UTC; None = never). source: who set it. updated_at: tz-aware UTC.
+
+    A Telegram Stars subscription (a plan with ``subscription_period``) also has ``charge_id``, the
+    ``telegram_payment_charge_id`` of its first payment (what cancelling or resuming it names), and
+    ``renews``: True while Telegram renews it, False once the bot cancelled the renewal. None for
+    both: not a Telegram subscription (a one-off purchase, a grant)."""
 
     scope: str
     scope_id: int
@@ -263,6 +268,8 @@ class SubscriptionRecord:
     expires_at: datetime | None
     source: str
     updated_at: datetime
+    renews: bool | None = None
+    charge_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -486,6 +486,11 @@ async def test_subscriptions_are_put_replaced_deleted_and_kept(open_store: Opene
         await store.put_subscription(SubscriptionRecord("user", 42, "gold", soon, "cli", T0))
         (sub,) = await store.subscriptions()
         assert sub.expires_at == soon and sub.expires_at.tzinfo is not None
+        assert (sub.renews, sub.charge_id) == (None, None)
+        await store.put_subscription(SubscriptionRecord("user", 42, "gold", soon, "payment:c2", T0, False, "c1"))  # Telegram's
+    async with open_store() as store:
+        (sub,) = await store.subscriptions()
+        assert (sub.source, sub.renews, sub.charge_id) == ("payment:c2", False, "c1")
 
 
 @pytest.mark.anyio

@@ -120,7 +120,8 @@ class TelegramHarness:
 
     ``client``: the real pyrogram client (not started: ``serve()`` or ``start()`` starts it).
     ``calls``: every raw function the client invoked, in order. ``sent``/``edits``/``drafts``:
-    what the bot sent. ``fail(Function, exc, ...)`` queues exceptions for the next calls of a
+    what the bot sent; ``invoice_links``: the invoices it made links of; ``star_subscriptions``:
+    the Stars subscriptions it cancelled or resumed. ``fail(Function, exc, ...)`` queues exceptions for the next calls of a
     function (e.g. ``FloodWait(value=3)``). ``members``: channel/group membership status by
     (chat_id, user_id) — "member" | "admin" | "creator" | "left" (missing = not a participant).
     """
@@ -139,6 +140,8 @@ class TelegramHarness:
         self.drafts: list[tuple[int, str]] = []
         self.answers: list[tuple[str, str | None, bool]] = []
         self.pre_checkout_answers: list[tuple[str, bool, str | None]] = []
+        self.invoice_links: list[Any] = []  # the InputMediaInvoice of each invoice link made (payments.ExportInvoice)
+        self.star_subscriptions: list[tuple[int, str, bool]] = []  # (user id, charge id, restore) of each cancel/resume
         self.commands: list[str] = []
         self.uploads: list[tuple[str, bytes]] = []
         self.members: dict[tuple[int, int], str] = {}
@@ -421,14 +424,19 @@ class TelegramHarness:
         await self.deliver(upd, chat_id=user.id, user_ids=(user.id,))
         return str(qid)
 
-    async def paid(self, user: raw.types.User, chat_id: int, payload: str, amount: int, charge_id: str, currency: str = "XTR") -> int:
-        """The service message of a successful payment in ``chat_id``; returns its message id."""
+    async def paid(self, user: raw.types.User, chat_id: int, payload: str, amount: int, charge_id: str, currency: str = "XTR", *,
+                   until: int | None = None, first: bool = False, renewal: bool = False) -> int:
+        """The service message of a successful payment in ``chat_id``; returns its message id. A Stars
+        subscription's payment: ``until`` (its expiration, Unix time) and ``first`` (the payment that
+        starts it: ``recurring_init``) or ``renewal`` (``recurring_used``)."""
         mid = self._next_id(chat_id)
         msg = raw.types.MessageService(
             id=mid, peer_id=raw.types.PeerUser(user_id=user.id) if chat_id > 0 else self._peer(chat_id),
             from_id=raw.types.PeerUser(user_id=user.id), date=int(time.time()),
             action=raw.types.MessageActionPaymentSentMe(currency=currency, total_amount=amount, payload=payload.encode(),
-                                                        charge=raw.types.PaymentCharge(id=charge_id, provider_charge_id="")),
+                                                        charge=raw.types.PaymentCharge(id=charge_id, provider_charge_id=""),
+                                                        subscription_until_date=until, recurring_init=first or None,
+                                                        recurring_used=renewal or None),
         )
         await self.deliver(msg)
         return mid
@@ -473,7 +481,8 @@ class TelegramHarness:
         return sum(1 for c in self.calls if isinstance(c, function))
 
     async def invoke(self, query: TLObject, *args: Any, **kwargs: Any) -> Any:
-        query = roundtrip(query)
+        if not isinstance(query, raw.functions.messages.GetMessages):  # pyrogram reads its Vector<InputMessage> as longs
+            query = roundtrip(query)
         self.calls.append(query)
         errors = self._errors.get(type(query))
         if errors:
@@ -521,6 +530,12 @@ class TelegramHarness:
             return True
         if isinstance(q, f.messages.SetBotPrecheckoutResults):
             self.pre_checkout_answers.append((str(q.query_id), bool(q.success), q.error))
+            return True
+        if isinstance(q, f.payments.ExportInvoice):
+            self.invoice_links.append(q.invoice_media)
+            return t.payments.ExportedInvoice(url=f"https://t.me/$kith-invoice-{len(self.invoice_links)}")
+        if isinstance(q, f.payments.BotCancelStarsSubscription):
+            self.star_subscriptions.append((self._user_id_of_input(q.user_id), q.charge_id, bool(q.restore)))
             return True
         if isinstance(q, f.messages.SetBotCallbackAnswer):
             self.answers.append((str(q.query_id), q.message, bool(q.alert)))

@@ -395,12 +395,14 @@ class Admission:
                        self.quotas.today(chat_id, user_id), t.features, t.user, t.chat)
 
     async def apply_payment(self, charge_id: str, payload: str, amount: int, currency: str, user_id: int,
-                            chat_id: int) -> Subscription | None:
+                            chat_id: int, *, subscription_until: datetime | None = None,
+                            renewal: bool = False) -> Subscription | None:
         """``payments.apply_successful_payment`` through this object's subscription cache (use this, not
         a second ``SubscriptionStore``, or ``admit`` would not see the new subscription until a restart)."""
         from .payments import apply_successful_payment
 
-        return await apply_successful_payment(self.subs, self.store, charge_id, payload, amount, currency, user_id, chat_id)
+        return await apply_successful_payment(self.subs, self.store, charge_id, payload, amount, currency, user_id, chat_id,
+                                              subscription_until=subscription_until, renewal=renewal)
 
     def features(self, tier: str) -> Features:
         """What ``tier`` may do (vision, documents, image generation, custom persona, voice)."""

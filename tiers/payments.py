@@ -13,6 +13,15 @@ The flow (Bot API names; kurigram has the same methods):
    Applied once per charge id: a re-delivered update gets the same subscription back and changes
    nothing.
 
+Renewing plans (``subscription_period``): Telegram sends a Stars subscription's invoice only as a
+link (``create_invoice_link(…, subscription_period=2592000)``): ``invoice_for`` sets
+``Invoice.subscription_period`` for a member (scope ``user``); for a whole group (scope ``chat``) the
+plan is sold as a one-off purchase of its days (Telegram's subscriptions are a user's own). The
+first payment and every renewal come as successful payments with ``subscription_expiration_date``:
+``apply_successful_payment(…, subscription_until=…, renewal=…)`` runs the subscription until that
+date (``SubscriptionStore.run_until``), once per charge id. Telegram tells the bot nothing when a
+member cancels in their settings: a renewal that does not come means the subscription expires.
+
 Payload: ``kith:plan:<plan>:<scope>:<id>`` (≤ 128 bytes, Telegram's limit), e.g.
 ``kith:plan:month:user:42`` or ``kith:plan:month:chat:-100123`` (premium for a whole group).
 """
@@ -21,6 +30,7 @@ from __future__ import annotations
 import logging
 import dataclasses
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import anyio
 
@@ -44,7 +54,8 @@ _TITLE_MAX, _DESCRIPTION_MAX, _PAYLOAD_MAX = 32, 255, 128  # Telegram's limits
 @dataclass(frozen=True, slots=True)
 class Invoice:
     """Arguments for ``send_invoice``. prices: ``(label, amount)`` in the currency's smallest unit.
-    provider_token: ``""`` for Telegram Stars (XTR)."""
+    provider_token: ``""`` for Telegram Stars (XTR). subscription_period: seconds (2592000) for a
+    Telegram Stars subscription, sold only as an invoice link; None: a one-off invoice."""
 
     plan: str
     title: str
@@ -53,6 +64,7 @@ class Invoice:
     currency: str
     prices: tuple[tuple[str, int], ...]
     provider_token: str
+    subscription_period: int | None = None
 
     @property
     def total(self) -> int:
@@ -120,9 +132,13 @@ def invoice_for(plan_name: str, cfg: TiersConfig, *, scope: str = "user", scope_
             raise PaymentError(f"plan {plan_name!r} is priced in {currency}, which needs a payment provider: "
                                "set TELEGRAM_PAYMENT_PROVIDER_TOKEN (or price it in XTR, Telegram Stars)")
     days = plan.days
+    renewing = plan.subscription_period is not None and scope == "user"  # a group buys it one-off
     title = i18n.pick(plan.title) or ngettext("{tier} for {n} day", "{tier} for {n} days", days, tier=plan.tier.capitalize(), n=days)
     if plan.description:
         description = i18n.pick(plan.description) or ""
+    elif renewing:
+        description = ngettext("The {tier} tier for you, renewed every {n} day until you cancel it.",
+                               "The {tier} tier for you, renewed every {n} days until you cancel it.", days, n=days, tier=plan.tier)
     elif scope == "chat":
         description = ngettext("{n} day of the {tier} tier for this chat.", "{n} days of the {tier} tier for this chat.", days,
                                n=days, tier=plan.tier)
@@ -137,14 +153,17 @@ def invoice_for(plan_name: str, cfg: TiersConfig, *, scope: str = "user", scope_
         currency=currency,
         prices=((title[:_TITLE_MAX], plan.price),),
         provider_token=token or "",
+        subscription_period=plan.subscription_seconds if renewing else None,
     )
 
 
-def validate_pre_checkout(payload: str, total_amount: int, currency: str, cfg: TiersConfig) -> str | None:
+def validate_pre_checkout(payload: str, total_amount: int, currency: str, cfg: TiersConfig,
+                          user_id: int | None = None) -> str | None:
     """None when the checkout matches a plan sold now; else a short text for the buyer (Telegram shows
-    it and cancels the payment), in the current language."""
+    it and cancels the payment), in the current language. user_id: the payer; a renewing plan's link
+    (it can be forwarded) is paid only by the member it was made for."""
     try:
-        name, _scope, _id = parse_payload(payload)
+        name, scope, scope_id = parse_payload(payload)
     except PaymentError:
         return _("This invoice is not valid. Please open /billing again.")
     plan = cfg.plans.get(name)
@@ -152,6 +171,8 @@ def validate_pre_checkout(payload: str, total_amount: int, currency: str, cfg: T
         return _("This plan is no longer offered. Please open /billing again.")
     if (currency or "").upper() != plan.currency.upper() or total_amount != plan.price:
         return _("The price of this plan has changed. Please open /billing again.")
+    if plan.subscription_period is not None and scope == "user" and user_id is not None and user_id != scope_id:
+        return _("This subscription link was made for someone else. Please open /billing yourself.")
     return None
 
 
@@ -164,9 +185,16 @@ async def apply_successful_payment(
     currency: str,
     user_id: int,
     chat_id: int,
+    *,
+    subscription_until: datetime | None = None,
+    renewal: bool = False,
 ) -> Subscription | None:
     """Record the payment and extend the paid-for subscription by the plan's days — once per
     ``charge_id`` (``telegram_payment_charge_id``).
+
+    subscription_until: a Telegram Stars subscription's payment (its ``subscription_expiration_date``):
+    the subscription runs until then and renews (``SubscriptionStore.run_until``); renewal: it is a
+    renewal (``is_recurring`` and not ``is_first_recurring``), not the first payment.
 
     Returns the subscription after the payment; for a charge already applied, the current one
     (nothing changes). Returns None when the payload is not a Kith plan or the plan no longer exists
@@ -184,13 +212,13 @@ async def apply_successful_payment(
     async with subs.payment_lock:
         with anyio.CancelScope(shield=True):
             result = await _apply(subs, store, charge_id, payload, amount, currency, user_id, chat_id,
-                                  name, scope, scope_id, plan if tier_ok else None)
+                                  name, scope, scope_id, plan if tier_ok else None, subscription_until, renewal)
     return result
 
 
 async def _apply(subs: SubscriptionStore, store: DialogueStore, charge_id: str, payload: str, amount: int,
                  currency: str, user_id: int, chat_id: int, name: str, scope: str, scope_id: int,
-                 plan: Plan | None) -> Subscription | None:
+                 plan: Plan | None, until: datetime | None, renewal: bool) -> Subscription | None:
     inserted = await store.add_payment(PaymentRecord(
         charge_id, user_id, chat_id, name, plan.tier if plan else "", plan.days if plan else 0,
         int(amount), (currency or "").upper(), scope, scope_id, subs.clock()))
@@ -202,6 +230,9 @@ async def _apply(subs: SubscriptionStore, store: DialogueStore, charge_id: str, 
                   "refund it or grant by hand", charge_id, amount, currency, user_id, payload)
         return None
     try:
+        if until is not None:
+            return await subs.run_until(scope, scope_id, plan.tier, until, f"payment:{charge_id}", charge_id=charge_id,
+                                        renewal=renewal, period=timedelta(days=plan.subscription_period or plan.days))
         return await subs.extend(scope, scope_id, plan.tier, plan.days, f"payment:{charge_id}")
     except Exception:
         # Not applied: forget the payment so that a re-delivery applies it.

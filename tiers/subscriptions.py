@@ -39,7 +39,13 @@ class Subscription(SubscriptionRecord):
     updated_at). Times are tz-aware UTC; ``expires_at`` None = never.
 
     source: who set it — ``"cli"`` (``kith sub grant``), ``"payment:<charge id>"``, or a caller's label.
+    renews / charge_id: a Telegram Stars subscription's state (``memory.types.SubscriptionRecord``).
     """
+
+    @property
+    def recurring(self) -> bool:
+        """True for a Telegram Stars subscription (one that can renew, be cancelled or resumed)."""
+        return self.renews is not None and bool(self.charge_id)
 
     def active(self, now: datetime) -> bool:
         """True when it has not expired at ``now`` (a never-expiring one is always active)."""
@@ -175,6 +181,8 @@ class SubscriptionStore:
             else:  # a better tier is active: keep it
                 expires = None if cur.expires_at is None else max(cur.expires_at, now + span)
                 new = Subscription(scope, scope_id, cur.tier, expires, source, now)
+            if cur is not None and cur.recurring:  # a Telegram subscription still renews (or not) as before
+                new = dataclasses.replace(new, renews=cur.renews, charge_id=cur.charge_id)
             return await self._put(new)
 
     async def shorten(self, scope: str, scope_id: int, tier: str, days: float) -> Subscription | None:
@@ -191,10 +199,59 @@ class SubscriptionStore:
                 return cur
             expires = cur.expires_at - timedelta(days=days)
             if expires > now:
-                return await self._put(Subscription(scope, scope_id, tier, expires, cur.source, now))
+                return await self._put(dataclasses.replace(cur, expires_at=expires, updated_at=now))
             await self.store.delete_subscription(scope, scope_id)
             cache.pop((scope, scope_id), None)
             return None
+
+    async def run_until(self, scope: str, scope_id: int, tier: str, until: datetime, source: str, *, charge_id: str,
+                        renewal: bool, period: timedelta) -> Subscription:
+        """A Telegram Stars subscription was paid: ``tier`` runs until ``until`` (Telegram's
+        ``subscription_expiration_date``) and renews (``renews`` True).
+
+        charge_id: this payment's charge id. The first payment's (``renewal`` False) is kept as the
+        subscription's (what cancelling it names); a renewal keeps the one stored.
+
+        - no subscription, or an expired one: ``tier`` until ``until``;
+        - an active one of the same or a worse tier: a renewal of the stored Telegram subscription runs
+          one ``period`` past its current expiry (at least to ``until``: time bought besides, e.g. a
+          one-off plan, is kept); otherwise the time left is added to ``until`` (never worse off for
+          subscribing early); a never-expiring one of the same tier stays never-expiring;
+        - an active one of a *better* tier: kept, until the later of its expiry and ``until``.
+
+        raises UnknownTier, BadScope.
+        """
+        self._check(scope, scope_id, tier, None)
+        async with self._lock:
+            now = _utc(self.clock())
+            until = _utc(until)
+            cur = (await self._cached()).get((scope, scope_id))
+            keep = cur.charge_id if renewal and cur is not None and cur.recurring else None
+            expires: datetime | None
+            if cur is None or not cur.active(now):
+                new_tier, expires = tier, until
+            elif self._rank(cur.tier) <= self.cfg.rank(tier):
+                new_tier = tier
+                if cur.expires_at is None:
+                    expires = None if cur.tier == tier else until
+                elif keep is not None:
+                    expires = max(until, cur.expires_at + period)
+                else:
+                    expires = until + max(cur.expires_at - now, timedelta(0))
+            else:  # a better tier is active: keep it
+                new_tier = cur.tier
+                expires = None if cur.expires_at is None else max(cur.expires_at, until)
+            return await self._put(Subscription(scope, scope_id, new_tier, expires, source, now, True, keep or charge_id))
+
+    async def set_renews(self, scope: str, scope_id: int, renews: bool) -> Subscription | None:
+        """Record that the Telegram subscription of ``scope:scope_id`` renews (resumed) or not
+        (cancelled); None (nothing changed) when it has no Telegram subscription."""
+        _check_scope(scope, scope_id)
+        async with self._lock:
+            cur = (await self._cached()).get((scope, scope_id))
+            if cur is None or not cur.recurring:
+                return None
+            return await self._put(dataclasses.replace(cur, renews=renews, updated_at=_utc(self.clock())))
 
     async def revoke(self, scope: str, scope_id: int) -> bool:
         """Remove the subscription of ``scope:scope_id``; True if there was one."""
@@ -232,7 +289,7 @@ class SubscriptionStore:
         stored = Subscription(
             sub.scope, sub.scope_id, sub.tier,
             None if sub.expires_at is None else from_us(to_us(sub.expires_at)),
-            sub.source, from_us(to_us(sub.updated_at)),
+            sub.source, from_us(to_us(sub.updated_at)), sub.renews, sub.charge_id,
         )
         cache[(sub.scope, sub.scope_id)] = stored
         return stored

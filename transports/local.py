@@ -87,6 +87,7 @@ class LocalOutbox:
     refunds: list[tuple[int, str]] = field(default_factory=list)  # (user id, charge id) refunded
     admins: set[tuple[int, int]] | None = None  # (chat_id, user_id); None: everyone administers (console)
     deleted: list[tuple[int, int]] = field(default_factory=list)  # (chat_id, message_id) deleted by the bot
+    star_subscriptions: list[tuple[int, str, bool]] = field(default_factory=list)  # (user_id, charge_id, canceled) asked
     language: str = i18n.DEFAULT
     _keyboards: dict[int, OutMessage] = field(default_factory=dict, init=False, repr=False)
 
@@ -181,6 +182,17 @@ class LocalOutbox:
         if (user_id, charge_id) in self.refunds:
             raise RefundRefused(f"CHARGE_ALREADY_REFUNDED: {charge_id}", already=True)
         self.refunds.append((user_id, charge_id))
+
+    async def send_invoice_link(self, chat_id: int, invoice, text: str, button: str, *, reply_to: int | None = None,
+                                thread_id: int | None = None) -> Sent:
+        """The text and, in place of the link's button (there is no Telegram here), an ``[invoice link]``
+        line; the invoice is attached."""
+        prices = ", ".join(f"{label} {amount} {invoice.currency}" for label, amount in invoice.prices)
+        return await self._emit(OutMessage(chat_id, await self.ids.next(chat_id), f"{text}\n[invoice link] {button}: {prices}",
+                                           reply_to, thread_id, invoice=invoice))
+
+    async def edit_star_subscription(self, user_id: int, charge_id: str, *, canceled: bool) -> None:
+        self.star_subscriptions.append((user_id, charge_id, canceled))
 
     async def is_admin(self, chat_id: int, user_id: int) -> bool:
         return self.admins is None or (chat_id, user_id) in self.admins

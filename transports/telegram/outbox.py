@@ -87,7 +87,8 @@ def _is_reply_error(e: RPCError) -> bool:
 
 
 def keyboard(rows: Sequence[Sequence[Button]]) -> types.InlineKeyboardMarkup:
-    return types.InlineKeyboardMarkup([[types.InlineKeyboardButton(b.text, callback_data=b.data) for b in row] for row in rows])
+    return types.InlineKeyboardMarkup([[types.InlineKeyboardButton(b.text, url=b.url) if b.url else
+                                        types.InlineKeyboardButton(b.text, callback_data=b.data) for b in row] for row in rows])
 
 
 @dataclass
@@ -255,6 +256,41 @@ class TelegramOutbox:
         msg = await self._deliver(chat_id, "send_invoice", Part(invoice.title), reply_to, op)
         self.stats.messages += 1
         return self._record(chat_id, msg)
+
+    async def send_invoice_link(self, chat_id: int, invoice: Any, text: str, button: str, *, reply_to: int | None = None,
+                                thread_id: int | None = None) -> Sent:
+        """Make ``invoice`` a link (``create_invoice_link``, with its ``subscription_period``: Telegram
+        sells Stars subscriptions only so) and send ``text`` with a button opening it."""
+        try:
+            url = await self.limits.call(
+                None,
+                lambda: self.client.create_invoice_link(
+                    title=invoice.title,
+                    description=invoice.description,
+                    payload=invoice.payload,
+                    currency=invoice.currency,
+                    prices=[types.LabeledPrice(label, amount) for label, amount in invoice.prices],
+                    provider_token=invoice.provider_token or None,
+                    subscription_period=invoice.subscription_period,
+                ),
+                what="create_invoice_link",
+                budget=False,
+            )
+        except RPCError as e:
+            raise DeliveryFailed(chat_id, f"create_invoice_link: {e}") from e
+        return await self.send_buttons(chat_id, text, [[Button(button, "", url=url)]], reply_to=reply_to, thread_id=thread_id)
+
+    async def edit_star_subscription(self, user_id: int, charge_id: str, *, canceled: bool) -> None:
+        """Cancel or resume the renewal of a user's Stars subscription (``edit_user_star_subscription``)."""
+        try:
+            await self.limits.call(
+                None,
+                lambda: self.client.edit_user_star_subscription(user_id, charge_id, is_canceled=canceled),
+                what="edit_user_star_subscription",
+                budget=False,
+            )
+        except RPCError as e:
+            raise DeliveryFailed(None, f"edit_user_star_subscription: {e}") from e
 
     async def delete(self, chat_id: int, message_id: int) -> bool:
         """Delete one message; False (logged, no text of it) when Telegram refuses."""

@@ -207,6 +207,8 @@ def message_to_event(message: Any, bot: BotIdentity, *, sent_by_bot: Callable[[i
             total_amount=int(payment.total_amount),
             currency=payment.currency,
             date=to_utc(message.date),
+            subscription_until=to_utc(until) if (until := payment.subscription_expiration_date) is not None else None,
+            renewal=bool(payment.is_recurring) and not payment.is_first_recurring,
         )
     text = message.text
     entities = message.entities
