@@ -98,6 +98,8 @@ class _Turn:
         self.understood: Understood | None = None
         self.caption = ev.text
         self.adm: Any = None  # the admission's answer (an answer paid with credits is debited: ``_charge``)
+        self.keys: dict[str, str] = {}  # the member's own API keys, then the group's (/key)
+        self.own_key: frozenset[str] = frozenset()  # the aliases those keys pay for (not the host)
 
     def report(self, responded: bool, **kw: Any) -> None:
         self.svc.report(TurnReport(self.chat_id, self.ev.message_id, responded, _ms(self.t0), **kw))
@@ -209,8 +211,11 @@ class _Turn:
         host, ev = self.host, self.ev
         user_settings = await host.user_settings(ev.sender.user_id)
         alias, note, tier = host.model_for(user_settings), None, None
+        self.keys = await self._api_keys()
+        own_key_aliases = getattr(self.svc.llm, "own_key_aliases", None)  # (fakes of the LLM need not have it)
+        self.own_key = own_key_aliases(self.keys) if self.keys and own_key_aliases is not None else frozenset()
         if self.svc.admission is not None:
-            adm = await self.svc.admission.admit(self.chat_id, ev.chat_type, ev.sender.user_id, alias)
+            adm = await self.svc.admission.admit(self.chat_id, ev.chat_type, ev.sender.user_id, alias, own_key=self.own_key)
             if not adm.allowed:
                 await self._refuse(adm)
                 self.report(False, error=f"refused: {adm.reason}")
@@ -401,7 +406,7 @@ class _Turn:
 
         t_llm = time.perf_counter()
         try:
-            keys = await self._api_keys()
+            keys = self.keys
             extra: dict[str, Any] = {"api_keys": keys} if keys else {}  # (fakes of the LLM need not take it)
             if tools is not None:
                 extra.update(tools=tools.specs, run_tool=tools.run, max_steps=tools.max_steps,
@@ -475,10 +480,11 @@ class _Turn:
                 self.svc.janitor.note_stored(self.chat_id, None)
             if prompt.memories:
                 store.record_recall(self.chat_id, sent.message_id, prompt.memories)
+        own_key = completion.model in self.own_key  # the member's (or group's) key paid: the host's cost is 0
         self.svc.record_usage(UsageRecord(
             ts=self.svc.clock(), chat_id=self.chat_id, user_id=ev.sender.user_id, kind="chat", model=completion.model,
             prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
-            cost_usd=completion.cost_usd, latency_ms=completion.latency_ms))
+            cost_usd=0.0 if own_key else completion.cost_usd, latency_ms=completion.latency_ms))
         await self._charge(tokens=completion.prompt_tokens + completion.completion_tokens, model=completion.model)
         try:  # the reply, its usage and recalls survive a crash before the next update of this chat is handled:
             await store.settle()  # in the store's reserve (committed by the writer soon after), else committed

@@ -181,7 +181,8 @@ class UsageRecord:
     generated) | ``"document"`` (a document read into memory; ``pages``, no model cost) | ``"tool"``
     (one tool call the model made; no tokens, no cost).
     model: the alias used (after fallback), or the image/transcription model; for a tool call, its plugin.
-    cost_usd: from litellm's price map; ``None`` when the model has no known price (unknown ≠ free).
+    cost_usd: what the host pays, from litellm's price map; ``None`` when the model has no known price
+    (unknown ≠ free); 0 for a chat call made on a member's or group's own API key (``/key``).
     latency_ms: wall time of the call, first byte to last.
     """
 

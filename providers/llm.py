@@ -442,6 +442,13 @@ class LLM:
         return KeyUse(tuple(a for a in aliases if takes_user_keys(self._models[a])),
                       tuple(a for a in aliases if not takes_user_keys(self._models[a])))
 
+    def own_key_aliases(self, keys: Mapping[str, str] | None) -> frozenset[str]:
+        """The aliases a call with these users' own keys (provider → key, ``/key``) would make on the
+        user's key, not the host's: the host pays nothing for them (``budget``)."""
+        if not keys:
+            return frozenset()
+        return frozenset(a for a, s in self._models.items() if keys.get(self._provider[a]) and takes_user_keys(s))
+
     def _router_for(self, keys: Mapping[str, str] | None) -> Router:
         """The host's Router, or one with the users' own keys for their providers (cached, 64 at most;
         the cache is keyed by a SHA-256 digest, never by the keys themselves). Keys no alias takes

@@ -249,3 +249,38 @@ async def test_key_says_when_it_is_used_for_no_model(tmp_path, st_model, llm_ser
     none = "It is used for none of this bot's models: local run on the host's own servers, which never get users' keys."
     assert "…1234" in saved and none in saved and none in listing
     assert authorizations(llm_server) == [("ok-local", f"Bearer {LOCAL_KEY}")]
+
+
+async def test_over_the_hosts_spending_cap_a_member_on_their_own_key_still_gets_the_paid_model(
+        tmp_path, st_model, llm_server, monkeypatch):
+    """The cap guards the host's bill: a call made on a member's own key costs the host nothing, so it
+    is neither held back by the cap nor counted in the host's spend (its usage row costs 0)."""
+    from config.models import BudgetSettings
+
+    monkeypatch.setenv("OPENAI_API_KEY", HOST_KEY)
+    monkeypatch.setenv(SECRET_ENV, Fernet.generate_key().decode())
+    settings = Settings(models={"recall": ModelSpec(model="kith/recall"),
+                                "ok": ModelSpec(model="openai/gpt-4o-mini", api_base=llm_server.base_url,
+                                                accepts_user_keys=True)},
+                        default_model="ok", budget=BudgetSettings(daily_usd=0))
+    holder = {}
+
+    def make(memory):
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        return holder["box"]
+
+    async with open_runtime(Config(settings=settings, tiers=TiersConfig()), tmp_path, make, model=st_model,
+                            on_turn=(turns := []).append) as rt:
+        await rt.supervisor.tell(ANN, command(ANN, ANN, f"openai {USER_KEY}", 5))
+        for n, who in ((20, ANN), (21, BOB)):
+            await rt.supervisor.tell(who, Incoming(who, "private", n, Sender(who, f"user{who}"), "hello?",
+                                                   datetime.now(UTC), respond=True))
+        await rt.supervisor.wait_all_idle()
+        await rt.memory.flush()
+        usage = {u.user_id: u for u in await rt.memory.store.usage_rows() if u.kind == "chat"}
+        spent = rt.services.admission.budget.spend("day").spent_usd
+    by_user = {t.message_id: t.model for t in turns if t.responded}
+    assert by_user == {20: "ok", 21: "recall"}  # Ann on her key; Bob held back by the cap
+    calls = [r for r in llm_server.requests if r.path.endswith("/chat/completions")]
+    assert len(calls) == 1 and calls[0].headers["authorization"] == f"Bearer {USER_KEY}"
+    assert usage[ANN].cost_usd == 0.0 and usage[ANN].prompt_tokens > 0 and spent == 0.0

@@ -16,7 +16,7 @@ usage; in between everything is in memory.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -132,26 +132,30 @@ class Admission:
         chat_sub = await self.subs.get("chat", chat_id)
         return effective_tier(self.cfg, user_sub, chat_sub, self.clock())
 
-    async def admit(self, chat_id: int, chat_type: str, user_id: int, requested_alias: str) -> Admit:
+    async def admit(self, chat_id: int, chat_type: str, user_id: int, requested_alias: str, *,
+                    own_key: Collection[str] = ()) -> Admit:
         """Decide whether ``user_id`` gets an answer in ``chat_id`` now, and from which model.
 
         Order: the member rate (groups only), the model the tier may use (``requested_alias`` if its
         ``models`` has it or ``"*"``, else its first listed model), then today's quotas for that
         model; when one is spent, the tier's ``fallback_model`` if it is set and within quota, else a
         refusal. An allowed admit counts toward the member rate; quotas count only via ``record``;
-        a refusal counts in ``refusals`` by reason.
+        a refusal counts in ``refusals`` by reason. ``own_key``: the aliases the member would call on
+        their own (or their group's) API key (``LLM.own_key_aliases``): the host's spending cap does
+        not hold them back.
         """
-        adm = await self._admit(chat_id, chat_type, user_id, requested_alias)
+        adm = await self._admit(chat_id, chat_type, user_id, requested_alias, own_key)
         if not adm.allowed:
             self.refusals[adm.reason or "other"] += 1
         return adm
 
-    async def _admit(self, chat_id: int, chat_type: str, user_id: int, requested_alias: str) -> Admit:
+    async def _admit(self, chat_id: int, chat_type: str, user_id: int, requested_alias: str,
+                     own_key: Collection[str] = ()) -> Admit:
         """The decision of ``admit``, not counted: the tier's, then the host's spending cap."""
         adm = await self._admit_tier(chat_id, chat_type, user_id, requested_alias)
         if adm.allowed and self.budget is not None:
             reached = self.budget.reached()
-            if reached is not None and self.budget.is_paid(adm.alias):
+            if reached is not None and self.budget.is_paid(adm.alias) and adm.alias not in own_key:
                 return self._over_budget(adm, reached)
         return adm
 
