@@ -20,6 +20,7 @@ from providers.memory_block import DATA_FRAME, render_memories
 BYTES_PER_TOKEN = 4
 MESSAGE_OVERHEAD = 4
 MEMORY_SHARE = 0.4  # at most this share of the budget goes to recalled memories
+PROFILE_SHARE = 0.1  # … and this share to the memory entries' profile block
 SAFETY = 0.9  # use 90 % of the computed budget
 
 
@@ -60,12 +61,15 @@ def build_prompt(
     memories: Sequence[MemoryHit] = (),
     reply_chain: Sequence[StoredMessage] = (),
     budget_tokens: int,
+    profile: str = "",
 ) -> Prompt:
     """Assemble the prompt for the last message of ``window`` within ``budget_tokens``.
 
     window: recent messages, oldest → newest; its last item is the message being answered and is
-    always kept (clipped if it alone exceeds the budget). memories: best first; they fill at most
-    40 % of the budget. Then older window messages fill the rest, newest first.
+    always kept (clipped if it alone exceeds the budget). profile: the ``<profile>`` block of the
+    memory entries (``render_profile``), quoted data ahead of the memories, kept when it fits in
+    10 % of the budget. memories: best first; they fill at most 40 % of the budget. Then older
+    window messages fill the rest, newest first.
     """
     budget = int(budget_tokens * SAFETY)
     sys_tokens = estimate_tokens(system) + estimate_tokens(DATA_FRAME)
@@ -77,6 +81,11 @@ def build_prompt(
         room = max(64, budget - used - 64)
         cur_msg["content"] = _clip(cur_msg["content"], room)
         used += estimate_tokens(cur_msg["content"])
+
+    if profile and (estimate_tokens(profile) > int(budget * PROFILE_SHARE) or used + estimate_tokens(profile) > budget):
+        profile = ""
+    if profile:
+        used += estimate_tokens(profile)
 
     kept: list[MemoryHit] = []
     mem_block = ""
@@ -116,7 +125,7 @@ def build_prompt(
     if any(h.citation for h in kept):
         system += "\nRecalled memories from documents name their file and page: cite them like (report.pdf, p. 3)."
     messages = [{"role": "system", "content": system}]
-    data = "\n\n".join(p for p in (mem_block, chain_text) if p)
+    data = "\n\n".join(p for p in (profile, mem_block, chain_text) if p)
     if data:
         messages.append({"role": "user", "content": f"{DATA_FRAME}\n\n{data}"})
     messages += history

@@ -31,6 +31,7 @@ from providers.language import NAMES
 from memory.service import Recall
 from memory.types import ROLE_ASSISTANT, StoredMessage, UsageRecord
 from providers.errors import ProviderError
+from providers.memory_block import render_profile
 from providers.tools import ToolCall
 
 from .context import Prompt, build_prompt
@@ -45,6 +46,8 @@ __all__ = ["MARKER", "TurnHost", "take"]
 log = logging.getLogger(__name__)
 
 REPLY_CHAIN_DEPTH = 3
+PROFILE_SPEAKERS = 10  # the members whose facts a turn's profile block holds: the asker, then the latest speakers
+PROFILE_FACTS = 30  # facts in the profile block at most (the budget may keep fewer)
 MARKER = re.compile(r"^\[[^\]\n]*\]\s*")  # the leading media marker of a stored text ("[voice 0:42] ")
 
 
@@ -265,6 +268,7 @@ class _Turn:
             memories=recall.hits,
             reply_chain=await self._reply_chain(window),
             budget_tokens=max(256, self.svc.llm.context_tokens(alias) - spec.max_output_tokens),
+            profile=await self._profile(window),
         )
         image = self.understood.image if self.understood is not None else None
         if image is not None and prompt.messages[-1]["role"] == "user":
@@ -274,6 +278,17 @@ class _Turn:
                 text = prompt.messages[-1]["content"]
                 prompt.messages[-1] = {"role": "user", "content": [{"type": "text", "text": text}, image_part(*image)]}
         return prompt
+
+    async def _profile(self, window: deque[StoredMessage]) -> str:
+        """The ``<profile>`` block: the current memory entries about this chat, the member asking and
+        the others who spoke in the recent window (at most ``PROFILE_FACTS``, newest kept)."""
+        facts = self.svc.memory.facts
+        if facts is None:
+            return ""
+        speakers = [self.ev.sender.user_id]
+        speakers += [m.user_id for m in reversed(window) if m.role != ROLE_ASSISTANT and m.user_id not in speakers]
+        entries = await facts.current(self.chat_id, speakers[:PROFILE_SPEAKERS])
+        return render_profile(entries[-PROFILE_FACTS:])
 
     def _system_prompt(self, user_settings: dict[str, Any], answer_language: str | None) -> str:
         ev, settings = self.ev, self.host.settings

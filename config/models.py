@@ -479,9 +479,10 @@ class Quotas(Frozen):
 
 class StorageLimits(Frozen):
     dialogue_limit: int = UNLIMITED  # stored messages
-    memory_limit: int = UNLIMITED  # embedded memories
+    memory_limit: int = UNLIMITED  # embedded memories (messages and document parts)
+    entry_limit: int = UNLIMITED  # memory entries: current facts (/remember, and those a memory_model learns)
 
-    _v = field_validator("dialogue_limit", "memory_limit")(classmethod(lambda cls, v: _limit(v)))
+    _v = field_validator("dialogue_limit", "memory_limit", "entry_limit")(classmethod(lambda cls, v: _limit(v)))
 
 
 class Features(Frozen):

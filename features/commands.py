@@ -11,7 +11,7 @@ import json
 import i18n
 from i18n import N_, _, ngettext
 
-from . import admin, billing, credits, keys, media
+from . import admin, billing, credits, facts, keys, media
 from .plugins import commands as plugins
 from .plugins import reminders
 from .capacity import describe
@@ -25,6 +25,7 @@ HISTORY_DEFAULT = 20
 HISTORY_MAX = 100
 SETTINGS_KEYS = ("persona", "keywords", "always_on", "persist", "language", "model", "history", "reset", "allowed_users",
                  "timezone")
+FACTS_WORDS = frozenset({"facts", "факты"})  # /memory facts, /forget fact(s) N
 WHO = ("admins", "members")  # who may use /history + /export ("history") and /reset ("reset") in a group
 ON = {"on", "yes", "true", "1", "enable", "enabled"}
 OFF = {"off", "no", "false", "0", "disable", "disabled"}
@@ -35,8 +36,9 @@ In groups I answer when you mention me, reply to me, or use a keyword; I remembe
 /model — choose the language model
 /role — set my persona for you (private chats)
 /profile — your tier, model and today's usage
-/memory — what I keep about this chat and you; `/memory words` shows what I would recall
-/forget — erase your messages in this chat
+/memory — what I keep about this chat and you; `/memory words` shows what I would recall; `/memory facts` the facts I keep
+/remember — keep a fact about you: `/remember birthday: 12 March` (`/remember chat …`: about the group, admins)
+/forget — erase your messages in this chat; `/forget fact 12` removes one fact
 /reset (or /delete_context) — clear the conversation context (history kept); `/reset all` deletes this chat's history
 /history — the last messages; /export — the conversation as a file
 /image — draw a picture (`/image a cat on a bike`)
@@ -246,6 +248,9 @@ async def save_role(ctx: ChatContext, user_id: int, role: str | None) -> None:
 async def cmd_memory(ctx: ChatContext, ev: CommandEvent) -> None:
     mem = ctx.svc.memory
     query = ev.args.strip()
+    if query.casefold() in FACTS_WORDS:
+        await facts.list_facts(ctx, ev)
+        return
     if query:
         recall = await mem.recall(ctx.chat_id, query, 5)
         if not recall.hits:
@@ -290,6 +295,10 @@ async def cmd_memory(ctx: ChatContext, ev: CommandEvent) -> None:
 
 
 async def cmd_forget(ctx: ChatContext, ev: CommandEvent) -> None:
+    first, _sep, rest = ev.args.strip().partition(" ")
+    if first.casefold() in FACTS_WORDS or first.casefold() in ("fact", "факт"):
+        await facts.forget_fact(ctx, ev, rest)
+        return
     n = await ctx.forget_user(ev.sender.user_id)
     await reply(ctx, ev, ngettext("Done: {n} of your messages in this chat was erased and will not be recalled again.",
                                     "Done: {n} of your messages in this chat were erased and will not be recalled again.", n, n=n))
@@ -538,6 +547,7 @@ COMMANDS = {
     "buy": credits.cmd_buy,
     "memory": cmd_memory,
     "forget": cmd_forget,
+    "remember": facts.cmd_remember,
     "reset": cmd_reset,
     "delete_context": cmd_reset,  # the name users of earlier Russian-speaking bots know
     "language": cmd_language,

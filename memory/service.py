@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 
 from .retrieval import DEFAULT as DEFAULT_RETRIEVAL
+from .facts import FactStore, MemoryEntry
 from .retrieval import RetrievalSettings, find_speakers
 from .types import ROLE_USER, DocumentChunk, DocumentInfo, MemoryHit, StoredMessage
 
@@ -43,6 +44,9 @@ class StartupCheck(Protocol):
     async def wait(self) -> None: ...
 
 
+ENTRY_HITS = 3  # memory entries whose source messages a recall may add
+
+
 @dataclass(frozen=True, slots=True)
 class Recall:
     """What a recall returned and what it cost: hits best first; times in milliseconds."""
@@ -67,6 +71,8 @@ class Memory:
         self.embedder = embedder
         self.reader = reader  # memory.documents.DocumentReader (documents off the event loop); None = a thread
         self.gap_filler: StartupCheck | None = None  # when the start-up gap check runs (memory.maintenance.GapFiller)
+        # memory entries (facts about members and the chat), on stores that run plain SQL
+        self.facts: FactStore | None = FactStore(store) if hasattr(store, "sql_transaction") else None  # type: ignore[arg-type]
         self._evicted: dict[int, set[int]] = {}  # chat -> message ids whose memory the capacity cleanup evicted
         indexer.keep = self.not_evicted  # an evicted memory never comes back (an edit, a replay, a re-import)
 
@@ -165,22 +171,57 @@ class Memory:
                 text = find_speakers(query, await self.vectors.speakers(chat_id)).stripped or query
             # the full-text leg runs while the question is embedded
             hits = await self.vectors.recall(chat_id, query, embed(text), k, settings=settings, exclude_ids=exclude_ids)
+            if self.facts is not None:
+                hits = await self._with_entry_sources(chat_id, query, hits, k, exclude_ids)
         else:
             vector = None if mode == "fts" else await embed(query)
             hits = await self.vectors.search(chat_id, query, vector, k, mode=mode, exclude_ids=exclude_ids)
         total_ms = (time.perf_counter() - t0) * 1000
         return Recall(hits, embed_ms, total_ms - embed_ms)
 
+    async def entries_for(self, chat_id: int, query: str, limit: int = ENTRY_HITS) -> list[MemoryEntry]:
+        """The current memory entries of ``chat_id`` whose subject or value holds a content word of
+        ``query`` (``FactStore.search``; English stop words and words under 4 letters left out)."""
+        if self.facts is None:
+            return []
+        from providers.language import STOP_WORDS, words  # deferred: the language module loads its tables
+
+        terms = [w for w in words(query.casefold()) if (len(w) >= 4 or w.isdigit()) and w not in STOP_WORDS]
+        return await self.facts.search(chat_id, terms, limit) if terms else []
+
+    async def _with_entry_sources(self, chat_id: int, query: str, hits: list[MemoryHit], k: int,
+                                  exclude_ids: Collection[int]) -> list[MemoryHit]:
+        """A recall that hits a memory entry also returns the messages it came from: they join the
+        hits (ahead of the weaker ones, ``parts["entry"]`` = the entry's id), still ``k`` at most."""
+        entries = await self.entries_for(chat_id, query)
+        have = {h.message_id for h in hits} | set(exclude_ids)
+        wanted: dict[int, int] = {}
+        for e in entries:
+            for mid in e.sources:
+                if mid not in have and mid not in wanted:
+                    wanted[mid] = e.id
+        if not wanted:
+            return hits
+        found = await self.store.get_messages(chat_id, list(wanted))
+        top = hits[0].score if hits else 1.0
+        extra = [MemoryHit(m.chat_id, m.message_id, m.user_id, m.user_name, m.text, m.date, top,
+                           parts={"entry": float(wanted[m.message_id])}) for m in found if m.text.strip()]
+        keep = max(1, len(hits) // 2)  # the strongest half of the hits stays first
+        return (hits[:keep] + extra + hits[keep:])[:k]
+
     async def forget(self, chat_id: int, *, user_id: int | None = None) -> int:
         """Erase ``user_id``'s messages in ``chat_id`` (all of the chat's with no user) from both
-        stores, with the documents they carried; they are never recalled again. Returns how many
-        messages were deleted.
+        stores, with the documents they carried, and the memory entries about them (about the chat
+        and its members, with no user); they are never recalled again. Returns how many messages
+        were deleted.
 
         Queued writes and embeddings are flushed first, so nothing in flight comes back afterwards.
         """
         await self.flush()
         ids = await self.store.delete_messages(chat_id, user_id=user_id)
         self._evicted.pop(chat_id, None)  # the deleted messages' evictions went with them
+        if self.facts is not None:  # what was learned about them (or the chat) goes too
+            await (self.facts.forget_chat(chat_id) if user_id is None else self.facts.forget_user(chat_id, user_id))
         if user_id is None:
             await self.vectors.delete(chat_id)
         elif ids:
@@ -216,6 +257,8 @@ class Memory:
         await self.flush()
         moved = await self.store.migrate_chat(old, new, title=title)
         await self.vectors.move_chat(old, new, MIGRATION_SHIFT)
+        if self.facts is not None:
+            await self.facts.move_chat(old, new)
         return moved
 
     async def flush(self) -> None:

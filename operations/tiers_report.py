@@ -48,7 +48,7 @@ def _when(ts: datetime | None) -> str:
 
 WIDE_TIERS = 120  # columns from which ``kith tiers`` prints one table (a column per tier); below, one block per tier
 _TIER_FIELDS = ("models", "requests/day", "tokens/day", "chat req/day", "chat tokens/day", "images/day", "audio/day",
-                "pages/day", "tool calls/day", "user msgs / memories", "chat msgs / memories", "largest file", "features",
+                "pages/day", "tool calls/day", "user msgs / memories / facts", "chat msgs / memories / facts", "largest file", "features",
                 "when spent", "member msgs/min")
 
 
@@ -63,8 +63,8 @@ def tier_rows(cfg: TiersConfig) -> list[tuple[str, dict[str, str]]]:
         values = (", ".join("all" if m == "*" else m for m in t.models) or "none", rpd, _lim(q.tokens_per_day),
                   _lim(q.chat_requests_per_day), _lim(q.chat_tokens_per_day), _lim(q.images_per_day),
                   _minutes(q.audio_seconds_per_day), _lim(q.pages_per_day), _lim(q.tool_calls_per_day),
-                  f"{_lim(t.user.dialogue_limit)} / {_lim(t.user.memory_limit)}",
-                  f"{_lim(t.chat.dialogue_limit)} / {_lim(t.chat.memory_limit)}",
+                  f"{_lim(t.user.dialogue_limit)} / {_lim(t.user.memory_limit)} / {_lim(t.user.entry_limit)}",
+                  f"{_lim(t.chat.dialogue_limit)} / {_lim(t.chat.memory_limit)} / {_lim(t.chat.entry_limit)}",
                   "∞" if t.max_file_mb < 0 else f"{t.max_file_mb:g} MB", feats, _spent(t),
                   _lim(t.member_messages_per_minute))
         out.append((f"{name} (default)" if name == cfg.default_tier else name, dict(zip(_TIER_FIELDS, values))))

@@ -49,6 +49,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (  # the menu; descriptions are translat
     ("export", N_("Export this chat's history")),
     ("memory", N_("What I remember here")),
     ("forget", N_("Forget what you said in this chat")),
+    ("remember", N_("Keep a fact: /remember birthday: 12 March")),
     ("image", N_("Draw a picture: /image a cat on a bike")),
     ("key", N_("Use your own API key (private chat)")),
     ("language", N_("The language I speak with you")),
