@@ -163,6 +163,11 @@ async def _no_plugins(svc: Services) -> AsyncIterator[Plugins | None]:
     yield None
 
 
+@asynccontextmanager
+async def _no_background(svc: Services) -> AsyncIterator[object]:
+    yield None
+
+
 @dataclass(frozen=True, slots=True)
 class Handlers:
     """The chat features, as the runtime calls them (``features.HANDLERS`` is the full table).
@@ -176,6 +181,9 @@ class Handlers:
     Plugins: ``open_plugins(services)`` opens the bot's plugins (MCP connections, the reminders'
     scheduler, which reaches the chats through ``services.supervisor`` once it is set); the runtime
     enters it around the supervisor and hands what it yields to every actor (None: no tools).
+    Background: ``open_background(services)`` runs the features' own background work (the memory
+    entries' learning, ``features.fact_learning``) while the runtime runs; what it yields is the
+    runtime's ``background`` (None: nothing runs).
     """
 
     command: Callable[[ChatContext, CommandEvent], Awaitable[None]] = _unknown_command
@@ -188,6 +196,7 @@ class Handlers:
     save_role: Callable[[ChatContext, int, str | None], Awaitable[None]] = _keep_role
     upgrade_buttons: Callable[[ChatContext], Rows | None] = lambda ctx: None
     open_plugins: Callable[[Services], AbstractAsyncContextManager[Plugins | None]] = _no_plugins
+    open_background: Callable[[Services], AbstractAsyncContextManager[object]] = _no_background
 
 
 NO_HANDLERS = Handlers()  # the bare runtime: messages answered, commands and files not understood

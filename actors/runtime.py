@@ -47,12 +47,14 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Runtime:
     """What ``open_runtime`` yields. plugins: the opened plugins (``Handlers.open_plugins``; None
-    without the chat features or with every plugin off)."""
+    without the chat features or with every plugin off). background: what the features' background
+    work yielded (``Handlers.open_background``: the memory entries' learner, or None)."""
 
     config: Config
     services: Services
     supervisor: Supervisor
     plugins: Plugins | None = None
+    background: Any = None
 
     @property
     def memory(self) -> Memory:
@@ -162,8 +164,9 @@ async def open_runtime(
                 async with handlers.open_plugins(services) as plugins, \
                         Supervisor(services, box, config.settings.actors, handlers=handlers, plugins=plugins) as supervisor:
                     services.supervisor = supervisor
-                    async with _Background(tell_owners_budget, budget, box, services):
-                        yield Runtime(config, services, supervisor, plugins)
+                    async with _Background(tell_owners_budget, budget, box, services), \
+                            handlers.open_background(services) as background:
+                        yield Runtime(config, services, supervisor, plugins, background)
         finally:
             # LLMs a reload built (the current one and any it replaced) are ours to close too
             made_by_reload = [*services.retired_llms, services.llm] if services is not None else []

@@ -198,6 +198,12 @@ class MemorySettings(Frozen):
     # aws_endpoint, aws_region, allow_http, ...); credentials from the environment (AWS_ACCESS_KEY_ID, ...).
     uri: str | None = None
     storage_options: dict[str, str] = Field(default_factory=dict)
+    # memory entries learned in the background (features.fact_learning): an alias of models: that reads
+    # each chat's new messages in batches and keeps the facts they state; None (or an offline kith/*
+    # model): off — facts come from /remember only. Pick a cheap model: every batch is a call.
+    memory_model: str | None = None
+    fact_batch: int = Field(20, ge=1)  # new messages of a chat read per call
+    fact_interval_s: float = Field(300.0, gt=0)  # chats are looked at this often; fewer new messages wait this long
 
     def model_languages(self) -> frozenset[str] | None:
         """The embedding model's languages, None for any (see ``embedding_languages``)."""
@@ -447,6 +453,9 @@ class Settings(Frozen):
             for fb in spec.fallbacks:
                 if fb not in self.models:
                     raise ValueError(f"models.{alias}.fallbacks: unknown model alias {fb!r}")
+        if self.memory.memory_model is not None and self.memory.memory_model not in self.models:
+            raise ValueError(f"memory.memory_model {self.memory.memory_model!r} is not an alias in models: "
+                             f"({', '.join(self.models)})")
         return self
 
 

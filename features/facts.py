@@ -20,10 +20,11 @@ from memory.facts import MemoryEntry, normalize_key
 
 from actors.events import PRIVATE, CommandEvent, is_group
 from actors.handlers import ChatContext
+from actors.services import Services
 from .credits import upgrade_buttons
 from .replies import reply, short
 
-__all__ = ["CHAT_WORDS", "cmd_remember", "forget_fact", "list_facts", "parse_fact", "profile_lines"]
+__all__ = ["CHAT_WORDS", "cmd_remember", "forget_fact", "list_facts", "over_entry_limit", "parse_fact", "profile_lines"]
 
 CHAT_WORDS = frozenset({"chat", "group", "чат", "группа"})  # ``/remember chat …``: a fact about the chat
 _SEPARATOR = re.compile(r"\s*(?::|=|\s[—–-]\s)\s*")
@@ -65,7 +66,7 @@ async def cmd_remember(ctx: ChatContext, ev: CommandEvent) -> None:
         await reply(ctx, ev, _("Only this group's admins can add facts about the group."))
         return
     user_id = None if about_chat else ev.sender.user_id
-    refusal = await _over_limit(ctx, ev.sender.user_id, user_id, normalize_key(parsed[0]))
+    refusal = await over_entry_limit(ctx.svc, ctx.chat_id, ev.sender.user_id, user_id, parsed[0])
     if refusal is not None:
         await reply(ctx, ev, refusal, upgrade_buttons(ctx))
         return
@@ -82,17 +83,19 @@ async def cmd_remember(ctx: ChatContext, ev: CommandEvent) -> None:
     await reply(ctx, ev, text)
 
 
-async def _over_limit(ctx: ChatContext, member: int, user_id: int | None, key: str) -> str | None:
-    """The refusal when a new fact would pass the tier's ``entry_limit`` (a change of a current
-    fact adds none); None when it fits."""
-    adm, facts = ctx.svc.admission, ctx.svc.memory.facts
+async def over_entry_limit(svc: Services, chat_id: int, member: int, user_id: int | None, subject: str) -> str | None:
+    """The refusal (one sentence, the current language) when a new fact about ``user_id`` (None: the
+    chat) would pass ``member``'s tier's ``entry_limit`` in ``chat_id`` — per chat, and per member
+    over all chats; a new value of a current fact adds none. None when it fits."""
+    adm, facts = svc.admission, svc.memory.facts
     if adm is None or facts is None:
         return None
-    if any(e.key == key for e in await facts.current(ctx.chat_id, [] if user_id is None else [user_id], chat=user_id is None)):
+    key = normalize_key(subject)
+    if any(e.key == key for e in await facts.current(chat_id, [] if user_id is None else [user_id], chat=user_id is None)):
         return None  # supersedes: the count stays
-    tier = await adm.tier_of(ctx.chat_id, member)
+    tier = await adm.tier_of(chat_id, member)
     per_user, per_chat = adm.storage_limits(tier)
-    if per_chat.entry_limit >= 0 and await facts.count(chat_id=ctx.chat_id) >= per_chat.entry_limit:
+    if per_chat.entry_limit >= 0 and await facts.count(chat_id=chat_id) >= per_chat.entry_limit:
         return _("This chat keeps at most {n} facts on the {tier} tier: /forget fact one first.",
                  n=i18n.number(per_chat.entry_limit), tier=tier)
     if user_id is not None and per_user.entry_limit >= 0 and await facts.count(user_id=user_id) >= per_user.entry_limit:

@@ -169,7 +169,7 @@ class DocumentChunk:
         return chunk_memory_id(self.message_id, self.index)
 
 
-USAGE_KINDS = ("chat", "vision", "transcription", "image", "document", "tool")
+USAGE_KINDS = ("chat", "vision", "transcription", "image", "document", "tool", "memory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +179,8 @@ class UsageRecord:
     kind: ``"chat"`` (a turn's LLM call) | ``"vision"`` (a photo described by a vision model) |
     ``"transcription"`` (speech to text; ``seconds`` of audio) | ``"image"`` (``images``
     generated) | ``"document"`` (a document read into memory; ``pages``, no model cost) | ``"tool"``
-    (one tool call the model made; no tokens, no cost).
+    (one tool call the model made; no tokens, no cost) | ``"memory"`` (a batch of messages read by
+    ``memory.memory_model`` for memory entries).
     model: the alias used (after fallback), or the image/transcription model; for a tool call, its plugin.
     cost_usd: what the host pays, from litellm's price map; ``None`` when the model has no known price
     (unknown ≠ free); 0 for a chat call made on a member's or group's own API key (``/key``).

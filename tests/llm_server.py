@@ -14,6 +14,9 @@ according to the request's ``model`` (the litellm prefix ``openai/`` is stripped
 anything else         answers like ``ok-*`` (e.g. ``gpt-4o-mini``, to test a priced model)
 ====================  =============================================================================
 
+A line of the last user message holding ``ANSWER <text>`` (anywhere in the line, e.g. inside a
+quoted chat message) makes the answer exactly ``<text>``: a scripted output (a background call's JSON).
+
 A user message with ``image_url`` content parts (``data:`` URLs) shows each image in the echo:
 ``"echo: <text> [image image/png 1234 bytes]"`` (the decoded size), so tests can prove the image
 reached the model.
@@ -160,11 +163,15 @@ def answer_for(body: dict[str, Any]) -> str:
     """The answer the server gives to ``body`` (a chat completion request), before ``max_tokens``: the
     echo of the last user message, then a line per tool result that came after it."""
     messages = body.get("messages") or []
+    scripted = _ANSWER_RE.search(_last_user_text(messages))
+    if scripted is not None:
+        return scripted.group(1)
     results = "".join(f"\n[{m.get('tool_call_id')}] {_content_text(m.get('content'))}"
                       for m in _after_last_user(messages) if m.get("role") == "tool")
     return f"echo: {_last_user_text(messages)}{_image_notes(messages)}{results}"
 
 
+_ANSWER_RE = re.compile(r"ANSWER (.+)$", re.M)
 _SCRIPT_RE = re.compile(r"^(?:CALL(?P<round>\d*)|(?P<loop>LOOP)) +(?P<name>\S+)(?: (?P<args>.*))?$")
 
 

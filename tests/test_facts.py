@@ -18,6 +18,7 @@ from memory.facts import FactStore, normalize_key
 from memory.types import StoredMessage
 from providers.memory_block import render_profile
 from tests.clock import Clock
+from tests.llm_server import llm_server  # noqa: F401  (fixture)
 from transports.local import IdAllocator, LocalOutbox
 
 pytestmark = pytest.mark.anyio
@@ -182,3 +183,84 @@ async def test_a_turn_gets_the_profile_and_a_recall_hitting_a_fact_returns_its_m
         await chat.say(GROUP, ANN, "@kith_bot which tea do I like?", respond=True)
         data = next(m["content"] for m in seen[-1] if m["role"] == "user" and "<profile>" in m["content"])
         assert "- Ann: favourite tea: green" in data and "- chat: wifi password: tulip-42" in data
+
+
+# ---------------------------------------------------------------------- learned by memory_model
+
+
+def learning_config(server, *, batch: int = 3, interval: float = 3600.0, tiers_cfg: TiersConfig | None = None) -> Config:
+    from config.models import MemorySettings, ModelSpec
+
+    settings = Settings(models={"recall": ModelSpec(model="kith/recall"),
+                                "cheap": ModelSpec(model="openai/ok-cheap", api_base=server.base_url)},
+                        memory=MemorySettings(memory_model="cheap", fact_batch=batch, fact_interval_s=interval))
+    return Config(settings=settings, tiers=tiers_cfg or tiers())
+
+
+async def test_memory_model_learns_facts_in_batches_and_skips_what_it_cannot_use(tmp_path, st_model, llm_server,
+                                                                                  monkeypatch, caplog) -> None:
+    import json as _json
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    caplog.set_level("INFO", logger="features.fact_learning")
+    holder: dict = {}
+
+    def make(memory):
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id), admins={(GROUP, ADMIN.user_id)})
+        return holder["box"]
+
+    async with open_runtime(learning_config(llm_server), tmp_path, make, model=st_model) as rt:
+        learner = rt.background
+        assert learner is not None and learner.enabled
+        chat = Chat(rt, holder["box"])
+        await chat.say(GROUP, ANN, "hello all")  # the chat's first pass starts at its newest message
+        await rt.memory.flush()
+        assert await learner.run_once() == []
+        facts = {"facts": [{"about": "Ann", "subject": "birthday", "value": "12 March", "messages": [0]},
+                           {"about": "chat", "subject": "standup time", "value": "10:00"},
+                           {"about": "Zed", "subject": "car", "value": "red"},  # not a speaker of the batch
+                           {"about": "Bob", "subject": "", "value": "x"}]}  # malformed: left out
+        first = await chat.say(GROUP, ANN, "my birthday is on 12 March, standup stays at 10")
+        await chat.say(GROUP, BOB, "noted!")
+        assert await learner.run_once() == []  # 2 new messages < fact_batch 3: it waits
+        third = await chat.say(GROUP, BOB, "ANSWER " + _json.dumps(facts).replace('"messages": [0]', f'"messages": [{first}]'))
+        await rt.memory.flush()
+        (out,) = await learner.run_once()
+        assert (out.messages, out.added, out.skipped) == (3, 2, 1)
+        current = {(e.user_id, e.key): e for e in await rt.memory.facts.current(GROUP)}
+        assert current[(ANN.user_id, "birthday")].value == "12 March" and current[(ANN.user_id, "birthday")].sources == (first,)
+        assert current[(ANN.user_id, "birthday")].origin == "extracted" and current[(None, "standup time")].value == "10:00"
+        assert "who is not a speaker of the batch" in caplog.text
+        # a reply that is not the JSON: skipped, logged, nothing changes, the messages stay read
+        for text in ("ANSWER I think Ann likes tea", "ok", "fine"):
+            await chat.say(GROUP, ANN, text)
+        await rt.memory.flush()
+        (bad,) = await learner.run_once()
+        assert bad.added == 0 and bad.skipped == 1 and "is not the facts' JSON" in caplog.text
+        assert len(await rt.memory.facts.current(GROUP)) == 2
+        assert await learner.run_once(force=True) == []  # nothing new
+        await rt.memory.flush()
+        usage = [u for u in await rt.memory.store.usage_rows() if u.kind == "memory"]
+        assert len(usage) == 2 and all(u.model == "cheap" and u.prompt_tokens > 0 for u in usage)
+        # it reads quoted data: the messages are in a user-role message, never in the system prompt
+        calls = [r for r in llm_server.requests if r.path.endswith("/chat/completions")]
+        assert "my birthday is on 12 March" in calls[0].body["messages"][1]["content"]
+        assert "my birthday" not in calls[0].body["messages"][0]["content"]
+        assert first in current[(None, "standup time")].sources  # no ids given: the batch's messages saying "10"
+        assert third > first
+
+
+async def test_memory_learning_is_off_for_the_offline_model(tmp_path, st_model) -> None:
+    from config.models import MemorySettings
+
+    holder: dict = {}
+    cfg = Config(settings=Settings(memory=MemorySettings(memory_model="recall")), tiers=tiers())
+
+    def make(memory):
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        return holder["box"]
+
+    async with open_runtime(cfg, tmp_path, make, model=st_model) as rt:
+        assert rt.background is None
+    with pytest.raises(Exception, match="memory_model 'nope' is not an alias"):
+        Settings(memory=MemorySettings(memory_model="nope"))
