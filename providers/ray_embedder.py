@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from .embedder import BULK_CHARS, DIM, MAX_CHARS, Embedder, length_order, model_name
+from .embedder import BULK_CHARS, DIM, MAX_CHARS, Embedder, length_order, model_name_of
 from .errors import EmbeddingError
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class RayEmbedder:
 
     @property
     def model_name(self) -> str:
-        return model_name(self._model_path)
+        return model_name_of(self._args[0], self._model_path)
 
     @property
     def backend(self) -> str:

