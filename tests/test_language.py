@@ -22,6 +22,7 @@ from providers.language import (
     words,
 )
 from memory.vector_rows import MemoryRow, schema
+from tests.reindexing import refused_then_reindexed
 from memory.vectors import VectorMemory
 
 pytestmark = pytest.mark.anyio
@@ -165,14 +166,11 @@ async def test_a_change_of_embedding_model_and_dimension_needs_a_reindex_which_r
     old table with a clear message; `kith memory reindex` re-embeds into a 128-wide table."""
     from sentence_transformers import SentenceTransformer, models
 
-    from operations.registry import Streams, run_local
     from actors.runtime import open_memory
     from config.loader import load_config
     from config.models import Config, MemorySettings, Settings, TiersConfig
     from memory.types import StoredMessage
-    from memory.errors import EmbeddingModelChanged
     from providers.torch_encoder import default_model_path
-    from rich.console import Console
 
     other = tmp_path / "minilm-128"
     base = SentenceTransformer(default_model_path(), device="cpu")
@@ -187,14 +185,8 @@ async def test_a_change_of_embedding_model_and_dimension_needs_a_reindex_which_r
         assert (memory.vectors.embedding_model, memory.vectors.dim) == ("all-MiniLM-L6-v2", 384)
 
     cfg = Config(settings=Settings(memory=MemorySettings(embedding_model=other, embed_backend="torch")), tiers=TiersConfig())
-    with pytest.raises(EmbeddingModelChanged, match=r"all-MiniLM-L6-v2 embeddings \(384 dimensions\).*minilm-128 \(128.*kith memory reindex"):
-        async with open_memory(cfg, data):
-            pass
-    out, err = Console(record=True, width=100), Console(record=True, width=100)
-    with pytest.raises(EmbeddingModelChanged):  # one chat cannot change models: the others would be unsearchable
-        await run_local("memory.reindex", {"chat": -7}, cfg, data, Streams(out, err))
-    assert await run_local("memory.reindex", {}, cfg, data, Streams(out, err)) == 0
-    assert "reindexed 2 memories" in out.export_text()
+    await refused_then_reindexed(
+        cfg, data, r"all-MiniLM-L6-v2 embeddings \(384 dimensions\).*minilm-128 \(128.*kith memory reindex")
     async with open_memory(cfg, data) as memory:
         assert (memory.vectors.embedding_model, memory.vectors.dim) == ("minilm-128", 128)
         hits = (await memory.recall(-7, "купила видеокарту", 1, mode="vector")).hits
