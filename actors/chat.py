@@ -18,8 +18,21 @@ import i18n
 from memory.errors import MemoryStoreError
 from memory.types import ROLE_ASSISTANT, StoredMessage
 
-from .events import (PRIVATE, ButtonPress, Call, CapacityCleaned, ChatEvent, CommandEvent, ConfigChanged, Deleted, Edited,
-                     Incoming, Migrated, PaymentEvent, PreCheckout)
+from .events import (
+    PRIVATE,
+    ButtonPress,
+    Call,
+    CapacityCleaned,
+    ChatEvent,
+    CommandEvent,
+    ConfigChanged,
+    Deleted,
+    Edited,
+    Incoming,
+    Migrated,
+    PaymentEvent,
+    PreCheckout,
+)
 from .handlers import NO_HANDLERS, Handlers, Plugins
 from .outbox import Outbox
 from .services import Services

@@ -200,7 +200,7 @@ class CallResult:
     async def run(self, work: Callable[[Any], Awaitable[Any]], actor: Any) -> None:
         try:
             self._value = await work(actor)
-        except Exception as exc:  # noqa: BLE001 - delivered to the caller, who reports it
+        except Exception as exc:
             self._error = exc
         finally:
             self._done.set()

@@ -9,37 +9,35 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
-from typing import Any
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
-import i18n
 
-from config.models import Config
+import i18n
+from config.models import Config, StorageLimits
+from memory.cleanup import CleanupResult, Janitor
 from memory.documents import DocumentReader
+from memory.errors import EmbeddingModelChanged
 from memory.indexer import Indexer
 from memory.maintenance import GapFiller
 from memory.service import Memory
-from memory.errors import EmbeddingModelChanged
 from memory.vectors import VectorMemory
 from providers.embedder import BulkEmbedder, Embedder
 from providers.keys import KeyVault, cipher_from_env
-from config.models import StorageLimits
-from memory.cleanup import CleanupResult, Janitor
 from tiers import Admission, effective_tier
 from tiers.budget import Budget, BudgetNotice, notice_text, paid_features
 
+from .errors import SupervisorClosed
 from .events import CapacityCleaned
 from .handlers import NO_HANDLERS, Handlers, Plugins
 from .outbox import Outbox
 from .services import Actors, BotIdentity, Services, TurnReport, utc_now
-from .errors import SupervisorClosed
-from .supervisor import Supervisor
-
 from .stores import CACHE_DIR, DB_FILE, VECTORS_DIR, Stores, dialogue_store, open_stores, vector_location  # noqa: F401 - re-exported
+from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +212,7 @@ async def _tell_owners(notice: BudgetNotice, box: Outbox, services: Services) ->
             with i18n.use(i18n.normalize(chosen) or services.config.settings.bot.language):
                 text = notice_text(notice)
             await box.send(owner, text)
-        except Exception as exc:  # noqa: BLE001 - an owner who blocked the bot must not stop the others
+        except Exception as exc:
             log.warning("budget: owner %s not told: %s", owner, exc)
 
 
@@ -252,9 +250,7 @@ async def tell_chats_cleaned(supervisor: Actors, memory: Memory, result: Cleanup
     """Tell the chats a cleanup removed something from (``CapacityCleaned``): each chat of a chat's
     cleanup; for a user's, their private chat with the bot when there is one. Never waits for a
     full inbox (the notice is then skipped: ``/memory`` still shows the cleanup)."""
-    if result.scope == "chat":
-        targets = {result.scope_id: result.records}
-    elif memory.store.knows_chat(result.scope_id):  # a user's private chat has the user's id
+    if result.scope == "chat" or memory.store.knows_chat(result.scope_id):
         targets = {result.scope_id: result.records}
     else:
         return

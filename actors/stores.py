@@ -30,7 +30,7 @@ class Stores:
     running bot's operations pass its ``VectorMemory``."""
 
     store: DialogueStore
-    vectors: "VectorCounts | VectorMemory"
+    vectors: VectorCounts | VectorMemory
 
 
 def dialogue_store(config: Config, data_dir: Path) -> DialogueStore:
@@ -55,9 +55,8 @@ async def open_stores(config: Config, data_dir: Path) -> AsyncIterator[Stores]:
     """Open the dialogue store and vector memory's counts (no lancedb, embedding model, indexer or
     document reader): what commands that read counts need (``kith memory stats``), in a fraction of
     ``open_memory``'s start-up. raises memory.errors.StoreLocked when a running bot holds the database."""
-    async with dialogue_store(config, data_dir) as store:
-        async with VectorCounts(vector_location(config, data_dir)) as vectors:
-            yield Stores(store, vectors)
+    async with dialogue_store(config, data_dir) as store, VectorCounts(vector_location(config, data_dir)) as vectors:
+        yield Stores(store, vectors)
 
 
 def check_not_in_use(config: Config, data_dir: Path) -> None:

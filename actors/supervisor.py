@@ -21,11 +21,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from config.models import ActorSettings
 from memory.errors import DiskFull
-
-from .errors import SupervisorClosed
 from memory.types import StoredMessage
 
 from .chat import ChatActor
+from .errors import SupervisorClosed
 from .events import ChatEvent, Incoming, with_caption
 from .handlers import NO_HANDLERS, Handlers, Plugins
 from .outbox import Outbox
@@ -96,7 +95,7 @@ class Supervisor:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> "Supervisor":
+    async def __aenter__(self) -> Supervisor:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._reaper, name="supervisor-reaper")

@@ -27,10 +27,10 @@ import anyio
 
 from i18n import _
 from memory.errors import DiskFull, MemoryStoreError
-from providers.language import NAMES
 from memory.service import Recall
 from memory.types import ROLE_ASSISTANT, StoredMessage, UsageRecord
 from providers.errors import ProviderError
+from providers.language import NAMES
 from providers.memory_block import render_profile
 from providers.tools import ToolCall
 
@@ -160,7 +160,7 @@ class _Turn:
         assert ev.media is not None
         try:
             return await self.host.handlers.understand(self.host, ev, await self.host.user_settings(ev.sender.user_id))
-        except Exception:  # noqa: BLE001 - the message is stored whatever happens to its file
+        except Exception:
             log.exception("chat %s: reading the media of message %s failed", self.chat_id, ev.message_id)
             return Understood(with_caption(ev.media, ev.text), note=_("Sorry, something went wrong reading that file."))
 

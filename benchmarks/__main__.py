@@ -75,7 +75,7 @@ def discover(package: str = "benchmarks") -> dict[str, str]:
 def _package_root(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     assert spec is not None and spec.submodule_search_locations
-    return Path(list(spec.submodule_search_locations)[0]).resolve().parent
+    return Path(next(iter(spec.submodule_search_locations))).resolve().parent
 
 
 # ---------------------------------------------------------------------- child process
@@ -88,7 +88,7 @@ def _child(module: str, result_path: Path, quick: bool) -> int:
         mod = importlib.import_module(module)
         result = common.normalize(mod.run(quick=quick))
         status = 0
-    except BaseException as exc:  # noqa: BLE001 - any failure is a crash of this benchmark
+    except BaseException as exc:
         traceback.print_exc()
         result = {"error": f"{type(exc).__name__}: {exc}", "metrics": []}
         status = 1

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -289,7 +289,7 @@ def machine_info() -> dict[str, Any]:
         "torch": _version("torch"),
         "lancedb": _version("lancedb"),
         "duckdb": _version("duckdb"),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": _git_commit(),
     }
 
@@ -362,7 +362,7 @@ def load_model_timed(backend: str | None = None, precision: str = "auto"):
     return enc, time.perf_counter() - t0
 
 
-def time_encoder(enc, keep: bool = False) -> "Timed":
+def time_encoder(enc, keep: bool = False) -> Timed:
     """Wrap ``enc.encode_batch`` (in place) with a ``Timed``: the time spent inside the model
     (keep: also each call's texts and seconds)."""
     timed = Timed(enc.encode_batch, f"{enc.backend} {enc.precision}", keep)

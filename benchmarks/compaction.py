@@ -21,7 +21,7 @@ import random
 import tempfile
 import time
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from benchmarks import common
@@ -81,7 +81,7 @@ async def _bench(tmp: Path, model, pool, speakers, vectors, questions, base_rows
 
     rng = random.Random(SEED)
     chat_ids = [-1008000000000 - i for i in range(CHATS)]
-    base = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2024, 1, 1, tzinfo=UTC)
     index_of = {t: i for i, t in enumerate(pool)}
     settings = common.default_config().settings.memory
     next_id = {c: 1 for c in chat_ids}

@@ -140,7 +140,7 @@ def run(quick: bool) -> dict:
     }
 
 
-def _full_disk_round(tmp: Path, args: list[str], cfg: Path, ref_dir: Path, ref: "_Result") -> dict:
+def _full_disk_round(tmp: Path, args: list[str], cfg: Path, ref_dir: Path, ref: _Result) -> dict:
     """The replay on a small tmpfs until the disk is full, the tmpfs remounted larger, a final run:
     ``_compare``'s figures plus ``first_rc``, ``first_sent``; ``{"skipped": why}`` where a tmpfs
     cannot be mounted."""

@@ -384,11 +384,11 @@ async def _turns_while_ingesting(tmp: Path, model, big: Built, ubuntu: list[dict
     import anyio
 
     from actors.events import Incoming, Media, Sender
-    from transports.local import IdAllocator, LocalOutbox
     from actors.runtime import frozen_startup_heap
-    from features.app import open_runtime
     from config import load_config
+    from features.app import open_runtime
     from memory.types import StoredMessage
+    from transports.local import IdAllocator, LocalOutbox
 
     cfg = load_config(None, env={})  # the shipped kith.yaml and tiers.yaml (premium: documents, 20 MB files)
     n_chats = QUICK_CHATS if quick else CHATS

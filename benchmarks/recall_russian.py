@@ -123,7 +123,7 @@ def run(quick: bool) -> dict:
     progress(f"recall_russian: {sum(map(len, plays))} speeches in {len(plays)} plays; "
              f"{len(queries['exact'])} exact-phrase and {len(queries['inflected'])} inflected-word queries; loading the model")
     backends = common.bench_backends()
-    model, load_s = common.load_model_timed(*backends[0])
+    model, _load_s = common.load_model_timed(*backends[0])
     with tempfile.TemporaryDirectory(prefix="kith-bench-ru-") as tmp:
         results = anyio.run(_bench, Path(tmp), model, files, queries, backend="asyncio")
     labels = [f"{model.backend} {model.precision}"]

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from benchmarks import common
@@ -117,7 +117,7 @@ async def _bench(tmp: Path, model, texts, speakers, vectors, questions, chats: i
     settings = common.default_config().settings.memory
     k = settings.recall_k
     rng = random.Random(SEED)
-    base = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2024, 1, 1, tzinfo=UTC)
     chat_ids = [-1009000000000 - i for i in range(chats)]
 
     # interleave the chats in time: each chat's messages at sorted random times over 30 days

@@ -30,11 +30,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import anyio  # noqa: E402
-
-from benchmarks import common  # noqa: E402
-from benchmarks.common import metric  # noqa: E402
+import anyio
 import anyio.lowlevel
+
+from benchmarks import common
+from benchmarks.common import metric
 
 TARGET_UPDATES_PER_S = 1000.0
 
@@ -124,8 +124,8 @@ class EchoActor:
 
 async def _pipeline(quick: bool, profile: bool, tg, cfg, model) -> dict:
     from operations.bot import serve
-    from transports.telegram.outbox import TelegramOutbox
     from tests.tg_harness import TelegramHarness
+    from transports.telegram.outbox import TelegramOutbox
 
     chats = 200 if quick else 1000
     results: dict = {}
@@ -169,10 +169,10 @@ async def _pipeline(quick: bool, profile: bool, tg, cfg, model) -> dict:
 async def _transport(quick: bool, tg) -> dict:
     from actors.services import BotIdentity
     from actors.supervisor import Supervisor
-    from transports.telegram.outbox import TelegramOutbox
-    from transports.telegram.updates import UpdateRouter
     from config.models import ActorSettings
     from tests.tg_harness import TelegramHarness
+    from transports.telegram.outbox import TelegramOutbox
+    from transports.telegram.updates import UpdateRouter
 
     chats, per_chat = (1000, 1) if quick else (1000, 3)
     h = await TelegramHarness.create()

@@ -158,9 +158,9 @@ def _batch_cost(model, encode) -> dict:
 
 
 async def _replay_all(files: list[Path], data_dir: Path, model, limit: int | None, instrument):
+    from features.app import open_runtime
     from transports.local import IdAllocator, LocalOutbox
     from transports.replay import replay, respond_policy
-    from features.app import open_runtime
 
     policy = respond_policy("questions")
     turns = []
@@ -204,9 +204,9 @@ async def _fragment_diagnostic(memory, questions: list[tuple[int, str]], n: int 
 
     async def fragments() -> int | None:
         try:  # lancedb's table stats; private attributes of VectorMemory, for this report only
-            stats = await vm.run(vm.lance_table.stats)  # noqa: SLF001
+            stats = await vm.run(vm.lance_table.stats)
             return int(stats["fragment_stats"]["num_fragments"])
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None
 
     async def timings() -> list[float]:
@@ -329,7 +329,7 @@ def _profile_lines(stages: dict[str, list[float]], turns, prof: cProfile.Profile
     entries = []
     for (file, line, fn), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
         entries.append((tt, ct, nc, file, f"{_short(file)}:{line}({fn})"))
-    idle = sum(e[0] for e in entries if "poll" in e[4] and "epoll" in e[4] or "select.select" in e[4])
+    idle = sum(e[0] for e in entries if ("poll" in e[4] and "epoll" in e[4]) or "select.select" in e[4])
     busy = sum(e[0] for e in entries) - idle
     lines.append(
         f"cProfile of the event-loop thread: busy {busy:.2f} s, idle in epoll {idle:.2f} s "

@@ -189,7 +189,7 @@ def _problem(model: type[BaseModel], err: Any) -> Problem:
     elif kind == "missing":
         why = "required key is missing"
     elif isinstance(given, dict) and (m := re.match(r"(.+?): (.*)", why)) and m[1] in given:
-        loc, why = loc + (m[1],), f"{m[2]} (got {given[m[1]]!r})"  # a per-entry check of a mapping
+        loc, why = (*loc, m[1]), f"{m[2]} (got {given[m[1]]!r})"  # a per-entry check of a mapping
     elif not isinstance(given, (dict, list, tuple)):
         why += f" (got {given!r})"
     return loc, why

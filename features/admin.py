@@ -27,18 +27,17 @@ from datetime import UTC, datetime, time
 import anyio
 
 import i18n
+from actors.errors import RefundRefused
+from actors.events import PRIVATE, CommandEvent
+from actors.handlers import ChatContext
 from i18n import N_, _, ngettext
 from memory.ledger import LedgerEntry, purchase_key, refund_key
 from tiers.credits import refund_purchase
 from tiers.errors import TierError
 from tiers.subscriptions import parse_target
 
-from actors.errors import RefundRefused
-from actors.events import PRIVATE, CommandEvent
-from actors.handlers import ChatContext
 from .credits import credits_text
 from .replies import reply
-
 
 USAGE = N_("/admin · /admin grant user:ID|chat:ID|here TIER [DAYS] · /admin revoke user:ID|chat:ID|here "
            "(or, replying to a member's message: /admin grant TIER [DAYS] · /admin revoke) · /admin refund CHARGE_ID")

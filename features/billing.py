@@ -15,17 +15,16 @@ from __future__ import annotations
 import logging
 
 import i18n
+from actors.errors import ActorError
+from actors.events import PRIVATE, ButtonPress, CommandEvent, PaymentEvent, PreCheckout
+from actors.handlers import ChatContext
+from actors.outbox import Button
 from i18n import _, ngettext
 from tiers.errors import PaymentError
 from tiers.payments import invoice_for, validate_pre_checkout
 from tiers.subscriptions import Subscription
 
-from actors.errors import ActorError
-from actors.handlers import ChatContext
-from actors.events import PRIVATE, ButtonPress, CommandEvent, PaymentEvent, PreCheckout
-from actors.outbox import Button
 from .replies import features_line, reply, short
-
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import i18n
+from actors.events import CapacityCleaned
+from actors.handlers import ChatContext
 from i18n import _, ngettext
 from memory.types import CleanupRecord
 
 from .billing import plans_button
-from actors.events import CapacityCleaned
-from actors.handlers import ChatContext
-
 
 __all__ = ["describe", "notice", "on_capacity_cleaned"]
 

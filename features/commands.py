@@ -9,17 +9,16 @@ from __future__ import annotations
 import json
 
 import i18n
+from actors.events import PRIVATE, ButtonPress, CommandEvent, is_group
+from actors.handlers import ChatContext
+from actors.outbox import Button
 from i18n import N_, _, ngettext
 
 from . import admin, billing, credits, facts, keys, media
+from .capacity import describe
 from .plugins import commands as plugins
 from .plugins import reminders
-from .capacity import describe
 from .replies import features_line, reply, short
-from actors.handlers import ChatContext
-from actors.events import PRIVATE, ButtonPress, CommandEvent, is_group
-from actors.outbox import Button
-
 
 HISTORY_DEFAULT = 20
 HISTORY_MAX = 100

@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 
 import i18n
-from i18n import N_, _, ngettext
-from tiers.credits import expire_due, expiring_soon, is_pack_payload, pack_invoice, pack_title, validate_pack_checkout
-from tiers.errors import PaymentError
-
 from actors.events import PRIVATE, ButtonPress, CommandEvent, PaymentEvent, PreCheckout, is_group
 from actors.handlers import ChatContext
 from actors.outbox import Button
+from i18n import N_, _, ngettext
+from tiers.credits import expire_due, expiring_soon, is_pack_payload, pack_invoice, pack_title, validate_pack_checkout
+from tiers.errors import PaymentError
 
 from . import billing
 from .replies import reply

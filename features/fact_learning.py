@@ -33,10 +33,10 @@ from typing import Any
 
 import anyio
 
+from actors.services import Services
 from memory.facts import MAX_KEY_CHARS, MAX_VALUE_CHARS
 from memory.types import ROLE_USER, StoredMessage, UsageRecord
 
-from actors.services import Services
 from .facts import over_entry_limit
 
 __all__ = ["FactLearner", "LearnedBatch", "open_fact_learning", "parse_facts"]
@@ -162,7 +162,7 @@ class FactLearner:
         while True:
             try:
                 await self.run_once()
-            except Exception:  # noqa: BLE001 - a failed pass is logged; the next one tries again
+            except Exception:
                 log.exception("memory entries: a learning pass failed")
             await anyio.sleep(self.interval_s)
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import re
 
 import i18n
-from i18n import _
-from memory.facts import MemoryEntry, normalize_key
-
 from actors.events import PRIVATE, CommandEvent, is_group
 from actors.handlers import ChatContext
 from actors.services import Services
+from i18n import _
+from memory.facts import MemoryEntry, normalize_key
+
 from .credits import upgrade_buttons
 from .replies import reply, short
 

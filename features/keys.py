@@ -15,14 +15,12 @@ the configured models each key is used for (``LLM.key_use``: a model on the host
 """
 from __future__ import annotations
 
-
 import i18n
+from actors.events import PRIVATE, CommandEvent
+from actors.handlers import ChatContext
 from i18n import N_, _
 
-from actors.handlers import ChatContext
-from actors.events import PRIVATE, CommandEvent
 from .replies import reply
-
 
 USAGE = N_("`/key <provider> <key>` sets your own API key (e.g. `/key openai sk-…`); `/key delete` removes it.\n"
            "A group's admins set the group's key here: `/key group <chat id> <provider> <key>`.")

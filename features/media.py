@@ -40,20 +40,18 @@ from functools import lru_cache
 
 import anyio
 
-from i18n import _, ngettext, number
-from memory.documents import document_summary, ingest_document
-from memory.markers import clock_time, marker
-from memory.types import DocumentInfo, UsageRecord
-from providers.errors import ProviderError
-
-from memory.ledger import debit_key
-from tiers.admission import Admit
-
 from actors.errors import ActorError
 from actors.events import CommandEvent, Incoming, Media, with_caption
 from actors.handlers import ChatContext, Understood
-from .credits import upgrade_buttons
+from i18n import _, ngettext, number
+from memory.documents import document_summary, ingest_document
+from memory.ledger import debit_key
+from memory.markers import clock_time, marker
+from memory.types import DocumentInfo, UsageRecord
+from providers.errors import ProviderError
+from tiers.admission import Admit
 
+from .credits import upgrade_buttons
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +61,7 @@ SHOWN_CHARS = 300  # … and this much of it shown to the member
 
 # A transcript is answered when it asks something: a question mark, or a first word that asks or
 # requests (English and Russian; another language's transcript is answered when it has a "?").
-_ASKING = frozenset("""what who whom whose where when why how which can could would should is are am was were do does did will
-    shall may might tell show explain find remind help give list describe summarize summarise translate write draw please
-    что кто кого кому чей где куда откуда когда почему зачем как какой какая какое какие сколько можно ли расскажи покажи
-    объясни найди напомни помоги дай перечисли опиши переведи напиши нарисуй подскажи скажи пожалуйста""".split())
+_ASKING = frozenset(["what", "who", "whom", "whose", "where", "when", "why", "how", "which", "can", "could", "would", "should", "is", "are", "am", "was", "were", "do", "does", "did", "will", "shall", "may", "might", "tell", "show", "explain", "find", "remind", "help", "give", "list", "describe", "summarize", "summarise", "translate", "write", "draw", "please", "что", "кто", "кого", "кому", "чей", "где", "куда", "откуда", "когда", "почему", "зачем", "как", "какой", "какая", "какое", "какие", "сколько", "можно", "ли", "расскажи", "покажи", "объясни", "найди", "напомни", "помоги", "дай", "перечисли", "опиши", "переведи", "напиши", "нарисуй", "подскажи", "скажи", "пожалуйста"])
 
 
 # ---------------------------------------------------------------------- understanding

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import anyio
-from contextlib import AsyncExitStack
 
 from config.models import AutoCleanup, StorageLimits
 
@@ -180,7 +180,7 @@ class Janitor:
         self._every: dict[tuple[str, int], int] = {}  # check after this many new messages (from the limit)
         self.results: list[CleanupResult] = []
 
-    async def __aenter__(self) -> "Janitor":
+    async def __aenter__(self) -> Janitor:
         async with AsyncExitStack() as stack:  # the worker's task group, owned by this object until __aexit__
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._tg.start_soon(self._worker, name="janitor")
@@ -233,7 +233,7 @@ class Janitor:
                         await self.on_cleanup(result)
                 except DiskFull as exc:  # already reported once, where it stops intake; no traceback here
                     log.warning("cleanup of %s:%s skipped: %s", scope, scope_id, exc)
-                except Exception:  # noqa: BLE001 - a failed cleanup is retried at the next request
+                except Exception:
                     log.exception("cleanup of %s:%s failed", scope, scope_id)
             self._idle.set()
             if self._closed:

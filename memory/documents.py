@@ -40,7 +40,7 @@ class DocumentReader:
         self.processes = processes
         self._pool = None
 
-    async def __aenter__(self) -> "DocumentReader":
+    async def __aenter__(self) -> DocumentReader:
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -50,12 +50,13 @@ import pyarrow as pa
 
 from .errors import DiskFull, MemoryStoreError, StoreLocked, is_disk_full
 from .schema import from_us, migrate, to_us
+from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, equalities, json_object, keyset_pages
 from .types import (
     DOC_ID_BASE,
-    CleanupRecord,
     MIGRATION_SHIFT,
     USAGE_GROUPINGS,
     ChatInfo,
+    CleanupRecord,
     DocumentChunk,
     DocumentInfo,
     PaymentRecord,
@@ -65,7 +66,6 @@ from .types import (
     UsageRecord,
     UsageTotal,
 )
-from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, equalities, json_object, keyset_pages
 from .write_behind import Batch, Journal, WriteBehind, load_unsaved, save_unsaved, unsaved_files
 
 log = logging.getLogger(__name__)
@@ -325,14 +325,12 @@ class DuckDBStore(QueuedStore):
                     con.execute(sql, params)
                 con.execute("COMMIT")
             except BaseException:
-                try:
+                with contextlib.suppress(duckdb.Error):
                     con.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass
                 raise
         except _SYSTEMIC:
             raise
-        except Exception as exc:  # noqa: BLE001 - bad data somewhere in the batch
+        except Exception as exc:
             log.warning("dialogue store: batch of %d rows failed (%s); retrying row by row", len(batch), exc)
             self._write_rows_sync(con, batch, usage)
             return
@@ -369,7 +367,7 @@ class DuckDBStore(QueuedStore):
                         self.rows_written += 1
                     except _SYSTEMIC:
                         raise
-                    except Exception as exc:  # noqa: BLE001 - this row can never be stored
+                    except Exception as exc:
                         self.dropped_rows += 1
                         log.error("dialogue store: dropped an unstorable %s row %s: %s", attr, describe_row(row), exc)
                     i += 1
@@ -1066,10 +1064,8 @@ class DuckDBStore(QueuedStore):
             ).fetchone()
             size = 0
             for p in (self.path, self.path.with_name(self.path.name + ".wal")):
-                try:
+                with contextlib.suppress(OSError):
                     size += os.path.getsize(p)
-                except OSError:
-                    pass
             return row or (0, 0, 0, 0, 0), size
 
         row, size = await self._run(run)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack
 
 import anyio
-from contextlib import AsyncExitStack
 
 from providers.embedder import BulkEmbedder
 
@@ -104,7 +104,7 @@ class Indexer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> "Indexer":
+    async def __aenter__(self) -> Indexer:
         async with AsyncExitStack() as stack:  # the worker's task group, owned by this object until __aexit__
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._tg.start_soon(self._worker, name="indexer-worker")
@@ -208,7 +208,7 @@ class Indexer:
         assert self.keep is not None
         try:
             return await self.keep(batch)
-        except Exception:  # noqa: BLE001 - better a memory too many than none: the gap check removes it
+        except Exception:
             log.warning("indexer: cannot check %d messages against the evictions; indexing them", len(batch), exc_info=True)
             return batch
 
@@ -224,7 +224,7 @@ class Indexer:
                 self.disk_full = exc
                 self.failed += len(msgs)
                 return
-            except Exception:  # noqa: BLE001 - derived data: log, retry, then drop the batch
+            except Exception:
                 if attempt == _RETRIES and len(msgs) > self.batch:
                     # a bulk window: one bad text must not cost 2,048 memories; retry it in live-sized parts
                     log.warning("indexing %d messages failed %d times; retrying in parts of %d", len(msgs), attempt, self.batch)
@@ -276,7 +276,7 @@ class Indexer:
             ok = True
         except DiskFull as exc:  # the appends report it too; an optimize only costs speed
             log.warning("vector memory: not compacted: %s", exc)
-        except Exception:  # noqa: BLE001 - a failed optimize only costs speed
+        except Exception:
             log.exception("vector memory optimize failed")
         finally:
             self._optimizing = False

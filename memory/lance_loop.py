@@ -44,7 +44,7 @@ class LanceLoop:
 
         try:
             asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(timeout=30)
-        except Exception:  # noqa: BLE001 - best effort on shutdown
+        except Exception:
             log.warning("lancedb loop did not shut down cleanly", exc_info=True)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()

@@ -135,7 +135,7 @@ def _check(e: LedgerEntry) -> None:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {e.kind!r}")
     if not isinstance(e.amount, int) or isinstance(e.amount, bool):
         raise ValueError(f"amount must be an int, not {e.amount!r}")
-    if e.kind in _IN and e.amount <= 0 or e.kind in _OUT and e.amount > 0 or e.kind in _TAKES and e.amount == 0:
+    if (e.kind in _IN and e.amount <= 0) or (e.kind in _OUT and e.amount > 0) or (e.kind in _TAKES and e.amount == 0):
         raise ValueError(f"a {e.kind} must {'add' if e.kind in _IN else 'take'} credits, not {e.amount}")
     if not e.key:
         raise ValueError("a ledger entry needs a key")

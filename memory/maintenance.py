@@ -21,17 +21,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import anyio
-from contextlib import AsyncExitStack
 
-from .store import DialogueStore
 from .errors import DiskFull
 from .service import Memory
-from .vectors import VectorMemory
+from .store import DialogueStore
 from .types import ROLE_USER, is_chunk_id
+from .vectors import VectorMemory
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class GapFiller:
         self._before: dict[int, set[int]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
 
-    async def __aenter__(self) -> "GapFiller":
+    async def __aenter__(self) -> GapFiller:
         self._before = await self.memory.store.memory_ids()  # before any intake (see find_gaps)
         async with AsyncExitStack() as stack:  # the fill's task group, owned by this object until __aexit__
             self._tg = await stack.enter_async_context(anyio.create_task_group())
@@ -156,7 +156,7 @@ class GapFiller:
                 log.info("memory: gap filled")
         except DiskFull as exc:  # said once where intake stops; a traceback here only buries that line
             log.warning("memory: checking vector memory against the dialogue store waits for disk space: %s", exc)
-        except Exception:  # noqa: BLE001 - retried at the next start; never takes the bot down
+        except Exception:
             log.exception("memory: checking vector memory against the dialogue store failed")
         finally:
             self._done.set()
@@ -175,8 +175,8 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
     change of ``memory.embedding_model``, of dimension too); one chat cannot change models
     (raises EmbeddingModelChanged).
     """
-    from .indexer import Indexer
     from .errors import EmbeddingModelChanged
+    from .indexer import Indexer
 
     old = memory.vectors
     held, model = (old.embedding_model, old.dim), (memory.embedder.model_name, memory.embedder.dim)

@@ -11,7 +11,7 @@ def clock_time(seconds: float | None) -> str:
     """``42.4`` → ``"0:42"``, ``3725`` → ``"1:02:05"``; ``""`` for None."""
     if seconds is None:
         return ""
-    s = int(round(seconds))
+    s = round(seconds)
     h, rest = divmod(s, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

@@ -37,12 +37,13 @@ import anyio.abc
 from .errors import DiskFull, MemoryStoreError, is_disk_full
 from .postgres_schema import migrate
 from .schema import from_us, to_us
+from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, equalities, json_object, keyset_pages
 from .types import (
     DOC_ID_BASE,
-    CleanupRecord,
     MIGRATION_SHIFT,
     USAGE_GROUPINGS,
     ChatInfo,
+    CleanupRecord,
     DocumentChunk,
     DocumentInfo,
     PaymentRecord,
@@ -52,7 +53,6 @@ from .types import (
     UsageRecord,
     UsageTotal,
 )
-from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, equalities, json_object, keyset_pages
 from .write_behind import Batch, WriteBehind, save_unsaved
 
 log = logging.getLogger(__name__)
@@ -323,20 +323,19 @@ class PostgresStore(QueuedStore):
         # a failing server (OperationalError, InterfaceError, the pool's timeout) propagates: systemic
         async with self._pool.connection() as con:
             try:
-                async with con.transaction():
-                    async with con.cursor() as cur:
-                        if batch.messages:
-                            await cur.executemany(_INSERT_MESSAGE, [_message_params(m) for m in batch.messages])
-                        if batch.usage:
-                            await cur.executemany(_INSERT_USAGE, [_usage_params(u) for u in batch.usage])
-                        if batch.recalls:
-                            await cur.executemany(_INSERT_RECALL, batch.recalls)
-                        if batch.chats:
-                            await cur.executemany(_UPSERT_CHAT, [_chat_params(c) for c in batch.chats])
-                        if batch.deliveries:
-                            await cur.executemany(_INSERT_DELIVERY, [_delivery_params(d) for d in batch.deliveries])
-                        for sql, params in batch.sql:
-                            await cur.execute(sql.replace("?", "%s"), params)
+                async with con.transaction(), con.cursor() as cur:
+                    if batch.messages:
+                        await cur.executemany(_INSERT_MESSAGE, [_message_params(m) for m in batch.messages])
+                    if batch.usage:
+                        await cur.executemany(_INSERT_USAGE, [_usage_params(u) for u in batch.usage])
+                    if batch.recalls:
+                        await cur.executemany(_INSERT_RECALL, batch.recalls)
+                    if batch.chats:
+                        await cur.executemany(_UPSERT_CHAT, [_chat_params(c) for c in batch.chats])
+                    if batch.deliveries:
+                        await cur.executemany(_INSERT_DELIVERY, [_delivery_params(d) for d in batch.deliveries])
+                    for sql, params in batch.sql:
+                        await cur.execute(sql.replace("?", "%s"), params)
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 raise
             except (psycopg.Error, ValueError, OverflowError) as exc:  # bad data somewhere in the batch

@@ -44,8 +44,18 @@ from typing import Any, Protocol
 from .errors import MemoryStoreError
 from .schema import from_us, to_us
 
-__all__ = ["Confirmation", "DeliveryJournal", "Reminder", "ReminderStore", "SqlBackend", "transaction", "PENDING", "CLAIMED", "SENT",
-           "CANCELLED"]
+__all__ = [
+    "CANCELLED",
+    "CLAIMED",
+    "PENDING",
+    "SENT",
+    "Confirmation",
+    "DeliveryJournal",
+    "Reminder",
+    "ReminderStore",
+    "SqlBackend",
+    "transaction",
+]
 
 PENDING, CLAIMED, SENT, CANCELLED = "pending", "claimed", "sent", "cancelled"
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
-from .retrieval import DEFAULT as DEFAULT_RETRIEVAL
 from .facts import FactStore, MemoryEntry
+from .retrieval import DEFAULT as DEFAULT_RETRIEVAL
 from .retrieval import RetrievalSettings, find_speakers
 from .types import ROLE_USER, DocumentChunk, DocumentInfo, MemoryHit, StoredMessage
 
@@ -64,7 +64,7 @@ class Memory:
     quote itself back as a source.
     """
 
-    def __init__(self, store: "DialogueStore", vectors: "VectorMemory", indexer: "Indexer", embedder, reader=None) -> None:
+    def __init__(self, store: DialogueStore, vectors: VectorMemory, indexer: Indexer, embedder, reader=None) -> None:
         self.store = store
         self.vectors = vectors
         self.indexer = indexer

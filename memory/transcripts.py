@@ -160,7 +160,7 @@ class TranscriptReader(Iterator[ParsedLine]):
     def _jsonl(self) -> Iterator[ParsedLine]:
         src = str(self.path)
         try:
-            f = open(self.path, "rb")
+            f = open(self.path, "rb")  # noqa: SIM115 - opened apart from the loop, so that only its own error is a TranscriptError
         except OSError as exc:
             raise TranscriptError(f"cannot read {src}: {exc}") from exc
         with f:

@@ -16,9 +16,8 @@ from typing import Any
 
 import anyio
 
-
-from .location import Location, as_location
 from .errors import VectorStoreError
+from .location import Location, as_location
 from .vector_rows import current_table, ids_per_chat
 
 
@@ -34,7 +33,7 @@ class VectorCounts:
         self.table = current_table(self.location)
         self._ds: Any = None  # lance.LanceDataset, or None when the table does not exist yet
 
-    async def __aenter__(self) -> "VectorCounts":
+    async def __aenter__(self) -> VectorCounts:
         self._ds = await anyio.to_thread.run_sync(self._open)
         return self
 
@@ -50,7 +49,7 @@ class VectorCounts:
         uri = self.location.child(name)
         try:
             return lance.dataset(uri, storage_options=self.location.storage_options or None)
-        except Exception as exc:  # noqa: BLE001 - lance raises plain OSError/ValueError/RuntimeError
+        except Exception as exc:
             raise VectorStoreError(f"lance: cannot read {uri}: {type(exc).__name__}: {exc}") from exc
 
     async def count(self, chat_id: int | None = None) -> int:
@@ -68,5 +67,5 @@ class VectorCounts:
             return empty
         try:
             return await anyio.to_thread.run_sync(fn, ds)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise VectorStoreError(f"lance: reading {self.location.child(self.table)}: {type(exc).__name__}: {exc}") from exc

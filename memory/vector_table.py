@@ -41,8 +41,17 @@ from .errors import DiskFull, MemoryStoreError, VectorStoreError, is_disk_full
 from .hot import HotChats
 from .lance_loop import LanceLoop
 from .location import Location, as_location
-from .vector_rows import (DEFAULT_EMBEDDING_MODEL, DOCUMENT_FIELDS, MODEL_KEY, TABLE, current_table, ids_per_chat, made_with,
-                          schema, write_current)
+from .vector_rows import (
+    DEFAULT_EMBEDDING_MODEL,
+    DOCUMENT_FIELDS,
+    MODEL_KEY,
+    TABLE,
+    current_table,
+    ids_per_chat,
+    made_with,
+    schema,
+    write_current,
+)
 
 __all__ = ["VectorTable"]
 
@@ -94,7 +103,7 @@ class VectorTable:
         self.hot_epoch: dict[int, int] = {}
         self.too_big: dict[int, int] = {}  # chat -> rows when it was found too large to hold
 
-    async def __aenter__(self) -> "VectorTable":
+    async def __aenter__(self) -> VectorTable:
         self.lance = LanceLoop()
         try:
             await self.run(self._open)
@@ -200,7 +209,7 @@ class VectorTable:
             return await anyio.to_thread.run_sync(lambda: lance.run(fn(*args)), limiter=self.limiter)
         except MemoryStoreError:
             raise
-        except Exception as exc:  # noqa: BLE001 - lancedb raises plain ValueError/RuntimeError/OSError/...
+        except Exception as exc:
             if is_disk_full(exc):
                 raise self.disk_full() from exc
             raise VectorStoreError(f"lancedb: {type(exc).__name__}: {exc}") from exc

@@ -441,7 +441,7 @@ class WriteBehind:
         delivered_chats = {d[0] for d in batch.deliveries}
         try:
             await self._commit(batch)
-        except Exception as exc:  # noqa: BLE001 - systemic: keep what is left of the batch queued
+        except Exception as exc:
             self._requeue(batch)
             self.last_error = exc
             err = self._describe_error(exc, self.pending)
@@ -813,7 +813,7 @@ def save_unsaved(batch: Batch, base: Path) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         log.critical("dialogue store: %d unsaved rows written to %s.*jsonl (stored at the next start)", n, base)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         for name in written:
             with contextlib.suppress(OSError):
                 os.unlink(name)

@@ -30,23 +30,22 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 
+from actors.runtime import Runtime, frozen_startup_heap
+from actors.services import BotIdentity
 from config.models import Config, ControlSettings
 from config.secrets import telegram_credentials
-
-from actors.runtime import Runtime, frozen_startup_heap
-
 from features.app import open_runtime
+from transports.telegram.client import build_client, connect, set_commands, stop_receiving
+from transports.telegram.outbox import TelegramOutbox
+from transports.telegram.updates import UpdateRouter
+
 from .control import TOKEN_FILE, ControlServer
 from .health import Health
 from .metrics import Metrics
 from .reload import reload_config
-from actors.services import BotIdentity
-from transports.telegram.client import build_client, connect, set_commands, stop_receiving
-from transports.telegram.outbox import TelegramOutbox
-from transports.telegram.updates import UpdateRouter
-import anyio.lowlevel
 
 log = logging.getLogger(__name__)
 

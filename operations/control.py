@@ -44,9 +44,9 @@ import anyio
 from aiohttp import web
 from rich.console import Console
 
+from actors.errors import ControlServerError
 from config.models import ControlSettings
 
-from actors.errors import ControlServerError
 from .health import Health
 from .metrics import CONTENT_TYPE, Metrics
 from .reload import ReloadReport
@@ -83,7 +83,7 @@ class ControlServer:
         app.router.add_post("/admin/op", self._op)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
 
-    async def __aenter__(self) -> "ControlServer":
+    async def __aenter__(self) -> ControlServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         try:
@@ -113,7 +113,7 @@ class ControlServer:
             self.token_file.unlink(missing_ok=True)
 
     @asynccontextmanager
-    async def operations(self, services: "Services", *, drain_timeout_s: float) -> AsyncIterator[None]:
+    async def operations(self, services: Services, *, drain_timeout_s: float) -> AsyncIterator[None]:
         """Serve ``/admin/op`` on ``services`` (the open runtime) for the block. Leaving it asks the
         running operations to stop, waits up to ``drain_timeout_s`` for them, then cancels the rest:
         none outlives the stores."""
@@ -192,7 +192,7 @@ class ControlServer:
                         final = {"exit": await operations.run_in_bot(services, name, args, io)}
                     except operations.known_errors() as exc:
                         final = {"exit": 1, "error": str(exc)}
-                    except Exception as exc:  # noqa: BLE001 - the bot keeps running; the client hears of it
+                    except Exception as exc:
                         log.exception("control: operation %s failed", name)
                         final = {"exit": 1, "error": f"the operation failed in the bot: {exc!r} (details in its log)"}
                     tg.cancel_scope.cancel()

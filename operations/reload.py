@@ -14,11 +14,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from actors.services import Services
 from config.errors import ConfigError
 from config.loader import load_config
 from config.models import Config
-
-from actors.services import Services
 from tiers.budget import paid_features
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ if TYPE_CHECKING:
 
 import i18n
 from config.models import UNLIMITED, Tier, TiersConfig
-
-from tiers.subscriptions import Subscription, SubscriptionStore, parse_target
 from tiers.budget import PERIODS, Budget
+from tiers.subscriptions import Subscription, SubscriptionStore, parse_target
 from tiers.usage import usage_summary
+
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)

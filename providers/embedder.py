@@ -31,13 +31,13 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from functools import partial
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import anyio
-from contextlib import AsyncExitStack
 import numpy as np
 
 from .e5_encoder import MODEL_NAME as E5_MODEL_NAME
@@ -128,7 +128,7 @@ def load_encoder(backend: str = "openvino", *, precision: str = "auto", model_pa
 
         try:
             return openvino_encoder.load(model_path, precision=precision, cache_dir=cache_dir, threads=threads)
-        except Exception as exc:  # noqa: BLE001 - whatever OpenVINO raised, torch gives the same vectors
+        except Exception as exc:
             log.warning("embedding model: OpenVINO backend unavailable (%s); using torch "
                         "(set memory.embed_backend: torch to skip trying)", exc)
     from . import torch_encoder
@@ -249,7 +249,7 @@ class Embedder:
         """What batches run in: "fp32" | "bf16" | "fp16" | "int8" (after start; the setting before)."""
         return self._encoder.precision if self._encoder is not None else self.precision_setting
 
-    async def __aenter__(self) -> "Embedder":
+    async def __aenter__(self) -> Embedder:
         await anyio.to_thread.run_sync(lambda: self.encoder, limiter=self._limiter)
         async with AsyncExitStack() as stack:  # the batcher's task group, owned by this object until __aexit__
             self._tg = await stack.enter_async_context(anyio.create_task_group())
@@ -284,7 +284,7 @@ class Embedder:
                 return np.broadcast_to(encoder.encode_one(next(iter(slot))), (len(texts), encoder.dim)).copy()
             else:
                 vecs = encoder.encode_batch(list(slot))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise EmbeddingError(f"embedding failed: {exc}") from exc
         return np.asarray(vecs, dtype=np.float32)[index]
 
@@ -359,7 +359,7 @@ class Embedder:
             if room <= 0 or (not urgent and chars <= 0):
                 break
             end = r.taken
-            while end < len(r.texts) and room > 0 and (urgent or chars > 0 or not picked and end == r.taken):
+            while end < len(r.texts) and room > 0 and (urgent or chars > 0 or (not picked and end == r.taken)):
                 chars -= min(len(r.texts[end]), MAX_CHARS)
                 room -= 1
                 end += 1
@@ -376,7 +376,7 @@ class Embedder:
         t0 = time.perf_counter()
         try:
             vecs = await anyio.to_thread.run_sync(self._encode_call(texts, batch[0][0].query), limiter=self._limiter)
-        except BaseException as exc:  # noqa: BLE001 - delivered to every waiting caller
+        except BaseException as exc:
             for r, _, _ in batch:
                 if r in self._pending:
                     self._pending.remove(r)

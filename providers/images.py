@@ -33,8 +33,6 @@ $0.04). Any other model is unpriced: ``cost_usd=None``, never 0.
 """
 from __future__ import annotations
 
-from . import _offline  # noqa: F401  (before litellm)
-
 import base64
 import binascii
 import logging
@@ -49,10 +47,11 @@ import litellm
 
 from config.models import ImageModelSpec
 
+from . import _offline  # noqa: F401  (before litellm)
 from .errors import ContentRefused, ModelNotConfigured, ProviderError, ProviderTimeout, ProviderUnavailable
 from .llm import _detail, translate_error
 
-__all__ = ["GeneratedImage", "ImageGenerator", "MAX_IMAGE_BYTES", "OPENAI_DALLE_PRICES", "image_cost", "sniff_image_type"]
+__all__ = ["MAX_IMAGE_BYTES", "OPENAI_DALLE_PRICES", "GeneratedImage", "ImageGenerator", "image_cost", "sniff_image_type"]
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ def _split_model(model: str) -> tuple[str, str | None]:
     try:
         bare, provider, _, _ = litellm.get_llm_provider(model=model)
         return bare, provider
-    except Exception:  # noqa: BLE001
+    except Exception:
         return model, None
 
 
@@ -189,13 +188,13 @@ def _takes_response_format(model: str) -> bool:
         from litellm.utils import ProviderConfigManager
 
         cfg = ProviderConfigManager.get_provider_image_generation_config(model=bare, provider=LlmProviders(provider))
-    except Exception:  # noqa: BLE001
+    except Exception:
         cfg = None
     if cfg is None:
         return provider in ("openai", "azure") and "gpt-image" not in bare.lower()
     try:
         return "response_format" in cfg.get_supported_openai_params(bare)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -314,16 +313,16 @@ class ImageGenerator:
         import httpx
 
         try:
-            async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client:
-                async with client.stream("GET", url) as r:
-                    r.raise_for_status()
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in r.aiter_bytes():
-                        size += len(chunk)
-                        if size > MAX_IMAGE_BYTES:
-                            raise ProviderUnavailable(f"{where}: the image at its URL is larger than {MAX_IMAGE_BYTES} bytes")
-                        chunks.append(chunk)
+            async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client, \
+                    client.stream("GET", url) as r:
+                r.raise_for_status()
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in r.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_IMAGE_BYTES:
+                        raise ProviderUnavailable(f"{where}: the image at its URL is larger than {MAX_IMAGE_BYTES} bytes")
+                    chunks.append(chunk)
         except ProviderError:
             raise
         except Exception as e:

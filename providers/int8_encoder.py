@@ -40,8 +40,7 @@ INT8_MIN_TOKENS = 32  # texts of fewer word pieces run the fp32 export
 # node-name endings kept fp32: the FFN down-projections of layers 0-3 and up-projections of 3-4,
 # the most sensitive 6 of the 36 (per-layer sensitivity on #ubuntu and Russian lines: with them
 # int8, texts of 32-128 word pieces fell to cosine 0.987)
-KEEP_FP32 = tuple(f"/layer.{i}/output/dense/MatMul" for i in range(4)) + ("/layer.3/intermediate/dense/MatMul",
-                                                                          "/layer.4/intermediate/dense/MatMul")
+KEEP_FP32 = (*tuple(f"/layer.{i}/output/dense/MatMul" for i in range(4)), "/layer.3/intermediate/dense/MatMul", "/layer.4/intermediate/dense/MatMul")
 MIN_COSINE = 0.99  # against the fp32 probe vectors, at conversion and at every load
 FP32_FILE, INT8_FILE = "model.onnx", "model-int8.onnx"
 # checked at conversion besides the probes: int8-path texts (≥ INT8_MIN_TOKENS word pieces) of chat,
@@ -104,7 +103,7 @@ def export(model_path: str, out_dir: Path) -> None:
                                      show_progress_bar=False), np.float32)
     except EmbeddingError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any failure of the conversion is the same failure
+    except Exception as exc:
         raise EmbeddingError(f"cannot convert {model_path} to int8: {exc}") from exc
     enc = Int8Encoder(out_dir, check=False)
     cos = min(float((enc.encode_batch(list(CHECK_TEXTS)) * check).sum(axis=1).min()),
@@ -151,7 +150,7 @@ class Int8Encoder:
             cos = float((self.encode_batch(manifest["probes"]) * want).sum(axis=1).min()) if check else 1.0
         except Disagrees:
             raise
-        except Exception as exc:  # noqa: BLE001 - a missing, truncated or foreign model: the caller decides
+        except Exception as exc:
             raise EmbeddingError(f"cannot load the int8 embedding model from {model_dir}: {exc}") from exc
         if cos < MIN_COSINE:
             raise Disagrees(f"int8 inference disagrees with fp32 on the probe texts (cosine {cos:.4f})")

@@ -80,7 +80,7 @@ import re
 import threading
 import unicodedata
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache, lru_cache
 
 LANGUAGES = ("en", "ru", "uk", "de", "es", "fr", "zh", "ja", "ar")
 NAMES = {"en": "English", "ru": "Russian", "uk": "Ukrainian", "de": "German", "es": "Spanish", "fr": "French",
@@ -152,16 +152,7 @@ def normalize(text: str) -> str:
 # English function words and question words: they carry no topic, and in a question they only add
 # noise to BM25 ("what did", "how does"). Applied to the query only; the index keeps its own list.
 STOP_WORDS = frozenset(
-    """a about above after again against all also am an and any are as at be because been before being
-    below between both but by can could did do does doing done down during each either else ever
-    every few for from further get got had has have having he her here hers herself him himself his
-    how i if in into is it its itself just kind like me might more most much must my myself no nor
-    not now of off on once one only or other ought our ours ourselves out over own per quite rather
-    s same shall she should since so some such t than that the their theirs them themselves then
-    there these they this those though through thus to too type under until up upon us very was we
-    were what whatever when whenever where whereas wherever whether which while who whoever whom
-    whose why will with would yet you your yours yourself yourselves ll re ve d m don didn doesn isn
-    wasn aren weren hasn haven hadn won wouldn couldn shouldn""".split()
+    ["a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do", "does", "doing", "done", "down", "during", "each", "either", "else", "ever", "every", "few", "for", "from", "further", "get", "got", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "kind", "like", "me", "might", "more", "most", "much", "must", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "one", "only", "or", "other", "ought", "our", "ours", "ourselves", "out", "over", "own", "per", "quite", "rather", "s", "same", "shall", "she", "should", "since", "so", "some", "such", "t", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "though", "through", "thus", "to", "too", "type", "under", "until", "up", "upon", "us", "very", "was", "we", "were", "what", "whatever", "when", "whenever", "where", "whereas", "wherever", "whether", "which", "while", "who", "whoever", "whom", "whose", "why", "will", "with", "would", "yet", "you", "your", "yours", "yourself", "yourselves", "ll", "re", "ve", "d", "m", "don", "didn", "doesn", "isn", "wasn", "aren", "weren", "hasn", "haven", "hadn", "won", "wouldn", "couldn", "shouldn"]
 )
 
 
@@ -220,7 +211,7 @@ def _identifier():
     return ident
 
 
-@lru_cache(maxsize=None)
+@cache
 def _stemmer(lang: str):
     import Stemmer
 

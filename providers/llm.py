@@ -51,8 +51,6 @@ used). Cached-token discounts and long-context tiers are ignored (list price, an
 """
 from __future__ import annotations
 
-from . import _offline  # noqa: F401  (before litellm)
-
 import hashlib
 import json
 import logging
@@ -62,6 +60,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import _offline  # noqa: F401  (before litellm)
 
 os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
 os.environ.setdefault("LITELLM_LOCAL_BLOG_POSTS", "True")
@@ -87,8 +87,15 @@ from .model_map import model_supports
 from .recall_model import estimate_messages_tokens, estimate_tokens
 from .tools import ToolCall, ToolOutcome, ToolRunner, ToolSpec, frame_tool_output
 
-__all__ = ["Completion", "LLM", "DEFAULT_CONTEXT_TOKENS", "PING_TIMEOUT_S", "ROUND_SEPARATOR", "takes_user_keys",
-           "translate_error"]
+__all__ = [
+    "DEFAULT_CONTEXT_TOKENS",
+    "LLM",
+    "PING_TIMEOUT_S",
+    "ROUND_SEPARATOR",
+    "Completion",
+    "takes_user_keys",
+    "translate_error",
+]
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +351,7 @@ async def _run_one(call: ToolCall, offered: Mapping[str, ToolSpec], run_tool: To
     try:
         with anyio.move_on_after(timeout_s):
             outcome = await run_tool(call)
-    except Exception as e:  # noqa: BLE001  (a tool's bug is the model's error outcome, not the turn's end)
+    except Exception as e:
         log.warning("tool %s failed", call.name, exc_info=True)
         return ToolOutcome(f"the tool failed unexpectedly ({type(e).__name__})", error=True)
     if outcome is None:
@@ -720,7 +727,7 @@ class LLM:
         with anyio.CancelScope(shield=True):
             try:
                 await aclose()
-            except Exception:  # noqa: BLE001  (closing a finished or broken stream)
+            except Exception:
                 log.debug("closing the stream failed", exc_info=True)
 
     def _failed(self, alias: str, e: BaseException, *, delivered: int = 0) -> ProviderError:
@@ -787,7 +794,7 @@ class LLM:
                         result = fn()
                         if hasattr(result, "__await__"):
                             await result
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         log.debug("closing a litellm client failed", exc_info=True)
                 break
 
@@ -812,7 +819,7 @@ class LLM:
                     num_retries=0,
                     disable_fallbacks=True,
                 )
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 err = translate_error(e, self._where(alias))
                 return False, f"{err.user_message} ({type(err).__name__}: {_detail(e)})"
             ms = (time.perf_counter() - t0) * 1000.0

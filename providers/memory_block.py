@@ -27,9 +27,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Protocol
 
-
-__all__ = ["OPEN_TAG", "CLOSE_TAG", "DATA_FRAME", "MAX_MEMORY_CHARS", "PROFILE_OPEN", "PROFILE_CLOSE", "Quotable", "QuotedMemory",
-           "render_memories", "render_profile", "parse_memories", "format_date"]
+__all__ = [
+    "CLOSE_TAG",
+    "DATA_FRAME",
+    "MAX_MEMORY_CHARS",
+    "OPEN_TAG",
+    "PROFILE_CLOSE",
+    "PROFILE_OPEN",
+    "Quotable",
+    "QuotedMemory",
+    "format_date",
+    "parse_memories",
+    "render_memories",
+    "render_profile",
+]
 
 # The first line of the user-role message that carries recalled chat history to the model: the
 # history is quoted data with user-level weight, never part of the system message (a planted

@@ -9,15 +9,16 @@ and for the built-in offline ``kith/*`` models.
 """
 from __future__ import annotations
 
-from . import _offline  # noqa: F401  (before litellm)
-
 import logging
 
 import litellm
 
 from config.models import ModelSpec
 
-from . import recall_model
+from . import (
+    _offline,  # noqa: F401  (before litellm)
+    recall_model,
+)
 
 __all__ = ["DYNAMIC_INFO_PROVIDERS", "model_supports"]
 
@@ -37,7 +38,7 @@ def model_supports(spec: ModelSpec, key: str) -> bool:
         if _fetches_model_info(model, provider):
             return _static_supports(model, provider, key)
         return bool(getattr(litellm, key)(model=model, custom_llm_provider=provider))
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.debug("%s(%s) failed; assuming not", key, spec.model, exc_info=True)
         return False
 
@@ -62,6 +63,6 @@ def _fetches_model_info(model: str, provider: str) -> bool:
         from litellm.utils import ProviderConfigManager
 
         cfg = ProviderConfigManager.get_provider_model_info(model=model, provider=LlmProviders(provider))
-    except Exception:  # noqa: BLE001  (unknown provider enum: litellm would not fetch either)
+    except Exception:
         return False
     return callable(getattr(cfg, "get_model_info", None))

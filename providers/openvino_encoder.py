@@ -43,9 +43,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoder_pipeline import (EXPORT_VERSION, PROBES, TracedPipeline, encode_planned, loaded_st, padded, write_tokenizer_and_probes)
+from .encoder_pipeline import (
+    EXPORT_VERSION,
+    PROBES,
+    TracedPipeline,
+    encode_planned,
+    loaded_st,
+    padded,
+    write_tokenizer_and_probes,
+)
 from .errors import EmbeddingError
-from .torch_encoder import default_model_path, model_name  # noqa: F401  (re-exported; importing it loads no torch)
+from .torch_encoder import default_model_path, model_name
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +156,7 @@ def export(model_path: str, out_dir: Path) -> None:
         _convert(loaded_st(model_path), out_dir, model_path)
     except EmbeddingError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any failure of the conversion is the same failure
+    except Exception as exc:
         raise EmbeddingError(f"cannot convert {model_path} to OpenVINO: {exc}") from exc
 
 
@@ -306,7 +314,7 @@ class OpenVINOEncoder:
                 if cos < _REDUCED_MIN_COSINE:
                     log.info("embedding model: %s inference disagrees with fp32 (cosine %.5f); using fp32", self.precision, cos)
                     self._compile("f32")
-        except Exception as exc:  # noqa: BLE001 - a missing, truncated or foreign model: the caller decides
+        except Exception as exc:
             raise EmbeddingError(f"cannot load the OpenVINO embedding model from {model_dir}: {exc}") from exc
 
     def _compile(self, hint: str | None) -> None:

@@ -34,7 +34,7 @@ class QueryEncoder:
         self._max_length = max_length
 
     @classmethod
-    def build(cls, model) -> "QueryEncoder | None":
+    def build(cls, model) -> QueryEncoder | None:
         """Trace ``model`` (a SentenceTransformer of Transformer → mean Pooling → Normalize) and
         verify it against ``model.encode``; None when the model has another shape or the check fails."""
         try:
@@ -64,7 +64,7 @@ class QueryEncoder:
                 log.info("query encoder: traced model disagrees with encode (cosine %.6f); not used", float(cos.min()))
                 return None
             return enc
-        except Exception as exc:  # noqa: BLE001 - any failure means: use encode
+        except Exception as exc:
             log.info("query encoder: cannot trace the model (%s); queries use encode", exc)
             return None
 

@@ -18,6 +18,7 @@ Needs ``pip install 'kith[ray]'``; Ray is imported only when this is configured.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -138,7 +139,7 @@ class RayEmbedder:
         self._actors = [remote.remote(*self._args) for _ in range(self.workers)]
         try:
             infos = ray.get([a.info.remote() for a in self._actors], timeout=600)
-        except Exception as exc:  # noqa: BLE001 - the model could not load on a worker
+        except Exception as exc:
             self._stop()
             raise EmbeddingError(f"the Ray embedding workers did not start: {exc}") from exc
         self._dim = int(infos[0][1])
@@ -150,10 +151,8 @@ class RayEmbedder:
         import ray
 
         for a in self._actors:
-            try:
+            with contextlib.suppress(Exception):
                 ray.kill(a)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
         self._actors = []
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
@@ -186,7 +185,7 @@ class RayEmbedder:
         self.texts += len(texts)
         try:
             parts = [await r for r in refs]  # in submission order, whatever order they ran in
-        except Exception as exc:  # noqa: BLE001 - a worker that cannot come back (its model fails)
+        except Exception as exc:
             raise EmbeddingError(f"embedding on the Ray workers failed: {exc}") from exc
         out = np.empty((len(texts), self._dim), dtype=np.float32)
         out[order] = np.vstack(parts)  # back to the caller's order

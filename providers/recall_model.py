@@ -43,14 +43,14 @@ Usage is estimated with ``estimate_tokens`` (UTF-8 bytes / 4, see there); the pr
 """
 from __future__ import annotations
 
-from . import _offline  # noqa: F401  (before litellm)
-
 import math
 import os
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
+
+from . import _offline  # noqa: F401  (before litellm)
 
 os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")  # as providers._offline does for the price map
 os.environ.setdefault("LITELLM_LOCAL_BLOG_POSTS", "True")
@@ -65,9 +65,23 @@ from providers.language import reduce
 from .memory_block import DATA_FRAME, QuotedMemory, parse_memories
 
 __all__ = [
-    "PROVIDER", "MODEL", "MAX_QUOTES", "QUOTE_CHARS", "HEADER", "NOTHING_FOUND", "INTRO", "CONTEXT_TOKENS",
-    "RecallLLM", "register", "answer", "intro", "is_small_talk", "excerpt", "sentences",
-    "estimate_tokens", "estimate_messages_tokens",
+    "CONTEXT_TOKENS",
+    "HEADER",
+    "INTRO",
+    "MAX_QUOTES",
+    "MODEL",
+    "NOTHING_FOUND",
+    "PROVIDER",
+    "QUOTE_CHARS",
+    "RecallLLM",
+    "answer",
+    "estimate_messages_tokens",
+    "estimate_tokens",
+    "excerpt",
+    "intro",
+    "is_small_talk",
+    "register",
+    "sentences",
 ]
 
 PROVIDER = "kith"
@@ -88,32 +102,16 @@ MESSAGE_OVERHEAD_TOKENS = 4  # role and separators, per message
 REPLY_PRIMING_TOKENS = 3
 
 _STOPWORDS = frozenset(
-    """a an the and or but if then so of to in on at by for with from as is are was were be been being am
-    do does did have has had i me my you your he him his she her it its we us our they them their this that
-    these those there here what which who whom whose when where why how can could would should will shall may
-    might must not no yes just about into over under again also too very any some all up down out off only own
-    same than s t don isn aren wasn weren hasn haven hadn doesn didn won wouldn shouldn couldn mustn ll re ve d m
-    anyone someone something anything know knows tell told say said please thanks thank hi hello hey ok okay""".split()
+    ["a", "an", "the", "and", "or", "but", "if", "then", "so", "of", "to", "in", "on", "at", "by", "for", "with", "from", "as", "is", "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "have", "has", "had", "i", "me", "my", "you", "your", "he", "him", "his", "she", "her", "it", "its", "we", "us", "our", "they", "them", "their", "this", "that", "these", "those", "there", "here", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "can", "could", "would", "should", "will", "shall", "may", "might", "must", "not", "no", "yes", "just", "about", "into", "over", "under", "again", "also", "too", "very", "any", "some", "all", "up", "down", "out", "off", "only", "own", "same", "than", "s", "t", "don", "isn", "aren", "wasn", "weren", "hasn", "haven", "hadn", "doesn", "didn", "won", "wouldn", "shouldn", "couldn", "mustn", "ll", "re", "ve", "d", "m", "anyone", "someone", "something", "anything", "know", "knows", "tell", "told", "say", "said", "please", "thanks", "thank", "hi", "hello", "hey", "ok", "okay"]
 )
 _WORD_RE = re.compile(r"\w+")
 # Small talk (is_small_talk): words that only greet, thank, take leave or ask about the bot itself...
 _SMALL_TALK = frozenset(
-    """hi hello hey heya hiya howdy yo sup wassup hallo greetings morning afternoon evening night day good gm gn
-    thanks thank thx ty tysm cheers appreciate appreciated much lot lots great cool nice awesome perfect wonderful
-    bye goodbye cya later see welcome ok okay alright fine well you your yours yourself ya ur whats hows up going
-    doing new name called bot kith ai assistant model llm made built created introduce help able work works
-    привет приветик приветствую здравствуй здравствуйте здорово здрасте хай хей салют ку добрый доброе доброго утро
-    утра день дня вечер вечера ночи спокойной спасибо спасибочки благодарю спс пасиб мерси пожалуйста большое
-    огромное пока свидания увидимся ок окей хорошо отлично круто класс супер ладно дела делишки поживаешь поживаете
-    жизнь нового новенького ты вы тебя вас тебе вам тобой вами себе себя сам зовут звать имя бот модель умеешь
-    умеете можешь можете делаешь делаете расскажи расскажите помощь помоги помогите сделал создал работаешь
-    привіт вітаю дякую справи ти тебе вмієш можеш""".split()
+    ["hi", "hello", "hey", "heya", "hiya", "howdy", "yo", "sup", "wassup", "hallo", "greetings", "morning", "afternoon", "evening", "night", "day", "good", "gm", "gn", "thanks", "thank", "thx", "ty", "tysm", "cheers", "appreciate", "appreciated", "much", "lot", "lots", "great", "cool", "nice", "awesome", "perfect", "wonderful", "bye", "goodbye", "cya", "later", "see", "welcome", "ok", "okay", "alright", "fine", "well", "you", "your", "yours", "yourself", "ya", "ur", "whats", "hows", "up", "going", "doing", "new", "name", "called", "bot", "kith", "ai", "assistant", "model", "llm", "made", "built", "created", "introduce", "help", "able", "work", "works", "привет", "приветик", "приветствую", "здравствуй", "здравствуйте", "здорово", "здрасте", "хай", "хей", "салют", "ку", "добрый", "доброе", "доброго", "утро", "утра", "день", "дня", "вечер", "вечера", "ночи", "спокойной", "спасибо", "спасибочки", "благодарю", "спс", "пасиб", "мерси", "пожалуйста", "большое", "огромное", "пока", "свидания", "увидимся", "ок", "окей", "хорошо", "отлично", "круто", "класс", "супер", "ладно", "дела", "делишки", "поживаешь", "поживаете", "жизнь", "нового", "новенького", "ты", "вы", "тебя", "вас", "тебе", "вам", "тобой", "вами", "себе", "себя", "сам", "зовут", "звать", "имя", "бот", "модель", "умеешь", "умеете", "можешь", "можете", "делаешь", "делаете", "расскажи", "расскажите", "помощь", "помоги", "помогите", "сделал", "создал", "работаешь", "привіт", "вітаю", "дякую", "справи", "ти", "тебе", "вмієш", "можеш"]
 )
 # ... and the function words around them (English: _STOPWORDS; Russian and Ukrainian here)
 _SMALL_TALK_STOP = _STOPWORDS | frozenset(
-    """а и но или ну же ж ли бы то это вот так как что кто где когда почему зачем мы он она они меня мне мой твой
-    ваш у о об в на с со к по за из от до для не нет да еще уже очень все просто там тут тоже чем чего сегодня
-    як що хто де і й та це""".split()
+    ["а", "и", "но", "или", "ну", "же", "ж", "ли", "бы", "то", "это", "вот", "так", "как", "что", "кто", "где", "когда", "почему", "зачем", "мы", "он", "она", "они", "меня", "мне", "мой", "твой", "ваш", "у", "о", "об", "в", "на", "с", "со", "к", "по", "за", "из", "от", "до", "для", "не", "нет", "да", "еще", "уже", "очень", "все", "просто", "там", "тут", "тоже", "чем", "чего", "сегодня", "як", "що", "хто", "де", "і", "й", "та", "це"]
 )
 _MENTION_RE = re.compile(r"@\w+")
 # where a sentence ends: . ! ? … before a space; 。！？؟। with or without one; a line break

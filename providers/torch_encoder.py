@@ -5,23 +5,21 @@ package (offline, no download).
 """
 from __future__ import annotations
 
-from . import _offline  # noqa: F401  (must precede sentence_transformers)
-
 import logging
 import weakref
 from collections.abc import Sequence
-
 from pathlib import Path
 
 import numpy as np
 
+from . import _offline  # noqa: F401  (must precede sentence_transformers)
 from .errors import EmbeddingError
 from .query_encoder import QueryEncoder
 
 log = logging.getLogger(__name__)
 
 # one traced query encoder per loaded model (tracing and checking it costs ~0.3 s)
-_QUERY_ENCODERS: "weakref.WeakKeyDictionary[object, QueryEncoder | None]" = weakref.WeakKeyDictionary()
+_QUERY_ENCODERS: weakref.WeakKeyDictionary[object, QueryEncoder | None] = weakref.WeakKeyDictionary()
 _BF16_PROBES = ("hi", "When did Caroline go to the LGBTQ support group after moving?",
                 "The backup server in rack 12 was replaced by a Dell R740 on 3 March; ticket 4711 tracks it. " * 6)
 _BF16_MIN_COSINE = 0.999
@@ -56,7 +54,7 @@ def bf16_batches(model) -> bool:
         got = np.asarray(got, np.float32)
         got /= np.linalg.norm(got, axis=1, keepdims=True)
         return float((np.asarray(want, np.float32) * got).sum(axis=1).min()) >= _BF16_MIN_COSINE
-    except Exception:  # noqa: BLE001 - any doubt: fp32
+    except Exception:
         return False
 
 
@@ -91,7 +89,7 @@ def load_model(path: str | None = None, device: str = "cpu"):
         if path is None:
             path = default_model_path()
         return SentenceTransformer(path, device=device)
-    except Exception as exc:  # noqa: BLE001 - any load failure is the same failure for the caller
+    except Exception as exc:
         raise EmbeddingError(f"cannot load embedding model {path or 'all-MiniLM-L6-v2'}: {exc}") from exc
 
 
@@ -145,6 +143,6 @@ def load(model_path: str | None = None, *, precision: str = "auto") -> TorchEnco
         return TorchEncoder(load_model(model_path), precision=precision)
     except EmbeddingError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise EmbeddingError(f"cannot prepare the embedding model: {exc}") from exc
 

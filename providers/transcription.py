@@ -37,8 +37,6 @@ the local backend.
 """
 from __future__ import annotations
 
-from . import _offline  # noqa: F401  (before litellm)
-
 import importlib.util
 import io
 import logging
@@ -53,6 +51,7 @@ import litellm
 
 from config.models import TranscriptionSettings
 
+from . import _offline  # noqa: F401  (before litellm)
 from .errors import BadRequest, ModelNotConfigured, ProviderError, ProviderTimeout, TranscriptionFailed
 from .llm import _detail, _price_entry, translate_error
 
@@ -116,7 +115,7 @@ def _package_dir(package: str) -> str:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"package {package} is not installed")
-    return list(spec.submodule_search_locations)[0]
+    return next(iter(spec.submodule_search_locations))
 
 
 def _load_local(name: str) -> Any:
@@ -187,7 +186,7 @@ def _probe_seconds(data: bytes) -> float | None:
             for stream in container.streams.audio:
                 if stream.duration and stream.time_base:
                     return float(stream.duration * stream.time_base)
-    except Exception:  # noqa: BLE001  (not audio PyAV understands)
+    except Exception:
         return None
     return None
 
@@ -342,7 +341,7 @@ class Transcriber:
             raise ProviderTimeout(f"{where}: no transcript within {limit:.0f} s") from e
         except ProviderError:
             raise
-        except Exception as e:  # noqa: BLE001  (undecodable audio, a model that fails to load or run)
+        except Exception as e:
             log.info("local transcription failed: %s", e, exc_info=True)
             raise TranscriptionFailed(f"{where}: {type(e).__name__}: {_detail(e)}") from e
         finally:

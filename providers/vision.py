@@ -18,15 +18,13 @@ map. For providers whose model info litellm would fetch from the server or a hub
 """
 from __future__ import annotations
 
-from . import _offline  # noqa: F401  (before litellm)
-
 import base64
 import logging
 from typing import Any
 
-
 from config.models import ModelSpec
 
+from . import _offline  # noqa: F401  (before litellm)
 from . import llm as _llm  # noqa: F401  (configures litellm once: quiet, offline, kith/* registered)
 from .model_map import model_supports
 

@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import re
 import struct
@@ -96,7 +97,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["FakeLLMServer", "RecordedRequest", "TEST_PNG", "answer_for", "llm_server", "tool_script", "transcript_for"]
+__all__ = ["TEST_PNG", "FakeLLMServer", "RecordedRequest", "answer_for", "llm_server", "tool_script", "transcript_for"]
 
 
 @dataclass(frozen=True)
@@ -226,10 +227,8 @@ def transcript_for(data: bytes) -> tuple[str, float]:
         text = lines[0][len("SPEECH:"):].strip()
     for line in lines:
         if line.startswith("DURATION:"):
-            try:
+            with contextlib.suppress(ValueError):
                 duration = float(line[len("DURATION:"):])
-            except ValueError:
-                pass
     return text, duration
 
 
@@ -282,7 +281,7 @@ def _slow_seconds(model: str) -> float:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
@@ -303,7 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(status, {"error": {"message": message, "type": type_, "param": None, "code": code}}, extra)
 
     # -------------------------------------------------------------- routes
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path.rstrip("/") == "/v1/models":
             self._send_json(200, {"object": "list", "data": []})
         elif self.path.startswith("/files/"):
@@ -320,7 +319,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._error(404, f"no route {self.path}", "invalid_request_error")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         path = self.path.rstrip("/")
@@ -354,9 +353,8 @@ class _Handler(BaseHTTPRequestHandler):
         if model.startswith("bad"):
             self._error(400, "This model's maximum context length is 10 tokens", "invalid_request_error", "context_length_exceeded")
             return
-        if model.startswith("slow"):
-            if self.server.owner._stopping.wait(_slow_seconds(model)):
-                return  # shutting down: drop the request
+        if model.startswith("slow") and self.server.owner._stopping.wait(_slow_seconds(model)):
+            return  # shutting down: drop the request
 
         script = tool_script(body)
         if script is not None:
@@ -476,7 +474,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    owner: "FakeLLMServer"
+    owner: FakeLLMServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # a client that gave up (timeout, cancelled stream) is expected here: stay quiet about it
@@ -499,7 +497,7 @@ class FakeLLMServer:
         self._thread: threading.Thread | None = None
 
     # -------------------------------------------------------------- lifecycle
-    def start(self) -> "FakeLLMServer":
+    def start(self) -> FakeLLMServer:
         httpd = _Server(("127.0.0.1", 0), _Handler)
         httpd.owner = self
         self._httpd = httpd
@@ -518,7 +516,7 @@ class FakeLLMServer:
         self._httpd = None
         self._thread = None
 
-    def __enter__(self) -> "FakeLLMServer":
+    def __enter__(self) -> FakeLLMServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,15 +22,15 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from operations.control import TOKEN_FILE, ControlServer
-from operations.health import Health
-from transports.local import IdAllocator, LocalOutbox
-from operations.metrics import Metrics
-from features.app import open_runtime
 from cli import app
 from config.loader import SHIPPED_SETTINGS, load_config
 from config.models import ControlSettings
+from features.app import open_runtime
 from memory.types import StoredMessage
+from operations.control import TOKEN_FILE, ControlServer
+from operations.health import Health
+from operations.metrics import Metrics
+from transports.local import IdAllocator, LocalOutbox
 
 pytestmark = pytest.mark.anyio
 
@@ -99,7 +99,7 @@ async def test_the_cli_gives_the_same_output_through_a_running_bot(data, ov_enco
     assert stopped[0][0] == 0 and "python" in stopped[0][1].lower()
     assert stopped[-1][0] == 1 and "gold" in stopped[-1][2]
 
-    async with running_bot(data, ov_encoder) as (rt, server):
+    async with running_bot(data, ov_encoder) as (rt, _server):
         assert (data / TOKEN_FILE).is_file()
         running = []
         for cmd in COMMANDS:
@@ -124,7 +124,7 @@ async def test_the_cli_gives_the_same_output_through_a_running_bot(data, ov_enco
 async def test_forget_through_the_bot_also_empties_the_chats_context(data, ov_encoder):
     from datetime import UTC, datetime
 
-    async with running_bot(data, ov_encoder) as (rt, server):
+    async with running_bot(data, ov_encoder) as (rt, _server):
         chat = 777
         for i in range(3):
             rt.memory.remember(StoredMessage(chat, i + 1, 5, "ann", f"my locker code is {1000 + i}", datetime.now(UTC)))
@@ -145,7 +145,7 @@ async def test_import_and_reindex_through_the_bot_while_it_answers(data, ov_enco
                         "text": f"the backup script runs at {i} o'clock"}) for i in range(1, 40)]
     more = tmp_path / "more.jsonl"
     more.write_text("\n".join(rows) + "\nnot json\n", encoding="utf-8")
-    async with running_bot(data, ov_encoder) as (rt, server):
+    async with running_bot(data, ov_encoder) as (rt, _server):
         res = await kith("import", str(more), "--data-dir", str(data))
         assert res.exit_code == 1  # the bad line, reported with its number, the rest imported
         assert "39 messages in 1 chat(s)" in res.stdout and "more.jsonl:40: invalid JSON" in res.stderr, res.output

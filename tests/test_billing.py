@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from actors.events import ButtonPress, CommandEvent, Incoming, PaymentEvent, PreCheckout, Sender
-from transports.local import IdAllocator, LocalOutbox
-from features.app import open_runtime
 from config.models import Config, ModelSpec, Plan, Quotas, Settings, Tier, TiersConfig
+from features.app import open_runtime
 from tests.clock import Clock
+from transports.local import IdAllocator, LocalOutbox
 
 pytestmark = pytest.mark.anyio
 

@@ -20,7 +20,7 @@ from memory.types import UsageRecord
 from operations.metrics import Metrics
 from operations.tiers_report import usage_report
 from tests.clock import Clock
-from tests.llm_server import llm_server  # noqa: F401  (fixture)
+from tests.llm_server import llm_server
 from tiers.budget import Budget
 from transports.local import IdAllocator, LocalOutbox
 

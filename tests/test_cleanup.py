@@ -9,15 +9,15 @@ import anyio
 import pytest
 
 from actors.events import Incoming, Sender
-from transports.local import IdAllocator, LocalOutbox
 from actors.runtime import open_memory
-from features.app import open_runtime
 from config.models import AutoCleanup, Config, Settings, StorageLimits, Tier, TierMemory, TiersConfig
+from features.app import open_runtime
 from memory.cleanup import cleanup_scope
 from memory.importer import import_transcript
 from memory.maintenance import compact, reindex
 from memory.transcripts import read_transcript
 from memory.types import StoredMessage
+from transports.local import IdAllocator, LocalOutbox
 
 pytestmark = pytest.mark.anyio
 

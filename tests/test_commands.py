@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import pytest
 
 from actors.events import ButtonPress, CommandEvent, Incoming, Sender
-from transports.local import IdAllocator, LocalOutbox
-from features.app import open_runtime
 from config.models import Config, ModelSpec, Settings, TiersConfig
+from features.app import open_runtime
 from memory.transcripts import read_transcript
+from transports.local import IdAllocator, LocalOutbox
 
 pytestmark = pytest.mark.anyio
 
@@ -234,8 +234,8 @@ OWNER = Sender(42, "Olga")
 
 
 def owner_runtime(tmp_path, st_model, holder):
-    from config.models import TelegramSettings
     from config.loader import SHIPPED_TIERS, load_config
+    from config.models import TelegramSettings
 
     tiers = load_config(SHIPPED_TIERS.parent / "kith.yaml", env={}).tiers  # free / premium / unlimited
     models = {"recall": ModelSpec(model="kith/recall")}

@@ -9,8 +9,15 @@ import pydantic
 import pytest
 
 from config import (
-    Config, ConfigError, MissingSecret, Settings, TiersConfig, load_config, model_api_key,
-    payment_provider_token, telegram_credentials,
+    Config,
+    ConfigError,
+    MissingSecret,
+    Settings,
+    TiersConfig,
+    load_config,
+    model_api_key,
+    payment_provider_token,
+    telegram_credentials,
 )
 from config.loader import SHIPPED_SETTINGS, SHIPPED_TIERS
 from config.models import ModelSpec, TierMemory

@@ -14,17 +14,17 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import i18n
-from transports.console import ConsoleChat, ConsoleOutbox, console_outbox, format_hit, hard_breaks, print_sources, save_new
 from actors.events import Sender
-from transports.local import LOCAL_ID_BASE
 from actors.outbox import Button
-from features.app import open_runtime
 from actors.services import TurnReport
 from cli import app
 from config.models import Config, MemorySettings, ModelSpec, Settings, TiersConfig
+from features.app import open_runtime
 from memory.transcripts import read_transcript
 from memory.types import MemoryHit
-from tests.llm_server import llm_server  # noqa: F401 - the fixture
+from tests.llm_server import llm_server
+from transports.console import ConsoleChat, ConsoleOutbox, console_outbox, format_hit, hard_breaks, print_sources, save_new
+from transports.local import LOCAL_ID_BASE
 
 pytestmark = pytest.mark.anyio
 
@@ -95,7 +95,7 @@ async def test_model_buttons_are_numbered_and_a_number_presses_one(tmp_path, st_
 
 
 async def test_language_buttons_then_history_in_russian(tmp_path, st_model):
-    async with console_chat(tmp_path, st_model) as (chat, screen, rt):
+    async with console_chat(tmp_path, st_model) as (chat, screen, _rt):
         await chat.send("my favourite editor is vim")
         await chat.send("/language")
         labels = [b.text for b in chat.buttons()]
@@ -117,7 +117,7 @@ async def test_language_buttons_then_history_in_russian(tmp_path, st_model):
 
 
 async def test_history_dates_follow_the_telegram_app_language(tmp_path, st_model):
-    async with console_chat(tmp_path, st_model, user=Sender(1, "Иван", language_code="ru-RU")) as (chat, screen, rt):
+    async with console_chat(tmp_path, st_model, user=Sender(1, "Иван", language_code="ru-RU")) as (chat, screen, _rt):
         await chat.send("привет всем")
         await chat.send("/history")
         shown = screen.new()
@@ -156,7 +156,7 @@ async def test_export_writes_a_new_file_in_the_current_directory_and_prints_its_
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     (cwd / "chat-1.jsonl").write_text("mine, keep it\n")
-    async with console_chat(tmp_path, st_model) as (chat, screen, rt):
+    async with console_chat(tmp_path, st_model) as (chat, screen, _rt):
         await chat.send("first message")
         await chat.send("/export")
         shown = screen.new()
@@ -166,7 +166,7 @@ async def test_export_writes_a_new_file_in_the_current_directory_and_prints_its_
     assert "2 messages (JSONL, one message per line)" in shown and f"(saved to {cwd / 'chat-1-1.jsonl'})" in shown
     assert f"(saved to {cwd / 'chat-1-2.jsonl'})" in again
     msgs = [m for m in read_transcript(cwd / "chat-1-1.jsonl") if hasattr(m, "chat_id")]
-    assert [m.text for m in msgs][0] == "first message" and len(msgs) == 2
+    assert next(m.text for m in msgs) == "first message" and len(msgs) == 2
 
 
 def test_save_new_keeps_names_inside_the_directory(tmp_path):
@@ -192,7 +192,7 @@ async def test_markdown_is_rendered_on_a_terminal_and_plain_when_piped(tmp_path,
         piped = screen.new()
     assert "Current model: **recall**. Choose one:" in piped and "\x1b" not in piped
 
-    async with console_chat(tmp_path / "tty", st_model, terminal=True) as (chat, screen, rt):
+    async with console_chat(tmp_path / "tty", st_model, terminal=True) as (chat, screen, _rt):
         await chat.send("/model")
         tty = screen.new()
     assert "**" not in tty and "\x1b[1mrecall\x1b[0m" in tty  # bold, without the asterisks
@@ -201,7 +201,7 @@ async def test_markdown_is_rendered_on_a_terminal_and_plain_when_piped(tmp_path,
     assert "[1] ✓ Recall (offline)" in plain
 
 
-async def test_a_streamed_reply_on_a_terminal_is_erased_progress_then_rendered_once(tmp_path, st_model, llm_server, monkeypatch):  # noqa: F811
+async def test_a_streamed_reply_on_a_terminal_is_erased_progress_then_rendered_once(tmp_path, st_model, llm_server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     models = {"ok": ModelSpec(model="openai/ok-model", api_base=llm_server.base_url)}
     cfg = Config(settings=Settings(models=models, default_model="ok"), tiers=TiersConfig())
@@ -212,7 +212,7 @@ async def test_a_streamed_reply_on_a_terminal_is_erased_progress_then_rendered_o
     assert "\x1b[2K" in tty
     final = tty[tty.rindex("\x1b[2K"):]
     assert "**" not in final and "\x1b[1mloud\x1b[0m" in final and ANSI.sub("", final).count("loud") == 1
-    async with console_chat(tmp_path / "piped", st_model, cfg=cfg) as (chat, screen, rt):
+    async with console_chat(tmp_path / "piped", st_model, cfg=cfg) as (chat, screen, _rt):
         await chat.send("please say **loud** words")
         piped = screen.new()
     assert "\x1b" not in piped and "**loud**" in piped and piped.count("loud") == 1  # streamed as today

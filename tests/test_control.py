@@ -11,12 +11,12 @@ import anyio
 import httpx
 import pytest
 
-from operations.control import ControlServer
 from actors.errors import ControlServerError
+from config.models import Config, ControlSettings, ModelSpec, Settings, TelegramSettings, TiersConfig
+from operations.bot import serve
+from operations.control import ControlServer
 from operations.health import Health
 from operations.metrics import Metrics
-from operations.bot import serve
-from config.models import Config, ControlSettings, ModelSpec, Settings, TelegramSettings, TiersConfig
 from tests.tg_harness import TelegramHarness, failing_connect
 
 pytestmark = pytest.mark.anyio

@@ -22,10 +22,9 @@ import duckdb
 import pytest
 
 from actors.events import Incoming, Sender
-from transports.local import IdAllocator, LocalOutbox
 from actors.runtime import open_memory
-from features.app import open_runtime
 from config.models import AutoCleanup, Config, Settings, StorageLimits, TiersConfig
+from features.app import open_runtime
 from memory.cleanup import cleanup_scope
 from memory.duckdb_store import DuckDBStore
 from memory.errors import DiskFull, MemoryStoreError
@@ -34,6 +33,7 @@ from memory.types import DOC_ID_BASE, StoredMessage, UsageRecord
 from memory.vector_rows import TABLE, current_table
 from memory.vectors import VectorMemory
 from memory.write_behind import Batch, Journal, WriteBehind, save_unsaved
+from transports.local import IdAllocator, LocalOutbox
 
 pytestmark = pytest.mark.anyio
 

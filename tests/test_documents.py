@@ -3,6 +3,7 @@ encryption), DOCX with python-docx, text files in real encodings."""
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import re
 import zipfile
@@ -349,7 +350,7 @@ def test_log_with_long_lines_is_chunked_at_line_breaks():
     assert len(chunks) > 5 and all(len(c.text) <= 900 for c in chunks)
     assert [line for c in chunks for line in c.text.split("\n")] == lines  # whole lines, in order
     # packed: a chunk plus the next chunk's first line would not fit
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in itertools.pairwise(chunks):
         assert len(a.text) + 1 + len(b.text.split("\n")[0]) > 900
 
 
@@ -392,7 +393,7 @@ def test_paragraphs_are_packed_up_to_max_chars():
     chunks = chunk(extract(text.encode(), "notes.txt"), max_chars=300)
     assert all(len(c.text) <= 300 for c in chunks)
     assert "\n\n".join(c.text for c in chunks) == text  # nothing lost, split only between paragraphs
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in itertools.pairwise(chunks):
         assert len(a.text) + 2 + len(b.text.split("\n\n")[0]) > 300
 
 

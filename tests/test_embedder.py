@@ -1,6 +1,7 @@
 """The micro-batching embedder: shapes, batching across callers, queries before bulk work."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import anyio
@@ -149,11 +150,11 @@ async def test_a_query_never_waits_inside_a_call_full_of_document_parts(st_model
 def test_a_live_window_of_mixed_lengths_is_cut_into_calls_of_similar_lengths(ov_encoder):
     from providers.encoder_pipeline import CALL_OVERHEAD_TOKENS, plan_calls
 
-    texts = _ubuntu_texts(25) + ["The backup server in rack 12 was replaced by a Dell R740 on 3 March. " * 3]
+    texts = [*_ubuntu_texts(25), "The backup server in rack 12 was replaced by a Dell R740 on 3 March. " * 3]
     lengths = sorted(len(ov_encoder._tokenizer.encode(t).ids) for t in texts)
     calls = plan_calls(lengths, 32)
-    assert [a for a, _ in calls][0] == 0 and calls[-1][1] == len(lengths)
-    assert all(b == c for (_, b), (c, _) in zip(calls, calls[1:]))  # contiguous, every text once
+    assert next(a for a, _ in calls) == 0 and calls[-1][1] == len(lengths)
+    assert all(b == c for (_, b), (c, _) in itertools.pairwise(calls))  # contiguous, every text once
     cost = sum(CALL_OVERHEAD_TOKENS + (b - a) * lengths[b - 1] for a, b in calls)
     assert len(calls) > 1 and cost < CALL_OVERHEAD_TOKENS + len(lengths) * lengths[-1]  # cheaper than one padded call
     even = plan_calls([5] * 70, 32)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from actors.events import Incoming, Sender
+from config.models import Config, Settings, TiersConfig
+from features.app import open_runtime
 from transports.local import IdAllocator, LocalOutbox
 from transports.replay import TranscriptClock, replay, respond_policy
-from features.app import open_runtime
-from config.models import Config, Settings, TiersConfig
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,7 @@ from memory.facts import FactStore, normalize_key
 from memory.types import StoredMessage
 from providers.memory_block import render_profile
 from tests.clock import Clock
-from tests.llm_server import llm_server  # noqa: F401  (fixture)
+from tests.llm_server import llm_server
 from transports.local import IdAllocator, LocalOutbox
 
 pytestmark = pytest.mark.anyio

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from transports.console import chat_turns, console_outbox
 from actors.events import Sender
-from features.app import open_runtime
 from cli import app
 from config import load_config
+from features.app import open_runtime
 from memory.importer import import_transcript
 from memory.types import ROLE_USER
+from transports.console import chat_turns, console_outbox
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "ubuntu-irc"
@@ -56,7 +56,7 @@ async def test_an_imported_chat_keeps_its_whole_memory_on_the_free_tier(tmp_path
     slices = sorted(DATA.glob("*.jsonl"))[:3]
     from rich.console import Console
 
-    out = Console(file=open(tmp_path / "out.txt", "w"), width=120)  # noqa: SIM115 - closed with the runtime below
+    out = Console(file=open(tmp_path / "out.txt", "w"), width=120)
     async with open_runtime(config, tmp_path / "data", console_outbox(out, "Kith"), model=st_model) as rt:
         chats = set()
         for path in slices:

@@ -11,8 +11,6 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from transports.console import file_line
-from transports.telegram.updates import parse_command
 from cli import valid_text
 from config import ConfigError, load_config
 from memory.errors import TranscriptError, TranscriptLineError
@@ -20,6 +18,8 @@ from memory.markers import clock_time, marker
 from memory.transcripts import read_transcript
 from memory.types import StoredMessage
 from memory.vector_rows import MAX_QUERY_TERMS, fts_terms
+from transports.console import file_line
+from transports.telegram.updates import parse_command
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

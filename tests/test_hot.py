@@ -76,7 +76,7 @@ async def test_hot_recall_returns_what_lancedb_returns(tmp_path, corpus):
 
 async def test_hot_chat_follows_adds_replacements_and_deletes(tmp_path, corpus, st_model):
     chats, qvecs = corpus
-    chat, (msgs, vecs) = sorted(chats.items())[0]
+    chat, (msgs, _vecs) = sorted(chats.items())[0]
     vm = await _filled(tmp_path / "m", corpus, hot_rows=10_000)
     enc = Embedder(st_model)
     try:

@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 import i18n
 from actors.events import CommandEvent, Incoming, Sender
-from transports.local import IdAllocator, LocalOutbox
-from features.app import open_runtime
 from cli import app
 from config.models import Config, ModelSpec, Plan, Quotas, Settings, Tier, TiersConfig
+from features.app import open_runtime
+from transports.local import IdAllocator, LocalOutbox
 
 pytestmark = pytest.mark.anyio
 

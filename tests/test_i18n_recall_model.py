@@ -12,8 +12,8 @@ from config.models import ModelSpec
 from memory.types import MemoryHit
 from providers.memory_block import render_memories
 from providers.recall_model import HEADER, INTRO, NOTHING_FOUND, intro
-from tests.llm_server import FakeLLMServer, llm_server  # noqa: F401  (fixture)
-from tests.test_llm import _close_llms, _key, make_llm, spec  # noqa: F401  (fixtures: the key env, closing LLMs)
+from tests.llm_server import FakeLLMServer, llm_server
+from tests.test_llm import _close_llms, _key, make_llm, spec
 
 pytestmark = pytest.mark.anyio
 
@@ -100,7 +100,7 @@ async def test_through_litellm_the_custom_provider_sees_the_language(lang: str) 
 
 @pytest.mark.parametrize("lang", ["en", "ru"])
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
-async def test_as_a_router_fallback_it_answers_in_the_members_language(llm_server: FakeLLMServer, lang: str,  # noqa: F811
+async def test_as_a_router_fallback_it_answers_in_the_members_language(llm_server: FakeLLMServer, lang: str,
                                                                        stream: bool) -> None:
     main = spec(llm_server, "error-main", "recall")
     llm = make_llm({"main": main, "recall": ModelSpec(model="kith/recall")})

@@ -10,16 +10,15 @@ from types import SimpleNamespace
 import pytest
 
 import i18n
-from features.billing import send_plans, usage_lines
-from transports.local import IdAllocator, LocalOutbox
-from transports.telegram.updates import BUSY_NOTICE, GATE_NOTICE, language_of
 from config.models import Features, Plan, Quotas, Tier, TiersConfig
+from features.billing import send_plans, usage_lines
 from memory.duckdb_store import DuckDBStore
 from memory.types import UsageRecord
+from tests.clock import Clock
 from tiers import Admission
 from tiers.payments import invoice_for, validate_pre_checkout
-
-from tests.clock import Clock
+from transports.local import IdAllocator, LocalOutbox
+from transports.telegram.updates import BUSY_NOTICE, GATE_NOTICE, language_of
 
 T0 = datetime(2025, 3, 14, 21, 30, tzinfo=UTC)
 GROUP, ALICE = -100500, 11

@@ -12,14 +12,14 @@ import pytest
 from cryptography.fernet import Fernet
 
 from actors.events import CommandEvent, Incoming, Sender
-from transports.local import IdAllocator, LocalOutbox
 from actors.runtime import open_memory
-from features.app import open_runtime
 from config.models import Config, LLMSettings, ModelSpec, Settings, TiersConfig
+from features.app import open_runtime
 from providers.keys import CHAT, SECRET_ENV, USER, KeysUnavailable, KeyUse, KeyVault, cipher_from_env
 from providers.llm import LLM, takes_user_keys
 from tests.llm_server import FakeLLMServer
-from tests.llm_server import llm_server as llm_server  # noqa: F401  (fixture)
+from tests.llm_server import llm_server as llm_server
+from transports.local import IdAllocator, LocalOutbox
 
 pytestmark = pytest.mark.anyio
 

@@ -10,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from memory.vector_rows import MemoryRow, schema
+from memory.vectors import VectorMemory
 from providers.language import (
     detect,
     detect_or_none,
@@ -21,9 +23,7 @@ from providers.language import (
     split_words,
     words,
 )
-from memory.vector_rows import MemoryRow, schema
 from tests.reindexing import refused_then_reindexed
-from memory.vectors import VectorMemory
 
 pytestmark = pytest.mark.anyio
 

@@ -130,9 +130,7 @@ def test_ledger_invariants(tmp_path: Path) -> None:
                     # the model
                     if key in keys:
                         expect = "duplicate"
-                    elif amount < 0 and balance + amount < -overdraft:
-                        expect = "insufficient"
-                    elif kind == "refund" and refunded.get(entry_ref, 0) + n > purchases.get(entry_ref, 0):  # type: ignore[arg-type]
+                    elif (amount < 0 and balance + amount < -overdraft) or (kind == "refund" and refunded.get(entry_ref, 0) + n > purchases.get(entry_ref, 0)):
                         expect = "insufficient"
                     else:
                         expect = "added"

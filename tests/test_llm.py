@@ -26,7 +26,7 @@ from providers.errors import (
 from providers.llm import LLM, Completion
 from providers.memory_block import render_memories
 from providers.recall_model import HEADER, NOTHING_FOUND
-from tests.llm_server import FakeLLMServer, answer_for, llm_server  # noqa: F401  (fixture)
+from tests.llm_server import FakeLLMServer, answer_for, llm_server
 
 pytestmark = pytest.mark.anyio
 

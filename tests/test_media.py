@@ -14,10 +14,10 @@ import pytest
 from fpdf import FPDF
 
 from actors.events import CommandEvent, Incoming, Media, Sender
-from transports.local import IdAllocator, LocalOutbox
-from features.app import open_runtime
 from config import load_config
 from config.models import Config, CreditPack
+from features.app import open_runtime
+from transports.local import IdAllocator, LocalOutbox
 
 pytestmark = pytest.mark.anyio
 
@@ -250,7 +250,7 @@ async def test_a_photo_without_a_vision_model_is_said_plainly(tmp_path, st_model
 
 from config.models import ImageModelSpec, ModelSpec, Settings, TranscriptionSettings  # noqa: E402
 from tests.llm_server import TEST_PNG  # noqa: E402
-from tests.llm_server import llm_server as llm_server  # noqa: E402,F401  (the fixture ``llm`` uses)
+from tests.llm_server import llm_server as llm_server  # noqa: E402  (the fixture ``llm`` uses)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from providers.vision import (
     supports_vision,
     user_message_with_image,
 )
-from tests.llm_server import TEST_PNG, FakeLLMServer, llm_server  # noqa: F401  (fixture)
+from tests.llm_server import TEST_PNG, FakeLLMServer, llm_server
 
 pytestmark = pytest.mark.anyio
 

@@ -13,14 +13,14 @@ import duckdb
 import pytest
 
 from actors.events import Incoming, Sender
-from transports.local import IdAllocator, LocalOutbox
-from transports.replay import replay, respond_policy
 from actors.runtime import open_memory
-from features.app import open_runtime
 from config.models import Config, ModelSpec, Settings, TiersConfig
+from features.app import open_runtime
 from memory.importer import import_transcript
 from memory.transcripts import read_transcript
-from tests.llm_server import llm_server  # noqa: F401  (fixture)
+from tests.llm_server import llm_server
+from transports.local import IdAllocator, LocalOutbox
+from transports.replay import replay, respond_policy
 
 pytestmark = pytest.mark.anyio
 

@@ -23,7 +23,15 @@ import i18n
 from config import ConfigError, load_config
 from config.models import PluginsSettings, Settings, WebPluginSettings
 from features.plugins import (
-    Calculator, Clock, FetchUrl, SearchResult, SearxngEngine, Tool, ToolContext, WebSearch, builtin_tools,
+    Calculator,
+    Clock,
+    FetchUrl,
+    SearchResult,
+    SearxngEngine,
+    Tool,
+    ToolContext,
+    WebSearch,
+    builtin_tools,
 )
 from features.plugins.base import ToolOutcome, cut
 from features.plugins.calculator import MAX_CHARS, evaluate
@@ -87,7 +95,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         self.server.requests.append((url.path, dict(self.headers)))

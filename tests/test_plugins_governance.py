@@ -10,16 +10,23 @@ from pathlib import Path
 import pytest
 
 from config.models import McpServer, PluginsSettings, Quotas, Settings, Tier, TiersConfig, WebPluginSettings
-from features.plugins.governance import (PluginInfo, chosen_of, default_plugins, enabled_plugins, limit_of,
-                                         plugin_states, tier_allows, toggle)
+from features.plugins.governance import (
+    PluginInfo,
+    chosen_of,
+    default_plugins,
+    enabled_plugins,
+    limit_of,
+    plugin_states,
+    tier_allows,
+    toggle,
+)
 from features.plugins.host import catalog_of
 from features.plugins.registry import builtin_tools
 from memory.duckdb_store import DuckDBStore
 from memory.types import UsageRecord
+from tests.clock import Clock
 from tiers import Admission
 from tiers.usage import usage_summary
-
-from tests.clock import Clock
 
 pytestmark = pytest.mark.anyio
 

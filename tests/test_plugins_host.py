@@ -140,7 +140,7 @@ async def test_a_calls_context_is_the_turns_and_its_values_are_not_logged(tmp_pa
 
         out = await in_chat(rt, 77, run)
         assert out.text == "recorded"
-        args, tctx = rec.seen[0]
+        _args, tctx = rec.seen[0]
         assert tctx.chat_id == 77 and tctx.user_id == MEMBER.user_id and tctx.timezone == "Asia/Tokyo"
         assert tctx.language == "en" and tctx.now.tzinfo is not None
         assert "sk-very-secret-value" not in caplog.text and "token, chat_id" in caplog.text

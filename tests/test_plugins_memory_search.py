@@ -13,8 +13,8 @@ import pytest
 import i18n
 from benchmarks.common import default_config
 from features.plugins.base import Tool, ToolContext
-from features.plugins.memory_search import MAX_K, MemorySearch, parse_args
 from features.plugins.errors import BadArguments
+from features.plugins.memory_search import MAX_K, MemorySearch, parse_args
 from memory.errors import VectorStoreError
 from memory.service import Recall
 from memory.types import ROLE_ASSISTANT, MemoryHit, StoredMessage

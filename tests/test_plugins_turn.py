@@ -27,7 +27,7 @@ from features.plugins.base import ToolContext
 from features.plugins.calculator import Calculator
 from features.registry import HANDLERS
 from providers.tools import ToolCall, ToolOutcome
-from tests.llm_server import llm_server  # noqa: F401  (fixture)
+from tests.llm_server import llm_server
 from transports.local import IdAllocator, LocalOutbox
 
 pytestmark = pytest.mark.anyio
@@ -141,5 +141,5 @@ async def test_parallel_calls_each_get_a_line(tmp_path, st_model, llm_server, mo
 async def test_the_offline_model_is_offered_no_tools(tmp_path, st_model, monkeypatch):
     plugins = CalculatorOnly()
     cfg = Config(settings=Settings(), tiers=TiersConfig())
-    outbox, turns = await ask(cfg, tmp_path, st_model, plugins, "hello")
+    _outbox, turns = await ask(cfg, tmp_path, st_model, plugins, "hello")
     assert turns[0].responded and plugins.asked == [] and plugins.ran == []

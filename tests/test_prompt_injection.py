@@ -8,13 +8,13 @@ import pytest
 
 from actors.context import build_prompt
 from actors.events import Incoming, Sender
-from transports.local import IdAllocator, LocalOutbox
-from features.app import open_runtime
 from config.models import Config, ModelSpec, Settings, TiersConfig
+from features.app import open_runtime
 from memory.types import MemoryHit, StoredMessage
 from providers.memory_block import DATA_FRAME, parse_memories
 from providers.recall_model import answer
-from tests.llm_server import llm_server as llm_server  # noqa: F401  (fixture)
+from tests.llm_server import llm_server as llm_server
+from transports.local import IdAllocator, LocalOutbox
 
 pytestmark = pytest.mark.anyio
 

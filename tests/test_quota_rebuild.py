@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from transports.local import IdAllocator, LocalOutbox
-from transports.replay import ReplayReport, TranscriptClock, replay, respond_policy
-from features.app import open_runtime
 from actors.services import ALREADY_ANSWERED
 from config.models import Config, Quotas, Settings, Tier, TiersConfig
+from features.app import open_runtime
+from transports.local import IdAllocator, LocalOutbox
+from transports.replay import ReplayReport, TranscriptClock, replay, respond_policy
 
 pytestmark = pytest.mark.anyio
 

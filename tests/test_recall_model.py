@@ -10,8 +10,18 @@ import pytest
 from memory.types import MemoryHit
 from providers.memory_block import CLOSE_TAG, OPEN_TAG, QuotedMemory, parse_memories, render_memories
 from providers.recall_model import (
-    HEADER, INTRO, MAX_QUOTES, NOTHING_FOUND, QUOTE_CHARS, answer, choose, estimate_tokens, excerpt, intro,
-    is_small_talk, sentences,
+    HEADER,
+    INTRO,
+    MAX_QUOTES,
+    NOTHING_FOUND,
+    QUOTE_CHARS,
+    answer,
+    choose,
+    estimate_tokens,
+    excerpt,
+    intro,
+    is_small_talk,
+    sentences,
 )
 
 T0 = datetime(2009, 3, 3, 10, 1, tzinfo=UTC)
@@ -158,10 +168,7 @@ def test_multiline_memory_is_one_quote_line() -> None:
 
 def test_question_is_the_last_user_message() -> None:
     hits = [hit(1, "a", "apples are red"), hit(2, "b", "bananas are yellow")]
-    msgs = prompt(hits, "tell me about apples") + [
-        {"role": "assistant", "content": "..."},
-        {"role": "user", "content": "and bananas?"},
-    ]
+    msgs = [*prompt(hits, "tell me about apples"), {"role": "assistant", "content": "..."}, {"role": "user", "content": "and bananas?"}]
     assert "bananas are yellow" in answer(msgs) and "apples" not in answer(msgs)
 
 
@@ -185,8 +192,9 @@ def anyio_backend() -> str:
 
 
 def test_litellm_completion_sync() -> None:
-    import providers.llm  # noqa: F401  (registers the provider)
     import litellm
+
+    import providers.llm
 
     msgs = prompt([hit(9, "alice", "the password reset link is in settings")], "where is the reset link?")
     resp = litellm.completion(model="kith/recall", messages=msgs)
@@ -200,8 +208,9 @@ def test_litellm_completion_sync() -> None:
 
 @pytest.mark.anyio
 async def test_litellm_acompletion_stream_with_usage() -> None:
-    import providers.llm  # noqa: F401
     import litellm
+
+    import providers.llm
 
     msgs = prompt([], "anything?")
     stream = await litellm.acompletion(model="kith/recall", messages=msgs, stream=True, stream_options={"include_usage": True})
@@ -233,7 +242,7 @@ def test_the_recent_window_is_quoted_when_it_holds_the_answer() -> None:
         {"role": "user", "content": "carl: which printer needs toner?"},
     ]
     assert answer(msgs) == f"{HEADER}\n> ann: [voice 0:42] the printer on floor three needs toner"
-    unrelated = msgs[:-1] + [{"role": "user", "content": "carl: what is the capital of peru?"}]
+    unrelated = [*msgs[:-1], {"role": "user", "content": "carl: what is the capital of peru?"}]
     assert answer(unrelated) == NOTHING_FOUND  # window lines that share no word are never quoted
 
 

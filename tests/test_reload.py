@@ -13,14 +13,14 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from operations.control import TOKEN_FILE, ControlServer
-from operations.health import Health
-from transports.local import IdAllocator, LocalOutbox
-from operations.metrics import Metrics
-from operations.reload import reload_config
-from features.app import open_runtime
 from config.loader import SHIPPED_SETTINGS, SHIPPED_TIERS, load_config
 from config.models import ControlSettings
+from features.app import open_runtime
+from operations.control import TOKEN_FILE, ControlServer
+from operations.health import Health
+from operations.metrics import Metrics
+from operations.reload import reload_config
+from transports.local import IdAllocator, LocalOutbox
 
 pytestmark = pytest.mark.anyio
 

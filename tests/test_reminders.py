@@ -252,22 +252,20 @@ async def test_due_while_down_is_sent_at_start_marked_late_and_none_twice(tmp_pa
     clock, box = Clock(NOW), FileOutbox()
     actors = Actors(box)
     path = tmp_path / "kith.duckdb"
-    async with DuckDBStore(path) as store:
-        async with Reminders(services(store, clock, BERLIN), actors=lambda: actors) as rem:
-            await rem.ready.wait()
-            await rem.add(7, 1, "early", NOW + timedelta(minutes=1), tz=BERLIN)
-            await rem.add(7, 1, "call Anna", NOW + timedelta(hours=2), tz=BERLIN)
-            await rem.add(8, 1, "tomorrow", NOW + timedelta(days=1), tz=BERLIN)
-            clock.advance(minutes=1)
-            rem.wake()
-            await until(lambda: len(box.sent) == 1)
+    async with DuckDBStore(path) as store, Reminders(services(store, clock, BERLIN), actors=lambda: actors) as rem:
+        await rem.ready.wait()
+        await rem.add(7, 1, "early", NOW + timedelta(minutes=1), tz=BERLIN)
+        await rem.add(7, 1, "call Anna", NOW + timedelta(hours=2), tz=BERLIN)
+        await rem.add(8, 1, "tomorrow", NOW + timedelta(days=1), tz=BERLIN)
+        clock.advance(minutes=1)
+        rem.wake()
+        await until(lambda: len(box.sent) == 1)
     # the bot is down for three hours: "call Anna" falls due meanwhile
     clock.advance(hours=3)
-    async with DuckDBStore(path) as store:
-        async with Reminders(services(store, clock, BERLIN), actors=lambda: actors) as rem:
-            await rem.ready.wait()
-            await until(lambda: len(box.sent) == 2)
-            await anyio.sleep(0.1)
+    async with DuckDBStore(path) as store, Reminders(services(store, clock, BERLIN), actors=lambda: actors) as rem:
+        await rem.ready.wait()
+        await until(lambda: len(box.sent) == 2)
+        await anyio.sleep(0.1)
     assert box.sent[0][1] == "⏰ early"
     assert box.sent[1][1] == "⏰ (late, was due Wed 2:00\u202fPM) call Anna"  # 12:00 UTC: 14:00 in Berlin's summer
     assert len(box.sent) == 2  # "tomorrow" waits; nothing repeated
@@ -275,7 +273,7 @@ async def test_due_while_down_is_sent_at_start_marked_late_and_none_twice(tmp_pa
         rs = ReminderStore(store)
         assert await rs.stats() == {"sent": 2, "pending": 1}
         assert (await rs.pending(7)) == []
-        late = [r for r in await _all(store) if r.text == "call Anna"][0]
+        late = next(r for r in await _all(store) if r.text == "call Anna")
         assert late.late is True and late.sent_count == 1
 
 
@@ -307,12 +305,11 @@ async def test_restart_resolves_what_a_crash_left_claimed_by_the_journal(tmp_pat
     j.close()
     clock, box = Clock(NOW + timedelta(seconds=5)), FileOutbox()
     actors = Actors(box)
-    async with DuckDBStore(path) as store:
-        async with Reminders(services(store, clock), actors=lambda: actors) as rem:
-            await rem.ready.wait()
-            await until(lambda: len(box.sent) == 2)
-            await until(lambda: rem._in_flight == 0)
-            assert await rem.store.stats() == {"sent": 3}
+    async with DuckDBStore(path) as store, Reminders(services(store, clock), actors=lambda: actors) as rem:
+        await rem.ready.wait()
+        await until(lambda: len(box.sent) == 2)
+        await until(lambda: rem._in_flight == 0)
+        assert await rem.store.stats() == {"sent": 3}
     texts = {c: t for c, t, _th in box.sent}
     assert texts[8] == "⏰ never"  # 5 s late: not marked
     assert texts[7].startswith("⏰ (possibly repeated") and texts[7].endswith(" begun")

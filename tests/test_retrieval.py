@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -120,11 +120,11 @@ def test_find_speakers_names_senders_and_strips_them_for_the_embedding():
 
 
 def test_content_carries_sender_and_day():
-    d = datetime(2023, 5, 8, 13, 56, tzinfo=timezone.utc)
+    d = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
     assert content_text("Caroline", "hi there", d) == "Caroline 8 May 2023: hi there"
     assert content_text("", "x", None) == ": x"
     assert parse_session_date("1:56 pm on 8 May, 2023") == d
-    assert parse_session_date("12:48 am on 1 February, 2023") == datetime(2023, 2, 1, 0, 48, tzinfo=timezone.utc)
+    assert parse_session_date("12:48 am on 1 February, 2023") == datetime(2023, 2, 1, 0, 48, tzinfo=UTC)
     with pytest.raises(ValueError):
         parse_session_date("yesterday")
 
@@ -184,7 +184,7 @@ def test_neighbour_ids_and_propagation():
         c.parts = {"fused": fused}
         cands.append(c)
     doc = Candidate(_row(11, kind="document"), fused=5.0, cos_norm=1.0)
-    propagate(cands + [doc], settings)
+    propagate([*cands, doc], settings)
     by = {c.row["message_id"]: c for c in cands}
     assert by[11].neighbour == pytest.approx(0.5 * 2.0 * 1.0)  # next to the strong row, similar itself
     assert by[12].neighbour == pytest.approx(0.25 * 2.0 * 0.5)  # two away, no similarity of its own
@@ -303,7 +303,7 @@ async def test_staged_recall_never_leaves_the_chat(recall_data):
 
 async def test_speakers_follow_adds_and_deletes(tmp_path):
     vec = _unit(1.0)
-    when = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    when = datetime(2024, 1, 1, tzinfo=UTC)
     async with VectorMemory(tmp_path / "memory", dim=4) as vm:
         await vm.add([MemoryRow(1, 1, 11, "Alice", "hello", when, vec), MemoryRow(2, 1, 22, "Bob", "hi", when, vec)])
         assert await vm.speakers(1) == {"Alice"} and await vm.speakers(2) == {"Bob"}

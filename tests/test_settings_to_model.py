@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from actors.events import CommandEvent, Incoming, Sender
-from transports.local import IdAllocator, LocalOutbox
-from features.app import open_runtime
 from config.models import Config, ModelSpec, Settings, TiersConfig
-from tests.llm_server import llm_server as llm_server  # noqa: F401  (fixture)
+from features.app import open_runtime
+from tests.llm_server import llm_server as llm_server
+from transports.local import IdAllocator, LocalOutbox
 
 pytestmark = pytest.mark.anyio
 

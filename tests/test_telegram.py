@@ -7,6 +7,7 @@ LanceDB in tmp_path, the real embedding model and the offline kith/recall model.
 from __future__ import annotations
 
 import functools
+import itertools
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -16,12 +17,12 @@ from pyrogram import raw
 from pyrogram.errors import FloodWait
 
 from actors.outbox import Button
+from config.models import Config, ModelSpec, Settings, TelegramSettings, TiersConfig
 from operations.bot import serve
+from tests.tg_harness import BOT_ID, TelegramHarness, failing_connect, pyrogram_errors, roundtrip, rpc_error, utf16_offset
 from transports.telegram.client import COMMANDS, stop_receiving
 from transports.telegram.outbox import TelegramOutbox
 from transports.telegram.render import render, utf16_len
-from config.models import Config, ModelSpec, Settings, TelegramSettings, TiersConfig
-from tests.tg_harness import BOT_ID, TelegramHarness, failing_connect, pyrogram_errors, roundtrip, rpc_error, utf16_offset
 
 pytestmark = pytest.mark.anyio
 
@@ -288,7 +289,7 @@ async def test_forum_topics_become_threads_and_replies_stay_in_the_topic(tmp_pat
 
 
 async def test_shutdown_waits_for_the_turns_in_flight_and_their_replies_go_out(tmp_path, st_model):
-    async with running_bot(tmp_path, st_model) as (h, app):
+    async with running_bot(tmp_path, st_model) as (h, _app):
         for uid in (42, 43, 44):
             h.user(uid, f"U{uid}")
             await h.private(h.users[uid], "a question just before the shutdown?")
@@ -477,7 +478,7 @@ async def test_a_flood_wait_during_streaming_backs_off_and_loses_nothing():
             clock.t += 0.1
         await stream.finish(text)
         assert times and times[0] >= 1000 + 10  # nothing until the FloodWait is over
-        gaps = [b - a for a, b in zip(times, times[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert all(g >= 6 for g in gaps)  # the interval doubled (3 s in groups → 6 s)
         assert h.texts(g) == [render(text).text]
 
@@ -547,8 +548,8 @@ async def test_is_admin_asks_telegram_once_a_minute():
 
 
 async def test_run_bot_names_every_missing_credential(tmp_path, monkeypatch):
-    from operations.bot import run_bot
     from config.errors import MissingSecret
+    from operations.bot import run_bot
 
     for name in ("TELEGRAM_API_ID", "TELEGRAM_API_HASH", "TELEGRAM_BOT_TOKEN"):
         monkeypatch.delenv(name, raising=False)

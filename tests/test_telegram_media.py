@@ -13,11 +13,11 @@ import pytest
 from fpdf import FPDF
 from pyrogram import raw
 
+from config import load_config
 from operations.bot import serve
+from tests.tg_harness import TelegramHarness, pyrogram_errors
 from transports.telegram.outbox import TelegramOutbox
 from transports.telegram.updates import media_of
-from config import load_config
-from tests.tg_harness import TelegramHarness, pyrogram_errors
 
 pytestmark = pytest.mark.anyio
 

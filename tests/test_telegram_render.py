@@ -17,7 +17,7 @@ def check(part: Part, parts: list[Part], limit: int) -> None:
     for p in parts:
         assert 0 < utf16_len(p.text) <= limit
         for e in p.entities:
-            assert e.length > 0 and 0 <= e.offset and e.offset + e.length <= utf16_len(p.text)
+            assert e.length > 0 and e.offset >= 0 and e.offset + e.length <= utf16_len(p.text)
 
 
 def test_split_prefers_paragraphs_then_lines_then_words():
@@ -84,7 +84,7 @@ def test_split_fuzz(seed):
     for p in parts:
         assert 0 < utf16_len(p.text) <= limit
         for e in p.entities:
-            assert e.length > 0 and 0 <= e.offset and e.offset + e.length <= utf16_len(p.text)
+            assert e.length > 0 and e.offset >= 0 and e.offset + e.length <= utf16_len(p.text)
     check(part, split(part, limit, drop_blank=False), limit)
 
 

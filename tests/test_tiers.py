@@ -9,12 +9,11 @@ import pytest
 from config.models import Features, Plan, Quotas, StorageLimits, Tier, TiersConfig
 from memory.duckdb_store import DuckDBStore
 from memory.types import UsageRecord
+from tests.clock import Clock as _Clock
 from tiers import Admission, Subscription, SubscriptionStore, TierError, effective_tier
 from tiers.errors import BadScope, UnknownTier
 from tiers.quotas import QuotaTracker, RateLimiter, next_midnight
 from tiers.subscriptions import parse_target
-
-from tests.clock import Clock as _Clock
 
 T0 = datetime(2025, 3, 14, 21, 30, tzinfo=UTC)
 GROUP, ALICE, BOB = -100500, 11, 22

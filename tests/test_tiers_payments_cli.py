@@ -12,15 +12,19 @@ from rich.console import Console
 from config.models import Plan, Tier, TiersConfig
 from memory.duckdb_store import DuckDBStore
 from memory.types import UsageRecord
-from tiers import PaymentError, SubscriptionStore
 from operations.tiers_report import grant, list_subs, parse_since, print_tiers, revoke, usage_report
-from tiers.usage import format_cost
+from tests.clock import Clock as _Clock
+from tiers import PaymentError, SubscriptionStore
 from tiers.errors import BadScope, TierError, UnknownTier
 from tiers.payments import (
-    apply_successful_payment, invoice_for, make_payload, parse_payload, payments, validate_pre_checkout,
+    apply_successful_payment,
+    invoice_for,
+    make_payload,
+    parse_payload,
+    payments,
+    validate_pre_checkout,
 )
-
-from tests.clock import Clock as _Clock
+from tiers.usage import format_cost
 
 T0 = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
 

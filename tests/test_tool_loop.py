@@ -13,7 +13,7 @@ from providers.errors import ModelNotConfigured
 from providers.llm import LLM, ROUND_SEPARATOR
 from providers.recall_model import NOTHING_FOUND
 from providers.tools import CLOSE_TAG, ToolCall, ToolOutcome, ToolSpec, frame_tool_output, parse_arguments
-from tests.llm_server import FakeLLMServer, RecordedRequest, answer_for, llm_server, tool_script  # noqa: F401  (fixture)
+from tests.llm_server import FakeLLMServer, RecordedRequest, answer_for, llm_server, tool_script
 
 pytestmark = pytest.mark.anyio
 

@@ -6,7 +6,7 @@ import random
 import re
 import zlib
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,7 @@ def read_transcript(path: Path, limit: int) -> list[StoredMessage]:
                     user_id=int(o.get("user_id") or zlib.crc32(user.encode()) + 1),
                     user_name=user,
                     text=o.get("text") or "",
-                    date=datetime.fromisoformat(o["date"].replace("Z", "+00:00")).astimezone(timezone.utc),
+                    date=datetime.fromisoformat(o["date"].replace("Z", "+00:00")).astimezone(UTC),
                     reply_to=o.get("reply_to"),
                 )
             )
@@ -230,16 +230,16 @@ async def test_bad_arguments(tmp_path):
         with pytest.raises(ValueError):
             await vm.search(1, "x", np.zeros(10, np.float32))
         with pytest.raises(ValueError):
-            await vm.add([MemoryRow(1, 1, 1, "u", "t", datetime.now(timezone.utc), np.zeros(3, np.float32))])
+            await vm.add([MemoryRow(1, 1, 1, "u", "t", datetime.now(UTC), np.zeros(3, np.float32))])
     with pytest.raises(MemoryStoreError):
         await VectorMemory(tmp_path / "memory").count()  # not open
     # a table is opened as it is (open_memory compares it with the embedding model in use) ...
     async with VectorMemory(tmp_path / "other", dim=8, embedding_model="tiny") as vm:
-        await vm.add([MemoryRow(1, 1, 1, "u", "t", datetime.now(timezone.utc), np.ones(8, np.float32) / 8**0.5)])
+        await vm.add([MemoryRow(1, 1, 1, "u", "t", datetime.now(UTC), np.ones(8, np.float32) / 8**0.5)])
     async with VectorMemory(tmp_path / "other", dim=384) as vm:
         assert (vm.embedding_model, vm.dim) == ("tiny", 8)
         with pytest.raises(ValueError):
-            await vm.add([MemoryRow(1, 2, 1, "u", "t", datetime.now(timezone.utc), np.zeros(384, np.float32))])
+            await vm.add([MemoryRow(1, 2, 1, "u", "t", datetime.now(UTC), np.zeros(384, np.float32))])
     # ... except an empty one, made afresh for the model in use
     async with VectorMemory(tmp_path / "empty", dim=8, embedding_model="tiny"):
         pass
@@ -340,7 +340,7 @@ async def test_delete_by_ids_user_and_chat(tmp_path, corpus):
             await vm.add(rows_of(msgs, vecs))
         na, nb = len(msgs_a), len(corpus[b][0])
         ids = [m.message_id for m in msgs_a[:10]]
-        assert await vm.delete(a, message_ids=ids + [10**12]) == 10
+        assert await vm.delete(a, message_ids=[*ids, 10 ** 12]) == 10
         assert await vm.delete(a, message_ids=ids) == 0
         assert await vm.delete(a, message_ids=[]) == 0
         assert not set(ids) & await vm.message_ids(a)
@@ -372,7 +372,7 @@ async def test_rows_added_after_indexing_are_found(tmp_path, corpus, embedder, v
         ]
         vecs = await embedder.embed(fresh)
         base = 10**9
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         await vm.add([MemoryRow(a, base + i, 42, "newbie", t, now, vecs[i]) for i, t in enumerate(fresh)])
         for stage in ("unindexed", "optimized"):
             for i, t in enumerate(fresh):
@@ -430,7 +430,7 @@ async def test_concurrent_searches_and_writes(tmp_path, corpus):
                 i = (j * 37) % len(msgs)
                 try:
                     hits = await vm.search(chat, msgs[i].text, vecs[i], k=5)
-                except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:
                     errors.append(exc)
                     raise
                 assert all(h.chat_id == chat for h in hits)
@@ -476,8 +476,8 @@ async def test_indexer_batches_and_flush_makes_searchable(tmp_path, corpus, embe
     a, b = chats(corpus)
     msgs = corpus[a][0][:120] + corpus[b][0][:120]
     blank = [
-        StoredMessage(a, 10**9 + 1, 1, "x", "", datetime.now(timezone.utc)),
-        StoredMessage(a, 10**9 + 2, 1, "x", "  \n\t ", datetime.now(timezone.utc)),
+        StoredMessage(a, 10**9 + 1, 1, "x", "", datetime.now(UTC)),
+        StoredMessage(a, 10**9 + 2, 1, "x", "  \n\t ", datetime.now(UTC)),
     ]
     async with VectorMemory(tmp_path / "memory") as vm:
         async with Indexer(vm, embedder, batch=64, max_wait_s=5.0, optimize_every=0) as ix:
@@ -493,7 +493,7 @@ async def test_indexer_batches_and_flush_makes_searchable(tmp_path, corpus, embe
             assert hits[0].message_id == target.message_id
             await ix.flush()  # nothing pending: returns at once
             # a late message becomes searchable on flush
-            late = StoredMessage(a, 10**9 + 3, 5, "late", "ocelot firmware regression", datetime.now(timezone.utc))
+            late = StoredMessage(a, 10**9 + 3, 5, "late", "ocelot firmware regression", datetime.now(UTC))
             ix.submit([late])
             await ix.flush()
             assert [h.message_id for h in await vm.search(a, "ocelot", None, k=3, mode="fts")] == [late.message_id]
@@ -549,7 +549,7 @@ async def test_indexer_drops_failing_batch_and_continues(tmp_path, corpus, embed
 
     async with VectorMemory(tmp_path / "memory") as vm:
         async with Indexer(vm, Flaky(), batch=100, max_wait_s=0.01) as ix:
-            ix.submit([StoredMessage(a, 10**9, 1, "x", "BOOM", datetime.now(timezone.utc))])
+            ix.submit([StoredMessage(a, 10**9, 1, "x", "BOOM", datetime.now(UTC))])
             await ix.flush()
             ix.submit(msgs)
             await ix.flush()
@@ -567,7 +567,7 @@ async def test_a_failing_bulk_window_loses_only_the_part_with_the_bad_text(tmp_p
                 raise RuntimeError("model exploded")
             return await embedder.embed(texts)
 
-    bad = StoredMessage(a, 10**9, 1, "x", "BOOM", datetime.now(timezone.utc))
+    bad = StoredMessage(a, 10**9, 1, "x", "BOOM", datetime.now(UTC))
     async with VectorMemory(tmp_path / "memory") as vm:
         async with Indexer(vm, Flaky(), batch=10, bulk_batch=1000, max_wait_s=0.01) as ix:
             ix.submit([*msgs[:30], bad, *msgs[30:]])  # one window of 61 (all queued at once)

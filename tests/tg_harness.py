@@ -61,7 +61,7 @@ def utf16_offset(text: str, needle: str) -> tuple[int, int]:
     return n(text[:i]), n(needle)
 
 
-def failing_connect(h: "TelegramHarness", failures: list[BaseException]) -> None:
+def failing_connect(h: TelegramHarness, failures: list[BaseException]) -> None:
     """Make ``h``'s client raise each of ``failures`` in turn on connect (Telegram unreachable or
     refusing), then connect normally."""
     real = h.client.connect
@@ -99,7 +99,7 @@ class Sent:
 class _MediaSession:
     """A media-DC session that serves ``upload.GetFile`` from the harness's ``files``."""
 
-    def __init__(self, harness: "TelegramHarness") -> None:
+    def __init__(self, harness: TelegramHarness) -> None:
         self.harness = harness
 
     async def invoke(self, query: Any, *args: Any, **kwargs: Any) -> Any:
@@ -162,7 +162,7 @@ class TelegramHarness:
         self.on_sent: Any = None  # called with each Sent (benchmarks)
 
     @classmethod
-    async def create(cls, **kwargs: Any) -> "TelegramHarness":
+    async def create(cls, **kwargs: Any) -> TelegramHarness:
         h = cls(**kwargs)
         h.client = h._build()
         await anyio.sleep(0)  # add_handler registers from a task

@@ -27,8 +27,8 @@ from typing import Any
 import anyio
 
 import i18n
-from i18n import _
 from config.models import BudgetSettings, ModelSpec, Settings
+from i18n import _
 from memory.store import DialogueStore
 from memory.types import UsageRecord
 
@@ -86,10 +86,7 @@ def notice_text(n: BudgetNotice) -> str:
 def period_end(period: str, day: date) -> datetime:
     """When the ``period`` (``day`` | ``month``) containing ``day`` ends: the next 00:00 UTC, or the
     first of the next month at 00:00 UTC."""
-    if period == "day":
-        nxt = day + timedelta(days=1)
-    else:
-        nxt = date(day.year + (day.month == 12), day.month % 12 + 1, 1)
+    nxt = day + timedelta(days=1) if period == "day" else date(day.year + (day.month == 12), day.month % 12 + 1, 1)
     return datetime.combine(nxt, time(0), tzinfo=UTC)
 
 
@@ -206,7 +203,7 @@ class Budget(DailyCounters[UsageRecord]):
             out = await self.store.sql_transaction(  # type: ignore[attr-defined]
                 [(f"SELECT key FROM budget_notices WHERE key IN ({marks})", keys)])
             self._told |= {r[0] for r in out[0]}
-        except Exception as exc:  # noqa: BLE001 - a notice said twice beats a budget that does not load
+        except Exception as exc:
             log.error("budget: the notices told before could not be read: %s", exc)
 
     # ------------------------------------------------------------ counting
@@ -313,5 +310,5 @@ class Budget(DailyCounters[UsageRecord]):
             await self.store.sql_transaction(  # type: ignore[attr-defined]
                 [("INSERT INTO budget_notices (key, ts_us) VALUES (?, ?) ON CONFLICT DO NOTHING", [key, ts])
                  for key in notice.keys])
-        except Exception as exc:  # noqa: BLE001 - the notice was sent; at worst it is said again after a restart
+        except Exception as exc:
             log.error("budget: notice %s not stored: %s", notice.keys, exc)

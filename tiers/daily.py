@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 
 import anyio
 
-__all__ = ["DailyCounters", "REBUILD_READS", "utc_day"]
+__all__ = ["REBUILD_READS", "DailyCounters", "utc_day"]
 
 REBUILD_READS = 3  # reads of the usage table before calls recorded during them are added as they are
 

@@ -27,17 +27,17 @@ Payload: ``kith:plan:<plan>:<scope>:<id>`` (≤ 128 bytes, Telegram's limit), e.
 """
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import anyio
 
-from config.models import Plan, TiersConfig
 import i18n
-from i18n import _, ngettext
+from config.models import Plan, TiersConfig
 from config.secrets import payment_provider_token
+from i18n import _, ngettext
 from memory.store import DialogueStore
 from memory.types import PaymentRecord
 

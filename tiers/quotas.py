@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
-
 from config.models import UNLIMITED, Quotas, TiersConfig
 from memory.store import DialogueStore
 from memory.types import UsageCount
@@ -278,7 +277,7 @@ class QuotaTracker(DailyCounters[_Call]):
         self._chat_requests = Counter()
         self._chat_tokens = Counter()
 
-    def _count(self, c: "_Call") -> None:
+    def _count(self, c: _Call) -> None:
         self._add(c.chat_id, c.user_id, c.alias, 1, c.tokens, kind=c.kind, images=c.images, seconds=c.seconds, pages=c.pages)
 
     def _add(self, chat_id: int, user_id: int, alias: str, n: int, tokens: int, *, kind: str = "chat", images: int = 0,

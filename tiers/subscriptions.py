@@ -10,14 +10,13 @@ through the running bot), so the cache cannot go stale, and the hot path (``get`
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import builtins
 import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -173,10 +172,7 @@ class SubscriptionStore:
             if cur is None or not cur.active(now):
                 new = Subscription(scope, scope_id, tier, now + span, source, now)
             elif self._rank(cur.tier) <= self.cfg.rank(tier):
-                if cur.expires_at is None:
-                    expires = None if cur.tier == tier else now + span
-                else:
-                    expires = cur.expires_at + span
+                expires = (None if cur.tier == tier else now + span) if cur.expires_at is None else cur.expires_at + span
                 new = Subscription(scope, scope_id, tier, expires, source, now)
             else:  # a better tier is active: keep it
                 expires = None if cur.expires_at is None else max(cur.expires_at, now + span)

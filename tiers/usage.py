@@ -2,11 +2,8 @@
 grouped by user, chat, model, UTC day, kind or plugin (the tool calls; ``kith usage``, ``/admin``)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from datetime import datetime
-from typing import Any
-
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from memory.store import DialogueStore

@@ -25,15 +25,15 @@ from rich.table import Table
 from rich.text import Text
 
 import i18n
-from i18n import _, ngettext
-from memory.types import MemoryHit
-
 from actors.errors import MediaUnavailable
 from actors.events import PRIVATE, ButtonPress, CommandEvent, Incoming, Media, Sender
-from .local import LOCAL_ID_BASE, IdAllocator, LocalOutbox, OutMessage
 from actors.outbox import Button
 from actors.runtime import Runtime
 from actors.services import TurnReport
+from i18n import _, ngettext
+from memory.types import MemoryHit
+
+from .local import LOCAL_ID_BASE, IdAllocator, LocalOutbox, OutMessage
 
 REFRESH_S = 0.05  # a streamed reply's progress on a terminal is redrawn at most this often
 

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import i18n
-from i18n import _
-
 from actors.outbox import Button, ReplyStream, Sent
+from i18n import _
 
 LOCAL_ID_BASE = 2**40
 
@@ -56,7 +55,7 @@ class OutMessage:
 
 
 class _BufferedStream:
-    def __init__(self, outbox: "LocalOutbox", chat_id: int, reply_to: int | None, thread_id: int | None) -> None:
+    def __init__(self, outbox: LocalOutbox, chat_id: int, reply_to: int | None, thread_id: int | None) -> None:
         self._outbox, self._chat_id, self._reply_to, self._thread_id = outbox, chat_id, reply_to, thread_id
         self.updates = 0
         self._shown = ""

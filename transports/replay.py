@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from memory.errors import TranscriptLineError
-from memory.transcripts import read_transcript
-from memory.types import StoredMessage
-
 from actors.events import PRIVATE, Incoming, Sender
 from actors.runtime import Runtime
 from actors.services import ALREADY_ANSWERED, TurnReport
+from memory.errors import TranscriptLineError
+from memory.transcripts import read_transcript
+from memory.types import StoredMessage
 
 
 class TranscriptClock:

@@ -40,9 +40,8 @@ def _check_int(value: Any) -> Any:
 
 
 def _power(a: _Number, b: _Number) -> _Number:
-    if isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1:
-        if b * math.log2(abs(a)) > MAX_INT_BITS:  # estimated before computing it
-            raise CalculationError(f"{short(str(a), 20)} ** {short(str(b), 20)} is too large (over {MAX_INT_BITS} bits)")
+    if isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1 and b * math.log2(abs(a)) > MAX_INT_BITS:
+        raise CalculationError(f"{short(str(a), 20)} ** {short(str(b), 20)} is too large (over {MAX_INT_BITS} bits)")
     try:
         result = operator.pow(a, b)
     except OverflowError:

@@ -16,13 +16,12 @@ Turning on a plugin the tier does not include, or one over its ``plugin_limit``,
 from __future__ import annotations
 
 import i18n
-from i18n import _, ngettext
-
 from actors.events import PRIVATE, ButtonPress, CommandEvent
 from actors.handlers import ChatContext
 from actors.outbox import Button
 from features.billing import plans_button
 from features.replies import reply
+from i18n import _, ngettext
 
 from .governance import SETTING, PluginState, Toggle, chosen_of, limit_of, toggle
 from .host import PluginHost

@@ -28,12 +28,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 import i18n
+from actors.handlers import ChatContext, TurnTools
 from config.models import PluginsSettings, Tier
 from i18n import _
 from memory.types import UsageRecord
 from providers.tools import ToolCall, ToolOutcome
 
-from actors.handlers import ChatContext, TurnTools
 from .base import Tool, ToolContext, short
 from .governance import BUILTIN_ORDER, PluginInfo, PluginState, chosen_of, enabled_plugins, plugin_states
 from .mcp import McpHub

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from memory.service import Memory
     from memory.store import DialogueStore
 
-__all__ = ["MemorySearch", "MAX_K", "MAX_TEXT_CHARS", "SearchArgs", "parse_args"]
+__all__ = ["MAX_K", "MAX_TEXT_CHARS", "MemorySearch", "SearchArgs", "parse_args"]
 
 MAX_K = 20  # the most memories one call returns
 MAX_QUERY_CHARS = 500

@@ -21,8 +21,17 @@ from zoneinfo import ZoneInfo
 from features.plugins.clock import zone
 from features.plugins.errors import PluginError
 
-__all__ = ["BadTime", "MAX_AHEAD", "MIN_INTERVAL", "describe_when", "next_occurrence", "parse_duration", "parse_repeat",
-           "parse_when", "split_when"]
+__all__ = [
+    "MAX_AHEAD",
+    "MIN_INTERVAL",
+    "BadTime",
+    "describe_when",
+    "next_occurrence",
+    "parse_duration",
+    "parse_repeat",
+    "parse_when",
+    "split_when",
+]
 
 MAX_AHEAD = timedelta(days=5 * 366)  # "absurd" beyond this
 MIN_INTERVAL = timedelta(minutes=15)  # a recurrence more often than this is refused

@@ -50,8 +50,19 @@ from .reminder_times import BadTime, check_due, describe_when, next_occurrence, 
 if TYPE_CHECKING:
     from actors.services import Actors, Services
 
-__all__ = ["BUTTON", "CancelReminder", "JOURNAL_FILE", "ListReminders", "Reminders", "SetReminder", "cmd_remind",
-           "cmd_reminders", "member_timezone", "press", "set_timezone"]
+__all__ = [
+    "BUTTON",
+    "JOURNAL_FILE",
+    "CancelReminder",
+    "ListReminders",
+    "Reminders",
+    "SetReminder",
+    "cmd_remind",
+    "cmd_reminders",
+    "member_timezone",
+    "press",
+    "set_timezone",
+]
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +322,7 @@ class Reminders:
                 sent_at = await actors.call(chat_id, work)
             except SupervisorClosed:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a send that failed (a blocked bot, a network error)
+            except Exception as exc:
                 if attempt < SEND_ATTEMPTS:
                     log.info("reminder %d (chat %s): send failed (%s); retrying", r.id, chat_id, exc)
                     await anyio.sleep(attempt * 2)
@@ -451,10 +462,7 @@ class SetReminder(_ReminderTool):
 
 def _plan(when: str | None, repeat: str | None, now: datetime, tz: str, language: str | None) -> tuple[datetime, str | None]:
     """``(first due UTC, cron | None)`` of a reminder's ``when`` and ``repeat`` (in a worker thread)."""
-    if when is not None:
-        due = parse_when(when, now=now, tz=tz, language=language)
-    else:
-        due = now
+    due = parse_when(when, now=now, tz=tz, language=language) if when is not None else now
     cron = None
     if repeat is not None:
         cron = parse_repeat(repeat, first=due, tz=tz)

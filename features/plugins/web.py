@@ -7,6 +7,7 @@ loop's job; this module neither strips nor interprets what it reads.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from dataclasses import dataclass
@@ -69,19 +70,19 @@ class SearxngEngine:
         url = f"{self.base_url}/search"
         try:
             with anyio.fail_after(self.timeout_s):
-                async with httpx.AsyncClient(timeout=self.timeout_s) as client:
-                    async with client.stream("GET", url, params={"q": query, "format": "json"},
-                                             headers={"Accept": "application/json"}) as response:
-                        if response.status_code == 403:
-                            raise SearchError("the search engine refused the JSON API (403): enable it in SearXNG's "
-                                              "settings.yml, search: formats: [html, json]")
-                        if response.status_code >= 400:
-                            raise SearchError(f"the search engine answered HTTP {response.status_code} {response.reason_phrase}")
-                        body = bytearray()
-                        async for chunk in response.aiter_bytes():
-                            body += chunk
-                            if len(body) > self.max_bytes:
-                                raise SearchError(f"the search engine's answer is larger than {self.max_bytes} bytes")
+                async with httpx.AsyncClient(timeout=self.timeout_s) as client, \
+                        client.stream("GET", url, params={"q": query, "format": "json"},
+                                      headers={"Accept": "application/json"}) as response:
+                    if response.status_code == 403:
+                        raise SearchError("the search engine refused the JSON API (403): enable it in SearXNG's "
+                                          "settings.yml, search: formats: [html, json]")
+                    if response.status_code >= 400:
+                        raise SearchError(f"the search engine answered HTTP {response.status_code} {response.reason_phrase}")
+                    body = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > self.max_bytes:
+                            raise SearchError(f"the search engine's answer is larger than {self.max_bytes} bytes")
         except TimeoutError:
             raise SearchError(f"the search engine did not answer within {self.timeout_s:g} s") from None
         except httpx.HTTPError as exc:
@@ -189,10 +190,8 @@ def extract_text(page: net.Page) -> tuple[str | None, str]:
 
         html: str | bytes = page.body
         if page.charset:
-            try:
+            with contextlib.suppress(LookupError):  # an unknown charset name: let trafilatura guess
                 html = page.body.decode(page.charset, errors="replace")
-            except LookupError:  # an unknown charset name: let trafilatura guess
-                pass
         tree = trafilatura.load_html(html)
         if tree is None:
             return None, ""

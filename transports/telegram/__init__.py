@@ -16,8 +16,8 @@ from .render import Part, render, render_parts, split
 from .updates import UpdateRouter, callback_to_event, message_to_event
 
 __all__ = [
-    "COMMANDS",
     "CLIENT_OPTIONS",
+    "COMMANDS",
     "DeliveryFailed",
     "Part",
     "SendLimiter",
@@ -26,11 +26,11 @@ __all__ = [
     "UpdateRouter",
     "build_client",
     "callback_to_event",
+    "connect",
     "message_to_event",
     "render",
     "render_parts",
-    "connect",
     "set_commands",
-    "stop_receiving",
     "split",
+    "stop_receiving",
 ]

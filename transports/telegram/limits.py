@@ -35,7 +35,7 @@ PRUNE_EVERY = 4096  # look for idle per-chat buckets after this many new ones
 class Bucket:
     """Token bucket: ``rate`` tokens/s, at most ``capacity``; tokens may go negative (reservations)."""
 
-    __slots__ = ("rate", "capacity", "tokens", "stamp")
+    __slots__ = ("capacity", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, capacity: float, now: float) -> None:
         self.rate = rate

@@ -32,11 +32,11 @@ import anyio
 from pyrogram import enums, raw, types
 from pyrogram.errors import BadRequest, FloodWait, MessageNotModified, RPCError, UserNotParticipant
 
+from actors.errors import ActorError, RefundRefused
+from actors.outbox import Button, Sent
 from config.models import TelegramSettings
 from i18n import _
 
-from actors.errors import ActorError, RefundRefused
-from actors.outbox import Button, Sent
 from .limits import SendLimiter, Sleep, flood_seconds
 from .render import MAX_CAPTION_UNITS, MAX_MESSAGE_UNITS, Part, render, render_parts, split, to_pyrogram, utf16_len
 
@@ -323,7 +323,7 @@ class TelegramOutbox:
         except RPCError as e:
             raise DeliveryFailed(None, f"answer_pre_checkout_query: {e}") from e
 
-    async def stream(self, chat_id: int, *, reply_to: int | None = None, thread_id: int | None = None) -> "TelegramReplyStream":
+    async def stream(self, chat_id: int, *, reply_to: int | None = None, thread_id: int | None = None) -> TelegramReplyStream:
         return TelegramReplyStream(self, chat_id, reply_to, thread_id, use_drafts=self.drafts and chat_id > 0)
 
     # ------------------------------------------------------------------ internals
@@ -602,4 +602,4 @@ class TelegramReplyStream:
         return first
 
 
-__all__ = ["DeliveryFailed", "OutboxStats", "TelegramOutbox", "TelegramReplyStream", "keyboard", "to_utc", "MAX_MESSAGE_UNITS"]
+__all__ = ["MAX_MESSAGE_UNITS", "DeliveryFailed", "OutboxStats", "TelegramOutbox", "TelegramReplyStream", "keyboard", "to_utc"]

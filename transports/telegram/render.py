@@ -10,6 +10,7 @@ to exactly the rendered text.
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 from dataclasses import dataclass, field
 
@@ -91,7 +92,7 @@ def render(markdown: str) -> Part:
     """Markdown → plain text + entities. A renderer failure degrades to the raw text, unformatted."""
     try:
         text, ents = convert(markdown)
-    except Exception:  # noqa: BLE001  (a renderer bug must not cost the user the answer)
+    except Exception:
         log.warning("markdown rendering failed; sending plain text", exc_info=True)
         return Part(markdown)
     entities = tuple(
@@ -186,7 +187,7 @@ def split(part: Part, limit: int = MAX_MESSAGE_UNITS, *, drop_blank: bool = True
 
     parts: list[Part] = []
     bounds = [0, *cuts, n]
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         chunk = text[a:b]
         if drop_blank and not chunk.strip():
             continue

@@ -24,18 +24,37 @@ from typing import Any
 import anyio
 from pyrogram import enums, utils
 from pyrogram.errors import FloodWait, RPCError, UserNotParticipant
-from pyrogram.handlers import (CallbackQueryHandler, DeletedMessagesHandler, EditedMessageHandler, MessageHandler,
-                               PreCheckoutQueryHandler, RawUpdateHandler)
+from pyrogram.handlers import (
+    CallbackQueryHandler,
+    DeletedMessagesHandler,
+    EditedMessageHandler,
+    MessageHandler,
+    PreCheckoutQueryHandler,
+    RawUpdateHandler,
+)
 from pyrogram.storage import UpdateState
 
 import i18n
+from actors.errors import MediaUnavailable, SupervisorClosed
+from actors.events import (
+    PAYMENTS_DESK,
+    ButtonPress,
+    ChatEvent,
+    CommandEvent,
+    ConfigChanged,
+    Deleted,
+    Edited,
+    Incoming,
+    Media,
+    Migrated,
+    PaymentEvent,
+    PreCheckout,
+    Sender,
+)
+from actors.services import BotIdentity
 from config.models import TelegramSettings
 from i18n import N_
 
-from actors.errors import MediaUnavailable, SupervisorClosed
-from actors.events import (PAYMENTS_DESK, ButtonPress, ChatEvent, CommandEvent, ConfigChanged, Deleted, Edited, Incoming, Media,
-                      Migrated, PaymentEvent, PreCheckout, Sender)
-from actors.services import BotIdentity
 from .limits import flood_seconds
 from .outbox import LRU, TelegramOutbox, to_utc
 from .render import plain_parts, utf16_slice
@@ -109,7 +128,7 @@ def mentions_bot(text: str, entities: Any, bot: BotIdentity) -> bool:
     return False
 
 
-def parse_command(text: str, bot_username: str | None) -> tuple[str, str] | None | bool:
+def parse_command(text: str, bot_username: str | None) -> tuple[str, str] | bool | None:
     """``/cmd@bot args`` → (``cmd`` lower-cased, ``args`` stripped); None if not a command;
     False if the command is addressed to another bot."""
     m = _COMMAND.match(text)
@@ -601,15 +620,16 @@ class UpdateRouter:
 async def _logged(coro: Awaitable[Any]) -> None:
     try:
         await coro
-    except Exception:  # noqa: BLE001  (a notice failing must not take the bot down)
+    except Exception:
         log.warning("telegram notice failed", exc_info=True)
 
 
 __all__ = [
-    "ChannelGate",
     "GATE_NOTICE",
     "PRIVACY_NOTICE",
+    "ChannelGate",
     "RouterStats",
+    "TelegramDownload",
     "UpdateRouter",
     "callback_to_event",
     "chat_type_of",
@@ -621,5 +641,4 @@ __all__ = [
     "pre_checkout_to_event",
     "sender_of",
     "thread_of",
-    "TelegramDownload",
 ]
