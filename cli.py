@@ -477,7 +477,9 @@ def memory_search(
     verbose: Verbose = 0,
 ) -> None:
     """Search one chat's memory. With --json each line has message_id, chat_id, score, text, user, date,
-    kind (message | document), file and page (documents: the source; null for messages), parts (+ query_id, rank)."""
+    kind (message | document), file and page (documents: the source; null for messages), parts (+ query_id, rank),
+    and why: {"legs": {"bm25": rank | null, "vector": rank | null}, "stages": ["neighbour of 41", …],
+    "kind": "message" | "document part"}."""
     if mode not in ("hybrid", "vector", "fts"):
         raise _fail(f"unknown mode {mode!r}: use hybrid, vector or fts")
     if (query is None) == (queries is None):

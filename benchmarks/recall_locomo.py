@@ -10,8 +10,11 @@ path the bot and ``kith memory search`` use, query embedding included — and sc
 
     recall@k = |top-k ∩ evidence| / |evidence|, averaged over the questions (overall and per category)
 
-Ablations: the same questions with one stage of ``memory.retrieval`` switched off, and the plain
-legs (``mode="fts"``: BM25 only; ``mode="vector"``: MiniLM cosine only). Search latency is per
+Ablations: the same questions with one stage of ``memory.retrieval`` switched off, with one stage
+that is off by default switched on (``+`` rows: ``RetrievalSettings.additions``, e.g. the entity
+links and RM3 feedback of ``memory.feedback``), and the plain legs (``mode="fts"``: BM25 only;
+``mode="vector"``: MiniLM cosine only). Each row is reported per category and, as recall@10 and its
+difference to the full method, per conversation (a stage should help most conversations, not one). Search latency is per
 query, end to end through ``Memory.recall`` (embedding + search + every stage), measured for the
 full method after warm-up. Quick: the first conversation only.
 
@@ -164,6 +167,7 @@ def ablations():
 
     rows = [("full", "hybrid", DEFAULT)]
     rows += [(f"- {label}", "hybrid", s) for label, s in DEFAULT.ablations()]
+    rows += [(f"+ {label}", "hybrid", s) for label, s in DEFAULT.additions()]
     rows += [
         ("score fusion alone (no stages)", "hybrid", DEFAULT.plain()),
         ("RRF hybrid as before (no stages)", "hybrid", None),
@@ -218,10 +222,10 @@ def run(quick: bool) -> dict:
                 target = (">=", TARGET_R25)
             metrics.append(metric(f"{name}: recall@{k}", res["all"][k], "%", target=target))
         if name == full:
-            for cat, label in CATEGORIES.items():
+            for cat, cat_name in CATEGORIES.items():
                 if cat in res["cat"]:
                     for k in KS:
-                        metrics.append(metric(f"{name}: cat {cat} {label} recall@{k}", res["cat"][cat][k], "%"))
+                        metrics.append(metric(f"{name}: cat {cat} {cat_name} recall@{k}", res["cat"][cat][k], "%"))
     lat = out["latency"]
     before = out["latency_before"]
     metrics += [
@@ -333,19 +337,20 @@ async def _bench(tmp: Path, model, convs: list[dict], ablate: bool = True) -> di
     if not ablate:
         return {"results": results, "latency": lat}
     # the same, with the full-text content as it was before (sender and text, no date): a fresh import
-    import memory.vector_writer as mv  # where the rows' full-text content is made
+    import memory.retrieval as mr
+    import memory.vector_writer as mw
 
     name = "- no date in the full-text content"
-    dated = mv.content_text
-    mv.content_text = lambda user, text, date, *rest: dated(user, text, None, *rest)
+    dated = mw.content_text  # what the writer indexes and the coverage factor reads (both bind the name)
+    mw.content_text = mr.content_text = lambda user, text, date, *rest: dated(user, text, None, *rest)
     try:
         async with open_memory(cfg, tmp / "data-undated", model=model) as memory:
             await _import(memory, transcript, model)
             results[name] = await _evaluate(memory, chats, name, "hybrid", None, foreign)
     finally:
-        mv.content_text = dated
+        mw.content_text = mr.content_text = dated
     rows.insert(1, (name, "hybrid", rows[0][2]))
-    table = _table(rows, results)
+    table = _table(rows, results) + [""] + _conv_table(rows, results, [str(c.get("sample_id", i)) for i, c in enumerate(convs)])
     return {
         "rows": rows,
         "ablations": rows,
@@ -384,8 +389,9 @@ async def _evaluate(
     are measured under the same load (the machine is shared)."""
     t1 = time.perf_counter()
     scores: dict[int, dict[int, list[float]]] = {}
+    per_conv: dict[int, list[float]] = {}
     kmax = max(KS)
-    for chat_id, ids, qs in chats:
+    for n_conv, (chat_id, ids, qs) in enumerate(chats):
         for q, cat, ev in qs:
             rec = await memory.recall(chat_id, q, kmax, mode=mode)
             if lat is not None:
@@ -406,13 +412,31 @@ async def _evaluate(
             per_k = scores.setdefault(cat, {k: [] for k in KS})
             for k in KS:
                 per_k[k].append(len(set(got[:k]) & set(ev)) / len(ev))
+            per_conv.setdefault(n_conv, []).append(len(set(got[:10]) & set(ev)) / len(ev))
     allk = {k: 100 * float(np.mean([v for c in scores.values() for v in c[k]])) for k in KS}
     catk = {c: {k: 100 * float(np.mean(v[k])) for k in KS} for c, v in scores.items()}
     progress(
         f"recall_locomo: {name:<45} @5 {allk[5]:5.1f}  @10 {allk[10]:5.1f}  @25 {allk[25]:5.1f}"
         f"   ({time.perf_counter() - t1:.1f} s)"
     )
-    return {"all": allk, "cat": catk}
+    return {"all": allk, "cat": catk, "conv": {n: 100 * float(np.mean(v)) for n, v in per_conv.items()}}
+
+
+def _conv_table(rows, results, names: list[str]) -> list[str]:
+    """recall@10 per conversation of each row, and its difference to the first row's (the full method)."""
+    ref = results[rows[0][0]]["conv"]
+    head = "| method (recall@10 per conversation, Δ to full) | " + " | ".join(names) + " | better / worse |"
+    out = [head, "|" + "---|" * (len(names) + 2)]
+    for name, _, _ in rows:
+        conv = results[name]["conv"]
+        cells, up, down = [], 0, 0
+        for i in range(len(names)):
+            v, d = conv.get(i, float("nan")), conv.get(i, 0.0) - ref.get(i, 0.0)
+            cells.append(f"{v:.1f}" if name == rows[0][0] else f"{v:.1f} ({d:+.1f})")
+            up += d > 0.05
+            down += d < -0.05
+        out.append(f"| {name} | " + " | ".join(cells) + f" | {up} / {down} |")
+    return out
 
 
 def _table(rows, results) -> list[str]:

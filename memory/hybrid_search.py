@@ -19,10 +19,11 @@ from typing import Any
 import anyio
 import numpy as np
 
-from providers.language import detect, query_words, would_load
+from providers.language import by_script, detect, query_words, would_load
 from providers.language import query_terms as language_query_terms
 
 from .errors import VectorStoreError
+from .feedback import entity_terms, merge_entity_hop, merge_rm3_hop, rm3_terms
 from .hot import COLUMNS as HOT_COLUMNS
 from .hot import ChatRows
 from .retrieval import Fusion, RetrievalSettings, find_speakers, ids_around_fts, propagate, query_terms, to_hit
@@ -87,9 +88,9 @@ class HybridSearch:
         depth = k if mode != "hybrid" else max(2 * k, 20)  # candidates per leg before fusion
         vrows, frows = await self.t.run(self._search, vec, terms, where, depth)
         if mode == "vector":
-            return [hit_of(r, r["_cos"], {"vector": r["_cos"]}) for r in vrows]
+            return [hit_of(r, r["_cos"], {"vector": r["_cos"]}, vector_rank=i) for i, r in enumerate(vrows, 1)]
         if mode == "fts":
-            return [hit_of(r, r["_score"], {"fts": r["_score"]}) for r in frows]
+            return [hit_of(r, r["_score"], {"fts": r["_score"]}, fts_rank=i) for i, r in enumerate(frows, 1)]
         return rrf_fuse(vrows, frows, k)
 
     def _query_vector(self, query_vector) -> np.ndarray:
@@ -144,8 +145,11 @@ class HybridSearch:
             vec = await query_vector if inspect.isawaitable(query_vector) else query_vector
             vec = self._query_vector(vec) if vec is not None else None
             mentioned: frozenset[str] = frozenset()
+            speakers: frozenset[str] = frozenset()
+            if settings.speaker_boost or settings.feedback:
+                speakers = await self.t.speakers(chat_id)
             if settings.speaker_boost:
-                mentioned = find_speakers(query_text, await self.t.speakers(chat_id)).names
+                mentioned = find_speakers(query_text, speakers).names
         except BaseException:
             if fts is not None:
                 fts.cancel()
@@ -153,9 +157,11 @@ class HybridSearch:
         if vec is None and fts is None:
             return []
         held = terms if self.t.multilingual else []  # the coverage factor compares reduced terms (a table of the earlier format: none)
+        hop = _Hop(self, where, pool, settings, terms, speakers, query_text, hot) if settings.feedback and terms else None
         if hot is not None:
-            return await self.t.run(self._recall_hot, hot, vec, fts, k, settings, mentioned, frozenset(map(int, exclude_ids)), held)
-        return await self.t.run(self._recall, vec, fts, where, k, settings, mentioned, chat_id, held)
+            return await self.t.run(self._recall_hot, hot, vec, fts, k, settings, mentioned, frozenset(map(int, exclude_ids)), held,
+                                    hop)
+        return await self.t.run(self._recall, vec, fts, where, k, settings, mentioned, chat_id, held, hop)
 
     async def _search(self, vec, terms, where, depth, fts_vectors: bool = False) -> tuple[list[dict], list[dict]]:
         legs = []
@@ -182,7 +188,7 @@ class HybridSearch:
             nrows = await self._rows_by_ids(where, ids_around_fts(frows, settings), with_vectors=True)
         return frows, nrows
 
-    async def _recall(self, vec, fts, where, k, settings, mentioned, chat_id: int, terms=()) -> list[MemoryHit]:
+    async def _recall(self, vec, fts, where, k, settings, mentioned, chat_id: int, terms=(), hop=None) -> list[MemoryHit]:
         """The rest of ``recall`` in one go on the lance loop: the vector leg (and the result of
         ``_fts_stage``, ``fts``: a future, or None), score fusion, neighbour bonus, top k.
 
@@ -204,12 +210,15 @@ class HybridSearch:
                 nrows = await self._rows_by_ids(where, fusion.ids_around_best(), with_vectors=vec is not None)
             fusion.add_rows(nrows)
             propagate(fusion.candidates.values(), settings)
+        if hop is not None and fusion.candidates:
+            await hop.run(fusion)
         hits = [to_hit(c, hit_of) for c in fusion.best(k)]
         if self.t.hot.max_rows and chat_id not in self.t.too_big:
             await self._load_hot(chat_id)  # the next recall of this chat is served from RAM
         return hits
 
-    async def _recall_hot(self, hot: ChatRows, vec, fts, k, settings, mentioned, exclude: frozenset[int], terms=()) -> list[MemoryHit]:
+    async def _recall_hot(self, hot: ChatRows, vec, fts, k, settings, mentioned, exclude: frozenset[int], terms=(),
+                          hop=None) -> list[MemoryHit]:
         """``_recall`` for a hot chat: the vector leg, the neighbouring turns and the vectors of the
         full-text hits come from ``hot`` (exact cosine over every row of the chat); only the
         full-text leg (``fts``, already running) was read from LanceDB."""
@@ -222,6 +231,8 @@ class HybridSearch:
             ids = ids_around_fts(frows, settings) if frows else fusion.ids_around_best()  # as the LanceDB path
             fusion.add_rows(hot.rows_by_ids(ids, exclude))
             propagate(fusion.candidates.values(), settings)
+        if hop is not None and fusion.candidates:
+            await hop.run(fusion)
         return [to_hit(c, hit_of) for c in fusion.best(k)]
 
     async def _load_hot(self, chat_id: int) -> None:
@@ -302,14 +313,53 @@ class HybridSearch:
         return rows
 
 
+class _Hop:
+    """The second full-text hops of one recall (``memory.feedback``): entity links and RM3, from
+    the best candidates after fusion and neighbours; run on the lance loop."""
+
+    def __init__(self, search: HybridSearch, where: str, pool: int, settings: RetrievalSettings, terms: list[str],
+                 speakers: Collection[str], query_text: str, hot: ChatRows | None) -> None:
+        self.search, self.where, self.pool, self.settings = search, where, pool, settings
+        self.terms, self.speakers, self.hot = terms, speakers, hot
+        if search.t.multilingual:  # reduced as the index reduces (Latin script as English, like ``held_terms``)
+            script = by_script(query_text)
+            lang = "en" if script in (None, "latin") else script
+            self.reduce = lambda ws: language_query_terms(ws, lang, drop_stop_words=False)
+        else:
+            self.reduce = lambda ws: query_terms(fts_terms(" ".join(ws)), False)
+
+    async def _leg(self, terms: list[str]) -> list[dict]:
+        if not terms:
+            return []
+        if self.hot is None:
+            return await self.search._fts_leg(terms, self.where, self.pool, with_vectors=True)
+        rows = await self.search._fts_leg(terms, self.where, self.pool, with_vectors=False)
+        for r in rows:
+            r["vector"] = self.hot.vector_of(r["kind"], r["message_id"])
+        return rows
+
+    async def run(self, fusion: Fusion) -> None:
+        s = self.settings
+        sources = fusion.best(s.feedback_docs)
+        ent = entity_terms(sources, self.reduce, self.terms, self.speakers, s.feedback_terms) if s.entity_weight else []
+        rm3 = rm3_terms(sources, self.reduce, s.feedback_terms, self.speakers) if s.rm3_weight else []
+        erows, rrows = await asyncio.gather(self._leg(ent), self._leg(rm3))
+        if erows:
+            merge_entity_hop(fusion, erows, s, ent)
+        if rrows:
+            merge_rm3_hop(fusion, rrows, s)
+
+
 def rrf_fuse(vector_rows: list[dict], fts_rows: list[dict], k: int) -> list[MemoryHit]:
     """Reciprocal-rank fusion of the two legs (each already best-first)."""
-    fused: dict[tuple[str, int], tuple[dict, dict[str, float]]] = {}
+    fused: dict[tuple[str, int], tuple[dict, dict[str, float], dict[str, int]]] = {}
     for name, rows, key in (("vector", vector_rows, "_cos"), ("fts", fts_rows, "_score")):
         for rank, r in enumerate(rows, start=1):
             ident = (r["kind"], r["message_id"])
-            row, parts = fused.setdefault(ident, (r, {}))
+            row, parts, ranks = fused.setdefault(ident, (r, {}, {}))
             parts[name] = r[key]
             parts["rrf"] = parts.get("rrf", 0.0) + 1.0 / (RRF_K + rank)
+            ranks[name] = rank
     ranked = sorted(fused.values(), key=lambda rp: (-rp[1]["rrf"], -rp[1].get("vector", -1.0), rp[0]["message_id"]))
-    return [hit_of(row, parts["rrf"], parts) for row, parts in ranked[:k]]
+    return [hit_of(row, parts["rrf"], parts, vector_rank=ranks.get("vector"), fts_rank=ranks.get("fts"))
+            for row, parts, ranks in ranked[:k]]

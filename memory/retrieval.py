@@ -24,11 +24,20 @@
    sense next to the question ("what did you research?" — "adoption agencies"). A row keeps
    ``neighbour_floor`` of that bonus whatever it says and the rest in proportion to its own
    (normalised) similarity, so in an interleaved channel an unrelated line next to a strong hit is
-   not lifted as far as a related one.
+   not lifted as far as a related one. **Session expansion** (``session_span``): within one session
+   (no pause over ``session_gap_s``, 30 minutes) the bonus reaches turns up to 6 away with the ±1/±2
+   weights' decay continued (0.35, 0.25, 0.17, 0.12), and no bonus crosses a session break: a story
+   is told over a few turns of one sitting, and the turn after a day's pause belongs to another.
+   The reach ends where that decay falls below a tenth of the hit's score (turn 7 would get 0.08);
+   30 minutes is the common session timeout; neither was fitted to a data set.
+5. **second hops** (``memory.feedback``; off by default, see there): entity links and RM3
+   pseudo-relevance feedback, one more full-text query each, built from the best rows.
 
 Measured on the LoCoMo development set (``python -m benchmarks.recall_locomo``; recall@10/@25 over
-760 questions; openvino, 2026-12-06): the legs fused by score alone 64.7/73.8; full method 77.3/86.5
-(76.0/86.2 before the coverage factor; 75.9/86.1 with it switched off now; 78.2/86.6 with the plain
+760 questions; openvino, 2026-12-06): the legs fused by score alone 64.7/73.8; full method 77.5/86.5
+(77.3/86.5 without session expansion — multi-hop +0.4, single-hop +0.2, temporal and open-domain ±0
+at 10, recall@5 −0.3; recall@10 better in 3 of the 5 conversations, worse in 1 by 0.3; 76.0/86.2
+before the coverage factor; 75.9/86.1 with it switched off now; 78.2/86.6 with the plain
 share of terms, which cost Russian inflected-word recall 3.7 points: see ``Fusion.coverage``);
 without neighbours 73.3/82.2; speaker names kept in the embedded question 73.5/82.4; without the
 speaker boost 76.4/85.4; rank fusion instead of score fusion 73.0/84.4; no date in the content
@@ -76,6 +85,14 @@ class RetrievalSettings:
     (measured: around the best 10 full-text hits is as good as around the best 20 fused ones, and
     can be read during the embedding). neighbour_span: message ids searched on each side of them
     (and the largest id gap still taken as adjacent; bot replies and deleted messages leave gaps).
+    session_span: 0 (off), or how many turns away a row still inherits from a hit when every turn
+    between them belongs to the same session — no two consecutive turns more than ``session_gap_s``
+    apart (30 minutes: the usual inactivity timeout of a web or chat session): turn ±d (d ≥ 3)
+    inherits ``neighbour_weight_2 · neighbour_weight^(d-2)`` (the ±1/±2 weights' decay, continued),
+    and with the stage on, no neighbour bonus crosses a session break.
+    entity_weight / rm3_weight: 0 (off), or the weight of a second full-text hop built from the
+    ``feedback_docs`` best rows (``memory.feedback``): their named entities (entity links) or their
+    ``feedback_terms`` most likely terms (RM3 pseudo-relevance feedback).
     """
 
     fusion: str = "score"
@@ -91,6 +108,12 @@ class RetrievalSettings:
     neighbour_floor: float = 0.5
     neighbour_sources: int = 10
     neighbour_span: int = 4
+    session_span: int = 6
+    session_gap_s: float = 1800.0
+    entity_weight: float = 0.0
+    rm3_weight: float = 0.0
+    feedback_docs: int = 10
+    feedback_terms: int = 10
 
     def __post_init__(self) -> None:
         if self.fusion not in ("score", "rrf"):
@@ -99,6 +122,17 @@ class RetrievalSettings:
             raise ValueError("pool >= 1, neighbour_sources >= 0 and neighbour_span >= 1 are required")
         if not 0.0 <= self.neighbour_floor <= 1.0:
             raise ValueError("neighbour_floor must be within 0..1")
+        if self.session_span < 0 or self.feedback_docs < 1 or self.feedback_terms < 1 or not 0.0 <= self.rm3_weight <= 1.0:
+            raise ValueError("session_span >= 0, feedback_docs >= 1, feedback_terms >= 1 and rm3_weight within 0..1 are required")
+
+    @property
+    def span(self) -> int:
+        """Message ids read on each side of a neighbour source."""
+        return max(self.neighbour_span, self.session_span if self.session_span > 2 else 0)
+
+    @property
+    def feedback(self) -> bool:
+        return self.entity_weight > 0 or self.rm3_weight > 0
 
     @property
     def neighbours(self) -> bool:
@@ -117,13 +151,27 @@ class RetrievalSettings:
             ("full vector weight in any language", replace(self, foreign_vector_weight=1.0)),
             ("no term coverage factor", replace(self, coverage=False)),
             ("pool 60 per leg", replace(self, pool=60)),
+            *([("no session expansion (neighbours ±2, across sessions)", replace(self, session_span=0))]
+              if self.session_span else []),
         ]
+
+    def additions(self) -> list[tuple[str, "RetrievalSettings"]]:
+        """``(label, settings)`` with one of the stages that are off switched on each (standard or
+        first-principles parameters, see the class), for the benchmark's rows."""
+        rows = []
+        if not self.session_span:
+            rows.append(("session expansion (±6 turns, 30 min gap)", replace(self, session_span=6)))
+        if not self.entity_weight:
+            rows.append(("entity links (second hop, weight 0.5)", replace(self, entity_weight=0.5)))
+        if not self.rm3_weight:
+            rows.append(("RM3 feedback (10 docs, 10 terms, 0.5)", replace(self, rm3_weight=0.5)))
+        return rows
 
     def plain(self) -> "RetrievalSettings":
         """Every stage off: the two legs fused by score alone."""
         return replace(
             self, speaker_boost=0.0, strip_speakers=False, drop_stop_words=False, coverage=False, neighbour_weight=0.0,
-            neighbour_weight_2=0.0,
+            neighbour_weight_2=0.0, session_span=0, entity_weight=0.0, rm3_weight=0.0,
         )
 
 
@@ -232,7 +280,9 @@ class Candidate:
     cos_norm: float = 0.0  # min-max normalised cosine within the query's candidates, 0..1
     speaker: float = 0.0
     neighbour: float = 0.0
+    feedback: float = 0.0  # what the second full-text hops add (``memory.feedback``)
     parts: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, str] = field(default_factory=dict)  # stage -> what it did ("neighbour": "neighbour of 41")
 
     @property
     def key(self) -> tuple[str, int]:
@@ -240,7 +290,7 @@ class Candidate:
 
     @property
     def score(self) -> float:
-        return self.fused + self.neighbour
+        return self.fused + self.neighbour + self.feedback
 
 
 def _cos(query_vector: np.ndarray | None, vec) -> float | None:
@@ -348,6 +398,7 @@ class Fusion:
         if s.speaker_boost and c.row.get("user_name") in self.mentioned:
             c.speaker = s.speaker_boost
             parts["speaker"] = s.speaker_boost
+            c.stages["speaker"] = "sender named in the question"
         c.fused = fused + c.speaker
         parts["fused"] = c.fused
         c.parts = parts
@@ -370,7 +421,7 @@ class Fusion:
         yet (what the neighbour stage reads when the full-text leg found nothing)."""
         s = self.settings
         sources = [c.row["message_id"] for c in self.best(s.neighbour_sources)]
-        return neighbour_ids(sources, s.neighbour_span, {mid for _, mid in self.candidates})
+        return neighbour_ids(sources, s.span, {mid for _, mid in self.candidates})
 
 
 def _content(row: dict) -> str:
@@ -404,19 +455,25 @@ def ids_around_fts(fts_rows: list[dict], settings: RetrievalSettings) -> list[in
     """The message ids around the ``neighbour_sources`` best full-text hits (``fts_rows``, best
     first), minus those hits: what the neighbour stage reads."""
     sources = [r["message_id"] for r in fts_rows[: settings.neighbour_sources]]
-    return neighbour_ids(sources, settings.neighbour_span, {r["message_id"] for r in fts_rows})
+    return neighbour_ids(sources, settings.span, {r["message_id"] for r in fts_rows})
 
 
 def propagate(candidates: Iterable[Candidate], settings: RetrievalSettings) -> None:
     """Give every candidate ``neighbour_weight`` × the best fused score of the rows next to it (±1)
-    or ``neighbour_weight_2`` × that of the rows two away (±2), whichever is more, scaled by
-    ``neighbour_floor + (1 - neighbour_floor) × its own normalised cosine``.
+    or ``neighbour_weight_2`` × that of the rows two away (±2) — with ``session_span``, also
+    ``neighbour_weight_2 · neighbour_weight^(d-2)`` × that of a row d turns away in the same session
+    — whichever is most, scaled by ``neighbour_floor + (1 - neighbour_floor) × its own normalised
+    cosine``.
 
     Rows are ordered by message id per kind; adjacent known rows more than ``neighbour_span`` ids
-    apart are not neighbours (something unseen may lie between them).
+    apart are not neighbours (something unseen may lie between them); with ``session_span`` neither
+    are rows more than ``session_gap_s`` apart in time (another session).
     """
     w1, w2, gap = settings.neighbour_weight, settings.neighbour_weight_2, settings.neighbour_span
     floor = settings.neighbour_floor
+    weights = [(1, w1), (2, w2)]
+    if settings.session_span > 2 and w1 > 0 and w2 > 0:
+        weights += [(d, w2 * w1 ** (d - 2)) for d in range(3, settings.session_span + 1)]
     by_kind: dict[str, list[Candidate]] = {}
     for c in candidates:
         by_kind.setdefault(c.row["kind"], []).append(c)
@@ -424,20 +481,46 @@ def propagate(candidates: Iterable[Candidate], settings: RetrievalSettings) -> N
         rows.sort(key=lambda c: c.row["message_id"])
         ids = [int(c.row["message_id"]) for c in rows]
         n = len(rows)
+        session = _sessions(rows, ids, gap, settings.session_gap_s) if settings.session_span else None
         for p, c in enumerate(rows):
-            bonus = 0.0
-            for step, w in ((1, w1), (2, w2)):
+            bonus, source = 0.0, None
+            for step, w in weights:
                 if w <= 0:
                     continue
                 for q in (p - step, p + step):
-                    if 0 <= q < n and abs(ids[q] - ids[p]) <= gap * step:
-                        bonus = max(bonus, w * rows[q].fused)
+                    if not (0 <= q < n and abs(ids[q] - ids[p]) <= gap * step):
+                        continue
+                    if session is not None and session[q] != session[p]:
+                        continue
+                    if w * rows[q].fused > bonus:
+                        bonus, source = w * rows[q].fused, ids[q]
             bonus *= floor + (1.0 - floor) * c.cos_norm
             c.neighbour = bonus
+            c.stages.pop("neighbour", None)
             if bonus > 0:
                 c.parts["neighbour"] = bonus
+                c.stages["neighbour"] = f"neighbour of {source}"
+
+
+def _sessions(rows: list[Candidate], ids: list[int], id_gap: int, time_gap_s: float) -> list[int]:
+    """A session number per row (ordered by id): a new one after an id gap of more than ``id_gap``
+    or a pause of more than ``time_gap_s`` seconds."""
+    out, n = [], 0
+    prev: tuple[int, float | None] | None = None
+    for c, mid in zip(rows, ids):
+        d = c.row.get("date")
+        t = d.timestamp() if d is not None else None
+        if prev is not None:
+            pid, pt = prev
+            if mid - pid > id_gap or (t is not None and pt is not None and abs(t - pt) > time_gap_s):
+                n += 1
+        out.append(n)
+        prev = (mid, t)
+    return out
 
 
 def to_hit(c: Candidate, hit_factory) -> MemoryHit:
-    """The ``MemoryHit`` of a ranked candidate; ``parts`` keep every component of its score."""
-    return hit_factory(c.row, c.score, dict(c.parts))
+    """The ``MemoryHit`` of a ranked candidate; ``parts`` keep every component of its score,
+    ``stages`` what the stages did to it."""
+    return hit_factory(c.row, c.score, dict(c.parts), vector_rank=c.vector_rank, fts_rank=c.fts_rank,
+                       stages=tuple(c.stages.values()))

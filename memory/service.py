@@ -205,7 +205,8 @@ class Memory:
         found = await self.store.get_messages(chat_id, list(wanted))
         top = hits[0].score if hits else 1.0
         extra = [MemoryHit(m.chat_id, m.message_id, m.user_id, m.user_name, m.text, m.date, top,
-                           parts={"entry": float(wanted[m.message_id])}) for m in found if m.text.strip()]
+                           parts={"entry": float(wanted[m.message_id])}, stages=(f"source of memory entry #{wanted[m.message_id]}",))
+                 for m in found if m.text.strip()]
         keep = max(1, len(hits) // 2)  # the strongest half of the hits stays first
         return (hits[:keep] + extra + hits[keep:])[:k]
 

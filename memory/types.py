@@ -66,6 +66,9 @@ class MemoryHit:
     score: the fused relevance score (higher is better, not calibrated across queries).
     parts: the score's components by name, e.g. ``{"vector": 0.61, "fts": 7.2, "rrf": 0.032}``,
     for ``/memory`` and ``kith memory search --explain``.
+    vector_rank / fts_rank: the row's 1-based rank in the vector / full-text leg (None: that leg did
+    not return it). stages: what the recall stages did to it, e.g. ``("neighbour of 41",)``
+    (``memory.retrieval``), for ``kith memory search --json``'s ``why``.
     """
 
     chat_id: int
@@ -80,6 +83,9 @@ class MemoryHit:
     source: str | None = None  # documents: the file name the text comes from
     page: int | None = None  # documents: the 1-based page (PDF) the text starts on
     parent: int | None = None  # documents: the message id of the file message the chunk belongs to
+    vector_rank: int | None = None
+    fts_rank: int | None = None
+    stages: tuple[str, ...] = ()
 
     @property
     def citation(self) -> str | None:

@@ -207,7 +207,8 @@ def to_rows(tbl: pa.Table) -> list[dict]:
     return rows
 
 
-def hit_of(r: dict, score: float, parts: dict[str, float]) -> MemoryHit:
+def hit_of(r: dict, score: float, parts: dict[str, float], *, vector_rank: int | None = None, fts_rank: int | None = None,
+           stages: tuple[str, ...] = ()) -> MemoryHit:
     d = r["date"]
     return MemoryHit(
         chat_id=int(r["chat_id"]),
@@ -222,4 +223,7 @@ def hit_of(r: dict, score: float, parts: dict[str, float]) -> MemoryHit:
         source=r.get("source"),
         page=r.get("page"),
         parent=r.get("parent"),
+        vector_rank=vector_rank,
+        fts_rank=fts_rank,
+        stages=stages,
     )

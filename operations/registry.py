@@ -275,7 +275,7 @@ async def memory_search(res: Resources, io: Streams, *, chat_id: int, queries: l
                     "chat_id": h.chat_id, "message_id": h.parent if h.citation else h.message_id, "score": round(h.score, 6),
                     "text": h.text, "user": h.user_name, "date": h.date.isoformat(), "rank": rank,
                     "parts": {name: round(v, 6) for name, v in h.parts.items()},
-                    "kind": h.kind, "file": h.source, "page": h.page,
+                    "kind": h.kind, "file": h.source, "page": h.page, "why": why_of(h),
                 }
                 if qid is not None:
                     row["query_id"] = qid
@@ -285,7 +285,7 @@ async def memory_search(res: Resources, io: Streams, *, chat_id: int, queries: l
         for col in ("#", "score", "message", "date", "user", "text", *(("why",) if explain else ())):
             table.add_column(col)
         for rank, h in enumerate(recall.hits, 1):
-            why = (" ".join(f"{name}={value:.3f}" for name, value in h.parts.items()),) if explain else ()
+            why = (" ".join([f"{name}={value:.3f}" for name, value in h.parts.items()] + [f"[{st}]" for st in h.stages]),) if explain else ()
             mid = f"{h.parent} [{h.citation}]" if h.citation else str(h.message_id)
             table.add_row(str(rank), f"{h.score:.4f}", escape(mid), f"{h.date:%Y-%m-%d %H:%M}", escape(h.user_name),
                           escape(h.text[:200]), *why)
@@ -293,6 +293,14 @@ async def memory_search(res: Resources, io: Streams, *, chat_id: int, queries: l
         if not recall.hits:
             io.out.print("[dim]no memories match[/]")
     return 0
+
+
+def why_of(h) -> dict:
+    """What matched and why, for ``kith memory search --json``: the row's rank in each leg (null: that
+    leg did not return it), what the recall stages did to it ("neighbour of 41", "entity link (…)",
+    ``memory.retrieval``), and whether it is a message or a part of a document."""
+    return {"legs": {"bm25": h.fts_rank, "vector": h.vector_rank}, "stages": list(h.stages),
+            "kind": "message" if h.kind == "message" else "document part"}
 
 
 @operation("memory.forget", "memory")

@@ -40,6 +40,23 @@ def test_memory_search_json_lines(imported):
     assert any("Python.h" in r["text"] for r in rows)
 
 
+def test_memory_search_json_says_what_matched_and_why(imported):
+    res = kith("memory", "search", "--data-dir", str(imported), "--json", "-k", "10", "--", CHAT, "which package has Python.h")
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    for r in rows:
+        why = r["why"]
+        assert set(why) == {"legs", "stages", "kind"} and set(why["legs"]) == {"bm25", "vector"}
+        assert why["kind"] == "message" and isinstance(why["stages"], list)
+        assert all(v is None or (isinstance(v, int) and v >= 1) for v in why["legs"].values())
+        assert why["legs"]["bm25"] or why["legs"]["vector"] or why["stages"]  # every row is there for a reason
+    assert any(r["why"]["legs"]["bm25"] == 1 for r in rows)
+    assert any(s.startswith("neighbour of ") for r in rows for s in r["why"]["stages"])
+    fts = kith("memory", "search", "--data-dir", str(imported), "--json", "--mode", "fts", "-k", "3", "--", CHAT, "Python.h")
+    assert [json.loads(line)["why"]["legs"] for line in fts.stdout.splitlines()] == [
+        {"bm25": 1, "vector": None}, {"bm25": 2, "vector": None}, {"bm25": 3, "vector": None}]
+
+
 def test_a_negative_chat_id_is_an_argument_without_the_double_dash(imported):
     res = kith("memory", "search", "--data-dir", str(imported), CHAT, "which package has Python.h", "-k", "2", "--json")
     assert res.exit_code == 0, res.output
