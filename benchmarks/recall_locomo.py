@@ -30,7 +30,7 @@ import re
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +68,7 @@ def parse_session_date(s: str) -> datetime:
     mon = _MONTHS.get(month.lower()) or _MONTHS.get(next((k for k in _MONTHS if k.startswith(month.lower()[:3])), ""), 0)
     if not mon:
         raise ValueError(f"unrecognised month in {s!r}")
-    return datetime(int(year), mon, int(day), h, int(minute), tzinfo=timezone.utc)
+    return datetime(int(year), mon, int(day), h, int(minute), tzinfo=UTC)
 
 
 def turn_text(turn: dict) -> str:
@@ -350,7 +350,7 @@ async def _bench(tmp: Path, model, convs: list[dict], ablate: bool = True) -> di
     finally:
         mw.content_text = mr.content_text = dated
     rows.insert(1, (name, "hybrid", rows[0][2]))
-    table = _table(rows, results) + [""] + _conv_table(rows, results, [str(c.get("sample_id", i)) for i, c in enumerate(convs)])
+    table = [*_table(rows, results), "", *_conv_table(rows, results, [str(c.get("sample_id", i)) for i, c in enumerate(convs)])]
     return {
         "rows": rows,
         "ablations": rows,

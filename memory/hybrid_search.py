@@ -28,8 +28,7 @@ from .hot import COLUMNS as HOT_COLUMNS
 from .hot import ChatRows
 from .retrieval import Fusion, RetrievalSettings, find_speakers, ids_around_fts, propagate, query_terms, to_hit
 from .types import MemoryHit
-from .vector_rows import (MAX_QUERY_CHARS, MAX_QUERY_TERMS, MODES, RESULT_COLUMNS, RRF_K, chat_filter, fts_terms, hit_of,
-                          to_rows)
+from .vector_rows import MAX_QUERY_CHARS, MAX_QUERY_TERMS, MODES, RESULT_COLUMNS, RRF_K, chat_filter, fts_terms, hit_of, to_rows
 from .vector_table import VectorTable
 
 __all__ = ["HybridSearch", "rrf_fuse"]
@@ -105,7 +104,7 @@ class HybridSearch:
         self,
         chat_id: int,
         query_text: str,
-        query_vector: "np.ndarray | Awaitable[np.ndarray | None] | None",
+        query_vector: np.ndarray | Awaitable[np.ndarray | None] | None,
         k: int = 10,
         *,
         settings: RetrievalSettings,
@@ -246,7 +245,7 @@ class HybridSearch:
         if n > self.t.hot.max_chat_rows:
             self.t.too_big[chat_id] = n
             return
-        data = await self.t.lance_table.query().where(where).select(list(HOT_COLUMNS) + ["vector"]).limit(max(n, 1)).to_arrow()
+        data = await self.t.lance_table.query().where(where).select([*list(HOT_COLUMNS), "vector"]).limit(max(n, 1)).to_arrow()
         if self.t.hot_epoch.get(chat_id, 0) != epoch or data.num_rows != n:
             return
         rows = ChatRows(chat_id, self.t.dim)
@@ -269,7 +268,7 @@ class HybridSearch:
             .column("vector")
             .distance_type("cosine")
             .where(where)
-            .select(RESULT_COLUMNS + ["_distance"])
+            .select([*RESULT_COLUMNS, "_distance"])
             .limit(limit)
         )
         if self.t.has_vector_index:
@@ -356,7 +355,7 @@ def rrf_fuse(vector_rows: list[dict], fts_rows: list[dict], k: int) -> list[Memo
     for name, rows, key in (("vector", vector_rows, "_cos"), ("fts", fts_rows, "_score")):
         for rank, r in enumerate(rows, start=1):
             ident = (r["kind"], r["message_id"])
-            row, parts, ranks = fused.setdefault(ident, (r, {}, {}))
+            _row, parts, ranks = fused.setdefault(ident, (r, {}, {}))
             parts[name] = r[key]
             parts["rrf"] = parts.get("rrf", 0.0) + 1.0 / (RRF_K + rank)
             ranks[name] = rank

@@ -138,7 +138,7 @@ class RetrievalSettings:
     def neighbours(self) -> bool:
         return self.neighbour_sources > 0 and (self.neighbour_weight > 0 or self.neighbour_weight_2 > 0)
 
-    def ablations(self) -> list[tuple[str, "RetrievalSettings"]]:
+    def ablations(self) -> list[tuple[str, RetrievalSettings]]:
         """``(label, settings)`` with one stage switched off each, for the benchmark's ablation rows."""
         return [
             ("rank fusion (RRF) instead of score fusion", replace(self, fusion="rrf")),
@@ -155,7 +155,7 @@ class RetrievalSettings:
               if self.session_span else []),
         ]
 
-    def additions(self) -> list[tuple[str, "RetrievalSettings"]]:
+    def additions(self) -> list[tuple[str, RetrievalSettings]]:
         """``(label, settings)`` with one of the stages that are off switched on each (standard or
         first-principles parameters, see the class), for the benchmark's rows."""
         rows = []
@@ -167,7 +167,7 @@ class RetrievalSettings:
             rows.append(("RM3 feedback (10 docs, 10 terms, 0.5)", replace(self, rm3_weight=0.5)))
         return rows
 
-    def plain(self) -> "RetrievalSettings":
+    def plain(self) -> RetrievalSettings:
         """Every stage off: the two legs fused by score alone."""
         return replace(
             self, speaker_boost=0.0, strip_speakers=False, drop_stop_words=False, coverage=False, neighbour_weight=0.0,

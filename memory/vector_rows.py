@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +47,30 @@ from .location import Location, as_location
 from .types import MemoryHit
 
 __all__ = [
-    "DEFAULT_EMBEDDING_MODEL", "KIND_DOCUMENT", "KIND_MESSAGE", "MAX_QUERY_CHARS", "MAX_QUERY_TERMS", "MODEL_KEY", "MODES",
-    "RESULT_COLUMNS", "RRF_K", "TABLE", "MemoryRow", "chat_filter", "content_text", "current_table", "fts_terms", "hit_of",
-    "ids_per_chat", "made_with", "row_id", "schema", "to_rows", "utc", "write_current", "DOCUMENT_FIELDS",
+    "DEFAULT_EMBEDDING_MODEL",
+    "DOCUMENT_FIELDS",
+    "KIND_DOCUMENT",
+    "KIND_MESSAGE",
+    "MAX_QUERY_CHARS",
+    "MAX_QUERY_TERMS",
+    "MODEL_KEY",
+    "MODES",
+    "RESULT_COLUMNS",
+    "RRF_K",
+    "TABLE",
+    "MemoryRow",
+    "chat_filter",
+    "content_text",
+    "current_table",
+    "fts_terms",
+    "hit_of",
+    "ids_per_chat",
+    "made_with",
+    "row_id",
+    "schema",
+    "to_rows",
+    "utc",
+    "write_current",
 ]
 
 TABLE = "memories"
@@ -184,7 +205,7 @@ def content_text(user_name: str, text: str, date: datetime | None, source: str |
 
 
 def utc(d: datetime) -> datetime:
-    return d.replace(tzinfo=timezone.utc) if d.tzinfo is None else d.astimezone(timezone.utc)
+    return d.replace(tzinfo=UTC) if d.tzinfo is None else d.astimezone(UTC)
 
 
 def chat_filter(chat_id: int, exclude_ids: Collection[int] = ()) -> str:
@@ -216,7 +237,7 @@ def hit_of(r: dict, score: float, parts: dict[str, float], *, vector_rank: int |
         user_id=int(r["user_id"]) if r["user_id"] is not None else 0,
         user_name=r["user_name"] or "",
         text=r["text"] or "",
-        date=d.replace(tzinfo=timezone.utc) if d is not None else datetime.fromtimestamp(0, timezone.utc),
+        date=d.replace(tzinfo=UTC) if d is not None else datetime.fromtimestamp(0, UTC),
         score=float(score),
         kind=r["kind"] or KIND_MESSAGE,
         parts=parts,

@@ -36,12 +36,11 @@ from rich.table import Table
 from config.models import Config
 
 if TYPE_CHECKING:
-    from memory.store import DialogueStore
+    from actors.services import Services
     from memory.service import Memory
+    from memory.store import DialogueStore
     from memory.vector_counts import VectorCounts
     from memory.vectors import VectorMemory
-
-    from actors.services import Services
 
 Needs = Literal["store", "stores", "memory"]
 _FLUSH_WAIT_S = 5.0  # memory.stats in a running bot: how long to wait for its queues before counting
@@ -70,16 +69,16 @@ class Resources:
     running bot only (its supervisor and admission)."""
 
     config: Config
-    store: "DialogueStore"
-    vectors: "VectorMemory | VectorCounts | None" = None  # VectorCounts: needs="stores" with no bot
-    memory: "Memory | None" = None
-    services: "Services | None" = None
+    store: DialogueStore
+    vectors: VectorMemory | VectorCounts | None = None  # VectorCounts: needs="stores" with no bot
+    memory: Memory | None = None
+    services: Services | None = None
 
-    def need_memory(self) -> "Memory":
+    def need_memory(self) -> Memory:
         assert self.memory is not None, "operation declared needs='memory'"
         return self.memory
 
-    def need_vectors(self) -> "VectorMemory | VectorCounts":
+    def need_vectors(self) -> VectorMemory | VectorCounts:
         assert self.vectors is not None, "operation declared needs='stores'"
         return self.vectors
 
@@ -165,14 +164,14 @@ async def run_local(name: str, args: dict[str, Any], config: Config, data_dir: P
         return code
 
 
-async def run_in_bot(services: "Services", name: str, args: dict[str, Any], io: Streams) -> int:
+async def run_in_bot(services: Services, name: str, args: dict[str, Any], io: Streams) -> int:
     """Run operation ``name`` on a running bot's stores (its control server calls this)."""
     op = get(name)
     mem = services.memory
     return await op.fn(Resources(services.config, mem.store, mem.vectors, mem, services), io, **args)
 
 
-async def wait_gap_fill(memory: "Memory", io: Streams) -> None:
+async def wait_gap_fill(memory: Memory, io: Streams) -> None:
     """Before a command exits: wait for the start-up gap check (``GapFiller``), with a status line
     when it has work to do."""
     filler = memory.gap_filler
@@ -210,10 +209,9 @@ def _stats_table(rows: list[dict[str, Any]]) -> Table:
 @operation("memory.stats", "stores")
 async def memory_stats(res: Resources, io: Streams, *, as_json: bool = False) -> int:
     """Messages and memories per chat, and the size of each store."""
-    from memory.maintenance import find_gaps
-
-    from features.capacity import describe as describe_cleanup
     from actors.stores import Stores
+    from features.capacity import describe as describe_cleanup
+    from memory.maintenance import find_gaps
 
     vectors = res.need_vectors()
     if res.memory is not None:  # a running bot: what it was told so far is counted (briefly: it may be busy)
@@ -298,9 +296,11 @@ async def memory_search(res: Resources, io: Streams, *, chat_id: int, queries: l
 def why_of(h) -> dict:
     """What matched and why, for ``kith memory search --json``: the row's rank in each leg (null: that
     leg did not return it), what the recall stages did to it ("neighbour of 41", "entity link (…)",
-    ``memory.retrieval``), and whether it is a message or a part of a document."""
-    return {"legs": {"bm25": h.fts_rank, "vector": h.vector_rank}, "stages": list(h.stages),
-            "kind": "message" if h.kind == "message" else "document part"}
+    ``memory.retrieval``), and whether it is a message, a message a memory entry came from (the
+    entry matched the query), or a part of a document."""
+    kind = "document part" if h.kind != "message" else (
+        "entry" if any(st.startswith("source of memory entry") for st in h.stages) else "message")
+    return {"legs": {"bm25": h.fts_rank, "vector": h.vector_rank}, "stages": list(h.stages), "kind": kind}
 
 
 @operation("memory.forget", "memory")
@@ -359,7 +359,7 @@ async def import_transcripts(res: Resources, io: Streams, *, files: list[str], w
     return 0 if ok else 1
 
 
-async def import_files(memory: "Memory", files: list[Path], io: Streams, *, with_files: bool = False) -> tuple[bool, set[int]]:
+async def import_files(memory: Memory, files: list[Path], io: Streams, *, with_files: bool = False) -> tuple[bool, set[int]]:
     """Import each file with a progress bar; print a summary line per file. A file that cannot be
     read is reported and the next one imported. Returns (every file and line imported, the chats)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -417,11 +417,11 @@ def _count_lines(file: Path) -> int | None:
 @operation("import.documents", "memory")
 async def import_documents(res: Resources, io: Streams, *, files: list[str], chat_id: int, user: str) -> int:
     """Each document (absolute paths) into chat ``chat_id``'s memory; a line per file; exit 1 if any failed."""
-    from transports.local import IdAllocator
     from memory.documents import document_summary
     from memory.importer import import_document
     from memory.transcripts import derived_user_id
     from providers.errors import DocumentError
+    from transports.local import IdAllocator
 
     memory = res.need_memory()
     media = res.config.settings.media

@@ -227,7 +227,7 @@ def test_sigterm_during_import_drains_what_was_read_and_exits_143(tmp_path):
         try:
             if lancedb.connect(str(data / "memory")).open_table("memories").count_rows() > 0:
                 break
-        except Exception:  # noqa: BLE001 - not created yet
+        except Exception:
             pass
         time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)

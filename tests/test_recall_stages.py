@@ -9,7 +9,7 @@ words as chat B; the real embedding model, real DuckDB and LanceDB in tmp_path.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -47,7 +47,7 @@ def _reduce(words: list[str]) -> list[str]:
 
 
 def test_session_expansion_reaches_further_within_a_session_and_never_across_one():
-    t0 = datetime(2023, 5, 8, 13, 0, tzinfo=timezone.utc)
+    t0 = datetime(2023, 5, 8, 13, 0, tzinfo=UTC)
     # turns 1..8 one minute apart (a session); turn 9 a day later (the next session)
     dates = {mid: t0 + timedelta(minutes=mid) for mid in range(1, 9)} | {9: t0 + timedelta(days=1)}
     fused = {1: 2.0} | {mid: 0.0 for mid in range(2, 10)} | {9: 0.0}
