@@ -17,6 +17,17 @@ from dataclasses import dataclass
 from memory.types import ROLE_ASSISTANT, MemoryHit, StoredMessage
 from providers.memory_block import DATA_FRAME, render_memories
 
+__all__ = [
+    "BYTES_PER_TOKEN",
+    "MEMORY_SHARE",
+    "MESSAGE_OVERHEAD",
+    "PROFILE_SHARE",
+    "SAFETY",
+    "Prompt",
+    "build_prompt",
+    "estimate_tokens",
+]
+
 BYTES_PER_TOKEN = 4
 MESSAGE_OVERHEAD = 4
 MEMORY_SHARE = 0.4  # at most this share of the budget goes to recalled memories

@@ -1,5 +1,8 @@
 """Errors of the actor runtime. Root: ``ActorError``."""
 
+__all__ = ["ActorError", "ControlServerError", "InboxFull", "MediaUnavailable", "RefundRefused", "SupervisorClosed",
+           "TelegramRefused"]
+
 
 class ActorError(Exception):
     """Root of the actor runtime's errors."""

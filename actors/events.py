@@ -15,6 +15,32 @@ import anyio
 from memory.markers import marker
 from memory.types import CleanupRecord
 
+__all__ = [
+    "GROUP_TYPES",
+    "MEDIA_KINDS",
+    "PAYMENTS_DESK",
+    "PRIVATE",
+    "ButtonPress",
+    "Call",
+    "CallResult",
+    "CapacityCleaned",
+    "ChatEvent",
+    "CommandEvent",
+    "ConfigChanged",
+    "Deleted",
+    "Download",
+    "Edited",
+    "Incoming",
+    "Media",
+    "Migrated",
+    "PaymentEvent",
+    "PreCheckout",
+    "Sender",
+    "is_group",
+    "media_marker",
+    "with_caption",
+]
+
 PRIVATE = "private"
 PAYMENTS_DESK = 0  # the supervisor key that answers pre-checkout queries (Telegram never uses chat id 0):
 # Telegram wants an answer within 10 s, so they must not queue behind a turn of the buyer's chat

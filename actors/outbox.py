@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+__all__ = ["Button", "Outbox", "ReplyStream", "Sent"]
+
 
 @dataclass(frozen=True, slots=True)
 class Sent:

@@ -39,6 +39,9 @@ from .services import Actors, BotIdentity, Services, TurnReport, utc_now
 from .stores import CACHE_DIR, DB_FILE, VECTORS_DIR, Stores, dialogue_store, open_stores, vector_location  # noqa: F401 - re-exported
 from .supervisor import Supervisor
 
+__all__ = ["Runtime", "frozen_startup_heap", "media_providers", "open_memory", "open_runtime", "storage_limits",
+           "tell_chats_cleaned", "tell_owners_budget"]
+
 log = logging.getLogger(__name__)
 
 

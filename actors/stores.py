@@ -19,6 +19,17 @@ from memory.vector_counts import VectorCounts
 if TYPE_CHECKING:
     from memory.vectors import VectorMemory
 
+__all__ = [
+    "CACHE_DIR",
+    "DB_FILE",
+    "VECTORS_DIR",
+    "Stores",
+    "check_not_in_use",
+    "dialogue_store",
+    "open_stores",
+    "vector_location",
+]
+
 DB_FILE = DUCKDB_FILE
 VECTORS_DIR = "memory"
 CACHE_DIR = "cache"  # derived, rebuildable files (the OpenVINO conversion of the embedding model)

@@ -8,6 +8,8 @@ from functools import lru_cache
 
 from .events import PRIVATE, Incoming
 
+__all__ = ["mentions", "should_respond", "strip_mention"]
+
 
 @lru_cache(maxsize=1024)
 def _keyword_re(keywords: tuple[str, ...]) -> re.Pattern[str] | None:

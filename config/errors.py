@@ -1,6 +1,8 @@
 """Errors of the config package. Root: ``ConfigError``."""
 from __future__ import annotations
 
+__all__ = ["ConfigError", "MissingSecret"]
+
 
 class ConfigError(Exception):
     """A config file is missing, not YAML, or invalid.

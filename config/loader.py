@@ -19,6 +19,8 @@ from pydantic import BaseModel, ValidationError
 from .errors import ConfigError
 from .models import Config, ModelSpec, Settings, TiersConfig
 
+__all__ = ["SHIPPED_DIR", "SHIPPED_SETTINGS", "SHIPPED_TIERS", "Loc", "Problem", "load_config"]
+
 SHIPPED_DIR = Path(__file__).resolve().parent
 SHIPPED_SETTINGS = SHIPPED_DIR / "kith.yaml"
 SHIPPED_TIERS = SHIPPED_DIR / "tiers.yaml"

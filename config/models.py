@@ -11,6 +11,40 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, DirectoryPath, Field, field_validator, model_validator
 
+__all__ = [
+    "STARS_SUBSCRIPTION_DAYS",
+    "UNLIMITED",
+    "ActorSettings",
+    "AutoCleanup",
+    "BotSettings",
+    "BudgetSettings",
+    "Config",
+    "ControlSettings",
+    "CreditPack",
+    "Features",
+    "Frozen",
+    "ImageModelSpec",
+    "LLMSettings",
+    "McpServer",
+    "MediaSettings",
+    "MemorySettings",
+    "ModelSpec",
+    "Plan",
+    "PluginsSettings",
+    "Prices",
+    "Quotas",
+    "ScaleOutSettings",
+    "Settings",
+    "StorageLimits",
+    "StorageSettings",
+    "TelegramSettings",
+    "Tier",
+    "TierMemory",
+    "TiersConfig",
+    "TranscriptionSettings",
+    "WebPluginSettings",
+]
+
 UNLIMITED = -1
 
 

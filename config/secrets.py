@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from .errors import ConfigError, MissingSecret
 from .models import ModelSpec
 
+__all__ = ["TELEGRAM_VARS", "TelegramCredentials", "model_api_key", "payment_provider_token", "telegram_credentials"]
+
 TELEGRAM_VARS = ("TELEGRAM_API_ID", "TELEGRAM_API_HASH", "TELEGRAM_BOT_TOKEN")
 
 

@@ -39,6 +39,8 @@ from tiers.subscriptions import parse_target
 from .credits import credits_text
 from .replies import reply
 
+__all__ = ["TOP_CHATS", "USAGE", "cmd_admin", "overview", "refund"]
+
 USAGE = N_("/admin · /admin grant user:ID|chat:ID|here TIER [DAYS] · /admin revoke user:ID|chat:ID|here "
            "(or, replying to a member's message: /admin grant TIER [DAYS] · /admin revoke) · /admin refund CHARGE_ID")
 TOP_CHATS = 5

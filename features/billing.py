@@ -26,6 +26,10 @@ from tiers.subscriptions import Subscription
 
 from .replies import features_line, reply, short
 
+__all__ = ["SUB_BUTTON", "cmd_billing", "cmd_profile", "cmd_usage", "handle_payment", "handle_pre_checkout",
+           "model_prices_line", "plans_button", "press_buy", "press_subscription", "price_line", "price_text",
+           "running_subscription", "send_plans", "subscription_line", "usage_lines"]
+
 log = logging.getLogger(__name__)
 
 SUB_BUTTON = "sub"  # sub:cancel, sub:resume — the member's own Telegram Stars subscription

@@ -20,6 +20,10 @@ from .plugins import commands as plugins
 from .plugins import reminders
 from .replies import features_line, reply, short
 
+__all__ = ["COMMANDS", "FACTS_WORDS", "HELP", "HISTORY_DEFAULT", "HISTORY_MAX", "OFF", "ON", "SETTINGS_KEYS", "WHO",
+           "cmd_export", "cmd_forget", "cmd_help", "cmd_history", "cmd_language", "cmd_memory", "cmd_model",
+           "cmd_reset", "cmd_role", "cmd_settings", "handle_button", "handle_command", "language_name", "save_role"]
+
 HISTORY_DEFAULT = 20
 HISTORY_MAX = 100
 SETTINGS_KEYS = ("persona", "keywords", "always_on", "persist", "language", "model", "history", "reset", "allowed_users",

@@ -20,6 +20,9 @@ from tiers.errors import PaymentError
 from . import billing
 from .replies import reply
 
+__all__ = ["BUTTON", "HISTORY", "KIND_NAMES", "cmd_balance", "cmd_buy", "credits_text", "handle_payment",
+           "handle_pre_checkout", "press", "send_packs", "upgrade_buttons"]
+
 log = logging.getLogger(__name__)
 
 BUTTON = "credits"

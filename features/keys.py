@@ -22,6 +22,8 @@ from i18n import N_, _
 
 from .replies import reply
 
+__all__ = ["USAGE", "cmd_key", "key_use_text"]
+
 USAGE = N_("`/key <provider> <key>` sets your own API key (e.g. `/key openai sk-…`); `/key delete` removes it.\n"
            "A group's admins set the group's key here: `/key group <chat id> <provider> <key>`.")
 

@@ -53,6 +53,9 @@ from tiers.admission import Admit
 
 from .credits import upgrade_buttons
 
+__all__ = ["DESCRIPTION_TOKENS", "EXTRACT_CHARS", "FEATURE_OF", "SHOWN_CHARS", "VOICE_KINDS", "asks_something",
+           "cmd_image", "draw", "generate_image", "image_prompt", "summary_for_member", "understand"]
+
 log = logging.getLogger(__name__)
 
 DESCRIPTION_TOKENS = 200  # a photo's description for memory: 1–3 sentences

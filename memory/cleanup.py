@@ -28,6 +28,8 @@ from .errors import DiskFull
 from .service import Memory
 from .types import DOC_ID_BASE, CleanupRecord, is_chunk_id
 
+__all__ = ["CleanupResult", "Janitor", "cleanup_scope", "keep_count"]
+
 log = logging.getLogger(__name__)
 
 CHAT, USER = "chat", "user"

@@ -14,6 +14,8 @@ import anyio
 
 from .types import DocumentChunk, DocumentInfo
 
+__all__ = ["DocumentReader", "document_summary", "ingest_document", "read_document"]
+
 log = logging.getLogger(__name__)
 
 

@@ -68,6 +68,8 @@ from .types import (
 )
 from .write_behind import Batch, Journal, WriteBehind, load_unsaved, save_unsaved, unsaved_files
 
+__all__ = ["NEW_DATABASE_BYTES", "DuckDBStore"]
+
 log = logging.getLogger(__name__)
 
 # Errors of the database itself (not of one row): rows stay queued and are retried.

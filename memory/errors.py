@@ -1,5 +1,8 @@
 """Errors of the memory package. Every error raised here derives from ``MemoryStoreError``."""
 
+__all__ = ["DiskFull", "EmbeddingModelChanged", "MemoryStoreError", "StoreLocked", "TranscriptError",
+           "TranscriptLineError", "VectorStoreError", "is_disk_full"]
+
 
 class MemoryStoreError(Exception):
     """Root of the memory package's errors."""

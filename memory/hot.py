@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+__all__ = ["COLUMNS", "ChatRows", "HotChats"]
+
 # the columns a row carries besides its vector (the ``_RESULT_COLUMNS`` of memory.vectors)
 COLUMNS = ("chat_id", "message_id", "user_id", "user_name", "kind", "text", "date", "source", "page", "parent")
 

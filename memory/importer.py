@@ -24,6 +24,8 @@ from .service import Memory
 from .transcripts import read_transcript
 from .types import ROLE_USER, DocumentInfo, StoredMessage
 
+__all__ = ["CHUNK", "ImportReport", "import_document", "import_transcript"]
+
 CHUNK = 512
 
 

@@ -28,6 +28,8 @@ from .types import DocumentChunk, StoredMessage
 from .vector_rows import KIND_DOCUMENT, KIND_MESSAGE, MemoryRow
 from .vectors import VectorMemory
 
+__all__ = ["OPTIMIZE_AFTER_APPENDS", "OPTIMIZE_ON_DRAIN_ROWS", "OPTIMIZE_WHEN_IDLE_S", "Indexer", "Item", "memory_row"]
+
 Item = StoredMessage | DocumentChunk  # what the indexer embeds: a message, or a chunk of a document
 
 

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+__all__ = ["Location", "as_location"]
+
 _REMOTE = ("s3://", "gs://", "gcs://", "az://", "abfs://")
 
 

@@ -33,6 +33,8 @@ from .store import DialogueStore
 from .types import ROLE_USER, is_chunk_id
 from .vectors import VectorMemory
 
+__all__ = ["GapFiller", "Gaps", "Stores", "VectorIds", "compact", "fill_gaps", "find_gaps", "reindex"]
+
 log = logging.getLogger(__name__)
 
 _FILL_BATCH = 1000  # messages read, submitted and flushed at a time (bounds memory on a large gap)

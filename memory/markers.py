@@ -6,6 +6,8 @@ and recall read them; transcripts and Telegram Desktop exports are imported with
 """
 from __future__ import annotations
 
+__all__ = ["clock_time", "contact_text", "location_text", "marker", "poll_text"]
+
 
 def clock_time(seconds: float | None) -> str:
     """``42.4`` → ``"0:42"``, ``3725`` → ``"1:02:05"``; ``""`` for None."""

@@ -12,6 +12,8 @@ from typing import Any
 
 from .errors import MemoryStoreError
 
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
+
 _V1 = (
     """
     CREATE TABLE chats (

@@ -55,6 +55,8 @@ from .types import (
 )
 from .write_behind import Batch, WriteBehind, save_unsaved
 
+__all__ = ["PostgresStore", "redact"]
+
 log = logging.getLogger(__name__)
 
 _MSG_COLS = "chat_id, message_id, user_id, user_name, text, date, role, reply_to, thread_id, imported"

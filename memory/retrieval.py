@@ -59,6 +59,20 @@ from providers.language import STOP_WORDS
 from .types import MemoryHit
 from .vector_rows import RRF_K, content_text
 
+__all__ = [
+    "DEFAULT",
+    "Candidate",
+    "Fusion",
+    "Mentions",
+    "RetrievalSettings",
+    "find_speakers",
+    "ids_around_fts",
+    "neighbour_ids",
+    "propagate",
+    "query_terms",
+    "to_hit",
+]
+
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 _MIN_NAME_LEN = 3  # a name term shorter than this is never taken as a mention
 

@@ -26,6 +26,8 @@ from datetime import UTC, datetime, timedelta
 
 from .errors import MemoryStoreError
 
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "current_version", "from_us", "migrate", "to_us"]
+
 # ---------------------------------------------------------------- migrations
 
 _V1 = (

@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # (types only; none of these imports this module)
     from .store import DialogueStore
     from .vectors import VectorMemory
 
+__all__ = ["ENTRY_HITS", "GapCounts", "Memory", "Recall", "StartupCheck"]
+
 
 class GapCounts(Protocol):
     """What the start-up check found: stored messages missing from vector memory, memories of

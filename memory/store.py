@@ -58,6 +58,8 @@ from .types import (
     UsageTotal,
 )
 
+__all__ = ["DUCKDB_FILE", "POSTGRES_SCHEMES", "DialogueStore", "open_dialogue_store"]
+
 DUCKDB_FILE = "kith.duckdb"
 
 

@@ -14,6 +14,8 @@ from .errors import DiskFull
 from .types import MemoryHit, StoredMessage, UsageRecord
 from .write_behind import RecallRow, WriteBehind
 
+__all__ = ["CHUNKS_SELECT", "QueuedStore", "describe_row", "equalities", "json_object", "keyset_pages"]
+
 
 class QueuedStore:
     """The hot-path writes of a ``DialogueStore`` (``add``, ``add_many``, ``record_usage``,

@@ -63,6 +63,22 @@ from .errors import TranscriptError, TranscriptLineError
 from .markers import contact_text, location_text, marker, poll_text
 from .types import ROLE_ASSISTANT, ROLE_USER, StoredMessage
 
+__all__ = [
+    "DERIVED_ID_BASE",
+    "Attachment",
+    "ChatMeta",
+    "Format",
+    "ParsedLine",
+    "TranscriptReader",
+    "TranscriptStats",
+    "bot_api_chat_id",
+    "derived_user_id",
+    "detect_format",
+    "is_derived_user_id",
+    "parse_date",
+    "read_transcript",
+]
+
 ParsedLine = StoredMessage | TranscriptLineError
 Format = Literal["jsonl", "telegram-export"]
 

@@ -8,6 +8,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+__all__ = [
+    "CHUNK_ID_MIN",
+    "DOC_ID_BASE",
+    "MAX_CHUNKS",
+    "MIGRATION_SHIFT",
+    "ROLE_ASSISTANT",
+    "ROLE_USER",
+    "USAGE_GROUPINGS",
+    "USAGE_KINDS",
+    "ChatInfo",
+    "CleanupRecord",
+    "DocumentChunk",
+    "DocumentInfo",
+    "MemoryHit",
+    "PaymentRecord",
+    "StoredMessage",
+    "SubscriptionRecord",
+    "UsageCount",
+    "UsageRecord",
+    "UsageTotal",
+    "chunk_memory_id",
+    "is_chunk_id",
+    "migrated_id",
+]
+
 ROLE_USER = "user"
 ROLE_ASSISTANT = "assistant"
 

@@ -20,6 +20,8 @@ from .errors import VectorStoreError
 from .location import Location, as_location
 from .vector_rows import current_table, ids_per_chat
 
+__all__ = ["VectorCounts"]
+
 
 class VectorCounts:
     """``count`` and ``ids_by_chat`` of ``VectorMemory``, read from the table as it was at open.

@@ -68,6 +68,25 @@ import anyio.abc
 from .errors import DiskFull, MemoryStoreError, is_disk_full
 from .types import ROLE_ASSISTANT, ROLE_USER, StoredMessage, UsageRecord
 
+__all__ = [
+    "MAX_BACKOFF_S",
+    "RESERVE_BYTES",
+    "SENT_HEADROOM",
+    "START_FREE_BYTES",
+    "Batch",
+    "ChatRow",
+    "DeliveryRow",
+    "Journal",
+    "RecallRow",
+    "SqlRow",
+    "WriteBehind",
+    "add_row",
+    "load_unsaved",
+    "row_json",
+    "save_unsaved",
+    "unsaved_files",
+]
+
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 5.0

@@ -55,6 +55,8 @@ from .remote import CONTROL_FILE
 if TYPE_CHECKING:
     from actors.services import Services
 
+__all__ = ["TOKEN_FILE", "ControlServer", "write_token"]
+
 log = logging.getLogger(__name__)
 _PUMP_INTERVAL_S = 0.1  # how often an operation's output is sent to the client
 

@@ -24,6 +24,8 @@ from tiers.subscriptions import parse_target
 if TYPE_CHECKING:
     from memory.store import DialogueStore
 
+__all__ = ["change", "history", "ledger_of", "list_balances"]
+
 
 async def ledger_of(store: DialogueStore, ledger: Ledger | None) -> Ledger:
     """``ledger`` (a running bot's), else one over ``store``; opened. raises TierError when the store

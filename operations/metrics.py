@@ -19,6 +19,8 @@ from prometheus_client.registry import Collector
 
 from actors.services import TurnReport
 
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
 # seconds: a turn without the LLM takes milliseconds, with a remote LLM seconds
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 

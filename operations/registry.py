@@ -42,6 +42,40 @@ if TYPE_CHECKING:
     from memory.vector_counts import VectorCounts
     from memory.vectors import VectorMemory
 
+__all__ = [
+    "OPERATIONS",
+    "Needs",
+    "OpFn",
+    "Operation",
+    "Resources",
+    "Streams",
+    "UnknownOperation",
+    "credits_change",
+    "credits_history",
+    "credits_list",
+    "doctor_store",
+    "get",
+    "import_documents",
+    "import_files",
+    "import_transcripts",
+    "known_errors",
+    "memory_compact",
+    "memory_forget",
+    "memory_reindex",
+    "memory_search",
+    "memory_stats",
+    "open_resources",
+    "operation",
+    "run_in_bot",
+    "run_local",
+    "sub_grant",
+    "sub_list",
+    "sub_revoke",
+    "usage",
+    "wait_gap_fill",
+    "why_of",
+]
+
 Needs = Literal["store", "stores", "memory"]
 _FLUSH_WAIT_S = 5.0  # memory.stats in a running bot: how long to wait for its queues before counting
 

@@ -20,6 +20,8 @@ from config.loader import load_config
 from config.models import Config
 from tiers.budget import paid_features
 
+__all__ = ["AT_START", "LIVE", "ReloadReport", "apply_config", "reload_config"]
+
 log = logging.getLogger(__name__)
 
 # settings sections read at use time (applied at once) and wired at start (next start)

@@ -17,6 +17,8 @@ from typing import Any
 
 from actors.errors import ControlServerError
 
+__all__ = ["CONTROL_FILE", "STARTING_WAIT_S", "RemoteError", "RunningBot", "find_bot", "reload_config", "run_operation"]
+
 CONTROL_FILE = "control.json"  # url, pid and token of the running bot (written by actors.control)
 STARTING_WAIT_S = 120.0  # how long to wait for a starting bot to open its stores
 _OP_TIMEOUT_S = 3600.0  # socket timeout of an operation's stream (a long import may say nothing for minutes)

@@ -23,6 +23,9 @@ from tiers.budget import PERIODS, Budget
 from tiers.subscriptions import Subscription, SubscriptionStore, parse_target
 from tiers.usage import usage_summary
 
+__all__ = ["WIDE_TIERS", "grant", "list_subs", "parse_since", "print_credits", "print_tiers", "revoke", "spend_json",
+           "spend_line", "tier_rows", "usage_report"]
+
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)

@@ -31,6 +31,8 @@ from .errors import (
     UnsupportedDocument,
 )
 
+__all__ = ["DOCUMENT_KINDS", "Chunk", "Extracted", "Section", "chunk", "document_kind", "extract"]
+
 log = logging.getLogger(__name__)
 
 DOCUMENT_KINDS = ("pdf", "docx", "text")

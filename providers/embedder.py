@@ -44,6 +44,21 @@ from .e5_encoder import MODEL_NAME as E5_MODEL_NAME
 from .errors import EmbeddingError
 from .torch_encoder import bf16_batches, load_model, model_name, query_encoder  # noqa: F401  (re-exported)
 
+__all__ = [
+    "BACKENDS",
+    "BULK_CHARS",
+    "DIM",
+    "MAX_CHARS",
+    "PRECISIONS",
+    "BulkEmbedder",
+    "Embedder",
+    "Encoder",
+    "check_choice",
+    "length_order",
+    "load_encoder",
+    "model_name_of",
+]
+
 log = logging.getLogger(__name__)
 
 DIM = 384

@@ -6,6 +6,11 @@ interface language current where it is read (``i18n``); ``str(err)`` carries the
 """
 from i18n import N_, _
 
+__all__ = ["AuthenticationFailed", "BadRequest", "ContentRefused", "CorruptDocument", "DocumentError",
+           "DocumentTooLarge", "EmbeddingError", "EncryptedDocument", "ModelNotConfigured", "NoTextLayer",
+           "OCRError", "ProviderError", "ProviderTimeout", "ProviderUnavailable", "RateLimited",
+           "TranscriptionFailed", "UnsupportedDocument"]
+
 
 class ProviderError(Exception):
     """Root of the providers package's errors."""

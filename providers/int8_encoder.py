@@ -33,6 +33,17 @@ import numpy as np
 
 from .errors import EmbeddingError
 
+__all__ = [
+    "CHECK_TEXTS",
+    "INT8_MIN_TOKENS",
+    "INT8_VERSION",
+    "KEEP_FP32",
+    "MIN_COSINE",
+    "Disagrees",
+    "Int8Encoder",
+    "export",
+]
+
 log = logging.getLogger(__name__)
 
 INT8_VERSION = 1  # bump when the quantization below changes what is written

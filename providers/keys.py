@@ -24,6 +24,8 @@ from typing import Protocol
 
 from .errors import ProviderError
 
+__all__ = ["SECRET_ENV", "KeyInfo", "KeyStore", "KeyUse", "KeyVault", "KeysUnavailable", "cipher_from_env"]
+
 SECRET_ENV = "KITH_SECRET_KEY"
 USER, CHAT = "user", "chat"
 

@@ -82,6 +82,11 @@ import unicodedata
 from collections.abc import Iterable
 from functools import cache, lru_cache
 
+__all__ = ["CJK", "CJK_WEIGHT", "CYRILLIC", "LANGUAGES", "LATIN", "MAX_QUERY_TERMS", "MAX_TOKEN_CHARS",
+           "MIN_DETECT_LETTERS", "NAMES", "STOP_WORDS", "by_script", "detect", "detect_or_none", "held_terms",
+           "index_terms", "ngrams", "normalize", "normalize_arabic", "query_terms", "query_words", "reduce",
+           "split_words", "stop_words", "words", "would_load"]
+
 LANGUAGES = ("en", "ru", "uk", "de", "es", "fr", "zh", "ja", "ar")
 NAMES = {"en": "English", "ru": "Russian", "uk": "Ukrainian", "de": "German", "es": "Spanish", "fr": "French",
          "zh": "Chinese", "ja": "Japanese", "ar": "Arabic"}

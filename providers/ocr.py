@@ -13,6 +13,8 @@ import re
 
 from .errors import OCRError
 
+__all__ = ["MAX_SIDE", "TIMEOUT_S", "available", "image_text", "languages"]
+
 log = logging.getLogger(__name__)
 
 MAX_SIDE = 4096  # px: larger images are downscaled first (Tesseract gains nothing, and time grows)

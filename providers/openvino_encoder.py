@@ -55,6 +55,26 @@ from .encoder_pipeline import (
 from .errors import EmbeddingError
 from .torch_encoder import default_model_path, model_name
 
+__all__ = [
+    "CACHE_ENV",
+    "INT8_FLAGS",
+    "LOCK_TIMEOUT_S",
+    "NATIVE_BF16",
+    "PRECISIONS",
+    "OpenVINOEncoder",
+    "cache_key",
+    "cache_root",
+    "choose_precision",
+    "conversions",
+    "converted",
+    "cpu_flags",
+    "export",
+    "load",
+    "main",
+    "prepare",
+    "ready",
+]
+
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "KITH_CACHE_DIR"

@@ -18,6 +18,8 @@ import warnings
 
 import numpy as np
 
+__all__ = ["QueryEncoder"]
+
 log = logging.getLogger(__name__)
 
 # probe texts of different lengths (short, medium, past the model's 256 word pieces)

@@ -32,6 +32,8 @@ import numpy as np
 from .embedder import BULK_CHARS, DIM, MAX_CHARS, Embedder, length_order, model_name_of
 from .errors import EmbeddingError
 
+__all__ = ["EmbedWorker", "RayEmbedder"]
+
 log = logging.getLogger(__name__)
 
 

@@ -16,6 +16,9 @@ from . import _offline  # noqa: F401  (must precede sentence_transformers)
 from .errors import EmbeddingError
 from .query_encoder import QueryEncoder
 
+__all__ = ["BATCH", "DEFAULT_MODEL_NAME", "TorchEncoder", "bf16_batches", "default_model_path", "load", "load_model",
+           "model_name", "query_encoder"]
+
 log = logging.getLogger(__name__)
 
 # one traced query encoder per loaded model (tracing and checking it costs ~0.3 s)

@@ -33,6 +33,8 @@ from .quotas import ANY_MODEL, QuotaDecision, QuotaTracker, RateLimiter, TodayUs
 from .resolve import effective_tier
 from .subscriptions import Subscription, SubscriptionStore
 
+__all__ = ["FEATURE_NAMES", "GROUP_TYPES", "Admission", "Admit", "Profile"]
+
 GROUP_TYPES = frozenset({"group", "supergroup"})
 FEATURE_NAMES = {  # marked for the catalog; translate where shown: _(FEATURE_NAMES[f])
     "vision": N_("Seeing images"), "documents": N_("Reading documents"), "image_generation": N_("Drawing images"),

@@ -1,6 +1,8 @@
 """Errors of the tiers package. Root: ``TierError``."""
 from __future__ import annotations
 
+__all__ = ["BadScope", "PaymentError", "TierError", "UnknownTier"]
+
 
 class TierError(Exception):
     """Something about tiers, subscriptions or payments is wrong (the message says what, for a person)."""

@@ -44,6 +44,20 @@ from memory.types import PaymentRecord
 from .errors import PaymentError
 from .subscriptions import SCOPES, Subscription, SubscriptionStore
 
+__all__ = [
+    "PAYLOAD_PREFIX",
+    "STARS",
+    "Invoice",
+    "apply_successful_payment",
+    "build_payload",
+    "invoice_for",
+    "make_payload",
+    "parse_payload",
+    "payments",
+    "split_payload",
+    "validate_pre_checkout",
+]
+
 log = logging.getLogger(__name__)
 
 STARS = "XTR"

@@ -37,6 +37,8 @@ from memory.types import UsageCount
 from .daily import DailyCounters, utc_day
 from .errors import TierError, UnknownTier
 
+__all__ = ["ANY_MODEL", "QuotaDecision", "QuotaTracker", "RateLimiter", "TodayUsage", "next_midnight", "request_usage"]
+
 log = logging.getLogger(__name__)
 
 ANY_MODEL = "*"

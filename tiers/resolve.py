@@ -7,6 +7,8 @@ from config.models import TiersConfig
 
 from .subscriptions import Subscription
 
+__all__ = ["effective_tier"]
+
 
 def effective_tier(cfg: TiersConfig, user_sub: Subscription | None, chat_sub: Subscription | None, now: datetime) -> str:
     """The better (by ``cfg.rank``) of the user's own subscription and the chat's, and never worse

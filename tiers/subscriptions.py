@@ -29,6 +29,8 @@ from memory.types import SubscriptionRecord
 
 from .errors import BadScope, TierError, UnknownTier
 
+__all__ = ["SCOPES", "Subscription", "SubscriptionStore", "parse_target"]
+
 SCOPES = ("user", "chat")
 
 

@@ -10,6 +10,8 @@ if TYPE_CHECKING:
 
 from .errors import TierError
 
+__all__ = ["BY", "format_cost", "usage_summary"]
+
 BY = ("user", "chat", "model", "day", "kind", "plugin")
 _KEY_SQL = {
     "kind": "kind",

@@ -35,6 +35,23 @@ from memory.types import MemoryHit
 
 from .local import LOCAL_ID_BASE, IdAllocator, LocalOutbox, OutMessage
 
+__all__ = [
+    "AUDIO_SUFFIXES",
+    "REFRESH_S",
+    "ConsoleChat",
+    "ConsoleOutbox",
+    "button_url",
+    "chat_turns",
+    "console_outbox",
+    "file_line",
+    "format_hit",
+    "hard_breaks",
+    "local_media",
+    "print_sources",
+    "rest_is_file",
+    "save_new",
+]
+
 REFRESH_S = 0.05  # a streamed reply's progress on a terminal is redrawn at most this often
 
 

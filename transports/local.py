@@ -14,6 +14,8 @@ import i18n
 from actors.outbox import Button, ReplyStream, Sent
 from i18n import _
 
+__all__ = ["LOCAL_ID_BASE", "IdAllocator", "LocalOutbox", "OutMessage"]
+
 LOCAL_ID_BASE = 2**40
 
 

@@ -19,6 +19,8 @@ from memory.errors import TranscriptLineError
 from memory.transcripts import read_transcript
 from memory.types import StoredMessage
 
+__all__ = ["ReplayReport", "TranscriptClock", "percentile", "replay", "respond_policy"]
+
 
 class TranscriptClock:
     """A clock that follows the transcript: the date of the latest message fed in (UTC).

@@ -26,6 +26,18 @@ from features.plugins.base import ToolContext, ToolOutcome, ToolSpec, short, tex
 from features.plugins.errors import CalculationError, PluginError
 from i18n import _
 
+__all__ = [
+    "FUNCTIONS",
+    "MAX_CHARS",
+    "MAX_FACTORIAL",
+    "MAX_INT_BITS",
+    "NAMES",
+    "OPERATORS",
+    "Calculator",
+    "evaluate",
+    "format_number",
+]
+
 MAX_CHARS = 500  # input length
 MAX_INT_BITS = 10_000  # an integer result (about 3,000 decimal digits)
 MAX_FACTORIAL = 1000

@@ -12,6 +12,8 @@ from features.plugins.base import ToolContext, ToolOutcome, ToolSpec, short, tex
 from features.plugins.errors import PluginError, UnknownTimeZone
 from i18n import _
 
+__all__ = ["Clock", "describe", "zone"]
+
 
 def zone(name: str) -> ZoneInfo:
     """The IANA time zone ``name`` (``"Europe/Berlin"``, ``"UTC"``). Raises ``UnknownTimeZone``."""

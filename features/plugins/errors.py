@@ -3,6 +3,9 @@ raises none of them); they are public for code that uses the helpers (``net.fetc
 directly. The message is written for the model: it says what was refused and why, in English."""
 from __future__ import annotations
 
+__all__ = ["BadArguments", "BlockedURL", "CalculationError", "FetchError", "PluginError", "SearchError",
+           "UnknownTimeZone"]
+
 
 class PluginError(Exception):
     """The root of every plugin error."""

@@ -37,6 +37,19 @@ import httpx
 
 from features.plugins.errors import BlockedURL, FetchError
 
+__all__ = [
+    "MAX_REDIRECTS",
+    "USER_AGENT",
+    "AllowList",
+    "IPAddress",
+    "IPNetwork",
+    "Page",
+    "check",
+    "fetch",
+    "not_public",
+    "resolve",
+]
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -8,6 +8,8 @@ from features.plugins.clock import Clock
 from features.plugins.net import AllowList
 from features.plugins.web import FetchUrl, SearxngEngine, WebSearch
 
+__all__ = ["builtin_tools"]
+
 
 def builtin_tools(settings: PluginsSettings) -> dict[str, Tool]:
     """Tool name → tool, for the tools ``settings`` turn on: ``calculator`` and ``time`` always,

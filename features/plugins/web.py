@@ -21,6 +21,21 @@ from features.plugins.base import ToolContext, ToolOutcome, ToolSpec, cut, short
 from features.plugins.errors import BadArguments, FetchError, PluginError, SearchError
 from i18n import _
 
+__all__ = [
+    "DEFAULT_RESULTS",
+    "MAX_ELEMENTS",
+    "MAX_RESULTS",
+    "FetchUrl",
+    "SearchEngine",
+    "SearchResult",
+    "SearxngEngine",
+    "WebSearch",
+    "extract_text",
+    "format_results",
+    "page_label",
+    "parse_searxng",
+]
+
 log = logging.getLogger(__name__)
 
 DEFAULT_RESULTS = 5
