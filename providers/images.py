@@ -49,7 +49,7 @@ from config.models import ImageModelSpec
 
 from . import _offline  # noqa: F401  (before litellm)
 from .errors import ContentRefused, ModelNotConfigured, ProviderError, ProviderTimeout, ProviderUnavailable
-from .llm import _detail, translate_error
+from .llm import error_detail, translate_error
 
 __all__ = ["MAX_IMAGE_BYTES", "OPENAI_DALLE_PRICES", "GeneratedImage", "ImageGenerator", "image_cost", "sniff_image_type"]
 
@@ -226,7 +226,7 @@ class ImageGenerator:
             try:
                 litellm.get_llm_provider(model=spec.model, api_base=spec.api_base)
             except Exception as e:
-                raise ModelNotConfigured(f"image_models.{alias}: litellm cannot use model {spec.model!r}: {_detail(e)}") from e
+                raise ModelNotConfigured(f"image_models.{alias}: litellm cannot use model {spec.model!r}: {error_detail(e)}") from e
 
     @property
     def aliases(self) -> tuple[str, ...]:
@@ -273,7 +273,7 @@ class ImageGenerator:
             raise ProviderTimeout(f"{where}: no image within {spec.timeout_s:.0f} s") from e
         except Exception as e:
             if _is_content_refusal(e):
-                raise ContentRefused(f"{where}: {type(e).__name__}: {_detail(e)}") from e
+                raise ContentRefused(f"{where}: {type(e).__name__}: {error_detail(e)}") from e
             err = translate_error(e, where)
             log.info("image generation failed: %s", err)
             raise err from e

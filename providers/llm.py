@@ -93,6 +93,8 @@ __all__ = [
     "PING_TIMEOUT_S",
     "ROUND_SEPARATOR",
     "Completion",
+    "error_detail",
+    "price_entry",
     "takes_user_keys",
     "translate_error",
 ]
@@ -160,7 +162,7 @@ class _Round:
 # ---------------------------------------------------------------- price map (offline, static)
 
 
-def _price_entry(litellm_model: str) -> dict[str, Any] | None:
+def price_entry(litellm_model: str) -> dict[str, Any] | None:
     """The entry of ``litellm.model_cost`` for a litellm model string, or None.
 
     Tries the full string (``ollama/llama3``, ``kith/recall``), then without its provider prefix when
@@ -179,7 +181,7 @@ def _price_entry(litellm_model: str) -> dict[str, Any] | None:
 
 
 def _cost(litellm_model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-    entry = _price_entry(litellm_model)
+    entry = price_entry(litellm_model)
     if entry is None:
         return None
     cin, cout = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
@@ -191,7 +193,8 @@ def _cost(litellm_model: str, prompt_tokens: int, completion_tokens: int) -> flo
 # ---------------------------------------------------------------- errors
 
 
-def _detail(e: BaseException) -> str:
+def error_detail(e: BaseException) -> str:
+    """An exception's text on one line, at most ``_DETAIL_CHARS`` characters (for error messages)."""
     text = " ".join(str(e).split())
     return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
 
@@ -207,7 +210,7 @@ def translate_error(e: BaseException, where: str) -> ProviderError:
 
     if isinstance(e, ProviderError):
         return e
-    msg = f"{where}: {type(e).__name__}: {_detail(e)}"
+    msg = f"{where}: {type(e).__name__}: {error_detail(e)}"
     if isinstance(e, (litellm.Timeout, openai.APITimeoutError, httpx.TimeoutException, TimeoutError)):
         return ProviderTimeout(msg)
     if isinstance(e, litellm.RateLimitError):
@@ -397,7 +400,7 @@ class LLM:
             try:
                 self._provider[alias] = litellm.get_llm_provider(model=spec.model, api_base=spec.api_base)[1]
             except Exception as e:
-                raise ModelNotConfigured(f"models.{alias}: litellm cannot use model {spec.model!r}: {_detail(e)}") from e
+                raise ModelNotConfigured(f"models.{alias}: litellm cannot use model {spec.model!r}: {error_detail(e)}") from e
         self._key_providers = tuple(dict.fromkeys(
             self._provider[a] for a, s in self._models.items() if not s.model.startswith(f"{recall_model.PROVIDER}/")))
         self._user_key_providers = frozenset(self._provider[a] for a, s in self._models.items() if takes_user_keys(s))
@@ -513,7 +516,7 @@ class LLM:
         spec = self._spec(alias)
         if spec.context_tokens:
             return spec.context_tokens
-        entry = _price_entry(spec.model) or {}
+        entry = price_entry(spec.model) or {}
         n = entry.get("max_input_tokens") or entry.get("max_tokens")
         return int(n) if isinstance(n, (int, float)) and n > 0 else DEFAULT_CONTEXT_TOKENS
 
@@ -821,6 +824,6 @@ class LLM:
                 )
             except Exception as e:
                 err = translate_error(e, self._where(alias))
-                return False, f"{err.user_message} ({type(err).__name__}: {_detail(e)})"
+                return False, f"{err.user_message} ({type(err).__name__}: {error_detail(e)})"
             ms = (time.perf_counter() - t0) * 1000.0
         return True, f"answered in {ms:.0f} ms"

@@ -53,7 +53,7 @@ from config.models import TranscriptionSettings
 
 from . import _offline  # noqa: F401  (before litellm)
 from .errors import BadRequest, ModelNotConfigured, ProviderError, ProviderTimeout, TranscriptionFailed
-from .llm import _detail, _price_entry, translate_error
+from .llm import error_detail, price_entry, translate_error
 
 __all__ = ["LOCAL_MODELS", "LOCAL_PREFIX", "Transcriber", "Transcript"]
 
@@ -211,7 +211,7 @@ def _upload_name(file_name: str) -> str:
 
 
 def _cost(model: str, seconds: float) -> float | None:
-    entry = _price_entry(model)
+    entry = price_entry(model)
     per_second = (entry or {}).get("input_cost_per_second")
     if per_second is None:
         return None
@@ -253,7 +253,7 @@ class Transcriber:
         try:
             litellm.get_llm_provider(model=model, api_base=settings.api_base)
         except Exception as e:
-            raise ModelNotConfigured(f"transcription.model: litellm cannot use model {model!r}: {_detail(e)}") from e
+            raise ModelNotConfigured(f"transcription.model: litellm cannot use model {model!r}: {error_detail(e)}") from e
 
     @property
     def enabled(self) -> bool:
@@ -343,7 +343,7 @@ class Transcriber:
             raise
         except Exception as e:
             log.info("local transcription failed: %s", e, exc_info=True)
-            raise TranscriptionFailed(f"{where}: {type(e).__name__}: {_detail(e)}") from e
+            raise TranscriptionFailed(f"{where}: {type(e).__name__}: {error_detail(e)}") from e
         finally:
             cancel.set()  # timed out or cancelled: the worker stops at its next 30-second window
         return text, (seconds if seconds > 0 else None), language
