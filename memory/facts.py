@@ -113,6 +113,25 @@ class FactStore:
         self.backend = backend
         self.clock = clock or (lambda: datetime.now(UTC))
         self._opened = False
+        # the chats that have (or had) entries, kept in memory where this process is the database's
+        # only writer (DuckDB): a turn in a chat without facts — most of them — costs no query
+        self.cache = not getattr(backend, "shared", False)
+        self._chats: set[int] | None = None
+
+    async def has_entries(self, chat_id: int) -> bool:
+        """Whether ``chat_id`` may have entries (False: it has none; from memory after one read,
+        where ``cache``)."""
+        if not self.cache:
+            return True
+        if self._chats is None:
+            await self.open()
+            (rows,) = await self._tx(("SELECT DISTINCT chat_id FROM memory_entries", []))
+            self._chats = {int(r[0]) for r in rows}
+        return chat_id in self._chats
+
+    def _note_chat(self, chat_id: int) -> None:
+        if self._chats is not None:
+            self._chats.add(chat_id)
 
     async def _tx(self, *statements: tuple[str, Sequence[Any]], lock: str | None = None) -> list[list[tuple]]:
         return await transaction(self.backend, "memory entries", statements, lock=lock)
@@ -159,6 +178,7 @@ class FactStore:
                                " WHERE id = ? AND until_us IS NULL", [now, old.id]))
         results = await self._tx(*statements, lock="memory_entries")
         new_id = int(results[0][0][0])
+        self._note_chat(chat_id)
         entry = MemoryEntry(new_id, chat_id, user_id, user_name, key, label, value, tuple(srcs), origin, author_id, from_us(now))
         if old is None:
             return Remembered("added", entry)
@@ -168,6 +188,8 @@ class FactStore:
                       limit: int = 1000) -> list[MemoryEntry]:
         """The current entries of ``chat_id``: about the chat (``chat``) and about the members
         ``user_ids`` (None: every member), oldest first."""
+        if not await self.has_entries(chat_id):
+            return []
         await self.open()
         parts, params = [], []
         if chat:
@@ -223,6 +245,8 @@ class FactStore:
         """Basic group ``old`` became supergroup ``new``: its entries move with it."""
         await self.open()
         (moved,) = await self._tx(("UPDATE memory_entries SET chat_id = ? WHERE chat_id = ? RETURNING id", [new, old]))
+        if moved:
+            self._note_chat(new)
         return len(moved)
 
     async def count(self, *, chat_id: int | None = None, user_id: int | None = None) -> int:
@@ -240,7 +264,7 @@ class FactStore:
         """Current entries of ``chat_id`` whose subject or value holds any of ``terms`` (casefolded
         words), the most terms first, then the newest."""
         words = [t.casefold() for t in terms if t and len(t) > 1][:16]
-        if not words:
+        if not words or not await self.has_entries(chat_id):
             return []
         await self.open()
         score = " + ".join("CASE WHEN strpos(lower(label || ' ' || value), ?) > 0 THEN 1 ELSE 0 END" for _ in words)
