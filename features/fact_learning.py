@@ -147,6 +147,7 @@ class FactLearner:
         self.interval_s = settings.memory.fact_interval_s
         self.learned: list[LearnedBatch] = []  # every call's outcome (the newest last; for tests and logs)
         self._waiting_since: dict[int, float] = {}  # chat -> monotonic time its oldest unread message was first seen
+        self._seen: dict[int, tuple[int, object]] = {}  # chat -> (message count, newest date) when nothing was left to read
         self._ready = False
 
     @property
@@ -176,9 +177,15 @@ class FactLearner:
             self._ready = True
         done = []
         for chat in await self.svc.memory.store.chats():
+            if self._seen.get(chat.chat_id) == (chat.messages, chat.last_date):
+                continue  # nothing new since it was last read to the end: no query
             out = await self._chat(chat.chat_id, force)
             if out is not None:
                 done.append(out)
+            if chat.chat_id not in self._waiting_since:  # read to the end (or first seen)
+                self._seen[chat.chat_id] = (chat.messages, chat.last_date)
+            else:
+                self._seen.pop(chat.chat_id, None)
         return done
 
     async def _chat(self, chat_id: int, force: bool) -> LearnedBatch | None:
@@ -205,7 +212,10 @@ class FactLearner:
             return None
         out = await self._learn(chat_id, batch)
         await self._set_cursor(chat_id, batch[-1].message_id)
-        self._waiting_since.pop(chat_id, None)
+        if len(new) > len(batch):  # more to read: the next pass goes on (at once when a batch is left)
+            self._waiting_since[chat_id] = now
+        else:
+            self._waiting_since.pop(chat_id, None)
         self.learned.append(out)
         return out
 

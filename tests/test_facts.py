@@ -264,3 +264,29 @@ async def test_memory_learning_is_off_for_the_offline_model(tmp_path, st_model) 
         assert rt.background is None
     with pytest.raises(Exception, match="memory_model 'nope' is not an alias"):
         Settings(memory=MemorySettings(memory_model="nope"))
+
+
+async def test_the_learner_reads_a_long_backlog_in_batches_and_skips_quiet_chats(tmp_path, st_model, llm_server,
+                                                                                  monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    holder: dict = {}
+
+    def make(memory):
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        return holder["box"]
+
+    async with open_runtime(learning_config(llm_server, batch=2), tmp_path, make, model=st_model) as rt:
+        learner, chat = rt.background, Chat(rt, holder["box"])
+        await chat.say(GROUP, ANN, "hi")
+        await rt.memory.flush()
+        await learner.run_once()  # first seen: starts here
+        for i in range(5):
+            await chat.say(GROUP, ANN, f'ANSWER {{"facts": [{{"about": "Ann", "subject": "item {i}", "value": "v{i}"}}]}}')
+        await rt.memory.flush()
+        calls = [len(await learner.run_once()) for _ in range(3)]
+        assert calls == [1, 1, 0]  # two batches of 2; the fifth message waits for a batch or the interval
+        assert len(await learner.run_once(force=True)) == 1  # forced: the rest
+        before = len(llm_server.requests)
+        assert await learner.run_once(force=True) == [] and len(llm_server.requests) == before  # quiet: no call
+        # (the test server answers a batch with its first ANSWER line: one fact per batch)
+        assert sorted(e.key for e in await rt.memory.facts.current(GROUP)) == ["item 0", "item 2", "item 4"]
