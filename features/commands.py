@@ -279,6 +279,12 @@ async def cmd_memory(ctx: ChatContext, ev: CommandEvent) -> None:
           memories=ngettext("{n} memory", "{n} memories", chat_mems, n=i18n.number(chat_mems)), persist=persist),
         _("**About you here**: {messages} of yours.", messages=ngettext("{n} message", "{n} messages", mine, n=i18n.number(mine))),
     ]
+    if mem.facts is not None:
+        facts_here = await mem.facts.current(ctx.chat_id, [ev.sender.user_id])
+        if facts_here:
+            lines.append(ngettext("**Facts** about you and this chat: {n} (`/memory facts`).",
+                                  "**Facts** about you and this chat: {n} (`/memory facts`).", len(facts_here),
+                                  n=i18n.number(len(facts_here))))
     cleaned = await mem.store.cleanups(ctx.chat_id)
     if cleaned:
         lines.append(_("**Removed by the capacity cleanup**:"))
