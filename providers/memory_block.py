@@ -33,11 +33,13 @@ __all__ = [
     "MAX_MEMORY_CHARS",
     "OPEN_TAG",
     "PROFILE_CLOSE",
+    "PROFILE_ID_BASE",
     "PROFILE_OPEN",
     "Quotable",
     "QuotedMemory",
     "format_date",
     "parse_memories",
+    "parse_profile",
     "render_memories",
     "render_profile",
 ]
@@ -189,3 +191,22 @@ def render_profile(facts: Sequence[Fact], *, tz: tzinfo = UTC, max_chars: int = 
         lines.append(f"- {_escape(who, _NAME_RE)}: {_escape(what, _TEXT_RE)} (since {format_date(f.learned, tz)[:10]})")
     lines.append(PROFILE_CLOSE)
     return "\n".join(lines)
+
+
+PROFILE_ID_BASE = -(1 << 62)  # the facts read back by ``parse_profile`` sort before every message
+_PROFILE_BLOCK_RE = re.compile(re.escape(PROFILE_OPEN) + r"\n(.*?)(?:^|\n)" + re.escape(PROFILE_CLOSE), re.S | re.M)
+_PROFILE_LINE_RE = re.compile(r"^- (?P<who>(?:[^\\:]|\\.)*): (?P<what>.*) \(since (?P<since>[^)]*)\)$")
+
+
+def parse_profile(text: str) -> list[QuotedMemory]:
+    """Every fact line inside every ``<profile>`` block of ``text`` (``render_profile``'s), as a
+    quoted memory: ``user_name`` who it is about (``chat``), ``text`` the fact, ``date_str`` since
+    when, ids from ``PROFILE_ID_BASE`` up in order. Lines of another shape are skipped."""
+    out: list[QuotedMemory] = []
+    for block in _PROFILE_BLOCK_RE.finditer(text):
+        for line in block.group(1).split("\n"):
+            m = _PROFILE_LINE_RE.match(line)
+            if m is not None:
+                out.append(QuotedMemory(PROFILE_ID_BASE + len(out), m.group("since"), _unescape(m.group("who")),
+                                        _unescape(m.group("what"))))
+    return out

@@ -62,7 +62,7 @@ from litellm.types.utils import GenericStreamingChunk, ModelResponse, Usage
 from i18n import N_, _
 from providers.language import reduce
 
-from .memory_block import DATA_FRAME, QuotedMemory, parse_memories
+from .memory_block import DATA_FRAME, QuotedMemory, parse_memories, parse_profile
 
 __all__ = [
     "CONTEXT_TOKENS",
@@ -201,6 +201,7 @@ def _memories(messages: Sequence[Mapping[str, Any]]) -> list[QuotedMemory]:
         text = _content_text(m.get("content"))
         if m.get("role") in ("system", "developer") or (m.get("role") == "user" and text.startswith(DATA_FRAME)):
             found.extend(parse_memories(text))
+            found.extend(parse_profile(text))  # the memory entries: facts about the members and the chat
     return found
 
 
