@@ -147,7 +147,8 @@ def print_tiers(cfg: TiersConfig, console: Console) -> None:
 def _sub_json(s: Subscription, now: datetime) -> dict[str, Any]:
     return {"scope": s.scope, "scope_id": s.scope_id, "target": s.target, "tier": s.tier,
             "expires_at": s.expires_at.isoformat() if s.expires_at else None, "active": s.active(now),
-            "source": s.source, "updated_at": s.updated_at.isoformat()}
+            "source": s.source, "updated_at": s.updated_at.isoformat(),
+            "renews": s.renews if s.recurring else None}
 
 
 async def grant(store: DialogueStore, cfg: TiersConfig, target: str, tier: str, days: float | None, console: Console,
@@ -188,6 +189,8 @@ async def list_subs(store: DialogueStore, cfg: TiersConfig, console: Console, *,
     for s in found:
         unknown = s.tier not in cfg.tiers
         status = "expired" if not s.active(now) else ("unknown tier (default applies)" if unknown else "active")
+        if s.recurring and s.active(now):  # a Telegram Stars subscription
+            status += ", renews" if s.renews else ", won't renew"
         table.add_row(escape(s.target), escape(s.tier), _when(s.expires_at), status, escape(s.source), _when(s.updated_at))
     console.print(table)
     if not found:

@@ -198,6 +198,13 @@ async def test_cancel_and_resume_from_billing(tmp_path, st_model):
         bot.subs.reload()
         assert (await bot.subs.get("user", USER.user_id)).renews is False  # stored
         assert await bot.tier() == "premium"  # still paid for until the date
+        from rich.console import Console
+
+        from operations.tiers_report import list_subs
+
+        con = Console(record=True, width=200)
+        await list_subs(rt.memory.store, rt.config.tiers, con, clock=clock, subs=bot.subs)
+        assert "active, won't renew" in con.export_text()  # kith sub list says so
 
         await bot.press(shown, "sub:resume")
         assert bot.outbox.star_subscriptions[-1] == (USER.user_id, "c1", False)
