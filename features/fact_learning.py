@@ -37,7 +37,7 @@ from actors.services import Services
 from memory.facts import MAX_KEY_CHARS, MAX_VALUE_CHARS
 from memory.types import ROLE_USER, StoredMessage, UsageRecord
 
-from .facts import over_entry_limit
+from .facts import CHAT_WORDS, over_entry_limit
 
 __all__ = ["FactLearner", "LearnedBatch", "open_fact_learning", "parse_facts"]
 
@@ -256,7 +256,7 @@ class FactLearner:
         ids = {m.message_id for m in batch}
         counts = {"added": 0, "superseded": 0, "unchanged": 0, "skipped": 0}
         for p in proposed:
-            about_chat = p.about.casefold() in ("chat", "group", "чат", "группа")
+            about_chat = p.about.casefold() in CHAT_WORDS
             user_id = None if about_chat else speakers.get(p.about.casefold())
             if user_id is None and not about_chat:
                 log.info("memory entries: chat %s: a fact about %r, who is not a speaker of the batch: skipped", chat_id, p.about)

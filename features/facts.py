@@ -24,7 +24,7 @@ from memory.facts import MemoryEntry, normalize_key
 from .credits import upgrade_buttons
 from .replies import reply, short
 
-__all__ = ["CHAT_WORDS", "cmd_remember", "forget_fact", "list_facts", "over_entry_limit", "parse_fact", "profile_lines"]
+__all__ = ["CHAT_WORDS", "cmd_remember", "forget_fact", "list_facts", "over_entry_limit", "parse_fact"]
 
 CHAT_WORDS = frozenset({"chat", "group", "чат", "группа"})  # ``/remember chat …``: a fact about the chat
 _SEPARATOR = re.compile(r"\s*(?::|=|\s[—–-]\s)\s*")
@@ -145,10 +145,3 @@ async def forget_fact(ctx: ChatContext, ev: CommandEvent, what: str) -> None:
     n = await facts.forget(ctx.chat_id, entry.user_id, entry.key)
     await reply(ctx, ev, _("Forgotten: {fact} ({n} with its history).", fact=short(entry.label, 80), n=i18n.number(n)))
 
-
-async def profile_lines(ctx: ChatContext, user_ids: list[int]) -> list[MemoryEntry]:
-    """The current facts a turn gives the model: the chat's and those about ``user_ids``."""
-    facts = ctx.svc.memory.facts
-    if facts is None:
-        return []
-    return await facts.current(ctx.chat_id, user_ids)

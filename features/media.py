@@ -129,12 +129,14 @@ async def understand(ctx: ChatContext, ev: Incoming, user_settings: dict) -> Und
     return await _transcribe(ctx, ev, media, data, paid)
 
 
-async def _charge(ctx: ChatContext, ev: Incoming, paid: Admit | None, what: str, units: int = 1) -> None:
-    """Debit ``paid`` (admitted past a spent quota, paid with credits) for ``ev``'s ``what``, once."""
-    if paid is None or ctx.svc.admission is None:
+async def _charge(ctx: ChatContext, paid: Admit | None, what: str, *, chat_id: int, message_id: int, user_id: int,
+                  units: int = 1) -> None:
+    """Debit ``paid`` (admitted past a spent quota, paid with credits) for message ``message_id``'s
+    ``what`` (``image``, ``audio``, ``pages``), once; nothing when it is not paid."""
+    if paid is None or paid.paid_by is None or ctx.svc.admission is None:
         return
-    await ctx.svc.admission.charge_extra(paid, f"{debit_key(ctx.chat_id, ev.message_id)}:{what}", user_id=ev.sender.user_id,
-                                         chat_id=ctx.chat_id, message_id=ev.message_id, units=units, note=what)
+    await ctx.svc.admission.charge_extra(paid, f"{debit_key(chat_id, message_id)}:{what}", user_id=user_id,
+                                         chat_id=chat_id, message_id=message_id, units=units, note=what)
 
 
 async def _download(media: Media) -> bytes:
@@ -173,7 +175,8 @@ async def _read_document(ctx: ChatContext, ev: Incoming, media: Media, data: byt
         log.info("chat %s: document %s not read: %s", ctx.chat_id, name, exc)
         return Understood(base, note=exc.user_message)
     _usage(ctx, ev, "document", "documents", latency_ms=(time.perf_counter() - t0) * 1000, pages=info.pages or 1)
-    await _charge(ctx, ev, paid, "pages", info.pages or 1)
+    await _charge(ctx, paid, "pages", chat_id=ctx.chat_id, message_id=ev.message_id, user_id=ev.sender.user_id,
+                  units=info.pages or 1)
     ctx.note_new_memories()
     note = _("📄 {name}: {summary} kept in this chat's memory.", name=name, summary=summary_for_member(info))
     if not ev.text.strip():
@@ -259,7 +262,7 @@ async def _transcribe(ctx: ChatContext, ev: Incoming, media: Media, data: bytes,
         return Understood(with_caption(media, ev.text), note=exc.user_message)
     seconds = t.seconds or media.duration_s or 0.0
     _usage(ctx, ev, "transcription", t.model, cost_usd=t.cost_usd, latency_ms=t.latency_ms, seconds=seconds)
-    await _charge(ctx, ev, paid, "audio")
+    await _charge(ctx, paid, "audio", chat_id=ctx.chat_id, message_id=ev.message_id, user_id=ev.sender.user_id)
     said = " ".join(t.text.split())
     text = f"{marker(media.kind, file_name=media.file_name, duration_s=media.duration_s or seconds or None)} {said}" + (f"\n{ev.text.strip()}" if ev.text.strip() else "")
     note = _("🎤 “{text}”", text=said) if said else _("🎤 I heard no speech in that recording.")
@@ -335,9 +338,7 @@ async def generate_image(ctx: ChatContext, *, chat_id: int, message_id: int, use
         await say(exc.user_message)
         return False
     svc.record_usage(UsageRecord(svc.clock(), chat_id, user_id, "image", img.model, 0, 0, img.cost_usd, img.latency_ms, images=1))
-    if svc.admission is not None and verdict is not None and verdict.paid_by is not None:
-        await svc.admission.charge_extra(verdict, f"{debit_key(chat_id, message_id)}:image", user_id=user_id,
-                                         chat_id=chat_id, message_id=message_id, note="image")
+    await _charge(ctx, verdict, "image", chat_id=chat_id, message_id=message_id, user_id=user_id)
     caption = f"🎨 {prompt}"
     await ctx.outbox.send_photo(chat_id, img.data, caption=caption[:1000], reply_to=message_id, thread_id=thread_id)
     return True

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -166,7 +166,7 @@ class FactStore:
             merged = sorted({*old.sources, *srcs})
             if merged != list(old.sources):
                 await self._tx(("UPDATE memory_entries SET sources = ? WHERE id = ?", [json.dumps(merged), old.id]))
-            return Remembered("unchanged", MemoryEntry(**{**_asdict(old), "sources": tuple(merged)}))
+            return Remembered("unchanged", replace(old, sources=tuple(merged)))
         statements: list[tuple[str, Sequence[Any]]] = [
             (f"INSERT INTO memory_entries ({_COLS}) SELECT COALESCE(MAX(id), 0) + 1, CAST(? AS BIGINT), CAST(? AS BIGINT),"
              " CAST(? AS VARCHAR), CAST(? AS VARCHAR), CAST(? AS VARCHAR), CAST(? AS VARCHAR), CAST(? AS VARCHAR),"
@@ -182,7 +182,7 @@ class FactStore:
         entry = MemoryEntry(new_id, chat_id, user_id, user_name, key, label, value, tuple(srcs), origin, author_id, from_us(now))
         if old is None:
             return Remembered("added", entry)
-        return Remembered("superseded", entry, MemoryEntry(**{**_asdict(old), "until": from_us(now), "superseded_by": new_id}))
+        return Remembered("superseded", entry, replace(old, until=from_us(now), superseded_by=new_id))
 
     async def current(self, chat_id: int, user_ids: Sequence[int] | None = None, *, chat: bool = True,
                       limit: int = 1000) -> list[MemoryEntry]:
@@ -273,6 +273,3 @@ class FactStore:
                                   [*words, chat_id, max(0, limit)]))
         return [_row(r) for r in rows]
 
-
-def _asdict(e: MemoryEntry) -> dict[str, Any]:
-    return {f: getattr(e, f) for f in MemoryEntry.__slots__}  # type: ignore[attr-defined]
