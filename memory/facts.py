@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from .reminders import SqlBackend, transaction
 from .schema import from_us, to_us
+from .sql_domain import SqlBackend, SqlDomainStore
 
 __all__ = ["MAX_KEY_CHARS", "MAX_VALUE_CHARS", "FactStore", "MemoryEntry", "Remembered", "normalize_key"]
 
@@ -102,17 +102,19 @@ def _row(r: Sequence[Any]) -> MemoryEntry:
                        until=None if r[11] is None else from_us(r[11]), superseded_by=None if r[12] is None else int(r[12]))
 
 
-class FactStore:
+class FactStore(SqlDomainStore):
     """Memory entries over an open dialogue store's database (``SqlBackend``).
 
     ``await FactStore(store).open()`` creates the table when missing. clock: the current tz-aware
     UTC time. raises MemoryStoreError when the database fails; ValueError for an empty key or value.
     """
 
+    DOMAIN = "memory entries"
+    DDL = _DDL
+
     def __init__(self, backend: SqlBackend, clock: Any = None) -> None:
-        self.backend = backend
+        super().__init__(backend)
         self.clock = clock or (lambda: datetime.now(UTC))
-        self._opened = False
         # the chats that have (or had) entries, kept in memory where this process is the database's
         # only writer (DuckDB): a turn in a chat without facts — most of them — costs no query
         self.cache = not getattr(backend, "shared", False)
@@ -132,16 +134,6 @@ class FactStore:
     def _note_chat(self, chat_id: int) -> None:
         if self._chats is not None:
             self._chats.add(chat_id)
-
-    async def _tx(self, *statements: tuple[str, Sequence[Any]], lock: str | None = None) -> list[list[tuple]]:
-        return await transaction(self.backend, "memory entries", statements, lock=lock)
-
-    async def open(self) -> FactStore:
-        """Create the table when missing (once per object); returns self."""
-        if not self._opened:
-            await self._tx(*((sql, ()) for sql in _DDL))
-            self._opened = True
-        return self
 
     async def remember(self, chat_id: int, user_id: int | None, label: str, value: str, *, sources: Sequence[int] = (),
                        origin: str = "manual", author_id: int | None = None, user_name: str | None = None) -> Remembered:

@@ -31,8 +31,8 @@ from typing import Any, Literal
 
 import anyio
 
-from .reminders import SqlBackend, transaction
 from .schema import from_us, to_us
+from .sql_domain import SqlBackend, SqlDomainStore
 
 __all__ = ["KINDS", "SCOPES", "Ledger", "LedgerEntry", "Posting", "debit_key", "expiry_key", "purchase_key", "refund_key"]
 
@@ -145,34 +145,26 @@ def _check(e: LedgerEntry) -> None:
         raise ValueError(f"only a purchase or grant expires, not a {e.kind}")
 
 
-class Ledger:
+class Ledger(SqlDomainStore):
     """The credit ledger over an open dialogue store's database (``SqlBackend``).
 
     ``await Ledger(store).open()`` creates the table when missing. clock: the current tz-aware UTC
     time (the rows' ``ts`` when not given). raises MemoryStoreError when the database fails.
     """
 
+    DOMAIN = "credits"
+    DDL = _DDL
+
     def __init__(self, backend: SqlBackend, clock: Any = None, *, cache: bool | None = None) -> None:
-        self.backend = backend
+        super().__init__(backend)
         self.clock = clock
         self._lock = anyio.Lock()
-        self._opened = False
         # balances and next expiries kept in memory, updated by each append — exact where this process
         # is the database's only writer (a DuckDB file); default: unless the backend says it is shared
         self.cache = (not getattr(backend, "shared", False)) if cache is None else cache
         self._balances: dict[tuple[str, int], int] = {}
         self._queued = False  # debits queued into the store's reserve since the last flush
         self._expiries: dict[tuple[str, int], int | None] = {}  # the soonest expires_us not yet expired (None: none)
-
-    async def _tx(self, *statements: tuple[str, Sequence[Any]], lock: str | None = None) -> list[list[tuple]]:
-        return await transaction(self.backend, "credits", statements, lock=lock)
-
-    async def open(self) -> Ledger:
-        """Create the table when missing (once per object); returns self."""
-        if not self._opened:
-            await self._tx(*((sql, ()) for sql in _DDL))
-            self._opened = True
-        return self
 
     def now(self) -> datetime:
         if self.clock is not None:

@@ -39,10 +39,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from .errors import MemoryStoreError
 from .schema import from_us, to_us
+from .sql_domain import SqlDomainStore
 
 __all__ = [
     "CANCELLED",
@@ -53,8 +54,6 @@ __all__ = [
     "DeliveryJournal",
     "Reminder",
     "ReminderStore",
-    "SqlBackend",
-    "transaction",
 ]
 
 PENDING, CLAIMED, SENT, CANCELLED = "pending", "claimed", "sent", "cancelled"
@@ -83,30 +82,6 @@ _DDL = (
 )
 _COLS = ("id, chat_id, thread_id, user_id, text, due_us, recurrence, timezone, language, created_us, state, "
          "sent_us, sent_count, late")
-
-
-class SqlBackend(Protocol):
-    """What a per-domain store needs of the dialogue store (``DuckDBStore``, ``PostgresStore``)."""
-
-    @property
-    def local_dir(self) -> Path: ...
-
-    async def sql_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]], *,
-                              lock: str | None = None) -> list[list[tuple]]: ...
-
-
-async def transaction(backend: SqlBackend, domain: str, statements: Sequence[tuple[str, Sequence[Any]]], *,
-                      lock: str | None = None) -> list[list[tuple]]:
-    """Run ``statements`` (one SQL text each, ``?`` placeholders) in one transaction of ``backend``;
-    the rows each returned. ``lock``: a name held for the transaction across processes (PostgreSQL's
-    advisory lock). A driver's own error (duckdb.Error, psycopg.Error) becomes a MemoryStoreError
-    naming ``domain`` ("reminders", "credits")."""
-    try:
-        return await backend.sql_transaction(statements, lock=lock) if lock is not None else await backend.sql_transaction(statements)
-    except MemoryStoreError:
-        raise
-    except Exception as exc:  # the driver's own errors (duckdb.Error, psycopg.Error)
-        raise MemoryStoreError(f"{domain}: the database failed: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +128,7 @@ def _row(r: Sequence[Any]) -> Reminder:
                     sent_at=None if r[11] is None else from_us(r[11]), sent_count=int(r[12]), late=bool(r[13]))
 
 
-class ReminderStore:
+class ReminderStore(SqlDomainStore):
     """The reminders of every chat, over an open dialogue store's database (``SqlBackend``).
 
     ``await ReminderStore(store).open()`` creates the table when missing. Every method commits
@@ -161,16 +136,8 @@ class ReminderStore:
     another chat is never seen). raises MemoryStoreError when the database fails.
     """
 
-    def __init__(self, backend: SqlBackend) -> None:
-        self.backend = backend
-
-    async def _tx(self, *statements: tuple[str, Sequence[Any]]) -> list[list[tuple]]:
-        return await transaction(self.backend, "reminders", statements)
-
-    async def open(self) -> ReminderStore:
-        """Create the table (and its id sequence) when missing; returns self."""
-        await self._tx(*((sql, ()) for sql in _DDL))
-        return self
+    DOMAIN = "reminders"
+    DDL = _DDL  # the table and its id sequence
 
     async def add(self, reminder: Reminder, *, now: datetime) -> Reminder:
         """Store ``reminder`` (pending), committed; returns it with its id."""

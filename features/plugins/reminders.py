@@ -40,7 +40,8 @@ from actors.outbox import Button
 from features.replies import reply
 from i18n import _, ngettext
 from memory.errors import MemoryStoreError
-from memory.reminders import Confirmation, DeliveryJournal, Reminder, ReminderStore, SqlBackend
+from memory.reminders import Confirmation, DeliveryJournal, Reminder, ReminderStore
+from memory.sql_domain import SqlBackend
 
 from .base import ToolContext, ToolOutcome, ToolSpec, short, text_arg
 from .clock import zone
