@@ -206,7 +206,8 @@ class Admission:
             return Admit(True, alias, tier, downgraded=alias != requested_alias, note=note)
 
         if t.spent_mode == "credits" and self.ledger is not None:
-            return await self._paid(chat_id, chat_type, user_id, tier, t, alias, decision)
+            return await self._paid(chat_id, chat_type in GROUP_TYPES, user_id, tier, t, decision,
+                                    self.cfg.prices.message(alias), alias)
         fb = t.fallback_model
         if t.spent_mode == "fallback" and fb and fb != alias and self.quotas.check(tier, chat_id, user_id, fb).allowed:
             return Admit(True, fb, tier, downgraded=True, quota=decision, note=(
@@ -214,23 +215,6 @@ class Admission:
                 + _("Answering with {model} until {time} UTC.", model=fb, time=_hhmm(decision.resets_at))))
 
         return Admit(False, alias, tier, reason="quota", quota=decision, refusal=self._refusal(decision, tier, alias))
-
-    async def _paid(self, chat_id: int, chat_type: str, user_id: int, tier: str, t: Tier, alias: str,
-                    decision: QuotaDecision) -> Admit:
-        """The quota is spent and the tier pays with credits: the member's balance, else the group's."""
-        from .credits import payer
-
-        assert self.ledger is not None
-        price = self.cfg.prices.message(alias)
-        who = await payer(self.ledger, chat_id, user_id, chat_type in GROUP_TYPES, price, t.overdraft)
-        if who is not None:
-            return Admit(True, alias, tier, quota=decision, paid_by=who, price=price, overdraft=t.overdraft)
-        balance = await self.ledger.balance("user", user_id)
-        refusal = (_spent_text(decision, tier, alias) + " " + ngettext(
-            "An answer with {model} costs {price} credit and your balance is {balance}: top up with /buy.",
-            "An answer with {model} costs {price} credits and your balance is {balance}: top up with /buy.",
-            max(1, price), model=alias, price=i18n.number(max(1, price)), balance=i18n.number(balance)))
-        return Admit(False, alias, tier, reason="credits", quota=decision, refusal=refusal)
 
     async def charge(self, adm: Admit, chat_id: int, message_id: int, user_id: int, *, tokens: int | None = None,
                      model: str | None = None, journaled: bool = False) -> Posting | None:
@@ -351,24 +335,31 @@ class Admission:
             if not d.allowed:
                 price = self.cfg.prices.media(images=images, seconds=seconds, pages=1 if pages else 0)
                 if t.spent_mode == "credits" and self.ledger is not None and price > 0:
-                    return await self._paid_extra(chat_id, user_id, tier, t, d, price)
+                    return await self._paid(chat_id, chat_id < 0, user_id, tier, t, d, price)
                 return Admit(False, "", tier, reason="quota", quota=d, refusal=self._refusal(d, tier, ""))
         return Admit(True, "", tier)
 
-    async def _paid_extra(self, chat_id: int, user_id: int, tier: str, t: Tier, d: QuotaDecision, price: int) -> Admit:
-        """A media quota (or tool calls) is spent and the tier pays with credits: who pays ``price``."""
+    async def _paid(self, chat_id: int, in_group: bool, user_id: int, tier: str, t: Tier, d: QuotaDecision, price: int,
+                    alias: str = "") -> Admit:
+        """Quota ``d`` is spent and the tier pays with credits: who pays ``price`` (the member's
+        balance, else — ``in_group`` — the group's), for an answer with ``alias`` or (``""``) for a
+        media item or a tool call; else the refusal with what it costs and the balance."""
         from .credits import payer
 
         assert self.ledger is not None
-        who = await payer(self.ledger, chat_id, user_id, chat_id < 0, price, t.overdraft)
+        who = await payer(self.ledger, chat_id, user_id, in_group, price, t.overdraft)
         if who is not None:
-            return Admit(True, "", tier, quota=d, paid_by=who, price=price, overdraft=t.overdraft)
+            return Admit(True, alias, tier, quota=d, paid_by=who, price=price, overdraft=t.overdraft)
         balance = await self.ledger.balance("user", user_id)
-        refusal = _spent_text(d, tier, "") + " " + ngettext(
-            "It costs {price} credit and your balance is {balance}: top up with /buy.",
-            "It costs {price} credits and your balance is {balance}: top up with /buy.",
-            price, price=i18n.number(price), balance=i18n.number(balance))
-        return Admit(False, "", tier, reason="credits", quota=d, refusal=refusal)
+        if alias:
+            cost = ngettext("An answer with {model} costs {price} credit and your balance is {balance}: top up with /buy.",
+                            "An answer with {model} costs {price} credits and your balance is {balance}: top up with /buy.",
+                            max(1, price), model=alias, price=i18n.number(max(1, price)), balance=i18n.number(balance))
+        else:
+            cost = ngettext("It costs {price} credit and your balance is {balance}: top up with /buy.",
+                            "It costs {price} credits and your balance is {balance}: top up with /buy.",
+                            price, price=i18n.number(price), balance=i18n.number(balance))
+        return Admit(False, alias, tier, reason="credits", quota=d, refusal=_spent_text(d, tier, alias) + " " + cost)
 
     async def admit_tools(self, tier: str, user_id: int) -> QuotaDecision:
         """May the model make one more tool call for ``user_id`` at ``tier`` today
@@ -384,7 +375,7 @@ class Admission:
         price = self.cfg.prices.media(tool_calls=1)
         if t.spent_mode != "credits" or self.ledger is None or price <= 0:
             return None
-        adm = await self._paid_extra(chat_id, user_id, tier, t, d, price)
+        adm = await self._paid(chat_id, chat_id < 0, user_id, tier, t, d, price)
         return adm if adm.allowed else None
 
     def tools_refusal(self, d: QuotaDecision, tier: str) -> str:
