@@ -17,7 +17,7 @@ read (the next batch starts after them). Each call is counted in usage (``kind="
 cost, the host's spending cap) and is not made while the cap holds paid models back. Off when no
 ``memory_model`` is set or it is an offline ``kith/*`` model.
 
-Where each chat's reading stands is the ``fact_cursors`` table (the last message id read): a chat
+Where each chat's reading stands is ``FactStore.cursor`` (the last message id read): a chat
 seen for the first time starts at its newest message — its older history is not read.
 """
 from __future__ import annotations
@@ -43,7 +43,6 @@ __all__ = ["FactLearner", "LearnedBatch", "open_fact_learning", "parse_facts"]
 
 log = logging.getLogger(__name__)
 
-_CURSORS = ("CREATE TABLE IF NOT EXISTS fact_cursors (chat_id BIGINT PRIMARY KEY, last_message_id BIGINT NOT NULL)",)
 READ_AHEAD = 500  # newest messages of a chat looked at per pass
 MAX_TEXT_CHARS = 1000  # a message's text is shortened to this in the prompt
 MAX_OUTPUT_TOKENS = 800
@@ -148,16 +147,12 @@ class FactLearner:
         self.learned: list[LearnedBatch] = []  # every call's outcome (the newest last; for tests and logs)
         self._waiting_since: dict[int, float] = {}  # chat -> monotonic time its oldest unread message was first seen
         self._seen: dict[int, tuple[int, object]] = {}  # chat -> (message count, newest date) when nothing was left to read
-        self._ready = False
 
     @property
     def enabled(self) -> bool:
         """A memory_model is set, it is not an offline model, and the store keeps facts."""
         spec = self.svc.config.settings.models.get(self.alias or "")
         return spec is not None and not spec.model.startswith("kith/") and self.svc.memory.facts is not None
-
-    async def _sql(self, *statements: tuple[str, list[Any]]) -> list[list[tuple]]:
-        return await self.svc.memory.store.sql_transaction(list(statements))  # type: ignore[attr-defined]
 
     async def run(self) -> None:
         while True:
@@ -172,9 +167,6 @@ class FactLearner:
         message). The outcomes of the calls made."""
         if not self.enabled:
             return []
-        if not self._ready:
-            await self._sql(*((sql, []) for sql in _CURSORS))
-            self._ready = True
         done = []
         for chat in await self.svc.memory.store.chats():
             if self._seen.get(chat.chat_id) == (chat.messages, chat.last_date):
@@ -190,13 +182,13 @@ class FactLearner:
 
     async def _chat(self, chat_id: int, force: bool) -> LearnedBatch | None:
         store = self.svc.memory.store
-        (rows,) = await self._sql(("SELECT last_message_id FROM fact_cursors WHERE chat_id = ?", [chat_id]))
+        facts = self.svc.memory.facts
+        assert facts is not None
+        cursor = await facts.cursor(chat_id)
         recent = await store.recent(chat_id, READ_AHEAD)
-        if not rows:  # first seen: its history is not read, only what comes from now on
-            last = max((m.message_id for m in recent), default=0)
-            await self._set_cursor(chat_id, last)
+        if cursor is None:  # first seen: its history is not read, only what comes from now on
+            await facts.set_cursor(chat_id, max((m.message_id for m in recent), default=0))
             return None
-        cursor = int(rows[0][0])
         new = [m for m in recent if m.message_id > cursor and m.role == ROLE_USER and not m.imported and m.text.strip()]
         if not new:
             self._waiting_since.pop(chat_id, None)
@@ -211,17 +203,13 @@ class FactLearner:
             log.info("memory entries: chat %s waits: the host's spending cap is reached", chat_id)
             return None
         out = await self._learn(chat_id, batch)
-        await self._set_cursor(chat_id, batch[-1].message_id)
+        await facts.set_cursor(chat_id, batch[-1].message_id)
         if len(new) > len(batch):  # more to read: the next pass goes on (at once when a batch is left)
             self._waiting_since[chat_id] = now
         else:
             self._waiting_since.pop(chat_id, None)
         self.learned.append(out)
         return out
-
-    async def _set_cursor(self, chat_id: int, last: int) -> None:
-        await self._sql(("DELETE FROM fact_cursors WHERE chat_id = ?", [chat_id]),
-                        ("INSERT INTO fact_cursors (chat_id, last_message_id) VALUES (?, ?)", [chat_id, last]))
 
     async def _learn(self, chat_id: int, batch: list[StoredMessage]) -> LearnedBatch:
         from providers.errors import ProviderError

@@ -50,6 +50,8 @@ _DDL = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS memory_entries_chat ON memory_entries (chat_id, user_id, key)",
+    # where the background learning (features.fact_learning) stands in each chat: the last message id read
+    "CREATE TABLE IF NOT EXISTS fact_cursors (chat_id BIGINT PRIMARY KEY, last_message_id BIGINT NOT NULL)",
 )
 _COLS = "id, chat_id, user_id, user_name, key, label, value, sources, origin, author_id, learned_us, until_us, superseded_by"
 _SPACE = re.compile(r"\s+")
@@ -232,6 +234,18 @@ class FactStore(SqlDomainStore):
         await self.open()
         (gone,) = await self._tx(("DELETE FROM memory_entries WHERE chat_id = ? RETURNING id", [chat_id]))
         return len(gone)
+
+    async def cursor(self, chat_id: int) -> int | None:
+        """The last message id of ``chat_id`` the background learning read (None: never looked at)."""
+        await self.open()
+        (rows,) = await self._tx(("SELECT last_message_id FROM fact_cursors WHERE chat_id = ?", [chat_id]))
+        return int(rows[0][0]) if rows else None
+
+    async def set_cursor(self, chat_id: int, last_message_id: int) -> None:
+        """Record that the background learning read ``chat_id`` up to ``last_message_id``."""
+        await self.open()
+        await self._tx(("DELETE FROM fact_cursors WHERE chat_id = ?", [chat_id]),
+                       ("INSERT INTO fact_cursors (chat_id, last_message_id) VALUES (?, ?)", [chat_id, last_message_id]))
 
     async def move_chat(self, old: int, new: int) -> int:
         """Basic group ``old`` became supergroup ``new``: its entries move with it."""
