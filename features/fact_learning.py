@@ -199,7 +199,7 @@ class FactLearner:
             return None
         batch = new[: self.batch]
         budget = self.svc.admission.budget if self.svc.admission is not None else None
-        if budget is not None and not budget.allows_paid() and budget.is_paid(self.alias or ""):
+        if budget is not None and budget.holds_back(self.alias or ""):
             log.info("memory entries: chat %s waits: the host's spending cap is reached", chat_id)
             return None
         out = await self._learn(chat_id, batch)

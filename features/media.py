@@ -214,7 +214,7 @@ async def _see_photo(ctx: ChatContext, ev: Incoming, media: Media, data: bytes, 
     alias = ctx.model_for(user_settings)
     spec = settings.models.get(alias)
     budget = ctx.svc.admission.budget if ctx.svc.admission is not None else None
-    over_cap = budget is not None and not budget.allows_paid() and budget.is_paid(alias)  # a free model answers instead
+    over_cap = budget is not None and budget.holds_back(alias)  # a free model answers instead
     if spec is not None and vision.supports_vision(spec) and not over_cap:
         text = base
         if settings.media.describe_images:

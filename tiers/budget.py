@@ -261,6 +261,10 @@ class Budget(DailyCounters[UsageRecord]):
         spec = self.models.get(alias)
         return spec is None or not is_free_model(spec.model)
 
+    def holds_back(self, alias: str) -> bool:
+        """Whether a call to ``alias`` must not be made now: a cap is reached and it may cost money."""
+        return not self.allows_paid() and self.is_paid(alias)
+
     def free_alias(self, preferred: str | None = None) -> str | None:
         """``preferred`` when it is a free configured alias, else the first free alias (the offline
         model), else None."""
