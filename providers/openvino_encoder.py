@@ -338,7 +338,12 @@ class OpenVINOEncoder:
             raise EmbeddingError(f"cannot load the OpenVINO embedding model from {model_dir}: {exc}") from exc
 
     def _compile(self, hint: str | None) -> None:
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}  # one stream using every core: one call at a time
+        # bulk work runs as parallel streams (OpenVINO's THROUGHPUT hint: on 2 cores, 2 streams of 1
+        # thread), each a share of the call's texts: no thread waits for another inside an operation,
+        # so the other work of an import (parsing, the stores) slows the model less; measured on the
+        # 2-core AMD EPYC, 1.3x on document parts and 1.6x on chat lines over one 2-thread stream. A
+        # given thread count (``threads``: Ray workers) keeps one stream of that many threads.
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY" if self._threads else "THROUGHPUT"}
         if self._threads:
             config["INFERENCE_NUM_THREADS"] = self._threads
         if hint:
@@ -347,6 +352,8 @@ class OpenVINOEncoder:
         self._request = self._compiled.create_infer_request()
         import openvino as ov
 
+        self.streams = max(1, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))) if not self._threads else 1
+        self._queue = ov.AsyncInferQueue(self._compiled, self.streams) if self.streams > 1 else None
         got = self._compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = {ov.Type.bf16: "bf16", ov.Type.f16: "fp16"}.get(got, "fp32")
 
@@ -355,13 +362,33 @@ class OpenVINOEncoder:
             out = self._request.infer(padded(encodings))
             return np.array(out[self._compiled.outputs[0]], dtype=np.float32)  # a copy: the request reuses its buffer
 
+    def _infer_all(self, calls: list[tuple[list, int]]) -> list[np.ndarray]:
+        """Run ``calls`` on the streams side by side; their vectors in the calls' order."""
+        assert self._queue is not None
+        results: list[np.ndarray | None] = [None] * len(calls)
+        output = self._compiled.outputs[0]
+
+        def done(request, index: int) -> None:  # on OpenVINO's thread: copy before the request is reused
+            results[index] = np.array(request.get_tensor(output).data, dtype=np.float32)
+
+        with self._lock:
+            self._queue.set_callback(done)
+            for index, (encodings, _longest) in enumerate(calls):
+                self._queue.start_async(padded(encodings), index)
+            self._queue.wait_all()
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            raise EmbeddingError(f"embedding: {len(missing)} of {len(calls)} inference calls returned nothing")
+        return [r for r in results if r is not None]
+
     def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
         """float32[len(texts), dim], L2-normalised, in the caller's order; texts are sorted by token
-        count and cut into calls of similar lengths (``plan_calls``, ≤ ``BATCH`` texts each). Empty
-        strings are encoded as a space."""
+        count and cut into calls of similar lengths (``plan_calls``, ≤ ``BATCH`` texts each), run on
+        ``self.streams`` streams side by side. Empty strings are encoded as a space."""
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        return encode_planned(self._tokenizer, texts, self.dim, self._infer)
+        return encode_planned(self._tokenizer, texts, self.dim, self._infer, streams=self.streams,
+                              infer_all=self._infer_all if self._queue is not None else None)
 
     def encode_one(self, text: str) -> np.ndarray:
         """float32[dim], L2-normalised."""
