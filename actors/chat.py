@@ -12,7 +12,7 @@ import logging
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Any, assert_never
+from typing import assert_never
 
 import i18n
 from memory.errors import MemoryStoreError
@@ -36,6 +36,7 @@ from .events import (
 from .handlers import NO_HANDLERS, Handlers, Plugins
 from .outbox import Outbox
 from .services import Services
+from .settings import ChatSettings, UserSettings
 from .turn import MARKER, take
 
 __all__ = ["ChatActor"]
@@ -58,12 +59,12 @@ class ChatActor:
         self.outbox = outbox
         self.handlers = handlers
         self.plugins = plugins
-        self.settings: dict[str, Any] = {}
+        self.settings = ChatSettings()
         self.awaiting_role: set[int] = set()  # members whose next message becomes their persona (/role)
         self.refused_until: dict[tuple[int, str | None], datetime] = {}  # refusals said recently, by (member, reason)
         self._windows: dict[int | None, deque[StoredMessage]] = {}
         self._known_chat = False
-        self._user_settings: dict[int, dict[str, Any]] = {}
+        self._user_settings: dict[int, UserSettings] = {}
         self._whole_chat_in_window: set[int | None] = set()
         self._answered: set[int] | None = None  # ids of messages already replied to (loaded on first need)
         self._member_languages: dict[int, str] = {}  # member -> interface language, of the senders seen
@@ -71,8 +72,9 @@ class ChatActor:
     # ------------------------------------------------------------------ lifecycle and dispatch
 
     async def start(self) -> None:
-        """Load the chat's settings from the dialogue store."""
-        self.settings = await self.svc.memory.store.chat_settings(self.chat_id)
+        """Load the chat's settings from the dialogue store (a stored value that does not fit is
+        logged and its default applies: ``ChatSettings.load``)."""
+        self.settings = ChatSettings.load(await self.svc.memory.store.chat_settings(self.chat_id), where=f"chat {self.chat_id}")
 
     async def run(self, inbox: AsyncIterator[ChatEvent], on_handled: Callable[[], None] = lambda: None) -> None:
         """Handle events from ``inbox`` in order until it is closed. ``on_handled`` after each."""
@@ -130,11 +132,11 @@ class ChatActor:
            counted from the senders seen since the actor started;
         4. else ``bot.language`` (kith.yaml), else English.
         Only languages with a catalog count (``i18n.available``)."""
-        if self.chat_id < 0 and (lang := i18n.normalize(self.settings.get("language"))):
+        if self.chat_id < 0 and (lang := i18n.normalize(self.settings.language)):
             return lang
         sender = getattr(event, "sender", None)
         if sender is not None and not sender.is_bot:
-            chosen = i18n.normalize((await self.user_settings(sender.user_id)).get("language"))
+            chosen = i18n.normalize((await self.user_settings(sender.user_id)).language)
             own = chosen or i18n.normalize(sender.language_code)
             if own is not None:
                 self._member_languages[sender.user_id] = own
@@ -163,7 +165,7 @@ class ChatActor:
                 # a forum: the General window holds only messages outside topics (the topics have their own)
                 recent = await store.recent(self.chat_id, size, general_only=True)
                 whole = False
-            since = self.settings.get("context_from")  # set by /reset: older messages leave the context
+            since = self.settings.context_from  # set by /reset: older messages leave the context
             if since is not None:
                 recent = [m for m in recent if m.message_id > since]
             elif whole:
@@ -199,7 +201,7 @@ class ChatActor:
     def may_trigger(self, user_id: int) -> bool:
         """``telegram.allowed_users`` (global) and the chat's ``allowed_users`` setting (admins): when
         either is set, only the ids it lists make the bot answer; everyone is still remembered."""
-        for allowed in (self.svc.config.settings.telegram.allowed_users, self.settings.get("allowed_users")):
+        for allowed in (self.svc.config.settings.telegram.allowed_users, self.settings.allowed_users):
             if allowed and user_id not in allowed:
                 return False
         return True
@@ -208,35 +210,37 @@ class ChatActor:
 
     @property
     def persist(self) -> bool:
-        return bool(self.settings.get("persist", True))
+        return self.settings.persist
 
-    async def user_settings(self, user_id: int) -> dict[str, Any]:
+    async def user_settings(self, user_id: int) -> UserSettings:
         """A member's settings (model, role, language…), read once per actor, then kept."""
         s = self._user_settings.get(user_id)
         if s is None:
-            s = self._user_settings[user_id] = await self.svc.memory.store.user_settings(user_id)
+            raw = await self.svc.memory.store.user_settings(user_id)
+            s = self._user_settings[user_id] = UserSettings.load(raw, where=f"user {user_id}")
         return s
 
-    def model_for(self, user_settings: dict[str, Any]) -> str:
+    def model_for(self, user_settings: UserSettings) -> str:
         """The member's model, else the chat's (``/settings model``), else ``default_model``."""
         models = self.svc.config.settings.models
-        for alias in (user_settings.get("model"), self.settings.get("model")):
-            if alias in models:
-                return str(alias)
+        for alias in (user_settings.model, self.settings.model):
+            if alias is not None and alias in models:
+                return alias
         return self.svc.config.settings.default_model
 
     def note_new_memories(self) -> None:
         """Memories were added that no window holds (a document's parts): recall from now on."""
         self._whole_chat_in_window.clear()
 
-    async def save_chat_settings(self, settings: dict[str, Any]) -> None:
-        """Persist the chat's settings (a JSON object) and use them from now on."""
-        await self.svc.memory.store.set_chat_settings(self.chat_id, settings)
+    async def save_chat_settings(self, settings: ChatSettings) -> None:
+        """Persist the chat's settings (``settings.stored()``, a JSON object) and use them from now on."""
+        await self.svc.memory.store.set_chat_settings(self.chat_id, settings.stored())
         self.settings = settings
 
-    async def save_user_settings(self, user_id: int, settings: dict[str, Any]) -> None:
-        """Persist a member's settings (model, persona, ...), shared by every chat of that member."""
-        await self.svc.memory.store.set_user_settings(user_id, settings)
+    async def save_user_settings(self, user_id: int, settings: UserSettings) -> None:
+        """Persist a member's settings (model, persona, ...; ``settings.stored()``), shared by every
+        chat of that member."""
+        await self.svc.memory.store.set_user_settings(user_id, settings.stored())
         self._user_settings[user_id] = settings
 
     async def reset_context(self) -> None:
@@ -249,7 +253,7 @@ class ChatActor:
         self._windows.clear()
         self._whole_chat_in_window.clear()
         if last is not None:
-            await self.save_chat_settings({**self.settings, "context_from": last})
+            await self.save_chat_settings(self.settings.with_(context_from=last))
 
     async def forget_user(self, user_id: int) -> int:
         """Erase ``user_id``'s messages in this chat from both stores and from the context."""
@@ -262,8 +266,7 @@ class ChatActor:
         n = await self.svc.memory.forget(self.chat_id)
         self._windows.clear()
         self._whole_chat_in_window.clear()
-        self.settings = {k: v for k, v in self.settings.items() if k != "context_from"}
-        await self.svc.memory.store.set_chat_settings(self.chat_id, self.settings)
+        await self.save_chat_settings(self.settings.with_(context_from=None))
         return n
 
     # ------------------------------------------------------------------ edits, deletions, migration
@@ -307,7 +310,7 @@ class ChatActor:
         if self.svc.admission is not None:
             self.svc.admission.subs.reload()  # the group's subscription moved with it
         self._forget_context()
-        self.settings = {}
+        self.settings = ChatSettings()
         log.info("chat %s: upgraded to supergroup %s; %d messages moved there", self.chat_id, ev.to_chat_id, moved)
 
     async def _on_deleted(self, ev: Deleted) -> None:

@@ -26,6 +26,7 @@ from providers.tools import ToolCall, ToolRunner, ToolSpec
 from .events import ButtonPress, CapacityCleaned, CommandEvent, Incoming, PaymentEvent, PreCheckout
 from .outbox import Button, Outbox
 from .services import Services
+from .settings import ChatSettings, UserSettings
 
 __all__ = ["NO_HANDLERS", "ChatContext", "Handlers", "Plugins", "TurnTools", "Understood"]
 
@@ -34,14 +35,14 @@ class ChatContext(Protocol):
     """One chat as a feature sees it (a ``ChatActor`` is one; features import only this).
 
     chat_id: Telegram's chat id (negative for groups). svc: the shared services (config, memory,
-    LLM, tiers…). outbox: how the chat is spoken to. settings: the chat's stored settings (a JSON
-    object). awaiting_role: members whose next message becomes their persona (``/role``).
+    LLM, tiers…). outbox: how the chat is spoken to. settings: the chat's settings (read from the
+    store once; a change is a new model, ``settings.with_(…)``, given to ``save_chat_settings``). awaiting_role: members whose next message becomes their persona (``/role``).
     """
 
     chat_id: int
     svc: Services
     outbox: Outbox
-    settings: dict[str, Any]
+    settings: ChatSettings
     awaiting_role: set[int]
     plugins: Plugins | None  # the runtime's plugins (None: no tools at all)
 
@@ -50,19 +51,19 @@ class ChatContext(Protocol):
         """Whether this chat stores new messages (``/settings persist``)."""
         ...
 
-    async def user_settings(self, user_id: int) -> dict[str, Any]:
+    async def user_settings(self, user_id: int) -> UserSettings:
         """A member's settings (model, role, language…), shared by every chat of theirs."""
         ...
 
-    async def save_user_settings(self, user_id: int, settings: dict[str, Any]) -> None:
+    async def save_user_settings(self, user_id: int, settings: UserSettings) -> None:
         """Store a member's settings and use them from now on."""
         ...
 
-    async def save_chat_settings(self, settings: dict[str, Any]) -> None:
+    async def save_chat_settings(self, settings: ChatSettings) -> None:
         """Store this chat's settings and use them from now on."""
         ...
 
-    def model_for(self, user_settings: dict[str, Any]) -> str:
+    def model_for(self, user_settings: UserSettings) -> str:
         """The model alias that answers a member here: theirs, else the chat's, else the default."""
         ...
 
@@ -128,7 +129,7 @@ class Plugins(Protocol):
     """The plugins of a running bot, as a turn sees them (``features.plugins.host.PluginHost``)."""
 
     async def tools_for(self, ctx: ChatContext, user_id: int, tier: str | None,
-                        user_settings: dict[str, Any], thread_id: int | None = None) -> TurnTools | None:
+                        user_settings: UserSettings, thread_id: int | None = None) -> TurnTools | None:
         """The tools member ``user_id`` may have the model call in ``ctx``'s chat now: those their
         ``tier`` allows (None: no tiers, every plugin), the chat enabled, that are configured and
         within today's ``tool_calls_per_day``. None when there are none (the model answers without
@@ -145,7 +146,7 @@ async def _unknown_command(ctx: ChatContext, ev: CommandEvent) -> None:
     await ctx.outbox.send(ctx.chat_id, f"/{ev.command}?", reply_to=ev.message_id, thread_id=ev.thread_id)
 
 
-async def _no_file(ctx: ChatContext, ev: Incoming, user_settings: dict[str, Any]) -> Understood:
+async def _no_file(ctx: ChatContext, ev: Incoming, user_settings: UserSettings) -> Understood:
     return Understood(ev.text, answerable=bool(ev.text.strip()))
 
 
@@ -154,7 +155,7 @@ async def _not_a_drawing(ctx: ChatContext, ev: Incoming) -> bool:
 
 
 async def _keep_role(ctx: ChatContext, user_id: int, role: str | None) -> None:
-    await ctx.save_user_settings(user_id, {**await ctx.user_settings(user_id), "role": role})
+    await ctx.save_user_settings(user_id, (await ctx.user_settings(user_id)).with_(role=role))
 
 
 @asynccontextmanager
@@ -190,7 +191,7 @@ class Handlers:
     pre_checkout: Callable[[ChatContext, PreCheckout], Awaitable[None]] = _ignore
     payment: Callable[[ChatContext, PaymentEvent], Awaitable[None]] = _ignore
     capacity_cleaned: Callable[[ChatContext, CapacityCleaned], Awaitable[None]] = _ignore
-    understand: Callable[[ChatContext, Incoming, dict[str, Any]], Awaitable[Understood]] = _no_file
+    understand: Callable[[ChatContext, Incoming, UserSettings], Awaitable[Understood]] = _no_file
     draw: Callable[[ChatContext, Incoming], Awaitable[bool]] = _not_a_drawing
     save_role: Callable[[ChatContext, int, str | None], Awaitable[None]] = _keep_role
     upgrade_buttons: Callable[[ChatContext], Rows | None] = lambda ctx: None

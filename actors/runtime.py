@@ -36,6 +36,7 @@ from .events import CapacityCleaned
 from .handlers import NO_HANDLERS, Handlers, Plugins
 from .outbox import Outbox
 from .services import Actors, BotIdentity, Services, TurnReport, utc_now
+from .settings import UserSettings
 from .stores import CACHE_DIR, DB_FILE, VECTORS_DIR, Stores, dialogue_store, open_stores, vector_location  # noqa: F401 - re-exported
 from .supervisor import Supervisor
 
@@ -211,7 +212,7 @@ async def _tell_owners(notice: BudgetNotice, box: Outbox, services: Services) ->
         log.warning("budget: %s (no owners to tell: set telegram.owners)", notice_text(notice))
     for owner in sorted(owners):
         try:
-            chosen = (await services.memory.store.user_settings(owner)).get("language")
+            chosen = UserSettings.load(await services.memory.store.user_settings(owner), where=f"user {owner}").language
             with i18n.use(i18n.normalize(chosen) or services.config.settings.bot.language):
                 text = notice_text(notice)
             await box.send(owner, text)

@@ -68,6 +68,7 @@ class ChatSettings(_Stored):
     allowed_users: only these members make the bot answer here. context_from: /reset's mark (older
     messages left the context). offline_intro: the offline model has said what it is here. title:
     the chat's title when Telegram gave none with the update.
+    plugins: the plugins the chat chose (``/plugins``; names, in the order chosen; None: its tier's default).
     """
 
     persona: str | None = None
@@ -82,6 +83,7 @@ class ChatSettings(_Stored):
     context_from: int | None = None
     offline_intro: bool = False
     title: str | None = None
+    plugins: tuple[str, ...] | None = None
 
 
 class UserSettings(_Stored):

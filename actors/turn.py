@@ -39,6 +39,7 @@ from .errors import ActorError
 from .events import PRIVATE, Incoming, with_caption
 from .handlers import ChatContext, Handlers, TurnTools, Understood
 from .services import ALREADY_ANSWERED, TurnReport
+from .settings import UserSettings
 from .triggers import should_respond, strip_mention
 
 __all__ = ["MARKER", "TurnHost", "take"]
@@ -172,8 +173,9 @@ class _Turn:
         if ev.reply_to is not None and not ev.reply_to_bot and await self._is_bot_message(ev.reply_to, window):
             self.ev = ev = replace(ev, reply_to_bot=True)
         bot = self.svc.config.settings.bot
-        keywords = tuple(host.settings.get("keywords", bot.keywords))
-        always_on = bool(host.settings.get("always_on", bot.always_on))
+        chat = host.settings
+        keywords = tuple(bot.keywords if chat.keywords is None else chat.keywords)
+        always_on = bot.always_on if chat.always_on is None else chat.always_on
         first_line = ev if understood is None else replace(ev, text=ev.text.split("\n", 1)[0])
         addressed = should_respond(first_line, bot_username=self.svc.bot.username, keywords=keywords, always_on=always_on)
         addressed = addressed and host.may_trigger(ev.sender.user_id)
@@ -234,7 +236,7 @@ class _Turn:
             log.warning("chat %s: reply to %s not delivered: %s", self.chat_id, ev.message_id, exc)
             self.report(True, error=f"undelivered: {exc}")
 
-    async def _tools(self, alias: str, tier: str | None, user_settings: dict[str, Any]) -> TurnTools | None:
+    async def _tools(self, alias: str, tier: str | None, user_settings: UserSettings) -> TurnTools | None:
         """The tools this turn offers: the plugins' (``Plugins.tools_for``) when the model can call
         tools (``LLM.supports_tools``), else None."""
         plugins = self.host.plugins
@@ -259,7 +261,7 @@ class _Turn:
         k = self.svc.config.settings.memory.recall_k
         return await self.svc.memory.recall(self.chat_id, query, k, exclude_ids={m.message_id for m in window}), query
 
-    async def _prompt(self, window: deque[StoredMessage], alias: str, user_settings: dict[str, Any], recall: Recall,
+    async def _prompt(self, window: deque[StoredMessage], alias: str, user_settings: UserSettings, recall: Recall,
                       query: str) -> Prompt:
         spec = self.svc.config.settings.models[alias]
         prompt = build_prompt(
@@ -290,18 +292,18 @@ class _Turn:
         entries = await facts.current(self.chat_id, speakers[:PROFILE_SPEAKERS])
         return render_profile(entries[-PROFILE_FACTS:])
 
-    def _system_prompt(self, user_settings: dict[str, Any], answer_language: str | None) -> str:
+    def _system_prompt(self, user_settings: UserSettings, answer_language: str | None) -> str:
         ev, settings = self.ev, self.host.settings
         bot = self.svc.config.settings.bot
         parts = [bot.system_prompt.replace("{name}", self.svc.bot.name)]
         if ev.chat_type == PRIVATE:
             parts.append(f"This is a private chat with {ev.sender.name}.")
-            persona = user_settings.get("role")
+            persona = user_settings.role
         else:
-            title = ev.chat_title or settings.get("title")
+            title = ev.chat_title or settings.title
             titled = f" titled {title!r}" if title else ""
             parts.append(f"This is a group chat{titled}; messages are prefixed with the speaker's name.")
-            persona = settings.get("persona")
+            persona = settings.persona
         if persona:
             parts.append(f"Persona and instructions for this chat: {persona}")
         parts.append(f"Current date: {ev.date:%Y-%m-%d %H:%M} UTC.")
@@ -315,13 +317,13 @@ class _Turn:
         from providers.language import detect_or_none, would_load
 
         ev, settings = self.ev, self.host.settings
-        if ev.chat_type != PRIVATE and settings.get("language"):
-            return str(settings["language"])
+        if ev.chat_type != PRIVATE and settings.language:
+            return settings.language
         if would_load(text):  # the detector's first load (~1 s) stays off the event loop
             lang = await anyio.to_thread.run_sync(detect_or_none, text)
         else:
             lang = detect_or_none(text)
-        return lang or (await self.host.user_settings(ev.sender.user_id)).get("language")
+        return lang or (await self.host.user_settings(ev.sender.user_id)).language
 
     async def _reply_chain(self, window: deque[StoredMessage]) -> list[StoredMessage]:
         """The messages ``ev`` replies to (up to 3 levels), oldest first, that are not in the window."""
@@ -469,13 +471,13 @@ class _Turn:
         is and how the host connects an LLM (``providers.recall_model.intro``); said once per chat
         (chat setting ``offline_intro``), and not after a reply that already is the intro."""
         host = self.host
-        if host.settings.get("offline_intro"):
+        if host.settings.offline_intro:
             return text
         from providers.recall_model import MODEL, intro  # deferred: imports litellm (loaded by the LLM already)
 
         if model != MODEL:
             return text
-        await host.save_chat_settings({**host.settings, "offline_intro": True})
+        await host.save_chat_settings(host.settings.with_(offline_intro=True))
         said = intro()
         return text if said in text else f"{text}\n\nℹ️ {said}"
 

@@ -105,8 +105,8 @@ async def cmd_profile(ctx: ChatContext, ev: CommandEvent) -> None:
         if prices:
             lines.append(prices)
     lines.append(_("Model: {model}", model=ctx.model_for(user)))
-    if user.get("role"):
-        lines.append(_("Persona: {persona}", persona=short(user["role"], 200)))
+    if user.role:
+        lines.append(_("Persona: {persona}", persona=short(user.role, 200)))
     mine = await ctx.svc.memory.store.count_messages(ctx.chat_id, user_id=ev.sender.user_id)
     lines.append(_("Your messages in this chat: {n}", n=i18n.number(mine)))
     if ctx.svc.admission is not None:

@@ -7,6 +7,7 @@ Group settings and destructive group actions are for group admins only (``Outbox
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import i18n
 from actors.events import PRIVATE, ButtonPress, CommandEvent, is_group
@@ -70,10 +71,11 @@ async def cmd_help(ctx: ChatContext, ev: CommandEvent) -> None:
     await reply(ctx, ev, _(HELP, name=ctx.svc.bot.name))
 
 
-async def _members_may(ctx: ChatContext, ev: CommandEvent, key: str) -> bool:
+async def _members_may(ctx: ChatContext, ev: CommandEvent, key: Literal["history", "reset"]) -> bool:
     """In a group, ``/history``/``/export`` (key ``history``) and ``/reset`` (``reset``) are the
     admins' unless the group's setting says ``members``; everyone may in a private chat."""
-    if not is_group(ev.chat_type) or ctx.settings.get(key) == "members":
+    who = ctx.settings.history if key == "history" else ctx.settings.reset
+    if not is_group(ev.chat_type) or who == "members":
         return True
     if await ctx.outbox.is_admin(ctx.chat_id, ev.sender.user_id):
         return True
@@ -114,7 +116,7 @@ async def cmd_export(ctx: ChatContext, ev: CommandEvent) -> None:
     """The chat's stored conversation as transcript JSONL (re-importable with ``kith import``)."""
     if not await _members_may(ctx, ev, "history"):
         return
-    title = ctx.settings.get("title") or ev.chat_title
+    title = ctx.settings.title or ev.chat_title
     lines: list[str] = []
     async for batch in ctx.svc.memory.store.iter_messages(ctx.chat_id):
         for m in batch:
@@ -199,9 +201,7 @@ async def _set_model(ctx: ChatContext, chat_id: int, user_id: int, alias: str, s
         if alias not in adm.allowed_models(tier, ctx.svc.config.settings.models):
             await say(_("🔒 {model} is not part of the {tier} tier. See /billing to upgrade.", model=alias, tier=tier))
             return
-    settings = dict(await ctx.user_settings(user_id))
-    settings["model"] = alias
-    await ctx.save_user_settings(user_id, settings)
+    await ctx.save_user_settings(user_id, (await ctx.user_settings(user_id)).with_(model=alias))
     await say(_("Model set to **{model}**.", model=alias))
 
 
@@ -216,7 +216,7 @@ async def cmd_role(ctx: ChatContext, ev: CommandEvent) -> None:
         await reply(ctx, ev, _("Persona saved."))
         return
     user = await ctx.user_settings(ev.sender.user_id)
-    current = user.get("role")
+    current = user.role
     ctx.awaiting_role.add(ev.sender.user_id)
     text = _("Send me the persona as your next message (how I should behave and talk with you).")
     if current:
@@ -237,12 +237,8 @@ async def _persona_allowed(ctx: ChatContext, ev: CommandEvent) -> bool:
 
 
 async def save_role(ctx: ChatContext, user_id: int, role: str | None) -> None:
-    settings = dict(await ctx.user_settings(user_id))
-    if role:
-        settings["role"] = role
-    else:
-        settings.pop("role", None)
-    await ctx.save_user_settings(user_id, settings)
+    """Store ``role`` as the member's persona (None or empty: delete it)."""
+    await ctx.save_user_settings(user_id, (await ctx.user_settings(user_id)).with_(role=role or None))
 
 
 # ---------------------------------------------------------------------- profile, memory, forget, reset
@@ -363,7 +359,7 @@ async def cmd_language(ctx: ChatContext, ev: CommandEvent) -> None:
         return
     current = i18n.current()
     text = _("I speak **{language}** with you. Choose a language:", language=language_name(current))
-    group_language = i18n.normalize(ctx.settings.get("language")) if is_group(ev.chat_type) else None
+    group_language = i18n.normalize(ctx.settings.language) if is_group(ev.chat_type) else None
     if group_language:
         text += "\n" + _("In this group I speak {language}: its admins chose it (`/settings language`).",
                          language=language_name(group_language))
@@ -373,9 +369,9 @@ async def cmd_language(ctx: ChatContext, ev: CommandEvent) -> None:
 
 
 async def _set_language(ctx: ChatContext, sender, arg: str, say) -> None:
-    settings = dict(await ctx.user_settings(sender.user_id))
+    settings = await ctx.user_settings(sender.user_id)
     if arg.lower() in ("auto", "default", "reset"):
-        settings.pop("language", None)
+        settings = settings.with_(language=None)
         new = i18n.normalize(sender.language_code) or i18n.DEFAULT
     else:
         code = i18n.normalize(arg)
@@ -383,7 +379,7 @@ async def _set_language(ctx: ChatContext, sender, arg: str, say) -> None:
             await say(_("I don't speak {code!r} yet. Languages: {languages}.", code=arg,
                         languages=", ".join(f"{c} ({language_name(c)})" for c in i18n.available())))
             return
-        settings["language"] = new = code
+        settings, new = settings.with_(language=code), code
     await ctx.save_user_settings(sender.user_id, settings)
     with i18n.use(new):
         await say(_("From now on I speak {language} with you.", language=language_name(new)))
@@ -398,20 +394,21 @@ def _describe_settings(ctx: ChatContext) -> str:
     extractor cannot see it there, and the string would stay untranslated.)"""
     bot = ctx.svc.config.settings.bot
     s = ctx.settings
-    keywords = s.get("keywords", list(bot.keywords))
+    keywords = bot.keywords if s.keywords is None else s.keywords
+    always_on = bot.always_on if s.always_on is None else s.always_on
     on, off = _("on"), _("off")
     who = {"admins": _("admins"), "members": _("members")}
     default, none, own, everyone = _("(default)"), _("(none)"), _("(each member their own)"), _("(everyone)")
     values = {
-        "persona": short(s["persona"], 200) if s.get("persona") else default,
+        "persona": short(s.persona, 200) if s.persona else default,
         "keywords": ", ".join(keywords) if keywords else none,
-        "always_on": on if s.get("always_on", bot.always_on) else off,
+        "always_on": on if always_on else off,
         "persist": on if ctx.persist else off,
-        "language": s.get("language") or own,
-        "model": s.get("model", ctx.svc.config.settings.default_model),
-        "history": _("{who} (who may use /history and /export here)", who=who.get(s.get("history", "admins"), s.get("history"))),
-        "reset": _("{who} (who may use /reset here)", who=who.get(s.get("reset", "admins"), s.get("reset"))),
-        "allowed_users": ", ".join(map(str, s["allowed_users"])) if s.get("allowed_users") else everyone,
+        "language": s.language or own,
+        "model": s.model or ctx.svc.config.settings.default_model,
+        "history": _("{who} (who may use /history and /export here)", who=who[s.history]),
+        "reset": _("{who} (who may use /reset here)", who=who[s.reset]),
+        "allowed_users": ", ".join(map(str, s.allowed_users)) if s.allowed_users else everyone,
     }
     return "\n".join(f"{key}: {value}" for key, value in values.items())
 
@@ -435,47 +432,46 @@ async def cmd_settings(ctx: ChatContext, ev: CommandEvent) -> None:
     if key not in SETTINGS_KEYS:
         await reply(ctx, ev, _("Unknown setting {key!r}. Settings: {keys}.", key=key, keys=", ".join(SETTINGS_KEYS)))
         return
-    new = dict(ctx.settings)
+    setting: object  # the new value of ``key``: None (default) removes it, its default applies again
     if value.lower() in ("default", "reset", "none"):
-        new.pop(key, None)
+        setting = None
     elif key in ("always_on", "persist"):
         if value.lower() not in ON | OFF:
             await reply(ctx, ev, _("`/settings {key} on` or `/settings {key} off`.", key=key))
             return
-        new[key] = value.lower() in ON
+        setting = value.lower() in ON
     elif key == "persona" and not await _persona_allowed(ctx, ev):
         return
     elif key == "allowed_users":
         try:
-            ids = sorted({int(x) for x in value.replace(";", ",").replace(" ", ",").split(",") if x.strip()})
+            setting = sorted({int(x) for x in value.replace(";", ",").replace(" ", ",").split(",") if x.strip()})
         except ValueError:
             await reply(ctx, ev, _("`/settings allowed_users 12345, 67890` (user ids), or `/settings allowed_users default`."))
             return
-        new[key] = ids
     elif key in ("history", "reset"):
         if value.lower() not in WHO:
             await reply(ctx, ev, _("`/settings {key} admins` or `/settings {key} members`.", key=key))
             return
-        new[key] = value.lower()
+        setting = value.lower()
     elif key == "language":
-        code = _language_code(value)
-        if code is None:
+        setting = _language_code(value)
+        if setting is None:
             await reply(ctx, ev, _("`/settings language ru`: an ISO 639-1 code (en, ru, de…); I speak {languages} myself, "
                                      "and the model answers in any.", languages=", ".join(i18n.available())))
             return
-        new[key] = code
     elif key == "keywords":
-        new[key] = [k.strip() for k in value.replace(";", ",").split(",") if k.strip()]
+        setting = [k.strip() for k in value.replace(";", ",").split(",") if k.strip()]
     elif key == "model":
         if value not in ctx.svc.config.settings.models:
             await reply(ctx, ev, _("Unknown model {model!r}. Models: {models}.", model=value, models=", ".join(ctx.svc.config.settings.models)))
             return
-        new[key] = value
+        setting = value
     elif not value:
         await reply(ctx, ev, _("Usage: `/settings {key} <value>`", key=key))
         return
     else:
-        new[key] = value
+        setting = value
+    new = ctx.settings.with_(**{key: setting})  # key is one of SETTINGS_KEYS: a ChatSettings field
     await ctx.save_chat_settings(new)
     await reply(ctx, ev, _("Saved. Settings of this chat:") + "\n" + _describe_settings(ctx))
 

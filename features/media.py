@@ -43,6 +43,7 @@ import anyio
 from actors.errors import ActorError
 from actors.events import CommandEvent, Incoming, Media, with_caption
 from actors.handlers import ChatContext, Understood
+from actors.settings import UserSettings
 from i18n import _, ngettext, number
 from memory.documents import document_summary, ingest_document
 from memory.ledger import debit_key
@@ -74,7 +75,7 @@ FEATURE_OF = {"photo": "vision", "document": "documents", "voice": "voice", "aud
 VOICE_KINDS = ("voice", "audio", "video_note")
 
 
-async def understand(ctx: ChatContext, ev: Incoming, user_settings: dict) -> Understood:
+async def understand(ctx: ChatContext, ev: Incoming, user_settings: UserSettings) -> Understood:
     """Decide, download (only if allowed) and extract. Never raises for a bad file: the result
     carries a note instead, and the marker + caption are always stored."""
     media = ev.media
@@ -206,7 +207,7 @@ def _image_mime(media: Media, data: bytes) -> str:
     return media.mime_type or "image/jpeg"
 
 
-async def _see_photo(ctx: ChatContext, ev: Incoming, media: Media, data: bytes, base: str, user_settings: dict) -> Understood:
+async def _see_photo(ctx: ChatContext, ev: Incoming, media: Media, data: bytes, base: str, user_settings: UserSettings) -> Understood:
     from providers import vision
 
     mime = _image_mime(media, data)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.settings import ChatSettings
 from config.models import McpServer, PluginsSettings, Quotas, Settings, Tier, TiersConfig, WebPluginSettings
 from features.plugins.governance import (
     PluginInfo,
@@ -101,8 +102,11 @@ def test_toggle_within_the_limit_and_the_refusals() -> None:
 
 
 def test_chosen_of_reads_only_a_list_of_names() -> None:
-    assert chosen_of({}) is None and chosen_of({"plugins": "time"}) is None and chosen_of({"plugins": [1]}) is None
-    assert chosen_of({"plugins": ["time", "time", "web"]}) == ["time", "web"]
+    def chosen(raw: dict) -> list[str] | None:
+        return chosen_of(ChatSettings.load(raw, where="chat 1"))
+
+    assert chosen({}) is None and chosen({"plugins": "time"}) is None and chosen({"plugins": [1]}) is None
+    assert chosen({"plugins": ["time", "time", "web"]}) == ["time", "web"]
 
 
 def test_catalog_from_the_config() -> None:

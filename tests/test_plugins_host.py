@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from actors.events import ButtonPress, CommandEvent, Sender
+from actors.settings import UserSettings
 from config.models import Config, ModelSpec, Plan, Quotas, Settings, Tier, TiersConfig
 from features.app import open_runtime
 from features.plugins.base import ToolContext, ToolOutcome, ToolSpec
@@ -85,7 +86,7 @@ async def test_tools_for_is_the_governed_set_and_the_quota_counts_each_call(tmp_
         assert names[:4] == ["time", "calculator", "memory_search", "reminders"] and "web" in names
 
         async def offered(ctx, user=MEMBER.user_id, tier="free"):
-            tools = await host.tools_for(ctx, user, tier, {})
+            tools = await host.tools_for(ctx, user, tier, UserSettings())
             return None if tools is None else [s.name for s in tools.specs]
 
         # the free default: the allowed, configured plugins in catalog order, up to the limit of 2
@@ -98,13 +99,13 @@ async def test_tools_for_is_the_governed_set_and_the_quota_counts_each_call(tmp_
         assert await in_chat(rt, GROUP, lambda ctx: offered(ctx, tier=None)) == premium
 
         async def choose(ctx):
-            await ctx.save_chat_settings({**ctx.settings, "plugins": ["reminders", "memory_search", "calculator"]})
+            await ctx.save_chat_settings(ctx.settings.with_(plugins=["reminders", "memory_search", "calculator"]))
 
         await in_chat(rt, GROUP, choose)  # reminders is not in free: memory_search and calculator, in that order
         assert await in_chat(rt, GROUP, offered) == ["memory_search", "calculator"]
 
         async def two_calls_then_spent(ctx):
-            tools = await host.tools_for(ctx, MEMBER.user_id, "free", {})
+            tools = await host.tools_for(ctx, MEMBER.user_id, "free", UserSettings())
             a = await tools.run(call("calculator", expression="2*(3+4)"))
             b = await tools.run(call("calculator", expression="1/0"))  # an error outcome still counts
             c = await tools.run(call("calculator", expression="1+1"))  # the quota is spent mid-turn
@@ -122,8 +123,8 @@ async def test_tools_for_is_the_governed_set_and_the_quota_counts_each_call(tmp_
         assert [(r.chat_id, r.user_id, r.model, r.prompt_tokens, r.cost_usd) for r in rows] == [
             (GROUP, MEMBER.user_id, "calculator", 0, 0.0)] * 2
     async with runtime(tmp_path, st_model, holder) as rt:  # a restart: the quota is rebuilt from usage
-        assert await in_chat(rt, GROUP, lambda ctx: rt.plugins.tools_for(ctx, MEMBER.user_id, "free", {})) is None
-        assert await in_chat(rt, GROUP, lambda ctx: rt.plugins.tools_for(ctx, ADMIN.user_id, "free", {})) is not None
+        assert await in_chat(rt, GROUP, lambda ctx: rt.plugins.tools_for(ctx, MEMBER.user_id, "free", UserSettings())) is None
+        assert await in_chat(rt, GROUP, lambda ctx: rt.plugins.tools_for(ctx, ADMIN.user_id, "free", UserSettings())) is not None
 
 
 async def test_a_calls_context_is_the_turns_and_its_values_are_not_logged(tmp_path, st_model, caplog) -> None:
@@ -133,7 +134,7 @@ async def test_a_calls_context_is_the_turns_and_its_values_are_not_logged(tmp_pa
         host = PluginHost(rt.services, [rec])
 
         async def run(ctx):
-            tools = await host.tools_for(ctx, MEMBER.user_id, "premium", {"timezone": "Asia/Tokyo"})
+            tools = await host.tools_for(ctx, MEMBER.user_id, "premium", UserSettings(timezone="Asia/Tokyo"))
             assert [s.name for s in tools.specs] == ["recorder"]
             with caplog.at_level(logging.INFO, logger="features.plugins.host"):
                 return await tools.run(call("recorder", token="sk-very-secret-value", chat_id=999))
@@ -150,7 +151,7 @@ async def test_a_calls_context_is_the_turns_and_its_values_are_not_logged(tmp_pa
 
 
 async def _run_plain(host: PluginHost, ctx) -> None:
-    tools = await host.tools_for(ctx, MEMBER.user_id, "premium", {})
+    tools = await host.tools_for(ctx, MEMBER.user_id, "premium", UserSettings())
     await tools.run(call("recorder"))
 
 
@@ -215,7 +216,7 @@ async def test_plugins_command_admins_toggle_within_the_limit_members_cannot(tmp
         edited = message(box, GROUP, menu.message_id).text
         assert "✅ **memory_search**: on" in edited and "⏸ **time**" in edited
         assert (await rt.memory.store.chat_settings(GROUP))["plugins"] == ["calculator", "memory_search"]
-        tools = await in_chat(rt, GROUP, lambda ctx: rt.plugins.tools_for(ctx, MEMBER.user_id, "free", {}))
+        tools = await in_chat(rt, GROUP, lambda ctx: rt.plugins.tools_for(ctx, MEMBER.user_id, "free", UserSettings()))
         assert [s.name for s in tools.specs] == ["calculator", "memory_search"]
         assert "not set up" in (await chat.cmd(GROUP, ADMIN, "on web")).text
 

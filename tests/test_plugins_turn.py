@@ -13,7 +13,6 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
 
 import duckdb
 import pytest
@@ -21,6 +20,7 @@ import pytest
 from actors.events import Incoming, Sender
 from actors.handlers import ChatContext, Plugins, TurnTools
 from actors.services import Services
+from actors.settings import UserSettings
 from config.models import Config, ModelSpec, Settings, TiersConfig
 from features.app import open_runtime
 from features.plugins.base import ToolContext
@@ -44,7 +44,7 @@ class CalculatorOnly:
         self.ran: list[ToolCall] = []
 
     async def tools_for(self, ctx: ChatContext, user_id: int, tier: str | None,
-                        user_settings: dict[str, Any], thread_id: int | None = None) -> TurnTools | None:
+                        user_settings: UserSettings, thread_id: int | None = None) -> TurnTools | None:
         self.asked.append((ctx.chat_id, user_id, tier))
 
         async def run(call: ToolCall) -> ToolOutcome:

@@ -23,7 +23,7 @@ from features.billing import plans_button
 from features.replies import reply
 from i18n import _, ngettext
 
-from .governance import SETTING, PluginState, Toggle, chosen_of, limit_of, toggle
+from .governance import PluginState, Toggle, chosen_of, limit_of, toggle
 from .host import PluginHost
 
 __all__ = ["PREFIX", "cmd_plugins", "handle_button"]
@@ -129,7 +129,7 @@ async def _apply(ctx: ChatContext, host: PluginHost, tier: str | None, plugin: s
     """Turn ``plugin`` on or off in this chat (stored when allowed)."""
     t = toggle(host.catalog(), host.tier(tier), chosen_of(ctx.settings), plugin, on)
     if t.ok and t.changed:
-        await ctx.save_chat_settings({**ctx.settings, SETTING: list(t.chosen)})
+        await ctx.save_chat_settings(ctx.settings.with_(plugins=tuple(t.chosen)))
     return t
 
 

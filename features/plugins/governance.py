@@ -3,7 +3,7 @@
 - A tier names the plugins it may use (``plugins: ["*"]`` or a list of names) and how many a chat may
   have enabled at once (``plugin_limit``, -1: no limit). No tiers at all (``tier`` None): every
   plugin, no limit.
-- A chat's choice is its setting ``plugins`` (a list of names, set by ``/plugins``); without one, the
+- A chat's choice is its setting ``plugins`` (``ChatSettings.plugins``: names, set by ``/plugins``); without one, the
   default: the plugins its tier allows that are configured, in catalog order, up to the limit.
 - What is enabled for a member is that choice (or default) less what their tier does not allow or
   the host has not configured, cut to the tier's limit in the choice's order. So a member gets no
@@ -15,17 +15,17 @@ nothing here does I/O.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
+from actors.settings import ChatSettings
 from config.models import UNLIMITED, Tier
 
-__all__ = ["ANY", "BUILTIN_ORDER", "SETTING", "PluginInfo", "PluginState", "Status", "Toggle", "chosen_of",
+__all__ = ["ANY", "BUILTIN_ORDER", "PluginInfo", "PluginState", "Status", "Toggle", "chosen_of",
            "default_plugins", "enabled_plugins", "limit_of", "plugin_states", "tier_allows", "toggle"]
 
 ANY = "*"
-SETTING = "plugins"  # the chat setting that holds the chat's choice
 BUILTIN_ORDER = ("time", "calculator", "memory_search", "reminders", "web")  # catalog order; MCP servers follow
 
 Status = Literal["enabled", "available", "limit", "tier", "unconfigured"]
@@ -94,13 +94,11 @@ def limit_of(tier: Tier | None) -> int:
     return UNLIMITED if tier is None else tier.plugin_limit
 
 
-def chosen_of(settings: Mapping[str, Any]) -> list[str] | None:
-    """The chat's own choice (its ``plugins`` setting: names, in the order chosen); None when it has
-    made none (the default applies). Anything but a list of strings counts as none."""
-    value = settings.get(SETTING)
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        return None
-    return list(dict.fromkeys(value))
+def chosen_of(settings: ChatSettings) -> list[str] | None:
+    """The chat's own choice (its ``plugins`` setting: names, in the order chosen, each once); None
+    when it has made none (the default applies; a stored value that is not a list of names counts as
+    none: ``ChatSettings.load``)."""
+    return None if settings.plugins is None else list(dict.fromkeys(settings.plugins))
 
 
 def _usable(info: PluginInfo, tier: Tier | None) -> bool:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import i18n
 from actors.handlers import ChatContext, TurnTools
+from actors.settings import UserSettings
 from config.models import PluginsSettings, Tier
 from i18n import _
 from memory.types import UsageRecord
@@ -168,7 +169,7 @@ class PluginHost:
     # ------------------------------------------------------------ a turn's tools
 
     async def tools_for(self, ctx: ChatContext, user_id: int, tier: str | None,
-                        user_settings: dict[str, Any], thread_id: int | None = None) -> TurnTools | None:
+                        user_settings: UserSettings, thread_id: int | None = None) -> TurnTools | None:
         """The tools member ``user_id`` may have the model call in ``ctx``'s chat now (see
         ``actors.handlers.Plugins``); None when there are none — ``why_no_tools`` says why."""
         offered, _why = await self._offered(ctx, user_id, tier)
@@ -202,7 +203,7 @@ class PluginHost:
                     offered[tool.spec.name] = tool
         return offered, None if offered else _("No plugins are enabled in this chat (/plugins).")
 
-    def _turn_tools(self, ctx: ChatContext, user_id: int, tier: str | None, user_settings: dict[str, Any],
+    def _turn_tools(self, ctx: ChatContext, user_id: int, tier: str | None, user_settings: UserSettings,
                     offered: dict[str, Tool], settings: PluginsSettings, thread_id: int | None = None) -> TurnTools:
         chat_id = ctx.chat_id  # the chat is the turn's, never an argument of the model's
         timezone = member_timezone(user_settings, settings.timezone)  # theirs (a known zone), else kith.yaml's

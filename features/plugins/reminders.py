@@ -37,6 +37,7 @@ from actors.errors import SupervisorClosed
 from actors.events import ButtonPress, CommandEvent, is_group
 from actors.handlers import ChatContext
 from actors.outbox import Button
+from actors.settings import UserSettings
 from features.replies import reply
 from i18n import _, ngettext
 from memory.errors import MemoryStoreError
@@ -88,10 +89,11 @@ class _Job:
     uncertain: bool = False
 
 
-def member_timezone(user_settings: dict[str, Any], default: str) -> str:
-    """The member's IANA zone: their ``/settings timezone``, else ``default`` (``plugins.timezone``)."""
-    tz = user_settings.get("timezone")
-    if isinstance(tz, str) and tz:
+def member_timezone(user_settings: UserSettings, default: str) -> str:
+    """The member's IANA zone: their ``/settings timezone`` (when still a known zone), else
+    ``default`` (``plugins.timezone``)."""
+    tz = user_settings.timezone
+    if tz:
         try:
             zone(tz)
             return tz
@@ -635,7 +637,7 @@ async def set_timezone(ctx: ChatContext, ev: CommandEvent, value: str) -> None:
     """``/settings timezone Europe/Berlin``: the member's own zone (every chat of theirs);
     ``/settings timezone default`` goes back to the bot's (``plugins.timezone``)."""
     uid = ev.sender.user_id
-    settings = dict(await ctx.user_settings(uid))
+    settings = await ctx.user_settings(uid)
     default = ctx.svc.config.settings.plugins.timezone
     value = value.strip()
     if not value:
@@ -643,8 +645,7 @@ async def set_timezone(ctx: ChatContext, ev: CommandEvent, value: str) -> None:
                                zone=member_timezone(settings, default)))
         return
     if value.lower() in ("default", "reset", "none"):
-        settings.pop("timezone", None)
-        await ctx.save_user_settings(uid, settings)
+        await ctx.save_user_settings(uid, settings.with_(timezone=None))
         await reply(ctx, ev, _("Your time zone is the bot's default again: {zone}.", zone=default))
         return
     try:
@@ -653,8 +654,7 @@ async def set_timezone(ctx: ChatContext, ev: CommandEvent, value: str) -> None:
         await reply(ctx, ev, _("Unknown time zone {zone!r}: use an IANA name such as Europe/Berlin, America/New_York or UTC.",
                                zone=short(value, 60)))
         return
-    settings["timezone"] = name
-    await ctx.save_user_settings(uid, settings)
+    await ctx.save_user_settings(uid, settings.with_(timezone=name))
     now = datetime.now(UTC).astimezone(zone(name))
     await reply(ctx, ev, _("Your time zone is now {zone} (it is {time} there). Reminders and times use it.",
                            zone=name, time=now.strftime("%H:%M")))
