@@ -69,9 +69,11 @@ class ChatSettings(_Stored):
     messages left the context). offline_intro: the offline model has said what it is here. title:
     the chat's title when Telegram gave none with the update.
     plugins: the plugins the chat chose (``/plugins``; names, in the order chosen; None: its tier's default).
+    name: the bot's name in this chat (``/settings name``; answered to like a mention; tier feature ``custom_name``).
     """
 
     persona: str | None = None
+    name: str | None = None
     keywords: tuple[str, ...] | None = None
     always_on: bool | None = None
     persist: bool = True

@@ -40,6 +40,7 @@ from .events import PRIVATE, Incoming, with_caption
 from .handlers import ChatContext, Handlers, TurnTools, Understood
 from .services import ALREADY_ANSWERED, TurnReport
 from .settings import UserSettings
+from .support import with_support
 from .triggers import should_respond, strip_mention
 
 __all__ = ["MARKER", "TurnHost", "take"]
@@ -104,6 +105,7 @@ class _Turn:
         self.adm: Any = None  # the admission's answer (an answer paid with credits is debited: ``_charge``)
         self.keys: dict[str, str] = {}  # the member's own API keys, then the group's (/key)
         self.own_key: frozenset[str] = frozenset()  # the aliases those keys pay for (not the host)
+        self.name: str | None = None  # the bot's name in this chat (``/settings name``), when the member's tier has it
 
     def report(self, responded: bool, **kw: Any) -> None:
         self.svc.report(TurnReport(self.chat_id, self.ev.message_id, responded, _ms(self.t0), **kw))
@@ -163,7 +165,8 @@ class _Turn:
             return await self.host.handlers.understand(self.host, ev, await self.host.user_settings(ev.sender.user_id))
         except Exception:
             log.exception("chat %s: reading the media of message %s failed", self.chat_id, ev.message_id)
-            return Understood(with_caption(ev.media, ev.text), note=_("Sorry, something went wrong reading that file."))
+            return Understood(with_caption(ev.media, ev.text),
+                              note=with_support(self.svc, _("Sorry, something went wrong reading that file.")))
 
     # ------------------------------------------------------------------ 2. decide
 
@@ -174,7 +177,8 @@ class _Turn:
             self.ev = ev = replace(ev, reply_to_bot=True)
         bot = self.svc.config.settings.bot
         chat = host.settings
-        keywords = tuple(bot.keywords if chat.keywords is None else chat.keywords)
+        self.name = await self._chat_name()
+        keywords = tuple(bot.keywords if chat.keywords is None else chat.keywords) + ((self.name,) if self.name else ())
         always_on = bot.always_on if chat.always_on is None else chat.always_on
         first_line = ev if understood is None else replace(ev, text=ev.text.split("\n", 1)[0])
         addressed = should_respond(first_line, bot_username=self.svc.bot.username, keywords=keywords, always_on=always_on)
@@ -185,6 +189,18 @@ class _Turn:
             self.report(False)
             return False
         return True
+
+    async def _chat_name(self) -> str | None:
+        """The name this chat's admins gave the bot (``/settings name``; answered to like a keyword, and
+        said in the system prompt), when the member's tier here has ``custom_name`` (their own or the
+        group's subscription); else None."""
+        name = self.host.settings.name
+        if not name:
+            return None
+        adm = self.svc.admission
+        if adm is not None and not adm.features(await adm.tier_of(self.chat_id, self.ev.sender.user_id)).custom_name:
+            return None
+        return name
 
     async def _is_bot_message(self, message_id: int, window: deque[StoredMessage]) -> bool:
         """Whether ``message_id`` of this chat was sent by the bot (window first, then the store)."""
@@ -296,6 +312,8 @@ class _Turn:
         ev, settings = self.ev, self.host.settings
         bot = self.svc.config.settings.bot
         parts = [bot.system_prompt.replace("{name}", self.svc.bot.name)]
+        if self.name:
+            parts.append(f"In this chat your name is {self.name}: the members call you so.")
         if ev.chat_type == PRIVATE:
             parts.append(f"This is a private chat with {ev.sender.name}.")
             persona = user_settings.role
@@ -357,7 +375,7 @@ class _Turn:
         elif adm.quota is not None and adm.quota.resets_at is not None:
             host.refused_until[key] = adm.quota.resets_at
         await host.note_delivery(ev.message_id)  # a refusal is the answer: not repeated after a restart
-        text = adm.refusal or _("Sorry, I can't answer right now.")
+        text = with_support(self.svc, adm.refusal or _("Sorry, I can't answer right now."))
         rows = host.handlers.upgrade_buttons(host) if adm.reason == "credits" else None  # /buy, /billing
         if rows:
             await host.outbox.send_buttons(self.chat_id, text, rows, reply_to=ev.message_id, thread_id=ev.thread_id)
@@ -433,7 +451,7 @@ class _Turn:
         except ProviderError as exc:
             log.warning("chat %s: LLM %s failed: %s", self.chat_id, alias, exc)
             await self._charge(undo=True)
-            await stream.finish(head() + exc.user_message)
+            await stream.finish(head() + with_support(self.svc, exc.user_message))
             self.report(True, llm_ms=_ms(t_llm), embed_ms=recall.embed_ms, search_ms=recall.search_ms, model=alias,
                         error=str(exc), tier=tier, ttft_ms=ttft_ms)
             return

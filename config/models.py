@@ -6,8 +6,10 @@ forbids unknown keys, so a typo names the key instead of being ignored. Units ar
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, DirectoryPath, Field, field_validator, model_validator
 
@@ -46,6 +48,7 @@ __all__ = [
 ]
 
 UNLIMITED = -1
+_TG_USERNAME = re.compile(r"@[A-Za-z][A-Za-z0-9_]{3,31}")  # Telegram: 5-32 characters, a letter first
 
 
 class Frozen(BaseModel):
@@ -180,6 +183,22 @@ class BotSettings(Frozen):
     language: str = "en"
     keywords: tuple[str, ...] = ()  # group trigger words (case-insensitive, whole word)
     always_on: bool = False  # answer every group message
+    # where members get help: a Telegram @username or an https:// URL, shown in /help, /start, refusals
+    # and error replies ("Support: @kith_help"); None: no such line
+    support: str | None = None
+
+    @field_validator("support")
+    @classmethod
+    def _username_or_https(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip()
+        if _TG_USERNAME.fullmatch(v):
+            return v
+        url = urlsplit(v)
+        if url.scheme == "https" and url.hostname and not any(c.isspace() for c in v):
+            return v
+        raise ValueError(f"{v!r} is neither a Telegram @username (e.g. @kith_help) nor an https:// URL")
 
 
 class LLMSettings(Frozen):
@@ -543,13 +562,15 @@ class StorageLimits(Frozen):
 
 class Features(Frozen):
     """What a tier may do: see photos (vision), read documents into memory, generate images,
-    set a persona (``/role``, ``/settings persona``) and transcribe voice/audio/video notes."""
+    set a persona (``/role``, ``/settings persona``), transcribe voice/audio/video notes and answer
+    to a name a group's admins give the bot there (custom_name, ``/settings name``)."""
 
     vision: bool = False
     documents: bool = False
     image_generation: bool = False
     custom_persona: bool = True
     voice: bool = False
+    custom_name: bool = False
 
 
 class Tier(Frozen):

@@ -13,6 +13,7 @@ import i18n
 from actors.events import PRIVATE, ButtonPress, CommandEvent, is_group
 from actors.handlers import ChatContext
 from actors.outbox import Button
+from actors.support import with_support
 from i18n import N_, _, ngettext
 
 from . import admin, billing, credits, facts, keys, media
@@ -21,14 +22,15 @@ from .plugins import commands as plugins
 from .plugins import reminders
 from .replies import features_line, reply, short
 
-__all__ = ["COMMANDS", "FACTS_WORDS", "HELP", "HISTORY_DEFAULT", "HISTORY_MAX", "OFF", "ON", "SETTINGS_KEYS", "WHO",
+__all__ = ["COMMANDS", "FACTS_WORDS", "HELP", "HISTORY_DEFAULT", "HISTORY_MAX", "NAME_MAX", "OFF", "ON", "SETTINGS_KEYS", "WHO",
            "cmd_export", "cmd_forget", "cmd_help", "cmd_history", "cmd_language", "cmd_memory", "cmd_model",
            "cmd_reset", "cmd_role", "cmd_settings", "handle_button", "handle_command", "language_name", "save_role"]
 
 HISTORY_DEFAULT = 20
 HISTORY_MAX = 100
-SETTINGS_KEYS = ("persona", "keywords", "always_on", "persist", "language", "model", "history", "reset", "allowed_users",
-                 "timezone")
+SETTINGS_KEYS = ("persona", "name", "keywords", "always_on", "persist", "language", "model", "history", "reset",
+                 "allowed_users", "timezone")
+NAME_MAX = 32  # characters of a bot name a group's admins give it (/settings name)
 FACTS_WORDS = frozenset({"facts", "факты"})  # /memory facts, /forget fact(s) N
 WHO = ("admins", "members")  # who may use /history + /export ("history") and /reset ("reset") in a group
 ON = {"on", "yes", "true", "1", "enable", "enabled"}
@@ -48,7 +50,7 @@ In groups I answer when you mention me, reply to me, or use a keyword; I remembe
 /image — draw a picture (`/image a cat on a bike`)
 /key — use your own API key (private chat): `/key openai sk-…`; `/key delete`
 /language — the language I speak with you
-/settings — group settings (admins): persona, keywords, always_on, persist, language, model, history, reset
+/settings — group settings (admins): persona, name (`/settings name Jarvis`: I answer to it here), keywords, always_on, persist, language, model, history, reset
 /plugins — the tools I may use here (calculator, reminders, web search…): on and off
 /remind — a reminder: `/remind 10m stretch`, `/remind tomorrow 9:00 call Anna`; /reminders lists and cancels them
 
@@ -68,7 +70,7 @@ async def handle_command(ctx: ChatContext, ev: CommandEvent) -> None:
 
 
 async def cmd_help(ctx: ChatContext, ev: CommandEvent) -> None:
-    await reply(ctx, ev, _(HELP, name=ctx.svc.bot.name))
+    await reply(ctx, ev, with_support(ctx.svc, _(HELP, name=ctx.svc.bot.name)))
 
 
 async def _members_may(ctx: ChatContext, ev: CommandEvent, key: Literal["history", "reset"]) -> bool:
@@ -199,7 +201,8 @@ async def _set_model(ctx: ChatContext, chat_id: int, user_id: int, alias: str, s
     if adm is not None:
         tier = await adm.tier_of(chat_id, user_id)
         if alias not in adm.allowed_models(tier, ctx.svc.config.settings.models):
-            await say(_("🔒 {model} is not part of the {tier} tier. See /billing to upgrade.", model=alias, tier=tier))
+            await say(with_support(ctx.svc, _("🔒 {model} is not part of the {tier} tier. See /billing to upgrade.", model=alias,
+                                                tier=tier)))
             return
     await ctx.save_user_settings(user_id, (await ctx.user_settings(user_id)).with_(model=alias))
     await say(_("Model set to **{model}**.", model=alias))
@@ -209,7 +212,7 @@ async def cmd_role(ctx: ChatContext, ev: CommandEvent) -> None:
     if is_group(ev.chat_type):
         await reply(ctx, ev, _("In groups the persona is a group setting: an admin can use `/settings persona <text>`."))
         return
-    if not await _persona_allowed(ctx, ev):
+    if not await _feature_allowed(ctx, ev, "custom_persona"):
         return
     if ev.args.strip():
         await save_role(ctx, ev.sender.user_id, ev.args.strip())
@@ -224,15 +227,16 @@ async def cmd_role(ctx: ChatContext, ev: CommandEvent) -> None:
     await reply(ctx, ev, text, [[Button(_("Cancel"), "role:cancel"), Button(_("Delete persona"), "role:delete")]])
 
 
-async def _persona_allowed(ctx: ChatContext, ev: CommandEvent) -> bool:
-    """The tier's ``custom_persona`` feature; refused once with a /billing button."""
+async def _feature_allowed(ctx: ChatContext, ev: CommandEvent, feature: str) -> bool:
+    """Whether the member's tier here has ``feature`` (``custom_persona``, ``custom_name``); refused once
+    with a /billing button (and the support line)."""
     adm = ctx.svc.admission
     if adm is None:
         return True
-    verdict = await adm.admit_feature(ctx.chat_id, ev.sender.user_id, "custom_persona")
+    verdict = await adm.admit_feature(ctx.chat_id, ev.sender.user_id, feature)
     if verdict.allowed:
         return True
-    await reply(ctx, ev, verdict.refusal or _("A custom persona is not part of your plan."), billing.plans_button(ctx))
+    await reply(ctx, ev, with_support(ctx.svc, verdict.refusal or _("That is not part of your plan.")), billing.plans_button(ctx))
     return False
 
 
@@ -401,6 +405,7 @@ def _describe_settings(ctx: ChatContext) -> str:
     default, none, own, everyone = _("(default)"), _("(none)"), _("(each member their own)"), _("(everyone)")
     values = {
         "persona": short(s.persona, 200) if s.persona else default,
+        "name": s.name or _("{name} (default)", name=ctx.svc.bot.name),
         "keywords": ", ".join(keywords) if keywords else none,
         "always_on": on if always_on else off,
         "persist": on if ctx.persist else off,
@@ -440,8 +445,19 @@ async def cmd_settings(ctx: ChatContext, ev: CommandEvent) -> None:
             await reply(ctx, ev, _("`/settings {key} on` or `/settings {key} off`.", key=key))
             return
         setting = value.lower() in ON
-    elif key == "persona" and not await _persona_allowed(ctx, ev):
+    elif key == "persona" and not await _feature_allowed(ctx, ev, "custom_persona"):
         return
+    elif key == "name" and value.lower() in OFF:
+        setting = None
+    elif key == "name":
+        name = " ".join(value.split())
+        if not await _feature_allowed(ctx, ev, "custom_name"):
+            return
+        if not name or len(name) > NAME_MAX or not any(c.isalnum() for c in name):
+            await reply(ctx, ev, _("`/settings name Jarvis`: a name of up to {max} characters that I answer to in this group; "
+                                   "`/settings name off` clears it.", max=NAME_MAX))
+            return
+        setting = name
     elif key == "allowed_users":
         try:
             setting = sorted({int(x) for x in value.replace(";", ",").replace(" ", ",").split(",") if x.strip()})

@@ -18,6 +18,7 @@ import i18n
 from actors.events import PRIVATE, CommandEvent, is_group
 from actors.handlers import ChatContext
 from actors.services import Services
+from actors.support import with_support
 from i18n import _
 from memory.facts import MemoryEntry, normalize_key
 
@@ -68,7 +69,7 @@ async def cmd_remember(ctx: ChatContext, ev: CommandEvent) -> None:
     user_id = None if about_chat else ev.sender.user_id
     refusal = await over_entry_limit(ctx.svc, ctx.chat_id, ev.sender.user_id, user_id, parsed[0])
     if refusal is not None:
-        await reply(ctx, ev, refusal, upgrade_buttons(ctx))
+        await reply(ctx, ev, with_support(ctx.svc, refusal), upgrade_buttons(ctx))
         return
     done = await facts.remember(ctx.chat_id, user_id, parsed[0], parsed[1], origin="manual", author_id=ev.sender.user_id,
                                 user_name=None if user_id is None else ev.sender.name)

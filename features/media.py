@@ -44,6 +44,7 @@ from actors.errors import ActorError
 from actors.events import CommandEvent, Incoming, Media, with_caption
 from actors.handlers import ChatContext, Understood
 from actors.settings import UserSettings
+from actors.support import with_support
 from i18n import _, ngettext, number
 from memory.documents import document_summary, ingest_document
 from memory.ledger import debit_key
@@ -112,17 +113,18 @@ async def understand(ctx: ChatContext, ev: Incoming, user_settings: UserSettings
                                           seconds=(media.duration_s or 1.0) if voice else 0.0,
                                           pages=1 if media.kind == "document" else 0)
         if not verdict.allowed:
-            return Understood(base, note=verdict.refusal, billing=verdict.reason in ("feature", "quota", "credits"))
+            return Understood(base, note=with_support(ctx.svc, verdict.refusal or ""),
+                              billing=verdict.reason in ("feature", "quota", "credits"))
         paid = verdict if verdict.paid_by is not None else None
     try:
         data = await _download(media)
     except ActorError as exc:
         log.warning("chat %s: media of message %s not downloaded: %s", ctx.chat_id, ev.message_id, exc)
-        return Understood(base, note=_("I couldn't download that file; please send it again."))
+        return Understood(base, note=with_support(ctx.svc, _("I couldn't download that file; please send it again.")))
     if adm is not None and media.size is None:  # the size was unknown before the download
         verdict = await adm.admit_feature(ctx.chat_id, ev.sender.user_id, feature, size_bytes=len(data))
         if not verdict.allowed:
-            return Understood(base, note=verdict.refusal)
+            return Understood(base, note=with_support(ctx.svc, verdict.refusal or ""))
     if media.kind == "document":
         return await _read_document(ctx, ev, media, data, base, paid)
     if media.kind == "photo":
@@ -260,7 +262,7 @@ async def _transcribe(ctx: ChatContext, ev: Incoming, media: Media, data: bytes,
         t = await transcriber.transcribe(data, name, duration_s=media.duration_s)
     except ProviderError as exc:
         log.warning("chat %s: transcribing message %s failed: %s", ctx.chat_id, ev.message_id, exc)
-        return Understood(with_caption(media, ev.text), note=exc.user_message)
+        return Understood(with_caption(media, ev.text), note=with_support(ctx.svc, exc.user_message))
     seconds = t.seconds or media.duration_s or 0.0
     _usage(ctx, ev, "transcription", t.model, cost_usd=t.cost_usd, latency_ms=t.latency_ms, seconds=seconds)
     await _charge(ctx, paid, "audio", chat_id=ctx.chat_id, message_id=ev.message_id, user_id=ev.sender.user_id)
@@ -323,7 +325,7 @@ async def generate_image(ctx: ChatContext, *, chat_id: int, message_id: int, use
     if svc.admission is not None:
         verdict = await svc.admission.admit_feature(chat_id, user_id, "image_generation", images=1)
         if not verdict.allowed:
-            await say(verdict.refusal or _("Sorry, I can't draw right now."),
+            await say(with_support(svc, verdict.refusal or _("Sorry, I can't draw right now.")),
                       billing=verdict.reason in ("feature", "quota", "credits"))
             return False
         tier_model = svc.config.tiers.tiers[verdict.tier].image_model
@@ -336,7 +338,7 @@ async def generate_image(ctx: ChatContext, *, chat_id: int, message_id: int, use
         return False
     except ProviderError as exc:
         log.warning("chat %s: image generation failed: %s", chat_id, exc)
-        await say(exc.user_message)
+        await say(with_support(svc, exc.user_message))
         return False
     svc.record_usage(UsageRecord(svc.clock(), chat_id, user_id, "image", img.model, 0, 0, img.cost_usd, img.latency_ms, images=1))
     await _charge(ctx, verdict, "image", chat_id=chat_id, message_id=message_id, user_id=user_id)

@@ -27,9 +27,9 @@ def short(text: str, n: int) -> str:
 
 
 FEATURE_LABELS = (("vision", N_("photos")), ("documents", N_("documents")), ("voice", N_("voice")),
-                  ("image_generation", "/image"), ("custom_persona", N_("persona")))
+                  ("image_generation", "/image"), ("custom_persona", N_("persona")), ("custom_name", N_("bot name")))
 
 
 def features_line(features: Any) -> str:
-    """``photos ✓ · documents ✓ · voice ✗ · /image ✗ · persona ✓`` for a tier's ``Features``."""
+    """``photos ✓ · documents ✓ · voice ✗ · /image ✗ · persona ✓ · bot name ✗`` for a tier's ``Features``."""
     return " · ".join(f"{_(label)} {'✓' if getattr(features, name) else '✗'}" for name, label in FEATURE_LABELS)

@@ -39,6 +39,7 @@ GROUP_TYPES = frozenset({"group", "supergroup"})
 FEATURE_NAMES = {  # marked for the catalog; translate where shown: _(FEATURE_NAMES[f])
     "vision": N_("Seeing images"), "documents": N_("Reading documents"), "image_generation": N_("Drawing images"),
     "voice": N_("Transcribing voice and audio"), "custom_persona": N_("A custom persona"),
+    "custom_name": N_("A name of my own in a group"),
 }
 
 
@@ -285,7 +286,7 @@ class Admission:
     async def admit_feature(self, chat_id: int, user_id: int, feature: str, *, size_bytes: int | None = None,
                             images: int = 0, seconds: float = 0.0, pages: int = 0) -> Admit:
         """May ``user_id`` use ``feature`` (``vision`` | ``documents`` | ``image_generation`` | ``voice``
-        | ``custom_persona``) in ``chat_id`` now, for a file of ``size_bytes`` (checked against the
+        | ``custom_persona`` | ``custom_name``) in ``chat_id`` now, for a file of ``size_bytes`` (checked against the
         tier's ``max_file_mb``), ``images`` to generate and ``seconds`` of audio to transcribe?
 
         Refused: ``reason`` ``"feature"`` (the tier lacks it; ``refusal`` names what has it and points
@@ -402,7 +403,7 @@ class Admission:
                                               subscription_until=subscription_until, renewal=renewal)
 
     def features(self, tier: str) -> Features:
-        """What ``tier`` may do (vision, documents, image generation, custom persona, voice)."""
+        """What ``tier`` may do (vision, documents, image generation, custom persona, voice, custom name)."""
         return self._tier(tier).features
 
     def storage_limits(self, tier: str) -> tuple[StorageLimits, StorageLimits]:

@@ -19,6 +19,7 @@ import i18n
 from actors.events import PRIVATE, ButtonPress, CommandEvent
 from actors.handlers import ChatContext
 from actors.outbox import Button
+from actors.support import with_support
 from features.billing import plans_button
 from features.replies import reply
 from i18n import _, ngettext
@@ -154,7 +155,7 @@ async def cmd_plugins(ctx: ChatContext, ev: CommandEvent) -> None:
         t = await _apply(ctx, host, tier, name, verb in ON)
         if not t.ok:
             rows = plans_button(ctx) if t.refused in ("tier", "limit") else None
-            await reply(ctx, ev, _refusal(t, name, tier), rows)
+            await reply(ctx, ev, with_support(ctx.svc, _refusal(t, name, tier)) if rows else _refusal(t, name, tier), rows)
             return
         done = _("{plugin} is on.", plugin=name) if verb in ON else _("{plugin} is off.", plugin=name)
         text, rows = await _listing(ctx, host, uid, tier, may, private)
@@ -184,7 +185,7 @@ async def handle_button(ctx: ChatContext, ev: ButtonPress, name: str) -> None:
         text = _refusal(t, name, tier)
         rows = plans_button(ctx) if t.refused in ("tier", "limit") else None
         if rows:
-            await ctx.outbox.send_buttons(ctx.chat_id, text, rows)
+            await ctx.outbox.send_buttons(ctx.chat_id, with_support(ctx.svc, text), rows)
             await ctx.outbox.answer_button(ev.query_id)
         else:
             await ctx.outbox.answer_button(ev.query_id, text, alert=True)
