@@ -98,6 +98,8 @@ class Incoming:
     chat_type: ``"private"`` | ``"group"`` | ``"supergroup"`` | ``"channel"``.
     mentions_bot / reply_to_bot: trigger facts the transport knows (entities, the replied message's sender).
     respond: force the decision (True/False); None lets the chat's triggers decide (docs/design.md §3.2).
+    reply_media: the file of the message this one replies to (its lazy handle downloads it), when the
+    transport has it — a photo to edit ("edit this: …").
     """
 
     chat_id: int
@@ -113,11 +115,16 @@ class Incoming:
     chat_title: str | None = None
     respond: bool | None = None
     media: Media | None = None
+    reply_media: Media | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CommandEvent:
-    """A bot command such as ``/memory`` (``command`` without slash or @botname; ``args`` the rest)."""
+    """A bot command such as ``/memory`` (``command`` without slash or @botname; ``args`` the rest).
+
+    media: the command message's own file (a photo captioned ``/image edit …``: the mask).
+    reply_media: the file of the message the command replies to (the photo ``/image edit`` edits).
+    """
 
     chat_id: int
     chat_type: str
@@ -129,6 +136,8 @@ class CommandEvent:
     thread_id: int | None = None
     chat_title: str | None = None
     reply_to_user: int | None = None  # the command replies to a message of this user (e.g. /admin grant premium)
+    media: Media | None = None
+    reply_media: Media | None = None
 
 
 @dataclass(frozen=True, slots=True)

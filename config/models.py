@@ -142,6 +142,8 @@ class MediaSettings(Frozen):
 
     image_patterns: regular expressions (case-insensitive) that make a plain message an image
     request; the named group ``prompt`` (or else the whole message) is the prompt.
+    image_edit_patterns: the same for a message that replies to a photo and asks to edit it
+    (``edit this: make the sky blue``, «измени: …», «отредактируй …»).
     describe_images: with a vision model, store the model's short description of each photo as its
     memory. ocr: read the text in photos with Tesseract when it is installed (``ocr_languages``:
     Tesseract's language codes joined by ``+``). chunk_chars: the size of a document chunk in memory.
@@ -151,13 +153,17 @@ class MediaSettings(Frozen):
         r"^\s*(?:please\s+)?(?:draw|paint|sketch|generate an? (?:image|picture|photo) of|make an? (?:image|picture) of)(?:\s+(?:me|us))?\s+(?P<prompt>.+)",
         r"^\s*(?:пожалуйста\s+)?(?:нарисуй|нарисуйте|сгенерируй (?:картинку|изображение)|создай (?:картинку|изображение))(?:\s+(?:мне|нам))?\s+(?P<prompt>.+)",
     )
+    image_edit_patterns: tuple[str, ...] = (
+        r"^\s*(?:please\s+)?(?:edit|change|modify|retouch)(?:\s+(?:this|it|the (?:photo|picture|image)))?\s*[:,—-]?\s+(?P<prompt>.+)",
+        r"^\s*(?:пожалуйста\s+)?(?:измени|измените|отредактируй|отредактируйте|поменяй|исправь)(?:\s+(?:это|её|ее|фото|картинку|изображение))?\s*[:,—-]?\s+(?P<prompt>.+)",
+    )
     describe_images: bool = True
     ocr: bool = True
     ocr_languages: str = "eng+rus"
     chunk_chars: int = Field(1200, ge=200)
     max_document_pages: int = Field(2000, ge=1)
 
-    @field_validator("image_patterns")
+    @field_validator("image_patterns", "image_edit_patterns")
     @classmethod
     def _patterns(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         import re
@@ -536,11 +542,12 @@ class Quotas(Frozen):
     chat_requests_per_day: int = UNLIMITED  # all members of a chat together
     chat_tokens_per_day: int = UNLIMITED
     images_per_day: int = UNLIMITED  # images generated (/image) per user
+    images_per_request: int = 1  # images one /image asks for (/image 3 …; edits, variations); -1: up to 10
     audio_seconds_per_day: int = UNLIMITED  # seconds of voice/audio transcribed per user
     tool_calls_per_day: int = UNLIMITED  # tool calls the model makes for the user (every plugin together)
     pages_per_day: int = UNLIMITED  # document pages read into memory per user (a text file counts 1)
 
-    _v = field_validator("tokens_per_day", "chat_requests_per_day", "chat_tokens_per_day", "images_per_day",
+    _v = field_validator("tokens_per_day", "chat_requests_per_day", "chat_tokens_per_day", "images_per_day", "images_per_request",
                          "audio_seconds_per_day", "tool_calls_per_day", "pages_per_day")(classmethod(lambda cls, v: _limit(v)))
 
     @field_validator("requests_per_day")

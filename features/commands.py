@@ -47,7 +47,7 @@ In groups I answer when you mention me, reply to me, or use a keyword; I remembe
 /forget — erase your messages in this chat; `/forget fact 12` removes one fact
 /reset (or /delete_context) — clear the conversation context (history kept); `/reset all` deletes this chat's history
 /history — the last messages; /export — the conversation as a file
-/image — draw a picture (`/image a cat on a bike`)
+/image — draw a picture (`/image a cat on a bike`, `/image 3 a cat`); in reply to a photo `/image edit make the sky blue` or `/image variations`
 /key — use your own API key (private chat): `/key openai sk-…`; `/key delete`
 /language — the language I speak with you
 /settings — group settings (admins): persona, name (`/settings name Jarvis`: I answer to it here), keywords, always_on, persist, language, model, history, reset

@@ -29,7 +29,11 @@ caption; a refused feature comes with a ``/billing`` button. Nothing is download
 
 Image generation: ``/image PROMPT`` and plain requests matching ``media.image_patterns`` (``draw a cat
 on a bike``, ``нарисуй кота на велосипеде``) go to the tier's image model; the image is sent as a photo
-with its prompt and its cost recorded (``usage.kind = 'image'``).
+with its prompt and its cost recorded (``usage.kind = 'image'``). ``/image 3 PROMPT`` asks for several
+(up to the tier's ``images_per_request``). In reply to a photo, ``/image edit PROMPT`` (or a reply
+matching ``media.image_edit_patterns``: ``edit this: …``, «измени …») edits it — the command's own
+image, if any, is the mask — and ``/image variations [N]`` makes variations of it. Every image counts
+against ``images_per_day`` and is paid like a drawn one past it.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ import logging
 import re
 import time
 from functools import lru_cache
+from typing import NamedTuple
 
 import anyio
 
@@ -55,8 +60,9 @@ from tiers.admission import Admit
 
 from .credits import upgrade_buttons
 
-__all__ = ["DESCRIPTION_TOKENS", "EXTRACT_CHARS", "FEATURE_OF", "SHOWN_CHARS", "VOICE_KINDS", "asks_something",
-           "cmd_image", "draw", "generate_image", "image_prompt", "summary_for_member", "understand"]
+__all__ = ["DESCRIPTION_TOKENS", "EXTRACT_CHARS", "FEATURE_OF", "MAX_IMAGES", "SHOWN_CHARS", "VOICE_KINDS", "ImageReply", "asks_something",
+           "cmd_image", "draw", "generate_image", "image_prompt", "image_usage", "make_images", "split_count",
+           "summary_for_member", "understand"]
 
 log = logging.getLogger(__name__)
 
@@ -300,12 +306,53 @@ def image_prompt(text: str, patterns: tuple[str, ...]) -> str | None:
     return None
 
 
+MAX_IMAGES = 10  # the most images one request asks for (OpenAI's ``n`` limit), whatever the tier says
+_COUNT = re.compile(r"^\s*(?:n\s*=\s*)?(\d{1,3})(?:\s+|$)(?P<rest>.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def _is_image(media: Media | None) -> bool:
+    """A photo, or a document that is an image (a PNG mask sent as a file)."""
+    if media is None:
+        return False
+    return media.kind == "photo" or (media.kind == "document" and (media.mime_type or "").startswith("image/"))
+
+
+def split_count(text: str) -> tuple[int | None, str]:
+    """``3 a cat`` / ``n=3 a cat`` → ``(3, "a cat")``; ``a cat`` → ``(None, "a cat")``."""
+    m = _COUNT.match(text)
+    if m is None:
+        return None, text.strip()
+    return int(m.group(1)), m.group("rest").strip()
+
+
 async def generate_image(ctx: ChatContext, *, chat_id: int, message_id: int, user_id: int, thread_id: int | None,
-                         prompt: str) -> bool:
-    """Generate an image for ``prompt`` and send it as a photo in reply to ``message_id``; refusals
-    and failures are answered politely. Returns True when a photo was sent."""
+                         prompt: str, n: int = 1) -> bool:
+    """Draw ``n`` images for ``prompt`` and send them as photos in reply to ``message_id``
+    (``make_images``). Returns True when a photo was sent."""
+    return await make_images(ctx, "draw", ImageReply(chat_id, message_id, user_id, thread_id), prompt=prompt, n=n)
+
+
+class ImageReply(NamedTuple):
+    """Where images go: in reply to ``message_id`` of ``user_id`` in ``chat_id`` (``thread_id``: its topic)."""
+
+    chat_id: int
+    message_id: int
+    user_id: int
+    thread_id: int | None
+
+
+async def make_images(ctx: ChatContext, kind: str, to: ImageReply, *, prompt: str = "", n: int = 1, photo: Media | None = None,
+                      mask: Media | None = None) -> bool:
+    """Make ``n`` images — ``kind`` ``"draw"`` (``prompt``), ``"edit"`` (``photo`` changed as ``prompt``
+    says, inside ``mask`` when given) or ``"variations"`` (of ``photo``) — and send them as photos in
+    reply to ``message_id``. ``n`` is cut to the tier's ``images_per_request`` and then to what
+    ``images_per_day`` (and credits) leave, each with a one-line note; the feature flag
+    ``image_generation`` gates all three. Each image is recorded (``usage.kind = 'image'``, counted
+    against ``images_per_day``) and those past the quota are debited at ``prices.per_image``. Nothing
+    is downloaded or generated for a refusal. Returns True when a photo was sent."""
     from providers.errors import ContentRefused
 
+    chat_id, message_id, user_id, thread_id = to
     svc = ctx.svc
     gen = getattr(svc, "images", None)
     models = svc.config.settings.image_models
@@ -321,49 +368,132 @@ async def generate_image(ctx: ChatContext, *, chat_id: int, message_id: int, use
         await say(_("Drawing images is not set up on this bot (no image model in kith.yaml)."))
         return False
     alias = next(iter(models))
-    verdict = None
-    if svc.admission is not None:
-        verdict = await svc.admission.admit_feature(chat_id, user_id, "image_generation", images=1)
-        if not verdict.allowed:
-            await say(with_support(svc, verdict.refusal or _("Sorry, I can't draw right now.")),
-                      billing=verdict.reason in ("feature", "quota", "credits"))
+    asked = max(1, min(n, MAX_IMAGES))
+    count, free, verdict, notes = asked, asked, None, []
+    adm = svc.admission
+    if adm is not None:
+        tiers = svc.config.tiers
+        tier = await adm.tier_of(chat_id, user_id)
+        per_request = tiers.tiers[tier].quotas.images_per_request
+        limit = MAX_IMAGES if per_request < 0 else max(1, per_request)
+        if asked > limit:
+            asked = limit
+            note = ngettext("The {tier} tier makes {n} image per request.", "The {tier} tier makes up to {n} images per request.",
+                            limit, tier=tier, n=number(limit))
+            better = [t for t in sorted(tiers.tiers, key=tiers.rank) if tiers.rank(t) > tiers.rank(tier)
+                      and tiers.tiers[t].features.image_generation
+                      and (tiers.tiers[t].quotas.images_per_request < 0 or tiers.tiers[t].quotas.images_per_request > limit)]
+            if better:
+                note += " " + _("Several images at once come with the {tier} tier.", tier=better[0])
+            notes.append(note)
+        allowed = await adm.admit_images(chat_id, user_id, asked)
+        verdict = allowed.admit
+        if allowed.count == 0:
+            await say(with_support(svc, verdict.refusal or _("Sorry, I can't draw right now.")), billing=verdict.reason in ("feature", "quota", "credits"))
             return False
-        tier_model = svc.config.tiers.tiers[verdict.tier].image_model
+        count, free = allowed.count, allowed.free
+        if count < asked:
+            notes.append(ngettext("Today's images leave room for {n} of them.", "Today's images leave room for {n} of them.",
+                                  count, n=number(count)))
+        tier_model = tiers.tiers[verdict.tier].image_model
         if tier_model in models:
             alias = tier_model
+    source = mask_data = None
+    if kind != "draw":
+        try:
+            source = await _download(photo) if photo is not None else None
+            mask_data = await _download(mask) if mask is not None else None
+        except ActorError as exc:
+            log.warning("chat %s: the photo to %s was not downloaded: %s", chat_id, kind, exc)
+            await say(_("I couldn't download that photo; please send it again."))
+            return False
+        if source is None:
+            await say(_("Reply to a photo to edit it or make variations of it."))
+            return False
     try:
-        img = await gen.generate(alias, prompt)
+        if kind == "edit":
+            assert source is not None
+            imgs = await gen.edit(alias, source, prompt, mask=mask_data, n=count)
+        elif kind == "variations":
+            assert source is not None
+            imgs = await gen.variations(alias, source, n=count)
+        else:
+            imgs = await gen.generate_many(alias, prompt, count)
     except ContentRefused as exc:
         await say(exc.user_message)
         return False
     except ProviderError as exc:
-        log.warning("chat %s: image generation failed: %s", chat_id, exc)
+        log.warning("chat %s: image %s failed: %s", chat_id, kind, exc)
         await say(with_support(svc, exc.user_message))
         return False
-    svc.record_usage(UsageRecord(svc.clock(), chat_id, user_id, "image", img.model, 0, 0, img.cost_usd, img.latency_ms, images=1))
-    await _charge(ctx, verdict, "image", chat_id=chat_id, message_id=message_id, user_id=user_id)
-    caption = f"🎨 {prompt}"
-    await ctx.outbox.send_photo(chat_id, img.data, caption=caption[:1000], reply_to=message_id, thread_id=thread_id)
+    imgs = imgs[:count]
+    for img in imgs:
+        svc.record_usage(UsageRecord(svc.clock(), chat_id, user_id, "image", img.model, 0, 0, img.cost_usd, img.latency_ms, images=1))
+    await _charge(ctx, verdict, "image", chat_id=chat_id, message_id=message_id, user_id=user_id,
+                  units=max(0, len(imgs) - free))
+    if notes:
+        await say(" ".join(notes))
+    mark = {"draw": "🎨", "edit": "✏️", "variations": "🔁"}.get(kind, "🎨")
+    for i, img in enumerate(imgs, 1):  # the Outbox has no album (media group): one photo each
+        caption = f"{mark} {prompt}".strip() + (f" ({i}/{len(imgs)})" if len(imgs) > 1 else "")
+        await ctx.outbox.send_photo(chat_id, img.data, caption=caption[:1000], reply_to=message_id, thread_id=thread_id)
     return True
 
 
 async def draw(ctx: ChatContext, ev: Incoming) -> bool:
     """A plain-language drawing request ("draw a cat on a bike", «нарисуй кота»; ``media.image_patterns``)
-    is drawn (``generate_image``): True when ``ev`` was one (the turn is then done)."""
-    prompt = image_prompt(ev.text, ctx.svc.config.settings.media.image_patterns)
+    is drawn, and a reply to a photo asking to edit it ("edit this: make the sky blue", «измени …»;
+    ``media.image_edit_patterns``) is edited (``make_images``): True when ``ev`` was one (the turn is
+    then done)."""
+    m = ctx.svc.config.settings.media
+    to = ImageReply(ctx.chat_id, ev.message_id, ev.sender.user_id, ev.thread_id)
+    if _is_image(ev.reply_media):
+        change = image_prompt(ev.text, m.image_edit_patterns)
+        if change:
+            await make_images(ctx, "edit", to, prompt=change, photo=ev.reply_media)
+            return True
+    prompt = image_prompt(ev.text, m.image_patterns)
     if not prompt:
         return False
-    await generate_image(ctx, chat_id=ctx.chat_id, message_id=ev.message_id, user_id=ev.sender.user_id,
-                         thread_id=ev.thread_id, prompt=prompt)
+    await make_images(ctx, "draw", to, prompt=prompt)
     return True
 
 
+def image_usage() -> str:
+    """The help of ``/image``, in the member's language."""
+    return _("Usage:\n"
+             "/image a cat riding a bicycle, watercolour — draw it\n"
+             "/image 3 a cat — several images at once (as many as your tier allows)\n"
+             "/image edit make the sky blue — in reply to a photo: edit it (a second image sent with the command is the mask)\n"
+             "/image variations 2 — in reply to a photo: variations of it")
+
+
 async def cmd_image(ctx: ChatContext, ev: CommandEvent) -> None:
-    """``/image PROMPT``: draw ``PROMPT``."""
-    prompt = ev.args.strip()
-    if not prompt:
-        await ctx.outbox.send(ctx.chat_id, _("Usage: /image a cat riding a bicycle, watercolour"), reply_to=ev.message_id,
-                                thread_id=ev.thread_id)
+    """``/image PROMPT`` (draw), ``/image N PROMPT`` / ``n=N`` (N images), ``/image edit [N] PROMPT`` and
+    ``/image variations [N]`` in reply to a photo (``reply_media``; the command's own image is the
+    edit's mask)."""
+    args = ev.args.strip()
+    to = ImageReply(ctx.chat_id, ev.message_id, ev.sender.user_id, ev.thread_id)
+    word, _sep, rest = args.partition(" ")
+    sub = word.lower()
+    if sub in ("edit", "variations", "variation", "vary"):
+        n, prompt = split_count(rest)
+        photo = ev.reply_media if _is_image(ev.reply_media) else None
+        if photo is None:
+            await ctx.outbox.send(ctx.chat_id, _("Reply to a photo with /image edit WHAT TO CHANGE or /image variations."),
+                                  reply_to=ev.message_id, thread_id=ev.thread_id)
+            return
+        if sub == "edit":
+            if not prompt:
+                await ctx.outbox.send(ctx.chat_id, _("Say what to change: /image edit make the sky blue"), reply_to=ev.message_id,
+                                      thread_id=ev.thread_id)
+                return
+            await make_images(ctx, "edit", to, prompt=prompt, n=n or 1, photo=photo, mask=ev.media if _is_image(ev.media) else None)
+        else:
+            await make_images(ctx, "variations", to, n=n or 1, photo=photo)
         return
-    await generate_image(ctx, chat_id=ctx.chat_id, message_id=ev.message_id, user_id=ev.sender.user_id,
-                         thread_id=ev.thread_id, prompt=prompt)
+    n, prompt = split_count(args)
+    if not prompt:
+        await ctx.outbox.send(ctx.chat_id, image_usage(), reply_to=ev.message_id, thread_id=ev.thread_id)
+        return
+    await make_images(ctx, "draw", to, prompt=prompt, n=n or 1)

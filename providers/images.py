@@ -1,19 +1,25 @@
-"""Image generation (``/image``, "draw …"): a prompt in, image bytes out.
+"""Image generation (``/image``, "draw …"), edits and variations: a prompt (and a photo) in, image bytes out.
 
 Usage::
 
     gen = ImageGenerator(settings.image_models)         # alias -> ImageModelSpec
     img = await gen.generate("dalle", "a lighthouse at dusk, watercolour")   # -> GeneratedImage
     img.data, img.mime_type, img.revised_prompt, img.cost_usd
+    imgs = await gen.generate_many("dalle", "a cat", 3)                   # -> list[GeneratedImage]
+    imgs = await gen.edit("dalle", photo_png, "make the sky blue", mask=mask_png, n=2)
+    imgs = await gen.variations("dalle", photo_png, n=2)
 
-One ``litellm.aimage_generation`` call per image (``n=1``) with the alias's ``size``, ``quality``,
+One ``litellm.aimage_generation`` call per request (``n`` images, ``generate``: 1), ``litellm.aimage_edit``
+for an edit (multipart ``image``, ``mask``, ``prompt``, ``n``), ``litellm.aimage_variation`` once per
+variation (litellm 1.106.2 forwards no ``n`` for OpenAI variations); each with the alias's ``size``, ``quality``,
 ``api_base``, key (``os.environ[api_key_env]`` when set, else litellm's own variables such as
 OPENAI_API_KEY) and ``timeout_s`` (per attempt: the openai SDK retries 429/5xx/connection errors
 twice, its default — litellm 1.106.2 does not pass ``max_retries`` on for images). ``response_format=
 "b64_json"`` is asked of models that take it (DALL·E and unknown OpenAI-compatible models; the
 gpt-image family always answers base64 and rejects the parameter); a provider that still answers with
 a URL has it downloaded with httpx within what is left of ``timeout_s`` (at least 5 s, at most
-``MAX_IMAGE_BYTES``). The MIME type comes from the bytes (PNG, JPEG, WebP, GIF); anything else is
+``MAX_IMAGE_BYTES``). A photo to edit or vary (and a mask) is sent as PNG (``as_png``: OpenAI takes
+PNG only there). The MIME type comes from the bytes (PNG, JPEG, WebP, GIF); anything else is
 ``ProviderUnavailable``.
 
 Errors: a content-policy refusal (400 ``content_policy_violation``, litellm's
@@ -35,11 +41,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -51,7 +58,7 @@ from . import _offline  # noqa: F401  (before litellm)
 from .errors import ContentRefused, ModelNotConfigured, ProviderError, ProviderTimeout, ProviderUnavailable
 from .llm import error_detail, translate_error
 
-__all__ = ["MAX_IMAGE_BYTES", "OPENAI_DALLE_PRICES", "GeneratedImage", "ImageGenerator", "image_cost", "sniff_image_type"]
+__all__ = ["MAX_IMAGE_BYTES", "OPENAI_DALLE_PRICES", "GeneratedImage", "ImageGenerator", "as_png", "image_cost", "sniff_image_type"]
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +216,31 @@ def _is_content_refusal(e: BaseException) -> bool:
     return getattr(e, "code", None) == "content_policy_violation"
 
 
+def as_png(data: bytes) -> bytes:
+    """``data`` (JPEG, WebP, GIF…) as PNG bytes — OpenAI's edits and variations take PNG only, and a
+    Telegram photo is a JPEG; a PNG (or what Pillow cannot read) is returned unchanged. Blocking."""
+    if sniff_image_type(data) in ("image/png", None):
+        return data
+    from PIL import Image  # Pillow only for an edit or a variation: not at start-up
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            out = io.BytesIO()
+            im.convert("RGBA").save(out, "PNG")
+            return out.getvalue()
+    except (OSError, ValueError):
+        return data
+
+
+def _upload(name: str, data: bytes) -> io.BytesIO:
+    """``data`` as a named file for a multipart upload (litellm's async image edit reads file
+    objects; a ``(name, bytes, mime)`` tuple is not sent)."""
+    ext = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}.get(sniff_image_type(data) or "", "png")
+    f = io.BytesIO(data)
+    f.name = f"{name}.{ext}"
+    return f
+
+
 def _item_field(item: Any, name: str) -> Any:
     return item.get(name) if isinstance(item, Mapping) else getattr(item, name, None)
 
@@ -246,67 +278,108 @@ class ImageGenerator:
         ProviderUnavailable (5xx, no image or not an image in the answer), ProviderTimeout,
         AuthenticationFailed, BadRequest — all ``ProviderError``; never a litellm type.
         """
+        return (await self.generate_many(alias, prompt, 1))[0]
+
+    async def generate_many(self, alias: str, prompt: str, n: int) -> list[GeneratedImage]:
+        """``n`` (1–10) images for ``prompt`` in one request (``n``); the provider may answer fewer
+        (at least one, else ProviderUnavailable). Errors as ``generate``."""
         spec = self._spec(alias)
-        where = f"image model {alias} [{spec.model}]"
-        kwargs: dict[str, Any] = {
-            "model": spec.model,
-            "prompt": prompt,
-            "n": 1,
-            "size": spec.size,
-            "timeout": spec.timeout_s,
-            "drop_params": True,
-        }
+        kwargs = self._common(spec, n)
+        kwargs["prompt"] = prompt
+        kwargs["size"] = spec.size
         if spec.quality:
             kwargs["quality"] = spec.quality
+        return await self._images(alias, spec, prompt, litellm.aimage_generation, kwargs, "image generation")
+
+    async def edit(self, alias: str, image: bytes, prompt: str, *, mask: bytes | None = None, n: int = 1) -> list[GeneratedImage]:
+        """``n`` (1–10) edits of ``image`` (PNG/JPEG/WebP bytes) following ``prompt``, one
+        ``litellm.aimage_edit`` request; ``mask`` (a PNG whose transparent pixels mark where to
+        edit) is sent with it when given. Errors as ``generate`` (a model that cannot edit answers
+        BadRequest)."""
+        spec = self._spec(alias)
+        kwargs = self._common(spec, n)
+        kwargs.update(image=_upload("image", await anyio.to_thread.run_sync(as_png, image)), prompt=prompt, size=spec.size)
+        if mask is not None:
+            kwargs["mask"] = _upload("mask", await anyio.to_thread.run_sync(as_png, mask))
+        return await self._images(alias, spec, prompt, litellm.aimage_edit, kwargs, "image edit")
+
+    async def variations(self, alias: str, image: bytes, *, n: int = 1) -> list[GeneratedImage]:
+        """``n`` (1–10) variations of ``image``: ``n`` calls of ``litellm.aimage_variation`` one after
+        the other (litellm 1.106.2 sends OpenAI neither ``n`` nor ``size`` nor ``response_format`` for
+        variations, so each call is one image, returned as a URL or base64). Stops at the first
+        failure when something was made; errors as ``generate``."""
+        spec = self._spec(alias)
+        image = await anyio.to_thread.run_sync(as_png, image)
+        out: list[GeneratedImage] = []
+        for _i in range(max(1, min(10, n))):
+            kwargs = self._common(spec, 1)
+            kwargs.pop("response_format", None)
+            kwargs["image"] = _upload("image", image)
+            try:
+                out += await self._images(alias, spec, "", litellm.aimage_variation, kwargs, "image variation")
+            except ProviderError:
+                if not out:
+                    raise
+                log.info("image variation %d of %d failed; keeping %d", len(out) + 1, n, len(out))
+                break
+        return out
+
+    @staticmethod
+    def _common(spec: ImageModelSpec, n: int) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"model": spec.model, "n": max(1, min(10, n)), "timeout": spec.timeout_s, "drop_params": True}
         if _takes_response_format(spec.model):
             kwargs["response_format"] = "b64_json"
         if spec.api_base:
             kwargs["api_base"] = spec.api_base
         if spec.api_key_env and os.environ.get(spec.api_key_env):
             kwargs["api_key"] = os.environ[spec.api_key_env]
+        return kwargs
 
+    async def _images(self, alias: str, spec: ImageModelSpec, prompt: str, call: Any, kwargs: dict[str, Any],
+                      what: str) -> list[GeneratedImage]:
+        where = f"image model {alias} [{spec.model}]"
         t0 = time.perf_counter()
         try:
             with anyio.fail_after(spec.timeout_s * (_SDK_RETRIES + 1) + 10):  # the timeout is per attempt
-                resp = await litellm.aimage_generation(**kwargs)
+                resp = await call(**kwargs)
         except TimeoutError as e:
             raise ProviderTimeout(f"{where}: no image within {spec.timeout_s:.0f} s") from e
         except Exception as e:
             if _is_content_refusal(e):
                 raise ContentRefused(f"{where}: {type(e).__name__}: {error_detail(e)}") from e
             err = translate_error(e, where)
-            log.info("image generation failed: %s", err)
+            log.info("%s failed: %s", what, err)
             raise err from e
 
         items = list(getattr(resp, "data", None) or [])
         if not items:
             raise ProviderUnavailable(f"{where}: the answer has no image")
-        item = items[0]
-        b64 = _item_field(item, "b64_json")
-        url = _item_field(item, "url")
-        if b64:
-            try:
-                data = base64.b64decode(b64, validate=False)
-            except (binascii.Error, ValueError) as e:
-                raise ProviderUnavailable(f"{where}: the answer's b64_json is not base64") from e
-        elif url:
-            remaining = spec.timeout_s - (time.perf_counter() - t0)
-            data = await self._download(str(url), max(_MIN_DOWNLOAD_S, remaining), where)
-        else:
-            raise ProviderUnavailable(f"{where}: the answer has neither b64_json nor url")
-        mime = sniff_image_type(data)
-        if mime is None:
-            raise ProviderUnavailable(f"{where}: the answer is not a PNG, JPEG, WebP or GIF image ({len(data)} bytes)")
-        revised = _item_field(item, "revised_prompt")
-        return GeneratedImage(
-            data=data,
-            mime_type=mime,
-            prompt=prompt,
-            revised_prompt=str(revised) if revised else None,
-            model=alias,
-            cost_usd=image_cost(spec.model, spec.size, spec.quality, getattr(resp, "usage", None)),
-            latency_ms=(time.perf_counter() - t0) * 1000.0,
-        )
+        usage = getattr(resp, "usage", None)
+        cost = image_cost(spec.model, spec.size, spec.quality, usage)
+        if cost is not None and usage is not None and len(items) > 1 and "gpt-image" in spec.model.lower():
+            cost /= len(items)  # token usage is the whole answer's
+        out: list[GeneratedImage] = []
+        for item in items:
+            b64 = _item_field(item, "b64_json")
+            url = _item_field(item, "url")
+            if b64:
+                try:
+                    data = base64.b64decode(b64, validate=False)
+                except (binascii.Error, ValueError) as e:
+                    raise ProviderUnavailable(f"{where}: the answer's b64_json is not base64") from e
+            elif url:
+                remaining = spec.timeout_s - (time.perf_counter() - t0)
+                data = await self._download(str(url), max(_MIN_DOWNLOAD_S, remaining), where)
+            else:
+                raise ProviderUnavailable(f"{where}: the answer has neither b64_json nor url")
+            mime = sniff_image_type(data)
+            if mime is None:
+                raise ProviderUnavailable(f"{where}: the answer is not a PNG, JPEG, WebP or GIF image ({len(data)} bytes)")
+            revised = _item_field(item, "revised_prompt")
+            out.append(GeneratedImage(data=data, mime_type=mime, prompt=prompt, revised_prompt=str(revised) if revised else None,
+                                      model=alias, cost_usd=cost, latency_ms=0.0))
+        latency = (time.perf_counter() - t0) * 1000.0
+        return [replace(img, latency_ms=latency / len(out)) for img in out]
 
     @staticmethod
     async def _download(url: str, timeout_s: float, where: str) -> bytes:

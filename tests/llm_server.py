@@ -21,14 +21,19 @@ A user message with ``image_url`` content parts (``data:`` URLs) shows each imag
 ``"echo: <text> [image image/png 1234 bytes]"`` (the decoded size), so tests can prove the image
 reached the model.
 
-``POST /v1/images/generations`` (JSON; ``revised_prompt`` is the prompt):
+``POST /v1/images/generations`` (JSON; ``n`` images, default 1, at most 10; ``revised_prompt`` is the prompt):
 
 ====================  =============================================================================
 ``policy-*``          400 ``{"error": {"code": "content_policy_violation", ...}}``
 ``error-*``           500
-``url-*``             200 with ``data[0].url`` = ``<server>/files/<id>.png`` (served by ``GET``)
-anything else         200 with ``data[0].b64_json``: a real 8x8 RGB PNG (``TEST_PNG``)
+``url-*``             200 with ``data[i].url`` = ``<server>/files/<id>.png`` (served by ``GET``)
+anything else         200 with ``data[i].b64_json``: a real 8x8 RGB PNG (``TEST_PNG``)
 ====================  =============================================================================
+
+``POST /v1/images/edits`` (multipart/form-data: ``image``, optional ``mask``, ``prompt``, ``n``) and
+``POST /v1/images/variations`` (``image``, ``n``) answer ``n`` images as ``b64_json`` (``TEST_PNG``);
+``error-*`` models → 500, no ``image`` (or an edit without ``prompt``) → 400. Their
+``RecordedRequest.body`` holds the form fields, each file part as ``{"filename", "size", "data"}``.
 
 ``POST /v1/audio/transcriptions`` (multipart/form-data) answers ``{"text", "duration", "language":
 "en"}``: the server stands in for the provider, so an uploaded "recording" whose bytes are UTF-8
@@ -256,6 +261,26 @@ def _parse_multipart(content_type: str, raw: bytes) -> tuple[dict[str, Any], tup
     return fields, upload
 
 
+def _multipart_files(content_type: str, raw: bytes) -> tuple[dict[str, Any], dict[str, tuple[str, bytes]]]:
+    """Form fields (text) and every uploaded file part by its field name (``image``, ``mask``): (file name, bytes)."""
+    import email.parser
+    import email.policy
+
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+    fields: dict[str, Any] = {}
+    files: dict[str, tuple[str, bytes]] = {}
+    for part in msg.iter_parts() if msg.is_multipart() else ():
+        name = part.get_param("name", header="content-disposition") or ""
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None:
+            files[str(name)] = (filename, payload)
+        elif name:
+            fields[str(name)] = payload.decode("utf-8", "replace")
+    return fields, files
+
+
 def _usage(body: dict[str, Any], answer: str) -> dict[str, int]:
     messages = body.get("messages") or []
     prompt = sum(len(_content_text(m.get("content")).split()) + 3 for m in messages)
@@ -326,6 +351,9 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         if path == "/v1/audio/transcriptions":
             self._transcription(raw, headers)
+            return
+        if path in ("/v1/images/edits", "/v1/images/variations"):
+            self._image_upload(path, raw, headers)
             return
         try:
             body = json.loads(raw or b"{}")
@@ -400,15 +428,45 @@ class _Handler(BaseHTTPRequestHandler):
         if model.startswith("error"):
             self._error(500, f"The server had an error while processing your request ({model})", "server_error")
             return
-        item: dict[str, Any] = {"revised_prompt": str(body.get("prompt", ""))}
-        if model.startswith("url"):
-            name = f"{uuid.uuid4().hex[:12]}.png"
-            self.server.owner._files[name] = TEST_PNG
-            host, port = self.server.server_address[:2]
-            item["url"] = f"http://{host}:{port}/files/{name}"
-        else:
-            item["b64_json"] = base64.b64encode(TEST_PNG).decode("ascii")
-        self._send_json(200, {"created": int(time.time()), "data": [item]})
+        try:
+            n = max(1, min(10, int(body.get("n") or 1)))
+        except (TypeError, ValueError):
+            n = 1
+        items: list[dict[str, Any]] = []
+        for _i in range(n):
+            item: dict[str, Any] = {"revised_prompt": str(body.get("prompt", ""))}
+            if model.startswith("url"):
+                name = f"{uuid.uuid4().hex[:12]}.png"
+                self.server.owner._files[name] = TEST_PNG
+                host, port = self.server.server_address[:2]
+                item["url"] = f"http://{host}:{port}/files/{name}"
+            else:
+                item["b64_json"] = base64.b64encode(TEST_PNG).decode("ascii")
+            items.append(item)
+        self._send_json(200, {"created": int(time.time()), "data": items})
+
+    def _image_upload(self, path: str, raw: bytes, headers: dict[str, str]) -> None:
+        fields, files = _multipart_files(headers.get("content-type", ""), raw)
+        model = str(fields.get("model", ""))
+        recorded: dict[str, Any] = dict(fields)
+        for name, (filename, data) in files.items():
+            recorded[name] = {"filename": filename, "size": len(data), "data": data}
+        self.server.owner._record(RecordedRequest(self.path, model, recorded, headers))
+        if "image" not in files and "image[]" not in files:
+            self._error(400, "'image' is a required property", "invalid_request_error")
+            return
+        if path.endswith("/edits") and not fields.get("prompt"):
+            self._error(400, "'prompt' is a required property", "invalid_request_error")
+            return
+        if model.startswith("error"):
+            self._error(500, f"The server had an error while processing your request ({model})", "server_error")
+            return
+        try:
+            n = max(1, min(10, int(fields.get("n") or 1)))
+        except ValueError:
+            n = 1
+        self._send_json(200, {"created": int(time.time()),
+                              "data": [{"b64_json": base64.b64encode(TEST_PNG).decode("ascii")} for _ in range(n)]})
 
     def _transcription(self, raw: bytes, headers: dict[str, str]) -> None:
         fields, upload = _parse_multipart(headers.get("content-type", ""), raw)

@@ -33,7 +33,7 @@ from .quotas import ANY_MODEL, QuotaDecision, QuotaTracker, RateLimiter, TodayUs
 from .resolve import effective_tier
 from .subscriptions import Subscription, SubscriptionStore
 
-__all__ = ["FEATURE_NAMES", "GROUP_TYPES", "Admission", "Admit", "Profile"]
+__all__ = ["FEATURE_NAMES", "GROUP_TYPES", "Admission", "Admit", "ImagesAdmit", "Profile"]
 
 GROUP_TYPES = frozenset({"group", "supergroup"})
 FEATURE_NAMES = {  # marked for the catalog; translate where shown: _(FEATURE_NAMES[f])
@@ -75,6 +75,17 @@ class Admit:
     paid_by: tuple[str, int] | None = None
     price: int = 0
     overdraft: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ImagesAdmit:
+    """The answer of ``Admission.admit_images``. admit: the admission (refused: ``count`` 0, its
+    ``refusal``; paid: ``paid_by`` and ``price`` per image). count: images that may be made (0..n).
+    free: how many of them fall within ``images_per_day`` (the rest are paid)."""
+
+    admit: Admit
+    count: int
+    free: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +315,35 @@ class Admission:
         if not adm.allowed:
             self.refusals[adm.reason or "other"] += 1
         return adm
+
+    async def admit_images(self, chat_id: int, user_id: int, n: int) -> ImagesAdmit:
+        """May ``user_id`` have up to ``n`` images generated (drawn, edited or varied) in ``chat_id``
+        now? ``admit_feature("image_generation", images=1)`` for the first; then as many more as
+        ``images_per_day`` has left (``free``) and, past it when the tier pays with credits, as many as
+        a balance covers at ``prices.per_image`` each. ``count`` is how many may be made (0: refused,
+        ``admit`` says why); images past the first ``free`` ones are debited with
+        ``charge_extra(admit, key, units=paid images)`` (``admit.price`` is per image)."""
+        first = await self.admit_feature(chat_id, user_id, "image_generation", images=1)
+        if not first.allowed:
+            return ImagesAdmit(first, 0, 0)
+        n = max(1, n)
+        if n == 1:
+            return ImagesAdmit(first, 1, 0 if first.paid_by is not None else 1)
+        t = self._tier(first.tier)
+        price = self.cfg.prices.media(images=1)
+        free = 0
+        if first.paid_by is None:
+            free = 1
+            while free < n and self.quotas.check_media(first.tier, user_id, images=free + 1).allowed:
+                free += 1
+            if free == n or t.spent_mode != "credits" or self.ledger is None or price <= 0:
+                return ImagesAdmit(first, free, free)
+        d = first.quota or self.quotas.check_media(first.tier, user_id, images=free + 1)
+        for paid in range(n - free, 0, -1):
+            adm = await self._paid(chat_id, chat_id < 0, user_id, first.tier, t, d, price * paid)
+            if adm.allowed:
+                return ImagesAdmit(replace(adm, price=price), free + paid, free)
+        return ImagesAdmit(first, max(free, 1), free)
 
     async def _admit_feature(self, chat_id: int, user_id: int, feature: str, *, size_bytes: int | None = None,
                              images: int = 0, seconds: float = 0.0, pages: int = 0) -> Admit:

@@ -50,7 +50,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (  # the menu; descriptions are translat
     ("memory", N_("What I remember here")),
     ("forget", N_("Forget what you said in this chat")),
     ("remember", N_("Keep a fact: /remember birthday: 12 March")),
-    ("image", N_("Draw a picture: /image a cat on a bike")),
+    ("image", N_("Draw a picture: /image a cat on a bike; reply to a photo: /image edit …")),
     ("key", N_("Use your own API key (private chat)")),
     ("language", N_("The language I speak with you")),
     ("settings", N_("Group settings (admins only)")),

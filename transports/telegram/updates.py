@@ -61,6 +61,7 @@ from .render import plain_parts, utf16_slice
 
 log = logging.getLogger(__name__)
 
+CAPTION_COMMANDS = frozenset({"image"})  # a file captioned with these is the command (its media: /image edit's mask)
 SEEN_KEPT = 16_384  # (chat_id, message_id) pairs remembered to drop re-delivered updates
 GATE_TTL_S = 600.0  # channel membership is cached this long
 _COMMAND = re.compile(r"/([A-Za-z0-9_]{1,64})(?:@([A-Za-z0-9_]{1,64}))?(?=\s|$)(.*)", re.DOTALL)
@@ -208,7 +209,9 @@ def message_to_event(message: Any, bot: BotIdentity, *, sent_by_bot: Callable[[i
                      client: Any = None) -> Incoming | CommandEvent | PaymentEvent | None:
     """A pyrogram ``Message`` → ``Incoming`` / ``CommandEvent``; None for anything else (service
     messages, the bot's own messages, commands for another bot). A message with a file carries it
-    as ``Incoming.media`` (caption as the text); ``client`` makes its download handle."""
+    as ``Incoming.media`` (caption as the text); ``client`` makes its download handle. A file captioned
+    with one of ``CAPTION_COMMANDS`` (``/image edit …``) is that command, its file as ``CommandEvent.media``.
+    The file of the replied-to message, if any, is ``reply_media`` (the photo ``/image edit`` edits)."""
     chat_type = chat_type_of(message.chat)
     if chat_type is None or message.outgoing:
         return None
@@ -244,18 +247,20 @@ def message_to_event(message: Any, bot: BotIdentity, *, sent_by_bot: Callable[[i
     thread_id = thread_of(message)
     date = to_utc(message.date)
     title = message.chat.title if chat_type != "private" else None
-    if message.text is not None and text.startswith("/"):
+    replied = message.reply_to_message
+    reply_media = media_of(replied, client) if replied is not None else None
+    if text.startswith("/") and (message.text is not None or media is not None):
         cmd = parse_command(text, bot.username)
-        if cmd is False:
+        if cmd is False and message.text is not None:
             return None
-        if isinstance(cmd, tuple):
-            replied_to = message.reply_to_message.from_user if message.reply_to_message is not None else None
+        if isinstance(cmd, tuple) and (message.text is not None or cmd[0] in CAPTION_COMMANDS):
+            replied_to = replied.from_user if replied is not None else None
             return CommandEvent(chat_id, chat_type, message.id, sender, cmd[0], cmd[1], date, thread_id=thread_id, chat_title=title,
-                                reply_to_user=replied_to.id if replied_to is not None and not replied_to.is_bot else None)
+                                reply_to_user=replied_to.id if replied_to is not None and not replied_to.is_bot else None,
+                                media=media, reply_media=reply_media)
     reply_to = message.reply_to_message_id
     if thread_id is not None and reply_to == thread_id and not message.reply_to_top_message_id:
         reply_to = None  # a plain message in a topic "replies" to the topic's first message
-    replied = message.reply_to_message
     reply_to_bot = reply_to is not None and (
         (replied is not None and replied.from_user is not None and replied.from_user.id == bot.user_id) or sent_by_bot(chat_id, reply_to)
     )
@@ -272,6 +277,7 @@ def message_to_event(message: Any, bot: BotIdentity, *, sent_by_bot: Callable[[i
         mentions_bot=mentions_bot(text, entities, bot),
         chat_title=title,
         media=media,
+        reply_media=reply_media,
     )
 
 
@@ -625,6 +631,7 @@ async def _logged(coro: Awaitable[Any]) -> None:
 
 
 __all__ = [
+    "CAPTION_COMMANDS",
     "GATE_NOTICE",
     "PRIVACY_NOTICE",
     "ChannelGate",
