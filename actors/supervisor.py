@@ -12,6 +12,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -90,20 +91,30 @@ class Supervisor:
         self._now = monotonic
         self._actors: dict[int, _ActorRecord] = {}
         self._tg: TaskGroup | None = None
+        self._owner: AsyncExitStack | None = None  # holds the task group while the supervisor runs
         self._closed = False
         self.stats = SupervisorStats()
 
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Supervisor:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._reaper, name="supervisor-reaper")
+        # the actors' task group, owned by this object until __aexit__; a start that fails half-way
+        # cancels what it started and closes the group before its error propagates (as itself)
+        stack = AsyncExitStack()
+        try:
+            self._tg = tg = await stack.enter_async_context(anyio.create_task_group())
+            tg.start_soon(self._reaper, name="supervisor-reaper")
+        except BaseException:
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+            await stack.aclose()
+            raise
+        self._owner = stack
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> bool | None:
         self._closed = True
-        assert self._tg is not None
+        assert self._tg is not None and self._owner is not None
         for rec in list(self._actors.values()):
             rec.closing = True
             rec.send.close()
@@ -115,12 +126,13 @@ class Supervisor:
                 log.warning("shutdown: %d chat(s) did not drain within %.0f s", len(self._actors), self.settings.drain_timeout_s)
         finally:  # even when the drain itself is cancelled: the task group's scope must be left here, in order
             self._tg.cancel_scope.cancel()
+            owner, self._owner = self._owner, None
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 # the body was cancelled, maybe by this group (an actor failed, e.g. DiskFull): the group
                 # absorbs its own cancellation and raises what the actor raised
-                await self._tg.__aexit__(exc_type, exc, tb)
+                await owner.__aexit__(exc_type, exc, tb)
             else:
-                await self._tg.__aexit__(None, None, None)  # the body's exception propagates unwrapped
+                await owner.aclose()  # the body's exception propagates unwrapped
         return None
 
     @property

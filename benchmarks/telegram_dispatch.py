@@ -183,8 +183,9 @@ async def _transport(quick: bool, tg) -> dict:
     await h.start()
     try:
         me = h.client.me
-        async with Supervisor(None, outbox, ActorSettings(), factory=EchoActor) as sup:  # type: ignore[arg-type]
-            router.attach(sup, BotIdentity(me.id, me.first_name, me.username))
+        sup = Supervisor(None, outbox, ActorSettings(), factory=EchoActor)  # type: ignore[arg-type]
+        async with sup, anyio.create_task_group() as notices:
+            router.attach(sup, BotIdentity(me.id, me.first_name, me.username), spawn=notices.start_soon)
             await _run_once(h, sup, None, 200, 1, 20_000_000, None)
             common.progress(f"transport: 3 bursts of {chats * per_chat} updates in {chats} chats (echo actor)")
             runs = [await _run_once(h, sup, None, chats, per_chat, 5_000_000 + i * 100_000, None) for i in range(3)]

@@ -25,7 +25,7 @@ SHIPPED_DIR = Path(__file__).resolve().parent
 SHIPPED_SETTINGS = SHIPPED_DIR / "kith.yaml"
 SHIPPED_TIERS = SHIPPED_DIR / "tiers.yaml"
 
-Loc = tuple  # a path into the document: str keys and int sequence indices
+Loc = tuple[str | int, ...]  # a path into the document: str keys and int sequence indices
 Problem = tuple[Loc, str]  # (where, why)
 
 

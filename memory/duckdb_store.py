@@ -173,7 +173,7 @@ class DuckDBStore(QueuedStore):
     async def __aenter__(self) -> DuckDBStore:
         await anyio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
         self._open = True
-        await self._start_writer()
+        await self._start_writer(self._close)
         return self
 
     async def __aexit__(self, *exc) -> bool | None:

@@ -206,7 +206,7 @@ class PostgresStore(QueuedStore):
             raise
         self._pool = pool
         self._open = True
-        await self._start_writer()
+        await self._start_writer(self._close)
         return self
 
     async def __aexit__(self, *exc: Any) -> bool | None:

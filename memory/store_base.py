@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -21,12 +22,13 @@ class QueuedStore:
     """The hot-path writes of a ``DialogueStore`` (``add``, ``add_many``, ``record_usage``,
     ``record_recall``, ``flush``, ``pending``, ``writer_lag_s``, ``disk_full``) over ``self._queue``.
 
-    A subclass sets ``self._queue`` (a ``WriteBehind``) in its ``__init__``, calls ``_start_writer``
+    A subclass sets ``self._queue`` (a ``WriteBehind``) in its ``__init__``, calls ``_start_writer(close)``
     once open and ``_stop_writer(exc, close)`` when leaving; ``_on_messages`` sees every queued
     message (e.g. to keep a directory of chats with messages)."""
 
     _queue: WriteBehind
     _tg: anyio.abc.TaskGroup | None = None
+    _owner: AsyncExitStack | None = None  # holds the writer's task group while the store is open
 
     def add(self, msg: StoredMessage) -> None:
         """Queue one message for the writer. Returns at once; ``flush()`` waits for the commit.
@@ -107,21 +109,34 @@ class QueuedStore:
 
     # ------------------------------------------------------------ the writer's lifecycle
 
-    async def _start_writer(self) -> None:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._queue.start(self._tg)
+    async def _start_writer(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Start the writer task in a task group this store owns until ``_stop_writer``. When that
+        fails half-way, the writer is stopped, its group left and the database ``close()``d
+        (shielded) before the error propagates as itself."""
+        stack = AsyncExitStack()
+        try:
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            self._queue.start(self._tg)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._queue.aclose()  # a writer already started returns (nothing was queued yet)
+            await stack.aclose()  # joins it (a shield scope must not span the group's own scope)
+            with anyio.CancelScope(shield=True):
+                await close()
+            raise
+        self._owner = stack
 
     async def _stop_writer(self, exc: tuple[Any, Any, Any], close: Callable[[], Awaitable[None]]) -> bool | None:
         """Drain the queue, then ``close()`` the database (shielded), then leave the writer's task
         group; the body's own exception propagates as itself (not in an ExceptionGroup)."""
-        assert self._tg is not None
+        owner, self._owner = self._owner, None
+        assert owner is not None
         with anyio.CancelScope(shield=True):
             await self._queue.aclose()
             await close()
         if exc[0] is None or issubclass(exc[0], anyio.get_cancelled_exc_class()):
-            return await self._tg.__aexit__(*exc)
-        await self._tg.__aexit__(None, None, None)
+            return await owner.__aexit__(*exc)
+        await owner.aclose()
         return False
 
 

@@ -11,6 +11,7 @@ LanceDB is derived data (rebuildable from DuckDB): ``kith memory reindex`` rebui
 from __future__ import annotations
 
 from collections.abc import Awaitable, Collection, Sequence
+from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -76,13 +77,20 @@ class VectorMemory:
                              max_threads=max_threads, hot_rows=hot_rows, table=table, language_aware=language_aware)
         self.writer = VectorWriter(self.t)
         self.searcher = HybridSearch(self.t)
+        self._owner: AsyncExitStack | None = None  # holds the open table while the memory is open
 
     async def __aenter__(self) -> VectorMemory:
-        await self.t.__aenter__()
+        # the table (and its lancedb loop thread) is owned by this object until __aexit__; an open that
+        # fails closes what it started (``VectorTable``) before its error propagates
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(self.t)
+            self._owner = stack.pop_all()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.t.__aexit__(*exc)
+    async def __aexit__(self, *exc: Any) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            await owner.__aexit__(*exc)
 
     # ------------------------------------------------------------------ what the table is
 

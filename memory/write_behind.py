@@ -195,10 +195,10 @@ class WriteBehind:
     def start(self, tg: anyio.abc.TaskGroup) -> None:
         """Start the writer task in ``tg`` (the owner's task group), after making the reserve: when
         the disk has no room for it, intake is stopped (``blocked``) from the start."""
-        self._started = True
         if self.journal is not None:
             self._reserve_missing = not self._start_journal()
         tg.start_soon(self._writer, name=f"{self.name}-writer")
+        self._started = True  # from now on ``aclose`` waits for the writer (not when it never started)
 
     def hold(self, err: DiskFull) -> None:
         """Before ``start``: the reserve still holds rows of an earlier run that could not be stored

@@ -171,26 +171,38 @@ async def _serve(client: Any, config: Config, data_dir: Path, model, llm, outbox
 # of its session start when the first connection fails); anything else, Telegram's refusals
 # (RPCError: a bad token or API id) included, is not retried
 class _SignalWatcher:
-    """A task watching signals while the ``async with`` body runs (when ``watch``). Its task group
-    is entered by hand, so the body's own exceptions propagate unwrapped (no ExceptionGroup)."""
+    """A task watching signals while the ``async with`` body runs (when ``watch``), in a task group
+    this object owns (entered through an exit stack, so the body's own exceptions propagate
+    unwrapped, not in an ExceptionGroup). The body runs once the signal handlers are installed; when
+    they cannot be (e.g. not the main thread), entering raises that error, the group already closed."""
 
     def __init__(self, *, watch: bool) -> None:
         self.watch = watch
-        self._tg: Any = None
+        self._owner: AsyncExitStack | None = None  # holds the task group while the body runs
 
     async def _start(self) -> None:
-        if self.watch:
-            self._tg = anyio.create_task_group()
-            await self._tg.__aenter__()
-            self._tg.start_soon(self._watch)
+        if not self.watch:
+            return
+        stack = AsyncExitStack()
+        tg = None
+        try:
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            await tg.start(self._watch)
+        except BaseException:
+            if tg is not None:
+                tg.cancel_scope.cancel()
+            await stack.aclose()
+            raise
+        stack.callback(tg.cancel_scope.cancel)  # leaving stops the watcher (before joining it)
+        self._owner = stack
 
-    async def _watch(self) -> None:
+    async def _watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         raise NotImplementedError
 
     async def __aexit__(self, *exc: Any) -> bool | None:
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(None, None, None)
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            await owner.aclose()
         return None
 
 
@@ -205,8 +217,9 @@ class _stop_signal(_SignalWatcher):
         await self._start()
         return self.event
 
-    async def _watch(self) -> None:
+    async def _watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
             async for signum in signals:
                 log.info("received %s", signal.Signals(signum).name)
                 self.event.set()
@@ -224,8 +237,9 @@ class _reload_signal(_SignalWatcher):
     async def __aenter__(self) -> None:
         await self._start()
 
-    async def _watch(self) -> None:
+    async def _watch(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGHUP) as received:
+            task_status.started()
             async for _ in received:
                 if not self.reloader:
                     log.warning("received SIGHUP while starting: ignored (send it again once the bot runs)")

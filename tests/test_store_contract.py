@@ -30,6 +30,7 @@ from memory.types import (
     chunk_memory_id,
     migrated_id,
 )
+from tests.task_groups import StartFailed, first_start_fails, live_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 IRC = ROOT.parent / "shared" / "data" / "ubuntu-irc"
@@ -113,6 +114,32 @@ async def test_shutdown_flushes_queued_rows(open_store: Opener) -> None:
     async with open_store() as store:
         assert await store.count_messages() == 10
         assert len(await store.usage_rows()) == 1
+
+
+@pytest.mark.anyio
+async def test_a_writer_start_that_fails_half_way_closes_the_store_and_raises_its_own_error(open_store: Opener) -> None:
+    before = live_tasks()
+    store = open_store()
+    with first_start_fails() as error, pytest.raises(StartFailed) as raised:
+        async with store:
+            pytest.fail("the body ran after a failed start")
+    assert raised.value is error  # itself, not inside an ExceptionGroup
+    assert live_tasks() == before  # the writer it had started has returned
+    with pytest.raises(MemoryStoreError):
+        store.add(msg(1))  # closed
+    async with open_store() as again:  # the database was closed too: it opens again (DuckDB: not "already open")
+        again.add(msg(1))
+        await again.flush()
+        assert await again.count_messages() == 1
+
+
+@pytest.mark.anyio
+async def test_leaving_the_store_awaits_its_writer(open_store: Opener) -> None:
+    before = live_tasks()
+    async with open_store() as store:
+        assert any(t.get_name().endswith("-writer") for t in live_tasks() - before)
+        store.add(msg(1))
+    assert live_tasks() == before
 
 
 @pytest.mark.anyio

@@ -8,6 +8,7 @@ from actors.errors import SupervisorClosed
 from actors.events import ConfigChanged
 from actors.supervisor import Supervisor
 from config.models import ActorSettings
+from tests.task_groups import StartFailed, first_start_fails, live_tasks
 
 pytestmark = pytest.mark.anyio
 
@@ -136,6 +137,26 @@ async def test_drain_timeout_cancels_a_stuck_actor():
             await sup.tell(1, ev(1))
             await anyio.sleep(0.05)
     assert Recorder.log == []
+
+
+async def test_a_start_that_fails_half_way_leaves_no_task_and_raises_its_own_error():
+    before = live_tasks()
+    sup = Supervisor(None, None, settings(), factory=Recorder)
+    with first_start_fails() as error, pytest.raises(StartFailed) as raised:
+        async with sup:
+            pytest.fail("the body ran after a failed start")
+    assert raised.value is error  # itself, not inside an ExceptionGroup
+    assert live_tasks() == before  # the reaper it had started was cancelled and awaited
+
+
+async def test_leaving_cancels_the_reaper_and_awaits_every_actor():
+    before = live_tasks()
+    async with Supervisor(None, None, settings(), factory=Recorder) as sup:
+        await sup.tell(1, ev(1))
+        await sup.tell(2, ev(2))
+        assert {"supervisor-reaper", "chat-1", "chat-2"} <= {t.get_name() for t in live_tasks() - before}
+    assert live_tasks() == before
+    assert sorted(Recorder.log) == [(1, 1), (2, 2)]
 
 
 def test_frozen_startup_heap_keeps_the_start_up_objects_out_of_collections_until_exit() -> None:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
+import signal
+import threading
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -19,6 +22,7 @@ from pyrogram.errors import FloodWait
 from actors.outbox import Button
 from config.models import Config, ModelSpec, Settings, TelegramSettings, TiersConfig
 from operations.bot import serve
+from tests.task_groups import live_tasks
 from tests.tg_harness import BOT_ID, TelegramHarness, failing_connect, pyrogram_errors, roundtrip, rpc_error, utf16_offset
 from transports.telegram.client import COMMANDS, stop_receiving
 from transports.telegram.outbox import TelegramOutbox
@@ -558,6 +562,45 @@ async def test_run_bot_names_every_missing_credential(tmp_path, monkeypatch):
     assert "TELEGRAM_API_ID" in str(err.value) and "TELEGRAM_BOT_TOKEN" in str(err.value)
 
 
+def test_a_signal_watcher_that_cannot_install_its_handlers_raises_that_error_and_leaves_no_task():
+    from operations.bot import _stop_signal
+
+    seen: dict = {}
+
+    async def enter() -> None:  # off the main thread, signal handlers cannot be installed
+        before = live_tasks()
+        try:
+            async with _stop_signal(None):
+                seen["body"] = True
+        except BaseException as exc:
+            seen["error"] = exc
+        seen["left"] = live_tasks() - before
+
+    thread = threading.Thread(target=anyio.run, args=(enter,))
+    thread.start()
+    thread.join(30)
+    assert type(seen["error"]) is RuntimeError and "main thread" in str(seen["error"])  # itself, no ExceptionGroup
+    assert "body" not in seen and seen["left"] == set()
+
+
+async def test_the_signal_watchers_see_their_signals_and_leaving_stops_them():
+    from operations.bot import _reload_signal, _stop_signal
+
+    before = live_tasks()
+    reloads: list[int] = []
+    async with _reload_signal([lambda: reloads.append(1)], watch=True), _stop_signal(None) as stopped:
+        assert len(live_tasks() - before) == 2  # the handlers are in place once the body runs
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGINT)
+        with anyio.fail_after(5):
+            await stopped.wait()
+            while not reloads:
+                await anyio.sleep(0.01)
+    assert live_tasks() == before
+    async with _stop_signal(stopped) as given:  # an event given: nothing is watched
+        assert given is stopped and live_tasks() == before
+
+
 def test_events_carry_utc_dates():
     from transports.telegram.outbox import to_utc
 
@@ -603,11 +646,12 @@ async def test_pre_checkout_queries_and_payments_become_events():
         me = h.client.me
         from actors.services import BotIdentity
 
-        router.attach(Sup(), BotIdentity(me.id, me.first_name, me.username))
-        ann = h.users[42]
-        qid = await h.pre_checkout(ann, "kith:plan:month:user:42", 250)
-        mid = await h.paid(ann, 42, "kith:plan:month:user:42", 250, "charge-1")
-        await h.dispatched()
+        async with anyio.create_task_group() as notices:
+            router.attach(Sup(), BotIdentity(me.id, me.first_name, me.username), spawn=notices.start_soon)
+            ann = h.users[42]
+            qid = await h.pre_checkout(ann, "kith:plan:month:user:42", 250)
+            mid = await h.paid(ann, 42, "kith:plan:month:user:42", 250, "charge-1")
+            await h.dispatched()
         (c1, pre), (c2, pay) = told
         assert (c1, c2) == (PAYMENTS_DESK, 42)  # pre-checkouts never wait behind the buyer's turns
         assert pre == PreCheckout(42, pre.sender, qid, "kith:plan:month:user:42", 250, "XTR") and pre.sender.user_id == 42

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import threading
 import zlib
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timezone
@@ -18,6 +19,7 @@ from memory.types import StoredMessage
 from memory.vector_rows import MemoryRow, fts_terms
 from memory.vectors import VectorMemory
 from providers.embedder import Embedder
+from tests.task_groups import live_tasks
 
 pytestmark = pytest.mark.anyio
 
@@ -245,6 +247,32 @@ async def test_bad_arguments(tmp_path):
         pass
     async with VectorMemory(tmp_path / "empty", dim=384) as vm:
         assert (vm.embedding_model, vm.dim) == ("all-MiniLM-L6-v2", 384)
+
+
+def lance_loops() -> int:
+    """The lancedb loop threads alive (``memory.lance_loop``: one per open VectorMemory)."""
+    return sum(t.name == "lancedb-loop" and t.is_alive() for t in threading.enumerate())
+
+
+async def test_an_open_that_fails_half_way_stops_its_loop_and_raises_its_own_error(tmp_path):
+    path = tmp_path / "memory"
+    path.mkdir()
+    (path / "memories.lance").write_text("not a table")  # the lancedb loop starts, then the open fails
+    tasks, loops = live_tasks(), lance_loops()
+    with pytest.raises(MemoryStoreError, match="memories.lance"):
+        async with VectorMemory(path):
+            pytest.fail("the body ran after a failed open")
+    assert (live_tasks(), lance_loops()) == (tasks, loops)
+
+
+async def test_leaving_stops_the_lancedb_loop(tmp_path):
+    tasks, loops = live_tasks(), lance_loops()
+    async with VectorMemory(tmp_path / "memory") as vm:
+        assert lance_loops() == loops + 1
+        await vm.add([MemoryRow(1, 1, 1, "u", "t", datetime.now(UTC), np.ones(384, np.float32) / 384**0.5)])
+    assert (live_tasks(), lance_loops()) == (tasks, loops)
+    with pytest.raises(MemoryStoreError):
+        await vm.count()  # closed
 
 
 # ---------------------------------------------------------------- isolation

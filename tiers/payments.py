@@ -31,6 +31,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import anyio
 
@@ -254,6 +255,6 @@ async def _apply(subs: SubscriptionStore, store: DialogueStore, charge_id: str, 
         raise
 
 
-async def payments(store: DialogueStore, *, user_id: int | None = None) -> list[dict]:
+async def payments(store: DialogueStore, *, user_id: int | None = None) -> list[dict[str, Any]]:
     """Recorded payments (all, or by one payer), newest first, as dicts (for the CLI and /billing)."""
     return [dataclasses.asdict(p) for p in await store.payments(user_id=user_id)]

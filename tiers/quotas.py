@@ -92,7 +92,7 @@ class TodayUsage:
 
 @dataclass
 class _User:
-    requests: Counter = field(default_factory=Counter)  # alias -> requests today
+    requests: Counter[str] = field(default_factory=Counter)  # alias -> requests today
     tokens: int = 0
     images: int = 0
     seconds: float = 0.0
@@ -142,8 +142,8 @@ class QuotaTracker(DailyCounters[_Call]):
         self.store = store
         self.cfg = cfg
         self._users: dict[int, _User] = {}
-        self._chat_requests: Counter = Counter()
-        self._chat_tokens: Counter = Counter()
+        self._chat_requests: Counter[int] = Counter()  # chat -> requests today
+        self._chat_tokens: Counter[int] = Counter()  # chat -> tokens today
 
     @property
     def day(self) -> date | None:

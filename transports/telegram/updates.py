@@ -417,9 +417,10 @@ class UpdateRouter:
         for handler, g in self.handlers:
             client.add_handler(handler, g)
 
-    def attach(self, supervisor: Any, bot: BotIdentity, *, can_read_all_group_messages: bool | None = None,
-               spawn: Callable[..., Any] | None = None) -> None:
-        """Start routing to ``supervisor``; waiting handlers proceed."""
+    def attach(self, supervisor: Any, bot: BotIdentity, *, spawn: Callable[..., Any],
+               can_read_all_group_messages: bool | None = None) -> None:
+        """Start routing to ``supervisor``; waiting handlers proceed. spawn: starts a background
+        notice send in the caller's task group (``task_group.start_soon``), which owns it."""
         self.supervisor = supervisor
         self.bot = bot
         self.can_read_all = can_read_all_group_messages
@@ -598,12 +599,8 @@ class UpdateRouter:
     # ------------------------------------------------------------------ transport-level notices
 
     def _background(self, coro: Awaitable[Any]) -> None:
-        if self.spawn is not None:
-            self.spawn(_logged, coro)
-        else:  # no task group (tests of the pure parts): fire on the loop
-            import asyncio
-
-            asyncio.get_running_loop().create_task(_logged(coro))
+        assert self.spawn is not None, "attach() gives the task group notices run in"
+        self.spawn(_logged, coro)
 
     async def _on_added(self, chat_id: int, thread_id: int | None, lang: str | None = None) -> None:
         """The bot joined a group: if privacy mode hides messages from it, say once how to fix it (in
