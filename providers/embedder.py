@@ -185,7 +185,8 @@ class Embedder:
 
     Each model call takes at most ``max_batch`` texts. Urgent requests (``embed_one``: a turn's
     recall query, someone is waiting) go first and never share a call with bulk texts (a lone query
-    takes the encoder's single-text path, ~3 ms on OpenVINO, ~6 ms traced torch); bulk requests
+    takes the encoder's single-text path, ~3 ms on OpenVINO, ~6 ms traced torch; an encoder with
+    ``concurrent_queries`` runs them at once, beside the bulk call in hand); bulk requests
     (the indexer) are sorted by length and split across calls of at most ``max_batch`` texts and
     ``bulk_chars`` characters, so a query waits for at most one short call, not for a whole
     indexing batch of document parts.
@@ -211,6 +212,7 @@ class Embedder:
         self._pending: list[_Request] = []
         self._wakeup = anyio.Event()
         self._limiter = anyio.CapacityLimiter(1)
+        self._query_limiter = anyio.CapacityLimiter(1)  # queries beside a bulk call (``concurrent_queries`` encoders)
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
         self.batches = 0  # number of model calls, for stats and tests
@@ -322,6 +324,8 @@ class Embedder:
         if self._tg is None or self._closed:
             # not running as a service: encode directly in a worker thread
             return await anyio.to_thread.run_sync(self._encode_call(list(texts), query), limiter=self._limiter)
+        if urgent and getattr(self._encoder, "concurrent_queries", False):
+            return await self._query_lane(list(texts))
         # bulk work is split into calls in order: sort it by length first, so each call holds texts
         # of similar length (the model pads every text of a call to its longest one)
         order = None if urgent or len(texts) < 2 else length_order(texts)
@@ -336,6 +340,27 @@ class Embedder:
             return req.result
         out = np.empty_like(req.result)
         out[order] = req.result  # back to the caller's order
+        return out
+
+    async def _query_lane(self, texts: list[str]) -> np.ndarray:
+        """Urgent texts on an encoder that runs queries beside a bulk call (``concurrent_queries``):
+        each distinct text through ``encode_one``, one at a time, without waiting for the batcher."""
+
+        def run() -> np.ndarray:
+            encoder = self.encoder
+            slot: dict[str, int] = {}
+            index = [slot.setdefault(t[:MAX_CHARS] if t else " ", len(slot)) for t in texts]
+            try:
+                vecs = np.stack([encoder.encode_one(t) for t in slot])
+            except Exception as exc:
+                raise EmbeddingError(f"embedding failed: {exc}") from exc
+            return np.asarray(vecs, dtype=np.float32)[index]
+
+        t0 = time.perf_counter()
+        out = await anyio.to_thread.run_sync(run, limiter=self._query_limiter)
+        self.batches += 1
+        self.texts += len(texts)
+        self.busy_s += time.perf_counter() - t0
         return out
 
     async def embed_one(self, text: str) -> np.ndarray:
