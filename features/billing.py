@@ -7,8 +7,9 @@ A renewing plan (``subscription_period``) is sold to a member as a Telegram Star
 buy button sends a message whose button opens an invoice link (Telegram sells subscriptions only so).
 In a group the same plan is sold as a one-off purchase of its days for the whole group (a Telegram
 subscription is one user's). While a member's subscription runs, /billing says when it renews (or
-that it ends and won't renew) and offers "Cancel renewal" or "Resume renewal" (``sub:cancel``,
-``sub:resume``: ``edit_user_star_subscription``), instead of selling the renewing plans again.
+that it ends and won't renew; /profile says it too) and offers "Cancel renewal" or "Resume renewal"
+(``sub:cancel``, ``sub:resume``: ``edit_user_star_subscription``), instead of selling the renewing
+plans again.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ async def usage_lines(ctx: ChatContext, user_id: int) -> list[str]:
     assert adm is not None, "usage lines need tiers"
     p = await adm.profile(ctx.chat_id, user_id)
     q, t = p.quotas, p.today
-    from tiers.quotas import ANY_MODEL, request_usage
+    from tiers.quotas import ANY_MODEL, images_per_request, request_usage
 
     lines = []
     shared = [a for a in ctx.svc.config.settings.models if a not in q.requests_per_day]
@@ -75,7 +76,8 @@ async def usage_lines(ctx: ChatContext, user_id: int) -> list[str]:
                        limit=_limit(limit)))
     lines.append(_("• tokens: {used} / {limit}", used=i18n.number(t.tokens), limit=_limit(q.tokens_per_day)))
     if q.images_per_day != 0 and p.features.image_generation:
-        lines.append(_("• images: {used} / {limit}", used=i18n.number(t.images), limit=_limit(q.images_per_day)))
+        lines.append(_("• images: {used} / {limit}", used=i18n.number(t.images), limit=_limit(q.images_per_day)) + " "
+                     + _("(up to {n} per request)", n=i18n.number(images_per_request(q))))
     if q.audio_seconds_per_day != 0 and p.features.voice:
         lines.append(_("• transcribed audio: {used} / {limit} s", used=i18n.number(t.audio_seconds, digits=0),
                        limit=_limit(q.audio_seconds_per_day)))
@@ -97,7 +99,10 @@ async def cmd_profile(ctx: ChatContext, ev: CommandEvent) -> None:
 
         p = await ctx.svc.admission.profile(ctx.chat_id, ev.sender.user_id)
         lines.append(_("Tier here: **{tier}** — {features}", tier=p.tier, features=features_line(p.features)))
-        if p.user_sub is not None:
+        running = await running_subscription(ctx, ev.sender.user_id)
+        if running is not None:  # a Telegram Stars subscription: renews on … / ends on …, as /billing says
+            lines.append(subscription_line(running))
+        elif p.user_sub is not None:
             lines.append(_("Your subscription: {tier}{until}", tier=p.user_sub.tier, until=_expiry(p.user_sub)))
         if p.chat_sub is not None and ctx.chat_id != ev.sender.user_id:
             lines.append(_("This chat's subscription: {tier}{until}", tier=p.chat_sub.tier, until=_expiry(p.chat_sub)))
@@ -142,7 +147,7 @@ async def running_subscription(ctx: ChatContext, user_id: int) -> Subscription |
 
 
 def subscription_line(sub: Subscription) -> str:
-    """"renews on <date>" or "ends on <date> and won't renew", for /billing."""
+    """"renews on <date>" or "ends on <date> and won't renew", for /billing and /profile."""
     assert sub.expires_at is not None
     when = i18n.datetime_(sub.expires_at)
     if sub.renews:

@@ -57,6 +57,7 @@ from memory.markers import clock_time, marker
 from memory.types import DocumentInfo, UsageRecord
 from providers.errors import ProviderError
 from tiers.admission import Admit
+from tiers.quotas import MAX_IMAGES, images_per_request
 
 from .credits import upgrade_buttons
 
@@ -306,7 +307,6 @@ def image_prompt(text: str, patterns: tuple[str, ...]) -> str | None:
     return None
 
 
-MAX_IMAGES = 10  # the most images one request asks for (OpenAI's ``n`` limit), whatever the tier says
 _COUNT = re.compile(r"^\s*(?:n\s*=\s*)?(\d{1,3})(?:\s+|$)(?P<rest>.*)$", re.IGNORECASE | re.DOTALL)
 
 
@@ -374,15 +374,14 @@ async def make_images(ctx: ChatContext, kind: str, to: ImageReply, *, prompt: st
     if adm is not None:
         tiers = svc.config.tiers
         tier = await adm.tier_of(chat_id, user_id)
-        per_request = tiers.tiers[tier].quotas.images_per_request
-        limit = MAX_IMAGES if per_request < 0 else max(1, per_request)
+        limit = images_per_request(tiers.tiers[tier].quotas)
         if asked > limit:
             asked = limit
             note = ngettext("The {tier} tier makes {n} image per request.", "The {tier} tier makes up to {n} images per request.",
                             limit, tier=tier, n=number(limit))
             better = [t for t in sorted(tiers.tiers, key=tiers.rank) if tiers.rank(t) > tiers.rank(tier)
                       and tiers.tiers[t].features.image_generation
-                      and (tiers.tiers[t].quotas.images_per_request < 0 or tiers.tiers[t].quotas.images_per_request > limit)]
+                      and images_per_request(tiers.tiers[t].quotas) > limit]
             if better:
                 note += " " + _("Several images at once come with the {tier} tier.", tier=better[0])
             notes.append(note)

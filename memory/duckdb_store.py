@@ -109,6 +109,15 @@ def _row_to_msg(r: tuple) -> StoredMessage:
 NEW_DATABASE_BYTES = 16 * 2**20  # what a new database needs free to start (its first blocks, the WAL, the schema)
 
 
+_PAYMENTS_SELECT = ("SELECT charge_id, user_id, chat_id, plan, tier, days, amount, currency, scope, scope_id, epoch_us(paid_at)"
+                    " FROM payments")
+
+
+def _payment(r: tuple) -> PaymentRecord:
+    """A ``_PAYMENTS_SELECT`` row as a ``PaymentRecord``."""
+    return PaymentRecord(r[0], int(r[1]), int(r[2]), r[3], r[4], int(r[5]), int(r[6]), r[7], r[8], int(r[9]), from_us(r[10]))
+
+
 def _remove_failed_new_database(path: Path) -> None:
     """Remove what a failed first open of ``path`` left: an empty database file and its WAL."""
     for leftover in (path, path.with_name(path.name + ".wal")):
@@ -1043,15 +1052,18 @@ class DuckDBStore(QueuedStore):
 
     async def payments(self, *, user_id: int | None = None) -> list[PaymentRecord]:
         """Recorded payments (all, or by one payer), newest first (ties by charge id)."""
-        sql = ("SELECT charge_id, user_id, chat_id, plan, tier, days, amount, currency, scope, scope_id, epoch_us(paid_at)"
-               " FROM payments")
+        sql = _PAYMENTS_SELECT
         params: list[Any] = []
         if user_id is not None:
             sql += " WHERE user_id = ?"
             params.append(user_id)
         rows = await self._query(sql + " ORDER BY paid_at DESC, charge_id", params)
-        return [PaymentRecord(r[0], int(r[1]), int(r[2]), r[3], r[4], int(r[5]), int(r[6]), r[7], r[8], int(r[9]),
-                              from_us(r[10])) for r in rows]
+        return [_payment(r) for r in rows]
+
+    async def payment(self, charge_id: str) -> PaymentRecord | None:
+        """The payment recorded for ``charge_id``, or None (one indexed lookup: it is the key)."""
+        rows = await self._query(_PAYMENTS_SELECT + " WHERE charge_id = ?", [charge_id])
+        return _payment(rows[0]) if rows else None
 
     async def stats(self) -> dict:
         """``{"chats", "users", "messages", "usage", "recalls"}`` row counts, ``"file_bytes"`` (the

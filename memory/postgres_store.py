@@ -78,6 +78,8 @@ _INSERT_USAGE = (
 _INSERT_RECALL = (
     "INSERT INTO recalls (chat_id, reply_message_id, memory_message_id, score) VALUES (%s, %s, %s, %s)"
     " ON CONFLICT DO NOTHING")
+_PAYMENTS_SELECT = ("SELECT charge_id, user_id, chat_id, plan, tier, days, amount, currency, scope, scope_id, paid_at"
+                    " FROM payments")
 _INSERT_DELIVERY = "INSERT INTO deliveries (chat_id, message_id, sent_at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
 _UPSERT_CHAT = (
     "INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (%s, %s, %s, '{}', %s)"
@@ -801,13 +803,16 @@ class PostgresStore(QueuedStore):
         await self._fetch("DELETE FROM payments WHERE charge_id = %s", [charge_id])
 
     async def payments(self, *, user_id: int | None = None) -> list[PaymentRecord]:
-        sql = ("SELECT charge_id, user_id, chat_id, plan, tier, days, amount, currency, scope, scope_id, paid_at"
-               " FROM payments")
+        sql = _PAYMENTS_SELECT
         params: list[Any] = []
         if user_id is not None:
             sql += " WHERE user_id = %s"
             params.append(user_id)
         return [PaymentRecord(*r) for r in await self._fetch(sql + " ORDER BY paid_at DESC, charge_id", params)]
+
+    async def payment(self, charge_id: str) -> PaymentRecord | None:
+        rows = await self._fetch(_PAYMENTS_SELECT + " WHERE charge_id = %s", [charge_id])
+        return PaymentRecord(*rows[0]) if rows else None
 
     # ------------------------------------------------------------ operations
 

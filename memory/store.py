@@ -214,6 +214,8 @@ class DialogueStore(Protocol):
         """Forget a payment (its extension could not be applied; a re-delivery applies it again)."""
     async def payments(self, *, user_id: int | None = None) -> list[PaymentRecord]:
         """Recorded payments (all, or one payer's), newest first."""
+    async def payment(self, charge_id: str) -> PaymentRecord | None:
+        """The payment recorded for ``charge_id``, or None."""
 
     # ---------------------------------------------------------------- operations
     async def stats(self) -> dict:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 import i18n
 from config.models import UNLIMITED, Tier, TiersConfig
 from tiers.budget import PERIODS, Budget
+from tiers.quotas import images_per_request
 from tiers.subscriptions import Subscription, SubscriptionStore, parse_target
 from tiers.usage import usage_summary
 
@@ -50,9 +51,9 @@ def _when(ts: datetime | None) -> str:
 
 
 WIDE_TIERS = 120  # columns from which ``kith tiers`` prints one table (a column per tier); below, one block per tier
-_TIER_FIELDS = ("models", "requests/day", "tokens/day", "chat req/day", "chat tokens/day", "images/day", "audio/day",
-                "pages/day", "tool calls/day", "user msgs / memories / facts", "chat msgs / memories / facts", "largest file", "features",
-                "when spent", "member msgs/min")
+_TIER_FIELDS = ("models", "requests/day", "tokens/day", "chat req/day", "chat tokens/day", "images/day", "images/request",
+                "audio/day", "pages/day", "tool calls/day", "user msgs / memories / facts", "chat msgs / memories / facts",
+                "largest file", "features", "when spent", "member msgs/min")
 
 
 def tier_rows(cfg: TiersConfig) -> list[tuple[str, dict[str, str]]]:
@@ -64,7 +65,7 @@ def tier_rows(cfg: TiersConfig) -> list[tuple[str, dict[str, str]]]:
         rpd = ", ".join(f"{'any' if a == '*' else a}: {_lim(n)}" for a, n in q.requests_per_day.items()) or "∞"
         feats = ", ".join(k for k, v in t.features.model_dump().items() if v) or "—"
         values = (", ".join("all" if m == "*" else m for m in t.models) or "none", rpd, _lim(q.tokens_per_day),
-                  _lim(q.chat_requests_per_day), _lim(q.chat_tokens_per_day), _lim(q.images_per_day),
+                  _lim(q.chat_requests_per_day), _lim(q.chat_tokens_per_day), _lim(q.images_per_day), str(images_per_request(q)),
                   _minutes(q.audio_seconds_per_day), _lim(q.pages_per_day), _lim(q.tool_calls_per_day),
                   f"{_lim(t.user.dialogue_limit)} / {_lim(t.user.memory_limit)} / {_lim(t.user.entry_limit)}",
                   f"{_lim(t.chat.dialogue_limit)} / {_lim(t.chat.memory_limit)} / {_lim(t.chat.entry_limit)}",

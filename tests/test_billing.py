@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from actors.events import ButtonPress, CommandEvent, Incoming, PaymentEvent, PreCheckout, Sender
-from config.models import Config, ModelSpec, Plan, Quotas, Settings, Tier, TiersConfig
+from config.models import Config, Features, ModelSpec, Plan, Quotas, Settings, Tier, TiersConfig
 from features.app import open_runtime
 from tests.clock import Clock
 from transports.local import IdAllocator, LocalOutbox
@@ -119,3 +119,22 @@ async def test_billing_invoice_checkout_and_payment_extend_once(tmp_path, st_mod
         assert (await rt.services.admission.admit(USER.user_id, "private", USER.user_id, "smart")).tier == "premium"
         profile = await bot.cmd("profile")
         assert "Tier here: **premium**" in profile.text
+
+
+async def test_profile_and_usage_show_images_per_request_with_the_images_quota(tmp_path, st_model):
+    models = {"smart": ModelSpec(model="kith/recall")}
+    tiers = TiersConfig(default_tier="free", tiers={
+        "free": Tier(quotas=Quotas(images_per_day=5, images_per_request=1)),  # no image_generation: no images line
+        "plus": Tier(features=Features(image_generation=True), quotas=Quotas(images_per_day=20, images_per_request=4)),
+        "max": Tier(features=Features(image_generation=True), quotas=Quotas(images_per_request=-1)),
+    })
+    clock, holder = Clock(datetime(2026, 3, 1, 12, tzinfo=UTC)), {}
+    async with runtime(tmp_path, st_model, Config(settings=Settings(models=models, default_model="smart"), tiers=tiers),
+                       clock, holder) as rt:
+        bot = Bot(rt, holder["outbox"], clock)
+        assert "images" not in (await bot.cmd("profile")).text
+        await rt.services.admission.subs.grant("user", USER.user_id, "plus", None, "test")
+        assert "• images: 0 / 20 (up to 4 per request)" in (await bot.cmd("profile")).text.splitlines()
+        assert "• images: 0 / 20 (up to 4 per request)" in (await bot.cmd("usage")).text.splitlines()
+        await rt.services.admission.subs.grant("user", USER.user_id, "max", None, "test")
+        assert "• images: 0 / unlimited (up to 10 per request)" in (await bot.cmd("profile")).text.splitlines()

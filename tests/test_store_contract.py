@@ -533,10 +533,14 @@ async def test_a_payment_is_recorded_once_per_charge(open_store: Opener) -> None
         assert await store.add_payment(pay("c3", 1, 2)) is True
         assert [p.charge_id for p in await store.payments()] == ["c3", "c2", "c1"]  # newest first
         assert await store.payments(user_id=1) == [pay("c3", 1, 2), pay("c1", 1, 0)]
+        assert await store.payment("c2") == pay("c2", 2, 1)  # one payment by its charge id
+        assert await store.payment("nope") is None
         await store.delete_payment("c1")
+        assert await store.payment("c1") is None
         await store.delete_payment("nope")
     async with open_store() as store:
         assert [p.charge_id for p in await store.payments()] == ["c3", "c2"]
+        assert await store.payment("c3") == pay("c3", 1, 2)  # after a restart: what the database holds
         assert await store.add_payment(pay("c1", 1, 9)) is True  # forgotten: a re-delivery applies it
 
 

@@ -104,6 +104,11 @@ class Bot:
         await self.tell(chat_id, PaymentEvent(chat_id, self.n, USER, charge_id, payload, 250, "XTR", self.clock(),
                                               subscription_until=until, renewal=renewal))
 
+    async def profile(self) -> str:
+        self.n += 1
+        await self.tell(USER.user_id, CommandEvent(USER.user_id, "private", self.n, USER, "profile", "", self.clock()))
+        return self.outbox.sent[-1].text
+
     async def tier(self) -> str:
         return (await self.rt.services.admission.admit(USER.user_id, "private", USER.user_id, "smart")).tier
 
@@ -215,6 +220,25 @@ async def test_cancel_and_resume_from_billing(tmp_path, st_model):
         await bot.press(shown, "sub:cancel")  # expired: nothing to cancel
         assert bot.outbox.answered[-1][1] == "You have no subscription to change."
         assert len(bot.outbox.star_subscriptions) == 2
+
+
+async def test_profile_says_whether_the_subscription_renews_as_billing_does(tmp_path, st_model):
+    clock, holder = Clock(T0), {}
+    async with runtime(tmp_path, st_model, clock, holder) as rt:
+        bot = Bot(rt, holder["outbox"], clock)
+        await bot.pay("w1", None, plan="week")  # a one-off plan: no renewal to speak of
+        assert "Your subscription: premium until 3/8/26, 12:00\u202fPM UTC" in await bot.profile()
+        until = T0 + PERIOD
+        await bot.pay("c1", until)
+        renews = "Your **premium** subscription renews on 4/7/26, 12:00\u202fPM UTC."  # the week is kept: 30 + 7 days
+        assert renews in (await bot.billing()).text
+        text = await bot.profile()
+        assert renews in text and "Your subscription:" not in text
+        await bot.press(await bot.billing(), "sub:cancel")
+        assert "Your **premium** subscription ends on 4/7/26, 12:00\u202fPM UTC and won't renew." in await bot.profile()
+        clock.t = until + timedelta(days=8)  # ended
+        text = await bot.profile()
+        assert "renew" not in text and "Your subscription: premium until 4/7/26, 12:00\u202fPM UTC" in text
 
 
 async def test_a_group_buys_the_renewing_plan_one_off(tmp_path, st_model):

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from config.models import Plan, Tier, TiersConfig
+from config.models import Plan, Quotas, Tier, TiersConfig
 from memory.duckdb_store import DuckDBStore
 from memory.types import UsageRecord
-from operations.tiers_report import grant, list_subs, parse_since, print_tiers, revoke, usage_report
+from operations.tiers_report import grant, list_subs, parse_since, print_tiers, revoke, tier_rows, usage_report
 from tests.clock import Clock as _Clock
 from tiers import PaymentError, SubscriptionStore
 from tiers.errors import BadScope, TierError, UnknownTier
@@ -167,6 +167,12 @@ def test_print_tiers_shows_limits_and_plans() -> None:
     text = buf.getvalue()
     for word in ("free (default)", "premium", "unlimited", "any: 30", "50,000", "50,000 / 20,000", "5 MB", "∞", "month", "250 ⭐"):
         assert word in text, word
+    per_request = {label: values["images/request"] for label, values in tier_rows(cfg)}
+    assert per_request == {"free (default)": "1", "premium": "4", "unlimited": "4"}  # the shipped images_per_request
+    assert "images/request" in text
+    many = TiersConfig(default_tier="any", tiers={"any": Tier(quotas=Quotas(images_per_request=-1)),
+                                                  "none": Tier(quotas=Quotas(images_per_request=0))})
+    assert {label: values["images/request"] for label, values in tier_rows(many)} == {"any (default)": "10", "none": "1"}
 
 
 @pytest.mark.anyio
@@ -197,6 +203,29 @@ async def test_cli_grant_revoke_list(store: DuckDBStore, clock: Clock) -> None:
     assert await revoke(store, CFG, "user:42", con, clock=clock) is False
     assert "revoked" in buf.getvalue() and "had no subscription" in buf.getvalue()
     assert [x.target for x in await list_subs(store, CFG, console()[0], clock=clock)] == ["chat:-100"]
+
+
+@pytest.mark.anyio
+async def test_cli_grant_keeps_a_telegram_subscription_renewing(store: DuckDBStore, clock: Clock) -> None:
+    """``kith sub grant`` (no bot running: its own SubscriptionStore on the database) on a member with a
+    Telegram Stars subscription sets the tier and expiry and keeps the subscription's charge and renewal."""
+    await SubscriptionStore(store, CFG, clock).run_until("user", 42, "premium", T0 + timedelta(days=30), "payment:c1",
+                                                         charge_id="c1", renewal=False, period=timedelta(days=30))
+    con, buf = console()
+    s = await grant(store, CFG, "user:42", "premium", 60, con, clock=clock)
+    assert (s.expires_at, s.source, s.renews, s.charge_id) == (T0 + timedelta(days=60), "cli", True, "c1")
+    stored = await SubscriptionStore(store, CFG, clock).get("user", 42)  # what the database holds
+    assert (stored.tier, stored.expires_at, stored.renews, stored.charge_id) == ("premium", T0 + timedelta(days=60), True, "c1")
+
+    subs = SubscriptionStore(store, CFG, clock)  # a running bot's: cancelled in /billing, then granted
+    await subs.set_renews("user", 42, False)
+    await grant(store, CFG, "user:42", "unlimited", None, con, clock=clock, subs=subs)
+    stored = await SubscriptionStore(store, CFG, clock).get("user", 42)
+    assert (stored.tier, stored.expires_at, stored.renews, stored.charge_id) == ("unlimited", None, False, "c1")
+
+    await grant(store, CFG, "user:7", "premium", 5, con, clock=clock)  # no Telegram subscription: none made up
+    plain = await SubscriptionStore(store, CFG, clock).get("user", 7)
+    assert (plain.renews, plain.charge_id, plain.recurring) == (None, None, False)
 
 
 def _rec(ts: datetime, chat: int, user: int, model: str, p: int, c: int, cost: float | None) -> UsageRecord:
@@ -268,6 +297,8 @@ def test_typer_wrappers(tmp_path: Path) -> None:
     data = ["--data-dir", str(tmp_path / "data")]
     r = runner.invoke(app, ["tiers"])
     assert r.exit_code == 0 and "premium" in r.output, r.output
+    r = runner.invoke(app, ["tiers", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["tiers"]["premium"]["quotas"]["images_per_request"] == 4, r.output
     r = runner.invoke(app, ["sub", "grant", "user:42", "premium", "--days", "30", *data])
     assert r.exit_code == 0 and "user:42: premium until" in r.output, r.output
     r = runner.invoke(app, ["sub", "grant", "user:42", "gold", *data])

@@ -37,11 +37,13 @@ from memory.types import UsageCount
 from .daily import DailyCounters, utc_day
 from .errors import TierError, UnknownTier
 
-__all__ = ["ANY_MODEL", "QuotaDecision", "QuotaTracker", "RateLimiter", "TodayUsage", "next_midnight", "request_usage"]
+__all__ = ["ANY_MODEL", "MAX_IMAGES", "QuotaDecision", "QuotaTracker", "RateLimiter", "TodayUsage", "images_per_request",
+           "next_midnight", "request_usage"]
 
 log = logging.getLogger(__name__)
 
 ANY_MODEL = "*"
+MAX_IMAGES = 10  # the most images one request asks for (OpenAI's ``n`` limit), whatever the tier says
 
 
 def next_midnight(now: datetime) -> datetime:
@@ -123,6 +125,13 @@ def request_usage(q: Quotas, requests: dict[str, int], alias: str) -> tuple[int,
     if ANY_MODEL in q.requests_per_day:
         return sum(n for a, n in requests.items() if a not in q.requests_per_day), q.requests_per_day[ANY_MODEL]
     return requests.get(alias, 0), UNLIMITED
+
+
+def images_per_request(q: Quotas) -> int:
+    """The most images one /image (draw, edit, variations) makes on a tier with quotas ``q``:
+    ``images_per_request`` (-1: ``MAX_IMAGES``), at least 1 and at most ``MAX_IMAGES``."""
+    n = q.images_per_request
+    return MAX_IMAGES if n < 0 else min(MAX_IMAGES, max(1, n))
 
 
 class QuotaTracker(DailyCounters[_Call]):

@@ -144,12 +144,18 @@ class SubscriptionStore:
 
     async def grant(self, scope: str, scope_id: int, tier: str, days: float | None, source: str) -> Subscription:
         """Set ``scope:scope_id`` to ``tier`` for ``days`` from now (None = never expires), replacing
-        whatever it had. raises UnknownTier, BadScope, TierError (days ≤ 0)."""
+        whatever it had — except a Telegram Stars subscription's state (``renews``, ``charge_id``),
+        which is kept: Telegram still renews (or not) and /billing still cancels or resumes it.
+        raises UnknownTier, BadScope, TierError (days ≤ 0)."""
         self._check(scope, scope_id, tier, days)
         async with self._lock:
             now = _utc(self.clock())
             expires = None if days is None else now + timedelta(days=days)
-            return await self._put(Subscription(scope, scope_id, tier, expires, source, now))
+            new = Subscription(scope, scope_id, tier, expires, source, now)
+            cur = (await self._cached()).get((scope, scope_id))
+            if cur is not None and cur.recurring:
+                new = dataclasses.replace(new, renews=cur.renews, charge_id=cur.charge_id)
+            return await self._put(new)
 
     async def extend(self, scope: str, scope_id: int, tier: str, days: float, source: str) -> Subscription:
         """Add ``days`` of ``tier`` (what a payment does).
