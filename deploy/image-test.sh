@@ -37,7 +37,7 @@ kith() { docker exec "$NAME" kith "$@"; }
 # wait_for WHAT TIMEOUT_S COMMAND...: poll the command every 0.2 s
 wait_for() {
 	what=$1 limit=$2; shift 2
-	deadline=$(echo "$(now) $limit" | awk '{print $1 + $2}')
+	deadline=$(echo "$(now) $limit" | awk '{printf "%.3f", $1 + $2}')
 	until "$@" >/dev/null 2>&1; do
 		[ "$(echo "$(now) $deadline" | awk '{print ($1 > $2)}')" = 1 ] && fail "$what: not within $limit s"
 		sleep 0.2
@@ -46,14 +46,14 @@ wait_for() {
 healthz() { docker exec "$NAME" curl -fsS http://127.0.0.1:8787/healthz; }
 memory_ready() {  # the stores open and the model loaded (Telegram cannot be: no network)
 	docker exec "$NAME" curl -sS http://127.0.0.1:8787/readyz \
-		| python3 -c 'import json,sys; p=json.load(sys.stdin); sys.exit(not (p["stores"]["ready"] and p["embedder"]["ready"]))'
+		| python3 -c 'import json,sys; p=json.load(sys.stdin); sys.exit(not (p["parts"]["stores"]["ready"] and p["parts"]["embedder"]["ready"]))'
 }
 count() { kith memory stats --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["dialogue"]["messages"])'; }
 started() {  # $1: label; sets $healthy_s and $ready_s
 	t0=$2
 	wait_for "/healthz ($1)" 120 healthz
 	healthy_s=$(since "$t0")
-	wait_for "stores and model ready ($1)" 300 memory_ready
+	wait_for "stores and model ready ($1)" 180 memory_ready
 	ready_s=$(since "$t0")
 	echo "$1: /healthz 200 after ${healthy_s} s; stores open and model loaded after ${ready_s} s"
 }
@@ -69,6 +69,11 @@ cold_healthy=$healthy_s cold_ready=$ready_s
 wait_for "docker's HEALTHCHECK" 60 sh -c "[ \"\$(docker inspect -f '{{.State.Health.Status}}' $NAME)\" = healthy ]"
 echo "docker health: $(docker inspect -f '{{.State.Health.Status}}' "$NAME") after $(since "$t0") s (checks every 10 s)"
 docker exec "$NAME" id | grep -q 'uid=10001(kith)' || fail "the bot does not run as the user kith"
+if docker logs "$NAME" 2>&1 | grep -q "converting all-MiniLM"; then
+	echo "embedding model: converted at start (this CPU differs from the build machine's)"
+else
+	echo "embedding model: the image's conversion was used (no conversion at start)"
+fi
 docker exec "$NAME" curl -sS http://127.0.0.1:8787/readyz | python3 -c 'import json,sys; print("readyz:", json.load(sys.stdin))'
 
 echo "== import $TRANSCRIPT ($(wc -l < "$TRANSCRIPT") lines) through the running bot"
