@@ -16,7 +16,7 @@ DEMO_SLICE ?= ../shared/data/ubuntu-irc/2009-03-03_10.jsonl
 # when this runs as root with apt-get; otherwise those tests skip and say why.
 SYSTEM_PACKAGES := tesseract-ocr tesseract-ocr-rus fonts-dejavu-core espeak-ng postgresql
 
-.PHONY: demo test bench install clean system-deps lint messages
+.PHONY: demo test bench install clean system-deps lint messages image image-test
 
 install: $(STAMP)  # ... and converts the embedding model once for this machine (offline; into the user's cache)
 	$(BIN)/python -m providers.openvino_encoder --prepare
@@ -56,3 +56,10 @@ clean:
 messages: $(STAMP)  # refresh i18n/kith.pot from the source, then every i18n/locales/*.po from it (translate the new entries)
 	$(BIN)/pybabel extract -F i18n/babel.cfg -k _ -k N_ -k ngettext:1,2 --no-location --sort-output --no-wrap --omit-header -o i18n/kith.pot actors features transports tiers providers i18n
 	for po in i18n/locales/*.po; do $(BIN)/pybabel update --no-fuzzy-matching --ignore-obsolete --no-wrap -i i18n/kith.pot -o $$po -l $$(basename $$po .po); done
+
+# Docker (README: Deploy); not part of `make test`: they need a running Docker engine
+image:  # the base image kith-base:bookworm when missing (mmdebstrap, no registry), then Dockerfile -> kith:latest
+	deploy/build-image.sh
+
+image-test:  # a smoke test of kith:latest: start, /healthz, import, search, SIGTERM, restart, nothing lost
+	deploy/image-test.sh

@@ -17,6 +17,9 @@ credentials and calls ``serve``, which:
    update state and stops the client, then leaves the runtime — so every update not handled now is
    delivered again at the next start. Re-delivered messages are stored and answered once (the
    transport's LRU and the chat actor's recent window).
+
+Under systemd (``Type=notify``, deploy/kith.service) it reports ``STATUS=`` while connecting,
+``READY=1`` once updates are handled and ``STOPPING=1`` when the drain begins (``operations.systemd``).
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ from .control import TOKEN_FILE, ControlServer
 from .health import Health
 from .metrics import Metrics
 from .reload import reload_config
+from .systemd import notify
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +135,8 @@ async def _serve(client: Any, config: Config, data_dir: Path, model, llm, outbox
                 # the CLI's operations run on these stores from now on, and stop before they close
                 await ops_stack.enter_async_context(server.operations(rt.services, drain_timeout_s=settings.actors.drain_timeout_s))
             reloader.append(reload)
-            if not await connect(client, stopped, settings.telegram, on_state=lambda s: health.set("telegram", False, s)):
+            if not await connect(client, stopped, settings.telegram, on_state=functools.partial(_telegram_state, health)):
+                notify("STOPPING=1", "STATUS=stopped before Telegram could be reached")
                 log.info("stopped before Telegram could be reached")
                 return
             try:
@@ -145,11 +150,13 @@ async def _serve(client: Any, config: Config, data_dir: Path, model, llm, outbox
                     await set_commands(client)
                     log.info("@%s (id %s) is running", identity.username, identity.user_id)
                     health.set("telegram", True, f"connected as @{identity.username}")
+                    notify("READY=1", f"STATUS=connected as @{identity.username}")
                     with frozen_startup_heap() as frozen:
                         log.debug("start-up heap frozen: %d objects", frozen)
                         task_status.started(BotApp(client, rt, outbox, router, identity, health, metrics, url))
                         await stopped.wait()
                     log.info("stopping: no new updates; draining the turns in flight")
+                    notify("STOPPING=1", "STATUS=stopping: draining the turns in flight")
                     health.set("telegram", False, "stopping")
                     stop_receiving(client, router)
                     drain = settings.actors.drain_timeout_s
@@ -165,6 +172,12 @@ async def _serve(client: Any, config: Config, data_dir: Path, model, llm, outbox
                     await client.stop()
                 metrics.attach(None)
         log.info("stopped")
+
+
+def _telegram_state(health: Health, state: str) -> None:
+    """``connect``'s progress (``"connecting, retry 3 in 8 s (…)"``): to /readyz and systemd's status."""
+    health.set("telegram", False, state)
+    notify(f"STATUS=telegram: {state}")
 
 
 # what an unreachable or flaky network raises from Client.start() (kurigram also lets a KeyError out

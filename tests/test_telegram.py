@@ -701,6 +701,28 @@ async def test_stopping_while_telegram_is_unreachable_exits_promptly(tmp_path, s
     assert anyio.current_time() - t0 < 5
 
 
+async def test_systemd_hears_the_connecting_status_then_ready_then_stopping(tmp_path, st_model, monkeypatch):
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(tmp_path / "notify"))
+        sock.setblocking(False)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+        cfg = config(reconnect_initial_s=0.05, reconnect_max_s=0.1)
+        async with running_bot(tmp_path, st_model, cfg, before_start=lambda h: failing_connect(h, [TimeoutError()])):
+            pass
+        got = []
+        while True:
+            try:
+                got.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                break
+    assert got == ["STATUS=telegram: connecting",
+                   "STATUS=telegram: connecting, retry 1 in 0 s (TimeoutError)",
+                   "READY=1\nSTATUS=connected as @kith_bot",
+                   "STOPPING=1\nSTATUS=stopping: draining the turns in flight"]
+
+
 # ---------------------------------------------------------------- a basic group upgraded to a supergroup
 
 
