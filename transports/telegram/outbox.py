@@ -13,7 +13,10 @@ appears as one message that is edited as the text grows, at most one edit per in
 longer for longer texts and after a FloodWait); progress edits are best-effort and never wait for
 the budget. In private chats, with ``drafts=True``, progress is streamed with kurigram's
 ``send_message_draft`` (Bot API drafts: an animated, ephemeral preview) and the final text is sent
-as a message; if Telegram refuses drafts, the outbox falls back to edits for good.
+as a message; if Telegram refuses drafts, the outbox falls back to edits for good. A draft shows a
+Stop button (``can_stop``, ``keep_on_stop``): the user pressing it reaches ``stop_draft`` (from the
+update side, keyed by (chat id, draft id)), which sets the stream's ``stopped`` event; the turn then
+ends the generation and finishes the stream with what was generated so far.
 """
 from __future__ import annotations
 
@@ -131,12 +134,23 @@ class TelegramOutbox:
         self._sent_ids: LRU = LRU(SENT_IDS_KEPT)
         self._keyboards: LRU = LRU(KEYBOARDS_KEPT)
         self._admins: LRU = LRU(16_384)
+        self._drafting: LRU = LRU(KEYBOARDS_KEPT)  # (chat_id, draft_id) → the TelegramReplyStream showing it
 
     # ------------------------------------------------------------------ facts for the update side
 
     def sent_by_bot(self, chat_id: int, message_id: int) -> bool:
         """True if the bot sent message ``message_id`` in ``chat_id`` (this process, recent ones)."""
         return (chat_id, message_id) in self._sent_ids
+
+    def stop_draft(self, chat_id: int, draft_id: int) -> bool:
+        """The user pressed Stop on draft ``draft_id`` in ``chat_id``: set its stream's ``stopped``
+        event (the turn generating it ends the generation). False when no stream of this process
+        shows that draft (already finished, or another process's)."""
+        stream = self._drafting.pop((chat_id, draft_id), None)
+        if stream is None:
+            return False
+        stream.stopped.set()
+        return True
 
     async def is_admin(self, chat_id: int, user_id: int) -> bool:
         """True if ``user_id`` owns or administers ``chat_id`` (cached 60 s). In a private chat the
@@ -483,6 +497,7 @@ class TelegramReplyStream:
         self.updates = 0
         self.edits = 0
         self.drafts = 0
+        self.stopped = anyio.Event()  # set by ``TelegramOutbox.stop_draft`` (the user pressed Stop)
 
     def interval(self, units: int) -> float:
         """Seconds between progress edits for a text of ``units``: the base interval (at least the
@@ -499,7 +514,10 @@ class TelegramReplyStream:
 
     async def update(self, text: str) -> None:
         """Show the text so far, throttled: nothing during the first interval, then at most one edit
-        (or draft) per interval. Never waits for the budget except for the first message."""
+        (or draft) per interval. Never waits for the budget except for the first message. Once the
+        user stopped the draft, nothing more is shown until ``finish``."""
+        if self.stopped.is_set():
+            return
         self.updates += 1
         out = self.outbox
         now = out.clock()
@@ -540,6 +558,7 @@ class TelegramReplyStream:
         out = self.outbox
         if self.use_drafts and out.drafts:
             self.draft_id = random.randint(1, 2**62)
+            out._drafting.put((self.chat_id, self.draft_id), self)
             if await self._draft(part):
                 return
             self.draft_id = None
@@ -560,6 +579,8 @@ class TelegramReplyStream:
                 message_thread_id=self.thread_id,
                 parse_mode=enums.ParseMode.DISABLED,
                 entities=to_pyrogram(part.entities) or None,
+                can_stop=True,
+                keep_on_stop=True,  # shown until finish() sends what was generated as a message
             )
         except FloodWait as e:
             out.limits.flood(self.chat_id, flood_seconds(e))
@@ -568,6 +589,7 @@ class TelegramReplyStream:
         except RPCError as e:
             log.warning("send_message_draft refused (%s); streaming with message edits instead", e)
             out.drafts = False
+            out._drafting.pop((self.chat_id, self.draft_id), None)
             self.draft_id = None
             if self.message is None:
                 self.message = await out._send_part(self.chat_id, part, self.reply_to, self.thread_id, None)
@@ -587,6 +609,8 @@ class TelegramReplyStream:
     async def finish(self, text: str) -> Sent:
         """Show the final text (formatted, split) and return the first message of the reply."""
         out = self.outbox
+        if self.draft_id is not None:
+            out._drafting.pop((self.chat_id, self.draft_id), None)
         parts = render_parts(text) or [Part(EMPTY_REPLY)]
         if self.message is None:
             return await out.send_parts(self.chat_id, parts, reply_to=self.reply_to, thread_id=self.thread_id)
