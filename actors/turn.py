@@ -367,8 +367,9 @@ class _Turn:
         return chain
 
     async def _refuse(self, adm: Any) -> None:
-        """Tell the member once why they are not served; repeated refusals stay silent until the
-        quota resets (or the rate window passes), so a flood does not get a flood of replies."""
+        """Tell the member once why they are not served (in a group, seen by them only where Telegram
+        allows: ``send_ephemeral``); repeated refusals stay silent until the quota resets (or the rate
+        window passes), so a flood does not get a flood of replies."""
         host, ev = self.host, self.ev
         now, key = self.svc.clock(), (ev.sender.user_id, adm.reason)
         until = host.refused_until.get(key)
@@ -384,7 +385,8 @@ class _Turn:
         if rows:
             await host.outbox.send_buttons(self.chat_id, text, rows, reply_to=ev.message_id, thread_id=ev.thread_id)
             return
-        await host.outbox.send(self.chat_id, text, reply_to=ev.message_id, thread_id=ev.thread_id)
+        # in a group, seen by the refused member only where the transport can (a normal reply otherwise)
+        await host.outbox.send_ephemeral(self.chat_id, ev.sender.user_id, text, reply_to=ev.message_id, thread_id=ev.thread_id)
 
     async def _charge(self, tokens: int | None = None, model: str | None = None, undo: bool = False) -> None:
         """Debit an answer paid with credits (``Admission.charge``, journaled): its price right after its

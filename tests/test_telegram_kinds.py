@@ -14,11 +14,11 @@ import duckdb
 import pytest
 from pyrogram import raw
 
-from config.models import Config, LLMSettings, ModelSpec, Settings, TiersConfig
+from config.models import Config, LLMSettings, ModelSpec, Quotas, Settings, Tier, TiersConfig
 from operations.bot import serve
 from providers.recall_model import estimate_tokens
 from tests.llm_server import FakeLLMServer
-from tests.tg_harness import TelegramHarness, pyrogram_errors
+from tests.tg_harness import TelegramHarness, pyrogram_errors, rpc_error
 
 pytestmark = pytest.mark.anyio
 
@@ -40,12 +40,12 @@ def db_rows(data_dir: Path, sql: str) -> list:
 
 
 @asynccontextmanager
-async def bot_on(tmp_path, st_model, server: FakeLLMServer, model: str):
+async def bot_on(tmp_path, st_model, server: FakeLLMServer, model: str, tiers: TiersConfig | None = None):
     """The bot served on a harness client, answering with ``model`` of the test server; yields (harness, app)."""
     settings = Settings(models={"recall": ModelSpec(model="kith/recall"),
                                 "remote": ModelSpec(model=f"openai/{model}", api_base=server.base_url, context_tokens=4096)},
                         default_model="remote", llm=LLMSettings(stream_edit_interval_s=0.05))
-    cfg = Config(settings=settings, tiers=TiersConfig())
+    cfg = Config(settings=settings, tiers=tiers or TiersConfig())
     h = await TelegramHarness.create()
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
@@ -108,3 +108,50 @@ async def test_a_stop_for_a_draft_no_reply_streams_is_ignored(tmp_path, st_model
             assert [r.text for r in h.replies_to(42, mid)] == ["all of it"]
             assert app.router.stats.ignored == 1
     assert server.cut == []
+
+
+# ---------------------------------------------------------------------- 2. ephemeral replies in groups
+
+
+async def test_memory_and_profile_in_a_group_are_seen_by_the_asker_only_and_a_refusal_falls_back_for_good(tmp_path, st_model, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with FakeLLMServer() as server:
+        async with bot_on(tmp_path, st_model, server, "ok-x") as (h, app):
+            ann = h.user(42, "Ann")
+            g, other = h.supergroup(700, "Team"), h.supergroup(701, "Other")
+            asked = await h.group(g, ann, "/memory@kith_bot")
+            await h.settle(app.runtime.supervisor)
+            assert h.replies_to(g, asked) == []  # nothing the whole group sees
+            (eph,) = h.ephemeral
+            assert h.ephemeral_to == [42] and eph.chat_id == g and eph.reply_to == asked
+            assert "This chat" in eph.text and eph.entities  # formatted like a normal reply
+
+            h.fail(raw.functions.ephemeral.SendMessage, rpc_error("EPHEMERAL_MESSAGES_FORBIDDEN"))
+            refused = await h.group(g, ann, "/profile@kith_bot")
+            again = await h.group(g, ann, "/memory@kith_bot")
+            elsewhere = await h.group(other, ann, "/profile@kith_bot")
+            private = await h.private(ann, "/profile")
+            await h.settle(app.runtime.supervisor)
+            assert [r.text.splitlines()[0] for r in h.replies_to(g, refused)] == ["Ann"]  # the normal reply instead
+            assert len(h.replies_to(g, again)) == 1  # this chat: normal replies from now on, Telegram not asked again
+            assert len(h.replies_to(42, private)) == 1  # a private chat: always a normal reply
+            assert h.replies_to(other, elsewhere) == [] and h.ephemeral_to == [42, 42]  # other groups still ephemeral
+            assert h.count(raw.functions.ephemeral.SendMessage) == 3
+            assert app.outbox.stats.ephemeral == 2 and app.outbox.stats.ephemeral_fallbacks == 1
+
+
+async def test_a_refusal_in_a_group_is_seen_by_the_refused_member_only(tmp_path, st_model, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    tiers = TiersConfig(default_tier="free", tiers={"free": Tier(models=("*",), quotas=Quotas(requests_per_day={"*": 1}))})
+    with FakeLLMServer() as server:
+        async with bot_on(tmp_path, st_model, server, "ok-x", tiers) as (h, app):
+            ann = h.user(42, "Ann")
+            g = h.supergroup(702, "Quota")
+            first = await h.group(g, ann, "@kith_bot ANSWER the one answer of the day")
+            await h.settle(app.runtime.supervisor)
+            second = await h.group(g, ann, "@kith_bot ANSWER another")
+            await h.settle(app.runtime.supervisor)
+            assert [r.text for r in h.replies_to(g, first)] == ["the one answer of the day"]
+            assert h.replies_to(g, second) == []
+            (refusal,) = h.ephemeral
+            assert h.ephemeral_to == [42] and refusal.reply_to == second and refusal.text

@@ -138,6 +138,9 @@ class TelegramHarness:
         self.sent: list[Sent] = []
         self.edits: list[Sent] = []
         self.drafts: list[tuple[int, str]] = []
+        self.ephemeral: list[Sent] = []  # ephemeral messages (only ``to[i]`` sees ``ephemeral[i]``)
+        self.ephemeral_to: list[int] = []
+        self._ephemeral_ids = itertools.count(1)
         self.answers: list[tuple[str, str | None, bool]] = []
         self.pre_checkout_answers: list[tuple[str, bool, str | None]] = []
         self.invoice_links: list[Any] = []  # the InputMediaInvoice of each invoice link made (payments.ExportInvoice)
@@ -523,6 +526,8 @@ class TelegramHarness:
             return self._send(q)
         if isinstance(q, f.messages.EditMessage):
             return self._edit(q)
+        if isinstance(q, f.ephemeral.SendMessage):
+            return self._send_ephemeral(q)
         if isinstance(q, f.messages.SetTyping):
             action = q.action
             if isinstance(action, t.SendMessageTextDraftAction):
@@ -627,6 +632,24 @@ class TelegramHarness:
         users, chats = self._peers_of(chat_id, *([chat_id] if chat_id > 0 else []))
         return t.Updates(updates=[t.UpdateMessageID(id=mid, random_id=q.random_id), self._new_update(chat_id, msg)],
                          users=users, chats=chats, date=now, seq=0)
+
+    def _send_ephemeral(self, q: Any) -> Any:
+        """``ephemeral.sendMessage``: recorded in ``ephemeral``/``ephemeral_to`` (the receiver must be an
+        ``InputUser``, as the schema says), answered with an ``UpdateNewEphemeralMessage``."""
+        t = raw.types
+        if not isinstance(q.receiver_id, t.InputUser):
+            raise rpc_error("INPUT_CONSTRUCTOR_INVALID", function=raw.functions.ephemeral.SendMessage)
+        chat_id = self._chat_id_of_input(q.peer)
+        reply_to = getattr(q.reply_to, "reply_to_msg_id", None)
+        thread_id = getattr(q.reply_to, "top_msg_id", None)
+        mid = next(self._ephemeral_ids)
+        self.ephemeral.append(Sent(chat_id, mid, q.message, list(q.entities or []), reply_to, thread_id, None, at=time.perf_counter()))
+        self.ephemeral_to.append(q.receiver_id.user_id)
+        msg = t.EphemeralMessage(id=mid, from_id=t.PeerUser(user_id=self.bot_id), receiver_id=q.receiver_id.user_id,
+                                 date=int(time.time()), message=q.message, out=True, peer_id=self._peer(chat_id),
+                                 entities=q.entities or None)
+        users, chats = self._peers_of(chat_id, q.receiver_id.user_id)
+        return t.Updates(updates=[t.UpdateNewEphemeralMessage(message=msg)], users=users, chats=chats, date=int(time.time()), seq=0)
 
     def _edit(self, q: Any) -> Any:
         t = raw.types

@@ -17,6 +17,12 @@ as a message; if Telegram refuses drafts, the outbox falls back to edits for goo
 Stop button (``can_stop``, ``keep_on_stop``): the user pressing it reaches ``stop_draft`` (from the
 update side, keyed by (chat id, draft id)), which sets the stream's ``stopped`` event; the turn then
 ends the generation and finishes the stream with what was generated so far.
+
+Ephemeral replies (``send_ephemeral``): in a group, a one-message text is sent with Telegram's
+``ephemeral.sendMessage`` so only the asking member sees it. kurigram's ``send_message(...,
+ephemeral_message_parameters=...)`` passes the receiver as an ``InputPeerUser`` where the schema
+wants an ``InputUser``, so the raw function is invoked here. When Telegram refuses (any RPC error),
+the text goes as a normal reply and that chat gets normal replies for the rest of the process.
 """
 from __future__ import annotations
 
@@ -104,6 +110,8 @@ class OutboxStats:
     plain_fallbacks: int = 0  # formatted text rejected, resent plain
     reply_fallbacks: int = 0  # reply target rejected, resent without it
     progress_skipped: int = 0  # progress edits not shown (interval or budget)
+    ephemeral: int = 0  # ephemeral messages sent
+    ephemeral_fallbacks: int = 0  # ephemeral messages refused, sent as normal replies
 
 
 class TelegramOutbox:
@@ -134,6 +142,7 @@ class TelegramOutbox:
         self._sent_ids: LRU = LRU(SENT_IDS_KEPT)
         self._keyboards: LRU = LRU(KEYBOARDS_KEPT)
         self._admins: LRU = LRU(16_384)
+        self._no_ephemeral: set[int] = set()  # groups where Telegram refused an ephemeral message
         self._drafting: LRU = LRU(KEYBOARDS_KEPT)  # (chat_id, draft_id) → the TelegramReplyStream showing it
 
     # ------------------------------------------------------------------ facts for the update side
@@ -177,6 +186,46 @@ class TelegramOutbox:
 
     async def send(self, chat_id: int, text: str, *, reply_to: int | None = None, thread_id: int | None = None) -> Sent:
         return await self.send_parts(chat_id, render_parts(text), reply_to=reply_to, thread_id=thread_id)
+
+    async def send_ephemeral(self, chat_id: int, user_id: int, text: str, *, reply_to: int | None = None,
+                             thread_id: int | None = None) -> Sent:
+        """In a group, ``text`` seen by ``user_id`` only (an ephemeral message; its id is in the
+        ephemeral sequence, not the chat's). A private chat, a text longer than one message, or a
+        group where Telegram refused one before: a normal reply (``send``)."""
+        parts = render_parts(text) or [Part(EMPTY_REPLY)]
+        if chat_id > 0 or chat_id in self._no_ephemeral or len(parts) > 1:
+            return await self.send(chat_id, text, reply_to=reply_to, thread_id=thread_id)
+        part = parts[0]
+        client = self.client
+
+        async def op() -> Any:
+            peer = await client.resolve_peer(chat_id)
+            user = await client.resolve_peer(user_id)
+            entities = to_pyrogram(part.entities) or []
+            for e in entities:
+                e._client = client
+            return await client.invoke(raw.functions.ephemeral.SendMessage(
+                peer=peer,
+                receiver_id=raw.types.InputUser(user_id=user.user_id, access_hash=user.access_hash),
+                message=part.text,
+                random_id=client.rnd_id(),
+                entities=[await e.write() for e in entities] or None,
+                reply_to=raw.types.InputReplyToMessage(reply_to_msg_id=reply_to, top_msg_id=thread_id) if reply_to else None,
+            ))
+
+        try:
+            result = await self.limits.call(chat_id, op, what="ephemeral.sendMessage")
+        except RPCError as e:  # not a FloodWait: the limiter waits those out
+            log.info("chat %s: Telegram refused an ephemeral message (%s); normal replies from now on", chat_id, e)
+            self._no_ephemeral.add(chat_id)
+            self.stats.ephemeral_fallbacks += 1
+            return await self.send(chat_id, text, reply_to=reply_to, thread_id=thread_id)
+        self.stats.ephemeral += 1
+        for update in getattr(result, "updates", None) or ():
+            message = getattr(update, "message", None)
+            if isinstance(message, raw.types.EphemeralMessage):
+                return Sent(message.id, datetime.fromtimestamp(message.date, UTC))
+        return Sent(0, datetime.now(UTC))
 
     async def edit(self, chat_id: int, message_id: int, text: str) -> None:
         """Replace the text of message ``message_id`` (its inline keyboard is kept). A text longer
