@@ -19,6 +19,8 @@ from operations.bot import serve
 from providers.recall_model import estimate_tokens
 from tests.llm_server import FakeLLMServer
 from tests.tg_harness import TelegramHarness, pyrogram_errors, rpc_error
+from transports.telegram.outbox import TelegramOutbox
+from transports.telegram.render import has_table
 
 pytestmark = pytest.mark.anyio
 
@@ -126,7 +128,7 @@ async def test_memory_and_profile_in_a_group_are_seen_by_the_asker_only_and_a_re
             assert h.ephemeral_to == [42] and eph.chat_id == g and eph.reply_to == asked
             assert "This chat" in eph.text and eph.entities  # formatted like a normal reply
 
-            h.fail(raw.functions.ephemeral.SendMessage, rpc_error("EPHEMERAL_MESSAGES_FORBIDDEN"))
+            h.fail(raw.functions.ephemeral.SendMessage, rpc_error("BOT_METHOD_INVALID"))
             refused = await h.group(g, ann, "/profile@kith_bot")
             again = await h.group(g, ann, "/memory@kith_bot")
             elsewhere = await h.group(other, ann, "/profile@kith_bot")
@@ -155,3 +157,74 @@ async def test_a_refusal_in_a_group_is_seen_by_the_refused_member_only(tmp_path,
             assert h.replies_to(g, second) == []
             (refusal,) = h.ephemeral
             assert h.ephemeral_to == [42] and refusal.reply_to == second and refusal.text
+
+
+# ---------------------------------------------------------------------- 3. rich messages for tables
+
+TABLE = "Two plans:\n\n| plan | price |\n|------|------:|\n| free | 0 |\n| plus | 5 |\n\nPick one."
+
+
+class Clock:
+    """A monotonic clock the test moves by hand; its sleep moves it."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += max(0.0, seconds)
+        await anyio.sleep(0)
+
+
+def rich_calls(h: TelegramHarness) -> int:
+    return sum(1 for c in h.calls if isinstance(c, raw.functions.messages.SendMessage) and c.rich_message is not None)
+
+
+async def test_an_answer_with_a_table_goes_as_a_rich_message_and_a_refusal_falls_back_to_the_rendering():
+    clock = Clock()
+    h = await TelegramHarness.create()
+    h.user(42, "Ann")
+    await h.start()
+    try:
+        out = TelegramOutbox(h.client, clock=clock, sleep=clock.sleep)
+        stream = await out.stream(42, reply_to=5)  # a quick private answer
+        sent = await stream.finish(TABLE)
+        assert (h.sent[-1].kind, h.sent[-1].text, h.sent[-1].reply_to) == ("rich", TABLE, 5)
+        assert sent.message_id == h.sent[-1].message_id and out.sent_by_bot(42, sent.message_id)
+
+        g = h.supergroup(710, "Tables")  # a group streams by edits: the progress message gives way
+        stream = await out.stream(g, reply_to=6)
+        clock.t += 10
+        await stream.update("Two plans:")
+        progress = h.sent[-1]
+        assert progress.kind == "text"
+        await stream.finish(TABLE)
+        assert (h.sent[-1].kind, h.sent[-1].text, h.sent[-1].reply_to) == ("rich", TABLE, 6)
+        assert h.deleted == [(g, progress.message_id)]
+
+        await (await out.stream(42)).finish("no table | here")  # a pipe is not a table
+        assert h.sent[-1].kind == "text" and rich_calls(h) == 2
+
+        other = h.supergroup(711, "Old clients")
+        h.fail(raw.functions.messages.SendMessage, rpc_error("BOT_METHOD_INVALID"))
+        await (await out.stream(other, reply_to=7)).finish(TABLE)
+        fallback = h.sent[-1]
+        assert fallback.kind == "text" and fallback.reply_to == 7
+        assert "free" in fallback.text and "|---" not in fallback.text  # the usual rendering
+        await (await out.stream(other)).finish(TABLE)  # refused once: not asked again in this chat
+        assert rich_calls(h) == 3 and h.sent[-1].kind == "text"
+        assert (out.stats.rich, out.stats.rich_fallbacks) == (2, 1)
+    finally:
+        await h.stop()
+
+
+def test_tables_are_found_outside_code_fences_only():
+    assert has_table(TABLE)
+    assert has_table("|a|b|\n|:-:|---|")
+    assert not has_table("a | b\nnot a delimiter")
+    assert not has_table("```\n| a | b |\n|---|---|\n```")
+    assert has_table("| one column |\n|---|")
+    assert not has_table("---\n| a |")
+    assert not has_table("a | b\n---")  # a heading underline, not a delimiter row

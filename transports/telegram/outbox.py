@@ -23,6 +23,11 @@ Ephemeral replies (``send_ephemeral``): in a group, a one-message text is sent w
 ephemeral_message_parameters=...)`` passes the receiver as an ``InputPeerUser`` where the schema
 wants an ``InputUser``, so the raw function is invoked here. When Telegram refuses (any RPC error),
 the text goes as a normal reply and that chat gets normal replies for the rest of the process.
+
+Tables: a streamed answer whose final text holds a Markdown table (``render.has_table``) and fits one
+message is sent with ``send_rich_message`` (the model's Markdown as Telegram's rich-message
+Markdown, which draws tables); in edit mode the progress message is then deleted. When Telegram
+refuses, the answer goes rendered as usual and that chat gets the plain rendering from then on.
 """
 from __future__ import annotations
 
@@ -47,7 +52,7 @@ from config.models import TelegramSettings
 from i18n import _
 
 from .limits import SendLimiter, Sleep, flood_seconds
-from .render import MAX_CAPTION_UNITS, MAX_MESSAGE_UNITS, Part, render, render_parts, split, to_pyrogram, utf16_len
+from .render import MAX_CAPTION_UNITS, MAX_MESSAGE_UNITS, Part, has_table, render, render_parts, split, to_pyrogram, utf16_len
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +117,8 @@ class OutboxStats:
     progress_skipped: int = 0  # progress edits not shown (interval or budget)
     ephemeral: int = 0  # ephemeral messages sent
     ephemeral_fallbacks: int = 0  # ephemeral messages refused, sent as normal replies
+    rich: int = 0  # answers with a table sent as rich messages
+    rich_fallbacks: int = 0  # rich messages refused, sent rendered
 
 
 class TelegramOutbox:
@@ -143,6 +150,7 @@ class TelegramOutbox:
         self._keyboards: LRU = LRU(KEYBOARDS_KEPT)
         self._admins: LRU = LRU(16_384)
         self._no_ephemeral: set[int] = set()  # groups where Telegram refused an ephemeral message
+        self._no_rich: set[int] = set()  # chats where Telegram refused a rich message
         self._drafting: LRU = LRU(KEYBOARDS_KEPT)  # (chat_id, draft_id) → the TelegramReplyStream showing it
 
     # ------------------------------------------------------------------ facts for the update side
@@ -226,6 +234,32 @@ class TelegramOutbox:
             if isinstance(message, raw.types.EphemeralMessage):
                 return Sent(message.id, datetime.fromtimestamp(message.date, UTC))
         return Sent(0, datetime.now(UTC))
+
+    async def send_rich(self, chat_id: int, markdown: str, *, reply_to: int | None = None,
+                        thread_id: int | None = None) -> Sent | None:
+        """Send ``markdown`` as one rich message (Telegram renders its tables); None when this chat
+        refused one before or Telegram refuses it now (then remembered for the chat)."""
+        if chat_id in self._no_rich:
+            return None
+
+        async def op() -> Any:
+            return await self.client.send_rich_message(
+                chat_id,
+                types.InputRichMessage(markdown=markdown),
+                message_thread_id=thread_id,
+                reply_parameters=types.ReplyParameters(message_id=reply_to) if reply_to else None,
+            )
+
+        try:
+            msg = await self.limits.call(chat_id, op, what="send_rich_message")
+        except RPCError as e:  # not a FloodWait: the limiter waits those out
+            log.info("chat %s: Telegram refused a rich message (%s); tables go rendered from now on", chat_id, e)
+            self._no_rich.add(chat_id)
+            self.stats.rich_fallbacks += 1
+            return None
+        self.stats.rich += 1
+        self.stats.messages += 1
+        return self._record(chat_id, msg)
 
     async def edit(self, chat_id: int, message_id: int, text: str) -> None:
         """Replace the text of message ``message_id`` (its inline keyboard is kept). A text longer
@@ -656,11 +690,18 @@ class TelegramReplyStream:
         self.not_before = self.outbox.clock() + seconds
 
     async def finish(self, text: str) -> Sent:
-        """Show the final text (formatted, split) and return the first message of the reply."""
+        """Show the final text (formatted, split) and return the first message of the reply. A text
+        with a table that fits one message goes as a rich message when the chat takes them."""
         out = self.outbox
         if self.draft_id is not None:
             out._drafting.pop((self.chat_id, self.draft_id), None)
         parts = render_parts(text) or [Part(EMPTY_REPLY)]
+        if len(parts) == 1 and has_table(text):
+            rich = await out.send_rich(self.chat_id, text, reply_to=self.reply_to, thread_id=self.thread_id)
+            if rich is not None:
+                if self.message is not None:  # edit mode: the progress message gives way to the rich one
+                    await out.delete(self.chat_id, self.message.message_id)
+                return rich
         if self.message is None:
             return await out.send_parts(self.chat_id, parts, reply_to=self.reply_to, thread_id=self.thread_id)
         first = self.message
