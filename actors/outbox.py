@@ -33,7 +33,11 @@ class Button:
 
 @runtime_checkable
 class ReplyStream(Protocol):
-    """A reply being generated: progress shown with ``update``, the final text with ``finish``."""
+    """A reply being generated: progress shown with ``update``, the final text with ``finish``.
+
+    A stream the user can stop (Telegram's Stop button on a draft) also has ``stopped``, an
+    ``anyio.Event`` set when they press it: the turn then ends the generation and finishes with what
+    was generated (not a Protocol member: other transports' streams simply have none)."""
 
     async def update(self, text: str) -> None:
         """The whole text so far (not a delta). Transports throttle as their medium needs."""
@@ -47,6 +51,13 @@ class Outbox(Protocol):
     async def send(self, chat_id: int, text: str, *, reply_to: int | None = None, thread_id: int | None = None) -> Sent: ...
 
     async def edit(self, chat_id: int, message_id: int, text: str) -> None: ...
+
+    async def send_ephemeral(self, chat_id: int, user_id: int, text: str, *, reply_to: int | None = None,
+                             thread_id: int | None = None) -> Sent:
+        """Send ``text`` in group ``chat_id`` so that only member ``user_id`` sees it (Telegram's
+        ephemeral messages), where the medium allows; otherwise (a private chat, a transport without
+        them, a refusal) it is ``send`` — a normal reply everyone in the chat sees."""
+        ...
 
     async def send_buttons(
         self, chat_id: int, text: str, rows: Sequence[Sequence[Button]], *, reply_to: int | None = None, thread_id: int | None = None

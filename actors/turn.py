@@ -10,6 +10,10 @@
    paid with credits is debited right after it, into the same reserve);
 6. **record** the reply, its usage and the memories it used.
 
+A stream may offer ``stopped`` (an ``anyio.Event``: Telegram's Stop button on a draft); when it is
+set, the generation ends at the model's next chunk and what was generated so far is the reply (none
+when nothing was), its usage counted as generated.
+
 ``take(host, ev)`` runs it on a ``TurnHost`` — the chat's actor, seen through the few members a turn
 needs — so that this module never imports the actor (``actors.chat`` imports it).
 """
@@ -363,8 +367,9 @@ class _Turn:
         return chain
 
     async def _refuse(self, adm: Any) -> None:
-        """Tell the member once why they are not served; repeated refusals stay silent until the
-        quota resets (or the rate window passes), so a flood does not get a flood of replies."""
+        """Tell the member once why they are not served (in a group, seen by them only where Telegram
+        allows: ``send_ephemeral``); repeated refusals stay silent until the quota resets (or the rate
+        window passes), so a flood does not get a flood of replies."""
         host, ev = self.host, self.ev
         now, key = self.svc.clock(), (ev.sender.user_id, adm.reason)
         until = host.refused_until.get(key)
@@ -380,7 +385,8 @@ class _Turn:
         if rows:
             await host.outbox.send_buttons(self.chat_id, text, rows, reply_to=ev.message_id, thread_id=ev.thread_id)
             return
-        await host.outbox.send(self.chat_id, text, reply_to=ev.message_id, thread_id=ev.thread_id)
+        # in a group, seen by the refused member only where the transport can (a normal reply otherwise)
+        await host.outbox.send_ephemeral(self.chat_id, ev.sender.user_id, text, reply_to=ev.message_id, thread_id=ev.thread_id)
 
     async def _charge(self, tokens: int | None = None, model: str | None = None, undo: bool = False) -> None:
         """Debit an answer paid with credits (``Admission.charge``, journaled): its price right after its
@@ -407,7 +413,8 @@ class _Turn:
                         tier: str | None, tools: TurnTools | None = None) -> None:
         """Stream the model's answer through the outbox (the delivery noted before its first byte),
         then record it. With ``tools``, a line per tool call the model makes ("🔎 searched …") heads
-        the reply, shown as the call is made; the stored reply is the answer alone."""
+        the reply, shown as the call is made; the stored reply is the answer alone. When the user stops
+        the generation (the stream's ``stopped``), the reply is what was generated until then."""
         host, ev = self.host, self.ev
         stream = await host.outbox.stream(self.chat_id, reply_to=ev.message_id, thread_id=ev.thread_id)
         so_far: list[str] = []
@@ -447,6 +454,9 @@ class _Turn:
                 extra.update(tools=tools.specs, run_tool=tools.run, max_steps=tools.max_steps,
                              tool_timeout_s=tools.timeout_s, tool_output_chars=tools.output_chars,
                              on_tool_call=on_tool_call)
+            stop = getattr(stream, "stopped", None)  # a transport whose streams can be stopped by the user
+            if stop is not None:
+                extra["stop"] = stop
             completion = await self.svc.llm.complete(alias, prompt.messages, on_delta=on_delta, **extra)
         except ProviderError as exc:
             log.warning("chat %s: LLM %s failed: %s", self.chat_id, alias, exc)
@@ -458,6 +468,13 @@ class _Turn:
         llm_ms = _ms(t_llm)
         if ttft_ms is None:  # not streamed: the whole answer is the first token
             ttft_ms = _ms(self.t0)
+        if getattr(completion, "stopped", False) and not completion.text.strip() and not notices:
+            log.info("chat %s: the user stopped the answer to %s before it said anything", self.chat_id, ev.message_id)
+            await self._record_usage(completion)  # the prompt was read: its tokens count
+            self.report(True, llm_ms=llm_ms, embed_ms=recall.embed_ms, search_ms=recall.search_ms, model=completion.model,
+                        prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
+                        cost_usd=completion.cost_usd, hits=prompt.memories, tier=tier, ttft_ms=ttft_ms)
+            return
         await note_delivery()
         shown = f"_{note}_\n\n{completion.text}" if note else completion.text
         try:
@@ -515,6 +532,11 @@ class _Turn:
                 self.svc.janitor.note_stored(self.chat_id, None)
             if prompt.memories:
                 store.record_recall(self.chat_id, sent.message_id, prompt.memories)
+        await self._record_usage(completion)
+
+    async def _record_usage(self, completion: Any) -> None:
+        """Record the completion's usage, debit its tokens when paid with credits, and settle the store."""
+        ev, store = self.ev, self.svc.memory.store
         own_key = completion.model in self.own_key  # the member's (or group's) key paid: the host's cost is 0
         self.svc.record_usage(UsageRecord(
             ts=self.svc.clock(), chat_id=self.chat_id, user_id=ev.sender.user_id, kind="chat", model=completion.model,

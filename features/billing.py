@@ -25,7 +25,7 @@ from tiers.errors import PaymentError
 from tiers.payments import invoice_for, validate_pre_checkout
 from tiers.subscriptions import Subscription
 
-from .replies import features_line, reply, short
+from .replies import features_line, reply, reply_privately, short
 
 __all__ = ["SUB_BUTTON", "cmd_billing", "cmd_profile", "cmd_usage", "handle_payment", "handle_pre_checkout",
            "model_prices_line", "plans_button", "press_buy", "press_subscription", "price_line", "price_text",
@@ -117,7 +117,7 @@ async def cmd_profile(ctx: ChatContext, ev: CommandEvent) -> None:
     if ctx.svc.admission is not None:
         lines.append(_("Today:"))
         lines += await usage_lines(ctx, ev.sender.user_id)
-    await reply(ctx, ev, "\n".join(lines))
+    await reply_privately(ctx, ev, "\n".join(lines))
 
 
 async def cmd_usage(ctx: ChatContext, ev: CommandEvent) -> None:
@@ -127,7 +127,7 @@ async def cmd_usage(ctx: ChatContext, ev: CommandEvent) -> None:
         return
     tier = await ctx.svc.admission.tier_of(ctx.chat_id, ev.sender.user_id)
     lines = await usage_lines(ctx, ev.sender.user_id)
-    await reply(ctx, ev, "\n".join([_("Today's usage (tier **{tier}**):", tier=tier), *lines]))
+    await reply_privately(ctx, ev, "\n".join([_("Today's usage (tier **{tier}**):", tier=tier), *lines]))
 
 
 async def cmd_billing(ctx: ChatContext, ev: CommandEvent) -> None:

@@ -20,7 +20,7 @@ from . import admin, billing, credits, facts, keys, media
 from .capacity import describe
 from .plugins import commands as plugins
 from .plugins import reminders
-from .replies import features_line, reply, short
+from .replies import features_line, reply, reply_privately, short
 
 __all__ = ["COMMANDS", "FACTS_WORDS", "HELP", "HISTORY_DEFAULT", "HISTORY_MAX", "NAME_MAX", "OFF", "ON", "SETTINGS_KEYS", "WHO",
            "cmd_export", "cmd_forget", "cmd_help", "cmd_history", "cmd_language", "cmd_memory", "cmd_model",
@@ -257,7 +257,7 @@ async def cmd_memory(ctx: ChatContext, ev: CommandEvent) -> None:
     if query:
         recall = await mem.recall(ctx.chat_id, query, 5)
         if not recall.hits:
-            await reply(ctx, ev, _("Nothing in this chat's memory matches that."))
+            await reply_privately(ctx, ev, _("Nothing in this chat's memory matches that."))
             return
         lines = [
             f"{i}. `{i18n.datetime_(h.date)}` **{h.user_name}**: {short(h.text, 200)} "
@@ -265,7 +265,7 @@ async def cmd_memory(ctx: ChatContext, ev: CommandEvent) -> None:
                 + "".join(f", {k} {i18n.number(v, digits=2)}" for k, v in h.parts.items() if k != "rrf"))
             for i, h in enumerate(recall.hits, 1)
         ]
-        await reply(ctx, ev, _("What I would recall:") + "\n" + "\n".join(lines))
+        await reply_privately(ctx, ev, _("What I would recall:") + "\n" + "\n".join(lines))
         return
     await mem.flush()
     chat_msgs = await mem.store.count_messages(ctx.chat_id)
@@ -300,7 +300,7 @@ async def cmd_memory(ctx: ChatContext, ev: CommandEvent) -> None:
         if len(docs) > 10:
             lines.append(ngettext("… and {n} older one.", "… and {n} older ones.", len(docs) - 10, n=len(docs) - 10))
     lines.append(_("Memory never crosses chats. /forget erases your messages here; `/memory words` shows what I'd recall."))
-    await reply(ctx, ev, "\n".join(lines))
+    await reply_privately(ctx, ev, "\n".join(lines))
 
 
 async def cmd_forget(ctx: ChatContext, ev: CommandEvent) -> None:

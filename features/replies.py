@@ -4,12 +4,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from actors.events import CommandEvent
+from actors.events import PRIVATE, CommandEvent
 from actors.handlers import ChatContext
 from actors.outbox import Button
 from i18n import N_, _
 
-__all__ = ["FEATURE_LABELS", "features_line", "reply", "short"]
+__all__ = ["FEATURE_LABELS", "features_line", "reply", "reply_privately", "short"]
 
 
 async def reply(ctx: ChatContext, ev: CommandEvent, text: str, buttons: Sequence[Sequence[Button]] | None = None) -> None:
@@ -18,6 +18,15 @@ async def reply(ctx: ChatContext, ev: CommandEvent, text: str, buttons: Sequence
         await ctx.outbox.send_buttons(ctx.chat_id, text, buttons, reply_to=ev.message_id, thread_id=ev.thread_id)
     else:
         await ctx.outbox.send(ctx.chat_id, text, reply_to=ev.message_id, thread_id=ev.thread_id)
+
+
+async def reply_privately(ctx: ChatContext, ev: CommandEvent, text: str) -> None:
+    """Answer the command ``ev`` about its sender (``/memory``, ``/usage``, ``/profile``): in a group,
+    seen by the sender only where the transport can (``Outbox.send_ephemeral``), else a normal reply."""
+    if ev.chat_type == PRIVATE:
+        await reply(ctx, ev, text)
+        return
+    await ctx.outbox.send_ephemeral(ctx.chat_id, ev.sender.user_id, text, reply_to=ev.message_id, thread_id=ev.thread_id)
 
 
 def short(text: str, n: int) -> str:

@@ -136,6 +136,8 @@ class Completion:
     rounds (cost None when any round's price is unknown); latency_ms includes the time tools ran.
     tool_calls: every call the model made and Kith answered, in order (round by round, then in the
     model's order); empty without tools.
+    stopped: the caller's ``stop`` was set: text is what was streamed until then (the stream was
+    closed), and the tokens are estimated when the provider reported none (it reports them last).
     """
 
     text: str
@@ -147,6 +149,7 @@ class Completion:
     latency_ms: float
     fell_back: bool
     tool_calls: tuple[ToolCall, ...] = ()
+    stopped: bool = False
 
 
 @dataclass
@@ -157,6 +160,7 @@ class _Round:
     calls: list[ToolCall] = field(default_factory=list)
     usage: Any = None
     hidden: dict = field(default_factory=dict)
+    stopped: bool = False  # the caller's stop ended the stream early
 
 
 # ---------------------------------------------------------------- price map (offline, static)
@@ -543,6 +547,7 @@ class LLM:
         tool_timeout_s: float = 20.0,
         tool_output_chars: int = 8000,
         on_tool_call: Callable[[ToolCall], Awaitable[None]] | None = None,
+        stop: anyio.Event | None = None,
     ) -> Completion:
         """Complete ``messages`` (OpenAI-style) with ``alias``, falling back along its fallbacks.
 
@@ -569,12 +574,15 @@ class LLM:
         also calls tools is streamed too (each later round's first delta starts with a blank line,
         ``ROUND_SEPARATOR``); a round of tool calls alone streams nothing.
         ValueError: tools without run_tool, two tools with one name, or a limit out of range.
+        stop: when set (the user asked to stop the generation), the streamed answer ends at the next
+        chunk: the stream is closed, no further round or tool runs, and the Completion holds what was
+        generated so far (``stopped``), its usage counted (estimated when the provider sent none).
         """
         spec = self._spec(alias)
         if tools:
             _check_tool_args(tools, run_tool, max_steps, tool_timeout_s, tool_output_chars)
         if spec.model == recall_model.MODEL:
-            return await self._recall_in_process(alias, messages, on_delta)
+            return await self._recall_in_process(alias, messages, on_delta, stop)
         kwargs: dict[str, Any] = {"model": alias, "messages": messages}
         if max_tokens is not None:
             kwargs["max_tokens"] = max_tokens
@@ -583,10 +591,10 @@ class LLM:
             assert run_tool is not None  # _check_tool_args
             return await self._tool_loop(
                 alias, kwargs, router, on_delta, tools, run_tool, max_steps=max_steps,
-                tool_timeout_s=tool_timeout_s, tool_output_chars=tool_output_chars, on_tool_call=on_tool_call)
+                tool_timeout_s=tool_timeout_s, tool_output_chars=tool_output_chars, on_tool_call=on_tool_call, stop=stop)
         async with self._limiter:
             t0 = time.perf_counter()
-            rnd = await self._call(alias, kwargs, on_delta, router)
+            rnd = await self._call(alias, kwargs, on_delta, router, stop)
             latency_ms = (time.perf_counter() - t0) * 1000.0
         return self._finish(alias, [(messages, rnd)], latency_ms)
 
@@ -608,15 +616,16 @@ class LLM:
         return known
 
     async def _call(self, alias: str, kwargs: dict[str, Any], on_delta: Callable[[str], Awaitable[None]] | None,
-                    router: Router) -> _Round:
+                    router: Router, stop: anyio.Event | None = None) -> _Round:
         if on_delta is None:
             return await self._plain(alias, kwargs, router)
-        return await self._stream(alias, kwargs, on_delta, router)
+        return await self._stream(alias, kwargs, on_delta, router, stop)
 
     async def _tool_loop(
         self, alias: str, kwargs: dict[str, Any], router: Router, on_delta: Callable[[str], Awaitable[None]] | None,
         tools: Sequence[ToolSpec], run_tool: ToolRunner, *, max_steps: int, tool_timeout_s: float,
         tool_output_chars: int, on_tool_call: Callable[[ToolCall], Awaitable[None]] | None,
+        stop: anyio.Event | None = None,
     ) -> Completion:
         """The rounds of a turn with tools (see ``complete``)."""
         offered = {t.name: t for t in tools}
@@ -632,8 +641,10 @@ class LLM:
             if on_delta is not None and any(r.text for _, r in rounds):
                 emit = _separated(on_delta)
             async with self._limiter:
-                rnd = await self._call(alias, call_kwargs, emit, router)
+                rnd = await self._call(alias, call_kwargs, emit, router, stop)
             rounds.append((convo, rnd))
+            if rnd.stopped:
+                break
             if last or not rnd.calls:
                 if rnd.calls:  # asked for with tool_choice="none" (a provider that ignores it): not run
                     log.info("LLM %s asked for tools after the last round (%d); not run", alias, max_steps)
@@ -656,21 +667,28 @@ class LLM:
         return self._finish(alias, rounds, latency_ms, tool_calls=tuple(made))
 
     async def _recall_in_process(
-        self, alias: str, messages: list[dict], on_delta: Callable[[str], Awaitable[None]] | None
+        self, alias: str, messages: list[dict], on_delta: Callable[[str], Awaitable[None]] | None,
+        stop: anyio.Event | None = None,
     ) -> Completion:
         """The built-in offline model, answered in process: the same answer litellm's ``kith``
         provider gives (it stays registered for fallback chains), without the router's per-call
         overhead (~10 ms), which dominated offline turns."""
         t0 = time.perf_counter()
         text = recall_model.answer(messages)
+        stopped = False
         if on_delta is not None:
+            said: list[str] = []
             for piece in recall_model.pieces(text):
+                if stop is not None and stop.is_set():
+                    stopped, text = True, "".join(said)
+                    break
+                said.append(piece)
                 await on_delta(piece)
         prompt_tokens = recall_model.estimate_messages_tokens(messages)
         return Completion(
             text=text, model=alias, litellm_model=recall_model.MODEL, prompt_tokens=prompt_tokens,
             completion_tokens=recall_model.estimate_tokens(text), cost_usd=0.0,
-            latency_ms=(time.perf_counter() - t0) * 1000.0, fell_back=False,
+            latency_ms=(time.perf_counter() - t0) * 1000.0, fell_back=False, stopped=stopped,
         )
 
     async def _plain(self, alias: str, kwargs: dict[str, Any], router: Router) -> _Round:
@@ -686,7 +704,7 @@ class LLM:
         return _Round(text, calls, getattr(resp, "usage", None), dict(getattr(resp, "_hidden_params", None) or {}))
 
     async def _stream(self, alias: str, kwargs: dict[str, Any], on_delta: Callable[[str], Awaitable[None]],
-                      router: Router) -> _Round:
+                      router: Router, stop: anyio.Event | None = None) -> _Round:
         try:
             stream = await router.acompletion(**kwargs, stream=True, stream_options={"include_usage": True})
         except Exception as e:
@@ -694,9 +712,14 @@ class LLM:
         parts: list[str] = []
         pending: dict[int, list[str]] = {}  # index → [id, name, arguments so far], in arrival order
         usage = None
+        stopped = False
         iterator = stream.__aiter__()
         try:
             while True:
+                if stop is not None and stop.is_set():
+                    stopped = True  # closed below; the provider's usage (sent last) is not awaited
+                    log.info("LLM %s: generation stopped by the user after %d chunks", alias, len(parts))
+                    break
                 try:
                     chunk = await iterator.__anext__()
                 except StopAsyncIteration:
@@ -720,7 +743,8 @@ class LLM:
         finally:
             await self._close(stream)
         calls = [ToolCall.parse(tid, name, args) for tid, name, args in pending.values()]
-        return _Round("".join(parts), calls, usage, dict(getattr(stream, "_hidden_params", None) or {}))
+        return _Round("".join(parts), [] if stopped else calls, usage, dict(getattr(stream, "_hidden_params", None) or {}),
+                      stopped=stopped)
 
     @staticmethod
     async def _close(stream: Any) -> None:
@@ -773,6 +797,7 @@ class LLM:
             latency_ms=latency_ms,
             fell_back=fell_back,
             tool_calls=tool_calls,
+            stopped=any(r.stopped for _, r in rounds),
         )
 
     async def aclose(self) -> None:

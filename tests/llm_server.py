@@ -11,6 +11,8 @@ according to the request's ``model`` (the litellm prefix ``openai/`` is stripped
 ``auth-*``            401
 ``bad-*``             400 (``context_length_exceeded``)
 ``broken-*``          streaming only: two content chunks, then the connection is cut (no ``[DONE]``)
+``drip-<N>[-*]``      streaming only: waits N seconds (float) before each content chunk; a client that
+                      closes the stream early is recorded in ``server.cut`` (content chunks written)
 anything else         answers like ``ok-*`` (e.g. ``gpt-4o-mini``, to test a priced model)
 ====================  =============================================================================
 
@@ -509,8 +511,15 @@ class _Handler(BaseHTTPRequestHandler):
 
         chunk({"role": "assistant", "content": "" if answer or not tool_calls else None})
         words = answer.split(" ") if answer or not tool_calls else []
+        drip = _slow_seconds(model) if model.startswith("drip") else 0.0
         for i, w in enumerate(words):
-            chunk({"content": w if i == 0 else " " + w})
+            if drip and self.server.owner._stopping.wait(drip):
+                return
+            try:
+                chunk({"content": w if i == 0 else " " + w})
+            except OSError:  # the client closed the stream (stopped the generation)
+                self.server.owner.cut.append(i)
+                return
             if broken and i == 1:
                 return  # cut: the connection closes mid-body (no final chunk, no finish_reason, no [DONE])
         for index, call in enumerate(tool_calls or []):
@@ -551,6 +560,7 @@ class FakeLLMServer:
         self._requests: list[RecordedRequest] = []
         self._files: dict[str, bytes] = {}  # GET /files/<name> (url-* image models)
         self._stopping = threading.Event()
+        self.cut: list[int] = []  # drip-* streams the client closed early: content chunks written before
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 

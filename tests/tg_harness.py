@@ -92,7 +92,7 @@ class Sent:
     reply_to: int | None
     thread_id: int | None
     markup: Any
-    kind: str = "text"  # "text" | "document"
+    kind: str = "text"  # "text" | "document" | "photo" | "invoice" | "rich" (send_rich_message: text is its Markdown)
     at: float = 0.0  # time.perf_counter() when Telegram got it
 
 
@@ -138,6 +138,10 @@ class TelegramHarness:
         self.sent: list[Sent] = []
         self.edits: list[Sent] = []
         self.drafts: list[tuple[int, str]] = []
+        self.ephemeral: list[Sent] = []  # ephemeral messages (only ``to[i]`` sees ``ephemeral[i]``)
+        self.ephemeral_to: list[int] = []
+        self.deleted: list[tuple[int, int]] = []  # (chat_id, message_id) the bot deleted
+        self._ephemeral_ids = itertools.count(1)
         self.answers: list[tuple[str, str | None, bool]] = []
         self.pre_checkout_answers: list[tuple[str, bool, str | None]] = []
         self.invoice_links: list[Any] = []  # the InputMediaInvoice of each invoice link made (payments.ExportInvoice)
@@ -523,6 +527,13 @@ class TelegramHarness:
             return self._send(q)
         if isinstance(q, f.messages.EditMessage):
             return self._edit(q)
+        if isinstance(q, (f.messages.DeleteMessages, f.channels.DeleteMessages)):
+            chat_id = self._chat_id_of_input(q.channel) if isinstance(q, f.channels.DeleteMessages) else None
+            self.deleted.extend((chat_id if chat_id is not None else 0, i) for i in q.id)
+            self._pts += len(q.id)
+            return t.messages.AffectedMessages(pts=self._pts, pts_count=len(q.id))
+        if isinstance(q, f.ephemeral.SendMessage):
+            return self._send_ephemeral(q)
         if isinstance(q, f.messages.SetTyping):
             action = q.action
             if isinstance(action, t.SendMessageTextDraftAction):
@@ -607,6 +618,9 @@ class TelegramHarness:
         text = q.message
         entities = list(q.entities or [])
         kind = "text"
+        rich = getattr(q, "rich_message", None)
+        if rich is not None:  # send_rich_message: the Markdown (or HTML) Telegram renders
+            text, kind = getattr(rich, "markdown", None) or getattr(rich, "html", ""), "rich"
         if isinstance(q, raw.functions.messages.SendMedia):
             kind = ("invoice" if isinstance(q.media, t.InputMediaInvoice)
                     else "photo" if isinstance(q.media, t.InputMediaUploadedPhoto) else "document")
@@ -621,12 +635,30 @@ class TelegramHarness:
         msg = t.Message(id=mid, peer_id=self._peer(chat_id), from_id=t.PeerUser(user_id=self.bot_id), date=now, message=text, out=True,
                         entities=entities or None, reply_to=header, reply_markup=q.reply_markup)
         self.messages[(chat_id, mid)] = msg
-        if chat_id > 0 and kind == "text":
+        if chat_id > 0 and kind in ("text", "rich"):
             self._pts += 1
             return t.UpdateShortSentMessage(id=mid, pts=self._pts, pts_count=1, date=now, out=True, entities=entities or None)
         users, chats = self._peers_of(chat_id, *([chat_id] if chat_id > 0 else []))
         return t.Updates(updates=[t.UpdateMessageID(id=mid, random_id=q.random_id), self._new_update(chat_id, msg)],
                          users=users, chats=chats, date=now, seq=0)
+
+    def _send_ephemeral(self, q: Any) -> Any:
+        """``ephemeral.sendMessage``: recorded in ``ephemeral``/``ephemeral_to`` (the receiver must be an
+        ``InputUser``, as the schema says), answered with an ``UpdateNewEphemeralMessage``."""
+        t = raw.types
+        if not isinstance(q.receiver_id, t.InputUser):
+            raise rpc_error("INPUT_CONSTRUCTOR_INVALID", function=raw.functions.ephemeral.SendMessage)
+        chat_id = self._chat_id_of_input(q.peer)
+        reply_to = getattr(q.reply_to, "reply_to_msg_id", None)
+        thread_id = getattr(q.reply_to, "top_msg_id", None)
+        mid = next(self._ephemeral_ids)
+        self.ephemeral.append(Sent(chat_id, mid, q.message, list(q.entities or []), reply_to, thread_id, None, at=time.perf_counter()))
+        self.ephemeral_to.append(q.receiver_id.user_id)
+        msg = t.EphemeralMessage(id=mid, from_id=t.PeerUser(user_id=self.bot_id), receiver_id=q.receiver_id.user_id,
+                                 date=int(time.time()), message=q.message, out=True, peer_id=self._peer(chat_id),
+                                 entities=q.entities or None)
+        users, chats = self._peers_of(chat_id, q.receiver_id.user_id)
+        return t.Updates(updates=[t.UpdateNewEphemeralMessage(message=msg)], users=users, chats=chats, date=int(time.time()), seq=0)
 
     def _edit(self, q: Any) -> Any:
         t = raw.types

@@ -129,6 +129,11 @@ class LocalOutbox:
     ) -> Sent:
         return await self._emit(OutMessage(chat_id, await self.ids.next(chat_id), text, reply_to, thread_id), streamed_rest)
 
+    async def send_ephemeral(self, chat_id: int, user_id: int, text: str, *, reply_to: int | None = None,
+                             thread_id: int | None = None) -> Sent:
+        """No ephemeral messages locally: a normal reply."""
+        return await self.send(chat_id, text, reply_to=reply_to, thread_id=thread_id)
+
     async def edit(self, chat_id: int, message_id: int, text: str) -> None:
         """Replace a message's text; its buttons stay (as on Telegram)."""
         for i, m in enumerate(self.sent):

@@ -13,7 +13,21 @@ appears as one message that is edited as the text grows, at most one edit per in
 longer for longer texts and after a FloodWait); progress edits are best-effort and never wait for
 the budget. In private chats, with ``drafts=True``, progress is streamed with kurigram's
 ``send_message_draft`` (Bot API drafts: an animated, ephemeral preview) and the final text is sent
-as a message; if Telegram refuses drafts, the outbox falls back to edits for good.
+as a message; if Telegram refuses drafts, the outbox falls back to edits for good. A draft shows a
+Stop button (``can_stop``, ``keep_on_stop``): the user pressing it reaches ``stop_draft`` (from the
+update side, keyed by (chat id, draft id)), which sets the stream's ``stopped`` event; the turn then
+ends the generation and finishes the stream with what was generated so far.
+
+Ephemeral replies (``send_ephemeral``): in a group, a one-message text is sent with Telegram's
+``ephemeral.sendMessage`` so only the asking member sees it. kurigram's ``send_message(...,
+ephemeral_message_parameters=...)`` passes the receiver as an ``InputPeerUser`` where the schema
+wants an ``InputUser``, so the raw function is invoked here. When Telegram refuses (any RPC error),
+the text goes as a normal reply and that chat gets normal replies for the rest of the process.
+
+Tables: a streamed answer whose final text holds a Markdown table (``render.has_table``) and fits one
+message is sent with ``send_rich_message`` (the model's Markdown as Telegram's rich-message
+Markdown, which draws tables); in edit mode the progress message is then deleted. When Telegram
+refuses, the answer goes rendered as usual and that chat gets the plain rendering from then on.
 """
 from __future__ import annotations
 
@@ -38,7 +52,7 @@ from config.models import TelegramSettings
 from i18n import _
 
 from .limits import SendLimiter, Sleep, flood_seconds
-from .render import MAX_CAPTION_UNITS, MAX_MESSAGE_UNITS, Part, render, render_parts, split, to_pyrogram, utf16_len
+from .render import MAX_CAPTION_UNITS, MAX_MESSAGE_UNITS, Part, has_table, render, render_parts, split, to_pyrogram, utf16_len
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +115,10 @@ class OutboxStats:
     plain_fallbacks: int = 0  # formatted text rejected, resent plain
     reply_fallbacks: int = 0  # reply target rejected, resent without it
     progress_skipped: int = 0  # progress edits not shown (interval or budget)
+    ephemeral: int = 0  # ephemeral messages sent
+    ephemeral_fallbacks: int = 0  # ephemeral messages refused, sent as normal replies
+    rich: int = 0  # answers with a table sent as rich messages
+    rich_fallbacks: int = 0  # rich messages refused, sent rendered
 
 
 class TelegramOutbox:
@@ -131,12 +149,25 @@ class TelegramOutbox:
         self._sent_ids: LRU = LRU(SENT_IDS_KEPT)
         self._keyboards: LRU = LRU(KEYBOARDS_KEPT)
         self._admins: LRU = LRU(16_384)
+        self._no_ephemeral: set[int] = set()  # groups where Telegram refused an ephemeral message
+        self._no_rich: set[int] = set()  # chats where Telegram refused a rich message
+        self._drafting: LRU = LRU(KEYBOARDS_KEPT)  # (chat_id, draft_id) → the TelegramReplyStream showing it
 
     # ------------------------------------------------------------------ facts for the update side
 
     def sent_by_bot(self, chat_id: int, message_id: int) -> bool:
         """True if the bot sent message ``message_id`` in ``chat_id`` (this process, recent ones)."""
         return (chat_id, message_id) in self._sent_ids
+
+    def stop_draft(self, chat_id: int, draft_id: int) -> bool:
+        """The user pressed Stop on draft ``draft_id`` in ``chat_id``: set its stream's ``stopped``
+        event (the turn generating it ends the generation). False when no stream of this process
+        shows that draft (already finished, or another process's)."""
+        stream = self._drafting.pop((chat_id, draft_id), None)
+        if stream is None:
+            return False
+        stream.stopped.set()
+        return True
 
     async def is_admin(self, chat_id: int, user_id: int) -> bool:
         """True if ``user_id`` owns or administers ``chat_id`` (cached 60 s). In a private chat the
@@ -163,6 +194,72 @@ class TelegramOutbox:
 
     async def send(self, chat_id: int, text: str, *, reply_to: int | None = None, thread_id: int | None = None) -> Sent:
         return await self.send_parts(chat_id, render_parts(text), reply_to=reply_to, thread_id=thread_id)
+
+    async def send_ephemeral(self, chat_id: int, user_id: int, text: str, *, reply_to: int | None = None,
+                             thread_id: int | None = None) -> Sent:
+        """In a group, ``text`` seen by ``user_id`` only (an ephemeral message; its id is in the
+        ephemeral sequence, not the chat's). A private chat, a text longer than one message, or a
+        group where Telegram refused one before: a normal reply (``send``)."""
+        parts = render_parts(text) or [Part(EMPTY_REPLY)]
+        if chat_id > 0 or chat_id in self._no_ephemeral or len(parts) > 1:
+            return await self.send(chat_id, text, reply_to=reply_to, thread_id=thread_id)
+        part = parts[0]
+        client = self.client
+
+        async def op() -> Any:
+            peer = await client.resolve_peer(chat_id)
+            user = await client.resolve_peer(user_id)
+            entities = to_pyrogram(part.entities) or []
+            for e in entities:
+                e._client = client
+            return await client.invoke(raw.functions.ephemeral.SendMessage(
+                peer=peer,
+                receiver_id=raw.types.InputUser(user_id=user.user_id, access_hash=user.access_hash),
+                message=part.text,
+                random_id=client.rnd_id(),
+                entities=[await e.write() for e in entities] or None,
+                reply_to=raw.types.InputReplyToMessage(reply_to_msg_id=reply_to, top_msg_id=thread_id) if reply_to else None,
+            ))
+
+        try:
+            result = await self.limits.call(chat_id, op, what="ephemeral.sendMessage")
+        except RPCError as e:  # not a FloodWait: the limiter waits those out
+            log.info("chat %s: Telegram refused an ephemeral message (%s); normal replies from now on", chat_id, e)
+            self._no_ephemeral.add(chat_id)
+            self.stats.ephemeral_fallbacks += 1
+            return await self.send(chat_id, text, reply_to=reply_to, thread_id=thread_id)
+        self.stats.ephemeral += 1
+        for update in getattr(result, "updates", None) or ():
+            message = getattr(update, "message", None)
+            if isinstance(message, raw.types.EphemeralMessage):
+                return Sent(message.id, datetime.fromtimestamp(message.date, UTC))
+        return Sent(0, datetime.now(UTC))
+
+    async def send_rich(self, chat_id: int, markdown: str, *, reply_to: int | None = None,
+                        thread_id: int | None = None) -> Sent | None:
+        """Send ``markdown`` as one rich message (Telegram renders its tables); None when this chat
+        refused one before or Telegram refuses it now (then remembered for the chat)."""
+        if chat_id in self._no_rich:
+            return None
+
+        async def op() -> Any:
+            return await self.client.send_rich_message(
+                chat_id,
+                types.InputRichMessage(markdown=markdown),
+                message_thread_id=thread_id,
+                reply_parameters=types.ReplyParameters(message_id=reply_to) if reply_to else None,
+            )
+
+        try:
+            msg = await self.limits.call(chat_id, op, what="send_rich_message")
+        except RPCError as e:  # not a FloodWait: the limiter waits those out
+            log.info("chat %s: Telegram refused a rich message (%s); tables go rendered from now on", chat_id, e)
+            self._no_rich.add(chat_id)
+            self.stats.rich_fallbacks += 1
+            return None
+        self.stats.rich += 1
+        self.stats.messages += 1
+        return self._record(chat_id, msg)
 
     async def edit(self, chat_id: int, message_id: int, text: str) -> None:
         """Replace the text of message ``message_id`` (its inline keyboard is kept). A text longer
@@ -483,6 +580,7 @@ class TelegramReplyStream:
         self.updates = 0
         self.edits = 0
         self.drafts = 0
+        self.stopped = anyio.Event()  # set by ``TelegramOutbox.stop_draft`` (the user pressed Stop)
 
     def interval(self, units: int) -> float:
         """Seconds between progress edits for a text of ``units``: the base interval (at least the
@@ -499,7 +597,10 @@ class TelegramReplyStream:
 
     async def update(self, text: str) -> None:
         """Show the text so far, throttled: nothing during the first interval, then at most one edit
-        (or draft) per interval. Never waits for the budget except for the first message."""
+        (or draft) per interval. Never waits for the budget except for the first message. Once the
+        user stopped the draft, nothing more is shown until ``finish``."""
+        if self.stopped.is_set():
+            return
         self.updates += 1
         out = self.outbox
         now = out.clock()
@@ -540,6 +641,7 @@ class TelegramReplyStream:
         out = self.outbox
         if self.use_drafts and out.drafts:
             self.draft_id = random.randint(1, 2**62)
+            out._drafting.put((self.chat_id, self.draft_id), self)
             if await self._draft(part):
                 return
             self.draft_id = None
@@ -560,6 +662,8 @@ class TelegramReplyStream:
                 message_thread_id=self.thread_id,
                 parse_mode=enums.ParseMode.DISABLED,
                 entities=to_pyrogram(part.entities) or None,
+                can_stop=True,
+                keep_on_stop=True,  # shown until finish() sends what was generated as a message
             )
         except FloodWait as e:
             out.limits.flood(self.chat_id, flood_seconds(e))
@@ -568,6 +672,7 @@ class TelegramReplyStream:
         except RPCError as e:
             log.warning("send_message_draft refused (%s); streaming with message edits instead", e)
             out.drafts = False
+            out._drafting.pop((self.chat_id, self.draft_id), None)
             self.draft_id = None
             if self.message is None:
                 self.message = await out._send_part(self.chat_id, part, self.reply_to, self.thread_id, None)
@@ -585,9 +690,18 @@ class TelegramReplyStream:
         self.not_before = self.outbox.clock() + seconds
 
     async def finish(self, text: str) -> Sent:
-        """Show the final text (formatted, split) and return the first message of the reply."""
+        """Show the final text (formatted, split) and return the first message of the reply. A text
+        with a table that fits one message goes as a rich message when the chat takes them."""
         out = self.outbox
+        if self.draft_id is not None:
+            out._drafting.pop((self.chat_id, self.draft_id), None)
         parts = render_parts(text) or [Part(EMPTY_REPLY)]
+        if len(parts) == 1 and has_table(text):
+            rich = await out.send_rich(self.chat_id, text, reply_to=self.reply_to, thread_id=self.thread_id)
+            if rich is not None:
+                if self.message is not None:  # edit mode: the progress message gives way to the rich one
+                    await out.delete(self.chat_id, self.message.message_id)
+                return rich
         if self.message is None:
             return await out.send_parts(self.chat_id, parts, reply_to=self.reply_to, thread_id=self.thread_id)
         first = self.message

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import re
 from dataclasses import dataclass, field
 
 from pyrogram import enums, types
@@ -217,6 +218,23 @@ def render_parts(markdown: str, limit: int = MAX_MESSAGE_UNITS) -> list[Part]:
     return split(render(markdown), limit)
 
 
+_TABLE_DELIMITER = re.compile(r"^[ \t]*\|?[ \t]*:?-+:?[ \t]*(\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$")
+
+
+def has_table(markdown: str) -> bool:
+    """True when ``markdown`` holds a GitHub-style table: a row with ``|`` followed by a delimiter
+    row (``|---|:--:|``), outside code fences."""
+    fenced = False
+    previous = ""
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and "|" in previous and "|" in line and _TABLE_DELIMITER.match(line):
+            return True
+        previous = "" if fenced else line
+    return False
+
+
 def plain_parts(text: str, limit: int = MAX_MESSAGE_UNITS) -> list[Part]:
     """``text`` as-is (no formatting), split into sendable parts."""
     return split(Part(text), limit)
@@ -235,7 +253,7 @@ def to_pyrogram(entities: tuple[Entity, ...] | list[Entity]) -> list[types.Messa
                 offset=e.offset,
                 length=e.length,
                 url=e.url if e.type == "text_link" else None,
-                language=e.language if e.type == "pre" else None,
+                language=(e.language or "") if e.type == "pre" else None,  # pyrogram cannot write a pre without one
                 custom_emoji_id=e.custom_emoji_id if e.type == "custom_emoji" else None,
                 expandable=True if e.type == "expandable_blockquote" else None,
             )
@@ -248,6 +266,7 @@ __all__ = [
     "MAX_MESSAGE_UNITS",
     "Entity",
     "Part",
+    "has_table",
     "plain_parts",
     "render",
     "render_parts",

@@ -31,6 +31,7 @@ from pyrogram.handlers import (
     MessageHandler,
     PreCheckoutQueryHandler,
     RawUpdateHandler,
+    StoppedMessageGenerationHandler,
 )
 from pyrogram.storage import UpdateState
 
@@ -413,6 +414,7 @@ class UpdateRouter:
             (PreCheckoutQueryHandler(self.on_pre_checkout), group),
             (EditedMessageHandler(self.on_edited), group),
             (DeletedMessagesHandler(self.on_deleted), group),
+            (StoppedMessageGenerationHandler(self.on_stopped), group),
         ]
         for handler, g in self.handlers:
             client.add_handler(handler, g)
@@ -534,6 +536,15 @@ class UpdateRouter:
                 by_chat.setdefault(m.chat.id, []).append(m.id)
         for chat_id, ids in by_chat.items():
             await self._tell(Deleted(chat_id, tuple(ids)))
+
+    async def on_stopped(self, client: Any, stopped: Any) -> None:
+        """The user pressed Stop on a streamed draft (``MessageGenerationStopped``): a signal to the
+        reply stream showing it, keyed by (chat id, draft id) — not an event for the chat's actor,
+        whose inbox waits behind the very turn to stop. Unknown drafts are ignored."""
+        self.stats.received += 1
+        if not self.outbox.stop_draft(stopped.chat.id, stopped.draft_id):
+            self.stats.ignored += 1
+            log.info("chat %s: stop for draft %s, which no reply is streaming", stopped.chat.id, stopped.draft_id)
 
     async def on_callback(self, client: Any, query: Any) -> None:
         if not await self._enter():
