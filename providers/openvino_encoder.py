@@ -342,10 +342,11 @@ class OpenVINOEncoder:
 
     def _compile(self, hint: str | None) -> None:
         # bulk work runs as parallel streams (OpenVINO's THROUGHPUT hint: on 2 cores, 2 streams of 1
-        # thread), each a share of the call's texts: no thread waits for another inside an operation,
-        # so the other work of an import (parsing, the stores) slows the model less; measured on the
-        # 2-core AMD EPYC, 1.3x on document parts and 1.6x on chat lines over one 2-thread stream. A
-        # given thread count (``threads``: Ray workers) keeps one stream of that many threads.
+        # thread), each a share of the call's texts: no thread waits for another inside an operation.
+        # Measured on the 2-core AMD EPYC: 0.95-1.12x one 2-thread stream when quiet, 1.3-1.6x with
+        # other work on the cores; many-core CPUs are where streams are known to pay (small matrices
+        # do not spread over many threads). A given thread count (``threads``: Ray workers) keeps one
+        # stream of that many threads.
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY" if self._threads else "THROUGHPUT"}
         if self._threads:
             config["INFERENCE_NUM_THREADS"] = self._threads
