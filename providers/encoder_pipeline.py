@@ -60,27 +60,20 @@ def padded(encodings) -> dict[str, np.ndarray]:
 
 
 def encode_planned(tokenizer, texts: Sequence[str], dim: int, infer: Callable[[list, int], np.ndarray],
-                   split_at: int | None = None, *, streams: int = 1,
-                   infer_all: Callable[[list[tuple[list, int]]], list[np.ndarray]] | None = None) -> np.ndarray:
+                   split_at: int | None = None) -> np.ndarray:
     """Tokenize ``texts``, sort them by token count, run ``infer(encodings, longest)`` on each call of
     ``plan_calls`` (no call holds texts on both sides of ``split_at`` tokens) and return
-    float32[len(texts), dim] L2-normalised rows in the caller's order.
-
-    streams: inference streams that run calls side by side (``infer_all(calls) -> [vectors, …]``
-    runs them, in order); each call then holds at most ``ceil(n / streams)`` texts, so every
-    stream gets a share of even one small batch."""
+    float32[len(texts), dim] L2-normalised rows in the caller's order."""
     encodings = tokenizer.encode_batch([t or " " for t in texts])
     order = np.argsort(np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings)), kind="stable")
     lengths = [len(encodings[i].ids) for i in order]
     out = np.empty((len(texts), dim), np.float32)
     cut = len(lengths) if split_at is None else next((k for k, n in enumerate(lengths) if n >= split_at), len(lengths))
-    per_call = max(1, min(BATCH, -(-len(lengths) // max(1, streams))))
-    calls = plan_calls(lengths[:cut], per_call) + [(a + cut, b + cut) for a, b in plan_calls(lengths[cut:], per_call)]
-    inputs = [([encodings[i] for i in order[a:b]], lengths[b - 1]) for a, b in calls]
-    results = infer_all(inputs) if infer_all is not None and len(inputs) > 1 else [infer(e, n) for e, n in inputs]
-    for (a, b), vecs in zip(calls, results, strict=True):
-        vecs = np.asarray(vecs, np.float32)
-        out[order[a:b]] = vecs / np.linalg.norm(vecs, axis=1, keepdims=True).clip(min=1e-12)  # re-normalised in fp32
+    calls = plan_calls(lengths[:cut]) + [(a + cut, b + cut) for a, b in plan_calls(lengths[cut:])]
+    for a, b in calls:
+        idx = order[a:b]
+        vecs = np.asarray(infer([encodings[i] for i in idx], lengths[b - 1]), np.float32)
+        out[idx] = vecs / np.linalg.norm(vecs, axis=1, keepdims=True).clip(min=1e-12)  # re-normalised in fp32
     return out
 
 

@@ -302,9 +302,9 @@ class OpenVINOEncoder:
     """A converted sentence-transformers model compiled for the CPU (see the module docstring).
 
     ``encode_batch(texts) -> float32[n, dim]`` and ``encode_one(text) -> float32[dim]``, both
-    L2-normalised; blocking (call from a worker thread); one bulk call at a time (a lock), run on
-    ``streams`` parallel streams; where there are several, ``encode_one`` runs on a query model of
-    its own beside a bulk call (``concurrent_queries``).
+    L2-normalised; blocking (call from a worker thread); one bulk call at a time (a lock); on a
+    machine of several cores ``encode_one`` runs on a query model of its own, beside a bulk call
+    (``concurrent_queries``).
     precision: ``"auto"`` lets OpenVINO pick (bfloat16 on CPUs with native bf16), ``"bf16"`` asks
     for bfloat16 (fp32 where the CPU has none), ``"fp32"`` always fp32; a reduced precision falls
     back to fp32 if the probe texts' vectors then differ from fp32 (cosine < 0.999).
@@ -341,13 +341,7 @@ class OpenVINOEncoder:
             raise EmbeddingError(f"cannot load the OpenVINO embedding model from {model_dir}: {exc}") from exc
 
     def _compile(self, hint: str | None) -> None:
-        # bulk work runs as parallel streams (OpenVINO's THROUGHPUT hint: on 2 cores, 2 streams of 1
-        # thread), each a share of the call's texts: no thread waits for another inside an operation.
-        # Measured on the 2-core AMD EPYC: 0.95-1.12x one 2-thread stream when quiet, 1.3-1.6x with
-        # other work on the cores; many-core CPUs are where streams are known to pay (small matrices
-        # do not spread over many threads). A given thread count (``threads``: Ray workers) keeps one
-        # stream of that many threads.
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY" if self._threads else "THROUGHPUT"}
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}  # one stream using every core: one call at a time
         if self._threads:
             config["INFERENCE_NUM_THREADS"] = self._threads
         if hint:
@@ -356,13 +350,12 @@ class OpenVINOEncoder:
         self._request = self._compiled.create_infer_request()
         import openvino as ov
 
-        self.streams = max(1, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))) if not self._threads else 1
-        self._queue = ov.AsyncInferQueue(self._compiled, self.streams) if self.streams > 1 else None
-        # recall queries get a compiled model of their own (one unpinned thread, ~60 MiB more): a
-        # query then never waits for the bulk call in hand (measured on the 2-core AMD EPYC while
-        # document parts were embedded: p50 15-21 ms instead of ~0.7 s behind the bulk call)
+        # recall queries get a compiled model of their own (one unpinned thread, ~60 MiB more) where
+        # the machine has more than one core and no thread count was given (Ray workers): a query then
+        # runs beside the bulk call in hand instead of waiting for it (measured on the 2-core AMD EPYC
+        # while a PDF's parts were embedded: delivery -> reply p99 +27-37 ms instead of +254 ms)
         self._query_request = None
-        if self._queue is not None:
+        if not self._threads and (os.cpu_count() or 1) > 1:
             query_config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1, "ENABLE_CPU_PINNING": False}
             if hint:
                 query_config["INFERENCE_PRECISION_HINT"] = hint
@@ -377,33 +370,13 @@ class OpenVINOEncoder:
             out = self._request.infer(padded(encodings))
             return np.array(out[self._compiled.outputs[0]], dtype=np.float32)  # a copy: the request reuses its buffer
 
-    def _infer_all(self, calls: list[tuple[list, int]]) -> list[np.ndarray]:
-        """Run ``calls`` on the streams side by side; their vectors in the calls' order."""
-        assert self._queue is not None
-        results: list[np.ndarray | None] = [None] * len(calls)
-        output = self._compiled.outputs[0]
-
-        def done(request, index: int) -> None:  # on OpenVINO's thread: copy before the request is reused
-            results[index] = np.array(request.get_tensor(output).data, dtype=np.float32)
-
-        with self._lock:
-            self._queue.set_callback(done)
-            for index, (encodings, _longest) in enumerate(calls):
-                self._queue.start_async(padded(encodings), index)
-            self._queue.wait_all()
-        missing = [i for i, r in enumerate(results) if r is None]
-        if missing:
-            raise EmbeddingError(f"embedding: {len(missing)} of {len(calls)} inference calls returned nothing")
-        return [r for r in results if r is not None]
-
     def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
         """float32[len(texts), dim], L2-normalised, in the caller's order; texts are sorted by token
-        count and cut into calls of similar lengths (``plan_calls``, ≤ ``BATCH`` texts each), run on
-        ``self.streams`` streams side by side. Empty strings are encoded as a space."""
+        count and cut into calls of similar lengths (``plan_calls``, ≤ ``BATCH`` texts each). Empty
+        strings are encoded as a space."""
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        return encode_planned(self._tokenizer, texts, self.dim, self._infer, streams=self.streams,
-                              infer_all=self._infer_all if self._queue is not None else None)
+        return encode_planned(self._tokenizer, texts, self.dim, self._infer)
 
     def encode_one(self, text: str) -> np.ndarray:
         """float32[dim], L2-normalised. With ``concurrent_queries`` this runs on the query model and

@@ -160,33 +160,27 @@ def test_a_live_window_of_mixed_lengths_is_cut_into_calls_of_similar_lengths(ov_
     even = plan_calls([5] * 70, 32)
     assert len(even) == 3 and all(b - a <= 32 for a, b in even)  # equal lengths: the fewest calls of <= 32
     seen: list[list[int]] = []
-    real, real_all = ov_encoder._infer, ov_encoder._infer_all
+    real = ov_encoder._infer
 
     def spy(encodings, longest):
         seen.append([len(e.ids) for e in encodings])
         return real(encodings, longest)
 
-    def spy_all(calls_in):
-        seen.extend([len(e.ids) for e in encodings] for encodings, _ in calls_in)
-        return real_all(calls_in)
-
-    ov_encoder._infer, ov_encoder._infer_all = spy, spy_all
+    ov_encoder._infer = spy
     try:
         got = ov_encoder.encode_batch(texts)
     finally:
-        del ov_encoder._infer, ov_encoder._infer_all
-    # with several streams each call holds at most a stream's share of the texts
-    planned = plan_calls(lengths, min(32, -(-len(texts) // ov_encoder.streams)))
-    assert sorted(n for call in seen for n in call) == lengths and len(seen) == len(planned)
+        del ov_encoder._infer
+    assert sorted(n for call in seen for n in call) == lengths and len(seen) == len(calls)
     alone = np.stack([ov_encoder.encode_one(t) for t in texts])
     assert float((got * alone).sum(axis=1).min()) > 0.9999  # each row is its own text's, in the caller's order
 
 
 async def test_a_query_runs_beside_a_bulk_call_on_an_encoder_with_a_query_model(ov_encoder):
-    """OpenVINO with several streams has a query model of its own: a recall query is answered while
-    a bulk call of document parts is still inside the model, not after it."""
+    """OpenVINO on a machine of several cores has a query model of its own: a recall query is
+    answered while a bulk call of document parts is still inside the model, not after it."""
     if not getattr(ov_encoder, "concurrent_queries", False):
-        pytest.skip("one core: one stream, no query model")
+        pytest.skip("one core: no query model")
     part = "The backup server in rack 12 was replaced by a Dell R740 on 3 March; ticket 4711 tracks it. " * 10
     async with Embedder(ov_encoder, max_batch=128, bulk_chars=100_000) as emb:  # one long bulk call
         order: list[str] = []

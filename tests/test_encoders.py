@@ -73,26 +73,6 @@ def test_every_backend_agrees_with_fp32_torch_on_every_text(ov_encoder, fp32_tor
         assert float((singles * want[:50]).sum(axis=1).min()) >= 0.99
 
 
-def test_bulk_calls_run_on_parallel_streams_with_the_same_vectors(monkeypatch):
-    """Where OpenVINO offers several streams (THROUGHPUT: one per core here), a batch is cut so that
-    every stream gets a share, the calls run side by side, and the vectors are those of one
-    stream of every thread (``threads`` given: Ray workers) in the caller's order."""
-    parallel = openvino_encoder.OpenVINOEncoder(ov_encoder_dir(), precision="fp32")
-    single = openvino_encoder.OpenVINOEncoder(ov_encoder_dir(), precision="fp32", threads=2)
-    assert single.streams == 1
-    texts = (ubuntu_texts()[:200] + russian_texts(60))[::-1]
-    want = single.encode_batch(texts)
-    calls: list[int] = []
-    real = parallel._infer_all
-    monkeypatch.setattr(parallel, "_infer_all", lambda c: calls.extend(len(e) for e, _ in c) or real(c))
-    got = parallel.encode_batch(texts)
-    assert float((got * want).sum(axis=1).min()) >= 0.9999
-    if parallel.streams > 1:  # a machine of one core has one stream
-        assert sum(calls) == len(texts) and max(calls) <= 32
-        small = parallel.encode_batch(texts[:10])  # even one small batch is shared between the streams
-        assert calls[-1] <= -(-10 // parallel.streams) and float((small * want[:10]).sum(axis=1).min()) >= 0.9999
-
-
 def ov_encoder_dir() -> Path:
     return openvino_encoder.converted()
 
