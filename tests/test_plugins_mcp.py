@@ -457,3 +457,13 @@ def test_kith_yaml_errors_name_the_server(tmp_path):
     path.write_text("plugins:\n  mcp:\n    files: {command: [srv, --root, /srv], tools: [read], label: Files}\n")
     server = load_config(path, env={}).settings.plugins.mcp["files"]
     assert server == McpServer(command=["srv", "--root", "/srv"], tools=["read"], label="Files")
+
+
+async def test_an_error_in_the_hubs_body_leaves_as_itself_and_the_server_stops():
+    hub = McpHub({"files": McpServer(command=STDIO)})
+    with pytest.raises(LookupError, match="the body's own"):
+        async with hub:
+            assert (await call(hub, "files__add", a=1, b=2)).text == "3"
+            raise LookupError("the body's own error")  # not wrapped in an ExceptionGroup
+    closed = await call(hub, "files__add", a=1, b=2)
+    assert closed.error and hub.status()[0].state == "failed"

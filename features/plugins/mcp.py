@@ -390,8 +390,7 @@ class McpHub:
                 server.state = "failed"
                 log.error("%s; its tools are off until the bot restarts with it set", exc)
             server.secrets = _secrets(server.config, server.env, environ)
-        stack = AsyncExitStack()
-        await stack.__aenter__()
+        stack = AsyncExitStack()  # owned by the hub until __aexit__ closes it
         try:
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)  # leaving stops the connections (before joining them)
@@ -403,7 +402,7 @@ class McpHub:
                     if server.fatal is None:
                         await server.settled.wait()
         except BaseException:
-            await stack.__aexit__(None, None, None)
+            await stack.aclose()
             raise
         self._stack = stack
         return self
@@ -412,7 +411,10 @@ class McpHub:
                         tb: TracebackType | None) -> None:
         stack, self._stack = self._stack, None
         if stack is not None:
-            await stack.__aexit__(exc_type, exc, tb)
+            # closed without the body's exception: the stack cancels the connections first, and an
+            # error of the body leaves as itself (fed into the task group it would come out wrapped
+            # in an ExceptionGroup)
+            await stack.aclose()
         for server in self._servers.values():
             server.session = None
             if server.fatal is None:
