@@ -15,7 +15,7 @@ import pytest
 from config.models import Config, Features, ModelSpec, Plan, Settings, Tier, TiersConfig
 from operations.bot import serve
 from tests.llm_server import llm_server as llm_server
-from tests.tg_harness import TelegramHarness, pyrogram_errors
+from tests.tg_harness import TelegramHarness, bot_served, pyrogram_errors
 
 pytestmark = pytest.mark.anyio
 
@@ -39,14 +39,8 @@ def config(llm_server) -> Config:
 
 @asynccontextmanager
 async def running_bot(tmp_path, st_model, llm_server) -> AsyncIterator[tuple[TelegramHarness, object]]:
-    h = await TelegramHarness.create()
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        app = await tg.start(functools.partial(serve, h.client, config(llm_server), tmp_path, model=st_model, stop=stop))
-        try:
-            yield h, app
-        finally:
-            stop.set()
+    async with bot_served(config(llm_server), tmp_path, st_model) as (h, app):
+        yield h, app
 
 
 def system_prompts(llm_server) -> list[str]:

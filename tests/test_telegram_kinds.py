@@ -18,7 +18,7 @@ from config.models import Config, LLMSettings, ModelSpec, Quotas, Settings, Tier
 from operations.bot import serve
 from providers.recall_model import estimate_tokens
 from tests.llm_server import FakeLLMServer
-from tests.tg_harness import TelegramHarness, pyrogram_errors, rpc_error
+from tests.tg_harness import TelegramHarness, bot_served, pyrogram_errors, rpc_error
 from transports.telegram.outbox import TelegramOutbox
 from transports.telegram.render import has_table
 
@@ -47,15 +47,8 @@ async def bot_on(tmp_path, st_model, server: FakeLLMServer, model: str, tiers: T
     settings = Settings(models={"recall": ModelSpec(model="kith/recall"),
                                 "remote": ModelSpec(model=f"openai/{model}", api_base=server.base_url, context_tokens=4096)},
                         default_model="remote", llm=LLMSettings(stream_edit_interval_s=0.05))
-    cfg = Config(settings=settings, tiers=tiers or TiersConfig())
-    h = await TelegramHarness.create()
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        app = await tg.start(functools.partial(serve, h.client, cfg, tmp_path, model=st_model, stop=stop))
-        try:
-            yield h, app
-        finally:
-            stop.set()
+    async with bot_served(Config(settings=settings, tiers=tiers or TiersConfig()), tmp_path, st_model) as (h, app):
+        yield h, app
 
 
 def draft_actions(h: TelegramHarness, chat_id: int) -> list:

@@ -15,7 +15,7 @@ from pyrogram import raw
 
 from config import load_config
 from operations.bot import serve
-from tests.tg_harness import TelegramHarness, pyrogram_errors
+from tests.tg_harness import TelegramHarness, bot_served, pyrogram_errors
 from transports.telegram.outbox import TelegramOutbox
 from transports.telegram.updates import media_of
 
@@ -31,14 +31,8 @@ def no_pyrogram_errors(caplog):
 @asynccontextmanager
 async def running_bot(tmp_path, st_model):
     cfg = load_config(None, env={})  # the shipped tiers: free = no documents, premium = documents, 20 MB
-    h = await TelegramHarness.create()
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        app = await tg.start(functools.partial(serve, h.client, cfg, tmp_path, model=st_model, stop=stop))
-        try:
-            yield h, app
-        finally:
-            stop.set()
+    async with bot_served(cfg, tmp_path, st_model) as (h, app):
+        yield h, app
 
 
 def small_pdf(fact: str) -> bytes:

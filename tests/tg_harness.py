@@ -14,10 +14,13 @@ check ``pyrogram_errors(caplog)``.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
 from collections import defaultdict, deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -691,3 +694,19 @@ class TelegramHarness:
 
     def replies_to(self, chat_id: int, message_id: int) -> list[Sent]:
         return [s for s in self.sent if s.chat_id == chat_id and s.reply_to == message_id]
+
+
+@asynccontextmanager
+async def bot_served(cfg: Any, data_dir: Any, model: Any, **serve_kw: Any) -> AsyncIterator[tuple[TelegramHarness, Any]]:
+    """The whole bot (``operations.bot.serve`` with ``cfg``, ``data_dir`` and the embedding ``model``)
+    on a harness client; yields ``(harness, app)`` and stops the bot on leaving."""
+    from operations.bot import serve  # the top layer: imported only by the tests that serve the bot
+
+    h = await TelegramHarness.create()
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        app = await tg.start(functools.partial(serve, h.client, cfg, data_dir, model=model, stop=stop, **serve_kw))
+        try:
+            yield h, app
+        finally:
+            stop.set()
