@@ -361,14 +361,23 @@ class OpenVINOEncoder:
                 query_config["INFERENCE_PRECISION_HINT"] = hint
             self._query_compiled = self._core.compile_model(self._model, "CPU", query_config)
             self._query_request = self._query_compiled.create_infer_request()
-        self.concurrent_queries = self._query_request is not None
         got = self._compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = {ov.Type.bf16: "bf16", ov.Type.f16: "fp16"}.get(got, "fp32")
 
+    @property
+    def concurrent_queries(self) -> bool:
+        """Whether ``encode_one`` may run beside a bulk call (a query model was compiled)."""
+        return self._query_request is not None
+
+    @staticmethod
+    def _run(request, compiled, encodings) -> np.ndarray:
+        """float32[len(encodings), dim] from one inference on ``request`` of ``compiled``."""
+        out = request.infer(padded(encodings))
+        return np.array(out[compiled.outputs[0]], dtype=np.float32)  # a copy: the request reuses its buffer
+
     def _infer(self, encodings, _longest: int = 0) -> np.ndarray:
         with self._lock:
-            out = self._request.infer(padded(encodings))
-            return np.array(out[self._compiled.outputs[0]], dtype=np.float32)  # a copy: the request reuses its buffer
+            return self._run(self._request, self._compiled, encodings)
 
     def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
         """float32[len(texts), dim], L2-normalised, in the caller's order; texts are sorted by token
@@ -388,14 +397,12 @@ class OpenVINOEncoder:
             # the main model when it is free: every core, ~4 ms (measured on the 2-core AMD EPYC;
             # the one-thread query model takes ~8 ms alone, ~13-17 ms beside a bulk call)
             try:
-                out = self._request.infer(padded(encoding))
-                vec = np.array(out[self._compiled.outputs[0]], dtype=np.float32)[0]
+                vec = self._run(self._request, self._compiled, encoding)[0]
             finally:
                 self._lock.release()
         else:
             with self._query_lock:
-                out = self._query_request.infer(padded(encoding))
-                vec = np.array(out[self._query_compiled.outputs[0]], dtype=np.float32)[0]
+                vec = self._run(self._query_request, self._query_compiled, encoding)[0]
         return vec / max(float(np.linalg.norm(vec)), 1e-12)
 
 
