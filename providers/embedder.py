@@ -160,6 +160,14 @@ def length_order(texts: Sequence[str]) -> np.ndarray:
     return np.argsort(np.fromiter((min(len(t), MAX_CHARS) for t in texts), dtype=np.int64, count=len(texts)), kind="stable")
 
 
+def _distinct(texts: Sequence[str]) -> tuple[dict[str, int], list[int]]:
+    """The distinct texts as the model reads them (≤ MAX_CHARS; empty → a space), in first-seen
+    order, and each text's index among them: identical texts ("thanks", "hi", "+1") are encoded
+    once, as chats repeat themselves a lot."""
+    slot: dict[str, int] = {}
+    return slot, [slot.setdefault(t[:MAX_CHARS] if t else " ", len(slot)) for t in texts]
+
+
 @dataclass(eq=False)
 class _Request:
     texts: list[str]
@@ -290,9 +298,7 @@ class Embedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         encoder = self.encoder
-        # identical texts ("thanks", "hi", "+1") are encoded once: chats repeat themselves a lot
-        slot: dict[str, int] = {}
-        index = [slot.setdefault(t[:MAX_CHARS] if t else " ", len(slot)) for t in texts]
+        slot, index = _distinct(texts)
         as_queries = getattr(encoder, "encode_queries", None) if query else None
         try:
             if as_queries is not None:
@@ -348,8 +354,7 @@ class Embedder:
 
         def run() -> np.ndarray:
             encoder = self.encoder
-            slot: dict[str, int] = {}
-            index = [slot.setdefault(t[:MAX_CHARS] if t else " ", len(slot)) for t in texts]
+            slot, index = _distinct(texts)
             try:
                 vecs = np.stack([encoder.encode_one(t) for t in slot])
             except Exception as exc:
@@ -358,10 +363,14 @@ class Embedder:
 
         t0 = time.perf_counter()
         out = await anyio.to_thread.run_sync(run, limiter=self._query_limiter)
-        self.batches += 1
-        self.texts += len(texts)
-        self.busy_s += time.perf_counter() - t0
+        self._count(len(texts), t0)
         return out
+
+    def _count(self, texts: int, since: float) -> None:
+        """One model call of ``texts`` texts, started at ``since`` (perf_counter), in the stats."""
+        self.batches += 1
+        self.texts += texts
+        self.busy_s += time.perf_counter() - since
 
     async def embed_one(self, text: str) -> np.ndarray:
         """Embed one question (a recall query; urgent): float32[dim], L2-normalised."""
@@ -425,9 +434,7 @@ class Embedder:
             if not isinstance(exc, Exception):
                 raise
             return
-        self.batches += 1
-        self.texts += len(texts)
-        self.busy_s += time.perf_counter() - t0
+        self._count(len(texts), t0)
         i = 0
         for r, a, b in batch:
             r.parts.append(vecs[i : i + (b - a)])
