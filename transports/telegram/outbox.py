@@ -221,11 +221,8 @@ class TelegramOutbox:
                 reply_to=raw.types.InputReplyToMessage(reply_to_msg_id=reply_to, top_msg_id=thread_id) if reply_to else None,
             ))
 
-        try:
-            result = await self.limits.call(chat_id, op, what="ephemeral.sendMessage")
-        except RPCError as e:  # not a FloodWait: the limiter waits those out
-            log.info("chat %s: Telegram refused an ephemeral message (%s); normal replies from now on", chat_id, e)
-            self._no_ephemeral.add(chat_id)
+        result = await self._unless_refused(chat_id, op, "ephemeral.sendMessage", self._no_ephemeral, "normal replies")
+        if result is None:
             self.stats.ephemeral_fallbacks += 1
             return await self.send(chat_id, text, reply_to=reply_to, thread_id=thread_id)
         self.stats.ephemeral += 1
@@ -234,6 +231,18 @@ class TelegramOutbox:
             if isinstance(message, raw.types.EphemeralMessage):
                 return Sent(message.id, datetime.fromtimestamp(message.date, UTC))
         return Sent(0, datetime.now(UTC))
+
+    async def _unless_refused(self, chat_id: int, op: Callable[[], Awaitable[Any]], what: str, refused: set[int],
+                              instead: str) -> Any:
+        """``op()`` through the rate limiter; None when Telegram refuses it (an RPC error — a
+        FloodWait is waited out by the limiter), and ``chat_id`` joins ``refused`` for good (logged:
+        ``instead`` says what the chat gets from now on)."""
+        try:
+            return await self.limits.call(chat_id, op, what=what)
+        except RPCError as e:
+            log.info("chat %s: Telegram refused %s (%s); %s from now on", chat_id, what, e, instead)
+            refused.add(chat_id)
+            return None
 
     async def send_rich(self, chat_id: int, markdown: str, *, reply_to: int | None = None,
                         thread_id: int | None = None) -> Sent | None:
@@ -250,11 +259,8 @@ class TelegramOutbox:
                 reply_parameters=types.ReplyParameters(message_id=reply_to) if reply_to else None,
             )
 
-        try:
-            msg = await self.limits.call(chat_id, op, what="send_rich_message")
-        except RPCError as e:  # not a FloodWait: the limiter waits those out
-            log.info("chat %s: Telegram refused a rich message (%s); tables go rendered from now on", chat_id, e)
-            self._no_rich.add(chat_id)
+        msg = await self._unless_refused(chat_id, op, "send_rich_message", self._no_rich, "tables go rendered")
+        if msg is None:
             self.stats.rich_fallbacks += 1
             return None
         self.stats.rich += 1
