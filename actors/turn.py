@@ -25,6 +25,7 @@ import time
 from collections import deque
 from dataclasses import replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -468,12 +469,14 @@ class _Turn:
         llm_ms = _ms(t_llm)
         if ttft_ms is None:  # not streamed: the whole answer is the first token
             ttft_ms = _ms(self.t0)
+        answered = partial(self.report, True, llm_ms=llm_ms, embed_ms=recall.embed_ms, search_ms=recall.search_ms,
+                           model=completion.model, prompt_tokens=completion.prompt_tokens,
+                           completion_tokens=completion.completion_tokens, cost_usd=completion.cost_usd,
+                           hits=prompt.memories, tier=tier, ttft_ms=ttft_ms)
         if getattr(completion, "stopped", False) and not completion.text.strip() and not notices:
             log.info("chat %s: the user stopped the answer to %s before it said anything", self.chat_id, ev.message_id)
             await self._record_usage(completion)  # the prompt was read: its tokens count
-            self.report(True, llm_ms=llm_ms, embed_ms=recall.embed_ms, search_ms=recall.search_ms, model=completion.model,
-                        prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
-                        cost_usd=completion.cost_usd, hits=prompt.memories, tier=tier, ttft_ms=ttft_ms)
+            answered()
             return
         await note_delivery()
         shown = f"_{note}_\n\n{completion.text}" if note else completion.text
@@ -483,10 +486,7 @@ class _Turn:
             log.error("chat %s: the offline model's introduction is not saved: %s", self.chat_id, exc)
         sent = await stream.finish(head() + shown)
         await self._record(window, completion, prompt, sent)
-        self.report(True, llm_ms=llm_ms, embed_ms=recall.embed_ms, search_ms=recall.search_ms, model=completion.model,
-                    prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
-                    cost_usd=completion.cost_usd, hits=prompt.memories, reply_text=completion.text, reply_id=sent.message_id,
-                    tier=tier, ttft_ms=ttft_ms)
+        answered(reply_text=completion.text, reply_id=sent.message_id)
 
     async def _api_keys(self) -> dict[str, str]:
         """The member's own API keys, then the group's (``/key``); empty when none or /key is off."""
