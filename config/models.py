@@ -7,6 +7,7 @@ forbids unknown keys, so a typo names the key instead of being ignored. Units ar
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -780,6 +781,12 @@ class TiersConfig(Frozen):
         """The tier's rank: its explicit ``rank`` or its position in the file. KeyError if unknown."""
         t = self.tiers[tier]
         return t.rank if t.rank is not None else list(self.tiers).index(tier)
+
+    def first_above(self, tier: str, has: Callable[[Tier], bool]) -> str | None:
+        """The lowest-ranked tier above ``tier`` for which ``has(tier model)`` holds (what a refusal
+        offers: "it comes with the premium tier"); None when no better tier has it."""
+        return next((n for n in sorted(self.tiers, key=self.rank) if self.rank(n) > self.rank(tier) and has(self.tiers[n])),
+                    None)
 
     def owners_tier(self) -> str:
         """The tier the bot's owners hold: ``owner_tier``, else the best-ranked tier."""

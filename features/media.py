@@ -379,11 +379,9 @@ async def make_images(ctx: ChatContext, kind: str, to: ImageReply, *, prompt: st
             asked = limit
             note = ngettext("The {tier} tier makes {n} image per request.", "The {tier} tier makes up to {n} images per request.",
                             limit, tier=tier, n=number(limit))
-            better = [t for t in sorted(tiers.tiers, key=tiers.rank) if tiers.rank(t) > tiers.rank(tier)
-                      and tiers.tiers[t].features.image_generation
-                      and images_per_request(tiers.tiers[t].quotas) > limit]
+            better = tiers.first_above(tier, lambda o: o.features.image_generation and images_per_request(o.quotas) > limit)
             if better:
-                note += " " + _("Several images at once come with the {tier} tier.", tier=better[0])
+                note += " " + _("Several images at once come with the {tier} tier.", tier=better)
             notes.append(note)
         allowed = await adm.admit_images(chat_id, user_id, asked)
         verdict = allowed.admit

@@ -352,12 +352,11 @@ class Admission:
         tier = await self.tier_of(chat_id, user_id)
         t = self.cfg.tiers[tier]
         if not getattr(t.features, feature):
-            better = [n for n in sorted(self.cfg.tiers, key=self.cfg.rank)
-                      if self.cfg.rank(n) > self.cfg.rank(tier) and getattr(self.cfg.tiers[n].features, feature)]
+            better = self.cfg.first_above(tier, lambda o: getattr(o.features, feature))
             what = _(FEATURE_NAMES[feature]) if feature in FEATURE_NAMES else feature
             refusal = _("{feature} isn't part of the {tier} tier.", feature=what, tier=tier)
             if better:
-                refusal += " " + _("It comes with the {tier} tier.", tier=better[0])
+                refusal += " " + _("It comes with the {tier} tier.", tier=better)
             return Admit(False, "", tier, reason="feature", refusal=refusal + self._upgrade_hint(tier))
         if size_bytes is not None and size_bytes > t.max_file_mb * 1024 * 1024:
             return Admit(False, "", tier, reason="size", refusal=_(
