@@ -426,7 +426,6 @@ async def cmd_settings(ctx: ChatContext, ev: CommandEvent) -> None:
     if ev.chat_type != PRIVATE and not await ctx.outbox.is_admin(ctx.chat_id, ev.sender.user_id):
         await reply(ctx, ev, _("Sorry, only this group's admins can change its settings."))
         return
-    key, _sep, value = ev.args.strip().partition(" ")
     key, value = key.lower(), value.strip()
     if not key:
         zone = reminders.member_timezone(await ctx.user_settings(ev.sender.user_id), ctx.svc.config.settings.plugins.timezone)
