@@ -150,7 +150,7 @@ async def open_runtime(
         await admission.open()
         box = outbox if isinstance(outbox, Outbox) else outbox(memory)
         transcriber, images = media_providers(config)
-        keys = KeyVault(memory.store, cipher_from_env())
+        keys = KeyVault(memory.store.keys, cipher_from_env())
         services: Services | None = None
 
         async def tell_cleaned(result: CleanupResult) -> None:

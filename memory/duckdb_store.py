@@ -48,8 +48,10 @@ import anyio
 import duckdb
 import pyarrow as pa
 
+from .domains import DomainStores
 from .errors import DiskFull, MemoryStoreError, StoreLocked, is_disk_full
 from .schema import from_us, migrate, to_us
+from .sql_domain import DUCKDB, Dialect
 from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, equalities, json_object, keyset_pages
 from .types import (
     DOC_ID_BASE,
@@ -126,7 +128,7 @@ def _remove_failed_new_database(path: Path) -> None:
                 leftover.unlink()
 
 
-class DuckDBStore(QueuedStore):
+class DuckDBStore(QueuedStore, DomainStores):
     """The ``DialogueStore`` in one DuckDB file (see ``memory.store`` for the contract and the
     module docstring for how this implementation keeps it).
 
@@ -424,6 +426,16 @@ class DuckDBStore(QueuedStore):
         store's side files (``memory.reminders``' delivery journal) live there."""
         return self.path.parent
 
+    @property
+    def dialect(self) -> Dialect:
+        """DuckDB's spellings of times for the per-domain stores' SQL (``memory.sql_domain``)."""
+        return DUCKDB
+
+    async def sql_query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Run one statement (``?`` placeholders), committed on return (autocommit); its rows ([] for
+        none). For the per-domain stores (``memory.sql_domain``). raises duckdb.Error; DiskFull."""
+        return await self._query(sql, params)
+
     async def sql_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]], *,
                               lock: str | None = None) -> list[list[tuple]]:
         """Run ``statements`` (SQL with ``?`` placeholders, and their parameters) in one transaction,
@@ -646,33 +658,6 @@ class DuckDBStore(QueuedStore):
             self._chats_with_documents.discard(old)
             self._chats_with_documents.add(new)
         return moved
-
-    # ------------------------------------------------------------ users' own API keys (providers.keys)
-
-    async def set_api_key(self, scope: str, scope_id: int, provider: str, token: bytes, hint: str) -> None:
-        """Store the encrypted ``token`` of ``scope:scope_id``'s key for ``provider`` (replacing one)."""
-        await self._query(
-            f"INSERT OR REPLACE INTO api_keys VALUES (?, ?, ?, ?, ?, {_TS.format('?')})",
-            [scope, scope_id, provider, token, hint, to_us(self._clock())])
-
-    async def api_key_token(self, scope: str, scope_id: int, provider: str) -> bytes | None:
-        rows = await self._query("SELECT token FROM api_keys WHERE scope = ? AND scope_id = ? AND provider = ?",
-                                 [scope, scope_id, provider])
-        return bytes(rows[0][0]) if rows else None
-
-    async def api_keys(self, scope: str, scope_id: int) -> list[tuple[str, str, datetime]]:
-        """``(provider, hint, updated_at)`` of the scope's keys, by provider."""
-        rows = await self._query("SELECT provider, hint, epoch_us(updated_at) FROM api_keys WHERE scope = ? AND scope_id = ?"
-                                 " ORDER BY provider", [scope, scope_id])
-        return [(p, h, from_us(t)) for p, h, t in rows]
-
-    async def delete_api_keys(self, scope: str, scope_id: int, provider: str | None = None) -> int:
-        """Delete the scope's key for ``provider`` (every key when None); returns how many."""
-        sql, params = "DELETE FROM api_keys WHERE scope = ? AND scope_id = ?", [scope, scope_id]
-        if provider is not None:
-            sql += " AND provider = ?"
-            params.append(provider)
-        return len(await self._query(sql + " RETURNING provider", params))
 
     async def evicted_ids(self, chat_id: int) -> set[int]:
         """Message ids of ``chat_id`` whose memory the capacity cleanup evicted (``note_evictions``)."""

@@ -34,9 +34,11 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import anyio.abc
 
+from .domains import DomainStores
 from .errors import DiskFull, MemoryStoreError, is_disk_full
 from .postgres_schema import migrate
 from .schema import from_us, to_us
+from .sql_domain import POSTGRESQL, Dialect
 from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, equalities, json_object, keyset_pages
 from .types import (
     DOC_ID_BASE,
@@ -114,7 +116,7 @@ def _row_to_msg(r: Sequence[Any]) -> StoredMessage:
     return StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]))
 
 
-class PostgresStore(QueuedStore):
+class PostgresStore(QueuedStore, DomainStores):
     """The ``DialogueStore`` on PostgreSQL (see the module docstring).
 
     shared: several processes may write the database (what the per-domain stores' in-memory caches,
@@ -263,6 +265,17 @@ class PostgresStore(QueuedStore):
         """The directory of this machine that goes with the store (``dump_dir``): a per-domain
         store's side files (``memory.reminders``' delivery journal) live there."""
         return self._dump_dir
+
+    @property
+    def dialect(self) -> Dialect:
+        """PostgreSQL's spellings of times for the per-domain stores' SQL (``memory.sql_domain``)."""
+        return POSTGRESQL
+
+    async def sql_query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Run one statement (``?`` placeholders, as the DuckDB store takes them; no other ``?`` or
+        ``%``), committed on return; its rows ([] for none). For the per-domain stores
+        (``memory.sql_domain``). raises psycopg.Error; MemoryStoreError when the server fails."""
+        return await self._fetch(sql.replace("?", "%s"), list(params))
 
     async def sql_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]], *,
                               lock: str | None = None) -> list[list[tuple]]:
@@ -699,31 +712,6 @@ class PostgresStore(QueuedStore):
             ORDER BY 1
             """)
         return [ChatInfo(r[0], r[1], r[2], int(r[3]), r[4], r[5]) for r in rows]
-
-    # ------------------------------------------------------------ users' own API keys
-
-    async def set_api_key(self, scope: str, scope_id: int, provider: str, token: bytes, hint: str) -> None:
-        await self._fetch(
-            "INSERT INTO api_keys VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (scope, scope_id, provider)"
-            " DO UPDATE SET token = excluded.token, hint = excluded.hint, updated_at = excluded.updated_at",
-            [scope, scope_id, provider, token, hint, self._clock()])
-
-    async def api_key_token(self, scope: str, scope_id: int, provider: str) -> bytes | None:
-        rows = await self._fetch("SELECT token FROM api_keys WHERE scope = %s AND scope_id = %s AND provider = %s",
-                                 [scope, scope_id, provider])
-        return bytes(rows[0][0]) if rows else None
-
-    async def api_keys(self, scope: str, scope_id: int) -> list[tuple[str, str, datetime]]:
-        rows = await self._fetch("SELECT provider, hint, updated_at FROM api_keys WHERE scope = %s AND scope_id = %s"
-                                 " ORDER BY provider", [scope, scope_id])
-        return [(p, h, t) for p, h, t in rows]
-
-    async def delete_api_keys(self, scope: str, scope_id: int, provider: str | None = None) -> int:
-        sql, params = "DELETE FROM api_keys WHERE scope = %s AND scope_id = %s", [scope, scope_id]
-        if provider is not None:
-            sql += " AND provider = %s"
-            params.append(provider)
-        return len(await self._fetch(sql + " RETURNING provider", params))
 
     # ------------------------------------------------------------ usage and recalls
 

@@ -1,16 +1,47 @@
-"""What the small per-domain stores beside the dialogue store share (reminders, the credit ledger,
-memory entries): the backend they run on (``SqlBackend``: ``DuckDBStore`` or ``PostgresStore``), one
-transaction of statements with ``?`` placeholders (``transaction``), and a base (``SqlDomainStore``)
-that names the domain in errors and creates its tables once at ``open``."""
+"""What the per-domain stores share (API keys, subscriptions and payments, usage, documents,
+reminders, the credit ledger, memory entries …): the backend they run on (``SqlBackend``:
+``DuckDBStore`` or ``PostgresStore``), its ``Dialect`` (the two spellings the engines do not share:
+a time parameter and a time column as microseconds), one statement or one transaction of statements
+with ``?`` placeholders, and a base (``SqlDomainStore``) that names the domain in errors and creates
+its own tables once at ``open``.
+
+Each domain's SQL is written once: the same text runs on DuckDB and PostgreSQL, with a time written
+``{ts}`` (a ``?`` parameter of microseconds since the epoch, UTC) and read through ``dialect.us(col)``.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, Self
 
 from .errors import MemoryStoreError
+from .schema import from_us, to_us
 
-__all__ = ["SqlBackend", "SqlDomainStore", "transaction"]
+__all__ = ["DUCKDB", "POSTGRESQL", "Dialect", "SqlBackend", "SqlDomainStore", "transaction"]
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """The spellings one engine needs where the SQL standard leaves the engines apart.
+
+    ``ts``: a ``?`` parameter of microseconds since the epoch (BIGINT, UTC) as a TIMESTAMPTZ;
+    ``us(expr)``: a TIMESTAMPTZ expression as microseconds since the epoch (BIGINT). Times cross the
+    driver as integers in both engines, so they round-trip with microsecond precision."""
+
+    name: str
+    ts: str
+    us_template: str
+
+    def us(self, expr: str) -> str:
+        """``expr`` (a TIMESTAMPTZ) as BIGINT microseconds since the epoch."""
+        return self.us_template.format(expr)
+
+
+DUCKDB = Dialect("duckdb", "make_timestamp(?) AT TIME ZONE 'UTC'", "epoch_us({})")
+POSTGRESQL = Dialect("postgresql", "(TIMESTAMPTZ 'epoch' + ? * INTERVAL '1 microsecond')",
+                     "(extract(epoch FROM {}) * 1000000)::bigint")
 
 
 class SqlBackend(Protocol):
@@ -18,6 +49,15 @@ class SqlBackend(Protocol):
 
     @property
     def local_dir(self) -> Path: ...
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    async def sync(self) -> None:
+        """Read-your-writes: commit the rows the write-behind queue holds, if any (usage, recalls)."""
+
+    async def sql_query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Run one statement (``?`` placeholders), committed on return; its rows ([] for none)."""
 
     async def sql_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]], *,
                               lock: str | None = None) -> list[list[tuple]]: ...
@@ -39,7 +79,8 @@ async def transaction(backend: SqlBackend, domain: str, statements: Sequence[tup
 
 class SqlDomainStore:
     """A per-domain store over ``backend``: ``DOMAIN`` names it in errors ("reminders", "credits"),
-    ``DDL`` creates its tables (``IF NOT EXISTS``), run by the first ``open``."""
+    ``DDL`` creates its tables (``IF NOT EXISTS``), run by the first ``open`` (a domain whose tables
+    the dialogue store's schema versions create has none, and needs no ``open``)."""
 
     DOMAIN = "store"
     DDL: tuple[str, ...] = ()
@@ -48,8 +89,27 @@ class SqlDomainStore:
         self.backend = backend
         self._opened = False
 
+    def _sql(self, text: str) -> str:
+        """``text`` with ``{ts}`` (a time parameter: microseconds since the epoch) spelled for the
+        backend's dialect; a time column is read through ``_us``."""
+        return text.replace("{ts}", self.backend.dialect.ts)
+
+    def _us(self, expr: str) -> str:
+        """``expr`` (a TIMESTAMPTZ) read as BIGINT microseconds since the epoch."""
+        return self.backend.dialect.us(expr)
+
+    async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Run one statement (``{ts}`` spelled for the dialect), committed on return; its rows. A
+        driver's error becomes a MemoryStoreError naming the domain."""
+        try:
+            return await self.backend.sql_query(self._sql(sql), params)
+        except MemoryStoreError:
+            raise
+        except Exception as exc:  # the driver's own errors (duckdb.Error, psycopg.Error)
+            raise MemoryStoreError(f"{self.DOMAIN}: the database failed: {exc}") from exc
+
     async def _tx(self, *statements: tuple[str, Sequence[Any]], lock: str | None = None) -> list[list[tuple]]:
-        return await transaction(self.backend, self.DOMAIN, statements, lock=lock)
+        return await transaction(self.backend, self.DOMAIN, [(self._sql(q), p) for q, p in statements], lock=lock)
 
     async def open(self) -> Self:
         """Create the tables when missing (once per object); returns self."""
@@ -57,3 +117,13 @@ class SqlDomainStore:
             await self._tx(*((sql, ()) for sql in self.DDL))
             self._opened = True
         return self
+
+
+def us(t: datetime | None) -> int | None:
+    """A tz-aware time (naive: UTC) as microseconds since the epoch, for a ``{ts}`` parameter; None stays None."""
+    return None if t is None else to_us(t)
+
+
+def ts(v: int | None) -> datetime | None:
+    """Microseconds since the epoch (a column read through ``_us``) as a tz-aware UTC time; None stays None."""
+    return None if v is None else from_us(int(v))

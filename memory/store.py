@@ -44,6 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from .api_keys import ApiKeyStore
 from .types import (
     ChatInfo,
     CleanupRecord,
@@ -180,15 +181,10 @@ class DialogueStore(Protocol):
     async def chats(self) -> list[ChatInfo]:
         """Every chat with a chat row or stored messages, by chat id."""
 
-    # ---------------------------------------------------------------- users' own API keys
-    async def set_api_key(self, scope: str, scope_id: int, provider: str, token: bytes, hint: str) -> None:
-        """Store an encrypted key of ``scope:scope_id`` for ``provider`` (replacing one)."""
-    async def api_key_token(self, scope: str, scope_id: int, provider: str) -> bytes | None:
-        """The encrypted key, or None."""
-    async def api_keys(self, scope: str, scope_id: int) -> list[tuple[str, str, datetime]]:
-        """``(provider, hint, updated_at)`` of the scope's keys, by provider."""
-    async def delete_api_keys(self, scope: str, scope_id: int, provider: str | None = None) -> int:
-        """Delete one provider's key (all when None); returns how many."""
+    # ---------------------------------------------------------------- the per-domain stores (memory.domains)
+    @property
+    def keys(self) -> ApiKeyStore:
+        """Members' and groups' own API keys (``memory.api_keys``)."""
 
     # ---------------------------------------------------------------- usage and recalls
     async def usage_rows(self, *, since: datetime | None = None) -> list[UsageRecord]:

@@ -77,6 +77,11 @@ class QueuedStore:
         if not self._queue.put_sql((sql, list(params))):
             await self._queue.flush()
 
+    async def sync(self) -> None:
+        """Read-your-writes for a read across chats (usage, recalls): commit what is queued or being
+        committed, if anything. raises MemoryStoreError."""
+        await self._queue.sync()
+
     async def flush(self) -> None:
         """Return when every row enqueued before the call is committed.
 

@@ -45,12 +45,12 @@ class KeyUse:
 
 
 class KeyStore(Protocol):
-    """What the vault needs from the dialogue store (``memory.store.DialogueStore``)."""
+    """What the vault needs to keep tokens (``memory.api_keys.ApiKeyStore``: a dialogue store's ``keys``)."""
 
-    async def set_api_key(self, scope: str, scope_id: int, provider: str, token: bytes, hint: str) -> None: ...
-    async def api_key_token(self, scope: str, scope_id: int, provider: str) -> bytes | None: ...
-    async def api_keys(self, scope: str, scope_id: int) -> list[tuple[str, str, datetime]]: ...
-    async def delete_api_keys(self, scope: str, scope_id: int, provider: str | None = None) -> int: ...
+    async def set(self, scope: str, scope_id: int, provider: str, token: bytes, hint: str) -> None: ...
+    async def token(self, scope: str, scope_id: int, provider: str) -> bytes | None: ...
+    async def list(self, scope: str, scope_id: int) -> list[tuple[str, str, datetime]]: ...
+    async def delete(self, scope: str, scope_id: int, provider: str | None = None) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,18 +96,18 @@ class KeyVault:
             raise KeysUnavailable(f"this bot does not keep personal keys (its host has not set {SECRET_ENV})")
         key = key.strip()
         hint = "…" + key[-4:]
-        await self.store.set_api_key(scope, scope_id, provider, self.cipher.encrypt(key.encode()), hint)
+        await self.store.set(scope, scope_id, provider, self.cipher.encrypt(key.encode()), hint)
         self._cache.pop((scope, scope_id), None)
         return next(k for k in await self.info(scope, scope_id) if k.provider == provider)
 
     async def info(self, scope: str, scope_id: int) -> list[KeyInfo]:
         """The scope's keys, without the keys themselves."""
-        return [KeyInfo(p, h, at) for p, h, at in await self.store.api_keys(scope, scope_id)]
+        return [KeyInfo(p, h, at) for p, h, at in await self.store.list(scope, scope_id)]
 
     async def delete(self, scope: str, scope_id: int, provider: str | None = None) -> int:
         """Delete the scope's key for ``provider`` (all its keys when None); returns how many."""
         self._cache.pop((scope, scope_id), None)
-        return await self.store.delete_api_keys(scope, scope_id, provider)
+        return await self.store.delete(scope, scope_id, provider)
 
     async def _decrypted(self, scope: str, scope_id: int) -> dict[str, str]:
         cached = self._cache.get((scope, scope_id))
@@ -117,7 +117,7 @@ class KeyVault:
 
         out: dict[str, str] = {}
         for info in await self.info(scope, scope_id):
-            token = await self.store.api_key_token(scope, scope_id, info.provider)
+            token = await self.store.token(scope, scope_id, info.provider)
             if token is None:
                 continue
             try:

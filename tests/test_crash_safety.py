@@ -424,7 +424,7 @@ async def test_a_basic_groups_memory_moves_to_its_supergroup(tmp_path, st_model)
 
         subs = SubscriptionStore(memory.store, load_config().tiers, lambda: datetime.now(UTC))  # the shipped tiers
         await subs.grant("chat", basic, "premium", days=30, source="cli")
-        vault = KeyVault(memory.store, cipher_from_env({"KITH_SECRET_KEY": Fernet.generate_key().decode()}))
+        vault = KeyVault(memory.store.keys, cipher_from_env({"KITH_SECRET_KEY": Fernet.generate_key().decode()}))
         await vault.set(KEY_CHAT, basic, "openai", "sk-group-0000")
         # the supergroup already has its own first messages (ids restart at 1)
         memory.remember_many([StoredMessage(sup, 1, 8, "Boris", "hello new supergroup", T0 + timedelta(days=1)),

@@ -32,7 +32,7 @@ LOCAL_KEY_ENV, LOCAL_KEY = "KITH_TEST_LOCAL_SERVER_KEY", "sk-host-local-server"
 async def test_the_vault_encrypts_prefers_the_members_key_and_deletes(tmp_path, st_model):
     cipher = cipher_from_env({SECRET_ENV: Fernet.generate_key().decode()})
     async with open_memory(CFG, tmp_path, model=st_model) as memory:
-        vault = KeyVault(memory.store, cipher)
+        vault = KeyVault(memory.store.keys, cipher)
         info = await vault.set(USER, ANN, "openai", USER_KEY)
         assert info.hint == "…1234" and info.provider == "openai"
         await vault.set(CHAT, GROUP, "openai", GROUP_KEY)
@@ -57,7 +57,7 @@ async def test_without_a_secret_the_vault_is_off_and_a_bad_secret_is_named(tmp_p
     with pytest.raises(KeysUnavailable, match="KITH_SECRET_KEY is not a Fernet key"):
         cipher_from_env({SECRET_ENV: "hunter2"})
     async with open_memory(CFG, tmp_path, model=st_model) as memory:
-        vault = KeyVault(memory.store, None)
+        vault = KeyVault(memory.store.keys, None)
         assert not vault.enabled and await vault.keys_for(ANN, GROUP) == {}
         with pytest.raises(KeysUnavailable, match="has not set KITH_SECRET_KEY"):
             await vault.set(USER, ANN, "openai", USER_KEY)
@@ -66,11 +66,11 @@ async def test_without_a_secret_the_vault_is_off_and_a_bad_secret_is_named(tmp_p
 async def test_rotating_the_secret_keeps_stored_keys_readable(tmp_path, st_model):
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     async with open_memory(CFG, tmp_path, model=st_model) as memory:
-        await KeyVault(memory.store, cipher_from_env({SECRET_ENV: old})).set(USER, ANN, "openai", USER_KEY)
-        rotated = KeyVault(memory.store, cipher_from_env({SECRET_ENV: f"{new},{old}"}))
+        await KeyVault(memory.store.keys, cipher_from_env({SECRET_ENV: old})).set(USER, ANN, "openai", USER_KEY)
+        rotated = KeyVault(memory.store.keys, cipher_from_env({SECRET_ENV: f"{new},{old}"}))
         assert await rotated.keys_for(ANN, ANN) == {"openai": USER_KEY}
         with pytest.raises(KeysUnavailable, match="changed"):
-            await KeyVault(memory.store, cipher_from_env({SECRET_ENV: new})).keys_for(ANN, ANN)
+            await KeyVault(memory.store.keys, cipher_from_env({SECRET_ENV: new})).keys_for(ANN, ANN)
 
 
 def command(chat_id: int, sender: int, args: str, message_id: int, chat_type: str = "private") -> CommandEvent:

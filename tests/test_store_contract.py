@@ -563,19 +563,32 @@ async def test_deliveries_replies_and_edits(open_store: Opener) -> None:
 
 
 @pytest.mark.anyio
-async def test_api_keys_round_trip_per_scope(open_store: Opener) -> None:
+async def test_the_dialects_time_spellings_round_trip_to_the_microsecond(open_store: Opener) -> None:
+    # the per-domain stores' one SQL text writes a time as µs since the epoch ({ts}) and reads it
+    # back through dialect.us(): exact on both engines, before 1970 and far ahead too
+    times = [-86_400_000_001, 0, 1_765_000_000_123_457, 4_102_444_800_999_999]
     async with open_store() as store:
-        await store.set_api_key("user", 1, "openai", b"\x00secret", "sk-…abcd")
-        await store.set_api_key("user", 1, "anthropic", b"other", "…wxyz")
-        await store.set_api_key("user", 1, "openai", b"replaced", "sk-…efgh")
-        await store.set_api_key("chat", CHAT, "openai", b"group", "…1234")
-        assert await store.api_key_token("user", 1, "openai") == b"replaced"
-        assert await store.api_key_token("user", 2, "openai") is None
-        assert [(p, h) for p, h, _ in await store.api_keys("user", 1)] == [("anthropic", "…wxyz"), ("openai", "sk-…efgh")]
-        assert await store.delete_api_keys("user", 1, "openai") == 1
-        assert await store.delete_api_keys("user", 1) == 1
-        assert await store.api_keys("user", 1) == []
-        assert await store.api_key_token("chat", CHAT, "openai") == b"group"
+        d = store.dialect
+        for t in times:
+            rows = await store.sql_query(f"SELECT {d.us('x')} FROM (SELECT {d.ts} AS x) AS t", [t])
+            assert rows == [(t,)]
+
+
+@pytest.mark.anyio
+async def test_api_keys_round_trip_per_scope(open_store: Opener) -> None:
+    t0 = datetime(2026, 12, 6, 18, 0, 0, 123457, tzinfo=UTC)
+    async with open_store(clock=lambda: t0) as store:
+        await store.keys.set("user", 1, "openai", b"\x00secret", "sk-…abcd")
+        await store.keys.set("user", 1, "anthropic", b"other", "…wxyz")
+        await store.keys.set("user", 1, "openai", b"replaced", "sk-…efgh")
+        await store.keys.set("chat", CHAT, "openai", b"group", "…1234")
+        assert await store.keys.token("user", 1, "openai") == b"replaced"
+        assert await store.keys.token("user", 2, "openai") is None
+        assert await store.keys.list("user", 1) == [("anthropic", "…wxyz", t0), ("openai", "sk-…efgh", t0)]
+        assert await store.keys.delete("user", 1, "openai") == 1
+        assert await store.keys.delete("user", 1) == 1
+        assert await store.keys.list("user", 1) == []
+        assert await store.keys.token("chat", CHAT, "openai") == b"group"
 
 
 @pytest.mark.anyio
