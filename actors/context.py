@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from memory.types import ROLE_ASSISTANT, MemoryHit, StoredMessage
 from providers.memory_block import DATA_FRAME, render_memories
@@ -45,13 +46,13 @@ def estimate_tokens(text: str) -> int:
 class Prompt:
     """The assembled prompt: OpenAI-style ``messages``, the memories that fit, and its token estimate."""
 
-    messages: list[dict]
+    messages: list[dict[str, Any]]
     memories: tuple[MemoryHit, ...]
     tokens: int
     dropped_window: int  # recent messages left out for lack of budget
 
 
-def _speaker_line(m: StoredMessage) -> dict:
+def _speaker_line(m: StoredMessage) -> dict[str, Any]:
     if m.role == ROLE_ASSISTANT:
         return {"role": "assistant", "content": m.text}
     return {"role": "user", "content": f"{m.user_name}: {m.text}"}
@@ -120,7 +121,7 @@ def build_prompt(
             chain_text = candidate
             used += estimate_tokens(candidate)
 
-    history: list[dict] = []
+    history: list[dict[str, Any]] = []
     older = list(window[:-1]) if current is not None else list(window)
     dropped = 0
     for m in reversed(older):

@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anyio
 
 from memory.markers import marker
 from memory.types import CleanupRecord
+
+T = TypeVar("T")
 
 __all__ = [
     "GROUP_TYPES",
@@ -223,16 +225,16 @@ class Migrated:
     title: str | None = None
 
 
-class CallResult:
-    """Where a ``Call``'s outcome lands: ``await result.wait()`` returns the work's value or raises
-    its exception."""
+class CallResult(Generic[T]):
+    """Where a ``Call``'s outcome lands: ``await result.wait()`` returns the work's value (a ``T``)
+    or raises its exception."""
 
     def __init__(self) -> None:
         self._done = anyio.Event()
-        self._value: Any = None
+        self._value: T | None = None
         self._error: BaseException | None = None
 
-    async def run(self, work: Callable[[Any], Awaitable[Any]], actor: Any) -> None:
+    async def run(self, work: Callable[[Any], Awaitable[T]], actor: Any) -> None:
         try:
             self._value = await work(actor)
         except Exception as exc:
@@ -240,11 +242,11 @@ class CallResult:
         finally:
             self._done.set()
 
-    async def wait(self) -> Any:
+    async def wait(self) -> T:
         await self._done.wait()
         if self._error is not None:
             raise self._error
-        return self._value
+        return self._value  # type: ignore[return-value]  # set by run() before _done
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -255,7 +257,7 @@ class Call:
 
     chat_id: int
     work: Callable[[Any], Awaitable[Any]]
-    result: CallResult
+    result: CallResult[Any]
 
 
 @dataclass(frozen=True, slots=True)

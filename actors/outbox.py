@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from tiers.payments import Invoice
+
 __all__ = ["Button", "Outbox", "ReplyStream", "Sent"]
 
 
@@ -77,7 +79,7 @@ class Outbox(Protocol):
 
     async def stream(self, chat_id: int, *, reply_to: int | None = None, thread_id: int | None = None) -> ReplyStream: ...
 
-    async def send_invoice(self, chat_id: int, invoice, *, reply_to: int | None = None, thread_id: int | None = None) -> Sent:
+    async def send_invoice(self, chat_id: int, invoice: Invoice, *, reply_to: int | None = None, thread_id: int | None = None) -> Sent:
         """Send a Telegram invoice (``tiers.payments.Invoice``: title, description, payload, currency, prices)."""
         ...
 
@@ -90,7 +92,7 @@ class Outbox(Protocol):
         ``refundStarPayment``). raises RefundRefused (``already`` when it was refunded before)."""
         ...
 
-    async def send_invoice_link(self, chat_id: int, invoice, text: str, button: str, *, reply_to: int | None = None,
+    async def send_invoice_link(self, chat_id: int, invoice: Invoice, text: str, button: str, *, reply_to: int | None = None,
                                 thread_id: int | None = None) -> Sent:
         """Send ``text`` with one button, labelled ``button``, that opens ``invoice`` as a link (how
         Telegram sells a Stars subscription: ``invoice.subscription_period``)."""

@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -40,6 +40,11 @@ from .settings import UserSettings
 from .stores import CACHE_DIR, DB_FILE, VECTORS_DIR, Stores, dialogue_store, open_stores, vector_location  # noqa: F401 - re-exported
 from .supervisor import Supervisor
 
+if TYPE_CHECKING:  # types only (each imports a heavy library: litellm, PIL)
+    from providers.images import ImageGenerator
+    from providers.llm import LLM
+    from providers.transcription import Transcriber
+
 __all__ = ["Runtime", "frozen_startup_heap", "media_providers", "open_memory", "open_runtime", "storage_limits",
            "tell_chats_cleaned", "tell_owners_budget"]
 
@@ -64,7 +69,7 @@ class Runtime:
 
 
 @asynccontextmanager
-async def open_memory(config: Config, data_dir: Path, *, model=None, fill_gaps: bool = False,
+async def open_memory(config: Config, data_dir: Path, *, model: Any = None, fill_gaps: bool = False,
                       model_change: bool = False) -> AsyncIterator[Memory]:
     """Open the dialogue store (``storage.dialogue``: ``data_dir/kith.duckdb`` by default), LanceDB (``data_dir/memory/``), the embedder and indexer.
 
@@ -118,8 +123,8 @@ async def open_runtime(
     data_dir: Path,
     outbox: Outbox | Callable[[Memory], Outbox],
     *,
-    model=None,
-    llm=None,
+    model: Any = None,
+    llm: LLM | None = None,
     bot: BotIdentity | None = None,
     on_turn: Callable[[TurnReport], None] | None = None,
     clock: Callable[[], datetime] = utc_now,
@@ -220,11 +225,12 @@ async def _tell_owners(notice: BudgetNotice, box: Outbox, services: Services) ->
             log.warning("budget: owner %s not told: %s", owner, exc)
 
 
-def media_providers(config: Config):
+def media_providers(config: Config) -> tuple[Transcriber | None, ImageGenerator | None]:
     """``(Transcriber | None, ImageGenerator | None)`` from ``transcription:`` and ``image_models:``.
     raises providers.errors.ModelNotConfigured for a model litellm does not know."""
     settings = config.settings
-    transcriber = images = None
+    transcriber: Transcriber | None = None
+    images: ImageGenerator | None = None
     if settings.transcription.model:
         from providers.transcription import Transcriber
 
@@ -236,7 +242,7 @@ def media_providers(config: Config):
     return transcriber, images
 
 
-def storage_limits(admission: Admission, clock: Callable[[], datetime]):
+def storage_limits(admission: Admission, clock: Callable[[], datetime]) -> Callable[[str, int], Coroutine[Any, Any, tuple[str, StorageLimits]]]:
     """``limits_of(scope, id) → (tier, StorageLimits)`` for the Janitor: a chat's limits come from the
     chat's own tier, a user's from the user's own tier (a premium user's messages in a free group
     count against the group's limits there, and against the user's premium limits overall)."""

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -26,7 +27,7 @@ from memory.types import StoredMessage
 
 from .chat import ChatActor
 from .errors import SupervisorClosed
-from .events import ChatEvent, Incoming, with_caption
+from .events import Call, CallResult, ChatEvent, Incoming, with_caption
 from .handlers import NO_HANDLERS, Handlers, Plugins
 from .outbox import Outbox
 from .services import Services, SupervisorStats
@@ -49,14 +50,14 @@ ActorFactory = Callable[[int, Services, Outbox], Actor]
 @dataclass(eq=False)
 class _ActorRecord:
     chat_id: int
-    send: MemoryObjectSendStream
-    receive: MemoryObjectReceiveStream
+    send: MemoryObjectSendStream[ChatEvent]
+    receive: MemoryObjectReceiveStream[ChatEvent]
     last_active: float
     pending: int = 0  # told but not yet handled
     closing: bool = False
     idle: anyio.Event = field(default_factory=anyio.Event)
     stopped: anyio.Event = field(default_factory=anyio.Event)
-    restarts: deque = field(default_factory=deque)
+    restarts: deque[float] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -112,7 +113,7 @@ class Supervisor:
         self._owner = stack
         return self
 
-    async def __aexit__(self, exc_type, exc, tb) -> bool | None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool | None:
         self._closed = True
         assert self._tg is not None and self._owner is not None
         for rec in list(self._actors.values()):
@@ -190,9 +191,7 @@ class Supervisor:
         """Run ``await work(actor)`` in chat ``chat_id``'s actor after the events queued before it
         (spawning the actor if needed) and return its value; its exception is raised here.
         raises SupervisorClosed once shutdown began."""
-        from .events import Call, CallResult
-
-        result = CallResult()
+        result: CallResult[T] = CallResult()
         await self.tell(chat_id, Call(chat_id, work, result))
         return await result.wait()
 
