@@ -32,6 +32,26 @@ from datetime import date as _date
 from datetime import datetime
 from pathlib import Path
 
+__all__ = [
+    "DEFAULT",
+    "DOMAIN",
+    "LOCALES_DIR",
+    "N_",
+    "_",
+    "available",
+    "current",
+    "date",
+    "datetime_",
+    "in_language",
+    "money",
+    "ngettext",
+    "normalize",
+    "number",
+    "pick",
+    "translations",
+    "use",
+]
+
 DEFAULT = "en"
 LOCALES_DIR = Path(__file__).with_name("locales")
 DOMAIN = "kith"
