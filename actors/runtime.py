@@ -26,6 +26,7 @@ from memory.indexer import Indexer
 from memory.maintenance import GapFiller
 from memory.service import Memory
 from memory.vectors import VectorMemory
+from providers import language
 from providers.embedder import BulkEmbedder, Embedder
 from providers.keys import KeyVault, cipher_from_env
 from tiers import Admission, effective_tier
@@ -144,6 +145,8 @@ async def open_runtime(
     """
     from providers.llm import LLM  # imports litellm (slow): only when answering
 
+    # the language detector's model (~1 s) would otherwise load inside the first answer
+    await anyio.to_thread.run_sync(language.warm)
     async with open_memory(config, data_dir, model=model, fill_gaps=fill_gaps) as memory:
         own_llm = llm is None
         if llm is None:

@@ -85,7 +85,7 @@ from functools import cache, lru_cache
 __all__ = ["CJK", "CJK_WEIGHT", "CYRILLIC", "LANGUAGES", "LATIN", "MAX_QUERY_TERMS", "MAX_TOKEN_CHARS",
            "MIN_DETECT_LETTERS", "NAMES", "STOP_WORDS", "by_script", "detect", "detect_or_none", "held_terms",
            "index_terms", "ngrams", "normalize", "normalize_arabic", "query_terms", "query_words", "reduce",
-           "split_words", "stop_words", "words", "would_load"]
+           "split_words", "stop_words", "warm", "words", "would_load"]
 
 LANGUAGES = ("en", "ru", "uk", "de", "es", "fr", "zh", "ja", "ar")
 NAMES = {"en": "English", "ru": "Russian", "uk": "Ukrainian", "de": "German", "es": "Spanish", "fr": "French",
@@ -205,6 +205,14 @@ def would_load(text: str) -> bool:
     if _identifier.cache_info().currsize == 0:
         return True
     return _reduce_uk.cache_info().currsize == 0 and _UK_ONLY.search(text) is not None
+
+
+def warm() -> None:
+    """Load what the first message would otherwise wait for (py3langid's model, ~1 s, and the
+    English stemmer), so that a bot's first answer is as fast as the others. Blocking: call it in a
+    worker thread."""
+    _identifier()
+    reduce(["warming"], "en")
 
 
 @lru_cache(maxsize=1)

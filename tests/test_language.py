@@ -295,3 +295,12 @@ def test_other_unspaced_scripts_are_cut_into_letter_bigrams() -> None:
 
 def test_detection_of_nothing_tells_nothing() -> None:
     assert detect_or_none("12345 :)") is None and detect_or_none("👍") is None
+
+
+def test_warm_loads_the_detector_so_the_first_message_does_not_wait() -> None:
+    from providers import language
+
+    language._identifier.cache_clear()
+    assert language.would_load("a sentence long enough to ask the detector")
+    language.warm()
+    assert not language.would_load("a sentence long enough to ask the detector")
