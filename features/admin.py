@@ -97,7 +97,7 @@ async def refund(ctx: ChatContext, charge_id: str) -> str:
     adm = ctx.svc.admission
     if adm is None:
         return _("This bot runs without tiers: it has no payments.")
-    payment = await adm.store.payment(charge_id)
+    payment = await adm.store.billing.payment(charge_id)
     if payment is None:
         return _("No payment has the charge id {charge}.", charge=charge_id)
     if payment.currency.upper() != "XTR":

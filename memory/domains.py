@@ -10,6 +10,7 @@ from datetime import datetime
 from functools import cached_property
 
 from .api_keys import ApiKeyStore
+from .billing_store import BillingStore
 
 __all__ = ["DomainStores"]
 
@@ -23,3 +24,8 @@ class DomainStores:
     def keys(self) -> ApiKeyStore:
         """Members' and groups' own API keys (``memory.api_keys``)."""
         return ApiKeyStore(self, clock=self._clock)  # type: ignore[arg-type]
+
+    @cached_property
+    def billing(self) -> BillingStore:
+        """Subscriptions and payments (``memory.billing_store``)."""
+        return BillingStore(self)  # type: ignore[arg-type]

@@ -61,9 +61,7 @@ from .types import (
     CleanupRecord,
     DocumentChunk,
     DocumentInfo,
-    PaymentRecord,
     StoredMessage,
-    SubscriptionRecord,
     UsageCount,
     UsageRecord,
     UsageTotal,
@@ -109,15 +107,6 @@ def _row_to_msg(r: tuple) -> StoredMessage:
 
 
 NEW_DATABASE_BYTES = 16 * 2**20  # what a new database needs free to start (its first blocks, the WAL, the schema)
-
-
-_PAYMENTS_SELECT = ("SELECT charge_id, user_id, chat_id, plan, tier, days, amount, currency, scope, scope_id, epoch_us(paid_at)"
-                    " FROM payments")
-
-
-def _payment(r: tuple) -> PaymentRecord:
-    """A ``_PAYMENTS_SELECT`` row as a ``PaymentRecord``."""
-    return PaymentRecord(r[0], int(r[1]), int(r[2]), r[3], r[4], int(r[5]), int(r[6]), r[7], r[8], int(r[9]), from_us(r[10]))
 
 
 def _remove_failed_new_database(path: Path) -> None:
@@ -990,65 +979,6 @@ class DuckDBStore(QueuedStore, DomainStores):
             [chat_id, reply_message_id],
         )
         return [(r[0], r[1]) for r in rows]
-
-    # ------------------------------------------------------------ subscriptions and payments (tiers)
-
-    async def subscriptions(self) -> list[SubscriptionRecord]:
-        """Every stored subscription (scope, scope id order)."""
-        rows = await self._query(
-            "SELECT scope, scope_id, tier, epoch_us(expires_at), source, epoch_us(updated_at), renews, charge_id FROM subscriptions"
-            " ORDER BY scope, scope_id")
-        return [SubscriptionRecord(r[0], int(r[1]), r[2], None if r[3] is None else from_us(r[3]), r[4], from_us(r[5]),
-                                   None if r[6] is None else bool(r[6]), r[7])
-                for r in rows]
-
-    async def put_subscription(self, sub: SubscriptionRecord) -> None:
-        """Insert or replace the subscription of ``(sub.scope, sub.scope_id)``; committed on return."""
-        await self._query(
-            f"""INSERT INTO subscriptions (scope, scope_id, tier, expires_at, source, updated_at, renews, charge_id)
-            VALUES (?, ?, ?, {_TS.format('?')}, ?, {_TS.format('?')}, ?, ?)
-            ON CONFLICT (scope, scope_id) DO UPDATE SET tier = excluded.tier, expires_at = excluded.expires_at,
-                source = excluded.source, updated_at = excluded.updated_at, renews = excluded.renews,
-                charge_id = excluded.charge_id""",
-            [sub.scope, sub.scope_id, sub.tier, None if sub.expires_at is None else to_us(sub.expires_at),
-             sub.source, to_us(sub.updated_at), sub.renews, sub.charge_id])
-
-    async def delete_subscription(self, scope: str, scope_id: int) -> bool:
-        """Delete the subscription of ``scope:scope_id``; True when there was one."""
-        rows = await self._query("DELETE FROM subscriptions WHERE scope = ? AND scope_id = ? RETURNING scope",
-                                 [scope, scope_id])
-        return bool(rows)
-
-    async def add_payment(self, payment: PaymentRecord) -> bool:
-        """Record a payment once per ``charge_id`` (committed on return); False when that charge is
-        already recorded (a re-delivered ``successful_payment``)."""
-        p = payment
-        rows = await self._query(
-            """INSERT INTO payments (charge_id, user_id, chat_id, plan, tier, days, amount, currency, scope, scope_id, paid_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, """ + _TS.format("?") + """)
-            ON CONFLICT (charge_id) DO NOTHING RETURNING charge_id""",
-            [p.charge_id, p.user_id, p.chat_id, p.plan, p.tier, p.days, p.amount, p.currency, p.scope, p.scope_id,
-             to_us(p.paid_at)])
-        return bool(rows)
-
-    async def delete_payment(self, charge_id: str) -> None:
-        """Forget the payment ``charge_id`` (nothing when it is not recorded)."""
-        await self._query("DELETE FROM payments WHERE charge_id = ?", [charge_id])
-
-    async def payments(self, *, user_id: int | None = None) -> list[PaymentRecord]:
-        """Recorded payments (all, or by one payer), newest first (ties by charge id)."""
-        sql = _PAYMENTS_SELECT
-        params: list[Any] = []
-        if user_id is not None:
-            sql += " WHERE user_id = ?"
-            params.append(user_id)
-        rows = await self._query(sql + " ORDER BY paid_at DESC, charge_id", params)
-        return [_payment(r) for r in rows]
-
-    async def payment(self, charge_id: str) -> PaymentRecord | None:
-        """The payment recorded for ``charge_id``, or None (one indexed lookup: it is the key)."""
-        rows = await self._query(_PAYMENTS_SELECT + " WHERE charge_id = ?", [charge_id])
-        return _payment(rows[0]) if rows else None
 
     async def stats(self) -> dict:
         """``{"chats", "users", "messages", "usage", "recalls"}`` row counts, ``"file_bytes"`` (the

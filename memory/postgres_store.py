@@ -48,9 +48,7 @@ from .types import (
     CleanupRecord,
     DocumentChunk,
     DocumentInfo,
-    PaymentRecord,
     StoredMessage,
-    SubscriptionRecord,
     UsageCount,
     UsageRecord,
     UsageTotal,
@@ -80,8 +78,6 @@ _INSERT_USAGE = (
 _INSERT_RECALL = (
     "INSERT INTO recalls (chat_id, reply_message_id, memory_message_id, score) VALUES (%s, %s, %s, %s)"
     " ON CONFLICT DO NOTHING")
-_PAYMENTS_SELECT = ("SELECT charge_id, user_id, chat_id, plan, tier, days, amount, currency, scope, scope_id, paid_at"
-                    " FROM payments")
 _INSERT_DELIVERY = "INSERT INTO deliveries (chat_id, message_id, sent_at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
 _UPSERT_CHAT = (
     "INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (%s, %s, %s, '{}', %s)"
@@ -757,50 +753,6 @@ class PostgresStore(QueuedStore, DomainStores):
             "SELECT memory_message_id, score FROM recalls WHERE chat_id = %s AND reply_message_id = %s"
             " ORDER BY score DESC, memory_message_id", [chat_id, reply_message_id])
         return [(r[0], r[1]) for r in rows]
-
-    # ------------------------------------------------------------ subscriptions and payments
-
-    async def subscriptions(self) -> list[SubscriptionRecord]:
-        rows = await self._fetch("SELECT scope, scope_id, tier, expires_at, source, updated_at, renews, charge_id"
-                                 " FROM subscriptions ORDER BY scope, scope_id")
-        return [SubscriptionRecord(*r) for r in rows]
-
-    async def put_subscription(self, sub: SubscriptionRecord) -> None:
-        await self._fetch(
-            "INSERT INTO subscriptions (scope, scope_id, tier, expires_at, source, updated_at, renews, charge_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (scope, scope_id) DO UPDATE SET tier = excluded.tier, expires_at = excluded.expires_at,"
-            " source = excluded.source, updated_at = excluded.updated_at, renews = excluded.renews, charge_id = excluded.charge_id",
-            [sub.scope, sub.scope_id, sub.tier, None if sub.expires_at is None else _utc(sub.expires_at), sub.source,
-             _utc(sub.updated_at), sub.renews, sub.charge_id])
-
-    async def delete_subscription(self, scope: str, scope_id: int) -> bool:
-        return bool(await self._fetch("DELETE FROM subscriptions WHERE scope = %s AND scope_id = %s RETURNING scope",
-                                      [scope, scope_id]))
-
-    async def add_payment(self, payment: PaymentRecord) -> bool:
-        p = payment
-        rows = await self._fetch(
-            "INSERT INTO payments (charge_id, user_id, chat_id, plan, tier, days, amount, currency, scope, scope_id, paid_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (charge_id) DO NOTHING RETURNING charge_id",
-            [p.charge_id, p.user_id, p.chat_id, p.plan, p.tier, p.days, p.amount, p.currency, p.scope, p.scope_id,
-             _utc(p.paid_at)])
-        return bool(rows)
-
-    async def delete_payment(self, charge_id: str) -> None:
-        await self._fetch("DELETE FROM payments WHERE charge_id = %s", [charge_id])
-
-    async def payments(self, *, user_id: int | None = None) -> list[PaymentRecord]:
-        sql = _PAYMENTS_SELECT
-        params: list[Any] = []
-        if user_id is not None:
-            sql += " WHERE user_id = %s"
-            params.append(user_id)
-        return [PaymentRecord(*r) for r in await self._fetch(sql + " ORDER BY paid_at DESC, charge_id", params)]
-
-    async def payment(self, charge_id: str) -> PaymentRecord | None:
-        rows = await self._fetch(_PAYMENTS_SELECT + " WHERE charge_id = %s", [charge_id])
-        return PaymentRecord(*rows[0]) if rows else None
 
     # ------------------------------------------------------------ operations
 

@@ -9,7 +9,7 @@ The contract (every implementation; ``tests/test_store_contract.py`` checks it a
 - **Idempotent on ``(chat_id, message_id)``.** ``add``/``add_many`` keep the first write of a key; a
   re-delivered update, a replayed transcript or a duplicate inside one batch is stored once. The
   same holds for recalls ``(chat_id, reply_message_id, memory_message_id)``, deliveries, evictions
-  and payments (``charge_id``).
+  and payments (``charge_id``, ``store.billing``).
 - **Per-chat order.** Reads return a chat's messages by message id (``recent``: oldest → newest);
   rows of one kind are committed in the order they were queued.
 - **Read-your-writes.** A read issued after a write (queued or awaited) in the same process sees it:
@@ -45,15 +45,14 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .api_keys import ApiKeyStore
+from .billing_store import BillingStore
 from .types import (
     ChatInfo,
     CleanupRecord,
     DocumentChunk,
     DocumentInfo,
     MemoryHit,
-    PaymentRecord,
     StoredMessage,
-    SubscriptionRecord,
     UsageCount,
     UsageRecord,
     UsageTotal,
@@ -185,6 +184,9 @@ class DialogueStore(Protocol):
     @property
     def keys(self) -> ApiKeyStore:
         """Members' and groups' own API keys (``memory.api_keys``)."""
+    @property
+    def billing(self) -> BillingStore:
+        """Subscriptions and payments (``memory.billing_store``)."""
 
     # ---------------------------------------------------------------- usage and recalls
     async def usage_rows(self, *, since: datetime | None = None) -> list[UsageRecord]:
@@ -196,22 +198,6 @@ class DialogueStore(Protocol):
         """Usage per ``(chat, user, model, kind)`` with ``start <= ts < end`` (quota counters)."""
     async def recalls_for(self, chat_id: int, reply_message_id: int) -> list[tuple[int, float]]:
         """``(memory_message_id, score)`` injected into a reply, best first."""
-
-    # ---------------------------------------------------------------- subscriptions and payments
-    async def subscriptions(self) -> list[SubscriptionRecord]:
-        """Every stored subscription."""
-    async def put_subscription(self, sub: SubscriptionRecord) -> None:
-        """Insert or replace the subscription of ``(sub.scope, sub.scope_id)``."""
-    async def delete_subscription(self, scope: str, scope_id: int) -> bool:
-        """Delete it; True when there was one."""
-    async def add_payment(self, payment: PaymentRecord) -> bool:
-        """Record a payment once per ``charge_id``; False when that charge was already recorded."""
-    async def delete_payment(self, charge_id: str) -> None:
-        """Forget a payment (its extension could not be applied; a re-delivery applies it again)."""
-    async def payments(self, *, user_id: int | None = None) -> list[PaymentRecord]:
-        """Recorded payments (all, or one payer's), newest first."""
-    async def payment(self, charge_id: str) -> PaymentRecord | None:
-        """The payment recorded for ``charge_id``, or None."""
 
     # ---------------------------------------------------------------- operations
     async def stats(self) -> dict:

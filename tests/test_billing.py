@@ -115,7 +115,7 @@ async def test_billing_invoice_checkout_and_payment_extend_once(tmp_path, st_mod
         sub = await rt.services.admission.subs.get("user", USER.user_id)
         assert sub.tier == "premium" and sub.expires_at == clock() + timedelta(days=30)
         assert "premium" in bot.outbox.sent[-1].text
-        assert [p.charge_id for p in await rt.memory.store.payments()] == ["charge-1"]
+        assert [p.charge_id for p in await rt.memory.store.billing.payments()] == ["charge-1"]
         assert (await rt.services.admission.admit(USER.user_id, "private", USER.user_id, "smart")).tier == "premium"
         profile = await bot.cmd("profile")
         assert "Tier here: **premium**" in profile.text

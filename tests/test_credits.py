@@ -96,7 +96,7 @@ async def test_a_pack_is_bought_through_buy_and_credited_once_per_charge(tmp_pat
         await bot.tell(USER.user_id, pay)  # Telegram re-delivers the same update
         assert await bot.ledger.balance("user", USER.user_id) == 100
         assert "balance is 100 credits" in bot.outbox.sent[-1].text
-        assert [(p.charge_id, p.plan) for p in await rt.memory.store.payments()] == [("charge-1", "credits:small")]
+        assert [(p.charge_id, p.plan) for p in await rt.memory.store.billing.payments()] == [("charge-1", "credits:small")]
         # plans still go through /billing's own flow
         plan_pay = PaymentEvent(USER.user_id, 100, USER, "charge-2", "kith:plan:month:user:21", 250, "XTR", clock())
         await bot.tell(USER.user_id, plan_pay)

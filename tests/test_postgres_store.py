@@ -79,7 +79,7 @@ async def test_several_processes_share_the_store_without_a_lock(pg_url: str, tmp
              "--config", str(tmp_path / "kith.yaml"), "--data-dir", str(tmp_path / "data")],
             cwd=ROOT, check=False)
         assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-        assert [(s.scope, s.scope_id, s.tier) for s in await mine.subscriptions()] == [("user", 42, "premium")]
+        assert [(s.scope, s.scope_id, s.tier) for s in await mine.billing.subscriptions()] == [("user", 42, "premium")]
 
 
 @pytest.mark.anyio

@@ -501,22 +501,22 @@ async def test_usage_totals_by_every_grouping_and_counts_of_a_window(open_store:
 async def test_subscriptions_are_put_replaced_deleted_and_kept(open_store: Opener) -> None:
     soon = T0 + timedelta(days=30, microseconds=7)
     async with open_store() as store:
-        assert await store.subscriptions() == []
-        await store.put_subscription(SubscriptionRecord("user", 42, "premium", soon, "cli", T0))
-        await store.put_subscription(SubscriptionRecord("chat", CHAT, "premium", None, "cli", T0))
-        await store.put_subscription(SubscriptionRecord("user", 42, "gold", None, "payment:x", T0 + timedelta(hours=1)))
-        assert await store.delete_subscription("chat", CHAT) is True
-        assert await store.delete_subscription("chat", CHAT) is False
+        assert await store.billing.subscriptions() == []
+        await store.billing.put_subscription(SubscriptionRecord("user", 42, "premium", soon, "cli", T0))
+        await store.billing.put_subscription(SubscriptionRecord("chat", CHAT, "premium", None, "cli", T0))
+        await store.billing.put_subscription(SubscriptionRecord("user", 42, "gold", None, "payment:x", T0 + timedelta(hours=1)))
+        assert await store.billing.delete_subscription("chat", CHAT) is True
+        assert await store.billing.delete_subscription("chat", CHAT) is False
     async with open_store() as store:
-        assert await store.subscriptions() == [
+        assert await store.billing.subscriptions() == [
             SubscriptionRecord("user", 42, "gold", None, "payment:x", T0 + timedelta(hours=1))]
-        await store.put_subscription(SubscriptionRecord("user", 42, "gold", soon, "cli", T0))
-        (sub,) = await store.subscriptions()
+        await store.billing.put_subscription(SubscriptionRecord("user", 42, "gold", soon, "cli", T0))
+        (sub,) = await store.billing.subscriptions()
         assert sub.expires_at == soon and sub.expires_at.tzinfo is not None
         assert (sub.renews, sub.charge_id) == (None, None)
-        await store.put_subscription(SubscriptionRecord("user", 42, "gold", soon, "payment:c2", T0, False, "c1"))  # Telegram's
+        await store.billing.put_subscription(SubscriptionRecord("user", 42, "gold", soon, "payment:c2", T0, False, "c1"))  # Telegram's
     async with open_store() as store:
-        (sub,) = await store.subscriptions()
+        (sub,) = await store.billing.subscriptions()
         assert (sub.source, sub.renews, sub.charge_id) == ("payment:c2", False, "c1")
 
 
@@ -527,21 +527,44 @@ async def test_a_payment_is_recorded_once_per_charge(open_store: Opener) -> None
                              T0 + timedelta(minutes=minutes))
 
     async with open_store() as store:
-        assert await store.add_payment(pay("c1", 1, 0)) is True
-        assert await store.add_payment(pay("c1", 1, 5)) is False  # Telegram re-delivered the update
-        assert await store.add_payment(pay("c2", 2, 1)) is True
-        assert await store.add_payment(pay("c3", 1, 2)) is True
-        assert [p.charge_id for p in await store.payments()] == ["c3", "c2", "c1"]  # newest first
-        assert await store.payments(user_id=1) == [pay("c3", 1, 2), pay("c1", 1, 0)]
-        assert await store.payment("c2") == pay("c2", 2, 1)  # one payment by its charge id
-        assert await store.payment("nope") is None
-        await store.delete_payment("c1")
-        assert await store.payment("c1") is None
-        await store.delete_payment("nope")
+        assert await store.billing.add_payment(pay("c1", 1, 0)) is True
+        assert await store.billing.add_payment(pay("c1", 1, 5)) is False  # Telegram re-delivered the update
+        assert await store.billing.add_payment(pay("c2", 2, 1)) is True
+        assert await store.billing.add_payment(pay("c3", 1, 2)) is True
+        assert [p.charge_id for p in await store.billing.payments()] == ["c3", "c2", "c1"]  # newest first
+        assert await store.billing.payments(user_id=1) == [pay("c3", 1, 2), pay("c1", 1, 0)]
+        assert await store.billing.payment("c2") == pay("c2", 2, 1)  # one payment by its charge id
+        assert await store.billing.payment("nope") is None
+        await store.billing.delete_payment("c1")
+        assert await store.billing.payment("c1") is None
+        await store.billing.delete_payment("nope")
     async with open_store() as store:
-        assert [p.charge_id for p in await store.payments()] == ["c3", "c2"]
-        assert await store.payment("c3") == pay("c3", 1, 2)  # after a restart: what the database holds
-        assert await store.add_payment(pay("c1", 1, 9)) is True  # forgotten: a re-delivery applies it
+        assert [p.charge_id for p in await store.billing.payments()] == ["c3", "c2"]
+        assert await store.billing.payment("c3") == pay("c3", 1, 2)  # after a restart: what the database holds
+        assert await store.billing.add_payment(pay("c1", 1, 9)) is True  # forgotten: a re-delivery applies it
+
+
+@pytest.mark.anyio
+async def test_billing_times_round_trip_to_the_microsecond(open_store: Opener) -> None:
+    # store.billing writes times as µs ({ts}) and reads them back through the dialect: exact on
+    # both engines, a naive time taken as UTC, a NULL expiry kept as None
+    t = datetime(2026, 12, 6, 18, 0, 0, 123457, tzinfo=UTC)
+    async with open_store() as store:
+        await store.billing.put_subscription(SubscriptionRecord("user", 7, "gold", None, "cli", t, True, "ch"))
+        await store.billing.put_subscription(SubscriptionRecord("user", 8, "gold", t + timedelta(microseconds=1), "cli",
+                                                                t.replace(tzinfo=None)))
+        for charge, at in (("a", t), ("b", t + timedelta(microseconds=1)), ("c", t - timedelta(microseconds=1))):
+            assert await store.billing.add_payment(PaymentRecord(charge, 7, 7, "month", "gold", 30, 250, "XTR", "user", 7, at))
+    async with open_store() as store:
+        assert await store.billing.subscriptions() == [
+            SubscriptionRecord("user", 7, "gold", None, "cli", t, True, "ch"),
+            SubscriptionRecord("user", 8, "gold", t + timedelta(microseconds=1), "cli", t)]
+        paid = await store.billing.payments(user_id=7)
+        assert [(p.charge_id, p.paid_at) for p in paid] == [
+            ("b", t + timedelta(microseconds=1)), ("a", t), ("c", t - timedelta(microseconds=1))]  # 1 µs apart, newest first
+        assert all(p.paid_at.utcoffset() == timedelta(0) for p in paid)
+        got = await store.billing.payment("a")
+        assert got is not None and got.paid_at == t
 
 
 @pytest.mark.anyio
@@ -626,7 +649,7 @@ async def test_a_basic_group_moves_to_its_supergroup_once(open_store: Opener) ->
         store.add_many(msg(i, chat=basic) for i in range(1, 6))
         store.add(msg(6, chat=basic, user=999, role=ROLE_ASSISTANT, reply_to=5))
         store.record_usage(UsageRecord(T0, basic, 1, "chat", "fast", 1, 1, None, 1.0))
-        await store.put_subscription(SubscriptionRecord("chat", basic, "premium", None, "cli", T0))
+        await store.billing.put_subscription(SubscriptionRecord("chat", basic, "premium", None, "cli", T0))
         await store.note_delivery(basic, 5)
         store.add(msg(1, chat=sup))  # the supergroup's own first message
         assert await store.migrate_chat(basic, sup) == 6
@@ -636,7 +659,7 @@ async def test_a_basic_group_moves_to_its_supergroup_once(open_store: Opener) ->
         assert await store.answered_ids(sup) == {migrated_id(5)}
         assert await store.recent(basic, 10) == []
         assert await store.chat_settings(sup) == {"persona": "p", "context_from": migrated_id(3)}
-        assert [(s.scope, s.scope_id) for s in await store.subscriptions()] == [("chat", sup)]
+        assert [(s.scope, s.scope_id) for s in await store.billing.subscriptions()] == [("chat", sup)]
         assert [t.key for t in await store.usage_totals("chat")] == [str(sup)]
         chats = {c.chat_id: c for c in await store.chats()}
         assert basic not in chats and (chats[sup].type, chats[sup].title) == ("supergroup", "Team")

@@ -153,7 +153,7 @@ async def test_first_payment_runs_until_telegram_date_and_a_renewal_extends_it_o
         sub = await bot.subs.get("user", USER.user_id)
         assert (sub.expires_at, sub.renews, sub.charge_id) == (renewed_until, True, "c1")  # the first charge names it
         assert "was renewed" in bot.outbox.sent[-1].text
-        assert sorted(p.charge_id for p in await rt.memory.store.payments()) == ["c1", "c2"]
+        assert sorted(p.charge_id for p in await rt.memory.store.billing.payments()) == ["c1", "c2"]
         clock.t = first_until + timedelta(days=1)
         assert await bot.tier() == "premium"
 
@@ -317,7 +317,7 @@ async def test_the_subscription_through_real_pyrogram_updates(tmp_path, st_model
         await h.settle(app.runtime.supervisor)
         sub = await subs.get("user", 42)
         assert (sub.expires_at, sub.charge_id) == (datetime.fromtimestamp(until + 2_592_000, UTC), "tg-first")
-        assert len(await app.runtime.memory.store.payments(user_id=42)) == 2
+        assert len(await app.runtime.memory.store.billing.payments(user_id=42)) == 2
 
         asked = await h.private(ann, "/billing")
         await h.settle(app.runtime.supervisor)

@@ -123,7 +123,7 @@ async def apply_pack_payment(ledger: Ledger, store: DialogueStore, cfg: TiersCon
             posting = await ledger.append(LedgerEntry(
                 purchase_key(charge_id), scope, scope_id, "purchase", pack.credits, ts=now, user_id=user_id,
                 chat_id=chat_id, charge_id=charge_id, note=name, expires=expires))
-        await store.add_payment(PaymentRecord(
+        await store.billing.add_payment(PaymentRecord(
             charge_id, user_id, chat_id, f"credits:{name}", "", 0, int(amount), (currency or "").upper(), scope, scope_id,
             ledger.now()))
     if pack is None:

@@ -234,7 +234,7 @@ async def apply_successful_payment(
 async def _apply(subs: SubscriptionStore, store: DialogueStore, charge_id: str, payload: str, amount: int,
                  currency: str, user_id: int, chat_id: int, name: str, scope: str, scope_id: int,
                  plan: Plan | None, until: datetime | None, renewal: bool) -> Subscription | None:
-    inserted = await store.add_payment(PaymentRecord(
+    inserted = await store.billing.add_payment(PaymentRecord(
         charge_id, user_id, chat_id, name, plan.tier if plan else "", plan.days if plan else 0,
         int(amount), (currency or "").upper(), scope, scope_id, subs.clock()))
     if not inserted:
@@ -251,10 +251,10 @@ async def _apply(subs: SubscriptionStore, store: DialogueStore, charge_id: str, 
         return await subs.extend(scope, scope_id, plan.tier, plan.days, f"payment:{charge_id}")
     except Exception:
         # Not applied: forget the payment so that a re-delivery applies it.
-        await store.delete_payment(charge_id)
+        await store.billing.delete_payment(charge_id)
         raise
 
 
 async def payments(store: DialogueStore, *, user_id: int | None = None) -> list[dict[str, Any]]:
     """Recorded payments (all, or by one payer), newest first, as dicts (for the CLI and /billing)."""
-    return [dataclasses.asdict(p) for p in await store.payments(user_id=user_id)]
+    return [dataclasses.asdict(p) for p in await store.billing.payments(user_id=user_id)]

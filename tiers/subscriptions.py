@@ -3,7 +3,7 @@
 One row per ``(scope, scope_id)``: ``scope`` is ``"user"`` (a Telegram user id) or ``"chat"`` (a chat
 id; everyone in that chat gets the tier there). ``expires_at`` None = never expires.
 
-``SubscriptionStore`` keeps every row in memory after the first read (the store's ``subscriptions``):
+``SubscriptionStore`` keeps every row in memory after the first read (``store.billing.subscriptions()``):
 one bot process owns the dialogue store and every change goes through this object (``kith sub`` goes
 through the running bot), so the cache cannot go stale, and the hot path (``get`` from
 ``Admission.admit``) never waits for the database.
@@ -204,7 +204,7 @@ class SubscriptionStore:
             expires = cur.expires_at - timedelta(days=days)
             if expires > now:
                 return await self._put(dataclasses.replace(cur, expires_at=expires, updated_at=now))
-            await self.store.delete_subscription(scope, scope_id)
+            await self.store.billing.delete_subscription(scope, scope_id)
             cache.pop((scope, scope_id), None)
             return None
 
@@ -262,7 +262,7 @@ class SubscriptionStore:
         _check_scope(scope, scope_id)
         async with self._lock:
             cache = await self._cached()
-            await self.store.delete_subscription(scope, scope_id)
+            await self.store.billing.delete_subscription(scope, scope_id)
             return cache.pop((scope, scope_id), None) is not None
 
     # ------------------------------------------------------------ plumbing
@@ -282,13 +282,13 @@ class SubscriptionStore:
         if self._cache is None:
             self._loaded_at = time.monotonic()
             self._cache = {(r.scope, r.scope_id): Subscription(*dataclasses.astuple(r))
-                           for r in await self.store.subscriptions()}
+                           for r in await self.store.billing.subscriptions()}
         return self._cache
 
     async def _put(self, sub: Subscription) -> Subscription:
         """Upsert ``sub`` (call with ``_lock`` held); the database first, then the cache."""
         cache = await self._cached()
-        await self.store.put_subscription(sub)
+        await self.store.billing.put_subscription(sub)
         # Keep exactly what the database holds (microsecond precision).
         stored = Subscription(
             sub.scope, sub.scope_id, sub.tier,
