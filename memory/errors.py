@@ -37,7 +37,7 @@ class DiskFull(MemoryStoreError):
     for the database to checkpoint).
     """
 
-    def __init__(self, path, free_bytes: int, needed_bytes: int, unsaved: int = 0) -> None:
+    def __init__(self, path: object, free_bytes: int, needed_bytes: int, unsaved: int = 0) -> None:
         self.path, self.free_bytes, self.needed_bytes, self.unsaved = path, free_bytes, needed_bytes, unsaved
         super().__init__(
             f"no space left on the device of {path}: {_mb(free_bytes)} free, free at least {_mb(needed_bytes)} "

@@ -44,6 +44,7 @@ from collections.abc import Callable, Collection, Iterable
 from providers.language import STOP_WORDS
 
 from .retrieval import Candidate, Fusion, RetrievalSettings
+from .vector_rows import Row
 
 __all__ = ["entity_terms", "merge_entity_hop", "merge_rm3_hop", "rm3_terms"]
 
@@ -115,12 +116,12 @@ def rm3_terms(sources: list[Candidate], reduce: Reduce, n: int, speakers: Collec
     return [t for t, _ in sorted(p.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
 
 
-def _normalised(rows: list[dict]) -> dict[tuple[str, int], float]:
+def _normalised(rows: list[Row]) -> dict[tuple[str, int], float]:
     top = max((float(r["_score"]) for r in rows), default=0.0)
     return {(r["kind"], int(r["message_id"])): float(r["_score"]) / top for r in rows} if top > 0 else {}
 
 
-def merge_entity_hop(fusion: Fusion, rows: list[dict], settings: RetrievalSettings, terms: Iterable[str]) -> None:
+def merge_entity_hop(fusion: Fusion, rows: list[Row], settings: RetrievalSettings, terms: Iterable[str]) -> None:
     """Add the rows of the entity hop (each with ``_score`` and ``vector``) to ``fusion``'s
     candidates and give each its bonus (see the module)."""
     norm = _normalised(rows)
@@ -138,7 +139,7 @@ def merge_entity_hop(fusion: Fusion, rows: list[dict], settings: RetrievalSettin
             c.stages["entity"] = f"entity link ({label})"
 
 
-def merge_rm3_hop(fusion: Fusion, rows: list[dict], settings: RetrievalSettings) -> None:
+def merge_rm3_hop(fusion: Fusion, rows: list[Row], settings: RetrievalSettings) -> None:
     """Add the rows of the RM3 hop to ``fusion``'s candidates and interpolate every candidate's
     lexical part with its feedback BM25 (see the module)."""
     norm = _normalised(rows)

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .vector_rows import Row
+
 __all__ = ["COLUMNS", "ChatRows", "HotChats"]
 
 # the columns a row carries besides its vector (the ``_RESULT_COLUMNS`` of memory.vectors)
@@ -41,7 +43,7 @@ class ChatRows:
         self.dim = dim
         self.n = 0
         self._vectors = np.empty((0, dim), dtype=np.float32)
-        self._cols: dict[str, list] = {c: [] for c in COLUMNS}
+        self._cols: dict[str, list[Any]] = {c: [] for c in COLUMNS}
         self._slot: dict[tuple[str, int], int] = {}
         self._by_message: dict[int, list[int]] = {}
 
@@ -77,7 +79,7 @@ class ChatRows:
                     self._cols[c][i] = cols[c][j]
             self._vectors[i] = vecs[j]
 
-    def row(self, i: int) -> dict:
+    def row(self, i: int) -> Row:
         """Row ``i`` as the dict a LanceDB query returns (``COLUMNS``)."""
         return {c: self._cols[c][i] for c in COLUMNS}
 
@@ -85,7 +87,7 @@ class ChatRows:
         i = self._slot.get((kind, int(message_id)))
         return None if i is None else self._vectors[i]
 
-    def nearest(self, query: np.ndarray, limit: int, exclude_ids: Collection[int] = ()) -> list[dict]:
+    def nearest(self, query: np.ndarray, limit: int, exclude_ids: Collection[int] = ()) -> list[Row]:
         """The ``limit`` rows closest to ``query`` (float32[dim], L2-normalised) by cosine, best
         first, each with ``_cos``; rows whose message id is in ``exclude_ids`` are skipped. Exact."""
         if self.n == 0 or limit <= 0:
@@ -106,7 +108,7 @@ class ChatRows:
             out.append(r)
         return out
 
-    def rows_by_ids(self, message_ids: Iterable[int], exclude_ids: Collection[int] = ()) -> list[dict]:
+    def rows_by_ids(self, message_ids: Iterable[int], exclude_ids: Collection[int] = ()) -> list[Row]:
         """The rows (any kind) with these message ids, each with ``vector``; ``exclude_ids`` skipped."""
         out = []
         for mid in message_ids:

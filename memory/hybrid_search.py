@@ -13,7 +13,8 @@ import asyncio
 import functools
 import inspect
 import math
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Collection, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import anyio
@@ -28,10 +29,24 @@ from .hot import COLUMNS as HOT_COLUMNS
 from .hot import ChatRows
 from .retrieval import Fusion, RetrievalSettings, find_speakers, ids_around_fts, propagate, query_terms, to_hit
 from .types import MemoryHit
-from .vector_rows import MAX_QUERY_CHARS, MAX_QUERY_TERMS, MODES, RESULT_COLUMNS, RRF_K, chat_filter, fts_terms, hit_of, to_rows
+from .vector_rows import (
+    MAX_QUERY_CHARS,
+    MAX_QUERY_TERMS,
+    MODES,
+    RESULT_COLUMNS,
+    RRF_K,
+    Row,
+    chat_filter,
+    fts_terms,
+    hit_of,
+    to_rows,
+)
 from .vector_table import VectorTable
 
 __all__ = ["HybridSearch", "rrf_fuse"]
+
+# the full-text stage running on the lance loop: (full-text rows, rows around its best hits)
+FtsFuture = Future[tuple[list[Row], list[Row]]]
 
 
 class HybridSearch:
@@ -92,7 +107,7 @@ class HybridSearch:
             return [hit_of(r, r["_score"], {"fts": r["_score"]}, fts_rank=i) for i, r in enumerate(frows, 1)]
         return rrf_fuse(vrows, frows, k)
 
-    def _query_vector(self, query_vector) -> np.ndarray:
+    def _query_vector(self, query_vector: np.ndarray) -> np.ndarray:
         vec = np.asarray(query_vector, dtype=np.float32).reshape(-1)
         if vec.shape[0] != self.t.dim:
             raise ValueError(f"query_vector has {vec.shape[0]} dims, expected {self.t.dim}")
@@ -162,7 +177,7 @@ class HybridSearch:
                                     hop)
         return await self.t.run(self._recall, vec, fts, where, k, settings, mentioned, chat_id, held, hop)
 
-    async def _search(self, vec, terms, where, depth, fts_vectors: bool = False) -> tuple[list[dict], list[dict]]:
+    async def _search(self, vec: np.ndarray | None, terms: list[str], where: str, depth: int, fts_vectors: bool = False) -> tuple[list[Row], list[Row]]:
         legs = []
         if vec is not None:
             legs.append(self._vector_leg(vec, where, depth))
@@ -173,7 +188,7 @@ class HybridSearch:
         frows = done.pop(0) if terms else []
         return vrows, frows
 
-    async def _fts_stage(self, terms, where, pool, settings, hot: ChatRows | None = None) -> tuple[list[dict], list[dict]]:
+    async def _fts_stage(self, terms: list[str], where: str, pool: int, settings: RetrievalSettings, hot: ChatRows | None = None) -> tuple[list[Row], list[Row]]:
         """The full-text leg (with vectors) and the rows around its ``neighbour_sources`` best hits.
         For a hot chat: the leg alone, with the vectors taken from ``hot``."""
         if hot is not None:
@@ -182,12 +197,13 @@ class HybridSearch:
                 r["vector"] = hot.vector_of(r["kind"], r["message_id"])
             return frows, []
         frows = await self._fts_leg(terms, where, pool, with_vectors=True)
-        nrows: list[dict] = []
+        nrows: list[Row] = []
         if settings.neighbours and frows:
             nrows = await self._rows_by_ids(where, ids_around_fts(frows, settings), with_vectors=True)
         return frows, nrows
 
-    async def _recall(self, vec, fts, where, k, settings, mentioned, chat_id: int, terms=(), hop=None) -> list[MemoryHit]:
+    async def _recall(self, vec: np.ndarray | None, fts: FtsFuture | None, where: str, k: int, settings: RetrievalSettings,
+                      mentioned: frozenset[str], chat_id: int, terms: Sequence[str] = (), hop: _Hop | None = None) -> list[MemoryHit]:
         """The rest of ``recall`` in one go on the lance loop: the vector leg (and the result of
         ``_fts_stage``, ``fts``: a future, or None), score fusion, neighbour bonus, top k.
 
@@ -216,8 +232,9 @@ class HybridSearch:
             await self._load_hot(chat_id)  # the next recall of this chat is served from RAM
         return hits
 
-    async def _recall_hot(self, hot: ChatRows, vec, fts, k, settings, mentioned, exclude: frozenset[int], terms=(),
-                          hop=None) -> list[MemoryHit]:
+    async def _recall_hot(self, hot: ChatRows, vec: np.ndarray | None, fts: FtsFuture | None, k: int, settings: RetrievalSettings,
+                          mentioned: frozenset[str], exclude: frozenset[int], terms: Sequence[str] = (),
+                          hop: _Hop | None = None) -> list[MemoryHit]:
         """``_recall`` for a hot chat: the vector leg, the neighbouring turns and the vectors of the
         full-text hits come from ``hot`` (exact cosine over every row of the chat); only the
         full-text leg (``fts``, already running) was read from LanceDB."""
@@ -252,7 +269,7 @@ class HybridSearch:
         rows.upsert(data)
         self.t.hot.put(rows)
 
-    async def _rows_by_ids(self, where: str, ids: list[int], *, with_vectors: bool) -> list[dict]:
+    async def _rows_by_ids(self, where: str, ids: list[int], *, with_vectors: bool) -> list[Row]:
         """The rows of ``where`` (one chat) with these message ids (an IN list: ~2x faster in lance
         than the same ids as OR-ed ranges)."""
         if not ids:
@@ -261,7 +278,7 @@ class HybridSearch:
         q = self.t.lance_table.query().where(f"{where} AND message_id IN ({', '.join(str(int(i)) for i in ids)})")
         return to_rows(await q.select(cols).limit(4 * len(ids)).to_arrow())
 
-    async def _vector_leg(self, vec: np.ndarray, where: str, limit: int) -> list[dict]:
+    async def _vector_leg(self, vec: np.ndarray, where: str, limit: int) -> list[Row]:
         q = (
             self.t.lance_table.query()
             .nearest_to(vec)
@@ -274,7 +291,7 @@ class HybridSearch:
         if self.t.has_vector_index:
             # search more partitions when the chat filter leaves too few rows; re-rank on full vectors
             q = q.minimum_nprobes(20).maximum_nprobes(0).refine_factor(2)
-        rows = (await q.to_arrow()).to_pylist()
+        rows: list[Row] = (await q.to_arrow()).to_pylist()
         for r in rows:
             d = r.pop("_distance")
             r["_cos"] = 1.0 - float(d) if d is not None and math.isfinite(d) else 0.0
@@ -295,7 +312,7 @@ class HybridSearch:
         words = query_words(text[:MAX_QUERY_CHARS], MAX_QUERY_TERMS)  # split as the index splits (marks, scripts)
         return language_query_terms(words, detect(text), drop_stop_words=drop_stop_words)
 
-    async def _fts_leg(self, terms: list[str], where: str, limit: int, *, with_vectors: bool = False) -> list[dict]:
+    async def _fts_leg(self, terms: list[str], where: str, limit: int, *, with_vectors: bool = False) -> list[Row]:
         from lancedb.query import MatchQuery
 
         column = "terms" if self.t.multilingual else "content"
@@ -327,7 +344,7 @@ class _Hop:
         else:
             self.reduce = lambda ws: query_terms(fts_terms(" ".join(ws)), False)
 
-    async def _leg(self, terms: list[str]) -> list[dict]:
+    async def _leg(self, terms: list[str]) -> list[Row]:
         if not terms:
             return []
         if self.hot is None:
@@ -349,9 +366,9 @@ class _Hop:
             merge_rm3_hop(fusion, rrows, s)
 
 
-def rrf_fuse(vector_rows: list[dict], fts_rows: list[dict], k: int) -> list[MemoryHit]:
+def rrf_fuse(vector_rows: list[Row], fts_rows: list[Row], k: int) -> list[MemoryHit]:
     """Reciprocal-rank fusion of the two legs (each already best-first)."""
-    fused: dict[tuple[str, int], tuple[dict, dict[str, float], dict[str, int]]] = {}
+    fused: dict[tuple[str, int], tuple[Row, dict[str, float], dict[str, int]]] = {}
     for name, rows, key in (("vector", vector_rows, "_cos"), ("fts", fts_rows, "_score")):
         for rank, r in enumerate(rows, start=1):
             ident = (r["kind"], r["message_id"])

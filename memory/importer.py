@@ -21,7 +21,7 @@ import anyio
 
 from .errors import TranscriptLineError
 from .service import Memory
-from .transcripts import read_transcript
+from .transcripts import Attachment, read_transcript
 from .types import ROLE_USER, DocumentInfo, StoredMessage
 
 __all__ = ["CHUNK", "ImportReport", "import_document", "import_transcript"]
@@ -112,7 +112,8 @@ async def import_transcript(
     return report
 
 
-async def _import_attachments(memory: Memory, folder: Path, attachments, carriers, report: ImportReport, max_chars: int,
+async def _import_attachments(memory: Memory, folder: Path, attachments: dict[tuple[int, int], Attachment],
+                              carriers: dict[tuple[int, int], StoredMessage], report: ImportReport, max_chars: int,
                               max_pages: int) -> None:
     from providers.documents import document_kind
     from providers.errors import DocumentError

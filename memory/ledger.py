@@ -24,7 +24,7 @@ reads the rows as lots, spent soonest-expiring first) is taken by one ``expiry``
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -155,7 +155,7 @@ class Ledger(SqlDomainStore):
     DOMAIN = "credits"
     DDL = _DDL
 
-    def __init__(self, backend: SqlBackend, clock: Any = None, *, cache: bool | None = None) -> None:
+    def __init__(self, backend: SqlBackend, clock: Callable[[], datetime] | None = None, *, cache: bool | None = None) -> None:
         super().__init__(backend)
         self.clock = clock
         self._lock = anyio.Lock()

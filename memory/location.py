@@ -72,7 +72,7 @@ class Location:
         fs, base = self._fs()
         try:
             with fs.open_input_stream(f"{base}/{name}") as f:
-                return f.read().decode("utf-8")
+                return str(f.read().decode("utf-8"))
         except FileNotFoundError:
             return None
 

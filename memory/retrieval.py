@@ -48,7 +48,7 @@ Nothing here knows about any data set: the same code serves Telegram groups and 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -57,7 +57,7 @@ import numpy as np
 from providers.language import STOP_WORDS
 
 from .types import MemoryHit
-from .vector_rows import RRF_K, content_text
+from .vector_rows import RRF_K, Row, content_text
 
 __all__ = [
     "DEFAULT",
@@ -284,7 +284,7 @@ class Candidate:
     """One row considered for a recall: the row (``_RESULT_COLUMNS``), its leg scores, its fused
     score and the bonus it inherits from its neighbours."""
 
-    row: dict
+    row: Row
     cos: float | None = None
     bm25: float | None = None
     vector_rank: int | None = None
@@ -307,7 +307,7 @@ class Candidate:
         return self.fused + self.neighbour + self.feedback
 
 
-def _cos(query_vector: np.ndarray | None, vec) -> float | None:
+def _cos(query_vector: np.ndarray | None, vec: np.ndarray | None) -> float | None:
     if query_vector is None or vec is None:
         return None
     return float(np.dot(np.asarray(vec, dtype=np.float32), query_vector))
@@ -324,8 +324,8 @@ class Fusion:
 
     def __init__(
         self,
-        vector_rows: list[dict],
-        fts_rows: list[dict],
+        vector_rows: list[Row],
+        fts_rows: list[Row],
         query_vector: np.ndarray | None,
         settings: RetrievalSettings,
         mentioned: Collection[str] = (),
@@ -357,7 +357,7 @@ class Fusion:
         for c in self.candidates.values():
             self._score(c)
 
-    def _get(self, r: dict) -> Candidate:
+    def _get(self, r: Row) -> Candidate:
         key = (r["kind"], int(r["message_id"]))
         c = self.candidates.get(key)
         if c is None:
@@ -374,7 +374,7 @@ class Fusion:
             return 0.0
         return min(1.0, max(0.0, (cos - self.cmin) / (self.cmax - self.cmin)))
 
-    def coverage(self, row: dict) -> float:
+    def coverage(self, row: Row) -> float:
         """The share of the query's distinct terms that ``row`` holds, its ``content`` (sender, day,
         text) reduced as the index reduced it: 1.0 when it holds them all (or there are none).
 
@@ -417,7 +417,7 @@ class Fusion:
         parts["fused"] = c.fused
         c.parts = parts
 
-    def add_rows(self, rows: Iterable[dict]) -> None:
+    def add_rows(self, rows: Iterable[Row]) -> None:
         """Rows found only as neighbours (each with ``vector``): scored by cosine and sender alone."""
         for r in rows:
             key = (r["kind"], int(r["message_id"]))
@@ -438,7 +438,7 @@ class Fusion:
         return neighbour_ids(sources, s.span, {mid for _, mid in self.candidates})
 
 
-def _content(row: dict) -> str:
+def _content(row: Row) -> str:
     return content_text(row.get("user_name") or "", row.get("text") or "", row.get("date"), row.get("source"), row.get("page"))
 
 
@@ -450,7 +450,7 @@ def _row_terms(content: str, text: str) -> frozenset[str]:
     return held_terms(content, text)
 
 
-def _order(c: Candidate):
+def _order(c: Candidate) -> tuple[float, float, int]:
     return (-c.score, -(c.cos if c.cos is not None else -2.0), c.row["message_id"])
 
 
@@ -465,7 +465,7 @@ def neighbour_ids(sources: Iterable[int], span: int, known: Collection[int] = ()
     return sorted(want.difference(known))
 
 
-def ids_around_fts(fts_rows: list[dict], settings: RetrievalSettings) -> list[int]:
+def ids_around_fts(fts_rows: list[Row], settings: RetrievalSettings) -> list[int]:
     """The message ids around the ``neighbour_sources`` best full-text hits (``fts_rows``, best
     first), minus those hits: what the neighbour stage reads."""
     sources = [r["message_id"] for r in fts_rows[: settings.neighbour_sources]]
@@ -533,7 +533,7 @@ def _sessions(rows: list[Candidate], ids: list[int], id_gap: int, time_gap_s: fl
     return out
 
 
-def to_hit(c: Candidate, hit_factory) -> MemoryHit:
+def to_hit(c: Candidate, hit_factory: Callable[..., MemoryHit]) -> MemoryHit:
     """The ``MemoryHit`` of a ranked candidate; ``parts`` keep every component of its score,
     ``stages`` what the stages did to it."""
     return hit_factory(c.row, c.score, dict(c.parts), vector_rank=c.vector_rank, fts_rank=c.fts_rank,

@@ -23,8 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from .errors import MemoryStoreError
+
+if TYPE_CHECKING:  # types only: the module runs on a connection it is given
+    import duckdb
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "current_version", "from_us", "migrate", "to_us"]
 
@@ -236,14 +240,14 @@ def from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
-def current_version(con) -> int:
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
     """The schema version of an open DuckDB connection (0 for an empty database). Blocking."""
     con.execute(_VERSION_TABLE)
     row = con.execute("SELECT max(version) FROM schema_version").fetchone()
     return int(row[0]) if row and row[0] is not None else 0
 
 
-def migrate(con, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> tuple[int, int]:
+def migrate(con: duckdb.DuckDBPyConnection, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> tuple[int, int]:
     """Bring the database on ``con`` up to ``SCHEMA_VERSION``; return ``(from_version, to_version)``.
 
     Blocking (call it in a worker thread). Each step runs in its own transaction, so a failure leaves

@@ -202,7 +202,7 @@ class TranscriptReader(Iterator[ParsedLine]):
 
     # ------------------------------------------------------------ Telegram Desktop export
 
-    def _export(self, data: dict) -> Iterator[ParsedLine]:
+    def _export(self, data: dict[str, Any]) -> Iterator[ParsedLine]:
         for chat in _export_chats(data):
             try:
                 meta = _export_chat_meta(chat)
@@ -329,12 +329,12 @@ def _check_unicode(key: str, value: str) -> None:
 
 
 @overload
-def _int(obj: dict, key: str, *, required: Literal[True]) -> int: ...
+def _int(obj: dict[str, Any], key: str, *, required: Literal[True]) -> int: ...
 @overload
-def _int(obj: dict, key: str, *, required: bool) -> int | None: ...
+def _int(obj: dict[str, Any], key: str, *, required: bool) -> int | None: ...
 
 
-def _int(obj: dict, key: str, *, required: bool) -> int | None:
+def _int(obj: dict[str, Any], key: str, *, required: bool) -> int | None:
     v = obj.get(key)
     if v is None:
         if required:
@@ -348,12 +348,12 @@ def _int(obj: dict, key: str, *, required: bool) -> int | None:
 
 
 @overload
-def _str(obj: dict, key: str, *, required: Literal[True]) -> str: ...
+def _str(obj: dict[str, Any], key: str, *, required: Literal[True]) -> str: ...
 @overload
-def _str(obj: dict, key: str, *, required: bool) -> str | None: ...
+def _str(obj: dict[str, Any], key: str, *, required: bool) -> str | None: ...
 
 
-def _str(obj: dict, key: str, *, required: bool) -> str | None:
+def _str(obj: dict[str, Any], key: str, *, required: bool) -> str | None:
     v = obj.get(key)
     if v is None:
         if required:
@@ -447,7 +447,7 @@ _EXPORT_TYPES = {
 }
 
 
-def _export_chats(data: dict) -> Iterator[dict]:
+def _export_chats(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
     if isinstance(data.get("messages"), list):
         yield data
     for section in ("chats", "left_chats"):
@@ -468,7 +468,7 @@ def bot_api_chat_id(export_id: int, export_type: str) -> int:
     return export_id
 
 
-def _export_chat_meta(chat: dict) -> ChatMeta:
+def _export_chat_meta(chat: dict[str, Any]) -> ChatMeta:
     cid = _int(chat, "id", required=True)
     etype = _str(chat, "type", required=False) or "personal_chat"
     name = chat.get("name")
@@ -508,7 +508,7 @@ def _sender_id(from_id: Any) -> int | None:
     raise _Bad(f"unrecognised 'from_id': {from_id!r:.40}")
 
 
-def _export_extra(m: dict) -> str | None:
+def _export_extra(m: dict[str, Any]) -> str | None:
     """The text of an exported poll, location or contact (``memory.markers.poll_text`` …); None otherwise."""
     poll = m.get("poll")
     if isinstance(poll, dict) and isinstance(poll.get("question"), str):
@@ -524,7 +524,7 @@ def _export_extra(m: dict) -> str | None:
     return None
 
 
-def _export_media(m: dict) -> tuple[str, Attachment | None] | None:
+def _export_media(m: dict[str, Any]) -> tuple[str, Attachment | None] | None:
     """(marker, attachment or None) of an exported media message; None without media."""
     extra = _export_extra(m)
     if extra is not None:

@@ -11,14 +11,17 @@ no memory yet counts zero rows.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from .errors import VectorStoreError
 from .location import Location, as_location
 from .vector_rows import current_table, ids_per_chat
+
+T = TypeVar("T")
 
 __all__ = ["VectorCounts"]
 
@@ -63,7 +66,7 @@ class VectorCounts:
         """Every row's ``message_id`` (messages and document chunks), per chat."""
         return await self._read(lambda ds: ids_per_chat(ds.to_table(columns=["chat_id", "message_id"])), {})
 
-    async def _read(self, fn, empty):
+    async def _read(self, fn: Callable[[Any], T], empty: T) -> T:
         ds = self._ds
         if ds is None:
             return empty

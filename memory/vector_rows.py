@@ -39,6 +39,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -59,6 +60,7 @@ __all__ = [
     "RRF_K",
     "TABLE",
     "MemoryRow",
+    "Row",
     "chat_filter",
     "content_text",
     "current_table",
@@ -89,6 +91,10 @@ DOCUMENT_FIELDS = (("source", pa.string()), ("page", pa.int32()), ("parent", pa.
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # what a table without the model in its metadata was made with
 MODEL_KEY = b"kith.embedding_model"  # the table schema's metadata: the model that made its vectors
+
+
+# a LanceDB row as a dict (column -> value); ``vector``: float32[dim] numpy
+Row = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,20 +221,21 @@ def chat_filter(chat_id: int, exclude_ids: Collection[int] = ()) -> str:
     return where
 
 
-def to_rows(tbl: pa.Table) -> list[dict]:
+def to_rows(tbl: pa.Table) -> list[Row]:
     """Arrow rows as dicts; a ``vector`` column becomes one float32 numpy row each (not a list of
     Python floats: ~10x cheaper for a few hundred rows)."""
     if "vector" not in tbl.column_names:
-        return tbl.to_pylist()
+        plain: list[Row] = tbl.to_pylist()
+        return plain
     col = tbl.column("vector").combine_chunks()
     vecs = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1) if len(col) else np.zeros((0, 0), np.float32)
-    rows = tbl.drop_columns(["vector"]).to_pylist()
+    rows: list[Row] = tbl.drop_columns(["vector"]).to_pylist()
     for r, v in zip(rows, vecs):
         r["vector"] = v
     return rows
 
 
-def hit_of(r: dict, score: float, parts: dict[str, float], *, vector_rank: int | None = None, fts_rank: int | None = None,
+def hit_of(r: Row, score: float, parts: dict[str, float], *, vector_rank: int | None = None, fts_rank: int | None = None,
            stages: tuple[str, ...] = ()) -> MemoryHit:
     d = r["date"]
     return MemoryHit(

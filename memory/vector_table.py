@@ -29,10 +29,10 @@ Notes on lancedb 0.40 that shaped this module (measured here, 2 shared cores, 10
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import pyarrow as pa
@@ -52,6 +52,8 @@ from .vector_rows import (
     schema,
     write_current,
 )
+
+T = TypeVar("T")
 
 __all__ = ["VectorTable"]
 
@@ -112,7 +114,7 @@ class VectorTable:
             raise
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         """Wait (up to 30 s) for a running write or optimize, then close the table and its loop."""
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(30):
@@ -200,7 +202,7 @@ class VectorTable:
             raise VectorStoreError("VectorMemory is not open (use `async with VectorMemory(path) as vm`)")
         return self._tbl
 
-    async def run(self, fn, *args):
+    async def run(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Run the lancedb coroutine ``fn(*args)`` on the lance loop, waiting in a worker thread."""
         lance = self.lance
         if lance is None:

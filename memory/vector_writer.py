@@ -150,7 +150,7 @@ class VectorWriter:
     async def _delete(self, where: str, chat_id: int) -> int:
         self.t.bump((chat_id,))
         try:
-            n = await self.t.lance_table.count_rows(where)
+            n = int(await self.t.lance_table.count_rows(where))
             if n:
                 await self.t.lance_table.delete(where)
             return n

@@ -109,7 +109,7 @@ SENT_HEADROOM = 2**20
 RecallRow = tuple[int, int, int, float]  # (chat_id, reply_message_id, memory_message_id, score)
 ChatRow = tuple[int, str, "str | None", int]  # (chat_id, type, title, created_at µs since epoch, UTC)
 DeliveryRow = tuple[int, int, int]  # (chat_id, message_id replied to, sent_at µs since epoch, UTC)
-SqlRow = tuple[str, list]  # (a per-domain store's statement, "?" placeholders; its JSON-able parameters)
+SqlRow = tuple[str, list[Any]]  # (a per-domain store's statement, "?" placeholders; its JSON-able parameters)
 
 
 @dataclass(eq=False)
@@ -326,7 +326,7 @@ class WriteBehind:
         none of them: the next open stores them). False without a reserve."""
         return self.journal is not None and not self._unjournaled and not self._reserve_missing
 
-    def _keep(self, kind: str, rows: list, sent: bool) -> bool:
+    def _keep(self, kind: str, rows: list[Any], sent: bool) -> bool:
         """Write ``rows`` (about to be queued as seq ``self._seq + 1`` …) into the reserve; True when
         it holds them. When it cannot (full: a long run of rows with no commit between), they are
         queued anyway — unless they are intake and the disk's free space could not take them at
@@ -593,7 +593,7 @@ class Journal:
         except FileNotFoundError:
             return Batch(), 0
         batch, bad, done = Batch(), 0, 0
-        rows: list[tuple[int, dict]] = []
+        rows: list[tuple[int, dict[str, Any]]] = []
         lines = data.split(b"\n")
         gen = _header_gen(lines[0])
         if gen is None:
@@ -638,7 +638,7 @@ class Journal:
         os.pwrite(self._fd, head, 0)
         self._end = len(head)
 
-    def encode(self, kind: str, rows: list, first_seq: int) -> bytes:
+    def encode(self, kind: str, rows: list[Any], first_seq: int) -> bytes:
         """``rows`` of ``kind`` as the reserve's lines, numbered from ``first_seq`` (~10 µs a row)."""
         lines = []
         for i, r in enumerate(rows):
@@ -709,7 +709,7 @@ def _preallocate(fd: int, size: int) -> None:
 
 # ---------------------------------------------------------------- rows as JSON (the reserve and the dump)
 
-def row_json(kind: str, row: Any) -> dict:
+def row_json(kind: str, row: Any) -> dict[str, Any]:
     """One queued row as a JSON object with a ``record`` key (``add_row`` reads it back)."""
     if kind == "message":
         return {"record": "message", **_message_json(row)}
@@ -727,7 +727,7 @@ def row_json(kind: str, row: Any) -> dict:
     raise ValueError(f"unknown row kind {kind!r}")
 
 
-def add_row(batch: Batch, d: dict) -> bool:
+def add_row(batch: Batch, d: dict[str, Any]) -> bool:
     """Append the row ``d`` (``row_json``'s shape; a line without ``record`` is a message of the
     dump's transcript) to ``batch``. False when it is not a row that can be read back."""
     try:
@@ -844,7 +844,7 @@ def _iso(d: Any) -> Any:
     return d.isoformat() if isinstance(d, datetime) else repr(d)
 
 
-def _message_json(m: StoredMessage) -> dict:
+def _message_json(m: StoredMessage) -> dict[str, Any]:
     """A message as one transcript JSONL object (docs/design.md §9, plus ``role``)."""
     d = {"chat_id": m.chat_id, "message_id": m.message_id, "date": _iso(m.date), "user": m.user_name,
          "user_id": m.user_id, "text": m.text, "role": m.role}
@@ -857,7 +857,7 @@ def _message_json(m: StoredMessage) -> dict:
     return d
 
 
-def _usage_json(u: UsageRecord) -> dict:
+def _usage_json(u: UsageRecord) -> dict[str, Any]:
     return {"ts": _iso(u.ts), "chat_id": u.chat_id, "user_id": u.user_id, "kind": u.kind, "model": u.model,
             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "cost_usd": u.cost_usd,
             "latency_ms": u.latency_ms, "seconds": u.seconds, "images": u.images, "pages": u.pages}
