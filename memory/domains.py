@@ -10,6 +10,7 @@ from datetime import datetime
 from functools import cached_property
 
 from .api_keys import ApiKeyStore
+from .usage_store import UsageStore
 
 __all__ = ["DomainStores"]
 
@@ -23,3 +24,9 @@ class DomainStores:
     def keys(self) -> ApiKeyStore:
         """Members' and groups' own API keys (``memory.api_keys``)."""
         return ApiKeyStore(self, clock=self._clock)  # type: ignore[arg-type]
+
+    @cached_property
+    def usage(self) -> UsageStore:
+        """Reads of the usage records and recalls (``memory.usage_store``); their writes stay on the
+        dialogue store's write-behind queue (``record_usage``, ``record_recall``)."""
+        return UsageStore(self)  # type: ignore[arg-type]
