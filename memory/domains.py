@@ -11,6 +11,7 @@ from functools import cached_property
 
 from .api_keys import ApiKeyStore
 from .billing_store import BillingStore
+from .usage_store import UsageStore
 
 __all__ = ["DomainStores"]
 
@@ -29,3 +30,9 @@ class DomainStores:
     def billing(self) -> BillingStore:
         """Subscriptions and payments (``memory.billing_store``)."""
         return BillingStore(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def usage(self) -> UsageStore:
+        """Reads of the usage records and recalls (``memory.usage_store``); their writes stay on the
+        dialogue store's write-behind queue (``record_usage``, ``record_recall``)."""
+        return UsageStore(self)  # type: ignore[arg-type]

@@ -56,15 +56,12 @@ from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, equalities, js
 from .types import (
     DOC_ID_BASE,
     MIGRATION_SHIFT,
-    USAGE_GROUPINGS,
     ChatInfo,
     CleanupRecord,
     DocumentChunk,
     DocumentInfo,
     StoredMessage,
-    UsageCount,
     UsageRecord,
-    UsageTotal,
 )
 from .write_behind import Batch, Journal, WriteBehind, load_unsaved, save_unsaved, unsaved_files
 
@@ -85,15 +82,6 @@ _SYSTEMIC: tuple[type[BaseException], ...] = (
     MemoryError,
 )
 
-_USAGE_KEY = {  # usage_totals: the SQL of each grouping key
-    "kind": "kind",
-    "user": "user_id::VARCHAR",
-    "chat": "chat_id::VARCHAR",
-    "model": "model",
-    "day": "strftime(ts AT TIME ZONE 'UTC', '%Y-%m-%d')",
-    "plugin": "model",  # a tool call's row names its plugin as its model
-}
-_USAGE_ONLY = {"plugin": "kind = 'tool'"}  # usage_totals: the rows a grouping sums (all when absent)
 _MSG_COLS = "chat_id, message_id, user_id, user_name, text, epoch_us(date), role, reply_to, thread_id, imported"
 _TS = "make_timestamp({}) AT TIME ZONE 'UTC'"  # BIGINT µs since epoch (UTC) -> TIMESTAMPTZ
 
@@ -921,64 +909,6 @@ class DuckDBStore(QueuedStore, DomainStores):
             for r in rows
         ]
 
-    # ------------------------------------------------------------ usage and recalls
-
-    async def usage_rows(self, *, since: datetime | None = None) -> list[UsageRecord]:
-        """Usage records (all, or with ``ts >= since``), oldest first."""
-        await self._queue.sync()
-        sql = (
-            "SELECT epoch_us(ts), chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
-            " coalesce(seconds, 0), coalesce(images, 0), coalesce(pages, 0) FROM usage"
-        )
-        params: list[Any] = []
-        if since is not None:
-            sql += f" WHERE ts >= {_TS.format('?')}"
-            params.append(to_us(since))
-        rows = await self._query(sql + " ORDER BY ts", params)
-        return [UsageRecord(from_us(r[0]), *r[1:]) for r in rows]
-
-    async def usage_totals(self, by: str, *, since: datetime | None = None) -> list[UsageTotal]:
-        """Usage summed per ``by`` — ``user`` | ``chat`` | ``model`` | ``day`` (UTC, ``YYYY-MM-DD``) |
-        ``kind`` | ``plugin`` (the tool calls only) — over the records with ``ts >= since`` (all when
-        None), ordered by key. raises ValueError for another ``by``."""
-        if by not in _USAGE_KEY:
-            raise ValueError(f"usage can be grouped by {', '.join(USAGE_GROUPINGS)}, not {by!r}")
-        await self._queue.sync()
-        conds: list[str] = [_USAGE_ONLY[by]] if by in _USAGE_ONLY else []
-        params: list[Any] = []
-        if since is not None:
-            conds.append(f"ts >= {_TS.format('?')}")
-            params.append(to_us(since))
-        where = " WHERE " + " AND ".join(conds) if conds else ""
-        rows = await self._query(
-            f"SELECT {_USAGE_KEY[by]} AS k, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
-            " coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL), coalesce(sum(seconds), 0),"
-            f" coalesce(sum(images), 0), coalesce(sum(pages), 0) FROM usage{where} GROUP BY k ORDER BY k",
-            params)
-        return [UsageTotal(str(k), int(n), int(p), int(c), float(usd), int(u), float(sec), int(img), int(pg))
-                for k, n, p, c, usd, u, sec, img, pg in rows]
-
-    async def usage_counts(self, start: datetime, end: datetime) -> list[UsageCount]:
-        """Usage per ``(chat_id, user_id, model, kind)`` with ``start <= ts < end``: calls, prompt +
-        completion tokens, images, audio seconds, document pages (the quota counters of a day)."""
-        await self._queue.sync()
-        rows = await self._query(
-            "SELECT chat_id, user_id, model, kind, count(*), coalesce(sum(prompt_tokens + completion_tokens), 0),"
-            " coalesce(sum(images), 0), coalesce(sum(seconds), 0), coalesce(sum(pages), 0) FROM usage"
-            f" WHERE ts >= {_TS.format('?')} AND ts < {_TS.format('?')} GROUP BY ALL",
-            [to_us(start), to_us(end)])
-        return [UsageCount(int(c), int(u), m, k, int(n), int(t), int(i), float(sec), int(pg))
-                for c, u, m, k, n, t, i, sec, pg in rows]
-
-    async def recalls_for(self, chat_id: int, reply_message_id: int) -> list[tuple[int, float]]:
-        """``(memory_message_id, score)`` injected into that reply, best score first."""
-        await self._queue.sync()
-        rows = await self._query(
-            "SELECT memory_message_id, score FROM recalls WHERE chat_id = ? AND reply_message_id = ?"
-            " ORDER BY score DESC, memory_message_id",
-            [chat_id, reply_message_id],
-        )
-        return [(r[0], r[1]) for r in rows]
 
     async def stats(self) -> dict:
         """``{"chats", "users", "messages", "usage", "recalls"}`` row counts, ``"file_bytes"`` (the

@@ -43,15 +43,12 @@ from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, equalities, js
 from .types import (
     DOC_ID_BASE,
     MIGRATION_SHIFT,
-    USAGE_GROUPINGS,
     ChatInfo,
     CleanupRecord,
     DocumentChunk,
     DocumentInfo,
     StoredMessage,
-    UsageCount,
     UsageRecord,
-    UsageTotal,
 )
 from .write_behind import Batch, WriteBehind, save_unsaved
 
@@ -60,15 +57,6 @@ __all__ = ["PostgresStore", "redact"]
 log = logging.getLogger(__name__)
 
 _MSG_COLS = "chat_id, message_id, user_id, user_name, text, date, role, reply_to, thread_id, imported"
-_USAGE_KEY = {
-    "kind": "kind",
-    "user": "user_id::text",
-    "chat": "chat_id::text",
-    "model": "model",
-    "day": "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
-    "plugin": "model",  # a tool call's row names its plugin as its model
-}
-_USAGE_ONLY = {"plugin": "kind = 'tool'"}  # usage_totals: the rows a grouping sums (all when absent)
 _INSERT_MESSAGE = (
     "INSERT INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date, imported)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
@@ -709,50 +697,6 @@ class PostgresStore(QueuedStore, DomainStores):
             """)
         return [ChatInfo(r[0], r[1], r[2], int(r[3]), r[4], r[5]) for r in rows]
 
-    # ------------------------------------------------------------ usage and recalls
-
-    async def usage_rows(self, *, since: datetime | None = None) -> list[UsageRecord]:
-        await self._queue.sync()
-        sql = ("SELECT ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
-               " seconds, images, pages FROM usage")
-        params: list[Any] = []
-        if since is not None:
-            sql += " WHERE ts >= %s"
-            params.append(_utc(since))
-        return [UsageRecord(*r) for r in await self._fetch(sql + " ORDER BY ts", params)]
-
-    async def usage_totals(self, by: str, *, since: datetime | None = None) -> list[UsageTotal]:
-        if by not in _USAGE_KEY:
-            raise ValueError(f"usage can be grouped by {', '.join(USAGE_GROUPINGS)}, not {by!r}")
-        await self._queue.sync()
-        conds: list[str] = [_USAGE_ONLY[by]] if by in _USAGE_ONLY else []
-        params: list[Any] = []
-        if since is not None:
-            conds.append("ts >= %s")
-            params.append(_utc(since))
-        where = " WHERE " + " AND ".join(conds) if conds else ""
-        rows = await self._fetch(
-            f"SELECT {_USAGE_KEY[by]} AS k, count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
-            " coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL), coalesce(sum(seconds), 0),"
-            f" coalesce(sum(images), 0), coalesce(sum(pages), 0) FROM usage{where} GROUP BY k ORDER BY k", params)
-        return [UsageTotal(str(k), int(n), int(p), int(c), float(usd), int(u), float(sec), int(img), int(pg))
-                for k, n, p, c, usd, u, sec, img, pg in rows]
-
-    async def usage_counts(self, start: datetime, end: datetime) -> list[UsageCount]:
-        await self._queue.sync()
-        rows = await self._fetch(
-            "SELECT chat_id, user_id, model, kind, count(*), coalesce(sum(prompt_tokens + completion_tokens), 0),"
-            " coalesce(sum(images), 0), coalesce(sum(seconds), 0), coalesce(sum(pages), 0) FROM usage WHERE ts >= %s AND ts < %s"
-            " GROUP BY 1, 2, 3, 4", [_utc(start), _utc(end)])
-        return [UsageCount(int(c), int(u), m, k, int(n), int(t), int(i), float(sec), int(pg))
-                for c, u, m, k, n, t, i, sec, pg in rows]
-
-    async def recalls_for(self, chat_id: int, reply_message_id: int) -> list[tuple[int, float]]:
-        await self._queue.sync()
-        rows = await self._fetch(
-            "SELECT memory_message_id, score FROM recalls WHERE chat_id = %s AND reply_message_id = %s"
-            " ORDER BY score DESC, memory_message_id", [chat_id, reply_message_id])
-        return [(r[0], r[1]) for r in rows]
 
     # ------------------------------------------------------------ operations
 

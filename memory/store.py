@@ -53,10 +53,9 @@ from .types import (
     DocumentInfo,
     MemoryHit,
     StoredMessage,
-    UsageCount,
     UsageRecord,
-    UsageTotal,
 )
+from .usage_store import UsageStore
 
 __all__ = ["DUCKDB_FILE", "POSTGRES_SCHEMES", "DialogueStore", "open_dialogue_store"]
 
@@ -187,17 +186,10 @@ class DialogueStore(Protocol):
     @property
     def billing(self) -> BillingStore:
         """Subscriptions and payments (``memory.billing_store``)."""
-
-    # ---------------------------------------------------------------- usage and recalls
-    async def usage_rows(self, *, since: datetime | None = None) -> list[UsageRecord]:
-        """Usage records (all, or ``ts >= since``), oldest first."""
-    async def usage_totals(self, by: str, *, since: datetime | None = None) -> list[UsageTotal]:
-        """Usage summed per ``by`` (one of ``types.USAGE_GROUPINGS``; ``plugin``: the tool calls only,
-        keyed by plugin), by key. raises ValueError."""
-    async def usage_counts(self, start: datetime, end: datetime) -> list[UsageCount]:
-        """Usage per ``(chat, user, model, kind)`` with ``start <= ts < end`` (quota counters)."""
-    async def recalls_for(self, chat_id: int, reply_message_id: int) -> list[tuple[int, float]]:
-        """``(memory_message_id, score)`` injected into a reply, best first."""
+    @property
+    def usage(self) -> UsageStore:
+        """Reads of usage records and recalls (``memory.usage_store``: ``rows``, ``totals``,
+        ``counts``, ``recalls_for``); written through ``record_usage`` / ``record_recall``."""
 
     # ---------------------------------------------------------------- operations
     async def stats(self) -> dict:

@@ -251,7 +251,7 @@ USAGE_GROUPINGS = ("user", "chat", "model", "day", "kind", "plugin")  # plugin: 
 
 @dataclass(frozen=True, slots=True)
 class UsageTotal:
-    """Sums over the usage records of one group (``DialogueStore.usage_totals``).
+    """Sums over the usage records of one group (``UsageStore.totals``).
 
     key: the group's value as text (a user or chat id, a model alias, a ``YYYY-MM-DD`` UTC day, a
     kind). cost_usd: the sum over the calls with a known price (0.0 when none had one).
@@ -271,7 +271,7 @@ class UsageTotal:
 
 @dataclass(frozen=True, slots=True)
 class UsageCount:
-    """Usage of one ``(chat, user, model, kind)`` in a time window (``DialogueStore.usage_counts``):
+    """Usage of one ``(chat, user, model, kind)`` in a time window (``UsageStore.counts``):
     calls, tokens (prompt + completion), images generated, seconds of audio, document pages read."""
 
     chat_id: int

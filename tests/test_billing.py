@@ -71,8 +71,8 @@ async def test_quota_refuses_once_with_reset_time_then_serves_after_the_utc_day_
         assert len(bot.outbox.sent) == sent_before + 1
         await bot.say("four?")  # refused again, silently: the member was told once
         assert len(bot.outbox.sent) == sent_before + 1
-        usage_rows = await rt.memory.store.usage_rows()
-        assert len(usage_rows) == 2  # refusals cost nothing
+        rows = await rt.memory.store.usage.rows()
+        assert len(rows) == 2  # refusals cost nothing
         clock.t = datetime(2026, 3, 2, 0, 1, tzinfo=UTC)
         assert (await bot.say("five?")).responded
 

@@ -204,10 +204,10 @@ async def test_a_reply_sent_but_killed_before_its_commit_is_stored_with_its_usag
         assert store.recovered_rows >= 2
         reply = (await store.get_messages(42, [reply_id]))[0]
         assert reply.role == "assistant" and reply.reply_to == 7 and "blue flower pot" in reply.text
-        assert [(u.chat_id, u.kind) for u in await store.usage_rows()] == [(42, "chat")]
+        assert [(u.chat_id, u.kind) for u in await store.usage.rows()] == [(42, "chat")]
         assert 7 in await store.answered_ids(42)
     async with DuckDBStore(db) as store:  # stored once: a second start adds nothing
-        assert store.recovered_rows == 0 and len(await store.usage_rows()) == 1
+        assert store.recovered_rows == 0 and len(await store.usage.rows()) == 1
 
 
 def _msg(i: int, role: str = "user", reply_to: int | None = None) -> StoredMessage:
@@ -294,8 +294,8 @@ async def test_an_unsaved_dump_is_stored_at_the_next_open_and_removed(tmp_path):
     save_unsaved(batch, tmp_path / "kith.duckdb.unsaved-20240101T000000")  # an older run's dump
     async with DuckDBStore(db) as store:
         assert [m.message_id for m in await store.recent(42, 10)] == [1, 2]
-        assert sorted(u.prompt_tokens for u in await store.usage_rows()) == [11, 12]  # the stored one not twice
-        assert await store.recalls_for(42, 2) == [(1, 0.5)]
+        assert sorted(u.prompt_tokens for u in await store.usage.rows()) == [11, 12]  # the stored one not twice
+        assert await store.usage.recalls_for(42, 2) == [(1, 0.5)]
         assert [c.title for c in await store.chats()] == ["Ann"]
     assert not list(tmp_path.glob("*.unsaved-*"))
 

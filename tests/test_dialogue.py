@@ -61,7 +61,7 @@ async def test_database_failure_keeps_rows_queued_then_dumps_them_at_shutdown(db
     async with DuckDBStore(db) as store:
         assert await store.count_messages() == 15
         assert await store.get_messages(CHAT, list(range(10, 15))) == [msg(i, text="late ✓") for i in range(10, 15)]
-        assert [u.model for u in await store.usage_rows()] == ["fast"]
+        assert [u.model for u in await store.usage.rows()] == ["fast"]
 
 
 @pytest.mark.anyio

@@ -35,7 +35,7 @@ async def test_a_second_replay_answers_nothing_again_and_costs_nothing(tmp_path,
         first = await replay(rt, SLICE, policy=policy, limit=400)
     async with runtime(tmp_path, st_model, second_holder, TranscriptClock()) as rt:
         second = await replay(rt, SLICE, policy=policy, limit=400)
-        usage = await rt.memory.store.usage_rows()
+        usage = await rt.memory.store.usage.rows()
     assert first.replies > 10 and first.already_answered == 0
     assert second.replies == 0 and second_holder["outbox"].sent == []
     assert second.already_answered == first.replies

@@ -240,7 +240,7 @@ async def test_memory_model_learns_facts_in_batches_and_skips_what_it_cannot_use
         assert len(await rt.memory.facts.current(GROUP)) == 2
         assert await learner.run_once(force=True) == []  # nothing new
         await rt.memory.flush()
-        usage = [u for u in await rt.memory.store.usage_rows() if u.kind == "memory"]
+        usage = [u for u in await rt.memory.store.usage.rows() if u.kind == "memory"]
         assert len(usage) == 2 and all(u.model == "cheap" and u.prompt_tokens > 0 for u in usage)
         # it reads quoted data: the messages are in a user-role message, never in the system prompt
         calls = [r for r in llm_server.requests if r.path.endswith("/chat/completions")]

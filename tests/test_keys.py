@@ -277,7 +277,7 @@ async def test_over_the_hosts_spending_cap_a_member_on_their_own_key_still_gets_
                                                    datetime.now(UTC), respond=True))
         await rt.supervisor.wait_all_idle()
         await rt.memory.flush()
-        usage = {u.user_id: u for u in await rt.memory.store.usage_rows() if u.kind == "chat"}
+        usage = {u.user_id: u for u in await rt.memory.store.usage.rows() if u.kind == "chat"}
         spent = rt.services.admission.budget.spend("day").spent_usd
     by_user = {t.message_id: t.model for t in turns if t.responded}
     assert by_user == {20: "ok", 21: "recall"}  # Ann on her key; Bob held back by the cap

@@ -274,7 +274,7 @@ def served(server, *, default: str = "recall", image_model: str = "dall-e-3") ->
 
 async def usage_of(rt, kind: str):
     await rt.memory.flush()
-    return [u for u in await rt.memory.store.usage_rows() if u.kind == kind]
+    return [u for u in await rt.memory.store.usage.rows() if u.kind == kind]
 
 
 async def test_a_voice_note_is_transcribed_answered_counted_and_recalled_a_day_later(tmp_path, st_model, llm):

@@ -119,7 +119,7 @@ async def test_tools_for_is_the_governed_set_and_the_quota_counts_each_call(tmp_
         assert "2 of today's tool calls" in why
         assert await in_chat(rt, GROUP, lambda ctx: offered(ctx, user=ADMIN.user_id)) == ["memory_search", "calculator"]
         await rt.memory.flush()
-        rows = [r for r in await rt.memory.store.usage_rows() if r.kind == "tool"]
+        rows = [r for r in await rt.memory.store.usage.rows() if r.kind == "tool"]
         assert [(r.chat_id, r.user_id, r.model, r.prompt_tokens, r.cost_usd) for r in rows] == [
             (GROUP, MEMBER.user_id, "calculator", 0, 0.0)] * 2
     async with runtime(tmp_path, st_model, holder) as rt:  # a restart: the quota is rebuilt from usage

@@ -19,6 +19,7 @@ from memory.transcripts import read_transcript
 from memory.types import (
     DOC_ID_BASE,
     ROLE_ASSISTANT,
+    USAGE_GROUPINGS,
     ChatInfo,
     DocumentChunk,
     DocumentInfo,
@@ -113,7 +114,7 @@ async def test_shutdown_flushes_queued_rows(open_store: Opener) -> None:
         store.record_usage(UsageRecord(T0, CHAT, 1, "chat", "fast", 10, 5, None, 12.5))
     async with open_store() as store:
         assert await store.count_messages() == 10
-        assert len(await store.usage_rows()) == 1
+        assert len(await store.usage.rows()) == 1
 
 
 @pytest.mark.anyio
@@ -210,11 +211,11 @@ async def test_delete_by_user_and_ids_removes_only_those_and_their_recalls(open_
         assert deleted == list(range(1, 21, 2))
         assert await store.count_messages(CHAT) == 11  # user 2's ten and the reply
         assert await store.count_messages(OTHER) == 20  # other chat untouched
-        assert await store.recalls_for(CHAT, 21) == [(4, 0.5)]
+        assert await store.usage.recalls_for(CHAT, 21) == [(4, 0.5)]
 
         assert await store.delete_messages(CHAT, user_id=2, message_ids=[2, 4, 5]) == [2, 4]
         assert await store.delete_messages(CHAT, message_ids=[]) == []
-        assert await store.recalls_for(CHAT, 21) == []
+        assert await store.usage.recalls_for(CHAT, 21) == []
         assert len(await store.delete_messages(CHAT)) == 9  # everything left in the chat
         assert await store.count_messages(CHAT) == 0
 
@@ -294,9 +295,9 @@ async def test_usage_rows_round_trip_with_unknown_cost(open_store: Opener) -> No
     async with open_store() as store:
         for r in reversed(recs):
             store.record_usage(r)
-        assert await store.usage_rows() == recs
-        assert await store.usage_rows(since=T0 + timedelta(minutes=30)) == recs[1:]
-        rows = await store.usage_rows()
+        assert await store.usage.rows() == recs
+        assert await store.usage.rows(since=T0 + timedelta(minutes=30)) == recs[1:]
+        rows = await store.usage.rows()
         assert rows[1].cost_usd is None and rows[2].cost_usd == 0.0
         assert all(r.ts.tzinfo is not None and r.ts.utcoffset() == timedelta(0) for r in rows)
 
@@ -307,8 +308,8 @@ async def test_recalls_round_trip_and_never_cross_chats(open_store: Opener) -> N
         hits = [MemoryHit(CHAT, i, 1, "u", "t", T0, s, parts={"rrf": s}) for i, s in [(3, 0.2), (7, 0.9), (5, 0.5)]]
         store.record_recall(CHAT, 100, hits)
         store.record_recall(CHAT, 100, hits[:1])  # recorded twice: kept once
-        assert await store.recalls_for(CHAT, 100) == [(7, 0.9), (5, 0.5), (3, 0.2)]
-        assert await store.recalls_for(OTHER, 100) == []
+        assert await store.usage.recalls_for(CHAT, 100) == [(7, 0.9), (5, 0.5), (3, 0.2)]
+        assert await store.usage.recalls_for(OTHER, 100) == []
         with pytest.raises(ValueError):
             store.record_recall(OTHER, 1, hits)
 
@@ -379,7 +380,7 @@ async def test_a_bad_row_is_dropped_alone_and_the_batch_survives(open_store: Ope
         await store.flush()
         assert await store.count_messages() == 199
         assert (await store.stats())["dropped_rows"] == 2
-        assert len(await store.usage_rows()) == 1
+        assert len(await store.usage.rows()) == 1
     assert any("dropped" in r.message for r in caplog.records)
 
 
@@ -475,26 +476,77 @@ async def test_usage_totals_by_every_grouping_and_counts_of_a_window(open_store:
     async with open_store() as store:
         for r in recs:
             store.record_usage(r)
-        by_model = {t.key: t for t in await store.usage_totals("model")}
+        by_model = {t.key: t for t in await store.usage.totals("model")}
         assert sorted(by_model) == ["dalle", "fast", "reader", "whisper"]
         fast = by_model["fast"]
         assert (fast.requests, fast.prompt_tokens, fast.completion_tokens, fast.unpriced) == (2, 150, 30, 1)
         assert fast.cost_usd == pytest.approx(0.001)
         assert by_model["dalle"].images == 2 and by_model["whisper"].seconds == pytest.approx(61.5)
         assert by_model["reader"].pages == 12 and by_model["reader"].cost_usd == 0.0
-        assert [(t.key, t.requests) for t in await store.usage_totals("day")] == [("2024-03-01", 3), ("2024-03-02", 2)]
-        assert [(t.key, t.requests) for t in await store.usage_totals("user")] == [("1", 2), ("2", 3)]
-        assert [(t.key, t.requests) for t in await store.usage_totals("chat")] == sorted(
+        assert [(t.key, t.requests) for t in await store.usage.totals("day")] == [("2024-03-01", 3), ("2024-03-02", 2)]
+        assert [(t.key, t.requests) for t in await store.usage.totals("user")] == [("1", 2), ("2", 3)]
+        assert [(t.key, t.requests) for t in await store.usage.totals("chat")] == sorted(
             [(str(CHAT), 3), (str(OTHER), 2)])
-        assert [t.key for t in await store.usage_totals("kind")] == ["chat", "document", "image", "transcription"]
-        assert [t.key for t in await store.usage_totals("model", since=day2)] == ["reader", "whisper"]
+        assert [t.key for t in await store.usage.totals("kind")] == ["chat", "document", "image", "transcription"]
+        assert [t.key for t in await store.usage.totals("model", since=day2)] == ["reader", "whisper"]
         with pytest.raises(ValueError):
-            await store.usage_totals("weekday")
+            await store.usage.totals("weekday")
 
-        counts = await store.usage_counts(T0, day2)
+        counts = await store.usage.counts(T0, day2)
         got = {(c.chat_id, c.user_id, c.model, c.kind): (c.calls, c.tokens, c.images, c.seconds) for c in counts}
         assert got == {(CHAT, 1, "fast", "chat"): (2, 180, 0, 0.0), (CHAT, 2, "dalle", "image"): (1, 0, 2, 0.0)}
-        assert await store.usage_counts(day2 + timedelta(days=1), day2 + timedelta(days=2)) == []
+        assert await store.usage.counts(day2 + timedelta(days=1), day2 + timedelta(days=2)) == []
+
+
+@pytest.mark.anyio
+async def test_usage_times_are_microsecond_exact_and_days_are_utc(open_store: Opener) -> None:
+    midnight = datetime(2024, 3, 2, tzinfo=UTC)
+    last = midnight - timedelta(microseconds=1)
+    moscow = timezone(timedelta(hours=3))
+    recs = [
+        UsageRecord(last.astimezone(moscow), CHAT, 1, "chat", "fast", 1, 1, None, 1.0),  # 02:59:59.999999 local
+        UsageRecord(midnight, CHAT, 1, "chat", "fast", 2, 2, 0.5, 1.0),
+        UsageRecord(midnight + timedelta(microseconds=1), CHAT, 1, "chat", "fast", 4, 4, 0.25, 1.0),
+    ]
+    async with open_store(flush_interval_s=30.0) as store:
+        for r in recs:
+            store.record_usage(r)
+        with anyio.fail_after(5):  # each read commits the queued rows itself
+            rows = await store.usage.rows()
+        assert [r.ts for r in rows] == [last, midnight, midnight + timedelta(microseconds=1)]
+        assert all(r.ts.tzinfo is UTC for r in rows)
+        assert [r.prompt_tokens for r in await store.usage.rows(since=midnight)] == [2, 4]  # since: inclusive
+        assert [r.prompt_tokens for r in await store.usage.rows(since=midnight.replace(tzinfo=None))] == [2, 4]  # naive: UTC
+        days = await store.usage.totals("day")
+        assert [(t.key, t.requests, t.unpriced, t.cost_usd) for t in days] == [
+            ("2024-03-01", 1, 1, 0.0), ("2024-03-02", 2, 0, 0.75)]
+        assert [t.key for t in await store.usage.totals("day", since=midnight.astimezone(moscow))] == ["2024-03-02"]
+        day1 = await store.usage.counts(midnight - timedelta(days=1), midnight)  # [start, end)
+        assert [(c.calls, c.tokens) for c in day1] == [(1, 2)]
+        day2 = await store.usage.counts(midnight, midnight + timedelta(microseconds=1))
+        assert [(c.calls, c.tokens) for c in day2] == [(1, 4)]
+
+
+@pytest.mark.anyio
+async def test_usage_totals_keys_in_code_point_order_and_plugins_are_the_tool_calls(open_store: Opener) -> None:
+    recs = [
+        UsageRecord(T0, 5, 10, "chat", "beta", 1, 1, 0.0, 1.0),
+        UsageRecord(T0, CHAT, 10, "chat", "Zeta", 1, 1, 0.0, 1.0),
+        UsageRecord(T0, 5, 9, "tool", "web", 0, 0, None, 1.0),
+        UsageRecord(T0, 5, 9, "tool", "calculator", 0, 0, None, 1.0),
+        UsageRecord(T0, 5, 9, "tool", "web", 0, 0, None, 1.0),
+        UsageRecord(T0, 5, 9, "chat", "alpha-2", 1, 1, 0.0, 1.0),
+    ]
+    async with open_store() as store:
+        for r in recs:
+            store.record_usage(r)
+        assert [t.key for t in await store.usage.totals("model")] == ["Zeta", "alpha-2", "beta", "calculator", "web"]
+        assert [t.key for t in await store.usage.totals("chat")] == [str(CHAT), "5"]
+        assert [t.key for t in await store.usage.totals("user")] == ["10", "9"]
+        assert [(t.key, t.requests, t.unpriced) for t in await store.usage.totals("plugin")] == [
+            ("calculator", 1, 1), ("web", 2, 2)]
+        for by in USAGE_GROUPINGS:  # every grouping the reports offer is one the store takes
+            assert sum(t.requests for t in await store.usage.totals(by)) == (3 if by == "plugin" else 6)
 
 
 @pytest.mark.anyio
@@ -660,7 +712,7 @@ async def test_a_basic_group_moves_to_its_supergroup_once(open_store: Opener) ->
         assert await store.recent(basic, 10) == []
         assert await store.chat_settings(sup) == {"persona": "p", "context_from": migrated_id(3)}
         assert [(s.scope, s.scope_id) for s in await store.billing.subscriptions()] == [("chat", sup)]
-        assert [t.key for t in await store.usage_totals("chat")] == [str(sup)]
+        assert [t.key for t in await store.usage.totals("chat")] == [str(sup)]
         chats = {c.chat_id: c for c in await store.chats()}
         assert basic not in chats and (chats[sup].type, chats[sup].title) == ("supergroup", "Team")
 

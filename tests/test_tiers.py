@@ -239,7 +239,7 @@ async def test_a_call_recorded_while_the_days_usage_is_read_counts_once(store: D
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     adm = Admission(store, CFG, clock)
     await adm.open()
-    read = store.usage_counts
+    read = store.usage.counts
     raced: list[UsageRecord] = []
 
     async def racing_read(start: datetime, end: datetime):
@@ -250,7 +250,7 @@ async def test_a_call_recorded_while_the_days_usage_is_read_counts_once(store: D
             adm.record(raced[0])
         return rows
 
-    monkeypatch.setattr(store, "usage_counts", racing_read)
+    monkeypatch.setattr(store.usage, "counts", racing_read)
     clock.advance(days=1)
     await adm.open()
     assert raced and adm.quotas.today(GROUP, BOB).requests == {"fast": 1}

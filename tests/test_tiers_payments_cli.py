@@ -244,7 +244,7 @@ async def test_usage_report_totals_match_the_rows_and_unknown_prices_stay_unknow
     ]
     for r in recs:
         store.record_usage(r)
-    rows = await store.usage_rows()
+    rows = await store.usage.rows()
     assert len(rows) == len(recs)
 
     for by in ("user", "chat", "model", "day"):

@@ -177,7 +177,7 @@ class Budget(DailyCounters[UsageRecord]):
         no call recorded while the table is read is missed)."""
         month_start = datetime.combine(day.replace(day=1), time(0), tzinfo=UTC)
         rows: list[Any]
-        rows, arrived = await self._read(day, lambda: self.store.usage_totals("day", since=month_start))
+        rows, arrived = await self._read(day, lambda: self.store.usage.totals("day", since=month_start))
         today, month = day.isoformat(), day.strftime("%Y-%m")
         self._day = day
         self._spent = {"day": 0.0, "month": 0.0}

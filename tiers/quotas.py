@@ -164,7 +164,7 @@ class QuotaTracker(DailyCounters[_Call]):
         first, so nothing recorded before is missed; ``DailyCounters._read``: nor during the read)."""
         start = datetime.combine(day, time(0), tzinfo=UTC)
         rows: list[UsageCount]
-        rows, arrived = await self._read(day, lambda: self.store.usage_counts(start, start + timedelta(days=1)))
+        rows, arrived = await self._read(day, lambda: self.store.usage.counts(start, start + timedelta(days=1)))
         self._reset(day)
         for r in rows:
             self._add(r.chat_id, r.user_id, r.model, r.calls, r.tokens, kind=r.kind, images=r.images, seconds=r.seconds,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from memory.types import USAGE_GROUPINGS
+
 if TYPE_CHECKING:
     from memory.store import DialogueStore
 
@@ -12,14 +14,7 @@ from .errors import TierError
 
 __all__ = ["BY", "format_cost", "usage_summary"]
 
-BY = ("user", "chat", "model", "day", "kind", "plugin")
-_KEY_SQL = {
-    "kind": "kind",
-    "user": "user_id::VARCHAR",
-    "chat": "chat_id::VARCHAR",
-    "model": "model",
-    "day": "strftime(ts AT TIME ZONE 'UTC', '%Y-%m-%d')",
-}
+BY = USAGE_GROUPINGS  # the groupings of UsageStore.totals
 
 
 def format_cost(known_usd: float, unpriced: int, requests: int) -> str:
@@ -46,7 +41,7 @@ async def usage_summary(store: DialogueStore, *, by: str = "model", since: datet
     ``unpriced_requests`` counts the calls of models with no known price. raises TierError (bad ``by``)."""
     if by not in BY:
         raise TierError(f"--by must be one of {', '.join(BY)}, not {by!r}")
-    rows = await store.usage_totals(by, since=since)
+    rows = await store.usage.totals(by, since=since)
     groups = [_group(r.key, r.requests, r.prompt_tokens, r.completion_tokens, r.cost_usd, r.unpriced, r.seconds,
                      r.images, r.pages) for r in rows]
     total = _group("total", sum(g["requests"] for g in groups), sum(g["prompt_tokens"] for g in groups),
