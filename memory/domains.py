@@ -5,11 +5,14 @@
 dialogue store they hold (``store.keys.token(...)``)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import cached_property
 
+import anyio
+
 from .api_keys import ApiKeyStore
+from .document_store import DocumentStore
 
 __all__ = ["DomainStores"]
 
@@ -19,7 +22,23 @@ class DomainStores:
 
     _clock: Callable[[], datetime]
 
+    async def _open_domains(self, close: Callable[[], Awaitable[None]]) -> None:
+        """At open, once the database is, before the writer starts: load what a domain answers
+        without a round trip (``documents.has``). When that fails, ``close()`` the database
+        (shielded) and re-raise."""
+        try:
+            await self.documents.load()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await close()
+            raise
+
     @cached_property
     def keys(self) -> ApiKeyStore:
         """Members' and groups' own API keys (``memory.api_keys``)."""
         return ApiKeyStore(self, clock=self._clock)  # type: ignore[arg-type]
+
+    @cached_property
+    def documents(self) -> DocumentStore:
+        """Documents read into memory and their chunks (``memory.document_store``)."""
+        return DocumentStore(self)  # type: ignore[arg-type]
