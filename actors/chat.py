@@ -160,7 +160,7 @@ class ChatActor:
             size = self.svc.config.settings.memory.recent_window
             store = self.svc.memory.store
             recent = await store.recent(self.chat_id, size, thread_id=thread_id)
-            whole = thread_id is None and len(recent) < size and not store.has_documents(self.chat_id)
+            whole = thread_id is None and len(recent) < size and not store.documents.has(self.chat_id)
             if thread_id is None and any(m.thread_id is not None for m in recent):
                 # a forum: the General window holds only messages outside topics (the topics have their own)
                 recent = await store.recent(self.chat_id, size, general_only=True)

@@ -299,7 +299,7 @@ async def _ingest_and_recall(tmp: Path, model, encode: common.Timed, doc: Built,
 
         timers = {
             "read (reader process: extract + chunk + transfer)": _AsyncTimer(memory.reader, "read"),
-            "store.add_document (DuckDB commit)": _AsyncTimer(memory.store, "add_document"),
+            "store.documents.add (DuckDB commit)": _AsyncTimer(memory.store.documents, "add"),
             "embedder.embed (bulk, incl. queueing)": _AsyncTimer(memory.embedder, "embed"),
             "vectors.add (LanceDB append)": _AsyncTimer(memory.vectors, "add"),
             "vectors.optimize (LanceDB, background)": _AsyncTimer(memory.vectors, "optimize"),
@@ -529,7 +529,7 @@ async def _turns_while_ingesting(tmp: Path, model, big: Built, ubuntu: list[dict
             await mem.indexer.settle()
         progress(f"document_ingest: during ingest: {len(during.sent)} turns; the PDF took {ingest['total_s']:.1f} s")
 
-        docs = await mem.store.documents(DOC_CHAT)
+        docs = await mem.store.documents.list(DOC_CHAT)
         rows = await mem.vectors.count(DOC_CHAT)
         notes_sent = [m.text for m in holder["outbox"].sent if m.chat_id == DOC_CHAT]
     doc_turn = reports.get((DOC_CHAT, 1))

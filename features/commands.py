@@ -292,7 +292,7 @@ async def cmd_memory(ctx: ChatContext, ev: CommandEvent) -> None:
     if recent_mine:
         lines.append(_("Your latest:"))
         lines += [f"• `{i18n.datetime_(m.date)}` {short(m.text, 150)}" for m in recent_mine]
-    docs = await mem.store.documents(ctx.chat_id)
+    docs = await mem.store.documents.list(ctx.chat_id)
     if docs:
         lines.append(_("**Documents** ({n}):", n=len(docs)))
         lines += [_("• {file} — {summary}, from {user}, `{date}`", file=d.file_name, summary=media.summary_for_member(d), user=d.user_name,

@@ -5,12 +5,15 @@
 dialogue store they hold (``store.keys.token(...)``)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import cached_property
 
+import anyio
+
 from .api_keys import ApiKeyStore
 from .billing_store import BillingStore
+from .document_store import DocumentStore
 from .usage_store import UsageStore
 
 __all__ = ["DomainStores"]
@@ -20,6 +23,17 @@ class DomainStores:
     """Mixin of the dialogue stores: one attribute per domain (see each module for its contract)."""
 
     _clock: Callable[[], datetime]
+
+    async def _open_domains(self, close: Callable[[], Awaitable[None]]) -> None:
+        """At open, once the database is, before the writer starts: load what a domain answers
+        without a round trip (``documents.has``). When that fails, ``close()`` the database
+        (shielded) and re-raise."""
+        try:
+            await self.documents.load()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await close()
+            raise
 
     @cached_property
     def keys(self) -> ApiKeyStore:
@@ -36,3 +50,8 @@ class DomainStores:
         """Reads of the usage records and recalls (``memory.usage_store``); their writes stay on the
         dialogue store's write-behind queue (``record_usage``, ``record_recall``)."""
         return UsageStore(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def documents(self) -> DocumentStore:
+        """Documents read into memory and their chunks (``memory.document_store``)."""
+        return DocumentStore(self)  # type: ignore[arg-type]

@@ -52,14 +52,12 @@ from .domains import DomainStores
 from .errors import DiskFull, MemoryStoreError, StoreLocked, is_disk_full
 from .schema import from_us, migrate, to_us
 from .sql_domain import DUCKDB, Dialect
-from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, equalities, json_object, keyset_pages
+from .store_base import QueuedStore, describe_row, equalities, json_object, keyset_pages
 from .types import (
     DOC_ID_BASE,
     MIGRATION_SHIFT,
     ChatInfo,
     CleanupRecord,
-    DocumentChunk,
-    DocumentInfo,
     StoredMessage,
     UsageRecord,
 )
@@ -143,7 +141,6 @@ class DuckDBStore(QueuedStore, DomainStores):
         self._chat_rows: dict[int, tuple[str, str | None, str]] = {}
         self._user_rows: dict[int, str] = {}
         self._chats_with_messages: set[int] = set()
-        self._chats_with_documents: set[int] = set()
         self.schema_version: int | None = None
         self.commits = 0
         self.rows_written = 0
@@ -161,6 +158,7 @@ class DuckDBStore(QueuedStore, DomainStores):
     async def __aenter__(self) -> DuckDBStore:
         await anyio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
         self._open = True
+        await self._open_domains(self._close)
         await self._start_writer(self._close)
         return self
 
@@ -258,7 +256,6 @@ class DuckDBStore(QueuedStore, DomainStores):
             "SELECT user_id, settings::VARCHAR FROM users WHERE settings::VARCHAR NOT IN ('{}', 'null')").fetchall()}
         self._chats_with_messages = {r[0] for r in con.execute(  # (a delivery's chat: answered_ids reads it)
             "SELECT chat_id FROM messages UNION SELECT chat_id FROM deliveries").fetchall()}
-        self._chats_with_documents = {r[0] for r in con.execute("SELECT DISTINCT chat_id FROM documents").fetchall()}
 
     # ------------------------------------------------------------ enqueue (non-blocking)
 
@@ -631,9 +628,7 @@ class DuckDBStore(QueuedStore, DomainStores):
         if old in self._chats_with_messages:
             self._chats_with_messages.discard(old)
             self._chats_with_messages.add(new)
-        if old in self._chats_with_documents:
-            self._chats_with_documents.discard(old)
-            self._chats_with_documents.add(new)
+        self.documents.chat_moved(old, new)
         return moved
 
     async def evicted_ids(self, chat_id: int) -> set[int]:
@@ -755,78 +750,6 @@ class DuckDBStore(QueuedStore, DomainStores):
             f"UPDATE messages SET text = ? WHERE chat_id = ? AND message_id = ? RETURNING {_MSG_COLS}",
             [text, chat_id, message_id])
         return _row_to_msg(rows[0]) if rows else None
-
-    # ------------------------------------------------------------ documents
-
-    async def add_document(self, info: DocumentInfo, chunks: Sequence[DocumentChunk]) -> None:
-        """Store a document read into memory and its chunks (replacing an earlier reading of the same
-        ``(chat_id, message_id)``), in one transaction; returns when committed. The file message itself
-        is stored with ``add`` like any message. raises ValueError when a chunk belongs to another
-        message."""
-        for c in chunks:
-            if (c.chat_id, c.message_id) != (info.chat_id, info.message_id):
-                raise ValueError(f"chunk {c.index} belongs to {c.chat_id}/{c.message_id}, not {info.chat_id}/{info.message_id}")
-        tbl = pa.table({
-            "chat_id": pa.array([c.chat_id for c in chunks], _I64),
-            "message_id": pa.array([c.message_id for c in chunks], _I64),
-            "chunk": pa.array([c.index for c in chunks], pa.int32()),
-            "page": pa.array([c.page for c in chunks], pa.int32()),
-            "section": pa.array([c.section for c in chunks], _STR),
-            "text": pa.array([c.text for c in chunks], _STR),
-        })
-
-        def run() -> None:
-            con = self._conn()
-            con.execute("BEGIN TRANSACTION")
-            try:
-                key = [info.chat_id, info.message_id]
-                con.execute("DELETE FROM document_chunks WHERE chat_id = ? AND message_id = ?", key)
-                con.execute("DELETE FROM documents WHERE chat_id = ? AND message_id = ?", key)
-                con.execute(
-                    "INSERT INTO documents (chat_id, message_id, file_name, mime_type, kind, size_bytes, pages, chunks,"
-                    f" user_id, user_name, date) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {_TS.format('?')})",
-                    [info.chat_id, info.message_id, info.file_name, info.mime_type, info.kind, info.size_bytes, info.pages,
-                     info.chunks, info.user_id, info.user_name, to_us(info.date)],
-                )
-                if tbl.num_rows:
-                    con.register("_kith_chunks_batch", tbl)
-                    try:
-                        con.execute("INSERT INTO document_chunks SELECT chat_id, message_id, chunk, page, section, text"
-                                    " FROM _kith_chunks_batch")
-                    finally:
-                        con.unregister("_kith_chunks_batch")
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-
-        await self._run(run)
-        self._chats_with_documents.add(info.chat_id)
-
-    def has_documents(self, chat_id: int) -> bool:
-        """Whether documents were ever read into ``chat_id``'s memory (from the directory; may stay
-        True after they were deleted)."""
-        return chat_id in self._chats_with_documents
-
-    async def documents(self, chat_id: int | None = None) -> list[DocumentInfo]:
-        """The documents read into memory (of one chat, or all), oldest first."""
-        await self._queue.sync()
-        sql = ("SELECT chat_id, message_id, file_name, mime_type, kind, size_bytes, pages, chunks, user_id, user_name,"
-               " epoch_us(date) FROM documents")
-        params: list[Any] = []
-        if chat_id is not None:
-            sql += " WHERE chat_id = ?"
-            params.append(chat_id)
-        rows = await self._query(sql + " ORDER BY date, chat_id, message_id", params)
-        return [DocumentInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], from_us(r[10])) for r in rows]
-
-    async def iter_document_chunks(self, chat_id: int | None = None, *, batch: int = 2000) -> AsyncIterator[list[DocumentChunk]]:
-        """Every stored document chunk (of one chat, or all) with its provenance, in pages of at most
-        ``batch``, ordered by ``(chat_id, message_id, chunk)`` (keyset-paginated)."""
-        await self._queue.sync()
-        async for rows in keyset_pages(self._query, CHUNKS_SELECT.format(date="epoch_us(d.date)"), [("c.chat_id", chat_id)],
-                                       ("c.chat_id", "c.message_id", "c.chunk"), batch):
-            yield [DocumentChunk(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], from_us(r[9])) for r in rows]
 
     # ------------------------------------------------------------ chats and users
 

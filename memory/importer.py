@@ -126,7 +126,7 @@ async def _import_attachments(memory: Memory, folder: Path, attachments: dict[tu
         if msg is None or att.kind != "document" or document_kind(att.file_name or att.path, att.mime_type) is None:
             continue
         if msg.chat_id not in known:
-            known[msg.chat_id] = {d.message_id for d in await memory.store.documents(msg.chat_id)}
+            known[msg.chat_id] = {d.message_id for d in await memory.store.documents.list(msg.chat_id)}
         if msg.message_id in known[msg.chat_id]:
             continue
         file = folder / att.path
@@ -155,7 +155,7 @@ async def import_document(memory: Memory, path: Path, *, chat_id: int, user_id: 
     from .markers import marker
 
     data = await anyio.Path(path).read_bytes()
-    for d in await memory.store.documents(chat_id):
+    for d in await memory.store.documents.list(chat_id):
         if d.file_name == path.name and d.size_bytes == len(data):
             return d, False
     info = await ingest_document(memory, chat_id=chat_id, message_id=message_id, user_id=user_id, user_name=user_name,

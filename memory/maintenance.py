@@ -106,7 +106,7 @@ async def fill_gaps(memory: Memory, gaps: Gaps | None = None, *, on_progress: Ca
             on_progress(len(part))
         chunk_ids = ids.difference(messages)
         if chunk_ids:
-            async for chunks in memory.store.iter_document_chunks(chat_id):
+            async for chunks in memory.store.documents.iter_chunks(chat_id):
                 memory.indexer.submit(c for c in chunks if c.memory_id in chunk_ids)
                 await memory.indexer.flush()
             on_progress(len(chunk_ids))
@@ -220,7 +220,7 @@ async def _embed_chats(memory: Memory, indexer, chats: list[int], on_progress: C
             written += len(todo)
             await indexer.flush()
             on_progress(len(batch))
-        async for chunks in memory.store.iter_document_chunks(cid):
+        async for chunks in memory.store.documents.iter_chunks(cid):
             parts = [c for c in chunks if c.message_id not in evicted]
             indexer.submit(parts)
             written += len(parts)

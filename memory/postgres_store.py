@@ -20,7 +20,7 @@ Differences from the DuckDB store, both from PostgreSQL itself:
   ``text`` and ``jsonb`` cannot hold it;
 - the directory of small tables is per process: ``chat_settings``/``user_settings`` read the database
   (another process may have changed them), while the synchronous hints ``knows_chat`` and
-  ``has_documents`` come from what this process loaded at open and wrote since.
+  ``documents.has`` come from what this process loaded at open and wrote since.
 """
 from __future__ import annotations
 
@@ -39,14 +39,12 @@ from .errors import DiskFull, MemoryStoreError, is_disk_full
 from .postgres_schema import migrate
 from .schema import from_us, to_us
 from .sql_domain import POSTGRESQL, Dialect
-from .store_base import CHUNKS_SELECT, QueuedStore, describe_row, equalities, json_object, keyset_pages
+from .store_base import QueuedStore, describe_row, equalities, json_object, keyset_pages
 from .types import (
     DOC_ID_BASE,
     MIGRATION_SHIFT,
     ChatInfo,
     CleanupRecord,
-    DocumentChunk,
-    DocumentInfo,
     StoredMessage,
     UsageRecord,
 )
@@ -137,7 +135,6 @@ class PostgresStore(QueuedStore, DomainStores):
             self._commit, describe_error=self._describe_error, save_unsaved=self._dump_unsaved,
             flush_interval_s=flush_interval_s, flush_rows=flush_rows)
         self._chat_rows: dict[int, tuple[str, str | None]] = {}  # chat_id -> (type, title), this process's view
-        self._chats_with_documents: set[int] = set()
         self.schema_version: int | None = None
         self.commits = 0
         self.rows_written = 0
@@ -182,8 +179,6 @@ class PostgresStore(QueuedStore, DomainStores):
             async with pool.connection() as con:
                 self._chat_rows = {r[0]: (r[1], r[2]) for r in await (await con.execute(
                     "SELECT chat_id, type, title FROM chats")).fetchall()}
-                self._chats_with_documents = {r[0] for r in await (await con.execute(
-                    "SELECT DISTINCT chat_id FROM documents")).fetchall()}
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await pool.close()
@@ -194,6 +189,7 @@ class PostgresStore(QueuedStore, DomainStores):
             raise
         self._pool = pool
         self._open = True
+        await self._open_domains(self._close)
         await self._start_writer(self._close)
         return self
 
@@ -557,9 +553,7 @@ class PostgresStore(QueuedStore, DomainStores):
         moved, name = await self._transaction(work)
         self._chat_rows[new] = ("supergroup", name)
         self._chat_rows.pop(old, None)
-        if old in self._chats_with_documents:
-            self._chats_with_documents.discard(old)
-            self._chats_with_documents.add(new)
+        self.documents.chat_moved(old, new)
         return moved
 
     # ------------------------------------------------------------ vector-memory bookkeeping
@@ -607,53 +601,6 @@ class PostgresStore(QueuedStore, DomainStores):
             " GROUP BY chat_id, scope, scope_id, tier, limit_name, limit_value ORDER BY chat_id, max(cleaned_at)", params)
         return [CleanupRecord(int(c), at, sc, int(sid), t, ln, int(lv), int(m), int(mm))
                 for c, at, sc, sid, t, ln, lv, m, mm in rows]
-
-    # ------------------------------------------------------------ documents
-
-    async def add_document(self, info: DocumentInfo, chunks: Sequence[DocumentChunk]) -> None:
-        for c in chunks:
-            if (c.chat_id, c.message_id) != (info.chat_id, info.message_id):
-                raise ValueError(f"chunk {c.index} belongs to {c.chat_id}/{c.message_id}, not {info.chat_id}/{info.message_id}")
-
-        async def work(con: Any) -> None:
-            key = [info.chat_id, info.message_id]
-            await con.execute("DELETE FROM document_chunks WHERE chat_id = %s AND message_id = %s", key)
-            await con.execute("DELETE FROM documents WHERE chat_id = %s AND message_id = %s", key)
-            await con.execute(
-                "INSERT INTO documents (chat_id, message_id, file_name, mime_type, kind, size_bytes, pages, chunks,"
-                " user_id, user_name, date) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [info.chat_id, info.message_id, _clean(info.file_name), info.mime_type, info.kind, info.size_bytes,
-                 info.pages, info.chunks, info.user_id, _clean(info.user_name), _utc(info.date)])
-            if chunks:
-                async with con.cursor() as cur:
-                    await cur.executemany(
-                        "INSERT INTO document_chunks (chat_id, message_id, chunk, page, section, text)"
-                        " VALUES (%s, %s, %s, %s, %s, %s)",
-                        [(c.chat_id, c.message_id, c.index, c.page, _clean(c.section), _clean(c.text)) for c in chunks])
-
-        await self._transaction(work)
-        self._chats_with_documents.add(info.chat_id)
-
-    def has_documents(self, chat_id: int) -> bool:
-        """Whether this process has seen documents in the chat (loaded at open, then its own writes)."""
-        return chat_id in self._chats_with_documents
-
-    async def documents(self, chat_id: int | None = None) -> list[DocumentInfo]:
-        await self._queue.sync()
-        sql = ("SELECT chat_id, message_id, file_name, mime_type, kind, size_bytes, pages, chunks, user_id, user_name, date"
-               " FROM documents")
-        params: list[Any] = []
-        if chat_id is not None:
-            sql += " WHERE chat_id = %s"
-            params.append(chat_id)
-        rows = await self._fetch(sql + " ORDER BY date, chat_id, message_id", params)
-        return [DocumentInfo(*r) for r in rows]
-
-    async def iter_document_chunks(self, chat_id: int | None = None, *, batch: int = 2000) -> AsyncIterator[list[DocumentChunk]]:
-        await self._queue.sync()
-        async for rows in keyset_pages(self._fetch, CHUNKS_SELECT.format(date="d.date"), [("c.chat_id", chat_id)],
-                                       ("c.chat_id", "c.message_id", "c.chunk"), batch, ph="%s"):
-            yield [DocumentChunk(*r) for r in rows]
 
     # ------------------------------------------------------------ chats and users
 

@@ -127,7 +127,7 @@ class Memory:
         """Keep a document's chunks (DuckDB, committed before return) and queue them for embedding.
         The file message itself is remembered with ``remember`` (as ``[file name] caption``).
         ``flush()`` waits until the chunks are recallable."""
-        await self.store.add_document(info, chunks)
+        await self.store.documents.add(info, chunks)
         self.indexer.submit(chunks)
 
     #: the recall stages (``memory.retrieval``); an instance may carry other settings (benchmark

@@ -46,11 +46,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from .api_keys import ApiKeyStore
 from .billing_store import BillingStore
+from .document_store import DocumentStore
 from .types import (
     ChatInfo,
     CleanupRecord,
-    DocumentChunk,
-    DocumentInfo,
     MemoryHit,
     StoredMessage,
     UsageRecord,
@@ -154,16 +153,6 @@ class DialogueStore(Protocol):
         """What capacity cleanups removed, per chat and reason (scope, tier, limit): the sums of
         ``messages`` and ``memories`` and the latest ``at``; of one chat or of all, by chat id."""
 
-    # ---------------------------------------------------------------- documents
-    async def add_document(self, info: DocumentInfo, chunks: Sequence[DocumentChunk]) -> None:
-        """Store a document and its chunks (replacing an earlier reading), in one transaction."""
-    def has_documents(self, chat_id: int) -> bool:
-        """Whether documents were ever read into the chat's memory."""
-    async def documents(self, chat_id: int | None = None) -> list[DocumentInfo]:
-        """The documents read into memory (of one chat, or all), oldest first."""
-    def iter_document_chunks(self, chat_id: int | None = None, *, batch: int = 2000) -> AsyncIterator[list[DocumentChunk]]:
-        """Every document chunk in pages of ≤ ``batch``, by ``(chat_id, message_id, chunk)``."""
-
     # ---------------------------------------------------------------- chats and users
     def knows_chat(self, chat_id: int) -> bool:
         """Whether the chat has a chat row."""
@@ -190,6 +179,9 @@ class DialogueStore(Protocol):
     def usage(self) -> UsageStore:
         """Reads of usage records and recalls (``memory.usage_store``: ``rows``, ``totals``,
         ``counts``, ``recalls_for``); written through ``record_usage`` / ``record_recall``."""
+    @property
+    def documents(self) -> DocumentStore:
+        """Documents read into memory and their chunks (``memory.document_store``)."""
 
     # ---------------------------------------------------------------- operations
     async def stats(self) -> dict:

@@ -15,7 +15,7 @@ from .errors import DiskFull
 from .types import MemoryHit, StoredMessage, UsageRecord
 from .write_behind import RecallRow, WriteBehind
 
-__all__ = ["CHUNKS_SELECT", "QueuedStore", "describe_row", "equalities", "json_object", "keyset_pages"]
+__all__ = ["QueuedStore", "describe_row", "equalities", "json_object", "keyset_pages"]
 
 
 class QueuedStore:
@@ -159,11 +159,6 @@ def describe_row(row: Any) -> str:
     if isinstance(row, UsageRecord):
         return f"(chat_id={row.chat_id!r}, ts={row.ts!r})"
     return repr(row)[:200]
-
-
-# a document's chunks with their provenance (both stores; ``{date}``: the date column as the store reads it)
-CHUNKS_SELECT = ("SELECT c.chat_id, c.message_id, c.chunk, c.text, c.page, c.section, d.file_name, d.user_id, d.user_name,"
-                 " {date} FROM document_chunks c JOIN documents d USING (chat_id, message_id) WHERE true")
 
 
 def equalities(where: Sequence[tuple[str, Any]], ph: str = "?") -> tuple[str, list[Any]]:

@@ -452,7 +452,7 @@ async def test_a_basic_groups_memory_moves_to_its_supergroup(tmp_path, st_model)
         subs.reload()
         assert (await subs.get("chat", sup)).tier == "premium" and await subs.get("chat", basic) is None
         assert await vault.keys_for(8, sup) == {"openai": "sk-group-0000"}
-        assert [d.message_id for d in await store.documents(sup)] == [migrated_id(20)]
+        assert [d.message_id for d in await store.documents.list(sup)] == [migrated_id(20)]
         assert (await find_gaps(memory)).n_missing == 0 and (await find_gaps(memory)).n_orphans == 0
         # /forget of a migrated file message still takes its chunks along
         await memory.forget_messages(sup, [migrated_id(20)])

@@ -140,7 +140,7 @@ async def test_a_pdf_fact_is_answered_with_its_page_recalled_later_listed_and_fo
         # /forget removes the file message and every chunk of the document
         await chat.cmd(ANNA.user_id, ANNA, "forget")
         await rt.memory.flush()
-        assert await rt.memory.store.documents(ANNA.user_id) == []
+        assert await rt.memory.store.documents.list(ANNA.user_id) == []
         assert await rt.memory.vectors.count(ANNA.user_id) == 0
         recall = await rt.memory.recall(ANNA.user_id, "backup server rack 12 Dell", 10)
         assert recall.hits == []
@@ -197,7 +197,7 @@ async def test_a_corrupt_pdf_gets_a_clear_message_and_the_chat_goes_on(tmp_path,
         chat = Chat(rt, holder)
         mid = await chat.send(ANNA.user_id, ANNA, "", media=pdf_media(junk, dl, "broken.pdf"))
         assert "broken.pdf" in chat.replies_to(mid)[-1].text and "damaged" in chat.replies_to(mid)[-1].text
-        assert await rt.memory.store.documents(ANNA.user_id) == []
+        assert await rt.memory.store.documents.list(ANNA.user_id) == []
         nxt = await chat.send(ANNA.user_id, ANNA, "are you still there?")
         assert chat.replies_to(nxt), "the chat goes on after a bad file"
 
@@ -378,7 +378,7 @@ async def test_capacity_cleanup_removes_a_documents_parts_with_its_message(tmp_p
                                   AutoCleanup(keep_percentage=100, min_age_days=30), datetime.now(UTC))
         assert res.messages == 1
         assert await rt.memory.store.get_messages(GROUP_A, [doc]) == []
-        assert await rt.memory.store.documents(GROUP_A) == []
+        assert await rt.memory.store.documents.list(GROUP_A) == []
         assert await rt.memory.vectors.count(GROUP_A) == 4
 
 
@@ -418,7 +418,7 @@ async def test_a_telegram_export_keeps_media_markers_and_reads_its_documents_onc
         cid = -100777
         texts = [m.text for m in await rt.memory.store.get_messages(cid, [1, 2, 3])]
         hits = (await rt.memory.recall(cid, "how do I restart the ingest workers?", 3)).hits
-        docs = await rt.memory.store.documents(cid)
+        docs = await rt.memory.store.documents.list(cid)
     assert texts == ["[file runbook.pdf] the runbook", "[voice 0:07]", "[file big.iso]"]
     assert (first.documents, again.documents) == (1, 0) and first.document_errors == []
     assert [(d.file_name, d.message_id, d.user_name) for d in docs] == [("runbook.pdf", 1, "Anna")]

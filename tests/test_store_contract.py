@@ -673,14 +673,14 @@ async def test_documents_memory_ids_and_evictions(open_store: Opener) -> None:
     async with open_store() as store:
         store.add_many([msg(1), msg(2, text=""), msg(3, user=999, role=ROLE_ASSISTANT), msg(5, text="[report.pdf]")])
         store.add(msg(7, chat=OTHER))
-        assert not store.has_documents(CHAT)
-        await store.add_document(info, chunks)
-        await store.add_document(info, chunks)  # read again: replaced, not doubled
-        assert store.has_documents(CHAT)
+        assert not store.documents.has(CHAT)
+        await store.documents.add(info, chunks)
+        await store.documents.add(info, chunks)  # read again: replaced, not doubled
+        assert store.documents.has(CHAT)
         with pytest.raises(ValueError):
-            await store.add_document(info, [DocumentChunk(OTHER, 5, 0, "x", None, None, "f", 1, "u", T0)])
-        assert await store.documents(CHAT) == [info] and await store.documents(OTHER) == []
-        pages = [p async for p in store.iter_document_chunks(CHAT, batch=1)]
+            await store.documents.add(info, [DocumentChunk(OTHER, 5, 0, "x", None, None, "f", 1, "u", T0)])
+        assert await store.documents.list(CHAT) == [info] and await store.documents.list(OTHER) == []
+        pages = [p async for p in store.documents.iter_chunks(CHAT, batch=1)]
         assert [[c.index for c in p] for p in pages] == [[0], [1]]
         assert pages[1][0].page == 2 and pages[1][0].memory_id == chunk_memory_id(5, 1) > DOC_ID_BASE
         want = {1, 5, chunk_memory_id(5, 0), chunk_memory_id(5, 1)}
@@ -689,7 +689,39 @@ async def test_documents_memory_ids_and_evictions(open_store: Opener) -> None:
         assert await store.evicted_ids(CHAT) == {1, 5}
         assert await store.memory_ids(CHAT) == {}
         assert await store.delete_messages(CHAT, message_ids=[5]) == [5]
-        assert await store.documents() == [] and await store.evicted_ids(CHAT) == {1}
+        assert await store.documents.list() == [] and await store.evicted_ids(CHAT) == {1}
+
+
+@pytest.mark.anyio
+async def test_documents_keep_times_to_the_microsecond_many_chunks_and_the_chats_that_have_them(open_store: Opener) -> None:
+    t1 = datetime(2026, 12, 6, 18, 0, 0, 123457, tzinfo=UTC)
+    t2 = datetime(1969, 7, 20, 20, 17, 40, 1, tzinfo=timezone(timedelta(hours=-4)))  # older, not UTC
+    big = DocumentInfo(CHAT, 9, "book\x00.pdf", None, "pdf", 10**10, 3000, 3000, 2, "Anna\x00", t1)
+    chunks = [DocumentChunk(CHAT, 9, i, f"page text {i}\x00" if i == 7 else f"page text {i}", i // 2 + 1 if i % 3 else None,
+                            f"§{i}" if i % 2 else None, big.file_name, 2, big.user_name, t1) for i in range(3000)]
+    old = DocumentInfo(OTHER, 4, "notes.txt", "text/plain", "text", 10, 0, 0, 3, "Boris", t2)
+    basic, sup = -4002, -1004002
+    async with open_store() as store:
+        await store.documents.add(big, chunks)
+        await store.documents.add(old, [])  # a document without text: listed, no chunks
+        await store.documents.add(DocumentInfo(basic, 2, "a.txt", None, "text", 1, 0, 1, 3, "Boris", t1),
+                                  [DocumentChunk(basic, 2, 0, "group text", None, None, "a.txt", 3, "Boris", t1)])
+        listed = await store.documents.list()
+        assert [(d.chat_id, d.message_id) for d in listed] == [(OTHER, 4), (CHAT, 9), (basic, 2)]  # oldest first
+        assert listed[0].date == t2 and listed[0].date.tzinfo == UTC and listed[1].date == t1
+        # U+0000 is kept as U+FFFD on every engine (PostgreSQL's text cannot hold it)
+        assert (listed[1].file_name, listed[1].user_name, listed[1].size_bytes) == ("book\ufffd.pdf", "Anna\ufffd", 10**10)
+        got = [c async for page in store.documents.iter_chunks(CHAT, batch=1000) for c in page]
+        want = [DocumentChunk(c.chat_id, c.message_id, c.index, c.text.replace("\x00", "\ufffd"), c.page, c.section,
+                              "book\ufffd.pdf", 2, "Anna\ufffd", t1) for c in chunks]
+        assert got == want
+        assert [len(p) async for p in store.documents.iter_chunks(batch=1000)] == [1000, 1000, 1000, 1]
+        await store.upsert_chat(basic, "group", "Team")
+        await store.migrate_chat(basic, sup)
+        assert (store.documents.has(basic), store.documents.has(sup)) == (False, True)
+        assert [(d.chat_id, d.message_id) for d in await store.documents.list(sup)] == [(sup, migrated_id(2))]
+    async with open_store() as store:  # the chats with documents are read again at open
+        assert [store.documents.has(c) for c in (CHAT, OTHER, sup, basic, 12345)] == [True, True, True, False, False]
 
 
 @pytest.mark.anyio

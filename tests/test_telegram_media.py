@@ -87,7 +87,7 @@ async def test_a_document_is_downloaded_read_and_answered_with_its_page(tmp_path
         await h.deliver(msg)
         await h.settle(app.runtime.supervisor)
         reply = h.texts(42)[-1]
-        docs = await app.runtime.memory.store.documents(42)
+        docs = await app.runtime.memory.store.documents.list(42)
     assert len(h.downloads) == 1
     assert "10.20.30.40" in reply and "handbook.pdf, p. 2" in reply
     assert [(d.file_name, d.pages) for d in docs] == [("handbook.pdf", 3)]
