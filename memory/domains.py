@@ -10,6 +10,7 @@ from datetime import datetime
 from functools import cached_property
 
 from .api_keys import ApiKeyStore
+from .index_bookkeeping import IndexBookkeeping
 
 __all__ = ["DomainStores"]
 
@@ -23,3 +24,9 @@ class DomainStores:
     def keys(self) -> ApiKeyStore:
         """Members' and groups' own API keys (``memory.api_keys``)."""
         return ApiKeyStore(self, clock=self._clock)  # type: ignore[arg-type]
+
+    @cached_property
+    def index(self) -> IndexBookkeeping:
+        """Vector-memory bookkeeping: the ids LanceDB should hold, evictions, the cleanups' log
+        (``memory.index_bookkeeping``)."""
+        return IndexBookkeeping(self, clock=self._clock)  # type: ignore[arg-type]

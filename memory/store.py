@@ -45,9 +45,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .api_keys import ApiKeyStore
+from .index_bookkeeping import IndexBookkeeping
 from .types import (
     ChatInfo,
-    CleanupRecord,
     DocumentChunk,
     DocumentInfo,
     MemoryHit,
@@ -143,19 +143,6 @@ class DialogueStore(Protocol):
     async def migrate_chat(self, old: int, new: int, *, title: str | None = None) -> int:
         """Move a basic group to its supergroup in one transaction; returns the messages moved."""
 
-    # ---------------------------------------------------------------- vector-memory bookkeeping
-    async def memory_ids(self, chat_id: int | None = None) -> dict[int, set[int]]:
-        """Per chat, the ids vector memory should hold (user messages with text, document chunks, minus evictions)."""
-    async def note_evictions(self, chat_id: int, message_ids: Sequence[int]) -> None:
-        """Record memories dropped on purpose by the capacity cleanup (not embedded again)."""
-    async def evicted_ids(self, chat_id: int) -> set[int]:
-        """Ids whose memory the capacity cleanup evicted."""
-    async def record_cleanup(self, record: CleanupRecord) -> None:
-        """Log what one capacity cleanup removed from one chat, and why (committed on return)."""
-    async def cleanups(self, chat_id: int | None = None) -> list[CleanupRecord]:
-        """What capacity cleanups removed, per chat and reason (scope, tier, limit): the sums of
-        ``messages`` and ``memories`` and the latest ``at``; of one chat or of all, by chat id."""
-
     # ---------------------------------------------------------------- documents
     async def add_document(self, info: DocumentInfo, chunks: Sequence[DocumentChunk]) -> None:
         """Store a document and its chunks (replacing an earlier reading), in one transaction."""
@@ -185,6 +172,10 @@ class DialogueStore(Protocol):
     @property
     def keys(self) -> ApiKeyStore:
         """Members' and groups' own API keys (``memory.api_keys``)."""
+    @property
+    def index(self) -> IndexBookkeeping:
+        """Vector-memory bookkeeping: the ids LanceDB should hold (``memory_ids``), the evictions and
+        the capacity cleanups' log (``memory.index_bookkeeping``)."""
 
     # ---------------------------------------------------------------- usage and recalls
     async def usage_rows(self, *, since: datetime | None = None) -> list[UsageRecord]:
