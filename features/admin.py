@@ -187,7 +187,7 @@ async def overview(ctx: ChatContext) -> str:
         lines.append(_("Largest chats:"))
         lines += [f"• {c.title or c.type} ({c.chat_id}): " + ngettext("{n} message", "{n} messages", c.messages, n=num(c.messages))
                   for c in chats]
-    cleaned = await mem.store.cleanups()
+    cleaned = await mem.store.index.cleanups()
     if cleaned:
         from .capacity import describe
 

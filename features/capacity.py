@@ -4,7 +4,7 @@
 ``memory_limit``; the runtime then tells the chats concerned with a ``CapacityCleaned`` event, and
 their ctx says it once per cleanup — to the member in a private chat, to the admins in a group —
 with a /billing button when the bot sells plans. ``/memory``, ``/admin`` and ``kith memory stats``
-read the same log (``DialogueStore.cleanups``) through ``describe``.
+read the same log (``store.index.cleanups``) through ``describe``.
 """
 from __future__ import annotations
 

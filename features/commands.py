@@ -285,7 +285,7 @@ async def cmd_memory(ctx: ChatContext, ev: CommandEvent) -> None:
             lines.append(ngettext("**Facts** about you and this chat: {n} (`/memory facts`).",
                                   "**Facts** about you and this chat: {n} (`/memory facts`).", len(facts_here),
                                   n=i18n.number(len(facts_here))))
-    cleaned = await mem.store.cleanups(ctx.chat_id)
+    cleaned = await mem.store.index.cleanups(ctx.chat_id)
     if cleaned:
         lines.append(_("**Removed by the capacity cleanup**:"))
         lines += ["• " + describe(r) for r in cleaned]

@@ -57,7 +57,7 @@ async def cleanup_scope(
     *, tier: str = "",
 ) -> CleanupResult:
     """Bring ``scope:scope_id`` (``"chat"`` or ``"user"``, on tier ``tier``) back within ``limits``.
-    Returns what was deleted; each chat's part is also logged in the store (``record_cleanup``).
+    Returns what was deleted; each chat's part is also logged in the store (``store.index.record_cleanup``).
 
     Only what was said in the chat counts and can go: the host's imports (``StoredMessage.imported``)
     are neither counted nor evicted. A scope within its limits is counted without waiting for the
@@ -98,7 +98,7 @@ async def cleanup_scope(
         CleanupRecord(chat_id, now, scope, scope_id, tier, name, getattr(limits, name), messages, memories)
         for (chat_id, name), (messages, memories) in removed.items())
     for rec in records:
-        await store.record_cleanup(rec)
+        await store.index.record_cleanup(rec)
     messages, memories = sum(r.messages for r in records), sum(r.memories for r in records)
     if records:
         log.info("cleanup %s:%s (tier %s) deleted %d messages and %d memories", scope, scope_id, tier, messages, memories)

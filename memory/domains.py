@@ -14,6 +14,7 @@ import anyio
 from .api_keys import ApiKeyStore
 from .billing_store import BillingStore
 from .document_store import DocumentStore
+from .index_bookkeeping import IndexBookkeeping
 from .usage_store import UsageStore
 
 __all__ = ["DomainStores"]
@@ -55,3 +56,9 @@ class DomainStores:
     def documents(self) -> DocumentStore:
         """Documents read into memory and their chunks (``memory.document_store``)."""
         return DocumentStore(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def index(self) -> IndexBookkeeping:
+        """Vector-memory bookkeeping: the ids LanceDB should hold, evictions, the cleanups' log
+        (``memory.index_bookkeeping``)."""
+        return IndexBookkeeping(self, clock=self._clock)  # type: ignore[arg-type]

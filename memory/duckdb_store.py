@@ -54,10 +54,8 @@ from .schema import from_us, migrate, to_us
 from .sql_domain import DUCKDB, Dialect
 from .store_base import QueuedStore, describe_row, equalities, json_object, keyset_pages
 from .types import (
-    DOC_ID_BASE,
     MIGRATION_SHIFT,
     ChatInfo,
-    CleanupRecord,
     StoredMessage,
     UsageRecord,
 )
@@ -532,39 +530,6 @@ class DuckDBStore(QueuedStore, DomainStores):
         if not self._queue.put_delivery((chat_id, message_id, to_us(self._clock()))):
             await self._queue.flush()
 
-    async def note_evictions(self, chat_id: int, message_ids: Sequence[int]) -> None:
-        """Record that the memories of ``message_ids`` were dropped on purpose (capacity cleanup over a
-        memory limit; the messages stay readable): the start-up gap check and ``kith memory reindex``
-        do not embed them again. Committed before it returns."""
-        if not message_ids:
-            return
-        await self._query(
-            f"INSERT OR IGNORE INTO memory_evictions SELECT ?, unnest(?::BIGINT[]), {_TS.format('?')}",
-            [chat_id, list(message_ids), to_us(self._clock())])
-
-    async def memory_ids(self, chat_id: int | None = None) -> dict[int, set[int]]:
-        """Per chat, the ids vector memory should hold: every stored user message with text (some
-        may be whitespace only: the indexer skips those) and every document chunk
-        (``chunk_memory_id``), minus what the capacity cleanup evicted; of one chat, or of all.
-        Commits queued writes first."""
-        await self._queue.sync()
-        only = "" if chat_id is None else f" AND chat_id = {int(chat_id)}"
-        rows = await self._query(
-            f"""
-            SELECT chat_id, message_id FROM messages m
-             WHERE role = 'user' AND length(text) > 0{only}
-               AND NOT EXISTS (SELECT 1 FROM memory_evictions e WHERE e.chat_id = m.chat_id AND e.message_id = m.message_id)
-            UNION ALL
-            SELECT chat_id, ? + message_id * 65536 + chunk FROM document_chunks c
-             WHERE true{only}
-               AND NOT EXISTS (SELECT 1 FROM memory_evictions e WHERE e.chat_id = c.chat_id AND e.message_id = c.message_id)
-            """,
-            [DOC_ID_BASE])
-        out: dict[int, set[int]] = {}
-        for chat_id, mid in rows:
-            out.setdefault(chat_id, set()).add(mid)
-        return out
-
     # ------------------------------------------------------------ group → supergroup
 
     async def migrate_chat(self, old: int, new: int, *, title: str | None = None) -> int:
@@ -630,27 +595,6 @@ class DuckDBStore(QueuedStore, DomainStores):
             self._chats_with_messages.add(new)
         self.documents.chat_moved(old, new)
         return moved
-
-    async def evicted_ids(self, chat_id: int) -> set[int]:
-        """Message ids of ``chat_id`` whose memory the capacity cleanup evicted (``note_evictions``)."""
-        rows = await self._query("SELECT message_id FROM memory_evictions WHERE chat_id = ?", [chat_id])
-        return {r[0] for r in rows}
-
-    async def record_cleanup(self, record: CleanupRecord) -> None:
-        """Log what one capacity cleanup removed from one chat, and why. Committed before it returns."""
-        r = record
-        await self._query(f"INSERT INTO cleanups VALUES (?, {_TS.format('?')}, ?, ?, ?, ?, ?, ?, ?)",
-                          [r.chat_id, to_us(r.at), r.scope, r.scope_id, r.tier, r.limit_name, r.limit, r.messages, r.memories])
-
-    async def cleanups(self, chat_id: int | None = None) -> list[CleanupRecord]:
-        """What capacity cleanups removed, per chat and reason (``memory.store.DialogueStore.cleanups``)."""
-        filters, params = equalities([("chat_id", chat_id)])
-        rows = await self._query(
-            "SELECT chat_id, epoch_us(max(cleaned_at)), scope, scope_id, tier, limit_name, limit_value, sum(messages), sum(memories)"
-            " FROM cleanups WHERE true" + filters +
-            " GROUP BY chat_id, scope, scope_id, tier, limit_name, limit_value ORDER BY chat_id, max(cleaned_at)", params)
-        return [CleanupRecord(int(c), from_us(at), sc, int(sid), t, ln, int(lv), int(m), int(mm))
-                for c, at, sc, sid, t, ln, lv, m, mm in rows]
 
     async def max_message_id(self, chat_id: int) -> int | None:
         """The highest stored message id of ``chat_id``; None when the chat has no messages."""

@@ -3,8 +3,8 @@
 
 LanceDB is derived data: every memory is an embedded user message, or a chunk of a document, of the
 dialogue store, so the vector table can always be rebuilt from DuckDB with the same embedding model.
-What DuckDB holds and LanceDB should hold is ``DialogueStore.memory_ids`` (minus what the capacity
-cleanup evicted on purpose); a crash, a full disk or a dropped indexer batch can leave stored
+What DuckDB holds and LanceDB should hold is ``store.index.memory_ids`` (``memory.index_bookkeeping``:
+minus what the capacity cleanup evicted on purpose); a crash, a full disk or a dropped indexer batch can leave stored
 messages unembedded, or a deleted message's memory behind. ``find_gaps`` compares the two and
 ``fill_gaps`` repairs them; the bot, ``kith chat``, ``kith import`` and ``kith replay`` run it in the
 background at every start (``GapFiller``), so nothing stored stays unrecallable.
@@ -82,7 +82,7 @@ async def find_gaps(memory: Stores, before: dict[int, set[int]] | None = None) -
     vector memory was read (a message is queued for the store before it is queued for embedding,
     and the read commits the queue), so a new message's row is never taken for an orphan."""
     have = await memory.vectors.ids_by_chat()
-    want = await memory.store.memory_ids()
+    want = await memory.store.index.memory_ids()
     base = want if before is None else before
     missing = {c: ids - have.get(c, set()) for c, ids in base.items()}
     orphans = {c: ids - want.get(c, set()) for c, ids in have.items()}
@@ -130,7 +130,7 @@ class GapFiller:
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> GapFiller:
-        self._before = await self.memory.store.memory_ids()  # before any intake (see find_gaps)
+        self._before = await self.memory.store.index.memory_ids()  # before any intake (see find_gaps)
         async with AsyncExitStack() as stack:  # the fill's task group, owned by this object until __aexit__
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._tg.start_soon(self._run, name="memory-gap-fill")
@@ -192,7 +192,7 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
         # is queued for the store before its embedding, so its row is never taken for a stale one
         have = await memory.vectors.message_ids(chat_id)
         await memory.store.flush()
-        wanted = (await memory.store.memory_ids(chat_id)).get(chat_id, set())
+        wanted = (await memory.store.index.memory_ids(chat_id)).get(chat_id, set())
         stale = have - wanted
         await memory.vectors.delete(chat_id, message_ids=sorted(stale))
         await memory.vectors.optimize()
@@ -213,7 +213,7 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
 async def _embed_chats(memory: Memory, indexer, chats: list[int], on_progress: Callable[[int], None]) -> int:
     written = 0
     for cid in chats:
-        evicted = await memory.store.evicted_ids(cid)
+        evicted = await memory.store.index.evicted_ids(cid)
         async for batch in memory.store.iter_messages(cid):
             todo = [m for m in batch if m.role == ROLE_USER and m.text.strip() and m.message_id not in evicted]
             indexer.submit(todo)

@@ -41,10 +41,8 @@ from .schema import from_us, to_us
 from .sql_domain import POSTGRESQL, Dialect
 from .store_base import QueuedStore, describe_row, equalities, json_object, keyset_pages
 from .types import (
-    DOC_ID_BASE,
     MIGRATION_SHIFT,
     ChatInfo,
-    CleanupRecord,
     StoredMessage,
     UsageRecord,
 )
@@ -556,51 +554,6 @@ class PostgresStore(QueuedStore, DomainStores):
         self.documents.chat_moved(old, new)
         return moved
 
-    # ------------------------------------------------------------ vector-memory bookkeeping
-
-    async def memory_ids(self, chat_id: int | None = None) -> dict[int, set[int]]:
-        await self._queue.sync()
-        only, params = "", [DOC_ID_BASE]
-        if chat_id is not None:
-            only = " AND chat_id = %s"
-        rows = await self._fetch(
-            f"""
-            SELECT chat_id, message_id FROM messages m
-             WHERE role = 'user' AND length(text) > 0{only}
-               AND NOT EXISTS (SELECT 1 FROM memory_evictions e WHERE e.chat_id = m.chat_id AND e.message_id = m.message_id)
-            UNION ALL
-            SELECT chat_id, %s::bigint + message_id * 65536 + chunk FROM document_chunks c
-             WHERE true{only}
-               AND NOT EXISTS (SELECT 1 FROM memory_evictions e WHERE e.chat_id = c.chat_id AND e.message_id = c.message_id)
-            """,
-            ([chat_id] if chat_id is not None else []) + params + ([chat_id] if chat_id is not None else []))
-        out: dict[int, set[int]] = {}
-        for c, mid in rows:
-            out.setdefault(c, set()).add(mid)
-        return out
-
-    async def note_evictions(self, chat_id: int, message_ids: Sequence[int]) -> None:
-        if not message_ids:
-            return
-        await self._fetch("INSERT INTO memory_evictions SELECT %s, unnest(%s::bigint[]), %s ON CONFLICT DO NOTHING",
-                          [chat_id, list(message_ids), self._clock()])
-
-    async def evicted_ids(self, chat_id: int) -> set[int]:
-        return {r[0] for r in await self._fetch("SELECT message_id FROM memory_evictions WHERE chat_id = %s", [chat_id])}
-
-    async def record_cleanup(self, record: CleanupRecord) -> None:
-        r = record
-        await self._fetch("INSERT INTO cleanups VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                          [r.chat_id, _utc(r.at), r.scope, r.scope_id, r.tier, r.limit_name, r.limit, r.messages, r.memories])
-
-    async def cleanups(self, chat_id: int | None = None) -> list[CleanupRecord]:
-        filters, params = equalities([("chat_id", chat_id)], "%s")
-        rows = await self._fetch(
-            "SELECT chat_id, max(cleaned_at), scope, scope_id, tier, limit_name, limit_value, sum(messages), sum(memories)"
-            " FROM cleanups WHERE true" + filters +
-            " GROUP BY chat_id, scope, scope_id, tier, limit_name, limit_value ORDER BY chat_id, max(cleaned_at)", params)
-        return [CleanupRecord(int(c), at, sc, int(sid), t, ln, int(lv), int(m), int(mm))
-                for c, at, sc, sid, t, ln, lv, m, mm in rows]
 
     # ------------------------------------------------------------ chats and users
 

@@ -81,7 +81,7 @@ class Memory:
     async def _evicted_of(self, chat_id: int) -> set[int]:
         ids = self._evicted.get(chat_id)
         if ids is None:
-            ids = self._evicted[chat_id] = await self.store.evicted_ids(chat_id)
+            ids = self._evicted[chat_id] = await self.store.index.evicted_ids(chat_id)
         return ids
 
     async def not_evicted(self, items: list) -> list:
@@ -97,7 +97,7 @@ class Memory:
     async def note_evictions(self, chat_id: int, message_ids: Collection[int]) -> None:
         """Record (durably, first) that the memories of ``message_ids`` were evicted by the capacity
         cleanup; from then on the indexer drops them (``not_evicted``)."""
-        await self.store.note_evictions(chat_id, list(message_ids))
+        await self.store.index.note_evictions(chat_id, list(message_ids))
         (await self._evicted_of(chat_id)).update(int(m) for m in message_ids)
 
     def check_space(self) -> None:

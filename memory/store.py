@@ -47,9 +47,9 @@ from typing import Any, Protocol, runtime_checkable
 from .api_keys import ApiKeyStore
 from .billing_store import BillingStore
 from .document_store import DocumentStore
+from .index_bookkeeping import IndexBookkeeping
 from .types import (
     ChatInfo,
-    CleanupRecord,
     MemoryHit,
     StoredMessage,
     UsageRecord,
@@ -140,18 +140,6 @@ class DialogueStore(Protocol):
     async def migrate_chat(self, old: int, new: int, *, title: str | None = None) -> int:
         """Move a basic group to its supergroup in one transaction; returns the messages moved."""
 
-    # ---------------------------------------------------------------- vector-memory bookkeeping
-    async def memory_ids(self, chat_id: int | None = None) -> dict[int, set[int]]:
-        """Per chat, the ids vector memory should hold (user messages with text, document chunks, minus evictions)."""
-    async def note_evictions(self, chat_id: int, message_ids: Sequence[int]) -> None:
-        """Record memories dropped on purpose by the capacity cleanup (not embedded again)."""
-    async def evicted_ids(self, chat_id: int) -> set[int]:
-        """Ids whose memory the capacity cleanup evicted."""
-    async def record_cleanup(self, record: CleanupRecord) -> None:
-        """Log what one capacity cleanup removed from one chat, and why (committed on return)."""
-    async def cleanups(self, chat_id: int | None = None) -> list[CleanupRecord]:
-        """What capacity cleanups removed, per chat and reason (scope, tier, limit): the sums of
-        ``messages`` and ``memories`` and the latest ``at``; of one chat or of all, by chat id."""
 
     # ---------------------------------------------------------------- chats and users
     def knows_chat(self, chat_id: int) -> bool:
@@ -182,6 +170,10 @@ class DialogueStore(Protocol):
     @property
     def documents(self) -> DocumentStore:
         """Documents read into memory and their chunks (``memory.document_store``)."""
+    @property
+    def index(self) -> IndexBookkeeping:
+        """Vector-memory bookkeeping: the ids LanceDB should hold (``memory_ids``), the evictions and
+        the capacity cleanups' log (``memory.index_bookkeeping``)."""
 
     # ---------------------------------------------------------------- operations
     async def stats(self) -> dict:

@@ -253,7 +253,7 @@ async def memory_stats(res: Resources, io: Streams, *, as_json: bool = False) ->
             await res.memory.flush()
     chats = await res.store.chats()
     cleaned: dict[int, list] = {}
-    for rec in await res.store.cleanups():
+    for rec in await res.store.index.cleanups():
         cleaned.setdefault(rec.chat_id, []).append(rec)
     rows: list[dict[str, Any]] = []
     for c in chats:

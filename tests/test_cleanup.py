@@ -175,10 +175,10 @@ async def test_the_hosts_imports_are_neither_counted_nor_evicted_and_each_cleanu
         assert res.messages == 12  # 20 said in the chat − 80 % of 10; the import does not count
         assert await memory.store.count_messages(chat, imported=True) == imported  # … and is never removed
         assert await memory.vectors.count(chat) == embedded + 8
-        logged = await memory.store.cleanups(chat)
+        logged = await memory.store.index.cleanups(chat)
         assert [(r.scope, r.tier, r.limit_name, r.limit, r.messages, r.memories) for r in logged] == [
             ("chat", "free", "dialogue_limit", 10, 12, 0)]
-        assert await memory.store.cleanups(-12345) == []
+        assert await memory.store.index.cleanups(-12345) == []
 
 
 async def test_a_cleanup_tells_the_chat_what_it_removed_why_and_how_to_keep_more(tmp_path, st_model):
@@ -196,7 +196,7 @@ async def test_a_cleanup_tells_the_chat_what_it_removed_why_and_how_to_keep_more
         assert told[0].startswith("For the admins:") and "free tier keeps 10 memories per chat" in told[0]
         assert "/billing" in told[0]
         assert await rt.memory.store.count_messages(-9) == 15  # history stays; only recall went
-        logged = await rt.memory.store.cleanups(-9)
+        logged = await rt.memory.store.index.cleanups(-9)
         assert len(logged) == 1 and logged[0].memories == sum(r.memories for r in rt.services.janitor.results)
 
 
@@ -206,7 +206,7 @@ async def test_an_evicted_memory_never_comes_back_by_an_edit_a_replay_or_a_reimp
         memory.remember_many(old)
         await memory.flush()
         await cleanup_scope(memory, "chat", -3, StorageLimits(memory_limit=10), POLICY, NOW)
-        evicted = await memory.store.evicted_ids(-3)
+        evicted = await memory.store.index.evicted_ids(-3)
         assert evicted == set(range(1, 13))
 
         async def found() -> set[int]:  # search right after: every mode, ids of evicted memories

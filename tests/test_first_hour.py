@@ -73,7 +73,7 @@ async def test_an_imported_chat_keeps_its_whole_memory_on_the_free_tier(tmp_path
                     if m.role == ROLE_USER and m.text.strip()]
             assert len(said) >= 1000
             assert await rt.memory.vectors.count(chat_id) == len(said), chat_id  # memories = messages
-        assert await rt.memory.store.cleanups() == []
+        assert await rt.memory.store.index.cleanups() == []
     out.file.close()
 
 

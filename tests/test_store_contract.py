@@ -684,12 +684,12 @@ async def test_documents_memory_ids_and_evictions(open_store: Opener) -> None:
         assert [[c.index for c in p] for p in pages] == [[0], [1]]
         assert pages[1][0].page == 2 and pages[1][0].memory_id == chunk_memory_id(5, 1) > DOC_ID_BASE
         want = {1, 5, chunk_memory_id(5, 0), chunk_memory_id(5, 1)}
-        assert await store.memory_ids() == {CHAT: want, OTHER: {7}}
-        await store.note_evictions(CHAT, [1, 5])  # the message and the document's chunks
-        assert await store.evicted_ids(CHAT) == {1, 5}
-        assert await store.memory_ids(CHAT) == {}
+        assert await store.index.memory_ids() == {CHAT: want, OTHER: {7}}
+        await store.index.note_evictions(CHAT, [1, 5])  # the message and the document's chunks
+        assert await store.index.evicted_ids(CHAT) == {1, 5}
+        assert await store.index.memory_ids(CHAT) == {}
         assert await store.delete_messages(CHAT, message_ids=[5]) == [5]
-        assert await store.documents.list() == [] and await store.evicted_ids(CHAT) == {1}
+        assert await store.documents.list() == [] and await store.index.evicted_ids(CHAT) == {1}
 
 
 @pytest.mark.anyio
@@ -763,8 +763,42 @@ async def test_the_hosts_imports_are_told_apart_and_cleanups_are_logged_per_reas
         assert all(m.imported for m in await store.get_messages(CHAT, [1, 2]))
         assert not any(m.imported for m in await store.get_messages(CHAT, [6]))
         for at, n in ((T0, 3), (T0 + timedelta(days=1), 4)):
-            await store.record_cleanup(CleanupRecord(CHAT, at, "chat", CHAT, "free", "memory_limit", 10, 0, n))
-        await store.record_cleanup(CleanupRecord(OTHER, T0, "user", 2, "free", "dialogue_limit", 5, 2, 0))
-        assert await store.cleanups(CHAT) == [
+            await store.index.record_cleanup(CleanupRecord(CHAT, at, "chat", CHAT, "free", "memory_limit", 10, 0, n))
+        await store.index.record_cleanup(CleanupRecord(OTHER, T0, "user", 2, "free", "dialogue_limit", 5, 2, 0))
+        assert await store.index.cleanups(CHAT) == [
             CleanupRecord(CHAT, T0 + timedelta(days=1), "chat", CHAT, "free", "memory_limit", 10, 0, 7)]
-        assert [r.chat_id for r in await store.cleanups()] == sorted([CHAT, OTHER])
+        assert [r.chat_id for r in await store.index.cleanups()] == sorted([CHAT, OTHER])
+
+
+@pytest.mark.anyio
+async def test_evictions_are_noted_once_per_chat_and_memory_ids_see_queued_messages(open_store: Opener) -> None:
+    async with open_store(flush_interval_s=30.0) as store:
+        store.add_many([msg(i) for i in range(1, 6)] + [msg(2, chat=OTHER)])
+        with anyio.fail_after(5):  # read-your-writes: the queued messages are counted without a flush
+            assert await store.index.memory_ids(CHAT) == {CHAT: {1, 2, 3, 4, 5}}
+        await store.index.note_evictions(CHAT, [2, 2, 3])  # a duplicate inside one call
+        await store.index.note_evictions(CHAT, [3, 4])  # and one noted before
+        await store.index.note_evictions(CHAT, [])
+        assert await store.index.evicted_ids(CHAT) == {2, 3, 4}
+        assert await store.index.evicted_ids(OTHER) == set()  # the same message id in another chat stays
+        assert await store.index.memory_ids() == {CHAT: {1, 5}, OTHER: {2}}
+        assert await store.index.memory_ids(OTHER) == {OTHER: {2}}
+        assert await store.index.memory_ids(-42) == {}
+    async with open_store() as store:  # committed when noted
+        assert await store.index.evicted_ids(CHAT) == {2, 3, 4}
+
+
+@pytest.mark.anyio
+async def test_cleanups_keep_their_times_to_the_microsecond_in_utc(open_store: Opener) -> None:
+    from memory.types import CleanupRecord
+
+    aware = datetime(2024, 3, 1, 15, 4, 5, 123457, tzinfo=timezone(timedelta(hours=3)))
+    naive = datetime(2024, 3, 2, 1, 2, 3, 999999)  # taken as UTC
+    async with open_store() as store:
+        await store.index.record_cleanup(CleanupRecord(CHAT, naive, "chat", CHAT, "pro", "memory_limit", 10, 0, 1))
+        await store.index.record_cleanup(CleanupRecord(CHAT, aware, "chat", CHAT, "free", "memory_limit", 10, 0, 2))
+        got = await store.index.cleanups(CHAT)
+        assert [(r.tier, r.at) for r in got] == [("free", aware), ("pro", naive.replace(tzinfo=UTC))]  # oldest first
+        assert all(r.at.tzinfo is not None and r.at.utcoffset() == timedelta(0) for r in got)
+        assert got[0].at.microsecond == 123457 and got[1].at.microsecond == 999999
+        assert await store.index.cleanups(OTHER) == []
