@@ -11,6 +11,7 @@ from functools import cached_property
 
 from .api_keys import ApiKeyStore
 from .billing_store import BillingStore
+from .message_store import MessageStore
 
 __all__ = ["DomainStores"]
 
@@ -29,3 +30,9 @@ class DomainStores:
     def billing(self) -> BillingStore:
         """Subscriptions and payments (``memory.billing_store``)."""
         return BillingStore(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def messages(self) -> MessageStore:
+        """The stored messages: reads, edits, deletes (``memory.message_store``); the writes are the
+        store's own queue (``add``, ``add_many``, ``note_delivery``)."""
+        return MessageStore(self)  # type: ignore[arg-type]
