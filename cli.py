@@ -378,7 +378,7 @@ async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, a
             out.print(f"[dim]    · {escape(format_hit(h))}[/]")
 
     clock = TranscriptClock()
-    async with open_runtime(cfg, data_dir, lambda mem: ShownOutbox(IdAllocator(mem.store.max_message_id), clock=clock),
+    async with open_runtime(cfg, data_dir, lambda mem: ShownOutbox(IdAllocator(mem.store.messages.max_id), clock=clock),
                             on_turn=show, clock=clock) as rt:
         report = await run_replay(
             rt, file, policy=policy, limit=limit, on_message=remember_question, clock=clock,

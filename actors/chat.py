@@ -159,11 +159,11 @@ class ChatActor:
         if win is None:
             size = self.svc.config.settings.memory.recent_window
             store = self.svc.memory.store
-            recent = await store.recent(self.chat_id, size, thread_id=thread_id)
+            recent = await store.messages.recent(self.chat_id, size, thread_id=thread_id)
             whole = thread_id is None and len(recent) < size and not store.documents.has(self.chat_id)
             if thread_id is None and any(m.thread_id is not None for m in recent):
                 # a forum: the General window holds only messages outside topics (the topics have their own)
-                recent = await store.recent(self.chat_id, size, general_only=True)
+                recent = await store.messages.recent(self.chat_id, size, general_only=True)
                 whole = False
             since = self.settings.context_from  # set by /reset: older messages leave the context
             if since is not None:
@@ -176,7 +176,7 @@ class ChatActor:
     async def answered(self) -> set[int]:
         """Ids of this chat's messages the bot has replied to (from the store once, then kept)."""
         if self._answered is None:
-            self._answered = await self.svc.memory.store.answered_ids(self.chat_id)
+            self._answered = await self.svc.memory.store.messages.answered_ids(self.chat_id)
         return self._answered
 
     async def note_delivery(self, message_id: int) -> None:
@@ -249,7 +249,7 @@ class ChatActor:
         await self.svc.memory.flush()
         last = max((m.message_id for w in self._windows.values() for m in w), default=None)
         if last is None:
-            last = await self.svc.memory.store.max_message_id(self.chat_id)
+            last = await self.svc.memory.store.messages.max_id(self.chat_id)
         self._windows.clear()
         self._whole_chat_in_window.clear()
         if last is not None:
@@ -288,7 +288,7 @@ class ChatActor:
             return
         old = next((m for w in self._windows.values() for m in w if m.message_id == ev.message_id), None)
         if old is None:
-            found = await self.svc.memory.store.get_messages(self.chat_id, [ev.message_id])
+            found = await self.svc.memory.store.messages.get(self.chat_id, [ev.message_id])
             old = found[0] if found else None
         if old is None or old.role == ROLE_ASSISTANT:
             return

@@ -212,7 +212,7 @@ class _Turn:
         for m in window:
             if m.message_id == message_id:
                 return m.user_id == self.svc.bot.user_id and m.role == ROLE_ASSISTANT
-        found = await self.svc.memory.store.get_messages(self.chat_id, [message_id])
+        found = await self.svc.memory.store.messages.get(self.chat_id, [message_id])
         return bool(found) and found[0].role == ROLE_ASSISTANT
 
     async def _say_note(self, text: str, billing: bool) -> None:
@@ -358,7 +358,7 @@ class _Turn:
                 break
             m = in_window.get(target)
             if m is None:
-                found = await self.svc.memory.store.get_messages(self.chat_id, [target])
+                found = await self.svc.memory.store.messages.get(self.chat_id, [target])
                 if not found:
                     break
                 m = found[0]

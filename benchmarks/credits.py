@@ -45,7 +45,7 @@ async def _bench(n: int, data_dir: Path, model) -> dict:
     settings = shipped.settings.model_copy(update={"budget": BudgetSettings(daily_usd=100.0, monthly_usd=1000.0)})
     cfg = shipped.model_copy(update={"settings": settings, "tiers": tiers})
     reports: list = []
-    async with open_runtime(cfg, data_dir, lambda m: LocalOutbox(IdAllocator(m.store.max_message_id)), model=model,
+    async with open_runtime(cfg, data_dir, lambda m: LocalOutbox(IdAllocator(m.store.messages.max_id)), model=model,
                             on_turn=reports.append) as rt:
         adm = rt.services.admission
         await adm.subs.grant("user", FREE_USER, "unlimited", None, "bench")

@@ -410,7 +410,7 @@ async def _turns_while_ingesting(tmp: Path, model, big: Built, ubuntu: list[dict
         reports[(rep.chat_id, rep.message_id)] = (rep, time.perf_counter())
 
     def make_outbox(memory):
-        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["outbox"]
 
     out: dict = {"chats": n_chats, "history": history}

@@ -145,7 +145,7 @@ async def _import_all(files: list[Path], data_dir: Path, model) -> dict:
     t_closed = time.perf_counter()
     # count what landed, outside the clock
     async with open_memory(common.default_config(), data_dir, model=model) as memory:
-        duck_rows = await memory.store.count_messages()
+        duck_rows = await memory.store.messages.count()
         lance_rows = await memory.vectors.count()
     return {
         "read": read,

@@ -92,7 +92,7 @@ async def _bench(n: int, data_dir: Path, model) -> dict:
             update={"models": models, "default_model": "remote"})})
         reports: list = []
         host_id = 1
-        async with open_runtime(cfg, data_dir, lambda m: LocalOutbox(IdAllocator(m.store.max_message_id)), model=model,
+        async with open_runtime(cfg, data_dir, lambda m: LocalOutbox(IdAllocator(m.store.messages.max_id)), model=model,
                                 on_turn=reports.append, owners=[host_id]) as rt:
             plain: list[float] = []
             tool: list[float] = []

@@ -182,7 +182,7 @@ async def _replay_all(files: list[Path], data_dir: Path, model, limit: int | Non
         if policy(m):
             questions.append((m.chat_id, m.text))
 
-    async with open_runtime(cfg, data_dir, lambda mem: LocalOutbox(IdAllocator(mem.store.max_message_id)), model=model) as rt:
+    async with open_runtime(cfg, data_dir, lambda mem: LocalOutbox(IdAllocator(mem.store.messages.max_id)), model=model) as rt:
         undo = _instrument(rt, *instrument) if instrument else (lambda: None)
         try:
             for f in files:
@@ -278,10 +278,11 @@ def _instrument(rt, stages: dict[str, list[float]], prof: cProfile.Profile):
     # dialogue store reads (each is a worker-thread round trip)
     wrap_async(store, "upsert_chat", "store.upsert_chat (1st msg of a chat)")
     wrap_async(store, "chat_settings", "store.chat_settings (actor start)")
-    wrap_async(store, "recent", "store.recent (window load)")
+    wrap_async(store.messages, "recent", "store.messages.recent (window load)")
+    wrap_async(store.messages, "answered_ids", "store.messages.answered_ids (actor start)")
     wrap_async(store, "user_settings", "store.user_settings (1st answer to a sender)")
-    wrap_async(store, "get_messages", "store.get_messages (reply chain)")
-    wrap_async(store, "max_message_id", "store.max_message_id (id allocator)")
+    wrap_async(store.messages, "get", "store.messages.get (reply chain)")
+    wrap_async(store.messages, "max_id", "store.messages.max_id (id allocator)")
     # the commit before a reply's first byte (exactly once across crashes: DuckDB commit round trip)
     wrap_async(store, "note_delivery", "store.note_delivery (into the reserve before sending)")
     # enqueue-only writes on the event loop

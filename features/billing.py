@@ -112,7 +112,7 @@ async def cmd_profile(ctx: ChatContext, ev: CommandEvent) -> None:
     lines.append(_("Model: {model}", model=ctx.model_for(user)))
     if user.role:
         lines.append(_("Persona: {persona}", persona=short(user.role, 200)))
-    mine = await ctx.svc.memory.store.count_messages(ctx.chat_id, user_id=ev.sender.user_id)
+    mine = await ctx.svc.memory.store.messages.count(ctx.chat_id, user_id=ev.sender.user_id)
     lines.append(_("Your messages in this chat: {n}", n=i18n.number(mine)))
     if ctx.svc.admission is not None:
         lines.append(_("Today:"))

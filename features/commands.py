@@ -97,7 +97,7 @@ async def cmd_history(ctx: ChatContext, ev: CommandEvent) -> None:
     except ValueError:
         await reply(ctx, ev, _("Usage: /history [number of messages, up to {max}]", max=HISTORY_MAX))
         return
-    msgs = await ctx.svc.memory.store.recent(ctx.chat_id, n, thread_id=ev.thread_id)
+    msgs = await ctx.svc.memory.store.messages.recent(ctx.chat_id, n, thread_id=ev.thread_id)
     if not msgs:
         await reply(ctx, ev, _("Nothing stored in this chat yet."))
         return
@@ -120,7 +120,7 @@ async def cmd_export(ctx: ChatContext, ev: CommandEvent) -> None:
         return
     title = ctx.settings.title or ev.chat_title
     lines: list[str] = []
-    async for batch in ctx.svc.memory.store.iter_messages(ctx.chat_id):
+    async for batch in ctx.svc.memory.store.messages.iter(ctx.chat_id):
         for m in batch:
             row = {
                 "chat_id": m.chat_id, "message_id": m.message_id, "date": m.date.isoformat(), "user": m.user_name,
@@ -268,10 +268,10 @@ async def cmd_memory(ctx: ChatContext, ev: CommandEvent) -> None:
         await reply_privately(ctx, ev, _("What I would recall:") + "\n" + "\n".join(lines))
         return
     await mem.flush()
-    chat_msgs = await mem.store.count_messages(ctx.chat_id)
+    chat_msgs = await mem.store.messages.count(ctx.chat_id)
     chat_mems = await mem.vectors.count(ctx.chat_id)
-    mine = await mem.store.count_messages(ctx.chat_id, user_id=ev.sender.user_id)
-    recent_mine = [m for m in await mem.store.recent(ctx.chat_id, 200) if m.user_id == ev.sender.user_id][-3:]
+    mine = await mem.store.messages.count(ctx.chat_id, user_id=ev.sender.user_id)
+    recent_mine = [m for m in await mem.store.messages.recent(ctx.chat_id, 200) if m.user_id == ev.sender.user_id][-3:]
     persist = _("on") if ctx.persist else _("off (nothing new is stored)")
     lines = [
         _("**This chat**: {messages} stored, {memories} searchable. Storing: {persist}.",

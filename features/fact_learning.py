@@ -185,7 +185,7 @@ class FactLearner:
         facts = self.svc.memory.facts
         assert facts is not None
         cursor = await facts.cursor(chat_id)
-        recent = await store.recent(chat_id, READ_AHEAD)
+        recent = await store.messages.recent(chat_id, READ_AHEAD)
         if cursor is None:  # first seen: its history is not read, only what comes from now on
             await facts.set_cursor(chat_id, max((m.message_id for m in recent), default=0))
             return None

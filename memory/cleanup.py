@@ -75,9 +75,9 @@ async def cleanup_scope(
         total = await _messages_stored(memory, scope, scope_id)
         if total > limits.dialogue_limit:
             excess = total - keep_count(limits.dialogue_limit, policy)
-            rows = await store.message_keys(**who, before=cutoff, limit=excess, imported=False)
+            rows = await store.messages.keys(**who, before=cutoff, limit=excess, imported=False)
             for chat_id, ids in _by_chat(rows).items():
-                deleted = await store.delete_messages(chat_id, message_ids=ids)
+                deleted = await store.messages.delete(chat_id, message_ids=ids)
                 if deleted:
                     await memory.vectors.delete(chat_id, message_ids=deleted)
                     removed.setdefault((chat_id, "dialogue_limit"), [0, 0])[0] += len(deleted)
@@ -87,7 +87,7 @@ async def cleanup_scope(
         total = sum(len(ids) for ids in held.values())
         if total > limits.memory_limit:
             excess = total - keep_count(limits.memory_limit, policy)
-            rows = await store.message_keys(**who, before=cutoff, imported=False)
+            rows = await store.messages.keys(**who, before=cutoff, imported=False)
             oldest = [(c, m) for c, m in rows if m in held.get(c, ())][:excess]
             for chat_id, ids in _by_chat(oldest).items():
                 await memory.note_evictions(chat_id, ids)  # first: neither the indexer nor the gap check embeds them again
@@ -125,7 +125,7 @@ def _who(scope: str, scope_id: int) -> dict[str, int]:
 
 async def _messages_stored(memory: Memory, scope: str, scope_id: int) -> int:
     """Committed messages said in a chat, or by a user in every chat (the host's imports left out)."""
-    return await memory.store.count_messages(**_who(scope, scope_id), imported=False)
+    return await memory.store.messages.count(**_who(scope, scope_id), imported=False)
 
 
 def _owner_id(memory_id: int) -> int:
@@ -138,11 +138,11 @@ async def _memories_held(memory: Memory, scope: str, scope_id: int) -> dict[int,
     chunks included) but those of the host's imports, or a user's messages in every chat."""
     if scope == CHAT:
         held = await memory.vectors.message_ids(scope_id)
-        if await memory.store.count_messages(scope_id, imported=True):
-            hosts = {m for _c, m in await memory.store.message_keys(chat_id=scope_id, imported=True)}
+        if await memory.store.messages.count(scope_id, imported=True):
+            hosts = {m for _c, m in await memory.store.messages.keys(chat_id=scope_id, imported=True)}
             held = {i for i in held if _owner_id(i) not in hosts}
         return {scope_id: held}
-    rows = await memory.store.message_keys(user_id=scope_id, imported=False)
+    rows = await memory.store.messages.keys(user_id=scope_id, imported=False)
     return {chat_id: set(ids) & await memory.vectors.message_ids(chat_id) for chat_id, ids in _by_chat(rows).items()}
 
 

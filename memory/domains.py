@@ -15,6 +15,7 @@ from .api_keys import ApiKeyStore
 from .billing_store import BillingStore
 from .document_store import DocumentStore
 from .index_bookkeeping import IndexBookkeeping
+from .message_store import MessageStore
 from .usage_store import UsageStore
 
 __all__ = ["DomainStores"]
@@ -62,3 +63,9 @@ class DomainStores:
         """Vector-memory bookkeeping: the ids LanceDB should hold, evictions, the cleanups' log
         (``memory.index_bookkeeping``)."""
         return IndexBookkeeping(self, clock=self._clock)  # type: ignore[arg-type]
+
+    @cached_property
+    def messages(self) -> MessageStore:
+        """The stored messages: reads, edits, deletes (``memory.message_store``); the writes are the
+        store's own queue (``add``, ``add_many``, ``note_delivery``)."""
+        return MessageStore(self)  # type: ignore[arg-type]

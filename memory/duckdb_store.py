@@ -30,7 +30,7 @@ Usage::
 
     async with DuckDBStore(Path("data/kith.duckdb")) as store:
         store.add(msg)
-        window = await store.recent(msg.chat_id, 20)
+        window = await store.messages.recent(msg.chat_id, 20)
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from .domains import DomainStores
 from .errors import DiskFull, MemoryStoreError, StoreLocked, is_disk_full
 from .schema import from_us, migrate, to_us
 from .sql_domain import DUCKDB, Dialect
-from .store_base import QueuedStore, describe_row, equalities, json_object, keyset_pages
+from .store_base import QueuedStore, describe_row, json_object
 from .types import (
     MIGRATION_SHIFT,
     ChatInfo,
@@ -78,16 +78,11 @@ _SYSTEMIC: tuple[type[BaseException], ...] = (
     MemoryError,
 )
 
-_MSG_COLS = "chat_id, message_id, user_id, user_name, text, epoch_us(date), role, reply_to, thread_id, imported"
 _TS = "make_timestamp({}) AT TIME ZONE 'UTC'"  # BIGINT µs since epoch (UTC) -> TIMESTAMPTZ
 
 # Files open in this process: DuckDB would silently share one database between two connects of the
 # same path in one process, so the one-owner rule is enforced here too.
 _OPEN_PATHS: set[str] = set()
-
-
-def _row_to_msg(r: tuple) -> StoredMessage:
-    return StoredMessage(r[0], r[1], r[2], r[3], r[4], from_us(r[5]), r[6], r[7], r[8], bool(r[9]))
 
 
 NEW_DATABASE_BYTES = 16 * 2**20  # what a new database needs free to start (its first blocks, the WAL, the schema)
@@ -432,86 +427,17 @@ class DuckDBStore(QueuedStore, DomainStores):
 
         return await self._run(run)
 
-    # ------------------------------------------------------------ messages: reads
+    # ------------------------------------------------------------ messages (store.messages reads them: memory.message_store)
 
-    async def recent(
-        self, chat_id: int, limit: int, *, thread_id: int | None = None, before_id: int | None = None,
-        general_only: bool = False,
-    ) -> list[StoredMessage]:
-        """The newest ``limit`` messages of ``chat_id`` (only thread ``thread_id`` if given; only the
-        messages outside any thread with ``general_only``; only ids below ``before_id`` if given),
-        returned oldest → newest by message id."""
-        if limit <= 0 or chat_id not in self._chats_with_messages:
-            return []
-        await self._queue.sync_chat(chat_id)
-        sql = f"SELECT {_MSG_COLS} FROM messages WHERE chat_id = ?"
-        params: list[Any] = [chat_id]
-        if thread_id is not None:
-            sql += " AND thread_id = ?"
-            params.append(thread_id)
-        elif general_only:
-            sql += " AND thread_id IS NULL"
-        if before_id is not None:
-            sql += " AND message_id < ?"
-            params.append(before_id)
-        sql += " ORDER BY message_id DESC LIMIT ?"
-        params.append(limit)
-        rows = await self._query(sql, params)
-        return [_row_to_msg(r) for r in reversed(rows)]
+    def may_have_messages(self, chat_id: int) -> bool:
+        """Whether ``chat_id`` may have stored or queued messages or deliveries (from the directory:
+        this process is the file's only writer, so False is certain); ``store.messages`` answers a
+        chat without any at once, with no database round trip."""
+        return chat_id in self._chats_with_messages
 
-    async def get_messages(self, chat_id: int, message_ids: Sequence[int]) -> list[StoredMessage]:
-        """The stored messages of ``chat_id`` among ``message_ids``, ordered by message id (missing
-        ids are skipped)."""
-        if not message_ids or chat_id not in self._chats_with_messages:
-            return []
-        await self._queue.sync_chat(chat_id)
-        rows = await self._query(
-            f"SELECT {_MSG_COLS} FROM messages WHERE chat_id = ? AND message_id IN (SELECT unnest(?::BIGINT[]))"
-            " ORDER BY message_id",
-            [chat_id, list(message_ids)],
-        )
-        return [_row_to_msg(r) for r in rows]
-
-    async def around(
-        self, chat_id: int, message_ids: Sequence[int], before: int, after: int
-    ) -> dict[int, list[StoredMessage]]:
-        """For each stored id in ``message_ids``: up to ``before`` messages preceding it, itself, and up
-        to ``after`` following it, by message-id order within ``chat_id``, oldest → newest.
-        Ids that are not stored are absent from the result."""
-        if not message_ids or chat_id not in self._chats_with_messages:
-            return {}
-        await self._queue.sync_chat(chat_id)
-        before, after = max(0, before), max(0, after)
-        rows = await self._query(
-            f"""
-            WITH m AS (
-                SELECT {_MSG_COLS}, row_number() OVER (ORDER BY message_id) AS rn
-                FROM messages WHERE chat_id = ?
-            ),
-            c AS (SELECT message_id AS center, rn AS crn FROM m
-                  WHERE message_id IN (SELECT unnest(?::BIGINT[])))
-            SELECT c.center, m.* EXCLUDE (rn) FROM c JOIN m ON m.rn BETWEEN c.crn - ? AND c.crn + ?
-            ORDER BY c.center, m.message_id
-            """,
-            [chat_id, list(message_ids), before, after],
-        )
-        out: dict[int, list[StoredMessage]] = {}
-        for r in rows:
-            out.setdefault(r[0], []).append(_row_to_msg(r[1:]))
-        return out
-
-    async def answered_ids(self, chat_id: int) -> set[int]:
-        """The ids of ``chat_id``'s messages the bot has replied to: its stored replies' ``reply_to``
-        and the deliveries noted by ``note_delivery`` (queued ones committed first). The durable
-        record that keeps a restart, a replay or a re-delivered update from answering twice."""
-        if chat_id not in self._chats_with_messages:
-            return set()
-        await self._queue.sync_chat(chat_id, deliveries=True)
-        rows = await self._query(
-            "SELECT reply_to FROM messages WHERE chat_id = ? AND role = 'assistant' AND reply_to IS NOT NULL"
-            " UNION SELECT message_id FROM deliveries WHERE chat_id = ?",
-            [chat_id, chat_id])
-        return {r[0] for r in rows}
+    def stored_text(self, text: str) -> str:
+        """``text`` as DuckDB keeps it: as it is (U+0000 included)."""
+        return text
 
     async def note_delivery(self, chat_id: int, message_id: int) -> None:
         """Durably note that a reply to ``message_id`` is about to be sent. Called before the reply's
@@ -595,105 +521,6 @@ class DuckDBStore(QueuedStore, DomainStores):
             self._chats_with_messages.add(new)
         self.documents.chat_moved(old, new)
         return moved
-
-    async def max_message_id(self, chat_id: int) -> int | None:
-        """The highest stored message id of ``chat_id``; None when the chat has no messages."""
-        if chat_id not in self._chats_with_messages:
-            return None
-        await self._queue.sync_chat(chat_id)
-        rows = await self._query("SELECT max(message_id) FROM messages WHERE chat_id = ?", [chat_id])
-        return rows[0][0]
-
-    async def count_messages(self, chat_id: int | None = None, *, user_id: int | None = None,
-                             imported: bool | None = None) -> int:
-        """Stored messages, in one chat and/or by one sender (all when both are None); ``imported``
-        True/False: only the host's imports / only what was said in the chat."""
-        await self._queue.sync()
-        filters, params = equalities([("chat_id", chat_id), ("user_id", user_id), ("imported", imported)])
-        return int((await self._query("SELECT count(*) FROM messages WHERE true" + filters, params))[0][0])
-
-    async def iter_messages(self, chat_id: int | None = None, *, batch: int = 5000) -> AsyncIterator[list[StoredMessage]]:
-        """Every stored message (of one chat, or all), in pages of at most ``batch``, ordered by
-        ``(chat_id, message_id)``. Keyset-paginated, so it tolerates writes between pages."""
-        await self._queue.sync()
-        async for rows in keyset_pages(self._query, f"SELECT {_MSG_COLS} FROM messages WHERE true",
-                                       [("chat_id", chat_id)], ("chat_id", "message_id"), batch):
-            yield [_row_to_msg(r) for r in rows]
-
-    async def message_keys(self, *, chat_id: int | None = None, user_id: int | None = None,
-                           before: datetime | None = None, limit: int | None = None,
-                           imported: bool | None = None) -> list[tuple[int, int]]:
-        """``(chat_id, message_id)`` of the stored messages of one chat and/or one sender (at least one
-        given), dated before ``before`` if given, oldest first by ``(date, message_id)``, at most
-        ``limit``; ``imported`` True/False: only the host's imports / only what was said in the chat.
-        Commits queued writes first. raises ValueError when neither is given."""
-        if chat_id is None and user_id is None:
-            raise ValueError("message_keys needs a chat_id or a user_id")
-        await self._queue.sync()
-        filters, params = equalities([("chat_id", chat_id), ("user_id", user_id), ("imported", imported)])
-        sql = "SELECT chat_id, message_id FROM messages WHERE true" + filters
-        if before is not None:
-            sql += " AND epoch_us(date) < ?"
-            params.append(to_us(before))
-        sql += " ORDER BY date, chat_id, message_id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(max(0, limit))
-        return [(int(c), int(m)) for c, m in await self._query(sql, params)]
-
-    # ------------------------------------------------------------ messages: delete
-
-    async def delete_messages(
-        self, chat_id: int, *, user_id: int | None = None, message_ids: Sequence[int] | None = None
-    ) -> list[int]:
-        """Delete messages of ``chat_id`` — all of them, or only ``user_id``'s, and/or only
-        ``message_ids`` — and the recall rows that reference them, and the documents they carried
-        (with their chunks). Returns the deleted message ids, ascending (so the caller can delete the
-        same ids, and the chunks of those that carried documents, from vector memory)."""
-        if message_ids is not None and not message_ids:
-            return []
-        await self._queue.sync()
-        cond = "chat_id = ?"
-        params: list[Any] = [chat_id]
-        if user_id is not None:
-            cond += " AND user_id = ?"
-            params.append(user_id)
-        if message_ids is not None:
-            cond += " AND message_id IN (SELECT unnest(?::BIGINT[]))"
-            params.append(list(message_ids))
-
-        def run() -> list[int]:
-            con = self._conn()
-            con.execute("BEGIN TRANSACTION")
-            try:
-                ids = sorted(r[0] for r in con.execute(f"DELETE FROM messages WHERE {cond} RETURNING message_id", params).fetchall())
-                if ids:
-                    con.execute(
-                        "DELETE FROM recalls WHERE chat_id = ? AND (memory_message_id IN (SELECT unnest(?::BIGINT[]))"
-                        " OR reply_message_id IN (SELECT unnest(?::BIGINT[])))",
-                        [chat_id, ids, ids],
-                    )
-                    for table in ("document_chunks", "documents", "memory_evictions"):  # a document leaves with its message
-                        con.execute(f"DELETE FROM {table} WHERE chat_id = ? AND message_id IN (SELECT unnest(?::BIGINT[]))",
-                                    [chat_id, ids])
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            return ids
-
-        return await self._run(run)
-
-    async def update_text(self, chat_id: int, message_id: int, text: str) -> StoredMessage | None:
-        """Replace the text of a stored message (an edit); returns the message as now stored, or None
-        when it is not stored. Committed before it returns."""
-        if chat_id not in self._chats_with_messages:
-            return None
-        await self._queue.sync_chat(chat_id)
-        rows = await self._query(
-            f"UPDATE messages SET text = ? WHERE chat_id = ? AND message_id = ? RETURNING {_MSG_COLS}",
-            [text, chat_id, message_id])
-        return _row_to_msg(rows[0]) if rows else None
 
     # ------------------------------------------------------------ chats and users
 

@@ -100,7 +100,7 @@ async def fill_gaps(memory: Memory, gaps: Gaps | None = None, *, on_progress: Ca
         messages = sorted(i for i in ids if not is_chunk_id(i))
         for i in range(0, len(messages), _FILL_BATCH):
             part = messages[i : i + _FILL_BATCH]
-            found = await memory.store.get_messages(chat_id, part)
+            found = await memory.store.messages.get(chat_id, part)
             memory.indexer.submit(m for m in found if m.role == ROLE_USER and m.text.strip())
             await memory.indexer.flush()
             on_progress(len(part))
@@ -214,7 +214,7 @@ async def _embed_chats(memory: Memory, indexer, chats: list[int], on_progress: C
     written = 0
     for cid in chats:
         evicted = await memory.store.index.evicted_ids(cid)
-        async for batch in memory.store.iter_messages(cid):
+        async for batch in memory.store.messages.iter(cid):
             todo = [m for m in batch if m.role == ROLE_USER and m.text.strip() and m.message_id not in evicted]
             indexer.submit(todo)
             written += len(todo)

@@ -25,7 +25,7 @@ Differences from the DuckDB store, both from PostgreSQL itself:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from .errors import DiskFull, MemoryStoreError, is_disk_full
 from .postgres_schema import migrate
 from .schema import from_us, to_us
 from .sql_domain import POSTGRESQL, Dialect
-from .store_base import QueuedStore, describe_row, equalities, json_object, keyset_pages
+from .store_base import QueuedStore, describe_row, json_object
 from .types import (
     MIGRATION_SHIFT,
     ChatInfo,
@@ -52,7 +52,6 @@ __all__ = ["PostgresStore", "redact"]
 
 log = logging.getLogger(__name__)
 
-_MSG_COLS = "chat_id, message_id, user_id, user_name, text, date, role, reply_to, thread_id, imported"
 _INSERT_MESSAGE = (
     "INSERT INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date, imported)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
@@ -90,10 +89,6 @@ def _utc(ts: datetime) -> datetime:
 
 def _json_object(settings: dict) -> str:
     return json_object(settings).replace("\\u0000", "\\ufffd")  # jsonb cannot hold U+0000
-
-
-def _row_to_msg(r: Sequence[Any]) -> StoredMessage:
-    return StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]))
 
 
 class PostgresStore(QueuedStore, DomainStores):
@@ -370,62 +365,16 @@ class PostgresStore(QueuedStore, DomainStores):
             finally:
                 setattr(batch, attr, rows[i:])
 
-    # ------------------------------------------------------------ messages
+    # ------------------------------------------------------------ messages (store.messages reads them: memory.message_store)
 
-    async def recent(self, chat_id: int, limit: int, *, thread_id: int | None = None, before_id: int | None = None,
-                     general_only: bool = False) -> list[StoredMessage]:
-        """The newest ``limit`` messages of a chat (see ``memory.store``), oldest → newest."""
-        if limit <= 0:
-            return []
-        await self._queue.sync_chat(chat_id)
-        sql, params = f"SELECT {_MSG_COLS} FROM messages WHERE chat_id = %s", [chat_id]
-        if thread_id is not None:
-            sql += " AND thread_id = %s"
-            params.append(thread_id)
-        elif general_only:
-            sql += " AND thread_id IS NULL"
-        if before_id is not None:
-            sql += " AND message_id < %s"
-            params.append(before_id)
-        sql += " ORDER BY message_id DESC LIMIT %s"
-        params.append(limit)
-        return [_row_to_msg(r) for r in reversed(await self._fetch(sql, params))]
+    def may_have_messages(self, chat_id: int) -> bool:
+        """Always True: other processes write the database too, so no set this process keeps can say
+        a chat has no messages; ``store.messages`` asks the database."""
+        return True
 
-    async def get_messages(self, chat_id: int, message_ids: Sequence[int]) -> list[StoredMessage]:
-        if not message_ids:
-            return []
-        await self._queue.sync_chat(chat_id)
-        rows = await self._fetch(
-            f"SELECT {_MSG_COLS} FROM messages WHERE chat_id = %s AND message_id = ANY(%s) ORDER BY message_id",
-            [chat_id, list(message_ids)])
-        return [_row_to_msg(r) for r in rows]
-
-    async def around(self, chat_id: int, message_ids: Sequence[int], before: int, after: int) -> dict[int, list[StoredMessage]]:
-        if not message_ids:
-            return {}
-        await self._queue.sync_chat(chat_id)
-        rows = await self._fetch(
-            f"""
-            WITH m AS (SELECT {_MSG_COLS}, row_number() OVER (ORDER BY message_id) AS rn
-                       FROM messages WHERE chat_id = %s),
-                 c AS (SELECT message_id AS center, rn AS crn FROM m WHERE message_id = ANY(%s))
-            SELECT c.center, m.chat_id, m.message_id, m.user_id, m.user_name, m.text, m.date, m.role, m.reply_to,
-                   m.thread_id, m.imported
-            FROM c JOIN m ON m.rn BETWEEN c.crn - %s AND c.crn + %s
-            ORDER BY c.center, m.message_id
-            """,
-            [chat_id, list(message_ids), max(0, before), max(0, after)])
-        out: dict[int, list[StoredMessage]] = {}
-        for r in rows:
-            out.setdefault(r[0], []).append(_row_to_msg(r[1:]))
-        return out
-
-    async def answered_ids(self, chat_id: int) -> set[int]:
-        await self._queue.sync_chat(chat_id, deliveries=True)
-        rows = await self._fetch(
-            "SELECT reply_to FROM messages WHERE chat_id = %s AND role = 'assistant' AND reply_to IS NOT NULL"
-            " UNION SELECT message_id FROM deliveries WHERE chat_id = %s", [chat_id, chat_id])
-        return {r[0] for r in rows}
+    def stored_text(self, text: str) -> str:
+        """``text`` as PostgreSQL keeps it: U+0000 as U+FFFD (its ``text`` cannot hold U+0000)."""
+        return _clean(text) or text
 
     async def note_delivery(self, chat_id: int, message_id: int) -> None:
         """Durably note a reply to ``message_id`` is being sent: queued and flushed (no reserve here),
@@ -433,73 +382,6 @@ class PostgresStore(QueuedStore, DomainStores):
         MemoryStoreError when the server cannot write (the row stays queued and is retried)."""
         if not self._queue.put_delivery((chat_id, message_id, to_us(self._clock()))):
             await self._queue.flush()
-
-    async def max_message_id(self, chat_id: int) -> int | None:
-        await self._queue.sync_chat(chat_id)
-        rows = await self._fetch("SELECT max(message_id) FROM messages WHERE chat_id = %s", [chat_id])
-        return rows[0][0]
-
-    async def count_messages(self, chat_id: int | None = None, *, user_id: int | None = None,
-                             imported: bool | None = None) -> int:
-        await self._queue.sync()
-        filters, params = equalities([("chat_id", chat_id), ("user_id", user_id), ("imported", imported)], "%s")
-        return int((await self._fetch("SELECT count(*) FROM messages WHERE true" + filters, params))[0][0])
-
-    async def iter_messages(self, chat_id: int | None = None, *, batch: int = 5000) -> AsyncIterator[list[StoredMessage]]:
-        await self._queue.sync()
-        async for rows in keyset_pages(self._fetch, f"SELECT {_MSG_COLS} FROM messages WHERE true",
-                                       [("chat_id", chat_id)], ("chat_id", "message_id"), batch, ph="%s"):
-            yield [_row_to_msg(r) for r in rows]
-
-    async def message_keys(self, *, chat_id: int | None = None, user_id: int | None = None,
-                           before: datetime | None = None, limit: int | None = None,
-                           imported: bool | None = None) -> list[tuple[int, int]]:
-        if chat_id is None and user_id is None:
-            raise ValueError("message_keys needs a chat_id or a user_id")
-        await self._queue.sync()
-        filters, params = equalities([("chat_id", chat_id), ("user_id", user_id), ("imported", imported)], "%s")
-        sql = "SELECT chat_id, message_id FROM messages WHERE true" + filters
-        if before is not None:
-            sql += " AND date < %s"
-            params.append(_utc(before))
-        sql += " ORDER BY date, chat_id, message_id"
-        if limit is not None:
-            sql += " LIMIT %s"
-            params.append(max(0, limit))
-        return [(int(c), int(m)) for c, m in await self._fetch(sql, params)]
-
-    async def delete_messages(self, chat_id: int, *, user_id: int | None = None,
-                              message_ids: Sequence[int] | None = None) -> list[int]:
-        if message_ids is not None and not message_ids:
-            return []
-        await self._queue.sync()
-        cond, params = "chat_id = %s", list[Any]([chat_id])
-        if user_id is not None:
-            cond += " AND user_id = %s"
-            params.append(user_id)
-        if message_ids is not None:
-            cond += " AND message_id = ANY(%s)"
-            params.append(list(message_ids))
-
-        async def work(con: Any) -> list[int]:
-            cur = await con.execute(f"DELETE FROM messages WHERE {cond} RETURNING message_id", params)
-            ids = sorted(r[0] for r in await cur.fetchall())
-            if ids:
-                await con.execute(
-                    "DELETE FROM recalls WHERE chat_id = %s AND (memory_message_id = ANY(%s) OR reply_message_id = ANY(%s))",
-                    [chat_id, ids, ids])
-                for table in ("document_chunks", "documents", "memory_evictions"):
-                    await con.execute(f"DELETE FROM {table} WHERE chat_id = %s AND message_id = ANY(%s)", [chat_id, ids])
-            return ids
-
-        return await self._transaction(work)
-
-    async def update_text(self, chat_id: int, message_id: int, text: str) -> StoredMessage | None:
-        await self._queue.sync_chat(chat_id)
-        rows = await self._fetch(
-            f"UPDATE messages SET text = %s WHERE chat_id = %s AND message_id = %s RETURNING {_MSG_COLS}",
-            [_clean(text), chat_id, message_id])
-        return _row_to_msg(rows[0]) if rows else None
 
     async def migrate_chat(self, old: int, new: int, *, title: str | None = None) -> int:
         """Move basic group ``old`` to supergroup ``new`` in one transaction (see ``DuckDBStore.migrate_chat``)."""

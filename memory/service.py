@@ -204,7 +204,7 @@ class Memory:
                     wanted[mid] = e.id
         if not wanted:
             return hits
-        found = await self.store.get_messages(chat_id, list(wanted))
+        found = await self.store.messages.get(chat_id, list(wanted))
         top = hits[0].score if hits else 1.0
         extra = [MemoryHit(m.chat_id, m.message_id, m.user_id, m.user_name, m.text, m.date, top,
                            parts={"entry": float(wanted[m.message_id])}, stages=(f"source of memory entry #{wanted[m.message_id]}",))
@@ -221,7 +221,7 @@ class Memory:
         Queued writes and embeddings are flushed first, so nothing in flight comes back afterwards.
         """
         await self.flush()
-        ids = await self.store.delete_messages(chat_id, user_id=user_id)
+        ids = await self.store.messages.delete(chat_id, user_id=user_id)
         self._evicted.pop(chat_id, None)  # the deleted messages' evictions went with them
         if self.facts is not None:  # what was learned about them (or the chat) goes too
             await (self.facts.forget_chat(chat_id) if user_id is None else self.facts.forget_user(chat_id, user_id))
@@ -234,7 +234,7 @@ class Memory:
     async def edit(self, chat_id: int, message_id: int, text: str) -> StoredMessage | None:
         """A member edited a message: the stored text and its memory (re-embedded) follow. Returns the
         updated message, or None when it was never stored."""
-        msg = await self.store.update_text(chat_id, message_id, text)
+        msg = await self.store.messages.update_text(chat_id, message_id, text)
         if msg is not None:
             if msg.role == ROLE_USER and msg.text.strip():
                 self.indexer.submit((msg,))  # the same id: the row is replaced
@@ -245,7 +245,7 @@ class Memory:
     async def forget_messages(self, chat_id: int, message_ids: Collection[int]) -> int:
         """Messages deleted in the chat leave both stores (with the documents they carried)."""
         await self.flush()
-        ids = await self.store.delete_messages(chat_id, message_ids=list(message_ids))
+        ids = await self.store.messages.delete(chat_id, message_ids=list(message_ids))
         self._evicted.pop(chat_id, None)
         if ids:
             await self.vectors.delete(chat_id, message_ids=ids)

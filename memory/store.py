@@ -10,7 +10,7 @@ The contract (every implementation; ``tests/test_store_contract.py`` checks it a
   re-delivered update, a replayed transcript or a duplicate inside one batch is stored once. The
   same holds for recalls ``(chat_id, reply_message_id, memory_message_id)``, deliveries, evictions
   and payments (``charge_id``, ``store.billing``).
-- **Per-chat order.** Reads return a chat's messages by message id (``recent``: oldest → newest);
+- **Per-chat order.** Reads return a chat's messages by message id (``messages.recent``: oldest → newest);
   rows of one kind are committed in the order they were queued.
 - **Read-your-writes.** A read issued after a write (queued or awaited) in the same process sees it:
   reads of one chat first commit that chat's queued messages, reads across chats commit everything.
@@ -19,7 +19,7 @@ The contract (every implementation; ``tests/test_store_contract.py`` checks it a
   ``flush()`` waits for the commit. ``note_delivery`` queues too, but is durable when it returns:
   its row is in the store's reserve (a ``kill -9`` finds it there at the next open) or, in a store
   without one, committed. Every other write commits before it returns.
-- **Exactly once.** ``answered_ids`` (stored replies and noted deliveries, queued ones included)
+- **Exactly once.** ``messages.answered_ids`` (stored replies and noted deliveries, queued ones included)
   survives a crash of the process (a ``kill -9``) from the moment ``note_delivery`` returns, which a
   reply awaits before its first byte leaves: a message whose reply started to be sent is not
   answered again. (A power cut may lose what the reserve took since the last commit, see
@@ -39,8 +39,7 @@ Errors: ``MemoryStoreError`` (root), ``StoreLocked`` (another process owns an em
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
-from datetime import datetime
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -48,6 +47,7 @@ from .api_keys import ApiKeyStore
 from .billing_store import BillingStore
 from .document_store import DocumentStore
 from .index_bookkeeping import IndexBookkeeping
+from .message_store import MessageStore
 from .types import (
     ChatInfo,
     MemoryHit,
@@ -102,41 +102,11 @@ class DialogueStore(Protocol):
         """The ``DiskFull`` that stops intake, or None."""
 
     # ---------------------------------------------------------------- messages
-    async def recent(self, chat_id: int, limit: int, *, thread_id: int | None = None, before_id: int | None = None,
-                     general_only: bool = False) -> list[StoredMessage]:
-        """The newest ``limit`` messages of a chat (of one thread, outside threads, below an id), oldest first."""
-    async def get_messages(self, chat_id: int, message_ids: Sequence[int]) -> list[StoredMessage]:
-        """The stored ones of ``message_ids`` in ``chat_id``, by id."""
-    async def around(self, chat_id: int, message_ids: Sequence[int], before: int, after: int) -> dict[int, list[StoredMessage]]:
-        """For each stored id: ``before`` messages preceding it, itself, ``after`` following, by id."""
-    async def answered_ids(self, chat_id: int) -> set[int]:
-        """Ids of the chat's messages the bot replied to (stored replies and noted deliveries)."""
     async def note_delivery(self, chat_id: int, message_id: int) -> None:
         """Durably note that a reply to ``message_id`` is being sent: a ``deliveries`` row, queued and
         committed with the chat's queued messages; on return it is in the store's reserve (no
         database round trip) or, without a reserve, committed. Accepted while the disk is full (the
         reserve's part for what was sent). raises MemoryStoreError when it cannot be kept."""
-    async def max_message_id(self, chat_id: int) -> int | None:
-        """The highest stored message id of the chat; None when it has none."""
-    async def count_messages(self, chat_id: int | None = None, *, user_id: int | None = None,
-                             imported: bool | None = None) -> int:
-        """Stored messages in one chat and/or by one sender (all when both are None); ``imported``
-        True/False: only the host's imports / only what was said in the chat."""
-    def iter_messages(self, chat_id: int | None = None, *, batch: int = 5000) -> AsyncIterator[list[StoredMessage]]:
-        """Every message (of one chat, or all) in pages of ≤ ``batch``, by ``(chat_id, message_id)``."""
-    async def message_keys(self, *, chat_id: int | None = None, user_id: int | None = None,
-                           before: datetime | None = None, limit: int | None = None,
-                           imported: bool | None = None) -> list[tuple[int, int]]:
-        """``(chat_id, message_id)`` of the messages in one chat and/or by one sender (at least one of
-        them given), dated before ``before`` if given, oldest first by ``(date, message_id)``, at most
-        ``limit``; ``imported`` as in ``count_messages``. raises ValueError when neither ``chat_id``
-        nor ``user_id`` is given."""
-    async def delete_messages(self, chat_id: int, *, user_id: int | None = None,
-                              message_ids: Sequence[int] | None = None) -> list[int]:
-        """Delete messages of a chat (all, one sender's, and/or some ids) with their recalls and
-        documents; returns the deleted ids, ascending."""
-    async def update_text(self, chat_id: int, message_id: int, text: str) -> StoredMessage | None:
-        """Replace a message's text (an edit); the message as stored, or None when not stored."""
     async def migrate_chat(self, old: int, new: int, *, title: str | None = None) -> int:
         """Move a basic group to its supergroup in one transaction; returns the messages moved."""
 
@@ -174,6 +144,10 @@ class DialogueStore(Protocol):
     def index(self) -> IndexBookkeeping:
         """Vector-memory bookkeeping: the ids LanceDB should hold (``memory_ids``), the evictions and
         the capacity cleanups' log (``memory.index_bookkeeping``)."""
+    @property
+    def messages(self) -> MessageStore:
+        """The stored messages: ``recent``, ``get``, ``around``, ``answered_ids``, ``max_id``, ``count``,
+        ``iter``, ``keys``, ``update_text``, ``delete`` (``memory.message_store``)."""
 
     # ---------------------------------------------------------------- operations
     async def stats(self) -> dict:

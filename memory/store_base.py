@@ -82,6 +82,12 @@ class QueuedStore:
         committed, if anything. raises MemoryStoreError."""
         await self._queue.sync()
 
+    async def sync_chat(self, chat_id: int, *, deliveries: bool = False) -> None:
+        """Read-your-writes for one chat's messages (and its deliveries with ``deliveries``): commit
+        what is queued only if that chat has such rows queued or being committed (another chat's
+        queue never delays the read). raises MemoryStoreError."""
+        await self._queue.sync_chat(chat_id, deliveries=deliveries)
+
     async def flush(self) -> None:
         """Return when every row enqueued before the call is committed.
 

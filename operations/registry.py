@@ -361,7 +361,7 @@ async def memory_reindex(res: Resources, io: Streams, *, chat: int | None = None
     from memory.maintenance import reindex
 
     memory = res.need_memory()
-    total = await memory.store.count_messages(chat)
+    total = await memory.store.messages.count(chat)
     with Progress(TextColumn("reindex"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=io.err) as progress:
         task = progress.add_task("reindex", total=total)
         n = await reindex(memory, chat_id=chat, on_progress=lambda k: progress.advance(task, k))
@@ -460,7 +460,7 @@ async def import_documents(res: Resources, io: Streams, *, files: list[str], cha
     memory = res.need_memory()
     media = res.config.settings.media
     ok = True
-    ids = IdAllocator(memory.store.max_message_id)
+    ids = IdAllocator(memory.store.messages.max_id)
     for file in map(Path, files):
         with io.err.status(f"reading {file.name}…"):
             try:

@@ -60,7 +60,7 @@ async def running_bot(data: Path, ov_encoder):
     """The runtime with its control server serving operations, as ``kith run`` wires them."""
     cfg = load_config(None, env={})
     # the model loaded as `kith run` loads it (the OpenVINO conversion is cached for the session)
-    async with open_runtime(cfg, data, lambda m: LocalOutbox(IdAllocator(m.store.max_message_id))) as rt:
+    async with open_runtime(cfg, data, lambda m: LocalOutbox(IdAllocator(m.store.messages.max_id))) as rt:
         async with ControlServer(ControlSettings(port=0), Health(), Metrics(), token_file=data / TOKEN_FILE) as server:
             async with server.operations(rt.services, drain_timeout_s=5):
                 yield rt, server

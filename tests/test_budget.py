@@ -122,7 +122,7 @@ async def test_the_cap_reached_in_a_burst_stops_paid_calls_within_one_turn(tmp_p
     holder: dict[str, LocalOutbox] = {}
 
     def make(memory):
-        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["box"]
 
     chat, user = 5, 5
@@ -222,7 +222,7 @@ async def test_owners_are_told_in_their_own_language_else_the_bots(tmp_path: Pat
         await budget.load()
         budget.record(usage(clock(), 0.9))
         (notice,) = await budget.notices()
-        box = LocalOutbox(IdAllocator(store.max_message_id))
+        box = LocalOutbox(IdAllocator(store.messages.max_id))
         services = SimpleNamespace(owners=frozenset({OWNER, 78}), memory=SimpleNamespace(store=store), config=cfg)
         await _tell_owners(notice, box, services)  # type: ignore[arg-type]
     said = {m.chat_id: m.text for m in box.sent}

@@ -52,7 +52,7 @@ async def said(memory, path: Path) -> None:
 
 
 async def agree(memory, chat_id: int) -> set[int]:
-    stored = {m.message_id for b in [x async for x in memory.store.iter_messages(chat_id)] for m in b}
+    stored = {m.message_id for b in [x async for x in memory.store.messages.iter(chat_id)] for m in b}
     assert await memory.vectors.message_ids(chat_id) <= stored
     return stored
 
@@ -71,7 +71,7 @@ async def test_cleanup_keeps_the_newest_share_and_never_younger_than_min_age(tmp
         memory.remember_many(msgs(-2, 20, days_old=1))  # all young: nothing may be deleted
         await memory.flush()
         res = await cleanup_scope(memory, "chat", -2, StorageLimits(dialogue_limit=10), POLICY, NOW)
-        assert res.messages == 0 and await memory.store.count_messages(-2) == 20
+        assert res.messages == 0 and await memory.store.messages.count(-2) == 20
 
 
 async def test_a_check_within_limits_does_not_wait_for_the_indexer_but_one_over_them_does(tmp_path, st_model):
@@ -95,7 +95,7 @@ async def test_memory_limit_removes_oldest_memories_but_keeps_history(tmp_path, 
         await memory.flush()
         res = await cleanup_scope(memory, "chat", -3, StorageLimits(memory_limit=10), POLICY, NOW)
         assert (res.messages, res.memories) == (0, 12)
-        assert await memory.store.count_messages(-3) == 20
+        assert await memory.store.messages.count(-3) == 20
         assert await memory.vectors.message_ids(-3) == set(range(13, 21))
         hits = (await memory.recall(-3, "grub bootloader", 20)).hits
         assert all(h.message_id >= 13 for h in hits)
@@ -109,22 +109,22 @@ async def test_user_limit_counts_across_chats_and_leaves_others_alone(tmp_path, 
         await memory.flush()
         res = await cleanup_scope(memory, "user", 7, StorageLimits(dialogue_limit=10), POLICY, NOW)
         assert res.messages == 8  # 16 − 8
-        assert await memory.store.count_messages(-4, user_id=7) == 0  # the oldest were all in chat -4
-        assert await memory.store.count_messages(-5, user_id=7) == 8
-        assert await memory.store.count_messages(-5, user_id=8) == 8
+        assert await memory.store.messages.count(-4, user_id=7) == 0  # the oldest were all in chat -4
+        assert await memory.store.messages.count(-5, user_id=7) == 8
+        assert await memory.store.messages.count(-5, user_id=8) == 8
         await agree(memory, -4)
         await agree(memory, -5)
 
 
 async def test_the_bot_cleans_up_in_the_background_as_a_chat_grows(tmp_path, st_model):
     config = cfg(chat=StorageLimits(dialogue_limit=10))
-    async with open_runtime(config, tmp_path, lambda m: LocalOutbox(IdAllocator(m.store.max_message_id)), model=st_model) as rt:
+    async with open_runtime(config, tmp_path, lambda m: LocalOutbox(IdAllocator(m.store.messages.max_id)), model=st_model) as rt:
         for i in range(1, 16):
             ev = Incoming(-9, "supergroup", i, Sender(3, "ann"), f"note {i} about the {TOPICS[i]}", datetime.now(UTC))
             await rt.supervisor.tell(-9, ev)
         await rt.supervisor.wait_all_idle()
         await rt.services.janitor.wait_idle()
-        assert await rt.memory.store.count_messages(-9) <= 10
+        assert await rt.memory.store.messages.count(-9) <= 10
         kept = await agree(rt.memory, -9)
         assert max(kept) == 15  # the newest survive
 
@@ -147,7 +147,7 @@ async def test_reindex_rebuilds_identical_results_and_isolation_holds(tmp_path, 
         assert await results() == before  # LanceDB is derived data: rebuilt from DuckDB, same answers
 
         await cleanup_scope(memory, "chat", chats[0], StorageLimits(dialogue_limit=500), AutoCleanup(keep_percentage=80, min_age_days=0), NOW)
-        assert await memory.store.count_messages(chats[0]) == 400
+        assert await memory.store.messages.count(chats[0]) == 400
         stored0 = await agree(memory, chats[0])
         await compact(memory)
         after_cleanup = await results()
@@ -165,15 +165,15 @@ async def test_the_hosts_imports_are_neither_counted_nor_evicted_and_each_cleanu
     async with open_memory(cfg(), tmp_path, model=st_model) as memory:
         await import_transcript(memory, data)
         chat = (await memory.store.chats())[0].chat_id
-        imported = await memory.store.count_messages(chat)
+        imported = await memory.store.messages.count(chat)
         embedded = await memory.vectors.count(chat)
-        assert imported > 1000 and await memory.store.count_messages(chat, imported=True) == imported
+        assert imported > 1000 and await memory.store.messages.count(chat, imported=True) == imported
         live = [replace(m, chat_id=chat, message_id=10_000_000 + m.message_id) for m in msgs(chat, 20, user_id=5, days_old=40)]
         memory.remember_many(live)
         await memory.flush()
         res = await cleanup_scope(memory, "chat", chat, StorageLimits(dialogue_limit=10, memory_limit=10), POLICY, NOW, tier="free")
         assert res.messages == 12  # 20 said in the chat − 80 % of 10; the import does not count
-        assert await memory.store.count_messages(chat, imported=True) == imported  # … and is never removed
+        assert await memory.store.messages.count(chat, imported=True) == imported  # … and is never removed
         assert await memory.vectors.count(chat) == embedded + 8
         logged = await memory.store.index.cleanups(chat)
         assert [(r.scope, r.tier, r.limit_name, r.limit, r.messages, r.memories) for r in logged] == [
@@ -183,7 +183,7 @@ async def test_the_hosts_imports_are_neither_counted_nor_evicted_and_each_cleanu
 
 async def test_a_cleanup_tells_the_chat_what_it_removed_why_and_how_to_keep_more(tmp_path, st_model):
     config = cfg(chat=StorageLimits(memory_limit=10))
-    async with open_runtime(config, tmp_path, lambda m: LocalOutbox(IdAllocator(m.store.max_message_id)), model=st_model) as rt:
+    async with open_runtime(config, tmp_path, lambda m: LocalOutbox(IdAllocator(m.store.messages.max_id)), model=st_model) as rt:
         old = datetime.now(UTC) - timedelta(days=60)
         for i in range(1, 16):
             ev = Incoming(-9, "supergroup", i, Sender(3, "ann"), f"note {i} about the {TOPICS[i]}", old + timedelta(minutes=i))
@@ -195,7 +195,7 @@ async def test_a_cleanup_tells_the_chat_what_it_removed_why_and_how_to_keep_more
         assert len(told) == 1, told
         assert told[0].startswith("For the admins:") and "free tier keeps 10 memories per chat" in told[0]
         assert "/billing" in told[0]
-        assert await rt.memory.store.count_messages(-9) == 15  # history stays; only recall went
+        assert await rt.memory.store.messages.count(-9) == 15  # history stays; only recall went
         logged = await rt.memory.store.index.cleanups(-9)
         assert len(logged) == 1 and logged[0].memories == sum(r.memories for r in rt.services.janitor.results)
 

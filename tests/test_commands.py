@@ -53,7 +53,7 @@ class Chat:
 
 def runtime(tmp_path, st_model, holder):
     def make(memory):
-        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id), admins={(GROUP, ADMIN.user_id)})
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.messages.max_id), admins={(GROUP, ADMIN.user_id)})
         return holder["outbox"]
 
     return open_runtime(cfg(), tmp_path, make, model=st_model)
@@ -110,7 +110,7 @@ async def test_forget_erases_my_messages_from_both_stores_and_from_recall(tmp_pa
         hits = (await rt.memory.recall(GROUP, "cardamom saffron recipe", 10)).hits
         assert MEMBER.user_id not in {h.user_id for h in hits}
         assert ADMIN.user_id in {h.user_id for h in hits}
-        assert await rt.memory.store.count_messages(GROUP, user_id=MEMBER.user_id) == 0
+        assert await rt.memory.store.messages.count(GROUP, user_id=MEMBER.user_id) == 0
         # and the bot's next answer does not quote it
         await chat.say(GROUP, ADMIN, "what was the secret recipe?", mentions_bot=True)
         assert "cardamom" not in chat.turns[-1].reply_text
@@ -125,7 +125,7 @@ async def test_role_flow_and_buttons(tmp_path, st_model):
         await chat.say(7, MEMBER, "Speak like a pirate.")
         assert holder["outbox"].sent[-1].text == "Persona saved."
         assert (await rt.memory.store.user_settings(MEMBER.user_id))["role"] == "Speak like a pirate."
-        assert await rt.memory.store.count_messages(7) == 0  # the persona is not conversation
+        assert await rt.memory.store.messages.count(7) == 0  # the persona is not conversation
         prompt = await chat.cmd(7, MEMBER, "role")
         assert "Speak like a pirate." in prompt.text
         await chat.press(7, MEMBER, prompt.message_id, "role:delete")
@@ -145,9 +145,9 @@ async def test_reset_clears_context_and_reset_all_deletes_after_confirmation(tmp
         confirm = await chat.cmd(9, MEMBER, "reset", "all")
         assert [b.data for row in confirm.buttons for b in row] == [f"reset:confirm:{MEMBER.user_id}", "reset:cancel"]
         await chat.press(9, ADMIN, confirm.message_id, f"reset:confirm:{MEMBER.user_id}")  # someone else
-        assert await rt.memory.store.count_messages(9) > 0
+        assert await rt.memory.store.messages.count(9) > 0
         await chat.press(9, MEMBER, confirm.message_id, f"reset:confirm:{MEMBER.user_id}")
-        assert await rt.memory.store.count_messages(9) == 0
+        assert await rt.memory.store.messages.count(9) == 0
         assert await rt.memory.vectors.count(9) == 0
 
 
@@ -196,7 +196,7 @@ async def test_allowed_users_limit_who_triggers_the_bot_but_everyone_is_remember
         mid = await chat.say(GROUP, MEMBER, "hey bot, what is new?", mentions_bot=True)
         await chat.cmd(GROUP, MEMBER, "help")
         assert len(holder["outbox"].sent) == before  # neither the message nor the command is answered
-        assert [m.text for m in await rt.memory.store.get_messages(GROUP, [mid])] == ["hey bot, what is new?"]
+        assert [m.text for m in await rt.memory.store.messages.get(GROUP, [mid])] == ["hey bot, what is new?"]
         await chat.say(GROUP, ADMIN, "and for me?", mentions_bot=True)
         assert len(holder["outbox"].sent) == before + 1
         await chat.cmd(GROUP, ADMIN, "settings", "allowed_users default")
@@ -213,7 +213,7 @@ async def test_the_shared_quota_is_shown_as_one_total_in_model_and_usage(tmp_pat
     holder: dict = {}
 
     def make(memory):
-        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["outbox"]
 
     async with open_runtime(config, tmp_path, make, model=st_model) as rt:
@@ -242,7 +242,7 @@ def owner_runtime(tmp_path, st_model, holder):
     config = Config(settings=Settings(models=models, telegram=TelegramSettings(owners=(OWNER.user_id,))), tiers=tiers)
 
     def make(memory):
-        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["outbox"]
 
     return open_runtime(config, tmp_path, make, model=st_model)

@@ -90,7 +90,7 @@ async def test_model_buttons_are_numbered_and_a_number_presses_one(tmp_path, st_
         assert turns[-1].model == "other"
         assert chat.buttons() == () and chat.prompt() == "> "  # a message was sent since the menu came
         await chat.send("1")  # so a number is a message again
-        assert "1" in [m.text for m in await rt.memory.store.recent(1, 10)]
+        assert "1" in [m.text for m in await rt.memory.store.messages.recent(1, 10)]
         assert rt.supervisor.outbox.answered[-1][0] == "console-1"  # no second press
 
 
@@ -128,15 +128,15 @@ async def test_history_dates_follow_the_telegram_app_language(tmp_path, st_model
 async def test_reset_all_is_confirmed_by_typing_the_buttons_number(tmp_path, st_model):
     async with console_chat(tmp_path, st_model) as (chat, screen, rt):
         await chat.send("the wifi password is on the fridge")
-        assert await rt.memory.store.count_messages(1) == 2  # the message and the reply
+        assert await rt.memory.store.messages.count(1) == 2  # the message and the reply
         await chat.send("/reset all")
         assert "  [1] Delete everything  [2] Cancel\n" in screen.new()
         await chat.send("2")
-        assert "Cancelled: nothing was deleted." in screen.new() and await rt.memory.store.count_messages(1) == 2
+        assert "Cancelled: nothing was deleted." in screen.new() and await rt.memory.store.messages.count(1) == 2
         await chat.send("1")  # the same keyboard: its buttons stay until a message is sent
         shown = screen.new()
         assert "Kith (edited): Deleted 2 messages and their memories." in shown and "» Deleted" in shown
-        assert await rt.memory.store.count_messages(1) == 0
+        assert await rt.memory.store.messages.count(1) == 0
 
 
 async def test_a_url_button_prints_its_url_instead_of_pressing(tmp_path, st_model):

@@ -75,17 +75,17 @@ class _Watching(LocalOutbox):
     async def on_progress(self, chat_id: int, delta: str) -> None:
         # what a kill -9 now would leave for the next open: the reserve (read before answered_ids commits it)
         self.in_reserve.append([d[1] for d in Journal(self.store.reserve.path).recover()[0].deliveries])
-        self.seen.append((await self.store.answered_ids(chat_id), self.store.pending))
+        self.seen.append((await self.store.messages.answered_ids(chat_id), self.store.pending))
 
     async def on_message(self, msg, streamed_rest) -> None:
-        self.seen.append((await self.store.answered_ids(msg.chat_id), self.store.pending))
+        self.seen.append((await self.store.messages.answered_ids(msg.chat_id), self.store.pending))
 
 
 async def test_the_delivery_is_durable_before_the_reply_leaves_and_the_reply_before_the_next_update(tmp_path, st_model):
     holder = {}
 
     def make(memory):
-        box = holder["box"] = _Watching(IdAllocator(memory.store.max_message_id))
+        box = holder["box"] = _Watching(IdAllocator(memory.store.messages.max_id))
         box.store, box.seen, box.in_reserve = memory.store, [], []
         return box
 
@@ -99,7 +99,7 @@ async def test_the_delivery_is_durable_before_the_reply_leaves_and_the_reply_bef
         ev = Incoming(42, "private", 7, Sender(42, "Ann"), "hello, what do you remember?", datetime.now(UTC))
         await rt.supervisor.tell(42, ev)
         await rt.supervisor.wait_all_idle()
-        stored = await rt.memory.store.recent(42, 10)
+        stored = await rt.memory.store.messages.recent(42, 10)
     box = holder["box"]
     assert box.sent and box.seen
     answered_at_first_byte, pending_at_first_byte = box.seen[0]
@@ -119,7 +119,7 @@ async def test_a_delivery_noted_without_a_stored_reply_is_not_answered_again(tmp
     holder = {}
 
     def make(memory):
-        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["box"]
 
     async with open_runtime(CFG, tmp_path, make, model=st_model) as rt:
@@ -167,7 +167,7 @@ class Shown(LocalOutbox):
 
 async def main():
     cfg = Config(settings=Settings(), tiers=TiersConfig())
-    async with open_runtime(cfg, Path(sys.argv[1]), lambda m: Shown(IdAllocator(m.store.max_message_id)),
+    async with open_runtime(cfg, Path(sys.argv[1]), lambda m: Shown(IdAllocator(m.store.messages.max_id)),
                             model=load_model()) as rt:
         rt.memory.remember(StoredMessage(42, 5, 42, "Ann", "the spare key is under the blue flower pot",
                                          datetime(2024, 1, 1, tzinfo=UTC)))
@@ -202,10 +202,10 @@ async def test_a_reply_sent_but_killed_before_its_commit_is_stored_with_its_usag
 
     async with DuckDBStore(db) as store:  # the next start: the open repairs it from the reserve
         assert store.recovered_rows >= 2
-        reply = (await store.get_messages(42, [reply_id]))[0]
+        reply = (await store.messages.get(42, [reply_id]))[0]
         assert reply.role == "assistant" and reply.reply_to == 7 and "blue flower pot" in reply.text
         assert [(u.chat_id, u.kind) for u in await store.usage.rows()] == [(42, "chat")]
-        assert 7 in await store.answered_ids(42)
+        assert 7 in await store.messages.answered_ids(42)
     async with DuckDBStore(db) as store:  # stored once: a second start adds nothing
         assert store.recovered_rows == 0 and len(await store.usage.rows()) == 1
 
@@ -293,7 +293,7 @@ async def test_an_unsaved_dump_is_stored_at_the_next_open_and_removed(tmp_path):
                   chats=[(42, "private", "Ann", 0)])
     save_unsaved(batch, tmp_path / "kith.duckdb.unsaved-20240101T000000")  # an older run's dump
     async with DuckDBStore(db) as store:
-        assert [m.message_id for m in await store.recent(42, 10)] == [1, 2]
+        assert [m.message_id for m in await store.messages.recent(42, 10)] == [1, 2]
         assert sorted(u.prompt_tokens for u in await store.usage.rows()) == [11, 12]  # the stored one not twice
         assert await store.usage.recalls_for(42, 2) == [(1, 0.5)]
         assert [c.title for c in await store.chats()] == ["Ann"]
@@ -309,8 +309,8 @@ async def test_the_start_up_gap_check_embeds_what_a_crash_left_out_and_drops_del
     async with VectorMemory(tmp_path / "memory") as vm:
         await vm.delete(CHAT, message_ids=list(range(5, 17)))
     async with open_memory(CFG, tmp_path, model=st_model) as memory:
-        orphan = (await memory.store.get_messages(OTHER, [3]))[0]
-        await memory.store.delete_messages(OTHER, message_ids=[3])  # DuckDB only, as if killed before LanceDB
+        orphan = (await memory.store.messages.get(OTHER, [3]))[0]
+        await memory.store.messages.delete(OTHER, message_ids=[3])  # DuckDB only, as if killed before LanceDB
         gaps = await find_gaps(memory)
         assert gaps.missing == {CHAT: set(range(5, 17))} and gaps.orphans == {OTHER: {3}}
         assert (await memory.recall(OTHER, orphan.text, 3)).hits[0].message_id == 3  # still recalled: a leak
@@ -336,7 +336,7 @@ async def test_the_gap_check_does_not_undo_the_capacity_cleanups_evictions(tmp_p
         await memory.gap_filler.wait()
         assert memory.gap_filler.gaps.n_missing == 0
         assert await memory.vectors.message_ids(CHAT) == kept == set(range(21, 31))
-        assert await memory.store.count_messages(CHAT) == 30  # the history stays readable
+        assert await memory.store.messages.count(CHAT) == 30  # the history stays readable
         assert await reindex(memory) == 20  # a reindex keeps the evictions too
         assert await memory.vectors.message_ids(CHAT) == kept
 
@@ -390,7 +390,7 @@ async def test_reindex_builds_beside_and_switches_and_an_interrupted_one_loses_n
 async def test_reindex_of_one_chat_re_embeds_in_place_and_drops_stale_rows(tmp_path, st_model):
     await seed(tmp_path, st_model)
     async with open_memory(CFG, tmp_path, model=st_model) as memory:
-        await memory.store.delete_messages(CHAT, message_ids=[1, 2])  # DuckDB only
+        await memory.store.messages.delete(CHAT, message_ids=[1, 2])  # DuckDB only
         await memory.vectors.delete(CHAT, message_ids=[10])
         assert await reindex(memory, chat_id=CHAT) == 28
         assert await memory.vectors.message_ids(CHAT) == set(range(3, 31))
@@ -436,13 +436,13 @@ async def test_a_basic_groups_memory_moves_to_its_supergroup(tmp_path, st_model)
         assert await memory.migrate_chat(basic, sup) == 0  # a second delivery of the service message
 
         store = memory.store
-        assert await store.count_messages(basic) == 0 and await memory.vectors.count(basic) == 0
-        recent = await store.recent(sup, 100)
+        assert await store.messages.count(basic) == 0 and await memory.vectors.count(basic) == 0
+        recent = await store.messages.recent(sup, 100)
         assert [m.message_id for m in recent][-2:] == [1, 2]  # the supergroup's own stay the newest
         assert recent[0].message_id == migrated_id(1) and recent[0].text == old[0].text
         reply = next(m for m in recent if m.role == "assistant")
         assert reply.reply_to == migrated_id(12)
-        assert migrated_id(11) in await store.answered_ids(sup) and migrated_id(12) in await store.answered_ids(sup)
+        assert migrated_id(11) in await store.messages.answered_ids(sup) and migrated_id(12) in await store.messages.answered_ids(sup)
         assert await memory.vectors.count(sup) == vectors_before + 2
         hits = (await memory.recall(sup, "where is the on-call rota kept", 5)).hits
         assert any(h.source == "rota.txt" and "red binder" in h.text for h in hits)

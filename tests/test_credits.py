@@ -67,7 +67,7 @@ class Bot:
 
 def runtime(tmp_path, st_model, config, clock, holder):
     def make(memory):
-        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id), clock=clock)
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.messages.max_id), clock=clock)
         return holder["outbox"]
 
     return open_runtime(config, tmp_path, make, model=st_model, clock=clock)

@@ -135,10 +135,10 @@ async def test_note_delivery_writes_the_reserve_not_the_database_and_answered_id
         await store.note_delivery(42, 2)
         await store.note_delivery(42, 2)  # twice (a retry): stored once
         assert store.commits == commits and store.pending == 3  # no database round trip
-        assert await store.answered_ids(42) == {2}  # a read of deliveries commits them first
+        assert await store.messages.answered_ids(42) == {2}  # a read of deliveries commits them first
         assert store.commits == commits + 1 and store.pending == 0
         await store.note_delivery(-100, 9)  # a chat with no stored message yet
-        assert await store.answered_ids(-100) == {9}
+        assert await store.messages.answered_ids(-100) == {9}
     assert _deliveries(db) == [(-100, 9), (42, 2)]
 
 
@@ -150,7 +150,7 @@ async def test_without_the_reserve_note_delivery_commits_before_it_returns(tmp_p
         store.add(_msg(1))
         await store.note_delivery(42, 1)
         assert store.pending == 0  # committed, with the chat's message
-        assert await store.recent(42, 5) == [_msg(1)]
+        assert await store.messages.recent(42, 5) == [_msg(1)]
     assert _deliveries(db) == [(42, 1)]
 
 
@@ -201,11 +201,11 @@ async def test_deliveries_noted_and_killed_before_any_commit_are_answered_after_
 
     async with DuckDBStore(db) as store:  # the next start stores the reserve before anything is read
         assert store.recovered_rows == 6
-        assert await store.answered_ids(42) == {7, 8}  # answered once: not again after the restart
-        assert await store.answered_ids(-100) == {3}
-        assert [m.message_id for m in await store.recent(42, 10)] == [1, 7, 8, 9]
+        assert await store.messages.answered_ids(42) == {7, 8}  # answered once: not again after the restart
+        assert await store.messages.answered_ids(-100) == {3}
+        assert [m.message_id for m in await store.messages.recent(42, 10)] == [1, 7, 8, 9]
     async with DuckDBStore(db) as store:  # stored once: a second start adds nothing
-        assert store.recovered_rows == 0 and await store.answered_ids(42) == {7, 8}
+        assert store.recovered_rows == 0 and await store.messages.answered_ids(42) == {7, 8}
     assert _deliveries(db) == [(-100, 3), (42, 7), (42, 8)]
 
 
@@ -247,7 +247,7 @@ class Shown(LocalOutbox):
 
 async def main():
     cfg = Config(settings=Settings(), tiers=TiersConfig())
-    async with open_runtime(cfg, Path(sys.argv[1]), lambda m: Shown(IdAllocator(m.store.max_message_id)),
+    async with open_runtime(cfg, Path(sys.argv[1]), lambda m: Shown(IdAllocator(m.store.messages.max_id)),
                             model=load_model()) as rt:
         await rt.supervisor.tell(42, Incoming(42, "private", 7, Sender(42, "Ann"), "hello, are you there?",
                                               datetime.now(UTC)))
@@ -278,11 +278,11 @@ async def test_a_reply_killed_in_the_commit_of_its_delivery_is_not_sent_again_af
     holder: dict = {}
 
     def make(memory):
-        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["box"]
 
     async with open_runtime(Config(settings=Settings(), tiers=TiersConfig()), data, make, model=st_model) as rt:
-        assert 7 in await rt.memory.store.answered_ids(42)
+        assert 7 in await rt.memory.store.messages.answered_ids(42)
         await rt.supervisor.tell(42, Incoming(42, "private", 7, Sender(42, "Ann"), "hello, are you there?",
                                               datetime.now(UTC)))  # Telegram delivers it again
         await rt.supervisor.wait_all_idle()
@@ -301,6 +301,6 @@ async def test_the_postgresql_store_commits_a_delivery_with_the_chats_messages_b
         await store.note_delivery(42, 1)
         await store.note_delivery(42, 1)  # twice: stored once
         assert store.pending == 0  # no reserve: committed, with the message, before it returned
-        assert await store.answered_ids(42) == {1}
+        assert await store.messages.answered_ids(42) == {1}
     async with PostgresStore(pg_url, dump_dir=tmp_path) as store:
-        assert await store.answered_ids(42) == {1} and [m.message_id for m in await store.recent(42, 5)] == [1]
+        assert await store.messages.answered_ids(42) == {1} and [m.message_id for m in await store.messages.recent(42, 5)] == [1]

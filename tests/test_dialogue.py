@@ -51,7 +51,7 @@ async def test_database_failure_keeps_rows_queued_then_dumps_them_at_shutdown(db
         failing = False
         with anyio.fail_after(10):
             await store.flush()  # retried: nothing lost
-        assert await store.count_messages() == 10
+        assert await store.messages.count() == 10
 
         failing = True
         store.add_many(msg(i, text="late ✓") for i in range(10, 15))
@@ -59,8 +59,8 @@ async def test_database_failure_keeps_rows_queued_then_dumps_them_at_shutdown(db
     # what the failing database could not take at shutdown is kept in the store's reserve (not a
     # dump that a full disk may refuse too) and stored at the next open
     async with DuckDBStore(db) as store:
-        assert await store.count_messages() == 15
-        assert await store.get_messages(CHAT, list(range(10, 15))) == [msg(i, text="late ✓") for i in range(10, 15)]
+        assert await store.messages.count() == 15
+        assert await store.messages.get(CHAT, list(range(10, 15))) == [msg(i, text="late ✓") for i in range(10, 15)]
         assert [u.model for u in await store.usage.rows()] == ["fast"]
 
 
@@ -74,13 +74,13 @@ async def test_restart_keeps_everything_and_schema_version_is_recorded(db: Path)
         await store.upsert_chat(CHAT, "supergroup", "T")
         await store.set_user_settings(1, {"a": 1}, username="u1")
         before = await store.stats()
-        before_recent = await store.recent(CHAT, 20, thread_id=1)
+        before_recent = await store.messages.recent(CHAT, 20, thread_id=1)
     async with DuckDBStore(db) as store:
         after = await store.stats()
         for key in ("chats", "users", "messages", "usage", "recalls"):
             assert after[key] == before[key]
         assert after["file_bytes"] > 0 and after["schema_version"] == SCHEMA_VERSION
-        assert await store.recent(CHAT, 20, thread_id=1) == before_recent
+        assert await store.messages.recent(CHAT, 20, thread_id=1) == before_recent
     con = duckdb.connect(str(db), read_only=True)
     try:
         rows = con.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
@@ -129,7 +129,7 @@ async def test_second_process_gets_store_locked(db: Path) -> None:
         assert proc.returncode == 0, proc.stderr.decode()
         assert out.startswith("LOCKED:"), out
         assert "running Kith bot" in out
-        assert await store.count_messages() == 1  # the owner is unaffected
+        assert await store.messages.count() == 1  # the owner is unaffected
     assert issubclass(StoreLocked, MemoryStoreError)
 
 

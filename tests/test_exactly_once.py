@@ -21,7 +21,7 @@ SLICE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ubuntu
 
 def runtime(tmp_path, st_model, holder, clock=None):
     def make(memory):
-        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["outbox"]
 
     kw = {"clock": clock} if clock is not None else {}

@@ -118,7 +118,7 @@ class Chat:
 
 def runtime(tmp_path, st_model, holder, tiers_cfg: TiersConfig):
     def make(memory):
-        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id), admins={(GROUP, ADMIN.user_id)})
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.messages.max_id), admins={(GROUP, ADMIN.user_id)})
         return holder["box"]
 
     return open_runtime(Config(settings=Settings(), tiers=tiers_cfg), tmp_path, make, model=st_model)
@@ -206,7 +206,7 @@ async def test_memory_model_learns_facts_in_batches_and_skips_what_it_cannot_use
     holder: dict = {}
 
     def make(memory):
-        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id), admins={(GROUP, ADMIN.user_id)})
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.messages.max_id), admins={(GROUP, ADMIN.user_id)})
         return holder["box"]
 
     async with open_runtime(learning_config(llm_server), tmp_path, make, model=st_model) as rt:
@@ -257,7 +257,7 @@ async def test_memory_learning_is_off_for_the_offline_model(tmp_path, st_model) 
     cfg = Config(settings=Settings(memory=MemorySettings(memory_model="recall")), tiers=tiers())
 
     def make(memory):
-        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["box"]
 
     async with open_runtime(cfg, tmp_path, make, model=st_model) as rt:
@@ -272,7 +272,7 @@ async def test_the_learner_reads_a_long_backlog_in_batches_and_skips_quiet_chats
     holder: dict = {}
 
     def make(memory):
-        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["box"]
 
     async with open_runtime(learning_config(llm_server, batch=2), tmp_path, make, model=st_model) as rt:

@@ -69,7 +69,7 @@ async def test_an_imported_chat_keeps_its_whole_memory_on_the_free_tier(tmp_path
         await rt.services.janitor.wait_idle()
         await rt.memory.flush()
         for chat_id in chats:
-            said = [m async for batch in rt.memory.store.iter_messages(chat_id) for m in batch
+            said = [m async for batch in rt.memory.store.messages.iter(chat_id) for m in batch
                     if m.role == ROLE_USER and m.text.strip()]
             assert len(said) >= 1000
             assert await rt.memory.vectors.count(chat_id) == len(said), chat_id  # memories = messages

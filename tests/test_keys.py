@@ -91,7 +91,7 @@ async def test_key_commands_and_turns_use_the_members_then_the_groups_then_the_h
     holder = {}
 
     def make(memory):
-        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id), admins={(GROUP, ADMIN)})
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.messages.max_id), admins={(GROUP, ADMIN)})
         return holder["box"]
 
     def auth_of_last_request() -> str:
@@ -146,7 +146,7 @@ async def test_without_a_secret_key_the_command_says_so(tmp_path, st_model, monk
     holder = {}
 
     def make(memory):
-        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["box"]
 
     async with open_runtime(CFG, tmp_path, make, model=st_model) as rt:
@@ -236,7 +236,7 @@ async def test_key_says_when_it_is_used_for_no_model(tmp_path, st_model, llm_ser
     holder = {}
 
     def make(memory):
-        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["box"]
 
     async with open_runtime(Config(settings=settings, tiers=TiersConfig()), tmp_path, make, model=st_model) as rt:
@@ -266,7 +266,7 @@ async def test_over_the_hosts_spending_cap_a_member_on_their_own_key_still_gets_
     holder = {}
 
     def make(memory):
-        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["box"]
 
     async with open_runtime(Config(settings=settings, tiers=TiersConfig()), tmp_path, make, model=st_model,

@@ -270,7 +270,7 @@ async def test_a_journaled_debit_is_in_the_reserve_before_any_commit_and_kept_af
     assert "DEBITED added 7 insufficient" in out
     async with DuckDBStore(db) as store:
         ledger = await Ledger(store).open()
-        assert await store.answered_ids(1) == {7}
+        assert await store.messages.answered_ids(1) == {7}
         assert await ledger.balance("user", 1) == 7
         assert (await ledger.get(debit_key(1, 7))).amount == -3  # type: ignore[union-attr]
         assert await ledger.get(debit_key(1, 8)) is None

@@ -98,7 +98,7 @@ class Chat:
 
 def open_chat(tmp_path, st_model, holder, config: Config | None = None):
     def make(memory):
-        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["outbox"]
 
     return open_runtime(config or shipped(), tmp_path, make, model=st_model)
@@ -123,7 +123,7 @@ async def test_a_pdf_fact_is_answered_with_its_page_recalled_later_listed_and_fo
         assert dl.calls == 1
         answer = chat.replies_to(mid)[-1].text
         assert "Dell R740" in answer and "report.pdf, p. 7" in answer
-        stored = (await rt.memory.store.get_messages(ANNA.user_id, [mid]))[0]
+        stored = (await rt.memory.store.messages.get(ANNA.user_id, [mid]))[0]
         assert stored.text.startswith("[file report.pdf] what replaced the backup server?")
 
         # a day later, in the same chat: recalled from memory, with its page
@@ -186,7 +186,7 @@ async def test_an_oversized_file_is_refused_without_a_download(tmp_path, st_mode
         assert dl.calls == 0
         refusal = chat.replies_to(mid)[-1].text
         assert "25.0 MB" in refusal and "20 MB" in refusal
-        assert (await rt.memory.store.get_messages(ANNA.user_id, [mid]))[0].text == "[file huge.pdf]"
+        assert (await rt.memory.store.messages.get(ANNA.user_id, [mid]))[0].text == "[file huge.pdf]"
 
 
 async def test_a_corrupt_pdf_gets_a_clear_message_and_the_chat_goes_on(tmp_path, st_model):
@@ -214,7 +214,7 @@ async def test_the_free_tier_is_refused_documents_and_vision_with_a_billing_butt
             refusal = chat.replies_to(mid)[0]
             assert refusal.text.startswith(f"{what} isn't part of the free tier") and "premium" in refusal.text
             assert [b.data for row in refusal.buttons for b in row] == ["billing:show"]
-        stored = await rt.memory.store.get_messages(ANNA.user_id, [doc, photo])
+        stored = await rt.memory.store.messages.get(ANNA.user_id, [doc, photo])
         assert [m.text for m in stored] == ["[file report.pdf]", "[photo] what is this?"]
 
 
@@ -243,7 +243,7 @@ async def test_a_photo_without_a_vision_model_is_said_plainly(tmp_path, st_model
         assert dl.calls == 1
         notes = [m.text for m in chat.replies_to(mid)]
         assert any("can't see images" in t for t in notes)
-        assert (await rt.memory.store.get_messages(ANNA.user_id, [mid]))[0].text.startswith("[photo] my new desk setup")
+        assert (await rt.memory.store.messages.get(ANNA.user_id, [mid]))[0].text.startswith("[photo] my new desk setup")
 
 
 # ---------------------------------------------------------------------- voice, images and vision over real HTTP
@@ -285,7 +285,7 @@ async def test_a_voice_note_is_transcribed_answered_counted_and_recalled_a_day_l
         await premium(rt, ANNA.user_id)
         chat = Chat(rt, holder)
         mid = await chat.send(GROUP_A, ANNA, "", media=voice, respond=True)
-        stored = (await rt.memory.store.get_messages(GROUP_A, [mid]))[0]
+        stored = (await rt.memory.store.messages.get(GROUP_A, [mid]))[0]
         assert stored.text == "[voice 0:42] the printer on floor three needs a new toner cartridge"
         assert chat.replies_to(mid), "a transcript is answered like text"
         [rec] = await usage_of(rt, "transcription")
@@ -354,7 +354,7 @@ async def test_a_vision_model_sees_the_photo_and_its_description_is_remembered(t
         mid = await chat.send(ANNA.user_id, ANNA, "what is on my screen?", media=photo)
         answer = chat.replies_to(mid)[-1].text
         assert f"[image image/png {len(TEST_PNG)} bytes]" in answer  # the photo reached the model with the caption
-        stored = (await rt.memory.store.get_messages(ANNA.user_id, [mid]))[0].text
+        stored = (await rt.memory.store.messages.get(ANNA.user_id, [mid]))[0].text
         assert stored.startswith("[photo] what is on my screen?\n(image: ")
         [rec] = await usage_of(rt, "vision")
         assert rec.model == "eye" and rec.prompt_tokens > 0
@@ -377,7 +377,7 @@ async def test_capacity_cleanup_removes_a_documents_parts_with_its_message(tmp_p
         res = await cleanup_scope(rt.memory, "chat", GROUP_A, StorageLimits(dialogue_limit=4),
                                   AutoCleanup(keep_percentage=100, min_age_days=30), datetime.now(UTC))
         assert res.messages == 1
-        assert await rt.memory.store.get_messages(GROUP_A, [doc]) == []
+        assert await rt.memory.store.messages.get(GROUP_A, [doc]) == []
         assert await rt.memory.store.documents.list(GROUP_A) == []
         assert await rt.memory.vectors.count(GROUP_A) == 4
 
@@ -390,7 +390,7 @@ async def test_a_refused_feature_is_said_once_not_for_every_photo(tmp_path, st_m
         ids = [await chat.send(ANNA.user_id, ANNA, "", media=Media("photo", "image/png", len(png), download=dl.of(png)))
                for _ in range(3)]
         assert [len(chat.replies_to(i)) for i in ids] == [1, 0, 0]
-        assert len(await rt.memory.store.get_messages(ANNA.user_id, ids)) == 3  # every photo is still remembered
+        assert len(await rt.memory.store.messages.get(ANNA.user_id, ids)) == 3  # every photo is still remembered
 
 
 async def test_a_telegram_export_keeps_media_markers_and_reads_its_documents_once(tmp_path, st_model):
@@ -416,7 +416,7 @@ async def test_a_telegram_export_keeps_media_markers_and_reads_its_documents_onc
         first = await import_transcript(rt.memory, export / "result.json", with_files=True)
         again = await import_transcript(rt.memory, export / "result.json", with_files=True)
         cid = -100777
-        texts = [m.text for m in await rt.memory.store.get_messages(cid, [1, 2, 3])]
+        texts = [m.text for m in await rt.memory.store.messages.get(cid, [1, 2, 3])]
         hits = (await rt.memory.recall(cid, "how do I restart the ingest workers?", 3)).hits
         docs = await rt.memory.store.documents.list(cid)
     assert texts == ["[file runbook.pdf] the runbook", "[voice 0:07]", "[file big.iso]"]

@@ -36,7 +36,7 @@ def config(**models) -> Config:
 
 def outbox_factory(holder: dict):
     def make(memory):
-        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["outbox"]
 
     return make
@@ -113,7 +113,7 @@ async def test_importing_the_same_file_twice_stores_each_message_once(tmp_path, 
     async with open_memory(config(), tmp_path, model=st_model) as memory:
         first = await import_transcript(memory, SLICE_A)
         second = await import_transcript(memory, SLICE_A)
-        assert await memory.store.count_messages(msgs[0].chat_id) == len(msgs)
+        assert await memory.store.messages.count(msgs[0].chat_id) == len(msgs)
         assert await memory.vectors.count(msgs[0].chat_id) == first.embedded
     assert first.read == second.read == len(msgs)
     assert second.embedded == 0 and second.already_known == len(msgs)
@@ -129,7 +129,7 @@ async def test_a_malformed_line_is_reported_with_its_number_and_the_rest_is_impo
         report = await import_transcript(memory, path)
         assert [e.line for e in report.errors] == [5, 10]
         assert report.read == 18
-        assert await memory.store.count_messages() == 18
+        assert await memory.store.messages.count() == 18
 
 
 async def test_empty_huge_and_non_latin_messages_survive_a_turn(tmp_path, st_model):
@@ -141,7 +141,7 @@ async def test_empty_huge_and_non_latin_messages_survive_a_turn(tmp_path, st_mod
             await rt.supervisor.tell(7, Incoming(7, "private", i, Sender(7, "Zoë"), text, datetime.now(UTC)))
         await rt.supervisor.wait_all_idle()
         await rt.memory.flush()
-        stored = {m.message_id: m.text for m in await rt.memory.store.get_messages(7, list(range(1, len(texts) + 1)))}
+        stored = {m.message_id: m.text for m in await rt.memory.store.messages.get(7, list(range(1, len(texts) + 1)))}
     assert stored == {i: t for i, t in enumerate(texts, 1)}
     assert len(turns) == len(texts) and not any(t.error for t in turns)
     assert [t.responded for t in turns] == [False] + [True] * (len(texts) - 1)  # nothing to answer in an empty message
@@ -164,7 +164,7 @@ async def test_an_actor_that_raises_mid_turn_is_restarted_and_loses_nothing(tmp_
     holder: dict = {}
 
     def make(memory):
-        holder["outbox"] = CrashOnceOutbox(IdAllocator(memory.store.max_message_id))
+        holder["outbox"] = CrashOnceOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["outbox"]
 
     async with open_runtime(config(), tmp_path, make, model=st_model) as rt:
@@ -174,7 +174,7 @@ async def test_an_actor_that_raises_mid_turn_is_restarted_and_loses_nothing(tmp_
         await rt.supervisor.wait_all_idle()
         assert rt.supervisor.stats.restarted == 1
         await rt.memory.flush()
-        stored = await rt.memory.store.get_messages(3, [1, 2])
+        stored = await rt.memory.store.messages.get(3, [1, 2])
     assert [m.text for m in stored] == ["first question?", "second question?"]  # the crashed turn's message is kept
     assert [m.reply_to for m in holder["outbox"].sent] == [2]  # the next event was handled
     assert "actor crashed" in caplog.text
@@ -222,7 +222,7 @@ async def test_group_messages_without_a_trigger_are_remembered_not_answered(tmp_
         await send(-100, Incoming(-100, "supergroup", 3, Sender(2, "b"), "@kith what is the wifi password?", now, mentions_bot=True))
         await rt.supervisor.wait_all_idle()
         await rt.memory.flush()
-        assert await rt.memory.store.count_messages(-100) == 4
+        assert await rt.memory.store.messages.count(-100) == 4
     assert [t.responded for t in turns] == [False, False, True]
     assert len(holder["outbox"].sent) == 1
 
@@ -235,7 +235,7 @@ async def test_a_redelivered_message_is_stored_and_answered_once(tmp_path, st_mo
         await rt.supervisor.tell(5, ev)
         await rt.supervisor.wait_all_idle()
         await rt.memory.flush()
-        assert await rt.memory.store.count_messages(5) == 2  # the message and one reply
+        assert await rt.memory.store.messages.count(5) == 2  # the message and one reply
     assert len(holder["outbox"].sent) == 1
 
 
@@ -247,7 +247,7 @@ async def test_shutdown_drains_every_queued_turn(tmp_path, st_model):
                 await rt.supervisor.tell(chat, Incoming(chat, "private", i, Sender(chat, "u"), f"question {i}?", datetime.now(UTC)))
     # leaving the runtime drained all 15 turns and committed them
     async with open_memory(config(), tmp_path, model=st_model) as memory:
-        assert await memory.store.count_messages() == 30
+        assert await memory.store.messages.count() == 30
     assert len(holder["outbox"].sent) == 15
 
 
@@ -263,13 +263,13 @@ class BlockedOutbox(LocalOutbox):
 
 async def test_an_undeliverable_reply_is_logged_not_a_crash(tmp_path, st_model):
     turns = []
-    async with open_runtime(config(), tmp_path, lambda m: BlockedOutbox(IdAllocator(m.store.max_message_id)), model=st_model,
+    async with open_runtime(config(), tmp_path, lambda m: BlockedOutbox(IdAllocator(m.store.messages.max_id)), model=st_model,
                             on_turn=turns.append) as rt:
         await rt.supervisor.tell(4, Incoming(4, "private", 1, Sender(4, "x"), "hi?", datetime.now(UTC)))
         await rt.supervisor.wait_all_idle()
         assert rt.supervisor.stats.restarted == 0
         await rt.memory.flush()
-        assert await rt.memory.store.count_messages(4) == 1
+        assert await rt.memory.store.messages.count(4) == 1
     assert turns[0].error.startswith("undelivered")
 
 

@@ -40,7 +40,7 @@ def cfg() -> Config:
 
 def runtime(tmp_path, st_model, holder):
     def make(memory):
-        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id), admins={(GROUP, ADMIN.user_id)})
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.messages.max_id), admins={(GROUP, ADMIN.user_id)})
         return holder["outbox"]
 
     return open_runtime(cfg(), tmp_path, make, model=st_model)

@@ -334,11 +334,15 @@ async def test_the_other_chats_marker_finds_nothing(tool):
 class _LeakyMemory:
     """A memory whose recall (wrongly) returns a row of another chat, and whose store fails."""
 
-    class _Store:
+    class _Messages:
         async def recent(self, *a, **kw):
             raise VectorStoreError("the disk went away")
 
-    store = _Store()
+    class _Store:
+        def __init__(self, messages) -> None:
+            self.messages = messages
+
+    store = _Store(_Messages())
 
     async def recall(self, chat_id, query, k, **kw):
         return Recall([

@@ -74,7 +74,7 @@ async def ask(cfg: Config, tmp_path, st_model, plugins: Plugins, text: str, **kw
     holder: dict = {}
 
     def make(memory):
-        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["outbox"]
 
     turns: list = []

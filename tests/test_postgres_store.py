@@ -48,7 +48,7 @@ WRITER = textwrap.dedent("""
             store.add_many(StoredMessage(chat, i, 2, "bob", f"from pid {i}", datetime(2024, 3, 1, tzinfo=UTC))
                            for i in range(500))
             await store.flush()
-            print(await store.count_messages(chat))
+            print(await store.messages.count(chat))
 
     anyio.run(main)
 """)
@@ -69,7 +69,10 @@ async def test_several_processes_share_the_store_without_a_lock(pg_url: str, tmp
                     tg.start_soon(writer, k)
         assert [done[k].returncode for k in range(2)] == [0, 0], [done[k].stderr.decode()[-2000:] for k in range(2)]
         assert [done[k].stdout.decode().strip() for k in range(2)] == ["500", "500"]
-        assert await mine.count_messages() == 1300  # everyone's rows, while each held the store open
+        assert await mine.messages.count() == 1300  # everyone's rows, while each held the store open
+        # a chat only another process wrote: read from the database (no set of this one's can say it is empty)
+        assert [m.message_id for m in await mine.messages.recent(-200, 2)] == [498, 499]
+        assert await mine.messages.max_id(-201) == 499
         assert [c.chat_id for c in await mine.chats()] == [-201, -200, -100]
 
         # the CLI on another data dir, configured for the same store, grants while this store is open
@@ -137,7 +140,7 @@ async def test_a_server_that_goes_away_loses_no_queued_row(tmp_path: Path) -> No
                         break
                     except MemoryStoreError:
                         await anyio.sleep(0.2)
-            assert await store.count_messages() == 15
+            assert await store.messages.count() == 15
 
             server.pause()  # down at shutdown: what is queued is saved as an importable transcript
             store.add_many(msg(i) for i in range(15, 18))

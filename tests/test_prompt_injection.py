@@ -56,7 +56,7 @@ async def test_a_planted_instruction_in_the_chat_only_reaches_the_model_as_a_quo
         holder = {}
 
         def make(memory, holder=holder):
-            holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+            holder["outbox"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
             return holder["outbox"]
 
         async with open_runtime(cfg, tmp_path / run, make, model=st_model) as rt:
@@ -91,7 +91,7 @@ async def test_the_general_topic_window_holds_only_general_messages(tmp_path, st
     holder = {}
 
     def make(memory):
-        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["outbox"]
 
     async with open_runtime(Config(settings=settings, tiers=TiersConfig()), tmp_path, make, model=st_model) as rt:

@@ -45,7 +45,7 @@ async def run(data_dir: Path, days: list[Path]) -> tuple[list[ReplayReport], Loc
     holder: dict[str, LocalOutbox] = {}
 
     def make(memory):
-        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["box"]
 
     clock = TranscriptClock()

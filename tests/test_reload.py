@@ -43,7 +43,7 @@ def edit(path: Path, old: str, new: str) -> None:
 async def test_a_reload_applies_tiers_and_settings_and_a_broken_file_keeps_the_old_ones(tmp_path, st_model):
     etc = config_dir(tmp_path)
     cfg = load_config(etc / "kith.yaml", env={})
-    async with open_runtime(cfg, tmp_path / "data", lambda m: LocalOutbox(IdAllocator(m.store.max_message_id)), model=st_model) as rt:
+    async with open_runtime(cfg, tmp_path / "data", lambda m: LocalOutbox(IdAllocator(m.store.messages.max_id)), model=st_model) as rt:
         svc = rt.services
         edit(etc / "tiers.yaml", 'requests_per_day: {"*": 30}', 'requests_per_day: {"*": 99}')
         edit(etc / "kith.yaml", "  name: Kith ", "  name: Kithra ")
@@ -79,7 +79,7 @@ async def test_the_admin_api_needs_the_token_and_kith_reload_uses_it(tmp_path, s
     etc = config_dir(tmp_path)
     data = tmp_path / "data"
     cfg = load_config(etc / "kith.yaml", env={})
-    async with open_runtime(cfg, data, lambda m: LocalOutbox(IdAllocator(m.store.max_message_id)), model=st_model) as rt:
+    async with open_runtime(cfg, data, lambda m: LocalOutbox(IdAllocator(m.store.messages.max_id)), model=st_model) as rt:
         server = ControlServer(ControlSettings(port=0), Health(), Metrics(), token_file=data / TOKEN_FILE)
         async with server, httpx.AsyncClient(base_url=server.url) as http:
             token_file = data / TOKEN_FILE

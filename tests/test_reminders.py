@@ -478,7 +478,7 @@ def _runtime(tmp_path: Path, st_model: Any, holder: dict, clock: Clock):
     from transports.local import IdAllocator, LocalOutbox
 
     def make(memory: Any) -> Any:
-        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id), admins={(GROUP, ADMIN)})
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.messages.max_id), admins={(GROUP, ADMIN)})
         return holder["outbox"]
 
     config = Config(settings=Settings(plugins=PluginsSettings(timezone="Europe/Berlin")), tiers=TiersConfig())

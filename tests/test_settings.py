@@ -57,7 +57,7 @@ async def test_a_groups_keywords_change_reaches_the_trigger_and_unknown_keys_sta
     holder: dict = {}
 
     def make(memory):
-        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id), admins={(GROUP, ADMIN.user_id)})
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.messages.max_id), admins={(GROUP, ADMIN.user_id)})
         return holder["outbox"]
 
     async with open_runtime(config, tmp_path, make, model=st_model) as rt:

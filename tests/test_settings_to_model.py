@@ -50,7 +50,7 @@ async def test_persona_role_always_on_and_persist_off_reach_the_model(tmp_path, 
     holder = {}
 
     def make(memory):
-        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["box"]
 
     async with open_runtime(cfg(llm_server), tmp_path, make, model=st_model) as rt:
@@ -79,10 +79,10 @@ async def test_persona_role_always_on_and_persist_off_reach_the_model(tmp_path, 
         assert "unaddressed question about the weather" in str(chat.requests()[-1]["messages"][-1]["content"])
 
         await chat.say(GROUP, "persist off", command="settings")
-        stored = await store.count_messages(GROUP)
+        stored = await store.messages.count(GROUP)
         await chat.say(GROUP, "@bot the secret plan is not to be kept")
         assert len(chat.requests()) == before + 2  # answered ...
         assert "secret plan" in str(chat.requests()[-1]["messages"][-1]["content"])
         await rt.memory.flush()
-        assert await store.count_messages(GROUP) == stored  # ... and nothing stored, neither it nor the reply
+        assert await store.messages.count(GROUP) == stored  # ... and nothing stored, neither it nor the reply
         assert not any("secret" in h.text for h in (await rt.memory.recall(GROUP, "the secret plan", 5)).hits)

@@ -89,8 +89,8 @@ async def test_same_messages_twice_are_stored_once_first_write_wins(open_store: 
         store.add_many(msg(i, text="changed") for i in range(50))
         store.add(msg(60))
         store.add(msg(60, text="dup in same batch"))
-        assert await store.count_messages(CHAT) == 51
-        got = await store.get_messages(CHAT, [0, 49, 60])
+        assert await store.messages.count(CHAT) == 51
+        got = await store.messages.get(CHAT, [0, 49, 60])
         assert [m.text for m in got] == ["message 0", "message 49", "message 60"]
 
 
@@ -100,11 +100,11 @@ async def test_reads_see_queued_writes_without_explicit_flush(open_store: Opener
     async with open_store(flush_interval_s=30.0) as store:
         store.add(msg(1))
         with anyio.fail_after(5):
-            assert [m.message_id for m in await store.recent(CHAT, 10)] == [1]
+            assert [m.message_id for m in await store.messages.recent(CHAT, 10)] == [1]
             store.add(msg(2))
-            assert await store.max_message_id(CHAT) == 2
+            assert await store.messages.max_id(CHAT) == 2
             store.add(msg(3, user=7))
-            assert await store.count_messages(user_id=7) == 1
+            assert await store.messages.count(user_id=7) == 1
 
 
 @pytest.mark.anyio
@@ -113,7 +113,7 @@ async def test_shutdown_flushes_queued_rows(open_store: Opener) -> None:
         store.add_many(msg(i) for i in range(10))
         store.record_usage(UsageRecord(T0, CHAT, 1, "chat", "fast", 10, 5, None, 12.5))
     async with open_store() as store:
-        assert await store.count_messages() == 10
+        assert await store.messages.count() == 10
         assert len(await store.usage.rows()) == 1
 
 
@@ -131,7 +131,7 @@ async def test_a_writer_start_that_fails_half_way_closes_the_store_and_raises_it
     async with open_store() as again:  # the database was closed too: it opens again (DuckDB: not "already open")
         again.add(msg(1))
         await again.flush()
-        assert await again.count_messages() == 1
+        assert await again.messages.count() == 1
 
 
 @pytest.mark.anyio
@@ -149,14 +149,14 @@ async def test_recent_orders_oldest_to_newest_and_filters_thread_and_before(open
         # inserted out of order, threads 10/20 interleaved, plus another chat
         store.add_many(msg(i, thread=10 if i % 2 else 20) for i in reversed(range(1, 31)))
         store.add_many(msg(i, chat=OTHER) for i in range(100, 110))
-        assert [m.message_id for m in await store.recent(CHAT, 5)] == [26, 27, 28, 29, 30]
-        assert [m.message_id for m in await store.recent(CHAT, 3, thread_id=10)] == [25, 27, 29]
-        assert [m.message_id for m in await store.recent(CHAT, 3, before_id=10)] == [7, 8, 9]
-        assert [m.message_id for m in await store.recent(CHAT, 2, thread_id=20, before_id=10)] == [6, 8]
-        assert len(await store.recent(CHAT, 1000)) == 30
-        assert await store.recent(CHAT, 0) == []
-        assert await store.recent(12345, 10) == []
-        assert all(m.chat_id == OTHER for m in await store.recent(OTHER, 100))
+        assert [m.message_id for m in await store.messages.recent(CHAT, 5)] == [26, 27, 28, 29, 30]
+        assert [m.message_id for m in await store.messages.recent(CHAT, 3, thread_id=10)] == [25, 27, 29]
+        assert [m.message_id for m in await store.messages.recent(CHAT, 3, before_id=10)] == [7, 8, 9]
+        assert [m.message_id for m in await store.messages.recent(CHAT, 2, thread_id=20, before_id=10)] == [6, 8]
+        assert len(await store.messages.recent(CHAT, 1000)) == 30
+        assert await store.messages.recent(CHAT, 0) == []
+        assert await store.messages.recent(12345, 10) == []
+        assert all(m.chat_id == OTHER for m in await store.messages.recent(OTHER, 100))
 
 
 @pytest.mark.anyio
@@ -165,35 +165,35 @@ async def test_around_returns_neighbours_by_message_id_within_the_chat(open_stor
         ids = [1, 2, 5, 9, 10, 11, 20]  # gaps, as in a private chat
         store.add_many(msg(i) for i in ids)
         store.add_many(msg(i, chat=OTHER) for i in range(30))  # must not leak in
-        ctx = await store.around(CHAT, [5, 20, 1, 7], before=2, after=1)
+        ctx = await store.messages.around(CHAT, [5, 20, 1, 7], before=2, after=1)
         assert {k: [m.message_id for m in v] for k, v in ctx.items()} == {
             1: [1, 2],
             5: [1, 2, 5, 9],
             20: [10, 11, 20],
         }  # 7 is not stored: absent
         assert all(m.chat_id == CHAT for v in ctx.values() for m in v)
-        assert await store.around(CHAT, [], 3, 3) == {}
-        only = await store.around(CHAT, [10], 0, 0)
+        assert await store.messages.around(CHAT, [], 3, 3) == {}
+        only = await store.messages.around(CHAT, [10], 0, 0)
         assert [m.message_id for m in only[10]] == [10]
 
 
 @pytest.mark.anyio
 async def test_get_messages_count_max_and_iter(open_store: Opener) -> None:
     async with open_store() as store:
-        assert await store.max_message_id(CHAT) is None
+        assert await store.messages.max_id(CHAT) is None
         store.add_many(msg(i, user=i % 3) for i in range(1, 101))
         store.add_many(msg(i, chat=OTHER) for i in range(1, 21))
-        got = await store.get_messages(CHAT, [50, 3, 999, 3])
+        got = await store.messages.get(CHAT, [50, 3, 999, 3])
         assert [m.message_id for m in got] == [3, 50]
-        assert await store.max_message_id(CHAT) == 100
-        assert await store.count_messages() == 120
-        assert await store.count_messages(CHAT) == 100
-        assert await store.count_messages(CHAT, user_id=0) == 33
-        pages = [p async for p in store.iter_messages(batch=32)]
+        assert await store.messages.max_id(CHAT) == 100
+        assert await store.messages.count() == 120
+        assert await store.messages.count(CHAT) == 100
+        assert await store.messages.count(CHAT, user_id=0) == 33
+        pages = [p async for p in store.messages.iter(batch=32)]
         assert [len(p) for p in pages] == [32, 32, 32, 24]
         keys = [(m.chat_id, m.message_id) for p in pages for m in p]
         assert keys == sorted(keys) and len(set(keys)) == 120
-        one = [m for p in [p async for p in store.iter_messages(OTHER, batch=7)] for m in p]
+        one = [m for p in [p async for p in store.messages.iter(OTHER, batch=7)] for m in p]
         assert [m.message_id for m in one] == list(range(1, 21))
 
 
@@ -207,17 +207,17 @@ async def test_delete_by_user_and_ids_removes_only_those_and_their_recalls(open_
         hits = [MemoryHit(CHAT, 3, 1, "user1", "message 3", T0, 0.9), MemoryHit(CHAT, 4, 2, "user2", "message 4", T0, 0.5)]
         store.record_recall(CHAT, 21, hits)
 
-        deleted = await store.delete_messages(CHAT, user_id=1)
+        deleted = await store.messages.delete(CHAT, user_id=1)
         assert deleted == list(range(1, 21, 2))
-        assert await store.count_messages(CHAT) == 11  # user 2's ten and the reply
-        assert await store.count_messages(OTHER) == 20  # other chat untouched
+        assert await store.messages.count(CHAT) == 11  # user 2's ten and the reply
+        assert await store.messages.count(OTHER) == 20  # other chat untouched
         assert await store.usage.recalls_for(CHAT, 21) == [(4, 0.5)]
 
-        assert await store.delete_messages(CHAT, user_id=2, message_ids=[2, 4, 5]) == [2, 4]
-        assert await store.delete_messages(CHAT, message_ids=[]) == []
+        assert await store.messages.delete(CHAT, user_id=2, message_ids=[2, 4, 5]) == [2, 4]
+        assert await store.messages.delete(CHAT, message_ids=[]) == []
         assert await store.usage.recalls_for(CHAT, 21) == []
-        assert len(await store.delete_messages(CHAT)) == 9  # everything left in the chat
-        assert await store.count_messages(CHAT) == 0
+        assert len(await store.messages.delete(CHAT)) == 9  # everything left in the chat
+        assert await store.messages.count(CHAT) == 0
 
 
 @pytest.mark.anyio
@@ -264,7 +264,7 @@ async def test_directory_of_chats_and_users_survives_restart_and_renames(open_st
         assert await store.chat_settings(CHAT) == {"always_on": True}
         assert await store.user_settings(7) == {"model": "smart"}
         assert await store.user_settings(8) == {}
-        assert [m.message_id for m in await store.recent(CHAT, 5)] == [1]
+        assert [m.message_id for m in await store.messages.recent(CHAT, 5)] == [1]
         info = {c.chat_id: c for c in await store.chats()}[CHAT]
         assert (info.type, info.title, info.messages) == ("supergroup", "New name", 1)
 
@@ -276,13 +276,13 @@ async def test_a_read_of_one_chat_does_not_wait_for_another_chats_queued_rows(op
         await store.flush()
         store.add_many(msg(i, chat=OTHER) for i in range(10))
         with anyio.fail_after(5):
-            assert [m.message_id for m in await store.recent(CHAT, 5)] == [1]
-            assert await store.recent(555, 5) == []  # a chat never seen: no query at all
+            assert [m.message_id for m in await store.messages.recent(CHAT, 5)] == [1]
+            assert await store.messages.recent(555, 5) == []  # a chat never seen: no query at all
         assert store.pending == 10  # nobody flushed OTHER's rows for those reads
         store.add(msg(2))
         with anyio.fail_after(5):  # but this chat's own queued row is read back (read-your-writes)
-            assert [m.message_id for m in await store.recent(CHAT, 5)] == [1, 2]
-            assert [m.message_id for m in await store.recent(OTHER, 3)] == [7, 8, 9]
+            assert [m.message_id for m in await store.messages.recent(CHAT, 5)] == [1, 2]
+            assert [m.message_id for m in await store.messages.recent(OTHER, 3)] == [7, 8, 9]
         assert store.pending == 0
 
 @pytest.mark.anyio
@@ -330,7 +330,7 @@ async def test_texts_round_trip_exactly(open_store: Opener) -> None:
         store.add_many(msg(i, text=t) for i, t in texts.items())
         store.add(StoredMessage(CHAT, 9, 5, "Ёжик 🦔 مستخدم", "hi", T0))
     async with open_store() as store:
-        got = {m.message_id: m for m in await store.get_messages(CHAT, list(range(1, 10)))}
+        got = {m.message_id: m for m in await store.messages.get(CHAT, list(range(1, 10)))}
         back = {i: got[i].text for i in texts}
         # the contract's one exception: a store may keep U+0000 (never sent by Telegram) as U+FFFD
         assert back[6] in (texts[6], texts[6].replace("\x00", "\ufffd"))
@@ -344,7 +344,7 @@ async def test_dates_are_returned_as_utc_instants(open_store: Opener) -> None:
     async with open_store() as store:
         store.add(StoredMessage(CHAT, 1, 1, "a", "t", datetime(2024, 3, 1, 21, 0, 0, 123456, tzinfo=tokyo)))
         store.add(StoredMessage(CHAT, 2, 1, "a", "t", datetime(2024, 3, 1, 12, 0)))  # naive = UTC
-        a, b = await store.get_messages(CHAT, [1, 2])
+        a, b = await store.messages.get(CHAT, [1, 2])
         assert a.date == datetime(2024, 3, 1, 12, 0, 0, 123456, tzinfo=UTC) and a.date.utcoffset() == timedelta(0)
         assert b.date == datetime(2024, 3, 1, 12, 0, tzinfo=UTC) and b.date.tzinfo is not None
 
@@ -359,7 +359,7 @@ async def test_many_rows_are_committed_in_few_commits(open_store: Opener) -> Non
             if i % 500 == 0:
                 await anyio.sleep(0)
         await store.flush()
-        assert await store.count_messages() == 10_000
+        assert await store.messages.count() == 10_000
         commits = (await store.stats())["commits"]
         assert 1 <= commits <= 8, commits
         store.add_many(msg(i) for i in range(10_000, 60_000))
@@ -378,7 +378,7 @@ async def test_a_bad_row_is_dropped_alone_and_the_batch_survives(open_store: Ope
         store.add_many(msg(i) for i in range(101, 200))
         store.record_usage(UsageRecord(T0, CHAT, 1, "chat", "fast", 1, 1, None, 1.0))
         await store.flush()
-        assert await store.count_messages() == 199
+        assert await store.messages.count() == 199
         assert (await store.stats())["dropped_rows"] == 2
         assert len(await store.usage.rows()) == 1
     assert any("dropped" in r.message for r in caplog.records)
@@ -394,7 +394,7 @@ async def test_closed_store_refuses_writes(open_store: Opener) -> None:
     with pytest.raises(MemoryStoreError):
         store.add(msg(2))
     with pytest.raises(MemoryStoreError):
-        await store.recent(CHAT, 1)
+        await store.messages.recent(CHAT, 1)
 
 
 @pytest.mark.anyio
@@ -404,7 +404,7 @@ async def test_an_error_in_the_body_propagates_unwrapped_after_flushing(open_sto
             store.add(msg(1))
             raise KeyError("boom")
     async with open_store() as store:
-        assert await store.count_messages() == 1
+        assert await store.messages.count() == 1
 
 
 @pytest.mark.anyio
@@ -419,7 +419,7 @@ async def test_outside_cancellation_still_commits_queued_rows(open_store: Opener
         await tg.start(bot)
         tg.cancel_scope.cancel()
     async with open_store() as store:
-        assert await store.count_messages() == 100
+        assert await store.messages.count() == 100
 
 
 @pytest.mark.anyio
@@ -435,12 +435,12 @@ async def test_real_irc_transcript_round_trips_through_the_store(open_store: Ope
         store.add_many(msgs)  # a second import changes nothing
         (chat,) = await store.chats()
         assert chat.messages == len(msgs) == 1226 and chat.title == "#ubuntu 2009-03-03_10"
-        last = await store.recent(chat.chat_id, 5)
+        last = await store.messages.recent(chat.chat_id, 5)
         assert [m.message_id for m in last] == [m.message_id for m in sorted(msgs, key=lambda m: m.message_id)[-5:]]
         by_id = {m.message_id: m for m in msgs}
         assert all(by_id[m.message_id] == m for m in last)
         nick = msgs[0].user_id
-        assert await store.count_messages(chat.chat_id, user_id=nick) == sum(m.user_id == nick for m in msgs)
+        assert await store.messages.count(chat.chat_id, user_id=nick) == sum(m.user_id == nick for m in msgs)
 
 
 # ---------------------------------------------------------------- named queries of cleanup, tiers, billing
@@ -451,16 +451,16 @@ async def test_message_keys_are_oldest_first_by_chat_or_sender_before_a_date(ope
     async with open_store() as store:
         store.add_many(msg(i, user=1 if i % 2 else 2) for i in reversed(range(10)))
         store.add_many(msg(i, chat=OTHER, user=1) for i in range(100, 103))
-        assert await store.message_keys(chat_id=CHAT) == [(CHAT, i) for i in range(10)]
-        assert await store.message_keys(chat_id=CHAT, before=T0 + timedelta(seconds=4)) == [(CHAT, i) for i in range(4)]
-        assert await store.message_keys(chat_id=CHAT, limit=3) == [(CHAT, 0), (CHAT, 1), (CHAT, 2)]
-        assert await store.message_keys(user_id=1, limit=2) == [(CHAT, 1), (CHAT, 3)]
-        mine = await store.message_keys(user_id=1)
+        assert await store.messages.keys(chat_id=CHAT) == [(CHAT, i) for i in range(10)]
+        assert await store.messages.keys(chat_id=CHAT, before=T0 + timedelta(seconds=4)) == [(CHAT, i) for i in range(4)]
+        assert await store.messages.keys(chat_id=CHAT, limit=3) == [(CHAT, 0), (CHAT, 1), (CHAT, 2)]
+        assert await store.messages.keys(user_id=1, limit=2) == [(CHAT, 1), (CHAT, 3)]
+        mine = await store.messages.keys(user_id=1)
         assert mine[-3:] == [(OTHER, 100), (OTHER, 101), (OTHER, 102)] and len(mine) == 8
-        assert await store.message_keys(chat_id=CHAT, user_id=2, before=T0 + timedelta(seconds=5)) == [
+        assert await store.messages.keys(chat_id=CHAT, user_id=2, before=T0 + timedelta(seconds=5)) == [
             (CHAT, 0), (CHAT, 2), (CHAT, 4)]
         with pytest.raises(ValueError):
-            await store.message_keys()
+            await store.messages.keys()
 
 
 @pytest.mark.anyio
@@ -622,19 +622,84 @@ async def test_billing_times_round_trip_to_the_microsecond(open_store: Opener) -
 @pytest.mark.anyio
 async def test_deliveries_replies_and_edits(open_store: Opener) -> None:
     async with open_store(flush_interval_s=30.0) as store:
-        assert await store.answered_ids(CHAT) == set()
+        assert await store.messages.answered_ids(CHAT) == set()
         store.add_many(msg(i) for i in range(1, 4))
         await store.note_delivery(CHAT, 1)  # queued with the chat's messages, durable on return
-        assert await store.answered_ids(CHAT) == {1}
+        assert await store.messages.answered_ids(CHAT) == {1}
         store.add(msg(10, user=999, role=ROLE_ASSISTANT, reply_to=2))
-        assert await store.answered_ids(CHAT) == {1, 2}
-        assert await store.answered_ids(OTHER) == set()
-        edited = await store.update_text(CHAT, 3, "edited ✓")
+        assert await store.messages.answered_ids(CHAT) == {1, 2}
+        assert await store.messages.answered_ids(OTHER) == set()
+        edited = await store.messages.update_text(CHAT, 3, "edited ✓")
         assert edited is not None and edited.text == "edited ✓" and edited.date == T0 + timedelta(seconds=3)
-        assert await store.update_text(CHAT, 99, "x") is None
+        assert await store.messages.update_text(CHAT, 99, "x") is None
     async with open_store() as store:
-        assert await store.answered_ids(CHAT) == {1, 2}
-        assert [m.text for m in await store.get_messages(CHAT, [3])] == ["edited ✓"]
+        assert await store.messages.answered_ids(CHAT) == {1, 2}
+        assert [m.text for m in await store.messages.get(CHAT, [3])] == ["edited ✓"]
+
+
+@pytest.mark.anyio
+async def test_message_dates_round_trip_to_the_microsecond_through_every_read(open_store: Opener) -> None:
+    # store.messages reads the date column as µs through the dialect: every read gives back the
+    # same instants, 1 µs apart, tz-aware UTC; keys(before=…) cuts at the exact microsecond
+    t = datetime(2026, 12, 6, 18, 0, 0, 123457, tzinfo=UTC)
+    dates = {i: t + timedelta(microseconds=i - 2) for i in range(1, 4)}  # t-1µs, t, t+1µs
+    async with open_store() as store:
+        store.add_many(StoredMessage(CHAT, i, 5, "u", f"m{i}", d) for i, d in dates.items())
+        store.add(StoredMessage(CHAT, 4, 5, "u", "naive", (t + timedelta(microseconds=2)).replace(tzinfo=None)))
+    async with open_store() as store:
+        want = {**dates, 4: t + timedelta(microseconds=2)}
+        reads = [await store.messages.recent(CHAT, 10), await store.messages.get(CHAT, [1, 2, 3, 4]),
+                 (await store.messages.around(CHAT, [2], 5, 5))[2],
+                 [m for p in [p async for p in store.messages.iter(CHAT, batch=3)] for m in p]]
+        for got in reads:
+            assert {m.message_id: m.date for m in got} == want
+            assert all(m.date.utcoffset() == timedelta(0) for m in got)
+        edited = await store.messages.update_text(CHAT, 3, "edited")
+        assert edited is not None and edited.date == dates[3] and edited.date.tzinfo is not None
+        assert await store.messages.keys(chat_id=CHAT, before=t) == [(CHAT, 1)]  # t itself is not before t
+        assert await store.messages.keys(user_id=5, before=t + timedelta(microseconds=1)) == [(CHAT, 1), (CHAT, 2)]
+        assert await store.messages.keys(chat_id=CHAT, before=(t + timedelta(microseconds=3)).replace(tzinfo=None)) == [
+            (CHAT, i) for i in range(1, 5)]  # a naive bound is UTC
+
+
+@pytest.mark.anyio
+async def test_an_edit_keeps_a_text_as_a_write_does(open_store: Opener) -> None:
+    # update_text runs one SQL text on both engines, with the text as the engine keeps it: the same
+    # as the queue's write of that text (DuckDB exactly; PostgreSQL: U+0000 as U+FFFD)
+    text = "e\u0301 nul\x00byte 👩‍👩‍👧‍👦 '; DROP TABLE messages; --"
+    async with open_store() as store:
+        store.add_many([msg(1, text=text), msg(2, text="before")])
+        edited = await store.messages.update_text(CHAT, 2, text)
+        (written,) = await store.messages.get(CHAT, [1])
+        assert edited is not None and edited.text == written.text
+        assert written.text in (text, text.replace("\x00", "\ufffd"))
+    async with open_store() as store:
+        assert [m.text for m in await store.messages.get(CHAT, [1, 2])] == [written.text] * 2
+
+
+@pytest.mark.anyio
+async def test_a_chat_without_messages_is_answered_from_the_directory(open_store: Opener) -> None:
+    # the first turn of a new chat reads its window and answered ids: DuckDB (one writer) knows the
+    # chat has no messages and asks the database nothing; PostgreSQL (several writers) asks
+    async with open_store() as store:
+        store.add(msg(1))
+        await store.flush()
+        queries: list[str] = []
+        real = store.sql_query
+
+        async def counting(sql, params=()):
+            queries.append(sql)
+            return await real(sql, params)
+
+        store.sql_query = counting  # type: ignore[method-assign]
+        m = store.messages
+        assert (await m.recent(OTHER, 10), await m.answered_ids(OTHER), await m.max_id(OTHER)) == ([], set(), None)
+        assert (await m.get(OTHER, [1]), await m.around(OTHER, [1], 2, 2), await m.update_text(OTHER, 1, "x")) == ([], {}, None)
+        assert (queries == []) == isinstance(store, DuckDBStore)
+        store.add(msg(7, chat=OTHER))  # queued: the next read commits it and sees it
+        assert [x.message_id for x in await m.recent(OTHER, 10)] == [7] and await m.max_id(OTHER) == 7
+        await store.note_delivery(-77, 5)  # a delivery alone makes the chat one to ask about
+        assert await m.answered_ids(-77) == {5}
 
 
 @pytest.mark.anyio
@@ -688,7 +753,7 @@ async def test_documents_memory_ids_and_evictions(open_store: Opener) -> None:
         await store.index.note_evictions(CHAT, [1, 5])  # the message and the document's chunks
         assert await store.index.evicted_ids(CHAT) == {1, 5}
         assert await store.index.memory_ids(CHAT) == {}
-        assert await store.delete_messages(CHAT, message_ids=[5]) == [5]
+        assert await store.messages.delete(CHAT, message_ids=[5]) == [5]
         assert await store.documents.list() == [] and await store.index.evicted_ids(CHAT) == {1}
 
 
@@ -738,10 +803,10 @@ async def test_a_basic_group_moves_to_its_supergroup_once(open_store: Opener) ->
         store.add(msg(1, chat=sup))  # the supergroup's own first message
         assert await store.migrate_chat(basic, sup) == 6
         assert await store.migrate_chat(basic, sup) == 0  # a second service message: nothing left
-        ids = [m.message_id for m in await store.recent(sup, 10)]
+        ids = [m.message_id for m in await store.messages.recent(sup, 10)]
         assert ids == [migrated_id(i) for i in range(1, 7)] + [1]  # older than the supergroup's own
-        assert await store.answered_ids(sup) == {migrated_id(5)}
-        assert await store.recent(basic, 10) == []
+        assert await store.messages.answered_ids(sup) == {migrated_id(5)}
+        assert await store.messages.recent(basic, 10) == []
         assert await store.chat_settings(sup) == {"persona": "p", "context_from": migrated_id(3)}
         assert [(s.scope, s.scope_id) for s in await store.billing.subscriptions()] == [("chat", sup)]
         assert [t.key for t in await store.usage.totals("chat")] == [str(sup)]
@@ -756,12 +821,12 @@ async def test_the_hosts_imports_are_told_apart_and_cleanups_are_logged_per_reas
     async with open_store() as store:
         store.add_many([msg(i, imported=True) for i in range(1, 6)] + [msg(i, user=2) for i in range(6, 9)])
         await store.flush()
-        assert await store.count_messages(CHAT) == 8
-        assert await store.count_messages(CHAT, imported=True) == 5
-        assert await store.count_messages(CHAT, user_id=2, imported=False) == 3
-        assert await store.message_keys(chat_id=CHAT, imported=False) == [(CHAT, 6), (CHAT, 7), (CHAT, 8)]
-        assert all(m.imported for m in await store.get_messages(CHAT, [1, 2]))
-        assert not any(m.imported for m in await store.get_messages(CHAT, [6]))
+        assert await store.messages.count(CHAT) == 8
+        assert await store.messages.count(CHAT, imported=True) == 5
+        assert await store.messages.count(CHAT, user_id=2, imported=False) == 3
+        assert await store.messages.keys(chat_id=CHAT, imported=False) == [(CHAT, 6), (CHAT, 7), (CHAT, 8)]
+        assert all(m.imported for m in await store.messages.get(CHAT, [1, 2]))
+        assert not any(m.imported for m in await store.messages.get(CHAT, [6]))
         for at, n in ((T0, 3), (T0 + timedelta(days=1), 4)):
             await store.index.record_cleanup(CleanupRecord(CHAT, at, "chat", CHAT, "free", "memory_limit", 10, 0, n))
         await store.index.record_cleanup(CleanupRecord(OTHER, T0, "user", 2, "free", "dialogue_limit", 5, 2, 0))

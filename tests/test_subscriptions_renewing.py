@@ -115,7 +115,7 @@ class Bot:
 
 def runtime(tmp_path: Path, st_model, clock: Clock, holder: dict):
     def make(memory):
-        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.max_message_id), clock=clock)
+        holder["outbox"] = LocalOutbox(IdAllocator(memory.store.messages.max_id), clock=clock)
         return holder["outbox"]
 
     return open_runtime(cfg(), tmp_path, make, model=st_model, clock=clock)

@@ -61,7 +61,7 @@ async def running(tmp_path, llm_server, st_model, support: str | None, **kw) -> 
     holder: dict = {}
 
     def make(memory):
-        holder["box"] = LocalOutbox(IdAllocator(memory.store.max_message_id))
+        holder["box"] = LocalOutbox(IdAllocator(memory.store.messages.max_id))
         return holder["box"]
 
     async with open_runtime(cfg(llm_server, support, **kw), tmp_path, make, model=st_model) as rt:

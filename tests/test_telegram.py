@@ -82,7 +82,7 @@ async def running_bot(tmp_path, st_model, cfg: Config | None = None, *, clock: F
 async def stored(app, chat_id: int) -> list:
     await app.runtime.memory.flush()
     msgs = []
-    async for batch in app.runtime.memory.store.iter_messages(chat_id):
+    async for batch in app.runtime.memory.store.messages.iter(chat_id):
         msgs.extend(batch)
     return msgs
 
@@ -745,13 +745,13 @@ async def test_a_group_upgraded_to_a_supergroup_keeps_its_memory_and_settings(tm
         await h.settle(app.runtime.supervisor)
         await app.runtime.supervisor.wait_all_idle()
         store = app.runtime.memory.store
-        assert await store.count_messages(old) == 0 and await store.count_messages(new) == 36
+        assert await store.messages.count(old) == 0 and await store.messages.count(new) == 36
         assert (await store.chat_settings(new))["keywords"] == ["kithy"]
         first = await h.group(new, bob, "kithy when does the staging password rotate?")  # the new group's ids restart
         await h.settle(app.runtime.supervisor)
         replies = h.replies_to(new, first)
         assert replies and "friday" in replies[0].text.lower()
-        recent = await store.recent(new, 3)  # the moved history stays older than the supergroup's own messages
+        recent = await store.messages.recent(new, 3)  # the moved history stays older than the supergroup's own messages
         assert [m.message_id for m in recent[:2]] == [migrated_id(last_old), first] and recent[2].role == "assistant"
 
 

@@ -136,7 +136,7 @@ async def test_polls_and_locations_are_kept_as_text(tmp_path, st_model):
         p = await h.group(g, ann, "", media=poll)
         loc = await h.group(g, ann, "", media=geo)
         await h.settle(app.runtime.supervisor)
-        msgs = {m.message_id: m.text for m in await app.runtime.memory.store.get_messages(g, [p, loc])}
+        msgs = {m.message_id: m.text for m in await app.runtime.memory.store.messages.get(g, [p, loc])}
     assert msgs == {p: "[poll] Lunch today? — pizza / sushi", loc: "[location 52.52000, 13.40500]"}
     assert h.downloads == []
 
@@ -169,7 +169,7 @@ async def test_a_swamped_chat_never_blocks_the_dispatcher_for_other_chats(tmp_pa
                 await h.dispatched()
                 dispatch_s = time.perf_counter() - t0
                 await h.settle(app.runtime.supervisor)
-                stored = {m.message_id: m.text for m in await app.runtime.memory.store.get_messages(42, [first, queued, swamped])}
+                stored = {m.message_id: m.text for m in await app.runtime.memory.store.messages.get(42, [first, queued, swamped])}
             finally:
                 stop.set()
     assert dispatch_s < 1.5  # the dispatcher did not wait for Ann's turn
@@ -195,7 +195,7 @@ async def test_edited_messages_update_memory_and_deleted_ones_leave_it(tmp_path,
         await h.settle(app.runtime.supervisor)
         mem = app.runtime.memory
         await mem.flush()
-        [stored] = await mem.store.get_messages(g, [mid])
+        [stored] = await mem.store.messages.get(g, [mid])
         found = await mem.recall(g, "staging password", 5)
         assert stored.text == "the staging password was rotated; ask Ann"
         assert all("hunter2" not in h_.text for h_ in found.hits) and any(h_.message_id == mid for h_ in found.hits)
@@ -205,6 +205,6 @@ async def test_edited_messages_update_memory_and_deleted_ones_leave_it(tmp_path,
                         chat_id=g)
         await h.settle(app.runtime.supervisor)
         await mem.flush()
-        assert await mem.store.get_messages(g, [other]) == []
+        assert await mem.store.messages.get(g, [other]) == []
         assert all(h_.message_id != other for h_ in (await mem.recall(g, "build server frobnitz", 5)).hits)
     assert ann.id == 42

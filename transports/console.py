@@ -301,7 +301,7 @@ def print_sources(console: Console, report: TurnReport) -> None:
 
 def console_outbox(console: Console, name: str, photo_dir: Path | None = None, document_dir: Path | None = None):
     """An outbox factory for ``open_runtime``: a ConsoleOutbox numbering messages after the stored ones."""
-    return lambda memory: ConsoleOutbox(IdAllocator(memory.store.max_message_id), console, name, photo_dir, document_dir)
+    return lambda memory: ConsoleOutbox(IdAllocator(memory.store.messages.max_id), console, name, photo_dir, document_dir)
 
 
 AUDIO_SUFFIXES = {".ogg": "voice", ".oga": "voice", ".opus": "voice"}

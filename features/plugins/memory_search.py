@@ -9,7 +9,7 @@ Two ways of searching:
   ``speaker`` / ``since`` / ``until`` filters applied (recall asks for ``WIDEN`` × k hits then, so a
   filter does not empty the result by accident), the best ``k`` kept;
 - **no query, only filters**: the chat's messages in the window, read from the dialogue store
-  (``DialogueStore.recent`` / ``around``; the window's first message found by a binary search on
+  (``store.messages.recent`` / ``around``; the window's first message found by a binary search on
   message ids, which follow time): with ``since``, the first ``k`` from it; else the last ``k``
   before ``until`` (or now).
 
@@ -216,13 +216,13 @@ def _listable(m: StoredMessage) -> bool:
 async def _first_at(store: DialogueStore, chat_id: int, when: datetime) -> int | None:
     """The smallest message id of the chat whose message is dated ``when`` or later (ids follow
     time), by a binary search on ids; None when every message is older."""
-    newest = await store.recent(chat_id, 1)
+    newest = await store.messages.recent(chat_id, 1)
     if not newest or newest[0].date < when:
         return None
     lo, hi = _MIN_ID, newest[0].message_id  # every id below lo is older; hi is dated `when` or later
     while lo < hi:
         mid = (lo + hi) // 2
-        below = await store.recent(chat_id, 1, before_id=mid + 1)  # the newest id <= mid
+        below = await store.messages.recent(chat_id, 1, before_id=mid + 1)  # the newest id <= mid
         if not below or below[0].date < when:
             lo = mid + 1
         else:
@@ -239,7 +239,7 @@ async def _listing(store: DialogueStore, chat_id: int, a: SearchArgs) -> tuple[l
         first = await _first_at(store, chat_id, a.start)
         if first is None:
             return [], False
-        page = (await store.around(chat_id, [first], 0, PAGE - 1)).get(first, [])
+        page = (await store.messages.around(chat_id, [first], 0, PAGE - 1)).get(first, [])
         while page:
             for m in page:
                 scanned += 1
@@ -252,11 +252,11 @@ async def _listing(store: DialogueStore, chat_id: int, a: SearchArgs) -> tuple[l
             if len(page) < PAGE or scanned >= SCAN_LIMIT:
                 return out, scanned >= SCAN_LIMIT
             last = page[-1].message_id
-            page = (await store.around(chat_id, [last], 0, PAGE)).get(last, [])[1:]
+            page = (await store.messages.around(chat_id, [last], 0, PAGE)).get(last, [])[1:]
         return out, False
     before = None if a.end is None else await _first_at(store, chat_id, a.end)
     while True:  # backward from the window's end
-        page = await store.recent(chat_id, PAGE, before_id=before)
+        page = await store.messages.recent(chat_id, PAGE, before_id=before)
         for m in reversed(page):
             scanned += 1
             if _listable(m) and _hit_ok(m, chat_id, a):
