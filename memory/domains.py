@@ -11,6 +11,7 @@ from functools import cached_property
 
 from .api_keys import ApiKeyStore
 from .billing_store import BillingStore
+from .settings_store import SettingsStore
 
 __all__ = ["DomainStores"]
 
@@ -19,6 +20,7 @@ class DomainStores:
     """Mixin of the dialogue stores: one attribute per domain (see each module for its contract)."""
 
     _clock: Callable[[], datetime]
+    _chat_rows: dict[int, tuple[str, str | None]]
 
     @cached_property
     def keys(self) -> ApiKeyStore:
@@ -29,3 +31,17 @@ class DomainStores:
     def billing(self) -> BillingStore:
         """Subscriptions and payments (``memory.billing_store``)."""
         return BillingStore(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def settings(self) -> SettingsStore:
+        """Chats' and members' settings, and the list of chats (``memory.settings_store``)."""
+        return SettingsStore(self, clock=self._clock, on_chat_row=self._know_chat)  # type: ignore[arg-type]
+
+    def _know_chat(self, chat_id: int) -> None:
+        """``knows_chat`` from now on: a settings write may have created the chat's row (type unknown)."""
+        self._chat_rows.setdefault(chat_id, ("unknown", None))
+
+    def _settings_moved(self) -> None:
+        """``migrate_chat`` moved a chat's settings in the database: ``store.settings`` reads them anew."""
+        if "settings" in self.__dict__:
+            self.settings.forget()

@@ -46,8 +46,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from .api_keys import ApiKeyStore
 from .billing_store import BillingStore
+from .settings_store import SettingsStore
 from .types import (
-    ChatInfo,
     CleanupRecord,
     DocumentChunk,
     DocumentInfo,
@@ -168,17 +168,6 @@ class DialogueStore(Protocol):
     # ---------------------------------------------------------------- chats and users
     def knows_chat(self, chat_id: int) -> bool:
         """Whether the chat has a chat row."""
-    async def chat_settings(self, chat_id: int) -> dict:
-        """The chat's settings object ({} when unknown)."""
-    async def set_chat_settings(self, chat_id: int, settings: dict) -> None:
-        """Replace the chat's settings (a JSON object). raises TypeError for non-JSON values."""
-    async def user_settings(self, user_id: int) -> dict:
-        """The user's settings object ({} when unknown)."""
-    async def set_user_settings(self, user_id: int, settings: dict, *, username: str | None = None,
-                                name: str | None = None) -> None:
-        """Replace the user's settings (and name/username when given). raises TypeError for non-JSON."""
-    async def chats(self) -> list[ChatInfo]:
-        """Every chat with a chat row or stored messages, by chat id."""
 
     # ---------------------------------------------------------------- the per-domain stores (memory.domains)
     @property
@@ -187,6 +176,9 @@ class DialogueStore(Protocol):
     @property
     def billing(self) -> BillingStore:
         """Subscriptions and payments (``memory.billing_store``)."""
+    @property
+    def settings(self) -> SettingsStore:
+        """Chats' and members' settings, and the list of chats (``memory.settings_store``)."""
 
     # ---------------------------------------------------------------- usage and recalls
     async def usage_rows(self, *, since: datetime | None = None) -> list[UsageRecord]:

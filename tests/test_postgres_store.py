@@ -70,7 +70,7 @@ async def test_several_processes_share_the_store_without_a_lock(pg_url: str, tmp
         assert [done[k].returncode for k in range(2)] == [0, 0], [done[k].stderr.decode()[-2000:] for k in range(2)]
         assert [done[k].stdout.decode().strip() for k in range(2)] == ["500", "500"]
         assert await mine.count_messages() == 1300  # everyone's rows, while each held the store open
-        assert [c.chat_id for c in await mine.chats()] == [-201, -200, -100]
+        assert [c.chat_id for c in await mine.settings.chats()] == [-201, -200, -100]
 
         # the CLI on another data dir, configured for the same store, grants while this store is open
         (tmp_path / "kith.yaml").write_text(yaml.safe_dump({"storage": {"dialogue": pg_url}}))
