@@ -74,7 +74,7 @@ class ChatActor:
     async def start(self) -> None:
         """Load the chat's settings from the dialogue store (a stored value that does not fit is
         logged and its default applies: ``ChatSettings.load``)."""
-        self.settings = ChatSettings.load(await self.svc.memory.store.chat_settings(self.chat_id), where=f"chat {self.chat_id}")
+        self.settings = ChatSettings.load(await self.svc.memory.store.settings.chat(self.chat_id), where=f"chat {self.chat_id}")
 
     async def run(self, inbox: AsyncIterator[ChatEvent], on_handled: Callable[[], None] = lambda: None) -> None:
         """Handle events from ``inbox`` in order until it is closed. ``on_handled`` after each."""
@@ -216,7 +216,7 @@ class ChatActor:
         """A member's settings (model, role, language…), read once per actor, then kept."""
         s = self._user_settings.get(user_id)
         if s is None:
-            raw = await self.svc.memory.store.user_settings(user_id)
+            raw = await self.svc.memory.store.settings.user(user_id)
             s = self._user_settings[user_id] = UserSettings.load(raw, where=f"user {user_id}")
         return s
 
@@ -234,13 +234,13 @@ class ChatActor:
 
     async def save_chat_settings(self, settings: ChatSettings) -> None:
         """Persist the chat's settings (``settings.stored()``, a JSON object) and use them from now on."""
-        await self.svc.memory.store.set_chat_settings(self.chat_id, settings.stored())
+        await self.svc.memory.store.settings.set_chat(self.chat_id, settings.stored())
         self.settings = settings
 
     async def save_user_settings(self, user_id: int, settings: UserSettings) -> None:
         """Persist a member's settings (model, persona, ...; ``settings.stored()``), shared by every
         chat of that member."""
-        await self.svc.memory.store.set_user_settings(user_id, settings.stored())
+        await self.svc.memory.store.settings.set_user(user_id, settings.stored())
         self._user_settings[user_id] = settings
 
     async def reset_context(self) -> None:

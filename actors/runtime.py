@@ -220,7 +220,7 @@ async def _tell_owners(notice: BudgetNotice, box: Outbox, services: Services) ->
         log.warning("budget: %s (no owners to tell: set telegram.owners)", notice_text(notice))
     for owner in sorted(owners):
         try:
-            chosen = UserSettings.load(await services.memory.store.user_settings(owner), where=f"user {owner}").language
+            chosen = UserSettings.load(await services.memory.store.settings.user(owner), where=f"user {owner}").language
             with i18n.use(i18n.normalize(chosen) or services.config.settings.bot.language):
                 text = notice_text(notice)
             await box.send(owner, text)

@@ -277,10 +277,10 @@ def _instrument(rt, stages: dict[str, list[float]], prof: cProfile.Profile):
 
     # dialogue store reads (each is a worker-thread round trip)
     wrap_async(store, "upsert_chat", "store.upsert_chat (1st msg of a chat)")
-    wrap_async(store, "chat_settings", "store.chat_settings (actor start)")
+    wrap_async(store.settings, "chat", "store.settings.chat (actor start)")
     wrap_async(store.messages, "recent", "store.messages.recent (window load)")
     wrap_async(store.messages, "answered_ids", "store.messages.answered_ids (actor start)")
-    wrap_async(store, "user_settings", "store.user_settings (1st answer to a sender)")
+    wrap_async(store.settings, "user", "store.settings.user (1st answer to a sender)")
     wrap_async(store.messages, "get", "store.messages.get (reply chain)")
     wrap_async(store.messages, "max_id", "store.messages.max_id (id allocator)")
     # the commit before a reply's first byte (exactly once across crashes: DuckDB commit round trip)

@@ -182,7 +182,7 @@ async def overview(ctx: ChatContext) -> str:
     lines.append(_("Today (UTC): {requests}, {tokens}, cost {cost}", requests=_requests(t["requests"]),
                    tokens=ngettext("{n} token", "{n} tokens", tokens, n=num(tokens)), cost=t["cost"]))
     lines += [f"• {g['key']}: {_requests(g['requests'])}, {g['cost']}" for g in rep["rows"]]
-    chats = sorted(await mem.store.chats(), key=lambda c: c.messages, reverse=True)[:TOP_CHATS]
+    chats = sorted(await mem.store.settings.chats(), key=lambda c: c.messages, reverse=True)[:TOP_CHATS]
     if chats:
         lines.append(_("Largest chats:"))
         lines += [f"• {c.title or c.type} ({c.chat_id}): " + ngettext("{n} message", "{n} messages", c.messages, n=num(c.messages))

@@ -168,7 +168,7 @@ class FactLearner:
         if not self.enabled:
             return []
         done = []
-        for chat in await self.svc.memory.store.chats():
+        for chat in await self.svc.memory.store.settings.chats():
             if self._seen.get(chat.chat_id) == (chat.messages, chat.last_date):
                 continue  # nothing new since it was last read to the end: no query
             out = await self._chat(chat.chat_id, force)

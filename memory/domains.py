@@ -16,6 +16,7 @@ from .billing_store import BillingStore
 from .document_store import DocumentStore
 from .index_bookkeeping import IndexBookkeeping
 from .message_store import MessageStore
+from .settings_store import SettingsStore
 from .usage_store import UsageStore
 
 __all__ = ["DomainStores"]
@@ -25,6 +26,7 @@ class DomainStores:
     """Mixin of the dialogue stores: one attribute per domain (see each module for its contract)."""
 
     _clock: Callable[[], datetime]
+    _chat_rows: dict[int, tuple[str, str | None]]
 
     async def _open_domains(self, close: Callable[[], Awaitable[None]]) -> None:
         """At open, once the database is, before the writer starts: load what a domain answers
@@ -69,3 +71,17 @@ class DomainStores:
         """The stored messages: reads, edits, deletes (``memory.message_store``); the writes are the
         store's own queue (``add``, ``add_many``, ``note_delivery``)."""
         return MessageStore(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def settings(self) -> SettingsStore:
+        """Chats' and members' settings, and the list of chats (``memory.settings_store``)."""
+        return SettingsStore(self, clock=self._clock, on_chat_row=self._know_chat)  # type: ignore[arg-type]
+
+    def _know_chat(self, chat_id: int) -> None:
+        """``knows_chat`` from now on: a settings write may have created the chat's row (type unknown)."""
+        self._chat_rows.setdefault(chat_id, ("unknown", None))
+
+    def _settings_moved(self) -> None:
+        """``migrate_chat`` moved a chat's settings in the database: ``store.settings`` reads them anew."""
+        if "settings" in self.__dict__:
+            self.settings.forget()

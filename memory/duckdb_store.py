@@ -21,10 +21,10 @@ Timestamps are stored as ``TIMESTAMPTZ`` and returned as tz-aware UTC ``datetime
 ``datetime`` given to the store is taken as UTC.
 
 A directory of the small tables lives in memory, loaded at open and kept by every write (this process
-is the file's only writer): chat rows and settings, the non-empty user settings, and the set of chats
-that have messages. So a new chat's first turn reads nothing from DuckDB (its settings, its sender's
-settings and its empty recent window come from the directory), and a read of one chat waits only for
-that chat's queued rows, not for everyone's. ``add`` and friends must be called from the event-loop thread.
+is the file's only writer): the chats' types and titles (so an unchanged ``upsert_chat`` queues
+nothing) and the set of chats that have messages. So a new chat's empty recent window needs no read,
+and a read of one chat waits only for that chat's queued rows, not for everyone's. (Settings are read
+from the database: ``store.settings``, ``memory.settings_store``.) ``add`` and friends must be called from the event-loop thread.
 
 Usage::
 
@@ -50,12 +50,11 @@ import pyarrow as pa
 
 from .domains import DomainStores
 from .errors import DiskFull, MemoryStoreError, StoreLocked, is_disk_full
-from .schema import from_us, migrate, to_us
+from .schema import migrate, to_us
 from .sql_domain import DUCKDB, Dialect
 from .store_base import QueuedStore, describe_row, json_object
 from .types import (
     MIGRATION_SHIFT,
-    ChatInfo,
     StoredMessage,
     UsageRecord,
 )
@@ -129,10 +128,9 @@ class DuckDBStore(QueuedStore, DomainStores):
         self._queue = WriteBehind(
             self._commit, describe_error=self._describe_error, save_unsaved=self._dump_unsaved,
             flush_interval_s=flush_interval_s, flush_rows=flush_rows, journal=self.reserve)
-        # the directory (see the module docstring): chat_id -> (type, title, settings JSON text);
-        # user_id -> settings JSON text (non-empty only); chats with stored or queued messages (or deliveries)
-        self._chat_rows: dict[int, tuple[str, str | None, str]] = {}
-        self._user_rows: dict[int, str] = {}
+        # the directory (see the module docstring): chat_id -> (type, title); chats with stored or
+        # queued messages (or deliveries)
+        self._chat_rows: dict[int, tuple[str, str | None]] = {}
         self._chats_with_messages: set[int] = set()
         self.schema_version: int | None = None
         self.commits = 0
@@ -243,10 +241,7 @@ class DuckDBStore(QueuedStore, DomainStores):
                     log.error("dialogue store: stored %s, but cannot remove it: %s", f, exc)
 
     def _load_directory(self, con: duckdb.DuckDBPyConnection) -> None:
-        self._chat_rows = {r[0]: (r[1], r[2], r[3] or "{}") for r in con.execute(
-            "SELECT chat_id, type, title, settings::VARCHAR FROM chats").fetchall()}
-        self._user_rows = {r[0]: r[1] for r in con.execute(
-            "SELECT user_id, settings::VARCHAR FROM users WHERE settings::VARCHAR NOT IN ('{}', 'null')").fetchall()}
+        self._chat_rows = {r[0]: (r[1], r[2]) for r in con.execute("SELECT chat_id, type, title FROM chats").fetchall()}
         self._chats_with_messages = {r[0] for r in con.execute(  # (a delivery's chat: answered_ids reads it)
             "SELECT chat_id FROM messages UNION SELECT chat_id FROM deliveries").fetchall()}
 
@@ -467,19 +462,18 @@ class DuckDBStore(QueuedStore, DomainStores):
         nothing left to move: a second call is harmless)."""
         await self._queue.sync()
         shift = MIGRATION_SHIFT
-        old_settings = json.loads(self._chat_rows.get(old, ("", None, "{}"))[2] or "{}")
-        new_row = self._chat_rows.get(new)
-        settings = dict(old_settings)
-        if isinstance(settings.get("context_from"), int):
-            settings["context_from"] -= shift
-        settings.update(json.loads(new_row[2] or "{}") if new_row else {})
-        doc = json_object(settings)
-        title = title or (new_row[1] if new_row else None) or self._chat_rows.get(old, ("", None, ""))[1]
 
-        def run() -> int:
+        def run() -> tuple[int, str | None]:
             con = self._conn()
             con.execute("BEGIN TRANSACTION")
             try:
+                rows = {r[0]: (r[1], r[2]) for r in con.execute(
+                    "SELECT chat_id, title, settings::VARCHAR FROM chats WHERE chat_id IN (?, ?)", [old, new]).fetchall()}
+                settings = json.loads(rows.get(old, (None, "{}"))[1] or "{}")
+                if isinstance(settings.get("context_from"), int):
+                    settings["context_from"] -= shift
+                settings.update(json.loads(rows.get(new, (None, "{}"))[1] or "{}"))
+                name = title or rows.get(new, (None, None))[0] or rows.get(old, (None, None))[0]
                 moved = con.execute(
                     "INSERT OR IGNORE INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date, imported)"
                     " SELECT ?, message_id - ?, thread_id, user_id, user_name, role, text, reply_to - ?, date, imported"
@@ -505,16 +499,17 @@ class DuckDBStore(QueuedStore, DomainStores):
                 con.execute(
                     f"INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (?, 'supergroup', ?, ?, {_TS.format('?')})"
                     " ON CONFLICT (chat_id) DO UPDATE SET type = 'supergroup', title = excluded.title, settings = excluded.settings",
-                    [new, title, doc, to_us(self._clock())])
+                    [new, name, json_object(settings), to_us(self._clock())])
                 con.execute("DELETE FROM chats WHERE chat_id = ?", [old])
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-            return int(moved)
+            return int(moved), name
 
-        moved = await self._run(run)
-        self._chat_rows[new] = ("supergroup", title, doc)
+        moved, name = await self._run(run)
+        self._chat_rows[new] = ("supergroup", name)
+        self._settings_moved()
         self._chat_rows.pop(old, None)
         if old in self._chats_with_messages:
             self._chats_with_messages.discard(old)
@@ -532,76 +527,12 @@ class DuckDBStore(QueuedStore, DomainStores):
         row = self._chat_rows.get(chat_id)
         if row is not None and row[0] == type and (title is None or title == row[1]):
             return
-        settings = row[2] if row is not None else "{}"
-        self._chat_rows[chat_id] = (type, title if title is not None else (row[1] if row else None), settings)
+        self._chat_rows[chat_id] = (type, title if title is not None else (row[1] if row else None))
         self._queue.put_chat((chat_id, type, title, to_us(self._clock())))
 
     def knows_chat(self, chat_id: int) -> bool:
         """Whether ``chat_id`` has a chat row (from the directory)."""
         return chat_id in self._chat_rows
-
-    async def chat_settings(self, chat_id: int) -> dict:
-        """The chat's settings object ({} when the chat or its settings are unknown); from the
-        directory, no database round trip. raises MemoryStoreError when the store is not open."""
-        if not self._open:
-            raise MemoryStoreError("the dialogue store is not open")
-        row = self._chat_rows.get(chat_id)
-        return json.loads(row[2]) if row is not None else {}
-
-    async def set_chat_settings(self, chat_id: int, settings: dict) -> None:
-        """Replace the chat's settings with ``settings`` (JSON-serialisable dict). Creates the chat row
-        (type ``unknown``) if needed. raises TypeError for a non-dict or non-JSON value."""
-        doc = json_object(settings)
-        await self._query(
-            f"""INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (?, 'unknown', NULL, ?, {_TS.format('?')})
-            ON CONFLICT (chat_id) DO UPDATE SET settings = excluded.settings""",
-            [chat_id, doc, to_us(self._clock())],
-        )
-        row = self._chat_rows.get(chat_id)
-        self._chat_rows[chat_id] = (row[0], row[1], doc) if row is not None else ("unknown", None, doc)
-
-    async def user_settings(self, user_id: int) -> dict:
-        """The user's settings object ({} when unknown); from the directory, no database round trip.
-        raises MemoryStoreError when the store is not open."""
-        if not self._open:
-            raise MemoryStoreError("the dialogue store is not open")
-        doc = self._user_rows.get(user_id)
-        return json.loads(doc) if doc is not None else {}
-
-    async def set_user_settings(
-        self, user_id: int, settings: dict, *, username: str | None = None, name: str | None = None
-    ) -> None:
-        """Replace the user's settings; also update ``username``/``name`` when given (None keeps the
-        stored value). Creates the user row if needed. raises TypeError for non-JSON settings."""
-        doc = json_object(settings)
-        await self._query(
-            f"""INSERT INTO users (user_id, username, name, settings, created_at) VALUES (?, ?, ?, ?, {_TS.format('?')})
-            ON CONFLICT (user_id) DO UPDATE SET settings = excluded.settings,
-                username = coalesce(excluded.username, users.username), name = coalesce(excluded.name, users.name)""",
-            [user_id, username, name, doc, to_us(self._clock())],
-        )
-        if settings:
-            self._user_rows[user_id] = doc
-        else:
-            self._user_rows.pop(user_id, None)
-
-    async def chats(self) -> list[ChatInfo]:
-        """Every chat with a chat row or stored messages, by chat id."""
-        await self._queue.sync()
-        rows = await self._query(
-            """
-            WITH mc AS (SELECT chat_id, count(*) AS n, min(date) AS first, max(date) AS last
-                        FROM messages GROUP BY chat_id)
-            SELECT coalesce(c.chat_id, mc.chat_id), coalesce(c.type, 'unknown'), c.title, coalesce(mc.n, 0),
-                   epoch_us(mc.first), epoch_us(mc.last)
-            FROM chats c FULL OUTER JOIN mc ON c.chat_id = mc.chat_id
-            ORDER BY 1
-            """
-        )
-        return [
-            ChatInfo(r[0], r[1], r[2], int(r[3]), None if r[4] is None else from_us(r[4]), None if r[5] is None else from_us(r[5]))
-            for r in rows
-        ]
 
 
     async def stats(self) -> dict:

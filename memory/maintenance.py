@@ -185,7 +185,7 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
     if chat_id is not None and held != model:  # one chat in another model's vectors would be unsearchable
         raise EmbeddingModelChanged(old.location, held, model)
     await memory.flush()
-    chats = [chat_id] if chat_id is not None else [c.chat_id for c in await memory.store.chats()]
+    chats = [chat_id] if chat_id is not None else [c.chat_id for c in await memory.store.settings.chats()]
     if chat_id is not None:
         written = await _embed_chats(memory, memory.indexer, chats, on_progress)
         # vector rows first, then the store after a flush: a message a running bot remembers meanwhile

@@ -18,8 +18,7 @@ with the chat's queued messages, before it returns.
 Differences from the DuckDB store, both from PostgreSQL itself:
 - a NUL character (U+0000, which Telegram never sends) in a text is stored as U+FFFD: PostgreSQL's
   ``text`` and ``jsonb`` cannot hold it;
-- the directory of small tables is per process: ``chat_settings``/``user_settings`` read the database
-  (another process may have changed them), while the synchronous hints ``knows_chat`` and
+- the directory of small tables is per process: the synchronous hints ``knows_chat`` and
   ``documents.has`` come from what this process loaded at open and wrote since.
 """
 from __future__ import annotations
@@ -42,7 +41,6 @@ from .sql_domain import POSTGRESQL, Dialect
 from .store_base import QueuedStore, describe_row, json_object
 from .types import (
     MIGRATION_SHIFT,
-    ChatInfo,
     StoredMessage,
     UsageRecord,
 )
@@ -432,6 +430,7 @@ class PostgresStore(QueuedStore, DomainStores):
 
         moved, name = await self._transaction(work)
         self._chat_rows[new] = ("supergroup", name)
+        self._settings_moved()
         self._chat_rows.pop(old, None)
         self.documents.chat_moved(old, new)
         return moved
@@ -442,42 +441,6 @@ class PostgresStore(QueuedStore, DomainStores):
     def knows_chat(self, chat_id: int) -> bool:
         """Whether this process has seen a chat row for ``chat_id`` (loaded at open, then its own writes)."""
         return chat_id in self._chat_rows
-
-    async def chat_settings(self, chat_id: int) -> dict:
-        rows = await self._fetch("SELECT settings FROM chats WHERE chat_id = %s", [chat_id])
-        return dict(rows[0][0]) if rows else {}
-
-    async def set_chat_settings(self, chat_id: int, settings: dict) -> None:
-        doc = _json_object(settings)
-        await self._fetch(
-            "INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (%s, 'unknown', NULL, %s::jsonb, %s)"
-            " ON CONFLICT (chat_id) DO UPDATE SET settings = excluded.settings", [chat_id, doc, self._clock()])
-        self._chat_rows.setdefault(chat_id, ("unknown", None))
-
-    async def user_settings(self, user_id: int) -> dict:
-        rows = await self._fetch("SELECT settings FROM users WHERE user_id = %s", [user_id])
-        return dict(rows[0][0]) if rows and rows[0][0] else {}
-
-    async def set_user_settings(self, user_id: int, settings: dict, *, username: str | None = None,
-                                name: str | None = None) -> None:
-        doc = _json_object(settings)
-        await self._fetch(
-            "INSERT INTO users (user_id, username, name, settings, created_at) VALUES (%s, %s, %s, %s::jsonb, %s)"
-            " ON CONFLICT (user_id) DO UPDATE SET settings = excluded.settings,"
-            " username = coalesce(excluded.username, users.username), name = coalesce(excluded.name, users.name)",
-            [user_id, _clean(username), _clean(name), doc, self._clock()])
-
-    async def chats(self) -> list[ChatInfo]:
-        await self._queue.sync()
-        rows = await self._fetch(
-            """
-            WITH mc AS (SELECT chat_id, count(*) AS n, min(date) AS first, max(date) AS last
-                        FROM messages GROUP BY chat_id)
-            SELECT coalesce(c.chat_id, mc.chat_id), coalesce(c.type, 'unknown'), c.title, coalesce(mc.n, 0), mc.first, mc.last
-            FROM chats c FULL OUTER JOIN mc ON c.chat_id = mc.chat_id
-            ORDER BY 1
-            """)
-        return [ChatInfo(r[0], r[1], r[2], int(r[3]), r[4], r[5]) for r in rows]
 
 
     # ------------------------------------------------------------ operations

@@ -28,11 +28,15 @@ class Dialect:
 
     ``ts``: a ``?`` parameter of microseconds since the epoch (BIGINT, UTC) as a TIMESTAMPTZ;
     ``us(expr)``: a TIMESTAMPTZ expression as microseconds since the epoch (BIGINT). Times cross the
-    driver as integers in both engines, so they round-trip with microsecond precision."""
+    driver as integers in both engines, so they round-trip with microsecond precision. ``json``: the
+    type of a JSON column, for ``CAST(? AS <json>)`` of a parameter of JSON text (DuckDB's ``JSON``,
+    PostgreSQL's ``JSONB``, which takes no text parameter uncast); a read returns the text (DuckDB) or
+    the decoded object (psycopg)."""
 
     name: str
     ts: str
     us_template: str
+    json: str = "JSON"
 
     def us(self, expr: str) -> str:
         """``expr`` (a TIMESTAMPTZ) as BIGINT microseconds since the epoch."""
@@ -41,7 +45,7 @@ class Dialect:
 
 DUCKDB = Dialect("duckdb", "make_timestamp(?) AT TIME ZONE 'UTC'", "epoch_us({})")
 POSTGRESQL = Dialect("postgresql", "(TIMESTAMPTZ 'epoch' + ? * INTERVAL '1 microsecond')",
-                     "(extract(epoch FROM {}) * 1000000)::bigint")
+                     "(extract(epoch FROM {}) * 1000000)::bigint", json="JSONB")
 
 
 class SqlBackend(Protocol):

@@ -48,8 +48,8 @@ from .billing_store import BillingStore
 from .document_store import DocumentStore
 from .index_bookkeeping import IndexBookkeeping
 from .message_store import MessageStore
+from .settings_store import SettingsStore
 from .types import (
-    ChatInfo,
     MemoryHit,
     StoredMessage,
     UsageRecord,
@@ -114,17 +114,6 @@ class DialogueStore(Protocol):
     # ---------------------------------------------------------------- chats and users
     def knows_chat(self, chat_id: int) -> bool:
         """Whether the chat has a chat row."""
-    async def chat_settings(self, chat_id: int) -> dict:
-        """The chat's settings object ({} when unknown)."""
-    async def set_chat_settings(self, chat_id: int, settings: dict) -> None:
-        """Replace the chat's settings (a JSON object). raises TypeError for non-JSON values."""
-    async def user_settings(self, user_id: int) -> dict:
-        """The user's settings object ({} when unknown)."""
-    async def set_user_settings(self, user_id: int, settings: dict, *, username: str | None = None,
-                                name: str | None = None) -> None:
-        """Replace the user's settings (and name/username when given). raises TypeError for non-JSON."""
-    async def chats(self) -> list[ChatInfo]:
-        """Every chat with a chat row or stored messages, by chat id."""
 
     # ---------------------------------------------------------------- the per-domain stores (memory.domains)
     @property
@@ -148,6 +137,10 @@ class DialogueStore(Protocol):
     def messages(self) -> MessageStore:
         """The stored messages: ``recent``, ``get``, ``around``, ``answered_ids``, ``max_id``, ``count``,
         ``iter``, ``keys``, ``update_text``, ``delete`` (``memory.message_store``)."""
+    @property
+    def settings(self) -> SettingsStore:
+        """Chats' and members' settings, and the list of chats (``memory.settings_store``)."""
+
 
     # ---------------------------------------------------------------- operations
     async def stats(self) -> dict:

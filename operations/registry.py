@@ -251,7 +251,7 @@ async def memory_stats(res: Resources, io: Streams, *, as_json: bool = False) ->
     if res.memory is not None:  # a running bot: what it was told so far is counted (briefly: it may be busy)
         with anyio.move_on_after(_FLUSH_WAIT_S):
             await res.memory.flush()
-    chats = await res.store.chats()
+    chats = await res.store.settings.chats()
     cleaned: dict[int, list] = {}
     for rec in await res.store.index.cleanups():
         cleaned.setdefault(rec.chat_id, []).append(rec)

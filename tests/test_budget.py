@@ -217,7 +217,7 @@ async def test_owners_are_told_in_their_own_language_else_the_bots(tmp_path: Pat
     cfg = Config(settings=Settings(bot=BotSettings(language="ru")), tiers=TiersConfig())
     clock = Clock(datetime(2025, 3, 30, 12, tzinfo=UTC))
     async with dialogue_store(cfg, tmp_path) as store:
-        await store.set_user_settings(OWNER, {"language": "en"})
+        await store.settings.set_user(OWNER, {"language": "en"})
         budget = Budget(store, BudgetSettings(daily_usd=1.0), MODELS, clock)
         await budget.load()
         budget.record(usage(clock(), 0.9))

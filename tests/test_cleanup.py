@@ -135,7 +135,7 @@ async def test_reindex_rebuilds_identical_results_and_isolation_holds(tmp_path, 
     async with open_memory(cfg(), tmp_path, model=st_model) as memory:
         await said(memory, data / "2009-03-03_10.jsonl")  # said in the chats: the cleanup may take them
         await said(memory, data / "2016-12-19_20.jsonl")
-        chats = [c.chat_id for c in await memory.store.chats()]
+        chats = [c.chat_id for c in await memory.store.settings.chats()]
 
         async def results():
             # the same memories come back; their order may differ only among equal texts (tied scores)
@@ -164,7 +164,7 @@ async def test_the_hosts_imports_are_neither_counted_nor_evicted_and_each_cleanu
     data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ubuntu-irc" / "2009-03-03_10.jsonl"
     async with open_memory(cfg(), tmp_path, model=st_model) as memory:
         await import_transcript(memory, data)
-        chat = (await memory.store.chats())[0].chat_id
+        chat = (await memory.store.settings.chats())[0].chat_id
         imported = await memory.store.messages.count(chat)
         embedded = await memory.vectors.count(chat)
         assert imported > 1000 and await memory.store.messages.count(chat, imported=True) == imported

@@ -124,12 +124,12 @@ async def test_role_flow_and_buttons(tmp_path, st_model):
         assert [b.data for row in prompt.buttons for b in row] == ["role:cancel", "role:delete"]
         await chat.say(7, MEMBER, "Speak like a pirate.")
         assert holder["outbox"].sent[-1].text == "Persona saved."
-        assert (await rt.memory.store.user_settings(MEMBER.user_id))["role"] == "Speak like a pirate."
+        assert (await rt.memory.store.settings.user(MEMBER.user_id))["role"] == "Speak like a pirate."
         assert await rt.memory.store.messages.count(7) == 0  # the persona is not conversation
         prompt = await chat.cmd(7, MEMBER, "role")
         assert "Speak like a pirate." in prompt.text
         await chat.press(7, MEMBER, prompt.message_id, "role:delete")
-        assert "role" not in await rt.memory.store.user_settings(MEMBER.user_id)
+        assert "role" not in await rt.memory.store.settings.user(MEMBER.user_id)
 
 
 async def test_reset_clears_context_and_reset_all_deletes_after_confirmation(tmp_path, st_model):

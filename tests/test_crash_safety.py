@@ -296,7 +296,7 @@ async def test_an_unsaved_dump_is_stored_at_the_next_open_and_removed(tmp_path):
         assert [m.message_id for m in await store.messages.recent(42, 10)] == [1, 2]
         assert sorted(u.prompt_tokens for u in await store.usage.rows()) == [11, 12]  # the stored one not twice
         assert await store.usage.recalls_for(42, 2) == [(1, 0.5)]
-        assert [c.title for c in await store.chats()] == ["Ann"]
+        assert [c.title for c in await store.settings.chats()] == ["Ann"]
     assert not list(tmp_path.glob("*.unsaved-*"))
 
 
@@ -418,7 +418,7 @@ async def test_a_basic_groups_memory_moves_to_its_supergroup(tmp_path, st_model)
         memory.remember_many(old)
         await import_document(memory, doc, chat_id=basic, user_id=7, user_name="Anna", message_id=20, date=T0 + timedelta(hours=2))
         await memory.store.note_delivery(basic, 11)
-        await memory.store.set_chat_settings(basic, {"persona": "a pirate", "context_from": 3})
+        await memory.store.settings.set_chat(basic, {"persona": "a pirate", "context_from": 3})
         await memory.store.upsert_chat(basic, "group", "Ops")
         from config.loader import load_config
 
@@ -447,7 +447,7 @@ async def test_a_basic_groups_memory_moves_to_its_supergroup(tmp_path, st_model)
         hits = (await memory.recall(sup, "where is the on-call rota kept", 5)).hits
         assert any(h.source == "rota.txt" and "red binder" in h.text for h in hits)
         assert not (await memory.recall(basic, "where is the on-call rota kept", 5)).hits
-        settings = await store.chat_settings(sup)
+        settings = await store.settings.chat(sup)
         assert settings == {"persona": "a pirate", "context_from": 3 - MIGRATION_SHIFT}
         subs.reload()
         assert (await subs.get("chat", sup)).tier == "premium" and await subs.get("chat", basic) is None

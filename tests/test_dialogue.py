@@ -72,7 +72,7 @@ async def test_restart_keeps_everything_and_schema_version_is_recorded(db: Path)
         store.record_usage(UsageRecord(T0, CHAT, 1, "chat", "fast", 5, 6, 0.5, 7.0))
         store.record_recall(CHAT, 999, [MemoryHit(CHAT, 10, 1, "u", "t", T0, 0.3)])
         await store.upsert_chat(CHAT, "supergroup", "T")
-        await store.set_user_settings(1, {"a": 1}, username="u1")
+        await store.settings.set_user(1, {"a": 1}, username="u1")
         before = await store.stats()
         before_recent = await store.messages.recent(CHAT, 20, thread_id=1)
     async with DuckDBStore(db) as store:

@@ -63,7 +63,7 @@ async def test_admins_name_the_bot_and_it_answers_to_that_name(tmp_path, st_mode
 
         _mid, (refused,) = await said(ann, "/settings name Jarvis")  # the free tier lacks custom_name
         assert refused.text.startswith("A name of my own in a group isn't part of the free tier."), refused.text
-        assert "name" not in await store.chat_settings(g)
+        assert "name" not in await store.settings.chat(g)
         _mid, silent = await said(bob, "Jarvis, are you there?")
         assert silent == []
 
@@ -72,7 +72,7 @@ async def test_admins_name_the_bot_and_it_answers_to_that_name(tmp_path, st_mode
         assert "only this group's admins" in no.text
         _mid, (saved,) = await said(ann, "/settings name Jarvis")
         assert "name: Jarvis" in saved.text
-        assert (await store.chat_settings(g))["name"] == "Jarvis"
+        assert (await store.settings.chat(g))["name"] == "Jarvis"
 
         before = len(system_prompts(llm_server))
         _mid, answered = await said(bob, "hey JARVIS, what is the wifi password?")
@@ -84,7 +84,7 @@ async def test_admins_name_the_bot_and_it_answers_to_that_name(tmp_path, st_mode
         _mid, (shown,) = await said(ann, "/settings")
         assert "name: Jarvis" in shown.text
         _mid, (cleared,) = await said(ann, "/settings name off")
-        assert "name: Kith (default)" in cleared.text and "name" not in await store.chat_settings(g)
+        assert "name: Kith (default)" in cleared.text and "name" not in await store.settings.chat(g)
         _mid, silent = await said(bob, "Jarvis?")
         assert silent == []
 
@@ -98,7 +98,7 @@ async def test_without_the_feature_the_name_does_not_wake_the_bot_unless_the_mem
     async with running_bot(tmp_path, st_model, llm_server) as (h, app):
         ann, bob = h.user(42, "Ann"), h.user(43, "Bob")
         g = h.supergroup(701, "Free group")
-        await app.runtime.memory.store.set_chat_settings(g, {"name": "Jarvis"})  # set while the group had premium
+        await app.runtime.memory.store.settings.set_chat(g, {"name": "Jarvis"})  # set while the group had premium
         sup = app.runtime.supervisor
         free = await h.group(g, bob, "Jarvis, what's new?")
         await h.settle(sup)

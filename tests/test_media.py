@@ -436,13 +436,13 @@ async def test_custom_persona_is_a_tier_feature_for_role_and_group_persona(tmp_p
         chat = Chat(rt, holder)
         refusal = await chat.cmd(ANNA.user_id, ANNA, "role", "talk like a pirate")
         assert refusal.text.startswith("A custom persona isn't part of the basic tier") and refusal.buttons
-        assert "role" not in await rt.memory.store.user_settings(ANNA.user_id)
+        assert "role" not in await rt.memory.store.settings.user(ANNA.user_id)
         group = await chat.cmd(GROUP_A, ANNA, "settings", "persona a grumpy sysadmin")
         assert "custom persona" in group.text.lower()
-        assert "persona" not in await rt.memory.store.chat_settings(GROUP_A)
+        assert "persona" not in await rt.memory.store.settings.chat(GROUP_A)
         await rt.services.admission.subs.grant("user", ANNA.user_id, "plus", None, "test")
         assert (await chat.cmd(ANNA.user_id, ANNA, "role", "talk like a pirate")).text == "Persona saved."
-        assert (await rt.memory.store.user_settings(ANNA.user_id))["role"] == "talk like a pirate"
+        assert (await rt.memory.store.settings.user(ANNA.user_id))["role"] == "talk like a pirate"
 
 
 async def test_past_their_quotas_images_voice_and_pages_are_paid_with_credits(tmp_path, st_model, llm):

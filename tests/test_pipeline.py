@@ -309,5 +309,5 @@ async def test_the_model_is_told_to_answer_in_the_members_language(tmp_path, st_
         assert "Answer in German" in await say(9, "private", "Wo ist meine Grafikkarte, die ich gestern gekauft habe?")
         assert "Answer in" not in await say(9, "private", "ok?")  # nothing tells: the model decides
         # a group whose admins set /settings language: that language, whatever a member writes in
-        await rt.memory.store.set_chat_settings(-77, {"language": "fr"})
+        await rt.memory.store.settings.set_chat(-77, {"language": "fr"})
         assert "Answer in French" in await say(-77, "supergroup", "@kith где моя видеокарта?")

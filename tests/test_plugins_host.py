@@ -215,7 +215,7 @@ async def test_plugins_command_admins_toggle_within_the_limit_members_cannot(tmp
         assert await chat.press(GROUP, ADMIN, menu.message_id, "plug:memory_search") == (f"q{chat.n}", "memory_search: on")
         edited = message(box, GROUP, menu.message_id).text
         assert "✅ **memory_search**: on" in edited and "⏸ **time**" in edited
-        assert (await rt.memory.store.chat_settings(GROUP))["plugins"] == ["calculator", "memory_search"]
+        assert (await rt.memory.store.settings.chat(GROUP))["plugins"] == ["calculator", "memory_search"]
         tools = await in_chat(rt, GROUP, lambda ctx: rt.plugins.tools_for(ctx, MEMBER.user_id, "free", UserSettings()))
         assert [s.name for s in tools.specs] == ["calculator", "memory_search"]
         assert "not set up" in (await chat.cmd(GROUP, ADMIN, "on web")).text
@@ -223,14 +223,14 @@ async def test_plugins_command_admins_toggle_within_the_limit_members_cannot(tmp
         # a private chat is the member's own: they toggle for themselves
         mine = await chat.cmd(MEMBER.user_id, MEMBER, "off calculator")
         assert mine.text.startswith("calculator is off.") and mine.buttons
-        assert (await rt.memory.store.chat_settings(MEMBER.user_id))["plugins"] == ["time"]
-        assert (await rt.memory.store.chat_settings(GROUP))["plugins"] == ["calculator", "memory_search"]
+        assert (await rt.memory.store.settings.chat(MEMBER.user_id))["plugins"] == ["time"]
+        assert (await rt.memory.store.settings.chat(GROUP))["plugins"] == ["calculator", "memory_search"]
         # a press in a private chat whose id is not the member's (the terminal's chat, `kith chat --as`)
         # is still theirs: no admin check, and the list it edits says so
         TERMINAL = 1
         listed = await chat.cmd(TERMINAL, MEMBER)
         assert listed.text.endswith("Press a plugin to turn it on or off for you.")
         await chat.press(TERMINAL, MEMBER, listed.message_id, "plug:time")
-        assert "time" not in (await rt.memory.store.chat_settings(TERMINAL))["plugins"]  # turned off, by them
+        assert "time" not in (await rt.memory.store.settings.chat(TERMINAL))["plugins"]  # turned off, by them
         edited = message(box, TERMINAL, listed.message_id).text
         assert "**time**: off" in edited and edited.endswith("Press a plugin to turn it on or off for you.")

@@ -73,7 +73,7 @@ async def test_several_processes_share_the_store_without_a_lock(pg_url: str, tmp
         # a chat only another process wrote: read from the database (no set of this one's can say it is empty)
         assert [m.message_id for m in await mine.messages.recent(-200, 2)] == [498, 499]
         assert await mine.messages.max_id(-201) == 499
-        assert [c.chat_id for c in await mine.chats()] == [-201, -200, -100]
+        assert [c.chat_id for c in await mine.settings.chats()] == [-201, -200, -100]
 
         # the CLI on another data dir, configured for the same store, grants while this store is open
         (tmp_path / "kith.yaml").write_text(yaml.safe_dump({"storage": {"dialogue": pg_url}}))

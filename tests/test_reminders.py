@@ -518,7 +518,7 @@ async def test_remind_reminders_and_timezone_through_a_real_chat_actor(tmp_path:
         assert "Unknown time zone" in bad.text
         ok = await chat.cmd(5, MEMBER, "settings", "timezone America/New_York")
         assert "America/New_York" in ok.text
-        assert (await rt.memory.store.user_settings(MEMBER))["timezone"] == "America/New_York"
+        assert (await rt.memory.store.settings.user(MEMBER))["timezone"] == "America/New_York"
         # /remind without the model, read in the member's zone
         set_ = await chat.cmd(5, MEMBER, "remind", "tomorrow 9:00 call Anna")
         assert set_.text.startswith("⏰ Reminder set for Thu 9:00") and "America/New_York" in set_.text, set_.text

@@ -62,7 +62,7 @@ async def test_a_groups_keywords_change_reaches_the_trigger_and_unknown_keys_sta
 
     async with open_runtime(config, tmp_path, make, model=st_model) as rt:
         store = rt.memory.store
-        await store.set_chat_settings(GROUP, {"keywords": ["linux"], "always_on": "perhaps", "theme": "dark"})
+        await store.settings.set_chat(GROUP, {"keywords": ["linux"], "always_on": "perhaps", "theme": "dark"})
         chat = Chat(rt, holder["outbox"])
         with caplog.at_level(logging.WARNING, logger="actors.settings"):
             await chat.say(GROUP, MEMBER, "kith, are you there")
@@ -78,10 +78,10 @@ async def test_a_groups_keywords_change_reaches_the_trigger_and_unknown_keys_sta
         await chat.say(GROUP, MEMBER, "my Kernel panics")
         assert chat.turns[-1].responded is True
         # the bad value is gone; offline_intro: the turn's own change (the offline model said what it is)
-        assert await store.chat_settings(GROUP) == {"keywords": ["kernel"], "theme": "dark", "offline_intro": True}
+        assert await store.settings.chat(GROUP) == {"keywords": ["kernel"], "theme": "dark", "offline_intro": True}
 
         await chat.cmd(GROUP, ADMIN, "settings", "keywords default")  # back to bot.keywords
-        assert await store.chat_settings(GROUP) == {"theme": "dark", "offline_intro": True}
+        assert await store.settings.chat(GROUP) == {"theme": "dark", "offline_intro": True}
         await chat.say(GROUP, MEMBER, "kith, are you there now")
         assert chat.turns[-1].responded is True
         await chat.say(GROUP, MEMBER, "my kernel panics again")

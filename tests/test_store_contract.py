@@ -5,6 +5,7 @@ here) through ``open_store``, which opens the same store again when called again
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from memory.duckdb_store import DuckDBStore
 from memory.errors import MemoryStoreError
+from memory.settings_store import SettingsStore
 from memory.store import DialogueStore
 from memory.transcripts import read_transcript
 from memory.types import (
@@ -223,27 +225,27 @@ async def test_delete_by_user_and_ids_removes_only_those_and_their_recalls(open_
 @pytest.mark.anyio
 async def test_chat_and_user_settings_round_trip(open_store: Opener) -> None:
     async with open_store() as store:
-        assert await store.chat_settings(CHAT) == {}
-        assert await store.user_settings(42) == {}
+        assert await store.settings.chat(CHAT) == {}
+        assert await store.settings.user(42) == {}
         await store.upsert_chat(CHAT, "supergroup", "Ubuntu help")
         settings = {"persona": "Ты — помощник 🤖", "keywords": ["kith", "бот"], "always_on": False, "n": 3, "nested": {"a": None}}
-        await store.set_chat_settings(CHAT, settings)
+        await store.settings.set_chat(CHAT, settings)
         await store.upsert_chat(CHAT, "supergroup", None)  # keeps title and settings
-        assert await store.chat_settings(CHAT) == settings
-        await store.set_user_settings(42, {"model": "fast", "role": "pirate"}, username="alice", name="Alice")
-        await store.set_user_settings(42, {"model": "smart"})  # username/name kept
-        assert await store.user_settings(42) == {"model": "smart"}
-        await store.set_chat_settings(OTHER, {"x": 1})  # creates an 'unknown' chat row
+        assert await store.settings.chat(CHAT) == settings
+        await store.settings.set_user(42, {"model": "fast", "role": "pirate"}, username="alice", name="Alice")
+        await store.settings.set_user(42, {"model": "smart"})  # username/name kept
+        assert await store.settings.user(42) == {"model": "smart"}
+        await store.settings.set_chat(OTHER, {"x": 1})  # creates an 'unknown' chat row
         with pytest.raises(TypeError):
-            await store.set_chat_settings(CHAT, ["not", "a", "dict"])  # type: ignore[arg-type]
+            await store.settings.set_chat(CHAT, ["not", "a", "dict"])  # type: ignore[arg-type]
         store.add_many(msg(i) for i in range(5))
         store.add(msg(1, chat=555))
-        chats = {c.chat_id: c for c in await store.chats()}
+        chats = {c.chat_id: c for c in await store.settings.chats()}
         assert chats[CHAT] == ChatInfo(CHAT, "supergroup", "Ubuntu help", 5, T0, T0 + timedelta(seconds=4))
         assert chats[OTHER].type == "unknown" and chats[OTHER].messages == 0 and chats[OTHER].first_date is None
         assert chats[555].messages == 1 and chats[555].title is None
     async with open_store() as store:
-        assert await store.user_settings(42) == {"model": "smart"}
+        assert await store.settings.user(42) == {"model": "smart"}
         stats = await store.stats()
         assert stats["users"] == 1 and stats["chats"] == 2
 
@@ -255,17 +257,17 @@ async def test_directory_of_chats_and_users_survives_restart_and_renames(open_st
         await store.upsert_chat(CHAT, "group", "Old name")
         await store.upsert_chat(CHAT, "supergroup", "New name")  # same batch: merged into one row
         await store.upsert_chat(CHAT, "supergroup", None)
-        await store.set_chat_settings(CHAT, {"always_on": True})
-        await store.set_user_settings(7, {"model": "smart"})
-        await store.set_user_settings(8, {"model": "fast"})
-        await store.set_user_settings(8, {})  # cleared
+        await store.settings.set_chat(CHAT, {"always_on": True})
+        await store.settings.set_user(7, {"model": "smart"})
+        await store.settings.set_user(8, {"model": "fast"})
+        await store.settings.set_user(8, {})  # cleared
         store.add(msg(1))
     async with open_store() as store:
-        assert await store.chat_settings(CHAT) == {"always_on": True}
-        assert await store.user_settings(7) == {"model": "smart"}
-        assert await store.user_settings(8) == {}
+        assert await store.settings.chat(CHAT) == {"always_on": True}
+        assert await store.settings.user(7) == {"model": "smart"}
+        assert await store.settings.user(8) == {}
         assert [m.message_id for m in await store.messages.recent(CHAT, 5)] == [1]
-        info = {c.chat_id: c for c in await store.chats()}[CHAT]
+        info = {c.chat_id: c for c in await store.settings.chats()}[CHAT]
         assert (info.type, info.title, info.messages) == ("supergroup", "New name", 1)
 
 
@@ -433,7 +435,7 @@ async def test_real_irc_transcript_round_trips_through_the_store(open_store: Ope
             await store.upsert_chat(meta.chat_id, meta.type, meta.title)
         store.add_many(msgs)
         store.add_many(msgs)  # a second import changes nothing
-        (chat,) = await store.chats()
+        (chat,) = await store.settings.chats()
         assert chat.messages == len(msgs) == 1226 and chat.title == "#ubuntu 2009-03-03_10"
         last = await store.messages.recent(chat.chat_id, 5)
         assert [m.message_id for m in last] == [m.message_id for m in sorted(msgs, key=lambda m: m.message_id)[-5:]]
@@ -715,6 +717,66 @@ async def test_the_dialects_time_spellings_round_trip_to_the_microsecond(open_st
 
 
 @pytest.mark.anyio
+async def test_the_dialects_json_type_takes_json_text_and_reads_back_the_same_object(open_store: Opener) -> None:
+    # CAST(? AS dialect.json): a parameter of JSON text into a JSON (DuckDB) / JSONB (PostgreSQL)
+    # column; a read returns the text (DuckDB) or the decoded object (psycopg): the same object
+    doc = {"persona": "Ты — помощник 🤖", "n": 3, "on": False, "nested": {"a": None, "l": [1, "два"]}}
+    async with open_store() as store:
+        cast = f"CAST(? AS {store.dialect.json})"
+        await store.sql_query(f"INSERT INTO users (user_id, settings, created_at) VALUES (?, {cast}, {store.dialect.ts})",
+                              [5, json.dumps(doc, ensure_ascii=False), 0])
+        ((got,),) = await store.sql_query("SELECT settings FROM users WHERE user_id = ?", [5])
+        assert (json.loads(got) if isinstance(got, str) else got) == doc
+        ((text,),) = await store.sql_query(f"SELECT CAST(CAST(? AS {store.dialect.json}) AS VARCHAR)", ["{}"])
+        assert text == "{}"  # what SettingsStore's load leaves out
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("cache", [True, False])
+async def test_settings_read_the_same_kept_in_memory_or_not(open_store: Opener, cache: bool) -> None:
+    # store.settings keeps them in memory where the store is the only writer (DuckDB) and reads the
+    # database each time where it is shared (PostgreSQL); both ways, on both engines, read the same
+    async with open_store() as store:
+        await store.settings.set_chat(CHAT, {"keywords": ["kith"], "always_on": True})
+        await store.settings.set_user(7, {"role": "pirate"}, username="anna", name="Anna")
+        await store.settings.set_user(8, {"model": "fast"})
+        settings = SettingsStore(store, cache=cache)
+        assert settings.cache is cache
+        assert await settings.chat(CHAT) == {"keywords": ["kith"], "always_on": True}
+        assert await settings.user(7) == {"role": "pirate"} and await settings.chat(OTHER) == {}
+        await settings.set_user(8, {})  # cleared
+        await settings.set_chat(OTHER, {"name": "Jarvis"})
+        assert await settings.user(8) == {}
+        assert await settings.chat(OTHER) == {"name": "Jarvis"}
+        got = await settings.chat(CHAT)
+        got["keywords"].append("changed by a caller")  # each read is the caller's own dict
+        assert await settings.chat(CHAT) == {"keywords": ["kith"], "always_on": True}
+        nul = {"role": "a\x00b", "k\x00": ["\x00"]}  # U+0000 (never from Telegram) is kept as U+FFFD on both
+        await settings.set_user(9, nul, username="n\x00ul")
+        assert await settings.user(9) == {"role": "a\ufffdb", "k\ufffd": ["\ufffd"]}
+        assert await store.sql_query("SELECT username FROM users WHERE user_id = ?", [9]) == [("n\ufffdul",)]
+        with pytest.raises(TypeError):
+            await settings.set_user(9, {"bad": object()})
+    async with open_store() as store:  # committed: a new store reads the same
+        assert await store.settings.user(8) == {} and await store.settings.user(7) == {"role": "pirate"}
+        assert await store.settings.chat(OTHER) == {"name": "Jarvis"}
+        assert await store.settings.user(9) == {"role": "a\ufffdb", "k\ufffd": ["\ufffd"]}
+        assert store.knows_chat(CHAT) and store.knows_chat(OTHER)  # rows a settings write created
+        assert (await store.stats())["users"] == 3
+
+
+@pytest.mark.anyio
+async def test_settings_errors_name_their_domain(open_store: Opener) -> None:
+    store = open_store()
+    with pytest.raises(MemoryStoreError):
+        await store.settings.chat(CHAT)  # not open
+    async with store:
+        await store.sql_query("DROP TABLE users")
+        with pytest.raises(MemoryStoreError, match="^settings: the database failed"):
+            await SettingsStore(store, cache=False).user(1)
+
+
+@pytest.mark.anyio
 async def test_api_keys_round_trip_per_scope(open_store: Opener) -> None:
     t0 = datetime(2026, 12, 6, 18, 0, 0, 123457, tzinfo=UTC)
     async with open_store(clock=lambda: t0) as store:
@@ -794,7 +856,9 @@ async def test_a_basic_group_moves_to_its_supergroup_once(open_store: Opener) ->
     basic, sup = -4001, -1004001
     async with open_store() as store:
         await store.upsert_chat(basic, "group", "Team")
-        await store.set_chat_settings(basic, {"persona": "p", "context_from": 3})
+        await store.settings.set_chat(basic, {"persona": "p", "context_from": 3})
+        await store.settings.set_chat(sup, {"name": "Jarvis"})  # the supergroup's own: kept
+        assert await store.settings.chat(basic) == {"persona": "p", "context_from": 3}  # (DuckDB: now kept in memory)
         store.add_many(msg(i, chat=basic) for i in range(1, 6))
         store.add(msg(6, chat=basic, user=999, role=ROLE_ASSISTANT, reply_to=5))
         store.record_usage(UsageRecord(T0, basic, 1, "chat", "fast", 1, 1, None, 1.0))
@@ -807,10 +871,11 @@ async def test_a_basic_group_moves_to_its_supergroup_once(open_store: Opener) ->
         assert ids == [migrated_id(i) for i in range(1, 7)] + [1]  # older than the supergroup's own
         assert await store.messages.answered_ids(sup) == {migrated_id(5)}
         assert await store.messages.recent(basic, 10) == []
-        assert await store.chat_settings(sup) == {"persona": "p", "context_from": migrated_id(3)}
+        assert await store.settings.chat(sup) == {"persona": "p", "context_from": migrated_id(3), "name": "Jarvis"}
+        assert await store.settings.chat(basic) == {}
         assert [(s.scope, s.scope_id) for s in await store.billing.subscriptions()] == [("chat", sup)]
         assert [t.key for t in await store.usage.totals("chat")] == [str(sup)]
-        chats = {c.chat_id: c for c in await store.chats()}
+        chats = {c.chat_id: c for c in await store.settings.chats()}
         assert basic not in chats and (chats[sup].type, chats[sup].title) == ("supergroup", "Team")
 
 

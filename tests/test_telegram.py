@@ -109,7 +109,7 @@ async def test_group_triggers_mention_reply_and_keyword(tmp_path, st_model):
     async with running_bot(tmp_path, st_model) as (h, app):
         ann, bob = h.user(42, "Ann"), h.user(43, "Bob", username="bob")
         g = h.supergroup(555, "Kith fans")
-        await app.runtime.memory.store.set_chat_settings(g, {"keywords": ["kithbot"]})
+        await app.runtime.memory.store.settings.set_chat(g, {"keywords": ["kithbot"]})
         sup = app.runtime.supervisor
 
         quiet = await h.group(g, ann, "the wifi password is hunter2")
@@ -736,7 +736,7 @@ async def test_a_group_upgraded_to_a_supergroup_keeps_its_memory_and_settings(tm
         for i in range(35):  # push it out of the recent window
             last_old = await h.group(old, bob, f"unrelated chatter number {i}")
         await h.settle(app.runtime.supervisor)
-        await app.runtime.memory.store.set_chat_settings(old, {"keywords": ["kithy"]})
+        await app.runtime.memory.store.settings.set_chat(old, {"keywords": ["kithy"]})
         new = h.supergroup(4001999, "Ops")
         svc = raw.types.MessageService(id=h._next_id(old), peer_id=h._peer(old), from_id=raw.types.PeerUser(user_id=ann.id),
                                        date=int(__import__("time").time()),
@@ -746,7 +746,7 @@ async def test_a_group_upgraded_to_a_supergroup_keeps_its_memory_and_settings(tm
         await app.runtime.supervisor.wait_all_idle()
         store = app.runtime.memory.store
         assert await store.messages.count(old) == 0 and await store.messages.count(new) == 36
-        assert (await store.chat_settings(new))["keywords"] == ["kithy"]
+        assert (await store.settings.chat(new))["keywords"] == ["kithy"]
         first = await h.group(new, bob, "kithy when does the staging password rotate?")  # the new group's ids restart
         await h.settle(app.runtime.supervisor)
         replies = h.replies_to(new, first)
