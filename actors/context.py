@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from memory.types import ROLE_ASSISTANT, MemoryHit, StoredMessage
+from providers.language import NAMES
 from providers.memory_block import DATA_FRAME, render_memories
+
+from .events import PRIVATE, Incoming
 
 __all__ = [
     "BYTES_PER_TOKEN",
@@ -27,6 +30,7 @@ __all__ = [
     "Prompt",
     "build_prompt",
     "estimate_tokens",
+    "system_prompt",
 ]
 
 BYTES_PER_TOKEN = 4
@@ -66,6 +70,28 @@ def _clip(text: str, tokens: int) -> str:
     return clipped + "…"
 
 
+def system_prompt(base: str, ev: Incoming, *, chat_name: str | None, chat_title: str | None, persona: str | None,
+                  answer_language: str | None) -> str:
+    """The system message for answering ``ev``: ``base`` (the bot's prompt, its name filled in), the
+    name this chat gave the bot, which chat this is (private with ``ev``'s sender, or a group and its
+    ``chat_title``), the ``persona`` set for it, ``ev``'s date (UTC) and the language to answer in
+    (ISO 639-1; None: the model picks). Instructions only: no chat text enters it."""
+    parts = [base]
+    if chat_name:
+        parts.append(f"In this chat your name is {chat_name}: the members call you so.")
+    if ev.chat_type == PRIVATE:
+        parts.append(f"This is a private chat with {ev.sender.name}.")
+    else:
+        titled = f" titled {chat_title!r}" if chat_title else ""
+        parts.append(f"This is a group chat{titled}; messages are prefixed with the speaker's name.")
+    if persona:
+        parts.append(f"Persona and instructions for this chat: {persona}")
+    parts.append(f"Current date: {ev.date:%Y-%m-%d %H:%M} UTC.")
+    if answer_language is not None:
+        parts.append(f"Answer in {NAMES.get(answer_language, answer_language)} unless the user asks for another language.")
+    return "\n".join(parts)
+
+
 def build_prompt(
     *,
     system: str,
@@ -83,56 +109,15 @@ def build_prompt(
     10 % of the budget. memories: best first; they fill at most 40 % of the budget. Then older
     window messages fill the rest, newest first.
     """
-    budget = int(budget_tokens * SAFETY)
-    sys_tokens = estimate_tokens(system) + estimate_tokens(DATA_FRAME)
+    budget = _Budget(int(budget_tokens * SAFETY))
+    budget.take(estimate_tokens(system) + estimate_tokens(DATA_FRAME))
     current = window[-1] if window else None
-    used = sys_tokens
-    cur_msg = None
-    if current is not None:
-        cur_msg = _speaker_line(current)
-        room = max(64, budget - used - 64)
-        cur_msg["content"] = _clip(cur_msg["content"], room)
-        used += estimate_tokens(cur_msg["content"])
-
-    if profile and (estimate_tokens(profile) > int(budget * PROFILE_SHARE) or used + estimate_tokens(profile) > budget):
-        profile = ""
-    if profile:
-        used += estimate_tokens(profile)
-
-    kept: list[MemoryHit] = []
-    mem_block = ""
-    mem_cap = int(budget * MEMORY_SHARE)
-    for hit in memories:
-        candidate = render_memories([*kept, hit])
-        if estimate_tokens(candidate) > mem_cap or used + estimate_tokens(candidate) > budget:
-            break
-        kept.append(hit)
-        mem_block = candidate
-    if mem_block:
-        used += estimate_tokens(mem_block)
-
-    window_ids = {m.message_id for m in window}
-    chain = [m for m in reply_chain if m.message_id not in window_ids]
-    chain_text = ""
-    if chain:
-        lines = "\n".join(f"{m.user_name}: {m.text}" for m in chain)
-        candidate = f"The message being answered replies to:\n{lines}"
-        if used + estimate_tokens(candidate) <= budget:
-            chain_text = candidate
-            used += estimate_tokens(candidate)
-
-    history: list[dict[str, Any]] = []
+    cur_msg = _current_line(current, budget) if current is not None else None
+    profile = _fit_profile(profile, budget)
+    kept, mem_block = _fit_memories(memories, budget)
+    chain_text = _fit_reply_chain(reply_chain, window, budget)
     older = list(window[:-1]) if current is not None else list(window)
-    dropped = 0
-    for m in reversed(older):
-        msg = _speaker_line(m)
-        cost = estimate_tokens(msg["content"])
-        if used + cost > budget:
-            dropped = len(older) - len(history)
-            break
-        history.append(msg)
-        used += cost
-    history.reverse()
+    history, dropped = _fit_history(older, budget)
 
     if any(h.citation for h in kept):
         system += "\nRecalled memories from documents name their file and page: cite them like (report.pdf, p. 3)."
@@ -143,4 +128,82 @@ def build_prompt(
     messages += history
     if cur_msg is not None:
         messages.append(cur_msg)
-    return Prompt(messages, tuple(kept), used, dropped)
+    return Prompt(messages, tuple(kept), budget.used, dropped)
+
+
+@dataclass(slots=True)
+class _Budget:
+    """The prompt's token budget (``total``) and what the parts placed so far ``used`` of it."""
+
+    total: int
+    used: int = 0
+
+    def fits(self, tokens: int) -> bool:
+        return self.used + tokens <= self.total
+
+    def take(self, tokens: int) -> None:
+        self.used += tokens
+
+
+def _current_line(current: StoredMessage, budget: _Budget) -> dict[str, Any]:
+    """The message being answered, clipped to what the budget leaves (at least 64 tokens); always placed."""
+    cur_msg = _speaker_line(current)
+    room = max(64, budget.total - budget.used - 64)
+    cur_msg["content"] = _clip(cur_msg["content"], room)
+    budget.take(estimate_tokens(cur_msg["content"]))
+    return cur_msg
+
+
+def _fit_profile(profile: str, budget: _Budget) -> str:
+    """``profile`` when it fits in ``PROFILE_SHARE`` of the budget and in what is left, else ""."""
+    if profile and (estimate_tokens(profile) > int(budget.total * PROFILE_SHARE) or not budget.fits(estimate_tokens(profile))):
+        profile = ""
+    if profile:
+        budget.take(estimate_tokens(profile))
+    return profile
+
+
+def _fit_memories(memories: Sequence[MemoryHit], budget: _Budget) -> tuple[list[MemoryHit], str]:
+    """(the best memories that fit in ``MEMORY_SHARE`` of the budget and in what is left, their rendered block)."""
+    kept: list[MemoryHit] = []
+    mem_block = ""
+    mem_cap = int(budget.total * MEMORY_SHARE)
+    for hit in memories:
+        candidate = render_memories([*kept, hit])
+        if estimate_tokens(candidate) > mem_cap or not budget.fits(estimate_tokens(candidate)):
+            break
+        kept.append(hit)
+        mem_block = candidate
+    if mem_block:
+        budget.take(estimate_tokens(mem_block))
+    return kept, mem_block
+
+
+def _fit_reply_chain(reply_chain: Sequence[StoredMessage], window: Sequence[StoredMessage], budget: _Budget) -> str:
+    """The reply chain's messages not in ``window``, as one quoted block when it fits, else ""."""
+    window_ids = {m.message_id for m in window}
+    chain = [m for m in reply_chain if m.message_id not in window_ids]
+    if not chain:
+        return ""
+    lines = "\n".join(f"{m.user_name}: {m.text}" for m in chain)
+    candidate = f"The message being answered replies to:\n{lines}"
+    if not budget.fits(estimate_tokens(candidate)):
+        return ""
+    budget.take(estimate_tokens(candidate))
+    return candidate
+
+
+def _fit_history(older: list[StoredMessage], budget: _Budget) -> tuple[list[dict[str, Any]], int]:
+    """(the newest of ``older`` that fit, oldest first; how many older ones were left out)."""
+    history: list[dict[str, Any]] = []
+    dropped = 0
+    for m in reversed(older):
+        msg = _speaker_line(m)
+        cost = estimate_tokens(msg["content"])
+        if not budget.fits(cost):
+            dropped = len(older) - len(history)
+            break
+        history.append(msg)
+        budget.take(cost)
+    history.reverse()
+    return history, dropped

@@ -35,11 +35,10 @@ from memory.errors import DiskFull, MemoryStoreError
 from memory.service import Recall
 from memory.types import ROLE_ASSISTANT, StoredMessage, UsageRecord
 from providers.errors import ProviderError
-from providers.language import NAMES
 from providers.memory_block import render_profile
-from providers.tools import ToolCall
 
-from .context import Prompt, build_prompt
+from .answer_stream import AnswerStream
+from .context import Prompt, build_prompt, system_prompt
 from .errors import ActorError
 from .events import PRIVATE, Incoming, with_caption
 from .handlers import ChatContext, Handlers, TurnTools, Understood
@@ -315,24 +314,10 @@ class _Turn:
 
     def _system_prompt(self, user_settings: UserSettings, answer_language: str | None) -> str:
         ev, settings = self.ev, self.host.settings
-        bot = self.svc.config.settings.bot
-        parts = [bot.system_prompt.replace("{name}", self.svc.bot.name)]
-        if self.name:
-            parts.append(f"In this chat your name is {self.name}: the members call you so.")
-        if ev.chat_type == PRIVATE:
-            parts.append(f"This is a private chat with {ev.sender.name}.")
-            persona = user_settings.role
-        else:
-            title = ev.chat_title or settings.title
-            titled = f" titled {title!r}" if title else ""
-            parts.append(f"This is a group chat{titled}; messages are prefixed with the speaker's name.")
-            persona = settings.persona
-        if persona:
-            parts.append(f"Persona and instructions for this chat: {persona}")
-        parts.append(f"Current date: {ev.date:%Y-%m-%d %H:%M} UTC.")
-        if answer_language is not None:
-            parts.append(f"Answer in {NAMES.get(answer_language, answer_language)} unless the user asks for another language.")
-        return "\n".join(parts)
+        private = ev.chat_type == PRIVATE
+        return system_prompt(self.svc.config.settings.bot.system_prompt.replace("{name}", self.svc.bot.name), ev,
+                             chat_name=self.name, chat_title=None if private else ev.chat_title or settings.title,
+                             persona=user_settings.role if private else settings.persona, answer_language=answer_language)
 
     async def _answer_language(self, text: str) -> str | None:
         """A group's ``/settings language``, else the language the member wrote in, else their
@@ -416,77 +401,62 @@ class _Turn:
         then record it. With ``tools``, a line per tool call the model makes ("🔎 searched …") heads
         the reply, shown as the call is made; the stored reply is the answer alone. When the user stops
         the generation (the stream's ``stopped``), the reply is what was generated until then."""
-        host, ev = self.host, self.ev
-        stream = await host.outbox.stream(self.chat_id, reply_to=ev.message_id, thread_id=ev.thread_id)
-        so_far: list[str] = []
-        notices: list[str] = []
-        noted = False
-        ttft_ms: float | None = None
-
-        def head() -> str:
-            return "\n".join(notices) + "\n\n" if notices else ""
-
-        async def note_delivery() -> None:
-            nonlocal noted
-            if not noted:
-                noted = True
-                await host.note_delivery(ev.message_id)
-                await self._charge()
-
-        async def on_delta(delta: str) -> None:
-            nonlocal ttft_ms
-            if ttft_ms is None:
-                ttft_ms = _ms(self.t0)
-            so_far.append(delta)
-            await note_delivery()
-            await stream.update(head() + "".join(so_far))
-
-        async def on_tool_call(call: ToolCall) -> None:
-            assert tools is not None
-            notices.append(tools.notice(call))
-            await note_delivery()
-            await stream.update(head().rstrip("\n") + ("\n\n" + "".join(so_far) if so_far else ""))
-
+        ev = self.ev
+        stream = await self.host.outbox.stream(self.chat_id, reply_to=ev.message_id, thread_id=ev.thread_id)
+        live = AnswerStream(stream, partial(_ms, self.t0), self._first_byte, tools.notice if tools is not None else None)
         t_llm = time.perf_counter()
         try:
-            keys = self.keys
-            extra: dict[str, Any] = {"api_keys": keys} if keys else {}  # (fakes of the LLM need not take it)
-            if tools is not None:
-                extra.update(tools=tools.specs, run_tool=tools.run, max_steps=tools.max_steps,
-                             tool_timeout_s=tools.timeout_s, tool_output_chars=tools.output_chars,
-                             on_tool_call=on_tool_call)
-            stop = getattr(stream, "stopped", None)  # a transport whose streams can be stopped by the user
-            if stop is not None:
-                extra["stop"] = stop
-            completion = await self.svc.llm.complete(alias, prompt.messages, on_delta=on_delta, **extra)
+            completion = await self.svc.llm.complete(alias, prompt.messages, on_delta=live.on_delta, **self._llm_options(live, tools))
         except ProviderError as exc:
             log.warning("chat %s: LLM %s failed: %s", self.chat_id, alias, exc)
             await self._charge(undo=True)
-            await stream.finish(head() + with_support(self.svc, exc.user_message))
+            await live.finish(with_support(self.svc, exc.user_message))
             self.report(True, llm_ms=_ms(t_llm), embed_ms=recall.embed_ms, search_ms=recall.search_ms, model=alias,
-                        error=str(exc), tier=tier, ttft_ms=ttft_ms)
+                        error=str(exc), tier=tier, ttft_ms=live.ttft_ms)
             return
         llm_ms = _ms(t_llm)
-        if ttft_ms is None:  # not streamed: the whole answer is the first token
-            ttft_ms = _ms(self.t0)
+        if live.ttft_ms is None:  # not streamed: the whole answer is the first token
+            live.ttft_ms = _ms(self.t0)
         answered = partial(self.report, True, llm_ms=llm_ms, embed_ms=recall.embed_ms, search_ms=recall.search_ms,
                            model=completion.model, prompt_tokens=completion.prompt_tokens,
                            completion_tokens=completion.completion_tokens, cost_usd=completion.cost_usd,
-                           hits=prompt.memories, tier=tier, ttft_ms=ttft_ms)
-        if getattr(completion, "stopped", False) and not completion.text.strip() and not notices:
+                           hits=prompt.memories, tier=tier, ttft_ms=live.ttft_ms)
+        if getattr(completion, "stopped", False) and not completion.text.strip() and not live.notices:
             log.info("chat %s: the user stopped the answer to %s before it said anything", self.chat_id, ev.message_id)
             await self._record_usage(completion)  # the prompt was read: its tokens count
             answered()
             return
-        await note_delivery()
+        await live.note_delivery()
+        sent = await live.finish(await self._shown(completion, note))
+        await self._record(window, completion, prompt, sent)
+        answered(reply_text=completion.text, reply_id=sent.message_id)
+
+    async def _first_byte(self) -> None:
+        """Before the answer's first byte: its delivery noted, then its price debited (``_charge``)."""
+        await self.host.note_delivery(self.ev.message_id)
+        await self._charge()
+
+    def _llm_options(self, live: AnswerStream, tools: TurnTools | None) -> dict[str, Any]:
+        """``LLM.complete``'s options for this turn: the member's keys, the tools, the stream's stop event."""
+        keys = self.keys
+        extra: dict[str, Any] = {"api_keys": keys} if keys else {}  # (fakes of the LLM need not take it)
+        if tools is not None:
+            extra.update(tools=tools.specs, run_tool=tools.run, max_steps=tools.max_steps,
+                         tool_timeout_s=tools.timeout_s, tool_output_chars=tools.output_chars,
+                         on_tool_call=live.on_tool_call)
+        stop = getattr(live.stream, "stopped", None)  # a transport whose streams can be stopped by the user
+        if stop is not None:
+            extra["stop"] = stop
+        return extra
+
+    async def _shown(self, completion: Any, note: str | None) -> str:
+        """The answer as shown: under the downgrade ``note``, with the offline model's introduction."""
         shown = f"_{note}_\n\n{completion.text}" if note else completion.text
         try:
             shown = await self._with_offline_intro(shown, getattr(completion, "litellm_model", completion.model))
         except MemoryStoreError as exc:  # a full disk: the answer still leaves (its delivery is noted)
             log.error("chat %s: the offline model's introduction is not saved: %s", self.chat_id, exc)
-        sent = await stream.finish(head() + shown)
-        await self._record(window, completion, prompt, sent)
-        answered(reply_text=completion.text, reply_id=sent.message_id)
+        return shown
 
     async def _api_keys(self) -> dict[str, str]:
         """The member's own API keys, then the group's (``/key``); empty when none or /key is off."""

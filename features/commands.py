@@ -7,6 +7,7 @@ Group settings and destructive group actions are for group admins only (``Outbox
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import i18n
@@ -419,6 +420,8 @@ def _describe_settings(ctx: ChatContext) -> str:
 
 
 async def cmd_settings(ctx: ChatContext, ev: CommandEvent) -> None:
+    """``/settings``: this chat's settings; ``/settings <key> <value>`` changes one (a group's admins
+    only), ``default`` resets it; ``/settings timezone <zone>`` is the member's own."""
     key, _sep, value = ev.args.strip().partition(" ")
     if key.lower() == "timezone":  # the member's own setting (reminders, times): any member may set theirs
         await reminders.set_timezone(ctx, ev, value)
@@ -439,56 +442,103 @@ async def cmd_settings(ctx: ChatContext, ev: CommandEvent) -> None:
     setting: object  # the new value of ``key``: None (default) removes it, its default applies again
     if value.lower() in ("default", "reset", "none"):
         setting = None
-    elif key in ("always_on", "persist"):
-        if value.lower() not in ON | OFF:
-            await reply(ctx, ev, _("`/settings {key} on` or `/settings {key} off`.", key=key))
-            return
-        setting = value.lower() in ON
-    elif key == "persona" and not await _feature_allowed(ctx, ev, "custom_persona"):
-        return
-    elif key == "name" and value.lower() in OFF:
-        setting = None
-    elif key == "name":
-        name = " ".join(value.split())
-        if not await _feature_allowed(ctx, ev, "custom_name"):
-            return
-        if not name or len(name) > NAME_MAX or not any(c.isalnum() for c in name):
-            await reply(ctx, ev, _("`/settings name Jarvis`: a name of up to {max} characters that I answer to in this group; "
-                                   "`/settings name off` clears it.", max=NAME_MAX))
-            return
-        setting = name
-    elif key == "allowed_users":
-        try:
-            setting = sorted({int(x) for x in value.replace(";", ",").replace(" ", ",").split(",") if x.strip()})
-        except ValueError:
-            await reply(ctx, ev, _("`/settings allowed_users 12345, 67890` (user ids), or `/settings allowed_users default`."))
-            return
-    elif key in ("history", "reset"):
-        if value.lower() not in WHO:
-            await reply(ctx, ev, _("`/settings {key} admins` or `/settings {key} members`.", key=key))
-            return
-        setting = value.lower()
-    elif key == "language":
-        setting = _language_code(value)
-        if setting is None:
-            await reply(ctx, ev, _("`/settings language ru`: an ISO 639-1 code (en, ru, de…); I speak {languages} myself, "
-                                     "and the model answers in any.", languages=", ".join(i18n.available())))
-            return
-    elif key == "keywords":
-        setting = [k.strip() for k in value.replace(";", ",").split(",") if k.strip()]
-    elif key == "model":
-        if value not in ctx.svc.config.settings.models:
-            await reply(ctx, ev, _("Unknown model {model!r}. Models: {models}.", model=value, models=", ".join(ctx.svc.config.settings.models)))
-            return
-        setting = value
-    elif not value:
-        await reply(ctx, ev, _("Usage: `/settings {key} <value>`", key=key))
-        return
     else:
-        setting = value
+        setting = await _SETTING_PARSERS.get(key, _text_setting)(ctx, ev, key, value)
+        if setting is _REFUSED:
+            return
     new = ctx.settings.with_(**{key: setting})  # key is one of SETTINGS_KEYS: a ChatSettings field
     await ctx.save_chat_settings(new)
     await reply(ctx, ev, _("Saved. Settings of this chat:") + "\n" + _describe_settings(ctx))
+
+
+# Each setting's parser: ``value`` (stripped, not a reset) → the setting's new value, or _REFUSED after
+# saying why (a bad value, a tier without the feature).
+_REFUSED = object()
+
+
+async def _switch_setting(ctx: ChatContext, ev: CommandEvent, key: str, value: str) -> object:
+    """``always_on``, ``persist``: on or off."""
+    if value.lower() not in ON | OFF:
+        await reply(ctx, ev, _("`/settings {key} on` or `/settings {key} off`.", key=key))
+        return _REFUSED
+    return value.lower() in ON
+
+
+async def _persona_setting(ctx: ChatContext, ev: CommandEvent, key: str, value: str) -> object:
+    """``persona``: any text, with the tier's ``custom_persona``."""
+    if not await _feature_allowed(ctx, ev, "custom_persona"):
+        return _REFUSED
+    return await _text_setting(ctx, ev, key, value)
+
+
+async def _name_setting(ctx: ChatContext, ev: CommandEvent, key: str, value: str) -> object:
+    """``name``: a name with a letter or digit, up to ``NAME_MAX`` characters, with the tier's
+    ``custom_name``; ``off`` clears it."""
+    if value.lower() in OFF:
+        return None
+    name = " ".join(value.split())
+    if not await _feature_allowed(ctx, ev, "custom_name"):
+        return _REFUSED
+    if not name or len(name) > NAME_MAX or not any(c.isalnum() for c in name):
+        await reply(ctx, ev, _("`/settings name Jarvis`: a name of up to {max} characters that I answer to in this group; "
+                               "`/settings name off` clears it.", max=NAME_MAX))
+        return _REFUSED
+    return name
+
+
+async def _users_setting(ctx: ChatContext, ev: CommandEvent, key: str, value: str) -> object:
+    """``allowed_users``: user ids, separated by commas, semicolons or spaces (sorted, each once)."""
+    try:
+        return sorted({int(x) for x in value.replace(";", ",").replace(" ", ",").split(",") if x.strip()})
+    except ValueError:
+        await reply(ctx, ev, _("`/settings allowed_users 12345, 67890` (user ids), or `/settings allowed_users default`."))
+        return _REFUSED
+
+
+async def _who_setting(ctx: ChatContext, ev: CommandEvent, key: str, value: str) -> object:
+    """``history``, ``reset``: who may use those commands in a group (one of ``WHO``)."""
+    if value.lower() not in WHO:
+        await reply(ctx, ev, _("`/settings {key} admins` or `/settings {key} members`.", key=key))
+        return _REFUSED
+    return value.lower()
+
+
+async def _language_setting(ctx: ChatContext, ev: CommandEvent, key: str, value: str) -> object:
+    """``language``: an ISO 639-1 code."""
+    setting = _language_code(value)
+    if setting is None:
+        await reply(ctx, ev, _("`/settings language ru`: an ISO 639-1 code (en, ru, de…); I speak {languages} myself, "
+                                 "and the model answers in any.", languages=", ".join(i18n.available())))
+        return _REFUSED
+    return setting
+
+
+async def _keywords_setting(ctx: ChatContext, ev: CommandEvent, key: str, value: str) -> object:
+    """``keywords``: words separated by commas or semicolons (none: the chat has no keywords)."""
+    return [k.strip() for k in value.replace(";", ",").split(",") if k.strip()]
+
+
+async def _model_setting(ctx: ChatContext, ev: CommandEvent, key: str, value: str) -> object:
+    """``model``: one of the configured models' aliases."""
+    if value not in ctx.svc.config.settings.models:
+        await reply(ctx, ev, _("Unknown model {model!r}. Models: {models}.", model=value, models=", ".join(ctx.svc.config.settings.models)))
+        return _REFUSED
+    return value
+
+
+async def _text_setting(ctx: ChatContext, ev: CommandEvent, key: str, value: str) -> object:
+    """Any other setting: its text, which must not be empty."""
+    if not value:
+        await reply(ctx, ev, _("Usage: `/settings {key} <value>`", key=key))
+        return _REFUSED
+    return value
+
+
+_SETTING_PARSERS: dict[str, Callable[[ChatContext, CommandEvent, str, str], Awaitable[object]]] = {
+    "always_on": _switch_setting, "persist": _switch_setting, "persona": _persona_setting, "name": _name_setting,
+    "allowed_users": _users_setting, "history": _who_setting, "reset": _who_setting, "language": _language_setting,
+    "keywords": _keywords_setting, "model": _model_setting,
+}
 
 
 # ---------------------------------------------------------------------- buttons

@@ -40,8 +40,9 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 
@@ -60,6 +61,9 @@ from tiers.admission import Admit
 from tiers.quotas import MAX_IMAGES, images_per_request
 
 from .credits import upgrade_buttons
+
+if TYPE_CHECKING:
+    from providers.images import GeneratedImage
 
 __all__ = ["DESCRIPTION_TOKENS", "EXTRACT_CHARS", "FEATURE_OF", "MAX_IMAGES", "SHOWN_CHARS", "VOICE_KINDS", "ImageReply", "asks_something",
            "cmd_image", "draw", "generate_image", "image_prompt", "image_usage", "make_images", "split_count",
@@ -350,23 +354,49 @@ async def make_images(ctx: ChatContext, kind: str, to: ImageReply, *, prompt: st
     ``image_generation`` gates all three. Each image is recorded (``usage.kind = 'image'``, counted
     against ``images_per_day``) and those past the quota are debited at ``prices.per_image``. Nothing
     is downloaded or generated for a refusal. Returns True when a photo was sent."""
-    from providers.errors import ContentRefused
-
-    chat_id, message_id, user_id, thread_id = to
-    svc = ctx.svc
-    gen = getattr(svc, "images", None)
-    models = svc.config.settings.image_models
-
-    async def say(text: str, billing: bool = False) -> None:
-        rows = upgrade_buttons(ctx) if billing else None
-        if rows:
-            await ctx.outbox.send_buttons(chat_id, text, rows, reply_to=message_id, thread_id=thread_id)
-        else:
-            await ctx.outbox.send(chat_id, text, reply_to=message_id, thread_id=thread_id)
-
+    gen = getattr(ctx.svc, "images", None)
+    models = ctx.svc.config.settings.image_models
     if gen is None or not models:
-        await say(_("Drawing images is not set up on this bot (no image model in kith.yaml)."))
+        await _say(ctx, to, _("Drawing images is not set up on this bot (no image model in kith.yaml)."))
         return False
+    budget = await _image_budget(ctx, to, n, models)
+    if budget is None:
+        return False
+    sources = await _image_sources(ctx, to, kind, photo, mask)
+    if sources is None:
+        return False
+    imgs = await _generate_images(ctx, to, gen, kind, budget, prompt, *sources)
+    if imgs is None:
+        return False
+    await _deliver_images(ctx, to, kind, prompt, imgs[:budget.n], budget)
+    return True
+
+
+class _ImageBudget(NamedTuple):
+    """What one image request may make: ``n`` images with model ``alias``, the first ``free`` of them
+    within the quota, admitted by ``verdict`` (None without admission); ``notes`` say what was cut."""
+
+    alias: str
+    n: int
+    free: int
+    verdict: Admit | None
+    notes: list[str]
+
+
+async def _say(ctx: ChatContext, to: ImageReply, text: str, billing: bool = False) -> None:
+    """``text`` in reply to ``to``; with ``billing``, under the upgrade buttons when any are sold."""
+    rows = upgrade_buttons(ctx) if billing else None
+    if rows:
+        await ctx.outbox.send_buttons(to.chat_id, text, rows, reply_to=to.message_id, thread_id=to.thread_id)
+    else:
+        await ctx.outbox.send(to.chat_id, text, reply_to=to.message_id, thread_id=to.thread_id)
+
+
+async def _image_budget(ctx: ChatContext, to: ImageReply, n: int, models: Mapping[str, Any]) -> _ImageBudget | None:
+    """``n`` images cut to the tier's ``images_per_request`` and to what the day's quota (and credits)
+    admit, and the tier's image model when it is one of ``models``; None (refusal said) when none is."""
+    chat_id, user_id = to.chat_id, to.user_id
+    svc = ctx.svc
     alias = next(iter(models))
     asked = max(1, min(n, MAX_IMAGES))
     count, free, verdict, notes = asked, asked, None, []
@@ -386,55 +416,78 @@ async def make_images(ctx: ChatContext, kind: str, to: ImageReply, *, prompt: st
         allowed = await adm.admit_images(chat_id, user_id, asked)
         verdict = allowed.admit
         if allowed.count == 0:
-            await say(with_support(svc, verdict.refusal or _("Sorry, I can't draw right now.")), billing=verdict.reason in ("feature", "quota", "credits"))
-            return False
+            await _say(ctx, to, with_support(svc, verdict.refusal or _("Sorry, I can't draw right now.")),
+                       billing=verdict.reason in ("feature", "quota", "credits"))
+            return None
         count, free = allowed.count, allowed.free
         if count < asked:
             notes.append(ngettext("Today's images leave room for {n} of them.", "Today's images leave room for {n} of them.",
                                   count, n=number(count)))
         tier_model = tiers.tiers[verdict.tier].image_model
-        if tier_model in models:
+        if tier_model is not None and tier_model in models:
             alias = tier_model
-    source = mask_data = None
-    if kind != "draw":
-        try:
-            source = await _download(photo) if photo is not None else None
-            mask_data = await _download(mask) if mask is not None else None
-        except ActorError as exc:
-            log.warning("chat %s: the photo to %s was not downloaded: %s", chat_id, kind, exc)
-            await say(_("I couldn't download that photo; please send it again."))
-            return False
-        if source is None:
-            await say(_("Reply to a photo to edit it or make variations of it."))
-            return False
+    return _ImageBudget(alias, count, free, verdict, notes)
+
+
+async def _image_sources(ctx: ChatContext, to: ImageReply, kind: str, photo: Media | None,
+                         mask: Media | None) -> tuple[bytes | None, bytes | None] | None:
+    """(the photo, the mask) downloaded for an edit or variations — (None, None) to draw — or None
+    (said) when the photo is missing or does not download."""
+    if kind == "draw":
+        return None, None
+    try:
+        source = await _download(photo) if photo is not None else None
+        mask_data = await _download(mask) if mask is not None else None
+    except ActorError as exc:
+        log.warning("chat %s: the photo to %s was not downloaded: %s", to.chat_id, kind, exc)
+        await _say(ctx, to, _("I couldn't download that photo; please send it again."))
+        return None
+    if source is None:
+        await _say(ctx, to, _("Reply to a photo to edit it or make variations of it."))
+        return None
+    return source, mask_data
+
+
+async def _generate_images(ctx: ChatContext, to: ImageReply, gen: Any, kind: str, budget: _ImageBudget, prompt: str,
+                           source: bytes | None, mask_data: bytes | None) -> list[GeneratedImage] | None:
+    """The images from the provider, or None (said) when it refuses the content or fails."""
+    from providers.errors import ContentRefused
+
+    alias, count = budget.alias, budget.n
     try:
         if kind == "edit":
             assert source is not None
-            imgs = await gen.edit(alias, source, prompt, mask=mask_data, n=count)
+            imgs: list[GeneratedImage] = await gen.edit(alias, source, prompt, mask=mask_data, n=count)
         elif kind == "variations":
             assert source is not None
             imgs = await gen.variations(alias, source, n=count)
         else:
             imgs = await gen.generate_many(alias, prompt, count)
     except ContentRefused as exc:
-        await say(exc.user_message)
-        return False
+        await _say(ctx, to, exc.user_message)
+        return None
     except ProviderError as exc:
-        log.warning("chat %s: image %s failed: %s", chat_id, kind, exc)
-        await say(with_support(svc, exc.user_message))
-        return False
-    imgs = imgs[:count]
+        log.warning("chat %s: image %s failed: %s", to.chat_id, kind, exc)
+        await _say(ctx, to, with_support(ctx.svc, exc.user_message))
+        return None
+    return imgs
+
+
+async def _deliver_images(ctx: ChatContext, to: ImageReply, kind: str, prompt: str, imgs: list[GeneratedImage],
+                          budget: _ImageBudget) -> None:
+    """Record and charge ``imgs``, say the budget's notes, then send each image as a captioned photo."""
+    chat_id, message_id, user_id, thread_id = to
+    svc = ctx.svc
     for img in imgs:
         svc.record_usage(UsageRecord(svc.clock(), chat_id, user_id, "image", img.model, 0, 0, img.cost_usd, img.latency_ms, images=1))
-    await _charge(ctx, verdict, "image", chat_id=chat_id, message_id=message_id, user_id=user_id,
-                  units=max(0, len(imgs) - free))
-    if notes:
-        await say(" ".join(notes))
+    await _charge(ctx, budget.verdict, "image", chat_id=chat_id, message_id=message_id, user_id=user_id,
+                  units=max(0, len(imgs) - budget.free))
+    if budget.notes:
+        await _say(ctx, to, " ".join(budget.notes))
     mark = {"draw": "🎨", "edit": "✏️", "variations": "🔁"}.get(kind, "🎨")
     for i, img in enumerate(imgs, 1):  # the Outbox has no album (media group): one photo each
         caption = f"{mark} {prompt}".strip() + (f" ({i}/{len(imgs)})" if len(imgs) > 1 else "")
         await ctx.outbox.send_photo(chat_id, img.data, caption=caption[:1000], reply_to=message_id, thread_id=thread_id)
-    return True
 
 
 async def draw(ctx: ChatContext, ev: Incoming) -> bool:

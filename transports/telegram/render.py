@@ -13,6 +13,7 @@ import bisect
 import itertools
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyrogram import enums, types
@@ -118,21 +119,20 @@ def split(part: Part, limit: int = MAX_MESSAGE_UNITS, *, drop_blank: bool = True
     if limit < 2:
         raise ValueError("limit must be at least 2 UTF-16 units")
     text = part.text
-    n = len(text)
     offs = _offsets(text)
-
-    def u(i: int) -> int:
-        return i if offs is None else offs[i]
-
-    total = u(n)
+    total = len(text) if offs is None else offs[len(text)]
     if total <= limit:
         return [part] if text.strip() or not drop_blank else []
+    cutter = _Cutter(text, offs, _inside_entities(part.entities, total), limit)
+    return _clip_parts(part, [0, *cutter.cuts(), len(text)], cutter.u, drop_blank)
 
-    # units strictly inside some entity (a cut there would break it): difference array over unit positions
+
+def _inside_entities(entities: tuple[Entity, ...], total: int) -> bytearray:
+    """Flag per unit position 0..``total``: 1 when strictly inside some entity (a cut there would break it)."""
     inside = bytearray(total + 1)
-    if part.entities:
+    if entities:  # a difference array over unit positions
         marks = [0] * (total + 2)
-        for e in part.entities:
+        for e in entities:
             a, b = e.offset + 1, min(e.offset + e.length, total + 1)
             if a < b:
                 marks[a] += 1
@@ -141,16 +141,59 @@ def split(part: Part, limit: int = MAX_MESSAGE_UNITS, *, drop_blank: bool = True
         for pos in range(total + 1):
             run += marks[pos]
             inside[pos] = 1 if run > 0 else 0
+    return inside
 
-    def max_end(start: int) -> int:
+
+class _Cutter:
+    """Where ``split`` cuts ``text``: character indices, chosen by the preference ``split`` describes."""
+
+    __slots__ = ("inside", "limit", "offs", "text")
+
+    def __init__(self, text: str, offs: list[int] | None, inside: bytearray, limit: int) -> None:
+        self.text, self.offs, self.inside, self.limit = text, offs, inside, limit
+
+    def u(self, i: int) -> int:
+        """UTF-16 offset of character index ``i``."""
+        return i if self.offs is None else self.offs[i]
+
+    def cuts(self) -> list[int]:
+        """The cut indices, ascending; every piece between them fits in ``limit`` units."""
+        total = self.u(len(self.text))
+        cuts: list[int] = []
+        start = 0
+        while total - self.u(start) > self.limit:
+            start = self.cut_after(start)
+            cuts.append(start)
+        return cuts
+
+    def cut_after(self, start: int) -> int:
+        """The next cut after ``start``: the best boundary in the window, else a hard cut."""
+        hi = self.max_end(start)
+        cut = None
+        for lo in (start + (hi - start) // 2, start):
+            for respect in (True, False):
+                for sep in _LEVELS:
+                    cut = self.find(start, lo, hi, sep, respect)
+                    if cut is not None:
+                        break
+                if cut is not None:
+                    break
+            if cut is not None:
+                break
+        if cut is None or cut <= start:
+            cut = max(hi, start + 1)  # hard cut (characters, never inside a surrogate pair)
+        return cut
+
+    def max_end(self, start: int) -> int:
         """Largest character index e with units(start..e) ≤ limit."""
-        budget = u(start) + limit
-        if offs is None:
-            return min(n, budget)
-        return bisect.bisect_right(offs, budget) - 1
+        budget = self.u(start) + self.limit
+        if self.offs is None:
+            return min(len(self.text), budget)
+        return bisect.bisect_right(self.offs, budget) - 1
 
-    def find(start: int, lo: int, hi: int, sep: str, respect: bool) -> int | None:
+    def find(self, start: int, lo: int, hi: int, sep: str, respect: bool) -> int | None:
         """Rightmost cut p in (lo, hi] right after ``sep`` (not inside an entity when ``respect``)."""
+        text, inside, u = self.text, self.inside, self.u
         end = hi
         while True:
             i = text.rfind(sep, max(start, lo - len(sep) + 1), end)
@@ -166,28 +209,11 @@ def split(part: Part, limit: int = MAX_MESSAGE_UNITS, *, drop_blank: bool = True
                 return p
             end = i + len(sep) - 1
 
-    cuts: list[int] = []
-    start = 0
-    while total - u(start) > limit:
-        hi = max_end(start)
-        cut = None
-        for lo in (start + (hi - start) // 2, start):
-            for respect in (True, False):
-                for sep in _LEVELS:
-                    cut = find(start, lo, hi, sep, respect)
-                    if cut is not None:
-                        break
-                if cut is not None:
-                    break
-            if cut is not None:
-                break
-        if cut is None or cut <= start:
-            cut = max(hi, start + 1)  # hard cut (characters, never inside a surrogate pair)
-        cuts.append(cut)
-        start = cut
 
+def _clip_parts(part: Part, bounds: list[int], u: Callable[[int], int], drop_blank: bool) -> list[Part]:
+    """``part`` cut at ``bounds`` (character indices), each piece with its entities clipped and re-based."""
+    text = part.text
     parts: list[Part] = []
-    bounds = [0, *cuts, n]
     for a, b in itertools.pairwise(bounds):
         chunk = text[a:b]
         if drop_blank and not chunk.strip():

@@ -219,52 +219,27 @@ def message_to_event(message: Any, bot: BotIdentity, *, sent_by_bot: Callable[[i
     sender = sender_of(message)
     if sender is None or sender.user_id == bot.user_id:
         return None
-    payment = message.successful_payment
-    if payment is not None:
-        return PaymentEvent(
-            chat_id=message.chat.id,
-            message_id=message.id,
-            sender=sender,
-            charge_id=payment.telegram_payment_charge_id or "",
-            payload=_text(payment.invoice_payload),
-            total_amount=int(payment.total_amount),
-            currency=payment.currency,
-            date=to_utc(message.date),
-            subscription_until=to_utc(until) if (until := payment.subscription_expiration_date) is not None else None,
-            renewal=bool(payment.is_recurring) and not payment.is_first_recurring,
-        )
-    text = message.text
-    entities = message.entities
-    media = None
-    if text is None:
-        text, entities = message.caption, message.caption_entities
-        media = media_of(message, client)
-        if text is None and media is None:
-            text = shared_text(message)  # a poll, a location, a contact: kept as text
-    if text is None and media is None:
+    if message.successful_payment is not None:
+        return _payment_event(message, sender)
+    content = _content_of(message, client)
+    if content is None:
         return None
-    text = str(text or "")
+    text, entities, media = content
     chat_id = message.chat.id
     thread_id = thread_of(message)
     date = to_utc(message.date)
     title = message.chat.title if chat_type != "private" else None
     replied = message.reply_to_message
     reply_media = media_of(replied, client) if replied is not None else None
-    if text.startswith("/") and (message.text is not None or media is not None):
-        cmd = parse_command(text, bot.username)
-        if cmd is False and message.text is not None:
-            return None
-        if isinstance(cmd, tuple) and (message.text is not None or cmd[0] in CAPTION_COMMANDS):
-            replied_to = replied.from_user if replied is not None else None
-            return CommandEvent(chat_id, chat_type, message.id, sender, cmd[0], cmd[1], date, thread_id=thread_id, chat_title=title,
-                                reply_to_user=replied_to.id if replied_to is not None and not replied_to.is_bot else None,
-                                media=media, reply_media=reply_media)
-    reply_to = message.reply_to_message_id
-    if thread_id is not None and reply_to == thread_id and not message.reply_to_top_message_id:
-        reply_to = None  # a plain message in a topic "replies" to the topic's first message
-    reply_to_bot = reply_to is not None and (
-        (replied is not None and replied.from_user is not None and replied.from_user.id == bot.user_id) or sent_by_bot(chat_id, reply_to)
-    )
+    cmd = _command_of(message, text, media, bot.username)
+    if cmd is False:
+        return None
+    if isinstance(cmd, tuple):
+        replied_to = replied.from_user if replied is not None else None
+        return CommandEvent(chat_id, chat_type, message.id, sender, cmd[0], cmd[1], date, thread_id=thread_id, chat_title=title,
+                            reply_to_user=replied_to.id if replied_to is not None and not replied_to.is_bot else None,
+                            media=media, reply_media=reply_media)
+    reply_to, reply_to_bot = _reply_of(message, thread_id, bot, sent_by_bot)
     return Incoming(
         chat_id=chat_id,
         chat_type=chat_type,
@@ -280,6 +255,67 @@ def message_to_event(message: Any, bot: BotIdentity, *, sent_by_bot: Callable[[i
         media=media,
         reply_media=reply_media,
     )
+
+
+def _payment_event(message: Any, sender: Sender) -> PaymentEvent:
+    """A successful payment message (``message.successful_payment``) → ``PaymentEvent``."""
+    payment = message.successful_payment
+    return PaymentEvent(
+        chat_id=message.chat.id,
+        message_id=message.id,
+        sender=sender,
+        charge_id=payment.telegram_payment_charge_id or "",
+        payload=_text(payment.invoice_payload),
+        total_amount=int(payment.total_amount),
+        currency=payment.currency,
+        date=to_utc(message.date),
+        subscription_until=to_utc(until) if (until := payment.subscription_expiration_date) is not None else None,
+        renewal=bool(payment.is_recurring) and not payment.is_first_recurring,
+    )
+
+
+def _content_of(message: Any, client: Any) -> tuple[str, Any, Media | None] | None:
+    """(text, its entities, file) of ``message``: its text; else its caption and file; else a poll, a
+    location or a contact as text (``shared_text``). None when it has none of them."""
+    text = message.text
+    entities = message.entities
+    media = None
+    if text is None:
+        text, entities = message.caption, message.caption_entities
+        media = media_of(message, client)
+        if text is None and media is None:
+            text = shared_text(message)  # a poll, a location, a contact: kept as text
+    if text is None and media is None:
+        return None
+    return str(text or ""), entities, media
+
+
+def _command_of(message: Any, text: str, media: Media | None, bot_username: str | None) -> tuple[str, str] | bool | None:
+    """The command ``message`` is, (name, args); False when it is dropped (a text command for another
+    bot); None when it is not a command (an ``Incoming``: a captioned file is a command only for
+    ``CAPTION_COMMANDS``)."""
+    if not (text.startswith("/") and (message.text is not None or media is not None)):
+        return None
+    cmd = parse_command(text, bot_username)
+    if cmd is False and message.text is not None:
+        return False
+    if isinstance(cmd, tuple) and (message.text is not None or cmd[0] in CAPTION_COMMANDS):
+        return cmd
+    return None
+
+
+def _reply_of(message: Any, thread_id: int | None, bot: BotIdentity, sent_by_bot: Callable[[int, int], bool]) -> tuple[int | None, bool]:
+    """(the message ``message`` replies to, whether the bot sent that one). A plain message in a forum
+    topic replies to nothing (Telegram has it reply to the topic's first message)."""
+    reply_to = message.reply_to_message_id
+    if thread_id is not None and reply_to == thread_id and not message.reply_to_top_message_id:
+        reply_to = None  # a plain message in a topic "replies" to the topic's first message
+    replied = message.reply_to_message
+    reply_to_bot = reply_to is not None and (
+        (replied is not None and replied.from_user is not None and replied.from_user.id == bot.user_id)
+        or sent_by_bot(message.chat.id, reply_to)
+    )
+    return reply_to, reply_to_bot
 
 
 def callback_to_event(query: Any) -> ButtonPress | None:
