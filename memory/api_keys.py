@@ -46,7 +46,7 @@ class ApiKeyStore(SqlDomainStore):
         rows = await self._query(
             f"SELECT provider, hint, {self._us('updated_at')} FROM api_keys WHERE scope = ? AND scope_id = ?"
             " ORDER BY provider", [scope, scope_id])
-        return [(p, h, ts(t)) for p, h, t in rows]  # type: ignore[misc]
+        return [(p, h, ts(t)) for p, h, t in rows]
 
     async def delete(self, scope: str, scope_id: int, provider: str | None = None) -> int:
         """Delete the scope's key for ``provider`` (every key of the scope when None); how many."""

@@ -35,7 +35,7 @@ class BillingStore(SqlDomainStore):
         rows = await self._query(
             f"SELECT scope, scope_id, tier, {self._us('expires_at')}, source, {self._us('updated_at')}, renews, charge_id"
             " FROM subscriptions ORDER BY scope, scope_id")
-        return [SubscriptionRecord(scope, int(scope_id), tier, ts(expires), source, ts(updated),  # type: ignore[arg-type]
+        return [SubscriptionRecord(scope, int(scope_id), tier, ts(expires), source, ts(updated),
                                    None if renews is None else bool(renews), charge_id)
                 for scope, scope_id, tier, expires, source, updated, renews, charge_id in rows]
 
@@ -89,7 +89,7 @@ class BillingStore(SqlDomainStore):
         return _payment(rows[0]) if rows else None
 
 
-def _payment(r: tuple) -> PaymentRecord:
+def _payment(r: tuple[Any, ...]) -> PaymentRecord:
     """A row of ``BillingStore._payments_select`` as a ``PaymentRecord``."""
     return PaymentRecord(r[0], int(r[1]), int(r[2]), r[3], r[4], int(r[5]), int(r[6]), r[7], r[8], int(r[9]),
-                         ts(r[10]))  # type: ignore[arg-type]
+                         ts(r[10]))

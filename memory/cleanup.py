@@ -15,7 +15,7 @@ only ``request`` a check. Limits of -1 mean unlimited.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -146,7 +146,7 @@ async def _memories_held(memory: Memory, scope: str, scope_id: int) -> dict[int,
     return {chat_id: set(ids) & await memory.vectors.message_ids(chat_id) for chat_id, ids in _by_chat(rows).items()}
 
 
-def _by_chat(rows) -> dict[int, list[int]]:
+def _by_chat(rows: Iterable[tuple[int, int]]) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
     for chat_id, message_id in rows:
         out.setdefault(chat_id, []).append(message_id)
@@ -189,7 +189,7 @@ class Janitor:
             self._owner = stack.pop_all()
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self._closed = True
         self._wakeup.set()
         assert self._tg is not None

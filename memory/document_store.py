@@ -96,7 +96,7 @@ class DocumentStore(SqlDomainStore):
         or deleted between pages neither repeat nor skip the others."""
         async for rows in keyset_pages(self._query, _CHUNKS_SELECT.format(date=self._us("d.date")),
                                        [("c.chat_id", chat_id)], ("c.chat_id", "c.message_id", "c.chunk"), batch, ph="?"):
-            yield [DocumentChunk(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], ts(r[9])) for r in rows]  # type: ignore[arg-type]
+            yield [DocumentChunk(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], ts(r[9])) for r in rows]
 
     async def list(self, chat_id: int | None = None) -> builtins.list[DocumentInfo]:
         """The documents read into memory (of one chat, or all), oldest first (by date, then chat and
@@ -105,4 +105,4 @@ class DocumentStore(SqlDomainStore):
         if chat_id is not None:
             sql, params = sql + " WHERE chat_id = ?", [chat_id]
         rows = await self._query(sql + " ORDER BY date, chat_id, message_id", params)
-        return [DocumentInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], ts(r[10])) for r in rows]  # type: ignore[arg-type]
+        return [DocumentInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], ts(r[10])) for r in rows]

@@ -8,18 +8,31 @@ their file and page, so recall cites ``report.pdf, p. 3``.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
 from .types import DocumentChunk, DocumentInfo
 
-__all__ = ["DocumentReader", "document_summary", "ingest_document", "read_document"]
+if TYPE_CHECKING:  # types only: providers.documents imports pypdf and docx (slow)
+    from providers.documents import Chunk, Extracted
+
+
+__all__ = ["DocumentReader", "DocumentSink", "document_summary", "ingest_document", "read_document"]
 
 log = logging.getLogger(__name__)
 
 
-def read_document(data: bytes, file_name: str, mime_type: str | None, max_chars: int, max_pages: int):
+class DocumentSink(Protocol):
+    """Where ``ingest_document`` keeps a document (``memory.service.Memory``)."""
+
+    async def remember_document(self, info: DocumentInfo, chunks: list[DocumentChunk]) -> None: ...
+
+
+def read_document(data: bytes, file_name: str, mime_type: str | None, max_chars: int,
+                  max_pages: int) -> tuple[Extracted, list[Chunk]]:
     """Extract and chunk a document: ``(providers.documents.Extracted, [providers.documents.Chunk])``.
     Blocking and CPU-bound pure Python (pypdf): ``DocumentReader`` runs it in a worker *process*, so
     a big PDF does not hold the GIL against every other chat. raises providers.errors.DocumentError."""
@@ -40,12 +53,12 @@ class DocumentReader:
 
     def __init__(self, *, processes: bool = True) -> None:
         self.processes = processes
-        self._pool = None
+        self._pool: ProcessPoolExecutor | None = None
 
     async def __aenter__(self) -> DocumentReader:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -54,15 +67,15 @@ class DocumentReader:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(lambda: pool.shutdown(wait=True, cancel_futures=True))
 
-    def _executor(self):
+    def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
 
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
         return self._pool
 
-    async def read(self, data: bytes, file_name: str, mime_type: str | None, *, max_chars: int, max_pages: int):
+    async def read(self, data: bytes, file_name: str, mime_type: str | None, *, max_chars: int,
+                   max_pages: int) -> tuple[Extracted, list[Chunk]]:
         """``read_document`` off the event loop. raises providers.errors.DocumentError."""
         from concurrent.futures.process import BrokenProcessPool
 
@@ -82,7 +95,7 @@ class DocumentReader:
         return await anyio.to_thread.run_sync(read_document, *args)
 
 
-async def ingest_document(memory, *, chat_id: int, message_id: int, user_id: int, user_name: str, date: datetime,
+async def ingest_document(memory: DocumentSink, *, chat_id: int, message_id: int, user_id: int, user_name: str, date: datetime,
                           file_name: str, mime_type: str | None, data: bytes, max_chars: int = 1200,
                           max_pages: int = 2000) -> DocumentInfo:
     """Read ``data`` (the file sent as message ``message_id`` of chat ``chat_id``) into that chat's

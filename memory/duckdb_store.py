@@ -42,7 +42,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import duckdb
@@ -59,6 +59,8 @@ from .types import (
     UsageRecord,
 )
 from .write_behind import Batch, Journal, WriteBehind, load_unsaved, save_unsaved, unsaved_files
+
+T = TypeVar("T")
 
 __all__ = ["NEW_DATABASE_BYTES", "DuckDBStore"]
 
@@ -153,7 +155,7 @@ class DuckDBStore(QueuedStore, DomainStores):
         await self._start_writer(self._close)
         return self
 
-    async def __aexit__(self, *exc) -> bool | None:
+    async def __aexit__(self, *exc: Any) -> bool | None:
         return await self._stop_writer(exc, self._close)
 
     async def _close(self) -> None:
@@ -314,7 +316,7 @@ class DuckDBStore(QueuedStore, DomainStores):
         batch.clear()
 
     @staticmethod
-    def _insert_arrow(con, table: str, tbl: pa.Table) -> None:
+    def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, tbl: pa.Table) -> None:
         name = f"_kith_{table}_batch"
         con.register(name, tbl)
         try:
@@ -322,7 +324,7 @@ class DuckDBStore(QueuedStore, DomainStores):
         finally:
             con.unregister(name)
 
-    def _write_rows_sync(self, con, batch: Batch, usage: str = "usage") -> None:
+    def _write_rows_sync(self, con: duckdb.DuckDBPyConnection, batch: Batch, usage: str = "usage") -> None:
         for attr, sql, params in (
             ("messages", _INSERT_ROW["messages"], _message_params),
             ("usage", _INSERT_ROW[usage], _usage_params),
@@ -364,7 +366,7 @@ class DuckDBStore(QueuedStore, DomainStores):
             raise MemoryStoreError("the dialogue store is not open")
         return self._con
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if not self._open:
             raise MemoryStoreError("the dialogue store is not open")
         try:
@@ -374,8 +376,8 @@ class DuckDBStore(QueuedStore, DomainStores):
                 raise self._disk_full(exc, self.pending) from exc
             raise
 
-    async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        def run() -> list[tuple]:
+    async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        def run() -> list[tuple[Any, ...]]:
             return self._conn().execute(sql, list(params)).fetchall()
 
         return await self._run(run)
@@ -393,20 +395,20 @@ class DuckDBStore(QueuedStore, DomainStores):
         """DuckDB's spellings of times for the per-domain stores' SQL (``memory.sql_domain``)."""
         return DUCKDB
 
-    async def sql_query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    async def sql_query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement (``?`` placeholders), committed on return (autocommit); its rows ([] for
         none). For the per-domain stores (``memory.sql_domain``). raises duckdb.Error; DiskFull."""
         return await self._query(sql, params)
 
     async def sql_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]], *,
-                              lock: str | None = None) -> list[list[tuple]]:
+                              lock: str | None = None) -> list[list[tuple[Any, ...]]]:
         """Run ``statements`` (SQL with ``?`` placeholders, and their parameters) in one transaction,
         committed before it returns; each statement's rows ([] for none). For the small per-domain
         stores of this package (``memory.reminders``), whose one SQL text runs on both backends; not
         part of the ``DialogueStore`` contract. ``lock`` is for PostgreSQL's several processes: one
         process owns a DuckDB file, and its transactions on this connection already run one at a
         time. raises duckdb.Error (the transaction rolled back)."""
-        def run() -> list[list[tuple]]:
+        def run() -> list[list[tuple[Any, ...]]]:
             con = self._conn()
             con.execute("BEGIN TRANSACTION")
             try:
@@ -535,13 +537,13 @@ class DuckDBStore(QueuedStore, DomainStores):
         return chat_id in self._chat_rows
 
 
-    async def stats(self) -> dict:
+    async def stats(self) -> dict[str, Any]:
         """``{"chats", "users", "messages", "usage", "recalls"}`` row counts, ``"file_bytes"`` (the
         database file plus its WAL), ``"schema_version"``, and the writer counters ``"commits"``,
         ``"rows_written"``, ``"dropped_rows"``, ``"pending"``."""
         await self._queue.sync()
 
-        def run() -> tuple[tuple, int]:
+        def run() -> tuple[tuple[Any, ...], int]:
             row = self._conn().execute(
                 "SELECT (SELECT count(*) FROM chats), (SELECT count(*) FROM users), (SELECT count(*) FROM messages),"
                 " (SELECT count(*) FROM usage), (SELECT count(*) FROM recalls)"

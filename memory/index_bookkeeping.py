@@ -94,5 +94,5 @@ class IndexBookkeeping(SqlDomainStore):
             " sum(messages), sum(memories) FROM cleanups" + only +
             " GROUP BY chat_id, scope, scope_id, tier, limit_name, limit_value ORDER BY chat_id, max(cleaned_at)",
             params)
-        return [CleanupRecord(int(c), ts(at), sc, int(sid), t, ln, int(lv), int(m), int(mm))  # type: ignore[arg-type]
+        return [CleanupRecord(int(c), ts(at), sc, int(sid), t, ln, int(lv), int(m), int(mm))
                 for c, at, sc, sid, t, ln, lv, m, mm in rows]

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 
 import anyio
+import numpy as np
 
 from providers.embedder import BulkEmbedder
 
@@ -33,7 +34,7 @@ __all__ = ["OPTIMIZE_AFTER_APPENDS", "OPTIMIZE_ON_DRAIN_ROWS", "OPTIMIZE_WHEN_ID
 Item = StoredMessage | DocumentChunk  # what the indexer embeds: a message, or a chunk of a document
 
 
-def memory_row(item: Item, vector) -> MemoryRow:
+def memory_row(item: Item, vector: np.ndarray) -> MemoryRow:
     """The vector-memory row of a message or of a document chunk (with its provenance)."""
     if isinstance(item, DocumentChunk):
         return MemoryRow(chat_id=item.chat_id, message_id=item.memory_id, user_id=item.user_id, user_name=item.user_name,
@@ -113,7 +114,7 @@ class Indexer:
             self._owner = stack.pop_all()
         return self
 
-    async def __aexit__(self, *exc) -> bool | None:
+    async def __aexit__(self, *exc: object) -> bool | None:
         """Drain: everything queued is embedded and appended (and a running optimize finishes)."""
         self._closed = True
         self._flush_target = self._submitted

@@ -28,6 +28,7 @@ from typing import Protocol
 import anyio
 
 from .errors import DiskFull
+from .indexer import Indexer
 from .service import Memory
 from .store import DialogueStore
 from .types import ROLE_USER, is_chunk_id
@@ -137,7 +138,7 @@ class GapFiller:
             self._owner = stack.pop_all()
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
         await self._owner.aclose()
@@ -210,7 +211,7 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
     return written
 
 
-async def _embed_chats(memory: Memory, indexer, chats: list[int], on_progress: Callable[[int], None]) -> int:
+async def _embed_chats(memory: Memory, indexer: Indexer, chats: list[int], on_progress: Callable[[int], None]) -> int:
     written = 0
     for cid in chats:
         evicted = await memory.store.index.evicted_ids(cid)

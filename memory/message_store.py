@@ -209,4 +209,4 @@ class MessageStore(SqlDomainStore):
 
 def _message(r: Sequence[Any]) -> StoredMessage:
     """A row of ``_COLS`` (the date as µs since the epoch) as a ``StoredMessage``."""
-    return StoredMessage(r[0], r[1], r[2], r[3], r[4], ts(r[5]), r[6], r[7], r[8], bool(r[9]))  # type: ignore[arg-type]
+    return StoredMessage(r[0], r[1], r[2], r[3], r[4], ts(r[5]), r[6], r[7], r[8], bool(r[9]))

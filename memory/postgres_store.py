@@ -24,10 +24,10 @@ Differences from the DuckDB store, both from PostgreSQL itself:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -45,6 +45,8 @@ from .types import (
     UsageRecord,
 )
 from .write_behind import Batch, WriteBehind, save_unsaved
+
+T = TypeVar("T")
 
 __all__ = ["PostgresStore", "redact"]
 
@@ -85,7 +87,7 @@ def _utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
 
 
-def _json_object(settings: dict) -> str:
+def _json_object(settings: dict[str, Any]) -> str:
     return json_object(settings).replace("\\u0000", "\\ufffd")  # jsonb cannot hold U+0000
 
 
@@ -201,19 +203,19 @@ class PostgresStore(QueuedStore, DomainStores):
         if not self._open or self._pool is None:
             raise MemoryStoreError("the dialogue store is not open")
 
-    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement (autocommit) and return its rows ([] for a statement without rows)."""
-        async def work(con: Any) -> list[tuple]:
+        async def work(con: Any) -> list[tuple[Any, ...]]:
             cur = await con.execute(sql, params)
             return await cur.fetchall() if cur.description is not None else []
 
         return await self._on_connection(work, transaction=False)
 
-    async def _transaction(self, work: Callable[[Any], Any]) -> Any:
+    async def _transaction(self, work: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``await work(con)`` in one transaction on a pooled connection."""
         return await self._on_connection(work, transaction=True)
 
-    async def _on_connection(self, work: Callable[[Any], Any], *, transaction: bool) -> Any:
+    async def _on_connection(self, work: Callable[[Any], Awaitable[T]], *, transaction: bool) -> T:
         """``await work(con)`` on a pooled connection (in a transaction if asked); a failing server
         becomes MemoryStoreError (DiskFull when it is out of space), other errors pass as they are."""
         self._check_open()
@@ -242,14 +244,14 @@ class PostgresStore(QueuedStore, DomainStores):
         """PostgreSQL's spellings of times for the per-domain stores' SQL (``memory.sql_domain``)."""
         return POSTGRESQL
 
-    async def sql_query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    async def sql_query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement (``?`` placeholders, as the DuckDB store takes them; no other ``?`` or
         ``%``), committed on return; its rows ([] for none). For the per-domain stores
         (``memory.sql_domain``). raises psycopg.Error; MemoryStoreError when the server fails."""
         return await self._fetch(sql.replace("?", "%s"), list(params))
 
     async def sql_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]], *,
-                              lock: str | None = None) -> list[list[tuple]]:
+                              lock: str | None = None) -> list[list[tuple[Any, ...]]]:
         """Run ``statements`` (SQL with ``?`` placeholders, as the DuckDB store takes them, and their
         parameters) in one transaction, committed before it returns; each statement's rows ([] for
         none). For the small per-domain stores of this package (``memory.reminders``); not part of
@@ -257,7 +259,7 @@ class PostgresStore(QueuedStore, DomainStores):
         the transaction holds a PostgreSQL advisory lock on first (``pg_advisory_xact_lock``), so
         transactions of several processes on the same name run one after another (READ COMMITTED:
         each statement after it sees what the one before committed)."""
-        async def work(con: Any) -> list[list[tuple]]:
+        async def work(con: Any) -> list[list[tuple[Any, ...]]]:
             if lock is not None:
                 await con.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [lock])
             out = []
@@ -445,7 +447,7 @@ class PostgresStore(QueuedStore, DomainStores):
 
     # ------------------------------------------------------------ operations
 
-    async def stats(self) -> dict:
+    async def stats(self) -> dict[str, Any]:
         """Row counts, ``file_bytes`` (the database's size on the server), ``schema_version`` and the
         writer counters of this process (see ``memory.store``)."""
         await self._queue.sync()
@@ -460,19 +462,19 @@ class PostgresStore(QueuedStore, DomainStores):
 
 # ---------------------------------------------------------------- rows → parameters
 
-def _message_params(m: StoredMessage) -> tuple:
+def _message_params(m: StoredMessage) -> tuple[Any, ...]:
     return (m.chat_id, m.message_id, m.thread_id, m.user_id, _clean(m.user_name), m.role, _clean(m.text), m.reply_to,
             _utc(m.date), m.imported)
 
 
-def _usage_params(u: UsageRecord) -> tuple:
+def _usage_params(u: UsageRecord) -> tuple[Any, ...]:
     return (_utc(u.ts), u.chat_id, u.user_id, u.kind, u.model, u.prompt_tokens, u.completion_tokens, u.cost_usd,
             u.latency_ms, float(u.seconds), int(u.images), int(u.pages))
 
 
-def _chat_params(c: tuple) -> tuple:
+def _chat_params(c: tuple[Any, ...]) -> tuple[Any, ...]:
     return (c[0], c[1], _clean(c[2]), from_us(c[3]))
 
 
-def _delivery_params(d: tuple) -> tuple:
+def _delivery_params(d: tuple[Any, ...]) -> tuple[Any, ...]:
     return (d[0], d[1], from_us(d[2]))

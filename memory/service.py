@@ -19,7 +19,12 @@ from .retrieval import RetrievalSettings, find_speakers
 from .types import ROLE_USER, DocumentChunk, DocumentInfo, MemoryHit, StoredMessage
 
 if TYPE_CHECKING:  # (types only; none of these imports this module)
-    from .indexer import Indexer
+    import numpy as np
+
+    from providers.embedder import Embedder
+
+    from .documents import DocumentReader
+    from .indexer import Indexer, Item
     from .store import DialogueStore
     from .vectors import VectorMemory
 
@@ -66,7 +71,8 @@ class Memory:
     quote itself back as a source.
     """
 
-    def __init__(self, store: DialogueStore, vectors: VectorMemory, indexer: Indexer, embedder, reader=None) -> None:
+    def __init__(self, store: DialogueStore, vectors: VectorMemory, indexer: Indexer, embedder: Embedder,
+                 reader: DocumentReader | None = None) -> None:
         self.store = store
         self.vectors = vectors
         self.indexer = indexer
@@ -84,7 +90,7 @@ class Memory:
             ids = self._evicted[chat_id] = await self.store.index.evicted_ids(chat_id)
         return ids
 
-    async def not_evicted(self, items: list) -> list:
+    async def not_evicted(self, items: list[Item]) -> list[Item]:
         """``items`` (messages, document chunks) without those whose message's memory the capacity
         cleanup evicted: the indexer's filter, so such a memory never comes back — not by an edit,
         a replay or a second import of the same history (the start-up gap check skips them too)."""
@@ -155,7 +161,7 @@ class Memory:
         t0 = time.perf_counter()
         embed_ms = 0.0
 
-        async def embed(text: str):
+        async def embed(text: str) -> np.ndarray | None:
             nonlocal embed_ms
             te = time.perf_counter()
             try:

@@ -44,7 +44,7 @@ def _no_nul(value: Any) -> Any:
     return value
 
 
-def settings_json(settings: dict) -> str:
+def settings_json(settings: dict[str, Any]) -> str:
     """``settings`` as JSON text for a ``settings`` column; U+0000 in a string (which Telegram never
     sends; PostgreSQL's ``jsonb`` cannot hold it) becomes U+FFFD on both engines. raises TypeError
     for a non-dict or a value JSON cannot hold."""
@@ -58,7 +58,7 @@ def _clean(text: str | None) -> str | None:
     return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
 
 
-def _settings(value: object) -> dict:
+def _settings(value: object) -> dict[str, Any]:
     """A ``settings`` column as read by the driver (DuckDB: JSON text; psycopg: the decoded object;
     NULL) as a dict ({} for NULL or a non-object)."""
     if isinstance(value, str):
@@ -111,7 +111,7 @@ class SettingsStore(SqlDomainStore):
                     self._users = {k: _text(v) for k, v in users}
         return self._chats, self._users
 
-    async def _kept(self, which: int, key: int) -> dict:
+    async def _kept(self, which: int, key: int) -> dict[str, Any]:
         doc = (await self._loaded())[which].get(key)
         return json.loads(doc) if doc is not None else {}
 
@@ -134,14 +134,14 @@ class SettingsStore(SqlDomainStore):
         """A ``?`` parameter of JSON text as the engine's JSON type."""
         return f"CAST(? AS {self.backend.dialect.json})"
 
-    async def chat(self, chat_id: int) -> dict:
+    async def chat(self, chat_id: int) -> dict[str, Any]:
         """The chat's settings object ({} when the chat or its settings are unknown)."""
         if self.cache:
             return await self._kept(0, chat_id)
         rows = await self._query("SELECT settings FROM chats WHERE chat_id = ?", [chat_id])
         return _settings(rows[0][0]) if rows else {}
 
-    async def set_chat(self, chat_id: int, settings: dict) -> None:
+    async def set_chat(self, chat_id: int, settings: dict[str, Any]) -> None:
         """Replace the chat's settings with ``settings`` (a JSON object; see ``settings_json``).
         Creates the chat's row (type ``unknown``, no title) when there is none; its type and title
         are kept. raises TypeError for a non-dict or non-JSON value."""
@@ -152,14 +152,14 @@ class SettingsStore(SqlDomainStore):
             [chat_id, doc, us(self._clock())])
         self._on_chat_row(chat_id)
 
-    async def user(self, user_id: int) -> dict:
+    async def user(self, user_id: int) -> dict[str, Any]:
         """The member's settings object ({} when unknown), shared by all their chats."""
         if self.cache:
             return await self._kept(1, user_id)
         rows = await self._query("SELECT settings FROM users WHERE user_id = ?", [user_id])
         return _settings(rows[0][0]) if rows else {}
 
-    async def set_user(self, user_id: int, settings: dict, *, username: str | None = None,
+    async def set_user(self, user_id: int, settings: dict[str, Any], *, username: str | None = None,
                        name: str | None = None) -> None:
         """Replace the member's settings (a JSON object; see ``settings_json``); also their
         ``username``/``name`` when given (None keeps the stored one). Creates the user's row when

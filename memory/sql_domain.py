@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, overload
 
 from .errors import MemoryStoreError
 from .schema import from_us, to_us
@@ -60,15 +60,15 @@ class SqlBackend(Protocol):
     async def sync(self) -> None:
         """Read-your-writes: commit the rows the write-behind queue holds, if any (usage, recalls)."""
 
-    async def sql_query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    async def sql_query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement (``?`` placeholders), committed on return; its rows ([] for none)."""
 
     async def sql_transaction(self, statements: Sequence[tuple[str, Sequence[Any]]], *,
-                              lock: str | None = None) -> list[list[tuple]]: ...
+                              lock: str | None = None) -> list[list[tuple[Any, ...]]]: ...
 
 
 async def transaction(backend: SqlBackend, domain: str, statements: Sequence[tuple[str, Sequence[Any]]], *,
-                      lock: str | None = None) -> list[list[tuple]]:
+                      lock: str | None = None) -> list[list[tuple[Any, ...]]]:
     """Run ``statements`` (one SQL text each, ``?`` placeholders) in one transaction of ``backend``;
     the rows each returned. ``lock``: a name held for the transaction across processes (PostgreSQL's
     advisory lock). A driver's own error (duckdb.Error, psycopg.Error) becomes a MemoryStoreError
@@ -102,7 +102,7 @@ class SqlDomainStore:
         """``expr`` (a TIMESTAMPTZ) read as BIGINT microseconds since the epoch."""
         return self.backend.dialect.us(expr)
 
-    async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement (``{ts}`` spelled for the dialect), committed on return; its rows. A
         driver's error becomes a MemoryStoreError naming the domain."""
         try:
@@ -112,7 +112,7 @@ class SqlDomainStore:
         except Exception as exc:  # the driver's own errors (duckdb.Error, psycopg.Error)
             raise MemoryStoreError(f"{self.DOMAIN}: the database failed: {exc}") from exc
 
-    async def _tx(self, *statements: tuple[str, Sequence[Any]], lock: str | None = None) -> list[list[tuple]]:
+    async def _tx(self, *statements: tuple[str, Sequence[Any]], lock: str | None = None) -> list[list[tuple[Any, ...]]]:
         return await transaction(self.backend, self.DOMAIN, [(self._sql(q), p) for q, p in statements], lock=lock)
 
     async def open(self) -> Self:
@@ -123,9 +123,25 @@ class SqlDomainStore:
         return self
 
 
+@overload
+def us(t: datetime) -> int: ...
+
+
+@overload
+def us(t: None) -> None: ...
+
+
 def us(t: datetime | None) -> int | None:
     """A tz-aware time (naive: UTC) as microseconds since the epoch, for a ``{ts}`` parameter; None stays None."""
     return None if t is None else to_us(t)
+
+
+@overload
+def ts(v: int) -> datetime: ...
+
+
+@overload
+def ts(v: None) -> None: ...
 
 
 def ts(v: int | None) -> datetime | None:

@@ -143,7 +143,7 @@ class DialogueStore(Protocol):
 
 
     # ---------------------------------------------------------------- operations
-    async def stats(self) -> dict:
+    async def stats(self) -> dict[str, Any]:
         """Row counts (chats, users, messages, usage, recalls), ``file_bytes``, ``schema_version``,
         and the writer counters ``commits``, ``rows_written``, ``dropped_rows``, ``pending``."""
 

@@ -151,7 +151,7 @@ class QueuedStore:
         return False
 
 
-def json_object(settings: dict) -> str:
+def json_object(settings: dict[str, Any]) -> str:
     """``settings`` as JSON text. raises TypeError for a non-dict or a non-JSON value."""
     if not isinstance(settings, dict):
         raise TypeError(f"settings must be a dict, not {type(settings).__name__}")
@@ -178,16 +178,16 @@ def equalities(where: Sequence[tuple[str, Any]], ph: str = "?") -> tuple[str, li
     return sql, params
 
 
-async def keyset_pages(fetch: Callable[[str, list[Any]], Awaitable[list[tuple]]], select: str,
+async def keyset_pages(fetch: Callable[[str, list[Any]], Awaitable[list[tuple[Any, ...]]]], select: str,
                        where: Sequence[tuple[str, Any]], key: Sequence[str], batch: int,
-                       ph: str = "?") -> AsyncIterator[list[tuple]]:
+                       ph: str = "?") -> AsyncIterator[list[tuple[Any, ...]]]:
     """Every row of ``select`` (a query ending in ``WHERE true`` whose first columns are ``key``), with
     the equalities ``where`` (column, value) whose value is not None, in pages of at most ``batch``
     ordered by ``key``. Keyset-paginated: each page starts after the last key of the one before, so
     writes between pages neither repeat nor skip rows. ``fetch(sql, params)``: the store's query;
     ``ph``: its driver's placeholder (``?`` DuckDB, ``%s`` psycopg)."""
     batch = max(1, batch)
-    last: tuple | None = None
+    last: tuple[Any, ...] | None = None
     cols = ", ".join(key)
     while True:
         filters, params = equalities(where, ph)

@@ -50,7 +50,7 @@ class UsageStore(SqlDomainStore):
             sql += " WHERE ts >= {ts}"
             params.append(us(since))
         rows = await self._query(sql + " ORDER BY ts", params)
-        return [UsageRecord(ts(r[0]), int(r[1]), int(r[2]), r[3], r[4], int(r[5]), int(r[6]),  # type: ignore[arg-type]
+        return [UsageRecord(ts(r[0]), int(r[1]), int(r[2]), r[3], r[4], int(r[5]), int(r[6]),
                             None if r[7] is None else float(r[7]), float(r[8]), float(r[9]), int(r[10]), int(r[11]))
                 for r in rows]
 
