@@ -7,7 +7,7 @@ The store holds one connection; every DuckDB call runs in a worker thread behind
 
 Hot-path writes go through the write-behind queue (``memory.write_behind``); its commit function
 here inserts everything queued in one transaction (one pyarrow table per table, one
-``INSERT … SELECT`` each), and retries a failing batch row by row: rows that can never be stored
+``INSERT … SELECT`` each: ``memory.duckdb_batch``), and retries a failing batch row by row: rows that can never be stored
 (e.g. a lone UTF-16 surrogate in ``text``, an id beyond 64 bits) are logged at ERROR and counted in
 ``dropped_rows``. Every queued row is also kept in the reserve ``<file>.reserve`` (a 4 MiB file
 preallocated next to the database, ``write_behind.Journal``) until a commit covers it, so rows the
@@ -46,17 +46,16 @@ from typing import Any, TypeVar
 
 import anyio
 import duckdb
-import pyarrow as pa
 
 from .domains import DomainStores
+from .duckdb_batch import SYSTEMIC, TS, insert_batch, insert_rows
 from .errors import DiskFull, MemoryStoreError, StoreLocked, is_disk_full
 from .schema import migrate, to_us
 from .sql_domain import DUCKDB, Dialect
-from .store_base import QueuedStore, describe_row, json_object
+from .store_base import QueuedStore, json_object
 from .types import (
     MIGRATION_SHIFT,
     StoredMessage,
-    UsageRecord,
 )
 from .write_behind import Batch, Journal, WriteBehind, load_unsaved, save_unsaved, unsaved_files
 
@@ -65,21 +64,6 @@ T = TypeVar("T")
 __all__ = ["NEW_DATABASE_BYTES", "DuckDBStore"]
 
 log = logging.getLogger(__name__)
-
-# Errors of the database itself (not of one row): rows stay queued and are retried.
-_SYSTEMIC: tuple[type[BaseException], ...] = (
-    duckdb.IOException,
-    duckdb.FatalException,
-    duckdb.InternalException,
-    duckdb.OutOfMemoryException,
-    duckdb.ConnectionException,
-    duckdb.PermissionException,
-    duckdb.InterruptException,
-    duckdb.TransactionException,
-    MemoryError,
-)
-
-_TS = "make_timestamp({}) AT TIME ZONE 'UTC'"  # BIGINT µs since epoch (UTC) -> TIMESTAMPTZ
 
 # Files open in this process: DuckDB would silently share one database between two connects of the
 # same path in one process, so the one-owner rule is enforced here too.
@@ -226,7 +210,7 @@ class DuckDBStore(QueuedStore, DomainStores):
             n, replies = len(batch), sum(1 for m in batch.messages if m.role == "assistant")
             try:
                 self._write_sync(batch, con=con, recovering=True)
-            except _SYSTEMIC as exc:
+            except SYSTEMIC as exc:
                 if is_disk_full(exc):
                     self._queue.hold(self._disk_full(exc, n))
                     log.error("dialogue store: %d rows of %s are not stored yet (no space left); new messages are "
@@ -288,24 +272,13 @@ class DuckDBStore(QueuedStore, DomainStores):
         try:
             con.execute("BEGIN TRANSACTION")
             try:
-                if batch.messages:
-                    self._insert_arrow(con, "messages", _messages_table(batch.messages))
-                if batch.usage:
-                    self._insert_arrow(con, usage, _usage_table(batch.usage))
-                if batch.recalls:
-                    self._insert_arrow(con, "recalls", _recalls_table(batch.recalls))
-                if batch.chats:
-                    self._insert_arrow(con, "chats", _chats_table(batch.chats))
-                if batch.deliveries:
-                    self._insert_arrow(con, "deliveries", _deliveries_table(batch.deliveries))
-                for sql, params in batch.sql:
-                    con.execute(sql, params)
+                insert_batch(con, batch, usage)
                 con.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(duckdb.Error):
                     con.execute("ROLLBACK")
                 raise
-        except _SYSTEMIC:
+        except SYSTEMIC:
             raise
         except Exception as exc:
             log.warning("dialogue store: batch of %d rows failed (%s); retrying row by row", len(batch), exc)
@@ -315,41 +288,11 @@ class DuckDBStore(QueuedStore, DomainStores):
         self.rows_written += len(batch)
         batch.clear()
 
-    @staticmethod
-    def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, tbl: pa.Table) -> None:
-        name = f"_kith_{table}_batch"
-        con.register(name, tbl)
-        try:
-            con.execute(_INSERT_SELECT[table].format(src=name))
-        finally:
-            con.unregister(name)
-
     def _write_rows_sync(self, con: duckdb.DuckDBPyConnection, batch: Batch, usage: str = "usage") -> None:
-        for attr, sql, params in (
-            ("messages", _INSERT_ROW["messages"], _message_params),
-            ("usage", _INSERT_ROW[usage], _usage_params),
-            ("recalls", _INSERT_ROW["recalls"], lambda r: list(r)),
-            ("chats", _INSERT_ROW["chats"], lambda r: list(r)),
-            ("deliveries", _INSERT_ROW["deliveries"], lambda r: list(r)),
-            ("sql", None, lambda r: r[1]),
-        ):
-            rows = getattr(batch, attr)
-            i = 0
-            try:
-                while i < len(rows):
-                    row = rows[i]
-                    try:
-                        con.execute(sql or row[0], params(row))
-                        self.commits += 1
-                        self.rows_written += 1
-                    except _SYSTEMIC:
-                        raise
-                    except Exception as exc:
-                        self.dropped_rows += 1
-                        log.error("dialogue store: dropped an unstorable %s row %s: %s", attr, describe_row(row), exc)
-                    i += 1
-            finally:
-                setattr(batch, attr, rows[i:])
+        written, dropped = insert_rows(con, batch, usage)
+        self.commits += written
+        self.rows_written += written
+        self.dropped_rows += dropped
 
     def _dump_unsaved(self, batch: Batch) -> None:
         """Shutdown with a failing database: write the rows left next to the database file."""
@@ -499,7 +442,7 @@ class DuckDBStore(QueuedStore, DomainStores):
                                 " WHERE scope = 'chat' AND scope_id = ?", [new, old])
                     con.execute(f"DELETE FROM {table} WHERE scope = 'chat' AND scope_id = ?", [old])
                 con.execute(
-                    f"INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (?, 'supergroup', ?, ?, {_TS.format('?')})"
+                    f"INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (?, 'supergroup', ?, ?, {TS.format('?')})"
                     " ON CONFLICT (chat_id) DO UPDATE SET type = 'supergroup', title = excluded.title, settings = excluded.settings",
                     [new, name, json_object(settings), to_us(self._clock())])
                 con.execute("DELETE FROM chats WHERE chat_id = ?", [old])
@@ -565,177 +508,3 @@ class DuckDBStore(QueuedStore, DomainStores):
             pending=self.pending,
         )
         return out
-
-
-# ---------------------------------------------------------------- batch → arrow / rows
-
-_USAGE_IS_NEW = (
-    " WHERE NOT EXISTS (SELECT 1 FROM usage u WHERE u.ts = s.ts AND u.chat_id = s.chat_id AND u.user_id = s.user_id"
-    " AND u.kind = s.kind AND u.model = s.model AND u.prompt_tokens = s.prompt_tokens"
-    " AND u.completion_tokens = s.completion_tokens AND u.latency_ms = s.latency_ms)"
-)
-
-_INSERT_SELECT = {
-    "messages": (
-        "INSERT OR IGNORE INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date, imported)"
-        " SELECT chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, "
-        + _TS.format("date_us")
-        + ", imported FROM {src}"
-    ),
-    "usage": (
-        "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
-        " seconds, images, pages)"
-        " SELECT " + _TS.format("ts_us") + ", chat_id, user_id, kind, model, prompt_tokens, completion_tokens,"
-        " cost_usd, latency_ms, seconds, images, pages FROM {src}"
-    ),
-    "usage_new": (  # rows of an earlier run: one stored already (committed just before a crash) is skipped
-        "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
-        " seconds, images, pages)"
-        " SELECT * FROM (SELECT " + _TS.format("ts_us") + " AS ts, chat_id, user_id, kind, model, prompt_tokens,"
-        " completion_tokens, cost_usd, latency_ms, seconds, images, pages FROM {src}) s" + _USAGE_IS_NEW
-    ),
-    "recalls": (
-        "INSERT OR IGNORE INTO recalls (chat_id, reply_message_id, memory_message_id, score)"
-        " SELECT chat_id, reply_message_id, memory_message_id, score FROM {src}"
-    ),
-    "chats": (
-        "INSERT INTO chats (chat_id, type, title, settings, created_at)"
-        " SELECT chat_id, type, title, '{{}}', " + _TS.format("created_us") + " FROM {src}"
-        " ON CONFLICT (chat_id) DO UPDATE SET type = excluded.type, title = coalesce(excluded.title, chats.title)"
-    ),
-    "deliveries": (
-        "INSERT OR IGNORE INTO deliveries (chat_id, message_id, sent_at)"
-        " SELECT chat_id, message_id, " + _TS.format("sent_us") + " FROM {src}"
-    ),
-}
-
-_INSERT_ROW = {
-    "messages": (
-        "INSERT OR IGNORE INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date, imported)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, " + _TS.format("?") + ", ?)"
-    ),
-    "usage": (
-        "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
-        " seconds, images, pages) VALUES (" + _TS.format("?") + ", ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    ),
-    "usage_new": (
-        "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
-        " seconds, images, pages) SELECT * FROM (SELECT " + _TS.format("?") + " AS ts, ?::BIGINT AS chat_id,"
-        " ?::BIGINT AS user_id, ?::VARCHAR AS kind, ?::VARCHAR AS model, ?::BIGINT AS prompt_tokens,"
-        " ?::BIGINT AS completion_tokens, ?::DOUBLE AS cost_usd, ?::DOUBLE AS latency_ms, ?::DOUBLE AS seconds,"
-        " ?::BIGINT AS images, ?::BIGINT AS pages) s" + _USAGE_IS_NEW
-    ),
-    "recalls": (
-        "INSERT OR IGNORE INTO recalls (chat_id, reply_message_id, memory_message_id, score) VALUES (?, ?, ?, ?)"
-    ),
-    "chats": (
-        "INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (?, ?, ?, '{}', " + _TS.format("?") + ")"
-        " ON CONFLICT (chat_id) DO UPDATE SET type = excluded.type, title = coalesce(excluded.title, chats.title)"
-    ),
-    "deliveries": (
-        "INSERT OR IGNORE INTO deliveries (chat_id, message_id, sent_at) VALUES (?, ?, " + _TS.format("?") + ")"
-    ),
-}
-
-_I64 = pa.int64()
-_STR = pa.string()
-_F64 = pa.float64()
-
-
-def _messages_table(msgs: list[StoredMessage]) -> pa.Table:
-    seen: set[tuple[int, int]] = set()
-    rows: list[StoredMessage] = []
-    for m in msgs:  # dedupe within the batch: first write wins
-        key = (m.chat_id, m.message_id)
-        if key not in seen:
-            seen.add(key)
-            rows.append(m)
-    return pa.table(
-        {
-            "chat_id": pa.array([m.chat_id for m in rows], _I64),
-            "message_id": pa.array([m.message_id for m in rows], _I64),
-            "thread_id": pa.array([m.thread_id for m in rows], _I64),
-            "user_id": pa.array([m.user_id for m in rows], _I64),
-            "user_name": pa.array([m.user_name for m in rows], _STR),
-            "role": pa.array([m.role for m in rows], _STR),
-            "text": pa.array([m.text for m in rows], _STR),
-            "reply_to": pa.array([m.reply_to for m in rows], _I64),
-            "date_us": pa.array([to_us(m.date) for m in rows], _I64),
-            "imported": pa.array([m.imported for m in rows], pa.bool_()),
-        }
-    )
-
-
-def _usage_table(recs: list[UsageRecord]) -> pa.Table:
-    return pa.table(
-        {
-            "ts_us": pa.array([to_us(u.ts) for u in recs], _I64),
-            "chat_id": pa.array([u.chat_id for u in recs], _I64),
-            "user_id": pa.array([u.user_id for u in recs], _I64),
-            "kind": pa.array([u.kind for u in recs], _STR),
-            "model": pa.array([u.model for u in recs], _STR),
-            "prompt_tokens": pa.array([u.prompt_tokens for u in recs], _I64),
-            "completion_tokens": pa.array([u.completion_tokens for u in recs], _I64),
-            "cost_usd": pa.array([u.cost_usd for u in recs], _F64),
-            "latency_ms": pa.array([u.latency_ms for u in recs], _F64),
-            "seconds": pa.array([float(u.seconds) for u in recs], _F64),
-            "images": pa.array([int(u.images) for u in recs], _I64),
-            "pages": pa.array([int(u.pages) for u in recs], _I64),
-        }
-    )
-
-
-def _recalls_table(rows: list[tuple[int, int, int, float]]) -> pa.Table:
-    seen: set[tuple[int, int, int]] = set()
-    uniq = []
-    for r in rows:
-        if r[:3] not in seen:
-            seen.add(r[:3])
-            uniq.append(r)
-    return pa.table(
-        {
-            "chat_id": pa.array([r[0] for r in uniq], _I64),
-            "reply_message_id": pa.array([r[1] for r in uniq], _I64),
-            "memory_message_id": pa.array([r[2] for r in uniq], _I64),
-            "score": pa.array([r[3] for r in uniq], _F64),
-        }
-    )
-
-
-def _chats_table(rows: list[tuple[int, str, str | None, int]]) -> pa.Table:
-    merged: dict[int, tuple[int, str, str | None, int]] = {}
-    for r in rows:  # one row per chat (ON CONFLICT cannot update a row twice): last type, last title
-        prev = merged.get(r[0])
-        merged[r[0]] = r if prev is None or r[2] is not None else (r[0], r[1], prev[2], prev[3])
-    rs = list(merged.values())
-    return pa.table(
-        {
-            "chat_id": pa.array([r[0] for r in rs], _I64),
-            "type": pa.array([r[1] for r in rs], _STR),
-            "title": pa.array([r[2] for r in rs], _STR),
-            "created_us": pa.array([r[3] for r in rs], _I64),
-        }
-    )
-
-
-def _deliveries_table(rows: list[tuple[int, int, int]]) -> pa.Table:
-    first: dict[tuple[int, int], int] = {}
-    for r in rows:  # one row per key (the first: when the reply began to be sent)
-        first.setdefault((r[0], r[1]), r[2])
-    return pa.table(
-        {
-            "chat_id": pa.array([k[0] for k in first], _I64),
-            "message_id": pa.array([k[1] for k in first], _I64),
-            "sent_us": pa.array(list(first.values()), _I64),
-        }
-    )
-
-
-def _message_params(m: StoredMessage) -> list[Any]:
-    return [m.chat_id, m.message_id, m.thread_id, m.user_id, m.user_name, m.role, m.text, m.reply_to, to_us(m.date), m.imported]
-
-
-def _usage_params(u: UsageRecord) -> list[Any]:
-    return [to_us(u.ts), u.chat_id, u.user_id, u.kind, u.model, u.prompt_tokens, u.completion_tokens, u.cost_usd, u.latency_ms,
-            u.seconds, u.images, u.pages]
-
