@@ -15,10 +15,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from .batch import Batch
 from .schema import to_us
 from .store_base import describe_row
 from .types import StoredMessage, UsageRecord
-from .write_behind import Batch
 
 __all__ = ["SYSTEMIC", "TS", "insert_batch", "insert_rows"]
 

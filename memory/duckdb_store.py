@@ -10,7 +10,7 @@ here inserts everything queued in one transaction (one pyarrow table per table, 
 ``INSERT … SELECT`` each: ``memory.duckdb_batch``), and retries a failing batch row by row: rows that can never be stored
 (e.g. a lone UTF-16 surrogate in ``text``, an id beyond 64 bits) are logged at ERROR and counted in
 ``dropped_rows``. Every queued row is also kept in the reserve ``<file>.reserve`` (a 4 MiB file
-preallocated next to the database, ``write_behind.Journal``) until a commit covers it, so rows the
+preallocated next to the database, ``memory.reserve.Journal``) until a commit covers it, so rows the
 queue accepted survive a full disk and a ``kill -9``: the next open stores them (and any
 ``<file>.unsaved-<utc>.jsonl`` / ``.other.jsonl`` dump of rows the reserve could not hold) before
 anything is read. When the disk has no room for the reserve, intake is refused (``DiskFull``).
@@ -47,9 +47,11 @@ from typing import Any, TypeVar
 import anyio
 import duckdb
 
+from .batch import Batch, load_unsaved, save_unsaved, unsaved_files
 from .domains import DomainStores
 from .duckdb_batch import SYSTEMIC, TS, insert_batch, insert_rows
 from .errors import DiskFull, MemoryStoreError, StoreLocked, is_disk_full
+from .reserve import Journal
 from .schema import migrate, to_us
 from .sql_domain import DUCKDB, Dialect
 from .store_base import QueuedStore, json_object
@@ -57,7 +59,7 @@ from .types import (
     MIGRATION_SHIFT,
     StoredMessage,
 )
-from .write_behind import Batch, Journal, WriteBehind, load_unsaved, save_unsaved, unsaved_files
+from .write_behind import WriteBehind
 
 T = TypeVar("T")
 

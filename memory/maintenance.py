@@ -11,7 +11,7 @@ background at every start (``GapFiller``), so nothing stored stays unrecallable.
 
 The dialogue store repairs itself before this runs: rows an earlier run accepted and could not
 commit (a full disk, a ``kill -9``) are kept in its reserve and stored when it opens
-(``memory.write_behind.Journal``). So a ``deliveries`` row whose reply was sent but not committed
+(``memory.reserve.Journal``). So a ``deliveries`` row whose reply was sent but not committed
 gets its reply, with the reply's usage and recalls, at the next start; the messages recovered that
 way are embedded here like any other gap. A reply that was never complete (the process died
 while it was generated) has nothing to store: its message stays answered at most once.

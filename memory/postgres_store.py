@@ -11,7 +11,7 @@ here writes a batch in one transaction (``executemany`` in pipeline mode). A bat
 data is retried row by row, dropping only the rows PostgreSQL can never take (an id beyond 64 bits,
 a lone UTF-16 surrogate); a failing server (connection lost, disk full, shutdown) keeps the rows queued
 and retried; rows still unwritable at shutdown are dumped to ``<dump_dir>/kith-postgresql.unsaved-<utc>.jsonl``.
-This store has no reserve (``write_behind.Journal``: a file next to an embedded database), so the
+This store has no reserve (``memory.reserve.Journal``: a file next to an embedded database), so the
 delivery record before a reply's first byte (``note_delivery``) is queued and flushed: committed,
 with the chat's queued messages, before it returns.
 
@@ -33,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import anyio.abc
 
+from .batch import Batch, save_unsaved
 from .domains import DomainStores
 from .errors import DiskFull, MemoryStoreError, is_disk_full
 from .postgres_schema import migrate
@@ -44,7 +45,7 @@ from .types import (
     StoredMessage,
     UsageRecord,
 )
-from .write_behind import Batch, WriteBehind, save_unsaved
+from .write_behind import WriteBehind
 
 T = TypeVar("T")
 

@@ -11,9 +11,10 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from .batch import RecallRow
 from .errors import DiskFull
 from .types import MemoryHit, StoredMessage, UsageRecord
-from .write_behind import RecallRow, WriteBehind
+from .write_behind import WriteBehind
 
 __all__ = ["QueuedStore", "describe_row", "equalities", "json_object", "keyset_pages"]
 

@@ -25,14 +25,16 @@ from actors.events import Incoming, Sender
 from actors.runtime import open_memory
 from config.models import AutoCleanup, Config, Settings, StorageLimits, TiersConfig
 from features.app import open_runtime
+from memory.batch import Batch, save_unsaved
 from memory.cleanup import cleanup_scope
 from memory.duckdb_store import DuckDBStore
 from memory.errors import DiskFull, MemoryStoreError
 from memory.maintenance import find_gaps, reindex
+from memory.reserve import Journal
 from memory.types import DOC_ID_BASE, StoredMessage, UsageRecord
 from memory.vector_rows import TABLE, current_table
 from memory.vectors import VectorMemory
-from memory.write_behind import Batch, Journal, WriteBehind, save_unsaved
+from memory.write_behind import WriteBehind
 from transports.local import IdAllocator, LocalOutbox
 
 pytestmark = pytest.mark.anyio

@@ -13,10 +13,12 @@ import anyio
 import duckdb
 import pytest
 
+from memory.batch import Batch, load_unsaved, save_unsaved, unsaved_files
 from memory.duckdb_store import DuckDBStore
 from memory.errors import DiskFull, MemoryStoreError
+from memory.reserve import Journal
 from memory.types import StoredMessage
-from memory.write_behind import Batch, Journal, WriteBehind, load_unsaved, save_unsaved, unsaved_files
+from memory.write_behind import WriteBehind
 
 pytestmark = pytest.mark.anyio
 

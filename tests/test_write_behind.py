@@ -8,9 +8,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+from memory.batch import Batch, save_unsaved
 from memory.errors import DiskFull, MemoryStoreError
 from memory.types import StoredMessage, UsageRecord
-from memory.write_behind import Batch, WriteBehind, save_unsaved
+from memory.write_behind import WriteBehind
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
