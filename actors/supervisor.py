@@ -27,7 +27,7 @@ from memory.types import StoredMessage
 
 from .chat import ChatActor
 from .errors import SupervisorClosed
-from .events import Call, CallResult, ChatEvent, Incoming, with_caption
+from .events import Call, CallResult, ChatEvent, ConfigChanged, Incoming, with_caption
 from .handlers import NO_HANDLERS, Handlers, Plugins
 from .outbox import Outbox
 from .services import Services, SupervisorStats
@@ -198,8 +198,6 @@ class Supervisor:
     async def refresh(self, chat_ids: Iterable[int]) -> None:
         """The live actors among ``chat_ids`` re-read their settings and context from the stores
         (after the CLI changed them); none is spawned for it."""
-        from .events import ConfigChanged
-
         for chat_id in chat_ids:
             rec = self._actors.get(chat_id)
             if rec is not None and not rec.closing and not self._closed:

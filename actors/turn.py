@@ -35,6 +35,8 @@ from memory.errors import DiskFull, MemoryStoreError
 from memory.service import Recall
 from memory.types import ROLE_ASSISTANT, StoredMessage, UsageRecord
 from providers.errors import ProviderError
+from providers.keys import KeysUnavailable
+from providers.language import detect_or_none, would_load
 from providers.memory_block import render_profile
 
 from .answer_stream import AnswerStream
@@ -322,8 +324,6 @@ class _Turn:
     async def _answer_language(self, text: str) -> str | None:
         """A group's ``/settings language``, else the language the member wrote in, else their
         ``language`` setting; None when nothing tells (the model picks)."""
-        from providers.language import detect_or_none, would_load
-
         ev, settings = self.ev, self.host.settings
         if ev.chat_type != PRIVATE and settings.language:
             return settings.language
@@ -463,7 +463,6 @@ class _Turn:
         vault = self.svc.keys
         if vault is None or not vault.enabled:
             return {}
-        from providers.keys import KeysUnavailable
 
         try:
             return await vault.keys_for(self.ev.sender.user_id, self.chat_id)

@@ -6,11 +6,13 @@ forbids unknown keys, so a typo names the key instead of being ignored. Units ar
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, DirectoryPath, Field, field_validator, model_validator
 
@@ -167,8 +169,6 @@ class MediaSettings(Frozen):
     @field_validator("image_patterns", "image_edit_patterns")
     @classmethod
     def _patterns(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        import re
-
         for p in v:
             try:
                 re.compile(p)
@@ -371,9 +371,6 @@ class WebPluginSettings(Frozen):
     @field_validator("allow_private")
     @classmethod
     def _hosts_or_networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        import ipaddress
-        import re
-
         out = []
         for entry in v:
             e = entry.strip().lower().removeprefix("[").removesuffix("]")
@@ -431,8 +428,6 @@ class McpServer(Frozen):
     @field_validator("env")
     @classmethod
     def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
-        import re
-
         for key, value in v.items():
             if not re.fullmatch(_ENV_NAME, key):
                 raise ValueError(f"{key}: not an environment variable name (letters, digits and _)")
@@ -458,8 +453,6 @@ class McpServer(Frozen):
 
     def env_refs(self) -> set[str]:
         """The names of the bot's environment variables that ``env`` refers to (``${VAR}``)."""
-        import re
-
         return {m for value in self.env.values() for m in re.findall(_ENV_REF, value)}
 
 
@@ -479,8 +472,6 @@ class PluginsSettings(Frozen):
     @field_validator("mcp")
     @classmethod
     def _server_keys(cls, v: dict[str, McpServer]) -> dict[str, McpServer]:
-        import re
-
         for key in v:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", key):
                 raise ValueError(f"{key}: an MCP server's key is 1-32 letters, digits, _ and - (it starts its tools' names)")
@@ -489,8 +480,6 @@ class PluginsSettings(Frozen):
     @field_validator("timezone")
     @classmethod
     def _iana_zone(cls, v: str) -> str:
-        from zoneinfo import ZoneInfo
-
         try:
             ZoneInfo(v)
         except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError; a malformed key a ValueError

@@ -35,7 +35,9 @@ from memory.ledger import LedgerEntry, purchase_key, refund_key
 from tiers.credits import refund_purchase
 from tiers.errors import TierError
 from tiers.subscriptions import parse_target
+from tiers.usage import usage_summary
 
+from .capacity import describe
 from .credits import credits_text
 from .replies import reply
 
@@ -161,8 +163,6 @@ def _target(text: str, ev: CommandEvent) -> tuple[str, int]:
 
 async def overview(ctx: ChatContext) -> str:
     """The owner's one-message overview (Markdown)."""
-    from tiers.usage import usage_summary
-
     svc = ctx.svc
     now = svc.clock()
     sup, mem = svc.supervisor, svc.memory
@@ -189,8 +189,6 @@ async def overview(ctx: ChatContext) -> str:
                   for c in chats]
     cleaned = await mem.store.index.cleanups()
     if cleaned:
-        from .capacity import describe
-
         lines.append(_("Capacity cleanup (the host's imports are never removed):"))
         lines += [f"• {r.chat_id}: {describe(r)}" for r in cleaned[-TOP_CHATS:]]
     if svc.admission is not None:

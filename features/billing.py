@@ -61,6 +61,7 @@ async def usage_lines(ctx: ChatContext, user_id: int) -> list[str]:
     assert adm is not None, "usage lines need tiers"
     p = await adm.profile(ctx.chat_id, user_id)
     q, t = p.quotas, p.today
+    # deferred: ~7 ms; `kith memory stats` imports this module and must not pay it
     from tiers.quotas import ANY_MODEL, images_per_request, request_usage
 
     lines = []
@@ -226,7 +227,7 @@ def _price(amount: int, currency: str) -> str:
     code = currency.upper()
     if code == "XTR":
         return f"{i18n.number(amount)} ⭐"
-    from babel.numbers import get_currency_precision
+    from babel.numbers import get_currency_precision  # deferred: babel.numbers (~10 ms); `kith memory stats` imports this module
 
     return i18n.money(amount / 10 ** get_currency_precision(code), code)
 

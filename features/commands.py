@@ -10,12 +10,16 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_time
+
 import i18n
 from actors.events import PRIVATE, ButtonPress, CommandEvent, is_group
 from actors.handlers import ChatContext
 from actors.outbox import Button
 from actors.support import with_support
 from i18n import N_, _, ngettext
+from tiers.quotas import request_usage
 
 from . import admin, billing, credits, facts, keys, media
 from .capacity import describe
@@ -102,7 +106,6 @@ async def cmd_history(ctx: ChatContext, ev: CommandEvent) -> None:
     if not msgs:
         await reply(ctx, ev, _("Nothing stored in this chat yet."))
         return
-    from babel.dates import format_time
 
     # in the member's locale (CLDR, via Babel): the date once per day, then each message's time
     lines = [ngettext("Last {n} message:", "Last {n} messages:", len(msgs), n=i18n.number(len(msgs)))]
@@ -151,7 +154,6 @@ async def cmd_export(ctx: ChatContext, ev: CommandEvent) -> None:
 async def _model_keyboard(ctx: ChatContext, user_id: int, current: str) -> list[list[Button]]:
     """One button per model: ✓ the current one, 🔒 those the member's tier lacks, today's quota."""
     models = ctx.svc.config.settings.models
-    from tiers.quotas import request_usage
 
     allowed, q, used = set(models), None, {}
     adm = ctx.svc.admission
@@ -335,16 +337,12 @@ async def cmd_reset(ctx: ChatContext, ev: CommandEvent) -> None:
 
 def language_name(code: str) -> str:
     """``ru`` → ``Русский``: a language's name in that language (CLDR data, via Babel)."""
-    from babel import Locale
-
     name = Locale.parse(code).get_display_name(code) or code
     return name[:1].upper() + name[1:]
 
 
 def _language_code(value: str) -> str | None:
     """``"RU"`` → ``"ru"``: a two-letter ISO 639-1 code CLDR knows (Babel), else None."""
-    from babel import Locale, UnknownLocaleError
-
     code = value.strip().lower()
     if len(code) != 2 or not code.isalpha():
         return None

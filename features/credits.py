@@ -14,7 +14,15 @@ from actors.events import PRIVATE, ButtonPress, CommandEvent, PaymentEvent, PreC
 from actors.handlers import ChatContext
 from actors.outbox import Button
 from i18n import N_, _, ngettext
-from tiers.credits import expire_due, expiring_soon, is_pack_payload, pack_invoice, pack_title, validate_pack_checkout
+from tiers.credits import (
+    apply_pack_payment,
+    expire_due,
+    expiring_soon,
+    is_pack_payload,
+    pack_invoice,
+    pack_title,
+    validate_pack_checkout,
+)
 from tiers.errors import PaymentError
 
 from . import billing
@@ -136,7 +144,6 @@ async def handle_payment(ctx: ChatContext, ev: PaymentEvent) -> None:
     if adm is None or adm.ledger is None:
         log.error("payment %s for credits received but credits are disabled", ev.charge_id)
         return
-    from tiers.credits import apply_pack_payment
 
     await adm.open()
     posting = await apply_pack_payment(adm.ledger, adm.store, adm.cfg, ev.charge_id, ev.payload, ev.total_amount, ev.currency,

@@ -36,6 +36,7 @@ import anyio
 from actors.services import Services
 from memory.facts import MAX_KEY_CHARS, MAX_VALUE_CHARS
 from memory.types import ROLE_USER, StoredMessage, UsageRecord
+from providers.errors import ProviderError
 
 from .facts import CHAT_WORDS, over_entry_limit
 
@@ -212,8 +213,6 @@ class FactLearner:
         return out
 
     async def _learn(self, chat_id: int, batch: list[StoredMessage]) -> LearnedBatch:
-        from providers.errors import ProviderError
-
         facts = self.svc.memory.facts
         assert facts is not None and self.alias is not None
         speakers: dict[str, int] = {}

@@ -21,6 +21,7 @@ import i18n
 from actors.events import PRIVATE, CommandEvent
 from actors.handlers import ChatContext
 from i18n import N_, _
+from providers.keys import CHAT, USER
 
 from .replies import reply
 
@@ -79,8 +80,6 @@ async def _key_in_group(ctx: ChatContext, ev: CommandEvent, args: list[str]) -> 
 async def _key_owner(ctx: ChatContext, ev: CommandEvent, args: list[str]) -> tuple[str, int, list[str]] | None:
     """(scope, its id, the rest of ``args``): the sender's own keys, or with ``group <chat id>`` that
     group's when the sender is one of its admins; None (said) for a bad id or a non-admin."""
-    from providers.keys import CHAT, USER
-
     if not (args and args[0].lower() == "group"):
         return USER, ev.sender.user_id, args
     if len(args) < 2 or not _is_int(args[1]) or int(args[1]) >= 0:
@@ -98,8 +97,6 @@ async def _key_owner(ctx: ChatContext, ev: CommandEvent, args: list[str]) -> tup
 
 async def _list_keys(ctx: ChatContext, ev: CommandEvent, vault: KeyVault, scope: str, scope_id: int) -> None:
     """``/key [group ID]``: the keys set (provider, last four characters, date, the models they serve)."""
-    from providers.keys import USER
-
     mine = scope == USER
     keys = await vault.info(scope, scope_id)
     if not keys:
@@ -121,8 +118,6 @@ async def _list_keys(ctx: ChatContext, ev: CommandEvent, vault: KeyVault, scope:
 
 async def _delete_keys(ctx: ChatContext, ev: CommandEvent, vault: KeyVault, scope: str, scope_id: int, args: list[str]) -> None:
     """``/key [group ID] delete [provider]``: ``args`` starts with ``delete``."""
-    from providers.keys import USER
-
     provider = args[1].lower() if len(args) > 1 else None
     n = await vault.delete(scope, scope_id, provider)
     await reply(ctx, ev, _deleted(bool(n), scope == USER, scope_id, provider))
@@ -131,8 +126,6 @@ async def _delete_keys(ctx: ChatContext, ev: CommandEvent, vault: KeyVault, scop
 async def _set_key(ctx: ChatContext, ev: CommandEvent, vault: KeyVault, scope: str, scope_id: int, args: list[str]) -> None:
     """``/key [group ID] <provider> <key>``: stored encrypted for a provider this bot's models use; the
     message that carried it is deleted (or the sender asked to delete it)."""
-    from providers.keys import USER
-
     mine = scope == USER
     if len(args) != 2:
         await reply(ctx, ev, _(USAGE))

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 
-from actors.errors import ActorError
+from actors.errors import ActorError, MediaUnavailable
 from actors.events import CommandEvent, Incoming, Media, with_caption
 from actors.handlers import ChatContext, Understood
 from actors.settings import UserSettings
@@ -56,7 +56,9 @@ from memory.documents import document_summary, ingest_document
 from memory.ledger import debit_key
 from memory.markers import clock_time, marker
 from memory.types import DocumentInfo, UsageRecord
-from providers.errors import ProviderError
+from providers import ocr
+from providers.documents import document_kind
+from providers.errors import ContentRefused, DocumentError, ProviderError
 from tiers.admission import Admit
 from tiers.quotas import MAX_IMAGES, images_per_request
 
@@ -98,13 +100,10 @@ async def understand(ctx: ChatContext, ev: Incoming, user_settings: UserSettings
         return Understood(base)
     if media.kind in ("video", "animation"):
         return Understood(base, answerable=caption, note=None if caption else _("I can't watch videos or GIFs yet; I keep their captions."))
-    if media.kind == "document":
-        from providers.documents import document_kind
-
-        if document_kind(media.file_name, media.mime_type) is None:
-            name = media.file_name or _("this file")
-            return Understood(base, note=_("I can't read {name}: send a PDF, a DOCX or a text file (TXT, MD, CSV, JSON, logs, code).",
-                                           name=name))
+    if media.kind == "document" and document_kind(media.file_name, media.mime_type) is None:
+        name = media.file_name or _("this file")
+        return Understood(base, note=_("I can't read {name}: send a PDF, a DOCX or a text file (TXT, MD, CSV, JSON, logs, code).",
+                                       name=name))
     feature = FEATURE_OF.get(media.kind)
     if feature is None:
         return Understood(base, answerable=caption)
@@ -154,8 +153,6 @@ async def _charge(ctx: ChatContext, paid: Admit | None, what: str, *, chat_id: i
 
 
 async def _download(media: Media) -> bytes:
-    from actors.errors import MediaUnavailable
-
     if media.download is None:
         raise MediaUnavailable("no download handle")
     data = await media.download()
@@ -175,8 +172,6 @@ def _usage(ctx: ChatContext, ev: Incoming, kind: str, model: str, *, prompt_toke
 
 async def _read_document(ctx: ChatContext, ev: Incoming, media: Media, data: bytes, base: str,
                          paid: Admit | None = None) -> Understood:
-    from providers.errors import DocumentError
-
     name = media.file_name or "document"
     m = ctx.svc.config.settings.media
     t0 = time.perf_counter()
@@ -221,7 +216,7 @@ def _image_mime(media: Media, data: bytes) -> str:
 
 
 async def _see_photo(ctx: ChatContext, ev: Incoming, media: Media, data: bytes, base: str, user_settings: UserSettings) -> Understood:
-    from providers import vision
+    from providers import vision  # deferred: imports litellm (~2 s), only for an image with a vision model
 
     mime = _image_mime(media, data)
     settings = ctx.svc.config.settings
@@ -244,14 +239,11 @@ async def _see_photo(ctx: ChatContext, ev: Incoming, media: Media, data: bytes, 
                     text = f"{base}\n(image: {' '.join(c.text.split())})"
         return Understood(text, answerable=True, image=(data, mime))
     seen = ""
-    if settings.media.ocr:
-        from providers import ocr
-
-        if await anyio.to_thread.run_sync(ocr.available):
-            try:
-                seen = await anyio.to_thread.run_sync(ocr.image_text, data, settings.media.ocr_languages)
-            except ProviderError as exc:
-                log.info("chat %s: OCR of photo %s failed: %s", ctx.chat_id, ev.message_id, exc)
+    if settings.media.ocr and await anyio.to_thread.run_sync(ocr.available):
+        try:
+            seen = await anyio.to_thread.run_sync(ocr.image_text, data, settings.media.ocr_languages)
+        except ProviderError as exc:
+            log.info("chat %s: OCR of photo %s failed: %s", ctx.chat_id, ev.message_id, exc)
     if seen:
         short = seen if len(seen) <= EXTRACT_CHARS else seen[: EXTRACT_CHARS - 1] + "…"
         shown = " ".join(seen.split())
@@ -451,8 +443,6 @@ async def _image_sources(ctx: ChatContext, to: ImageReply, kind: str, photo: Med
 async def _generate_images(ctx: ChatContext, to: ImageReply, gen: Any, kind: str, budget: _ImageBudget, prompt: str,
                            source: bytes | None, mask_data: bytes | None) -> list[GeneratedImage] | None:
     """The images from the provider, or None (said) when it refuses the content or fails."""
-    from providers.errors import ContentRefused
-
     alias, count = budget.alias, budget.n
     try:
         if kind == "edit":

@@ -8,11 +8,16 @@ their file and page, so recall cites ``report.pdf, p. 3``.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
+
+from providers.documents import chunk, extract
+from providers.errors import DocumentError
 
 from .types import DocumentChunk, DocumentInfo
 
@@ -36,8 +41,6 @@ def read_document(data: bytes, file_name: str, mime_type: str | None, max_chars:
     """Extract and chunk a document: ``(providers.documents.Extracted, [providers.documents.Chunk])``.
     Blocking and CPU-bound pure Python (pypdf): ``DocumentReader`` runs it in a worker *process*, so
     a big PDF does not hold the GIL against every other chat. raises providers.errors.DocumentError."""
-    from providers.documents import chunk, extract
-
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # a damaged file is reported once, as DocumentError
     extracted = extract(data, file_name, mime_type, max_pages=max_pages)
     return extracted, chunk(extracted, max_chars=max_chars)
@@ -69,24 +72,18 @@ class DocumentReader:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            import multiprocessing
-
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
         return self._pool
 
     async def read(self, data: bytes, file_name: str, mime_type: str | None, *, max_chars: int,
                    max_pages: int) -> tuple[Extracted, list[Chunk]]:
         """``read_document`` off the event loop. raises providers.errors.DocumentError."""
-        from concurrent.futures.process import BrokenProcessPool
-
         args = (data, file_name, mime_type, max_chars, max_pages)
         if self.processes:
             try:
                 fut = self._executor().submit(read_document, *args)
                 return await anyio.to_thread.run_sync(fut.result, abandon_on_cancel=True)
             except (BrokenProcessPool, OSError, RuntimeError) as exc:
-                from providers.errors import DocumentError
-
                 if isinstance(exc, DocumentError):
                     raise
                 log.warning("document reader process unavailable (%s); reading in threads from now on", exc)

@@ -1,3 +1,5 @@
+import errno
+
 """Errors of the memory package. Every error raised here derives from ``MemoryStoreError``."""
 
 __all__ = ["DiskFull", "EmbeddingModelChanged", "MemoryStoreError", "StoreLocked", "TranscriptError",
@@ -50,8 +52,6 @@ def _mb(n: int) -> str:
 
 def is_disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` (an OSError, a DuckDB or a LanceDB error, or one it wraps) says the disk is full."""
-    import errno
-
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:

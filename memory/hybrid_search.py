@@ -313,7 +313,7 @@ class HybridSearch:
         return language_query_terms(words, detect(text), drop_stop_words=drop_stop_words)
 
     async def _fts_leg(self, terms: list[str], where: str, limit: int, *, with_vectors: bool = False) -> list[Row]:
-        from lancedb.query import MatchQuery
+        from lancedb.query import MatchQuery  # deferred: lancedb (~1.3 s); `kith memory stats` imports this module without it
 
         column = "terms" if self.t.multilingual else "content"
         q = (

@@ -19,7 +19,12 @@ from pathlib import Path
 
 import anyio
 
+from providers.documents import document_kind
+from providers.errors import DocumentError
+
+from .documents import document_summary, ingest_document
 from .errors import TranscriptLineError
+from .markers import marker
 from .service import Memory
 from .transcripts import Attachment, read_transcript
 from .types import ROLE_USER, DocumentInfo, StoredMessage
@@ -115,11 +120,6 @@ async def import_transcript(
 async def _import_attachments(memory: Memory, folder: Path, attachments: dict[tuple[int, int], Attachment],
                               carriers: dict[tuple[int, int], StoredMessage], report: ImportReport, max_chars: int,
                               max_pages: int) -> None:
-    from providers.documents import document_kind
-    from providers.errors import DocumentError
-
-    from .documents import ingest_document
-
     known: dict[int, set[int]] = {}
     for key, att in attachments.items():
         msg = carriers.get(key)
@@ -151,9 +151,6 @@ async def import_document(memory: Memory, path: Path, *, chat_id: int, user_id: 
     there as message ``message_id`` (stored as ``[file name]``). Idempotent: a document of the same
     name and size already in that chat is kept, not read again — returns ``(info, False)`` then.
     raises OSError (unreadable file), providers.errors.DocumentError."""
-    from .documents import document_summary, ingest_document
-    from .markers import marker
-
     data = await anyio.Path(path).read_bytes()
     for d in await memory.store.documents.list(chat_id):
         if d.file_name == path.name and d.size_bytes == len(data):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio
@@ -169,7 +169,6 @@ class Ledger(SqlDomainStore):
     def now(self) -> datetime:
         if self.clock is not None:
             return self.clock()
-        from datetime import UTC
 
         return datetime.now(UTC)
 

@@ -27,7 +27,7 @@ from typing import Protocol
 
 import anyio
 
-from .errors import DiskFull
+from .errors import DiskFull, EmbeddingModelChanged
 from .indexer import Indexer
 from .service import Memory
 from .store import DialogueStore
@@ -178,9 +178,6 @@ async def reindex(memory: Memory, *, chat_id: int | None = None, on_progress: Ca
     change of ``memory.embedding_model``, of dimension too); one chat cannot change models
     (raises EmbeddingModelChanged).
     """
-    from .errors import EmbeddingModelChanged
-    from .indexer import Indexer
-
     old = memory.vectors
     held, model = (old.embedding_model, old.dim), (memory.embedder.model_name, memory.embedder.dim)
     if chat_id is not None and held != model:  # one chat in another model's vectors would be unsearchable

@@ -144,8 +144,8 @@ class PostgresStore(QueuedStore, DomainStores):
 
     async def __aenter__(self) -> PostgresStore:
         try:
-            import psycopg
-            from psycopg_pool import AsyncConnectionPool
+            import psycopg  # deferred: psycopg (~110 ms), only on the PostgreSQL backend
+            from psycopg_pool import AsyncConnectionPool  # deferred: psycopg, only on the PostgreSQL backend
         except ImportError as exc:  # pragma: no cover - the extra is part of the test install
             raise MemoryStoreError(
                 "storage.dialogue is a PostgreSQL URL but psycopg is not installed: pip install 'kith[postgresql]'") from exc
@@ -272,7 +272,7 @@ class PostgresStore(QueuedStore, DomainStores):
         return await self._transaction(work)
 
     def _wrap(self, exc: BaseException) -> BaseException:
-        import psycopg
+        import psycopg  # deferred: psycopg (~110 ms), only on the PostgreSQL backend
 
         if is_disk_full(exc) or getattr(exc, "sqlstate", None) == "53100":
             return self._disk_full(exc, self.pending)
@@ -307,7 +307,7 @@ class PostgresStore(QueuedStore, DomainStores):
 
     async def _commit(self, batch: Batch) -> None:
         """The queue's commit function: one transaction; bad data → row by row; a failing server raises."""
-        import psycopg
+        import psycopg  # deferred: psycopg (~110 ms), only on the PostgreSQL backend
 
         if self._pool is None:
             raise MemoryStoreError("the dialogue store is not open")
@@ -338,7 +338,7 @@ class PostgresStore(QueuedStore, DomainStores):
         batch.clear()
 
     async def _write_rows(self, con: Any, batch: Batch) -> None:
-        import psycopg
+        import psycopg  # deferred: psycopg (~110 ms), only on the PostgreSQL backend
 
         for attr, sql, params in (
             ("messages", _INSERT_MESSAGE, _message_params),

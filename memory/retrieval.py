@@ -54,7 +54,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from providers.language import STOP_WORDS
+from providers.language import STOP_WORDS, held_terms
 
 from .types import MemoryHit
 from .vector_rows import RRF_K, Row, content_text
@@ -445,8 +445,6 @@ def _content(row: Row) -> str:
 @lru_cache(maxsize=2048)
 def _row_terms(content: str, text: str) -> frozenset[str]:
     """The distinct terms the index may hold for a row (``language.held_terms``)."""
-    from providers.language import held_terms
-
     return held_terms(content, text)
 
 

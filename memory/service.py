@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
+from providers.language import detect_or_none, would_load
+
 from .facts import FactStore, MemoryEntry
 from .retrieval import DEFAULT as DEFAULT_RETRIEVAL
 from .retrieval import RetrievalSettings, find_speakers
-from .types import ROLE_USER, DocumentChunk, DocumentInfo, MemoryHit, StoredMessage
+from .types import MIGRATION_SHIFT, ROLE_USER, DocumentChunk, DocumentInfo, MemoryHit, StoredMessage
 
 if TYPE_CHECKING:  # (types only; none of these imports this module)
     import numpy as np
@@ -261,8 +263,6 @@ class Memory:
         """Basic group ``old`` became supergroup ``new``: its history, memories (vectors kept),
         documents, settings, subscription and keys move to ``new`` (``DialogueStore.migrate_chat``,
         ``VectorMemory.move_chat``). Returns the messages moved."""
-        from .types import MIGRATION_SHIFT
-
         await self.flush()
         moved = await self.store.migrate_chat(old, new, title=title)
         await self.vectors.move_chat(old, new, MIGRATION_SHIFT)
@@ -278,8 +278,6 @@ class Memory:
 
 async def _language_of(text: str) -> str | None:
     """``providers.language.detect_or_none``, off the event loop when it would first load a model."""
-    from providers.language import detect_or_none, would_load
-
     if would_load(text):
         return await anyio.to_thread.run_sync(detect_or_none, text)
     return detect_or_none(text)

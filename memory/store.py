@@ -161,11 +161,11 @@ def open_dialogue_store(data_dir: Path, *, dialogue: str = "duckdb", flush_inter
 
     raises ValueError for another value; MemoryStoreError subclasses on entering, not here."""
     if dialogue == "duckdb":
-        from .duckdb_store import DuckDBStore
+        from .duckdb_store import DuckDBStore  # deferred: duckdb (~230 ms), only on the DuckDB backend
 
         return DuckDBStore(Path(data_dir) / DUCKDB_FILE, flush_interval_s=flush_interval_s, flush_rows=flush_rows)
     if dialogue.startswith(POSTGRES_SCHEMES):
-        from .postgres_store import PostgresStore
+        from .postgres_store import PostgresStore  # deferred: ~6 ms, only on the PostgreSQL backend
 
         return PostgresStore(dialogue, dump_dir=Path(data_dir), flush_interval_s=flush_interval_s, flush_rows=flush_rows)
     raise ValueError(f"storage.dialogue must be 'duckdb' or a postgresql:// URL, not {dialogue!r}")

@@ -49,7 +49,7 @@ class VectorCounts:
         name = f"{self.table}.lance"
         if not self.location.has_dir(name):
             return None
-        import lance
+        import lance  # deferred: lance (~100 ms), only when counting rows
 
         uri = self.location.child(name)
         try:

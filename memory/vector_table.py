@@ -128,7 +128,7 @@ class VectorTable:
                 await anyio.to_thread.run_sync(lance.close)
 
     async def _open(self) -> None:
-        import lancedb
+        import lancedb  # deferred: lancedb (~1.3 s); `kith memory stats` imports this module without it
 
         self.location.prepare()
         self._db = await lancedb.connect_async(self.location.uri, storage_options=self.location.storage_options or None)
@@ -170,7 +170,7 @@ class VectorTable:
         await self._ensure_indexes()
 
     async def _ensure_indexes(self) -> None:
-        from lancedb.index import FTS, BTree
+        from lancedb.index import FTS, BTree  # deferred: lancedb (~1.3 s)
 
         tbl = self.lance_table
         names = {ix.name: ix for ix in await tbl.list_indices()}
@@ -259,7 +259,7 @@ class VectorTable:
             await self.run(self._optimize)
 
     async def _optimize(self) -> None:
-        from lancedb.index import IvfSq
+        from lancedb.index import IvfSq  # deferred: lancedb (~1.3 s)
 
         tbl = self.lance_table
         await tbl.optimize(cleanup_older_than=self.keep_versions_for)
@@ -309,7 +309,7 @@ class VectorTable:
         return loaded | added if added else loaded
 
     async def _distinct_speakers(self, chat_id: int) -> frozenset[str]:
-        import pyarrow.compute as pc
+        import pyarrow.compute as pc  # deferred: pyarrow.compute (~40 ms); `kith memory stats` must not
 
         tbl = await self.lance_table.query().where(f"chat_id = {chat_id}").select(["user_name"]).to_arrow()
         return frozenset(n for n in pc.unique(tbl.column("user_name")).to_pylist() if n)

@@ -29,11 +29,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from actors.stores import Stores, dialogue_store, open_stores
 from config.models import Config
+from features.capacity import describe as describe_cleanup
+from memory.errors import MemoryStoreError, TranscriptError
+from providers.errors import DocumentError, ProviderError
+from tiers.errors import TierError
 
 if TYPE_CHECKING:
     from actors.services import Services
@@ -146,10 +152,6 @@ def operation(name: str, needs: Needs, *, gap_fill: bool = False, model_change: 
 
 def known_errors() -> tuple[type[BaseException], ...]:
     """The errors an operation reports as ``error: …`` with exit code 1 (anything else is a bug)."""
-    from memory.errors import MemoryStoreError
-    from providers.errors import ProviderError
-    from tiers.errors import TierError
-
     return (MemoryStoreError, ProviderError, TierError)
 
 
@@ -173,7 +175,6 @@ async def open_resources(needs: Needs, config: Config, data_dir: Path, *, gap_fi
                          model_change: bool = False) -> AsyncIterator[Resources]:
     """Open what ``needs`` asks for under ``data_dir`` (no bot running). raises StoreLocked when a
     running bot holds the database."""
-    from actors.stores import dialogue_store, open_stores
 
     if needs == "store":
         async with dialogue_store(config, data_dir) as store:
@@ -182,7 +183,7 @@ async def open_resources(needs: Needs, config: Config, data_dir: Path, *, gap_fi
         async with open_stores(config, data_dir) as stores:
             yield Resources(config, stores.store, stores.vectors)
     else:
-        from actors.runtime import open_memory
+        from actors.runtime import open_memory  # deferred: lancedb and the embedder (seconds), only for search, reindex, import
 
         async with open_memory(config, data_dir, fill_gaps=gap_fill, model_change=model_change) as memory:
             yield Resources(config, memory.store, memory.vectors, memory)
@@ -225,8 +226,6 @@ async def wait_gap_fill(memory: Memory, io: Streams) -> None:
 def _stats_table(rows: list[dict[str, Any]]) -> Table:
     """The per-chat table of ``kith memory stats``: whole chat ids, numbers and dates (never wrapped),
     the title folded, light borders, so it reads at 80 columns (``--json`` has every field)."""
-    from rich import box
-
     table = Table(title="memory", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("chat", no_wrap=True)
     table.add_column("title", overflow="fold", ratio=1, min_width=8)
@@ -243,9 +242,7 @@ def _stats_table(rows: list[dict[str, Any]]) -> Table:
 @operation("memory.stats", "stores")
 async def memory_stats(res: Resources, io: Streams, *, as_json: bool = False) -> int:
     """Messages and memories per chat, and the size of each store."""
-    from actors.stores import Stores
-    from features.capacity import describe as describe_cleanup
-    from memory.maintenance import find_gaps
+    from memory.maintenance import find_gaps  # deferred: ~60 ms; sub, usage and credits do not need it
 
     vectors = res.need_vectors()
     if res.memory is not None:  # a running bot: what it was told so far is counted (briefly: it may be busy)
@@ -356,9 +353,10 @@ async def memory_forget(res: Resources, io: Streams, *, chat: int, user: int | N
 @operation("memory.reindex", "memory", model_change=True)
 async def memory_reindex(res: Resources, io: Streams, *, chat: int | None = None) -> int:
     """Rebuild vector memory from the dialogue store, re-embedding every message (or one chat's)."""
+    # deferred: rich.progress (~5 ms); `kith memory stats` must not
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from memory.maintenance import reindex
+    from memory.maintenance import reindex  # deferred: ~60 ms; sub, usage and credits do not need it
 
     memory = res.need_memory()
     total = await memory.store.messages.count(chat)
@@ -372,7 +370,7 @@ async def memory_reindex(res: Resources, io: Streams, *, chat: int | None = None
 @operation("memory.compact", "memory")
 async def memory_compact(res: Resources, io: Streams) -> int:
     """Compact vector memory and update its indexes."""
-    from memory.maintenance import compact
+    from memory.maintenance import compact  # deferred: ~60 ms; sub, usage and credits do not need it
 
     memory = res.need_memory()
     t0 = time.perf_counter()
@@ -396,10 +394,10 @@ async def import_transcripts(res: Resources, io: Streams, *, files: list[str], w
 async def import_files(memory: Memory, files: list[Path], io: Streams, *, with_files: bool = False) -> tuple[bool, set[int]]:
     """Import each file with a progress bar; print a summary line per file. A file that cannot be
     read is reported and the next one imported. Returns (every file and line imported, the chats)."""
+    # deferred: rich.progress (~5 ms); `kith memory stats` must not
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from memory.errors import TranscriptError
-    from memory.importer import import_transcript
+    from memory.importer import import_transcript  # deferred: ~10 ms, only for `kith import`
 
     ok, chats = True, set()
     for file in files:
@@ -451,11 +449,10 @@ def _count_lines(file: Path) -> int | None:
 @operation("import.documents", "memory")
 async def import_documents(res: Resources, io: Streams, *, files: list[str], chat_id: int, user: str) -> int:
     """Each document (absolute paths) into chat ``chat_id``'s memory; a line per file; exit 1 if any failed."""
-    from memory.documents import document_summary
-    from memory.importer import import_document
-    from memory.transcripts import derived_user_id
-    from providers.errors import DocumentError
-    from transports.local import IdAllocator
+    from memory.documents import document_summary  # deferred: ~5 ms, only for `kith import`
+    from memory.importer import import_document  # deferred: ~10 ms, only for `kith import`
+    from memory.transcripts import derived_user_id  # deferred: ~8 ms, only for `kith import`
+    from transports.local import IdAllocator  # deferred: ~5 ms, only for `kith import`
 
     memory = res.need_memory()
     media = res.config.settings.media
@@ -490,7 +487,7 @@ def _subs(res: Resources):
 
 @operation("sub.grant", "store")
 async def sub_grant(res: Resources, io: Streams, *, target: str, tier: str, days: float | None = None) -> int:
-    from .tiers_report import grant
+    from .tiers_report import grant  # deferred: tiers, babel (~15 ms), only for subscriptions
 
     await grant(res.store, res.config.tiers, target, tier, days, io.out, subs=_subs(res))
     return 0
@@ -498,7 +495,7 @@ async def sub_grant(res: Resources, io: Streams, *, target: str, tier: str, days
 
 @operation("sub.revoke", "store")
 async def sub_revoke(res: Resources, io: Streams, *, target: str) -> int:
-    from .tiers_report import revoke
+    from .tiers_report import revoke  # deferred: tiers, babel (~15 ms), only for subscriptions
 
     await revoke(res.store, res.config.tiers, target, io.out, subs=_subs(res))
     return 0
@@ -506,7 +503,7 @@ async def sub_revoke(res: Resources, io: Streams, *, target: str) -> int:
 
 @operation("sub.list", "store")
 async def sub_list(res: Resources, io: Streams, *, expired: bool = False, as_json: bool = False) -> int:
-    from .tiers_report import list_subs
+    from .tiers_report import list_subs  # deferred: tiers, babel (~15 ms), only for subscriptions
 
     await list_subs(res.store, res.config.tiers, io.out, expired=expired, as_json=as_json, subs=_subs(res))
     return 0
@@ -522,7 +519,7 @@ def _ledger(res: Resources):
 @operation("credits.change", "store")
 async def credits_change(res: Resources, io: Streams, *, target: str, amount: int, kind: str = "grant",
                          note: str | None = None, op_id: str | None = None) -> int:
-    from .credits_report import change, ledger_of
+    from .credits_report import change, ledger_of  # deferred: ~9 ms, only for credits
 
     await change(await ledger_of(res.store, _ledger(res)), target, amount, io.out, kind=kind, note=note, op_id=op_id)
     return 0
@@ -530,7 +527,7 @@ async def credits_change(res: Resources, io: Streams, *, target: str, amount: in
 
 @operation("credits.list", "store")
 async def credits_list(res: Resources, io: Streams, *, as_json: bool = False) -> int:
-    from .credits_report import ledger_of, list_balances
+    from .credits_report import ledger_of, list_balances  # deferred: ~9 ms, only for credits
 
     await list_balances(await ledger_of(res.store, _ledger(res)), io.out, as_json=as_json)
     return 0
@@ -538,7 +535,7 @@ async def credits_list(res: Resources, io: Streams, *, as_json: bool = False) ->
 
 @operation("credits.history", "store")
 async def credits_history(res: Resources, io: Streams, *, target: str, limit: int = 50, as_json: bool = False) -> int:
-    from .credits_report import history, ledger_of
+    from .credits_report import history, ledger_of  # deferred: ~9 ms, only for credits
 
     await history(await ledger_of(res.store, _ledger(res)), target, io.out, limit=limit, as_json=as_json)
     return 0
@@ -546,9 +543,9 @@ async def credits_history(res: Resources, io: Streams, *, target: str, limit: in
 
 @operation("usage", "store")
 async def usage(res: Resources, io: Streams, *, by: str = "model", since: str | None = None, as_json: bool = False) -> int:
-    from tiers.budget import Budget
+    from tiers.budget import Budget  # deferred: ~6 ms, only for usage
 
-    from .tiers_report import usage_report
+    from .tiers_report import usage_report  # deferred: tiers, babel (~15 ms), only for usage
 
     await res.store.flush()  # a running bot: its queued usage records count
     start = datetime.fromisoformat(since) if since else None

@@ -18,6 +18,7 @@ from actors.services import Services
 from config.errors import ConfigError
 from config.loader import load_config
 from config.models import Config
+from providers.errors import ProviderError
 from tiers.budget import paid_features
 
 __all__ = ["AT_START", "LIVE", "ReloadReport", "apply_config", "reload_config"]
@@ -60,7 +61,7 @@ def apply_config(services: Services, new: Config) -> ReloadReport:
     if old.tiers.memory != new.tiers.memory:
         later.append("tiers.memory (auto-cleanup)")
     if "models" in changed or "llm" in changed:
-        from providers.llm import LLM
+        from providers.llm import LLM  # deferred: imports litellm (~2 s)
 
         llm = LLM(new.settings.models, new.settings.llm)  # raises ModelNotConfigured: nothing applied yet
         services.retired_llms.append(services.llm)
@@ -76,8 +77,6 @@ def apply_config(services: Services, new: Config) -> ReloadReport:
 def reload_config(services: Services, path: Path | None) -> ReloadReport:
     """Re-read the config (``path``: the kith.yaml the bot started with, None = the same lookup as
     at start) and apply it; a file that does not validate changes nothing. Logs the outcome."""
-    from providers.errors import ProviderError
-
     try:
         new = load_config(path)
         report = apply_config(services, new)

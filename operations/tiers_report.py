@@ -17,6 +17,8 @@ from rich.table import Table
 if TYPE_CHECKING:
     from memory.store import DialogueStore
 
+from rich import box
+
 import i18n
 from config.models import UNLIMITED, Tier, TiersConfig
 from tiers.budget import PERIODS, Budget
@@ -243,7 +245,6 @@ async def usage_report(store: DialogueStore, console: Console, *, by: str = "mod
         console.print_json(json.dumps(rep))
         return rep
     title = f"usage by {by}" + (f" since {since:%Y-%m-%d %H:%M} UTC" if since else "")
-    from rich import box
 
     # whole keys (chat ids) and numbers, never wrapped; short headings and light borders so that the
     # media columns fit in 80 columns too (`--json` has every field)

@@ -22,6 +22,8 @@ import re
 import zipfile
 from dataclasses import dataclass
 
+import charset_normalizer
+
 from .errors import (
     CorruptDocument,
     DocumentError,
@@ -170,8 +172,8 @@ def extract(data: bytes, file_name: str, mime_type: str | None = None, *, max_pa
 
 
 def _extract_pdf(data: bytes, name: str, max_pages: int) -> Extracted:
-    from pypdf import PdfReader
-    from pypdf.errors import DependencyError, FileNotDecryptedError
+    from pypdf import PdfReader  # deferred: pypdf (~110 ms), only for a PDF
+    from pypdf.errors import DependencyError, FileNotDecryptedError  # deferred: pypdf, only for a PDF
 
     try:
         try:
@@ -217,8 +219,8 @@ def _extract_pdf(data: bytes, name: str, max_pages: int) -> Extracted:
 
 
 def _extract_docx(data: bytes, name: str) -> Extracted:
-    import docx
-    from docx.table import Table
+    import docx  # deferred: python-docx, lxml (~45 ms), only for a .docx
+    from docx.table import Table  # deferred: python-docx, only for a .docx
 
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise CorruptDocument(f"{name}: not a zip archive, so not a DOCX", file_name=name)
@@ -297,8 +299,6 @@ def _decode(data: bytes, name: str) -> tuple[str, str]:
             except UnicodeDecodeError as e:
                 raise CorruptDocument(f"{name}: invalid {encoding} after its BOM: {e}", file_name=name) from e
     if data.count(0) > _MAX_NUL_SHARE * len(data):
-        import charset_normalizer
-
         best = charset_normalizer.from_bytes(data).best()  # UTF-16/32 without a BOM is the only excuse
         if best is not None and best.encoding.startswith(("utf_16", "utf_32")):
             return str(best), best.encoding
@@ -308,7 +308,6 @@ def _decode(data: bytes, name: str) -> tuple[str, str]:
         return data.decode("utf_8"), "utf_8"  # exact, and what nearly every text file is
     except UnicodeDecodeError:
         pass
-    import charset_normalizer
 
     best = charset_normalizer.from_bytes(data).best()
     if best is None:

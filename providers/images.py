@@ -50,7 +50,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
+import httpx
 import litellm
+from litellm.types.utils import LlmProviders
+from litellm.utils import ProviderConfigManager
 
 from config.models import ImageModelSpec
 
@@ -191,9 +194,6 @@ def _takes_response_format(model: str) -> bool:
     if provider is None:
         return False
     try:
-        from litellm.types.utils import LlmProviders
-        from litellm.utils import ProviderConfigManager
-
         cfg = ProviderConfigManager.get_provider_image_generation_config(model=bare, provider=LlmProviders(provider))
     except Exception:
         cfg = None
@@ -383,8 +383,6 @@ class ImageGenerator:
 
     @staticmethod
     async def _download(url: str, timeout_s: float, where: str) -> bytes:
-        import httpx
-
         try:
             async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client, \
                     client.stream("GET", url) as r:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .encoder_pipeline import PROBES, TracedPipeline, encode_planned, loaded_st, padded, write_tokenizer_and_probes
 from .errors import EmbeddingError
 
 __all__ = [
@@ -82,13 +83,11 @@ def export(model_path: str, out_dir: Path) -> None:
     quantize it (``model.onnx``, ``model-int8.onnx``, ``tokenizer.json``, ``manifest.json``).
     Blocking, ~10-20 s; imports torch. raises EmbeddingError (ONNX or ONNX Runtime missing, export
     failed, or the int8 model disagrees with fp32)."""
-    from .encoder_pipeline import PROBES, TracedPipeline, loaded_st, write_tokenizer_and_probes
-
     try:
-        import onnx
-        import onnxruntime
-        import torch
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        import onnx  # deferred: onnx (~0.8 s), only when converting
+        import onnxruntime  # deferred: onnxruntime, only when converting
+        import torch  # deferred: torch (~1.3 s), only when converting
+        from onnxruntime.quantization import QuantType, quantize_dynamic  # deferred: onnxruntime, only when converting
 
         st = loaded_st(model_path)
         example = st.tokenizer(["a short example", "a somewhat longer example text to pad against"],
@@ -141,8 +140,8 @@ class Int8Encoder:
     def __init__(self, model_dir: Path, *, threads: int | None = None, check: bool = True) -> None:
         self._lock = threading.Lock()
         try:
-            import onnxruntime as ort
-            from tokenizers import Tokenizer
+            import onnxruntime as ort  # deferred: onnxruntime (~30 ms), only on the int8 backend
+            from tokenizers import Tokenizer  # deferred: tokenizers, only on the int8 backend
 
             manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
             options = ort.SessionOptions()
@@ -167,8 +166,6 @@ class Int8Encoder:
             raise Disagrees(f"int8 inference disagrees with fp32 on the probe texts (cosine {cos:.4f})")
 
     def _infer(self, encodings, longest: int) -> np.ndarray:
-        from .encoder_pipeline import padded
-
         session = self._int8 if longest >= INT8_MIN_TOKENS and min(len(e.ids) for e in encodings) >= INT8_MIN_TOKENS \
             else self._fp32
         with self._lock:
@@ -177,8 +174,6 @@ class Int8Encoder:
     def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
         """float32[len(texts), dim], L2-normalised, in the caller's order (sorted by token count and
         cut into calls of similar lengths; a call never mixes the fp32 and the int8 path)."""
-        from .encoder_pipeline import encode_planned
-
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         return encode_planned(self._tokenizer, texts, self.dim, self._infer, split_at=INT8_MIN_TOKENS)

@@ -65,7 +65,7 @@ class KeyInfo:
 def cipher_from_env(env: Mapping[str, str] | None = None):
     """A ``MultiFernet`` over the keys in ``KITH_SECRET_KEY``, or None when it is unset.
     raises KeysUnavailable when it is set but not a Fernet key."""
-    from cryptography.fernet import Fernet, MultiFernet
+    from cryptography.fernet import Fernet, MultiFernet  # deferred: cryptography (~10 ms), only when a key is stored or read
 
     raw = ((os.environ if env is None else env).get(SECRET_ENV) or "").strip()
     if not raw:
@@ -113,7 +113,7 @@ class KeyVault:
         cached = self._cache.get((scope, scope_id))
         if cached is not None:
             return cached
-        from cryptography.fernet import InvalidToken
+        from cryptography.fernet import InvalidToken  # deferred: cryptography (~10 ms), only when a key is stored or read
 
         out: dict[str, str] = {}
         for info in await self.info(scope, scope_id):

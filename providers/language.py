@@ -82,6 +82,8 @@ import unicodedata
 from collections.abc import Iterable
 from functools import cache, lru_cache
 
+import Stemmer
+
 __all__ = ["CJK", "CJK_WEIGHT", "CYRILLIC", "LANGUAGES", "LATIN", "MAX_QUERY_TERMS", "MAX_TOKEN_CHARS",
            "MIN_DETECT_LETTERS", "NAMES", "STOP_WORDS", "by_script", "detect", "detect_or_none", "held_terms",
            "index_terms", "ngrams", "normalize", "normalize_arabic", "query_terms", "query_words", "reduce",
@@ -217,6 +219,7 @@ def warm() -> None:
 
 @lru_cache(maxsize=1)
 def _identifier():
+    # deferred: py3langid and its model (~140 ms), on the first detection
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     ident = LanguageIdentifier.from_model_file(MODEL_FILE)
@@ -226,14 +229,12 @@ def _identifier():
 
 @cache
 def _stemmer(lang: str):
-    import Stemmer
-
     return Stemmer.Stemmer(_SNOWBALL[lang])
 
 
 @lru_cache(maxsize=200_000)
 def _reduce_uk(word: str) -> str:
-    import simplemma
+    import simplemma  # deferred: simplemma (~50 ms), on the first lemmatisation
 
     return simplemma.lemmatize(word, lang="uk").lower()
 

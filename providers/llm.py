@@ -66,8 +66,12 @@ from . import _offline  # noqa: F401  (before litellm)
 os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
 os.environ.setdefault("LITELLM_LOCAL_BLOG_POSTS", "True")
 
+import asyncio
+
 import anyio
+import httpx
 import litellm
+import openai
 from litellm import Router
 
 from config.models import LLMSettings, ModelSpec
@@ -209,9 +213,6 @@ def translate_error(e: BaseException, where: str) -> ProviderError:
     where: names the call for the message (e.g. ``"fast (fallbacks: slow)"``). Set ``__cause__`` by
     raising ``translate_error(e, ...) from e``.
     """
-    import httpx
-    import openai
-
     if isinstance(e, ProviderError):
         return e
     msg = f"{where}: {type(e).__name__}: {error_detail(e)}"
@@ -806,8 +807,6 @@ class LLM:
         litellm keeps one SDK client per provider/key/event loop in a process-wide cache; without this
         their sockets stay open until the process exits. Calls after ``aclose`` still work (new clients).
         """
-        import asyncio
-
         suffix = f"-{id(asyncio.get_running_loop())}"
         cache = litellm.in_memory_llm_clients_cache
         for key in [k for k in list(cache.cache_dict) if str(k).endswith(suffix)]:

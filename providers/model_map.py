@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 
 import litellm
+from litellm.types.utils import LlmProviders
+from litellm.utils import ProviderConfigManager
 
 from config.models import ModelSpec
 
@@ -59,9 +61,6 @@ def _fetches_model_info(model: str, provider: str) -> bool:
     if provider in DYNAMIC_INFO_PROVIDERS:
         return True
     try:
-        from litellm.types.utils import LlmProviders
-        from litellm.utils import ProviderConfigManager
-
         cfg = ProviderConfigManager.get_provider_model_info(model=model, provider=LlmProviders(provider))
     except Exception:
         return False

@@ -29,7 +29,7 @@ def available() -> bool:
     """True when the ``tesseract`` binary runs (``pytesseract.get_tesseract_version()``). Cached for
     the process; never raises."""
     try:
-        import pytesseract
+        import pytesseract  # deferred: pytesseract (~150 ms), only for OCR
 
         version = pytesseract.get_tesseract_version()
     except Exception as e:  # TesseractNotFoundError, ImportError, OSError
@@ -46,7 +46,7 @@ def languages() -> frozenset[str]:
     if not available():
         return frozenset()
     try:
-        import pytesseract
+        import pytesseract  # deferred: pytesseract (~150 ms), only for OCR
 
         return frozenset(pytesseract.get_languages(config=""))
     except Exception as e:
@@ -67,7 +67,7 @@ def image_text(data: bytes, lang: str = "eng+rus") -> str:
     """
     if not available():
         raise OCRError("OCR engine not installed: the 'tesseract' binary (Debian: tesseract-ocr) was not found")
-    import pytesseract
+    import pytesseract  # deferred: pytesseract (~150 ms), only for OCR
 
     image = _load(data)
     installed = languages()
@@ -84,7 +84,7 @@ def image_text(data: bytes, lang: str = "eng+rus") -> str:
 
 def _load(data: bytes):
     """``data`` decoded by Pillow into an RGB or L image, upright, at most ``MAX_SIDE`` px a side."""
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps  # deferred: Pillow, only for OCR
 
     try:
         image: Image.Image = Image.open(io.BytesIO(data))

@@ -29,6 +29,7 @@ the sentence embedding float32[batch, 384], L2-normalised.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -37,12 +38,16 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from platformdirs import user_cache_dir
 
+from . import int8_encoder
 from .encoder_pipeline import (
     EXPORT_VERSION,
     PROBES,
@@ -125,8 +130,6 @@ def cache_root(explicit: Path | None = None) -> Path:
     if explicit is not None:
         return explicit
     try:
-        from platformdirs import user_cache_dir
-
         return Path(user_cache_dir("kith", appauthor=False))
     except ImportError:  # pragma: no cover - platformdirs is a dependency
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -135,7 +138,7 @@ def cache_root(explicit: Path | None = None) -> Path:
 
 def _versions(precision: str) -> str:
     """The versions of the libraries a conversion of ``precision`` depends on."""
-    from importlib import metadata
+    from importlib import metadata  # deferred: importlib.metadata (~15 ms), only when a conversion is checked
 
     names = ("openvino",) if precision != "int8" else ("onnxruntime", "onnx", "torch")
     out = []
@@ -151,13 +154,11 @@ def cache_key(model_path: str | Path, precision: str = "fp32") -> str:
     """A key of the model directory (its resolved path; each file's relative path, size and mtime),
     the precision of the conversion, the libraries' versions and ``EXPORT_VERSION``: 16 hex digits.
     Cheap (no file is read). The fp32 key is the one earlier versions used (their caches stay valid)."""
-    import openvino
+    import openvino  # deferred: openvino, only on this backend
 
     root = Path(model_path)
     head = f"kith-ov-{EXPORT_VERSION}-{openvino.__version__}-{root.resolve()}"
     if precision == "int8":
-        from . import int8_encoder
-
         head = (f"kith-int8-{int8_encoder.INT8_VERSION}-{int8_encoder.INT8_MIN_TOKENS}-{int8_encoder.KEEP_FP32}-"
                 f"{_versions(precision)}-{root.resolve()}")
     h = hashlib.sha256(head.encode())
@@ -182,10 +183,8 @@ def export(model_path: str, out_dir: Path) -> None:
 
 def _convert(st, out_dir: Path, model_path: str) -> None:
     """Trace ``st`` into OpenVINO, save it with its tokenizer and probe vectors, check it."""
-    import warnings
-
-    import openvino as ov
-    import torch
+    import openvino as ov  # deferred: openvino, only on this backend
+    import torch  # deferred: torch (~1.3 s), only when converting
 
     # traced with a padded pair of texts, so the padding branches are the ones recorded
     example = st.tokenizer(["a short example", "a somewhat longer example text to pad against"],
@@ -208,8 +207,6 @@ def _convert(st, out_dir: Path, model_path: str) -> None:
 
 def _drop_stale_builds(models: Path, older_than_s: float = 3600) -> None:
     """Remove half-built conversions an interrupted process left (``.building-*`` older than an hour)."""
-    import time
-
     for d in models.glob(".building-*") if models.is_dir() else ():
         try:
             if time.time() - d.stat().st_mtime > older_than_s:
@@ -225,7 +222,7 @@ conversions = 0  # conversions this process ran, finished or not (tests, logs)
 def _exclusive(target: Path) -> Iterator[None]:
     """Hold the file lock of ``target``'s conversion (``.<name>.lock`` beside it), waiting for
     another process's conversion at most ``LOCK_TIMEOUT_S``. raises EmbeddingError."""
-    from filelock import FileLock, Timeout
+    from filelock import FileLock, Timeout  # deferred: filelock (~20 ms), only when converting
 
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -274,8 +271,6 @@ def converted(model_path: str | None = None, cache_dir: Path | None = None, prec
         except OSError as exc:
             raise EmbeddingError(f"cannot write the OpenVINO model cache {target.parent}: {exc}") from exc
         try:
-            from . import int8_encoder
-
             try:
                 (int8_encoder.export if precision == "int8" else export)(model_path, tmp)
             except int8_encoder.Disagrees:
@@ -320,8 +315,8 @@ class OpenVINOEncoder:
         self._lock = threading.Lock()  # bulk calls, one at a time
         self._query_lock = threading.Lock()  # queries on their own model (``concurrent_queries``)
         try:
-            import openvino as ov
-            from tokenizers import Tokenizer
+            import openvino as ov  # deferred: openvino, only on this backend
+            from tokenizers import Tokenizer  # deferred: tokenizers, only on this backend
 
             manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8")) \
                 if (model_dir / "manifest.json").is_file() else None
@@ -348,7 +343,7 @@ class OpenVINOEncoder:
             config["INFERENCE_PRECISION_HINT"] = hint
         self._compiled = self._core.compile_model(self._model, "CPU", config)
         self._request = self._compiled.create_infer_request()
-        import openvino as ov
+        import openvino as ov  # deferred: openvino, only on this backend
 
         # recall queries get a compiled model of their own (one unpinned thread, ~60 MiB more) where
         # the machine has more than one core and no thread count was given (Ray workers): a query then
@@ -409,8 +404,6 @@ class OpenVINOEncoder:
 def _open(model_path: str | None, precision: str, cache_dir: Path | None, threads: int | None):
     """The encoder of the conversion for ``precision``; a damaged conversion (a truncated model
     file, a deleted file) is converted again, once. raises EmbeddingError."""
-    from . import int8_encoder
-
     kind = "int8" if precision == "int8" else "fp32"
 
     def make(model_dir: Path):
@@ -458,8 +451,6 @@ def prepare(precision: str = "auto", model_path: str | None = None) -> list[Path
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m providers.openvino_encoder --prepare [--precision P]``: convert the embedding model
     once for this machine (offline: the weights are the installed package's)."""
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m providers.openvino_encoder", description=main.__doc__)
     ap.add_argument("--prepare", action="store_true", help="convert the embedding model into the user's cache")
     ap.add_argument("--precision", choices=PRECISIONS, default="auto")

@@ -40,7 +40,7 @@ class QueryEncoder:
         """Trace ``model`` (a SentenceTransformer of Transformer → mean Pooling → Normalize) and
         verify it against ``model.encode``; None when the model has another shape or the check fails."""
         try:
-            import torch
+            import torch  # deferred: torch (~1.3 s)
 
             modules = list(model)
             if len(modules) != 3 or type(modules[1]).__name__ != "Pooling" or type(modules[2]).__name__ != "Normalize":
@@ -71,7 +71,7 @@ class QueryEncoder:
             return None
 
     def encode_one(self, text: str) -> np.ndarray:
-        import torch
+        import torch  # deferred: torch (~1.3 s)
 
         with torch.inference_mode():
             f = self._tokenizer([text], return_tensors="pt", truncation=True, max_length=self._max_length)

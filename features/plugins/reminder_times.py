@@ -18,6 +18,9 @@ import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from babel.dates import format_skeleton, format_time
+from croniter import croniter
+
 from features.plugins.clock import zone
 from features.plugins.errors import PluginError
 
@@ -224,8 +227,6 @@ _EVERY = re.compile(r"^(?:every|each|каждый|каждую|каждое|ка
 
 
 def _cron_valid(expr: str) -> bool:
-    from croniter import croniter
-
     return len(expr.split()) == 5 and bool(croniter.is_valid(expr))
 
 
@@ -282,8 +283,6 @@ def parse_repeat(text: str, *, first: datetime, tz: str) -> str:
 def next_occurrence(expr: str, after: datetime, tz: str) -> datetime:
     """The first time of cron ``expr`` in zone ``tz`` strictly after ``after``, in UTC (DST-correct:
     the wall-clock time of that day's offset)."""
-    from croniter import croniter
-
     start = after.astimezone(zone(tz))
     found = croniter(expr, start).get_next(datetime)
     return found.astimezone(UTC)
@@ -296,8 +295,6 @@ def describe_when(due: datetime, tz: str, now: datetime, locale: str = "en") -> 
     """``due`` in zone ``tz`` for a member (CLDR, via Babel): within six days of ``now`` the weekday
     and time ("Thu 10:00 AM", «чт 10:00»), later with the date ("Thu, Jul 9, 10:00 AM"), in another
     year with the year."""
-    from babel.dates import format_skeleton, format_time
-
     where = zone(tz)
     local, here = due.astimezone(where), now.astimezone(where)
     try:

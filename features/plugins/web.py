@@ -8,6 +8,7 @@ loop's job; this module neither strips nor interprets what it reads.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import ssl
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 
 import anyio
 import httpx
+from charset_normalizer import from_bytes
 
 from features.plugins import net
 from features.plugins.base import ToolContext, ToolOutcome, ToolSpec, cut, short, text_arg
@@ -109,8 +111,6 @@ def parse_searxng(body: bytes, limit: int) -> list[SearchResult]:
     """The first ``limit`` results of a SearXNG JSON answer (``{"results": [{"title", "url",
     "content"}, …]}``); results without a URL are skipped, and a URL seen before. Raises
     ``SearchError`` when ``body`` is not such JSON."""
-    import json
-
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -201,7 +201,7 @@ def extract_text(page: net.Page) -> tuple[str | None, str]:
     other text types decoded as they are. Raises ``FetchError`` for a type that is not text (PDF, images…).
     Blocking (parsing): call it in a worker thread."""
     if page.content_type in _HTML:
-        import trafilatura
+        import trafilatura  # deferred: trafilatura, lxml (~250 ms), only when a page is fetched
 
         html: str | bytes = page.body
         if page.charset:
@@ -230,7 +230,6 @@ def _decode(body: bytes, charset: str | None) -> str:
             return body.decode(charset, errors="replace")
         except LookupError:
             pass
-    from charset_normalizer import from_bytes
 
     best = from_bytes(body).best()
     return str(best) if best is not None else body.decode("utf-8", errors="replace")

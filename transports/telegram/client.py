@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pyrogram
+from pyrogram import types
+from pyrogram.errors import RPCError
 
+import i18n
 from actors.errors import TelegramRefused
 from config.models import Config, TelegramSettings
 from config.secrets import TelegramCredentials, telegram_credentials
@@ -65,8 +69,6 @@ def build_client(config: Config, data_dir: Path, credentials: TelegramCredential
 
     Call inside the running event loop (pyrogram binds its locks and queues to the current loop).
     """
-    import pyrogram
-
     creds = credentials or telegram_credentials()
     return pyrogram.Client(
         name=config.settings.telegram.session_name,
@@ -88,8 +90,6 @@ async def connect(client: Any, stopped: anyio.Event, settings: TelegramSettings,
     ``reconnect_initial_s`` to ``reconnect_max_s``; ``on_state`` hears the same (``"connecting, retry
     3 in 8 s (…)"``) for /readyz. Returns False when ``stopped`` is set first.
     raises TelegramRefused when Telegram answers with an error (bad bot token, API id or hash)."""
-    from pyrogram.errors import RPCError
-
     delay, attempt = settings.reconnect_initial_s, 0
     on_state("connecting")
     while True:
@@ -135,11 +135,6 @@ async def set_commands(client: Any) -> None:
     """Register the command menu: the default (English) one, then one per interface language, which
     Telegram shows to users whose app speaks it (``language_code``). A failure is logged: the bot
     works without a menu."""
-    from pyrogram import types
-    from pyrogram.errors import RPCError
-
-    import i18n
-
     for lang in i18n.available():
         menu = [types.BotCommand(c, i18n.in_language(lang, d)) for c, d in COMMANDS]
         try:

@@ -55,6 +55,7 @@ from actors.events import (
 from actors.services import BotIdentity
 from config.models import TelegramSettings
 from i18n import N_
+from memory.markers import contact_text, location_text, poll_text
 
 from .limits import flood_seconds
 from .outbox import LRU, TelegramOutbox, to_utc
@@ -191,8 +192,6 @@ def media_of(message: Any, client: Any = None) -> Media | None:
 
 def shared_text(message: Any) -> str | None:
     """The stored text of a poll, location or contact message (``memory.markers``); None otherwise."""
-    from memory.markers import contact_text, location_text, poll_text
-
     poll = message.poll
     if poll is not None:
         return poll_text(str(poll.question or ""), [str(o.text or "") for o in poll.options or ()])
