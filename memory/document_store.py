@@ -18,6 +18,7 @@ import builtins
 from collections.abc import AsyncIterator, Sequence
 
 from .sql_domain import SqlBackend, SqlDomainStore, ts, us
+from .sql_domain import no_nul as _clean
 from .store_base import keyset_pages
 from .types import DocumentChunk, DocumentInfo
 
@@ -27,11 +28,6 @@ _INFO_COLS = "chat_id, message_id, file_name, mime_type, kind, size_bytes, pages
 # a document's chunks with their provenance; ``{date}``: the document's date read as µs since the epoch
 _CHUNKS_SELECT = ("SELECT c.chat_id, c.message_id, c.chunk, c.text, c.page, c.section, d.file_name, d.user_id,"
                   " d.user_name, {date} FROM document_chunks c JOIN documents d USING (chat_id, message_id) WHERE true")
-
-
-def _clean(text: str | None) -> str | None:
-    """U+0000 as U+FFFD: PostgreSQL's text cannot hold it (the store contract allows it on every engine)."""
-    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
 
 
 class DocumentStore(SqlDomainStore):

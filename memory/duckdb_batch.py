@@ -17,10 +17,11 @@ import pyarrow as pa
 
 from .batch import Batch
 from .schema import to_us
+from .sql_domain import DUCKDB
 from .store_base import describe_row
 from .types import StoredMessage, UsageRecord
 
-__all__ = ["SYSTEMIC", "TS", "insert_batch", "insert_rows"]
+__all__ = ["SYSTEMIC", "insert_batch", "insert_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ SYSTEMIC: tuple[type[BaseException], ...] = (
     MemoryError,
 )
 
-TS = "make_timestamp({}) AT TIME ZONE 'UTC'"  # BIGINT µs since epoch (UTC) -> TIMESTAMPTZ
 
 
 def insert_batch(con: duckdb.DuckDBPyConnection, batch: Batch, usage: str = "usage") -> None:
@@ -109,19 +109,19 @@ _INSERT_SELECT = {
     "messages": (
         "INSERT OR IGNORE INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date, imported)"
         " SELECT chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, "
-        + TS.format("date_us")
+        + DUCKDB.ts_of("date_us")
         + ", imported FROM {src}"
     ),
     "usage": (
         "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
         " seconds, images, pages)"
-        " SELECT " + TS.format("ts_us") + ", chat_id, user_id, kind, model, prompt_tokens, completion_tokens,"
+        " SELECT " + DUCKDB.ts_of("ts_us") + ", chat_id, user_id, kind, model, prompt_tokens, completion_tokens,"
         " cost_usd, latency_ms, seconds, images, pages FROM {src}"
     ),
     "usage_new": (  # rows of an earlier run: one stored already (committed just before a crash) is skipped
         "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
         " seconds, images, pages)"
-        " SELECT * FROM (SELECT " + TS.format("ts_us") + " AS ts, chat_id, user_id, kind, model, prompt_tokens,"
+        " SELECT * FROM (SELECT " + DUCKDB.ts_of("ts_us") + " AS ts, chat_id, user_id, kind, model, prompt_tokens,"
         " completion_tokens, cost_usd, latency_ms, seconds, images, pages FROM {src}) s" + _USAGE_IS_NEW
     ),
     "recalls": (
@@ -130,27 +130,27 @@ _INSERT_SELECT = {
     ),
     "chats": (
         "INSERT INTO chats (chat_id, type, title, settings, created_at)"
-        " SELECT chat_id, type, title, '{{}}', " + TS.format("created_us") + " FROM {src}"
+        " SELECT chat_id, type, title, '{{}}', " + DUCKDB.ts_of("created_us") + " FROM {src}"
         " ON CONFLICT (chat_id) DO UPDATE SET type = excluded.type, title = coalesce(excluded.title, chats.title)"
     ),
     "deliveries": (
         "INSERT OR IGNORE INTO deliveries (chat_id, message_id, sent_at)"
-        " SELECT chat_id, message_id, " + TS.format("sent_us") + " FROM {src}"
+        " SELECT chat_id, message_id, " + DUCKDB.ts_of("sent_us") + " FROM {src}"
     ),
 }
 
 _INSERT_ROW = {
     "messages": (
         "INSERT OR IGNORE INTO messages (chat_id, message_id, thread_id, user_id, user_name, role, text, reply_to, date, imported)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, " + TS.format("?") + ", ?)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, " + DUCKDB.ts_of("?") + ", ?)"
     ),
     "usage": (
         "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
-        " seconds, images, pages) VALUES (" + TS.format("?") + ", ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " seconds, images, pages) VALUES (" + DUCKDB.ts_of("?") + ", ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ),
     "usage_new": (
         "INSERT INTO usage (ts, chat_id, user_id, kind, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
-        " seconds, images, pages) SELECT * FROM (SELECT " + TS.format("?") + " AS ts, ?::BIGINT AS chat_id,"
+        " seconds, images, pages) SELECT * FROM (SELECT " + DUCKDB.ts_of("?") + " AS ts, ?::BIGINT AS chat_id,"
         " ?::BIGINT AS user_id, ?::VARCHAR AS kind, ?::VARCHAR AS model, ?::BIGINT AS prompt_tokens,"
         " ?::BIGINT AS completion_tokens, ?::DOUBLE AS cost_usd, ?::DOUBLE AS latency_ms, ?::DOUBLE AS seconds,"
         " ?::BIGINT AS images, ?::BIGINT AS pages) s" + _USAGE_IS_NEW
@@ -159,11 +159,11 @@ _INSERT_ROW = {
         "INSERT OR IGNORE INTO recalls (chat_id, reply_message_id, memory_message_id, score) VALUES (?, ?, ?, ?)"
     ),
     "chats": (
-        "INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (?, ?, ?, '{}', " + TS.format("?") + ")"
+        "INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (?, ?, ?, '{}', " + DUCKDB.ts_of("?") + ")"
         " ON CONFLICT (chat_id) DO UPDATE SET type = excluded.type, title = coalesce(excluded.title, chats.title)"
     ),
     "deliveries": (
-        "INSERT OR IGNORE INTO deliveries (chat_id, message_id, sent_at) VALUES (?, ?, " + TS.format("?") + ")"
+        "INSERT OR IGNORE INTO deliveries (chat_id, message_id, sent_at) VALUES (?, ?, " + DUCKDB.ts_of("?") + ")"
     ),
 }
 

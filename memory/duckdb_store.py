@@ -49,12 +49,13 @@ import duckdb
 
 from .batch import Batch, load_unsaved, save_unsaved, unsaved_files
 from .domains import DomainStores
-from .duckdb_batch import SYSTEMIC, TS, insert_batch, insert_rows
+from .duckdb_batch import SYSTEMIC, insert_batch, insert_rows
 from .errors import DiskFull, MemoryStoreError, StoreLocked, is_disk_full
 from .reserve import Journal
 from .schema import migrate, to_us
+from .settings_store import settings_json
 from .sql_domain import DUCKDB, Dialect
-from .store_base import QueuedStore, json_object
+from .store_base import QueuedStore
 from .types import (
     MIGRATION_SHIFT,
     StoredMessage,
@@ -444,9 +445,9 @@ class DuckDBStore(QueuedStore, DomainStores):
                                 " WHERE scope = 'chat' AND scope_id = ?", [new, old])
                     con.execute(f"DELETE FROM {table} WHERE scope = 'chat' AND scope_id = ?", [old])
                 con.execute(
-                    f"INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (?, 'supergroup', ?, ?, {TS.format('?')})"
+                    f"INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (?, 'supergroup', ?, ?, {DUCKDB.ts})"
                     " ON CONFLICT (chat_id) DO UPDATE SET type = 'supergroup', title = excluded.title, settings = excluded.settings",
-                    [new, name, json_object(settings), to_us(self._clock())])
+                    [new, name, settings_json(settings), to_us(self._clock())])
                 con.execute("DELETE FROM chats WHERE chat_id = ?", [old])
                 con.execute("COMMIT")
             except BaseException:

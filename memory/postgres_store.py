@@ -38,8 +38,10 @@ from .domains import DomainStores
 from .errors import DiskFull, MemoryStoreError, is_disk_full
 from .postgres_schema import migrate
 from .schema import from_us, to_us
+from .settings_store import settings_json
 from .sql_domain import POSTGRESQL, Dialect
-from .store_base import QueuedStore, describe_row, json_object
+from .sql_domain import no_nul as _clean
+from .store_base import QueuedStore, describe_row
 from .types import (
     MIGRATION_SHIFT,
     StoredMessage,
@@ -78,18 +80,9 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
 
 
-def _clean(text: str | None) -> str | None:
-    """PostgreSQL's text cannot hold U+0000: store U+FFFD in its place."""
-    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
-
-
 def _utc(ts: datetime) -> datetime:
     """A naive datetime is taken as UTC."""
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
-
-
-def _json_object(settings: dict[str, Any]) -> str:
-    return json_object(settings).replace("\\u0000", "\\ufffd")  # jsonb cannot hold U+0000
 
 
 class PostgresStore(QueuedStore, DomainStores):
@@ -427,7 +420,7 @@ class PostgresStore(QueuedStore, DomainStores):
             await con.execute(
                 "INSERT INTO chats (chat_id, type, title, settings, created_at) VALUES (%s, 'supergroup', %s, %s::jsonb, %s)"
                 " ON CONFLICT (chat_id) DO UPDATE SET type = 'supergroup', title = excluded.title, settings = excluded.settings",
-                [new, name, _json_object(settings), self._clock()])
+                [new, name, settings_json(settings), self._clock()])
             await con.execute("DELETE FROM chats WHERE chat_id = %s", [old])
             return int(moved), name
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import anyio
 
-from .sql_domain import SqlBackend, SqlDomainStore, ts, us
+from .sql_domain import SqlBackend, SqlDomainStore, no_nul, ts, us
 from .types import ChatInfo
 
 __all__ = ["SettingsStore", "settings_json"]
@@ -36,7 +36,7 @@ __all__ = ["SettingsStore", "settings_json"]
 def _no_nul(value: Any) -> Any:
     """``value`` (decoded JSON) with U+0000 in its strings (keys too) replaced by U+FFFD."""
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
+        return no_nul(value)
     if isinstance(value, dict):
         return {_no_nul(k): _no_nul(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -52,10 +52,6 @@ def settings_json(settings: dict[str, Any]) -> str:
         raise TypeError(f"settings must be a dict, not {type(settings).__name__}")
     doc = json.dumps(settings, ensure_ascii=False)
     return json.dumps(_no_nul(settings), ensure_ascii=False) if "\\u0000" in doc else doc
-
-
-def _clean(text: str | None) -> str | None:
-    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
 
 
 def _settings(value: object) -> dict[str, Any]:
@@ -169,7 +165,7 @@ class SettingsStore(SqlDomainStore):
             f"INSERT INTO users (user_id, username, name, settings, created_at) VALUES (?, ?, ?, {self._json()}, {{ts}})"
             " ON CONFLICT (user_id) DO UPDATE SET settings = excluded.settings,"
             " username = coalesce(excluded.username, users.username), name = coalesce(excluded.name, users.name)",
-            [user_id, _clean(username), _clean(name), doc, us(self._clock())])
+            [user_id, no_nul(username), no_nul(name), doc, us(self._clock())])
 
     async def chats(self) -> list[ChatInfo]:
         """Every chat with a chat row or stored messages (queued ones committed first), by chat id:

@@ -10,7 +10,8 @@ Each domain's SQL is written once: the same text runs on DuckDB and PostgreSQL, 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,14 +20,15 @@ from typing import Any, Protocol, Self, overload
 from .errors import MemoryStoreError
 from .schema import from_us, to_us
 
-__all__ = ["DUCKDB", "POSTGRESQL", "Dialect", "SqlBackend", "SqlDomainStore", "transaction"]
+__all__ = ["DUCKDB", "POSTGRESQL", "Dialect", "SqlBackend", "SqlDomainStore", "no_nul", "transaction"]
 
 
 @dataclass(frozen=True, slots=True)
 class Dialect:
     """The spellings one engine needs where the SQL standard leaves the engines apart.
 
-    ``ts``: a ``?`` parameter of microseconds since the epoch (BIGINT, UTC) as a TIMESTAMPTZ;
+    ``ts``: a ``?`` parameter of microseconds since the epoch (BIGINT, UTC) as a TIMESTAMPTZ
+    (``ts_of(expr)``: the same for another BIGINT expression, e.g. a column of an Arrow batch);
     ``us(expr)``: a TIMESTAMPTZ expression as microseconds since the epoch (BIGINT). Times cross the
     driver as integers in both engines, so they round-trip with microsecond precision. ``json``: the
     type of a JSON column, for ``CAST(? AS <json>)`` of a parameter of JSON text (DuckDB's ``JSON``,
@@ -34,17 +36,26 @@ class Dialect:
     the decoded object (psycopg)."""
 
     name: str
-    ts: str
+    ts_template: str
     us_template: str
     json: str = "JSON"
+
+    @property
+    def ts(self) -> str:
+        """A ``?`` parameter (µs since the epoch) as a TIMESTAMPTZ."""
+        return self.ts_template.format("?")
+
+    def ts_of(self, expr: str) -> str:
+        """``expr`` (BIGINT microseconds since the epoch) as a TIMESTAMPTZ."""
+        return self.ts_template.format(expr)
 
     def us(self, expr: str) -> str:
         """``expr`` (a TIMESTAMPTZ) as BIGINT microseconds since the epoch."""
         return self.us_template.format(expr)
 
 
-DUCKDB = Dialect("duckdb", "make_timestamp(?) AT TIME ZONE 'UTC'", "epoch_us({})")
-POSTGRESQL = Dialect("postgresql", "(TIMESTAMPTZ 'epoch' + ? * INTERVAL '1 microsecond')",
+DUCKDB = Dialect("duckdb", "make_timestamp({}) AT TIME ZONE 'UTC'", "epoch_us({})")
+POSTGRESQL = Dialect("postgresql", "(TIMESTAMPTZ 'epoch' + {} * INTERVAL '1 microsecond')",
                      "(extract(epoch FROM {}) * 1000000)::bigint", json="JSONB")
 
 
@@ -73,11 +84,19 @@ async def transaction(backend: SqlBackend, domain: str, statements: Sequence[tup
     the rows each returned. ``lock``: a name held for the transaction across processes (PostgreSQL's
     advisory lock). A driver's own error (duckdb.Error, psycopg.Error) becomes a MemoryStoreError
     naming ``domain`` ("reminders", "credits")."""
-    try:
+    with _driver_errors(domain):
         return await backend.sql_transaction(statements, lock=lock) if lock is not None else await backend.sql_transaction(statements)
+
+
+@contextmanager
+def _driver_errors(domain: str) -> Iterator[None]:
+    """A driver's own error (duckdb.Error, psycopg.Error) inside as a MemoryStoreError naming
+    ``domain``; a MemoryStoreError (DiskFull, a failing server) passes as it is."""
+    try:
+        yield
     except MemoryStoreError:
         raise
-    except Exception as exc:  # the driver's own errors (duckdb.Error, psycopg.Error)
+    except Exception as exc:
         raise MemoryStoreError(f"{domain}: the database failed: {exc}") from exc
 
 
@@ -105,12 +124,8 @@ class SqlDomainStore:
     async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement (``{ts}`` spelled for the dialect), committed on return; its rows. A
         driver's error becomes a MemoryStoreError naming the domain."""
-        try:
+        with _driver_errors(self.DOMAIN):
             return await self.backend.sql_query(self._sql(sql), params)
-        except MemoryStoreError:
-            raise
-        except Exception as exc:  # the driver's own errors (duckdb.Error, psycopg.Error)
-            raise MemoryStoreError(f"{self.DOMAIN}: the database failed: {exc}") from exc
 
     async def _tx(self, *statements: tuple[str, Sequence[Any]], lock: str | None = None) -> list[list[tuple[Any, ...]]]:
         return await transaction(self.backend, self.DOMAIN, [(self._sql(q), p) for q, p in statements], lock=lock)
@@ -121,6 +136,12 @@ class SqlDomainStore:
             await self._tx(*((sql, ()) for sql in self.DDL))
             self._opened = True
         return self
+
+
+def no_nul(text: str | None) -> str | None:
+    """``text`` with U+0000 as U+FFFD: PostgreSQL's ``text`` and ``jsonb`` cannot hold U+0000 (which
+    Telegram never sends); the store contract allows the replacement on every engine."""
+    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
 
 
 @overload

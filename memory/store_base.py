@@ -3,7 +3,6 @@
 ``QueuedStore`` and gives the queue its commit function (``memory.write_behind``)."""
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
@@ -16,7 +15,7 @@ from .errors import DiskFull
 from .types import MemoryHit, StoredMessage, UsageRecord
 from .write_behind import WriteBehind
 
-__all__ = ["QueuedStore", "describe_row", "equalities", "json_object", "keyset_pages"]
+__all__ = ["QueuedStore", "describe_row", "equalities", "keyset_pages"]
 
 
 class QueuedStore:
@@ -150,13 +149,6 @@ class QueuedStore:
             return await owner.__aexit__(*exc)
         await owner.aclose()
         return False
-
-
-def json_object(settings: dict[str, Any]) -> str:
-    """``settings`` as JSON text. raises TypeError for a non-dict or a non-JSON value."""
-    if not isinstance(settings, dict):
-        raise TypeError(f"settings must be a dict, not {type(settings).__name__}")
-    return json.dumps(settings, ensure_ascii=False)
 
 
 def describe_row(row: Any) -> str:
