@@ -10,7 +10,8 @@ not stored twice when the reserve is replayed (``usage_new``).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -24,6 +25,8 @@ from .types import StoredMessage, UsageRecord
 __all__ = ["SYSTEMIC", "insert_batch", "insert_rows"]
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 # Errors of the database itself (not of one row): rows stay queued and are retried.
 SYSTEMIC: tuple[type[BaseException], ...] = (
@@ -172,14 +175,21 @@ _STR = pa.string()
 _F64 = pa.float64()
 
 
+def _first_of_each(rows: Iterable[R], key: Callable[[R], Hashable]) -> list[R]:
+    """``rows`` without repeats of a key (the first write of a key wins, as the store's contract says),
+    in order: ``INSERT OR IGNORE`` of one statement would otherwise see a key twice."""
+    seen: set[Hashable] = set()
+    out: list[R] = []
+    for r in rows:
+        k = key(r)
+        if k not in seen:
+            seen.add(k)
+            out.append(r)
+    return out
+
+
 def _messages_table(msgs: list[StoredMessage]) -> pa.Table:
-    seen: set[tuple[int, int]] = set()
-    rows: list[StoredMessage] = []
-    for m in msgs:  # dedupe within the batch: first write wins
-        key = (m.chat_id, m.message_id)
-        if key not in seen:
-            seen.add(key)
-            rows.append(m)
+    rows = _first_of_each(msgs, lambda m: (m.chat_id, m.message_id))
     return pa.table(
         {
             "chat_id": pa.array([m.chat_id for m in rows], _I64),
@@ -216,12 +226,7 @@ def _usage_table(recs: list[UsageRecord]) -> pa.Table:
 
 
 def _recalls_table(rows: list[tuple[int, int, int, float]]) -> pa.Table:
-    seen: set[tuple[int, int, int]] = set()
-    uniq = []
-    for r in rows:
-        if r[:3] not in seen:
-            seen.add(r[:3])
-            uniq.append(r)
+    uniq = _first_of_each(rows, lambda r: r[:3])
     return pa.table(
         {
             "chat_id": pa.array([r[0] for r in uniq], _I64),
@@ -249,14 +254,12 @@ def _chats_table(rows: list[tuple[int, str, str | None, int]]) -> pa.Table:
 
 
 def _deliveries_table(rows: list[tuple[int, int, int]]) -> pa.Table:
-    first: dict[tuple[int, int], int] = {}
-    for r in rows:  # one row per key (the first: when the reply began to be sent)
-        first.setdefault((r[0], r[1]), r[2])
+    first = _first_of_each(rows, lambda r: r[:2])  # the first: when the reply began to be sent
     return pa.table(
         {
-            "chat_id": pa.array([k[0] for k in first], _I64),
-            "message_id": pa.array([k[1] for k in first], _I64),
-            "sent_us": pa.array(list(first.values()), _I64),
+            "chat_id": pa.array([r[0] for r in first], _I64),
+            "message_id": pa.array([r[1] for r in first], _I64),
+            "sent_us": pa.array([r[2] for r in first], _I64),
         }
     )
 
