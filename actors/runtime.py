@@ -87,6 +87,11 @@ async def open_memory(config: Config, data_dir: Path, *, model: Any = None, fill
     mem = config.settings.memory
     await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
+        # the language detector's model (~0.7 s of one core) loads beside the stores and the
+        # embedding model, not inside the first message's indexing or the first answer
+        warming = await stack.enter_async_context(anyio.create_task_group())
+        warmed = anyio.Event()
+        warming.start_soon(_warm_language, warmed, name="warm-language")
         store = await stack.enter_async_context(
             dialogue_store(config, data_dir)
         )
@@ -114,7 +119,18 @@ async def open_memory(config: Config, data_dir: Path, *, model: Any = None, fill
         if fill_gaps:
             filler = await stack.enter_async_context(GapFiller(memory))
             memory.gap_filler = filler
+        await warmed.wait()
         yield memory
+
+
+async def _warm_language(done: anyio.Event) -> None:
+    """``language.warm`` in a worker thread; a failure is logged (the first detection would load it again)."""
+    try:
+        await anyio.to_thread.run_sync(language.warm)
+    except Exception:
+        log.warning("could not load the language detector ahead of use", exc_info=True)
+    finally:
+        done.set()
 
 
 @asynccontextmanager
@@ -144,8 +160,6 @@ async def open_runtime(
     """
     from providers.llm import LLM  # imports litellm (slow): only when answering
 
-    # the language detector's model (~1 s) would otherwise load inside the first answer
-    await anyio.to_thread.run_sync(language.warm)
     async with open_memory(config, data_dir, model=model, fill_gaps=fill_gaps) as memory:
         own_llm = llm is None
         if llm is None:

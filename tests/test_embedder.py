@@ -8,7 +8,7 @@ import anyio
 import numpy as np
 import pytest
 
-from providers.embedder import Embedder
+from providers.embedder import BESIDE_QUERIES_TEXTS, Embedder
 
 pytestmark = pytest.mark.anyio
 
@@ -174,6 +174,33 @@ def test_a_live_window_of_mixed_lengths_is_cut_into_calls_of_similar_lengths(ov_
     assert sorted(n for call in seen for n in call) == lengths and len(seen) == len(calls)
     alone = np.stack([ov_encoder.encode_one(t) for t in texts])
     assert float((got * alone).sum(axis=1).min()) > 0.9999  # each row is its own text's, in the caller's order
+
+
+async def test_bulk_calls_are_larger_only_where_queries_do_not_wait_for_them(st_model, ov_encoder):
+    """Where a query runs beside the bulk call (OpenVINO's query model), an import's texts go in
+    calls of up to BESIDE_QUERIES_TEXTS (fewer calls, less cost per text); elsewhere a call keeps
+    max_batch texts, so that a query waits for one short call at most."""
+    texts = _ubuntu_texts(200)
+
+    async def calls_of(model) -> list[int]:
+        async with Embedder(model, max_batch=32) as emb:
+            seen: list[int] = []
+            encode = emb.encode_sync
+
+            def spy(batch, **kw):
+                seen.append(len(batch))
+                return encode(batch, **kw)
+
+            emb.encode_sync = spy
+            vecs = await emb.embed(texts)
+        assert vecs.shape == (len(texts), 384) and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+        return seen
+
+    assert max(await calls_of(st_model)) <= 32  # torch: queries wait for the call in hand
+    if not getattr(ov_encoder, "concurrent_queries", False):
+        pytest.skip("one core: no query model")
+    beside = await calls_of(ov_encoder)
+    assert len(beside) == 1 and beside[0] == len(texts) <= BESIDE_QUERIES_TEXTS
 
 
 async def test_a_query_runs_beside_a_bulk_call_on_an_encoder_with_a_query_model(ov_encoder):
