@@ -44,6 +44,7 @@ from .context import Prompt, build_prompt, system_prompt
 from .errors import ActorError
 from .events import PRIVATE, Incoming, with_caption
 from .handlers import ChatContext, Handlers, TurnTools, Understood
+from .query_plan import plan_queries, planning_model
 from .services import ALREADY_ANSWERED, TurnReport
 from .settings import UserSettings
 from .support import with_support
@@ -249,7 +250,7 @@ class _Turn:
                 return
             alias, tier, self.adm = adm.alias, adm.tier, adm
             note = adm.note if adm.downgraded else None
-        recall, query = await self._recall(window)
+        recall, query = await self._recall(window, tier)
         prompt = await self._prompt(window, alias, user_settings, recall, query)
         tools = await self._tools(alias, tier, user_settings)
         try:
@@ -269,8 +270,10 @@ class _Turn:
             return None
         return await plugins.tools_for(self.host, self.ev.sender.user_id, tier, user_settings, self.ev.thread_id)
 
-    async def _recall(self, window: deque[StoredMessage]) -> tuple[Recall, str]:
-        """This chat's memories for what the member said (not a media marker and file summary)."""
+    async def _recall(self, window: deque[StoredMessage], tier: str | None = None) -> tuple[Recall, str]:
+        """This chat's memories for what the member said (not a media marker and file summary); with
+        query planning (``actors.query_plan``: ``memory.query_model``, the tier's ``query_planning``),
+        those of the search queries the planner wrote for it too."""
         ev, understood = self.ev, self.understood
         said = ev.text
         if understood is not None:
@@ -281,7 +284,27 @@ class _Turn:
         if not query or self.host.nothing_to_recall(ev.thread_id, window):
             return Recall([]), query or said
         k = self.svc.config.settings.memory.recall_k
-        return await self.svc.memory.recall(self.chat_id, query, k, exclude_ids={m.message_id for m in window}), query
+        exclude = {m.message_id for m in window}
+        plan = await self._plan(query, tier)
+        if plan:
+            return await self.svc.memory.recall_many(self.chat_id, query, plan, k, exclude_ids=exclude), query
+        return await self.svc.memory.recall(self.chat_id, query, k, exclude_ids=exclude), query
+
+    async def _plan(self, query: str, tier: str | None) -> tuple[str, ...]:
+        """The planner's search queries for ``query`` (``actors.query_plan``); none when planning is
+        off (no ``memory.query_model``, an offline one, the tier lacks ``query_planning``, the
+        host's spending cap holds paid models back) or the planner gave none."""
+        settings = self.svc.config.settings
+        alias = planning_model(settings)
+        adm = self.svc.admission
+        if alias is None or adm is None or tier is None or not adm.features(tier).query_planning:
+            return ()
+        if adm.budget is not None and adm.budget.holds_back(alias):
+            return ()
+        plan = await plan_queries(self.svc.llm, alias, query, timeout_s=settings.memory.query_timeout_s,
+                                  chat_id=self.chat_id, user_id=self.ev.sender.user_id, clock_now=self.svc.clock,
+                                  record_usage=self.svc.record_usage)
+        return plan.queries
 
     async def _prompt(self, window: deque[StoredMessage], alias: str, user_settings: UserSettings, recall: Recall,
                       query: str) -> Prompt:

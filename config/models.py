@@ -268,6 +268,12 @@ class MemorySettings(Frozen):
     memory_model: str | None = None
     fact_batch: int = Field(20, ge=1)  # new messages of a chat read per call
     fact_interval_s: float = Field(300.0, gt=0)  # chats are looked at this often; fewer new messages wait this long
+    # query planning (actors.query_plan): an alias of models: that splits a member's question into up to 3
+    # search queries before recall, their hits fused with the question's; on the reply path (one more call
+    # per answer, at most query_timeout_s, then the question alone), for tiers with the query_planning
+    # feature. None (or an offline kith/* model): off.
+    query_model: str | None = None
+    query_timeout_s: float = Field(3.0, gt=0)
 
     def model_languages(self, backend: str | None = None) -> frozenset[str] | None:
         """The embedding model's languages, None for any (see ``embedding_languages``). backend: the
@@ -515,9 +521,10 @@ class Settings(Frozen):
             for fb in spec.fallbacks:
                 if fb not in self.models:
                     raise ValueError(f"models.{alias}.fallbacks: unknown model alias {fb!r}")
-        if self.memory.memory_model is not None and self.memory.memory_model not in self.models:
-            raise ValueError(f"memory.memory_model {self.memory.memory_model!r} is not an alias in models: "
-                             f"({', '.join(self.models)})")
+        for key in ("memory_model", "query_model"):
+            alias = getattr(self.memory, key)
+            if alias is not None and alias not in self.models:
+                raise ValueError(f"memory.{key} {alias!r} is not an alias in models: ({', '.join(self.models)})")
         return self
 
 
@@ -560,7 +567,9 @@ class StorageLimits(Frozen):
 class Features(Frozen):
     """What a tier may do: see photos (vision), read documents into memory, generate images,
     set a persona (``/role``, ``/settings persona``), transcribe voice/audio/video notes and answer
-    to a name a group's admins give the bot there (custom_name, ``/settings name``)."""
+    to a name a group's admins give the bot there (custom_name, ``/settings name``), split a question
+    into search queries before recall (query_planning: ``memory.query_model``, one more LLM call per
+    answer)."""
 
     vision: bool = False
     documents: bool = False
@@ -568,6 +577,7 @@ class Features(Frozen):
     custom_persona: bool = True
     voice: bool = False
     custom_name: bool = False
+    query_planning: bool = False
 
 
 class Tier(Frozen):

@@ -19,6 +19,7 @@ from .facts import FactStore, MemoryEntry
 from .retrieval import DEFAULT as DEFAULT_RETRIEVAL
 from .retrieval import RetrievalSettings, find_speakers
 from .types import MIGRATION_SHIFT, ROLE_USER, DocumentChunk, DocumentInfo, MemoryHit, StoredMessage
+from .vector_rows import RRF_K
 
 if TYPE_CHECKING:  # (types only; none of these imports this module)
     import numpy as np
@@ -188,6 +189,40 @@ class Memory:
             hits = await self.vectors.search(chat_id, query, vector, k, mode=mode, exclude_ids=exclude_ids)
         total_ms = (time.perf_counter() - t0) * 1000
         return Recall(hits, embed_ms, total_ms - embed_ms)
+
+    async def recall_many(self, chat_id: int, question: str, queries: Iterable[str], k: int, *,
+                          exclude_ids: Collection[int] = ()) -> Recall:
+        """``recall`` of ``question`` and of each of ``queries`` (search queries a planner wrote for it,
+        ``actors.query_plan``), fused by reciprocal rank: a hit's score is the sum over the lists
+        holding it of 1 / (``RRF_K`` + its rank), best first, ``k`` at most (RAG-Fusion's recipe: a
+        message several queries find beats one a single query loves). ``parts["rrf"]`` is that score;
+        ``stages`` name the queries that found it. Without queries: ``recall(question)``. The recalls
+        run concurrently (their embeddings share the embedder's calls); ``embed_ms`` / ``search_ms``
+        are the slowest one's."""
+        queries = [q for q in dict.fromkeys(queries) if q.strip() and q != question]
+        if not queries:
+            return await self.recall(chat_id, question, k, exclude_ids=exclude_ids)
+        results: list[Recall | None] = [None] * (len(queries) + 1)
+
+        async def one(i: int, text: str) -> None:
+            results[i] = await self.recall(chat_id, text, k, exclude_ids=exclude_ids)
+
+        async with anyio.create_task_group() as tg:
+            for i, text in enumerate([question, *queries]):
+                tg.start_soon(one, i, text)
+        done = [r for r in results if r is not None]
+        fused: dict[tuple[str, int], tuple[MemoryHit, float, list[str]]] = {}
+        for i, rec in enumerate(done):
+            for rank, hit in enumerate(rec.hits, start=1):
+                key = (hit.kind, hit.message_id)
+                first, score, found_by = fused.get(key, (hit, 0.0, []))
+                if i:
+                    found_by.append(f"query {i}: {queries[i - 1]}")
+                fused[key] = (first, score + 1.0 / (RRF_K + rank), found_by)
+        ranked = sorted(fused.values(), key=lambda v: (-v[1], -v[0].score, v[0].message_id))[:k]
+        hits = [replace(h, score=score, parts={**h.parts, "rrf": score}, stages=(*h.stages, *found_by))
+                for h, score, found_by in ranked]
+        return Recall(hits, max(r.embed_ms for r in done), max(r.search_ms for r in done))
 
     async def entries_for(self, chat_id: int, query: str, limit: int = ENTRY_HITS) -> list[MemoryEntry]:
         """The current memory entries of ``chat_id`` whose subject or value holds a content word of

@@ -200,7 +200,7 @@ class DocumentChunk:
         return chunk_memory_id(self.message_id, self.index)
 
 
-USAGE_KINDS = ("chat", "vision", "transcription", "image", "document", "tool", "memory")
+USAGE_KINDS = ("chat", "vision", "transcription", "image", "document", "tool", "memory", "query")
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +211,8 @@ class UsageRecord:
     ``"transcription"`` (speech to text; ``seconds`` of audio) | ``"image"`` (``images``
     generated) | ``"document"`` (a document read into memory; ``pages``, no model cost) | ``"tool"``
     (one tool call the model made; no tokens, no cost) | ``"memory"`` (a batch of messages read by
-    ``memory.memory_model`` for memory entries).
+    ``memory.memory_model`` for memory entries) | ``"query"`` (a question split into search queries by
+    ``memory.query_model``).
     model: the alias used (after fallback), or the image/transcription model; for a tool call, its plugin.
     cost_usd: what the host pays, from litellm's price map; ``None`` when the model has no known price
     (unknown ≠ free); 0 for a chat call made on a member's or group's own API key (``/key``).
