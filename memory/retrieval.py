@@ -44,6 +44,18 @@ speaker boost 76.4/85.4; rank fusion instead of score fusion 73.0/84.4; no date 
 76.1/85.2; stop words kept in the full-text query 78.3/86.0 (the list mainly makes the query shorter).
 ``RetrievalSettings.ablations()`` lists the switches the benchmark turns off one at a time.
 Nothing here knows about any data set: the same code serves Telegram groups and IRC logs.
+
+Tried for multi-hop questions and not kept (LoCoMo dev, recall@10/@25, 2026-12-06, against the full
+method's 77.5/86.5, multi-hop 44.1/65.5 — dev numbers): **session diversity** (greedy top k, each row
+already taken from the same session multiplying a row's score by c, "host crowding"): c = 0.9
+74.4/84.4 (multi-hop 45.5), 0.7 66.6/78.5 — the answer of a single-hop question is often the third
+or fourth row of the one right session; crowding only the neighbour bonus: 0.8 75.4/84.7.
+**Dense pseudo-relevance feedback** (Rocchio: the question's vector plus β · the mean vector of the d
+best rows, the vector leg and fusion run again): d 3 β 0.5 77.7/86.5, d 5 β 1 77.0/85.7 (noise).
+**Contextual embeddings** (a turn embedded after the previous turn of its session), the vector leg
+alone: 61.6/76.4 → 59.4/72.0 (temporal −15, open-domain −14 at 10). What multi-hop lacks is
+evidence that shares no word and little meaning with the question ("activities" → "a pottery
+class"): query planning by an LLM (``actors.query_plan``) and memory entries address it.
 """
 from __future__ import annotations
 
