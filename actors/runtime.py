@@ -86,41 +86,61 @@ async def open_memory(config: Config, data_dir: Path, *, model: Any = None, fill
     """
     mem = config.settings.memory
     await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
-    async with AsyncExitStack() as stack:
-        # the language detector's model (~0.7 s of one core) loads beside the stores and the
-        # embedding model, not inside the first message's indexing or the first answer
-        warming = await stack.enter_async_context(anyio.create_task_group())
-        warmed = anyio.Event()
-        warming.start_soon(_warm_language, warmed, name="warm-language")
-        store = await stack.enter_async_context(
-            dialogue_store(config, data_dir)
-        )
-        embedder = await stack.enter_async_context(
-            Embedder(model, backend=mem.embed_backend, max_batch=mem.embed_batch, max_wait_s=mem.embed_wait_ms / 1000,
-                     precision=mem.embed_precision,
-                     model_path=None if mem.embedding_model is None else str(mem.embedding_model)))
-        vectors = await stack.enter_async_context(VectorMemory(
-            vector_location(config, data_dir), hot_rows=mem.hot_rows, dim=embedder.dim, embedding_model=embedder.model_name))
-        if (vectors.embedding_model, vectors.dim) != (embedder.model_name, embedder.dim) and not model_change:
-            raise EmbeddingModelChanged(vectors.location, (vectors.embedding_model, vectors.dim), (embedder.model_name, embedder.dim))
-        bulk: BulkEmbedder = embedder  # the indexer's embedding: here, or on the workers of scale_out.engine
-        scale = config.settings.scale_out
-        if scale.engine == "ray":
-            bulk = await stack.enter_async_context(RayEmbedder(
-                scale.workers, address=scale.address, threads_per_worker=scale.threads_per_worker,
-                backend=mem.embed_backend, precision=mem.embed_precision,
-                model_path=None if mem.embedding_model is None else str(mem.embedding_model), max_batch=mem.embed_batch))
-            if (bulk.model_name, bulk.dim) != (embedder.model_name, embedder.dim):
-                raise EmbeddingModelChanged(vectors.location, (bulk.model_name, bulk.dim), (embedder.model_name, embedder.dim))
-        indexer = await stack.enter_async_context(Indexer(vectors, bulk, optimize_every=mem.optimize_every))
-        reader = await stack.enter_async_context(DocumentReader())
-        memory = Memory(store, vectors, indexer, embedder, reader)
-        memory.embedding_languages = mem.model_languages(embedder.backend)
-        if fill_gaps:
-            filler = await stack.enter_async_context(GapFiller(memory))
-            memory.gap_filler = filler
-        await warmed.wait()
-        yield memory
+    # the language detector's model (~0.7 s of one core) loads beside the stores and the embedding
+    # model, not inside the first message's indexing or the first answer; lancedb's import (~1.4 s,
+    # Python) runs while the embedding model compiles (native code, no GIL). Their task group is
+    # closed without the body's exception (neither task raises), so that one propagates unwrapped.
+    warm_stack = AsyncExitStack()
+    warming = await warm_stack.enter_async_context(anyio.create_task_group())
+    warmed = anyio.Event()
+    warming.start_soon(_warm_language, warmed, name="warm-language")
+    warming.start_soon(_import_lancedb, name="import-lancedb")
+    try:
+        async with AsyncExitStack() as stack:
+            store = await stack.enter_async_context(
+                dialogue_store(config, data_dir)
+            )
+            embedder = await stack.enter_async_context(
+                Embedder(model, backend=mem.embed_backend, max_batch=mem.embed_batch, max_wait_s=mem.embed_wait_ms / 1000,
+                         precision=mem.embed_precision,
+                         model_path=None if mem.embedding_model is None else str(mem.embedding_model)))
+            vectors = await stack.enter_async_context(VectorMemory(
+                vector_location(config, data_dir), hot_rows=mem.hot_rows, dim=embedder.dim, embedding_model=embedder.model_name))
+            if (vectors.embedding_model, vectors.dim) != (embedder.model_name, embedder.dim) and not model_change:
+                raise EmbeddingModelChanged(vectors.location, (vectors.embedding_model, vectors.dim), (embedder.model_name, embedder.dim))
+            bulk: BulkEmbedder = embedder  # the indexer's embedding: here, or on the workers of scale_out.engine
+            scale = config.settings.scale_out
+            if scale.engine == "ray":
+                bulk = await stack.enter_async_context(RayEmbedder(
+                    scale.workers, address=scale.address, threads_per_worker=scale.threads_per_worker,
+                    backend=mem.embed_backend, precision=mem.embed_precision,
+                    model_path=None if mem.embedding_model is None else str(mem.embedding_model), max_batch=mem.embed_batch))
+                if (bulk.model_name, bulk.dim) != (embedder.model_name, embedder.dim):
+                    raise EmbeddingModelChanged(vectors.location, (bulk.model_name, bulk.dim), (embedder.model_name, embedder.dim))
+            indexer = await stack.enter_async_context(Indexer(vectors, bulk, optimize_every=mem.optimize_every))
+            reader = await stack.enter_async_context(DocumentReader())
+            memory = Memory(store, vectors, indexer, embedder, reader)
+            memory.embedding_languages = mem.model_languages(embedder.backend)
+            if fill_gaps:
+                filler = await stack.enter_async_context(GapFiller(memory))
+                memory.gap_filler = filler
+            await warmed.wait()
+            yield memory
+    finally:
+        await warm_stack.aclose()
+
+
+async def _import_lancedb() -> None:
+    """Import lancedb in a worker thread before vector memory opens and needs it; a failure is left
+    to vector memory's own import (it reports it)."""
+
+    def load() -> None:
+        import lancedb  # noqa: F401  # deferred: lancedb (~1.4 s), imported ahead beside the model load
+
+    try:
+        await anyio.to_thread.run_sync(load)
+    except Exception:
+        log.debug("lancedb could not be imported ahead", exc_info=True)
 
 
 async def _warm_language(done: anyio.Event) -> None:
