@@ -87,14 +87,12 @@ async def open_memory(config: Config, data_dir: Path, *, model: Any = None, fill
     mem = config.settings.memory
     await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     # the language detector's model (~0.7 s of one core) loads beside the stores and the embedding
-    # model, not inside the first message's indexing or the first answer; lancedb's import (~1.4 s,
-    # Python) runs while the embedding model compiles (native code, no GIL). Their task group is
-    # closed without the body's exception (neither task raises), so that one propagates unwrapped.
+    # model, not inside the first message's indexing or the first answer. Its task group is closed
+    # without the body's exception (the task never raises), so that one propagates unwrapped.
     warm_stack = AsyncExitStack()
     warming = await warm_stack.enter_async_context(anyio.create_task_group())
     warmed = anyio.Event()
     warming.start_soon(_warm_language, warmed, name="warm-language")
-    warming.start_soon(_import_lancedb, name="import-lancedb")
     try:
         async with AsyncExitStack() as stack:
             store = await stack.enter_async_context(
@@ -128,19 +126,6 @@ async def open_memory(config: Config, data_dir: Path, *, model: Any = None, fill
             yield memory
     finally:
         await warm_stack.aclose()
-
-
-async def _import_lancedb() -> None:
-    """Import lancedb in a worker thread before vector memory opens and needs it; a failure is left
-    to vector memory's own import (it reports it)."""
-
-    def load() -> None:
-        import lancedb  # noqa: F401  # deferred: lancedb (~1.4 s), imported ahead beside the model load
-
-    try:
-        await anyio.to_thread.run_sync(load)
-    except Exception:
-        log.debug("lancedb could not be imported ahead", exc_info=True)
 
 
 async def _warm_language(done: anyio.Event) -> None:
