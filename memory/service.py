@@ -211,6 +211,7 @@ class Memory:
             for i, text in enumerate([question, *queries]):
                 tg.start_soon(one, i, text)
         done = [r for r in results if r is not None]
+        assert len(done) == len(results)  # every recall returned (an error would have left the task group)
         fused: dict[tuple[str, int], tuple[MemoryHit, float, list[str]]] = {}
         for i, rec in enumerate(done):
             for rank, hit in enumerate(rec.hits, start=1):
