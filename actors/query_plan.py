@@ -23,10 +23,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING
 
 import anyio
 
@@ -34,8 +31,7 @@ from config.models import Settings
 from memory.types import UsageRecord
 from providers.errors import ProviderError
 
-if TYPE_CHECKING:
-    from providers.llm import LLM
+from .services import Services
 
 __all__ = ["MAX_QUERIES", "MAX_QUERY_CHARS", "QueryPlan", "parse_queries", "plan_queries", "planning_model"]
 
@@ -67,7 +63,7 @@ def planning_model(settings: Settings) -> str | None:
     or an offline ``kith/*`` model (it would only echo)."""
     alias = settings.memory.query_model
     spec = settings.models.get(alias or "")
-    if alias is None or spec is None or spec.model.startswith("kith/"):
+    if alias is None or spec is None or spec.offline:
         return None
     return alias
 
@@ -95,18 +91,17 @@ def parse_queries(text: str, question: str) -> list[str] | None:
     return out[:MAX_QUERIES]
 
 
-async def plan_queries(llm: LLM, alias: str, question: str, *, timeout_s: float, chat_id: int, user_id: int,
-                       clock_now: Callable[[], datetime], record_usage: Callable[[UsageRecord], None]) -> QueryPlan:
+async def plan_queries(svc: Services, alias: str, question: str, *, chat_id: int, user_id: int) -> QueryPlan:
     """Ask ``alias`` for the search queries of ``question`` (see the module docstring). Never raises
-    a provider error: a failure or a reply past ``timeout_s`` seconds gives an empty plan (logged).
-    ``record_usage(UsageRecord)`` is called for a call that answered (``kind="query"``); ``clock_now()``
-    stamps it."""
+    a provider error: a failure or a reply past ``memory.query_timeout_s`` gives an empty plan
+    (logged). A call that answered is recorded in usage (``kind="query"``)."""
+    timeout_s = svc.config.settings.memory.query_timeout_s
     prompt = [{"role": "system", "content": SYSTEM},
               {"role": "user", "content": f"Question (quoted data):\n<question>\n{question}\n</question>"}]
     t0 = time.perf_counter()
     with anyio.move_on_after(timeout_s) as scope:
         try:
-            c = await llm.complete(alias, prompt, max_tokens=MAX_OUTPUT_TOKENS)
+            c = await svc.llm.complete(alias, prompt, max_tokens=MAX_OUTPUT_TOKENS)
         except ProviderError as exc:
             log.warning("query planning: chat %s: %s failed: %s (the question is recalled alone)", chat_id, alias, exc)
             return QueryPlan((), "error")
@@ -114,8 +109,8 @@ async def plan_queries(llm: LLM, alias: str, question: str, *, timeout_s: float,
         log.warning("query planning: chat %s: %s gave no queries within %.1f s (the question is recalled alone)",
                     chat_id, alias, timeout_s)
         return QueryPlan((), "timeout")
-    record_usage(UsageRecord(clock_now(), chat_id, user_id, "query", c.model, c.prompt_tokens, c.completion_tokens,
-                             c.cost_usd, (time.perf_counter() - t0) * 1000))
+    svc.record_usage(UsageRecord(svc.clock(), chat_id, user_id, "query", c.model, c.prompt_tokens, c.completion_tokens,
+                                 c.cost_usd, (time.perf_counter() - t0) * 1000))
     queries = parse_queries(c.text, question)
     if queries is None:
         log.warning("query planning: chat %s: %s's reply is not the queries' JSON (skipped): %.200r", chat_id, c.model, c.text)

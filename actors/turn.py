@@ -294,16 +294,13 @@ class _Turn:
         """The planner's search queries for ``query`` (``actors.query_plan``); none when planning is
         off (no ``memory.query_model``, an offline one, the tier lacks ``query_planning``, the
         host's spending cap holds paid models back) or the planner gave none."""
-        settings = self.svc.config.settings
-        alias = planning_model(settings)
+        alias = planning_model(self.svc.config.settings)
         adm = self.svc.admission
         if alias is None or adm is None or tier is None or not adm.features(tier).query_planning:
             return ()
         if adm.budget is not None and adm.budget.holds_back(alias):
             return ()
-        plan = await plan_queries(self.svc.llm, alias, query, timeout_s=settings.memory.query_timeout_s,
-                                  chat_id=self.chat_id, user_id=self.ev.sender.user_id, clock_now=self.svc.clock,
-                                  record_usage=self.svc.record_usage)
+        plan = await plan_queries(self.svc, alias, query, chat_id=self.chat_id, user_id=self.ev.sender.user_id)
         return plan.queries
 
     async def _prompt(self, window: deque[StoredMessage], alias: str, user_settings: UserSettings, recall: Recall,

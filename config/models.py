@@ -94,6 +94,12 @@ class ModelSpec(Frozen):
     vision: bool | None = None  # accepts images; None asks litellm's model map (``litellm.supports_vision``)
     tools: bool | None = None  # calls tools; None asks litellm's model map (``litellm.supports_function_calling``)
 
+    @property
+    def offline(self) -> bool:
+        """One of the built-in offline models (``kith/*``): it answers from memory alone, so work that
+        needs a real model's judgement (memory entries, query planning) is off on it."""
+        return self.model.startswith("kith/")
+
 
 class ImageModelSpec(Frozen):
     """An image generation model (``/image``), addressed by its alias in ``image_models:``.

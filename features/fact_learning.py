@@ -153,7 +153,7 @@ class FactLearner:
     def enabled(self) -> bool:
         """A memory_model is set, it is not an offline model, and the store keeps facts."""
         spec = self.svc.config.settings.models.get(self.alias or "")
-        return spec is not None and not spec.model.startswith("kith/") and self.svc.memory.facts is not None
+        return spec is not None and not spec.offline and self.svc.memory.facts is not None
 
     async def run(self) -> None:
         while True:
