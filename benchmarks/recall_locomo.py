@@ -18,6 +18,12 @@ difference to the full method, per conversation (a stage should help most conver
 query, end to end through ``Memory.recall`` (embedding + search + every stage), measured for the
 full method after warm-up. Quick: the first conversation only.
 
+Query planning (``actors.query_plan``) needs a real LLM: with ``kith bench recall_locomo --config
+FILE`` (``$KITH_BENCH_CONFIG``), a kith.yaml whose ``memory.query_model`` names one, a row "+ query
+planning" asks it for the search queries of every question, as a turn does, and recalls with them
+(``Memory.recall_many``); the planner's outcomes (planned, not JSON, timeout, error) and its call
+time are reported beside. The rest of the run stays on the shipped defaults.
+
 Development aid: ``KITH_BENCH_EMBED_CACHE=/tmp/dir`` caches the *corpus* embeddings between runs
 (query embeddings are always computed, so latency stays real).
 """
@@ -221,11 +227,17 @@ def run(quick: bool) -> dict:
             elif name == full and k == 25:
                 target = (">=", TARGET_R25)
             metrics.append(metric(f"{name}: recall@{k}", res["all"][k], "%", target=target))
-        if name == full:
+        if name == full or name.startswith("+ query planning"):
             for cat, cat_name in CATEGORIES.items():
                 if cat in res["cat"]:
                     for k in KS:
                         metrics.append(metric(f"{name}: cat {cat} {cat_name} recall@{k}", res["cat"][cat][k], "%"))
+    planning = out["planning"]
+    if planning is not None:
+        for outcome, n in sorted(planning["outcomes"].items()):
+            metrics.append(metric(f"query planning: questions {outcome}", n, ""))
+        metrics += [metric("query planning: planning call p50", percentile(planning["plan_ms"], 50), "ms"),
+                    metric("query planning: planning call p95", percentile(planning["plan_ms"], 95), "ms")]
     lat = out["latency"]
     before = out["latency_before"]
     metrics += [
@@ -333,7 +345,11 @@ async def _bench(tmp: Path, model, convs: list[dict], ablate: bool = True) -> di
             results[name] = await _evaluate(
                 memory, chats, name, mode, lat if first else None, foreign, lat_before if first else None
             )
-
+        memory.retrieval = rows[0][2]  # the full method, under the planned queries too
+        planned = await _planning_row(memory, chats, foreign) if ablate else None
+    if planned is not None:
+        name, results[name], planning = planned
+        rows.insert(1, (name, "hybrid", rows[0][2]))
     if not ablate:
         return {"results": results, "latency": lat}
     # the same, with the full-text content as it was before (sender and text, no date): a fresh import
@@ -363,7 +379,44 @@ async def _bench(tmp: Path, model, convs: list[dict], ablate: bool = True) -> di
         "dropped": dropped,
         "per_cat": per_cat,
         "table": table,
+        "planning": planning if planned is not None else None,
     }
+
+
+async def _planning_row(memory, chats, foreign: list[int]) -> tuple[str, dict, dict] | None:
+    """The "+ query planning" row: each question split into search queries by the ``memory.query_model``
+    of ``$KITH_BENCH_CONFIG`` (``actors.query_plan.plan_queries``, as a turn does) and recalled with
+    them (``Memory.recall_many``). None (and a line saying why) when no real planning model is set.
+    Returns (row name, scores, {"outcomes": {outcome: questions}, "plan_ms": [per call]})."""
+    from actors.query_plan import plan_queries, planning_model
+    from actors.services import BotIdentity, Services
+    from providers.llm import LLM
+
+    cfg = common.llm_config()
+    alias = planning_model(cfg.settings) if cfg is not None else None
+    if cfg is None or alias is None:
+        progress("recall_locomo: no query planning row: it needs a real model as memory.query_model in "
+                 f"`kith bench --config FILE` (${common.LLM_CONFIG_ENV})")
+        return None
+    llm = LLM(cfg.settings.models, cfg.settings.llm)
+    svc = Services(cfg, memory, llm, BotIdentity(0, "bench"))
+    outcomes: dict[str, int] = {}
+    plan_ms: list[float] = []
+
+    async def recall(chat_id: int, question: str, k: int):
+        t0 = time.perf_counter()
+        plan = await plan_queries(svc, alias, question, chat_id=chat_id, user_id=0)
+        plan_ms.append((time.perf_counter() - t0) * 1000)
+        outcomes[plan.outcome] = outcomes.get(plan.outcome, 0) + 1
+        return await memory.recall_many(chat_id, question, plan.queries, k)
+
+    name = f"+ query planning ({alias}: {cfg.settings.models[alias].model})"
+    try:
+        scores = await _evaluate(memory, chats, name, "hybrid", None, foreign, recall=recall)
+    finally:
+        await llm.aclose()
+    progress(f"recall_locomo: query planning outcomes {outcomes}; planning call p50 {percentile(plan_ms, 50):.0f} ms")
+    return name, scores, {"outcomes": outcomes, "plan_ms": plan_ms}
 
 
 async def _import(memory, transcript: Path, model) -> None:
@@ -381,19 +434,21 @@ async def _import(memory, transcript: Path, model) -> None:
 
 
 async def _evaluate(
-    memory, chats, name: str, mode: str, lat: dict | None, foreign: list[int], lat_before: dict | None = None
+    memory, chats, name: str, mode: str, lat: dict | None, foreign: list[int], lat_before: dict | None = None,
+    recall=None,
 ) -> dict:
     """recall@k of one configuration over every question; per-query latencies into ``lat``.
 
     ``lat_before``: also time the bare RRF hybrid of before on each question, right after, so both
-    are measured under the same load (the machine is shared)."""
+    are measured under the same load (the machine is shared). ``recall``: ``async (chat_id, question,
+    k) -> Recall`` in place of ``memory.recall`` (the query planning row)."""
     t1 = time.perf_counter()
     scores: dict[int, dict[int, list[float]]] = {}
     per_conv: dict[int, list[float]] = {}
     kmax = max(KS)
     for n_conv, (chat_id, ids, qs) in enumerate(chats):
         for q, cat, ev in qs:
-            rec = await memory.recall(chat_id, q, kmax, mode=mode)
+            rec = await (recall(chat_id, q, kmax) if recall is not None else memory.recall(chat_id, q, kmax, mode=mode))
             if lat is not None:
                 lat["total"].append(rec.embed_ms + rec.search_ms)
                 lat["embed"].append(rec.embed_ms)

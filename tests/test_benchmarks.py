@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import textwrap
 
@@ -239,3 +240,19 @@ def test_crosslingual_questions_resolve_to_their_evidence_in_the_dev_data():
         assert all(detect(q) == question_lang for _, _, q in mine), [q for _, _, q in mine if detect(q) != question_lang]
         assert sum(detect(by_id[(c, m)]) == evidence_lang for c, m, _ in mine) >= 0.9 * len(mine)
     assert "recall_crosslingual" in discover("benchmarks")
+
+
+def test_config_option_is_checked_and_handed_to_the_benchmarks(fakebench, tmp_path, capsys, monkeypatch):
+    """``--config FILE`` (the kith.yaml of the rows that need a real LLM): a broken file is a usage
+    error naming the file and the key; a valid one reaches the benchmarks' processes."""
+    monkeypatch.setenv(common.LLM_CONFIG_ENV, "")  # restored (unset) after the test, whatever main sets
+    bad = tmp_path / "kith.yaml"
+    bad.write_text("memory:\n  query_model: nope\n", encoding="utf-8")
+    assert main(["--package", fakebench, "--out", str(tmp_path / "x.json"), "--config", str(bad), "--list"]) == 2
+    err = capsys.readouterr().err
+    assert "kith.yaml" in err and "query_model" in err and not os.environ[common.LLM_CONFIG_ENV]
+    good = tmp_path / "good.yaml"
+    good.write_text("models:\n  recall: {model: kith/recall}\n  planner: {model: openai/gpt-4o-mini}\n"
+                    "memory:\n  query_model: planner\n", encoding="utf-8")
+    assert main(["--package", fakebench, "--out", str(tmp_path / "x.json"), "--config", str(good), "--list"]) == 0
+    assert common.llm_config().settings.memory.query_model == "planner"

@@ -153,3 +153,40 @@ async def test_a_planner_that_fails_leaves_the_plain_recall(tmp_path, st_model, 
     assert turn.responded and turn.error is None and turn.reply_text  # answered all the same
     assert not any("query" in s for h in turn.hits for s in h.stages)
     assert logged in caplog.text
+
+
+async def test_the_recall_benchmarks_planning_row_recalls_with_the_planners_queries(tmp_path, st_model, llm_server,
+                                                                                     monkeypatch, caplog) -> None:
+    """``kith bench recall_locomo --config FILE``: the "+ query planning" row asks the file's
+    ``memory.query_model`` for each question's queries, over real HTTP, and scores the fused recall;
+    without a planning model there is no row."""
+    from actors.runtime import open_memory
+    from benchmarks import common
+    from benchmarks import recall_locomo as rl
+
+    chat = -1007
+    planned = 'What does Ann do for fun?\nANSWER {"queries": ["' + escaped("pottery class") + '", "' + escaped("camping lake") + '"]}'
+    chats = [(chat, {i + 1: f"D1:{i + 1}" for i in range(len(HISTORY))},
+              [(planned, 1, ["D1:1", "D1:2"]), ("Was the bus late?", 4, ["D1:3"])])]
+    kith_yaml = tmp_path / "kith.yaml"
+    async with open_memory(Config(settings=Settings(), tiers=TiersConfig()), tmp_path / "data", model=st_model) as memory:
+        memory.remember_many([StoredMessage(chat, i + 1, ANN.user_id, "Ann", text, T0 + timedelta(hours=i), imported=True)
+                              for i, text in enumerate(HISTORY)])
+        await memory.flush()
+        monkeypatch.setenv(common.LLM_CONFIG_ENV, "")  # unset: the shipped defaults
+        assert await rl._planning_row(memory, chats, [0]) is None  # the shipped defaults: no planner
+
+        kith_yaml.write_text(f"models:\n  recall: {{model: kith/recall}}\n"
+                             f"  planner: {{model: openai/ok-planner, api_base: '{llm_server.base_url}'}}\n"
+                             "memory:\n  query_model: planner\n", encoding="utf-8")
+        monkeypatch.setenv(common.LLM_CONFIG_ENV, str(kith_yaml))
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        foreign = [0]
+        name, scores, planning = await rl._planning_row(memory, chats, foreign)
+    assert name == "+ query planning (planner: openai/ok-planner)"
+    assert planning["outcomes"] == {"planned": 1, "not JSON": 1}  # the echo of the second question is no JSON
+    assert len(planning["plan_ms"]) == 2 and foreign == [0]
+    assert scores["cat"][1][5] == 100.0  # both stories in the top 5 through the planner's queries (alone: 50)
+    assert scores["cat"][4][10] == 100.0  # the plain recall of a question the planner did not split
+    asked = [r for r in llm_server.requests if r.model == "ok-planner"]
+    assert len(asked) == 2 and "Was the bus late?" in asked[1].body["messages"][-1]["content"]
