@@ -30,6 +30,7 @@ import i18n
 import providers._offline  # noqa: F401  (offline env before any model library loads)
 from actors.errors import ControlServerError, TelegramRefused
 from config import ConfigError, MissingSecret, load_config, telegram_credentials
+from features.errors import FeatureError
 from memory.errors import MemoryStoreError, StoreLocked
 from providers.errors import ProviderError
 from tiers.errors import TierError
@@ -127,7 +128,7 @@ def _run(coro_fn, *args, stop: StopRequest | None = None):
             tg.cancel_scope.cancel()
             return result
 
-    known_errors = (MemoryStoreError, ProviderError, TierError, TelegramRefused, ControlServerError)
+    known_errors = (MemoryStoreError, ProviderError, TierError, FeatureError, TelegramRefused, ControlServerError)
     try:
         result = anyio.run(main)
     except known_errors as exc:
@@ -560,6 +561,22 @@ def memory_reindex(
     """Rebuild vector memory (LanceDB) from the dialogue store (DuckDB), re-embedding every message."""
     cfg = _setup(config, verbose)
     _operate(cfg, data_dir, "memory.reindex", {"chat": chat})
+
+
+@memory_app.command("learn")
+def memory_learn(
+    chat: Annotated[int, typer.Option("--chat", help="The chat to learn from (negative: a group, e.g. an imported one).")],
+    after_id: Annotated[int, typer.Option(help="Start after this message id (go on where a stopped run ended).")] = 0,
+    data_dir: DataDir = Path("data"),
+    config: ConfigOpt = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Learn memory entries (facts about members and the chat) from a chat's stored history, imported
+    messages included, with memory.memory_model — which the bot only does for new messages. Each call
+    is billed; a second run reads everything again (Ctrl-C stops after the call in flight and says
+    where to go on)."""
+    cfg = _setup(config, verbose)
+    _operate(cfg, data_dir, "memory.learn", {"chat": chat, "after_id": after_id}, stop=StopRequest())
 
 
 @memory_app.command("compact")

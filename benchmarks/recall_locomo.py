@@ -22,7 +22,10 @@ Query planning (``actors.query_plan``) needs a real LLM: with ``kith bench recal
 FILE`` (``$KITH_BENCH_CONFIG``), a kith.yaml whose ``memory.query_model`` names one, a row "+ query
 planning" asks it for the search queries of every question, as a turn does, and recalls with them
 (``Memory.recall_many``); the planner's outcomes (planned, not JSON, timeout, error) and its call
-time are reported beside. The rest of the run stays on the shipped defaults.
+time are reported beside. When its ``memory.memory_model`` names one, a row "+ memory entries" has
+every conversation read by it first (``kith memory learn``'s ``FactLearner.learn_history``), then
+asks the questions again: a recall that hits an entry returns the messages it came from. The rest
+of the run stays on the shipped defaults.
 
 Development aid: ``KITH_BENCH_EMBED_CACHE=/tmp/dir`` caches the *corpus* embeddings between runs
 (query embeddings are always computed, so latency stays real).
@@ -227,11 +230,17 @@ def run(quick: bool) -> dict:
             elif name == full and k == 25:
                 target = (">=", TARGET_R25)
             metrics.append(metric(f"{name}: recall@{k}", res["all"][k], "%", target=target))
-        if name == full or name.startswith("+ query planning"):
+        if name == full or name.startswith(("+ query planning", "+ memory entries")):
             for cat, cat_name in CATEGORIES.items():
                 if cat in res["cat"]:
                     for k in KS:
                         metrics.append(metric(f"{name}: cat {cat} {cat_name} recall@{k}", res["cat"][cat][k], "%"))
+    entries = out["entries"]
+    if entries is not None:
+        metrics += [metric("memory entries: extraction calls", entries["calls"], ""),
+                    metric("memory entries: entries kept", entries["facts"], ""),
+                    metric("memory entries: facts skipped", entries["skipped"], ""),
+                    metric("memory entries: learning time", entries["learn_s"], "s")]
     planning = out["planning"]
     if planning is not None:
         for outcome, n in sorted(planning["outcomes"].items()):
@@ -347,9 +356,11 @@ async def _bench(tmp: Path, model, convs: list[dict], ablate: bool = True) -> di
             )
         memory.retrieval = rows[0][2]  # the full method, under the planned queries too
         planned = await _planning_row(memory, chats, foreign) if ablate else None
-    if planned is not None:
-        name, results[name], planning = planned
-        rows.insert(1, (name, "hybrid", rows[0][2]))
+        learned = await _entries_row(memory, chats, foreign) if ablate else None
+    for extra in (learned, planned):
+        if extra is not None:
+            rows.insert(1, (extra[0], "hybrid", rows[0][2]))
+            results[extra[0]] = extra[1]
     if not ablate:
         return {"results": results, "latency": lat}
     # the same, with the full-text content as it was before (sender and text, no date): a fresh import
@@ -379,8 +390,51 @@ async def _bench(tmp: Path, model, convs: list[dict], ablate: bool = True) -> di
         "dropped": dropped,
         "per_cat": per_cat,
         "table": table,
-        "planning": planning if planned is not None else None,
+        "planning": planned[2] if planned is not None else None,
+        "entries": learned[2] if learned is not None else None,
     }
+
+
+def _llm_services(memory, cfg):
+    """Services for a row that calls an LLM of ``cfg``: its models over litellm, no tiers (no limits)."""
+    from actors.services import BotIdentity, Services
+    from providers.llm import LLM
+
+    return Services(cfg, memory, LLM(cfg.settings.models, cfg.settings.llm), BotIdentity(0, "bench"))
+
+
+async def _entries_row(memory, chats, foreign: list[int]) -> tuple[str, dict, dict] | None:
+    """The "+ memory entries" row: every conversation read by the ``memory.memory_model`` of
+    ``$KITH_BENCH_CONFIG`` (``FactLearner.learn_history``, as ``kith memory learn`` does), then the
+    full method again — a recall that hits an entry returns the messages it came from. None (and a
+    line saying why) without a real memory model. Returns (row name, scores, {"calls", "facts",
+    "skipped", "learn_s"})."""
+    from features.fact_learning import FactLearner
+
+    cfg = common.llm_config()
+    if cfg is None:
+        return None
+    svc = _llm_services(memory, cfg)
+    learner = FactLearner(svc)
+    try:
+        if not learner.enabled:
+            progress("recall_locomo: no memory entries row: it needs a real model as memory.memory_model in "
+                     f"`kith bench --config FILE` (${common.LLM_CONFIG_ENV})")
+            return None
+        t0 = time.perf_counter()
+        calls = added = skipped = 0
+        for chat_id, _, _ in chats:
+            run = await learner.learn_history(chat_id)
+            calls, added, skipped = calls + len(run.batches), added + run.total("added"), skipped + run.total("skipped")
+            progress(f"recall_locomo: chat {chat_id}: {run.total('messages')} messages read in {len(run.batches)} calls, "
+                     f"{run.total('added')} facts added, {run.total('changed')} changed")
+        learn_s = time.perf_counter() - t0
+    finally:
+        await svc.llm.aclose()
+    facts = sum([await memory.facts.count(chat_id=chat_id) for chat_id, _, _ in chats])
+    name = f"+ memory entries ({learner.alias}: {cfg.settings.models[learner.alias].model})"
+    scores = await _evaluate(memory, chats, name, "hybrid", None, foreign)
+    return name, scores, {"calls": calls, "facts": facts, "skipped": skipped, "learn_s": learn_s}
 
 
 async def _planning_row(memory, chats, foreign: list[int]) -> tuple[str, dict, dict] | None:
@@ -389,8 +443,6 @@ async def _planning_row(memory, chats, foreign: list[int]) -> tuple[str, dict, d
     them (``Memory.recall_many``). None (and a line saying why) when no real planning model is set.
     Returns (row name, scores, {"outcomes": {outcome: questions}, "plan_ms": [per call]})."""
     from actors.query_plan import plan_queries, planning_model
-    from actors.services import BotIdentity, Services
-    from providers.llm import LLM
 
     cfg = common.llm_config()
     alias = planning_model(cfg.settings) if cfg is not None else None
@@ -398,8 +450,7 @@ async def _planning_row(memory, chats, foreign: list[int]) -> tuple[str, dict, d
         progress("recall_locomo: no query planning row: it needs a real model as memory.query_model in "
                  f"`kith bench --config FILE` (${common.LLM_CONFIG_ENV})")
         return None
-    llm = LLM(cfg.settings.models, cfg.settings.llm)
-    svc = Services(cfg, memory, llm, BotIdentity(0, "bench"))
+    svc = _llm_services(memory, cfg)
     outcomes: dict[str, int] = {}
     plan_ms: list[float] = []
 
@@ -414,7 +465,7 @@ async def _planning_row(memory, chats, foreign: list[int]) -> tuple[str, dict, d
     try:
         scores = await _evaluate(memory, chats, name, "hybrid", None, foreign, recall=recall)
     finally:
-        await llm.aclose()
+        await svc.llm.aclose()
     progress(f"recall_locomo: query planning outcomes {outcomes}; planning call p50 {percentile(plan_ms, 50):.0f} ms")
     return name, scores, {"outcomes": outcomes, "plan_ms": plan_ms}
 

@@ -55,6 +55,7 @@ class StartupCheck(Protocol):
 
 
 ENTRY_HITS = 3  # memory entries whose source messages a recall may add
+ENTRY_AFTER = 3  # the best hits that stay ahead of an entry's source messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,10 +238,14 @@ class Memory:
 
     async def _with_entry_sources(self, chat_id: int, query: str, hits: list[MemoryHit], k: int,
                                   exclude_ids: Collection[int]) -> list[MemoryHit]:
-        """A recall that hits a memory entry also returns the messages it came from: they join the
-        hits (ahead of the weaker ones, ``parts["entry"]`` = the entry's id), still ``k`` at most."""
+        """A recall that hits a memory entry also returns the messages it came from: they come right
+        after the ``ENTRY_AFTER`` best hits (fewer when there are few: at most half of them), whatever
+        ``k`` is — one already among the weaker hits moves up — with ``parts["entry"]`` = the
+        entry's id; still ``k`` hits at most. An entry is a statement the model kept from those
+        messages: it answers the question at least as well as the hits past the first few."""
         entries = await self.entries_for(chat_id, query)
-        have = {h.message_id for h in hits} | set(exclude_ids)
+        keep = min(ENTRY_AFTER, max(1, len(hits) // 2))
+        have = {h.message_id for h in hits[:keep]} | set(exclude_ids)
         wanted: dict[int, int] = {}
         for e in entries:
             for mid in e.sources:
@@ -253,8 +258,8 @@ class Memory:
         extra = [MemoryHit(m.chat_id, m.message_id, m.user_id, m.user_name, m.text, m.date, top,
                            parts={"entry": float(wanted[m.message_id])}, stages=(f"source of memory entry #{wanted[m.message_id]}",))
                  for m in found if m.text.strip()]
-        keep = max(1, len(hits) // 2)  # the strongest half of the hits stays first
-        return (hits[:keep] + extra + hits[keep:])[:k]
+        moved = {h.message_id for h in extra}
+        return (hits[:keep] + extra + [h for h in hits[keep:] if h.message_id not in moved])[:k]
 
     async def forget(self, chat_id: int, *, user_id: int | None = None) -> int:
         """Erase ``user_id``'s messages in ``chat_id`` (all of the chat's with no user) from both

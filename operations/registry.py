@@ -14,7 +14,7 @@ messages), ``import`` and ``reindex`` make live actors re-read their context; su
 through the running admission, so a grant applies to the next message.
 
 Errors: the operations raise the packages' own errors (``MemoryStoreError``, ``TierError``,
-``ProviderError``); the caller turns them into ``error: …`` and exit code 1 (``KNOWN_ERRORS``).
+``ProviderError``, ``FeatureError``); the caller turns them into ``error: …`` and exit code 1 (``KNOWN_ERRORS``).
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from rich.table import Table
 from actors.stores import Stores, dialogue_store, open_stores
 from config.models import Config
 from features.capacity import describe as describe_cleanup
+from features.errors import FactLearningOff, FeatureError
 from memory.errors import MemoryStoreError, TranscriptError
 from providers.errors import DocumentError, ProviderError
 from tiers.errors import TierError
@@ -67,6 +68,7 @@ __all__ = [
     "known_errors",
     "memory_compact",
     "memory_forget",
+    "memory_learn",
     "memory_reindex",
     "memory_search",
     "memory_stats",
@@ -152,7 +154,7 @@ def operation(name: str, needs: Needs, *, gap_fill: bool = False, model_change: 
 
 def known_errors() -> tuple[type[BaseException], ...]:
     """The errors an operation reports as ``error: …`` with exit code 1 (anything else is a bug)."""
-    return (MemoryStoreError, ProviderError, TierError)
+    return (MemoryStoreError, ProviderError, TierError, FeatureError)
 
 
 class UnknownOperation(KeyError):
@@ -365,6 +367,67 @@ async def memory_reindex(res: Resources, io: Streams, *, chat: int | None = None
         n = await reindex(memory, chat_id=chat, on_progress=lambda k: progress.advance(task, k))
     io.out.print(f"reindexed {n} memories from {total} stored messages")
     return 0
+
+
+@operation("memory.learn", "memory")
+async def memory_learn(res: Resources, io: Streams, *, chat: int, after_id: int = 0) -> int:
+    """Learn memory entries from chat ``chat``'s stored history (imports too) with ``memory.memory_model``
+    (``FactLearner.learn_history``): a progress bar over its members' messages, then what was learned,
+    what it cost and, when it stopped early, the message to go on after. raises FactLearningOff."""
+    # deferred: rich.progress (~5 ms); `kith memory stats` must not
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from features.fact_learning import FactLearner  # deferred: only for `kith memory learn`
+
+    async with _learning_services(res) as svc:
+        learner = FactLearner(svc)
+        if not learner.enabled:
+            raise FactLearningOff("memory entries are learned by memory.memory_model: set it to a real model's alias in "
+                                  "kith.yaml (an offline kith/* model learns nothing)")
+        total = await res.store.messages.count(chat)
+        started = datetime.now(UTC)
+        with Progress(TextColumn("learning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=io.err) as progress:
+            task = progress.add_task("learn", total=total)
+            run = await learner.learn_history(chat, after_id=after_id, stop=io.stop,
+                                              on_batch=lambda b: progress.advance(task, b.messages))
+        await res.store.flush()
+        calls = [u for u in await res.store.usage.rows(since=started) if u.kind == "memory" and u.chat_id == chat]
+    costs = [u.cost_usd for u in calls]
+    cost = "unknown" if any(c is None for c in costs) else f"${sum(c or 0.0 for c in costs):.4f}"
+    read, n_calls = run.total("messages"), len(run.batches)
+    io.out.print(f"chat {chat}: read {read} message{'s' * (read != 1)} in {n_calls} call{'s' * (n_calls != 1)} to {learner.alias} "
+                 f"({sum(u.prompt_tokens + u.completion_tokens for u in calls)} tokens, {cost}): {run.total('added')} facts "
+                 f"added, {run.total('changed')} changed, {run.total('unchanged')} unchanged, {run.total('skipped')} skipped")
+    if run.stopped:
+        io.err.print(f"[yellow]stopped early ({escape(run.stopped)})[/]"
+                     + (f": go on with --after-id {run.last_id}" if run.last_id is not None else ""))
+        return 1
+    return 0
+
+
+@asynccontextmanager
+async def _learning_services(res: Resources) -> AsyncIterator[Services]:
+    """A running bot's services, or services for this command alone: the LLM of the config, the
+    tiers' admission (entry limits) and the host's spending cap, on the stores ``res`` opened."""
+    if res.services is not None:
+        yield res.services
+        return
+    from actors.services import BotIdentity, Services  # deferred: only for `kith memory learn`
+    from providers.llm import LLM  # deferred: litellm (~2 s)
+    from tiers.admission import Admission  # deferred: tiers, babel (~15 ms)
+    from tiers.budget import Budget, paid_features
+
+    cfg = res.config.settings
+    clock = lambda: datetime.now(UTC)  # noqa: E731
+    budget = Budget(res.store, cfg.budget, cfg.models, clock, paid_features=paid_features(cfg))
+    admission = Admission(res.store, res.config.tiers, clock=clock, budget=budget)
+    await admission.open()
+    llm = LLM(cfg.models, cfg.llm)
+    try:
+        yield Services(res.config, res.need_memory(), llm, BotIdentity(0, cfg.bot.name, cfg.bot.username), clock,
+                       admission)
+    finally:
+        await llm.aclose()
 
 
 @operation("memory.compact", "memory")

@@ -308,3 +308,83 @@ def test_the_offline_model_quotes_a_fact_of_the_profile_block() -> None:
     # a block a member typed into their own message is not one
     typed = answer([{"role": "user", "content": f"Bob: {block}\nwhen is Ann's birthday?"}])
     assert "12 March" not in typed and "From this chat's memory" not in typed
+
+
+def test_kith_memory_learn_reads_an_imported_history_in_batches(tmp_path, llm_server, monkeypatch) -> None:
+    """``kith memory learn``: the background reader leaves imported history alone; this command reads
+    it with memory_model, in calls of fact_batch messages, bills them, reports what it learned, and
+    --after-id goes on from a message. Without a real memory_model it is a clear error."""
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    birthday = {"facts": [{"about": "Ann", "subject": "birthday", "value": "12 March", "messages": [1]},
+                          {"about": "Bob", "subject": "car", "value": "a red Volvo"}]}
+    texts = [("Ann", "my birthday is on 12 March"), ("Bob", "ANSWER " + _json.dumps(birthday)),
+             ("Ann", "ANSWER " + _json.dumps({"facts": [{"about": "Ann", "subject": "birthday", "value": "13 March"}]})),
+             ("Bob", "sorry, I got that wrong"), ("Ann", "ANSWER no facts here, sorry")]
+    transcript = tmp_path / "history.jsonl"
+    transcript.write_text("".join(_json.dumps({"chat_id": GROUP, "message_id": i + 1, "user": who, "text": text,
+                                               "date": (T0 + timedelta(minutes=i)).isoformat()}) + "\n"
+                                  for i, (who, text) in enumerate(texts)), encoding="utf-8")
+    kith_yaml = tmp_path / "kith.yaml"
+    kith_yaml.write_text(f"models:\n  recall: {{model: kith/recall}}\n"
+                         f"  cheap: {{model: openai/ok-cheap, api_base: '{llm_server.base_url}'}}\n"
+                         "memory:\n  memory_model: cheap\n  fact_batch: 2\n", encoding="utf-8")
+    data = tmp_path / "data"
+    run = CliRunner().invoke
+    assert run(app, ["import", str(transcript), "--data-dir", str(data)]).exit_code == 0
+
+    off = run(app, ["memory", "learn", "--chat", str(GROUP), "--data-dir", str(data)])  # the shipped config: no memory_model
+    assert off.exit_code == 1 and "memory.memory_model" in off.output
+
+    res = run(app, ["memory", "learn", "--chat", str(GROUP), "--data-dir", str(data), "--config", str(kith_yaml)])
+    assert res.exit_code == 0, res.output
+    assert f"chat {GROUP}: read 5 messages in 3 calls to cheap" in res.output
+    assert "2 facts added, 1 changed, 0 unchanged, 1 skipped" in " ".join(res.output.split())  # the third reply: no JSON
+    calls = [r for r in llm_server.requests if r.model == "ok-cheap"]
+    assert len(calls) == 3 and "my birthday is on 12 March" in calls[0].body["messages"][1]["content"]
+
+    again = run(app, ["memory", "learn", "--chat", str(GROUP), "--after-id", "4", "--data-dir", str(data), "--config", str(kith_yaml)])
+    assert again.exit_code == 0 and f"chat {GROUP}: read 1 message in 1 call to cheap" in again.output
+    assert "ANSWER no facts" in llm_server.requests[-1].body["messages"][1]["content"]
+    usage = run(app, ["usage", "--data-dir", str(data), "--json"])
+    assert {row["key"]: row["requests"] for row in _json.loads(usage.output)["rows"]}.get("cheap") == 4
+
+
+async def test_the_recall_benchmarks_entries_row_learns_each_conversation_first(tmp_path, st_model, llm_server,
+                                                                                monkeypatch) -> None:
+    """``kith bench recall_locomo --config FILE``: with a real memory_model, the "+ memory entries" row
+    has every chat's history read first, then recalls — a question that hits an entry gets the
+    message it came from, which shares no word (and no meaning) with the question."""
+    import json as _json
+
+    from actors.runtime import open_memory
+    from benchmarks import common
+    from benchmarks import recall_locomo as rl
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    texts = [("Ann", "I just signed up for a pottery class at the community centre")]
+    texts += [("Ann", f"what do you think of plan number {i} for the weekend?") for i in range(30)]
+    texts += [("Bob", "ANSWER " + _json.dumps({"facts": [{"about": "Ann", "subject": "zorblax", "value": "quux",
+                                                          "messages": [1]}]}))]
+    kith_yaml = tmp_path / "kith.yaml"
+    kith_yaml.write_text(f"models:\n  recall: {{model: kith/recall}}\n"
+                         f"  cheap: {{model: openai/ok-cheap, api_base: '{llm_server.base_url}'}}\n"
+                         "memory:\n  memory_model: cheap\n  fact_batch: 40\n", encoding="utf-8")
+    chats = [(GROUP, {i + 1: f"D1:{i + 1}" for i in range(len(texts))}, [("What is Ann's zorblax?", 1, ["D1:1"])])]
+    async with open_memory(Config(settings=Settings(), tiers=TiersConfig()), tmp_path / "data", model=st_model) as memory:
+        memory.remember_many([StoredMessage(GROUP, i + 1, {"Ann": ANN, "Bob": BOB}[who].user_id, who, text,
+                                            T0 + timedelta(minutes=i), imported=True) for i, (who, text) in enumerate(texts)])
+        await memory.flush()
+        monkeypatch.setenv(common.LLM_CONFIG_ENV, "")
+        assert await rl._entries_row(memory, chats, [0]) is None  # no config: no row
+        before = await rl._evaluate(memory, chats, "full", "hybrid", None, [0])
+        monkeypatch.setenv(common.LLM_CONFIG_ENV, str(kith_yaml))
+        name, scores, learned = await rl._entries_row(memory, chats, [0])
+    assert name == "+ memory entries (cheap: openai/ok-cheap)"
+    assert learned["calls"] == 1 and learned["facts"] == 1 and learned["skipped"] == 0
+    assert before["cat"][1][5] == 0.0 and scores["cat"][1][5] == 100.0  # found through the entry "zorblax: quux"

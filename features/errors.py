@@ -1,0 +1,13 @@
+"""Errors of the chat features (``features``); the plugins' own are in ``features.plugins.errors``."""
+from __future__ import annotations
+
+__all__ = ["FactLearningOff", "FeatureError"]
+
+
+class FeatureError(Exception):
+    """Root of the chat features' errors."""
+
+
+class FactLearningOff(FeatureError):
+    """Memory entries cannot be learned here: no real ``memory.memory_model`` is set (an offline
+    ``kith/*`` model learns nothing), or the dialogue store keeps no memory entries."""
