@@ -1,4 +1,4 @@
-"""What a self-hoster runs on a data dir — ``kith memory stats|search|forget|reindex``, ``kith import``,
+"""What a self-hoster runs on a data dir — ``kith memory stats|search|forget|reindex|learn``, ``kith import``,
 ``kith sub grant|revoke|list``, ``kith usage`` — written once, run two ways.
 
 Each operation is an async function ``op(res: Resources, io: Streams, **args) -> exit code`` whose
@@ -385,6 +385,9 @@ async def memory_learn(res: Resources, io: Streams, *, chat: int, after_id: int 
             raise FactLearningOff("memory entries are learned by memory.memory_model: set it to a real model's alias in "
                                   "kith.yaml (an offline kith/* model learns nothing)")
         total = await res.store.messages.count(chat)
+        if not total:
+            io.err.print(f"[red]chat {chat} has no stored messages[/] (`kith memory stats` lists the chats)")
+            return 1
         started = datetime.now(UTC)
         with Progress(TextColumn("learning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=io.err) as progress:
             task = progress.add_task("learn", total=total)

@@ -341,6 +341,8 @@ def test_kith_memory_learn_reads_an_imported_history_in_batches(tmp_path, llm_se
     off = run(app, ["memory", "learn", "--chat", str(GROUP), "--data-dir", str(data)])  # the shipped config: no memory_model
     assert off.exit_code == 1 and "memory.memory_model" in off.output
 
+    nothing = run(app, ["memory", "learn", "--chat", "-5", "--data-dir", str(data), "--config", str(kith_yaml)])
+    assert nothing.exit_code == 1 and "chat -5 has no stored messages" in nothing.output
     res = run(app, ["memory", "learn", "--chat", str(GROUP), "--data-dir", str(data), "--config", str(kith_yaml)])
     assert res.exit_code == 0, res.output
     assert f"chat {GROUP}: read 5 messages in 3 calls to cheap" in res.output
