@@ -95,12 +95,15 @@ def _fail(message: str) -> typer.Exit:
 
 
 class StopRequest:
-    """Set by SIGINT/SIGTERM during a long command (``kith import``, ``kith replay``): the command
-    stops taking input and drains — what it stored is committed and embedded — then exits 130/143.
-    A second signal aborts at once."""
+    """Set by SIGINT/SIGTERM during a long command (``kith import``, ``kith replay``, ``kith memory
+    learn``): the command stops taking input and drains — what it stored is committed and embedded —
+    then exits 130/143. A second signal aborts at once. ``draining`` / ``drained``: what the user is
+    told at the signal and at the end (the default: an import's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, draining: str = "finishing what is already read (committing and embedding it)",
+                 drained: str = "everything read so far is stored and in memory") -> None:
         self.signal: int | None = None
+        self.draining, self.drained = draining, drained
 
     def __call__(self) -> bool:
         return self.signal is not None
@@ -120,8 +123,7 @@ def _run(coro_fn, *args, stop: StopRequest | None = None):
                         if stop.signal is not None:  # a second signal: abort
                             raise KeyboardInterrupt
                         stop.signal = signum
-                        err.print(f"{signals.Signals(signum).name}: stopping — finishing what is already read "
-                                  "(committing and embedding it); send it again to abort")
+                        err.print(f"{signals.Signals(signum).name}: stopping — {stop.draining}; send it again to abort")
 
             tg.start_soon(watch)
             result = await coro_fn(*args)
@@ -142,7 +144,7 @@ def _run(coro_fn, *args, stop: StopRequest | None = None):
         err.print("interrupted")
         raise typer.Exit(130) from None
     if stop is not None and stop.signal is not None:
-        err.print("stopped: everything read so far is stored and in memory")
+        err.print(f"stopped: {stop.drained}")
         raise typer.Exit(128 + stop.signal)
     return result
 
@@ -576,7 +578,8 @@ def memory_learn(
     is billed; a second run reads everything again (Ctrl-C stops after the call in flight and says
     where to go on)."""
     cfg = _setup(config, verbose)
-    _operate(cfg, data_dir, "memory.learn", {"chat": chat, "after_id": after_id}, stop=StopRequest())
+    _operate(cfg, data_dir, "memory.learn", {"chat": chat, "after_id": after_id},
+             stop=StopRequest("finishing the call in flight", "what was learned so far is kept"))
 
 
 @memory_app.command("compact")

@@ -259,7 +259,7 @@ class FactLearner:
             if on_batch is not None:
                 on_batch(out)
             if stop():
-                run.stopped = "stopped"
+                run.stopped = "interrupted"
                 return False
             return True
 

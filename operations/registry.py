@@ -396,7 +396,7 @@ async def memory_learn(res: Resources, io: Streams, *, chat: int, after_id: int 
         await res.store.flush()
         calls = [u for u in await res.store.usage.rows(since=started) if u.kind == "memory" and u.chat_id == chat]
     costs = [u.cost_usd for u in calls]
-    cost = "unknown" if any(c is None for c in costs) else f"${sum(c or 0.0 for c in costs):.4f}"
+    cost = "cost unknown" if any(c is None for c in costs) else f"${sum(c or 0.0 for c in costs):.4f}"
     read, n_calls = run.total("messages"), len(run.batches)
     io.out.print(f"chat {chat}: read {read} message{'s' * (read != 1)} in {n_calls} call{'s' * (n_calls != 1)} to {learner.alias} "
                  f"({sum(u.prompt_tokens + u.completion_tokens for u in calls)} tokens, {cost}): {run.total('added')} facts "
