@@ -75,7 +75,7 @@ class HistoryRun:
     stopped: str | None = None
 
     def total(self, name: str) -> int:
-        """The sum of one ``LearnedBatch`` count over the calls (``"read"``, ``"added"``, …)."""
+        """The sum of one ``LearnedBatch`` count over the calls (``"messages"``, ``"added"``, …)."""
         return sum(getattr(b, name) for b in self.batches)
 
 

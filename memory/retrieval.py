@@ -53,7 +53,13 @@ or fourth row of the one right session; crowding only the neighbour bonus: 0.8 7
 **Dense pseudo-relevance feedback** (Rocchio: the question's vector plus β · the mean vector of the d
 best rows, the vector leg and fusion run again): d 3 β 0.5 77.7/86.5, d 5 β 1 77.0/85.7 (noise).
 **Contextual embeddings** (a turn embedded after the previous turn of its session), the vector leg
-alone: 61.6/76.4 → 59.4/72.0 (temporal −15, open-domain −14 at 10). What multi-hop lacks is
+alone: 61.6/76.4 → 59.4/72.0 (temporal −15, open-domain −14 at 10). **MMR** over the best 50 (each
+row's score minus λ · its largest cosine to a row already taken): λ 0.1 77.6/86.1, 0.5 77.0/86.0
+(multi-hop 44.0, 42.6). **A second vector leg over the named speaker's rows** (10–60 more rows when the
+question names a member): 77.5–77.2/86.5–85.8 — the evidence is already among the candidates (at
+rank ≤ 100 for 85 % of the multi-hop evidence), it is ranked low (pools of 300). **Larger pools** (60–300 per leg):
+77.2–78.8/85.7–86.1, noise around the default. 62 % of the multi-hop evidence missed at 10 shares no
+content word with the question (speaker names aside). What multi-hop lacks is
 evidence that shares no word and little meaning with the question ("activities" → "a pottery
 class"): query planning by an LLM (``actors.query_plan``) and memory entries address it.
 """
