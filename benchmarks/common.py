@@ -382,8 +382,9 @@ LLM_CONFIG_ENV = "KITH_BENCH_CONFIG"  # a kith.yaml whose models the LLM rows ca
 def llm_config():
     """The ``Config`` of ``$KITH_BENCH_CONFIG`` (``kith bench --config FILE``), or None when unset.
 
-    Only the rows that need a real LLM use it (recall_locomo's query planning: its ``models`` and
-    ``memory.query_model`` / ``query_timeout_s``); everything else is measured on the shipped defaults.
+    Only the rows that need a real LLM use it (recall_locomo: its ``models``, ``memory.query_model`` /
+    ``query_timeout_s`` for query planning, ``memory.memory_model`` / ``fact_batch`` for memory
+    entries); everything else is measured on the shipped defaults.
     raises ConfigError (file, line, key) for a broken file."""
     path = os.environ.get(LLM_CONFIG_ENV)
     return llm_config_from(Path(path)) if path else None
