@@ -30,8 +30,8 @@ from providers import language
 from providers.embedder import BulkEmbedder, Embedder
 from providers.keys import KeyVault, cipher_from_env
 from providers.ray_embedder import RayEmbedder
-from tiers import Admission, effective_tier
-from tiers.budget import Budget, BudgetNotice, notice_text, paid_features
+from tiers import Admission, effective_tier, open_admission
+from tiers.budget import Budget, BudgetNotice, notice_text
 
 from .errors import SupervisorClosed
 from .events import CapacityCleaned
@@ -170,10 +170,9 @@ async def open_runtime(
         if llm is None:
             llm = LLM(config.settings.models, config.settings.llm)
         bot = bot or BotIdentity(0, config.settings.bot.name, config.settings.bot.username)
-        budget = Budget(memory.store, config.settings.budget, config.settings.models, clock,
-                        paid_features=paid_features(config.settings))
-        admission = Admission(memory.store, config.tiers, clock=clock, budget=budget)
-        await admission.open()
+        admission = await open_admission(memory.store, config, clock)
+        budget = admission.budget
+        assert budget is not None
         box = outbox if isinstance(outbox, Outbox) else outbox(memory)
         transcriber, images = media_providers(config)
         keys = KeyVault(memory.store.keys, cipher_from_env())

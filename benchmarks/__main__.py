@@ -189,9 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     if args.config:
         from config.errors import ConfigError
+        from config.loader import load_config
 
         try:
-            common.llm_config_from(args.config)
+            load_config(args.config)  # checked before any benchmark starts
         except ConfigError as exc:  # names the file, line and key
             print(exc, file=sys.stderr)
             return 2

@@ -386,15 +386,10 @@ def llm_config():
     ``query_timeout_s`` for query planning, ``memory.memory_model`` / ``fact_batch`` for memory
     entries); everything else is measured on the shipped defaults.
     raises ConfigError (file, line, key) for a broken file."""
-    path = os.environ.get(LLM_CONFIG_ENV)
-    return llm_config_from(Path(path)) if path else None
-
-
-def llm_config_from(path: Path):
-    """``load_config(path)`` (checked before the benchmarks start). raises ConfigError."""
     from config.loader import load_config
 
-    return load_config(path)
+    path = os.environ.get(LLM_CONFIG_ENV)
+    return load_config(Path(path)) if path else None
 
 
 def default_config():

@@ -11,3 +11,7 @@ class FeatureError(Exception):
 class FactLearningOff(FeatureError):
     """Memory entries cannot be learned here: no real ``memory.memory_model`` is set (an offline
     ``kith/*`` model learns nothing), or the dialogue store keeps no memory entries."""
+
+    def __init__(self, message: str = "memory entries are learned by memory.memory_model: set it to a real model's "
+                                      "alias in kith.yaml (an offline kith/* model learns nothing)") -> None:
+        super().__init__(message)

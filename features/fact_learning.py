@@ -240,8 +240,7 @@ class FactLearner:
         ``after_id`` = the last message a stopped run read (``HistoryRun.last_id``) to go on.
         raises FactLearningOff when no real ``memory_model`` is set or the store keeps no facts."""
         if not self.enabled:
-            raise FactLearningOff("memory entries are learned by memory.memory_model: set it to a real model's alias in "
-                                  "kith.yaml (an offline kith/* model learns nothing)")
+            raise FactLearningOff
         facts = self.svc.memory.facts
         assert facts is not None
         run = HistoryRun()

@@ -382,8 +382,7 @@ async def memory_learn(res: Resources, io: Streams, *, chat: int, after_id: int 
     async with _learning_services(res) as svc:
         learner = FactLearner(svc)
         if not learner.enabled:
-            raise FactLearningOff("memory entries are learned by memory.memory_model: set it to a real model's alias in "
-                                  "kith.yaml (an offline kith/* model learns nothing)")
+            raise FactLearningOff
         total = await res.store.messages.count(chat)
         if not total:
             io.err.print(f"[red]chat {chat} has no stored messages[/] (`kith memory stats` lists the chats)")
@@ -417,14 +416,11 @@ async def _learning_services(res: Resources) -> AsyncIterator[Services]:
         return
     from actors.services import BotIdentity, Services  # deferred: only for `kith memory learn`
     from providers.llm import LLM  # deferred: litellm (~2 s)
-    from tiers.admission import Admission  # deferred: tiers, babel (~15 ms)
-    from tiers.budget import Budget, paid_features
+    from tiers.admission import open_admission  # deferred: tiers, babel (~15 ms)
 
     cfg = res.config.settings
     clock = lambda: datetime.now(UTC)  # noqa: E731
-    budget = Budget(res.store, cfg.budget, cfg.models, clock, paid_features=paid_features(cfg))
-    admission = Admission(res.store, res.config.tiers, clock=clock, budget=budget)
-    await admission.open()
+    admission = await open_admission(res.store, res.config, clock)
     llm = LLM(cfg.models, cfg.llm)
     try:
         yield Services(res.config, res.need_memory(), llm, BotIdentity(0, cfg.bot.name, cfg.bot.username), clock,

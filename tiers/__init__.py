@@ -19,10 +19,10 @@ from .errors import BadScope, PaymentError, TierError, UnknownTier
 # the rest loads on first use (PEP 562): ``kith sub list`` and ``--help`` need no DuckDB import
 _LAZY = {"Admission": "admission", "Admit": "admission", "QuotaDecision": "quotas", "QuotaTracker": "quotas",
          "RateLimiter": "quotas", "effective_tier": "resolve", "Subscription": "subscriptions",
-         "SubscriptionStore": "subscriptions"}
+         "SubscriptionStore": "subscriptions", "open_admission": "admission"}
 
 if TYPE_CHECKING:
-    from .admission import Admission, Admit
+    from .admission import Admission, Admit, open_admission
     from .quotas import QuotaDecision, QuotaTracker, RateLimiter
     from .resolve import effective_tier
     from .subscriptions import Subscription, SubscriptionStore
@@ -36,5 +36,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Admission", "Admit", "BadScope", "PaymentError", "QuotaDecision", "QuotaTracker", "RateLimiter",
-    "Subscription", "SubscriptionStore", "TierError", "UnknownTier", "effective_tier",
+    "Subscription", "SubscriptionStore", "TierError", "UnknownTier", "effective_tier", "open_admission",
 ]

@@ -21,13 +21,13 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import i18n
-from config.models import Features, Quotas, StorageLimits, Tier, TiersConfig
+from config.models import Config, Features, Quotas, StorageLimits, Tier, TiersConfig
 from i18n import N_, _, ngettext
 from memory.ledger import Ledger, LedgerEntry, Posting, debit_key
 from memory.store import DialogueStore
 from memory.types import UsageRecord
 
-from .budget import Budget, Spend
+from .budget import Budget, Spend, paid_features
 from .credits import payer
 from .errors import UnknownTier
 from .payments import apply_successful_payment
@@ -35,7 +35,7 @@ from .quotas import ANY_MODEL, QuotaDecision, QuotaTracker, RateLimiter, TodayUs
 from .resolve import effective_tier
 from .subscriptions import Subscription, SubscriptionStore
 
-__all__ = ["FEATURE_NAMES", "GROUP_TYPES", "Admission", "Admit", "ImagesAdmit", "Profile"]
+__all__ = ["FEATURE_NAMES", "GROUP_TYPES", "Admission", "Admit", "ImagesAdmit", "Profile", "open_admission"]
 
 GROUP_TYPES = frozenset({"group", "supergroup"})
 FEATURE_NAMES = {  # marked for the catalog; translate where shown: _(FEATURE_NAMES[f])
@@ -533,3 +533,12 @@ def _spent_text(d: QuotaDecision, tier: str, alias: str) -> str:
         return ngettext("You've used today's {limit} tool call on the {tier} tier.",
                         "You've used all {limit} of today's tool calls on the {tier} tier.", n, limit=limit, tier=tier)
     return _("Today's quota is used up.")
+
+
+async def open_admission(store: DialogueStore, config: Config, clock: Callable[[], datetime] = _utc_now) -> Admission:
+    """The ``Admission`` of ``config``: its tiers, under the host's spending cap over its models
+    (``Budget``, at ``admission.budget``), opened (``Admission.open``) on ``store``."""
+    budget = Budget(store, config.settings.budget, config.settings.models, clock, paid_features=paid_features(config.settings))
+    admission = Admission(store, config.tiers, clock=clock, budget=budget)
+    await admission.open()
+    return admission
